@@ -1,0 +1,1 @@
+"""Data: image decoding, the dataset doctor, splits, input pipelines, datasets."""

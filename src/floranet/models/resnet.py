@@ -1,0 +1,317 @@
+"""floranet's own ResNet family, built from plain Keras layers.
+
+Three families, one builder each, architectures as data:
+
+* v1 (He et al. 2015): ResNet-18/34 with basic blocks in torchvision's layout
+  (no convolution bias, BatchNorm epsilon 1e-5), so torchvision's ImageNet
+  weights could be ported; ResNet-50/101/152 with bottleneck blocks, layer for
+  layer as ``keras.applications.ResNet50/101/152`` (convolutions with bias).
+* v2 (He et al. 2016, pre-activation): ResNet-50V2/101V2/152V2, as
+  ``keras.applications.ResNet50V2/101V2/152V2``.
+* CIFAR (He et al. 2015, section 4.2): ResNet-20/32/44/56/110, three stages of
+  16/32/64 filters, option A (parameter-free) shortcuts.
+
+Layer names follow keras.applications (``conv2_block1_1_conv``), so the
+official ImageNet weight files load into these models unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+from keras import layers
+
+from floranet.errors import ConfigError
+
+BN_EPSILON = 1.001e-5  # keras.applications' value, so its BatchNorm weights match exactly
+TORCH_BN_EPSILON = 1e-5
+
+# name -> (block kind, blocks per stage)
+STAGES: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+    "resnet50v2": ("preact", (3, 4, 6, 3)),
+    "resnet101v2": ("preact", (3, 4, 23, 3)),
+    "resnet152v2": ("preact", (3, 8, 36, 3)),
+    "resnet20": ("cifar", (3, 3, 3)),
+    "resnet32": ("cifar", (5, 5, 5)),
+    "resnet44": ("cifar", (7, 7, 7)),
+    "resnet56": ("cifar", (9, 9, 9)),
+    "resnet110": ("cifar", (18, 18, 18)),
+}
+IMAGENET_FILTERS = (64, 128, 256, 512)
+CIFAR_FILTERS = (16, 32, 64)
+
+
+# --- blocks -----------------------------------------------------------------
+
+
+def basic_block(x: Any, filters: int, *, stride: int, name: str) -> Any:
+    """Two 3x3 convolutions (torchvision's BasicBlock), no convolution bias."""
+    in_channels = x.shape[-1]
+    if stride != 1 or in_channels != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_0_conv")(x)
+        shortcut = _bn(shortcut, f"{name}_0_bn", TORCH_BN_EPSILON)
+    else:
+        shortcut = x
+    x = _conv3x3(x, filters, stride=stride, name=f"{name}_1")
+    x = _bn(x, f"{name}_1_bn", TORCH_BN_EPSILON)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = _conv3x3(x, filters, stride=1, name=f"{name}_2")
+    x = _bn(x, f"{name}_2_bn", TORCH_BN_EPSILON)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def bottleneck_block(x: Any, filters: int, *, stride: int, name: str) -> Any:
+    """1x1 → 3x3 → 1x1 (4x filters), as keras.applications' v1 (stride on the first 1x1)."""
+    if stride != 1 or x.shape[-1] != 4 * filters:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = _bn(shortcut, f"{name}_0_bn")
+    else:
+        shortcut = x
+    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = _bn(x, f"{name}_1_bn")
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
+    x = _bn(x, f"{name}_2_bn")
+    x = layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    x = _bn(x, f"{name}_3_bn")
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def preact_block(x: Any, filters: int, *, stride: int, name: str, project: bool = False) -> Any:
+    """Pre-activation bottleneck (v2); stride on the 3x3, as keras.applications."""
+    preact = _bn(x, f"{name}_preact_bn")
+    preact = layers.Activation("relu", name=f"{name}_preact_relu")(preact)
+    if project:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(preact)
+    elif stride > 1:
+        shortcut = layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(x)
+    else:
+        shortcut = x
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_1_conv")(preact)
+    x = _bn(x, f"{name}_1_bn")
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name=f"{name}_2_pad")(x)
+    x = layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_2_conv")(x)
+    x = _bn(x, f"{name}_2_bn")
+    x = layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    return layers.Add(name=f"{name}_out")([shortcut, x])
+
+
+def cifar_block(x: Any, filters: int, *, stride: int, name: str) -> Any:
+    """Basic block with option A shortcut: subsample and zero-pad channels, no parameters."""
+    in_channels = x.shape[-1]
+    shortcut = x
+    if stride != 1:
+        shortcut = layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(shortcut)
+    if in_channels != filters:
+        shortcut = _pad_channels(shortcut, filters - in_channels, name=f"{name}_0")
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{name}_1_conv")(x)
+    x = _bn(x, f"{name}_1_bn", TORCH_BN_EPSILON)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                      kernel_initializer="he_normal", name=f"{name}_2_conv")(x)
+    x = _bn(x, f"{name}_2_bn", TORCH_BN_EPSILON)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def _bn(x: Any, name: str, epsilon: float = BN_EPSILON) -> Any:
+    return layers.BatchNormalization(axis=-1, epsilon=epsilon, name=name)(x)
+
+
+def _conv3x3(x: Any, filters: int, *, stride: int, name: str) -> Any:
+    # Explicit symmetric padding matches torchvision's padding=1 at stride 2,
+    # where Keras's "same" would pad bottom/right only.
+    if stride > 1:
+        x = layers.ZeroPadding2D(padding=1, name=f"{name}_pad")(x)
+        return layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_conv")(x)
+    return layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+
+
+def _pad_channels(x: Any, extra: int, *, name: str) -> Any:
+    # Channels moved to a spatial axis so ZeroPadding2D can pad them; plain
+    # layers keep the model loadable without custom objects.
+    x = layers.Permute((3, 1, 2), name=f"{name}_to_cf")(x)
+    x = layers.ZeroPadding2D(padding=((extra // 2, extra - extra // 2), (0, 0)), name=f"{name}_pad")(x)
+    return layers.Permute((2, 3, 1), name=f"{name}_to_cl")(x)
+
+
+# --- stems and stacks -------------------------------------------------------
+
+
+def _imagenet_stem(x: Any, *, kind: str) -> Any:
+    torch_layout = kind == "basic"
+    x = layers.ZeroPadding2D(padding=((3, 3), (3, 3)), name="conv1_pad")(x)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=not torch_layout, name="conv1_conv")(x)
+    if kind != "preact":
+        x = _bn(x, "conv1_bn", TORCH_BN_EPSILON if torch_layout else BN_EPSILON)
+        x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(padding=((1, 1), (1, 1)), name="pool1_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+
+def _imagenet_stacks(x: Any, kind: str, blocks: tuple[int, ...]) -> Any:
+    for stage, (filters, n) in enumerate(zip(IMAGENET_FILTERS, blocks)):
+        prefix = f"conv{stage + 2}"
+        first_stride = 1 if stage == 0 else 2
+        for i in range(1, n + 1):
+            name = f"{prefix}_block{i}"
+            if kind == "basic":
+                x = basic_block(x, filters, stride=first_stride if i == 1 else 1, name=name)
+            elif kind == "bottleneck":
+                x = bottleneck_block(x, filters, stride=first_stride if i == 1 else 1, name=name)
+            else:
+                # v2 downsamples in the *last* block of each stage but the last stage.
+                last_stride = 2 if stage < len(blocks) - 1 else 1
+                x = preact_block(x, filters, stride=last_stride if i == n else 1, name=name, project=i == 1)
+    if kind == "preact":
+        x = _bn(x, "post_bn")
+        x = layers.Activation("relu", name="post_relu")(x)
+    return x
+
+
+def _cifar_body(x: Any, blocks: tuple[int, ...]) -> Any:
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="conv1_conv")(x)
+    x = _bn(x, "conv1_bn", TORCH_BN_EPSILON)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    for stage, (filters, n) in enumerate(zip(CIFAR_FILTERS, blocks)):
+        for i in range(1, n + 1):
+            stride = 2 if stage > 0 and i == 1 else 1
+            x = cifar_block(x, filters, stride=stride, name=f"conv{stage + 2}_block{i}")
+    return x
+
+
+# --- the one builder --------------------------------------------------------
+
+
+def build_resnet(
+    arch: str,
+    *,
+    include_top: bool = True,
+    weights: str | None = "imagenet",
+    input_tensor: Any = None,
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    pooling: str | None = None,
+    classes: int | None = None,
+    classifier_activation: str | None = "softmax",
+    name: str | None = None,
+) -> keras.Model:
+    """Builds any architecture of :data:`STAGES`, with keras.applications' arguments.
+
+    Args:
+        arch: A key of :data:`STAGES`, e.g. ``"resnet50"``.
+        include_top: Add global average pooling and the ``predictions`` Dense layer.
+        weights: ``"imagenet"`` (official Keras file, downloaded and verified),
+            ``None`` (random init) or a path to a weights file.
+        input_tensor: Optional Keras tensor to use as the image input.
+        input_shape: ``(h, w, 3)``; defaults to (224, 224, 3), or (32, 32, 3) for CIFAR
+            models. Height and width may be ``None`` when ``include_top`` is False.
+        pooling: ``None``, ``"avg"`` or ``"max"`` when ``include_top`` is False.
+        classes: Output classes with ``include_top``; 1000 (ImageNet) or 10 (CIFAR) by default.
+        classifier_activation: Activation of the ``predictions`` layer.
+        name: Model name; ``arch`` by default.
+
+    Returns:
+        A functional ``keras.Model``.
+
+    Raises:
+        ConfigError: An argument is invalid.
+        WeightsError: Weights cannot be obtained or do not fit.
+    """
+    if arch not in STAGES:
+        raise ConfigError(f"Unknown ResNet architecture. Valid names: {', '.join(STAGES)}. Received: arch={arch!r}")
+    kind, blocks = STAGES[arch]
+    if pooling not in (None, "avg", "max"):
+        raise ConfigError(f"pooling must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+    cifar = kind == "cifar"
+    if classes is None:
+        classes = 10 if cifar else 1000
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise ConfigError(f"classes must be a positive int. Received: classes={classes!r}")
+    if weights == "imagenet" and include_top and classes != 1000:
+        raise ConfigError(
+            "With weights='imagenet' and include_top=True, classes must be 1000. "
+            f"Received: classes={classes}"
+        )
+    input_shape = _check_input_shape(input_shape, (32, 32, 3) if cifar else (224, 224, 3), include_top)
+
+    if input_tensor is None:
+        inputs = layers.Input(shape=input_shape, name="input_layer")
+    else:
+        inputs = input_tensor
+    x = _cifar_body(inputs, blocks) if cifar else _imagenet_stacks(_imagenet_stem(inputs, kind=kind), kind, blocks)
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name=name or arch)
+
+    if weights is not None:
+        from floranet.models import weights as weights_lib  # weights.py needs this module's names
+
+        weights_lib.load_into(model, arch, weights, include_top=include_top)
+    return model
+
+
+def _check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bool) -> tuple:
+    if shape is None:
+        return default
+    ok = (
+        isinstance(shape, (tuple, list))
+        and len(shape) == 3
+        and shape[2] == 3
+        and all(d is None or (isinstance(d, int) and d >= 8) for d in shape[:2])
+    )
+    if not ok or (include_top and None in shape[:2]):
+        raise ConfigError(
+            "input_shape must be (height, width, 3) with sizes >= 8 (None allowed only "
+            f"without the top). Received: input_shape={shape!r}"
+        )
+    return tuple(shape)
+
+
+# Architectures with official Keras ImageNet files default to them, as keras.applications.
+_HAS_OFFICIAL_WEIGHTS = frozenset({"resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"})
+
+
+def _factory(arch: str) -> Callable[..., keras.Model]:
+    default_weights = "imagenet" if arch in _HAS_OFFICIAL_WEIGHTS else None
+
+    def build(*, weights: str | None = default_weights, **kwargs: Any) -> keras.Model:
+        return build_resnet(arch, weights=weights, **kwargs)
+
+    build.__name__ = arch
+    build.__qualname__ = arch
+    build.__doc__ = f"Builds {arch}; arguments as :func:`build_resnet`."
+    return build
+
+
+resnet18 = _factory("resnet18")
+resnet34 = _factory("resnet34")
+resnet50 = _factory("resnet50")
+resnet101 = _factory("resnet101")
+resnet152 = _factory("resnet152")
+resnet50v2 = _factory("resnet50v2")
+resnet101v2 = _factory("resnet101v2")
+resnet152v2 = _factory("resnet152v2")
+resnet20 = _factory("resnet20")
+resnet32 = _factory("resnet32")
+resnet44 = _factory("resnet44")
+resnet56 = _factory("resnet56")
+resnet110 = _factory("resnet110")

@@ -1,0 +1,77 @@
+"""A loopback HTTP server for download tests: serves bytes by path, honours Range."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Served:
+    files: dict[str, bytes]
+    honour_range: bool = True
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    url: str = ""
+
+
+@contextmanager
+def serve(files: dict[str, bytes], *, honour_range: bool = True) -> Iterator[Served]:
+    """Serves ``files`` (path → bytes) on 127.0.0.1 until the block ends."""
+    state = Served(files=files, honour_range=honour_range)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            rng = self.headers.get("Range")
+            state.requests.append((self.path, rng))
+            body = state.files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            start = 0
+            if rng and state.honour_range and rng.startswith("bytes="):
+                start = int(rng[6:].split("-")[0])
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            self.wfile.write(body[start:])
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """A loopback port that accepts connections and never answers (a stalled network)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens (connection refused)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,138 @@
+"""Our ResNet family: parameter counts, layer names and exact equivalence with keras.applications."""
+
+from __future__ import annotations
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from floranet.errors import ConfigError, WeightsError
+from floranet.models import resnet
+
+KERAS_APPS = {
+    "resnet50": keras.applications.ResNet50,
+    "resnet101": keras.applications.ResNet101,
+    "resnet152": keras.applications.ResNet152,
+    "resnet50v2": keras.applications.ResNet50V2,
+    "resnet101v2": keras.applications.ResNet101V2,
+    "resnet152v2": keras.applications.ResNet152V2,
+}
+
+
+def trainable_count(model: keras.Model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def test_resnet50_parameter_count_equals_keras_applications() -> None:
+    # keras.applications counts BatchNorm moving statistics too: 25,636,712 with top.
+    assert resnet.resnet50(weights=None).count_params() == 25_636_712
+
+
+@pytest.mark.parametrize("arch, expected", [("resnet18", 11_689_512), ("resnet34", 21_797_672)])
+def test_basic_resnets_match_torchvision_parameter_count(arch: str, expected: int) -> None:
+    # torchvision counts learnable parameters only (BatchNorm statistics are buffers).
+    model = resnet.build_resnet(arch, weights=None)
+    assert trainable_count(model) == expected
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and not any(c.use_bias for c in convs)
+
+
+@pytest.mark.parametrize(
+    "arch, paper_millions", [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85), ("resnet110", 1.7)]
+)
+def test_cifar_resnets_match_he_et_al_table6(arch: str, paper_millions: float) -> None:
+    model = resnet.build_resnet(arch, weights=None)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    # Table 6 rounds to two significant digits.
+    assert abs(trainable_count(model) / 1e6 - paper_millions) <= 0.01 * max(1.0, paper_millions / 0.5)
+
+
+def test_cifar_option_a_shortcut_has_no_parameters() -> None:
+    model = resnet.build_resnet("resnet20", weights=None, include_top=False)
+    shortcut_layers = [layer for layer in model.layers if "_0_" in layer.name]
+    assert shortcut_layers and all(not layer.weights for layer in shortcut_layers)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+
+
+def test_stage_table_drives_block_counts() -> None:
+    model = resnet.build_resnet("resnet101", weights=None, include_top=False, input_shape=(64, 64, 3))
+    blocks = {n.split("_")[1] for n in (layer.name for layer in model.layers) if n.startswith("conv4_block")}
+    assert len(blocks) == resnet.STAGES["resnet101"][1][2] == 23
+
+
+@pytest.mark.parametrize("arch", sorted(KERAS_APPS))
+def test_equivalent_to_keras_applications(arch: str, tmp_path) -> None:
+    shape = (64, 64, 3)
+    reference = KERAS_APPS[arch](weights=None, include_top=True, input_shape=shape, classes=7)
+    ours = resnet.build_resnet(arch, weights=None, include_top=True, input_shape=shape, classes=7)
+    weighted = lambda m: [layer.name for layer in m.layers if layer.weights]  # noqa: E731
+    assert weighted(ours) == weighted(reference)
+    for layer in reference.layers:
+        if layer.weights:
+            ours.get_layer(layer.name).set_weights(layer.get_weights())
+    x = np.random.default_rng(0).normal(size=(2, *shape)).astype("float32")
+    np.testing.assert_allclose(ours(x, training=False), reference(x, training=False), atol=1e-5)
+
+    # A Keras 3 weights file saved from keras.applications loads into ours by weights=PATH.
+    path = tmp_path / f"{arch}.weights.h5"
+    reference.save_weights(path)
+    loaded = resnet.build_resnet(arch, weights=str(path), include_top=True, input_shape=shape, classes=7)
+    np.testing.assert_allclose(loaded(x, training=False), reference(x, training=False), atol=1e-5)
+
+
+def write_legacy_h5(model: keras.Model, path) -> None:
+    """Writes weights in the layout of Keras's official application files (by layer name)."""
+    with h5py.File(path, "w") as f:
+        named = [layer for layer in model.layers if layer.weights]
+        f.attrs["layer_names"] = [layer.name.encode() for layer in named]
+        for layer in named:
+            g = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0".encode() for w in layer.weights]
+            g.attrs["weight_names"] = names
+            for n, value in zip(names, layer.get_weights()):
+                g.create_dataset(n.decode(), data=value)
+
+
+def test_official_legacy_h5_layout_loads_by_name(tmp_path) -> None:
+    shape = (64, 64, 3)
+    reference = keras.applications.ResNet50V2(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    path = tmp_path / "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    write_legacy_h5(reference, path)
+    ours = resnet.resnet50v2(weights=str(path), include_top=False, pooling="avg", input_shape=shape)
+    x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
+    np.testing.assert_allclose(ours(x), reference(x), atol=1e-5)
+
+
+def test_weights_that_do_not_fit_are_a_clear_error(tmp_path) -> None:
+    small = resnet.build_resnet("resnet18", weights=None, include_top=False, input_shape=(64, 64, 3))
+    path = tmp_path / "r18.h5"
+    write_legacy_h5(small, path)
+    with pytest.raises(WeightsError, match="does not fit.*missing layers"):
+        resnet.resnet50(weights=str(path), include_top=False, input_shape=(64, 64, 3))
+    with pytest.raises(WeightsError, match="existing weights file"):
+        resnet.resnet50(weights=str(tmp_path / "nope.h5"))
+    not_h5 = tmp_path / "junk.h5"
+    not_h5.write_bytes(b"not hdf5")
+    with pytest.raises(WeightsError, match="not an HDF5 file"):
+        resnet.resnet50(weights=str(not_h5))
+
+
+def test_arguments_are_validated_keras_style() -> None:
+    with pytest.raises(ConfigError, match="Received: arch='resnet51'"):
+        resnet.build_resnet("resnet51", weights=None)
+    with pytest.raises(ConfigError, match="Received: pooling='mean'"):
+        resnet.resnet50(weights=None, include_top=False, pooling="mean")
+    with pytest.raises(ConfigError, match="Received: classes=5"):
+        resnet.resnet50(weights="imagenet", classes=5)
+    with pytest.raises(ConfigError, match="input_shape"):
+        resnet.resnet50(weights=None, input_shape=(None, None, 3))
+    with pytest.raises(WeightsError, match="no official Keras ImageNet weights for 'resnet18'"):
+        resnet.resnet18(weights="imagenet")
+
+
+def test_headless_models_accept_any_size_and_pool() -> None:
+    model = resnet.resnet18(weights=None, include_top=False, pooling="max", input_shape=(None, None, 3))
+    assert model.get_layer("max_pool")
+    out = model(np.zeros((1, 96, 80, 3), "float32"))
+    assert out.shape == (1, 512)

@@ -1,0 +1,73 @@
+"""weights="imagenet": download from a (local) server, checksum, cache, and fast offline failure."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import keras
+import numpy as np
+import pytest
+from httpserver import closed_port_url, serve, silent_server
+from test_resnet import write_legacy_h5
+
+from floranet.errors import WeightsError
+from floranet.models import resnet, weights
+
+
+def official_copy(tmp_path, monkeypatch) -> tuple[keras.Model, str, bytes]:
+    """A keras.applications ResNet50 notop file under its official name, with the table patched to its md5."""
+    shape = (64, 64, 3)
+    reference = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    path = tmp_path / "src.h5"
+    write_legacy_h5(reference, path)
+    data = path.read_bytes()
+    monkeypatch.setitem(weights.OFFICIAL_MD5, "resnet50", ("0" * 32, hashlib.md5(data).hexdigest()))
+    name, _, _ = weights.official_file("resnet50", include_top=False)
+    return reference, name, data
+
+
+def test_imagenet_weights_download_verify_and_cache(tmp_path, monkeypatch, keras_home) -> None:
+    reference, name, data = official_copy(tmp_path, monkeypatch)
+    with serve({f"/w/{name}": data}) as server:
+        monkeypatch.setenv(weights.URL_ENV, server.url + "/w/")
+        ours = resnet.resnet50(weights="imagenet", include_top=False, pooling="avg", input_shape=(64, 64, 3))
+        assert (keras_home / "models" / name).read_bytes() == data  # cached where Keras caches
+        resnet.resnet50(weights="imagenet", include_top=False, pooling="avg", input_shape=(64, 64, 3))
+        assert len(server.requests) == 1  # second build used the cache
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(ours(x), reference(x), atol=1e-5)
+
+
+def test_corrupted_download_is_refused_and_not_kept(tmp_path, monkeypatch, keras_home) -> None:
+    _, name, data = official_copy(tmp_path, monkeypatch)
+    with serve({f"/w/{name}": data[:-100] + b"x" * 100}) as server:
+        monkeypatch.setenv(weights.URL_ENV, server.url + "/w/")
+        with pytest.raises(WeightsError, match="Checksum mismatch"):
+            resnet.resnet50(weights="imagenet", include_top=False, input_shape=(64, 64, 3))
+    assert not (keras_home / "models" / name).exists()
+
+
+def test_pre_seeded_cache_needs_no_network(tmp_path, monkeypatch, keras_home) -> None:
+    reference, name, data = official_copy(tmp_path, monkeypatch)
+    (keras_home / "models").mkdir(parents=True)
+    (keras_home / "models" / name).write_bytes(data)
+    monkeypatch.setenv(weights.URL_ENV, closed_port_url() + "/")
+    ours = resnet.resnet50(weights="imagenet", include_top=False, pooling="avg", input_shape=(64, 64, 3))
+    x = np.ones((1, 64, 64, 3), "float32")
+    np.testing.assert_allclose(ours(x), reference(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["refused", "stalled"])
+def test_offline_fails_fast_with_instructions(kind: str, monkeypatch, keras_home) -> None:
+    start = time.monotonic()
+    with silent_server() as stalled:
+        url = closed_port_url() if kind == "refused" else stalled
+        monkeypatch.setenv(weights.URL_ENV, url + "/")
+        with pytest.raises(WeightsError) as info:
+            weights.fetch_imagenet("resnet50", include_top=False, timeout=3.0)
+    elapsed = time.monotonic() - start
+    assert elapsed < 30
+    message = str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(keras_home / "models") in message and "--weights PATH" in message
