@@ -28,3 +28,18 @@ def artifacts_dir() -> Path:
     """Where tests leave files for people to look at (screenshots, reports)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run (random-init CIFAR ResNet-20, 32 px, 3 classes) shared by read-only tests."""
+    from imagesets import make_image_folder
+
+    from floranet import config
+    from floranet.workflow import train_and_report
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_image_folder(root / "data", classes=3, per_class=10, names=["daisy", "roses", "tulips"])
+    cfg = config.resolve(data_dir=str(data), out=str(root / "run"), backbone="resnet20", weights="none",
+                         image_size=32, batch_size=8, epochs=3, fine_tune_epochs=1)
+    return train_and_report(cfg, progress=False, say=lambda m: None).run_dir

@@ -1,0 +1,80 @@
+"""Shared helpers for benchmarks: machine info, child-process measurement, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FLOWERS = SHARED / "data" / "flower_photos"
+MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v2_imagenet_tv_notop.weights.h5"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1]
+                break
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+    versions = {}
+    for mod in ("tensorflow", "keras", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing module is just not reported
+            pass
+    return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags.split()],
+            "python": platform.python_version(), "platform": platform.platform(), **versions}
+
+
+def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> dict[str, Any]:
+    """Runs ``cmd`` as a child; returns wall seconds, exit code and the child's own peak RSS."""
+    start = time.perf_counter()
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if log:
+        out.close()
+    return {"wall_seconds": round(time.perf_counter() - start, 2), "returncode": proc.returncode,
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line([_fmt(r.get(c)) for c in columns]) for r in rows]
+    return "\n".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return "" if v is None else str(v)
+
+
+def write_result(name: str, payload: dict[str, Any], command: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"command": command, "machine": machine_info(), **payload}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def python() -> str:
+    return sys.executable

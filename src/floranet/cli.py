@@ -1,0 +1,223 @@
+"""The ``floranet`` command: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _quiet_tensorflow_import() -> None:
+    """Imports TensorFlow with its C++ start-up banner (absl lines on fd 2) silenced."""
+    if "tensorflow" in sys.modules or os.environ.get("FLORANET_VERBOSE_TF"):
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _int_or_pair(text: str) -> int | tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or HxW, got {text!r}") from None
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training settings (override --config and the preset)")
+    g.add_argument("--config", help="YAML file of settings")
+    g.add_argument("--preset", choices=["tutorial", "recommended"])
+    g.add_argument("--backbone", help="resnet50 (default), resnet18, mobilenet_v2, ... (see `floranet backbones`)")
+    g.add_argument("--weights", help="imagenet | none | PATH to a weights file")
+    g.add_argument("--image-size", type=_int_or_pair, help="pixels, e.g. 180 or 180x240")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=int, help="stage 1 epochs (frozen backbone)")
+    g.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top of the backbone unfrozen)")
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--fine-tune-learning-rate", type=float)
+    g.add_argument("--schedule", choices=["cosine", "plateau", "constant"])
+    g.add_argument("--val-split", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"])
+    g.add_argument("--augment", nargs="?", const="all", choices=["off", "fine-tune", "all"],
+                   help="bare --augment: every stage (stage 1 then runs the full model)")
+    g.add_argument("--class-weights", choices=["auto"])
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--head-units", type=int)
+    g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
+
+
+TRAIN_KEYS = ("preset", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
+              "learning_rate", "fine_tune_learning_rate", "schedule", "val_split", "seed", "precision",
+              "augment", "class_weights", "dropout", "head_units", "split_file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from floranet import __version__
+
+    parser = argparse.ArgumentParser(prog="floranet", description="Train and use ResNet image classifiers.")
+    parser.add_argument("--version", action="version", version=f"floranet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the Keras flower tutorial end to end (works offline)")
+    p.add_argument("--data", help="folder-per-class image set (default: flower_photos, else the bundled sample)")
+    p.add_argument("--out", help="run directory (default: runs/demo-<time>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int)
+
+    p = sub.add_parser("train", help="train a classifier on DATA_DIR")
+    p.add_argument("data_dir")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    _add_train_flags(p)
+
+    p = sub.add_parser("doctor", help="check a folder-per-class image set")
+    p.add_argument("data_dir")
+    p.add_argument("--json", help="also write the full report as JSON")
+    p.add_argument("--max-pixels", type=int, default=50_000_000)
+
+    p = sub.add_parser("fetch", help="download a dataset (flower_photos) into the cache")
+    p.add_argument("name", nargs="?", default="flower_photos")
+    p.add_argument("--cache-dir")
+
+    p = sub.add_parser("evaluate", help="metrics, calibration and plots on held-out data")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="another labelled folder-per-class set (default: the run's validation split)")
+    p.add_argument("--batch-size", type=int, default=32)
+
+    p = sub.add_parser("predict", help="classify images, folders or globs")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--output", help="write to this file instead of standard output")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--low-confidence", type=float, default=0.5, help="flag rows whose top probability is below")
+    p.add_argument("--calibrated", action="store_true", help="report temperature-scaled probabilities")
+    p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="write the HTML here instead")
+
+    sub.add_parser("backbones", help="list backbone names")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from floranet.errors import FloranetError
+
+    try:
+        _quiet_tensorflow_import()
+        return COMMANDS[args.command](args)
+    except FloranetError as e:
+        print(f"floranet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from floranet.demo import run_demo
+
+    run_demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from floranet import config
+    from floranet.workflow import train_and_report
+
+    flags = {k: getattr(args, k) for k in TRAIN_KEYS}
+    cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
+    result = train_and_report(cfg, resume=args.resume)
+    acc = result.metrics.get("accuracy")
+    print(f"Done in {result.timings['total']:.0f} s."
+          + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
+    print(f"Run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from floranet.data import doctor
+
+    report = doctor.diagnose(args.data_dir, max_pixels=args.max_pixels, progress=sys.stderr.isatty())
+    print(report.format_text())
+    if args.json:
+        report.write_json(args.json)
+        print(f"JSON report: {args.json}")
+    if not report.usable:
+        print(f"not usable: {report.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from floranet.data import datasets
+
+    print(datasets.fetch(args.name, cache_dir=args.cache_dir))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from floranet.evaluate import evaluate_run
+
+    ev = evaluate_run(args.run_dir, data_dir=args.data, batch_size=args.batch_size)
+    name = "metrics.json" if args.data is None else "metrics_external.json"
+    m = ev.write(args.run_dir, name=name)
+    print(f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
+          f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "
+          f"(after temperature {ev.temperature:.2f}: {m['calibration']['ece_after_temperature']:.3f})")
+    for t, p_, c in ev.most_confused()[:5]:
+        print(f"  {t} predicted as {p_}: {c}")
+    print(f"Wrote {args.run_dir}/{name} and plots/")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from floranet import predict
+
+    predictor = predict.load(args.run_dir, batch_size=args.batch_size, low_confidence=args.low_confidence,
+                             calibrated=args.calibrated, safe_mode=not args.unsafe)
+    rows = predictor.predict(args.paths, top_k=args.top_k)
+    if args.output:
+        predict.write_predictions(rows, args.format, args.output)
+        print(f"{len(rows)} predictions written to {args.output}")
+    else:
+        sys.stdout.write(predict.format_predictions(rows, args.format))
+    return 1 if rows and all(r.error for r in rows) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from floranet.report import build_report
+
+    print(build_report(args.run_dir, out=args.out))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from floranet.models import backbones
+
+    for name in backbones.names():
+        print(name)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "doctor": cmd_doctor, "fetch": cmd_fetch,
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "backbones": cmd_backbones}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Grad-CAM (Selvaraju et al. 2017) from the backbone's last convolutional stage."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from floranet.models import classifier
+
+
+def last_conv_layer(backbone: keras.Model) -> str:
+    """Name of the backbone's last layer with a spatial (4-D) output."""
+    for layer in reversed(backbone.layers):
+        shape = getattr(layer, "output", None)
+        if shape is not None and len(layer.output.shape) == 4:
+            return layer.name
+    raise ValueError(f"backbone {backbone.name!r} has no 4-D feature map")
+
+
+class GradCAM:
+    """Heat maps of where a classifier looked, for any class.
+
+    Args:
+        model: A classifier built by :func:`floranet.models.classifier.build_classifier`.
+        layer: Backbone layer to explain; its last convolutional stage by default.
+    """
+
+    def __init__(self, model: keras.Model, layer: str | None = None) -> None:
+        base = classifier.backbone_of(model)
+        self.layer = layer or last_conv_layer(base)
+        multi = keras.Model(base.inputs, [base.get_layer(self.layer).output, base.outputs[0]])
+        inputs = keras.Input(shape=model.inputs[0].shape[1:])
+        x = inputs
+        for layer_ in model.layers[1:]:
+            if layer_.name == classifier.BACKBONE_LAYER:
+                break
+            x = layer_(x)
+        conv, pooled = multi(x, training=False)
+        probs = classifier.head_of(model)(pooled, training=False)
+        self._model = keras.Model(inputs, [conv, probs])
+
+    def heatmaps(self, images: np.ndarray, class_index: int | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (heat maps in [0, 1] at feature-map resolution, probabilities).
+
+        Args:
+            images: float32 ``[B, H, W, 3]`` raw RGB 0..255.
+            class_index: Class to explain per image; the predicted class by default.
+        """
+        x = tf.convert_to_tensor(np.asarray(images, np.float32))
+        with tf.GradientTape() as tape:
+            conv, probs = self._model(x, training=False)
+            tape.watch(conv)
+            idx = tf.argmax(probs, axis=1) if class_index is None else tf.broadcast_to(
+                tf.convert_to_tensor(class_index, tf.int64), [tf.shape(probs)[0]])
+            score = tf.gather(probs, idx, axis=1, batch_dims=1)
+        grads = tape.gradient(score, conv)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
+        peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+        return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0.0), probs.numpy()

@@ -1,0 +1,5 @@
+"""Training: two-stage transfer learning with cached features, resumable."""
+
+from floranet.training.run import TrainResult, train
+
+__all__ = ["TrainResult", "train"]

@@ -1,0 +1,145 @@
+"""The data side of a run: doctor, split manifest, datasets and predictions aligned with it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from floranet import plots
+from floranet.config import TrainConfig
+from floranet.data import doctor, pipeline
+from floranet.data import split as split_lib
+from floranet.errors import DatasetError
+from floranet.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A checked dataset with its split, ready to feed a model."""
+
+    data_dir: Path
+    split: split_lib.Split
+    tf_decodable: dict[str, bool]
+    config: TrainConfig
+    notes: list[str] = field(default_factory=list)
+
+    def abs_path(self, rel: str) -> Path:
+        return self.data_dir / rel
+
+    def rows(self, subset: str) -> list[split_lib.SplitRow]:
+        if subset == "train":
+            return self.split.train()
+        if subset == "validation":
+            return self.split.validation()
+        return list(self.split.rows)
+
+    def dataset(self, subset: str, *, shuffle: bool = False, augment: bool = False, with_index: bool = False):
+        """A batched tf.data stream of (images 0..255, labels); labels are row indices if ``with_index``."""
+        rows = self.rows(subset)
+        labels = list(range(len(rows))) if with_index else [self.split.label_index(r.label) for r in rows]
+        return pipeline.make_dataset(
+            [str(self.abs_path(r.path)) for r in rows], labels, image_size=self.config.image_size,
+            batch_size=self.config.batch_size, tf_decodable=[self.tf_decodable.get(r.path, False) for r in rows],
+            shuffle=shuffle, augment=pipeline.Augment() if augment else None, seed=self.config.seed,
+            max_pixels=self.config.max_pixels, on_error="skip",
+        )
+
+    def predict(self, model: keras.Model, subset: str) -> tuple[np.ndarray, np.ndarray, list[split_lib.SplitRow]]:
+        """Probabilities, true labels and the rows they belong to, in split.csv order.
+
+        Rows whose file cannot be decoded any more are left out (and logged).
+        """
+        rows = self.rows(subset)
+        probs = np.zeros((len(rows), len(self.split.class_names)), np.float32)
+        seen = np.zeros(len(rows), bool)
+        for images, index in self.dataset(subset, with_index=True):
+            idx = index.numpy()
+            probs[idx] = np.asarray(model(images, training=False))
+            seen[idx] = True
+        for i in np.flatnonzero(~seen):
+            log.warning("Skipped %s: it could not be decoded", rows[i].path)
+        kept = [r for r, s in zip(rows, seen) if s]
+        labels = np.asarray([self.split.label_index(r.label) for r in kept], dtype=np.int64)
+        return probs[seen], labels, kept
+
+
+def prepare(config: TrainConfig, run_dir: Path, *, resume: bool, progress: bool,
+            say: Callable[[str], None] = print) -> Prepared:
+    """Runs the doctor, makes or reuses the split, writes the data files of the run directory."""
+    data_dir = Path(config.data_dir)
+    report = doctor.diagnose(data_dir, max_pixels=config.max_pixels, progress=progress)
+    report.write_json(run_dir / "doctor.json")
+    if not report.usable:
+        raise DatasetError(f"{data_dir}: {report.reason}")
+    notes = []
+    summary = report.summary()
+    if summary.get("num_bad"):
+        notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
+        say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run_dir / 'doctor.json'}.")
+    usable = report.usable_files()
+    tf_decodable = {f.path: f.tf_decodable for f in usable}
+    split_path = run_dir / "split.csv"
+    if resume and split_path.exists():
+        split = split_lib.Split.from_csv(split_path)
+    elif config.split_file:
+        split = split_lib.Split.from_csv(config.split_file)
+        say(f"Using the split from {config.split_file}.")
+    else:
+        items = [(f.path, f.label, f.sha256) for f in usable]
+        # Classes with no usable image cannot be learned: leave them out of the label set.
+        names = sorted({label for _, label, _ in items})
+        split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
+    usable_paths = {f.path for f in usable}
+    missing = [r.path for r in split.rows if r.path not in usable_paths]
+    if missing:
+        if len(missing) == len(split.rows):
+            raise DatasetError(f"None of the files in the split manifest are usable in {data_dir}.")
+        notes.append(f"{len(missing)} files of the split are missing or unusable now and were left out")
+        split = split_lib.Split(rows=tuple(r for r in split.rows if r.path in usable_paths),
+                                class_names=split.class_names)
+    split.to_csv(split_path)
+    write_json(run_dir / "class_names.json", list(split.class_names))
+    prepared = Prepared(data_dir, split, tf_decodable, config, notes)
+    _sample_grid(prepared, run_dir)
+    per_class = ", ".join(f"{k} {v['train'] + v['validation']}" for k, v in split.counts().items())
+    say(f"Data: {len(split.rows)} images, {len(split.class_names)} classes ({per_class}); "
+        f"train {len(split.train())}, validation {len(split.validation())}.")
+    return prepared
+
+
+def _sample_grid(prepared: Prepared, run_dir: Path, n: int = 9) -> None:
+    rng = np.random.default_rng(prepared.config.seed)
+    rows = prepared.split.train()
+    picks = [rows[i] for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
+    images, titles = [], []
+    for r in picks:
+        try:
+            images.append(pipeline.decode_and_resize(str(prepared.abs_path(r.path)), prepared.config.image_size))
+            titles.append(r.label)
+        except DatasetError:
+            continue
+    plots.sample_grid(images, titles, run_dir / "plots" / "samples.png")
+
+
+def class_weights(prepared: Prepared, config: TrainConfig) -> dict[int, float] | None:
+    """Balanced class weights (scikit-learn) when ``class_weights: auto``."""
+    if config.class_weights != "auto":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray([prepared.split.label_index(r.label) for r in prepared.split.train()])
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+def summary_of(prepared: Prepared) -> dict[str, Any]:
+    return {"classes": list(prepared.split.class_names), "counts": prepared.split.counts()}

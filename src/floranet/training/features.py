@@ -1,0 +1,101 @@
+"""Frozen-backbone features, computed once and cached on disk.
+
+The cache lives in ``RUN_DIR/features/<key>/``; the key hashes the backbone
+name, its actual weights, the image size and the compute precision, and each
+row is keyed by the image file's sha256. Features are written in chunks (each
+file atomic), so a run killed mid-extraction resumes at the last chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from floranet.data import pipeline
+from floranet.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+CHUNK = 256
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """sha256 over every weight of ``model`` (cheap next to one forward pass)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(backbone: str, fingerprint: str, image_size: tuple[int, int], precision: str) -> str:
+    text = f"{backbone}|{fingerprint}|{image_size[0]}x{image_size[1]}|{precision}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def extract(
+    extractor: keras.Model,
+    paths: Sequence[str],
+    hashes: Sequence[str],
+    *,
+    cache_dir: str | os.PathLike[str],
+    image_size: tuple[int, int],
+    batch_size: int,
+    tf_decodable: Sequence[bool] | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Returns ``{sha256: feature vector}`` for every decodable file, computing only what is missing.
+
+    Files that fail to decode are left out (and logged), never fatal.
+    """
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    known = load_cache(cache)
+    todo = [i for i, h in enumerate(hashes) if h not in known]
+    # One copy per distinct file: duplicates share their features.
+    seen: set[str] = set()
+    todo = [i for i in todo if not (hashes[i] in seen or seen.add(hashes[i]))]
+    if todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="Computing backbone features (once)", unit="img", disable=not progress)
+        start_chunk = len(list(cache.glob("chunk-*.npz")))
+        for c, lo in enumerate(range(0, len(todo), CHUNK)):
+            idx = todo[lo: lo + CHUNK]
+            ds = pipeline.make_dataset(
+                [paths[i] for i in idx], list(range(len(idx))), image_size=image_size, batch_size=batch_size,
+                tf_decodable=None if tf_decodable is None else [tf_decodable[i] for i in idx], on_error="skip",
+            )
+            feats, got = [], []
+            for images, positions in ds:
+                feats.append(np.asarray(extractor(images, training=False), dtype=np.float32))
+                got.extend(int(p) for p in positions.numpy())
+                bar.update(len(positions))
+            missing = set(range(len(idx))) - set(got)
+            for m in sorted(missing):
+                log.warning("Skipped %s: it could not be decoded", paths[idx[m]])
+            if got:
+                chunk_hashes = np.asarray([hashes[idx[p]] for p in got])
+                chunk = np.concatenate(feats, axis=0)
+                with atomic_path(cache / f"chunk-{start_chunk + c:05d}.npz") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, sha256=chunk_hashes, features=chunk)
+                known.update(zip(chunk_hashes.tolist(), chunk))
+        bar.close()
+    return {h: known[h] for h in hashes if h in known}
+
+
+def load_cache(cache: Path) -> dict[str, np.ndarray]:
+    known: dict[str, np.ndarray] = {}
+    for chunk in sorted(cache.glob("chunk-*.npz")):
+        with np.load(chunk) as data:
+            known.update(zip(data["sha256"].tolist(), data["features"]))
+    return known
+
+
+def describe(cache: Path, info: dict) -> None:
+    write_json(cache / "key.json", info)

@@ -1,0 +1,72 @@
+"""Configuration: validation, presets and precedence (flag > file > preset > default)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from floranet import config
+from floranet.errors import ConfigError
+from floranet.io import atomic_path
+
+
+def test_precedence_flag_over_file_over_preset(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"epochs": 7, "batch-size": 16, "preset": "tutorial", "dropout": 0.1}))
+    cfg = config.resolve(file=path, epochs=9, batch_size=None)
+    assert cfg.epochs == 9  # flag beats file
+    assert cfg.batch_size == 16  # file beats default (flag not given)
+    assert cfg.dropout == 0.1  # file beats preset
+    assert cfg.fine_tune_epochs == 0 and cfg.learning_rate == 1e-3  # from the tutorial preset
+    assert config.resolve().preset == "recommended" and config.resolve().fine_tune_epochs > 0
+    assert config.resolve(preset="tutorial", file=path).preset == "tutorial"
+
+
+def test_saved_yaml_round_trips(tmp_path) -> None:
+    cfg = config.resolve(preset="tutorial", image_size=(160, 200), weights="none")
+    cfg.save(tmp_path / "config.yaml")
+    again = config.resolve(file=tmp_path / "config.yaml")
+    assert again == cfg and again.weights is None and again.image_size == (160, 200)
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        ({"image_size": -3}, "Received: image_size=-3"),
+        ({"batch_size": 0}, "Received: batch_size=0"),
+        ({"val_split": 1.5}, "Received: val_split=1.5"),
+        ({"precision": "fp16"}, "Received: precision='fp16'"),
+        ({"augment": "sometimes"}, "Received: augment='sometimes'"),
+        ({"preset": "fast"}, "Received: preset='fast'"),
+        ({"epochs": 0, "fine_tune_epochs": 0}, "epochs"),
+        ({"learning_rate": 3.0}, "Received: learning_rate=3.0"),
+    ],
+)
+def test_invalid_values_name_the_setting(flags, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config.resolve(**flags)
+
+
+def test_unknown_keys_and_bad_files(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    with pytest.raises(ConfigError, match="Unknown settings in .*epochz"):
+        config.resolve(file=bad)
+    bad.write_text("[1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.resolve(file=bad)
+    with pytest.raises(ConfigError, match="not found"):
+        config.resolve(file=tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="Unknown settings: speed"):
+        config.resolve(speed=3)
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:
+    target = tmp_path / "model.keras"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-save")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]

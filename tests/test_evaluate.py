@@ -1,0 +1,79 @@
+"""Evaluation views: metrics equal scikit-learn's, confusion rows follow split.csv, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from floranet.evaluate import Evaluation, apply_temperature, expected_calibration_error, fit_temperature
+from floranet.metrics import classification_metrics
+
+NAMES = ("daisy", "roses", "tulips", "sunflowers")
+
+
+def fixed_predictions(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(NAMES), n)
+    logits = rng.normal(0, 1, (n, len(NAMES)))
+    logits[np.arange(n), labels] += 1.5  # better than chance, not perfect
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return labels, probs
+
+
+def test_metrics_equal_scikit_learn() -> None:
+    labels, probs = fixed_predictions()
+    m = classification_metrics(labels, probs, NAMES, top_k=2)
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert m["loss"] == pytest.approx(skm.log_loss(labels, probs))
+    assert m["top_2_accuracy"] == pytest.approx(skm.top_k_accuracy_score(labels, probs, k=2))
+    p, r, f, s = skm.precision_recall_fscore_support(labels, pred)
+    for i, name in enumerate(NAMES):
+        assert m["per_class"][name]["precision"] == pytest.approx(p[i])
+        assert m["per_class"][name]["recall"] == pytest.approx(r[i])
+        assert m["per_class"][name]["f1"] == pytest.approx(f[i])
+        assert m["per_class"][name]["support"] == s[i]
+    assert m["confusion_matrix"] == skm.confusion_matrix(labels, pred).tolist()
+    norm = np.asarray(m["confusion_matrix_normalized"])
+    np.testing.assert_allclose(norm.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_confusion_rows_follow_the_manifest_after_shuffling() -> None:
+    labels, probs = fixed_predictions(60)
+    paths = tuple(f"{NAMES[y]}/img{i}.jpg" for i, y in enumerate(labels))
+    ev = Evaluation(NAMES, paths, labels, probs)
+    perm = np.random.default_rng(3).permutation(len(labels))
+    shuffled = Evaluation(NAMES, tuple(paths[i] for i in perm), labels[perm], probs[perm])
+    np.testing.assert_array_equal(ev.confusion_matrix(), shuffled.confusion_matrix())
+    # Each row i counts exactly the manifest's images of class i.
+    for i, name in enumerate(NAMES):
+        assert ev.confusion_matrix()[i].sum() == sum(p.startswith(name + "/") for p in paths)
+    worst = ev.top_losses(5)
+    assert all(w["true"] == w["path"].split("/")[0] and w["true"] != w["predicted"] for w in worst)
+    assert [w["loss"] for w in worst] == sorted((w["loss"] for w in worst), reverse=True)
+    pairs = ev.most_confused()
+    cm = ev.confusion_matrix()
+    assert pairs[0][2] == max(cm[i, j] for i in range(4) for j in range(4) if i != j)
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_model() -> None:
+    labels, probs = fixed_predictions(500, seed=1)
+    overconfident = apply_temperature(probs, 0.25)  # sharpen: same argmax, far too sure
+    ece_before = expected_calibration_error(overconfident, labels)
+    t = fit_temperature(overconfident, labels)
+    assert t > 2.0  # undoes the sharpening
+    ece_after = expected_calibration_error(apply_temperature(overconfident, t), labels)
+    assert ece_after < ece_before / 2
+    np.testing.assert_array_equal(apply_temperature(overconfident, t).argmax(1), overconfident.argmax(1))
+    ev = Evaluation(NAMES, tuple(str(i) for i in range(500)), labels, overconfident).with_temperature()
+    assert ev.ece(calibrated=True) < ev.ece()
+
+
+def test_metrics_dict_has_every_view() -> None:
+    labels, probs = fixed_predictions(40)
+    m = Evaluation(NAMES, tuple(str(i) for i in range(40)), labels, probs).with_temperature().metrics()
+    for key in ("accuracy", "loss", "top_2_accuracy", "per_class", "confusion_matrix", "most_confused",
+                "top_losses", "calibration"):
+        assert key in m
+    assert len(m["calibration"]["reliability"]) == 15

@@ -1,0 +1,52 @@
+"""The report: self-contained HTML that a real headless browser renders with every image, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from floranet.cli import main
+from floranet.evaluate import evaluate_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_evaluate_cli_writes_metrics_and_calibration(tiny_run, capsys) -> None:
+    assert main(["evaluate", str(tiny_run)]) == 0
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["source"] == "validation split" and metrics["num_examples"] == 6
+    assert (tiny_run / "calibration.json").exists() and (tiny_run / "plots" / "reliability.png").exists()
+    ev = evaluate_run(tiny_run)
+    assert list(ev.paths) == [line.split(",")[0] for line in (tiny_run / "split.csv").read_text().splitlines()[1:]
+                              if line.split(",")[2] == "validation"]
+
+
+def test_report_is_self_contained(tiny_run) -> None:
+    assert main(["report", str(tiny_run)]) == 0
+    html = (tiny_run / "report.html").read_text()
+    for needle in ("Confusion matrix", "reliability diagram", "Top losses", "Configuration", "Environment", "Sample training"):
+        assert needle in html
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert html.count("data:image/png;base64,") >= 5
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when it can)")
+def test_report_renders_in_headless_chromium(tiny_run, artifacts_dir) -> None:
+    from playwright.sync_api import sync_playwright
+
+    main(["report", str(tiny_run)])
+    url = (tiny_run / "report.html").resolve().as_uri()
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(url)
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        page.screenshot(path=str(artifacts_dir / "report.png"), full_page=True)
+        browser.close()
+    assert len(images) >= 5 and all(done and width > 0 for done, width in images)
+    assert all(r == url or r.startswith("data:") for r in requests), requests

@@ -1,0 +1,154 @@
+"""Training runs: the run directory contract, cached features vs the full model, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from imagesets import make_image_folder
+
+from floranet import config
+from floranet.data import pipeline
+from floranet.models import classifier
+from floranet.training import features, train
+
+RUN_FILES = [
+    "config.yaml", "split.csv", "class_names.json", "doctor.json", "model.keras", "history.csv", "metrics.json",
+    "plots/samples.png", "plots/history.png", "plots/confusion_matrix.png",
+]
+FAST = dict(backbone="resnet20", weights="none", image_size=32, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data"), classes=3, per_class=10)
+
+
+def test_two_stage_run_writes_the_whole_run_directory(images, tmp_path) -> None:
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=3, fine_tune_epochs=2,
+                         early_stopping_patience=5, **FAST)
+    result = train(cfg, progress=False, say=lambda m: None)
+    run = result.run_dir
+    for name in RUN_FILES:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    assert list((run / "logs").rglob("events.out.tfevents*")), "TensorBoard logs"
+    assert json.loads((run / "class_names.json").read_text()) == ["class_0", "class_1", "class_2"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_examples"] == 6 and 0 <= metrics["accuracy"] <= 1
+    assert set(metrics["per_class"]) == {"class_0", "class_1", "class_2"}
+    assert {"precision", "recall", "f1"} <= set(metrics["per_class"]["class_0"])
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 5 and history[0].startswith("stage,epoch")
+    assert [line.split(",")[0] for line in history[1:]] == ["stage1"] * 3 + ["stage2"] * 2
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
+    assert not any(p.name.endswith(".tmp") or p.name.startswith(".") for p in run.rglob("*"))
+
+
+def test_cached_feature_head_equals_full_model(images, tmp_path) -> None:
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), preset="tutorial", epochs=2, **FAST)
+    run = train(cfg, progress=False, say=lambda m: None).run_dir
+    model = keras.saving.load_model(run / "model.keras")
+    cached = features.load_cache(next((run / "features").iterdir()))
+    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
+    paths = [images / r[0] for r in rows]
+    pixels = np.stack([pipeline.decode_and_resize(str(p), (32, 32)) for p in paths])
+    full = model.predict(pixels, verbose=0)
+    head = classifier.head_of(model).predict(np.stack([cached[r[3]] for r in rows]), verbose=0)
+    np.testing.assert_allclose(head, full, atol=1e-5)
+    assert len(cached) == len(rows)
+
+
+def test_features_are_computed_once_and_reused(images, tmp_path) -> None:
+    model = classifier.build_classifier("resnet20", 3, image_size=32, weights=None)
+    extractor = classifier.feature_extractor(model)
+    paths = sorted(str(p) for p in images.rglob("*.jpg"))[:5]
+    hashes = [f"h{i}" for i in range(5)]
+    calls = []
+    counting = lambda x, training=False: calls.append(len(x)) or extractor(x, training=training)  # noqa: E731
+    first = features.extract(counting, paths, hashes, cache_dir=tmp_path / "c", image_size=(32, 32),
+                             batch_size=4, progress=False)
+    assert sum(calls) == 5
+    second = features.extract(counting, paths, hashes, cache_dir=tmp_path / "c", image_size=(32, 32),
+                              batch_size=4, progress=False)
+    assert sum(calls) == 5  # nothing recomputed
+    for h in hashes:
+        np.testing.assert_array_equal(first[h], second[h])
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_path) -> None:
+    out = tmp_path / "run"
+    cfg = config.resolve(data_dir=str(images), out=str(out), preset="tutorial", epochs=1, **FAST)
+    train(cfg, progress=False, say=lambda m: None)
+    from floranet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg, progress=False, say=lambda m: None)
+    changed = config.resolve(data_dir=str(images), out=str(out), preset="tutorial", epochs=1,
+                             **{**FAST, "batch_size": 4})
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(changed, resume=True, progress=False, say=lambda m: None)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "floranet.cli", *args]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def _stage_epochs(run: Path, stage: str) -> int:
+    try:
+        state = json.loads((run / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    return state.get("stages", {}).get(stage, {}).get("epochs_done", 0)
+
+
+KILL_POINTS = {
+    "during-data-prep": lambda run: (run / "config.yaml").exists(),
+    "mid-stage1": lambda run: _stage_epochs(run, "stage1") >= 2,
+    "mid-stage2": lambda run: _stage_epochs(run, "stage2") >= 1,
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_then_resume_completes_the_run(point, images, tmp_path) -> None:
+    run = tmp_path / "run"
+    args = ["train", str(images), "--out", str(run), "--backbone", "resnet20", "--weights", "none",
+            "--image-size", "32", "--batch-size", "4", "--epochs", "12", "--fine-tune-epochs", "4",
+            "--augment", "off"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        hit = _wait_for(lambda: KILL_POINTS[point](run), proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert hit, f"the run never reached {point}"
+    assert not (run / "state.json").exists() or json.loads((run / "state.json").read_text())["complete"] is False
+    done = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((run / "state.json").read_text())
+    assert state["complete"]
+    history = (run / "history.csv").read_text().splitlines()[1:]
+    stage1 = [h for h in history if h.startswith("stage1")]
+    assert [int(h.split(",")[2]) for h in stage1] == list(range(1, len(stage1) + 1))  # no epoch lost or repeated
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.output_shape == (None, 3)
