@@ -4,7 +4,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "floranet needs Python >= 3.11 (python3.11/3.12/3.13 on PATH)"; exit 1; }
@@ -18,10 +18,19 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/floranet demo
 
-test: $(STAMP)
+# Debian's chromium for the browser tests; installed when we can (root + apt-get), else they skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get) for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "note: could not install chromium; browser tests will be skipped"; \
+	  else echo "note: chromium not found and cannot be installed here; browser tests will be skipped"; fi; }
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -m ''
 
 bench: $(STAMP)

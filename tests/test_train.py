@@ -152,3 +152,24 @@ def test_sigkill_then_resume_completes_the_run(point, images, tmp_path) -> None:
     assert [int(h.split(",")[2]) for h in stage1] == list(range(1, len(stage1) + 1))  # no epoch lost or repeated
     model = keras.saving.load_model(run / "model.keras")
     assert model.output_shape == (None, 3)
+
+
+def test_training_on_the_every_case_corpus_uses_the_good_files_and_changes_nothing(tmp_path, monkeypatch) -> None:
+    from corpus import deny_locked_reads, make_corpus
+    from test_doctor import snapshot
+
+    root = tmp_path / "data"
+    root.mkdir()
+    expected = make_corpus(root)
+    deny_locked_reads(monkeypatch)
+    before = snapshot(root)
+    cfg = config.resolve(data_dir=str(root), out=str(tmp_path / "run"), preset="tutorial", epochs=2, **FAST)
+    result = train(cfg, progress=False, say=lambda m: None)
+    assert snapshot(root) == before  # not a byte, mode or mtime changed
+    used = {line.split(",")[0] for line in (result.run_dir / "split.csv").read_text(errors="surrogateescape")
+            .splitlines()[1:]}
+    good = {p for p, status in expected.items() if status in ("ok", "note")}
+    assert used == {p.replace(",", "") for p in good} or len(used) == len(good)
+    assert not used & {p for p, status in expected.items() if status in ("bad", "ignored")}
+    assert result.class_names == ["daisy", "roses", "tulips"]  # the empty class is not a label
+    assert (result.run_dir / "model.keras").exists()

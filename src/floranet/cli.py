@@ -86,10 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir")
     p.add_argument("--json", help="also write the full report as JSON")
     p.add_argument("--max-pixels", type=int, default=50_000_000)
+    p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
 
-    p = sub.add_parser("fetch", help="download a dataset (flower_photos) into the cache")
-    p.add_argument("name", nargs="?", default="flower_photos")
-    p.add_argument("--cache-dir")
+    p = sub.add_parser("fetch", help="download a dataset into the cache (mini_flowers is bundled)")
+    p.add_argument("name", nargs="?", default="flower_photos", help="flower_photos or mini_flowers")
+    p.add_argument("--cache-dir", help="default: $KERAS_HOME/datasets or ~/.keras/datasets")
+    p.add_argument("--url", help="mirror URL of the archive (or set FLORANET_DATASETS_URL to a base URL)")
+    p.add_argument("--timeout", type=float, default=10.0)
 
     p = sub.add_parser("evaluate", help="metrics, calibration and plots on held-out data")
     p.add_argument("run_dir")
@@ -154,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from floranet.data import doctor
 
-    report = doctor.diagnose(args.data_dir, max_pixels=args.max_pixels, progress=sys.stderr.isatty())
+    report = doctor.diagnose(args.data_dir, max_pixels=args.max_pixels, workers=args.workers,
+                             progress=sys.stderr.isatty())
     print(report.format_text())
     if args.json:
         report.write_json(args.json)
@@ -168,7 +172,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from floranet.data import datasets
 
-    print(datasets.fetch(args.name, cache_dir=args.cache_dir))
+    print(datasets.fetch(args.name, cache_dir=args.cache_dir, url=args.url, timeout=args.timeout,
+                         progress=sys.stderr.isatty()))
     return 0
 
 

@@ -80,6 +80,13 @@ def download(
         offset = part.stat().st_size if part.exists() else 0
         try:
             _fetch(url, part, offset, timeout, progress)
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and offset > 0 and attempt == 0:
+                # The .part is already as long as the file (or longer, stale): the server
+                # refuses the Range. Start over instead of failing on every later try.
+                part.unlink(missing_ok=True)
+                continue
+            raise DownloadError(f"Could not download {url} to {dest}: {e.reason}.{hint}") from e
         except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(

@@ -1,0 +1,289 @@
+"""Datasets: download-and-extract of public image sets, and the bundled sample.
+
+``fetch("flower_photos")`` downloads TensorFlow's flower photos archive into the
+Keras cache (``$KERAS_HOME/datasets`` or ``~/.keras/datasets``), checks its
+SHA-256, extracts it safely and returns the folder-per-class root. The archive
+is kept next to the folder (as Keras does), so a damaged folder is re-extracted
+without the network.
+
+Completeness: the extracted folder carries a marker file (:data:`MARKER`, which
+holds the archive's SHA-256) written only after a successful extraction. The
+archive is extracted into a hidden temporary sibling folder that is renamed into
+place at the end, so an interrupted run never leaves a folder that looks
+complete.
+
+``fetch("mini_flowers")`` returns the small sample bundled with the package
+(30 downsized photos per class, see its ``SOURCE.md``); no network needed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from floranet import download as download_lib
+from floranet.errors import ConfigError, DatasetError
+
+MARKER = ".floranet-complete"
+MINI_FLOWERS = "mini_flowers"
+MIRROR_ENV = "FLORANET_DATASETS_URL"
+_STALE_AFTER_S = 3600.0  # leftovers of an interrupted extraction older than this are removed
+_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python >= 3.11.4 / 3.12
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A downloadable folder-per-class image set.
+
+    Attributes:
+        name: The name ``fetch`` accepts.
+        url: Where the archive (.tgz/.tar.gz/.tar) is published.
+        sha256: Its SHA-256 hex digest, or None when unknown (then only
+            ``size`` and a full read of the archive check it).
+        size: Its size in bytes, or None.
+        archive_root: The folder inside the archive that holds the class folders.
+    """
+
+    name: str
+    url: str
+    sha256: str | None
+    size: int | None
+    archive_root: str
+
+    @property
+    def archive_name(self) -> str:
+        """File name of the archive in the cache (the last part of ``url``)."""
+        return PurePosixPath(urlsplit(self.url).path).name or f"{self.name}.tgz"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "flower_photos": DatasetSpec(
+        name="flower_photos",
+        url="https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz",
+        # Size and SHA-256 as recorded by TensorFlow Datasets in
+        # tensorflow/datasets: tensorflow_datasets/url_checksums/tf_flowers.txt
+        # (commit 333639b37af6c6fedf3610a4a2d42f1c6ef6f7d5):
+        # "http://download.tensorflow.org/example_images/flower_photos.tgz 228813984 4c54ace7...5d9c".
+        # The same digest appears in several independent projects that pin this archive.
+        sha256="4c54ace7911aaffe13a365c34f650e71dd5bf1be0a58b464e5a7183e3e595d9c",
+        size=228_813_984,
+        archive_root="flower_photos",
+    ),
+}
+
+
+def names() -> list[str]:
+    """Every name :func:`fetch` accepts: the downloadable sets, then the bundled sample."""
+    return [*DATASETS, MINI_FLOWERS]
+
+
+def mini_flowers_path() -> Path:
+    """The bundled sample folder (5 classes x 30 photos) inside the installed package.
+
+    Read-only: copy it before changing anything in it.
+
+    Raises:
+        DatasetError: The package was installed without its data files.
+    """
+    res = importlib.resources.files("floranet.data") / MINI_FLOWERS
+    path = Path(str(res))
+    if not path.is_dir():
+        raise DatasetError(
+            f"The bundled sample {MINI_FLOWERS} is missing from the installed package (expected "
+            f"{path}). Reinstall floranet from a wheel or source tree that includes "
+            "floranet/data/mini_flowers, or pass --data DIR with a folder-per-class image set."
+        )
+    return path
+
+
+def fetch(
+    name: str = "flower_photos",
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    url: str | None = None,
+    timeout: float = 10.0,
+    progress: bool = True,
+) -> Path:
+    """Downloads and extracts a dataset unless a complete copy is cached.
+
+    Args:
+        name: One of :func:`names` (``"flower_photos"``, ``"mini_flowers"``).
+        cache_dir: Folder that holds the archive and the extracted set
+            (default: Keras's cache, ``$KERAS_HOME/datasets`` or ``~/.keras/datasets``).
+        url: Download from here instead (a mirror); the checksum still applies.
+            Without it, ``$FLORANET_DATASETS_URL`` (a base URL the archive name is
+            appended to) is used when set, else the official URL.
+        timeout: Seconds allowed to connect and for each read.
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        The folder that holds one sub-folder per class, e.g.
+        ``~/.keras/datasets/flower_photos``.
+
+    Raises:
+        ConfigError: Unknown ``name``.
+        DownloadError: The download failed (offline, timeout) or the checksum did
+            not match; the message says how to place the archive by hand.
+        DatasetError: The archive is corrupt, truncated or unsafe (it is deleted).
+    """
+    if name == MINI_FLOWERS:
+        return mini_flowers_path()
+    spec = DATASETS.get(name)
+    if spec is None:
+        raise ConfigError(
+            f"Unknown dataset: {name!r}. Valid names: {', '.join(names())}. Received: name={name!r}"
+        )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else download_lib.cache_dir("datasets")
+    target = root / spec.archive_root
+    if _is_complete(target, spec):
+        return target
+
+    archive = root / spec.archive_name
+    source = url or _mirror_url(spec) or spec.url
+    by_hand = (
+        f"download {source} on a machine with internet and put it at {archive}, "
+        "or pass --data DIR with a folder-per-class image set."
+    )
+    archive = download_lib.download(
+        source, archive, file_hash=spec.sha256, timeout=timeout, progress=progress,
+        manual_hint=f"If this machine is offline, {by_hand}",
+    )
+    hint = f"Run the command again to download it afresh, or {by_hand}"
+    if spec.size is not None and archive.stat().st_size != spec.size:
+        got = archive.stat().st_size
+        archive.unlink(missing_ok=True)
+        raise DatasetError(
+            f"The archive downloaded from {source} has {got} bytes, expected {spec.size} "
+            f"(truncated or not the {name} archive); it was not kept. {hint}"
+        )
+    digest = spec.sha256.lower() if spec.sha256 else download_lib.file_digest(archive, "sha256")
+    _extract(archive, spec, target, digest, source, hint)
+    return target
+
+
+def _mirror_url(spec: DatasetSpec) -> str | None:
+    base = os.environ.get(MIRROR_ENV, "").strip()
+    return f"{base.rstrip('/')}/{spec.archive_name}" if base else None
+
+
+def _is_complete(target: Path, spec: DatasetSpec) -> bool:
+    marker = target / MARKER
+    if not marker.is_file():
+        return False
+    if spec.sha256 is None:
+        return True
+    try:
+        recorded = marker.read_text(encoding="utf-8").strip().lower()
+    except OSError:
+        return False
+    return recorded == spec.sha256.lower()
+
+
+class _UnsafeMember(Exception):
+    """A member the fallback check refuses (what ``tarfile.FilterError`` is for ``filter="data"``)."""
+
+
+_UNSAFE: tuple[type[Exception], ...] = (
+    (_UnsafeMember, tarfile.FilterError) if hasattr(tarfile, "FilterError") else (_UnsafeMember,)
+)
+
+
+def _extract(archive: Path, spec: DatasetSpec, target: Path, digest: str, source: str, hint: str) -> None:
+    """Extracts ``archive`` into a temporary sibling of ``target``, then renames it into place."""
+    root = target.parent
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root, spec.archive_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.archive_root}.extracting-", dir=root))
+    old: Path | None = None
+    try:
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                _safe_extractall(tar, tmp)
+        except _UNSAFE as e:
+            archive.unlink(missing_ok=True)
+            raise DatasetError(
+                f"Refused to extract {archive} (from {source}): it contains an unsafe member ({e}); "
+                "nothing was written outside the cache and the archive was not kept."
+            ) from e
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            archive.unlink(missing_ok=True)
+            raise DatasetError(
+                f"The archive {archive} downloaded from {source} is corrupt or truncated "
+                f"({type(e).__name__}: {e}); it was not kept and nothing was extracted. {hint}"
+            ) from e
+        extracted = tmp / spec.archive_root
+        if not extracted.is_dir():
+            archive.unlink(missing_ok=True)
+            raise DatasetError(
+                f"The archive {archive} downloaded from {source} has no top-level folder "
+                f"{spec.archive_root!r}; it is not the {spec.name} archive and was not kept."
+            )
+        (extracted / MARKER).write_text(digest + "\n", encoding="utf-8")
+        if target.is_symlink() or target.exists():
+            # An incomplete or outdated copy (no or another marker): move it aside first.
+            old = root / f".{spec.archive_root}.old-{os.getpid()}-{time.monotonic_ns()}"
+            os.replace(target, old)
+        os.replace(extracted, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if old.is_symlink():
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path, archive_root: str) -> None:
+    """Removes temporary folders of extractions that were interrupted long ago."""
+    now = time.time()
+    for pattern in (f".{archive_root}.extracting-*", f".{archive_root}.old-*"):
+        for p in root.glob(pattern):
+            try:
+                if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > _STALE_AFTER_S:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _safe_extractall(tar: tarfile.TarFile, dest: Path) -> None:
+    if _HAS_DATA_FILTER:
+        # Refuses members outside dest, links pointing outside, device files; drops unsafe modes.
+        tar.extractall(dest, filter="data")
+        return
+    tar.extractall(dest, members=_checked_members(tar, dest))
+
+
+def _checked_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """The fallback of ``filter="data"``: only files/folders/safe links inside ``dest``."""
+    base = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([base, os.path.realpath(path)]) == base
+
+    members = []
+    for m in tar.getmembers():
+        name = m.name
+        if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in PurePosixPath(name).parts:
+            raise _UnsafeMember(f"{name!r} has an absolute path or '..'")
+        if not inside(os.path.join(base, name)):
+            raise _UnsafeMember(f"{name!r} would be written outside the destination")
+        if m.issym() or m.islnk():
+            link = m.linkname
+            where = os.path.dirname(name) if m.issym() else ""  # hard links are relative to the root
+            target = os.path.join(base, where, link)
+            if os.path.isabs(link) or not inside(target):
+                raise _UnsafeMember(f"link {name!r} -> {link!r} points outside the destination")
+        elif not (m.isfile() or m.isdir()):
+            raise _UnsafeMember(f"{name!r} is a special file")
+        m.mode = (m.mode | 0o600) & 0o755  # no setuid/setgid/sticky; readable by us
+        members.append(m)
+    return members

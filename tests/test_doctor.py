@@ -1,0 +1,247 @@
+"""The dataset doctor, on a generated corpus of every odd and broken case."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from corpus import CLASSES, EMPTY_CLASS, LOCKED, NON_UTF8_PATH, deny_locked_reads, make_corpus
+from floranet.data import doctor, images
+from floranet.errors import ConfigError, DatasetError
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "data"
+    root.mkdir()
+    expected = make_corpus(root)
+    deny_locked_reads(monkeypatch)
+    return root, expected
+
+
+def snapshot(root: Path) -> dict[bytes, tuple]:
+    """Every entry under root (bytes names, links not followed): type, mode, mtime and content hash."""
+    state = {}
+    for folder, dirs, files in os.walk(os.fsencode(root)):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                state[path] = ("link", os.readlink(path))
+                continue
+            digest = None
+            if not os.path.isdir(path) and os.access(path, os.R_OK):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            state[path] = (st.st_mode, st.st_mtime_ns, st.st_size, digest)
+    return state
+
+
+def two_classes(root: Path, names: tuple[str, ...] = ("a", "b"), per_class: int = 2) -> Path:
+    rng = np.random.default_rng(7)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_every_path_gets_its_expected_status(corpus) -> None:
+    root, expected = corpus
+    report = doctor.diagnose(root)
+    got = {f.path: f.status for f in report.files}
+    assert got == expected
+    assert [f.path for f in report.files] == sorted(got)
+    assert report.usable and report.reason == ""
+
+
+def test_reasons_labels_and_hashes(corpus) -> None:
+    root, _ = corpus
+    files = {f.path: f for f in doctor.diagnose(root).files}
+    reasons = {
+        "daisy/dup_b.jpg": "duplicate of daisy/dup_a.jpg",
+        "daisy/conflict.png": "label conflict: identical to roses/conflict.png",
+        "roses/conflict.png": "label conflict: identical to daisy/conflict.png",
+        "daisy/loop": "symlink loop",
+        "roses/broken.jpg": "broken symlink",
+        LOCKED: "unreadable: permission denied",
+        "README.txt": "not inside a class folder",
+        "daisy/notes.txt": "not an image file extension (.txt)",
+        ".ipynb_checkpoints": "hidden folder (not scanned)",
+        ".DS_Store": "hidden file",
+        "roses/empty.jpg": "empty file (0 bytes)",
+        "roses/text.jpg": "not an image (content is not a recognised image format)",
+        "daisy/exif6.jpg": "EXIF orientation 6 applied",
+        "roses/anim.gif": "animated GIF: first frame used",
+    }
+    for path, reason in reasons.items():
+        assert files[path].reason == reason, path
+    assert "looks like JPEG" in files["daisy/photo.dat"].reason
+    assert files["roses/fake.heic"].reason.startswith("unsupported format HEIC") and "JPEG" in files[
+        "roses/fake.heic"].reason
+    assert "400.0 MP exceeds the limit of 50.0 MP" in files["roses/bomb.png"].reason
+    assert files["roses/truncated.jpg"].reason.startswith("truncated")
+    for f in files.values():
+        assert (f.label is None) == (f.status == "ignored"), f.path
+        assert (f.reason == "") == (f.status == "ok"), f.path
+        if f.status in ("ok", "note"):
+            assert f.sha256 == hashlib.sha256((root / f.path).read_bytes()).hexdigest()
+            assert f.width and f.height
+        else:
+            assert not f.tf_decodable
+    assert files["roses/empty.jpg"].sha256 == hashlib.sha256(b"").hexdigest()  # read, then refused
+    assert files["daisy/d0.jpg"].tf_decodable and not files["daisy/cmyk.jpg"].tf_decodable
+    assert files["daisy/nested/deep.png"].label == "daisy"
+    assert files[NON_UTF8_PATH].status == "ok" and (root / NON_UTF8_PATH).exists()
+
+
+def test_classes_counts_summary_and_duplicates(corpus) -> None:
+    root, expected = corpus
+    report = doctor.diagnose(root)
+    usable = Counter(p.split("/")[0] for p, s in expected.items() if s in ("ok", "note"))
+    assert report.classes == {c: usable[c] for c in sorted([*CLASSES, EMPTY_CLASS])}
+    assert list(report.classes) == sorted(report.classes) and report.classes[EMPTY_CLASS] == 0
+    assert report.duplicates == (("daisy/conflict.png", "roses/conflict.png"), ("daisy/dup_a.jpg", "daisy/dup_b.jpg"))
+    assert [f.path for f in report.usable_files()] == sorted(p for p, s in expected.items() if s in ("ok", "note"))
+    s = report.summary()
+    status = Counter(expected.values())
+    assert (s["num_files"], s["num_usable"], s["num_bad"], s["num_notes"], s["num_ignored"]) == (
+        len(expected), status["ok"] + status["note"], status["bad"], status["note"], status["ignored"])
+    assert s["num_classes"] == 4 and s["empty_classes"] == [EMPTY_CLASS]
+    assert s["imbalance_ratio"] == pytest.approx(max(usable.values()) / min(usable.values()), abs=1e-3)
+    assert (s["duplicates_within_class"], s["label_conflicts"]) == (1, 2)
+    assert s["width"] == {"min": 30, "median": 40, "max": 40} and s["height"]["max"] == 40
+
+
+def test_diagnose_changes_nothing_and_is_fast(corpus, tmp_path) -> None:
+    root, _ = corpus
+    before = snapshot(root)
+    start = time.perf_counter()
+    report = doctor.diagnose(root, workers=4)
+    elapsed = time.perf_counter() - start
+    report.write_json(tmp_path / "report.json")
+    assert snapshot(root) == before
+    assert elapsed < 5.0  # the 400 MP bomb is refused from its header, never decoded
+
+
+def test_workers_and_progress_do_not_change_the_result(corpus, capsys) -> None:
+    root, _ = corpus
+    serial = doctor.diagnose(root, workers=1)
+    assert doctor.diagnose(root, workers=3, progress=True) == serial
+    assert "Checking images" in capsys.readouterr().err
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ConfigError, match=r"workers must be a positive int or None\. Received: workers="):
+            doctor.diagnose(root, workers=bad)
+    with pytest.raises(ConfigError, match=r"max_pixels must be a positive int\. Received: max_pixels=-3"):
+        doctor.diagnose(root, max_pixels=-3)
+
+
+def test_json_report(corpus, tmp_path) -> None:
+    root, _ = corpus
+    report = doctor.diagnose(root)
+    out = tmp_path / "out" / "doctor.json"
+    out.parent.mkdir()
+    out.write_text("old report")
+    report.write_json(out)
+    report.write_json(out)  # replaces atomically, leaves no temp file behind
+    assert os.listdir(out.parent) == ["doctor.json"]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert set(data) == {"data_dir", "classes", "files", "duplicates", "summary", "usable", "reason"}
+    assert data["usable"] is True and data["classes"][EMPTY_CLASS] == 0
+    assert all(set(f) == {"path", "label", "status", "reason", "sha256", "width", "height"} for f in data["files"])
+    paths = {f["path"]: f for f in data["files"]}
+    assert paths["daisy/caf\\xe9.jpg"]["status"] == "ok"  # undecodable bytes shown, not lost
+    assert data["summary"]["num_bad"] == report.summary()["num_bad"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        report.write_json(tmp_path / "missing" / "doctor.json")
+
+
+def test_format_text(corpus) -> None:
+    root, _ = corpus
+    text = doctor.diagnose(root).format_text()
+    text.encode("utf-8")  # printable: no lone surrogates from the non-UTF-8 name
+    first_bad, first_note = text.index("BAD "), text.index("NOTE ")
+    assert first_bad < first_note < text.index("Classes") < text.index("Summary") < text.index("Verdict: usable")
+    assert "sunflowers" in text and "(empty)" in text
+    short = doctor.diagnose(root).format_text(max_rows=3)
+    assert "... and " in short and short.count("BAD ") == 3
+
+
+def test_one_class_is_not_usable(tmp_path) -> None:
+    root = two_classes(tmp_path / "data", names=("roses",))
+    (root / "empty").mkdir()
+    report = doctor.diagnose(root)
+    assert not report.usable
+    assert report.reason == ("only 1 class with usable images ('roses'): nothing to classify; "
+                             "a dataset needs at least 2 class folders")
+    assert report.classes == {"empty": 0, "roses": 2}
+
+
+def test_zero_classes_is_not_usable(tmp_path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "photo.jpg").write_bytes(b"")
+    report = doctor.diagnose(root)
+    assert not report.usable and report.classes == {}
+    assert report.reason.startswith("no class folders in ") and "at least 2 class folders" in report.reason
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    (root / "a" / "x.jpg").write_bytes(b"junk")
+    report = doctor.diagnose(root)
+    assert not report.usable and report.reason.startswith("no class has usable images (2 class folder(s)")
+    assert report.format_text().endswith(f"Verdict: NOT usable: {report.reason}")
+
+
+def test_bad_data_dir(tmp_path) -> None:
+    with pytest.raises(DatasetError, match=r"data_dir does not exist\. Received: data_dir='.*nowhere'"):
+        doctor.diagnose(tmp_path / "nowhere")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match=r"not a file\. Received: data_dir='.*file\.txt'"):
+        doctor.diagnose(tmp_path / "file.txt")
+
+
+def test_a_crashing_decoder_becomes_a_bad_file(tmp_path, monkeypatch) -> None:
+    root = two_classes(tmp_path / "data")
+    real = images.inspect_image_bytes
+
+    def flaky(data, *, name, max_pixels):
+        if name == "a/0.png":
+            raise RuntimeError("decoder exploded")
+        return real(data, name=name, max_pixels=max_pixels)
+
+    monkeypatch.setattr(images, "inspect_image_bytes", flaky)
+    files = {f.path: f for f in doctor.diagnose(root).files}
+    assert files["a/0.png"].status == "bad" and "decoder exploded" in files["a/0.png"].reason
+    assert files["a/1.png"].status == "ok"
+
+
+def test_symlinked_class_folders_are_not_scanned_twice(tmp_path) -> None:
+    root = two_classes(tmp_path / "data")
+    os.symlink("a", root / "c")  # a class folder that is another class
+    os.symlink("../b", root / "a" / "into_b")  # a sub-folder that is another class
+    os.symlink("..", root / "b" / "up")  # back to data_dir
+    report = doctor.diagnose(root)
+    files = {f.path: f for f in report.files}
+    assert report.classes == {"a": 2, "b": 2}
+    assert files["c"].reason == files["a/into_b"].reason == "symlink to a folder already scanned"
+    assert files["b/up"].reason == "symlink loop"
+
+
+def test_find_leaks(corpus) -> None:
+    root, _ = corpus
+    report = doctor.diagnose(root)
+    split_of = {"daisy/dup_a.jpg": "train", "daisy/dup_b.jpg": "validation", "daisy/d0.jpg": "train",
+                "daisy/d1.jpg": "validation", "roses/r0.jpg": "validation"}
+    assert doctor.find_leaks(report, split_of) == [("daisy/dup_a.jpg", "daisy/dup_b.jpg")]
+    assert doctor.find_leaks(report, {"daisy/dup_a.jpg": "train", "daisy/dup_b.jpg": "train"}) == []
+    with pytest.raises(ConfigError, match=r"Received: split_of\['daisy/d0.jpg'\]='test'"):
+        doctor.find_leaks(report, {"daisy/d0.jpg": "test"})
