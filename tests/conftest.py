@@ -41,5 +41,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     data = make_image_folder(root / "data", classes=3, per_class=10, names=["daisy", "roses", "tulips"])
     cfg = config.resolve(data_dir=str(data), out=str(root / "run"), backbone="resnet20", weights="none",
-                         image_size=32, batch_size=8, epochs=3, fine_tune_epochs=1)
+                         image_size=32, batch_size=8, epochs=3, fine_tune_epochs=1,
+                         runtime="tensorflow", precision="fp32")
     return train_and_report(cfg, progress=False, say=lambda m: None).run_dir

@@ -50,3 +50,21 @@ def test_report_renders_in_headless_chromium(tiny_run, artifacts_dir) -> None:
         browser.close()
     assert len(images) >= 5 and all(done and width > 0 for done, width in images)
     assert all(r == url or r.startswith("data:") for r in requests), requests
+
+
+def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
+    import numpy as np
+    import keras
+    from PIL import Image
+
+    from floranet.gradcam import GradCAM
+
+    image = tmp_path / "flower.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
+    assert main(["explain", str(tiny_run), str(image), "--out", str(tmp_path / "cams"), "--class", "roses"]) == 0
+    assert (tmp_path / "cams" / "flower.gradcam.png").stat().st_size > 0
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    heat, probs = GradCAM(model).heatmaps(x)
+    assert heat.shape[0] == 2 and heat.ndim == 3 and 0 <= heat.min() and heat.max() <= 1
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-5)

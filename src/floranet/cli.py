@@ -49,7 +49,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", choices=["cosine", "plateau", "constant"])
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)
-    g.add_argument("--precision", choices=["fp32", "bf16", "auto"])
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"],
+                   help="auto: bf16 for feature extraction where the CPU has it; training stays fp32")
+    g.add_argument("--runtime", choices=["auto", "tensorflow", "openvino"],
+                   help="runtime of frozen-feature extraction (auto: the fastest installed)")
     g.add_argument("--augment", nargs="?", const="all", choices=["off", "fine-tune", "all"],
                    help="bare --augment: every stage (stage 1 then runs the full model)")
     g.add_argument("--class-weights", choices=["auto"])
@@ -59,7 +62,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_KEYS = ("preset", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
-              "learning_rate", "fine_tune_learning_rate", "schedule", "val_split", "seed", "precision",
+              "learning_rate", "fine_tune_learning_rate", "schedule", "val_split", "seed", "precision", "runtime",
               "augment", "class_weights", "dropout", "head_units", "split_file")
 
 
@@ -109,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-confidence", type=float, default=0.5, help="flag rows whose top probability is below")
     p.add_argument("--calibrated", action="store_true", help="report temperature-scaled probabilities")
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays: where the model looked")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", default=".", help="folder for <image>.gradcam.png files")
+    p.add_argument("--class", dest="class_name", help="explain this class (default: the predicted one)")
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     p.add_argument("run_dir")
@@ -206,6 +215,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if rows and all(r.error for r in rows) else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from floranet.gradcam import explain_files
+
+    for path in explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name):
+        print(path)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from floranet.report import build_report
 
@@ -222,7 +239,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "doctor": cmd_doctor, "fetch": cmd_fetch,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "backbones": cmd_backbones}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "explain": cmd_explain, "backbones": cmd_backbones}
 
 if __name__ == "__main__":
     sys.exit(main())

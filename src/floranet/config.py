@@ -56,7 +56,8 @@ class TrainConfig:
     early_stopping_patience: int = 3
     val_split: float = 0.2
     seed: int = 123
-    precision: str = "fp32"
+    precision: str = "auto"
+    runtime: str = "auto"
     augment: str = "off"
     class_weights: str | None = None
     head_units: int = 512
@@ -93,6 +94,8 @@ class TrainConfig:
         _check(_is_int(self.seed), "seed must be an int", "seed", self.seed)
         _check(self.precision in ("fp32", "bf16", "auto"), "precision must be fp32, bf16 or auto",
                "precision", self.precision)
+        _check(self.runtime in ("auto", "tensorflow", "openvino"), "runtime must be auto, tensorflow or openvino",
+               "runtime", self.runtime)
         _check(self.augment in AUGMENT_CHOICES, f"augment must be one of {', '.join(AUGMENT_CHOICES)}",
                "augment", self.augment)
         _check(self.class_weights in (None, "auto"), "class_weights must be 'auto' or None",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -59,3 +63,44 @@ class GradCAM:
         cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)).numpy()
         peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
         return np.where(peak > 0, cam / np.where(peak > 0, peak, 1), 0.0), probs.numpy()
+
+
+def explain_files(run_dir: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]],
+                  out_dir: str | os.PathLike[str], *, class_name: str | None = None) -> list[Path]:
+    """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``) and returns their paths.
+
+    Args:
+        run_dir: A finished run directory.
+        paths: Image files.
+        out_dir: Where the PNGs go (created).
+        class_name: Explain this class; the predicted class by default.
+
+    Raises:
+        ConfigError: ``class_name`` is not one of the run's classes.
+        DatasetError: An image cannot be decoded.
+    """
+    import json
+
+    from floranet import plots
+    from floranet.data import pipeline
+    from floranet.errors import ConfigError
+
+    run = Path(run_dir)
+    model = keras.saving.load_model(run / "model.keras")
+    names = json.loads((run / "class_names.json").read_text(encoding="utf-8"))
+    if class_name is not None and class_name not in names:
+        raise ConfigError(f"class_name must be one of {', '.join(names)}. Received: class_name={class_name!r}")
+    size = tuple(int(s) for s in model.inputs[0].shape[1:3])
+    cam = GradCAM(model)
+    out = Path(out_dir)
+    written = []
+    for p in paths:
+        pixels = pipeline.decode_and_resize(str(p), size)
+        idx = None if class_name is None else names.index(class_name)
+        heat, probs = cam.heatmaps(pixels[None], idx)
+        shown = names[int(np.argmax(probs[0]))] if idx is None else class_name
+        target = out / f"{Path(p).stem}.gradcam.png"
+        plots.gallery([pixels], [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"], target,
+                      overlays=[heat[0]], columns=1)
+        written.append(target)
+    return written

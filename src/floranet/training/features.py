@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -38,7 +38,7 @@ def cache_key(backbone: str, fingerprint: str, image_size: tuple[int, int], prec
 
 
 def extract(
-    extractor: keras.Model,
+    extractor: Callable[[np.ndarray], np.ndarray],
     paths: Sequence[str],
     hashes: Sequence[str],
     *,
@@ -72,7 +72,7 @@ def extract(
             )
             feats, got = [], []
             for images, positions in ds:
-                feats.append(np.asarray(extractor(images, training=False), dtype=np.float32))
+                feats.append(np.asarray(extractor(images.numpy()), dtype=np.float32))
                 got.extend(int(p) for p in positions.numpy())
                 bar.update(len(positions))
             missing = set(range(len(idx))) - set(got)

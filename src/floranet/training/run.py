@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from floranet import plots
+from floranet import plots, runtime
 from floranet.config import TrainConfig
 from floranet.errors import ConfigError, DatasetError
 from floranet.io import atomic_path, write_json
@@ -139,6 +139,8 @@ def _norm(v: Any) -> Any:
 
 
 def _set_precision(precision: str) -> None:
+    # Training runs in TensorFlow: mixed bf16 only when asked for; "auto" trains in fp32
+    # (bf16 is used automatically for inference-only work, see floranet.runtime).
     policy = "mixed_bfloat16" if precision == "bf16" else "float32"
     keras.mixed_precision.set_global_policy(policy)
 
@@ -174,12 +176,14 @@ def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, 
     if st.complete:
         classifier.head_of(model).load_weights(run_dir / (st.best_weights or st.checkpoint))
         return
-    extractor = classifier.feature_extractor(model)
+    choice = runtime.choose(config.runtime, config.precision)
     fingerprint = feature_cache.weights_fingerprint(classifier.backbone_of(model))
-    key = feature_cache.cache_key(spec.name, fingerprint, config.image_size, config.precision)
+    key = feature_cache.cache_key(spec.name, fingerprint, config.image_size, choice.key)
     cache = run_dir / "features" / key
     say(f"Stage 1: backbone frozen and no augmentation, so its features are computed once "
         f"(cache {cache.relative_to(run_dir)}) and the head trains on them for {config.epochs} epochs.")
+    say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
+    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice)
     rows = prepared.split.rows
     feats = feature_cache.extract(
         extractor, [str(prepared.abs_path(r.path)) for r in rows], [r.sha256 for r in rows], cache_dir=cache,
@@ -188,7 +192,7 @@ def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, 
     )
     feature_cache.describe(cache, {"backbone": spec.name, "weights": config.weights or "none",
                                    "weights_sha256": fingerprint, "image_size": list(config.image_size),
-                                   "precision": config.precision})
+                                   "runtime": choice.runtime, "precision": choice.precision})
 
     def arrays(subset: list) -> tuple[np.ndarray, np.ndarray]:
         kept = [r for r in subset if r.sha256 in feats]
