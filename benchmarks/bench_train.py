@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(FLOWERS))
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--image-size", type=int, default=180)
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="auto", help="floranet's default: bf16 features where the CPU has it")
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():

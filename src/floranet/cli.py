@@ -59,11 +59,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float)
     g.add_argument("--head-units", type=int)
     g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
+    g.add_argument("--distribute", choices=["none", "auto", "mirrored", "multi-worker"],
+                   help="data-parallel training; --batch-size is then per replica and the learning rates "
+                        "are scaled by the number of replicas")
+    g.add_argument("--workers", help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used)")
+    g.add_argument("--worker-index", type=int, help="this process's index in --workers (0 is the chief)")
 
 
 TRAIN_KEYS = ("preset", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
               "learning_rate", "fine_tune_learning_rate", "schedule", "val_split", "seed", "precision", "runtime",
-              "augment", "class_weights", "dropout", "head_units", "split_file")
+              "augment", "class_weights", "dropout", "head_units", "split_file", "distribute", "workers",
+              "worker_index")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     p.add_argument("run_dir")
     p.add_argument("--out", help="write the HTML here instead")
+
+    p = sub.add_parser("export", help="export RUN_DIR's model and check it against model.keras")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=["keras", "saved_model", "onnx", "openvino", "tflite"])
+    p.add_argument("--quantize", choices=["fp16", "int8"],
+                   help="tflite and openvino only; int8 calibrates on up to 200 training images")
+    p.add_argument("--out", help="export folder (default: RUN_DIR/exports/<format>[-<quantize>])")
+    p.add_argument("--max-images", type=int, default=200,
+                   help="validation images for the agreement check (0: skip it)")
 
     sub.add_parser("backbones", help="list backbone names")
     return parser
@@ -230,6 +245,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from floranet.export import export_run
+
+    result = export_run(args.run_dir, args.format, quantize=args.quantize, out=args.out,
+                        max_images=args.max_images, progress=sys.stderr.isatty())
+    print(result.summary())
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from floranet.models import backbones
 
@@ -239,7 +263,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "doctor": cmd_doctor, "fetch": cmd_fetch,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "explain": cmd_explain, "backbones": cmd_backbones}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "explain": cmd_explain, "export": cmd_export, "backbones": cmd_backbones}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 AUGMENT_CHOICES = ("off", "fine-tune", "all")
+DISTRIBUTE_CHOICES = ("none", "auto", "mirrored", "multi-worker")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     split_file: str | None = None
     max_pixels: int = 50_000_000
+    # Data-parallel training (floranet.training.distribute): none | auto | mirrored | multi-worker.
+    # batch_size is per replica; the learning rates are scaled by the number of replicas.
+    distribute: str = "none"
+    workers: str | None = None  # "host:port,host:port" (sets TF_CONFIG); else TF_CONFIG is used
+    worker_index: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +118,18 @@ class TrainConfig:
                "early_stopping_patience must be an int >= 0 (0: off)", "early_stopping_patience",
                self.early_stopping_patience)
         _positive_int(self, "max_pixels")
+        _check(self.distribute in DISTRIBUTE_CHOICES, f"distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}",
+               "distribute", self.distribute)
+        hosts = [h for h in (self.workers or "").split(",") if h.strip()] if isinstance(self.workers, str) else None
+        _check(self.workers is None or (hosts and all(h.count(":") == 1 and h.split(":")[1].isdigit()
+                                                     for h in hosts)),
+               "workers must be 'host:port,host:port,...'", "workers", self.workers)
+        _check(self.worker_index is None or (_is_int(self.worker_index) and hosts is not None
+                                             and 0 <= self.worker_index < len(hosts)),
+               "worker_index must be an int in [0, number of workers) and needs workers", "worker_index",
+               self.worker_index)
+        _check(self.workers is None or (self.worker_index is not None and self.distribute in ("multi-worker", "auto")),
+               "workers needs worker_index and distribute multi-worker (or auto)", "workers", self.workers)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

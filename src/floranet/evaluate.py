@@ -164,7 +164,8 @@ class Evaluation:
         metrics = self.metrics()
         path = run / name
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        keep = {k: v for k, v in previous.items() if k in ("timings_s", "weights", "backbone", "notes", "split")}
+        keep = {k: v for k, v in previous.items()
+                if k in ("timings_s", "weights", "backbone", "notes", "split", "distribute")}
         merged = {**keep, **metrics}
         write_json(path, merged)
         if self.source == "validation split":

@@ -47,7 +47,7 @@ def _cell(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def top_losses_gallery(ev: Evaluation, run_dir: Path, k: int = 9) -> Path | None:
+def top_losses_gallery(ev: Evaluation, run_dir: Path, k: int = 9, *, model: Any = None) -> Path | None:
     """Draws the most confidently wrong validation images with Grad-CAM overlays."""
     import keras
 
@@ -58,7 +58,7 @@ def top_losses_gallery(ev: Evaluation, run_dir: Path, k: int = 9) -> Path | None
     losses = ev.top_losses(k)
     if not losses:
         return None
-    model = keras.saving.load_model(run_dir / "model.keras")
+    model = model or keras.saving.load_model(run_dir / "model.keras")
     size = tuple(int(s) for s in model.inputs[0].shape[1:3])
     cam = GradCAM(model)
     imgs, titles, overlays = [], [], []
@@ -97,12 +97,19 @@ def environment() -> dict[str, str]:
 
 
 def build_report(run_dir: str | os.PathLike[str], *, evaluation: Evaluation | None = None,
-                 out: str | os.PathLike[str] | None = None) -> Path:
-    """Writes ``RUN_DIR/report.html`` (or ``out``) and returns its path."""
+                 out: str | os.PathLike[str] | None = None, model: Any = None) -> Path:
+    """Writes ``RUN_DIR/report.html`` (or ``out``) and returns its path.
+
+    Args:
+        run_dir: A finished run.
+        evaluation: Predictions to report; computed on the validation split if None.
+        out: Another path for the HTML.
+        model: The run's loaded model, to avoid loading it again.
+    """
     run = Path(run_dir)
     ev = evaluation or evaluate_run(run)
     metrics = ev.write(run)
-    gallery = top_losses_gallery(ev, run)
+    gallery = top_losses_gallery(ev, run, model=model)
     doctor = json.loads((run / "doctor.json").read_text(encoding="utf-8")) if (run / "doctor.json").exists() else {}
     config = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").exists() else ""
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>floranet report: {html.escape(run.name)}"

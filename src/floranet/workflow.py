@@ -19,7 +19,7 @@ def train_and_report(config: TrainConfig, *, resume: bool = False, progress: boo
         paths, labels, probs = result.validation
         ev = Evaluation(tuple(result.class_names), tuple(paths), labels, probs,
                         data_dir=str(result.data_dir)).with_temperature()
-        report = build_report(result.run_dir, evaluation=ev)
+        report = build_report(result.run_dir, evaluation=ev, model=result.model)
         import json
 
         result.metrics = json.loads((result.run_dir / "metrics.json").read_text(encoding="utf-8"))

@@ -52,17 +52,28 @@ class Prepared:
             max_pixels=self.config.max_pixels, on_error="skip",
         )
 
-    def predict(self, model: keras.Model, subset: str) -> tuple[np.ndarray, np.ndarray, list[split_lib.SplitRow]]:
+    def predict(self, model: keras.Model | Callable[[np.ndarray], np.ndarray], subset: str
+                ) -> tuple[np.ndarray, np.ndarray, list[split_lib.SplitRow]]:
         """Probabilities, true labels and the rows they belong to, in split.csv order.
+
+        Args:
+            model: A Keras model (run as one traced function) or any batch → probabilities
+                callable, such as one from :func:`floranet.runtime.compile_inference`.
+            subset: "train", "validation" or "all".
 
         Rows whose file cannot be decoded any more are left out (and logged).
         """
+        if isinstance(model, keras.Model):
+            from floranet.runtime import RuntimeChoice, compile_inference
+
+            # Eager calls of a large model grow memory by gigabytes (per-call op caches); one trace does not.
+            model = compile_inference(model, RuntimeChoice("tensorflow", "fp32", "evaluation"))
         rows = self.rows(subset)
         probs = np.zeros((len(rows), len(self.split.class_names)), np.float32)
         seen = np.zeros(len(rows), bool)
         for images, index in self.dataset(subset, with_index=True):
             idx = index.numpy()
-            probs[idx] = np.asarray(model(images, training=False))
+            probs[idx] = np.asarray(model(images.numpy()))
             seen[idx] = True
         for i in np.flatnonzero(~seen):
             log.warning("Skipped %s: it could not be decoded", rows[i].path)

@@ -9,6 +9,7 @@ Run directory contract (other commands rely on it)::
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from floranet.io import atomic_path, write_json
 from floranet.metrics import classification_metrics
 from floranet.models import backbones, classifier
 from floranet.training import data as run_data
+from floranet.training import distribute
 from floranet.training import features as feature_cache
 from floranet.training.checkpoint import EpochCheckpoint, RunState
 
@@ -45,6 +47,7 @@ class TrainResult:
     # Validation predictions of the final model, aligned with split.csv rows: (paths, labels, probs).
     validation: tuple[list[str], np.ndarray, np.ndarray] | None = None
     data_dir: Path | None = None
+    model: keras.Model | None = field(default=None, repr=False)  # the saved model, for reuse in-process
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, say=print) -> TrainResult:
@@ -60,10 +63,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
         DatasetError: The data cannot be trained on (the doctor's reason).
         ConfigError: Invalid settings, or a resume that does not match the run.
     """
-    run_dir = Path(config.out)
+    out = Path(config.out)
+    dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
+    run_dir = dist.work_dir(out)  # non-chief workers write only into a temporary directory
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    resume = _distributed_resume(dist, out, resume, say)
     state = _prepare_run_dir(run_dir, config, resume)
+    config = _announce_distribution(dist, config, say)
     keras.utils.set_random_seed(config.seed)
     _set_precision(config.precision)
 
@@ -72,20 +79,23 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     names = prepared.split.class_names
     spec = backbones.get(config.backbone)
 
-    model = classifier.build_classifier(
-        config.backbone, len(names), image_size=config.image_size, weights=config.weights,
-        head_units=config.head_units, dropout=config.dropout,
-    )
+    with dist.strategy.scope():
+        model = classifier.build_classifier(
+            config.backbone, len(names), image_size=config.image_size, weights=config.weights,
+            head_units=config.head_units, dropout=config.dropout,
+        )
     class_weight = run_data.class_weights(prepared, config)
 
     t = time.perf_counter()
+    cached: tuple[dict[str, np.ndarray], str] | None = None
     if config.epochs:
         if config.augment == "all":
             say("Stage 1: augmentation is on, so the frozen backbone runs on every epoch (no feature cache).")
             _fit_full(model, prepared, config, state, run_dir, "stage1", config.epochs, config.learning_rate,
-                      augment=True, class_weight=class_weight, progress=progress)
+                      augment=True, class_weight=class_weight, progress=progress, dist=dist)
         else:
-            _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, progress, say)
+            cached = _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, progress, say,
+                                    dist=dist)
     timings["stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -95,21 +105,64 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
             f"(BatchNorm frozen), lr {config.fine_tune_learning_rate:g}, {config.schedule} schedule.")
         _fit_full(model, prepared, config, state, run_dir, "stage2", config.fine_tune_epochs,
                   config.fine_tune_learning_rate, augment=config.augment != "off", class_weight=class_weight,
-                  progress=progress)
+                  progress=progress, dist=dist)
     timings["stage2"] = time.perf_counter() - t
+    if not dist.is_chief:  # the chief saves, evaluates and writes the run directory
+        dist.finish(out)
+        timings["total"] = time.perf_counter() - t0
+        return TrainResult(out, {}, list(names), timings, prepared.notes)
 
     t = time.perf_counter()
     final = _save_final_model(model, config, len(names), run_dir)
-    metrics, validation = _evaluate_and_plot(final, prepared, config, state, run_dir)
+    del model  # the training copy (and its optimizer state) is no longer needed
+    gc.collect()
+    # Without fine-tuning the backbone is the one that made the cached features: reuse them.
+    metrics, validation = _evaluate_and_plot(final, prepared, config, state, run_dir,
+                                             cached=None if config.fine_tune_epochs else cached)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics.update({"timings_s": {k: round(v, 2) for k, v in timings.items()},
                     "weights": config.weights or "none", "backbone": config.backbone,
-                    "notes": prepared.notes})
+                    "notes": prepared.notes, "distribute": dist.describe(config.batch_size)})
     write_json(run_dir / "metrics.json", metrics)
     state.complete = True
     state.save(run_dir)
-    return TrainResult(run_dir, metrics, list(names), timings, prepared.notes, validation, prepared.data_dir)
+    if dist.multi_worker:
+        dist.finish(out)
+    return TrainResult(run_dir, metrics, list(names), timings, prepared.notes, validation, prepared.data_dir, final)
+
+
+_LOCAL = distribute.Distribution(None, True, 1)  # no strategy: the single-process path, unchanged
+
+
+def _distributed_resume(dist: distribute.Distribution, out: Path, resume: bool, say) -> bool:
+    """Multi-worker: restarting the job with the same command continues it (BackupAndRestore semantics)."""
+    if not dist.multi_worker:
+        return resume
+    if not dist.is_chief:
+        return False  # a fresh temporary directory; the progress is in this worker's backup
+    try:
+        incomplete = not json.loads((out / "state.json").read_text(encoding="utf-8")).get("complete", False)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return resume
+    if incomplete and not resume:
+        say(f"Multi-worker restart: continuing the incomplete run in {out} from its backups.")
+    return resume or incomplete
+
+
+def _announce_distribution(dist: distribute.Distribution, config: TrainConfig, say) -> TrainConfig:
+    if not dist.distributed:
+        return config
+    n = dist.num_replicas
+    say(f"Distributed training ({dist.kind}): {n} replicas on {dist.num_workers} worker(s), "
+        f"{'chief' if dist.is_chief else f'worker {dist.task_index}'}; batch_size {config.batch_size} per replica "
+        f"-> global batch {dist.global_batch(config.batch_size)}; learning rates scaled x{n} (linear scaling).")
+    if dist.multi_worker and config.early_stopping_patience:
+        say("Multi-worker: early stopping is off (every worker must run the same epochs after a restart).")
+        import dataclasses
+
+        config = dataclasses.replace(config, early_stopping_patience=0)
+    return config
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> RunState:
@@ -120,7 +173,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> RunSta
         from floranet.config import load_file
 
         saved = load_file(config_path)
-        current = {k: v for k, v in config.to_dict().items() if k not in ("out",)}
+        current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
         changed = sorted(k for k, v in current.items() if _norm(saved.get(k)) != _norm(v))
         if changed:
             raise ConfigError(f"--resume needs the settings of the run in {run_dir}; these differ: "
@@ -171,9 +224,11 @@ class _SmoothedSparseCE(keras.losses.Loss):
 keras.saving.register_keras_serializable("floranet")(_SmoothedSparseCE)
 
 
-def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, progress, say) -> None:
+def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, progress, say, *, dist=_LOCAL
+                   ) -> tuple[dict[str, np.ndarray], str] | None:
+    """Trains the head on cached features; returns them (sha256 → vector) and the runtime key."""
     st = state.stage("stage1")
-    if st.complete:
+    if st.complete and not dist.multi_worker:
         classifier.head_of(model).load_weights(run_dir / (st.best_weights or st.checkpoint))
         return
     choice = runtime.choose(config.runtime, config.precision)
@@ -202,12 +257,23 @@ def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, 
     x_train, y_train = arrays(prepared.split.train())
     x_val, y_val = arrays(prepared.split.validation())
     head = classifier.head_of(model)
-    head_model = _resume_or(head, st, run_dir)
-    if head_model is head:
-        _compile(head, config.learning_rate, config)
+    with _scope(dist):
+        head_model = head if dist.multi_worker else _resume_or(head, st, run_dir)
+        if head_model is head:
+            _compile(head, dist.scale_lr(config.learning_rate), config)
     callbacks = [EpochCheckpoint(run_dir, "stage1", state, head_model, _patience(config)),
                  keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / "stage1"))]
-    if st.epochs_done < config.epochs and not _stopped(st, config):
+    if dist.multi_worker:
+        callbacks.append(_backup(dist, Path(config.out), state, "stage1", say))
+    if dist.distributed:  # tf.data of global batches, auto-sharded by DATA
+        if dist.multi_worker or (st.epochs_done < config.epochs and not _stopped(st, config)):
+            train_ds = dist.arrays_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed)
+            val_ds = dist.arrays_dataset(x_val, y_val, config.batch_size, shuffle=False, seed=config.seed)
+            distribute.prebuild(dist, head_model, train_ds)
+            head_model.fit(train_ds, validation_data=val_ds if len(x_val) else None, epochs=config.epochs,
+                           initial_epoch=0 if dist.multi_worker else st.epochs_done, class_weight=class_weight,
+                           callbacks=callbacks, verbose=1 if progress else 0)
+    elif st.epochs_done < config.epochs and not _stopped(st, config):
         head_model.fit(x_train, y_train, validation_data=(x_val, y_val) if len(x_val) else None,
                        epochs=config.epochs, initial_epoch=st.epochs_done, batch_size=config.batch_size,
                        shuffle=True, class_weight=class_weight, callbacks=callbacks, verbose=1 if progress else 0)
@@ -216,36 +282,66 @@ def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, 
     _restore_best(head, st, run_dir, config)
     st.complete = True
     state.save(run_dir)
+    return feats, choice.key
 
 
-def _fit_full(model, prepared, config, state, run_dir, stage, epochs, lr, *, augment, class_weight, progress):
+def _fit_full(model, prepared, config, state, run_dir, stage, epochs, lr, *, augment, class_weight, progress,
+              dist=_LOCAL):
     st = state.stage(stage)
-    if st.complete:
+    if st.complete and not dist.multi_worker:
         model.load_weights(run_dir / (st.best_weights or st.checkpoint))
         return
+    if dist.distributed:  # batches of batch_size x replicas, auto-sharded by DATA
+        import dataclasses
+
+        batch = dist.global_batch(config.batch_size)
+        prepared = dataclasses.replace(prepared, config=dataclasses.replace(prepared.config, batch_size=batch))
     train_ds = prepared.dataset("train", shuffle=True, augment=augment)
     val_ds = prepared.dataset("validation")
-    steps = max(1, -(-len(prepared.split.train()) // config.batch_size))
+    if dist.distributed:
+        train_ds, val_ds = dist.prepare_dataset(train_ds), dist.prepare_dataset(val_ds)
+    steps = max(1, -(-len(prepared.split.train()) // prepared.config.batch_size))
+    lr = dist.scale_lr(lr)
     schedule: Any = lr
     if config.schedule == "cosine":
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=steps * epochs, alpha=0.01)
-    fit_model = _resume_or(model, st, run_dir)
-    if fit_model is model:
-        _compile(model, schedule, config)
+    with _scope(dist):
+        fit_model = model if dist.multi_worker else _resume_or(model, st, run_dir)
+        if fit_model is model:
+            _compile(model, schedule, config)
     callbacks: list[keras.callbacks.Callback] = [
         EpochCheckpoint(run_dir, stage, state, fit_model, _patience(config)),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs" / stage)),
     ]
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1))
-    if st.epochs_done < epochs and not _stopped(st, config):
-        fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=st.epochs_done,
+    if dist.multi_worker:
+        callbacks.append(_backup(dist, Path(config.out), state, stage, print))
+    if dist.multi_worker or (st.epochs_done < epochs and not _stopped(st, config)):
+        distribute.prebuild(dist, fit_model, train_ds)
+        fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                      initial_epoch=0 if dist.multi_worker else st.epochs_done,
                       class_weight=class_weight, shuffle=False, callbacks=callbacks, verbose=1 if progress else 0)
     if fit_model is not model:
         model.set_weights(fit_model.get_weights())
     _restore_best(model, st, run_dir, config)
     st.complete = True
     state.save(run_dir)
+
+
+def _scope(dist: distribute.Distribution):
+    import contextlib
+
+    return dist.strategy.scope() if dist.strategy is not None else contextlib.nullcontext()
+
+
+def _backup(dist: distribute.Distribution, out: Path, state: RunState, stage: str, say) -> keras.callbacks.Callback:
+    """This worker's BackupAndRestore; the chief's state.json is brought to the backup's epoch (all workers agree)."""
+    epoch = dist.backup_epoch(out, stage)
+    if epoch:
+        say(f"{stage}: restoring the backup after epoch {epoch} ({dist.backup_dir(out, stage)}).")
+    distribute.trim_history(state, stage, epoch)
+    return dist.backup(out, stage)
 
 
 def _patience(config: TrainConfig) -> int:
@@ -281,10 +377,22 @@ def _save_final_model(model: keras.Model, config: TrainConfig, n: int, run_dir: 
     return final
 
 
-def _evaluate_and_plot(model, prepared, config, state: RunState, run_dir: Path) -> tuple[dict[str, Any], Any]:
+def _evaluate_and_plot(model, prepared, config, state: RunState, run_dir: Path, *,
+                       cached: tuple[dict[str, np.ndarray], str] | None = None) -> tuple[dict[str, Any], Any]:
     names = list(prepared.split.class_names)
-    probs, labels, rows = prepared.predict(model, "validation")
+    val = prepared.split.validation()
+    if cached is not None and all(r.sha256 in cached[0] for r in val):
+        feats, key = cached
+        head = runtime.compile_inference(classifier.head_of(model), runtime.RuntimeChoice("tensorflow", "fp32", ""))
+        rows = val
+        probs = head(np.stack([feats[r.sha256] for r in rows])) if rows else np.zeros((0, len(names)))
+        labels = np.asarray([prepared.split.label_index(r.label) for r in rows], dtype=np.int64)
+        evaluated_on = f"cached backbone features ({key}) through the saved head"
+    else:
+        probs, labels, rows = prepared.predict(model, "validation")
+        evaluated_on = "model.keras (tensorflow fp32)"
     metrics = classification_metrics(labels, probs, names)
+    metrics["evaluated_on"] = evaluated_on
     metrics["split"] = {"train": len(prepared.split.train()), "validation": len(prepared.split.validation())}
     plots_dir = run_dir / "plots"
     if state.history:

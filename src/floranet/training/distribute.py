@@ -1,0 +1,251 @@
+"""Data-parallel training with ``tf.distribute``: one machine (MirroredStrategy) or several (MultiWorkerMirrored).
+
+Settings (``TrainConfig``):
+
+* ``distribute``: ``none`` (default strategy), ``mirrored`` (all visible GPUs, else all CPU devices of this
+  machine), ``multi-worker`` (MultiWorkerMirroredStrategy; the cluster comes from ``TF_CONFIG``, or from
+  ``workers`` + ``worker_index``, which set ``TF_CONFIG``), ``auto`` (multi-worker when ``TF_CONFIG`` names more
+  than one worker, mirrored when there is more than one GPU, else none).
+* ``batch_size`` is **per replica**: the global batch is ``batch_size x replicas``, and both learning rates are
+  scaled linearly by the number of replicas (printed, and recorded in ``metrics.json`` under ``distribute``).
+
+Data: every worker reads the same file list / feature arrays; ``tf.data`` auto-sharding with the ``DATA`` policy
+gives each worker its part of every global batch.
+
+Writes: only the chief (worker 0) writes the run directory. Other workers run in a temporary directory that is
+deleted at the end. For fault tolerance every worker keeps a ``keras.callbacks.BackupAndRestore`` backup of each
+stage: the chief in ``RUN_DIR/backup/<stage>``, worker *i* in ``OUT/backup/worker-<i>/<stage>`` (its own
+``--out``); they are removed when the run completes. If a worker dies, restart **all** workers with the same
+command: every worker restores its last backed-up epoch, and the chief continues its run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from floranet.errors import ConfigError
+
+from floranet.config import DISTRIBUTE_CHOICES  # noqa: E402
+
+
+@dataclass
+class Distribution:
+    """A strategy plus what the training loop needs to know about it."""
+
+    strategy: Any
+    is_chief: bool
+    num_replicas: int
+    kind: str = "none"  # none | mirrored | multi-worker
+    num_workers: int = 1
+    task_index: int = 0
+    _tmp: Path | None = field(default=None, repr=False)
+
+    @property
+    def distributed(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def multi_worker(self) -> bool:
+        return self.kind == "multi-worker"
+
+    def global_batch(self, batch_size: int) -> int:
+        return batch_size * self.num_replicas
+
+    def scale_lr(self, lr: float) -> float:
+        return lr * self.num_replicas
+
+    def describe(self, batch_size: int) -> dict[str, Any]:
+        return {"strategy": self.kind, "replicas": self.num_replicas, "workers": self.num_workers,
+                "per_replica_batch_size": batch_size, "global_batch_size": self.global_batch(batch_size),
+                "learning_rate_scale": self.num_replicas}
+
+    # -- where to write -----------------------------------------------------------------------------------------
+    def work_dir(self, out: Path) -> Path:
+        """The run directory for the chief; a private temporary directory for other workers."""
+        if self.is_chief:
+            return out
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"floranet-worker{self.task_index}-"))
+        return self._tmp
+
+    def backup_dir(self, out: Path, stage: str) -> Path:
+        base = out / "backup"
+        return base / stage if self.is_chief else base / f"worker-{self.task_index}" / stage
+
+    def backup(self, out: Path, stage: str):
+        """A BackupAndRestore callback (kept after fit, so a finished stage restores instantly on restart)."""
+        import keras
+
+        return keras.callbacks.BackupAndRestore(backup_dir=str(self.backup_dir(out, stage)), delete_checkpoint=False)
+
+    def backup_epoch(self, out: Path, stage: str) -> int:
+        meta = self.backup_dir(out, stage) / "training_metadata.json"
+        try:
+            return int(json.loads(meta.read_text(encoding="utf-8"))["epoch"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return 0
+
+    def finish(self, out: Path, stages: tuple[str, ...] = ("stage1", "stage2")) -> None:
+        """Removes this worker's backups and temporary directory (the run completed)."""
+        for stage in stages:
+            shutil.rmtree(self.backup_dir(out, stage), ignore_errors=True)
+        for d in ((out / "backup" / f"worker-{self.task_index}") if not self.is_chief else None, out / "backup"):
+            if d is not None:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass  # not empty (another worker's backup) or absent
+        if not self.is_chief:
+            try:
+                out.rmdir()  # a non-chief --out that only ever held our backups
+            except OSError:
+                pass
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def shard_options():
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return options
+
+    def prepare_dataset(self, ds):
+        return ds.with_options(self.shard_options())
+
+    def arrays_dataset(self, x, y, batch_size: int, *, shuffle: bool, seed: int):
+        """In-memory (features, labels) as a tf.data stream of global batches, sharded by DATA."""
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        if shuffle:
+            ds = ds.shuffle(max(1, len(x)), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(self.global_batch(batch_size)).with_options(self.shard_options())
+
+
+def _tf_config() -> dict[str, Any]:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {e}. Received: TF_CONFIG={raw!r}") from None
+
+
+def _cluster_size(tf_config: dict[str, Any]) -> int:
+    cluster = tf_config.get("cluster", {})
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def set_tf_config(workers: str, worker_index: int) -> dict[str, Any]:
+    """Writes ``TF_CONFIG`` for worker ``worker_index`` of the comma-separated ``host:port`` list."""
+    hosts = [w.strip() for w in workers.split(",") if w.strip()]
+    tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": int(worker_index)}}
+    os.environ["TF_CONFIG"] = json.dumps(tf_config)
+    return tf_config
+
+
+def resolve_kind(config) -> str:
+    kind = getattr(config, "distribute", "none") or "none"
+    if kind != "auto":
+        return kind
+    if getattr(config, "workers", None) or _cluster_size(_tf_config()) > 1:
+        return "multi-worker"
+    import tensorflow as tf
+
+    return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+
+
+def setup(config) -> Distribution:
+    """Creates the strategy. Call it before any other TensorFlow work (multi-worker needs that)."""
+    import tensorflow as tf
+
+    kind = resolve_kind(config)
+    if kind == "none":
+        return Distribution(tf.distribute.get_strategy(), True, 1, "none")
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        cross = None if gpus else tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0])
+        strategy = tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=cross)
+        return Distribution(strategy, True, strategy.num_replicas_in_sync, "mirrored")
+    if kind != "multi-worker":
+        raise ConfigError(f"distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}. Received: distribute={kind!r}")
+    if getattr(config, "workers", None):
+        set_tf_config(config.workers, config.worker_index or 0)
+    tf_config = _tf_config()
+    if not tf_config.get("cluster"):
+        raise ConfigError("distribute=multi-worker needs TF_CONFIG, or workers and worker_index "
+                          "(--workers host:port,host:port --worker-index N).")
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    _patch_keras_multi_worker_reduce()
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    jobs = resolver.cluster_spec().jobs
+    is_chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
+    index = task_id + (1 if task_type == "worker" and "chief" in jobs else 0)
+    return Distribution(strategy, is_chief, strategy.num_replicas_in_sync, "multi-worker",
+                        num_workers=_cluster_size(tf_config), task_index=index)
+
+
+def strategy_for(config) -> tuple[Any, bool, int]:
+    """``(strategy, is_chief, num_replicas)`` for ``config.distribute`` (see the module docstring)."""
+    d = setup(config)
+    return d.strategy, d.is_chief, d.num_replicas
+
+
+def trim_history(state, stage: str, epoch: int) -> None:
+    """Makes the chief's state agree with a BackupAndRestore backup taken after ``epoch`` epochs of ``stage``."""
+    st = state.stage(stage)
+    state.history = [h for h in state.history if not (h.get("stage") == stage and h.get("stage_epoch", 0) > epoch)]
+    st.epochs_done = epoch
+    st.complete = False
+
+
+def prebuild(dist: Distribution, model, dataset) -> None:
+    """Builds ``model``'s metrics, loss and optimizer from one local batch, before a multi-worker ``fit``.
+
+    Keras 3.x on TensorFlow all-reduces the first *distributed* batch to build a model symbolically, which
+    MultiWorkerMirroredStrategy cannot do for a tuple of per-replica values ("Attempt to convert a value
+    (PerReplica...) to a Tensor"). Building from a local batch first, and skipping that step, avoids it.
+    """
+    if not dist.multi_worker:
+        return
+    batch = next(iter(dataset.take(1)))
+    with dist.strategy.scope():
+        model._symbolic_build(data_batch=batch)
+
+    def _skip(iterator=None, data_batch=None):  # state is built; nothing left to build symbolically
+        return None
+
+    model._maybe_symbolic_build = _skip
+
+
+def _patch_keras_multi_worker_reduce() -> None:
+    """Keras 3.x reduces per-step metrics under MultiWorkerMirroredStrategy with ``reduce("MEAN", v, axis=0)``,
+    which fails for scalars ("Invalid reduction dimension 0"). Use ``axis=None`` (a mean across workers)."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_floranet", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            import tensorflow as tf
+
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._floranet = True  # type: ignore[attr-defined]
+    tf_trainer.reduce_per_replica = reduce_per_replica

@@ -1,0 +1,124 @@
+"""Data-parallel training: MirroredStrategy on 2 logical CPUs, 2 local workers on loopback, kill-and-restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+from imagesets import make_image_folder
+
+CHILD = str(Path(__file__).with_name("distributed_child.py"))
+TINY = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--batch-size", "4",
+        "--runtime", "tensorflow", "--precision", "fp32"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data"), classes=3, per_class=8)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_mirrored_strategy_on_two_logical_cpus(images, tmp_path) -> None:
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, CHILD, "2", "train", str(images), "--out", str(run), *TINY,
+                           "--epochs", "1", "--fine-tune-epochs", "1", "--distribute", "mirrored"],
+                          capture_output=True, text=True, env=ENV, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 replicas" in done.stdout and "global batch 8" in done.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["distribute"] == {"strategy": "mirrored", "replicas": 2, "workers": 1, "per_replica_batch_size": 4,
+                                     "global_batch_size": 8, "learning_rate_scale": 2}
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.output_shape == (None, 3)
+
+
+def _launch(images: Path, outs: list[Path], workers: str, epochs: int) -> list[subprocess.Popen]:
+    procs = []
+    for i, out in enumerate(outs):
+        cmd = [sys.executable, "-m", "floranet.cli", "train", str(images), "--out", str(out), *TINY,
+               "--epochs", str(epochs), "--fine-tune-epochs", "1", "--distribute", "multi-worker",
+               "--workers", workers, "--worker-index", str(i)]
+        log = open(out.parent / f"worker{i}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV))
+    return procs
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 480) -> list[int]:
+    end = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1, end - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
+
+
+@pytest.mark.slow
+def test_two_workers_on_loopback_only_the_chief_writes(images, tmp_path) -> None:
+    chief, other = tmp_path / "chief", tmp_path / "other"
+    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    codes = _wait_all(_launch(images, [chief, other], workers, epochs=2))
+    logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("worker*.log"))
+    assert codes == [0, 0], logs
+    assert not other.exists() or not any(other.rglob("*")), "the non-chief wrote files"
+    assert not (chief / "backup").exists()
+    metrics = json.loads((chief / "metrics.json").read_text())
+    assert metrics["distribute"]["workers"] == 2 and metrics["distribute"]["replicas"] == 2
+    history = (chief / "history.csv").read_text().splitlines()[1:]
+    assert [h.split(",")[0] for h in history] == ["stage1", "stage1", "stage2"]
+    model = keras.saving.load_model(chief / "model.keras")
+    assert model.output_shape == (None, 3)
+
+
+def _backup_epoch(chief: Path) -> int:
+    try:
+        return json.loads((chief / "backup" / "stage1" / "training_metadata.json").read_text())["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_a_worker_then_restart_resumes_from_the_backup(images, tmp_path) -> None:
+    chief, other = tmp_path / "chief", tmp_path / "other"
+    workers = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    procs = _launch(images, [chief, other], workers, epochs=12)
+    end = time.monotonic() + 400
+    while _backup_epoch(chief) < 2 and time.monotonic() < end and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    reached = _backup_epoch(chief)
+    os.kill(procs[1].pid, signal.SIGKILL)  # a worker dies ...
+    os.kill(procs[0].pid, signal.SIGKILL)  # ... and the job is torn down (the chief would wait for it)
+    for p in procs:
+        p.wait()
+    assert reached >= 2, "the run never backed up epoch 2"
+    restored = _backup_epoch(chief)
+    procs = _launch(images, [chief, other], workers, epochs=12)  # the same command again
+    codes = _wait_all(procs)
+    logs = {p.name: p.read_text() for p in tmp_path.glob("worker*.log")}
+    assert codes == [0, 0], "\n".join(v[-2000:] for v in logs.values())
+    assert any(f"stage1: restoring the backup after epoch {restored}" in v for v in logs.values())
+    history = (chief / "history.csv").read_text().splitlines()[1:]
+    stage1 = [int(h.split(",")[2]) for h in history if h.startswith("stage1")]
+    assert stage1 == list(range(1, 13))  # no epoch lost or repeated, and not restarted from 1
+    assert json.loads((chief / "state.json").read_text())["complete"]
+    assert keras.saving.load_model(chief / "model.keras").output_shape == (None, 3)

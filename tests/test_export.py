@@ -1,0 +1,234 @@
+"""floranet.export: every format round-trips through its own runtime and agrees with model.keras."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from floranet import export as export_lib
+from floranet.errors import ConfigError, ModelError
+from floranet.export import ExportResult, export_run, load_exported
+
+# Module each format's runtime needs (skipped when the export extra is not installed).
+NEEDS = {"onnx": ("tf2onnx", "onnx", "onnxruntime"), "openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
+FP32 = ["keras", "saved_model", "onnx", "openvino", "tflite"]
+# openvino's quantized exports (~5 s each) run with the slow tests (`pytest -m slow`).
+FP16 = ["tflite-fp16", pytest.param("openvino-fp16", marks=pytest.mark.slow)]
+INT8 = ["tflite-int8", pytest.param("openvino-int8", marks=pytest.mark.slow)]
+VALIDATION_IMAGES = 6  # tiny_run: 30 images, 6 in validation
+TRAINING_IMAGES = 24
+
+
+def _skip_if_missing(name: str) -> None:
+    for module in NEEDS.get(name, NEEDS.get(name.split("-")[0], ())):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed (floranet[export])")
+
+
+@pytest.fixture(scope="module")
+def run_copy(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the session's tiny run: exports write into it."""
+    dst = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("exports", "exports.json", "checkpoints",
+                                                                  "features", "logs", "plots"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def exported(run_copy: Path):
+    """``exported(name)``: the run copy exported as ``<format>[-<quantize>]``, once per module."""
+    cache: dict[str, ExportResult] = {}
+
+    def get(name: str) -> ExportResult:
+        _skip_if_missing(name)
+        if name not in cache:
+            fmt, _, quantize = name.partition("-")
+            cache[name] = export_run(run_copy, fmt, quantize=quantize or None)
+        return cache[name]
+
+    return get
+
+
+def _pixels(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 255, (n, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_fp32_export_agrees_exactly(exported, run_copy: Path, name: str) -> None:
+    r = exported(name)
+    assert r.name == name and r.format == name and r.quantize is None
+    assert r.path == run_copy / "exports" / name
+    assert r.num_images == VALIDATION_IMAGES
+    assert r.agreement == 1.0
+    assert r.max_abs_diff is not None and r.max_abs_diff < 1e-4
+    assert r.latency_ms_batch1 > 0 and r.reference_latency_ms_batch1 > 0
+    assert r.size_bytes > 0 and r.calibration_images is None
+    assert (r.path / export_lib.MODEL_FILES[name]).exists()
+    assert json.loads((r.path / "class_names.json").read_text()) == ["daisy", "roses", "tulips"]
+    readme = (r.path / "README.txt").read_text()
+    assert readme.startswith("floranet export") and "0..255" in readme and "[N, 3]" in readme
+    assert "top-1 100.0%" in r.summary()
+    # Its own runtime, outside the check: batch of 3 and batch of 1, probabilities.
+    predict = load_exported(r.path)
+    assert predict.format == name
+    probs = predict(_pixels(3))
+    assert probs.shape == (3, 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(predict(_pixels(3)[:1]), probs[:1], atol=1e-5)
+    assert not list(r.path.parent.glob(f".{name}.*")), "temp folders left behind"
+
+
+@pytest.mark.parametrize("name", FP16)
+def test_fp16_export_is_close_and_smaller(exported, run_copy: Path, name: str) -> None:
+    r = exported(name)
+    assert r.quantize == "fp16" and r.num_images == VALIDATION_IMAGES
+    assert r.agreement is not None and 0.0 <= r.agreement <= 1.0
+    assert r.max_abs_diff is not None and r.max_abs_diff < 1e-2
+    assert r.size_bytes < 0.6 * (run_copy / "model.keras").stat().st_size
+    assert (r.path / "class_names.json").exists()
+
+
+@pytest.mark.parametrize("name", INT8)
+def test_int8_export_runs_and_reports(exported, run_copy: Path, name: str) -> None:
+    r = exported(name)
+    assert r.quantize == "int8"
+    assert r.calibration_images == TRAINING_IMAGES
+    assert isinstance(r.agreement, float) and 0.0 <= r.agreement <= 1.0  # reported, not required to be 1
+    assert r.max_abs_diff is not None and np.isfinite(r.max_abs_diff)
+    assert r.size_bytes < 0.5 * (run_copy / "model.keras").stat().st_size
+    assert "int8 calibration: 24 training images" in r.summary()
+    assert load_exported(r.path)(_pixels(2)).shape == (2, 3)
+
+
+def test_exports_json_has_every_export(exported, run_copy: Path) -> None:
+    names = []
+    for name in FP32 + ["tflite-fp16", "tflite-int8"]:
+        try:
+            exported(name)
+        except pytest.skip.Exception:
+            continue
+        names.append(name)
+    entries = json.loads((run_copy / "exports.json").read_text())
+    assert set(names) <= set(entries)
+    for name in names:
+        e = entries[name]
+        assert e["format"] == name.split("-")[0] and e["path"] == f"exports/{name}"
+        for key in ("quantize", "size_bytes", "agreement", "max_abs_diff", "latency_ms_batch1", "num_images",
+                    "created", "runtime_versions"):
+            assert key in e, (name, key)
+        assert "keras" in e["runtime_versions"] and "runtime" in e["runtime_versions"]
+
+
+def test_out_folder_reexport_and_no_check(run_copy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "deploy" / "model"
+    r = export_run(run_copy, "keras", out=str(out), max_images=0)
+    assert r.path == out and r.agreement is None and r.num_images == 0 and r.latency_ms_batch1 is None
+    assert "skipped" in r.summary()
+    (out / "stale.txt").write_text("from the old export")
+    r2 = export_run(run_copy, "keras", out=out, max_images=0)  # replaces the older export
+    assert r2.path == out
+    assert not (out / "stale.txt").exists() and (out / "model.keras").exists()
+    assert json.loads((run_copy / "exports.json").read_text())["keras"]["path"] == str(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
+
+
+def test_out_refuses_a_folder_that_is_not_an_export(run_copy: Path, tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a floranet export"):
+        export_run(run_copy, "keras", out=tmp_path, max_images=0)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_failed_export_keeps_the_older_one(run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "keras"
+    export_run(run_copy, "keras", out=out, max_images=0)
+
+    def broken(*args: object) -> str:
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setitem(export_lib._WRITERS, "keras", broken)
+    with pytest.raises(ModelError, match="format='keras' failed: RuntimeError: converter crashed"):
+        export_run(run_copy, "keras", out=out, max_images=0)
+    assert (out / "model.keras").exists() and (out / "README.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keras"]
+
+
+@pytest.mark.slow
+def test_tflite_via_converter_fallback(run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keras without format="litert" (< 3.12): SavedModel → tf.lite.TFLiteConverter."""
+    monkeypatch.setattr(export_lib.writers, "_has_litert_export", lambda: False)
+    r = export_run(run_copy, "tflite", out=tmp_path / "tfl", max_images=3)
+    assert r.agreement == 1.0 and r.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"format": "pt"}, r"format must be one of keras, saved_model, onnx, openvino, tflite\. Received: format='pt'"),
+        ({"format": "onnx", "quantize": "int4"}, r"quantize must be one of None, fp16, int8\. Received: quantize='int4'"),
+        ({"format": "onnx", "quantize": "int8"}, r"quantize='int8' is not supported for format='onnx'"),
+        ({"format": "keras", "quantize": "fp16"}, r"quantize='fp16' is not supported for format='keras'"),
+        ({"format": "saved_model", "quantize": "int8"}, r"not supported for format='saved_model'"),
+        ({"format": "tflite", "max_images": -1}, r"max_images must be an int >= 0"),
+        ({"format": "tflite", "max_images": True}, r"max_images must be an int >= 0"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
+    args = dict(kwargs)
+    fmt = args.pop("format")
+    with pytest.raises(ConfigError, match=match):
+        export_run(tmp_path, fmt, **args)
+
+
+def test_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="Run directory not found"):
+        export_run(tmp_path / "nope", "onnx")
+    with pytest.raises(ModelError, match="model.keras is missing"):
+        export_run(tmp_path, "onnx")
+
+
+def test_load_exported_errors(exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelError, match="Export not found"):
+        load_exported(tmp_path / "nope")
+    with pytest.raises(ModelError, match="No exported model found"):
+        load_exported(tmp_path)
+    r = exported("onnx")
+    assert load_exported(r.path / "model.onnx").format == "onnx"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ModelError, match=r"onnxruntime.*pip install 'floranet\[export\]'"):
+        load_exported(r.path)
+
+
+def test_tflite_runs_without_ai_edge_litert(exported, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the export extra, TensorFlow's own tf.lite.Interpreter runs the file."""
+    r = exported("tflite")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    predict = load_exported(r.path)
+    assert predict.runtime.startswith("tf.lite")
+    np.testing.assert_allclose(predict(_pixels(2)), load_exported(r.path / "model.tflite")(_pixels(2)), atol=1e-5)
+
+
+def test_onnx_fallback_for_captured_constants(run_copy: Path, tmp_path: Path) -> None:
+    """Normalization(mean, variance) (torch-style preprocessing, EfficientNet) breaks Keras's ONNX path."""
+    _skip_if_missing("onnx")
+    import keras
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.05, 0.05, 0.05])(x)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x)).save(run / "model.keras")
+    r = export_run(run, "onnx", max_images=3)
+    assert "fallback" in r.converter
+    assert r.agreement == 1.0 and r.max_abs_diff < 1e-4
+    assert load_exported(r.path).input_name == "image"
