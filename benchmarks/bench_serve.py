@@ -213,13 +213,25 @@ async def load(url: str, photos: list[bytes], n: int, concurrency: int, deadline
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    lat_ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {"requests": next_index, "ok": len(latencies), "errors": sum(errors.values()), "error_kinds": errors,
-            "seconds": round(wall, 3), "throughput_rps": len(latencies) / wall,
+            "seconds": wall, "latencies": latencies, "batch_sizes": batch_sizes}
+
+
+def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One client's segments → totals, latency percentiles, throughput (ok requests / summed wall time)."""
+    latencies = [x for p in parts for x in p["latencies"]]
+    sizes = [x for p in parts for x in p["batch_sizes"]]
+    errors: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["error_kinds"].items():
+            errors[k] = errors.get(k, 0) + v
+    wall = sum(p["seconds"] for p in parts)
+    lat_ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"requests": sum(p["requests"] for p in parts), "ok": len(latencies), "errors": sum(errors.values()),
+            "error_kinds": errors, "seconds": round(wall, 3), "throughput_rps": len(latencies) / wall,
             "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
             "mean_ms": float(lat_ms.mean()), "max_ms": float(lat_ms.max()),
-            "mean_batch": float(np.mean(batch_sizes)) if batch_sizes else 0.0,
-            "max_batch_seen": int(max(batch_sizes, default=0))}
+            "mean_batch": float(np.mean(sizes)) if sizes else 0.0, "max_batch_seen": int(max(sizes, default=0))}
 
 
 class Offline:
@@ -239,10 +251,12 @@ class Offline:
         for b in self.batches[:3]:
             self.predictor.probabilities(b)  # warm-up (tracing)
 
-    def measure(self, seconds: float) -> dict[str, Any]:
+    def measure(self, seconds: float, batch: int = BATCH) -> dict[str, Any]:
+        batches = [b[:batch] for b in self.batches]
+        self.predictor.probabilities(batches[0])  # a new batch size may trace once
         count, started = 0, time.perf_counter()
         while True:
-            for b in self.batches:
+            for b in batches:
                 self.predictor.probabilities(b)
                 count += len(b)
             elapsed = time.perf_counter() - started
@@ -250,18 +264,28 @@ class Offline:
                 break
         return {"images": count, "seconds": round(elapsed, 3), "throughput_ips": count / elapsed}
 
+    def window(self, seconds: float, small: int) -> dict[str, Any]:
+        """Batches of 32 (the reference), then batches of ``small`` (the most a server with that many
+        concurrent clients can ever group) for half as long."""
+        out = self.measure(seconds)
+        out[f"batch_{small}"] = self.measure(seconds / 2, small)
+        return out
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", help="finished run directory (default: train a tiny one)")
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=2000, help="per client kind")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--client", choices=["httpx", "raw", "both"], default="both",
                     help="load generator: httpx.AsyncClient, a minimal asyncio HTTP/1.1 client, or both one "
                     "after the other (default)")
+    ap.add_argument("--segments", type=int, default=4, help="the load of each client is cut into this many "
+                    "segments, with an offline window between segments")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--offline-seconds", type=float, default=8.0, help="per offline window (before, between, after)")
+    ap.add_argument("--offline-seconds", type=float, default=3.0, help="per offline window at batch 32 (and half "
+                    "as long at batch = concurrency)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="hard cap on the whole benchmark")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/serve.json")
     args = ap.parse_args()
@@ -271,6 +295,7 @@ def main() -> None:
     load_before = os.getloadavg()
     served: dict[str, dict[str, Any]] = {}
     windows: list[dict[str, Any]] = []
+    small = min(BATCH, args.concurrency)
     try:
         run = Path(args.run) if args.run else train_tiny(work, budget)
         photos = [p.read_bytes() for p in sorted(MINI.rglob("*.jpg"))]
@@ -283,20 +308,37 @@ def main() -> None:
             print(f"server up: {url} model {version}", flush=True)
             for kind in clients:  # warm-up, not counted
                 asyncio.run(load(url, photos, 64, args.concurrency, time.monotonic() + 30, kind))
-            # Offline throughput in windows before, between and after the served loads (the server idles
-            # meanwhile): a change in the machine's other load shows up and averages out.
+            # The machine's speed drifts (other work on it): offline windows alternate with segments of the
+            # served load, and each segment is compared with the windows just before and after it.
             model = Offline(run, photos)
-            windows.append(model.measure(args.offline_seconds))
-            for n, kind in enumerate(clients):
-                left_after = (len(clients) - n) * (args.offline_seconds + 5) + 10
-                deadline = time.monotonic() + max(5.0, (budget.left() - left_after) / (len(clients) - n))
-                cpu_server, cpu_client = cpu_seconds(proc.pid), cpu_seconds()
-                result = asyncio.run(load(url, photos, args.requests, args.concurrency, deadline, kind))
-                result["cpu_s_server"] = round(cpu_seconds(proc.pid) - cpu_server, 2)
-                result["cpu_s_client"] = round(cpu_seconds() - cpu_client, 2)
+            windows.append(model.window(args.offline_seconds, small))
+            total_segments = len(clients) * args.segments
+            done = 0
+            for kind in clients:
+                parts = []
+                for seg in range(args.segments):
+                    left = total_segments - done
+                    reserve = left * 1.5 * args.offline_seconds + 15
+                    deadline = time.monotonic() + max(3.0, (budget.left() - reserve) / left)
+                    n = args.requests // args.segments + (seg < args.requests % args.segments)
+                    cpu_server, cpu_client = cpu_seconds(proc.pid), cpu_seconds()
+                    part = asyncio.run(load(url, photos, n, args.concurrency, deadline, kind))
+                    part["cpu_s_server"] = cpu_seconds(proc.pid) - cpu_server
+                    part["cpu_s_client"] = cpu_seconds() - cpu_client
+                    windows.append(model.window(min(args.offline_seconds, max(0.5, (budget.left() - 15) / 1.5)),
+                                                small))
+                    ref = (windows[-2]["throughput_ips"] + windows[-1]["throughput_ips"]) / 2
+                    part["ratio"] = part["ok"] / part["seconds"] / ref
+                    parts.append(part)
+                    done += 1
+                    print(f"  {kind} segment {seg + 1}: {part['ok']} ok, {part['ok'] / part['seconds']:.1f} req/s, "
+                          f"offline around it {ref:.1f} img/s, ratio {part['ratio']:.2f}", flush=True)
+                result = summarize(parts)
+                result["cpu_s_server"] = round(sum(p["cpu_s_server"] for p in parts), 2)
+                result["cpu_s_client"] = round(sum(p["cpu_s_client"] for p in parts), 2)
+                result["segment_ratios"] = [round(p["ratio"], 3) for p in parts]
+                result["ratio_served_over_offline"] = round(float(np.median(result["segment_ratios"])), 3)
                 served[kind] = result
-                print(f"  {kind}: {result['ok']} ok, {result['throughput_rps']:.1f} req/s", flush=True)
-                windows.append(model.measure(min(args.offline_seconds, max(1.0, budget.left() - 15))))
         finally:
             proc.terminate()
             try:
@@ -308,24 +350,29 @@ def main() -> None:
         budget.cancel()
         shutil.rmtree(work, ignore_errors=True)
     reference = float(np.mean([w["throughput_ips"] for w in windows]))
+    reference_small = float(np.mean([w[f"batch_{small}"]["throughput_ips"] for w in windows]))
     off = {"batch": BATCH, "image_size": list(model.predictor.image_size), "windows": windows,
-           "throughput_ips": reference}
+           "throughput_ips": reference, f"throughput_ips_batch_{small}": reference_small,
+           "spread_ips": [round(min(w["throughput_ips"] for w in windows), 1),
+                          round(max(w["throughput_ips"] for w in windows), 1)]}
     names = {"httpx": "httpx.AsyncClient", "raw": "minimal asyncio HTTP/1.1 client"}
     rows = []
     for kind, r in served.items():
-        r["ratio_served_over_offline"] = round(r["throughput_rps"] / reference, 3)
+        r[f"ratio_over_offline_batch_{small}"] = round(r["ratio_served_over_offline"] * reference / reference_small, 3)
         rows.append({"mode": f"served, {kind} client, concurrency {args.concurrency}", "requests": r["requests"],
                      "errors": r["errors"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                      "img_per_s": r["throughput_rps"], "mean_batch": r["mean_batch"],
                      "cpu_s_server": r["cpu_s_server"], "cpu_s_client": r["cpu_s_client"],
-                     "ratio": r["ratio_served_over_offline"]})
-    for i, w in enumerate(windows):
-        rows.append({"mode": f"offline window {i + 1} (probabilities, batch {BATCH})", "requests": w["images"],
-                     "errors": 0, "img_per_s": w["throughput_ips"], "mean_batch": float(BATCH)})
+                     "ratio": r["ratio_served_over_offline"], f"ratio_b{small}": r[f"ratio_over_offline_batch_{small}"]})
+    for b, m in ((BATCH, reference), (small, reference_small)):
+        rows.append({"mode": f"offline, probabilities, batch {b} (mean of {len(windows)} windows)",
+                     "requests": sum(w["images"] if b == BATCH else w[f"batch_{small}"]["images"] for w in windows),
+                     "errors": 0, "img_per_s": m, "mean_batch": float(b)})
     print(table(rows, ["mode", "requests", "errors", "p50_ms", "p99_ms", "img_per_s", "mean_batch", "cpu_s_server",
-                       "cpu_s_client", "ratio"]))
-    print(f"reference offline throughput {reference:.1f} img/s (mean of {len(windows)} windows); target ratio >= "
-          f"0.70; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+                       "cpu_s_client", "ratio", f"ratio_b{small}"]))
+    print(f"ratio = median over segments of served / offline batch {BATCH} in the windows around the segment "
+          f"(target >= 0.70); ratio_b{small}: the same against batch {small}, the largest batch {args.concurrency} "
+          f"clients can fill. Offline windows ranged {off['spread_ips'][0]}..{off['spread_ips'][1]} img/s; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     for kind, r in served.items():
         if r["errors"]:
             print(f"{kind} errors: {r['error_kinds']}\nserver log tail:\n{server_log}")

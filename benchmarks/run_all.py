@@ -26,6 +26,7 @@ SUITE = {  # name -> (script, needs ../shared)
     "finetune": ("bench_finetune.py", False),
     "train": ("bench_train.py", True),
     "accuracy": ("bench_accuracy.py", True),
+    "bf16": ("bench_bf16.py", True),
     "serve": ("bench_serve.py", False),
 }
 
@@ -70,6 +71,8 @@ def render() -> str:
         ("accuracy", "Accuracy: recommended preset vs the tutorial's recipe",
          lambda r: table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
                    + f"\n\nGain: {r['gain_points']:+.1f} points."),
+        ("bf16", "bf16 features: accuracy change vs fp32", lambda r: table(r["rows"], list(r["rows"][0]))
+         + f"\n\nLargest change: {r['max_delta_points']} points."),
         ("serve", "REST server under load", lambda r: table(r["rows"], list(r["rows"][0])) if "rows" in r
          else "```\n" + json.dumps({k: v for k, v in r.items() if k not in ("machine",)}, indent=2) + "\n```"),
     ]

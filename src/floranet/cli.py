@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=200,
                    help="validation images for the agreement check (0: skip it)")
 
+    p = sub.add_parser("serve", help="REST API + web page for a run (http://127.0.0.1:8000/)")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="anything but loopback is reachable from the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
+    p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+
     sub.add_parser("backbones", help="list backbone names")
     return parser
 
@@ -254,6 +262,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from floranet.serve import run_server
+
+    run_server(args.run_dir, host=args.host, port=args.port, unsafe=args.unsafe,
+               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    return 0
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from floranet.models import backbones
 
@@ -263,7 +279,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "doctor": cmd_doctor, "fetch": cmd_fetch,
-            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "explain": cmd_explain, "export": cmd_export, "backbones": cmd_backbones}
+            "evaluate": cmd_evaluate, "predict": cmd_predict, "report": cmd_report, "explain": cmd_explain, "export": cmd_export, "serve": cmd_serve, "backbones": cmd_backbones}
 
 if __name__ == "__main__":
     sys.exit(main())

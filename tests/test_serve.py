@@ -1,0 +1,375 @@
+"""The REST server: same answers as predict_bytes, dynamic batching, hostile inputs, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+from corpus import fake_heic, raw_png  # noqa: E402
+
+with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2; httpx works the same
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from floranet import predict, serve  # noqa: E402
+from floranet.errors import ModelError  # noqa: E402
+
+ROSES = Path(serve.__file__).parent / "data" / "mini_flowers" / "roses"
+TIMEOUT_S = 1.5  # request_timeout_s of the shared app: small, for the slow-client test
+
+
+def _rose() -> tuple[str, bytes]:
+    path = sorted(ROSES.glob("*.jpg"))[0]
+    return path.name, path.read_bytes()
+
+
+def _png(seed: int = 1, size: tuple[int, int] = (45, 30)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def app(tiny_run):
+    return serve.create_app(tiny_run, request_timeout_s=TIMEOUT_S, max_wait_ms=5.0)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run):
+    return predict.load(tiny_run)
+
+
+def _assert_same(answer: dict, expected: predict.Prediction) -> None:
+    got = {row["class"]: row["probability"] for row in answer["top_k"]}
+    want = dict(expected.top_k)
+    assert got.keys() == want.keys()
+    for name, p in want.items():
+        assert got[name] == pytest.approx(p, abs=1e-5)
+    assert answer["low_confidence"] == expected.low_confidence
+
+
+def test_health_classes_and_page(client, tiny_run) -> None:
+    h = client.get("/health")
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    assert h.json()["model_version"] == serve.model_version(tiny_run) == client.get("/health").json()["model_version"]
+    assert h.json()["model_version"].endswith("-" + Path(tiny_run).name)
+    assert client.get("/classes").json() == ["daisy", "roses", "tulips"]
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'type="file"' in page.text and "gradcam" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # self-contained
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    missing = client.get("/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_predict_multipart_and_raw_equal_predict_bytes(client, predictor, tiny_run) -> None:
+    name, rose = _rose()
+    png = _png()
+    for label, data in ((name, rose), ("noise.png", png)):
+        expected = predictor.predict_bytes(data, name=label, top_k=3)
+        multi = client.post("/predict", files={"file": (label, data, "image/jpeg")})
+        assert multi.status_code == 200, multi.text
+        body = multi.json()
+        assert body["file"] == label
+        _assert_same(body, expected)
+        assert body["model_version"] == serve.model_version(tiny_run)
+        assert set(body["timing_ms"]) == {"decode", "queue", "inference", "total"}
+        assert all(v >= 0 for v in body["timing_ms"].values())
+        raw = client.post("/predict", content=data, headers={"content-type": "application/octet-stream"})
+        assert raw.status_code == 200, raw.text
+        _assert_same(raw.json(), expected)
+    # the model version is the same for a second app on the same run
+    assert serve.create_app(tiny_run).state.model_version == body["model_version"]
+
+
+def test_upload_name_is_only_a_label(client) -> None:
+    _, rose = _rose()
+    for sent, shown in (("../../etc/passwd.jpg", "passwd.jpg"), ("C:\\Users\\me\\rose.jpg", "rose.jpg")):
+        r = client.post("/predict", files={"file": (sent, rose, "image/jpeg")})
+        assert r.status_code == 200 and r.json()["file"] == shown
+    assert serve._label("/tmp/a\x07b\n.jpg") == "ab.jpg" and serve._label("") == "upload"
+    assert len(serve._label("x" * 5000)) == 200
+
+
+def test_gradcam_png_is_a_decodable_overlay(client) -> None:
+    name, rose = _rose()
+    r = client.post("/predict?gradcam=1", files={"file": (name, rose, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["gradcam_png"])))
+    assert overlay.format == "PNG" and overlay.mode == "RGB"
+    assert overlay.size == Image.open(io.BytesIO(rose)).size  # 160 px photos are not shrunk
+    assert "gradcam_png" not in client.post("/predict", content=rose).json()
+
+
+def test_concurrent_requests_are_batched_and_answers_not_mixed_up(tiny_run, predictor) -> None:
+    app = serve.create_app(tiny_run, max_batch=8, max_wait_ms=100.0)
+    images = [_png(seed) for seed in range(8)]
+    expected = [predictor.predict_bytes(d, top_k=3) for d in images]
+    with serve.serve_in_thread(app) as url:
+        async def go() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                return await asyncio.gather(*(c.post("/predict", content=d) for d in images))
+
+        answers = asyncio.run(go())
+    assert [a.status_code for a in answers] == [200] * 8
+    for a, e in zip(answers, expected):
+        _assert_same(a.json(), e)
+    assert max(int(a.headers["x-batch-size"]) for a in answers) > 1
+    assert app.state.batcher.stats.images == 8 and app.state.batcher.stats.batches < 8
+
+
+def test_batcher_groups_up_to_max_batch_and_keeps_order() -> None:
+    sizes = []
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        sizes.append(len(x))
+        return x.reshape(len(x), -1)[:, :1] * np.ones((1, 3), np.float32)
+
+    async def go() -> list:
+        batcher = serve.Batcher(infer, max_batch=4, max_wait_s=0.05)
+        try:
+            return await asyncio.gather(*(batcher.submit(np.full((2, 2, 3), i, np.float32)) for i in range(10)))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(go())
+    assert [float(r[0][0]) for r in results] == list(range(10))
+    assert sum(sizes) == 10 and max(sizes) == 4 and len(sizes) == 3
+
+
+def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
+    _, rose = _rose()
+    text = b"this is a shopping list, not a photo\n" * 20
+    heic = fake_heic()
+    return {
+        "zero bytes": ({"content": b""}, 400, "empty"),
+        "zero-byte file field": ({"files": {"file": ("a.jpg", b"", "image/jpeg")}}, 400, "empty"),
+        "text file": ({"files": {"file": ("notes.txt", text, "text/plain")}}, 415, "not an image"),
+        "text sent as image/jpeg": ({"content": text, "headers": {"content-type": "image/jpeg"}}, 415,
+                                    "not an image"),
+        "text named .jpg in multipart": ({"files": {"file": ("photo.jpg", text, "image/jpeg")}}, 415,
+                                         "not an image"),
+        "truncated jpeg": ({"content": rose[: len(rose) // 2], "headers": {"content-type": "image/jpeg"}}, 422,
+                           "truncated"),
+        "heic": ({"content": heic}, 415, "HEIC"),
+        "png bomb 20000x20000": ({"content": raw_png(20000, 20000, 1, 0, b"\0" * 64)}, 413, "20000x20000"),
+        "30 MB upload": ({"content": b"\xff\xd8\xff" + bytes(30 * 1024 * 1024)}, 413, "too large"),
+        "30 MB without Content-Length": ({"content": (bytes(1 << 20) for _ in range(30))}, 413, "too large"),
+        "multipart without a file field": ({"files": {"photo": ("a.jpg", rose, "image/jpeg")}}, 400, "'file'"),
+        "malformed multipart": ({"content": b"--xyz\r\nnot a header line\r\n\r\n",
+                                 "headers": {"content-type": "multipart/form-data; boundary=xyz"}}, 400,
+                                "multipart"),
+        "bad Content-Length": ({"content": b"abc", "headers": {"content-length": "many"}}, 400, "Content-Length"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_hostile_cases()))
+def test_hostile_inputs_get_a_clear_4xx_and_the_server_goes_on(client, case) -> None:
+    kwargs, status, words = _hostile_cases()[case]
+    r = client.post("/predict", **kwargs)
+    assert r.status_code == status, (case, r.status_code, r.text)
+    message = r.json()["error"]
+    assert words.lower() in message.lower(), message
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_wrong_content_type_is_judged_by_content(client, predictor) -> None:
+    name, rose = _rose()
+    expected = predictor.predict_bytes(rose, top_k=3)
+    for ctype in ("text/plain", "application/json", "image/png"):
+        r = client.post("/predict", content=rose, headers={"content-type": ctype})
+        assert r.status_code == 200, r.text
+        _assert_same(r.json(), expected)
+    r = client.post("/predict", files={"file": ("x.txt", rose, "text/plain")})
+    assert r.status_code == 200
+    _assert_same(r.json(), expected)
+
+
+def test_memory_stays_bounded_under_hostile_requests(client) -> None:
+    cases = _hostile_cases()
+    client.post("/predict", **cases["30 MB upload"][0])  # warm the allocator once
+    before = _rss_mib()
+    for _ in range(3):
+        for case, (kwargs, status, _) in _hostile_cases().items():
+            if case != "bad Content-Length":
+                assert client.post("/predict", **kwargs).status_code == status, case
+    grown = _rss_mib() - before
+    assert grown < 200, f"RSS grew by {grown:.0f} MiB"
+    assert client.get("/health").status_code == 200
+
+
+def _drip(sock: socket.socket, stop: threading.Event) -> None:
+    with __import__("contextlib").suppress(OSError):
+        while not stop.is_set():
+            sock.sendall(b"\xff")
+            stop.wait(0.1)
+
+
+def test_slow_clients_do_not_stall_others_and_time_out(app) -> None:
+    _, rose = _rose()
+    with serve.serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: 100000\r\n\r\n").encode()
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stalled.sendall(head + b"\xff\xd8")  # then nothing
+        dripping = socket.create_connection(("127.0.0.1", port), timeout=10)
+        dripping.sendall(head)
+        stop = threading.Event()
+        dripper = threading.Thread(target=_drip, args=(dripping, stop), daemon=True)
+        dripper.start()
+        started = time.monotonic()
+        try:
+            with httpx.Client(base_url=url, timeout=10) as c:
+                for _ in range(3):
+                    t = time.monotonic()
+                    assert c.get("/health").status_code == 200
+                    r = c.post("/predict", content=rose)
+                    assert r.status_code == 200
+                    assert time.monotonic() - t < 1.0  # not held up by the slow clients
+            assert time.monotonic() - started < TIMEOUT_S  # all of that happened while they were still sending
+            for sock in (stalled, dripping):
+                answer = b""
+                while chunk := sock.recv(65536):  # the server closes the connection after its answer
+                    answer += chunk
+                answer = answer.decode("latin-1")
+                assert answer.startswith("HTTP/1.1 408"), answer[:200]
+                assert "not received within" in answer
+            assert time.monotonic() - started < TIMEOUT_S + 3
+        finally:
+            stop.set()
+            stalled.close()
+            dripping.close()
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert c.get("/health").json()["status"] == "ok"
+
+
+def test_overload_answers_503_with_retry_after(tiny_run) -> None:
+    app = serve.create_app(tiny_run, max_batch=1, max_wait_ms=0.0)
+    real = app.state.batcher._infer
+    app.state.batcher._infer = lambda x: (time.sleep(0.2), real(x))[1]  # a slow model
+    images = [_png(seed) for seed in range(12)]
+    with serve.serve_in_thread(app) as url:
+        async def go() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                return await asyncio.gather(*(c.post("/predict", content=d) for d in images))
+
+        answers = asyncio.run(go())
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(200) >= 4 and 503 in codes, codes
+    busy = next(a for a in answers if a.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+def _lambda_run(tiny_run: Path, tmp_path: Path) -> Path:
+    import keras
+
+    run = tmp_path / "lambda-run"
+    run.mkdir()
+    shutil.copy(tiny_run / "class_names.json", run / "class_names.json")
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(run / "model.keras")
+    return run
+
+
+def test_model_with_a_lambda_layer_is_refused_unless_unsafe(tiny_run, tmp_path) -> None:
+    run = _lambda_run(tiny_run, tmp_path)
+    with pytest.raises(ModelError, match="Lambda|safe"):
+        serve.create_app(run)
+    app = serve.create_app(run, unsafe=True)
+    with TestClient(app) as c:
+        r = c.post("/predict?gradcam=1", content=_png())
+        assert r.status_code == 200, r.text
+        assert [row["class"] for row in r.json()["top_k"]] != []
+        assert r.json()["gradcam_png"] is None and "Grad-CAM" in r.json()["gradcam_error"]
+
+
+def test_settings_are_checked_and_non_loopback_hosts_are_flagged(tiny_run) -> None:
+    from floranet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_batch"):
+        serve.create_app(tiny_run, max_batch=0)
+    assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1") and serve.is_loopback("localhost")
+    assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("192.168.1.5")
+    assert not serve.is_loopback("example.org")
+
+
+def test_a_lying_client_is_cut_off_while_counting(app) -> None:
+    """Chunked upload with no Content-Length: the server stops reading after max_upload_bytes."""
+    limit_mib = 20
+    with serve.serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        answer = bytearray()
+
+        def read() -> None:
+            with __import__("contextlib").suppress(OSError):
+                while chunk := sock.recv(65536):
+                    answer.extend(chunk)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sock.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
+        sent_mib = 0
+        try:
+            while sent_mib < 3 * limit_mib:
+                sock.sendall(chunk)
+                sent_mib += 1
+        except OSError:
+            pass  # the server closed the connection: we were cut off
+        reader.join(10)
+        sock.close()
+        assert sent_mib < 3 * limit_mib, "the server kept reading past the limit"
+        text = bytes(answer).decode("latin-1")
+        assert not text or text.startswith("HTTP/1.1 413"), text[:200]
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert c.get("/health").status_code == 200
+        print(f"cut off after {sent_mib} MiB sent; answer: {text.splitlines()[:1]}")
+
+
+def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch, caplog) -> None:
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))  # nothing is bound
+    with caplog.at_level("WARNING", logger="floranet.serve"):
+        serve.run_server(tiny_run, host="0.0.0.0", port=8123, max_batch=4)
+    assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
+    assert "REACHABLE FROM THE NETWORK" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="floranet.serve"):
+        serve.run_server(tiny_run)
+    assert calls[1]["host"] == "127.0.0.1" and "REACHABLE" not in caplog.text

@@ -1,0 +1,58 @@
+"""The web page in a real browser: pick a photo, see the top classes as bars with percentages."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+pytest.importorskip("fastapi")
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package; see `make browser`)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+from floranet import serve  # noqa: E402
+
+ROSES = Path(serve.__file__).parent / "data" / "mini_flowers" / "roses"
+
+
+def test_page_classifies_an_uploaded_rose(tiny_run, artifacts_dir, tmp_path) -> None:
+    photo = tmp_path / "rose.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    app = serve.create_app(tiny_run)
+    requests: list[str] = []
+    with serve.serve_in_thread(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 720})
+            page.on("request", lambda r: requests.append(r.url))
+            console_errors: list[str] = []
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/")
+            expect = sync_api.expect  # its waits run in Playwright's own world: the page's CSP forbids eval
+            expect(page.locator("#version")).to_have_text(re.compile(r"^model \S+"), timeout=15_000)
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#results li .cls", timeout=30_000)
+            rows = page.locator("#results li")
+            assert rows.count() == 3
+            first = rows.first.inner_text()
+            assert re.search(r"(daisy|roses|tulips)\s+\d{1,3}\.\d%", first), first
+            assert {rows.nth(i).locator(".cls").inner_text() for i in range(3)} == {"daisy", "roses", "tulips"}
+            assert page.locator("#photo").is_visible()
+            page.wait_for_timeout(400)  # let the bars finish growing for the screenshot
+            page.check("#gradcam")
+            expect(page.locator("#photo")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"),
+                                                             timeout=30_000)
+            page.screenshot(path=str(artifacts_dir / "serve.png"), full_page=True)
+            assert not console_errors, console_errors  # e.g. a Content-Security-Policy violation
+        finally:
+            browser.close()
+    assert (artifacts_dir / "serve.png").stat().st_size > 5_000
+    host = urlparse(url).netloc
+    outside = [u for u in requests if not u.startswith(("blob:", "data:")) and urlparse(u).netloc != host]
+    assert not outside, f"requests left 127.0.0.1: {outside}"
+    assert any(u.endswith("/predict") for u in requests) and any("gradcam=1" in u for u in requests)
