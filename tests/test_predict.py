@@ -102,3 +102,15 @@ def test_python_api_floranet_load(tiny_run, tmp_path) -> None:
 
     rows = floranet.load(tiny_run).predict(str(_write_cases(tmp_path)["jpeg"]))
     assert len(rows) == 1 and rows[0].error is None
+
+
+def test_few_files_take_the_direct_path_with_the_same_results(tiny_run, tmp_path) -> None:
+    cases = _write_cases(tmp_path)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    predictor = predict.load(tiny_run)
+    few = predictor.predict([cases["cmyk"], tmp_path / "empty.jpg"])
+    assert len([cases["cmyk"], 0]) <= predict.SMALL_BATCH
+    assert few[0].error is None and few[1].error and "empty" in few[1].error
+    many = predictor.predict([cases[k] for k in ("cmyk", "jpeg", "exif_rotated", "rgba_png", "grayscale")])
+    assert len(many) > predict.SMALL_BATCH
+    np.testing.assert_allclose([p for _, p in few[0].top_k], [p for _, p in many[0].top_k], atol=2e-5)

@@ -26,6 +26,7 @@ from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.io import atomic_write_text
 
 FORMATS = ("table", "csv", "json")
+SMALL_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,17 @@ class Predictor:
         """Predicts every image named by ``inputs`` (files, folders, globs), in order."""
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
         rows: dict[int, Prediction] = {}
-        if files:
+        if 0 < len(files) <= SMALL_BATCH:
+            # A handful of files: decode directly; building a tf.data pipeline costs more than the model call.
+            for i, f in enumerate(files):
+                try:
+                    pixels = images.load_image(f, max_pixels=self.max_pixels)
+                except DatasetError as e:
+                    rows[i] = Prediction(str(f), error=str(e))
+                    continue
+                resized = tf.image.resize(tf.convert_to_tensor(pixels, tf.float32), self.image_size).numpy()
+                rows[i] = self._row(str(f), self.probabilities(resized[None])[0], top_k)
+        elif files:
             skipped: list[str] = []
             ds = pipeline.make_dataset([str(f) for f in files], list(range(len(files))), image_size=self.image_size,
                                        batch_size=self.batch_size, max_pixels=self.max_pixels, on_error="skip",
