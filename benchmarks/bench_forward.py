@@ -85,6 +85,7 @@ def onnx_fn(model: keras.Model):
         import onnxruntime as ort
     except ImportError:
         return None
+    model(np.zeros((1, *model.input_shape[1:]), "float32"))  # Keras exports only models that were called
     tmp = tempfile.mkdtemp(prefix="floranet-onnx-")
     path = os.path.join(tmp, "model.onnx")
     try:

@@ -23,9 +23,10 @@ def test_auto_choice_follows_the_machine(monkeypatch) -> None:
     monkeypatch.setattr(runtime, "openvino_available", lambda: True)
     monkeypatch.setattr(runtime, "native_bf16", lambda: True)
     c = runtime.choose()
-    assert (c.runtime, c.precision) == ("openvino", "bf16") and "bf16" in c.reason
+    assert (c.runtime, c.precision) == ("openvino", "fp32") and "--precision bf16" in c.reason
+    assert runtime.choose("auto", "bf16").key == "openvino-bf16"
     monkeypatch.setattr(runtime, "native_bf16", lambda: False)
-    assert runtime.choose().key == "openvino-fp32"
+    assert runtime.choose().key == "openvino-fp32" and "2x" not in runtime.choose().reason
     monkeypatch.setattr(runtime, "openvino_available", lambda: False)
     assert runtime.choose().key == "tensorflow-fp32" and "not installed" in runtime.choose().reason
     monkeypatch.setattr(runtime, "gpu_available", lambda: True)

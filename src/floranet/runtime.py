@@ -3,8 +3,8 @@
 ``choose("auto", "auto")`` picks, and says why:
 
 * a GPU visible to TensorFlow → TensorFlow (fp32);
-* else OpenVINO when installed (``floranet[openvino]``), in bf16 when the CPU
-  has native bf16 (AVX512_BF16 or AMX), else fp32;
+* else OpenVINO when installed (``floranet[openvino]``), in fp32 (bf16, about
+  2x faster on AVX512_BF16/AMX CPUs, is opt-in until its accuracy check passes);
 * else TensorFlow fp32.
 
 :func:`compile_inference` turns a Keras model into a numpy → numpy callable for
@@ -97,12 +97,11 @@ def choose(runtime: str = "auto", precision: str = "auto") -> RuntimeChoice:
             runtime, why = "tensorflow", "no GPU and OpenVINO is not installed (pip install 'floranet[openvino]')"
         reasons.append(why)
     if precision == "auto":
-        if runtime == "openvino" and native_bf16():
-            precision = "bf16"
-            reasons.append("the CPU has native bf16 (AVX512_BF16/AMX)")
-        else:
-            precision = "fp32"
-            reasons.append("fp32" + ("" if runtime == "openvino" else " (bf16 inference is used with OpenVINO only)"))
+        # bf16 doubles OpenVINO throughput on AVX512_BF16/AMX, but benchmarks/bench_bf16.py has not yet shown
+        # its accuracy change to be under 0.5 points (measured -1.6), so auto stays fp32; --precision bf16 opts in.
+        precision = "fp32"
+        hint = " (--precision bf16 is about 2x faster on this CPU)" if runtime == "openvino" and native_bf16() else ""
+        reasons.append("fp32: bf16 is opt-in until its accuracy check passes" + hint)
     elif precision == "bf16" and runtime == "tensorflow":
         reasons.append("bf16 via Keras mixed_bfloat16")
     return RuntimeChoice(runtime, precision, "; ".join(reasons) or "as requested")
