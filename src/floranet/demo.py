@@ -113,15 +113,14 @@ def _predict_rose(run_dir: Path, data_dir: Path, class_names: list[str], image_s
                   k: int = 3) -> tuple[Path | None, list[tuple[str, float]]]:
     if "roses" not in class_names:
         return None, []
-    import csv
+    from floranet.data.split import Split
 
-    with open(run_dir / "split.csv", encoding="utf-8", errors="surrogateescape", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["label"] == "roses"]
+    rows = [r for r in Split.from_csv(run_dir / "split.csv").rows if r.label == "roses"]
     # A held-out rose, as the tutorial's single prediction should be.
-    rows.sort(key=lambda r: (r["split"] != "validation", r["path"]))
+    rows.sort(key=lambda r: (r.split != "validation", r.path))
     model = keras.saving.load_model(run_dir / "model.keras")
     for r in rows:
-        path = data_dir / r["path"]
+        path = data_dir / r.path
         try:
             image = pipeline.decode_and_resize(str(path), image_size)
         except FloranetError:

@@ -150,7 +150,9 @@ def _header_pixels(contents: tf.Tensor) -> tf.Tensor:
     return tf.case([(is_png, png), (is_jpeg, jpeg)], default=lambda: tf.constant(0, tf.int64))
 
 
-def _pillow_decode(path: bytes, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
+def _pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
+    if isinstance(path, np.ndarray):  # eager numpy_function passes a 0-d array, tf.data passes bytes
+        path = path.item()
     try:
         image = load_image(os.fsdecode(path), max_pixels=int(max_pixels))
         return np.ascontiguousarray(image, dtype=np.uint8), True
@@ -159,8 +161,8 @@ def _pillow_decode(path: bytes, max_pixels: np.int64) -> tuple[np.ndarray, bool]
         return np.zeros((1, 1, 3), np.uint8), False
 
 
-def _decode_stage(image_size: tuple[int, int], max_pixels: int) -> Any:
-    """Returns ``fn(path, use_tf) -> Dataset`` of exactly one ``(image, ok)``."""
+def _decoders(image_size: tuple[int, int], max_pixels: int) -> tuple[Any, Any]:
+    """Returns ``(tf_decode, pillow)``: ``fn(path) -> (float32 image at image_size, ok)`` each."""
 
     def resize(image: tf.Tensor) -> tf.Tensor:
         # Same as keras.utils.image_dataset_from_directory: bilinear, no antialias, no crop.
@@ -189,6 +191,13 @@ def _decode_stage(image_size: tuple[int, int], max_pixels: int) -> Any:
         image.set_shape((None, None, 3))
         ok.set_shape(())
         return resize(image), ok
+
+    return tf_decode, pillow
+
+
+def _decode_stage(image_size: tuple[int, int], max_pixels: int) -> Any:
+    """Returns ``fn(path, use_tf) -> Dataset`` of exactly one ``(image, ok)``."""
+    tf_decode, pillow = _decoders(image_size, max_pixels)
 
     def stage(path: tf.Tensor, use_tf: tf.Tensor) -> tf.data.Dataset:
         first = (
@@ -324,6 +333,20 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def _check_calling(on_bad: Any) -> Any:
+    """A dataset filter: keeps decoded elements, and hands a failed one's path to ``on_bad(path) -> bool``."""
+
+    def check(image: tf.Tensor, ok: tf.Tensor, path: tf.Tensor, *rest: tf.Tensor) -> tf.Tensor:
+        def bad() -> tf.Tensor:
+            out = tf.numpy_function(on_bad, [path], tf.bool, stateful=True)
+            out.set_shape(())
+            return out
+
+        return tf.cond(ok, lambda: tf.constant(True), bad)
+
+    return check
+
+
 def _skip_check(seen: set[bytes], skipped: list[str] | None) -> Any:
     def note(path: bytes) -> bool:
         if path not in seen:  # warn once per file, not once per epoch
@@ -334,24 +357,10 @@ def _skip_check(seen: set[bytes], skipped: list[str] | None) -> Any:
                 skipped.append(name)
         return False
 
-    def check(image: tf.Tensor, ok: tf.Tensor, path: tf.Tensor, *rest: tf.Tensor) -> tf.Tensor:
-        def bad() -> tf.Tensor:
-            out = tf.numpy_function(note, [path], tf.bool, stateful=True)
-            out.set_shape(())
-            return out
-
-        return tf.cond(ok, lambda: tf.constant(True), bad)
-
-    return check
+    return _check_calling(note)
 
 
-def _raise_check(image: tf.Tensor, ok: tf.Tensor, path: tf.Tensor, *rest: tf.Tensor) -> tf.Tensor:
-    def bad() -> tf.Tensor:
-        out = tf.numpy_function(_raise_bad, [path], tf.bool, stateful=True)
-        out.set_shape(())
-        return out
-
-    return tf.cond(ok, lambda: tf.constant(True), bad)
+_raise_check = _check_calling(_raise_bad)
 
 
 def _verify_all(paths: list[bytes], flags: list[bool], image_size: tuple[int, int], max_pixels: int) -> None:
@@ -392,7 +401,17 @@ def decode_and_resize(
     max_px = _check_positive_int("max_pixels", max_pixels)
     encoded = _encode_paths([path])
     flags = _resolve_flags(encoded, [tf_decodable])
-    image, ok, _ = next(iter(_decoded(encoded, flags, size, max_px)))
+    # The dataset's own decoders, run eagerly: a one-file tf.data pipeline costs ~0.5 s to build.
+    tf_decode, pillow = _decoders(size, max_px)
+    path_t = tf.constant(encoded[0])
+    ok = tf.constant(False)
+    if flags[0]:
+        try:
+            image, ok = tf_decode(path_t)
+        except tf.errors.OpError:  # as in the dataset: any tf failure gives Pillow its turn
+            pass
+    if not bool(ok):
+        image, ok = pillow(path_t)
     if not bool(ok):
         load_image(os.fsdecode(encoded[0]), max_pixels=max_px)  # raises DatasetError with the reason
         raise DatasetError(f"Cannot decode image file {os.fsdecode(encoded[0])!r}")

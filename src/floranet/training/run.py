@@ -277,11 +277,7 @@ def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, 
         head_model.fit(x_train, y_train, validation_data=(x_val, y_val) if len(x_val) else None,
                        epochs=config.epochs, initial_epoch=st.epochs_done, batch_size=config.batch_size,
                        shuffle=True, class_weight=class_weight, callbacks=callbacks, verbose=1 if progress else 0)
-    if head_model is not head:
-        head.set_weights(head_model.get_weights())
-    _restore_best(head, st, run_dir, config)
-    st.complete = True
-    state.save(run_dir)
+    _finish_stage(head, head_model, st, state, run_dir, config)
     return feats, choice.key
 
 
@@ -322,9 +318,16 @@ def _fit_full(model, prepared, config, state, run_dir, stage, epochs, lr, *, aug
         fit_model.fit(train_ds, validation_data=val_ds, epochs=epochs,
                       initial_epoch=0 if dist.multi_worker else st.epochs_done,
                       class_weight=class_weight, shuffle=False, callbacks=callbacks, verbose=1 if progress else 0)
-    if fit_model is not model:
-        model.set_weights(fit_model.get_weights())
-    _restore_best(model, st, run_dir, config)
+    _finish_stage(model, fit_model, st, state, run_dir, config)
+
+
+def _finish_stage(target: keras.Model, trained: keras.Model, st, state: RunState, run_dir: Path,
+                  config: TrainConfig) -> None:
+    """Brings ``target`` up to date with ``trained`` (a resumed checkpoint or itself), keeps the best epoch,
+    and marks the stage complete."""
+    if trained is not target:
+        target.set_weights(trained.get_weights())
+    _restore_best(target, st, run_dir, config)
     st.complete = True
     state.save(run_dir)
 
