@@ -23,10 +23,11 @@ def test_auto_choice_follows_the_machine(monkeypatch) -> None:
     monkeypatch.setattr(runtime, "openvino_available", lambda: True)
     monkeypatch.setattr(runtime, "native_bf16", lambda: True)
     c = runtime.choose()
-    assert (c.runtime, c.precision) == ("openvino", "fp32") and "--precision bf16" in c.reason
-    assert runtime.choose("auto", "bf16").key == "openvino-bf16"
+    assert (c.runtime, c.precision) == ("openvino", "bf16") and "natively" in c.reason
+    assert runtime.choose("auto", "fp32").key == "openvino-fp32"
+    assert runtime.choose("tensorflow").key == "tensorflow-fp32"  # TensorFlow inference stays fp32
     monkeypatch.setattr(runtime, "native_bf16", lambda: False)
-    assert runtime.choose().key == "openvino-fp32" and "2x" not in runtime.choose().reason
+    assert runtime.choose().key == "openvino-fp32" and "no native bf16" in runtime.choose().reason
     monkeypatch.setattr(runtime, "openvino_available", lambda: False)
     assert runtime.choose().key == "tensorflow-fp32" and "not installed" in runtime.choose().reason
     monkeypatch.setattr(runtime, "gpu_available", lambda: True)
@@ -52,3 +53,40 @@ def test_openvino_matches_tensorflow(extractor) -> None:
     ov16 = runtime.compile_inference(extractor, runtime.RuntimeChoice("openvino", "bf16", ""))
     rel = np.linalg.norm(ov16(X) - reference) / np.linalg.norm(reference)
     assert rel < 0.05  # bf16 keeps ~3 significant digits
+
+
+def test_auto_keeps_tensorflow_for_small_jobs(monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "gpu_available", lambda: False)
+    monkeypatch.setattr(runtime, "openvino_available", lambda: True)
+    small = runtime.choose(images=runtime.AUTO_MIN_IMAGES - 1)
+    assert small.runtime == "tensorflow" and "would take longer" in small.reason
+    assert runtime.choose(images=runtime.AUTO_MIN_IMAGES).runtime == "openvino"
+    assert runtime.choose(images=None).runtime == "openvino"  # a server: start-up is amortised
+    assert runtime.choose("openvino", images=1).runtime == "openvino"  # an explicit choice is kept
+
+
+def test_predict_and_evaluate_on_openvino_match_tensorflow(tiny_run, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    from imagesets import make_image_folder
+
+    from floranet import predict
+    from floranet.evaluate import evaluate_run
+
+    folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=5)
+    tf_rows = predict.load(tiny_run, runtime="tensorflow").predict([folder])
+    ov = predict.load(tiny_run, runtime="openvino", precision="fp32")
+    ov_rows = ov.predict([folder])
+    assert ov.choice is not None and ov.choice.key == "openvino-fp32"
+    assert [r.file for r in ov_rows] == [r.file for r in tf_rows] and len(tf_rows) == 10
+    for a, b in zip(tf_rows, ov_rows):
+        assert a.top_k[0][0] == b.top_k[0][0]
+        assert abs(a.top_k[0][1] - b.top_k[0][1]) < 1e-4
+    auto = predict.load(tiny_run)
+    auto.predict([folder])
+    assert auto.choice is not None and auto.choice.runtime == "tensorflow"  # 10 images: not worth converting
+    ev_tf = evaluate_run(tiny_run, runtime="tensorflow")
+    ev_ov = evaluate_run(tiny_run, runtime="openvino", precision="fp32")
+    assert ev_ov.extra["evaluated_on"] == "model.keras (openvino fp32)"
+    np.testing.assert_allclose(ev_ov.probs, ev_tf.probs, atol=1e-4)
+    with pytest.raises(ConfigError, match="bf16"):
+        predict.load(tiny_run, runtime="tensorflow", precision="bf16").predict([folder])

@@ -53,6 +53,25 @@ def test_two_stage_run_writes_the_whole_run_directory(images, tmp_path) -> None:
     assert not any(p.name.endswith(".tmp") or p.name.startswith(".") for p in run.rglob("*"))
 
 
+def test_auto_precision_fine_tunes_in_mixed_bf16_on_a_bf16_cpu(images, tmp_path, monkeypatch) -> None:
+    from floranet import runtime
+
+    monkeypatch.setattr(runtime, "gpu_available", lambda: False)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    said: list[str] = []
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1,
+                         **{**FAST, "precision": "auto"})
+    run = train(cfg, progress=False, say=said.append).run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["precision"] == {"features": "tensorflow-fp32", "fine_tune": "mixed_bfloat16"}
+    assert any("Stage 2 computes in mixed_bfloat16" in m for m in said)
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.dtype_policy.name == "float32" and all(w.dtype == "float32" for w in model.weights)
+    assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks into later work
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    assert runtime.training_precision("auto")[0] == "float32"
+
+
 def test_cached_feature_head_equals_full_model(images, tmp_path) -> None:
     cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), preset="tutorial", epochs=2, **FAST)
     run = train(cfg, progress=False, say=lambda m: None).run_dir

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from floranet import plots
-from floranet.errors import DatasetError, ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.io import write_json
 from floranet.metrics import classification_metrics
 
@@ -81,6 +81,7 @@ class Evaluation:
         temperature: Fitted temperature (1.0 = none).
         data_dir: Folder the paths are relative to.
         source: What was evaluated, e.g. "validation split".
+        extra: More fields for ``metrics.json`` (e.g. ``evaluated_on``: the runtime used).
     """
 
     class_names: tuple[str, ...]
@@ -165,8 +166,8 @@ class Evaluation:
         path = run / name
         previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         keep = {k: v for k, v in previous.items()
-                if k in ("timings_s", "weights", "backbone", "notes", "split", "distribute")}
-        merged = {**keep, **metrics}
+                if k in ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision")}
+        merged = {**keep, **metrics, **self.extra}
         write_json(path, merged)
         if self.source == "validation split":
             write_json(run / CALIBRATION_FILE, {"temperature": self.temperature,
@@ -181,7 +182,8 @@ class Evaluation:
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None,
-                 batch_size: int = 32, progress: bool = False) -> Evaluation:
+                 batch_size: int = 32, progress: bool = False, runtime: str = "auto",
+                 precision: str = "auto") -> Evaluation:
     """Predicts once on held-out data: the run's validation split, or every image of ``data_dir``.
 
     Args:
@@ -189,6 +191,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
         data_dir: Another labelled folder-per-class set; its classes must be among the run's.
         batch_size: Prediction batch size.
         progress: Show the doctor's progress bar.
+        runtime, precision: Inference runtime, as in :func:`floranet.runtime.choose`.
 
     Raises:
         ModelError: ``run_dir`` is not a finished run.
@@ -224,10 +227,19 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
                                            for f in usable), class_names=tuple(names))
     tf_flags = {f.path: f.tf_decodable for f in report.usable_files()}
     prepared = Prepared(root, split, tf_flags, cfg)
-    probs, labels, rows = prepared.predict(model, "validation" if subset == "validation" else "all")
+    subset = "validation" if subset == "validation" else "all"
+    from floranet import runtime as runtime_lib
+
+    choice = runtime_lib.choose(runtime, precision, images=len(prepared.rows(subset)))
+    if choice.runtime == "tensorflow" and choice.precision == "bf16":
+        raise ConfigError("precision='bf16' runs on OpenVINO for evaluation (TensorFlow bf16 is for training). "
+                          "Received: runtime='tensorflow', precision='bf16'")
+    predict_fn = model if choice.runtime == "tensorflow" else runtime_lib.compile_inference(model, choice)
+    probs, labels, rows = prepared.predict(predict_fn, subset)
     temperature = 1.0
     calib = run / CALIBRATION_FILE
     if data_dir is not None and calib.exists():
         temperature = float(json.loads(calib.read_text())["temperature"])
-    ev = Evaluation(tuple(names), tuple(r.path for r in rows), labels, probs, temperature, str(root), source)
+    ev = Evaluation(tuple(names), tuple(r.path for r in rows), labels, probs, temperature, str(root), source,
+                    {"evaluated_on": f"model.keras ({choice.runtime} {choice.precision})"})
     return ev.with_temperature() if data_dir is None else ev

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from floranet import runtime
 from floranet.data import doctor, images, pipeline
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.io import atomic_write_text
@@ -51,6 +52,9 @@ class Predictor:
         low_confidence: Rows whose top probability is below this are flagged.
         calibrated: Report temperature-scaled probabilities (``calibration.json``);
             off by default so probabilities equal the model's own output.
+        runtime, precision: As in :func:`floranet.runtime.choose`; ``auto`` is resolved per
+            job (a handful of images stays on TensorFlow, a folder goes to OpenVINO).
+        choice: The runtime the last batch ran on.
     """
 
     run_dir: Path
@@ -62,14 +66,36 @@ class Predictor:
     low_confidence: float = 0.5
     calibrated: bool = False
     max_pixels: int = images.DEFAULT_MAX_PIXELS
-    _call: Any = field(default=None, repr=False)
+    runtime: str = "auto"
+    precision: str = "auto"
+    choice: runtime.RuntimeChoice | None = None
+    _calls: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        runtime.choose(self.runtime, self.precision, images=1)  # invalid names fail at load time
+
+    def select(self, images: int | None = None) -> runtime.RuntimeChoice:
+        """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
+        compiles the model for it once; later :meth:`probabilities` calls use it."""
+        choice = runtime.choose(self.runtime, self.precision, images=images)
+        if choice.key not in self._calls:
+            if choice.runtime == "tensorflow" and choice.precision == "bf16":
+                raise ConfigError("precision='bf16' runs on OpenVINO for prediction (TensorFlow bf16 is for "
+                                  "training). Received: runtime='tensorflow', precision='bf16'")
+            if choice.runtime == "tensorflow":
+                # A traced function: the warm single-image path costs one graph call.
+                fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+                self._calls[choice.key] = lambda x: fn(tf.convert_to_tensor(x, tf.float32))
+            else:
+                self._calls[choice.key] = runtime.compile_inference(self.model, choice)
+        self.choice = choice
+        return choice
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
-        if self._call is None:
-            # A traced function: the warm single-image path costs one graph call.
-            self._call = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-        probs = np.asarray(self._call(tf.convert_to_tensor(pixels, tf.float32)))
+        if self.choice is None:
+            self.select(len(pixels))
+        probs = np.asarray(self._calls[self.choice.key](pixels), dtype=np.float32)
         if self.calibrated and self.temperature != 1.0:
             from floranet.evaluate import apply_temperature
 
@@ -81,6 +107,8 @@ class Predictor:
         """Predicts every image named by ``inputs`` (files, folders, globs), in order."""
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
         rows: dict[int, Prediction] = {}
+        if files:
+            self.select(len(files))
         if 0 < len(files) <= SMALL_BATCH:
             # A handful of files: decode directly; building a tf.data pipeline costs more than the model call.
             for i, f in enumerate(files):
@@ -127,8 +155,9 @@ def _reason(path: Path, max_pixels: int) -> str:
 
 
 def load(run_dir: str | os.PathLike[str], *, batch_size: int = 32, low_confidence: float = 0.5,
-         calibrated: bool = False, safe_mode: bool = True) -> Predictor:
-    """Loads a run directory for prediction.
+         calibrated: bool = False, safe_mode: bool = True, runtime: str = "auto",
+         precision: str = "auto") -> Predictor:
+    """Loads a run directory for prediction (``runtime``/``precision``: see :class:`Predictor`).
 
     Raises:
         ModelError: Not a finished run, or the model file cannot be loaded
@@ -150,7 +179,8 @@ def load(run_dir: str | os.PathLike[str], *, batch_size: int = 32, low_confidenc
     h, w = model.inputs[0].shape[1:3]
     calib = run / "calibration.json"
     temperature = float(json.loads(calib.read_text())["temperature"]) if calib.exists() else 1.0
-    return Predictor(run, model, names, (int(h), int(w)), temperature, batch_size, low_confidence, calibrated)
+    return Predictor(run, model, names, (int(h), int(w)), temperature, batch_size, low_confidence, calibrated,
+                     runtime=runtime, precision=precision)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:

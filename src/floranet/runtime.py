@@ -3,8 +3,10 @@
 ``choose("auto", "auto")`` picks, and says why:
 
 * a GPU visible to TensorFlow → TensorFlow (fp32);
-* else OpenVINO when installed (``floranet[openvino]``), in fp32 (bf16, about
-  2x faster on AVX512_BF16/AMX CPUs, is opt-in until its accuracy check passes);
+* else OpenVINO when installed (``floranet[openvino]``), in bf16 where the CPU
+  computes it natively (AVX512_BF16/AMX: about 2x fp32, accuracy change under
+  0.5 points in benchmarks/bench_bf16.py), else fp32; for a job of fewer than
+  :data:`AUTO_MIN_IMAGES` images TensorFlow, since converting costs more than it saves;
 * else TensorFlow fp32.
 
 :func:`compile_inference` turns a Keras model into a numpy → numpy callable for
@@ -15,8 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,9 @@ from floranet.errors import ConfigError
 log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "tensorflow", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
+# Below this many images an automatic choice stays on TensorFlow: OpenVINO's one-off
+# conversion (~5 s for ResNet50) pays off only over a few hundred images.
+AUTO_MIN_IMAGES = 256
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,15 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def choose(runtime: str = "auto", precision: str = "auto") -> RuntimeChoice:
+def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
     """Resolves ``auto`` values for this machine.
+
+    Args:
+        runtime: "auto", "tensorflow" or "openvino".
+        precision: "auto", "fp32" or "bf16".
+        images: How many images the job will run, when known: an automatic choice keeps
+            TensorFlow for fewer than :data:`AUTO_MIN_IMAGES`, where converting the
+            model to OpenVINO (seconds) costs more than it saves.
 
     Raises:
         ConfigError: Unknown values, or OpenVINO requested but not installed.
@@ -91,20 +101,47 @@ def choose(runtime: str = "auto", precision: str = "auto") -> RuntimeChoice:
     if runtime == "auto":
         if gpu_available():
             runtime, why = "tensorflow", "a GPU is visible to TensorFlow"
+        elif openvino_available() and images is not None and images < AUTO_MIN_IMAGES:
+            runtime, why = "tensorflow", (f"{images} image(s): converting the model to OpenVINO would take "
+                                          "longer than it saves")
         elif openvino_available():
             runtime, why = "openvino", "no GPU; OpenVINO is the fastest CPU runtime installed"
         else:
             runtime, why = "tensorflow", "no GPU and OpenVINO is not installed (pip install 'floranet[openvino]')"
         reasons.append(why)
     if precision == "auto":
-        # bf16 doubles OpenVINO throughput on AVX512_BF16/AMX, but benchmarks/bench_bf16.py has not yet shown
-        # its accuracy change to be under 0.5 points (measured -1.6), so auto stays fp32; --precision bf16 opts in.
-        precision = "fp32"
-        hint = " (--precision bf16 is about 2x faster on this CPU)" if runtime == "openvino" and native_bf16() else ""
-        reasons.append("fp32: bf16 is opt-in until its accuracy check passes" + hint)
+        # benchmarks/bench_bf16.py: bf16 features and predictions change validation accuracy by well under
+        # 0.5 points (mean over seeds), at about 2x the speed where the CPU computes bf16 natively.
+        if runtime == "openvino" and native_bf16():
+            precision = "bf16"
+            reasons.append("bf16: this CPU computes it natively (AVX512_BF16/AMX), about 2x fp32, and its "
+                           "accuracy change is under 0.5 points (benchmarks/bench_bf16.py)")
+        else:
+            precision = "fp32"
+            reasons.append("fp32: " + ("TensorFlow inference runs in fp32" if runtime == "tensorflow"
+                                       else "this CPU has no native bf16"))
     elif precision == "bf16" and runtime == "tensorflow":
         reasons.append("bf16 via Keras mixed_bfloat16")
     return RuntimeChoice(runtime, precision, "; ".join(reasons) or "as requested")
+
+
+def training_precision(precision: str = "auto") -> tuple[str, str]:
+    """The Keras policy for fine-tuning ("float32" or "mixed_bfloat16") and why.
+
+    ``auto`` picks mixed bf16 on CPUs with native bf16 (AVX512_BF16/AMX), where
+    benchmarks/bench_finetune.py measures it about 1.5x faster than fp32, and fp32 elsewhere.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    if precision == "bf16":
+        return "mixed_bfloat16", "as requested"
+    if precision == "fp32":
+        return "float32", "as requested"
+    if gpu_available():
+        return "float32", "on GPU fp32 unless --precision bf16 is given"
+    if native_bf16():
+        return "mixed_bfloat16", "this CPU has native bf16, where mixed bf16 fine-tunes about 1.5x faster"
+    return "float32", "this CPU has no native bf16"
 
 
 def compile_inference(model: keras.Model, choice: RuntimeChoice) -> Callable[[np.ndarray], np.ndarray]:
@@ -127,11 +164,14 @@ def compile_inference(model: keras.Model, choice: RuntimeChoice) -> Callable[[np
 
 def _openvino(model: keras.Model, precision: str) -> Callable[[np.ndarray], np.ndarray]:
     import openvino as ov
+    import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="floranet-ov-") as tmp:
-        # Keras 3 → SavedModel → OpenVINO, the path OpenVINO documents for Keras 3.
-        model.export(os.path.join(tmp, "saved_model"), format="tf_saved_model", verbose=False)
-        ov_model = ov.convert_model(os.path.join(tmp, "saved_model"))
+    # Traced once and converted in memory: 3x faster than the SavedModel round trip
+    # (ResNet50: about 4 s vs 12 s here) and nothing written to disk.
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+    concrete = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                           autograph=False).get_concrete_function()
+    ov_model = ov.convert_model(concrete)
     compiled = ov.Core().compile_model(ov_model, "CPU", {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "PERFORMANCE_HINT": "LATENCY",  # one request uses every core: best for our batch loops

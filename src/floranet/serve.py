@@ -12,7 +12,7 @@ Endpoints:
   ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
   Grad-CAM heat map over it). The ``X-Batch-Size`` response header says how
   many images shared the model call.
-* ``GET /health``: ``{"status": "ok", "model_version"}``.
+* ``GET /health``: ``{"status": "ok", "model_version", "runtime"}``.
 * ``GET /classes``: the class names, in model order.
 * ``GET /``: a self-contained page (see :mod:`floranet.webpage`).
 
@@ -207,7 +207,7 @@ def model_version(run_dir: str | os.PathLike[str]) -> str:
 
 def create_app(run_dir: str | os.PathLike[str], *, max_upload_bytes: int = 20 * 1024 * 1024, max_batch: int = 32,
                max_wait_ms: float = 5.0, top_k: int = 3, unsafe: bool = False,
-               request_timeout_s: float = 30.0) -> FastAPI:
+               request_timeout_s: float = 30.0, runtime: str = "auto", precision: str = "auto") -> FastAPI:
     """Loads the run and builds the FastAPI app (the model is warmed up before this returns).
 
     Args:
@@ -219,6 +219,8 @@ def create_app(run_dir: str | os.PathLike[str], *, max_upload_bytes: int = 20 * 
         unsafe: Allow a model that contains code (``Lambda`` layers); only for
             models you trust.
         request_timeout_s: Time allowed to receive a request body.
+        runtime, precision: Inference runtime (:func:`floranet.runtime.choose`); ``auto``
+            uses the fastest one installed, since a server amortises its start-up.
 
     Raises:
         ModelError: Not a finished run, or a model with code and ``unsafe`` is off.
@@ -236,7 +238,9 @@ def create_app(run_dir: str | os.PathLike[str], *, max_upload_bytes: int = 20 * 
 
     if unsafe:
         logger.warning("loading %s with safe mode OFF: code inside the model will run", run_dir)
-    predictor = predict.load(run_dir, safe_mode=not unsafe)
+    predictor = predict.load(run_dir, safe_mode=not unsafe, runtime=runtime, precision=precision)
+    choice = predictor.select(None)
+    logger.info("inference on %s %s: %s", choice.runtime, choice.precision, choice.reason)
     version = model_version(run_dir)
     h, w = predictor.image_size
     for n in (1, 2):  # trace the model once for any batch size before the first request
@@ -264,6 +268,7 @@ def create_app(run_dir: str | os.PathLike[str], *, max_upload_bytes: int = 20 * 
     app.state.predictor = predictor
     app.state.batcher = batcher
     app.state.model_version = version
+    app.state.runtime = choice
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -287,7 +292,7 @@ def create_app(run_dir: str | os.PathLike[str], *, max_upload_bytes: int = 20 * 
 
     @app.get("/health")
     async def health() -> dict[str, str]:
-        return {"status": "ok", "model_version": version}
+        return {"status": "ok", "model_version": version, "runtime": f"{choice.runtime} {choice.precision}"}
 
     @app.get("/classes")
     async def classes() -> list[str]:
@@ -523,8 +528,8 @@ def run_server(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port
         logger.warning("floranet serve is binding to %s: the server is REACHABLE FROM THE NETWORK, without "
                        "authentication or TLS. Use --host 127.0.0.1 unless that is what you want.", host)
     app = create_app(run_dir, **kw)
-    logger.warning("floranet serve: %s (model %s) on http://%s:%d/", run_dir, app.state.model_version,
-                   f"[{host}]" if ":" in host else host, port)
+    logger.warning("floranet serve: %s (model %s, %s %s) on http://%s:%d/", run_dir, app.state.model_version,
+                   app.state.runtime.runtime, app.state.runtime.precision, f"[{host}]" if ":" in host else host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit_concurrency,
                 timeout_keep_alive=5)
 

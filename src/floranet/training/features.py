@@ -63,28 +63,42 @@ def extract(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="Computing backbone features (once)", unit="img", disable=not progress)
-        start_chunk = len(list(cache.glob("chunk-*.npz")))
-        for c, lo in enumerate(range(0, len(todo), CHUNK)):
-            idx = todo[lo: lo + CHUNK]
-            ds = pipeline.make_dataset(
-                [paths[i] for i in idx], list(range(len(idx))), image_size=image_size, batch_size=batch_size,
-                tf_decodable=None if tf_decodable is None else [tf_decodable[i] for i in idx], on_error="skip",
-            )
-            feats, got = [], []
-            for images, positions in ds:
-                feats.append(np.asarray(extractor(images.numpy()), dtype=np.float32))
-                got.extend(int(p) for p in positions.numpy())
-                bar.update(len(positions))
-            missing = set(range(len(idx))) - set(got)
-            for m in sorted(missing):
-                log.warning("Skipped %s: it could not be decoded", paths[idx[m]])
-            if got:
-                chunk_hashes = np.asarray([hashes[idx[p]] for p in got])
-                chunk = np.concatenate(feats, axis=0)
-                with atomic_path(cache / f"chunk-{start_chunk + c:05d}.npz") as tmp:
-                    with open(tmp, "wb") as f:
-                        np.savez(f, sha256=chunk_hashes, features=chunk)
-                known.update(zip(chunk_hashes.tolist(), chunk))
+        next_chunk = len(list(cache.glob("chunk-*.npz")))
+        # One pipeline for the whole pass (decoding stays ahead of the model across chunk
+        # boundaries); a chunk file is written every CHUNK images so a kill loses at most one.
+        ds = pipeline.make_dataset(
+            [paths[i] for i in todo], list(range(len(todo))), image_size=image_size, batch_size=batch_size,
+            tf_decodable=None if tf_decodable is None else [tf_decodable[i] for i in todo], on_error="skip",
+        )
+        feats: list[np.ndarray] = []
+        got: list[int] = []
+        seen_positions: set[int] = set()
+
+        def flush() -> None:
+            nonlocal next_chunk
+            if not got:
+                return
+            chunk_hashes = np.asarray([hashes[todo[p]] for p in got])
+            chunk = np.concatenate(feats, axis=0)
+            with atomic_path(cache / f"chunk-{next_chunk:05d}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, sha256=chunk_hashes, features=chunk)
+            known.update(zip(chunk_hashes.tolist(), chunk))
+            next_chunk += 1
+            feats.clear()
+            got.clear()
+
+        for images, positions in ds:
+            feats.append(np.asarray(extractor(images.numpy()), dtype=np.float32))
+            pos = [int(p) for p in positions.numpy()]
+            got.extend(pos)
+            seen_positions.update(pos)
+            bar.update(len(pos))
+            if len(got) >= CHUNK:
+                flush()
+        flush()
+        for m in sorted(set(range(len(todo))) - seen_positions):
+            log.warning("Skipped %s: it could not be decoded", paths[todo[m]])
         bar.close()
     return {h: known[h] for h in hashes if h in known}
 

@@ -88,6 +88,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
 
     t = time.perf_counter()
     cached: tuple[dict[str, np.ndarray], str] | None = None
+    precisions: dict[str, str] = {}
     if config.epochs:
         if config.augment == "all":
             say("Stage 1: augmentation is on, so the frozen backbone runs on every epoch (no feature cache).")
@@ -96,11 +97,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
         else:
             cached = _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, progress, say,
                                     dist=dist)
+            if cached is not None:
+                precisions["features"] = cached[1]
     timings["stage1"] = time.perf_counter() - t
 
     t = time.perf_counter()
     if config.fine_tune_epochs:
+        policy, why = runtime.training_precision(config.precision)
+        if policy != model.dtype_policy.name:  # auto on a bf16 CPU: a mixed copy for stage 2 only
+            model = _with_policy(model, policy, config, len(names), dist)
+        precisions["fine_tune"] = policy
         n = classifier.unfreeze_top(model, spec)
+        say(f"Stage 2 computes in {policy}: {why}.")
         say(f"Stage 2: fine-tuning {n} backbone layers from {spec.fine_tune_prefix or 'the last quarter'} "
             f"(BatchNorm frozen), lr {config.fine_tune_learning_rate:g}, {config.schedule} schedule.")
         _fit_full(model, prepared, config, state, run_dir, "stage2", config.fine_tune_epochs,
@@ -123,7 +131,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     timings["total"] = time.perf_counter() - t0
     metrics.update({"timings_s": {k: round(v, 2) for k, v in timings.items()},
                     "weights": config.weights or "none", "backbone": config.backbone,
-                    "notes": prepared.notes, "distribute": dist.describe(config.batch_size)})
+                    "notes": prepared.notes, "distribute": dist.describe(config.batch_size),
+                    "precision": precisions})
     write_json(run_dir / "metrics.json", metrics)
     state.complete = True
     state.save(run_dir)
@@ -192,10 +201,23 @@ def _norm(v: Any) -> Any:
 
 
 def _set_precision(precision: str) -> None:
-    # Training runs in TensorFlow: mixed bf16 only when asked for; "auto" trains in fp32
-    # (bf16 is used automatically for inference-only work, see floranet.runtime).
+    # --precision bf16 trains every stage in mixed bf16; "auto" builds in fp32 and switches
+    # stage 2 only (see runtime.training_precision), so stage 1's features stay the runtime's.
     policy = "mixed_bfloat16" if precision == "bf16" else "float32"
     keras.mixed_precision.set_global_policy(policy)
+
+
+def _with_policy(model: keras.Model, policy: str, config: TrainConfig, n: int, dist) -> keras.Model:
+    """A copy of ``model`` built under ``policy`` with the same (float32) weights."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with _scope(dist):
+            copy = classifier.build_classifier(config.backbone, n, image_size=config.image_size, weights=None,
+                                               head_units=config.head_units, dropout=config.dropout)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _compile(model: keras.Model, lr: Any, config: TrainConfig) -> None:
