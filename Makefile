@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "floranet needs Python >= 3.11 (python3.11/3.12/3.13 on PATH)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,export]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,export,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

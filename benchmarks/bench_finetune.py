@@ -50,9 +50,12 @@ def main() -> None:
     for r in rows:
         r["vs_fp32"] = round(r["img_per_s"] / rows[0]["img_per_s"], 2)
     print(table(rows, ["policy", "img_per_s", "vs_fp32"]))
+    from floranet import runtime
+
     faster = rows[1]["img_per_s"] > rows[0]["img_per_s"]
-    print(f"mixed bf16 is {'faster' if faster else 'not faster'} here: "
-          f"{'use --precision bf16 for fine-tuning' if faster else 'fine-tune in fp32 (the auto default)'}")
+    policy, why = runtime.training_precision("auto")
+    print(f"mixed bf16 is {'faster' if faster else 'not faster'} here; floranet's --precision auto fine-tunes in "
+          f"{policy} on this machine ({why})")
     out = write_result("finetune", {"rows": rows, "image_size": args.image_size, "batch": args.batch},
                        "python benchmarks/bench_finetune.py " + " ".join(sys.argv[1:]))
     print(f"wrote {out}")

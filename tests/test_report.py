@@ -68,3 +68,22 @@ def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     heat, probs = GradCAM(model).heatmaps(x)
     assert heat.shape[0] == 2 and heat.ndim == 3 and 0 <= heat.min() and heat.max() <= 1
     np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_gradcam_batch_with_one_class_per_image_equals_single_calls(tiny_run) -> None:
+    import keras
+    import numpy as np
+
+    from floranet.gradcam import GradCAM
+
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    cam = GradCAM(model)
+    x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    wanted = np.array([0, 2, 1])
+    batch, _ = cam.heatmaps(x, wanted)
+    for i in range(3):
+        single, _ = cam.heatmaps(x[i:i + 1], int(wanted[i]))
+        np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
+    predicted, probs = cam.heatmaps(x)
+    by_index, _ = cam.heatmaps(x, probs.argmax(axis=1))
+    np.testing.assert_allclose(predicted, by_index, atol=1e-6)

@@ -90,3 +90,15 @@ def test_predict_and_evaluate_on_openvino_match_tensorflow(tiny_run, tmp_path) -
     np.testing.assert_allclose(ev_ov.probs, ev_tf.probs, atol=1e-4)
     with pytest.raises(ConfigError, match="bf16"):
         predict.load(tiny_run, runtime="tensorflow", precision="bf16").predict([folder])
+
+
+def test_openvino_streaming_map_returns_every_batch_in_order(extractor) -> None:
+    pytest.importorskip("openvino")
+    fn = runtime.compile_inference(extractor, runtime.RuntimeChoice("openvino", "fp32", "test"), streaming=True)
+    assert fn.in_flight >= 2
+    batches = [X[:1], X, X[1:3], X[::-1], X[2:]]  # more batches than requests, mixed sizes
+    outs = list(fn.map(iter(batches)))
+    assert len(outs) == len(batches)
+    for b, o in zip(batches, outs):
+        np.testing.assert_allclose(o, fn(b), atol=1e-5)
+    assert list(fn.map(iter([]))) == []

@@ -50,7 +50,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--precision", choices=["fp32", "bf16", "auto"],
-                   help="auto: bf16 for feature extraction where the CPU has it; training stays fp32")
+                   help="auto: bf16 feature extraction and mixed-bf16 fine-tuning where the CPU computes bf16 "
+                        "natively, fp32 elsewhere; bf16: every stage in mixed bf16")
     g.add_argument("--runtime", choices=["auto", "tensorflow", "openvino"],
                    help="runtime of frozen-feature extraction (auto: the fastest installed)")
     g.add_argument("--augment", nargs="?", const="all", choices=["off", "fine-tune", "all"],
@@ -64,6 +65,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "are scaled by the number of replicas")
     g.add_argument("--workers", help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used)")
     g.add_argument("--worker-index", type=int, help="this process's index in --workers (0 is the chief)")
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["auto", "tensorflow", "openvino"], default="auto",
+                   help="inference runtime (auto: OpenVINO on CPU for 256+ images or a server, else TensorFlow)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="inference precision (auto: bf16 where the CPU has it natively and it is safe)")
 
 
 TRAIN_KEYS = ("preset", "backbone", "weights", "image_size", "batch_size", "epochs", "fine_tune_epochs",
@@ -107,17 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", help="another labelled folder-per-class set (default: the run's validation split)")
     p.add_argument("--batch-size", type=int, default=32)
+    _add_runtime(p)
 
     p = sub.add_parser("predict", help="classify images, folders or globs")
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"],
+                   help="default: from the --output suffix (.csv, .json, .parquet), else table")
     p.add_argument("--output", help="write to this file instead of standard output")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--low-confidence", type=float, default=0.5, help="flag rows whose top probability is below")
     p.add_argument("--calibrated", action="store_true", help="report temperature-scaled probabilities")
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
+    _add_runtime(p)
+    p.add_argument("--engine", default="local", help="local (this process) or ray (Ray Data; floranet[ray])")
+    p.add_argument("--ray-address", help="Ray cluster host:port (default: RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--workers", type=int, help="Ray actors, each loading the model once (default: one per CPU)")
 
     p = sub.add_parser("explain", help="Grad-CAM overlays: where the model looked")
     p.add_argument("run_dir")
@@ -145,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    _add_runtime(p)
 
     sub.add_parser("backbones", help="list backbone names")
     return parser
@@ -212,7 +227,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluate import evaluate_run
 
-    ev = evaluate_run(args.run_dir, data_dir=args.data, batch_size=args.batch_size)
+    ev = evaluate_run(args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime,
+                      precision=args.precision)
     name = "metrics.json" if args.data is None else "metrics_external.json"
     m = ev.write(args.run_dir, name=name)
     print(f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
@@ -220,21 +236,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"(after temperature {ev.temperature:.2f}: {m['calibration']['ece_after_temperature']:.3f})")
     for t, p_, c in ev.most_confused()[:5]:
         print(f"  {t} predicted as {p_}: {c}")
-    print(f"Wrote {args.run_dir}/{name} and plots/")
+    print(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name} and plots/")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from floranet import predict
+    from floranet import predict, predict_ray
+    from floranet.errors import ConfigError
 
-    predictor = predict.load(args.run_dir, batch_size=args.batch_size, low_confidence=args.low_confidence,
-                             calibrated=args.calibrated, safe_mode=not args.unsafe)
-    rows = predictor.predict(args.paths, top_k=args.top_k)
+    predict_ray.check_engine(args.engine, address=args.ray_address, num_workers=args.workers)
+    if args.format == "parquet" and not args.output:
+        raise ConfigError("format='parquet' needs --output FILE.parquet. Received: output=None")
+    load_kwargs = dict(batch_size=args.batch_size, low_confidence=args.low_confidence, calibrated=args.calibrated,
+                       safe_mode=not args.unsafe, runtime=args.runtime, precision=args.precision)
+    if args.engine == "ray":  # stderr: stdout stays clean CSV/JSON
+        rows = predict_ray.predict_with_ray(args.run_dir, args.paths, top_k=args.top_k, address=args.ray_address,
+                                            num_workers=args.workers, say=lambda m: print(m, file=sys.stderr),
+                                            **load_kwargs)
+    else:
+        predictor = predict.load(args.run_dir, **load_kwargs)
+        rows = predictor.predict(args.paths, top_k=args.top_k)
+        if predictor.choice is not None:
+            print(f"Ran on {predictor.choice.runtime} {predictor.choice.precision}: {predictor.choice.reason}.",
+                  file=sys.stderr)
     if args.output:
-        predict.write_predictions(rows, args.format, args.output)
+        predict_ray.write_results(rows, args.output, args.format)
         print(f"{len(rows)} predictions written to {args.output}")
     else:
-        sys.stdout.write(predict.format_predictions(rows, args.format))
+        sys.stdout.write(predict.format_predictions(rows, args.format or "table"))
     return 1 if rows and all(r.error for r in rows) else 0
 
 
@@ -266,7 +295,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from floranet.serve import run_server
 
     run_server(args.run_dir, host=args.host, port=args.port, unsafe=args.unsafe,
-               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+               max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, runtime=args.runtime,
+               precision=args.precision)
     return 0
 
 

@@ -54,6 +54,7 @@ class Predictor:
             off by default so probabilities equal the model's own output.
         runtime, precision: As in :func:`floranet.runtime.choose`; ``auto`` is resolved per
             job (a handful of images stays on TensorFlow, a folder goes to OpenVINO).
+        threads: Most threads OpenVINO may use (None: every core); TensorFlow's are set per process.
         choice: The runtime the last batch ran on.
     """
 
@@ -68,6 +69,7 @@ class Predictor:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     runtime: str = "auto"
     precision: str = "auto"
+    threads: int | None = None
     choice: runtime.RuntimeChoice | None = None
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -87,7 +89,7 @@ class Predictor:
                 fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
                 self._calls[choice.key] = lambda x: fn(tf.convert_to_tensor(x, tf.float32))
             else:
-                self._calls[choice.key] = runtime.compile_inference(self.model, choice)
+                self._calls[choice.key] = runtime.compile_inference(self.model, choice, threads=self.threads)
         self.choice = choice
         return choice
 
@@ -103,13 +105,22 @@ class Predictor:
         return probs
 
     def predict(self, inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-                top_k: int = 3) -> list[Prediction]:
-        """Predicts every image named by ``inputs`` (files, folders, globs), in order."""
+                top_k: int = 3, job_size: int | None = None) -> list[Prediction]:
+        """Predicts every image named by ``inputs`` (files, folders, globs), in order.
+
+        Args:
+            inputs: Files, folders and globs.
+            top_k: Classes per row.
+            job_size: When these inputs are one part of a larger job (a distributed worker's
+                batch), its total image count: runtime and decode path are then chosen as for
+                the whole job, so every row equals the single-process result.
+        """
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
         rows: dict[int, Prediction] = {}
+        total = len(files) if job_size is None else job_size
         if files:
-            self.select(len(files))
-        if 0 < len(files) <= SMALL_BATCH:
+            self.select(total)
+        if 0 < len(files) <= SMALL_BATCH and total <= SMALL_BATCH:
             # A handful of files: decode directly; building a tf.data pipeline costs more than the model call.
             for i, f in enumerate(files):
                 try:
@@ -156,7 +167,7 @@ def _reason(path: Path, max_pixels: int) -> str:
 
 def load(run_dir: str | os.PathLike[str], *, batch_size: int = 32, low_confidence: float = 0.5,
          calibrated: bool = False, safe_mode: bool = True, runtime: str = "auto",
-         precision: str = "auto") -> Predictor:
+         precision: str = "auto", threads: int | None = None) -> Predictor:
     """Loads a run directory for prediction (``runtime``/``precision``: see :class:`Predictor`).
 
     Raises:
@@ -180,7 +191,7 @@ def load(run_dir: str | os.PathLike[str], *, batch_size: int = 32, low_confidenc
     calib = run / "calibration.json"
     temperature = float(json.loads(calib.read_text())["temperature"]) if calib.exists() else 1.0
     return Predictor(run, model, names, (int(h), int(w)), temperature, batch_size, low_confidence, calibrated,
-                     runtime=runtime, precision=precision)
+                     runtime=runtime, precision=precision, threads=threads)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:

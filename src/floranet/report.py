@@ -61,17 +61,20 @@ def top_losses_gallery(ev: Evaluation, run_dir: Path, k: int = 9, *, model: Any 
     model = model or keras.saving.load_model(run_dir / "model.keras")
     size = tuple(int(s) for s in model.inputs[0].shape[1:3])
     cam = GradCAM(model)
-    imgs, titles, overlays = [], [], []
+    imgs, titles, wanted = [], [], []
     for row in losses:
         try:
             pixels = pipeline.decode_and_resize(str(Path(ev.data_dir) / row["path"]), size)
         except DatasetError:
             continue
-        heat, _ = cam.heatmaps(pixels[None], ev.class_names.index(row["predicted"]))
         imgs.append(pixels)
-        overlays.append(heat[0])
+        wanted.append(ev.class_names.index(row["predicted"]))
         titles.append(f"{row['path']}\ntrue {row['true']}, predicted {row['predicted']} "
                       f"({row['probability']:.0%})")
+    if not imgs:
+        return None
+    heat, _ = cam.heatmaps(np.stack(imgs), np.asarray(wanted))  # one gradient pass for the whole gallery
+    overlays = list(heat)
     path = run_dir / "plots" / "top_losses.png"
     plots.gallery(imgs, titles, path, overlays=overlays)
     return path

@@ -15,9 +15,10 @@ that choice. Training itself always runs in TensorFlow.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,14 +145,21 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     return "float32", "this CPU has no native bf16"
 
 
-def compile_inference(model: keras.Model, choice: RuntimeChoice) -> Callable[[np.ndarray], np.ndarray]:
+def compile_inference(model: keras.Model, choice: RuntimeChoice, *, streaming: bool = False,
+                      threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A function float32 ``[B, H, W, 3]`` → float32 outputs running ``model`` as ``choice`` says.
 
-    For TensorFlow bf16 the model must have been built under the
-    ``mixed_bfloat16`` policy already (see :func:`floranet.models.classifier`).
+    Args:
+        model: A Keras model. For TensorFlow bf16 it must have been built under the
+            ``mixed_bfloat16`` policy already.
+        choice: From :func:`choose`.
+        streaming: Tune for a long stream of batches (feature extraction) rather than
+            one call at a time (predict, serve): the result then also has a ``map(batches)``
+            method that keeps several batches in flight (OpenVINO).
+        threads: Most CPU threads OpenVINO may use (None: all cores), e.g. one per Ray actor.
     """
     if choice.runtime == "openvino":
-        return _openvino(model, choice.precision)
+        return OpenVINOInference(model, choice.precision, streaming=streaming, threads=threads)
     import tensorflow as tf
 
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -162,24 +170,53 @@ def compile_inference(model: keras.Model, choice: RuntimeChoice) -> Callable[[np
     return run
 
 
-def _openvino(model: keras.Model, precision: str) -> Callable[[np.ndarray], np.ndarray]:
-    import openvino as ov
-    import tensorflow as tf
+class OpenVINOInference:
+    """``model`` compiled by OpenVINO for the CPU; call it on a batch, or ``map`` it over many."""
 
-    # Traced once and converted in memory: 3x faster than the SavedModel round trip
-    # (ResNet50: about 4 s vs 12 s here) and nothing written to disk.
-    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
-    concrete = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                           autograph=False).get_concrete_function()
-    ov_model = ov.convert_model(concrete)
-    compiled = ov.Core().compile_model(ov_model, "CPU", {
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-        "PERFORMANCE_HINT": "LATENCY",  # one request uses every core: best for our batch loops
-    })
-    request = compiled.create_infer_request()
+    def __init__(self, model: keras.Model, precision: str, *, streaming: bool = False,
+                 threads: int | None = None) -> None:
+        import openvino as ov
+        import tensorflow as tf
 
-    def run(x: np.ndarray) -> np.ndarray:
-        out = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.asarray(out[compiled.output(0)], dtype=np.float32)
+        # Traced once and converted in memory: 3x faster than the SavedModel round trip
+        # (ResNet50: about 4 s vs 12 s here) and nothing written to disk.
+        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+        concrete = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                               autograph=False).get_concrete_function()
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            # LATENCY: one request uses every core (a call at a time). THROUGHPUT: one stream per
+            # group of cores, fed by several requests in flight, so the cores never wait for Python.
+            "PERFORMANCE_HINT": "THROUGHPUT" if streaming else "LATENCY",
+        }
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self._compiled = ov.Core().compile_model(ov.convert_model(concrete), "CPU", config)
+        self.in_flight = max(2, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) \
+            if streaming else 1
+        self._requests = [self._compiled.create_infer_request() for _ in range(self.in_flight)]
 
-    return run
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self._requests[0].infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(out[self._compiled.output(0)], dtype=np.float32)
+
+    def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Outputs of every batch, in order, with up to ``in_flight`` batches computing at once."""
+        pending: collections.deque = collections.deque()
+        idle = collections.deque(self._requests)
+        for x in batches:
+            if not idle:
+                yield self._collect(pending, idle)
+            request = idle.popleft()
+            request.start_async({0: np.ascontiguousarray(x, dtype=np.float32)})
+            pending.append(request)
+        while pending:
+            yield self._collect(pending, idle)
+
+    @staticmethod
+    def _collect(pending: collections.deque, idle: collections.deque) -> np.ndarray:
+        request = pending.popleft()  # requests finish in any order; results are taken in submission order
+        request.wait()
+        out = np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the buffer is reused
+        idle.append(request)
+        return out

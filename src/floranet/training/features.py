@@ -8,10 +8,11 @@ file atomic), so a run killed mid-extraction resumes at the last chunk.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -88,9 +89,18 @@ def extract(
             feats.clear()
             got.clear()
 
-        for images, positions in ds:
-            feats.append(np.asarray(extractor(images.numpy()), dtype=np.float32))
-            pos = [int(p) for p in positions.numpy()]
+        order: collections.deque[list[int]] = collections.deque()
+
+        def batches() -> Iterator[np.ndarray]:
+            for images, positions in ds:
+                order.append([int(p) for p in positions.numpy()])
+                yield images.numpy()
+
+        # A streaming extractor keeps batches in flight; a plain callable runs one at a time.
+        outputs = extractor.map(batches()) if hasattr(extractor, "map") else map(extractor, batches())
+        for out in outputs:
+            feats.append(np.asarray(out, dtype=np.float32))
+            pos = order.popleft()
             got.extend(pos)
             seen_positions.update(pos)
             bar.update(len(pos))

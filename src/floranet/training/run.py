@@ -260,7 +260,7 @@ def _stage1_cached(model, spec, prepared, config, state, run_dir, class_weight, 
     say(f"Stage 1: backbone frozen and no augmentation, so its features are computed once "
         f"(cache {cache.relative_to(run_dir)}) and the head trains on them for {config.epochs} epochs.")
     say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
-    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice)
+    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice, streaming=True)
     rows = prepared.split.rows
     feats = feature_cache.extract(
         extractor, [str(prepared.abs_path(r.path)) for r in rows], [r.sha256 for r in rows], cache_dir=cache,

@@ -1,0 +1,208 @@
+"""Batch prediction over Ray Data: the same :class:`floranet.predict.Predictor`, on every core of a cluster.
+
+The driver expands the inputs exactly as local prediction does and sends batches of paths to a pool of
+actors; each actor loads the run once and reads the files itself, through floranet's own decode path, so
+every row equals the local one. Needs ``pip install 'floranet[ray]'``. floranet starts no cluster of its own:
+it connects to one started with ``ray start`` (``address`` or ``RAY_ADDRESS``) or starts a local Ray instance.
+
+Threads: every actor reserves ``cpus_per_worker`` Ray CPUs (default 1) and limits TensorFlow's intra- and
+inter-op thread pools and OpenVINO's to that many threads, so Ray never places more actors on a machine than
+it has cores and N actors never run more than N × ``cpus_per_worker`` model threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from floranet import errors, predict
+from floranet.errors import ConfigError
+from floranet.io import atomic_path
+from floranet.predict import Prediction
+
+ENGINES = ("local", "ray")
+_OBJECT_STORE_BYTES = 128 * 1024**2  # rows are paths and top-k results: a small object store is plenty
+
+
+def check_engine(engine: str, *, address: str | None = None, num_workers: int | None = None) -> None:
+    """Raises ConfigError for an unknown engine, or Ray options given to the local engine."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={engine!r}")
+    if engine == "local" and (address is not None or num_workers is not None):
+        given = f"address={address!r}" if address is not None else f"workers={num_workers!r}"
+        raise ConfigError(f"Ray address and workers need engine='ray'. Received: engine='local', {given}")
+
+
+def predict_with_ray(run_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
+                     top_k: int = 3, address: str | None = None, num_workers: int | None = None,
+                     batch_size: int = 32, cpus_per_worker: int = 1, say: Callable[[str], None] | None = None,
+                     **load_kwargs: Any) -> list[Prediction]:
+    """Predicts every image named by ``inputs`` on Ray; the rows equal ``predict.load(...).predict(inputs)``.
+
+    Args:
+        run_dir: A finished run, at the same path on every machine of the cluster.
+        inputs: Files, folders and globs, expanded here (on the driver) as local prediction does.
+        top_k: Classes per row.
+        address: A Ray cluster (``host:6379``); default ``RAY_ADDRESS``, else a local Ray instance.
+        num_workers: Actors, each loading the model once. Default: one per ``cpus_per_worker`` CPUs of the
+            cluster, and no more than there are batches.
+        batch_size: Images per ``map_batches`` batch and per model call.
+        cpus_per_worker: Ray CPUs each actor reserves, and its TensorFlow thread count.
+        say: Called with one line on where the job ran (the CLI prints it to stderr).
+        **load_kwargs: Passed to :func:`floranet.predict.load` in every actor (``low_confidence``,
+            ``calibrated``, ``safe_mode``, ``runtime``, ``precision``, ...).
+
+    Raises:
+        ConfigError: Ray is not installed, or bad ``num_workers``/``cpus_per_worker``/``batch_size``.
+        FloranetError: What :func:`floranet.predict.load` raises (here, or in an actor on another machine).
+    """
+    ray = _import("ray")
+    _import("ray.data")
+    for name, value in (("num_workers", num_workers), ("cpus_per_worker", cpus_per_worker),
+                        ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1. Received: {name}={value!r}")
+    predict.load(run_dir, batch_size=batch_size, **load_kwargs)  # a bad run or option fails here, not in actors
+    run = Path(run_dir).absolute()
+    files, missing = predict.expand_inputs(inputs)
+    rows: list[Prediction] = []
+    if files:
+        started_here = not ray.is_initialized()
+        if started_here:
+            _init_ray(ray, address or os.environ.get("RAY_ADDRESS"), num_workers, cpus_per_worker)
+        try:
+            rows = _run(ray, run, files, top_k, num_workers, batch_size, cpus_per_worker, say, load_kwargs)
+        finally:
+            if started_here:
+                ray.shutdown()  # stops a local instance; only disconnects from a cluster
+    return rows + [Prediction(m, error="no such file, folder or matching image") for m in missing]
+
+
+def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_worker: int) -> None:
+    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False,
+             "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError) as e:  # no cluster there, or its auth token is not set up here
+            raise ConfigError(f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, "
+                              "and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
+                              f"~/.ray/auth_token? Received: address={address!r}") from e
+        return
+    # "local" starts a fresh instance even if `ray start` runs on this machine.
+    cpus = max(os.cpu_count() or 1, (num_workers or 1) * cpus_per_worker)
+    ray.init(address="local", num_cpus=cpus, object_store_memory=_OBJECT_STORE_BYTES, **quiet)
+
+
+def _run(ray: Any, run: Path, files: list[Path], top_k: int, num_workers: int | None, batch_size: int,
+         cpus_per_worker: int, say: Callable[[str], None] | None, load_kwargs: dict[str, Any]) -> list[Prediction]:
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+    batches = math.ceil(len(files) / batch_size)
+    workers = num_workers or max(1, min(cluster_cpus // cpus_per_worker, batches))
+    if workers * cpus_per_worker > cluster_cpus:  # Ray would wait forever for the missing actors
+        raise ConfigError(f"workers × cpus_per_worker needs {workers * cpus_per_worker} CPUs but the Ray cluster "
+                          f"has {cluster_cpus}. Received: workers={workers}, cpus_per_worker={cpus_per_worker}")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # One item per batch, cut as local prediction cuts its tf.data batches, so each image meets the model in
+    # the same company: a batch of one image differs from a bigger batch in the last float digits.
+    items = [{"start": s, "paths": [str(f.absolute()) for f in files[s:s + batch_size]]}
+             for s in range(0, len(files), batch_size)]
+    ds = ray.data.from_items(items, override_num_blocks=batches).map_batches(
+        _Worker, batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={"run_dir": str(run), "total": len(files), "batch_size": batch_size,
+                               "top_k": top_k, "threads": cpus_per_worker, "load_kwargs": load_kwargs})
+    try:
+        out = sorted(ds.take_all(), key=lambda r: int(r["index"]))
+    except Exception as e:  # an actor could not load the run: Ray keeps only the text of floranet's error
+        line = next((ln for ln in reversed(str(e).splitlines()) if ln.startswith("floranet.errors.")), None)
+        if line is None:
+            raise
+        name, _, message = line.partition(": ")
+        raise getattr(errors, name.rsplit(".", 1)[1], errors.FloranetError)(f"In a Ray worker: {message}") from e
+    if say:
+        ran_on = ", ".join(sorted({str(r["ran_on"]) for r in out}))
+        say(f"Ran on Ray: {workers} worker(s) × {cpus_per_worker} thread(s) of {cluster_cpus} CPUs; {ran_on}.")
+    return [_prediction(files[int(r["index"])], r) for r in out]
+
+
+def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
+    k = sum(1 for c in r if c.startswith("class_"))
+    top = tuple((str(r[f"class_{i}"]), float(r[f"probability_{i}"])) for i in range(1, k + 1) if r[f"class_{i}"])
+    error = str(r["error"]).replace(str(file.absolute()), str(file)) or None  # name the file as the user did
+    return Prediction(str(file), top, bool(r["low_confidence"]), error)
+
+
+class _Worker:
+    """A Ray Data actor: loads the run once, then predicts ``{"start", "paths"}`` items, one row per path."""
+
+    def __init__(self, run_dir: str, total: int, batch_size: int, top_k: int, threads: int,
+                 load_kwargs: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        try:  # before TensorFlow runs anything; a reused worker process may have started it already
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass
+        # The model loads once per actor; runtime "auto" and the decode path are chosen per call for the
+        # whole job (job_size), as local prediction chooses them for all files, so every row is the same.
+        self.predictor = predict.load(run_dir, batch_size=batch_size, threads=threads, **load_kwargs)
+        self.total = total
+        self.ran_on = ""
+        self.k = max(1, min(int(top_k), len(self.predictor.class_names)))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        paths = [str(p) for p in batch["paths"][0]]
+        by_path = {r.file: r for r in self.predictor.predict(paths, top_k=self.k, job_size=self.total)}
+        if self.predictor.choice is not None:
+            self.ran_on = f"{self.predictor.choice.runtime} {self.predictor.choice.precision}"
+        start = int(batch["start"][0])
+        out: dict[str, list[Any]] = {"index": list(range(start, start + len(paths)))}
+        for i in range(1, self.k + 1):
+            out[f"class_{i}"] = [by_path[p].top_k[i - 1][0] if len(by_path[p].top_k) >= i else "" for p in paths]
+            out[f"probability_{i}"] = [by_path[p].top_k[i - 1][1] if len(by_path[p].top_k) >= i else math.nan
+                                       for p in paths]
+        out["low_confidence"] = [by_path[p].low_confidence for p in paths]
+        out["error"] = [by_path[p].error or "" for p in paths]
+        out["ran_on"] = [self.ran_on] * len(paths)
+        return out
+
+
+def write_results(rows: Sequence[Prediction], output: str | os.PathLike[str], fmt: str | None = None) -> None:
+    """Writes rows atomically: Parquet for ``fmt='parquet'`` or a ``.parquet`` file, else
+    :func:`floranet.predict.write_predictions` (``fmt`` None: csv/json by suffix, else table)."""
+    suffix = Path(output).suffix.lower()
+    fmt = fmt or {".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(suffix, "table")
+    if fmt != "parquet":
+        predict.write_predictions(rows, fmt, output)
+        return
+    pa, pq = _import("pyarrow"), _import("pyarrow.parquet")
+    k = max((len(r.top_k) for r in rows), default=1)
+    columns: dict[str, Any] = {"file": pa.array([r.file for r in rows], pa.string())}
+    for i in range(k):
+        columns[f"class_{i + 1}"] = pa.array([r.top_k[i][0] if i < len(r.top_k) else None for r in rows],
+                                             pa.string())
+        columns[f"probability_{i + 1}"] = pa.array([r.top_k[i][1] if i < len(r.top_k) else None for r in rows],
+                                                   pa.float64())
+    columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
+    columns["error"] = pa.array([r.error for r in rows], pa.string())
+    with atomic_path(output) as tmp:
+        pq.write_table(pa.table(columns), tmp)
+
+
+def _import(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"{name} is not installed: pip install 'floranet[ray]'. Received: {e}") from None
