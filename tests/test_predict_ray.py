@@ -48,7 +48,7 @@ def test_ray_engine_gives_the_local_rows_and_csv(tiny_run: Path, inputs: list[st
     assert rows[-1].file.endswith("missing.jpg") and "no such file" in (rows[-1].error or "")
     _assert_same_rows(rows, local)
     predict.write_predictions(local, "csv", tmp_path / "local.csv")
-    predict_ray.write_results(rows, tmp_path / "ray.csv")  # csv from the suffix
+    predict.write_predictions(rows, None, tmp_path / "ray.csv")  # csv from the suffix
     # Byte-identical here; the model's last float digit may depend on batch company and thread count on
     # other CPUs, so compare probability cells as numbers and everything else as text.
     got, want = _csv_cells(tmp_path / "ray.csv"), _csv_cells(tmp_path / "local.csv")

@@ -260,7 +260,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"Ran on {predictor.choice.runtime} {predictor.choice.precision}: {predictor.choice.reason}.",
                   file=sys.stderr)
     if args.output:
-        predict_ray.write_results(rows, args.output, args.format)
+        predict.write_predictions(rows, args.format, args.output)
         print(f"{len(rows)} predictions written to {args.output}")
     else:
         sys.stdout.write(predict.format_predictions(rows, args.format or "table"))

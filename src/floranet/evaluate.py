@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from floranet import plots
-from floranet.errors import ConfigError, DatasetError, ModelError
+from floranet.errors import DatasetError, ModelError
 from floranet.io import write_json
 from floranet.metrics import classification_metrics
 
@@ -230,10 +230,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike
     subset = "validation" if subset == "validation" else "all"
     from floranet import runtime as runtime_lib
 
-    choice = runtime_lib.choose(runtime, precision, images=len(prepared.rows(subset)))
-    if choice.runtime == "tensorflow" and choice.precision == "bf16":
-        raise ConfigError("precision='bf16' runs on OpenVINO for evaluation (TensorFlow bf16 is for training). "
-                          "Received: runtime='tensorflow', precision='bf16'")
+    choice = runtime_lib.choose_inference(runtime, precision, images=len(prepared.rows(subset)))
     predict_fn = model if choice.runtime == "tensorflow" else runtime_lib.compile_inference(model, choice)
     probs, labels, rows = prepared.predict(predict_fn, subset)
     temperature = 1.0

@@ -24,7 +24,7 @@ import tensorflow as tf
 from floranet import runtime
 from floranet.data import doctor, images, pipeline
 from floranet.errors import ConfigError, DatasetError, ModelError
-from floranet.io import atomic_write_text
+from floranet.io import atomic_path, atomic_write_text
 
 FORMATS = ("table", "csv", "json")
 SMALL_BATCH = 4
@@ -74,22 +74,15 @@ class Predictor:
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        runtime.choose(self.runtime, self.precision, images=1)  # invalid names fail at load time
+        runtime.choose_inference(self.runtime, self.precision, images=1)  # bad settings fail at load time
 
     def select(self, images: int | None = None) -> runtime.RuntimeChoice:
         """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
         compiles the model for it once; later :meth:`probabilities` calls use it."""
-        choice = runtime.choose(self.runtime, self.precision, images=images)
+        choice = runtime.choose_inference(self.runtime, self.precision, images=images)
         if choice.key not in self._calls:
-            if choice.runtime == "tensorflow" and choice.precision == "bf16":
-                raise ConfigError("precision='bf16' runs on OpenVINO for prediction (TensorFlow bf16 is for "
-                                  "training). Received: runtime='tensorflow', precision='bf16'")
-            if choice.runtime == "tensorflow":
-                # A traced function: the warm single-image path costs one graph call.
-                fn = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-                self._calls[choice.key] = lambda x: fn(tf.convert_to_tensor(x, tf.float32))
-            else:
-                self._calls[choice.key] = runtime.compile_inference(self.model, choice, threads=self.threads)
+            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call.
+            self._calls[choice.key] = runtime.compile_inference(self.model, choice, threads=self.threads)
         self.choice = choice
         return choice
 
@@ -256,5 +249,27 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_predictions(rows: Sequence[Prediction], fmt: str, output: str | os.PathLike[str]) -> None:
-    atomic_write_text(output, format_predictions(rows, fmt))
+def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str | os.PathLike[str]) -> None:
+    """Writes rows atomically as ``fmt`` (a FORMATS entry or "parquet"; None: from the suffix of
+    ``output``, .csv, .json or .parquet, else table)."""
+    suffix = Path(output).suffix.lower()
+    fmt = fmt or {".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(suffix, "table")
+    if fmt != "parquet":
+        atomic_write_text(output, format_predictions(rows, fmt))
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ConfigError(f"pyarrow is not installed: pip install 'floranet[ray]'. Received: {e}") from None
+    k = max((len(r.top_k) for r in rows), default=1)
+    columns: dict[str, Any] = {"file": pa.array([r.file for r in rows], pa.string())}
+    for i in range(k):
+        columns[f"class_{i + 1}"] = pa.array([r.top_k[i][0] if i < len(r.top_k) else None for r in rows],
+                                             pa.string())
+        columns[f"probability_{i + 1}"] = pa.array([r.top_k[i][1] if i < len(r.top_k) else None for r in rows],
+                                                   pa.float64())
+    columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
+    columns["error"] = pa.array([r.error for r in rows], pa.string())
+    with atomic_path(output) as tmp:
+        pq.write_table(pa.table(columns), tmp)

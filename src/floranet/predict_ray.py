@@ -21,7 +21,6 @@ from typing import Any
 
 from floranet import errors, predict
 from floranet.errors import ConfigError
-from floranet.io import atomic_path
 from floranet.predict import Prediction
 
 ENGINES = ("local", "ray")
@@ -175,28 +174,6 @@ class _Worker:
         out["error"] = [by_path[p].error or "" for p in paths]
         out["ran_on"] = [self.ran_on] * len(paths)
         return out
-
-
-def write_results(rows: Sequence[Prediction], output: str | os.PathLike[str], fmt: str | None = None) -> None:
-    """Writes rows atomically: Parquet for ``fmt='parquet'`` or a ``.parquet`` file, else
-    :func:`floranet.predict.write_predictions` (``fmt`` None: csv/json by suffix, else table)."""
-    suffix = Path(output).suffix.lower()
-    fmt = fmt or {".parquet": "parquet", ".csv": "csv", ".json": "json"}.get(suffix, "table")
-    if fmt != "parquet":
-        predict.write_predictions(rows, fmt, output)
-        return
-    pa, pq = _import("pyarrow"), _import("pyarrow.parquet")
-    k = max((len(r.top_k) for r in rows), default=1)
-    columns: dict[str, Any] = {"file": pa.array([r.file for r in rows], pa.string())}
-    for i in range(k):
-        columns[f"class_{i + 1}"] = pa.array([r.top_k[i][0] if i < len(r.top_k) else None for r in rows],
-                                             pa.string())
-        columns[f"probability_{i + 1}"] = pa.array([r.top_k[i][1] if i < len(r.top_k) else None for r in rows],
-                                                   pa.float64())
-    columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
-    columns["error"] = pa.array([r.error for r in rows], pa.string())
-    with atomic_path(output) as tmp:
-        pq.write_table(pa.table(columns), tmp)
 
 
 def _import(name: str) -> Any:

@@ -126,6 +126,21 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
     return RuntimeChoice(runtime, precision, "; ".join(reasons) or "as requested")
 
 
+def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: int | None = None
+                     ) -> RuntimeChoice:
+    """:func:`choose` for running a saved float32 model (predict, evaluate, serve).
+
+    Raises:
+        ConfigError: As :func:`choose`, or TensorFlow bf16, which needs a model built under
+            ``mixed_bfloat16`` (training only).
+    """
+    choice = choose(runtime, precision, images=images)
+    if choice.runtime == "tensorflow" and choice.precision == "bf16":
+        raise ConfigError("precision='bf16' runs on OpenVINO for inference (TensorFlow bf16 is for training). "
+                          "Received: runtime='tensorflow', precision='bf16'")
+    return choice
+
+
 def training_precision(precision: str = "auto") -> tuple[str, str]:
     """The Keras policy for fine-tuning ("float32" or "mixed_bfloat16") and why.
 

@@ -268,7 +268,6 @@ def create_app(run_dir: str | os.PathLike[str], *, max_upload_bytes: int = 20 * 
     app.state.predictor = predictor
     app.state.batcher = batcher
     app.state.model_version = version
-    app.state.runtime = choice
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -529,7 +528,7 @@ def run_server(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port
                        "authentication or TLS. Use --host 127.0.0.1 unless that is what you want.", host)
     app = create_app(run_dir, **kw)
     logger.warning("floranet serve: %s (model %s, %s %s) on http://%s:%d/", run_dir, app.state.model_version,
-                   app.state.runtime.runtime, app.state.runtime.precision, f"[{host}]" if ":" in host else host, port)
+                   app.state.predictor.choice.runtime, app.state.predictor.choice.precision, f"[{host}]" if ":" in host else host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=limit_concurrency,
                 timeout_keep_alive=5)
 

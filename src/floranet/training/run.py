@@ -207,8 +207,9 @@ def _set_precision(precision: str) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
-def _with_policy(model: keras.Model, policy: str, config: TrainConfig, n: int, dist) -> keras.Model:
-    """A copy of ``model`` built under ``policy`` with the same (float32) weights."""
+def _with_policy(model: keras.Model, policy: str, config: TrainConfig, n: int, dist=_LOCAL) -> keras.Model:
+    """A copy of ``model`` built under ``policy`` (in ``dist``'s scope) with the same float32 weights;
+    the global policy is float32 afterwards."""
     keras.mixed_precision.set_global_policy(policy)
     try:
         with _scope(dist):
@@ -216,7 +217,7 @@ def _with_policy(model: keras.Model, policy: str, config: TrainConfig, n: int, d
                                                head_units=config.head_units, dropout=config.dropout)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    copy.set_weights(model.get_weights())
+    copy.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     return copy
 
 
@@ -393,10 +394,7 @@ def _restore_best(model: keras.Model, st, run_dir: Path, config: TrainConfig) ->
 
 def _save_final_model(model: keras.Model, config: TrainConfig, n: int, run_dir: Path) -> keras.Model:
     """Saves an uncompiled float32 copy: raw RGB in, probabilities out, no optimizer state."""
-    keras.mixed_precision.set_global_policy("float32")
-    final = classifier.build_classifier(config.backbone, n, image_size=config.image_size, weights=None,
-                                        head_units=config.head_units, dropout=config.dropout)
-    final.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
+    final = _with_policy(model, "float32", config, n)
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
         final.save(tmp)
     return final
