@@ -4,7 +4,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean browser
+.PHONY: setup demo test test-all lint bench clean browser
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "floranet needs Python >= 3.11 (python3.11/3.12/3.13 on PATH)"; exit 1; }
@@ -27,7 +27,13 @@ browser:
 	      || echo "note: could not install chromium; browser tests will be skipped"; \
 	  else echo "note: chromium not found and cannot be installed here; browser tests will be skipped"; fi; }
 
-test: $(STAMP) browser
+# Lint and types first (seconds), then the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+test: $(STAMP) browser lint
 	$(VENV)/bin/python -m pytest
 
 test-all: $(STAMP) browser

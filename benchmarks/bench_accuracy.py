@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, MOBILENET_NOTOP, ROOT, python, run_measured, table, write_result  # noqa: E402
+from common import FLOWERS, MOBILENET_NOTOP, ROOT, python, run_measured, table, write_result
 
 
 def main() -> None:
@@ -37,10 +37,27 @@ def main() -> None:
     try:
         split = work / "split.csv"
         ref_json = work / "reference.json"
-        ref = run_measured([python(), str(ROOT / "benchmarks/reference/tutorial_reference.py"), "--data", args.data,
-                            "--backbone", "mobilenet_v2", "--weights", args.weights, "--image-size",
-                            str(args.image_size), "--epochs", str(args.epochs), "--json", str(ref_json),
-                            "--split-csv", str(split)], log=work / "reference.log")
+        ref = run_measured(
+            [
+                python(),
+                str(ROOT / "benchmarks/reference/tutorial_reference.py"),
+                "--data",
+                args.data,
+                "--backbone",
+                "mobilenet_v2",
+                "--weights",
+                args.weights,
+                "--image-size",
+                str(args.image_size),
+                "--epochs",
+                str(args.epochs),
+                "--json",
+                str(ref_json),
+                "--split-csv",
+                str(split),
+            ],
+            log=work / "reference.log",
+        )
         if ref["returncode"]:
             sys.exit(f"reference failed, see {work / 'reference.log'}")
         ref_acc = json.loads(ref_json.read_text())["val_accuracy"]
@@ -48,24 +65,53 @@ def main() -> None:
         floranet = str(Path(python()).parent / "floranet")
         for preset in ("tutorial", "recommended"):
             run = work / preset
-            res = run_measured([floranet, "train", args.data, "--out", str(run), "--preset", preset,
-                                "--backbone", "mobilenet_v2", "--weights", args.weights,
-                                "--image-size", str(args.image_size), "--split-file", str(split)],
-                               env={"PYTHONUNBUFFERED": "1"}, log=work / f"{preset}.log")
+            res = run_measured(
+                [
+                    floranet,
+                    "train",
+                    args.data,
+                    "--out",
+                    str(run),
+                    "--preset",
+                    preset,
+                    "--backbone",
+                    "mobilenet_v2",
+                    "--weights",
+                    args.weights,
+                    "--image-size",
+                    str(args.image_size),
+                    "--split-file",
+                    str(split),
+                ],
+                env={"PYTHONUNBUFFERED": "1"},
+                log=work / f"{preset}.log",
+            )
             if res["returncode"]:
                 sys.exit(f"floranet {preset} failed, see {work / f'{preset}.log'}")
             m = json.loads((run / "metrics.json").read_text())
-            label = {"tutorial": "floranet --preset tutorial (preprocessing inside)",
-                     "recommended": "floranet --preset recommended (two stages)"}[preset]
+            label = {
+                "tutorial": "floranet --preset tutorial (preprocessing inside)",
+                "recommended": "floranet --preset recommended (two stages)",
+            }[preset]
             rows.append({"recipe": label, "val_accuracy": m["accuracy"], **res, "num_val": m["num_examples"]})
         best = rows[-1]["val_accuracy"]
         print(table(rows, ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"]))
         gain = (best - ref_acc) * 100
-        print(f"recommended {best:.1%} vs tutorial recipe {ref_acc:.1%}: {gain:+.1f} points "
-              f"(targets: >= 92% and >= +3 points)")
-        out = write_result("accuracy", {"rows": rows, "recommended": best, "tutorial_recipe": ref_acc,
-                                        "gain_points": round(gain, 2), "image_size": args.image_size},
-                           "python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:]))
+        print(
+            f"recommended {best:.1%} vs tutorial recipe {ref_acc:.1%}: {gain:+.1f} points "
+            f"(targets: >= 92% and >= +3 points)"
+        )
+        out = write_result(
+            "accuracy",
+            {
+                "rows": rows,
+                "recommended": best,
+                "tutorial_recipe": ref_acc,
+                "gain_points": round(gain, 2),
+                "image_size": args.image_size,
+            },
+            "python benchmarks/bench_accuracy.py " + " ".join(sys.argv[1:]),
+        )
         print(f"wrote {out}")
         if args.keep:
             print(f"runs kept in {work}")

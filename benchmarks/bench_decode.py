@@ -28,14 +28,13 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, RESULTS, machine_info, table  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from floranet.data.pipeline import make_dataset  # noqa: E402
+from common import FLOWERS, RESULTS, machine_info, table
+from floranet.data.pipeline import make_dataset
 
 BATCH = 32
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -63,16 +62,25 @@ def synthesize(root: Path, count: int) -> Path:
 
 
 def time_pipeline(paths: list[str], size: tuple[int, int], tf_decodable: list[bool] | None) -> dict[str, Any]:
-    for _ in make_dataset(paths[: 2 * BATCH], None, image_size=size, batch_size=BATCH, tf_decodable=tf_decodable
-                          and tf_decodable[: 2 * BATCH]):
+    for _ in make_dataset(
+        paths[: 2 * BATCH],
+        None,
+        image_size=size,
+        batch_size=BATCH,
+        tf_decodable=tf_decodable and tf_decodable[: 2 * BATCH],
+    ):
         pass  # warm-up: graph tracing, thread pools, file cache
     start = time.perf_counter()
     ds = make_dataset(paths, None, image_size=size, batch_size=BATCH, tf_decodable=tf_decodable)
     built = time.perf_counter()
     n = sum(int(batch.shape[0]) for batch in ds)
     end = time.perf_counter()
-    return {"images": n, "build_seconds": round(built - start, 3), "seconds": round(end - start, 3),
-            "images_per_s": n / (end - start)}
+    return {
+        "images": n,
+        "build_seconds": round(built - start, 3),
+        "seconds": round(end - start, 3),
+        "images_per_s": n / (end - start),
+    }
 
 
 def time_resnet(size: tuple[int, int], batches: int) -> dict[str, Any]:
@@ -141,12 +149,17 @@ def main() -> None:
         r["ratio_to_resnet50"] = round(r["images_per_s"] / resnet["images_per_s"], 2)
     print(table(rows, ["path", "images", "seconds", "images_per_s", "ratio_to_resnet50"]))
     out = Path(args.json)
-    write_json(out, {
-        "command": "python benchmarks/bench_decode.py " + " ".join(sys.argv[1:]),
-        "machine": {**machine_info(), "cpu_count": os.cpu_count(), "pillow": Image.__version__},
-        "data": str(data) if scratch is None else "synthetic",
-        "image_size": args.image_size, "batch_size": BATCH, "rows": rows,
-    })
+    write_json(
+        out,
+        {
+            "command": "python benchmarks/bench_decode.py " + " ".join(sys.argv[1:]),
+            "machine": {**machine_info(), "cpu_count": os.cpu_count(), "pillow": Image.__version__},
+            "data": str(data) if scratch is None else "synthetic",
+            "image_size": args.image_size,
+            "batch_size": BATCH,
+            "rows": rows,
+        },
+    )
     print(f"wrote {out}")
 
 

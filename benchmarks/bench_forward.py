@@ -21,13 +21,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from common import table, write_result  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from floranet import runtime  # noqa: E402
-from floranet.models import classifier  # noqa: E402
+from common import table, write_result
+from floranet.inference import runtime
+from floranet.models import classifier
 
 
 def matmul_peak(dtype: tf.DType, n: int = 4096, seconds: float = 4.0) -> float:
@@ -128,18 +128,24 @@ def main() -> None:
         bf16_model = extractor(size, "bf16")
         gflop = model_gflops(fp32_model)
         candidates = {
-            "tensorflow fp32": lambda: runtime.compile_inference(fp32_model, runtime.RuntimeChoice("tensorflow", "fp32", "")),
-            "tensorflow bf16 (mixed)": lambda: runtime.compile_inference(bf16_model, runtime.RuntimeChoice("tensorflow", "bf16", "")),
-            "onnxruntime fp32": lambda: onnx_fn(fp32_model),
+            "tensorflow fp32": lambda m=fp32_model: runtime.compile_inference(
+                m, runtime.RuntimeChoice("tensorflow", "fp32", "")
+            ),
+            "tensorflow bf16 (mixed)": lambda m=bf16_model: runtime.compile_inference(
+                m, runtime.RuntimeChoice("tensorflow", "bf16", "")
+            ),
+            "onnxruntime fp32": lambda m=fp32_model: onnx_fn(m),
         }
         if runtime.openvino_available():
             for p in ("fp32", "bf16"):
-                candidates[f"openvino {p}"] = (lambda p=p: runtime.compile_inference(
-                    fp32_model, runtime.RuntimeChoice("openvino", p, "")))
+                candidates[f"openvino {p}"] = lambda p=p, m=fp32_model: runtime.compile_inference(
+                    m, runtime.RuntimeChoice("openvino", p, "")
+                )
         auto_model = bf16_model if (auto.runtime == "tensorflow" and auto.precision == "bf16") else fp32_model
         # Exactly what stage 1 builds: the auto choice, compiled for a stream of batches.
-        candidates[f"floranet auto ({auto.key})"] = lambda: runtime.compile_inference(auto_model, auto,
-                                                                                      streaming=True)
+        candidates[f"floranet auto ({auto.key})"] = lambda m=auto_model: runtime.compile_inference(
+            m, auto, streaming=True
+        )
         fns = {name: make() for name, make in candidates.items()}
         for batch in args.batches:
             x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
@@ -150,25 +156,48 @@ def main() -> None:
                 ips = throughput(fn, x, args.seconds)
                 base = base or ips
                 peak = peak16 if "bf16" in name else peak32
-                rows.append({"size": size, "batch": batch, "runtime": name, "img_per_s": round(ips, 1),
-                             "gflop_per_img": round(gflop, 2), "pct_of_peak": round(100 * ips * gflop / peak, 1),
-                             "vs_tf_fp32": round(ips / base, 2)})
+                rows.append(
+                    {
+                        "size": size,
+                        "batch": batch,
+                        "runtime": name,
+                        "img_per_s": round(ips, 1),
+                        "gflop_per_img": round(gflop, 2),
+                        "pct_of_peak": round(100 * ips * gflop / peak, 1),
+                        "vs_tf_fp32": round(ips / base, 2),
+                    }
+                )
                 print(table(rows[-1:], list(rows[-1])), flush=True)
     print()
     print(table(rows, ["size", "batch", "runtime", "img_per_s", "vs_tf_fp32", "pct_of_peak"]))
     checks = []
     for size in args.sizes:
-        r = {row["runtime"]: row["img_per_s"] for row in rows if row["size"] == size and row["batch"] == max(args.batches)}
+        r = {
+            row["runtime"]: row["img_per_s"]
+            for row in rows
+            if row["size"] == size and row["batch"] == max(args.batches)
+        }
         ours = next(v for k, v in r.items() if k.startswith("floranet auto"))
         fastest = max(v for k, v in r.items() if not k.startswith("floranet auto"))
-        checks.append({"size": size, "floranet_vs_fastest": round(ours / fastest, 2),
-                       "floranet_vs_tf_fp32": round(ours / r["tensorflow fp32"], 2)})
+        checks.append(
+            {
+                "size": size,
+                "floranet_vs_fastest": round(ours / fastest, 2),
+                "floranet_vs_tf_fp32": round(ours / r["tensorflow fp32"], 2),
+            }
+        )
     print(table(checks, ["size", "floranet_vs_fastest", "floranet_vs_tf_fp32"]))
     print("targets at 180 px: floranet_vs_fastest >= 0.9 and floranet_vs_tf_fp32 >= 2")
-    out = write_result("forward", {"matmul_gflops": {"fp32": round(peak32), "bf16": round(peak16)},
-                                   "auto": {"runtime": auto.runtime, "precision": auto.precision, "reason": auto.reason},
-                                   "rows": rows, "checks": checks},
-                       "python benchmarks/bench_forward.py " + " ".join(sys.argv[1:]))
+    out = write_result(
+        "forward",
+        {
+            "matmul_gflops": {"fp32": round(peak32), "bf16": round(peak16)},
+            "auto": {"runtime": auto.runtime, "precision": auto.precision, "reason": auto.reason},
+            "rows": rows,
+            "checks": checks,
+        },
+        "python benchmarks/bench_forward.py " + " ".join(sys.argv[1:]),
+    )
     print(f"wrote {out}")
 
 

@@ -21,13 +21,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from common import table, write_result  # noqa: E402
-
-from floranet import predict  # noqa: E402
-from floranet.data import datasets, pipeline  # noqa: E402
-from floranet.models import classifier  # noqa: E402
+from common import table, write_result
+from floranet import inference as predict
+from floranet.data import datasets, decode
+from floranet.models import classifier
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -53,11 +50,20 @@ def main() -> None:
     photo = sorted((datasets.mini_flowers_path() / "roses").glob("*.jpg"))[0]
     predictor = predict.load(run)
     loaded = predictor.model
-    x = pipeline.decode_and_resize(str(photo), (args.image_size,) * 2)[None]
+    x = decode.decode_and_resize(str(photo), (args.image_size,) * 2)[None]
     rows = [
-        {"path": "raw model call model(x), batch 1 (pixels ready)", "ms": median_ms(lambda: loaded(x, training=False), args.repeats)},
-        {"path": "traced model call (tf.function), batch 1", "ms": median_ms(lambda: predictor.probabilities(x), args.repeats)},
-        {"path": "floranet predict([file]) incl. decode, resize, top-k", "ms": median_ms(lambda: predictor.predict([photo]), args.repeats)},
+        {
+            "path": "raw model call model(x), batch 1 (pixels ready)",
+            "ms": median_ms(lambda: loaded(x, training=False), args.repeats),
+        },
+        {
+            "path": "traced model call (tf.function), batch 1",
+            "ms": median_ms(lambda: predictor.probabilities(x), args.repeats),
+        },
+        {
+            "path": "floranet predict([file]) incl. decode, resize, top-k",
+            "ms": median_ms(lambda: predictor.predict([photo]), args.repeats),
+        },
     ]
     raw = rows[0]["ms"]
     for r in rows:
@@ -65,8 +71,11 @@ def main() -> None:
         r["vs_raw_call"] = round(r["ms"] / raw, 2)
     print(table(rows, ["path", "ms", "vs_raw_call"]))
     print("target: floranet predict <= 1.2x the raw model call")
-    out = write_result("predict", {"rows": rows, "image_size": args.image_size, "photo": photo.name},
-                       "python benchmarks/bench_predict.py " + " ".join(sys.argv[1:]))
+    out = write_result(
+        "predict",
+        {"rows": rows, "image_size": args.image_size, "photo": photo.name},
+        "python benchmarks/bench_predict.py " + " ".join(sys.argv[1:]),
+    )
     print(f"wrote {out}")
 
 

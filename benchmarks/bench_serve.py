@@ -42,13 +42,12 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import python, table, write_result  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import python, table, write_result
+from floranet.data import datasets
 
-import floranet  # noqa: E402
-
-MINI = Path(floranet.__file__).parent / "data" / "mini_flowers"
+MINI = datasets.mini_flowers_path()
 HOST = "127.0.0.1"
 BATCH = 32
 
@@ -84,8 +83,25 @@ MODELS = {"resnet50": ("resnet50", 180), "tiny": ("resnet18", 96)}
 def train_run(work: Path, budget: Budget, model: str) -> Path:
     out = work / "run"
     backbone, size = MODELS[model]
-    cmd = [python(), "-m", "floranet.cli", "train", str(MINI), "--out", str(out), "--backbone", backbone,
-           "--weights", "none", "--image-size", str(size), "--preset", "tutorial", "--epochs", "1"]
+    cmd = [
+        python(),
+        "-m",
+        "floranet.cli",
+        "train",
+        str(MINI),
+        "--out",
+        str(out),
+        "--backbone",
+        backbone,
+        "--weights",
+        "none",
+        "--image-size",
+        str(size),
+        "--preset",
+        "tutorial",
+        "--epochs",
+        "1",
+    ]
     print("training a run to serve:", " ".join(cmd[2:]), flush=True)
     started = time.monotonic()
     with open(work / "train.log", "w") as log:
@@ -118,12 +134,18 @@ def free_port() -> int:
 
 
 def start_server(run: Path, port: int, args: argparse.Namespace, budget: Budget, log: Path) -> subprocess.Popen:
-    code = ("from floranet.serve import run_server; "
-            f"run_server({str(run)!r}, host={HOST!r}, port={port}, log_level='warning', "
-            f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms})")
-    out = open(log, "w")
-    proc = subprocess.Popen([python(), "-c", code], stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "from floranet.serving import run_server; "
+        f"run_server({str(run)!r}, host={HOST!r}, port={port}, log_level='warning', "
+        f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms})"
+    )
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [python(), "-c", code],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
     budget.children.append(proc)
     return proc
 
@@ -158,8 +180,11 @@ class RawClient:
         if self.streams is None:
             self.streams = await asyncio.open_connection(self.host, int(self.port))
         reader, writer = self.streams
-        writer.write(f"POST /predict HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: image/jpeg\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        writer.write(
+            f"POST /predict HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         await writer.drain()
         status = int((await reader.readline()).split()[1])
         headers = {}
@@ -177,8 +202,9 @@ class RawClient:
             self.streams = None
 
 
-async def load(url: str, photos: list[bytes], n: int, concurrency: int, deadline: float,
-               client_kind: str = "httpx") -> dict[str, Any]:
+async def load(
+    url: str, photos: list[bytes], n: int, concurrency: int, deadline: float, client_kind: str = "httpx"
+) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
@@ -221,8 +247,15 @@ async def load(url: str, photos: list[bytes], n: int, concurrency: int, deadline
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return {"requests": next_index, "ok": len(latencies), "errors": sum(errors.values()), "error_kinds": errors,
-            "seconds": wall, "latencies": latencies, "batch_sizes": batch_sizes}
+    return {
+        "requests": next_index,
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "seconds": wall,
+        "latencies": latencies,
+        "batch_sizes": batch_sizes,
+    }
 
 
 def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -235,27 +268,33 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
             errors[k] = errors.get(k, 0) + v
     wall = sum(p["seconds"] for p in parts)
     lat_ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {"requests": sum(p["requests"] for p in parts), "ok": len(latencies), "errors": sum(errors.values()),
-            "error_kinds": errors, "seconds": round(wall, 3), "throughput_rps": len(latencies) / wall,
-            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
-            "mean_ms": float(lat_ms.mean()), "max_ms": float(lat_ms.max()),
-            "mean_batch": float(np.mean(sizes)) if sizes else 0.0, "max_batch_seen": int(max(sizes, default=0))}
+    return {
+        "requests": sum(p["requests"] for p in parts),
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "seconds": round(wall, 3),
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+        "mean_ms": float(lat_ms.mean()),
+        "max_ms": float(lat_ms.max()),
+        "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
+        "max_batch_seen": int(max(sizes, default=0)),
+    }
 
 
 class Offline:
     """The same model in this process: ``Predictor.probabilities`` on batches of 32 pre-decoded images."""
 
     def __init__(self, run: Path, photos: list[bytes]) -> None:
-        import tensorflow as tf
+        from floranet import inference
+        from floranet.data import decode
 
-        from floranet import predict
-        from floranet.data import images
-
-        self.predictor = predict.load(run)
+        self.predictor = inference.load(run)
         self.choice = self.predictor.select(None)  # the server's own choice
         size = self.predictor.image_size
-        decoded = np.stack([tf.image.resize(images.decode_image_bytes(p).astype(np.float32), size).numpy()
-                            for p in photos])
+        decoded = np.stack([decode.decode_bytes(p, size)[1] for p in photos])
         self.batches = [decoded[np.arange(i, i + BATCH) % len(decoded)] for i in range(0, len(decoded), BATCH)]
         for b in self.batches[:3]:
             self.predictor.probabilities(b)  # warm-up (tracing)
@@ -287,15 +326,27 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default="resnet50", help="what to train when --run is absent")
     ap.add_argument("--requests", type=int, default=2000, help="per client kind")
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--client", choices=["httpx", "raw", "both"], default="both",
-                    help="load generator: httpx.AsyncClient, a minimal asyncio HTTP/1.1 client, or both one "
-                    "after the other (default)")
-    ap.add_argument("--segments", type=int, default=4, help="the load of each client is cut into this many "
-                    "segments, with an offline window between segments")
+    ap.add_argument(
+        "--client",
+        choices=["httpx", "raw", "both"],
+        default="both",
+        help="load generator: httpx.AsyncClient, a minimal asyncio HTTP/1.1 client, or both one "
+        "after the other (default)",
+    )
+    ap.add_argument(
+        "--segments",
+        type=int,
+        default=4,
+        help="the load of each client is cut into this many segments, with an offline window between segments",
+    )
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
-    ap.add_argument("--offline-seconds", type=float, default=3.0, help="per offline window at batch 32 (and half "
-                    "as long at batch = concurrency)")
+    ap.add_argument(
+        "--offline-seconds",
+        type=float,
+        default=3.0,
+        help="per offline window at batch 32 (and half as long at batch = concurrency)",
+    )
     ap.add_argument("--budget-s", type=float, default=420.0, help="hard cap on the whole benchmark")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/serve.json")
     args = ap.parse_args()
@@ -335,14 +386,16 @@ def main() -> None:
                     part = asyncio.run(load(url, photos, n, args.concurrency, deadline, kind))
                     part["cpu_s_server"] = cpu_seconds(proc.pid) - cpu_server
                     part["cpu_s_client"] = cpu_seconds() - cpu_client
-                    windows.append(model.window(min(args.offline_seconds, max(0.5, (budget.left() - 15) / 1.5)),
-                                                small))
+                    windows.append(model.window(min(args.offline_seconds, max(0.5, (budget.left() - 15) / 1.5)), small))
                     ref = (windows[-2]["throughput_ips"] + windows[-1]["throughput_ips"]) / 2
                     part["ratio"] = part["ok"] / part["seconds"] / ref
                     parts.append(part)
                     done += 1
-                    print(f"  {kind} segment {seg + 1}: {part['ok']} ok, {part['ok'] / part['seconds']:.1f} req/s, "
-                          f"offline around it {ref:.1f} img/s, ratio {part['ratio']:.2f}", flush=True)
+                    print(
+                        f"  {kind} segment {seg + 1}: {part['ok']} ok, {part['ok'] / part['seconds']:.1f} req/s, "
+                        f"offline around it {ref:.1f} img/s, ratio {part['ratio']:.2f}",
+                        flush=True,
+                    )
                 result = summarize(parts)
                 result["cpu_s_server"] = round(sum(p["cpu_s_server"] for p in parts), 2)
                 result["cpu_s_client"] = round(sum(p["cpu_s_client"] for p in parts), 2)
@@ -361,45 +414,97 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     reference = float(np.mean([w["throughput_ips"] for w in windows]))
     reference_small = float(np.mean([w[f"batch_{small}"]["throughput_ips"] for w in windows]))
-    off = {"batch": BATCH, "image_size": list(model.predictor.image_size), "windows": windows,
-           "throughput_ips": reference, f"throughput_ips_batch_{small}": reference_small,
-           "spread_ips": [round(min(w["throughput_ips"] for w in windows), 1),
-                          round(max(w["throughput_ips"] for w in windows), 1)]}
+    off = {
+        "batch": BATCH,
+        "image_size": list(model.predictor.image_size),
+        "windows": windows,
+        "throughput_ips": reference,
+        f"throughput_ips_batch_{small}": reference_small,
+        "spread_ips": [
+            round(min(w["throughput_ips"] for w in windows), 1),
+            round(max(w["throughput_ips"] for w in windows), 1),
+        ],
+    }
     names = {"httpx": "httpx.AsyncClient", "raw": "minimal asyncio HTTP/1.1 client"}
     rows = []
     for kind, r in served.items():
         r[f"ratio_over_offline_batch_{small}"] = round(r["ratio_served_over_offline"] * reference / reference_small, 3)
-        rows.append({"mode": f"served, {kind} client, concurrency {args.concurrency}", "requests": r["requests"],
-                     "errors": r["errors"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                     "img_per_s": r["throughput_rps"], "mean_batch": r["mean_batch"],
-                     "cpu_s_server": r["cpu_s_server"], "cpu_s_client": r["cpu_s_client"],
-                     "ratio": r["ratio_served_over_offline"], f"ratio_b{small}": r[f"ratio_over_offline_batch_{small}"]})
+        rows.append(
+            {
+                "mode": f"served, {kind} client, concurrency {args.concurrency}",
+                "requests": r["requests"],
+                "errors": r["errors"],
+                "p50_ms": r["p50_ms"],
+                "p99_ms": r["p99_ms"],
+                "img_per_s": r["throughput_rps"],
+                "mean_batch": r["mean_batch"],
+                "cpu_s_server": r["cpu_s_server"],
+                "cpu_s_client": r["cpu_s_client"],
+                "ratio": r["ratio_served_over_offline"],
+                f"ratio_b{small}": r[f"ratio_over_offline_batch_{small}"],
+            }
+        )
     for b, m in ((BATCH, reference), (small, reference_small)):
-        rows.append({"mode": f"offline, probabilities, batch {b} (mean of {len(windows)} windows)",
-                     "requests": sum(w["images"] if b == BATCH else w[f"batch_{small}"]["images"] for w in windows),
-                     "errors": 0, "img_per_s": m, "mean_batch": float(b)})
-    print(table(rows, ["mode", "requests", "errors", "p50_ms", "p99_ms", "img_per_s", "mean_batch", "cpu_s_server",
-                       "cpu_s_client", "ratio", f"ratio_b{small}"]))
-    print(f"ratio = median over segments of served / offline batch {BATCH} in the windows around the segment "
-          f"(target >= 0.70); ratio_b{small}: the same against batch {small}, the largest batch {args.concurrency} "
-          f"clients can fill. Offline windows ranged {off['spread_ips'][0]}..{off['spread_ips'][1]} img/s; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        rows.append(
+            {
+                "mode": f"offline, probabilities, batch {b} (mean of {len(windows)} windows)",
+                "requests": sum(w["images"] if b == BATCH else w[f"batch_{small}"]["images"] for w in windows),
+                "errors": 0,
+                "img_per_s": m,
+                "mean_batch": float(b),
+            }
+        )
+    print(
+        table(
+            rows,
+            [
+                "mode",
+                "requests",
+                "errors",
+                "p50_ms",
+                "p99_ms",
+                "img_per_s",
+                "mean_batch",
+                "cpu_s_server",
+                "cpu_s_client",
+                "ratio",
+                f"ratio_b{small}",
+            ],
+        )
+    )
+    print(
+        f"ratio = median over segments of served / offline batch {BATCH} in the windows around the segment "
+        f"(target >= 0.70); ratio_b{small}: the same against batch {small}, the largest batch {args.concurrency} "
+        f"clients can fill. Offline windows ranged {off['spread_ips'][0]}..{off['spread_ips'][1]} img/s; "
+        f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     for kind, r in served.items():
         if r["errors"]:
             print(f"{kind} errors: {r['error_kinds']}\nserver log tail:\n{server_log}")
     backbone, size = MODELS[args.model]
-    payload = {"settings": {"run": args.run or f"{args.model}: {backbone}, weights none, {size} px, tutorial preset, "
-                                               "1 epoch on mini_flowers",
-                            "runtime": f"{model.choice.runtime} {model.choice.precision}",
-                            "model_version": version, "requests": args.requests, "concurrency": args.concurrency,
-                            "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-                            "clients": {k: names[k] for k in clients},
-                            "bodies": f"raw JPEG bodies, one keep-alive connection per worker, {len(photos)} "
-                            "mini_flowers photos (160 px)"},
-               "served": served, "offline": off, "target_ratio": 0.70,
-               "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
+    payload = {
+        "settings": {
+            "run": args.run
+            or f"{args.model}: {backbone}, weights none, {size} px, tutorial preset, 1 epoch on mini_flowers",
+            "runtime": f"{model.choice.runtime} {model.choice.precision}",
+            "model_version": version,
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "clients": {k: names[k] for k in clients},
+            "bodies": f"raw JPEG bodies, one keep-alive connection per worker, {len(photos)} "
+            "mini_flowers photos (160 px)",
+        },
+        "served": served,
+        "offline": off,
+        "target_ratio": 0.70,
+        "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+    }
     print(f"runtime of server and offline reference: {model.choice.runtime} {model.choice.precision}")
     if not args.no_write:
-        print(f"wrote {write_result('serve' if args.model == 'resnet50' or args.run else 'serve_tiny', payload, ' '.join(['python', *sys.argv]))}")
+        name = "serve" if args.model == "resnet50" or args.run else "serve_tiny"
+        print(f"wrote {write_result(name, payload, ' '.join(['python', *sys.argv]))}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, ROOT, python, run_measured, table, write_result  # noqa: E402
+from common import FLOWERS, ROOT, python, run_measured, table, write_result
 
 
 def main() -> None:
@@ -37,26 +37,61 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="floranet-bench-train-"))
     rows = []
     try:
+
         def floranet(i: int) -> dict:
             run = work / f"run{i}"
-            res = run_measured([str(Path(python()).parent / "floranet"), "train", str(data), "--out", str(run),
-                                "--preset", "tutorial", "--weights", "none", "--image-size", str(args.image_size),
-                                "--epochs", str(args.epochs), "--precision", args.precision],
-                               env={"PYTHONUNBUFFERED": "1"}, log=work / f"floranet{i}.log")
+            res = run_measured(
+                [
+                    str(Path(python()).parent / "floranet"),
+                    "train",
+                    str(data),
+                    "--out",
+                    str(run),
+                    "--preset",
+                    "tutorial",
+                    "--weights",
+                    "none",
+                    "--image-size",
+                    str(args.image_size),
+                    "--epochs",
+                    str(args.epochs),
+                    "--precision",
+                    args.precision,
+                ],
+                env={"PYTHONUNBUFFERED": "1"},
+                log=work / f"floranet{i}.log",
+            )
             if res["returncode"] != 0:
                 sys.exit(f"floranet train failed: see {work / f'floranet{i}.log'}")
             timings = json.loads((run / "metrics.json").read_text()).get("timings_s", {})
             shutil.rmtree(run, ignore_errors=True)
             when = "before" if i < (args.floranet_runs + 1) // 2 else "after"
-            return {"job": f"floranet train --preset tutorial ({args.precision}), run {i + 1}, {when} the reference",
-                    **res, "stages": timings}
+            return {
+                "job": f"floranet train --preset tutorial ({args.precision}), run {i + 1}, {when} the reference",
+                **res,
+                "stages": timings,
+            }
 
         before = (args.floranet_runs + 1) // 2
         flo = [floranet(i) for i in range(before)]
         ref_json = work / "reference.json"
-        ref = run_measured([python(), str(ROOT / "benchmarks/reference/tutorial_reference.py"), "--data", str(data),
-                            "--weights", "none", "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-                            "--json", str(ref_json)], log=work / "reference.log")
+        ref = run_measured(
+            [
+                python(),
+                str(ROOT / "benchmarks/reference/tutorial_reference.py"),
+                "--data",
+                str(data),
+                "--weights",
+                "none",
+                "--image-size",
+                str(args.image_size),
+                "--epochs",
+                str(args.epochs),
+                "--json",
+                str(ref_json),
+            ],
+            log=work / "reference.log",
+        )
         if ref["returncode"] != 0:
             sys.exit(f"reference failed: see {work / 'reference.log'}")
         flo += [floranet(i) for i in range(before, args.floranet_runs)]
@@ -67,12 +102,21 @@ def main() -> None:
         for r in rows:
             r["speedup_vs_tutorial"] = round(ref["wall_seconds"] / r["wall_seconds"], 2)
         print(table(rows, ["job", "wall_seconds", "peak_rss_mib", "speedup_vs_tutorial"]))
-        print(f"floranet (mean of {len(flo)} runs, {mean:.1f} s) is {speedup:.1f}x faster than the tutorial's "
-              f"script (target >= 8x)")
-        path = write_result("train_vs_tutorial", {"rows": rows, "speedup": round(speedup, 2),
-                                                  "floranet_mean_seconds": round(mean, 2),
-                                                  "data": str(data), "epochs": args.epochs},
-                            "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]))
+        print(
+            f"floranet (mean of {len(flo)} runs, {mean:.1f} s) is {speedup:.1f}x faster than the tutorial's "
+            f"script (target >= 8x)"
+        )
+        path = write_result(
+            "train_vs_tutorial",
+            {
+                "rows": rows,
+                "speedup": round(speedup, 2),
+                "floranet_mean_seconds": round(mean, 2),
+                "data": str(data),
+                "epochs": args.epochs,
+            },
+            "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
+        )
         print(f"wrote {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

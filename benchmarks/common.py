@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,43 +20,39 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def machine_info() -> dict[str, Any]:
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1]
-                break
-        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                      if ln.startswith("model name")), platform.processor())
-    except OSError:
-        model = platform.processor()
+    """The CPU, its flags that decide floranet's auto policies, and the versions that ran."""
+    from floranet.utils import system
+
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
-    versions = {}
-    for mod in ("tensorflow", "keras", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing module is just not reported
-            pass
-    return {"cpu": model, "cores": os.cpu_count(), "cpu_flags": [f for f in wanted if f in flags.split()],
-            "python": platform.python_version(), "platform": platform.platform(), **versions}
+    env = system.environment()
+    return {
+        "cpu": env["cpu"],
+        "cores": os.cpu_count(),
+        "cpu_flags": [f for f in wanted if f in system.cpu_flags()],
+        "native_bf16": system.native_bf16(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **{k: env[k] for k in ("tensorflow", "keras", "numpy", "floranet")},
+    }
 
 
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> dict[str, Any]:
     """Runs ``cmd`` as a child; returns wall seconds, exit code and the child's own peak RSS."""
     start = time.perf_counter()
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(log, "w") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if log:
-        out.close()
-    return {"wall_seconds": round(time.perf_counter() - start, 2), "returncode": proc.returncode,
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "returncode": proc.returncode,
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+    }
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + " |"  # noqa: E731
     out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line([_fmt(r.get(c)) for c in columns]) for r in rows]
     return "\n".join(out)

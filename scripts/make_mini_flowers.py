@@ -145,11 +145,16 @@ def tree_digest(folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help=f"the shared flower_photos folder (default: {DEFAULT_SOURCE})")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=DEFAULT_SOURCE,
+        help=f"the shared flower_photos folder (default: {DEFAULT_SOURCE})",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument("--check", action="store_true",
-                        help="build into a temporary folder and fail if it differs from --out")
+    parser.add_argument(
+        "--check", action="store_true", help="build into a temporary folder and fail if it differs from --out"
+    )
     args = parser.parse_args(argv)
 
     source: Path = args.source
@@ -182,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"wrote {out}: {sum(map(len, chosen.values()))} photos "
-          f"({', '.join(f'{c} {len(v)}' for c, v in chosen.items())}), {size:,} bytes in all, "
-          f"sha256 of the tree {tree_digest(out)[:16]}")
+    print(
+        f"wrote {out}: {sum(map(len, chosen.values()))} photos "
+        f"({', '.join(f'{c} {len(v)}' for c, v in chosen.items())}), {size:,} bytes in all, "
+        f"sha256 of the tree {tree_digest(out)[:16]}"
+    )
     return 0
 
 

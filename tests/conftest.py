@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Never read or write the user's ~/.keras from tests.
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="floranet-keras-home-")
 
-import pytest  # noqa: E402
+import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -31,16 +33,42 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished run (random-init CIFAR ResNet-20, 32 px, 3 classes) shared by read-only tests."""
-    from imagesets import make_image_folder
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A finished run (random-init CIFAR ResNet-20, 32 px, 3 classes) shared by read-only tests.
 
+    Read-only is checked: a test that changes any of its files fails the session at teardown
+    (tests that write use ``writable_run``).
+    """
+    from corpus import snapshot
     from floranet import config
-    from floranet.workflow import train_and_report
+    from floranet.workflows import train
+    from imagesets import make_image_folder
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_image_folder(root / "data", classes=3, per_class=10, names=["daisy", "roses", "tulips"])
-    cfg = config.resolve(data_dir=str(data), out=str(root / "run"), backbone="resnet20", weights="none",
-                         image_size=32, batch_size=8, epochs=3, fine_tune_epochs=1,
-                         runtime="tensorflow", precision="fp32")
-    return train_and_report(cfg, progress=False, say=lambda m: None).run_dir
+    cfg = config.resolve(
+        data_dir=str(data),
+        out=str(root / "run"),
+        backbone="resnet20",
+        weights="none",
+        image_size=32,
+        batch_size=8,
+        epochs=3,
+        fine_tune_epochs=1,
+        runtime="tensorflow",
+        precision="fp32",
+    )
+    run = train(cfg, progress=False, say=lambda m: None).run_dir
+    before = snapshot(run)
+    yield run
+    after = snapshot(run)
+    changed = sorted(os.fsdecode(p) for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert not changed, f"tests wrote into the shared read-only tiny_run: {changed[:10]}"
+
+
+@pytest.fixture
+def writable_run(tiny_run: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_run`` for a test that writes into its run directory."""
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst)
+    return dst

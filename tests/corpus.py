@@ -8,6 +8,7 @@ non-UTF-8 name is a str with a surrogate escape).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -26,10 +27,21 @@ EXIF_CORNER = (255, 0, 0)  # stored top-left corner colour of daisy/exif6.jpg
 SIZE = (40, 30)  # width, height of the generated images
 
 # Expected tf_decodable of some usable files (the rest are checked against tf itself).
-TF_DECODABLE = {"daisy/d0.jpg": True, "daisy/gray.jpg": True, "daisy/d2.png": True, "tulips/plain.bmp": True,
-                "daisy/exif6.jpg": False, "daisy/cmyk.jpg": False, "roses/rgba.png": False,
-                "roses/palette.png": False, "roses/gray16.png": False, "roses/rgb16.png": False,
-                "roses/photo.webp": False, "roses/anim.gif": False, "roses/photo.tif": False}
+TF_DECODABLE = {
+    "daisy/d0.jpg": True,
+    "daisy/gray.jpg": True,
+    "daisy/d2.png": True,
+    "tulips/plain.bmp": True,
+    "daisy/exif6.jpg": False,
+    "daisy/cmyk.jpg": False,
+    "roses/rgba.png": False,
+    "roses/palette.png": False,
+    "roses/gray16.png": False,
+    "roses/rgb16.png": False,
+    "roses/photo.webp": False,
+    "roses/anim.gif": False,
+    "roses/photo.tif": False,
+}
 
 
 def _rgb(seed: int, size: tuple[int, int] = SIZE) -> np.ndarray:
@@ -49,8 +61,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def raw_png(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes) -> bytes:
     """A PNG written by hand (for headers Pillow would not write, e.g. a 20000x20000 bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows))
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(rows))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def exif6_jpeg() -> bytes:
@@ -170,3 +186,21 @@ def make_corpus(root: Path) -> dict[str, str]:
     put("tulips/plain.bmp", _encode(Image.fromarray(_rgb(117)), "BMP"), "ok")
     (root / EMPTY_CLASS).mkdir()
     return expected
+
+
+def snapshot(root: Path) -> dict[bytes, tuple]:
+    """Every entry under root (bytes names, links not followed): type, mode, mtime and content hash."""
+    state = {}
+    for folder, dirs, files in os.walk(os.fsencode(root)):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if os.path.islink(path):
+                state[path] = ("link", os.readlink(path))
+                continue
+            digest = None
+            if not os.path.isdir(path) and os.access(path, os.R_OK):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            state[path] = (st.st_mode, st.st_mtime_ns, st.st_size, digest)
+    return state

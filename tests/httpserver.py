@@ -27,7 +27,7 @@ def serve(files: dict[str, bytes], *, honour_range: bool = True) -> Iterator[Ser
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             rng = self.headers.get("Range")
             state.requests.append((self.path, rng))
             body = state.files.get(self.path)

@@ -10,8 +10,15 @@ from PIL import Image
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220), (230, 210, 40), (160, 60, 200)]
 
 
-def make_image_folder(root: Path, *, classes: int = 3, per_class: int = 8, size: tuple[int, int] = (40, 32),
-                      seed: int = 0, names: list[str] | None = None) -> Path:
+def make_image_folder(
+    root: Path,
+    *,
+    classes: int = 3,
+    per_class: int = 8,
+    size: tuple[int, int] = (40, 32),
+    seed: int = 0,
+    names: list[str] | None = None,
+) -> Path:
     """Writes ``classes`` folders of JPEGs, each class a distinct colour with noise, so models can learn it."""
     rng = np.random.default_rng(seed)
     names = names or [f"class_{c}" for c in range(classes)]

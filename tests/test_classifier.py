@@ -93,14 +93,21 @@ def test_backbone_registry() -> None:
     assert backbones.get("resnet50v2").preprocessing == "tf"
     assert backbones.get("mobilenet_v2").preprocessing == "tf"
     assert backbones.get("efficientnet_b0").preprocessing == "none"
-    assert backbones.get("convnext_tiny").source == "keras"
-    assert backbones.get("keras:resnet50").source == "keras"
+    assert backbones.get("convnext_tiny").info.family == "keras"
+    assert backbones.get("keras:resnet50").info.family == "keras"
+    assert backbones.get("keras:resnet50").fine_tune_prefix == backbones.get("resnet50").fine_tune_prefix
     with pytest.raises(ConfigError) as info:
         backbones.get("resnet51")
-    assert "resnet50" in str(info.value) and "mobilenet_v2" in str(info.value) and "Received: backbone='resnet51'" in str(info.value)
+    assert (
+        "resnet50" in str(info.value)
+        and "mobilenet_v2" in str(info.value)
+        and "Received: backbone='resnet51'" in str(info.value)
+    )
 
 
-@pytest.mark.parametrize("name, prefix", [("resnet50", "conv5_"), ("mobilenet_v2", "block_13_"), ("efficientnet_b0", "block6a_")])
+@pytest.mark.parametrize(
+    "name, prefix", [("resnet50", "conv5_"), ("mobilenet_v2", "block_13_"), ("efficientnet_b0", "block6a_")]
+)
 def test_fine_tune_start_is_the_named_stage(name, prefix) -> None:
     spec = backbones.get(name)
     base = spec.build((64, 64, 3), weights=None)
@@ -115,5 +122,5 @@ def test_keras_application_backbone_loads_a_local_weights_file(tmp_path) -> None
     path = tmp_path / "mnv2.weights.h5"
     source.save_weights(path)
     model = classifier.build_classifier("mobilenet_v2", 3, image_size=64, weights=str(path))
-    for a, b in zip(classifier.backbone_of(model).get_weights(), source.get_weights()):
+    for a, b in zip(classifier.backbone_of(model).get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

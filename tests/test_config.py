@@ -7,7 +7,7 @@ import yaml
 
 from floranet import config
 from floranet.errors import ConfigError
-from floranet.io import atomic_path
+from floranet.utils.files import atomic_path
 
 
 def test_precedence_flag_over_file_over_preset(tmp_path) -> None:
@@ -64,9 +64,8 @@ def test_unknown_keys_and_bad_files(tmp_path) -> None:
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:
     target = tmp_path / "model.keras"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("killed mid-save")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-save")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]

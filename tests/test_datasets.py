@@ -79,7 +79,7 @@ def serve(body: bytes, **options: object) -> Iterator[Server]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             rng = self.headers.get("Range")
             state.requests.append(rng)
             if self.path != f"/{ARCHIVE}":
@@ -87,7 +87,7 @@ def serve(body: bytes, **options: object) -> Iterator[Server]:
                 return
             data, start = state.body, 0
             if rng and state.honour_range and rng.startswith("bytes=") and rng.endswith("-"):
-                start = int(rng[len("bytes="):-1])
+                start = int(rng[len("bytes=") : -1])
                 if start >= len(data):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
@@ -117,8 +117,9 @@ def serve(body: bytes, **options: object) -> Iterator[Server]:
         server.server_close()
 
 
-def _use_spec(monkeypatch: pytest.MonkeyPatch, url: str, sha256: str | None = GOOD_SHA,
-              size: int | None = len(GOOD)) -> DatasetSpec:
+def _use_spec(
+    monkeypatch: pytest.MonkeyPatch, url: str, sha256: str | None = GOOD_SHA, size: int | None = len(GOOD)
+) -> DatasetSpec:
     spec = DatasetSpec(name=NAME, url=url, sha256=sha256, size=size, archive_root="flower_photos")
     monkeypatch.setitem(datasets.DATASETS, NAME, spec)
     return spec
@@ -332,11 +333,15 @@ def _symlink(name: str, target: str) -> tarfile.TarInfo:
 
 
 @pytest.mark.parametrize("data_filter", [True, False], ids=["filter=data", "fallback"])
-@pytest.mark.parametrize("evil", [
-    ("../evil", b"x"),
-    ("flower_photos/../../evil", b"x"),
-    _symlink("flower_photos/daisy/evil", "../../../../evil"),
-], ids=["dotdot", "nested-dotdot", "symlink-out"])
+@pytest.mark.parametrize(
+    "evil",
+    [
+        ("../evil", b"x"),
+        ("flower_photos/../../evil", b"x"),
+        _symlink("flower_photos/daisy/evil", "../../../../evil"),
+    ],
+    ids=["dotdot", "nested-dotdot", "symlink-out"],
+)
 def test_malicious_archive_is_refused_and_nothing_escapes(tmp_path, monkeypatch, data_filter, evil):
     if data_filter and not hasattr(tarfile, "data_filter"):
         pytest.skip("this Python has no tarfile data filter")
@@ -347,7 +352,7 @@ def test_malicious_archive_is_refused_and_nothing_escapes(tmp_path, monkeypatch,
         _use_spec(monkeypatch, srv.url, sha256=hashlib.sha256(archive).hexdigest(), size=None)
         with pytest.raises(DatasetError, match="unsafe member.*not kept"):
             _fetch(cache)
-    assert not [p for p in tmp_path.rglob("*evil*")]
+    assert not list(tmp_path.rglob("*evil*"))
     assert not (cache / ARCHIVE).exists()
     _assert_nothing_extracted(cache)
 

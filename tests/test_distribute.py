@@ -13,11 +13,24 @@ from pathlib import Path
 
 import keras
 import pytest
+
 from imagesets import make_image_folder
 
 CHILD = str(Path(__file__).with_name("distributed_child.py"))
-TINY = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--batch-size", "4",
-        "--runtime", "tensorflow", "--precision", "fp32"]
+TINY = [
+    "--backbone",
+    "resnet20",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--runtime",
+    "tensorflow",
+    "--precision",
+    "fp32",
+]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -38,14 +51,39 @@ def _free_ports(n: int) -> list[int]:
 
 def test_mirrored_strategy_on_two_logical_cpus(images, tmp_path) -> None:
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, CHILD, "2", "train", str(images), "--out", str(run), *TINY,
-                           "--epochs", "1", "--fine-tune-epochs", "1", "--distribute", "mirrored"],
-                          capture_output=True, text=True, env=ENV, timeout=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            CHILD,
+            "2",
+            "train",
+            str(images),
+            "--out",
+            str(run),
+            *TINY,
+            "--epochs",
+            "1",
+            "--fine-tune-epochs",
+            "1",
+            "--distribute",
+            "mirrored",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 replicas" in done.stdout and "global batch 8" in done.stdout
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["distribute"] == {"strategy": "mirrored", "replicas": 2, "workers": 1, "per_replica_batch_size": 4,
-                                     "global_batch_size": 8, "learning_rate_scale": 2}
+    assert metrics["distribute"] == {
+        "strategy": "mirrored",
+        "replicas": 2,
+        "workers": 1,
+        "per_replica_batch_size": 4,
+        "global_batch_size": 8,
+        "learning_rate_scale": 2,
+    }
     model = keras.saving.load_model(run / "model.keras")
     assert model.output_shape == (None, 3)
 
@@ -53,9 +91,26 @@ def test_mirrored_strategy_on_two_logical_cpus(images, tmp_path) -> None:
 def _launch(images: Path, outs: list[Path], workers: str, epochs: int) -> list[subprocess.Popen]:
     procs = []
     for i, out in enumerate(outs):
-        cmd = [sys.executable, "-m", "floranet.cli", "train", str(images), "--out", str(out), *TINY,
-               "--epochs", str(epochs), "--fine-tune-epochs", "1", "--distribute", "multi-worker",
-               "--workers", workers, "--worker-index", str(i)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "floranet.cli",
+            "train",
+            str(images),
+            "--out",
+            str(out),
+            *TINY,
+            "--epochs",
+            str(epochs),
+            "--fine-tune-epochs",
+            "1",
+            "--distribute",
+            "multi-worker",
+            "--workers",
+            workers,
+            "--worker-index",
+            str(i),
+        ]
         log = open(out.parent / f"worker{i}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV))
     return procs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corpus import CLASSES, EMPTY_CLASS, LOCKED, NON_UTF8_PATH, deny_locked_reads, make_corpus
+from corpus import CLASSES, EMPTY_CLASS, LOCKED, NON_UTF8_PATH, deny_locked_reads, make_corpus, snapshot
 from floranet.data import doctor, images
 from floranet.errors import ConfigError, DatasetError
 
@@ -25,24 +25,6 @@ def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[
     expected = make_corpus(root)
     deny_locked_reads(monkeypatch)
     return root, expected
-
-
-def snapshot(root: Path) -> dict[bytes, tuple]:
-    """Every entry under root (bytes names, links not followed): type, mode, mtime and content hash."""
-    state = {}
-    for folder, dirs, files in os.walk(os.fsencode(root)):
-        for name in dirs + files:
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            if os.path.islink(path):
-                state[path] = ("link", os.readlink(path))
-                continue
-            digest = None
-            if not os.path.isdir(path) and os.access(path, os.R_OK):
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            state[path] = (st.st_mode, st.st_mtime_ns, st.st_size, digest)
-    return state
 
 
 def two_classes(root: Path, names: tuple[str, ...] = ("a", "b"), per_class: int = 2) -> Path:
@@ -86,8 +68,10 @@ def test_reasons_labels_and_hashes(corpus) -> None:
     for path, reason in reasons.items():
         assert files[path].reason == reason, path
     assert "looks like JPEG" in files["daisy/photo.dat"].reason
-    assert files["roses/fake.heic"].reason.startswith("unsupported format HEIC") and "JPEG" in files[
-        "roses/fake.heic"].reason
+    assert (
+        files["roses/fake.heic"].reason.startswith("unsupported format HEIC")
+        and "JPEG" in files["roses/fake.heic"].reason
+    )
     assert "400.0 MP exceeds the limit of 50.0 MP" in files["roses/bomb.png"].reason
     assert files["roses/truncated.jpg"].reason.startswith("truncated")
     for f in files.values():
@@ -115,7 +99,12 @@ def test_classes_counts_summary_and_duplicates(corpus) -> None:
     s = report.summary()
     status = Counter(expected.values())
     assert (s["num_files"], s["num_usable"], s["num_bad"], s["num_notes"], s["num_ignored"]) == (
-        len(expected), status["ok"] + status["note"], status["bad"], status["note"], status["ignored"])
+        len(expected),
+        status["ok"] + status["note"],
+        status["bad"],
+        status["note"],
+        status["ignored"],
+    )
     assert s["num_classes"] == 4 and s["empty_classes"] == [EMPTY_CLASS]
     assert s["imbalance_ratio"] == pytest.approx(max(usable.values()) / min(usable.values()), abs=1e-3)
     assert (s["duplicates_within_class"], s["label_conflicts"]) == (1, 2)
@@ -181,8 +170,9 @@ def test_one_class_is_not_usable(tmp_path) -> None:
     (root / "empty").mkdir()
     report = doctor.diagnose(root)
     assert not report.usable
-    assert report.reason == ("only 1 class with usable images ('roses'): nothing to classify; "
-                             "a dataset needs at least 2 class folders")
+    assert report.reason == (
+        "only 1 class with usable images ('roses'): nothing to classify; a dataset needs at least 2 class folders"
+    )
     assert report.classes == {"empty": 0, "roses": 2}
 
 
@@ -239,8 +229,13 @@ def test_symlinked_class_folders_are_not_scanned_twice(tmp_path) -> None:
 def test_find_leaks(corpus) -> None:
     root, _ = corpus
     report = doctor.diagnose(root)
-    split_of = {"daisy/dup_a.jpg": "train", "daisy/dup_b.jpg": "validation", "daisy/d0.jpg": "train",
-                "daisy/d1.jpg": "validation", "roses/r0.jpg": "validation"}
+    split_of = {
+        "daisy/dup_a.jpg": "train",
+        "daisy/dup_b.jpg": "validation",
+        "daisy/d0.jpg": "train",
+        "daisy/d1.jpg": "validation",
+        "roses/r0.jpg": "validation",
+    }
     assert doctor.find_leaks(report, split_of) == [("daisy/dup_a.jpg", "daisy/dup_b.jpg")]
     assert doctor.find_leaks(report, {"daisy/dup_a.jpg": "train", "daisy/dup_b.jpg": "train"}) == []
     with pytest.raises(ConfigError, match=r"Received: split_of\['daisy/d0.jpg'\]='test'"):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from floranet.evaluate import Evaluation, apply_temperature, expected_calibration_error, fit_temperature
-from floranet.metrics import classification_metrics
+from floranet.evaluation import Evaluation
+from floranet.evaluation.calibration import expected_calibration_error, fit_temperature
+from floranet.evaluation.metrics import classification_metrics
+from floranet.inference.predictor import apply_temperature
 
 NAMES = ("daisy", "roses", "tulips", "sunflowers")
 
@@ -73,7 +75,15 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model() -> None:
 def test_metrics_dict_has_every_view() -> None:
     labels, probs = fixed_predictions(40)
     m = Evaluation(NAMES, tuple(str(i) for i in range(40)), labels, probs).with_temperature().metrics()
-    for key in ("accuracy", "loss", "top_2_accuracy", "per_class", "confusion_matrix", "most_confused",
-                "top_losses", "calibration"):
+    for key in (
+        "accuracy",
+        "loss",
+        "top_2_accuracy",
+        "per_class",
+        "confusion_matrix",
+        "most_confused",
+        "top_losses",
+        "calibration",
+    ):
         assert key in m
     assert len(m["calibration"]["reliability"]) == 15

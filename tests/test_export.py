@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from floranet import export as export_lib
-from floranet.errors import ConfigError, ModelError
+from floranet.errors import ConfigError, MissingDependencyError, ModelError
 from floranet.export import ExportResult, export_run, load_exported
 
 # Module each format's runtime needs (skipped when the export extra is not installed).
@@ -35,8 +35,11 @@ def _skip_if_missing(name: str) -> None:
 def run_copy(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy of the session's tiny run: exports write into it."""
     dst = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("exports", "exports.json", "checkpoints",
-                                                                  "features", "logs", "plots"))
+    shutil.copytree(
+        tiny_run,
+        dst,
+        ignore=shutil.ignore_patterns("exports", "exports.json", "checkpoints", "features", "logs", "plots"),
+    )
     return dst
 
 
@@ -119,8 +122,16 @@ def test_exports_json_has_every_export(exported, run_copy: Path) -> None:
     for name in names:
         e = entries[name]
         assert e["format"] == name.split("-")[0] and e["path"] == f"exports/{name}"
-        for key in ("quantize", "size_bytes", "agreement", "max_abs_diff", "latency_ms_batch1", "num_images",
-                    "created", "runtime_versions"):
+        for key in (
+            "quantize",
+            "size_bytes",
+            "agreement",
+            "max_abs_diff",
+            "latency_ms_batch1",
+            "num_images",
+            "created",
+            "runtime_versions",
+        ):
             assert key in e, (name, key)
         assert "keras" in e["runtime_versions"] and "runtime" in e["runtime_versions"]
 
@@ -152,7 +163,7 @@ def test_failed_export_keeps_the_older_one(run_copy: Path, tmp_path: Path, monke
     def broken(*args: object) -> str:
         raise RuntimeError("converter crashed")
 
-    monkeypatch.setitem(export_lib._WRITERS, "keras", broken)
+    monkeypatch.setitem(export_lib.writers.WRITERS, "keras", broken)
     with pytest.raises(ModelError, match="format='keras' failed: RuntimeError: converter crashed"):
         export_run(run_copy, "keras", out=out, max_images=0)
     assert (out / "model.keras").exists() and (out / "README.txt").exists()
@@ -171,7 +182,10 @@ def test_tflite_via_converter_fallback(run_copy: Path, tmp_path: Path, monkeypat
     ("kwargs", "match"),
     [
         ({"format": "pt"}, r"format must be one of keras, saved_model, onnx, openvino, tflite\. Received: format='pt'"),
-        ({"format": "onnx", "quantize": "int4"}, r"quantize must be one of None, fp16, int8\. Received: quantize='int4'"),
+        (
+            {"format": "onnx", "quantize": "int4"},
+            r"quantize must be one of None, fp16, int8\. Received: quantize='int4'",
+        ),
         ({"format": "onnx", "quantize": "int8"}, r"quantize='int8' is not supported for format='onnx'"),
         ({"format": "keras", "quantize": "fp16"}, r"quantize='fp16' is not supported for format='keras'"),
         ({"format": "saved_model", "quantize": "int8"}, r"not supported for format='saved_model'"),
@@ -201,7 +215,7 @@ def test_load_exported_errors(exported, tmp_path: Path, monkeypatch: pytest.Monk
     r = exported("onnx")
     assert load_exported(r.path / "model.onnx").format == "onnx"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    with pytest.raises(ModelError, match=r"onnxruntime.*pip install 'floranet\[export\]'"):
+    with pytest.raises(MissingDependencyError, match=r"onnxruntime.*pip install 'floranet\[export\]'"):
         load_exported(r.path)
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from corpus import EXIF_CORNER, LOCKED, NON_UTF8_PATH, TF_DECODABLE, deny_locked_reads, make_corpus, raw_png
-from floranet.data import images
+from floranet.data import formats, images
 from floranet.errors import ConfigError, DatasetError
 
 # What each unusable file says (label conflicts are valid images: the doctor's business).
@@ -85,7 +85,7 @@ def test_formats_modes_and_notes(corpus) -> None:
         info = images.inspect_image(root / rel)
         assert (info.format, info.mode) == (fmt, mode), rel
         assert (note in info.notes) if note else info.notes == (), (rel, info.notes)
-    assert dict((rel, images.inspect_image(root / rel).tf_decodable) for rel in TF_DECODABLE) == TF_DECODABLE
+    assert {rel: images.inspect_image(root / rel).tf_decodable for rel in TF_DECODABLE} == TF_DECODABLE
 
 
 def test_exif_orientation_is_applied(corpus) -> None:
@@ -141,7 +141,7 @@ def test_bomb_is_refused_from_the_header_without_decoding(corpus, monkeypatch) -
         with pytest.raises(DatasetError, match=r"40x30 = 1,200 pixels exceeds the limit of 1,000 pixels"):
             images.load_image(corpus[0] / "daisy/d0.jpg", max_pixels=1000)
     assert time.perf_counter() - start < 1.0
-    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's own guard is back for everyone else
+    assert limit == Image.MAX_IMAGE_PIXELS  # Pillow's own guard is back for everyone else
 
 
 def test_images_beyond_pillows_limit_follow_max_pixels(tmp_path) -> None:
@@ -168,8 +168,12 @@ def test_decode_image_bytes(corpus) -> None:
     for rel in ("daisy/d0.jpg", "daisy/exif6.jpg", "roses/rgba.png", "roses/photo.webp", "roses/gray16.png"):
         data = (root / rel).read_bytes()
         np.testing.assert_array_equal(images.decode_image_bytes(data), images.load_image(root / rel))
-    cases = {"roses/text.jpg": "not an image", "roses/empty.jpg": "an empty file (0 bytes)",
-             "roses/truncated.png": "truncated", "roses/fake.heic": "convert it to JPEG"}
+    cases = {
+        "roses/text.jpg": "not an image",
+        "roses/empty.jpg": "an empty file (0 bytes)",
+        "roses/truncated.png": "truncated",
+        "roses/fake.heic": "convert it to JPEG",
+    }
     for rel, words in cases.items():
         with pytest.raises(DatasetError, match=r"^Cannot decode image: 'upload\.jpg' is ") as info:
             images.decode_image_bytes((root / rel).read_bytes(), name="upload.jpg")
@@ -177,10 +181,10 @@ def test_decode_image_bytes(corpus) -> None:
 
 
 def test_sniff_format() -> None:
-    assert images.sniff_format(b"\xff\xd8\xff\xe0") == "JPEG"
-    assert images.sniff_format(b"RIFF\0\0\0\0WEBPVP8 ") == "WEBP"
-    assert images.sniff_format(b"\0\0\0\x1cftypavif") == "AVIF"
-    assert images.sniff_format(b"hello world") is None
+    assert formats.sniff_format(b"\xff\xd8\xff\xe0") == "JPEG"
+    assert formats.sniff_format(b"RIFF\0\0\0\0WEBPVP8 ") == "WEBP"
+    assert formats.sniff_format(b"\0\0\0\x1cftypavif") == "AVIF"
+    assert formats.sniff_format(b"hello world") is None
 
 
 def test_tf_decodable_promise_holds_against_tensorflow(corpus) -> None:

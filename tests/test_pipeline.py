@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from floranet.data.pipeline import Augment, dataset_from_split, decode_and_resize, make_dataset
+from floranet.data.augment import Augment
+from floranet.data.decode import decode_and_resize
+from floranet.data.pipeline import dataset_from_split, make_dataset
 from floranet.data.split import make_split
 from floranet.errors import ConfigError, DatasetError
 
@@ -24,8 +26,9 @@ def _noise(seed: int, size: tuple[int, int] = (W, H)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (size[1] // 4 + 1, size[0] // 4 + 1, 3)).astype(np.uint8)
     # Blocky noise + fine noise: texture that flips/rotations/contrast visibly change.
-    return np.clip(np.kron(base, np.ones((4, 4, 1)))[: size[1], : size[0]] + rng.integers(0, 30, (size[1], size[0], 3)),
-                   0, 255).astype(np.uint8)
+    return np.clip(
+        np.kron(base, np.ones((4, 4, 1)))[: size[1], : size[0]] + rng.integers(0, 30, (size[1], size[0], 3)), 0, 255
+    ).astype(np.uint8)
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def folder(tmp_path: Path) -> tuple[Path, list[str], list[int], list[tuple[int, 
 
 
 def _all(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -59,7 +62,7 @@ def test_shapes_dtype_range_and_order(folder) -> None:
     images, ys = _all(ds)
     assert images.min() >= 0 and images.max() <= 255
     assert ys.tolist() == labels  # shuffle=False keeps path order
-    for image, colour, path in zip(images, colours, paths):
+    for image, colour, path in zip(images, colours, paths, strict=True):
         tol = 3 if path.endswith(".jpg") else 0  # solid colours survive JPEG within a few levels
         np.testing.assert_allclose(image.reshape(-1, 3), np.tile(colour, (SIZE[0] * SIZE[1], 1)), atol=tol)
     only = list(make_dataset(paths, None, image_size=SIZE, batch_size=32))
@@ -137,7 +140,7 @@ def test_pillow_path_handles_exif_rotation_alpha_and_matches_decode_and_resize(t
     Image.fromarray(np.dstack([_noise(4), np.full((H, W), 128, np.uint8)])).save(rgba)
     paths = [rotated, rgba]
     images = list(make_dataset(paths, None, image_size=(W, H), batch_size=2))[0].numpy()  # guessed: Pillow
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         assert np.array_equal(decode_and_resize(path, (W, H)), image)
         assert np.array_equal(decode_and_resize(path, (W, H), tf_decodable=False), image)
     # tf alone would ignore the EXIF orientation: clearly different pixels.
@@ -148,7 +151,7 @@ def test_pillow_path_handles_exif_rotation_alpha_and_matches_decode_and_resize(t
 def test_decode_and_resize_equals_dataset_element(folder) -> None:
     _, paths, _, _ = folder
     images = list(make_dataset(paths, None, image_size=SIZE, batch_size=8))[0].numpy()
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         out = decode_and_resize(path, SIZE)
         assert out.dtype == np.float32 and out.shape == (*SIZE, 3)
         np.testing.assert_array_equal(out, image)
@@ -162,8 +165,9 @@ def test_tf_and_pillow_paths_agree(tmp_path: Path) -> None:
     Image.fromarray(_noise(6)).save(jpg444, quality=95, subsampling=0)
     Image.fromarray(_noise(7)).save(jpg420, quality=95, subsampling=2)
     for size in ((H, W), SIZE):
-        np.testing.assert_array_equal(decode_and_resize(png, size, tf_decodable=True),
-                                      decode_and_resize(png, size, tf_decodable=False))
+        np.testing.assert_array_equal(
+            decode_and_resize(png, size, tf_decodable=True), decode_and_resize(png, size, tf_decodable=False)
+        )
         for jpg in (jpg444, jpg420):
             fast = decode_and_resize(jpg, size, tf_decodable=True)
             diff = np.abs(fast - decode_and_resize(jpg, size, tf_decodable=False))
@@ -210,7 +214,7 @@ def test_dataset_from_split_labels_and_unaugmented_validation(tmp_path: Path) ->
     val, ys = _all(dataset_from_split(split, root, "validation", **kw))
     rows = split.validation()
     assert ys.tolist() == [split.label_index(r.label) for r in rows] == [0, 0, 1, 1]  # a_cls -> 0
-    for row, image in zip(rows, val):  # never augmented, even when asked
+    for row, image in zip(rows, val, strict=True):  # never augmented, even when asked
         np.testing.assert_array_equal(image, decode_and_resize(root / row.path, (H, W)))
     train, _ = _all(dataset_from_split(split, root, "train", **kw))
     plain, _ = _all(dataset_from_split(split, root, "train", image_size=(H, W), batch_size=3))
@@ -219,7 +223,8 @@ def test_dataset_from_split_labels_and_unaugmented_validation(tmp_path: Path) ->
     flags = {r.path: True for r in split.rows}
     np.testing.assert_array_equal(
         _all(dataset_from_split(split, root, "all", image_size=(H, W), batch_size=3, tf_decodable=flags))[0],
-        _all(dataset_from_split(split, root, "all", image_size=(H, W), batch_size=3))[0])
+        _all(dataset_from_split(split, root, "all", image_size=(H, W), batch_size=3))[0],
+    )
     with pytest.raises(ConfigError, match="subset"):
         dataset_from_split(split, root, "test", image_size=(H, W), batch_size=3)
 

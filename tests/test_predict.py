@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -12,9 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from floranet import predict
+from floranet import inference as predict
 from floranet.cli import main
 from floranet.data.images import load_image
+from floranet.inference import batch
 
 
 def _write_cases(folder: Path) -> dict[str, Path]:
@@ -50,7 +50,7 @@ def test_predict_equals_model_on_the_same_pixels(case, tiny_run, tmp_path) -> No
     resized = tf.image.resize(pixels.astype("float32"), predictor.image_size).numpy()
     model = keras.saving.load_model(tiny_run / "model.keras")
     expected = model.predict(resized[None], verbose=0)[0]
-    got = {c: p for c, p in row.top_k}
+    got = dict(row.top_k)
     for i, name in enumerate(predictor.class_names):
         assert got[name] == pytest.approx(float(expected[i]), abs=2e-5)
 
@@ -66,8 +66,10 @@ def test_bad_files_are_reported_in_their_row_and_never_stop_the_batch(tiny_run, 
     assert by_name["empty.jpg"].error and "empty" in by_name["empty.jpg"].error
     assert by_name["text.jpg"].error and by_name["truncated.jpg"].error
     assert by_name["nothing-here.jpg"].error
-    assert all(by_name[n].error is None and len(by_name[n].top_k) == 2
-               for n in ("plain.jpg", "rotated.jpg", "cmyk.jpg", "alpha.png", "gray.png"))
+    assert all(
+        by_name[n].error is None and len(by_name[n].top_k) == 2
+        for n in ("plain.jpg", "rotated.jpg", "cmyk.jpg", "alpha.png", "gray.png")
+    )
 
 
 def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
@@ -109,8 +111,8 @@ def test_few_files_take_the_direct_path_with_the_same_results(tiny_run, tmp_path
     (tmp_path / "empty.jpg").write_bytes(b"")
     predictor = predict.load(tiny_run)
     few = predictor.predict([cases["cmyk"], tmp_path / "empty.jpg"])
-    assert len([cases["cmyk"], 0]) <= predict.SMALL_BATCH
+    assert len([cases["cmyk"], 0]) <= batch.SMALL_JOB
     assert few[0].error is None and few[1].error and "empty" in few[1].error
     many = predictor.predict([cases[k] for k in ("cmyk", "jpeg", "exif_rotated", "rgba_png", "grayscale")])
-    assert len(many) > predict.SMALL_BATCH
+    assert len(many) > batch.SMALL_JOB
     np.testing.assert_allclose([p for _, p in few[0].top_k], [p for _, p in many[0].top_k], atol=2e-5)

@@ -6,10 +6,12 @@ import csv
 from pathlib import Path
 
 import pytest
-from imagesets import make_image_folder
 
-from floranet import predict, predict_ray
+from floranet import inference as predict
 from floranet.cli import main
+from floranet.inference import formats
+from floranet.inference import ray as predict_ray
+from imagesets import make_image_folder
 
 ray = pytest.importorskip("ray")
 
@@ -25,7 +27,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def _assert_same_rows(got: list[predict.Prediction], want: list[predict.Prediction]) -> None:
     assert [r.file for r in got] == [r.file for r in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.error == w.error
         assert [c for c, _ in g.top_k] == [c for c, _ in w.top_k]
         assert [p for _, p in g.top_k] == pytest.approx([p for _, p in w.top_k], abs=1e-5)
@@ -40,53 +42,69 @@ def test_ray_engine_gives_the_local_rows_and_csv(tiny_run: Path, inputs: list[st
     local = predict.load(tiny_run, batch_size=4).predict(inputs, top_k=2)
     # batch_size 4: four batches spread over two actors, each loading the model once.
     said: list[str] = []
-    rows = predict_ray.predict_with_ray(tiny_run, inputs, top_k=2, num_workers=2, batch_size=4,
-                                          say=said.append)
+    rows = predict_ray.predict_with_ray(tiny_run, inputs, top_k=2, num_workers=2, batch_size=4, say=said.append)
     assert not ray.is_initialized()  # the instance it started is shut down
     assert "2 worker(s)" in said[0]
     assert len(rows) == 14 and sum(r.error is not None for r in rows) == 2
     assert rows[-1].file.endswith("missing.jpg") and "no such file" in (rows[-1].error or "")
     _assert_same_rows(rows, local)
-    predict.write_predictions(local, "csv", tmp_path / "local.csv")
-    predict.write_predictions(rows, None, tmp_path / "ray.csv")  # csv from the suffix
+    formats.write_predictions(local, "csv", tmp_path / "local.csv")
+    formats.write_predictions(rows, None, tmp_path / "ray.csv")  # csv from the suffix
     # Byte-identical here; the model's last float digit may depend on batch company and thread count on
     # other CPUs, so compare probability cells as numbers and everything else as text.
     got, want = _csv_cells(tmp_path / "ray.csv"), _csv_cells(tmp_path / "local.csv")
     assert got[0] == want[0] and len(got) == len(want) == 15
-    for g, w in zip(got[1:], want[1:]):
+    for g, w in zip(got[1:], want[1:], strict=True):
         assert [c for i, c in enumerate(g) if i not in (2, 4)] == [c for i, c in enumerate(w) if i not in (2, 4)]
-        assert [float(g[i] or "nan") for i in (2, 4)] == pytest.approx([float(w[i] or "nan") for i in (2, 4)],
-                                                                         abs=1e-5, nan_ok=True)
+        assert [float(g[i] or "nan") for i in (2, 4)] == pytest.approx(
+            [float(w[i] or "nan") for i in (2, 4)], abs=1e-5, nan_ok=True
+        )
 
 
-def test_cli_ray_engine_writes_parquet_like_local(tiny_run: Path, inputs: list[str], tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_ray_engine_writes_parquet_like_local(
+    tiny_run: Path,
+    inputs: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import pyarrow.parquet as pq
 
     monkeypatch.chdir(Path(inputs[0]).parent)  # relative paths: rows and error messages name files as given
     relative = ["imgs", "missing.jpg"]
     out_ray, out_local = tmp_path / "ray.parquet", tmp_path / "local.parquet"
-    assert main(["predict", str(tiny_run), *relative, "--engine", "ray", "--workers", "1",
-                 "--output", str(out_ray)]) == 0
+    assert (
+        main(["predict", str(tiny_run), *relative, "--engine", "ray", "--workers", "1", "--output", str(out_ray)]) == 0
+    )
     assert main(["predict", str(tiny_run), *relative, "--output", str(out_local)]) == 0
     assert "14 predictions written" in capsys.readouterr().out
     got, want = pq.read_table(out_ray).to_pylist(), pq.read_table(out_local).to_pylist()
-    assert list(got[0]) == ["file", "class_1", "probability_1", "class_2", "probability_2", "class_3",
-                            "probability_3", "low_confidence", "error"]
+    assert list(got[0]) == [
+        "file",
+        "class_1",
+        "probability_1",
+        "class_2",
+        "probability_2",
+        "class_3",
+        "probability_3",
+        "low_confidence",
+        "error",
+    ]
     assert [r["file"] for r in got] == [r["file"] for r in want]
     assert got[4]["file"] == "imgs/class_1/broken.jpg" and "'imgs/class_1/broken.jpg'" in got[4]["error"]
-    for g, w in zip(got, want):
-        assert {k: v for k, v in g.items() if "probability" not in k} == \
-            {k: v for k, v in w.items() if "probability" not in k}
+    for g, w in zip(got, want, strict=True):
+        assert {k: v for k, v in g.items() if "probability" not in k} == {
+            k: v for k, v in w.items() if "probability" not in k
+        }
         for i in (1, 2, 3):
             assert (g[f"probability_{i}"] is None) == (w[f"probability_{i}"] is None)
             assert g[f"probability_{i}"] == pytest.approx(w[f"probability_{i}"], abs=1e-5)
     assert [r["error"] is not None for r in got].count(True) == 2
 
 
-def test_bad_engine_and_ray_flags_without_ray_are_clear_errors(tiny_run: Path, inputs: list[str],
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_engine_and_ray_flags_without_ray_are_clear_errors(
+    tiny_run: Path, inputs: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["predict", str(tiny_run), *inputs, "--engine", "spark"]) == 2
     assert "engine must be one of local, ray. Received: engine='spark'" in capsys.readouterr().err
     assert main(["predict", str(tiny_run), *inputs, "--workers", "2"]) == 2
@@ -97,4 +115,3 @@ def test_bad_engine_and_ray_flags_without_ray_are_clear_errors(tiny_run: Path, i
     assert main(["predict", str(tiny_run), *inputs, "--engine", "ray", "--low-confidence", "2"]) == 2
     assert "low_confidence must be in [0, 1]. Received: low_confidence=2.0" in capsys.readouterr().err
     assert not ray.is_initialized()
-

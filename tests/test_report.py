@@ -8,36 +8,46 @@ import shutil
 import pytest
 
 from floranet.cli import main
-from floranet.evaluate import evaluate_run
+from floranet.evaluation import evaluate_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_evaluate_cli_writes_metrics_and_calibration(tiny_run, capsys) -> None:
-    assert main(["evaluate", str(tiny_run)]) == 0
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+def test_evaluate_cli_writes_metrics_and_calibration(writable_run, capsys) -> None:
+    assert main(["evaluate", str(writable_run)]) == 0
+    metrics = json.loads((writable_run / "metrics.json").read_text())
     assert metrics["source"] == "validation split" and metrics["num_examples"] == 6
-    assert (tiny_run / "calibration.json").exists() and (tiny_run / "plots" / "reliability.png").exists()
-    ev = evaluate_run(tiny_run)
-    assert list(ev.paths) == [line.split(",")[0] for line in (tiny_run / "split.csv").read_text().splitlines()[1:]
-                              if line.split(",")[2] == "validation"]
+    assert (writable_run / "calibration.json").exists() and (writable_run / "plots" / "reliability.png").exists()
+    ev = evaluate_run(writable_run)
+    assert list(ev.paths) == [
+        line.split(",")[0]
+        for line in (writable_run / "split.csv").read_text().splitlines()[1:]
+        if line.split(",")[2] == "validation"
+    ]
 
 
-def test_report_is_self_contained(tiny_run) -> None:
-    assert main(["report", str(tiny_run)]) == 0
-    html = (tiny_run / "report.html").read_text()
-    for needle in ("Confusion matrix", "reliability diagram", "Top losses", "Configuration", "Environment", "Sample training"):
+def test_report_is_self_contained(writable_run) -> None:
+    assert main(["report", str(writable_run)]) == 0
+    html = (writable_run / "report.html").read_text()
+    for needle in (
+        "Confusion matrix",
+        "reliability diagram",
+        "Top losses",
+        "Configuration",
+        "Environment",
+        "Sample training",
+    ):
         assert needle in html
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert html.count("data:image/png;base64,") >= 5
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when it can)")
-def test_report_renders_in_headless_chromium(tiny_run, artifacts_dir) -> None:
+def test_report_renders_in_headless_chromium(writable_run, artifacts_dir) -> None:
     from playwright.sync_api import sync_playwright
 
-    main(["report", str(tiny_run)])
-    url = (tiny_run / "report.html").resolve().as_uri()
+    main(["report", str(writable_run)])
+    url = (writable_run / "report.html").resolve().as_uri()
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -53,11 +63,11 @@ def test_report_renders_in_headless_chromium(tiny_run, artifacts_dir) -> None:
 
 
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
-    import numpy as np
     import keras
+    import numpy as np
     from PIL import Image
 
-    from floranet.gradcam import GradCAM
+    from floranet.evaluation.gradcam import GradCAM
 
     image = tmp_path / "flower.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
@@ -66,7 +76,7 @@ def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     model = keras.saving.load_model(tiny_run / "model.keras")
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     heat, probs = GradCAM(model).heatmaps(x)
-    assert heat.shape[0] == 2 and heat.ndim == 3 and 0 <= heat.min() and heat.max() <= 1
+    assert heat.shape[0] == 2 and heat.ndim == 3 and heat.min() >= 0 and heat.max() <= 1
     np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-5)
 
 
@@ -74,7 +84,7 @@ def test_gradcam_batch_with_one_class_per_image_equals_single_calls(tiny_run) ->
     import keras
     import numpy as np
 
-    from floranet.gradcam import GradCAM
+    from floranet.evaluation.gradcam import GradCAM
 
     model = keras.saving.load_model(tiny_run / "model.keras")
     cam = GradCAM(model)
@@ -82,7 +92,7 @@ def test_gradcam_batch_with_one_class_per_image_equals_single_calls(tiny_run) ->
     wanted = np.array([0, 2, 1])
     batch, _ = cam.heatmaps(x, wanted)
     for i in range(3):
-        single, _ = cam.heatmaps(x[i:i + 1], int(wanted[i]))
+        single, _ = cam.heatmaps(x[i : i + 1], int(wanted[i]))
         np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
     predicted, probs = cam.heatmaps(x)
     by_index, _ = cam.heatmaps(x, probs.argmax(axis=1))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import h5py
 import keras
 import numpy as np
 import pytest
 
 from floranet.errors import ConfigError, WeightsError
-from floranet.models import resnet
+from floranet.models import registry, resnet
+from modelfiles import write_legacy_h5
 
 KERAS_APPS = {
     "resnet50": keras.applications.ResNet50,
@@ -39,7 +39,8 @@ def test_basic_resnets_match_torchvision_parameter_count(arch: str, expected: in
 
 
 @pytest.mark.parametrize(
-    "arch, paper_millions", [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85), ("resnet110", 1.7)]
+    "arch, paper_millions",
+    [("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85), ("resnet110", 1.7)],
 )
 def test_cifar_resnets_match_he_et_al_table6(arch: str, paper_millions: float) -> None:
     model = resnet.build_resnet(arch, weights=None)
@@ -55,10 +56,10 @@ def test_cifar_option_a_shortcut_has_no_parameters() -> None:
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
 
 
-def test_stage_table_drives_block_counts() -> None:
+def test_registry_drives_block_counts() -> None:
     model = resnet.build_resnet("resnet101", weights=None, include_top=False, input_shape=(64, 64, 3))
     blocks = {n.split("_")[1] for n in (layer.name for layer in model.layers) if n.startswith("conv4_block")}
-    assert len(blocks) == resnet.STAGES["resnet101"][1][2] == 23
+    assert len(blocks) == registry.resnet("resnet101").depths[2] == 23
 
 
 @pytest.mark.parametrize("arch", sorted(KERAS_APPS))
@@ -79,19 +80,6 @@ def test_equivalent_to_keras_applications(arch: str, tmp_path) -> None:
     reference.save_weights(path)
     loaded = resnet.build_resnet(arch, weights=str(path), include_top=True, input_shape=shape, classes=7)
     np.testing.assert_allclose(loaded(x, training=False), reference(x, training=False), atol=1e-5)
-
-
-def write_legacy_h5(model: keras.Model, path) -> None:
-    """Writes weights in the layout of Keras's official application files (by layer name)."""
-    with h5py.File(path, "w") as f:
-        named = [layer for layer in model.layers if layer.weights]
-        f.attrs["layer_names"] = [layer.name.encode() for layer in named]
-        for layer in named:
-            g = f.create_group(layer.name)
-            names = [f"{layer.name}/{w.name}:0".encode() for w in layer.weights]
-            g.attrs["weight_names"] = names
-            for n, value in zip(names, layer.get_weights()):
-                g.create_dataset(n.decode(), data=value)
 
 
 def test_official_legacy_h5_layout_loads_by_name(tmp_path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from floranet import runtime
 from floranet.errors import ConfigError
+from floranet.inference import runtime
 from floranet.models import classifier
 
 X = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 3)).astype("float32")
@@ -67,10 +67,9 @@ def test_auto_keeps_tensorflow_for_small_jobs(monkeypatch) -> None:
 
 def test_predict_and_evaluate_on_openvino_match_tensorflow(tiny_run, tmp_path) -> None:
     pytest.importorskip("openvino")
+    from floranet import inference as predict
+    from floranet.evaluation import evaluate_run
     from imagesets import make_image_folder
-
-    from floranet import predict
-    from floranet.evaluate import evaluate_run
 
     folder = make_image_folder(tmp_path / "imgs", classes=2, per_class=5)
     tf_rows = predict.load(tiny_run, runtime="tensorflow").predict([folder])
@@ -78,7 +77,7 @@ def test_predict_and_evaluate_on_openvino_match_tensorflow(tiny_run, tmp_path) -
     ov_rows = ov.predict([folder])
     assert ov.choice is not None and ov.choice.key == "openvino-fp32"
     assert [r.file for r in ov_rows] == [r.file for r in tf_rows] and len(tf_rows) == 10
-    for a, b in zip(tf_rows, ov_rows):
+    for a, b in zip(tf_rows, ov_rows, strict=True):
         assert a.top_k[0][0] == b.top_k[0][0]
         assert abs(a.top_k[0][1] - b.top_k[0][1]) < 1e-4
     auto = predict.load(tiny_run)
@@ -99,6 +98,6 @@ def test_openvino_streaming_map_returns_every_batch_in_order(extractor) -> None:
     batches = [X[:1], X, X[1:3], X[::-1], X[2:]]  # more batches than requests, mixed sizes
     outs = list(fn.map(iter(batches)))
     assert len(outs) == len(batches)
-    for b, o in zip(batches, outs):
+    for b, o in zip(batches, outs, strict=True):
         np.testing.assert_allclose(o, fn(b), atol=1e-5)
     assert list(fn.map(iter([]))) == []

@@ -24,10 +24,13 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2; httpx
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from floranet import predict, serve  # noqa: E402
+from floranet import inference as predict  # noqa: E402
+from floranet import serving as serve  # noqa: E402
+from floranet.data.datasets import mini_flowers_path  # noqa: E402
 from floranet.errors import ModelError  # noqa: E402
+from floranet.serving import uploads  # noqa: E402
 
-ROSES = Path(serve.__file__).parent / "data" / "mini_flowers" / "roses"
+ROSES = mini_flowers_path() / "roses"
 TIMEOUT_S = 1.5  # request_timeout_s of the shared app: small, for the slow-client test
 
 
@@ -54,8 +57,9 @@ def _rss_mib() -> float:
 def app(tiny_run):
     # TensorFlow fp32, so answers can be compared with predict_bytes to 1e-5 whatever the batch;
     # the automatic runtime has its own test below.
-    return serve.create_app(tiny_run, request_timeout_s=TIMEOUT_S, max_wait_ms=5.0, runtime="tensorflow",
-                            precision="fp32")
+    return serve.create_app(
+        tiny_run, request_timeout_s=TIMEOUT_S, max_wait_ms=5.0, runtime="tensorflow", precision="fp32"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +136,8 @@ def test_upload_name_is_only_a_label(client) -> None:
     for sent, shown in (("../../etc/passwd.jpg", "passwd.jpg"), ("C:\\Users\\me\\rose.jpg", "rose.jpg")):
         r = client.post("/predict", files={"file": (sent, rose, "image/jpeg")})
         assert r.status_code == 200 and r.json()["file"] == shown
-    assert serve._label("/tmp/a\x07b\n.jpg") == "ab.jpg" and serve._label("") == "upload"
-    assert len(serve._label("x" * 5000)) == 200
+    assert uploads._label("/tmp/a\x07b\n.jpg") == "ab.jpg" and uploads._label("") == "upload"
+    assert len(uploads._label("x" * 5000)) == 200
 
 
 def test_gradcam_png_is_a_decodable_overlay(client) -> None:
@@ -151,13 +155,14 @@ def test_concurrent_requests_are_batched_and_answers_not_mixed_up(tiny_run, pred
     images = [_png(seed) for seed in range(8)]
     expected = [predictor.predict_bytes(d, top_k=3) for d in images]
     with serve.serve_in_thread(app) as url:
+
         async def go() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
                 return await asyncio.gather(*(c.post("/predict", content=d) for d in images))
 
         answers = asyncio.run(go())
     assert [a.status_code for a in answers] == [200] * 8
-    for a, e in zip(answers, expected):
+    for a, e in zip(answers, expected, strict=True):
         _assert_same(a.json(), e)
     assert max(int(a.headers["x-batch-size"]) for a in answers) > 1
     assert app.state.batcher.stats.images == 8 and app.state.batcher.stats.batches < 8
@@ -190,20 +195,26 @@ def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
         "zero bytes": ({"content": b""}, 400, "empty"),
         "zero-byte file field": ({"files": {"file": ("a.jpg", b"", "image/jpeg")}}, 400, "empty"),
         "text file": ({"files": {"file": ("notes.txt", text, "text/plain")}}, 415, "not an image"),
-        "text sent as image/jpeg": ({"content": text, "headers": {"content-type": "image/jpeg"}}, 415,
-                                    "not an image"),
-        "text named .jpg in multipart": ({"files": {"file": ("photo.jpg", text, "image/jpeg")}}, 415,
-                                         "not an image"),
-        "truncated jpeg": ({"content": rose[: len(rose) // 2], "headers": {"content-type": "image/jpeg"}}, 422,
-                           "truncated"),
+        "text sent as image/jpeg": ({"content": text, "headers": {"content-type": "image/jpeg"}}, 415, "not an image"),
+        "text named .jpg in multipart": ({"files": {"file": ("photo.jpg", text, "image/jpeg")}}, 415, "not an image"),
+        "truncated jpeg": (
+            {"content": rose[: len(rose) // 2], "headers": {"content-type": "image/jpeg"}},
+            422,
+            "truncated",
+        ),
         "heic": ({"content": heic}, 415, "HEIC"),
         "png bomb 20000x20000": ({"content": raw_png(20000, 20000, 1, 0, b"\0" * 64)}, 413, "20000x20000"),
         "30 MB upload": ({"content": b"\xff\xd8\xff" + bytes(30 * 1024 * 1024)}, 413, "too large"),
         "30 MB without Content-Length": ({"content": (bytes(1 << 20) for _ in range(30))}, 413, "too large"),
         "multipart without a file field": ({"files": {"photo": ("a.jpg", rose, "image/jpeg")}}, 400, "'file'"),
-        "malformed multipart": ({"content": b"--xyz\r\nnot a header line\r\n\r\n",
-                                 "headers": {"content-type": "multipart/form-data; boundary=xyz"}}, 400,
-                                "multipart"),
+        "malformed multipart": (
+            {
+                "content": b"--xyz\r\nnot a header line\r\n\r\n",
+                "headers": {"content-type": "multipart/form-data; boundary=xyz"},
+            },
+            400,
+            "multipart",
+        ),
         "bad Content-Length": ({"content": b"abc", "headers": {"content-length": "many"}}, 400, "Content-Length"),
     }
 
@@ -260,8 +271,10 @@ def test_slow_clients_do_not_stall_others_and_time_out(app) -> None:
     _, rose = _rose()
     with serve.serve_in_thread(app) as url:
         port = int(url.rsplit(":", 1)[1])
-        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
-                f"Content-Length: 100000\r\n\r\n").encode()
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: 100000\r\n\r\n"
+        ).encode()
         stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
         stalled.sendall(head + b"\xff\xd8")  # then nothing
         dripping = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -301,6 +314,7 @@ def test_overload_answers_503_with_retry_after(tiny_run) -> None:
     app.state.batcher._infer = lambda x: (time.sleep(0.2), real(x))[1]  # a slow model
     images = [_png(seed) for seed in range(12)]
     with serve.serve_in_thread(app) as url:
+
         async def go() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
                 return await asyncio.gather(*(c.post("/predict", content=d) for d in images))
@@ -363,8 +377,10 @@ def test_a_lying_client_is_cut_off_while_counting(app) -> None:
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        sock.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
-                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
         chunk = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
         sent_mib = 0
         try:

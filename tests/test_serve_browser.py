@@ -15,9 +15,10 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing (Debian's chromium package; see `make browser`)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-from floranet import serve  # noqa: E402
+from floranet import serving as serve  # noqa: E402
+from floranet.data.datasets import mini_flowers_path  # noqa: E402
 
-ROSES = Path(serve.__file__).parent / "data" / "mini_flowers" / "roses"
+ROSES = mini_flowers_path() / "roses"
 
 
 def test_page_classifies_an_uploaded_rose(tiny_run, artifacts_dir, tmp_path) -> None:
@@ -45,8 +46,9 @@ def test_page_classifies_an_uploaded_rose(tiny_run, artifacts_dir, tmp_path) -> 
             assert page.locator("#photo").is_visible()
             page.wait_for_timeout(400)  # let the bars finish growing for the screenshot
             page.check("#gradcam")
-            expect(page.locator("#photo")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"),
-                                                             timeout=30_000)
+            expect(page.locator("#photo")).to_have_attribute(
+                "src", re.compile(r"^data:image/png;base64,"), timeout=30_000
+            )
             page.screenshot(path=str(artifacts_dir / "serve.png"), full_page=True)
             assert not console_errors, console_errors  # e.g. a Content-Security-Policy violation
         finally:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 
 import keras
 import numpy as np
 import pytest
-from httpserver import closed_port_url, serve, silent_server
-from test_resnet import write_legacy_h5
 
 from floranet.errors import WeightsError
-from floranet.models import resnet, weights
+from floranet.models import registry, resnet, weights
+from httpserver import closed_port_url, serve, silent_server
+from modelfiles import write_legacy_h5
 
 
 def official_copy(tmp_path, monkeypatch) -> tuple[keras.Model, str, bytes]:
@@ -22,7 +23,9 @@ def official_copy(tmp_path, monkeypatch) -> tuple[keras.Model, str, bytes]:
     path = tmp_path / "src.h5"
     write_legacy_h5(reference, path)
     data = path.read_bytes()
-    monkeypatch.setitem(weights.OFFICIAL_MD5, "resnet50", ("0" * 32, hashlib.md5(data).hexdigest()))
+    entry = registry.REGISTRY["resnet50"]
+    patched = dataclasses.replace(entry.weights_file, md5_notop=hashlib.md5(data).hexdigest())
+    monkeypatch.setitem(registry.REGISTRY, "resnet50", dataclasses.replace(entry, weights_file=patched))
     name, _, _ = weights.official_file("resnet50", include_top=False)
     return reference, name, data
 

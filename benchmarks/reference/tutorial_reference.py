@@ -20,7 +20,7 @@ import resource
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 BACKBONES = {"resnet50": tf.keras.applications.ResNet50, "mobilenet_v2": tf.keras.applications.MobileNetV2}
 
@@ -41,9 +41,11 @@ def main() -> None:
 
     # Steps 1-2: the 80/20 split with seed 123.
     train_ds = tf.keras.utils.image_dataset_from_directory(
-        args.data, validation_split=0.2, subset="training", seed=123, image_size=size, batch_size=args.batch_size)
+        args.data, validation_split=0.2, subset="training", seed=123, image_size=size, batch_size=args.batch_size
+    )
     val_ds = tf.keras.utils.image_dataset_from_directory(
-        args.data, validation_split=0.2, subset="validation", seed=123, image_size=size, batch_size=args.batch_size)
+        args.data, validation_split=0.2, subset="validation", seed=123, image_size=size, batch_size=args.batch_size
+    )
     class_names = train_ds.class_names
     if args.split_csv:
         write_split(args.data, train_ds.file_paths, val_ds.file_paths, args.split_csv)
@@ -53,23 +55,32 @@ def main() -> None:
     base = BACKBONES[args.backbone](include_top=False, input_shape=(*size, 3), pooling="avg", weights=weights)
     for layer in base.layers:
         layer.trainable = False
-    model = tf.keras.Sequential([
-        base,
-        tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(512, activation="relu"),
-        tf.keras.layers.Dense(len(class_names), activation="softmax"),
-    ])
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = tf.keras.Sequential(
+        [
+            base,
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(512, activation="relu"),
+            tf.keras.layers.Dense(len(class_names), activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(learning_rate=1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
 
     # Step 4: train, validating every epoch.
     t_fit = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=2)
     fit_s = time.perf_counter() - t_fit
     result = {
-        "backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
-        "epochs": args.epochs, "val_accuracy": float(history.history["val_accuracy"][-1]),
-        "fit_seconds": round(fit_s, 2), "wall_seconds": round(time.perf_counter() - t0, 2),
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "fit_seconds": round(fit_s, 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result))

@@ -1,8 +1,9 @@
 """floranet: train, evaluate and serve ResNet image classifiers.
 
-Submodules load on first use, so ``import floranet`` (and ``floranet --help``)
-stays fast; ``floranet.models``, ``floranet.train`` and ``floranet.load`` import
-Keras and TensorFlow when touched.
+Packages, in the order data flows through them: ``data`` → ``models`` → ``inference`` → ``training`` →
+``evaluation`` → ``serving`` / ``export`` → ``workflows`` → ``cli``; beside them ``config``, ``errors``,
+``rundir`` and ``utils``. Submodules load on first use, so ``import floranet`` (and ``floranet --help``)
+stays fast; ``floranet.train`` and ``floranet.load`` import Keras and TensorFlow when touched.
 """
 
 from __future__ import annotations
@@ -12,8 +13,21 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"config", "data", "demo", "download", "errors", "evaluate", "gradcam", "io", "metrics", "models",
-               "plots", "predict", "report", "training", "workflow"}
+_SUBMODULES = {
+    "cli",
+    "config",
+    "data",
+    "errors",
+    "evaluation",
+    "export",
+    "inference",
+    "models",
+    "rundir",
+    "serving",
+    "training",
+    "utils",
+    "workflows",
+}
 
 __all__ = ["__version__", "load", "train", *sorted(_SUBMODULES)]
 
@@ -22,11 +36,11 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"floranet.{name}")
     if name == "train":
-        from floranet.training import train
+        from floranet.workflows import train
 
         return train
     if name == "load":
-        from floranet.predict import load
+        from floranet.inference import load
 
         return load
     raise AttributeError(f"module 'floranet' has no attribute {name!r}")

@@ -3,6 +3,9 @@
 Every error a user can cause derives from :class:`FloranetError`, so callers
 (the CLI above all) can catch one type and print a clean one-line message.
 Messages follow Keras's template: name the argument and echo the value.
+Where callers must tell errors of one type apart (the server maps a bad image
+to an HTTP status), the error carries its ``kind`` as a field; nothing parses
+a message.
 """
 
 from __future__ import annotations
@@ -30,3 +33,17 @@ class WeightsError(FloranetError):
 
 class ModelError(FloranetError):
     """A model or run directory cannot be built, loaded or used."""
+
+
+class MissingDependencyError(FloranetError, ImportError):
+    """An optional package is not installed; the message names the extra to install.
+
+    Attributes:
+        package: The pip distribution that is missing, e.g. ``"onnxruntime"``.
+        extra: The floranet extra that brings it, e.g. ``"export"``.
+    """
+
+    def __init__(self, message: str, *, package: str, extra: str) -> None:
+        super().__init__(message)
+        self.package = package
+        self.extra = extra

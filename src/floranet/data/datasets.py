@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from floranet import download as download_lib
 from floranet.errors import ConfigError, DatasetError
+from floranet.utils import download as download_lib
 
 MARKER = ".floranet-complete"
 MINI_FLOWERS = "mini_flowers"
@@ -139,9 +139,7 @@ def fetch(
         return mini_flowers_path()
     spec = DATASETS.get(name)
     if spec is None:
-        raise ConfigError(
-            f"Unknown dataset: {name!r}. Valid names: {', '.join(names())}. Received: name={name!r}"
-        )
+        raise ConfigError(f"Unknown dataset: {name!r}. Valid names: {', '.join(names())}. Received: name={name!r}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else download_lib.cache_dir("datasets")
     target = root / spec.archive_root
     if _is_complete(target, spec):
@@ -154,7 +152,11 @@ def fetch(
         "or pass --data DIR with a folder-per-class image set."
     )
     archive = download_lib.download(
-        source, archive, file_hash=spec.sha256, timeout=timeout, progress=progress,
+        source,
+        archive,
+        file_hash=spec.sha256,
+        timeout=timeout,
+        progress=progress,
         manual_hint=f"If this machine is offline, {by_hand}",
     )
     hint = f"Run the command again to download it afresh, or {by_hand}"

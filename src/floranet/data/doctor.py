@@ -9,53 +9,25 @@ a bad file, only on a bad ``data_dir``, and it never changes the data.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import os
 import statistics
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+from floranet.config import DEFAULT_MAX_PIXELS
 from floranet.data import images
-from floranet.data.images import DEFAULT_MAX_PIXELS
+from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
 from floranet.errors import ConfigError, DatasetError
+from floranet.utils.files import write_json
+from floranet.utils.text import printable
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"})
-_SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+__all__ = ["IMAGE_EXTENSIONS", "DoctorReport", "FileFinding", "diagnose", "find_leaks"]
+
 _USABLE = ("ok", "note")
-
-
-@dataclass(frozen=True)
-class FileFinding:
-    """The verdict on one file (or skipped folder).
-
-    Attributes:
-        path: POSIX path relative to ``data_dir``; undecodable bytes of the
-            name are kept as surrogate escapes (``os.fsdecode``), so
-            ``os.path.join(data_dir, path)`` opens the file.
-        label: Class folder name; None for ignored entries.
-        status: ``"ok"``, ``"note"``, ``"bad"`` or ``"ignored"``.
-        reason: ``""`` when ok, otherwise a sentence (notes joined by ``"; "``).
-        sha256: Hex digest of the bytes, for every file that could be read.
-        width: Upright width, for usable images.
-        height: Upright height, for usable images.
-        tf_decodable: TensorFlow decodes it to the same pixels (fast path).
-    """
-
-    path: str
-    label: str | None
-    status: str
-    reason: str
-    sha256: str | None = None
-    width: int | None = None
-    height: int | None = None
-    tf_decodable: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,14 +76,32 @@ class DoctorReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (undecodable name bytes shown as ``\\xNN``)."""
-        files = [{"path": f.path, "label": f.label, "status": f.status, "reason": f.reason, "sha256": f.sha256,
-                  "width": f.width, "height": f.height} for f in self.files]
-        return _json_safe({"data_dir": self.data_dir, "classes": dict(self.classes), "files": files,
-                           "duplicates": [list(g) for g in self.duplicates], "summary": self.summary(),
-                           "usable": self.usable, "reason": self.reason})
+        files = [
+            {
+                "path": f.path,
+                "label": f.label,
+                "status": f.status,
+                "reason": f.reason,
+                "sha256": f.sha256,
+                "width": f.width,
+                "height": f.height,
+            }
+            for f in self.files
+        ]
+        return _json_safe(
+            {
+                "data_dir": self.data_dir,
+                "classes": dict(self.classes),
+                "files": files,
+                "duplicates": [list(g) for g in self.duplicates],
+                "summary": self.summary(),
+                "usable": self.usable,
+                "reason": self.reason,
+            }
+        )
 
     def write_json(self, path: str | os.PathLike) -> None:
-        """Writes :meth:`to_dict` as JSON, atomically (temp file + ``os.replace``).
+        """Writes :meth:`to_dict` as JSON, atomically.
 
         Raises:
             ConfigError: The folder of ``path`` does not exist.
@@ -119,56 +109,60 @@ class DoctorReport:
         target = os.path.abspath(os.fspath(path))
         folder = os.path.dirname(target)
         if not os.path.isdir(folder):
-            raise ConfigError(f"Cannot write the doctor report: folder {folder!r} does not exist. "
-                              f"Received: path={os.fspath(path)!r}")
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            raise ConfigError(
+                f"Cannot write the doctor report: folder {folder!r} does not exist. Received: path={os.fspath(path)!r}"
+            )
+        write_json(target, self.to_dict())
 
     def format_text(self, *, max_rows: int = 50) -> str:
         """A terminal report: bad files, then notes, then classes and summary."""
         s = self.summary()
-        problems = ([f for f in self.files if f.status == "bad"] + [f for f in self.files if f.status == "note"])
-        lines = [f"Dataset doctor: {_printable(self.data_dir)}", ""]
+        problems = [f for f in self.files if f.status == "bad"] + [f for f in self.files if f.status == "note"]
+        lines = [f"Dataset doctor: {printable(self.data_dir)}", ""]
         if problems:
             lines.append(f"Problems ({s['num_bad']} bad, {s['num_notes']} with notes):")
-            width = min(48, max(len(_printable(f.path)) for f in problems[:max_rows]))
+            width = min(48, max(len(printable(f.path)) for f in problems[:max_rows]))
             for f in problems[:max_rows]:
-                lines.append(f"  {f.status.upper():<5} {_printable(f.path):<{width}}  {_printable(f.reason)}")
+                lines.append(f"  {f.status.upper():<5} {printable(f.path):<{width}}  {printable(f.reason)}")
             if len(problems) > max_rows:
                 lines.append(f"  ... and {len(problems) - max_rows} more (write the full list with --json FILE)")
             lines.append("")
         lines.append("Classes (usable images):")
-        name_w = max([len(_printable(c)) for c in self.classes] + [5])
+        name_w = max([len(printable(c)) for c in self.classes] + [5])
         for c, n in self.classes.items():
-            lines.append(f"  {_printable(c):<{name_w}}  {n:>6}{'  (empty)' if n == 0 else ''}")
+            lines.append(f"  {printable(c):<{name_w}}  {n:>6}{'  (empty)' if n == 0 else ''}")
         if not self.classes:
             lines.append("  (no class folders)")
-        lines += ["", "Summary:",
-                  f"  files               {s['num_files']}: {s['num_usable']} usable ({s['num_notes']} with notes), "
-                  f"{s['num_bad']} bad, {s['num_ignored']} ignored",
-                  f"  fast tf decoding    {s['num_tf_decodable']} of {s['num_usable']} usable images"]
+        lines += [
+            "",
+            "Summary:",
+            f"  files               {s['num_files']}: {s['num_usable']} usable ({s['num_notes']} with notes), "
+            f"{s['num_bad']} bad, {s['num_ignored']} ignored",
+            f"  fast tf decoding    {s['num_tf_decodable']} of {s['num_usable']} usable images",
+        ]
         if s["imbalance_ratio"] is not None:
             lines.append(f"  class imbalance     {s['imbalance_ratio']:g} (largest / smallest non-empty class)")
         if s["width"]["min"] is not None:
             w, h = s["width"], s["height"]
-            lines.append(f"  image size          width {w['min']}..{w['max']} (median {w['median']:g}), "
-                         f"height {h['min']}..{h['max']} (median {h['median']:g})")
-        lines.append(f"  duplicates          {s['duplicates_within_class']} within a class, "
-                     f"{s['label_conflicts']} files in label conflicts")
-        lines += ["", "Verdict: usable" if self.usable else f"Verdict: NOT usable: {_printable(self.reason)}"]
+            lines.append(
+                f"  image size          width {w['min']}..{w['max']} (median {w['median']:g}), "
+                f"height {h['min']}..{h['max']} (median {h['median']:g})"
+            )
+        lines.append(
+            f"  duplicates          {s['duplicates_within_class']} within a class, "
+            f"{s['label_conflicts']} files in label conflicts"
+        )
+        lines += ["", "Verdict: usable" if self.usable else f"Verdict: NOT usable: {printable(self.reason)}"]
         return "\n".join(lines)
 
 
-def diagnose(data_dir: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int | None = None,
-             progress: bool = False) -> DoctorReport:
+def diagnose(
+    data_dir: str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    progress: bool = False,
+) -> DoctorReport:
     """Checks a folder-per-class image set.
 
     Args:
@@ -192,19 +186,21 @@ def diagnose(data_dir: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXEL
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0:
         raise ConfigError(f"workers must be a positive int or None. Received: workers={workers!r}")
     if not os.path.exists(root):
-        raise DatasetError(f"data_dir does not exist. Received: data_dir={_printable(root)!r}")
+        raise DatasetError(f"data_dir does not exist. Received: data_dir={printable(root)!r}")
     if not os.path.isdir(root):
-        raise DatasetError(f"data_dir must be a folder of class sub-folders, not a file. "
-                           f"Received: data_dir={_printable(root)!r}")
+        raise DatasetError(
+            f"data_dir must be a folder of class sub-folders, not a file. Received: data_dir={printable(root)!r}"
+        )
 
-    scan = _Scan(root)
+    scan = Scan(root)
     checked = _check_all(scan.candidates, max_pixels, workers, progress)
     files, duplicates = _mark_duplicates(sorted(scan.findings + checked, key=lambda f: f.path))
     counts = Counter(f.label for f in files if f.status in _USABLE)
     classes = {c: counts.get(c, 0) for c in sorted(scan.classes)}
     reason = _unusable_reason(root, classes)
-    return DoctorReport(data_dir=root, classes=classes, files=tuple(files), duplicates=duplicates,
-                        usable=not reason, reason=reason)
+    return DoctorReport(
+        data_dir=root, classes=classes, files=tuple(files), duplicates=duplicates, usable=not reason, reason=reason
+    )
 
 
 def find_leaks(report: DoctorReport, split_of: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -227,133 +223,17 @@ def find_leaks(report: DoctorReport, split_of: Mapping[str, str]) -> list[tuple[
         if subset is None or f.sha256 is None:
             continue
         if subset not in ("train", "validation"):
-            raise ConfigError(f"split_of values must be 'train' or 'validation'. "
-                              f"Received: split_of[{f.path!r}]={subset!r}")
+            raise ConfigError(
+                f"split_of values must be 'train' or 'validation'. Received: split_of[{f.path!r}]={subset!r}"
+            )
         by_hash[f.sha256][subset].append(f.path)
     return sorted((t, v) for g in by_hash.values() for t in g["train"] for v in g["validation"])
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    path: str
-    abs_path: str
-    label: str
-
-
-class _Scan:
-    """Walks ``root`` once: class names, files to decode, entries decided without decoding."""
-
-    def __init__(self, root: str) -> None:
-        self.classes: list[str] = []
-        self.candidates: list[_Candidate] = []
-        self.findings: list[FileFinding] = []
-        try:
-            entries = sorted(os.scandir(root), key=lambda e: e.name)
-            root_key = _key(os.stat(root))
-        except OSError as e:
-            raise DatasetError(f"data_dir cannot be read ({e.strerror or e}). "
-                               f"Received: data_dir={_printable(root)!r}") from None
-        # Every class folder is registered first, so a symlink from one class
-        # into another is reported instead of stealing the other's images.
-        self.visited = {root_key}
-        class_dirs = []
-        for e in entries:
-            hidden = _hidden_reason(e)
-            if hidden:
-                self._ignore(e.name, hidden)
-            elif e.is_dir():
-                key = _key(e.stat())
-                if key in self.visited:
-                    self._ignore(e.name, "symlink loop" if key == root_key else "symlink to a folder already scanned")
-                else:
-                    self.visited.add(key)
-                    class_dirs.append((e, key))
-            else:
-                self._ignore(e.name, "not inside a class folder")
-        for e, key in class_dirs:
-            self.classes.append(e.name)
-            self._walk(e.name, e.path, frozenset({root_key, key}))
-
-    def _ignore(self, path: str, reason: str) -> None:
-        self.findings.append(FileFinding(path, None, "ignored", reason))
-
-    def _walk(self, label: str, top: str, ancestors: frozenset) -> None:
-        stack = [(top, label, ancestors)]
-        while stack:
-            folder, rel, anc = stack.pop()
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError as e:
-                self.findings.append(FileFinding(rel, label, "bad", f"unreadable folder: {_os_reason(e)}"))
-                continue
-            for e in entries:
-                path = f"{rel}/{e.name}"
-                hidden = _hidden_reason(e)
-                if hidden:
-                    self._ignore(path, hidden)
-                    continue
-                try:
-                    st = e.stat()  # follows symlinks
-                except FileNotFoundError:
-                    self.findings.append(FileFinding(path, label, "bad", "broken symlink"))
-                    continue
-                except OSError as err:
-                    looped = err.errno == errno.ELOOP
-                    self._ignore(path, "symlink loop" if looped else f"cannot be examined: {_os_reason(err)}")
-                    continue
-                if e.is_dir():
-                    key = _key(st)
-                    if key in anc:
-                        self._ignore(path, "symlink loop")
-                    elif key in self.visited:
-                        self._ignore(path, "symlink to a folder already scanned")
-                    else:
-                        self.visited.add(key)
-                        stack.append((e.path, path, anc | {key}))
-                elif not e.is_file():
-                    self._ignore(path, "not a regular file")
-                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                    self.candidates.append(_Candidate(path, e.path, label))
-                else:
-                    self._ignore(path, _non_image_reason(e.path, e.name))
-
-
-def _key(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
-def _hidden_reason(entry: os.DirEntry) -> str:
-    name = entry.name
-    if not name.startswith(".") and name.lower() not in _SYSTEM_NAMES:
-        return ""
-    try:
-        is_dir = entry.is_dir()
-    except OSError:
-        is_dir = False
-    kind = "hidden" if name.startswith(".") else "system"
-    return f"{kind} folder (not scanned)" if is_dir else f"{kind} file"
-
-
-def _non_image_reason(path: str, name: str) -> str:
-    ext = os.path.splitext(name)[1] or "(none)"
-    try:
-        with open(path, "rb") as f:
-            fmt = images.sniff_format(f.read(32))
-    except OSError:
-        fmt = None
-    if fmt is None:
-        return f"not an image file extension ({ext})"
-    return f"not an image file extension ({ext}), although the content looks like {fmt}: rename it to use it"
-
-
-def _os_reason(e: OSError) -> str:
-    return "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e))
-
-
-def _check_all(candidates: list[_Candidate], max_pixels: int, workers: int, progress: bool) -> list[FileFinding]:
+def _check_all(candidates: list[Candidate], max_pixels: int, workers: int, progress: bool) -> list[FileFinding]:
     from tqdm.auto import tqdm
 
-    def check(c: _Candidate) -> FileFinding:
+    def check(c: Candidate) -> FileFinding:
         return _check(c, max_pixels)
 
     bar = tqdm(total=len(candidates), desc="Checking images", unit="img", disable=not progress)
@@ -376,7 +256,7 @@ def _tick(results: Iterable[FileFinding], bar: Any) -> list[FileFinding]:
     return out
 
 
-def _check(c: _Candidate, max_pixels: int) -> FileFinding:
+def _check(c: Candidate, max_pixels: int) -> FileFinding:
     try:
         data = images.read_image_file(c.abs_path, name=c.path)
     except images.UnusableImageError as e:
@@ -388,8 +268,16 @@ def _check(c: _Candidate, max_pixels: int) -> FileFinding:
         return FileFinding(c.path, c.label, "bad", e.reason, sha)
     except Exception as e:  # noqa: BLE001 - the doctor reports bad files, it never raises on one
         return FileFinding(c.path, c.label, "bad", f"cannot be decoded ({type(e).__name__}: {e})", sha)
-    return FileFinding(c.path, c.label, "note" if info.notes else "ok", "; ".join(info.notes), sha,
-                       info.width, info.height, info.tf_decodable)
+    return FileFinding(
+        c.path,
+        c.label,
+        "note" if info.notes else "ok",
+        "; ".join(info.notes),
+        sha,
+        info.width,
+        info.height,
+        info.tf_decodable,
+    )
 
 
 def _mark_duplicates(files: list[FileFinding]) -> tuple[list[FileFinding], tuple[tuple[str, ...], ...]]:
@@ -407,8 +295,12 @@ def _mark_duplicates(files: list[FileFinding]) -> tuple[list[FileFinding], tuple
         if len({files[i].label for i in members}) > 1:
             for i in members:
                 others = [files[j].path for j in members if files[j].label != files[i].label]
-                files[i] = replace(files[i], status="bad", tf_decodable=False,
-                                   reason=f"label conflict: identical to {', '.join(others)}")
+                files[i] = replace(
+                    files[i],
+                    status="bad",
+                    tf_decodable=False,
+                    reason=f"label conflict: identical to {', '.join(others)}",
+                )
         else:
             for i in members[1:]:
                 note = f"duplicate of {first.path}"
@@ -421,27 +313,24 @@ def _unusable_reason(root: str, classes: dict[str, int]) -> str:
     if len(filled) >= 2:
         return ""
     if not classes:
-        return (f"no class folders in {_printable(root)!r}: a dataset needs at least 2 class folders "
-                "(one sub-folder of images per class)")
+        return (
+            f"no class folders in {printable(root)!r}: a dataset needs at least 2 class folders "
+            "(one sub-folder of images per class)"
+        )
     if len(filled) == 1:
-        return (f"only 1 class with usable images ({_printable(filled[0])!r}): nothing to classify; "
-                "a dataset needs at least 2 class folders")
-    return (f"no class has usable images ({len(classes)} class folder(s), 0 usable images): "
-            "a dataset needs at least 2 class folders with images")
-
-
-def _printable(text: str) -> str:
-    """Undecodable file-name bytes (surrogate escapes) as ``\\xNN``, so JSON and terminals accept them."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate that no file name produced
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        return (
+            f"only 1 class with usable images ({printable(filled[0])!r}): nothing to classify; "
+            "a dataset needs at least 2 class folders"
+        )
+    return (
+        f"no class has usable images ({len(classes)} class folder(s), 0 usable images): "
+        "a dataset needs at least 2 class folders with images"
+    )
 
 
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, str):
-        return _printable(obj)
+        return printable(obj)
     if isinstance(obj, dict):
         return {_json_safe(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

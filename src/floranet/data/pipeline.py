@@ -22,15 +22,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from floranet.data.images import DEFAULT_MAX_PIXELS, load_image
+from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
+from floranet.data.augment import Augment
+from floranet.data.decode import check_image_size, decoders, encode_paths, resolve_flags
 from floranet.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
@@ -41,163 +40,12 @@ log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 ON_ERROR = ("skip", "raise")
 SUBSETS = ("train", "validation", "all")
-_TF_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _MAX_LISTED = 10
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Random augmentation of training batches (Keras preprocessing layers).
-
-    Applied in the tf.data pipeline, never inside the model, so exported
-    models contain no random layers. Pixel values stay in 0..255.
-
-    Attributes:
-        flip: Random horizontal flips.
-        rotation: Max rotation as a fraction of a full turn (0 disables).
-        zoom: Max zoom in/out as a fraction of the size (0 disables).
-        contrast: Max contrast change factor (0 disables).
-    """
-
-    flip: bool = True
-    rotation: float = 0.1
-    zoom: float = 0.1
-    contrast: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.flip, bool):
-            raise ConfigError(f"flip must be a bool. Received: flip={self.flip!r}")
-        for name in ("rotation", "zoom", "contrast"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be a number in [0, 1). Received: {name}={value!r}")
-
-    def layers(self, seed: int) -> list[keras.layers.Layer]:
-        """Builds the seeded Keras layers (fresh state: same seed, same sequence)."""
-        kw: dict[str, Any] = {"dtype": "float32"}  # ignore any global mixed-precision policy
-        geo = {**kw, "data_format": "channels_last"}  # ignore keras.json's image_data_format
-        out: list[keras.layers.Layer] = []
-        if self.flip:
-            out.append(keras.layers.RandomFlip("horizontal", seed=seed, **geo))
-        if self.rotation:
-            out.append(keras.layers.RandomRotation(self.rotation, seed=seed + 1, **geo))
-        if self.zoom:
-            out.append(keras.layers.RandomZoom(self.zoom, seed=seed + 2, **geo))
-        if self.contrast:
-            out.append(keras.layers.RandomContrast(self.contrast, value_range=(0, 255), seed=seed + 3, **kw))
-        return out
-
-
-def _check_image_size(image_size: Any) -> tuple[int, int]:
-    ok = (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in image_size)
-    )
-    if not ok:
-        raise ConfigError(f"image_size must be (height, width) of positive ints. Received: image_size={image_size!r}")
-    return int(image_size[0]), int(image_size[1])
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"{name} must be a positive int. Received: {name}={value!r}")
-    return int(value)
-
-
-def _guess_tf_decodable(path: bytes) -> bool:
-    """Cheap per-file guess when the doctor's ``tf_decodable`` is unknown.
-
-    Extension first (.jpg/.jpeg/.png), then Pillow's lazy header read (no
-    pixel decode) to route EXIF-rotated, CMYK, alpha, palette and 16-bit files
-    to Pillow, which tf would silently decode differently.
-    """
-    if not path.lower().endswith(tuple(e.encode() for e in _TF_EXTENSIONS)):
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-            f.seek(0)
-            with Image.open(f) as im:
-                if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
-                    return False
-                if im.format == "PNG":
-                    return head[24] == 8  # IHDR bit depth: Pillow reports 16-bit RGB as "RGB"
-                return im.getexif().get(0x0112, 1) == 1
-    except Exception:
-        return True  # unreadable header: let tf try, then Pillow, then skip/raise
-
-
-def _header_pixels(contents: tf.Tensor) -> tf.Tensor:
-    """Pixel count from the header, so huge images never reach the tf decoder."""
-
-    def be32(pos: int) -> tf.Tensor:
-        b = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, pos, 4), tf.uint8), tf.int64)
-        return ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
-
-    def png() -> tf.Tensor:
-        return be32(16) * be32(20)
-
-    def jpeg() -> tf.Tensor:
-        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)
-        return shape[0] * shape[1]
-
-    magic = tf.strings.substr(contents, 0, 4)
-    is_png = tf.equal(magic, b"\x89PNG")
-    is_jpeg = tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8")
-    # Other formats are routed to tf only when the doctor said so; their size
-    # is capped by the doctor's own max_pixels check.
-    return tf.case([(is_png, png), (is_jpeg, jpeg)], default=lambda: tf.constant(0, tf.int64))
-
-
-def _pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
-    if isinstance(path, np.ndarray):  # eager numpy_function passes a 0-d array, tf.data passes bytes
-        path = path.item()
-    try:
-        image = load_image(os.fsdecode(path), max_pixels=int(max_pixels))
-        return np.ascontiguousarray(image, dtype=np.uint8), True
-    except Exception as e:  # noqa: BLE001 - any failure means "unusable file"
-        log.debug("Pillow cannot decode %r: %s", os.fsdecode(path), e)
-        return np.zeros((1, 1, 3), np.uint8), False
-
-
-def _decoders(image_size: tuple[int, int], max_pixels: int) -> tuple[Any, Any]:
-    """Returns ``(tf_decode, pillow)``: ``fn(path) -> (float32 image at image_size, ok)`` each."""
-
-    def resize(image: tf.Tensor) -> tf.Tensor:
-        # Same as keras.utils.image_dataset_from_directory: bilinear, no antialias, no crop.
-        out = tf.image.resize(image, image_size, method="bilinear", antialias=False)
-        out.set_shape((*image_size, 3))
-        return tf.cast(out, tf.float32)
-
-    def tf_decode(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        contents = tf.io.read_file(path)
-        small = tf.debugging.assert_less_equal(_header_pixels(contents), tf.constant(max_pixels, tf.int64))
-        with tf.control_dependencies([small]):
-            # JPEG with the accurate integer IDCT: bit-identical to Pillow (libjpeg-turbo
-            # islow), so both paths agree; decode_image's default fast IDCT is off by up
-            # to ~20 levels at edges, for ~10% more speed.
-            image = tf.cond(
-                tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"),
-                lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
-                lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
-            )
-        return resize(image), tf.constant(True)
-
-    def pillow(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, ok = tf.numpy_function(
-            _pillow_decode, [path, tf.constant(max_pixels, tf.int64)], [tf.uint8, tf.bool], stateful=False
-        )
-        image.set_shape((None, None, 3))
-        ok.set_shape(())
-        return resize(image), ok
-
-    return tf_decode, pillow
 
 
 def _decode_stage(image_size: tuple[int, int], max_pixels: int) -> Any:
     """Returns ``fn(path, use_tf) -> Dataset`` of exactly one ``(image, ok)``."""
-    tf_decode, pillow = _decoders(image_size, max_pixels)
+    tf_decode, pillow = decoders(image_size, max_pixels)
 
     def stage(path: tf.Tensor, use_tf: tf.Tensor) -> tf.data.Dataset:
         first = (
@@ -212,25 +60,16 @@ def _decode_stage(image_size: tuple[int, int], max_pixels: int) -> Any:
     return stage
 
 
-def _resolve_flags(paths: list[bytes], tf_decodable: Sequence[bool | None] | None) -> list[bool]:
-    if tf_decodable is None:
-        return [_guess_tf_decodable(p) for p in paths]
-    if len(tf_decodable) != len(paths):
-        raise ConfigError(
-            f"tf_decodable must have one entry per path ({len(paths)}). Received: len(tf_decodable)={len(tf_decodable)}"
-        )
-    return [_guess_tf_decodable(p) if flag is None else bool(flag) for p, flag in zip(paths, tf_decodable)]
-
-
-def _encode_paths(paths: Sequence[str | bytes | os.PathLike[str]]) -> list[bytes]:
-    if isinstance(paths, (str, bytes)):
-        raise ConfigError(f"paths must be a sequence of paths, not one path. Received: paths={paths!r}")
-    # fsencode keeps surrogate-escaped (non-UTF-8) names byte-exact.
-    return [os.fsencode(p) for p in paths]
-
-
-def _decoded(paths: list[bytes], flags: list[bool], image_size: tuple[int, int], max_pixels: int,
-             extra: tuple[Any, ...] = (), *, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+def _decoded(
+    paths: list[bytes],
+    flags: list[bool],
+    image_size: tuple[int, int],
+    max_pixels: int,
+    extra: tuple[Any, ...] = (),
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
     """Dataset of ``(image, ok, path, *extra)`` per file, in order (or seeded shuffle)."""
     ds = tf.data.Dataset.from_tensor_slices((paths, flags, *extra))
     if shuffle:
@@ -288,14 +127,14 @@ def make_dataset(
         ConfigError: An argument is invalid.
         DatasetError: No paths, or (``on_error="raise"``) unreadable files.
     """
-    size = _check_image_size(image_size)
-    batch = _check_positive_int("batch_size", batch_size)
-    max_px = _check_positive_int("max_pixels", max_pixels)
+    size = check_image_size(image_size)
+    batch = check_positive_int("batch_size", batch_size)
+    max_px = check_positive_int("max_pixels", max_pixels)
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}. Received: on_error={on_error!r}")
     if augment is not None and not isinstance(augment, Augment):
         raise ConfigError(f"augment must be an Augment or None. Received: augment={augment!r}")
-    encoded = _encode_paths(paths)
+    encoded = encode_paths(paths)
     if not encoded:
         raise DatasetError("make_dataset got no image paths")
     extra: tuple[Any, ...] = ()
@@ -307,7 +146,7 @@ def make_dataset(
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in labels):
             raise ConfigError(f"labels must be non-negative ints. Received: labels={list(labels)[:_MAX_LISTED]}...")
         extra = (np.asarray(labels, dtype=np.int32),)
-    flags = _resolve_flags(encoded, tf_decodable)
+    flags = resolve_flags(encoded, tf_decodable)
 
     if on_error == "raise":
         _verify_all(encoded, flags, size, max_px)
@@ -317,8 +156,11 @@ def make_dataset(
 
     ds = _decoded(encoded, flags, size, max_px, extra, shuffle=shuffle, seed=seed)
     ds = ds.filter(check)
-    ds = ds.map(lambda image, ok, path, *rest: (image, *rest) if rest else image,
-                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda image, ok, path, *rest: (image, *rest) if rest else image,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     ds = ds.batch(batch, num_parallel_calls=AUTOTUNE, deterministic=True)
     if augment is not None:
         layers = augment.layers(seed)
@@ -367,55 +209,13 @@ def _verify_all(paths: list[bytes], flags: list[bool], image_size: tuple[int, in
     """One parallel decode pass; DatasetError listing the files that fail."""
     oks = _decoded(paths, flags, (1, 1), max_pixels).map(lambda image, ok, path: ok).batch(1024)
     status = np.concatenate([b.numpy() for b in oks])
-    bad = [os.fsdecode(p) for p, ok in zip(paths, status) if not ok]
+    bad = [os.fsdecode(p) for p, ok in zip(paths, status, strict=True) if not ok]
     if bad:
         more = f" and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise DatasetError(
             f"{len(bad)} image file(s) cannot be decoded: {', '.join(map(repr, bad[:_MAX_LISTED]))}{more}. "
             "Run `floranet doctor` on the folder, or use on_error='skip'."
         )
-
-
-def decode_and_resize(
-    path: str | os.PathLike[str],
-    image_size: tuple[int, int],
-    *,
-    tf_decodable: bool | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> np.ndarray:
-    """Decodes and resizes one image exactly as :func:`make_dataset` does.
-
-    Args:
-        path: The image file.
-        image_size: ``(height, width)``.
-        tf_decodable: As in :func:`make_dataset`; None guesses.
-        max_pixels: Larger images are unusable.
-
-    Returns:
-        float32 array ``(height, width, 3)`` in 0..255, RGB.
-
-    Raises:
-        DatasetError: The file is missing or cannot be decoded.
-    """
-    size = _check_image_size(image_size)
-    max_px = _check_positive_int("max_pixels", max_pixels)
-    encoded = _encode_paths([path])
-    flags = _resolve_flags(encoded, [tf_decodable])
-    # The dataset's own decoders, run eagerly: a one-file tf.data pipeline costs ~0.5 s to build.
-    tf_decode, pillow = _decoders(size, max_px)
-    path_t = tf.constant(encoded[0])
-    ok = tf.constant(False)
-    if flags[0]:
-        try:
-            image, ok = tf_decode(path_t)
-        except tf.errors.OpError:  # as in the dataset: any tf failure gives Pillow its turn
-            pass
-    if not bool(ok):
-        image, ok = pillow(path_t)
-    if not bool(ok):
-        load_image(os.fsdecode(encoded[0]), max_pixels=max_px)  # raises DatasetError with the reason
-        raise DatasetError(f"Cannot decode image file {os.fsdecode(encoded[0])!r}")
-    return image.numpy()
 
 
 def dataset_from_split(

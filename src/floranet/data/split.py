@@ -106,7 +106,7 @@ class Split:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Returns ``{label: {"train": n, "validation": m}}`` for every class."""
-        out = {name: {s: 0 for s in SPLITS} for name in self.class_names}
+        out = {name: dict.fromkeys(SPLITS, 0) for name in self.class_names}
         for row in self.rows:
             out[row.label][row.split] += 1
         return out
@@ -205,7 +205,7 @@ def _read_rows(src: Path, f: Any, class_names: Sequence[str] | None) -> list[Spl
         if sha and not _SHA256.fullmatch(sha):
             raise bad(f"sha256 must be 64 lowercase hex digits or empty. Received: sha256={sha!r}")
         seen[p] = line
-        rows.append(SplitRow(path=p, label=label, split=split, sha256=sha))
+        rows.append(SplitRow(path=p, label=label, split=split, sha256=sha or ""))
     return rows
 
 
@@ -252,7 +252,7 @@ def make_split(
     """
     v = _check_val_split(val_split)
     ordered = sorted(((str(p), str(lab), str(sha or "")) for p, lab, sha in items), key=lambda t: t[0])
-    dup_paths = sorted({p for (p, _, _), (q, _, _) in zip(ordered, ordered[1:]) if p == q})
+    dup_paths = sorted({p for (p, _, _), (q, _, _) in zip(ordered, ordered[1:], strict=False) if p == q})
     if dup_paths:
         raise DatasetError(f"make_split got duplicate paths: {dup_paths[:_MAX_LISTED]}")
     if any(not lab for _, lab, _ in ordered):
@@ -278,7 +278,7 @@ def make_split(
     class_units: dict[str, list[int]] = {name: [] for name in names}
     for u, members in enumerate(units):
         class_units[ordered[members[0]][1]].append(u)
-    class_sizes = {name: 0 for name in names}
+    class_sizes = dict.fromkeys(names, 0)
     for _, lab, _ in ordered:
         class_sizes[lab] += 1
 

@@ -41,13 +41,11 @@ from floranet.export.common import (
     INSTALL_HINT,
     LATENCY_IMAGES,
     MODEL_FILES,
-    QUANTIZE,
     SUPPORTED_QUANTIZE,
     WARMUP_CALLS,
 )
+from floranet.export.exporter import ExportResult, export_run
 from floranet.export.loaders import ExportedModel, load_exported
-from floranet.export.run import ExportResult, export_run
-from floranet.export.writers import _WRITERS  # noqa: F401 - tests patch export_run's writer table here
 
 __all__ = [
     "CALIBRATION_IMAGES",
@@ -58,7 +56,6 @@ __all__ = [
     "INSTALL_HINT",
     "LATENCY_IMAGES",
     "MODEL_FILES",
-    "QUANTIZE",
     "SUPPORTED_QUANTIZE",
     "WARMUP_CALLS",
     "ExportResult",

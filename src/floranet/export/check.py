@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ModelError
-from floranet.export.common import CHECK_BATCH, LATENCY_IMAGES, MODEL_FILES, WARMUP_CALLS, _MARKER, _export_name, log
-from floranet.export.loaders import ExportedModel, _traced
-from floranet.export.rundata import _Run
+from floranet.export.common import CHECK_BATCH, LATENCY_IMAGES, MARKER, MODEL_FILES, WARMUP_CALLS, export_name, log
+from floranet.export.loaders import ExportedModel, traced
+from floranet.export.rundata import ExportSource
+from floranet.rundir import RunDir
 
 
 def _batched(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
-    return np.concatenate([fn(pixels[i:i + CHECK_BATCH]) for i in range(0, len(pixels), CHECK_BATCH)])
+    return np.concatenate([fn(pixels[i : i + CHECK_BATCH]) for i in range(0, len(pixels), CHECK_BATCH)])
 
 
 def _latency_ms(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> float:
@@ -25,7 +26,7 @@ def _latency_ms(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> f
         fn(pixels[:1])
     times = []
     for i in range(min(len(pixels), LATENCY_IMAGES)):
-        x = pixels[i:i + 1]
+        x = pixels[i : i + 1]
         start = time.perf_counter()
         fn(x)
         times.append((time.perf_counter() - start) * 1000.0)
@@ -33,7 +34,7 @@ def _latency_ms(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> f
 
 
 @dataclass(frozen=True)
-class _Check:
+class Check:
     agreement: float | None = None
     max_abs_diff: float | None = None
     latency: float | None = None
@@ -41,13 +42,13 @@ class _Check:
     num_images: int = 0
 
 
-def _check(model: Any, exported: ExportedModel, pixels: np.ndarray) -> _Check:
+def check_export(model: Any, exported: ExportedModel, pixels: np.ndarray) -> Check:
     import tensorflow as tf
 
     if not len(pixels):
         log.warning("No validation image could be decoded: the agreement check is skipped.")
-        return _Check()
-    call = _traced(model)
+        return Check()
+    call = traced(model)
 
     def reference(x: np.ndarray) -> np.ndarray:
         return call(tf.constant(x)).numpy()
@@ -55,7 +56,7 @@ def _check(model: Any, exported: ExportedModel, pixels: np.ndarray) -> _Check:
     ref, got = _batched(reference, pixels), _batched(exported, pixels)
     if got.shape != ref.shape:
         raise ModelError(f"The export's output shape {got.shape} differs from model.keras's {ref.shape}.")
-    return _Check(
+    return Check(
         agreement=float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1))),
         max_abs_diff=float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))),
         latency=round(_latency_ms(exported, pixels), 3),
@@ -68,44 +69,59 @@ def _check(model: Any, exported: ExportedModel, pixels: np.ndarray) -> _Check:
 
 
 _USAGE = {
-    "keras": ('import keras\nmodel = keras.saving.load_model("model.keras")\n'
-              'probs = model.predict(pixels)'),
-    "saved_model": ('import tensorflow as tf\nsig = tf.saved_model.load("model").signatures["serving_default"]\n'
-                    'probs = sig({input}=tf.constant(pixels))["{output}"].numpy()'),
-    "onnx": ('import onnxruntime as ort\ns = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])\n'
-             'probs = s.run(None, {{"{input}": pixels}})[0]'),
-    "openvino": ('import openvino as ov\n'
-                 'm = ov.Core().compile_model("model.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})\n'
-                 'probs = m(pixels)[0]\n'
-                 '# Without the hint, CPUs with bf16 support run in bfloat16 (faster, max |dp| ~1e-2).'),
-    "tflite": ('from ai_edge_litert.interpreter import Interpreter  # or tf.lite.Interpreter\n'
-               'it = Interpreter(model_path="model.tflite")\n'
-               'd = it.get_input_details()[0]\n'
-               'it.resize_tensor_input(d["index"], pixels.shape); it.allocate_tensors()\n'
-               'it.set_tensor(d["index"], pixels); it.invoke()\n'
-               'probs = it.get_tensor(it.get_output_details()[0]["index"])'),
+    "keras": (f'import keras\nmodel = keras.saving.load_model("{RunDir.MODEL}")\nprobs = model.predict(pixels)'),
+    "saved_model": (
+        'import tensorflow as tf\nsig = tf.saved_model.load("model").signatures["serving_default"]\n'
+        'probs = sig({input}=tf.constant(pixels))["{output}"].numpy()'
+    ),
+    "onnx": (
+        'import onnxruntime as ort\ns = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])\n'
+        'probs = s.run(None, {{"{input}": pixels}})[0]'
+    ),
+    "openvino": (
+        "import openvino as ov\n"
+        'm = ov.Core().compile_model("model.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})\n'
+        "probs = m(pixels)[0]\n"
+        "# Without the hint, CPUs with bf16 support run in bfloat16 (faster, max |dp| ~1e-2)."
+    ),
+    "tflite": (
+        "from ai_edge_litert.interpreter import Interpreter  # or tf.lite.Interpreter\n"
+        'it = Interpreter(model_path="model.tflite")\n'
+        "d = it.get_input_details()[0]\n"
+        'it.resize_tensor_input(d["index"], pixels.shape); it.allocate_tensors()\n'
+        'it.set_tensor(d["index"], pixels); it.invoke()\n'
+        'probs = it.get_tensor(it.get_output_details()[0]["index"])'
+    ),
 }
 
 _QUANT_NOTE = {
     None: "float32 weights and compute",
     "fp16": "float16 weights (dequantized to float32 for compute on CPU)",
     "int8": "int8 post-training quantization (weights and activations), calibrated on {n} training images; "
-            "float32 input and output",
+    "float32 input and output",
 }
 
 
-def _readme(run: _Run, fmt: str, quantize: str | None, exported: ExportedModel, check: _Check,
-            calibration: int | None, created: str, converter: str) -> str:
+def readme(
+    run: ExportSource,
+    fmt: str,
+    quantize: str | None,
+    exported: ExportedModel,
+    check: Check,
+    calibration: int | None,
+    created: str,
+    converter: str,
+) -> str:
     h, w = run.image_size
     n = len(run.class_names)
     usage = _USAGE[fmt].format(input=exported.input_name, output=exported.output_name)
     lines = [
-        f"{_MARKER}: {_export_name(fmt, quantize)}",
+        f"{MARKER}: {export_name(fmt, quantize)}",
         "",
         f"Model:     {MODEL_FILES[fmt]}{'/ (SavedModel)' if fmt == 'saved_model' else ''}"
         f"{' + model.bin' if fmt == 'openvino' else ''}",
         f"Precision: {_QUANT_NOTE[quantize].format(n=calibration)}",
-        f"Source:    {run.path.resolve() / 'model.keras'}",
+        f"Source:    {run.run.model_file.resolve()}",
         f"Converter: {converter}",
         f"Created:   {created}",
         "",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import logging
 import warnings
@@ -12,45 +11,38 @@ from typing import Any
 
 import numpy as np
 
-from floranet.errors import ModelError
+from floranet.config import EXPORT_FORMATS, QUANTIZE
+from floranet.rundir import RunDir
+from floranet.utils.optional import install_hint
+from floranet.utils.system import package_version
 
 # One logger for the whole package, under the name the single module had.
 log = logging.getLogger("floranet.export")
 
-FORMATS = ("keras", "saved_model", "onnx", "openvino", "tflite")
-QUANTIZE = ("fp16", "int8")
+FORMATS = EXPORT_FORMATS
 # Which quantize modes each format supports.
 SUPPORTED_QUANTIZE: dict[str, tuple[str, ...]] = {"tflite": QUANTIZE, "openvino": QUANTIZE}
-EXPORTS_DIR = "exports"
-EXPORTS_FILE = "exports.json"
+EXPORTS_DIR = RunDir.EXPORTS_DIR
+EXPORTS_FILE = RunDir.EXPORTS
 CALIBRATION_IMAGES = 200
 LATENCY_IMAGES = 50
 WARMUP_CALLS = 3
 CHECK_BATCH = 32
-INSTALL_HINT = "pip install 'floranet[export]'"
-_README = "README.txt"
-_MARKER = "floranet export"
+INSTALL_HINT = install_hint("onnxruntime")
+README_FILE = "README.txt"
+MARKER = "floranet export"
 
 # The model file (or folder) of each format, inside an export folder.
 MODEL_FILES = {
-    "keras": "model.keras",
+    "keras": RunDir.MODEL,
     "saved_model": "model",
     "onnx": "model.onnx",
     "openvino": "model.xml",
     "tflite": "model.tflite",
 }
-# pip distribution of each module imported lazily here.
-_DISTRIBUTIONS = {
-    "tf2onnx": "tf2onnx",
-    "onnx": "onnx",
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "nncf": "nncf",
-    "ai_edge_litert": "ai-edge-litert",
-}
 
 
-def _human_size(n: int) -> str:
+def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -59,41 +51,24 @@ def _human_size(n: int) -> str:
     return f"{n} B"
 
 
-def _require(module: str, purpose: str) -> Any:
-    """Imports an optional runtime, or ModelError naming the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ModelError(f"{purpose} needs the Python package {_DISTRIBUTIONS.get(module, module)!r}, which is not "
-                         f"installed ({e}). Install the export extra: {INSTALL_HINT}") from e
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _versions(fmt: str, quantize: str | None, runtime: str | None) -> dict[str, str]:
-    names = ["keras", "tensorflow-cpu" if _version("tensorflow-cpu") else "tensorflow"]
-    names += {"onnx": ["tf2onnx", "onnx", "onnxruntime"], "openvino": ["openvino"],
-              "tflite": ["ai-edge-litert"]}.get(fmt, [])
+def versions(fmt: str, quantize: str | None, runtime: str | None) -> dict[str, str]:
+    names = ["keras", "tensorflow-cpu" if package_version("tensorflow-cpu") else "tensorflow"]
+    names += {"onnx": ["tf2onnx", "onnx", "onnxruntime"], "openvino": ["openvino"], "tflite": ["ai-edge-litert"]}.get(
+        fmt, []
+    )
     if fmt == "openvino" and quantize == "int8":
         names.append("nncf")
-    out = {n: v for n in names if (v := _version(n))}
+    out = {n: v for n in names if (v := package_version(n))}
     if runtime:
         out["runtime"] = runtime
     return out
 
 
-def _export_name(fmt: str, quantize: str | None) -> str:
+def export_name(fmt: str, quantize: str | None) -> str:
     return f"{fmt}-{quantize}" if quantize else fmt
 
 
-def _spread(items: Sequence[Any], n: int) -> list[Any]:
+def spread(items: Sequence[Any], n: int) -> list[Any]:
     """Up to ``n`` items evenly spread over ``items`` (which are sorted by class folder)."""
     if n <= 0 or not items:
         return []
@@ -104,7 +79,7 @@ def _spread(items: Sequence[Any], n: int) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool) -> Iterator[None]:
+def quiet(enabled: bool) -> Iterator[None]:
     """Silences converters' stdout/stderr chatter and warnings (Python level) unless ``enabled``."""
     if enabled:
         yield
@@ -113,4 +88,3 @@ def _quiet(enabled: bool) -> Iterator[None]:
         warnings.simplefilter("ignore")
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
-

@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from floranet.errors import ConfigError, ModelError
-from floranet.export.common import MODEL_FILES, _require, _version, log
+from floranet.errors import ConfigError, FloranetError, ModelError
+from floranet.export.common import MODEL_FILES, log
+from floranet.utils.optional import require
+from floranet.utils.system import package_version
 
 
 class ExportedModel:
@@ -24,8 +26,9 @@ class ExportedModel:
         runtime: The runtime that runs it (e.g. ``"onnxruntime 1.32.0"``).
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], fmt: str, input_name: str, output_name: str,
-                 runtime: str) -> None:
+    def __init__(
+        self, fn: Callable[[np.ndarray], np.ndarray], fmt: str, input_name: str, output_name: str, runtime: str
+    ) -> None:
         self._fn = fn
         self.format = fmt
         self.input_name = input_name
@@ -48,8 +51,7 @@ def _detect(folder: Path) -> str:
             return fmt
     if (folder / "model" / "saved_model.pb").is_file() or (folder / "saved_model.pb").is_file():
         return "saved_model"
-    raise ModelError(f"No exported model found in {str(folder)!r} (expected one of "
-                     f"{', '.join(MODEL_FILES.values())}).")
+    raise ModelError(f"No exported model found in {str(folder)!r} (expected one of {', '.join(MODEL_FILES.values())}).")
 
 
 def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
@@ -59,7 +61,8 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
         A callable: float32 ``[N, H, W, 3]`` RGB 0..255 → float32 ``[N, classes]`` probabilities.
 
     Raises:
-        ModelError: Nothing loadable there, or the runtime is not installed.
+        ModelError: Nothing loadable there.
+        MissingDependencyError: The format's runtime is not installed.
     """
     p = Path(path)
     if not p.exists():
@@ -69,13 +72,13 @@ def load_exported(path: str | os.PathLike[str]) -> ExportedModel:
     fmt = by_name[p.name] if p.is_file() and p.name in by_name else _detect(folder)
     try:
         return _LOADERS[fmt](folder)
-    except ModelError:
+    except FloranetError:  # ours already says what is wrong (e.g. the runtime is not installed)
         raise
-    except Exception as e:  # noqa: BLE001 - a runtime's own load error
+    except Exception as e:
         raise ModelError(f"Cannot load the {fmt} export in {str(folder)!r}: {e}") from e
 
 
-def _traced(model: Any) -> Any:
+def traced(model: Any) -> Any:
     """``model(x, training=False)`` as one tf.function for any batch size (a single trace)."""
     import tensorflow as tf
 
@@ -87,10 +90,15 @@ def _load_keras(folder: Path) -> ExportedModel:
     import keras
     import tensorflow as tf
 
-    model = keras.saving.load_model(folder / "model.keras")
-    call = _traced(model)
-    return ExportedModel(lambda x: call(tf.constant(x)).numpy(), "keras", model.inputs[0].name,
-                         model.outputs[0].name, f"keras {keras.__version__}")
+    model = keras.saving.load_model(folder / MODEL_FILES["keras"])
+    call = traced(model)
+    return ExportedModel(
+        lambda x: call(tf.constant(x)).numpy(),
+        "keras",
+        model.inputs[0].name,
+        model.outputs[0].name,
+        f"keras {keras.__version__}",
+    )
 
 
 def _load_saved_model(folder: Path) -> ExportedModel:
@@ -109,15 +117,16 @@ def _load_saved_model(folder: Path) -> ExportedModel:
 
 
 def _load_onnx(folder: Path) -> ExportedModel:
-    ort = _require("onnxruntime", "Running an onnx export")
+    ort = require("onnxruntime", "Running an onnx export")
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
-    return ExportedModel(lambda x: session.run([out_name], {in_name: x})[0], "onnx", in_name, out_name,
-                         f"onnxruntime {ort.__version__}")
+    return ExportedModel(
+        lambda x: session.run([out_name], {in_name: x})[0], "onnx", in_name, out_name, f"onnxruntime {ort.__version__}"
+    )
 
 
 def _load_openvino(folder: Path) -> ExportedModel:
-    ov = _require("openvino", "Running an openvino export")
+    ov = require("openvino", "Running an openvino export")
     # f32 inference precision: on CPUs with bf16 support OpenVINO would otherwise run in
     # bfloat16 (max |Δp| ~1e-2 instead of ~1e-7 for the fp32 model).
     compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -127,8 +136,9 @@ def _load_openvino(folder: Path) -> ExportedModel:
     def run(x: np.ndarray) -> np.ndarray:
         return np.array(request.infer([x])[output])
 
-    return ExportedModel(run, "openvino", compiled.inputs[0].any_name, output.any_name,
-                         f"openvino {ov.__version__} CPU f32")
+    return ExportedModel(
+        run, "openvino", compiled.inputs[0].any_name, output.any_name, f"openvino {ov.__version__} CPU f32"
+    )
 
 
 def _tflite_interpreter(path: Path) -> tuple[Any, str]:
@@ -137,7 +147,7 @@ def _tflite_interpreter(path: Path) -> tuple[Any, str]:
 
         interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
-        return interpreter, f"ai_edge_litert {_version('ai-edge-litert')}"
+        return interpreter, f"ai_edge_litert {package_version('ai-edge-litert')}"
     except ImportError:
         pass
     except Exception as e:  # noqa: BLE001 - e.g. Flex ops, which only TensorFlow's interpreter runs

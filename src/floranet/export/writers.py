@@ -12,25 +12,28 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ModelError
-from floranet.export.common import _require, log
-from floranet.export.rundata import _Run
+from floranet.export.common import MODEL_FILES, log
+from floranet.export.rundata import ExportSource
+from floranet.utils.optional import require
 
 
-def _write_keras(model: Any, run: _Run, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
-    shutil.copy2(run.path / "model.keras", folder / "model.keras")  # byte-identical to the run's model
+def _write_keras(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
+    shutil.copy2(run.run.model_file, folder / MODEL_FILES["keras"])  # byte-identical to the run's model
     return "copy of the run's model.keras"
 
 
-def _write_saved_model(model: Any, run: _Run, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
+def _write_saved_model(
+    model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None
+) -> str:
     model.export(str(folder / "model"), format="tf_saved_model", verbose=False)
     return "keras model.export(format='tf_saved_model')"
 
 
-def _write_onnx(model: Any, run: _Run, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
+def _write_onnx(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
     # Keras's ONNX path (TF backend) is tf2onnx.convert.from_function on the traced
     # serving function; nested functional sub-models (backbone, head) are inlined.
     for module in ("tf2onnx", "onnx"):
-        _require(module, "format='onnx'")
+        require(module, "format='onnx'")
     path = folder / "model.onnx"
     try:
         model.export(str(path), format="onnx", verbose=False)
@@ -63,8 +66,10 @@ def _check_onnx_ops(path: Path) -> None:
     graph = onnx.load(str(path), load_external_data=False).graph
     bad = sorted({n.op_type for n in graph.node if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)})
     if bad:
-        raise ModelError(f"tf2onnx cannot convert this model to ONNX: unsupported TensorFlow ops {', '.join(bad)} "
-                         "(e.g. exact GELU's Erfc in ConvNeXt). Export format='openvino' or 'tflite' instead.")
+        raise ModelError(
+            f"tf2onnx cannot convert this model to ONNX: unsupported TensorFlow ops {', '.join(bad)} "
+            "(e.g. exact GELU's Erfc in ConvNeXt). Export format='openvino' or 'tflite' instead."
+        )
 
 
 def _onnx_extra_inputs(path: Path) -> list[str]:
@@ -91,8 +96,12 @@ def _onnx_from_frozen_graph(model: Any, path: Path, image_size: tuple[int, int])
     spec = tf.TensorSpec([None, *image_size, 3], tf.float32, name=name)
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     frozen = convert_variables_to_constants_v2(concrete)
-    tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-                                   output_names=[t.name for t in frozen.outputs], output_path=str(path))
+    tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(),
+        input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs],
+        output_path=str(path),
+    )
     # GraphDef tensor names carry ":0"; name the input as Keras's own path does.
     proto = onnx.load(str(path))
     old = proto.graph.input[0].name
@@ -103,11 +112,11 @@ def _onnx_from_frozen_graph(model: Any, path: Path, image_size: tuple[int, int])
         onnx.save(proto, str(path))
 
 
-def _write_openvino(model: Any, run: _Run, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
+def _write_openvino(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
     # Keras's OpenVINO path (TF backend) is openvino.convert_model on the traced serving function.
-    ov = _require("openvino", "format='openvino'")
+    ov = require("openvino", "format='openvino'")
     if quantize == "int8":
-        _require("nncf", "quantize='int8' for format='openvino'")
+        require("nncf", "quantize='int8' for format='openvino'")
     converter = "keras model.export(format='openvino')"
     if quantize is None:
         model.export(str(folder / "model.xml"), format="openvino", verbose=False)
@@ -124,7 +133,7 @@ def _write_openvino(model: Any, run: _Run, folder: Path, quantize: str | None, c
         import nncf
 
         assert calib is not None
-        dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+        dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
         quantized = nncf.quantize(ov_model, dataset, subset_size=len(calib))
         converter += f" + nncf.quantize ({nncf.__version__})"
         try:
@@ -139,12 +148,19 @@ def _write_openvino(model: Any, run: _Run, folder: Path, quantize: str | None, c
                 QuantizationParameters,
             )
 
-            log.info("OpenVINO CPU cannot compile NNCF's model (%s); retrying with per-tensor activations.",
-                     str(e).strip().splitlines()[-1])
+            log.info(
+                "OpenVINO CPU cannot compile NNCF's model (%s); retrying with per-tensor activations.",
+                str(e).strip().splitlines()[-1],
+            )
             per_tensor = AdvancedQuantizationParameters(
-                activations_quantization_params=QuantizationParameters(per_channel=False))
-            quantized = nncf.quantize(ov.Core().read_model(str(staging / "model.xml")), dataset,
-                                      subset_size=len(calib), advanced_parameters=per_tensor)
+                activations_quantization_params=QuantizationParameters(per_channel=False)
+            )
+            quantized = nncf.quantize(
+                ov.Core().read_model(str(staging / "model.xml")),
+                dataset,
+                subset_size=len(calib),
+                advanced_parameters=per_tensor,
+            )
             converter += " with per-tensor activations"
         # Keep the remaining float constants in float32: int8 already shrinks the weights.
         ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
@@ -166,7 +182,7 @@ def _tflite_options(quantize: str | None, calib: np.ndarray | None) -> dict[str,
 
         def representative() -> Iterator[list[np.ndarray]]:
             for i in range(len(calib)):
-                yield [calib[i:i + 1]]
+                yield [calib[i : i + 1]]
 
         # Full-integer kernels where an int8 kernel exists, float fallback elsewhere;
         # input and output stay float32 so the contract is the same as the fp32 model's.
@@ -199,7 +215,7 @@ def _tflite_via_converter(model: Any, path: Path, opts: dict[str, Any]) -> None:
         path.write_bytes(converter.convert())
 
 
-def _write_tflite(model: Any, run: _Run, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
+def _write_tflite(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
     path = folder / "model.tflite"
     opts = _tflite_options(quantize, calib)
     if _has_litert_export():
@@ -209,7 +225,7 @@ def _write_tflite(model: Any, run: _Run, folder: Path, quantize: str | None, cal
     return "tf.lite.TFLiteConverter.from_saved_model (this Keras has no format='litert')"
 
 
-_WRITERS = {
+WRITERS = {
     "keras": _write_keras,
     "saved_model": _write_saved_model,
     "onnx": _write_onnx,

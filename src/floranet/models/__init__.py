@@ -1,5 +1,15 @@
-"""Models: our ResNet family, the backbone registry and the classifier."""
+"""Models: the backbone registry, our ResNet family, weights and the classifier (submodules load on use)."""
 
-from floranet.models import backbones, classifier, resnet
+from __future__ import annotations
 
-__all__ = ["backbones", "classifier", "resnet"]
+import importlib
+from typing import Any
+
+_SUBMODULES = {"backbones", "classifier", "registry", "resnet", "weights"}
+__all__ = sorted(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"floranet.models.{name}")
+    raise AttributeError(f"module 'floranet.models' has no attribute {name!r}")

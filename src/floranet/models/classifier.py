@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from floranet.config import parse_image_size
 from floranet.errors import ConfigError
 from floranet.models import backbones
 
@@ -30,21 +31,6 @@ IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
 
 BACKBONE_LAYER = "backbone"
 HEAD_LAYER = "head"
-
-
-def normalize_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """``180`` or ``(180, 240)`` → ``(h, w)``; ConfigError otherwise."""
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = (image_size, image_size)
-    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
-        size = tuple(image_size)
-    else:
-        size = ()
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in size):
-        raise ConfigError(
-            f"image_size must be a positive int >= 8 or (h, w). Received: image_size={image_size!r}"
-        )
-    return size  # type: ignore[return-value]
 
 
 def preprocessing_layers(mode: str) -> list[layers.Layer]:
@@ -64,16 +50,24 @@ def preprocessing_layers(mode: str) -> list[layers.Layer]:
     if mode == "torch":
         return [
             layers.Rescaling(1.0 / 255.0, name="preprocess_torch_scale"),
-            layers.Normalization(mean=IMAGENET_RGB_MEAN, variance=np.square(IMAGENET_RGB_STD).tolist(),
-                                 name="preprocess_torch_norm"),
+            layers.Normalization(
+                mean=IMAGENET_RGB_MEAN, variance=np.square(IMAGENET_RGB_STD).tolist(), name="preprocess_torch_norm"
+            ),
         ]
     if mode == "none":
         return []
     raise ConfigError(f"Unknown preprocessing mode. Valid modes: caffe, tf, torch, none. Received: mode={mode!r}")
 
 
-def build_head(feature_dim: int, num_classes: int, *, units: int = 512, dropout: float = 0.0,
-               flatten: bool = True, name: str = HEAD_LAYER) -> keras.Sequential:
+def build_head(
+    feature_dim: int,
+    num_classes: int,
+    *,
+    units: int = 512,
+    dropout: float = 0.0,
+    flatten: bool = True,
+    name: str = HEAD_LAYER,
+) -> keras.Sequential:
     """The tutorial's head as a sub-model: Flatten → Dense(units, relu) → Dense(n, softmax)."""
     if not isinstance(units, int) or units < 0:
         raise ConfigError(f"head_units must be an int >= 0 (0: no hidden layer). Received: head_units={units!r}")
@@ -118,7 +112,7 @@ def build_classifier(
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ConfigError(f"num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
-    h, w = normalize_image_size(image_size)
+    h, w = parse_image_size(image_size)
     spec = backbones.get(backbone)
     base = spec.build(input_shape=(h, w, 3), weights=weights)
     base.name = BACKBONE_LAYER
@@ -155,11 +149,6 @@ def unfreeze_top(model: keras.Model, backbone: str | backbones.Backbone) -> int:
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
         count += int(layer.trainable and bool(layer.weights))
     return count
-
-
-def freeze_backbone(model: keras.Model) -> None:
-    """Freezes the whole backbone (stage 1)."""
-    backbone_of(model).trainable = False
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -23,27 +23,14 @@ from typing import Any
 import keras
 from keras import layers
 
+from floranet.config import MIN_IMAGE_SIZE, parse_image_size
 from floranet.errors import ConfigError
+from floranet.models import registry
+from floranet.models import weights as weights_lib
 
 BN_EPSILON = 1.001e-5  # keras.applications' value, so its BatchNorm weights match exactly
 TORCH_BN_EPSILON = 1e-5
 
-# name -> (block kind, blocks per stage)
-STAGES: dict[str, tuple[str, tuple[int, ...]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-    "resnet50v2": ("preact", (3, 4, 6, 3)),
-    "resnet101v2": ("preact", (3, 4, 23, 3)),
-    "resnet152v2": ("preact", (3, 8, 36, 3)),
-    "resnet20": ("cifar", (3, 3, 3)),
-    "resnet32": ("cifar", (5, 5, 5)),
-    "resnet44": ("cifar", (7, 7, 7)),
-    "resnet56": ("cifar", (9, 9, 9)),
-    "resnet110": ("cifar", (18, 18, 18)),
-}
 IMAGENET_FILTERS = (64, 128, 256, 512)
 CIFAR_FILTERS = (16, 32, 64)
 
@@ -116,12 +103,20 @@ def cifar_block(x: Any, filters: int, *, stride: int, name: str) -> Any:
         shortcut = layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(shortcut)
     if in_channels != filters:
         shortcut = _pad_channels(shortcut, filters - in_channels, name=f"{name}_0")
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_initializer="he_normal", name=f"{name}_1_conv")(x)
+    x = layers.Conv2D(
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_1_conv",
+    )(x)
     x = _bn(x, f"{name}_1_bn", TORCH_BN_EPSILON)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                      kernel_initializer="he_normal", name=f"{name}_2_conv")(x)
+    x = layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_2_conv"
+    )(x)
     x = _bn(x, f"{name}_2_bn", TORCH_BN_EPSILON)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
@@ -163,7 +158,7 @@ def _imagenet_stem(x: Any, *, kind: str) -> Any:
 
 
 def _imagenet_stacks(x: Any, kind: str, blocks: tuple[int, ...]) -> Any:
-    for stage, (filters, n) in enumerate(zip(IMAGENET_FILTERS, blocks)):
+    for stage, (filters, n) in enumerate(zip(IMAGENET_FILTERS, blocks, strict=True)):
         prefix = f"conv{stage + 2}"
         first_stride = 1 if stage == 0 else 2
         for i in range(1, n + 1):
@@ -186,7 +181,7 @@ def _cifar_body(x: Any, blocks: tuple[int, ...]) -> Any:
     x = layers.Conv2D(16, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="conv1_conv")(x)
     x = _bn(x, "conv1_bn", TORCH_BN_EPSILON)
     x = layers.Activation("relu", name="conv1_relu")(x)
-    for stage, (filters, n) in enumerate(zip(CIFAR_FILTERS, blocks)):
+    for stage, (filters, n) in enumerate(zip(CIFAR_FILTERS, blocks, strict=True)):
         for i in range(1, n + 1):
             stride = 2 if stage > 0 and i == 1 else 1
             x = cifar_block(x, filters, stride=stride, name=f"conv{stage + 2}_block{i}")
@@ -208,10 +203,10 @@ def build_resnet(
     classifier_activation: str | None = "softmax",
     name: str | None = None,
 ) -> keras.Model:
-    """Builds any architecture of :data:`STAGES`, with keras.applications' arguments.
+    """Builds any ResNet of the registry (:mod:`floranet.models.registry`), with keras.applications' arguments.
 
     Args:
-        arch: A key of :data:`STAGES`, e.g. ``"resnet50"``.
+        arch: A registered ResNet, e.g. ``"resnet50"``.
         include_top: Add global average pooling and the ``predictions`` Dense layer.
         weights: ``"imagenet"`` (official Keras file, downloaded and verified),
             ``None`` (random init) or a path to a weights file.
@@ -230,9 +225,8 @@ def build_resnet(
         ConfigError: An argument is invalid.
         WeightsError: Weights cannot be obtained or do not fit.
     """
-    if arch not in STAGES:
-        raise ConfigError(f"Unknown ResNet architecture. Valid names: {', '.join(STAGES)}. Received: arch={arch!r}")
-    kind, blocks = STAGES[arch]
+    info = registry.resnet(arch)
+    kind, blocks = str(info.block), info.depths
     if pooling not in (None, "avg", "max"):
         raise ConfigError(f"pooling must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
     cifar = kind == "cifar"
@@ -242,15 +236,11 @@ def build_resnet(
         raise ConfigError(f"classes must be a positive int. Received: classes={classes!r}")
     if weights == "imagenet" and include_top and classes != 1000:
         raise ConfigError(
-            "With weights='imagenet' and include_top=True, classes must be 1000. "
-            f"Received: classes={classes}"
+            f"With weights='imagenet' and include_top=True, classes must be 1000. Received: classes={classes}"
         )
     input_shape = _check_input_shape(input_shape, (32, 32, 3) if cifar else (224, 224, 3), include_top)
 
-    if input_tensor is None:
-        inputs = layers.Input(shape=input_shape, name="input_layer")
-    else:
-        inputs = input_tensor
+    inputs = layers.Input(shape=input_shape, name="input_layer") if input_tensor is None else input_tensor
     x = _cifar_body(inputs, blocks) if cifar else _imagenet_stacks(_imagenet_stem(inputs, kind=kind), kind, blocks)
 
     if include_top:
@@ -263,35 +253,30 @@ def build_resnet(
     model = keras.Model(inputs, x, name=name or arch)
 
     if weights is not None:
-        from floranet.models import weights as weights_lib  # weights.py needs this module's names
-
         weights_lib.load_into(model, arch, weights, include_top=include_top)
     return model
 
 
-def _check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bool) -> tuple:
+def _check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bool) -> tuple[Any, ...]:
     if shape is None:
         return default
-    ok = (
-        isinstance(shape, (tuple, list))
-        and len(shape) == 3
-        and shape[2] == 3
-        and all(d is None or (isinstance(d, int) and d >= 8) for d in shape[:2])
-    )
-    if not ok or (include_top and None in shape[:2]):
+    ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and shape[2] == 3
+    if ok and (include_top or None not in shape[:2]):
+        try:
+            parse_image_size(tuple(shape[:2]), name="input_shape")
+        except ConfigError:
+            ok = False
+    if not ok:
         raise ConfigError(
-            "input_shape must be (height, width, 3) with sizes >= 8 (None allowed only "
+            f"input_shape must be (height, width, 3) with sizes >= {MIN_IMAGE_SIZE} (None allowed only "
             f"without the top). Received: input_shape={shape!r}"
         )
     return tuple(shape)
 
 
-# Architectures with official Keras ImageNet files default to them, as keras.applications.
-_HAS_OFFICIAL_WEIGHTS = frozenset({"resnet50", "resnet101", "resnet152", "resnet50v2", "resnet101v2", "resnet152v2"})
-
-
 def _factory(arch: str) -> Callable[..., keras.Model]:
-    default_weights = "imagenet" if arch in _HAS_OFFICIAL_WEIGHTS else None
+    # Architectures with official ImageNet files default to them, as keras.applications does.
+    default_weights = "imagenet" if registry.resnet(arch).has_imagenet_weights else None
 
     def build(*, weights: str | None = default_weights, **kwargs: Any) -> keras.Model:
         return build_resnet(arch, weights=weights, **kwargs)

@@ -15,37 +15,29 @@ import h5py
 import keras
 import numpy as np
 
-from floranet.download import cache_dir, download
 from floranet.errors import DownloadError, WeightsError
+from floranet.models import registry
+from floranet.utils.download import cache_dir, download
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 URL_ENV = "FLORANET_WEIGHTS_URL"  # mirror for air-gapped sites: a base URL holding the same file names
 
-# arch -> (md5 of the file with top, md5 without top); Keras's published hashes.
-OFFICIAL_MD5: dict[str, tuple[str, str]] = {
-    "resnet50": ("2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
-    "resnet101": ("f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
-    "resnet152": ("100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
-    "resnet50v2": ("3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917"),
-    "resnet101v2": ("6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
-    "resnet152v2": ("a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
-}
-
 
 def official_file(arch: str, *, include_top: bool) -> tuple[str, str, str]:
-    """Returns ``(file_name, url, md5)`` of Keras's ImageNet weights for ``arch``."""
-    if arch not in OFFICIAL_MD5:
+    """Returns ``(file_name, url, md5)`` of Keras's ImageNet weights for ``arch`` (from the registry)."""
+    info = registry.lookup(arch)
+    if info is None or info.weights_file is None:
+        available = ", ".join(n for n, i in registry.REGISTRY.items() if i.weights_file is not None)
         raise WeightsError(
             f"There are no official Keras ImageNet weights for {arch!r} "
-            f"(available: {', '.join(OFFICIAL_MD5)}). Use weights=None (random init) or "
+            f"(available: {available}). Use weights=None (random init) or "
             f"weights=PATH with a converted weights file. Received: weights='imagenet'"
         )
-    suffix = "" if include_top else "_notop"
-    file_name = f"{arch}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
+    file_name, md5 = info.weights_file.file(include_top=include_top)
     base = os.environ.get(URL_ENV, BASE_URL)
     if not base.endswith("/"):
         base += "/"
-    return file_name, base + file_name, OFFICIAL_MD5[arch][0 if include_top else 1]
+    return file_name, base + file_name, md5
 
 
 def fetch_imagenet(arch: str, *, include_top: bool, timeout: float = 10.0) -> Path:
@@ -101,7 +93,7 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
     from the file, or a shape mismatch, is an error.
     """
     with h5py.File(path, "r") as f:
-        root = f["model_weights"] if "model_weights" in f else f
+        root = f.get("model_weights", f)
         stored = {_str(n): root[_str(n)] for n in root.attrs["layer_names"]}
         missing, mismatched, updates = [], [], []
         for layer in _weighted_layers(model):

@@ -1,5 +1,5 @@
-"""Training: two-stage transfer learning with cached features, resumable."""
+"""Training: two-stage transfer learning with cached features, resumable, optionally distributed."""
 
-from floranet.training.run import TrainResult, train
+from floranet.training.trainer import Predictions, TrainResult, fit
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["Predictions", "TrainResult", "fit"]

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import keras
 
-from floranet.io import atomic_path, atomic_write_text, write_json
-
-STATE_FILE = "state.json"
+from floranet.rundir import RunDir
+from floranet.utils.files import atomic_path
 
 
 @dataclass
@@ -42,21 +39,29 @@ class RunState:
     def stage(self, name: str) -> StageState:
         return self.stages.setdefault(name, StageState())
 
-    def save(self, run_dir: Path) -> None:
-        write_json(run_dir / STATE_FILE, {"stages": {k: asdict(v) for k, v in self.stages.items()},
-                                          "history": self.history, "complete": self.complete})
+    def save(self, run: RunDir) -> None:
+        run.write_json(
+            RunDir.STATE,
+            {
+                "stages": {k: asdict(v) for k, v in self.stages.items()},
+                "history": self.history,
+                "complete": self.complete,
+            },
+        )
 
     @classmethod
-    def load(cls, run_dir: Path) -> RunState:
-        path = run_dir / STATE_FILE
-        if not path.exists():
+    def load(cls, run: RunDir) -> RunState:
+        raw = run.read_json(RunDir.STATE)
+        if raw is None:
             return cls()
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(stages={k: StageState(**v) for k, v in raw.get("stages", {}).items()},
-                   history=raw.get("history", []), complete=raw.get("complete", False))
+        return cls(
+            stages={k: StageState(**v) for k, v in raw.get("stages", {}).items()},
+            history=raw.get("history", []),
+            complete=raw.get("complete", False),
+        )
 
 
-def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if k not in keys)
@@ -64,39 +69,41 @@ def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(path, buf.getvalue())
+    run.write_text(RunDir.HISTORY, buf.getvalue())
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
     """Checkpoints ``target`` after each epoch, tracks the best val_loss, stops early.
 
     Args:
-        run_dir: The run directory.
+        run: The run directory.
         stage: Stage name ("stage1" or "stage2"), used in file names and history.
         state: The run's state, updated in place and saved.
         target: The model to checkpoint (the head alone in cached-feature training).
         patience: Epochs without val_loss improvement before stopping; 0 disables.
     """
 
-    def __init__(self, run_dir: Path, stage: str, state: RunState, target: keras.Model, patience: int) -> None:
+    def __init__(self, run: RunDir, stage: str, state: RunState, target: keras.Model, patience: int) -> None:
         super().__init__()
-        self.run_dir, self.stage, self.state, self.target, self.patience = run_dir, stage, state, target, patience
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.run, self.stage, self.state, self.target, self.patience = run, stage, state, target, patience
+        (run / RunDir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         st = self.state.stage(self.stage)
-        ckpt = f"checkpoints/{self.stage}-epoch{epoch + 1:03d}.keras"
-        with atomic_path(self.run_dir / ckpt, suffix=".keras") as tmp:
-            self.target.save(tmp)
+        ckpt = f"{RunDir.CHECKPOINTS}/{self.stage}-epoch{epoch + 1:03d}.keras"
+        self.run.save_model(self.target, ckpt)
         val_loss = logs.get("val_loss")
-        improved = val_loss is not None and math.isfinite(val_loss) and (
-            st.best_val_loss is None or val_loss < st.best_val_loss)
+        improved = (
+            val_loss is not None
+            and math.isfinite(val_loss)
+            and (st.best_val_loss is None or val_loss < st.best_val_loss)
+        )
         if improved:
-            st.best_weights = f"checkpoints/{self.stage}-best.weights.h5"
-            with atomic_path(self.run_dir / st.best_weights, suffix=".weights.h5") as tmp:
+            st.best_weights = f"{RunDir.CHECKPOINTS}/{self.stage}-best.weights.h5"
+            with atomic_path(self.run / st.best_weights, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
-            st.best_val_loss, st.wait = float(val_loss), 0
+            st.best_val_loss, st.wait = float(val_loss or 0.0), 0
         else:
             st.wait += 1
         row = {"stage": self.stage, "epoch": len(self.state.history) + 1, "stage_epoch": epoch + 1}
@@ -104,9 +111,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.state.history.append(row)
         previous = st.checkpoint
         st.epochs_done, st.checkpoint = epoch + 1, ckpt
-        write_history_csv(self.run_dir / "history.csv", self.state.history)
-        self.state.save(self.run_dir)
+        write_history_csv(self.run, self.state.history)
+        self.state.save(self.run)
         if previous and previous != ckpt:
-            (self.run_dir / previous).unlink(missing_ok=True)  # our own file, superseded
+            (self.run / previous).unlink(missing_ok=True)  # our own file, superseded
         if self.patience and st.wait >= self.patience:
             self.model.stop_training = True

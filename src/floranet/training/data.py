@@ -8,15 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
-from floranet import plots
 from floranet.config import TrainConfig
-from floranet.data import doctor, pipeline
+from floranet.data import decode, doctor, pipeline, preview
 from floranet.data import split as split_lib
+from floranet.data.augment import Augment
 from floranet.errors import DatasetError
-from floranet.io import write_json
+from floranet.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -41,70 +40,55 @@ class Prepared:
             return self.split.validation()
         return list(self.split.rows)
 
-    def dataset(self, subset: str, *, shuffle: bool = False, augment: bool = False, with_index: bool = False):
-        """A batched tf.data stream of (images 0..255, labels); labels are row indices if ``with_index``."""
+    def paths(self, rows: list[split_lib.SplitRow]) -> list[str]:
+        return [str(self.abs_path(r.path)) for r in rows]
+
+    def labels(self, rows: list[split_lib.SplitRow]) -> np.ndarray:
+        return np.asarray([self.split.label_index(r.label) for r in rows], dtype=np.int64)
+
+    def dataset(
+        self, subset: str, *, shuffle: bool = False, augment: bool = False, batch_size: int | None = None
+    ) -> Any:
+        """A batched tf.data stream of (images 0..255, labels)."""
         rows = self.rows(subset)
-        labels = list(range(len(rows))) if with_index else [self.split.label_index(r.label) for r in rows]
         return pipeline.make_dataset(
-            [str(self.abs_path(r.path)) for r in rows], labels, image_size=self.config.image_size,
-            batch_size=self.config.batch_size, tf_decodable=[self.tf_decodable.get(r.path, False) for r in rows],
-            shuffle=shuffle, augment=pipeline.Augment() if augment else None, seed=self.config.seed,
-            max_pixels=self.config.max_pixels, on_error="skip",
+            self.paths(rows),
+            self.labels(rows).tolist(),
+            image_size=self.config.image_size,
+            batch_size=batch_size or self.config.batch_size,
+            tf_decodable=[self.tf_decodable.get(r.path, False) for r in rows],
+            shuffle=shuffle,
+            augment=Augment() if augment else None,
+            seed=self.config.seed,
+            max_pixels=self.config.max_pixels,
+            on_error="skip",
         )
 
-    def predict(self, model: keras.Model | Callable[[np.ndarray], np.ndarray], subset: str
-                ) -> tuple[np.ndarray, np.ndarray, list[split_lib.SplitRow]]:
-        """Probabilities, true labels and the rows they belong to, in split.csv order.
 
-        Args:
-            model: A Keras model (run as one traced function) or any batch → probabilities
-                callable, such as one from :func:`floranet.runtime.compile_inference`.
-            subset: "train", "validation" or "all".
-
-        Rows whose file cannot be decoded any more are left out (and logged).
-        """
-        if isinstance(model, keras.Model):
-            from floranet.runtime import RuntimeChoice, compile_inference
-
-            # Eager calls of a large model grow memory by gigabytes (per-call op caches); one trace does not.
-            model = compile_inference(model, RuntimeChoice("tensorflow", "fp32", "evaluation"))
-        rows = self.rows(subset)
-        probs = np.zeros((len(rows), len(self.split.class_names)), np.float32)
-        seen = np.zeros(len(rows), bool)
-        for images, index in self.dataset(subset, with_index=True):
-            idx = index.numpy()
-            probs[idx] = np.asarray(model(images.numpy()))
-            seen[idx] = True
-        for i in np.flatnonzero(~seen):
-            log.warning("Skipped %s: it could not be decoded", rows[i].path)
-        kept = [r for r, s in zip(rows, seen) if s]
-        labels = np.asarray([self.split.label_index(r.label) for r in kept], dtype=np.int64)
-        return probs[seen], labels, kept
-
-
-def prepare(config: TrainConfig, run_dir: Path, *, resume: bool, progress: bool,
-            say: Callable[[str], None] = print) -> Prepared:
+def prepare(
+    config: TrainConfig, run: RunDir, *, resume: bool, progress: bool, say: Callable[[str], None] = print
+) -> Prepared:
     """Runs the doctor, makes or reuses the split, writes the data files of the run directory."""
     data_dir = Path(config.data_dir)
     report = doctor.diagnose(data_dir, max_pixels=config.max_pixels, progress=progress)
-    report.write_json(run_dir / "doctor.json")
+    run.write_json(RunDir.DOCTOR, report.to_dict())
     if not report.usable:
         raise DatasetError(f"{data_dir}: {report.reason}")
     notes = []
     summary = report.summary()
     if summary.get("num_bad"):
         notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
-        say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run_dir / 'doctor.json'}.")
+        say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
     usable = report.usable_files()
     tf_decodable = {f.path: f.tf_decodable for f in usable}
-    split_path = run_dir / "split.csv"
+    split_path = run / RunDir.SPLIT
     if resume and split_path.exists():
         split = split_lib.Split.from_csv(split_path)
     elif config.split_file:
         split = split_lib.Split.from_csv(config.split_file)
         say(f"Using the split from {config.split_file}.")
     else:
-        items = [(f.path, f.label, f.sha256) for f in usable]
+        items = [(f.path, str(f.label), f.sha256 or "") for f in usable]
         # Classes with no usable image cannot be learned: leave them out of the label set.
         names = sorted({label for _, label, _ in items})
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
@@ -114,30 +98,33 @@ def prepare(config: TrainConfig, run_dir: Path, *, resume: bool, progress: bool,
         if len(missing) == len(split.rows):
             raise DatasetError(f"None of the files in the split manifest are usable in {data_dir}.")
         notes.append(f"{len(missing)} files of the split are missing or unusable now and were left out")
-        split = split_lib.Split(rows=tuple(r for r in split.rows if r.path in usable_paths),
-                                class_names=split.class_names)
+        split = split_lib.Split(
+            rows=tuple(r for r in split.rows if r.path in usable_paths), class_names=split.class_names
+        )
     split.to_csv(split_path)
-    write_json(run_dir / "class_names.json", list(split.class_names))
+    run.write_class_names(split.class_names)
     prepared = Prepared(data_dir, split, tf_decodable, config, notes)
-    _sample_grid(prepared, run_dir)
+    _sample_grid(prepared, run)
     per_class = ", ".join(f"{k} {v['train'] + v['validation']}" for k, v in split.counts().items())
-    say(f"Data: {len(split.rows)} images, {len(split.class_names)} classes ({per_class}); "
-        f"train {len(split.train())}, validation {len(split.validation())}.")
+    say(
+        f"Data: {len(split.rows)} images, {len(split.class_names)} classes ({per_class}); "
+        f"train {len(split.train())}, validation {len(split.validation())}."
+    )
     return prepared
 
 
-def _sample_grid(prepared: Prepared, run_dir: Path, n: int = 9) -> None:
+def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
     rng = np.random.default_rng(prepared.config.seed)
     rows = prepared.split.train()
     picks = [rows[i] for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
     images, titles = [], []
     for r in picks:
         try:
-            images.append(pipeline.decode_and_resize(str(prepared.abs_path(r.path)), prepared.config.image_size))
+            images.append(decode.decode_and_resize(str(prepared.abs_path(r.path)), prepared.config.image_size))
             titles.append(r.label)
         except DatasetError:
             continue
-    plots.sample_grid(images, titles, run_dir / "plots" / "samples.png")
+    preview.sample_grid(images, titles, run.plot("samples.png"))
 
 
 def class_weights(prepared: Prepared, config: TrainConfig) -> dict[int, float] | None:
@@ -149,8 +136,4 @@ def class_weights(prepared: Prepared, config: TrainConfig) -> dict[int, float] |
     y = np.asarray([prepared.split.label_index(r.label) for r in prepared.split.train()])
     present = np.unique(y)
     weights = compute_class_weight("balanced", classes=present, y=y)
-    return {int(c): float(w) for c, w in zip(present, weights)}
-
-
-def summary_of(prepared: Prepared) -> dict[str, Any]:
-    return {"classes": list(prepared.split.class_names), "counts": prepared.split.counts()}
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}

@@ -21,6 +21,7 @@ command: every worker restores its last backed-up epoch, and the chief continues
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from floranet.config import DISTRIBUTE_CHOICES, TrainConfig
 from floranet.errors import ConfigError
-
-from floranet.config import DISTRIBUTE_CHOICES  # noqa: E402
+from floranet.training.checkpoint import RunState
 
 
 @dataclass
@@ -54,6 +55,10 @@ class Distribution:
     def multi_worker(self) -> bool:
         return self.kind == "multi-worker"
 
+    def scope(self) -> Any:
+        """The strategy's scope (nothing to enter without a strategy)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
     def global_batch(self, batch_size: int) -> int:
         return batch_size * self.num_replicas
 
@@ -61,9 +66,14 @@ class Distribution:
         return lr * self.num_replicas
 
     def describe(self, batch_size: int) -> dict[str, Any]:
-        return {"strategy": self.kind, "replicas": self.num_replicas, "workers": self.num_workers,
-                "per_replica_batch_size": batch_size, "global_batch_size": self.global_batch(batch_size),
-                "learning_rate_scale": self.num_replicas}
+        return {
+            "strategy": self.kind,
+            "replicas": self.num_replicas,
+            "workers": self.num_workers,
+            "per_replica_batch_size": batch_size,
+            "global_batch_size": self.global_batch(batch_size),
+            "learning_rate_scale": self.num_replicas,
+        }
 
     # -- where to write -----------------------------------------------------------------------------------------
     def work_dir(self, out: Path) -> Path:
@@ -78,7 +88,7 @@ class Distribution:
         base = out / "backup"
         return base / stage if self.is_chief else base / f"worker-{self.task_index}" / stage
 
-    def backup(self, out: Path, stage: str):
+    def backup(self, out: Path, stage: str) -> Any:
         """A BackupAndRestore callback (kept after fit, so a finished stage restores instantly on restart)."""
         import keras
 
@@ -97,32 +107,28 @@ class Distribution:
             shutil.rmtree(self.backup_dir(out, stage), ignore_errors=True)
         for d in ((out / "backup" / f"worker-{self.task_index}") if not self.is_chief else None, out / "backup"):
             if d is not None:
-                try:
+                with contextlib.suppress(OSError):  # not empty (another worker's backup) or absent
                     d.rmdir()
-                except OSError:
-                    pass  # not empty (another worker's backup) or absent
         if not self.is_chief:
-            try:
+            with contextlib.suppress(OSError):
                 out.rmdir()  # a non-chief --out that only ever held our backups
-            except OSError:
-                pass
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
     # -- data ---------------------------------------------------------------------------------------------------
     @staticmethod
-    def shard_options():
+    def shard_options() -> Any:
         import tensorflow as tf
 
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return options
 
-    def prepare_dataset(self, ds):
+    def prepare_dataset(self, ds: Any) -> Any:
         return ds.with_options(self.shard_options())
 
-    def arrays_dataset(self, x, y, batch_size: int, *, shuffle: bool, seed: int):
+    def arrays_dataset(self, x: Any, y: Any, batch_size: int, *, shuffle: bool, seed: int) -> Any:
         """In-memory (features, labels) as a tf.data stream of global batches, sharded by DATA."""
         import tensorflow as tf
 
@@ -155,18 +161,18 @@ def set_tf_config(workers: str, worker_index: int) -> dict[str, Any]:
     return tf_config
 
 
-def resolve_kind(config) -> str:
-    kind = getattr(config, "distribute", "none") or "none"
+def resolve_kind(config: TrainConfig) -> str:
+    kind = config.distribute
     if kind != "auto":
         return kind
-    if getattr(config, "workers", None) or _cluster_size(_tf_config()) > 1:
+    if config.workers or _cluster_size(_tf_config()) > 1:
         return "multi-worker"
     import tensorflow as tf
 
     return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
 
 
-def setup(config) -> Distribution:
+def setup(config: TrainConfig) -> Distribution:
     """Creates the strategy. Call it before any other TensorFlow work (multi-worker needs that)."""
     import tensorflow as tf
 
@@ -181,12 +187,14 @@ def setup(config) -> Distribution:
         return Distribution(strategy, True, strategy.num_replicas_in_sync, "mirrored")
     if kind != "multi-worker":
         raise ConfigError(f"distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}. Received: distribute={kind!r}")
-    if getattr(config, "workers", None):
+    if config.workers:
         set_tf_config(config.workers, config.worker_index or 0)
     tf_config = _tf_config()
     if not tf_config.get("cluster"):
-        raise ConfigError("distribute=multi-worker needs TF_CONFIG, or workers and worker_index "
-                          "(--workers host:port,host:port --worker-index N).")
+        raise ConfigError(
+            "distribute=multi-worker needs TF_CONFIG, or workers and worker_index "
+            "(--workers host:port,host:port --worker-index N)."
+        )
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     _patch_keras_multi_worker_reduce()
     resolver = strategy.cluster_resolver
@@ -194,17 +202,17 @@ def setup(config) -> Distribution:
     jobs = resolver.cluster_spec().jobs
     is_chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0 and "chief" not in jobs)
     index = task_id + (1 if task_type == "worker" and "chief" in jobs else 0)
-    return Distribution(strategy, is_chief, strategy.num_replicas_in_sync, "multi-worker",
-                        num_workers=_cluster_size(tf_config), task_index=index)
+    return Distribution(
+        strategy,
+        is_chief,
+        strategy.num_replicas_in_sync,
+        "multi-worker",
+        num_workers=_cluster_size(tf_config),
+        task_index=index,
+    )
 
 
-def strategy_for(config) -> tuple[Any, bool, int]:
-    """``(strategy, is_chief, num_replicas)`` for ``config.distribute`` (see the module docstring)."""
-    d = setup(config)
-    return d.strategy, d.is_chief, d.num_replicas
-
-
-def trim_history(state, stage: str, epoch: int) -> None:
+def trim_history(state: RunState, stage: str, epoch: int) -> None:
     """Makes the chief's state agree with a BackupAndRestore backup taken after ``epoch`` epochs of ``stage``."""
     st = state.stage(stage)
     state.history = [h for h in state.history if not (h.get("stage") == stage and h.get("stage_epoch", 0) > epoch)]
@@ -212,7 +220,7 @@ def trim_history(state, stage: str, epoch: int) -> None:
     st.complete = False
 
 
-def prebuild(dist: Distribution, model, dataset) -> None:
+def prebuild(dist: Distribution, model: Any, dataset: Any) -> None:
     """Builds ``model``'s metrics, loss and optimizer from one local batch, before a multi-worker ``fit``.
 
     Keras 3.x on TensorFlow all-reduces the first *distributed* batch to build a model symbolically, which
@@ -225,7 +233,7 @@ def prebuild(dist: Distribution, model, dataset) -> None:
     with dist.strategy.scope():
         model._symbolic_build(data_batch=batch)
 
-    def _skip(iterator=None, data_batch=None):  # state is built; nothing left to build symbolically
+    def _skip(iterator: Any = None, data_batch: Any = None) -> None:  # state is built: nothing left to build
         return None
 
     model._maybe_symbolic_build = _skip
@@ -240,7 +248,7 @@ def _patch_keras_multi_worker_reduce() -> None:
     if getattr(original, "_floranet", False):
         return
 
-    def reduce_per_replica(values, strategy, reduction):
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
             import tensorflow as tf
 
@@ -249,3 +257,6 @@ def _patch_keras_multi_worker_reduce() -> None:
 
     reduce_per_replica._floranet = True  # type: ignore[attr-defined]
     tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+LOCAL = Distribution(None, True, 1)  # no strategy: the single-process path

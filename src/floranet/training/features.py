@@ -8,18 +8,18 @@ file atomic), so a run killed mid-extraction resumes at the last chunk.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 
-from floranet.data import pipeline
-from floranet.io import atomic_path, write_json
+from floranet.inference import batch
+from floranet.utils.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 256
@@ -58,8 +58,10 @@ def extract(
     known = load_cache(cache)
     todo = [i for i, h in enumerate(hashes) if h not in known]
     # One copy per distinct file: duplicates share their features.
-    seen: set[str] = set()
-    todo = [i for i in todo if not (hashes[i] in seen or seen.add(hashes[i]))]
+    first: dict[str, int] = {}
+    for i in todo:
+        first.setdefault(hashes[i], i)
+    todo = list(first.values())
     if todo:
         from tqdm.auto import tqdm
 
@@ -67,10 +69,6 @@ def extract(
         next_chunk = len(list(cache.glob("chunk-*.npz")))
         # One pipeline for the whole pass (decoding stays ahead of the model across chunk
         # boundaries); a chunk file is written every CHUNK images so a kill loses at most one.
-        ds = pipeline.make_dataset(
-            [paths[i] for i in todo], list(range(len(todo))), image_size=image_size, batch_size=batch_size,
-            tf_decodable=None if tf_decodable is None else [tf_decodable[i] for i in todo], on_error="skip",
-        )
         feats: list[np.ndarray] = []
         got: list[int] = []
         seen_positions: set[int] = set()
@@ -81,29 +79,24 @@ def extract(
                 return
             chunk_hashes = np.asarray([hashes[todo[p]] for p in got])
             chunk = np.concatenate(feats, axis=0)
-            with atomic_path(cache / f"chunk-{next_chunk:05d}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, sha256=chunk_hashes, features=chunk)
-            known.update(zip(chunk_hashes.tolist(), chunk))
+            with atomic_path(cache / f"chunk-{next_chunk:05d}.npz") as tmp, open(tmp, "wb") as f:
+                np.savez(f, sha256=chunk_hashes, features=chunk)
+            known.update(zip(chunk_hashes.tolist(), chunk, strict=True))
             next_chunk += 1
             feats.clear()
             got.clear()
 
-        order: collections.deque[list[int]] = collections.deque()
-
-        def batches() -> Iterator[np.ndarray]:
-            for images, positions in ds:
-                order.append([int(p) for p in positions.numpy()])
-                yield images.numpy()
-
-        # A streaming extractor keeps batches in flight; a plain callable runs one at a time.
-        outputs = extractor.map(batches()) if hasattr(extractor, "map") else map(extractor, batches())
-        for out in outputs:
-            feats.append(np.asarray(out, dtype=np.float32))
-            pos = order.popleft()
-            got.extend(pos)
-            seen_positions.update(pos)
-            bar.update(len(pos))
+        for positions, out in batch.iter_outputs(
+            extractor,
+            [paths[i] for i in todo],
+            image_size=image_size,
+            batch_size=batch_size,
+            tf_decodable=None if tf_decodable is None else [tf_decodable[i] for i in todo],
+        ):
+            feats.append(out)
+            got.extend(positions)
+            seen_positions.update(positions)
+            bar.update(len(positions))
             if len(got) >= CHUNK:
                 flush()
         flush()
@@ -117,9 +110,9 @@ def load_cache(cache: Path) -> dict[str, np.ndarray]:
     known: dict[str, np.ndarray] = {}
     for chunk in sorted(cache.glob("chunk-*.npz")):
         with np.load(chunk) as data:
-            known.update(zip(data["sha256"].tolist(), data["features"]))
+            known.update(zip(data["sha256"].tolist(), data["features"], strict=True))
     return known
 
 
-def describe(cache: Path, info: dict) -> None:
+def describe(cache: Path, info: dict[str, Any]) -> None:
     write_json(cache / "key.json", info)

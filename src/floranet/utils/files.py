@@ -26,8 +26,9 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> I
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix,
-                               dir=final.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix, dir=final.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -10,7 +10,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from floranet.data import decode
+from floranet.errors import ConfigError, ModelError
+from floranet.evaluation import plots
 from floranet.models import classifier
+from floranet.rundir import RunDir
 
 
 def last_conv_layer(backbone: keras.Model) -> str:
@@ -19,7 +23,7 @@ def last_conv_layer(backbone: keras.Model) -> str:
         shape = getattr(layer, "output", None)
         if shape is not None and len(layer.output.shape) == 4:
             return layer.name
-    raise ValueError(f"backbone {backbone.name!r} has no 4-D feature map")
+    raise ModelError(f"backbone {backbone.name!r} has no 4-D feature map")
 
 
 class GradCAM:
@@ -44,7 +48,9 @@ class GradCAM:
         probs = classifier.head_of(model)(pooled, training=False)
         self._model = keras.Model(inputs, [conv, probs])
 
-    def heatmaps(self, images: np.ndarray, class_index: int | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def heatmaps(
+        self, images: np.ndarray, class_index: int | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns (heat maps in [0, 1] at feature-map resolution, probabilities).
 
         Args:
@@ -72,8 +78,13 @@ class GradCAM:
         return tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)), probs
 
 
-def explain_files(run_dir: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]],
-                  out_dir: str | os.PathLike[str], *, class_name: str | None = None) -> list[Path]:
+def explain_files(
+    run_dir: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    class_name: str | None = None,
+) -> list[Path]:
     """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``) and returns their paths.
 
     Args:
@@ -86,28 +97,27 @@ def explain_files(run_dir: str | os.PathLike[str], paths: Sequence[str | os.Path
         ConfigError: ``class_name`` is not one of the run's classes.
         DatasetError: An image cannot be decoded.
     """
-    import json
-
-    from floranet import plots
-    from floranet.data import pipeline
-    from floranet.errors import ConfigError
-
-    run = Path(run_dir)
-    model = keras.saving.load_model(run / "model.keras")
-    names = json.loads((run / "class_names.json").read_text(encoding="utf-8"))
+    run = RunDir.open(run_dir)
+    model = run.load_model()
+    names = run.class_names()
     if class_name is not None and class_name not in names:
         raise ConfigError(f"class_name must be one of {', '.join(names)}. Received: class_name={class_name!r}")
-    size = tuple(int(s) for s in model.inputs[0].shape[1:3])
+    size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     cam = GradCAM(model)
     out = Path(out_dir)
     written = []
     for p in paths:
-        pixels = pipeline.decode_and_resize(str(p), size)
+        pixels = decode.decode_and_resize(str(p), size)
         idx = None if class_name is None else names.index(class_name)
         heat, probs = cam.heatmaps(pixels[None], idx)
-        shown = names[int(np.argmax(probs[0]))] if idx is None else class_name
+        shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
         target = out / f"{Path(p).stem}.gradcam.png"
-        plots.gallery([pixels], [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"], target,
-                      overlays=[heat[0]], columns=1)
+        plots.gallery(
+            [pixels],
+            [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"],
+            target,
+            overlays=[heat[0]],
+            columns=1,
+        )
         written.append(target)
     return written

@@ -1,4 +1,4 @@
-"""Batch prediction over Ray Data: the same :class:`floranet.predict.Predictor`, on every core of a cluster.
+"""Batch prediction over Ray Data: the same :class:`floranet.inference.Predictor`, on every core of a cluster.
 
 The driver expands the inputs exactly as local prediction does and sends batches of paths to a pool of
 actors; each actor loads the run once and reads the files itself, through floranet's own decode path, so
@@ -12,6 +12,7 @@ it has cores and N actors never run more than N × ``cpus_per_worker`` model thr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,53 +20,60 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from floranet import errors, predict
+from floranet import errors
+from floranet.config import ENGINES, InferenceConfig, check_choice
 from floranet.errors import ConfigError
-from floranet.predict import Prediction
+from floranet.inference import predictor as predict
+from floranet.inference.predictor import Prediction
+from floranet.utils.optional import require
 
-ENGINES = ("local", "ray")
 _OBJECT_STORE_BYTES = 128 * 1024**2  # rows are paths and top-k results: a small object store is plenty
 
 
 def check_engine(engine: str, *, address: str | None = None, num_workers: int | None = None) -> None:
     """Raises ConfigError for an unknown engine, or Ray options given to the local engine."""
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}. Received: engine={engine!r}")
+    check_choice("engine", engine, ENGINES)
     if engine == "local" and (address is not None or num_workers is not None):
         given = f"address={address!r}" if address is not None else f"workers={num_workers!r}"
         raise ConfigError(f"Ray address and workers need engine='ray'. Received: engine='local', {given}")
 
 
-def predict_with_ray(run_dir: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
-                     top_k: int = 3, address: str | None = None, num_workers: int | None = None,
-                     batch_size: int = 32, cpus_per_worker: int = 1, say: Callable[[str], None] | None = None,
-                     **load_kwargs: Any) -> list[Prediction]:
-    """Predicts every image named by ``inputs`` on Ray; the rows equal ``predict.load(...).predict(inputs)``.
+def predict_with_ray(
+    run_dir: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    config: InferenceConfig | None = None,
+    *,
+    address: str | None = None,
+    num_workers: int | None = None,
+    cpus_per_worker: int = 1,
+    say: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> list[Prediction]:
+    """Predicts every image named by ``inputs`` on Ray; the rows equal ``floranet.inference.load(...).predict(inputs)``.
 
     Args:
         run_dir: A finished run, at the same path on every machine of the cluster.
         inputs: Files, folders and globs, expanded here (on the driver) as local prediction does.
-        top_k: Classes per row.
+        config: How every actor runs the model (``batch_size`` is also the size of a Ray batch); or give
+            its fields as keywords (``top_k=2``, ``runtime="openvino"``).
         address: A Ray cluster (``host:6379``); default ``RAY_ADDRESS``, else a local Ray instance.
         num_workers: Actors, each loading the model once. Default: one per ``cpus_per_worker`` CPUs of the
             cluster, and no more than there are batches.
-        batch_size: Images per ``map_batches`` batch and per model call.
         cpus_per_worker: Ray CPUs each actor reserves, and its TensorFlow thread count.
         say: Called with one line on where the job ran (the CLI prints it to stderr).
-        **load_kwargs: Passed to :func:`floranet.predict.load` in every actor (``low_confidence``,
-            ``calibrated``, ``safe_mode``, ``runtime``, ``precision``, ...).
 
     Raises:
-        ConfigError: Ray is not installed, or bad ``num_workers``/``cpus_per_worker``/``batch_size``.
-        FloranetError: What :func:`floranet.predict.load` raises (here, or in an actor on another machine).
+        MissingDependencyError: Ray is not installed.
+        ConfigError: Bad ``num_workers``/``cpus_per_worker`` or settings.
+        FloranetError: What :func:`floranet.inference.load` raises (here, or in an actor on another machine).
     """
-    ray = _import("ray")
-    _import("ray.data")
-    for name, value in (("num_workers", num_workers), ("cpus_per_worker", cpus_per_worker),
-                        ("batch_size", batch_size)):
+    ray = require("ray", "engine='ray'")
+    require("ray.data", "engine='ray'")
+    config = config or InferenceConfig(**settings)
+    for name, value in (("num_workers", num_workers), ("cpus_per_worker", cpus_per_worker)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1. Received: {name}={value!r}")
-    predict.load(run_dir, batch_size=batch_size, **load_kwargs)  # a bad run or option fails here, not in actors
+    predict.load(run_dir, config)  # a bad run or option fails here, not in actors
     run = Path(run_dir).absolute()
     files, missing = predict.expand_inputs(inputs)
     rows: list[Prediction] = []
@@ -74,7 +82,7 @@ def predict_with_ray(run_dir: str | os.PathLike[str], inputs: Sequence[str | os.
         if started_here:
             _init_ray(ray, address or os.environ.get("RAY_ADDRESS"), num_workers, cpus_per_worker)
         try:
-            rows = _run(ray, run, files, top_k, num_workers, batch_size, cpus_per_worker, say, load_kwargs)
+            rows = _run(ray, run, files, config, num_workers, cpus_per_worker, say)
         finally:
             if started_here:
                 ray.shutdown()  # stops a local instance; only disconnects from a cluster
@@ -82,29 +90,45 @@ def predict_with_ray(run_dir: str | os.PathLike[str], inputs: Sequence[str | os.
 
 
 def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_worker: int) -> None:
-    quiet = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False,
-             "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}}
+    quiet = {
+        "include_dashboard": False,
+        "logging_level": logging.ERROR,
+        "log_to_driver": False,
+        "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
+    }
     if address:
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError) as e:  # no cluster there, or its auth token is not set up here
-            raise ConfigError(f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, "
-                              "and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
-                              f"~/.ray/auth_token? Received: address={address!r}") from e
+            raise ConfigError(
+                f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, "
+                "and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
+                f"~/.ray/auth_token? Received: address={address!r}"
+            ) from e
         return
     # "local" starts a fresh instance even if `ray start` runs on this machine.
     cpus = max(os.cpu_count() or 1, (num_workers or 1) * cpus_per_worker)
     ray.init(address="local", num_cpus=cpus, object_store_memory=_OBJECT_STORE_BYTES, **quiet)
 
 
-def _run(ray: Any, run: Path, files: list[Path], top_k: int, num_workers: int | None, batch_size: int,
-         cpus_per_worker: int, say: Callable[[str], None] | None, load_kwargs: dict[str, Any]) -> list[Prediction]:
+def _run(
+    ray: Any,
+    run: Path,
+    files: list[Path],
+    config: InferenceConfig,
+    num_workers: int | None,
+    cpus_per_worker: int,
+    say: Callable[[str], None] | None,
+) -> list[Prediction]:
+    batch_size = config.batch_size
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     batches = math.ceil(len(files) / batch_size)
     workers = num_workers or max(1, min(cluster_cpus // cpus_per_worker, batches))
     if workers * cpus_per_worker > cluster_cpus:  # Ray would wait forever for the missing actors
-        raise ConfigError(f"workers × cpus_per_worker needs {workers * cpus_per_worker} CPUs but the Ray cluster "
-                          f"has {cluster_cpus}. Received: workers={workers}, cpus_per_worker={cpus_per_worker}")
+        raise ConfigError(
+            f"workers × cpus_per_worker needs {workers * cpus_per_worker} CPUs but the Ray cluster "
+            f"has {cluster_cpus}. Received: workers={workers}, cpus_per_worker={cpus_per_worker}"
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -112,13 +136,22 @@ def _run(ray: Any, run: Path, files: list[Path], top_k: int, num_workers: int | 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     # One item per batch, cut as local prediction cuts its tf.data batches, so each image meets the model in
     # the same company: a batch of one image differs from a bigger batch in the last float digits.
-    items = [{"start": s, "paths": [str(f.absolute()) for f in files[s:s + batch_size]]}
-             for s in range(0, len(files), batch_size)]
+    items = [
+        {"start": s, "paths": [str(f.absolute()) for f in files[s : s + batch_size]]}
+        for s in range(0, len(files), batch_size)
+    ]
     ds = ray.data.from_items(items, override_num_blocks=batches).map_batches(
-        _Worker, batch_size=1, batch_format="numpy", num_cpus=cpus_per_worker,
+        _Worker,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers),
-        fn_constructor_kwargs={"run_dir": str(run), "total": len(files), "batch_size": batch_size,
-                               "top_k": top_k, "threads": cpus_per_worker, "load_kwargs": load_kwargs})
+        fn_constructor_kwargs={
+            "run_dir": str(run),
+            "total": len(files),
+            "config": dataclasses.replace(config, threads=cpus_per_worker),
+        },
+    )
     try:
         out = sorted(ds.take_all(), key=lambda r: int(r["index"]))
     except Exception as e:  # an actor could not load the run: Ray keeps only the text of floranet's error
@@ -143,21 +176,20 @@ def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
 class _Worker:
     """A Ray Data actor: loads the run once, then predicts ``{"start", "paths"}`` items, one row per path."""
 
-    def __init__(self, run_dir: str, total: int, batch_size: int, top_k: int, threads: int,
-                 load_kwargs: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str, total: int, config: InferenceConfig) -> None:
         import tensorflow as tf
 
         try:  # before TensorFlow runs anything; a reused worker process may have started it already
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
+            tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(config.threads)
         except RuntimeError:
             pass
         # The model loads once per actor; runtime "auto" and the decode path are chosen per call for the
         # whole job (job_size), as local prediction chooses them for all files, so every row is the same.
-        self.predictor = predict.load(run_dir, batch_size=batch_size, threads=threads, **load_kwargs)
+        self.predictor = predict.load(run_dir, config)
         self.total = total
         self.ran_on = ""
-        self.k = max(1, min(int(top_k), len(self.predictor.class_names)))
+        self.k = min(config.top_k, len(self.predictor.class_names))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         paths = [str(p) for p in batch["paths"][0]]
@@ -168,18 +200,10 @@ class _Worker:
         out: dict[str, list[Any]] = {"index": list(range(start, start + len(paths)))}
         for i in range(1, self.k + 1):
             out[f"class_{i}"] = [by_path[p].top_k[i - 1][0] if len(by_path[p].top_k) >= i else "" for p in paths]
-            out[f"probability_{i}"] = [by_path[p].top_k[i - 1][1] if len(by_path[p].top_k) >= i else math.nan
-                                       for p in paths]
+            out[f"probability_{i}"] = [
+                by_path[p].top_k[i - 1][1] if len(by_path[p].top_k) >= i else math.nan for p in paths
+            ]
         out["low_confidence"] = [by_path[p].low_confidence for p in paths]
         out["error"] = [by_path[p].error or "" for p in paths]
         out["ran_on"] = [self.ran_on] * len(paths)
         return out
-
-
-def _import(name: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise ConfigError(f"{name} is not installed: pip install 'floranet[ray]'. Received: {e}") from None

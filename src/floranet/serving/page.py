@@ -1,4 +1,4 @@
-"""The one-page web UI served at ``/`` by :mod:`floranet.serve`.
+"""The one-page web UI served at ``/`` by :mod:`floranet.serving`.
 
 Plain HTML, CSS and vanilla JavaScript, all inline: nothing is fetched from
 anywhere but the server itself (``/health``, ``/classes``, ``/predict``). The
@@ -30,7 +30,8 @@ main { max-width: 900px; margin: 24px auto; padding: 0 16px; display: grid; gap:
 #drop.over { background: #e8f5e9; border-color: var(--accent); }
 #drop input { display: none; }
 #drop strong { color: var(--accent); }
-.card { background: #fff; border-radius: 12px; padding: 16px; box-shadow: 0 1px 3px rgba(0,0,0,.08); min-height: 120px; }
+.card { background: #fff; border-radius: 12px; padding: 16px; box-shadow: 0 1px 3px rgba(0,0,0,.08);
+        min-height: 120px; }
 #preview { position: relative; text-align: center; }
 #preview img { width: min(100%, 360px); height: auto; max-height: 360px; object-fit: contain; border-radius: 8px; }
 #preview p { color: var(--muted); }
@@ -45,8 +46,10 @@ h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; t
 #results li:first-child .fill { background: var(--accent); }
 #meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; }
 #warn { color: #8a5a00; font-size: 14px; }
-#error { grid-column: 1 / -1; display: none; background: #fdecea; color: #8b1a10; border-radius: 10px; padding: 12px 16px; }
-label.toggle { display: inline-flex; gap: 8px; align-items: center; margin-top: 12px; cursor: pointer; user-select: none; }
+#error { grid-column: 1 / -1; display: none; background: #fdecea; color: #8b1a10; border-radius: 10px;
+         padding: 12px 16px; }
+label.toggle { display: inline-flex; gap: 8px; align-items: center; margin-top: 12px; cursor: pointer;
+               user-select: none; }
 """
 
 SCRIPT = """
@@ -141,7 +144,9 @@ SCRIPT = """
   }
 
   input.addEventListener("change", () => choose(input.files[0]));
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
+  drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
+  });
   for (const kind of ["dragenter", "dragover"]) {
     drop.addEventListener(kind, (e) => { e.preventDefault(); drop.classList.add("over"); });
   }
@@ -199,9 +204,11 @@ def _hash(text: str) -> str:
 
 
 HEADERS = {
-    "Content-Security-Policy": (f"default-src 'none'; script-src {_hash(SCRIPT)}; style-src {_hash(STYLE)}; "
-                                "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
-                                "form-action 'none'; frame-ancestors 'none'"),
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src {_hash(SCRIPT)}; style-src {_hash(STYLE)}; "
+        "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",

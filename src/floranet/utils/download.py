@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from floranet.errors import DownloadError
 
@@ -87,11 +87,9 @@ def download(
                 part.unlink(missing_ok=True)
                 continue
             raise DownloadError(f"Could not download {url} to {dest}: {e.reason}.{hint}") from e
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise DownloadError(
-                f"Could not download {url} to {dest}: {reason}.{hint}"
-            ) from e
+            raise DownloadError(f"Could not download {url} to {dest}: {reason}.{hint}") from e
         if verify(part, file_hash):
             os.replace(part, dest)
             return dest
@@ -129,12 +127,17 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool) ->
             )
 
 
-def _progress_bar(total: int | None, initial: int, name: str, enabled: bool):
+def _progress_bar(total: int | None, initial: int, name: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=initial, unit="B", unit_scale=True, desc=name,
-        disable=not enabled, leave=False,
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        desc=name,
+        disable=not enabled,
+        leave=False,
     )
 
 

@@ -16,20 +16,18 @@ that choice. Training itself always runs in TensorFlow.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
 
+from floranet.config import PRECISIONS, RUNTIMES, check_choice
 from floranet.errors import ConfigError
+from floranet.utils import optional, system
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("auto", "tensorflow", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16")
 # Below this many images an automatic choice stays on TensorFlow: OpenVINO's one-off
 # conversion (~5 s for ResNet50) pays off only over a few hundred images.
 AUTO_MIN_IMAGES = 256
@@ -48,28 +46,12 @@ class RuntimeChoice:
         return f"{self.runtime}-{self.precision}"
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def native_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return system.native_bf16()
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return optional.available("openvino")
 
 
 def gpu_available() -> bool:
@@ -89,22 +71,22 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
             model to OpenVINO (seconds) costs more than it saves.
 
     Raises:
-        ConfigError: Unknown values, or OpenVINO requested but not installed.
+        ConfigError: Unknown values.
+        MissingDependencyError: OpenVINO requested but not installed.
     """
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}. Received: runtime={runtime!r}")
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    check_choice("runtime", runtime, RUNTIMES)
+    check_choice("precision", precision, PRECISIONS)
     if runtime == "openvino" and not openvino_available():
-        raise ConfigError("runtime='openvino' needs OpenVINO: pip install 'floranet[openvino]'. "
-                          "Received: runtime='openvino'")
+        optional.require("openvino", "runtime='openvino'")
     reasons = []
     if runtime == "auto":
         if gpu_available():
             runtime, why = "tensorflow", "a GPU is visible to TensorFlow"
         elif openvino_available() and images is not None and images < AUTO_MIN_IMAGES:
-            runtime, why = "tensorflow", (f"{images} image(s): converting the model to OpenVINO would take "
-                                          "longer than it saves")
+            runtime, why = (
+                "tensorflow",
+                (f"{images} image(s): converting the model to OpenVINO would take longer than it saves"),
+            )
         elif openvino_available():
             runtime, why = "openvino", "no GPU; OpenVINO is the fastest CPU runtime installed"
         else:
@@ -115,19 +97,22 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
         # 0.5 points (mean over seeds), at about 2x the speed where the CPU computes bf16 natively.
         if runtime == "openvino" and native_bf16():
             precision = "bf16"
-            reasons.append("bf16: this CPU computes it natively (AVX512_BF16/AMX), about 2x fp32, and its "
-                           "accuracy change is under 0.5 points (benchmarks/bench_bf16.py)")
+            reasons.append(
+                "bf16: this CPU computes it natively (AVX512_BF16/AMX), about 2x fp32, and its "
+                "accuracy change is under 0.5 points (benchmarks/bench_bf16.py)"
+            )
         else:
             precision = "fp32"
-            reasons.append("fp32: " + ("TensorFlow inference runs in fp32" if runtime == "tensorflow"
-                                       else "this CPU has no native bf16"))
+            reasons.append(
+                "fp32: "
+                + ("TensorFlow inference runs in fp32" if runtime == "tensorflow" else "this CPU has no native bf16")
+            )
     elif precision == "bf16" and runtime == "tensorflow":
         reasons.append("bf16 via Keras mixed_bfloat16")
     return RuntimeChoice(runtime, precision, "; ".join(reasons) or "as requested")
 
 
-def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: int | None = None
-                     ) -> RuntimeChoice:
+def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
     """:func:`choose` for running a saved float32 model (predict, evaluate, serve).
 
     Raises:
@@ -136,8 +121,10 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
     """
     choice = choose(runtime, precision, images=images)
     if choice.runtime == "tensorflow" and choice.precision == "bf16":
-        raise ConfigError("precision='bf16' runs on OpenVINO for inference (TensorFlow bf16 is for training). "
-                          "Received: runtime='tensorflow', precision='bf16'")
+        raise ConfigError(
+            "precision='bf16' runs on OpenVINO for inference (TensorFlow bf16 is for training). "
+            "Received: runtime='tensorflow', precision='bf16'"
+        )
     return choice
 
 
@@ -147,8 +134,7 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     ``auto`` picks mixed bf16 on CPUs with native bf16 (AVX512_BF16/AMX), where
     benchmarks/bench_finetune.py measures it about 1.5x faster than fp32, and fp32 elsewhere.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "bf16":
         return "mixed_bfloat16", "as requested"
     if precision == "fp32":
@@ -160,8 +146,9 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     return "float32", "this CPU has no native bf16"
 
 
-def compile_inference(model: keras.Model, choice: RuntimeChoice, *, streaming: bool = False,
-                      threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def compile_inference(
+    model: keras.Model, choice: RuntimeChoice, *, streaming: bool = False, threads: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """A function float32 ``[B, H, W, 3]`` → float32 outputs running ``model`` as ``choice`` says.
 
     Args:
@@ -188,17 +175,19 @@ def compile_inference(model: keras.Model, choice: RuntimeChoice, *, streaming: b
 class OpenVINOInference:
     """``model`` compiled by OpenVINO for the CPU; call it on a batch, or ``map`` it over many."""
 
-    def __init__(self, model: keras.Model, precision: str, *, streaming: bool = False,
-                 threads: int | None = None) -> None:
-        import openvino as ov
+    def __init__(
+        self, model: keras.Model, precision: str, *, streaming: bool = False, threads: int | None = None
+    ) -> None:
+        ov = optional.require("openvino", "runtime='openvino'")
         import tensorflow as tf
 
         # Traced once and converted in memory: 3x faster than the SavedModel round trip
         # (ResNet50: about 4 s vs 12 s here) and nothing written to disk.
         spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
-        concrete = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                               autograph=False).get_concrete_function()
-        config = {
+        concrete = tf.function(
+            lambda x: model(x, training=False), input_signature=[spec], autograph=False
+        ).get_concrete_function()
+        config: dict[str, str | int] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             # LATENCY: one request uses every core (a call at a time). THROUGHPUT: one stream per
             # group of cores, fed by several requests in flight, so the cores never wait for Python.
@@ -207,8 +196,9 @@ class OpenVINOInference:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self._compiled = ov.Core().compile_model(ov.convert_model(concrete), "CPU", config)
-        self.in_flight = max(2, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) \
-            if streaming else 1
+        self.in_flight = (
+            max(2, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) if streaming else 1
+        )
         self._requests = [self._compiled.create_infer_request() for _ in range(self.in_flight)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

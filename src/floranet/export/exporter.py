@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -11,34 +12,35 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from floranet.errors import ConfigError, DatasetError, ModelError
-from floranet.export.check import _Check, _check, _readme
+from floranet.export.check import Check, check_export, readme
 from floranet.export.common import (
     CALIBRATION_IMAGES,
     EXPORTS_DIR,
     EXPORTS_FILE,
     FORMATS,
+    MARKER,
     QUANTIZE,
+    README_FILE,
     SUPPORTED_QUANTIZE,
-    _MARKER,
-    _README,
-    _export_name,
-    _human_size,
-    _quiet,
-    _spread,
-    _versions,
+    export_name,
+    human_size,
     log,
+    quiet,
+    spread,
+    versions,
 )
 from floranet.export.loaders import load_exported
-from floranet.export.rundata import _calibration_images, _decode, _open_run
-from floranet.export.writers import _WRITERS
-from floranet.io import atomic_write_text, write_json
+from floranet.export.rundata import ExportSource, calibration_images, decode_rows, open_run
+from floranet.export.writers import WRITERS
+from floranet.rundir import RunDir
+from floranet.utils.files import atomic_write_text, write_json
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class ExportResult:
 
     def summary(self) -> str:
         """A few print-ready lines."""
-        lines = [f"Exported {self.name} to {self.path} ({_human_size(self.size_bytes)})"]
+        lines = [f"Exported {self.name} to {self.path} ({human_size(self.size_bytes)})"]
         if self.converter:
             lines.append(f"  via {self.converter}")
         if self.calibration_images is not None:
@@ -93,10 +95,14 @@ class ExportResult:
         if self.agreement is None:
             lines.append("  Agreement check skipped (max_images=0).")
         else:
-            lines.append(f"  Agreement with model.keras on {self.num_images} validation images: "
-                         f"top-1 {self.agreement:.1%}, max |Δp| {self.max_abs_diff:.2e}")
-            lines.append(f"  Latency, batch 1 (median, warm): {self.latency_ms_batch1:.2f} ms "
-                         f"(model.keras {self.reference_latency_ms_batch1:.2f} ms)")
+            lines.append(
+                f"  Agreement with model.keras on {self.num_images} validation images: "
+                f"top-1 {self.agreement:.1%}, max |Δp| {self.max_abs_diff:.2e}"
+            )
+            lines.append(
+                f"  Latency, batch 1 (median, warm): {self.latency_ms_batch1:.2f} ms "
+                f"(model.keras {self.reference_latency_ms_batch1:.2f} ms)"
+            )
         return "\n".join(lines)
 
 
@@ -107,8 +113,10 @@ def _check_args(fmt: Any, quantize: Any, max_images: Any) -> None:
         raise ConfigError(f"quantize must be one of None, {', '.join(QUANTIZE)}. Received: quantize={quantize!r}")
     if quantize is not None and quantize not in SUPPORTED_QUANTIZE.get(fmt, ()):
         supported = "; ".join(f"{f}: {', '.join(q)}" for f, q in SUPPORTED_QUANTIZE.items())
-        raise ConfigError(f"quantize={quantize!r} is not supported for format={fmt!r}. "
-                          f"Quantized exports: {supported}. Received: format={fmt!r}, quantize={quantize!r}")
+        raise ConfigError(
+            f"quantize={quantize!r} is not supported for format={fmt!r}. "
+            f"Quantized exports: {supported}. Received: format={fmt!r}, quantize={quantize!r}"
+        )
     if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 0:
         raise ConfigError(f"max_images must be an int >= 0 (0 skips the check). Received: max_images={max_images!r}")
 
@@ -155,9 +163,9 @@ def _record(run: Path, result: ExportResult) -> None:
 
 
 def _is_export_folder(folder: Path) -> bool:
-    readme = folder / _README
+    readme = folder / README_FILE
     try:
-        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(_MARKER)
+        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(MARKER)
     except OSError:
         return False
 
@@ -188,13 +196,13 @@ def _make_readable(folder: Path) -> None:
 
 def _model_size(folder: Path) -> int:
     """Bytes of the model file(s): everything but the top-level class_names.json and README.txt."""
-    extras = {folder / "class_names.json", folder / _README}
+    extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE}
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f not in extras)
 
 
 def export_run(
     run_dir: str | os.PathLike[str],
-    format: str,  # noqa: A002 - the CLI's and Keras's name for it
+    format: str,
     *,
     quantize: str | None = None,
     out: str | os.PathLike[str] | None = None,
@@ -226,60 +234,87 @@ def export_run(
     """
     _check_args(format, quantize, max_images)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else log.info
-    fmt, name = format, _export_name(format, quantize)
-    run, model = _open_run(run_dir)
-    final = Path(out) if out is not None else run.path / EXPORTS_DIR / name
+    name = export_name(format, quantize)
+    source, model = open_run(run_dir)
+    final = Path(out) if out is not None else source.path / EXPORTS_DIR / name
     if final.exists() and not (final.is_dir() and _is_export_folder(final)):
-        raise ConfigError(f"out exists and is not a floranet export folder; refusing to replace it. "
-                          f"Received: out={str(final)!r}")
-
+        raise ConfigError(
+            f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"
+        )
     calib = None
     if quantize == "int8":
         say(f"Decoding up to {CALIBRATION_IMAGES} training images for int8 calibration...")
-        calib = _calibration_images(run)
+        calib = calibration_images(source)
     pixels = None
     if max_images:
         say(f"Decoding up to {max_images} validation images for the agreement check...")
-        pixels = _decode(run, _spread(run.rows("validation"), int(max_images)))
-
+        pixels = decode_rows(source, spread(source.rows("validation"), int(max_images)))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        say(f"Exporting {name}...")
-        try:
-            with _quiet(progress):
-                converter = _WRITERS[fmt](model, run, tmp, quantize, calib)
-        except (ModelError, ConfigError, DatasetError):
-            raise
-        except Exception as e:  # noqa: BLE001 - converter failures come in every type
-            raise ModelError(f"Exporting {run.path / 'model.keras'} as format={fmt!r}"
-                             f"{f', quantize={quantize!r}' if quantize else ''} failed: {type(e).__name__}: {e}") from e
-        shutil.copy2(run.path / "class_names.json", tmp / "class_names.json")
-        exported = load_exported(tmp)
-        check = _Check()
-        if pixels is not None:
-            say(f"Checking {name} against model.keras on {len(pixels)} validation images...")
-            with _quiet(progress):
-                check = _check(model, exported, pixels)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        calibration = len(calib) if calib is not None else None
-        atomic_write_text(tmp / _README, _readme(run, fmt, quantize, exported, check, calibration, created,
-                                                 converter))
-        _make_readable(tmp)
-        size = _model_size(tmp)
-        runtime = exported.runtime
-        del exported  # release file handles before the rename
+        result = _build(model, source, tmp, format, quantize, calib, pixels, say=say, progress=progress)
         _place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-    result = ExportResult(
-        name=name, format=fmt, quantize=quantize, path=final, size_bytes=size,
-        agreement=check.agreement, max_abs_diff=check.max_abs_diff, latency_ms_batch1=check.latency,
-        reference_latency_ms_batch1=check.reference_latency, num_images=check.num_images,
-        calibration_images=calibration, created=created, converter=converter,
-        runtime_versions=_versions(fmt, quantize, runtime),
-    )
-    _record(run.path, result)
+    result = dataclasses.replace(result, path=final)
+    _record(source.path, result)
     return result
+
+
+def _build(
+    model: Any,
+    source: ExportSource,
+    folder: Path,
+    fmt: str,
+    quantize: str | None,
+    calib: np.ndarray | None,
+    pixels: np.ndarray | None,
+    *,
+    say: Callable[[str], None],
+    progress: bool,
+) -> ExportResult:
+    """Writes the export into ``folder`` (model, class names, README), checks it, and describes it."""
+    name = export_name(fmt, quantize)
+    say(f"Exporting {name}...")
+    try:
+        with quiet(progress):
+            converter = WRITERS[fmt](model, source, folder, quantize, calib)
+    except (ModelError, ConfigError, DatasetError):
+        raise
+    except Exception as e:
+        raise ModelError(
+            f"Exporting {source.run.model_file} as format={fmt!r}"
+            f"{f', quantize={quantize!r}' if quantize else ''} failed: {type(e).__name__}: {e}"
+        ) from e
+    shutil.copy2(source.run / RunDir.CLASS_NAMES, folder / RunDir.CLASS_NAMES)
+    exported = load_exported(folder)
+    check = Check()
+    if pixels is not None:
+        say(f"Checking {name} against {RunDir.MODEL} on {len(pixels)} validation images...")
+        with quiet(progress):
+            check = check_export(model, exported, pixels)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    calibration = len(calib) if calib is not None else None
+    atomic_write_text(
+        folder / README_FILE, readme(source, fmt, quantize, exported, check, calibration, created, converter)
+    )
+    _make_readable(folder)
+    runtime = exported.runtime
+    del exported  # release file handles before the folder is renamed
+    return ExportResult(
+        name=name,
+        format=fmt,
+        quantize=quantize,
+        path=folder,
+        size_bytes=_model_size(folder),
+        agreement=check.agreement,
+        max_abs_diff=check.max_abs_diff,
+        latency_ms_batch1=check.latency,
+        reference_latency_ms_batch1=check.reference_latency,
+        num_images=check.num_images,
+        calibration_images=calibration,
+        created=created,
+        converter=converter,
+        runtime_versions=versions(fmt, quantize, runtime),
+    )

@@ -1,0 +1,62 @@
+"""Helpers every command module shares: argument types, shared flags, the TensorFlow start-up banner."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from floranet.config import PRECISIONS, RUNTIMES
+
+Runner = Callable[[argparse.Namespace], int]
+Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+
+
+def quiet_tensorflow_import() -> None:
+    """Imports TensorFlow with its C++ start-up banner (absl lines on fd 2) silenced."""
+    if "tensorflow" in sys.modules or os.environ.get("FLORANET_VERBOSE_TF"):
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401 - imported for its side effect, here where its banner is silenced
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def int_or_pair(text: str) -> int | tuple[int, int]:
+    """``180`` or ``180x240`` (or ``180,240``) from the command line."""
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or HxW, got {text!r}") from None
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--precision`` of the commands that run a finished model."""
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="inference runtime (auto: OpenVINO on CPU for 256+ images or a server, else TensorFlow)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="inference precision (auto: bf16 where the CPU has it natively and it is safe)",
+    )
+
+
+def command(sub: Subparsers, name: str, run: Runner, **kwargs: Any) -> argparse.ArgumentParser:
+    """Adds subcommand ``name`` whose arguments ``run`` receives."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    p.set_defaults(run=run)
+    return p

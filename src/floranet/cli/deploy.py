@@ -1,0 +1,62 @@
+"""``floranet export`` and ``floranet serve``: the model outside training."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from floranet.cli.common import Subparsers, add_runtime, command
+from floranet.config import EXPORT_FORMATS, QUANTIZE
+
+
+def add_export(sub: Subparsers) -> None:
+    p = command(sub, "export", run_export, help="export RUN_DIR's model and check it against model.keras")
+    p.add_argument("run_dir")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument(
+        "--quantize", choices=QUANTIZE, help="tflite and openvino only; int8 calibrates on up to 200 training images"
+    )
+    p.add_argument("--out", help="export folder (default: RUN_DIR/exports/<format>[-<quantize>])")
+    p.add_argument("--max-images", type=int, default=200, help="validation images for the agreement check (0: skip it)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from floranet.export import export_run
+
+    result = export_run(
+        args.run_dir,
+        args.format,
+        quantize=args.quantize,
+        out=args.out,
+        max_images=args.max_images,
+        progress=sys.stderr.isatty(),
+    )
+    print(result.summary())
+    return 0
+
+
+def add_serve(sub: Subparsers) -> None:
+    p = command(sub, "serve", run_serve, help="REST API + web page for a run (http://127.0.0.1:8000/)")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="anything but loopback is reachable from the network")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
+    p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    add_runtime(p)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from floranet.serving import run_server
+
+    run_server(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        unsafe=args.unsafe,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        runtime=args.runtime,
+        precision=args.precision,
+    )
+    return 0

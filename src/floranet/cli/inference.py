@@ -1,0 +1,129 @@
+"""``floranet evaluate``, ``predict``, ``explain`` and ``report``: using a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from floranet.cli.common import Subparsers, add_runtime, command
+from floranet.config import ENGINES, OUTPUT_FORMATS
+
+
+def add_evaluate(sub: Subparsers) -> None:
+    p = command(sub, "evaluate", run_evaluate, help="metrics, calibration and plots on held-out data")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="another labelled folder-per-class set (default: the run's validation split)")
+    p.add_argument("--batch-size", type=int, default=32)
+    add_runtime(p)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from floranet.evaluation import evaluate_run, write_evaluation
+    from floranet.rundir import RunDir
+
+    ev = evaluate_run(
+        args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
+    )
+    external = args.data is not None
+    m = write_evaluation(ev, RunDir(args.run_dir), external=external)
+    print(
+        f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
+        f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "
+        f"(after temperature {ev.temperature:.2f}: {m['calibration']['ece_after_temperature']:.3f})"
+    )
+    for t, p_, c in ev.most_confused()[:5]:
+        print(f"  {t} predicted as {p_}: {c}")
+    name = RunDir.METRICS_EXTERNAL if external else RunDir.METRICS
+    print(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name} and plots/")
+    return 0
+
+
+def add_predict(sub: Subparsers) -> None:
+    p = command(sub, "predict", run_predict, help="classify images, folders or globs")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument(
+        "--format", choices=OUTPUT_FORMATS, help="default: from the --output suffix (.csv, .json, .parquet), else table"
+    )
+    p.add_argument("--output", help="write to this file instead of standard output")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--low-confidence", type=float, default=0.5, help="flag rows whose top probability is below")
+    p.add_argument("--calibrated", action="store_true", help="report temperature-scaled probabilities")
+    p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
+    add_runtime(p)
+    p.add_argument("--engine", default="local", help=f"{' or '.join(ENGINES)} (Ray Data; floranet[ray])")
+    p.add_argument("--ray-address", help="Ray cluster host:port (default: RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--workers", type=int, help="Ray actors, each loading the model once (default: one per CPU)")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from floranet.config import InferenceConfig
+    from floranet.errors import ConfigError
+    from floranet.inference import formats, load
+    from floranet.inference import ray as ray_engine
+
+    ray_engine.check_engine(args.engine, address=args.ray_address, num_workers=args.workers)
+    if args.format == "parquet" and not args.output:
+        raise ConfigError("format='parquet' needs --output FILE.parquet. Received: output=None")
+    settings = InferenceConfig(
+        runtime=args.runtime,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        low_confidence=args.low_confidence,
+        calibrated=args.calibrated,
+        safe_mode=not args.unsafe,
+    )
+    if args.engine == "ray":  # stderr: stdout stays clean CSV/JSON
+        rows = ray_engine.predict_with_ray(
+            args.run_dir,
+            args.paths,
+            settings,
+            address=args.ray_address,
+            num_workers=args.workers,
+            say=lambda m: print(m, file=sys.stderr),
+        )
+    else:
+        predictor = load(args.run_dir, settings)
+        rows = predictor.predict(args.paths)
+        if predictor.choice is not None:
+            print(
+                f"Ran on {predictor.choice.runtime} {predictor.choice.precision}: {predictor.choice.reason}.",
+                file=sys.stderr,
+            )
+    if args.output:
+        formats.write_predictions(rows, args.format, args.output)
+        print(f"{len(rows)} predictions written to {args.output}")
+    else:
+        sys.stdout.write(formats.format_predictions(rows, args.format or "table"))
+    return 1 if rows and all(r.error for r in rows) else 0
+
+
+def add_explain(sub: Subparsers) -> None:
+    p = command(sub, "explain", run_explain, help="Grad-CAM overlays: where the model looked")
+    p.add_argument("run_dir")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", default=".", help="folder for <image>.gradcam.png files")
+    p.add_argument("--class", dest="class_name", help="explain this class (default: the predicted one)")
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from floranet.evaluation.gradcam import explain_files
+
+    for path in explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name):
+        print(path)
+    return 0
+
+
+def add_report(sub: Subparsers) -> None:
+    p = command(sub, "report", run_report, help="write RUN_DIR/report.html (self-contained)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="write the HTML here instead")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from floranet.evaluation.report import build_report
+
+    print(build_report(args.run_dir, out=args.out))
+    return 0

@@ -1,0 +1,109 @@
+"""``floranet demo`` and ``floranet train``."""
+
+from __future__ import annotations
+
+import argparse
+
+from floranet.cli.common import Subparsers, command, int_or_pair
+from floranet.config import AUGMENT_CHOICES, DISTRIBUTE_CHOICES, PRECISIONS, PRESETS, RUNTIMES, SCHEDULES
+
+# Settings of `train` that map one to one onto TrainConfig fields.
+TRAIN_KEYS = (
+    "preset",
+    "backbone",
+    "weights",
+    "image_size",
+    "batch_size",
+    "epochs",
+    "fine_tune_epochs",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "schedule",
+    "val_split",
+    "seed",
+    "precision",
+    "runtime",
+    "augment",
+    "class_weights",
+    "dropout",
+    "head_units",
+    "split_file",
+    "distribute",
+    "workers",
+    "worker_index",
+)
+
+
+def add_demo(sub: Subparsers) -> None:
+    p = command(sub, "demo", run_demo, help="the Keras flower tutorial end to end (works offline)")
+    p.add_argument("--data", help="folder-per-class image set (default: flower_photos, else the bundled sample)")
+    p.add_argument("--out", help="run directory (default: runs/demo-<time>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from floranet.workflows.demo import run_demo as demo
+
+    demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size)
+    return 0
+
+
+def add_train(sub: Subparsers) -> None:
+    p = command(sub, "train", run_train, help="train a classifier on DATA_DIR")
+    p.add_argument("data_dir")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    g = p.add_argument_group("training settings (override --config and the preset)")
+    g.add_argument("--config", help="YAML file of settings")
+    g.add_argument("--preset", choices=list(PRESETS))
+    g.add_argument("--backbone", help="resnet50 (default), resnet18, mobilenet_v2, ... (see `floranet backbones`)")
+    g.add_argument("--weights", help="imagenet | none | PATH to a weights file")
+    g.add_argument("--image-size", type=int_or_pair, help="pixels, e.g. 180 or 180x240")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--epochs", type=int, help="stage 1 epochs (frozen backbone)")
+    g.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top of the backbone unfrozen)")
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--fine-tune-learning-rate", type=float)
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--val-split", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto: bf16 feature extraction and mixed-bf16 fine-tuning where the CPU computes bf16 "
+        "natively, fp32 elsewhere; bf16: every stage in mixed bf16",
+    )
+    g.add_argument("--runtime", choices=RUNTIMES, help="runtime of frozen-feature extraction (auto: the fastest)")
+    g.add_argument(
+        "--augment",
+        nargs="?",
+        const="all",
+        choices=AUGMENT_CHOICES,
+        help="bare --augment: every stage (stage 1 then runs the full model)",
+    )
+    g.add_argument("--class-weights", choices=["auto"])
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--head-units", type=int)
+    g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
+    g.add_argument(
+        "--distribute",
+        choices=DISTRIBUTE_CHOICES,
+        help="data-parallel training; --batch-size is then per replica and the learning rates "
+        "are scaled by the number of replicas",
+    )
+    g.add_argument("--workers", help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used)")
+    g.add_argument("--worker-index", type=int, help="this process's index in --workers (0 is the chief)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from floranet import config
+    from floranet.workflows import train
+
+    flags = {k: getattr(args, k) for k in TRAIN_KEYS}
+    cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
+    result = train(cfg, resume=args.resume)
+    acc = result.metrics.get("accuracy")
+    print(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
+    print(f"Run directory: {result.run_dir}")
+    return 0

@@ -1,0 +1,126 @@
+"""What an image file's bytes and Pillow modes mean: the format by its signature, the conversions to 8-bit
+RGB, and whether TensorFlow's fast decoder gives the same pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+ORIENTATION_TAG = 0x0112
+_TF_FORMATS = frozenset({"JPEG", "PNG", "BMP"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SIXTEEN_BIT_GRAY = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# ISO-BMFF brands (the 4 bytes after "ftyp") of the HEIF family.
+_HEIF_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"heim": "HEIC",
+    b"heis": "HEIC",
+    b"hevc": "HEIC",
+    b"hevx": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
+# Magic numbers, to tell "damaged image" from "not an image at all".
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Names the image format from its first bytes (no decoding), or None.
+
+    Args:
+        data: The start of a file (32 bytes are enough).
+
+    Returns:
+        e.g. ``"JPEG"``, ``"PNG"``, ``"WEBP"``, ``"HEIC"``, ``"AVIF"``; None when
+        the bytes match no known image signature.
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp":
+        return _HEIF_BRANDS.get(data[8:12])
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+
+
+def describe(im: Image.Image, data: bytes, orientation: int, *, animated: bool) -> tuple[list[str], bool]:
+    """Notes about the conversions :func:`decode_image_bytes` will make, and tf-decodability."""
+    mode, fmt = im.mode, im.format or ""
+    has_transparency = "transparency" in im.info
+    notes = []
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif mode in _SIXTEEN_BIT_GRAY:
+        notes.append("16-bit grayscale scaled to 8-bit RGB")
+    elif mode in ("I", "F"):
+        notes.append(f"{'32-bit integer' if mode == 'I' else 'floating-point'} grayscale scaled to 8-bit RGB")
+    elif mode in ("L", "1"):
+        notes.append(f"{'grayscale' if mode == 'L' else 'black-and-white'} converted to RGB")
+    elif mode not in ("RGB", "P", *_ALPHA_MODES):  # palette to RGB is lossless: no note
+        notes.append(f"{mode} converted to RGB")
+    if mode in _ALPHA_MODES or has_transparency:
+        notes.append("transparency composited over white")
+    deep = _png_bit_depth(data) == 16 or (fmt == "TIFF" and 16 in _tiff_bits(im))
+    if deep and mode == "RGB":
+        notes.append("16-bit per channel reduced to 8-bit")
+    if orientation in range(2, 9):
+        notes.append(f"EXIF orientation {orientation} applied")
+    if animated and fmt != "MPO":  # MPO's extra pictures are previews/depth maps, not frames
+        notes.append(f"multi-page {fmt}: first page used" if fmt == "TIFF" else f"animated {fmt}: first frame used")
+    tf_ok = (
+        fmt in _TF_FORMATS
+        and mode in ("RGB", "L")
+        and not has_transparency
+        and not deep
+        and not animated
+        and orientation in (0, 1)
+        and (fmt != "BMP" or _bmp_is_plain_24bit(data))
+    )
+    return notes, tf_ok
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    return data[24] if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 else None
+
+
+def _tiff_bits(im: Image.Image) -> tuple[int, ...]:
+    bits = getattr(im, "tag_v2", {}).get(258, ())  # BitsPerSample
+    return tuple(bits) if isinstance(bits, (tuple, list)) else (bits,)
+
+
+def _bmp_is_plain_24bit(data: bytes) -> bool:
+    # tf's BMP decoder reads uncompressed 24-bit BITMAPINFOHEADER files like Pillow.
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return False
+    return int.from_bytes(data[28:30], "little") == 24 and int.from_bytes(data[30:34], "little") == 0
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB (alpha over white, 16-bit scaled, not clipped)."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in _SIXTEEN_BIT_GRAY or mode in ("I", "F"):
+        # Pillow's convert("L") clips these at 255: scale the full range instead.
+        values = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode in _SIXTEEN_BIT_GRAY or values.max(initial=0) > 255 else 255.0
+        if mode == "F" and values.max(initial=0) <= 1.0:
+            top = 1.0
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "1":
+        im = im.convert("L")
+    return im.convert("RGB")

@@ -1,0 +1,165 @@
+"""Walking a folder-per-class image set: which entries are classes, candidate images, or to be ignored.
+
+The walk follows symlinks but never loops, never visits a folder twice, and decides hidden, system and
+non-image entries without opening them as images.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from floranet.data import formats
+from floranet.errors import DatasetError
+from floranet.utils.text import printable
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+_SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+
+
+@dataclass(frozen=True)
+class FileFinding:
+    """The verdict on one file (or skipped folder).
+
+    Attributes:
+        path: POSIX path relative to ``data_dir``; undecodable bytes of the
+            name are kept as surrogate escapes (``os.fsdecode``), so
+            ``os.path.join(data_dir, path)`` opens the file.
+        label: Class folder name; None for ignored entries.
+        status: ``"ok"``, ``"note"``, ``"bad"`` or ``"ignored"``.
+        reason: ``""`` when ok, otherwise a sentence (notes joined by ``"; "``).
+        sha256: Hex digest of the bytes, for every file that could be read.
+        width: Upright width, for usable images.
+        height: Upright height, for usable images.
+        tf_decodable: TensorFlow decodes it to the same pixels (fast path).
+    """
+
+    path: str
+    label: str | None
+    status: str
+    reason: str
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    tf_decodable: bool = False
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    abs_path: str
+    label: str
+
+
+class Scan:
+    """Walks ``root`` once: class names, files to decode, entries decided without decoding."""
+
+    def __init__(self, root: str) -> None:
+        self.classes: list[str] = []
+        self.candidates: list[Candidate] = []
+        self.findings: list[FileFinding] = []
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+            root_key = _key(os.stat(root))
+        except OSError as err:
+            raise DatasetError(
+                f"data_dir cannot be read ({err.strerror or err}). Received: data_dir={printable(root)!r}"
+            ) from None
+        # Every class folder is registered first, so a symlink from one class
+        # into another is reported instead of stealing the other's images.
+        self.visited = {root_key}
+        class_dirs = []
+        for e in entries:
+            hidden = _hidden_reason(e)
+            if hidden:
+                self._ignore(e.name, hidden)
+            elif e.is_dir():
+                key = _key(e.stat())
+                if key in self.visited:
+                    self._ignore(e.name, "symlink loop" if key == root_key else "symlink to a folder already scanned")
+                else:
+                    self.visited.add(key)
+                    class_dirs.append((e, key))
+            else:
+                self._ignore(e.name, "not inside a class folder")
+        for e, key in class_dirs:
+            self.classes.append(e.name)
+            self._walk(e.name, e.path, frozenset({root_key, key}))
+
+    def _ignore(self, path: str, reason: str) -> None:
+        self.findings.append(FileFinding(path, None, "ignored", reason))
+
+    def _walk(self, label: str, top: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        stack = [(top, label, ancestors)]
+        while stack:
+            folder, rel, anc = stack.pop()
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as err:
+                self.findings.append(FileFinding(rel, label, "bad", f"unreadable folder: {_os_reason(err)}"))
+                continue
+            for e in entries:
+                path = f"{rel}/{e.name}"
+                hidden = _hidden_reason(e)
+                if hidden:
+                    self._ignore(path, hidden)
+                    continue
+                try:
+                    st = e.stat()  # follows symlinks
+                except FileNotFoundError:
+                    self.findings.append(FileFinding(path, label, "bad", "broken symlink"))
+                    continue
+                except OSError as err:
+                    looped = err.errno == errno.ELOOP
+                    self._ignore(path, "symlink loop" if looped else f"cannot be examined: {_os_reason(err)}")
+                    continue
+                if e.is_dir():
+                    key = _key(st)
+                    if key in anc:
+                        self._ignore(path, "symlink loop")
+                    elif key in self.visited:
+                        self._ignore(path, "symlink to a folder already scanned")
+                    else:
+                        self.visited.add(key)
+                        stack.append((e.path, path, anc | {key}))
+                elif not e.is_file():
+                    self._ignore(path, "not a regular file")
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    self.candidates.append(Candidate(path, e.path, label))
+                else:
+                    self._ignore(path, _non_image_reason(e.path, e.name))
+
+
+def _key(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _hidden_reason(entry: os.DirEntry) -> str:
+    name = entry.name
+    if not name.startswith(".") and name.lower() not in _SYSTEM_NAMES:
+        return ""
+    try:
+        is_dir = entry.is_dir()
+    except OSError:
+        is_dir = False
+    kind = "hidden" if name.startswith(".") else "system"
+    return f"{kind} folder (not scanned)" if is_dir else f"{kind} file"
+
+
+def _non_image_reason(path: str, name: str) -> str:
+    ext = os.path.splitext(name)[1] or "(none)"
+    try:
+        with open(path, "rb") as f:
+            fmt = formats.sniff_format(f.read(32))
+    except OSError:
+        fmt = None
+    if fmt is None:
+        return f"not an image file extension ({ext})"
+    return f"not an image file extension ({ext}), although the content looks like {fmt}: rename it to use it"
+
+
+def _os_reason(e: OSError) -> str:
+    return "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e))

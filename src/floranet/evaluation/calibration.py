@@ -1,0 +1,51 @@
+"""Calibration: expected calibration error, reliability bins, and the temperature that minimises NLL."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from floranet.inference.predictor import apply_temperature
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation negative log-likelihood (Guo et al. 2017)."""
+    labels = np.asarray(labels, int)
+    if not len(labels):
+        return 1.0
+
+    def nll(t: float) -> float:
+        p = apply_temperature(probs, t)[np.arange(len(labels)), labels]
+        return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
+
+    res = minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded", options={"xatol": 1e-4})
+    return float(res.x) if nll(res.x) <= nll(1.0) else 1.0
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: bin by confidence, average |accuracy - confidence| weighted by bin size."""
+    rel = reliability(probs, labels, n_bins)
+    n = max(1, sum(b["count"] for b in rel))
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in rel if b["count"]))
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
+    """Per confidence bin: mean confidence, accuracy and count (the reliability diagram's data)."""
+    probs = np.asarray(probs)
+    conf = probs.max(axis=1) if len(probs) else np.zeros(0)
+    correct = (probs.argmax(axis=1) == np.asarray(labels)) if len(probs) else np.zeros(0, bool)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        mask = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        count = int(mask.sum())
+        out.append(
+            {
+                "low": float(lo),
+                "high": float(hi),
+                "count": count,
+                "confidence": float(conf[mask].mean()) if count else 0.0,
+                "accuracy": float(correct[mask].mean()) if count else 0.0,
+            }
+        )
+    return out

@@ -1,0 +1,285 @@
+"""Evaluation: predictions computed once, then many views of them (as fastai's interpretation object).
+
+An :class:`Evaluation` holds one set of predictions on labelled images; metrics, plots, top losses,
+calibration, the report and the model card all read from it. :func:`write_evaluation` stores it in the
+run directory (``predictions.csv`` beside ``metrics.json``), so later views never predict again;
+:func:`evaluate_run` predicts anew (another runtime, or another labelled folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from floranet.config import InferenceConfig
+from floranet.data import doctor
+from floranet.data.split import Split, SplitRow
+from floranet.errors import DatasetError
+from floranet.evaluation import plots
+from floranet.evaluation.calibration import expected_calibration_error, fit_temperature, reliability
+from floranet.evaluation.metrics import classification_metrics
+from floranet.inference.predictor import apply_temperature, load
+from floranet.rundir import RunDir
+
+VALIDATION = "validation split"
+# Facts of the training run kept in metrics.json when an evaluation is written again.
+TRAINING_FACTS = ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One set of predictions on labelled images, and every view of it.
+
+    Attributes:
+        class_names: Names in label-index order.
+        paths: Image paths relative to ``data_dir``, aligned with ``labels`` and ``probs``.
+        labels: True label indices.
+        probs: The model's probabilities (uncalibrated).
+        temperature: Fitted temperature (1.0 = none).
+        data_dir: Folder the paths are relative to.
+        source: What was evaluated, e.g. "validation split".
+        extra: More fields for ``metrics.json`` (e.g. ``evaluated_on``: the runtime used).
+    """
+
+    class_names: tuple[str, ...]
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    probs: np.ndarray
+    temperature: float = 1.0
+    data_dir: str = ""
+    source: str = VALIDATION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def calibrated_probs(self) -> np.ndarray:
+        return apply_temperature(self.probs, self.temperature)
+
+    def confusion_matrix(self, *, normalize: bool = False) -> np.ndarray:
+        from sklearn.metrics import confusion_matrix
+
+        cm: np.ndarray = confusion_matrix(self.labels, self.predictions, labels=list(range(len(self.class_names))))
+        if not normalize:
+            return cm
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
+
+    def most_confused(self, min_count: int = 1) -> list[tuple[str, str, int]]:
+        """(true, predicted, count) off the diagonal, most frequent first."""
+        cm = self.confusion_matrix()
+        pairs = [
+            (self.class_names[i], self.class_names[j], int(cm[i, j]))
+            for i in range(len(cm))
+            for j in range(len(cm))
+            if i != j and cm[i, j] >= min_count
+        ]
+        return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
+
+    def losses(self) -> np.ndarray:
+        p = self.probs[np.arange(len(self.labels)), self.labels]
+        return -np.log(np.clip(p, 1e-12, 1.0))
+
+    def top_losses(self, k: int = 9, *, wrong_only: bool = True) -> list[dict[str, Any]]:
+        """The most confidently wrong images: path, true and predicted class, probabilities, loss."""
+        losses = self.losses()
+        order = np.argsort(-losses, kind="stable")
+        out = []
+        for i in order:
+            if wrong_only and self.predictions[i] == self.labels[i]:
+                continue
+            out.append(
+                {
+                    "path": self.paths[i],
+                    "true": self.class_names[self.labels[i]],
+                    "predicted": self.class_names[self.predictions[i]],
+                    "probability": float(self.probs[i].max()),
+                    "probability_true": float(self.probs[i, self.labels[i]]),
+                    "loss": float(losses[i]),
+                }
+            )
+            if len(out) >= k:
+                break
+        return out
+
+    def ece(self, *, calibrated: bool = False, n_bins: int = 15) -> float:
+        return expected_calibration_error(self.calibrated_probs if calibrated else self.probs, self.labels, n_bins)
+
+    def metrics(self, *, top_k: int = 2) -> dict[str, Any]:
+        """Everything as one JSON-ready dict."""
+        out = classification_metrics(self.labels, self.probs, self.class_names, top_k=top_k)
+        out.update(
+            {
+                "source": self.source,
+                "most_confused": [{"true": t, "predicted": p, "count": c} for t, p, c in self.most_confused()[:10]],
+                "top_losses": self.top_losses(),
+                "calibration": {
+                    "ece": self.ece(),
+                    "temperature": self.temperature,
+                    "ece_after_temperature": self.ece(calibrated=True),
+                    "reliability": reliability(self.probs, self.labels),
+                },
+            }
+        )
+        return out
+
+    def with_temperature(self) -> Evaluation:
+        """A copy with the temperature fitted on these predictions."""
+        return replace(self, temperature=fit_temperature(self.probs, self.labels))
+
+    def to_csv(self) -> str:
+        """``path,label,<probability of each class>`` per image: what :meth:`from_csv` reads back."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "label", *self.class_names])
+        for path, label, row in zip(self.paths, self.labels, self.probs, strict=True):
+            writer.writerow([path, self.class_names[label], *(f"{p:.9g}" for p in row)])
+        return buf.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str, **fields: Any) -> Evaluation:
+        """An evaluation from :meth:`to_csv`'s text (``fields``: temperature, data_dir, source, extra)."""
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader)
+        names = tuple(header[2:])
+        rows = list(reader)
+        index = {n: i for i, n in enumerate(names)}
+        labels = np.asarray([index[r[1]] for r in rows], dtype=np.int64)
+        probs = np.asarray([[float(v) for v in r[2:]] for r in rows], dtype=np.float32).reshape(len(rows), len(names))
+        return cls(names, tuple(r[0] for r in rows), labels, probs, **fields)
+
+
+def write_evaluation(
+    ev: Evaluation, run: RunDir, *, facts: Mapping[str, Any] | None = None, external: bool = False
+) -> dict[str, Any]:
+    """Stores an evaluation in the run: metrics first, then calibration, predictions and plots.
+
+    Args:
+        ev: The evaluation.
+        run: The run directory.
+        facts: Training facts to record beside the metrics (timings, precision, ...); None keeps
+            those of the metrics file already there.
+        external: An evaluation on another folder (``metrics_external.json``), which never replaces
+            the run's own validation results or its calibration.
+
+    Returns:
+        The metrics as written.
+    """
+    metrics_name, predictions_name = (
+        (RunDir.METRICS_EXTERNAL, RunDir.PREDICTIONS_EXTERNAL) if external else (RunDir.METRICS, RunDir.PREDICTIONS)
+    )
+    if facts is None:
+        previous = run.read_json(metrics_name, {})
+        facts = {k: v for k, v in previous.items() if k in TRAINING_FACTS}
+    if not len(ev.labels):  # no validation image (tiny classes): nothing to measure or draw
+        metrics = {**facts, "num_examples": 0, **ev.extra}
+        run.write_json(metrics_name, metrics)
+        return metrics
+    metrics = {**facts, **ev.metrics(), **ev.extra}
+    run.write_json(metrics_name, metrics)
+    if not external:
+        run.write_json(
+            RunDir.CALIBRATION,
+            {
+                "temperature": ev.temperature,
+                "fitted_on": VALIDATION,
+                "ece_before": metrics["calibration"]["ece"],
+                "ece_after": metrics["calibration"]["ece_after_temperature"],
+            },
+        )
+    run.write_text(predictions_name, ev.to_csv())
+    suffix = "_external" if external else ""
+    plots.confusion_matrix_plot(
+        ev.confusion_matrix(), ev.class_names, run.plot(f"confusion_matrix{suffix}.png"), title=ev.source.capitalize()
+    )
+    plots.reliability_plot(
+        reliability(ev.probs, ev.labels),
+        run.plot(f"reliability{suffix}.png"),
+        calibrated=reliability(ev.calibrated_probs, ev.labels),
+    )
+    return metrics
+
+
+def read_evaluation(run: RunDir) -> Evaluation | None:
+    """The run's stored validation evaluation (``predictions.csv``), or None when it has none."""
+    if not run.exists(RunDir.PREDICTIONS):
+        return None
+    metrics = run.metrics()
+    extra = {"evaluated_on": metrics["evaluated_on"]} if "evaluated_on" in metrics else {}
+    return Evaluation.from_csv(
+        (run / RunDir.PREDICTIONS).read_text(encoding="utf-8"),
+        temperature=run.temperature(),
+        data_dir=run.config().data_dir,
+        extra=extra,
+    )
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+    runtime: str = "auto",
+    precision: str = "auto",
+) -> Evaluation:
+    """Predicts once on held-out data: the run's validation split, or every image of ``data_dir``.
+
+    Args:
+        run_dir: A floranet run directory.
+        data_dir: Another labelled folder-per-class set; its classes must be among the run's.
+        batch_size: Prediction batch size.
+        progress: Show the doctor's progress bar (``data_dir`` only).
+        runtime, precision: Inference runtime, as in :func:`floranet.inference.runtime.choose`.
+
+    Raises:
+        ModelError: ``run_dir`` is not a finished run.
+        DatasetError: ``data_dir`` has classes the model does not know.
+    """
+    run = RunDir.open(run_dir, needs=RunDir.FINISHED)
+    names = run.class_names()
+    predictor = load(run.path, InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size))
+    if data_dir is None:
+        root, rows = Path(run.config().data_dir), run.split(names).validation()
+    else:
+        root, rows = Path(data_dir), _labelled_rows(Path(data_dir), names, predictor.max_pixels, progress)
+    paths = [str(root / r.path) for r in rows]
+    out = predictor.predict_files(paths)
+    kept = [i for i in range(len(rows)) if i not in out.errors]
+    labels = np.asarray([names.index(rows[i].label) for i in kept], dtype=np.int64)
+    choice = predictor.choice
+    ev = Evaluation(
+        tuple(names),
+        tuple(rows[i].path for i in kept),
+        labels,
+        out.outputs[kept].reshape(len(kept), len(names)),
+        run.temperature(),
+        str(root),
+        VALIDATION if data_dir is None else f"folder {data_dir}",
+        {"evaluated_on": f"model.keras ({choice.runtime} {choice.precision})" if choice else "nothing"},
+    )
+    return ev.with_temperature() if data_dir is None else ev
+
+
+def _labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool) -> list[SplitRow]:
+    report = doctor.diagnose(root, max_pixels=max_pixels, progress=progress)
+    usable = report.usable_files()
+    unknown = sorted({str(f.label) for f in usable} - set(names))
+    if unknown:
+        raise DatasetError(
+            f"{root} has classes the model was not trained on: {', '.join(unknown)}. Known: {', '.join(names)}"
+        )
+    split = Split(
+        rows=tuple(SplitRow(f.path, str(f.label), "validation", f.sha256 or "") for f in usable),
+        class_names=tuple(names),
+    )
+    return list(split.rows)

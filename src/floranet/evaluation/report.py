@@ -1,0 +1,202 @@
+"""``floranet report``: one self-contained ``report.html`` for a run.
+
+Every image is embedded as a data URI and there is no script, font or style
+sheet from elsewhere, so the file opens offline and sends no request.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from floranet.data import decode
+from floranet.errors import DatasetError
+from floranet.evaluation import plots
+from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
+from floranet.evaluation.gradcam import GradCAM
+from floranet.rundir import RunDir
+from floranet.utils.files import atomic_write_text
+from floranet.utils.system import environment
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+padding:0 1rem}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee}.muted{color:#666}.bad{color:#b00}.kpi{display:inline-block;margin-right:2rem}
+.kpi b{font-size:1.6rem;display:block}pre{background:#f7f7f7;padding:.6rem;overflow:auto}
+"""
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not path.exists():
+        return f'<p class="muted">({html.escape(alt)}: not available)</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = None) -> Path | None:
+    """Draws the most confidently wrong validation images with Grad-CAM overlays."""
+    losses = ev.top_losses(k)
+    if not losses:
+        return None
+    model = model or run.load_model()
+    size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
+    imgs, titles, wanted = [], [], []
+    for row in losses:
+        try:
+            pixels = decode.decode_and_resize(str(Path(ev.data_dir) / row["path"]), size)
+        except DatasetError:
+            continue
+        imgs.append(pixels)
+        wanted.append(ev.class_names.index(row["predicted"]))
+        titles.append(f"{row['path']}\ntrue {row['true']}, predicted {row['predicted']} ({row['probability']:.0%})")
+    if not imgs:
+        return None
+    heat, _ = GradCAM(model).heatmaps(np.stack(imgs), np.asarray(wanted))  # one gradient pass for the gallery
+    path = run.plot("top_losses.png")
+    plots.gallery(imgs, titles, path, overlays=list(heat))
+    return path
+
+
+def build_report(
+    run_dir: str | os.PathLike[str],
+    *,
+    evaluation: Evaluation | None = None,
+    out: str | os.PathLike[str] | None = None,
+    model: Any = None,
+) -> Path:
+    """Writes ``RUN_DIR/report.html`` (or ``out``) from the run's stored evaluation and returns its path.
+
+    Args:
+        run_dir: A finished run.
+        evaluation: The run's evaluation, when the caller holds it; else read from ``predictions.csv``
+            (a run from before that file existed is evaluated once and the result stored).
+        out: Another path for the HTML.
+        model: The run's loaded model, to avoid loading it again (Grad-CAM of the top losses).
+    """
+    run = RunDir.open(run_dir, needs=RunDir.FINISHED)
+    ev = evaluation or read_evaluation(run)
+    if ev is None:
+        ev = evaluate_run(run.path)
+        write_evaluation(ev, run)
+    metrics = run.metrics()
+    gallery = top_losses_gallery(ev, run, model=model)
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>floranet report: "
+        f"{html.escape(run.path.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>floranet report</h1><p class=muted>{html.escape(str(run.path.resolve()))}</p>",
+        _summary(metrics, ev),
+        _dataset(run),
+        _metrics_section(run, metrics),
+        _calibration(run, metrics),
+        "<h2>Top losses (most confidently wrong), with Grad-CAM</h2>",
+        _img(gallery, "top losses") if gallery else "<p>No misclassified images.</p>",
+        "<h2>Configuration</h2><pre>" + html.escape(run.config_text()) + "</pre>",
+        _environment(metrics),
+        "</body></html>",
+    ]
+    target = Path(out) if out else run / RunDir.REPORT
+    atomic_write_text(target, "\n".join(parts))
+    return target
+
+
+def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
+    acc, loss = metrics.get("accuracy"), metrics.get("loss")
+    kpis = [
+        ("accuracy", f"{acc:.1%}" if acc is not None else "–"),
+        ("loss", f"{loss:.3f}" if loss is not None else "–"),
+        ("ECE", f"{metrics['calibration']['ece']:.3f}"),
+        ("temperature", f"{ev.temperature:.2f}"),
+        ("images evaluated", str(metrics.get("num_examples", 0))),
+    ]
+    out = (
+        "<div>"
+        + "".join(f"<span class=kpi><b>{html.escape(v)}</b>{html.escape(k)}</span>" for k, v in kpis)
+        + f"</div><p class=muted>On the {html.escape(ev.source)} only (never on training images).</p>"
+    )
+    if metrics.get("weights") == "none":
+        out += "<p class=bad>This model was trained from random weights (no ImageNet weights were available).</p>"
+    return out
+
+
+def _dataset(run: RunDir) -> str:
+    doctor = run.doctor()
+    parts = ["<h2>Dataset</h2>"]
+    if doctor:
+        summary = doctor.get("summary", {})
+        parts.append(_table(["class", "usable images"], [[k, v] for k, v in doctor.get("classes", {}).items()]))
+        parts.append(
+            _table(["summary", "value"], [[k, v] for k, v in summary.items() if not isinstance(v, (dict, list))])
+        )
+        problems = [f for f in doctor.get("files", []) if f.get("status") in ("bad", "note")]
+        if problems:
+            parts.append(f"<p>{len(problems)} file(s) with findings (bad files were skipped):</p>")
+            parts.append(
+                _table(["file", "status", "reason"], [[f["path"], f["status"], f["reason"]] for f in problems[:50]])
+            )
+    parts += [
+        "<h3>Sample training images</h3>",
+        _img(run.plot("samples.png"), "sample grid"),
+        "<h2>Training</h2>",
+        _img(run.plot("history.png"), "training curves"),
+    ]
+    return "".join(parts)
+
+
+def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
+    per_class = metrics.get("per_class", {})
+    parts = [
+        "<h2>Metrics</h2>",
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per_class.items()],
+        ),
+    ]
+    topk = next((k for k in metrics if k.startswith("top_") and k.endswith("_accuracy")), None)
+    if topk:
+        parts.append(
+            f"<p>{html.escape(topk.replace('_', ' '))}: {metrics[topk]:.1%}; macro F1 "
+            f"{metrics.get('macro_f1', 0):.3f}</p>"
+        )
+    parts += ["<h3>Confusion matrix</h3>", _img(run.plot("confusion_matrix.png"), "confusion matrix")]
+    if metrics.get("most_confused"):
+        parts.append(
+            _table(
+                ["true", "predicted as", "count"],
+                [[m["true"], m["predicted"], m["count"]] for m in metrics["most_confused"]],
+            )
+        )
+    return "".join(parts)
+
+
+def _calibration(run: RunDir, metrics: dict[str, Any]) -> str:
+    cal = metrics["calibration"]
+    return (
+        "<h3>Calibration</h3>"
+        f"<p>Expected calibration error {cal['ece']:.3f}; after temperature scaling "
+        f"(T = {cal['temperature']:.2f}, fitted on the validation split) {cal['ece_after_temperature']:.3f}.</p>"
+        + _img(run.plot("reliability.png"), "reliability diagram")
+    )
+
+
+def _environment(metrics: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [[k, v] for k, v in environment().items()]
+    rows += [[f"time: {k}", f"{v} s"] for k, v in metrics.get("timings_s", {}).items()]
+    return "<h2>Environment</h2>" + _table(["", ""], rows)

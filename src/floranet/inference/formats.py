@@ -1,0 +1,79 @@
+"""Prediction rows as a terminal table, CSV, JSON or Parquet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from floranet.config import OUTPUT_FORMATS, check_choice
+from floranet.inference.predictor import Prediction
+from floranet.utils.files import atomic_path, atomic_write_text
+from floranet.utils.optional import require
+
+TEXT_FORMATS = tuple(f for f in OUTPUT_FORMATS if f != "parquet")
+_SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
+
+
+def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
+    """Renders rows as an aligned table, CSV or JSON."""
+    check_choice("format", fmt, TEXT_FORMATS)
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in rows], indent=2, ensure_ascii=False) + "\n"
+    k = max((len(r.top_k) for r in rows), default=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(
+            [
+                "file",
+                *[c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}")],
+                "low_confidence",
+                "error",
+            ]
+        )
+        for r in rows:
+            cells = [c for name, p in r.top_k for c in (name, f"{p:.6f}")]
+            cells += [""] * (2 * k - len(cells))
+            writer.writerow([r.file, *cells, str(r.low_confidence).lower(), r.error or ""])
+        return buf.getvalue()
+    lines = []
+    width = max((len(r.file) for r in rows), default=4)
+    for r in rows:
+        if r.error:
+            lines.append(f"{r.file:<{width}}  ERROR: {r.error}")
+            continue
+        top = "  ".join(f"{c} {p:6.1%}" for c, p in r.top_k)
+        lines.append(f"{r.file:<{width}}  {top}{'  (low confidence)' if r.low_confidence else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str | os.PathLike[str]) -> None:
+    """Writes rows atomically as ``fmt`` (one of :data:`floranet.config.OUTPUT_FORMATS`; None: from the
+    suffix of ``output``, .csv, .json or .parquet, else table)."""
+    fmt = fmt or format_for(output)
+    if fmt != "parquet":
+        atomic_write_text(output, format_predictions(rows, fmt))
+        return
+    pa = require("pyarrow", "format='parquet'")
+    pq = require("pyarrow.parquet", "format='parquet'")
+    k = max((len(r.top_k) for r in rows), default=1)
+    columns: dict[str, Any] = {"file": pa.array([r.file for r in rows], pa.string())}
+    for i in range(k):
+        columns[f"class_{i + 1}"] = pa.array([r.top_k[i][0] if i < len(r.top_k) else None for r in rows], pa.string())
+        columns[f"probability_{i + 1}"] = pa.array(
+            [r.top_k[i][1] if i < len(r.top_k) else None for r in rows], pa.float64()
+        )
+    columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
+    columns["error"] = pa.array([r.error for r in rows], pa.string())
+    with atomic_path(output) as tmp:
+        pq.write_table(pa.table(columns), tmp)
+
+
+def format_for(output: str | os.PathLike[str]) -> str:
+    """The output format a file name asks for by its suffix (.csv, .json, .parquet; else table)."""
+    return _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "table")

@@ -1,0 +1,224 @@
+"""Prediction from a run directory: files, folders or globs → top-k rows.
+
+Images are decoded exactly as in training (:mod:`floranet.data.pipeline`) and run through
+:func:`floranet.inference.batch.run_on_files`. A file that cannot be used gets its error in its row;
+the batch goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
+from floranet.data import decode
+from floranet.data.doctor import IMAGE_EXTENSIONS
+from floranet.inference import batch, runtime
+from floranet.rundir import RunDir
+
+if TYPE_CHECKING:
+    import keras
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One input's result; ``error`` is set (and ``top_k`` empty) when the file could not be used."""
+
+    file: str
+    top_k: tuple[tuple[str, float], ...] = ()
+    low_confidence: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
+            "low_confidence": self.low_confidence,
+            "error": self.error,
+        }
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of ``log(probs) / T``: T > 1 softens overconfident probabilities."""
+    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) / float(temperature)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> tuple[tuple[str, float], ...]:
+    """The ``k`` most probable classes of one probability row, most probable first (ties: lower index)."""
+    k = max(1, min(int(k), len(class_names)))
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return tuple((class_names[i], round(float(probs[i]), 6)) for i in order)
+
+
+@dataclass
+class Predictor:
+    """A loaded run: its model, class names and input size, and how to run it.
+
+    Attributes:
+        run: The run directory.
+        model: The Keras model (``model.keras``).
+        class_names: Label index → name.
+        image_size: ``(h, w)`` the model takes.
+        config: How to run it (runtime, precision, batch size, top-k, ...); ``auto`` runtimes are resolved
+            per job (a handful of images stays on TensorFlow, a folder goes to OpenVINO).
+        temperature: The run's fitted temperature (used when ``config.calibrated``).
+        max_pixels: Larger images are refused: the run's own limit.
+        choice: The runtime the last batch ran on.
+    """
+
+    run: RunDir
+    model: keras.Model
+    class_names: list[str]
+    image_size: tuple[int, int]
+    config: InferenceConfig = field(default_factory=InferenceConfig)
+    temperature: float = 1.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    choice: runtime.RuntimeChoice | None = None
+    _calls: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        runtime.choose_inference(self.config.runtime, self.config.precision, images=1)  # bad settings fail now
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    def select(self, images: int | None = None) -> runtime.RuntimeChoice:
+        """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
+        compiles the model for it once; later :meth:`probabilities` calls use it."""
+        choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
+        if choice.key not in self._calls:
+            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call.
+            self._calls[choice.key] = runtime.compile_inference(self.model, choice, threads=self.config.threads)
+        self.choice = choice
+        return choice
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
+        choice = self.choice or self.select(len(pixels))
+        probs = np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+        if self.config.calibrated and self.temperature != 1.0:
+            probs = apply_temperature(probs, self.temperature).astype(np.float32)
+        return probs
+
+    def predict_files(
+        self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None
+    ) -> batch.FileOutputs:
+        """Probabilities of every file, aligned with ``files`` (see :func:`batch.run_on_files`)."""
+        if files:
+            self.select(job_size if job_size is not None else len(files))
+        return batch.run_on_files(
+            self.probabilities,
+            files,
+            image_size=self.image_size,
+            batch_size=self.config.batch_size,
+            max_pixels=self.max_pixels,
+            job_size=job_size,
+        )
+
+    def predict(
+        self,
+        inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        top_k: int | None = None,
+        job_size: int | None = None,
+    ) -> list[Prediction]:
+        """Predicts every image named by ``inputs`` (files, folders, globs), in order.
+
+        Args:
+            inputs: Files, folders and globs.
+            top_k: Classes per row (default: ``config.top_k``).
+            job_size: When these inputs are one part of a larger job (a distributed worker's
+                batch), its total image count: runtime and decode path are then chosen as for
+                the whole job, so every row equals the single-process result.
+        """
+        files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+        out = self.predict_files(files, job_size=job_size)
+        k = top_k if top_k is not None else self.config.top_k
+        rows = [
+            Prediction(str(f), error=out.errors[i]) if i in out.errors else self.row(str(f), out.outputs[i], k)
+            for i, f in enumerate(files)
+        ]
+        return rows + [Prediction(m, error="no such file, folder or matching image") for m in missing]
+
+    def predict_bytes(self, data: bytes, *, name: str = "<upload>", top_k: int | None = None) -> Prediction:
+        """Predicts one encoded image (an upload), decoded as the server decodes it.
+
+        Raises:
+            DatasetError: Not a usable image.
+        """
+        _, pixels = decode.decode_bytes(data, self.image_size, name=name, max_pixels=self.max_pixels)
+        if self.choice is None:
+            self.select(1)
+        return self.row(name, self.probabilities(pixels[None])[0], top_k)
+
+    def row(self, file: str, probs: np.ndarray, k: int | None = None) -> Prediction:
+        """The answer for one image's probabilities."""
+        top = top_k(probs, self.class_names, k if k is not None else self.config.top_k)
+        return Prediction(file, top, bool(top[0][1] < self.config.low_confidence), None)
+
+
+def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None, **settings: Any) -> Predictor:
+    """Loads a run directory for prediction.
+
+    Args:
+        run_dir: A finished run.
+        config: How to run it; or give its fields as keywords (``runtime="openvino"``, ``batch_size=8``).
+
+    Raises:
+        ModelError: Not a finished run, or the model file cannot be loaded
+            (for instance it contains arbitrary code and ``safe_mode`` is on).
+        ConfigError: A bad setting.
+    """
+    config = config or InferenceConfig(**settings)
+    run = RunDir.open(run_dir)
+    model = run.load_model(safe_mode=config.safe_mode)
+    h, w = model.inputs[0].shape[1:3]
+    max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
+    return Predictor(run, model, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels)
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+    """Files as given, folders walked (image extensions, hidden entries skipped), globs expanded.
+
+    Returns:
+        (files in a stable order, inputs that matched nothing).
+    """
+    files: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files.extend(_walk(p))
+        elif any(ch in str(item) for ch in "*?["):
+            matched = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            found = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            files.extend(found)
+            if not found:
+                missing.append(str(item))
+        else:
+            missing.append(str(item))
+    return files, missing
+
+
+def _walk(root: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(
+            Path(dirpath) / f
+            for f in sorted(filenames)
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+        )
+    return out

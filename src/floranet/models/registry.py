@@ -1,0 +1,189 @@
+"""The one table of backbones: what each name is, how it is fed, where fine-tuning starts, which weights exist.
+
+Pure data (no Keras import), so ``floranet backbones`` lists it instantly. The
+builders read it: :func:`floranet.models.resnet.build_resnet` takes a ResNet's
+block kind and stage depths from here, :mod:`floranet.models.weights` its
+official file and hash, :mod:`floranet.models.backbones` everything else.
+Any other ``keras.applications`` model is also usable by its snake-case name
+(see :func:`floranet.models.backbones.get`); those are not listed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from floranet.errors import ConfigError
+
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
+RESNET_BLOCKS = ("basic", "bottleneck", "preact", "cifar")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """Official ImageNet weights: Keras's files for our ResNets (downloaded, md5-verified).
+
+    Attributes:
+        stem: File name without ``_notop`` and ``.h5``.
+        md5_top: Keras's published md5 of the file with the classification top.
+        md5_notop: The same for the headless file.
+    """
+
+    stem: str
+    md5_top: str
+    md5_notop: str
+
+    def file(self, *, include_top: bool) -> tuple[str, str]:
+        """``(file name, md5)`` of the file with or without the top."""
+        return (f"{self.stem}.h5", self.md5_top) if include_top else (f"{self.stem}_notop.h5", self.md5_notop)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One registered backbone.
+
+    Attributes:
+        name: Registry name, e.g. ``"resnet50"``.
+        family: ``"resnet"`` (floranet's own builder) or ``"keras"`` (``keras.applications``).
+        preprocessing: What its weights expect of raw RGB 0..255: ``"caffe"`` (BGR, ImageNet mean
+            subtracted), ``"tf"`` ([-1, 1]), ``"torch"`` ([0, 1] then ImageNet mean/std) or ``"none"``
+            (the model normalises inside itself).
+        fine_tune_prefix: Fine-tuning unfreezes the first layer whose name starts with this, and
+            every layer after it (None: the last quarter of the layers).
+        default_size: The image size its ImageNet weights were trained at.
+        imagenet: Where ``weights="imagenet"`` comes from: ``"official"`` (Keras's file, see
+            ``weights_file``), ``"keras"`` (``keras.applications`` downloads it) or None (no weights).
+        weights_file: The official file, for ``imagenet="official"``.
+        block: ResNet block kind (one of :data:`RESNET_BLOCKS`), for ``family="resnet"``.
+        depths: Blocks per stage, for ``family="resnet"``.
+        keras_name: The ``keras.applications`` function, for ``family="keras"``.
+    """
+
+    name: str
+    family: str
+    preprocessing: str
+    fine_tune_prefix: str | None
+    default_size: int = 224
+    imagenet: str | None = None
+    weights_file: WeightsFile | None = None
+    block: str | None = None
+    depths: tuple[int, ...] = ()
+    keras_name: str | None = None
+
+    @property
+    def has_imagenet_weights(self) -> bool:
+        return self.imagenet is not None
+
+
+REGISTRY: dict[str, BackboneInfo] = {}
+
+
+def register(info: BackboneInfo) -> BackboneInfo:
+    """Adds a backbone to :data:`REGISTRY` (checked for consistency)."""
+    problems = []
+    if info.family not in ("resnet", "keras"):
+        problems.append(f"family={info.family!r}")
+    if info.preprocessing not in PREPROCESSING_MODES:
+        problems.append(f"preprocessing={info.preprocessing!r}")
+    if info.family == "resnet" and (info.block not in RESNET_BLOCKS or not info.depths):
+        problems.append(f"block={info.block!r}, depths={info.depths!r}")
+    if info.family == "keras" and not info.keras_name:
+        problems.append("keras_name=None")
+    if (info.imagenet == "official") != (info.weights_file is not None):
+        problems.append(f"imagenet={info.imagenet!r} with weights_file={info.weights_file!r}")
+    if problems or info.name in REGISTRY:
+        raise ConfigError(f"Cannot register backbone {info.name!r}: {', '.join(problems) or 'name taken'}.")
+    REGISTRY[info.name] = info
+    return info
+
+
+def _resnet(
+    name: str,
+    block: str,
+    depths: tuple[int, ...],
+    preprocessing: str,
+    md5: tuple[str, str] | None = None,
+    *,
+    fine_tune: str = "conv5_",
+    size: int = 224,
+) -> None:
+    weights = WeightsFile(f"{name}_weights_tf_dim_ordering_tf_kernels", *md5) if md5 else None
+    register(
+        BackboneInfo(
+            name, "resnet", preprocessing, fine_tune, size, "official" if md5 else None, weights, block, depths
+        )
+    )
+
+
+# Our ResNets. v1 50/101/152 and v2 load Keras's official ImageNet files (md5 as Keras publishes them);
+# 18/34 are torchvision's layout (torch preprocessing, for converted weights); CIFAR ones train from scratch.
+_resnet("resnet18", "basic", (2, 2, 2, 2), "torch")
+_resnet("resnet34", "basic", (3, 4, 6, 3), "torch")
+_resnet(
+    "resnet50",
+    "bottleneck",
+    (3, 4, 6, 3),
+    "caffe",
+    ("2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626"),
+)
+_resnet(
+    "resnet101",
+    "bottleneck",
+    (3, 4, 23, 3),
+    "caffe",
+    ("f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21"),
+)
+_resnet(
+    "resnet152",
+    "bottleneck",
+    (3, 8, 36, 3),
+    "caffe",
+    ("100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c"),
+)
+_resnet(
+    "resnet50v2", "preact", (3, 4, 6, 3), "tf", ("3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917")
+)
+_resnet(
+    "resnet101v2",
+    "preact",
+    (3, 4, 23, 3),
+    "tf",
+    ("6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5"),
+)
+_resnet(
+    "resnet152v2",
+    "preact",
+    (3, 8, 36, 3),
+    "tf",
+    ("a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33"),
+)
+for _depth, _n in ((20, 3), (32, 5), (44, 7), (56, 9), (110, 18)):
+    _resnet(f"resnet{_depth}", "cifar", (_n, _n, _n), "tf", fine_tune="conv4_", size=32)
+
+# keras.applications models known to work well as backbones (others work by name too).
+for _info in (
+    BackboneInfo("mobilenet_v2", "keras", "tf", "block_13_", imagenet="keras", keras_name="MobileNetV2"),
+    BackboneInfo("efficientnet_b0", "keras", "none", "block6a_", imagenet="keras", keras_name="EfficientNetB0"),
+    BackboneInfo(
+        "convnext_tiny", "keras", "none", "convnext_tiny_stage_3", imagenet="keras", keras_name="ConvNeXtTiny"
+    ),
+    BackboneInfo("densenet121", "keras", "torch", "conv5_", imagenet="keras", keras_name="DenseNet121"),
+):
+    register(_info)
+
+
+def lookup(name: str) -> BackboneInfo | None:
+    """The registered backbone of that name (case and spaces ignored), or None."""
+    return REGISTRY.get(name.strip().lower()) if isinstance(name, str) else None
+
+
+def resnet(name: str) -> BackboneInfo:
+    """A registered ResNet of floranet's own family.
+
+    Raises:
+        ConfigError: Not one of them; the message lists the valid names.
+    """
+    info = lookup(name)
+    if info is None or info.family != "resnet":
+        valid = ", ".join(n for n, i in REGISTRY.items() if i.family == "resnet")
+        raise ConfigError(f"Unknown ResNet architecture. Valid names: {valid}. Received: arch={name!r}")
+    return info

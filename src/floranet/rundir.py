@@ -1,0 +1,215 @@
+"""The run directory: one object that knows every file of a floranet run, reads them and writes them atomically.
+
+A finished run holds::
+
+    config.yaml        the resolved TrainConfig
+    split.csv          path,label,split,sha256 (reused by every later step)
+    class_names.json   label index → name
+    doctor.json        the dataset doctor's report
+    model.keras        raw RGB 0..255 in, probabilities out (safe mode, no custom objects)
+    history.csv        one row per epoch of both stages
+    predictions.csv    the final model's validation predictions (what metrics, plots and report read)
+    metrics.json       metrics of those predictions, plus training facts (timings, precision, ...)
+    calibration.json   the temperature fitted on the validation split
+    metrics_external.json, predictions_external.csv   `evaluate --data OTHER` (plots/*_external.png)
+    plots/             samples, history, confusion matrix, reliability, top losses
+    report.html        self-contained report
+    logs/              TensorBoard
+    state.json, checkpoints/, features/   for --resume and the stage-1 feature cache
+    exports.json, exports/                written by ``floranet export``
+
+Every other module names these files through :class:`RunDir`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from floranet.config import TrainConfig, load_file, resolve
+from floranet.errors import ModelError
+from floranet.utils.files import atomic_path, atomic_write_text, write_json
+
+if TYPE_CHECKING:
+    import keras
+
+    from floranet.data.split import Split
+
+
+class RunDir:
+    """A floranet run directory (finished or in progress).
+
+    Args:
+        path: The folder.
+    """
+
+    CONFIG = "config.yaml"
+    SPLIT = "split.csv"
+    CLASS_NAMES = "class_names.json"
+    DOCTOR = "doctor.json"
+    MODEL = "model.keras"
+    HISTORY = "history.csv"
+    PREDICTIONS = "predictions.csv"
+    METRICS = "metrics.json"
+    PREDICTIONS_EXTERNAL = "predictions_external.csv"  # `evaluate --data OTHER`
+    METRICS_EXTERNAL = "metrics_external.json"
+    CALIBRATION = "calibration.json"
+    STATE = "state.json"
+    REPORT = "report.html"
+    EXPORTS = "exports.json"
+    PLOTS = "plots"
+    LOGS = "logs"
+    CHECKPOINTS = "checkpoints"
+    FEATURES = "features"
+    EXPORTS_DIR = "exports"
+    # What `evaluate`, `report` and `export` need besides the model.
+    FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, needs: tuple[str, ...] = (MODEL, CLASS_NAMES)) -> RunDir:
+        """A finished run, checked for the files a command needs.
+
+        Raises:
+            ModelError: The folder does not exist, or it lacks one of ``needs``
+                (an unfinished run or a foreign folder).
+        """
+        run = cls(path)
+        if not run.path.is_dir():
+            raise ModelError(f"Run directory not found. Received: run_dir={str(path)!r}")
+        for name in needs:
+            if not (run.path / name).exists():
+                raise ModelError(f"{run.path} is not a finished floranet run: {name} is missing.")
+        return run
+
+    # -- paths ----------------------------------------------------------------------------------------------------
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.MODEL
+
+    def plot(self, name: str) -> Path:
+        """``plots/<name>``."""
+        return self.path / self.PLOTS / name
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def read_json(self, name: str, default: Any = None) -> Any:
+        """A JSON file of the run, or ``default`` when it is absent."""
+        path = self.path / name
+        if not path.exists():
+            return default
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def class_names(self) -> list[str]:
+        names = self.read_json(self.CLASS_NAMES)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ModelError(f"{self.path / self.CLASS_NAMES} is missing or not a list of class names.")
+        return names
+
+    def config(self, **overrides: Any) -> TrainConfig:
+        """The run's resolved config (``overrides`` replace saved values, e.g. ``batch_size``)."""
+        return resolve(file=self.path / self.CONFIG, **overrides)
+
+    def saved_settings(self) -> dict[str, Any]:
+        """``config.yaml`` as saved, without resolving presets (for --resume comparisons)."""
+        return load_file(self.path / self.CONFIG)
+
+    def split(self, class_names: list[str] | tuple[str, ...] | None = None) -> Split:
+        from floranet.data.split import Split
+
+        return Split.from_csv(self.path / self.SPLIT, class_names=class_names)
+
+    def temperature(self) -> float:
+        """The fitted temperature of ``calibration.json``; 1.0 when the run has none."""
+        calib = self.read_json(self.CALIBRATION)
+        return float(calib["temperature"]) if calib else 1.0
+
+    def metrics(self) -> dict[str, Any]:
+        return self.read_json(self.METRICS, {})
+
+    def doctor(self) -> dict[str, Any]:
+        return self.read_json(self.DOCTOR, {})
+
+    def config_text(self) -> str:
+        path = self.path / self.CONFIG
+        return path.read_text(encoding="utf-8") if path.exists() else ""
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.path / self.HISTORY
+        if not path.exists():
+            return []
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        return [{k: _number(v) for k, v in r.items()} for r in rows]
+
+    def load_model(self, *, safe_mode: bool = True) -> keras.Model:
+        """``model.keras`` in Keras safe mode (unless told otherwise).
+
+        Raises:
+            ModelError: The file cannot be loaded, e.g. it contains code and ``safe_mode`` is on.
+        """
+        import keras
+
+        try:
+            return keras.saving.load_model(self.model_file, safe_mode=safe_mode)
+        except Exception as e:  # Keras raises ValueError for unsafe content, others for corrupt files
+            hint = (
+                " It contains code (e.g. a Lambda layer); load it only if you trust it (--unsafe)."
+                if "safe_mode" in str(e) or "Lambda" in str(e)
+                else ""
+            )
+            raise ModelError(f"Cannot load {self.model_file}: {e}.{hint}") from e
+
+    def model_version(self) -> str:
+        """``<first 12 hex digits of sha256(model.keras)>-<run folder name>``."""
+        digest = hashlib.sha256()
+        with open(self.model_file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return f"{digest.hexdigest()[:12]}-{self.path.resolve().name}"
+
+    # -- writing (atomic) -----------------------------------------------------------------------------------------
+    def write_json(self, name: str, obj: Any) -> Path:
+        write_json(self.path / name, obj)
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        atomic_write_text(self.path / name, text)
+        return self.path / name
+
+    def write_config(self, config: TrainConfig) -> None:
+        config.save(self.path / self.CONFIG)
+
+    def write_class_names(self, names: list[str] | tuple[str, ...]) -> None:
+        self.write_json(self.CLASS_NAMES, list(names))
+
+    def save_model(self, model: keras.Model, name: str = MODEL) -> Path:
+        """Saves a Keras model atomically under ``name`` (relative to the run)."""
+        with atomic_path(self.path / name, suffix=".keras") as tmp:
+            model.save(tmp)
+        return self.path / name
+
+
+def _number(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,293 @@
+"""A REST server and web page for one finished run, with dynamic batching.
+
+``create_app(run_dir)`` returns a FastAPI app; ``run_server(run_dir)`` serves
+it with uvicorn on 127.0.0.1:8000.
+
+Endpoints:
+
+* ``POST /predict``: one image, either as the ``file`` field of a multipart
+  form or as the raw request body (any other content type). Answers
+  ``{"file", "top_k": [{"class", "probability"}], "low_confidence",
+  "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
+  ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
+  Grad-CAM heat map over it). The ``X-Batch-Size`` response header says how
+  many images shared the model call.
+* ``GET /health``: ``{"status": "ok", "model_version", "runtime"}``.
+* ``GET /classes``: the class names, in model order.
+* ``GET /``: a self-contained page (see :mod:`floranet.serving.page`).
+
+Batching: each request reads its body asynchronously, decodes and resizes the
+image in a thread pool (with :func:`floranet.data.decode.decode_bytes`, the decode path of
+every other command, so the probabilities are the same), then queues the pixels. One batcher task takes
+up to ``max_batch`` queued images, waiting at most ``max_wait_ms`` after the
+first for more, runs a single :meth:`Predictor.probabilities` call in a
+dedicated worker thread (the event loop stays free) and resolves each
+request's future. While a batch runs, new requests queue up, so under load
+batches fill by themselves and ``max_wait_ms`` only matters when traffic is
+light.
+
+Safety (every error answers JSON ``{"error": message}``):
+
+* 400: empty body, malformed multipart, or no ``file`` field.
+* 408: the body did not arrive within ``request_timeout_s`` (slow or stalled
+  client); the connection is closed.
+* 413: the body is larger than ``max_upload_bytes`` (refused from
+  ``Content-Length`` before reading, or cut off while counting when the client
+  sends no or a false length), or the image's header declares more pixels than
+  the model's ``max_pixels`` (a decompression bomb, refused before decoding).
+* 415: the content is not an image, or in a format Pillow cannot read (HEIC).
+  The content decides; file name and content type are never trusted.
+* 422: the image is recognised but damaged (truncated, corrupt header,
+  unsupported colour mode).
+* 503 with ``Retry-After``: more than ``4 * max_batch`` images are already
+  being decoded, waiting or in inference.
+
+No endpoint reads a path from the request; an uploaded file name is only
+echoed back as a label (its last path component). The model loads in Keras
+safe mode: a model with code in it (a ``Lambda`` layer) is refused with
+:class:`ModelError` unless ``unsafe=True``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from floranet.config import InferenceConfig, ServeConfig
+from floranet.data import decode
+from floranet.data.images import UnusableImageError
+from floranet.errors import ModelError
+from floranet.inference import Predictor, load
+from floranet.inference.runtime import RuntimeChoice
+from floranet.serving import page
+from floranet.serving.batcher import Batcher
+from floranet.serving.overlay import GradCamOverlay
+from floranet.serving.uploads import RequestError, extract_upload, read_body
+
+logger = logging.getLogger("floranet.serve")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+# An unusable image's kind → HTTP status (anything else: 422, a damaged image).
+_STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format": 415}
+router = APIRouter()
+
+
+@dataclass
+class ServeState:
+    """Everything the routes share, kept on ``app.state.serve``."""
+
+    predictor: Predictor
+    choice: RuntimeChoice
+    settings: ServeConfig
+    version: str
+    batcher: Batcher
+    decode_pool: concurrent.futures.ThreadPoolExecutor
+    gradcam_pool: concurrent.futures.ThreadPoolExecutor
+    overlay: GradCamOverlay
+    pending: int = 0
+    max_pending: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.max_pending = 4 * self.settings.max_batch
+
+
+def create_app(
+    run_dir: str | os.PathLike[str],
+    *,
+    unsafe: bool = False,
+    runtime: str = "auto",
+    precision: str = "auto",
+    **settings: Any,
+) -> FastAPI:
+    """Loads the run and builds the FastAPI app (the model is warmed up before this returns).
+
+    Args:
+        run_dir: A finished run (``model.keras`` and ``class_names.json``).
+        unsafe: Allow a model that contains code (``Lambda`` layers); only for models you trust.
+        runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
+            uses the fastest one installed, since a server amortises its start-up.
+        **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_wait_ms``,
+            ``max_upload_bytes``, ``top_k``, ``request_timeout_s``).
+
+    Raises:
+        ModelError: Not a finished run, or a model with code and ``unsafe`` is off.
+        ConfigError: A setting is out of range.
+    """
+    limits = ServeConfig(**settings)
+    if unsafe:
+        logger.warning("loading %s with safe mode OFF: code inside the model will run", run_dir)
+    predictor = load(
+        run_dir, InferenceConfig(runtime=runtime, precision=precision, top_k=limits.top_k, safe_mode=not unsafe)
+    )
+    choice = predictor.select(None)
+    logger.info("inference on %s %s: %s", choice.runtime, choice.precision, choice.reason)
+    h, w = predictor.image_size
+    for n in (1, 2):  # trace the model once for any batch size before the first request
+        predictor.probabilities(np.zeros((n, h, w, 3), np.float32))
+    # Decoding a photo is ~1 ms; more threads than half the cores only take CPU from inference.
+    workers = max(1, min(4, (os.cpu_count() or 2) // 2))
+    state = ServeState(
+        predictor,
+        choice,
+        limits,
+        predictor.run.model_version(),
+        Batcher(predictor.probabilities, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
+        concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode"),
+        # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
+        GradCamOverlay(predictor.model),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.batcher.start()
+        yield
+        await state.batcher.stop()
+
+    app = FastAPI(
+        title="floranet", version=state.version, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.serve = state
+    app.state.predictor = predictor
+    app.state.batcher = state.batcher
+    app.state.model_version = state.version
+    for kind, handler in _HANDLERS.items():
+        app.add_exception_handler(kind, handler)
+    app.include_router(router)
+    return app
+
+
+def _state(request: Request) -> ServeState:
+    state: ServeState = request.app.state.serve
+    return state
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _request_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestError)
+    return _error(exc.status, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _error(400, f"invalid request: {exc.errors()}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+
+_HANDLERS: dict[Any, Any] = {
+    RequestError: _request_error,
+    StarletteHTTPException: _http_error,
+    RequestValidationError: _validation_error,
+    Exception: _internal_error,
+}
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, str]:
+    state = _state(request)
+    return {
+        "status": "ok",
+        "model_version": state.version,
+        "runtime": f"{state.choice.runtime} {state.choice.precision}",
+    }
+
+
+@router.get("/classes")
+async def classes(request: Request) -> list[str]:
+    return list(_state(request).predictor.class_names)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index() -> HTMLResponse:
+    return HTMLResponse(page.PAGE, headers=page.HEADERS)
+
+
+@router.post("/predict")
+async def predict(request: Request) -> JSONResponse:
+    state = _state(request)
+    t0 = time.perf_counter()
+    want_cam = request.query_params.get("gradcam", "").strip().lower() in _TRUE
+    body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
+    name, data = extract_upload(request.headers.get("content-type", ""), body)
+    del body
+    if not data:
+        raise RequestError(400, "empty upload: the image has 0 bytes")
+    if state.pending >= state.max_pending:
+        raise RequestError(
+            503, f"server busy: {state.pending} images already waiting; retry shortly", headers={"Retry-After": "1"}
+        )
+    state.pending += 1
+    try:
+        loop = asyncio.get_running_loop()
+        photo, pixels, decode_ms = await loop.run_in_executor(state.decode_pool, _decode, data, name, state, want_cam)
+        del data
+        probs, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)
+        payload: dict[str, Any] = {**state.predictor.row(name, probs).to_dict(), "model_version": state.version}
+        del payload["error"]
+        if photo is not None:
+            payload.update(await _gradcam(state, photo, pixels, int(np.argmax(probs))))
+    finally:
+        state.pending -= 1
+    payload["timing_ms"] = {
+        "decode": round(decode_ms, 3),
+        "queue": round(queue_ms, 3),
+        "inference": round(infer_ms, 3),
+        "total": round((time.perf_counter() - t0) * 1000, 3),
+    }
+    return JSONResponse(payload, headers={"X-Batch-Size": str(batch_size)})
+
+
+async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> dict[str, Any]:
+    try:
+        png = await asyncio.get_running_loop().run_in_executor(
+            state.gradcam_pool, state.overlay.png, photo, pixels, class_index
+        )
+    except ModelError as e:
+        return {"gradcam_png": None, "gradcam_error": str(e)}
+    return {"gradcam_png": png}
+
+
+def _decode(data: bytes, name: str, state: ServeState, keep_photo: bool) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """Decode + resize exactly as every other command does (runs in the decode pool); the photo itself is
+    kept, shrunk to the overlay's size, only when Grad-CAM is asked for."""
+    started = time.perf_counter()
+    try:
+        photo, pixels = decode.decode_bytes(
+            data, state.predictor.image_size, name=name, max_pixels=state.predictor.max_pixels
+        )
+    except UnusableImageError as e:
+        raise RequestError(_STATUS.get(e.kind, 422), str(e)) from None
+    kept = state.overlay.shrink(photo) if keep_photo else None
+    return kept, pixels, (time.perf_counter() - started) * 1000
+
+
+def model_version(run_dir: str | os.PathLike[str]) -> str:
+    """``<first 12 hex digits of sha256(model.keras)>-<run folder name>``."""
+    from floranet.rundir import RunDir
+
+    return RunDir(run_dir).model_version()

@@ -1,0 +1,68 @@
+"""Grad-CAM for the server: the heat map over the uploaded photo, as a PNG."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from typing import Any
+
+import numpy as np
+
+from floranet.errors import ModelError
+
+
+class GradCamOverlay:
+    """Builds the Grad-CAM model on first use (once, thread-safe) and draws overlays with it.
+
+    Args:
+        model: The served Keras classifier.
+        max_side: Longest side of the returned PNG.
+    """
+
+    def __init__(self, model: Any, *, max_side: int = 384) -> None:
+        self._model = model
+        self.max_side = max_side
+        self._cam: Any = None
+        self._lock = threading.Lock()
+
+    def _gradcam(self) -> Any:
+        from floranet.evaluation.gradcam import GradCAM
+
+        with self._lock:
+            if self._cam is None:
+                try:
+                    self._cam = GradCAM(self._model)
+                except Exception as e:  # noqa: BLE001 - not a floranet classifier (no backbone/head)
+                    self._cam = ModelError(f"Grad-CAM is not available for this model: {e}")
+        if isinstance(self._cam, ModelError):
+            raise self._cam
+        return self._cam
+
+    def shrink(self, photo: np.ndarray) -> np.ndarray:
+        """``photo`` with its longer side at most ``max_side`` (what the overlay is drawn on)."""
+        from PIL import Image
+
+        image = Image.fromarray(photo)
+        image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
+        return np.asarray(image)
+
+    def png(self, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> str:
+        """Base64 PNG: ``photo`` (longer side at most ``max_side``) with the heat map of ``class_index``
+        (computed on ``pixels``, the model's input) blended over it.
+
+        Raises:
+            ModelError: The model is not a floranet classifier.
+        """
+        from matplotlib import colormaps
+        from PIL import Image
+
+        heat, _ = self._gradcam().heatmaps(pixels[None], class_index=class_index)
+        image = Image.fromarray(photo)
+        image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
+        heat_img = Image.fromarray((heat[0] * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
+        colours = (colormaps["jet"](np.asarray(heat_img) / 255.0)[..., :3] * 255).astype(np.float32)
+        blended = np.asarray(image, np.float32) * 0.55 + colours * 0.45
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -1,0 +1,141 @@
+"""Reading uploads safely: a bounded, timed body; the ``file`` field of a multipart form; a printable label."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import PurePosixPath
+from typing import Any
+
+from fastapi import Request
+
+_MAX_LABEL = 200
+
+
+class RequestError(Exception):
+    """An error answered to the client as ``{"error": message}`` with ``status``."""
+
+    def __init__(
+        self, status: int, message: str, *, close: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+        if close:  # the body was not (fully) read: the connection cannot be reused
+            self.headers["Connection"] = "close"
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """Reads the request body asynchronously, at most ``limit`` bytes within ``timeout_s``.
+
+    Raises:
+        RequestError: 413 (declared or counted size over the limit), 408
+            (too slow), 400 (bad Content-Length or the client went away).
+    """
+    from starlette.requests import ClientDisconnect
+
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise RequestError(400, f"invalid Content-Length header: {declared[:40]!r}", close=True) from None
+        if size > limit:
+            raise RequestError(
+                413, f"upload too large: {size:,} bytes declared; the limit is {limit:,} bytes", close=True
+            )
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise RequestError(
+                        413, f"upload too large: more than {limit:,} bytes received (the limit)", close=True
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(
+            408, f"request body not received within {timeout_s:g} s ({received:,} bytes arrived)", close=True
+        ) from None
+    except ClientDisconnect:
+        raise RequestError(400, "client disconnected before sending the whole body", close=True) from None
+    return b"".join(chunks)
+
+
+def extract_upload(content_type: str, body: bytes) -> tuple[str, bytes]:
+    """(label, image bytes): the ``file`` field of a multipart body, else the body itself."""
+    from python_multipart.multipart import parse_options_header
+
+    mime, params = parse_options_header(content_type)
+    if mime != b"multipart/form-data":
+        return "upload", body
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise RequestError(400, "multipart body without a boundary in its Content-Type")
+    parts = _parse_multipart(boundary, body)
+    for disposition, data in parts:
+        _, opts = parse_options_header(disposition)
+        if opts.get(b"name") == b"file":
+            return _label(opts.get(b"filename", b"upload").decode("utf-8", "replace")), data
+    names = sorted({parse_options_header(d)[1].get(b"name", b"?").decode("utf-8", "replace")[:40] for d, _ in parts})
+    raise RequestError(
+        400, "multipart upload has no 'file' field" + (f" (fields: {', '.join(names)})" if names else "")
+    )
+
+
+def _parse_multipart(boundary: bytes, body: bytes, max_parts: int = 16) -> list[tuple[bytes, bytes]]:
+    """[(Content-Disposition value, data)] of each part, in memory (the body is already bounded)."""
+    from python_multipart import MultipartParser
+    from python_multipart.exceptions import MultipartParseError
+
+    parts: list[tuple[bytes, bytes]] = []
+    state: dict[str, Any] = {"field": b"", "value": b"", "headers": {}, "data": []}
+
+    def on_part_begin() -> None:
+        if len(parts) >= max_parts:
+            raise RequestError(400, f"multipart upload has more than {max_parts} parts")
+        state["headers"], state["data"] = {}, []
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"].append(data[start:end])
+
+    def on_part_end() -> None:
+        parts.append((state["headers"].get(b"content-disposition", b""), b"".join(state["data"])))
+        state["data"] = []
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise RequestError(400, f"malformed multipart body: {e}") from None
+    return parts
+
+
+def _label(filename: str) -> str:
+    """The last path component, printable, at most 200 characters (a label, never opened)."""
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    name = "".join(ch for ch in name if ch.isprintable())
+    return name[:_MAX_LABEL] or "upload"

@@ -1,0 +1,246 @@
+"""The two training stages, run by one stage runner.
+
+Stage 1 trains the head on the frozen backbone: on cached pooled features by default (the backbone
+runs once per image), or through the whole model when augmentation is on in every stage. Stage 2
+fine-tunes the top of the backbone. Every stage checkpoints each epoch, resumes from its last
+checkpoint, stops early on validation loss, and ends with its best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from floranet.config import TrainConfig
+from floranet.inference import runtime
+from floranet.models import backbones, classifier
+from floranet.rundir import RunDir
+from floranet.training import distribute
+from floranet.training import features as feature_cache
+from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState
+from floranet.training.data import Prepared
+from floranet.training.losses import compile_model
+
+# (training data, validation data or None, extra keyword arguments of fit), built only when a stage runs.
+StageData = tuple[Any, Any, dict[str, Any]]
+
+
+@dataclass
+class StageContext:
+    """What every stage of one run shares."""
+
+    run: RunDir
+    config: TrainConfig
+    state: RunState
+    dist: distribute.Distribution
+    class_weight: dict[int, float] | None
+    progress: bool
+    say: Callable[[str], None]
+
+
+@dataclass
+class Stage:
+    """One stage: which model trains, on what, for how long.
+
+    Attributes:
+        name: ``"stage1"`` or ``"stage2"`` (file names, history, TensorBoard).
+        target: The model whose weights train (the head alone on cached features, else the classifier).
+        epochs: Epochs of this stage.
+        learning_rate: Before scaling by the number of replicas.
+        data: Builds the stage's data when it has epochs left to run.
+        steps_per_epoch: Batches per epoch (the cosine schedule's length).
+        scheduled: Whether ``config.schedule`` applies (cosine decay or plateau); stage 1 on cached
+            features trains at a constant rate.
+    """
+
+    name: str
+    target: keras.Model
+    epochs: int
+    learning_rate: float
+    data: Callable[[], StageData]
+    steps_per_epoch: int
+    scheduled: bool = True
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Stage 1's features: ``{sha256: pooled backbone features}`` and the runtime key that computed them."""
+
+    features: dict[str, np.ndarray]
+    key: str
+
+
+def run_stage(stage: Stage, ctx: StageContext) -> None:
+    """Trains ``stage.target`` (resuming where the run left off) and leaves it at the stage's best epoch."""
+    st = ctx.state.stage(stage.name)
+    if _restore_if_complete(stage.target, st, ctx):
+        return
+    config, dist = ctx.config, ctx.dist
+    lr = dist.scale_lr(stage.learning_rate)
+    schedule: Any = lr
+    if stage.scheduled and config.schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(
+            lr, decay_steps=stage.steps_per_epoch * stage.epochs, alpha=0.01
+        )
+    with dist.scope():
+        fit_model = stage.target if dist.multi_worker else _resume_or(stage.target, st, ctx.run)
+        if fit_model is stage.target:
+            compile_model(stage.target, schedule, config)
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochCheckpoint(ctx.run, stage.name, ctx.state, fit_model, config.early_stopping_patience),
+        keras.callbacks.TensorBoard(log_dir=str(ctx.run / RunDir.LOGS / stage.name)),
+    ]
+    if stage.scheduled and config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=1))
+    if dist.multi_worker:
+        callbacks.append(_backup(dist, Path(config.out), ctx.state, stage.name, ctx.say))
+    if dist.multi_worker or (st.epochs_done < stage.epochs and not _stopped(st, config)):
+        train, validation, kwargs = stage.data()
+        distribute.prebuild(dist, fit_model, train)
+        fit_model.fit(
+            train,
+            validation_data=validation,
+            epochs=stage.epochs,
+            initial_epoch=0 if dist.multi_worker else st.epochs_done,
+            class_weight=ctx.class_weight,
+            callbacks=callbacks,
+            verbose=1 if ctx.progress else 0,
+            **kwargs,
+        )
+    if fit_model is not stage.target:  # a resumed checkpoint trained: bring the target up to date
+        stage.target.set_weights(fit_model.get_weights())
+    if config.early_stopping_patience and st.best_weights and (ctx.run / st.best_weights).exists():
+        stage.target.load_weights(ctx.run / st.best_weights)  # with early stopping the best epoch wins
+    st.complete = True
+    ctx.state.save(ctx.run)
+
+
+def full_model_stage(
+    name: str,
+    model: keras.Model,
+    prepared: Prepared,
+    ctx: StageContext,
+    *,
+    epochs: int,
+    learning_rate: float,
+    augment: bool,
+) -> Stage:
+    """A stage that trains through the whole classifier on decoded images."""
+    batch = ctx.dist.global_batch(ctx.config.batch_size)  # batch_size x replicas, auto-sharded by DATA
+
+    def data() -> StageData:
+        train = prepared.dataset("train", shuffle=True, augment=augment, batch_size=batch)
+        validation = prepared.dataset("validation", batch_size=batch)
+        if ctx.dist.distributed:
+            train, validation = ctx.dist.prepare_dataset(train), ctx.dist.prepare_dataset(validation)
+        return train, validation, {"shuffle": False}
+
+    steps = max(1, math.ceil(len(prepared.split.train()) / batch))
+    return Stage(name, model, epochs, learning_rate, data, steps)
+
+
+def cached_head_stage1(
+    model: keras.Model, spec: backbones.Backbone, prepared: Prepared, ctx: StageContext
+) -> FeatureCache | None:
+    """Stage 1 on cached features: the backbone runs once per image, the head trains on its outputs.
+
+    Returns:
+        The features (for the final evaluation), or None when a resumed run had finished this stage.
+    """
+    config, run = ctx.config, ctx.run
+    head = classifier.head_of(model)
+    if _restore_if_complete(head, ctx.state.stage("stage1"), ctx):
+        return None
+    choice = runtime.choose(config.runtime, config.precision)
+    fingerprint = feature_cache.weights_fingerprint(classifier.backbone_of(model))
+    cache = run / RunDir.FEATURES / feature_cache.cache_key(spec.name, fingerprint, config.image_size, choice.key)
+    ctx.say(
+        f"Stage 1: backbone frozen and no augmentation, so its features are computed once "
+        f"(cache {cache.relative_to(run.path)}) and the head trains on them for {config.epochs} epochs."
+    )
+    ctx.say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
+    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice, streaming=True)
+    rows = prepared.split.rows
+    feats = feature_cache.extract(
+        extractor,
+        prepared.paths(list(rows)),
+        [r.sha256 for r in rows],
+        cache_dir=cache,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+        progress=ctx.progress,
+    )
+    feature_cache.describe(
+        cache,
+        {
+            "backbone": spec.name,
+            "weights": config.weights or "none",
+            "weights_sha256": fingerprint,
+            "image_size": list(config.image_size),
+            "runtime": choice.runtime,
+            "precision": choice.precision,
+        },
+    )
+    x_train, y_train = _arrays(prepared, prepared.split.train(), feats)
+    x_val, y_val = _arrays(prepared, prepared.split.validation(), feats)
+
+    def data() -> StageData:
+        if ctx.dist.distributed:  # tf.data of global batches, auto-sharded by DATA
+            return (
+                ctx.dist.arrays_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
+                ctx.dist.arrays_dataset(x_val, y_val, config.batch_size, shuffle=False, seed=config.seed),
+                {},
+            )
+        return (
+            x_train,
+            (x_val, y_val) if len(x_val) else None,
+            {"y": y_train, "batch_size": config.batch_size, "shuffle": True},
+        )
+
+    steps = max(1, math.ceil(len(x_train) / ctx.dist.global_batch(config.batch_size)))
+    run_stage(Stage("stage1", head, config.epochs, config.learning_rate, data, steps, scheduled=False), ctx)
+    return FeatureCache(feats, choice.key)
+
+
+def _arrays(prepared: Prepared, rows: list[Any], feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    kept = [r for r in rows if r.sha256 in feats]
+    x = np.stack([feats[r.sha256] for r in kept]) if kept else np.zeros((0, 1), np.float32)
+    return x, prepared.labels(kept).astype(np.int32)
+
+
+def _restore_if_complete(target: keras.Model, st: StageState, ctx: StageContext) -> bool:
+    """A finished stage of a resumed run: its final weights are loaded instead of training again."""
+    if not st.complete or ctx.dist.multi_worker:
+        return False
+    target.load_weights(ctx.run / str(st.best_weights or st.checkpoint))
+    return True
+
+
+def _backup(
+    dist: distribute.Distribution, out: Path, state: RunState, stage: str, say: Callable[[str], None]
+) -> keras.callbacks.Callback:
+    """This worker's BackupAndRestore; the chief's state.json is brought to the backup's epoch (all workers agree)."""
+    epoch = dist.backup_epoch(out, stage)
+    if epoch:
+        say(f"{stage}: restoring the backup after epoch {epoch} ({dist.backup_dir(out, stage)}).")
+    distribute.trim_history(state, stage, epoch)
+    return dist.backup(out, stage)
+
+
+def _stopped(st: StageState, config: TrainConfig) -> bool:
+    p = config.early_stopping_patience
+    return bool(p and st.wait >= p)
+
+
+def _resume_or(model: keras.Model, st: StageState, run: RunDir) -> keras.Model:
+    """The checkpointed (compiled, with optimizer state) model when resuming, else ``model``."""
+    if st.checkpoint and (run / st.checkpoint).exists():
+        return keras.saving.load_model(run / st.checkpoint)
+    return model

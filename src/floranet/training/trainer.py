@@ -1,0 +1,348 @@
+"""Training a classifier: data check, split, the two stages, the final model and its validation predictions.
+
+:func:`fit` writes the training side of the run directory (config, doctor report, split, class names,
+checkpoints, history, ``model.keras``) and returns the final model's validation predictions;
+:func:`floranet.workflows.train` turns those into metrics, plots and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from floranet.config import TrainConfig
+from floranet.errors import ConfigError
+from floranet.inference import batch, runtime
+from floranet.models import backbones, classifier
+from floranet.rundir import RunDir
+from floranet.training import data as run_data
+from floranet.training import distribute
+from floranet.training.checkpoint import RunState
+from floranet.training.stages import (
+    FeatureCache,
+    StageContext,
+    cached_head_stage1,
+    full_model_stage,
+    run_stage,
+)
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The final model's predictions on the validation split, aligned with ``split.csv``'s rows.
+
+    Attributes:
+        paths: Image paths relative to the data folder.
+        labels: True label indices.
+        probs: Probabilities, ``[n, classes]``.
+        evaluated_on: How they were computed (runtime, or the cached features through the head).
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    probs: np.ndarray
+    evaluated_on: str
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        run: The run directory.
+        class_names: Label index → name.
+        timings: Seconds per phase (data, stage1, stage2, evaluate, total).
+        notes: Things the user should know (files skipped, ...).
+        facts: What ``metrics.json`` records of the training (timings, weights, precision, ...).
+        validation: The final model's validation predictions (None on non-chief workers).
+        data_dir: The data folder.
+        model: The saved model, for reuse in this process.
+        metrics: Filled in by :func:`floranet.workflows.train` once the evaluation is written.
+    """
+
+    run: RunDir
+    class_names: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    validation: Predictions | None = None
+    data_dir: Path | None = None
+    model: keras.Model | None = field(default=None, repr=False)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+
+def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say: Say = print) -> TrainResult:
+    """Trains as ``config`` says and saves ``model.keras``; see the module docstring.
+
+    Args:
+        config: The resolved configuration (see :func:`floranet.config.resolve`).
+        resume: Continue the run in ``config.out`` from its last completed epoch.
+        progress: Show progress bars.
+        say: Where one-line status messages go.
+
+    Raises:
+        DatasetError: The data cannot be trained on (the doctor's reason).
+        ConfigError: Invalid settings, or a resume that does not match the run.
+    """
+    out = Path(config.out)
+    dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
+    run = RunDir(dist.work_dir(out))  # non-chief workers write only into a temporary directory
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    resume = _distributed_resume(dist, out, resume, say)
+    state = _open_run_dir(run, config, resume)
+    config = _announce_distribution(dist, config, say)
+    keras.utils.set_random_seed(config.seed)
+    # --precision bf16 trains every stage in mixed bf16; "auto" builds in fp32 and switches stage 2
+    # only (runtime.training_precision), so stage 1's features stay the extraction runtime's.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bf16" else "float32")
+
+    prepared = run_data.prepare(config, run, resume=resume, progress=progress, say=say)
+    timings["data"] = time.perf_counter() - t0
+    names = prepared.split.class_names
+    with dist.scope():
+        model = classifier.build_classifier(
+            config.backbone,
+            len(names),
+            image_size=config.image_size,
+            weights=config.weights,
+            head_units=config.head_units,
+            dropout=config.dropout,
+        )
+    ctx = StageContext(run, config, state, dist, run_data.class_weights(prepared, config), progress, say)
+    precisions: dict[str, str] = {}
+    t = time.perf_counter()
+    cached = _stage1(model, prepared, ctx, precisions)
+    timings["stage1"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model = _stage2(model, prepared, ctx, precisions)
+    timings["stage2"] = time.perf_counter() - t
+    result = TrainResult(run, list(names), timings, prepared.notes, data_dir=prepared.data_dir)
+    if not dist.is_chief:  # the chief saves, evaluates and writes the run directory
+        dist.finish(out)
+        timings["total"] = time.perf_counter() - t0
+        return result
+
+    _finish(result, model, prepared, ctx, precisions, cached, t0)
+    return result
+
+
+def _finish(
+    result: TrainResult,
+    model: keras.Model,
+    prepared: run_data.Prepared,
+    ctx: StageContext,
+    precisions: dict[str, str],
+    cached: FeatureCache | None,
+    t0: float,
+) -> None:
+    """Saves the final model, predicts the validation split with it, and marks the run complete."""
+    config, run, timings = ctx.config, ctx.run, result.timings
+    t = time.perf_counter()
+    result.model = _save_final_model(model, config, len(result.class_names), run)
+    del model  # the training copy (and its optimizer state) is no longer needed
+    gc.collect()
+    # Without fine-tuning the backbone is the one that made the cached features: reuse them.
+    result.validation = _validation_predictions(result.model, prepared, None if config.fine_tune_epochs else cached)
+    timings["evaluate"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    result.facts = {
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "weights": config.weights or "none",
+        "backbone": config.backbone,
+        "notes": prepared.notes,
+        "split": {"train": len(prepared.split.train()), "validation": len(prepared.split.validation())},
+        "distribute": ctx.dist.describe(config.batch_size),
+        "precision": precisions,
+    }
+    ctx.state.complete = True
+    ctx.state.save(run)
+    if ctx.dist.multi_worker:
+        ctx.dist.finish(Path(config.out))
+
+
+def _stage1(
+    model: keras.Model, prepared: run_data.Prepared, ctx: StageContext, precisions: dict[str, str]
+) -> FeatureCache | None:
+    config = ctx.config
+    if not config.epochs:
+        return None
+    if config.augment == "all":
+        ctx.say("Stage 1: augmentation is on, so the frozen backbone runs on every epoch (no feature cache).")
+        run_stage(
+            full_model_stage(
+                "stage1", model, prepared, ctx, epochs=config.epochs, learning_rate=config.learning_rate, augment=True
+            ),
+            ctx,
+        )
+        return None
+    cached = cached_head_stage1(model, backbones.get(config.backbone), prepared, ctx)
+    if cached is not None:
+        precisions["features"] = cached.key
+    return cached
+
+
+def _stage2(
+    model: keras.Model, prepared: run_data.Prepared, ctx: StageContext, precisions: dict[str, str]
+) -> keras.Model:
+    config = ctx.config
+    if not config.fine_tune_epochs:
+        return model
+    spec = backbones.get(config.backbone)
+    policy, why = runtime.training_precision(config.precision)
+    if policy != model.dtype_policy.name:  # auto on a bf16 CPU: a mixed copy for stage 2 only
+        model = _with_policy(model, policy, config, len(prepared.split.class_names), ctx.dist)
+    precisions["fine_tune"] = policy
+    n = classifier.unfreeze_top(model, spec)
+    ctx.say(f"Stage 2 computes in {policy}: {why}.")
+    ctx.say(
+        f"Stage 2: fine-tuning {n} backbone layers from {spec.fine_tune_prefix or 'the last quarter'} "
+        f"(BatchNorm frozen), lr {config.fine_tune_learning_rate:g}, {config.schedule} schedule."
+    )
+    run_stage(
+        full_model_stage(
+            "stage2",
+            model,
+            prepared,
+            ctx,
+            epochs=config.fine_tune_epochs,
+            learning_rate=config.fine_tune_learning_rate,
+            augment=config.augment != "off",
+        ),
+        ctx,
+    )
+    return model
+
+
+def _validation_predictions(
+    model: keras.Model, prepared: run_data.Prepared, cached: FeatureCache | None
+) -> Predictions:
+    rows = prepared.split.validation()
+    tf_fp32 = runtime.RuntimeChoice("tensorflow", "fp32", "the saved model, exactly")
+    if cached is not None and all(r.sha256 in cached.features for r in rows):
+        head = runtime.compile_inference(classifier.head_of(model), tf_fp32)
+        n = len(prepared.split.class_names)
+        probs = head(np.stack([cached.features[r.sha256] for r in rows])) if rows else np.zeros((0, n), np.float32)
+        return Predictions(
+            tuple(r.path for r in rows),
+            prepared.labels(rows),
+            probs,
+            f"cached backbone features ({cached.key}) through the saved head",
+        )
+    # Eager calls of a large model grow memory by gigabytes (per-call op caches); one trace does not.
+    out = batch.run_on_files(
+        runtime.compile_inference(model, tf_fp32),
+        prepared.paths(rows),
+        image_size=prepared.config.image_size,
+        batch_size=prepared.config.batch_size,
+        max_pixels=prepared.config.max_pixels,
+        tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+    )
+    kept = [i for i in range(len(rows)) if i not in out.errors]
+    return Predictions(
+        tuple(rows[i].path for i in kept),
+        prepared.labels([rows[i] for i in kept]),
+        out.outputs[kept],
+        "model.keras (tensorflow fp32)",
+    )
+
+
+def _distributed_resume(dist: distribute.Distribution, out: Path, resume: bool, say: Say) -> bool:
+    """Multi-worker: restarting the job with the same command continues it (BackupAndRestore semantics)."""
+    if not dist.multi_worker:
+        return resume
+    if not dist.is_chief:
+        return False  # a fresh temporary directory; the progress is in this worker's backup
+    state = RunDir(out).read_json(RunDir.STATE)
+    if state is None:
+        return resume
+    incomplete = not state.get("complete", False)
+    if incomplete and not resume:
+        say(f"Multi-worker restart: continuing the incomplete run in {out} from its backups.")
+    return resume or incomplete
+
+
+def _announce_distribution(dist: distribute.Distribution, config: TrainConfig, say: Say) -> TrainConfig:
+    if not dist.distributed:
+        return config
+    n = dist.num_replicas
+    say(
+        f"Distributed training ({dist.kind}): {n} replicas on {dist.num_workers} worker(s), "
+        f"{'chief' if dist.is_chief else f'worker {dist.task_index}'}; batch_size {config.batch_size} per replica "
+        f"-> global batch {dist.global_batch(config.batch_size)}; learning rates scaled x{n} (linear scaling)."
+    )
+    if dist.multi_worker and config.early_stopping_patience:
+        say("Multi-worker: early stopping is off (every worker must run the same epochs after a restart).")
+        config = dataclasses.replace(config, early_stopping_patience=0)
+    return config
+
+
+def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
+    """A new run directory (config.yaml written), or the state of the run to resume."""
+    if resume:
+        if not run.exists(RunDir.CONFIG):
+            raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
+        saved = run.saved_settings()
+        current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
+        changed = sorted(k for k, v in current.items() if _norm(saved.get(k)) != _norm(v))
+        if changed:
+            raise ConfigError(
+                f"--resume needs the settings of the run in {run.path}; these differ: "
+                f"{', '.join(changed)}. Run without --resume to start a new run."
+            )
+        return RunState.load(run)
+    if run.exists(RunDir.STATE):
+        raise ConfigError(
+            f"{run.path} already holds a run. Use --resume to continue it, or choose another "
+            f"--out. Received: out={str(run.path)!r}"
+        )
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(config)
+    return RunState()
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _with_policy(
+    model: keras.Model, policy: str, config: TrainConfig, n: int, dist: distribute.Distribution | None = None
+) -> keras.Model:
+    """A copy of ``model`` built under ``policy`` (in ``dist``'s scope) with the same float32 weights;
+    the global policy is float32 afterwards."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with (dist or distribute.LOCAL).scope():
+            copy = classifier.build_classifier(
+                config.backbone,
+                n,
+                image_size=config.image_size,
+                weights=None,
+                head_units=config.head_units,
+                dropout=config.dropout,
+            )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
+    return copy
+
+
+def _save_final_model(model: keras.Model, config: TrainConfig, n: int, run: RunDir) -> keras.Model:
+    """Saves an uncompiled float32 copy: raw RGB in, probabilities out, no optimizer state."""
+    final = _with_policy(model, "float32", config, n)
+    run.save_model(final)
+    return final

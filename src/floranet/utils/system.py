@@ -1,0 +1,65 @@
+"""What machine this is: CPU flags (for the runtime and precision policies) and package versions."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (empty elsewhere)."""
+    for line in _cpuinfo_lines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_name() -> str:
+    """The CPU's model name, or the platform's processor string."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX)."""
+    return bool(BF16_FLAGS & cpu_flags())
+
+
+def package_version(dist: str) -> str | None:
+    """An installed distribution's version, or None."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, str]:
+    """Versions and machine, for reports and model cards (no heavy imports)."""
+    from floranet import __version__
+
+    tf = package_version("tensorflow-cpu") or package_version("tensorflow") or "not installed"
+    return {
+        "floranet": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf,
+        "keras": package_version("keras") or "not installed",
+        "numpy": package_version("numpy") or "?",
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "cores": str(os.cpu_count()),
+    }
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []

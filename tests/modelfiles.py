@@ -1,0 +1,19 @@
+"""Weight files in the layouts floranet must read, written for tests."""
+
+from __future__ import annotations
+
+import h5py
+import keras
+
+
+def write_legacy_h5(model: keras.Model, path) -> None:
+    """Writes weights in the layout of Keras's official application files (by layer name)."""
+    with h5py.File(path, "w") as f:
+        named = [layer for layer in model.layers if layer.weights]
+        f.attrs["layer_names"] = [layer.name.encode() for layer in named]
+        for layer in named:
+            g = f.create_group(layer.name)
+            names = [f"{layer.name}/{w.name}:0".encode() for w in layer.weights]
+            g.attrs["weight_names"] = names
+            for n, value in zip(names, layer.get_weights(), strict=True):
+                g.create_dataset(n.decode(), data=value)

@@ -1,0 +1,65 @@
+"""The backbone registry drives everything: every registered name builds, round-trips and agrees with itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from floranet.cli import main
+from floranet.config import MIN_IMAGE_SIZE
+from floranet.errors import ConfigError
+from floranet.models import backbones, classifier, registry, weights
+
+NAMES = sorted(registry.REGISTRY)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_entry_is_consistent(name: str) -> None:
+    info = registry.REGISTRY[name]
+    assert info.name == name and info.preprocessing in registry.PREPROCESSING_MODES
+    if info.family == "resnet":
+        assert info.block in registry.RESNET_BLOCKS and info.depths and info.keras_name is None
+        assert (info.imagenet == "official") == (info.weights_file is not None)
+    else:
+        assert info.keras_name and not info.depths and info.weights_file is None
+    if info.weights_file is not None:
+        file_name, url, md5 = weights.official_file(name, include_top=False)
+        assert file_name.startswith(name) and url.endswith(file_name) and len(md5) == 32
+    else:
+        with pytest.raises(Exception, match="no official Keras ImageNet weights"):
+            weights.official_file(name, include_top=False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_backbone_builds_and_round_trips(name: str, tmp_path) -> None:
+    """A classifier on each backbone (random weights, smallest size), saved and reloaded in safe mode."""
+    import keras
+
+    size = MIN_IMAGE_SIZE
+    model = classifier.build_classifier(name, 3, image_size=size, weights=None)
+    spec = backbones.get(name)
+    base = classifier.backbone_of(model)
+    start = backbones.fine_tune_start(base, spec)
+    if spec.fine_tune_prefix is not None:  # the registry's fine-tune layer exists in the built model
+        assert base.layers[start].name.startswith(spec.fine_tune_prefix)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    before = model(x, training=False)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(again(x, training=False), before, atol=1e-6)
+
+
+def test_registry_refuses_inconsistent_entries() -> None:
+    with pytest.raises(ConfigError, match="name taken"):
+        registry.register(registry.REGISTRY["resnet50"])
+    with pytest.raises(ConfigError, match="preprocessing"):
+        registry.register(registry.BackboneInfo("odd", "keras", "sepia", None, keras_name="MobileNetV2"))
+    with pytest.raises(ConfigError, match="block"):
+        registry.register(registry.BackboneInfo("odd", "resnet", "tf", None))
+    assert "odd" not in registry.REGISTRY
+
+
+def test_cli_lists_the_registry(capsys) -> None:
+    assert main(["backbones"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed[: len(NAMES)] == list(registry.REGISTRY)
