@@ -15,14 +15,14 @@ import dataclasses
 import numbers
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from floranet.errors import ConfigError
-from floranet.utils.files import atomic_write_text
+from floranet.utils.files import atomic_write_text, read_capped
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's recipe, preprocessing done right: frozen ResNet50, its head,
@@ -66,6 +66,8 @@ QUANTIZE = ("fp16", "int8")
 DEFAULT_MAX_PIXELS = 50_000_000
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a loopback-only server answers to
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; a larger one is not a config
 
 
 def _is_int(v: Any) -> bool:
@@ -277,7 +279,7 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The server's limits. Validated on creation.
+    """The server's limits and access rules. Validated on creation.
 
     Attributes:
         max_upload_bytes: Largest accepted request body.
@@ -285,6 +287,15 @@ class ServeConfig:
         max_wait_ms: How long the batcher waits after a first image for more.
         top_k: Classes returned per image.
         request_timeout_s: Time allowed to receive a request body.
+        max_pixels: Largest image decoded (width x height), checked from its header before decoding; well
+            under training's limit, since every pixel of an upload costs the server memory and CPU.
+        decode_timeout_s: Time one image may take to decode before the client gets 503.
+        max_inflight_bytes: Request bodies held at once (declared sizes); more gets 503 before reading.
+        api_key: Clients must send it (``Authorization: Bearer KEY`` or ``X-API-Key``); None: open.
+        allowed_hosts: Host names accepted in the ``Host`` header (``"*"``: any).
+        header_timeout_s: Time a client has to send a request's headers.
+        max_connections_per_client: Open connections one client address may hold.
+        max_connections: Open connections in all.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -292,18 +303,55 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     top_k: int = 3
     request_timeout_s: float = 30.0
+    max_pixels: int = 16_000_000
+    decode_timeout_s: float = 10.0
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    api_key: str | None = field(default=None, repr=False)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    header_timeout_s: float = 10.0
+    max_connections_per_client: int = 32
+    max_connections: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_batch", "top_k"):
+        for name in (
+            "max_upload_bytes",
+            "max_batch",
+            "top_k",
+            "max_pixels",
+            "max_inflight_bytes",
+            "max_connections_per_client",
+            "max_connections",
+        ):
             check_positive_int(name, getattr(self, name))
-        for name, positive in (("max_wait_ms", False), ("request_timeout_s", True)):
+        for name in ("max_wait_ms", "request_timeout_s", "decode_timeout_s", "header_timeout_s"):
             value = getattr(self, name)
+            positive = name != "max_wait_ms"
             ok = (
                 isinstance(value, (int, float))
                 and not isinstance(value, bool)
                 and (value > 0 if positive else value >= 0)
             )
             _check(ok, f"{name} must be a {'positive' if positive else 'non-negative'} number", name, value)
+        _check(
+            self.api_key is None
+            or (
+                isinstance(self.api_key, str)
+                and len(self.api_key) >= 16
+                and self.api_key.isprintable()
+                and " " not in self.api_key
+            ),
+            "api_key must be at least 16 printable characters without spaces",
+            "api_key",
+            "<hidden>",
+        )
+        hosts = tuple(self.allowed_hosts) if isinstance(self.allowed_hosts, (tuple, list)) else ()
+        _check(
+            bool(hosts) and all(isinstance(h, str) and h.strip() for h in hosts),
+            "allowed_hosts must be a non-empty list of host names ('*' for any)",
+            "allowed_hosts",
+            self.allowed_hosts,
+        )
+        object.__setattr__(self, "allowed_hosts", hosts)
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -313,9 +361,11 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads a YAML config file into a dict of known keys (dashes allowed)."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8")) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"Config file not found. Received: config={str(path)!r}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
     if not isinstance(raw, Mapping):

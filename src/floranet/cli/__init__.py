@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from floranet.cli import data, deploy, inference, training
-from floranet.cli.common import quiet_tensorflow_import
+from floranet.cli.common import quiet_tensorflow_import, warn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except FloranetError as e:
-        print(f"floranet {args.command}: error: {e}", file=sys.stderr)
+        warn(f"floranet {args.command}: error: {e}")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

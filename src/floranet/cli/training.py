@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from floranet.cli.common import Subparsers, command, int_or_pair
+from floranet.cli.common import Subparsers, command, int_or_pair, say
 from floranet.config import AUGMENT_CHOICES, DISTRIBUTE_CHOICES, PRECISIONS, PRESETS, RUNTIMES, SCHEDULES
 
 # Settings of `train` that map one to one onto TrainConfig fields.
@@ -45,7 +45,7 @@ def add_demo(sub: Subparsers) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from floranet.workflows.demo import run_demo as demo
 
-    demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size)
+    demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size, say=say)
     return 0
 
 
@@ -102,8 +102,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, say=say)
     acc = result.metrics.get("accuracy")
-    print(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
-    print(f"Run directory: {result.run_dir}")
+    say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
+    say(f"Run directory: {result.run_dir}")
     return 0

@@ -20,7 +20,9 @@ import tensorflow as tf
 from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
+from floranet.data.formats import allowed_formats
 from floranet.data.images import decode_image_bytes, load_image
+from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def _guess_tf_decodable(path: bytes) -> bool:
         with open(path, "rb") as f:
             head = f.read(26)
             f.seek(0)
-            with Image.open(f) as im:
+            with Image.open(f, formats=allowed_formats()) as im:
                 if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
                     return False
                 if im.format == "PNG":
@@ -195,4 +197,5 @@ def decode_bytes(
     """
     size = check_image_size(image_size)
     pixels = decode_image_bytes(data, name=name, max_pixels=max_pixels)
-    return pixels, _resize(tf.convert_to_tensor(pixels), size).numpy()
+    # The pipeline's resize, computed in NumPy (bit-identical) from the uint8 pixels: no full-size float copy.
+    return pixels, bilinear(pixels, size)

@@ -73,6 +73,7 @@ from floranet.errors import ModelError
 from floranet.inference import Predictor, load
 from floranet.inference.runtime import RuntimeChoice
 from floranet.serving import page
+from floranet.serving.access import AccessMiddleware
 from floranet.serving.batcher import Batcher
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.uploads import RequestError, extract_upload, read_body
@@ -98,6 +99,7 @@ class ServeState:
     gradcam_pool: concurrent.futures.ThreadPoolExecutor
     overlay: GradCamOverlay
     pending: int = 0
+    inflight_bytes: int = 0
     max_pending: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,8 +121,8 @@ def create_app(
         unsafe: Allow a model that contains code (``Lambda`` layers); only for models you trust.
         runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
             uses the fastest one installed, since a server amortises its start-up.
-        **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_wait_ms``,
-            ``max_upload_bytes``, ``top_k``, ``request_timeout_s``).
+        **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_pixels``,
+            ``api_key``, ``allowed_hosts``, ...).
 
     Raises:
         ModelError: Not a finished run, or a model with code and ``unsafe`` is off.
@@ -167,6 +169,7 @@ def create_app(
     for kind, handler in _HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)
+    app.add_middleware(AccessMiddleware, allowed_hosts=limits.allowed_hosts, api_key=limits.api_key)
     return app
 
 
@@ -232,27 +235,19 @@ async def predict(request: Request) -> JSONResponse:
     state = _state(request)
     t0 = time.perf_counter()
     want_cam = request.query_params.get("gradcam", "").strip().lower() in _TRUE
-    body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
-    name, data = extract_upload(request.headers.get("content-type", ""), body)
-    del body
-    if not data:
-        raise RequestError(400, "empty upload: the image has 0 bytes")
-    if state.pending >= state.max_pending:
-        raise RequestError(
-            503, f"server busy: {state.pending} images already waiting; retry shortly", headers={"Retry-After": "1"}
-        )
-    state.pending += 1
-    try:
-        loop = asyncio.get_running_loop()
-        photo, pixels, decode_ms = await loop.run_in_executor(state.decode_pool, _decode, data, name, state, want_cam)
+    async with admitted(state, request):  # capacity is checked before a byte of the body is read
+        body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
+        name, data = extract_upload(request.headers.get("content-type", ""), body)
+        del body
+        if not data:
+            raise RequestError(400, "empty upload: the image has 0 bytes")
+        photo, pixels, decode_ms = await decode_upload(state, data, name, keep_photo=want_cam)
         del data
         probs, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)
         payload: dict[str, Any] = {**state.predictor.row(name, probs).to_dict(), "model_version": state.version}
         del payload["error"]
         if photo is not None:
             payload.update(await _gradcam(state, photo, pixels, int(np.argmax(probs))))
-    finally:
-        state.pending -= 1
     payload["timing_ms"] = {
         "decode": round(decode_ms, 3),
         "queue": round(queue_ms, 3),
@@ -260,6 +255,50 @@ async def predict(request: Request) -> JSONResponse:
         "total": round((time.perf_counter() - t0) * 1000, 3),
     }
     return JSONResponse(payload, headers={"X-Batch-Size": str(batch_size)})
+
+
+@contextlib.asynccontextmanager
+async def admitted(state: ServeState, request: Request) -> AsyncIterator[None]:
+    """Holds one of the server's request slots and the body's bytes budget, or answers 503 at once.
+
+    The bytes reserved are the declared ``Content-Length`` (bodies over ``max_upload_bytes`` are refused by
+    :func:`read_body`), or ``max_upload_bytes`` when the client declares none.
+    """
+    settings = state.settings
+    declared = request.headers.get("content-length", "")
+    reserve = min(int(declared), settings.max_upload_bytes) if declared.isdigit() else settings.max_upload_bytes
+    if state.pending >= state.max_pending or state.inflight_bytes + reserve > settings.max_inflight_bytes:
+        raise RequestError(
+            503,
+            f"server busy: {state.pending} images already waiting; retry shortly",
+            close=True,
+            headers={"Retry-After": "1"},
+        )
+    state.pending += 1
+    state.inflight_bytes += reserve
+    try:
+        yield
+    finally:
+        state.pending -= 1
+        state.inflight_bytes -= reserve
+
+
+async def decode_upload(
+    state: ServeState, data: bytes, name: str, *, keep_photo: bool
+) -> tuple[np.ndarray | None, np.ndarray, float]:
+    """Decodes in the decode pool within ``decode_timeout_s`` (503 past it; the thread finishes on its own,
+    bounded by ``max_pixels``, which every allowed decoder's cost is linear in)."""
+    loop = asyncio.get_running_loop()
+    work = loop.run_in_executor(state.decode_pool, _decode, data, name, state, keep_photo)
+    try:
+        return await asyncio.wait_for(work, state.settings.decode_timeout_s)
+    except TimeoutError:
+        raise RequestError(
+            503,
+            f"image took longer than {state.settings.decode_timeout_s:g} s to decode; retry "
+            "later or send a smaller image",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> dict[str, Any]:
@@ -278,7 +317,10 @@ def _decode(data: bytes, name: str, state: ServeState, keep_photo: bool) -> tupl
     started = time.perf_counter()
     try:
         photo, pixels = decode.decode_bytes(
-            data, state.predictor.image_size, name=name, max_pixels=state.predictor.max_pixels
+            data,
+            state.predictor.image_size,
+            name=name,
+            max_pixels=min(state.settings.max_pixels, state.predictor.max_pixels),
         )
     except UnusableImageError as e:
         raise RequestError(_STATUS.get(e.kind, 422), str(e)) from None

@@ -305,7 +305,9 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
                 f"{', '.join(changed)}. Run without --resume to start a new run."
             )
         return RunState.load(run)
-    if run.exists(RunDir.STATE):
+    if not run.exists(RunDir.STATE):
+        run.check_new_output()
+    else:
         raise ConfigError(
             f"{run.path} already holds a run. Use --resume to continue it, or choose another "
             f"--out. Received: out={str(run.path)!r}"

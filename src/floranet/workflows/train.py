@@ -7,6 +7,7 @@ from collections.abc import Callable
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.report import build_report
+from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
 
 
@@ -22,9 +23,17 @@ def train(
     Args:
         config: The resolved configuration (see :func:`floranet.config.resolve`).
         resume: Continue the run in ``config.out`` from its last completed epoch.
+
+    Raises:
+        RunLockedError: Another process is writing ``config.out``.
         progress: Show progress bars.
         say: Where one-line status messages go.
     """
+    with RunDir(config.out).lock():  # one writer per run directory
+        return _train(config, resume=resume, progress=progress, say=say)
+
+
+def _train(config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[str], None]) -> TrainResult:
     result = fit(config, resume=resume, progress=progress, say=say)
     if result.validation is None:  # a non-chief worker: the chief writes the run directory
         return result
