@@ -5,6 +5,7 @@
   ``RUN_DIR/config.yaml`` by every run.
 * :class:`InferenceConfig`: how a finished run is used (predict, evaluate, serve).
 * :class:`ServeConfig`: the server's limits.
+* :class:`CompareConfig`: a backbone comparison.
 
 The CLI takes its choice lists from the constants here.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,13 @@ QUANTIZE = ("fp16", "int8")
 DEFAULT_MAX_PIXELS = 50_000_000
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
+# A model name in a URL path: /v2/models/<name>.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NAME_RULE = "model_name must be 1 to 128 of A-Za-z0-9_-. (the first: A-Za-z0-9)"
+
+
+def _is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(_MODEL_NAME.fullmatch(v))
 
 
 def _is_int(v: Any) -> bool:
@@ -285,6 +294,8 @@ class ServeConfig:
         max_wait_ms: How long the batcher waits after a first image for more.
         top_k: Classes returned per image.
         request_timeout_s: Time allowed to receive a request body.
+        model_name: The model's name in the Open Inference Protocol routes (``/v2/models/<name>``);
+            None: the run folder's name.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -292,6 +303,7 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     top_k: int = 3
     request_timeout_s: float = 30.0
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_batch", "top_k"):
@@ -304,6 +316,46 @@ class ServeConfig:
                 and (value > 0 if positive else value >= 0)
             )
             _check(ok, f"{name} must be a {'positive' if positive else 'non-negative'} number", name, value)
+        _check(self.model_name is None or _is_name(self.model_name), _NAME_RULE, "model_name", self.model_name)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A backbone comparison (``floranet compare``): every backbone through the same recipe on one split.
+
+    Attributes:
+        data_dir, out, backbones: The labelled folder; the comparison's folder; the backbones to compare.
+        weights: Backbone → ``"imagenet"``, None (random init) or a file; others get ``default_weights``.
+        fine_tune: Include stage 2; by default only stage 1 runs (on cached features).
+        train: Other :class:`TrainConfig` settings shared by every run (image_size, epochs, seed, ...).
+        runtime, precision: The one runtime every latency is measured on.
+    """
+
+    data_dir: str
+    backbones: tuple[str, ...]
+    out: str = "runs/compare"
+    weights: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    default_weights: str | None = "imagenet"
+    fine_tune: bool = False
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    runtime: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        names = tuple(self.backbones)
+        object.__setattr__(self, "backbones", names)
+        ok = bool(names) and all(isinstance(n, str) and n.strip() for n in names) and len(set(names)) == len(names)
+        _check(ok, "backbones must be a non-empty list of distinct names", "backbones", names)
+        _check(set(self.weights) <= set(names), "weights may only name compared backbones", "weights", self.weights)
+        own = {"data_dir", "out", "backbone", "weights", "split_file"}
+        bad = sorted(set(self.train) - FIELDS | own & set(self.train))
+        _check(not bad, "train must hold TrainConfig settings that compare does not set itself", "train", bad)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        check_choice("precision", self.precision, PRECISIONS)
+
+    def weights_of(self, backbone: str) -> str | None:
+        value = self.weights.get(backbone, self.default_weights)
+        return None if value in (None, "none", "None", "") else value
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -43,6 +43,9 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    p.add_argument(
+        "--model-name", help="the model's name in the /v2 (KServe, Triton) routes (default: the run folder's)"
+    )
     add_runtime(p)
 
 
@@ -56,6 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
         unsafe=args.unsafe,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        model_name=args.model_name,
         runtime=args.runtime,
         precision=args.precision,
     )

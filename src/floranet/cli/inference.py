@@ -19,6 +19,7 @@ def add_evaluate(sub: Subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluation import evaluate_run, write_evaluation
+    from floranet.evaluation.modelcard import write_model_card
     from floranet.rundir import RunDir
 
     ev = evaluate_run(
@@ -34,7 +35,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for t, p_, c in ev.most_confused()[:5]:
         print(f"  {t} predicted as {p_}: {c}")
     name = RunDir.METRICS_EXTERNAL if external else RunDir.METRICS
-    print(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name} and plots/")
+    card = write_model_card(args.run_dir)
+    print(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name}, plots/ and {card.name} (model card)")
     return 0
 
 

@@ -15,6 +15,7 @@ Endpoints:
 * ``GET /health``: ``{"status": "ok", "model_version", "runtime"}``.
 * ``GET /classes``: the class names, in model order.
 * ``GET /``: a self-contained page (see :mod:`floranet.serving.page`).
+* ``/v2/...``: the Open Inference Protocol (KServe v2, Triton's HTTP client), see :mod:`floranet.serving.kserve`.
 
 Batching: each request reads its body asynchronously, decodes and resizes the
 image in a thread pool (with :func:`floranet.data.decode.decode_bytes`, the decode path of
@@ -120,7 +121,7 @@ def create_app(
         runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
             uses the fastest one installed, since a server amortises its start-up.
         **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_wait_ms``,
-            ``max_upload_bytes``, ``top_k``, ``request_timeout_s``).
+            ``max_upload_bytes``, ``top_k``, ``request_timeout_s``, ``model_name``).
 
     Raises:
         ModelError: Not a finished run, or a model with code and ``unsafe`` is off.
@@ -167,6 +168,9 @@ def create_app(
     for kind, handler in _HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)
+    from floranet.serving import kserve  # the Open Inference Protocol routes, which use ServeState
+
+    app.include_router(kserve.router)
     return app
 
 
