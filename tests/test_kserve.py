@@ -215,7 +215,15 @@ BAD = {
         "declares 999",
     ),
     "not base64": ({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}, b"", "base64"),
-    "nan pixels": (
+    "unknown output": (
+        {
+            "inputs": [{"name": "pixels", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}],
+            "outputs": [{"name": "logits"}],
+        },
+        b"",
+        "unknown output 'logits'",
+    ),
+    "tiny image": (
         {"inputs": [{"name": "pixels", "shape": [1, 1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
         b"",
         "32, 32, 3",

@@ -162,7 +162,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
 
 
 def _count(state: ServeState, parsed: InferRequest) -> int:
-    """Images in the request, after checking it has exactly one input that floranet takes."""
+    """Images in the request, after checking its one input and the outputs it asks for."""
     if len(parsed.inputs) != 1:
         names = ", ".join(repr(t.name) for t in parsed.inputs)
         raise RequestError(400, f"give exactly one input, {IMAGE!r} or {PIXELS!r}. Received: {names}")
@@ -182,6 +182,9 @@ def _count(state: ServeState, parsed: InferRequest) -> int:
             )
     else:
         raise RequestError(400, f"unknown input {tensor.name!r}; this model takes {IMAGE!r} or {PIXELS!r}")
+    unknown = [o.name for o in parsed.outputs or () if o.name not in (PROBABILITIES, LABELS)]
+    if unknown:  # refused before any work
+        raise RequestError(400, f"unknown output {unknown[0]!r}; this model has {PROBABILITIES!r} and {LABELS!r}")
     n = tensor.shape[0]
     if n < 1:
         raise RequestError(400, f"input {tensor.name!r} holds no image (shape {list(tensor.shape)})")
@@ -231,8 +234,6 @@ def _outputs(state: ServeState, parsed: InferRequest, probs: np.ndarray) -> list
     out = []
     for req in wanted:
         binary = req.binary or parsed.binary_output
-        if req.name not in (PROBABILITIES, LABELS):
-            raise RequestError(400, f"unknown output {req.name!r}; this model has {PROBABILITIES!r} and {LABELS!r}")
         if req.classification or req.name == LABELS:
             k = min(req.classification or _top_k(state), len(names))
             rows = [top_k(p, names, k) for p in probs]
