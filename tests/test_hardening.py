@@ -466,7 +466,7 @@ def test_run_server_off_loopback_needs_a_key() -> None:
 
 
 def test_gradcam_keeps_only_a_shrunk_photo(hardened_app) -> None:
-    from floranet.serving.app import _decode
+    from floranet.serving.state import decode_sync as _decode
 
     big = io.BytesIO()
     Image.new("RGB", (2000, 1500), (200, 30, 30)).save(big, format="JPEG")

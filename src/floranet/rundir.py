@@ -14,6 +14,7 @@ A finished run holds::
     metrics_external.json, predictions_external.csv   `evaluate --data OTHER` (plots/*_external.png)
     plots/             samples, history, confusion matrix, reliability, top losses
     report.html        self-contained report
+    README.md          the model card (Hugging Face format)
     logs/              TensorBoard
     state.json, checkpoints/, features/   for --resume and the stage-1 feature cache
     exports.json, exports/                written by ``floranet export``
@@ -66,6 +67,9 @@ class RunDir:
     STATE = "state.json"
     REPORT = "report.html"
     EXPORTS = "exports.json"
+    MODEL_CARD = "README.md"  # the Hugging Face model card (train writes it, evaluate refreshes it)
+    AUDIT = "audit.json"  # the label audit, when one was run (read by the model card)
+    OOD = "ood.json"  # the unknown-input rate, when measured (read by the model card)
     PLOTS = "plots"
     LOGS = "logs"
     CHECKPOINTS = "checkpoints"

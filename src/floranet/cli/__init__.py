@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from floranet.cli import data, deploy, inference, training
+from floranet.cli import compare, data, deploy, inference, training
 from floranet.cli.common import quiet_tensorflow_import, warn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,6 +27,7 @@ ADDERS = (
     inference.add_report,
     deploy.add_export,
     deploy.add_serve,
+    compare.add_compare,
     data.add_backbones,
 )
 # Commands that never touch TensorFlow (nothing to silence, nothing to wait for).

@@ -64,6 +64,9 @@ def add_serve(sub: Subparsers) -> None:
         help="Host header names to answer, comma separated ('*': any; default: loopback names on "
         "loopback, any elsewhere)",
     )
+    p.add_argument(
+        "--model-name", help="the model's name in the /v2 (KServe, Triton) routes (default: the run folder's)"
+    )
     add_runtime(p)
 
 
@@ -81,6 +84,7 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         insecure_no_auth=args.insecure_no_auth,
         allowed_hosts=args.allowed_hosts,
+        model_name=args.model_name,
         runtime=args.runtime,
         precision=args.precision,
     )

@@ -19,6 +19,7 @@ def add_evaluate(sub: Subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluation import evaluate_run, write_evaluation
+    from floranet.evaluation.modelcard import write_model_card
     from floranet.rundir import RunDir
 
     ev = evaluate_run(
@@ -27,6 +28,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     external = args.data is not None
     with RunDir(args.run_dir).lock() as run:
         m = write_evaluation(ev, run, external=external)
+        card = write_model_card(run.path)
     say(
         f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
         f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "
@@ -35,7 +37,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for t, p_, c in ev.most_confused()[:5]:
         say(f"  {t} predicted as {p_}: {c}")
     name = RunDir.METRICS_EXTERNAL if external else RunDir.METRICS
-    say(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name} and plots/")
+    say(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name}, plots/ and {card.name} (model card)")
     return 0
 
 

@@ -54,6 +54,14 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("data_dir")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="also log the run to MLflow (params, per-epoch metrics, artefacts, the model); URI: tracking "
+        "server or store (default: MLflow's own); needs floranet[mlflow]",
+    )
     g = p.add_argument_group("training settings (override --config and the preset)")
     g.add_argument("--config", help="YAML file of settings")
     g.add_argument("--preset", choices=list(PRESETS))
@@ -102,7 +110,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
-    result = train(cfg, resume=args.resume, say=say)
+    result = train(cfg, resume=args.resume, mlflow=args.mlflow, say=say)
     acc = result.metrics.get("accuracy")
     say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
     say(f"Run directory: {result.run_dir}")

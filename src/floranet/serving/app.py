@@ -15,6 +15,7 @@ Endpoints:
 * ``GET /health``: ``{"status": "ok", "model_version", "runtime"}``.
 * ``GET /classes``: the class names, in model order.
 * ``GET /``: a self-contained page (see :mod:`floranet.serving.page`).
+* ``/v2/...``: the Open Inference Protocol (KServe v2, Triton's HTTP client), see :mod:`floranet.serving.kserve`.
 
 Batching: each request reads its body asynchronously, decodes and resizes the
 image in a thread pool (with :func:`floranet.data.decode.decode_bytes`, the decode path of
@@ -57,7 +58,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,43 +67,19 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from floranet.config import InferenceConfig, ServeConfig
-from floranet.data import decode
-from floranet.data.images import UnusableImageError
 from floranet.errors import ModelError
-from floranet.inference import Predictor, load
-from floranet.inference.runtime import RuntimeChoice
-from floranet.serving import page
+from floranet.inference import load
+from floranet.serving import kserve, page
 from floranet.serving.access import AccessMiddleware
 from floranet.serving.batcher import Batcher
 from floranet.serving.overlay import GradCamOverlay
+from floranet.serving.state import ServeState, admitted, decode_upload, state_of
 from floranet.serving.uploads import RequestError, extract_upload, read_body
 
 logger = logging.getLogger("floranet.serve")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-# An unusable image's kind → HTTP status (anything else: 422, a damaged image).
-_STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format": 415}
 router = APIRouter()
-
-
-@dataclass
-class ServeState:
-    """Everything the routes share, kept on ``app.state.serve``."""
-
-    predictor: Predictor
-    choice: RuntimeChoice
-    settings: ServeConfig
-    version: str
-    batcher: Batcher
-    decode_pool: concurrent.futures.ThreadPoolExecutor
-    gradcam_pool: concurrent.futures.ThreadPoolExecutor
-    overlay: GradCamOverlay
-    pending: int = 0
-    inflight_bytes: int = 0
-    max_pending: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.max_pending = 4 * self.settings.max_batch
 
 
 def create_app(
@@ -122,7 +98,7 @@ def create_app(
         runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
             uses the fastest one installed, since a server amortises its start-up.
         **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_pixels``,
-            ``api_key``, ``allowed_hosts``, ...).
+            ``api_key``, ``allowed_hosts``, ``model_name``, ...).
 
     Raises:
         ModelError: Not a finished run, or a model with code and ``unsafe`` is off.
@@ -169,13 +145,9 @@ def create_app(
     for kind, handler in _HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)
+    app.include_router(kserve.router)
     app.add_middleware(AccessMiddleware, allowed_hosts=limits.allowed_hosts, api_key=limits.api_key)
     return app
-
-
-def _state(request: Request) -> ServeState:
-    state: ServeState = request.app.state.serve
-    return state
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -212,7 +184,7 @@ _HANDLERS: dict[Any, Any] = {
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, str]:
-    state = _state(request)
+    state = state_of(request)
     return {
         "status": "ok",
         "model_version": state.version,
@@ -222,7 +194,7 @@ async def health(request: Request) -> dict[str, str]:
 
 @router.get("/classes")
 async def classes(request: Request) -> list[str]:
-    return list(_state(request).predictor.class_names)
+    return list(state_of(request).predictor.class_names)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -232,7 +204,7 @@ async def index() -> HTMLResponse:
 
 @router.post("/predict")
 async def predict(request: Request) -> JSONResponse:
-    state = _state(request)
+    state = state_of(request)
     t0 = time.perf_counter()
     want_cam = request.query_params.get("gradcam", "").strip().lower() in _TRUE
     async with admitted(state, request):  # capacity is checked before a byte of the body is read
@@ -257,50 +229,6 @@ async def predict(request: Request) -> JSONResponse:
     return JSONResponse(payload, headers={"X-Batch-Size": str(batch_size)})
 
 
-@contextlib.asynccontextmanager
-async def admitted(state: ServeState, request: Request) -> AsyncIterator[None]:
-    """Holds one of the server's request slots and the body's bytes budget, or answers 503 at once.
-
-    The bytes reserved are the declared ``Content-Length`` (bodies over ``max_upload_bytes`` are refused by
-    :func:`read_body`), or ``max_upload_bytes`` when the client declares none.
-    """
-    settings = state.settings
-    declared = request.headers.get("content-length", "")
-    reserve = min(int(declared), settings.max_upload_bytes) if declared.isdigit() else settings.max_upload_bytes
-    if state.pending >= state.max_pending or state.inflight_bytes + reserve > settings.max_inflight_bytes:
-        raise RequestError(
-            503,
-            f"server busy: {state.pending} images already waiting; retry shortly",
-            close=True,
-            headers={"Retry-After": "1"},
-        )
-    state.pending += 1
-    state.inflight_bytes += reserve
-    try:
-        yield
-    finally:
-        state.pending -= 1
-        state.inflight_bytes -= reserve
-
-
-async def decode_upload(
-    state: ServeState, data: bytes, name: str, *, keep_photo: bool
-) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """Decodes in the decode pool within ``decode_timeout_s`` (503 past it; the thread finishes on its own,
-    bounded by ``max_pixels``, which every allowed decoder's cost is linear in)."""
-    loop = asyncio.get_running_loop()
-    work = loop.run_in_executor(state.decode_pool, _decode, data, name, state, keep_photo)
-    try:
-        return await asyncio.wait_for(work, state.settings.decode_timeout_s)
-    except TimeoutError:
-        raise RequestError(
-            503,
-            f"image took longer than {state.settings.decode_timeout_s:g} s to decode; retry "
-            "later or send a smaller image",
-            headers={"Retry-After": "1"},
-        ) from None
-
-
 async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> dict[str, Any]:
     try:
         png = await asyncio.get_running_loop().run_in_executor(
@@ -309,23 +237,6 @@ async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, cla
     except ModelError as e:
         return {"gradcam_png": None, "gradcam_error": str(e)}
     return {"gradcam_png": png}
-
-
-def _decode(data: bytes, name: str, state: ServeState, keep_photo: bool) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """Decode + resize exactly as every other command does (runs in the decode pool); the photo itself is
-    kept, shrunk to the overlay's size, only when Grad-CAM is asked for."""
-    started = time.perf_counter()
-    try:
-        photo, pixels = decode.decode_bytes(
-            data,
-            state.predictor.image_size,
-            name=name,
-            max_pixels=min(state.settings.max_pixels, state.predictor.max_pixels),
-        )
-    except UnusableImageError as e:
-        raise RequestError(_STATUS.get(e.kind, 422), str(e)) from None
-    kept = state.overlay.shrink(photo) if keep_photo else None
-    return kept, pixels, (time.perf_counter() - started) * 1000
 
 
 def model_version(run_dir: str | os.PathLike[str]) -> str:

@@ -6,15 +6,22 @@ from collections.abc import Callable
 
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
+from floranet.evaluation.modelcard import write_model_card
 from floranet.evaluation.report import build_report
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
 
 
 def train(
-    config: TrainConfig, *, resume: bool = False, progress: bool = True, say: Callable[[str], None] = print
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    mlflow: str | None = None,
 ) -> TrainResult:
-    """Trains (:func:`floranet.training.fit`), then writes the run's evaluation, plots and ``report.html``.
+    """Trains (:func:`floranet.training.fit`), then writes the run's evaluation, plots, ``report.html`` and
+    model card (``README.md``).
 
     The validation predictions training made are the one evaluation of the run: ``metrics.json`` (first),
     ``calibration.json`` (temperature fitted on them), ``predictions.csv``, the plots and the report all
@@ -23,17 +30,21 @@ def train(
     Args:
         config: The resolved configuration (see :func:`floranet.config.resolve`).
         resume: Continue the run in ``config.out`` from its last completed epoch.
+        progress: Show progress bars.
+        say: Where one-line status messages go.
+        mlflow: Also log the finished run to MLflow (:func:`floranet.workflows.tracking.log_to_mlflow`) at
+            this tracking URI ("" for MLflow's default); None: no MLflow.
 
     Raises:
         RunLockedError: Another process is writing ``config.out``.
-        progress: Show progress bars.
-        say: Where one-line status messages go.
     """
     with RunDir(config.out).lock():  # one writer per run directory
-        return _train(config, resume=resume, progress=progress, say=say)
+        return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
 
-def _train(config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[str], None]) -> TrainResult:
+def _train(
+    config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[str], None], mlflow: str | None
+) -> TrainResult:
     result = fit(config, resume=resume, progress=progress, say=say)
     if result.validation is None:  # a non-chief worker: the chief writes the run directory
         return result
@@ -52,4 +63,9 @@ def _train(config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[
         plots.history_plot(history, run.plot("history.png"))
     if len(ev.labels):
         say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
+    say(f"Model card: {write_model_card(run.path)}")
+    if mlflow is not None:
+        from floranet.workflows.tracking import log_to_mlflow
+
+        log_to_mlflow(run.path, mlflow or None, say=say)
     return result
