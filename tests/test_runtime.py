@@ -80,12 +80,13 @@ def test_predict_and_evaluate_on_openvino_match_tensorflow(tiny_run, tmp_path) -
     for a, b in zip(tf_rows, ov_rows, strict=True):
         assert a.top_k[0][0] == b.top_k[0][0]
         assert abs(a.top_k[0][1] - b.top_k[0][1]) < 1e-4
-    auto = predict.load(tiny_run)
+    auto = predict.load(tiny_run)  # the run's compiled model, checked at training time: no conversion needed
     auto.predict([folder])
-    assert auto.choice is not None and auto.choice.runtime == "tensorflow"  # 10 images: not worth converting
+    assert auto.compiled is not None and auto.keras_model is None  # Keras was never loaded
+    assert auto.choice is not None and auto.choice.key == "openvino-fp32"  # 10 images: as exact as model.keras
     ev_tf = evaluate_run(tiny_run, runtime="tensorflow")
     ev_ov = evaluate_run(tiny_run, runtime="openvino", precision="fp32")
-    assert ev_ov.extra["evaluated_on"] == "model.keras (openvino fp32)"
+    assert ev_ov.extra["evaluated_on"] == "compiled model (openvino fp32)"
     np.testing.assert_allclose(ev_ov.probs, ev_tf.probs, atol=1e-4)
     with pytest.raises(ConfigError, match="bf16"):
         predict.load(tiny_run, runtime="tensorflow", precision="bf16").predict([folder])

@@ -14,6 +14,8 @@ A finished run holds::
     metrics_external.json, predictions_external.csv   `evaluate --data OTHER` (plots/*_external.png)
     plots/             samples, history, confusion matrix, reliability, top losses
     report.html        self-contained report
+    inference/         model.xml + model.bin (OpenVINO IR of model.keras) and compiled.json (its agreement
+                       check): predict, evaluate and serve load it without TensorFlow when it agrees
     README.md          the model card (Hugging Face format)
     logs/              TensorBoard
     state.json, checkpoints/, features/   for --resume and the stage-1 feature cache
@@ -76,6 +78,9 @@ class RunDir:
     FEATURES = "features"
     EXPORTS_DIR = "exports"
     LOCK = "run.lock"  # present while a process writes the run; holds its pid
+    COMPILED = "inference"  # the compiled inference model (OpenVINO IR) and its check
+    COMPILED_XML = "model.xml"
+    COMPILED_INFO = "compiled.json"
     # What `evaluate`, `report` and `export` need besides the model.
     FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
 

@@ -32,6 +32,20 @@ ADDERS = (
 )
 # Commands that never touch TensorFlow (nothing to silence, nothing to wait for).
 _WITHOUT_TENSORFLOW = frozenset({"doctor", "fetch", "backbones"})
+# Commands that run a finished model: without TensorFlow when the run's compiled model can be used.
+_COMPILED_OK = frozenset({"predict", "evaluate", "serve"})
+
+
+def _needs_tensorflow(args: argparse.Namespace) -> bool:
+    """Whether the command will import TensorFlow (then it is imported now, its start-up banner silenced)."""
+    if args.command in _WITHOUT_TENSORFLOW:
+        return False
+    if args.command in _COMPILED_OK and getattr(args, "runtime", "auto") in ("auto", "openvino"):
+        from floranet.inference import compiled
+        from floranet.rundir import RunDir
+
+        return compiled.usable(RunDir(args.run_dir)) is None  # the run's compiled model needs no TensorFlow
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from floranet.errors import FloranetError
 
     try:
-        if args.command not in _WITHOUT_TENSORFLOW:
+        if _needs_tensorflow(args):
             quiet_tensorflow_import()
         code: int = args.run(args)
         return code

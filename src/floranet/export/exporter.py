@@ -40,6 +40,7 @@ from floranet.export.common import (
 from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, decode_rows, open_run
 from floranet.export.writers import WRITERS
+from floranet.inference import compiled
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, write_json
 
@@ -265,6 +266,13 @@ def export_run(
             shutil.rmtree(tmp, ignore_errors=True)
     result = dataclasses.replace(result, path=final)
     _record(source.path, result)
+    if compiled.usable(source.run) is None:  # a run from before compiled models, or a replaced model.keras
+        info = compiled.compile_run(source.run, model, pixels if pixels is not None else np.zeros((0, 1, 1, 3)))
+        if info is not None:
+            say(
+                f"Also compiled the run's inference model ({source.run / RunDir.COMPILED}): "
+                f"{'agrees' if info['agrees'] else 'does not agree'} with model.keras."
+            )
     return result
 
 

@@ -126,7 +126,7 @@ def create_app(
         concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode"),
         # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
-        GradCamOverlay(predictor.model),
+        GradCamOverlay(lambda: predictor.model),  # Keras is loaded only when Grad-CAM is asked for
     )
 
     @contextlib.asynccontextmanager
