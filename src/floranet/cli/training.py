@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from floranet.cli.common import Subparsers, command, int_or_pair, say
-from floranet.config import AUGMENT_CHOICES, DISTRIBUTE_CHOICES, PRECISIONS, PRESETS, RUNTIMES, SCHEDULES
+from floranet.config import (
+    AUGMENT_CHOICES,
+    DISTRIBUTE_CHOICES,
+    FINE_TUNE_CACHE,
+    PRESETS,
+    RUNTIMES,
+    SCHEDULES,
+    TRAIN_PRECISIONS,
+)
 
 # Settings of `train` that map one to one onto TrainConfig fields.
 TRAIN_KEYS = (
@@ -18,6 +26,8 @@ TRAIN_KEYS = (
     "fine_tune_epochs",
     "learning_rate",
     "fine_tune_learning_rate",
+    "fine_tune_cache",
+    "fine_tune_views",
     "schedule",
     "val_split",
     "seed",
@@ -73,14 +83,22 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top of the backbone unfrozen)")
     g.add_argument("--learning-rate", type=float)
     g.add_argument("--fine-tune-learning-rate", type=float)
+    g.add_argument(
+        "--fine-tune-cache",
+        choices=FINE_TUNE_CACHE,
+        help="auto: stage 2 trains the unfrozen top on cached outputs of the frozen layers where the cache "
+        "fits on disk; off: the whole model runs every epoch",
+    )
+    g.add_argument("--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, up to 5)")
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=TRAIN_PRECISIONS,
         help="auto: bf16 feature extraction and mixed-bf16 fine-tuning where the CPU computes bf16 "
-        "natively, fp32 elsewhere; bf16: every stage in mixed bf16",
+        "natively, fp32 elsewhere; bf16: every stage in mixed bf16; int8: the frozen layers run in OpenVINO "
+        "int8 (calibrated on training images), training in fp32",
     )
     g.add_argument("--runtime", choices=RUNTIMES, help="runtime of frozen-feature extraction (auto: the fastest)")
     g.add_argument(

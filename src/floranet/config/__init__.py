@@ -16,6 +16,7 @@ from floranet.config.choices import (
     DISTRIBUTE_CHOICES,
     ENGINES,
     EXPORT_FORMATS,
+    FINE_TUNE_CACHE,
     LOOPBACK_HOSTS,
     MAX_CONFIG_BYTES,
     MIN_IMAGE_SIZE,
@@ -25,6 +26,7 @@ from floranet.config.choices import (
     QUANTIZE,
     RUNTIMES,
     SCHEDULES,
+    TRAIN_PRECISIONS,
     check_choice,
     check_positive_int,
     parse_image_size,
@@ -35,6 +37,7 @@ from floranet.config.use import InferenceConfig, ServeConfig
 
 __all__ = [
     "AUGMENT_CHOICES",
+    "FINE_TUNE_CACHE",
     "DEFAULT_MAX_PIXELS",
     "DISTRIBUTE_CHOICES",
     "ENGINES",
@@ -49,6 +52,7 @@ __all__ = [
     "QUANTIZE",
     "RUNTIMES",
     "SCHEDULES",
+    "TRAIN_PRECISIONS",
     "CompareConfig",
     "InferenceConfig",
     "ServeConfig",

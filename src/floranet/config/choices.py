@@ -40,10 +40,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 AUGMENT_CHOICES = ("off", "fine-tune", "all")
+FINE_TUNE_CACHE = ("auto", "off")
 DISTRIBUTE_CHOICES = ("none", "auto", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "plateau", "constant")
 RUNTIMES = ("auto", "tensorflow", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
+# Training also takes int8: the frozen layers' inference (stage-1 features, the stage-2 prefix) on OpenVINO int8.
+TRAIN_PRECISIONS = (*PRECISIONS, "int8")
 OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
 ENGINES = ("local", "ray")
 EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "tflite")

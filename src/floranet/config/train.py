@@ -15,11 +15,12 @@ from floranet.config.choices import (
     AUGMENT_CHOICES,
     DEFAULT_MAX_PIXELS,
     DISTRIBUTE_CHOICES,
+    FINE_TUNE_CACHE,
     MAX_CONFIG_BYTES,
-    PRECISIONS,
     PRESETS,
     RUNTIMES,
     SCHEDULES,
+    TRAIN_PRECISIONS,
     check,
     check_choice,
     check_fraction,
@@ -47,6 +48,10 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-5
+    # Stage 2 on the cached outputs of the frozen layers (training/prefix.py): auto (where it fits) | off;
+    # views: augmented copies of the training set cached (0: one per epoch, at most stages.AUTO_VIEWS).
+    fine_tune_cache: str = "auto"
+    fine_tune_views: int = 0
     schedule: str = "cosine"
     early_stopping_patience: int = 3
     val_split: float = 0.2
@@ -78,6 +83,7 @@ class TrainConfig:
         check_positive_int("batch_size", self.batch_size)
         check_int_at_least(self, "epochs", 0)
         check_int_at_least(self, "fine_tune_epochs", 0)
+        check_int_at_least(self, "fine_tune_views", 0, " (0: one per epoch)")
         check(self.epochs + self.fine_tune_epochs > 0, "epochs + fine_tune_epochs must be > 0", "epochs", self.epochs)
         for name in ("learning_rate", "fine_tune_learning_rate"):
             check_fraction(self, name, low_open=True)
@@ -96,9 +102,10 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         check_choice("preset", self.preset, PRESETS)
-        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("precision", self.precision, TRAIN_PRECISIONS)
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("augment", self.augment, AUGMENT_CHOICES)
+        check_choice("fine_tune_cache", self.fine_tune_cache, FINE_TUNE_CACHE)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
         check(

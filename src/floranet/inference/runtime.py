@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from floranet.config import PRECISIONS, RUNTIMES, check_choice
+from floranet.config import PRECISIONS, RUNTIMES, TRAIN_PRECISIONS, check_choice
 from floranet.errors import ConfigError
 from floranet.utils import optional, system
 
@@ -72,7 +72,7 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
 
     Args:
         runtime: "auto", "tensorflow" or "openvino".
-        precision: "auto", "fp32" or "bf16".
+        precision: "auto", "fp32", "bf16" or "int8" (OpenVINO only; compile with calibration images).
         images: How many images the job will run, when known: an automatic choice keeps
             TensorFlow for fewer than :data:`AUTO_MIN_IMAGES`, where converting the
             model to OpenVINO (seconds) costs more than it saves.
@@ -82,9 +82,16 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
         MissingDependencyError: OpenVINO requested but not installed.
     """
     check_choice("runtime", runtime, RUNTIMES)
-    check_choice("precision", precision, PRECISIONS)
-    if runtime == "openvino" and not openvino_available():
-        optional.require("openvino", "runtime='openvino'")
+    check_choice("precision", precision, TRAIN_PRECISIONS)
+    if (runtime == "openvino" or precision == "int8") and not openvino_available():
+        optional.require("openvino", f"runtime={runtime!r}, precision={precision!r}")
+    if precision == "int8":
+        if runtime == "tensorflow":
+            raise ConfigError(
+                "precision='int8' runs on OpenVINO (NNCF post-training quantization). "
+                "Received: runtime='tensorflow', precision='int8'"
+            )
+        return RuntimeChoice("openvino", "int8", "int8 as requested: OpenVINO, calibrated on training images")
     reasons = []
     if runtime == "auto":
         if gpu_available():
@@ -124,8 +131,10 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
 
     Raises:
         ConfigError: As :func:`choose`, or TensorFlow bf16, which needs a model built under
-            ``mixed_bfloat16`` (training only).
+            ``mixed_bfloat16`` (training only), or int8, which needs calibration images (training and
+            ``floranet export --quantize int8``).
     """
+    check_choice("precision", precision, PRECISIONS)
     choice = choose(runtime, precision, images=images)
     if choice.runtime == "tensorflow" and choice.precision == "bf16":
         raise ConfigError(
@@ -141,11 +150,11 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     ``auto`` picks mixed bf16 on CPUs with native bf16 (AVX512_BF16/AMX), where
     benchmarks/bench_finetune.py measures it about 1.5x faster than fp32, and fp32 elsewhere.
     """
-    check_choice("precision", precision, PRECISIONS)
+    check_choice("precision", precision, TRAIN_PRECISIONS)
     if precision == "bf16":
         return "mixed_bfloat16", "as requested"
-    if precision == "fp32":
-        return "float32", "as requested"
+    if precision in ("fp32", "int8"):
+        return "float32", "as requested" if precision == "fp32" else "int8 is for the frozen layers' inference"
     if gpu_available():
         return "float32", "on GPU fp32 unless --precision bf16 is given"
     if native_bf16():
