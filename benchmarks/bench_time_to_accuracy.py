@@ -17,30 +17,26 @@ wall seconds include imports, data checks, both stages, the final evaluation and
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shlex
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, MOBILENET_NOTOP, ROOT, python, run_measured, table, write_result
-
-BASELINE_REF = "c86ec50"  # main when issue 16 was filed: stage 2 ran the whole model every epoch
-CLI = "import sys; from floranet.cli import main; sys.exit(main())"
-
-
-def baseline_source(ref: str, work: Path) -> Path:
-    """``ref``'s src/ unpacked into ``work`` (git archive: no checkout, the repository is untouched)."""
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(work, filter="data")
-    return work / "src"
+from common import (
+    BASELINE_REF,
+    CLI,
+    FLOWERS,
+    MOBILENET_NOTOP,
+    baseline_source,
+    python,
+    run_measured,
+    table,
+    write_result,
+)
 
 
 def train(label: str, args: list[str], run: Path, log: Path, src: Path | None = None) -> dict[str, Any]:
