@@ -1,6 +1,6 @@
 """Runs the benchmark suite (`make bench`) and regenerates benchmarks/README.md from results/*.json.
 
-    python benchmarks/run_all.py [--only decode forward train accuracy serve predict finetune] [--readme-only]
+    python benchmarks/run_all.py [--only decode forward train accuracy padding serve predict finetune] [--readme-only]
 
 Each benchmark prints its own table and writes results/<name>.json with the
 machine it ran on; this script then rewrites README.md from whatever results exist.
@@ -26,6 +26,7 @@ SUITE = {  # name -> (script, needs ../shared)
     "finetune": ("bench_finetune.py", False),
     "train": ("bench_train.py", True),
     "accuracy": ("bench_accuracy.py", True),
+    "padding": ("bench_padding.py", True),
     "bf16": ("bench_bf16.py", True),
     "serve": ("bench_serve.py", False),
 }
@@ -63,6 +64,14 @@ def _bf16(r: dict) -> str:
         f"agreement {full['top1_agreement']:.4f}, accuracy change {full['delta_points']:+.2f} points. Largest "
         f"mean change from bf16: {r['max_mean_delta_points']} points (target < {r['target_points']}): "
         f"{'pass' if r['passed'] else 'FAIL'}."
+    )
+
+
+def _accuracy(r: dict) -> str:
+    return (
+        table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
+        + f"\n\nGain: {r['gain_points']:+.1f} points."
+        + (f" Backbone {r['backbone']}, weights {r['weights']}." if "backbone" in r else "")
     )
 
 
@@ -128,10 +137,20 @@ def render() -> str:
         ),
         (
             "accuracy",
-            "Accuracy: recommended preset vs the tutorial's recipe",
+            "Accuracy: recommended preset vs the tutorial's recipe (../shared's MobileNetV2 conversion, Keras's model)",
+            _accuracy,
+        ),
+        (
+            "accuracy_bundled",
+            "Accuracy: recommended preset vs the tutorial's recipe (the bundled MobileNetV2 weights)",
+            _accuracy,
+        ),
+        (
+            "padding",
+            "Symmetric (torchvision) vs Keras's padding, bundled MobileNetV2 weights, tutorial preset",
             lambda r: (
-                table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
-                + f"\n\nGain: {r['gain_points']:+.1f} points."
+                table(r["rows"], ["variant", "size", "accuracy_mean", "accuracy_std", "accuracies", "num_val"])
+                + f"\n\nBest: {r['best']['variant']} at {r['best']['size']} px; seeds {r['seeds']}."
             ),
         ),
         ("bf16", "bf16 vs fp32: validation accuracy change (paired over seeds)", _bf16),
