@@ -116,3 +116,40 @@ def test_few_files_take_the_direct_path_with_the_same_results(tiny_run, tmp_path
     many = predictor.predict([cases[k] for k in ("cmyk", "jpeg", "exif_rotated", "rgba_png", "grayscale")])
     assert len(many) > batch.SMALL_JOB
     np.testing.assert_allclose([p for _, p in few[0].top_k], [p for _, p in many[0].top_k], atol=2e-5)
+
+
+def test_the_compiled_model_predicts_without_tensorflow(tiny_run, tmp_path) -> None:
+    """train leaves inference/model.xml, checked against model.keras; predict then never imports TensorFlow."""
+    import subprocess
+    import sys
+
+    info = json.loads((tiny_run / "inference" / "compiled.json").read_text())
+    assert info["agrees"] and info["images"] == 6 and info["top1_agreement"] == 1.0 and info["max_abs_diff"] <= 1e-4
+    image = _write_cases(tmp_path)["jpeg"]
+    code = (
+        "import sys, json\nfrom floranet.inference import load\n"
+        f"p = load({str(tiny_run)!r})\nrow = p.predict([{str(image)!r}])[0]\n"
+        "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules, "
+        "'choice': p.choice.key, 'top': row.top_k}))"
+    )
+    out = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert out["tf"] is False and out["keras"] is False and out["choice"] == "openvino-fp32"
+    exact = predict.load(tiny_run, runtime="tensorflow").predict([image])[0]
+    assert [c for c, _ in exact.top_k] == [c for c, _ in out["top"]]
+    np.testing.assert_allclose([p for _, p in exact.top_k], [p for _, p in out["top"]], atol=1e-5)
+
+
+def test_a_replaced_model_keras_is_never_paired_with_an_old_compiled_model(writable_run) -> None:
+    from floranet.inference import compiled
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    assert compiled.usable(run) is not None
+    data = (writable_run / "model.keras").read_bytes()
+    (writable_run / "model.keras").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other content
+    assert compiled.usable(run) is None
+    assert predict.load(writable_run).compiled is None  # falls back to model.keras

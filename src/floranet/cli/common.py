@@ -9,9 +9,26 @@ from collections.abc import Callable
 from typing import Any
 
 from floranet.config import PRECISIONS, RUNTIMES
+from floranet.utils.text import printable
 
 Runner = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+
+
+def say(message: str) -> None:
+    """Prints one message to stdout with untrusted text (file and class names) escaped."""
+    print(printable(message), flush=True)
+
+
+def say_lines(text: str) -> None:
+    """Prints a block of several lines (its own line breaks kept), each line escaped as :func:`say` does."""
+    for line in text.splitlines():
+        say(line)
+
+
+def warn(message: str) -> None:
+    """:func:`say` on stderr."""
+    print(printable(message), file=sys.stderr, flush=True)
 
 
 def quiet_tensorflow_import() -> None:

@@ -256,7 +256,6 @@ def evaluate_run(
     out = predictor.predict_files(paths)
     kept = [i for i in range(len(rows)) if i not in out.errors]
     labels = np.asarray([names.index(rows[i].label) for i in kept], dtype=np.int64)
-    choice = predictor.choice
     ev = Evaluation(
         tuple(names),
         tuple(rows[i].path for i in kept),
@@ -265,7 +264,7 @@ def evaluate_run(
         run.temperature(),
         str(root),
         VALIDATION if data_dir is None else f"folder {data_dir}",
-        {"evaluated_on": f"model.keras ({choice.runtime} {choice.precision})" if choice else "nothing"},
+        {"evaluated_on": predictor.describe()},
     )
     return ev.with_temperature() if data_dir is None else ev
 

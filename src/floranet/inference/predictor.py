@@ -19,7 +19,7 @@ import numpy as np
 from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.doctor import IMAGE_EXTENSIONS
-from floranet.inference import batch, runtime
+from floranet.inference import batch, compiled, runtime
 from floranet.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -65,24 +65,26 @@ class Predictor:
 
     Attributes:
         run: The run directory.
-        model: The Keras model (``model.keras``).
         class_names: Label index → name.
         image_size: ``(h, w)`` the model takes.
         config: How to run it (runtime, precision, batch size, top-k, ...); ``auto`` runtimes are resolved
-            per job (a handful of images stays on TensorFlow, a folder goes to OpenVINO).
+            per job (a handful of images stays on TensorFlow, a folder goes to OpenVINO), unless the run has
+            a compiled model that agrees with ``model.keras``: then OpenVINO runs it, with no TensorFlow.
         temperature: The run's fitted temperature (used when ``config.calibrated``).
         max_pixels: Larger images are refused: the run's own limit.
+        compiled: The run's compiled model (``inference/model.xml``), when it is used.
         choice: The runtime the last batch ran on.
     """
 
     run: RunDir
-    model: keras.Model
     class_names: list[str]
     image_size: tuple[int, int]
     config: InferenceConfig = field(default_factory=InferenceConfig)
     temperature: float = 1.0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    compiled: Path | None = None
     choice: runtime.RuntimeChoice | None = None
+    keras_model: keras.Model | None = field(default=None, repr=False)
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -92,13 +94,36 @@ class Predictor:
     def run_dir(self) -> Path:
         return self.run.path
 
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model (``model.keras``), loaded on first use (Grad-CAM, or a TensorFlow runtime)."""
+        if self.keras_model is None:
+            self.keras_model = self.run.load_model(safe_mode=self.config.safe_mode)
+        return self.keras_model
+
     def select(self, images: int | None = None) -> runtime.RuntimeChoice:
         """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
         compiles the model for it once; later :meth:`probabilities` calls use it."""
-        choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
+        if self.compiled is not None:
+            precision, why = self.config.precision, ""
+            if precision == "auto" and images is not None and images < runtime.AUTO_MIN_IMAGES:
+                precision, why = "fp32", f"fp32: {images} image(s), computed as exactly as model.keras"
+            base = runtime.choose("openvino", precision)
+            choice = runtime.RuntimeChoice(
+                "openvino",
+                base.precision,
+                "the run's compiled model (inference/, checked against model.keras; no TensorFlow); "
+                + (why or base.reason),
+            )
+        else:
+            choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
         if choice.key not in self._calls:
             # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call.
-            self._calls[choice.key] = runtime.compile_inference(self.model, choice, threads=self.config.threads)
+            self._calls[choice.key] = (
+                runtime.OpenVINOInference.from_ir(self.compiled, choice.precision, threads=self.config.threads)
+                if self.compiled is not None
+                else runtime.compile_inference(self.model, choice, threads=self.config.threads)
+            )
         self.choice = choice
         return choice
 
@@ -119,6 +144,7 @@ class Predictor:
         return batch.run_on_files(
             self.probabilities,
             files,
+            without_tensorflow=self.compiled is not None,
             image_size=self.image_size,
             batch_size=self.config.batch_size,
             max_pixels=self.max_pixels,
@@ -161,6 +187,12 @@ class Predictor:
             self.select(1)
         return self.row(name, self.probabilities(pixels[None])[0], top_k)
 
+    def describe(self) -> str:
+        """What the last batch ran on, e.g. ``"compiled model (openvino fp32)"`` or ``"model.keras (tensorflow
+        fp32)"``."""
+        source = "compiled model" if self.compiled is not None else RunDir.MODEL
+        return f"{source} ({self.choice.runtime} {self.choice.precision})" if self.choice else source
+
     def row(self, file: str, probs: np.ndarray, k: int | None = None) -> Prediction:
         """The answer for one image's probabilities."""
         top = top_k(probs, self.class_names, k if k is not None else self.config.top_k)
@@ -181,10 +213,14 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     """
     config = config or InferenceConfig(**settings)
     run = RunDir.open(run_dir)
+    max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
+    ir = compiled.usable(run) if config.runtime in ("auto", "openvino") else None
+    if ir is not None:  # TensorFlow is never imported on this path
+        h, w = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")["image_size"]
+        return Predictor(run, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels, ir)
     model = run.load_model(safe_mode=config.safe_mode)
     h, w = model.inputs[0].shape[1:3]
-    max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
-    return Predictor(run, model, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels)
+    return Predictor(run, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels, keras_model=model)
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
