@@ -1,11 +1,12 @@
 """Time to accuracy of `floranet train` (recommended preset): this code vs a baseline commit, same split.
 
-Both train MobileNetV2 with real ImageNet weights (../shared/weights) at 225 px on ../shared/data/flower_photos
-with the recommended preset (20 cached-feature epochs, then 5 fine-tuning epochs with augmentation). The
-baseline (default: the main branch before stage 2 trained on cached prefix outputs) runs first from a
-`git archive` of its source, in a child process with the same virtual environment; its split.csv is reused
-by every other run, so all accuracies are on the same 625 validation images. Each run is a fresh process:
-wall seconds include imports, data checks, both stages, the final evaluation and the compiled export.
+Both train Keras's MobileNetV2 (``keras:mobilenet_v2``: the baseline's ``mobilenet_v2``) with ../shared's
+converted ImageNet weights at 225 px on ../shared/data/flower_photos with the recommended preset (20
+cached-feature epochs, then 5 fine-tuning epochs with augmentation). The baseline (default: the main branch
+before stage 2 trained on cached prefix outputs) runs first from a `git archive` of its source, in a child
+process with the same virtual environment; its split.csv is reused by every other run, so all accuracies are
+on the same 625 validation images. Each run is a fresh process: wall seconds include imports, data checks,
+both stages, the final evaluation and the compiled export.
 
     python benchmarks/bench_time_to_accuracy.py [--baseline-ref c86ec50] [--variant NAME=FLAGS ...]
         [--resnet50-memory]
@@ -30,7 +31,7 @@ from common import (
     BASELINE_REF,
     CLI,
     FLOWERS,
-    MOBILENET_NOTOP,
+    SHARED_MOBILENET_NOTOP,
     baseline_source,
     python,
     run_measured,
@@ -60,7 +61,7 @@ def train(label: str, args: list[str], run: Path, log: Path, src: Path | None = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(FLOWERS))
-    ap.add_argument("--weights", default=str(MOBILENET_NOTOP))
+    ap.add_argument("--weights", default=str(SHARED_MOBILENET_NOTOP))
     ap.add_argument("--image-size", type=int, default=225)
     ap.add_argument("--baseline-ref", default=BASELINE_REF)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS")
@@ -76,7 +77,7 @@ def main() -> None:
         "--preset",
         "recommended",
         "--backbone",
-        "mobilenet_v2",
+        "keras:mobilenet_v2",  # ../shared's file is in Keras's layout (floranet's mobilenet_v2 takes the bundled one)
         "--weights",
         args.weights,
         "--image-size",

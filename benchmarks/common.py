@@ -15,7 +15,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 FLOWERS = SHARED / "data" / "flower_photos"
-MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v2_imagenet_tv_notop.weights.h5"
+# The ImageNet MobileNetV2 that ships with floranet (torchvision's weights, converted; for floranet's
+# mobilenet_v2). ../shared's older conversion (Keras's layout, normalisation folded in, Keras's padding)
+# is for keras:mobilenet_v2 only.
+MOBILENET_NOTOP = ROOT / "src" / "floranet" / "models" / "pretrained" / "mobilenet_v2_imagenet_notop.h5"
+SHARED_MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v2_imagenet_tv_notop.weights.h5"
 RESULTS = ROOT / "benchmarks" / "results"
 # main when issue 16 was filed (stage 2 ran the whole model every epoch; predict imported TensorFlow): the
 # baseline that bench_time_to_accuracy and bench_predict run beside this code.

@@ -1,6 +1,6 @@
 """Runs the benchmark suite (`make bench`) and regenerates benchmarks/README.md from results/*.json.
 
-    python benchmarks/run_all.py [--only decode forward train accuracy serve predict finetune] [--readme-only]
+    python benchmarks/run_all.py [--only decode forward train accuracy padding serve predict finetune] [--readme-only]
 
 Each benchmark prints its own table and writes results/<name>.json with the
 machine it ran on; this script then rewrites README.md from whatever results exist.
@@ -26,6 +26,7 @@ SUITE = {  # name -> (script, needs ../shared)
     "finetune": ("bench_finetune.py", False),
     "train": ("bench_train.py", True),
     "accuracy": ("bench_accuracy.py", True),
+    "padding": ("bench_padding.py", True),
     "bf16": ("bench_bf16.py", True),
     "int8": ("bench_bf16.py", True),
     "time_to_accuracy": ("bench_time_to_accuracy.py", True),
@@ -77,6 +78,14 @@ def _low_precision(r: dict) -> str:
     return text + (
         f"\n\nLargest mean change from {low}: {r['max_mean_delta_points']} points (target < {r['target_points']}): "
         f"{'pass' if r['passed'] else 'FAIL'}."
+    )
+
+
+def _accuracy(r: dict) -> str:
+    return (
+        table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
+        + f"\n\nGain: {r['gain_points']:+.1f} points."
+        + (f" Backbone {r['backbone']}, weights {r['weights']}." if "backbone" in r else "")
     )
 
 
@@ -193,10 +202,20 @@ def render() -> str:
         ),
         (
             "accuracy",
-            "Accuracy: recommended preset vs the tutorial's recipe",
+            "Accuracy: recommended preset vs the tutorial's recipe (../shared's MobileNetV2 conversion, Keras's model)",
+            _accuracy,
+        ),
+        (
+            "accuracy_bundled",
+            "Accuracy: recommended preset vs the tutorial's recipe (the bundled MobileNetV2 weights)",
+            _accuracy,
+        ),
+        (
+            "padding",
+            "Symmetric (torchvision) vs Keras's padding, bundled MobileNetV2 weights, tutorial preset",
             lambda r: (
-                table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
-                + f"\n\nGain: {r['gain_points']:+.1f} points."
+                table(r["rows"], ["variant", "size", "accuracy_mean", "accuracy_std", "accuracies", "num_val"])
+                + f"\n\nBest: {r['best']['variant']} at {r['best']['size']} px; seeds {r['seeds']}."
             ),
         ),
         (
