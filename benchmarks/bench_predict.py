@@ -61,7 +61,8 @@ for _ in range(int(sys.argv[3])):
     times.append((time.perf_counter() - t) * 1000)
 print(json.dumps({"ms": statistics.median(times), "via": p.describe() if hasattr(p, "describe") else "model.keras"}))
 """
-MODELS = (("mobilenet_v2", 225), ("resnet50", 180))
+# (baseline's name, this code's name, size): the same Keras model in both (floranet's own mobilenet_v2 came later).
+MODELS = (("mobilenet_v2", "keras:mobilenet_v2", 225), ("resnet50", "resnet50", 180))
 
 
 def versus_baseline(ref: str, photo: Path, cold: int, repeats: int, work: Path) -> list[dict]:
@@ -69,10 +70,11 @@ def versus_baseline(ref: str, photo: Path, cold: int, repeats: int, work: Path) 
     sample = datasets.mini_flowers_path()
     codes = {f"baseline {ref}": baseline_source(ref, work / "baseline-src"), "this code": None}
     rows = []
-    for backbone, size in MODELS:
+    for base_name, new_name, size in MODELS:
         for code, src in codes.items():
+            backbone = base_name if src else new_name
             env = {"PYTHONPATH": str(src)} if src else {}
-            run = work / f"{backbone}-{'base' if src else 'new'}"
+            run = work / f"{base_name}-{'base' if src else 'new'}"
             train = [
                 python(),
                 "-c",
@@ -108,7 +110,7 @@ def versus_baseline(ref: str, photo: Path, cold: int, repeats: int, work: Path) 
             warm = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(
                 {
-                    "model": f"{backbone} {size}px",
+                    "model": f"{base_name} {size}px",
                     "code": code,
                     "cold_s": statistics.median(m["wall_seconds"] for m in measured),
                     "cold_peak_rss_mib": max(m["peak_rss_mib"] for m in measured),

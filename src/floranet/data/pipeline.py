@@ -223,15 +223,15 @@ def make_dataset(
     )
     ds = ds.batch(batch, num_parallel_calls=AUTOTUNE, deterministic=True)
     if augment is not None:
-        layers = augment.layers(seed)
-
-        def apply(images: tf.Tensor) -> tf.Tensor:
-            for layer in layers:
-                images = layer(images, training=True)
-            return images
-
-        # Sequential map: the layers' seed state advances in a fixed order.
-        ds = ds.map(lambda x, *y: (apply(x), *y) if y else apply(x))
+        # One seed per batch from a seeded stream that draws anew each epoch; stateless ops, so parallel.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, s: (
+                (augment.apply(batch[0], s), *batch[1:]) if isinstance(batch, tuple) else augment.apply(batch, s)
+            ),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
     return ds.prefetch(AUTOTUNE)
 
 

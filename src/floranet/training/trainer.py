@@ -19,8 +19,9 @@ import keras
 import numpy as np
 
 from floranet.config import TrainConfig
-from floranet.errors import ConfigError
-from floranet.inference import batch, runtime
+from floranet.data.decode import load_resized
+from floranet.errors import ConfigError, DatasetError
+from floranet.inference import batch, compiled, runtime
 from floranet.models import backbones, classifier
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
@@ -69,6 +70,8 @@ class TrainResult:
         validation: The final model's validation predictions (None on non-chief workers).
         data_dir: The data folder.
         model: The saved model, for reuse in this process.
+        compiled: What ``inference/compiled.json`` records of the compiled inference model (None: OpenVINO
+            is not installed).
         metrics: Filled in by :func:`floranet.workflows.train` once the evaluation is written.
     """
 
@@ -80,6 +83,7 @@ class TrainResult:
     validation: Predictions | None = None
     data_dir: Path | None = None
     model: keras.Model | None = field(default=None, repr=False)
+    compiled: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -160,8 +164,11 @@ def _finish(
     result.model = _save_final_model(model, config, len(result.class_names), run)
     del model  # the training copy (and its optimizer state) is no longer needed
     gc.collect()
+    result.compiled = _compile(result.model, prepared, run)
     # Without fine-tuning the backbone is the one that made the cached features: reuse them.
-    result.validation = _validation_predictions(result.model, prepared, None if config.fine_tune_epochs else cached)
+    result.validation = _validation_predictions(
+        result.model, prepared, None if config.fine_tune_epochs else cached, run
+    )
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     result.facts = {
@@ -232,8 +239,20 @@ def _stage2(
     return model
 
 
+def _compile(model: keras.Model, prepared: run_data.Prepared, run: RunDir) -> dict[str, Any] | None:
+    """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images."""
+    size = prepared.config.image_size
+    pixels = []
+    for row in prepared.split.validation()[: compiled.CHECK_IMAGES]:
+        try:
+            pixels.append(load_resized(prepared.abs_path(row.path), size))
+        except DatasetError:
+            continue
+    return compiled.compile_run(run, model, np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32))
+
+
 def _validation_predictions(
-    model: keras.Model, prepared: run_data.Prepared, cached: FeatureCache | None
+    model: keras.Model, prepared: run_data.Prepared, cached: FeatureCache | None, run: RunDir
 ) -> Predictions:
     rows = prepared.split.validation()
     tf_fp32 = runtime.RuntimeChoice("tensorflow", "fp32", "the saved model, exactly")
@@ -247,9 +266,12 @@ def _validation_predictions(
             probs,
             f"cached backbone features ({cached.key}) through the saved head",
         )
-    # Eager calls of a large model grow memory by gigabytes (per-call op caches); one trace does not.
+    # The compiled model where it agrees with model.keras (fp32, faster); else one trace of model.keras (eager
+    # calls of a large model grow memory by gigabytes through per-call op caches).
+    xml = compiled.usable(run)
+    fn = runtime.OpenVINOInference.from_ir(xml, "fp32", streaming=True) if xml else None
     out = batch.run_on_files(
-        runtime.compile_inference(model, tf_fp32),
+        fn or runtime.compile_inference(model, tf_fp32),
         prepared.paths(rows),
         image_size=prepared.config.image_size,
         batch_size=prepared.config.batch_size,
@@ -261,7 +283,7 @@ def _validation_predictions(
         tuple(rows[i].path for i in kept),
         prepared.labels([rows[i] for i in kept]),
         out.outputs[kept],
-        "model.keras (tensorflow fp32)",
+        "the compiled model (OpenVINO fp32, checked against model.keras)" if fn else "model.keras (tensorflow fp32)",
     )
 
 

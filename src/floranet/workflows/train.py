@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
@@ -44,21 +42,8 @@ def train(
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
 
-def _compile(result: TrainResult, say: Callable[[str], None]) -> None:
-    """Leaves the compiled inference model (OpenVINO IR, checked on validation images) beside model.keras."""
-    from floranet.data.decode import load_resized
-    from floranet.errors import DatasetError
-    from floranet.inference import compiled
-
-    assert result.model is not None and result.validation is not None and result.data_dir is not None
-    size = (int(result.model.inputs[0].shape[1]), int(result.model.inputs[0].shape[2]))
-    pixels = []
-    for path in result.validation.paths[: compiled.CHECK_IMAGES]:
-        try:
-            pixels.append(load_resized(result.data_dir / path, size))
-        except DatasetError:
-            continue
-    info = compiled.compile_run(result.run, result.model, np.stack(pixels) if pixels else np.zeros((0, *size, 3)))
+def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
+    info = result.compiled
     if info is not None:
         verdict = "agrees" if info["agrees"] else "DOES NOT agree (predict will use model.keras)"
         say(
@@ -83,7 +68,7 @@ def _train(
         extra={"evaluated_on": val.evaluated_on},
     ).with_temperature()
     result.metrics = write_evaluation(ev, run, facts=result.facts)
-    _compile(result, say)
+    _say_compiled(result, say)
     history = run.history()
     if history:
         plots.history_plot(history, run.plot("history.png"))
