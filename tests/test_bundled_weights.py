@@ -116,10 +116,10 @@ def test_train_offline_fails_fast_and_names_the_bundled_backbone(tmp_path, monke
     assert not (tmp_path / "run").exists()  # failed before writing anything
 
 
-# Measured (tutorial preset, 160 px, the sample's 30 validation photos, AVX-512 bf16 CPU): the bundled
-# weights reach 0.70 / 0.83 / 0.93 / 0.73 / 0.87 over the splits of seeds 123 (this test's) / 1 / 2 / 3 / 4;
-# random weights 0.20 (chance) on all five. The threshold sits between, 0.2 below the worst split.
-ACCURACY_THRESHOLD = 0.5
+# Measured (tutorial preset, 160 px, the sample's 60 validation photos, AVX-512 bf16 CPU): the bundled
+# weights reach 0.850 / 0.833 / 0.917 / 0.817 / 0.900 over the splits of seeds 123 (this test's) / 1 / 2 / 3 / 4;
+# random weights 0.20 (chance) on seed 123's. The threshold sits between, about 0.2 below the worst split.
+ACCURACY_THRESHOLD = 0.6
 
 
 def _sample_accuracy(tmp_path: Path, weights_arg: str, preset: str = "tutorial", size: int = 160) -> float:
