@@ -427,7 +427,7 @@ def test_mini_flowers_is_bundled_small_and_readable():
     assert sum(p.stat().st_size for p in files) < 3_000_000
     for cls in classes:
         entries = sorted((root / cls).iterdir())
-        assert len(entries) == 30 and all(p.suffix == ".jpg" for p in entries)
+        assert len(entries) == 60 and all(p.suffix == ".jpg" for p in entries)
         for p in entries:
             with Image.open(p) as im:
                 assert im.format == "JPEG" and max(im.size) <= 160

@@ -49,13 +49,21 @@ def add_demo(sub: Subparsers) -> None:
     p.add_argument("--data", help="folder-per-class image set (default: flower_photos, else the bundled sample)")
     p.add_argument("--out", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--fine-tune-epochs", type=int, help="stage-2 epochs (the offline recipe fine-tunes)")
     p.add_argument("--image-size", type=int)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from floranet.workflows.demo import run_demo as demo
 
-    demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size, say=say)
+    demo(
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        image_size=args.image_size,
+        say=say,
+    )
     return 0
 
 

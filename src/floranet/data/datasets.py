@@ -94,7 +94,7 @@ def names() -> list[str]:
 
 
 def mini_flowers_path() -> Path:
-    """The bundled sample folder (5 classes x 30 photos) inside the installed package.
+    """The bundled sample folder (5 classes x 60 photos) inside the installed package.
 
     Read-only: copy it before changing anything in it.
 

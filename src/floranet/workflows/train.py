@@ -8,6 +8,7 @@ from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
 from floranet.evaluation.report import build_report
+from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
 
@@ -37,7 +38,10 @@ def train(
 
     Raises:
         RunLockedError: Another process is writing ``config.out``.
+        WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
+    # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
+    weights_lib.ensure_available(config.backbone, config.weights)
     with RunDir(config.out).lock():  # one writer per run directory
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
