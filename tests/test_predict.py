@@ -80,12 +80,13 @@ def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
     rows = json.loads(out.read_text())
     assert {Path(r["file"]).name for r in rows} == {"plain.jpg", "rotated.jpg", "cmyk.jpg"}
     for r in rows:
-        assert set(r) == {"file", "top_k", "low_confidence", "error"} and r["error"] is None
+        assert set(r) == {"file", "top_k", "low_confidence", "unknown", "ood_score", "error"} and r["error"] is None
+        assert isinstance(r["unknown"], bool) and isinstance(r["ood_score"], float)
         assert [set(t) for t in r["top_k"]] == [{"class", "probability"}] * 3
         assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
     assert main(["predict", str(tiny_run), str(cases["jpeg"]), "--format", "csv", "--top-k", "2"]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert text[0] == "file,class_1,probability_1,class_2,probability_2,low_confidence,error"
+    assert text[0] == "file,class_1,probability_1,class_2,probability_2,low_confidence,unknown,ood_score,error"
     assert main(["predict", str(tiny_run), str(cases["jpeg"])]) == 0
     assert "plain.jpg" in capsys.readouterr().out
 

@@ -32,6 +32,10 @@ def _assert_same_rows(got: list[predict.Prediction], want: list[predict.Predicti
         assert [c for c, _ in g.top_k] == [c for c, _ in w.top_k]
         assert [p for _, p in g.top_k] == pytest.approx([p for _, p in w.top_k], abs=1e-5)
         assert g.low_confidence == w.low_confidence
+        assert g.unknown == w.unknown
+        assert (g.ood_score is None) == (w.ood_score is None)
+        if g.ood_score is not None:
+            assert g.ood_score == pytest.approx(w.ood_score, abs=1e-4)
 
 
 def _csv_cells(path: Path) -> list[list[str]]:
@@ -88,14 +92,17 @@ def test_cli_ray_engine_writes_parquet_like_local(
         "class_3",
         "probability_3",
         "low_confidence",
+        "unknown",
+        "ood_score",
         "error",
     ]
     assert [r["file"] for r in got] == [r["file"] for r in want]
     assert got[4]["file"] == "imgs/class_1/broken.jpg" and "'imgs/class_1/broken.jpg'" in got[4]["error"]
     for g, w in zip(got, want, strict=True):
-        assert {k: v for k, v in g.items() if "probability" not in k} == {
-            k: v for k, v in w.items() if "probability" not in k
+        assert {k: v for k, v in g.items() if "probability" not in k and k != "ood_score"} == {
+            k: v for k, v in w.items() if "probability" not in k and k != "ood_score"
         }
+        assert (g["ood_score"] is None) == (w["ood_score"] is None)
         for i in (1, 2, 3):
             assert (g[f"probability_{i}"] is None) == (w[f"probability_{i}"] is None)
             assert g[f"probability_{i}"] == pytest.approx(w[f"probability_{i}"], abs=1e-5)

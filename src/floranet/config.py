@@ -64,6 +64,9 @@ ENGINES = ("local", "ray")
 EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "tflite")
 QUANTIZE = ("fp16", "int8")
 DEFAULT_MAX_PIXELS = 50_000_000
+# Out-of-distribution scores a run can answer "unknown" with (floranet.inference.unknown); the default won the
+# leave-one-class-out comparison of benchmarks/bench_unknown.py.
+UNKNOWN_METHODS = ("knn", "mahalanobis", "class_mean", "msp")
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
 
@@ -164,6 +167,15 @@ class TrainConfig:
     distribute: str = "none"
     workers: str | None = None  # "host:port,host:port" (sets TF_CONFIG); else TF_CONFIG is used
     worker_index: int | None = None
+    # Data curation (floranet.data.curation): files left out (an audit.csv or a list of relative paths) and
+    # a relabel file (path,new_label); the user's files are never moved or edited.
+    exclude: str | None = None
+    relabel: str | None = None
+    # The label audit at the end of training, run only when cheap: stage 1 ran on cached features.
+    audit: bool = True
+    # The "unknown" answer: its score and the share of known validation images its threshold keeps.
+    unknown_method: str = "knn"
+    unknown_keep: float = 0.95
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
@@ -192,6 +204,8 @@ class TrainConfig:
         _check_fraction(self, "label_smoothing", low_open=False)
         _check_int_at_least(self, "early_stopping_patience", 0, " (0: off)")
         check_positive_int("max_pixels", self.max_pixels)
+        _check(isinstance(self.audit, bool), "audit must be True or False", "audit", self.audit)
+        _check_fraction(self, "unknown_keep", low_open=True)
 
     def _check_choices(self) -> None:
         check_choice("preset", self.preset, PRESETS)
@@ -200,6 +214,12 @@ class TrainConfig:
         check_choice("augment", self.augment, AUGMENT_CHOICES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
+        check_choice("unknown_method", self.unknown_method, UNKNOWN_METHODS)
+        for name in ("exclude", "relabel"):
+            value = getattr(self, name)
+            _check(
+                value is None or (isinstance(value, str) and bool(value)), f"{name} must be a file path", name, value
+            )
         _check(
             self.class_weights in (None, "auto"),
             "class_weights must be 'auto' or None",
@@ -254,6 +274,8 @@ class InferenceConfig:
         calibrated: Report temperature-scaled probabilities (``calibration.json``).
         safe_mode: Refuse a model that contains code (Keras safe mode).
         threads: Most threads OpenVINO may use (None: every core).
+        unknown: Answer "unknown" for images the run's out-of-distribution score rejects (``ood.json``);
+            off: every row says ``unknown: false`` and ``ood_score: null``.
     """
 
     runtime: str = "auto"
@@ -264,8 +286,10 @@ class InferenceConfig:
     calibrated: bool = False
     safe_mode: bool = True
     threads: int | None = None
+    unknown: bool = True
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.unknown, bool), "unknown must be True or False", "unknown", self.unknown)
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("precision", self.precision, PRECISIONS)
         check_positive_int("batch_size", self.batch_size)

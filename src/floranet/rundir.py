@@ -17,6 +17,9 @@ A finished run holds::
     logs/              TensorBoard
     state.json, checkpoints/, features/   for --resume and the stage-1 feature cache
     exports.json, exports/                written by ``floranet export``
+    audit.json, audit.csv, audit.html     the label audit (``floranet audit``, or the end of ``train``)
+    ood.json, ood.npz                     the "unknown" answer: score method, threshold, statistics
+    excluded.txt, relabel.csv             ``train --exclude`` / ``--relabel`` as applied to the split
 
 Every other module names these files through :class:`RunDir`.
 """
@@ -67,6 +70,13 @@ class RunDir:
     CHECKPOINTS = "checkpoints"
     FEATURES = "features"
     EXPORTS_DIR = "exports"
+    AUDIT = "audit.json"
+    AUDIT_CSV = "audit.csv"
+    AUDIT_HTML = "audit.html"
+    UNKNOWN = "ood.json"
+    UNKNOWN_STATS = "ood.npz"
+    EXCLUDED = "excluded.txt"
+    RELABELED = "relabel.csv"
     # What `evaluate`, `report` and `export` need besides the model.
     FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
 
@@ -190,6 +200,21 @@ class RunDir:
     def write_text(self, name: str, text: str) -> Path:
         atomic_write_text(self.path / name, text)
         return self.path / name
+
+    def write_npz(self, name: str, arrays: dict[str, Any]) -> Path:
+        """Saves numpy arrays as ``name`` (an ``.npz``), atomically; never pickled objects."""
+        import numpy as np
+
+        with atomic_path(self.path / name, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        return self.path / name
+
+    def read_npz(self, name: str) -> dict[str, Any]:
+        """The arrays of an ``.npz`` of the run (``allow_pickle=False``: data only)."""
+        import numpy as np
+
+        with np.load(self.path / name, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
 
     def write_config(self, config: TrainConfig) -> None:
         config.save(self.path / self.CONFIG)

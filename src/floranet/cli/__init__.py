@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from floranet.cli import data, deploy, inference, training
+from floranet.cli import audit, data, deploy, inference, training
 from floranet.cli.common import quiet_tensorflow_import
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +20,7 @@ ADDERS = (
     training.add_demo,
     training.add_train,
     data.add_doctor,
+    audit.add_audit,
     data.add_fetch,
     inference.add_evaluate,
     inference.add_predict,

@@ -55,6 +55,16 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_unknown(p: argparse.ArgumentParser) -> None:
+    """``--unknown on|off`` of the commands that answer for a finished model."""
+    p.add_argument(
+        "--unknown",
+        choices=("on", "off"),
+        default="on",
+        help="answer 'unknown' for images unlike every class (the run's ood.json); off: never",
+    )
+
+
 def command(sub: Subparsers, name: str, run: Runner, **kwargs: Any) -> argparse.ArgumentParser:
     """Adds subcommand ``name`` whose arguments ``run`` receives."""
     p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, add_runtime, command
+from floranet.cli.common import Subparsers, add_runtime, add_unknown, command
 from floranet.config import EXPORT_FORMATS, QUANTIZE
 
 
@@ -44,6 +44,7 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
     add_runtime(p)
+    add_unknown(p)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -58,5 +59,6 @@ def run_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         runtime=args.runtime,
         precision=args.precision,
+        unknown=args.unknown == "on",
     )
     return 0

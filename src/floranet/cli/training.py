@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from floranet.cli.common import Subparsers, command, int_or_pair
-from floranet.config import AUGMENT_CHOICES, DISTRIBUTE_CHOICES, PRECISIONS, PRESETS, RUNTIMES, SCHEDULES
+from floranet.config import (
+    AUGMENT_CHOICES,
+    DISTRIBUTE_CHOICES,
+    PRECISIONS,
+    PRESETS,
+    RUNTIMES,
+    SCHEDULES,
+    UNKNOWN_METHODS,
+)
 
 # Settings of `train` that map one to one onto TrainConfig fields.
 TRAIN_KEYS = (
@@ -31,6 +39,11 @@ TRAIN_KEYS = (
     "distribute",
     "workers",
     "worker_index",
+    "exclude",
+    "relabel",
+    "audit",
+    "unknown_method",
+    "unknown_keep",
 )
 
 
@@ -94,6 +107,16 @@ def add_train(sub: Subparsers) -> None:
     )
     g.add_argument("--workers", help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used)")
     g.add_argument("--worker-index", type=int, help="this process's index in --workers (0 is the chief)")
+    c = p.add_argument_group("data curation, audit and the unknown answer")
+    c.add_argument(
+        "--exclude", help="leave these files out: an audit.csv (its file column) or one relative path a line"
+    )
+    c.add_argument("--relabel", help="CSV of path,new_label (or an audit.csv: its label issues' suggested labels)")
+    c.add_argument(
+        "--no-audit", dest="audit", action="store_const", const=False, help="skip the label audit after training"
+    )
+    c.add_argument("--unknown-method", choices=UNKNOWN_METHODS, help="out-of-distribution score (default knn)")
+    c.add_argument("--unknown-keep", type=float, help="share of known validation images kept (default 0.95)")
 
 
 def run_train(args: argparse.Namespace) -> int:

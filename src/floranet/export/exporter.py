@@ -38,6 +38,8 @@ from floranet.export.common import (
 )
 from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, decode_rows, open_run
+from floranet.export.unknown import FILES as UNKNOWN_FILES
+from floranet.export.unknown import carry_unknown
 from floranet.export.writers import WRITERS
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, write_json
@@ -196,7 +198,7 @@ def _make_readable(folder: Path) -> None:
 
 def _model_size(folder: Path) -> int:
     """Bytes of the model file(s): everything but the top-level class_names.json and README.txt."""
-    extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE}
+    extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE, *(folder / n for n in UNKNOWN_FILES)}
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f not in extras)
 
 
@@ -288,6 +290,7 @@ def _build(
             f"{f', quantize={quantize!r}' if quantize else ''} failed: {type(e).__name__}: {e}"
         ) from e
     shutil.copy2(source.run / RunDir.CLASS_NAMES, folder / RunDir.CLASS_NAMES)
+    unknown_note = carry_unknown(source.run, folder)
     exported = load_exported(folder)
     check = Check()
     if pixels is not None:
@@ -297,7 +300,8 @@ def _build(
     created = datetime.now(UTC).isoformat(timespec="seconds")
     calibration = len(calib) if calib is not None else None
     atomic_write_text(
-        folder / README_FILE, readme(source, fmt, quantize, exported, check, calibration, created, converter)
+        folder / README_FILE,
+        readme(source, fmt, quantize, exported, check, calibration, created, converter) + unknown_note,
     )
     _make_readable(folder)
     runtime = exported.runtime

@@ -20,6 +20,8 @@ from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.doctor import IMAGE_EXTENSIONS
 from floranet.inference import batch, runtime
+from floranet.inference.unknown import UnknownDetector
+from floranet.models import classifier
 from floranet.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -28,18 +30,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One input's result; ``error`` is set (and ``top_k`` empty) when the file could not be used."""
+    """One input's result; ``error`` is set (and ``top_k`` empty) when the file could not be used.
+
+    ``unknown`` is True when the run's out-of-distribution score (``ood_score``) passes its threshold: the
+    image looks like none of the classes. ``ood_score`` is None when the answer is off or the run has none.
+    """
 
     file: str
     top_k: tuple[tuple[str, float], ...] = ()
     low_confidence: bool = False
     error: str | None = None
+    unknown: bool = False
+    ood_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
             "low_confidence": self.low_confidence,
+            "unknown": self.unknown,
+            "ood_score": self.ood_score,
             "error": self.error,
         }
 
@@ -73,6 +83,7 @@ class Predictor:
         temperature: The run's fitted temperature (used when ``config.calibrated``).
         max_pixels: Larger images are refused: the run's own limit.
         choice: The runtime the last batch ran on.
+        detector: The run's "unknown" answer (``ood.json``), None when it has none or ``config.unknown`` is off.
     """
 
     run: RunDir
@@ -83,6 +94,7 @@ class Predictor:
     temperature: float = 1.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     choice: runtime.RuntimeChoice | None = None
+    detector: UnknownDetector | None = None
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,27 +109,44 @@ class Predictor:
         compiles the model for it once; later :meth:`probabilities` calls use it."""
         choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
         if choice.key not in self._calls:
-            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call.
-            self._calls[choice.key] = runtime.compile_inference(self.model, choice, threads=self.config.threads)
+            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call. With an
+            # embedding-based "unknown" score the same call also returns the backbone features.
+            model = classifier.with_features(self.model) if self._wants_features else self.model
+            self._calls[choice.key] = runtime.compile_inference(model, choice, threads=self.config.threads)
         self.choice = choice
         return choice
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
+    @property
+    def _wants_features(self) -> bool:
+        return self.detector is not None and self.detector.needs_features
+
+    def outputs(self, pixels: np.ndarray) -> np.ndarray:
+        """``[B, classes + 1]`` for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``: the
+        probabilities (calibrated when asked), then the unknown score (NaN without a detector)."""
         choice = self.choice or self.select(len(pixels))
-        probs = np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+        raw = np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+        n = len(self.class_names)
+        probs = raw[:, :n]
+        scores = np.full((len(raw), 1), np.nan, np.float32)
+        if self.detector is not None:
+            scores[:, 0] = self.detector.score(raw[:, n:] if self._wants_features else None, probs)
         if self.config.calibrated and self.temperature != 1.0:
             probs = apply_temperature(probs, self.temperature).astype(np.float32)
-        return probs
+        return np.concatenate([probs, scores], axis=1)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
+        return self.outputs(pixels)[:, : len(self.class_names)]
 
     def predict_files(
-        self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None
+        self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None, with_unknown: bool = False
     ) -> batch.FileOutputs:
-        """Probabilities of every file, aligned with ``files`` (see :func:`batch.run_on_files`)."""
+        """Probabilities of every file, aligned with ``files`` (see :func:`batch.run_on_files`); with
+        ``with_unknown`` one more column, the unknown score (:meth:`outputs`)."""
         if files:
             self.select(job_size if job_size is not None else len(files))
         return batch.run_on_files(
-            self.probabilities,
+            self.outputs if with_unknown else self.probabilities,
             files,
             image_size=self.image_size,
             batch_size=self.config.batch_size,
@@ -142,7 +171,7 @@ class Predictor:
                 the whole job, so every row equals the single-process result.
         """
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
-        out = self.predict_files(files, job_size=job_size)
+        out = self.predict_files(files, job_size=job_size, with_unknown=True)
         k = top_k if top_k is not None else self.config.top_k
         rows = [
             Prediction(str(f), error=out.errors[i]) if i in out.errors else self.row(str(f), out.outputs[i], k)
@@ -159,12 +188,22 @@ class Predictor:
         _, pixels = decode.decode_bytes(data, self.image_size, name=name, max_pixels=self.max_pixels)
         if self.choice is None:
             self.select(1)
-        return self.row(name, self.probabilities(pixels[None])[0], top_k)
+        return self.row(name, self.outputs(pixels[None])[0], top_k)
 
-    def row(self, file: str, probs: np.ndarray, k: int | None = None) -> Prediction:
-        """The answer for one image's probabilities."""
-        top = top_k(probs, self.class_names, k if k is not None else self.config.top_k)
-        return Prediction(file, top, bool(top[0][1] < self.config.low_confidence), None)
+    def row(self, file: str, output: np.ndarray, k: int | None = None) -> Prediction:
+        """The answer for one image: its probabilities, or a row of :meth:`outputs` (with the unknown score)."""
+        n = len(self.class_names)
+        top = top_k(output[:n], self.class_names, k if k is not None else self.config.top_k)
+        score = float(output[n]) if len(output) > n and not np.isnan(output[n]) else None
+        unknown = bool(self.detector is not None and score is not None and score > self.detector.threshold)
+        return Prediction(
+            file,
+            top,
+            bool(top[0][1] < self.config.low_confidence),
+            None,
+            unknown,
+            None if score is None else round(score, 6),
+        )
 
 
 def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None, **settings: Any) -> Predictor:
@@ -184,7 +223,10 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     model = run.load_model(safe_mode=config.safe_mode)
     h, w = model.inputs[0].shape[1:3]
     max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
-    return Predictor(run, model, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels)
+    detector = UnknownDetector.load(run.path) if config.unknown else None
+    return Predictor(
+        run, model, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels, None, detector
+    )
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:

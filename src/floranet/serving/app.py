@@ -7,8 +7,8 @@ Endpoints:
 
 * ``POST /predict``: one image, either as the ``file`` field of a multipart
   form or as the raw request body (any other content type). Answers
-  ``{"file", "top_k": [{"class", "probability"}], "low_confidence",
-  "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
+  ``{"file", "top_k": [{"class", "probability"}], "low_confidence", "unknown",
+  "ood_score", "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
   ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
   Grad-CAM heat map over it). The ``X-Batch-Size`` response header says how
   many images shared the model call.
@@ -110,6 +110,7 @@ def create_app(
     unsafe: bool = False,
     runtime: str = "auto",
     precision: str = "auto",
+    unknown: bool = True,
     **settings: Any,
 ) -> FastAPI:
     """Loads the run and builds the FastAPI app (the model is warmed up before this returns).
@@ -119,6 +120,7 @@ def create_app(
         unsafe: Allow a model that contains code (``Lambda`` layers); only for models you trust.
         runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
             uses the fastest one installed, since a server amortises its start-up.
+        unknown: Answer ``"unknown": true`` for images the run's out-of-distribution score rejects.
         **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_wait_ms``,
             ``max_upload_bytes``, ``top_k``, ``request_timeout_s``).
 
@@ -130,7 +132,10 @@ def create_app(
     if unsafe:
         logger.warning("loading %s with safe mode OFF: code inside the model will run", run_dir)
     predictor = load(
-        run_dir, InferenceConfig(runtime=runtime, precision=precision, top_k=limits.top_k, safe_mode=not unsafe)
+        run_dir,
+        InferenceConfig(
+            runtime=runtime, precision=precision, top_k=limits.top_k, safe_mode=not unsafe, unknown=unknown
+        ),
     )
     choice = predictor.select(None)
     logger.info("inference on %s %s: %s", choice.runtime, choice.precision, choice.reason)
@@ -144,7 +149,7 @@ def create_app(
         choice,
         limits,
         predictor.run.model_version(),
-        Batcher(predictor.probabilities, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
+        Batcher(predictor.outputs, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
         concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode"),
         # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
@@ -214,6 +219,7 @@ async def health(request: Request) -> dict[str, str]:
         "status": "ok",
         "model_version": state.version,
         "runtime": f"{state.choice.runtime} {state.choice.precision}",
+        "unknown": state.predictor.detector.method if state.predictor.detector else "off",
     }
 
 
@@ -246,11 +252,13 @@ async def predict(request: Request) -> JSONResponse:
         loop = asyncio.get_running_loop()
         photo, pixels, decode_ms = await loop.run_in_executor(state.decode_pool, _decode, data, name, state, want_cam)
         del data
-        probs, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)
-        payload: dict[str, Any] = {**state.predictor.row(name, probs).to_dict(), "model_version": state.version}
+        output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)  # probabilities + unknown score
+        payload: dict[str, Any] = {**state.predictor.row(name, output).to_dict(), "model_version": state.version}
         del payload["error"]
         if photo is not None:
-            payload.update(await _gradcam(state, photo, pixels, int(np.argmax(probs))))
+            payload.update(
+                await _gradcam(state, photo, pixels, int(np.argmax(output[: len(state.predictor.class_names)])))
+            )
     finally:
         state.pending -= 1
     payload["timing_ms"] = {

@@ -8,6 +8,7 @@ from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.report import build_report
 from floranet.training import TrainResult, fit
+from floranet.workflows.after_training import audit_and_unknown
 
 
 def train(
@@ -42,5 +43,6 @@ def train(
     if history:
         plots.history_plot(history, run.plot("history.png"))
     if len(ev.labels):
+        audit_and_unknown(result, config, say)  # ood.json, audit.*: read by the report
         say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
     return result

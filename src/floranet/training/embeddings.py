@@ -1,0 +1,96 @@
+"""Stage-1 embeddings of any list of images: the run's feature cache, found or filled.
+
+Training's stage 1 caches the frozen backbone's pooled features in ``RUN_DIR/features/<key>/`` (see
+:mod:`floranet.training.features`). The audit and the "unknown" answer read the same cache: an existing
+cache of the same backbone, weights, image size and runtime is used as it is (no backbone is even
+built when it covers every image); otherwise the backbone is built from the config and the missing
+images are computed into the cache under the key stage 1 would use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from floranet.config import TrainConfig
+from floranet.inference import runtime
+from floranet.models import backbones, classifier
+from floranet.rundir import RunDir
+from floranet.training import features as feature_cache
+
+
+def _matching_caches(run: RunDir, config: TrainConfig, choice: runtime.RuntimeChoice) -> list[Path]:
+    """Cache folders whose ``key.json`` says they hold this config's stage-1 features, fullest first."""
+    found = []
+    for key_file in sorted((run / RunDir.FEATURES).glob("*/key.json")):
+        info = RunDir(key_file.parent).read_json("key.json", {})
+        same = (
+            info.get("backbone") == backbones.get(config.backbone).name
+            and info.get("weights") == (config.weights or "none")
+            and list(info.get("image_size", [])) == list(config.image_size)
+            and (info.get("runtime"), info.get("precision")) == (choice.runtime, choice.precision)
+        )
+        if same:
+            found.append(key_file.parent)
+    return sorted(found, key=lambda p: -len(list(p.glob("chunk-*.npz"))))
+
+
+def stage1_features(
+    run: RunDir,
+    config: TrainConfig,
+    paths: Sequence[str],
+    hashes: Sequence[str],
+    *,
+    tf_decodable: Sequence[bool] | None = None,
+    progress: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, np.ndarray]:
+    """``{sha256: pooled features of the frozen, pretrained backbone}`` for every decodable file.
+
+    Args:
+        run: The run (or audit) folder whose ``features/`` cache is used and filled.
+        config: Backbone, weights, image size, runtime and precision of the features.
+        paths: Image files (absolute, or relative to the working directory).
+        hashes: Their sha256, the cache's key per image.
+        tf_decodable: The doctor's verdict per file, when known.
+        progress: Show a progress bar while computing.
+        say: Where one-line status messages go.
+    """
+    choice = runtime.choose(config.runtime, config.precision)
+    for cache in _matching_caches(run, config, choice):
+        known = feature_cache.load_cache(cache)
+        if all(h in known for h in hashes):
+            say(f"Features: all {len(set(hashes))} images found in the cache {cache.relative_to(run.path)}.")
+            return {h: known[h] for h in hashes}
+    spec = backbones.get(config.backbone)
+    model = classifier.build_classifier(
+        config.backbone, 2, image_size=config.image_size, weights=config.weights, head_units=0
+    )
+    fingerprint = feature_cache.weights_fingerprint(classifier.backbone_of(model))
+    cache = run / RunDir.FEATURES / feature_cache.cache_key(spec.name, fingerprint, config.image_size, choice.key)
+    say(f"Features: {spec.name} on {choice.runtime} {choice.precision} into {cache.relative_to(run.path)} (once).")
+    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice, streaming=True)
+    feats = feature_cache.extract(
+        extractor,
+        list(paths),
+        list(hashes),
+        cache_dir=cache,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        tf_decodable=tf_decodable,
+        progress=progress,
+    )
+    feature_cache.describe(
+        cache,
+        {
+            "backbone": spec.name,
+            "weights": config.weights or "none",
+            "weights_sha256": fingerprint,
+            "image_size": list(config.image_size),
+            "runtime": choice.runtime,
+            "precision": choice.precision,
+        },
+    )
+    return feats
