@@ -208,3 +208,23 @@ def test_train_audits_when_cheap_and_audit_run_dir_rebuilds_the_report(writable_
     )
     assert "<h2>Data audit</h2>" in (writable_run / RunDir.REPORT).read_text()
     assert main(["audit", str(writable_run), "--backbone", "resnet18"]) == 2  # a run's own settings are used
+
+
+def test_train_cli_flags_reach_the_config() -> None:
+    from floranet.cli import build_parser
+    from floranet.cli.training import TRAIN_KEYS
+
+    args = build_parser().parse_args(
+        ["train", "d", "--out", "o", "--exclude", "a.csv", "--relabel", "r.csv", "--no-audit"]
+        + ["--unknown-method", "mahalanobis", "--unknown-keep", "0.9"]
+    )
+    cfg = config.resolve(data_dir="d", out="o", **{k: getattr(args, k) for k in TRAIN_KEYS})
+    assert (cfg.exclude, cfg.relabel, cfg.audit, cfg.unknown_method, cfg.unknown_keep) == (
+        "a.csv",
+        "r.csv",
+        False,
+        "mahalanobis",
+        0.9,
+    )
+    defaults = build_parser().parse_args(["train", "d", "--out", "o"])
+    assert config.resolve(data_dir="d", out="o", **{k: getattr(defaults, k) for k in TRAIN_KEYS}).audit is True

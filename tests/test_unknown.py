@@ -29,13 +29,14 @@ def test_every_method_keeps_known_images_and_flags_far_ones(method: str, tmp_pat
     centres = rng.normal(0, 6, size=(3, 8)) + 20  # positive, like pooled ReLU features
     x_train, y_train = _blobs(1, 300, centres)
     x_val, y_val = _blobs(2, 200, centres)
-    x_far = (rng.normal(0, 6, size=(50, 8)) - 20).astype(np.float32)  # nowhere near a class
+    x_far = rng.normal(0, 3, size=(50, 8)).astype(np.float32)  # nowhere near a class, small logits
     # Probabilities that are confident on known images and flat on far ones (msp reads only these).
     top = rng.uniform(0.7, 0.98, size=200).astype(np.float32)
     p_val = np.repeat(((1 - top) / 2)[:, None], 3, axis=1)
     p_val[np.arange(200), y_val] = top
     p_far = np.full((50, 3), 1 / 3, np.float32)
-    det = unknown_lib.fit(method, x_train, y_train, x_val, p_val, num_classes=3, keep=0.9)
+    head = [centres.T.astype(np.float32) / 10, np.zeros(3, np.float32)]  # a linear head: logits = z . centre / 10
+    det = unknown_lib.fit(method, x_train, y_train, x_val, p_val, num_classes=3, keep=0.9, head=head)
     known = det.score(x_val, p_val)
     assert 0.88 <= np.mean(known <= det.threshold) <= 0.92
     assert np.all(det.score(x_far, p_far) > det.threshold)
@@ -51,6 +52,8 @@ def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
 
     with pytest.raises(ModelError, match="validation"):
         unknown_lib.fit("knn", np.ones((3, 2)), np.arange(3), np.zeros((0, 2)), np.zeros((0, 3)), num_classes=3)
+    with pytest.raises(ModelError, match="head's weights"):
+        unknown_lib.fit("energy", np.ones((3, 2)), np.arange(3), np.ones((3, 2)), np.ones((3, 3)) / 3, num_classes=3)
     with pytest.raises(ConfigError, match="unknown_keep"):
         config.resolve(data_dir="d", out="o", unknown_keep=1.5)
     with pytest.raises(ConfigError, match="unknown_method"):
@@ -72,7 +75,7 @@ def _odd_images(folder: Path) -> list[str]:
 def test_trained_run_answers_unknown(tiny_run: Path, tmp_path: Path) -> None:
     run = RunDir(tiny_run)
     meta = json.loads((tiny_run / RunDir.UNKNOWN).read_text())
-    assert meta["method"] == "knn" and meta["keep"] == 0.95 and run.exists(RunDir.UNKNOWN_STATS)
+    assert meta["method"] == "combined" and meta["keep"] == 0.95 and run.exists(RunDir.UNKNOWN_STATS)
     predictor = load(tiny_run, runtime="tensorflow", precision="fp32")
     odd = _odd_images(tmp_path)
     known = str(next((Path(run.config().data_dir) / "daisy").glob("*.jpg")))
@@ -116,7 +119,7 @@ def test_server_json_and_page_say_unknown(tiny_run: Path, tmp_path: Path) -> Non
     with TestClient(create_app(tiny_run, runtime="tensorflow", precision="fp32")) as client:
         body = client.post("/predict", files={"file": ("checker.png", Path(odd[0]).read_bytes())}).json()
         assert body["unknown"] is True and body["ood_score"] > 0
-        assert client.get("/health").json()["unknown"] == "knn"
+        assert client.get("/health").json()["unknown"] == "combined"
         assert "answer.unknown" in client.get("/").text
     with TestClient(create_app(tiny_run, runtime="tensorflow", precision="fp32", unknown=False)) as client:
         body = client.post("/predict", files={"file": ("checker.png", Path(odd[0]).read_bytes())}).json()

@@ -66,7 +66,7 @@ QUANTIZE = ("fp16", "int8")
 DEFAULT_MAX_PIXELS = 50_000_000
 # Out-of-distribution scores a run can answer "unknown" with (floranet.inference.unknown); the default won the
 # leave-one-class-out comparison of benchmarks/bench_unknown.py.
-UNKNOWN_METHODS = ("knn", "mahalanobis", "class_mean", "msp")
+UNKNOWN_METHODS = ("combined", "knn_head", "knn", "energy", "mahalanobis", "class_mean", "msp")
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
 
@@ -174,7 +174,7 @@ class TrainConfig:
     # The label audit at the end of training, run only when cheap: stage 1 ran on cached features.
     audit: bool = True
     # The "unknown" answer: its score and the share of known validation images its threshold keeps.
-    unknown_method: str = "knn"
+    unknown_method: str = "combined"
     unknown_keep: float = 0.95
 
     def __post_init__(self) -> None:

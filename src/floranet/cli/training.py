@@ -115,7 +115,7 @@ def add_train(sub: Subparsers) -> None:
     c.add_argument(
         "--no-audit", dest="audit", action="store_const", const=False, help="skip the label audit after training"
     )
-    c.add_argument("--unknown-method", choices=UNKNOWN_METHODS, help="out-of-distribution score (default knn)")
+    c.add_argument("--unknown-method", choices=UNKNOWN_METHODS, help="out-of-distribution score (default combined)")
     c.add_argument("--unknown-keep", type=float, help="share of known validation images kept (default 0.95)")
 
 

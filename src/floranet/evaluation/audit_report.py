@@ -69,8 +69,9 @@ def write_audit(run: RunDir, result: AuditResult, data_dir: Path) -> None:
 
 
 def _group(result: AuditResult, group: str) -> list[Any]:
-    if group == "duplicate":
-        return result.of_kind("duplicate_conflict", "duplicate_leak", "duplicate")
+    if group == "duplicate":  # conflicts, then leaks, then the rest; most similar first in each
+        rows = result.of_kind("duplicate_conflict", "duplicate_leak", "duplicate")
+        return sorted(rows, key=lambda f: (KINDS.index(f.kind), -f.score))
     return result.of_kind(group)
 
 
@@ -126,7 +127,9 @@ def audit_section(run: RunDir) -> str:
         f"{audit.get('outlier_z')}.</p>",
     ]
     for group, title in _TITLES.items():
-        rows = [f for f in findings if f["kind"].startswith(group)]
+        rows = sorted(
+            (f for f in findings if f["kind"].startswith(group)), key=lambda f: (KINDS.index(f["kind"]), -f["score"])
+        )
         if not rows:
             continue
         parts.append(f"<h3>{html.escape(title)}: {len(rows)}</h3>")

@@ -6,8 +6,8 @@ validation images (threshold) and stores a :class:`floranet.inference.unknown.Un
 its embeddings and nothing runs again; after fine-tuning the final model computes them once
 (probabilities and features in one call, :func:`floranet.models.classifier.with_features`).
 
-:func:`compare` scores known and unknown images with every candidate (and energy and max-logit, which need
-the head's logits) for benchmarks/bench_unknown.py.
+:func:`compare` scores known and unknown images with every candidate (and max logit) for
+benchmarks/bench_unknown.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from floranet.inference import unknown as unknown_lib
 from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.training.embeddings import stage1_features
+
+KNN_METHODS = ("knn", "knn_head", "combined")
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def fit_unknown(
         num_classes=len(names),
         keep=config.unknown_keep,
         temperature=run.temperature(),
+        head=head_weights(model),
     )
     detector.save(run.path)
     say(
@@ -109,14 +112,12 @@ def fit_unknown(
     return detector
 
 
-def head_logits(model: keras.Model, features: np.ndarray) -> np.ndarray:
-    """The head's pre-softmax outputs for pooled features (the saved model outputs probabilities only)."""
+def head_weights(model: keras.Model) -> list[np.ndarray]:
+    """The head's Dense weights, in order (``[hidden kernel, hidden bias,] output kernel, output bias``)."""
     head = classifier.head_of(model)
-    last = head.get_layer("predictions")
-    penultimate = keras.Model(head.inputs, last.input)
-    h = np.asarray(penultimate.predict(np.asarray(features, np.float32), batch_size=256, verbose=0), np.float64)
-    kernel, bias = (np.asarray(w, np.float64) for w in last.get_weights())
-    return h @ kernel + bias
+    return [
+        np.asarray(w) for layer in head.layers if isinstance(layer, keras.layers.Dense) for w in layer.get_weights()
+    ]
 
 
 def compare(
@@ -127,23 +128,33 @@ def compare(
     *,
     num_classes: int,
     temperature: float = 1.0,
-    knn_ks: tuple[int, ...] = (1, 5, 10, 50),
+    ks: tuple[int, ...] = (1, 10),
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{candidate: (scores of known images, scores of other images)}``, higher = more unknown."""
+    """``{candidate: (scores of known images, scores of other images)}``, higher = more unknown; every method
+    of :data:`floranet.config.UNKNOWN_METHODS` (the kNN ones at each of ``ks``), fitted as training fits them,
+    and max logit."""
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    head = head_weights(model)
     for method in UNKNOWN_METHODS:
-        ks = knn_ks if method == "knn" else (unknown_lib.DEFAULT_K,)
-        stats = unknown_lib.fit_stats(method, train.features, train.labels, num_classes)
-        for k in ks:
-            name = f"knn (k={k})" if method == "knn" else method
-            known_s, other_s = (
-                unknown_lib.score(method, stats, e.features, e.probs, temperature=temperature, k=k)
-                for e in (known, other)
+        for k in ks if method in KNN_METHODS else (unknown_lib.DEFAULT_K,):
+            det = unknown_lib.fit(
+                method,
+                train.features,
+                train.labels,
+                known.features,
+                known.probs,
+                num_classes=num_classes,
+                temperature=temperature,
+                k=k,
+                head=head,
             )
-            out[name] = (known_s, other_s)
-    logits = [head_logits(model, e.features) for e in (known, other)]
-    out["energy"] = (-np.logaddexp.reduce(logits[0], axis=1), -np.logaddexp.reduce(logits[1], axis=1))
-    out["max_logit"] = (-logits[0].max(axis=1), -logits[1].max(axis=1))
+            name = f"{method} (k={k})" if method in KNN_METHODS else method
+            out[name] = (det.score(known.features, known.probs), det.score(other.features, other.probs))
+    stats = unknown_lib.head_stats(head)
+    out["max_logit"] = (
+        -unknown_lib.logits(stats, known.features).max(axis=1),
+        -unknown_lib.logits(stats, other.features).max(axis=1),
+    )
     return out
 
 
@@ -159,7 +170,7 @@ def unknown_section(run: RunDir) -> str:
         "<h2>Unknown answer</h2>"
         f"<p><code>predict</code>, <code>serve</code> and the web page answer <b>unknown</b> when an image's "
         f"out-of-distribution score is above {meta['threshold']:.4g}: method <code>{html.escape(meta['method'])}</code>"
-        f"{' (k = ' + str(meta.get('k')) + ')' if meta['method'] == 'knn' else ''}, statistics from "
+        f"{' (k = ' + str(meta.get('k')) + ')' if meta['method'] in KNN_METHODS else ''}, statistics from "
         f"{fitted.get('train_images', '?')} training images, threshold chosen to keep {meta['keep']:.0%} of the "
         f"{fitted.get('validation_images', '?')} known validation images (kept: "
         f"{meta.get('validation_kept', 0):.1%}). Every answer carries <code>unknown</code> and "

@@ -32,7 +32,7 @@ def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[s
     t = time.perf_counter()
     try:
         fit_unknown(result.run, result.model, config, say=say)
-    except FloranetError as e:
+    except (FloranetError, ValueError) as e:
         say(f"Unknown answer not fitted: {e}")
     result.timings["unknown"] = time.perf_counter() - t
     if not config.audit:
@@ -43,7 +43,7 @@ def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[s
     t = time.perf_counter()
     try:
         outcome = audit(result.run.path, say=say, rebuild_report=False)
-    except FloranetError as e:
+    except (FloranetError, ValueError) as e:
         say(f"Audit not run: {e}")
         return
     result.timings["audit"] = time.perf_counter() - t
