@@ -142,6 +142,7 @@ def near_duplicates(work: Path, data: Path, clean_audit: Path, count: int, seed:
     sweep = _threshold_sweep(result, planted)
     top = pairs[:count]
     false_top = [f for f in top if not ({f.file, f.other_file} & set(planted))]
+    _pair_gallery(dups, false_top, RESULTS / "audit_dup_false_pairs.png")
     return {
         "planted": len(planted),
         "found_share": round(len(found) / len(planted), 4),
@@ -156,16 +157,30 @@ def near_duplicates(work: Path, data: Path, clean_audit: Path, count: int, seed:
     }
 
 
+def _pair_gallery(root: Path, pairs: list[Any], path: Path) -> None:
+    """The unplanted pairs among the top ones, side by side, to judge by eye whether they are duplicates."""
+    from floranet.data.decode import decode_and_resize
+    from floranet.evaluation.plots import gallery
+
+    images, titles = [], []
+    for f in pairs:
+        for p in (f.file, f.other_file):
+            images.append(decode_and_resize(str(root / p), (160, 160)))
+            titles.append(f"{p[-30:]}\n{f.kind} {f.score:.3f}")
+    if images:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        gallery(images, titles, path, columns=6)
+
+
 def _threshold_sweep(result: Any, planted: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
     """Planted pairs' similarities against the number of other pairs at each threshold."""
-    from floranet.evaluation.audit import similar_pairs
-    from floranet.inference.unknown import normalize
+    from floranet.evaluation.audit import similar_pairs, whitened
 
     data = result.data
     index = {p: i for i, p in enumerate(data.paths)}
-    z = normalize(data.features)
+    z = whitened(data.features)
     sims = np.asarray([float(z[index[c]] @ z[index[o]]) for c, (o, _) in planted.items()])
-    pairs = similar_pairs(data.features, 0.85)
+    pairs = similar_pairs(data.features, 0.3)
     planted_pairs = {frozenset((index[c], index[o])) for c, (o, _) in planted.items()}
     others = np.asarray([s for i, j, s in pairs if frozenset((i, j)) not in planted_pairs])
     return [
@@ -175,7 +190,7 @@ def _threshold_sweep(result: Any, planted: dict[str, tuple[str, str]]) -> list[d
             "other_pairs": int(np.sum(others >= t)),
             "planted_similarity_min": round(float(sims.min()), 4),
         }
-        for t in (0.85, 0.9, 0.93, 0.95, 0.97)
+        for t in (0.3, 0.35, 0.4, 0.42, 0.45, 0.5, 0.6, 0.7)
     ]
 
 

@@ -9,8 +9,9 @@ per image), so an audit costs seconds once the features exist:
   stratified by class, byte-identical files kept in one fold). cleanlab's confident learning then flags the
   likely label errors (``find_label_issues``) and scores every label (``get_label_quality_scores``,
   self-confidence: the out-of-fold probability of the given label). Score in ``audit.csv``: 1 - quality.
-* **Near-duplicates.** Cosine similarity of the L2-normalised features, every pair at or above
-  :data:`DUPLICATE_SIMILARITY` (resized, re-encoded and cropped copies; byte-identical files score 1.0).
+* **Near-duplicates.** Cosine similarity of the whitened features (centred, whitened with their Ledoit-Wolf
+  covariance, L2-normalised: :func:`whitened`), every pair at or above :data:`DUPLICATE_SIMILARITY`
+  (resized, re-encoded and cropped copies; byte-identical files score 1.0).
   A pair in two classes is a ``duplicate_conflict``; one on both sides of the train/validation split a
   ``duplicate_leak``; one in the same class and side a plain ``duplicate``.
 * **Outliers.** cleanlab's ``OutOfDistribution`` on the features: mean cosine distance to the k nearest
@@ -34,9 +35,9 @@ import numpy as np
 from floranet.config import TrainConfig
 from floranet.inference.unknown import normalize
 
-# Cosine similarity of normalised MobileNetV2/ResNet pooled features at or above which two images are called
+# Cosine similarity of whitened pooled features (:func:`whitened`) at or above which two images are called
 # near-duplicates (benchmarks/bench_audit.py: planted resized/re-encoded/cropped copies vs distinct photos).
-DUPLICATE_SIMILARITY = 0.95
+DUPLICATE_SIMILARITY = 0.42
 # Robust z-score (Iglewicz and Hoaglin's 3.5) above which an image's outlier score is flagged.
 OUTLIER_Z = 3.5
 DEFAULT_FOLDS = 5
@@ -209,12 +210,31 @@ def label_issues(labels: np.ndarray, out_of_fold: np.ndarray) -> tuple[np.ndarra
     return np.asarray(flagged, np.int64), np.asarray(quality, np.float32)
 
 
+def whitened(features: np.ndarray) -> np.ndarray:
+    """Features centred and whitened with their Ledoit-Wolf shrunk covariance, then L2-normalised.
+
+    Cosine similarity there is a Mahalanobis-style similarity: directions in which every image of the set
+    varies little (what all flower photos share) no longer make two distinct photos look alike. The shrinkage
+    adapts to the set: small sets (fewer images than dimensions) stay close to plain centred cosine.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(features, np.float64)
+    x = x - x.mean(axis=0)
+    if len(x) < 3:
+        return normalize(x)
+    values, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(x).covariance_)
+    keep = values > values.max() * 1e-9
+    return normalize((x @ vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32))
+
+
 def similar_pairs(features: np.ndarray, threshold: float = DUPLICATE_SIMILARITY) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, cosine similarity)`` with ``i < j`` at or above ``threshold``, most similar first.
+    """Pairs ``(i, j, similarity)`` with ``i < j`` at or above ``threshold``, most similar first; the
+    similarity is the cosine of :func:`whitened` features.
 
     Blockwise (``1024 x n`` similarities at a time), so memory stays bounded; time is O(n^2 d).
     """
-    z = normalize(features)
+    z = whitened(features)
     pairs: list[tuple[int, int, float]] = []
     for s in range(0, len(z), _BLOCK):
         sims = z[s : s + _BLOCK] @ z.T

@@ -122,7 +122,7 @@ def audit_section(run: RunDir) -> str:
         + f". Full list: <code>{RunDir.AUDIT_CSV}</code> (pass an edited copy to <code>floranet train --exclude</code>"
         " or a <code>path,new_label</code> file to <code>--relabel</code>; floranet never changes your files).</p>",
         "<p class=muted>Label issues: cleanlab confident learning on out-of-fold probabilities of the head "
-        f"({audit.get('folds')}-fold, on cached features). Near-duplicates: cosine similarity of embeddings "
+        f"({audit.get('folds')}-fold, on cached features). Near-duplicates: cosine similarity of whitened embeddings "
         f">= {audit.get('duplicate_similarity')}. Outliers: cleanlab's kNN outlier score, robust z > "
         f"{audit.get('outlier_z')}.</p>",
     ]
