@@ -139,3 +139,4 @@ def test_export_carries_the_statistics_and_says_what_it_cannot_do(writable_run: 
 def test_report_has_unknown_and_audit_sections(tiny_run: Path) -> None:
     html = (tiny_run / RunDir.REPORT).read_text()
     assert "<h2>Unknown answer</h2>" in html and "<h2>Data audit</h2>" in html
+    assert "least like the training classes" in html

@@ -104,6 +104,12 @@ def fit_unknown(
         temperature=run.temperature(),
         head=head_weights(model),
     )
+    scores = detector.score(val.features, val.probs)
+    order = np.argsort(-scores, kind="stable")[:10]
+    detector.info["most_unknown_validation"] = [
+        {"file": val.paths[i], "ood_score": round(float(scores[i]), 6), "unknown": bool(scores[i] > detector.threshold)}
+        for i in order
+    ]
     detector.save(run.path)
     say(
         f"Unknown answer: {detector.method} score, threshold {detector.threshold:.4g} keeps "
@@ -175,4 +181,21 @@ def unknown_section(run: RunDir) -> str:
         f"{fitted.get('validation_images', '?')} known validation images (kept: "
         f"{meta.get('validation_kept', 0):.1%}). Every answer carries <code>unknown</code> and "
         "<code>ood_score</code>; <code>--unknown off</code> turns it off.</p>"
+        + _most_unknown(meta.get("most_unknown_validation", []))
+    )
+
+
+def _most_unknown(rows: list[dict[str, object]]) -> str:
+    import html
+
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(str(r['file']))}</td><td>{r['ood_score']}</td><td>{'unknown' if r['unknown'] else ''}"
+        "</td></tr>"
+        for r in rows
+    )
+    return (
+        "<p>The validation images that look least like the training classes (the answer for each):</p>"
+        f"<table><tr><th>file</th><th>ood_score</th><th>answer</th></tr>{body}</table>"
     )
