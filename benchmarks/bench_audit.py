@@ -157,6 +157,16 @@ def near_duplicates(work: Path, data: Path, clean_audit: Path, count: int, seed:
     }
 
 
+def _small_png(src: Path, dst: Path, width: int = 1000) -> None:
+    """A picture for the repository: 1000 px wide, 256 colours."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        small = im.convert("RGB").resize((width, round(im.height * width / im.width)), Image.LANCZOS)
+    small.quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+    dst.chmod(0o644)
+
+
 def _pair_gallery(root: Path, pairs: list[Any], path: Path) -> None:
     """The unplanted pairs among the top ones, side by side, to judge by eye whether they are duplicates."""
     from floranet.data.decode import decode_and_resize
@@ -170,6 +180,7 @@ def _pair_gallery(root: Path, pairs: list[Any], path: Path) -> None:
     if images:
         path.parent.mkdir(parents=True, exist_ok=True)
         gallery(images, titles, path, columns=6)
+        _small_png(path, path)
 
 
 def _threshold_sweep(result: Any, planted: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
@@ -205,7 +216,7 @@ def real_set(work: Path, data: Path) -> tuple[dict[str, Any], Path]:
     seconds = time.perf_counter() - t
     top = result.of_kind("label_issue")[:20]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "plots" / "audit_label_issue.png", RESULTS / "audit_real_top20.png")
+    _small_png(out / "plots" / "audit_label_issue.png", RESULTS / "audit_real_top20.png")
     return {
         "seconds_with_cached_features": round(seconds, 1),
         "counts": result.counts(),

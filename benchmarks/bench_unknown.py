@@ -218,6 +218,7 @@ def main() -> None:
         "non_flowers": odd,
         "feature_seconds": round(feature_seconds, 1),
         "settings": SETTINGS,
+        "default_method": config.TrainConfig.unknown_method,
     }
     print(f"Mean AUROC {mean_auroc:.3f} (target >= 0.90); features computed once in {feature_seconds:.0f} s.")
     print(f"wrote {write_result('unknown', payload, 'python benchmarks/bench_unknown.py ' + ' '.join(sys.argv[1:]))}")

@@ -115,7 +115,8 @@ def _audit(r: dict) -> str:
 def _unknown(r: dict) -> str:
     per = [{k: v for k, v in row.items() if k != "methods"} for row in r["per_class"]]
     return (
-        f"floranet's default answer (`{r.get('default_method', 'knn')}`), through `predict` on each run: mean AUROC "
+        f"floranet's default answer (`{r.get('default_method', 'combined')}`), through `predict` on each run: "
+        f"mean AUROC "
         f"{r['mean_auroc']} (target >= {r['target_mean_auroc']}), mean false-known rate at 95% known kept "
         f"{r['mean_false_known_at_95']}.\n\n"
         + table(per, list(per[0]))
