@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from floranet.cli.common import Subparsers, command, int_or_pair
+from floranet.config import PRECISIONS, PRESETS, RUNTIMES
 
 
 def add_audit(sub: Subparsers) -> None:
@@ -22,16 +23,16 @@ def add_audit(sub: Subparsers) -> None:
     p.add_argument("--folds", type=int, default=5, help="k of the out-of-fold head training (default 5)")
     p.add_argument("--top", type=int, default=10, help="files of each kind to print (default 10)")
     g = p.add_argument_group("features and head for a DATA_DIR (as `floranet train`)")
-    g.add_argument("--preset", help="tutorial | recommended (default)")
+    g.add_argument("--preset", choices=list(PRESETS), help="default: recommended")
     g.add_argument("--backbone")
     g.add_argument("--weights", help="imagenet | none | PATH")
     g.add_argument("--image-size", type=int_or_pair)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--epochs", type=int, help="epochs of each out-of-fold head (at most 10 are used)")
+    g.add_argument("--epochs", type=int, help="epochs of each out-of-fold head (at most 10 on sets of over 20 batches)")
     g.add_argument("--seed", type=int)
     g.add_argument("--val-split", type=float)
-    g.add_argument("--runtime")
-    g.add_argument("--precision")
+    g.add_argument("--runtime", choices=RUNTIMES)
+    g.add_argument("--precision", choices=PRECISIONS)
 
 
 def run_audit(args: argparse.Namespace) -> int:
