@@ -14,6 +14,12 @@ windows is the reference, so a change in the machine's other load shows
 instead of skewing the ratio. The ratio served/offline is what batching buys
 back (target >= 0.70). CPU seconds of the server and client are reported.
 
+Hostile traffic runs throughout (issue 13): ``--idle-sockets`` connections (50) that each send half a
+request header and hold it (re-opened whenever the server closes one), and every ``--hostile-every``-th request
+(10th) is an upload the server must refuse (PostScript sent as image/jpeg: 415; a 16-bit PNG over the serving
+pixel budget: 413; random bytes: 415). Refusals with the expected status are counted apart; anything else is an
+error. ``--idle-sockets 0 --hostile-every 0`` gives the plain load.
+
 Without ``--run`` a run is trained first in a temp folder (``floranet train`` on
 mini_flowers, random init, tutorial preset, 1 epoch): ``--model resnet50`` (the
 default: floranet's default backbone at 180 px, the model a user serves) or
@@ -23,12 +29,14 @@ use the same runtime (``Predictor.select(None)``: what ``floranet serve`` picks)
 Everything stops after ``--budget-s`` (420 s) whatever happens.
 
     python benchmarks/bench_serve.py [--model resnet50|tiny] [--run RUN_DIR] [--requests 2000] [--concurrency 16]
+        [--idle-sockets 50] [--hostile-every 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -137,7 +145,8 @@ def start_server(run: Path, port: int, args: argparse.Namespace, budget: Budget,
     code = (
         "from floranet.serving import run_server; "
         f"run_server({str(run)!r}, host={HOST!r}, port={port}, log_level='warning', "
-        f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms})"
+        f"max_batch={args.max_batch}, max_wait_ms={args.max_wait_ms}, "
+        f"max_connections_per_client={args.per_client})"
     )
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
@@ -177,6 +186,16 @@ class RawClient:
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        reused = self.streams is not None
+        try:
+            return await self._post(body)
+        except (ConnectionError, asyncio.IncompleteReadError, IndexError):
+            if not reused:
+                raise
+            await self.close()  # the server closed an idle keep-alive connection: a new one, as browsers do
+            return await self._post(body)
+
+    async def _post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.streams is None:
             self.streams = await asyncio.open_connection(self.host, int(self.port))
         reader, writer = self.streams
@@ -202,14 +221,70 @@ class RawClient:
             self.streams = None
 
 
+def hostile_uploads() -> list[tuple[bytes, int]]:
+    """Bodies the server must refuse, each with the status it must answer."""
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((5000, 5000), np.uint16)).save(png, format="PNG", compress_level=9)  # 25 MP > 16 MP
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n/loop { loop } def loop\n%%EOF\n"
+    return [(eps, 415), (png.getvalue(), 413), (np.random.default_rng(0).bytes(20_000), 415)]
+
+
+async def hold_idle_sockets(url: str, n: int, stop: asyncio.Event, stats: dict[str, int]) -> None:
+    """Keeps ``n`` connections open that each send half a request header, re-opening those the server closes."""
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+
+    async def until_closed(reader: asyncio.StreamReader) -> None:
+        with contextlib.suppress(OSError):  # closed or reset by the server: either way it is gone
+            await reader.read()
+
+    async def one() -> None:
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                await writer.drain()
+                stats["opened"] = stats.get("opened", 0) + 1
+                closed = asyncio.ensure_future(until_closed(reader))
+                done, _ = await asyncio.wait(
+                    [closed, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+                )
+                if closed in done:
+                    stats["closed_by_server"] = stats.get("closed_by_server", 0) + 1
+                else:
+                    closed.cancel()
+                writer.close()
+            except OSError:
+                await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
 async def load(
-    url: str, photos: list[bytes], n: int, concurrency: int, deadline: float, client_kind: str = "httpx"
+    url: str,
+    photos: list[bytes],
+    n: int,
+    concurrency: int,
+    deadline: float,
+    client_kind: str = "httpx",
+    hostile_every: int = 0,
+    idle_sockets: int = 0,
 ) -> dict[str, Any]:
     import httpx
 
     latencies: list[float] = []
     batch_sizes: list[int] = []
     errors: dict[str, int] = {}
+    refused = {"expected": 0}
+    hostile = hostile_uploads() if hostile_every else []
+    idle_stats: dict[str, int] = {}
+    stop_idle = asyncio.Event()
+    idle_task = (
+        asyncio.ensure_future(hold_idle_sockets(url, idle_sockets, stop_idle, idle_stats)) if idle_sockets else None
+    )
     next_index = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     shared = httpx.AsyncClient(base_url=url, timeout=30, limits=limits)
@@ -229,6 +304,14 @@ async def load(
                 next_index += 1
                 t = time.perf_counter()
                 try:
+                    if hostile_every and i % hostile_every == hostile_every - 1:
+                        body, want = hostile[(i // hostile_every) % len(hostile)]
+                        status, _, _ = await post(raw, body)
+                        if status == want:
+                            refused["expected"] += 1
+                        else:
+                            errors[f"hostile HTTP {status}"] = errors.get(f"hostile HTTP {status}", 0) + 1
+                        continue
                     status, headers, content = await post(raw, photos[i % len(photos)])
                     if status == 200 and b'"top_k":[{' in content:
                         latencies.append(time.perf_counter() - t)
@@ -247,8 +330,13 @@ async def load(
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
+    if idle_task is not None:
+        stop_idle.set()
+        await idle_task
     return {
         "requests": next_index,
+        "refused_as_expected": refused["expected"],
+        "idle_sockets": idle_stats,
         "ok": len(latencies),
         "errors": sum(errors.values()),
         "error_kinds": errors,
@@ -270,6 +358,8 @@ def summarize(parts: list[dict[str, Any]]) -> dict[str, Any]:
     lat_ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {
         "requests": sum(p["requests"] for p in parts),
+        "refused_as_expected": sum(p.get("refused_as_expected", 0) for p in parts),
+        "idle_sockets_opened": sum(p.get("idle_sockets", {}).get("opened", 0) for p in parts),
         "ok": len(latencies),
         "errors": sum(errors.values()),
         "error_kinds": errors,
@@ -339,6 +429,15 @@ def main() -> None:
         default=4,
         help="the load of each client is cut into this many segments, with an offline window between segments",
     )
+    ap.add_argument("--idle-sockets", type=int, default=50, help="half-open connections held during the load")
+    ap.add_argument("--hostile-every", type=int, default=10, help="every n-th request is a refused upload (0: none)")
+    ap.add_argument(
+        "--per-client",
+        type=int,
+        default=128,
+        help="the server's connections per client address: every client here is 127.0.0.1, so the "
+        "legitimate load and the idle sockets share one address (a real server sees them apart)",
+    )
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument(
@@ -383,7 +482,18 @@ def main() -> None:
                     deadline = time.monotonic() + max(3.0, (budget.left() - reserve) / left)
                     n = args.requests // args.segments + (seg < args.requests % args.segments)
                     cpu_server, cpu_client = cpu_seconds(proc.pid), cpu_seconds()
-                    part = asyncio.run(load(url, photos, n, args.concurrency, deadline, kind))
+                    part = asyncio.run(
+                        load(
+                            url,
+                            photos,
+                            n,
+                            args.concurrency,
+                            deadline,
+                            kind,
+                            hostile_every=args.hostile_every,
+                            idle_sockets=args.idle_sockets,
+                        )
+                    )
                     part["cpu_s_server"] = cpu_seconds(proc.pid) - cpu_server
                     part["cpu_s_client"] = cpu_seconds() - cpu_client
                     windows.append(model.window(min(args.offline_seconds, max(0.5, (budget.left() - 15) / 1.5)), small))
@@ -433,6 +543,7 @@ def main() -> None:
             {
                 "mode": f"served, {kind} client, concurrency {args.concurrency}",
                 "requests": r["requests"],
+                "refused": r["refused_as_expected"],
                 "errors": r["errors"],
                 "p50_ms": r["p50_ms"],
                 "p99_ms": r["p99_ms"],
@@ -460,6 +571,7 @@ def main() -> None:
             [
                 "mode",
                 "requests",
+                "refused",
                 "errors",
                 "p50_ms",
                 "p99_ms",
@@ -495,6 +607,9 @@ def main() -> None:
             "clients": {k: names[k] for k in clients},
             "bodies": f"raw JPEG bodies, one keep-alive connection per worker, {len(photos)} "
             "mini_flowers photos (160 px)",
+            "idle_sockets": args.idle_sockets,
+            "hostile_every": args.hostile_every,
+            "max_connections_per_client": args.per_client,
         },
         "served": served,
         "offline": off,

@@ -87,7 +87,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     _link_classes(data, data_dir, known_classes)
     result, seconds = _train(data_dir, work / f"run-without-{held}", cache)
     run = RunDir(result.run_dir)
-    meta = run.read_json(RunDir.UNKNOWN)
+    meta = run.read_json(RunDir.OOD)
     split = run.split(known_classes)
     val_files = [str(data_dir / r.path) for r in split.validation()]
     held_rows = [SplitRow(f"{held}/{f.name}", held, "validation", _sha(f)) for f in sorted((data / held).iterdir())]

@@ -102,14 +102,14 @@ def deny_locked_reads(monkeypatch) -> None:
     """
     if os.geteuid() != 0:
         return
-    from floranet.data import images
+    from floranet.utils import files
 
     def guarded_open(file, *args, **kwargs):
         if os.fsdecode(file).endswith(LOCKED):
             raise PermissionError(13, "Permission denied", os.fsdecode(file))
         return open(file, *args, **kwargs)
 
-    monkeypatch.setattr(images, "open", guarded_open, raising=False)
+    monkeypatch.setattr(files, "open", guarded_open, raising=False)  # where image files are read
 
 
 def make_corpus(root: Path) -> dict[str, str]:

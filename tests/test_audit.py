@@ -127,6 +127,12 @@ def test_audit_of_a_data_folder_end_to_end(tmp_path: Path) -> None:
         from floranet.workflows.audit import audit as audit_fn
 
         audit_fn(data, out=data / "audit", **TINY)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not empty and not a floranet run"):  # --out never writes over others'
+        audit_fn(data, out=foreign, **TINY)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
 def test_exclude_and_relabel_files(tmp_path: Path) -> None:

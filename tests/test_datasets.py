@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from corpus import snapshot
 from floranet.data import datasets
 from floranet.data.datasets import MARKER, DatasetSpec
 from floranet.errors import ConfigError, DatasetError, DownloadError, FloranetError
@@ -157,25 +158,46 @@ def test_fetch_extracts_marks_complete_and_then_uses_the_cache(tmp_path, monkeyp
         assert len(srv.requests) == 1  # the second call never touched the network
 
 
-def test_incomplete_folder_is_replaced_from_the_kept_archive_offline(tmp_path, monkeypatch):
+def test_incomplete_folder_is_left_alone_and_the_set_extracted_beside_it_offline(tmp_path, monkeypatch):
     with serve(GOOD) as srv:
         _use_spec(monkeypatch, srv.url)
         root = _fetch(tmp_path)
         (root / MARKER).unlink()  # as if the extraction had been interrupted (or done by hand)
         (root / "junk.txt").write_text("half-extracted leftovers")
-        assert _fetch(tmp_path) == root
-        assert len(srv.requests) == 1  # re-extracted from the verified archive, no download
-    _assert_good(root, tmp_path)
-    assert not (root / "junk.txt").exists()
+        before = snapshot(root)
+        said: list[str] = []
+        beside = _fetch(tmp_path, say=said.append)
+        assert len(srv.requests) == 1  # extracted from the verified archive, no download
+    assert snapshot(root) == before  # every byte, mode and mtime of the folder floranet did not finish
+    assert beside == tmp_path / "flower_photos-floranet" and (beside / MARKER).read_text().strip() == GOOD_SHA
+    assert len(list((beside / "daisy").glob("*.jpg"))) == 4
+    assert said and "left exactly as it is" in said[0] and str(beside) in said[0]
+    assert _fetch(tmp_path) == beside  # and the complete copy is found again next time
 
 
-def test_marker_of_another_archive_version_triggers_a_fresh_extraction(tmp_path, monkeypatch):
+def test_a_foreign_folder_of_that_name_keeps_every_byte(tmp_path, monkeypatch):
+    """As Keras's own get_file(untar=True) leaves it, relabelled by hand: floranet must not move or delete it."""
+    mine = tmp_path / "flower_photos"
+    (mine / "roses").mkdir(parents=True)
+    (mine / "roses" / "mine.jpg").write_bytes(b"my photo")
+    (mine / "LICENSE.txt").write_text("keras's copy")
+    before = snapshot(mine)
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        got = _fetch(tmp_path)
+    assert snapshot(mine) == before and got == tmp_path / "flower_photos-floranet"
+    assert (got / MARKER).read_text().strip() == GOOD_SHA
+
+
+def test_marker_of_another_archive_version_is_kept_and_a_fresh_copy_made_beside(tmp_path, monkeypatch):
     with serve(GOOD) as srv:
         _use_spec(monkeypatch, srv.url)
         root = _fetch(tmp_path)
         (root / MARKER).write_text("0" * 64 + "\n")
-        assert _fetch(tmp_path) == root
-    assert (root / MARKER).read_text().strip() == GOOD_SHA
+        fresh = _fetch(tmp_path)
+    assert fresh == tmp_path / "flower_photos-floranet"
+    assert (root / MARKER).read_text().strip() == "0" * 64  # the old copy is untouched
+    assert (fresh / MARKER).read_text().strip() == GOOD_SHA
 
 
 def test_interrupted_extraction_never_looks_complete(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def test_reasons_labels_and_hashes(corpus) -> None:
         ".ipynb_checkpoints": "hidden folder (not scanned)",
         ".DS_Store": "hidden file",
         "roses/empty.jpg": "empty file (0 bytes)",
-        "roses/text.jpg": "not an image (content is not a recognised image format)",
+        "roses/text.jpg": "not a supported image (content is not one of JPEG, PNG, GIF, BMP, WEBP, TIFF, MPO)",
         "daisy/exif6.jpg": "EXIF orientation 6 applied",
         "roses/anim.gif": "animated GIF: first frame used",
     }

@@ -87,3 +87,8 @@ def test_metrics_dict_has_every_view() -> None:
     ):
         assert key in m
     assert len(m["calibration"]["reliability"]) == 15
+
+
+def test_two_classes_have_metrics_too() -> None:
+    m = classification_metrics(np.array([0, 1, 1]), np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), ["a", "b"])
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["top_2_accuracy"] == 1.0

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import floranet
 from floranet import export as export_lib
 from floranet.errors import ConfigError, MissingDependencyError, ModelError
 from floranet.export import ExportResult, export_run, load_exported
@@ -246,3 +247,82 @@ def test_onnx_fallback_for_captured_constants(run_copy: Path, tmp_path: Path) ->
     assert "fallback" in r.converter
     assert r.agreement == 1.0 and r.max_abs_diff < 1e-4
     assert load_exported(r.path).input_name == "image"
+
+
+# Each runtime alone (a fresh interpreter that never imports floranet) reads class names and input size
+# back from the model file: the export's metadata, never class_names.json (deleted from a copy first).
+READERS = {
+    "keras": """
+import json, zipfile, keras
+meta = json.loads(zipfile.ZipFile(path + "/model.keras").read("metadata.json"))["floranet"]
+model = keras.saving.load_model(path + "/model.keras")
+assert list(model.inputs[0].shape[1:3]) == json.loads(meta["image_size"])
+out = {**meta, "class_names": json.loads(meta["class_names"]), "image_size": json.loads(meta["image_size"])}
+""",
+    "saved_model": """
+import tensorflow as tf
+meta = tf.saved_model.load(path + "/model").signatures["metadata"]()
+out = {k: v.numpy().decode() for k, v in meta.items() if k != "class_names"}
+out["class_names"] = [v.decode() for v in meta["class_names"].numpy()]
+out["image_size"] = json.loads(out["image_size"])
+""",
+    "onnx": """
+import onnxruntime as ort
+s = ort.InferenceSession(path + "/model.onnx", providers=["CPUExecutionProvider"])
+out = dict(s.get_modelmeta().custom_metadata_map)
+out["class_names"], out["image_size"] = json.loads(out["class_names"]), json.loads(out["image_size"])
+assert s.get_inputs()[0].shape[1:] == [*out["image_size"], 3]
+""",
+    "openvino": """
+import openvino as ov
+m = ov.Core().read_model(path + "/model.xml")
+out = {k: v.astype(str) for k, v in m.get_rt_info(["floranet"]).astype(dict).items()}
+out["class_names"], out["image_size"] = json.loads(out["class_names"]), json.loads(out["image_size"])
+""",
+    "tflite": """
+import zipfile
+from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.tools import flatbuffer_utils
+model = flatbuffer_utils.read_model(path + "/model.tflite")
+entry = next(m for m in model.metadata if m.name.decode() == "floranet")
+out = json.loads(bytes(model.buffers[entry.buffer].data))
+out["class_names"], out["image_size"] = json.loads(out["class_names"]), json.loads(out["image_size"])
+labels = zipfile.ZipFile(path + "/model.tflite").read("labels.txt").decode().split()
+assert labels == out["class_names"], labels
+it = Interpreter(model_path=path + "/model.tflite")
+assert list(it.get_input_details()[0]["shape"][1:3]) == out["image_size"]
+""",
+}
+
+
+@pytest.mark.parametrize("name", [*FP32, "tflite-fp16"])
+def test_each_runtime_alone_reads_labels_and_input_size(exported, tmp_path: Path, name: str) -> None:
+    import subprocess
+
+    r = exported(name)
+    copy = tmp_path / name
+    shutil.copytree(r.path, copy)
+    (copy / "class_names.json").unlink()
+    script = (
+        "import json, sys\npath = sys.argv[1]\n"
+        + READERS[name.split("-")[0]]
+        + "assert not any(m.startswith('floranet') for m in sys.modules)\nprint(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(copy)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads(done.stdout.strip().splitlines()[-1])
+    assert meta["class_names"] == ["daisy", "roses", "tulips"] and meta["image_size"] == [32, 32]
+    assert meta["pixel_range"] == "0..255" and meta["input_layout"] == "NHWC" and meta["color_order"] == "RGB"
+    assert meta["floranet_version"] == floranet.__version__ and meta["backbone"] == "resnet20"
+    # The agreement check read them back too, with the same runtime, and says so in exports.json.
+    entry = json.loads((r.path.parent.parent / "exports.json").read_text())[name]["metadata"]
+    assert entry["class_names"] == ["daisy", "roses", "tulips"] and entry["image_size"] == [32, 32]
+    assert "Metadata in the file" in r.summary()
+
+
+def test_export_without_metadata_fails_the_check(run_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    _skip_if_missing("onnx")
+    monkeypatch.setitem(export_lib.metadata._EMBED, "onnx", lambda folder, meta: None)
+    with pytest.raises(ModelError, match="lacks floranet metadata: floranet_version, class_names, image_size"):
+        export_run(run_copy, "onnx", out=tmp_path / "onnx", max_images=0)
+    assert not (tmp_path / "onnx").exists()

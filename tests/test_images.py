@@ -19,7 +19,7 @@ BAD_REASONS = {
     "roses/empty.jpg": "empty file (0 bytes)",
     "roses/truncated.jpg": "truncated (image file is truncated",
     "roses/truncated.png": "truncated (image file is truncated",
-    "roses/text.jpg": "not an image (content is not a recognised image format)",
+    "roses/text.jpg": "not a supported image (content is not one of JPEG, PNG, GIF, BMP, WEBP, TIFF, MPO)",
     "roses/fake.heic": "unsupported format HEIC",
     "roses/bomb.png": "too large: 20000x20000 = 400.0 MP exceeds the limit of 50.0 MP (max_pixels)",
     LOCKED: "unreadable: permission denied",
@@ -169,7 +169,7 @@ def test_decode_image_bytes(corpus) -> None:
         data = (root / rel).read_bytes()
         np.testing.assert_array_equal(images.decode_image_bytes(data), images.load_image(root / rel))
     cases = {
-        "roses/text.jpg": "not an image",
+        "roses/text.jpg": "not a supported image",
         "roses/empty.jpg": "an empty file (0 bytes)",
         "roses/truncated.png": "truncated",
         "roses/fake.heic": "convert it to JPEG",

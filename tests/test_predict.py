@@ -117,3 +117,59 @@ def test_few_files_take_the_direct_path_with_the_same_results(tiny_run, tmp_path
     many = predictor.predict([cases[k] for k in ("cmyk", "jpeg", "exif_rotated", "rgba_png", "grayscale")])
     assert len(many) > batch.SMALL_JOB
     np.testing.assert_allclose([p for _, p in few[0].top_k], [p for _, p in many[0].top_k], atol=2e-5)
+
+
+def test_the_compiled_model_predicts_without_tensorflow(tiny_run, tmp_path) -> None:
+    """train leaves inference/model.xml, checked against model.keras; predict then never imports TensorFlow."""
+    import subprocess
+    import sys
+
+    info = json.loads((tiny_run / "inference" / "compiled.json").read_text())
+    assert info["agrees"] and info["images"] == 6 and info["top1_agreement"] == 1.0 and info["max_abs_diff"] <= 1e-4
+    # One output: the probabilities, then the pooled features the unknown score reads (checked too).
+    assert info["outputs"]["probabilities"] == [0, 3] and info["outputs"]["features"][0] == 3
+    assert info["features_max_rel_diff"] <= 1e-4 and info["ood_max_rel_diff"] <= 1e-3
+    assert info["ood_answer_agreement"] == 1.0
+    image = _write_cases(tmp_path)["jpeg"]
+    code = (
+        "import sys, json\nfrom floranet.inference import load\n"
+        f"p = load({str(tiny_run)!r})\nrow = p.predict([{str(image)!r}])[0]\n"
+        "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules, "
+        "'choice': p.choice.key, 'top': row.top_k, 'unknown': row.unknown, 'ood': row.ood_score}))"
+    )
+    out = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    assert out["tf"] is False and out["keras"] is False and out["choice"] == "openvino-fp32"
+    exact = predict.load(tiny_run, runtime="tensorflow").predict([image])[0]
+    assert [c for c, _ in exact.top_k] == [c for c, _ in out["top"]]
+    np.testing.assert_allclose([p for _, p in exact.top_k], [p for _, p in out["top"]], atol=1e-5)
+    assert out["unknown"] == exact.unknown and out["ood"] == pytest.approx(exact.ood_score, abs=1e-4)
+
+
+def test_a_compiled_model_without_the_features_output_serves_only_without_the_unknown_answer(
+    writable_run, tmp_path
+) -> None:
+    info_file = writable_run / "inference" / "compiled.json"
+    info = json.loads(info_file.read_text())
+    del info["outputs"]  # as a compiled model made before the unknown answer read it
+    info_file.write_text(json.dumps(info))
+    fallback = predict.load(writable_run)
+    assert fallback.compiled is None and "before it output the features" in fallback.note
+    row = fallback.predict([_write_cases(tmp_path)["jpeg"]])[0]
+    assert row.ood_score is not None and "recompiles it" in (fallback.choice.reason if fallback.choice else "")
+    assert predict.load(writable_run, unknown=False).compiled is not None  # nothing to compute but probabilities
+
+
+def test_a_replaced_model_keras_is_never_paired_with_an_old_compiled_model(writable_run) -> None:
+    from floranet.inference import compiled
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    assert compiled.usable(run) is not None
+    data = (writable_run / "model.keras").read_bytes()
+    (writable_run / "model.keras").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other content
+    assert compiled.usable(run) is None
+    assert predict.load(writable_run).compiled is None  # falls back to model.keras

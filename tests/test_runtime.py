@@ -55,6 +55,28 @@ def test_openvino_matches_tensorflow(extractor) -> None:
     assert rel < 0.05  # bf16 keeps ~3 significant digits
 
 
+def test_int8_is_openvino_for_training_only(monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "openvino_available", lambda: True)
+    assert runtime.choose("auto", "int8", images=1).key == "openvino-int8"  # int8 exists only on OpenVINO
+    assert runtime.training_precision("int8")[0] == "float32"  # the trained layers stay fp32
+    with pytest.raises(ConfigError, match="Received: runtime='tensorflow', precision='int8'"):
+        runtime.choose("tensorflow", "int8")
+    with pytest.raises(ConfigError, match="Received: precision='int8'"):
+        runtime.choose_inference("auto", "int8")  # predict/serve have no calibration images
+
+
+@pytest.mark.skipif(not runtime.openvino_available(), reason="OpenVINO not installed")
+def test_int8_extraction_is_calibrated_and_close(extractor) -> None:
+    pytest.importorskip("nncf")
+    reference = np.asarray(extractor(X, training=False))
+    with pytest.raises(ConfigError, match="calibration"):
+        runtime.compile_inference(extractor, runtime.RuntimeChoice("openvino", "int8", ""))
+    calibration = np.random.default_rng(1).uniform(0, 255, (16, 48, 48, 3)).astype("float32")
+    int8 = runtime.compile_inference(extractor, runtime.RuntimeChoice("openvino", "int8", ""), calibration=calibration)
+    rel = np.linalg.norm(int8(X) - reference) / np.linalg.norm(reference)
+    assert 0 < rel < 0.2  # quantized (not bit-equal) yet close
+
+
 def test_auto_keeps_tensorflow_for_small_jobs(monkeypatch) -> None:
     monkeypatch.setattr(runtime, "gpu_available", lambda: False)
     monkeypatch.setattr(runtime, "openvino_available", lambda: True)
@@ -80,12 +102,13 @@ def test_predict_and_evaluate_on_openvino_match_tensorflow(tiny_run, tmp_path) -
     for a, b in zip(tf_rows, ov_rows, strict=True):
         assert a.top_k[0][0] == b.top_k[0][0]
         assert abs(a.top_k[0][1] - b.top_k[0][1]) < 1e-4
-    auto = predict.load(tiny_run)
+    auto = predict.load(tiny_run)  # the run's compiled model, checked at training time: no conversion needed
     auto.predict([folder])
-    assert auto.choice is not None and auto.choice.runtime == "tensorflow"  # 10 images: not worth converting
+    assert auto.compiled is not None and auto.keras_model is None  # Keras was never loaded
+    assert auto.choice is not None and auto.choice.key == "openvino-fp32"  # 10 images: as exact as model.keras
     ev_tf = evaluate_run(tiny_run, runtime="tensorflow")
     ev_ov = evaluate_run(tiny_run, runtime="openvino", precision="fp32")
-    assert ev_ov.extra["evaluated_on"] == "model.keras (openvino fp32)"
+    assert ev_ov.extra["evaluated_on"] == "compiled model (openvino fp32)"
     np.testing.assert_allclose(ev_ov.probs, ev_tf.probs, atol=1e-4)
     with pytest.raises(ConfigError, match="bf16"):
         predict.load(tiny_run, runtime="tensorflow", precision="bf16").predict([folder])

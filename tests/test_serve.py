@@ -32,6 +32,7 @@ from floranet.serving import uploads  # noqa: E402
 
 ROSES = mini_flowers_path() / "roses"
 TIMEOUT_S = 1.5  # request_timeout_s of the shared app: small, for the slow-client test
+LOCAL = "http://127.0.0.1"  # a Host the server answers on loopback (TestClient's default, testserver, is not)
 
 
 def _rose() -> tuple[str, bytes]:
@@ -64,7 +65,7 @@ def app(tiny_run):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -89,7 +90,7 @@ def test_auto_runtime_server_agrees_with_the_same_runtime_offline(tiny_run) -> N
     choice = offline.select(None)  # what a server picks: the fastest installed runtime
     name, rose = _rose()
     expected = offline.predict_bytes(rose, name=name)
-    with TestClient(auto) as c:
+    with TestClient(auto, base_url=LOCAL) as c:
         assert c.get("/health").json()["runtime"] == f"{choice.runtime} {choice.precision}"
         answer = c.post("/predict", content=rose).json()
     assert answer["top_k"][0]["class"] == expected.top_k[0][0]
@@ -194,9 +195,17 @@ def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
     return {
         "zero bytes": ({"content": b""}, 400, "empty"),
         "zero-byte file field": ({"files": {"file": ("a.jpg", b"", "image/jpeg")}}, 400, "empty"),
-        "text file": ({"files": {"file": ("notes.txt", text, "text/plain")}}, 415, "not an image"),
-        "text sent as image/jpeg": ({"content": text, "headers": {"content-type": "image/jpeg"}}, 415, "not an image"),
-        "text named .jpg in multipart": ({"files": {"file": ("photo.jpg", text, "image/jpeg")}}, 415, "not an image"),
+        "text file": ({"files": {"file": ("notes.txt", text, "text/plain")}}, 415, "not a supported image"),
+        "text sent as image/jpeg": (
+            {"content": text, "headers": {"content-type": "image/jpeg"}},
+            415,
+            "not a supported image",
+        ),
+        "text named .jpg in multipart": (
+            {"files": {"file": ("photo.jpg", text, "image/jpeg")}},
+            415,
+            "not a supported image",
+        ),
         "truncated jpeg": (
             {"content": rose[: len(rose) // 2], "headers": {"content-type": "image/jpeg"}},
             422,
@@ -345,7 +354,7 @@ def test_model_with_a_lambda_layer_is_refused_unless_unsafe(tiny_run, tmp_path) 
     with pytest.raises(ModelError, match="Lambda|safe"):
         serve.create_app(run)
     app = serve.create_app(run, unsafe=True)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.post("/predict?gradcam=1", content=_png())
         assert r.status_code == 200, r.text
         assert [row["class"] for row in r.json()["top_k"]] != []
@@ -402,13 +411,23 @@ def test_a_lying_client_is_cut_off_while_counting(app) -> None:
 def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch, caplog) -> None:
     import uvicorn
 
+    from floranet.errors import ConfigError
+
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))  # nothing is bound
-    with caplog.at_level("WARNING", logger="floranet.serve"):
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: calls.append(self.config))  # nothing is bound
+    with pytest.raises(ConfigError, match="--api-key"):  # off loopback without a key: refused
         serve.run_server(tiny_run, host="0.0.0.0", port=8123, max_batch=4)
-    assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
-    assert "REACHABLE FROM THE NETWORK" in caplog.text
+    assert not calls
+    for extra, said in (
+        ({"insecure_no_auth": True}, "WITHOUT AUTHENTICATION"),
+        ({"api_key": "0123456789abcdef-key"}, "with an API key"),
+    ):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="floranet.serve"):
+            serve.run_server(tiny_run, host="0.0.0.0", port=8123, max_batch=4, **extra)
+        assert calls[-1].host == "0.0.0.0" and calls[-1].port == 8123
+        assert "REACHABLE FROM THE NETWORK" in caplog.text and said in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="floranet.serve"):
         serve.run_server(tiny_run)
-    assert calls[1]["host"] == "127.0.0.1" and "REACHABLE" not in caplog.text
+    assert calls[-1].host == "127.0.0.1" and "REACHABLE" not in caplog.text

@@ -58,3 +58,27 @@ def test_page_classifies_an_uploaded_rose(tiny_run, artifacts_dir, tmp_path) -> 
     outside = [u for u in requests if not u.startswith(("blob:", "data:")) and urlparse(u).netloc != host]
     assert not outside, f"requests left 127.0.0.1: {outside}"
     assert any(u.endswith("/predict") for u in requests) and any("gradcam=1" in u for u in requests)
+
+
+def test_page_with_an_api_key_from_its_link_or_typed_in(tiny_run, tmp_path) -> None:
+    photo = tmp_path / "rose.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    key = "browser-test-key-0123456789"
+    app = serve.create_app(tiny_run, api_key=key)
+    with serve.serve_in_thread(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/#key=" + key)  # the fragment is never sent; the page keeps the key for the tab
+            assert "#" not in page.url  # and removes it from the address bar
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#results li .cls", timeout=30_000)
+            fresh = browser.new_page()  # another tab: no key yet, so the server's 401 makes the page ask
+            fresh.goto(url + "/")
+            fresh.set_input_files("#file", str(photo))
+            sync_api.expect(fresh.locator("#key")).to_be_visible(timeout=30_000)
+            fresh.fill("#key-input", key)
+            fresh.click("#key-save")
+            fresh.wait_for_selector("#results li .cls", timeout=30_000)
+        finally:
+            browser.close()

@@ -209,6 +209,7 @@ def test_sigkill_then_resume_completes_the_run(point, images, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     state = json.loads((run / "state.json").read_text())
     assert state["complete"]
+    assert state["stages"]["stage2"]["path"] == "prefix-cache"  # the resumed stage 2 loaded the top's checkpoint
     history = (run / "history.csv").read_text().splitlines()[1:]
     stage1 = [h for h in history if h.startswith("stage1")]
     assert [int(h.split(",")[2]) for h in stage1] == list(range(1, len(stage1) + 1))  # no epoch lost or repeated

@@ -74,8 +74,8 @@ def _odd_images(folder: Path) -> list[str]:
 
 def test_trained_run_answers_unknown(tiny_run: Path, tmp_path: Path) -> None:
     run = RunDir(tiny_run)
-    meta = json.loads((tiny_run / RunDir.UNKNOWN).read_text())
-    assert meta["method"] == "combined" and meta["keep"] == 0.95 and run.exists(RunDir.UNKNOWN_STATS)
+    meta = json.loads((tiny_run / RunDir.OOD).read_text())
+    assert meta["method"] == "combined" and meta["keep"] == 0.95 and run.exists(RunDir.OOD_STATS)
     predictor = load(tiny_run, runtime="tensorflow", precision="fp32")
     odd = _odd_images(tmp_path)
     known = str(next((Path(run.config().data_dir) / "daisy").glob("*.jpg")))
@@ -130,10 +130,24 @@ def test_export_carries_the_statistics_and_says_what_it_cannot_do(writable_run: 
     from floranet.export import export_run
 
     result = export_run(writable_run, "keras", max_images=0)
-    assert (result.path / RunDir.UNKNOWN).exists() and (result.path / RunDir.UNKNOWN_STATS).exists()
+    assert (result.path / RunDir.OOD).exists() and (result.path / RunDir.OOD_STATS).exists()
     readme = (result.path / "README.txt").read_text()
     assert "NOT AVAILABLE FROM THIS EXPORT ALONE" in readme
+    # The model file's own metadata carries the summary (read back with the format's reader).
+    from floranet.export.metadata import read_metadata
+
+    summary = result.metadata["unknown"] if result.metadata else {}
+    threshold = json.loads((writable_run / RunDir.OOD).read_text())["threshold"]
+    assert summary["available"] and summary["method"] == "combined" and summary["threshold"] == threshold
+    assert summary["from_this_export"] is False and summary["statistics_file"] == RunDir.OOD_STATS
+    assert "references" in summary["statistics"]
+    assert json.loads(read_metadata("keras", result.path)[0].extra["unknown"]) == summary
     shutil.rmtree(result.path)
+    (writable_run / RunDir.OOD).unlink()  # a run without an unknown answer: the export says so
+    bare = export_run(writable_run, "keras", max_images=0)
+    assert bare.metadata and bare.metadata["unknown"]["available"] is False
+    assert "no unknown answer" in bare.summary() and not (bare.path / RunDir.OOD).exists()
+    assert "Unknown answer: none" in (bare.path / "README.txt").read_text()
 
 
 def test_report_has_unknown_and_audit_sections(tiny_run: Path) -> None:

@@ -47,3 +47,30 @@ class MissingDependencyError(FloranetError, ImportError):
         super().__init__(message)
         self.package = package
         self.extra = extra
+
+
+class OutputError(FloranetError):
+    """A file or folder floranet must write cannot be written (permissions, read-only or full disk, ...).
+
+    Attributes:
+        path: What could not be written.
+        reason: The operating system's reason, e.g. ``"Read-only file system"``.
+    """
+
+    def __init__(self, path: object, error: OSError) -> None:
+        self.path = str(path)
+        self.reason = error.strerror or str(error)
+        super().__init__(f"Cannot write {self.path}: {self.reason}.")
+
+
+class RunLockedError(FloranetError):
+    """Another process is writing the same run directory (or file); its pid is given when known.
+
+    Attributes:
+        pid: The holder's process id, or None.
+    """
+
+    def __init__(self, what: str, pid: int | None) -> None:
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(f"{what} is in use by {holder}; wait for it to finish, or write elsewhere.")

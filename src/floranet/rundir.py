@@ -14,28 +14,35 @@ A finished run holds::
     metrics_external.json, predictions_external.csv   `evaluate --data OTHER` (plots/*_external.png)
     plots/             samples, history, confusion matrix, reliability, top losses
     report.html        self-contained report
+    inference/         model.xml + model.bin (OpenVINO IR of model.keras) and compiled.json (its agreement
+                       check): predict, evaluate and serve load it without TensorFlow when it agrees
+    README.md          the model card (Hugging Face format)
     logs/              TensorBoard
     state.json, checkpoints/, features/   for --resume and the stage-1 feature cache
     exports.json, exports/                written by ``floranet export``
     audit.json, audit.csv, audit.html     the label audit (``floranet audit``, or the end of ``train``)
     ood.json, ood.npz                     the "unknown" answer: score method, threshold, statistics
     excluded.txt, relabel.csv             ``train --exclude`` / ``--relabel`` as applied to the split
+    run.lock           only while a process writes the run (train, evaluate, report): its pid
 
 Every other module names these files through :class:`RunDir`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from floranet.config import TrainConfig, load_file, resolve
-from floranet.errors import ModelError
+from floranet.errors import ConfigError, ModelError
+from floranet.utils import locks
 from floranet.utils.files import atomic_path, atomic_write_text, write_json
 
 if TYPE_CHECKING:
@@ -65,18 +72,23 @@ class RunDir:
     STATE = "state.json"
     REPORT = "report.html"
     EXPORTS = "exports.json"
+    MODEL_CARD = "README.md"  # the Hugging Face model card (train writes it, evaluate refreshes it)
+    AUDIT = "audit.json"  # the label audit (floranet audit, or the end of train)
+    OOD = "ood.json"  # the "unknown" answer: method, threshold, the share of known images it keeps
     PLOTS = "plots"
     LOGS = "logs"
     CHECKPOINTS = "checkpoints"
     FEATURES = "features"
     EXPORTS_DIR = "exports"
-    AUDIT = "audit.json"
     AUDIT_CSV = "audit.csv"
     AUDIT_HTML = "audit.html"
-    UNKNOWN = "ood.json"
-    UNKNOWN_STATS = "ood.npz"
+    OOD_STATS = "ood.npz"  # the arrays the unknown score needs (beside ood.json)
     EXCLUDED = "excluded.txt"
     RELABELED = "relabel.csv"
+    LOCK = "run.lock"  # present while a process writes the run; holds its pid
+    COMPILED = "inference"  # the compiled inference model (OpenVINO IR) and its check
+    COMPILED_XML = "model.xml"
+    COMPILED_INFO = "compiled.json"
     # What `evaluate`, `report` and `export` need besides the model.
     FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
 
@@ -116,6 +128,42 @@ class RunDir:
 
     def exists(self, name: str) -> bool:
         return (self.path / name).exists()
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a floranet run (finished or not)."""
+        return self.exists(self.CONFIG) or self.exists(self.STATE)
+
+    def check_new_output(self) -> None:
+        """Refuses to write a new run into a folder that already holds other things.
+
+        Raises:
+            ConfigError: The folder exists, is not empty and is not a floranet run.
+        """
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise ConfigError(f"out must be a folder for the run; it is a file. Received: out={str(self.path)!r}")
+        others = [p.name for p in self.path.iterdir() if p.name != self.LOCK]
+        if others and not self.is_run():
+            raise ConfigError(
+                f"out is a folder that is not empty and not a floranet run (it holds {', '.join(sorted(others)[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder, so nothing of yours is "
+                f"overwritten. Received: out={str(self.path)!r}"
+            )
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Holds the run's lock while the block writes it; a second writer is refused.
+
+        Raises:
+            RunLockedError: Another process holds it (its pid is in the message and the error).
+            OutputError: The folder cannot be created.
+        """
+        fd = locks.acquire(self.path / self.LOCK, what=f"the run directory {self.path}")
+        try:
+            yield self
+        finally:
+            locks.release(self.path / self.LOCK, fd)
 
     # -- reading --------------------------------------------------------------------------------------------------
     def read_json(self, name: str, default: Any = None) -> Any:

@@ -11,8 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from floranet.cli import audit, data, deploy, inference, training
-from floranet.cli.common import quiet_tensorflow_import
+from floranet.cli import audit, compare, data, deploy, inference, training
+from floranet.cli.common import quiet_tensorflow_import, warn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -28,10 +28,29 @@ ADDERS = (
     inference.add_report,
     deploy.add_export,
     deploy.add_serve,
+    compare.add_compare,
     data.add_backbones,
 )
 # Commands that never touch TensorFlow (nothing to silence, nothing to wait for).
 _WITHOUT_TENSORFLOW = frozenset({"doctor", "fetch", "backbones"})
+# Commands that run a finished model: without TensorFlow when the run's compiled model can be used.
+_COMPILED_OK = frozenset({"predict", "evaluate", "serve"})
+
+
+def _needs_tensorflow(args: argparse.Namespace) -> bool:
+    """Whether the command will import TensorFlow (then it is imported now, its start-up banner silenced)."""
+    if args.command in _WITHOUT_TENSORFLOW:
+        return False
+    if args.command in _COMPILED_OK and getattr(args, "runtime", "auto") in ("auto", "openvino"):
+        from floranet.inference.predictor import compiled_model
+        from floranet.inference.unknown import needs_features
+        from floranet.rundir import RunDir
+
+        run = RunDir(args.run_dir)
+        unknown = getattr(args, "unknown", "off") == "on"  # evaluate runs without the unknown answer
+        ir, _ = compiled_model(run, args.runtime, features=unknown and needs_features(run.path))
+        return ir is None  # the run's compiled model needs no TensorFlow
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from floranet.errors import FloranetError
 
     try:
-        if args.command not in _WITHOUT_TENSORFLOW:
+        if _needs_tensorflow(args):
             quiet_tensorflow_import()
         code: int = args.run(args)
         return code
     except FloranetError as e:
-        print(f"floranet {args.command}: error: {e}", file=sys.stderr)
+        warn(f"floranet {args.command}: error: {e}")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

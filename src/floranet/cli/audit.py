@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, command, int_or_pair
+from floranet.cli.common import Subparsers, command, int_or_pair, say, say_lines
+from floranet.cli.training import TRAIN_KEYS
 from floranet.config import PRECISIONS, PRESETS, RUNTIMES
 
 
@@ -40,21 +41,10 @@ def run_audit(args: argparse.Namespace) -> int:
     from floranet.rundir import RunDir
     from floranet.workflows.audit import audit
 
-    keys = (
-        "preset",
-        "backbone",
-        "weights",
-        "image_size",
-        "batch_size",
-        "epochs",
-        "seed",
-        "val_split",
-        "runtime",
-        "precision",
-    )
-    settings = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    # The settings of `train` this command has (features and head of a DATA_DIR), given ones only.
+    settings = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k, None) is not None}
     outcome = audit(args.target, out=args.out, folds=args.folds, progress=sys.stderr.isatty(), **settings)
-    print(summary(outcome.result, args.top))
+    say_lines(summary(outcome.result, args.top))  # file and class names escaped
     run = outcome.run
-    print(f"Wrote {run / RunDir.AUDIT_CSV}, {run / RunDir.AUDIT} and {run / RunDir.AUDIT_HTML}")
+    say(f"Wrote {run / RunDir.AUDIT_CSV}, {run / RunDir.AUDIT} and {run / RunDir.AUDIT_HTML}")
     return 0

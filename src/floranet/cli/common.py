@@ -8,10 +8,27 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from floranet.config import PRECISIONS, RUNTIMES
+from floranet.config import PRECISIONS, RUNTIMES, UNKNOWN_SWITCH
+from floranet.utils.text import printable
 
 Runner = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+
+
+def say(message: str) -> None:
+    """Prints one message to stdout with untrusted text (file and class names) escaped."""
+    print(printable(message), flush=True)
+
+
+def say_lines(text: str) -> None:
+    """Prints a block of several lines (its own line breaks kept), each line escaped as :func:`say` does."""
+    for line in text.splitlines():
+        say(line)
+
+
+def warn(message: str) -> None:
+    """:func:`say` on stderr."""
+    print(printable(message), file=sys.stderr, flush=True)
 
 
 def quiet_tensorflow_import() -> None:
@@ -59,8 +76,8 @@ def add_unknown(p: argparse.ArgumentParser) -> None:
     """``--unknown on|off`` of the commands that answer for a finished model."""
     p.add_argument(
         "--unknown",
-        choices=("on", "off"),
-        default="on",
+        choices=UNKNOWN_SWITCH,
+        default=UNKNOWN_SWITCH[0],
         help="answer 'unknown' for images unlike every class (the run's ood.json); off: never",
     )
 

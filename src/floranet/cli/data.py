@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, command
+from floranet.cli.common import Subparsers, command, say, warn
 from floranet.config import DEFAULT_MAX_PIXELS
 
 
@@ -19,16 +19,19 @@ def add_doctor(sub: Subparsers) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from floranet.data import doctor
+    from floranet.utils.files import check_writable
 
+    if args.json:
+        check_writable(args.json)  # before the (long) scan
     report = doctor.diagnose(
         args.data_dir, max_pixels=args.max_pixels, workers=args.workers, progress=sys.stderr.isatty()
     )
     print(report.format_text())
     if args.json:
         report.write_json(args.json)
-        print(f"JSON report: {args.json}")
+        say(f"JSON report: {args.json}")
     if not report.usable:
-        print(f"not usable: {report.reason}", file=sys.stderr)
+        warn(f"not usable: {report.reason}")
         return 1
     return 0
 
@@ -44,11 +47,10 @@ def add_fetch(sub: Subparsers) -> None:
 def run_fetch(args: argparse.Namespace) -> int:
     from floranet.data import datasets
 
-    print(
-        datasets.fetch(
-            args.name, cache_dir=args.cache_dir, url=args.url, timeout=args.timeout, progress=sys.stderr.isatty()
-        )
+    path = datasets.fetch(
+        args.name, cache_dir=args.cache_dir, url=args.url, timeout=args.timeout, progress=sys.stderr.isatty(), say=warn
     )
+    say(str(path))
     return 0
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, add_runtime, add_unknown, command
-from floranet.config import EXPORT_FORMATS, QUANTIZE
+from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say_lines
+from floranet.config import EXPORT_FORMATS, QUANTIZE, ServeConfig
 
 
 def add_export(sub: Subparsers) -> None:
@@ -31,7 +31,7 @@ def run_export(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         progress=sys.stderr.isatty(),
     )
-    print(result.summary())
+    say_lines(result.summary())
     return 0
 
 
@@ -43,6 +43,30 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=ServeConfig.max_pixels,
+        help="largest image decoded, width x height (default 16 MP; refused from its header)",
+    )
+    p.add_argument(
+        "--api-key",
+        help="clients must send it (Authorization: Bearer KEY); default $FLORANET_API_KEY; required off loopback",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve off loopback without an API key (anyone who can reach the port may use it)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        type=lambda t: tuple(h for h in t.split(",") if h.strip()),
+        help="Host header names to answer, comma separated ('*': any; default: loopback names on "
+        "loopback, any elsewhere)",
+    )
+    p.add_argument(
+        "--model-name", help="the model's name in the /v2 (KServe, Triton) routes (default: the run folder's)"
+    )
     add_runtime(p)
     add_unknown(p)
 
@@ -57,6 +81,11 @@ def run_serve(args: argparse.Namespace) -> int:
         unsafe=args.unsafe,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
+        max_pixels=args.max_pixels,
+        api_key=args.api_key,
+        insecure_no_auth=args.insecure_no_auth,
+        allowed_hosts=args.allowed_hosts,
+        model_name=args.model_name,
         runtime=args.runtime,
         precision=args.precision,
         unknown=args.unknown == "on",

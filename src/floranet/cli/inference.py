@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, add_runtime, add_unknown, command
+from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say, warn
 from floranet.config import ENGINES, OUTPUT_FORMATS
 
 
@@ -19,22 +19,25 @@ def add_evaluate(sub: Subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluation import evaluate_run, write_evaluation
+    from floranet.evaluation.modelcard import write_model_card
     from floranet.rundir import RunDir
 
     ev = evaluate_run(
         args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
     )
     external = args.data is not None
-    m = write_evaluation(ev, RunDir(args.run_dir), external=external)
-    print(
+    with RunDir(args.run_dir).lock() as run:
+        m = write_evaluation(ev, run, external=external)
+        card = write_model_card(run.path)
+    say(
         f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
         f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "
         f"(after temperature {ev.temperature:.2f}: {m['calibration']['ece_after_temperature']:.3f})"
     )
     for t, p_, c in ev.most_confused()[:5]:
-        print(f"  {t} predicted as {p_}: {c}")
+        say(f"  {t} predicted as {p_}: {c}")
     name = RunDir.METRICS_EXTERNAL if external else RunDir.METRICS
-    print(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name} and plots/")
+    say(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name}, plots/ and {card.name} (model card)")
     return 0
 
 
@@ -63,10 +66,13 @@ def run_predict(args: argparse.Namespace) -> int:
     from floranet.errors import ConfigError
     from floranet.inference import formats, load
     from floranet.inference import ray as ray_engine
+    from floranet.utils.files import check_writable
 
     ray_engine.check_engine(args.engine, address=args.ray_address, num_workers=args.workers)
     if args.format == "parquet" and not args.output:
         raise ConfigError("format='parquet' needs --output FILE.parquet. Received: output=None")
+    if args.output:
+        check_writable(args.output)  # before any image is predicted
     settings = InferenceConfig(
         runtime=args.runtime,
         precision=args.precision,
@@ -84,7 +90,7 @@ def run_predict(args: argparse.Namespace) -> int:
             settings,
             address=args.ray_address,
             num_workers=args.workers,
-            say=lambda m: print(m, file=sys.stderr),
+            say=warn,
         )
     else:
         predictor = load(args.run_dir, settings)
@@ -96,7 +102,7 @@ def run_predict(args: argparse.Namespace) -> int:
             )
     if args.output:
         formats.write_predictions(rows, args.format, args.output)
-        print(f"{len(rows)} predictions written to {args.output}")
+        say(f"{len(rows)} predictions written to {args.output}")
     else:
         sys.stdout.write(formats.format_predictions(rows, args.format or "table"))
     return 1 if rows and all(r.error for r in rows) else 0
@@ -114,7 +120,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from floranet.evaluation.gradcam import explain_files
 
     for path in explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name):
-        print(path)
+        say(str(path))
     return 0
 
 
@@ -126,6 +132,11 @@ def add_report(sub: Subparsers) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     from floranet.evaluation.report import build_report
+    from floranet.rundir import RunDir
+    from floranet.utils.files import check_writable
 
-    print(build_report(args.run_dir, out=args.out))
+    if args.out:
+        check_writable(args.out)
+    with RunDir(args.run_dir).lock():
+        say(str(build_report(args.run_dir, out=args.out)))
     return 0

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from floranet.cli.common import Subparsers, command, int_or_pair
+from floranet.cli.common import Subparsers, command, int_or_pair, say
 from floranet.config import (
     AUGMENT_CHOICES,
     DISTRIBUTE_CHOICES,
-    PRECISIONS,
+    FINE_TUNE_CACHE,
     PRESETS,
     RUNTIMES,
     SCHEDULES,
+    TRAIN_PRECISIONS,
     UNKNOWN_METHODS,
 )
 
@@ -26,6 +28,8 @@ TRAIN_KEYS = (
     "fine_tune_epochs",
     "learning_rate",
     "fine_tune_learning_rate",
+    "fine_tune_cache",
+    "fine_tune_views",
     "schedule",
     "val_split",
     "seed",
@@ -58,7 +62,7 @@ def add_demo(sub: Subparsers) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from floranet.workflows.demo import run_demo as demo
 
-    demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size)
+    demo(args.data, args.out, epochs=args.epochs, image_size=args.image_size, say=say)
     return 0
 
 
@@ -67,6 +71,14 @@ def add_train(sub: Subparsers) -> None:
     p.add_argument("data_dir")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="also log the run to MLflow (params, per-epoch metrics, artefacts, the model); URI: tracking "
+        "server or store (default: MLflow's own); needs floranet[mlflow]",
+    )
     g = p.add_argument_group("training settings (override --config and the preset)")
     g.add_argument("--config", help="YAML file of settings")
     g.add_argument("--preset", choices=list(PRESETS))
@@ -78,14 +90,22 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top of the backbone unfrozen)")
     g.add_argument("--learning-rate", type=float)
     g.add_argument("--fine-tune-learning-rate", type=float)
+    g.add_argument(
+        "--fine-tune-cache",
+        choices=FINE_TUNE_CACHE,
+        help="auto: stage 2 trains the unfrozen top on cached outputs of the frozen layers where the cache "
+        "fits on disk; off: the whole model runs every epoch",
+    )
+    g.add_argument("--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, up to 5)")
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=TRAIN_PRECISIONS,
         help="auto: bf16 feature extraction and mixed-bf16 fine-tuning where the CPU computes bf16 "
-        "natively, fp32 elsewhere; bf16: every stage in mixed bf16",
+        "natively, fp32 elsewhere; bf16: every stage in mixed bf16; int8: the frozen layers run in OpenVINO "
+        "int8 (calibrated on training images), training in fp32",
     )
     g.add_argument("--runtime", choices=RUNTIMES, help="runtime of frozen-feature extraction (auto: the fastest)")
     g.add_argument(
@@ -99,6 +119,12 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--dropout", type=float)
     g.add_argument("--head-units", type=int)
     g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
+    _add_cluster_and_curation(p, g)
+
+
+def _add_cluster_and_curation(p: argparse.ArgumentParser, g: Any) -> None:
+    """``train``'s flags for several machines (in the settings group ``g``), data curation, the audit after
+    training and the unknown answer."""
     g.add_argument(
         "--distribute",
         choices=DISTRIBUTE_CHOICES,
@@ -125,8 +151,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, mlflow=args.mlflow, say=say)
     acc = result.metrics.get("accuracy")
-    print(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
-    print(f"Run directory: {result.run_dir}")
+    say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
+    say(f"Run directory: {result.run_dir}")
     return 0

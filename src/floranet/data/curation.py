@@ -17,20 +17,22 @@ import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from floranet.data.split import Split
 from floranet.errors import ConfigError
+from floranet.utils.files import read_capped
 
 AUDIT_FILE_COLUMN = "file"
 AUDIT_SUGGESTED_COLUMN = "suggested_label"
 AUDIT_KIND_COLUMN = "kind"
 LABEL_ISSUE = "label_issue"
+MAX_LIST_BYTES = 256 << 20  # an audit.csv of a million images is about 100 MB
 
 
 def _read(path: str | os.PathLike[str], name: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8-sig", errors="surrogateescape")
+        return read_capped(path, MAX_LIST_BYTES).decode("utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise ConfigError(f"Cannot read the {name} file: {e.strerror or e}. Received: {name}={str(path)!r}") from e
 

@@ -10,7 +10,9 @@ Completeness: the extracted folder carries a marker file (:data:`MARKER`, which
 holds the archive's SHA-256) written only after a successful extraction. The
 archive is extracted into a hidden temporary sibling folder that is renamed into
 place at the end, so an interrupted run never leaves a folder that looks
-complete.
+complete. A folder of the set's name that floranet did not make (no marker, or
+another archive's) is never deleted, moved or changed: the set is extracted beside
+it (``flower_photos-floranet``) and the caller is told.
 
 ``fetch("mini_flowers")`` returns the small sample bundled with the package
 (30 downsized photos per class, see its ``SOURCE.md``); no network needed.
@@ -18,14 +20,17 @@ complete.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.resources
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -33,10 +38,12 @@ from urllib.parse import urlsplit
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils import download as download_lib
 
+log = logging.getLogger(__name__)
 MARKER = ".floranet-complete"
 MINI_FLOWERS = "mini_flowers"
 MIRROR_ENV = "FLORANET_DATASETS_URL"
 _STALE_AFTER_S = 3600.0  # leftovers of an interrupted extraction older than this are removed
+_IN_PROGRESS = ".floranet-extracting"  # marks floranet's own temporary extraction folders
 _HAS_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python >= 3.11.4 / 3.12
 
 
@@ -112,6 +119,7 @@ def fetch(
     url: str | None = None,
     timeout: float = 10.0,
     progress: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Downloads and extracts a dataset unless a complete copy is cached.
 
@@ -124,6 +132,8 @@ def fetch(
             appended to) is used when set, else the official URL.
         timeout: Seconds allowed to connect and for each read.
         progress: Show a progress bar on stderr.
+        say: Where a notice goes when a folder of the set's name, not made by floranet, is in the way
+            (default: a logged warning). floranet never deletes, moves or changes such a folder.
 
     Returns:
         The folder that holds one sub-folder per class, e.g.
@@ -141,9 +151,14 @@ def fetch(
     if spec is None:
         raise ConfigError(f"Unknown dataset: {name!r}. Valid names: {', '.join(names())}. Received: name={name!r}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else download_lib.cache_dir("datasets")
-    target = root / spec.archive_root
+    target = _target(root, spec)
     if _is_complete(target, spec):
         return target
+    if target.name != spec.archive_root:
+        (say or log.warning)(
+            f"{root / spec.archive_root} exists but is not a complete copy made by floranet (no {MARKER} with this "
+            f"archive's checksum); it is left exactly as it is, and {name} goes to {target} instead."
+        )
 
     archive = root / spec.archive_name
     source = url or _mirror_url(spec) or spec.url
@@ -170,6 +185,27 @@ def fetch(
     digest = spec.sha256.lower() if spec.sha256 else download_lib.file_digest(archive, "sha256")
     _extract(archive, spec, target, digest, source, hint)
     return target
+
+
+def _target(root: Path, spec: DatasetSpec) -> Path:
+    """Where the set lives: the first of ``<name>``, ``<name>-floranet``, ``<name>-floranet-2``, ... that is a
+    complete floranet copy, else the first that does not exist. A folder floranet did not make is never touched."""
+    names = [
+        spec.archive_root,
+        f"{spec.archive_root}-floranet",
+        *(f"{spec.archive_root}-floranet-{i}" for i in range(2, 100)),
+    ]
+    candidates = [root / n for n in names]
+    for path in candidates:
+        if _is_complete(path, spec):
+            return path
+    for path in candidates:
+        if not path.exists() and not path.is_symlink():
+            return path
+    raise DatasetError(
+        f"{root} holds {len(candidates)} folders named like {spec.archive_root!r} that floranet did "
+        "not make; pass --cache-dir with another folder."
+    )
 
 
 def _mirror_url(spec: DatasetSpec) -> str | None:
@@ -200,13 +236,14 @@ _UNSAFE: tuple[type[Exception], ...] = (
 
 
 def _extract(archive: Path, spec: DatasetSpec, target: Path, digest: str, source: str, hint: str) -> None:
-    """Extracts ``archive`` into a temporary sibling of ``target``, then renames it into place."""
+    """Extracts ``archive`` into a temporary sibling of ``target``, then renames it to ``target`` (which does not
+    exist: nothing is ever replaced)."""
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root, spec.archive_root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.archive_root}.extracting-", dir=root))
-    old: Path | None = None
     try:
+        (tmp / _IN_PROGRESS).touch()
         try:
             with tarfile.open(archive, "r:*") as tar:
                 _safe_extractall(tar, tmp)
@@ -230,30 +267,31 @@ def _extract(archive: Path, spec: DatasetSpec, target: Path, digest: str, source
                 f"{spec.archive_root!r}; it is not the {spec.name} archive and was not kept."
             )
         (extracted / MARKER).write_text(digest + "\n", encoding="utf-8")
-        if target.is_symlink() or target.exists():
-            # An incomplete or outdated copy (no or another marker): move it aside first.
-            old = root / f".{spec.archive_root}.old-{os.getpid()}-{time.monotonic_ns()}"
-            os.replace(target, old)
-        os.replace(extracted, target)
+        try:
+            os.rename(extracted, target)  # never replaces: target does not exist (see _target)
+        except OSError as e:
+            raise DatasetError(
+                f"Cannot move the extracted set into place at {target} ({e.strerror or e}); it was left untouched."
+            ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if old.is_symlink():
-                old.unlink()
-            else:
-                shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_leftovers(root: Path, archive_root: str) -> None:
-    """Removes temporary folders of extractions that were interrupted long ago."""
+    """Removes floranet's own temporary folders of extractions that were interrupted long ago.
+
+    Only folders that carry :data:`_IN_PROGRESS` (written by :func:`_extract` when it creates them) go.
+    """
     now = time.time()
-    for pattern in (f".{archive_root}.extracting-*", f".{archive_root}.old-*"):
-        for p in root.glob(pattern):
-            try:
-                if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > _STALE_AFTER_S:
-                    shutil.rmtree(p, ignore_errors=True)
-            except OSError:
-                pass
+    for p in root.glob(f".{archive_root}.extracting-*"):
+        with contextlib.suppress(OSError):
+            if (
+                p.is_dir()
+                and not p.is_symlink()
+                and (p / _IN_PROGRESS).is_file()
+                and now - p.stat().st_mtime > _STALE_AFTER_S
+            ):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _safe_extractall(tar: tarfile.TarFile, dest: Path) -> None:

@@ -1,5 +1,5 @@
-"""Decoding and resizing one image, the same way everywhere: eagerly (predict, server, report) or inside a
-tf.data graph (:mod:`floranet.data.pipeline`).
+"""Decoding and resizing one image, the same way everywhere: eagerly and without TensorFlow (predict, server,
+report), or inside a tf.data graph (:mod:`floranet.data.pipeline`, which holds the graph decoders).
 
 Two decoders give identical pixels: the fast path, ``tf.io.decode_image`` (for JPEG ``decode_jpeg`` with the
 accurate IDCT, which matches Pillow bit for bit), for plain 8-bit RGB/gray files; and the safe path,
@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
+from floranet.data.formats import allowed_formats
 from floranet.data.images import decode_image_bytes, load_image
+from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _guess_tf_decodable(path: bytes) -> bool:
         with open(path, "rb") as f:
             head = f.read(26)
             f.seek(0)
-            with Image.open(f) as im:
+            with Image.open(f, formats=allowed_formats()) as im:
                 if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
                     return False
                 if im.format == "PNG":
@@ -54,29 +55,7 @@ def _guess_tf_decodable(path: bytes) -> bool:
         return True  # unreadable header: let tf try, then Pillow, then skip/raise
 
 
-def _header_pixels(contents: tf.Tensor) -> tf.Tensor:
-    """Pixel count from the header, so huge images never reach the tf decoder."""
-
-    def be32(pos: int) -> tf.Tensor:
-        b = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, pos, 4), tf.uint8), tf.int64)
-        return ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
-
-    def png() -> tf.Tensor:
-        return be32(16) * be32(20)
-
-    def jpeg() -> tf.Tensor:
-        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)
-        return shape[0] * shape[1]
-
-    magic = tf.strings.substr(contents, 0, 4)
-    is_png = tf.equal(magic, b"\x89PNG")
-    is_jpeg = tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8")
-    # Other formats are routed to tf only when the doctor said so; their size
-    # is capped by the doctor's own max_pixels check.
-    return tf.case([(is_png, png), (is_jpeg, jpeg)], default=lambda: tf.constant(0, tf.int64))
-
-
-def _pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
+def pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
     # Eager numpy_function passes a 0-d array, tf.data passes bytes.
     name = os.fsdecode(path.item() if isinstance(path, np.ndarray) else path)
     try:
@@ -85,44 +64,6 @@ def _pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.n
     except Exception as e:  # noqa: BLE001 - any failure means "unusable file"
         log.debug("Pillow cannot decode %r: %s", name, e)
         return np.zeros((1, 1, 3), np.uint8), False
-
-
-def _resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    # Same as keras.utils.image_dataset_from_directory: bilinear, no antialias, no crop.
-    out = tf.image.resize(image, image_size, method="bilinear", antialias=False)
-    out.set_shape((*image_size, 3))
-    return tf.cast(out, tf.float32)
-
-
-def decoders(image_size: tuple[int, int], max_pixels: int) -> tuple[Any, Any]:
-    """Returns ``(tf_decode, pillow)``: ``fn(path) -> (float32 image at image_size, ok)`` each."""
-
-    def resize(image: tf.Tensor) -> tf.Tensor:
-        return _resize(image, image_size)
-
-    def tf_decode(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        contents = tf.io.read_file(path)
-        small = tf.debugging.assert_less_equal(_header_pixels(contents), tf.constant(max_pixels, tf.int64))
-        with tf.control_dependencies([small]):
-            # JPEG with the accurate integer IDCT: bit-identical to Pillow (libjpeg-turbo
-            # islow), so both paths agree; decode_image's default fast IDCT is off by up
-            # to ~20 levels at edges, for ~10% more speed.
-            image = tf.cond(
-                tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"),
-                lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
-                lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
-            )
-        return resize(image), tf.constant(True)
-
-    def pillow(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, ok = tf.numpy_function(
-            _pillow_decode, [path, tf.constant(max_pixels, tf.int64)], [tf.uint8, tf.bool], stateful=False
-        )
-        image.set_shape((None, None, 3))
-        ok.set_shape(())
-        return resize(image), ok
-
-    return tf_decode, pillow
 
 
 def resolve_flags(paths: list[bytes], tf_decodable: Sequence[bool | None] | None) -> list[bool]:
@@ -165,21 +106,43 @@ def decode_and_resize(
     """
     size = check_image_size(image_size)
     max_px = check_positive_int("max_pixels", max_pixels)
+    if tf_decodable:  # the fast path asked for by name: the dataset's own TensorFlow decoders, run eagerly
+        return _tf_decode_and_resize(path, size, max_px)
+    # Pillow and NumPy: the same pixels the dataset gives (its TensorFlow decoders are bit-identical to Pillow
+    # on the files they take, and bilinear() to its resize), without TensorFlow.
+    return load_resized(path, size, max_pixels=max_px)
+
+
+def load_resized(
+    path: str | os.PathLike[str], image_size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decodes (Pillow) and resizes (NumPy) one image file: float32 ``(h, w, 3)`` in 0..255, no TensorFlow.
+
+    Raises:
+        DatasetError: The file is missing or cannot be decoded.
+    """
+    return bilinear(load_image(path, max_pixels=max_pixels), check_image_size(image_size))
+
+
+def _tf_decode_and_resize(path: str | os.PathLike[str], size: tuple[int, int], max_px: int) -> np.ndarray:
+    import tensorflow as tf
+
+    from floranet.data.pipeline import decoders
+
     encoded = encode_paths([path])
-    flags = resolve_flags(encoded, [tf_decodable])
     # The dataset's own decoders, run eagerly: a one-file tf.data pipeline costs ~0.5 s to build.
     tf_decode, pillow = decoders(size, max_px)
     path_t = tf.constant(encoded[0])
     ok = tf.constant(False)
-    if flags[0]:
-        with contextlib.suppress(tf.errors.OpError):  # as in the dataset: any tf failure gives Pillow its turn
-            image, ok = tf_decode(path_t)
+    with contextlib.suppress(tf.errors.OpError):  # as in the dataset: any tf failure gives Pillow its turn
+        image, ok = tf_decode(path_t)
     if not bool(ok):
         image, ok = pillow(path_t)
     if not bool(ok):
         load_image(os.fsdecode(encoded[0]), max_pixels=max_px)  # raises DatasetError with the reason
         raise DatasetError(f"Cannot decode image file {os.fsdecode(encoded[0])!r}")
-    return image.numpy()
+    result: np.ndarray = image.numpy()
+    return result
 
 
 def decode_bytes(
@@ -195,4 +158,5 @@ def decode_bytes(
     """
     size = check_image_size(image_size)
     pixels = decode_image_bytes(data, name=name, max_pixels=max_pixels)
-    return pixels, _resize(tf.convert_to_tensor(pixels), size).numpy()
+    # The pipeline's resize, computed in NumPy (bit-identical) from the uint8 pixels: no full-size float copy.
+    return pixels, bilinear(pixels, size)

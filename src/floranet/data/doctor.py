@@ -258,7 +258,7 @@ def _tick(results: Iterable[FileFinding], bar: Any) -> list[FileFinding]:
 
 def _check(c: Candidate, max_pixels: int) -> FileFinding:
     try:
-        data = images.read_image_file(c.abs_path, name=c.path)
+        data = images.read_image_file(c.abs_path, name=c.path, max_pixels=max_pixels)
     except images.UnusableImageError as e:
         return FileFinding(c.path, c.label, "bad", e.reason)
     sha = hashlib.sha256(data).hexdigest()

@@ -1,10 +1,24 @@
-"""What an image file's bytes and Pillow modes mean: the format by its signature, the conversions to 8-bit
-RGB, and whether TensorFlow's fast decoder gives the same pixels."""
+"""What an image file's bytes and Pillow modes mean: which decoders may run at all, the format by its
+signature, the conversions to 8-bit RGB, and whether TensorFlow's fast decoder gives the same pixels."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from PIL import Image
+from PIL import Image, features
+
+from floranet.errors import ConfigError
+from floranet.utils.optional import require
+
+# The only Pillow decoders floranet lets run. Everything else Pillow can read (EPS via Ghostscript, PSD, FITS,
+# McIdas, TGA, JPEG 2000, ICO, PCX, SGI, ...) is "not a supported image": those readers are where Pillow's
+# recent CVEs live, and EPS starts an external program.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # Pillow's JPEG reader also opens MPO
+# Opt-in, where a plugin provides them: FLORANET_EXTRA_IMAGE_FORMATS=AVIF,HEIF
+EXTRA_FORMATS_ENV = "FLORANET_EXTRA_IMAGE_FORMATS"
+_OPTIONAL = ("AVIF", "HEIF")
+_CHUNK_PIXELS = 1 << 20
 
 ORIENTATION_TAG = 0x0112
 _TF_FORMATS = frozenset({"JPEG", "PNG", "BMP"})
@@ -111,11 +125,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return im
     if mode in _SIXTEEN_BIT_GRAY or mode in ("I", "F"):
         # Pillow's convert("L") clips these at 255: scale the full range instead.
-        values = np.asarray(im).astype(np.float64)
-        top = 65535.0 if mode in _SIXTEEN_BIT_GRAY or values.max(initial=0) > 255 else 255.0
-        if mode == "F" and values.max(initial=0) <= 1.0:
+        values = np.asarray(im)
+        peak = float(values.max(initial=0))
+        top = 65535.0 if mode in _SIXTEEN_BIT_GRAY or peak > 255 else 255.0
+        if mode == "F" and peak <= 1.0:
             top = 1.0
-        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        gray = np.empty(values.shape, np.uint8)
+        rows = max(1, _CHUNK_PIXELS // max(1, values.shape[1]))
+        for r in range(0, values.shape[0], rows):  # float64 a slice at a time: memory stays ~1 byte a pixel
+            gray[r : r + rows] = np.clip(np.rint(values[r : r + rows].astype(np.float64) * (255.0 / top)), 0, 255)
         return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
@@ -124,3 +142,21 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if mode == "1":
         im = im.convert("L")
     return im.convert("RGB")
+
+
+def allowed_formats() -> tuple[str, ...]:
+    """The Pillow formats decoding may use: :data:`ALLOWED_FORMATS` plus the opted-in optional ones.
+
+    Raises:
+        ConfigError: An unknown name in ``FLORANET_EXTRA_IMAGE_FORMATS``, or AVIF without Pillow's AVIF support.
+        MissingDependencyError: HEIF asked for without ``pillow-heif``.
+    """
+    extra = [x.strip().upper() for x in os.environ.get(EXTRA_FORMATS_ENV, "").split(",") if x.strip()]
+    for name in extra:
+        if name not in _OPTIONAL:
+            raise ConfigError(f"{EXTRA_FORMATS_ENV} may name {', '.join(_OPTIONAL)}. Received: {name!r}")
+        if name == "AVIF" and not features.check("avif"):
+            raise ConfigError(f"AVIF was asked for ({EXTRA_FORMATS_ENV}) but this Pillow has no AVIF support.")
+        if name == "HEIF":
+            require("pillow_heif", f"{EXTRA_FORMATS_ENV}=HEIF").register_heif_opener()
+    return ALLOWED_FORMATS + tuple(extra)

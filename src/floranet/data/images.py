@@ -16,6 +16,7 @@ Failures raise :class:`UnusableImageError` (a ``DatasetError``) whose
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -24,11 +25,12 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats
 from floranet.errors import DatasetError
+from floranet.utils.files import read_capped
 
 
 class UnusableImageError(DatasetError):
@@ -83,23 +85,30 @@ class ImageInfo:
     tf_decodable: bool
 
 
-def read_image_file(path: str | os.PathLike, *, name: str | None = None) -> bytes:
-    """Reads a file's bytes, turning OS errors into :class:`UnusableImageError`.
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file an image of ``max_pixels`` can need (uncompressed 16-bit RGBA, 8 bytes a pixel, plus
+    16 MiB of metadata); anything larger is refused before a byte is read."""
+    return max_pixels * 8 + (16 << 20)
+
+
+def read_image_file(path: str | os.PathLike, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """Reads a file's bytes, refusing one too large to be an image of ``max_pixels`` before reading it.
 
     Args:
         path: The file.
         name: How errors name the file (default: ``path``).
+        max_pixels: The image size limit the file's size limit follows from (:func:`max_file_bytes`).
 
     Returns:
         The file contents.
 
     Raises:
-        UnusableImageError: Missing, a directory, or unreadable.
+        UnusableImageError: Missing, a directory, unreadable, or too large.
     """
     shown = name if name is not None else os.fsdecode(path)
+    limit = max_file_bytes(max_pixels)
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_capped(path, limit)
     except PermissionError:
         raise UnusableImageError(shown, "unreadable: permission denied", kind="unreadable") from None
     except FileNotFoundError:
@@ -107,6 +116,10 @@ def read_image_file(path: str | os.PathLike, *, name: str | None = None) -> byte
     except IsADirectoryError:
         raise UnusableImageError(shown, "a directory, not an image file", kind="directory") from None
     except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise UnusableImageError(
+                shown, f"too large: {e.strerror} (max_pixels {max_pixels:,})", kind="too_large"
+            ) from None
         raise UnusableImageError(shown, f"unreadable: {e.strerror or e}", kind="unreadable") from None
 
 
@@ -129,7 +142,9 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXE
     """
     _check_max_pixels(max_pixels)
     name = os.fsdecode(path)
-    return inspect_image_bytes(read_image_file(path, name=name), name=name, max_pixels=max_pixels)
+    return inspect_image_bytes(
+        read_image_file(path, name=name, max_pixels=max_pixels), name=name, max_pixels=max_pixels
+    )
 
 
 def inspect_image_bytes(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
@@ -162,7 +177,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """
     _check_max_pixels(max_pixels)
     name = os.fsdecode(path)
-    return decode_image_bytes(read_image_file(path, name=name), name=name, max_pixels=max_pixels)
+    return decode_image_bytes(read_image_file(path, name=name, max_pixels=max_pixels), name=name, max_pixels=max_pixels)
 
 
 def decode_image_bytes(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -228,7 +243,7 @@ def _opened(data: bytes, name: str, max_pixels: int) -> Iterator[tuple[Image.Ima
         raise UnusableImageError(name, "empty file (0 bytes)", kind="empty", phrase="an empty file (0 bytes)")
     try:
         with _pillow_guard_lifted():
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=formats.allowed_formats())
             w, h = im.size
             animated = w * h <= max_pixels and _is_animated(im)
     except UnidentifiedImageError:
@@ -267,21 +282,25 @@ def _is_animated(im: Image.Image) -> bool:
 
 def _unidentified(data: bytes, name: str) -> UnusableImageError:
     fmt = formats.sniff_format(data[:32])
-    # Pillow 11.2+ may read AVIF itself; then an unreadable AVIF is damaged, not unsupported.
-    if fmt in ("HEIC", "HEIF") or (fmt == "AVIF" and not features.check("avif")):
+    allowed = formats.allowed_formats()
+    if fmt in ("HEIC", "HEIF", "AVIF") and ("HEIF" if fmt == "HEIC" else fmt) not in allowed:
+        family = "HEIF" if fmt == "HEIC" else fmt
+        hint = "pillow-heif" if family == "HEIF" else "Pillow's AVIF support"
         return UnusableImageError(
             name,
-            f"unsupported format {fmt}: Pillow cannot decode it without a plugin (e.g. pillow-heif); "
-            "convert it to JPEG",
-            phrase=f"in {fmt} format, which Pillow cannot decode without a plugin "
-            "(e.g. pillow-heif); convert it to JPEG",
+            f"unsupported format {fmt}: convert it to JPEG, or enable it with "
+            f"{formats.EXTRA_FORMATS_ENV}={family} (needs {hint})",
+            phrase=f"in {fmt} format, which is off unless {formats.EXTRA_FORMATS_ENV}={family} enables it "
+            f"(needs {hint}); convert it to JPEG",
             kind="unsupported_format",
         )
     if fmt is not None:
         return UnusableImageError(
             name, f"corrupt: looks like {fmt} but its header cannot be read (truncated or damaged)", kind="corrupt"
         )
-    return UnusableImageError(name, "not an image (content is not a recognised image format)", kind="not_image")
+    return UnusableImageError(
+        name, f"not a supported image (content is not one of {', '.join(allowed)}, MPO)", kind="not_image"
+    )
 
 
 def _load_and_orientation(im: Image.Image, name: str) -> int:

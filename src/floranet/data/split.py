@@ -19,10 +19,10 @@ doctor decodes them with ``os.fsdecode``); they are written back with
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ConfigError, DatasetError
+from floranet.utils.files import atomic_write_text
 
 SPLIT_COLUMNS = ("path", "label", "split", "sha256")
 SPLITS = ("train", "validation")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_LISTED = 10
+MAX_MANIFEST_BYTES = 1 << 30  # ~10 million rows; checked before reading
 
 
 @dataclass(frozen=True)
@@ -117,26 +119,13 @@ class Split:
         Args:
             path: Destination CSV file. Parent folders are created.
         """
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            # surrogateescape: non-UTF-8 file names round-trip byte for byte.
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-                writer = csv.writer(f, lineterminator="\n")
-                writer.writerow(SPLIT_COLUMNS)
-                for r in self.rows:
-                    writer.writerow((r.path, r.label, r.split, r.sha256))
-                f.flush()
-                os.fsync(f.fileno())
-            # mkstemp makes 0600 files; a manifest is an ordinary shareable file.
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(SPLIT_COLUMNS)
+        for r in self.rows:
+            writer.writerow((r.path, r.label, r.split, r.sha256))
+        # surrogateescape (in atomic_write_text): non-UTF-8 file names round-trip byte for byte.
+        atomic_write_text(path, buf.getvalue())
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str], *, class_names: Sequence[str] | None = None) -> Split:
@@ -157,6 +146,12 @@ class Split:
         """
         src = Path(path)
         try:
+            size = src.stat().st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise DatasetError(
+                    f"Split manifest {str(src)!r} is {size:,} bytes, over the limit of "
+                    f"{MAX_MANIFEST_BYTES:,}: not a split manifest."
+                )
             # utf-8-sig: accept a BOM from spreadsheet exports.
             with open(src, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
                 rows = _read_rows(src, f, class_names)

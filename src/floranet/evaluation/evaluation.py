@@ -247,7 +247,9 @@ def evaluate_run(
     """
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     names = run.class_names()
-    predictor = load(run.path, InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size))
+    # Metrics need the probabilities only: the unknown answer stays off (predict and serve give it).
+    config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
+    predictor = load(run.path, config)
     if data_dir is None:
         root, rows = Path(run.config().data_dir), run.split(names).validation()
     else:
@@ -256,7 +258,6 @@ def evaluate_run(
     out = predictor.predict_files(paths)
     kept = [i for i in range(len(rows)) if i not in out.errors]
     labels = np.asarray([names.index(rows[i].label) for i in kept], dtype=np.int64)
-    choice = predictor.choice
     ev = Evaluation(
         tuple(names),
         tuple(rows[i].path for i in kept),
@@ -265,7 +266,7 @@ def evaluate_run(
         run.temperature(),
         str(root),
         VALIDATION if data_dir is None else f"folder {data_dir}",
-        {"evaluated_on": f"model.keras ({choice.runtime} {choice.precision})" if choice else "nothing"},
+        {"evaluated_on": predictor.describe()},
     )
     return ev.with_temperature() if data_dir is None else ev
 

@@ -37,7 +37,9 @@ def classification_metrics(
     out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
     out["loss"] = float(skm.log_loss(y_true, clipped, labels=labels))
     k = min(top_k, n_classes)
-    out[f"top_{k}_accuracy"] = float(skm.top_k_accuracy_score(y_true, probs, k=k, labels=labels))
+    # With k >= the number of classes every label is in the top k (and scikit-learn refuses 2-D binary scores).
+    top = 1.0 if k >= n_classes else skm.top_k_accuracy_score(y_true, probs, k=k, labels=labels)
+    out[f"top_{k}_accuracy"] = float(top)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     out["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}

@@ -113,7 +113,7 @@ def fit_unknown(
     detector.save(run.path)
     say(
         f"Unknown answer: {detector.method} score, threshold {detector.threshold:.4g} keeps "
-        f"{detector.info['validation_kept']:.1%} of known validation images ({RunDir.UNKNOWN})."
+        f"{detector.info['validation_kept']:.1%} of known validation images ({RunDir.OOD})."
     )
     return detector
 
@@ -168,7 +168,7 @@ def unknown_section(run: RunDir) -> str:
     """The report's "Unknown answer" section from ``ood.json`` ("" when the run has none)."""
     import html
 
-    meta = run.read_json(RunDir.UNKNOWN)
+    meta = run.read_json(RunDir.OOD)
     if not meta:
         return ""
     fitted = meta.get("fitted_on", {})

@@ -10,6 +10,10 @@ import numpy as np
 
 from floranet.utils.figures import new_figure, save_figure
 
+MAX_FIGURE_INCHES = 20.0  # 2,000 px at 100 dpi
+MAX_ANNOTATED_CLASSES = 30
+MAX_LABELLED_CLASSES = 60
+
 
 def history_plot(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
     """Accuracy and loss, train vs validation, one point per epoch, stages marked."""
@@ -37,28 +41,30 @@ def confusion_matrix_plot(
     cm = np.asarray(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
-    size = max(4.0, 0.7 * len(class_names) + 2)
+    n = len(class_names)
+    # Bounded size whatever the number of classes (500 classes once needed 23 GB); numbers in the cells and
+    # class names on the axes only while they can be read.
+    size = min(MAX_FIGURE_INCHES, max(4.0, 0.7 * n + 2))
     fig, axes = new_figure(1, 2, size=(2 * size + 1, size))
     for ax, matrix, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
-        ax.imshow(matrix, cmap="Blues", vmin=0)
-        ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-        ax.set_yticks(range(len(class_names)), class_names)
-        ax.set_xlabel("predicted")
+        ax.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
+        if n <= MAX_LABELLED_CLASSES:
+            ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+            ax.set_yticks(range(n), class_names)
+        ax.set_xlabel("predicted" if n <= MAX_LABELLED_CLASSES else f"predicted ({n} classes, index order)")
         ax.set_ylabel("true")
         ax.set_title(f"{title}: {name}")
-        threshold = matrix.max() / 2 if matrix.size else 0
-        for i in range(matrix.shape[0]):
-            for j in range(matrix.shape[1]):
-                ax.text(
-                    j,
-                    i,
-                    format(matrix[i, j], fmt),
-                    ha="center",
-                    va="center",
-                    color="white" if matrix[i, j] > threshold else "black",
-                    fontsize=8,
-                )
+        if n <= MAX_ANNOTATED_CLASSES:
+            _annotate(ax, matrix, fmt)
     save_figure(fig, path)
+
+
+def _annotate(ax: Any, matrix: np.ndarray, fmt: str) -> None:
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            colour = "white" if matrix[i, j] > threshold else "black"
+            ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", color=colour, fontsize=8)
 
 
 def reliability_plot(

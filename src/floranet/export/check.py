@@ -12,6 +12,7 @@ import numpy as np
 from floranet.errors import ModelError
 from floranet.export.common import CHECK_BATCH, LATENCY_IMAGES, MARKER, MODEL_FILES, WARMUP_CALLS, export_name, log
 from floranet.export.loaders import ExportedModel, traced
+from floranet.export.metadata import HOWTO
 from floranet.export.rundata import ExportSource
 from floranet.rundir import RunDir
 
@@ -135,6 +136,9 @@ def readme(
         "",
         "Usage (pixels: float32 numpy array [N, H, W, 3]):",
         *["  " + line for line in usage.splitlines()],
+        "",
+        "The class names, input size, pixel range and layout are also inside the model file itself:",
+        f"  {HOWTO[fmt]}",
         "",
     ]
     if check.agreement is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ConfigError, DatasetError, ModelError
+from floranet.export import metadata
 from floranet.export.check import Check, check_export, readme
 from floranet.export.common import (
     CALIBRATION_IMAGES,
@@ -41,6 +42,8 @@ from floranet.export.rundata import ExportSource, calibration_images, decode_row
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
 from floranet.export.writers import WRITERS
+from floranet.inference import compiled
+from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, write_json
 
@@ -65,6 +68,8 @@ class ExportResult:
         created: UTC time, ISO 8601.
         converter: How the file was written (Keras's own export path, or the fallback used).
         runtime_versions: Versions of the packages that wrote and ran the export.
+        metadata: Class names, input size and floranet version as read back from the model file with
+            the format's own runtime (``read_with`` says how); None only for results made before it existed.
     """
 
     name: str
@@ -81,6 +86,7 @@ class ExportResult:
     created: str
     converter: str = ""
     runtime_versions: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -94,6 +100,8 @@ class ExportResult:
             lines.append(f"  via {self.converter}")
         if self.calibration_images is not None:
             lines.append(f"  int8 calibration: {self.calibration_images} training images")
+        if self.metadata:
+            lines.append(f"  Metadata in the file ({self.metadata['read_with']}): {self.metadata['summary']}")
         if self.agreement is None:
             lines.append("  Agreement check skipped (max_images=0).")
         else:
@@ -261,6 +269,15 @@ def export_run(
             shutil.rmtree(tmp, ignore_errors=True)
     result = dataclasses.replace(result, path=final)
     _record(source.path, result)
+    # A run from before compiled models (or before their features output), or a replaced model.keras.
+    if compiled.usable(source.run, features=True) is None:
+        images = pixels if pixels is not None else np.zeros((0, 1, 1, 3))
+        info = compiled.compile_run(source.run, model, images, UnknownDetector.load(source.run.path))
+        if info is not None:
+            say(
+                f"Also compiled the run's inference model ({source.run / RunDir.COMPILED}): "
+                f"{'agrees' if info['agrees'] else 'does not agree'} with model.keras."
+            )
     return result
 
 
@@ -290,7 +307,9 @@ def _build(
             f"{f', quantize={quantize!r}' if quantize else ''} failed: {type(e).__name__}: {e}"
         ) from e
     shutil.copy2(source.run / RunDir.CLASS_NAMES, folder / RunDir.CLASS_NAMES)
-    unknown_note = carry_unknown(source.run, folder)
+    say(f"Writing labels, preprocessing and the unknown answer's summary into the {fmt} file and reading them back...")
+    meta = metadata.embed_and_verify(fmt, folder, source)
+    unknown_note = carry_unknown(source.run, folder, meta["unknown"])
     exported = load_exported(folder)
     check = Check()
     if pixels is not None:
@@ -321,4 +340,5 @@ def _build(
         created=created,
         converter=converter,
         runtime_versions=versions(fmt, quantize, runtime),
+        metadata=meta,
     )

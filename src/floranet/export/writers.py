@@ -12,21 +12,52 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ModelError
+from floranet.export import metadata
 from floranet.export.common import MODEL_FILES, log
 from floranet.export.rundata import ExportSource
 from floranet.utils.optional import require
 
 
 def _write_keras(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
-    shutil.copy2(run.run.model_file, folder / MODEL_FILES["keras"])  # byte-identical to the run's model
+    shutil.copy2(run.run.model_file, folder / MODEL_FILES["keras"])  # its metadata.json gains the labels
     return "copy of the run's model.keras"
 
 
 def _write_saved_model(
     model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None
 ) -> str:
-    model.export(str(folder / "model"), format="tf_saved_model", verbose=False)
-    return "keras model.export(format='tf_saved_model')"
+    """Keras's ExportArchive, as ``model.export(format="tf_saved_model")`` uses it, plus a ``metadata``
+    signature whose class names come from ``assets/labels.txt`` (a lookup table on the labels asset)."""
+    import keras
+    import tensorflow as tf
+
+    meta = metadata.for_source(run)
+    staging = folder / ".labels"
+    staging.mkdir()
+    labels = staging / metadata.LABELS_FILE
+    labels.write_text("\n".join(meta.class_names) + "\n", encoding="utf-8")
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            str(labels), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE
+        ),
+        default_value="",
+    )
+    strings = {k: v for k, v in meta.to_strings().items() if k != "class_names"}
+    count = len(meta.class_names)
+
+    def describe() -> dict[str, Any]:
+        out = {k: tf.constant(v) for k, v in strings.items()}
+        out["class_names"] = table.lookup(tf.range(count, dtype=tf.int64))
+        return out
+
+    archive = keras.export.ExportArchive()
+    spec = tf.TensorSpec([None, *run.image_size, 3], tf.float32, name=model.inputs[0].name)
+    archive.track_and_add_endpoint("serve", model, [spec])
+    archive.track(table)
+    archive.add_endpoint("metadata", describe, input_signature=[])
+    archive.write_out(str(folder / "model"), verbose=False)
+    shutil.rmtree(staging)
+    return "keras.export.ExportArchive (as model.export(format='tf_saved_model')) + a 'metadata' signature"
 
 
 def _write_onnx(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:

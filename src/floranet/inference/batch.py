@@ -8,6 +8,7 @@ decodes with the same :func:`floranet.data.decode.decode_bytes` and calls the sa
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from floranet.config import DEFAULT_MAX_PIXELS
-from floranet.data import decode, images, pipeline
+from floranet.data import decode, images
 from floranet.errors import DatasetError
 
 # A job of at most this many files decodes each one directly: building a tf.data pipeline costs more.
@@ -60,6 +61,8 @@ def iter_outputs(
     """
     if not paths:
         return
+    from floranet.data import pipeline  # TensorFlow: only this path needs it
+
     ds = pipeline.make_dataset(
         [os.fspath(p) for p in paths],
         list(range(len(paths))),
@@ -91,6 +94,7 @@ def run_on_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     tf_decodable: Sequence[bool | None] | None = None,
     job_size: int | None = None,
+    without_tensorflow: bool = False,
 ) -> FileOutputs:
     """Runs ``fn`` (float32 ``[B, H, W, 3]`` RGB 0..255 → outputs) on every file, in order.
 
@@ -103,21 +107,48 @@ def run_on_files(
         tf_decodable: Per file, the doctor's verdict on the fast decoder (None: guessed).
         job_size: When these files are one part of a larger job (a distributed worker's share), the
             whole job's size: the decode path is then chosen as for the whole job, so results are equal.
+        without_tensorflow: Decode in a thread pool with Pillow and NumPy (the same pixels) instead of tf.data,
+            so a model that needs no TensorFlow (the run's compiled IR) runs without importing it.
     """
     n = len(paths)
     if n and (job_size if job_size is not None else n) <= SMALL_JOB:
         return _direct(fn, paths, image_size, max_pixels)
     outputs: np.ndarray | None = None
     seen = np.zeros(n, bool)
-    for positions, out in iter_outputs(
-        fn, paths, image_size=image_size, batch_size=batch_size, max_pixels=max_pixels, tf_decodable=tf_decodable
-    ):
+    stream = (
+        _pillow_outputs(fn, paths, image_size, batch_size, max_pixels)
+        if without_tensorflow
+        else iter_outputs(
+            fn, paths, image_size=image_size, batch_size=batch_size, max_pixels=max_pixels, tf_decodable=tf_decodable
+        )
+    )
+    for positions, out in stream:
         if outputs is None:
             outputs = np.zeros((n, *out.shape[1:]), np.float32)
         outputs[positions] = out
         seen[positions] = True
     errors = {int(i): _reason(paths[int(i)], max_pixels) for i in np.flatnonzero(~seen)}
     return FileOutputs(outputs if outputs is not None else np.zeros((n, 0), np.float32), errors)
+
+
+def _pillow_outputs(
+    fn: ModelFn, paths: Sequence[str | os.PathLike[str]], image_size: tuple[int, int], batch_size: int, max_pixels: int
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """Like :func:`iter_outputs`, decoding with Pillow in threads (it releases the GIL) instead of tf.data."""
+
+    def decoded(i: int) -> np.ndarray | None:
+        try:
+            return decode.load_resized(paths[i], image_size, max_pixels=max_pixels)
+        except DatasetError:
+            return None
+
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode") as pool:
+        for start in range(0, len(paths), batch_size):
+            chunk = list(pool.map(decoded, range(start, min(start + batch_size, len(paths)))))
+            positions = [start + j for j, x in enumerate(chunk) if x is not None]
+            if positions:
+                yield positions, np.asarray(fn(np.stack([x for x in chunk if x is not None])), np.float32)
 
 
 def _direct(

@@ -14,13 +14,18 @@ from floranet.config import OUTPUT_FORMATS, check_choice
 from floranet.inference.predictor import Prediction
 from floranet.utils.files import atomic_path, atomic_write_text
 from floranet.utils.optional import require
+from floranet.utils.text import printable
 
 TEXT_FORMATS = tuple(f for f in OUTPUT_FORMATS if f != "parquet")
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
 
 
 def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
-    """Renders rows as an aligned table, CSV or JSON."""
+    """Renders rows as an aligned table, CSV or JSON.
+
+    Table and CSV cells show file names, classes and errors through :func:`floranet.utils.text.printable`, so a
+    hostile file name cannot forge lines or send escape sequences to a terminal (JSON escapes them itself).
+    """
     check_choice("format", fmt, TEXT_FORMATS)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in rows], indent=2, ensure_ascii=False) + "\n"
@@ -39,22 +44,30 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
             ]
         )
         for r in rows:
-            cells = [c for name, p in r.top_k for c in (name, f"{p:.6f}")]
+            cells = [c for name, p in r.top_k for c in (printable(name), f"{p:.6f}")]
             cells += [""] * (2 * k - len(cells))
             score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
             writer.writerow(
-                [r.file, *cells, str(r.low_confidence).lower(), str(r.unknown).lower(), score, r.error or ""]
+                [
+                    printable(r.file),
+                    *cells,
+                    str(r.low_confidence).lower(),
+                    str(r.unknown).lower(),
+                    score,
+                    printable(r.error or ""),
+                ]
             )
         return buf.getvalue()
     lines = []
-    width = max((len(r.file) for r in rows), default=4)
+    width = max((len(printable(r.file)) for r in rows), default=4)
     for r in rows:
+        file = printable(r.file)
         if r.error:
-            lines.append(f"{r.file:<{width}}  ERROR: {r.error}")
+            lines.append(f"{file:<{width}}  ERROR: {printable(r.error)}")
             continue
-        top = "  ".join(f"{c} {p:6.1%}" for c, p in r.top_k)
+        top = "  ".join(f"{printable(c)} {p:6.1%}" for c, p in r.top_k)
         unknown = f"UNKNOWN (ood score {r.ood_score:.3f}); closest: " if r.unknown and r.ood_score is not None else ""
-        lines.append(f"{r.file:<{width}}  {unknown}{top}{'  (low confidence)' if r.low_confidence else ''}")
+        lines.append(f"{file:<{width}}  {unknown}{top}{'  (low confidence)' if r.low_confidence else ''}")
     return "\n".join(lines) + "\n"
 
 

@@ -19,9 +19,8 @@ import numpy as np
 from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.doctor import IMAGE_EXTENSIONS
-from floranet.inference import batch, runtime
+from floranet.inference import batch, compiled, runtime
 from floranet.inference.unknown import UnknownDetector
-from floranet.models import classifier
 from floranet.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -75,26 +74,31 @@ class Predictor:
 
     Attributes:
         run: The run directory.
-        model: The Keras model (``model.keras``).
         class_names: Label index → name.
         image_size: ``(h, w)`` the model takes.
         config: How to run it (runtime, precision, batch size, top-k, ...); ``auto`` runtimes are resolved
-            per job (a handful of images stays on TensorFlow, a folder goes to OpenVINO).
+            per job (a handful of images stays on TensorFlow, a folder goes to OpenVINO), unless the run has
+            a compiled model that agrees with ``model.keras``: then OpenVINO runs it, with no TensorFlow.
         temperature: The run's fitted temperature (used when ``config.calibrated``).
         max_pixels: Larger images are refused: the run's own limit.
+        compiled: The run's compiled model (``inference/model.xml``), when it is used.
         choice: The runtime the last batch ran on.
+        keras_model: ``model.keras``, once loaded.
         detector: The run's "unknown" answer (``ood.json``), None when it has none or ``config.unknown`` is off.
+        note: Why the compiled model is not used although the run has one ("" otherwise).
     """
 
     run: RunDir
-    model: keras.Model
     class_names: list[str]
     image_size: tuple[int, int]
     config: InferenceConfig = field(default_factory=InferenceConfig)
     temperature: float = 1.0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    compiled: Path | None = None
     choice: runtime.RuntimeChoice | None = None
+    keras_model: keras.Model | None = field(default=None, repr=False)
     detector: UnknownDetector | None = None
+    note: str = ""
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,39 +108,79 @@ class Predictor:
     def run_dir(self) -> Path:
         return self.run.path
 
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model (``model.keras``), loaded on first use (Grad-CAM, or a TensorFlow runtime)."""
+        if self.keras_model is None:
+            self.keras_model = self.run.load_model(safe_mode=self.config.safe_mode)
+        return self.keras_model
+
     def select(self, images: int | None = None) -> runtime.RuntimeChoice:
         """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
         compiles the model for it once; later :meth:`probabilities` calls use it."""
-        choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
+        if self.compiled is not None:
+            precision, why = self.config.precision, ""
+            if precision == "auto" and images is not None and images < runtime.AUTO_MIN_IMAGES:
+                precision, why = "fp32", f"fp32: {images} image(s), computed as exactly as model.keras"
+            base = runtime.choose("openvino", precision)
+            choice = runtime.RuntimeChoice(
+                "openvino",
+                base.precision,
+                "the run's compiled model (inference/, checked against model.keras; no TensorFlow); "
+                + (why or base.reason),
+            )
+        else:
+            choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
+            if self.note:
+                choice = runtime.RuntimeChoice(choice.runtime, choice.precision, f"{choice.reason}; {self.note}")
         if choice.key not in self._calls:
-            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call. With an
-            # embedding-based "unknown" score the same call also returns the backbone features.
-            model = classifier.with_features(self.model) if self._wants_features else self.model
-            self._calls[choice.key] = runtime.compile_inference(model, choice, threads=self.config.threads)
+            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call. It also
+            # returns the pooled features when the unknown score needs them (the compiled model's second output).
+            self._calls[choice.key] = (
+                runtime.OpenVINOInference.from_ir(
+                    self.compiled, choice.precision, threads=self.config.threads, joined=self._needs_features
+                )
+                if self.compiled is not None
+                else runtime.compile_inference(self._keras_for_inference(), choice, threads=self.config.threads)
+            )
         self.choice = choice
         return choice
 
     @property
-    def _wants_features(self) -> bool:
+    def _needs_features(self) -> bool:
         return self.detector is not None and self.detector.needs_features
+
+    def _keras_for_inference(self) -> keras.Model:
+        if not self._needs_features:
+            return self.model
+        from floranet.models import classifier  # Keras: only on this path
+
+        return classifier.with_features(self.model)
+
+    def _raw(self, pixels: np.ndarray) -> np.ndarray:
+        """The model call's output: ``[B, classes]`` probabilities, then the pooled features when the unknown score
+        needs them."""
+        choice = self.choice or self.select(len(pixels))
+        return np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+
+    def _calibrated(self, probs: np.ndarray) -> np.ndarray:
+        if self.config.calibrated and self.temperature != 1.0:
+            return apply_temperature(probs, self.temperature).astype(np.float32)
+        return probs
 
     def outputs(self, pixels: np.ndarray) -> np.ndarray:
         """``[B, classes + 1]`` for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``: the
         probabilities (calibrated when asked), then the unknown score (NaN without a detector)."""
-        choice = self.choice or self.select(len(pixels))
-        raw = np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+        raw = self._raw(pixels)
         n = len(self.class_names)
-        probs = raw[:, :n]
         scores = np.full((len(raw), 1), np.nan, np.float32)
         if self.detector is not None:
-            scores[:, 0] = self.detector.score(raw[:, n:] if self._wants_features else None, probs)
-        if self.config.calibrated and self.temperature != 1.0:
-            probs = apply_temperature(probs, self.temperature).astype(np.float32)
-        return np.concatenate([probs, scores], axis=1)
+            scores[:, 0] = self.detector.score(raw[:, n:] if self._needs_features else None, raw[:, :n])
+        return np.concatenate([self._calibrated(raw[:, :n]), scores], axis=1)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
-        return self.outputs(pixels)[:, : len(self.class_names)]
+        return self._calibrated(self._raw(pixels)[:, : len(self.class_names)])
 
     def predict_files(
         self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None, with_unknown: bool = False
@@ -148,6 +192,7 @@ class Predictor:
         return batch.run_on_files(
             self.outputs if with_unknown else self.probabilities,
             files,
+            without_tensorflow=self.compiled is not None,
             image_size=self.image_size,
             batch_size=self.config.batch_size,
             max_pixels=self.max_pixels,
@@ -190,20 +235,20 @@ class Predictor:
             self.select(1)
         return self.row(name, self.outputs(pixels[None])[0], top_k)
 
+    def describe(self) -> str:
+        """What the last batch ran on, e.g. ``"compiled model (openvino fp32)"`` or ``"model.keras (tensorflow
+        fp32)"``."""
+        source = "compiled model" if self.compiled is not None else RunDir.MODEL
+        return f"{source} ({self.choice.runtime} {self.choice.precision})" if self.choice else source
+
     def row(self, file: str, output: np.ndarray, k: int | None = None) -> Prediction:
         """The answer for one image: its probabilities, or a row of :meth:`outputs` (with the unknown score)."""
         n = len(self.class_names)
         top = top_k(output[:n], self.class_names, k if k is not None else self.config.top_k)
         score = float(output[n]) if len(output) > n and not np.isnan(output[n]) else None
         unknown = bool(self.detector is not None and score is not None and score > self.detector.threshold)
-        return Prediction(
-            file,
-            top,
-            bool(top[0][1] < self.config.low_confidence),
-            None,
-            unknown,
-            None if score is None else round(score, 6),
-        )
+        low = bool(top[0][1] < self.config.low_confidence)
+        return Prediction(file, top, low, None, unknown, None if score is None else round(score, 6))
 
 
 def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None, **settings: Any) -> Predictor:
@@ -220,13 +265,41 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     """
     config = config or InferenceConfig(**settings)
     run = RunDir.open(run_dir)
-    model = run.load_model(safe_mode=config.safe_mode)
-    h, w = model.inputs[0].shape[1:3]
     max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
     detector = UnknownDetector.load(run.path) if config.unknown else None
+    ir, note = compiled_model(run, config.runtime, features=detector is not None and detector.needs_features)
+    names, temperature = run.class_names(), run.temperature()
+    if ir is not None:  # TensorFlow is never imported on this path
+        h, w = compiled.info(run)["image_size"]
+        return Predictor(
+            run, names, (int(h), int(w)), config, temperature, max_pixels, ir, detector=detector, note=note
+        )
+    model = run.load_model(safe_mode=config.safe_mode)
+    h, w = model.inputs[0].shape[1:3]
     return Predictor(
-        run, model, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels, None, detector
+        run, names, (int(h), int(w)), config, temperature, max_pixels, keras_model=model, detector=detector, note=note
     )
+
+
+def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[Path | None, str]:
+    """The run's compiled model when it can serve (None: ``model.keras`` runs), decided without TensorFlow, and
+    why an existing one cannot ("" otherwise).
+
+    Args:
+        run: The run.
+        runtime_name: ``InferenceConfig.runtime``: only ``auto`` and ``openvino`` use it.
+        features: The unknown answer needs the pooled features (:func:`floranet.inference.unknown.needs_features`).
+    """
+    if runtime_name not in ("auto", "openvino"):
+        return None, ""
+    ir = compiled.usable(run, features=features)
+    if ir is None and features and compiled.usable(run) is not None:
+        return None, (
+            f"the run's compiled model ({RunDir.COMPILED}/) was made before it output the features the unknown "
+            "answer needs, so model.keras runs; `floranet export RUN_DIR --format openvino` recompiles it "
+            "(or use --unknown off)"
+        )
+    return ir, ""
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
-from floranet.config import PRECISIONS, RUNTIMES, check_choice
+from floranet.config import PRECISIONS, RUNTIMES, TRAIN_PRECISIONS, check_choice
 from floranet.errors import ConfigError
 from floranet.utils import optional, system
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 # Below this many images an automatic choice stays on TensorFlow: OpenVINO's one-off
@@ -55,6 +59,9 @@ def openvino_available() -> bool:
 
 
 def gpu_available() -> bool:
+    """Whether TensorFlow sees a GPU; answered without importing TensorFlow where it cannot (the CPU build)."""
+    if system.package_version("tensorflow-cpu") and not system.package_version("tensorflow"):
+        return False
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
@@ -65,7 +72,7 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
 
     Args:
         runtime: "auto", "tensorflow" or "openvino".
-        precision: "auto", "fp32" or "bf16".
+        precision: "auto", "fp32", "bf16" or "int8" (OpenVINO only; compile with calibration images).
         images: How many images the job will run, when known: an automatic choice keeps
             TensorFlow for fewer than :data:`AUTO_MIN_IMAGES`, where converting the
             model to OpenVINO (seconds) costs more than it saves.
@@ -75,9 +82,16 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
         MissingDependencyError: OpenVINO requested but not installed.
     """
     check_choice("runtime", runtime, RUNTIMES)
-    check_choice("precision", precision, PRECISIONS)
-    if runtime == "openvino" and not openvino_available():
-        optional.require("openvino", "runtime='openvino'")
+    check_choice("precision", precision, TRAIN_PRECISIONS)
+    if (runtime == "openvino" or precision == "int8") and not openvino_available():
+        optional.require("openvino", f"runtime={runtime!r}, precision={precision!r}")
+    if precision == "int8":
+        if runtime == "tensorflow":
+            raise ConfigError(
+                "precision='int8' runs on OpenVINO (NNCF post-training quantization). "
+                "Received: runtime='tensorflow', precision='int8'"
+            )
+        return RuntimeChoice("openvino", "int8", "int8 as requested: OpenVINO, calibrated on training images")
     reasons = []
     if runtime == "auto":
         if gpu_available():
@@ -117,8 +131,10 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
 
     Raises:
         ConfigError: As :func:`choose`, or TensorFlow bf16, which needs a model built under
-            ``mixed_bfloat16`` (training only).
+            ``mixed_bfloat16`` (training only), or int8, which needs calibration images (training and
+            ``floranet export --quantize int8``).
     """
+    check_choice("precision", precision, PRECISIONS)
     choice = choose(runtime, precision, images=images)
     if choice.runtime == "tensorflow" and choice.precision == "bf16":
         raise ConfigError(
@@ -134,11 +150,11 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     ``auto`` picks mixed bf16 on CPUs with native bf16 (AVX512_BF16/AMX), where
     benchmarks/bench_finetune.py measures it about 1.5x faster than fp32, and fp32 elsewhere.
     """
-    check_choice("precision", precision, PRECISIONS)
+    check_choice("precision", precision, TRAIN_PRECISIONS)
     if precision == "bf16":
         return "mixed_bfloat16", "as requested"
-    if precision == "fp32":
-        return "float32", "as requested"
+    if precision in ("fp32", "int8"):
+        return "float32", "as requested" if precision == "fp32" else "int8 is for the frozen layers' inference"
     if gpu_available():
         return "float32", "on GPU fp32 unless --precision bf16 is given"
     if native_bf16():
@@ -147,7 +163,12 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
 
 
 def compile_inference(
-    model: keras.Model, choice: RuntimeChoice, *, streaming: bool = False, threads: int | None = None
+    model: keras.Model,
+    choice: RuntimeChoice,
+    *,
+    streaming: bool = False,
+    threads: int | None = None,
+    calibration: np.ndarray | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A function float32 ``[B, H, W, 3]`` → float32 outputs running ``model`` as ``choice`` says.
 
@@ -159,9 +180,14 @@ def compile_inference(
             one call at a time (predict, serve): the result then also has a ``map(batches)``
             method that keeps several batches in flight (OpenVINO).
         threads: Most CPU threads OpenVINO may use (None: all cores), e.g. one per Ray actor.
+        calibration: Images (float32 ``[N, H, W, 3]``) that int8 quantization is calibrated on.
     """
     if choice.runtime == "openvino":
-        return OpenVINOInference(model, choice.precision, streaming=streaming, threads=threads)
+        ov_model = to_openvino(model)
+        if choice.precision == "int8":
+            ov_model = quantize_int8(ov_model, calibration)
+        return OpenVINOInference(ov_model, choice.precision, streaming=streaming, threads=threads)
+    import keras
     import tensorflow as tf
 
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
@@ -172,38 +198,81 @@ def compile_inference(
     return run
 
 
+def to_openvino(model: keras.Model) -> Any:
+    """``model`` (any batch size) as an OpenVINO model, traced once and converted in memory: 3x faster than the
+    SavedModel round trip (ResNet50: about 4 s vs 12 s here) and nothing written to disk."""
+    ov = optional.require("openvino", "runtime='openvino'")
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
+    concrete = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
+    return ov.convert_model(concrete.get_concrete_function())
+
+
+def quantize_int8(ov_model: Any, calibration: np.ndarray | None) -> Any:
+    """Post-training int8 quantization (NNCF) of ``ov_model``, calibrated on ``calibration`` images.
+
+    Raises:
+        ConfigError: No calibration images.
+        MissingDependencyError: NNCF is not installed.
+    """
+    if calibration is None or not len(calibration):
+        raise ConfigError("precision='int8' needs calibration images (training images). Received: none")
+    nncf = optional.require("nncf", "precision='int8'")
+    data = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+    return nncf.quantize(ov_model, data, subset_size=len(calibration))
+
+
 class OpenVINOInference:
-    """``model`` compiled by OpenVINO for the CPU; call it on a batch, or ``map`` it over many."""
+    """An OpenVINO model compiled for the CPU; call it on a batch, or ``map`` it over many.
+
+    Args:
+        ov_model: An ``openvino.Model`` (converted from Keras, read from an IR, or quantized).
+        precision: ``"fp32"``, ``"bf16"`` or ``"int8"`` (an int8 model computes in int8 where quantized, in
+            bf16 on CPUs with native bf16 and fp32 elsewhere for the rest).
+        streaming: Keep several batches in flight (THROUGHPUT) rather than one call at a time (LATENCY).
+        threads: Most CPU threads it may use (None: all cores).
+        joined: A call returns every output of a model with several, joined along the last axis (the run's
+            compiled model: probabilities, then features); else the first output only.
+    """
 
     def __init__(
-        self, model: keras.Model, precision: str, *, streaming: bool = False, threads: int | None = None
+        self,
+        ov_model: Any,
+        precision: str,
+        *,
+        streaming: bool = False,
+        threads: int | None = None,
+        joined: bool = False,
     ) -> None:
         ov = optional.require("openvino", "runtime='openvino'")
-        import tensorflow as tf
-
-        # Traced once and converted in memory: 3x faster than the SavedModel round trip
-        # (ResNet50: about 4 s vs 12 s here) and nothing written to disk.
-        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
-        concrete = tf.function(
-            lambda x: model(x, training=False), input_signature=[spec], autograph=False
-        ).get_concrete_function()
+        bf16 = precision == "bf16" or (precision == "int8" and native_bf16())
         config: dict[str, str | int] = {
-            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
             # LATENCY: one request uses every core (a call at a time). THROUGHPUT: one stream per
             # group of cores, fed by several requests in flight, so the cores never wait for Python.
             "PERFORMANCE_HINT": "THROUGHPUT" if streaming else "LATENCY",
         }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled = ov.Core().compile_model(ov.convert_model(concrete), "CPU", config)
+        self._compiled = ov.Core().compile_model(ov_model, "CPU", config)
         self.in_flight = (
             max(2, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) if streaming else 1
         )
         self._requests = [self._compiled.create_infer_request() for _ in range(self.in_flight)]
+        self._outputs = list(self._compiled.outputs) if joined else [self._compiled.output(0)]
+
+    @classmethod
+    def from_ir(cls, path: str | os.PathLike[str], precision: str, **kwargs: Any) -> OpenVINOInference:
+        """An OpenVINO IR (``model.xml`` + ``.bin``) read from disk: no TensorFlow involved."""
+        ov = optional.require("openvino", "runtime='openvino'")
+        return cls(ov.Core().read_model(os.fspath(path)), precision, **kwargs)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self._requests[0].infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(out[self._compiled.output(0)], dtype=np.float32)
+        if len(self._outputs) == 1:
+            return np.array(out[self._outputs[0]], dtype=np.float32)
+        return np.concatenate([np.asarray(out[o], dtype=np.float32) for o in self._outputs], axis=-1)
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Outputs of every batch, in order, with up to ``in_flight`` batches computing at once."""

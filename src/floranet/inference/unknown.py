@@ -217,7 +217,7 @@ class UnknownDetector:
             "keep": self.keep,
             "temperature": self.temperature,
             "k": self.k,
-            "statistics": RunDir.UNKNOWN_STATS if self.stats else None,
+            "statistics": RunDir.OOD_STATS if self.stats else None,
             "rule": "unknown when score > threshold; higher scores are less like the training classes",
             **self.info,
         }
@@ -227,10 +227,10 @@ class UnknownDetector:
         run = RunDir(folder)
         if self.stats:  # kNN references in float16 (exactly: fit_stats rounded them)
             run.write_npz(
-                RunDir.UNKNOWN_STATS,
+                RunDir.OOD_STATS,
                 {k: v.astype(np.float16) if k == "references" else v for k, v in self.stats.items()},
             )
-        run.write_json(RunDir.UNKNOWN, self.to_json())
+        run.write_json(RunDir.OOD, self.to_json())
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> UnknownDetector | None:
@@ -240,16 +240,16 @@ class UnknownDetector:
             ModelError: ``ood.json`` names a method this floranet does not know, or its statistics are missing.
         """
         run = RunDir(folder)
-        meta = run.read_json(RunDir.UNKNOWN)
+        meta = run.read_json(RunDir.OOD)
         if not meta:
             return None
         if meta.get("method") not in UNKNOWN_METHODS:
-            raise ModelError(f"{run / RunDir.UNKNOWN}: unknown method. Received: method={meta.get('method')!r}")
+            raise ModelError(f"{run / RunDir.OOD}: unknown method. Received: method={meta.get('method')!r}")
         try:
-            stats = run.read_npz(RunDir.UNKNOWN_STATS) if meta.get("statistics") else {}
+            stats = run.read_npz(RunDir.OOD_STATS) if meta.get("statistics") else {}
             stats = {k: v.astype(np.float32) for k, v in stats.items()}  # once, not per call
         except (OSError, ValueError) as e:
-            raise ModelError(f"{run / RunDir.UNKNOWN_STATS} cannot be read: {e}") from e
+            raise ModelError(f"{run / RunDir.OOD_STATS} cannot be read: {e}") from e
         known = {"method", "threshold", "keep", "temperature", "k", "statistics", "rule"}
         return cls(
             meta["method"],
@@ -260,6 +260,13 @@ class UnknownDetector:
             int(meta.get("k", DEFAULT_K)),
             {k: v for k, v in meta.items() if k not in known},
         )
+
+
+def needs_features(folder: str | os.PathLike[str]) -> bool:
+    """Whether the unknown answer saved in ``folder`` reads the pooled features (from ``ood.json`` alone,
+    without loading the statistics); False when there is none."""
+    meta = RunDir(folder).read_json(RunDir.OOD)
+    return isinstance(meta, dict) and meta.get("method") in UNKNOWN_METHODS and meta.get("method") != "msp"
 
 
 def fit(

@@ -172,14 +172,21 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="features")
 
 
+def probabilities_and_features(model: keras.Model) -> keras.Model:
+    """Raw pixels → two outputs, ``(probabilities, pooled backbone features)``, sharing ``model``'s layers
+    (the run's compiled model: its first output stays what ``model`` outputs)."""
+    extractor = feature_extractor(model)
+    features = extractor.outputs[0]
+    probs = head_of(model)(features)
+    return keras.Model(extractor.inputs, [probs, keras.ops.cast(features, probs.dtype)], name="probabilities_features")
+
+
 def with_features(model: keras.Model) -> keras.Model:
     """Raw pixels → ``[probabilities | pooled backbone features]`` in one call, sharing ``model``'s layers.
 
     One concatenated output (columns ``0..n-1`` the probabilities, the rest the features), so every
     runtime that runs a single-output model runs it unchanged; ``model`` itself keeps its one output.
     """
-    extractor = feature_extractor(model)
-    features = extractor.outputs[0]
-    probs = head_of(model)(features)
-    both = layers.Concatenate(name="probabilities_and_features")([probs, keras.ops.cast(features, probs.dtype)])
-    return keras.Model(extractor.inputs, both, name="probabilities_and_features")
+    both = probabilities_and_features(model)
+    joined = layers.Concatenate(name="probabilities_and_features")(both.outputs)
+    return keras.Model(both.inputs, joined, name="probabilities_and_features")

@@ -2,10 +2,11 @@
 
 from floranet.serving.app import create_app, model_version
 from floranet.serving.batcher import Batcher
-from floranet.serving.server import is_loopback, run_server, serve_in_thread
+from floranet.serving.server import access_settings, is_loopback, run_server, serve_in_thread
 from floranet.serving.uploads import RequestError, extract_upload, read_body
 
 __all__ = [
+    "access_settings",
     "Batcher",
     "RequestError",
     "create_app",

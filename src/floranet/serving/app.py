@@ -12,15 +12,16 @@ Endpoints:
   ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
   Grad-CAM heat map over it). The ``X-Batch-Size`` response header says how
   many images shared the model call.
-* ``GET /health``: ``{"status": "ok", "model_version", "runtime"}``.
+* ``GET /health``: ``{"status": "ok", "model_version", "runtime", "unknown"}`` (the unknown method, or "off").
 * ``GET /classes``: the class names, in model order.
 * ``GET /``: a self-contained page (see :mod:`floranet.serving.page`).
+* ``/v2/...``: the Open Inference Protocol (KServe v2, Triton's HTTP client), see :mod:`floranet.serving.kserve`.
 
 Batching: each request reads its body asynchronously, decodes and resizes the
 image in a thread pool (with :func:`floranet.data.decode.decode_bytes`, the decode path of
 every other command, so the probabilities are the same), then queues the pixels. One batcher task takes
 up to ``max_batch`` queued images, waiting at most ``max_wait_ms`` after the
-first for more, runs a single :meth:`Predictor.probabilities` call in a
+first for more, runs a single :meth:`Predictor.outputs` call (probabilities and unknown score) in a
 dedicated worker thread (the event loop stays free) and resolves each
 request's future. While a batch runs, new requests queue up, so under load
 batches fill by themselves and ``max_wait_ms`` only matters when traffic is
@@ -57,7 +58,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,41 +67,19 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from floranet.config import InferenceConfig, ServeConfig
-from floranet.data import decode
-from floranet.data.images import UnusableImageError
 from floranet.errors import ModelError
-from floranet.inference import Predictor, load
-from floranet.inference.runtime import RuntimeChoice
-from floranet.serving import page
+from floranet.inference import load
+from floranet.serving import kserve, page
+from floranet.serving.access import AccessMiddleware
 from floranet.serving.batcher import Batcher
 from floranet.serving.overlay import GradCamOverlay
+from floranet.serving.state import ServeState, admitted, decode_upload, state_of
 from floranet.serving.uploads import RequestError, extract_upload, read_body
 
 logger = logging.getLogger("floranet.serve")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-# An unusable image's kind → HTTP status (anything else: 422, a damaged image).
-_STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format": 415}
 router = APIRouter()
-
-
-@dataclass
-class ServeState:
-    """Everything the routes share, kept on ``app.state.serve``."""
-
-    predictor: Predictor
-    choice: RuntimeChoice
-    settings: ServeConfig
-    version: str
-    batcher: Batcher
-    decode_pool: concurrent.futures.ThreadPoolExecutor
-    gradcam_pool: concurrent.futures.ThreadPoolExecutor
-    overlay: GradCamOverlay
-    pending: int = 0
-    max_pending: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.max_pending = 4 * self.settings.max_batch
 
 
 def create_app(
@@ -121,8 +99,8 @@ def create_app(
         runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
             uses the fastest one installed, since a server amortises its start-up.
         unknown: Answer ``"unknown": true`` for images the run's out-of-distribution score rejects.
-        **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_wait_ms``,
-            ``max_upload_bytes``, ``top_k``, ``request_timeout_s``).
+        **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_pixels``,
+            ``api_key``, ``allowed_hosts``, ``model_name``, ...).
 
     Raises:
         ModelError: Not a finished run, or a model with code and ``unsafe`` is off.
@@ -153,7 +131,7 @@ def create_app(
         concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode"),
         # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
-        GradCamOverlay(predictor.model),
+        GradCamOverlay(lambda: predictor.model),  # Keras is loaded only when Grad-CAM is asked for
     )
 
     @contextlib.asynccontextmanager
@@ -172,12 +150,9 @@ def create_app(
     for kind, handler in _HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.include_router(router)
+    app.include_router(kserve.router)
+    app.add_middleware(AccessMiddleware, allowed_hosts=limits.allowed_hosts, api_key=limits.api_key)
     return app
-
-
-def _state(request: Request) -> ServeState:
-    state: ServeState = request.app.state.serve
-    return state
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -214,7 +189,7 @@ _HANDLERS: dict[Any, Any] = {
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, str]:
-    state = _state(request)
+    state = state_of(request)
     return {
         "status": "ok",
         "model_version": state.version,
@@ -225,7 +200,7 @@ async def health(request: Request) -> dict[str, str]:
 
 @router.get("/classes")
 async def classes(request: Request) -> list[str]:
-    return list(_state(request).predictor.class_names)
+    return list(state_of(request).predictor.class_names)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -235,22 +210,16 @@ async def index() -> HTMLResponse:
 
 @router.post("/predict")
 async def predict(request: Request) -> JSONResponse:
-    state = _state(request)
+    state = state_of(request)
     t0 = time.perf_counter()
     want_cam = request.query_params.get("gradcam", "").strip().lower() in _TRUE
-    body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
-    name, data = extract_upload(request.headers.get("content-type", ""), body)
-    del body
-    if not data:
-        raise RequestError(400, "empty upload: the image has 0 bytes")
-    if state.pending >= state.max_pending:
-        raise RequestError(
-            503, f"server busy: {state.pending} images already waiting; retry shortly", headers={"Retry-After": "1"}
-        )
-    state.pending += 1
-    try:
-        loop = asyncio.get_running_loop()
-        photo, pixels, decode_ms = await loop.run_in_executor(state.decode_pool, _decode, data, name, state, want_cam)
+    async with admitted(state, request):  # capacity is checked before a byte of the body is read
+        body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
+        name, data = extract_upload(request.headers.get("content-type", ""), body)
+        del body
+        if not data:
+            raise RequestError(400, "empty upload: the image has 0 bytes")
+        photo, pixels, decode_ms = await decode_upload(state, data, name, keep_photo=want_cam)
         del data
         output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)  # probabilities + unknown score
         payload: dict[str, Any] = {**state.predictor.row(name, output).to_dict(), "model_version": state.version}
@@ -259,8 +228,6 @@ async def predict(request: Request) -> JSONResponse:
             payload.update(
                 await _gradcam(state, photo, pixels, int(np.argmax(output[: len(state.predictor.class_names)])))
             )
-    finally:
-        state.pending -= 1
     payload["timing_ms"] = {
         "decode": round(decode_ms, 3),
         "queue": round(queue_ms, 3),
@@ -278,20 +245,6 @@ async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, cla
     except ModelError as e:
         return {"gradcam_png": None, "gradcam_error": str(e)}
     return {"gradcam_png": png}
-
-
-def _decode(data: bytes, name: str, state: ServeState, keep_photo: bool) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """Decode + resize exactly as every other command does (runs in the decode pool); the photo itself is
-    kept, shrunk to the overlay's size, only when Grad-CAM is asked for."""
-    started = time.perf_counter()
-    try:
-        photo, pixels = decode.decode_bytes(
-            data, state.predictor.image_size, name=name, max_pixels=state.predictor.max_pixels
-        )
-    except UnusableImageError as e:
-        raise RequestError(_STATUS.get(e.kind, 422), str(e)) from None
-    kept = state.overlay.shrink(photo) if keep_photo else None
-    return kept, pixels, (time.perf_counter() - started) * 1000
 
 
 def model_version(run_dir: str | os.PathLike[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,12 @@ class GradCamOverlay:
     """Builds the Grad-CAM model on first use (once, thread-safe) and draws overlays with it.
 
     Args:
-        model: The served Keras classifier.
+        model: Gives the served Keras classifier (called on first use: a server running the compiled model
+            loads Keras only when Grad-CAM is asked for).
         max_side: Longest side of the returned PNG.
     """
 
-    def __init__(self, model: Any, *, max_side: int = 384) -> None:
+    def __init__(self, model: Callable[[], Any], *, max_side: int = 384) -> None:
         self._model = model
         self.max_side = max_side
         self._cam: Any = None
@@ -32,7 +34,7 @@ class GradCamOverlay:
         with self._lock:
             if self._cam is None:
                 try:
-                    self._cam = GradCAM(self._model)
+                    self._cam = GradCAM(self._model())
                 except Exception as e:  # noqa: BLE001 - not a floranet classifier (no backbone/head)
                     self._cam = ModelError(f"Grad-CAM is not available for this model: {e}")
         if isinstance(self._cam, ModelError):

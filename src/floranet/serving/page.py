@@ -1,7 +1,9 @@
 """The one-page web UI served at ``/`` by :mod:`floranet.serving`.
 
 Plain HTML, CSS and vanilla JavaScript, all inline: nothing is fetched from
-anywhere but the server itself (``/health``, ``/classes``, ``/predict``). The
+anywhere but the server itself (``/health``, ``/classes``, ``/predict``). When the server needs an API key,
+the page takes it from its link's fragment (``/#key=...``, which browsers never send) or asks for it, keeps it
+for the tab only (``sessionStorage``) and sends it as ``Authorization: Bearer``. The
 Content-Security-Policy in :data:`HEADERS` enforces that in the browser: the
 inline script and style are allowed by their SHA-256 hashes, connections only
 to the page's own origin, images only from it or from ``blob:``/``data:``.
@@ -47,6 +49,7 @@ h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; t
 #results.unknown .fill { background: #b0b8b3; }
 #meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; }
 #warn { color: #8a5a00; font-size: 14px; }
+#key { grid-column: 1 / -1; background: #fff8e1; border-radius: 10px; padding: 12px 16px; }
 #error { grid-column: 1 / -1; display: none; background: #fdecea; color: #8b1a10; border-radius: 10px;
          padding: 12px 16px; }
 label.toggle { display: inline-flex; gap: 8px; align-items: center; margin-top: 12px; cursor: pointer;
@@ -63,6 +66,20 @@ SCRIPT = """
   let photoUrl = null;     // object URL of the photo
   let camUrl = null;       // data: URL of the Grad-CAM overlay for the current file
   let token = 0;           // ignores answers to superseded uploads
+  // The API key, when the server needs one: from the link's fragment (#key=..., never sent to any server)
+  // or typed in once; kept for this tab only.
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (fromLink) { sessionStorage.setItem("floranet-key", fromLink); history.replaceState(null, "", location.pathname); }
+  const keyBox = $("key"), keyInput = $("key-input");
+  function authHeaders() {
+    const key = sessionStorage.getItem("floranet-key");
+    return key ? { "Authorization": "Bearer " + key } : {};
+  }
+  $("key-save").addEventListener("click", () => {
+    sessionStorage.setItem("floranet-key", keyInput.value.trim());
+    keyBox.hidden = true;
+    if (current) classify(current, camBox.checked);
+  });
 
   fetch("health").then((r) => r.json()).then((h) => { $("version").textContent = "model " + h.model_version; })
     .catch(() => {});
@@ -123,10 +140,12 @@ SCRIPT = """
     const form = new FormData();
     form.append("file", file, file.name || "upload");
     try {
-      const response = await fetch("predict" + (withCam ? "?gradcam=1" : ""), { method: "POST", body: form });
+      const response = await fetch("predict" + (withCam ? "?gradcam=1" : ""),
+                                   { method: "POST", body: form, headers: authHeaders() });
       let answer;
       try { answer = await response.json(); } catch (e) { answer = { error: "HTTP " + response.status }; }
       if (mine !== token) return;
+      if (response.status === 401) keyBox.hidden = false;
       if (!response.ok) {
         results.textContent = "";
         meta.textContent = "";
@@ -187,6 +206,8 @@ PAGE = f"""<!doctype html>
     <strong>Drop a photo here</strong> or click to choose one
   </label>
   <div id="error" role="alert"></div>
+  <div id="key" hidden><label>API key <input id="key-input" type="password" autocomplete="off"></label>
+    <button id="key-save" type="button">Use key</button></div>
   <section class="card" id="preview">
     <h2>Photo</h2>
     <p id="hint">No photo yet.</p>

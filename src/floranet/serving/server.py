@@ -1,4 +1,10 @@
-"""Running the app: uvicorn in the foreground (``floranet serve``) or in a thread (tests, benchmarks)."""
+"""Running the app: uvicorn in the foreground (``floranet serve``) or in a thread (tests, benchmarks).
+
+Both use :mod:`floranet.serving.guard`'s connection rules (header timeout, per-client and global bounds).
+:func:`run_server` also decides who may connect: off loopback an API key is required (``--api-key`` or
+``FLORANET_API_KEY``) unless ``insecure_no_auth`` says otherwise, and the Host allow-list defaults to the
+loopback names on loopback.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from floranet.serving.app import create_app
+from floranet.config import LOOPBACK_HOSTS
+from floranet.errors import ConfigError
+from floranet.serving.app import ServeState, create_app
+from floranet.serving.guard import ConnectionGuard, guarded_protocol
 
 logger = logging.getLogger("floranet.serve")
+API_KEY_ENV = "FLORANET_API_KEY"
 
 
 def is_loopback(host: str) -> bool:
@@ -27,13 +37,52 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def access_settings(
+    host: str,
+    *,
+    api_key: str | None = None,
+    insecure_no_auth: bool = False,
+    allowed_hosts: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """The ``api_key`` and ``allowed_hosts`` a server bound to ``host`` needs.
+
+    Raises:
+        ConfigError: Off loopback without a key (and without ``insecure_no_auth``).
+    """
+    key = api_key or os.environ.get(API_KEY_ENV) or None
+    loopback = is_loopback(host)
+    if not loopback and key is None and not insecure_no_auth:
+        raise ConfigError(
+            f"Binding to {host} makes the server reachable from the network: give it an API key (--api-key KEY or "
+            f"{API_KEY_ENV}), or pass --insecure-no-auth to serve without authentication. Received: host={host!r}"
+        )
+    if allowed_hosts is None:
+        # On loopback only the loopback names (DNS rebinding); elsewhere the names clients use are unknown here.
+        allowed_hosts = (*LOOPBACK_HOSTS, host.strip("[]").lower()) if loopback else ("*",)
+    return {"api_key": key, "allowed_hosts": allowed_hosts}
+
+
+def _uvicorn_config(app: Any, **kwargs: Any) -> Any:
+    import uvicorn
+
+    state: ServeState = app.state.serve
+    guard = ConnectionGuard(
+        state.settings.header_timeout_s, state.settings.max_connections_per_client, state.settings.max_connections
+    )
+    app.state.guard = guard
+    # limit_concurrency is off: it counts idle sockets; the guard bounds connections and the app bounds work.
+    return uvicorn.Config(app, http=guarded_protocol(guard), timeout_keep_alive=5, limit_concurrency=None, **kwargs)
+
+
 def run_server(
     run_dir: str | os.PathLike[str],
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "info",
-    limit_concurrency: int | None = 256,
+    api_key: str | None = None,
+    insecure_no_auth: bool = False,
+    allowed_hosts: tuple[str, ...] | None = None,
     **kw: Any,
 ) -> None:
     """Serves ``create_app(run_dir, **kw)`` with uvicorn until interrupted.
@@ -42,37 +91,43 @@ def run_server(
         host: Interface to bind; the default is only reachable from this machine.
         port: TCP port.
         log_level: uvicorn's log level.
-        limit_concurrency: Connections beyond this get 503 from uvicorn itself.
-        **kw: Passed to :func:`create_app`.
+        api_key: The key clients must send; default ``$FLORANET_API_KEY``. Required off loopback.
+        insecure_no_auth: Serve off loopback without a key (say so loudly).
+        allowed_hosts: Host header names to answer (default: see :func:`access_settings`).
+        **kw: Passed to :func:`create_app` (:class:`floranet.config.ServeConfig` fields and more).
+
+    Raises:
+        ConfigError: Off loopback without a key, or a bad setting.
     """
     import uvicorn
 
+    access = access_settings(host, api_key=api_key, insecure_no_auth=insecure_no_auth, allowed_hosts=allowed_hosts)
     if not is_loopback(host):
         logger.warning(
-            "floranet serve is binding to %s: the server is REACHABLE FROM THE NETWORK, without "
-            "authentication or TLS. Use --host 127.0.0.1 unless that is what you want.",
+            "floranet serve is binding to %s: the server is REACHABLE FROM THE NETWORK, %s, without TLS "
+            "(put a TLS-terminating reverse proxy in front; see SECURITY.md).",
             host,
+            "with an API key" if access["api_key"] else "WITHOUT AUTHENTICATION",
         )
-    app = create_app(run_dir, **kw)
+    app = create_app(run_dir, **access, **kw)
+    choice = app.state.predictor.choice
     logger.warning(
         "floranet serve: %s (model %s, %s %s) on http://%s:%d/",
         run_dir,
         app.state.model_version,
-        app.state.predictor.choice.runtime,
-        app.state.predictor.choice.precision,
+        choice.runtime,
+        choice.precision,
         f"[{host}]" if ":" in host else host,
         port,
     )
-    uvicorn.run(
-        app, host=host, port=port, log_level=log_level, limit_concurrency=limit_concurrency, timeout_keep_alive=5
-    )
+    uvicorn.Server(_uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
 
 
 @contextlib.contextmanager
 def serve_in_thread(
     app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", startup_timeout_s: float = 30.0
 ) -> Iterator[str]:
-    """Runs ``app`` with uvicorn in a daemon thread (tests, benchmarks); yields its base URL.
+    """Runs ``app`` with uvicorn (and the connection guard) in a daemon thread; yields its base URL.
 
     Binds the socket first, so ``port=0`` picks a free port without a race.
     """
@@ -82,9 +137,7 @@ def serve_in_thread(
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(
-        app, log_level=log_level, log_config=None, access_log=False, lifespan="on", timeout_keep_alive=5
-    )
+    config = _uvicorn_config(app, log_level=log_level, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="floranet-uvicorn", daemon=True)
     thread.start()

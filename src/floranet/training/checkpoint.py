@@ -28,6 +28,7 @@ class StageState:
     best_weights: str | None = None
     wait: int = 0
     complete: bool = False
+    path: str | None = None  # how stage 2 trains: "prefix-cache" or "full" (kept so --resume takes the same)
 
 
 @dataclass

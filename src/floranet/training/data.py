@@ -18,6 +18,8 @@ from floranet.errors import DatasetError
 from floranet.rundir import RunDir
 
 log = logging.getLogger(__name__)
+# int8 quantization calibrates on this many training images (NNCF's default subset size).
+CALIBRATION_IMAGES = 300
 
 
 @dataclass
@@ -46,20 +48,39 @@ class Prepared:
     def labels(self, rows: list[split_lib.SplitRow]) -> np.ndarray:
         return np.asarray([self.split.label_index(r.label) for r in rows], dtype=np.int64)
 
+    def calibration_images(self, precision: str, n: int = CALIBRATION_IMAGES) -> np.ndarray | None:
+        """``n`` training images (a seeded sample, not augmented) that int8 quantization calibrates on, or None
+        for any other precision."""
+        if precision != "int8":
+            return None
+        for pixels, _ in self.dataset("train", shuffle=True, batch_size=n).take(1):
+            return np.asarray(pixels.numpy(), np.float32)
+        return None
+
     def dataset(
-        self, subset: str, *, shuffle: bool = False, augment: bool = False, batch_size: int | None = None
+        self,
+        subset: str,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        with_index: bool = False,
     ) -> Any:
-        """A batched tf.data stream of (images 0..255, labels)."""
+        """A batched tf.data stream of (images 0..255, labels), or of (images, row positions) ``with_index``.
+
+        ``seed`` (default: the config's) seeds shuffling and augmentation: another seed, another random view.
+        """
         rows = self.rows(subset)
         return pipeline.make_dataset(
             self.paths(rows),
-            self.labels(rows).tolist(),
+            list(range(len(rows))) if with_index else self.labels(rows).tolist(),
             image_size=self.config.image_size,
             batch_size=batch_size or self.config.batch_size,
             tf_decodable=[self.tf_decodable.get(r.path, False) for r in rows],
             shuffle=shuffle,
             augment=Augment() if augment else None,
-            seed=self.config.seed,
+            seed=self.config.seed if seed is None else seed,
             max_pixels=self.config.max_pixels,
             on_error="skip",
         )

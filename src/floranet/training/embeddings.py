@@ -16,24 +16,18 @@ import numpy as np
 
 from floranet.config import TrainConfig
 from floranet.inference import runtime
-from floranet.models import backbones, classifier
+from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.training import features as feature_cache
 
 
 def _matching_caches(run: RunDir, config: TrainConfig, choice: runtime.RuntimeChoice) -> list[Path]:
     """Cache folders whose ``key.json`` says they hold this config's stage-1 features, fullest first."""
-    found = []
-    for key_file in sorted((run / RunDir.FEATURES).glob("*/key.json")):
-        info = RunDir(key_file.parent).read_json("key.json", {})
-        same = (
-            info.get("backbone") == backbones.get(config.backbone).name
-            and info.get("weights") == (config.weights or "none")
-            and list(info.get("image_size", [])) == list(config.image_size)
-            and (info.get("runtime"), info.get("precision")) == (choice.runtime, choice.precision)
-        )
-        if same:
-            found.append(key_file.parent)
+    found = [
+        key_file.parent
+        for key_file in sorted((run / RunDir.FEATURES).glob("*/key.json"))
+        if feature_cache.stage1_matches(RunDir(key_file.parent).read_json("key.json", {}), config, choice)
+    ]
     return sorted(found, key=lambda p: -len(list(p.glob("chunk-*.npz"))))
 
 
@@ -57,40 +51,23 @@ def stage1_features(
         tf_decodable: The doctor's verdict per file, when known.
         progress: Show a progress bar while computing.
         say: Where one-line status messages go.
+
+    Raises:
+        ConfigError: The features must be computed in int8 (``config.precision``), which needs calibration
+            images; stage 1 of training has them, the audit does not.
     """
     choice = runtime.choose(config.runtime, config.precision)
-    for cache in _matching_caches(run, config, choice):
-        known = feature_cache.load_cache(cache)
+    for found in _matching_caches(run, config, choice):
+        known = feature_cache.load_cache(found)
         if all(h in known for h in hashes):
-            say(f"Features: all {len(set(hashes))} images found in the cache {cache.relative_to(run.path)}.")
+            say(f"Features: all {len(set(hashes))} images found in the cache {found.relative_to(run.path)}.")
             return {h: known[h] for h in hashes}
-    spec = backbones.get(config.backbone)
     model = classifier.build_classifier(
         config.backbone, 2, image_size=config.image_size, weights=config.weights, head_units=0
     )
-    fingerprint = feature_cache.weights_fingerprint(classifier.backbone_of(model))
-    cache = run / RunDir.FEATURES / feature_cache.cache_key(spec.name, fingerprint, config.image_size, choice.key)
-    say(f"Features: {spec.name} on {choice.runtime} {choice.precision} into {cache.relative_to(run.path)} (once).")
-    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice, streaming=True)
-    feats = feature_cache.extract(
-        extractor,
-        list(paths),
-        list(hashes),
-        cache_dir=cache,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        tf_decodable=tf_decodable,
-        progress=progress,
+    cache = feature_cache.stage1_cache(run, model, config)
+    say(
+        f"Features: {config.backbone} on {choice.runtime} {choice.precision} into "
+        f"{cache.path.relative_to(run.path)} (once)."
     )
-    feature_cache.describe(
-        cache,
-        {
-            "backbone": spec.name,
-            "weights": config.weights or "none",
-            "weights_sha256": fingerprint,
-            "image_size": list(config.image_size),
-            "runtime": choice.runtime,
-            "precision": choice.precision,
-        },
-    )
-    return feats
+    return feature_cache.fill_stage1(cache, model, config, paths, hashes, tf_decodable=tf_decodable, progress=progress)

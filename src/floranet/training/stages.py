@@ -21,12 +21,14 @@ from floranet.config import TrainConfig
 from floranet.inference import runtime
 from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
-from floranet.training import distribute
+from floranet.training import distribute, prefix
 from floranet.training import features as feature_cache
 from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState
 from floranet.training.data import Prepared
 from floranet.training.losses import compile_model
 
+# Stage 2 on the prefix cache: one augmented view per epoch, up to this many (then they repeat).
+AUTO_VIEWS = 5
 # (training data, validation data or None, extra keyword arguments of fit), built only when a stage runs.
 StageData = tuple[Any, Any, dict[str, Any]]
 
@@ -108,10 +110,9 @@ def run_stage(stage: Stage, ctx: StageContext) -> None:
             validation_data=validation,
             epochs=stage.epochs,
             initial_epoch=0 if dist.multi_worker else st.epochs_done,
-            class_weight=ctx.class_weight,
             callbacks=callbacks,
             verbose=1 if ctx.progress else 0,
-            **kwargs,
+            **{"class_weight": ctx.class_weight, **kwargs},
         )
     if fit_model is not stage.target:  # a resumed checkpoint trained: bring the target up to date
         stage.target.set_weights(fit_model.get_weights())
@@ -145,9 +146,7 @@ def full_model_stage(
     return Stage(name, model, epochs, learning_rate, data, steps)
 
 
-def cached_head_stage1(
-    model: keras.Model, spec: backbones.Backbone, prepared: Prepared, ctx: StageContext
-) -> FeatureCache | None:
+def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext) -> FeatureCache | None:
     """Stage 1 on cached features: the backbone runs once per image, the head trains on its outputs.
 
     Returns:
@@ -157,36 +156,23 @@ def cached_head_stage1(
     head = classifier.head_of(model)
     if _restore_if_complete(head, ctx.state.stage("stage1"), ctx):
         return None
-    choice = runtime.choose(config.runtime, config.precision)
-    fingerprint = feature_cache.weights_fingerprint(classifier.backbone_of(model))
-    cache = run / RunDir.FEATURES / feature_cache.cache_key(spec.name, fingerprint, config.image_size, choice.key)
+    cache = feature_cache.stage1_cache(run, model, config)
+    choice = cache.choice
     ctx.say(
         f"Stage 1: backbone frozen and no augmentation, so its features are computed once "
-        f"(cache {cache.relative_to(run.path)}) and the head trains on them for {config.epochs} epochs."
+        f"(cache {cache.path.relative_to(run.path)}) and the head trains on them for {config.epochs} epochs."
     )
     ctx.say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
-    extractor = runtime.compile_inference(classifier.feature_extractor(model), choice, streaming=True)
     rows = prepared.split.rows
-    feats = feature_cache.extract(
-        extractor,
+    feats = feature_cache.fill_stage1(
+        cache,
+        model,
+        config,
         prepared.paths(list(rows)),
         [r.sha256 for r in rows],
-        cache_dir=cache,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
         tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+        calibration=prepared.calibration_images(choice.precision),
         progress=ctx.progress,
-    )
-    feature_cache.describe(
-        cache,
-        {
-            "backbone": spec.name,
-            "weights": config.weights or "none",
-            "weights_sha256": fingerprint,
-            "image_size": list(config.image_size),
-            "runtime": choice.runtime,
-            "precision": choice.precision,
-        },
     )
     x_train, y_train = _arrays(prepared, prepared.split.train(), feats)
     x_val, y_val = _arrays(prepared, prepared.split.validation(), feats)
@@ -207,6 +193,70 @@ def cached_head_stage1(
     steps = max(1, math.ceil(len(x_train) / ctx.dist.global_batch(config.batch_size)))
     run_stage(Stage("stage1", head, config.epochs, config.learning_rate, data, steps, scheduled=False), ctx)
     return FeatureCache(feats, choice.key)
+
+
+def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepared, ctx: StageContext) -> Stage | None:
+    """Stage 2 on the cached outputs of the frozen prefix (:mod:`floranet.training.prefix`).
+
+    Args:
+        source: The float32 classifier whose frozen prefix computes the cache.
+        model: The classifier that fine-tunes (``source`` or its mixed-precision copy), top unfrozen.
+
+    Returns:
+        The stage, or None (the reason said) where the whole model must train instead.
+    """
+    config, st = ctx.config, ctx.state.stage("stage2")
+    spec = backbones.get(config.backbone)
+    augment = config.augment != "off"
+    views = config.fine_tune_views or (min(config.fine_tune_epochs, AUTO_VIEWS) if augment else 1)
+    cut, trained = prefix.split_model(source, spec), prefix.split_model(model, spec)
+    refusal = _prefix_refusal(config, st.path, ctx.dist, cut, trained)
+    if refusal is None and cut is not None:
+        need, budget = prefix.cache_bytes(cut, prepared, views), prefix.cache_budget(ctx.run / RunDir.FEATURES)
+        if need > budget:
+            refusal = f"its cache would take {need / 2**30:.1f} GiB, over the budget of {budget / 2**30:.1f} GiB"
+    if refusal is not None or cut is None or trained is None:
+        ctx.say(f"Stage 2 trains through the whole model every epoch: {refusal}.")
+        st.path = "full"
+        return None
+    choice = runtime.choose(config.runtime, config.precision)
+    ctx.say(
+        f"Stage 2: the backbone below {cut.cut} is frozen, so its outputs are computed once per view "
+        f"({views} {'augmented ' if augment else ''}view(s), {need / 2**20:.1f} MiB float16) on {choice.runtime} "
+        f"{choice.precision}, and the top trains on them."
+    )
+    st.path = "prefix-cache"
+    ctx.state.save(ctx.run)
+
+    def data() -> StageData:
+        cache = prefix.build_cache(
+            cut, prepared, ctx.run, views=views, augment=augment, choice=choice, progress=ctx.progress
+        )
+        labels = prepared.labels(prepared.split.train())[cache.train_rows].astype(np.int32)
+        val_labels = prepared.labels(prepared.split.validation())[cache.validation_rows].astype(np.int32)
+        train = prefix.ViewSequence(
+            cache.train, labels, config.batch_size, config.seed, st.epochs_done, ctx.class_weight
+        )
+        validation = prefix.ViewSequence([cache.validation], val_labels, config.batch_size, config.seed)
+        return train, validation if len(val_labels) else None, {"class_weight": None}  # weights: in the batches
+
+    steps = max(1, math.ceil(len(prepared.split.train()) / config.batch_size))
+    return Stage("stage2", trained.top, config.fine_tune_epochs, config.fine_tune_learning_rate, data, steps)
+
+
+def _prefix_refusal(
+    config: TrainConfig, path: str | None, dist: distribute.Distribution, cut: Any, trained: Any
+) -> str | None:
+    """Why stage 2 cannot train on the prefix cache, or None."""
+    if config.fine_tune_cache == "off":
+        return "fine_tune_cache is off"
+    if path == "full":
+        return "the run being resumed began it that way"
+    if dist.distributed:
+        return "distributed training shards images, not cached views"
+    if cut is None or trained is None:
+        return f"no single tensor separates {config.backbone}'s frozen layers from the fine-tuned ones"
+    return None
 
 
 def _arrays(prepared: Prepared, rows: list[Any], feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,13 +24,14 @@ from floranet.inference import batch, runtime
 from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
-from floranet.training import distribute
+from floranet.training import distribute, prefix
 from floranet.training.checkpoint import RunState
 from floranet.training.stages import (
     FeatureCache,
     StageContext,
     cached_head_stage1,
     full_model_stage,
+    prefix_cache_stage2,
     run_stage,
 )
 
@@ -190,7 +191,7 @@ def _stage1(
             ctx,
         )
         return None
-    cached = cached_head_stage1(model, backbones.get(config.backbone), prepared, ctx)
+    cached = cached_head_stage1(model, prepared, ctx)
     if cached is not None:
         precisions["features"] = cached.key
     return cached
@@ -204,6 +205,7 @@ def _stage2(
         return model
     spec = backbones.get(config.backbone)
     policy, why = runtime.training_precision(config.precision)
+    source = model  # float32 (unless --precision bf16): the frozen prefix is computed from it
     if policy != model.dtype_policy.name:  # auto on a bf16 CPU: a mixed copy for stage 2 only
         model = _with_policy(model, policy, config, len(prepared.split.class_names), ctx.dist)
     precisions["fine_tune"] = policy
@@ -213,18 +215,17 @@ def _stage2(
         f"Stage 2: fine-tuning {n} backbone layers from {spec.fine_tune_prefix or 'the last quarter'} "
         f"(BatchNorm frozen), lr {config.fine_tune_learning_rate:g}, {config.schedule} schedule."
     )
-    run_stage(
-        full_model_stage(
-            "stage2",
-            model,
-            prepared,
-            ctx,
-            epochs=config.fine_tune_epochs,
-            learning_rate=config.fine_tune_learning_rate,
-            augment=config.augment != "off",
-        ),
+    stage = prefix_cache_stage2(source, model, prepared, ctx) or full_model_stage(
+        "stage2",
+        model,
+        prepared,
         ctx,
+        epochs=config.fine_tune_epochs,
+        learning_rate=config.fine_tune_learning_rate,
+        augment=config.augment != "off",
     )
+    run_stage(stage, ctx)
+    prefix.remove_caches(ctx.run)
     return model
 
 
@@ -298,14 +299,18 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
         saved = run.saved_settings()
         current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
-        changed = sorted(k for k, v in current.items() if _norm(saved.get(k)) != _norm(v))
+        # A setting newer than the run's config.yaml compares as its default (what that run used).
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        changed = sorted(k for k, v in current.items() if _norm(saved.get(k, defaults.get(k))) != _norm(v))
         if changed:
             raise ConfigError(
                 f"--resume needs the settings of the run in {run.path}; these differ: "
                 f"{', '.join(changed)}. Run without --resume to start a new run."
             )
         return RunState.load(run)
-    if run.exists(RunDir.STATE):
+    if not run.exists(RunDir.STATE):
+        run.check_new_output()
+    else:
         raise ConfigError(
             f"{run.path} already holds a run. Use --resume to continue it, or choose another "
             f"--out. Received: out={str(run.path)!r}"

@@ -1,7 +1,10 @@
-"""Atomic file writes: a temp file in the same folder, then ``os.replace``.
+"""Files floranet writes and reads, safely.
 
-A reader (or a run resumed after ``kill -9``) sees either the old file or the
-new one, never a half-written one.
+Writes are atomic: a temp file in the same folder, then ``os.replace``, then an fsync of the folder, so a reader
+(or a run resumed after ``kill -9`` or a power cut) sees the old file or the new one, never a half-written one.
+New files get the permissions the process's umask gives (``mkstemp`` alone would make them 0600); a replaced
+file keeps its own mode. Anything that cannot be written raises :class:`~floranet.errors.OutputError` naming
+the path. Reads of user-supplied files are capped in size before a byte is read.
 """
 
 from __future__ import annotations
@@ -9,10 +12,48 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from floranet.errors import OutputError
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split(":", 1)[1].strip(), 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore, the only portable way
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode(final: Path) -> int:
+    """The mode a new version of ``final`` should have: the old file's, else ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(final.stat().st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -23,19 +64,29 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> I
         path: The final file.
         suffix: Temp file suffix; defaults to ``path``'s own (some writers,
             such as Keras, insist on an extension).
+
+    Raises:
+        OutputError: The folder cannot be created or written, or the disk is full.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix, dir=final.parent
-    )
-    os.close(fd)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=suffix if suffix is not None else final.suffix, dir=final.parent
+        )
+        os.close(fd)
+    except OSError as e:
+        raise OutputError(final, e) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, file_mode(final))
         os.replace(tmp_path, final)
+        fsync_dir(final.parent)
+    except OSError as e:
+        raise OutputError(final, e) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -46,7 +97,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -59,3 +110,43 @@ def _default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Checks, before any long work, that a file can be written at ``path``; creates nothing that stays.
+
+    A temp file is created (and removed) in ``path``'s folder, or in its nearest existing ancestor when the
+    folder does not exist yet: the only check that also catches read-only mounts and pseudo file systems.
+
+    Raises:
+        OutputError: It cannot, with the reason (read-only file system, permission denied, ...).
+    """
+    final = Path(path)
+    if final.is_dir():
+        raise OutputError(final, IsADirectoryError(21, "it is a directory"))
+    folder = final.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".floranet-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(final, e) from None
+    return final
+
+
+def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
+    """Reads a whole file, refusing (before reading) one larger than ``limit`` bytes.
+
+    Raises:
+        OSError: As ``open`` does; ``EFBIG`` (errno 27) for a file over the limit.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise OSError(27, f"file too large: {size:,} bytes, over the limit of {limit:,}")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while reading, or a device that reports no size
+        raise OSError(27, f"file too large: over the limit of {limit:,} bytes")
+    return data

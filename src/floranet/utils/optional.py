@@ -20,6 +20,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "ray.data": ("ray[data]", "ray"),
     "pyarrow": ("pyarrow", "ray"),
     "pyarrow.parquet": ("pyarrow", "ray"),
+    "mlflow": ("mlflow-skinny", "mlflow"),
 }
 
 

@@ -1,12 +1,29 @@
-"""Text that is safe to print or store: file names whose bytes are not UTF-8 shown as ``\\xNN``."""
+"""Text that is safe to print: what a file name (or any untrusted string) shows on a terminal or in a table.
+
+Bytes that are not UTF-8 (surrogate escapes) show as ``\\xNN``; control characters (C0, DEL, C1: newlines,
+tabs, escape sequences) and the invisible bidirectional overrides show as ``\\xNN`` / ``\\uNNNN``, so a file name
+can neither forge lines nor move the cursor nor reorder what is shown.
+"""
 
 from __future__ import annotations
 
+import re
+
+# C0 controls, DEL, C1 controls, and the bidi marks, embeddings, overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
 
 def printable(text: str) -> str:
-    """Undecodable file-name bytes (surrogate escapes) as ``\\xNN``, so JSON and terminals accept them."""
+    """``text`` with undecodable bytes as ``\\xNN`` and control or bidi characters escaped."""
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that no file name produced
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        decoded = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    else:
+        decoded = raw.decode("utf-8", "backslashreplace")
+    return _UNSAFE.sub(_escape, decoded)

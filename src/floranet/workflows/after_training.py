@@ -42,7 +42,7 @@ def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[s
         return
     t = time.perf_counter()
     try:
-        outcome = audit(result.run.path, say=say, rebuild_report=False)
+        outcome = audit(result.run.path, say=say, rebuild_report=False, held=True)  # train holds the run lock
     except (FloranetError, ValueError) as e:
         say(f"Audit not run: {e}")
         return

@@ -13,6 +13,7 @@ and a finished run's ``report.html`` is rebuilt with its audit section. No image
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ def audit(
     progress: bool = False,
     say: Say = print,
     rebuild_report: bool = True,
+    held: bool = False,
     **settings: Any,
 ) -> AuditOutcome:
     """Audits a data folder or a run (see the module docstring).
@@ -78,12 +80,15 @@ def audit(
         progress: Show progress bars.
         say: Where one-line status messages go.
         rebuild_report: Rebuild a finished run's ``report.html`` with the audit section.
+        held: The caller holds the folder's lock (``train``); else it is taken here.
         **settings: :class:`floranet.config.TrainConfig` fields for a data folder (``backbone``, ``weights``,
             ``image_size``, ``preset``, ...): the features and the head the audit uses.
 
     Raises:
-        ConfigError: ``out`` or ``settings`` given with a run, ``out`` inside the data folder, bad settings.
+        ConfigError: ``out`` or ``settings`` given with a run, ``out`` inside the data folder or a folder that
+            holds other things, bad settings.
         DatasetError: The data folder cannot be used.
+        RunLockedError: Another process is writing the run or audit folder.
     """
     if folds < 2:
         raise ConfigError(f"folds must be an int >= 2. Received: folds={folds!r}")
@@ -91,43 +96,55 @@ def audit(
         if out is not None or settings:
             raise ConfigError(f"{target} is a run: its own settings and folder are used. Received: out={out!r}")
         run = RunDir(target)
-        config = run.config()
-        data = _run_data(run, config, progress, say)
     else:
-        config, run = _audit_folder(target, out, settings)
-        # A fresh split each time: the one `floranet train` would make of these files with these settings.
-        prepared = run_data.prepare(config, run, resume=False, progress=progress, say=say)
-        rows = list(prepared.split.rows)
-        feats = stage1_features(
-            run,
-            config,
-            prepared.paths(rows),
-            [r.sha256 for r in rows],
-            tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
-            progress=progress,
-            say=say,
-        )
-        data = _audit_data(rows, prepared.split.class_names, feats)
-    result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
-    data_dir = Path(config.data_dir)
-    write_audit(run, result, data_dir)
-    if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
-        from floranet.evaluation.report import build_report
+        run = _audit_folder(target, out)
+    with contextlib.nullcontext() if held else run.lock():  # one writer per folder, as train/evaluate/report
+        if is_run_dir(target):
+            config = run.config()
+            data = _run_data(run, config, progress, say)
+        else:
+            config, data = _data_folder(target, run, settings, progress, say)
+        result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
+        data_dir = Path(config.data_dir)
+        write_audit(run, result, data_dir)
+        if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
+            from floranet.evaluation.report import build_report
 
-        build_report(run.path)
+            build_report(run.path)
     return AuditOutcome(run, result, data_dir)
 
 
-def _audit_folder(target: str | os.PathLike[str], out: Any, settings: dict[str, Any]) -> tuple[TrainConfig, RunDir]:
+def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
+    """The audit folder of a data folder: outside it, and new, empty or an earlier audit (nothing else is
+    written over)."""
     data_dir = Path(target)
     folder = Path(out) if out is not None else default_audit_dir(data_dir)
     if folder.resolve().is_relative_to(data_dir.resolve()):
         raise ConfigError(f"The audit folder must be outside the data folder {data_dir}. Received: out={str(folder)!r}")
     run = RunDir(folder)
-    config = resolve(**{**settings, "data_dir": str(data_dir), "out": str(folder)})
-    run.path.mkdir(parents=True, exist_ok=True)
+    run.check_new_output()
+    return run
+
+
+def _data_folder(
+    target: str | os.PathLike[str], run: RunDir, settings: dict[str, Any], progress: bool, say: Say
+) -> tuple[TrainConfig, AuditData]:
+    """A data folder's settings (saved as ``config.yaml``), split and features."""
+    config = resolve(**{**settings, "data_dir": str(target), "out": str(run.path)})
     run.write_config(config)
-    return config, run
+    # A fresh split each time: the one `floranet train` would make of these files with these settings.
+    prepared = run_data.prepare(config, run, resume=False, progress=progress, say=say)
+    rows = list(prepared.split.rows)
+    feats = stage1_features(
+        run,
+        config,
+        prepared.paths(rows),
+        [r.sha256 for r in rows],
+        tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+        progress=progress,
+        say=say,
+    )
+    return config, _audit_data(rows, prepared.split.class_names, feats)
 
 
 def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say) -> AuditData:

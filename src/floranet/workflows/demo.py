@@ -132,7 +132,7 @@ def _data(data: str | None, say: Callable[[str], None]) -> tuple[Path, bool]:
         say(f"  using {data}")
         return Path(data), False
     try:
-        path = datasets.fetch("flower_photos", timeout=10.0)
+        path = datasets.fetch("flower_photos", timeout=10.0, say=lambda m: say(f"  {m}"))
         say(f"  flower_photos at {path}")
         return path, False
     except FloranetError as e:

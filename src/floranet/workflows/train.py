@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
+from floranet.evaluation.modelcard import write_model_card
 from floranet.evaluation.report import build_report
+from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
 from floranet.workflows.after_training import audit_and_unknown
 
 
 def train(
-    config: TrainConfig, *, resume: bool = False, progress: bool = True, say: Callable[[str], None] = print
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    mlflow: str | None = None,
 ) -> TrainResult:
-    """Trains (:func:`floranet.training.fit`), then writes the run's evaluation, plots and ``report.html``.
+    """Trains (:func:`floranet.training.fit`), then writes the run's evaluation, plots, ``report.html`` and
+    model card (``README.md``).
 
     The validation predictions training made are the one evaluation of the run: ``metrics.json`` (first),
     ``calibration.json`` (temperature fitted on them), ``predictions.csv``, the plots and the report all
@@ -25,7 +35,45 @@ def train(
         resume: Continue the run in ``config.out`` from its last completed epoch.
         progress: Show progress bars.
         say: Where one-line status messages go.
+        mlflow: Also log the finished run to MLflow (:func:`floranet.workflows.tracking.log_to_mlflow`) at
+            this tracking URI ("" for MLflow's default); None: no MLflow.
+
+    Raises:
+        RunLockedError: Another process is writing ``config.out``.
     """
+    with RunDir(config.out).lock():  # one writer per run directory
+        return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
+
+
+def _compile(result: TrainResult, say: Callable[[str], None]) -> None:
+    """Leaves the compiled inference model (OpenVINO IR with the features output, checked on validation images,
+    the unknown score included) beside model.keras."""
+    from floranet.data.decode import load_resized
+    from floranet.errors import DatasetError
+    from floranet.inference import compiled
+    from floranet.inference.unknown import UnknownDetector
+
+    assert result.model is not None and result.validation is not None and result.data_dir is not None
+    size = (int(result.model.inputs[0].shape[1]), int(result.model.inputs[0].shape[2]))
+    pixels = []
+    for path in result.validation.paths[: compiled.CHECK_IMAGES]:
+        try:
+            pixels.append(load_resized(result.data_dir / path, size))
+        except DatasetError:
+            continue
+    images = np.stack(pixels) if pixels else np.zeros((0, *size, 3))
+    info = compiled.compile_run(result.run, result.model, images, UnknownDetector.load(result.run.path))
+    if info is not None:
+        verdict = "agrees" if info["agrees"] else "DOES NOT agree (predict will use model.keras)"
+        say(
+            f"Compiled inference model: {result.run / RunDir.COMPILED} {verdict} with model.keras on "
+            f"{info['images']} validation images (max |dp| {info['max_abs_diff'] or 0:.1e})."
+        )
+
+
+def _train(
+    config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[str], None], mlflow: str | None
+) -> TrainResult:
     result = fit(config, resume=resume, progress=progress, say=say)
     if result.validation is None:  # a non-chief worker: the chief writes the run directory
         return result
@@ -39,10 +87,17 @@ def train(
         extra={"evaluated_on": val.evaluated_on},
     ).with_temperature()
     result.metrics = write_evaluation(ev, run, facts=result.facts)
+    if len(ev.labels):
+        audit_and_unknown(result, config, say)  # ood.json, audit.*: read by the compiled check and the report
+    _compile(result, say)
     history = run.history()
     if history:
         plots.history_plot(history, run.plot("history.png"))
     if len(ev.labels):
-        audit_and_unknown(result, config, say)  # ood.json, audit.*: read by the report
         say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
+    say(f"Model card: {write_model_card(run.path)}")
+    if mlflow is not None:
+        from floranet.workflows.tracking import log_to_mlflow
+
+        log_to_mlflow(run.path, mlflow or None, say=say)
     return result

@@ -1,0 +1,69 @@
+"""Configuration: every choice floranet offers, validated once, in frozen dataclasses.
+
+* :class:`TrainConfig`: a training run. Precedence, lowest first: dataclass
+  defaults < preset < config file < flags (:func:`resolve`). Saved as
+  ``RUN_DIR/config.yaml`` by every run.
+* :class:`InferenceConfig`: how a finished run is used (predict, evaluate, serve).
+* :class:`ServeConfig`: the server's limits.
+* :class:`CompareConfig`: a backbone comparison.
+
+The CLI takes its choice lists from the constants here.
+"""
+
+from floranet.config.choices import (
+    AUGMENT_CHOICES,
+    DEFAULT_MAX_PIXELS,
+    DISTRIBUTE_CHOICES,
+    ENGINES,
+    EXPORT_FORMATS,
+    FINE_TUNE_CACHE,
+    LOOPBACK_HOSTS,
+    MAX_CONFIG_BYTES,
+    MIN_IMAGE_SIZE,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    PRESETS,
+    QUANTIZE,
+    RUNTIMES,
+    SCHEDULES,
+    TRAIN_PRECISIONS,
+    UNKNOWN_METHODS,
+    UNKNOWN_SWITCH,
+    check_choice,
+    check_positive_int,
+    parse_image_size,
+)
+from floranet.config.compare import CompareConfig
+from floranet.config.train import FIELDS, TrainConfig, load_file, resolve
+from floranet.config.use import InferenceConfig, ServeConfig
+
+__all__ = [
+    "AUGMENT_CHOICES",
+    "FINE_TUNE_CACHE",
+    "DEFAULT_MAX_PIXELS",
+    "DISTRIBUTE_CHOICES",
+    "ENGINES",
+    "EXPORT_FORMATS",
+    "FIELDS",
+    "LOOPBACK_HOSTS",
+    "MAX_CONFIG_BYTES",
+    "MIN_IMAGE_SIZE",
+    "OUTPUT_FORMATS",
+    "PRECISIONS",
+    "PRESETS",
+    "QUANTIZE",
+    "RUNTIMES",
+    "SCHEDULES",
+    "TRAIN_PRECISIONS",
+    "UNKNOWN_METHODS",
+    "UNKNOWN_SWITCH",
+    "CompareConfig",
+    "InferenceConfig",
+    "ServeConfig",
+    "TrainConfig",
+    "check_choice",
+    "check_positive_int",
+    "load_file",
+    "parse_image_size",
+    "resolve",
+]

@@ -1,0 +1,133 @@
+"""Every choice floranet offers, and the one set of checks that validate settings (Keras-style messages)."""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from floranet.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The tutorial's recipe, preprocessing done right: frozen ResNet50, its head,
+    # Adam 1e-3, 5 epochs, 180 px, no fine-tuning, no augmentation.
+    "tutorial": {
+        "backbone": "resnet50",
+        "image_size": (180, 180),
+        "epochs": 5,
+        "fine_tune_epochs": 0,
+        "learning_rate": 1e-3,
+        "augment": "off",
+        "dropout": 0.0,
+        "head_units": 512,
+        "label_smoothing": 0.0,
+        "early_stopping_patience": 0,
+    },
+    # Two stages: a regularised head trained on cached features (cheap, so
+    # more epochs), then fine-tuning the last stage with augmentation and a
+    # cosine schedule, early stopping on validation loss.
+    "recommended": {
+        "epochs": 20,
+        "fine_tune_epochs": 5,
+        "learning_rate": 1e-3,
+        "fine_tune_learning_rate": 1e-5,
+        "augment": "fine-tune",
+        "dropout": 0.3,
+        "head_units": 512,
+        "schedule": "cosine",
+        "label_smoothing": 0.1,
+    },
+}
+AUGMENT_CHOICES = ("off", "fine-tune", "all")
+FINE_TUNE_CACHE = ("auto", "off")
+DISTRIBUTE_CHOICES = ("none", "auto", "mirrored", "multi-worker")
+SCHEDULES = ("cosine", "plateau", "constant")
+RUNTIMES = ("auto", "tensorflow", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Training also takes int8: the frozen layers' inference (stage-1 features, the stage-2 prefix) on OpenVINO int8.
+TRAIN_PRECISIONS = (*PRECISIONS, "int8")
+OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+ENGINES = ("local", "ray")
+EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "tflite")
+QUANTIZE = ("fp16", "int8")
+DEFAULT_MAX_PIXELS = 50_000_000
+# Out-of-distribution scores a run can answer "unknown" with (floranet.inference.unknown); the default won the
+# leave-one-class-out comparison of benchmarks/bench_unknown.py.
+UNKNOWN_METHODS = ("combined", "knn_head", "knn", "energy", "mahalanobis", "class_mean", "msp")
+# `--unknown on|off` of predict and serve (InferenceConfig.unknown).
+UNKNOWN_SWITCH = ("on", "off")
+# Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
+MIN_IMAGE_SIZE = 32
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a loopback-only server answers to
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; a larger one is not a config
+# A model name in a URL path: /v2/models/<name>.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = "model_name must be 1 to 128 of A-Za-z0-9_-. (the first: A-Za-z0-9)"
+
+
+def is_name(v: Any) -> bool:
+    return isinstance(v, str) and bool(MODEL_NAME.fullmatch(v))
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check(ok: bool, message: str, name: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{message}. Received: {name}={value!r}")
+
+
+def parse_image_size(
+    value: Any, *, name: str = "image_size", minimum: int = MIN_IMAGE_SIZE, allow_int: bool = True
+) -> tuple[int, int]:
+    """``180`` or ``(180, 240)`` (or a list) → ``(h, w)``; the one image-size check of floranet.
+
+    Args:
+        value: An int or a pair of ints.
+        name: The argument's name, for the message.
+        minimum: Smallest accepted side: :data:`MIN_IMAGE_SIZE` for models, 1 for plain resizing.
+        allow_int: Accept one int for a square (the user-facing settings do; internal APIs take pairs).
+
+    Raises:
+        ConfigError: Not an int or pair of ints >= ``minimum``.
+    """
+    square = allow_int and is_int(value)
+    size: Any = (value, value) if square else tuple(value) if isinstance(value, (tuple, list)) else ()
+    check(
+        len(size) == 2 and all(is_int(s) and s >= minimum for s in size),
+        f"{name} must be {'an int' if allow_int else 'a pair of ints'} >= {minimum}"
+        f"{' or (h, w)' if allow_int else ' (h, w)'}",
+        name,
+        value,
+    )
+    return int(size[0]), int(size[1])
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...] | Mapping[str, Any]) -> None:
+    """ConfigError unless ``value`` is one of ``choices``."""
+    check(isinstance(value, str) and value in choices, f"{name} must be one of {', '.join(choices)}", name, value)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """ConfigError unless ``value`` is an int > 0."""
+    check(is_int(value) and value > 0, f"{name} must be a positive int", name, value)
+    return int(value)
+
+
+def check_int_at_least(cfg: Any, name: str, low: int, note: str = "") -> None:
+    value = getattr(cfg, name)
+    check(is_int(value) and value >= low, f"{name} must be an int >= {low}{note}", name, value)
+
+
+def check_fraction(cfg: Any, name: str, low_open: bool, high_open: bool = True) -> None:
+    value = getattr(cfg, name)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value > 0 if low_open else value >= 0)
+        and (value < 1 if high_open else value <= 1)
+    )
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+    check(ok, f"{name} must be in {interval}", name, value)

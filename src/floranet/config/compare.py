@@ -1,0 +1,50 @@
+"""A backbone comparison's settings (``floranet compare``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from floranet.config.choices import PRECISIONS, RUNTIMES, check, check_choice
+from floranet.config.train import FIELDS
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A backbone comparison (``floranet compare``): every backbone through the same recipe on one split.
+
+    Attributes:
+        data_dir, out, backbones: The labelled folder; the comparison's folder; the backbones to compare.
+        weights: Backbone → ``"imagenet"``, None (random init) or a file; others get ``default_weights``.
+        fine_tune: Include stage 2; by default only stage 1 runs (on cached features).
+        train: Other :class:`TrainConfig` settings shared by every run (image_size, epochs, seed, ...).
+        runtime, precision: The one runtime every latency is measured on.
+    """
+
+    data_dir: str
+    backbones: tuple[str, ...]
+    out: str = "runs/compare"
+    weights: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    default_weights: str | None = "imagenet"
+    fine_tune: bool = False
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    runtime: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        names = tuple(self.backbones)
+        object.__setattr__(self, "backbones", names)
+        ok = bool(names) and all(isinstance(n, str) and n.strip() for n in names) and len(set(names)) == len(names)
+        check(ok, "backbones must be a non-empty list of distinct names", "backbones", names)
+        check(set(self.weights) <= set(names), "weights may only name compared backbones", "weights", self.weights)
+        own = {"data_dir", "out", "backbone", "weights", "split_file"}
+        bad = sorted(set(self.train) - FIELDS | own & set(self.train))
+        check(not bad, "train must hold TrainConfig settings that compare does not set itself", "train", bad)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        check_choice("precision", self.precision, PRECISIONS)
+
+    def weights_of(self, backbone: str) -> str | None:
+        value = self.weights.get(backbone, self.default_weights)
+        return None if value in (None, "none", "None", "") else value

@@ -1,0 +1,210 @@
+"""The training configuration: presets, YAML files, and the precedence defaults < preset < file < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from floranet.config.choices import (
+    AUGMENT_CHOICES,
+    DEFAULT_MAX_PIXELS,
+    DISTRIBUTE_CHOICES,
+    FINE_TUNE_CACHE,
+    MAX_CONFIG_BYTES,
+    PRESETS,
+    RUNTIMES,
+    SCHEDULES,
+    TRAIN_PRECISIONS,
+    UNKNOWN_METHODS,
+    check,
+    check_choice,
+    check_fraction,
+    check_int_at_least,
+    check_positive_int,
+    is_int,
+    parse_image_size,
+)
+from floranet.errors import ConfigError
+from floranet.utils.files import atomic_write_text, read_capped
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Validated on creation."""
+
+    data_dir: str = ""
+    out: str = "runs/latest"
+    preset: str = "recommended"
+    backbone: str = "resnet50"
+    weights: str | None = "imagenet"
+    image_size: tuple[int, int] = (180, 180)
+    batch_size: int = 32
+    epochs: int = 5
+    fine_tune_epochs: int = 0
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-5
+    # Stage 2 on the cached outputs of the frozen layers (training/prefix.py): auto (where it fits) | off;
+    # views: augmented copies of the training set cached (0: one per epoch, at most stages.AUTO_VIEWS).
+    fine_tune_cache: str = "auto"
+    fine_tune_views: int = 0
+    schedule: str = "cosine"
+    early_stopping_patience: int = 3
+    val_split: float = 0.2
+    seed: int = 123
+    precision: str = "auto"
+    runtime: str = "auto"
+    augment: str = "off"
+    class_weights: str | None = None
+    head_units: int = 512
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
+    split_file: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Data-parallel training (floranet.training.distribute): none | auto | mirrored | multi-worker.
+    # batch_size is per replica; the learning rates are scaled by the number of replicas.
+    distribute: str = "none"
+    workers: str | None = None  # "host:port,host:port" (sets TF_CONFIG); else TF_CONFIG is used
+    worker_index: int | None = None
+    # Data curation (floranet.data.curation): files left out (an audit.csv or a list of relative paths) and
+    # a relabel file (path,new_label); the user's files are never moved or edited.
+    exclude: str | None = None
+    relabel: str | None = None
+    # The label audit at the end of training, run only when cheap: stage 1 ran on cached features.
+    audit: bool = True
+    # The "unknown" answer: its score and the share of known validation images its threshold keeps.
+    unknown_method: str = "combined"
+    unknown_keep: float = 0.95
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_size", parse_image_size(self.image_size))
+        if self.weights in ("none", "None", ""):
+            object.__setattr__(self, "weights", None)
+        self._check_training()
+        self._check_choices()
+        self._check_cluster()
+
+    def _check_training(self) -> None:
+        check_positive_int("batch_size", self.batch_size)
+        check_int_at_least(self, "epochs", 0)
+        check_int_at_least(self, "fine_tune_epochs", 0)
+        check_int_at_least(self, "fine_tune_views", 0, " (0: one per epoch)")
+        check(self.epochs + self.fine_tune_epochs > 0, "epochs + fine_tune_epochs must be > 0", "epochs", self.epochs)
+        for name in ("learning_rate", "fine_tune_learning_rate"):
+            check_fraction(self, name, low_open=True)
+        check(
+            isinstance(self.val_split, float) and 0 < self.val_split < 1,
+            "val_split must be a float in (0, 1)",
+            "val_split",
+            self.val_split,
+        )
+        check(is_int(self.seed), "seed must be an int", "seed", self.seed)
+        check_int_at_least(self, "head_units", 0)
+        check_fraction(self, "dropout", low_open=False)
+        check_fraction(self, "label_smoothing", low_open=False)
+        check_int_at_least(self, "early_stopping_patience", 0, " (0: off)")
+        check_positive_int("max_pixels", self.max_pixels)
+        check(isinstance(self.audit, bool), "audit must be True or False", "audit", self.audit)
+        check_fraction(self, "unknown_keep", low_open=True)
+
+    def _check_choices(self) -> None:
+        check_choice("preset", self.preset, PRESETS)
+        check_choice("precision", self.precision, TRAIN_PRECISIONS)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        check_choice("augment", self.augment, AUGMENT_CHOICES)
+        check_choice("fine_tune_cache", self.fine_tune_cache, FINE_TUNE_CACHE)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
+        check_choice("unknown_method", self.unknown_method, UNKNOWN_METHODS)
+        for name in ("exclude", "relabel"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and bool(value)), f"{name} must be a file path", name, value)
+        check(
+            self.class_weights in (None, "auto"),
+            "class_weights must be 'auto' or None",
+            "class_weights",
+            self.class_weights,
+        )
+
+    def _check_cluster(self) -> None:
+        hosts = [h for h in self.workers.split(",") if h.strip()] if isinstance(self.workers, str) else None
+        check(
+            self.workers is None or bool(hosts and all(h.count(":") == 1 and h.split(":")[1].isdigit() for h in hosts)),
+            "workers must be 'host:port,host:port,...'",
+            "workers",
+            self.workers,
+        )
+        check(
+            self.worker_index is None
+            or (is_int(self.worker_index) and hosts is not None and 0 <= self.worker_index < len(hosts)),
+            "worker_index must be an int in [0, number of workers) and needs workers",
+            "worker_index",
+            self.worker_index,
+        )
+        check(
+            self.workers is None or (self.worker_index is not None and self.distribute in ("multi-worker", "auto")),
+            "workers needs worker_index and distribute multi-worker (or auto)",
+            "workers",
+            self.workers,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the config as YAML, atomically."""
+        atomic_write_text(path, self.to_yaml())
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Reads a YAML config file into a dict of known keys (dashes allowed)."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"Config file not found. Received: config={str(path)!r}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"Config file {path} must hold a mapping of settings. Received: {type(raw).__name__}")
+    out = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(out) - FIELDS)
+    if unknown:
+        raise ConfigError(f"Unknown settings in {path}: {', '.join(unknown)}. Valid: {', '.join(sorted(FIELDS))}")
+    return out
+
+
+def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> TrainConfig:
+    """Builds a config: defaults < preset < file < flags (flags set to None are absent).
+
+    Args:
+        file: Optional YAML config file.
+        **flags: Settings from the command line or Python; ``None`` means "not given".
+
+    Raises:
+        ConfigError: Unknown key or invalid value.
+    """
+    from_file = load_file(file) if file else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    unknown = sorted(set(given) - FIELDS)
+    if unknown:
+        raise ConfigError(f"Unknown settings: {', '.join(unknown)}. Valid: {', '.join(sorted(FIELDS))}")
+    preset = given.get("preset", from_file.get("preset", TrainConfig.preset))
+    check_choice("preset", preset, PRESETS)
+    values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
+    return TrainConfig(**values)

@@ -1,0 +1,135 @@
+"""How finished runs are used: inference settings (predict, evaluate, serve) and the server's limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from floranet.config.choices import (
+    LOOPBACK_HOSTS,
+    NAME_RULE,
+    PRECISIONS,
+    RUNTIMES,
+    check,
+    check_choice,
+    check_fraction,
+    check_positive_int,
+    is_name,
+)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a finished run is used by predict, evaluate and serve. Validated on creation.
+
+    Attributes:
+        runtime, precision: See :func:`floranet.inference.runtime.choose`; ``auto`` is resolved per job.
+        batch_size: Images per model call.
+        top_k: Classes per answer.
+        low_confidence: Answers whose top probability is below this are flagged.
+        calibrated: Report temperature-scaled probabilities (``calibration.json``).
+        safe_mode: Refuse a model that contains code (Keras safe mode).
+        threads: Most threads OpenVINO may use (None: every core).
+        unknown: Answer "unknown" for images the run's out-of-distribution score rejects (``ood.json``);
+            off: every row says ``unknown: false`` and ``ood_score: null``.
+    """
+
+    runtime: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    top_k: int = 3
+    low_confidence: float = 0.5
+    calibrated: bool = False
+    safe_mode: bool = True
+    threads: int | None = None
+    unknown: bool = True
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.unknown, bool), "unknown must be True or False", "unknown", self.unknown)
+        check_choice("runtime", self.runtime, RUNTIMES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("top_k", self.top_k)
+        check_fraction(self, "low_confidence", low_open=False, high_open=False)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's limits and access rules. Validated on creation.
+
+    Attributes:
+        max_upload_bytes: Largest accepted request body.
+        max_batch: Most images per model call.
+        max_wait_ms: How long the batcher waits after a first image for more.
+        top_k: Classes returned per image.
+        request_timeout_s: Time allowed to receive a request body.
+        max_pixels: Largest image decoded (width x height), checked from its header before decoding; well
+            under training's limit, since every pixel of an upload costs the server memory and CPU.
+        decode_timeout_s: Time one image may take to decode before the client gets 503.
+        max_inflight_bytes: Request bodies held at once (declared sizes); more gets 503 before reading.
+        api_key: Clients must send it (``Authorization: Bearer KEY`` or ``X-API-Key``); None: open.
+        allowed_hosts: Host names accepted in the ``Host`` header (``"*"``: any).
+        header_timeout_s: Time a client has to send a request's headers.
+        max_connections_per_client: Open connections one client address may hold.
+        max_connections: Open connections in all.
+        model_name: The model's name in the Open Inference Protocol routes (``/v2/models/<name>``);
+            None: the run folder's name.
+    """
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    top_k: int = 3
+    request_timeout_s: float = 30.0
+    max_pixels: int = 16_000_000
+    decode_timeout_s: float = 10.0
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    api_key: str | None = field(default=None, repr=False)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    header_timeout_s: float = 10.0
+    max_connections_per_client: int = 32
+    max_connections: int = 512
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_upload_bytes",
+            "max_batch",
+            "top_k",
+            "max_pixels",
+            "max_inflight_bytes",
+            "max_connections_per_client",
+            "max_connections",
+        ):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_wait_ms", "request_timeout_s", "decode_timeout_s", "header_timeout_s"):
+            value = getattr(self, name)
+            positive = name != "max_wait_ms"
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (value > 0 if positive else value >= 0)
+            )
+            check(ok, f"{name} must be a {'positive' if positive else 'non-negative'} number", name, value)
+        check(
+            self.api_key is None
+            or (
+                isinstance(self.api_key, str)
+                and len(self.api_key) >= 16
+                and self.api_key.isprintable()
+                and " " not in self.api_key
+            ),
+            "api_key must be at least 16 printable characters without spaces",
+            "api_key",
+            "<hidden>",
+        )
+        hosts = tuple(self.allowed_hosts) if isinstance(self.allowed_hosts, (tuple, list)) else ()
+        check(
+            bool(hosts) and all(isinstance(h, str) and h.strip() for h in hosts),
+            "allowed_hosts must be a non-empty list of host names ('*' for any)",
+            "allowed_hosts",
+            self.allowed_hosts,
+        )
+        object.__setattr__(self, "allowed_hosts", hosts)
+        check(self.model_name is None or is_name(self.model_name), NAME_RULE, "model_name", self.model_name)

@@ -1,0 +1,314 @@
+"""The model card: ``RUN_DIR/README.md``, in the Hugging Face model-card format.
+
+YAML front matter (``library_name``, ``license``, ``tags``, ``datasets``, ``metrics``, ``base_model`` when a
+Hub id is given, ``pipeline_tag`` and ``model-index`` with the validation results), then a body: intended
+use, data (``doctor.json`` and the split), training recipe (``config.yaml``, the facts in ``metrics.json``),
+validation results per class, calibration, and limitations (what the numbers say, plus the label audit and
+the unknown answer when ``audit.json`` / ``ood.json`` exist).
+
+Everything is read from the run directory (never predicted again), so ``floranet evaluate`` can refresh it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from floranet.rundir import RunDir
+
+# Recall below this, on a class with enough validation images, is called out as a limitation.
+WEAK_RECALL = 0.8
+FEW_VALIDATION_IMAGES = 20
+
+
+def write_model_card(run_dir: str | os.PathLike[str], *, license: str = "other", base_model: str | None = None) -> Path:
+    """Writes (or refreshes) ``RUN_DIR/README.md`` from the run's files.
+
+    Args:
+        run_dir: A finished run (``metrics.json`` and ``config.yaml`` at least).
+        license: The model's license id for the front matter; ``other`` (the default) until you set it,
+            since it depends on your data and the backbone's weights.
+        base_model: The Hugging Face Hub id of the pretrained backbone, when there is one.
+
+    Returns:
+        The card's path.
+    """
+    run = RunDir(run_dir)
+    return run.write_text(RunDir.MODEL_CARD, model_card(run, license=license, base_model=base_model))
+
+
+def model_card(run: RunDir, *, license: str = "other", base_model: str | None = None) -> str:
+    """The card's text (front matter and body)."""
+    facts = _Facts.read(run)
+    front = yaml.safe_dump(front_matter(facts, license, base_model), sort_keys=False, allow_unicode=True)
+    body = "\n".join(
+        [
+            f"# {facts.name}",
+            "",
+            _intro(facts),
+            *_section("Intended use", _intended_use(facts)),
+            *_section("How to use", _how_to_use(facts)),
+            *_section("Data", _data(facts)),
+            *_section("Training recipe", _recipe(facts)),
+            *_section("Validation results", _results(facts)),
+            *_section("Calibration", _calibration(facts)),
+            *_section("Limitations", _limitations(facts)),
+            "",
+            f"*Written by floranet {facts.version} from the files of `{facts.name}/`; "
+            "`floranet evaluate` refreshes it.*",
+            "",
+        ]
+    )
+    return f"---\n{front}---\n\n{body}"
+
+
+class _Facts:
+    """The run's files, read once."""
+
+    def __init__(self, run: RunDir) -> None:
+        from floranet import __version__
+
+        self.run = run
+        self.version = __version__
+        self.name = run.path.resolve().name
+        self.config = run.config() if run.exists(RunDir.CONFIG) else None
+        self.metrics: dict[str, Any] = run.metrics()
+        self.external: dict[str, Any] = run.read_json(RunDir.METRICS_EXTERNAL, {})
+        self.calibration: dict[str, Any] = run.read_json(RunDir.CALIBRATION, {})
+        self.doctor: dict[str, Any] = run.doctor()
+        self.class_names: list[str] = run.class_names() if run.exists(RunDir.CLASS_NAMES) else []
+        self.counts = run.split(self.class_names).counts() if run.exists(RunDir.SPLIT) else {}
+        self.audit = run.read_json(RunDir.AUDIT)
+        self.ood = run.read_json(RunDir.OOD)
+
+    @classmethod
+    def read(cls, run: RunDir) -> _Facts:
+        return cls(run)
+
+    @property
+    def dataset(self) -> str:
+        data_dir = self.config.data_dir if self.config else ""
+        return Path(data_dir).name or "unknown"
+
+    @property
+    def backbone(self) -> str:
+        return self.config.backbone if self.config else "unknown"
+
+    @property
+    def weights(self) -> str:
+        weights = self.config.weights if self.config else None
+        if weights is None:
+            return "none (random initialisation)"
+        return weights if weights == "imagenet" else f"file {Path(weights).name}"
+
+
+def front_matter(facts: _Facts, license: str = "other", base_model: str | None = None) -> dict[str, Any]:
+    """The YAML header: Hugging Face's model-card metadata, with ``model-index`` holding the results.
+
+    ``base_model`` must be a Hub model id; floranet knows none that is byte-for-byte the backbone's
+    weights (Keras's ImageNet files have no exact Hub twin), so it is written only when given.
+    """
+    m = facts.metrics
+    front: dict[str, Any] = {
+        "library_name": "keras",
+        "license": license,
+        "tags": ["image-classification", "keras", "floranet", facts.backbone],
+        "datasets": [facts.dataset],
+        "metrics": ["accuracy", "f1"],
+        "pipeline_tag": "image-classification",
+    }
+    if license == "other":
+        front["license_name"] = "unspecified"
+        front["license_link"] = "LICENSE"
+    if base_model:
+        front["base_model"] = base_model
+    results = []
+    if "accuracy" in m:
+        metrics = [
+            {"type": "accuracy", "value": round(float(m["accuracy"]), 4), "name": "Validation accuracy"},
+            {"type": "f1", "value": round(float(m["macro_f1"]), 4), "name": "Macro F1", "args": {"average": "macro"}},
+        ]
+        cal = m.get("calibration", {})
+        if "ece" in cal:
+            metrics.append({"type": "ece", "value": round(float(cal["ece"]), 4), "name": "Expected calibration error"})
+        results.append(
+            {
+                "task": {"type": "image-classification", "name": "Image Classification"},
+                "dataset": {"name": facts.dataset, "type": facts.dataset, "split": "validation"},
+                "metrics": metrics,
+            }
+        )
+    front["model-index"] = [{"name": facts.name, "results": results}]
+    return front
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    return ["", f"## {title}", "", *lines]
+
+
+def _intro(f: _Facts) -> str:
+    h, w = f.config.image_size if f.config else ("?", "?")
+    return (
+        f"An image classifier for {len(f.class_names)} classes ({', '.join(f.class_names)}): a {f.backbone} "
+        f"backbone (weights: {f.weights}) under a small classification head, trained with floranet {f.version} "
+        f"on the folder `{f.dataset}`. It takes RGB images of {h}x{w} pixels (values 0..255; preprocessing is "
+        "inside the model) and answers one probability per class."
+    )
+
+
+def _intended_use(f: _Facts) -> list[str]:
+    return [
+        f"Sorting photos like those of `{f.dataset}` into its classes: {', '.join(f.class_names)}.",
+        "",
+        "Out of scope: images of anything else. The model always answers one of its classes (softmax), so a "
+        "photo of an unknown kind still gets a confident-looking label; check `low_confidence` in floranet's "
+        "answers and keep a person in the loop where a wrong label matters.",
+    ]
+
+
+def _how_to_use(f: _Facts) -> list[str]:
+    return [
+        "```python",
+        "import floranet",
+        f'predictor = floranet.load("{f.name}")',
+        'print(predictor.predict(["photo.jpg"]))',
+        "```",
+        "",
+        f"Or `floranet serve {f.name}` (REST and the Open Inference Protocol at `/v2`), or "
+        f"`floranet export {f.name} --format onnx|openvino|tflite|saved_model`: every export carries the class "
+        "names and input size in its own metadata.",
+    ]
+
+
+def _data(f: _Facts) -> list[str]:
+    lines = []
+    summary = f.doctor.get("summary", {})
+    if summary:
+        lines.append(
+            f"The dataset doctor checked {summary.get('num_files', '?')} files: {summary.get('num_usable', '?')} "
+            f"usable, {summary.get('num_bad', 0)} unusable, {summary.get('num_ignored', 0)} ignored, "
+            f"{summary.get('duplicates_within_class', 0)} duplicates within a class, "
+            f"{summary.get('label_conflicts', 0)} label conflicts; class imbalance (largest / smallest) "
+            f"{summary.get('imbalance_ratio')}."
+        )
+    if f.counts:
+        lines += ["", "| class | train | validation |", "|---|---:|---:|"]
+        lines += [f"| {name} | {c['train']} | {c['validation']} |" for name, c in f.counts.items()]
+        seed = f"seed {f.config.seed}, " if f.config else ""
+        lines += ["", f"The split ({seed}`split.csv`) is stratified per class and keeps duplicate files together."]
+    return lines or ["No `doctor.json` or `split.csv` in this run."]
+
+
+def _recipe(f: _Facts) -> list[str]:
+    if f.config is None:
+        return ["No `config.yaml` in this run."]
+    c = f.config
+    precision = f.metrics.get("precision", {})
+    timings = f.metrics.get("timings_s", {})
+    rows = [
+        ("preset", c.preset),
+        ("backbone, weights", f"{c.backbone}, {f.weights}"),
+        ("image size", f"{c.image_size[0]}x{c.image_size[1]}"),
+        ("stage 1 (frozen backbone)", f"{c.epochs} epochs, Adam {c.learning_rate:g}, batch {c.batch_size}"),
+        ("stage 2 (fine-tuning)", f"{c.fine_tune_epochs} epochs, Adam {c.fine_tune_learning_rate:g}, {c.schedule}"),
+        ("head", f"Dense({c.head_units}), dropout {c.dropout:g}, label smoothing {c.label_smoothing:g}"),
+        ("augmentation", c.augment),
+        ("early stopping patience", str(c.early_stopping_patience)),
+        ("precision", ", ".join(f"{k} {v}" for k, v in precision.items()) if precision else c.precision),
+        ("training time", f"{timings['total']:.0f} s" if "total" in timings else "not recorded"),
+    ]
+    return ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "`config.yaml` has all."]
+
+
+def _results(f: _Facts) -> list[str]:
+    m = f.metrics
+    if "accuracy" not in m:
+        return ["No validation results (no validation images)."]
+    k_key = next((k for k in m if k.startswith("top_") and k.endswith("_accuracy")), None)
+    lines = [
+        f"On {m['num_examples']} validation images ({m.get('evaluated_on', 'model.keras')}): accuracy "
+        f"**{m['accuracy']:.4f}**, macro F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f}"
+        + (f", {k_key.replace('_', '-', 1).replace('_accuracy', ' accuracy')} {m[k_key]:.4f}" if k_key else "")
+        + ".",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in m.get("per_class", {}).items():
+        lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+    confused = m.get("most_confused", [])[:3]
+    if confused:
+        pairs = "; ".join(f"{c['true']} taken for {c['predicted']} ({c['count']})" for c in confused)
+        lines += ["", f"Most confused: {pairs}."]
+    ext = f.external
+    if "accuracy" in ext:
+        lines += [
+            "",
+            f"On {ext.get('source', 'another folder')}: accuracy {ext['accuracy']:.4f} "
+            f"({ext['num_examples']} images, `metrics_external.json`).",
+        ]
+    return lines
+
+
+def _calibration(f: _Facts) -> list[str]:
+    cal = f.metrics.get("calibration", {})
+    if not cal:
+        return ["Not measured."]
+    return [
+        f"Expected calibration error (15 bins) {cal['ece']:.4f}; after temperature scaling "
+        f"(T = {cal['temperature']:.3f}, fitted on the validation split, `calibration.json`) "
+        f"{cal['ece_after_temperature']:.4f}. `floranet predict --calibrated` uses the temperature.",
+    ]
+
+
+def _limitations(f: _Facts) -> list[str]:
+    m = f.metrics
+    out = []
+    for name, r in m.get("per_class", {}).items():
+        if r["support"] >= 1 and r["recall"] < WEAK_RECALL:
+            out.append(f"- `{name}` is recognised less reliably: recall {r['recall']:.2f} on {r['support']} images.")
+    small = [n for n, c in f.counts.items() if c["validation"] < FEW_VALIDATION_IMAGES]
+    if small:
+        out.append(
+            f"- Few validation images for {', '.join(small)} (under {FEW_VALIDATION_IMAGES} each): their "
+            "figures are rough."
+        )
+    if f.config is not None and f.config.weights is None:
+        out.append("- The backbone was trained from random weights, not pretrained ones.")
+    out += _audit_lines(f.audit) + _ood_lines(f.ood)
+    out.append(
+        f"- Validated on a split of the same folder: photos from elsewhere (other cameras, light, framing) may "
+        f"score lower; `floranet evaluate {f.name} --data OTHER` measures that."
+    )
+    return out
+
+
+def _audit_lines(audit: Any) -> list[str]:
+    """What the label audit (``audit.json``, when present) found: its ``counts`` per kind."""
+    if audit is None:
+        return []
+    counts = audit.get("counts") if isinstance(audit, dict) else None
+    if not isinstance(counts, dict):
+        return ["- A label audit was run: see `audit.json`."]
+    pairs = sum(int(counts.get(k, 0)) for k in ("duplicate_conflict", "duplicate_leak", "duplicate"))
+    return [
+        f"- The label audit (`audit.json`) flags {counts.get('label_issue', 0)} of {audit.get('images', '?')} images "
+        f"as possibly mislabelled, {pairs} near-duplicate pairs ({counts.get('duplicate_leak', 0)} across the "
+        f"train/validation split) and {counts.get('outlier', 0)} outliers."
+    ]
+
+
+def _ood_lines(ood: Any) -> list[str]:
+    """The unknown answer (``ood.json``, when present): the share of known validation images it rejects."""
+    if ood is None:
+        return []
+    kept = ood.get("validation_kept") if isinstance(ood, dict) else None
+    if not isinstance(kept, (int, float)):
+        return ["- An unknown answer was fitted: see `ood.json`."]
+    return [
+        f'- Images unlike every class are answered "unknown" ({ood.get("method")} score above '
+        f"{float(ood.get('threshold', 0)):.4g}, `ood.json`); {1 - kept:.1%} of the validation images are too."
+    ]

@@ -1,0 +1,179 @@
+"""The run's compiled inference model: an OpenVINO IR of ``model.keras``, checked against it once, so that
+``predict``, ``evaluate`` and ``serve`` start without importing TensorFlow (about 6 s of a cold start).
+
+``train`` (and ``floranet export``) write ``RUN_DIR/inference/model.xml`` + ``model.bin`` and
+``inference/compiled.json``: the agreement with ``model.keras`` on validation images (top-1 and the largest
+probability difference, with OpenVINO computing in fp32), and the size, time and sha256 of the ``model.keras``
+it was made from. :func:`usable` accepts it only when it agrees and ``model.keras`` is the one it was made from;
+anything else falls back to ``model.keras``.
+
+The IR has two outputs (:func:`floranet.models.classifier.probabilities_and_features`): the probabilities
+``[N, classes]`` first, as ``model.keras`` (so a floranet that reads only the first still works), then the
+pooled backbone features ``[N, F]``, so one call also gives what the "unknown" score
+(:mod:`floranet.inference.unknown`) reads. ``compiled.json``'s ``outputs`` gives their columns when joined
+(``OpenVINOInference(joined=True)``); the check covers the features (relative to their largest value) and, when
+the run has an unknown answer, its score. An IR without ``outputs`` (made before) serves a run only when its
+unknown answer needs no features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from floranet.inference.unknown import UnknownDetector
+from floranet.rundir import RunDir
+from floranet.utils import optional
+from floranet.utils.files import write_json
+from floranet.utils.system import package_version
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+MAX_ABS_DIFF = 1e-4  # fp32 IR vs TensorFlow fp32: float rounding only
+# Features: the largest difference over the largest feature; the unknown score: over max(1, |threshold|).
+# Measured: 3e-7 to 2e-6 and 1e-6 to 3e-5 on the test runs (ResNet-20/50 at 32 to 180 px); float rounding only.
+MAX_FEATURES_REL_DIFF = 1e-4
+MAX_SCORE_REL_DIFF = 1e-3
+CHECK_IMAGES = 64
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compile_run(
+    run: RunDir, model: keras.Model, pixels: np.ndarray, detector: UnknownDetector | None = None
+) -> dict[str, Any] | None:
+    """Writes the run's IR and checks it against ``model`` on ``pixels`` (float32 ``[N, H, W, 3]``).
+
+    Args:
+        run: The run whose ``inference/`` is written.
+        model: The run's ``model.keras``, loaded.
+        pixels: Validation images to check on (up to :data:`CHECK_IMAGES`).
+        detector: The run's unknown answer, when it has one: its scores are checked too.
+
+    Returns:
+        What ``compiled.json`` records, or None when OpenVINO is not installed (nothing is written).
+    """
+    if not optional.available("openvino"):
+        log.info("OpenVINO is not installed: no compiled inference model (predict loads model.keras)")
+        return None
+    from floranet.inference.runtime import OpenVINOInference, RuntimeChoice, compile_inference, to_openvino
+    from floranet.models.classifier import probabilities_and_features, with_features
+
+    ov = optional.require("openvino", "a compiled inference model")
+    both = probabilities_and_features(model)
+    folder = run / RunDir.COMPILED
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        ov.save_model(to_openvino(both), str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)
+        tf32 = RuntimeChoice("tensorflow", "fp32", "reference")
+        check = _agreement(
+            OpenVINOInference.from_ir(tmp / RunDir.COMPILED_XML, "fp32", joined=True),
+            compile_inference(model, tf32),
+            compile_inference(with_features(model), tf32),
+            pixels,
+            detector,
+        )
+        stat = run.model_file.stat()
+        classes = int(model.outputs[0].shape[-1])
+        width = classes + int(both.outputs[1].shape[-1])
+        record = {
+            "format": "openvino-ir",
+            "openvino": package_version("openvino"),
+            "model": {"sha256": _file_digest(run.model_file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+            "image_size": [int(d) for d in model.inputs[0].shape[1:3]],
+            # Output 0 and 1, as columns of the two joined (what the predictor reads).
+            "outputs": {"probabilities": [0, classes], "features": [classes, width]},
+            **check,
+            "agrees": _agrees(check),
+        }
+        write_json(tmp / RunDir.COMPILED_INFO, record)
+        if folder.exists():
+            shutil.rmtree(folder)  # our own compiled model, replaced by the new one
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def _agreement(
+    compiled: Any, reference: Any, reference_both: Any, pixels: np.ndarray, detector: UnknownDetector | None
+) -> dict[str, Any]:
+    """The IR's ``[probabilities | features]`` against TensorFlow's: ``model.keras``'s probabilities, the
+    features of the same layers, and the unknown score computed from each."""
+    pixels = pixels[:CHECK_IMAGES]
+    out: dict[str, Any] = {"images": len(pixels), "top1_agreement": None, "max_abs_diff": None}
+    out.update(features_max_rel_diff=None, ood_max_rel_diff=None, ood_answer_agreement=None)
+    if not len(pixels):
+        return out
+    got, want, both = (np.asarray(f(pixels), np.float64) for f in (compiled, reference, reference_both))
+    n = want.shape[1]
+    out["top1_agreement"] = float(np.mean(got[:, :n].argmax(1) == want.argmax(1)))
+    out["max_abs_diff"] = float(np.max(np.abs(got[:, :n] - want)))
+    out["features_max_rel_diff"] = float(
+        np.max(np.abs(got[:, n:] - both[:, n:])) / max(np.max(np.abs(both[:, n:])), 1e-12)
+    )
+    if detector is not None:
+        mine, theirs = (
+            detector.score(x[:, n:] if detector.needs_features else None, x[:, :n]).astype(np.float64)
+            for x in (got, both)
+        )
+        out["ood_max_rel_diff"] = float(np.max(np.abs(mine - theirs)) / max(1.0, abs(detector.threshold)))
+        out["ood_answer_agreement"] = float(np.mean((mine > detector.threshold) == (theirs > detector.threshold)))
+    return out
+
+
+def _agrees(check: dict[str, Any]) -> bool:
+    score = check["ood_max_rel_diff"]
+    return (
+        check["images"] > 0
+        and check["top1_agreement"] == 1.0
+        and check["max_abs_diff"] <= MAX_ABS_DIFF
+        and check["features_max_rel_diff"] <= MAX_FEATURES_REL_DIFF
+        and (score is None or score <= MAX_SCORE_REL_DIFF)
+    )
+
+
+def info(run: RunDir) -> dict[str, Any]:
+    """What ``compiled.json`` records ({} when the run has no compiled model)."""
+    found = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")
+    return found if isinstance(found, dict) else {}
+
+
+def usable(run: RunDir, *, features: bool = False) -> Path | None:
+    """The run's IR (``model.xml``) when it agrees with the ``model.keras`` now in the run, else None.
+
+    Args:
+        run: The run.
+        features: Only an IR that also outputs the pooled features (what the unknown score reads).
+    """
+    facts = info(run)
+    xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
+    if not facts.get("agrees") or not xml.exists() or not optional.available("openvino"):
+        return None
+    if features and "features" not in facts.get("outputs", {}):
+        return None
+    try:
+        stat = run.model_file.stat()
+    except OSError:
+        return None
+    made_from = facts.get("model", {})
+    same = stat.st_size == made_from.get("size") and (
+        stat.st_mtime_ns == made_from.get("mtime_ns") or _file_digest(run.model_file) == made_from.get("sha256")
+    )
+    return xml if same else None

@@ -1,0 +1,70 @@
+"""An exclusive lock file that names its holder: a second writer is refused with the holder's pid.
+
+The file exists only while held (it is removed on release). Acquiring re-checks that the locked file is still
+the one at the path, so a release racing with an acquire never leaves two holders. A process killed while
+holding it leaves the file behind, unlocked: the next writer takes it over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from floranet.errors import OutputError, RunLockedError
+from floranet.utils.files import current_umask
+
+
+def acquire(path: Path, *, what: str) -> int:
+    """Locks ``path`` (creating it and its folder) and writes this process's pid into it; returns the fd.
+
+    Raises:
+        RunLockedError: Another process holds the lock.
+        OutputError: The lock file cannot be created.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(path.parent, e) from None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        except OSError as e:
+            raise OutputError(path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise RunLockedError(what, holder) from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # released and removed meanwhile: lock the new file instead
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def release(path: Path, fd: int) -> None:
+    """Removes the lock file, then unlocks it (in that order, so no one locks a file about to vanish)."""
+    with contextlib.suppress(FileNotFoundError):
+        if _same_file(fd, path):
+            path.unlink()
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None

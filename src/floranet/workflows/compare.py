@@ -1,0 +1,243 @@
+"""``floranet compare``: which backbone for *this* data? Every backbone through the same recipe on one split.
+
+The doctor runs once and one split is made and saved (``OUT/split.csv``); each backbone is then trained as a
+normal run directory (``OUT/<backbone>/``, with ``split_file`` pointing at that split) with the same settings:
+the ``recommended`` preset's stage 1 on cached features by default, stage 2 as well with ``fine_tune``. Each
+finished run is measured the same way: validation accuracy and ECE (from its ``metrics.json``), the size of
+``model.keras``, the training time, and batch-1 / batch-32 latency of the model on this machine, all on one
+runtime (:func:`floranet.inference.runtime.choose_inference`, as a server picks it unless told). A backbone
+whose weights cannot be had offline is skipped with the reason. The ranking (accuracy, then ECE) is printed,
+and written as ``OUT/comparison.json`` and a self-contained ``OUT/comparison.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from floranet.config import CompareConfig, InferenceConfig, resolve
+from floranet.data import doctor
+from floranet.data import split as split_lib
+from floranet.errors import DatasetError, WeightsError
+from floranet.inference import load
+from floranet.rundir import RunDir
+from floranet.utils.files import atomic_write_text, write_json
+from floranet.workflows.train import train
+
+SPLIT = RunDir.SPLIT  # the shared split, in the comparison folder
+TABLE_JSON = "comparison.json"
+PAGE = "comparison.html"
+WARMUP = 3
+BIG_BATCH = 32
+
+
+@dataclass
+class Entry:
+    """One backbone's result (``skipped`` holds the reason when it was not trained)."""
+
+    backbone: str
+    weights: str
+    run_dir: str | None = None
+    accuracy: float | None = None
+    ece: float | None = None
+    size_bytes: int | None = None
+    train_s: float | None = None
+    latency_ms_batch1: float | None = None
+    latency_ms_batch32: float | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class Comparison:
+    """The ranked entries, the runtime every latency ran on, and the files written."""
+
+    entries: list[Entry]
+    runtime: str
+    out: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def ranked(self) -> list[Entry]:
+        done = [e for e in self.entries if e.skipped is None]
+        done.sort(key=lambda e: (-(e.accuracy or 0.0), e.ece if e.ece is not None else 1.0))
+        return done + [e for e in self.entries if e.skipped is not None]
+
+    def table(self) -> str:
+        """The ranking as a Markdown table (what ``floranet compare`` prints)."""
+        head = "| rank | backbone | weights | accuracy | ECE | size | train time | batch 1 | batch 32 |"
+        lines = [head, "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+        for rank, e in enumerate(self.ranked(), 1):
+            if e.skipped is not None:
+                lines.append(f"| - | {e.backbone} | {e.weights} | skipped: {e.skipped} | | | | | |")
+                continue
+            lines.append(
+                f"| {rank} | {e.backbone} | {e.weights} | {_num(e.accuracy, '.4f')} | {_num(e.ece, '.4f')} | "
+                f"{(e.size_bytes or 0) / 2**20:.1f} MB | {_num(e.train_s, '.0f')} s | "
+                f"{_num(e.latency_ms_batch1, '.2f')} ms | {_num(e.latency_ms_batch32, '.1f')} ms |"
+            )
+        lines.append(f"\nLatency: median of warm calls on {self.runtime}, this machine.")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "settings": self.settings,
+            "ranking": [asdict(e) for e in self.ranked()],
+        }
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str], None] = print) -> Comparison:
+    """Trains every backbone of ``config`` on one saved split and ranks them.
+
+    Args:
+        config: What to compare and how.
+        progress: Progress bars of the training runs.
+        say: Where one-line status messages go.
+
+    Returns:
+        The comparison, also written as ``OUT/comparison.json`` and ``OUT/comparison.html``.
+
+    Raises:
+        DatasetError: The data cannot be trained on.
+        ConfigError: A bad setting, or an ``OUT/<backbone>`` run that already exists.
+    """
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split_file = _shared_split(config, out, say)
+    runtime = ""
+    entries = []
+    for backbone in config.backbones:
+        entry, choice = _one(config, backbone, out, split_file, progress=progress, say=say)
+        entries.append(entry)
+        runtime = runtime or choice
+    settings = {"data_dir": config.data_dir, "fine_tune": config.fine_tune, **dict(config.train)}
+    result = Comparison(entries, runtime or "nothing (every backbone was skipped)", out, settings)
+    write_json(out / TABLE_JSON, result.to_dict())
+    atomic_write_text(out / PAGE, page(result))
+    return result
+
+
+def _shared_split(config: CompareConfig, out: Path, say: Callable[[str], None]) -> Path:
+    """One split for every run, made once (or reused from an earlier comparison in ``out``)."""
+    path = out / SPLIT
+    if path.exists():
+        say(f"Using the comparison's split {path}.")
+        return path
+    settings = resolve(data_dir=config.data_dir, **dict(config.train))
+    report = doctor.diagnose(config.data_dir, max_pixels=settings.max_pixels)
+    if not report.usable:
+        raise DatasetError(f"{config.data_dir}: {report.reason}")
+    items = [(f.path, str(f.label), f.sha256 or "") for f in report.usable_files()]
+    names = sorted({label for _, label, _ in items})
+    split = split_lib.make_split(items, val_split=settings.val_split, seed=settings.seed, class_names=names)
+    split.to_csv(path)
+    say(f"Split: {len(split.train())} training and {len(split.validation())} validation images -> {path}")
+    return path
+
+
+def _weights_label(weights: str | None) -> str:
+    if weights is None:
+        return "random (none)"
+    return weights if weights == "imagenet" else f"file {Path(weights).name}"
+
+
+def _one(
+    config: CompareConfig, backbone: str, out: Path, split_file: Path, *, progress: bool, say: Callable[[str], None]
+) -> tuple[Entry, str]:
+    """Trains and measures one backbone; (its entry, the runtime its latency ran on)."""
+    weights = config.weights_of(backbone)
+    entry = Entry(backbone, _weights_label(weights))
+    overrides = dict(config.train)
+    if not config.fine_tune:
+        overrides["fine_tune_epochs"] = 0
+    settings = resolve(
+        data_dir=config.data_dir,
+        out=str(out / backbone),
+        backbone=backbone,
+        weights=weights if weights is not None else "none",
+        split_file=str(split_file),
+        **overrides,
+    )
+    say(f"== {backbone} ({entry.weights}) -> {settings.out}")
+    try:
+        result = train(settings, progress=progress, say=say)
+    except WeightsError as e:
+        entry.skipped = f"no weights: {e}".split(". ")[0]
+        say(f"Skipping {backbone}: {e}")
+        return entry, ""
+    run = RunDir(result.run_dir)
+    metrics = run.metrics()
+    entry.run_dir = str(run.path)
+    entry.accuracy = metrics.get("accuracy")
+    entry.ece = metrics.get("calibration", {}).get("ece")
+    entry.size_bytes = run.model_file.stat().st_size
+    entry.train_s = round(result.timings.get("total", 0.0), 1)
+    b1, b32, choice = latency(run.path, config.runtime, config.precision)
+    entry.latency_ms_batch1, entry.latency_ms_batch32 = b1, b32
+    return entry, choice
+
+
+def latency(
+    run_dir: str | Path, runtime: str = "auto", precision: str = "auto", calls: int = 20
+) -> tuple[float, float, str]:
+    """Median warm latency of one call at batch 1 and at batch 32 (ms), and the runtime it ran on."""
+    predictor = load(run_dir, InferenceConfig(runtime=runtime, precision=precision, batch_size=BIG_BATCH))
+    choice = predictor.select(None)  # as a server resolves it: the same runtime whatever the job size
+    h, w = predictor.image_size
+    pixels = np.random.default_rng(0).uniform(0, 255, (BIG_BATCH, h, w, 3)).astype(np.float32)
+    medians = []
+    for batch, n in ((pixels[:1], calls), (pixels, max(3, calls // 4))):
+        for _ in range(WARMUP):
+            predictor.probabilities(batch)
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            predictor.probabilities(batch)
+            times.append((time.perf_counter() - started) * 1000)
+        medians.append(round(float(np.median(times)), 3))
+    return medians[0], medians[1], f"{choice.runtime} {choice.precision}"
+
+
+def page(result: Comparison) -> str:
+    """A self-contained HTML page of the ranking (no scripts, no external resources)."""
+    best = max((e.accuracy or 0.0 for e in result.entries if e.skipped is None), default=0.0) or 1.0
+    rows = []
+    for rank, e in enumerate(result.ranked(), 1):
+        cells = [str(rank) if e.skipped is None else "-", e.backbone, e.weights]
+        if e.skipped is not None:
+            cells.append(f'<td colspan="6">skipped: {html.escape(e.skipped)}</td>')
+        else:
+            width = 100 * (e.accuracy or 0.0) / best
+            cells += [
+                f'<td><div class="bar" style="width:{width:.0f}%">{_num(e.accuracy, ".4f")}</div></td>',
+                _num(e.ece, ".4f"),
+                f"{(e.size_bytes or 0) / 2**20:.1f} MB",
+                f"{_num(e.train_s, '.0f')} s",
+                f"{_num(e.latency_ms_batch1, '.2f')} ms",
+                f"{_num(e.latency_ms_batch32, '.1f')} ms",
+            ]
+        rows.append("<tr>" + "".join(c if c.startswith("<td") else f"<td>{html.escape(c)}</td>" for c in cells))
+    settings = html.escape(", ".join(f"{k}={v}" for k, v in result.settings.items()))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>floranet compare</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
+td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}}
+td:nth-child(2),td:nth-child(3){{text-align:left}}
+.bar{{background:#8bc58b;white-space:nowrap}}</style></head><body>
+<h1>Backbones on {html.escape(str(result.settings.get("data_dir", "")))}</h1>
+<p>Ranked by validation accuracy (then ECE). Every run used the same split and recipe ({settings}).
+Latency: median of warm calls on {html.escape(result.runtime)}, on the machine that ran the comparison.</p>
+<table><tr><th>rank</th><th>backbone</th><th>weights</th><th>accuracy</th><th>ECE</th><th>model size</th>
+<th>training time</th><th>batch 1</th><th>batch 32</th></tr>
+{"".join(rows)}
+</table></body></html>
+"""

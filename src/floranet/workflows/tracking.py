@@ -1,0 +1,110 @@
+"""Experiment tracking where users already look: a finished run logged to MLflow (``floranet[mlflow]``).
+
+TensorBoard stays (``RUN_DIR/logs``, written while training). :func:`log_to_mlflow` logs a finished run
+directory as one MLflow run: the settings of ``config.yaml`` as params, every epoch of ``history.csv`` as
+metrics (``step`` = the epoch, both stages), the final validation metrics of ``metrics.json``, the run's
+files as artifacts (metrics, calibration, history, split, model card, report, plots, config) and the model
+as an MLflow model (the Keras flavor: ``mlflow.keras.load_model(uri)`` or ``mlflow.pyfunc`` load it back; its
+URI is the run's tag ``floranet.model_uri``).
+It reads the files after training, so it never slows training down and works for any finished run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from floranet.rundir import RunDir
+from floranet.utils.optional import require
+
+ARTIFACTS = (
+    RunDir.CONFIG,
+    RunDir.METRICS,
+    RunDir.CALIBRATION,
+    RunDir.HISTORY,
+    RunDir.SPLIT,
+    RunDir.CLASS_NAMES,
+    RunDir.MODEL_CARD,
+    RunDir.REPORT,
+)
+SCALARS = ("accuracy", "loss", "macro_f1", "top_2_accuracy", "num_examples")
+
+
+def log_to_mlflow(
+    run_dir: str | os.PathLike[str],
+    tracking_uri: str | None = None,
+    *,
+    experiment: str = "floranet",
+    say: Callable[[str], None] = print,
+) -> str:
+    """Logs a finished run to MLflow; returns the MLflow run id.
+
+    Args:
+        run_dir: A finished floranet run.
+        tracking_uri: Where to log (``file:///...``, ``http://host:5000``, ``sqlite:///mlflow.db``, ...);
+            None or "" uses MLflow's own default (``MLFLOW_TRACKING_URI``, else its local store).
+        experiment: The MLflow experiment name.
+        say: Where the one-line summary goes.
+
+    Raises:
+        MissingDependencyError: MLflow is not installed (``pip install 'floranet[mlflow]'``).
+        ModelError: Not a finished run.
+    """
+    mlflow = require("mlflow", "--mlflow")
+    run = RunDir.open(run_dir, needs=RunDir.FINISHED)
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run.path.resolve().name) as active:
+        mlflow.log_params(_params(run))
+        mlflow.set_tags({"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()})
+        for row in run.history():
+            step = int(row.get("epoch") or 0)
+            values = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS}
+            mlflow.log_metrics(values, step=step)
+        mlflow.log_metrics(_final_metrics(run))
+        for name in ARTIFACTS:
+            if run.exists(name):
+                mlflow.log_artifact(str(run / name))
+        if (run / RunDir.PLOTS).is_dir():
+            mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
+        _log_model(mlflow, run)
+        run_id: str = active.info.run_id
+    say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {mlflow.get_tracking_uri()}")
+    return run_id
+
+
+_NOT_METRICS = frozenset({"epoch", "stage_epoch", "stage"})
+
+
+def _params(run: RunDir) -> dict[str, Any]:
+    params = {k: ("none" if v is None else v) for k, v in run.config().to_dict().items()}
+    params["image_size"] = "x".join(str(s) for s in params["image_size"])
+    params["num_classes"] = len(run.class_names())
+    return params
+
+
+def _final_metrics(run: RunDir) -> dict[str, float]:
+    m = run.metrics()
+    out = {f"val_final_{k}": float(m[k]) for k in SCALARS if isinstance(m.get(k), (int, float))}
+    cal = m.get("calibration", {})
+    for key in ("ece", "ece_after_temperature", "temperature"):
+        if isinstance(cal.get(key), (int, float)):
+            out[f"val_final_{key}"] = float(cal[key])
+    timings = m.get("timings_s", {})
+    if isinstance(timings.get("total"), (int, float)):
+        out["train_seconds"] = float(timings["total"])
+    return out
+
+
+def _log_model(mlflow: Any, run: RunDir) -> None:
+    """The model as an MLflow model (Keras flavor, raw RGB 0..255 in, probabilities out)."""
+    import numpy as np
+
+    model = run.load_model()
+    h, w = model.inputs[0].shape[1:3]
+    example = np.zeros((1, int(h), int(w), 3), np.float32)
+    signature = mlflow.models.infer_signature(example, model(example, training=False).numpy())
+    info = mlflow.keras.log_model(model, name="model", signature=signature)
+    mlflow.set_tag("floranet.model_uri", info.model_uri)  # MLflow 3 keeps models beside the run's artefacts

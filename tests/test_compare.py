@@ -1,0 +1,72 @@
+"""floranet compare: one split, the same recipe per backbone, a ranked table and page, skips with reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from floranet.cli import main
+from floranet.cli.compare import parse_weights
+from floranet.config import CompareConfig
+from floranet.errors import ConfigError
+from floranet.rundir import RunDir
+from floranet.workflows.compare import compare
+from imagesets import make_image_folder
+
+SETTINGS = {"image_size": 32, "epochs": 2, "batch_size": 8}
+
+
+def test_compare_trains_each_backbone_on_one_split_and_ranks_them(tmp_path: Path, capsys) -> None:
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=8)
+    out = tmp_path / "cmp"
+    argv = ["compare", str(data), "--backbones", "resnet20,resnet32,resnet56", "--out", str(out)]
+    argv += ["--weights", "none", "--weights", "resnet56=imagenet", "--image-size", "32", "--epochs", "2"]
+    argv += ["--batch-size", "8", "--runtime", "tensorflow", "--precision", "fp32"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| rank | backbone |" in printed and "skipped: no weights" in printed
+    table = json.loads((out / "comparison.json").read_text())
+    assert table["runtime"] == "tensorflow fp32" and table["settings"]["fine_tune"] is False
+    ranked = table["ranking"]
+    assert [e["backbone"] for e in ranked][2] == "resnet56" and ranked[2]["skipped"]
+    done = ranked[:2]
+    assert {e["backbone"] for e in done} == {"resnet20", "resnet32"}
+    assert done[0]["accuracy"] >= done[1]["accuracy"]
+    split = (out / "split.csv").read_text()
+    for e in done:
+        assert e["weights"] == "random (none)" and e["size_bytes"] > 0 and e["train_s"] > 0
+        assert e["latency_ms_batch1"] > 0 and e["latency_ms_batch32"] > 0
+        run = RunDir(e["run_dir"])
+        assert (run / "split.csv").read_text() == split  # the same split for every run
+        assert run.config().fine_tune_epochs == 0 and run.exists(RunDir.MODEL_CARD)
+    page = (out / "comparison.html").read_text()
+    assert "resnet20" in page and "skipped" in page and "http" not in page.replace("http-equiv", "")
+
+
+def test_compare_settings_are_checked() -> None:
+    assert parse_weights(["a=x", "none"]) == ({"a": "x"}, "none")
+    with pytest.raises(ConfigError, match="backbones"):
+        CompareConfig(data_dir="d", backbones=("a", "a"))
+    with pytest.raises(ConfigError, match="weights may only name"):
+        CompareConfig(data_dir="d", backbones=("a",), weights={"b": None})
+    with pytest.raises(ConfigError, match="train must hold"):
+        CompareConfig(data_dir="d", backbones=("a",), train={"backbone": "x"})
+    assert CompareConfig(data_dir="d", backbones=("a", "b"), weights={"a": "none"}).weights_of("a") is None
+
+
+def test_compare_library_call(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    cfg = CompareConfig(
+        data_dir=str(data),
+        backbones=("resnet20",),
+        out=str(tmp_path / "c"),
+        default_weights=None,
+        train=SETTINGS,
+        runtime="tensorflow",
+        precision="fp32",
+    )
+    result = compare(cfg, say=lambda m: None)
+    assert len(result.ranked()) == 1 and result.ranked()[0].accuracy is not None
+    assert "resnet20" in result.table()

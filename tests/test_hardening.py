@@ -1,0 +1,475 @@
+"""Hostile input and unlucky users: nothing let in, nothing lost (one test group per point of issue 13)."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from floranet.cli import main
+from floranet.data import formats, images
+from floranet.errors import ConfigError, OutputError, RunLockedError
+from floranet.rundir import RunDir
+from floranet.utils import files
+from imagesets import make_image_folder
+
+# --------------------------------------------------------------------------- 1. only allow-listed decoders
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n/loop { loop } def loop\nshowpage\n%%EOF\n"
+
+
+def _refused_formats() -> dict[str, bytes]:
+    """Real files in formats Pillow reads but floranet must not: each written by Pillow itself."""
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    out = {"EPS": EPS}
+    for fmt, mode in (
+        ("ICO", "RGB"),
+        ("PCX", "RGB"),
+        ("SGI", "RGB"),
+        ("TGA", "RGB"),
+        ("IM", "RGB"),
+        ("XBM", "1"),
+        ("PPM", "RGB"),
+        ("DDS", "RGB"),
+        ("QOI", "RGB"),
+        ("JPEG2000", "RGB"),
+        ("SPIDER", "F"),
+    ):
+        buf = io.BytesIO()
+        try:
+            rgb.convert(mode).save(buf, format=fmt)
+        except (OSError, KeyError, ValueError):  # a writer this Pillow build lacks
+            continue
+        out[fmt] = buf.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("fmt", sorted(_refused_formats()))
+def test_formats_outside_the_allow_list_are_refused_without_running_anything(fmt, monkeypatch) -> None:
+    started: list[object] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or pytest.fail("a process started"))
+    data = _refused_formats()[fmt]
+    with pytest.raises(images.UnusableImageError) as info:
+        images.decode_image_bytes(data, name="photo.jpg")
+    assert info.value.kind in ("not_image", "unsupported_format") and not started
+    assert "gs" not in str(info.value).split() and "/tmp" not in str(info.value)
+
+
+def test_the_allow_list_is_the_documented_one() -> None:
+    assert formats.allowed_formats() == ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+    for fmt in ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, format=fmt)
+        assert images.decode_image_bytes(buf.getvalue()).shape == (8, 8, 3), fmt
+
+
+def test_opt_in_formats_need_a_known_name(monkeypatch) -> None:
+    monkeypatch.setenv(formats.EXTRA_FORMATS_ENV, "EPS")
+    with pytest.raises(ConfigError, match="may name AVIF, HEIF"):
+        formats.allowed_formats()
+
+
+# --------------------------------------------------------------------------- 3. images near the limit stay cheap
+
+
+def _gray16_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((side, side), np.uint16)).save(buf, format="PNG", compress_level=9)  # I;16
+    return buf.getvalue()
+
+
+def test_a_16_bit_png_bomb_is_refused_from_its_header_by_the_serving_budget() -> None:
+    from floranet.config import ServeConfig
+
+    bomb = _gray16_png(7000)  # 49 MP, just under training's 50 MP limit, ~100 KB on disk
+    assert len(bomb) < 200_000
+    start = time.perf_counter()
+    with pytest.raises(images.UnusableImageError) as info:
+        images.decode_image_bytes(bomb, max_pixels=ServeConfig().max_pixels)
+    assert info.value.kind == "too_large" and time.perf_counter() - start < 1.0
+
+
+def test_16_bit_images_are_scaled_without_a_float64_copy() -> None:
+    data = _gray16_png(2000)  # 4 MP: the old float64 path allocated ~100 MB for it
+    tracemalloc.start()
+    pixels = images.decode_image_bytes(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert pixels.shape == (2000, 2000, 3)
+    assert peak < 4_000_000 * 8, f"peak {peak / 1e6:.0f} MB"  # at most 8 bytes a pixel (was ~25)
+
+
+def test_uploads_are_resized_from_uint8_pixels_exactly_as_training_resizes() -> None:
+    import tensorflow as tf
+
+    from floranet.data.resize import bilinear
+
+    rng = np.random.default_rng(1)
+    for shape, size in (((333, 777, 3), (161, 193)), ((30, 44, 3), (32, 32)), ((7, 5, 3), (225, 225))):
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        want = tf.image.resize(x, size, method="bilinear", antialias=False).numpy()
+        np.testing.assert_array_equal(bilinear(x, size), want)
+
+
+# --------------------------------------------------------------------------- 6. files follow the umask
+
+
+def test_atomic_writes_follow_the_umask_keep_a_replaced_files_mode_and_sync_the_folder(tmp_path, monkeypatch) -> None:
+    synced: list[Path] = []
+    real = files.fsync_dir
+    monkeypatch.setattr(files, "fsync_dir", lambda folder: synced.append(folder) or real(folder))
+    old = os.umask(0o022)
+    try:
+        files.atomic_write_text(tmp_path / "a.json", "{}")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+        os.umask(0o077)
+        files.atomic_write_text(tmp_path / "b.json", "{}")
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+        (tmp_path / "a.json").chmod(0o640)
+        files.atomic_write_text(tmp_path / "a.json", "{ }")  # replaced: keeps 0640
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    assert synced == [tmp_path] * 3
+
+
+# --------------------------------------------------------------------------- 7. one writer per run directory
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from floranet.rundir import RunDir; import sys\n"
+                "try:\n    RunDir(sys.argv[1]).lock().__enter__()\nexcept Exception as e:\n"
+                "    print(type(e).__name__, e.pid)",
+                str(run.path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert child.stdout.split() == ["RunLockedError", str(os.getpid())], child.stderr[-500:]
+        assert (run / RunDir.LOCK).read_text().strip() == str(os.getpid())
+    assert not (run / RunDir.LOCK).exists()  # released and removed
+    with run.lock():  # and taken again
+        pass
+
+
+def test_concurrent_train_into_one_folder_one_is_refused(tmp_path) -> None:
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    out = tmp_path / "run"
+    with RunDir(out).lock():  # another `floranet train --out run` is running
+        code = main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(out),
+                "--backbone",
+                "resnet20",
+                "--weights",
+                "none",
+                "--image-size",
+                "32",
+                "--epochs",
+                "1",
+            ]
+        )
+    assert code == 2 and not (out / RunDir.CONFIG).exists()
+    with pytest.raises(RunLockedError), RunDir(out).lock(), RunDir(out).lock():
+        pass
+
+
+def test_out_refuses_a_folder_that_holds_other_things(tmp_path, capsys) -> None:
+    from corpus import snapshot
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    theirs = tmp_path / "my-documents"
+    theirs.mkdir()
+    (theirs / "thesis.txt").write_text("years of work")
+    (theirs / "metrics.json").write_text('{"mine": true}')
+    before = snapshot(theirs)
+    code = main(
+        [
+            "train",
+            str(data),
+            "--out",
+            str(theirs),
+            "--backbone",
+            "resnet20",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+        ]
+    )
+    assert code == 2 and "not empty and not a floranet run" in capsys.readouterr().err
+    assert snapshot(theirs) == before
+
+
+# --------------------------------------------------------------------------- 8. sizes checked before reading
+
+
+def test_a_sparse_terabyte_jpg_is_refused_before_a_byte_is_read(tmp_path) -> None:
+    root = tmp_path / "data"
+    make_image_folder(root, classes=2, per_class=2)
+    huge = root / "class_0" / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)  # sparse: no disk used
+    from floranet.data import doctor
+
+    start = time.perf_counter()
+    report = doctor.diagnose(root, workers=1)
+    finding = next(f for f in report.files if f.path == "class_0/huge.jpg")
+    assert finding.status == "bad" and finding.reason.startswith("too large")
+    assert time.perf_counter() - start < 10
+
+
+# --------------------------------------------------------------------------- 9. many classes finish
+
+
+def test_a_500_class_run_completes_with_bounded_plots(tmp_path) -> None:
+    from floranet import config
+    from floranet.workflows import train
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in range(500):
+        folder = root / f"c{c:03d}"
+        folder.mkdir(parents=True)
+        for i in range(5):  # 4 train, 1 validation
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = config.resolve(
+        data_dir=str(root),
+        out=str(tmp_path / "run"),
+        backbone="resnet20",
+        weights="none",
+        image_size=32,
+        batch_size=64,
+        epochs=1,
+        preset="tutorial",
+        runtime="tensorflow",
+        precision="fp32",
+        head_units=0,
+    )
+    result = train(cfg, progress=False, say=lambda m: None)
+    assert result.metrics["num_examples"] == 500 and len(result.metrics["per_class"]) == 500
+    with Image.open(result.run.plot("confusion_matrix.png")) as im:
+        assert max(im.size) <= 4200  # two 20-inch panels at 100 dpi, whatever the number of classes
+    assert (result.run / RunDir.REPORT).exists()
+
+
+# --------------------------------------------------------------------------- 10. no terminal injection
+
+
+def test_escape_sequences_in_file_names_never_reach_stdout(tmp_path, capsys) -> None:
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=3)
+    evil = "\x1b[2J\x1b[31mroses\nOK  class_0:fine.jpg\u202e.jpg"
+    (root / "class_0" / f"{evil}.jpg").write_bytes((root / "class_0" / "img_000.jpg").read_bytes())
+    (root / "class_1" / f"{evil}.txt").write_text("not an image")
+    assert main(["doctor", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\\x1b[2J" in out
+    assert not any(line.startswith("OK  class_0:fine.jpg") for line in out.splitlines())
+
+
+def test_prediction_tables_escape_file_names() -> None:
+    from floranet.inference import Prediction
+    from floranet.inference.formats import format_predictions
+
+    rows = [Prediction("a\x1b[31m\nforged.jpg", (("roses\x07", 0.9),)), Prediction("b\rc.jpg", error="bad\x1b")]
+    for fmt in ("table", "csv"):
+        text = format_predictions(rows, fmt)
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text.replace("\r\n", "")
+        assert "forged.jpg" not in text.split("\n")[-2]  # no forged line
+
+
+# --------------------------------------------------------------------------- 11. unwritable output, said early
+
+
+def test_unwritable_json_is_a_one_line_error_before_the_scan(tmp_path, capsys, monkeypatch) -> None:
+    from floranet.data import doctor
+
+    monkeypatch.setattr(doctor, "diagnose", lambda *a, **k: pytest.fail("scanned before checking the output"))
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    assert main(["doctor", str(root), "--json", "/proc/floranet-no/x.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("floranet doctor: error: Cannot write /proc/floranet-no/x.json") and "\n" not in err
+
+
+def test_predict_output_is_checked_before_predicting(tiny_run, tmp_path, capsys, monkeypatch) -> None:
+    from floranet.inference import predictor
+
+    monkeypatch.setattr(predictor.Predictor, "predict", lambda *a, **k: pytest.fail("predicted first"))
+    image = make_image_folder(tmp_path / "imgs", classes=1, per_class=1)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    target = "/proc/floranet-no/out.csv" if os.geteuid() == 0 else str(ro / "out.csv")
+    assert main(["predict", str(tiny_run), str(image), "--output", target]) == 2
+    assert f"Cannot write {target}" in capsys.readouterr().err
+
+
+def test_output_errors_name_the_path() -> None:
+    with pytest.raises(OutputError) as info:
+        files.atomic_write_text("/proc/floranet-no/x.txt", "x")
+    assert info.value.path == "/proc/floranet-no/x.txt" and str(info.value).startswith("Cannot write")
+
+
+# --------------------------------------------------------------------------- 12. dependency floors
+
+
+def test_dependency_floors_exclude_known_vulnerable_versions() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        lows = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        floors[req.name.lower()] = max(lows) if lows else None
+    safe = {"pillow": "12.3", "python-multipart": "0.0.27", "keras": "3.14", "starlette": "0.49.1", "tqdm": "4.66.3"}
+    for name, version in safe.items():
+        assert floors.get(name) is not None and floors[name] >= Version(version), (name, floors.get(name))
+
+
+# --------------------------------------------------------------------------- helpers shared with test_serve
+
+
+def half_open_sockets(url: str, n: int) -> list[socket.socket]:
+    """``n`` connections that each send half a request header and then wait."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    out = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        out.append(s)
+    return out
+
+
+# --------------------------------------------------------------------------- 2-4. the server under attack
+
+KEY = "k" * 20 + "-floranet-test"
+
+
+@pytest.fixture(scope="module")
+def hardened_app(tiny_run):
+    from floranet import serving
+
+    return serving.create_app(
+        tiny_run,
+        runtime="tensorflow",
+        precision="fp32",
+        header_timeout_s=1.0,
+        max_connections_per_client=16,
+        request_timeout_s=2.0,
+        api_key=KEY,
+    )
+
+
+def _rose() -> bytes:
+    from floranet.data.datasets import mini_flowers_path
+
+    return sorted((mini_flowers_path() / "roses").glob("*.jpg"))[0].read_bytes()
+
+
+def test_half_open_sockets_do_not_lock_out_health(hardened_app) -> None:
+    import httpx
+
+    from floranet import serving
+
+    with serving.serve_in_thread(hardened_app) as url:
+        hostile = half_open_sockets(url, 300)
+        try:
+            start = time.perf_counter()
+            r = httpx.get(f"{url}/health", timeout=2.0)
+            assert r.status_code == 200 and time.perf_counter() - start < 2.0
+            guard = hardened_app.state.guard
+            assert guard.count <= guard.per_client and guard.closed_idle >= 300 - guard.per_client
+            time.sleep(1.5)  # past header_timeout_s: the survivors are cut too
+            assert guard.count == 0
+        finally:
+            for s in hostile:
+                s.close()
+
+
+def test_postscript_upload_gets_415_without_tool_output(hardened_app) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(hardened_app, base_url="http://127.0.0.1") as c:
+        r = c.post("/predict", content=EPS, headers={"content-type": "image/jpeg", "authorization": f"Bearer {KEY}"})
+    assert r.status_code == 415 and "not a supported image" in r.json()["error"]
+    assert "ghostscript" not in r.text.lower() and "/tmp" not in r.text
+
+
+def test_api_key_and_host_rules(hardened_app) -> None:
+    from fastapi.testclient import TestClient
+
+    rose = _rose()
+    with TestClient(hardened_app, base_url="http://127.0.0.1") as c:
+        assert c.post("/predict", content=rose).status_code == 401
+        assert c.post("/predict", content=rose, headers={"x-api-key": "wrong-key-wrong-key"}).status_code == 401
+        assert c.post("/predict", content=rose, headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+        assert c.post("/predict", content=rose, headers={"x-api-key": KEY}).status_code == 200
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # open: probes and the page
+        assert c.get("/classes").status_code == 401
+        rebinding = c.get("/health", headers={"host": "attacker.example:8000"})
+        assert rebinding.status_code == 421
+
+
+def test_a_full_queue_answers_before_reading_the_body(tiny_run) -> None:
+    from floranet import serving
+
+    app = serving.create_app(tiny_run, runtime="tensorflow", precision="fp32", max_batch=1)
+    state = app.state.serve
+    state.pending = state.max_pending  # as if every slot were taken
+    with serving.serve_in_thread(app) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            # Declares 10 MB and sends none of it: a server that read first would wait for the body.
+            s.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 10000000\r\n\r\n"
+            )
+            start = time.perf_counter()
+            head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 503") and time.perf_counter() - start < 2.0
+
+
+def test_run_server_off_loopback_needs_a_key() -> None:
+    from floranet.serving import access_settings
+
+    with pytest.raises(ConfigError, match="--api-key"):
+        access_settings("0.0.0.0")
+    assert access_settings("0.0.0.0", insecure_no_auth=True) == {"api_key": None, "allowed_hosts": ("*",)}
+    assert access_settings("0.0.0.0", api_key=KEY)["api_key"] == KEY
+    assert access_settings("127.0.0.1")["allowed_hosts"] == ("localhost", "127.0.0.1", "::1", "127.0.0.1")
+
+
+def test_gradcam_keeps_only_a_shrunk_photo(hardened_app) -> None:
+    from floranet.serving.state import decode_sync as _decode
+
+    big = io.BytesIO()
+    Image.new("RGB", (2000, 1500), (200, 30, 30)).save(big, format="JPEG")
+    photo, pixels, _ = _decode(big.getvalue(), "big.jpg", hardened_app.state.serve, True)
+    assert photo is not None and max(photo.shape[:2]) <= 384 and pixels.shape == (32, 32, 3)
+    assert _decode(big.getvalue(), "big.jpg", hardened_app.state.serve, False)[0] is None

@@ -1,0 +1,74 @@
+"""The model card: RUN_DIR/README.md is a valid Hugging Face model card, written by train, refreshed by evaluate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from floranet.cli import main
+from floranet.evaluation.modelcard import model_card, write_model_card
+from floranet.rundir import RunDir
+
+REQUIRED = ("library_name", "license", "tags", "datasets", "metrics", "pipeline_tag", "model-index")
+
+
+def _front(text: str) -> dict:
+    assert text.startswith("---\n")
+    head, _, _ = text[4:].partition("\n---\n")
+    return yaml.safe_load(head)
+
+
+def test_train_writes_a_card_with_the_required_keys_and_results(tiny_run: Path) -> None:
+    text = (tiny_run / "README.md").read_text(encoding="utf-8")
+    front = _front(text)
+    assert set(REQUIRED) <= set(front)
+    assert front["library_name"] == "keras" and "image-classification" in front["tags"] and "resnet20" in front["tags"]
+    assert front["datasets"] == ["data"] and "base_model" not in front  # random weights: no base model
+    metrics = RunDir(tiny_run).metrics()
+    (result,) = front["model-index"][0]["results"]
+    assert result["task"]["type"] == "image-classification" and result["dataset"]["split"] == "validation"
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values["accuracy"] == round(metrics["accuracy"], 4)
+    assert values["ece"] == round(metrics["calibration"]["ece"], 4)
+    for section in ("Intended use", "Data", "Training recipe", "Validation results", "Calibration", "Limitations"):
+        assert f"\n## {section}\n" in text
+    for name in ("daisy", "roses", "tulips"):
+        assert f"| {name} |" in text  # per-class results and split counts
+    assert "random weights" in text
+
+
+def test_card_validates_with_huggingface_hub(tiny_run: Path) -> None:
+    hub = pytest.importorskip("huggingface_hub")
+    card = hub.ModelCard((tiny_run / "README.md").read_text(encoding="utf-8"))
+    data = card.data
+    assert data.library_name == "keras" and data.license == "other"
+    results = {r.metric_type: r for r in data.eval_results}  # one EvalResult per metric of model-index
+    assert set(results) == {"accuracy", "f1", "ece"}
+    assert all(r.task_type == "image-classification" and r.dataset_split == "validation" for r in results.values())
+    assert results["accuracy"].metric_value == round(RunDir(tiny_run).metrics()["accuracy"], 4)
+    assert data.model_name == Path(tiny_run).name
+
+
+def test_card_reads_audit_and_unknown_rate_and_evaluate_refreshes_it(writable_run: Path) -> None:
+    run = RunDir(writable_run)
+    counts = {"label_issue": 2, "duplicate_conflict": 0, "duplicate_leak": 1, "duplicate": 0, "outlier": 0}
+    run.write_json(RunDir.AUDIT, {"images": 30, "counts": counts})  # what floranet audit writes, in part
+    run.write_json(RunDir.OOD, {"method": "combined", "threshold": 0.5, "keep": 0.95, "validation_kept": 0.875})
+    (writable_run / "README.md").unlink()
+    assert main(["evaluate", str(writable_run), "--runtime", "tensorflow", "--precision", "fp32"]) == 0
+    text = (writable_run / "README.md").read_text(encoding="utf-8")
+    assert "flags 2 of 30 images as possibly mislabelled, 1 near-duplicate pairs (1 across" in text
+    assert "combined score above 0.5" in text and "12.5% of the validation images are too" in text
+    front = _front(model_card(run, license="apache-2.0", base_model="some/model"))
+    assert front["license"] == "apache-2.0" and front["base_model"] == "some/model" and "license_name" not in front
+
+
+def test_card_of_a_run_without_validation_images(tmp_path: Path, tiny_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("predictions.csv", "exports*", "features"))
+    RunDir(run).write_json(RunDir.METRICS, {"num_examples": 0})
+    front = _front(write_model_card(run).read_text(encoding="utf-8"))
+    assert front["model-index"][0]["results"] == []

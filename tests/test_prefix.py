@@ -1,0 +1,126 @@
+"""Stage 2 on the cached outputs of the frozen prefix: the cut is exact, the views cycle, the top trains the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from floranet import config
+from floranet.models import backbones, classifier
+from floranet.training import prefix
+from floranet.workflows import train
+from imagesets import make_image_folder
+
+FAST = {
+    "backbone": "resnet20",
+    "weights": "none",
+    "image_size": 32,
+    "batch_size": 8,
+    "runtime": "tensorflow",
+    "precision": "fp32",
+    "early_stopping_patience": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data"), classes=3, per_class=10)
+
+
+@pytest.mark.parametrize(("name", "size"), [("resnet20", 32), ("resnet18", 64), ("mobilenet_v2", 64)])
+def test_top_of_prefix_is_the_model(name: str, size: int) -> None:
+    keras.utils.set_random_seed(0)
+    model = classifier.build_classifier(name, 4, image_size=(size, size), weights=None, head_units=16)
+    split = prefix.split_model(model, backbones.get(name))
+    assert split is not None
+    x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
+    cut = split.prefix(x, training=False)
+    assert tuple(cut.shape[1:]) == split.cut_shape
+    np.testing.assert_allclose(split.top(cut, training=False), model(x, training=False), atol=1e-5)
+    shared = {id(w) for w in model.weights}
+    assert all(id(w) in shared for w in split.top.weights)  # training the top trains the classifier
+
+
+def test_views_cycle_per_epoch_and_carry_class_weights() -> None:
+    views = [np.full((10, 2), v, np.float16) for v in range(3)]
+    labels = np.arange(10) % 2
+    seq = prefix.ViewSequence(views, labels, 4, seed=1, first_epoch=2, class_weight={0: 1.0, 1: 3.0})
+    assert len(seq) == 3
+    seen = []
+    for _ in range(4):
+        batches = [seq[i] for i in range(len(seq))]
+        seen.append({float(b[0][0, 0]) for b in batches})
+        x, y, w = batches[0]
+        assert x.dtype == np.float32 and np.array_equal(w, np.where(y == 1, 3.0, 1.0))
+        assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(labels.tolist())
+        seq.on_epoch_end()
+    assert seen == [{2.0}, {0.0}, {1.0}, {2.0}]  # epoch e reads view e mod 3, resumed at epoch 2
+
+
+def _run(images: Path, out: Path, **kw: object) -> Path:
+    cfg = config.resolve(data_dir=str(images), out=str(out), epochs=2, **{**FAST, **kw})
+    return train(cfg, progress=False, say=lambda m: None).run_dir
+
+
+def _weights(run: Path) -> list[tuple[int, str, list[np.ndarray]]]:
+    """(position in the backbone, name, weights) of every backbone layer with weights."""
+    base = classifier.backbone_of(keras.saving.load_model(run / "model.keras"))
+    return [(i, la.name, [np.asarray(w) for w in la.get_weights()]) for i, la in enumerate(base.layers) if la.weights]
+
+
+def test_stage2_trains_the_top_through_the_cache_and_leaves_the_frozen_layers(images, tmp_path) -> None:
+    before = _weights(_run(images, tmp_path / "stage1", fine_tune_epochs=0))
+    run = _run(images, tmp_path / "cached", fine_tune_epochs=2, fine_tune_learning_rate=1e-2, augment="fine-tune")
+    after = _weights(run)
+    state = json.loads((run / "state.json").read_text())["stages"]["stage2"]
+    assert state["path"] == "prefix-cache" and state["epochs_done"] == 2
+    assert not list((run / "features").glob("prefix-*"))  # the views are gone once the stage is complete
+    base = classifier.backbone_of(keras.saving.load_model(run / "model.keras"))
+    start = backbones.fine_tune_start(base, backbones.get("resnet20"))
+    same = {
+        name: all(np.array_equal(a, b) for a, b in zip(w0, w1, strict=True))
+        for (_, name, w0), (_, _, w1) in zip(before, after, strict=True)
+    }
+    frozen = [name for i, name, _ in before if i < start]
+    tuned = [name for i, name, _ in before if i >= start and "_bn" not in name]
+    assert frozen and tuned
+    assert all(same[n] for n in frozen)
+    assert not any(same[n] for n in tuned)
+
+
+def test_stage2_falls_back_to_the_full_model_and_says_why(images, tmp_path, monkeypatch) -> None:
+    said: list[str] = []
+    monkeypatch.setattr(prefix, "MAX_CACHE_BYTES", 1)
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1, **FAST)
+    run = train(cfg, progress=False, say=said.append).run_dir
+    assert json.loads((run / "state.json").read_text())["stages"]["stage2"]["path"] == "full"
+    assert any("whole model" in m and "over the budget" in m for m in said)
+    off = _run(images, tmp_path / "off", fine_tune_epochs=1, fine_tune_cache="off")
+    assert json.loads((off / "state.json").read_text())["stages"]["stage2"]["path"] == "full"
+
+
+def test_class_weights_reach_the_cached_stage(tmp_path, monkeypatch) -> None:
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
+    weights: list[np.ndarray | None] = []
+    real = prefix.ViewSequence.__init__
+
+    def spy(self: prefix.ViewSequence, *args: object, **kw: object) -> None:
+        real(self, *args, **kw)  # type: ignore[arg-type]
+        weights.append(self.weights)
+
+    monkeypatch.setattr(prefix.ViewSequence, "__init__", spy)
+    run = _run(data, tmp_path / "run", fine_tune_epochs=1, class_weights="auto")
+    assert json.loads((run / "state.json").read_text())["stages"]["stage2"]["path"] == "prefix-cache"
+    assert weights[0] is not None and weights[1] is None  # training batches weighted, validation not
+
+
+def test_fine_tune_views_is_validated() -> None:
+    with pytest.raises(Exception, match="fine_tune_views must be an int >= 0"):
+        config.resolve(data_dir=".", out="x", fine_tune_views=-1)
+    with pytest.raises(Exception, match="fine_tune_cache"):
+        config.resolve(data_dir=".", out="x", fine_tune_cache="sometimes")
+    assert config.resolve(data_dir=".", out="x", precision="int8").precision == "int8"  # training takes int8
