@@ -1,6 +1,7 @@
 """Is bf16 (or int8) safe? Validation accuracy with bf16 (int8) vs fp32 backbone features, paired over seeds.
 
-MobileNetV2 with real ImageNet weights (../shared) at 225 px on ../shared/data/flower_photos,
+MobileNetV2 with real ImageNet weights (the bundled ones; results/bf16.json predates them and used
+../shared's conversion) at 225 px on ../shared/data/flower_photos,
 floranet's own split (seed 123) and stage-1 head recipe (tutorial and recommended presets).
 Features of every image are computed once per runtime/precision (TensorFlow fp32, the
 reference; OpenVINO fp32; OpenVINO bf16, or with --precision int8 OpenVINO int8: NNCF post-training

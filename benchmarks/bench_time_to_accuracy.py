@@ -1,11 +1,12 @@
 """Time to accuracy of `floranet train` (recommended preset): this code vs a baseline commit, same split.
 
-Both train MobileNetV2 with real ImageNet weights (../shared/weights) at 225 px on ../shared/data/flower_photos
-with the recommended preset (20 cached-feature epochs, then 5 fine-tuning epochs with augmentation). The
-baseline (default: the main branch before stage 2 trained on cached prefix outputs) runs first from a
-`git archive` of its source, in a child process with the same virtual environment; its split.csv is reused
-by every other run, so all accuracies are on the same 625 validation images. Each run is a fresh process:
-wall seconds include imports, data checks, both stages, the final evaluation and the compiled export.
+Both train Keras's MobileNetV2 (``keras:mobilenet_v2``: the baseline's ``mobilenet_v2``) with ../shared's
+converted ImageNet weights at 225 px on ../shared/data/flower_photos with the recommended preset (20
+cached-feature epochs, then 5 fine-tuning epochs with augmentation). The baseline (default: the main branch
+before stage 2 trained on cached prefix outputs) runs first from a `git archive` of its source, in a child
+process with the same virtual environment; its split.csv is reused by every other run, so all accuracies are
+on the same 625 validation images. Each run is a fresh process: wall seconds include imports, data checks,
+both stages, the final evaluation and the compiled export.
 
     python benchmarks/bench_time_to_accuracy.py [--baseline-ref c86ec50] [--variant NAME=FLAGS ...]
         [--resnet50-memory]
@@ -17,30 +18,26 @@ wall seconds include imports, data checks, both stages, the final evaluation and
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shlex
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, MOBILENET_NOTOP, ROOT, python, run_measured, table, write_result
-
-BASELINE_REF = "c86ec50"  # main when issue 16 was filed: stage 2 ran the whole model every epoch
-CLI = "import sys; from floranet.cli import main; sys.exit(main())"
-
-
-def baseline_source(ref: str, work: Path) -> Path:
-    """``ref``'s src/ unpacked into ``work`` (git archive: no checkout, the repository is untouched)."""
-    blob = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(work, filter="data")
-    return work / "src"
+from common import (
+    BASELINE_REF,
+    CLI,
+    FLOWERS,
+    SHARED_MOBILENET_NOTOP,
+    baseline_source,
+    python,
+    run_measured,
+    table,
+    write_result,
+)
 
 
 def train(label: str, args: list[str], run: Path, log: Path, src: Path | None = None) -> dict[str, Any]:
@@ -64,7 +61,7 @@ def train(label: str, args: list[str], run: Path, log: Path, src: Path | None = 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(FLOWERS))
-    ap.add_argument("--weights", default=str(MOBILENET_NOTOP))
+    ap.add_argument("--weights", default=str(SHARED_MOBILENET_NOTOP))
     ap.add_argument("--image-size", type=int, default=225)
     ap.add_argument("--baseline-ref", default=BASELINE_REF)
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS")
@@ -80,7 +77,7 @@ def main() -> None:
         "--preset",
         "recommended",
         "--backbone",
-        "mobilenet_v2",
+        "keras:mobilenet_v2",  # ../shared's file is in Keras's layout (floranet's mobilenet_v2 takes the bundled one)
         "--weights",
         args.weights,
         "--image-size",

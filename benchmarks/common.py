@@ -15,8 +15,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 FLOWERS = SHARED / "data" / "flower_photos"
-MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v2_imagenet_tv_notop.weights.h5"
+# The ImageNet MobileNetV2 that ships with floranet (torchvision's weights, converted; for floranet's
+# mobilenet_v2). ../shared's older conversion (Keras's layout, normalisation folded in, Keras's padding)
+# is for keras:mobilenet_v2 only.
+MOBILENET_NOTOP = ROOT / "src" / "floranet" / "models" / "pretrained" / "mobilenet_v2_imagenet_notop.h5"
+SHARED_MOBILENET_NOTOP = SHARED / "weights" / "mobilenet_v2_imagenet_tv_notop.weights.h5"
 RESULTS = ROOT / "benchmarks" / "results"
+# main when issue 16 was filed (stage 2 ran the whole model every epoch; predict imported TensorFlow): the
+# baseline that bench_time_to_accuracy and bench_predict run beside this code.
+BASELINE_REF = "c86ec50"
+CLI = "import sys; from floranet.cli import main; sys.exit(main())"  # `floranet ...` for any src/ on PYTHONPATH
 
 
 def machine_info() -> dict[str, Any]:
@@ -34,6 +42,17 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         **{k: env[k] for k in ("tensorflow", "keras", "numpy", "floranet")},
     }
+
+
+def baseline_source(ref: str, work: Path) -> Path:
+    """``ref``'s src/ unpacked into ``work`` (git archive: no checkout; the repository is untouched)."""
+    import io
+    import tarfile
+
+    blob = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(work, filter="data")
+    return work / "src"
 
 
 def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Runs the benchmark suite (`make bench`) and regenerates benchmarks/README.md from results/*.json.
 
-    python benchmarks/run_all.py [--only decode forward train accuracy serve predict finetune audit unknown]
+    python benchmarks/run_all.py [--only decode forward train accuracy padding serve predict finetune audit unknown]
                                  [--readme-only]
 
 Each benchmark prints its own table and writes results/<name>.json with the
@@ -27,7 +27,10 @@ SUITE = {  # name -> (script, needs ../shared)
     "finetune": ("bench_finetune.py", False),
     "train": ("bench_train.py", True),
     "accuracy": ("bench_accuracy.py", True),
+    "padding": ("bench_padding.py", True),
     "bf16": ("bench_bf16.py", True),
+    "int8": ("bench_bf16.py", True),
+    "time_to_accuracy": ("bench_time_to_accuracy.py", True),
     "serve": ("bench_serve.py", False),
     "audit": ("bench_audit.py", True),
     "unknown": ("bench_unknown.py", True),
@@ -44,7 +47,8 @@ def run(names: list[str]) -> None:
             print(f"== {name}: ../shared/data/flower_photos absent, skipped")
             continue
         print(f"== {name}: python benchmarks/{script}", flush=True)
-        code = subprocess.call([python(), str(BENCH / script)], cwd=ROOT)
+        extra = ["--precision", "int8", "--full-runs", "3"] if name == "int8" else []
+        code = subprocess.call([python(), str(BENCH / script), *extra], cwd=ROOT)
         if code:
             print(f"== {name} failed with exit code {code}")
 
@@ -54,18 +58,76 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _bf16(r: dict) -> str:
-    full = r["full_model"]
-    return (
+def _low_precision(r: dict) -> str:
+    full, low = r["full_model"], r.get("precision", "bf16")
+    text = (
         table(r["extraction"], list(r["extraction"][0]))
         + "\n\n"
         + table(
             r["summary"], ["preset", "change", "mean_points", "std_points", "min", "max", "seeds", "fp32_accuracy_mean"]
         )
-        + f"\n\nFull classifier, OpenVINO bf16 vs TensorFlow fp32 on {full['images']} validation images: top-1 "
-        f"agreement {full['top1_agreement']:.4f}, accuracy change {full['delta_points']:+.2f} points. Largest "
-        f"mean change from bf16: {r['max_mean_delta_points']} points (target < {r['target_points']}): "
+        + f"\n\nFull classifier, OpenVINO {low} vs TensorFlow fp32 on {full['images']} validation images: top-1 "
+        f"agreement {full['top1_agreement']:.4f}, accuracy change {full['delta_points']:+.2f} points."
+    )
+    runs = r.get("full_runs")
+    if runs:
+        text += (
+            f"\n\nWhole `floranet train` runs (recommended preset; stage-1 features and the stage-2 prefix in {low}):"
+            "\n\n"
+            + table(runs["runs"], list(runs["runs"][0]))
+            + f"\n\nMean change {runs['mean_points']:+.2f} points (sd {runs['std_points']}); stage 1 "
+            f"{runs['stage1_speed']}x and stage 2 {runs['stage2_speed']}x the speed of fp32."
+        )
+    return text + (
+        f"\n\nLargest mean change from {low}: {r['max_mean_delta_points']} points (target < {r['target_points']}): "
         f"{'pass' if r['passed'] else 'FAIL'}."
+    )
+
+
+def _accuracy(r: dict) -> str:
+    return (
+        table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
+        + f"\n\nGain: {r['gain_points']:+.1f} points."
+        + (f" Backbone {r['backbone']}, weights {r['weights']}." if "backbone" in r else "")
+    )
+
+
+def _time_to_accuracy(r: dict) -> str:
+    cols = ["run", "val_accuracy", "wall_seconds", "time_vs_baseline", "stage1_s", "stage2_s", "peak_rss_mib"]
+    text = table(r["rows"], cols)
+    mem = r.get("resnet50_memory")
+    if mem:
+        text += (
+            f"\n\nResNet50, 180 px, recommended preset (random weights, same split): peak RSS "
+            f"{mem['peak_rss_mib']:.0f} MiB in {mem['wall_seconds']:.0f} s (target < 4096 MiB)."
+        )
+    return text
+
+
+def _predict(r: dict) -> str:
+    text = ""
+    if r.get("cold_and_warm"):
+        cols = [
+            "model",
+            "code",
+            "cold_s",
+            "cold_vs_baseline",
+            "cold_peak_rss_mib",
+            "warm_ms",
+            "warm_vs_baseline",
+            "warm_via",
+        ]
+        text = "Cold (new process) and warm, vs the baseline:\n\n" + table(r["cold_and_warm"], cols) + "\n\n"
+    return text + "Warm, in-process (ResNet50, model.keras):\n\n" + table(r["rows"], list(r["rows"][0]))
+
+
+def _machine(m: dict) -> str:
+    kind = "bf16 CPU (native AVX512_BF16/AMX)" if m.get("native_bf16") else "CPU without native bf16"
+    if "native_bf16" not in m:
+        kind = "bf16 CPU" if "avx512_bf16" in m.get("cpu_flags", []) else "CPU without native bf16"
+    return (
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, flags {', '.join(m.get('cpu_flags', []))}: "
+        f"**{kind}**; TensorFlow {m.get('tensorflow', '?')}"
     )
 
 
@@ -132,8 +194,20 @@ def render() -> str:
         "# Benchmarks",
         "",
         "Regenerated by `python benchmarks/run_all.py` (`make bench`); each section names the command that",
-        "produced it. Numbers are from the machine named in each result file (this project's: 2 cores, AVX-512",
-        "with bf16, no GPU). Ratios compare alternatives measured in the same run.",
+        "produced it and the machine it ran on. Ratios compare alternatives measured in the same run.",
+        "",
+        "## Reading runs from different CPUs",
+        "",
+        "floranet's auto policies decide from the CPU flags, so the same command does different work on",
+        "different CPUs. On a **bf16 CPU** (AVX512_BF16 or AMX) `--precision auto` extracts features and the",
+        "stage-2 prefix in OpenVINO bf16 and fine-tunes in Keras mixed bf16; on a **CPU without native bf16**",
+        "(AVX2 only, most cloud VMs and laptops) it does all of that in fp32, and int8 is opt-in",
+        "(`--precision int8`, see its section). Every result records the CPU flags and whether bf16 is native,",
+        "printed under each section. A figure holds for the CPU kind it names and no other: to compare kinds,",
+        "run the suite on each (`make bench`), keep each `results/` folder, and compare the *ratios* within",
+        "each run (floranet vs baseline, bf16 or int8 vs fp32), never absolute seconds across machines.",
+        "A bf16 CPU's speed-ups from bf16 are absent on AVX2; its fp32 rows are the closest guide to an",
+        "AVX2 machine of similar clock and core count, and still only a guide.",
         "",
     ]
     sections = [
@@ -153,7 +227,7 @@ def render() -> str:
                 "batches in flight); the other rows call the runtime one batch at a time."
             ),
         ),
-        ("predict", "Single-image predict latency (warm)", lambda r: table(r["rows"], list(r["rows"][0]))),
+        ("predict", "Single-image predict: cold and warm", _predict),
         ("finetune", "Fine-tuning step throughput, fp32 vs mixed bf16", lambda r: table(r["rows"], list(r["rows"][0]))),
         (
             "train_vs_tutorial",
@@ -165,13 +239,29 @@ def render() -> str:
         ),
         (
             "accuracy",
-            "Accuracy: recommended preset vs the tutorial's recipe",
+            "Accuracy: recommended preset vs the tutorial's recipe (../shared's MobileNetV2 conversion, Keras's model)",
+            _accuracy,
+        ),
+        (
+            "accuracy_bundled",
+            "Accuracy: recommended preset vs the tutorial's recipe (the bundled MobileNetV2 weights)",
+            _accuracy,
+        ),
+        (
+            "padding",
+            "Symmetric (torchvision) vs Keras's padding, bundled MobileNetV2 weights, tutorial preset",
             lambda r: (
-                table(r["rows"], ["recipe", "val_accuracy", "wall_seconds", "peak_rss_mib"])
-                + f"\n\nGain: {r['gain_points']:+.1f} points."
+                table(r["rows"], ["variant", "size", "accuracy_mean", "accuracy_std", "accuracies", "num_val"])
+                + f"\n\nBest: {r['best']['variant']} at {r['best']['size']} px; seeds {r['seeds']}."
             ),
         ),
-        ("bf16", "bf16 vs fp32: validation accuracy change (paired over seeds)", _bf16),
+        (
+            "time_to_accuracy",
+            "Time to accuracy: `floranet train` (recommended preset) vs the baseline",
+            _time_to_accuracy,
+        ),
+        ("bf16", "bf16 vs fp32: validation accuracy change (paired over seeds)", _low_precision),
+        ("int8", "int8 vs fp32: speed and validation accuracy change (paired over seeds)", _low_precision),
         ("serve", "REST server under load (ResNet50, 180 px)", _serve),
         ("serve_tiny", "REST server under load, tiny model (resnet18, 96 px: overhead-bound worst case)", _serve),
         ("audit", "Label audit on flower_photos", _audit),
@@ -183,13 +273,7 @@ def render() -> str:
         if r is None:
             out += ["(not run yet)", ""]
             continue
-        m = r.get("machine", {})
-        out += [
-            f"Command: `{r.get('command', '?')}`  ",
-            f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
-            f"flags {', '.join(m.get('cpu_flags', []))}; TensorFlow {m.get('tensorflow', '?')}",
-            "",
-        ]
+        out += [f"Command: `{r.get('command', '?')}`  ", _machine(r.get("machine", {})), ""]
         try:
             out += [fmt(r), ""]
         except (KeyError, IndexError, TypeError) as e:

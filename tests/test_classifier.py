@@ -91,7 +91,11 @@ def test_invalid_arguments() -> None:
 def test_backbone_registry() -> None:
     assert backbones.get("resnet50").preprocessing == "caffe"
     assert backbones.get("resnet50v2").preprocessing == "tf"
-    assert backbones.get("mobilenet_v2").preprocessing == "tf"
+    # Ours carries torchvision's bundled weights (their normalisation); Keras's own expects [-1, 1].
+    assert backbones.get("mobilenet_v2").preprocessing == "torch"
+    assert backbones.get("mobilenet_v2").info.family == "mobilenet"
+    assert backbones.get("keras:mobilenet_v2").preprocessing == "tf"
+    assert backbones.get("keras:mobilenet_v2").info.family == "keras"
     assert backbones.get("efficientnet_b0").preprocessing == "none"
     assert backbones.get("convnext_tiny").info.family == "keras"
     assert backbones.get("keras:resnet50").info.family == "keras"

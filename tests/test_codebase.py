@@ -110,3 +110,17 @@ def test_run_directory_file_names_live_in_rundir() -> None:
     ]
     where = {n: [p.relative_to(SRC) for p in _modules() if n in p.read_text(encoding="utf-8")] for n in names}
     assert where == {n: [Path("rundir.py")] for n in names}
+
+
+def test_the_package_never_imports_torch() -> None:
+    """torch is a dev-only dependency of scripts/convert_mobilenet_v2.py; the shipped weights need none of it."""
+    found = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(SRC)}:{node.lineno}" for n in names if n.split(".")[0] in ("torch", "torchvision")
+            ]
+    assert not found, f"torch imported by the package: {found}"

@@ -31,12 +31,17 @@ def images(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data"), classes=3, per_class=10)
 
 
-@pytest.mark.parametrize(("name", "size"), [("resnet20", 32), ("resnet18", 64), ("mobilenet_v2", 64)])
+# mobilenet_v2 is floranet's (explicit ZeroPadding2D before every stride-2 layer), keras:mobilenet_v2 Keras's.
+@pytest.mark.parametrize(
+    ("name", "size"), [("resnet20", 32), ("resnet18", 64), ("mobilenet_v2", 64), ("keras:mobilenet_v2", 64)]
+)
 def test_top_of_prefix_is_the_model(name: str, size: int) -> None:
     keras.utils.set_random_seed(0)
     model = classifier.build_classifier(name, 4, image_size=(size, size), weights=None, head_units=16)
     split = prefix.split_model(model, backbones.get(name))
     assert split is not None
+    if "mobilenet" in name:  # one tensor separates the two parts; ours' ZeroPadding2D layers do not break it
+        assert split.cut == "block_13_expand"
     x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
     cut = split.prefix(x, training=False)
     assert tuple(cut.shape[1:]) == split.cut_shape
@@ -45,8 +50,12 @@ def test_top_of_prefix_is_the_model(name: str, size: int) -> None:
     assert all(id(w) in shared for w in split.top.weights)  # training the top trains the classifier
 
 
-def test_views_cycle_per_epoch_and_carry_class_weights() -> None:
-    views = [np.full((10, 2), v, np.float16) for v in range(3)]
+def test_views_cycle_per_epoch_and_carry_class_weights(tmp_path: Path) -> None:
+    views = []
+    for v in range(3):
+        prefix.write_view(tmp_path / f"v{v}.npy", (2,), 11, [np.full((4, 2), v), np.full((6, 2), v)])
+        views.append(prefix.ViewFile(tmp_path / f"v{v}.npy", 10))
+        assert np.load(tmp_path / f"v{v}.npy").shape == (11, 2)  # a plain .npy; the 11th row is padding
     labels = np.arange(10) % 2
     seq = prefix.ViewSequence(views, labels, 4, seed=1, first_epoch=2, class_weight={0: 1.0, 1: 3.0})
     assert len(seq) == 3
@@ -59,6 +68,10 @@ def test_views_cycle_per_epoch_and_carry_class_weights() -> None:
         assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(labels.tolist())
         seq.on_epoch_end()
     assert seen == [{2.0}, {0.0}, {1.0}, {2.0}]  # epoch e reads view e mod 3, resumed at epoch 2
+    rows = np.array([0, 1, 2, 5, 7, 8])
+    np.testing.assert_array_equal(views[1].take(rows), np.ones((6, 2), np.float32))
+    with pytest.raises(ValueError, match="not a cached view"):
+        prefix.ViewFile(tmp_path / "v0.npy", 12)
 
 
 def _run(images: Path, out: Path, **kw: object) -> Path:

@@ -17,11 +17,14 @@ NAMES = sorted(registry.REGISTRY)
 def test_entry_is_consistent(name: str) -> None:
     info = registry.REGISTRY[name]
     assert info.name == name and info.preprocessing in registry.PREPROCESSING_MODES
+    assert (info.imagenet == "official") == (info.weights_file is not None)
+    assert (info.imagenet == "bundled") == (info.bundled is not None)
     if info.family == "resnet":
         assert info.block in registry.RESNET_BLOCKS and info.depths and info.keras_name is None
-        assert (info.imagenet == "official") == (info.weights_file is not None)
+    elif info.family == "mobilenet":
+        assert info.imagenet == "bundled" and not info.depths and info.keras_name is None
     else:
-        assert info.keras_name and not info.depths and info.weights_file is None
+        assert info.keras_name and not info.depths and info.weights_file is None and info.bundled is None
     if info.weights_file is not None:
         file_name, url, md5 = weights.official_file(name, include_top=False)
         assert file_name.startswith(name) and url.endswith(file_name) and len(md5) == 32
@@ -56,10 +59,19 @@ def test_registry_refuses_inconsistent_entries() -> None:
         registry.register(registry.BackboneInfo("odd", "keras", "sepia", None, keras_name="MobileNetV2"))
     with pytest.raises(ConfigError, match="block"):
         registry.register(registry.BackboneInfo("odd", "resnet", "tf", None))
+    with pytest.raises(ConfigError, match="bundled"):
+        registry.register(registry.BackboneInfo("odd", "mobilenet", "torch", None, imagenet="bundled"))
     assert "odd" not in registry.REGISTRY
 
 
-def test_cli_lists_the_registry(capsys) -> None:
+def test_cli_lists_the_registry_and_where_weights_come_from(capsys) -> None:
     assert main(["backbones"]) == 0
-    listed = capsys.readouterr().out.split()
-    assert listed[: len(NAMES)] == list(registry.REGISTRY)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[: len(NAMES)]] == list(registry.REGISTRY)
+    marks = {line.split()[0]: line.split(None, 1)[1] for line in lines[: len(NAMES)]}
+    assert marks["mobilenet_v2"] == "(ImageNet weights bundled)"
+    assert [n for n, m in marks.items() if "bundled" in m] == [
+        n for n, i in registry.REGISTRY.items() if i.weights_in_box
+    ]
+    assert marks["resnet50"] == "(ImageNet weights downloaded on first use)"
+    assert marks["resnet20"] == "(no ImageNet weights)"

@@ -55,13 +55,14 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def add_backbones(sub: Subparsers) -> None:
-    command(sub, "backbones", run_backbones, help="list backbone names")
+    command(sub, "backbones", run_backbones, help="list backbone names and where their ImageNet weights come from")
 
 
 def run_backbones(args: argparse.Namespace) -> int:
     from floranet.models import registry
 
-    for name in registry.REGISTRY:
-        print(name)
+    width = max(map(len, registry.REGISTRY))
+    for name, info in registry.REGISTRY.items():
+        print(f"{name:<{width}}  ({info.describe_weights()})")
     print("keras:<any keras.applications model in snake_case>")
     return 0

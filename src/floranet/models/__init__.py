@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SUBMODULES = {"backbones", "classifier", "registry", "resnet", "weights"}
+_SUBMODULES = {"backbones", "classifier", "mobilenet", "registry", "resnet", "weights"}
 __all__ = sorted(_SUBMODULES)
 
 

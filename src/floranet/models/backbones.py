@@ -1,8 +1,9 @@
 """Backbones by name: the registry's entries (:mod:`floranet.models.registry`) made buildable.
 
-Our own ResNets come first; any ``keras.applications`` model is available by
-its snake-case name (``mobilenet_v2``, ``efficientnet_b0``, ``convnext_tiny``,
-``densenet121``, ...), and ``keras:<name>`` forces Keras's implementation over ours.
+Our own ResNets and MobileNetV2 come first; any ``keras.applications`` model is
+available by its snake-case name (``efficientnet_b0``, ``convnext_tiny``,
+``densenet121``, ...), and ``keras:<name>`` forces Keras's implementation over ours
+(``keras:mobilenet_v2``: Keras's MobileNetV2 and its downloadable weights).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import keras
 
 from floranet.errors import ConfigError, WeightsError
-from floranet.models import registry, resnet
+from floranet.models import mobilenet, registry, resnet
 from floranet.models import weights as weights_lib
 from floranet.models.registry import BackboneInfo
 
@@ -94,6 +95,10 @@ def _resnet_builder(arch: str) -> Callable[..., keras.Model]:
     return build
 
 
+def _mobilenet_builder(*, input_shape: tuple[int | None, int | None, int], weights: str | None) -> keras.Model:
+    return mobilenet.build_mobilenet_v2(include_top=False, pooling="avg", input_shape=input_shape, weights=weights)
+
+
 def _keras_builder(name: str, fn: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
     def build(*, input_shape: tuple[int | None, int | None, int], weights: str | None) -> keras.Model:
         with _network_timeout(10.0):
@@ -105,7 +110,8 @@ def _keras_builder(name: str, fn: Callable[..., keras.Model]) -> Callable[..., k
                 raise WeightsError(
                     f"Cannot load {weights!r} weights for backbone {name!r}: {e}. Without network "
                     f"access, download the file named above on a machine that has it and put it in "
-                    f"{weights_lib.cache_dir('models')}, or pass weights=PATH (CLI: --weights PATH)."
+                    f"{weights_lib.cache_dir('models')}, or pass weights=PATH (CLI: --weights PATH). "
+                    + weights_lib.offline_hint()
                 ) from e
 
     return build
@@ -171,6 +177,8 @@ def get(name: str) -> Backbone:
     info = registry.lookup(key)
     if info is not None and info.family == "resnet":
         return Backbone(info, _resnet_builder(key))
+    if info is not None and info.family == "mobilenet":
+        return Backbone(info, _mobilenet_builder)
     keras_name = key.removeprefix("keras:")
     functions = _keras_functions()
     fn = functions.get((info.keras_name or "").lower()) if info is not None else None

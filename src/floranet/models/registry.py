@@ -3,7 +3,8 @@
 Pure data (no Keras import), so ``floranet backbones`` lists it instantly. The
 builders read it: :func:`floranet.models.resnet.build_resnet` takes a ResNet's
 block kind and stage depths from here, :mod:`floranet.models.weights` its
-official file and hash, :mod:`floranet.models.backbones` everything else.
+official file and hash (or the bundled file and its sha256),
+:mod:`floranet.models.backbones` everything else.
 Any other ``keras.applications`` model is also usable by its snake-case name
 (see :func:`floranet.models.backbones.get`); those are not listed here.
 """
@@ -16,6 +17,8 @@ from floranet.errors import ConfigError
 
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 RESNET_BLOCKS = ("basic", "bottleneck", "preact", "cifar")
+FAMILIES = ("resnet", "mobilenet", "keras")
+IMAGENET_SOURCES = ("official", "bundled", "keras")
 
 
 @dataclass(frozen=True)
@@ -38,21 +41,39 @@ class WeightsFile:
 
 
 @dataclass(frozen=True)
+class BundledWeights:
+    """ImageNet weights shipped inside floranet (``floranet/models/pretrained/``): no network needed.
+
+    Attributes:
+        file: File name in ``floranet/models/pretrained/``; headless (no classification top).
+        sha256: Its sha256, checked before every load.
+        origin: Where the weights come from, in a few words (``SOURCE.md`` beside the file has the rest).
+    """
+
+    file: str
+    sha256: str
+    origin: str
+
+
+@dataclass(frozen=True)
 class BackboneInfo:
     """One registered backbone.
 
     Attributes:
         name: Registry name, e.g. ``"resnet50"``.
-        family: ``"resnet"`` (floranet's own builder) or ``"keras"`` (``keras.applications``).
+        family: ``"resnet"`` or ``"mobilenet"`` (floranet's own builders) or ``"keras"``
+            (``keras.applications``).
         preprocessing: What its weights expect of raw RGB 0..255: ``"caffe"`` (BGR, ImageNet mean
             subtracted), ``"tf"`` ([-1, 1]), ``"torch"`` ([0, 1] then ImageNet mean/std) or ``"none"``
             (the model normalises inside itself).
         fine_tune_prefix: Fine-tuning unfreezes the first layer whose name starts with this, and
             every layer after it (None: the last quarter of the layers).
         default_size: The image size its ImageNet weights were trained at.
-        imagenet: Where ``weights="imagenet"`` comes from: ``"official"`` (Keras's file, see
-            ``weights_file``), ``"keras"`` (``keras.applications`` downloads it) or None (no weights).
+        imagenet: Where ``weights="imagenet"`` comes from: ``"official"`` (Keras's file, downloaded, see
+            ``weights_file``), ``"bundled"`` (shipped with floranet, see ``bundled``), ``"keras"``
+            (``keras.applications`` downloads it) or None (no weights).
         weights_file: The official file, for ``imagenet="official"``.
+        bundled: The file in the box, for ``imagenet="bundled"``.
         block: ResNet block kind (one of :data:`RESNET_BLOCKS`), for ``family="resnet"``.
         depths: Blocks per stage, for ``family="resnet"``.
         keras_name: The ``keras.applications`` function, for ``family="keras"``.
@@ -68,10 +89,24 @@ class BackboneInfo:
     block: str | None = None
     depths: tuple[int, ...] = ()
     keras_name: str | None = None
+    bundled: BundledWeights | None = None
 
     @property
     def has_imagenet_weights(self) -> bool:
         return self.imagenet is not None
+
+    @property
+    def weights_in_box(self) -> bool:
+        """Its ImageNet weights ship with floranet (``weights="imagenet"`` needs no network)."""
+        return self.imagenet == "bundled"
+
+    def describe_weights(self) -> str:
+        """One phrase for ``floranet backbones``: where its ImageNet weights come from."""
+        return {
+            "bundled": "ImageNet weights bundled",
+            "official": "ImageNet weights downloaded on first use",
+            "keras": "ImageNet weights downloaded on first use, by Keras",
+        }.get(str(self.imagenet), "no ImageNet weights")
 
 
 REGISTRY: dict[str, BackboneInfo] = {}
@@ -80,8 +115,10 @@ REGISTRY: dict[str, BackboneInfo] = {}
 def register(info: BackboneInfo) -> BackboneInfo:
     """Adds a backbone to :data:`REGISTRY` (checked for consistency)."""
     problems = []
-    if info.family not in ("resnet", "keras"):
+    if info.family not in FAMILIES:
         problems.append(f"family={info.family!r}")
+    if info.imagenet not in (*IMAGENET_SOURCES, None):
+        problems.append(f"imagenet={info.imagenet!r}")
     if info.preprocessing not in PREPROCESSING_MODES:
         problems.append(f"preprocessing={info.preprocessing!r}")
     if info.family == "resnet" and (info.block not in RESNET_BLOCKS or not info.depths):
@@ -90,6 +127,8 @@ def register(info: BackboneInfo) -> BackboneInfo:
         problems.append("keras_name=None")
     if (info.imagenet == "official") != (info.weights_file is not None):
         problems.append(f"imagenet={info.imagenet!r} with weights_file={info.weights_file!r}")
+    if (info.imagenet == "bundled") != (info.bundled is not None):
+        problems.append(f"imagenet={info.imagenet!r} with bundled={info.bundled!r}")
     if problems or info.name in REGISTRY:
         raise ConfigError(f"Cannot register backbone {info.name!r}: {', '.join(problems) or 'name taken'}.")
     REGISTRY[info.name] = info
@@ -159,9 +198,28 @@ _resnet(
 for _depth, _n in ((20, 3), (32, 5), (44, 7), (56, 9), (110, 18)):
     _resnet(f"resnet{_depth}", "cifar", (_n, _n, _n), "tf", fine_tune="conv4_", size=32)
 
-# keras.applications models known to work well as backbones (others work by name too).
+# Our MobileNetV2 (floranet.models.mobilenet): keras.applications' layers and names, torchvision's symmetric
+# padding, so torchvision's ImageNet weights (converted by scripts/convert_mobilenet_v2.py, shipped in the
+# package) match torchvision at every image size. They expect torchvision's normalisation ("torch").
+register(
+    BackboneInfo(
+        "mobilenet_v2",
+        "mobilenet",
+        "torch",
+        "block_13_",
+        224,
+        "bundled",
+        bundled=BundledWeights(
+            "mobilenet_v2_imagenet_notop.h5",
+            "d8d7b6809f23592a53e39eda3bd5f31cf589bc59c1ff174d0c6be2537e52d1af",
+            "torchvision's mobilenet_v2-b0353104.pth (BSD-3-Clause), converted to Keras",
+        ),
+    )
+)
+
+# keras.applications models known to work well as backbones (others work by name too;
+# keras:mobilenet_v2 is Keras's own MobileNetV2 with Keras's downloadable weights).
 for _info in (
-    BackboneInfo("mobilenet_v2", "keras", "tf", "block_13_", imagenet="keras", keras_name="MobileNetV2"),
     BackboneInfo("efficientnet_b0", "keras", "none", "block6a_", imagenet="keras", keras_name="EfficientNetB0"),
     BackboneInfo(
         "convnext_tiny", "keras", "none", "convnext_tiny_stage_3", imagenet="keras", keras_name="ConvNeXtTiny"

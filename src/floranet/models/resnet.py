@@ -238,7 +238,7 @@ def build_resnet(
         raise ConfigError(
             f"With weights='imagenet' and include_top=True, classes must be 1000. Received: classes={classes}"
         )
-    input_shape = _check_input_shape(input_shape, (32, 32, 3) if cifar else (224, 224, 3), include_top)
+    input_shape = check_input_shape(input_shape, (32, 32, 3) if cifar else (224, 224, 3), include_top)
 
     inputs = layers.Input(shape=input_shape, name="input_layer") if input_tensor is None else input_tensor
     x = _cifar_body(inputs, blocks) if cifar else _imagenet_stacks(_imagenet_stem(inputs, kind=kind), kind, blocks)
@@ -257,7 +257,8 @@ def build_resnet(
     return model
 
 
-def _check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bool) -> tuple[Any, ...]:
+def check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bool) -> tuple[Any, ...]:
+    """``input_shape`` checked as keras.applications' builders take it (``default`` when None)."""
     if shape is None:
         return default
     ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and shape[2] == 3

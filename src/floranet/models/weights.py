@@ -1,13 +1,16 @@
-"""Weights for our ResNets: Keras's official ImageNet files, or a local file.
+"""Weights for our own backbones: Keras's official ImageNet files, the files bundled with floranet, or a local file.
 
-Official files are keras.applications' legacy HDF5 files; they are loaded by
-*layer name*, which is why our layers carry keras.applications' names.
+Official files are keras.applications' legacy HDF5 files, downloaded once; bundled files
+(``floranet/models/pretrained/``, see :class:`floranet.models.registry.BundledWeights`) are in the same
+layout and need no network. Both are loaded by *layer name*, which is why our layers carry
+keras.applications' names.
 Keras 3 ``.weights.h5`` files store no layer names (groups are named by class
 and position), so they are loaded by Keras itself, by structure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,6 +24,16 @@ from floranet.utils.download import cache_dir, download
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 URL_ENV = "FLORANET_WEIGHTS_URL"  # mirror for air-gapped sites: a base URL holding the same file names
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def offline_hint() -> str:
+    """The sentence that names the backbones whose ImageNet weights need no network (from the registry)."""
+    boxed = [n for n, i in registry.REGISTRY.items() if i.weights_in_box]
+    if not boxed:
+        return ""
+    flags = " or ".join(f"--backbone {n}" for n in boxed)
+    return f"To train without network, use a backbone whose ImageNet weights ship with floranet: {flags}."
 
 
 def official_file(arch: str, *, include_top: bool) -> tuple[str, str, str]:
@@ -51,13 +64,77 @@ def fetch_imagenet(arch: str, *, include_top: bool, timeout: float = 10.0) -> Pa
     try:
         return download(url, dest, file_hash=md5, timeout=timeout, manual_hint=hint)
     except DownloadError as e:
-        raise WeightsError(str(e)) from e
+        raise WeightsError(f"{e} {offline_hint()}".strip()) from e
+
+
+def bundled_file(arch: str) -> Path:
+    """The ImageNet weights file shipped with floranet for ``arch``, sha256-verified.
+
+    Raises:
+        WeightsError: ``arch`` has no bundled weights, or the file is missing or damaged.
+    """
+    info = registry.lookup(arch)
+    if info is None or info.bundled is None:
+        boxed = ", ".join(n for n, i in registry.REGISTRY.items() if i.weights_in_box)
+        raise WeightsError(f"No ImageNet weights for {arch!r} ship with floranet (bundled: {boxed}).")
+    path = PRETRAINED_DIR / info.bundled.file
+    if not path.is_file():
+        raise WeightsError(f"The bundled weights file {path} is missing from this installation; reinstall floranet.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != info.bundled.sha256:
+        raise WeightsError(
+            f"The bundled weights file {path} is damaged (sha256 {digest}, expected {info.bundled.sha256}); "
+            "reinstall floranet."
+        )
+    return path
+
+
+def imagenet_file(arch: str, *, include_top: bool, timeout: float = 10.0) -> Path:
+    """The ImageNet weights file of a registered backbone: bundled (no network) or official (downloaded once).
+
+    Raises:
+        WeightsError: No such weights, a headless bundled file asked for with its top, or no network.
+    """
+    info = registry.lookup(arch)
+    if info is not None and info.bundled is not None:
+        if include_top:
+            raise WeightsError(
+                f"The ImageNet weights bundled for {arch!r} are headless (no classification top): "
+                "use include_top=False. Received: weights='imagenet', include_top=True"
+            )
+        return bundled_file(arch)
+    return fetch_imagenet(arch, include_top=include_top, timeout=timeout)
+
+
+def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, timeout: float = 10.0) -> None:
+    """Fails fast, before any data is read, when a backbone's weights cannot be had.
+
+    Official files are fetched into Keras's cache now (a later build finds them there), bundled files
+    verified, a path checked for existence. Models of ``keras.applications`` download their own
+    weights when built; they are not checked here.
+
+    Raises:
+        WeightsError: The weights cannot be had; offline, the message names the backbones whose
+            weights ship with floranet.
+    """
+    if weights is None:
+        return
+    if weights != "imagenet":
+        if not Path(weights).is_file():
+            raise WeightsError(
+                "weights must be 'imagenet', None or the path of an existing weights file. "
+                f"Received: weights={os.fspath(weights)!r}"
+            )
+        return
+    info = registry.lookup(backbone)
+    if info is not None and info.imagenet in ("official", "bundled"):
+        imagenet_file(info.name, include_top=False, timeout=timeout)
 
 
 def load_into(model: keras.Model, arch: str, weights: str | os.PathLike[str], *, include_top: bool) -> None:
     """Loads ``weights`` ("imagenet" or a file path) into ``model`` built for ``arch``."""
     if weights == "imagenet":
-        path = fetch_imagenet(arch, include_top=include_top)
+        path = imagenet_file(arch, include_top=include_top)
     else:
         path = Path(weights)
         if not path.is_file():
@@ -108,7 +185,8 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
                     f"{layer.name}: file {[a.shape for a in arrays]} vs model {[c.shape for c in current]}"
                 )
                 continue
-            updates.append((layer, arrays))
+            # A file may store a narrower dtype (the bundled one keeps float16): cast to the layer's own.
+            updates.append((layer, [a.astype(c.dtype, copy=False) for a, c in zip(arrays, current, strict=True)]))
     if missing or mismatched:
         details = "; ".join(
             ([f"missing layers {missing[:5]}" + (" ..." if len(missing) > 5 else "")] if missing else [])

@@ -3,7 +3,7 @@
 In stage 2 every layer below the fine-tuning point is frozen, so its output for a given input never changes.
 The prefix (preprocessing and the backbone up to the first unfrozen layer) runs once per augmented *view* of
 the training images, on the fastest inference runtime, and once on the validation images; its outputs are
-stored as float16 ``.npy`` files (memory-mapped) in ``RUN_DIR/features/prefix-<key>/``; the trainable top
+stored as float16 ``.npy`` files (read a batch at a time) in ``RUN_DIR/features/prefix-<key>/``; the trainable top
 (the rest of the backbone and the head, sharing the classifier's layers) trains on them, epoch ``e`` on view
 ``e mod views``. BatchNorm stays in inference mode as before (frozen layers; the top's BatchNorm layers are
 not trainable), and the stage checkpoints and resumes as every stage does.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from floranet.errors import DatasetError
 from floranet.inference import runtime
 from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
@@ -87,9 +89,9 @@ class PrefixCache:
     """The cached prefix outputs of one run: ``views`` training views and the validation set."""
 
     folder: Path
-    train: list[np.ndarray]  # per view: float16 [n, *cut_shape], memory-mapped
+    train: list[ViewFile]  # per view: float16 [n, *cut_shape]
     train_rows: np.ndarray  # positions in the train split of the rows each view holds
-    validation: np.ndarray
+    validation: ViewFile
     validation_rows: np.ndarray
 
 
@@ -102,6 +104,7 @@ def build_cache(
     augment: bool,
     choice: runtime.RuntimeChoice,
     progress: bool,
+    retry: bool = True,
 ) -> PrefixCache:
     """Computes (or, on resume, reuses) every view and the validation outputs of the prefix."""
     config = prepared.config
@@ -121,7 +124,7 @@ def build_cache(
     )
     fn = None
     jobs = [(f"train-view-{v}", "train", config.seed + 1000 * v, augment) for v in range(views)]
-    outputs: list[tuple[np.ndarray, np.ndarray]] = []
+    outputs: list[tuple[ViewFile, np.ndarray]] = []
     for name, subset, seed, aug in [*jobs, ("validation", "validation", config.seed, False)]:
         path = folder / f"{name}.npy"
         if not path.exists():
@@ -130,10 +133,16 @@ def build_cache(
             )
             _compute(fn, prepared, subset, seed, aug, path, split.cut_shape, progress)
         rows = np.load(folder / f"{name}.rows.npy")
-        outputs.append((np.load(path, mmap_mode="r")[: len(rows)], rows))
+        outputs.append((ViewFile(path, len(rows)), rows))
     train, validation = outputs[:-1], outputs[-1]
-    if any(not np.array_equal(rows, train[0][1]) for _, rows in train):  # decoding fails alike in every view
-        raise RuntimeError(f"The cached views in {folder} hold different images; delete the folder and resume.")
+    if any(not np.array_equal(rows, train[0][1]) for _, rows in train):
+        # Decoding fails alike in every view unless files changed between views (e.g. before a resume).
+        if retry:
+            shutil.rmtree(folder)
+            return build_cache(
+                split, prepared, run, views=views, augment=augment, choice=choice, progress=progress, retry=False
+            )
+        raise DatasetError(f"The images of {prepared.data_dir} changed while stage 2 cached them; train again.")
     return PrefixCache(folder, [t[0] for t in train], train[0][1], validation[0], validation[1])
 
 
@@ -166,26 +175,72 @@ def _compute(
             yield pixels.numpy()
 
     bar = tqdm(total=n, desc=f"Stage 2 prefix: {path.stem}", unit="img", disable=not progress)
-    with atomic_path(path) as tmp:  # renamed last: the view's presence means it is complete
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(max(n, 1), *shape))
-        done = 0
-        for batch in fn.map(images()) if hasattr(fn, "map") else map(fn, images()):
-            # Saturate rather than overflow to inf: these activations stay far below float16's range.
-            out[done : done + len(batch)] = np.clip(batch, -FLOAT16_MAX, FLOAT16_MAX)
-            done += len(batch)
-            bar.update(len(batch))
-        out.flush()
-        del out
-        with atomic_path(path.with_name(path.stem + ".rows.npy")) as rows_tmp, open(rows_tmp, "wb") as f:
-            np.save(f, np.asarray(positions, np.int64))
+
+    def outputs() -> Any:
+        for out in fn.map(images()) if hasattr(fn, "map") else map(fn, images()):
+            bar.update(len(out))
+            yield out
+
+    write_view(path, shape, n, outputs())
+    with atomic_path(path.with_name(path.stem + ".rows.npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(positions, np.int64))
     bar.close()
+
+
+def write_view(path: Path, shape: tuple[int, ...], n: int, batches: Any) -> int:
+    """Streams ``batches`` into a float16 ``.npy`` of ``n`` rows (zero rows after the last batch); returns the
+    rows written. Plain file writes: a memory map would count every written page in the process's memory."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # renamed last: the view's presence means it is complete
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (n, *shape)})
+        done = 0
+        for batch in batches:
+            # Saturate rather than overflow to inf: these activations stay far below float16's range.
+            f.write(np.clip(batch, -FLOAT16_MAX, FLOAT16_MAX).astype("<f2").tobytes())
+            done += len(batch)
+        f.write(bytes(2 * math.prod(shape) * (n - done)))  # rows of images that failed to decode: never read
+    return done
+
+
+class ViewFile:
+    """Rows of one cached view, read with ``pread`` on demand (float16 ``.npy``; only the first ``count`` rows
+    hold images). Reads, not a memory map, keep the process's memory at one batch whatever the cache size."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        with open(path, "rb") as f:
+            np.lib.format.read_magic(f)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            self.offset = f.tell()
+        if dtype != np.dtype("<f2") or shape[0] < count:
+            raise ValueError(f"{path} is not a cached view of {count} float16 rows (shape {shape}, {dtype})")
+        self.path, self.count, self.shape = path, count, tuple(shape[1:])
+        self.row_bytes = 2 * math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float32 ``[len(rows), *shape]`` of the given (sorted) rows; consecutive rows are read at once."""
+        out = np.empty((len(rows), *self.shape), np.float32)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            start = 0
+            while start < len(rows):
+                end = start + 1
+                while end < len(rows) and rows[end] == rows[end - 1] + 1:
+                    end += 1
+                data = os.pread(fd, self.row_bytes * (end - start), self.offset + int(rows[start]) * self.row_bytes)
+                out[start:end] = np.frombuffer(data, "<f2").reshape(end - start, *self.shape)
+                start = end
+        finally:
+            os.close(fd)
+        return out
 
 
 class ViewSequence(keras.utils.PyDataset):
     """Batches of one cached view per epoch (epoch ``e``: view ``e mod views``), shuffled per epoch.
 
     Args:
-        views: Per view, float16 prefix outputs (memory-mapped).
+        views: Per view, its cached float16 prefix outputs.
         labels: Label of each row (the same rows in every view).
         batch_size: Rows per batch.
         seed: Seeds each epoch's order.
@@ -195,7 +250,7 @@ class ViewSequence(keras.utils.PyDataset):
 
     def __init__(
         self,
-        views: list[np.ndarray],
+        views: list[ViewFile],
         labels: np.ndarray,
         batch_size: int,
         seed: int,
@@ -218,7 +273,7 @@ class ViewSequence(keras.utils.PyDataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
         rows = np.sort(self._order[i * self.batch_size : (i + 1) * self.batch_size])  # sorted: sequential reads
-        x = np.asarray(self.views[self.epoch % len(self.views)][rows], np.float32)
+        x = self.views[self.epoch % len(self.views)].take(rows)
         if self.weights is None:
             return x, self.labels[rows]
         return x, self.labels[rows], self.weights[rows]

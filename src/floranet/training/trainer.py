@@ -22,6 +22,7 @@ from floranet.config import TrainConfig
 from floranet.errors import ConfigError
 from floranet.inference import batch, runtime
 from floranet.models import backbones, classifier
+from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training import distribute, prefix
@@ -98,9 +99,11 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
     Raises:
         DatasetError: The data cannot be trained on (the doctor's reason).
         ConfigError: Invalid settings, or a resume that does not match the run.
+        WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     out = Path(config.out)
     dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
+    weights_lib.ensure_available(config.backbone, config.weights)  # offline: fail in seconds, before any data
     run = RunDir(dist.work_dir(out))  # non-chief workers write only into a temporary directory
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
