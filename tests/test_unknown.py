@@ -116,12 +116,15 @@ def test_server_json_and_page_say_unknown(tiny_run: Path, tmp_path: Path) -> Non
     from floranet.serving import create_app
 
     odd = _odd_images(tmp_path)
-    with TestClient(create_app(tiny_run, runtime="tensorflow", precision="fp32")) as client:
+    local = "http://127.0.0.1"  # a Host the server answers on loopback (TestClient's default is not)
+    with TestClient(create_app(tiny_run, runtime="tensorflow", precision="fp32"), base_url=local) as client:
         body = client.post("/predict", files={"file": ("checker.png", Path(odd[0]).read_bytes())}).json()
         assert body["unknown"] is True and body["ood_score"] > 0
         assert client.get("/health").json()["unknown"] == "combined"
         assert "answer.unknown" in client.get("/").text
-    with TestClient(create_app(tiny_run, runtime="tensorflow", precision="fp32", unknown=False)) as client:
+    with TestClient(
+        create_app(tiny_run, runtime="tensorflow", precision="fp32", unknown=False), base_url=local
+    ) as client:
         body = client.post("/predict", files={"file": ("checker.png", Path(odd[0]).read_bytes())}).json()
         assert body["unknown"] is False and body["ood_score"] is None
 

@@ -43,7 +43,7 @@ from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
 from floranet.export.writers import WRITERS
 from floranet.inference import compiled
-from floranet.inference.unknown import UnknownDetector
+from floranet.inference.unknown import UnknownDetector, needs_features
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, write_json
 
@@ -270,7 +270,7 @@ def export_run(
     result = dataclasses.replace(result, path=final)
     _record(source.path, result)
     # A run from before compiled models (or before their features output), or a replaced model.keras.
-    if compiled.usable(source.run, features=True) is None:
+    if compiled.usable(source.run, features=needs_features(source.run.path)) is None:
         images = pixels if pixels is not None else np.zeros((0, 1, 1, 3))
         info = compiled.compile_run(source.run, model, images, UnknownDetector.load(source.run.path))
         if info is not None:

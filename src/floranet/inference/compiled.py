@@ -12,8 +12,12 @@ The IR has two outputs (:func:`floranet.models.classifier.probabilities_and_feat
 pooled backbone features ``[N, F]``, so one call also gives what the "unknown" score
 (:mod:`floranet.inference.unknown`) reads. ``compiled.json``'s ``outputs`` gives their columns when joined
 (``OpenVINOInference(joined=True)``); the check covers the features (relative to their largest value) and, when
-the run has an unknown answer, its score. An IR without ``outputs`` (made before) serves a run only when its
-unknown answer needs no features.
+the run has an unknown answer, its score and answer. The answer is compared on the images whose score is farther
+from the threshold than the score tolerance: the threshold is a validation image's own score (the ``keep``
+quantile), so that image, and any other within float rounding of it, may land on either side
+(``ood_near_threshold`` counts them). An IR without ``outputs`` (made before) serves a run only when its unknown
+answer needs no features; a ``model.keras`` that is not a classifier built here (no ``head`` layer) gets an IR
+of its probabilities alone.
 """
 
 from __future__ import annotations
@@ -72,10 +76,12 @@ def compile_run(
         log.info("OpenVINO is not installed: no compiled inference model (predict loads model.keras)")
         return None
     from floranet.inference.runtime import OpenVINOInference, RuntimeChoice, compile_inference, to_openvino
-    from floranet.models.classifier import probabilities_and_features, with_features
+    from floranet.models import classifier
 
     ov = optional.require("openvino", "a compiled inference model")
-    both = probabilities_and_features(model)
+    split = any(layer.name == classifier.HEAD_LAYER for layer in model.layers)  # a classifier built here
+    both = classifier.probabilities_and_features(model) if split else model
+    classes = int(model.outputs[0].shape[-1])
     folder = run / RunDir.COMPILED
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -84,21 +90,22 @@ def compile_run(
         tf32 = RuntimeChoice("tensorflow", "fp32", "reference")
         check = _agreement(
             OpenVINOInference.from_ir(tmp / RunDir.COMPILED_XML, "fp32", joined=True),
-            compile_inference(model, tf32),
-            compile_inference(with_features(model), tf32),
+            compile_inference(classifier.with_features(model) if split else model, tf32),
+            classes,
             pixels,
             detector,
         )
         stat = run.model_file.stat()
-        classes = int(model.outputs[0].shape[-1])
-        width = classes + int(both.outputs[1].shape[-1])
+        # Output 0 and 1, as columns of the two joined (what the predictor reads).
+        outputs = {"probabilities": [0, classes]}
+        if split:
+            outputs["features"] = [classes, classes + int(both.outputs[1].shape[-1])]
         record = {
             "format": "openvino-ir",
             "openvino": package_version("openvino"),
             "model": {"sha256": _file_digest(run.model_file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "image_size": [int(d) for d in model.inputs[0].shape[1:3]],
-            # Output 0 and 1, as columns of the two joined (what the predictor reads).
-            "outputs": {"probabilities": [0, classes], "features": [classes, width]},
+            "outputs": outputs,
             **check,
             "agrees": _agrees(check),
         }
@@ -112,40 +119,47 @@ def compile_run(
 
 
 def _agreement(
-    compiled: Any, reference: Any, reference_both: Any, pixels: np.ndarray, detector: UnknownDetector | None
+    compiled: Any, reference: Any, classes: int, pixels: np.ndarray, detector: UnknownDetector | None
 ) -> dict[str, Any]:
-    """The IR's ``[probabilities | features]`` against TensorFlow's: ``model.keras``'s probabilities, the
-    features of the same layers, and the unknown score computed from each."""
+    """The IR's ``[probabilities | features]`` against TensorFlow's (``model.keras``'s probabilities and the
+    features of the same layers), and the unknown score and answer computed from each."""
     pixels = pixels[:CHECK_IMAGES]
     out: dict[str, Any] = {"images": len(pixels), "top1_agreement": None, "max_abs_diff": None}
-    out.update(features_max_rel_diff=None, ood_max_rel_diff=None, ood_answer_agreement=None)
+    out.update(features_max_rel_diff=None, ood_max_rel_diff=None, ood_answer_agreement=None, ood_near_threshold=None)
     if not len(pixels):
         return out
-    got, want, both = (np.asarray(f(pixels), np.float64) for f in (compiled, reference, reference_both))
-    n = want.shape[1]
-    out["top1_agreement"] = float(np.mean(got[:, :n].argmax(1) == want.argmax(1)))
-    out["max_abs_diff"] = float(np.max(np.abs(got[:, :n] - want)))
-    out["features_max_rel_diff"] = float(
-        np.max(np.abs(got[:, n:] - both[:, n:])) / max(np.max(np.abs(both[:, n:])), 1e-12)
-    )
-    if detector is not None:
+    got, want = (np.asarray(f(pixels), np.float64) for f in (compiled, reference))
+    n = classes
+    out["top1_agreement"] = float(np.mean(got[:, :n].argmax(1) == want[:, :n].argmax(1)))
+    out["max_abs_diff"] = float(np.max(np.abs(got[:, :n] - want[:, :n])))
+    has_features = got.shape[1] > n
+    if has_features:
+        scale = max(float(np.max(np.abs(want[:, n:]))), 1e-12)
+        out["features_max_rel_diff"] = float(np.max(np.abs(got[:, n:] - want[:, n:])) / scale)
+    if detector is not None and (has_features or not detector.needs_features):
         mine, theirs = (
             detector.score(x[:, n:] if detector.needs_features else None, x[:, :n]).astype(np.float64)
-            for x in (got, both)
+            for x in (got, want)
         )
-        out["ood_max_rel_diff"] = float(np.max(np.abs(mine - theirs)) / max(1.0, abs(detector.threshold)))
-        out["ood_answer_agreement"] = float(np.mean((mine > detector.threshold) == (theirs > detector.threshold)))
+        tolerance = max(1.0, abs(detector.threshold))
+        out["ood_max_rel_diff"] = float(np.max(np.abs(mine - theirs)) / tolerance)
+        # Images within the tolerance of the threshold may land on either side; the rest must agree.
+        decided = np.abs(theirs - detector.threshold) > MAX_SCORE_REL_DIFF * tolerance
+        out["ood_near_threshold"] = int(np.sum(~decided))
+        same = (mine > detector.threshold) == (theirs > detector.threshold)
+        out["ood_answer_agreement"] = float(np.mean(same[decided])) if decided.any() else None
     return out
 
 
 def _agrees(check: dict[str, Any]) -> bool:
-    score = check["ood_max_rel_diff"]
+    features, score, answer = check["features_max_rel_diff"], check["ood_max_rel_diff"], check["ood_answer_agreement"]
     return (
         check["images"] > 0
         and check["top1_agreement"] == 1.0
         and check["max_abs_diff"] <= MAX_ABS_DIFF
-        and check["features_max_rel_diff"] <= MAX_FEATURES_REL_DIFF
+        and (features is None or features <= MAX_FEATURES_REL_DIFF)
         and (score is None or score <= MAX_SCORE_REL_DIFF)
+        and (answer is None or answer == 1.0)
     )
 
 
