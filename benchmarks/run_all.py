@@ -1,6 +1,7 @@
 """Runs the benchmark suite (`make bench`) and regenerates benchmarks/README.md from results/*.json.
 
-    python benchmarks/run_all.py [--only decode forward train accuracy padding serve predict finetune] [--readme-only]
+    python benchmarks/run_all.py [--only decode forward train accuracy padding serve predict finetune audit unknown]
+                                 [--readme-only]
 
 Each benchmark prints its own table and writes results/<name>.json with the
 machine it ran on; this script then rewrites README.md from whatever results exist.
@@ -31,6 +32,8 @@ SUITE = {  # name -> (script, needs ../shared)
     "int8": ("bench_bf16.py", True),
     "time_to_accuracy": ("bench_time_to_accuracy.py", True),
     "serve": ("bench_serve.py", False),
+    "audit": ("bench_audit.py", True),
+    "unknown": ("bench_unknown.py", True),
 }
 
 
@@ -152,6 +155,40 @@ def _serve(r: dict) -> str:
     )
 
 
+def _audit(r: dict) -> str:
+    noise, dups, real = r["label_noise"], r["duplicates"], r["real_set"]
+    top = [
+        {"rank": i + 1, "file": f["file"], "given": f["given_label"], "suggested": f["suggested_label"]}
+        for i, f in enumerate(real["top20"])
+    ]
+    return (
+        table(r["rows"], ["check", "value", "target"])
+        + f"\n\nLabel noise: {noise['moved']} of {noise['images']} images moved into a wrong class folder; cleanlab "
+        f"flagged {noise['flagged']} (recall {noise['flagged_recall']}, precision {noise['flagged_precision']}); among "
+        f"the moved images in the top N it suggests the true class for {noise['suggested_true_class_share']:.0%}.\n\n"
+        "Near-duplicates, planted copies against every other pair, by similarity threshold (floranet uses 0.42):\n\n"
+        + table(dups["threshold_sweep"], list(dups["threshold_sweep"][0]))
+        + "\n\nThe real flower_photos, top 20 label issues (thumbnails: `results/audit_real_top20.png`):\n\n"
+        + table(top, ["rank", "file", "given", "suggested"])
+        + (f"\n\n{r['note']}" if r.get("note") else "")
+    )
+
+
+def _unknown(r: dict) -> str:
+    per = [{k: v for k, v in row.items() if k != "methods"} for row in r["per_class"]]
+    return (
+        f"floranet's default answer (`{r.get('default_method', 'combined')}`), through `predict` on each run: "
+        f"mean AUROC "
+        f"{r['mean_auroc']} (target >= {r['target_mean_auroc']}), mean false-known rate at 95% known kept "
+        f"{r['mean_false_known_at_95']}.\n\n"
+        + table(per, list(per[0]))
+        + "\n\nEvery candidate on the same embeddings (AUROC per held-out class; threshold at 95% known kept):\n\n"
+        + table(r["methods"], list(r["methods"][0]))
+        + "\n\nNon-flower photos (a run on all 5 classes):\n\n"
+        + table(r["non_flowers"], ["image", "unknown", "ood_score", "top_class"])
+    )
+
+
 def render() -> str:
     out = [
         "# Benchmarks",
@@ -227,6 +264,8 @@ def render() -> str:
         ("int8", "int8 vs fp32: speed and validation accuracy change (paired over seeds)", _low_precision),
         ("serve", "REST server under load (ResNet50, 180 px)", _serve),
         ("serve_tiny", "REST server under load, tiny model (resnet18, 96 px: overhead-bound worst case)", _serve),
+        ("audit", "Label audit on flower_photos", _audit),
+        ("unknown", "Unknown answer: each flower class held out", _unknown),
     ]
     for name, title, fmt in sections:
         r = _load(name)

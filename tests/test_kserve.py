@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from floranet.config import ServeConfig  # noqa: E402
 from floranet.data.datasets import mini_flowers_path  # noqa: E402
 from floranet.errors import ConfigError  # noqa: E402
+from floranet.inference import compiled  # noqa: E402
 from floranet.serving import tensors  # noqa: E402
 from floranet.serving.uploads import RequestError  # noqa: E402
 
@@ -91,6 +92,8 @@ def test_liveness_readiness_and_metadata(client, tiny_run: Path) -> None:
     assert {o["name"]: (o["datatype"], o["shape"]) for o in meta["outputs"]} == {
         "probabilities": ("FP32", [-1, 3]),
         "labels": ("BYTES", [-1, 3]),
+        "ood_score": ("FP32", [-1]),  # the run has an unknown answer (ood.json)
+        "unknown": ("BOOL", [-1]),
     }
     assert meta["parameters"]["class_names"] == ["daisy", "roses", "tulips"]
     assert client.is_model_ready(MODEL, model_version=meta["versions"][0])
@@ -138,6 +141,65 @@ def test_decoded_tensors_equal_encoded_images(client, server: str) -> None:
     uint8.set_data_from_numpy(u8, binary_data=True)
     got = client.infer(MODEL, [uint8]).as_numpy("probabilities")
     assert got.shape == (3, 3) and np.allclose(got.sum(axis=1), 1, atol=1e-5)
+
+
+def _checker_png() -> bytes:
+    """An image unlike the tiny run's colour classes: answered "unknown"."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.indices((32, 40)).sum(0) % 2 * 255).astype("uint8")[..., None].repeat(3, 2)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_unknown_outputs_equal_post_predict(client, server: str, binary: bool) -> None:
+    blobs = [p.read_bytes() for p in JPEGS] + [_checker_png()]
+    meta = client.get_model_metadata(MODEL)["parameters"]["unknown"]
+    assert meta["method"] == "combined" and isinstance(meta["threshold"], float)
+    everything = client.infer(MODEL, [_bytes_input(blobs, binary)])  # no outputs named: all four
+    names = [o["name"] for o in everything.get_response()["outputs"]]
+    assert names == ["probabilities", "labels", "ood_score", "unknown"]
+    scores, unknown = everything.as_numpy("ood_score"), everything.as_numpy("unknown")
+    assert scores.shape == unknown.shape == (4,) and scores.dtype == np.float32 and unknown.dtype == np.bool_
+    assert unknown[-1] and list(unknown) == [bool(s > meta["threshold"]) for s in scores]
+    # One image a call here, four in one batch there: float rounding differs (oneDNN picks kernels by batch
+    # size); the score's tolerance is the compiled model's check (1e-3 of max(1, |threshold|)).
+    tolerance = compiled.MAX_SCORE_REL_DIFF * max(1.0, abs(meta["threshold"]))
+    for i, blob in enumerate(blobs):
+        answer = httpx.post(f"http://{server}/predict", content=blob, timeout=30).json()
+        assert answer["unknown"] == bool(unknown[i]) and answer["ood_score"] == pytest.approx(scores[i], abs=tolerance)
+    asked = [httpclient.InferRequestedOutput("unknown", binary_data=binary)]
+    only = client.infer(MODEL, [_bytes_input(blobs, binary)], outputs=asked)
+    assert [o["name"] for o in only.get_response()["outputs"]] == ["unknown"]
+    np.testing.assert_array_equal(only.as_numpy("unknown"), unknown)
+    bad = {
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(blobs[0]).decode()]}]
+    }
+    r = _post(server, {**bad, "outputs": [{"name": "ood_score", "parameters": {"classification": 2}}]})
+    assert r.status_code == 400 and "has no classification" in r.json()["error"]
+
+
+def test_without_the_unknown_answer_the_outputs_are_not_offered(tiny_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from floranet.serving import create_app
+
+    app = create_app(tiny_run, runtime="tensorflow", precision="fp32", unknown=False, model_name=MODEL)
+    with TestClient(app, base_url="http://127.0.0.1") as c:  # a loopback Host (TestClient's default is not)
+        meta = c.get(f"/v2/models/{MODEL}").json()
+        assert [o["name"] for o in meta["outputs"]] == ["probabilities", "labels"]
+        assert meta["parameters"]["unknown"] == "off"
+        blob = base64.b64encode(JPEGS[0].read_bytes()).decode()
+        doc = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [blob]}]}
+        assert [o["name"] for o in c.post(f"/v2/models/{MODEL}/infer", json=doc).json()["outputs"]] == [
+            "probabilities",
+            "labels",
+        ]
+        r = c.post(f"/v2/models/{MODEL}/infer", json={**doc, "outputs": [{"name": "unknown"}]})
+        assert r.status_code == 400 and "unknown output 'unknown'" in r.json()["error"]
 
 
 def test_classification_extension_and_binary_output(client) -> None:
@@ -290,6 +352,7 @@ def test_codec_round_trip_and_limits() -> None:
     outs = [
         tensors.OutputTensor("probabilities", "FP32", (1, 2), probs, binary=True),
         tensors.OutputTensor("labels", "BYTES", (1, 2), ["b", "a"], binary=True),
+        tensors.OutputTensor("unknown", "BOOL", (2,), np.array([True, False]), binary=False),
     ]
     body, json_length = tensors.encode_response({"model_name": "m"}, outs)
     assert json_length is not None
@@ -298,6 +361,9 @@ def test_codec_round_trip_and_limits() -> None:
     assert doc["outputs"][0]["parameters"]["binary_data_size"] == 8
     np.testing.assert_array_equal(np.frombuffer(blob[:8], "<f4"), probs.ravel())
     assert blob[8:] == struct.pack("<I", 1) + b"b" + struct.pack("<I", 1) + b"a"
+    assert doc["outputs"][2] == {"name": "unknown", "datatype": "BOOL", "shape": [2], "data": [True, False]}
+    body, json_length = tensors.encode_response({}, [tensors.OutputTensor("u", "BOOL", (2,), [False, True], True)])
+    assert json_length is not None and body[json_length:] == b"\x00\x01"  # one byte per element
     req = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 11}}]}
     head = json.dumps(req).encode()
     parsed = tensors.parse_request(head + struct.pack("<I", 3) + b"abc" + struct.pack("<I", 0), str(len(head)))

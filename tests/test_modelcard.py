@@ -54,12 +54,14 @@ def test_card_validates_with_huggingface_hub(tiny_run: Path) -> None:
 
 def test_card_reads_audit_and_unknown_rate_and_evaluate_refreshes_it(writable_run: Path) -> None:
     run = RunDir(writable_run)
-    run.write_json(RunDir.AUDIT, {"suspects": [{"path": "a.jpg"}, {"path": "b.jpg"}]})
-    run.write_json(RunDir.OOD, {"unknown_rate": 0.125})
+    counts = {"label_issue": 2, "duplicate_conflict": 0, "duplicate_leak": 1, "duplicate": 0, "outlier": 0}
+    run.write_json(RunDir.AUDIT, {"images": 30, "counts": counts})  # what floranet audit writes, in part
+    run.write_json(RunDir.OOD, {"method": "combined", "threshold": 0.5, "keep": 0.95, "validation_kept": 0.875})
     (writable_run / "README.md").unlink()
     assert main(["evaluate", str(writable_run), "--runtime", "tensorflow", "--precision", "fp32"]) == 0
     text = (writable_run / "README.md").read_text(encoding="utf-8")
-    assert "flags 2 training images" in text and "12.5% of the validation images" in text
+    assert "flags 2 of 30 images as possibly mislabelled, 1 near-duplicate pairs (1 across" in text
+    assert "combined score above 0.5" in text and "12.5% of the validation images are too" in text
     front = _front(model_card(run, license="apache-2.0", base_model="some/model"))
     assert front["license"] == "apache-2.0" and front["base_model"] == "some/model" and "license_name" not in front
 

@@ -80,12 +80,13 @@ def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
     rows = json.loads(out.read_text())
     assert {Path(r["file"]).name for r in rows} == {"plain.jpg", "rotated.jpg", "cmyk.jpg"}
     for r in rows:
-        assert set(r) == {"file", "top_k", "low_confidence", "error"} and r["error"] is None
+        assert set(r) == {"file", "top_k", "low_confidence", "unknown", "ood_score", "error"} and r["error"] is None
+        assert isinstance(r["unknown"], bool) and isinstance(r["ood_score"], float)
         assert [set(t) for t in r["top_k"]] == [{"class", "probability"}] * 3
         assert r["top_k"][0]["probability"] >= r["top_k"][1]["probability"]
     assert main(["predict", str(tiny_run), str(cases["jpeg"]), "--format", "csv", "--top-k", "2"]) == 0
     text = capsys.readouterr().out.splitlines()
-    assert text[0] == "file,class_1,probability_1,class_2,probability_2,low_confidence,error"
+    assert text[0] == "file,class_1,probability_1,class_2,probability_2,low_confidence,unknown,ood_score,error"
     assert main(["predict", str(tiny_run), str(cases["jpeg"])]) == 0
     assert "plain.jpg" in capsys.readouterr().out
 
@@ -125,12 +126,17 @@ def test_the_compiled_model_predicts_without_tensorflow(tiny_run, tmp_path) -> N
 
     info = json.loads((tiny_run / "inference" / "compiled.json").read_text())
     assert info["agrees"] and info["images"] == 6 and info["top1_agreement"] == 1.0 and info["max_abs_diff"] <= 1e-4
+    # One output: the probabilities, then the pooled features the unknown score reads (checked too).
+    assert info["outputs"]["probabilities"] == [0, 3] and info["outputs"]["features"][0] == 3
+    assert info["features_max_rel_diff"] <= 1e-4 and info["ood_max_rel_diff"] <= 1e-3
+    # The answer agrees wherever the score is not within float rounding of the threshold (a validation score).
+    assert info["ood_answer_agreement"] == 1.0 and isinstance(info["ood_near_threshold"], int)
     image = _write_cases(tmp_path)["jpeg"]
     code = (
         "import sys, json\nfrom floranet.inference import load\n"
         f"p = load({str(tiny_run)!r})\nrow = p.predict([{str(image)!r}])[0]\n"
         "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules, "
-        "'choice': p.choice.key, 'top': row.top_k}))"
+        "'choice': p.choice.key, 'top': row.top_k, 'unknown': row.unknown, 'ood': row.ood_score}))"
     )
     out = json.loads(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -141,6 +147,21 @@ def test_the_compiled_model_predicts_without_tensorflow(tiny_run, tmp_path) -> N
     exact = predict.load(tiny_run, runtime="tensorflow").predict([image])[0]
     assert [c for c, _ in exact.top_k] == [c for c, _ in out["top"]]
     np.testing.assert_allclose([p for _, p in exact.top_k], [p for _, p in out["top"]], atol=1e-5)
+    assert out["unknown"] == exact.unknown and out["ood"] == pytest.approx(exact.ood_score, abs=1e-4)
+
+
+def test_a_compiled_model_without_the_features_output_serves_only_without_the_unknown_answer(
+    writable_run, tmp_path
+) -> None:
+    info_file = writable_run / "inference" / "compiled.json"
+    info = json.loads(info_file.read_text())
+    del info["outputs"]  # as a compiled model made before the unknown answer read it
+    info_file.write_text(json.dumps(info))
+    fallback = predict.load(writable_run)
+    assert fallback.compiled is None and "before it output the features" in fallback.note
+    row = fallback.predict([_write_cases(tmp_path)["jpeg"]])[0]
+    assert row.ood_score is not None and "recompiles it" in (fallback.choice.reason if fallback.choice else "")
+    assert predict.load(writable_run, unknown=False).compiled is not None  # nothing to compute but probabilities
 
 
 def test_a_replaced_model_keras_is_never_paired_with_an_old_compiled_model(writable_run) -> None:

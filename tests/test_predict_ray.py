@@ -32,6 +32,10 @@ def _assert_same_rows(got: list[predict.Prediction], want: list[predict.Predicti
         assert [c for c, _ in g.top_k] == [c for c, _ in w.top_k]
         assert [p for _, p in g.top_k] == pytest.approx([p for _, p in w.top_k], abs=1e-5)
         assert g.low_confidence == w.low_confidence
+        assert g.unknown == w.unknown
+        assert (g.ood_score is None) == (w.ood_score is None)
+        if g.ood_score is not None:
+            assert g.ood_score == pytest.approx(w.ood_score, abs=1e-4)
 
 
 def _csv_cells(path: Path) -> list[list[str]]:
@@ -55,7 +59,9 @@ def test_ray_engine_gives_the_local_rows_and_csv(tiny_run: Path, inputs: list[st
     got, want = _csv_cells(tmp_path / "ray.csv"), _csv_cells(tmp_path / "local.csv")
     assert got[0] == want[0] and len(got) == len(want) == 15
     for g, w in zip(got[1:], want[1:], strict=True):
-        assert [c for i, c in enumerate(g) if i not in (2, 4)] == [c for i, c in enumerate(w) if i not in (2, 4)]
+        # Cells 2 and 4: probabilities; 7: the unknown score (a z-scored distance: a few more digits move).
+        assert [c for i, c in enumerate(g) if i not in (2, 4, 7)] == [c for i, c in enumerate(w) if i not in (2, 4, 7)]
+        assert float(g[7] or "nan") == pytest.approx(float(w[7] or "nan"), abs=1e-4, nan_ok=True)
         assert [float(g[i] or "nan") for i in (2, 4)] == pytest.approx(
             [float(w[i] or "nan") for i in (2, 4)], abs=1e-5, nan_ok=True
         )
@@ -88,14 +94,17 @@ def test_cli_ray_engine_writes_parquet_like_local(
         "class_3",
         "probability_3",
         "low_confidence",
+        "unknown",
+        "ood_score",
         "error",
     ]
     assert [r["file"] for r in got] == [r["file"] for r in want]
     assert got[4]["file"] == "imgs/class_1/broken.jpg" and "'imgs/class_1/broken.jpg'" in got[4]["error"]
     for g, w in zip(got, want, strict=True):
-        assert {k: v for k, v in g.items() if "probability" not in k} == {
-            k: v for k, v in w.items() if "probability" not in k
+        assert {k: v for k, v in g.items() if "probability" not in k and k != "ood_score"} == {
+            k: v for k, v in w.items() if "probability" not in k and k != "ood_score"
         }
+        assert (g["ood_score"] is None) == (w["ood_score"] is None)
         for i in (1, 2, 3):
             assert (g[f"probability_{i}"] is None) == (w[f"probability_{i}"] is None)
             assert g[f"probability_{i}"] == pytest.approx(w[f"probability_{i}"], abs=1e-5)

@@ -20,6 +20,9 @@ A finished run holds::
     logs/              TensorBoard
     state.json, checkpoints/, features/   for --resume and the stage-1 feature cache
     exports.json, exports/                written by ``floranet export``
+    audit.json, audit.csv, audit.html     the label audit (``floranet audit``, or the end of ``train``)
+    ood.json, ood.npz                     the "unknown" answer: score method, threshold, statistics
+    excluded.txt, relabel.csv             ``train --exclude`` / ``--relabel`` as applied to the split
     run.lock           only while a process writes the run (train, evaluate, report): its pid
 
 Every other module names these files through :class:`RunDir`.
@@ -70,13 +73,18 @@ class RunDir:
     REPORT = "report.html"
     EXPORTS = "exports.json"
     MODEL_CARD = "README.md"  # the Hugging Face model card (train writes it, evaluate refreshes it)
-    AUDIT = "audit.json"  # the label audit, when one was run (read by the model card)
-    OOD = "ood.json"  # the unknown-input rate, when measured (read by the model card)
+    AUDIT = "audit.json"  # the label audit (floranet audit, or the end of train)
+    OOD = "ood.json"  # the "unknown" answer: method, threshold, the share of known images it keeps
     PLOTS = "plots"
     LOGS = "logs"
     CHECKPOINTS = "checkpoints"
     FEATURES = "features"
     EXPORTS_DIR = "exports"
+    AUDIT_CSV = "audit.csv"
+    AUDIT_HTML = "audit.html"
+    OOD_STATS = "ood.npz"  # the arrays the unknown score needs (beside ood.json)
+    EXCLUDED = "excluded.txt"
+    RELABELED = "relabel.csv"
     LOCK = "run.lock"  # present while a process writes the run; holds its pid
     COMPILED = "inference"  # the compiled inference model (OpenVINO IR) and its check
     COMPILED_XML = "model.xml"
@@ -240,6 +248,21 @@ class RunDir:
     def write_text(self, name: str, text: str) -> Path:
         atomic_write_text(self.path / name, text)
         return self.path / name
+
+    def write_npz(self, name: str, arrays: dict[str, Any]) -> Path:
+        """Saves numpy arrays as ``name`` (an ``.npz``), atomically; never pickled objects."""
+        import numpy as np
+
+        with atomic_path(self.path / name, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        return self.path / name
+
+    def read_npz(self, name: str) -> dict[str, Any]:
+        """The arrays of an ``.npz`` of the run (``allow_pickle=False``: data only)."""
+        import numpy as np
+
+        with np.load(self.path / name, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
 
     def write_config(self, config: TrainConfig) -> None:
         config.save(self.path / self.CONFIG)

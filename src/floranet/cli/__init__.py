@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from floranet.cli import compare, data, deploy, inference, training
+from floranet.cli import audit, compare, data, deploy, inference, training
 from floranet.cli.common import quiet_tensorflow_import, warn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +20,7 @@ ADDERS = (
     training.add_demo,
     training.add_train,
     data.add_doctor,
+    audit.add_audit,
     data.add_fetch,
     inference.add_evaluate,
     inference.add_predict,
@@ -41,10 +42,14 @@ def _needs_tensorflow(args: argparse.Namespace) -> bool:
     if args.command in _WITHOUT_TENSORFLOW:
         return False
     if args.command in _COMPILED_OK and getattr(args, "runtime", "auto") in ("auto", "openvino"):
-        from floranet.inference import compiled
+        from floranet.inference.predictor import compiled_model
+        from floranet.inference.unknown import needs_features
         from floranet.rundir import RunDir
 
-        return compiled.usable(RunDir(args.run_dir)) is None  # the run's compiled model needs no TensorFlow
+        run = RunDir(args.run_dir)
+        unknown = getattr(args, "unknown", "off") == "on"  # evaluate runs without the unknown answer
+        ir, _ = compiled_model(run, args.runtime, features=unknown and needs_features(run.path))
+        return ir is None  # the run's compiled model needs no TensorFlow
     return True
 
 

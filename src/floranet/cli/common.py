@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from floranet.config import PRECISIONS, RUNTIMES
+from floranet.config import PRECISIONS, RUNTIMES, UNKNOWN_SWITCH
 from floranet.utils.text import printable
 
 Runner = Callable[[argparse.Namespace], int]
@@ -69,6 +69,16 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="auto",
         help="inference precision (auto: bf16 where the CPU has it natively and it is safe)",
+    )
+
+
+def add_unknown(p: argparse.ArgumentParser) -> None:
+    """``--unknown on|off`` of the commands that answer for a finished model."""
+    p.add_argument(
+        "--unknown",
+        choices=UNKNOWN_SWITCH,
+        default=UNKNOWN_SWITCH[0],
+        help="answer 'unknown' for images unlike every class (the run's ood.json); off: never",
     )
 
 

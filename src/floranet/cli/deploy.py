@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, add_runtime, command, say_lines
+from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say_lines
 from floranet.config import EXPORT_FORMATS, QUANTIZE, ServeConfig
 
 
@@ -68,6 +68,7 @@ def add_serve(sub: Subparsers) -> None:
         "--model-name", help="the model's name in the /v2 (KServe, Triton) routes (default: the run folder's)"
     )
     add_runtime(p)
+    add_unknown(p)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -87,5 +88,6 @@ def run_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         runtime=args.runtime,
         precision=args.precision,
+        unknown=args.unknown == "on",
     )
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, add_runtime, command, say, warn
+from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say, warn
 from floranet.config import ENGINES, OUTPUT_FORMATS
 
 
@@ -55,6 +55,7 @@ def add_predict(sub: Subparsers) -> None:
     p.add_argument("--calibrated", action="store_true", help="report temperature-scaled probabilities")
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     add_runtime(p)
+    add_unknown(p)
     p.add_argument("--engine", default="local", help=f"{' or '.join(ENGINES)} (Ray Data; floranet[ray])")
     p.add_argument("--ray-address", help="Ray cluster host:port (default: RAY_ADDRESS, else a local Ray instance)")
     p.add_argument("--workers", type=int, help="Ray actors, each loading the model once (default: one per CPU)")
@@ -80,6 +81,7 @@ def run_predict(args: argparse.Namespace) -> int:
         low_confidence=args.low_confidence,
         calibrated=args.calibrated,
         safe_mode=not args.unsafe,
+        unknown=args.unknown == "on",
     )
     if args.engine == "ray":  # stderr: stdout stays clean CSV/JSON
         rows = ray_engine.predict_with_ray(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from floranet.cli.common import Subparsers, command, int_or_pair, say
 from floranet.config import (
@@ -13,6 +14,7 @@ from floranet.config import (
     RUNTIMES,
     SCHEDULES,
     TRAIN_PRECISIONS,
+    UNKNOWN_METHODS,
 )
 
 # Settings of `train` that map one to one onto TrainConfig fields.
@@ -41,6 +43,11 @@ TRAIN_KEYS = (
     "distribute",
     "workers",
     "worker_index",
+    "exclude",
+    "relabel",
+    "audit",
+    "unknown_method",
+    "unknown_keep",
 )
 
 
@@ -120,6 +127,12 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--dropout", type=float)
     g.add_argument("--head-units", type=int)
     g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
+    _add_cluster_and_curation(p, g)
+
+
+def _add_cluster_and_curation(p: argparse.ArgumentParser, g: Any) -> None:
+    """``train``'s flags for several machines (in the settings group ``g``), data curation, the audit after
+    training and the unknown answer."""
     g.add_argument(
         "--distribute",
         choices=DISTRIBUTE_CHOICES,
@@ -128,6 +141,16 @@ def add_train(sub: Subparsers) -> None:
     )
     g.add_argument("--workers", help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used)")
     g.add_argument("--worker-index", type=int, help="this process's index in --workers (0 is the chief)")
+    c = p.add_argument_group("data curation, audit and the unknown answer")
+    c.add_argument(
+        "--exclude", help="leave these files out: an audit.csv (its file column) or one relative path a line"
+    )
+    c.add_argument("--relabel", help="CSV of path,new_label (or an audit.csv: its label issues' suggested labels)")
+    c.add_argument(
+        "--no-audit", dest="audit", action="store_const", const=False, help="skip the label audit after training"
+    )
+    c.add_argument("--unknown-method", choices=UNKNOWN_METHODS, help="out-of-distribution score (default combined)")
+    c.add_argument("--unknown-keep", type=float, help="share of known validation images kept (default 0.95)")
 
 
 def run_train(args: argparse.Namespace) -> int:

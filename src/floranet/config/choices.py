@@ -53,6 +53,11 @@ ENGINES = ("local", "ray")
 EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "tflite")
 QUANTIZE = ("fp16", "int8")
 DEFAULT_MAX_PIXELS = 50_000_000
+# Out-of-distribution scores a run can answer "unknown" with (floranet.inference.unknown); the default won the
+# leave-one-class-out comparison of benchmarks/bench_unknown.py.
+UNKNOWN_METHODS = ("combined", "knn_head", "knn", "energy", "mahalanobis", "class_mean", "msp")
+# `--unknown on|off` of predict and serve (InferenceConfig.unknown).
+UNKNOWN_SWITCH = ("on", "off")
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a loopback-only server answers to

@@ -21,6 +21,7 @@ from floranet.config.choices import (
     RUNTIMES,
     SCHEDULES,
     TRAIN_PRECISIONS,
+    UNKNOWN_METHODS,
     check,
     check_choice,
     check_fraction,
@@ -70,6 +71,15 @@ class TrainConfig:
     distribute: str = "none"
     workers: str | None = None  # "host:port,host:port" (sets TF_CONFIG); else TF_CONFIG is used
     worker_index: int | None = None
+    # Data curation (floranet.data.curation): files left out (an audit.csv or a list of relative paths) and
+    # a relabel file (path,new_label); the user's files are never moved or edited.
+    exclude: str | None = None
+    relabel: str | None = None
+    # The label audit at the end of training, run only when cheap: stage 1 ran on cached features.
+    audit: bool = True
+    # The "unknown" answer: its score and the share of known validation images its threshold keeps.
+    unknown_method: str = "combined"
+    unknown_keep: float = 0.95
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
@@ -99,6 +109,8 @@ class TrainConfig:
         check_fraction(self, "label_smoothing", low_open=False)
         check_int_at_least(self, "early_stopping_patience", 0, " (0: off)")
         check_positive_int("max_pixels", self.max_pixels)
+        check(isinstance(self.audit, bool), "audit must be True or False", "audit", self.audit)
+        check_fraction(self, "unknown_keep", low_open=True)
 
     def _check_choices(self) -> None:
         check_choice("preset", self.preset, PRESETS)
@@ -108,6 +120,10 @@ class TrainConfig:
         check_choice("fine_tune_cache", self.fine_tune_cache, FINE_TUNE_CACHE)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
+        check_choice("unknown_method", self.unknown_method, UNKNOWN_METHODS)
+        for name in ("exclude", "relabel"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and bool(value)), f"{name} must be a file path", name, value)
         check(
             self.class_weights in (None, "auto"),
             "class_weights must be 'auto' or None",

@@ -29,6 +29,8 @@ class InferenceConfig:
         calibrated: Report temperature-scaled probabilities (``calibration.json``).
         safe_mode: Refuse a model that contains code (Keras safe mode).
         threads: Most threads OpenVINO may use (None: every core).
+        unknown: Answer "unknown" for images the run's out-of-distribution score rejects (``ood.json``);
+            off: every row says ``unknown: false`` and ``ood_score: null``.
     """
 
     runtime: str = "auto"
@@ -39,8 +41,10 @@ class InferenceConfig:
     calibrated: bool = False
     safe_mode: bool = True
     threads: int | None = None
+    unknown: bool = True
 
     def __post_init__(self) -> None:
+        check(isinstance(self.unknown, bool), "unknown must be True or False", "unknown", self.unknown)
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("precision", self.precision, PRECISIONS)
         check_positive_int("batch_size", self.batch_size)

@@ -247,7 +247,9 @@ def evaluate_run(
     """
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     names = run.class_names()
-    predictor = load(run.path, InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size))
+    # Metrics need the probabilities only: the unknown answer stays off (predict and serve give it).
+    config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
+    predictor = load(run.path, config)
     if data_dir is None:
         root, rows = Path(run.config().data_dir), run.split(names).validation()
     else:

@@ -4,7 +4,7 @@ YAML front matter (``library_name``, ``license``, ``tags``, ``datasets``, ``metr
 Hub id is given, ``pipeline_tag`` and ``model-index`` with the validation results), then a body: intended
 use, data (``doctor.json`` and the split), training recipe (``config.yaml``, the facts in ``metrics.json``),
 validation results per class, calibration, and limitations (what the numbers say, plus the label audit and
-the unknown rate when ``audit.json`` / ``ood.json`` exist).
+the unknown answer when ``audit.json`` / ``ood.json`` exist).
 
 Everything is read from the run directory (never predicted again), so ``floranet evaluate`` can refresh it.
 """
@@ -287,20 +287,28 @@ def _limitations(f: _Facts) -> list[str]:
 
 
 def _audit_lines(audit: Any) -> list[str]:
-    """What the label audit (``audit.json``, when present) found, as far as its fields say."""
+    """What the label audit (``audit.json``, when present) found: its ``counts`` per kind."""
     if audit is None:
         return []
-    suspects = audit.get("suspects", audit.get("issues")) if isinstance(audit, dict) else None
-    if isinstance(suspects, list):
-        return [f"- The label audit flags {len(suspects)} training images as possibly mislabelled (`audit.json`)."]
-    return ["- A label audit was run: see `audit.json`."]
+    counts = audit.get("counts") if isinstance(audit, dict) else None
+    if not isinstance(counts, dict):
+        return ["- A label audit was run: see `audit.json`."]
+    pairs = sum(int(counts.get(k, 0)) for k in ("duplicate_conflict", "duplicate_leak", "duplicate"))
+    return [
+        f"- The label audit (`audit.json`) flags {counts.get('label_issue', 0)} of {audit.get('images', '?')} images "
+        f"as possibly mislabelled, {pairs} near-duplicate pairs ({counts.get('duplicate_leak', 0)} across the "
+        f"train/validation split) and {counts.get('outlier', 0)} outliers."
+    ]
 
 
 def _ood_lines(ood: Any) -> list[str]:
-    """The unknown rate (``ood.json``, when present)."""
+    """The unknown answer (``ood.json``, when present): the share of known validation images it rejects."""
     if ood is None:
         return []
-    rate = ood.get("unknown_rate") if isinstance(ood, dict) else None
-    if isinstance(rate, (int, float)):
-        return [f"- {rate:.1%} of the validation images are answered as unknown (`ood.json`)."]
-    return ["- An unknown-input check was run: see `ood.json`."]
+    kept = ood.get("validation_kept") if isinstance(ood, dict) else None
+    if not isinstance(kept, (int, float)):
+        return ["- An unknown answer was fitted: see `ood.json`."]
+    return [
+        f'- Images unlike every class are answered "unknown" ({ood.get("method")} score above '
+        f"{float(ood.get('threshold', 0)):.4g}, `ood.json`); {1 - kept:.1%} of the validation images are too."
+    ]

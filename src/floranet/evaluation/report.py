@@ -17,8 +17,10 @@ import numpy as np
 from floranet.data import decode
 from floranet.errors import DatasetError
 from floranet.evaluation import plots
+from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import GradCAM
+from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text
 from floranet.utils.system import environment
@@ -108,6 +110,8 @@ def build_report(
         _calibration(run, metrics),
         "<h2>Top losses (most confidently wrong), with Grad-CAM</h2>",
         _img(gallery, "top losses") if gallery else "<p>No misclassified images.</p>",
+        unknown_section(run),
+        audit_section(run),
         "<h2>Configuration</h2><pre>" + html.escape(run.config_text()) + "</pre>",
         _environment(metrics),
         "</body></html>",

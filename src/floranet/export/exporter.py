@@ -39,8 +39,11 @@ from floranet.export.common import (
 )
 from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, decode_rows, open_run
+from floranet.export.unknown import FILES as UNKNOWN_FILES
+from floranet.export.unknown import carry_unknown
 from floranet.export.writers import WRITERS
 from floranet.inference import compiled
+from floranet.inference.unknown import UnknownDetector, needs_features
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, write_json
 
@@ -203,7 +206,7 @@ def _make_readable(folder: Path) -> None:
 
 def _model_size(folder: Path) -> int:
     """Bytes of the model file(s): everything but the top-level class_names.json and README.txt."""
-    extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE}
+    extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE, *(folder / n for n in UNKNOWN_FILES)}
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f not in extras)
 
 
@@ -266,8 +269,10 @@ def export_run(
             shutil.rmtree(tmp, ignore_errors=True)
     result = dataclasses.replace(result, path=final)
     _record(source.path, result)
-    if compiled.usable(source.run) is None:  # a run from before compiled models, or a replaced model.keras
-        info = compiled.compile_run(source.run, model, pixels if pixels is not None else np.zeros((0, 1, 1, 3)))
+    # A run from before compiled models (or before their features output), or a replaced model.keras.
+    if compiled.usable(source.run, features=needs_features(source.run.path)) is None:
+        images = pixels if pixels is not None else np.zeros((0, 1, 1, 3))
+        info = compiled.compile_run(source.run, model, images, UnknownDetector.load(source.run.path))
         if info is not None:
             say(
                 f"Also compiled the run's inference model ({source.run / RunDir.COMPILED}): "
@@ -302,8 +307,9 @@ def _build(
             f"{f', quantize={quantize!r}' if quantize else ''} failed: {type(e).__name__}: {e}"
         ) from e
     shutil.copy2(source.run / RunDir.CLASS_NAMES, folder / RunDir.CLASS_NAMES)
-    say(f"Writing labels and preprocessing into the {fmt} file and reading them back...")
+    say(f"Writing labels, preprocessing and the unknown answer's summary into the {fmt} file and reading them back...")
     meta = metadata.embed_and_verify(fmt, folder, source)
+    unknown_note = carry_unknown(source.run, folder, meta["unknown"])
     exported = load_exported(folder)
     check = Check()
     if pixels is not None:
@@ -313,7 +319,8 @@ def _build(
     created = datetime.now(UTC).isoformat(timespec="seconds")
     calibration = len(calib) if calib is not None else None
     atomic_write_text(
-        folder / README_FILE, readme(source, fmt, quantize, exported, check, calibration, created, converter)
+        folder / README_FILE,
+        readme(source, fmt, quantize, exported, check, calibration, created, converter) + unknown_note,
     )
     _make_readable(folder)
     runtime = exported.runtime

@@ -13,6 +13,10 @@ Where each format keeps it (every value a string; ``class_names`` and ``image_si
 
 :func:`read_metadata` reads them back (never from ``class_names.json``) and raises :class:`ModelError` when
 any key is missing.
+
+Besides the fixed contract, ``model_version``, ``backbone`` and ``unknown``: the run's "unknown" answer as JSON
+(:func:`floranet.export.unknown.summary`: method, threshold, rule, statistics, or ``"available": false`` and
+why), so an export always says whether it has one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from floranet.errors import ModelError
 from floranet.export.common import MODEL_FILES
 from floranet.export.rundata import ExportSource
+from floranet.export.unknown import summary as unknown_summary
 from floranet.rundir import RunDir
 from floranet.utils.optional import available, require
 
@@ -109,10 +114,16 @@ class ModelMetadata:
 
     def summary(self) -> str:
         h, w = self.image_size
+        unknown = json.loads(self.extra.get("unknown") or "{}")
+        answer = (
+            f"unknown answer {unknown['method']} (threshold {unknown['threshold']:.4g})"
+            if unknown.get("available")
+            else "no unknown answer"
+        )
         return (
             f"{len(self.class_names)} class names, input {h}x{w} {self.extra.get('color_order')} "
             f"{self.extra.get('pixel_range')} {self.extra.get('input_layout')} {self.extra.get('input_dtype')}, "
-            f"floranet {self.floranet_version}"
+            f"{answer}, floranet {self.floranet_version}"
         )
 
 
@@ -121,6 +132,7 @@ def for_source(source: ExportSource) -> ModelMetadata:
     extra = {"model_version": source.run.model_version()}
     if source.run.exists(RunDir.CONFIG):
         extra["backbone"] = source.run.config().backbone
+    extra["unknown"] = json.dumps(unknown_summary(source.run))
     return ModelMetadata.for_run(source.class_names, source.image_size, **extra)
 
 
@@ -232,16 +244,19 @@ def embed_and_verify(fmt: str, folder: Path, source: ExportSource) -> dict[str, 
     meta = for_source(source)
     embed(fmt, folder, meta)
     read, how = read_metadata(fmt, folder)
-    if read.class_names != meta.class_names or read.image_size != meta.image_size:
+    unknown = read.extra.get("unknown")
+    if read.class_names != meta.class_names or read.image_size != meta.image_size or unknown != meta.extra["unknown"]:
         raise ModelError(
             f"The {fmt} export's metadata ({how}) differs from the run's: class names {list(read.class_names)} "
-            f"vs {list(meta.class_names)}, image size {read.image_size} vs {meta.image_size}"
+            f"vs {list(meta.class_names)}, image size {read.image_size} vs {meta.image_size}, unknown answer "
+            f"{unknown} vs {meta.extra['unknown']}"
         )
     return {
         "read_with": how,
         "class_names": list(read.class_names),
         "image_size": list(read.image_size),
         "floranet_version": read.floranet_version,
+        "unknown": json.loads(unknown),
         "summary": read.summary(),
     }
 

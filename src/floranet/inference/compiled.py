@@ -6,6 +6,18 @@
 probability difference, with OpenVINO computing in fp32), and the size, time and sha256 of the ``model.keras``
 it was made from. :func:`usable` accepts it only when it agrees and ``model.keras`` is the one it was made from;
 anything else falls back to ``model.keras``.
+
+The IR has two outputs (:func:`floranet.models.classifier.probabilities_and_features`): the probabilities
+``[N, classes]`` first, as ``model.keras`` (so a floranet that reads only the first still works), then the
+pooled backbone features ``[N, F]``, so one call also gives what the "unknown" score
+(:mod:`floranet.inference.unknown`) reads. ``compiled.json``'s ``outputs`` gives their columns when joined
+(``OpenVINOInference(joined=True)``); the check covers the features (relative to their largest value) and, when
+the run has an unknown answer, its score and answer. The answer is compared on the images whose score is farther
+from the threshold than the score tolerance: the threshold is a validation image's own score (the ``keep``
+quantile), so that image, and any other within float rounding of it, may land on either side
+(``ood_near_threshold`` counts them). An IR without ``outputs`` (made before) serves a run only when its unknown
+answer needs no features; a ``model.keras`` that is not a classifier built here (no ``head`` layer) gets an IR
+of its probabilities alone.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
 from floranet.utils.files import write_json
@@ -30,6 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_ABS_DIFF = 1e-4  # fp32 IR vs TensorFlow fp32: float rounding only
+# Features: the largest difference over the largest feature; the unknown score: over max(1, |threshold|).
+# Measured (tests' tiny run, ResNet-20 at 32 px, 6 images): features 2.3e-7, score 4.3e-4 (the combined score
+# divides by small spreads on tiny sets); float rounding only.
+MAX_FEATURES_REL_DIFF = 1e-4
+MAX_SCORE_REL_DIFF = 1e-3
 CHECK_IMAGES = 64
 
 
@@ -41,8 +59,16 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def compile_run(run: RunDir, model: keras.Model, pixels: np.ndarray) -> dict[str, Any] | None:
+def compile_run(
+    run: RunDir, model: keras.Model, pixels: np.ndarray, detector: UnknownDetector | None = None
+) -> dict[str, Any] | None:
     """Writes the run's IR and checks it against ``model`` on ``pixels`` (float32 ``[N, H, W, 3]``).
+
+    Args:
+        run: The run whose ``inference/`` is written.
+        model: The run's ``model.keras``, loaded.
+        pixels: Validation images to check on (up to :data:`CHECK_IMAGES`).
+        detector: The run's unknown answer, when it has one: its scores are checked too.
 
     Returns:
         What ``compiled.json`` records, or None when OpenVINO is not installed (nothing is written).
@@ -51,60 +77,117 @@ def compile_run(run: RunDir, model: keras.Model, pixels: np.ndarray) -> dict[str
         log.info("OpenVINO is not installed: no compiled inference model (predict loads model.keras)")
         return None
     from floranet.inference.runtime import OpenVINOInference, RuntimeChoice, compile_inference, to_openvino
+    from floranet.models import classifier
 
     ov = optional.require("openvino", "a compiled inference model")
-    ov_model = to_openvino(model)
+    split = any(layer.name == classifier.HEAD_LAYER for layer in model.layers)  # a classifier built here
+    both = classifier.probabilities_and_features(model) if split else model
+    classes = int(model.outputs[0].shape[-1])
     folder = run / RunDir.COMPILED
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        ov.save_model(ov_model, str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)
+        ov.save_model(to_openvino(both), str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)
+        tf32 = RuntimeChoice("tensorflow", "fp32", "reference")
         check = _agreement(
-            OpenVINOInference.from_ir(tmp / RunDir.COMPILED_XML, "fp32"),
-            compile_inference(model, RuntimeChoice("tensorflow", "fp32", "reference")),
+            OpenVINOInference.from_ir(tmp / RunDir.COMPILED_XML, "fp32", joined=True),
+            compile_inference(classifier.with_features(model) if split else model, tf32),
+            classes,
             pixels,
+            detector,
         )
         stat = run.model_file.stat()
-        info = {
+        # Output 0 and 1, as columns of the two joined (what the predictor reads).
+        outputs = {"probabilities": [0, classes]}
+        if split:
+            outputs["features"] = [classes, classes + int(both.outputs[1].shape[-1])]
+        record = {
             "format": "openvino-ir",
             "openvino": package_version("openvino"),
             "model": {"sha256": _file_digest(run.model_file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "image_size": [int(d) for d in model.inputs[0].shape[1:3]],
+            "outputs": outputs,
             **check,
-            "agrees": check["images"] > 0 and check["top1_agreement"] == 1.0 and check["max_abs_diff"] <= MAX_ABS_DIFF,
+            "agrees": _agrees(check),
         }
-        write_json(tmp / RunDir.COMPILED_INFO, info)
+        write_json(tmp / RunDir.COMPILED_INFO, record)
         if folder.exists():
             shutil.rmtree(folder)  # our own compiled model, replaced by the new one
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return info
+    return record
 
 
-def _agreement(compiled: Any, reference: Any, pixels: np.ndarray) -> dict[str, Any]:
+def _agreement(
+    compiled: Any, reference: Any, classes: int, pixels: np.ndarray, detector: UnknownDetector | None
+) -> dict[str, Any]:
+    """The IR's ``[probabilities | features]`` against TensorFlow's (``model.keras``'s probabilities and the
+    features of the same layers), and the unknown score and answer computed from each."""
     pixels = pixels[:CHECK_IMAGES]
+    out: dict[str, Any] = {"images": len(pixels), "top1_agreement": None, "max_abs_diff": None}
+    out.update(features_max_rel_diff=None, ood_max_rel_diff=None, ood_answer_agreement=None, ood_near_threshold=None)
     if not len(pixels):
-        return {"images": 0, "top1_agreement": None, "max_abs_diff": None}
-    got, want = np.asarray(compiled(pixels)), np.asarray(reference(pixels))
-    return {
-        "images": len(pixels),
-        "top1_agreement": float(np.mean(got.argmax(1) == want.argmax(1))),
-        "max_abs_diff": float(np.max(np.abs(got.astype(np.float64) - want))),
-    }
+        return out
+    got, want = (np.asarray(f(pixels), np.float64) for f in (compiled, reference))
+    n = classes
+    out["top1_agreement"] = float(np.mean(got[:, :n].argmax(1) == want[:, :n].argmax(1)))
+    out["max_abs_diff"] = float(np.max(np.abs(got[:, :n] - want[:, :n])))
+    has_features = got.shape[1] > n
+    if has_features:
+        scale = max(float(np.max(np.abs(want[:, n:]))), 1e-12)
+        out["features_max_rel_diff"] = float(np.max(np.abs(got[:, n:] - want[:, n:])) / scale)
+    if detector is not None and (has_features or not detector.needs_features):
+        mine, theirs = (
+            detector.score(x[:, n:] if detector.needs_features else None, x[:, :n]).astype(np.float64)
+            for x in (got, want)
+        )
+        tolerance = max(1.0, abs(detector.threshold))
+        out["ood_max_rel_diff"] = float(np.max(np.abs(mine - theirs)) / tolerance)
+        # Images within the tolerance of the threshold may land on either side; the rest must agree.
+        decided = np.abs(theirs - detector.threshold) > MAX_SCORE_REL_DIFF * tolerance
+        out["ood_near_threshold"] = int(np.sum(~decided))
+        same = (mine > detector.threshold) == (theirs > detector.threshold)
+        out["ood_answer_agreement"] = float(np.mean(same[decided])) if decided.any() else None
+    return out
 
 
-def usable(run: RunDir) -> Path | None:
-    """The run's IR (``model.xml``) when it agrees with the ``model.keras`` now in the run, else None."""
-    info = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")
+def _agrees(check: dict[str, Any]) -> bool:
+    features, score, answer = check["features_max_rel_diff"], check["ood_max_rel_diff"], check["ood_answer_agreement"]
+    return (
+        check["images"] > 0
+        and check["top1_agreement"] == 1.0
+        and check["max_abs_diff"] <= MAX_ABS_DIFF
+        and (features is None or features <= MAX_FEATURES_REL_DIFF)
+        and (score is None or score <= MAX_SCORE_REL_DIFF)
+        and (answer is None or answer == 1.0)
+    )
+
+
+def info(run: RunDir) -> dict[str, Any]:
+    """What ``compiled.json`` records ({} when the run has no compiled model)."""
+    found = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")
+    return found if isinstance(found, dict) else {}
+
+
+def usable(run: RunDir, *, features: bool = False) -> Path | None:
+    """The run's IR (``model.xml``) when it agrees with the ``model.keras`` now in the run, else None.
+
+    Args:
+        run: The run.
+        features: Only an IR that also outputs the pooled features (what the unknown score reads).
+    """
+    facts = info(run)
     xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
-    if not info or not info.get("agrees") or not xml.exists() or not optional.available("openvino"):
+    if not facts.get("agrees") or not xml.exists() or not optional.available("openvino"):
+        return None
+    if features and "features" not in facts.get("outputs", {}):
         return None
     try:
         stat = run.model_file.stat()
     except OSError:
         return None
-    made_from = info.get("model", {})
+    made_from = facts.get("model", {})
     same = stat.st_size == made_from.get("size") and (
         stat.st_mtime_ns == made_from.get("mtime_ns") or _file_digest(run.model_file) == made_from.get("sha256")
     )

@@ -38,13 +38,25 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
                 "file",
                 *[c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}")],
                 "low_confidence",
+                "unknown",
+                "ood_score",
                 "error",
             ]
         )
         for r in rows:
             cells = [c for name, p in r.top_k for c in (printable(name), f"{p:.6f}")]
             cells += [""] * (2 * k - len(cells))
-            writer.writerow([printable(r.file), *cells, str(r.low_confidence).lower(), printable(r.error or "")])
+            score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
+            writer.writerow(
+                [
+                    printable(r.file),
+                    *cells,
+                    str(r.low_confidence).lower(),
+                    str(r.unknown).lower(),
+                    score,
+                    printable(r.error or ""),
+                ]
+            )
         return buf.getvalue()
     lines = []
     width = max((len(printable(r.file)) for r in rows), default=4)
@@ -54,7 +66,8 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
             lines.append(f"{file:<{width}}  ERROR: {printable(r.error)}")
             continue
         top = "  ".join(f"{printable(c)} {p:6.1%}" for c, p in r.top_k)
-        lines.append(f"{file:<{width}}  {top}{'  (low confidence)' if r.low_confidence else ''}")
+        unknown = f"UNKNOWN (ood score {r.ood_score:.3f}); closest: " if r.unknown and r.ood_score is not None else ""
+        lines.append(f"{file:<{width}}  {unknown}{top}{'  (low confidence)' if r.low_confidence else ''}")
     return "\n".join(lines) + "\n"
 
 
@@ -75,6 +88,8 @@ def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str |
             [r.top_k[i][1] if i < len(r.top_k) else None for r in rows], pa.float64()
         )
     columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
+    columns["unknown"] = pa.array([r.unknown for r in rows], pa.bool_())
+    columns["ood_score"] = pa.array([r.ood_score for r in rows], pa.float64())
     columns["error"] = pa.array([r.error for r in rows], pa.string())
     with atomic_path(output) as tmp:
         pq.write_table(pa.table(columns), tmp)

@@ -20,6 +20,7 @@ from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.doctor import IMAGE_EXTENSIONS
 from floranet.inference import batch, compiled, runtime
+from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -28,18 +29,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One input's result; ``error`` is set (and ``top_k`` empty) when the file could not be used."""
+    """One input's result; ``error`` is set (and ``top_k`` empty) when the file could not be used.
+
+    ``unknown`` is True when the run's out-of-distribution score (``ood_score``) passes its threshold: the
+    image looks like none of the classes. ``ood_score`` is None when the answer is off or the run has none.
+    """
 
     file: str
     top_k: tuple[tuple[str, float], ...] = ()
     low_confidence: bool = False
     error: str | None = None
+    unknown: bool = False
+    ood_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
             "low_confidence": self.low_confidence,
+            "unknown": self.unknown,
+            "ood_score": self.ood_score,
             "error": self.error,
         }
 
@@ -74,6 +83,9 @@ class Predictor:
         max_pixels: Larger images are refused: the run's own limit.
         compiled: The run's compiled model (``inference/model.xml``), when it is used.
         choice: The runtime the last batch ran on.
+        keras_model: ``model.keras``, once loaded.
+        detector: The run's "unknown" answer (``ood.json``), None when it has none or ``config.unknown`` is off.
+        note: Why the compiled model is not used although the run has one ("" otherwise).
     """
 
     run: RunDir
@@ -85,6 +97,8 @@ class Predictor:
     compiled: Path | None = None
     choice: runtime.RuntimeChoice | None = None
     keras_model: keras.Model | None = field(default=None, repr=False)
+    detector: UnknownDetector | None = None
+    note: str = ""
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,32 +131,66 @@ class Predictor:
             )
         else:
             choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
+            if self.note:
+                choice = runtime.RuntimeChoice(choice.runtime, choice.precision, f"{choice.reason}; {self.note}")
         if choice.key not in self._calls:
-            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call.
+            # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call. It also
+            # returns the pooled features when the unknown score needs them (the compiled model's second output).
             self._calls[choice.key] = (
-                runtime.OpenVINOInference.from_ir(self.compiled, choice.precision, threads=self.config.threads)
+                runtime.OpenVINOInference.from_ir(
+                    self.compiled, choice.precision, threads=self.config.threads, joined=self._needs_features
+                )
                 if self.compiled is not None
-                else runtime.compile_inference(self.model, choice, threads=self.config.threads)
+                else runtime.compile_inference(self._keras_for_inference(), choice, threads=self.config.threads)
             )
         self.choice = choice
         return choice
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
+    @property
+    def _needs_features(self) -> bool:
+        return self.detector is not None and self.detector.needs_features
+
+    def _keras_for_inference(self) -> keras.Model:
+        if not self._needs_features:
+            return self.model
+        from floranet.models import classifier  # Keras: only on this path
+
+        return classifier.with_features(self.model)
+
+    def _raw(self, pixels: np.ndarray) -> np.ndarray:
+        """The model call's output: ``[B, classes]`` probabilities, then the pooled features when the unknown score
+        needs them."""
         choice = self.choice or self.select(len(pixels))
-        probs = np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+        return np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
+
+    def _calibrated(self, probs: np.ndarray) -> np.ndarray:
         if self.config.calibrated and self.temperature != 1.0:
-            probs = apply_temperature(probs, self.temperature).astype(np.float32)
+            return apply_temperature(probs, self.temperature).astype(np.float32)
         return probs
 
+    def outputs(self, pixels: np.ndarray) -> np.ndarray:
+        """``[B, classes + 1]`` for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``: the
+        probabilities (calibrated when asked), then the unknown score (NaN without a detector)."""
+        raw = self._raw(pixels)
+        n = len(self.class_names)
+        scores = np.full((len(raw), 1), np.nan, np.float32)
+        if self.detector is not None:
+            scores[:, 0] = self.detector.score(raw[:, n:] if self._needs_features else None, raw[:, :n])
+        return np.concatenate([self._calibrated(raw[:, :n]), scores], axis=1)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
+        return self._calibrated(self._raw(pixels)[:, : len(self.class_names)])
+
     def predict_files(
-        self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None
+        self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None, with_unknown: bool = False
     ) -> batch.FileOutputs:
-        """Probabilities of every file, aligned with ``files`` (see :func:`batch.run_on_files`)."""
+        """Probabilities of every file, aligned with ``files`` (see :func:`batch.run_on_files`); with
+        ``with_unknown`` one more column, the unknown score (:meth:`outputs`)."""
         if files:
             self.select(job_size if job_size is not None else len(files))
         return batch.run_on_files(
-            self.probabilities,
+            self.outputs if with_unknown else self.probabilities,
             files,
             without_tensorflow=self.compiled is not None,
             image_size=self.image_size,
@@ -168,7 +216,7 @@ class Predictor:
                 the whole job, so every row equals the single-process result.
         """
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
-        out = self.predict_files(files, job_size=job_size)
+        out = self.predict_files(files, job_size=job_size, with_unknown=True)
         k = top_k if top_k is not None else self.config.top_k
         rows = [
             Prediction(str(f), error=out.errors[i]) if i in out.errors else self.row(str(f), out.outputs[i], k)
@@ -185,7 +233,7 @@ class Predictor:
         _, pixels = decode.decode_bytes(data, self.image_size, name=name, max_pixels=self.max_pixels)
         if self.choice is None:
             self.select(1)
-        return self.row(name, self.probabilities(pixels[None])[0], top_k)
+        return self.row(name, self.outputs(pixels[None])[0], top_k)
 
     def describe(self) -> str:
         """What the last batch ran on, e.g. ``"compiled model (openvino fp32)"`` or ``"model.keras (tensorflow
@@ -193,10 +241,14 @@ class Predictor:
         source = "compiled model" if self.compiled is not None else RunDir.MODEL
         return f"{source} ({self.choice.runtime} {self.choice.precision})" if self.choice else source
 
-    def row(self, file: str, probs: np.ndarray, k: int | None = None) -> Prediction:
-        """The answer for one image's probabilities."""
-        top = top_k(probs, self.class_names, k if k is not None else self.config.top_k)
-        return Prediction(file, top, bool(top[0][1] < self.config.low_confidence), None)
+    def row(self, file: str, output: np.ndarray, k: int | None = None) -> Prediction:
+        """The answer for one image: its probabilities, or a row of :meth:`outputs` (with the unknown score)."""
+        n = len(self.class_names)
+        top = top_k(output[:n], self.class_names, k if k is not None else self.config.top_k)
+        score = float(output[n]) if len(output) > n and not np.isnan(output[n]) else None
+        unknown = bool(self.detector is not None and score is not None and score > self.detector.threshold)
+        low = bool(top[0][1] < self.config.low_confidence)
+        return Prediction(file, top, low, None, unknown, None if score is None else round(score, 6))
 
 
 def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None, **settings: Any) -> Predictor:
@@ -214,13 +266,40 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     config = config or InferenceConfig(**settings)
     run = RunDir.open(run_dir)
     max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
-    ir = compiled.usable(run) if config.runtime in ("auto", "openvino") else None
+    detector = UnknownDetector.load(run.path) if config.unknown else None
+    ir, note = compiled_model(run, config.runtime, features=detector is not None and detector.needs_features)
+    names, temperature = run.class_names(), run.temperature()
     if ir is not None:  # TensorFlow is never imported on this path
-        h, w = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")["image_size"]
-        return Predictor(run, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels, ir)
+        h, w = compiled.info(run)["image_size"]
+        return Predictor(
+            run, names, (int(h), int(w)), config, temperature, max_pixels, ir, detector=detector, note=note
+        )
     model = run.load_model(safe_mode=config.safe_mode)
     h, w = model.inputs[0].shape[1:3]
-    return Predictor(run, run.class_names(), (int(h), int(w)), config, run.temperature(), max_pixels, keras_model=model)
+    return Predictor(
+        run, names, (int(h), int(w)), config, temperature, max_pixels, keras_model=model, detector=detector, note=note
+    )
+
+
+def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[Path | None, str]:
+    """The run's compiled model when it can serve (None: ``model.keras`` runs), decided without TensorFlow, and
+    why an existing one cannot ("" otherwise).
+
+    Args:
+        run: The run.
+        runtime_name: ``InferenceConfig.runtime``: only ``auto`` and ``openvino`` use it.
+        features: The unknown answer needs the pooled features (:func:`floranet.inference.unknown.needs_features`).
+    """
+    if runtime_name not in ("auto", "openvino"):
+        return None, ""
+    ir = compiled.usable(run, features=features)
+    if ir is None and features and compiled.usable(run) is not None:
+        return None, (
+            f"the run's compiled model ({RunDir.COMPILED}/) was made before it output the features the unknown "
+            "answer needs, so model.keras runs; `floranet export RUN_DIR --format openvino` recompiles it "
+            "(or use --unknown off)"
+        )
+    return ir, ""
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:

@@ -170,7 +170,10 @@ def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
     k = sum(1 for c in r if c.startswith("class_"))
     top = tuple((str(r[f"class_{i}"]), float(r[f"probability_{i}"])) for i in range(1, k + 1) if r[f"class_{i}"])
     error = str(r["error"]).replace(str(file.absolute()), str(file)) or None  # name the file as the user did
-    return Prediction(str(file), top, bool(r["low_confidence"]), error)
+    score = float(r["ood_score"])
+    return Prediction(
+        str(file), top, bool(r["low_confidence"]), error, bool(r["unknown"]), None if math.isnan(score) else score
+    )
 
 
 class _Worker:
@@ -204,6 +207,8 @@ class _Worker:
                 by_path[p].top_k[i - 1][1] if len(by_path[p].top_k) >= i else math.nan for p in paths
             ]
         out["low_confidence"] = [by_path[p].low_confidence for p in paths]
+        out["unknown"] = [by_path[p].unknown for p in paths]
+        out["ood_score"] = [math.nan if by_path[p].ood_score is None else by_path[p].ood_score for p in paths]
         out["error"] = [by_path[p].error or "" for p in paths]
         out["ran_on"] = [self.ran_on] * len(paths)
         return out

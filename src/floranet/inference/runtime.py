@@ -232,9 +232,19 @@ class OpenVINOInference:
             bf16 on CPUs with native bf16 and fp32 elsewhere for the rest).
         streaming: Keep several batches in flight (THROUGHPUT) rather than one call at a time (LATENCY).
         threads: Most CPU threads it may use (None: all cores).
+        joined: A call returns every output of a model with several, joined along the last axis (the run's
+            compiled model: probabilities, then features); else the first output only.
     """
 
-    def __init__(self, ov_model: Any, precision: str, *, streaming: bool = False, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        ov_model: Any,
+        precision: str,
+        *,
+        streaming: bool = False,
+        threads: int | None = None,
+        joined: bool = False,
+    ) -> None:
         ov = optional.require("openvino", "runtime='openvino'")
         bf16 = precision == "bf16" or (precision == "int8" and native_bf16())
         config: dict[str, str | int] = {
@@ -250,6 +260,7 @@ class OpenVINOInference:
             max(2, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) if streaming else 1
         )
         self._requests = [self._compiled.create_infer_request() for _ in range(self.in_flight)]
+        self._outputs = list(self._compiled.outputs) if joined else [self._compiled.output(0)]
 
     @classmethod
     def from_ir(cls, path: str | os.PathLike[str], precision: str, **kwargs: Any) -> OpenVINOInference:
@@ -259,7 +270,9 @@ class OpenVINOInference:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self._requests[0].infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.array(out[self._compiled.output(0)], dtype=np.float32)
+        if len(self._outputs) == 1:
+            return np.array(out[self._outputs[0]], dtype=np.float32)
+        return np.concatenate([np.asarray(out[o], dtype=np.float32) for o in self._outputs], axis=-1)
 
     def map(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Outputs of every batch, in order, with up to ``in_flight`` batches computing at once."""

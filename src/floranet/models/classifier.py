@@ -170,3 +170,23 @@ def feature_extractor(model: keras.Model) -> keras.Model:
             break
         x = layer(x, training=False) if layer.name == BACKBONE_LAYER else layer(x)
     return keras.Model(inputs, x, name="features")
+
+
+def probabilities_and_features(model: keras.Model) -> keras.Model:
+    """Raw pixels → two outputs, ``(probabilities, pooled backbone features)``, sharing ``model``'s layers
+    (the run's compiled model: its first output stays what ``model`` outputs)."""
+    extractor = feature_extractor(model)
+    features = extractor.outputs[0]
+    probs = head_of(model)(features)
+    return keras.Model(extractor.inputs, [probs, keras.ops.cast(features, probs.dtype)], name="probabilities_features")
+
+
+def with_features(model: keras.Model) -> keras.Model:
+    """Raw pixels → ``[probabilities | pooled backbone features]`` in one call, sharing ``model``'s layers.
+
+    One concatenated output (columns ``0..n-1`` the probabilities, the rest the features), so every
+    runtime that runs a single-output model runs it unchanged; ``model`` itself keeps its one output.
+    """
+    both = probabilities_and_features(model)
+    joined = layers.Concatenate(name="probabilities_and_features")(both.outputs)
+    return keras.Model(both.inputs, joined, name="probabilities_and_features")

@@ -7,12 +7,12 @@ Endpoints:
 
 * ``POST /predict``: one image, either as the ``file`` field of a multipart
   form or as the raw request body (any other content type). Answers
-  ``{"file", "top_k": [{"class", "probability"}], "low_confidence",
-  "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
+  ``{"file", "top_k": [{"class", "probability"}], "low_confidence", "unknown",
+  "ood_score", "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
   ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
   Grad-CAM heat map over it). The ``X-Batch-Size`` response header says how
   many images shared the model call.
-* ``GET /health``: ``{"status": "ok", "model_version", "runtime"}``.
+* ``GET /health``: ``{"status": "ok", "model_version", "runtime", "unknown"}`` (the unknown method, or "off").
 * ``GET /classes``: the class names, in model order.
 * ``GET /``: a self-contained page (see :mod:`floranet.serving.page`).
 * ``/v2/...``: the Open Inference Protocol (KServe v2, Triton's HTTP client), see :mod:`floranet.serving.kserve`.
@@ -21,7 +21,7 @@ Batching: each request reads its body asynchronously, decodes and resizes the
 image in a thread pool (with :func:`floranet.data.decode.decode_bytes`, the decode path of
 every other command, so the probabilities are the same), then queues the pixels. One batcher task takes
 up to ``max_batch`` queued images, waiting at most ``max_wait_ms`` after the
-first for more, runs a single :meth:`Predictor.probabilities` call in a
+first for more, runs a single :meth:`Predictor.outputs` call (probabilities and unknown score) in a
 dedicated worker thread (the event loop stays free) and resolves each
 request's future. While a batch runs, new requests queue up, so under load
 batches fill by themselves and ``max_wait_ms`` only matters when traffic is
@@ -88,6 +88,7 @@ def create_app(
     unsafe: bool = False,
     runtime: str = "auto",
     precision: str = "auto",
+    unknown: bool = True,
     **settings: Any,
 ) -> FastAPI:
     """Loads the run and builds the FastAPI app (the model is warmed up before this returns).
@@ -97,6 +98,7 @@ def create_app(
         unsafe: Allow a model that contains code (``Lambda`` layers); only for models you trust.
         runtime, precision: Inference runtime (:func:`floranet.inference.runtime.choose`); ``auto``
             uses the fastest one installed, since a server amortises its start-up.
+        unknown: Answer ``"unknown": true`` for images the run's out-of-distribution score rejects.
         **settings: :class:`floranet.config.ServeConfig` fields (``max_batch``, ``max_pixels``,
             ``api_key``, ``allowed_hosts``, ``model_name``, ...).
 
@@ -108,7 +110,10 @@ def create_app(
     if unsafe:
         logger.warning("loading %s with safe mode OFF: code inside the model will run", run_dir)
     predictor = load(
-        run_dir, InferenceConfig(runtime=runtime, precision=precision, top_k=limits.top_k, safe_mode=not unsafe)
+        run_dir,
+        InferenceConfig(
+            runtime=runtime, precision=precision, top_k=limits.top_k, safe_mode=not unsafe, unknown=unknown
+        ),
     )
     choice = predictor.select(None)
     logger.info("inference on %s %s: %s", choice.runtime, choice.precision, choice.reason)
@@ -122,7 +127,7 @@ def create_app(
         choice,
         limits,
         predictor.run.model_version(),
-        Batcher(predictor.probabilities, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
+        Batcher(predictor.outputs, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
         concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode"),
         # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
@@ -189,6 +194,7 @@ async def health(request: Request) -> dict[str, str]:
         "status": "ok",
         "model_version": state.version,
         "runtime": f"{state.choice.runtime} {state.choice.precision}",
+        "unknown": state.predictor.detector.method if state.predictor.detector else "off",
     }
 
 
@@ -215,11 +221,13 @@ async def predict(request: Request) -> JSONResponse:
             raise RequestError(400, "empty upload: the image has 0 bytes")
         photo, pixels, decode_ms = await decode_upload(state, data, name, keep_photo=want_cam)
         del data
-        probs, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)
-        payload: dict[str, Any] = {**state.predictor.row(name, probs).to_dict(), "model_version": state.version}
+        output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)  # probabilities + unknown score
+        payload: dict[str, Any] = {**state.predictor.row(name, output).to_dict(), "model_version": state.version}
         del payload["error"]
         if photo is not None:
-            payload.update(await _gradcam(state, photo, pixels, int(np.argmax(probs))))
+            payload.update(
+                await _gradcam(state, photo, pixels, int(np.argmax(output[: len(state.predictor.class_names)])))
+            )
     payload["timing_ms"] = {
         "decode": round(decode_ms, 3),
         "queue": round(queue_ms, 3),

@@ -19,6 +19,11 @@ Outputs (all of them unless the request names some)::
 
     probabilities  FP32 [N, C]    class probabilities, columns in class order
     labels         BYTES [N, k]   the top-k class names, most probable first (k: the server's top_k)
+    ood_score      FP32 [N]       the out-of-distribution score (higher: less like the training classes)
+    unknown        BOOL [N]       ood_score > the run's threshold: the image looks like none of the classes
+
+``ood_score`` and ``unknown`` exist when the run has an unknown answer (``ood.json``) and the server runs
+with it on (``--unknown on``, the default); the model metadata lists them then, and the threshold.
 
 Requested outputs may ask for binary data (``"binary_data": true``), and ``probabilities`` answers
 Triton's classification extension (``"classification": k``: BYTES ``"<probability>:<index>:<label>"``).
@@ -51,6 +56,7 @@ from floranet.serving.uploads import RequestError, read_body
 router = APIRouter()
 IMAGE, PIXELS = "image", "pixels"
 PROBABILITIES, LABELS = "probabilities", "labels"
+OOD_SCORE, UNKNOWN = "ood_score", "unknown"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
@@ -70,6 +76,11 @@ def _state(request: Request, name: str | None = None, version: str | None = None
 
 def _top_k(state: ServeState) -> int:
     return min(state.settings.top_k, len(state.predictor.class_names))
+
+
+def output_names(state: ServeState) -> tuple[str, ...]:
+    """The outputs this server offers: the unknown answer's two only when it has one."""
+    return (PROBABILITIES, LABELS, *((OOD_SCORE, UNKNOWN) if state.predictor.detector is not None else ()))
 
 
 @router.get("/v2")
@@ -100,6 +111,11 @@ async def model_metadata(request: Request, name: str, version: str | None = None
     state = _state(request, name, version)
     h, w = state.predictor.image_size
     names = list(state.predictor.class_names)
+    detector = state.predictor.detector
+    unknown_outputs = [
+        {"name": OOD_SCORE, "datatype": "FP32", "shape": [-1]},
+        {"name": UNKNOWN, "datatype": "BOOL", "shape": [-1]},
+    ]
     return {
         "name": model_name(state),
         "versions": [state.version],
@@ -111,9 +127,17 @@ async def model_metadata(request: Request, name: str, version: str | None = None
         "outputs": [
             {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, len(names)]},
             {"name": LABELS, "datatype": "BYTES", "shape": [-1, _top_k(state)]},
+            *(unknown_outputs if detector is not None else []),
         ],
         "parameters": {
             "class_names": names,
+            "unknown": {
+                "method": detector.method,
+                "threshold": detector.threshold,
+                "rule": f"{UNKNOWN}: {OOD_SCORE} > threshold",
+            }
+            if detector is not None
+            else "off",
             "image_size": [h, w],
             "inputs": f"exactly one: {IMAGE} (encoded images; base64 strings in JSON) or {PIXELS} "
             f"(RGB 0..255, NHWC, FP32 or UINT8, {h}x{w})",
@@ -144,11 +168,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             results = await asyncio.gather(*(state.batcher.submit(p) for p in pixels))
         finally:
             state.pending -= count - 1
-    probs = np.stack([r[0] for r in results]).astype(np.float32)
+    rows = np.stack([r[0] for r in results]).astype(np.float32)  # probabilities, then the unknown score
     header: dict[str, Any] = {"model_name": model_name(state), "model_version": state.version}
     if parsed.id is not None:
         header["id"] = parsed.id
-    content, json_length = tensors.encode_response(header, _outputs(state, parsed, probs))
+    content, json_length = tensors.encode_response(header, _outputs(state, parsed, rows))
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
@@ -179,9 +203,13 @@ def _count(state: ServeState, parsed: InferRequest) -> int:
             )
     else:
         raise RequestError(400, f"unknown input {tensor.name!r}; this model takes {IMAGE!r} or {PIXELS!r}")
-    unknown = [o.name for o in parsed.outputs or () if o.name not in (PROBABILITIES, LABELS)]
+    offered = output_names(state)
+    unknown = [o.name for o in parsed.outputs or () if o.name not in offered]
     if unknown:  # refused before any work
-        raise RequestError(400, f"unknown output {unknown[0]!r}; this model has {PROBABILITIES!r} and {LABELS!r}")
+        raise RequestError(400, f"unknown output {unknown[0]!r}; this model has {', '.join(repr(n) for n in offered)}")
+    scalar = [o.name for o in parsed.outputs or () if o.classification and o.name in (OOD_SCORE, UNKNOWN)]
+    if scalar:
+        raise RequestError(400, f"output {scalar[0]!r} has no classification; ask it of {PROBABILITIES!r}")
     n = tensor.shape[0]
     if n < 1:
         raise RequestError(400, f"input {tensor.name!r} holds no image (shape {list(tensor.shape)})")
@@ -210,16 +238,21 @@ async def _pixels(state: ServeState, parsed: InferRequest) -> list[np.ndarray]:
     return list(array.astype(np.float32))
 
 
-def _outputs(state: ServeState, parsed: InferRequest, probs: np.ndarray) -> list[OutputTensor]:
+def _outputs(state: ServeState, parsed: InferRequest, answers: np.ndarray) -> list[OutputTensor]:
+    """The requested outputs (all offered ones when none are named) of ``answers``: :meth:`Predictor.outputs`."""
     names = list(state.predictor.class_names)
-    wanted = parsed.outputs or (
-        tensors.RequestedOutput(PROBABILITIES, parsed.binary_output),
-        tensors.RequestedOutput(LABELS, parsed.binary_output),
-    )
+    probs, scores = answers[:, : len(names)], answers[:, len(names)]
+    wanted = parsed.outputs or tuple(tensors.RequestedOutput(n, parsed.binary_output) for n in output_names(state))
     out = []
     for req in wanted:
         binary = req.binary or parsed.binary_output
-        if req.classification or req.name == LABELS:
+        if req.name == OOD_SCORE:
+            out.append(OutputTensor(req.name, "FP32", scores.shape, scores, binary))
+        elif req.name == UNKNOWN:  # offered only with a detector (_count refuses it otherwise)
+            detector = state.predictor.detector
+            threshold = detector.threshold if detector is not None else np.inf
+            out.append(OutputTensor(req.name, "BOOL", scores.shape, scores > threshold, binary))
+        elif req.classification or req.name == LABELS:
             k = min(req.classification or _top_k(state), len(names))
             rows = [top_k(p, names, k) for p in probs]
             if req.classification:  # Triton's classification extension: "<value>:<index>:<label>"

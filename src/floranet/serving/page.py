@@ -46,6 +46,7 @@ h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; t
 .track { height: 14px; background: #e7ece8; border-radius: 7px; overflow: hidden; margin-top: 4px; }
 .fill { height: 100%; background: var(--bar); border-radius: 7px; width: 0; transition: width .3s ease-out; }
 #results li:first-child .fill { background: var(--accent); }
+#results.unknown .fill { background: #b0b8b3; }
 #meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; }
 #warn { color: #8a5a00; font-size: 14px; }
 #key { grid-column: 1 / -1; background: #fff8e1; border-radius: 10px; padding: 12px 16px; }
@@ -116,7 +117,13 @@ SCRIPT = """
       results.append(li);
       requestAnimationFrame(() => { fill.style.width = (100 * item.probability).toFixed(1) + "%"; });
     }
-    warn.textContent = answer.low_confidence ? "Low confidence: the model is unsure about this photo." : "";
+    if (answer.unknown) {
+      warn.textContent = "Unknown: this photo looks like none of the classes the model knows (out-of-distribution " +
+        "score " + Number(answer.ood_score).toFixed(3) + "). The bars show the closest classes anyway.";
+    } else {
+      warn.textContent = answer.low_confidence ? "Low confidence: the model is unsure about this photo." : "";
+    }
+    results.classList.toggle("unknown", Boolean(answer.unknown));
     const t = answer.timing_ms || {};
     meta.textContent = answer.file + " \\u00b7 " + Math.round(t.total || 0) + " ms (decode " +
       (t.decode || 0).toFixed(1) + ", queue " + (t.queue || 0).toFixed(1) + ", inference " +

@@ -28,6 +28,8 @@ from floranet.serving.uploads import RequestError
 # Datatype → little-endian numpy dtype of one element (BYTES has no fixed size).
 FIXED: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 DATATYPES = ("BYTES", *FIXED)
+# Outputs may also be BOOL (one byte per element, as Triton writes it).
+OUTPUT_FIXED: dict[str, np.dtype[Any]] = {**FIXED, "BOOL": np.dtype("?")}
 MAX_INPUTS = 8
 MAX_DIMS = 8
 _LENGTH = struct.Struct("<I")
@@ -78,7 +80,7 @@ class OutputTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: Any  # numpy array (FP32) or list of str (BYTES)
+    data: Any  # numpy array (FP32, BOOL) or list of str (BYTES)
     binary: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -305,4 +307,4 @@ def _to_binary(out: OutputTensor) -> bytes:
     if out.datatype == "BYTES":
         parts = [s.encode() if isinstance(s, str) else bytes(s) for s in out.data]
         return b"".join(_LENGTH.pack(len(p)) + p for p in parts)
-    return np.ascontiguousarray(out.data, dtype=FIXED[out.datatype]).tobytes()
+    return np.ascontiguousarray(out.data, dtype=OUTPUT_FIXED[out.datatype]).tobytes()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from floranet.config import TrainConfig
-from floranet.data import decode, doctor, pipeline, preview
+from floranet.data import curation, decode, doctor, pipeline, preview
 from floranet.data import split as split_lib
 from floranet.data.augment import Augment
 from floranet.errors import DatasetError
@@ -101,15 +101,16 @@ def prepare(
         notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
         say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
     usable = report.usable_files()
+    curate = curation.Curation.load(config.exclude, config.relabel)
     tf_decodable = {f.path: f.tf_decodable for f in usable}
     split_path = run / RunDir.SPLIT
     if resume and split_path.exists():
         split = split_lib.Split.from_csv(split_path)
     elif config.split_file:
-        split = split_lib.Split.from_csv(config.split_file)
+        split = curate.apply_split(split_lib.Split.from_csv(config.split_file))
         say(f"Using the split from {config.split_file}.")
     else:
-        items = [(f.path, str(f.label), f.sha256 or "") for f in usable]
+        items = curate.apply_items([(f.path, str(f.label), f.sha256 or "") for f in usable])
         # Classes with no usable image cannot be learned: leave them out of the label set.
         names = sorted({label for _, label, _ in items})
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
@@ -124,6 +125,11 @@ def prepare(
         )
     split.to_csv(split_path)
     run.write_class_names(split.class_names)
+    if curate:
+        notes += curate.unmatched([f.path for f in usable])
+        run.write_text(RunDir.EXCLUDED, curate.excluded_text())
+        run.write_text(RunDir.RELABELED, curate.relabel_text())
+        say(f"Curation: {len(curate.exclude)} file(s) left out, {len(curate.relabel)} relabelled (files untouched).")
     prepared = Prepared(data_dir, split, tf_decodable, config, notes)
     _sample_grid(prepared, run)
     per_class = ", ".join(f"{k} {v['train'] + v['validation']}" for k, v in split.counts().items())

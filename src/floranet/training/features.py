@@ -4,6 +4,10 @@ The cache lives in ``RUN_DIR/features/<key>/``; the key hashes the backbone
 name, its actual weights, the image size and the compute precision, and each
 row is keyed by the image file's sha256. Features are written in chunks (each
 file atomic), so a run killed mid-extraction resumes at the last chunk.
+
+:func:`stage1_cache` and :func:`fill_stage1` are stage 1's cache of a classifier's pooled features, used by
+training (:func:`floranet.training.stages.cached_head_stage1`) and by the audit and the unknown answer
+(:mod:`floranet.training.embeddings`); :func:`stage1_matches` tells whether a cache found on disk is one.
 """
 
 from __future__ import annotations
@@ -12,13 +16,17 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from floranet.inference import batch
+from floranet.config import TrainConfig
+from floranet.inference import batch, runtime
+from floranet.models import backbones, classifier
+from floranet.rundir import RunDir
 from floranet.utils.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -116,3 +124,77 @@ def load_cache(cache: Path) -> dict[str, np.ndarray]:
 
 def describe(cache: Path, info: dict[str, Any]) -> None:
     write_json(cache / "key.json", info)
+
+
+@dataclass(frozen=True)
+class Stage1Cache:
+    """Where stage 1 keeps a classifier's pooled features: the folder, the backbone's weights fingerprint and
+    the runtime that computes them."""
+
+    path: Path
+    fingerprint: str
+    choice: runtime.RuntimeChoice
+
+    def describe(self, config: TrainConfig) -> dict[str, Any]:
+        """What ``key.json`` records (and :func:`stage1_matches` compares)."""
+        return {
+            "backbone": backbones.get(config.backbone).name,
+            "weights": config.weights or "none",
+            "weights_sha256": self.fingerprint,
+            "image_size": list(config.image_size),
+            "runtime": self.choice.runtime,
+            "precision": self.choice.precision,
+        }
+
+
+def stage1_cache(run: RunDir, model: keras.Model, config: TrainConfig) -> Stage1Cache:
+    """The cache of ``model``'s frozen-backbone features under ``config`` (backbone, weights, size, runtime)."""
+    choice = runtime.choose(config.runtime, config.precision)
+    fingerprint = weights_fingerprint(classifier.backbone_of(model))
+    key = cache_key(backbones.get(config.backbone).name, fingerprint, config.image_size, choice.key)
+    return Stage1Cache(run / RunDir.FEATURES / key, fingerprint, choice)
+
+
+def stage1_matches(info: dict[str, Any], config: TrainConfig, choice: runtime.RuntimeChoice) -> bool:
+    """Whether a cache's ``key.json`` says it holds ``config``'s stage-1 features on ``choice`` (any weights
+    fingerprint: the pretrained weights ``config`` names)."""
+    return (
+        info.get("backbone") == backbones.get(config.backbone).name
+        and info.get("weights") == (config.weights or "none")
+        and list(info.get("image_size", [])) == list(config.image_size)
+        and (info.get("runtime"), info.get("precision")) == (choice.runtime, choice.precision)
+    )
+
+
+def fill_stage1(
+    cache: Stage1Cache,
+    model: keras.Model,
+    config: TrainConfig,
+    paths: Sequence[str],
+    hashes: Sequence[str],
+    *,
+    tf_decodable: Sequence[bool] | None = None,
+    calibration: np.ndarray | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """``{sha256: pooled features}`` of every decodable file through ``model``'s frozen backbone, the missing
+    ones computed into ``cache`` (``calibration``: images for int8).
+
+    Raises:
+        ConfigError: int8 without calibration images.
+    """
+    extractor = runtime.compile_inference(
+        classifier.feature_extractor(model), cache.choice, streaming=True, calibration=calibration
+    )
+    feats = extract(
+        extractor,
+        list(paths),
+        list(hashes),
+        cache_dir=cache.path,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        tf_decodable=tf_decodable,
+        progress=progress,
+    )
+    describe(cache.path, cache.describe(config))
+    return feats

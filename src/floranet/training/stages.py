@@ -147,9 +147,7 @@ def full_model_stage(
     return Stage(name, model, epochs, learning_rate, data, steps)
 
 
-def cached_head_stage1(
-    model: keras.Model, spec: backbones.Backbone, prepared: Prepared, ctx: StageContext
-) -> FeatureCache | None:
+def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext) -> FeatureCache | None:
     """Stage 1 on cached features: the backbone runs once per image, the head trains on its outputs.
 
     Returns:
@@ -159,41 +157,23 @@ def cached_head_stage1(
     head = classifier.head_of(model)
     if _restore_if_complete(head, ctx.state.stage("stage1"), ctx):
         return None
-    choice = runtime.choose(config.runtime, config.precision)
-    fingerprint = feature_cache.weights_fingerprint(classifier.backbone_of(model))
-    cache = run / RunDir.FEATURES / feature_cache.cache_key(spec.name, fingerprint, config.image_size, choice.key)
+    cache = feature_cache.stage1_cache(run, model, config)
+    choice = cache.choice
     ctx.say(
         f"Stage 1: backbone frozen and no augmentation, so its features are computed once "
-        f"(cache {cache.relative_to(run.path)}) and the head trains on them for {config.epochs} epochs."
+        f"(cache {cache.path.relative_to(run.path)}) and the head trains on them for {config.epochs} epochs."
     )
     ctx.say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
-    extractor = runtime.compile_inference(
-        classifier.feature_extractor(model),
-        choice,
-        streaming=True,
-        calibration=prepared.calibration_images(choice.precision),
-    )
     rows = prepared.split.rows
-    feats = feature_cache.extract(
-        extractor,
+    feats = feature_cache.fill_stage1(
+        cache,
+        model,
+        config,
         prepared.paths(list(rows)),
         [r.sha256 for r in rows],
-        cache_dir=cache,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
         tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+        calibration=prepared.calibration_images(choice.precision),
         progress=ctx.progress,
-    )
-    feature_cache.describe(
-        cache,
-        {
-            "backbone": spec.name,
-            "weights": config.weights or "none",
-            "weights_sha256": fingerprint,
-            "image_size": list(config.image_size),
-            "runtime": choice.runtime,
-            "precision": choice.precision,
-        },
     )
     x_train, y_train = _arrays(prepared, prepared.split.train(), feats)
     x_val, y_val = _arrays(prepared, prepared.split.validation(), feats)

@@ -201,7 +201,7 @@ def _stage1(
             ctx,
         )
         return None
-    cached = cached_head_stage1(model, backbones.get(config.backbone), prepared, ctx)
+    cached = cached_head_stage1(model, prepared, ctx)
     if cached is not None:
         precisions["features"] = cached.key
     return cached

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
@@ -11,6 +14,7 @@ from floranet.evaluation.report import build_report
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
+from floranet.workflows.after_training import audit_and_unknown
 
 
 def train(
@@ -46,6 +50,28 @@ def train(
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
 
+def _check_unknown(result: TrainResult) -> None:
+    """Recompiles the run's IR with its unknown answer in the check, once training fitted one (the IR the
+    evaluation ran on was checked on probabilities and features only)."""
+    from floranet.data.decode import load_resized
+    from floranet.errors import DatasetError
+    from floranet.inference import compiled
+    from floranet.inference.unknown import UnknownDetector
+
+    detector = UnknownDetector.load(result.run.path)
+    if result.compiled is None or detector is None or result.model is None or result.validation is None:
+        return
+    size = (int(result.model.inputs[0].shape[1]), int(result.model.inputs[0].shape[2]))
+    pixels = []
+    for path in result.validation.paths[: compiled.CHECK_IMAGES]:
+        try:
+            pixels.append(load_resized(Path(str(result.data_dir)) / path, size))
+        except DatasetError:
+            continue
+    images = np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32)
+    result.compiled = compiled.compile_run(result.run, result.model, images, detector)
+
+
 def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
     info = result.compiled
     if info is not None:
@@ -72,6 +98,9 @@ def _train(
         extra={"evaluated_on": val.evaluated_on},
     ).with_temperature()
     result.metrics = write_evaluation(ev, run, facts=result.facts)
+    if len(ev.labels):
+        audit_and_unknown(result, config, say)  # ood.json, audit.*: read by the compiled check and the report
+        _check_unknown(result)
     _say_compiled(result, say)
     history = run.history()
     if history:

@@ -1,0 +1,246 @@
+"""The "unknown" answer on flower_photos: each class held out in turn, plus a handful of non-flower photos.
+
+For each of the 5 classes, ``floranet train`` (the real training path, in this process) runs on the other
+4 classes (MobileNetV2 with real ImageNet weights from ../shared/weights, 225 px, ``--preset tutorial``:
+stage 1 on cached features only. The recommended preset's fine-tuning would make the 5 + 1 runs take over
+an hour on this 2-core machine; without fine-tuning the final backbone is the pretrained one, so every run
+reuses one feature cache). Then the held-out class's images and the run's known validation images go
+through ``floranet.load(run).predict_files`` (the predictor's own two-output call and the run's
+``ood.json``): AUROC of the score (held-out = positive) and the false-"known" rate at the run's threshold
+(chosen on validation to keep 95% of known images). The same images' cached embeddings then score every
+candidate (kNN at several k, Mahalanobis, class mean, max calibrated probability, energy, max logit).
+
+A sixth run on all 5 classes answers a handful of non-flower photos that ship with installed packages
+(matplotlib's grace_hopper.jpg, public domain; scikit-learn's china.jpg, CC BY 2.0) and generated images.
+
+    python benchmarks/bench_unknown.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLOWERS, MOBILENET_NOTOP, table, write_result
+
+SETTINGS: dict[str, Any] = {"backbone": "mobilenet_v2", "image_size": 225, "preset": "tutorial"}
+
+
+def _link_classes(data: Path, dst: Path, classes: list[str]) -> None:
+    for c in classes:
+        (dst / c).mkdir(parents=True)
+        for f in sorted((data / c).iterdir()):
+            (dst / c / f.name).symlink_to(f.resolve())
+
+
+def _train(data_dir: Path, out: Path, cache: Path) -> tuple[Any, float]:
+    import keras
+
+    from floranet import config
+    from floranet.workflows import train
+
+    keras.backend.clear_session()
+    gc.collect()
+    out.mkdir(parents=True)
+    shutil.copytree(cache / "features", out / "features")  # one backbone, one cache: computed once
+    cfg = config.resolve(data_dir=str(data_dir), out=str(out), weights=str(MOBILENET_NOTOP), audit=False, **SETTINGS)
+    t = time.perf_counter()
+    result = train(cfg, progress=False, say=print)
+    return result, time.perf_counter() - t
+
+
+def _scores(run: Path, files: list[str]) -> np.ndarray:
+    from floranet.inference import load
+
+    out = load(run).predict_files(files, with_unknown=True)
+    assert not out.errors, out.errors
+    return out.outputs[:, -1]
+
+
+def _embeddings(run_dir: Path, model: Any, rows: list[Any], names: list[str]) -> Any:
+    from floranet.evaluation.ood import embed
+    from floranet.rundir import RunDir
+
+    run = RunDir(run_dir)
+    return embed(run, model, run.config(), rows, names, say=lambda m: None)
+
+
+def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str]) -> dict[str, Any]:
+    from sklearn.metrics import roc_auc_score
+
+    from floranet.data.split import SplitRow
+    from floranet.evaluation.ood import compare
+    from floranet.rundir import RunDir
+
+    known_classes = [c for c in classes if c != held]
+    data_dir = work / f"data-without-{held}"
+    _link_classes(data, data_dir, known_classes)
+    result, seconds = _train(data_dir, work / f"run-without-{held}", cache)
+    run = RunDir(result.run_dir)
+    meta = run.read_json(RunDir.OOD)
+    split = run.split(known_classes)
+    val_files = [str(data_dir / r.path) for r in split.validation()]
+    held_rows = [SplitRow(f"{held}/{f.name}", held, "validation", _sha(f)) for f in sorted((data / held).iterdir())]
+    known_s = _scores(run.path, val_files)
+    other_s = _scores(run.path, [str(data / r.path) for r in held_rows])
+    y = np.r_[np.zeros(len(known_s)), np.ones(len(other_s))]
+    row = {
+        "held_out": held,
+        "auroc": round(float(roc_auc_score(y, np.r_[known_s, other_s])), 4),
+        "false_known_at_95": round(float(np.mean(other_s <= meta["threshold"])), 4),
+        "known_kept": round(float(np.mean(known_s <= meta["threshold"])), 4),
+        "val_accuracy": round(result.metrics["accuracy"], 4),
+        "train_seconds": round(seconds, 1),
+        "known_images": len(known_s),
+        "held_out_images": len(other_s),
+    }
+    # Every candidate on the same images' cached embeddings (the final backbone is stage 1's).
+    model = result.model
+    train_e = _embeddings(run.path, model, split.train(), known_classes)
+    known_e = _embeddings(run.path, model, split.validation(), known_classes)
+    other_e = _embeddings(run.path, model, held_rows, [*known_classes, held])  # cached: no image is read
+    methods = {}
+    for name, (k, o) in compare(
+        model, train_e, known_e, other_e, num_classes=len(known_classes), temperature=run.temperature()
+    ).items():
+        threshold = np.quantile(k, 0.95, method="higher")
+        methods[name] = {
+            "auroc": float(roc_auc_score(np.r_[np.zeros(len(k)), np.ones(len(o))], np.r_[k, o])),
+            "false_known_at_95": float(np.mean(o <= threshold)),
+        }
+    row["methods"] = methods
+    return row
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _non_flower_images(folder: Path) -> dict[str, str]:
+    """Photos shipped with installed packages, crops of them, and generated images: name -> path."""
+    import matplotlib
+    import sklearn
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    china = Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg"
+    out = {"grace_hopper.jpg (matplotlib)": str(grace), "china.jpg (scikit-learn)": str(china)}
+    with Image.open(china) as im:
+        w, h = im.size
+        im.crop((0, 0, w // 2, h)).save(folder / "china_left.jpg", quality=90)
+        im.crop((w // 2, h // 3, w, h)).save(folder / "china_bottom_right.jpg", quality=90)
+    with Image.open(grace) as im:
+        w, h = im.size
+        im.crop((w // 4, 0, 3 * w // 4, h // 2)).save(folder / "grace_face.jpg", quality=90)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    generated = {
+        "checkerboard.png": ((yy // 32 + xx // 32) % 2 * 255).astype("uint8")[..., None].repeat(3, 2),
+        "gradient.png": np.stack([xx, yy, 255 - xx], axis=-1).astype("uint8"),
+        "noise.png": rng.integers(0, 256, (256, 256, 3)).astype("uint8"),
+        "grey.png": np.full((256, 256, 3), 128, np.uint8),
+    }
+    for name, pixels in generated.items():
+        Image.fromarray(pixels).save(folder / name)
+    for name in ("china_left.jpg", "china_bottom_right.jpg", "grace_face.jpg", *generated):
+        out[f"{name} (generated)" if name in generated else f"{name} (crop)"] = str(folder / name)
+    flower = Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg"
+    out["flower.jpg (scikit-learn; a flower, not one of the 5 classes)"] = str(flower)
+    return out
+
+
+def non_flowers(data: Path, work: Path, cache: Path) -> list[dict[str, Any]]:
+    from floranet.inference import load
+
+    result, _ = _train(data, work / "run-all", cache)
+    images = _non_flower_images(work / "non-flowers")
+    rows = load(result.run_dir).predict(list(images.values()))
+    return [
+        {
+            "image": name,
+            "unknown": r.unknown,
+            "ood_score": r.ood_score,
+            "top_class": f"{r.top_k[0][0]} {r.top_k[0][1]:.0%}",
+        }
+        for name, r in zip(images, rows, strict=True)
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(FLOWERS))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not data.is_dir() or not MOBILENET_NOTOP.exists():
+        sys.exit("this benchmark needs ../shared (flower_photos and the MobileNetV2 weights)")
+    from floranet import config
+    from floranet.rundir import RunDir
+    from floranet.training.embeddings import stage1_features
+
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    work = Path(tempfile.mkdtemp(prefix="floranet-bench-unknown-"))
+    try:
+        cache = work / "cache"
+        cache.mkdir()
+        files = sorted(p for c in classes for p in (data / c).iterdir())
+        cfg = config.resolve(data_dir=str(data), out=str(cache), weights=str(MOBILENET_NOTOP), **SETTINGS)
+        t = time.perf_counter()
+        stage1_features(RunDir(cache), cfg, [str(f) for f in files], [_sha(f) for f in files], say=print)
+        feature_seconds = time.perf_counter() - t
+        per_class = [held_out(data, work, cache, held, classes) for held in classes]
+        odd = non_flowers(data, work, cache)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = _summary(per_class)
+    print(table([{k: v for k, v in r.items() if k != "methods"} for r in per_class], list(per_class[0])[:-1]))
+    print(table(summary, list(summary[0])))
+    print(table(odd, ["image", "unknown", "ood_score", "top_class"]))
+    mean_auroc = float(np.mean([r["auroc"] for r in per_class]))
+    payload = {
+        "per_class": per_class,
+        "methods": summary,
+        "mean_auroc": round(mean_auroc, 4),
+        "mean_false_known_at_95": round(float(np.mean([r["false_known_at_95"] for r in per_class])), 4),
+        "target_mean_auroc": 0.90,
+        "non_flowers": odd,
+        "feature_seconds": round(feature_seconds, 1),
+        "settings": SETTINGS,
+        "default_method": config.TrainConfig.unknown_method,
+    }
+    print(f"Mean AUROC {mean_auroc:.3f} (target >= 0.90); features computed once in {feature_seconds:.0f} s.")
+    print(f"wrote {write_result('unknown', payload, 'python benchmarks/bench_unknown.py ' + ' '.join(sys.argv[1:]))}")
+
+
+def _summary(per_class: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = list(per_class[0]["methods"])
+
+    def mean(m: str, key: str) -> float:
+        return round(float(np.mean([r["methods"][m][key] for r in per_class])), 4)
+
+    rows = [
+        {
+            "method": m,
+            "mean_auroc": mean(m, "auroc"),
+            "mean_false_known_at_95": mean(m, "false_known_at_95"),
+            **{r["held_out"]: round(r["methods"][m]["auroc"], 3) for r in per_class},
+        }
+        for m in names
+    ]
+    return sorted(rows, key=lambda r: -r["mean_auroc"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Leaving files out and relabelling them, without touching them: ``train --exclude`` and ``--relabel``.
+
+floranet never moves, edits or deletes a user's image. A :class:`Curation` is applied to the list of
+images before the split is made (or to a split read from ``--split-file``), and what was applied is
+recorded in the run directory (``excluded.txt``, ``relabel.csv``).
+
+* An exclude file is an ``audit.csv`` (its ``file`` column: edit it down to the rows you agree with) or a
+  plain list of paths relative to the data folder, one a line (``#`` starts a comment).
+* A relabel file is a CSV of ``path,new_label`` (a header row is optional), or an ``audit.csv``, whose
+  label issues are relabelled to their ``suggested_label``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
+
+from floranet.data.split import Split
+from floranet.errors import ConfigError
+from floranet.utils.files import read_capped
+
+AUDIT_FILE_COLUMN = "file"
+AUDIT_SUGGESTED_COLUMN = "suggested_label"
+AUDIT_KIND_COLUMN = "kind"
+LABEL_ISSUE = "label_issue"
+MAX_LIST_BYTES = 256 << 20  # an audit.csv of a million images is about 100 MB
+
+
+def _read(path: str | os.PathLike[str], name: str) -> str:
+    try:
+        return read_capped(path, MAX_LIST_BYTES).decode("utf-8-sig", errors="surrogateescape")
+    except OSError as e:
+        raise ConfigError(f"Cannot read the {name} file: {e.strerror or e}. Received: {name}={str(path)!r}") from e
+
+
+def _relative(text: str, source: str | os.PathLike[str], line: int, name: str) -> str:
+    p = text.strip().replace("\\", "/")
+    if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
+        raise ConfigError(
+            f"{source} line {line}: paths must be relative to the data folder. Received: {name} path={text!r}"
+        )
+    return str(PurePosixPath(p))
+
+
+def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The relative paths an exclude file names (an ``audit.csv``'s ``file`` column, or one path a line).
+
+    Raises:
+        ConfigError: The file cannot be read, or a path is absolute or leaves the data folder.
+    """
+    text = _read(path, "exclude")
+    first = text.splitlines()[0] if text.strip() else ""
+    if AUDIT_FILE_COLUMN in [c.strip() for c in first.split(",")]:
+        reader = csv.DictReader(io.StringIO(text))
+        paths = [(reader.line_num, r.get(AUDIT_FILE_COLUMN) or "") for r in reader]
+    else:
+        paths = [(i, ln.split("#", 1)[0]) for i, ln in enumerate(text.splitlines(), 1)]
+    return tuple(dict.fromkeys(_relative(p, path, i, "exclude") for i, p in paths if p.strip()))
+
+
+def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{relative path: new label}`` from a ``path,new_label`` CSV or an ``audit.csv``'s label issues.
+
+    Raises:
+        ConfigError: Unreadable, a row without two fields, an empty label, or a bad path.
+    """
+    text = _read(path, "relabel")
+    rows = list(csv.reader(io.StringIO(text)))
+    header = [c.strip() for c in rows[0]] if rows else []
+    out: dict[str, str] = {}
+    if AUDIT_FILE_COLUMN in header and AUDIT_SUGGESTED_COLUMN in header:  # an audit.csv: its label issues
+        f, s, k = (
+            header.index(c) if c in header else -1
+            for c in (AUDIT_FILE_COLUMN, AUDIT_SUGGESTED_COLUMN, AUDIT_KIND_COLUMN)
+        )
+        for i, row in enumerate(rows[1:], 2):
+            if k < 0 or row[k].strip() == LABEL_ISSUE:
+                out[_relative(row[f], path, i, "relabel")] = row[s].strip()
+        return out
+    start = 1 if header[:2] == ["path", "new_label"] else 0
+    for i, row in enumerate(rows[start:], start + 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2 or not row[1].strip():
+            raise ConfigError(f"{path} line {i}: expected 'path,new_label'. Received: relabel row={row!r}")
+        out[_relative(row[0], path, i, "relabel")] = row[1].strip()
+    return out
+
+
+@dataclass(frozen=True)
+class Curation:
+    """Files to leave out and labels to change, as read from ``--exclude`` and ``--relabel``.
+
+    Attributes:
+        exclude: Relative paths to leave out.
+        relabel: ``{relative path: new label}``.
+    """
+
+    exclude: tuple[str, ...] = ()
+    relabel: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, exclude: str | None, relabel: str | None) -> Curation:
+        """Reads the two files (either may be None)."""
+        return cls(read_exclude(exclude) if exclude else (), read_relabel(relabel) if relabel else {})
+
+    def __bool__(self) -> bool:
+        return bool(self.exclude or self.relabel)
+
+    def apply_items(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """``(path, label, sha256)`` items without the excluded ones, relabelled."""
+        gone = set(self.exclude)
+        return [(p, self.relabel.get(p, lab), sha) for p, lab, sha in items if p not in gone]
+
+    def apply_split(self, split: Split) -> Split:
+        """A split (e.g. from ``--split-file``) without the excluded rows, relabelled; new labels become classes."""
+        if not self:
+            return split
+        gone = set(self.exclude)
+        rows = tuple(replace(r, label=self.relabel.get(r.path, r.label)) for r in split.rows if r.path not in gone)
+        names = list(split.class_names) + sorted({r.label for r in rows} - set(split.class_names))
+        return Split(rows=rows, class_names=tuple(names))
+
+    def unmatched(self, paths: Sequence[str]) -> list[str]:
+        """Notes on entries that name no file of ``paths``."""
+        known = set(paths)
+        notes = []
+        missing_ex = [p for p in self.exclude if p not in known]
+        missing_re = [p for p in self.relabel if p not in known]
+        if missing_ex:
+            notes.append(f"{len(missing_ex)} path(s) of the exclude file are not usable images of the data folder")
+        if missing_re:
+            notes.append(f"{len(missing_re)} path(s) of the relabel file are not usable images of the data folder")
+        return notes
+
+    def excluded_text(self) -> str:
+        """``excluded.txt``: one relative path a line."""
+        return "".join(f"{p}\n" for p in self.exclude)
+
+    def relabel_text(self) -> str:
+        """``relabel.csv``: ``path,new_label`` rows with a header."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "new_label"])
+        writer.writerows(sorted(self.relabel.items()))
+        return buf.getvalue()

@@ -1,0 +1,358 @@
+"""The label audit: wrong labels, near-duplicates and outliers, found from backbone embeddings.
+
+Everything works on the stage-1 feature cache (pooled features of the frozen, pretrained backbone, one row
+per image), so an audit costs seconds once the features exist:
+
+* **Label issues.** Out-of-fold class probabilities for every labelled image: the run's own head
+  (:func:`floranet.models.classifier.build_head`, compiled by :func:`floranet.training.losses.compile_model`)
+  trained k times on the cached features, each image predicted by the head that did not see it (folds
+  stratified by class, byte-identical files kept in one fold). cleanlab's confident learning then flags the
+  likely label errors (``find_label_issues``) and scores every label (``get_label_quality_scores``,
+  self-confidence: the out-of-fold probability of the given label). Score in ``audit.csv``: 1 - quality.
+* **Near-duplicates.** Cosine similarity of the whitened features (centred, whitened with their Ledoit-Wolf
+  covariance, L2-normalised: :func:`whitened`), every pair at or above :data:`DUPLICATE_SIMILARITY`
+  (resized, re-encoded and cropped copies; byte-identical files score 1.0).
+  A pair in two classes is a ``duplicate_conflict``; one on both sides of the train/validation split a
+  ``duplicate_leak``; one in the same class and side a plain ``duplicate``.
+* **Outliers.** cleanlab's ``OutOfDistribution`` on the features: mean cosine distance to the k nearest
+  other images, scored ``s`` in (0, 1] (lower: less typical). Score in ``audit.csv``: ``-ln s`` (the distance
+  on cleanlab's scale); an image is flagged when that score's robust z-score (median and MAD of all images)
+  is above :data:`OUTLIER_Z`.
+
+Nothing here touches an image file: the results are data (:class:`AuditResult`), written by
+:mod:`floranet.evaluation.audit_report`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from floranet.config import TrainConfig
+from floranet.inference.unknown import normalize
+
+# Cosine similarity of whitened pooled features (:func:`whitened`) at or above which two images are called
+# near-duplicates (benchmarks/bench_audit.py: planted resized/re-encoded/cropped copies vs distinct photos).
+DUPLICATE_SIMILARITY = 0.42
+# Robust z-score (Iglewicz and Hoaglin's 3.5) above which an image's outlier score is flagged.
+OUTLIER_Z = 3.5
+DEFAULT_FOLDS = 5
+# Out-of-fold heads train on batches of at least 128 for at most 10 epochs: on flower_photos with 5% planted
+# noise that ranks the wrong labels as well or better than the run's 32 x 20 and takes a third of the time
+# (fewer epochs memorise fewer wrong labels); see benchmarks/bench_audit.py.
+OOF_MIN_BATCH = 128
+OOF_MAX_EPOCHS = 10
+OUTLIER_NEIGHBOURS = 10
+KINDS = ("label_issue", "duplicate_conflict", "duplicate_leak", "duplicate", "outlier")
+CSV_COLUMNS = ("file", "kind", "score", "given_label", "suggested_label", "other_file", "split")
+_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of ``audit.csv``: a file and what is suspect about it.
+
+    Attributes:
+        file: Path relative to the data folder.
+        kind: One of :data:`KINDS`.
+        score: Higher is more suspect (label: 1 - label quality; duplicate: cosine similarity;
+            outlier: -ln of cleanlab's outlier score).
+        given_label: The folder it is in (or its relabel).
+        suggested_label: For a label issue the class the out-of-fold head prefers; for a duplicate
+            conflict the label of the other copy; else empty.
+        other_file: The other image of a duplicate pair.
+        split: ``train`` or ``validation`` in the run's split.
+    """
+
+    file: str
+    kind: str
+    score: float
+    given_label: str
+    suggested_label: str = ""
+    other_file: str = ""
+    split: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "kind": self.kind,
+            "score": round(float(self.score), 6),
+            "given_label": self.given_label,
+            "suggested_label": self.suggested_label,
+            "other_file": self.other_file,
+            "split": self.split,
+        }
+
+
+@dataclass(frozen=True)
+class AuditData:
+    """The labelled images an audit looks at, aligned with their features.
+
+    Attributes:
+        paths: Relative paths.
+        labels: Label indices.
+        splits: ``train``/``validation`` per image.
+        sha256: File hashes (byte-identical files share one).
+        features: ``[n, d]`` pooled backbone features.
+        class_names: Label index → name.
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    splits: tuple[str, ...]
+    sha256: tuple[str, ...]
+    features: np.ndarray
+    class_names: tuple[str, ...]
+
+
+@dataclass
+class AuditResult:
+    """What an audit found, ranked (most suspect first within each kind).
+
+    Attributes:
+        data: What was audited.
+        findings: Every flagged file.
+        out_of_fold: ``[n, classes]`` out-of-fold probabilities.
+        label_quality: cleanlab's label quality per image (lower: more likely wrong).
+        outlier_scores: 1 - cleanlab's outlier score per image.
+        facts: Settings, counts and timings (``audit.json``).
+    """
+
+    data: AuditData
+    findings: list[Finding]
+    out_of_fold: np.ndarray
+    label_quality: np.ndarray
+    outlier_scores: np.ndarray
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def of_kind(self, *kinds: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind in kinds]
+
+    def label_ranking(self) -> list[str]:
+        """Every path, least trustworthy label first (the order ``label_issue`` rows are a prefix of)."""
+        return [self.data.paths[i] for i in np.argsort(self.label_quality, kind="stable")]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(self.of_kind(k)) for k in KINDS}
+
+
+def out_of_fold_probabilities(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    config: TrainConfig,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    groups: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Each image's probabilities from a head trained k times without it (on cached features).
+
+    The head is the run's (``head_units``, ``dropout``, ``learning_rate``, ``label_smoothing``), trained for
+    ``min(epochs, OOF_MAX_EPOCHS)`` epochs in batches of up to ``OOF_MIN_BATCH`` (:func:`oof_schedule`) on k - 1 folds
+    and asked about the last; folds are stratified by class and byte-identical files
+    (same ``groups`` value) share a fold, so a copy never answers for itself.
+    """
+    import keras
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from floranet.models.classifier import build_head
+    from floranet.training.losses import compile_model
+
+    x = np.asarray(features, np.float32)
+    y = np.asarray(labels, np.int64)
+    k = max(2, min(folds, int(np.bincount(y, minlength=num_classes)[np.unique(y)].min())))
+    group_ids = np.unique(
+        np.asarray(groups if groups is not None else np.arange(len(y)).astype(str)), return_inverse=True
+    )[1]
+    oof = np.zeros((len(y), num_classes), np.float32)
+    epochs, batch = oof_schedule(config, len(y))
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=config.seed)
+    keras.utils.set_random_seed(config.seed)
+    # One head, compiled and traced once; each fold starts it again from the same initial weights and a
+    # fresh optimizer state (a new model per fold would trace its training step again: seconds per fold).
+    head = build_head(x.shape[1], num_classes, units=config.head_units, dropout=config.dropout)
+    compile_model(head, config.learning_rate, config)
+    head.optimizer.build(head.trainable_variables)
+    start = head.get_weights(), [np.array(v) for v in head.optimizer.variables]
+    for train, test in splitter.split(x, y, group_ids):
+        head.set_weights(start[0])
+        for var, value in zip(head.optimizer.variables, start[1], strict=True):
+            var.assign(value)
+        head.fit(x[train], y[train], epochs=epochs, batch_size=batch, verbose=0, shuffle=True)
+        oof[test] = np.asarray(head(x[test], training=False), np.float32)  # one eager call: no retracing
+    return oof
+
+
+def oof_schedule(config: TrainConfig, images: int) -> tuple[int, int]:
+    """(epochs, batch size) of the out-of-fold heads for ``images`` labelled images.
+
+    Sets large enough for batches bigger than the run's (20 or more per epoch) use batches of up to
+    :data:`OOF_MIN_BATCH` for at most :data:`OOF_MAX_EPOCHS` epochs; small sets train as the run does.
+    """
+    batch = max(config.batch_size, min(OOF_MIN_BATCH, images // 20))
+    epochs = max(1, config.epochs if batch == config.batch_size else min(config.epochs, OOF_MAX_EPOCHS))
+    return epochs, batch
+
+
+def label_issues(labels: np.ndarray, out_of_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's verdict: (indices of likely label errors, most likely first; label quality of every image)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    quality = get_label_quality_scores(labels, out_of_fold, method="self_confidence")
+    flagged = find_label_issues(
+        labels, out_of_fold, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence"
+    )
+    return np.asarray(flagged, np.int64), np.asarray(quality, np.float32)
+
+
+def whitened(features: np.ndarray) -> np.ndarray:
+    """Features centred and whitened with their Ledoit-Wolf shrunk covariance, then L2-normalised.
+
+    Cosine similarity there is a Mahalanobis-style similarity: directions in which every image of the set
+    varies little (what all flower photos share) no longer make two distinct photos look alike. The shrinkage
+    adapts to the set: small sets (fewer images than dimensions) stay close to plain centred cosine.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(features, np.float64)
+    x = x - x.mean(axis=0)
+    if len(x) < 3:
+        return normalize(x)
+    values, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(x).covariance_)
+    keep = values > values.max() * 1e-9
+    return normalize((x @ vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32))
+
+
+def similar_pairs(features: np.ndarray, threshold: float = DUPLICATE_SIMILARITY) -> list[tuple[int, int, float]]:
+    """Pairs ``(i, j, similarity)`` with ``i < j`` at or above ``threshold``, most similar first; the
+    similarity is the cosine of :func:`whitened` features.
+
+    Blockwise (``1024 x n`` similarities at a time), so memory stays bounded; time is O(n^2 d).
+    """
+    z = whitened(features)
+    pairs: list[tuple[int, int, float]] = []
+    for s in range(0, len(z), _BLOCK):
+        sims = z[s : s + _BLOCK] @ z.T
+        rows, cols = np.nonzero(sims >= threshold)
+        keep = cols > rows + s
+        pairs += [(int(r + s), int(c), float(sims[r, c])) for r, c in zip(rows[keep], cols[keep], strict=True)]
+    return sorted(pairs, key=lambda p: (-p[2], p[0], p[1]))
+
+
+def outlier_scores(features: np.ndarray) -> np.ndarray:
+    """``-ln s`` of cleanlab's ``OutOfDistribution`` score ``s`` in (0, 1] of each image: its mean cosine
+    distance to its k nearest other images, on cleanlab's scale (``s = exp(-t d)``)."""
+    from cleanlab.outlier import OutOfDistribution
+
+    k = max(1, min(OUTLIER_NEIGHBOURS, len(features) - 1))
+    scores = OutOfDistribution(params={"k": k}).fit_score(features=normalize(features), verbose=False)
+    return (-np.log(np.clip(np.asarray(scores, np.float64), 1e-12, 1.0))).astype(np.float32)
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(x - median) / (1.4826 MAD); zeros when the spread is zero."""
+    med = float(np.median(values))
+    mad = 1.4826 * float(np.median(np.abs(values - med)))
+    return np.zeros_like(values) if mad == 0 else (values - med) / mad
+
+
+def run_audit(
+    data: AuditData,
+    config: TrainConfig,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    duplicate_similarity: float = DUPLICATE_SIMILARITY,
+    say: Callable[[str], None] = print,
+) -> AuditResult:
+    """Audits labelled images from their features (see the module docstring)."""
+    n, names = len(data.paths), data.class_names
+    if config.weights is None:
+        say("Audit: the backbone has random weights, so its embeddings say little: expect many false duplicates.")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    present = np.unique(data.labels)
+    counts = np.bincount(data.labels, minlength=len(names))
+    findings: list[Finding] = []
+    if len(present) >= 2 and counts[present].min() >= 2:
+        oof = out_of_fold_probabilities(data.features, data.labels, len(names), config, folds=folds, groups=data.sha256)
+        timings["out_of_fold_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        flagged, quality = label_issues(data.labels, oof)
+        findings += [_label_finding(data, i, oof, quality) for i in flagged]
+        timings["cleanlab_s"] = time.perf_counter() - t
+    else:
+        say("Audit: label issues need at least two classes of two images each; skipped.")
+        oof, quality = np.zeros((n, len(names)), np.float32), np.ones(n, np.float32)
+    t = time.perf_counter()
+    pairs = similar_pairs(data.features, duplicate_similarity)
+    findings += [_pair_finding(data, i, j, sim, quality) for i, j, sim in pairs]
+    timings["duplicates_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    outliers = outlier_scores(data.features) if n > 2 else np.zeros(n, np.float32)
+    z = robust_z(outliers)
+    order = np.argsort(-outliers, kind="stable")
+    findings += [
+        Finding(data.paths[i], "outlier", float(outliers[i]), names[data.labels[i]], split=data.splits[i])
+        for i in order
+        if z[i] > OUTLIER_Z
+    ]
+    timings["outliers_s"] = time.perf_counter() - t
+    facts = {
+        "images": n,
+        "classes": list(names),
+        "folds": folds,
+        "head": dict(
+            zip(("epochs", "batch_size"), oof_schedule(config, n), strict=True),
+            units=config.head_units,
+            dropout=config.dropout,
+            label_smoothing=config.label_smoothing,
+        ),
+        "duplicate_similarity": duplicate_similarity,
+        "outlier_z": OUTLIER_Z,
+        "similar_pairs": len(pairs),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    result = AuditResult(data, findings, oof, quality, outliers, facts)
+    result.facts["counts"] = result.counts()
+    return result
+
+
+def _label_finding(data: AuditData, i: int, oof: np.ndarray, quality: np.ndarray) -> Finding:
+    names = data.class_names
+    return Finding(
+        data.paths[i],
+        "label_issue",
+        1.0 - float(quality[i]),
+        names[data.labels[i]],
+        names[int(np.argmax(oof[i]))],
+        split=data.splits[i],
+    )
+
+
+def _pair_finding(data: AuditData, i: int, j: int, sim: float, quality: np.ndarray) -> Finding:
+    """A near-duplicate pair as one row: ``file`` is the copy to leave out (the validation side of a leak, the
+    less trustworthy label of a conflict, else the later path)."""
+    names, labels, splits = data.class_names, data.labels, data.splits
+    if labels[i] != labels[j]:
+        kind = "duplicate_conflict"
+        first, second = (i, j) if quality[i] <= quality[j] else (j, i)
+    elif splits[i] != splits[j]:
+        kind = "duplicate_leak"
+        first, second = (i, j) if splits[i] == "validation" else (j, i)
+    else:
+        kind, first, second = "duplicate", j, i
+    suggested = names[labels[second]] if kind == "duplicate_conflict" else ""
+    return Finding(
+        data.paths[first],
+        kind,
+        sim,
+        names[labels[first]],
+        suggested,
+        data.paths[second],
+        splits[first],
+    )

@@ -1,0 +1,303 @@
+"""The "unknown" answer: an out-of-distribution score and a threshold fitted at the end of training.
+
+A run holds ``ood.json`` (method, threshold, the share of known images it keeps, ...) and ``ood.npz`` (the
+statistics the score needs, plain arrays). Every score is "higher = less like the training classes":
+
+* ``combined``: the mean of three z-scored scores (means and deviations of the known validation images):
+  ``knn_head``, ``knn`` and ``energy``. They fail on different held-out classes, so together they separate best.
+* ``knn_head``: cosine distance from the image's activations in the head's last hidden layer to those of its
+  k-th nearest training image (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors").
+* ``knn``: the same on the pooled backbone features, centred on the training mean.
+* ``energy``: ``-logsumexp(logits)`` of the head (Liu et al. 2020), computed from the features with the
+  head's stored weights.
+* ``mahalanobis``: smallest Mahalanobis distance to a class mean, one shared covariance (Ledoit-Wolf shrunk).
+* ``class_mean``: cosine distance to the nearest class mean.
+* ``msp``: 1 - the largest temperature-calibrated probability (needs no features).
+
+The threshold is the ``keep`` quantile (default 0.95) of the scores of known validation images: about
+``keep`` of images like the training classes are answered normally, the rest and anything scoring higher
+are "unknown". benchmarks/bench_unknown.py compares the methods (and energy, which needs logits the saved
+model does not output) on flower_photos with each class held out in turn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from floranet.config import UNKNOWN_METHODS, check_choice
+from floranet.errors import ModelError
+from floranet.rundir import RunDir
+
+# k of the k-th nearest neighbour: 1 separated held-out flower classes best (benchmarks/bench_unknown.py).
+DEFAULT_K = 1
+# Methods that read the head's weights (its penultimate activations or logits).
+HEAD_METHODS = frozenset({"combined", "knn_head", "energy"})
+# Training images kept as kNN references at most (a seeded sample beyond): bounds ood.npz and predict time.
+MAX_REFERENCES = 20_000
+_BLOCK = 1024
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def head_stats(weights: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The head's Dense weights (``[hidden kernel, hidden bias,] output kernel, output bias``) as stats arrays:
+    its penultimate activations and logits are then computed from pooled features (dropout is off at inference)."""
+    w = [np.asarray(a, np.float32) for a in weights]
+    out = {"output_kernel": w[-2], "output_bias": w[-1]}
+    if len(w) == 4:
+        out.update(hidden_kernel=w[0], hidden_bias=w[1])
+    return out
+
+
+def penultimate(stats: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
+    """The head's last hidden activations (relu), or the features for a linear head."""
+    if "hidden_kernel" not in stats:
+        return z
+    return np.maximum(z @ stats["hidden_kernel"] + stats["hidden_bias"], 0.0)
+
+
+def logits(stats: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
+    """The head's pre-softmax outputs (the saved model outputs only their softmax)."""
+    return np.asarray(penultimate(stats, z) @ stats["output_kernel"] + stats["output_bias"], np.float64)
+
+
+def _references(x: np.ndarray, seed: int) -> np.ndarray:
+    ref = normalize(x)
+    if len(ref) > MAX_REFERENCES:
+        ref = ref[np.sort(np.random.default_rng(seed).choice(len(ref), MAX_REFERENCES, replace=False))]
+    # Stored in float16 (half the file); rounded here already, so the threshold is fitted on the very
+    # references predictions use.
+    return ref.astype(np.float16).astype(np.float32)
+
+
+def fit_stats(
+    method: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    head: Sequence[np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The arrays ``method`` scores with, from training features and labels (``head``: the head's Dense
+    weights, for ``combined``, ``knn_head`` and ``energy``)."""
+    check_choice("unknown_method", method, UNKNOWN_METHODS)
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels)
+    if method in HEAD_METHODS and head is None:
+        raise ModelError(f"unknown_method={method!r} needs the head's weights")
+    hs = head_stats(head) if head is not None and method in HEAD_METHODS else {}
+    if method in ("msp", "energy"):
+        return hs
+    if method == "knn_head":
+        return {**hs, "references": _references(penultimate(hs, features), seed)}
+    mean = features.mean(axis=0)
+    if method in ("knn", "combined"):
+        knn = {"mean": mean, "references_backbone": _references(features - mean, seed)}
+        if method == "knn":
+            return knn
+        return {**hs, **knn, "references": _references(penultimate(hs, features), seed)}
+    present = [c for c in range(num_classes) if np.any(labels == c)]
+    means = np.stack([features[labels == c].mean(axis=0) for c in present])
+    if method == "class_mean":
+        return {"means": normalize(means)}
+    from sklearn.covariance import LedoitWolf
+
+    centred = features - means[np.searchsorted(present, labels)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).get_precision()
+    return {"means": means, "precision": precision.astype(np.float32)}
+
+
+def score(
+    method: str,
+    stats: dict[str, np.ndarray],
+    features: np.ndarray | None,
+    probs: np.ndarray,
+    *,
+    temperature: float = 1.0,
+    k: int = DEFAULT_K,
+) -> np.ndarray:
+    """The out-of-distribution score of each row (higher: less like the training classes)."""
+    if method == "msp":
+        from floranet.inference.predictor import apply_temperature  # the predictor's own calibration
+
+        return (1.0 - apply_temperature(probs, temperature).max(axis=1)).astype(np.float32)
+    if features is None:
+        raise ModelError(f"unknown_method={method!r} needs the backbone features of each image")
+    z = np.asarray(features, np.float32)
+    out = np.empty(len(z), np.float32)
+    for s in range(0, len(z), _BLOCK):
+        block = z[s : s + _BLOCK]
+        if method == "combined":  # the mean of the three z-scored components (statistics from validation)
+            out[s : s + _BLOCK] = np.mean((components(stats, block, k) - stats["z_mean"]) / stats["z_std"], axis=1)
+        else:
+            out[s : s + _BLOCK] = _score_block(method, stats, block, k)
+    return out
+
+
+def components(stats: dict[str, np.ndarray], z: np.ndarray, k: int) -> np.ndarray:
+    """``combined``'s parts, ``[n, 3]``: kNN distance in the head's penultimate space, kNN distance of the
+    centred backbone features, energy."""
+    return np.stack(
+        [
+            _knn_distance(penultimate(stats, z), stats["references"], k),
+            _knn_distance(z - stats["mean"], stats["references_backbone"], k),
+            -np.logaddexp.reduce(logits(stats, z), axis=1),
+        ],
+        axis=1,
+    )
+
+
+def _knn_distance(x: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distance of each row to its k-th nearest reference (references normalised)."""
+    sims = normalize(x) @ references.T
+    kk = min(k, references.shape[0])
+    return 1.0 - -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]
+
+
+def _score_block(method: str, stats: dict[str, np.ndarray], z: np.ndarray, k: int) -> np.ndarray:
+    if method == "knn":
+        return _knn_distance(z - stats["mean"], stats["references_backbone"], k)
+    if method == "knn_head":
+        return _knn_distance(penultimate(stats, z), stats["references"], k)
+    if method == "energy":
+        return -np.logaddexp.reduce(logits(stats, z), axis=1)
+    if method == "class_mean":
+        return 1.0 - (normalize(z) @ stats["means"].T).max(axis=1)
+    means, precision = stats["means"], stats["precision"]
+    zp = z @ precision
+    quad = np.sum(zp * z, axis=1, keepdims=True) - 2 * zp @ means.T + np.sum((means @ precision) * means, axis=1)
+    return np.asarray(quad.min(axis=1), np.float32)
+
+
+@dataclass(frozen=True)
+class UnknownDetector:
+    """A fitted "unknown" answer.
+
+    Attributes:
+        method: One of :data:`floranet.config.UNKNOWN_METHODS`.
+        threshold: Scores above it are "unknown".
+        keep: The share of known validation images the threshold was chosen to keep.
+        stats: The arrays the score needs (``ood.npz``).
+        temperature: The run's calibration temperature (``msp``).
+        k: The neighbour ``knn`` measures the distance to.
+        info: What ``ood.json`` records besides (images it was fitted on, kept share measured, ...).
+    """
+
+    method: str
+    threshold: float
+    keep: float
+    stats: dict[str, np.ndarray] = field(repr=False)
+    temperature: float = 1.0
+    k: int = DEFAULT_K
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_features(self) -> bool:
+        return self.method != "msp"
+
+    def score(self, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
+        """Scores of a batch: pooled backbone features (None for ``msp``) and raw probabilities."""
+        return score(self.method, self.stats, features, probs, temperature=self.temperature, k=self.k)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "threshold": float(self.threshold),
+            "keep": self.keep,
+            "temperature": self.temperature,
+            "k": self.k,
+            "statistics": RunDir.OOD_STATS if self.stats else None,
+            "rule": "unknown when score > threshold; higher scores are less like the training classes",
+            **self.info,
+        }
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Writes ``ood.json`` and ``ood.npz`` into a run (or export) folder."""
+        run = RunDir(folder)
+        if self.stats:  # kNN references in float16 (exactly: fit_stats rounded them)
+            run.write_npz(
+                RunDir.OOD_STATS,
+                {k: v.astype(np.float16) if k == "references" else v for k, v in self.stats.items()},
+            )
+        run.write_json(RunDir.OOD, self.to_json())
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> UnknownDetector | None:
+        """The detector saved in ``folder``, or None when it has none (a run from before, or a failed fit).
+
+        Raises:
+            ModelError: ``ood.json`` names a method this floranet does not know, or its statistics are missing.
+        """
+        run = RunDir(folder)
+        meta = run.read_json(RunDir.OOD)
+        if not meta:
+            return None
+        if meta.get("method") not in UNKNOWN_METHODS:
+            raise ModelError(f"{run / RunDir.OOD}: unknown method. Received: method={meta.get('method')!r}")
+        try:
+            stats = run.read_npz(RunDir.OOD_STATS) if meta.get("statistics") else {}
+            stats = {k: v.astype(np.float32) for k, v in stats.items()}  # once, not per call
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{run / RunDir.OOD_STATS} cannot be read: {e}") from e
+        known = {"method", "threshold", "keep", "temperature", "k", "statistics", "rule"}
+        return cls(
+            meta["method"],
+            float(meta["threshold"]),
+            float(meta["keep"]),
+            stats,
+            float(meta.get("temperature", 1.0)),
+            int(meta.get("k", DEFAULT_K)),
+            {k: v for k, v in meta.items() if k not in known},
+        )
+
+
+def needs_features(folder: str | os.PathLike[str]) -> bool:
+    """Whether the unknown answer saved in ``folder`` reads the pooled features (from ``ood.json`` alone,
+    without loading the statistics); False when there is none."""
+    meta = RunDir(folder).read_json(RunDir.OOD)
+    return isinstance(meta, dict) and meta.get("method") in UNKNOWN_METHODS and meta.get("method") != "msp"
+
+
+def fit(
+    method: str,
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray | None,
+    val_probs: np.ndarray,
+    *,
+    num_classes: int,
+    keep: float = 0.95,
+    temperature: float = 1.0,
+    k: int = DEFAULT_K,
+    head: Sequence[np.ndarray] | None = None,
+) -> UnknownDetector:
+    """Statistics from the training images, threshold (and ``combined``'s z-scoring) from the known
+    validation images.
+
+    Raises:
+        ModelError: No validation image to choose the threshold on.
+    """
+    if not len(val_probs):
+        raise ModelError("The unknown threshold is chosen on validation images, and this run has none.")
+    stats = fit_stats(method, train_features, train_labels, num_classes, head=head)
+    if method == "combined":
+        parts = components(stats, np.asarray(val_features, np.float32), k)
+        stats.update(z_mean=parts.mean(axis=0), z_std=np.maximum(parts.std(axis=0), 1e-6))
+    val_scores = score(method, stats, val_features, val_probs, temperature=temperature, k=k)
+    threshold = float(np.quantile(val_scores, keep, method="higher"))
+    info = {
+        "fitted_on": {"train_images": len(train_labels), "validation_images": len(val_probs)},
+        "validation_kept": float(np.mean(val_scores <= threshold)),
+    }
+    return UnknownDetector(method, threshold, keep, stats, temperature, k, info)

@@ -1,0 +1,50 @@
+"""What ``train`` adds once the model and its evaluation are written: the "unknown" answer and the audit.
+
+* The "unknown" answer (``ood.json`` + ``ood.npz``) is always fitted: it needs the final model's
+  embeddings, which cost nothing without fine-tuning (stage 1's cache) and one pass over the images with it.
+* The label audit runs when it is cheap: stage 1 trained on cached features (so every image's embedding is
+  already on disk and the audit is k small head trainings, seconds) and ``audit`` is on (``--no-audit``).
+
+Neither can fail a finished training: a problem is reported and the run stays as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from floranet.config import TrainConfig
+from floranet.errors import FloranetError
+from floranet.evaluation.audit_report import summary
+from floranet.evaluation.ood import fit_unknown
+from floranet.training import TrainResult
+
+
+def audit_is_cheap(config: TrainConfig) -> bool:
+    """Stage 1 ran on cached features: every image's embedding is on disk."""
+    return bool(config.epochs) and config.augment != "all"
+
+
+def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[str], None] = print) -> None:
+    """Fits the unknown answer, then audits the labels when cheap; records the seconds in ``result.timings``."""
+    from floranet.workflows.audit import audit
+
+    t = time.perf_counter()
+    try:
+        fit_unknown(result.run, result.model, config, say=say)
+    except (FloranetError, ValueError) as e:
+        say(f"Unknown answer not fitted: {e}")
+    result.timings["unknown"] = time.perf_counter() - t
+    if not config.audit:
+        return
+    if not audit_is_cheap(config):
+        say("Audit skipped: stage 1 did not run on cached features (run `floranet audit RUN_DIR` for it).")
+        return
+    t = time.perf_counter()
+    try:
+        outcome = audit(result.run.path, say=say, rebuild_report=False, held=True)  # train holds the run lock
+    except (FloranetError, ValueError) as e:
+        say(f"Audit not run: {e}")
+        return
+    result.timings["audit"] = time.perf_counter() - t
+    say(summary(outcome.result, 5))

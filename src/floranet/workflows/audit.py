@@ -1,0 +1,171 @@
+"""The audit job: ``floranet audit DATA_DIR|RUN_DIR`` and the audit step at the end of ``train``.
+
+* ``RUN_DIR`` (a folder with ``config.yaml`` and ``split.csv``): the run's classes, split and feature cache.
+* ``DATA_DIR``: an audit folder is made (default ``runs/audit-<data folder name>`` under the working
+  directory, never inside the data folder) holding what a run would hold before training: ``config.yaml``,
+  ``doctor.json``, ``split.csv`` (the split ``floranet train`` makes with the same seed and ``val_split``,
+  so "leak" means: across the split training would use), ``class_names.json`` and the ``features/`` cache.
+  Running it again reuses the cached features of every unchanged image.
+
+Either way ``audit.json``, ``audit.csv``, ``audit.html`` and ``plots/audit_*.png`` are written into that folder,
+and a finished run's ``report.html`` is rebuilt with its audit section. No image file is moved or changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from floranet.config import TrainConfig, resolve
+from floranet.errors import ConfigError
+from floranet.evaluation.audit import DEFAULT_FOLDS, DUPLICATE_SIMILARITY, AuditData, AuditResult, run_audit
+from floranet.evaluation.audit_report import write_audit
+from floranet.rundir import RunDir
+from floranet.training import data as run_data
+from floranet.training.embeddings import stage1_features
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class AuditOutcome:
+    """An audit and where it was written.
+
+    Attributes:
+        run: The run or audit folder.
+        result: What the audit found.
+        data_dir: The data folder the paths are relative to.
+    """
+
+    run: RunDir
+    result: AuditResult
+    data_dir: Path
+
+
+def default_audit_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """``runs/audit-<data folder name>`` under the working directory."""
+    return Path("runs") / f"audit-{Path(data_dir).resolve().name}"
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a run (or audit) folder rather than a data folder."""
+    return (Path(path) / RunDir.CONFIG).is_file() and (Path(path) / RunDir.SPLIT).is_file()
+
+
+def audit(
+    target: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    folds: int = DEFAULT_FOLDS,
+    duplicate_similarity: float = DUPLICATE_SIMILARITY,
+    progress: bool = False,
+    say: Say = print,
+    rebuild_report: bool = True,
+    held: bool = False,
+    **settings: Any,
+) -> AuditOutcome:
+    """Audits a data folder or a run (see the module docstring).
+
+    Args:
+        target: A data folder (folder per class) or a run directory.
+        out: The audit folder for a data folder (default :func:`default_audit_dir`); not for a run.
+        folds: k of the out-of-fold head training.
+        duplicate_similarity: Cosine similarity at or above which two images are near-duplicates.
+        progress: Show progress bars.
+        say: Where one-line status messages go.
+        rebuild_report: Rebuild a finished run's ``report.html`` with the audit section.
+        held: The caller holds the folder's lock (``train``); else it is taken here.
+        **settings: :class:`floranet.config.TrainConfig` fields for a data folder (``backbone``, ``weights``,
+            ``image_size``, ``preset``, ...): the features and the head the audit uses.
+
+    Raises:
+        ConfigError: ``out`` or ``settings`` given with a run, ``out`` inside the data folder or a folder that
+            holds other things, bad settings.
+        DatasetError: The data folder cannot be used.
+        RunLockedError: Another process is writing the run or audit folder.
+    """
+    if folds < 2:
+        raise ConfigError(f"folds must be an int >= 2. Received: folds={folds!r}")
+    if is_run_dir(target):
+        if out is not None or settings:
+            raise ConfigError(f"{target} is a run: its own settings and folder are used. Received: out={out!r}")
+        run = RunDir(target)
+    else:
+        run = _audit_folder(target, out)
+    with contextlib.nullcontext() if held else run.lock():  # one writer per folder, as train/evaluate/report
+        if is_run_dir(target):
+            config = run.config()
+            data = _run_data(run, config, progress, say)
+        else:
+            config, data = _data_folder(target, run, settings, progress, say)
+        result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
+        data_dir = Path(config.data_dir)
+        write_audit(run, result, data_dir)
+        if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
+            from floranet.evaluation.report import build_report
+
+            build_report(run.path)
+    return AuditOutcome(run, result, data_dir)
+
+
+def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
+    """The audit folder of a data folder: outside it, and new, empty or an earlier audit (nothing else is
+    written over)."""
+    data_dir = Path(target)
+    folder = Path(out) if out is not None else default_audit_dir(data_dir)
+    if folder.resolve().is_relative_to(data_dir.resolve()):
+        raise ConfigError(f"The audit folder must be outside the data folder {data_dir}. Received: out={str(folder)!r}")
+    run = RunDir(folder)
+    run.check_new_output()
+    return run
+
+
+def _data_folder(
+    target: str | os.PathLike[str], run: RunDir, settings: dict[str, Any], progress: bool, say: Say
+) -> tuple[TrainConfig, AuditData]:
+    """A data folder's settings (saved as ``config.yaml``), split and features."""
+    config = resolve(**{**settings, "data_dir": str(target), "out": str(run.path)})
+    run.write_config(config)
+    # A fresh split each time: the one `floranet train` would make of these files with these settings.
+    prepared = run_data.prepare(config, run, resume=False, progress=progress, say=say)
+    rows = list(prepared.split.rows)
+    feats = stage1_features(
+        run,
+        config,
+        prepared.paths(rows),
+        [r.sha256 for r in rows],
+        tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+        progress=progress,
+        say=say,
+    )
+    return config, _audit_data(rows, prepared.split.class_names, feats)
+
+
+def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say) -> AuditData:
+    names = run.class_names()
+    split = run.split(names)
+    rows = list(split.rows)
+    root = Path(config.data_dir)
+    feats = stage1_features(
+        run, config, [str(root / r.path) for r in rows], [r.sha256 for r in rows], progress=progress, say=say
+    )
+    return _audit_data(rows, tuple(names), feats)
+
+
+def _audit_data(rows: list[Any], class_names: tuple[str, ...], feats: dict[str, np.ndarray]) -> AuditData:
+    kept = [r for r in rows if r.sha256 in feats]
+    index = {n: i for i, n in enumerate(class_names)}
+    return AuditData(
+        tuple(r.path for r in kept),
+        np.asarray([index[r.label] for r in kept], np.int64),
+        tuple(r.split for r in kept),
+        tuple(r.sha256 for r in kept),
+        np.stack([feats[r.sha256] for r in kept]) if kept else np.zeros((0, 1), np.float32),
+        class_names,
+    )

@@ -1,0 +1,236 @@
+"""The label audit: flipped labels, near-duplicates and outliers found; outputs; --exclude and --relabel."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from floranet import config
+from floranet.data.curation import Curation, read_exclude, read_relabel
+from floranet.errors import ConfigError
+from floranet.evaluation.audit import AuditData, run_audit, similar_pairs
+from floranet.evaluation.audit_report import to_csv
+from floranet.rundir import RunDir
+from imagesets import make_image_folder
+
+# A head that learns the colour classes of imagesets from random-init ResNet-20 features in a few seconds,
+# and one for the separable embeddings of the unit tests.
+HEAD = {"preset": "tutorial", "epochs": 30, "batch_size": 8}
+FAST = {"preset": "tutorial", "epochs": 6, "batch_size": 16}
+TINY = {"backbone": "resnet20", "weights": "none", "image_size": 32, "runtime": "tensorflow", "precision": "fp32"}
+
+
+def _clusters(seed: int = 0, per_class: int = 30, classes: int = 3, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Separable embeddings: one Gaussian blob per class (the last row of the result: the class centres)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, size=(classes, dim))
+    labels = np.repeat(np.arange(classes), per_class)
+    return (centres[labels] + rng.normal(0, 1, size=(len(labels), dim))).astype(np.float32), labels
+
+
+def _centres(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.stack([x[y == c].mean(axis=0) for c in np.unique(y)])
+
+
+def _data(features: np.ndarray, labels: np.ndarray, splits: list[str] | None = None) -> AuditData:
+    n = len(labels)
+    return AuditData(
+        tuple(f"c{labels[i]}/img_{i:03d}.jpg" for i in range(n)),
+        np.asarray(labels),
+        tuple(splits or ["train"] * n),
+        tuple(f"{i:064x}" for i in range(n)),
+        features,
+        tuple(f"c{c}" for c in range(int(labels.max()) + 1)),
+    )
+
+
+def test_flipped_labels_rank_first_on_separable_embeddings() -> None:
+    x, y = _clusters()
+    noisy = y.copy()
+    flipped = [3, 40, 77]
+    for i in flipped:
+        noisy[i] = (y[i] + 1) % 3
+    cfg = config.resolve(data_dir="d", out="o", **FAST)
+    result = run_audit(_data(x, noisy), cfg, say=lambda m: None)
+    data = result.data
+    assert set(result.label_ranking()[:3]) == {data.paths[i] for i in flipped}
+    issues = result.of_kind("label_issue")
+    assert {f.file for f in issues} >= {data.paths[i] for i in flipped}
+    suggested = {f.file: f.suggested_label for f in issues}
+    assert all(suggested[data.paths[i]] == f"c{y[i]}" for i in flipped)
+
+
+def test_near_duplicates_conflicts_and_leaks() -> None:
+    x, y = _clusters(per_class=20)
+    rng = np.random.default_rng(1)
+    # Three copies: slightly perturbed (as a re-encoded photo), one in another class, one across the split.
+    copies = x[[0, 1, 2]] + rng.normal(0, 0.01, size=(3, x.shape[1])).astype(np.float32)
+    features = np.concatenate([x, copies])
+    labels = np.concatenate([y, [1, 0, 0]])  # copy of 0 → class 1 (conflict); 1, 2 stay in class 0
+    splits = ["train"] * len(x) + ["train", "validation", "train"]
+    pairs = similar_pairs(features, 0.999)
+    n = len(x)
+    assert {(i, j) for i, j, _ in pairs} == {(0, n), (1, n + 1), (2, n + 2)}
+    cfg = config.resolve(data_dir="d", out="o", **FAST)
+    result = run_audit(_data(features, labels, splits), cfg, duplicate_similarity=0.999, say=lambda m: None)
+    kinds = {(f.file, f.other_file): f.kind for f in result.findings if f.kind.startswith("duplicate")}
+    p = result.data.paths
+    assert kinds[(p[n + 1], p[1])] == "duplicate_leak"  # the validation copy is the one to leave out
+    assert kinds[(p[n + 2], p[2])] == "duplicate"
+    conflict = [f for f in result.findings if f.kind == "duplicate_conflict"]
+    assert len(conflict) == 1 and {conflict[0].file, conflict[0].other_file} == {p[0], p[n]}
+
+
+def test_outlier_far_from_every_class_is_flagged() -> None:
+    x, y = _clusters(per_class=25)
+    far = -_centres(x, y).sum(axis=0, keepdims=True)  # pointing away from every class
+    features = np.concatenate([x, far])
+    labels = np.concatenate([y, [0]])
+    cfg = config.resolve(data_dir="d", out="o", **FAST)
+    result = run_audit(_data(features, labels), cfg, say=lambda m: None)
+    outliers = result.of_kind("outlier")
+    assert outliers and outliers[0].file == result.data.paths[-1]
+    assert len(outliers) <= 3
+
+
+def test_audit_of_a_data_folder_end_to_end(tmp_path: Path) -> None:
+    from floranet.cli import main
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=12, names=["a", "b", "c"])
+    shutil.move(data / "a" / "img_000.jpg", data / "b" / "moved.jpg")  # a red image filed under green
+    from PIL import Image
+
+    Image.open(data / "c" / "img_003.jpg").save(data / "a" / "copy.jpg", quality=80)  # re-encoded, other class
+    before = sorted(p.read_bytes() for p in data.rglob("*.jpg"))
+    out = tmp_path / "audit"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, **HEAD}.items()]
+    assert main(["audit", str(data), "--out", str(out), *flags]) == 0
+    run = RunDir(out)
+    for name in (RunDir.AUDIT, RunDir.AUDIT_CSV, RunDir.AUDIT_HTML, RunDir.SPLIT, RunDir.CONFIG):
+        assert run.exists(name), name
+    rows = list(csv.DictReader(io.StringIO((out / RunDir.AUDIT_CSV).read_text())))
+    assert list(rows[0]) == ["file", "kind", "score", "given_label", "suggested_label", "other_file", "split"]
+    conflict = sorted((r for r in rows if r["kind"] == "duplicate_conflict"), key=lambda r: -float(r["score"]))
+    assert {conflict[0]["file"], conflict[0]["other_file"]} == {"a/copy.jpg", "c/img_003.jpg"}  # the most similar
+    audit = json.loads((out / RunDir.AUDIT).read_text())
+    ranking = sorted(audit["label_quality"], key=audit["label_quality"].get)
+    assert set(ranking[:2]) == {"b/moved.jpg", "a/copy.jpg"}  # both are filed under the wrong colour
+    assert "data:image/png;base64," in (out / RunDir.AUDIT_HTML).read_text()
+    assert sorted(p.read_bytes() for p in data.rglob("*.jpg")) == before  # nothing moved or changed
+    with pytest.raises(ConfigError, match="outside the data folder"):
+        from floranet.workflows.audit import audit as audit_fn
+
+        audit_fn(data, out=data / "audit", **TINY)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not empty and not a floranet run"):  # --out never writes over others'
+        audit_fn(data, out=foreign, **TINY)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_exclude_and_relabel_files(tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("# bad ones\na/1.jpg\n\nb/2.jpg  # blurry\n")
+    assert read_exclude(listing) == ("a/1.jpg", "b/2.jpg")
+    audit_csv = tmp_path / "audit.csv"
+    audit_csv.write_text(
+        "file,kind,score,given_label,suggested_label,other_file,split\n"
+        "a/1.jpg,label_issue,0.9,a,b,,train\nc/3.jpg,duplicate_leak,0.99,c,,c/4.jpg,validation\n"
+    )
+    assert read_exclude(audit_csv) == ("a/1.jpg", "c/3.jpg")
+    assert read_relabel(audit_csv) == {"a/1.jpg": "b"}
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text("path,new_label\na/1.jpg,b\n")
+    assert read_relabel(relabel) == {"a/1.jpg": "b"}
+    for bad in ("/etc/passwd\n", "../x.jpg\n"):
+        listing.write_text(bad)
+        with pytest.raises(ConfigError, match="relative to the data folder"):
+            read_exclude(listing)
+    relabel.write_text("a/1.jpg\n")
+    with pytest.raises(ConfigError, match="path,new_label"):
+        read_relabel(relabel)
+    curation = Curation(("a/1.jpg",), {"b/2.jpg": "a"})
+    items = curation.apply_items([("a/1.jpg", "a", ""), ("b/2.jpg", "b", ""), ("c/3.jpg", "c", "")])
+    assert items == [("b/2.jpg", "a", ""), ("c/3.jpg", "c", "")]
+
+
+def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
+    from floranet.workflows import train
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=8, names=["a", "b", "c"])
+    (tmp_path / "exclude.txt").write_text("a/img_000.jpg\nnot/there.jpg\n")
+    (tmp_path / "relabel.csv").write_text("b/img_001.jpg,c\n")
+    cfg = config.resolve(
+        data_dir=str(data),
+        out=str(tmp_path / "run"),
+        exclude=str(tmp_path / "exclude.txt"),
+        relabel=str(tmp_path / "relabel.csv"),
+        epochs=1,
+        fine_tune_epochs=0,
+        audit=False,
+        **TINY,
+    )
+    result = train(cfg, progress=False, say=lambda m: None)
+    run = result.run
+    split = {r.path: r.label for r in run.split().rows}
+    assert "a/img_000.jpg" not in split and split["b/img_001.jpg"] == "c"
+    assert (data / "a" / "img_000.jpg").exists() and (data / "b" / "img_001.jpg").exists()
+    assert run.config().exclude == str(tmp_path / "exclude.txt")
+    assert (run / RunDir.EXCLUDED).read_text() == "a/img_000.jpg\nnot/there.jpg\n"
+    assert "b/img_001.jpg,c" in (run / RunDir.RELABELED).read_text()
+    assert any("exclude file" in n for n in result.notes)
+    assert not run.exists(RunDir.AUDIT)  # audit: false
+
+
+def test_audit_csv_round_trips_through_exclude(tmp_path: Path) -> None:
+    x, y = _clusters(per_class=10)
+    y[0] = 1
+    cfg = config.resolve(data_dir="d", out="o", **FAST)
+    result = run_audit(_data(x, y), cfg, say=lambda m: None)
+    path = tmp_path / "audit.csv"
+    path.write_text(to_csv(result))
+    assert set(read_exclude(path)) == {f.file for f in result.findings}
+
+
+def test_train_audits_when_cheap_and_audit_run_dir_rebuilds_the_report(writable_run: Path, capsys) -> None:
+    from floranet.cli import main
+
+    run = RunDir(writable_run)
+    trained = json.loads((writable_run / RunDir.AUDIT).read_text())  # the audit step of `train`
+    assert trained["images"] == len(run.split().rows) and set(trained["counts"]) >= {"label_issue", "outlier"}
+    (writable_run / RunDir.AUDIT).unlink()
+    (writable_run / RunDir.REPORT).write_text("old")
+    assert main(["audit", str(writable_run), "--top", "3"]) == 0
+    assert "Audited" in capsys.readouterr().out
+    assert (
+        json.loads((writable_run / RunDir.AUDIT).read_text())["label_quality"].keys() == trained["label_quality"].keys()
+    )
+    assert "<h2>Data audit</h2>" in (writable_run / RunDir.REPORT).read_text()
+    assert main(["audit", str(writable_run), "--backbone", "resnet18"]) == 2  # a run's own settings are used
+
+
+def test_train_cli_flags_reach_the_config() -> None:
+    from floranet.cli import build_parser
+    from floranet.cli.training import TRAIN_KEYS
+
+    args = build_parser().parse_args(
+        ["train", "d", "--out", "o", "--exclude", "a.csv", "--relabel", "r.csv", "--no-audit"]
+        + ["--unknown-method", "mahalanobis", "--unknown-keep", "0.9"]
+    )
+    cfg = config.resolve(data_dir="d", out="o", **{k: getattr(args, k) for k in TRAIN_KEYS})
+    assert (cfg.exclude, cfg.relabel, cfg.audit, cfg.unknown_method, cfg.unknown_keep) == (
+        "a.csv",
+        "r.csv",
+        False,
+        "mahalanobis",
+        0.9,
+    )
+    defaults = build_parser().parse_args(["train", "d", "--out", "o"])
+    assert config.resolve(data_dir="d", out="o", **{k: getattr(defaults, k) for k in TRAIN_KEYS}).audit is True

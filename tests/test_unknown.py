@@ -1,0 +1,159 @@
+"""The "unknown" answer: fitted at the end of training, in every predict/serve row, carried by exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from floranet.config import UNKNOWN_METHODS, InferenceConfig
+from floranet.errors import ConfigError
+from floranet.inference import formats, load
+from floranet.inference import unknown as unknown_lib
+from floranet.rundir import RunDir
+
+
+def _blobs(seed: int, n: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % len(centres)
+    return (centres[labels] + rng.normal(0, 1, size=(n, centres.shape[1]))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("method", UNKNOWN_METHODS)
+def test_every_method_keeps_known_images_and_flags_far_ones(method: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 6, size=(3, 8)) + 20  # positive, like pooled ReLU features
+    x_train, y_train = _blobs(1, 300, centres)
+    x_val, y_val = _blobs(2, 200, centres)
+    x_far = rng.normal(0, 3, size=(50, 8)).astype(np.float32)  # nowhere near a class, small logits
+    # Probabilities that are confident on known images and flat on far ones (msp reads only these).
+    top = rng.uniform(0.7, 0.98, size=200).astype(np.float32)
+    p_val = np.repeat(((1 - top) / 2)[:, None], 3, axis=1)
+    p_val[np.arange(200), y_val] = top
+    p_far = np.full((50, 3), 1 / 3, np.float32)
+    head = [centres.T.astype(np.float32) / 10, np.zeros(3, np.float32)]  # a linear head: logits = z . centre / 10
+    det = unknown_lib.fit(method, x_train, y_train, x_val, p_val, num_classes=3, keep=0.9, head=head)
+    known = det.score(x_val, p_val)
+    assert 0.88 <= np.mean(known <= det.threshold) <= 0.92
+    assert np.all(det.score(x_far, p_far) > det.threshold)
+    det.save(tmp_path)
+    again = unknown_lib.UnknownDetector.load(tmp_path)
+    assert again is not None and again.method == method and again.threshold == det.threshold
+    np.testing.assert_allclose(again.score(x_val, p_val), known, rtol=1e-3, atol=1e-4)
+
+
+def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
+    from floranet import config
+    from floranet.errors import ModelError
+
+    with pytest.raises(ModelError, match="validation"):
+        unknown_lib.fit("knn", np.ones((3, 2)), np.arange(3), np.zeros((0, 2)), np.zeros((0, 3)), num_classes=3)
+    with pytest.raises(ModelError, match="head's weights"):
+        unknown_lib.fit("energy", np.ones((3, 2)), np.arange(3), np.ones((3, 2)), np.ones((3, 3)) / 3, num_classes=3)
+    with pytest.raises(ConfigError, match="unknown_keep"):
+        config.resolve(data_dir="d", out="o", unknown_keep=1.5)
+    with pytest.raises(ConfigError, match="unknown_method"):
+        config.resolve(data_dir="d", out="o", unknown_method="vibes")
+    with pytest.raises(ConfigError, match="unknown must be"):
+        InferenceConfig(unknown="yes")  # type: ignore[arg-type]
+    assert unknown_lib.UnknownDetector.load(tmp_path) is None  # a run from before: no answer, no error
+
+
+def _odd_images(folder: Path) -> list[str]:
+    """Images unlike the tiny run's colour classes."""
+    folder.mkdir(exist_ok=True)
+    checker = (np.indices((32, 40)).sum(0) % 2 * 255).astype("uint8")[..., None].repeat(3, 2)
+    Image.fromarray(checker).save(folder / "checker.png")
+    Image.fromarray(np.full((32, 40, 3), 15, np.uint8)).save(folder / "black.png")
+    return [str(folder / "checker.png"), str(folder / "black.png")]
+
+
+def test_trained_run_answers_unknown(tiny_run: Path, tmp_path: Path) -> None:
+    run = RunDir(tiny_run)
+    meta = json.loads((tiny_run / RunDir.OOD).read_text())
+    assert meta["method"] == "combined" and meta["keep"] == 0.95 and run.exists(RunDir.OOD_STATS)
+    predictor = load(tiny_run, runtime="tensorflow", precision="fp32")
+    odd = _odd_images(tmp_path)
+    known = str(next((Path(run.config().data_dir) / "daisy").glob("*.jpg")))
+    rows = predictor.predict([*odd, known])
+    assert [r.unknown for r in rows] == [True, True, False]
+    assert all(isinstance(r.ood_score, float) for r in rows)
+    assert rows[0].ood_score > meta["threshold"] >= rows[2].ood_score
+    as_json = json.loads(formats.format_predictions(rows, "json"))
+    assert as_json[0]["unknown"] is True and as_json[0]["ood_score"] == rows[0].ood_score
+    header, first = formats.format_predictions(rows, "csv").splitlines()[:2]
+    assert header.split(",")[-3:] == ["unknown", "ood_score", "error"] and ",true," in first
+    assert "UNKNOWN" in formats.format_predictions(rows[:1], "table")
+    off = load(tiny_run, runtime="tensorflow", precision="fp32", unknown=False).predict(odd)
+    assert [(r.unknown, r.ood_score) for r in off] == [(False, None), (False, None)]
+    # The probabilities do not change with the unknown answer on.
+    np.testing.assert_allclose([p for _, p in rows[0].top_k], [p for _, p in off[0].top_k], atol=1e-6)
+
+
+def test_predict_cli_and_parquet_have_the_fields(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    from floranet.cli import main
+
+    odd = _odd_images(tmp_path)
+    assert main(["predict", str(tiny_run), *odd, "--format", "json", "--runtime", "tensorflow"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["unknown"] for r in rows] == [True, True]
+    assert main(["predict", str(tiny_run), *odd, "--format", "json", "--unknown", "off"]) == 0
+    assert all(r["unknown"] is False and r["ood_score"] is None for r in json.loads(capsys.readouterr().out))
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "p.parquet"
+    assert main(["predict", str(tiny_run), *odd, "--output", str(out)]) == 0
+    table = pq.read_table(out).to_pydict()
+    assert table["unknown"] == [True, True] and all(s > 0 for s in table["ood_score"])
+
+
+def test_server_json_and_page_say_unknown(tiny_run: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from floranet.serving import create_app
+
+    odd = _odd_images(tmp_path)
+    local = "http://127.0.0.1"  # a Host the server answers on loopback (TestClient's default is not)
+    with TestClient(create_app(tiny_run, runtime="tensorflow", precision="fp32"), base_url=local) as client:
+        body = client.post("/predict", files={"file": ("checker.png", Path(odd[0]).read_bytes())}).json()
+        assert body["unknown"] is True and body["ood_score"] > 0
+        assert client.get("/health").json()["unknown"] == "combined"
+        assert "answer.unknown" in client.get("/").text
+    with TestClient(
+        create_app(tiny_run, runtime="tensorflow", precision="fp32", unknown=False), base_url=local
+    ) as client:
+        body = client.post("/predict", files={"file": ("checker.png", Path(odd[0]).read_bytes())}).json()
+        assert body["unknown"] is False and body["ood_score"] is None
+
+
+def test_export_carries_the_statistics_and_says_what_it_cannot_do(writable_run: Path) -> None:
+    from floranet.export import export_run
+
+    result = export_run(writable_run, "keras", max_images=0)
+    assert (result.path / RunDir.OOD).exists() and (result.path / RunDir.OOD_STATS).exists()
+    readme = (result.path / "README.txt").read_text()
+    assert "NOT AVAILABLE FROM THIS EXPORT ALONE" in readme
+    # The model file's own metadata carries the summary (read back with the format's reader).
+    from floranet.export.metadata import read_metadata
+
+    summary = result.metadata["unknown"] if result.metadata else {}
+    threshold = json.loads((writable_run / RunDir.OOD).read_text())["threshold"]
+    assert summary["available"] and summary["method"] == "combined" and summary["threshold"] == threshold
+    assert summary["from_this_export"] is False and summary["statistics_file"] == RunDir.OOD_STATS
+    assert "references" in summary["statistics"]
+    assert json.loads(read_metadata("keras", result.path)[0].extra["unknown"]) == summary
+    shutil.rmtree(result.path)
+    (writable_run / RunDir.OOD).unlink()  # a run without an unknown answer: the export says so
+    bare = export_run(writable_run, "keras", max_images=0)
+    assert bare.metadata and bare.metadata["unknown"]["available"] is False
+    assert "no unknown answer" in bare.summary() and not (bare.path / RunDir.OOD).exists()
+    assert "Unknown answer: none" in (bare.path / "README.txt").read_text()
+
+
+def test_report_has_unknown_and_audit_sections(tiny_run: Path) -> None:
+    html = (tiny_run / RunDir.REPORT).read_text()
+    assert "<h2>Unknown answer</h2>" in html and "<h2>Data audit</h2>" in html
+    assert "least like the training classes" in html
