@@ -171,7 +171,8 @@ class RunDir:
         path = self.path / name
         if not path.exists():
             return default
-        return json.loads(path.read_text(encoding="utf-8"))
+        # As written (utils.files): file names that are not UTF-8 round-trip through surrogate escapes.
+        return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
 
     def class_names(self) -> list[str]:
         names = self.read_json(self.CLASS_NAMES)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from floranet.utils.figures import new_figure, save_figure
+from floranet.utils.text import printable
 
 MAX_FIGURE_INCHES = 20.0  # 2,000 px at 100 dpi
 MAX_ANNOTATED_CLASSES = 30
@@ -111,5 +112,5 @@ def gallery(
         if overlays is not None and overlays[i] is not None:
             h, w = np.asarray(image).shape[:2]
             ax.imshow(overlays[i], cmap="jet", alpha=0.4, extent=(0, w, h, 0), interpolation="bilinear")
-        ax.set_title(title, fontsize=8)
+        ax.set_title(printable(title), fontsize=8)  # file names: undecodable bytes would stop the font
     save_figure(fig, path)
