@@ -47,4 +47,5 @@ def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[s
         say(f"Audit not run: {e}")
         return
     result.timings["audit"] = time.perf_counter() - t
-    say(summary(outcome.result, 5))
+    for line in summary(outcome.result, 5).splitlines():  # one line at a time: say() escapes newlines
+        say(line)
