@@ -7,6 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# A random-init ResNet-20 at 32 px in TensorFlow fp32: the training settings of fast tests.
+TINY_MODEL = {"backbone": "resnet20", "weights": "none", "image_size": 32, "runtime": "tensorflow", "precision": "fp32"}
+
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220), (230, 210, 40), (160, 60, 200)]
 
 

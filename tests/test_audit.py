@@ -17,13 +17,13 @@ from floranet.errors import ConfigError
 from floranet.evaluation.audit import AuditData, run_audit, similar_pairs
 from floranet.evaluation.audit_report import to_csv
 from floranet.rundir import RunDir
-from imagesets import make_image_folder
+from imagesets import TINY_MODEL, make_image_folder
 
 # A head that learns the colour classes of imagesets from random-init ResNet-20 features in a few seconds,
 # and one for the separable embeddings of the unit tests.
 HEAD = {"preset": "tutorial", "epochs": 30, "batch_size": 8}
 FAST = {"preset": "tutorial", "epochs": 6, "batch_size": 16}
-TINY = {"backbone": "resnet20", "weights": "none", "image_size": 32, "runtime": "tensorflow", "precision": "fp32"}
+TINY = TINY_MODEL
 
 
 def _clusters(seed: int = 0, per_class: int = 30, classes: int = 3, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:

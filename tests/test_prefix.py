@@ -13,17 +13,9 @@ from floranet import config
 from floranet.models import backbones, classifier
 from floranet.training import prefix
 from floranet.workflows import train
-from imagesets import make_image_folder
+from imagesets import TINY_MODEL, make_image_folder
 
-FAST = {
-    "backbone": "resnet20",
-    "weights": "none",
-    "image_size": 32,
-    "batch_size": 8,
-    "runtime": "tensorflow",
-    "precision": "fp32",
-    "early_stopping_patience": 0,
-}
+FAST = {**TINY_MODEL, "batch_size": 8, "early_stopping_patience": 0}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from floranet.data import decode
 from floranet.models import classifier
 from floranet.training import features
 from floranet.workflows import train
-from imagesets import make_image_folder
+from imagesets import TINY_MODEL, make_image_folder
 
 RUN_FILES = [
     "config.yaml",
@@ -34,14 +34,7 @@ RUN_FILES = [
     "plots/history.png",
     "plots/confusion_matrix.png",
 ]
-FAST = {
-    "backbone": "resnet20",
-    "weights": "none",
-    "image_size": 32,
-    "batch_size": 8,
-    "runtime": "tensorflow",
-    "precision": "fp32",
-}
+FAST = {**TINY_MODEL, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from floranet.data.decode import load_resized
+from floranet.errors import DatasetError
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
@@ -57,6 +59,17 @@ def _file_digest(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_pixels(files: list[Path], size: tuple[int, int]) -> np.ndarray:
+    """The first :data:`CHECK_IMAGES` of ``files`` that decode, resized: what the agreement check runs on."""
+    pixels = []
+    for path in files[:CHECK_IMAGES]:
+        try:
+            pixels.append(load_resized(path, size))
+        except DatasetError:
+            continue
+    return np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32)
 
 
 def compile_run(

@@ -17,8 +17,7 @@ import keras
 from keras import layers
 
 from floranet.errors import ConfigError
-from floranet.models import weights as weights_lib
-from floranet.models.resnet import check_input_shape
+from floranet.models.resnet import check_input_shape, finish_model
 
 ARCH = "mobilenet_v2"
 BN_EPSILON = 1e-3  # keras.applications' value; the conversion folds torchvision's 1e-5 into the variances
@@ -110,14 +109,4 @@ def build_mobilenet_v2(
     shape = check_input_shape(input_shape, (224, 224, 3), include_top)
     inputs = layers.Input(shape=shape, name="input_layer") if input_tensor is None else input_tensor
     x = features(inputs)
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-    model = keras.Model(inputs, x, name=name or ARCH)
-    if weights is not None:
-        weights_lib.load_into(model, ARCH, weights, include_top=include_top)
-    return model
+    return finish_model(inputs, x, ARCH, include_top, pooling, classes, classifier_activation, name, weights)

@@ -243,6 +243,21 @@ def build_resnet(
     inputs = layers.Input(shape=input_shape, name="input_layer") if input_tensor is None else input_tensor
     x = _cifar_body(inputs, blocks) if cifar else _imagenet_stacks(_imagenet_stem(inputs, kind=kind), kind, blocks)
 
+    return finish_model(inputs, x, arch, include_top, pooling, classes, classifier_activation, name, weights)
+
+
+def finish_model(
+    inputs: Any,
+    x: Any,
+    arch: str,
+    include_top: bool,
+    pooling: str | None,
+    classes: int,
+    classifier_activation: Any,
+    name: str | None,
+    weights: str | None,
+) -> keras.Model:
+    """The keras.applications ending shared by floranet's backbones: top or pooling, the model, its weights."""
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
@@ -251,7 +266,6 @@ def build_resnet(
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     model = keras.Model(inputs, x, name=name or arch)
-
     if weights is not None:
         weights_lib.load_into(model, arch, weights, include_top=include_top)
     return model

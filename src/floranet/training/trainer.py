@@ -19,8 +19,7 @@ import keras
 import numpy as np
 
 from floranet.config import TrainConfig
-from floranet.data.decode import load_resized
-from floranet.errors import ConfigError, DatasetError
+from floranet.errors import ConfigError
 from floranet.inference import batch, compiled, runtime
 from floranet.models import backbones, classifier
 from floranet.models import weights as weights_lib
@@ -241,14 +240,8 @@ def _stage2(
 
 def _compile(model: keras.Model, prepared: run_data.Prepared, run: RunDir) -> dict[str, Any] | None:
     """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images."""
-    size = prepared.config.image_size
-    pixels = []
-    for row in prepared.split.validation()[: compiled.CHECK_IMAGES]:
-        try:
-            pixels.append(load_resized(prepared.abs_path(row.path), size))
-        except DatasetError:
-            continue
-    return compiled.compile_run(run, model, np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32))
+    files = [prepared.abs_path(row.path) for row in prepared.split.validation()]
+    return compiled.compile_run(run, model, compiled.check_pixels(files, prepared.config.image_size))
 
 
 def _validation_predictions(

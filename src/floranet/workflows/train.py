@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
@@ -53,8 +51,6 @@ def train(
 def _check_unknown(result: TrainResult) -> None:
     """Recompiles the run's IR with its unknown answer in the check, once training fitted one (the IR the
     evaluation ran on was checked on probabilities and features only)."""
-    from floranet.data.decode import load_resized
-    from floranet.errors import DatasetError
     from floranet.inference import compiled
     from floranet.inference.unknown import UnknownDetector
 
@@ -62,13 +58,7 @@ def _check_unknown(result: TrainResult) -> None:
     if result.compiled is None or detector is None or result.model is None or result.validation is None:
         return
     size = (int(result.model.inputs[0].shape[1]), int(result.model.inputs[0].shape[2]))
-    pixels = []
-    for path in result.validation.paths[: compiled.CHECK_IMAGES]:
-        try:
-            pixels.append(load_resized(Path(str(result.data_dir)) / path, size))
-        except DatasetError:
-            continue
-    images = np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32)
+    images = compiled.check_pixels([Path(str(result.data_dir)) / p for p in result.validation.paths], size)
     result.compiled = compiled.compile_run(result.run, result.model, images, detector)
 
 
