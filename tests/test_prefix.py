@@ -11,7 +11,8 @@ import pytest
 
 from floranet import config
 from floranet.models import backbones, classifier
-from floranet.training import prefix
+from floranet.training import prefix, stages
+from floranet.training import views as views_lib
 from floranet.workflows import train
 from imagesets import TINY_MODEL, make_image_folder
 
@@ -45,11 +46,11 @@ def test_top_of_prefix_is_the_model(name: str, size: int) -> None:
 def test_views_cycle_per_epoch_and_carry_class_weights(tmp_path: Path) -> None:
     views = []
     for v in range(3):
-        prefix.write_view(tmp_path / f"v{v}.npy", (2,), 11, [np.full((4, 2), v), np.full((6, 2), v)])
-        views.append(prefix.ViewFile(tmp_path / f"v{v}.npy", 10))
+        views_lib.write_view(tmp_path / f"v{v}.npy", (2,), 11, [np.full((4, 2), v), np.full((6, 2), v)])
+        views.append(views_lib.ViewFile(tmp_path / f"v{v}.npy", 10))
         assert np.load(tmp_path / f"v{v}.npy").shape == (11, 2)  # a plain .npy; the 11th row is padding
     labels = np.arange(10) % 2
-    seq = prefix.ViewSequence(views, labels, 4, seed=1, first_epoch=2, class_weight={0: 1.0, 1: 3.0})
+    seq = views_lib.ViewSequence(views, labels, 4, seed=1, first_epoch=2, class_weight={0: 1.0, 1: 3.0})
     assert len(seq) == 3
     seen = []
     for _ in range(4):
@@ -62,8 +63,11 @@ def test_views_cycle_per_epoch_and_carry_class_weights(tmp_path: Path) -> None:
     assert seen == [{2.0}, {0.0}, {1.0}, {2.0}]  # epoch e reads view e mod 3, resumed at epoch 2
     rows = np.array([0, 1, 2, 5, 7, 8])
     np.testing.assert_array_equal(views[1].take(rows), np.ones((6, 2), np.float32))
+    views_lib.write_view(tmp_path / "ramp.npy", (1,), 6, [np.arange(6, dtype=np.float32).reshape(6, 1)])
+    ramp = views_lib.ViewFile(tmp_path / "ramp.npy", 6)
+    np.testing.assert_array_equal(ramp.take(np.array([4, 1, 2, 0]))[:, 0], [4, 1, 2, 0])  # any order, kept
     with pytest.raises(ValueError, match="not a cached view"):
-        prefix.ViewFile(tmp_path / "v0.npy", 12)
+        views_lib.ViewFile(tmp_path / "v0.npy", 12)
 
 
 def _run(images: Path, out: Path, **kw: object) -> Path:
@@ -111,13 +115,13 @@ def test_stage2_falls_back_to_the_full_model_and_says_why(images, tmp_path, monk
 def test_class_weights_reach_the_cached_stage(tmp_path, monkeypatch) -> None:
     data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
     weights: list[np.ndarray | None] = []
-    real = prefix.ViewSequence.__init__
+    real = views_lib.ViewSequence.__init__
 
-    def spy(self: prefix.ViewSequence, *args: object, **kw: object) -> None:
+    def spy(self: views_lib.ViewSequence, *args: object, **kw: object) -> None:
         real(self, *args, **kw)  # type: ignore[arg-type]
         weights.append(self.weights)
 
-    monkeypatch.setattr(prefix.ViewSequence, "__init__", spy)
+    monkeypatch.setattr(views_lib.ViewSequence, "__init__", spy)
     run = _run(data, tmp_path / "run", fine_tune_epochs=1, class_weights="auto")
     assert json.loads((run / "state.json").read_text())["stages"]["stage2"]["path"] == "prefix-cache"
     assert weights[0] is not None and weights[1] is None  # training batches weighted, validation not
@@ -129,3 +133,56 @@ def test_fine_tune_views_is_validated() -> None:
     with pytest.raises(Exception, match="fine_tune_cache"):
         config.resolve(data_dir=".", out="x", fine_tune_cache="sometimes")
     assert config.resolve(data_dir=".", out="x", precision="int8").precision == "int8"  # training takes int8
+
+
+def test_stage1_writes_the_prefix_outputs_stage2_and_the_unknown_answer_read(images, tmp_path, monkeypatch) -> None:
+    computed: list[str] = []
+    real_compute = prefix._compute
+
+    def spy(fn, prepared, subset, seed, augment, path, *args):  # type: ignore[no-untyped-def]
+        computed.append(path.stem)
+        return real_compute(fn, prepared, subset, seed, augment, path, *args)
+
+    monkeypatch.setattr(prefix, "_compute", spy)
+    monkeypatch.setattr(prefix, "remove_caches", lambda run: None)  # keep the views to compare
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1, **FAST)
+    said: list[str] = []
+    result = train(cfg, progress=False, say=said.append)
+    run = result.run_dir
+    assert json.loads((run / "state.json").read_text())["stages"]["stage2"]["path"] == "prefix-cache"
+    assert computed == []  # no pass of the prefix of its own: the validation set and the view came from stage 1
+    assert not any("Unknown answer: embedding" in m for m in said)  # nor of the final model
+    assert result.training is not None and len(result.training.paths) == 24
+    assert (run / "ood.json").exists()
+    # The copied views hold what the prefix computes from the images (fp32, TensorFlow, here).
+    model = keras.saving.load_model(run / "model.keras")
+    split = prefix.split_model(model, backbones.get("resnet20"))
+    folder = next(p for p in (run / "features").glob("prefix-*") if not p.name.startswith(prefix.STAGE1))
+    rows = np.load(folder / "validation.rows.npy")
+    val = views_lib.ViewFile(folder / "validation.npy", len(rows)).take(np.arange(len(rows)))
+    from floranet.data.decode import load_resized
+    from floranet.rundir import RunDir
+
+    files = [images / r.path for r in RunDir(run).split().validation()]
+    pixels = np.stack([load_resized(files[i], (32, 32)) for i in rows])
+    want = np.asarray(split.prefix(pixels, training=False))
+    np.testing.assert_allclose(val, want, atol=2e-2 * max(1.0, float(np.abs(want).max())))  # float16 storage
+    # ...and the training outputs through the fine-tuned top are the saved model's own.
+    train_files = [images / p for p in result.training.paths[:4]]
+    np.testing.assert_allclose(
+        result.training.probs[:4], model(np.stack([load_resized(f, (32, 32)) for f in train_files])), atol=2e-2
+    )
+
+
+def test_augmented_views_are_computed_and_the_validation_set_is_copied(images, tmp_path, monkeypatch) -> None:
+    computed: list[str] = []
+    real_compute = prefix._compute
+
+    def spy(fn, prepared, subset, seed, augment, path, *args):  # type: ignore[no-untyped-def]
+        computed.append(path.stem)
+        return real_compute(fn, prepared, subset, seed, augment, path, *args)
+
+    monkeypatch.setattr(prefix, "_compute", spy)
+    _run(images, tmp_path / "run", fine_tune_epochs=2, augment="fine-tune", fine_tune_views=2)
+    assert computed == ["train-view-0", "train-view-1"]
+    assert stages.AUTO_VIEWS >= 1

@@ -89,6 +89,7 @@ class RunDir:
     COMPILED = "inference"  # the compiled inference model (OpenVINO IR) and its check
     COMPILED_XML = "model.xml"
     COMPILED_INFO = "compiled.json"
+    COMPILED_CHECK = "check.npz"  # both models' outputs on the check images (what a later unknown answer is checked on)
     # What `evaluate`, `report` and `export` need besides the model.
     FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
 

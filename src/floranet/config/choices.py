@@ -24,16 +24,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.0,
         "early_stopping_patience": 0,
     },
-    # Two stages: a regularised head trained on cached features (cheap, so
-    # more epochs), then fine-tuning the last stage with augmentation and a
-    # cosine schedule, early stopping on validation loss. Fine-tuning at 1e-4
-    # for 4 epochs beats 1e-5 for 5 or 10 (benchmarks/bench_time_to_accuracy.py).
+    # Two stages: a regularised head trained on cached features (cheap, so more epochs), early stopping on
+    # validation loss, then fine-tuning the last stage at 1e-4 with a cosine schedule for 2 epochs on the frozen
+    # layers' outputs that stage 1's pass already wrote (training/prefix.py). Measured on flower_photos
+    # (MobileNetV2, 225 px, one split): 2 epochs without augmentation 93.4%, with 2 augmented views 93.3%
+    # (each view one more pass over the images), 4 augmented epochs 94.2% in about twice the stage-2 time.
     "recommended": {
         "epochs": 20,
-        "fine_tune_epochs": 4,
+        "fine_tune_epochs": 2,
         "learning_rate": 1e-3,
         "fine_tune_learning_rate": 1e-4,
-        "augment": "fine-tune",
+        "augment": "off",
         "dropout": 0.3,
         "head_units": 512,
         "schedule": "cosine",

@@ -46,6 +46,7 @@ DEFAULT_FOLDS = 5
 # (fewer epochs memorise fewer wrong labels); see benchmarks/bench_audit.py.
 OOF_MIN_BATCH = 128
 OOF_MAX_EPOCHS = 10
+OOF_STEPS_PER_CALL = 16  # batches per call of the compiled step: 9.4 s instead of 12.4 s for flower_photos' 5 folds
 OUTLIER_NEIGHBOURS = 10
 KINDS = ("label_issue", "duplicate_conflict", "duplicate_leak", "duplicate", "outlier")
 CSV_COLUMNS = ("file", "kind", "score", "given_label", "suggested_label", "other_file", "split")
@@ -175,7 +176,7 @@ def out_of_fold_probabilities(
     # One head, compiled and traced once; each fold starts it again from the same initial weights and a
     # fresh optimizer state (a new model per fold would trace its training step again: seconds per fold).
     head = build_head(x.shape[1], num_classes, units=config.head_units, dropout=config.dropout)
-    compile_model(head, config.learning_rate, config)
+    compile_model(head, config.learning_rate, config, steps_per_execution=OOF_STEPS_PER_CALL)
     head.optimizer.build(head.trainable_variables)
     start = head.get_weights(), [np.array(v) for v in head.optimizer.variables]
     for train, test in splitter.split(x, y, group_ids):

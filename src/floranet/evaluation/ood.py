@@ -81,18 +81,32 @@ def embed(
 
 
 def fit_unknown(
-    run: RunDir, model: keras.Model, config: TrainConfig, *, say: Callable[[str], None] = print
+    run: RunDir,
+    model: keras.Model,
+    config: TrainConfig,
+    *,
+    train: Embeddings | None = None,
+    validation: Embeddings | None = None,
+    say: Callable[[str], None] = print,
 ) -> unknown_lib.UnknownDetector:
     """Fits the run's "unknown" answer (``config.unknown_method``, keeping ``config.unknown_keep`` of known
     validation images) and saves it as ``ood.json`` + ``ood.npz``.
+
+    Args:
+        run: The run.
+        model: Its final model.
+        config: Its settings.
+        train: The final model's embeddings of the training images, when training has them; else computed.
+        validation: The same of the validation images (the evaluation's pass); else computed.
+        say: Where one-line status messages go.
 
     Raises:
         ModelError: The run has no validation image.
     """
     names = run.class_names()
     split = run.split(names)
-    train = embed(run, model, config, split.train(), names, say=say)
-    val = embed(run, model, config, split.validation(), names, say=say)
+    train = train or embed(run, model, config, split.train(), names, say=say)
+    val = validation or embed(run, model, config, split.validation(), names, say=say)
     detector = unknown_lib.fit(
         config.unknown_method,
         train.features,

@@ -18,6 +18,10 @@ quantile), so that image, and any other within float rounding of it, may land on
 (``ood_near_threshold`` counts them). An IR without ``outputs`` (made before) serves a run only when its unknown
 answer needs no features; a ``model.keras`` that is not a classifier built here (no ``head`` layer) gets an IR
 of its probabilities alone.
+
+Both models' outputs on the check images are kept in ``inference/check.npz``: an unknown answer fitted after the
+IR was made (``train`` fits it on the evaluation's outputs) is checked on them by :func:`recheck`, with no model
+run again.
 """
 
 from __future__ import annotations
@@ -102,13 +106,17 @@ def compile_run(
     try:
         ov.save_model(to_openvino(both), str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)
         tf32 = RuntimeChoice("tensorflow", "fp32", "reference")
-        check = _agreement(
-            OpenVINOInference.from_ir(tmp / RunDir.COMPILED_XML, "fp32", joined=True),
-            compile_inference(classifier.with_features(model) if split else model, tf32),
-            classes,
-            pixels,
-            detector,
+        pixels = pixels[:CHECK_IMAGES]
+        got, want = (
+            np.asarray(f(pixels), np.float32) if len(pixels) else np.zeros((0, classes), np.float32)
+            for f in (
+                OpenVINOInference.from_ir(tmp / RunDir.COMPILED_XML, "fp32", joined=True),
+                compile_inference(classifier.with_features(model) if split else model, tf32),
+            )
         )
+        with open(tmp / RunDir.COMPILED_CHECK, "wb") as f:
+            np.savez(f, compiled=got, reference=want)
+        check = _agreement(got, want, classes, detector)
         stat = run.model_file.stat()
         # Output 0 and 1, as columns of the two joined (what the predictor reads).
         outputs = {"probabilities": [0, classes]}
@@ -132,17 +140,31 @@ def compile_run(
     return record
 
 
-def _agreement(
-    compiled: Any, reference: Any, classes: int, pixels: np.ndarray, detector: UnknownDetector | None
-) -> dict[str, Any]:
-    """The IR's ``[probabilities | features]`` against TensorFlow's (``model.keras``'s probabilities and the
-    features of the same layers), and the unknown score and answer computed from each."""
-    pixels = pixels[:CHECK_IMAGES]
-    out: dict[str, Any] = {"images": len(pixels), "top1_agreement": None, "max_abs_diff": None}
+def recheck(run: RunDir, detector: UnknownDetector) -> dict[str, Any] | None:
+    """Checks the unknown answer fitted after the run's IR was made, on the check images' stored outputs of both
+    models (``check.npz``), and records it in ``compiled.json``; returns the new record (None: no IR or no
+    stored outputs, nothing changed)."""
+    record = info(run)
+    folder = run / RunDir.COMPILED
+    if not record or not (folder / RunDir.COMPILED_CHECK).exists():
+        return None
+    with np.load(folder / RunDir.COMPILED_CHECK) as data:
+        got, want = data["compiled"], data["reference"]
+    classes = int(record.get("outputs", {}).get("probabilities", [0, got.shape[1]])[1])
+    check = _agreement(got, want, classes, detector)
+    record = {**record, **check, "agrees": _agrees(check)}
+    write_json(folder / RunDir.COMPILED_INFO, record)
+    return record
+
+
+def _agreement(got: np.ndarray, want: np.ndarray, classes: int, detector: UnknownDetector | None) -> dict[str, Any]:
+    """The IR's ``[probabilities | features]`` (``got``) against TensorFlow's (``want``: ``model.keras``'s
+    probabilities and the features of the same layers), and the unknown score and answer computed from each."""
+    out: dict[str, Any] = {"images": len(got), "top1_agreement": None, "max_abs_diff": None}
     out.update(features_max_rel_diff=None, ood_max_rel_diff=None, ood_answer_agreement=None, ood_near_threshold=None)
-    if not len(pixels):
+    if not len(got):
         return out
-    got, want = (np.asarray(f(pixels), np.float64) for f in (compiled, reference))
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     n = classes
     out["top1_agreement"] = float(np.mean(got[:, :n].argmax(1) == want[:, :n].argmax(1)))
     out["max_abs_diff"] = float(np.max(np.abs(got[:, :n] - want[:, :n])))

@@ -287,10 +287,10 @@ class OpenVINOInference:
         while pending:
             yield self._collect(pending, idle)
 
-    @staticmethod
-    def _collect(pending: collections.deque, idle: collections.deque) -> np.ndarray:
+    def _collect(self, pending: collections.deque, idle: collections.deque) -> np.ndarray:
         request = pending.popleft()  # requests finish in any order; results are taken in submission order
         request.wait()
-        out = np.array(request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the buffer is reused
+        # Copies: the buffers are reused by the request's next batch.
+        outs = [np.array(request.get_output_tensor(i).data, dtype=np.float32) for i in range(len(self._outputs))]
         idle.append(request)
-        return out
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)

@@ -46,6 +46,27 @@ def cache_key(backbone: str, fingerprint: str, image_size: tuple[int, int], prec
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class AlsoWrite:
+    """More outputs of the same pass as the pooled features (stage 1 also writes the frozen prefix's outputs).
+
+    Attributes:
+        model: The extractor: raw pixels → ``[features | more]``.
+        width: How many columns are the features.
+        sink: Takes each computed batch's sha256s and its ``more`` columns.
+    """
+
+    model: keras.Model
+    width: int
+    sink: Callable[[Sequence[str], np.ndarray], None]
+
+
+def missing(cache_dir: str | os.PathLike[str], hashes: Sequence[str]) -> int:
+    """How many distinct files of ``hashes`` the cache does not hold yet."""
+    known = load_cache(Path(cache_dir)) if Path(cache_dir).exists() else {}
+    return len({h for h in hashes if h not in known})
+
+
 def extract(
     extractor: Callable[[np.ndarray], np.ndarray],
     paths: Sequence[str],
@@ -56,10 +77,12 @@ def extract(
     batch_size: int,
     tf_decodable: Sequence[bool] | None = None,
     progress: bool = True,
+    also: AlsoWrite | None = None,
 ) -> dict[str, np.ndarray]:
     """Returns ``{sha256: feature vector}`` for every decodable file, computing only what is missing.
 
-    Files that fail to decode are left out (and logged), never fatal.
+    Files that fail to decode are left out (and logged), never fatal. With ``also``, ``extractor`` is its model's
+    and the columns after the features go to its sink.
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -101,6 +124,9 @@ def extract(
             batch_size=batch_size,
             tf_decodable=None if tf_decodable is None else [tf_decodable[i] for i in todo],
         ):
+            if also is not None:
+                also.sink([hashes[todo[p]] for p in positions], out[:, also.width :])
+                out = out[:, : also.width]
             feats.append(out)
             got.extend(positions)
             seen_positions.update(positions)
@@ -176,15 +202,19 @@ def fill_stage1(
     tf_decodable: Sequence[bool] | None = None,
     calibration: np.ndarray | None = None,
     progress: bool = False,
+    also: AlsoWrite | None = None,
 ) -> dict[str, np.ndarray]:
     """``{sha256: pooled features}`` of every decodable file through ``model``'s frozen backbone, the missing
-    ones computed into ``cache`` (``calibration``: images for int8).
+    ones computed into ``cache`` (``calibration``: images for int8; ``also``: more outputs of the same pass).
 
     Raises:
         ConfigError: int8 without calibration images.
     """
     extractor = runtime.compile_inference(
-        classifier.feature_extractor(model), cache.choice, streaming=True, calibration=calibration
+        also.model if also is not None else classifier.feature_extractor(model),
+        cache.choice,
+        streaming=True,
+        calibration=calibration,
     )
     feats = extract(
         extractor,
@@ -195,6 +225,7 @@ def fill_stage1(
         batch_size=config.batch_size,
         tf_decodable=tf_decodable,
         progress=progress,
+        also=also,
     )
     describe(cache.path, cache.describe(config))
     return feats

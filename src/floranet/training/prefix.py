@@ -1,20 +1,26 @@
-"""Stage 2 without redoing frozen work: the frozen prefix's outputs, cached per augmented view.
+"""Stage 2 without redoing frozen work: the frozen prefix's outputs, cached per view.
 
 In stage 2 every layer below the fine-tuning point is frozen, so its output for a given input never changes.
-The prefix (preprocessing and the backbone up to the first unfrozen layer) runs once per augmented *view* of
-the training images, on the fastest inference runtime, and once on the validation images; its outputs are
-stored as float16 ``.npy`` files (read a batch at a time) in ``RUN_DIR/features/prefix-<key>/``; the trainable top
-(the rest of the backbone and the head, sharing the classifier's layers) trains on them, epoch ``e`` on view
-``e mod views``. BatchNorm stays in inference mode as before (frozen layers; the top's BatchNorm layers are
-not trainable), and the stage checkpoints and resumes as every stage does.
+The prefix (preprocessing and the backbone up to the first unfrozen layer) runs once per *view* of the training
+images (augmented, or the images as they are), on the fastest inference runtime, and once on the validation
+images; its outputs are stored as float16 ``.npy`` files (:mod:`floranet.training.views`) in
+``RUN_DIR/features/prefix-<key>/``; the trainable top (the rest of the backbone and the head, sharing the
+classifier's layers) trains on them, epoch ``e`` on view ``e mod views``. BatchNorm stays in inference mode as
+before (frozen layers; the top's BatchNorm layers are not trainable), and the stage checkpoints and resumes as
+every stage does.
+
+The unaugmented outputs cost no pass of their own: stage 1's feature extraction runs the same frozen layers
+on the same images, so it also writes their prefix outputs (:func:`stage1_writer`, ``prefix-stage1-<key>/``),
+and :func:`build_cache` copies the validation set and an unaugmented training view from there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-import os
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,25 +34,50 @@ from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
 from floranet.training import features as feature_cache
 from floranet.training.data import Prepared
+from floranet.training.views import ViewFile, view_writer, write_view
 from floranet.utils.files import atomic_path
 
 # The cached views may use at most this share of the free disk space, and never more than MAX_CACHE_BYTES.
 DISK_SHARE = 0.5
 MAX_CACHE_BYTES = 16 << 30
-FLOAT16_MAX = 65504.0
+STAGE1 = "prefix-stage1-"  # folder prefix of stage 1's unaugmented outputs
 
 
 @dataclass(frozen=True)
 class Split:
-    """A classifier cut at the fine-tuning point: ``top(prefix(x)) == model(x)``, layers shared with ``model``."""
+    """A classifier cut at the fine-tuning point: ``top(prefix(x)) == model(x)``, layers shared with ``model``.
+
+    Attributes:
+        prefix: Raw pixels → the frozen layers' output at the cut.
+        top: The cut's output → probabilities (the rest of the backbone, then the head).
+        cut: Name of the first layer above the cut.
+        rest: The cut's output → pooled backbone features (``top`` without the head).
+    """
 
     prefix: keras.Model
     top: keras.Model
     cut: str
+    rest: keras.Model
 
     @property
     def cut_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.top.inputs[0].shape[1:])
+
+    def features_and_prefix(self) -> keras.Model:
+        """Raw pixels → ``[pooled features | flattened prefix output]``: stage 1's extractor when it also writes
+        the prefix outputs."""
+        image = keras.Input(shape=self.prefix.inputs[0].shape[1:], name="image")
+        cut = self.prefix(image)
+        flat = keras.layers.Flatten(name="prefix_flat")(keras.ops.cast(cut, "float32"))
+        pooled = keras.ops.cast(self.rest(cut), "float32")
+        return keras.Model(image, keras.layers.Concatenate(name="features_and_prefix")([pooled, flat]))
+
+    def probabilities_and_features(self) -> keras.Model:
+        """The cut's output → ``[probabilities | pooled features]`` (what the compiled model outputs from pixels)."""
+        cut = keras.Input(shape=self.cut_shape, name="cut")
+        pooled = self.rest(cut)
+        probs = self.top.get_layer(classifier.HEAD_LAYER)(pooled)
+        return keras.Model(cut, keras.layers.Concatenate()([probs, keras.ops.cast(pooled, probs.dtype)]))
 
 
 def split_model(model: keras.Model, spec: backbones.Backbone) -> Split | None:
@@ -68,8 +99,10 @@ def split_model(model: keras.Model, spec: backbones.Backbone) -> Split | None:
         x = layer(x)
     prefix = keras.Model(image, below(x, training=False), name="prefix")
     cut_input = keras.Input(shape=cut.shape[1:], name="cut")
-    top = keras.Model(cut_input, classifier.head_of(model)(above(cut_input, training=False)), name="top")
-    return Split(prefix, top, base.layers[start].name)
+    pooled = above(cut_input, training=False)
+    rest = keras.Model(cut_input, pooled, name="rest")
+    top = keras.Model(cut_input, classifier.head_of(model)(pooled), name="top")
+    return Split(prefix, top, base.layers[start].name, rest)
 
 
 def cache_bytes(split: Split, prepared: Prepared, views: int) -> int:
@@ -127,7 +160,8 @@ def build_cache(
     outputs: list[tuple[ViewFile, np.ndarray]] = []
     for name, subset, seed, aug in [*jobs, ("validation", "validation", config.seed, False)]:
         path = folder / f"{name}.npy"
-        if not path.exists():
+        copied = not aug and retry and _copy_from_stage1(split, prepared, run, choice, subset, path)
+        if not path.exists() and not copied:
             fn = fn or runtime.compile_inference(
                 split.prefix, choice, streaming=True, calibration=prepared.calibration_images(choice.precision)
             )
@@ -137,13 +171,75 @@ def build_cache(
     train, validation = outputs[:-1], outputs[-1]
     if any(not np.array_equal(rows, train[0][1]) for _, rows in train):
         # Decoding fails alike in every view unless files changed between views (e.g. before a resume).
-        if retry:
+        if retry:  # again, every view computed here
             shutil.rmtree(folder)
             return build_cache(
                 split, prepared, run, views=views, augment=augment, choice=choice, progress=progress, retry=False
             )
         raise DatasetError(f"The images of {prepared.data_dir} changed while stage 2 cached them; train again.")
     return PrefixCache(folder, [t[0] for t in train], train[0][1], validation[0], validation[1])
+
+
+@contextlib.contextmanager
+def stage1_writer(
+    split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice, images: int
+) -> Iterator[Callable[[Sequence[str], np.ndarray], None]]:
+    """A sink for stage 1's extraction with :meth:`Split.features_and_prefix`: it takes each batch's sha256s and
+    flattened prefix outputs (up to ``images`` rows), kept in ``prefix-stage1-<key>/`` for :func:`build_cache`."""
+    folder = _stage1_folder(split, prepared, run, choice)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sha256.npy").unlink(missing_ok=True)  # written last: its presence means the outputs are complete
+    hashes: list[str] = []
+    with view_writer(folder / "outputs.npy", split.cut_shape, images) as writer:
+
+        def sink(batch_hashes: Sequence[str], flat: np.ndarray) -> None:
+            writer.write(flat.reshape(len(flat), *split.cut_shape))
+            hashes.extend(batch_hashes)
+
+        yield sink
+    with atomic_path(folder / "sha256.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(hashes, dtype="U64"))
+
+
+def stage1_outputs(
+    split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice, subset: str
+) -> tuple[ViewFile, np.ndarray, np.ndarray] | None:
+    """Stage 1's unaugmented prefix outputs of ``subset``: (the file, its row of each image, the image's position
+    in the subset), or None when stage 1 did not write them all (a resumed run, another cut or runtime)."""
+    folder = _stage1_folder(split, prepared, run, choice)
+    if not (folder / "sha256.npy").exists():
+        return None
+    hashes = np.load(folder / "sha256.npy")
+    index = {str(h): i for i, h in enumerate(hashes)}
+    rows = prepared.rows(subset)
+    if not all(r.sha256 in index for r in rows):
+        return None
+    positions = np.arange(len(rows), dtype=np.int64)
+    file_rows = np.asarray([index[r.sha256] for r in rows], np.int64)
+    return ViewFile(folder / "outputs.npy", len(hashes)), file_rows, positions
+
+
+def _copy_from_stage1(
+    split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice, subset: str, path: Path
+) -> bool:
+    """Writes an unaugmented view (+ its rows) of ``subset`` from stage 1's outputs; False when there are none."""
+    if path.exists():
+        return True
+    found = stage1_outputs(split, prepared, run, choice, subset)
+    if found is None:
+        return False
+    source, file_rows, positions = found
+    blocks = (source.take(file_rows[i : i + 256]) for i in range(0, len(file_rows), 256))
+    write_view(path, split.cut_shape, len(file_rows), blocks)
+    with atomic_path(path.with_name(path.stem + ".rows.npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, positions)
+    return True
+
+
+def _stage1_folder(split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice) -> Path:
+    config = prepared.config
+    key = _key(split, config.backbone, config.image_size, choice.key, False, 0)
+    return run / RunDir.FEATURES / f"{STAGE1}{key}"
 
 
 def _key(split: Split, backbone: str, size: tuple[int, int], precision: str, augment: bool, seed: int) -> str:
@@ -187,102 +283,6 @@ def _compute(
     bar.close()
 
 
-def write_view(path: Path, shape: tuple[int, ...], n: int, batches: Any) -> int:
-    """Streams ``batches`` into a float16 ``.npy`` of ``n`` rows (zero rows after the last batch); returns the
-    rows written. Plain file writes: a memory map would count every written page in the process's memory."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # renamed last: the view's presence means it is complete
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (n, *shape)})
-        done = 0
-        for batch in batches:
-            # Saturate rather than overflow to inf: these activations stay far below float16's range.
-            f.write(np.clip(batch, -FLOAT16_MAX, FLOAT16_MAX).astype("<f2").tobytes())
-            done += len(batch)
-        f.write(bytes(2 * math.prod(shape) * (n - done)))  # rows of images that failed to decode: never read
-    return done
-
-
-class ViewFile:
-    """Rows of one cached view, read with ``pread`` on demand (float16 ``.npy``; only the first ``count`` rows
-    hold images). Reads, not a memory map, keep the process's memory at one batch whatever the cache size."""
-
-    def __init__(self, path: Path, count: int) -> None:
-        with open(path, "rb") as f:
-            np.lib.format.read_magic(f)
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            self.offset = f.tell()
-        if dtype != np.dtype("<f2") or shape[0] < count:
-            raise ValueError(f"{path} is not a cached view of {count} float16 rows (shape {shape}, {dtype})")
-        self.path, self.count, self.shape = path, count, tuple(shape[1:])
-        self.row_bytes = 2 * math.prod(self.shape)
-
-    def __len__(self) -> int:
-        return self.count
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """float32 ``[len(rows), *shape]`` of the given (sorted) rows; consecutive rows are read at once."""
-        out = np.empty((len(rows), *self.shape), np.float32)
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            start = 0
-            while start < len(rows):
-                end = start + 1
-                while end < len(rows) and rows[end] == rows[end - 1] + 1:
-                    end += 1
-                data = os.pread(fd, self.row_bytes * (end - start), self.offset + int(rows[start]) * self.row_bytes)
-                out[start:end] = np.frombuffer(data, "<f2").reshape(end - start, *self.shape)
-                start = end
-        finally:
-            os.close(fd)
-        return out
-
-
-class ViewSequence(keras.utils.PyDataset):
-    """Batches of one cached view per epoch (epoch ``e``: view ``e mod views``), shuffled per epoch.
-
-    Args:
-        views: Per view, its cached float16 prefix outputs.
-        labels: Label of each row (the same rows in every view).
-        batch_size: Rows per batch.
-        seed: Seeds each epoch's order.
-        first_epoch: The epoch training starts at (a resumed run continues the view cycle).
-        class_weight: Per-class sample weights, or None.
-    """
-
-    def __init__(
-        self,
-        views: list[ViewFile],
-        labels: np.ndarray,
-        batch_size: int,
-        seed: int,
-        first_epoch: int = 0,
-        class_weight: dict[int, float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.views, self.labels, self.batch_size, self.seed = views, labels, batch_size, seed
-        self.weights = (
-            None if class_weight is None else np.asarray([class_weight.get(int(c), 1.0) for c in labels], np.float32)
-        )
-        self.epoch = first_epoch
-        self._order = self._shuffled()
-
-    def _shuffled(self) -> np.ndarray:
-        return np.random.default_rng(self.seed + self.epoch).permutation(len(self.labels))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
-        rows = np.sort(self._order[i * self.batch_size : (i + 1) * self.batch_size])  # sorted: sequential reads
-        x = self.views[self.epoch % len(self.views)].take(rows)
-        if self.weights is None:
-            return x, self.labels[rows]
-        return x, self.labels[rows], self.weights[rows]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._order = self._shuffled()
-
-
 def remove_caches(run: RunDir) -> None:
     """Drops the run's prefix caches once stage 2 is complete: they only serve training (and take space)."""
     for folder in (run / RunDir.FEATURES).glob("prefix-*"):
@@ -292,10 +292,11 @@ def remove_caches(run: RunDir) -> None:
 __all__ = [
     "PrefixCache",
     "Split",
-    "ViewSequence",
     "build_cache",
     "cache_budget",
     "cache_bytes",
     "remove_caches",
     "split_model",
+    "stage1_outputs",
+    "stage1_writer",
 ]

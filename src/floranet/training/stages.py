@@ -8,8 +8,9 @@ checkpoint, stops early on validation loss, and ends with its best epoch's weigh
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from floranet.training import features as feature_cache
 from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState
 from floranet.training.data import Prepared
 from floranet.training.losses import compile_model
+from floranet.training.views import ViewSequence
 
 # Stage 2 on the prefix cache: one augmented view per epoch, up to this many (then they repeat). Two views
 # train as well as five (benchmarks/bench_time_to_accuracy.py) at 40% of the caching time.
@@ -165,16 +167,19 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
     )
     ctx.say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
     rows = prepared.split.rows
-    feats = feature_cache.fill_stage1(
-        cache,
-        model,
-        config,
-        prepared.paths(list(rows)),
-        [r.sha256 for r in rows],
-        tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
-        calibration=prepared.calibration_images(choice.precision),
-        progress=ctx.progress,
-    )
+    hashes = [r.sha256 for r in rows]
+    with _prefix_outputs(model, prepared, ctx, cache, hashes) as also:
+        feats = feature_cache.fill_stage1(
+            cache,
+            model,
+            config,
+            prepared.paths(list(rows)),
+            hashes,
+            tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
+            calibration=prepared.calibration_images(choice.precision),
+            progress=ctx.progress,
+            also=also,
+        )
     x_train, y_train = _arrays(prepared, prepared.split.train(), feats)
     x_val, y_val = _arrays(prepared, prepared.split.validation(), feats)
 
@@ -194,6 +199,27 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
     steps = max(1, math.ceil(len(x_train) / ctx.dist.global_batch(config.batch_size)))
     run_stage(Stage("stage1", head, config.epochs, config.learning_rate, data, steps, scheduled=False), ctx)
     return FeatureCache(feats, choice.key)
+
+
+@contextlib.contextmanager
+def _prefix_outputs(
+    model: keras.Model, prepared: Prepared, ctx: StageContext, cache: feature_cache.Stage1Cache, hashes: list[str]
+) -> Iterator[feature_cache.AlsoWrite | None]:
+    """What stage 1's pass also writes: the frozen prefix's outputs of every image it computes, when stage 2 will
+    train on the prefix cache (its validation set and unaugmented views then cost no pass of their own)."""
+    config = ctx.config
+    cut = prefix.split_model(model, backbones.get(config.backbone)) if config.fine_tune_epochs else None
+    todo = feature_cache.missing(cache.path, hashes) if cut is not None else 0
+    if (
+        cut is None
+        or not todo
+        or _prefix_refusal(config, ctx.state.stage("stage2").path, ctx.dist, cut, cut) is not None
+        or todo * math.prod(cut.cut_shape) * 2 > prefix.cache_budget(ctx.run / RunDir.FEATURES)
+    ):
+        yield None
+        return
+    with prefix.stage1_writer(cut, prepared, ctx.run, cache.choice, todo) as sink:
+        yield feature_cache.AlsoWrite(cut.features_and_prefix(), int(cut.rest.outputs[0].shape[-1]), sink)
 
 
 def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepared, ctx: StageContext) -> Stage | None:
@@ -221,10 +247,14 @@ def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepa
         st.path = "full"
         return None
     choice = runtime.choose(config.runtime, config.precision)
+    source = (
+        f"{views} augmented view(s) computed once each"
+        if augment
+        else "the images as they are: stage 1's pass wrote them where it ran"
+    )
     ctx.say(
-        f"Stage 2: the backbone below {cut.cut} is frozen, so its outputs are computed once per view "
-        f"({views} {'augmented ' if augment else ''}view(s), {need / 2**20:.1f} MiB float16) on {choice.runtime} "
-        f"{choice.precision}, and the top trains on them."
+        f"Stage 2: the backbone below {cut.cut} is frozen, so the top trains on its cached outputs ({source}; "
+        f"{need / 2**20:.1f} MiB float16, {choice.runtime} {choice.precision})."
     )
     st.path = "prefix-cache"
     ctx.state.save(ctx.run)
@@ -235,10 +265,8 @@ def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepa
         )
         labels = prepared.labels(prepared.split.train())[cache.train_rows].astype(np.int32)
         val_labels = prepared.labels(prepared.split.validation())[cache.validation_rows].astype(np.int32)
-        train = prefix.ViewSequence(
-            cache.train, labels, config.batch_size, config.seed, st.epochs_done, ctx.class_weight
-        )
-        validation = prefix.ViewSequence([cache.validation], val_labels, config.batch_size, config.seed)
+        train = ViewSequence(cache.train, labels, config.batch_size, config.seed, st.epochs_done, ctx.class_weight)
+        validation = ViewSequence([cache.validation], val_labels, config.batch_size, config.seed)
         return train, validation if len(val_labels) else None, {"class_weight": None}  # weights: in the batches
 
     steps = max(1, math.ceil(len(prepared.split.train()) / config.batch_size))

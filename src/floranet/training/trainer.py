@@ -41,19 +41,21 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Predictions:
-    """The final model's predictions on the validation split, aligned with ``split.csv``'s rows.
+    """The final model's predictions on a subset of the split, aligned with ``split.csv``'s rows.
 
     Attributes:
         paths: Image paths relative to the data folder.
         labels: True label indices.
         probs: Probabilities, ``[n, classes]``.
         evaluated_on: How they were computed (runtime, or the cached features through the head).
+        features: The pooled backbone features of the same pass, ``[n, F]`` (what the unknown answer reads).
     """
 
     paths: tuple[str, ...]
     labels: np.ndarray
     probs: np.ndarray
     evaluated_on: str
+    features: np.ndarray | None = None
 
 
 @dataclass
@@ -67,6 +69,8 @@ class TrainResult:
         notes: Things the user should know (files skipped, ...).
         facts: What ``metrics.json`` records of the training (timings, weights, precision, ...).
         validation: The final model's validation predictions (None on non-chief workers).
+        training: The final model's outputs on the training images when they cost no pass of their own (stage 1's
+            cached prefix outputs through the fine-tuned top), else None.
         data_dir: The data folder.
         model: The saved model, for reuse in this process.
         compiled: What ``inference/compiled.json`` records of the compiled inference model (None: OpenVINO
@@ -80,6 +84,7 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     validation: Predictions | None = None
+    training: Predictions | None = None
     data_dir: Path | None = None
     model: keras.Model | None = field(default=None, repr=False)
     compiled: dict[str, Any] | None = None
@@ -163,6 +168,8 @@ def _finish(
     result.model = _save_final_model(model, config, len(result.class_names), run)
     del model  # the training copy (and its optimizer state) is no longer needed
     gc.collect()
+    result.training = _training_outputs(result.model, prepared, ctx)
+    prefix.remove_caches(run)  # they only serve training (and take space)
     result.compiled = _compile(result.model, prepared, run)
     # Without fine-tuning the backbone is the one that made the cached features: reuse them.
     result.validation = _validation_predictions(
@@ -234,8 +241,34 @@ def _stage2(
         augment=config.augment != "off",
     )
     run_stage(stage, ctx)
-    prefix.remove_caches(ctx.run)
     return model
+
+
+def _training_outputs(model: keras.Model, prepared: run_data.Prepared, ctx: StageContext) -> Predictions | None:
+    """The final model's probabilities and features of the training images, from stage 1's unaugmented prefix
+    outputs through the fine-tuned top (the layers below the cut are frozen, so this is the model's own output
+    on them); None when stage 1 did not write them."""
+    config = ctx.config
+    cut = prefix.split_model(model, backbones.get(config.backbone)) if config.fine_tune_epochs else None
+    choice = runtime.choose(config.runtime, config.precision)
+    found = prefix.stage1_outputs(cut, prepared, ctx.run, choice, "train") if cut is not None else None
+    if cut is None or found is None:
+        return None
+    source, file_rows, positions = found
+    fn = runtime.compile_inference(
+        cut.probabilities_and_features(), runtime.RuntimeChoice("tensorflow", "fp32", "the saved model")
+    )
+    step = 4 * config.batch_size
+    out = np.concatenate([fn(source.take(file_rows[i : i + step])) for i in range(0, len(file_rows), step)])
+    rows = prepared.split.train()
+    n = len(prepared.split.class_names)
+    return Predictions(
+        tuple(rows[i].path for i in positions),
+        prepared.labels([rows[i] for i in positions]),
+        out[:, :n],
+        "stage 1's cached prefix outputs through the saved model's top (tensorflow fp32)",
+        out[:, n:],
+    )
 
 
 def _compile(model: keras.Model, prepared: run_data.Prepared, run: RunDir) -> dict[str, Any] | None:
@@ -247,24 +280,26 @@ def _compile(model: keras.Model, prepared: run_data.Prepared, run: RunDir) -> di
 def _validation_predictions(
     model: keras.Model, prepared: run_data.Prepared, cached: FeatureCache | None, run: RunDir
 ) -> Predictions:
+    """The final model's probabilities and pooled features of the validation images, in one pass."""
     rows = prepared.split.validation()
+    n = len(prepared.split.class_names)
     tf_fp32 = runtime.RuntimeChoice("tensorflow", "fp32", "the saved model, exactly")
     if cached is not None and all(r.sha256 in cached.features for r in rows):
         head = runtime.compile_inference(classifier.head_of(model), tf_fp32)
-        n = len(prepared.split.class_names)
-        probs = head(np.stack([cached.features[r.sha256] for r in rows])) if rows else np.zeros((0, n), np.float32)
+        feats = np.stack([cached.features[r.sha256] for r in rows]) if rows else np.zeros((0, 0), np.float32)
         return Predictions(
             tuple(r.path for r in rows),
             prepared.labels(rows),
-            probs,
+            head(feats) if rows else np.zeros((0, n), np.float32),
             f"cached backbone features ({cached.key}) through the saved head",
+            feats,
         )
     # The compiled model where it agrees with model.keras (fp32, faster); else one trace of model.keras (eager
     # calls of a large model grow memory by gigabytes through per-call op caches).
-    xml = compiled.usable(run)
-    fn = runtime.OpenVINOInference.from_ir(xml, "fp32", streaming=True) if xml else None
+    xml = compiled.usable(run, features=True)
+    fn = runtime.OpenVINOInference.from_ir(xml, "fp32", streaming=True, joined=True) if xml else None
     out = batch.run_on_files(
-        fn or runtime.compile_inference(model, tf_fp32),
+        fn or runtime.compile_inference(classifier.with_features(model), tf_fp32),
         prepared.paths(rows),
         image_size=prepared.config.image_size,
         batch_size=prepared.config.batch_size,
@@ -275,8 +310,9 @@ def _validation_predictions(
     return Predictions(
         tuple(rows[i].path for i in kept),
         prepared.labels([rows[i] for i in kept]),
-        out.outputs[kept],
+        out.outputs[kept, :n],
         "the compiled model (OpenVINO fp32, checked against model.keras)" if fn else "model.keras (tensorflow fp32)",
+        out.outputs[kept, n:],
     )
 
 

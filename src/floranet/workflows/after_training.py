@@ -1,7 +1,9 @@
 """What ``train`` adds once the model and its evaluation are written: the "unknown" answer and the audit.
 
 * The "unknown" answer (``ood.json`` + ``ood.npz``) is always fitted: it needs the final model's
-  embeddings, which cost nothing without fine-tuning (stage 1's cache) and one pass over the images with it.
+  embeddings, which training hands over (the evaluation's pass for the validation images; stage 1's cache, or
+  its prefix outputs through the fine-tuned top, for the training images), else one pass over the images.
+  The compiled model's check then covers its score (:func:`floranet.inference.compiled.recheck`).
 * The label audit runs when it is cheap: stage 1 trained on cached features (so every image's embedding is
   already on disk and the audit is k small head trainings, seconds) and ``audit`` is on (``--no-audit``).
 
@@ -16,8 +18,16 @@ from collections.abc import Callable
 from floranet.config import TrainConfig
 from floranet.errors import FloranetError
 from floranet.evaluation.audit_report import summary
-from floranet.evaluation.ood import fit_unknown
-from floranet.training import TrainResult
+from floranet.evaluation.ood import Embeddings, fit_unknown
+from floranet.inference import compiled
+from floranet.training import Predictions, TrainResult
+
+
+def _embeddings(outputs: Predictions | None) -> Embeddings | None:
+    """Training's outputs on a subset as the unknown answer's embeddings (None: it has no features of them)."""
+    if outputs is None or outputs.features is None or outputs.features.shape[1] == 0:
+        return None
+    return Embeddings(outputs.paths, outputs.labels, outputs.features, outputs.probs)
 
 
 def audit_is_cheap(config: TrainConfig) -> bool:
@@ -31,7 +41,15 @@ def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[s
 
     t = time.perf_counter()
     try:
-        fit_unknown(result.run, result.model, config, say=say)
+        detector = fit_unknown(
+            result.run,
+            result.model,
+            config,
+            train=_embeddings(result.training),
+            validation=_embeddings(result.validation),
+            say=say,
+        )
+        result.compiled = compiled.recheck(result.run, detector) or result.compiled
     except (FloranetError, ValueError) as e:
         say(f"Unknown answer not fitted: {e}")
     result.timings["unknown"] = time.perf_counter() - t

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from pathlib import Path
 
 from floranet.config import TrainConfig
 from floranet.evaluation import Evaluation, plots, write_evaluation
@@ -48,20 +48,6 @@ def train(
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
 
-def _check_unknown(result: TrainResult) -> None:
-    """Recompiles the run's IR with its unknown answer in the check, once training fitted one (the IR the
-    evaluation ran on was checked on probabilities and features only)."""
-    from floranet.inference import compiled
-    from floranet.inference.unknown import UnknownDetector
-
-    detector = UnknownDetector.load(result.run.path)
-    if result.compiled is None or detector is None or result.model is None or result.validation is None:
-        return
-    size = (int(result.model.inputs[0].shape[1]), int(result.model.inputs[0].shape[2]))
-    images = compiled.check_pixels([Path(str(result.data_dir)) / p for p in result.validation.paths], size)
-    result.compiled = compiled.compile_run(result.run, result.model, images, detector)
-
-
 def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
     info = result.compiled
     if info is not None:
@@ -75,9 +61,11 @@ def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
 def _train(
     config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[str], None], mlflow: str | None
 ) -> TrainResult:
+    start = time.perf_counter()
     result = fit(config, resume=resume, progress=progress, say=say)
     if result.validation is None:  # a non-chief worker: the chief writes the run directory
         return result
+    result.timings["training"] = result.timings.pop("total")
     run, val = result.run, result.validation
     ev = Evaluation(
         tuple(result.class_names),
@@ -90,7 +78,6 @@ def _train(
     result.metrics = write_evaluation(ev, run, facts=result.facts)
     if len(ev.labels):
         audit_and_unknown(result, config, say)  # ood.json, audit.*: read by the compiled check and the report
-        _check_unknown(result)
     _say_compiled(result, say)
     history = run.history()
     if history:
@@ -98,6 +85,10 @@ def _train(
     if len(ev.labels):
         say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
     say(f"Model card: {write_model_card(run.path)}")
+    # Everything this command did (training, evaluation, unknown answer, audit, report), in metrics.json too.
+    result.timings["total"] = time.perf_counter() - start
+    result.metrics["timings_s"] = {k: round(v, 2) for k, v in result.timings.items()}
+    run.write_json(RunDir.METRICS, result.metrics)
     if mlflow is not None:
         from floranet.workflows.tracking import log_to_mlflow
 
