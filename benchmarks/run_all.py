@@ -34,7 +34,11 @@ SUITE = {  # name -> (script, needs ../shared)
     "serve": ("bench_serve.py", False),
     "audit": ("bench_audit.py", True),
     "unknown": ("bench_unknown.py", True),
+    "unknown_recommended": ("bench_unknown.py", True),
 }
+
+
+EXTRA_ARGS = {"int8": ["--precision", "int8", "--full-runs", "3"], "unknown_recommended": ["--preset", "recommended"]}
 
 
 def run(names: list[str]) -> None:
@@ -47,8 +51,8 @@ def run(names: list[str]) -> None:
             print(f"== {name}: ../shared/data/flower_photos absent, skipped")
             continue
         print(f"== {name}: python benchmarks/{script}", flush=True)
-        extra = ["--precision", "int8", "--full-runs", "3"] if name == "int8" else []
-        code = subprocess.call([python(), str(BENCH / script), *extra], cwd=ROOT)
+        extra_args = EXTRA_ARGS.get(name, [])
+        code = subprocess.call([python(), str(BENCH / script), *extra_args], cwd=ROOT)
         if code:
             print(f"== {name} failed with exit code {code}")
 
@@ -272,6 +276,11 @@ def render() -> str:
         ("serve_tiny", "REST server under load, tiny model (resnet18, 96 px: overhead-bound worst case)", _serve),
         ("audit", "Label audit on flower_photos", _audit),
         ("unknown", "Unknown answer: each flower class held out", _unknown),
+        (
+            "unknown_recommended",
+            "Unknown answer: each flower class held out, recommended preset (fine-tuned, `floranet train`'s default)",
+            _unknown,
+        ),
     ]
     for name, title, fmt in sections:
         r = _load(name)
