@@ -20,13 +20,14 @@ import numpy as np
 
 from floranet.config import TrainConfig
 from floranet.errors import ConfigError
-from floranet.inference import batch, compiled, runtime
+from floranet.inference import runtime
 from floranet.models import backbones, classifier
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
-from floranet.training import distribute, prefix
+from floranet.training import distribute, outputs, prefix
 from floranet.training.checkpoint import RunState
+from floranet.training.outputs import Predictions
 from floranet.training.stages import (
     FeatureCache,
     StageContext,
@@ -37,25 +38,6 @@ from floranet.training.stages import (
 )
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """The final model's predictions on a subset of the split, aligned with ``split.csv``'s rows.
-
-    Attributes:
-        paths: Image paths relative to the data folder.
-        labels: True label indices.
-        probs: Probabilities, ``[n, classes]``.
-        evaluated_on: How they were computed (runtime, or the cached features through the head).
-        features: The pooled backbone features of the same pass, ``[n, F]`` (what the unknown answer reads).
-    """
-
-    paths: tuple[str, ...]
-    labels: np.ndarray
-    probs: np.ndarray
-    evaluated_on: str
-    features: np.ndarray | None = None
 
 
 @dataclass
@@ -168,11 +150,11 @@ def _finish(
     result.model = _save_final_model(model, config, len(result.class_names), run)
     del model  # the training copy (and its optimizer state) is no longer needed
     gc.collect()
-    result.training = _training_outputs(result.model, prepared, ctx)
+    result.training = outputs.training_outputs(result.model, prepared, ctx)
     prefix.remove_caches(run)  # they only serve training (and take space)
-    result.compiled = _compile(result.model, prepared, run)
+    result.compiled = outputs.compile_model_ir(result.model, prepared, run)
     # Without fine-tuning the backbone is the one that made the cached features: reuse them.
-    result.validation = _validation_predictions(
+    result.validation = outputs.validation_predictions(
         result.model, prepared, None if config.fine_tune_epochs else cached, run
     )
     timings["evaluate"] = time.perf_counter() - t
@@ -242,78 +224,6 @@ def _stage2(
     )
     run_stage(stage, ctx)
     return model
-
-
-def _training_outputs(model: keras.Model, prepared: run_data.Prepared, ctx: StageContext) -> Predictions | None:
-    """The final model's probabilities and features of the training images, from stage 1's unaugmented prefix
-    outputs through the fine-tuned top (the layers below the cut are frozen, so this is the model's own output
-    on them); None when stage 1 did not write them."""
-    config = ctx.config
-    cut = prefix.split_model(model, backbones.get(config.backbone)) if config.fine_tune_epochs else None
-    choice = runtime.choose(config.runtime, config.precision)
-    found = prefix.stage1_outputs(cut, prepared, ctx.run, choice, "train") if cut is not None else None
-    if cut is None or found is None:
-        return None
-    source, file_rows, positions = found
-    fn = runtime.compile_inference(
-        cut.probabilities_and_features(), runtime.RuntimeChoice("tensorflow", "fp32", "the saved model")
-    )
-    step = 4 * config.batch_size
-    out = np.concatenate([fn(source.take(file_rows[i : i + step])) for i in range(0, len(file_rows), step)])
-    rows = prepared.split.train()
-    n = len(prepared.split.class_names)
-    return Predictions(
-        tuple(rows[i].path for i in positions),
-        prepared.labels([rows[i] for i in positions]),
-        out[:, :n],
-        "stage 1's cached prefix outputs through the saved model's top (tensorflow fp32)",
-        out[:, n:],
-    )
-
-
-def _compile(model: keras.Model, prepared: run_data.Prepared, run: RunDir) -> dict[str, Any] | None:
-    """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images."""
-    files = [prepared.abs_path(row.path) for row in prepared.split.validation()]
-    return compiled.compile_run(run, model, compiled.check_pixels(files, prepared.config.image_size))
-
-
-def _validation_predictions(
-    model: keras.Model, prepared: run_data.Prepared, cached: FeatureCache | None, run: RunDir
-) -> Predictions:
-    """The final model's probabilities and pooled features of the validation images, in one pass."""
-    rows = prepared.split.validation()
-    n = len(prepared.split.class_names)
-    tf_fp32 = runtime.RuntimeChoice("tensorflow", "fp32", "the saved model, exactly")
-    if cached is not None and all(r.sha256 in cached.features for r in rows):
-        head = runtime.compile_inference(classifier.head_of(model), tf_fp32)
-        feats = np.stack([cached.features[r.sha256] for r in rows]) if rows else np.zeros((0, 0), np.float32)
-        return Predictions(
-            tuple(r.path for r in rows),
-            prepared.labels(rows),
-            head(feats) if rows else np.zeros((0, n), np.float32),
-            f"cached backbone features ({cached.key}) through the saved head",
-            feats,
-        )
-    # The compiled model where it agrees with model.keras (fp32, faster); else one trace of model.keras (eager
-    # calls of a large model grow memory by gigabytes through per-call op caches).
-    xml = compiled.usable(run, features=True)
-    fn = runtime.OpenVINOInference.from_ir(xml, "fp32", streaming=True, joined=True) if xml else None
-    out = batch.run_on_files(
-        fn or runtime.compile_inference(classifier.with_features(model), tf_fp32),
-        prepared.paths(rows),
-        image_size=prepared.config.image_size,
-        batch_size=prepared.config.batch_size,
-        max_pixels=prepared.config.max_pixels,
-        tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
-    )
-    kept = [i for i in range(len(rows)) if i not in out.errors]
-    return Predictions(
-        tuple(rows[i].path for i in kept),
-        prepared.labels([rows[i] for i in kept]),
-        out.outputs[kept, :n],
-        "the compiled model (OpenVINO fp32, checked against model.keras)" if fn else "model.keras (tensorflow fp32)",
-        out.outputs[kept, n:],
-    )
 
 
 def _distributed_resume(dist: distribute.Distribution, out: Path, resume: bool, say: Say) -> bool:
