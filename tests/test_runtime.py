@@ -124,3 +124,53 @@ def test_openvino_streaming_map_returns_every_batch_in_order(extractor) -> None:
     for b, o in zip(batches, outs, strict=True):
         np.testing.assert_allclose(o, fn(b), atol=1e-5)
     assert list(fn.map(iter([]))) == []
+
+
+def test_the_compiled_model_reuses_stage_1s_converted_backbone(tmp_path, monkeypatch) -> None:
+    """Without fine-tuning, the run's IR is stage 1's converted backbone with the head appended: one conversion,
+    and the same agreement check with model.keras."""
+    import json
+
+    from floranet import config
+    from floranet.inference import runtime
+    from floranet.workflows import train
+    from imagesets import TINY_MODEL, make_image_folder
+
+    converted: list[str] = []
+    real = runtime.to_openvino
+
+    def counting(model):  # type: ignore[no-untyped-def]
+        converted.append(model.name)
+        return real(model)
+
+    monkeypatch.setattr(runtime, "to_openvino", counting)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6)
+    settings = {**TINY_MODEL, "runtime": "openvino", "precision": "fp32", "dropout": 0.2}
+    cfg = config.resolve(
+        data_dir=str(data), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=0, batch_size=8, **settings
+    )
+    run = train(cfg, progress=False, say=lambda m: None).run_dir
+    info = json.loads((run / "inference" / "compiled.json").read_text())
+    assert info["agrees"] and info["max_abs_diff"] <= 1e-4 and info["features_max_rel_diff"] <= 1e-4
+    assert converted == ["features"]  # stage 1's extractor only; the head was appended to it
+
+
+def test_append_head_matches_the_keras_head() -> None:
+    import keras
+
+    from floranet.inference import runtime
+    from floranet.models import classifier
+
+    keras.utils.set_random_seed(0)
+    extractor = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="stand_in")], name="features")
+    head = classifier.build_head(6, 4, units=5, dropout=0.3)
+    both = runtime.append_head(runtime.to_openvino(extractor), head)
+    assert both is not None
+    fn = runtime.OpenVINOInference(both, "fp32", joined=True)
+    x = np.random.default_rng(0).normal(size=(7, 8)).astype(np.float32)
+    out = fn(x)
+    feats = np.asarray(extractor(x))
+    np.testing.assert_allclose(out[:, :4], np.asarray(head(feats)), atol=1e-5)
+    np.testing.assert_allclose(out[:, 4:], feats, atol=1e-5)
+    odd = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="tanh")])
+    assert runtime.append_head(runtime.to_openvino(extractor), odd) is None  # falls back to a full conversion

@@ -79,7 +79,12 @@ def check_pixels(files: list[Path], size: tuple[int, int]) -> np.ndarray:
 
 
 def compile_run(
-    run: RunDir, model: keras.Model, pixels: np.ndarray, detector: UnknownDetector | None = None
+    run: RunDir,
+    model: keras.Model,
+    pixels: np.ndarray,
+    detector: UnknownDetector | None = None,
+    *,
+    backbone: Any = None,
 ) -> dict[str, Any] | None:
     """Writes the run's IR and checks it against ``model`` on ``pixels`` (float32 ``[N, H, W, 3]``).
 
@@ -88,6 +93,9 @@ def compile_run(
         model: The run's ``model.keras``, loaded.
         pixels: Validation images to check on (up to :data:`CHECK_IMAGES`).
         detector: The run's unknown answer, when it has one: its scores are checked too.
+        backbone: ``model``'s layers up to the pooled features, already converted to OpenVINO (stage 1's
+            extractor when the backbone stayed frozen): the head is appended to it instead of converting the
+            whole model again (:func:`floranet.inference.runtime.append_head`). The check is the same.
 
     Returns:
         What ``compiled.json`` records, or None when OpenVINO is not installed (nothing is written).
@@ -95,7 +103,13 @@ def compile_run(
     if not optional.available("openvino"):
         log.info("OpenVINO is not installed: no compiled inference model (predict loads model.keras)")
         return None
-    from floranet.inference.runtime import OpenVINOInference, RuntimeChoice, compile_inference, to_openvino
+    from floranet.inference.runtime import (
+        OpenVINOInference,
+        RuntimeChoice,
+        append_head,
+        compile_inference,
+        to_openvino,
+    )
     from floranet.models import classifier
 
     ov = optional.require("openvino", "a compiled inference model")
@@ -106,7 +120,8 @@ def compile_run(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        ov.save_model(to_openvino(both), str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)
+        appended = append_head(backbone, classifier.head_of(model)) if backbone is not None and split else None
+        ov.save_model(appended or to_openvino(both), str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)
         tf32 = RuntimeChoice("tensorflow", "fp32", "reference")
         pixels = pixels[:CHECK_IMAGES]
         got, want = (

@@ -209,6 +209,32 @@ def to_openvino(model: keras.Model) -> Any:
     return ov.convert_model(concrete.get_concrete_function())
 
 
+def append_head(backbone: Any, head: keras.Model) -> Any | None:
+    """An OpenVINO model ``pixels → (probabilities, features)``: ``backbone`` (an OpenVINO model, pixels → pooled
+    features) with ``head``'s Dense layers appended as OpenVINO operations. None when ``head`` holds a layer other
+    than Dense (relu, softmax or linear), Dropout or Flatten of features; the caller then converts the whole model.
+    """
+    ov = optional.require("openvino", "runtime='openvino'")
+    import keras
+    from openvino import opset13 as ops
+
+    base = backbone.clone()  # stage 1's model stays as it is
+    features_result = base.get_results()[0]
+    features = features_result.input_value(0)
+    x = features
+    for layer in head.layers:
+        if isinstance(layer, (keras.layers.Dropout, keras.layers.Flatten, keras.layers.InputLayer)):
+            continue  # identity at inference on [N, F] features
+        activation = getattr(getattr(layer, "activation", None), "__name__", None)
+        if not isinstance(layer, keras.layers.Dense) or activation not in ("relu", "softmax", "linear"):
+            return None
+        kernel, bias = (np.asarray(w, np.float32) for w in layer.get_weights())
+        x = ops.add(ops.matmul(x, ops.constant(kernel), False, False), ops.constant(bias))
+        x = ops.relu(x) if activation == "relu" else ops.softmax(x, -1) if activation == "softmax" else x
+    # The features keep their own Result node: a second one on the same tensor would not read back from the IR.
+    return ov.Model([ops.result(x), features_result], base.get_parameters(), "probabilities_features")
+
+
 def quantize_int8(ov_model: Any, calibration: np.ndarray | None) -> Any:
     """Post-training int8 quantization (NNCF) of ``ov_model``, calibrated on ``calibration`` images.
 
@@ -256,6 +282,9 @@ class OpenVINOInference:
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self._compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        # The graph it was compiled from (fp32 weights; quantized for int8): the run's compiled model can reuse
+        # stage 1's converted backbone instead of converting it again (floranet.inference.compiled).
+        self.ov_model = None if precision == "int8" else ov_model
         self.in_flight = (
             max(2, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))) if streaming else 1
         )

@@ -210,12 +210,34 @@ def fill_stage1(
     Raises:
         ConfigError: int8 without calibration images.
     """
-    extractor = runtime.compile_inference(
+    extractor = stage1_extractor(cache, model, calibration=calibration, also=also)
+    return fill_with(extractor, cache, config, paths, hashes, tf_decodable=tf_decodable, progress=progress, also=also)
+
+
+def stage1_extractor(
+    cache: Stage1Cache, model: keras.Model, *, calibration: np.ndarray | None = None, also: AlsoWrite | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The runtime function that computes the cache's features (``also``'s model when given)."""
+    return runtime.compile_inference(
         also.model if also is not None else classifier.feature_extractor(model),
         cache.choice,
         streaming=True,
         calibration=calibration,
     )
+
+
+def fill_with(
+    extractor: Callable[[np.ndarray], np.ndarray],
+    cache: Stage1Cache,
+    config: TrainConfig,
+    paths: Sequence[str],
+    hashes: Sequence[str],
+    *,
+    tf_decodable: Sequence[bool] | None = None,
+    progress: bool = False,
+    also: AlsoWrite | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`fill_stage1` with an extractor made by :func:`stage1_extractor`."""
     feats = extract(
         extractor,
         list(paths),

@@ -67,10 +67,13 @@ def training_outputs(model: keras.Model, prepared: run_data.Prepared, ctx: Stage
     )
 
 
-def compile_model_ir(model: keras.Model, prepared: run_data.Prepared, run: RunDir) -> dict[str, Any] | None:
-    """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images."""
+def compile_model_ir(
+    model: keras.Model, prepared: run_data.Prepared, run: RunDir, backbone: Any = None
+) -> dict[str, Any] | None:
+    """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images
+    (``backbone``: stage 1's converted backbone, when the final model's is still that one)."""
     files = [prepared.abs_path(row.path) for row in prepared.split.validation()]
-    return compiled.compile_run(run, model, compiled.check_pixels(files, prepared.config.image_size))
+    return compiled.compile_run(run, model, compiled.check_pixels(files, prepared.config.image_size), backbone=backbone)
 
 
 def validation_predictions(

@@ -75,10 +75,12 @@ class Stage:
 
 @dataclass(frozen=True)
 class FeatureCache:
-    """Stage 1's features: ``{sha256: pooled backbone features}`` and the runtime key that computed them."""
+    """Stage 1's features: ``{sha256: pooled backbone features}``, the runtime key that computed them and, where
+    OpenVINO computed them in fp32 or bf16, the converted backbone (an ``openvino.Model``, else None)."""
 
     features: dict[str, np.ndarray]
     key: str
+    backbone_ir: Any = None
 
 
 def run_stage(stage: Stage, ctx: StageContext) -> None:
@@ -169,14 +171,15 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
     rows = prepared.split.rows
     hashes = [r.sha256 for r in rows]
     with _prefix_outputs(model, prepared, ctx, cache, hashes) as also:
-        feats = feature_cache.fill_stage1(
+        calibration = prepared.calibration_images(choice.precision)
+        extractor = feature_cache.stage1_extractor(cache, model, calibration=calibration, also=also)
+        feats = feature_cache.fill_with(
+            extractor,
             cache,
-            model,
             config,
             prepared.paths(list(rows)),
             hashes,
             tf_decodable=[prepared.tf_decodable.get(r.path, False) for r in rows],
-            calibration=prepared.calibration_images(choice.precision),
             progress=ctx.progress,
             also=also,
         )
@@ -198,7 +201,9 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
 
     steps = max(1, math.ceil(len(x_train) / ctx.dist.global_batch(config.batch_size)))
     run_stage(Stage("stage1", head, config.epochs, config.learning_rate, data, steps, scheduled=False), ctx)
-    return FeatureCache(feats, choice.key)
+    # The converted backbone (pixels → features; not with ``also``'s extra outputs): the run's compiled model
+    # reuses it when the backbone stays frozen.
+    return FeatureCache(feats, choice.key, None if also is not None else getattr(extractor, "ov_model", None))
 
 
 @contextlib.contextmanager

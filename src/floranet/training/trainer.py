@@ -152,7 +152,9 @@ def _finish(
     gc.collect()
     result.training = outputs.training_outputs(result.model, prepared, ctx)
     prefix.remove_caches(run)  # they only serve training (and take space)
-    result.compiled = outputs.compile_model_ir(result.model, prepared, run)
+    # Without fine-tuning the backbone stage 1 converted is the final one.
+    backbone = cached.backbone_ir if cached is not None and not config.fine_tune_epochs else None
+    result.compiled = outputs.compile_model_ir(result.model, prepared, run, backbone)
     # Without fine-tuning the backbone is the one that made the cached features: reuse them.
     result.validation = outputs.validation_predictions(
         result.model, prepared, None if config.fine_tune_epochs else cached, run
