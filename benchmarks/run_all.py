@@ -122,7 +122,8 @@ def _predict(r: dict) -> str:
             "warm_via",
         ]
         text = "Cold (new process) and warm, vs the baseline:\n\n" + table(r["cold_and_warm"], cols) + "\n\n"
-    return text + "Warm, in-process (ResNet50, model.keras):\n\n" + table(r["rows"], list(r["rows"][0]))
+    text += "Warm, in-process (ResNet50, model.keras):\n\n" + table(r["rows"], list(r["rows"][0]))
+    return text + (f"\n\n{r['note']}" if r.get("note") else "")
 
 
 def _machine(m: dict) -> str:
