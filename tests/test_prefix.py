@@ -135,15 +135,23 @@ def test_fine_tune_views_is_validated() -> None:
     assert config.resolve(data_dir=".", out="x", precision="int8").precision == "int8"  # training takes int8
 
 
-def test_stage1_writes_the_prefix_outputs_stage2_and_the_unknown_answer_read(images, tmp_path, monkeypatch) -> None:
-    computed: list[str] = []
+@pytest.fixture
+def computed(monkeypatch) -> list[str]:
+    """The names of the views the prefix computes itself (its own pass over the images), in order."""
+    names: list[str] = []
     real_compute = prefix._compute
 
     def spy(fn, prepared, subset, seed, augment, path, *args):  # type: ignore[no-untyped-def]
-        computed.append(path.stem)
+        names.append(path.stem)
         return real_compute(fn, prepared, subset, seed, augment, path, *args)
 
     monkeypatch.setattr(prefix, "_compute", spy)
+    return names
+
+
+def test_stage1_writes_the_prefix_outputs_stage2_and_the_unknown_answer_read(
+    images, tmp_path, monkeypatch, computed
+) -> None:
     monkeypatch.setattr(prefix, "remove_caches", lambda run: None)  # keep the views to compare
     cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1, **FAST)
     said: list[str] = []
@@ -174,15 +182,7 @@ def test_stage1_writes_the_prefix_outputs_stage2_and_the_unknown_answer_read(ima
     )
 
 
-def test_augmented_views_are_computed_and_the_validation_set_is_copied(images, tmp_path, monkeypatch) -> None:
-    computed: list[str] = []
-    real_compute = prefix._compute
-
-    def spy(fn, prepared, subset, seed, augment, path, *args):  # type: ignore[no-untyped-def]
-        computed.append(path.stem)
-        return real_compute(fn, prepared, subset, seed, augment, path, *args)
-
-    monkeypatch.setattr(prefix, "_compute", spy)
+def test_augmented_views_are_computed_and_the_validation_set_is_copied(images, tmp_path, computed) -> None:
     _run(images, tmp_path / "run", fine_tune_epochs=2, augment="fine-tune", fine_tune_views=2)
     assert computed == ["train-view-0", "train-view-1"]
     assert stages.AUTO_VIEWS >= 1

@@ -50,17 +50,17 @@ def training_outputs(model: keras.Model, prepared: run_data.Prepared, ctx: Stage
     found = prefix.stage1_outputs(cut, prepared, ctx.run, choice, "train") if cut is not None else None
     if cut is None or found is None:
         return None
-    source, file_rows, positions = found
+    source, file_rows = found
     fn = runtime.compile_inference(
         cut.probabilities_and_features(), runtime.RuntimeChoice("tensorflow", "fp32", "the saved model")
     )
     step = 4 * config.batch_size
     out = np.concatenate([fn(source.take(file_rows[i : i + step])) for i in range(0, len(file_rows), step)])
-    rows = prepared.split.train()
+    rows = prepared.split.train()  # every one: stage 1 wrote them all
     n = len(prepared.split.class_names)
     return Predictions(
-        tuple(rows[i].path for i in positions),
-        prepared.labels([rows[i] for i in positions]),
+        tuple(r.path for r in rows),
+        prepared.labels(rows),
         out[:, :n],
         "stage 1's cached prefix outputs through the saved model's top (tensorflow fp32)",
         out[:, n:],

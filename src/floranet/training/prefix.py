@@ -166,7 +166,7 @@ def build_cache(
                 split.prefix, choice, streaming=True, calibration=prepared.calibration_images(choice.precision)
             )
             _compute(fn, prepared, subset, seed, aug, path, split.cut_shape, progress)
-        rows = np.load(folder / f"{name}.rows.npy")
+        rows = np.load(_rows_path(path))
         outputs.append((ViewFile(path, len(rows)), rows))
     train, validation = outputs[:-1], outputs[-1]
     if any(not np.array_equal(rows, train[0][1]) for _, rows in train):
@@ -197,15 +197,14 @@ def stage1_writer(
             hashes.extend(batch_hashes)
 
         yield sink
-    with atomic_path(folder / "sha256.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, np.asarray(hashes, dtype="U64"))
+    _save_array(folder / "sha256.npy", np.asarray(hashes, dtype="U64"))
 
 
 def stage1_outputs(
     split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice, subset: str
-) -> tuple[ViewFile, np.ndarray, np.ndarray] | None:
-    """Stage 1's unaugmented prefix outputs of ``subset``: (the file, its row of each image, the image's position
-    in the subset), or None when stage 1 did not write them all (a resumed run, another cut or runtime)."""
+) -> tuple[ViewFile, np.ndarray] | None:
+    """Stage 1's unaugmented prefix outputs of every image of ``subset``: (the file, the file's row of each image,
+    in the subset's order), or None when stage 1 did not write them all (a resumed run, another cut or runtime)."""
     folder = _stage1_folder(split, prepared, run, choice)
     if not (folder / "sha256.npy").exists():
         return None
@@ -214,9 +213,7 @@ def stage1_outputs(
     rows = prepared.rows(subset)
     if not all(r.sha256 in index for r in rows):
         return None
-    positions = np.arange(len(rows), dtype=np.int64)
-    file_rows = np.asarray([index[r.sha256] for r in rows], np.int64)
-    return ViewFile(folder / "outputs.npy", len(hashes)), file_rows, positions
+    return ViewFile(folder / "outputs.npy", len(hashes)), np.asarray([index[r.sha256] for r in rows], np.int64)
 
 
 def _copy_from_stage1(
@@ -228,12 +225,21 @@ def _copy_from_stage1(
     found = stage1_outputs(split, prepared, run, choice, subset)
     if found is None:
         return False
-    source, file_rows, positions = found
+    source, file_rows = found
     blocks = (source.take(file_rows[i : i + 256]) for i in range(0, len(file_rows), 256))
     write_view(path, split.cut_shape, len(file_rows), blocks)
-    with atomic_path(path.with_name(path.stem + ".rows.npy")) as tmp, open(tmp, "wb") as f:
-        np.save(f, positions)
+    _save_array(_rows_path(path), np.arange(len(file_rows), dtype=np.int64))  # every image of the subset
     return True
+
+
+def _rows_path(view: Path) -> Path:
+    """Where a view's rows (the subset positions of the images it holds, in order) are kept."""
+    return view.with_name(view.stem + ".rows.npy")
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _stage1_folder(split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice) -> Path:
@@ -278,8 +284,7 @@ def _compute(
             yield out
 
     write_view(path, shape, n, outputs())
-    with atomic_path(path.with_name(path.stem + ".rows.npy")) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.asarray(positions, np.int64))
+    _save_array(_rows_path(path), np.asarray(positions, np.int64))
     bar.close()
 
 

@@ -252,13 +252,13 @@ def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepa
         st.path = "full"
         return None
     choice = runtime.choose(config.runtime, config.precision)
-    source = (
+    origin = (
         f"{views} augmented view(s) computed once each"
         if augment
         else "the images as they are: stage 1's pass wrote them where it ran"
     )
     ctx.say(
-        f"Stage 2: the backbone below {cut.cut} is frozen, so the top trains on its cached outputs ({source}; "
+        f"Stage 2: the backbone below {cut.cut} is frozen, so the top trains on its cached outputs ({origin}; "
         f"{need / 2**20:.1f} MiB float16, {choice.runtime} {choice.precision})."
     )
     st.path = "prefix-cache"
