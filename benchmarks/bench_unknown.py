@@ -54,12 +54,14 @@ def _train(data_dir: Path, out: Path, cache: Path) -> tuple[Any, float]:
 
     keras.backend.clear_session()
     gc.collect()
-    out.mkdir(parents=True)
-    shutil.copytree(cache / "features", out / "features")  # one backbone, one cache: computed once
     cfg = config.resolve(data_dir=str(data_dir), out=str(out), weights=str(MOBILENET_NOTOP), audit=False, **SETTINGS)
     t = time.perf_counter()
     result = train(cfg, progress=False, say=print)
-    return result, time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    # Every image's stage-1 features (the held-out class too): scoring the candidates then reads no image
+    # when the final backbone is stage 1's. A new run refuses a non-empty folder, so they join after training.
+    shutil.copytree(cache / "features", out / "features", dirs_exist_ok=True)
+    return result, seconds
 
 
 def _scores(run: Path, files: list[str]) -> np.ndarray:
@@ -70,12 +72,15 @@ def _scores(run: Path, files: list[str]) -> np.ndarray:
     return out.outputs[:, -1]
 
 
-def _embeddings(run_dir: Path, model: Any, rows: list[Any], names: list[str]) -> Any:
+def _embeddings(run_dir: Path, model: Any, rows: list[Any], names: list[str], data: Path | None = None) -> Any:
+    """``rows``' embeddings by the run's final model (``data``: the folder their paths are relative to, when it
+    is not the run's)."""
     from floranet.evaluation.ood import embed
     from floranet.rundir import RunDir
 
     run = RunDir(run_dir)
-    return embed(run, model, run.config(), rows, names, say=lambda m: None)
+    config = run.config() if data is None else run.config(data_dir=str(data))
+    return embed(run, model, config, rows, names, say=lambda m: None)
 
 
 def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str]) -> dict[str, Any]:
@@ -111,7 +116,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     model = result.model
     train_e = _embeddings(run.path, model, split.train(), known_classes)
     known_e = _embeddings(run.path, model, split.validation(), known_classes)
-    other_e = _embeddings(run.path, model, held_rows, [*known_classes, held])  # cached: no image is read
+    other_e = _embeddings(run.path, model, held_rows, [*known_classes, held], data)
     methods = {}
     for name, (k, o) in compare(
         model, train_e, known_e, other_e, num_classes=len(known_classes), temperature=run.temperature()

@@ -124,3 +124,33 @@ def test_the_package_never_imports_torch() -> None:
                 f"{path.relative_to(SRC)}:{node.lineno}" for n in names if n.split(".")[0] in ("torch", "torchvision")
             ]
     assert not found, f"torch imported by the package: {found}"
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["backbones"], 0), (["evaluate", "/nonexistent/run"], 2)])
+def test_console_script_ends_fast_with_its_code_output_and_exit_handlers(argv: list[str], code: int) -> None:
+    """After a command that loaded OpenVINO, the console script ends without the interpreter's teardown, yet
+    with the command's exit code, all its output (a pipe is block-buffered) and the exit handlers run."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, sys, openvino\n"
+        "import floranet.cli as cli\n"
+        f"sys.argv = ['floranet', *{argv!r}]\n"
+        "command = cli.main\n"
+        "def main():\n"  # a handler the command registers (as Ray or MLflow would) runs before the fast exit
+        "    atexit.register(lambda: print('handler ran'))\n"
+        "    return command()\n"
+        "cli.main = main\n"
+        "class Teardown:\n"  # says so when the interpreter tears down the module (it should not get there)
+        "    def __del__(self): print('torn down')\n"
+        "kept = Teardown()\n"
+        "cli.console_main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stdout.rstrip().endswith("handler ran") and "torn down" not in done.stdout
+    if code == 0:
+        assert "resnet50" in done.stdout
+    else:
+        assert "Run directory not found" in done.stderr

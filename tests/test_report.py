@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
+import numpy as np
 import pytest
 
 from floranet.cli import main
@@ -97,3 +99,45 @@ def test_gradcam_batch_with_one_class_per_image_equals_single_calls(tiny_run) ->
     predicted, probs = cam.heatmaps(x)
     by_index, _ = cam.heatmaps(x, probs.argmax(axis=1))
     np.testing.assert_allclose(predicted, by_index, atol=1e-6)
+
+
+def test_image_grid_lays_out_cells_with_captions_and_overlays(tmp_path) -> None:
+    from PIL import Image
+
+    from floranet.utils.figures import _MIN_CELL_WIDTH, _PAD, image_grid
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (100, 80, 3), dtype=np.uint8) for _ in range(5)]
+    captions = ["a/one.jpg\nroses → tulips? (0.91)", "b\udcffname.jpg", "x" * 300, "", "last"]
+    image_grid(images, captions, tmp_path / "g.png", columns=2)
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.width == 2 * (_MIN_CELL_WIDTH + _PAD) + _PAD  # 3 rows of 2 cells; an undecodable name draws
+    assert grid.height > 3 * 100
+    assert (tmp_path / "g.png").stat().st_mode & 0o777 == 0o644 or os.name != "posix"
+    # A heat map changes the picture; without one the pixels are pasted as they are.
+    heat = [np.ones((7, 7)), None]
+    image_grid(images[:2], ["", ""], tmp_path / "h.png", columns=2, overlays=heat)
+    plain = np.asarray(Image.open(tmp_path / "h.png").convert("RGB"))
+    left = (_MIN_CELL_WIDTH - 80) // 2 + _PAD
+    right = left + _MIN_CELL_WIDTH + _PAD
+    np.testing.assert_array_equal(plain[_PAD : _PAD + 100, right : right + 80], images[1])
+    assert not np.array_equal(plain[_PAD : _PAD + 100, left : left + 80], images[0])
+
+
+def test_image_grid_keeps_the_end_of_a_long_caption(tmp_path) -> None:
+    from floranet.utils.figures import _fit, _font
+
+    font = _font(11)
+    line = "roses/" + "1234567890" * 10 + "_tail.jpg"
+    fitted = _fit(line, font, 220)
+    assert fitted.startswith("…") and fitted.endswith("_tail.jpg") and font.getlength(fitted) <= 220
+    assert _fit("short", font, 220) == "short"
+
+
+def test_image_grid_of_no_images_writes_an_empty_picture(tmp_path) -> None:
+    from PIL import Image
+
+    from floranet.utils.figures import image_grid
+
+    image_grid([], [], tmp_path / "e.png")
+    assert Image.open(tmp_path / "e.png").size[0] > 0

@@ -1,7 +1,5 @@
 """``python -m floranet.cli``."""
 
-import sys
+from floranet.cli import console_main
 
-from floranet.cli import main
-
-sys.exit(main())
+console_main()

@@ -17,9 +17,9 @@ from typing import Any
 
 from floranet.data import decode
 from floranet.errors import DatasetError
-from floranet.evaluation import plots
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
+from floranet.utils.figures import image_grid
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -89,7 +89,7 @@ def _gallery(result: AuditResult, data_dir: Path, group: str, n: int, path: Path
             images.append(px)
             titles.append(_caption(f, p))
     if images:
-        plots.gallery(images, titles, path, columns=4 if group == "duplicate" else 5)
+        image_grid(images, titles, path, columns=4 if group == "duplicate" else 5)
 
 
 def _caption(f: Any, shown: str) -> str:

@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from floranet.data import decode
 from floranet.errors import ConfigError, ModelError
-from floranet.evaluation import plots
 from floranet.models import classifier
 from floranet.rundir import RunDir
+from floranet.utils.figures import image_grid
 
 
 def last_conv_layer(backbone: keras.Model) -> str:
@@ -112,7 +112,7 @@ def explain_files(
         heat, probs = cam.heatmaps(pixels[None], idx)
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
         target = out / f"{Path(p).stem}.gradcam.png"
-        plots.gallery(
+        image_grid(
             [pixels],
             [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"],
             target,

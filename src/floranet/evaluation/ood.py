@@ -50,7 +50,8 @@ def embed(
     say: Callable[[str], None] = print,
 ) -> Embeddings:
     """Features and probabilities of ``rows`` from the final ``model`` (cached features when its backbone is
-    stage 1's, else one pass of the model)."""
+    stage 1's, else one pass of the model); ``class_names`` index the rows' labels (it may name classes the
+    model does not have, e.g. a held-out one)."""
     index = {n: i for i, n in enumerate(class_names)}
     root = Path(config.data_dir)
     files = [str(root / r.path) for r in rows]
@@ -74,7 +75,7 @@ def embed(
             max_pixels=config.max_pixels,
         )
         kept = [i for i in range(len(rows)) if i not in out.errors]
-        n = len(class_names)
+        n = int(model.output_shape[-1])  # the model's classes: ``class_names`` may name more (held-out ones)
         probs, x = out.outputs[kept, :n], out.outputs[kept, n:]
     labels = np.asarray([index[rows[i].label] for i in kept], np.int64)
     return Embeddings(tuple(rows[i].path for i in kept), labels, x, probs)

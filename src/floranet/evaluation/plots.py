@@ -1,4 +1,5 @@
-"""Plots of results as PNG files: training history, confusion matrix, reliability, image galleries."""
+"""Plots of results as PNG files: training history, confusion matrix, reliability (picture grids:
+:func:`floranet.utils.figures.image_grid`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from floranet.utils.figures import new_figure, save_figure
-from floranet.utils.text import printable
 
 MAX_FIGURE_INCHES = 20.0  # 2,000 px at 100 dpi
 MAX_ANNOTATED_CLASSES = 30
@@ -90,27 +90,4 @@ def reliability_plot(
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability diagram")
     ax.legend(loc="upper left")
-    save_figure(fig, path)
-
-
-def gallery(
-    images: Sequence[np.ndarray],
-    titles: Sequence[str],
-    path: str | os.PathLike[str],
-    *,
-    overlays: Sequence[np.ndarray | None] | None = None,
-    columns: int = 3,
-) -> None:
-    """Images (optionally with a heat-map overlay, values in 0..1) and captions."""
-    n = max(1, len(images))
-    rows = (n + columns - 1) // columns
-    fig, axes = new_figure(rows, columns, size=(3.4 * columns, 3.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (ax, image, title) in enumerate(zip(axes.flat, images, titles, strict=False)):
-        ax.imshow(np.clip(np.asarray(image), 0, 255).astype("uint8"))
-        if overlays is not None and overlays[i] is not None:
-            h, w = np.asarray(image).shape[:2]
-            ax.imshow(overlays[i], cmap="jet", alpha=0.4, extent=(0, w, h, 0), interpolation="bilinear")
-        ax.set_title(printable(title), fontsize=8)  # file names: undecodable bytes would stop the font
     save_figure(fig, path)

@@ -16,12 +16,12 @@ import numpy as np
 
 from floranet.data import decode
 from floranet.errors import DatasetError
-from floranet.evaluation import plots
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import GradCAM
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
+from floranet.utils.figures import image_grid
 from floranet.utils.files import atomic_write_text
 from floranet.utils.system import environment
 
@@ -73,7 +73,7 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
         return None
     heat, _ = GradCAM(model).heatmaps(np.stack(imgs), np.asarray(wanted))  # one gradient pass for the gallery
     path = run.plot("top_losses.png")
-    plots.gallery(imgs, titles, path, overlays=list(heat))
+    image_grid(imgs, titles, path, overlays=list(heat))
     return path
 
 

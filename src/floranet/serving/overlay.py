@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ModelError
+from floranet.utils.figures import heat_overlay
 
 
 class GradCamOverlay:
@@ -56,15 +57,9 @@ class GradCamOverlay:
         Raises:
             ModelError: The model is not a floranet classifier.
         """
-        from matplotlib import colormaps
         from PIL import Image
 
         heat, _ = self._gradcam().heatmaps(pixels[None], class_index=class_index)
-        image = Image.fromarray(photo)
-        image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
-        heat_img = Image.fromarray((heat[0] * 255).astype(np.uint8)).resize(image.size, Image.Resampling.BILINEAR)
-        colours = (colormaps["jet"](np.asarray(heat_img) / 255.0)[..., :3] * 255).astype(np.float32)
-        blended = np.asarray(image, np.float32) * 0.55 + colours * 0.45
         buf = io.BytesIO()
-        Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buf, "PNG")
+        Image.fromarray(heat_overlay(self.shrink(photo), heat[0], alpha=0.45)).save(buf, "PNG")
         return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from floranet.config import TrainConfig
-from floranet.data import curation, decode, doctor, pipeline, preview
+from floranet.data import curation, decode, doctor, pipeline
 from floranet.data import split as split_lib
 from floranet.data.augment import Augment
 from floranet.errors import DatasetError
 from floranet.rundir import RunDir
+from floranet.utils.figures import image_grid
 
 log = logging.getLogger(__name__)
 # int8 quantization calibrates on this many training images (NNCF's default subset size).
@@ -151,7 +152,7 @@ def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
             titles.append(r.label)
         except DatasetError:
             continue
-    preview.sample_grid(images, titles, run.plot("samples.png"))
+    image_grid(images, titles, run.plot("samples.png"), columns=3, font_size=14)  # the tutorial's first figure
 
 
 def class_weights(prepared: Prepared, config: TrainConfig) -> dict[int, float] | None:
