@@ -266,6 +266,11 @@ def render() -> str:
             _time_to_accuracy,
         ),
         (
+            "time_to_accuracy_runs",
+            "Time to accuracy: every run of the benchmark on this code and its parent (the spread between runs)",
+            lambda r: table(r["runs"], list(r["runs"][0])) + "\n\n" + r["note"],
+        ),
+        (
             "time_to_accuracy_before_audit",
             "Time to accuracy, before `train` gained the unknown answer and the audit (same benchmark, commit b4e48d7; "
             "the seed-7 row overlapped other jobs)",
