@@ -7,13 +7,15 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from floranet.utils.files import atomic_path
 from floranet.utils.text import printable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _PAD = 6  # pixels around each cell of an image grid
 _MIN_CELL_WIDTH = 220  # room for a file name and "true roses, predicted sunflowers (74%)" at 11 px
@@ -23,6 +25,8 @@ def new_figure(
     rows: int = 1, columns: int = 1, *, size: tuple[float, float], squeeze: bool = True
 ) -> tuple[Figure, Any]:
     """A figure and its axes (as ``pyplot.subplots`` returns them)."""
+    from matplotlib.figure import Figure  # here: the server draws heat maps with this module, never charts
+
     fig = Figure(figsize=size)
     return fig, fig.subplots(rows, columns, squeeze=squeeze)
 
