@@ -110,6 +110,9 @@ def test_stage2_falls_back_to_the_full_model_and_says_why(images, tmp_path, monk
     assert any("whole model" in m and "over the budget" in m for m in said)
     off = _run(images, tmp_path / "off", fine_tune_epochs=1, fine_tune_cache="off")
     assert json.loads((off / "state.json").read_text())["stages"]["stage2"]["path"] == "full"
+    # No prefix outputs from stage 1 either: the validation images are predicted by the compiled model.
+    for folder in (run, off):
+        assert json.loads((folder / "metrics.json").read_text())["evaluated_on"].startswith("the compiled model")
 
 
 def test_class_weights_reach_the_cached_stage(tmp_path, monkeypatch) -> None:
@@ -175,11 +178,15 @@ def test_stage1_writes_the_prefix_outputs_stage2_and_the_unknown_answer_read(
     pixels = np.stack([load_resized(files[i], (32, 32)) for i in rows])
     want = np.asarray(split.prefix(pixels, training=False))
     np.testing.assert_allclose(val, want, atol=2e-2 * max(1.0, float(np.abs(want).max())))  # float16 storage
-    # ...and the training outputs through the fine-tuned top are the saved model's own.
-    train_files = [images / p for p in result.training.paths[:4]]
-    np.testing.assert_allclose(
-        result.training.probs[:4], model(np.stack([load_resized(f, (32, 32)) for f in train_files])), atol=2e-2
-    )
+    # ...and both subsets' outputs through the fine-tuned top are the saved model's own (the validation ones are
+    # the evaluation: no pass over the images of its own).
+    for outputs in (result.training, result.validation):
+        assert outputs.evaluated_on.startswith("stage 1's cached prefix outputs")
+        some = [images / p for p in outputs.paths[:4]]
+        np.testing.assert_allclose(
+            outputs.probs[:4], model(np.stack([load_resized(f, (32, 32)) for f in some])), atol=2e-2
+        )
+    assert len(result.validation.paths) == len(files) and result.validation.features is not None
 
 
 def test_augmented_views_are_computed_and_the_validation_set_is_copied(images, tmp_path, computed) -> None:

@@ -61,11 +61,12 @@ def test_two_stage_run_writes_the_whole_run_directory(images, tmp_path) -> None:
     assert [line.split(",")[0] for line in history[1:]] == ["stage1"] * 3 + ["stage2"] * 2
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
-    # The evaluation ran on the compiled model, which gives model.keras's probabilities.
-    assert metrics["evaluated_on"].startswith("the compiled model") and result.compiled["agrees"]
+    # Fine-tuned on the prefix cache: the evaluation read stage 1's prefix outputs (float16) through the final top,
+    # which gives model.keras's probabilities up to that storage's rounding.
+    assert metrics["evaluated_on"].startswith("stage 1's cached prefix outputs") and result.compiled["agrees"]
     val = result.validation
     pixels = np.stack([decode.decode_and_resize(str(images / p), (32, 32)) for p in val.paths])
-    np.testing.assert_allclose(val.probs, model.predict(pixels, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(val.probs, model.predict(pixels, verbose=0), atol=2e-2)
     assert not any(p.name.endswith(".tmp") or p.name.startswith(".") for p in run.rglob("*"))
 
 

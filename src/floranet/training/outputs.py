@@ -2,7 +2,10 @@
 they cost no pass of their own, its outputs on the training images.
 
 They are computed once, at the end of :func:`floranet.training.fit`, and read by everything after it: the
-evaluation (validation probabilities), the unknown answer (both subsets' pooled features).
+evaluation (validation probabilities), the unknown answer (both subsets' pooled features). A fine-tuned model
+whose stage 1 wrote the frozen prefix's outputs gets both subsets' from them through its top
+(:func:`prefix_outputs`); otherwise the validation images are predicted from the stage-1 feature cache (backbone
+unchanged) or in one pass of the compiled model (:func:`validation_predictions`).
 """
 
 from __future__ import annotations
@@ -40,30 +43,42 @@ class Predictions:
     features: np.ndarray | None = None
 
 
-def training_outputs(model: keras.Model, prepared: run_data.Prepared, ctx: StageContext) -> Predictions | None:
-    """The final model's probabilities and features of the training images, from stage 1's unaugmented prefix
-    outputs through the fine-tuned top (the layers below the cut are frozen, so this is the model's own output
-    on them); None when stage 1 did not write them."""
+def prefix_outputs(
+    model: keras.Model, prepared: run_data.Prepared, ctx: StageContext
+) -> tuple[Predictions, Predictions] | None:
+    """The final model's probabilities and features of the training and the validation images, from stage 1's
+    unaugmented prefix outputs through the fine-tuned top: the layers below the cut are frozen, so this is the
+    model's own output on them, for the cost of the top alone (no image decoded, no frozen layer run again).
+
+    Returns:
+        (training, validation), or None when stage 1 did not write the prefix outputs of every image of both.
+    """
     config = ctx.config
     cut = prefix.split_model(model, backbones.get(config.backbone)) if config.fine_tune_epochs else None
-    choice = runtime.choose(config.runtime, config.precision)
-    found = prefix.stage1_outputs(cut, prepared, ctx.run, choice, "train") if cut is not None else None
-    if cut is None or found is None:
+    if cut is None:
         return None
-    source, file_rows = found
+    choice = runtime.choose(config.runtime, config.precision)
+    found = [prefix.stage1_outputs(cut, prepared, ctx.run, choice, subset) for subset in ("train", "validation")]
+    if found[0] is None or found[1] is None:
+        return None
+    source, train_rows = found[0]
+    file_rows = np.concatenate([train_rows, found[1][1]])  # one pass over both subsets (the same file)
     fn = runtime.compile_inference(
         cut.probabilities_and_features(), runtime.RuntimeChoice("tensorflow", "fp32", "the saved model")
     )
     step = 4 * config.batch_size
     out = np.concatenate([fn(source.take(file_rows[i : i + step])) for i in range(0, len(file_rows), step)])
-    rows = prepared.split.train()  # every one: stage 1 wrote them all
     n = len(prepared.split.class_names)
-    return Predictions(
-        tuple(r.path for r in rows),
-        prepared.labels(rows),
-        out[:, :n],
-        "stage 1's cached prefix outputs through the saved model's top (tensorflow fp32)",
-        out[:, n:],
+    how = (
+        f"stage 1's cached prefix outputs ({choice.runtime} {choice.precision}) through the saved model's top "
+        "(tensorflow fp32)"
+    )
+
+    def subset(rows: list[Any], part: np.ndarray) -> Predictions:
+        return Predictions(tuple(r.path for r in rows), prepared.labels(rows), part[:, :n], how, part[:, n:])
+
+    return subset(prepared.split.train(), out[: len(train_rows)]), subset(
+        prepared.split.validation(), out[len(train_rows) :]
     )
 
 

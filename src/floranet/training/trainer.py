@@ -52,7 +52,7 @@ class TrainResult:
         facts: What ``metrics.json`` records of the training (timings, weights, precision, ...).
         validation: The final model's validation predictions (None on non-chief workers).
         training: The final model's outputs on the training images when they cost no pass of their own (stage 1's
-            cached prefix outputs through the fine-tuned top), else None.
+            cached prefix outputs through the fine-tuned top, as ``validation`` then), else None.
         data_dir: The data folder.
         model: The saved model, for reuse in this process.
         compiled: What ``inference/compiled.json`` records of the compiled inference model (None: OpenVINO
@@ -150,15 +150,17 @@ def _finish(
     result.model = _save_final_model(model, config, len(result.class_names), run)
     del model  # the training copy (and its optimizer state) is no longer needed
     gc.collect()
-    result.training = outputs.training_outputs(result.model, prepared, ctx)
+    from_prefix = outputs.prefix_outputs(result.model, prepared, ctx)
     prefix.remove_caches(run)  # they only serve training (and take space)
     # Without fine-tuning the backbone stage 1 converted is the final one.
     backbone = cached.backbone_ir if cached is not None and not config.fine_tune_epochs else None
     result.compiled = outputs.compile_model_ir(result.model, prepared, run, backbone)
-    # Without fine-tuning the backbone is the one that made the cached features: reuse them.
-    result.validation = outputs.validation_predictions(
-        result.model, prepared, None if config.fine_tune_epochs else cached, run
-    )
+    if from_prefix is not None:
+        result.training, result.validation = from_prefix
+    else:  # without fine-tuning the backbone is the one that made the cached features: they are reused
+        result.validation = outputs.validation_predictions(
+            result.model, prepared, None if config.fine_tune_epochs else cached, run
+        )
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     result.facts = {
