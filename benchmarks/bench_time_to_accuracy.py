@@ -3,11 +3,11 @@
 Both train Keras's MobileNetV2 (``keras:mobilenet_v2``: the baseline's ``mobilenet_v2``) with ../shared's
 converted ImageNet weights at 225 px on ../shared/data/flower_photos with each code's own recommended preset
 (the baseline's: up to 20 cached-feature epochs, then 5 fine-tuning epochs with augmentation at lr 1e-5; this
-code's: up to 20, then 2 fine-tuning epochs on the cached prefix outputs, no augmentation, lr 1e-4). The baseline (default: the main branch
-before stage 2 trained on cached prefix outputs) runs first from a `git archive` of its source, in a child
-process with the same virtual environment; its split.csv is reused by every other run, so all accuracies are
-on the same 625 validation images. Each run is a fresh process: wall seconds include imports, data checks,
-both stages, the final evaluation and the compiled export.
+code's: up to 20, then 2 fine-tuning epochs on the cached prefix outputs, no augmentation, lr 1e-4). The
+baseline (default: the main branch before stage 2 trained on cached prefix outputs) runs first from a
+`git archive` of its source, in a child process with the same virtual environment; its split.csv is reused by every
+other run, so all accuracies are on the same 625 validation images. Each run is a fresh process: wall seconds
+include imports, data checks, both stages, the final evaluation and the compiled export.
 
     python benchmarks/bench_time_to_accuracy.py [--baseline-ref c86ec50] [--variant NAME=FLAGS ...]
         [--resnet50-memory]
