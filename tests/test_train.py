@@ -234,3 +234,13 @@ def test_training_on_the_every_case_corpus_uses_the_good_files_and_changes_nothi
     assert not used & {p for p, status in expected.items() if status in ("bad", "ignored")}
     assert result.class_names == ["daisy", "roses", "tulips"]  # the empty class is not a label
     assert (result.run_dir / "model.keras").exists()
+
+
+def test_stage1_head_calls_cover_whole_epochs() -> None:
+    """Several batches per call of the head's step, never past an epoch's end (Keras would count "80/78")."""
+    from floranet.training.stages import HEAD_STEPS_PER_CALL, steps_per_call
+
+    for steps in range(1, 300):
+        k = steps_per_call(steps)
+        assert 1 <= k <= HEAD_STEPS_PER_CALL and steps % k == 0
+    assert (steps_per_call(8), steps_per_call(78), steps_per_call(96), steps_per_call(79)) == (8, 13, 16, 1)

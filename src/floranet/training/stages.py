@@ -206,7 +206,7 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
         )
 
     steps = max(1, math.ceil(len(x_train) / ctx.dist.global_batch(config.batch_size)))
-    stage = Stage("stage1", head, config.epochs, config.learning_rate, data, steps, False, HEAD_STEPS_PER_CALL)
+    stage = Stage("stage1", head, config.epochs, config.learning_rate, data, steps, False, steps_per_call(steps))
     run_stage(stage, ctx)
     # The converted backbone (pixels → features; not with ``also``'s extra outputs): the run's compiled model
     # reuses it when the backbone stays frozen.
@@ -232,6 +232,12 @@ def _prefix_outputs(
         return
     with prefix.stage1_writer(cut, prepared, ctx.run, cache.choice, todo) as sink:
         yield feature_cache.AlsoWrite(cut.features_and_prefix(), int(cut.rest.outputs[0].shape[-1]), sink)
+
+
+def steps_per_call(steps: int, most: int = HEAD_STEPS_PER_CALL) -> int:
+    """The largest divisor of an epoch's ``steps`` up to ``most``: Keras's progress bar counts whole calls, so a
+    call that ran past the epoch's end would show "80/78"."""
+    return max(d for d in range(1, min(most, steps) + 1) if steps % d == 0)
 
 
 def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepared, ctx: StageContext) -> Stage | None:
