@@ -105,14 +105,22 @@ def test_stage2_falls_back_to_the_full_model_and_says_why(images, tmp_path, monk
     said: list[str] = []
     monkeypatch.setattr(prefix, "MAX_CACHE_BYTES", 1)
     cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=1, **FAST)
-    run = train(cfg, progress=False, say=said.append).run_dir
+    result = train(cfg, progress=False, say=said.append)
+    run = result.run_dir
     assert json.loads((run / "state.json").read_text())["stages"]["stage2"]["path"] == "full"
     assert any("whole model" in m and "over the budget" in m for m in said)
     off = _run(images, tmp_path / "off", fine_tune_epochs=1, fine_tune_cache="off")
     assert json.loads((off / "state.json").read_text())["stages"]["stage2"]["path"] == "full"
-    # No prefix outputs from stage 1 either: the validation images are predicted by the compiled model.
+    # No prefix outputs from stage 1 either: the validation images are predicted by the compiled model, which
+    # gives model.keras's probabilities.
     for folder in (run, off):
         assert json.loads((folder / "metrics.json").read_text())["evaluated_on"].startswith("the compiled model")
+    from floranet.data.decode import load_resized
+
+    model = keras.saving.load_model(run / "model.keras")
+    val = result.validation
+    pixels = np.stack([load_resized(images / p, (32, 32)) for p in val.paths])
+    np.testing.assert_allclose(val.probs, model.predict(pixels, verbose=0), atol=1e-4)
 
 
 def test_class_weights_reach_the_cached_stage(tmp_path, monkeypatch) -> None:

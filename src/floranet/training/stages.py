@@ -206,7 +206,16 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
         )
 
     steps = max(1, math.ceil(len(x_train) / ctx.dist.global_batch(config.batch_size)))
-    stage = Stage("stage1", head, config.epochs, config.learning_rate, data, steps, False, steps_per_call(steps))
+    stage = Stage(
+        "stage1",
+        head,
+        config.epochs,
+        config.learning_rate,
+        data,
+        steps,
+        scheduled=False,
+        steps_per_execution=steps_per_call(steps),
+    )
     run_stage(stage, ctx)
     # The converted backbone (pixels → features; not with ``also``'s extra outputs): the run's compiled model
     # reuses it when the backbone stays frozen.
