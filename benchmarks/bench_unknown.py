@@ -88,7 +88,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     from sklearn.metrics import roc_auc_score
 
     from floranet.data.split import SplitRow
-    from floranet.evaluation.ood import compare
+    from floranet.evaluation.ood import compare, head_weights
     from floranet.rundir import RunDir
 
     known_classes = [c for c in classes if c != held]
@@ -119,9 +119,11 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     known_e = _embeddings(run.path, model, split.validation(), known_classes)
     other_e = _embeddings(run.path, model, held_rows, [*known_classes, held], data)
     methods = {}
-    for name, (k, o) in compare(
+    candidates = compare(
         model, train_e, known_e, other_e, num_classes=len(known_classes), temperature=run.temperature()
-    ).items():
+    )
+    candidates.update(literature_scores(head_weights(model), train_e.features, known_e.features, other_e.features))
+    for name, (k, o) in candidates.items():
         threshold = np.quantile(k, 0.95, method="higher")
         methods[name] = {
             "auroc": float(roc_auc_score(np.r_[np.zeros(len(k)), np.ones(len(o))], np.r_[k, o])),
@@ -129,6 +131,58 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
         }
     row["methods"] = methods
     return row
+
+
+def literature_scores(
+    head: list[np.ndarray], train: np.ndarray, known: np.ndarray, other: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """More published post-hoc scores on the same embeddings, for comparison only (floranet does not offer them):
+    ``{name: (scores of known images, scores of other images)}``, higher = more unknown. All read the head
+    (``[hidden kernel, hidden bias, output kernel, output bias]``) and the pooled features."""
+    w1, b1, w2, b2 = (np.asarray(w, np.float64) for w in head)
+    train, known, other = (np.asarray(a, np.float64) for a in (train, known, other))
+
+    def hidden(z: np.ndarray, clip: float = np.inf) -> np.ndarray:
+        return np.minimum(np.maximum(z @ w1 + b1, 0.0), clip)
+
+    def energy(h: np.ndarray) -> np.ndarray:
+        return -np.logaddexp.reduce(h @ w2 + b2, axis=1)
+
+    h_train = hidden(train)
+    react_clip = float(np.percentile(h_train, 95))
+
+    def ash_s(h: np.ndarray, percentile: float = 65) -> np.ndarray:  # keep the top activations, rescale
+        kept = np.where(h >= np.percentile(h, percentile, axis=1, keepdims=True), h, 0.0)
+        return kept * np.exp(h.sum(1, keepdims=True) / np.maximum(kept.sum(1, keepdims=True), 1e-9))
+
+    origin = -np.linalg.pinv(w2.T) @ b2  # ViM: the point where every logit is 0
+    _, vectors = np.linalg.eigh(np.cov((h_train - origin).T))
+    null = vectors[:, :-64]  # outside the 64 principal directions
+    l_train = h_train @ w2 + b2
+    alpha = l_train.max(1).mean() / np.linalg.norm((h_train - origin) @ null, axis=1).mean()
+    bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True).clip(1e-12) * -energy(h_train)[:, None]
+
+    def scores(z: np.ndarray) -> dict[str, np.ndarray]:
+        h = hidden(z)
+        logit = h @ w2 + b2
+        unit = h / np.linalg.norm(h, axis=1, keepdims=True).clip(1e-12)
+        guide = np.sort(unit @ bank.T, axis=1)[:, -10:].mean(1)
+        top = logit.argmax(1)
+        gaps = logit[np.arange(len(logit)), top][:, None] - logit
+        spans = np.linalg.norm(w2[:, top].T[:, None, :] - w2.T[None], axis=2)
+        boundary = np.nanmean(np.where(spans > 0, gaps / np.maximum(spans, 1e-9), np.nan), axis=1)
+        p = np.exp(logit - np.logaddexp.reduce(logit, axis=1, keepdims=True))
+        return {
+            "react energy (Sun 2021, p95)": energy(hidden(z, react_clip)),
+            "ash-s energy (Djurisic 2023, p65)": -np.logaddexp.reduce(ash_s(h) @ w2 + b2, axis=1),
+            "vim (Wang 2022, D=64)": alpha * np.linalg.norm((h - origin) @ null, axis=1) + energy(h),
+            "nnguide (Park 2023, k=10)": guide * energy(h),
+            "fdbd (Liu 2024)": -boundary / np.linalg.norm(h - h_train.mean(0), axis=1),
+            "gen (Liu 2023, gamma 0.1)": (p**0.1 * (1 - p) ** 0.1).sum(1),
+        }
+
+    k, o = scores(known), scores(other)
+    return {name: (k[name], o[name]) for name in k}
 
 
 def _sha(path: Path) -> str:

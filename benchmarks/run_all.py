@@ -189,8 +189,12 @@ def _unknown(r: dict) -> str:
         + table(per, list(per[0]))
         + "\n\nEvery candidate on the same embeddings (AUROC per held-out class; threshold at 95% known kept):\n\n"
         + table(r["methods"], list(r["methods"][0]))
-        + "\n\nNon-flower photos (a run on all 5 classes):\n\n"
-        + table(r["non_flowers"], ["image", "unknown", "ood_score", "top_class"])
+        + (
+            "\n\nNon-flower photos (a run on all 5 classes):\n\n"
+            + table(r["non_flowers"], ["image", "unknown", "ood_score", "top_class"])
+            if r.get("non_flowers")
+            else ""
+        )
     )
 
 
@@ -285,6 +289,16 @@ def render() -> str:
         (
             "unknown_recommended",
             "Unknown answer: each flower class held out, recommended preset (fine-tuned, `floranet train`'s default)",
+            _unknown,
+        ),
+        (
+            "unknown_recommended_label_smoothing-0",
+            "Unknown answer, recommended preset without label smoothing (`--set label_smoothing=0`)",
+            _unknown,
+        ),
+        (
+            "unknown_recommended_fine_tune_epochs-4_augment-fine-tune",
+            "Unknown answer, recommended preset with 4 augmented fine-tuning epochs (a stronger classifier)",
             _unknown,
         ),
     ]
