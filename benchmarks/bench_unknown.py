@@ -138,7 +138,10 @@ def literature_scores(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """More published post-hoc scores on the same embeddings, for comparison only (floranet does not offer them):
     ``{name: (scores of known images, scores of other images)}``, higher = more unknown. All read the head
-    (``[hidden kernel, hidden bias, output kernel, output bias]``) and the pooled features."""
+    (``[hidden kernel, hidden bias, output kernel, output bias]``; none for a head without a hidden layer) and the
+    pooled features."""
+    if len(head) != 4:
+        return {}
     w1, b1, w2, b2 = (np.asarray(w, np.float64) for w in head)
     train, known, other = (np.asarray(a, np.float64) for a in (train, known, other))
 
