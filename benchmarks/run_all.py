@@ -301,6 +301,11 @@ def render() -> str:
             "Unknown answer, recommended preset with 4 augmented fine-tuning epochs (a stronger classifier)",
             _unknown,
         ),
+        (
+            "unknown_recommended_image_size-289",
+            "Unknown answer, recommended preset at 289 px instead of 225 (`--set image_size=289`)",
+            _unknown,
+        ),
     ]
     for name, title, fmt in sections:
         r = _load(name)
