@@ -140,44 +140,45 @@ def literature_scores(
     ``{name: (scores of known images, scores of other images)}``, higher = more unknown. All read the head
     (``[hidden kernel, hidden bias, output kernel, output bias]``; none for a head without a hidden layer) and the
     pooled features."""
-    if len(head) != 4:
+    from floranet.inference import unknown as unknown_lib  # the head's math, as floranet's own scores use it
+
+    stats = unknown_lib.head_stats(head)
+    if "hidden_kernel" not in stats:
         return {}
-    w1, b1, w2, b2 = (np.asarray(w, np.float64) for w in head)
+    w2 = np.asarray(stats["output_kernel"], np.float64)
     train, known, other = (np.asarray(a, np.float64) for a in (train, known, other))
 
-    def hidden(z: np.ndarray, clip: float = np.inf) -> np.ndarray:
-        return np.minimum(np.maximum(z @ w1 + b1, 0.0), clip)
+    def out(h: np.ndarray) -> np.ndarray:  # logits of hidden activations
+        return h @ w2 + stats["output_bias"]
 
     def energy(h: np.ndarray) -> np.ndarray:
-        return -np.logaddexp.reduce(h @ w2 + b2, axis=1)
+        return -np.logaddexp.reduce(out(h), axis=1)
 
-    h_train = hidden(train)
+    h_train = unknown_lib.penultimate(stats, train)
     react_clip = float(np.percentile(h_train, 95))
 
     def ash_s(h: np.ndarray, percentile: float = 65) -> np.ndarray:  # keep the top activations, rescale
         kept = np.where(h >= np.percentile(h, percentile, axis=1, keepdims=True), h, 0.0)
         return kept * np.exp(h.sum(1, keepdims=True) / np.maximum(kept.sum(1, keepdims=True), 1e-9))
 
-    origin = -np.linalg.pinv(w2.T) @ b2  # ViM: the point where every logit is 0
+    origin = -np.linalg.pinv(w2.T) @ stats["output_bias"]  # ViM: the point where every logit is 0
     _, vectors = np.linalg.eigh(np.cov((h_train - origin).T))
     null = vectors[:, :-64]  # outside the 64 principal directions
-    l_train = h_train @ w2 + b2
-    alpha = l_train.max(1).mean() / np.linalg.norm((h_train - origin) @ null, axis=1).mean()
-    bank = h_train / np.linalg.norm(h_train, axis=1, keepdims=True).clip(1e-12) * -energy(h_train)[:, None]
+    alpha = out(h_train).max(1).mean() / np.linalg.norm((h_train - origin) @ null, axis=1).mean()
+    bank = unknown_lib.normalize(h_train) * -energy(h_train)[:, None]
 
     def scores(z: np.ndarray) -> dict[str, np.ndarray]:
-        h = hidden(z)
-        logit = h @ w2 + b2
-        unit = h / np.linalg.norm(h, axis=1, keepdims=True).clip(1e-12)
-        guide = np.sort(unit @ bank.T, axis=1)[:, -10:].mean(1)
+        h = unknown_lib.penultimate(stats, z)
+        logit = out(h)
+        guide = np.sort(unknown_lib.normalize(h) @ bank.T, axis=1)[:, -10:].mean(1)
         top = logit.argmax(1)
         gaps = logit[np.arange(len(logit)), top][:, None] - logit
         spans = np.linalg.norm(w2[:, top].T[:, None, :] - w2.T[None], axis=2)
         boundary = np.nanmean(np.where(spans > 0, gaps / np.maximum(spans, 1e-9), np.nan), axis=1)
         p = np.exp(logit - np.logaddexp.reduce(logit, axis=1, keepdims=True))
         return {
-            "react energy (Sun 2021, p95)": energy(hidden(z, react_clip)),
-            "ash-s energy (Djurisic 2023, p65)": -np.logaddexp.reduce(ash_s(h) @ w2 + b2, axis=1),
+            "react energy (Sun 2021, p95)": energy(np.minimum(h, react_clip)),
+            "ash-s energy (Djurisic 2023, p65)": energy(ash_s(h)),
             "vim (Wang 2022, D=64)": alpha * np.linalg.norm((h - origin) @ null, axis=1) + energy(h),
             "nnguide (Park 2023, k=10)": guide * energy(h),
             "fdbd (Liu 2024)": -boundary / np.linalg.norm(h - h_train.mean(0), axis=1),
