@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -198,6 +199,16 @@ def _unknown(r: dict) -> str:
     )
 
 
+def _unknown_variants() -> list[tuple[str, str, Callable[[dict], str]]]:
+    """A section per ``bench_unknown.py --preset recommended --set ...`` result: its own file, named after the
+    settings it changed (the section's command line gives them exactly)."""
+    prefix = "unknown_recommended_"
+    return [
+        (p.stem, f"Unknown answer, recommended preset, variant `{p.stem.removeprefix(prefix)}`", _unknown)
+        for p in sorted(RESULTS.glob(prefix + "*.json"))
+    ]
+
+
 def render() -> str:
     out = [
         "# Benchmarks",
@@ -291,21 +302,7 @@ def render() -> str:
             "Unknown answer: each flower class held out, recommended preset (fine-tuned, `floranet train`'s default)",
             _unknown,
         ),
-        (
-            "unknown_recommended_label_smoothing-0",
-            "Unknown answer, recommended preset without label smoothing (`--set label_smoothing=0`)",
-            _unknown,
-        ),
-        (
-            "unknown_recommended_fine_tune_epochs-4_augment-fine-tune",
-            "Unknown answer, recommended preset with 4 augmented fine-tuning epochs (a stronger classifier)",
-            _unknown,
-        ),
-        (
-            "unknown_recommended_image_size-289",
-            "Unknown answer, recommended preset at 289 px instead of 225 (`--set image_size=289`)",
-            _unknown,
-        ),
+        *_unknown_variants(),
     ]
     for name, title, fmt in sections:
         r = _load(name)
