@@ -40,6 +40,7 @@ test-all: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -m ''
 
 bench: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e ".[bench]"
 	$(VENV)/bin/python benchmarks/run_all.py
 
 clean:

@@ -11,8 +11,10 @@ through ``floranet.load(run).predict_files`` (the predictor's own two-output cal
 (chosen on validation to keep 95% of known images). The same images' cached embeddings then score every
 candidate (kNN at several k, Mahalanobis, class mean, max calibrated probability, energy, max logit).
 
-A sixth run on all 5 classes answers a handful of non-flower photos that ship with installed packages
-(matplotlib's grace_hopper.jpg, public domain; scikit-learn's china.jpg, CC BY 2.0) and generated images.
+A sixth run on all 5 classes answers non-flower photos that ship with installed packages (matplotlib's
+grace_hopper.jpg, public domain; scikit-learn's china.jpg, CC BY 2.0; with ``floranet[bench]``, 15 of
+scikit-image's sample photos: a cat, an astronaut, a motorcycle, coffee, a rocket, a retina, the moon, ...), crops
+of them and generated images.
 
     python benchmarks/bench_unknown.py [--preset tutorial|recommended] [--set FIELD=VALUE ...] [--no-non-flowers]
 
@@ -222,9 +224,27 @@ def _non_flower_images(folder: Path) -> dict[str, str]:
         Image.fromarray(pixels).save(folder / name)
     for name in ("china_left.jpg", "china_bottom_right.jpg", "grace_face.jpg", *generated):
         out[f"{name} (generated)" if name in generated else f"{name} (crop)"] = str(folder / name)
+    out.update(_skimage_photos())
     flower = Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg"
     out["flower.jpg (scikit-learn; a flower, not one of the 5 classes)"] = str(flower)
     return out
+
+
+# scikit-image's bundled sample photos (its data folder, no download), all real photos of something else.
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
+    "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
+)  # fmt: skip
+
+
+def _skimage_photos() -> dict[str, str]:
+    try:
+        import skimage
+    except ImportError:
+        print("scikit-image is not installed: 15 more non-flower photos with `pip install -e '.[bench]'`")
+        return {}
+    folder = Path(skimage.__file__).parent / "data"
+    return {f"{name} (scikit-image)": str(folder / name) for name in SKIMAGE_PHOTOS if (folder / name).is_file()}
 
 
 def non_flowers(data: Path, work: Path, cache: Path) -> list[dict[str, Any]]:

@@ -191,12 +191,19 @@ def _unknown(r: dict) -> str:
         + "\n\nEvery candidate on the same embeddings (AUROC per held-out class; threshold at 95% known kept):\n\n"
         + table(r["methods"], list(r["methods"][0]))
         + (
-            "\n\nNon-flower photos (a run on all 5 classes):\n\n"
+            "\n\nNon-flower photos (a run on all 5 classes): "
+            + _non_flower_count(r["non_flowers"])
+            + "\n\n"
             + table(r["non_flowers"], ["image", "unknown", "ood_score", "top_class"])
             if r.get("non_flowers")
             else ""
         )
     )
+
+
+def _non_flower_count(rows: list[dict]) -> str:
+    others = [r for r in rows if "a flower" not in r["image"]]  # scikit-learn's flower.jpg is a flower
+    return f"{sum(r['unknown'] for r in others)} of {len(others)} answered unknown."
 
 
 def _unknown_variants() -> list[tuple[str, str, Callable[[dict], str]]]:
