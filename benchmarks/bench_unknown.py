@@ -247,13 +247,27 @@ def _skimage_photos() -> dict[str, str]:
     return {f"{name} (scikit-image)": str(folder / name) for name in SKIMAGE_PHOTOS if (folder / name).is_file()}
 
 
-def non_flowers(data: Path, work: Path, cache: Path) -> list[dict[str, Any]]:
+def non_flowers(data: Path, work: Path, cache: Path, classes: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A run on all classes: its answer for each non-flower image, and a summary: how many were answered unknown,
+    and the AUROC of their scores against the run's known validation images (threshold-free). scikit-learn's
+    flower.jpg is listed but counted in neither, being a flower."""
+    from sklearn.metrics import roc_auc_score
+
     from floranet.inference import load
+    from floranet.rundir import RunDir
 
     result, _ = _train(data, work / "run-all", cache)
     images = _non_flower_images(work / "non-flowers")
     rows = load(result.run_dir).predict(list(images.values()))
-    return [
+    known = _scores(result.run_dir, [str(data / r.path) for r in RunDir(result.run_dir).split(classes).validation()])
+    others = [r for name, r in zip(images, rows, strict=True) if not _is_flower(name)]
+    odd = np.array([r.ood_score for r in others])
+    summary = {
+        "answered_unknown": sum(bool(r.unknown) for r in others),
+        "images": len(others),
+        "auroc": round(float(roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(odd))], np.r_[known, odd])), 4),
+    }
+    table_rows = [
         {
             "image": name,
             "unknown": r.unknown,
@@ -262,6 +276,11 @@ def non_flowers(data: Path, work: Path, cache: Path) -> list[dict[str, Any]]:
         }
         for name, r in zip(images, rows, strict=True)
     ]
+    return table_rows, summary
+
+
+def _is_flower(name: str) -> bool:
+    return "a flower" in name  # scikit-learn's flower.jpg, listed but not a non-flower photo
 
 
 def main() -> None:
@@ -298,7 +317,7 @@ def main() -> None:
         stage1_features(RunDir(cache), cfg, [str(f) for f in files], [_sha(f) for f in files], say=print)
         feature_seconds = time.perf_counter() - t
         per_class = [held_out(data, work, cache, held, classes) for held in classes]
-        odd = [] if args.no_non_flowers else non_flowers(data, work, cache)
+        odd, odd_summary = ([], None) if args.no_non_flowers else non_flowers(data, work, cache, classes)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -307,6 +326,7 @@ def main() -> None:
     print(table(summary, list(summary[0])))
     if odd:
         print(table(odd, ["image", "unknown", "ood_score", "top_class"]))
+        print(f"Non-flower photos: {odd_summary}")
     mean_auroc = float(np.mean([r["auroc"] for r in per_class]))
     payload = {
         "per_class": per_class,
@@ -315,6 +335,7 @@ def main() -> None:
         "mean_false_known_at_95": round(float(np.mean([r["false_known_at_95"] for r in per_class])), 4),
         "target_mean_auroc": 0.90,
         "non_flowers": odd,
+        "non_flowers_summary": odd_summary,
         "feature_seconds": round(feature_seconds, 1),
         "settings": SETTINGS,
         "default_method": config.TrainConfig.unknown_method,

@@ -192,7 +192,7 @@ def _unknown(r: dict) -> str:
         + table(r["methods"], list(r["methods"][0]))
         + (
             "\n\nNon-flower photos (a run on all 5 classes): "
-            + _non_flower_count(r["non_flowers"])
+            + _non_flower_count(r)
             + "\n\n"
             + table(r["non_flowers"], ["image", "unknown", "ood_score", "top_class"])
             if r.get("non_flowers")
@@ -201,9 +201,14 @@ def _unknown(r: dict) -> str:
     )
 
 
-def _non_flower_count(rows: list[dict]) -> str:
-    others = [r for r in rows if "a flower" not in r["image"]]  # scikit-learn's flower.jpg is a flower
-    return f"{sum(r['unknown'] for r in others)} of {len(others)} answered unknown."
+def _non_flower_count(r: dict) -> str:
+    summary = r.get("non_flowers_summary")
+    if not summary:  # an older result file
+        return ""
+    return (
+        f"{summary['answered_unknown']} of {summary['images']} answered unknown; AUROC against the known "
+        f"validation images {summary['auroc']}."
+    )
 
 
 def _unknown_variants() -> list[tuple[str, str, Callable[[dict], str]]]:
