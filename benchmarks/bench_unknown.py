@@ -195,6 +195,15 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# scikit-learn's flower.jpg: answered beside the non-flower images, but counted in none of their figures.
+SKLEARN_FLOWER = "flower.jpg (scikit-learn; a flower, not one of the 5 classes)"
+# scikit-image's bundled sample photos (its data folder, no download), all real photos of something else.
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
+    "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
+)  # fmt: skip
+
+
 def _non_flower_images(folder: Path) -> dict[str, str]:
     """Photos shipped with installed packages, crops of them, and generated images: name -> path."""
     import matplotlib
@@ -225,16 +234,8 @@ def _non_flower_images(folder: Path) -> dict[str, str]:
     for name in ("china_left.jpg", "china_bottom_right.jpg", "grace_face.jpg", *generated):
         out[f"{name} (generated)" if name in generated else f"{name} (crop)"] = str(folder / name)
     out.update(_skimage_photos())
-    flower = Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg"
-    out["flower.jpg (scikit-learn; a flower, not one of the 5 classes)"] = str(flower)
+    out[SKLEARN_FLOWER] = str(Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg")
     return out
-
-
-# scikit-image's bundled sample photos (its data folder, no download), all real photos of something else.
-SKIMAGE_PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
-    "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
-)  # fmt: skip
 
 
 def _skimage_photos() -> dict[str, str]:
@@ -260,7 +261,7 @@ def non_flowers(data: Path, work: Path, cache: Path, classes: list[str]) -> tupl
     images = _non_flower_images(work / "non-flowers")
     rows = load(result.run_dir).predict(list(images.values()))
     known = _scores(result.run_dir, [str(data / r.path) for r in RunDir(result.run_dir).split(classes).validation()])
-    others = [r for name, r in zip(images, rows, strict=True) if not _is_flower(name)]
+    others = [r for name, r in zip(images, rows, strict=True) if name != SKLEARN_FLOWER]
     odd = np.array([r.ood_score for r in others])
     summary = {
         "answered_unknown": sum(bool(r.unknown) for r in others),
@@ -277,10 +278,6 @@ def non_flowers(data: Path, work: Path, cache: Path, classes: list[str]) -> tupl
         for name, r in zip(images, rows, strict=True)
     ]
     return table_rows, summary
-
-
-def _is_flower(name: str) -> bool:
-    return "a flower" in name  # scikit-learn's flower.jpg, listed but not a non-flower photo
 
 
 def main() -> None:
