@@ -202,9 +202,7 @@ def _unknown(r: dict) -> str:
 
 
 def _non_flower_count(r: dict) -> str:
-    summary = r.get("non_flowers_summary")
-    if not summary:  # an older result file
-        return ""
+    summary = r["non_flowers_summary"]
     return (
         f"{summary['answered_unknown']} of {summary['images']} answered unknown; AUROC against the known "
         f"validation images {summary['auroc']}."
