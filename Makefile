@@ -3,6 +3,7 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
 VENV := .venv
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: setup demo test test-all lint bench clean browser
 
@@ -39,8 +40,12 @@ test: $(STAMP) browser lint
 test-all: $(STAMP) browser
 	$(VENV)/bin/python -m pytest -m ''
 
-bench: $(STAMP)
+# The benchmarks' extra (scikit-image's sample photos), installed once per change of pyproject.toml.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(VENV)/bin/python benchmarks/run_all.py
 
 clean:
