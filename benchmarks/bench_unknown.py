@@ -124,6 +124,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     candidates = compare(
         model, train_e, known_e, other_e, num_classes=len(known_classes), temperature=run.temperature()
     )
+    candidates[COMBINED_BEFORE] = combined_before(model, train_e, known_e, other_e, len(known_classes))
     candidates.update(literature_scores(head_weights(model), train_e.features, known_e.features, other_e.features))
     for name, (k, o) in candidates.items():
         threshold = np.quantile(k, 0.95, method="higher")
@@ -133,6 +134,28 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
         }
     row["methods"] = methods
     return row
+
+
+# floranet's default score before class_mean joined it (up to commit 8bb2dda): kept as a candidate, so that every
+# run measures what that change did on the same embeddings.
+COMBINED_BEFORE = "combined without class_mean (k=1)"
+
+
+def combined_before(model: Any, train: Any, known: Any, other: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``combined`` of its first three parts (knn_head, knn, energy), z-scored on the known images as training
+    does: ``(scores of known images, scores of other images)``."""
+    from floranet.evaluation.ood import head_weights
+    from floranet.inference import unknown as unknown_lib
+
+    fitted = unknown_lib.fit(
+        "combined", train.features, train.labels, known.features, known.probs, num_classes=num_classes,
+        head=head_weights(model),
+    )  # fmt: skip
+    stats = {k: v for k, v in fitted.stats.items() if k not in ("means", "z_mean", "z_std")}
+    parts = unknown_lib.components(stats, known.features, unknown_lib.DEFAULT_K)
+    stats.update(z_mean=parts.mean(axis=0), z_std=np.maximum(parts.std(axis=0), 1e-6))
+    k, o = (unknown_lib.score("combined", stats, e.features, e.probs) for e in (known, other))
+    return k, o
 
 
 def literature_scores(
@@ -248,10 +271,13 @@ def _skimage_photos() -> dict[str, str]:
     return {f"{name} (scikit-image)": str(folder / name) for name in SKIMAGE_PHOTOS if (folder / name).is_file()}
 
 
-def non_flowers(data: Path, work: Path, cache: Path, classes: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A run on all classes: its answer for each non-flower image, and a summary: how many were answered unknown,
-    and the AUROC of their scores against the run's known validation images (threshold-free). scikit-learn's
-    flower.jpg is listed but counted in neither, being a flower."""
+def non_flowers(
+    data: Path, work: Path, cache: Path, classes: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """A run on all classes: its answer for each non-flower image; a summary: how many were answered unknown,
+    and the AUROC of their scores against the run's known validation images (threshold-free); and the same two
+    figures for every candidate on the run's embeddings. scikit-learn's flower.jpg is listed but counted in none,
+    being a flower."""
     from sklearn.metrics import roc_auc_score
 
     from floranet.inference import load
@@ -259,6 +285,7 @@ def non_flowers(data: Path, work: Path, cache: Path, classes: list[str]) -> tupl
 
     result, _ = _train(data, work / "run-all", cache)
     images = _non_flower_images(work / "non-flowers")
+    methods = _non_flower_methods(result, classes, data, images, work / "non-flower-links")
     rows = load(result.run_dir).predict(list(images.values()))
     known = _scores(result.run_dir, [str(data / r.path) for r in RunDir(result.run_dir).split(classes).validation()])
     others = [r for name, r in zip(images, rows, strict=True) if name != SKLEARN_FLOWER]
@@ -277,7 +304,46 @@ def non_flowers(data: Path, work: Path, cache: Path, classes: list[str]) -> tupl
         }
         for name, r in zip(images, rows, strict=True)
     ]
-    return table_rows, summary
+    return table_rows, summary, methods
+
+
+def _non_flower_methods(
+    result: Any, classes: list[str], data: Path, images: dict[str, str], links: Path
+) -> list[dict[str, Any]]:
+    """Every candidate of the held-out runs, on the all-classes run's embeddings: the non-flower images (but
+    scikit-learn's flower) against its known validation images."""
+    from sklearn.metrics import roc_auc_score
+
+    from floranet.data.split import SplitRow
+    from floranet.evaluation.ood import compare
+    from floranet.rundir import RunDir
+
+    run = RunDir(result.run_dir)
+    split = run.split(classes)
+    links.mkdir()
+    rows = []
+    for name, path in images.items():
+        if name != SKLEARN_FLOWER:  # one folder of links: the embeddings read paths relative to one folder
+            (links / Path(path).name).symlink_to(Path(path).resolve())
+            rows.append(SplitRow(Path(path).name, classes[0], "validation", _sha(Path(path))))
+    train_e = _embeddings(run.path, result.model, split.train(), classes)
+    known_e = _embeddings(run.path, result.model, split.validation(), classes)
+    odd_e = _embeddings(run.path, result.model, rows, classes, links)
+    candidates = compare(result.model, train_e, known_e, odd_e, num_classes=len(classes), temperature=run.temperature())
+    candidates[COMBINED_BEFORE] = combined_before(result.model, train_e, known_e, odd_e, len(classes))
+    out = []
+    for name, (k, o) in candidates.items():
+        threshold = np.quantile(k, 0.95, method="higher")
+        auroc = roc_auc_score(np.r_[np.zeros(len(k)), np.ones(len(o))], np.r_[k, o])
+        out.append(
+            {
+                "method": name,
+                "answered_unknown": int(np.sum(o > threshold)),
+                "images": len(o),
+                "auroc": round(float(auroc), 4),
+            }
+        )
+    return sorted(out, key=lambda r: (-r["answered_unknown"], -r["auroc"]))
 
 
 def main() -> None:
@@ -300,6 +366,7 @@ def main() -> None:
     if not data.is_dir() or not MOBILENET_NOTOP.exists():
         sys.exit("this benchmark needs ../shared (flower_photos and the MobileNetV2 weights)")
     from floranet import config
+    from floranet.inference.unknown import COMBINED_PARTS
     from floranet.rundir import RunDir
     from floranet.training.embeddings import stage1_features
 
@@ -314,7 +381,9 @@ def main() -> None:
         stage1_features(RunDir(cache), cfg, [str(f) for f in files], [_sha(f) for f in files], say=print)
         feature_seconds = time.perf_counter() - t
         per_class = [held_out(data, work, cache, held, classes) for held in classes]
-        odd, odd_summary = ([], None) if args.no_non_flowers else non_flowers(data, work, cache, classes)
+        odd, odd_summary, odd_methods = (
+            ([], None, []) if args.no_non_flowers else non_flowers(data, work, cache, classes)
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -324,6 +393,7 @@ def main() -> None:
     if odd:
         print(table(odd, ["image", "unknown", "ood_score", "top_class"]))
         print(f"Non-flower photos: {odd_summary}")
+        print(table(odd_methods, list(odd_methods[0])))
     mean_auroc = float(np.mean([r["auroc"] for r in per_class]))
     payload = {
         "per_class": per_class,
@@ -333,9 +403,11 @@ def main() -> None:
         "target_mean_auroc": 0.90,
         "non_flowers": odd,
         "non_flowers_summary": odd_summary,
+        "non_flowers_methods": odd_methods,
         "feature_seconds": round(feature_seconds, 1),
         "settings": SETTINGS,
         "default_method": config.TrainConfig.unknown_method,
+        "combined_parts": list(COMBINED_PARTS),
     }
     print(f"Mean AUROC {mean_auroc:.3f} (target >= 0.90); features computed once in {feature_seconds:.0f} s.")
     name = "unknown" if args.preset == "tutorial" else f"unknown_{args.preset}"

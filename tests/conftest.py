@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -10,9 +11,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Never read or write the user's ~/.keras from tests.
-os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="floranet-keras-home-")
+os.environ["KERAS_HOME"] = _KERAS_HOME = tempfile.mkdtemp(prefix="floranet-keras-home-")
 
 import pytest
+
+# Keras writes keras.json there on import; without this every test run left one folder in the temp dir.
+atexit.register(shutil.rmtree, _KERAS_HOME, ignore_errors=True)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

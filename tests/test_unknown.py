@@ -46,6 +46,35 @@ def test_every_method_keeps_known_images_and_flags_far_ones(method: str, tmp_pat
     np.testing.assert_allclose(again.score(x_val, p_val), known, rtol=1e-3, atol=1e-4)
 
 
+def test_combined_is_four_z_scored_parts_and_old_three_part_statistics_still_score(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 6, size=(3, 8)) + 20
+    x_train, y_train = _blobs(4, 120, centres)
+    x_val, _ = _blobs(5, 60, centres)
+    p_val = np.full((60, 3), 1 / 3, np.float32)
+    head = [rng.normal(size=(8, 5)).astype(np.float32), np.zeros(5, np.float32)]
+    head += [rng.normal(size=(5, 3)).astype(np.float32), np.zeros(3, np.float32)]
+    det = unknown_lib.fit("combined", x_train, y_train, x_val, p_val, num_classes=3, head=head)
+    assert det.to_json()["parts"] == ["knn_head", "knn", "energy", "class_mean"]
+    # The fourth part is class_mean's own score: cosine distance to the nearest class mean.
+    means = np.stack([x_train[y_train == c].mean(0) for c in range(3)])
+    cos = unknown_lib.normalize(x_val) @ unknown_lib.normalize(means).T
+    np.testing.assert_allclose(unknown_lib.components(det.stats, x_val, 1)[:, 3], 1 - cos.max(1), atol=1e-5)
+    # Statistics saved before class_mean joined (no class means, three z-scoring pairs) keep their own score.
+    old = {k: v for k, v in det.stats.items() if k not in ("means", "z_mean", "z_std")}
+    three = unknown_lib.components(old, x_val, 1)
+    assert three.shape == (60, 3)
+    old.update(z_mean=three.mean(0), z_std=three.std(0))
+    unknown_lib.UnknownDetector("combined", 0.5, 0.95, old).save(tmp_path)
+    loaded = unknown_lib.UnknownDetector.load(tmp_path)
+    assert loaded is not None and json.loads((tmp_path / RunDir.OOD).read_text())["parts"] == [
+        "knn_head",
+        "knn",
+        "energy",
+    ]
+    np.testing.assert_allclose(loaded.score(x_val, p_val), ((three - three.mean(0)) / three.std(0)).mean(1), atol=1e-4)
+
+
 def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
     from floranet import config
     from floranet.errors import ModelError

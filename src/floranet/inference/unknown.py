@@ -3,8 +3,11 @@
 A run holds ``ood.json`` (method, threshold, the share of known images it keeps, ...) and ``ood.npz`` (the
 statistics the score needs, plain arrays). Every score is "higher = less like the training classes":
 
-* ``combined``: the mean of three z-scored scores (means and deviations of the known validation images):
-  ``knn_head``, ``knn`` and ``energy``. They fail on different held-out classes, so together they separate best.
+* ``combined``: the mean of four z-scored scores (means and deviations of the known validation images):
+  ``knn_head``, ``knn``, ``energy`` and ``class_mean``. The first three fail on different held-out flower
+  classes, so together they separate those best; ``class_mean`` adds what is far from every class (a cat, a
+  rocket, a page of text), which the other three often let through. A run fitted before ``class_mean`` joined
+  (its ``ood.npz`` has no ``means``) keeps scoring with its three parts.
 * ``knn_head``: cosine distance from the image's activations in the head's last hidden layer to those of its
   k-th nearest training image (Sun et al. 2022, "Out-of-distribution detection with deep nearest neighbors").
 * ``knn``: the same on the pooled backbone features, centred on the training mean.
@@ -37,6 +40,8 @@ from floranet.rundir import RunDir
 DEFAULT_K = 1
 # Methods that read the head's weights (its penultimate activations or logits).
 HEAD_METHODS = frozenset({"combined", "knn_head", "energy"})
+# ``combined``'s parts, in the order of :func:`components` (statistics from before class_mean joined: the first 3).
+COMBINED_PARTS = ("knn_head", "knn", "energy", "class_mean")
 # Training images kept as kNN references at most (a seeded sample beyond): bounds ood.npz and predict time.
 MAX_REFERENCES = 20_000
 _BLOCK = 1024
@@ -102,15 +107,20 @@ def fit_stats(
     if method == "knn_head":
         return {**hs, "references": _references(penultimate(hs, features), seed)}
     mean = features.mean(axis=0)
-    if method in ("knn", "combined"):
-        knn = {"mean": mean, "references_backbone": _references(features - mean, seed)}
-        if method == "knn":
-            return knn
-        return {**hs, **knn, "references": _references(penultimate(hs, features), seed)}
+    if method == "knn":
+        return {"mean": mean, "references_backbone": _references(features - mean, seed)}
     present = [c for c in range(num_classes) if np.any(labels == c)]
     means = np.stack([features[labels == c].mean(axis=0) for c in present])
     if method == "class_mean":
         return {"means": normalize(means)}
+    if method == "combined":
+        return {
+            **hs,
+            "mean": mean,
+            "references_backbone": _references(features - mean, seed),
+            "references": _references(penultimate(hs, features), seed),
+            "means": normalize(means),
+        }
     from sklearn.covariance import LedoitWolf
 
     centred = features - means[np.searchsorted(present, labels)]
@@ -143,7 +153,7 @@ def score(
     with threadpool_limits(1, user_api="blas"):
         for s in range(0, len(z), _BLOCK):
             block = z[s : s + _BLOCK]
-            if method == "combined":  # the mean of the three z-scored components (statistics from validation)
+            if method == "combined":  # the mean of the z-scored components (statistics from validation)
                 out[s : s + _BLOCK] = np.mean((components(stats, block, k) - stats["z_mean"]) / stats["z_std"], axis=1)
             else:
                 out[s : s + _BLOCK] = _score_block(method, stats, block, k)
@@ -151,16 +161,17 @@ def score(
 
 
 def components(stats: dict[str, np.ndarray], z: np.ndarray, k: int) -> np.ndarray:
-    """``combined``'s parts, ``[n, 3]``: kNN distance in the head's penultimate space, kNN distance of the
-    centred backbone features, energy."""
-    return np.stack(
-        [
-            _knn_distance(penultimate(stats, z), stats["references"], k),
-            _knn_distance(z - stats["mean"], stats["references_backbone"], k),
-            -np.logaddexp.reduce(logits(stats, z), axis=1),
-        ],
-        axis=1,
-    )
+    """``combined``'s parts, ``[n, 4]``: kNN distance in the head's penultimate space, kNN distance of the
+    centred backbone features, energy, cosine distance to the nearest class mean (``[n, 3]``, without the last,
+    for statistics fitted before it joined: they have no ``means``)."""
+    parts = [
+        _knn_distance(penultimate(stats, z), stats["references"], k),
+        _knn_distance(z - stats["mean"], stats["references_backbone"], k),
+        -np.logaddexp.reduce(logits(stats, z), axis=1),
+    ]
+    if "means" in stats:
+        parts.append(_score_block("class_mean", stats, z, k))
+    return np.stack(parts, axis=1)
 
 
 def _knn_distance(x: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:
@@ -223,6 +234,7 @@ class UnknownDetector:
             "temperature": self.temperature,
             "k": self.k,
             "statistics": RunDir.OOD_STATS if self.stats else None,
+            **({"parts": list(COMBINED_PARTS[: len(self.stats["z_mean"])])} if "z_mean" in self.stats else {}),
             "rule": "unknown when score > threshold; higher scores are less like the training classes",
             **self.info,
         }
@@ -255,7 +267,7 @@ class UnknownDetector:
             stats = {k: v.astype(np.float32) for k, v in stats.items()}  # once, not per call
         except (OSError, ValueError) as e:
             raise ModelError(f"{run / RunDir.OOD_STATS} cannot be read: {e}") from e
-        known = {"method", "threshold", "keep", "temperature", "k", "statistics", "rule"}
+        known = {"method", "threshold", "keep", "temperature", "k", "statistics", "rule", "parts"}
         return cls(
             meta["method"],
             float(meta["threshold"]),
