@@ -9,12 +9,14 @@ class's images and the run's known validation images go
 through ``floranet.load(run).predict_files`` (the predictor's own two-output call and the run's
 ``ood.json``): AUROC of the score (held-out = positive) and the false-"known" rate at the run's threshold
 (chosen on validation to keep 95% of known images). The same images' cached embeddings then score every
-candidate (kNN at several k, Mahalanobis, class mean, max calibrated probability, energy, max logit).
+candidate (kNN at several k, Mahalanobis, class mean, max calibrated probability, energy, max logit, ``combined``
+without its class-mean part as it was before, and published post-hoc scores).
 
 A sixth run on all 5 classes answers non-flower photos that ship with installed packages (matplotlib's
 grace_hopper.jpg, public domain; scikit-learn's china.jpg, CC BY 2.0; with ``floranet[bench]``, 15 of
 scikit-image's sample photos: a cat, an astronaut, a motorcycle, coffee, a rocket, a retina, the moon, ...), crops
-of them and generated images.
+of them and generated images; floranet's own candidates (not the published ones) then score them on that run's
+embeddings too.
 
     python benchmarks/bench_unknown.py [--preset tutorial|recommended] [--set FIELD=VALUE ...] [--no-non-flowers]
 

@@ -182,9 +182,12 @@ def _audit(r: dict) -> str:
 
 def _unknown(r: dict) -> str:
     per = [{k: v for k, v in row.items() if k != "methods"} for row in r["per_class"]]
+    # Results from before class_mean joined `combined` do not name its parts: they were these three.
+    method = r.get("default_method", "combined")
+    parts = ", ".join(r.get("combined_parts", ["knn_head", "knn", "energy"]))
     return (
-        f"floranet's default answer (`{r.get('default_method', 'combined')}`), through `predict` on each run: "
-        f"mean AUROC "
+        f"floranet's default answer (`{method}`{', the mean of z-scored ' + parts if method == 'combined' else ''}), "
+        "through `predict` on each run: mean AUROC "
         f"{r['mean_auroc']} (target >= {r['target_mean_auroc']}), mean false-known rate at 95% known kept "
         f"{r['mean_false_known_at_95']}.\n\n"
         + table(per, list(per[0]))
@@ -196,6 +199,13 @@ def _unknown(r: dict) -> str:
             + "\n\n"
             + table(r["non_flowers"], ["image", "unknown", "ood_score", "top_class"])
             if r.get("non_flowers")
+            else ""
+        )
+        + (
+            "\n\nEvery candidate on the same run's embeddings (non-flower photos answered unknown at 95% known "
+            "kept; AUROC against the known validation images):\n\n"
+            + table(r["non_flowers_methods"], list(r["non_flowers_methods"][0]))
+            if r.get("non_flowers_methods")
             else ""
         )
     )

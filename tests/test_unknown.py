@@ -186,3 +186,4 @@ def test_report_has_unknown_and_audit_sections(tiny_run: Path) -> None:
     html = (tiny_run / RunDir.REPORT).read_text()
     assert "<h2>Unknown answer</h2>" in html and "<h2>Data audit</h2>" in html
     assert "least like the training classes" in html
+    assert "the mean of z-scored knn_head, knn, energy, class_mean" in html

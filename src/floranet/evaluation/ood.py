@@ -187,11 +187,14 @@ def unknown_section(run: RunDir) -> str:
     if not meta:
         return ""
     fitted = meta.get("fitted_on", {})
+    names = meta.get("parts")
+    parts = f", the mean of z-scored {html.escape(', '.join(map(str, names)))}" if isinstance(names, list) else ""
     return (
         "<h2>Unknown answer</h2>"
         f"<p><code>predict</code>, <code>serve</code> and the web page answer <b>unknown</b> when an image's "
         f"out-of-distribution score is above {meta['threshold']:.4g}: method <code>{html.escape(meta['method'])}</code>"
-        f"{' (k = ' + str(meta.get('k')) + ')' if meta['method'] in KNN_METHODS else ''}, statistics from "
+        f"{' (k = ' + str(meta.get('k')) + ')' if meta['method'] in KNN_METHODS else ''}"
+        f"{parts}, statistics from "
         f"{fitted.get('train_images', '?')} training images, threshold chosen to keep {meta['keep']:.0%} of the "
         f"{fitted.get('validation_images', '?')} known validation images (kept: "
         f"{meta.get('validation_kept', 0):.1%}). Every answer carries <code>unknown</code> and "
