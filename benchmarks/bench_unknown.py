@@ -287,7 +287,7 @@ def non_flowers(
 
     result, _ = _train(data, work / "run-all", cache)
     images = _non_flower_images(work / "non-flowers")
-    methods = _non_flower_methods(result, classes, data, images, work / "non-flower-links")
+    methods = _non_flower_methods(result, classes, images, work / "non-flower-links")
     rows = load(result.run_dir).predict(list(images.values()))
     known = _scores(result.run_dir, [str(data / r.path) for r in RunDir(result.run_dir).split(classes).validation()])
     others = [r for name, r in zip(images, rows, strict=True) if name != SKLEARN_FLOWER]
@@ -309,9 +309,7 @@ def non_flowers(
     return table_rows, summary, methods
 
 
-def _non_flower_methods(
-    result: Any, classes: list[str], data: Path, images: dict[str, str], links: Path
-) -> list[dict[str, Any]]:
+def _non_flower_methods(result: Any, classes: list[str], images: dict[str, str], links: Path) -> list[dict[str, Any]]:
     """Every candidate of the held-out runs, on the all-classes run's embeddings: the non-flower images (but
     scikit-learn's flower) against its known validation images."""
     from sklearn.metrics import roc_auc_score
