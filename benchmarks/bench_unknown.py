@@ -89,8 +89,6 @@ def _embeddings(run_dir: Path, model: Any, rows: list[Any], names: list[str], da
 
 
 def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str]) -> dict[str, Any]:
-    from sklearn.metrics import roc_auc_score
-
     from floranet.data.split import SplitRow
     from floranet.evaluation.ood import compare, head_weights
     from floranet.rundir import RunDir
@@ -106,10 +104,9 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     held_rows = [SplitRow(f"{held}/{f.name}", held, "validation", _sha(f)) for f in sorted((data / held).iterdir())]
     known_s = _scores(run.path, val_files)
     other_s = _scores(run.path, [str(data / r.path) for r in held_rows])
-    y = np.r_[np.zeros(len(known_s)), np.ones(len(other_s))]
     row = {
         "held_out": held,
-        "auroc": round(float(roc_auc_score(y, np.r_[known_s, other_s])), 4),
+        "auroc": round(_auroc(known_s, other_s), 4),
         "false_known_at_95": round(float(np.mean(other_s <= meta["threshold"])), 4),
         "known_kept": round(float(np.mean(known_s <= meta["threshold"])), 4),
         "val_accuracy": round(result.metrics["accuracy"], 4),
@@ -131,7 +128,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     for name, (k, o) in candidates.items():
         threshold = np.quantile(k, 0.95, method="higher")
         methods[name] = {
-            "auroc": float(roc_auc_score(np.r_[np.zeros(len(k)), np.ones(len(o))], np.r_[k, o])),
+            "auroc": _auroc(k, o),
             "false_known_at_95": float(np.mean(o <= threshold)),
         }
     row["methods"] = methods
@@ -154,8 +151,7 @@ def combined_before(model: Any, train: Any, known: Any, other: Any, num_classes:
         head=head_weights(model),
     )  # fmt: skip
     stats = {k: v for k, v in fitted.stats.items() if k not in ("means", "z_mean", "z_std")}
-    parts = unknown_lib.components(stats, known.features, unknown_lib.DEFAULT_K)
-    stats.update(z_mean=parts.mean(axis=0), z_std=np.maximum(parts.std(axis=0), 1e-6))
+    stats.update(unknown_lib.z_scoring(stats, known.features, unknown_lib.DEFAULT_K))
     k, o = (unknown_lib.score("combined", stats, e.features, e.probs) for e in (known, other))
     return k, o
 
@@ -214,6 +210,13 @@ def literature_scores(
 
     k, o = scores(known), scores(other)
     return {name: (k[name], o[name]) for name in k}
+
+
+def _auroc(known: np.ndarray, other: np.ndarray) -> float:
+    """AUROC of scores that should rank ``other`` (positive) above ``known``."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(other))], np.r_[known, other]))
 
 
 def _sha(path: Path) -> str:
@@ -280,8 +283,6 @@ def non_flowers(
     and the AUROC of their scores against the run's known validation images (threshold-free); and the same two
     figures for every candidate on the run's embeddings. scikit-learn's flower.jpg is listed but counted in none,
     being a flower."""
-    from sklearn.metrics import roc_auc_score
-
     from floranet.inference import load
     from floranet.rundir import RunDir
 
@@ -295,7 +296,7 @@ def non_flowers(
     summary = {
         "answered_unknown": sum(bool(r.unknown) for r in others),
         "images": len(others),
-        "auroc": round(float(roc_auc_score(np.r_[np.zeros(len(known)), np.ones(len(odd))], np.r_[known, odd])), 4),
+        "auroc": round(_auroc(known, odd), 4),
     }
     table_rows = [
         {
@@ -312,8 +313,6 @@ def non_flowers(
 def _non_flower_methods(result: Any, classes: list[str], images: dict[str, str], links: Path) -> list[dict[str, Any]]:
     """Every candidate of the held-out runs, on the all-classes run's embeddings: the non-flower images (but
     scikit-learn's flower) against its known validation images."""
-    from sklearn.metrics import roc_auc_score
-
     from floranet.data.split import SplitRow
     from floranet.evaluation.ood import compare
     from floranet.rundir import RunDir
@@ -334,13 +333,12 @@ def _non_flower_methods(result: Any, classes: list[str], images: dict[str, str],
     out = []
     for name, (k, o) in candidates.items():
         threshold = np.quantile(k, 0.95, method="higher")
-        auroc = roc_auc_score(np.r_[np.zeros(len(k)), np.ones(len(o))], np.r_[k, o])
         out.append(
             {
                 "method": name,
                 "answered_unknown": int(np.sum(o > threshold)),
                 "images": len(o),
-                "auroc": round(float(auroc), 4),
+                "auroc": round(_auroc(k, o), 4),
             }
         )
     return sorted(out, key=lambda r: (-r["answered_unknown"], -r["auroc"]))

@@ -174,6 +174,13 @@ def components(stats: dict[str, np.ndarray], z: np.ndarray, k: int) -> np.ndarra
     return np.stack(parts, axis=1)
 
 
+def z_scoring(stats: dict[str, np.ndarray], val_features: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """``combined``'s ``z_mean`` and ``z_std``: each component's mean and deviation on the known validation images
+    (the deviation floored, so a part that is constant there cannot divide by zero)."""
+    parts = components(stats, val_features, k)
+    return {"z_mean": parts.mean(axis=0), "z_std": np.maximum(parts.std(axis=0), 1e-6)}
+
+
 def _knn_distance(x: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:
     """Cosine distance of each row to its k-th nearest reference (references normalised)."""
     sims = normalize(x) @ references.T
@@ -309,8 +316,7 @@ def fit(
         raise ModelError("The unknown threshold is chosen on validation images, and this run has none.")
     stats = fit_stats(method, train_features, train_labels, num_classes, head=head)
     if method == "combined":
-        parts = components(stats, np.asarray(val_features, np.float32), k)
-        stats.update(z_mean=parts.mean(axis=0), z_std=np.maximum(parts.std(axis=0), 1e-6))
+        stats.update(z_scoring(stats, np.asarray(val_features, np.float32), k))
     val_scores = score(method, stats, val_features, val_probs, temperature=temperature, k=k)
     threshold = float(np.quantile(val_scores, keep, method="higher"))
     info = {
