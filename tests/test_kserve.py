@@ -285,6 +285,22 @@ BAD = {
         b"",
         "unknown output 'logits'",
     ),
+    "binary_data not a bool": (
+        {
+            "inputs": [{"name": "pixels", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": "false"}}],
+        },
+        b"",
+        "binary_data must be true or false",
+    ),
+    "classification of labels": (
+        {
+            "inputs": [{"name": "pixels", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}],
+            "outputs": [{"name": "labels", "parameters": {"classification": 2}}],
+        },
+        b"",
+        "'labels' has no classification",
+    ),
     "tiny image": (
         {"inputs": [{"name": "pixels", "shape": [1, 1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
         b"",
@@ -327,14 +343,19 @@ def test_unusable_images_and_limits_map_like_predict(server: str) -> None:
         "inputs": [
             {
                 "name": "pixels",
-                "shape": [17, 32, 32, 3],
+                "shape": [5, 32, 32, 3],
                 "datatype": "UINT8",
-                "parameters": {"binary_data_size": 17 * 3072},
+                "parameters": {"binary_data_size": 5 * 3072},
             }
         ]
     }
-    r = _post(server, too_many, b"\1" * (17 * 3072))
-    assert r.status_code == 413 and "limit is 16" in r.json()["error"]  # 4 x --max-batch 4
+    r = _post(server, too_many, b"\1" * (5 * 3072))
+    assert r.status_code == 413 and "limit is 4" in r.json()["error"]  # a quarter of 4 x --max-batch 4
+    numbers = {"inputs": [{"name": "pixels", "shape": [5000, 32, 32, 3], "datatype": "UINT8", "data": [0] * 20000}]}
+    r = _post(server, numbers)  # more numbers than 4 images hold: refused before the JSON is parsed
+    assert r.status_code == 413 and "values" in r.json()["error"], r.text
+    deep = httpx.post(f"http://{server}/v2/models/{MODEL}/infer", content=b"[" * 100_000, timeout=30)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
     host, port = server.split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:  # a declared 1 GB body: refused unread
         sock.sendall(

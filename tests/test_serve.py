@@ -320,7 +320,8 @@ def test_slow_clients_do_not_stall_others_and_time_out(app) -> None:
 
 
 def test_overload_answers_503_with_retry_after(tiny_run) -> None:
-    app = serve.create_app(tiny_run, max_batch=1, max_wait_ms=0.0)
+    # The whole server's bound (no per-client share): one client may fill it.
+    app = serve.create_app(tiny_run, max_batch=1, max_wait_ms=0.0, client_share=1.0)
     real = app.state.batcher._infer
     app.state.batcher._infer = lambda x: (time.sleep(0.2), real(x))[1]  # a slow model
     images = [_png(seed) for seed in range(12)]
@@ -335,6 +336,62 @@ def test_overload_answers_503_with_retry_after(tiny_run) -> None:
     assert codes.count(200) >= 4 and 503 in codes, codes
     busy = next(a for a in answers if a.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+def test_a_busy_client_gets_its_share_and_the_others_still_get_in(tiny_run) -> None:
+    """One address floods the server: it holds at most its share (2 of 8 slots) and the rest get 503 naming the
+    client's share, while another address's photo is answered as usual."""
+    app = serve.create_app(tiny_run, max_batch=2, max_wait_ms=0.0)
+    state = app.state.serve
+    assert (state.max_pending, state.client_slots) == (8, 2)
+    real = app.state.batcher._infer
+    app.state.batcher._infer = lambda x: (time.sleep(0.3), real(x))[1]  # a slow model
+    images = [_png(seed) for seed in range(12)]
+    flood, other = {"X-Forwarded-For": "10.0.0.1"}, {"X-Forwarded-For": "10.0.0.2"}  # uvicorn trusts loopback
+    with serve.serve_in_thread(app) as url:
+
+        async def go() -> tuple[list[httpx.Response], httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                flooding = [asyncio.ensure_future(c.post("/predict", content=d, headers=flood)) for d in images]
+                await asyncio.sleep(0.1)  # the flood is in
+                mine = await c.post("/predict", content=images[0], headers=other)
+                return list(await asyncio.gather(*flooding)), mine
+
+        answers, mine = asyncio.run(go())
+    assert mine.status_code == 200, mine.text
+    codes = [a.status_code for a in answers]
+    assert 1 <= codes.count(200) <= 4 and codes.count(503) >= 8, codes  # 2 at a time, over ~0.6 s
+    busy = next(a for a in answers if a.status_code == 503)
+    assert "this client" in busy.json()["error"] and busy.headers["retry-after"] == "1"
+    assert state.pending == 0 and state.inflight_bytes == 0 and state.clients == {}  # all given back
+
+
+def test_slow_uploads_hold_only_the_bytes_they_have_sent(tiny_run) -> None:
+    """Bodies count against the bytes budget as they arrive: ten uploads that declare 90 KB each and trickle
+    hold ten bytes, not 900 KB of a 256 KB budget, so a normal upload still gets in."""
+    app = serve.create_app(tiny_run, max_inflight_bytes=256 * 1024, client_share=1.0, request_timeout_s=20.0)
+    state = app.state.serve
+    _, rose = _rose()
+    with serve.serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+            f"Content-Length: 90000\r\n\r\n"
+        ).encode()
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+        try:
+            for sock in slow:
+                sock.sendall(head + b"\xff")
+            deadline = time.monotonic() + 5
+            while state.inflight_bytes < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert state.inflight_bytes == 10  # one byte each
+            with httpx.Client(base_url=url, timeout=30) as c:
+                r = c.post("/predict", content=rose)
+            assert r.status_code == 200, r.text
+        finally:
+            for sock in slow:
+                sock.close()
 
 
 def _lambda_run(tiny_run: Path, tmp_path: Path) -> Path:

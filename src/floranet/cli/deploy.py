@@ -50,6 +50,12 @@ def add_serve(sub: Subparsers) -> None:
         help="largest image decoded, width x height (default 16 MP; refused from its header)",
     )
     p.add_argument(
+        "--client-share",
+        type=float,
+        default=ServeConfig.client_share,
+        help="most of the queue and upload memory one client address may hold (default 0.25; 1: no bound)",
+    )
+    p.add_argument(
         "--api-key",
         help="clients must send it (Authorization: Bearer KEY); default $FLORANET_API_KEY; required off loopback",
     )
@@ -82,6 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_pixels=args.max_pixels,
+        client_share=args.client_share,
         api_key=args.api_key,
         insecure_no_auth=args.insecure_no_auth,
         allowed_hosts=args.allowed_hosts,

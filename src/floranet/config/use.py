@@ -67,7 +67,10 @@ class ServeConfig:
         max_pixels: Largest image decoded (width x height), checked from its header before decoding; well
             under training's limit, since every pixel of an upload costs the server memory and CPU.
         decode_timeout_s: Time one image may take to decode before the client gets 503.
-        max_inflight_bytes: Request bodies held at once (declared sizes); more gets 503 before reading.
+        max_inflight_bytes: Bytes of request bodies held at once, counted as they arrive; more gets 503.
+        client_share: The most of the server's image slots (``4 * max_batch``) and of ``max_inflight_bytes`` one
+            client address may hold at once, so one client cannot crowd out the others (1.0: no per-client
+            bound, e.g. behind a proxy that sends every request from one address without ``X-Forwarded-For``).
         api_key: Clients must send it (``Authorization: Bearer KEY`` or ``X-API-Key``); None: open.
         allowed_hosts: Host names accepted in the ``Host`` header (``"*"``: any).
         header_timeout_s: Time a client has to send a request's headers.
@@ -85,6 +88,7 @@ class ServeConfig:
     max_pixels: int = 16_000_000
     decode_timeout_s: float = 10.0
     max_inflight_bytes: int = 256 * 1024 * 1024
+    client_share: float = 0.25
     api_key: str | None = field(default=None, repr=False)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     header_timeout_s: float = 10.0
@@ -103,6 +107,7 @@ class ServeConfig:
             "max_connections",
         ):
             check_positive_int(name, getattr(self, name))
+        check_fraction(self, "client_share", low_open=True, high_open=False)
         for name in ("max_wait_ms", "request_timeout_s", "decode_timeout_s", "header_timeout_s"):
             value = getattr(self, name)
             positive = name != "max_wait_ms"

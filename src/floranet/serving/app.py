@@ -40,8 +40,14 @@ Safety (every error answers JSON ``{"error": message}``):
   The content decides; file name and content type are never trusted.
 * 422: the image is recognised but damaged (truncated, corrupt header,
   unsupported colour mode).
-* 503 with ``Retry-After``: more than ``4 * max_batch`` images are already
-  being decoded, waiting or in inference.
+* 503 with ``Retry-After``: the server is full (``4 * max_batch`` images being
+  decoded, waiting or in inference, or ``max_inflight_bytes`` of bodies received),
+  or this client already holds its share of either (``client_share``; bodies are
+  counted as they arrive, so a slow client holds only what it has sent).
+
+Fairness: the decode threads take clients in turn (:class:`~floranet.serving.fair.FairPool`),
+so a client with many or huge images delays another client's image by at most one
+image's decode.
 
 No endpoint reads a path from the request; an uploaded file name is only
 echoed back as a label (its last path component). The model loads in Keras
@@ -72,6 +78,7 @@ from floranet.inference import load
 from floranet.serving import kserve, page
 from floranet.serving.access import AccessMiddleware
 from floranet.serving.batcher import Batcher
+from floranet.serving.fair import FairPool
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.state import ServeState, admitted, decode_upload, state_of
 from floranet.serving.uploads import RequestError, extract_upload, read_body
@@ -120,7 +127,8 @@ def create_app(
     h, w = predictor.image_size
     for n in (1, 2):  # trace the model once for any batch size before the first request
         predictor.probabilities(np.zeros((n, h, w, 3), np.float32))
-    # Decoding a photo is ~1 ms; more threads than half the cores only take CPU from inference.
+    # Decoding a photo is ~1 ms; more threads than half the cores only take CPU from inference. Clients take
+    # turns at them, so one client's many or huge images never hold up another's.
     workers = max(1, min(4, (os.cpu_count() or 2) // 2))
     state = ServeState(
         predictor,
@@ -128,7 +136,7 @@ def create_app(
         limits,
         predictor.run.model_version(),
         Batcher(predictor.outputs, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
-        concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode"),
+        FairPool(workers, "floranet-decode"),
         # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
         concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
         GradCamOverlay(lambda: predictor.model),  # Keras is loaded only when Grad-CAM is asked for
@@ -187,7 +195,7 @@ _HANDLERS: dict[Any, Any] = {
 }
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: probes that want only the status
 async def health(request: Request) -> dict[str, str]:
     state = state_of(request)
     return {
@@ -213,13 +221,15 @@ async def predict(request: Request) -> JSONResponse:
     state = state_of(request)
     t0 = time.perf_counter()
     want_cam = request.query_params.get("gradcam", "").strip().lower() in _TRUE
-    async with admitted(state, request):  # capacity is checked before a byte of the body is read
-        body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
+    async with admitted(state, request) as ticket:  # capacity is checked before a byte of the body is read
+        settings = state.settings
+        body = await read_body(request, settings.max_upload_bytes, settings.request_timeout_s, ticket.hold_bytes)
         name, data = extract_upload(request.headers.get("content-type", ""), body)
         del body
         if not data:
             raise RequestError(400, "empty upload: the image has 0 bytes")
-        photo, pixels, decode_ms = await decode_upload(state, data, name, keep_photo=want_cam)
+        ticket.take_slots(1)
+        photo, pixels, decode_ms = await decode_upload(state, ticket, data, name, keep_photo=want_cam)
         del data
         output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)  # probabilities + unknown score
         payload: dict[str, Any] = {**state.predictor.row(name, output).to_dict(), "model_version": state.version}

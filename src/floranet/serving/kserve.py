@@ -32,8 +32,9 @@ JSON and the binary tensor data extension (``Inference-Header-Content-Length``) 
 The same limits, batching and safety as ``POST /predict``: the body is read with
 :func:`~floranet.serving.uploads.read_body` (size and time limits), every image goes through the shared
 batcher one by one (so answers equal ``/predict``'s), images are decoded by
-:func:`floranet.data.decode.decode_bytes` in the decode pool with the same status per unusable kind, and
-more pending images than the server allows answer 503. Errors answer ``{"error": message}``, which is also
+:func:`floranet.data.decode.decode_bytes` in the decode pool (clients in turn) with the same status per
+unusable kind, a request holds at most one client's share of images (413 past it), and more pending images
+than the server or the client's share allows answer 503. Errors answer ``{"error": message}``, which is also
 the protocol's error object. The routes are plain routes of the app, so whatever middleware the app has
 (authentication, host checks) applies to them too.
 """
@@ -49,7 +50,7 @@ from fastapi.responses import Response
 
 from floranet.inference.predictor import top_k
 from floranet.serving import tensors
-from floranet.serving.state import ServeState, admitted, decode_upload
+from floranet.serving.state import ServeState, Ticket, admitted, decode_upload
 from floranet.serving.tensors import InferRequest, OutputTensor
 from floranet.serving.uploads import RequestError, read_body
 
@@ -91,8 +92,8 @@ async def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": "floranet", "version": __version__, "extensions": EXTENSIONS}
 
 
-@router.get("/v2/health/live")
-@router.get("/v2/health/ready")
+@router.api_route("/v2/health/live", methods=["GET", "HEAD"])
+@router.api_route("/v2/health/ready", methods=["GET", "HEAD"])
 async def health(request: Request) -> Response:
     _state(request)  # the app exists only once its model is loaded and warmed up
     return Response(status_code=200)
@@ -153,21 +154,24 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise RequestError(415, f"Content-Encoding {encoding[:40]!r} is not supported; send the body uncompressed")
-    async with admitted(state, request):  # a slot and the body's bytes, checked before the body is read
-        body = await read_body(request, state.settings.max_upload_bytes, state.settings.request_timeout_s)
-        parsed = tensors.parse_request(body, request.headers.get("inference-header-content-length"))
+    settings = state.settings
+    async with admitted(state, request) as ticket:  # refused before the body is read when full
+        body = await read_body(request, settings.max_upload_bytes, settings.request_timeout_s, ticket.hold_bytes)
+        h, w = state.predictor.image_size
+        # Parsing is CPU work like decoding: it takes the client's turn in the same pool, and JSON with more
+        # numbers than a whole share of images could hold is refused before parsing (a 20 MB body parses ~1 s).
+        parsed = await state.decode_pool.run(
+            ticket.client,
+            tensors.parse_request,
+            body,
+            request.headers.get("inference-header-content-length"),
+            state.client_slots * h * w * 3 + 1024,  # + the JSON's own commas
+            timeout_s=settings.decode_timeout_s,
+        )
         del body
-        count = _count(state, parsed)
-        if state.pending - 1 + count > state.max_pending:  # this request already holds one slot
-            raise RequestError(
-                503, f"server busy: {state.pending} images already waiting; retry shortly", headers={"Retry-After": "1"}
-            )
-        state.pending += count - 1
-        try:
-            pixels = await _pixels(state, parsed)
-            results = await asyncio.gather(*(state.batcher.submit(p) for p in pixels))
-        finally:
-            state.pending -= count - 1
+        ticket.take_slots(_count(state, parsed))
+        pixels = await _pixels(state, ticket, parsed)
+        results = await asyncio.gather(*(state.batcher.submit(p) for p in pixels))
     rows = np.stack([r[0] for r in results]).astype(np.float32)  # probabilities, then the unknown score
     header: dict[str, Any] = {"model_name": model_name(state), "model_version": state.version}
     if parsed.id is not None:
@@ -207,25 +211,27 @@ def _count(state: ServeState, parsed: InferRequest) -> int:
     unknown = [o.name for o in parsed.outputs or () if o.name not in offered]
     if unknown:  # refused before any work
         raise RequestError(400, f"unknown output {unknown[0]!r}; this model has {', '.join(repr(n) for n in offered)}")
-    scalar = [o.name for o in parsed.outputs or () if o.classification and o.name in (OOD_SCORE, UNKNOWN)]
+    scalar = [o.name for o in parsed.outputs or () if o.classification and o.name != PROBABILITIES]
     if scalar:
         raise RequestError(400, f"output {scalar[0]!r} has no classification; ask it of {PROBABILITIES!r}")
     n = tensor.shape[0]
     if n < 1:
         raise RequestError(400, f"input {tensor.name!r} holds no image (shape {list(tensor.shape)})")
-    if n > state.max_pending:
-        raise RequestError(413, f"{n} images in one request; the limit is {state.max_pending}")
+    if n > state.client_slots:
+        raise RequestError(413, f"{n} images in one request; the limit is {state.client_slots} (one client's share)")
     return int(n)
 
 
-async def _pixels(state: ServeState, parsed: InferRequest) -> list[np.ndarray]:
+async def _pixels(state: ServeState, ticket: Ticket, parsed: InferRequest) -> list[np.ndarray]:
     """Float32 [H, W, 3] pixels of every image of the request."""
     tensor = parsed.inputs[0]
     if tensor.name == IMAGE:
         for i, data in enumerate(tensor.data):
             if not data:
                 raise RequestError(400, f"image {i}: empty (0 bytes)")
-        jobs = [decode_upload(state, data, f"image {i}", keep_photo=False) for i, data in enumerate(tensor.data)]
+        jobs = [
+            decode_upload(state, ticket, data, f"image {i}", keep_photo=False) for i, data in enumerate(tensor.data)
+        ]
         return [pixels for _, pixels, _ in await asyncio.gather(*jobs)]
     array = tensor.data.reshape(tensor.shape)
     if tensor.datatype == "FP32":

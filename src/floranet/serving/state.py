@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import time
@@ -18,6 +17,7 @@ from floranet.data.images import UnusableImageError
 from floranet.inference import Predictor
 from floranet.inference.runtime import RuntimeChoice
 from floranet.serving.batcher import Batcher
+from floranet.serving.fair import FairPool
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.uploads import RequestError
 
@@ -26,23 +26,50 @@ STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format"
 
 
 @dataclass
+class ClientShare:
+    """What one client address holds now: image slots and bytes of request bodies received."""
+
+    slots: int = 0
+    bytes: int = 0
+
+
+@dataclass
 class ServeState:
-    """Everything the routes share, kept on ``app.state.serve``."""
+    """Everything the routes share, kept on ``app.state.serve``.
+
+    Capacity is shared fairly: the server holds at most ``max_pending`` images (being decoded, waiting or in
+    inference) and ``max_inflight_bytes`` of request bodies, and one client address at most
+    ``client_share`` of each (:attr:`client_slots`, :attr:`client_bytes`), so one client, however busy, leaves
+    room for the others.
+    """
 
     predictor: Predictor
     choice: RuntimeChoice
     settings: ServeConfig
     version: str
     batcher: Batcher
-    decode_pool: concurrent.futures.ThreadPoolExecutor
+    decode_pool: FairPool
     gradcam_pool: concurrent.futures.ThreadPoolExecutor
     overlay: GradCamOverlay
     pending: int = 0
     inflight_bytes: int = 0
     max_pending: int = field(init=False)
+    clients: dict[str, ClientShare] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.max_pending = 4 * self.settings.max_batch
+
+    @property
+    def client_slots(self) -> int:
+        """The most images one client may have pending at once (also the most in one request)."""
+        return max(1, int(self.max_pending * self.settings.client_share))
+
+    @property
+    def client_bytes(self) -> int:
+        """The most request-body bytes one client may have in memory at once (at least one largest upload)."""
+        settings = self.settings
+        one_upload = min(settings.max_upload_bytes, settings.max_inflight_bytes)
+        return max(one_upload, int(settings.max_inflight_bytes * settings.client_share))
 
 
 def state_of(request: Request) -> ServeState:
@@ -50,41 +77,97 @@ def state_of(request: Request) -> ServeState:
     return state
 
 
-@contextlib.asynccontextmanager
-async def admitted(state: ServeState, request: Request) -> AsyncIterator[None]:
-    """Holds one of the server's request slots and the body's bytes budget, or answers 503 at once.
+def _busy(message: str) -> RequestError:
+    return RequestError(503, f"server busy: {message}; retry shortly", close=True, headers={"Retry-After": "1"})
 
-    The bytes reserved are the declared ``Content-Length`` (bodies over ``max_upload_bytes`` are refused by
-    :func:`read_body`), or ``max_upload_bytes`` when the client declares none.
-    """
-    settings = state.settings
-    declared = request.headers.get("content-length", "")
-    reserve = min(int(declared), settings.max_upload_bytes) if declared.isdigit() else settings.max_upload_bytes
-    if state.pending >= state.max_pending or state.inflight_bytes + reserve > settings.max_inflight_bytes:
-        raise RequestError(
-            503,
-            f"server busy: {state.pending} images already waiting; retry shortly",
-            close=True,
-            headers={"Retry-After": "1"},
-        )
-    state.pending += 1
-    state.inflight_bytes += reserve
+
+@dataclass
+class Ticket:
+    """One request's hold on the server: the body bytes it has received and the image slots it has taken,
+    counted for the server and for its client, and all given back when the request ends."""
+
+    state: ServeState
+    client: str
+    share: ClientShare
+    bytes: int = 0
+    slots: int = 0
+
+    def hold_bytes(self, n: int) -> None:
+        """Counts ``n`` more bytes of the body as they arrive (a slow client holds only what it has sent).
+
+        Raises:
+            RequestError: 503 when the server's or this client's bytes budget would be passed.
+        """
+        state = self.state
+        if state.inflight_bytes + n > state.settings.max_inflight_bytes:
+            raise _busy(f"{state.inflight_bytes:,} bytes of uploads already in memory")
+        if self.share.bytes + n > state.client_bytes:
+            raise _busy(f"this client already has {self.share.bytes:,} bytes of uploads in memory")
+        state.inflight_bytes += n
+        self.share.bytes += n
+        self.bytes += n
+
+    def take_slots(self, n: int) -> None:
+        """Takes ``n`` image slots (a request's images, once its body is read).
+
+        Raises:
+            RequestError: 503 when the server's or this client's slots would be passed.
+        """
+        state = self.state
+        if state.pending + n > state.max_pending:
+            raise _busy(f"{state.pending} images already waiting")
+        if self.share.slots + n > state.client_slots:
+            raise _busy(f"this client already has {self.share.slots} images waiting (its share: {state.client_slots})")
+        state.pending += n
+        self.share.slots += n
+        self.slots += n
+
+    def release(self) -> None:
+        state = self.state
+        state.pending -= self.slots
+        state.inflight_bytes -= self.bytes
+        self.share.slots -= self.slots
+        self.share.bytes -= self.bytes
+        self.slots = self.bytes = 0
+        if self.share.slots == 0 and self.share.bytes == 0 and state.clients.get(self.client) is self.share:
+            del state.clients[self.client]
+
+
+def client_of(request: Request) -> str:
+    """The client's address (uvicorn's, which honours ``X-Forwarded-For`` only from trusted proxies)."""
+    return request.client.host if request.client else "?"
+
+
+@contextlib.asynccontextmanager
+async def admitted(state: ServeState, request: Request) -> AsyncIterator[Ticket]:
+    """A :class:`Ticket` for the request, or 503 at once, before a byte of the body is read, when the server or
+    this client is already full (every slot taken, or the bytes budget spent)."""
+    client = client_of(request)
+    share = state.clients.get(client) or ClientShare()
+    if state.pending >= state.max_pending:
+        raise _busy(f"{state.pending} images already waiting")
+    if state.inflight_bytes >= state.settings.max_inflight_bytes:
+        raise _busy(f"{state.inflight_bytes:,} bytes of uploads already in memory")
+    if share.slots >= state.client_slots or share.bytes >= state.client_bytes:
+        raise _busy(f"this client already has {share.slots} images waiting (its share: {state.client_slots})")
+    state.clients[client] = share
+    ticket = Ticket(state, client, share)
     try:
-        yield
+        yield ticket
     finally:
-        state.pending -= 1
-        state.inflight_bytes -= reserve
+        ticket.release()
 
 
 async def decode_upload(
-    state: ServeState, data: bytes, name: str, *, keep_photo: bool
+    state: ServeState, ticket: Ticket, data: bytes, name: str, *, keep_photo: bool
 ) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """Decodes in the decode pool within ``decode_timeout_s`` (503 past it; the thread finishes on its own,
-    bounded by ``max_pixels``, which every allowed decoder's cost is linear in)."""
-    loop = asyncio.get_running_loop()
-    work = loop.run_in_executor(state.decode_pool, decode_sync, data, name, state, keep_photo)
+    """Decodes in the decode pool, clients in turn, each image within ``decode_timeout_s`` of its start (503
+    past it; the thread finishes on its own, bounded by ``max_pixels``, which every allowed decoder's cost is
+    linear in)."""
     try:
-        return await asyncio.wait_for(work, state.settings.decode_timeout_s)
+        return await state.decode_pool.run(
+            ticket.client, decode_sync, data, name, state, keep_photo, timeout_s=state.settings.decode_timeout_s
+        )
     except TimeoutError:
         raise RequestError(
             503,

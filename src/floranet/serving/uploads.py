@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -25,12 +26,19 @@ class RequestError(Exception):
             self.headers["Connection"] = "close"
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float, hold: Callable[[int], None] | None = None) -> bytes:
     """Reads the request body asynchronously, at most ``limit`` bytes within ``timeout_s``.
+
+    Args:
+        request: The request.
+        limit: The most bytes accepted.
+        timeout_s: The time the whole body may take to arrive.
+        hold: Called with each chunk's size as it arrives, before it is kept (the server's bytes budget:
+            it raises to refuse the rest).
 
     Raises:
         RequestError: 413 (declared or counted size over the limit), 408
-            (too slow), 400 (bad Content-Length or the client went away).
+            (too slow), 400 (bad Content-Length or the client went away), or what ``hold`` raises.
     """
     from starlette.requests import ClientDisconnect
 
@@ -54,6 +62,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                     raise RequestError(
                         413, f"upload too large: more than {limit:,} bytes received (the limit)", close=True
                     )
+                if hold is not None:
+                    hold(len(chunk))
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestError(
