@@ -156,6 +156,20 @@ def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     relabel.write_text("a/1.jpg\n")
     with pytest.raises(ConfigError, match="path,new_label"):
         read_relabel(relabel)
+    for bad in ("../../evil", "a/b", ".."):
+        relabel.write_text(f"a/1.jpg,{bad}\n")
+        with pytest.raises(ConfigError, match="line 1: a new label must be a class name"):
+            read_relabel(relabel)
+    # An edited audit.csv: CRLF and a blank last line are fine; a short row or an emptied label is named.
+    header = "file,kind,score,given_label,suggested_label,other_file,split\r\n"
+    audit_csv.write_text(header + "a/1.jpg,label_issue,0.5,a,b,,train\r\n\r\n")
+    assert read_relabel(audit_csv) == {"a/1.jpg": "b"}
+    audit_csv.write_text(header + "a/1.jpg,label_issue,0.5\r\n")
+    with pytest.raises(ConfigError, match="line 2: expected 7 fields"):
+        read_relabel(audit_csv)
+    audit_csv.write_text(header + "a/1.jpg,label_issue,0.5,a,,,train\r\n")
+    with pytest.raises(ConfigError, match="line 2: the suggested_label field is empty"):
+        read_relabel(audit_csv)
     curation = Curation(("a/1.jpg",), {"b/2.jpg": "a"})
     items = curation.apply_items([("a/1.jpg", "a", ""), ("b/2.jpg", "b", ""), ("c/3.jpg", "c", "")])
     assert items == [("b/2.jpg", "a", ""), ("c/3.jpg", "c", "")]

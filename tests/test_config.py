@@ -40,6 +40,10 @@ def test_saved_yaml_round_trips(tmp_path) -> None:
         ({"preset": "fast"}, "Received: preset='fast'"),
         ({"epochs": 0, "fine_tune_epochs": 0}, "epochs"),
         ({"learning_rate": 3.0}, "Received: learning_rate=3.0"),
+        ({"seed": -1}, "Received: seed=-1"),
+        ({"seed": 2**32}, "Received: seed=4294967296"),
+        ({"weights": 5}, "Received: weights=5"),
+        ({"split_file": 7}, "Received: split_file=7"),
     ],
 )
 def test_invalid_values_name_the_setting(flags, match) -> None:

@@ -138,6 +138,51 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_
         train(changed, resume=True, progress=False, say=lambda m: None)
 
 
+def test_a_split_file_without_hashes_gets_each_files_own(images, tmp_path) -> None:
+    """The feature cache is keyed by sha256: a hand-written split with no (or stale) hashes must not make every
+    image share one cached feature vector."""
+    import hashlib
+
+    from floranet.errors import ConfigError, DatasetError
+
+    files = sorted(p for p in images.rglob("*.jpg"))
+    rows = [
+        (p.relative_to(images).as_posix(), p.parent.name, "validation" if i % 4 == 0 else "train")
+        for i, p in enumerate(files)
+    ]
+    hand = tmp_path / "hand.csv"
+    stale = "a" * 64
+    hand.write_text(
+        "path,label,split,sha256\n"
+        + "".join(f"{r},{lab},{sp},{stale if i == 0 else ''}\n" for i, (r, lab, sp) in enumerate(rows))
+    )
+    said: list[str] = []
+    cfg = config.resolve(
+        data_dir=str(images), out=str(tmp_path / "run"), preset="tutorial", epochs=1, split_file=str(hand), **FAST
+    )
+    train(cfg, progress=False, say=said.append)
+    with open(tmp_path / "run" / "split.csv", newline="") as f:
+        written = {r["path"]: r["sha256"] for r in csv.DictReader(f)}
+    assert written == {p.relative_to(images).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    assert any("1 files of the split changed since it was written" in m for m in said), said
+    only_validation = tmp_path / "val.csv"
+    only_validation.write_text("path,label,split,sha256\n" + "".join(f"{r},{lab},validation,\n" for r, lab, _ in rows))
+    cfg = config.resolve(
+        data_dir=str(images),
+        out=str(tmp_path / "run2"),
+        preset="tutorial",
+        epochs=1,
+        split_file=str(only_validation),
+        **FAST,
+    )
+    with pytest.raises(DatasetError, match="no training images"):
+        train(cfg, progress=False, say=lambda m: None)
+    inside = config.resolve(data_dir=str(images), out=str(images / "run"), preset="tutorial", epochs=1, **FAST)
+    with pytest.raises(ConfigError, match="outside the data folder"):
+        train(inside, progress=False, say=lambda m: None)
+    assert not (images / "run").exists()  # refused before anything was created
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "floranet.cli", *args]
 

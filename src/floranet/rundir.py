@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,18 @@ class RunDir:
         """Whether the folder holds a floranet run (finished or not)."""
         return self.exists(self.CONFIG) or self.exists(self.STATE)
 
+    def check_outside(self, data_dir: str | os.PathLike[str]) -> None:
+        """Refuses a run (or audit) folder inside the data folder: its plots would become images of a class.
+
+        Raises:
+            ConfigError: The folder is ``data_dir`` or inside it.
+        """
+        if self.path.resolve().is_relative_to(Path(data_dir).resolve()):
+            raise ConfigError(
+                f"out must be outside the data folder {os.fspath(data_dir)!r} (a folder in it would be read as a "
+                f"class). Received: out={str(self.path)!r}"
+            )
+
     def check_new_output(self) -> None:
         """Refuses to write a new run into a folder that already holds other things.
 
@@ -172,8 +185,11 @@ class RunDir:
         path = self.path / name
         if not path.exists():
             return default
-        # As written (utils.files): file names that are not UTF-8 round-trip through surrogate escapes.
-        return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
+        try:
+            # As written (utils.files): file names that are not UTF-8 round-trip through surrogate escapes.
+            return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
+        except ValueError as e:  # JSONDecodeError, or a damaged encoding
+            raise ModelError(f"{path} is damaged (not valid JSON: {e}); rerun the step that wrote it") from None
 
     def class_names(self) -> list[str]:
         names = self.read_json(self.CLASS_NAMES)
@@ -263,8 +279,12 @@ class RunDir:
         """The arrays of an ``.npz`` of the run (``allow_pickle=False``: data only)."""
         import numpy as np
 
-        with np.load(self.path / name, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        path = self.path / name
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun the step that wrote it") from None
 
     def write_config(self, config: TrainConfig) -> None:
         config.save(self.path / self.CONFIG)

@@ -103,7 +103,7 @@ class TrainConfig:
             "val_split",
             self.val_split,
         )
-        check(is_int(self.seed), "seed must be an int", "seed", self.seed)
+        check(is_int(self.seed) and 0 <= self.seed < 2**32, "seed must be an int in [0, 2**32)", "seed", self.seed)
         check_int_at_least(self, "head_units", 0)
         check_fraction(self, "dropout", low_open=False)
         check_fraction(self, "label_smoothing", low_open=False)
@@ -121,9 +121,15 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
         check_choice("unknown_method", self.unknown_method, UNKNOWN_METHODS)
-        for name in ("exclude", "relabel"):
+        for name in ("exclude", "relabel", "split_file"):
             value = getattr(self, name)
             check(value is None or (isinstance(value, str) and bool(value)), f"{name} must be a file path", name, value)
+        check(
+            self.weights is None or isinstance(self.weights, str),
+            "weights must be 'imagenet', 'none' or a weights file path",
+            "weights",
+            self.weights,
+        )
         check(
             self.class_weights in (None, "auto"),
             "class_weights must be 'auto' or None",

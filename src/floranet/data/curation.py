@@ -46,6 +46,17 @@ def _relative(text: str, source: str | os.PathLike[str], line: int, name: str) -
     return str(PurePosixPath(p))
 
 
+def _new_label(text: str, source: str | os.PathLike[str], line: int) -> str:
+    """A relabel target: a name a class folder could have (no separators, printable, not . or ..)."""
+    label = text.strip()
+    if not label or label in (".", "..") or "/" in label or "\\" in label or not label.isprintable():
+        raise ConfigError(
+            f"{source} line {line}: a new label must be a class name (no slashes, printable). "
+            f"Received: new_label={text!r}"
+        )
+    return label
+
+
 def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """The relative paths an exclude file names (an ``audit.csv``'s ``file`` column, or one path a line).
 
@@ -78,8 +89,19 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
             for c in (AUDIT_FILE_COLUMN, AUDIT_SUGGESTED_COLUMN, AUDIT_KIND_COLUMN)
         )
         for i, row in enumerate(rows[1:], 2):
+            if not "".join(row).strip():
+                continue  # a blank line, as editors leave at the end
+            if len(row) <= max(f, s, k):
+                raise ConfigError(
+                    f"{path} line {i}: expected {len(header)} fields as in its header. Received: relabel row={row!r}"
+                )
             if k < 0 or row[k].strip() == LABEL_ISSUE:
-                out[_relative(row[f], path, i, "relabel")] = row[s].strip()
+                if not row[s].strip():
+                    raise ConfigError(
+                        f"{path} line {i}: the {AUDIT_SUGGESTED_COLUMN} field is empty; fill in the label or "
+                        f"delete the row. Received: relabel row={row!r}"
+                    )
+                out[_relative(row[f], path, i, "relabel")] = _new_label(row[s], path, i)
         return out
     start = 1 if header[:2] == ["path", "new_label"] else 0
     for i, row in enumerate(rows[start:], start + 1):
@@ -87,7 +109,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
             continue
         if len(row) != 2 or not row[1].strip():
             raise ConfigError(f"{path} line {i}: expected 'path,new_label'. Received: relabel row={row!r}")
-        out[_relative(row[0], path, i, "relabel")] = row[1].strip()
+        out[_relative(row[0], path, i, "relabel")] = _new_label(row[1], path, i)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,15 +116,7 @@ def prepare(
         # Classes with no usable image cannot be learned: leave them out of the label set.
         names = sorted({label for _, label, _ in items})
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
-    usable_paths = {f.path for f in usable}
-    missing = [r.path for r in split.rows if r.path not in usable_paths]
-    if missing:
-        if len(missing) == len(split.rows):
-            raise DatasetError(f"None of the files in the split manifest are usable in {data_dir}.")
-        notes.append(f"{len(missing)} files of the split are missing or unusable now and were left out")
-        split = split_lib.Split(
-            rows=tuple(r for r in split.rows if r.path in usable_paths), class_names=split.class_names
-        )
+    split = _checked_against(split, usable, data_dir, notes, say)
     split.to_csv(split_path)
     run.write_class_names(split.class_names)
     if curate:
@@ -139,6 +132,40 @@ def prepare(
         f"train {len(split.train())}, validation {len(split.validation())}."
     )
     return prepared
+
+
+def _checked_against(
+    split: split_lib.Split,
+    usable: list[doctor.FileFinding],
+    data_dir: Path,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> split_lib.Split:
+    """The split's rows that are usable now, each with the sha256 of the file as it is now.
+
+    A split file may carry no hashes (hand-written) or stale ones (files edited since); the feature cache is
+    keyed by hash, so a hash taken on trust would give many images one cached feature vector.
+    """
+    hashes = {f.path: f.sha256 or "" for f in usable}
+    kept = [r for r in split.rows if r.path in hashes]
+    if not kept:
+        raise DatasetError(f"None of the files in the split manifest are usable in {data_dir}.")
+    if len(kept) < len(split.rows):
+        notes.append(f"{len(split.rows) - len(kept)} files of the split are missing or unusable now and were left out")
+        say(f"Split: {notes[-1]}.")
+    changed = sum(1 for r in kept if r.sha256 and r.sha256 != hashes[r.path])
+    if changed:
+        notes.append(f"{changed} files of the split changed since it was written (their sha256 differs)")
+        say(f"Split: {notes[-1]}; their current content is used.")
+    rows = tuple(dataclasses.replace(r, sha256=hashes[r.path]) for r in kept)
+    if not any(r.split == "train" for r in rows):
+        raise DatasetError(f"The split has no training images left in {data_dir}; every usable row is validation.")
+    if not any(r.split == "validation" for r in rows):
+        say(
+            "Split: no validation images: early stopping, calibration, the unknown threshold and evaluation have "
+            "nothing to measure on."
+        )
+    return split_lib.Split(rows=rows, class_names=split.class_names)
 
 
 def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:

@@ -119,9 +119,8 @@ def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
     written over)."""
     data_dir = Path(target)
     folder = Path(out) if out is not None else default_audit_dir(data_dir)
-    if folder.resolve().is_relative_to(data_dir.resolve()):
-        raise ConfigError(f"The audit folder must be outside the data folder {data_dir}. Received: out={str(folder)!r}")
     run = RunDir(folder)
+    run.check_outside(data_dir)
     run.check_new_output()
     return run
 

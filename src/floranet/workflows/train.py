@@ -44,6 +44,7 @@ def train(
     """
     # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
     weights_lib.ensure_available(config.backbone, config.weights)
+    RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
     with RunDir(config.out).lock():  # one writer per run directory
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
