@@ -92,3 +92,32 @@ def test_metrics_dict_has_every_view() -> None:
 def test_two_classes_have_metrics_too() -> None:
     m = classification_metrics(np.array([0, 1, 1]), np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]), ["a", "b"])
     assert m["accuracy"] == pytest.approx(2 / 3) and m["top_2_accuracy"] == 1.0
+
+
+def test_evaluating_a_folder_with_no_usable_image_says_so(tiny_run, tmp_path) -> None:
+    from floranet.errors import DatasetError
+    from floranet.evaluation import evaluate_run
+
+    bad = tmp_path / "bad" / "roses"
+    bad.mkdir(parents=True)
+    (bad / "a.jpg").write_text("not an image")
+    for folder in (tmp_path / "bad", tmp_path / "bad" / "roses"):  # unreadable images; a flat folder of them
+        with pytest.raises(DatasetError, match="no usable images"):
+            evaluate_run(tiny_run, data_dir=folder)
+
+
+def test_a_damaged_run_file_is_named_and_a_damaged_compiled_record_is_ignored(writable_run) -> None:
+    from floranet.errors import ModelError
+    from floranet.inference import compiled
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    (writable_run / RunDir.CLASS_NAMES).write_text("[1, 2")
+    with pytest.raises(ModelError, match="class_names.json is damaged"):
+        run.class_names()
+    (writable_run / RunDir.OOD_STATS).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelError, match="ood.npz cannot be read"):
+        run.read_npz(RunDir.OOD_STATS)
+    (writable_run / RunDir.COMPILED).mkdir(exist_ok=True)
+    (writable_run / RunDir.COMPILED / RunDir.COMPILED_INFO).write_text("{bad")
+    assert compiled.info(run) == {} and compiled.usable(run) is None  # a cache: model.keras answers

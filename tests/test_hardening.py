@@ -412,6 +412,28 @@ def test_half_open_sockets_do_not_lock_out_health(hardened_app) -> None:
                 s.close()
 
 
+def test_a_connection_past_the_clients_bound_gets_503_not_a_bare_reset(hardened_app) -> None:
+    from floranet import serving
+
+    with serving.serve_in_thread(hardened_app) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Length: 1000\r\n\r\nxx"
+        ).encode()
+        busy = [socket.create_connection((host, int(port)), timeout=5) for _ in range(16)]  # the client's bound
+        try:
+            for s in busy:
+                s.sendall(head)  # a request in progress: not idle, so not closed to make room
+            time.sleep(0.3)
+            with socket.create_connection((host, int(port)), timeout=5) as extra:
+                answer = extra.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer and b"server busy" in answer
+        finally:
+            for s in busy:
+                s.close()
+
+
 def test_postscript_upload_gets_415_without_tool_output(hardened_app) -> None:
     from fastapi.testclient import TestClient
 

@@ -72,3 +72,20 @@ def test_card_of_a_run_without_validation_images(tmp_path: Path, tiny_run: Path)
     RunDir(run).write_json(RunDir.METRICS, {"num_examples": 0})
     front = _front(write_model_card(run).read_text(encoding="utf-8"))
     assert front["model-index"][0]["results"] == []
+
+
+def test_hostile_class_names_cannot_inject_markup_or_terminal_codes(tmp_path: Path, tiny_run: Path) -> None:
+    import csv
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("exports*", "features"))
+    hostile = {"daisy": "<img src=x onerror=alert(1)>", "roses": "a|b`c", "tulips": "red\x1b[31m"}
+    RunDir(run).write_class_names([hostile[n] for n in ("daisy", "roses", "tulips")])
+    with open(run / "split.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    with open(run / "split.csv", "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([rows[0], *([p, hostile[lab], s, h] for p, lab, s, h in rows[1:])])
+    text = model_card(RunDir(run))
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "\x1b" not in text and "red\\x1b[31m" in text
+    assert "| a\\|b'c |" in text  # the table keeps its columns

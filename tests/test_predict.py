@@ -91,6 +91,28 @@ def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
     assert "plain.jpg" in capsys.readouterr().out
 
 
+def test_predict_never_writes_over_a_photo_and_says_when_a_folder_is_empty(tiny_run, tmp_path, capsys) -> None:
+    import os
+
+    cases = _write_cases(tmp_path)
+    photo = cases["jpeg"]
+    before = photo.read_bytes()
+    for output in (photo, tmp_path / "new.png"):  # an input, or any image's name
+        assert main(["predict", str(tiny_run), str(tmp_path), "--output", str(output)]) == 2
+        assert "not an image or one of the inputs" in capsys.readouterr().err
+    assert photo.read_bytes() == before and not (tmp_path / "new.png").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tiny_run), str(tmp_path / "empty")]) == 1  # nothing predicted: an error row
+    assert "no image" in capsys.readouterr().out
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / os.fsdecode(b"\xff\xfe.jpg")).write_bytes(before)  # a name that is not UTF-8
+    out = tmp_path / "odd.json"
+    assert main(["predict", str(tiny_run), str(odd), "--output", str(out)]) == 0
+    rows = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8: the odd bytes are written as \xNN
+    assert rows[0]["file"].endswith("\\xff\\xfe.jpg") and rows[0]["error"] is None
+
+
 def test_predict_bytes_matches_file_prediction(tiny_run, tmp_path) -> None:
     path = _write_cases(tmp_path)["rgba_png"]
     predictor = predict.load(tiny_run)

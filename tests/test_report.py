@@ -75,6 +75,11 @@ def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
     assert main(["explain", str(tiny_run), str(image), "--out", str(tmp_path / "cams"), "--class", "roses"]) == 0
     assert (tmp_path / "cams" / "flower.gradcam.png").stat().st_size > 0
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "flower.jpg"  # the same name in another folder: its own overlay, not written over
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(twin)
+    assert main(["explain", str(tiny_run), str(image), str(twin), "--out", str(tmp_path / "cams2")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cams2").iterdir()) == ["flower.2.gradcam.png", "flower.gradcam.png"]
     model = keras.saving.load_model(tiny_run / "model.keras")
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     heat, probs = GradCAM(model).heatmaps(x)

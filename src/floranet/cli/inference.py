@@ -66,13 +66,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from floranet.errors import ConfigError
     from floranet.inference import formats, load
     from floranet.inference import ray as ray_engine
-    from floranet.utils.files import check_writable
 
     ray_engine.check_engine(args.engine, address=args.ray_address, num_workers=args.workers)
     if args.format == "parquet" and not args.output:
         raise ConfigError("format='parquet' needs --output FILE.parquet. Received: output=None")
     if args.output:
-        check_writable(args.output)  # before any image is predicted
+        formats.check_output(args.output, args.paths)  # before any image is predicted
     settings = InferenceConfig(
         runtime=args.runtime,
         precision=args.precision,

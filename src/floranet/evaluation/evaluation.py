@@ -257,6 +257,9 @@ def evaluate_run(
     paths = [str(root / r.path) for r in rows]
     out = predictor.predict_files(paths)
     kept = [i for i in range(len(rows)) if i not in out.errors]
+    if not kept:
+        first = next(iter(out.errors.values()), "")
+        raise DatasetError(f"none of the {len(rows)} images to evaluate could be read under {root} (first: {first})")
     labels = np.asarray([names.index(rows[i].label) for i in kept], dtype=np.int64)
     ev = Evaluation(
         tuple(names),
@@ -274,6 +277,12 @@ def evaluate_run(
 def _labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool) -> list[SplitRow]:
     report = doctor.diagnose(root, max_pixels=max_pixels, progress=progress)
     usable = report.usable_files()
+    if not usable:
+        bad = report.summary().get("num_bad", 0)
+        raise DatasetError(
+            f"data_dir has no usable images in class folders ({bad} unusable files; `floranet doctor` says which "
+            f"and why). Received: data_dir={str(root)!r}"
+        )
     unknown = sorted({str(f.label) for f in usable} - set(names))
     if unknown:
         raise DatasetError(

@@ -85,7 +85,8 @@ def explain_files(
     *,
     class_name: str | None = None,
 ) -> list[Path]:
-    """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``) and returns their paths.
+    """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``; ``<stem>.2.gradcam.png`` and on for
+    later images of the same name) and returns their paths.
 
     Args:
         run_dir: A finished run directory.
@@ -102,16 +103,25 @@ def explain_files(
     names = run.class_names()
     if class_name is not None and class_name not in names:
         raise ConfigError(f"class_name must be one of {', '.join(names)}. Received: class_name={class_name!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     cam = GradCAM(model)
-    out = Path(out_dir)
     written = []
+    used: set[str] = set()
     for p in paths:
         pixels = decode.decode_and_resize(str(p), size)
         idx = None if class_name is None else names.index(class_name)
         heat, probs = cam.heatmaps(pixels[None], idx)
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
-        target = out / f"{Path(p).stem}.gradcam.png"
+        stem, n = Path(p).stem, 1
+        name = f"{stem}.gradcam.png"
+        while name in used:  # two inputs of one name (a/x.jpg, b/x.jpg): both kept
+            n += 1
+            name = f"{stem}.{n}.gradcam.png"
+        used.add(name)
+        target = out / name
         image_grid(
             [pixels],
             [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"],

@@ -11,6 +11,8 @@ Everything is read from the run directory (never predicted again), so ``floranet
 
 from __future__ import annotations
 
+import html
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from floranet.rundir import RunDir
+from floranet.utils.text import printable
 
 # Recall below this, on a class with enough validation images, is called out as a limitation.
 WEAK_RECALL = 0.8
@@ -149,19 +152,33 @@ def _section(title: str, lines: list[str]) -> list[str]:
     return ["", f"## {title}", "", *lines]
 
 
+def _md(text: str) -> str:
+    """A class or folder name as Markdown text: control bytes escaped, no HTML, no table breaks."""
+    return html.escape(printable(text), quote=False).replace("|", "\\|").replace("`", "'")
+
+
+def _code(text: str) -> str:
+    """A name inside a code span (shown verbatim): control bytes escaped, no backtick to end the span."""
+    return printable(text).replace("`", "'")
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(_md(n) for n in names)
+
+
 def _intro(f: _Facts) -> str:
     h, w = f.config.image_size if f.config else ("?", "?")
     return (
-        f"An image classifier for {len(f.class_names)} classes ({', '.join(f.class_names)}): a {f.backbone} "
+        f"An image classifier for {len(f.class_names)} classes ({_names(f.class_names)}): a {f.backbone} "
         f"backbone (weights: {f.weights}) under a small classification head, trained with floranet {f.version} "
-        f"on the folder `{f.dataset}`. It takes RGB images of {h}x{w} pixels (values 0..255; preprocessing is "
+        f"on the folder `{_code(f.dataset)}`. It takes RGB images of {h}x{w} pixels (values 0..255; preprocessing is "
         "inside the model) and answers one probability per class."
     )
 
 
 def _intended_use(f: _Facts) -> list[str]:
     return [
-        f"Sorting photos like those of `{f.dataset}` into its classes: {', '.join(f.class_names)}.",
+        f"Sorting photos like those of `{_code(f.dataset)}` into its classes: {_names(f.class_names)}.",
         "",
         "Out of scope: images of anything else. The model always answers one of its classes (softmax), so a "
         "photo of an unknown kind still gets a confident-looking label; check `low_confidence` in floranet's "
@@ -173,12 +190,12 @@ def _how_to_use(f: _Facts) -> list[str]:
     return [
         "```python",
         "import floranet",
-        f'predictor = floranet.load("{f.name}")',
+        f"predictor = floranet.load({json.dumps(printable(f.name))})",
         'print(predictor.predict(["photo.jpg"]))',
         "```",
         "",
-        f"Or `floranet serve {f.name}` (REST and the Open Inference Protocol at `/v2`), or "
-        f"`floranet export {f.name} --format onnx|openvino|tflite|saved_model`: every export carries the class "
+        f"Or `floranet serve {_code(f.name)}` (REST and the Open Inference Protocol at `/v2`), or "
+        f"`floranet export {_code(f.name)} --format onnx|openvino|tflite|saved_model`: every export carries the class "
         "names and input size in its own metadata.",
     ]
 
@@ -196,7 +213,7 @@ def _data(f: _Facts) -> list[str]:
         )
     if f.counts:
         lines += ["", "| class | train | validation |", "|---|---:|---:|"]
-        lines += [f"| {name} | {c['train']} | {c['validation']} |" for name, c in f.counts.items()]
+        lines += [f"| {_md(name)} | {c['train']} | {c['validation']} |" for name, c in f.counts.items()]
         seed = f"seed {f.config.seed}, " if f.config else ""
         lines += ["", f"The split ({seed}`split.csv`) is stratified per class and keeps duplicate files together."]
     return lines or ["No `doctor.json` or `split.csv` in this run."]
@@ -238,10 +255,10 @@ def _results(f: _Facts) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in m.get("per_class", {}).items():
-        lines.append(f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+        lines.append(f"| {_md(name)} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
     confused = m.get("most_confused", [])[:3]
     if confused:
-        pairs = "; ".join(f"{c['true']} taken for {c['predicted']} ({c['count']})" for c in confused)
+        pairs = "; ".join(f"{_md(c['true'])} taken for {_md(c['predicted'])} ({c['count']})" for c in confused)
         lines += ["", f"Most confused: {pairs}."]
     ext = f.external
     if "accuracy" in ext:
@@ -269,11 +286,13 @@ def _limitations(f: _Facts) -> list[str]:
     out = []
     for name, r in m.get("per_class", {}).items():
         if r["support"] >= 1 and r["recall"] < WEAK_RECALL:
-            out.append(f"- `{name}` is recognised less reliably: recall {r['recall']:.2f} on {r['support']} images.")
+            out.append(
+                f"- `{_code(name)}` is recognised less reliably: recall {r['recall']:.2f} on {r['support']} images."
+            )
     small = [n for n, c in f.counts.items() if c["validation"] < FEW_VALIDATION_IMAGES]
     if small:
         out.append(
-            f"- Few validation images for {', '.join(small)} (under {FEW_VALIDATION_IMAGES} each): their "
+            f"- Few validation images for {_names(small)} (under {FEW_VALIDATION_IMAGES} each): their "
             "figures are rough."
         )
     if f.config is not None and f.config.weights is None:
@@ -281,7 +300,7 @@ def _limitations(f: _Facts) -> list[str]:
     out += _audit_lines(f.audit) + _ood_lines(f.ood)
     out.append(
         f"- Validated on a split of the same folder: photos from elsewhere (other cameras, light, framing) may "
-        f"score lower; `floranet evaluate {f.name} --data OTHER` measures that."
+        f"score lower; `floranet evaluate {_code(f.name)} --data OTHER` measures that."
     )
     return out
 

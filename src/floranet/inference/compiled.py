@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from floranet.data.decode import load_resized
-from floranet.errors import DatasetError
+from floranet.errors import DatasetError, ModelError
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
@@ -217,8 +217,12 @@ def _agrees(check: dict[str, Any]) -> bool:
 
 
 def info(run: RunDir) -> dict[str, Any]:
-    """What ``compiled.json`` records ({} when the run has no compiled model)."""
-    found = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")
+    """What ``compiled.json`` records ({} when the run has no compiled model, or a damaged record: the compiled
+    model is a cache, and ``model.keras`` answers without it)."""
+    try:
+        found = run.read_json(f"{RunDir.COMPILED}/{RunDir.COMPILED_INFO}")
+    except ModelError:
+        return {}
     return found if isinstance(found, dict) else {}
 
 

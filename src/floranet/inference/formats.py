@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from floranet.config import OUTPUT_FORMATS, check_choice
+from floranet.data.scan import IMAGE_EXTENSIONS
+from floranet.errors import ConfigError
 from floranet.inference.predictor import Prediction
-from floranet.utils.files import atomic_path, atomic_write_text
+from floranet.utils.files import atomic_path, atomic_write_text, check_writable
 from floranet.utils.optional import require
-from floranet.utils.text import printable
+from floranet.utils.text import printable, utf8
 
 TEXT_FORMATS = tuple(f for f in OUTPUT_FORMATS if f != "parquet")
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
@@ -28,7 +30,7 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
     """
     check_choice("format", fmt, TEXT_FORMATS)
     if fmt == "json":
-        return json.dumps([r.to_dict() for r in rows], indent=2, ensure_ascii=False) + "\n"
+        return json.dumps([_utf8_row(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
     k = max((len(r.top_k) for r in rows), default=1)
     if fmt == "csv":
         buf = io.StringIO()
@@ -81,7 +83,7 @@ def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str |
     pa = require("pyarrow", "format='parquet'")
     pq = require("pyarrow.parquet", "format='parquet'")
     k = max((len(r.top_k) for r in rows), default=1)
-    columns: dict[str, Any] = {"file": pa.array([r.file for r in rows], pa.string())}
+    columns: dict[str, Any] = {"file": pa.array([utf8(r.file) for r in rows], pa.string())}
     for i in range(k):
         columns[f"class_{i + 1}"] = pa.array([r.top_k[i][0] if i < len(r.top_k) else None for r in rows], pa.string())
         columns[f"probability_{i + 1}"] = pa.array(
@@ -90,9 +92,37 @@ def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str |
     columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
     columns["unknown"] = pa.array([r.unknown for r in rows], pa.bool_())
     columns["ood_score"] = pa.array([r.ood_score for r in rows], pa.float64())
-    columns["error"] = pa.array([r.error for r in rows], pa.string())
+    columns["error"] = pa.array([None if r.error is None else utf8(r.error) for r in rows], pa.string())
     with atomic_path(output) as tmp:
         pq.write_table(pa.table(columns), tmp)
+
+
+def _utf8_row(r: Prediction) -> dict[str, Any]:
+    """A row for JSON: a file name that is not UTF-8 (and an error quoting it) with its odd bytes as ``\\xNN``."""
+    row = r.to_dict()
+    row["file"] = utf8(row["file"])
+    row["top_k"] = [{**t, "class": utf8(t["class"])} for t in row["top_k"]]
+    if row.get("error"):
+        row["error"] = utf8(row["error"])
+    return row
+
+
+def check_output(output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]) -> Path:
+    """Checks, before any image is predicted, that ``output`` can be written and is no image of the user's.
+
+    Raises:
+        ConfigError: ``output`` is one of ``inputs``, or has an image's suffix (it would replace a photo).
+        OutputError: It cannot be written.
+    """
+    final = Path(output)
+    if final.suffix.lower() in IMAGE_EXTENSIONS or any(
+        Path(i).is_file() and final.exists() and final.samefile(i) for i in inputs
+    ):
+        raise ConfigError(
+            "output must be a new predictions file (.csv, .json, .parquet, or a table), not an image or one of the "
+            f"inputs: writing it would replace a photo. Received: output={printable(os.fspath(output))!r}"
+        )
+    return check_writable(final)
 
 
 def format_for(output: str | os.PathLike[str]) -> str:

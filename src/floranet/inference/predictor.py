@@ -222,7 +222,7 @@ class Predictor:
             Prediction(str(f), error=out.errors[i]) if i in out.errors else self.row(str(f), out.outputs[i], k)
             for i, f in enumerate(files)
         ]
-        return rows + [Prediction(m, error="no such file, folder or matching image") for m in missing]
+        return rows + [Prediction(m, error=NO_IMAGE) for m in missing]
 
     def predict_bytes(self, data: bytes, *, name: str = "<upload>", top_k: int | None = None) -> Prediction:
         """Predicts one encoded image (an upload), decoded as the server decodes it.
@@ -302,11 +302,16 @@ def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[P
     return ir, ""
 
 
+# The error row of an input that names no image (see :func:`expand_inputs`).
+NO_IMAGE = "no image: no such file, or a folder or pattern with no images in it"
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
     """Files as given, folders walked (image extensions, hidden entries skipped), globs expanded.
 
     Returns:
-        (files in a stable order, inputs that matched nothing).
+        (files in a stable order, inputs that matched nothing: a missing path, an empty folder, a pattern
+        that matches no image).
     """
     files: list[Path] = []
     missing: list[str] = []
@@ -315,7 +320,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            files.extend(_walk(p))
+            found = _walk(p)
+            files.extend(found)
+            if not found:  # an empty folder is as good as a typo: say so
+                missing.append(str(item))
         elif any(ch in str(item) for ch in "*?["):
             matched = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
             found = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]

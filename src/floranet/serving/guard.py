@@ -26,6 +26,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger("floranet.serve")
 
+_REFUSED_BODY = b'{"error": "server busy: this client\'s connections are all in use; retry shortly"}'
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
+)
+
 
 @dataclass
 class ConnectionGuard:
@@ -84,6 +90,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             self._admitted = guard.admit(self, self._client_key)
             if not self._admitted:
                 logger.warning("refused a connection from %s: all its connections are busy", self._client_key)
+                transport.write(_REFUSED)  # an answer rather than a bare reset; close() sends it first
                 transport.close()
                 return
             self._arm_header_timer()

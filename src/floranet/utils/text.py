@@ -18,12 +18,16 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def printable(text: str) -> str:
-    """``text`` with undecodable bytes as ``\\xNN`` and control or bidi characters escaped."""
+def utf8(text: str) -> str:
+    """``text`` as valid UTF-8: bytes of a file name that are not UTF-8 (surrogate escapes) as ``\\xNN``, the
+    rest as is (for JSON and Parquet, which escape or store control characters themselves)."""
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that no file name produced
-        decoded = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    else:
-        decoded = raw.decode("utf-8", "backslashreplace")
-    return _UNSAFE.sub(_escape, decoded)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes as ``\\xNN`` and control or bidi characters escaped."""
+    return _UNSAFE.sub(_escape, utf8(text))
