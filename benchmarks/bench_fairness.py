@@ -10,7 +10,9 @@ slot, and the decode thread served images first come, first served). For each se
 * ``decode flood``: 16 concurrent streams of 16-megapixel 16-bit PNGs (31 KB each, ~0.5 s to decode) to
   ``/predict``; the victim posts a small JPEG every half second;
 * ``json flood``: 6 concurrent 20 MB JSON inference requests (``/v2``, 10 million numbers each) over and
-  over; the victim asks ``/v2/health/ready`` every 0.1 s.
+  over; the victim asks ``/v2/health/ready`` every 0.1 s;
+* ``json within limits``: the same with valid requests, 32 images of 96x96x3 pixels as JSON numbers (1.8 MB,
+  the most one client may send this run): parsed, decoded and run.
 
 Reported per server and attack: the victim's answers (200 / all), and its p50 and max latency.
 
@@ -145,6 +147,15 @@ async def attacks(url: str, seconds: float) -> dict[str, dict[str, Any]]:
         {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [10_000_000], "data": [0] * 10_000_000}]},
         separators=(",", ":"),
     ).encode()
+    n, size = 32, 96  # the largest JSON pixel request a client may send this run (its share, at 96 px)
+    in_limit = json.dumps(
+        {
+            "inputs": [
+                {"name": "pixels", "datatype": "FP32", "shape": [n, size, size, 3], "data": [0] * (n * size * size * 3)}
+            ]
+        },
+        separators=(",", ":"),
+    ).encode()
     post_small = lambda c: c.post("/predict", content=small)  # noqa: E731
     ready = lambda c: c.get("/v2/health/ready")  # noqa: E731
     plans = {
@@ -152,6 +163,11 @@ async def attacks(url: str, seconds: float) -> dict[str, dict[str, Any]]:
         "decode flood": (lambda stop: flood(url, stop, 16, lambda c: c.post("/predict", content=png)), post_small, 0.5),
         "json flood": (
             lambda stop: flood(url, stop, 6, lambda c: c.post(f"/v2/models/{model}/infer", content=numbers)),
+            ready,
+            0.1,
+        ),
+        "json within limits": (
+            lambda stop: flood(url, stop, 6, lambda c: c.post(f"/v2/models/{model}/infer", content=in_limit)),
             ready,
             0.1,
         ),

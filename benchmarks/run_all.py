@@ -33,6 +33,7 @@ SUITE = {  # name -> (script, needs ../shared)
     "int8": ("bench_bf16.py", True),
     "time_to_accuracy": ("bench_time_to_accuracy.py", True),
     "serve": ("bench_serve.py", False),
+    "fairness": ("bench_fairness.py", False),
     "audit": ("bench_audit.py", True),
     "unknown": ("bench_unknown.py", True),
     "unknown_recommended": ("bench_unknown.py", True),
@@ -159,6 +160,21 @@ def _serve(r: dict) -> str:
         f"{st['run']}; runtime {st.get('runtime', '?')}; {st['requests']} requests per client at concurrency "
         f"{st['concurrency']}; target ratio >= {r['target_ratio']}.\n\n" + table(rows, list(rows[0]))
     )
+
+
+def _fairness(r: dict) -> str:
+    rows = [
+        {
+            "server": server,
+            "attack (from 127.0.0.1)": attack,
+            "victim answered (127.0.0.2)": x["answered"],
+            "p50 ms": x["p50_ms"],
+            "max ms": x["max_ms"],
+        }
+        for server, attacks in r["results"].items()
+        for attack, x in attacks.items()
+    ]
+    return f"Each attack runs {r['seconds']:g} s beside the victim's requests.\n\n" + table(rows, list(rows[0]))
 
 
 def _audit(r: dict) -> str:
@@ -315,6 +331,7 @@ def render() -> str:
         ("int8", "int8 vs fp32: speed and validation accuracy change (paired over seeds)", _low_precision),
         ("serve", "REST server under load (ResNet50, 180 px)", _serve),
         ("serve_tiny", "REST server under load, tiny model (resnet18, 96 px: overhead-bound worst case)", _serve),
+        ("fairness", "REST server: one hostile client beside an ordinary one (tiny model)", _fairness),
         ("audit", "Label audit on flower_photos", _audit),
         ("unknown", "Unknown answer: each flower class held out", _unknown),
         (

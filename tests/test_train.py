@@ -177,6 +177,13 @@ def test_a_split_file_without_hashes_gets_each_files_own(images, tmp_path) -> No
     )
     with pytest.raises(DatasetError, match="no training images"):
         train(cfg, progress=False, say=lambda m: None)
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("".join(f"{r}\n" for r, lab, _ in rows if lab != files[0].parent.name))
+    one_class = config.resolve(
+        data_dir=str(images), out=str(tmp_path / "run3"), preset="tutorial", epochs=1, exclude=str(exclude), **FAST
+    )
+    with pytest.raises(DatasetError, match="Only 1 class left"):
+        train(one_class, progress=False, say=lambda m: None)
     inside = config.resolve(data_dir=str(images), out=str(images / "run"), preset="tutorial", epochs=1, **FAST)
     with pytest.raises(ConfigError, match="outside the data folder"):
         train(inside, progress=False, say=lambda m: None)

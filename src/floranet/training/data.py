@@ -158,6 +158,12 @@ def _checked_against(
         notes.append(f"{changed} files of the split changed since it was written (their sha256 differs)")
         say(f"Split: {notes[-1]}; their current content is used.")
     rows = tuple(dataclasses.replace(r, sha256=hashes[r.path]) for r in kept)
+    labels = sorted({r.label for r in rows})
+    if len(labels) < 2:
+        raise DatasetError(
+            f"Only {len(labels)} class left to train on in {data_dir} ({', '.join(labels) or 'none'}) after the "
+            "split file, --exclude and --relabel were applied; a classifier needs at least 2."
+        )
     if not any(r.split == "train" for r in rows):
         raise DatasetError(f"The split has no training images left in {data_dir}; every usable row is validation.")
     if not any(r.split == "validation" for r in rows):
