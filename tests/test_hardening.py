@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import stat
@@ -432,6 +433,22 @@ def test_a_connection_past_the_clients_bound_gets_503_not_a_bare_reset(hardened_
         finally:
             for s in busy:
                 s.close()
+
+
+def test_a_request_http_cannot_parse_gets_a_json_400(hardened_app) -> None:
+    from floranet import serving
+
+    with serving.serve_in_thread(hardened_app) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for bad in (b"Content-Length: abc\r\n", b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n" + bad + b"\r\nhello")
+                answer = b""
+                while chunk := s.recv(4096):
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
+            assert json.loads(body)["error"].startswith("malformed HTTP request")
 
 
 def test_postscript_upload_gets_415_without_tool_output(hardened_app) -> None:

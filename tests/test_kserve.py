@@ -202,6 +202,21 @@ def test_without_the_unknown_answer_the_outputs_are_not_offered(tiny_run: Path) 
         assert r.status_code == 400 and "unknown output 'unknown'" in r.json()["error"]
 
 
+def test_a_parse_past_the_decode_timeout_answers_503(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from floranet.serving import create_app
+
+    app = create_app(tiny_run, runtime="tensorflow", precision="fp32", model_name=MODEL, decode_timeout_s=0.2)
+    real = tensors.parse_request
+    monkeypatch.setattr(tensors, "parse_request", lambda *a: (time.sleep(0.6), real(*a))[1])  # a slow parse
+    doc = {"inputs": [{"name": "pixels", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}]}
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        r = c.post(f"/v2/models/{MODEL}/infer", json=doc)
+    assert r.status_code == 503 and "to parse" in r.json()["error"] and r.headers["retry-after"] == "1"
+    assert app.state.serve.pending == 0 and app.state.serve.clients == {}
+
+
 def test_classification_extension_and_binary_output(client) -> None:
     blobs = [JPEGS[1].read_bytes()]
     out = httpclient.InferRequestedOutput("probabilities", binary_data=True, class_count=2)

@@ -225,6 +225,14 @@ def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
             "multipart",
         ),
         "bad Content-Length": ({"content": b"abc", "headers": {"content-length": "many"}}, 400, "Content-Length"),
+        "multipart cut short": (
+            {
+                "content": b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + rose,
+                "headers": {"content-type": "multipart/form-data; boundary=xyz"},
+            },
+            400,
+            "no closing boundary",
+        ),
     }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,16 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 guard.release(self, self._client_key)
                 self._admitted = False
             super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request it cannot parse, as JSON like every other error (its own is text)."""
+            body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            for name, value in self.server_state.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
+            self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+            self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -106,7 +106,7 @@ def _parse_multipart(boundary: bytes, body: bytes, max_parts: int = 16) -> list[
     def on_part_begin() -> None:
         if len(parts) >= max_parts:
             raise RequestError(400, f"multipart upload has more than {max_parts} parts")
-        state["headers"], state["data"] = {}, []
+        state["headers"], state["data"], state["open"] = {}, [], True
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["field"] += data[start:end]
@@ -123,7 +123,7 @@ def _parse_multipart(boundary: bytes, body: bytes, max_parts: int = 16) -> list[
 
     def on_part_end() -> None:
         parts.append((state["headers"].get(b"content-disposition", b""), b"".join(state["data"])))
-        state["data"] = []
+        state["data"], state["open"] = [], False
 
     parser = MultipartParser(
         boundary,
@@ -141,6 +141,8 @@ def _parse_multipart(boundary: bytes, body: bytes, max_parts: int = 16) -> list[
         parser.finalize()
     except MultipartParseError as e:
         raise RequestError(400, f"malformed multipart body: {e}") from None
+    if state.get("open"):
+        raise RequestError(400, "malformed multipart body: its last part has no closing boundary (cut short?)")
     return parts
 
 
