@@ -77,74 +77,77 @@ class ConnectionGuard:
         return False
 
 
-def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with ``guard``'s timeout and bounds (pass it as ``Config(http=...)``)."""
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol under a :class:`ConnectionGuard` (set by :func:`guarded_protocol`)."""
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
-        _client_key = ""
-        _admitted = False
+    guard: ConnectionGuard
+    _header_timer: asyncio.TimerHandle | None = None
+    _client_key = ""
+    _admitted = False
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._client_key = self.client[0] if self.client else "?"
-            self._admitted = guard.admit(self, self._client_key)
-            if not self._admitted:
-                logger.warning("refused a connection from %s: all its connections are busy", self._client_key)
-                transport.write(_REFUSED)  # an answer rather than a bare reset; close() sends it first
-                transport.close()
-                return
-            self._arm_header_timer()
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._client_key = self.client[0] if self.client else "?"
+        self._admitted = self.guard.admit(self, self._client_key)
+        if not self._admitted:
+            logger.warning("refused a connection from %s: all its connections are busy", self._client_key)
+            transport.write(_REFUSED)  # an answer rather than a bare reset; close() sends it first
+            transport.close()
+            return
+        self._arm_header_timer()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_header_timer()
-            if self._admitted:
-                guard.release(self, self._client_key)
-                self._admitted = False
-            super().connection_lost(exc)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        if self._admitted:
+            self.guard.release(self, self._client_key)
+            self._admitted = False
+        super().connection_lost(exc)
 
-        def send_400_response(self, msg: str) -> None:
-            """uvicorn's answer to a request it cannot parse, as JSON like every other error (its own is text)."""
-            body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
-            head = [b"HTTP/1.1 400 Bad Request\r\n"]
-            for name, value in self.server_state.default_headers:
-                head += [name, b": ", value, b"\r\n"]
-            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
-            self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, as JSON like every other error (its own is text)."""
+        body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body)]
+        self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()  # the next request of a keep-alive connection gets its own deadline
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def idle(self) -> bool:
+        """No request in progress: still sending headers, or between requests."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def drop(self) -> None:
+        self._cancel_header_timer()
+        if self._admitted:
+            self.guard.release(self, self._client_key)
+            self._admitted = False
+        if not self.transport.is_closing():
             self.transport.close()
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._arm_header_timer()  # the next request of a keep-alive connection gets its own deadline
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.guard.header_timeout_s, self._header_timeout)
 
-        def on_headers_complete(self) -> None:
-            self._cancel_header_timer()
-            super().on_headers_complete()
-
-        def idle(self) -> bool:
-            """No request in progress: still sending headers, or between requests."""
-            return self.cycle is None or self.cycle.response_complete
-
-        def drop(self) -> None:
-            self._cancel_header_timer()
-            if self._admitted:
-                guard.release(self, self._client_key)
-                self._admitted = False
-            if not self.transport.is_closing():
-                self.transport.close()
-
-        def _arm_header_timer(self) -> None:
-            self._cancel_header_timer()
-            self._header_timer = self.loop.call_later(guard.header_timeout_s, self._header_timeout)
-
-        def _cancel_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _header_timeout(self) -> None:
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
-            if self.idle():
-                self.drop()
 
-    return GuardedHttpToolsProtocol
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.idle():
+            self.drop()
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with ``guard``'s timeout and bounds (pass it as ``Config(http=...)``)."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"guard": guard})
