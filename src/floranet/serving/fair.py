@@ -85,6 +85,8 @@ class FairPool:
             if not queue:
                 del self._queues[client]
             if job.cancelled:
+                if client not in self._queues and not self._running[client]:
+                    self._last_start.pop(client, None)  # gone while queued: forget it as _finished would
                 continue
             self._free -= 1
             self._running[client] += 1
