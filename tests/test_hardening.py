@@ -356,12 +356,17 @@ def test_dependency_floors_exclude_known_vulnerable_versions() -> None:
 # --------------------------------------------------------------------------- helpers shared with test_serve
 
 
+def connect(url: str) -> socket.socket:
+    """A raw TCP connection to the server at ``url`` (``http://host:port``)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
 def half_open_sockets(url: str, n: int) -> list[socket.socket]:
     """``n`` connections that each send half a request header and then wait."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
     out = []
     for _ in range(n):
-        s = socket.create_connection((host, int(port)), timeout=5)
+        s = connect(url)
         s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         out.append(s)
     return out
@@ -417,17 +422,16 @@ def test_a_connection_past_the_clients_bound_gets_503_not_a_bare_reset(hardened_
     from floranet import serving
 
     with serving.serve_in_thread(hardened_app) as url:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
         head = (
             f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
             "Content-Length: 1000\r\n\r\nxx"
         ).encode()
-        busy = [socket.create_connection((host, int(port)), timeout=5) for _ in range(16)]  # the client's bound
+        busy = [connect(url) for _ in range(16)]  # the client's bound
         try:
             for s in busy:
                 s.sendall(head)  # a request in progress: not idle, so not closed to make room
             time.sleep(0.3)
-            with socket.create_connection((host, int(port)), timeout=5) as extra:
+            with connect(url) as extra:
                 answer = extra.recv(4096)
             assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer and b"server busy" in answer
         finally:
@@ -439,9 +443,8 @@ def test_a_request_http_cannot_parse_gets_a_json_400(hardened_app) -> None:
     from floranet import serving
 
     with serving.serve_in_thread(hardened_app) as url:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
         for bad in (b"Content-Length: abc\r\n", b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"):
-            with socket.create_connection((host, int(port)), timeout=5) as s:
+            with connect(url) as s:
                 s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n" + bad + b"\r\nhello")
                 answer = b""
                 while chunk := s.recv(4096):
@@ -482,8 +485,7 @@ def test_a_full_queue_answers_before_reading_the_body(tiny_run) -> None:
     state = app.state.serve
     state.pending = state.max_pending  # as if every slot were taken
     with serving.serve_in_thread(app) as url:
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=5) as s:
+        with connect(url) as s:
             # Declares 10 MB and sends none of it: a server that read first would wait for the body.
             s.sendall(
                 b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"

@@ -46,10 +46,16 @@ def _relative(text: str, source: str | os.PathLike[str], line: int, name: str) -
     return str(PurePosixPath(p))
 
 
-def _new_label(text: str, source: str | os.PathLike[str], line: int) -> str:
-    """A relabel target: a name a class folder could have (no separators, printable, not . or ..)."""
+def _new_label(text: str, source: str | os.PathLike[str], line: int, row: list[str], column: str) -> str:
+    """A relabel target (``column`` of ``row``): a name a class folder could have (not empty, no separators,
+    printable, not . or ..)."""
     label = text.strip()
-    if not label or label in (".", "..") or "/" in label or "\\" in label or not label.isprintable():
+    if not label:
+        raise ConfigError(
+            f"{source} line {line}: the {column} field is empty; fill in the label or delete the row. "
+            f"Received: relabel row={row!r}"
+        )
+    if label in (".", "..") or "/" in label or "\\" in label or not label.isprintable():
         raise ConfigError(
             f"{source} line {line}: a new label must be a class name (no slashes, printable). "
             f"Received: new_label={text!r}"
@@ -96,12 +102,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
                     f"{path} line {i}: expected {len(header)} fields as in its header. Received: relabel row={row!r}"
                 )
             if k < 0 or row[k].strip() == LABEL_ISSUE:
-                if not row[s].strip():
-                    raise ConfigError(
-                        f"{path} line {i}: the {AUDIT_SUGGESTED_COLUMN} field is empty; fill in the label or "
-                        f"delete the row. Received: relabel row={row!r}"
-                    )
-                out[_relative(row[f], path, i, "relabel")] = _new_label(row[s], path, i)
+                out[_relative(row[f], path, i, "relabel")] = _new_label(row[s], path, i, row, AUDIT_SUGGESTED_COLUMN)
         return out
     start = 1 if header[:2] == ["path", "new_label"] else 0
     for i, row in enumerate(rows[start:], start + 1):
@@ -109,7 +110,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
             continue
         if len(row) != 2 or not row[1].strip():
             raise ConfigError(f"{path} line {i}: expected 'path,new_label'. Received: relabel row={row!r}")
-        out[_relative(row[0], path, i, "relabel")] = _new_label(row[1], path, i)
+        out[_relative(row[0], path, i, "relabel")] = _new_label(row[1], path, i, row, "new_label")
     return out
 
 

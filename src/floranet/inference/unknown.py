@@ -269,11 +269,8 @@ class UnknownDetector:
             return None
         if meta.get("method") not in UNKNOWN_METHODS:
             raise ModelError(f"{run / RunDir.OOD}: unknown method. Received: method={meta.get('method')!r}")
-        try:
-            stats = run.read_npz(RunDir.OOD_STATS) if meta.get("statistics") else {}
-            stats = {k: v.astype(np.float32) for k, v in stats.items()}  # once, not per call
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{run / RunDir.OOD_STATS} cannot be read: {e}") from e
+        stats = run.read_npz(RunDir.OOD_STATS) if meta.get("statistics") else {}  # ModelError when damaged
+        stats = {k: v.astype(np.float32) for k, v in stats.items()}  # once, not per call
         known = {"method", "threshold", "keep", "temperature", "k", "statistics", "rule", "parts"}
         return cls(
             meta["method"],

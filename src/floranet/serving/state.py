@@ -92,20 +92,37 @@ class Ticket:
     bytes: int = 0
     slots: int = 0
 
+    def refusal(self, slots: int, nbytes: int) -> str | None:
+        """Why ``slots`` more image slots and ``nbytes`` more body bytes would pass the server's or this client's
+        bound (None: they would not)."""
+        state, share = self.state, self.share
+        if state.pending + slots > state.max_pending:
+            return f"{state.pending} images already waiting"
+        if state.inflight_bytes + nbytes > state.settings.max_inflight_bytes:
+            return f"{state.inflight_bytes:,} bytes of uploads already in memory"
+        if share.slots + slots > state.client_slots:
+            return f"this client already has {share.slots} images waiting (its share: {state.client_slots})"
+        if share.bytes + nbytes > state.client_bytes:
+            return f"this client already has {share.bytes:,} bytes of uploads in memory"
+        return None
+
+    def _take(self, slots: int, nbytes: int) -> None:
+        if (why := self.refusal(slots, nbytes)) is not None:
+            raise _busy(why)
+        self.state.pending += slots
+        self.state.inflight_bytes += nbytes
+        self.share.slots += slots
+        self.share.bytes += nbytes
+        self.slots += slots
+        self.bytes += nbytes
+
     def hold_bytes(self, n: int) -> None:
         """Counts ``n`` more bytes of the body as they arrive (a slow client holds only what it has sent).
 
         Raises:
             RequestError: 503 when the server's or this client's bytes budget would be passed.
         """
-        state = self.state
-        if state.inflight_bytes + n > state.settings.max_inflight_bytes:
-            raise _busy(f"{state.inflight_bytes:,} bytes of uploads already in memory")
-        if self.share.bytes + n > state.client_bytes:
-            raise _busy(f"this client already has {self.share.bytes:,} bytes of uploads in memory")
-        state.inflight_bytes += n
-        self.share.bytes += n
-        self.bytes += n
+        self._take(0, n)
 
     def take_slots(self, n: int) -> None:
         """Takes ``n`` image slots (a request's images, once its body is read).
@@ -113,14 +130,7 @@ class Ticket:
         Raises:
             RequestError: 503 when the server's or this client's slots would be passed.
         """
-        state = self.state
-        if state.pending + n > state.max_pending:
-            raise _busy(f"{state.pending} images already waiting")
-        if self.share.slots + n > state.client_slots:
-            raise _busy(f"this client already has {self.share.slots} images waiting (its share: {state.client_slots})")
-        state.pending += n
-        self.share.slots += n
-        self.slots += n
+        self._take(n, 0)
 
     def release(self) -> None:
         state = self.state
@@ -143,15 +153,10 @@ async def admitted(state: ServeState, request: Request) -> AsyncIterator[Ticket]
     """A :class:`Ticket` for the request, or 503 at once, before a byte of the body is read, when the server or
     this client is already full (every slot taken, or the bytes budget spent)."""
     client = client_of(request)
-    share = state.clients.get(client) or ClientShare()
-    if state.pending >= state.max_pending:
-        raise _busy(f"{state.pending} images already waiting")
-    if state.inflight_bytes >= state.settings.max_inflight_bytes:
-        raise _busy(f"{state.inflight_bytes:,} bytes of uploads already in memory")
-    if share.slots >= state.client_slots or share.bytes >= state.client_bytes:
-        raise _busy(f"this client already has {share.slots} images waiting (its share: {state.client_slots})")
-    state.clients[client] = share
-    ticket = Ticket(state, client, share)
+    ticket = Ticket(state, client, state.clients.get(client) or ClientShare())
+    if (why := ticket.refusal(1, 1)) is not None:  # not even one image or one byte would fit
+        raise _busy(why)
+    state.clients[client] = ticket.share
     try:
         yield ticket
     finally:
