@@ -61,6 +61,26 @@ def test_unknown_keys_and_bad_files(tmp_path) -> None:
         config.resolve(file=bad)
     with pytest.raises(ConfigError, match="not found"):
         config.resolve(file=tmp_path / "missing.yaml")
+    bad.write_text("epochs: 3\nhead_units: 64\n")
+    assert config.resolve(file=bad).epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("epochs: 3\nepochs: 4\n", r"'epochs' is set twice \(first on line 1\) \(line 2, column 1\)"),
+        ("fine-tune-epochs: 1\nfine_tune_epochs: 2\n", "'fine_tune_epochs' is set twice"),
+        ("[1, 2\n", r"expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)$"),
+        ("epochs: !!python/object:os.system ls\n", "could not determine a constructor"),
+    ],
+)
+def test_yaml_errors_are_one_line_and_refuse_a_key_given_twice(tmp_path, text, match) -> None:
+    """A second ``epochs:`` would silently win in plain YAML; PyYAML's own message spans several lines."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=match) as caught:
+        config.resolve(file=bad)
+    assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="Unknown settings: speed"):
         config.resolve(speed=3)
 

@@ -175,17 +175,43 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            name = str(key).replace("-", "_") if isinstance(key, str) else key
+            line = key_node.start_mark.line + 1
+            if name in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is set twice (first on line {seen[name]})", key_node.start_mark
+                )
+            seen[name] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a YAML config file into a dict of known keys (dashes allowed)."""
+    """Reads a YAML config file into a dict of known keys (dashes allowed; a key given twice is refused)."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8")) or {}
+        raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except FileNotFoundError as e:
         raise ConfigError(f"Config file not found. Received: config={str(path)!r}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"Config file {path} is not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(raw, Mapping):
         raise ConfigError(f"Config file {path} must hold a mapping of settings. Received: {type(raw).__name__}")
     out = {str(k).replace("-", "_"): v for k, v in raw.items()}
