@@ -19,7 +19,7 @@ from PIL import Image
 
 from floranet.cli import main
 from floranet.data import formats, images
-from floranet.errors import ConfigError, OutputError, RunLockedError
+from floranet.errors import ConfigError, ModelError, OutputError, RunLockedError
 from floranet.rundir import RunDir
 from floranet.utils import files
 from imagesets import make_image_folder
@@ -325,6 +325,21 @@ def test_predict_output_is_checked_before_predicting(tiny_run, tmp_path, capsys,
     target = "/proc/floranet-no/out.csv" if os.geteuid() == 0 else str(ro / "out.csv")
     assert main(["predict", str(tiny_run), str(image), "--output", target]) == 2
     assert f"Cannot write {target}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "auto"])
+def test_class_names_that_do_not_match_the_model_are_refused_by_name(writable_run, runtime, capsys) -> None:
+    """A class_names.json replaced by hand (two names for three outputs) named no file: NumPy failed mid-row."""
+    from floranet import inference
+
+    image = make_image_folder(writable_run.parent / "imgs", classes=1, per_class=1)
+    names = writable_run / RunDir.CLASS_NAMES
+    for wrong in (["a", "b"], ["a", "b", "c", "d"]):
+        names.write_text(json.dumps(wrong))
+        with pytest.raises(ModelError, match=f"names {len(wrong)} classes but the model outputs 3"):
+            inference.load(writable_run, runtime=runtime)
+    assert main(["predict", str(writable_run), str(image), "--runtime", runtime]) == 2
+    assert f"{names} names 4 classes but the model outputs 3" in capsys.readouterr().err
 
 
 def test_output_errors_name_the_path() -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 from floranet import inference as predict
 from floranet.cli import main
 from floranet.data.images import load_image
-from floranet.inference import batch
+from floranet.inference import batch, predictor
 
 
 def _write_cases(folder: Path) -> dict[str, Path]:
@@ -70,6 +70,35 @@ def test_bad_files_are_reported_in_their_row_and_never_stop_the_batch(tiny_run, 
         by_name[n].error is None and len(by_name[n].top_k) == 2
         for n in ("plain.jpg", "rotated.jpg", "cmyk.jpg", "alpha.png", "gray.png")
     )
+
+
+def test_rows_come_in_the_order_of_the_inputs_missing_ones_included(tiny_run, tmp_path) -> None:
+    """An input that names no image gets its error row where it stood, not after every found image."""
+    (tmp_path / "imgs").mkdir()
+    cases = _write_cases(tmp_path / "imgs")
+    (tmp_path / "empty").mkdir()
+    inputs = [
+        tmp_path / "typo.jpg",
+        cases["jpeg"],
+        tmp_path / "empty",
+        tmp_path / "imgs" / "*.png",
+        str(tmp_path / "none-*.jpg"),
+        cases["cmyk"],
+        tmp_path / "last-typo.jpg",
+    ]
+    rows = predict.load(tiny_run).predict(inputs, top_k=1)
+    pngs = sorted(str(p) for p in (tmp_path / "imgs").glob("*.png"))
+    assert len(pngs) >= 2
+    expected = [str(inputs[0]), str(cases["jpeg"]), str(inputs[2]), *pngs, str(inputs[4]), str(cases["cmyk"])]
+    assert [r.file for r in rows] == [*expected, str(inputs[6])]
+    assert [r.error == predictor.NO_IMAGE for r in rows] == [
+        True, False, True, *[False] * len(pngs), True, False, True
+    ]  # fmt: skip
+    files, missing = predictor.expand_inputs(inputs)
+    assert [(m.position, m.input) for m in missing] == [
+        (0, str(inputs[0])), (1, str(inputs[2])), (1 + len(pngs), str(inputs[4])), (2 + len(pngs), str(inputs[6]))
+    ]  # fmt: skip
+    assert len(files) == 2 + len(pngs)
 
 
 def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:

@@ -12,13 +12,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.doctor import IMAGE_EXTENSIONS
+from floranet.errors import ModelError
 from floranet.inference import batch, compiled, runtime
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
@@ -222,7 +223,7 @@ class Predictor:
             Prediction(str(f), error=out.errors[i]) if i in out.errors else self.row(str(f), out.outputs[i], k)
             for i, f in enumerate(files)
         ]
-        return rows + [Prediction(m, error=NO_IMAGE) for m in missing]
+        return in_input_order(rows, missing)
 
     def predict_bytes(self, data: bytes, *, name: str = "<upload>", top_k: int | None = None) -> Prediction:
         """Predicts one encoded image (an upload), decoded as the server decodes it.
@@ -270,15 +271,28 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     ir, note = compiled_model(run, config.runtime, features=detector is not None and detector.needs_features)
     names, temperature = run.class_names(), run.temperature()
     if ir is not None:  # TensorFlow is never imported on this path
-        h, w = compiled.info(run)["image_size"]
+        facts = compiled.info(run)
+        h, w = facts["image_size"]
+        _check_classes(run, names, int(facts.get("outputs", {}).get("probabilities", [0, len(names)])[1]))
         return Predictor(
             run, names, (int(h), int(w)), config, temperature, max_pixels, ir, detector=detector, note=note
         )
     model = run.load_model(safe_mode=config.safe_mode)
     h, w = model.inputs[0].shape[1:3]
+    _check_classes(run, names, int(model.output_shape[-1]))
     return Predictor(
         run, names, (int(h), int(w)), config, temperature, max_pixels, keras_model=model, detector=detector, note=note
     )
+
+
+def _check_classes(run: RunDir, names: list[str], outputs: int) -> None:
+    """Refuses a run whose class names do not match its model's outputs (a file replaced or edited by hand):
+    every row would name the wrong classes, or the output would be cut in the wrong place."""
+    if len(names) != outputs:
+        raise ModelError(
+            f"{run / RunDir.CLASS_NAMES} names {len(names)} classes but the model outputs {outputs}: the run's files "
+            "do not belong together (rerun `floranet train`, or restore the file)."
+        )
 
 
 def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[Path | None, str]:
@@ -306,33 +320,49 @@ def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[P
 NO_IMAGE = "no image: no such file, or a folder or pattern with no images in it"
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+class Unmatched(NamedTuple):
+    """An input that named no image, and where its row goes: after the first ``position`` files."""
+
+    position: int
+    input: str
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Unmatched]]:
     """Files as given, folders walked (image extensions, hidden entries skipped), globs expanded.
 
     Returns:
         (files in a stable order, inputs that matched nothing: a missing path, an empty folder, a pattern
-        that matches no image).
+        that matches no image; each with its place among the files, for :func:`in_input_order`).
     """
     files: list[Path] = []
-    missing: list[str] = []
+    missing: list[Unmatched] = []
     for item in inputs:
         p = Path(item)
         if p.is_file():
-            files.append(p)
+            found = [p]
         elif p.is_dir():
-            found = _walk(p)
-            files.extend(found)
-            if not found:  # an empty folder is as good as a typo: say so
-                missing.append(str(item))
+            found = _walk(p)  # an empty folder is as good as a typo: say so below
         elif any(ch in str(item) for ch in "*?["):
             matched = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
             found = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
-            files.extend(found)
-            if not found:
-                missing.append(str(item))
         else:
-            missing.append(str(item))
+            found = []
+        if not found:
+            missing.append(Unmatched(len(files), str(item)))
+        files.extend(found)
     return files, missing
+
+
+def in_input_order(rows: list[Prediction], missing: list[Unmatched]) -> list[Prediction]:
+    """``rows`` (one per file of :func:`expand_inputs`, in its order) with an error row for each input that
+    matched nothing, where that input stood."""
+    out: list[Prediction] = []
+    start = 0
+    for m in missing:
+        out += rows[start : m.position]
+        out.append(Prediction(m.input, error=NO_IMAGE))
+        start = m.position
+    return out + rows[start:]
 
 
 def _walk(root: Path) -> list[Path]:

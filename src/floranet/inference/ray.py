@@ -24,7 +24,7 @@ from floranet import errors
 from floranet.config import ENGINES, InferenceConfig, check_choice
 from floranet.errors import ConfigError
 from floranet.inference import predictor as predict
-from floranet.inference.predictor import NO_IMAGE, Prediction
+from floranet.inference.predictor import Prediction
 from floranet.utils.optional import require
 
 _OBJECT_STORE_BYTES = 128 * 1024**2  # rows are paths and top-k results: a small object store is plenty
@@ -86,7 +86,7 @@ def predict_with_ray(
         finally:
             if started_here:
                 ray.shutdown()  # stops a local instance; only disconnects from a cluster
-    return rows + [Prediction(m, error=NO_IMAGE) for m in missing]
+    return predict.in_input_order(rows, missing)
 
 
 def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_worker: int) -> None:
