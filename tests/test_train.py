@@ -123,6 +123,46 @@ def test_features_are_computed_once_and_reused(images, tmp_path) -> None:
         np.testing.assert_array_equal(first[h], second[h])
 
 
+def test_a_damaged_cache_is_computed_again_not_fatal(images, tmp_path, caplog) -> None:
+    """The feature cache is floranet's own: a chunk or key.json damaged on disk costs a recomputation, with a
+    warning naming it, never the run."""
+    from floranet.rundir import RunDir
+    from floranet.training.embeddings import stage1_features
+
+    model = classifier.build_classifier("resnet20", 3, image_size=32, weights=None)
+    extractor = classifier.feature_extractor(model)
+    paths = sorted(str(p) for p in images.rglob("*.jpg"))[:6]
+    hashes = [f"h{i}" for i in range(6)]
+    calls: list[int] = []
+    counting = lambda x: calls.append(len(x)) or np.asarray(extractor(x, training=False))  # noqa: E731
+    kw = {"cache_dir": tmp_path / "c", "image_size": (32, 32), "batch_size": 4, "progress": False}
+    first = features.extract(counting, paths[:3], hashes[:3], **kw)
+    features.extract(counting, paths, hashes, **kw)  # a second chunk: h3..h5
+    assert sum(calls) == 6
+    chunks = sorted((tmp_path / "c").glob("chunk-*.npz"))
+    assert len(chunks) == 2
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])  # cut short
+    again = features.extract(counting, paths, hashes, **kw)
+    assert sum(calls) == 9  # the first chunk's three images, once more
+    assert "damaged feature cache chunk" in caplog.text and str(chunks[0]) in caplog.text
+    for h in hashes[:3]:
+        np.testing.assert_allclose(again[h], first[h], atol=1e-6)
+    # A damaged key.json: the cache is not matched (a warning), the stage-1 features are computed and served.
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), preset="tutorial", epochs=1, **FAST)
+    run = RunDir(tmp_path / "run")
+    rel = sorted(images.rglob("*.jpg"))[:4]
+    got = stage1_features(run, cfg, [str(p) for p in rel], [f"k{i}" for i in range(4)], say=lambda m: None)
+    key = next((run.path / "features").glob("*/key.json"))
+    key.write_text("{not json")
+    caplog.clear()
+    got_again = stage1_features(run, cfg, [str(p) for p in rel], [f"k{i}" for i in range(4)], say=lambda m: None)
+    assert "Skipped the feature cache" in caplog.text
+    assert sorted(got_again) == sorted(got)
+    keys = [k.read_text() for k in (run.path / "features").glob("*/key.json")]
+    assert "{not json" in keys  # left as it was; the features went under a key.json that reads
+    assert any(k != "{not json" and json.loads(k)["backbone"] for k in keys)
+
+
 def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_path) -> None:
     out = tmp_path / "run"
     cfg = config.resolve(data_dir=str(images), out=str(out), preset="tutorial", epochs=1, **FAST)

@@ -9,26 +9,41 @@ images are computed into the cache under the key stage 1 would use.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from floranet.config import TrainConfig
+from floranet.errors import ModelError
 from floranet.inference import runtime
 from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.training import features as feature_cache
 
+log = logging.getLogger(__name__)
+
 
 def _matching_caches(run: RunDir, config: TrainConfig, choice: runtime.RuntimeChoice) -> list[Path]:
-    """Cache folders whose ``key.json`` says they hold this config's stage-1 features, fullest first."""
+    """Cache folders whose ``key.json`` says they hold this config's stage-1 features, fullest first (one whose
+    ``key.json`` is damaged matches nothing: the backbone is built, and its cache folder keeps the chunks it can
+    read and gets a new ``key.json``)."""
     found = [
         key_file.parent
         for key_file in sorted((run / RunDir.FEATURES).glob("*/key.json"))
-        if feature_cache.stage1_matches(RunDir(key_file.parent).read_json("key.json", {}), config, choice)
+        if feature_cache.stage1_matches(_key(key_file), config, choice)
     ]
     return sorted(found, key=lambda p: -len(list(p.glob("chunk-*.npz"))))
+
+
+def _key(key_file: Path) -> dict[str, object]:
+    try:
+        found = RunDir(key_file.parent).read_json(key_file.name, {})
+    except ModelError as e:
+        log.warning("Skipped the feature cache %s: %s", key_file.parent, e)
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def stage1_features(

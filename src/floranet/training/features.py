@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,10 +142,16 @@ def extract(
 
 
 def load_cache(cache: Path) -> dict[str, np.ndarray]:
+    """``{sha256: features}`` of every chunk in ``cache``; a chunk that cannot be read (damaged on disk, or not
+    written by floranet) is skipped with a warning, so its images are computed again rather than the run failing
+    on a cache."""
     known: dict[str, np.ndarray] = {}
     for chunk in sorted(cache.glob("chunk-*.npz")):
-        with np.load(chunk) as data:
-            known.update(zip(data["sha256"].tolist(), data["features"], strict=True))
+        try:
+            with np.load(chunk) as data:
+                known.update(zip(data["sha256"].tolist(), data["features"], strict=True))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            log.warning("Skipped the damaged feature cache chunk %s (%s): its images are computed again", chunk, e)
     return known
 
 
