@@ -55,12 +55,20 @@ class UnusableImageError(DatasetError):
         "colour_mode",
     )
 
-    def __init__(self, name: str, reason: str, *, kind: str, phrase: str | None = None) -> None:
-        # ``phrase`` lets the reason read naturally after "is" in the message.
-        super().__init__(f"Cannot decode image: {name!r} is {phrase or reason}")
+    def __init__(self, name: str, reason: str, *, kind: str, phrase: str | None = None, hint: str = "") -> None:
+        # ``phrase`` lets the reason read naturally after "is" in the message; ``hint`` is what the local user
+        # can do about it (a server's client cannot raise its limits: it answers without the hint).
+        super().__init__(f"Cannot decode image: {name!r} is {phrase or reason}" + (f"; {hint}" if hint else ""))
         self.name = name
         self.reason = reason
         self.kind = kind
+        self.phrase = phrase or reason
+        self.hint = hint
+
+    @property
+    def detail(self) -> str:
+        """The reason with the local user's hint, for reports (the doctor's rows)."""
+        return f"{self.reason}; {self.hint}" if self.hint else self.reason
 
 
 @dataclass(frozen=True)
@@ -255,8 +263,9 @@ def _opened(data: bytes, name: str, max_pixels: int) -> Iterator[tuple[Image.Ima
             size, limit = _pixel_counts(w * h, max_pixels)
             raise UnusableImageError(
                 name,
-                f"too large: {w}x{h} = {size} exceeds the limit of {limit} (max_pixels); raise max_pixels to accept it",
+                f"too large: {w}x{h} = {size} exceeds the limit of {limit} (max_pixels)",
                 kind="too_large",
+                hint="raise max_pixels to accept it",
             )
         # Pillow re-checks some sizes while decoding: lift its guard only when
         # the caller accepts images beyond it (rare; serialises those decodes).

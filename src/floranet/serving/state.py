@@ -195,7 +195,8 @@ def decode_sync(
             name=name,
             max_pixels=min(state.settings.max_pixels, state.predictor.max_pixels),
         )
-    except UnusableImageError as e:
-        raise RequestError(STATUS.get(e.kind, 422), str(e)) from None
+    except UnusableImageError as e:  # without the local user's hint: the client cannot change the server's limits
+        advice = "; send a smaller image" if e.kind == "too_large" else ""
+        raise RequestError(STATUS.get(e.kind, 422), f"Cannot decode image: {e.name!r} is {e.phrase}{advice}") from None
     kept = state.overlay.shrink(photo) if keep_photo else None
     return kept, pixels, (time.perf_counter() - started) * 1000
