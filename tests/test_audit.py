@@ -13,7 +13,7 @@ import pytest
 
 from floranet import config
 from floranet.data.curation import Curation, read_exclude, read_relabel
-from floranet.errors import ConfigError
+from floranet.errors import ConfigError, DatasetError
 from floranet.evaluation.audit import AuditData, run_audit, similar_pairs
 from floranet.evaluation.audit_report import to_csv
 from floranet.rundir import RunDir
@@ -228,6 +228,46 @@ def test_train_audits_when_cheap_and_audit_run_dir_rebuilds_the_report(writable_
     )
     assert "<h2>Data audit</h2>" in (writable_run / RunDir.REPORT).read_text()
     assert main(["audit", str(writable_run), "--backbone", "resnet18"]) == 2  # a run's own settings are used
+
+
+def test_audit_never_writes_over_a_training_run_or_leaves_a_folder_for_missing_data(
+    writable_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A data folder's audit into a training run replaced its config, split and class names (the run could no
+    longer predict); a missing data folder left an audit folder with a config.yaml behind."""
+    from floranet.workflows.audit import audit as audit_fn
+
+    data = make_image_folder(tmp_path / "other", classes=2, per_class=3)
+    before = {p.name: p.read_bytes() for p in writable_run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="out holds a training run"):
+        audit_fn(data, out=writable_run, **TINY)
+    assert {p.name: p.read_bytes() for p in writable_run.iterdir() if p.is_file()} == before
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        DatasetError, match="data_dir must be an existing folder of class sub-folders. Received: data_dir=.nope."
+    ):
+        audit_fn("nope", **TINY)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_audits_from_any_folder_and_an_unreadable_data_folder_is_an_error(
+    writable_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """config.yaml records the data folder absolute; a run whose images are gone is refused, not audited as 0
+    images over its earlier audit."""
+    from floranet.workflows.audit import audit as audit_fn
+
+    assert Path(RunDir(writable_run).config().data_dir).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert audit_fn(writable_run, say=lambda m: None).result is not None
+    config = (writable_run / RunDir.CONFIG).read_text()
+    data_dir = RunDir(writable_run).config().data_dir
+    (writable_run / RunDir.CONFIG).write_text(config.replace(data_dir, str(tmp_path / "gone")))
+    shutil.rmtree(writable_run / RunDir.FEATURES)
+    earlier = (writable_run / RunDir.AUDIT).read_bytes()
+    with pytest.raises(DatasetError, match="no image of the audit could be read under .*gone"):
+        audit_fn(writable_run, say=lambda m: None)
+    assert (writable_run / RunDir.AUDIT).read_bytes() == earlier
 
 
 def test_train_cli_flags_reach_the_config() -> None:

@@ -85,6 +85,14 @@ def test_yaml_errors_are_one_line_and_refuse_a_key_given_twice(tmp_path, text, m
         config.resolve(speed=3)
 
 
+def test_data_dir_is_recorded_absolute(tmp_path, monkeypatch) -> None:
+    """A run's evaluate, audit, export and report find its images from any folder, not only where it was trained."""
+    monkeypatch.chdir(tmp_path)
+    assert config.resolve(data_dir="data").data_dir == str(tmp_path / "data")
+    assert config.resolve(data_dir="a/../b").data_dir == str(tmp_path / "b")
+    assert config.resolve().data_dir == ""  # not given: stays unset
+
+
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:
     target = tmp_path / "model.keras"
     target.write_bytes(b"old")

@@ -163,7 +163,7 @@ def test_a_damaged_cache_is_computed_again_not_fatal(images, tmp_path, caplog) -
     assert any(k != "{not json" and json.loads(k)["backbone"] for k in keys)
 
 
-def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_path) -> None:
+def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     cfg = config.resolve(data_dir=str(images), out=str(out), preset="tutorial", epochs=1, **FAST)
     train(cfg, progress=False, say=lambda m: None)
@@ -176,6 +176,14 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_
     )
     with pytest.raises(ConfigError, match="batch_size"):
         train(changed, resume=True, progress=False, say=lambda m: None)
+    # A run from before data_dir was recorded absolute (relative to where it was trained) resumes from there.
+    saved = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(saved.replace(f"data_dir: {images}", f"data_dir: {images.name}"))
+    assert f"data_dir: {images.name}\n" in (out / "config.yaml").read_text()
+    monkeypatch.chdir(images.parent)
+    with pytest.raises(ConfigError, match="batch_size") as caught:
+        train(changed, resume=True, progress=False, say=lambda m: None)
+    assert "data_dir" not in str(caught.value)
 
 
 def test_a_split_file_without_hashes_gets_each_files_own(images, tmp_path) -> None:

@@ -135,6 +135,10 @@ class RunDir:
         """Whether the folder holds a floranet run (finished or not)."""
         return self.exists(self.CONFIG) or self.exists(self.STATE)
 
+    def is_training_run(self) -> bool:
+        """Whether the folder holds a training run (finished, or one that can resume), not only an audit."""
+        return any(self.exists(name) for name in (self.STATE, self.MODEL, self.CHECKPOINTS, self.HISTORY))
+
     def check_outside(self, data_dir: str | os.PathLike[str]) -> None:
         """Refuses a run (or audit) folder inside the data folder: its plots would become images of a class.
 

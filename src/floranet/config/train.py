@@ -239,4 +239,7 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     preset = given.get("preset", from_file.get("preset", TrainConfig.preset))
     check_choice("preset", preset, PRESETS)
     values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
+    if isinstance(values.get("data_dir"), str) and values["data_dir"]:
+        # Absolute in config.yaml: the run's evaluate, audit, export and report find the images from any folder.
+        values["data_dir"] = os.path.abspath(values["data_dir"])
     return TrainConfig(**values)

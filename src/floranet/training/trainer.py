@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -266,6 +267,8 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         if not run.exists(RunDir.CONFIG):
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
         saved = run.saved_settings()
+        if isinstance(saved.get("data_dir"), str) and saved["data_dir"]:  # a run from before: relative to here
+            saved["data_dir"] = os.path.abspath(saved["data_dir"])
         current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
         # A setting newer than the run's config.yaml compares as its default (what that run used).
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

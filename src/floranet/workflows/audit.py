@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from floranet.config import TrainConfig, resolve
-from floranet.errors import ConfigError
+from floranet.errors import ConfigError, DatasetError
 from floranet.evaluation.audit import DEFAULT_FOLDS, DUPLICATE_SIMILARITY, AuditData, AuditResult, run_audit
 from floranet.evaluation.audit_report import write_audit
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training.embeddings import stage1_features
+from floranet.utils.text import printable
 
 Say = Callable[[str], None]
 
@@ -104,8 +105,14 @@ def audit(
             data = _run_data(run, config, progress, say)
         else:
             config, data = _data_folder(target, run, settings, progress, say)
-        result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
         data_dir = Path(config.data_dir)
+        if not data.paths:  # nothing to audit: say so, and leave an earlier audit as it was
+            raise DatasetError(
+                f"no image of the audit could be read under {printable(str(data_dir))!r} (the data folder "
+                f"{'the run was trained on, from its config.yaml' if is_run_dir(target) else 'given'}): is it there, "
+                "and readable?"
+            )
+        result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
         write_audit(run, result, data_dir)
         if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
             from floranet.evaluation.report import build_report
@@ -118,10 +125,19 @@ def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
     """The audit folder of a data folder: outside it, and new, empty or an earlier audit (nothing else is
     written over)."""
     data_dir = Path(target)
+    if not data_dir.is_dir():  # before anything is written for it
+        raise DatasetError(
+            f"data_dir must be an existing folder of class sub-folders. Received: data_dir={printable(str(data_dir))!r}"
+        )
     folder = Path(out) if out is not None else default_audit_dir(data_dir)
     run = RunDir(folder)
     run.check_outside(data_dir)
     run.check_new_output()
+    if run.is_training_run():  # its config, split and report would be replaced by the audit's
+        raise ConfigError(
+            f"out holds a training run; a data folder's audit needs its own folder (`floranet audit {folder}` audits "
+            f"that run in place). Received: out={str(folder)!r}"
+        )
     return run
 
 
