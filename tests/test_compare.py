@@ -70,3 +70,53 @@ def test_compare_library_call(tmp_path: Path) -> None:
     result = compare(cfg, say=lambda m: None)
     assert len(result.ranked()) == 1 and result.ranked()[0].accuracy is not None
     assert "resnet20" in result.table()
+
+
+def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, monkeypatch) -> None:
+    """A typo in the last backbone failed after training the first (and blocked the corrected rerun); --out inside
+    the data folder got a split.csv first; a folder of the user's had its comparison.html replaced; a file as --out
+    gave a traceback."""
+    from floranet.workflows import compare as compare_lib
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4)
+    trained: list[str] = []
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: trained.append(settings.backbone) or 1 / 0)
+
+    def cfg(out: Path, backbones: tuple[str, ...] = ("resnet20",)) -> CompareConfig:
+        return CompareConfig(
+            data_dir=str(data), backbones=backbones, out=str(out), default_weights=None, train=SETTINGS
+        )
+
+    with pytest.raises(ConfigError, match="Unknown backbone.*resnet2O"):
+        compare(cfg(tmp_path / "c", ("resnet20", "resnet2O")), say=lambda m: None)
+    assert not trained and not (tmp_path / "c").exists()
+    with pytest.raises(ConfigError, match="outside the data folder"):
+        compare(cfg(data / "cmp"), say=lambda m: None)
+    assert not (data / "cmp").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "comparison.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds things a comparison did not write .comparison.txt"):
+        compare(cfg(mine), say=lambda m: None)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="it is a file"):
+        compare(cfg(tmp_path / "afile"), say=lambda m: None)
+    earlier = tmp_path / "earlier"
+    (earlier / "resnet20").mkdir(parents=True)
+    (earlier / "resnet20" / RunDir.CONFIG).write_text("backbone: resnet20\n")
+    with pytest.raises(ConfigError, match="already holds runs of resnet20"):
+        compare(cfg(earlier), say=lambda m: None)
+    assert not trained
+    with pytest.raises(ZeroDivisionError):  # past every check: the first training starts
+        compare(cfg(earlier, ("resnet32",)), say=lambda m: None)
+    assert trained == ["resnet32"]
+
+
+def test_compare_cli_passes_a_zero_seed(tmp_path: Path, monkeypatch) -> None:
+    from floranet.workflows import compare as compare_lib
+
+    seen: list[CompareConfig] = []
+    monkeypatch.setattr(compare_lib, "compare", lambda config: seen.append(config) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["compare", str(tmp_path), "--backbones", "resnet20", "--seed", "0", "--epochs", "1"])
+    assert seen[0].train == {"seed": 0, "epochs": 1}

@@ -46,7 +46,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from floranet.workflows.compare import compare
 
     per, default = parse_weights(args.weights)
-    train = {k: getattr(args, k) for k in ("image_size", "epochs", "batch_size", "seed") if getattr(args, k)}
+    given = ("image_size", "epochs", "batch_size", "seed")
+    train = {k: getattr(args, k) for k in given if getattr(args, k) is not None}  # --seed 0 is a seed
     config = CompareConfig(
         data_dir=args.data_dir,
         backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from floranet.config import CompareConfig, InferenceConfig, resolve
+from floranet.config import CompareConfig, InferenceConfig, TrainConfig, resolve
 from floranet.data import doctor
 from floranet.data import split as split_lib
-from floranet.errors import DatasetError, WeightsError
+from floranet.errors import ConfigError, DatasetError, OutputError, WeightsError
 from floranet.inference import load
+from floranet.models import backbones
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, write_json
 from floranet.workflows.train import train
@@ -111,12 +112,18 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
         ConfigError: A bad setting, or an ``OUT/<backbone>`` run that already exists.
     """
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    split_file = _shared_split(config, out, say)
+    _check_out(config, out)
+    # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
+    runs = [_settings(config, b, out, out / SPLIT) for b in config.backbones]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(out, e) from None
+    _shared_split(config, out, say)  # out/split.csv, which every run's settings name
     runtime = ""
     entries = []
-    for backbone in config.backbones:
-        entry, choice = _one(config, backbone, out, split_file, progress=progress, say=say)
+    for run_settings in runs:
+        entry, choice = _one(config, run_settings, progress=progress, say=say)
         entries.append(entry)
         runtime = runtime or choice
     settings = {"data_dir": config.data_dir, "fine_tune": config.fine_tune, **dict(config.train)}
@@ -150,16 +157,45 @@ def _weights_label(weights: str | None) -> str:
     return weights if weights == "imagenet" else f"file {Path(weights).name}"
 
 
-def _one(
-    config: CompareConfig, backbone: str, out: Path, split_file: Path, *, progress: bool, say: Callable[[str], None]
-) -> tuple[Entry, str]:
-    """Trains and measures one backbone; (its entry, the runtime its latency ran on)."""
+def _check_out(config: CompareConfig, out: Path) -> None:
+    """Refuses an ``out`` inside the data folder, a file, a folder holding things a comparison did not write, or
+    one that already holds a run of a backbone to train (nothing of anyone's is written over).
+
+    Raises:
+        ConfigError: One of those.
+    """
+    RunDir(out).check_outside(config.data_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"out must be a folder for the comparison; it is a file. Received: out={str(out)!r}")
+    ours = {SPLIT, TABLE_JSON, PAGE, RunDir.LOCK}
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours and not RunDir(p).is_run())
+    if others:
+        raise ConfigError(
+            f"out is a folder that holds things a comparison did not write ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder. Received: out={str(out)!r}"
+        )
+    taken = [b for b in config.backbones if RunDir(out / b).is_run()]
+    if taken:
+        raise ConfigError(
+            f"out already holds runs of {', '.join(taken)} (an earlier comparison); choose a new folder, or move "
+            f"those runs away to train them again. Received: out={str(out)!r}"
+        )
+
+
+def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path) -> TrainConfig:
+    """One backbone's training settings: the comparison's, on its shared split, into ``out/<backbone>``.
+
+    Raises:
+        ConfigError: An unknown backbone name, or a bad setting.
+    """
+    backbones.get(backbone)  # the registry's lookup: an unknown name fails here, before anything trains
     weights = config.weights_of(backbone)
-    entry = Entry(backbone, _weights_label(weights))
     overrides = dict(config.train)
     if not config.fine_tune:
         overrides["fine_tune_epochs"] = 0
-    settings = resolve(
+    return resolve(
         data_dir=config.data_dir,
         out=str(out / backbone),
         backbone=backbone,
@@ -167,6 +203,14 @@ def _one(
         split_file=str(split_file),
         **overrides,
     )
+
+
+def _one(
+    config: CompareConfig, settings: TrainConfig, *, progress: bool, say: Callable[[str], None]
+) -> tuple[Entry, str]:
+    """Trains and measures one backbone; (its entry, the runtime its latency ran on)."""
+    backbone = settings.backbone
+    entry = Entry(backbone, _weights_label(config.weights_of(backbone)))
     say(f"== {backbone} ({entry.weights}) -> {settings.out}")
     try:
         result = train(settings, progress=progress, say=say)
