@@ -157,6 +157,31 @@ def test_out_refuses_a_folder_that_is_not_an_export(run_copy: Path, tmp_path: Pa
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+def test_out_inside_the_data_folder_or_under_a_file_and_an_unrecordable_run(
+    run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export into the data folder became a class for the doctor; a file in the way gave a traceback; a run
+    that could not record a complete export (read-only) made the command fail after the export was written."""
+    from floranet.errors import OutputError
+    from floranet.rundir import RunDir
+
+    data = Path(RunDir(run_copy).config().data_dir)
+    with pytest.raises(ConfigError, match="outside the data folder"):
+        export_run(run_copy, "keras", out=data / "exported", max_images=0)
+    assert not (data / "exported").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="Cannot write .*afile/x"):
+        export_run(run_copy, "keras", out=tmp_path / "afile" / "x", max_images=0)
+
+    def read_only(*args: object) -> None:
+        raise OutputError(run_copy / "exports.json", OSError(30, "Read-only file system"))
+
+    monkeypatch.setattr(export_lib.exporter, "_record", read_only)
+    r = export_run(run_copy, "keras", out=tmp_path / "done", max_images=0)
+    assert (r.path / "model.keras").exists()
+    assert "The export is complete in" in caplog.text and "Read-only file system" in caplog.text
+
+
 def test_failed_export_keeps_the_older_one(run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "keras"
     export_run(run_copy, "keras", out=out, max_images=0)

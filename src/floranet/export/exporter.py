@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from floranet.errors import ConfigError, DatasetError, ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError, OutputError
 from floranet.export import metadata
 from floranet.export.check import Check, check_export, readme
 from floranet.export.common import (
@@ -251,6 +251,7 @@ def export_run(
         raise ConfigError(
             f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"
         )
+    RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
     calib = None
     if quantize == "int8":
         say(f"Decoding up to {CALIBRATION_IMAGES} training images for int8 calibration...")
@@ -259,8 +260,11 @@ def export_run(
     if max_images:
         say(f"Decoding up to {max_images} validation images for the agreement check...")
         pixels = decode_rows(source, spread(source.rows("validation"), int(max_images)))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:  # a file in the way, a read-only run or disk
+        raise OutputError(final, e) from None
     try:
         result = _build(model, source, tmp, format, quantize, calib, pixels, say=say, progress=progress)
         _place(tmp, final)
@@ -268,8 +272,19 @@ def export_run(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     result = dataclasses.replace(result, path=final)
-    _record(source.path, result)
-    # A run from before compiled models (or before their features output), or a replaced model.keras.
+    try:  # the export is complete: what follows only records it in the run, which may be read-only
+        _record(source.path, result)
+        _compile_if_missing(source, model, pixels, say)
+    except OutputError as e:
+        log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
+    return result
+
+
+def _compile_if_missing(
+    source: ExportSource, model: Any, pixels: np.ndarray | None, say: Callable[[str], None]
+) -> None:
+    """Compiles the run's inference model when it has none usable: a run from before compiled models (or before
+    their features output), or a replaced model.keras."""
     if compiled.usable(source.run, features=needs_features(source.run.path)) is None:
         images = pixels if pixels is not None else np.zeros((0, 1, 1, 3))
         info = compiled.compile_run(source.run, model, images, UnknownDetector.load(source.run.path))
@@ -278,7 +293,6 @@ def export_run(
                 f"Also compiled the run's inference model ({source.run / RunDir.COMPILED}): "
                 f"{'agrees' if info['agrees'] else 'does not agree'} with model.keras."
             )
-    return result
 
 
 def _build(
