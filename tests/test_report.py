@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from floranet.cli import main
 from floranet.evaluation import evaluate_run
+from floranet.rundir import RunDir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -80,6 +82,15 @@ def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(twin)
     assert main(["explain", str(tiny_run), str(image), str(twin), "--out", str(tmp_path / "cams2")]) == 0
     assert sorted(p.name for p in (tmp_path / "cams2").iterdir()) == ["flower.2.gradcam.png", "flower.gradcam.png"]
+    # Its own overlays are replaced on a rerun; a file of the user's of that name is never, nor anything in the
+    # data folder the run was trained on (an overlay there would become a training image).
+    assert main(["explain", str(tiny_run), str(image), "--out", str(tmp_path / "cams2")]) == 0
+    (tmp_path / "cams2" / "flower.2.gradcam.png").write_bytes(b"mine")
+    assert main(["explain", str(tiny_run), str(image), str(twin), "--out", str(tmp_path / "cams2")]) == 2
+    assert (tmp_path / "cams2" / "flower.2.gradcam.png").read_bytes() == b"mine"
+    data = Path(RunDir(tiny_run).config().data_dir)
+    assert main(["explain", str(tiny_run), str(image), "--out", str(data / "roses")]) == 2
+    assert not list(data.rglob("*.gradcam.png"))
     model = keras.saving.load_model(tiny_run / "model.keras")
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     heat, probs = GradCAM(model).heatmaps(x)

@@ -14,7 +14,7 @@ from floranet.data import decode
 from floranet.errors import ConfigError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
-from floranet.utils.figures import image_grid
+from floranet.utils.figures import image_grid, written_here
 
 
 def last_conv_layer(backbone: keras.Model) -> str:
@@ -106,22 +106,15 @@ def explain_files(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
+    RunDir(out).check_outside(run.config().data_dir)  # an overlay there would become a training image
+    targets = _targets(out, paths)
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     cam = GradCAM(model)
-    written = []
-    used: set[str] = set()
-    for p in paths:
+    for p, target in zip(paths, targets, strict=True):
         pixels = decode.decode_and_resize(str(p), size)
         idx = None if class_name is None else names.index(class_name)
         heat, probs = cam.heatmaps(pixels[None], idx)
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
-        stem, n = Path(p).stem, 1
-        name = f"{stem}.gradcam.png"
-        while name in used:  # two inputs of one name (a/x.jpg, b/x.jpg): both kept
-            n += 1
-            name = f"{stem}.{n}.gradcam.png"
-        used.add(name)
-        target = out / name
         image_grid(
             [pixels],
             [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"],
@@ -129,5 +122,29 @@ def explain_files(
             overlays=[heat[0]],
             columns=1,
         )
-        written.append(target)
-    return written
+    return targets
+
+
+def _targets(out: Path, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """``out/<stem>.gradcam.png`` per input (``<stem>.2.gradcam.png`` for a second input of one name), checked
+    before any is drawn: a file of that name that floranet did not write is never replaced.
+
+    Raises:
+        ConfigError: One of them exists and is not an overlay floranet wrote.
+    """
+    targets, used = [], set()
+    for p in paths:
+        stem, n = Path(p).stem, 1
+        name = f"{stem}.gradcam.png"
+        while name in used:  # two inputs of one name (a/x.jpg, b/x.jpg): both kept
+            n += 1
+            name = f"{stem}.{n}.gradcam.png"
+        used.add(name)
+        target = out / name
+        if target.exists() and not written_here(target):
+            raise ConfigError(
+                f"{target} exists and is not an overlay floranet wrote; choose another --out so it is kept. "
+                f"Received: out={str(out)!r}"
+            )
+        targets.append(target)
+    return targets

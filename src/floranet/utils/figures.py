@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 _PAD = 6  # pixels around each cell of an image grid
 _MIN_CELL_WIDTH = 220  # room for a file name and "true roses, predicted sunflowers (74%)" at 11 px
+# The PNG text chunk image_grid writes: an explain overlay of that name may be replaced, anything else is kept.
+SOFTWARE_KEY, SOFTWARE = "Software", "floranet"
 
 
 def new_figure(
@@ -99,8 +101,23 @@ def image_grid(
             text = _fit(line, font, cell_w)
             draw.text((x + (cell_w - font.getlength(text)) / 2, y + j * line_height), text, fill="black", font=font)
         sheet.paste(picture, (x + (cell_w - picture.width) // 2, y + text_h))
+    from PIL.PngImagePlugin import PngInfo
+
+    marker = PngInfo()
+    marker.add_text(SOFTWARE_KEY, SOFTWARE)  # how a later run knows the file is its own to replace
     with atomic_path(path, suffix=".png") as tmp:
-        sheet.save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG", pnginfo=marker)
+
+
+def written_here(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a PNG that :func:`image_grid` wrote (its text chunk says so; read from the header)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=["PNG"]) as im:
+            return im.info.get(SOFTWARE_KEY) == SOFTWARE
+    except Exception:  # noqa: BLE001 - anything that is not a readable PNG is not ours
+        return False
 
 
 @cache
