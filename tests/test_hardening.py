@@ -304,6 +304,32 @@ def test_prediction_tables_escape_file_names() -> None:
 # --------------------------------------------------------------------------- 11. unwritable output, said early
 
 
+def test_file_names_with_line_breaks_round_trip_through_every_csv(tmp_path) -> None:
+    """A carriage return in a file name was written unquoted (csv quotes only the line end it writes, here \\n):
+    split.csv, predictions.csv and audit.csv could not be read back."""
+    import csv as csv_lib
+
+    from floranet.data.split import Split, SplitRow
+    from floranet.evaluation.evaluation import Evaluation
+    from floranet.utils.text import csv_text
+
+    names = ["a/cr\rx.jpg", "a/lf\nx.jpg", "a/both\r\n.jpg", 'a/"quoted", comma.jpg', "a/plain.jpg"]
+    text = csv_text([["path", "n"], *([n, i] for i, n in enumerate(names))])
+    assert text.startswith("path,n\n") and text.endswith("a/plain.jpg,4\n")  # ordinary rows as before
+    assert [r[0] for r in csv_lib.reader(io.StringIO(text, newline=""))][1:] == names
+    split = Split(tuple(SplitRow(n, "a", "train" if i % 2 else "validation", "") for i, n in enumerate(names)), ("a",))
+    split.to_csv(tmp_path / "split.csv")
+    assert sorted(r.path for r in Split.from_csv(tmp_path / "split.csv").rows) == sorted(names)
+    ev = Evaluation(("a", "b"), tuple(names), np.zeros(5, np.int64), np.full((5, 2), 0.5, np.float32), 1.0, "d", "v")
+    (tmp_path / RunDir.PREDICTIONS).write_text(ev.to_csv(), newline="")
+    from floranet import config
+    from floranet.evaluation.evaluation import read_evaluation
+
+    config.resolve(data_dir=str(tmp_path / "d")).save(tmp_path / RunDir.CONFIG)
+    again = read_evaluation(RunDir(tmp_path))
+    assert again is not None and again.paths == tuple(names)
+
+
 def test_unwritable_json_is_a_one_line_error_before_the_scan(tmp_path, capsys, monkeypatch) -> None:
     from floranet.data import doctor
 

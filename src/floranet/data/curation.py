@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from floranet.data.split import Split
 from floranet.errors import ConfigError
 from floranet.utils.files import read_capped
+from floranet.utils.text import csv_text
 
 AUDIT_FILE_COLUMN = "file"
 AUDIT_SUGGESTED_COLUMN = "suggested_label"
@@ -166,8 +167,4 @@ class Curation:
 
     def relabel_text(self) -> str:
         """``relabel.csv``: ``path,new_label`` rows with a header."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "new_label"])
-        writer.writerows(sorted(self.relabel.items()))
-        return buf.getvalue()
+        return csv_text([("path", "new_label"), *sorted(self.relabel.items())])

@@ -19,7 +19,6 @@ doctor decodes them with ``os.fsdecode``); they are written back with
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 import re
@@ -32,6 +31,7 @@ import numpy as np
 
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import atomic_write_text
+from floranet.utils.text import csv_text
 
 SPLIT_COLUMNS = ("path", "label", "split", "sha256")
 SPLITS = ("train", "validation")
@@ -119,13 +119,9 @@ class Split:
         Args:
             path: Destination CSV file. Parent folders are created.
         """
-        buf = io.StringIO(newline="")
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(SPLIT_COLUMNS)
-        for r in self.rows:
-            writer.writerow((r.path, r.label, r.split, r.sha256))
+        text = csv_text([SPLIT_COLUMNS, *((r.path, r.label, r.split, r.sha256) for r in self.rows)])
         # surrogateescape (in atomic_write_text): non-UTF-8 file names round-trip byte for byte.
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_text(path, text)
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str], *, class_names: Sequence[str] | None = None) -> Split:

@@ -9,9 +9,7 @@ quality, so rankings can be rebuilt without running the audit again.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from floranet.errors import DatasetError
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
+from floranet.utils.text import csv_text
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -35,13 +34,7 @@ def plural(n: int, word: str) -> str:
 
 
 def to_csv(result: AuditResult) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for f in result.findings:
-        d = f.to_dict()
-        writer.writerow([d[c] for c in CSV_COLUMNS])
-    return buf.getvalue()
+    return csv_text([CSV_COLUMNS, *([f.to_dict()[c] for c in CSV_COLUMNS] for f in result.findings)])
 
 
 def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:

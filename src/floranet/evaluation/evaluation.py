@@ -27,6 +27,7 @@ from floranet.evaluation.calibration import expected_calibration_error, fit_temp
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import apply_temperature, load
 from floranet.rundir import RunDir
+from floranet.utils.text import csv_text
 
 VALIDATION = "validation split"
 # Facts of the training run kept in metrics.json when an evaluation is written again.
@@ -138,12 +139,12 @@ class Evaluation:
 
     def to_csv(self) -> str:
         """``path,label,<probability of each class>`` per image: what :meth:`from_csv` reads back."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "label", *self.class_names])
-        for path, label, row in zip(self.paths, self.labels, self.probs, strict=True):
-            writer.writerow([path, self.class_names[label], *(f"{p:.9g}" for p in row)])
-        return buf.getvalue()
+        header = ["path", "label", *self.class_names]
+        rows = (
+            [path, self.class_names[label], *(f"{p:.9g}" for p in row)]
+            for path, label, row in zip(self.paths, self.labels, self.probs, strict=True)
+        )
+        return csv_text([header, *rows])
 
     @classmethod
     def from_csv(cls, text: str, **fields: Any) -> Evaluation:
@@ -216,7 +217,8 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
     metrics = run.metrics()
     extra = {"evaluated_on": metrics["evaluated_on"]} if "evaluated_on" in metrics else {}
     return Evaluation.from_csv(
-        (run / RunDir.PREDICTIONS).read_text(encoding="utf-8"),
+        # As written: a quoted carriage return in a file name stays one, non-UTF-8 names round-trip.
+        (run / RunDir.PREDICTIONS).read_bytes().decode("utf-8", "surrogateescape"),
         temperature=run.temperature(),
         data_dir=run.config().data_dir,
         extra=extra,

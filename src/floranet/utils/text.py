@@ -7,7 +7,10 @@ can neither forge lines nor move the cursor nor reorder what is shown.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from collections.abc import Iterable, Sequence
 
 # C0 controls, DEL, C1 controls, and the bidi marks, embeddings, overrides and isolates.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -31,3 +34,15 @@ def utf8(text: str) -> str:
 def printable(text: str) -> str:
     """``text`` with undecodable bytes as ``\\xNN`` and control or bidi characters escaped."""
     return _UNSAFE.sub(_escape, utf8(text))
+
+
+def csv_text(rows: Iterable[Sequence[object]]) -> str:
+    """CSV text, each row a line ending in ``\n``. A row with a carriage return in a field (a file may be named
+    so) has every field quoted: with ``\n`` line ends the csv module quotes a ``\n`` by itself, not a ``\r``,
+    and an unquoted ``\r`` makes the file unreadable. Read it back without newline translation."""
+    buf = io.StringIO(newline="")
+    plain = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        (quoted if any("\r" in str(v) for v in row) else plain).writerow(row)
+    return buf.getvalue()
