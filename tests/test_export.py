@@ -182,6 +182,36 @@ def test_out_inside_the_data_folder_or_under_a_file_and_an_unrecordable_run(
     assert "The export is complete in" in caplog.text and "Read-only file system" in caplog.text
 
 
+def _renamed_classes(run_copy: Path, folder: Path, names: dict[str, str]) -> Path:
+    """A copy of the run whose classes are called ``names[old]`` (class_names.json and split.csv)."""
+    from floranet.data.split import Split, SplitRow
+    from floranet.rundir import RunDir
+
+    run = folder / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    old = RunDir(run).class_names()
+    (run / RunDir.CLASS_NAMES).write_text(json.dumps([names.get(n, n) for n in old]))
+    split = RunDir(run_copy).split(old)
+    rows = tuple(SplitRow(r.path, names.get(r.label, r.label), r.split, r.sha256) for r in split.rows)
+    Split(rows, tuple(names.get(n, n) for n in old)).to_csv(run / RunDir.SPLIT)
+    return run
+
+
+def test_class_names_with_line_breaks_and_line_based_label_files(run_copy: Path, tmp_path: Path) -> None:
+    """tflite read its labels back with splitlines(), which splits at U+2028 too (the export failed its own
+    check, naming a deleted temp file); a name with a real line break cannot be one line of labels.txt."""
+    _skip_if_missing("tflite")
+    run = _renamed_classes(run_copy, tmp_path / "a", {"daisy": "da\u2028isy", "tulips": "tu\x1clips"})
+    r = export_run(run, "tflite", max_images=0)
+    meta, _ = export_lib.metadata.read_metadata("tflite", r.path)
+    assert list(meta.class_names) == ["da\u2028isy", "roses", "tu\x1clips"]
+    broken = _renamed_classes(run_copy, tmp_path / "b", {"daisy": "new\nline"})
+    for fmt in ("tflite", "saved_model"):
+        with pytest.raises(ConfigError, match="class name 'new\\\\nline' holds a line break"):
+            export_run(broken, fmt, max_images=0)
+    assert export_run(broken, "keras", max_images=0).path.exists()
+
+
 def test_failed_export_keeps_the_older_one(run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "keras"
     export_run(run_copy, "keras", out=out, max_images=0)

@@ -10,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,6 +252,7 @@ def export_run(
             f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"
         )
     RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
+    _check_line_names(format, source.class_names)
     calib = None
     if quantize == "int8":
         say(f"Decoding up to {CALIBRATION_IMAGES} training images for int8 calibration...")
@@ -278,6 +279,25 @@ def export_run(
     except OutputError as e:
         log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
     return result
+
+
+# Formats that keep the class names one a line (labels.txt: a SavedModel asset, a TFLite associated file).
+LINE_LABELS = ("saved_model", "tflite")
+
+
+def _check_line_names(fmt: str, names: Sequence[str]) -> None:
+    """Refuses a class name with a line break for a format whose labels file holds one name a line.
+
+    Raises:
+        ConfigError: Such a name, for such a format.
+    """
+    broken = [n for n in names if "\n" in n or "\r" in n]
+    if fmt in LINE_LABELS and broken:
+        raise ConfigError(
+            f"class name {broken[0]!r} holds a line break, and format={fmt!r} keeps class names one a line "
+            "(labels.txt): rename that class folder and train again, or export keras, onnx or openvino. "
+            f"Received: format={fmt!r}"
+        )
 
 
 def _compile_if_missing(

@@ -321,7 +321,9 @@ def _read_tflite(folder: Path) -> tuple[dict[str, str], str]:
             values = json.loads(bytes(model.Buffers(entry.Buffer()).DataAsNumpy()).decode())
     try:
         with zipfile.ZipFile(path) as z:
-            labels = z.read(LABELS_FILE).decode().splitlines() if LABELS_FILE in z.namelist() else []
+            # One name a line, split at "\n" only (splitlines() also splits at U+2028, \x1c, ..., which a folder
+            # name may hold).
+            labels = z.read(LABELS_FILE).decode().split("\n")[:-1] if LABELS_FILE in z.namelist() else []
     except zipfile.BadZipFile:  # no associated files at all
         labels = []
     if labels != json.loads(values.get("class_names", "[]")):
