@@ -52,8 +52,8 @@ class ExportSource:
         if not root.is_dir():
             raise DatasetError(
                 f"The run's data_dir {str(root)!r} ({RunDir.CONFIG}) is not a folder here; the "
-                "agreement check and int8 calibration need its images. Pass max_images=0 to export "
-                "an fp32/fp16 model without the check."
+                "agreement check and int8 calibration need its images. Pass --max-images 0 (max_images=0 in "
+                "Python) to export an fp32/fp16 model without the check."
             )
         return root
 
