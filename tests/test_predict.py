@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from corpus import raw_png
 from floranet import inference as predict
 from floranet.cli import main
 from floranet.data.images import load_image
@@ -61,8 +62,14 @@ def test_bad_files_are_reported_in_their_row_and_never_stop_the_batch(tiny_run, 
     (tmp_path / "text.jpg").write_text("hello")
     good = cases["jpeg"].read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    # A header declaring 100000 x 100000 pixels: Pillow's bomb error escaped the batch's routing (no rows at all).
+    (tmp_path / "bomb.png").write_bytes(raw_png(100_000, 100_000, 8, 2, b"\0" * 64))
     rows = predict.load(tiny_run).predict([tmp_path, tmp_path / "nothing-here.jpg"], top_k=2)
     by_name = {Path(r.file).name: r for r in rows}
+    assert "too large: 100000x100000" in (by_name["bomb.png"].error or "")
+    on_tf = predict.load(tiny_run, runtime="tensorflow").predict([tmp_path], top_k=2)  # tf.data's routing
+    assert [r.file for r in on_tf] == [r.file for r in rows[:-1]]
+    assert [bool(r.error) for r in on_tf] == [bool(r.error) for r in rows[:-1]]
     assert by_name["empty.jpg"].error and "empty" in by_name["empty.jpg"].error
     assert by_name["text.jpg"].error and by_name["truncated.jpg"].error
     assert by_name["nothing-here.jpg"].error
@@ -99,6 +106,30 @@ def test_rows_come_in_the_order_of_the_inputs_missing_ones_included(tiny_run, tm
         (0, str(inputs[0])), (1, str(inputs[2])), (1 + len(pngs), str(inputs[4])), (2 + len(pngs), str(inputs[6]))
     ]  # fmt: skip
     assert len(files) == 2 + len(pngs)
+
+
+def test_folders_follow_symlinks_once_and_skip_fifos(tmp_path) -> None:
+    """A FIFO in an input folder blocked predict forever; images behind a symlinked folder were skipped (the doctor
+    and train follow such links); ``**`` through a link loop named one file at every depth."""
+    import os
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(elsewhere / "linked.jpg")
+    top = tmp_path / "top"
+    top.mkdir()
+    Image.new("RGB", (8, 8)).save(top / "own.jpg")
+    (top / "sub").symlink_to(elsewhere, target_is_directory=True)
+    (top / "self").symlink_to(top, target_is_directory=True)  # a loop
+    os.mkfifo(top / "pipe.jpg")
+    files, missing = predictor.expand_inputs([top])
+    assert [p.relative_to(top).as_posix() for p in files] == ["own.jpg", "sub/linked.jpg"] and not missing
+    only_linked = tmp_path / "only"
+    only_linked.mkdir()
+    (only_linked / "sub").symlink_to(elsewhere, target_is_directory=True)
+    assert predictor.expand_inputs([only_linked])[0] == [only_linked / "sub" / "linked.jpg"]
+    files, _ = predictor.expand_inputs([str(top / "**" / "*.jpg")])
+    assert sorted(p.name for p in files) == ["linked.jpg", "own.jpg"]
 
 
 def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:

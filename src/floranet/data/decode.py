@@ -51,6 +51,8 @@ def _guess_tf_decodable(path: bytes) -> bool:
                 if im.format == "PNG":
                     return head[24] == 8  # IHDR bit depth: Pillow reports 16-bit RGB as "RGB"
                 return im.getexif().get(0x0112, 1) == 1
+    except Image.DecompressionBombError:  # a header declaring a huge image: Pillow's path names the limit
+        return False
     except (OSError, ValueError, SyntaxError):  # what Pillow raises on a damaged or unknown header
         return True  # unreadable header: let tf try, then Pillow, then skip/raise
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,7 +345,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
             found = _walk(p)  # an empty folder is as good as a typo: say so below
         elif any(ch in str(item) for ch in "*?["):
             matched = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            found = [m for m in matched if m.is_file() and m.suffix.lower() in IMAGE_EXTENSIONS]
+            # Each file once: ``**`` through a link loop (self -> .) names one file at every depth.
+            real = {os.path.realpath(m): m for m in reversed(matched) if m.is_file() and _regular(m)}
+            found = sorted(m for m in real.values() if m.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             found = []
         if not found:
@@ -366,12 +369,28 @@ def in_input_order(rows: list[Prediction], missing: list[Unmatched]) -> list[Pre
 
 
 def _walk(root: Path) -> list[Path]:
+    """Image files under ``root`` in name order: symlinked folders followed as the doctor follows them (each real
+    folder once, so a link loop ends), hidden entries skipped, and only regular files (a FIFO would block the
+    read forever)."""
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(
             Path(dirpath) / f
             for f in sorted(filenames)
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(dirpath) / f)
         )
     return out
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # a broken symlink: its row says it is missing
+        return path.is_symlink()
