@@ -15,7 +15,8 @@ from corpus import raw_png
 from floranet import inference as predict
 from floranet.cli import main
 from floranet.data.images import load_image
-from floranet.inference import batch, predictor
+from floranet.errors import ConfigError
+from floranet.inference import batch, formats, predictor
 
 
 def _write_cases(folder: Path) -> dict[str, Path]:
@@ -171,6 +172,30 @@ def test_predict_never_writes_over_a_photo_and_says_when_a_folder_is_empty(tiny_
     assert main(["predict", str(tiny_run), str(odd), "--output", str(out)]) == 0
     rows = json.loads(out.read_bytes().decode("utf-8"))  # strict UTF-8: the odd bytes are written as \xNN
     assert rows[0]["file"].endswith("\\xff\\xfe.jpg") and rows[0]["error"] is None
+
+
+def test_predict_output_replaces_only_its_own_predictions(tiny_run, writable_run, tmp_path, capsys) -> None:
+    """--output run/model.keras replaced the model with a table, and a user's notes.txt was replaced silently."""
+    image = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(image)
+    model = (writable_run / "model.keras").read_bytes()
+    assert main(["predict", str(writable_run), str(image), "--output", str(writable_run / "model.keras")]) == 2
+    assert "outside the run directory" in capsys.readouterr().err
+    assert (writable_run / "model.keras").read_bytes() == model
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(["predict", str(tiny_run), str(image), "--output", str(notes)]) == 2
+    assert "not a floranet predictions file" in capsys.readouterr().err and notes.read_text() == "mine"
+    for name in ("p.csv", "p.json", "p.parquet"):  # its own outputs are replaced on a rerun
+        out = tmp_path / name
+        for _ in range(2):
+            assert main(["predict", str(tiny_run), str(image), "--output", str(out)]) == 0
+        capsys.readouterr()
+    (tmp_path / "empty.json").write_text("[]\n")  # predictions of nothing
+    assert formats.check_output(tmp_path / "empty.json", [image]) == tmp_path / "empty.json"
+    (tmp_path / "other.csv").write_text("name,size\na,1\n")
+    with pytest.raises(ConfigError, match="not a floranet predictions file"):
+        formats.check_output(tmp_path / "other.csv", [image])
 
 
 def test_predict_bytes_matches_file_prediction(tiny_run, tmp_path) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,22 +108,52 @@ def _utf8_row(r: Prediction) -> dict[str, Any]:
     return row
 
 
-def check_output(output: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]) -> Path:
-    """Checks, before any image is predicted, that ``output`` can be written and is no image of the user's.
+def check_output(
+    output: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    run_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Checks, before any image is predicted, that ``output`` can be written and replaces nothing of anyone's.
 
     Raises:
-        ConfigError: ``output`` is one of ``inputs``, or has an image's suffix (it would replace a photo).
+        ConfigError: ``output`` is one of ``inputs``, has an image's suffix (it would replace a photo), lies in
+            ``run_dir`` (its model and records), or is an existing file that is not predictions floranet wrote.
         OutputError: It cannot be written.
     """
     final = Path(output)
+    shown = printable(os.fspath(output))
     if final.suffix.lower() in IMAGE_EXTENSIONS or any(
         Path(i).is_file() and final.exists() and final.samefile(i) for i in inputs
     ):
         raise ConfigError(
             "output must be a new predictions file (.csv, .json, .parquet, or a table), not an image or one of the "
-            f"inputs: writing it would replace a photo. Received: output={printable(os.fspath(output))!r}"
+            f"inputs: writing it would replace a photo. Received: output={shown!r}"
+        )
+    if run_dir is not None and final.resolve().is_relative_to(Path(run_dir).resolve()):
+        raise ConfigError(
+            f"output must be outside the run directory (its model and records). Received: output={shown!r}"
+        )
+    if final.is_file() and not _is_predictions(final):
+        raise ConfigError(
+            "output is an existing file that is not a floranet predictions file (CSV, JSON or Parquet written by "
+            f"predict); choose a new file, so nothing of yours is replaced. Received: output={shown!r}"
         )
     return check_writable(final)
+
+
+def _is_predictions(path: Path) -> bool:
+    """Whether ``path`` holds predictions as :func:`write_predictions` writes them (CSV, JSON or Parquet: a
+    table has no header to know it by)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+        if head.startswith(b"PAR1"):
+            pq = require("pyarrow.parquet", "format='parquet'")
+            return {"file", "unknown", "ood_score", "error"} <= set(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - unreadable, or not Parquet after all: not ours
+        return False
+    text = head.decode("utf-8", "replace")
+    return text.startswith(("file,class_1,", "[]")) or re.match(r'\[\s*\{\s*"file":', text) is not None
 
 
 def format_for(output: str | os.PathLike[str]) -> str:
