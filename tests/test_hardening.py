@@ -279,6 +279,18 @@ def test_a_500_class_run_completes_with_bounded_plots(tmp_path) -> None:
 # --------------------------------------------------------------------------- 10. no terminal injection
 
 
+def test_plots_draw_any_class_name(tmp_path) -> None:
+    """A class folder whose name is not UTF-8 ended training in a matplotlib TypeError (after the model was
+    saved, before the report); two "$" made matplotlib parse a name as math and fail to draw it."""
+    import os
+
+    from floranet.evaluation.plots import confusion_matrix_plot
+
+    names = [os.fsdecode(b"cl\xe9ss"), "$\\x$ and $y$", "ok"]
+    confusion_matrix_plot(np.eye(3, dtype=int), names, tmp_path / "cm.png", title=os.fsdecode(b"folder \xff"))
+    assert (tmp_path / "cm.png").stat().st_size > 0
+
+
 def test_escape_sequences_in_file_names_never_reach_stdout(tmp_path, capsys) -> None:
     root = make_image_folder(tmp_path / "data", classes=2, per_class=3)
     evil = "\x1b[2J\x1b[31mroses\nOK  class_0:fine.jpg\u202e.jpg"

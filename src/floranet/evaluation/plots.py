@@ -10,10 +10,17 @@ from typing import Any
 import numpy as np
 
 from floranet.utils.figures import new_figure, save_figure
+from floranet.utils.text import printable
 
 MAX_FIGURE_INCHES = 20.0  # 2,000 px at 100 dpi
 MAX_ANNOTATED_CLASSES = 30
 MAX_LABELLED_CLASSES = 60
+
+
+def plain(text: str) -> str:
+    """A class or folder name as matplotlib text: undecodable bytes and control characters escaped (printable), and
+    "$" kept literal (two of them would start mathtext, which fails to draw on a name like "$\\x$")."""
+    return printable(text).replace("$", r"\$")
 
 
 def history_plot(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
@@ -43,6 +50,7 @@ def confusion_matrix_plot(
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
     n = len(class_names)
+    labels = [plain(c) for c in class_names]
     # Bounded size whatever the number of classes (500 classes once needed 23 GB); numbers in the cells and
     # class names on the axes only while they can be read.
     size = min(MAX_FIGURE_INCHES, max(4.0, 0.7 * n + 2))
@@ -50,11 +58,11 @@ def confusion_matrix_plot(
     for ax, matrix, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
         ax.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
         if n <= MAX_LABELLED_CLASSES:
-            ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-            ax.set_yticks(range(n), class_names)
+            ax.set_xticks(range(n), labels, rotation=45, ha="right")
+            ax.set_yticks(range(n), labels)
         ax.set_xlabel("predicted" if n <= MAX_LABELLED_CLASSES else f"predicted ({n} classes, index order)")
         ax.set_ylabel("true")
-        ax.set_title(f"{title}: {name}")
+        ax.set_title(f"{plain(title)}: {name}")
         if n <= MAX_ANNOTATED_CLASSES:
             _annotate(ax, matrix, fmt)
     save_figure(fig, path)
