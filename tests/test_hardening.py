@@ -279,6 +279,17 @@ def test_a_500_class_run_completes_with_bounded_plots(tmp_path) -> None:
 # --------------------------------------------------------------------------- 10. no terminal injection
 
 
+def test_a_reader_that_leaves_the_pipe_gets_no_traceback() -> None:
+    """`floranet backbones | head -0`: a BrokenPipeError traceback (twice: again when Python flushed at exit)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "floranet.cli", "backbones"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes a line (its imports take far longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_plots_draw_any_class_name(tmp_path) -> None:
     """A class folder whose name is not UTF-8 ended training in a matplotlib TypeError (after the model was
     saved, before the report); two "$" made matplotlib parse a name as math and fail to draw it."""

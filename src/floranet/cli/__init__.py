@@ -10,6 +10,7 @@ import argparse
 import atexit
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -110,3 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `floranet doctor DATA | head`: the reader left; no traceback, no second one at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
