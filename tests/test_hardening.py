@@ -222,6 +222,13 @@ def test_out_refuses_a_folder_that_holds_other_things(tmp_path, capsys) -> None:
     )
     assert code == 2 and "not empty and not a floranet run" in capsys.readouterr().err
     assert snapshot(theirs) == before
+    (theirs / "afile").write_text("mine")
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    assert main(["train", str(data), "--out", str(theirs / "afile"), *tiny]) == 2
+    assert "out must be a folder for the run; it is a file" in capsys.readouterr().err  # was "File exists"
+    with pytest.raises(SystemExit):  # 32x48x7 was taken as 32x48
+        main(["train", str(data), "--out", str(tmp_path / "r"), *tiny, "--image-size", "32x48x7"])
+    assert "(two numbers at most), got '32x48x7'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- 8. sizes checked before reading

@@ -53,6 +53,8 @@ def int_or_pair(text: str) -> int | tuple[int, int]:
         values = [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an int or HxW, got {text!r}") from None
+    if len(values) > 2:  # 32x48x7 was taken as 32x48
+        raise argparse.ArgumentTypeError(f"expected an int or HxW (two numbers at most), got {text!r}")
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
