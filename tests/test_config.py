@@ -85,6 +85,17 @@ def test_yaml_errors_are_one_line_and_refuse_a_key_given_twice(tmp_path, text, m
         config.resolve(speed=3)
 
 
+def test_a_float_in_exponent_form_is_a_number_in_a_config_file(tmp_path) -> None:
+    """PyYAML reads ``1e-4`` as a string (YAML 1.1 floats need a dot): it was refused as learning_rate='1e-4'."""
+    f = tmp_path / "c.yaml"
+    f.write_text("learning_rate: 1e-4\nfine-tune-learning-rate: 5E-6\nlabel_smoothing: .1\nepochs: 3\n")
+    cfg = config.resolve(file=f)
+    assert (cfg.learning_rate, cfg.fine_tune_learning_rate, cfg.label_smoothing) == (1e-4, 5e-6, 0.1)
+    f.write_text("learning_rate: fast\n")  # still a string: named as before
+    with pytest.raises(ConfigError, match="Received: learning_rate='fast' .settings of the config file .*c.yaml"):
+        config.resolve(file=f)
+
+
 def test_data_dir_is_recorded_absolute(tmp_path, monkeypatch) -> None:
     """A run's evaluate, audit, export and report find its images from any folder, not only where it was trained."""
     monkeypatch.chdir(tmp_path)

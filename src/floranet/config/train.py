@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +219,17 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = sorted(set(out) - FIELDS)
     if unknown:
         raise ConfigError(f"Unknown settings in {path}: {', '.join(unknown)}. Valid: {', '.join(sorted(FIELDS))}")
-    return out
+    return {k: _yaml11_float(v) if k in FLOAT_FIELDS else v for k, v in out.items()}
+
+
+# YAML 1.1 (PyYAML) reads 1e-4 as a string: its floats need a dot (1.0e-4). A float setting written so is meant
+# as the number.
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+FLOAT_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)}
+
+
+def _yaml11_float(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
 
 
 def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> TrainConfig:
@@ -242,4 +253,9 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     if isinstance(values.get("data_dir"), str) and values["data_dir"]:
         # Absolute in config.yaml: the run's evaluate, audit, export and report find the images from any folder.
         values["data_dir"] = os.path.abspath(values["data_dir"])
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        if file and any(k not in given for k in from_file):  # the value may be the file's: say which file
+            raise ConfigError(f"{e} (settings of the config file {file}, then the flags)") from None
+        raise
