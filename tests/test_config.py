@@ -102,6 +102,10 @@ def test_data_dir_is_recorded_absolute(tmp_path, monkeypatch) -> None:
     assert config.resolve(data_dir="data").data_dir == str(tmp_path / "data")
     assert config.resolve(data_dir="a/../b").data_dir == str(tmp_path / "b")
     assert config.resolve().data_dir == ""  # not given: stays unset
+    given = config.resolve(data_dir="d", split_file="s.csv", exclude="../x.txt", relabel="r.csv")
+    assert (given.split_file, given.exclude, given.relabel) == tuple(
+        str(p) for p in (tmp_path / "s.csv", tmp_path.parent / "x.txt", tmp_path / "r.csv")
+    )  # --resume from another folder compares the same files (relative ones differed there)
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:

@@ -174,6 +174,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+# Settings that name files or folders of the user's (recorded absolute).
+PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -250,9 +252,11 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     preset = given.get("preset", from_file.get("preset", TrainConfig.preset))
     check_choice("preset", preset, PRESETS)
     values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
-    if isinstance(values.get("data_dir"), str) and values["data_dir"]:
-        # Absolute in config.yaml: the run's evaluate, audit, export and report find the images from any folder.
-        values["data_dir"] = os.path.abspath(values["data_dir"])
+    for name in PATH_FIELDS:
+        if isinstance(values.get(name), str) and values[name]:
+            # Absolute in config.yaml: the run's evaluate, audit, export, report and --resume find them from any
+            # folder.
+            values[name] = os.path.abspath(values[name])
     try:
         return TrainConfig(**values)
     except ConfigError as e:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from floranet.config import TrainConfig
+from floranet.config.train import PATH_FIELDS
 from floranet.errors import ConfigError
 from floranet.inference import runtime
 from floranet.models import backbones, classifier
@@ -267,8 +268,9 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         if not run.exists(RunDir.CONFIG):
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
         saved = run.saved_settings()
-        if isinstance(saved.get("data_dir"), str) and saved["data_dir"]:  # a run from before: relative to here
-            saved["data_dir"] = os.path.abspath(saved["data_dir"])
+        for name in PATH_FIELDS:  # a run from before they were recorded absolute: relative to here
+            if isinstance(saved.get(name), str) and saved[name]:
+                saved[name] = os.path.abspath(saved[name])
         current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
         # A setting newer than the run's config.yaml compares as its default (what that run used).
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -276,7 +278,8 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         if changed:
             raise ConfigError(
                 f"--resume needs the settings of the run in {run.path}; these differ: "
-                f"{', '.join(changed)}. Run without --resume to start a new run."
+                f"{', '.join(changed)}. Give the settings the run was started with (its {RunDir.CONFIG}), or "
+                "start a new run with another --out."
             )
         return RunState.load(run)
     if not run.exists(RunDir.STATE):
