@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import socket
 import tarfile
 import threading
@@ -311,8 +312,32 @@ def _closed_port() -> int:
 
 
 def _assert_manual_hint(msg: str, url: str, cache: Path) -> None:
-    assert f"offline, download {url} {HINT} {cache / ARCHIVE}, or pass --data DIR" in msg
-    assert "--data DIR" in msg
+    assert f"offline, download {url} {HINT} {cache / ARCHIVE}, or train on a folder-per-class" in msg
+    assert "(floranet train DIR)" in msg  # fetch has no --data option: the hint named one
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--url", "notaurl"], "url must be an http.s.:// or file:// URL. Received: url='notaurl'"),
+        (["--url", "http://[::1"], "Received: url='http://\\[::1'"),
+        (["--url", "http://127.0.0.1:9/x.tgz", "--timeout", "-1"], "timeout must be a positive number"),
+        (["--url", "http://127.0.0.1:9/x.tgz", "--timeout", "nan"], "Received: timeout=nan"),
+    ],
+)
+def test_fetch_arguments_are_checked_not_tracebacks(tmp_path, capsys, args, match) -> None:
+    from floranet.cli import main
+
+    assert main(["fetch", "--cache-dir", str(tmp_path / "c"), *args]) == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_fetch_into_a_cache_dir_that_is_a_file_names_it(tmp_path, capsys) -> None:
+    from floranet.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["fetch", "--cache-dir", str(tmp_path / "afile"), "--url", "http://127.0.0.1:9/x.tgz"]) == 2
+    assert f"Cannot write {tmp_path / 'afile'}" in capsys.readouterr().err
 
 
 def test_offline_closed_port_fails_fast_with_the_manual_hint(tmp_path, monkeypatch):

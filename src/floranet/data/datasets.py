@@ -164,7 +164,7 @@ def fetch(
     source = url or _mirror_url(spec) or spec.url
     by_hand = (
         f"download {source} on a machine with internet and put it at {archive}, "
-        "or pass --data DIR with a folder-per-class image set."
+        "or train on a folder-per-class image set of your own (floranet train DIR)."
     )
     archive = download_lib.download(
         source,

@@ -8,13 +8,15 @@ it; the final file only appears (by rename) once its checksum matches.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from floranet.errors import DownloadError
+from floranet.errors import ConfigError, DownloadError, OutputError
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 10.0
@@ -70,10 +72,14 @@ def download(
         DownloadError: The server is unreachable, the transfer failed, or the
             checksum does not match.
     """
+    _check_request(url, timeout)
     dest = Path(dest)
     if verify(dest, file_hash):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission
+        raise OutputError(dest.parent, e) from None
     part = dest.with_name(dest.name + ".part")
     hint = f" {manual_hint}" if manual_hint else ""
     for attempt in range(2):
@@ -87,8 +93,8 @@ def download(
                 part.unlink(missing_ok=True)
                 continue
             raise DownloadError(f"Could not download {url} to {dest}: {e.reason}.{hint}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)  # ValueError: a URL urllib cannot take apart ('http://[::1')
             raise DownloadError(f"Could not download {url} to {dest}: {reason}.{hint}") from e
         if verify(part, file_hash):
             os.replace(part, dest)
@@ -102,6 +108,24 @@ def download(
         f"Checksum mismatch for {url}: expected {_algorithm_for(file_hash or '')} "
         f"{file_hash}. The file was not kept; try again.{hint}"
     )
+
+
+def _check_request(url: str, timeout: float) -> None:
+    """Refuses what urllib would fail on with a traceback: a URL that is not http(s) or file, a timeout that is
+    not a positive number of seconds.
+
+    Raises:
+        ConfigError: One of those.
+    """
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        urllib.parse.urlsplit(url).port  # noqa: B018 - a bad port or IPv6 host raises here
+    except ValueError:
+        scheme = ""
+    if scheme not in ("http", "https", "file"):
+        raise ConfigError(f"url must be an http(s):// or file:// URL. Received: url={url!r}")
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"timeout must be a positive number of seconds. Received: timeout={timeout!r}")
 
 
 def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool) -> None:
