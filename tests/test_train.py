@@ -203,6 +203,7 @@ def test_a_split_file_without_hashes_gets_each_files_own(images, tmp_path) -> No
     hand.write_text(
         "path,label,split,sha256\n"
         + "".join(f"{r},{lab},{sp},{stale if i == 0 else ''}\n" for i, (r, lab, sp) in enumerate(rows))
+        + "ghost/nothere.jpg,ghost,train,\nghost/gone.jpg,ghost,validation,\n"  # a class with no image here
     )
     said: list[str] = []
     cfg = config.resolve(
@@ -213,6 +214,8 @@ def test_a_split_file_without_hashes_gets_each_files_own(images, tmp_path) -> No
         written = {r["path"]: r["sha256"] for r in csv.DictReader(f)}
     assert written == {p.relative_to(images).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     assert any("1 files of the split changed since it was written" in m for m in said), said
+    assert any("1 class(es) of the split have no usable image and were left out: ghost" in m for m in said), said
+    assert "ghost" not in json.loads((tmp_path / "run" / "class_names.json").read_text())  # no untrained output
     only_validation = tmp_path / "val.csv"
     only_validation.write_text("path,label,split,sha256\n" + "".join(f"{r},{lab},validation,\n" for r, lab, _ in rows))
     cfg = config.resolve(

@@ -171,7 +171,11 @@ def _checked_against(
             "Split: no validation images: early stopping, calibration, the unknown threshold and evaluation have "
             "nothing to measure on."
         )
-    return split_lib.Split(rows=rows, class_names=split.class_names)
+    gone = [c for c in split.class_names if c not in labels]
+    if gone:  # a class of the split file with no usable image now: no output for what was never trained
+        notes.append(f"{len(gone)} class(es) of the split have no usable image and were left out: {', '.join(gone)}")
+        say(f"Split: {notes[-1]}.")
+    return split_lib.Split(rows=rows, class_names=tuple(c for c in split.class_names if c in labels))
 
 
 def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
