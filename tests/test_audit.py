@@ -137,8 +137,8 @@ def test_audit_of_a_data_folder_end_to_end(tmp_path: Path) -> None:
 
 def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
-    listing.write_text("# bad ones\na/1.jpg\n\nb/2.jpg  # blurry\n")
-    assert read_exclude(listing) == ("a/1.jpg", "b/2.jpg")
+    listing.write_text("# bad ones\na/1.jpg\n\nb/2.jpg  # blurry\na/img#3.jpg\n")
+    assert read_exclude(listing) == ("a/1.jpg", "b/2.jpg", "a/img#3.jpg")  # '#' in a name is no comment
     audit_csv = tmp_path / "audit.csv"
     audit_csv.write_text(
         "file,kind,score,given_label,suggested_label,other_file,split\n"
@@ -191,9 +191,13 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
         audit=False,
         **TINY,
     )
-    result = train(cfg, progress=False, say=lambda m: None)
+    said: list[str] = []
+    result = train(cfg, progress=False, say=said.append)
     run = result.run
     split = {r.path: r.label for r in run.split().rows}
+    # What was done, not how long the lists are (it said "2 file(s) left out" for one file and a typo).
+    curated = next(m for m in said if m.startswith("Curation:"))
+    assert curated.startswith("Curation: 1 file(s) left out, 1 relabelled (files untouched); 1 path(s) of the exclude")
     assert "a/img_000.jpg" not in split and split["b/img_001.jpg"] == "c"
     assert (data / "a" / "img_000.jpg").exists() and (data / "b" / "img_001.jpg").exists()
     assert run.config().exclude == str(tmp_path / "exclude.txt")

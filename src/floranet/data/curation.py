@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
@@ -64,6 +65,9 @@ def _new_label(text: str, source: str | os.PathLike[str], line: int, row: list[s
     return label
 
 
+_COMMENT = re.compile(r"(?:^|(?<=\s))#")
+
+
 def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """The relative paths an exclude file names (an ``audit.csv``'s ``file`` column, or one path a line).
 
@@ -76,7 +80,8 @@ def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
         reader = csv.DictReader(io.StringIO(text))
         paths = [(reader.line_num, r.get(AUDIT_FILE_COLUMN) or "") for r in reader]
     else:
-        paths = [(i, ln.split("#", 1)[0]) for i, ln in enumerate(text.splitlines(), 1)]
+        # A comment starts at a '#' that begins the line or follows a space: 'img#2.jpg' is a file name.
+        paths = [(i, _COMMENT.split(ln, maxsplit=1)[0]) for i, ln in enumerate(text.splitlines(), 1)]
     return tuple(dict.fromkeys(_relative(p, path, i, "exclude") for i, p in paths if p.strip()))
 
 

@@ -120,10 +120,17 @@ def prepare(
     split.to_csv(split_path)
     run.write_class_names(split.class_names)
     if curate:
-        notes += curate.unmatched([f.path for f in usable])
+        found = {f.path for f in usable}
+        unmatched = curate.unmatched(sorted(found))
+        notes += unmatched
         run.write_text(RunDir.EXCLUDED, curate.excluded_text())
         run.write_text(RunDir.RELABELED, curate.relabel_text())
-        say(f"Curation: {len(curate.exclude)} file(s) left out, {len(curate.relabel)} relabelled (files untouched).")
+        left_out, relabelled = sum(p in found for p in curate.exclude), sum(p in found for p in curate.relabel)
+        say(
+            f"Curation: {left_out} file(s) left out, {relabelled} relabelled (files untouched)"
+            + "".join(f"; {n}" for n in unmatched)
+            + "."
+        )
     prepared = Prepared(data_dir, split, tf_decodable, config, notes)
     _sample_grid(prepared, run)
     per_class = ", ".join(f"{k} {v['train'] + v['validation']}" for k, v in split.counts().items())
