@@ -365,9 +365,11 @@ def test_unwritable_json_is_a_one_line_error_before_the_scan(tmp_path, capsys, m
 
     monkeypatch.setattr(doctor, "diagnose", lambda *a, **k: pytest.fail("scanned before checking the output"))
     root = make_image_folder(tmp_path / "data", classes=2, per_class=2)
-    assert main(["doctor", str(root), "--json", "/proc/floranet-no/x.json"]) == 2
+    assert main(["doctor", str(root), "--json", "/proc/floranet-no.json"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("floranet doctor: error: Cannot write /proc/floranet-no/x.json") and "\n" not in err
+    assert err.startswith("floranet doctor: error: Cannot write /proc/floranet-no.json") and "\n" not in err
+    assert main(["doctor", str(root), "--json", str(tmp_path / "no-folder" / "x.json")]) == 2  # was after the scan
+    assert "folder" in capsys.readouterr().err and not (tmp_path / "no-folder").exists()
 
 
 def test_predict_output_is_checked_before_predicting(tiny_run, tmp_path, capsys, monkeypatch) -> None:

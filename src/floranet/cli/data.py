@@ -21,8 +21,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     from floranet.data import doctor
     from floranet.utils.files import check_writable
 
-    if args.json:
-        check_writable(args.json)  # before the (long) scan
+    if args.json:  # before the (long) scan
+        check_writable(doctor.check_json_target(args.json))
     report = doctor.diagnose(
         args.data_dir, max_pixels=args.max_pixels, workers=args.workers, progress=sys.stderr.isatty()
     )

@@ -106,13 +106,7 @@ class DoctorReport:
         Raises:
             ConfigError: The folder of ``path`` does not exist.
         """
-        target = os.path.abspath(os.fspath(path))
-        folder = os.path.dirname(target)
-        if not os.path.isdir(folder):
-            raise ConfigError(
-                f"Cannot write the doctor report: folder {folder!r} does not exist. Received: path={os.fspath(path)!r}"
-            )
-        write_json(target, self.to_dict())
+        write_json(check_json_target(path), self.to_dict())
 
     def format_text(self, *, max_rows: int = 50) -> str:
         """A terminal report: bad files, then notes, then classes and summary."""
@@ -154,6 +148,21 @@ class DoctorReport:
         )
         lines += ["", "Verdict: usable" if self.usable else f"Verdict: NOT usable: {printable(self.reason)}"]
         return "\n".join(lines)
+
+
+def check_json_target(path: str | os.PathLike[str]) -> str:
+    """The absolute path a doctor report may be written to (checked before the scan, and again when written).
+
+    Raises:
+        ConfigError: Its folder does not exist.
+    """
+    target = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise ConfigError(
+            f"Cannot write the doctor report: folder {folder!r} does not exist. Received: path={os.fspath(path)!r}"
+        )
+    return target
 
 
 def diagnose(
