@@ -116,6 +116,27 @@ def test_train_offline_fails_fast_and_names_the_bundled_backbone(tmp_path, monke
     assert not (tmp_path / "run").exists()  # failed before writing anything
 
 
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "keras:mobilenet_v2"])
+def test_a_keras_backbone_offline_fails_before_reading_data(tmp_path, monkeypatch, keras_home, backbone) -> None:
+    """Keras's own models fetch their weights when built: train read the data and wrote config.yaml, split.csv
+    and doctor.json first; and 'keras:mobilenet_v2' was named 'mobilenet_v2' beside the hint to use mobilenet_v2."""
+    import keras
+
+    from floranet.data import doctor
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")  # what Keras raises
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+    monkeypatch.setattr(doctor, "diagnose", lambda *a, **k: pytest.fail("read the data first"))
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), backbone=backbone)
+    with pytest.raises(WeightsError, match=f"weights for backbone '{backbone}'.*--backbone mobilenet_v2"):
+        train(cfg, progress=False, say=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
 # The offline demo's recipe (workflows.demo: tutorial preset, 160 px). Measured on the sample's 60 validation
 # photos (AVX-512 bf16 CPU): the bundled
 # weights reach 0.850 / 0.833 / 0.917 / 0.817 / 0.900 over the splits of seeds 123 (this test's) / 1 / 2 / 3 / 4;

@@ -187,7 +187,8 @@ def get(name: str) -> Backbone:
         raise ConfigError(f"Unknown backbone. Valid names: {', '.join(names())}. Received: backbone={name!r}")
     if info is None or key.startswith("keras:"):
         info = _keras_info(keras_name, fn)
-    return Backbone(info, _keras_builder(info.name, fn))
+    # Messages name it as given: "keras:mobilenet_v2" (Keras's weights) is not floranet's "mobilenet_v2".
+    return Backbone(info, _keras_builder(key if key.startswith("keras:") else info.name, fn))
 
 
 def fine_tune_start(model: keras.Model, backbone: Backbone) -> int:
