@@ -130,11 +130,13 @@ def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, t
     if info is not None and info.imagenet in ("official", "bundled"):
         imagenet_file(info.name, include_top=False, timeout=timeout)
         return
-    # A keras.applications model: Keras fetches (or finds in its cache) its own file when the model is built, so
-    # build it once now, before any data is read (offline: a WeightsError within its network timeout).
     from floranet.models import backbones  # here: backbones builds with this module
 
-    backbones.get(backbone).builder(input_shape=(224, 224, 3), weights="imagenet")
+    spec = backbones.get(backbone)  # an unknown name fails here too
+    if spec.info.family == "keras":
+        # Keras fetches (or finds in its cache) its own file when the model is built: build it once now, before
+        # any data is read (offline: a WeightsError within its network timeout).
+        spec.builder(input_shape=(224, 224, 3), weights="imagenet")
 
 
 def load_into(model: keras.Model, arch: str, weights: str | os.PathLike[str], *, include_top: bool) -> None:

@@ -114,7 +114,7 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
     out = Path(config.out)
     _check_out(config, out)
     # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
-    runs = [_settings(config, b, out, out / SPLIT) for b in config.backbones]
+    runs = [(b, _settings(config, b, out, out / SPLIT)) for b in config.backbones]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -122,8 +122,8 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
     _shared_split(config, out, say)  # out/split.csv, which every run's settings name
     runtime = ""
     entries = []
-    for run_settings in runs:
-        entry, choice = _one(config, run_settings, progress=progress, say=say)
+    for backbone, run_settings in runs:
+        entry, choice = _one(config, backbone, run_settings, progress=progress, say=say)
         entries.append(entry)
         runtime = runtime or choice
     settings = {"data_dir": config.data_dir, "fine_tune": config.fine_tune, **dict(config.train)}
@@ -206,10 +206,9 @@ def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path)
 
 
 def _one(
-    config: CompareConfig, settings: TrainConfig, *, progress: bool, say: Callable[[str], None]
+    config: CompareConfig, backbone: str, settings: TrainConfig, *, progress: bool, say: Callable[[str], None]
 ) -> tuple[Entry, str]:
-    """Trains and measures one backbone; (its entry, the runtime its latency ran on)."""
-    backbone = settings.backbone
+    """Trains and measures one backbone (as the comparison names it); (its entry, the runtime its latency ran on)."""
     entry = Entry(backbone, _weights_label(config.weights_of(backbone)))
     say(f"== {backbone} ({entry.weights}) -> {settings.out}")
     try:
