@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -79,13 +80,29 @@ def test_hostile_class_names_cannot_inject_markup_or_terminal_codes(tmp_path: Pa
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("exports*", "features"))
-    hostile = {"daisy": "<img src=x onerror=alert(1)>", "roses": "a|b`c", "tulips": "red\x1b[31m"}
+    hostile = {"daisy": "<img src=x onerror=alert(1)>", "roses": "a|b`c", "tulips": "red\x1b[31m [x](javascript:a)"}
     RunDir(run).write_class_names([hostile[n] for n in ("daisy", "roses", "tulips")])
     with open(run / "split.csv", newline="") as f:
         rows = list(csv.reader(f))
     with open(run / "split.csv", "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([rows[0], *([p, hostile[lab], s, h] for p, lab, s, h in rows[1:])])
     text = model_card(RunDir(run))
-    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
-    assert "\x1b" not in text and "red\\x1b[31m" in text
+    assert "<img" not in text and "&lt;img src=x onerror=alert\\(1\\)&gt;" in text
+    assert "\x1b" not in text and "red\\x1b\\[31m" in text
     assert "| a\\|b'c |" in text  # the table keeps its columns
+    assert "](javascript" not in text and "\\[x\\]\\(javascript:a\\)" in text  # a link rendered as a link
+    # The run's folder name, a weights file's name and an evaluated folder's name are the user's text too.
+    named = tmp_path / "<img src=x onerror=alert(4)>"
+    shutil.copytree(run, named)
+    RunDir(named).write_json(
+        RunDir.METRICS_EXTERNAL, {"accuracy": 0.5, "num_examples": 2, "source": "folder ext/<b>|[y](javascript:b)"}
+    )
+    config = (named / RunDir.CONFIG).read_text()
+    (named / RunDir.CONFIG).write_text(re.sub(r"(?m)^weights: .*$", "weights: /w/<i>|x.weights.h5", config))
+    text = model_card(RunDir(named))
+    assert "x.weights.h5" in text
+    # After the front matter (YAML, safely dumped), without code (shown verbatim, never rendered).
+    body = re.sub(r"```.*?```", "", text.split("\n---\n", 1)[1], flags=re.S)
+    body = re.sub(r"`[^`\n]*`", "", body)  # and code spans (_code: no backtick of a name can end one)
+    assert "<img" not in body and "<b>" not in body and "<i>" not in body and "](javascript" not in body
+    assert "# &lt;img src=x onerror=alert\\(4\\)&gt;" in body

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def model_card(run: RunDir, *, license: str = "other", base_model: str | None = 
     front = yaml.safe_dump(front_matter(facts, license, base_model), sort_keys=False, allow_unicode=True)
     body = "\n".join(
         [
-            f"# {facts.name}",
+            f"# {_md(facts.name)}",
             "",
             _intro(facts),
             *_section("Intended use", _intended_use(facts)),
@@ -60,7 +61,7 @@ def model_card(run: RunDir, *, license: str = "other", base_model: str | None = 
             *_section("Calibration", _calibration(facts)),
             *_section("Limitations", _limitations(facts)),
             "",
-            f"*Written by floranet {facts.version} from the files of `{facts.name}/`; "
+            f"*Written by floranet {facts.version} from the files of `{_code(facts.name)}/`; "
             "`floranet evaluate` refreshes it.*",
             "",
         ]
@@ -153,8 +154,13 @@ def _section(title: str, lines: list[str]) -> list[str]:
 
 
 def _md(text: str) -> str:
-    """A class or folder name as Markdown text: control bytes escaped, no HTML, no table breaks."""
-    return html.escape(printable(text), quote=False).replace("|", "\\|").replace("`", "'")
+    """A class, folder or file name as Markdown text: control bytes escaped, no HTML, no table breaks, and no
+    Markdown of its own (``[x](javascript:...)`` became a link, ``*`` emphasis): its punctuation backslash-escaped."""
+    return _MARKDOWN.sub(r"\\\g<0>", html.escape(printable(text), quote=False)).replace("`", "'")
+
+
+# Markdown's own punctuation (CommonMark backslash escapes; '&' and '<' are HTML-escaped first, '`' becomes "'").
+_MARKDOWN = re.compile(r"[\[\]()*_{}#+!|~>]")
 
 
 def _code(text: str) -> str:
@@ -170,7 +176,7 @@ def _intro(f: _Facts) -> str:
     h, w = f.config.image_size if f.config else ("?", "?")
     return (
         f"An image classifier for {len(f.class_names)} classes ({_names(f.class_names)}): a {f.backbone} "
-        f"backbone (weights: {f.weights}) under a small classification head, trained with floranet {f.version} "
+        f"backbone (weights: {_md(f.weights)}) under a small classification head, trained with floranet {f.version} "
         f"on the folder `{_code(f.dataset)}`. It takes RGB images of {h}x{w} pixels (values 0..255; preprocessing is "
         "inside the model) and answers one probability per class."
     )
@@ -227,7 +233,7 @@ def _recipe(f: _Facts) -> list[str]:
     timings = f.metrics.get("timings_s", {})
     rows = [
         ("preset", c.preset),
-        ("backbone, weights", f"{c.backbone}, {f.weights}"),
+        ("backbone, weights", f"{_md(c.backbone)}, {_md(f.weights)}"),
         ("image size", f"{c.image_size[0]}x{c.image_size[1]}"),
         ("stage 1 (frozen backbone)", f"{c.epochs} epochs, Adam {c.learning_rate:g}, batch {c.batch_size}"),
         ("stage 2 (fine-tuning)", f"{c.fine_tune_epochs} epochs, Adam {c.fine_tune_learning_rate:g}, {c.schedule}"),
@@ -264,7 +270,7 @@ def _results(f: _Facts) -> list[str]:
     if "accuracy" in ext:
         lines += [
             "",
-            f"On {ext.get('source', 'another folder')}: accuracy {ext['accuracy']:.4f} "
+            f"On {_md(str(ext.get('source', 'another folder')))}: accuracy {ext['accuracy']:.4f} "
             f"({ext['num_examples']} images, `metrics_external.json`).",
         ]
     return lines
