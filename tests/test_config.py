@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -94,6 +96,29 @@ def test_a_float_in_exponent_form_is_a_number_in_a_config_file(tmp_path) -> None
     f.write_text("learning_rate: fast\n")  # still a string: named as before
     with pytest.raises(ConfigError, match="Received: learning_rate='fast' .settings of the config file .*c.yaml"):
         config.resolve(file=f)
+
+
+def test_numpy_numbers_and_paths_from_python_become_plain_values(tmp_path, monkeypatch) -> None:
+    """np.int64(1) epochs passed every check, then config.yaml could not be written (a RepresenterError, after the
+    run folder was made); backbone=5 passed until after the data was read."""
+    import numpy as np
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.resolve(
+        data_dir=Path("data"), out=Path("run"), epochs=np.int64(2), val_split=np.float64(0.3), audit=np.bool_(False)
+    )
+    assert (cfg.data_dir, cfg.out) == (str(tmp_path / "data"), "run")
+    assert (type(cfg.epochs), type(cfg.val_split), cfg.audit) == (int, float, False)
+    assert yaml.safe_load(cfg.to_yaml())["epochs"] == 2
+    for name, value in (("backbone", 5), ("data_dir", 123), ("split_file", 1.5)):
+        with pytest.raises(ConfigError, match=f"{name} must be text .a path or a name.. Received: {name}={value}"):
+            config.resolve(**{name: value})
+    from floranet.workflows import train
+
+    with pytest.raises(ConfigError, match="data_dir is required"):  # it trained on the current folder
+        train(config.resolve(out=str(tmp_path / "r")), progress=False, say=lambda m: None)
+    assert not (tmp_path / "r").exists()
 
 
 def test_data_dir_is_recorded_absolute(tmp_path, monkeypatch) -> None:

@@ -34,6 +34,9 @@ from floranet.config.choices import (
 from floranet.errors import ConfigError
 from floranet.utils.files import atomic_write_text, read_capped
 
+# Settings that name files or folders of the user's (recorded absolute).
+PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -83,12 +86,29 @@ class TrainConfig:
     unknown_keep: float = 0.95
 
     def __post_init__(self) -> None:
+        self._plain_values()
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
         if self.weights in ("none", "None", ""):
             object.__setattr__(self, "weights", None)
         self._check_training()
         self._check_choices()
         self._check_cluster()
+
+    def _plain_values(self) -> None:
+        """NumPy numbers as Python's and paths as text (what config.yaml can hold), the rest checked after.
+
+        Raises:
+            ConfigError: A path setting that is neither text nor a path.
+        """
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 and not isinstance(value, bool):
+                object.__setattr__(self, f.name, value.item())  # np.int64(5) -> 5 (NumPy not imported here)
+            elif isinstance(value, os.PathLike) and f.name in (*PATH_FIELDS, "out", "weights"):
+                object.__setattr__(self, f.name, os.fspath(value))
+        for name in (*PATH_FIELDS, "out", "backbone"):
+            value = getattr(self, name)
+            check(value is None or isinstance(value, str), f"{name} must be text (a path or a name)", name, value)
 
     def _check_training(self) -> None:
         check_positive_int("batch_size", self.batch_size)
@@ -174,8 +194,6 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-# Settings that name files or folders of the user's (recorded absolute).
-PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -253,6 +271,8 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     check_choice("preset", preset, PRESETS)
     values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
     for name in PATH_FIELDS:
+        if isinstance(values.get(name), os.PathLike):
+            values[name] = os.fspath(values[name])
         if isinstance(values.get(name), str) and values[name]:
             # Absolute in config.yaml: the run's evaluate, audit, export, report and --resume find them from any
             # folder.

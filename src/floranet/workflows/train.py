@@ -44,6 +44,10 @@ def train(
         RunLockedError: Another process is writing ``config.out``.
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
+    if not config.data_dir:  # the dataclass default: training would read the current folder
+        raise ConfigError(
+            f"data_dir is required (a folder of class sub-folders). Received: data_dir={config.data_dir!r}"
+        )
     # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
     weights_lib.ensure_available(config.backbone, config.weights)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
