@@ -54,6 +54,17 @@ def test_compare_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="train must hold"):
         CompareConfig(data_dir="d", backbones=("a",), train={"backbone": "x"})
     assert CompareConfig(data_dir="d", backbones=("a", "b"), weights={"a": "none"}).weights_of("a") is None
+    # Wrong types are named, not TypeErrors (a str was taken letter by letter).
+    for kwargs, match in (
+        ({"backbones": None}, "backbones must be a non-empty list.*Received: backbones=None"),
+        ({"backbones": "resnet20"}, "Received: backbones='resnet20'"),
+        ({"backbones": ("a",), "weights": None}, "weights must be a mapping"),
+        ({"backbones": ("a",), "train": ["epochs"]}, "train must be a mapping"),
+        ({"backbones": ("a",), "fine_tune": "yes"}, "fine_tune must be True or False"),
+        ({"backbones": ("a",), "default_weights": 5}, "default_weights must be"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            CompareConfig(data_dir="d", **kwargs)
 
 
 def test_compare_library_call(tmp_path: Path) -> None:

@@ -133,6 +133,35 @@ def test_folders_follow_symlinks_once_and_skip_fifos(tmp_path) -> None:
     assert sorted(p.name for p in files) == ["linked.jpg", "own.jpg"]
 
 
+def test_python_api_arguments_are_checked_by_name(tiny_run, tmp_path) -> None:
+    """From Python: top_k=0 silently gave one class, 'x' a ValueError; a path given to predict_files was read
+    letter by letter; a setting beside a config was ignored; calibrated='no' turned calibration on."""
+    from floranet.config import InferenceConfig
+
+    image = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(image)
+    p = predict.load(tiny_run, runtime="tensorflow")
+    for k in (0, -2, True, "2", 2.7):
+        with pytest.raises(ConfigError, match=f"top_k must be a positive int. Received: top_k={k!r}"):
+            p.predict([image], top_k=k)
+    with pytest.raises(ConfigError, match="top_k must be a positive int"):
+        p.predict_bytes(image.read_bytes(), top_k=0)
+    with pytest.raises(ConfigError, match="files must be a list of image files"):
+        p.predict_files(str(image))
+    with pytest.raises(ConfigError, match="data must be the encoded image's bytes"):
+        p.predict_bytes(None)  # type: ignore[arg-type]
+    assert p.predict_bytes(bytearray(image.read_bytes()), top_k=2).top_k[0][0] in ("daisy", "roses", "tulips")
+    with pytest.raises(ConfigError, match="config must be an InferenceConfig"):
+        predict.load(tiny_run, "x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="give config or settings, not both"):
+        predict.load(tiny_run, InferenceConfig(), top_k=1)
+    with pytest.raises(ConfigError, match="Unknown settings: bogus"):
+        predict.load(tiny_run, bogus=1)
+    for name in ("calibrated", "safe_mode", "unknown"):
+        with pytest.raises(ConfigError, match=f"{name} must be True or False. Received: {name}='no'"):
+            InferenceConfig(**{name: "no"})
+
+
 def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
     cases = _write_cases(tmp_path)
     out = tmp_path / "preds.json"

@@ -34,11 +34,22 @@ class CompareConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        names = tuple(self.backbones)
+        given = self.backbones
+        listed = isinstance(given, list | tuple)  # a str would be taken letter by letter
+        names = tuple(given) if listed else ()
         object.__setattr__(self, "backbones", names)
         ok = bool(names) and all(isinstance(n, str) and n.strip() for n in names) and len(set(names)) == len(names)
-        check(ok, "backbones must be a non-empty list of distinct names", "backbones", names)
+        check(ok, "backbones must be a non-empty list of distinct names", "backbones", given)
+        for name in ("weights", "train"):
+            check(isinstance(getattr(self, name), Mapping), f"{name} must be a mapping", name, getattr(self, name))
         check(set(self.weights) <= set(names), "weights may only name compared backbones", "weights", self.weights)
+        check(isinstance(self.fine_tune, bool), "fine_tune must be True or False", "fine_tune", self.fine_tune)
+        check(
+            self.default_weights is None or isinstance(self.default_weights, str),
+            "default_weights must be 'imagenet', 'none', a weights file or None",
+            "default_weights",
+            self.default_weights,
+        )
         own = {"data_dir", "out", "backbone", "weights", "split_file"}
         bad = sorted(set(self.train) - FIELDS | own & set(self.train))
         check(not bad, "train must hold TrainConfig settings that compare does not set itself", "train", bad)

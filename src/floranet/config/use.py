@@ -44,7 +44,8 @@ class InferenceConfig:
     unknown: bool = True
 
     def __post_init__(self) -> None:
-        check(isinstance(self.unknown, bool), "unknown must be True or False", "unknown", self.unknown)
+        for name in ("unknown", "calibrated", "safe_mode"):  # 'no' is truthy: it turned calibration on
+            check(isinstance(getattr(self, name), bool), f"{name} must be True or False", name, getattr(self, name))
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("precision", self.precision, PRECISIONS)
         check_positive_int("batch_size", self.batch_size)

@@ -7,6 +7,7 @@ the batch goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import stat
@@ -17,10 +18,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
+from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig, check_positive_int
 from floranet.data import decode
 from floranet.data.doctor import IMAGE_EXTENSIONS
-from floranet.errors import ModelError
+from floranet.errors import ConfigError, ModelError
 from floranet.inference import batch, compiled, runtime
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
@@ -188,7 +189,13 @@ class Predictor:
         self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None, with_unknown: bool = False
     ) -> batch.FileOutputs:
         """Probabilities of every file, aligned with ``files`` (see :func:`batch.run_on_files`); with
-        ``with_unknown`` one more column, the unknown score (:meth:`outputs`)."""
+        ``with_unknown`` one more column, the unknown score (:meth:`outputs`).
+
+        Raises:
+            ConfigError: ``files`` is one path, not a list of them (it would be read letter by letter).
+        """
+        if isinstance(files, str | bytes | os.PathLike):
+            raise ConfigError(f"files must be a list of image files. Received: files={files!r}")
         if files:
             self.select(job_size if job_size is not None else len(files))
         return batch.run_on_files(
@@ -217,6 +224,7 @@ class Predictor:
                 batch), its total image count: runtime and decode path are then chosen as for
                 the whole job, so every row equals the single-process result.
         """
+        _check_top_k(top_k)
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
         out = self.predict_files(files, job_size=job_size, with_unknown=True)
         k = top_k if top_k is not None else self.config.top_k
@@ -232,7 +240,10 @@ class Predictor:
         Raises:
             DatasetError: Not a usable image.
         """
-        _, pixels = decode.decode_bytes(data, self.image_size, name=name, max_pixels=self.max_pixels)
+        _check_top_k(top_k)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ConfigError(f"data must be the encoded image's bytes. Received: data of type {type(data).__name__}")
+        _, pixels = decode.decode_bytes(bytes(data), self.image_size, name=name, max_pixels=self.max_pixels)
         if self.choice is None:
             self.select(1)
         return self.row(name, self.outputs(pixels[None])[0], top_k)
@@ -265,7 +276,7 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
             (for instance it contains arbitrary code and ``safe_mode`` is on).
         ConfigError: A bad setting.
     """
-    config = config or InferenceConfig(**settings)
+    config = _inference_config(config, settings)
     run = RunDir.open(run_dir)
     max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
     detector = UnknownDetector.load(run.path) if config.unknown else None
@@ -284,6 +295,27 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     return Predictor(
         run, names, (int(h), int(w)), config, temperature, max_pixels, keras_model=model, detector=detector, note=note
     )
+
+
+def _check_top_k(top_k: Any) -> None:
+    if top_k is not None:
+        check_positive_int("top_k", top_k)
+
+
+def _inference_config(config: Any, settings: dict[str, Any]) -> InferenceConfig:
+    """``config``, or one made of ``settings`` (not both: a setting beside a config was ignored).
+
+    Raises:
+        ConfigError: Both given, a config of another type, or an unknown setting.
+    """
+    if config is not None and not isinstance(config, InferenceConfig):
+        raise ConfigError(f"config must be an InferenceConfig. Received: config={config!r}")
+    if config is not None and settings:
+        raise ConfigError(f"give config or settings, not both. Received: settings={sorted(settings)}")
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(InferenceConfig)})
+    if unknown:
+        raise ConfigError(f"Unknown settings: {', '.join(unknown)}. Received: {unknown}")
+    return config or InferenceConfig(**settings)
 
 
 def _check_classes(run: RunDir, names: list[str], outputs: int) -> None:
