@@ -55,9 +55,9 @@ def add_demo(sub: Subparsers) -> None:
     p = command(sub, "demo", run_demo, help="the Keras flower tutorial end to end (works offline)")
     p.add_argument("--data", help="folder-per-class image set (default: flower_photos, else the bundled sample)")
     p.add_argument("--out", help="run directory (default: runs/demo-<time>)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--fine-tune-epochs", type=int, help="stage-2 epochs (the offline recipe fine-tunes)")
-    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int, help="stage-1 (head) epochs (default: the recipe's)")
+    p.add_argument("--fine-tune-epochs", type=int, help="stage-2 epochs (default: the recipe's; offline: none)")
+    p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's; offline: 160)")
 
 
 def run_demo(args: argparse.Namespace) -> int:

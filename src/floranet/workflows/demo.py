@@ -74,8 +74,8 @@ def run_demo(
         data: Folder-per-class image set; default flower_photos, else (offline) the bundled sample.
         out: Run directory; default ``runs/demo-<time>``.
         epochs: Head-training epochs; default the preset's.
-        fine_tune_epochs: Fine-tuning epochs (the offline recipe's stage 2); default the preset's.
-        image_size: Side in pixels; default the preset's (online) or 288 (offline).
+        fine_tune_epochs: Fine-tuning epochs; default the preset's (offline: the tutorial preset's, none).
+        image_size: Side in pixels; default the preset's (online) or ``OFFLINE_SIZE`` (offline).
         progress: Show Keras's progress bars.
         say: Where the narration goes.
 
