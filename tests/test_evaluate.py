@@ -121,3 +121,34 @@ def test_a_damaged_run_file_is_named_and_a_damaged_compiled_record_is_ignored(wr
     (writable_run / RunDir.COMPILED).mkdir(exist_ok=True)
     (writable_run / RunDir.COMPILED / RunDir.COMPILED_INFO).write_text("{bad")
     assert compiled.info(run) == {} and compiled.usable(run) is None  # a cache: model.keras answers
+
+
+def test_validation_files_gone_or_changed_since_training_are_counted_not_scored(writable_run, tmp_path, capsys) -> None:
+    """A removed file was dropped silently and a replaced one scored under its old label (split.csv has its
+    sha256): evaluate now leaves both out, says so, and records the counts in metrics.json."""
+    import json
+    import shutil
+
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    data = tmp_path / "data"
+    shutil.copytree(run.config().data_dir, data)
+    config = (writable_run / RunDir.CONFIG).read_text()
+    (writable_run / RunDir.CONFIG).write_text(config.replace(str(run.config().data_dir), str(data)))
+    val = run.split().validation()
+    assert len(val) >= 3
+    (data / val[0].path).unlink()
+    other = next(r for r in val[1:] if r.label != val[1].label)
+    shutil.copyfile(data / other.path, data / val[1].path)  # a photo of another class under the old name
+    assert main(["evaluate", str(writable_run)]) == 0
+    err = capsys.readouterr().err
+    recorded = len(val)
+    assert (
+        f"1 validation file(s) of split.csv are gone and 1 changed since training (sha256): evaluated on the "
+        f"other {recorded - 2} of {recorded}" in err
+    )
+    metrics = json.loads((writable_run / RunDir.METRICS).read_text())
+    assert metrics["validation_files"] == {"recorded": recorded, "missing": 1, "changed": 1, "evaluated": recorded - 2}
+    assert metrics["num_examples"] == recorded - 2

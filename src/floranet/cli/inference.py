@@ -36,6 +36,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     for t, p_, c in ev.most_confused()[:5]:
         say(f"  {t} predicted as {p_}: {c}")
+    files = ev.extra.get("validation_files", {})
+    if files.get("missing") or files.get("changed"):
+        warn(
+            f"{files['missing']} validation file(s) of split.csv are gone and {files['changed']} changed since "
+            f"training (sha256): evaluated on the other {files['evaluated']} of {files['recorded']}."
+        )
     name = RunDir.METRICS_EXTERNAL if external else RunDir.METRICS
     say(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name}, plots/ and {card.name} (model card)")
     return 0

@@ -27,6 +27,7 @@ from floranet.evaluation.calibration import expected_calibration_error, fit_temp
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import apply_temperature, load
 from floranet.rundir import RunDir
+from floranet.utils.download import file_digest
 from floranet.utils.text import csv_text
 
 VALIDATION = "validation split"
@@ -225,6 +226,22 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
     )
 
 
+def _as_trained(root: Path, rows: list[SplitRow]) -> tuple[list[SplitRow], dict[str, int]]:
+    """The validation rows whose files are still there and unchanged (split.csv's sha256), and the counts of
+    those that are not: a file removed or replaced since training would be scored silently (a replaced one under
+    its old label)."""
+    kept, missing, changed = [], 0, 0
+    for r in rows:
+        path = root / r.path
+        if not path.is_file():
+            missing += 1
+        elif r.sha256 and file_digest(path) != r.sha256:
+            changed += 1
+        else:
+            kept.append(r)
+    return kept, {"recorded": len(rows), "missing": missing, "changed": changed, "evaluated": len(kept)}
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -252,12 +269,15 @@ def evaluate_run(
     # Metrics need the probabilities only: the unknown answer stays off (predict and serve give it).
     config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
     predictor = load(run.path, config)
+    facts: dict[str, Any] = {"evaluated_on": predictor.describe()}
     if data_dir is None:
-        root, rows = Path(run.config().data_dir), run.split(names).validation()
+        root = Path(run.config().data_dir)
+        rows, facts["validation_files"] = _as_trained(root, run.split(names).validation())
     else:
         root, rows = Path(data_dir), _labelled_rows(Path(data_dir), names, predictor.max_pixels, progress)
     paths = [str(root / r.path) for r in rows]
     out = predictor.predict_files(paths)
+    facts["evaluated_on"] = predictor.describe()
     kept = [i for i in range(len(rows)) if i not in out.errors]
     if not kept:
         first = next(iter(out.errors.values()), "")
@@ -271,7 +291,7 @@ def evaluate_run(
         run.temperature(),
         str(root),
         VALIDATION if data_dir is None else f"folder {data_dir}",
-        {"evaluated_on": predictor.describe()},
+        facts,
     )
     return ev.with_temperature() if data_dir is None else ev
 
