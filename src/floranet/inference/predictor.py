@@ -226,13 +226,19 @@ class Predictor:
         """
         _check_top_k(top_k)
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+        return in_input_order(self.file_rows(files, top_k=top_k, job_size=job_size), missing)
+
+    def file_rows(
+        self, files: Sequence[str | os.PathLike[str]], *, top_k: int | None = None, job_size: int | None = None
+    ) -> list[Prediction]:
+        """One row per file, in order (no folder or pattern expanded: a Ray worker's share of a job's files)."""
+        _check_top_k(top_k)
         out = self.predict_files(files, job_size=job_size, with_unknown=True)
         k = top_k if top_k is not None else self.config.top_k
-        rows = [
+        return [
             Prediction(str(f), error=out.errors[i]) if i in out.errors else self.row(str(f), out.outputs[i], k)
             for i, f in enumerate(files)
         ]
-        return in_input_order(rows, missing)
 
     def predict_bytes(self, data: bytes, *, name: str = "<upload>", top_k: int | None = None) -> Prediction:
         """Predicts one encoded image (an upload), decoded as the server decodes it.

@@ -196,19 +196,19 @@ class _Worker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         paths = [str(p) for p in batch["paths"][0]]
-        by_path = {r.file: r for r in self.predictor.predict(paths, top_k=self.k, job_size=self.total)}
+        # The files as the driver expanded them, one row each in order (a path given twice keeps both rows, and a
+        # broken link its decode error, as locally).
+        rows = self.predictor.file_rows(paths, top_k=self.k, job_size=self.total)
         if self.predictor.choice is not None:
             self.ran_on = f"{self.predictor.choice.runtime} {self.predictor.choice.precision}"
         start = int(batch["start"][0])
         out: dict[str, list[Any]] = {"index": list(range(start, start + len(paths)))}
         for i in range(1, self.k + 1):
-            out[f"class_{i}"] = [by_path[p].top_k[i - 1][0] if len(by_path[p].top_k) >= i else "" for p in paths]
-            out[f"probability_{i}"] = [
-                by_path[p].top_k[i - 1][1] if len(by_path[p].top_k) >= i else math.nan for p in paths
-            ]
-        out["low_confidence"] = [by_path[p].low_confidence for p in paths]
-        out["unknown"] = [by_path[p].unknown for p in paths]
-        out["ood_score"] = [math.nan if by_path[p].ood_score is None else by_path[p].ood_score for p in paths]
-        out["error"] = [by_path[p].error or "" for p in paths]
+            out[f"class_{i}"] = [r.top_k[i - 1][0] if len(r.top_k) >= i else "" for r in rows]
+            out[f"probability_{i}"] = [r.top_k[i - 1][1] if len(r.top_k) >= i else math.nan for r in rows]
+        out["low_confidence"] = [r.low_confidence for r in rows]
+        out["unknown"] = [r.unknown for r in rows]
+        out["ood_score"] = [math.nan if r.ood_score is None else r.ood_score for r in rows]
+        out["error"] = [r.error or "" for r in rows]
         out["ran_on"] = [self.ran_on] * len(paths)
         return out
