@@ -124,3 +124,23 @@ def test_headless_models_accept_any_size_and_pool() -> None:
     assert model.get_layer("max_pool")
     out = model(np.zeros((1, 96, 80, 3), "float32"))
     assert out.shape == (1, 512)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"include_top": False, "input_shape": (None, 8, 3)}, r"input_shape=\(None, 8, 3\)"),  # a side below 32
+        ({"include_top": False, "input_shape": (None, "a", 3)}, "input_shape="),
+        ({"include_top": False, "input_shape": (32, 32, 3.0)}, "input_shape="),
+        ({"weights": 123}, "weights must be 'imagenet', None or a weights file's path. Received: weights=123"),
+    ],
+)
+def test_builder_arguments_are_named_not_keras_errors(kwargs: dict, match: str) -> None:
+    """A side given beside None skipped the size check; 3.0 channels and a 'a' side reached Keras's own errors."""
+    with pytest.raises(ConfigError, match=match):
+        resnet.build_resnet("resnet50", **{"weights": None, **kwargs})
+
+
+def test_numpy_class_counts_are_taken_as_image_sizes_are() -> None:
+    model = resnet.build_resnet("resnet20", weights=None, classes=np.int64(5))
+    assert model.output_shape == (None, 5)

@@ -31,6 +31,7 @@ from floranet.config.choices import (
     UNKNOWN_SWITCH,
     check_choice,
     check_positive_int,
+    is_int,
     parse_image_size,
 )
 from floranet.config.compare import CompareConfig
@@ -63,6 +64,7 @@ __all__ = [
     "TrainConfig",
     "check_choice",
     "check_positive_int",
+    "is_int",
     "load_file",
     "parse_image_size",
     "resolve",

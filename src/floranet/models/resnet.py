@@ -17,13 +17,14 @@ official ImageNet weight files load into these models unchanged.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import keras
 from keras import layers
 
-from floranet.config import MIN_IMAGE_SIZE, parse_image_size
+from floranet.config import MIN_IMAGE_SIZE, is_int, parse_image_size
 from floranet.errors import ConfigError
 from floranet.models import registry
 from floranet.models import weights as weights_lib
@@ -229,11 +230,14 @@ def build_resnet(
     kind, blocks = str(info.block), info.depths
     if pooling not in (None, "avg", "max"):
         raise ConfigError(f"pooling must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
+    if weights is not None and not isinstance(weights, str | os.PathLike):
+        raise ConfigError(f"weights must be 'imagenet', None or a weights file's path. Received: weights={weights!r}")
     cifar = kind == "cifar"
     if classes is None:
         classes = 10 if cifar else 1000
-    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+    if not is_int(classes) or classes < 1:
         raise ConfigError(f"classes must be a positive int. Received: classes={classes!r}")
+    classes = int(classes)  # np.int64(5) as image_size takes it
     if weights == "imagenet" and include_top and classes != 1000:
         raise ConfigError(
             f"With weights='imagenet' and include_top=True, classes must be 1000. Received: classes={classes}"
@@ -275,10 +279,12 @@ def check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bo
     """``input_shape`` checked as keras.applications' builders take it (``default`` when None)."""
     if shape is None:
         return default
-    ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and shape[2] == 3
-    if ok and (include_top or None not in shape[:2]):
+    ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and is_int(shape[2]) and shape[2] == 3
+    sides = [d for d in shape[:2] if d is not None] if ok else []
+    ok = ok and (not include_top or len(sides) == 2)
+    if ok and sides:  # each side given is checked; None (any size) only without the top
         try:
-            parse_image_size(tuple(shape[:2]), name="input_shape")
+            parse_image_size(tuple(sides * 2)[:2] if len(sides) == 1 else tuple(sides), name="input_shape")
         except ConfigError:
             ok = False
     if not ok:
