@@ -16,7 +16,8 @@ from floranet import inference as predict
 from floranet.cli import main
 from floranet.data.images import load_image
 from floranet.errors import ConfigError
-from floranet.inference import batch, formats, predictor
+from floranet.inference import batch, formats
+from floranet.inference import inputs as input_lib
 
 
 def _write_cases(folder: Path) -> dict[str, Path]:
@@ -99,10 +100,10 @@ def test_rows_come_in_the_order_of_the_inputs_missing_ones_included(tiny_run, tm
     assert len(pngs) >= 2
     expected = [str(inputs[0]), str(cases["jpeg"]), str(inputs[2]), *pngs, str(inputs[4]), str(cases["cmyk"])]
     assert [r.file for r in rows] == [*expected, str(inputs[6])]
-    assert [r.error == predictor.NO_IMAGE for r in rows] == [
+    assert [r.error == input_lib.NO_IMAGE for r in rows] == [
         True, False, True, *[False] * len(pngs), True, False, True
     ]  # fmt: skip
-    files, missing = predictor.expand_inputs(inputs)
+    files, missing = input_lib.expand_inputs(inputs)
     assert [(m.position, m.input) for m in missing] == [
         (0, str(inputs[0])), (1, str(inputs[2])), (1 + len(pngs), str(inputs[4])), (2 + len(pngs), str(inputs[6]))
     ]  # fmt: skip
@@ -123,13 +124,13 @@ def test_folders_follow_symlinks_once_and_skip_fifos(tmp_path) -> None:
     (top / "sub").symlink_to(elsewhere, target_is_directory=True)
     (top / "self").symlink_to(top, target_is_directory=True)  # a loop
     os.mkfifo(top / "pipe.jpg")
-    files, missing = predictor.expand_inputs([top])
+    files, missing = input_lib.expand_inputs([top])
     assert [p.relative_to(top).as_posix() for p in files] == ["own.jpg", "sub/linked.jpg"] and not missing
     only_linked = tmp_path / "only"
     only_linked.mkdir()
     (only_linked / "sub").symlink_to(elsewhere, target_is_directory=True)
-    assert predictor.expand_inputs([only_linked])[0] == [only_linked / "sub" / "linked.jpg"]
-    files, _ = predictor.expand_inputs([str(top / "**" / "*.jpg")])
+    assert input_lib.expand_inputs([only_linked])[0] == [only_linked / "sub" / "linked.jpg"]
+    files, _ = input_lib.expand_inputs([str(top / "**" / "*.jpg")])
     assert sorted(p.name for p in files) == ["linked.jpg", "own.jpg"]
 
 

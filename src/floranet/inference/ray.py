@@ -24,6 +24,7 @@ from floranet import errors
 from floranet.config import ENGINES, InferenceConfig, check_choice
 from floranet.errors import ConfigError
 from floranet.inference import predictor as predict
+from floranet.inference.inputs import expand_inputs
 from floranet.inference.predictor import Prediction
 from floranet.utils.optional import require
 
@@ -75,7 +76,7 @@ def predict_with_ray(
             raise ConfigError(f"{name} must be at least 1. Received: {name}={value!r}")
     predict.load(run_dir, config)  # a bad run or option fails here, not in actors
     run = Path(run_dir).absolute()
-    files, missing = predict.expand_inputs(inputs)
+    files, missing = expand_inputs(inputs)
     rows: list[Prediction] = []
     if files:
         started_here = not ray.is_initialized()

@@ -1,0 +1,79 @@
+"""What predict's inputs name: files as given, folders walked, patterns expanded, and the inputs that name no
+image (each with its place, so its error row stands where it was given)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+from floranet.data.doctor import IMAGE_EXTENSIONS
+
+# The error row of an input that names no image (see :func:`expand_inputs`).
+NO_IMAGE = "no image: no such file, or a folder or pattern with no images in it"
+
+
+class Unmatched(NamedTuple):
+    """An input that named no image, and where its row goes: after the first ``position`` files."""
+
+    position: int
+    input: str
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Unmatched]]:
+    """Files as given, folders walked (image extensions, hidden entries skipped), globs expanded.
+
+    Returns:
+        (files in a stable order, inputs that matched nothing: a missing path, an empty folder, a pattern
+        that matches no image; each with its place among the files, for :func:`in_input_order`).
+    """
+    files: list[Path] = []
+    missing: list[Unmatched] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            found = [p]
+        elif p.is_dir():
+            found = _walk(p)  # an empty folder is as good as a typo: say so below
+        elif any(ch in str(item) for ch in "*?["):
+            matched = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            # Each file once: ``**`` through a link loop (self -> .) names one file at every depth.
+            real = {os.path.realpath(m): m for m in reversed(matched) if m.is_file() and _regular(m)}
+            found = sorted(m for m in real.values() if m.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found = []
+        if not found:
+            missing.append(Unmatched(len(files), str(item)))
+        files.extend(found)
+    return files, missing
+
+
+def _walk(root: Path) -> list[Path]:
+    """Image files under ``root`` in name order: symlinked folders followed as the doctor follows them (each real
+    folder once, so a link loop ends), hidden entries skipped, and only regular files (a FIFO would block the
+    read forever)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(
+            Path(dirpath) / f
+            for f in sorted(filenames)
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(dirpath) / f)
+        )
+    return out
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:  # a broken symlink: its row says it is missing
+        return path.is_symlink()
