@@ -71,6 +71,8 @@ def download(
     Raises:
         DownloadError: The server is unreachable, the transfer failed, or the
             checksum does not match.
+        ConfigError: ``url`` is not an http(s) or file URL, or ``timeout`` not a positive number.
+        OutputError: ``dest``'s folder cannot be made.
     """
     _check_request(url, timeout)
     dest = Path(dest)
