@@ -252,6 +252,17 @@ def _yaml11_float(value: Any) -> Any:
     return float(value) if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()) else value
 
 
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with its :data:`PATH_FIELDS` absolute (relative to the current folder), as config.yaml records
+    them: the run's evaluate, audit, export, report and --resume then find them from any folder."""
+    out = dict(values)
+    for name in PATH_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str | os.PathLike) and os.fspath(value):
+            out[name] = os.path.abspath(value)
+    return out
+
+
 def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> TrainConfig:
     """Builds a config: defaults < preset < file < flags (flags set to None are absent).
 
@@ -270,15 +281,8 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     preset = given.get("preset", from_file.get("preset", TrainConfig.preset))
     check_choice("preset", preset, PRESETS)
     values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
-    for name in PATH_FIELDS:
-        if isinstance(values.get(name), os.PathLike):
-            values[name] = os.fspath(values[name])
-        if isinstance(values.get(name), str) and values[name]:
-            # Absolute in config.yaml: the run's evaluate, audit, export, report and --resume find them from any
-            # folder.
-            values[name] = os.path.abspath(values[name])
     try:
-        return TrainConfig(**values)
+        return TrainConfig(**absolute_paths(values))
     except ConfigError as e:
         if file and any(k not in given for k in from_file):  # the value may be the file's: say which file
             raise ConfigError(f"{e} (settings of the config file {file}, then the flags)") from None

@@ -269,7 +269,7 @@ def evaluate_run(
     # Metrics need the probabilities only: the unknown answer stays off (predict and serve give it).
     config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
     predictor = load(run.path, config)
-    facts: dict[str, Any] = {"evaluated_on": predictor.describe()}
+    facts: dict[str, Any] = {}
     if data_dir is None:
         root = Path(run.config().data_dir)
         rows, facts["validation_files"] = _as_trained(root, run.split(names).validation())

@@ -282,11 +282,11 @@ def check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bo
     ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and is_int(shape[2]) and shape[2] == 3
     sides = [d for d in shape[:2] if d is not None] if ok else []
     ok = ok and (not include_top or len(sides) == 2)
-    if ok and sides:  # each side given is checked; None (any size) only without the top
-        try:
-            parse_image_size(tuple(sides * 2)[:2] if len(sides) == 1 else tuple(sides), name="input_shape")
-        except ConfigError:
-            ok = False
+    try:  # each side given is checked; None (any size) only without the top
+        for side in sides if ok else []:
+            parse_image_size(side, name="input_shape")
+    except ConfigError:
+        ok = False
     if not ok:
         raise ConfigError(
             f"input_shape must be (height, width, 3) with sizes >= {MIN_IMAGE_SIZE} (None allowed only "

@@ -98,9 +98,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
-        if self._admitted:
-            self.guard.release(self, self._client_key)
-            self._admitted = False
+        self._release()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -127,11 +125,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def drop(self) -> None:
         self._cancel_header_timer()
+        self._release()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _release(self) -> None:
+        """Gives the connection's place back to the guard, once."""
         if self._admitted:
             self.guard.release(self, self._client_key)
             self._admitted = False
-        if not self.transport.is_closing():
-            self.transport.close()
 
     def _arm_header_timer(self) -> None:
         self._cancel_header_timer()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import keras
 import numpy as np
 
 from floranet.config import TrainConfig
-from floranet.config.train import PATH_FIELDS
+from floranet.config.train import absolute_paths
 from floranet.errors import ConfigError
 from floranet.inference import runtime
 from floranet.models import backbones, classifier
@@ -267,10 +266,7 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
     if resume:
         if not run.exists(RunDir.CONFIG):
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
-        saved = run.saved_settings()
-        for name in PATH_FIELDS:  # a run from before they were recorded absolute: relative to here
-            if isinstance(saved.get(name), str) and saved[name]:
-                saved[name] = os.path.abspath(saved[name])
+        saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
         current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
         # A setting newer than the run's config.yaml compares as its default (what that run used).
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -120,8 +120,9 @@ def _check_request(url: str, timeout: float) -> None:
         ConfigError: One of those.
     """
     try:
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
-        urllib.parse.urlsplit(url).port  # noqa: B018 - a bad port or IPv6 host raises here
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # raises on a bad port or IPv6 host
+        scheme = parts.scheme.lower()
     except ValueError:
         scheme = ""
     if scheme not in ("http", "https", "file"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from floranet.config import TrainConfig
 from floranet.errors import ConfigError
@@ -51,8 +50,7 @@ def train(
     # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
     weights_lib.ensure_available(config.backbone, config.weights)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
-    if Path(config.out).exists() and not Path(config.out).is_dir():  # the lock would say only "File exists"
-        raise ConfigError(f"out must be a folder for the run; it is a file. Received: out={config.out!r}")
+    RunDir(config.out).check_new_output()  # a file, or a folder of the user's: said before the lock answers
     with RunDir(config.out).lock():  # one writer per run directory
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
 
