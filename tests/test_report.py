@@ -157,3 +157,25 @@ def test_image_grid_of_no_images_writes_an_empty_picture(tmp_path) -> None:
 
     image_grid([], [], tmp_path / "e.png")
     assert Image.open(tmp_path / "e.png").size[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "needle"),
+    [
+        ("class_names.json", "{not json", "class_names.json is damaged"),
+        ("class_names.json", '["class_0", "class_1", "other"]', "names ['class_0', 'class_1', 'other']"),
+        ("predictions.csv", None, "predictions.csv is damaged"),
+    ],
+)
+def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage, needle) -> None:
+    target = writable_run / name
+    before_html = (writable_run / "report.html").read_bytes() if (writable_run / "report.html").exists() else None
+    if damage is None:  # a predictions.csv cut off inside its last row
+        text = target.read_text()
+        damage = text[: text.rindex(",")]
+    target.write_text(damage)
+    assert main(["report", str(writable_run)]) != 0
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    after_html = (writable_run / "report.html").read_bytes() if (writable_run / "report.html").exists() else None
+    assert after_html == before_html

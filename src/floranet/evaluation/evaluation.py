@@ -21,7 +21,7 @@ import numpy as np
 from floranet.config import InferenceConfig
 from floranet.data import doctor
 from floranet.data.split import Split, SplitRow
-from floranet.errors import DatasetError
+from floranet.errors import DatasetError, ModelError
 from floranet.evaluation import plots
 from floranet.evaluation.calibration import expected_calibration_error, fit_temperature, reliability
 from floranet.evaluation.metrics import classification_metrics
@@ -217,13 +217,24 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
         return None
     metrics = run.metrics()
     extra = {"evaluated_on": metrics["evaluated_on"]} if "evaluated_on" in metrics else {}
-    return Evaluation.from_csv(
-        # As written: a quoted carriage return in a file name stays one, non-UTF-8 names round-trip.
-        (run / RunDir.PREDICTIONS).read_bytes().decode("utf-8", "surrogateescape"),
-        temperature=run.temperature(),
-        data_dir=run.config().data_dir,
-        extra=extra,
-    )
+    path = run / RunDir.PREDICTIONS
+    try:
+        ev = Evaluation.from_csv(
+            # As written: a quoted carriage return in a file name stays one, non-UTF-8 names round-trip.
+            path.read_bytes().decode("utf-8", "surrogateescape"),
+            temperature=run.temperature(),
+            data_dir=run.config().data_dir,
+            extra=extra,
+        )
+    except (ValueError, KeyError, IndexError, StopIteration, csv.Error) as e:
+        raise ModelError(f"{path} is damaged ({type(e).__name__}: {e}); rerun `floranet evaluate {run.path}`") from None
+    names = run.class_names()  # a damaged class_names.json is named here, not read past
+    if list(ev.class_names) != names:
+        raise ModelError(
+            f"{path} scores the classes {list(ev.class_names)}, but {run / RunDir.CLASS_NAMES} names {names}; "
+            f"rerun `floranet evaluate {run.path}`"
+        )
+    return ev
 
 
 def _as_trained(root: Path, rows: list[SplitRow]) -> tuple[list[SplitRow], dict[str, int]]:
