@@ -216,11 +216,13 @@ def test_predict_output_replaces_only_its_own_predictions(tiny_run, writable_run
     notes.write_text("mine")
     assert main(["predict", str(tiny_run), str(image), "--output", str(notes)]) == 2
     assert "not a floranet predictions file" in capsys.readouterr().err and notes.read_text() == "mine"
-    for name in ("p.csv", "p.json", "p.parquet"):  # its own outputs are replaced on a rerun
+    for name in ("p.csv", "p.json", "p.parquet", "p.txt"):  # its own outputs are replaced on a rerun
         out = tmp_path / name
         for _ in range(2):
             assert main(["predict", str(tiny_run), str(image), "--output", str(out)]) == 0
         capsys.readouterr()
+    table = (tmp_path / "p.txt").read_text().splitlines()
+    assert table[0] == formats.TABLE_TITLE.strip() and table[1].startswith(str(image)) and len(table) == 2
     (tmp_path / "empty.json").write_text("[]\n")  # predictions of nothing
     assert formats.check_output(tmp_path / "empty.json", [image]) == tmp_path / "empty.json"
     (tmp_path / "other.csv").write_text("name,size\na,1\n")

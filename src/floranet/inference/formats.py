@@ -21,6 +21,7 @@ from floranet.utils.text import printable, utf8
 
 TEXT_FORMATS = tuple(f for f in OUTPUT_FORMATS if f != "parquet")
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
+TABLE_TITLE = "# floranet predictions\n"
 
 
 def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
@@ -79,7 +80,8 @@ def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str |
     suffix of ``output``, .csv, .json or .parquet, else table)."""
     fmt = fmt or format_for(output)
     if fmt != "parquet":
-        atomic_write_text(output, format_predictions(rows, fmt))
+        # A table file starts with a title line, the header that lets a rerun know it as predictions to replace.
+        atomic_write_text(output, (TABLE_TITLE if fmt == "table" else "") + format_predictions(rows, fmt))
         return
     pa = require("pyarrow", "format='parquet'")
     pq = require("pyarrow.parquet", "format='parquet'")
@@ -142,8 +144,8 @@ def check_output(
 
 
 def _is_predictions(path: Path) -> bool:
-    """Whether ``path`` holds predictions as :func:`write_predictions` writes them (CSV, JSON or Parquet: a
-    table has no header to know it by)."""
+    """Whether ``path`` holds predictions as :func:`write_predictions` writes them (CSV, JSON, Parquet, or a
+    table under its title line)."""
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -153,7 +155,7 @@ def _is_predictions(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - unreadable, or not Parquet after all: not ours
         return False
     text = head.decode("utf-8", "replace")
-    return text.startswith(("file,class_1,", "[]")) or re.match(r'\[\s*\{\s*"file":', text) is not None
+    return text.startswith(("file,class_1,", "[]", TABLE_TITLE)) or re.match(r'\[\s*\{\s*"file":', text) is not None
 
 
 def format_for(output: str | os.PathLike[str]) -> str:
