@@ -100,3 +100,25 @@ def test_a_request_that_goes_away_while_queued_never_runs() -> None:
 
     asyncio.run(go())
     assert ran == [2]
+
+
+def test_a_job_waits_at_most_wait_s_for_a_thread_and_then_never_runs() -> None:
+    """A decode thread stuck on one image used to hold every queued job, with no bound on the wait."""
+    from floranet.serving.fair import QueueTimeout
+
+    pool = FairPool(1)
+    release, ran = threading.Event(), []
+
+    async def go() -> None:
+        stuck = asyncio.ensure_future(pool.run("a", release.wait, 5, timeout_s=10))
+        await asyncio.sleep(0)
+        start = time.perf_counter()
+        with pytest.raises(QueueTimeout, match="no thread was free within 0.2 s"):
+            await pool.run("b", ran.append, "b", timeout_s=10, wait_s=0.2)
+        assert 0.2 <= time.perf_counter() - start < 2.0 and pool.queued() == 1  # dropped when a thread frees
+        release.set()
+        await stuck
+        assert await pool.run("c", ran.append, "c", timeout_s=10, wait_s=1.0) is None
+
+    asyncio.run(go())
+    assert ran == ["c"] and pool.queued() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import warnings
 from pathlib import Path
@@ -205,3 +206,27 @@ def test_tf_decodable_promise_holds_against_tensorflow(corpus) -> None:
         np.testing.assert_array_equal(decoded.numpy(), images.load_image(root / rel), err_msg=rel)
         flagged += 1
     assert flagged >= 15
+
+
+def _progressive_jpeg(extra_scans: int) -> bytes:
+    """A small progressive JPEG whose last scan is repeated ``extra_scans`` times (a scan bomb's shape)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+        buf, "JPEG", progressive=True
+    )
+    data = buf.getvalue()
+    last_scan = data[data.rindex(b"\xff\xda") : -2]  # up to the end-of-image marker
+    return data[:-2] + last_scan * extra_scans + b"\xff\xd9"
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(monkeypatch) -> None:
+    """Each scan is a pass over the whole image: 15,000 of them made a 0.5 MB upload decode for 20 s."""
+    ordinary = _progressive_jpeg(0)
+    assert 6 <= ordinary.count(b"\xff\xda") <= images.MAX_JPEG_SCANS
+    assert images.decode_image_bytes(ordinary).shape == (48, 64, 3)
+    bomb = _progressive_jpeg(images.MAX_JPEG_SCANS)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded a scan bomb"))
+    for check in (images.decode_image_bytes, images.inspect_image_bytes):
+        with pytest.raises(images.UnusableImageError, match=r"is a JPEG of 1\d\d scans, more than the 100") as e:
+            check(bomb, name="bomb.jpg")
+        assert e.value.kind == "too_complex" and "bomb.jpg" in str(e.value)

@@ -212,6 +212,11 @@ def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
             "truncated",
         ),
         "heic": ({"content": heic}, 415, "HEIC"),
+        "jpeg of 150 scans": (
+            {"content": rose[:-2] + rose[rose.rindex(b"\xff\xda") : -2] * 150 + b"\xff\xd9"},
+            422,
+            "scans, more than the 100 accepted",
+        ),
         "png bomb 20000x20000": (
             {"content": raw_png(20000, 20000, 1, 0, b"\0" * 64)},
             413,

@@ -53,6 +53,7 @@ class UnusableImageError(DatasetError):
         "corrupt",
         "truncated",
         "colour_mode",
+        "too_complex",
     )
 
     def __init__(self, name: str, reason: str, *, kind: str, phrase: str | None = None, hint: str = "") -> None:
@@ -223,6 +224,8 @@ def _check_max_pixels(max_pixels: object) -> None:
 
 
 _PILLOW_GUARD_LOCK = threading.Lock()
+# Baseline JPEGs have 1 scan, progressive ones from libjpeg, mozjpeg and cameras about 6 to 12.
+MAX_JPEG_SCANS = 100
 
 
 @contextmanager
@@ -267,11 +270,35 @@ def _opened(data: bytes, name: str, max_pixels: int) -> Iterator[tuple[Image.Ima
                 kind="too_large",
                 hint="raise max_pixels to accept it",
             )
+        _check_scans(data, name, im.format)
         # Pillow re-checks some sizes while decoding: lift its guard only when
         # the caller accepts images beyond it (rare; serialises those decodes).
         big = Image.MAX_IMAGE_PIXELS is not None and w * h > Image.MAX_IMAGE_PIXELS
         with _pillow_guard_lifted() if big else nullcontext():
             yield im, animated
+
+
+def _check_scans(data: bytes, name: str, fmt: str | None) -> None:
+    """Refuses a JPEG of more than :data:`MAX_JPEG_SCANS` scans before decoding it.
+
+    A progressive JPEG's decoder makes a pass over the whole image per scan, and nothing in the format bounds
+    how many there are: 31 bytes a scan make a 0.5 MB upload of 16 MP that decodes for 20 s, holding a decode
+    thread. Counting start-of-scan markers is exact enough: inside entropy-coded data a 0xFF byte is always
+    followed by 0x00 or a restart marker, so ``FF DA`` appears only as a marker (an embedded EXIF thumbnail
+    adds its own one).
+    """
+    if fmt not in ("JPEG", "MPO"):
+        return
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise UnusableImageError(
+            name,
+            f"too complex to decode: a JPEG of {scans:,} scans, more than the {MAX_JPEG_SCANS} accepted "
+            "(each scan is a decoding pass over the whole image; encoders write 1 to about 12)",
+            kind="too_complex",
+            phrase=f"a JPEG of {scans:,} scans, more than the {MAX_JPEG_SCANS} accepted (each is a decoding pass "
+            "over the whole image; encoders write 1 to about 12): re-save it as an ordinary JPEG",
+        )
 
 
 def _pixel_counts(pixels: int, limit: int) -> tuple[str, str]:

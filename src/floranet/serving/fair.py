@@ -20,6 +20,10 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
+class QueueTimeout(TimeoutError):
+    """A job waited longer than its bound for a thread (every thread stayed busy)."""
+
+
 @dataclass
 class _Job(Generic[T]):
     fn: Callable[..., T]
@@ -57,10 +61,16 @@ class FairPool:
             return len(self._queues.get(client, ()))
         return sum(len(q) for q in self._queues.values())
 
-    async def run(self, client: str, fn: Callable[..., T], *args: Any, timeout_s: float) -> T:
+    async def run(
+        self, client: str, fn: Callable[..., T], *args: Any, timeout_s: float, wait_s: float | None = None
+    ) -> T:
         """Runs ``fn(*args)`` in a thread once it is ``client``'s turn; waits at most ``timeout_s`` once it starts.
 
+        Args:
+            wait_s: Longest wait for a thread (None: no bound); past it the job is dropped before it starts.
+
         Raises:
+            QueueTimeout: No thread took the job within ``wait_s``.
             TimeoutError: The job ran longer than ``timeout_s`` (its thread finishes on its own; the pool
                 counts the thread busy until then).
         """
@@ -71,10 +81,13 @@ class FairPool:
         self._queues.setdefault(client, collections.deque()).append(job)
         self._dispatch(loop)
         try:
-            await asyncio.shield(job.started)
+            await asyncio.wait_for(asyncio.shield(job.started), wait_s)
         except asyncio.CancelledError:
             job.cancelled = True  # the request went away while queued: its job never starts
             raise
+        except TimeoutError:
+            job.cancelled = True
+            raise QueueTimeout(f"no thread was free within {wait_s:g} s") from None
         return await asyncio.wait_for(asyncio.shield(job.done), timeout_s)
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:

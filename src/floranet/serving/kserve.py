@@ -50,7 +50,7 @@ from fastapi.responses import Response
 
 from floranet.inference.predictor import top_k
 from floranet.serving import tensors
-from floranet.serving.state import ServeState, Ticket, admitted, decode_upload
+from floranet.serving.state import ServeState, Ticket, admitted, decode_upload, in_decode_pool
 from floranet.serving.tensors import InferRequest, OutputTensor
 from floranet.serving.uploads import RequestError, read_body
 
@@ -160,22 +160,16 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         h, w = state.predictor.image_size
         # Parsing is CPU work like decoding: it takes the client's turn in the same pool, and JSON with more
         # numbers than a whole share of images could hold is refused before parsing (a 20 MB body parses ~1 s).
-        try:
-            parsed = await state.decode_pool.run(
-                ticket.client,
-                tensors.parse_request,
-                body,
-                request.headers.get("inference-header-content-length"),
-                state.client_slots * h * w * 3 + 1024,  # + the JSON's own commas
-                timeout_s=settings.decode_timeout_s,
-            )
-        except TimeoutError:
-            raise RequestError(
-                503,
-                f"the request took longer than {settings.decode_timeout_s:g} s to parse; retry later, or send "
-                "images as BYTES or pixels as binary data",
-                headers={"Retry-After": "1"},
-            ) from None
+        parsed = await in_decode_pool(
+            state,
+            ticket,
+            tensors.parse_request,
+            body,
+            request.headers.get("inference-header-content-length"),
+            state.client_slots * h * w * 3 + 1024,  # + the JSON's own commas
+            too_slow=f"the request took longer than {settings.decode_timeout_s:g} s to parse; retry later, or send "
+            "images as BYTES or pixels as binary data",
+        )
         del body
         ticket.take_slots(_count(state, parsed))
         pixels = await _pixels(state, ticket, parsed)

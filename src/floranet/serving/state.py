@@ -5,8 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Request
@@ -17,11 +18,12 @@ from floranet.data.images import UnusableImageError
 from floranet.inference import Predictor
 from floranet.inference.runtime import RuntimeChoice
 from floranet.serving.batcher import Batcher
-from floranet.serving.fair import FairPool
+from floranet.serving.fair import FairPool, QueueTimeout
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.uploads import RequestError
 
 # An unusable image's kind → HTTP status (anything else: 422, a damaged image).
+T = TypeVar("T")
 STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format": 415}
 
 
@@ -163,23 +165,31 @@ async def admitted(state: ServeState, request: Request) -> AsyncIterator[Ticket]
         ticket.release()
 
 
+async def in_decode_pool(state: ServeState, ticket: Ticket, fn: Callable[..., T], *args: Any, too_slow: str) -> T:
+    """Runs ``fn(*args)`` in the decode pool, clients in turn: 503 when no thread takes it within
+    ``request_timeout_s``, or when it runs past ``decode_timeout_s`` (``too_slow`` says why; the thread finishes on
+    its own, bounded by ``max_pixels``: every allowed decoder's cost is linear in the pixels, a JPEG's in pixels
+    times its scans, which are capped)."""
+    settings = state.settings
+    try:
+        return await state.decode_pool.run(
+            ticket.client, fn, *args, timeout_s=settings.decode_timeout_s, wait_s=settings.request_timeout_s
+        )
+    except QueueTimeout:
+        why = f"server busy: no decode thread was free for {settings.request_timeout_s:g} s; retry later"
+        raise RequestError(503, why, headers={"Retry-After": "1"}) from None
+    except TimeoutError:
+        raise RequestError(503, too_slow, headers={"Retry-After": "1"}) from None
+
+
 async def decode_upload(
     state: ServeState, ticket: Ticket, data: bytes, name: str, *, keep_photo: bool
 ) -> tuple[np.ndarray | None, np.ndarray, float]:
-    """Decodes in the decode pool, clients in turn, each image within ``decode_timeout_s`` of its start (503
-    past it; the thread finishes on its own, bounded by ``max_pixels``, which every allowed decoder's cost is
-    linear in)."""
-    try:
-        return await state.decode_pool.run(
-            ticket.client, decode_sync, data, name, state, keep_photo, timeout_s=state.settings.decode_timeout_s
-        )
-    except TimeoutError:
-        raise RequestError(
-            503,
-            f"image took longer than {state.settings.decode_timeout_s:g} s to decode; retry "
-            "later or send a smaller image",
-            headers={"Retry-After": "1"},
-        ) from None
+    """Decodes one upload in the decode pool (:func:`in_decode_pool`)."""
+    too_slow = (
+        f"image took longer than {state.settings.decode_timeout_s:g} s to decode; retry later or send a smaller image"
+    )
+    return await in_decode_pool(state, ticket, decode_sync, data, name, state, keep_photo, too_slow=too_slow)
 
 
 def decode_sync(
