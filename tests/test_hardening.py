@@ -356,6 +356,7 @@ def test_file_names_with_line_breaks_round_trip_through_every_csv(tmp_path) -> N
     from floranet.evaluation.evaluation import read_evaluation
 
     config.resolve(data_dir=str(tmp_path / "d")).save(tmp_path / RunDir.CONFIG)
+    RunDir(tmp_path).write_class_names(["a", "b"])
     again = read_evaluation(RunDir(tmp_path))
     assert again is not None and again.paths == tuple(names)
 
