@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # Starlette 1.x would rather have httpx2; httpx
 from floranet import inference as predict  # noqa: E402
 from floranet import serving as serve  # noqa: E402
 from floranet.data.datasets import mini_flowers_path  # noqa: E402
-from floranet.errors import ModelError  # noqa: E402
+from floranet.errors import ConfigError, ModelError  # noqa: E402
 from floranet.serving import uploads  # noqa: E402
 
 ROSES = mini_flowers_path() / "roses"
@@ -358,14 +358,14 @@ def test_overload_answers_503_with_retry_after(tiny_run) -> None:
 
 def test_a_busy_client_gets_its_share_and_the_others_still_get_in(tiny_run) -> None:
     """One address floods the server: it holds at most its share (2 of 8 slots) and the rest get 503 naming the
-    client's share, while another address's photo is answered as usual."""
-    app = serve.create_app(tiny_run, max_batch=2, max_wait_ms=0.0)
+    client's share, while another address's photo is answered as usual (both behind a proxy on this machine)."""
+    app = serve.create_app(tiny_run, max_batch=2, max_wait_ms=0.0, trusted_proxies=("127.0.0.1",))
     state = app.state.serve
     assert (state.max_pending, state.client_slots) == (8, 2)
     real = app.state.batcher._infer
     app.state.batcher._infer = lambda x: (time.sleep(0.3), real(x))[1]  # a slow model
     images = [_png(seed) for seed in range(12)]
-    flood, other = {"X-Forwarded-For": "10.0.0.1"}, {"X-Forwarded-For": "10.0.0.2"}  # uvicorn trusts loopback
+    flood, other = {"X-Forwarded-For": "10.0.0.1"}, {"X-Forwarded-For": "10.0.0.2"}  # as the proxy says
     with serve.serve_in_thread(app) as url:
 
         async def go() -> tuple[list[httpx.Response], httpx.Response]:
@@ -382,6 +382,42 @@ def test_a_busy_client_gets_its_share_and_the_others_still_get_in(tiny_run) -> N
     busy = next(a for a in answers if a.status_code == 503)
     assert "this client" in busy.json()["error"] and busy.headers["retry-after"] == "1"
     assert state.pending == 0 and state.inflight_bytes == 0 and state.clients == {}  # all given back
+
+
+def test_a_client_cannot_claim_new_shares_with_x_forwarded_for(tiny_run) -> None:
+    """Without a trusted proxy the header is ignored: a flood naming a new address in every request is still
+    one client, held to its share (uvicorn's default trusted any loopback client's header)."""
+    app = serve.create_app(tiny_run, max_batch=2, max_wait_ms=0.0)
+    real = app.state.batcher._infer
+    app.state.batcher._infer = lambda x: (time.sleep(0.3), real(x))[1]
+    images = [_png(seed) for seed in range(12)]
+    with serve.serve_in_thread(app) as url:
+
+        async def go() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                return await asyncio.gather(
+                    *(
+                        c.post("/predict", content=d, headers={"X-Forwarded-For": f"10.0.1.{i}"})
+                        for i, d in enumerate(images)
+                    )
+                )
+
+        codes = [a.status_code for a in asyncio.run(go())]
+    assert 1 <= codes.count(200) <= 4 and codes.count(503) >= 8, codes  # one share: 2 at a time
+
+
+def test_trusted_proxies_are_checked_and_reach_uvicorn(tiny_run) -> None:
+    from floranet.serving.server import _uvicorn_config
+
+    with pytest.raises(ConfigError, match=r"trusted_proxies must be a list of IP addresses or networks"):
+        serve.create_app(tiny_run, trusted_proxies=("proxy.example",))
+    default = _uvicorn_config(serve.create_app(tiny_run))
+    assert default.proxy_headers is False
+    app = serve.create_app(tiny_run, trusted_proxies=["10.0.0.0/8"])
+    config = _uvicorn_config(app)
+    assert config.proxy_headers is True and config.forwarded_allow_ips == ["10.0.0.0/8"]
+    guard = app.state.guard  # the proxy's connections have only the global bound
+    assert guard._is_proxy("10.1.2.3") and not guard._is_proxy("11.0.0.1") and not guard._is_proxy("?")
 
 
 def test_slow_uploads_hold_only_the_bytes_they_have_sent(tiny_run) -> None:

@@ -71,6 +71,13 @@ def add_serve(sub: Subparsers) -> None:
         "loopback, any elsewhere)",
     )
     p.add_argument(
+        "--trusted-proxies",
+        type=lambda t: tuple(h.strip() for h in t.split(",") if h.strip()),
+        default=(),
+        help="addresses or networks of reverse proxies whose X-Forwarded-For names the client, comma separated "
+        "(e.g. 127.0.0.1 for a proxy on this machine; default: none, every client is its TCP address)",
+    )
+    p.add_argument(
         "--model-name", help="the model's name in the /v2 (KServe, Triton) routes (default: the run folder's)"
     )
     add_runtime(p)
@@ -92,6 +99,7 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         insecure_no_auth=args.insecure_no_auth,
         allowed_hosts=args.allowed_hosts,
+        trusted_proxies=args.trusted_proxies,
         model_name=args.model_name,
         runtime=args.runtime,
         precision=args.precision,

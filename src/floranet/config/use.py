@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from floranet.config.choices import (
@@ -79,6 +80,9 @@ class ServeConfig:
         max_connections: Open connections in all.
         model_name: The model's name in the Open Inference Protocol routes (``/v2/models/<name>``);
             None: the run folder's name.
+        trusted_proxies: Addresses or networks of reverse proxies whose ``X-Forwarded-For`` names the client
+            (their connections have only the global bound); empty: every client is its own TCP address and
+            the header is ignored, so no client can claim another's share by sending it.
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
@@ -96,6 +100,7 @@ class ServeConfig:
     max_connections_per_client: int = 32
     max_connections: int = 512
     model_name: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -139,3 +144,19 @@ class ServeConfig:
         )
         object.__setattr__(self, "allowed_hosts", hosts)
         check(self.model_name is None or is_name(self.model_name), NAME_RULE, "model_name", self.model_name)
+        proxies = tuple(self.trusted_proxies) if isinstance(self.trusted_proxies, (tuple, list)) else None
+        check(
+            proxies is not None and all(_is_network(p) for p in proxies),
+            "trusted_proxies must be a list of IP addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8)",
+            "trusted_proxies",
+            self.trusted_proxies,
+        )
+        object.__setattr__(self, "trusted_proxies", proxies)
+
+
+def _is_network(text: object) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
+    return isinstance(text, str)

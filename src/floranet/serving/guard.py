@@ -8,16 +8,21 @@ wait or get 503 for as long as they stay open. :func:`guarded_protocol` wraps uv
   else the connection is closed;
 * one client address holds at most ``per_client`` connections and the server at most ``total``; when a new
   connection would exceed a bound, the oldest *idle* connection (no request in progress: between requests or
-  still sending headers) of that client (or of any client, for the global bound) is closed to make room, and
-  the new one is refused only when every connection is busy with a request.
+  still sending headers, for at least ``grace_s``) of that client (or of any client, for the global
+  bound) is closed to make room, and the new one is refused with a 503 when none is;
+* the peers named in ``trusted_proxies`` (a reverse proxy that forwards every user's requests) have only the
+  global bound.
 
 Requests in progress are never cut by these rules; their bodies are bounded by the app's own read timeout.
+A connection accepted a moment ago counts as busy: its request may already wait, unread, in the socket, and
+closing it would reset the client without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import json
 import logging
 from dataclasses import dataclass, field
@@ -26,6 +31,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger("floranet.serve")
+# How long a connection must have been quiet (no request in progress) before it may be closed to make room
+# (at most half the header timeout).
+EVICT_GRACE_S = 1.0
 
 _REFUSED_BODY = b'{"error": "server busy: this client\'s connections are all in use; retry shortly"}'
 _REFUSED = (
@@ -41,6 +49,7 @@ class ConnectionGuard:
     header_timeout_s: float = 10.0
     per_client: int = 32
     total: int = 512
+    trusted_proxies: tuple[str, ...] = ()
     clients: dict[str, collections.OrderedDict[int, Any]] = field(default_factory=dict)
     count: int = 0
     closed_idle: int = 0
@@ -49,7 +58,8 @@ class ConnectionGuard:
     def admit(self, conn: Any, client: str) -> bool:
         """Registers ``conn``; makes room by closing idle connections; False when it must be refused."""
         mine = self.clients.setdefault(client, collections.OrderedDict())
-        if len(mine) >= self.per_client and not self._close_idle(mine.values()):
+        bound = self.total if self._is_proxy(client) else self.per_client
+        if len(mine) >= bound and not self._close_idle(mine.values()):
             self.refused += 1
             return False
         if self.count >= self.total and not self._close_idle(
@@ -61,6 +71,18 @@ class ConnectionGuard:
         self.count += 1
         return True
 
+    @property
+    def grace_s(self) -> float:
+        """How long a connection must have been quiet before it may be closed to make room."""
+        return min(EVICT_GRACE_S, self.header_timeout_s / 2)
+
+    def _is_proxy(self, client: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
+
     def release(self, conn: Any, client: str) -> None:
         mine = self.clients.get(client)
         if mine is not None and mine.pop(id(conn), None) is not None:
@@ -70,7 +92,7 @@ class ConnectionGuard:
 
     def _close_idle(self, candidates: Any) -> bool:
         for conn in list(candidates):
-            if conn.idle():
+            if conn.evictable():
                 conn.drop()  # releases it here, not when the transport is finally gone
                 self.closed_idle += 1
                 return True
@@ -84,17 +106,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
     _client_key = ""
     _admitted = False
+    _refused = False
+    _quiet_since = 0.0  # when the connection last started waiting on its client
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._quiet_since = self.loop.time()
         self._client_key = self.client[0] if self.client else "?"
         self._admitted = self.guard.admit(self, self._client_key)
         if not self._admitted:
             logger.warning("refused a connection from %s: all its connections are busy", self._client_key)
-            transport.write(_REFUSED)  # an answer rather than a bare reset; close() sends it first
-            transport.close()
+            self._refuse(transport)
             return
         self._arm_header_timer()
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """Answers 503 and closes gently: a close with the client's request still unread would send a reset,
+        which can reach the client before the answer does."""
+        self._refused = True
+        transport.write(_REFUSED)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(self.guard.grace_s, transport.close)  # its request is read and dropped until then
+        else:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._quiet_since = self.loop.time()
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -113,6 +156,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._quiet_since = self.loop.time()
         self._arm_header_timer()  # the next request of a keep-alive connection gets its own deadline
 
     def on_headers_complete(self) -> None:
@@ -122,6 +166,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def idle(self) -> bool:
         """No request in progress: still sending headers, or between requests."""
         return self.cycle is None or self.cycle.response_complete
+
+    def evictable(self) -> bool:
+        """Idle, and quiet for the guard's grace (a new connection's request may not have been read yet)."""
+        return self.idle() and self.loop.time() - self._quiet_since >= self.guard.grace_s
 
     def drop(self) -> None:
         self._cancel_header_timer()

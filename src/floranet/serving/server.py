@@ -66,12 +66,27 @@ def _uvicorn_config(app: Any, **kwargs: Any) -> Any:
     import uvicorn
 
     state: ServeState = app.state.serve
+    settings = state.settings
     guard = ConnectionGuard(
-        state.settings.header_timeout_s, state.settings.max_connections_per_client, state.settings.max_connections
+        settings.header_timeout_s,
+        settings.max_connections_per_client,
+        settings.max_connections,
+        trusted_proxies=settings.trusted_proxies,
     )
     app.state.guard = guard
     # limit_concurrency is off: it counts idle sockets; the guard bounds connections and the app bounds work.
-    return uvicorn.Config(app, http=guarded_protocol(guard), timeout_keep_alive=5, limit_concurrency=None, **kwargs)
+    # X-Forwarded-For is read from the trusted proxies alone (uvicorn's default trusts any loopback client, who
+    # could then claim a new address per request and with it a new share of the server).
+    proxies = list(settings.trusted_proxies)
+    return uvicorn.Config(
+        app,
+        http=guarded_protocol(guard),
+        timeout_keep_alive=5,
+        limit_concurrency=None,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+        **kwargs,
+    )
 
 
 def run_server(
