@@ -17,3 +17,21 @@ def write_legacy_h5(model: keras.Model, path) -> None:
             g.attrs["weight_names"] = names
             for n, value in zip(names, layer.get_weights(), strict=True):
                 g.create_dataset(n.decode(), data=value)
+
+
+def poison_run(run) -> None:
+    """Makes a run's model answer NaN (its last layer's bias), as damaged weights or a diverged training would;
+    the compiled copy goes, so every runtime loads the poisoned model.keras."""
+    import shutil
+
+    import numpy as np
+
+    from floranet.rundir import RunDir
+
+    model = keras.saving.load_model(run / RunDir.MODEL, compile=False)
+    last = next(layer for layer in reversed(model.layers) if layer.weights)
+    weights = last.get_weights()
+    weights[-1][:] = np.nan
+    last.set_weights(weights)
+    model.save(run / RunDir.MODEL)
+    shutil.rmtree(run / "inference", ignore_errors=True)

@@ -544,3 +544,33 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
     with caplog.at_level("WARNING", logger="floranet.serve"):
         serve.run_server(tiny_run)
     assert calls[-1].host == "127.0.0.1" and "REACHABLE" not in caplog.text
+
+
+def test_a_model_that_answers_nan_is_refused_or_answered_500_never_invalid_json(tiny_run, writable_run) -> None:
+    """A run whose model answers NaN was served: /predict failed with a bare 500 (NaN is not JSON) and /v2
+    answered 200 with ``NaN`` in its body, invalid JSON with meaningless labels."""
+    from fastapi.testclient import TestClient
+
+    from floranet.evaluation import evaluate_run
+    from floranet.inference.predictor import NON_FINITE
+    from modelfiles import poison_run
+
+    poison_run(writable_run)
+    with pytest.raises(ModelError, match=r"Cannot serve .*on a blank image the model gave non-finite probabilities"):
+        serve.create_app(writable_run, runtime="tensorflow", precision="fp32")
+    name, rose = _rose()
+    row = predict.load(writable_run, runtime="tensorflow", precision="fp32").predict_bytes(rose, name=name)
+    assert row.error == NON_FINITE and row.top_k == ()
+    with pytest.raises(ModelError, match="Cannot evaluate on the validation split: the model gave non-finite"):
+        evaluate_run(writable_run, runtime="tensorflow", precision="fp32")
+    # A model that answers NaN for some images only: those requests get a 500 that says so.
+    app = serve.create_app(tiny_run, runtime="tensorflow", precision="fp32", model_name="m")
+    app.state.batcher._infer = lambda x: np.full((len(x), 4), np.nan, np.float32)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        r = c.post("/predict", content=rose)
+        assert r.status_code == 500 and NON_FINITE in r.json()["error"], r.text
+        doc = {
+            "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(rose).decode()]}]
+        }
+        r = c.post("/v2/models/m/infer", json=doc)
+        assert r.status_code == 500 and NON_FINITE in r.json()["error"], r.text

@@ -25,7 +25,7 @@ from floranet.errors import DatasetError, ModelError
 from floranet.evaluation import plots
 from floranet.evaluation.calibration import expected_calibration_error, fit_temperature, reliability
 from floranet.evaluation.metrics import classification_metrics
-from floranet.inference.predictor import apply_temperature, load
+from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
 from floranet.utils.download import file_digest
 from floranet.utils.text import csv_text
@@ -58,6 +58,12 @@ class Evaluation:
     data_dir: str = ""
     source: str = VALIDATION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # NaN probabilities would be scored as class 0 and calibrated to NaN: a run that trained into NaN (or
+        # damaged weights) is named here rather than finished with meaningless metrics.
+        if not np.isfinite(self.probs).all():
+            raise ModelError(f"Cannot evaluate on the {self.source}: {NON_FINITE}")
 
     @property
     def predictions(self) -> np.ndarray:

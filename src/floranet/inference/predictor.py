@@ -27,6 +27,12 @@ from floranet.rundir import RunDir
 if TYPE_CHECKING:
     import keras
 
+# A row's error when the model's probabilities are NaN or infinite (damaged weights, or a training that diverged).
+NON_FINITE = (
+    "the model gave non-finite probabilities (NaN or infinity): its weights are damaged or its training "
+    "diverged; retrain it"
+)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -261,6 +267,8 @@ class Predictor:
     def row(self, file: str, output: np.ndarray, k: int | None = None) -> Prediction:
         """The answer for one image: its probabilities, or a row of :meth:`outputs` (with the unknown score)."""
         n = len(self.class_names)
+        if not np.isfinite(output[:n]).all():
+            return Prediction(file, error=NON_FINITE)
         top = top_k(output[:n], self.class_names, k if k is not None else self.config.top_k)
         score = float(output[n]) if len(output) > n and not np.isnan(output[n]) else None
         unknown = bool(self.detector is not None and score is not None and score > self.detector.threshold)

@@ -75,6 +75,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from floranet.config import InferenceConfig, ServeConfig
 from floranet.errors import ModelError
 from floranet.inference import load
+from floranet.inference.predictor import NON_FINITE
 from floranet.serving import kserve, page
 from floranet.serving.access import AccessMiddleware
 from floranet.serving.batcher import Batcher
@@ -126,7 +127,9 @@ def create_app(
     logger.info("inference on %s %s: %s", choice.runtime, choice.precision, choice.reason)
     h, w = predictor.image_size
     for n in (1, 2):  # trace the model once for any batch size before the first request
-        predictor.probabilities(np.zeros((n, h, w, 3), np.float32))
+        blank = predictor.probabilities(np.zeros((n, h, w, 3), np.float32))
+    if not np.isfinite(blank).all():  # a model that answers NaN would answer every client with garbage
+        raise ModelError(f"Cannot serve {run_dir}: on a blank image {NON_FINITE}")
     # Decoding a photo is ~1 ms; more threads than half the cores only take CPU from inference. Clients take
     # turns at them, so one client's many or huge images never hold up another's.
     workers = max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -232,7 +235,10 @@ async def predict(request: Request) -> JSONResponse:
         photo, pixels, decode_ms = await decode_upload(state, ticket, data, name, keep_photo=want_cam)
         del data
         output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)  # probabilities + unknown score
-        payload: dict[str, Any] = {**state.predictor.row(name, output).to_dict(), "model_version": state.version}
+        answer = state.predictor.row(name, output)
+        if answer.error:  # non-finite probabilities: the model's fault, not the image's
+            raise RequestError(500, f"cannot answer for {name!r}: {answer.error}")
+        payload: dict[str, Any] = {**answer.to_dict(), "model_version": state.version}
         del payload["error"]
         if photo is not None:
             payload.update(

@@ -48,7 +48,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from floranet.inference.predictor import top_k
+from floranet.inference.predictor import NON_FINITE, top_k
 from floranet.serving import tensors
 from floranet.serving.state import ServeState, Ticket, admitted, decode_upload, in_decode_pool
 from floranet.serving.tensors import InferRequest, OutputTensor
@@ -175,6 +175,8 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         pixels = await _pixels(state, ticket, parsed)
         results = await asyncio.gather(*(state.batcher.submit(p) for p in pixels))
     rows = np.stack([r[0] for r in results]).astype(np.float32)  # probabilities, then the unknown score
+    if not np.isfinite(rows[:, : len(state.predictor.class_names)]).all():
+        raise RequestError(500, f"cannot answer: {NON_FINITE}")
     header: dict[str, Any] = {"model_name": model_name(state), "model_version": state.version}
     if parsed.id is not None:
         header["id"] = parsed.id

@@ -315,7 +315,7 @@ def encode_response(header: dict[str, Any], outputs: list[OutputTensor]) -> tupl
         if params:
             entry["parameters"] = params
         doc["outputs"].append(entry)
-    text = json.dumps(doc, separators=(",", ":")).encode()
+    text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()  # NaN is not JSON
     if not chunks:
         return text, None
     return text + b"".join(chunks), len(text)
