@@ -159,6 +159,7 @@ def near_duplicates(work: Path, data: Path, clean_audit: Path, count: int, seed:
         "false_pairs": [{"file": f.file, "other": f.other_file, "similarity": round(f.score, 4)} for f in false_top],
         "missed": [{"copy": c, "original": planted[c][0]} for c in planted if c not in found],
         "pairs_flagged": len(pairs),
+        "threshold": result.facts["duplicate_similarity"],  # this set's (median pair + DUPLICATE_Z deviations)
         "threshold_sweep": sweep,
         "target_found_share": 0.95,
     }
@@ -198,7 +199,7 @@ def _threshold_sweep(result: Any, planted: dict[str, tuple[str, str]]) -> list[d
     index = {p: i for i, p in enumerate(data.paths)}
     z = whitened(data.features)
     sims = np.asarray([float(z[index[c]] @ z[index[o]]) for c, (o, _) in planted.items()])
-    pairs = similar_pairs(data.features, 0.3)
+    pairs, _ = similar_pairs(data.features, 0.3)
     planted_pairs = {frozenset((index[c], index[o])) for c, (o, _) in planted.items()}
     others = np.asarray([s for i, j, s in pairs if frozenset((i, j)) not in planted_pairs])
     return [

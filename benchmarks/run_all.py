@@ -189,7 +189,9 @@ def _audit(r: dict) -> str:
         + f"\n\nLabel noise: {noise['moved']} of {noise['images']} images moved into a wrong class folder; cleanlab "
         f"flagged {noise['flagged']} (recall {noise['flagged_recall']}, precision {noise['flagged_precision']}); among "
         f"the moved images in the top N it suggests the true class for {noise['suggested_true_class_share']:.0%}.\n\n"
-        "Near-duplicates, planted copies against every other pair, by similarity threshold (floranet uses 0.42):\n\n"
+        "Near-duplicates, planted copies against every other pair, by similarity threshold (floranet used "
+        + (f"{dups['threshold']}, this set's own" if "threshold" in dups else "0.42")
+        + f"; {dups['pairs_flagged']} pairs flagged):\n\n"
         + table(dups["threshold_sweep"], list(dups["threshold_sweep"][0]))
         + "\n\nThe real flower_photos, top 20 label issues (thumbnails: `results/audit_real_top20.png`):\n\n"
         + table(top, ["rank", "file", "given", "suggested"])

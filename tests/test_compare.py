@@ -114,7 +114,7 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
         compare(cfg(tmp_path / "afile"), say=lambda m: None)
     earlier = tmp_path / "earlier"
     (earlier / "resnet20").mkdir(parents=True)
-    (earlier / "resnet20" / RunDir.CONFIG).write_text("backbone: resnet20\n")
+    (earlier / "resnet20" / RunDir.CONFIG).write_text(f"data_dir: {data}\nbackbone: resnet20\n")
     with pytest.raises(ConfigError, match="already holds runs of resnet20"):
         compare(cfg(earlier), say=lambda m: None)
     assert not trained

@@ -132,8 +132,15 @@ class RunDir:
         return (self.path / name).exists()
 
     def is_run(self) -> bool:
-        """Whether the folder holds a floranet run (finished or not)."""
-        return self.exists(self.CONFIG) or self.exists(self.STATE)
+        """Whether the folder holds a floranet run or audit (finished or not): its ``config.yaml`` is floranet's,
+        every key a training setting and ``data_dir`` among them. Another tool's ``config.yaml`` (or a damaged
+        one) does not make a folder a run, so nothing of the user's in it is taken over."""
+        if not (self.path / self.CONFIG).is_file():
+            return False
+        try:
+            return "data_dir" in load_file(self.path / self.CONFIG)
+        except ConfigError:
+            return False
 
     def is_training_run(self) -> bool:
         """Whether the folder holds a training run (finished, or one that can resume), not only an audit."""

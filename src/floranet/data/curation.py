@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
@@ -40,12 +41,19 @@ def _read(path: str | os.PathLike[str], name: str) -> str:
 
 
 def _relative(text: str, source: str | os.PathLike[str], line: int, name: str) -> str:
-    p = text.strip().replace("\\", "/")
-    if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
+    """A relative path as written: a backslash stays (a name may hold one); it is read as a separator only when
+    no file has the literal name (:meth:`Curation.resolved`)."""
+    p = text.strip()
+    slashed = PurePosixPath(_slashed(p))
+    if not p or slashed.is_absolute() or ".." in slashed.parts:
         raise ConfigError(
             f"{source} line {line}: paths must be relative to the data folder. Received: {name} path={text!r}"
         )
     return str(PurePosixPath(p))
+
+
+def _slashed(path: str) -> str:
+    return path.replace("\\", "/")
 
 
 def _new_label(text: str, source: str | os.PathLike[str], line: int, row: list[str], column: str) -> str:
@@ -94,7 +102,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
     text = _read(path, "relabel")
     rows = list(csv.reader(io.StringIO(text)))
     header = [c.strip() for c in rows[0]] if rows else []
-    out: dict[str, str] = {}
+    out = _Relabels(path)
     if AUDIT_FILE_COLUMN in header and AUDIT_SUGGESTED_COLUMN in header:  # an audit.csv: its label issues
         f, s, k = (
             header.index(c) if c in header else -1
@@ -108,16 +116,35 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
                     f"{path} line {i}: expected {len(header)} fields as in its header. Received: relabel row={row!r}"
                 )
             if k < 0 or row[k].strip() == LABEL_ISSUE:
-                out[_relative(row[f], path, i, "relabel")] = _new_label(row[s], path, i, row, AUDIT_SUGGESTED_COLUMN)
-        return out
+                label = _new_label(row[s], path, i, row, AUDIT_SUGGESTED_COLUMN)
+                out.put(_relative(row[f], path, i, "relabel"), label, i)
+        return dict(out)
     start = 1 if header[:2] == ["path", "new_label"] else 0
     for i, row in enumerate(rows[start:], start + 1):
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2 or not row[1].strip():
             raise ConfigError(f"{path} line {i}: expected 'path,new_label'. Received: relabel row={row!r}")
-        out[_relative(row[0], path, i, "relabel")] = _new_label(row[1], path, i, row, "new_label")
-    return out
+        out.put(_relative(row[0], path, i, "relabel"), _new_label(row[1], path, i, row, "new_label"), i)
+    return dict(out)
+
+
+class _Relabels(dict[str, str]):
+    """The relabel file's rows by path; a path given two different labels is refused with both lines (the
+    last one used to win silently)."""
+
+    def __init__(self, source: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.source = source
+        self.lines: dict[str, int] = {}
+
+    def put(self, path: str, label: str, line: int) -> None:
+        if path in self and self[path] != label:
+            raise ConfigError(
+                f"{self.source} lines {self.lines[path]} and {line} give {path!r} two labels, {self[path]!r} and "
+                f"{label!r}; keep one. Received: relabel path={path!r}"
+            )
+        self[path], self.lines[path] = label, line
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,18 @@ class Curation:
 
     def __bool__(self) -> bool:
         return bool(self.exclude or self.relabel)
+
+    def resolved(self, paths: Sequence[str]) -> Curation:
+        """The entries matched to ``paths`` (the data folder's files): an entry names the file of its literal
+        name, else, written with backslashes (a list made on Windows), the file of its ``/`` form."""
+        known = set(paths)
+
+        def match(entry: str) -> str:
+            return entry if entry in known or _slashed(entry) not in known else _slashed(entry)
+
+        return Curation(
+            tuple(dict.fromkeys(match(p) for p in self.exclude)), {match(p): v for p, v in self.relabel.items()}
+        )
 
     def apply_items(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """``(path, label, sha256)`` items without the excluded ones, relabelled."""
@@ -164,6 +203,21 @@ class Curation:
             notes.append(f"{len(missing_ex)} path(s) of the exclude file are not usable images of the data folder")
         if missing_re:
             notes.append(f"{len(missing_re)} path(s) of the relabel file are not usable images of the data folder")
+        return notes
+
+    def class_changes(self, before: Sequence[str], after: Sequence[str]) -> list[str]:
+        """Notes on classes the curation made or emptied, from every image's label ``before`` and ``after`` it
+        (a typo in a relabel target makes a class; excluding a whole class drops it from the model)."""
+        had, has = Counter(before), Counter(after)
+        notes = [
+            f"the relabel file makes a new class {name!r} ({has[name]} image(s)); if you meant an existing class, "
+            "check its spelling"
+            for name in sorted(set(has) - set(had))
+        ]
+        notes += [
+            f"class {name!r} has no image left after --exclude/--relabel: the model will not know it"
+            for name in sorted(set(had) - set(has))
+        ]
         return notes
 
     def excluded_text(self) -> str:

@@ -183,7 +183,8 @@ def _read_rows(src: Path, f: Any, class_names: Sequence[str] | None) -> list[Spl
         if any(v is None for v in values) or None in record:
             raise bad(f"expected {len(header)} fields")
         p, label, split, sha = (v.strip() if i else v for i, v in enumerate(values))  # type: ignore[union-attr]
-        if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts or "\\" in p:
+        # A backslash is a character of the name (split.csv is written from the folder's own names), not a separator.
+        if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
             raise bad(f"path must be relative to the dataset folder, with '/' separators. Received: path={p!r}")
         if p in seen:
             raise bad(f"duplicate path {p!r} (first on line {seen[p]})")

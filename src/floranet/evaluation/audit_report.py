@@ -18,7 +18,7 @@ from floranet.errors import DatasetError
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.text import csv_text
+from floranet.utils.text import csv_text, utf8_all
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -38,13 +38,19 @@ def to_csv(result: AuditResult) -> str:
 
 
 def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:
+    """``audit.json``'s content; file names that are not UTF-8 have their odd bytes as ``\\xNN`` (strict UTF-8,
+    as ``doctor.json``; ``audit.csv`` keeps the exact names that ``--exclude`` needs)."""
     data = result.data
-    return {
-        **result.facts,
-        "data_dir": str(data_dir),
-        "findings": [f.to_dict() for f in result.findings],
-        "label_quality": {p: round(float(q), 6) for p, q in zip(data.paths, result.label_quality, strict=True)},
-    }
+    return utf8_all(
+        {
+            **result.facts,
+            "data_dir": str(data_dir),
+            "findings": [f.to_dict() for f in result.findings],
+            "label_quality": None  # not checked: no quality to rank by
+            if result.facts.get("label_issues_skipped")
+            else {p: round(float(q), 6) for p, q in zip(data.paths, result.label_quality, strict=True)},
+        }
+    )
 
 
 def write_audit(run: RunDir, result: AuditResult, data_dir: Path) -> None:
@@ -114,10 +120,17 @@ def audit_section(run: RunDir) -> str:
         + ", ".join(f"{plural(counts.get(k, 0), k.replace('_', ' '))}" for k in KINDS)
         + f". Full list: <code>{RunDir.AUDIT_CSV}</code> (pass an edited copy to <code>floranet train --exclude</code>"
         " or a <code>path,new_label</code> file to <code>--relabel</code>; floranet never changes your files).</p>",
-        "<p class=muted>Label issues: cleanlab confident learning on out-of-fold probabilities of the head "
-        f"({audit.get('folds')}-fold, on cached features). Near-duplicates: cosine similarity of whitened embeddings "
-        f">= {audit.get('duplicate_similarity')}. Outliers: cleanlab's kNN outlier score, robust z > "
-        f"{audit.get('outlier_z')}.</p>",
+        "<p class=muted>Label issues: "
+        + (
+            f"<b>not checked</b>: {html.escape(str(audit['label_issues_skipped']))}. "
+            if audit.get("label_issues_skipped")
+            else "cleanlab confident learning on out-of-fold probabilities of the head "
+            f"({audit.get('folds')}-fold, on cached features). "
+        )
+        + "Near-duplicates: cosine similarity of whitened embeddings "
+        f">= {audit.get('duplicate_similarity')}"
+        + (f" (this set's median pair + {audit['duplicate_z']:g} robust deviations)" if "duplicate_z" in audit else "")
+        + f". Outliers: cleanlab's kNN outlier score, robust z > {audit.get('outlier_z')}.</p>",
     ]
     for group, title in _TITLES.items():
         rows = sorted(

@@ -103,10 +103,11 @@ def prepare(
         notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
         say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
     usable = report.usable_files()
-    curate = curation.Curation.load(config.exclude, config.relabel)
+    curate = curation.Curation.load(config.exclude, config.relabel).resolved([f.path for f in usable])
     tf_decodable = {f.path: f.tf_decodable for f in usable}
     split_path = run / RunDir.SPLIT
-    if resume and split_path.exists():
+    resumed = resume and split_path.exists()
+    if resumed:
         split = split_lib.Split.from_csv(split_path)
     elif config.split_file:
         split = curate.apply_split(split_lib.Split.from_csv(config.split_file))
@@ -117,20 +118,27 @@ def prepare(
         names = sorted({label for _, label, _ in items})
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
     split = _checked_against(split, usable, data_dir, notes, say)
-    split.to_csv(split_path)
-    run.write_class_names(split.class_names)
+    if resumed:  # the run's record stays as it was; files gone since are left out of what remains to train
+        _check_classes_kept(run, split)
+    else:
+        split.to_csv(split_path)
+        run.write_class_names(split.class_names)
     if curate:
         found = {f.path for f in usable}
         unmatched = curate.unmatched(sorted(found))
-        notes += unmatched
+        changes = [] if resume else curate.class_changes([str(f.label) for f in usable], [r.label for r in split.rows])
+        notes += unmatched + changes
         run.write_text(RunDir.EXCLUDED, curate.excluded_text())
         run.write_text(RunDir.RELABELED, curate.relabel_text())
-        left_out, relabelled = sum(p in found for p in curate.exclude), sum(p in found for p in curate.relabel)
+        gone = set(curate.exclude) & found
+        relabelled = sum(p in found and p not in gone for p in curate.relabel)  # an excluded file is not trained on
         say(
-            f"Curation: {left_out} file(s) left out, {relabelled} relabelled (files untouched)"
+            f"Curation: {len(gone)} file(s) left out, {relabelled} relabelled (files untouched)"
             + "".join(f"; {n}" for n in unmatched)
             + "."
         )
+        for note in changes:
+            say(f"Curation: {note}.")
     prepared = Prepared(data_dir, split, tf_decodable, config, notes)
     _sample_grid(prepared, run)
     per_class = ", ".join(f"{k} {v['train'] + v['validation']}" for k, v in split.counts().items())
@@ -139,6 +147,22 @@ def prepare(
         f"train {len(split.train())}, validation {len(split.validation())}."
     )
     return prepared
+
+
+def _check_classes_kept(run: RunDir, split: split_lib.Split) -> None:
+    """Refuses a resume whose data no longer has an image of each class the run was trained on: the saved
+    weights have an output per class, and a label set without one would shift every label after it.
+
+    Raises:
+        DatasetError: A class has no usable image left.
+    """
+    trained = run.class_names() if run.exists(RunDir.CLASS_NAMES) else list(split.class_names)
+    gone = [c for c in trained if c not in {r.label for r in split.rows}]
+    if gone:
+        raise DatasetError(
+            f"--resume: the run in {run.path} was trained on {len(trained)} classes, and {', '.join(map(repr, gone))} "
+            "has no usable image in the data folder now; put its images back, or start a new run with another --out."
+        )
 
 
 def _checked_against(

@@ -11,6 +11,7 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 # C0 controls, DEL, C1 controls, and the bidi marks, embeddings, overrides and isolates.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -29,6 +30,17 @@ def utf8(text: str) -> str:
     except UnicodeEncodeError:  # a lone surrogate that no file name produced
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+def utf8_all(obj: Any) -> Any:
+    """``obj`` (JSON-like: dicts, lists, strings, numbers) with every string, keys included, through :func:`utf8`."""
+    if isinstance(obj, str):
+        return utf8(obj)
+    if isinstance(obj, dict):
+        return {utf8_all(k): utf8_all(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [utf8_all(v) for v in obj]
+    return obj
 
 
 def printable(text: str) -> str:

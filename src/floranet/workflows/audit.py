@@ -24,7 +24,7 @@ import numpy as np
 
 from floranet.config import TrainConfig, resolve
 from floranet.errors import ConfigError, DatasetError
-from floranet.evaluation.audit import DEFAULT_FOLDS, DUPLICATE_SIMILARITY, AuditData, AuditResult, run_audit
+from floranet.evaluation.audit import DEFAULT_FOLDS, AuditData, AuditResult, run_audit
 from floranet.evaluation.audit_report import write_audit
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
@@ -55,8 +55,9 @@ def default_audit_dir(data_dir: str | os.PathLike[str]) -> Path:
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a run (or audit) folder rather than a data folder."""
-    return (Path(path) / RunDir.CONFIG).is_file() and (Path(path) / RunDir.SPLIT).is_file()
+    """Whether ``path`` is a run (or audit) folder rather than a data folder (a ``config.yaml`` of another tool
+    at the top of a data folder does not make it one)."""
+    return (Path(path) / RunDir.SPLIT).is_file() and RunDir(path).is_run()
 
 
 def audit(
@@ -64,7 +65,7 @@ def audit(
     *,
     out: str | os.PathLike[str] | None = None,
     folds: int = DEFAULT_FOLDS,
-    duplicate_similarity: float = DUPLICATE_SIMILARITY,
+    duplicate_similarity: float | None = None,
     progress: bool = False,
     say: Say = print,
     rebuild_report: bool = True,
@@ -77,7 +78,8 @@ def audit(
         target: A data folder (folder per class) or a run directory.
         out: The audit folder for a data folder (default :func:`default_audit_dir`); not for a run.
         folds: k of the out-of-fold head training.
-        duplicate_similarity: Cosine similarity at or above which two images are near-duplicates.
+        duplicate_similarity: Whitened cosine similarity at or above which two images are near-duplicates
+            (None: the set's own, :func:`floranet.evaluation.audit.duplicate_threshold`).
         progress: Show progress bars.
         say: Where one-line status messages go.
         rebuild_report: Rebuild a finished run's ``report.html`` with the audit section.
@@ -102,6 +104,7 @@ def audit(
     with contextlib.nullcontext() if held else run.lock():  # one writer per folder, as train/evaluate/report
         if is_run_dir(target):
             config = run.config()
+            run.check_outside(config.data_dir)  # its audit's plots would become images of a class
             data = _run_data(run, config, progress, say)
         else:
             config, data = _data_folder(target, run, settings, progress, say)
