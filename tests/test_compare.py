@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def test_compare_library_call(tmp_path: Path) -> None:
     result = compare(cfg, say=lambda m: None)
     assert len(result.ranked()) == 1 and result.ranked()[0].accuracy is not None
     assert "resnet20" in result.table()
+    # Rerun after a crash that left resnet32's folder with its lock alone: the finished run is reused, the other
+    # trained (a rerun used to be refused: "already holds runs of resnet20", "holds things ... (resnet32)").
+    model = tmp_path / "c" / "resnet20" / RunDir.MODEL
+    before = model.stat().st_mtime_ns
+    (tmp_path / "c" / "resnet32").mkdir()
+    (tmp_path / "c" / "resnet32" / RunDir.LOCK).write_text("")
+    said: list[str] = []
+    again = compare(dataclasses.replace(cfg, backbones=("resnet20", "resnet32")), say=said.append)
+    assert {e.backbone for e in again.ranked()} == {"resnet20", "resnet32"} and model.stat().st_mtime_ns == before
+    assert any(m.startswith("Reusing the finished run of resnet20") for m in said)
+    assert next(e for e in again.ranked() if e.backbone == "resnet20").accuracy == result.ranked()[0].accuracy
 
 
 def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, monkeypatch) -> None:
@@ -115,7 +127,7 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
     earlier = tmp_path / "earlier"
     (earlier / "resnet20").mkdir(parents=True)
     (earlier / "resnet20" / RunDir.CONFIG).write_text(f"data_dir: {data}\nbackbone: resnet20\n")
-    with pytest.raises(ConfigError, match="already holds runs of resnet20"):
+    with pytest.raises(ConfigError, match="already holds a run of resnet20 with other settings"):
         compare(cfg(earlier), say=lambda m: None)
     assert not trained
     with pytest.raises(ZeroDivisionError):  # past every check: the first training starts

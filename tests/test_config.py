@@ -131,6 +131,9 @@ def test_data_dir_is_recorded_absolute(tmp_path, monkeypatch) -> None:
     assert (given.split_file, given.exclude, given.relabel) == tuple(
         str(p) for p in (tmp_path / "s.csv", tmp_path.parent / "x.txt", tmp_path / "r.csv")
     )  # --resume from another folder compares the same files (relative ones differed there)
+    assert config.resolve(data_dir="d", weights="w/backbone.h5").weights == str(tmp_path / "w" / "backbone.h5")
+    assert config.resolve(data_dir="d", weights="imagenet").weights == "imagenet"
+    assert config.resolve(data_dir="d", weights="none").weights is None
 
 
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:

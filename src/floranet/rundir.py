@@ -168,7 +168,7 @@ class RunDir:
             return
         if not self.path.is_dir():
             raise ConfigError(f"out must be a folder for the run; it is a file. Received: out={str(self.path)!r}")
-        others = [p.name for p in self.path.iterdir() if p.name != self.LOCK]
+        others = [p.name for p in self.path.iterdir() if p.name != self.LOCK and not _worker_backups(p)]
         if others and not self.is_run():
             raise ConfigError(
                 f"out is a folder that is not empty and not a floranet run (it holds {', '.join(sorted(others)[:3])}"
@@ -319,3 +319,9 @@ def _number(text: str | None) -> Any:
         except ValueError:
             pass
     return text
+
+
+def _worker_backups(path: Path) -> bool:
+    """Whether ``path`` is a non-chief worker's ``backup/`` (``backup/worker-<i>/...``): all a multi-worker job's
+    other workers write into their ``--out``, and a restarted job must find it there."""
+    return path.name == "backup" and path.is_dir() and all(p.name.startswith("worker-") for p in path.iterdir())

@@ -104,7 +104,9 @@ def add_train(sub: Subparsers) -> None:
         help="auto: stage 2 trains the unfrozen top on cached outputs of the frozen layers where the cache "
         "fits on disk; off: the whole model runs every epoch",
     )
-    g.add_argument("--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, up to 5)")
+    g.add_argument(
+        "--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, at most 2)"
+    )
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)

@@ -253,13 +253,17 @@ def _yaml11_float(value: Any) -> Any:
 
 
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with its :data:`PATH_FIELDS` absolute (relative to the current folder), as config.yaml records
-    them: the run's evaluate, audit, export, report and --resume then find them from any folder."""
+    """``values`` with its :data:`PATH_FIELDS` and a ``weights`` file absolute (relative to the current folder), as
+    config.yaml records them: the run's evaluate, audit, export, report and --resume then find them from any
+    folder."""
     out = dict(values)
     for name in PATH_FIELDS:
         value = out.get(name)
         if isinstance(value, str | os.PathLike) and os.fspath(value):
             out[name] = os.path.abspath(value)
+    weights = out.get("weights")  # a file's path, unless it names a source
+    if isinstance(weights, str | os.PathLike) and os.fspath(weights) not in ("", "imagenet", "none", "None"):
+        out["weights"] = os.path.abspath(weights)
     return out
 
 

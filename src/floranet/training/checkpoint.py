@@ -29,6 +29,7 @@ class StageState:
     wait: int = 0
     complete: bool = False
     path: str | None = None  # how stage 2 trains: "prefix-cache" or "full" (kept so --resume takes the same)
+    features: str | None = None  # stage 1's feature runtime and precision (metrics.json says it after a resume too)
 
 
 @dataclass
@@ -101,7 +102,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             and (st.best_val_loss is None or val_loss < st.best_val_loss)
         )
         if improved:
-            st.best_weights = f"{RunDir.CHECKPOINTS}/{self.stage}-best.weights.h5"
+            # Named by its epoch: a kill before state.json is saved leaves the recorded best file as it was.
+            st.best_weights = f"{RunDir.CHECKPOINTS}/{self.stage}-best-epoch{epoch + 1:03d}.weights.h5"
             with atomic_path(self.run / st.best_weights, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
             st.best_val_loss, st.wait = float(val_loss or 0.0), 0
@@ -110,11 +112,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         row = {"stage": self.stage, "epoch": len(self.state.history) + 1, "stage_epoch": epoch + 1}
         row.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
         self.state.history.append(row)
-        previous = st.checkpoint
         st.epochs_done, st.checkpoint = epoch + 1, ckpt
         write_history_csv(self.run, self.state.history)
         self.state.save(self.run)
-        if previous and previous != ckpt:
-            (self.run / previous).unlink(missing_ok=True)  # our own file, superseded
+        # Our own files of this stage that the state no longer names (superseded, or left by a killed attempt).
+        keep = {self.run / name for name in (st.checkpoint, st.best_weights) if name}
+        for path in (self.run / RunDir.CHECKPOINTS).glob(f"{self.stage}-*"):
+            if path not in keep and not path.name.startswith("."):
+                path.unlink(missing_ok=True)
         if self.patience and st.wait >= self.patience:
             self.model.stop_training = True

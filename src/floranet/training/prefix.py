@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from floranet.config import TrainConfig
 from floranet.errors import DatasetError
 from floranet.inference import runtime
 from floranet.models import backbones, classifier
@@ -141,7 +142,8 @@ def build_cache(
 ) -> PrefixCache:
     """Computes (or, on resume, reuses) every view and the validation outputs of the prefix."""
     config = prepared.config
-    key = _key(split, config.backbone, config.image_size, choice.key, augment, config.seed)
+    # A view's rows are positions in its subset: a resumed run whose images changed needs new views.
+    key = _key(split, config, choice.key, augment, config.seed, _images_digest(prepared))
     folder = run / RunDir.FEATURES / f"prefix-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     feature_cache.describe(
@@ -161,7 +163,7 @@ def build_cache(
     for name, subset, seed, aug in [*jobs, ("validation", "validation", config.seed, False)]:
         path = folder / f"{name}.npy"
         copied = not aug and retry and _copy_from_stage1(split, prepared, run, choice, subset, path)
-        if not path.exists() and not copied:
+        if not _complete(path) and not copied:
             fn = fn or runtime.compile_inference(
                 split.prefix, choice, streaming=True, calibration=prepared.calibration_images(choice.precision)
             )
@@ -220,7 +222,7 @@ def _copy_from_stage1(
     split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice, subset: str, path: Path
 ) -> bool:
     """Writes an unaugmented view (+ its rows) of ``subset`` from stage 1's outputs; False when there are none."""
-    if path.exists():
+    if _complete(path):
         return True
     found = stage1_outputs(split, prepared, run, choice, subset)
     if found is None:
@@ -230,6 +232,20 @@ def _copy_from_stage1(
     write_view(path, split.cut_shape, len(file_rows), blocks)
     _save_array(_rows_path(path), np.arange(len(file_rows), dtype=np.int64))  # every image of the subset
     return True
+
+
+def _images_digest(prepared: Prepared) -> str:
+    digest = hashlib.sha256()
+    for subset in ("train", "validation"):
+        for r in prepared.rows(subset):
+            digest.update(f"{subset}|{r.path}|{r.sha256}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _complete(view: Path) -> bool:
+    """Whether a view and its rows are both on disk (the rows are written last: a kill between the two leaves a
+    view to compute again, not one without rows)."""
+    return view.exists() and _rows_path(view).exists()
 
 
 def _rows_path(view: Path) -> Path:
@@ -244,13 +260,16 @@ def _save_array(path: Path, array: np.ndarray) -> None:
 
 def _stage1_folder(split: Split, prepared: Prepared, run: RunDir, choice: runtime.RuntimeChoice) -> Path:
     config = prepared.config
-    key = _key(split, config.backbone, config.image_size, choice.key, False, 0)
+    key = _key(split, config, choice.key, False, 0)  # its outputs are found by sha256, whatever the split
     return run / RunDir.FEATURES / f"{STAGE1}{key}"
 
 
-def _key(split: Split, backbone: str, size: tuple[int, int], precision: str, augment: bool, seed: int) -> str:
+def _key(split: Split, config: TrainConfig, precision: str, augment: bool, seed: int, images: str = "") -> str:
+    """A cache's name: the frozen prefix and its weights, how the images are fed, and (``images``, for views)
+    which images in which order."""
     fingerprint = feature_cache.weights_fingerprint(split.prefix)
-    text = f"{backbone}|{split.cut}|{fingerprint}|{size[0]}x{size[1]}|{precision}|{augment}|{seed}"
+    size = config.image_size
+    text = f"{config.backbone}|{split.cut}|{fingerprint}|{size[0]}x{size[1]}|{precision}|{augment}|{seed}|{images}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

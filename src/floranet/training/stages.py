@@ -265,8 +265,11 @@ def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepa
     views = config.fine_tune_views or (min(config.fine_tune_epochs, AUTO_VIEWS) if augment else 1)
     cut, trained = prefix.split_model(source, spec), prefix.split_model(model, spec)
     refusal = _prefix_refusal(config, st.path, ctx.dist, cut, trained)
-    if refusal is None and cut is not None:
-        need, budget = prefix.cache_bytes(cut, prepared, views), prefix.cache_budget(ctx.run / RunDir.FEATURES)
+    # A resumed run keeps its path: its cache is on disk already (counting it against the free space would turn
+    # the run to the whole model, which its checkpoint of the top alone cannot continue).
+    need = prefix.cache_bytes(cut, prepared, views) if cut is not None else 0
+    if refusal is None and cut is not None and st.path != "prefix-cache":
+        budget = prefix.cache_budget(ctx.run / RunDir.FEATURES)
         if need > budget:
             refusal = f"its cache would take {need / 2**30:.1f} GiB, over the budget of {budget / 2**30:.1f} GiB"
     if refusal is not None or cut is None or trained is None:
@@ -325,7 +328,9 @@ def _restore_if_complete(target: keras.Model, st: StageState, ctx: StageContext)
     """A finished stage of a resumed run: its final weights are loaded instead of training again."""
     if not st.complete or ctx.dist.multi_worker:
         return False
-    target.load_weights(ctx.run / str(st.best_weights or st.checkpoint))
+    # As the stage ended: its best epoch with early stopping, else its last (as run_stage leaves it).
+    best = ctx.config.early_stopping_patience and st.best_weights and (ctx.run / st.best_weights).exists()
+    target.load_weights(ctx.run / str(st.best_weights if best else st.checkpoint))
     return True
 
 

@@ -195,8 +195,12 @@ def _stage1(
         )
         return None
     cached = cached_head_stage1(model, prepared, ctx)
-    if cached is not None:
-        precisions["features"] = cached.key
+    st = ctx.state.stage("stage1")
+    if cached is not None and st.features != cached.key:
+        st.features = cached.key
+        ctx.state.save(ctx.run)
+    if st.features:  # also when a resumed run restored stage 1 without computing its features
+        precisions["features"] = st.features
     return cached
 
 
@@ -240,6 +244,11 @@ def _distributed_resume(dist: distribute.Distribution, out: Path, resume: bool, 
     state = RunDir(out).read_json(RunDir.STATE)
     if state is None:
         return resume
+    if resume and state.get("complete", False):  # its backups are gone: every stage would train from scratch
+        raise ConfigError(
+            f"Nothing to resume: the multi-worker run in {out} is complete. Evaluate it again with `floranet "
+            "evaluate`, or start a new run with another --out. Received: resume=True"
+        )
     incomplete = not state.get("complete", False)
     if incomplete and not resume:
         say(f"Multi-worker restart: continuing the incomplete run in {out} from its backups.")
@@ -266,11 +275,7 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
     if resume:
         if not run.exists(RunDir.CONFIG):
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
-        saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
-        current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
-        # A setting newer than the run's config.yaml compares as its default (what that run used).
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        changed = sorted(k for k, v in current.items() if _norm(saved.get(k, defaults.get(k))) != _norm(v))
+        changed = settings_changed(run, config)
         if changed:
             raise ConfigError(
                 f"--resume needs the settings of the run in {run.path}; these differ: "
@@ -288,6 +293,15 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(config)
     return RunState()
+
+
+def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
+    """The settings of ``config`` that differ from the run's ``config.yaml`` (what a resume must not change)."""
+    saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
+    current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
+    # A setting newer than the run's config.yaml compares as its default (what that run used).
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return sorted(k for k, v in current.items() if _norm(saved.get(k, defaults.get(k))) != _norm(v))
 
 
 def _norm(v: Any) -> Any:

@@ -28,6 +28,7 @@ from floranet.errors import ConfigError, DatasetError, OutputError, WeightsError
 from floranet.inference import load
 from floranet.models import backbones
 from floranet.rundir import RunDir
+from floranet.training.trainer import settings_changed
 from floranet.utils.files import atomic_write_text, write_json
 from floranet.workflows.train import train
 
@@ -109,12 +110,14 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
 
     Raises:
         DatasetError: The data cannot be trained on.
-        ConfigError: A bad setting, or an ``OUT/<backbone>`` run that already exists.
+        ConfigError: A bad setting, or an ``OUT/<backbone>`` run of other settings (an interrupted comparison
+            is continued: its finished runs are reused, an incomplete one resumed).
     """
     out = Path(config.out)
     _check_out(config, out)
     # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
     runs = [(b, _settings(config, b, out, out / SPLIT)) for b in config.backbones]
+    earlier = {b: _earlier_run(b, s) for b, s in runs}  # an interrupted comparison continues where it stopped
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -123,7 +126,7 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
     runtime = ""
     entries = []
     for backbone, run_settings in runs:
-        entry, choice = _one(config, backbone, run_settings, progress=progress, say=say)
+        entry, choice = _one(config, backbone, run_settings, earlier[backbone], progress=progress, say=say)
         entries.append(entry)
         runtime = runtime or choice
     settings = {"data_dir": config.data_dir, "fine_tune": config.fine_tune, **dict(config.train)}
@@ -158,8 +161,8 @@ def _weights_label(weights: str | None) -> str:
 
 
 def _check_out(config: CompareConfig, out: Path) -> None:
-    """Refuses an ``out`` inside the data folder, a file, a folder holding things a comparison did not write, or
-    one that already holds a run of a backbone to train (nothing of anyone's is written over).
+    """Refuses an ``out`` inside the data folder, a file, or a folder holding things a comparison did not write
+    (nothing of anyone's is written over).
 
     Raises:
         ConfigError: One of those.
@@ -170,18 +173,37 @@ def _check_out(config: CompareConfig, out: Path) -> None:
     if not out.is_dir():
         raise ConfigError(f"out must be a folder for the comparison; it is a file. Received: out={str(out)!r}")
     ours = {SPLIT, TABLE_JSON, PAGE, RunDir.LOCK}
-    others = sorted(p.name for p in out.iterdir() if p.name not in ours and not RunDir(p).is_run())
+
+    def started(p: Path) -> bool:  # a run folder of a backbone that was killed before its config.yaml
+        return p.name in config.backbones and p.is_dir() and all(c.name == RunDir.LOCK for c in p.iterdir())
+
+    others = sorted(p.name for p in out.iterdir() if p.name not in ours and not RunDir(p).is_run() and not started(p))
     if others:
         raise ConfigError(
             f"out is a folder that holds things a comparison did not write ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder. Received: out={str(out)!r}"
         )
-    taken = [b for b in config.backbones if RunDir(out / b).is_run()]
-    if taken:
+
+
+def _earlier_run(backbone: str, settings: TrainConfig) -> str:
+    """What ``OUT/<backbone>`` holds: ``"new"`` (nothing yet), ``"finished"`` (a complete run of these settings,
+    reused) or ``"incomplete"`` (resumed).
+
+    Raises:
+        ConfigError: It holds a run of other settings (its model answers another question).
+    """
+    run = RunDir(settings.out)
+    if not run.is_run():
+        return "new"
+    changed = settings_changed(run, settings)
+    if changed:
         raise ConfigError(
-            f"out already holds runs of {', '.join(taken)} (an earlier comparison); choose a new folder, or move "
-            f"those runs away to train them again. Received: out={str(out)!r}"
+            f"out already holds a run of {backbone} with other settings ({', '.join(changed)}); choose a new folder, "
+            f"or move that run away to train it again. Received: out={str(run.path.parent)!r}"
         )
+    state = run.read_json(RunDir.STATE) or {}
+    done = state.get("complete") and run.exists(RunDir.MODEL) and run.exists(RunDir.METRICS)
+    return "finished" if done else "incomplete"
 
 
 def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path) -> TrainConfig:
@@ -206,24 +228,35 @@ def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path)
 
 
 def _one(
-    config: CompareConfig, backbone: str, settings: TrainConfig, *, progress: bool, say: Callable[[str], None]
+    config: CompareConfig,
+    backbone: str,
+    settings: TrainConfig,
+    earlier: str,
+    *,
+    progress: bool,
+    say: Callable[[str], None],
 ) -> tuple[Entry, str]:
-    """Trains and measures one backbone (as the comparison names it); (its entry, the runtime its latency ran on)."""
+    """Trains (``earlier``: ``"new"``), resumes (``"incomplete"``) or reuses (``"finished"``) one backbone's run and
+    measures it; (its entry, the runtime its latency ran on)."""
     entry = Entry(backbone, _weights_label(config.weights_of(backbone)))
-    say(f"== {backbone} ({entry.weights}) -> {settings.out}")
-    try:
-        result = train(settings, progress=progress, say=say)
-    except WeightsError as e:
-        entry.skipped = f"no weights: {e}".split(". ")[0]
-        say(f"Skipping {backbone}: {e}")
-        return entry, ""
-    run = RunDir(result.run_dir)
+    say(f"== {backbone} ({entry.weights}) -> {settings.out}" + {"new": "", "incomplete": " (resumed)"}.get(earlier, ""))
+    run = RunDir(settings.out)
+    if earlier == "finished":
+        say(f"Reusing the finished run of {backbone} in {run.path} (same settings).")
+    else:
+        try:
+            train(settings, resume=earlier == "incomplete", progress=progress, say=say)
+        except WeightsError as e:
+            entry.skipped = f"no weights: {e}".split(". ")[0]
+            say(f"Skipping {backbone}: {e}")
+            return entry, ""
     metrics = run.metrics()
     entry.run_dir = str(run.path)
     entry.accuracy = metrics.get("accuracy")
     entry.ece = metrics.get("calibration", {}).get("ece")
     entry.size_bytes = run.model_file.stat().st_size
-    entry.train_s = round(result.timings.get("total", 0.0), 1)
+    # As its metrics.json records it: the whole train command (of the last invocation, for a resumed run).
+    entry.train_s = round(float(metrics.get("timings_s", {}).get("total", 0.0)), 1)
     b1, b32, choice = latency(run.path, config.runtime, config.precision)
     entry.latency_ms_batch1, entry.latency_ms_batch32 = b1, b32
     return entry, choice

@@ -13,6 +13,7 @@ from floranet.evaluation.report import build_report
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
+from floranet.utils.optional import require
 from floranet.workflows.after_training import audit_and_unknown
 
 
@@ -40,6 +41,7 @@ def train(
             this tracking URI ("" for MLflow's default); None: no MLflow.
 
     Raises:
+        MissingDependencyError: ``mlflow`` is asked for and not installed (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
@@ -47,6 +49,8 @@ def train(
         raise ConfigError(
             f"data_dir is required (a folder of class sub-folders). Received: data_dir={config.data_dir!r}"
         )
+    if mlflow is not None:  # not after an hour of training
+        require("mlflow", "--mlflow")
     # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
     weights_lib.ensure_available(config.backbone, config.weights)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder

@@ -1,0 +1,183 @@
+"""--resume after an interruption at awkward moments, and after the data changed: the run completes as it began,
+or is refused by name; nothing leaves a run that can never be resumed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+
+from floranet import config
+from floranet.errors import ConfigError, DatasetError, MissingDependencyError
+from floranet.rundir import RunDir
+from floranet.training import checkpoint, prefix, stages, trainer
+from floranet.workflows import train
+from imagesets import TINY_MODEL, make_image_folder
+
+FAST = {**TINY_MODEL, "batch_size": 8}
+
+
+class Killed(Exception):
+    """Stands for a kill -9 at the end of an epoch (its checkpoint and state.json written)."""
+
+
+def _settings(data: Path, out: Path, **more) -> config.TrainConfig:
+    base = {"epochs": 3, "fine_tune_epochs": 3, "augment": "off", "audit": False, **FAST}
+    return config.resolve(data_dir=str(data), out=str(out), **{**base, **more})
+
+
+def _interrupted(monkeypatch, cfg: config.TrainConfig, stage: str, epochs: int) -> RunDir:
+    """Trains ``cfg`` until ``stage`` has finished ``epochs`` epochs, then stops as a killed process would."""
+    original = checkpoint.EpochCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if self.stage == stage and epoch + 1 >= epochs:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", on_epoch_end)
+        with pytest.raises(Killed):
+            train(cfg, progress=False, say=lambda _: None)
+    return RunDir(cfg.out)
+
+
+def _resume(cfg: config.TrainConfig) -> dict:
+    train(cfg, resume=True, progress=False, say=lambda _: None)
+    return json.loads((Path(cfg.out) / RunDir.STATE).read_text())
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data", classes=3, per_class=8)
+
+
+def test_a_view_without_its_rows_is_computed_again(data, tmp_path, monkeypatch) -> None:
+    """A kill between a view's .npy and its .rows.npy made every later --resume fail (FileNotFoundError)."""
+    cfg = _settings(data, tmp_path / "run")
+    run = _interrupted(monkeypatch, cfg, "stage2", 1)
+    rows = sorted((run / RunDir.FEATURES).glob("prefix-*/train-view-0.rows.npy"))
+    assert rows
+    rows[0].unlink()
+    state = _resume(cfg)
+    assert state["complete"] and state["stages"]["stage2"]["path"] == "prefix-cache"
+
+
+def test_resume_when_images_changed_mid_fine_tuning_uses_new_views(data, tmp_path, monkeypatch) -> None:
+    """A view's rows are positions in its subset: with one image gone they pointed past the end (IndexError on
+    every later --resume), and an edited image kept its old cached outputs."""
+    cfg = _settings(data, tmp_path / "run")
+    run = _interrupted(monkeypatch, cfg, "stage2", 1)
+    before = {p.name for p in (run / RunDir.FEATURES).glob("prefix-*") if not p.name.startswith(prefix.STAGE1)}
+    train_file = next(r.path for r in run.split().rows if r.split == "train")
+    (data / train_file).unlink()
+    state = _resume(cfg)
+    assert state["complete"] and len(state["history"]) == 6
+    assert (run / RunDir.SPLIT).read_text().count(train_file) == 1  # the run's record is kept as it was
+    assert before  # the views of the old image list were used, then replaced: none is left at the end
+    assert not list((run / RunDir.FEATURES).glob("prefix-[!s]*"))
+
+
+def test_resume_refuses_data_that_lost_a_class_and_keeps_the_run_resumable(data, tmp_path, monkeypatch) -> None:
+    """With a class folder gone, --resume trained the 3-class checkpoint on shifted labels, rewrote split.csv and
+    class_names.json, then failed on the head's shape, and the run could not be resumed even with the images back."""
+    cfg = _settings(data, tmp_path / "run")
+    run = _interrupted(monkeypatch, cfg, "stage1", 1)
+    split_before = (run / RunDir.SPLIT).read_bytes()
+    shutil.move(data / "class_1", tmp_path / "away")
+    with pytest.raises(DatasetError, match=r"trained on 3 classes, and 'class_1' has no usable image"):
+        _resume(cfg)
+    assert (run / RunDir.SPLIT).read_bytes() == split_before and run.class_names() == ["class_0", "class_1", "class_2"]
+    shutil.move(tmp_path / "away", data / "class_1")
+    assert _resume(cfg)["complete"]
+
+
+def test_resume_keeps_the_cached_fine_tuning_path_when_space_is_short(data, tmp_path, monkeypatch) -> None:
+    """The budget was checked again on resume, counting the cache already on disk: stage 2 switched to the whole
+    model and failed loading the top's checkpoint into it."""
+    cfg = _settings(data, tmp_path / "run")
+    _interrupted(monkeypatch, cfg, "stage2", 1)
+    monkeypatch.setattr(prefix, "MAX_CACHE_BYTES", 1000)
+    state = _resume(cfg)
+    assert state["complete"] and state["stages"]["stage2"]["path"] == "prefix-cache"
+
+
+def test_a_finished_stage_is_restored_as_it_ended(tmp_path) -> None:
+    """Without early stopping a stage ends on its last epoch; a resumed run restored its best one instead."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    run = RunDir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    model.layers[0].set_weights([np.ones((2, 1)), np.ones(1)])
+    model.save_weights(tmp_path / "checkpoints" / "best.weights.h5")
+    model.layers[0].set_weights([np.full((2, 1), 7.0), np.full(1, 7.0)])
+    model.save(tmp_path / "checkpoints" / "last.keras")
+    st = checkpoint.StageState(3, "checkpoints/last.keras", 0.1, "checkpoints/best.weights.h5", 0, True)
+    for patience, expected in ((0, 7.0), (2, 1.0)):
+        ctx = SimpleNamespace(
+            config=SimpleNamespace(early_stopping_patience=patience), dist=SimpleNamespace(multi_worker=False), run=run
+        )
+        model.layers[0].set_weights([np.zeros((2, 1)), np.zeros(1)])
+        assert stages._restore_if_complete(model, st, ctx)
+        assert float(model.layers[0].get_weights()[1][0]) == expected
+
+
+def test_best_weights_are_named_by_epoch_so_a_kill_keeps_state_and_file_together(tmp_path, monkeypatch) -> None:
+    """One fixed best-weights name was replaced before state.json: a kill between the two left the file of an epoch
+    the state did not name as best."""
+    run = RunDir(tmp_path)
+    state = checkpoint.RunState()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = checkpoint.EpochCheckpoint(run, "stage1", state, model, 0)
+    callback.on_epoch_end(0, {"val_loss": 1.0})
+    first = state.stage("stage1").best_weights
+    assert first == "checkpoints/stage1-best-epoch001.weights.h5" and (tmp_path / first).exists()
+    monkeypatch.setattr(checkpoint.RunState, "save", lambda self, run: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):  # epoch 2 improves; killed before its state is saved
+        callback.on_epoch_end(1, {"val_loss": 0.5})
+    saved = json.loads((tmp_path / RunDir.STATE).read_text())["stages"]["stage1"]
+    assert saved["best_weights"] == first and (tmp_path / first).exists()  # what the state names is still there
+    monkeypatch.undo()
+    state = checkpoint.RunState.load(run)  # the resumed process: epoch 2 again, then 3
+    callback = checkpoint.EpochCheckpoint(run, "stage1", state, model, 0)
+    callback.on_epoch_end(1, {"val_loss": 0.7})
+    callback.on_epoch_end(2, {"val_loss": 0.2})
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["stage1-best-epoch003.weights.h5", "stage1-epoch003.keras"]  # superseded and stray files gone
+
+
+def test_mlflow_is_checked_before_training(data, tmp_path, monkeypatch) -> None:
+    """Without mlflow installed, train --mlflow trained, evaluated and reported, then exited with status 2."""
+    import importlib
+
+    def missing(name: str, what: str):
+        raise MissingDependencyError(f"{what} needs {name}", package=name, extra="mlflow")
+
+    monkeypatch.setattr(importlib.import_module("floranet.workflows.train"), "require", missing)
+    with pytest.raises(MissingDependencyError):
+        train(_settings(data, tmp_path / "run"), mlflow="", progress=False, say=lambda _: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_restarted_workers_out_with_its_backups_is_accepted(tmp_path) -> None:
+    """A non-chief worker's --out holds only backup/worker-<i>/: the restarted job's worker was refused as "not a
+    floranet run", and the chief waited for it forever."""
+    out = tmp_path / "worker1"
+    (out / "backup" / "worker-1" / "stage1").mkdir(parents=True)
+    RunDir(out).check_new_output()
+    (out / "backup" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and not a floranet run"):
+        RunDir(out).check_new_output()
+
+
+def test_resuming_a_complete_multi_worker_run_is_refused(tmp_path) -> None:
+    """Its backups are deleted at the end: every stage trained again from scratch, with wrong epoch numbers."""
+    RunDir(tmp_path).write_json(RunDir.STATE, {"complete": True})
+    chief = SimpleNamespace(multi_worker=True, is_chief=True)
+    with pytest.raises(ConfigError, match="Nothing to resume: the multi-worker run .* is complete"):
+        trainer._distributed_resume(chief, tmp_path, True, lambda _: None)
+    assert trainer._distributed_resume(chief, tmp_path, False, lambda _: None) is False
