@@ -214,7 +214,9 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
         data,
         steps,
         scheduled=False,
-        steps_per_execution=steps_per_call(steps),
+        # Several batches per call fail under MultiWorkerMirroredStrategy ("You must feed a value for placeholder
+        # tensor" in Keras's multi-step loop): one a call there.
+        steps_per_execution=1 if ctx.dist.multi_worker else steps_per_call(steps),
     )
     run_stage(stage, ctx)
     # The converted backbone (pixels → features; not with ``also``'s extra outputs): the run's compiled model
