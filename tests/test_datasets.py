@@ -202,14 +202,14 @@ def test_marker_of_another_archive_version_is_kept_and_a_fresh_copy_made_beside(
 
 
 def test_interrupted_extraction_never_looks_complete(tmp_path, monkeypatch):
-    def boom(tar: tarfile.TarFile, dest: Path) -> None:
+    def boom(tar: tarfile.TarFile, dest: Path, *, max_bytes: int) -> None:
         (dest / "flower_photos" / "daisy").mkdir(parents=True)
         (dest / "flower_photos" / "daisy" / "00.jpg").write_bytes(b"half")
         raise KeyboardInterrupt
 
     with serve(GOOD) as srv:
         _use_spec(monkeypatch, srv.url)
-        monkeypatch.setattr(datasets, "_safe_extractall", boom)
+        monkeypatch.setattr(datasets.archives, "safe_extractall", boom)
         with pytest.raises(KeyboardInterrupt):
             _fetch(tmp_path)
         _assert_nothing_extracted(tmp_path)
@@ -392,7 +392,7 @@ def _symlink(name: str, target: str) -> tarfile.TarInfo:
 def test_malicious_archive_is_refused_and_nothing_escapes(tmp_path, monkeypatch, data_filter, evil):
     if data_filter and not hasattr(tarfile, "data_filter"):
         pytest.skip("this Python has no tarfile data filter")
-    monkeypatch.setattr(datasets, "_HAS_DATA_FILTER", data_filter)
+    monkeypatch.setattr(datasets.archives, "HAS_DATA_FILTER", data_filter)
     archive = _tgz([("flower_photos/daisy/a.jpg", _jpeg((9, 9, 9))), evil])
     cache = tmp_path / "a" / "b" / "cache"
     with serve(archive) as srv:
@@ -405,7 +405,7 @@ def test_malicious_archive_is_refused_and_nothing_escapes(tmp_path, monkeypatch,
 
 
 def test_fallback_refuses_absolute_paths(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_HAS_DATA_FILTER", False)
+    monkeypatch.setattr(datasets.archives, "HAS_DATA_FILTER", False)
     archive = _tgz([("flower_photos/daisy/a.jpg", b"x"), (str(tmp_path / "abs-evil"), b"x")])
     with serve(archive) as srv:
         _use_spec(monkeypatch, srv.url, sha256=None, size=None)

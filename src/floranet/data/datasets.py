@@ -21,6 +21,7 @@ it (``flower_photos-floranet``) and the caller is told.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import importlib.resources
 import logging
@@ -35,8 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from floranet.errors import ConfigError, DatasetError
+from floranet.data import archives
+from floranet.errors import ConfigError, DatasetError, OutputError
 from floranet.utils import download as download_lib
+from floranet.utils import locks
 
 log = logging.getLogger(__name__)
 MARKER = ".floranet-complete"
@@ -44,7 +47,6 @@ MINI_FLOWERS = "mini_flowers"
 MIRROR_ENV = "FLORANET_DATASETS_URL"
 _STALE_AFTER_S = 3600.0  # leftovers of an interrupted extraction older than this are removed
 _IN_PROGRESS = ".floranet-extracting"  # marks floranet's own temporary extraction folders
-_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python >= 3.11.4 / 3.12
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,28 @@ def fetch(
     target = _target(root, spec)
     if _is_complete(target, spec):
         return target
+    # One fetch of a set into a folder at a time: a second one waits, then finds the set (two at once appended
+    # to one partial file, or failed to move their copies into the same place).
+    lock = root / f".{spec.archive_root}.lock"
+    fd = locks.acquire(lock, what=f"the fetch of {name} into {root}", wait=True)
+    try:
+        return _fetch_locked(spec, root, url, timeout, progress, say)
+    finally:
+        locks.release(lock, fd)
+
+
+def _fetch_locked(
+    spec: DatasetSpec,
+    root: Path,
+    url: str | None,
+    timeout: float,
+    progress: bool,
+    say: Callable[[str], None] | None,
+) -> Path:
+    name = spec.name
+    target = _target(root, spec)
+    if _is_complete(target, spec):
+        return target
     if target.name != spec.archive_root:
         (say or log.warning)(
             f"{root / spec.archive_root} exists but is not a complete copy made by floranet (no {MARKER} with this "
@@ -166,10 +190,12 @@ def fetch(
         f"download {source} on a machine with internet and put it at {archive}, "
         "or train on a folder-per-class image set of your own (floranet train DIR)."
     )
+    _check_space(root, spec, archive)
     archive = download_lib.download(
         source,
         archive,
         file_hash=spec.sha256,
+        size=spec.size,
         timeout=timeout,
         progress=progress,
         manual_hint=f"If this machine is offline, {by_hand}",
@@ -185,6 +211,23 @@ def fetch(
     digest = spec.sha256.lower() if spec.sha256 else download_lib.file_digest(archive, "sha256")
     _extract(archive, spec, target, digest, source, hint)
     return target
+
+
+def _check_space(root: Path, spec: DatasetSpec, archive: Path) -> None:
+    """Refuses to start when the disk cannot hold the archive and the extracted set (about its size again).
+
+    Raises:
+        OutputError: Too little free space, with how much is needed.
+    """
+    if not spec.size:
+        return
+    have = archive.stat().st_size if archive.is_file() else 0
+    need, free = 2 * spec.size - have + (64 << 20), shutil.disk_usage(root).free
+    if free < need:
+        raise OutputError(
+            root,
+            OSError(errno.ENOSPC, f"{free / 2**20:,.0f} MiB free, {spec.name} needs about {need / 2**20:,.0f} MiB"),
+        )
 
 
 def _target(root: Path, spec: DatasetSpec) -> Path:
@@ -226,18 +269,28 @@ def _is_complete(target: Path, spec: DatasetSpec) -> bool:
     return recorded == spec.sha256.lower()
 
 
-class _UnsafeMember(Exception):
-    """A member the fallback check refuses (what ``tarfile.FilterError`` is for ``filter="data"``)."""
-
-
-_UNSAFE: tuple[type[Exception], ...] = (
-    (_UnsafeMember, tarfile.FilterError) if hasattr(tarfile, "FilterError") else (_UnsafeMember,)
-)
+def _extract_budget(spec: DatasetSpec) -> int:
+    """Bytes an archive's files may declare: four times the archive (its JPEGs hardly compress; at least 256 MiB),
+    else 32 GiB."""
+    return max(4 * spec.size, 256 << 20) if spec.size else 32 << 30
 
 
 def _extract(archive: Path, spec: DatasetSpec, target: Path, digest: str, source: str, hint: str) -> None:
     """Extracts ``archive`` into a temporary sibling of ``target``, then renames it to ``target`` (which does not
-    exist: nothing is ever replaced)."""
+    exist: nothing is ever replaced).
+
+    Raises:
+        DatasetError: The archive is unsafe, corrupt or not the set's (it is deleted).
+        OutputError: The cache folder cannot be written (read-only, or the disk is full).
+    """
+    root = target.parent
+    try:
+        _extract_into(archive, spec, target, digest, source, hint)
+    except OSError as e:
+        raise OutputError(root, e) from None
+
+
+def _extract_into(archive: Path, spec: DatasetSpec, target: Path, digest: str, source: str, hint: str) -> None:
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root, spec.archive_root)
@@ -246,8 +299,8 @@ def _extract(archive: Path, spec: DatasetSpec, target: Path, digest: str, source
         (tmp / _IN_PROGRESS).touch()
         try:
             with tarfile.open(archive, "r:*") as tar:
-                _safe_extractall(tar, tmp)
-        except _UNSAFE as e:
+                archives.safe_extractall(tar, tmp, max_bytes=_extract_budget(spec))
+        except archives.UNSAFE as e:
             archive.unlink(missing_ok=True)
             raise DatasetError(
                 f"Refused to extract {archive} (from {source}): it contains an unsafe member ({e}); "
@@ -267,12 +320,9 @@ def _extract(archive: Path, spec: DatasetSpec, target: Path, digest: str, source
                 f"{spec.archive_root!r}; it is not the {spec.name} archive and was not kept."
             )
         (extracted / MARKER).write_text(digest + "\n", encoding="utf-8")
-        try:
-            os.rename(extracted, target)  # never replaces: target does not exist (see _target)
-        except OSError as e:
-            raise DatasetError(
-                f"Cannot move the extracted set into place at {target} ({e.strerror or e}); it was left untouched."
-            ) from None
+        if target.exists() or target.is_symlink():  # made meanwhile (the fetch lock keeps floranet out): not ours
+            raise DatasetError(f"{target} appeared while {spec.name} was extracted; it was left untouched. Run again.")
+        os.rename(extracted, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -292,38 +342,3 @@ def _remove_leftovers(root: Path, archive_root: str) -> None:
                 and now - p.stat().st_mtime > _STALE_AFTER_S
             ):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def _safe_extractall(tar: tarfile.TarFile, dest: Path) -> None:
-    if _HAS_DATA_FILTER:
-        # Refuses members outside dest, links pointing outside, device files; drops unsafe modes.
-        tar.extractall(dest, filter="data")
-        return
-    tar.extractall(dest, members=_checked_members(tar, dest))
-
-
-def _checked_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
-    """The fallback of ``filter="data"``: only files/folders/safe links inside ``dest``."""
-    base = os.path.realpath(dest)
-
-    def inside(path: str) -> bool:
-        return os.path.commonpath([base, os.path.realpath(path)]) == base
-
-    members = []
-    for m in tar.getmembers():
-        name = m.name
-        if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in PurePosixPath(name).parts:
-            raise _UnsafeMember(f"{name!r} has an absolute path or '..'")
-        if not inside(os.path.join(base, name)):
-            raise _UnsafeMember(f"{name!r} would be written outside the destination")
-        if m.issym() or m.islnk():
-            link = m.linkname
-            where = os.path.dirname(name) if m.issym() else ""  # hard links are relative to the root
-            target = os.path.join(base, where, link)
-            if os.path.isabs(link) or not inside(target):
-                raise _UnsafeMember(f"link {name!r} -> {link!r} points outside the destination")
-        elif not (m.isfile() or m.isdir()):
-            raise _UnsafeMember(f"{name!r} is a special file")
-        m.mode = (m.mode | 0o600) & 0o755  # no setuid/setgid/sticky; readable by us
-        members.append(m)
-    return members

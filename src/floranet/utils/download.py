@@ -7,9 +7,15 @@ it; the final file only appears (by rename) once its checksum matches.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import http.client
 import math
 import os
+import stat
+import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,9 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from floranet.errors import ConfigError, DownloadError, OutputError
+from floranet.utils import locks
+from floranet.utils.files import current_umask
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 10.0
+# A transfer that brings fewer than MIN_BYTES in RATE_WINDOW_S seconds stops: a server trickling a byte at a time
+# never trips the per-read timeout.
+MIN_BYTES = 64 << 10
+RATE_WINDOW_S = 60.0
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
@@ -50,18 +62,23 @@ def download(
     dest: str | os.PathLike[str],
     *,
     file_hash: str | None = None,
+    size: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     progress: bool = True,
     manual_hint: str = "",
 ) -> Path:
     """Downloads ``url`` to ``dest`` unless a verified copy is already there.
 
+    One process at a time downloads a file (``.<name>.lock`` beside it; a second one waits, then finds it).
+
     Args:
         url: http(s) or file URL.
         dest: Final path. Parent folders are created.
-        file_hash: Expected md5 or sha256 hex digest; checked before the file
-            is renamed into place. A cached file that fails it is fetched again.
-        timeout: Seconds allowed for connecting and for each read.
+        file_hash: Expected md5 or sha256 hex digest; checked before the file is renamed into place.
+        size: Expected bytes, when known: a server that announces or sends more is refused at once (a mirror
+            or captive portal streaming without end would otherwise fill the disk before the checksum).
+        timeout: Seconds allowed for connecting and for each read; a transfer slower than
+            :data:`MIN_BYTES` in :data:`RATE_WINDOW_S` seconds stops too (the partial file is kept).
         progress: Show a progress bar on stderr.
         manual_hint: Appended to error messages, e.g. how to place the file by hand.
 
@@ -69,35 +86,56 @@ def download(
         The path of the verified file.
 
     Raises:
-        DownloadError: The server is unreachable, the transfer failed, or the
-            checksum does not match.
-        ConfigError: ``url`` is not an http(s) or file URL, or ``timeout`` not a positive number.
-        OutputError: ``dest``'s folder cannot be made.
+        DownloadError: The server is unreachable, the transfer failed, was too slow or too large, the checksum
+            does not match, or ``dest`` exists and is not the expected file (it is left as it is).
+        ConfigError: ``url`` is not an ASCII http(s) or file URL, or ``timeout`` not a positive number.
+        OutputError: ``dest``'s folder cannot be made, or the file cannot be written (read-only, disk full).
     """
     _check_request(url, timeout)
     dest = Path(dest)
-    if verify(dest, file_hash):
-        return dest
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, no permission
         raise OutputError(dest.parent, e) from None
+    lock = dest.with_name(f".{dest.name}.lock")
+    fd = locks.acquire(lock, what=f"the download of {dest}", wait=True)
+    try:
+        return _download(url, dest, file_hash, size, timeout, progress, f" {manual_hint}" if manual_hint else "")
+    finally:
+        locks.release(lock, fd)
+
+
+def _download(
+    url: str, dest: Path, file_hash: str | None, size: int | None, timeout: float, progress: bool, hint: str
+) -> Path:
+    if verify(dest, file_hash):
+        return dest
+    shown = _redacted(url)
+    if dest.exists() or dest.is_symlink():  # floranet renames only verified files there: this is someone's
+        raise DownloadError(
+            f"{dest} exists but is not the expected file ({_describe(dest)}; expected "
+            f"{_algorithm_for(file_hash or '')} {file_hash}); it is left as it is. Move it away and run again.{hint}"
+        )
     part = dest.with_name(dest.name + ".part")
-    hint = f" {manual_hint}" if manual_hint else ""
     for attempt in range(2):
-        offset = part.stat().st_size if part.exists() else 0
+        offset = part.stat().st_size if part.exists() and not part.is_symlink() else 0
         try:
-            _fetch(url, part, offset, timeout, progress)
+            _fetch(url, part, offset, timeout, progress, size)
         except urllib.error.HTTPError as e:
             if e.code == 416 and offset > 0 and attempt == 0:
                 # The .part is already as long as the file (or longer, stale): the server
                 # refuses the Range. Start over instead of failing on every later try.
                 part.unlink(missing_ok=True)
                 continue
-            raise DownloadError(f"Could not download {url} to {dest}: {e.reason}.{hint}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)  # ValueError: a URL urllib cannot take apart ('http://[::1')
-            raise DownloadError(f"Could not download {url} to {dest}: {reason}.{hint}") from e
+            raise DownloadError(f"Could not download {shown} to {dest}: {e.reason}.{hint}") from e
+        except _Refused as e:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"Refused the download of {shown} to {dest}: {e}; nothing was kept.{hint}") from e
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+            raise DownloadError(f"Could not download {shown} to {dest}: {reason}.{hint}") from e
+        except ValueError as e:  # a URL urllib cannot take apart ('http://[::1')
+            raise DownloadError(f"Could not download {shown} to {dest}: {e}.{hint}") from e
         if verify(part, file_hash):
             os.replace(part, dest)
             return dest
@@ -107,14 +145,35 @@ def download(
             continue
         break
     raise DownloadError(
-        f"Checksum mismatch for {url}: expected {_algorithm_for(file_hash or '')} "
+        f"Checksum mismatch for {shown}: expected {_algorithm_for(file_hash or '')} "
         f"{file_hash}. The file was not kept; try again.{hint}"
     )
 
 
+def _describe(path: Path) -> str:
+    if path.is_symlink():
+        return "a symbolic link"
+    try:
+        return f"{path.stat().st_size:,} bytes, sha256 {file_digest(path)}"
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password (messages are printed and logged)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def _check_request(url: str, timeout: float) -> None:
-    """Refuses what urllib would fail on with a traceback: a URL that is not http(s) or file, a timeout that is
-    not a positive number of seconds.
+    """Refuses what urllib would fail on with a traceback: a URL that is not http(s) or file, or holds spaces,
+    control or non-ASCII characters; a timeout that is not a positive number of seconds.
 
     Raises:
         ConfigError: One of those.
@@ -126,12 +185,21 @@ def _check_request(url: str, timeout: float) -> None:
     except ValueError:
         scheme = ""
     if scheme not in ("http", "https", "file"):
-        raise ConfigError(f"url must be an http(s):// or file:// URL. Received: url={url!r}")
+        raise ConfigError(f"url must be an http(s):// or file:// URL. Received: url={_redacted(url)!r}")
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(
+            "url must be ASCII without spaces or control characters (percent-encode them, e.g. %20). "
+            f"Received: url={_redacted(url)!r}"
+        )
     if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"timeout must be a positive number of seconds. Received: timeout={timeout!r}")
 
 
-def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool) -> None:
+class _Refused(ValueError):
+    """The server sends what cannot be the file asked for (more bytes than it has)."""
+
+
+def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, size: int | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "floranet"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
@@ -141,17 +209,51 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool) ->
             offset = 0  # server ignored the Range header: restart from scratch
         length = response.headers.get("Content-Length")
         total = int(length) + offset if length and length.isdigit() else None
+        if size is not None and total is not None and total > size:
+            raise _Refused(f"the server announces {total:,} bytes, more than the file's {size:,}")
         bar = _progress_bar(total, offset, part.name, progress)
-        with open(part, "ab" if offset else "wb") as f:
-            for chunk in iter(lambda: response.read(CHUNK), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
+        with _open_part(part, offset) as f:
+            _copy(response, f, offset, size, bar)
         bar.close()
         if total is not None and part.stat().st_size < total:
             raise ConnectionError(
                 f"connection closed after {part.stat().st_size} of {total} bytes "
                 "(the partial file is kept and resumed on the next try)"
             )
+
+
+def _open_part(part: Path, offset: int) -> Any:
+    """The partial file for writing, never through a symbolic link (one planted in a shared cache would have the
+    download written over its target)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if offset else os.O_TRUNC)
+    try:
+        return os.fdopen(os.open(part, flags, 0o666 & ~current_umask()), "ab" if offset else "wb")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Refused(f"{part} is a symbolic link (remove it)") from None
+        raise OutputError(part, e) from None
+
+
+def _copy(response: Any, f: Any, offset: int, size: int | None, bar: Any) -> None:
+    """Copies the body as it arrives; stops past ``size`` bytes and below :data:`MIN_BYTES` a window."""
+    received, window_start, window_bytes = offset, time.monotonic(), 0
+    while chunk := response.read1(CHUNK):
+        received += len(chunk)
+        if size is not None and received > size:
+            raise _Refused(f"the server sent more than the file's {size:,} bytes")
+        try:
+            f.write(chunk)
+        except OSError as e:  # disk full, ...: not the network's fault
+            raise OutputError(f.name, e) from None
+        bar.update(len(chunk))
+        window_bytes += len(chunk)
+        if time.monotonic() - window_start >= RATE_WINDOW_S:
+            if window_bytes < MIN_BYTES:
+                raise TimeoutError(
+                    f"the transfer was slower than {MIN_BYTES // 1024} KiB in {RATE_WINDOW_S:g} s (the partial file "
+                    "is kept and resumed on the next try)"
+                )
+            window_start, window_bytes = time.monotonic(), 0
 
 
 def _progress_bar(total: int | None, initial: int, name: str, enabled: bool) -> Any:
@@ -169,8 +271,30 @@ def _progress_bar(total: int | None, initial: int, name: str, enabled: bool) -> 
 
 
 def cache_dir(subdir: str) -> Path:
-    """Keras's cache folder (``$KERAS_HOME`` or ``~/.keras``) joined with ``subdir``."""
+    """Keras's cache folder (``$KERAS_HOME`` or ``~/.keras``) joined with ``subdir``; on a home that cannot be
+    written, a private folder of this user in the temporary folder.
+
+    Raises:
+        OutputError: That private folder exists and is not this user's alone.
+    """
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     if not os.access(os.path.dirname(base) or ".", os.W_OK) and not os.path.isdir(base):
-        base = os.path.join("/tmp", ".keras")  # as Keras does on read-only homes
+        base = _private_temp_folder()
     return Path(base) / subdir
+
+
+def _private_temp_folder() -> str:
+    """``/tmp/.keras-<uid>``, mode 0700 (Keras uses a shared ``/tmp/.keras``, where another user could plant a
+    symbolic link to be written through, or a complete-looking data set to be trained on)."""
+    path = os.path.join(tempfile.gettempdir(), f".keras-{os.getuid()}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if (
+        stat.S_ISLNK(info.st_mode)
+        or not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or info.st_mode & 0o077
+    ):
+        raise OutputError(path, PermissionError(errno.EPERM, "not a private folder of this user; remove it"))
+    return path

@@ -16,11 +16,16 @@ from floranet.errors import OutputError, RunLockedError
 from floranet.utils.files import current_umask
 
 
-def acquire(path: Path, *, what: str) -> int:
+def acquire(path: Path, *, what: str, wait: bool = False) -> int:
     """Locks ``path`` (creating it and its folder) and writes this process's pid into it; returns the fd.
 
+    Args:
+        path: The lock file.
+        what: What the lock guards, for the error message.
+        wait: Wait for another holder to finish instead of refusing.
+
     Raises:
-        RunLockedError: Another process holds the lock.
+        RunLockedError: Another process holds the lock (and ``wait`` is False).
         OutputError: The lock file cannot be created.
     """
     try:
@@ -33,7 +38,7 @@ def acquire(path: Path, *, what: str) -> int:
         except OSError as e:
             raise OutputError(path, e) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)

@@ -1,0 +1,231 @@
+"""Downloads and archives as hostile input: endless or trickling servers, broken HTTP, planted links, files of the
+user's in the way, concurrent fetches, and archives that are bombs or not plain files (loopback servers only)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import pytest
+
+from floranet.data import archives, datasets
+from floranet.errors import ConfigError, DatasetError, DownloadError, OutputError
+from floranet.utils import download
+from test_datasets import ARCHIVE, GOOD, _assert_good, _fetch, _tgz, _use_spec, serve
+
+
+@contextmanager
+def raw_server(respond) -> Iterator[str]:
+    """A loopback server whose every connection is handed to ``respond(conn)`` (anything HTTP or not)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=_answer, args=(conn,), daemon=True).start()
+
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            with suppress(OSError):
+                respond(conn, stop)
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/{ARCHIVE}"
+    finally:
+        stop.set()
+        sock.close()
+
+
+def _endless(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"\0" * 65536)
+
+
+def _trickle(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    while not stop.is_set():
+        conn.sendall(b"x")
+        time.sleep(0.05)
+
+
+def test_a_server_that_never_stops_sending_is_cut_at_the_files_size(tmp_path, monkeypatch) -> None:
+    """No size limit: the .part grew past the archive's known size until the disk was full."""
+    with raw_server(_endless) as url:
+        _use_spec(monkeypatch, url)
+        with pytest.raises(DownloadError, match=f"sent more than the file's {len(GOOD):,} bytes; nothing was kept"):
+            _fetch(tmp_path)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_server_announcing_more_than_the_file_is_refused_at_once(tmp_path, monkeypatch) -> None:
+    with serve(GOOD + b"\0" * 5000) as srv:
+        _use_spec(monkeypatch, srv.url)
+        with pytest.raises(DownloadError, match=f"announces {len(GOOD) + 5000:,} bytes, more than the file's"):
+            _fetch(tmp_path)
+
+
+def test_a_trickling_server_stops_with_the_part_kept(tmp_path, monkeypatch) -> None:
+    """A byte every 50 ms never trips the per-read timeout: the transfer ran on for ever."""
+    monkeypatch.setattr(download, "RATE_WINDOW_S", 0.5)
+    monkeypatch.setattr(download, "MIN_BYTES", 1024)
+    with raw_server(_trickle) as url:
+        _use_spec(monkeypatch, url, size=None)
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match="slower than 1 KiB in 0.5 s .the partial file is kept"):
+            _fetch(tmp_path)
+    assert time.monotonic() - start < 5 and (tmp_path / f"{ARCHIVE}.part").exists()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", b"HTTP/1.1 200 " + b"x" * 70000],
+    ids=["bad-status-line", "too-many-headers", "line-too-long"],
+)
+def test_broken_http_is_a_download_error_and_the_demo_falls_back(tmp_path, monkeypatch, answer) -> None:
+    """http.client's own exceptions escaped as tracebacks, and the demo crashed instead of using its sample."""
+    from floranet.workflows import demo
+
+    with raw_server(lambda conn, stop: conn.sendall(answer)) as url:
+        _use_spec(monkeypatch, url)
+        with pytest.raises(DownloadError, match="Could not download"):
+            _fetch(tmp_path)
+        monkeypatch.setenv("FLORANET_DATASETS_URL", url.rsplit("/", 1)[0])
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        path, offline = demo._data(None, lambda _: None)
+    assert offline and path == datasets.mini_flowers_path()
+
+
+def test_a_planted_link_at_the_partial_file_is_never_written_through(tmp_path, monkeypatch) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{ARCHIVE}.part").symlink_to(victim)
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        with pytest.raises(DownloadError, match="is a symbolic link"):
+            _fetch(cache)
+    assert victim.read_text() == "precious"
+
+
+def test_a_file_of_the_users_at_the_archives_place_is_named_and_kept(tmp_path, monkeypatch) -> None:
+    """It was replaced silently online, and offline the hint told the user to put the file where it already was."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ARCHIVE).write_bytes(b"my own archive")
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        with pytest.raises(DownloadError, match=r"exists but is not the expected file \(14 bytes, sha256 [0-9a-f]{64}"):
+            _fetch(cache)
+    assert (cache / ARCHIVE).read_bytes() == b"my own archive"
+
+
+def test_two_fetches_at_once_both_get_the_set(tmp_path, monkeypatch) -> None:
+    """Two fetches appended to one partial file (a verified archive changed after its check) or failed to move
+    their copies into the same place."""
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(_fetch(tmp_path))) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == [tmp_path / "flower_photos"] * 3
+    _assert_good(tmp_path / "flower_photos", tmp_path)
+
+
+def _tar_of(members: list[tarfile.TarInfo]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for m in members:
+            tar.addfile(m, io.BytesIO(b"x" * m.size) if m.isfile() else None)
+    return buf.getvalue()
+
+
+def _member(name: str, size: int = 1, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname, info.mode = (size if kind == tarfile.REGTYPE else 0), kind, link, 0o644
+    return info
+
+
+@pytest.mark.parametrize(
+    ("members", "why"),
+    [
+        ([_member("flower_photos/a.jpg"), _member("flower_photos/a.jpg")], "appears twice"),
+        (
+            [_member("flower_photos/a"), _member("flower_photos/a/b.jpg")],
+            "is under, or is, a name the archive also has",
+        ),
+        ([_member("flower_photos/roses/x.jpg", kind=tarfile.SYMTYPE, link="../../flower_photos.tgz")], "is a link"),
+        ([_member("flower_photos/up", kind=tarfile.SYMTYPE, link="..")], "is a link"),
+        ([_member("flower_photos/big.bin", size=4 * 40_000 + 1)], "more than the 160,000 bytes"),
+    ],
+    ids=["duplicate", "file-and-folder", "link-to-the-archive", "link-up", "bomb"],
+)
+def test_archives_with_links_clashes_or_too_much_data_are_refused(tmp_path, monkeypatch, members, why) -> None:
+    body = _tar_of(members)
+    with serve(body) as srv:
+        spec = _use_spec(monkeypatch, srv.url, sha256=hashlib.sha256(body).hexdigest(), size=None)
+        monkeypatch.setattr(datasets, "_extract_budget", lambda s: 4 * 40_000 if s is spec else 0)
+        with pytest.raises(DatasetError, match=f"unsafe member.*{why}"):
+            _fetch(tmp_path)
+    assert not (tmp_path / "flower_photos").exists() and not (tmp_path / ARCHIVE).exists()
+
+
+def test_an_archive_of_too_many_members_stops_at_the_bound(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 5)
+    body = _tgz([(f"flower_photos/d/{i}.jpg", b"x") for i in range(8)])
+    with serve(body) as srv:
+        _use_spec(monkeypatch, srv.url, sha256=hashlib.sha256(body).hexdigest(), size=None)
+        with pytest.raises(DatasetError, match="more than 5 members"):
+            _fetch(tmp_path)
+
+
+class _Usage:
+    total, used, free = 100 << 30, 99 << 30, 1 << 30
+
+
+def test_too_little_disk_space_is_said_before_the_download(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(datasets.shutil, "disk_usage", lambda p: _Usage())
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url, size=10 << 30)
+        with pytest.raises(OutputError, match=r"MiB free, testflowers needs about 20,544 MiB"):
+            _fetch(tmp_path)
+        assert srv.requests == []
+
+
+def test_urls_with_spaces_or_passwords_are_refused_or_hidden(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="url must be ASCII without spaces"):
+        download.download("http://127.0.0.1:1/a b.tgz", tmp_path / "x")
+    with pytest.raises(DownloadError) as e:
+        download.download("http://user:secret@127.0.0.1:1/x.tgz", tmp_path / "x", timeout=2)
+    assert "secret" not in str(e.value) and "user:***@127.0.0.1:1" in str(e.value)
+
+
+def test_the_temporary_cache_is_private_to_its_user(tmp_path, monkeypatch) -> None:
+    """On a home that cannot be written, everyone shared /tmp/.keras: another user's planted link or data set."""
+    monkeypatch.setattr(download.tempfile, "gettempdir", lambda: str(tmp_path))
+    path = Path(download._private_temp_folder())
+    assert path == tmp_path / f".keras-{os.getuid()}" and (path.stat().st_mode & 0o777) == 0o700
+    path.chmod(0o777)
+    with pytest.raises(OutputError, match="not a private folder of this user"):
+        download._private_temp_folder()
