@@ -137,17 +137,38 @@ def test_exports_json_has_every_export(exported, run_copy: Path) -> None:
         assert "keras" in e["runtime_versions"] and "runtime" in e["runtime_versions"]
 
 
-def test_out_folder_reexport_and_no_check(run_copy: Path, tmp_path: Path) -> None:
+def test_out_folder_reexport_and_no_check(run_copy: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "deploy" / "model"
     r = export_run(run_copy, "keras", out=str(out), max_images=0)
     assert r.path == out and r.agreement is None and r.num_images == 0 and r.latency_ms_batch1 is None
     assert "skipped" in r.summary()
-    (out / "stale.txt").write_text("from the old export")
+    (out / "app.py").write_text("mine")  # a file of the user's beside the export: replacing the folder deleted it
+    with pytest.raises(ConfigError, match=r"holds an earlier export and things it does not write \(app.py\)"):
+        export_run(run_copy, "keras", out=out, max_images=0)
+    assert (out / "app.py").read_text() == "mine" and (out / "model.keras").exists()
+    (out / "app.py").unlink()
     r2 = export_run(run_copy, "keras", out=out, max_images=0)  # replaces the older export
-    assert r2.path == out
-    assert not (out / "stale.txt").exists() and (out / "model.keras").exists()
+    assert r2.path == out and (out / "model.keras").exists()
     assert json.loads((run_copy / "exports.json").read_text())["keras"]["path"] == str(out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
+    monkeypatch.chdir(out)  # "." as --out: its name was empty (a traceback after the conversion)
+    assert export_run(run_copy, "keras", out=".", max_images=0).path == out
+
+
+def test_an_export_that_disagrees_says_so_and_exits_1(run_copy: Path, tmp_path: Path, monkeypatch) -> None:
+    """The agreement check computed numbers and passed whatever they were: 0% top-1 agreement exited 0."""
+    from floranet.cli import main
+    from floranet.export import check, exporter
+
+    bad = check.Check(agreement=0.5, max_abs_diff=0.6, latency=1.0, reference_latency=1.0, num_images=4)
+    monkeypatch.setattr(exporter, "check_export", lambda *a: bad)
+    out = tmp_path / "bad"
+    assert main(["export", str(run_copy), "--format", "keras", "--out", str(out), "--max-images", "4"]) == 1
+    assert "DOES NOT AGREE (needs top-1 >= 99% and max |Δp| <= 0.01)" in (out / "README.txt").read_text()
+    assert json.loads((run_copy / "exports.json").read_text())["keras"]["agrees"] is False
+    assert (
+        check.agrees("int8", 0.95, 0.3) and not check.agrees("fp16", 0.99, 0.2) and check.agrees(None, None, 0) is None
+    )
 
 
 def test_out_refuses_a_folder_that_is_not_an_export(run_copy: Path, tmp_path: Path) -> None:
@@ -381,3 +402,16 @@ def test_export_without_metadata_fails_the_check(run_copy: Path, tmp_path: Path,
     with pytest.raises(ModelError, match="lacks floranet metadata: floranet_version, class_names, image_size"):
         export_run(run_copy, "onnx", out=tmp_path / "onnx", max_images=0)
     assert not (tmp_path / "onnx").exists()
+
+
+def test_a_damaged_unknown_answer_is_left_out_not_blocking(run_copy: Path, tmp_path: Path) -> None:
+    """A cut ood.npz failed every export ('cannot be read'), with no way past it."""
+    if not (run_copy / "ood.npz").exists():
+        pytest.skip("this run has no unknown statistics")
+    damaged = tmp_path / "run"
+    shutil.copytree(run_copy, damaged)
+    (damaged / "ood.npz").write_bytes((damaged / "ood.npz").read_bytes()[:100])
+    result = export_run(damaged, "keras", out=tmp_path / "out", max_images=0)
+    readme = (result.path / "README.txt").read_text()
+    assert "Unknown answer: none (the run's unknown answer cannot be read" in readme
+    assert not (result.path / "ood.npz").exists()

@@ -88,6 +88,10 @@ def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     (tmp_path / "cams2" / "flower.2.gradcam.png").write_bytes(b"mine")
     assert main(["explain", str(tiny_run), str(image), str(twin), "--out", str(tmp_path / "cams2")]) == 2
     assert (tmp_path / "cams2" / "flower.2.gradcam.png").read_bytes() == b"mine"
+    bad = tmp_path / "bad.jpg"  # an unreadable image among good ones: said, and the others still explained
+    bad.write_bytes(b"not an image")
+    assert main(["explain", str(tiny_run), str(bad), str(image), "--out", str(tmp_path / "cams3")]) == 1
+    assert [p.name for p in (tmp_path / "cams3").iterdir()] == ["flower.gradcam.png"]
     data = Path(RunDir(tiny_run).config().data_dir)
     assert main(["explain", str(tiny_run), str(image), "--out", str(data / "roses")]) == 2
     assert not list(data.rglob("*.gradcam.png"))
@@ -115,6 +119,26 @@ def test_gradcam_batch_with_one_class_per_image_equals_single_calls(tiny_run) ->
     predicted, probs = cam.heatmaps(x)
     by_index, _ = cam.heatmaps(x, probs.argmax(axis=1))
     np.testing.assert_allclose(predicted, by_index, atol=1e-6)
+
+
+def test_gradcam_of_a_confident_model_is_not_blank(tiny_run) -> None:
+    """The probability was differentiated: once it rounds to 1.0 its gradient is 0 and the map came out blank."""
+    import keras
+    import numpy as np
+
+    from floranet.evaluation.gradcam import GradCAM
+    from floranet.models import classifier
+
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    last = classifier.head_of(model).layers[-1]
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel * 1000, bias * 1000])  # softmax saturates: every top probability is 1.0 in float32
+    x = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    probs = model.predict(x, verbose=0)
+    assert (probs.max(axis=1) == 1.0).all()
+    heat, got = GradCAM(model).heatmaps(x)
+    np.testing.assert_allclose(got, probs, atol=1e-5)
+    assert (heat.reshape(4, -1).max(axis=1) == 1.0).all()  # every map has its peak (a blank one is all zeros)
 
 
 def test_image_grid_lays_out_cells_with_captions_and_overlays(tmp_path) -> None:

@@ -32,7 +32,7 @@ def run_export(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     say_lines(result.summary())
-    return 0
+    return 1 if result.agrees is False else 0  # written, but not to be trusted unchecked
 
 
 def add_serve(sub: Subparsers) -> None:

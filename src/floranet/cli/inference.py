@@ -124,9 +124,15 @@ def add_explain(sub: Subparsers) -> None:
 def run_explain(args: argparse.Namespace) -> int:
     from floranet.evaluation.gradcam import explain_files
 
-    for path in explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name):
+    failed: list[object] = []
+
+    def unreadable(path: object, error: Exception) -> None:
+        failed.append(path)
+        warn(f"floranet explain: {error}")
+
+    for path in explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name, on_error=unreadable):
         say(str(path))
-    return 0
+    return 1 if failed else 0
 
 
 def add_report(sub: Subparsers) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from floranet.data import decode
-from floranet.errors import ConfigError, ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid, written_here
@@ -45,8 +45,7 @@ class GradCAM:
                 break
             x = layer_(x)
         conv, pooled = multi(x, training=False)
-        probs = classifier.head_of(model)(pooled, training=False)
-        self._model = keras.Model(inputs, [conv, probs])
+        self._model = keras.Model(inputs, [conv, *_scores(classifier.head_of(model), pooled)])
 
     def heatmaps(
         self, images: np.ndarray, class_index: int | np.ndarray | None = None
@@ -69,13 +68,30 @@ class GradCAM:
     def _maps(self, x: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         # Traced: an eager gradient pass through ResNet50 costs ~0.8 s per call, the graph a fraction.
         with tf.GradientTape() as tape:
-            conv, probs = self._model(x, training=False)
+            conv, scores, probs = self._model(x, training=False)
             tape.watch(conv)
             idx = tf.where(idx < 0, tf.argmax(probs, axis=1), idx)
-            score = tf.gather(probs, idx, axis=1, batch_dims=1)
+            score = tf.gather(scores, idx, axis=1, batch_dims=1)
         grads = tape.gradient(score, conv)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1)), probs
+
+
+def _scores(head: keras.Model, pooled: keras.KerasTensor) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """(the class scores Grad-CAM differentiates, the probabilities): the logits before the head's softmax, as in
+    the paper; the probability saturates (p rounds to 1.0 and its gradient to 0, a blank map for a confident
+    answer). A head that does not end in a softmax Dense is explained by its output."""
+    last = head.layers[-1]
+    if not (isinstance(last, keras.layers.Dense) and last.activation is keras.activations.softmax):
+        probs = head(pooled, training=False)
+        return probs, probs
+    x = pooled
+    for layer in head.layers[:-1]:
+        x = layer(x, training=False)
+    linear = keras.layers.Dense(last.units, dtype="float32", name="gradcam_logits")
+    logits = linear(x)
+    linear.set_weights(last.get_weights())  # a copy: the explained model's weights do not change afterwards
+    return logits, keras.ops.softmax(logits)
 
 
 def explain_files(
@@ -84,6 +100,7 @@ def explain_files(
     out_dir: str | os.PathLike[str],
     *,
     class_name: str | None = None,
+    on_error: Callable[[str | os.PathLike[str], DatasetError], None] | None = None,
 ) -> list[Path]:
     """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``; ``<stem>.2.gradcam.png`` and on for
     later images of the same name) and returns their paths.
@@ -93,6 +110,8 @@ def explain_files(
         paths: Image files.
         out_dir: Where the PNGs go (created).
         class_name: Explain this class; the predicted class by default.
+        on_error: Called with an image that cannot be decoded and why, and the others are explained; None: the
+            first such image raises.
 
     Raises:
         ConfigError: ``class_name`` is not one of the run's classes.
@@ -110,8 +129,15 @@ def explain_files(
     targets = _targets(out, paths)
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     cam = GradCAM(model)
+    written = []
     for p, target in zip(paths, targets, strict=True):
-        pixels = decode.decode_and_resize(str(p), size)
+        try:
+            pixels = decode.decode_and_resize(str(p), size)
+        except DatasetError as e:
+            if on_error is None:
+                raise
+            on_error(p, e)  # the other images are explained still
+            continue
         idx = None if class_name is None else names.index(class_name)
         heat, probs = cam.heatmaps(pixels[None], idx)
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
@@ -122,7 +148,8 @@ def explain_files(
             overlays=[heat[0]],
             columns=1,
         )
-    return targets
+        written.append(target)
+    return written
 
 
 def _targets(out: Path, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:

@@ -12,7 +12,7 @@ import numpy as np
 from floranet.errors import ModelError
 from floranet.export.common import CHECK_BATCH, LATENCY_IMAGES, MARKER, MODEL_FILES, WARMUP_CALLS, export_name, log
 from floranet.export.loaders import ExportedModel, traced
-from floranet.export.metadata import HOWTO
+from floranet.export.metadata import DECODING, HOWTO
 from floranet.export.rundata import ExportSource
 from floranet.rundir import RunDir
 
@@ -32,6 +32,28 @@ def _latency_ms(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> f
         fn(x)
         times.append((time.perf_counter() - start) * 1000.0)
     return float(np.median(times))
+
+
+# The least an export must agree with model.keras on the checked validation images, by quantization: (share of
+# images with the same top-1 class, largest |Δp| or None for no bound). fp32 formats differ by float rounding only.
+TOLERANCE: dict[str | None, tuple[float, float | None]] = {
+    None: (0.99, 1e-2),
+    "fp16": (0.98, 5e-2),
+    "int8": (0.90, None),
+}
+
+
+def agrees(quantize: str | None, agreement: float | None, max_abs_diff: float | None) -> bool | None:
+    """Whether a checked export is within :data:`TOLERANCE` (None: it was not checked)."""
+    if agreement is None:
+        return None
+    top1, dp = TOLERANCE[quantize]
+    return agreement >= top1 and (dp is None or (max_abs_diff is not None and max_abs_diff <= dp))
+
+
+def tolerance_text(quantize: str | None) -> str:
+    top1, dp = TOLERANCE[quantize]
+    return f"top-1 >= {top1:.0%}" + (f" and max |Δp| <= {dp:g}" if dp is not None else "")
 
 
 @dataclass(frozen=True)
@@ -130,6 +152,7 @@ def readme(
         f"  input  {exported.input_name!r}: float32 [N, {h}, {w}, 3], RGB, raw pixel values 0..255.",
         "         Preprocessing (scaling / mean subtraction) is inside the model: do not normalize.",
         f"         Resize images to {h}x{w} with bilinear interpolation, no antialias, no crop (as in training).",
+        f"         Decode {DECODING}.",
         f"  output {exported.output_name!r}: float32 [N, {n}], class probabilities (softmax, rows sum to 1).",
         "         Column i is the class class_names.json[i]:",
         *[f"           {i}: {name}" for i, name in enumerate(run.class_names)],
@@ -146,6 +169,8 @@ def readme(
             f"Checked against model.keras on {check.num_images} validation images ({exported.runtime}):",
             f"  top-1 agreement {check.agreement:.4f}, max |dp| {check.max_abs_diff:.3g}, "
             f"latency batch 1 {check.latency:.2f} ms (model.keras {check.reference_latency:.2f} ms)",
+            f"  {'agrees' if agrees(quantize, check.agreement, check.max_abs_diff) else 'DOES NOT AGREE'} "
+            f"(needs {tolerance_text(quantize)})",
             "",
         ]
     return "\n".join(lines)

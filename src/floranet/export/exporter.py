@@ -20,7 +20,7 @@ import numpy as np
 
 from floranet.errors import ConfigError, DatasetError, ModelError, OutputError
 from floranet.export import metadata
-from floranet.export.check import Check, check_export, readme
+from floranet.export.check import Check, agrees, check_export, readme, tolerance_text
 from floranet.export.common import (
     CALIBRATION_IMAGES,
     EXPORTS_DIR,
@@ -88,9 +88,15 @@ class ExportResult:
     runtime_versions: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
 
+    @property
+    def agrees(self) -> bool | None:
+        """Within :data:`floranet.export.check.TOLERANCE` for its quantization; None: not checked."""
+        return agrees(self.quantize, self.agreement, self.max_abs_diff)
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["path"] = str(self.path)
+        out["agrees"] = self.agrees
         return out
 
     def summary(self) -> str:
@@ -103,11 +109,13 @@ class ExportResult:
         if self.metadata:
             lines.append(f"  Metadata in the file ({self.metadata['read_with']}): {self.metadata['summary']}")
         if self.agreement is None:
-            lines.append("  Agreement check skipped (max_images=0).")
+            lines.append("  Agreement check skipped (max_images=0, or no validation image could be decoded).")
         else:
+            verdict = "agrees" if self.agrees else "DOES NOT AGREE: check it before you use it"
             lines.append(
                 f"  Agreement with model.keras on {self.num_images} validation images: "
-                f"top-1 {self.agreement:.1%}, max |Δp| {self.max_abs_diff:.2e}"
+                f"top-1 {self.agreement:.1%}, max |Δp| {self.max_abs_diff:.2e}: {verdict} "
+                f"(needs {tolerance_text(self.quantize)})"
             )
             lines.append(
                 f"  Latency, batch 1 (median, warm): {self.latency_ms_batch1:.2f} ms "
@@ -181,10 +189,23 @@ def _is_export_folder(folder: Path) -> bool:
 
 
 def _place(tmp: Path, final: Path) -> None:
-    """Renames the finished temp folder onto ``final``, replacing an older export only now."""
+    """Renames the finished temp folder onto ``final``, replacing an older export only now.
+
+    Raises:
+        ConfigError: The older export's folder holds entries this export does not write (files of the user's,
+            which replacing the folder would delete); nothing is replaced.
+    """
     if not final.exists():
         os.replace(tmp, final)
         return
+    ours = {p.name for p in tmp.iterdir()}
+    others = sorted(p.name for p in final.iterdir() if p.name not in ours)
+    if others:
+        raise ConfigError(
+            f"out holds an earlier export and things it does not write ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); move them away, or choose another --out. Nothing was replaced. "
+            f"Received: out={str(final)!r}"
+        )
     old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
     os.replace(final, old)
     try:
@@ -246,7 +267,7 @@ def export_run(
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else log.info
     name = export_name(format, quantize)
     source, model = open_run(run_dir)
-    final = Path(out) if out is not None else source.path / EXPORTS_DIR / name
+    final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
     if final.exists() and not (final.is_dir() and _is_export_folder(final)):
         raise ConfigError(
             f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"

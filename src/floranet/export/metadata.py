@@ -38,6 +38,11 @@ from floranet.utils.optional import available, require
 
 KEY = "floranet"  # the namespace (OpenVINO rt_info, Keras metadata.json, TFLite metadata entry)
 LABELS_FILE = "labels.txt"
+# How floranet turns a file into pixels (floranet.data.images): the same pixels give the same answer.
+DECODING = (
+    "as Pillow: EXIF orientation applied, transparency composited over white, 16-bit scaled to 8-bit, "
+    "JPEG with Pillow's (libjpeg's accurate) IDCT, first frame of an animation"
+)
 # Every export's fixed input contract (preprocessing is inside the model).
 CONTRACT = {
     "input_layout": "NHWC",
@@ -47,8 +52,10 @@ CONTRACT = {
     "preprocessing": "inside the model: feed raw pixels, do not normalize",
     "resize": "bilinear, no antialias, no crop, to image_size",
     "output": "float32 [N, len(class_names)] softmax probabilities, column i = class_names[i]",
+    "decoding": DECODING,
 }
-REQUIRED = ("floranet_version", "class_names", "image_size", *CONTRACT)
+# Keys every export carries ("decoding" came later: older exports are read without it).
+REQUIRED = ("floranet_version", "class_names", "image_size", *(k for k in CONTRACT if k != "decoding"))
 # How a user of each runtime reads it (README and the export's README.txt).
 HOWTO = {
     "keras": f'json.loads(zipfile.ZipFile("{MODEL_FILES["keras"]}").read("metadata.json"))["floranet"]',

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from floranet.errors import ModelError
+from floranet.export.common import log
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 
@@ -21,8 +23,13 @@ FILES = (RunDir.OOD, RunDir.OOD_STATS)
 
 
 def summary(run: RunDir) -> dict[str, Any]:
-    """The run's unknown answer as an export describes it (JSON-ready)."""
-    detector = UnknownDetector.load(run.path)
+    """The run's unknown answer as an export describes it (JSON-ready); a damaged one is left out with a warning
+    (it does not block the export of the classifier, as ``predict --unknown off`` gets past it)."""
+    try:
+        detector = UnknownDetector.load(run.path)
+    except ModelError as e:
+        log.warning("Exporting without the unknown answer: %s", e)
+        return {"available": False, "reason": f"the run's unknown answer cannot be read ({e})"}
     if detector is None:
         return {
             "available": False,
