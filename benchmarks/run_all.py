@@ -38,6 +38,7 @@ SUITE = {  # name -> (script, needs ../shared)
     "unknown": ("bench_unknown.py", True),
     "unknown_recommended": ("bench_unknown.py", True),
     "unknown_screens": ("bench_unknown_screens.py", True),
+    "ood_precision": ("bench_ood_precision.py", False),
 }
 
 
@@ -353,6 +354,16 @@ def render() -> str:
                 "on. bench_unknown scores its candidates on trained runs' embeddings (its kNN and energy rows "
                 "are higher there), so compare rows within this table, not across sections: an idea earns a "
                 "training run only by beating its reference here."
+            ),
+        ),
+        (
+            "ood_precision",
+            "Unknown answer: the score through each precision (bundled mini_flowers sample)",
+            lambda r: (
+                table(r["rows"], list(r["rows"][0]))
+                + f"\n\nThreshold {r['threshold']} (fitted on the training job's outputs), validation share kept as "
+                f"recorded {r['recorded_kept']:.4f}, on {r['validation_images']} images; the scores' standard "
+                f"deviation {r['score_std']}."
             ),
         ),
     ]
