@@ -22,8 +22,8 @@ from floranet.serving.fair import FairPool, QueueTimeout
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.uploads import RequestError
 
-# An unusable image's kind → HTTP status (anything else: 422, a damaged image).
 T = TypeVar("T")
+# An unusable image's kind → HTTP status (anything else: 422, a damaged image).
 STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format": 415}
 
 
