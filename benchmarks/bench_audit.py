@@ -193,7 +193,7 @@ def _pair_gallery(root: Path, pairs: list[Any], path: Path) -> None:
 
 def _threshold_sweep(result: Any, planted: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
     """Planted pairs' similarities against the number of other pairs at each threshold."""
-    from floranet.evaluation.audit import similar_pairs, whitened
+    from floranet.evaluation.duplicates import similar_pairs, whitened
 
     data = result.data
     index = {p: i for i, p in enumerate(data.paths)}

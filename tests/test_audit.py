@@ -16,8 +16,9 @@ import pytest
 from floranet import config
 from floranet.data.curation import Curation, read_exclude, read_relabel
 from floranet.errors import ConfigError, DatasetError
-from floranet.evaluation.audit import AuditData, run_audit, similar_pairs
+from floranet.evaluation.audit import AuditData, run_audit
 from floranet.evaluation.audit_report import to_csv
+from floranet.evaluation.duplicates import similar_pairs
 from floranet.rundir import RunDir
 from imagesets import TINY_MODEL, make_image_folder
 

@@ -79,7 +79,7 @@ def audit(
         out: The audit folder for a data folder (default :func:`default_audit_dir`); not for a run.
         folds: k of the out-of-fold head training.
         duplicate_similarity: Whitened cosine similarity at or above which two images are near-duplicates
-            (None: the set's own, :func:`floranet.evaluation.audit.duplicate_threshold`).
+            (None: the set's own, :func:`floranet.evaluation.duplicates.duplicate_threshold`).
         progress: Show progress bars.
         say: Where one-line status messages go.
         rebuild_report: Rebuild a finished run's ``report.html`` with the audit section.
