@@ -23,7 +23,7 @@ from floranet.data import images
 from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import write_json
-from floranet.utils.text import printable
+from floranet.utils.text import map_strings, printable
 
 __all__ = ["IMAGE_EXTENSIONS", "DoctorReport", "FileFinding", "diagnose", "find_leaks"]
 
@@ -88,7 +88,7 @@ class DoctorReport:
             }
             for f in self.files
         ]
-        return _json_safe(
+        return map_strings(
             {
                 "data_dir": self.data_dir,
                 "classes": dict(self.classes),
@@ -97,7 +97,8 @@ class DoctorReport:
                 "summary": self.summary(),
                 "usable": self.usable,
                 "reason": self.reason,
-            }
+            },
+            printable,
         )
 
     def write_json(self, path: str | os.PathLike) -> None:
@@ -335,13 +336,3 @@ def _unusable_reason(root: str, classes: dict[str, int]) -> str:
         f"no class has usable images ({len(classes)} class folder(s), 0 usable images): "
         "a dataset needs at least 2 class folders with images"
     )
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return printable(obj)
-    if isinstance(obj, dict):
-        return {_json_safe(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

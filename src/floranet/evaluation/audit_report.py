@@ -18,7 +18,7 @@ from floranet.errors import DatasetError
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.text import csv_text, utf8_all
+from floranet.utils.text import csv_text, map_strings, utf8
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -41,7 +41,7 @@ def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:
     """``audit.json``'s content; file names that are not UTF-8 have their odd bytes as ``\\xNN`` (strict UTF-8,
     as ``doctor.json``; ``audit.csv`` keeps the exact names that ``--exclude`` needs)."""
     data = result.data
-    return utf8_all(
+    return map_strings(
         {
             **result.facts,
             "data_dir": str(data_dir),
@@ -49,7 +49,8 @@ def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:
             "label_quality": None  # not checked: no quality to rank by
             if result.facts.get("label_issues_skipped")
             else {p: round(float(q), 6) for p, q in zip(data.paths, result.label_quality, strict=True)},
-        }
+        },
+        utf8,
     )
 
 

@@ -55,6 +55,10 @@ class ConnectionGuard:
     closed_idle: int = 0
     refused: int = 0
 
+    def __post_init__(self) -> None:
+        # Parsed once (ServeConfig checked them), not on every accepted connection.
+        self._proxy_networks = [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
+
     def admit(self, conn: Any, client: str) -> bool:
         """Registers ``conn``; makes room by closing idle connections; False when it must be refused."""
         mine = self.clients.setdefault(client, collections.OrderedDict())
@@ -77,11 +81,13 @@ class ConnectionGuard:
         return min(EVICT_GRACE_S, self.header_timeout_s / 2)
 
     def _is_proxy(self, client: str) -> bool:
+        if not self._proxy_networks:
+            return False
         try:
             address = ipaddress.ip_address(client)
         except ValueError:
             return False
-        return any(address in ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
+        return any(address in network for network in self._proxy_networks)
 
     def release(self, conn: Any, client: str) -> None:
         mine = self.clients.get(client)

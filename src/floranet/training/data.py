@@ -157,7 +157,7 @@ def _check_classes_kept(run: RunDir, split: split_lib.Split) -> None:
         DatasetError: A class has no usable image left.
     """
     trained = run.class_names() if run.exists(RunDir.CLASS_NAMES) else list(split.class_names)
-    gone = [c for c in trained if c not in {r.label for r in split.rows}]
+    gone = [c for c in trained if c not in split.class_names]  # _checked_against keeps the classes with images
     if gone:
         raise DatasetError(
             f"--resume: the run in {run.path} was trained on {len(trained)} classes, and {', '.join(map(repr, gone))} "

@@ -113,7 +113,7 @@ def _download(
     shown = _redacted(url)
     if dest.exists() or dest.is_symlink():  # floranet renames only verified files there: this is someone's
         raise DownloadError(
-            f"{dest} exists but is not the expected file ({_describe(dest)}; expected "
+            f"{dest} exists but is not the expected file ({_describe(dest, file_hash)}; expected "
             f"{_algorithm_for(file_hash or '')} {file_hash}); it is left as it is. Move it away and run again.{hint}"
         )
     part = dest.with_name(dest.name + ".part")
@@ -150,11 +150,13 @@ def _download(
     )
 
 
-def _describe(path: Path) -> str:
+def _describe(path: Path, file_hash: str | None) -> str:
+    """Size and digest of ``path``, in the expected hash's algorithm (md5 for Keras's weights)."""
     if path.is_symlink():
         return "a symbolic link"
+    algorithm = _algorithm_for(file_hash or "")
     try:
-        return f"{path.stat().st_size:,} bytes, sha256 {file_digest(path)}"
+        return f"{path.stat().st_size:,} bytes, {algorithm} {file_digest(path, algorithm)}"
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
 
@@ -167,8 +169,8 @@ def _redacted(url: str) -> str:
         return url
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    host = parts.netloc.rsplit("@", 1)[1]  # as written: an IPv6 host keeps its brackets
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _check_request(url: str, timeout: float) -> None:

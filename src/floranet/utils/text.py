@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 # C0 controls, DEL, C1 controls, and the bidi marks, embeddings, overrides and isolates.
@@ -32,14 +32,15 @@ def utf8(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def utf8_all(obj: Any) -> Any:
-    """``obj`` (JSON-like: dicts, lists, strings, numbers) with every string, keys included, through :func:`utf8`."""
+def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
+    """``obj`` (JSON-like: dicts, lists, strings, numbers) with every string, keys included, through ``fn`` (e.g.
+    :func:`utf8` or :func:`printable`, for a JSON file that must be strict UTF-8)."""
     if isinstance(obj, str):
-        return utf8(obj)
+        return fn(obj)
     if isinstance(obj, dict):
-        return {utf8_all(k): utf8_all(v) for k, v in obj.items()}
+        return {map_strings(k, fn): map_strings(v, fn) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [utf8_all(v) for v in obj]
+        return [map_strings(v, fn) for v in obj]
     return obj
 
 
