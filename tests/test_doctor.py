@@ -226,6 +226,53 @@ def test_symlinked_class_folders_are_not_scanned_twice(tmp_path) -> None:
     assert files["b/up"].reason == "symlink loop"
 
 
+def test_an_alias_never_takes_over_the_folder_it_names(tmp_path) -> None:
+    root = two_classes(tmp_path / "data", ("roses", "tulips"))
+    os.symlink("tulips", root / "Tulip")  # sorts before the real folder
+    os.symlink("b", root / "roses" / "a_alias")
+    (root / "roses" / "b").mkdir()
+    report = doctor.diagnose(root)
+    files = {f.path: f for f in report.files}
+    assert report.classes == {"roses": 2, "tulips": 2}
+    assert files["Tulip"].reason == files["roses/a_alias"].reason == "symlink to a folder already scanned"
+
+
+def test_broken_entries_at_the_top_are_findings_not_crashes(tmp_path) -> None:
+    root = two_classes(tmp_path / "data")
+    os.symlink("loop", root / "loop")  # ELOOP where the entry is examined
+    os.symlink("missing", root / "gone")
+    os.symlink("missing.txt", root / "a" / "notes.txt")  # not an image: nothing to count as unusable
+    (root / "a" / "@eaDir" / "0.png").mkdir(parents=True)  # a Synology NAS's thumbnails
+    Image.new("RGB", (8, 8)).save(root / "a" / "@eaDir" / "0.png" / "SYNOFILE_THUMB_S.jpg")
+    report = doctor.diagnose(root)
+    files = {f.path: (f.status, f.reason) for f in report.files}
+    assert report.classes == {"a": 2, "b": 2}
+    assert files["loop"] == ("ignored", "symlink loop")
+    assert files["gone"] == files["a/notes.txt"] == ("ignored", "broken symlink")
+    assert files["a/@eaDir"] == ("ignored", "system folder (not scanned)")
+    assert not [f for f in report.files if f.status == "bad"]
+
+
+def test_one_name_in_two_unicode_forms_is_refused(tmp_path) -> None:
+    root = two_classes(tmp_path / "data", ("caf\u00e9", "cafe\u0301", "Roses", "roses"))
+    report = doctor.diagnose(root)
+    assert not report.usable
+    assert "'cafe\\u0301' and 'caf\\xe9' are one name written in two Unicode forms" in report.reason
+    # Case alone is a real difference (handwriting sets have "A" and "a").
+    assert doctor.diagnose(two_classes(tmp_path / "cased", ("A", "a"))).usable
+
+
+def test_a_bad_extra_formats_setting_is_one_error_not_every_file_bad(tmp_path, monkeypatch) -> None:
+    from floranet.data import formats
+
+    root = two_classes(tmp_path / "data")
+    monkeypatch.setenv(formats.EXTRA_FORMATS_ENV, "EPS")
+    with pytest.raises(ConfigError, match="may name AVIF, HEIF"):
+        doctor.diagnose(root)
+    with pytest.raises(ConfigError, match="may name AVIF, HEIF"):
+        images.decode_image_bytes((root / "a" / "0.png").read_bytes())
+
+
 def test_find_leaks(corpus) -> None:
     root, _ = corpus
     report = doctor.diagnose(root)

@@ -112,6 +112,16 @@ def test_csv_round_trip_with_spaces_and_non_utf8(tmp_path: Path) -> None:
     assert Split.from_csv(out, class_names=["roses", "tulips", "zinnia"]).class_names == ("roses", "tulips", "zinnia")
 
 
+def test_a_class_named_with_spaces_round_trips(tmp_path: Path) -> None:
+    split = make_split(_items({" daisy ": 5, "roses": 5}), seed=1)
+    split.to_csv(tmp_path / "split.csv")
+    for names in (None, split.class_names):
+        assert Split.from_csv(tmp_path / "split.csv", class_names=names) == split
+    # A hand-written file's padding around a class's name is still forgiven.
+    hand = _write(tmp_path / "hand.csv", "path,label,split,sha256\na.jpg, roses ,train,\n")
+    assert Split.from_csv(hand, class_names=["roses"]).train() == [SplitRow("a.jpg", "roses", "train", "")]
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from floranet.config import DEFAULT_MAX_PIXELS
-from floranet.data import images
+from floranet.data import formats, images
 from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import write_json
@@ -202,6 +203,7 @@ def diagnose(
             f"data_dir must be a folder of class sub-folders, not a file. Received: data_dir={printable(root)!r}"
         )
 
+    formats.allowed_formats()  # a bad FLORANET_EXTRA_IMAGE_FORMATS is one error, not every file "bad"
     scan = Scan(root)
     checked = _check_all(scan.candidates, max_pixels, workers, progress)
     files, duplicates = _mark_duplicates(sorted(scan.findings + checked, key=lambda f: f.path))
@@ -320,6 +322,12 @@ def _mark_duplicates(files: list[FileFinding]) -> tuple[list[FileFinding], tuple
 
 def _unusable_reason(root: str, classes: dict[str, int]) -> str:
     filled = [c for c, n in classes.items() if n > 0]
+    twins = _same_looking(filled)
+    if twins:
+        return (
+            f"class folders {ascii(twins[0])} and {ascii(twins[1])} are one name written in two Unicode forms: "
+            "they look the same in every report and answer; rename one (or merge them)"
+        )
     if len(filled) >= 2:
         return ""
     if not classes:
@@ -336,3 +344,13 @@ def _unusable_reason(root: str, classes: dict[str, int]) -> str:
         f"no class has usable images ({len(classes)} class folder(s), 0 usable images): "
         "a dataset needs at least 2 class folders with images"
     )
+
+
+def _same_looking(names: list[str]) -> tuple[str, str] | None:
+    """Two names equal after Unicode normalisation (a folder copied from macOS keeps NFD, a typed one is NFC)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        twin = seen.setdefault(unicodedata.normalize("NFC", name), name)
+        if twin != name:
+            return twin, name
+    return None

@@ -17,7 +17,10 @@ from floranet.utils.text import printable
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
-_SYSTEM_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
+# Folders and files that operating systems and NAS boxes add (Synology keeps resized copies in @eaDir).
+_SYSTEM_NAMES = frozenset(
+    {"__macosx", "thumbs.db", "desktop.ini", "@eadir", "$recycle.bin", "system volume information"}
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Scan:
         self.candidates: list[Candidate] = []
         self.findings: list[FileFinding] = []
         try:
-            entries = sorted(os.scandir(root), key=lambda e: e.name)
+            entries = _entries(root)
             root_key = _key(os.stat(root))
         except OSError as err:
             raise DatasetError(
@@ -74,10 +77,13 @@ class Scan:
         class_dirs = []
         for e in entries:
             hidden = _hidden_reason(e)
+            st = None if hidden else self._stat(e.name, e, None)
             if hidden:
                 self._ignore(e.name, hidden)
+            elif st is None:
+                continue
             elif e.is_dir():
-                key = _key(e.stat())
+                key = _key(st)
                 if key in self.visited:
                     self._ignore(e.name, "symlink loop" if key == root_key else "symlink to a folder already scanned")
                 else:
@@ -85,19 +91,34 @@ class Scan:
                     class_dirs.append((e, key))
             else:
                 self._ignore(e.name, "not inside a class folder")
-        for e, key in class_dirs:
+        for e, key in sorted(class_dirs, key=lambda d: d[0].name):
             self.classes.append(e.name)
             self._walk(e.name, e.path, frozenset({root_key, key}))
 
     def _ignore(self, path: str, reason: str) -> None:
         self.findings.append(FileFinding(path, None, "ignored", reason))
 
+    def _stat(self, path: str, e: os.DirEntry, label: str | None) -> os.stat_result | None:
+        """``e``'s stat (symlinks followed), or None with the entry recorded as a finding."""
+        try:
+            return e.stat()
+        except FileNotFoundError:
+            is_image = os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            if label is not None and is_image:
+                self.findings.append(FileFinding(path, label, "bad", "broken symlink"))
+            else:
+                self._ignore(path, "broken symlink")
+        except OSError as err:
+            looped = err.errno == errno.ELOOP
+            self._ignore(path, "symlink loop" if looped else f"cannot be examined: {_os_reason(err)}")
+        return None
+
     def _walk(self, label: str, top: str, ancestors: frozenset[tuple[int, int]]) -> None:
         stack = [(top, label, ancestors)]
         while stack:
             folder, rel, anc = stack.pop()
             try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+                entries = _entries(folder)
             except OSError as err:
                 self.findings.append(FileFinding(rel, label, "bad", f"unreadable folder: {_os_reason(err)}"))
                 continue
@@ -107,14 +128,8 @@ class Scan:
                 if hidden:
                     self._ignore(path, hidden)
                     continue
-                try:
-                    st = e.stat()  # follows symlinks
-                except FileNotFoundError:
-                    self.findings.append(FileFinding(path, label, "bad", "broken symlink"))
-                    continue
-                except OSError as err:
-                    looped = err.errno == errno.ELOOP
-                    self._ignore(path, "symlink loop" if looped else f"cannot be examined: {_os_reason(err)}")
+                st = self._stat(path, e, label)
+                if st is None:
                     continue
                 if e.is_dir():
                     key = _key(st)
@@ -131,6 +146,11 @@ class Scan:
                     self.candidates.append(Candidate(path, e.path, label))
                 else:
                     self._ignore(path, _non_image_reason(e.path, e.name))
+
+
+def _entries(folder: str) -> list[os.DirEntry]:
+    # Real entries before symlinks: an alias (``Tulip -> tulips``) never takes over the folder it points at.
+    return sorted(os.scandir(folder), key=lambda e: (e.is_symlink(), e.name))
 
 
 def _key(st: os.stat_result) -> tuple[int, int]:

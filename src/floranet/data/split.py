@@ -182,13 +182,17 @@ def _read_rows(src: Path, f: Any, class_names: Sequence[str] | None) -> list[Spl
         values = [record.get(c) for c in SPLIT_COLUMNS]
         if any(v is None for v in values) or None in record:
             raise bad(f"expected {len(header)} fields")
-        p, label, split, sha = (v.strip() if i else v for i, v in enumerate(values))  # type: ignore[union-attr]
+        p, raw_label, split, sha = (str(v) for v in values)
+        split, sha = split.strip(), sha.strip()
+        # A class folder's name may start or end with a space (floranet writes labels as they are); spaces
+        # around a label are dropped only where that names a class (a hand-written file).
+        label = raw_label if allowed is None or raw_label in allowed else raw_label.strip()
         # A backslash is a character of the name (split.csv is written from the folder's own names), not a separator.
         if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
             raise bad(f"path must be relative to the dataset folder, with '/' separators. Received: path={p!r}")
         if p in seen:
             raise bad(f"duplicate path {p!r} (first on line {seen[p]})")
-        if not label:
+        if not label.strip():
             raise bad(f"label is empty for path={p!r}")
         if allowed is not None and label not in allowed:
             raise bad(f"label must be one of class_names={list(class_names or [])}. Received: label={label!r}")
