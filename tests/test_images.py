@@ -230,3 +230,12 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(monkeypatch) -> Non
         with pytest.raises(images.UnusableImageError, match=r"is a JPEG of 1\d\d scans, more than the 100") as e:
             check(bomb, name="bomb.jpg")
         assert e.value.kind == "too_complex" and "bomb.jpg" in str(e.value)
+
+
+def test_deep_grayscale_keeps_its_transparency_and_range() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.array([[0, 30000, 65535]], np.uint16)).save(buf, "PNG", transparency=0)  # I;16 + tRNS
+    assert images.decode_image_bytes(buf.getvalue())[0, :, 0].tolist() == [255, 117, 255]  # see-through: white
+    wide = Image.fromarray(np.array([[0, 500_000, 1_000_000]], np.int32))  # 32-bit values past 16 bits
+    assert wide.mode == "I"
+    assert np.asarray(formats.to_rgb(wide))[0, :, 0].tolist() == [0, 128, 255]

@@ -130,6 +130,28 @@ def test_tf_failure_falls_back_to_pillow_and_odd_names(tmp_path: Path) -> None:
     np.testing.assert_array_equal(images[1].numpy(), _noise(2))
 
 
+def test_the_guess_sends_rotated_pngs_and_scan_bombs_to_pillow(tmp_path: Path) -> None:
+    """What only Pillow's path handles right: a PNG's eXIf orientation, and a JPEG of too many scans (refused)."""
+    from floranet.data import images as images_lib
+    from floranet.data.decode import resolve_flags
+
+    upright = _noise(5, (H, W))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(upright, k=1)).save(tmp_path / "rotated.png", exif=exif)
+    Image.fromarray(upright).save(tmp_path / "plain.png")
+    progressive = tmp_path / "p.jpg"
+    Image.fromarray(upright).save(progressive, progressive=True)
+    data = progressive.read_bytes()
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    (tmp_path / "bomb.jpg").write_bytes(data[:-2] + last_scan * images_lib.MAX_JPEG_SCANS + b"\xff\xd9")
+    paths = [tmp_path / n for n in ("rotated.png", "plain.png", "p.jpg", "bomb.jpg")]
+    assert resolve_flags([os.fsencode(p) for p in paths], None) == [False, True, True, False]
+    batch = list(make_dataset(paths, None, image_size=(W, H), batch_size=4))[0].numpy()  # the bomb is skipped
+    assert len(batch) == 3
+    np.testing.assert_array_equal(batch[0], upright)
+
+
 def test_pillow_path_handles_exif_rotation_alpha_and_matches_decode_and_resize(tmp_path: Path) -> None:
     upright = _noise(3, (H, W))  # 24 tall, 20 wide once upright
     rotated = tmp_path / "rotated.jpg"

@@ -15,7 +15,7 @@ another archive's) is never deleted, moved or changed: the set is extracted besi
 it (``flower_photos-floranet``) and the caller is told.
 
 ``fetch("mini_flowers")`` returns the small sample bundled with the package
-(30 downsized photos per class, see its ``SOURCE.md``); no network needed.
+(60 downsized photos per class, see its ``SOURCE.md``); no network needed.
 """
 
 from __future__ import annotations

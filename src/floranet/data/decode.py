@@ -10,6 +10,7 @@ accurate IDCT, which matches Pillow bit for bit), for plain 8-bit RGB/gray files
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
 from floranet.data.formats import allowed_formats
-from floranet.data.images import decode_image_bytes, load_image
+from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image
 from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError
 
@@ -37,20 +38,21 @@ def _guess_tf_decodable(path: bytes) -> bool:
 
     Extension first (.jpg/.jpeg/.png), then Pillow's lazy header read (no
     pixel decode) to route EXIF-rotated, CMYK, alpha, palette and 16-bit files
-    to Pillow, which tf would silently decode differently.
+    to Pillow, which tf would silently decode differently, and JPEGs of too many
+    scans to Pillow's path, which refuses them.
     """
     if not path.lower().endswith(tuple(e.encode() for e in _TF_EXTENSIONS)):
         return False
     try:
         with open(path, "rb") as f:
-            head = f.read(26)
-            f.seek(0)
-            with Image.open(f, formats=allowed_formats()) as im:
-                if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
-                    return False
-                if im.format == "PNG":
-                    return head[24] == 8  # IHDR bit depth: Pillow reports 16-bit RGB as "RGB"
-                return im.getexif().get(0x0112, 1) == 1
+            data = f.read()
+        with Image.open(io.BytesIO(data), formats=allowed_formats()) as im:
+            if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
+                return False
+            if im.format == "PNG":
+                # IHDR bit depth (Pillow reports 16-bit RGB as "RGB"); an eXIf chunk may rotate the image.
+                return data[24] == 8 and b"eXIf" not in data
+            return im.getexif().get(0x0112, 1) == 1 and jpeg_scans(data) <= MAX_JPEG_SCANS
     except Image.DecompressionBombError:  # a header declaring a huge image: Pillow's path names the limit
         return False
     except (OSError, ValueError, SyntaxError):  # what Pillow raises on a damaged or unknown header

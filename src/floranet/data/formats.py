@@ -130,10 +130,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
         top = 65535.0 if mode in _SIXTEEN_BIT_GRAY or peak > 255 else 255.0
         if mode == "F" and peak <= 1.0:
             top = 1.0
+        top = max(top, peak)  # 32-bit values beyond 16 bits: scaled too, never clipped
+        clear = im.info.get("transparency")  # a PNG's tRNS: the one gray value that is see-through
         gray = np.empty(values.shape, np.uint8)
         rows = max(1, _CHUNK_PIXELS // max(1, values.shape[1]))
         for r in range(0, values.shape[0], rows):  # float64 a slice at a time: memory stays ~1 byte a pixel
-            gray[r : r + rows] = np.clip(np.rint(values[r : r + rows].astype(np.float64) * (255.0 / top)), 0, 255)
+            part = values[r : r + rows]
+            gray[r : r + rows] = np.clip(np.rint(part.astype(np.float64) * (255.0 / top)), 0, 255)
+            if isinstance(clear, int):
+                gray[r : r + rows][part == clear] = 255  # over white, as every other transparent image
         return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")

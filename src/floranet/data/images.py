@@ -252,9 +252,10 @@ def _opened(data: bytes, name: str, max_pixels: int) -> Iterator[tuple[Image.Ima
     """Opens (header only) and size-checks; yields ``(image, is_animated)``."""
     if not data:
         raise UnusableImageError(name, "empty file (0 bytes)", kind="empty", phrase="an empty file (0 bytes)")
+    allowed = formats.allowed_formats()  # a bad setting is its own error, not every file's "corrupt"
     try:
         with _pillow_guard_lifted():
-            im = Image.open(io.BytesIO(data), formats=formats.allowed_formats())
+            im = Image.open(io.BytesIO(data), formats=allowed)
             w, h = im.size
             animated = w * h <= max_pixels and _is_animated(im)
     except UnidentifiedImageError:
@@ -289,7 +290,7 @@ def _check_scans(data: bytes, name: str, fmt: str | None) -> None:
     """
     if fmt not in ("JPEG", "MPO"):
         return
-    scans = data.count(b"\xff\xda")
+    scans = jpeg_scans(data)
     if scans > MAX_JPEG_SCANS:
         raise UnusableImageError(
             name,
@@ -299,6 +300,11 @@ def _check_scans(data: bytes, name: str, fmt: str | None) -> None:
             phrase=f"a JPEG of {scans:,} scans, more than the {MAX_JPEG_SCANS} accepted (each is a decoding pass "
             "over the whole image; encoders write 1 to about 12): re-save it as an ordinary JPEG",
         )
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans a JPEG's bytes hold (start-of-scan markers; see :func:`_check_scans`)."""
+    return data.count(b"\xff\xda")
 
 
 def _pixel_counts(pixels: int, limit: int) -> tuple[str, str]:

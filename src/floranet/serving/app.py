@@ -73,6 +73,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from floranet.config import InferenceConfig, ServeConfig
+from floranet.data.formats import allowed_formats
 from floranet.errors import ModelError
 from floranet.inference import load
 from floranet.inference.predictor import NON_FINITE
@@ -115,6 +116,7 @@ def create_app(
         ConfigError: A setting is out of range.
     """
     limits = ServeConfig(**settings)
+    allowed_formats()  # a bad FLORANET_EXTRA_IMAGE_FORMATS stops the start, not every upload
     if unsafe:
         logger.warning("loading %s with safe mode OFF: code inside the model will run", run_dir)
     predictor = load(

@@ -14,6 +14,7 @@ over seeded splits of the sample among those measured (README, "Weights without 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,13 +193,13 @@ def _data(data: str | None, say: Callable[[str], None]) -> tuple[Path, bool]:
         say(f"  using {data}")
         return Path(data), False
     try:
-        path = datasets.fetch("flower_photos", timeout=10.0, say=lambda m: say(f"  {m}"))
+        path = datasets.fetch("flower_photos", timeout=10.0, progress=sys.stderr.isatty(), say=lambda m: say(f"  {m}"))
         say(f"  flower_photos at {path}")
         return path, False
     except FloranetError as e:
         sample = datasets.mini_flowers_path()
         say(BANNER)
-        say("WARNING: could not get flower_photos (no network?):")
+        say("WARNING: could not get flower_photos:")
         say(f"  {e}")
         say(f"  FALLING BACK to the bundled sample mini_flowers ({sample}),")
         say("  60 photos per class: enough to see every step and a rough accuracy, not a benchmark.")
