@@ -97,6 +97,34 @@ def test_auto_runtime_server_agrees_with_the_same_runtime_offline(tiny_run) -> N
     assert answer["top_k"][0]["probability"] == pytest.approx(expected.top_k[0][1], abs=1e-4)
 
 
+def test_a_class_folder_name_that_is_not_utf8_is_answered_escaped(writable_run: Path, tmp_path: Path) -> None:
+    """Class names keep a folder's undecodable bytes; JSON must be UTF-8, so they are sent as \\xNN."""
+    import json
+    import os
+
+    raw = b'["caf\xe9", "roses", "tulips"]'  # written by a run on a Latin-1 folder name
+    (writable_run / "class_names.json").write_bytes(raw)
+    latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/run-\xe9"))
+    writable_run.rename(latin)
+    app = serve.create_app(latin, runtime="tensorflow", precision="fp32")
+    _, rose = _rose()
+    infer = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(rose).decode()]}]
+    }
+    infer["outputs"] = [{"name": "labels"}, {"name": "probabilities", "parameters": {"classification": 3}}]
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert c.get("/classes").json() == ["caf\\xe9", "roses", "tulips"]
+        assert c.get("/health").json()["model_version"].endswith("-run-\\xe9")
+        answer = c.post("/predict", content=rose)
+        assert answer.status_code == 200
+        assert {t["class"] for t in answer.json()["top_k"]} == {"caf\\xe9", "roses", "tulips"}
+        meta = c.get("/v2/models/run-\\xe9")
+        assert meta.status_code == 200 and meta.json()["parameters"]["class_names"][0] == "caf\\xe9"
+        out = c.post("/v2/models/run-\\xe9/infer", json=infer)
+        assert out.status_code == 200, out.text
+        assert "caf\\xe9" in json.loads(out.content)["outputs"][0]["data"]
+
+
 def test_health_classes_and_page(client, tiny_run) -> None:
     h = client.get("/health")
     assert h.status_code == 200 and h.json()["status"] == "ok"

@@ -84,6 +84,7 @@ from floranet.serving.fair import FairPool
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.state import ServeState, admitted, decode_upload, state_of
 from floranet.serving.uploads import RequestError, extract_upload, read_body
+from floranet.utils.text import map_strings, utf8
 
 logger = logging.getLogger("floranet.serve")
 
@@ -139,7 +140,7 @@ def create_app(
         predictor,
         choice,
         limits,
-        predictor.run.model_version(),
+        utf8(predictor.run.model_version()),
         Batcher(predictor.outputs, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
         FairPool(workers, "floranet-decode"),
         # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
@@ -213,7 +214,7 @@ async def health(request: Request) -> dict[str, str]:
 
 @router.get("/classes")
 async def classes(request: Request) -> list[str]:
-    return list(state_of(request).predictor.class_names)
+    return [utf8(n) for n in state_of(request).predictor.class_names]  # JSON is UTF-8; folder names may not be
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -252,7 +253,7 @@ async def predict(request: Request) -> JSONResponse:
         "inference": round(infer_ms, 3),
         "total": round((time.perf_counter() - t0) * 1000, 3),
     }
-    return JSONResponse(payload, headers={"X-Batch-Size": str(batch_size)})
+    return JSONResponse(map_strings(payload, utf8), headers={"X-Batch-Size": str(batch_size)})
 
 
 async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> dict[str, Any]:

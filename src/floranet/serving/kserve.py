@@ -53,6 +53,7 @@ from floranet.serving import tensors
 from floranet.serving.state import ServeState, Ticket, admitted, decode_upload, in_decode_pool
 from floranet.serving.tensors import InferRequest, OutputTensor
 from floranet.serving.uploads import RequestError, read_body
+from floranet.utils.text import utf8
 
 router = APIRouter()
 IMAGE, PIXELS = "image", "pixels"
@@ -63,7 +64,7 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 
 def model_name(state: ServeState) -> str:
     """The name the protocol uses: ``--model-name``, else the run folder's name."""
-    return state.settings.model_name or state.predictor.run.path.resolve().name
+    return state.settings.model_name or utf8(state.predictor.run.path.resolve().name)
 
 
 def _state(request: Request, name: str | None = None, version: str | None = None) -> ServeState:
@@ -111,7 +112,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     state = _state(request, name, version)
     h, w = state.predictor.image_size
-    names = list(state.predictor.class_names)
+    names = [utf8(n) for n in state.predictor.class_names]  # a folder's non-UTF-8 bytes as \\xNN
     detector = state.predictor.detector
     unknown_outputs = [
         {"name": OOD_SCORE, "datatype": "FP32", "shape": [-1]},
@@ -250,7 +251,7 @@ async def _pixels(state: ServeState, ticket: Ticket, parsed: InferRequest) -> li
 
 def _outputs(state: ServeState, parsed: InferRequest, answers: np.ndarray) -> list[OutputTensor]:
     """The requested outputs (all offered ones when none are named) of ``answers``: :meth:`Predictor.outputs`."""
-    names = list(state.predictor.class_names)
+    names = [utf8(n) for n in state.predictor.class_names]  # a folder's non-UTF-8 bytes as \\xNN
     probs, scores = answers[:, : len(names)], answers[:, len(names)]
     wanted = parsed.outputs or tuple(tensors.RequestedOutput(n, parsed.binary_output) for n in output_names(state))
     out = []
