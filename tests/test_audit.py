@@ -430,6 +430,7 @@ def test_odd_file_names_survive_the_split_curation_and_audit_json(tmp_path: Path
     assert curate.exclude == (odd, "class_1/img_000.jpg")
     data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
     shutil.copy(data / "class_0" / "img_000.jpg", data / odd)
+    shutil.copy(data / "class_0" / "img_001.jpg", data / "class_0" / "c\nFORGED 0.999 d.jpg")
     make_image_folder(tmp_path / "more", classes=2, per_class=1, seed=5)  # a new photo under a name not UTF-8
     shutil.copy(tmp_path / "more" / "class_1" / "img_000.jpg", data / "class_1" / os.fsdecode(b"\xff\xfe.jpg"))
     out = tmp_path / "audit"
@@ -438,3 +439,9 @@ def test_odd_file_names_survive_the_split_curation_and_audit_json(tmp_path: Path
     assert odd in again.result.data.paths
     written = json.loads((out / RunDir.AUDIT).read_bytes().decode("utf-8"))  # strict UTF-8, as doctor.json
     assert "class_1/\\xff\\xfe.jpg" in written["label_quality"]
+    # The printed list escapes names: a line break in one cannot forge a line of its own.
+    from floranet.evaluation.audit_report import summary
+
+    listed = summary(again.result, n=50)
+    assert "a\\b.jpg" in listed and "c\\x0aFORGED 0.999 d.jpg" in listed
+    assert not [line for line in listed.splitlines() if line.startswith("FORGED")]

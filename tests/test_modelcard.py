@@ -80,7 +80,11 @@ def test_hostile_class_names_cannot_inject_markup_or_terminal_codes(tmp_path: Pa
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("exports*", "features"))
-    hostile = {"daisy": "<img src=x onerror=alert(1)>", "roses": "a|b`c", "tulips": "red\x1b[31m [x](javascript:a)"}
+    hostile = {
+        "daisy": "<img src=x onerror=alert(1)>",
+        "roses": "a|b`c $m$\\z",
+        "tulips": "red\x1b[31m [x](javascript:a)",
+    }
     RunDir(run).write_class_names([hostile[n] for n in ("daisy", "roses", "tulips")])
     with open(run / "split.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -88,8 +92,8 @@ def test_hostile_class_names_cannot_inject_markup_or_terminal_codes(tmp_path: Pa
         csv.writer(f, lineterminator="\n").writerows([rows[0], *([p, hostile[lab], s, h] for p, lab, s, h in rows[1:])])
     text = model_card(RunDir(run))
     assert "<img" not in text and "&lt;img src=x onerror=alert\\(1\\)&gt;" in text
-    assert "\x1b" not in text and "red\\x1b\\[31m" in text
-    assert "| a\\|b'c |" in text  # the table keeps its columns
+    assert "\x1b" not in text and "red\\\\x1b\\[31m" in text  # renders as red\x1b[31m
+    assert "| a\\|b\\`c \\$m\\$\\\\z |" in text  # the table keeps its columns; no code span, no math
     assert "](javascript" not in text and "\\[x\\]\\(javascript:a\\)" in text  # a link rendered as a link
     # The run's folder name, a weights file's name and an evaluated folder's name are the user's text too.
     named = tmp_path / "<img src=x onerror=alert(4)>"

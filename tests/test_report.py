@@ -203,3 +203,38 @@ def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage
     assert needle in err and "Traceback" not in err
     after_html = (writable_run / "report.html").read_bytes() if (writable_run / "report.html").exists() else None
     assert after_html == before_html
+
+
+def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages(tmp_path) -> None:
+    """report.html says charset=utf-8: a class folder's undecodable bytes are written as \\xNN, not raw."""
+    from floranet import config
+    from floranet.workflows import train
+    from imagesets import TINY_MODEL, make_image_folder
+
+    names = [os.fsdecode(b"caf\xe9"), "roses"]
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6, names=names)
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), batch_size=4, epochs=1, **TINY_MODEL)
+    run = train(cfg, progress=False, say=lambda m: None).run_dir
+    report = (run / "report.html").read_bytes().decode("utf-8")  # strict: raises on a raw byte
+    assert "<td>caf\\xe9</td>" in report
+    card = (run / "README.md").read_bytes().decode("utf-8")  # the model card
+    assert "caf\\\\xe9" in card  # Markdown's escaped backslash: shown as caf\xe9
+
+
+def test_a_run_without_validation_images_says_so(tmp_path, capsys) -> None:
+    from floranet import config
+    from floranet.workflows import train
+    from imagesets import TINY_MODEL, make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)  # one image a class: all for training
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), batch_size=2, epochs=1, **TINY_MODEL)
+    messages: list[str] = []
+    run = train(cfg, progress=False, say=messages.append).run_dir
+    compiled = json.loads((run / RunDir.COMPILED / RunDir.COMPILED_INFO).read_text())
+    assert compiled["images"] == 4 and compiled["agrees"], compiled  # checked on training images instead
+    assert any("agrees with model.keras on 4 images" in m for m in messages)
+    card = (run / "README.md").read_text()
+    assert "Not validated: the split kept no image aside" in card and "Validated on a split" not in card
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no images to evaluate" in err and "every image is on the training side" in err and "--data OTHER" in err

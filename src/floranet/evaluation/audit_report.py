@@ -18,7 +18,7 @@ from floranet.errors import DatasetError
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.text import csv_text, map_strings, utf8
+from floranet.utils.text import csv_text, map_strings, printable, utf8
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -169,8 +169,8 @@ def summary(result: AuditResult, n: int = 10) -> str:
         rows = result.of_kind(kind)[:n]
         if rows:
             lines.append(f"{kind.replace('_', ' ')}s (top {len(rows)}):")
-        for f in rows:
-            extra = f" -> {f.suggested_label}?" if f.suggested_label else ""
-            other = f"  ~ {f.other_file}" if f.other_file else ""
-            lines.append(f"  {f.score:6.3f}  {f.file}  [{f.given_label}{extra}]{other}")
+        for f in rows:  # names escaped here: a line break inside one would forge a line of this list
+            extra = f" -> {printable(f.suggested_label)}?" if f.suggested_label else ""
+            other = f"  ~ {printable(f.other_file)}" if f.other_file else ""
+            lines.append(f"  {f.score:6.3f}  {printable(f.file)}  [{printable(f.given_label)}{extra}]{other}")
     return "\n".join(lines)

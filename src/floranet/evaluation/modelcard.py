@@ -156,11 +156,12 @@ def _section(title: str, lines: list[str]) -> list[str]:
 def _md(text: str) -> str:
     """A class, folder or file name as Markdown text: control bytes escaped, no HTML, no table breaks, and no
     Markdown of its own (``[x](javascript:...)`` became a link, ``*`` emphasis): its punctuation backslash-escaped."""
-    return _MARKDOWN.sub(r"\\\g<0>", html.escape(printable(text), quote=False)).replace("`", "'")
+    return _MARKDOWN.sub(r"\\\g<0>", html.escape(printable(text), quote=False))
 
 
-# Markdown's own punctuation (CommonMark backslash escapes; '&' and '<' are HTML-escaped first, '`' becomes "'").
-_MARKDOWN = re.compile(r"[\[\]()*_{}#+!|~>]")
+# Markdown's own punctuation (CommonMark backslash escapes; '&' and '<' are HTML-escaped first), with '$' for the
+# math that GitHub and the Hugging Face Hub render, and the backslash itself.
+_MARKDOWN = re.compile(r"[\[\]()*_{}#+!|~>`$\\]")
 
 
 def _code(text: str) -> str:
@@ -295,8 +296,9 @@ def _limitations(f: _Facts) -> list[str]:
             out.append(
                 f"- `{_code(name)}` is recognised less reliably: recall {r['recall']:.2f} on {r['support']} images."
             )
+    validated = sum(c["validation"] for c in f.counts.values())
     small = [n for n, c in f.counts.items() if c["validation"] < FEW_VALIDATION_IMAGES]
-    if small:
+    if small and validated:
         out.append(
             f"- Few validation images for {_names(small)} (under {FEW_VALIDATION_IMAGES} each): their "
             "figures are rough."
@@ -304,9 +306,13 @@ def _limitations(f: _Facts) -> list[str]:
     if f.config is not None and f.config.weights is None:
         out.append("- The backbone was trained from random weights, not pretrained ones.")
     out += _audit_lines(f.audit) + _ood_lines(f.ood)
+    evaluate = f"`floranet evaluate {_code(f.name)} --data OTHER`"
     out.append(
         f"- Validated on a split of the same folder: photos from elsewhere (other cameras, light, framing) may "
-        f"score lower; `floranet evaluate {_code(f.name)} --data OTHER` measures that."
+        f"score lower; {evaluate} measures that."
+        if validated
+        else f"- Not validated: the split kept no image aside, so there are no figures; {evaluate} measures the "
+        "model on other labelled photos."
     )
     return out
 

@@ -24,6 +24,7 @@ from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
 from floranet.utils.files import atomic_write_text
 from floranet.utils.system import environment
+from floranet.utils.text import utf8
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
@@ -117,7 +118,7 @@ def build_report(
         "</body></html>",
     ]
     target = Path(out) if out else run / RunDir.REPORT
-    atomic_write_text(target, "\n".join(parts))
+    atomic_write_text(target, utf8("\n".join(parts)))  # charset=utf-8: a folder's non-UTF-8 bytes as \xNN
     return target
 
 
