@@ -615,6 +615,17 @@ def test_run_server_off_loopback_needs_a_key() -> None:
     assert access_settings("127.0.0.1")["allowed_hosts"] == ("localhost", "127.0.0.1", "::1", "127.0.0.1")
 
 
+def test_an_api_key_is_printable_ascii() -> None:
+    """A browser cannot send other characters in a header as the server's UTF-8 (the page could never log in)."""
+    from floranet.config import ServeConfig
+
+    assert ServeConfig(api_key="q3+Zk9/xY2+bW8rT1vLm=").api_key == "q3+Zk9/xY2+bW8rT1vLm="  # base64 is fine
+    for bad in ("short", "sixteen chars with spaces", "schl\u00fcssel-0123456789", "key\u2603-0123456789abc"):
+        with pytest.raises(ConfigError, match="16 printable ASCII characters") as e:
+            ServeConfig(api_key=bad)
+        assert bad not in str(e.value)  # the key itself is never echoed
+
+
 def test_gradcam_keeps_only_a_shrunk_photo(hardened_app) -> None:
     from floranet.serving.state import decode_sync as _decode
 

@@ -128,10 +128,12 @@ class ServeConfig:
             or (
                 isinstance(self.api_key, str)
                 and len(self.api_key) >= 16
+                and self.api_key.isascii()
                 and self.api_key.isprintable()
                 and " " not in self.api_key
             ),
-            "api_key must be at least 16 printable characters without spaces",
+            # ASCII: a browser sends a header's other characters as Latin-1 bytes, or refuses to send them.
+            "api_key must be at least 16 printable ASCII characters without spaces",
             "api_key",
             "<hidden>",
         )

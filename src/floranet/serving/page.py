@@ -68,14 +68,18 @@ SCRIPT = """
   let token = 0;           // ignores answers to superseded uploads
   // The API key, when the server needs one: from the link's fragment (#key=..., never sent to any server)
   // or typed in once; kept for this tab only.
-  const fromLink = new URLSearchParams(location.hash.slice(1)).get("key");
+  // Percent-decoding only: URLSearchParams would turn a base64 key's "+" into a space.
+  const linked = /^#key=(.+)$/.exec(location.hash);
+  let fromLink = null;
+  if (linked) { try { fromLink = decodeURIComponent(linked[1]); } catch (e) { fromLink = linked[1]; } }
   if (fromLink) { sessionStorage.setItem("floranet-key", fromLink); history.replaceState(null, "", location.pathname); }
   const keyBox = $("key"), keyInput = $("key-input");
   function authHeaders() {
     const key = sessionStorage.getItem("floranet-key");
     return key ? { "Authorization": "Bearer " + key } : {};
   }
-  $("key-save").addEventListener("click", () => {
+  keyBox.addEventListener("submit", (e) => {  // the button or Enter in the field
+    e.preventDefault();
     sessionStorage.setItem("floranet-key", keyInput.value.trim());
     keyBox.hidden = true;
     if (current) classify(current, camBox.checked);
@@ -206,8 +210,8 @@ PAGE = f"""<!doctype html>
     <strong>Drop a photo here</strong> or click to choose one
   </label>
   <div id="error" role="alert"></div>
-  <div id="key" hidden><label>API key <input id="key-input" type="password" autocomplete="off"></label>
-    <button id="key-save" type="button">Use key</button></div>
+  <form id="key" hidden><label>API key <input id="key-input" type="password" autocomplete="off"></label>
+    <button id="key-save" type="submit">Use key</button></form>
   <section class="card" id="preview">
     <h2>Photo</h2>
     <p id="hint">No photo yet.</p>
@@ -217,7 +221,7 @@ PAGE = f"""<!doctype html>
   <section class="card">
     <h2>Top classes</h2>
     <ol id="results" aria-live="polite"></ol>
-    <div id="warn"></div>
+    <div id="warn" aria-live="polite"></div>
     <div id="meta"></div>
   </section>
 </main>
