@@ -292,6 +292,9 @@ def evaluate_run(
         rows, facts["validation_files"] = _as_trained(root, run.split(names).validation())
     else:
         root, rows = Path(data_dir), _labelled_rows(Path(data_dir), names, predictor.max_pixels, progress)
+    if not rows:
+        where = f"{run.path / RunDir.SPLIT}: every image is on the training side" if data_dir is None else root
+        raise DatasetError(f"no images to evaluate ({where}). Evaluate on other labelled images: --data OTHER")
     paths = [str(root / r.path) for r in rows]
     out = predictor.predict_files(paths)
     facts["evaluated_on"] = predictor.describe()

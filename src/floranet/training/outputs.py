@@ -85,9 +85,11 @@ def prefix_outputs(
 def compile_model_ir(
     model: keras.Model, prepared: run_data.Prepared, run: RunDir, backbone: Any = None
 ) -> dict[str, Any] | None:
-    """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images
-    (``backbone``: stage 1's converted backbone, when the final model's is still that one)."""
-    files = [prepared.abs_path(row.path) for row in prepared.split.validation()]
+    """Leaves the compiled inference model (OpenVINO IR) beside model.keras, checked on validation images, or
+    training images where the split has none (``backbone``: stage 1's converted backbone, when the final model's
+    is still that one)."""
+    rows = prepared.split.validation() or prepared.split.train()
+    files = [prepared.abs_path(row.path) for row in rows]
     return compiled.compile_run(run, model, compiled.check_pixels(files, prepared.config.image_size), backbone=backbone)
 
 

@@ -65,7 +65,7 @@ def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
         verdict = "agrees" if info["agrees"] else "DOES NOT agree (predict will use model.keras)"
         say(
             f"Compiled inference model: {result.run / RunDir.COMPILED} {verdict} with model.keras on "
-            f"{info['images']} validation images (max |dp| {info['max_abs_diff'] or 0:.1e})."
+            f"{info['images']} images (max |dp| {info['max_abs_diff'] or 0:.1e})."
         )
 
 
