@@ -74,6 +74,14 @@ def test_unknown_keys_and_bad_files(tmp_path) -> None:
         ("fine-tune-epochs: 1\nfine_tune_epochs: 2\n", "'fine_tune_epochs' is set twice"),
         ("[1, 2\n", r"expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)$"),
         ("epochs: !!python/object:os.system ls\n", "could not determine a constructor"),
+        # A billion laughs: 479 bytes of aliases expanded to 10**9 strings while the error echoed them.
+        (
+            'exclude:\n  - &a0 ["lol","lol","lol"]\n'
+            + "".join(f"  - &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)),
+            r"aliases \(\*name\) are not accepted here \(line 3, column 10\)",
+        ),
+        ("? [a, b]\n: 1\n", r"a key must be a name, not a list or a mapping \(line 1, column 3\)"),
+        ("<<: {epochs: 2}\nepochs: 3\n", "'epochs' is set twice"),
     ],
 )
 def test_yaml_errors_are_one_line_and_refuse_a_key_given_twice(tmp_path, text, match) -> None:
@@ -85,6 +93,16 @@ def test_yaml_errors_are_one_line_and_refuse_a_key_given_twice(tmp_path, text, m
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="Unknown settings: speed"):
         config.resolve(speed=3)
+
+
+def test_huge_values_are_refused_and_echoed_short() -> None:
+    for key, value in (("batch_size", 10**20), ("epochs", 10**22), ("head_units", 2**31), ("image_size", 10**8)):
+        with pytest.raises(ConfigError, match=f"{key} must be") as e:
+            config.resolve(**{key: value})
+        assert len(str(e.value)) < 300
+    with pytest.raises(ConfigError, match=r"Received: exclude=\[\[\[\[...\]\]\]\]") as e:
+        config.resolve(exclude=[[[["deep"] * 1000]]])
+    assert len(str(e.value)) < 300
 
 
 def test_a_float_in_exponent_form_is_a_number_in_a_config_file(tmp_path) -> None:
@@ -144,3 +162,17 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path) -> None:
         raise RuntimeError("killed mid-save")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+
+def test_every_training_setting_has_a_flag_and_flags_win_over_the_file(tmp_path) -> None:
+    from floranet.cli import build_parser
+    from floranet.cli.training import TRAIN_KEYS
+
+    assert set(config.FIELDS) - set(TRAIN_KEYS) == {"data_dir", "out"}  # the positional and --out
+    file = tmp_path / "c.yaml"
+    file.write_text("audit: false\nlabel_smoothing: 0.2\nmax_pixels: 1000\n")
+    argv = ["train", "d", "--out", "o", "--config", str(file), "--audit", "--label-smoothing", "0.05"]
+    args = build_parser().parse_args([*argv, "--early-stopping-patience", "3", "--class-weights", "auto"])
+    cfg = config.resolve(file=args.config, data_dir="d", out="o", **{k: getattr(args, k) for k in TRAIN_KEYS})
+    assert (cfg.audit, cfg.label_smoothing, cfg.max_pixels, cfg.early_stopping_patience) == (True, 0.05, 1000, 3)
+    assert cfg.class_weights == "auto"

@@ -8,6 +8,7 @@ from typing import Any
 from floranet.cli.common import Subparsers, command, int_or_pair, say
 from floranet.config import (
     AUGMENT_CHOICES,
+    CLASS_WEIGHTS,
     DISTRIBUTE_CHOICES,
     FINE_TUNE_CACHE,
     PRESETS,
@@ -38,7 +39,10 @@ TRAIN_KEYS = (
     "augment",
     "class_weights",
     "dropout",
+    "label_smoothing",
     "head_units",
+    "early_stopping_patience",
+    "max_pixels",
     "split_file",
     "distribute",
     "workers",
@@ -125,9 +129,12 @@ def add_train(sub: Subparsers) -> None:
         choices=AUGMENT_CHOICES,
         help="bare --augment: every stage (stage 1 then runs the full model)",
     )
-    g.add_argument("--class-weights", choices=["auto"])
+    g.add_argument("--class-weights", choices=CLASS_WEIGHTS)
     g.add_argument("--dropout", type=float)
+    g.add_argument("--label-smoothing", type=float, help="of the head's targets, in [0, 1)")
     g.add_argument("--head-units", type=int)
+    g.add_argument("--early-stopping-patience", type=int, help="epochs without a better validation loss (0: off)")
+    g.add_argument("--max-pixels", type=int, help="larger images are left out (decompression-bomb guard)")
     g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
     _add_cluster_and_curation(p, g)
 
@@ -149,7 +156,9 @@ def _add_cluster_and_curation(p: argparse.ArgumentParser, g: Any) -> None:
     )
     c.add_argument("--relabel", help="CSV of path,new_label (or an audit.csv: its label issues' suggested labels)")
     c.add_argument(
-        "--no-audit", dest="audit", action="store_const", const=False, help="skip the label audit after training"
+        "--audit",
+        action=argparse.BooleanOptionalAction,
+        help="the label audit after training, when cheap (--no-audit skips it; wins over the config file)",
     )
     c.add_argument("--unknown-method", choices=UNKNOWN_METHODS, help="out-of-distribution score (default combined)")
     c.add_argument("--unknown-keep", type=float, help="share of known validation images kept (default 0.95)")

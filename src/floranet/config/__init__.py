@@ -12,6 +12,7 @@ The CLI takes its choice lists from the constants here.
 
 from floranet.config.choices import (
     AUGMENT_CHOICES,
+    CLASS_WEIGHTS,
     DEFAULT_MAX_PIXELS,
     DISTRIBUTE_CHOICES,
     ENGINES,
@@ -40,6 +41,7 @@ from floranet.config.use import InferenceConfig, ServeConfig
 
 __all__ = [
     "AUGMENT_CHOICES",
+    "CLASS_WEIGHTS",
     "FINE_TUNE_CACHE",
     "DEFAULT_MAX_PIXELS",
     "DISTRIBUTE_CHOICES",

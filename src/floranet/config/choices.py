@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 AUGMENT_CHOICES = ("off", "fine-tune", "all")
+CLASS_WEIGHTS = ("auto",)  # or None: every class weighs the same
 FINE_TUNE_CACHE = ("auto", "off")
 DISTRIBUTE_CHOICES = ("none", "auto", "mirrored", "multi-worker")
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -61,6 +63,8 @@ UNKNOWN_METHODS = ("combined", "knn_head", "knn", "energy", "mahalanobis", "clas
 UNKNOWN_SWITCH = ("on", "off")
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
+MAX_IMAGE_SIZE = 8192  # 64 MP a side squared: past any model input, and past what a tensor index may hold
+MAX_INT = 2**31  # counts and sizes become int32 tensors and TensorFlow arguments
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a loopback-only server answers to
 MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; a larger one is not a config
 # A model name in a URL path: /v2/models/<name>.
@@ -76,9 +80,14 @@ def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+# A value echoed in a message is cut short: a config file can hold a structure far larger than itself.
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 3, 200, 200, 60
+
+
 def check(ok: bool, message: str, name: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{message}. Received: {name}={value!r}")
+        raise ConfigError(f"{message}. Received: {name}={_ECHO.repr(value)}")
 
 
 def parse_image_size(
@@ -98,8 +107,8 @@ def parse_image_size(
     square = allow_int and is_int(value)
     size: Any = (value, value) if square else tuple(value) if isinstance(value, (tuple, list)) else ()
     check(
-        len(size) == 2 and all(is_int(s) and s >= minimum for s in size),
-        f"{name} must be {'an int' if allow_int else 'a pair of ints'} >= {minimum}"
+        len(size) == 2 and all(is_int(s) and minimum <= s <= MAX_IMAGE_SIZE for s in size),
+        f"{name} must be {'an int' if allow_int else 'a pair of ints'} in [{minimum}, {MAX_IMAGE_SIZE}]"
         f"{' or (h, w)' if allow_int else ' (h, w)'}",
         name,
         value,
@@ -113,14 +122,16 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...] | Mapping[str, 
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """ConfigError unless ``value`` is an int > 0."""
+    """ConfigError unless ``value`` is an int in ``(0, 2**31)``."""
     check(is_int(value) and value > 0, f"{name} must be a positive int", name, value)
+    check(value < MAX_INT, f"{name} must be below 2**31", name, value)
     return int(value)
 
 
 def check_int_at_least(cfg: Any, name: str, low: int, note: str = "") -> None:
     value = getattr(cfg, name)
     check(is_int(value) and value >= low, f"{name} must be an int >= {low}{note}", name, value)
+    check(value < MAX_INT, f"{name} must be below 2**31", name, value)
 
 
 def check_fraction(cfg: Any, name: str, low_open: bool, high_open: bool = True) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import yaml
 
 from floranet.config.choices import (
     AUGMENT_CHOICES,
+    CLASS_WEIGHTS,
     DEFAULT_MAX_PIXELS,
     DISTRIBUTE_CHOICES,
     FINE_TUNE_CACHE,
@@ -109,6 +110,9 @@ class TrainConfig:
         for name in (*PATH_FIELDS, "out", "backbone"):
             value = getattr(self, name)
             check(value is None or isinstance(value, str), f"{name} must be text (a path or a name)", name, value)
+        for name in ("out", "backbone"):  # no default stands in for these later
+            value = getattr(self, name)
+            check(isinstance(value, str) and bool(value.strip()), f"{name} must be a non-empty text", name, value)
 
     def _check_training(self) -> None:
         check_positive_int("batch_size", self.batch_size)
@@ -152,7 +156,7 @@ class TrainConfig:
             self.weights,
         )
         check(
-            self.class_weights in (None, "auto"),
+            self.class_weights is None or self.class_weights in CLASS_WEIGHTS,
             "class_weights must be 'auto' or None",
             "class_weights",
             self.class_weights,
@@ -197,12 +201,24 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently), a key
+    that is not a plain value, and aliases (``*name``: a few hundred bytes of them expand to gigabytes)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted here", mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # "<<" merge keys, as the parent class reads them
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a name, not a list or a mapping", key_node.start_mark
+                )
             name = str(key).replace("-", "_") if isinstance(key, str) else key
             line = key_node.start_mark.line + 1
             if name in seen:
