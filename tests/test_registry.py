@@ -75,3 +75,19 @@ def test_cli_lists_the_registry_and_where_weights_come_from(capsys) -> None:
     ]
     assert marks["resnet50"] == "(ImageNet weights downloaded on first use)"
     assert marks["resnet20"] == "(no ImageNet weights)"
+
+
+def test_a_backbone_is_named_as_spelled_and_finds_its_fine_tune_layer_however_spelled() -> None:
+    """keras:mobilenet_v2 (Keras's model, padding and weights) took floranet mobilenet_v2's name, and with it
+    the stage-1 feature cache of the other model."""
+    from floranet.training.features import cache_key
+
+    ours, theirs = backbones.get("mobilenet_v2"), backbones.get("keras:mobilenet_v2")
+    assert (ours.name, theirs.name) == ("mobilenet_v2", "keras:mobilenet_v2")
+    assert cache_key(ours.name, "f", (96, 96), "k") != cache_key(theirs.name, "f", (96, 96), "k")
+    for spelled, prefix in (
+        ("efficientnet_b0", "block6a_"),
+        ("keras:EfficientNetB0", "block6a_"),
+        ("resnet_50", "conv5_"),
+    ):
+        assert backbones.get(spelled).fine_tune_prefix == prefix, spelled

@@ -56,6 +56,21 @@ def test_cifar_option_a_shortcut_has_no_parameters() -> None:
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
 
 
+@pytest.mark.parametrize("side", [32, 33])
+def test_cifar_strided_conv_samples_the_pixels_its_shortcut_keeps(side: int) -> None:
+    """At an even size, "same" padding centred the strided 3x3 on odd pixels, the shortcut on even ones."""
+    inputs = keras.Input((side, side, 16))
+    out = resnet.cifar_block(inputs, 16, stride=2, name="b")
+    model = keras.Model(inputs, [out, keras.Model(inputs, out).get_layer("b_1_conv").output])
+    conv = model.get_layer("b_1_conv")
+    kernel = np.zeros(conv.kernel.shape, np.float32)
+    kernel[1, 1] = np.eye(16)  # the centre tap only: the conv samples its input
+    conv.set_weights([kernel])
+    ramp = np.broadcast_to(np.arange(side, dtype=np.float32)[None, :, None, None], (1, side, side, 16))
+    sampled = np.asarray(model(ramp)[1])[0, :, 0, 0]
+    np.testing.assert_array_equal(sampled, np.arange(0, side, 2))  # rows 0, 2, 4, ... as MaxPooling2D(1, 2)
+
+
 def test_registry_drives_block_counts() -> None:
     model = resnet.build_resnet("resnet101", weights=None, include_top=False, input_shape=(64, 64, 3))
     blocks = {n.split("_")[1] for n in (layer.name for layer in model.layers) if n.startswith("conv4_block")}

@@ -347,3 +347,21 @@ def test_stage1_head_calls_cover_whole_epochs() -> None:
         k = steps_per_call(steps)
         assert 1 <= k <= HEAD_STEPS_PER_CALL and steps % k == 0
     assert (steps_per_call(8), steps_per_call(78), steps_per_call(96), steps_per_call(79)) == (8, 13, 16, 1)
+
+
+@pytest.mark.parametrize("weights", [None, "file"])
+def test_an_unknown_backbone_fails_before_the_data_is_read_whatever_the_weights(weights, tmp_path) -> None:
+    """With weights none or a file, a misspelt backbone was found only after the scan, leaving a run folder."""
+    from floranet.errors import ConfigError
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    if weights == "file":
+        weights = str(tmp_path / "w.weights.h5")
+        Path(weights).write_bytes(b"x")
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), backbone="resnet2O", weights=weights)
+    with pytest.raises(ConfigError, match="Unknown backbone"):
+        train(cfg, progress=False, say=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    for name in ("backbone", "out"):
+        with pytest.raises(ConfigError, match=f"{name} must be a non-empty text"):
+            config.TrainConfig(data_dir=str(data), **{name: " "})

@@ -74,3 +74,27 @@ def test_offline_fails_fast_with_instructions(kind: str, monkeypatch, keras_home
     message = str(info.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(keras_home / "models") in message and "--weights PATH" in message
+
+
+@pytest.mark.parametrize("damage", ["weight_names", "group", "dataset", "layer_names"])
+def test_a_damaged_legacy_file_is_named_not_a_key_error(damage: str, tmp_path) -> None:
+    import h5py
+
+    model = resnet.build_resnet("resnet20", weights=None, include_top=False, input_shape=(32, 32, 3))
+    path = tmp_path / "damaged.h5"
+    write_legacy_h5(model, path)
+    with h5py.File(path, "r+") as f:
+        first = f.attrs["layer_names"][0]
+        first = first.decode() if isinstance(first, bytes) else first
+        if damage == "weight_names":
+            del f[first].attrs["weight_names"]
+        elif damage == "group":
+            del f[first]
+        elif damage == "dataset":
+            group = f[first]
+            name = group.attrs["weight_names"][0]
+            del group[name.decode() if isinstance(name, bytes) else name]
+        else:
+            del f.attrs["layer_names"]
+    with pytest.raises(WeightsError, match=r"damaged\.h5 is not a usable Keras weights file"):
+        weights.load_legacy_h5_by_name(model, path)

@@ -107,12 +107,14 @@ def _keras_builder(name: str, fn: Callable[..., keras.Model]) -> Callable[..., k
             except Exception as e:  # Keras raises many types for download and file errors
                 if weights is None:
                     raise
-                raise WeightsError(
-                    f"Cannot load {weights!r} weights for backbone {name!r}: {e}. Without network "
-                    f"access, download the file named above on a machine that has it and put it in "
-                    f"{weights_lib.cache_dir('models')}, or pass weights=PATH (CLI: --weights PATH). "
+                hint = (  # a download that failed; a file of the user's just does not fit
+                    f" Without network access, download the file named above on a machine that has it and put "
+                    f"it in {weights_lib.cache_dir('models')}, or pass weights=PATH (CLI: --weights PATH). "
                     + weights_lib.offline_hint()
-                ) from e
+                    if weights == "imagenet"
+                    else ""
+                )
+                raise WeightsError(f"Cannot load {weights!r} weights for backbone {name!r}: {e}.{hint}") from e
 
     return build
 
@@ -143,7 +145,13 @@ def _keras_info(name: str, fn: Callable[..., keras.Model]) -> BackboneInfo:
     mode = _KERAS_MODULE_PREPROCESSING.get(module)
     if mode is None:
         raise ConfigError(f"Backbone {name!r} (keras.applications.{fn.__name__}) has no known preprocessing.")
-    ours = registry.lookup(name)  # keras:resnet50 has our resnet50's layer names, so its fine-tune layer
+    # keras:resnet50 has our resnet50's layer names, so its fine-tune layer; however the model is spelled
+    # (resnet_50, keras:EfficientNetB0), the registered entry for the same Keras function.
+    ours = (
+        registry.lookup(name.removeprefix("keras:"))
+        or registry.lookup(fn.__name__)
+        or next((i for i in registry.REGISTRY.values() if i.keras_name == fn.__name__), None)
+    )
     return BackboneInfo(
         name,
         "keras",
@@ -186,7 +194,9 @@ def get(name: str) -> Backbone:
     if fn is None:
         raise ConfigError(f"Unknown backbone. Valid names: {', '.join(names())}. Received: backbone={name!r}")
     if info is None or key.startswith("keras:"):
-        info = _keras_info(keras_name, fn)
+        # Named as given: "keras:mobilenet_v2" (Keras's model and weights) is not floranet's "mobilenet_v2",
+        # and the name keys the feature caches.
+        info = _keras_info(key if key.startswith("keras:") else keras_name, fn)
     # Messages name it as given: "keras:mobilenet_v2" (Keras's weights) is not floranet's "mobilenet_v2".
     return Backbone(info, _keras_builder(key if key.startswith("keras:") else info.name, fn))
 

@@ -104,11 +104,15 @@ def cifar_block(x: Any, filters: int, *, stride: int, name: str) -> Any:
         shortcut = layers.MaxPooling2D(1, strides=stride, name=f"{name}_0_pool")(shortcut)
     if in_channels != filters:
         shortcut = _pad_channels(shortcut, filters - in_channels, name=f"{name}_0")
+    if stride != 1:
+        # Padding on both sides, as PyTorch's padding=1: "same" pads only the bottom and right of an even size,
+        # which centres the strided 3x3 on odd pixels while the shortcut keeps the even ones.
+        x = layers.ZeroPadding2D(padding=1, name=f"{name}_1_pad")(x)
     x = layers.Conv2D(
         filters,
         3,
         strides=stride,
-        padding="same",
+        padding="valid" if stride != 1 else "same",
         use_bias=False,
         kernel_initializer="he_normal",
         name=f"{name}_1_conv",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import keras
@@ -117,9 +118,13 @@ def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, t
         WeightsError: The weights cannot be had; offline, the message names the backbones whose
             weights ship with floranet.
     """
-    if weights is None:
-        return
-    if weights != "imagenet":
+    if weights is None or weights != "imagenet":
+        if registry.lookup(backbone) is None:  # a name to check before any data is read, whatever the weights
+            from floranet.models import backbones  # here: backbones builds with this module
+
+            backbones.get(backbone)
+        if weights is None:
+            return
         if not Path(weights).is_file():
             raise WeightsError(
                 "weights must be 'imagenet', None or the path of an existing weights file. "
@@ -177,6 +182,22 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
     a with-top file into a headless model) are skipped; a model layer missing
     from the file, or a shape mismatch, is an error.
     """
+    try:
+        missing, mismatched, updates = _matched_by_name(model, path)
+    except (KeyError, OSError, ValueError, TypeError) as e:  # h5py's words for a group or attribute not there
+        raise WeightsError(f"Weights file {path} is not a usable Keras weights file: {e}") from e
+    if missing or mismatched:
+        details = "; ".join(
+            ([f"missing layers {missing[:5]}" + (" ..." if len(missing) > 5 else "")] if missing else [])
+            + ([f"shape mismatch {mismatched[:3]}"] if mismatched else [])
+        )
+        raise WeightsError(f"Weights file {path} does not fit model {model.name!r}: {details}.")
+    for layer, arrays in updates:
+        layer.set_weights(arrays)
+
+
+def _matched_by_name(model: keras.Model, path: Path) -> tuple[list[str], list[str], list[tuple[Any, list[Any]]]]:
+    """``(missing layer names, shape mismatches, (layer, arrays) to set)`` from a legacy HDF5 file."""
     with h5py.File(path, "r") as f:
         root = f.get("model_weights", f)
         stored = {_str(n): root[_str(n)] for n in root.attrs["layer_names"]}
@@ -195,14 +216,7 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
                 continue
             # A file may store a narrower dtype (the bundled one keeps float16): cast to the layer's own.
             updates.append((layer, [a.astype(c.dtype, copy=False) for a, c in zip(arrays, current, strict=True)]))
-    if missing or mismatched:
-        details = "; ".join(
-            ([f"missing layers {missing[:5]}" + (" ..." if len(missing) > 5 else "")] if missing else [])
-            + ([f"shape mismatch {mismatched[:3]}"] if mismatched else [])
-        )
-        raise WeightsError(f"Weights file {path} does not fit model {model.name!r}: {details}.")
-    for layer, arrays in updates:
-        layer.set_weights(arrays)
+    return missing, mismatched, updates
 
 
 def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
