@@ -65,6 +65,15 @@ def test_int8_is_openvino_for_training_only(monkeypatch) -> None:
         runtime.choose_inference("auto", "int8")  # predict/serve have no calibration images
 
 
+def test_inference_in_bf16_is_openvino_however_few_the_images(monkeypatch) -> None:
+    """--precision bf16 alone failed for a job under 256 images: auto chose TensorFlow, which refused bf16."""
+    monkeypatch.setattr(runtime, "openvino_available", lambda: True)
+    for images in (1, 10_000, None):
+        assert runtime.choose_inference("auto", "bf16", images=images).key == "openvino-bf16"
+    with pytest.raises(ConfigError, match="Received: runtime='tensorflow', precision='bf16'"):
+        runtime.choose_inference("tensorflow", "bf16")  # asked for by name: said, not overridden
+
+
 @pytest.mark.skipif(not runtime.openvino_available(), reason="OpenVINO not installed")
 def test_int8_extraction_is_calibrated_and_close(extractor) -> None:
     pytest.importorskip("nncf")
@@ -151,7 +160,7 @@ def test_the_compiled_model_reuses_stage_1s_converted_backbone(tmp_path, monkeyp
     )
     run = train(cfg, progress=False, say=lambda m: None).run_dir
     info = json.loads((run / "inference" / "compiled.json").read_text())
-    assert info["agrees"] and info["max_abs_diff"] <= 1e-4 and info["features_max_rel_diff"] <= 1e-4
+    assert info["agrees"] and info["max_abs_diff"] <= 1e-4 and info["features_max_rel_diff"] <= 1e-4, info
     assert converted == ["features"]  # stage 1's extractor only; the head was appended to it
 
 

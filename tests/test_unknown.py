@@ -75,6 +75,23 @@ def test_combined_is_four_z_scored_parts_and_old_three_part_statistics_still_sco
     np.testing.assert_allclose(loaded.score(x_val, p_val), ((three - three.mean(0)) / three.std(0)).mean(1), atol=1e-4)
 
 
+def test_near_duplicate_distances_do_not_amplify_the_runtimes_last_digits() -> None:
+    """Features two runtimes agree on to 1e-7 gave kNN distances of near-duplicates (about 1e-4) differing in
+    their 7th decimal, float32's rounding of the cosine: a thousandth of the score's spread, past the compiled
+    model's agreement check."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(50, 64)).astype(np.float32)
+    references = unknown_lib.normalize(base)
+    query = base + 0.01 * rng.normal(size=base.shape).astype(np.float32)  # near-duplicates of references
+    other = (query * (1 + 1e-7 * rng.normal(size=base.shape))).astype(np.float32)  # another runtime's last digits
+    near, again = (unknown_lib._knn_distance(q, references, 1) for q in (query, other))
+    assert near.max() < 1e-3 and near.std() > 1e-5
+    assert np.max(np.abs(near - again)) < 1e-3 * near.std()
+    stats = {"means": references[:4]}
+    mean_near, mean_again = (unknown_lib._score_block("class_mean", stats, q[:4], 1) for q in (query, other))
+    assert np.max(np.abs(mean_near - mean_again)) < 1e-9
+
+
 def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
     from floranet import config
     from floranet.errors import ModelError

@@ -47,11 +47,18 @@ MAX_REFERENCES = 20_000
 _BLOCK = 1024
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
+def normalize(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, dtype)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(n, 1e-12)
+
+
+def _cosine_distance(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """``1 - cos`` of each row of ``x`` and its row of ``neighbours``, in float64: near-duplicates sit at distances
+    of 1e-5 and below, where float32's rounding of the cosine (6e-8) is a thousandth of the score's own spread,
+    and two runtimes' features that agree to 1e-7 scored differently."""
+    return np.asarray(1.0 - np.einsum("ij,ij->i", normalize(x, np.float64), neighbours.astype(np.float64)), np.float32)
 
 
 def head_stats(weights: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,10 +189,12 @@ def z_scoring(stats: dict[str, np.ndarray], val_features: np.ndarray, k: int) ->
 
 
 def _knn_distance(x: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:
-    """Cosine distance of each row to its k-th nearest reference (references normalised)."""
+    """Cosine distance of each row to its k-th nearest reference (references normalised): found in float32, the
+    one distance then computed in float64."""
     sims = normalize(x) @ references.T
     kk = min(k, references.shape[0])
-    return 1.0 - -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]
+    nearest = np.argpartition(-sims, kk - 1, axis=1)[:, kk - 1]
+    return _cosine_distance(x, references[nearest])
 
 
 def _score_block(method: str, stats: dict[str, np.ndarray], z: np.ndarray, k: int) -> np.ndarray:
@@ -196,7 +205,8 @@ def _score_block(method: str, stats: dict[str, np.ndarray], z: np.ndarray, k: in
     if method == "energy":
         return -np.logaddexp.reduce(logits(stats, z), axis=1)
     if method == "class_mean":
-        return 1.0 - (normalize(z) @ stats["means"].T).max(axis=1)
+        means = stats["means"]
+        return _cosine_distance(z, means[(normalize(z) @ means.T).argmax(axis=1)])
     means, precision = stats["means"], stats["precision"]
     zp = z @ precision
     quad = np.sum(zp * z, axis=1, keepdims=True) - 2 * zp @ means.T + np.sum((means @ precision) * means, axis=1)
