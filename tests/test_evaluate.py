@@ -94,6 +94,19 @@ def test_two_classes_have_metrics_too() -> None:
     assert m["accuracy"] == pytest.approx(2 / 3) and m["top_2_accuracy"] == 1.0
 
 
+def test_macro_f1_averages_the_classes_the_images_or_answers_have() -> None:
+    """evaluate --data on a folder of one of three classes: all right gave macro F1 0.333."""
+    perfect = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1]]), NAMES[:3])
+    assert perfect["macro_f1"] == 1.0 and perfect["per_class"]["roses"]["support"] == 0
+    wrong = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]), NAMES[:3])
+    assert wrong["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)  # roses was answered: its F1 of 0 counts
+    labels, probs = fixed_predictions()  # every class present: scikit-learn's macro average
+    pred = probs.argmax(1)
+    assert classification_metrics(labels, probs, NAMES)["macro_f1"] == pytest.approx(
+        skm.f1_score(labels, pred, average="macro")
+    )
+
+
 def test_evaluating_a_folder_with_no_usable_image_says_so(tiny_run, tmp_path) -> None:
     from floranet.errors import DatasetError
     from floranet.evaluation import evaluate_run

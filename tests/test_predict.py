@@ -132,6 +132,14 @@ def test_folders_follow_symlinks_once_and_skip_fifos(tmp_path) -> None:
     assert input_lib.expand_inputs([only_linked])[0] == [only_linked / "sub" / "linked.jpg"]
     files, _ = input_lib.expand_inputs([str(top / "**" / "*.jpg")])
     assert sorted(p.name for p in files) == ["linked.jpg", "own.jpg"]
+    # Two links in a loop doubled Python's glob's paths at every level: it never ended, its memory grew.
+    (top / "again").symlink_to(top, target_is_directory=True)
+    for pattern in ("**/*.jpg", "**", "t*/**/o*.jpg"):
+        files, _ = input_lib.expand_inputs(
+            [str(top / pattern) if not pattern.startswith("t") else str(tmp_path / pattern)]
+        )
+        assert sorted(p.name for p in files) == ["linked.jpg", "own.jpg"][pattern.startswith("t") :], pattern
+    assert input_lib.expand_inputs([""]) == ([], [input_lib.Unmatched(0, "")])  # not the working folder
 
 
 def test_python_api_arguments_are_checked_by_name(tiny_run, tmp_path) -> None:
@@ -314,3 +322,32 @@ def test_a_replaced_model_keras_is_never_paired_with_an_old_compiled_model(writa
     (writable_run / "model.keras").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other content
     assert compiled.usable(run) is None
     assert predict.load(writable_run).compiled is None  # falls back to model.keras
+
+
+def test_output_files_keep_their_layout_quote_formulas_and_carry_any_class_name(tmp_path, monkeypatch) -> None:
+    import os
+    import sys
+
+    from floranet.errors import MissingDependencyError
+    from floranet.inference import Prediction
+
+    failed = [Prediction("gone.jpg", error="no image")]
+    out = tmp_path / "p.csv"
+    formats.write_predictions(failed, None, out)
+    assert out.read_text().startswith("file,class_1,probability_1,")  # the layout of any other file
+    formats.check_output(out, [])  # so a rerun may replace it
+    (tmp_path / "old.csv").write_text("file,low_confidence,unknown,ood_score,error\ngone.jpg,false,false,,x\n")
+    formats.check_output(tmp_path / "old.csv", [])  # as it was written before
+    # A spreadsheet runs a cell starting with = + - @: names are quoted, numbers are not.
+    latin = os.fsdecode(b"ros\xe9s")
+    rows = [Prediction("=1+2.jpg", (("@SUM(1)", 0.75), (latin, 0.25)), ood_score=-1.5)]
+    text = formats.format_predictions(rows, "csv")
+    assert "'=1+2.jpg,'@SUM(1),0.750000,ros\\xe9s,0.250000" in text and ",-1.500000," in text
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    formats.write_predictions(rows, "parquet", tmp_path / "p.parquet")  # a class name that is not UTF-8
+    assert pq.read_table(tmp_path / "p.parquet").column("class_2").to_pylist() == ["ros\\xe9s"]
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # as if pyarrow were not installed
+    with pytest.raises(MissingDependencyError, match="pyarrow"):
+        formats.check_output(tmp_path / "new.parquet", [])  # before any image is predicted

@@ -18,11 +18,12 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """14 files (12 good images, one text file named .jpg, one broken link) in a folder, one of its images again,
+    """15 files (12 good images, two text files named .jpg, one broken link) in a folder, one of its images again,
     and a path that does not exist."""
     root = tmp_path_factory.mktemp("ray-images")
     folder = make_image_folder(root / "imgs", classes=3, per_class=4, seed=3)
     (folder / "class_1" / "broken.jpg").write_text("not an image")
+    (folder / "class_1" / "back\\slash.jpg").write_text("not an image")  # an error names it escaped (repr)
     (folder / "class_2" / "gone.jpg").symlink_to(root / "nowhere.jpg")  # Ray re-expanded it: 'no image'
     again = sorted((folder / "class_0").glob("*.jpg"))[0]  # twice: Ray kept one row per distinct path
     return [str(folder), str(again), str(root / "missing.jpg")]
@@ -52,7 +53,7 @@ def test_ray_engine_gives_the_local_rows_and_csv(tiny_run: Path, inputs: list[st
     rows = predict_ray.predict_with_ray(tiny_run, inputs, top_k=2, num_workers=2, batch_size=4, say=said.append)
     assert not ray.is_initialized()  # the instance it started is shut down
     assert "2 worker(s)" in said[0]
-    assert len(rows) == 16 and sum(r.error is not None for r in rows) == 3
+    assert len(rows) == 17 and sum(r.error is not None for r in rows) == 4
     gone = next(r for r in rows if r.file.endswith("gone.jpg"))
     assert "is missing (no such file, or a broken symlink)" in (gone.error or "")
     assert rows[-1].file.endswith("missing.jpg") and "no such file" in (rows[-1].error or "")
@@ -62,7 +63,7 @@ def test_ray_engine_gives_the_local_rows_and_csv(tiny_run: Path, inputs: list[st
     # Byte-identical here; the model's last float digit may depend on batch company and thread count on
     # other CPUs, so compare probability cells as numbers and everything else as text.
     got, want = _csv_cells(tmp_path / "ray.csv"), _csv_cells(tmp_path / "local.csv")
-    assert got[0] == want[0] and len(got) == len(want) == 17
+    assert got[0] == want[0] and len(got) == len(want) == 18
     for g, w in zip(got[1:], want[1:], strict=True):
         # Cells 2 and 4: probabilities; 7: the unknown score (a z-scored distance: a few more digits move).
         assert [c for i, c in enumerate(g) if i not in (2, 4, 7)] == [c for i, c in enumerate(w) if i not in (2, 4, 7)]
@@ -88,7 +89,7 @@ def test_cli_ray_engine_writes_parquet_like_local(
         main(["predict", str(tiny_run), *relative, "--engine", "ray", "--workers", "1", "--output", str(out_ray)]) == 0
     )
     assert main(["predict", str(tiny_run), *relative, "--output", str(out_local)]) == 0
-    assert "15 predictions written" in capsys.readouterr().out
+    assert "16 predictions written" in capsys.readouterr().out
     got, want = pq.read_table(out_ray).to_pylist(), pq.read_table(out_local).to_pylist()
     assert list(got[0]) == [
         "file",
@@ -104,7 +105,8 @@ def test_cli_ray_engine_writes_parquet_like_local(
         "error",
     ]
     assert [r["file"] for r in got] == [r["file"] for r in want]
-    assert got[4]["file"] == "imgs/class_1/broken.jpg" and "'imgs/class_1/broken.jpg'" in got[4]["error"]
+    assert got[5]["file"] == "imgs/class_1/broken.jpg" and "'imgs/class_1/broken.jpg'" in got[5]["error"]
+    assert "'imgs/class_1/back\\\\slash.jpg'" in got[4]["error"]  # named as given, not by its absolute path
     for g, w in zip(got, want, strict=True):
         assert {k: v for k, v in g.items() if "probability" not in k and k != "ood_score"} == {
             k: v for k, v in w.items() if "probability" not in k and k != "ood_score"
@@ -113,7 +115,7 @@ def test_cli_ray_engine_writes_parquet_like_local(
         for i in (1, 2, 3):
             assert (g[f"probability_{i}"] is None) == (w[f"probability_{i}"] is None)
             assert g[f"probability_{i}"] == pytest.approx(w[f"probability_{i}"], abs=1e-5)
-    assert [r["error"] is not None for r in got].count(True) == 3
+    assert [r["error"] is not None for r in got].count(True) == 4
 
 
 def test_bad_engine_and_ray_flags_without_ray_are_clear_errors(

@@ -77,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.output:
         raise ConfigError("format='parquet' needs --output FILE.parquet. Received: output=None")
     if args.output:
-        formats.check_output(args.output, args.paths, args.run_dir)  # before any image is predicted
+        formats.check_output(args.output, args.paths, args.run_dir, args.format)  # before any image is predicted
     settings = InferenceConfig(
         runtime=args.runtime,
         precision=args.precision,

@@ -14,6 +14,10 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """Accuracy, loss, top-k accuracy, per-class precision/recall/F1 and the confusion matrix.
 
+    ``macro_f1`` averages the classes that are in ``y_true`` or predicted: a class with neither (``evaluate
+    --data`` on a folder of some of the run's classes) has no F1 to average, and counting it as 0 understated
+    a perfect score.
+
     Args:
         y_true: Integer labels, shape (n,).
         probs: Predicted probabilities, shape (n, classes).
@@ -45,7 +49,8 @@ def classification_metrics(
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
         for i, name in enumerate(class_names)
     }
-    out["macro_f1"] = float(np.mean(f))
+    present = (s > 0) | (np.bincount(y_pred, minlength=n_classes) > 0)
+    out["macro_f1"] = float(np.mean(f[present]))
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
     out["confusion_matrix"] = cm.tolist()
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -33,7 +33,7 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
     check_choice("format", fmt, TEXT_FORMATS)
     if fmt == "json":
         return json.dumps([_utf8_row(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
-    k = max((len(r.top_k) for r in rows), default=1)
+    k = _columns(rows)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -48,17 +48,17 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
             ]
         )
         for r in rows:
-            cells = [c for name, p in r.top_k for c in (printable(name), f"{p:.6f}")]
+            cells = [c for name, p in r.top_k for c in (_csv_text(name), f"{p:.6f}")]
             cells += [""] * (2 * k - len(cells))
             score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
             writer.writerow(
                 [
-                    printable(r.file),
+                    _csv_text(r.file),
                     *cells,
                     str(r.low_confidence).lower(),
                     str(r.unknown).lower(),
                     score,
-                    printable(r.error or ""),
+                    _csv_text(r.error or ""),
                 ]
             )
         return buf.getvalue()
@@ -85,10 +85,11 @@ def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str |
         return
     pa = require("pyarrow", "format='parquet'")
     pq = require("pyarrow.parquet", "format='parquet'")
-    k = max((len(r.top_k) for r in rows), default=1)
+    k = _columns(rows)
     columns: dict[str, Any] = {"file": pa.array([utf8(r.file) for r in rows], pa.string())}
     for i in range(k):
-        columns[f"class_{i + 1}"] = pa.array([r.top_k[i][0] if i < len(r.top_k) else None for r in rows], pa.string())
+        names = [utf8(r.top_k[i][0]) if i < len(r.top_k) else None for r in rows]
+        columns[f"class_{i + 1}"] = pa.array(names, pa.string())
         columns[f"probability_{i + 1}"] = pa.array(
             [r.top_k[i][1] if i < len(r.top_k) else None for r in rows], pa.float64()
         )
@@ -98,6 +99,18 @@ def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str |
     columns["error"] = pa.array([None if r.error is None else utf8(r.error) for r in rows], pa.string())
     with atomic_path(output) as tmp:
         pq.write_table(pa.table(columns), tmp)
+
+
+def _columns(rows: Sequence[Prediction]) -> int:
+    """How many class columns: at least one, so a file of failed rows has the layout (and the header) of any other."""
+    return max([len(r.top_k) for r in rows] + [1])
+
+
+def _csv_text(text: str) -> str:
+    """A text cell: escaped as :func:`printable`, and a leading ``= + - @`` quoted (``'=x.jpg``), so a spreadsheet
+    shows a file or class name instead of running it as a formula."""
+    shown = printable(text)
+    return "'" + shown if shown[:1] in ("=", "+", "-", "@") else shown
 
 
 def _utf8_row(r: Prediction) -> dict[str, Any]:
@@ -114,14 +127,19 @@ def check_output(
     output: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
     run_dir: str | os.PathLike[str] | None = None,
+    fmt: str | None = None,
 ) -> Path:
-    """Checks, before any image is predicted, that ``output`` can be written and replaces nothing of anyone's.
+    """Checks, before any image is predicted, that ``output`` can be written as ``fmt`` (None: from its suffix)
+    and replaces nothing of anyone's.
 
     Raises:
         ConfigError: ``output`` is one of ``inputs``, has an image's suffix (it would replace a photo), lies in
             ``run_dir`` (its model and records), or is an existing file that is not predictions floranet wrote.
+        MissingDependencyError: Parquet without pyarrow.
         OutputError: It cannot be written.
     """
+    if (fmt or format_for(output)) == "parquet":
+        require("pyarrow.parquet", "format='parquet'")
     final = Path(output)
     shown = printable(os.fspath(output))
     if final.suffix.lower() in IMAGE_EXTENSIONS or any(
@@ -155,7 +173,9 @@ def _is_predictions(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - unreadable, or not Parquet after all: not ours
         return False
     text = head.decode("utf-8", "replace")
-    return text.startswith(("file,class_1,", "[]", TABLE_TITLE)) or re.match(r'\[\s*\{\s*"file":', text) is not None
+    # "file,low_confidence,": a CSV of failed rows only, as floranet wrote them before they had a class column.
+    heads = ("file,class_1,", "file,low_confidence,", "[]", TABLE_TITLE)
+    return text.startswith(heads) or re.match(r'\[\s*\{\s*"file":', text) is not None
 
 
 def format_for(output: str | os.PathLike[str]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,13 +34,15 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
     missing: list[Unmatched] = []
     for item in inputs:
         p = Path(item)
-        if p.is_file():
+        if not os.fspath(item):  # "" is Path("."): an unset variable would predict the whole working folder
+            found = []
+        elif p.is_file():
             found = [p]
         elif p.is_dir():
             found = _walk(p)  # an empty folder is as good as a typo: say so below
-        elif any(ch in str(item) for ch in "*?["):
-            matched = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            # Each file once: ``**`` through a link loop (self -> .) names one file at every depth.
+        elif glob.has_magic(str(item)):
+            matched = sorted(Path(m) for m in _glob(str(item)))
+            # Each file once: a link (alias -> .) names the same file under two paths.
             real = {os.path.realpath(m): m for m in reversed(matched) if m.is_file() and _regular(m)}
             found = sorted(m for m in real.values() if m.suffix.lower() in IMAGE_EXTENSIONS)
         else:
@@ -56,6 +58,17 @@ def _walk(root: Path) -> list[Path]:
     folder once, so a link loop ends), hidden entries skipped, and only regular files (a FIFO would block the
     read forever)."""
     out: list[Path] = []
+    for dirpath, filenames in _folders(str(root)):
+        out.extend(
+            Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(dirpath) / f)
+        )
+    return out
+
+
+def _folders(root: str) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, its file names)`` under ``root`` in name order, each real folder once, hidden ones skipped."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -64,11 +77,24 @@ def _walk(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(
-            Path(dirpath) / f
-            for f in sorted(filenames)
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(dirpath) / f)
-        )
+        yield dirpath, sorted(filenames)
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, with ``**`` walked as :func:`_folders` walks (Python's glob follows
+    every link to a folder: two links in a loop double the paths at each level, without end)."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    at = parts.index("**")
+    base, rest = os.sep.join(parts[:at]), os.sep.join(parts[at + 1 :]) or "*"
+    if at and not base:
+        base = os.sep  # the pattern started at the root
+    out = []
+    for top in glob.glob(base) if glob.has_magic(base) else [base]:
+        for folder, _ in _folders(top or os.curdir):
+            here = folder if top else os.path.relpath(folder)  # "**/x.jpg" names "x.jpg", as glob does
+            out += glob.glob(os.path.join(glob.escape(here), rest)) if here != os.curdir else glob.glob(rest)
     return out
 
 

@@ -170,11 +170,13 @@ def _run(
 def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
     k = sum(1 for c in r if c.startswith("class_"))
     top = tuple((str(r[f"class_{i}"]), float(r[f"probability_{i}"])) for i in range(1, k + 1) if r[f"class_{i}"])
-    error = str(r["error"]).replace(str(file.absolute()), str(file)) or None  # name the file as the user did
+    # Name the file as the user did, as written plainly or quoted (a repr escapes a backslash or an odd byte).
+    error = str(r["error"])
+    for there, here in ((str(file.absolute()), str(file)), (repr(str(file.absolute()))[1:-1], repr(str(file))[1:-1])):
+        error = error.replace(there, here)
     score = float(r["ood_score"])
-    return Prediction(
-        str(file), top, bool(r["low_confidence"]), error, bool(r["unknown"]), None if math.isnan(score) else score
-    )
+    ood = None if math.isnan(score) else score
+    return Prediction(str(file), top, bool(r["low_confidence"]), error or None, bool(r["unknown"]), ood)
 
 
 class _Worker:

@@ -135,6 +135,10 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
             ``floranet export --quantize int8``).
     """
     check_choice("precision", precision, PRECISIONS)
+    if runtime == "auto" and precision == "bf16":  # whatever the number of images: only OpenVINO can
+        if not openvino_available():
+            optional.require("openvino", "precision='bf16' for inference")
+        return RuntimeChoice("openvino", "bf16", "bf16 as requested: inference in bf16 runs on OpenVINO")
     choice = choose(runtime, precision, images=images)
     if choice.runtime == "tensorflow" and choice.precision == "bf16":
         raise ConfigError(
