@@ -130,6 +130,17 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
     with pytest.raises(ConfigError, match="already holds a run of resnet20 with other settings"):
         compare(cfg(earlier), say=lambda m: None)
     assert not trained
+    import sys
+
+    from floranet.errors import MissingDependencyError
+    from floranet.inference import runtime
+
+    with monkeypatch.context() as m:  # latency's runtime missing: said before a backbone trains for nothing
+        m.setattr(runtime, "openvino_available", lambda: False)
+        m.setitem(sys.modules, "openvino", None)
+        with pytest.raises(MissingDependencyError, match="openvino"):
+            compare(dataclasses.replace(cfg(tmp_path / "ov"), runtime="openvino"), say=lambda m: None)
+    assert not trained
     with pytest.raises(ZeroDivisionError):  # past every check: the first training starts
         compare(cfg(earlier, ("resnet32",)), say=lambda m: None)
     assert trained == ["resnet32"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from floranet.errors import ModelError
+from floranet.errors import ConfigError, ModelError
 from floranet.export import metadata
 from floranet.export.common import MODEL_FILES, log
 from floranet.export.rundata import ExportSource
@@ -63,7 +63,7 @@ def _write_saved_model(
 def _write_onnx(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
     # Keras's ONNX path (TF backend) is tf2onnx.convert.from_function on the traced
     # serving function; nested functional sub-models (backbone, head) are inlined.
-    for module in ("tf2onnx", "onnx"):
+    for module in ("tf2onnx", "onnx", "onnxruntime"):  # onnxruntime: the export is read back to be checked
         require(module, "format='onnx'")
     path = folder / "model.onnx"
     try:
@@ -263,3 +263,22 @@ WRITERS = {
     "openvino": _write_openvino,
     "tflite": _write_tflite,
 }
+
+
+# Formats that keep the class names one a line (labels.txt: a SavedModel asset, a TFLite associated file).
+LINE_LABELS = ("saved_model", "tflite")
+
+
+def check_line_names(fmt: str, names: Sequence[str]) -> None:
+    """Refuses a class name with a line break for a format whose labels file holds one name a line.
+
+    Raises:
+        ConfigError: Such a name, for such a format.
+    """
+    broken = [n for n in names if "\n" in n or "\r" in n]
+    if fmt in LINE_LABELS and broken:
+        raise ConfigError(
+            f"class name {broken[0]!r} holds a line break, and format={fmt!r} keeps class names one a line "
+            "(labels.txt): rename that class folder and train again, or export keras, onnx or openvino. "
+            f"Received: format={fmt!r}"
+        )

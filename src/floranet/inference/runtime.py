@@ -91,6 +91,7 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
                 "precision='int8' runs on OpenVINO (NNCF post-training quantization). "
                 "Received: runtime='tensorflow', precision='int8'"
             )
+        optional.require("nncf", "precision='int8'")  # now, not after the data scan and calibration images
         return RuntimeChoice("openvino", "int8", "int8 as requested: OpenVINO, calibrated on training images")
     reasons = []
     if runtime == "auto":

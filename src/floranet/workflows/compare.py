@@ -26,6 +26,7 @@ from floranet.data import doctor
 from floranet.data import split as split_lib
 from floranet.errors import ConfigError, DatasetError, OutputError, WeightsError
 from floranet.inference import load
+from floranet.inference.runtime import choose_inference
 from floranet.models import backbones
 from floranet.rundir import RunDir
 from floranet.training.trainer import settings_changed
@@ -115,6 +116,7 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
     """
     out = Path(config.out)
     _check_out(config, out)
+    choose_inference(config.runtime, config.precision)  # latency's runtime: said missing before anything trains
     # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
     runs = [(b, _settings(config, b, out, out / SPLIT)) for b in config.backbones]
     earlier = {b: _earlier_run(b, s) for b, s in runs}  # an interrupted comparison continues where it stopped

@@ -10,6 +10,7 @@ from floranet.errors import ConfigError
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
 from floranet.evaluation.report import build_report
+from floranet.inference import runtime
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
@@ -51,6 +52,7 @@ def train(
         )
     if mlflow is not None:  # not after an hour of training
         require("mlflow", "--mlflow")
+    runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
     # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
     weights_lib.ensure_available(config.backbone, config.weights)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
