@@ -280,8 +280,26 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, match: str) -> None:
 def test_missing_run(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="Run directory not found"):
         export_run(tmp_path / "nope", "onnx")
+    assert not (tmp_path / "nope").exists()  # no folder made for a lock
     with pytest.raises(ModelError, match="model.keras is missing"):
         export_run(tmp_path, "onnx")
+
+
+def test_export_is_refused_while_another_writer_holds_the_run(run_copy: Path, tmp_path: Path) -> None:
+    """export rewrote exports.json (and inference/ of an older run) while training or evaluate held the run."""
+    from floranet.errors import RunLockedError
+    from floranet.rundir import RunDir
+    from floranet.utils import locks
+
+    fd = locks.acquire(run_copy / RunDir.LOCK, what="a test holding the run")
+    try:
+        before = (run_copy / "exports.json").read_bytes() if (run_copy / "exports.json").exists() else None
+        with pytest.raises(RunLockedError):
+            export_run(run_copy, "keras", out=tmp_path / "k", max_images=0)
+        after = (run_copy / "exports.json").read_bytes() if (run_copy / "exports.json").exists() else None
+        assert before == after and not (tmp_path / "k").exists()
+    finally:
+        locks.release(run_copy / RunDir.LOCK, fd)
 
 
 def test_load_exported_errors(exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

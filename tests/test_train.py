@@ -365,3 +365,38 @@ def test_an_unknown_backbone_fails_before_the_data_is_read_whatever_the_weights(
     for name in ("backbone", "out"):
         with pytest.raises(ConfigError, match=f"{name} must be a non-empty text"):
             config.TrainConfig(data_dir=str(data), **{name: " "})
+
+
+def test_a_runtime_that_is_not_installed_is_said_before_the_data_is_read(tmp_path, monkeypatch) -> None:
+    """--runtime openvino without OpenVINO (or int8 without NNCF) failed after the scan, leaving a run folder."""
+    import sys
+
+    from floranet.errors import MissingDependencyError
+    from floranet.inference import runtime
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), **{**TINY_MODEL, "runtime": "openvino"})
+    with pytest.raises(MissingDependencyError, match="openvino"):
+        train(cfg, progress=False, say=lambda m: None)
+    monkeypatch.setattr(runtime, "openvino_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(MissingDependencyError, match="nncf"):
+        train(config.resolve(data_dir=str(data), out=str(tmp_path / "run"), precision="int8"), say=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_file_of_a_run_has_the_permissions_the_umask_gives(tiny_run: Path) -> None:
+    """inference/ came from mkdtemp: 0700, so nobody else who may read the run could load its compiled model."""
+    import stat
+
+    from floranet.utils.files import current_umask
+
+    mask = current_umask()
+    wrong = [
+        (str(p.relative_to(tiny_run)), oct(stat.S_IMODE(p.stat().st_mode)))
+        for p in [tiny_run, *tiny_run.rglob("*")]
+        if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~mask
+    ]
+    assert (tiny_run / "inference").is_dir() and not wrong, wrong

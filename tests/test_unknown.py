@@ -122,6 +122,8 @@ def test_trained_run_answers_unknown(tiny_run: Path, tmp_path: Path) -> None:
     run = RunDir(tiny_run)
     meta = json.loads((tiny_run / RunDir.OOD).read_text())
     assert meta["method"] == "combined" and meta["keep"] == 0.95 and run.exists(RunDir.OOD_STATS)
+    with np.load(tiny_run / RunDir.OOD_STATS) as stored:  # both kNN banks in float16, as the README says
+        assert stored["references"].dtype == stored["references_backbone"].dtype == np.float16
     predictor = load(tiny_run, runtime="tensorflow", precision="fp32")
     odd = _odd_images(tmp_path)
     known = str(next((Path(run.config().data_dir) / "daisy").glob("*.jpg")))

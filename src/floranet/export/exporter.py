@@ -10,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,11 +41,11 @@ from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, decode_rows, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
-from floranet.export.writers import WRITERS
+from floranet.export.writers import WRITERS, check_line_names
 from floranet.inference import compiled
 from floranet.inference.unknown import UnknownDetector, needs_features
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_write_text, write_json
+from floranet.utils.files import atomic_write_text, make_readable, write_json
 
 
 @dataclass(frozen=True)
@@ -216,15 +216,6 @@ def _place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _make_readable(folder: Path) -> None:
-    """mkdtemp/mkstemp create 0700/0600 entries; give the export the usual umask permissions."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for p in folder.rglob("*"):
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
 def _model_size(folder: Path) -> int:
     """Bytes of the model file(s): everything but the top-level class_names.json and README.txt."""
     extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE, *(folder / n for n in UNKNOWN_FILES)}
@@ -265,6 +256,25 @@ def export_run(
     """
     _check_args(format, quantize, max_images)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else log.info
+    with contextlib.ExitStack() as held:
+        # One writer per run: not while training or evaluate rewrites what is exported. A read-only run exported
+        # elsewhere cannot hold its lock; only its exports.json goes unwritten then (said below).
+        with contextlib.suppress(OutputError):
+            if Path(run_dir).is_dir():  # else open_run names what is missing, and no folder is made
+                held.enter_context(RunDir(run_dir).lock())
+        return _export(run_dir, format, quantize, out, max_images, say, progress)
+
+
+def _export(
+    run_dir: str | os.PathLike[str],
+    format: str,
+    quantize: str | None,
+    out: str | os.PathLike[str] | None,
+    max_images: int,
+    say: Callable[[str], None],
+    progress: bool,
+) -> ExportResult:
+    """:func:`export_run` once its arguments are checked and the run is held."""
     name = export_name(format, quantize)
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
@@ -273,7 +283,7 @@ def export_run(
             f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"
         )
     RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
-    _check_line_names(format, source.class_names)
+    check_line_names(format, source.class_names)
     calib = None
     if quantize == "int8":
         say(f"Decoding up to {CALIBRATION_IMAGES} training images for int8 calibration...")
@@ -300,25 +310,6 @@ def export_run(
     except OutputError as e:
         log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
     return result
-
-
-# Formats that keep the class names one a line (labels.txt: a SavedModel asset, a TFLite associated file).
-LINE_LABELS = ("saved_model", "tflite")
-
-
-def _check_line_names(fmt: str, names: Sequence[str]) -> None:
-    """Refuses a class name with a line break for a format whose labels file holds one name a line.
-
-    Raises:
-        ConfigError: Such a name, for such a format.
-    """
-    broken = [n for n in names if "\n" in n or "\r" in n]
-    if fmt in LINE_LABELS and broken:
-        raise ConfigError(
-            f"class name {broken[0]!r} holds a line break, and format={fmt!r} keeps class names one a line "
-            "(labels.txt): rename that class folder and train again, or export keras, onnx or openvino. "
-            f"Received: format={fmt!r}"
-        )
 
 
 def _compile_if_missing(
@@ -377,7 +368,7 @@ def _build(
         folder / README_FILE,
         readme(source, fmt, quantize, exported, check, calibration, created, converter) + unknown_note,
     )
-    _make_readable(folder)
+    make_readable(folder)
     runtime = exported.runtime
     del exported  # release file handles before the folder is renamed
     return ExportResult(

@@ -41,7 +41,7 @@ from floranet.errors import DatasetError, ModelError
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
-from floranet.utils.files import write_json
+from floranet.utils.files import make_readable, write_json
 from floranet.utils.system import package_version
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ def compile_run(
             "agrees": _agrees(check),
         }
         write_json(tmp / RunDir.COMPILED_INFO, record)
+        make_readable(tmp)  # mkdtemp's 0700 would keep the folder from everyone else who may read the run
         if folder.exists():
             shutil.rmtree(folder)  # our own compiled model, replaced by the new one
         os.replace(tmp, folder)

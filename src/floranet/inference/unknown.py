@@ -213,6 +213,10 @@ def _score_block(method: str, stats: dict[str, np.ndarray], z: np.ndarray, k: in
     return np.asarray(quad.min(axis=1), np.float32)
 
 
+# The kNN references, stored in float16 exactly (_references rounded them): half the file.
+_HALF = ("references", "references_backbone")
+
+
 @dataclass(frozen=True)
 class UnknownDetector:
     """A fitted "unknown" answer.
@@ -262,7 +266,7 @@ class UnknownDetector:
         if self.stats:  # kNN references in float16 (exactly: fit_stats rounded them)
             run.write_npz(
                 RunDir.OOD_STATS,
-                {k: v.astype(np.float16) if k == "references" else v for k, v in self.stats.items()},
+                {k: v.astype(np.float16) if k in _HALF else v for k, v in self.stats.items()},
             )
         run.write_json(RunDir.OOD, self.to_json())
 

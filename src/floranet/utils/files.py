@@ -46,6 +46,15 @@ def file_mode(final: Path) -> int:
         return 0o666 & ~current_umask()
 
 
+def make_readable(folder: Path) -> None:
+    """Gives a folder made by ``mkdtemp`` (0700, its files 0600 from ``mkstemp``) the permissions the umask gives,
+    before it is renamed into place."""
+    mask = current_umask()
+    folder.chmod(0o777 & ~mask)
+    for p in folder.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def fsync_dir(folder: Path) -> None:
     """Makes a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
     with contextlib.suppress(OSError):
