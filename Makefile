@@ -1,6 +1,7 @@
 # Everything a fresh machine needs: `make demo` (the main job) and `make test`.
 PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null \
+	&& echo $$p && break; done)
 VENV := .venv
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -8,7 +9,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 .PHONY: setup demo test test-all lint bench clean browser
 
 $(STAMP): pyproject.toml
-	@test -n "$(PYTHON)" || { echo "floranet needs Python >= 3.11 (python3.11/3.12/3.13 on PATH)"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "floranet needs Python 3.11 to 3.13, which TensorFlow 2.21 supports (python3.11/3.12/3.13 on PATH)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e ".[test,export,ray]"

@@ -18,8 +18,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "ai_edge_litert": ("ai-edge-litert", "export"),
     "ray": ("ray", "ray"),
     "ray.data": ("ray[data]", "ray"),
-    "pyarrow": ("pyarrow", "ray"),
-    "pyarrow.parquet": ("pyarrow", "ray"),
+    "pyarrow": ("pyarrow", "parquet"),
+    "pyarrow.parquet": ("pyarrow", "parquet"),
     "mlflow": ("mlflow-skinny", "mlflow"),
 }
 
