@@ -64,7 +64,8 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="auto",
-        help="inference runtime (auto: OpenVINO on CPU for 256+ images or a server, else TensorFlow)",
+        help="inference runtime (auto: the run's compiled OpenVINO model, else OpenVINO on CPU for 256+ images "
+        "or a server, else TensorFlow)",
     )
     p.add_argument(
         "--precision",

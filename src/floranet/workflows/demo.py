@@ -31,7 +31,7 @@ from floranet.workflows.train import train
 
 BANNER = "=" * 72
 OFFLINE_BACKBONE = "mobilenet_v2"  # its ImageNet weights ship with floranet
-OFFLINE_PRESET = "tutorial"  # best mean over seeded splits of the sample among those measured (README)
+OFFLINE_PRESET = "tutorial"  # measured on seeded splits of the sample: benchmarks/bench_demo_recipe.py
 OFFLINE_SIZE = 160
 
 
