@@ -1,4 +1,4 @@
-"""Screens of three further ideas for the unknown answer, on the pretrained backbone alone (no training run).
+"""Screens of four further ideas for the unknown answer, on the pretrained backbone alone (no training run).
 
 Each flower_photos class is held out in turn, as in bench_unknown.py; every score here is computed on one
 ImageNet MobileNetV2 pass (../shared's Keras-layout file *with* its 1000-class top, 225 px), so a screen
@@ -14,6 +14,8 @@ beats that row here.
 - **Leave-one-class-out heads** (ELOC, Vyas et al. 2018): for each known class, a head trained on the other
   known classes with the left-out class's images pushed to a uniform answer; score = max over heads of
   (max probability − entropy). Against the energy of one ordinary head, and each added to the kNN row.
+- **Placeholders** (PROSER-like, Zhou et al. 2021): a head with one extra output, trained on mixes of two known
+  classes' features as that output and with it as every image's runner-up; alone and added to the kNN row.
 
 Split: per class, a seeded 20% of the known images is validation (the negatives), 10% of the rest is a
 calibration slice that sets the z-statistics of the two-part sums (so no evaluated image sets them), and the
@@ -170,6 +172,42 @@ def _eloc(x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int) -> np.ndar
     return -best
 
 
+def _placeholders(x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int) -> np.ndarray:
+    """PROSER-like head: one extra "unknown" output, trained on mixes of two known classes' features (data
+    placeholders) and as every image's runner-up (classifier placeholder); score = its logit − the best known."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    n = int(y.max()) + 1
+    layers = [keras.layers.Dropout(0.3), keras.layers.Dense(512, "relu"), keras.layers.Dense(n + 1)]
+    model = keras.Sequential([keras.Input((x.shape[1],)), *layers])
+    opt = keras.optimizers.Adam(1e-3)
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits
+
+    @tf.function
+    def step(xb: Any, yb: Any, mixed: Any) -> None:
+        with tf.GradientTape() as tape:
+            z = model(xb, training=True)
+            runner_up = z - 1e9 * tf.one_hot(yb, n + 1)  # the true class masked: the extra output should come next
+            extra = tf.fill(tf.shape(yb), n)
+            loss = tf.reduce_mean(xent(yb, z)) + tf.reduce_mean(xent(extra, runner_up))
+            loss += tf.reduce_mean(xent(tf.fill([tf.shape(mixed)[0]], n), model(mixed, training=True)))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True))
+
+    for _ in range(15):
+        order = rng.permutation(len(y))
+        for s in range(0, len(y), 64):
+            b = order[s : s + 64]
+            partner = rng.permutation(b)
+            lam = rng.uniform(0.3, 0.7, (len(b), 1)).astype(np.float32)
+            mixed = (lam * x[b] + (1 - lam) * x[partner])[y[b] != y[partner]]
+            step(x[b], y[b].astype(np.int32), mixed if len(mixed) else x[b][:1])
+    z = model.predict(query, verbose=0)
+    return z[:, n] - z[:, :n].max(1)
+
+
 def _energy(x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int) -> np.ndarray:
     z = _head(x, y, int(y.max()) + 1, seed).predict(query, verbose=0)
     m = z.max(1)
@@ -200,10 +238,12 @@ def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray
         **{f"patch knn {k}": v for k, v in _patch_scores(feats["patches"][train], feats["patches"][ask], seed).items()},
         "energy (one head)": _energy(pooled[train], y, pooled[ask], seed),
         "eloc": _eloc(pooled[train], y, pooled[ask], seed),
+        "placeholders": _placeholders(pooled[train], y, pooled[ask], seed),
     }
     z = {k: (v - v[:n_cal].mean()) / v[:n_cal].std() for k, v in scores.items()}
     scores["knn + energy"] = z["knn pooled (reference)"] + z["energy (one head)"]
     scores["knn + eloc"] = z["knn pooled (reference)"] + z["eloc"]
+    scores["knn + placeholders"] = z["knn pooled (reference)"] + z["placeholders"]
     return {k: _auroc(v[n_cal : n_cal + n_neg], v[n_cal + n_neg :]) for k, v in scores.items()}
 
 
