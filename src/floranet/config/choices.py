@@ -63,7 +63,7 @@ UNKNOWN_METHODS = ("combined", "knn_head", "knn", "energy", "mahalanobis", "clas
 UNKNOWN_SWITCH = ("on", "off")
 # Smallest model input side: every registered backbone builds at 32 px (CIFAR ResNets' native size).
 MIN_IMAGE_SIZE = 32
-MAX_IMAGE_SIZE = 8192  # 64 MP a side squared: past any model input, and past what a tensor index may hold
+MAX_IMAGE_SIZE = 8192  # 8192² is 67 MP an image: past any model input floranet trains
 MAX_INT = 2**31  # counts and sizes become int32 tensors and TensorFlow arguments
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a loopback-only server answers to
 MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; a larger one is not a config

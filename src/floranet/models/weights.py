@@ -115,10 +115,11 @@ def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, t
     weights when built; they are not checked here.
 
     Raises:
+        ConfigError: An unknown backbone name (whatever the weights).
         WeightsError: The weights cannot be had; offline, the message names the backbones whose
             weights ship with floranet.
     """
-    if weights is None or weights != "imagenet":
+    if weights != "imagenet":  # none, or a file of the user's
         if registry.lookup(backbone) is None:  # a name to check before any data is read, whatever the weights
             from floranet.models import backbones  # here: backbones builds with this module
 
