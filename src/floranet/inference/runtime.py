@@ -19,7 +19,7 @@ import collections
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -137,9 +137,7 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
     """
     check_choice("precision", precision, PRECISIONS)
     if runtime == "auto" and precision == "bf16":  # whatever the number of images: only OpenVINO can
-        if not openvino_available():
-            optional.require("openvino", "precision='bf16' for inference")
-        return RuntimeChoice("openvino", "bf16", "bf16 as requested: inference in bf16 runs on OpenVINO")
+        return replace(choose("openvino", "bf16"), reason="bf16 as requested: inference in bf16 runs on OpenVINO")
     choice = choose(runtime, precision, images=images)
     if choice.runtime == "tensorflow" and choice.precision == "bf16":
         raise ConfigError(

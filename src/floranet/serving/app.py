@@ -214,7 +214,7 @@ async def health(request: Request) -> dict[str, str]:
 
 @router.get("/classes")
 async def classes(request: Request) -> list[str]:
-    return [utf8(n) for n in state_of(request).predictor.class_names]  # JSON is UTF-8; folder names may not be
+    return state_of(request).class_names
 
 
 @router.get("/", response_class=HTMLResponse)

@@ -112,7 +112,7 @@ async def model_ready(request: Request, name: str, version: str | None = None) -
 async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
     state = _state(request, name, version)
     h, w = state.predictor.image_size
-    names = [utf8(n) for n in state.predictor.class_names]  # a folder's non-UTF-8 bytes as \\xNN
+    names = state.class_names
     detector = state.predictor.detector
     unknown_outputs = [
         {"name": OOD_SCORE, "datatype": "FP32", "shape": [-1]},
@@ -251,7 +251,7 @@ async def _pixels(state: ServeState, ticket: Ticket, parsed: InferRequest) -> li
 
 def _outputs(state: ServeState, parsed: InferRequest, answers: np.ndarray) -> list[OutputTensor]:
     """The requested outputs (all offered ones when none are named) of ``answers``: :meth:`Predictor.outputs`."""
-    names = [utf8(n) for n in state.predictor.class_names]  # a folder's non-UTF-8 bytes as \\xNN
+    names = state.class_names
     probs, scores = answers[:, : len(names)], answers[:, len(names)]
     wanted = parsed.outputs or tuple(tensors.RequestedOutput(n, parsed.binary_output) for n in output_names(state))
     out = []

@@ -21,6 +21,7 @@ from floranet.serving.batcher import Batcher
 from floranet.serving.fair import FairPool, QueueTimeout
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.uploads import RequestError
+from floranet.utils.text import utf8
 
 T = TypeVar("T")
 # An unusable image's kind → HTTP status (anything else: 422, a damaged image).
@@ -56,10 +57,13 @@ class ServeState:
     pending: int = 0
     inflight_bytes: int = 0
     max_pending: int = field(init=False)
+    class_names: list[str] = field(init=False)
     clients: dict[str, ClientShare] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.max_pending = 4 * self.settings.max_batch
+        # As answers name them: JSON is UTF-8, and a folder's bytes that are not UTF-8 are sent as \xNN.
+        self.class_names = [utf8(n) for n in self.predictor.class_names]
 
     @property
     def client_slots(self) -> int:
