@@ -16,12 +16,15 @@ class Served:
     honour_range: bool = True
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     url: str = ""
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302
 
 
 @contextmanager
-def serve(files: dict[str, bytes], *, honour_range: bool = True) -> Iterator[Served]:
-    """Serves ``files`` (path → bytes) on 127.0.0.1 until the block ends."""
-    state = Served(files=files, honour_range=honour_range)
+def serve(
+    files: dict[str, bytes], *, honour_range: bool = True, redirects: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """Serves ``files`` (path → bytes) on 127.0.0.1 until the block ends; ``redirects`` (path → URL) answer 302."""
+    state = Served(files=files, honour_range=honour_range, redirects=redirects or {})
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -30,6 +33,12 @@ def serve(files: dict[str, bytes], *, honour_range: bool = True) -> Iterator[Ser
         def do_GET(self) -> None:
             rng = self.headers.get("Range")
             state.requests.append((self.path, rng))
+            if self.path in state.redirects:
+                self.send_response(302)
+                self.send_header("Location", state.redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = state.files.get(self.path)
             if body is None:
                 self.send_error(404)

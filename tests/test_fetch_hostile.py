@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import httpserver
 from floranet.data import archives, datasets
 from floranet.errors import ConfigError, DatasetError, DownloadError, OutputError
 from floranet.utils import download
@@ -229,3 +230,15 @@ def test_the_temporary_cache_is_private_to_its_user(tmp_path, monkeypatch) -> No
     path.chmod(0o777)
     with pytest.raises(OutputError, match="not a private folder of this user"):
         download._private_temp_folder()
+
+
+def test_a_redirect_is_followed_to_http_only(tmp_path) -> None:
+    """urllib follows a redirect to ftp:// by itself: a hostile server could send floranet to an inner host."""
+    body = b"weights" * 100
+    digest = hashlib.sha256(body).hexdigest()
+    with httpserver.serve({"/w.bin": body}, redirects={"/moved": "/w.bin", "/ftp": "ftp://127.0.0.1:1/w.bin"}) as srv:
+        got = download.download(f"{srv.url}/moved", tmp_path / "w.bin", file_hash=digest, timeout=5)
+        assert got.read_bytes() == body
+        with pytest.raises(DownloadError, match="refused a redirect to ftp:// URL"):
+            download.download(f"{srv.url}/ftp", tmp_path / "x.bin", file_hash=digest, timeout=5)
+    assert not (tmp_path / "x.bin").exists()

@@ -201,11 +201,25 @@ class _Refused(ValueError):
     """The server sends what cannot be the file asked for (more bytes than it has)."""
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s): urllib's own would follow one to ftp://, a server's way to have
+    floranet open a connection it never asked for (an FTP host inside the user's network)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, f"refused a redirect to {scheme or 'no'}:// URL", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
 def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, size: int | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "floranet"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _OPENER.open(request, timeout=timeout) as response:
         status = getattr(response, "status", 200)
         if offset and status != 206:
             offset = 0  # server ignored the Range header: restart from scratch
