@@ -217,6 +217,36 @@ def test_a_parse_past_the_decode_timeout_answers_503(tiny_run: Path, monkeypatch
     assert app.state.serve.pending == 0 and app.state.serve.clients == {}
 
 
+def test_a_refused_image_cancels_the_requests_other_decodes(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image 0 cannot be decoded: the request is answered 415 and its ticket given back at once, so its other
+    images, still queued for the decode pool, must never be decoded (they used to run on, counted by nobody)."""
+    from fastapi.testclient import TestClient
+
+    from floranet.serving import create_app
+    from floranet.serving import state as serve_state
+
+    app = create_app(tiny_run, runtime="tensorflow", precision="fp32", model_name=MODEL)
+    calls: list[str] = []
+    real = serve_state.decode.decode_bytes
+
+    def slow_decode(data: bytes, *args: object, **kwargs: object) -> object:
+        calls.append(str(kwargs.get("name")))
+        if data != b"not an image":
+            time.sleep(0.2)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(serve_state.decode, "decode_bytes", slow_decode)
+    blobs = [b"not an image"] + [p.read_bytes() for p in JPEGS] * 3
+    data = [base64.b64encode(b).decode() for b in blobs]
+    doc = {"inputs": [{"name": "image", "shape": [len(data)], "datatype": "BYTES", "data": data}]}
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        r = c.post(f"/v2/models/{MODEL}/infer", json=doc)
+        assert r.status_code == 415 and "'image 0'" in r.json()["error"], r.text
+        time.sleep(0.2 * len(blobs))  # long enough for every decode, had they been left to run
+    assert calls[0] == "image 0" and len(calls) <= 1 + app.state.serve.decode_pool.workers, calls
+    assert app.state.serve.pending == 0 and app.state.serve.clients == {}
+
+
 def test_classification_extension_and_binary_output(client) -> None:
     blobs = [JPEGS[1].read_bytes()]
     out = httpclient.InferRequestedOutput("probabilities", binary_data=True, class_count=2)
@@ -420,3 +450,21 @@ def test_model_name_is_checked() -> None:
     for bad in ("", "a/b", "-x", "x" * 200, 3):
         with pytest.raises(ConfigError, match="model_name"):
             ServeConfig(model_name=bad)
+
+
+def test_an_outputs_own_binary_data_wins_over_the_requests_default(server: str) -> None:
+    """Triton's rule: binary_data_output is the default for outputs that do not say; one that says
+    binary_data: false comes back as JSON (it used to be sent as binary data all the same)."""
+    blob = base64.b64encode(JPEGS[0].read_bytes()).decode()
+    doc = {
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [blob]}],
+        "parameters": {"binary_data_output": True},
+        "outputs": [{"name": "labels", "parameters": {"binary_data": False}}, {"name": "probabilities"}],
+    }
+    r = _post(server, doc)
+    assert r.status_code == 200, r.text
+    length = int(r.headers["inference-header-content-length"])
+    labels, probs = json.loads(r.content[:length])["outputs"]
+    assert "data" in labels and "binary_data_size" not in labels.get("parameters", {})
+    assert "data" not in probs and probs["parameters"]["binary_data_size"] == 3 * 4
+    assert len(r.content) == length + 3 * 4

@@ -253,6 +253,11 @@ def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
         "30 MB upload": ({"content": b"\xff\xd8\xff" + bytes(30 * 1024 * 1024)}, 413, "too large"),
         "30 MB without Content-Length": ({"content": (bytes(1 << 20) for _ in range(30))}, 413, "too large"),
         "multipart without a file field": ({"files": {"photo": ("a.jpg", rose, "image/jpeg")}}, 400, "'file'"),
+        "multipart of three photos": (
+            {"files": [("file", (f"{i}.jpg", rose, "image/jpeg")) for i in range(3)]},
+            400,
+            "3 'file' fields; /predict takes one image",
+        ),
         "malformed multipart": (
             {
                 "content": b"--xyz\r\nnot a header line\r\n\r\n",
@@ -476,6 +481,48 @@ def test_slow_uploads_hold_only_the_bytes_they_have_sent(tiny_run) -> None:
                 sock.close()
 
 
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_client_keeps_one_share_while_any_of_its_requests_is_open(tiny_run) -> None:
+    """A request that ends with nothing held (an empty body) used to drop its client's share while another
+    request of the client, admitted and not yet sending, still held it: that one then counted against a share
+    nobody saw, and the client's next upload got a fresh budget. Here the client's budget is 64 KiB: two 50 KB
+    uploads at once are one too many, however many empty requests come between them."""
+    app = serve.create_app(
+        tiny_run, max_upload_bytes=64 * 1024, max_inflight_bytes=256 * 1024, client_share=0.25, request_timeout_s=20.0
+    )
+    state = app.state.serve
+    with serve.serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        def head(length: int) -> bytes:
+            return (
+                f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ).encode()
+
+        first = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            first.sendall(head(60_000))  # admitted, no byte of its body yet
+            assert _wait_for(lambda: len(state.clients) == 1)
+            with httpx.Client(base_url=url, timeout=30) as c:
+                assert c.post("/predict", content=b"").status_code == 400  # ends holding nothing
+            assert len(state.clients) == 1  # the first request's share is still the client's
+            first.sendall(b"\xff" * 50_000)
+            assert _wait_for(lambda: state.inflight_bytes == 50_000)
+            with httpx.Client(base_url=url, timeout=30) as c:
+                second = c.post("/predict", content=b"\xff" * 50_000)
+            assert second.status_code == 503 and "this client already has" in second.json()["error"], second.text
+        finally:
+            first.close()
+        assert _wait_for(lambda: state.clients == {} and state.inflight_bytes == 0)
+
+
 def _lambda_run(tiny_run: Path, tmp_path: Path) -> Path:
     import keras
 
@@ -572,6 +619,13 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
     with caplog.at_level("WARNING", logger="floranet.serve"):
         serve.run_server(tiny_run)
     assert calls[-1].host == "127.0.0.1" and "REACHABLE" not in caplog.text
+    for port in (99999, -1, True):  # said before the model loads, not an OverflowError from bind()
+        with pytest.raises(ConfigError, match=rf"port must be an int in \[0, 65535\]. Received: port={port}"):
+            serve.run_server(tiny_run, port=port)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="floranet.serve"):
+        serve.run_server(tiny_run, max_pixels=10**9)  # the run's own limit still holds: said, not silent
+    assert "max_pixels=1000000000 is above the run's own limit" in caplog.text
 
 
 def test_a_model_that_answers_nan_is_refused_or_answered_500_never_invalid_json(tiny_run, writable_run) -> None:

@@ -41,7 +41,6 @@ the protocol's error object. The routes are plain routes of the app, so whatever
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,7 @@ from fastapi.responses import Response
 
 from floranet.inference.predictor import NON_FINITE, top_k
 from floranet.serving import tensors
-from floranet.serving.state import ServeState, Ticket, admitted, decode_upload, in_decode_pool
+from floranet.serving.state import ServeState, Ticket, admitted, all_or_none, decode_upload, in_decode_pool
 from floranet.serving.tensors import InferRequest, OutputTensor
 from floranet.serving.uploads import RequestError, read_body
 from floranet.utils.text import utf8
@@ -174,7 +173,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         del body
         ticket.take_slots(_count(state, parsed))
         pixels = await _pixels(state, ticket, parsed)
-        results = await asyncio.gather(*(state.batcher.submit(p) for p in pixels))
+        results = await all_or_none(state.batcher.submit(p) for p in pixels)
     rows = np.stack([r[0] for r in results]).astype(np.float32)  # probabilities, then the unknown score
     if not np.isfinite(rows[:, : len(state.predictor.class_names)]).all():
         raise RequestError(500, f"cannot answer: {NON_FINITE}")
@@ -237,7 +236,7 @@ async def _pixels(state: ServeState, ticket: Ticket, parsed: InferRequest) -> li
         jobs = [
             decode_upload(state, ticket, data, f"image {i}", keep_photo=False) for i, data in enumerate(tensor.data)
         ]
-        return [pixels for _, pixels, _ in await asyncio.gather(*jobs)]
+        return [pixels for _, pixels, _ in await all_or_none(jobs)]
     array = tensor.data.reshape(tensor.shape)
     if tensor.datatype == "FP32":
         bad = ~np.isfinite(array) | (array < 0) | (array > 255)
@@ -256,7 +255,7 @@ def _outputs(state: ServeState, parsed: InferRequest, answers: np.ndarray) -> li
     wanted = parsed.outputs or tuple(tensors.RequestedOutput(n, parsed.binary_output) for n in output_names(state))
     out = []
     for req in wanted:
-        binary = req.binary or parsed.binary_output
+        binary = parsed.binary_output if req.binary is None else req.binary
         if req.name == OOD_SCORE:
             out.append(OutputTensor(req.name, "FP32", scores.shape, scores, binary))
         elif req.name == UNKNOWN:  # offered only with a detector (_count refuses it otherwise)

@@ -116,6 +116,8 @@ def run_server(
     """
     import uvicorn
 
+    if not (isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535):  # before the model loads
+        raise ConfigError(f"port must be an int in [0, 65535]. Received: port={port!r}")
     access = access_settings(host, api_key=api_key, insecure_no_auth=insecure_no_auth, allowed_hosts=allowed_hosts)
     if not is_loopback(host):
         logger.warning(
@@ -125,6 +127,15 @@ def run_server(
             "with an API key" if access["api_key"] else "WITHOUT AUTHENTICATION",
         )
     app = create_app(run_dir, **access, **kw)
+    state: ServeState = app.state.serve
+    if state.settings.max_pixels > state.predictor.max_pixels:
+        logger.warning(
+            "floranet serve: max_pixels=%d is above the run's own limit (%d, its max_pixels setting): images are "
+            "decoded up to %d pixels.",
+            state.settings.max_pixels,
+            state.predictor.max_pixels,
+            state.predictor.max_pixels,
+        )
     choice = app.state.predictor.choice
     logger.warning(
         "floranet serve: %s (model %s, %s %s) on http://%s:%d/",

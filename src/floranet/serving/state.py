@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,10 +31,12 @@ STATUS = {"too_large": 413, "empty": 400, "not_image": 415, "unsupported_format"
 
 @dataclass
 class ClientShare:
-    """What one client address holds now: image slots and bytes of request bodies received."""
+    """What one client address holds now: image slots, bytes of request bodies received, and the requests that
+    count against them (admitted and not yet ended)."""
 
     slots: int = 0
     bytes: int = 0
+    requests: int = 0
 
 
 @dataclass
@@ -145,8 +148,15 @@ class Ticket:
         self.share.slots -= self.slots
         self.share.bytes -= self.bytes
         self.slots = self.bytes = 0
-        if self.share.slots == 0 and self.share.bytes == 0 and state.clients.get(self.client) is self.share:
-            del state.clients[self.client]
+
+    def end(self) -> None:
+        """Gives back what the request holds, and forgets the client's share once no request of its holds it: a
+        share dropped while another request still held it (admitted, no byte yet) would leave that request counting
+        against a share nobody else sees, and the client's next request starting a fresh one."""
+        self.release()
+        self.share.requests -= 1
+        if self.share.requests == 0 and self.state.clients.get(self.client) is self.share:
+            del self.state.clients[self.client]
 
 
 def client_of(request: Request) -> str:
@@ -163,10 +173,25 @@ async def admitted(state: ServeState, request: Request) -> AsyncIterator[Ticket]
     if (why := ticket.refusal(1, 1)) is not None:  # not even one image or one byte would fit
         raise _busy(why)
     state.clients[client] = ticket.share
+    ticket.share.requests += 1
     try:
         yield ticket
     finally:
-        ticket.release()
+        ticket.end()
+
+
+async def all_or_none(jobs: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of ``jobs`` in order; when one fails, the others are cancelled (a job still queued in the
+    decode pool never runs) and awaited before its error is raised, so an answered request leaves no work behind
+    that its released ticket no longer counts."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def in_decode_pool(state: ServeState, ticket: Ticket, fn: Callable[..., T], *args: Any, too_slow: str) -> T:

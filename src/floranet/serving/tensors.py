@@ -56,10 +56,11 @@ class InputTensor:
 
 @dataclass(frozen=True)
 class RequestedOutput:
-    """One output a request asks for: as binary data or JSON, with Triton's classification extension."""
+    """One output a request asks for: as binary data or JSON (None: as the request's ``binary_data_output``
+    says), with Triton's classification extension."""
 
     name: str
-    binary: bool = False
+    binary: bool | None = None
     classification: int = 0
 
 
@@ -289,7 +290,8 @@ def _outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
         k = params.get("classification", 0)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise _bad(f"classification must be an int >= 0. Received: classification={_short(k)}")
-        out.append(RequestedOutput(item["name"][:64], _flag(params, "binary_data"), k))
+        binary = _flag(params, "binary_data") if "binary_data" in params else None  # its own word wins
+        out.append(RequestedOutput(item["name"][:64], binary, k))
     return tuple(out)
 
 

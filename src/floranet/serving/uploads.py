@@ -85,11 +85,16 @@ def extract_upload(content_type: str, body: bytes) -> tuple[str, bytes]:
     if not boundary:
         raise RequestError(400, "multipart body without a boundary in its Content-Type")
     parts = _parse_multipart(boundary, body)
-    for disposition, data in parts:
-        _, opts = parse_options_header(disposition)
-        if opts.get(b"name") == b"file":
-            return _label(opts.get(b"filename", b"upload").decode("utf-8", "replace")), data
-    names = sorted({parse_options_header(d)[1].get(b"name", b"?").decode("utf-8", "replace")[:40] for d, _ in parts})
+    fields = [(parse_options_header(disposition)[1], data) for disposition, data in parts]
+    files = [(opts, data) for opts, data in fields if opts.get(b"name") == b"file"]
+    if len(files) > 1:  # answering the first alone would look like every photo was answered
+        raise RequestError(
+            400, f"multipart upload has {len(files)} 'file' fields; /predict takes one image (several: /v2)"
+        )
+    if files:
+        opts, data = files[0]
+        return _label(opts.get(b"filename", b"upload").decode("utf-8", "replace")), data
+    names = sorted({opts.get(b"name", b"?").decode("utf-8", "replace")[:40] for opts, _ in fields})
     raise RequestError(
         400, "multipart upload has no 'file' field" + (f" (fields: {', '.join(names)})" if names else "")
     )
