@@ -22,17 +22,24 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, MOBILENET_NOTOP, ROOT, python, run_measured, table, write_result
+from common import FLOWERS, MOBILENET_NOTOP, ROOT, positive_int, python, run_measured, table, write_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(FLOWERS))
     ap.add_argument("--weights", default=str(MOBILENET_NOTOP), help="default: the bundled file")
-    ap.add_argument("--backbone", default="mobilenet_v2", help="floranet's name for --weights' model")
+    ap.add_argument(
+        "--backbone",
+        default="mobilenet_v2",
+        choices=["mobilenet_v2", "keras:mobilenet_v2"],
+        help="floranet's name for the reference's model (Keras's MobileNetV2) with --weights",
+    )
     ap.add_argument("--result", default="accuracy_bundled", help="results/<NAME>.json")
     ap.add_argument("--image-size", type=int, default=225)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument(
+        "--epochs", type=positive_int, default=5, help="the tutorial recipe's: the reference and floranet's tutorial"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
     args = ap.parse_args()
     for need in (args.data, args.weights):
@@ -66,7 +73,7 @@ def main() -> None:
         if ref["returncode"]:
             sys.exit(f"reference failed, see {work / 'reference.log'}")
         ref_acc = json.loads(ref_json.read_text())["val_accuracy"]
-        rows = [{"recipe": "tutorial (raw pixels, frozen, 5 epochs)", "val_accuracy": ref_acc, **ref}]
+        rows = [{"recipe": f"tutorial (raw pixels, frozen, {args.epochs} epochs)", "val_accuracy": ref_acc, **ref}]
         floranet = str(Path(python()).parent / "floranet")
         for preset in ("tutorial", "recommended"):
             run = work / preset
@@ -87,6 +94,8 @@ def main() -> None:
                     str(args.image_size),
                     "--split-file",
                     str(split),
+                    # the tutorial's budget on both sides; the recommended preset keeps its own schedule
+                    *(["--epochs", str(args.epochs)] if preset == "tutorial" else []),
                 ],
                 env={"PYTHONUNBUFFERED": "1"},
                 log=work / f"{preset}.log",

@@ -1,7 +1,7 @@
 """The label audit on flower_photos: planted label noise, planted near-duplicates, and the real set's top issues.
 
-MobileNetV2 with real ImageNet weights (../shared/weights) at 225 px, the recommended preset's head. Nothing
-in ../shared is changed: the planted sets are copies in a temporary folder.
+MobileNetV2 with the ImageNet weights bundled in floranet (torchvision's, converted) at 225 px, the recommended
+preset's head. Nothing in ../shared is changed: the planted sets are copies in a temporary folder.
 
 The real set is audited first (cold: features computed); the other two audits reuse its feature cache (an image's
 features are keyed by its bytes, and a moved file keeps them).

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import table, write_result
+from common import positive_int, table, write_result
 
 DEMO_SEED = 123  # config.TrainConfig's default seed: the demo's split
 
@@ -61,7 +61,7 @@ def _run(work: Path, seed: int, weights: str) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=5, help="seeded splits (seeds 0..N-1)")
+    ap.add_argument("--seeds", type=positive_int, default=5, help="seeded splits (seeds 0..N-1)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="floranet-demo-recipe-") as tmp:
         work = Path(tmp)

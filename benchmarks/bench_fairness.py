@@ -2,7 +2,7 @@
 
 The same tiny run is served twice in one go, by this tree and by ``--before`` (a commit's src/, default
 a104530: admission reserved each body's declared size for its whole upload, one client could take every
-slot, and the decode thread served images first come, first served). For each server, three attacks run from
+slot, and the decode thread served images first come, first served). For each server, four loads run from
 127.0.0.1 while a victim on 127.0.0.2 (another client address) keeps asking:
 
 * ``slow bodies``: 13 uploads that declare 256 MiB in all (12 x 20 MiB and 16 MiB: the default

@@ -1,12 +1,12 @@
 """Padding: floranet's MobileNetV2 (symmetric, as torchvision) vs Keras's (bottom/right at even sizes).
 
-Both load the same bundled ImageNet weights (torchvision's, converted) and are fed torchvision's
-normalisation; they differ only in how stride-2 layers pad. At 225 px (32k+1) the two paddings coincide;
-at 224 px Keras's shifts every stride-2 layer by a pixel. Each variant trains the tutorial preset
-(frozen backbone, cached features, Flatten → Dense(512) → Dense(n), Adam 1e-3, 5 epochs) on
-../shared/data/flower_photos with one split for all, over several head seeds (the features are computed
-once per variant and size; later seeds reuse them). ``--compare-weights`` adds the same model with
-another file (e.g. the float32 conversion) to measure what float16 storage costs.
+Both load the same bundled ImageNet weights (torchvision's, converted) and are fed torchvision's normalisation;
+they differ only in how stride-2 layers pad. At 225 px (32k+1) the two paddings coincide; at 224 px Keras's shifts
+every stride-2 layer by a pixel. Each variant trains the tutorial preset (frozen backbone, cached features, Flatten
+→ Dense(512) → Dense(n), Adam 1e-3, 5 epochs) on ../shared/data/flower_photos with one split for all, over several
+head seeds (each run computes its features again: same weights and size, so the same features, and only the head's
+seed differs). ``--compare-weights`` adds the same model with another file (e.g. the float32 conversion) to measure
+what float16 storage costs.
 
     python benchmarks/bench_padding.py [--sizes 224 225] [--seeds 3] [--compare-weights F32.h5 ...]
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, table, write_result
+from common import FLOWERS, positive_int, table, write_result
 
 KERAS_PADDED = "keras_mobilenet_v2_torchvision"  # registered below, for this process only
 
@@ -57,16 +57,14 @@ def train_once(name: str, backbone: str, weights: str, size: int, seed: int, spl
 
 
 def variant(name: str, backbone: str, weights: str, size: int, seeds: list[int], work: Path) -> dict[str, Any]:
-    """Trains one variant over ``seeds`` on the shared split; features computed once, reused by later seeds."""
+    """Trains one variant over ``seeds`` on the shared split, each run a new one that computes its own features
+    (``train`` refuses an --out that holds anything but a run, so a cache cannot be planted before it)."""
     split = work / "split.csv"
-    accs, first_dir, t0 = [], None, time.perf_counter()
+    accs, t0 = [], time.perf_counter()
     for seed in seeds:
-        if first_dir is not None:  # same backbone, weights, size, precision: the feature cache key matches
-            shutil.copytree(first_dir / "features", work / f"{name}-{size}-{seed}" / "features")
         result = train_once(name, backbone, weights, size, seed, split if split.exists() else None, work)
         if not split.exists():
             shutil.copy(result.run_dir / "split.csv", split)
-        first_dir = first_dir or result.run_dir
         accs.append(float(result.metrics["accuracy"]))
         print(f"  {name} {size}px seed {seed}: {accs[-1]:.4f}", flush=True)
     return {
@@ -83,7 +81,7 @@ def variant(name: str, backbone: str, weights: str, size: int, seeds: list[int],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 225])
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=positive_int, default=3)
     ap.add_argument("--compare-weights", nargs="*", default=[], help="other files for floranet's model (at sizes[0])")
     args = ap.parse_args()
     if not FLOWERS.is_dir():

@@ -618,7 +618,8 @@ def main() -> None:
     }
     print(f"runtime of server and offline reference: {model.choice.runtime} {model.choice.precision}")
     if not args.no_write:
-        name = "serve" if args.model == "resnet50" or args.run else "serve_tiny"
+        # --run serves someone's run: not the ResNet50 the "serve" section is titled after
+        name = "serve_run" if args.run else "serve" if args.model == "resnet50" else "serve_tiny"
         print(f"wrote {write_result(name, payload, ' '.join(['python', *sys.argv]))}")
 
 

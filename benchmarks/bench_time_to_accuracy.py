@@ -35,6 +35,7 @@ from common import (
     SHARED_MOBILENET_NOTOP,
     baseline_source,
     python,
+    result_name,
     run_measured,
     table,
     write_result,
@@ -131,8 +132,8 @@ def main() -> None:
             f"this code: {new['val_accuracy']:.1%} in {new['wall_seconds']:.0f} s = {new['time_vs_baseline']:.2f} "
             f"of the baseline's {base:.0f} s ({rows[0]['val_accuracy']:.1%}); targets >= 92% in <= 0.25"
         )
-        out = write_result(
-            "time_to_accuracy",
+        out = write_result(  # runs with --variant get a file of their own: the headline result stays
+            result_name("time_to_accuracy", *(v.partition("=")[0] for v in args.variant)),
             {"rows": rows, "baseline_ref": args.baseline_ref, "image_size": args.image_size, "resnet50_memory": memory},
             "python benchmarks/bench_time_to_accuracy.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         )

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, ROOT, python, run_measured, table, write_result
+from common import FLOWERS, ROOT, positive_int, python, run_measured, table, write_result
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--image-size", type=int, default=180)
     ap.add_argument("--precision", default="auto", help="floranet's default: bf16 features where the CPU has it")
-    ap.add_argument("--floranet-runs", type=int, default=2, help="split before and after the reference")
+    ap.add_argument("--floranet-runs", type=positive_int, default=2, help="split before and after the reference")
     args = ap.parse_args()
     data = Path(args.data)
     if not data.is_dir():

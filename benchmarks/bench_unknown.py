@@ -1,11 +1,12 @@
 """The "unknown" answer on flower_photos: each class held out in turn, plus a handful of non-flower photos.
 
-For each of the 5 classes, ``floranet train`` (the real training path, in this process) runs on the other
-4 classes (MobileNetV2 with real ImageNet weights from ../shared/weights, 225 px, ``--preset tutorial``:
-stage 1 on cached features only, so the final backbone is the pretrained one and every run reuses one
-feature cache; ``--preset recommended`` fine-tunes as ``floranet train`` does by default, and the candidates
-are then scored on the fine-tuned model's embeddings, one pass over the images per run). Then the held-out
-class's images and the run's known validation images go
+For each of the 5 classes, ``floranet train`` (the real training path, in this process) runs on the other 4 classes
+(MobileNetV2 with the ImageNet weights bundled in floranet, 225 px, ``--preset tutorial``: stage 1 on cached
+features only, so the final backbone is the pretrained one; every image's features are computed once into a cache
+that scoring the candidates reads, while each run's training extracts its own, and its ``train_seconds`` include
+that; ``--preset recommended`` fine-tunes as ``floranet train`` does by default, and the candidates are then scored
+on the fine-tuned model's embeddings, one pass over the images per run). Then the held-out class's images and the
+run's known validation images go
 through ``floranet.load(run).predict_files`` (the predictor's own two-output call and the run's
 ``ood.json``): AUROC of the score (held-out = positive) and the false-"known" rate at the run's threshold
 (chosen on validation to keep 95% of known images). The same images' cached embeddings then score every
@@ -39,9 +40,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOWERS, MOBILENET_NOTOP, table, write_result
+from common import FLOWERS, MOBILENET_NOTOP, result_name, table, write_result
 
 SETTINGS: dict[str, Any] = {"backbone": "mobilenet_v2", "image_size": 225, "preset": "tutorial"}
+# What --set may not change: the benchmark passes these itself.
+FIXED = {
+    "weights": "the bundled ImageNet weights",
+    "data_dir": "a copy of flower_photos without the held-out class",
+    "out": "a folder of its own per run",
+    "preset": "use --preset",
+}
 
 
 def _link_classes(data: Path, dst: Path, classes: list[str]) -> None:
@@ -409,8 +417,7 @@ def main() -> None:
     }
     print(f"Mean AUROC {mean_auroc:.3f} (target >= 0.90); features computed once in {feature_seconds:.0f} s.")
     name = "unknown" if args.preset == "tutorial" else f"unknown_{args.preset}"
-    if args.set:  # a variant: its own file, named after what it changed
-        name += "_" + "_".join(o.replace("=", "-") for o in args.set)
+    name = result_name(name, *(o.replace("=", "-") for o in args.set))  # a variant: named after what it changed
     print(f"wrote {write_result(name, payload, 'python benchmarks/bench_unknown.py ' + ' '.join(sys.argv[1:]))}")
 
 
@@ -422,6 +429,8 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         field, sep, value = pair.partition("=")
         if not sep or not field:
             sys.exit(f"--set takes FIELD=VALUE. Received: --set {pair}")
+        if field.replace("-", "_") in FIXED:
+            sys.exit(f"--set cannot change {field}: the benchmark sets it ({FIXED[field.replace('-', '_')]})")
         out[field] = yaml.safe_load(value)
     return out
 

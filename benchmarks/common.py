@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -81,6 +83,29 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
     return "" if v is None else str(v)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of runs or seeds that is divided by)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1. Received: {text}")
+    return value
+
+
+def control_noise(summary: list[dict[str, Any]]) -> float:
+    """How far the fp32 controls of a precision benchmark (OpenVINO fp32 in place of TensorFlow fp32: the same
+    features to 1e-6) moved validation accuracy, as the largest |mean| + sd in points: a low-precision change
+    smaller than this is not told apart from training the head again."""
+    controls = [s for s in summary if s["change"].startswith("OpenVINO fp32")]
+    return round(max((abs(s["mean_points"]) + s["std_points"] for s in controls), default=0.0), 2)
+
+
+def result_name(base: str, *variant: str) -> str:
+    """The results file name of ``base`` run with ``variant`` options (none: ``base`` itself), safe as a file
+    name: what is not a letter, digit, '.', '=' or '-' becomes '_' (a path given as a value has slashes)."""
+    tail = "_".join(re.sub(r"[^\w.=-]+", "_", v).strip("_") for v in variant)
+    return f"{base}_{tail}" if tail else base
 
 
 def write_result(name: str, payload: dict[str, Any], command: str) -> Path:

@@ -4,8 +4,8 @@
 
 * a GPU visible to TensorFlow → TensorFlow (fp32);
 * else OpenVINO when installed (``floranet[openvino]``), in bf16 where the CPU
-  computes it natively (AVX512_BF16/AMX: about 2x fp32, accuracy change under
-  0.5 points in benchmarks/bench_bf16.py), else fp32; for a job of fewer than
+  computes it natively (AVX512_BF16/AMX: 1.7-2x fp32 on AVX512_BF16 in benchmarks/bench_forward.py, an
+  accuracy change not told apart from noise in benchmarks/bench_bf16.py), else fp32; for a job of fewer than
   :data:`AUTO_MIN_IMAGES` images TensorFlow, since converting costs more than it saves;
 * else TensorFlow fp32.
 
@@ -108,13 +108,13 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
             runtime, why = "tensorflow", "no GPU and OpenVINO is not installed (pip install 'floranet[openvino]')"
         reasons.append(why)
     if precision == "auto":
-        # benchmarks/bench_bf16.py: bf16 features and predictions change validation accuracy by well under
-        # 0.5 points (mean over seeds), at about 2x the speed where the CPU computes bf16 natively.
+        # benchmarks/bench_bf16.py: bf16 features and predictions moved validation accuracy by no more than the
+        # fp32 control did (mean over seeds), at 1.7-2x the speed where the CPU computes bf16 natively.
         if runtime == "openvino" and native_bf16():
             precision = "bf16"
             reasons.append(
-                "bf16: this CPU computes it natively (AVX512_BF16/AMX), about 2x fp32, and its "
-                "accuracy change is under 0.5 points (benchmarks/bench_bf16.py)"
+                "bf16: this CPU computes it natively (AVX512_BF16/AMX), about 2x fp32, with an accuracy "
+                "change within the noise of retraining (benchmarks/bench_bf16.py)"
             )
         else:
             precision = "fp32"
