@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -231,6 +232,33 @@ def test_class_names_with_line_breaks_and_line_based_label_files(run_copy: Path,
         with pytest.raises(ConfigError, match="class name 'new\\\\nline' holds a line break"):
             export_run(broken, fmt, max_images=0)
     assert export_run(broken, "keras", max_images=0).path.exists()
+    latin1 = _renamed_classes(run_copy, tmp_path / "c", {"daisy": os.fsdecode(b"caf\xe9")})  # a folder's bytes
+    for fmt in ("tflite", "saved_model"):  # a raw UnicodeEncodeError, or a failure after the conversion
+        with pytest.raises(ConfigError, match=r"class name 'caf\\\\xe9' is not UTF-8 \(its folder's name bytes\)"):
+            export_run(latin1, fmt, max_images=0)
+
+
+def test_a_check_with_no_image_to_check_stops_and_max_images_0_compiles_nothing(run_copy: Path, tmp_path: Path) -> None:
+    """The check used to be skipped, with a warning nobody saw, when no image of the run could be decoded: the
+    command exited 0 with an unchecked export. Without a check, no compiled model is made either: one that never
+    agreed could never be used."""
+    from floranet.errors import DatasetError
+    from floranet.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("exports", "exports.json", "inference"))
+    data = tmp_path / "data"
+    shutil.copytree(RunDir(run).config().data_dir, data)
+    config = (run / RunDir.CONFIG).read_text()
+    (run / RunDir.CONFIG).write_text(config.replace(RunDir(run).config().data_dir, str(data)))
+    for row in RunDir(run).split().rows:
+        if row.split == "validation":
+            (data / row.path).write_bytes(b"gone")
+    with pytest.raises(DatasetError, match=r"none of .*split.csv's validation images could be decoded.*--max-images 0"):
+        export_run(run, "keras", out=tmp_path / "unchecked")
+    assert not (tmp_path / "unchecked").exists()
+    r = export_run(run, "keras", out=tmp_path / "plain", max_images=0)
+    assert r.agreement is None and not (run / RunDir.COMPILED).exists()
 
 
 def test_failed_export_keeps_the_older_one(run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -173,6 +173,22 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path) -> None:
         pass
 
 
+def test_a_link_or_fifo_at_the_locks_place_is_never_written_through(tmp_path) -> None:
+    """The pid used to be written through a symbolic link named run.lock: into any file it pointed at."""
+    theirs = tmp_path / "notes.txt"
+    theirs.write_text("my notes\n")
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    (run / RunDir.LOCK).symlink_to(theirs)
+    with pytest.raises(OutputError, match="run.lock: it is a symbolic link, which floranet does not write through"):
+        run.lock().__enter__()
+    assert theirs.read_text() == "my notes\n"
+    (run / RunDir.LOCK).unlink()
+    os.mkfifo(run / RunDir.LOCK)
+    with pytest.raises(OutputError, match="run.lock: it is not a plain file"):
+        run.lock().__enter__()
+
+
 def test_concurrent_train_into_one_folder_one_is_refused(tmp_path) -> None:
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
     out = tmp_path / "run"

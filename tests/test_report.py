@@ -205,6 +205,13 @@ def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage
     assert after_html == before_html
 
 
+def test_report_on_a_mistyped_path_makes_no_folder(tmp_path, capsys) -> None:
+    """The run lock used to be taken first, making the folders of a path that named no run."""
+    typo = tmp_path / "runs" / "flowrs"
+    assert main(["report", str(typo)]) != 0
+    assert "Run directory not found" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
 def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages(tmp_path) -> None:
     """report.html says charset=utf-8: a class folder's undecodable bytes are written as \\xNN, not raw."""
     from floranet import config

@@ -23,7 +23,8 @@ A finished run holds::
     audit.json, audit.csv, audit.html     the label audit (``floranet audit``, or the end of ``train``)
     ood.json, ood.npz                     the "unknown" answer: score method, threshold, statistics
     excluded.txt, relabel.csv             ``train --exclude`` / ``--relabel`` as applied to the split
-    run.lock           only while a process writes the run (train, evaluate, report): its pid
+    backup/            --distribute multi-worker: each stage's BackupAndRestore state (removed at the end)
+    run.lock           only while a process writes the run (train, evaluate, report, export, audit): its pid
 
 Every other module names these files through :class:`RunDir`.
 """
@@ -87,6 +88,7 @@ class RunDir:
     EXCLUDED = "excluded.txt"
     RELABELED = "relabel.csv"
     LOCK = "run.lock"  # present while a process writes the run; holds its pid
+    BACKUP = "backup"  # multi-worker fault tolerance: backup/<stage>, backup/worker-<i>/<stage>
     COMPILED = "inference"  # the compiled inference model (OpenVINO IR) and its check
     COMPILED_XML = "model.xml"
     COMPILED_INFO = "compiled.json"
@@ -324,4 +326,4 @@ def _number(text: str | None) -> Any:
 def _worker_backups(path: Path) -> bool:
     """Whether ``path`` is a non-chief worker's ``backup/`` (``backup/worker-<i>/...``): all a multi-worker job's
     other workers write into their ``--out``, and a restarted job must find it there."""
-    return path.name == "backup" and path.is_dir() and all(p.name.startswith("worker-") for p in path.iterdir())
+    return path.name == RunDir.BACKUP and path.is_dir() and all(p.name.startswith("worker-") for p in path.iterdir())

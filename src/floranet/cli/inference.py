@@ -22,11 +22,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluation.modelcard import write_model_card
     from floranet.rundir import RunDir
 
-    ev = evaluate_run(
-        args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
-    )
     external = args.data is not None
-    with RunDir(args.run_dir).lock() as run:
+    # Locked before computing: a run that another command is writing is refused at once, not after the work
+    with RunDir.open(args.run_dir).lock() as run:
+        ev = evaluate_run(
+            args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
+        )
         m = write_evaluation(ev, run, external=external)
         card = write_model_card(run.path)
     say(
@@ -148,6 +149,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     if args.out:
         check_writable(args.out)
-    with RunDir(args.run_dir).lock():
+    # Checked before the lock, which would make the folder of a mistyped path
+    with RunDir.open(args.run_dir, needs=RunDir.FINISHED).lock():
         say(str(build_report(args.run_dir, out=args.out)))
     return 0

@@ -34,11 +34,10 @@ from floranet.export.common import (
     human_size,
     log,
     quiet,
-    spread,
     versions,
 )
 from floranet.export.loaders import load_exported
-from floranet.export.rundata import ExportSource, calibration_images, decode_rows, open_run
+from floranet.export.rundata import ExportSource, calibration_images, check_images, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
 from floranet.export.writers import WRITERS, check_line_names
@@ -109,7 +108,7 @@ class ExportResult:
         if self.metadata:
             lines.append(f"  Metadata in the file ({self.metadata['read_with']}): {self.metadata['summary']}")
         if self.agreement is None:
-            lines.append("  Agreement check skipped (max_images=0, or no validation image could be decoded).")
+            lines.append("  Agreement check skipped (max_images=0).")
         else:
             verdict = "agrees" if self.agrees else "DOES NOT AGREE: check it before you use it"
             lines.append(
@@ -290,8 +289,8 @@ def _export(
         calib = calibration_images(source)
     pixels = None
     if max_images:
-        say(f"Decoding up to {max_images} validation images for the agreement check...")
-        pixels = decode_rows(source, spread(source.rows("validation"), int(max_images)))
+        say(f"Decoding up to {max_images} images of the run for the agreement check...")
+        pixels = check_images(source, int(max_images))
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -318,8 +317,10 @@ def _compile_if_missing(
     """Compiles the run's inference model when it has none usable: a run from before compiled models (or before
     their features output), or a replaced model.keras."""
     if compiled.usable(source.run, features=needs_features(source.run.path)) is None:
-        images = pixels if pixels is not None else np.zeros((0, 1, 1, 3))
-        info = compiled.compile_run(source.run, model, images, UnknownDetector.load(source.run.path))
+        if pixels is None:  # with no image to check it against, it could never be used
+            say(f"The run's inference model ({source.run / RunDir.COMPILED}) was not made: --max-images 0.")
+            return
+        info = compiled.compile_run(source.run, model, pixels, UnknownDetector.load(source.run.path))
         if info is not None:
             say(
                 f"Also compiled the run's inference model ({source.run / RunDir.COMPILED}): "

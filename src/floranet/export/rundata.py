@@ -89,6 +89,26 @@ def decode_rows(source: ExportSource, rows: Sequence[SplitRow]) -> np.ndarray:
     return out.outputs[out.ok].reshape(-1, *source.image_size, 3)
 
 
+def check_images(source: ExportSource, max_images: int) -> np.ndarray:
+    """Up to ``max_images`` images for the agreement check: validation ones, or training ones when the split kept
+    no validation image.
+
+    Raises:
+        DatasetError: None of them could be decoded (the check was asked for: it is not skipped silently).
+    """
+    rows = source.rows("validation")
+    subset = "validation" if rows else "training"
+    rows = rows or source.rows("train")
+    pixels = decode_rows(source, spread(rows, max_images))
+    if not len(pixels):
+        raise DatasetError(
+            f"The agreement check needs images of the run, and none of {source.run / RunDir.SPLIT}'s {subset} "
+            f"images could be decoded (moved or changed since training?). Pass --max-images 0 to export "
+            "without checking the export against model.keras."
+        )
+    return pixels
+
+
 def calibration_images(source: ExportSource) -> np.ndarray:
     pixels = decode_rows(source, spread(source.rows("train"), CALIBRATION_IMAGES))
     if not len(pixels):

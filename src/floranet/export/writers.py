@@ -16,6 +16,7 @@ from floranet.export import metadata
 from floranet.export.common import MODEL_FILES, log
 from floranet.export.rundata import ExportSource
 from floranet.utils.optional import require
+from floranet.utils.text import utf8
 
 
 def _write_keras(model: Any, run: ExportSource, folder: Path, quantize: str | None, calib: np.ndarray | None) -> str:
@@ -270,15 +271,22 @@ LINE_LABELS = ("saved_model", "tflite")
 
 
 def check_line_names(fmt: str, names: Sequence[str]) -> None:
-    """Refuses a class name with a line break for a format whose labels file holds one name a line.
+    """Refuses a class name with a line break, or one whose folder name is not UTF-8, for a format whose labels
+    file holds one name a line (a UTF-8 text file).
 
     Raises:
         ConfigError: Such a name, for such a format.
     """
-    broken = [n for n in names if "\n" in n or "\r" in n]
-    if fmt in LINE_LABELS and broken:
+    if fmt not in LINE_LABELS:
+        return
+    for name in names:
+        if "\n" in name or "\r" in name:
+            why = "holds a line break, and format={fmt!r} keeps class names one a line"
+        elif utf8(name) != name:
+            why = "is not UTF-8 (its folder's name bytes), and format={fmt!r} keeps class names in a UTF-8 file"
+        else:
+            continue
         raise ConfigError(
-            f"class name {broken[0]!r} holds a line break, and format={fmt!r} keeps class names one a line "
-            "(labels.txt): rename that class folder and train again, or export keras, onnx or openvino. "
-            f"Received: format={fmt!r}"
+            f"class name {utf8(name)!r} {why.format(fmt=fmt)} (labels.txt): rename that class folder and train "
+            f"again, or export keras, onnx or openvino. Received: format={fmt!r}"
         )

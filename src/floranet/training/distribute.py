@@ -32,6 +32,7 @@ from typing import Any
 
 from floranet.config import DISTRIBUTE_CHOICES, TrainConfig
 from floranet.errors import ConfigError
+from floranet.rundir import RunDir
 from floranet.training.checkpoint import RunState
 
 
@@ -85,7 +86,7 @@ class Distribution:
         return self._tmp
 
     def backup_dir(self, out: Path, stage: str) -> Path:
-        base = out / "backup"
+        base = out / RunDir.BACKUP
         return base / stage if self.is_chief else base / f"worker-{self.task_index}" / stage
 
     def backup(self, out: Path, stage: str) -> Any:
@@ -105,7 +106,8 @@ class Distribution:
         """Removes this worker's backups and temporary directory (the run completed)."""
         for stage in stages:
             shutil.rmtree(self.backup_dir(out, stage), ignore_errors=True)
-        for d in ((out / "backup" / f"worker-{self.task_index}") if not self.is_chief else None, out / "backup"):
+        backups = out / RunDir.BACKUP
+        for d in ((backups / f"worker-{self.task_index}") if not self.is_chief else None, backups):
             if d is not None:
                 with contextlib.suppress(OSError):  # not empty (another worker's backup) or absent
                     d.rmdir()

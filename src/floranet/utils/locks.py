@@ -8,8 +8,10 @@ holding it leaves the file behind, unlocked: the next writer takes it over.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from floranet.errors import OutputError, RunLockedError
@@ -33,10 +35,7 @@ def acquire(path: Path, *, what: str, wait: bool = False) -> int:
     except OSError as e:
         raise OutputError(path.parent, e) from None
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
-        except OSError as e:
-            raise OutputError(path, e) from None
+        fd = _open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -48,6 +47,21 @@ def acquire(path: Path, *, what: str, wait: bool = False) -> int:
         os.close(fd)  # released and removed meanwhile: lock the new file instead
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _open(path: Path) -> int:
+    """The lock file, opened for writing, never through a symbolic link nor onto anything but a plain file: the
+    pid is written into it, and a link planted at the lock's place would have that overwrite its target."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~current_umask())
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            e = OSError(e.errno, "it is a symbolic link, which floranet does not write through (remove it)")
+        raise OutputError(path, e) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(path, OSError(errno.EINVAL, "it is not a plain file (remove it)"))
     return fd
 
 
