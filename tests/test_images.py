@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 import warnings
 from pathlib import Path
@@ -239,3 +240,30 @@ def test_deep_grayscale_keeps_its_transparency_and_range() -> None:
     wide = Image.fromarray(np.array([[0, 500_000, 1_000_000]], np.int32))  # 32-bit values past 16 bits
     assert wide.mode == "I"
     assert np.asarray(formats.to_rgb(wide))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_a_named_pipe_is_refused_at_once_not_waited_on(tmp_path) -> None:
+    """explain opened each path as a file: a FIFO with no writer blocked it forever."""
+    import threading
+
+    from floranet.data.images import UnusableImageError, read_image_file
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    outcome: list[DatasetError | bytes] = []
+    reader = threading.Thread(target=lambda: outcome.append(_raised(read_image_file, fifo)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("read_image_file waited on a named pipe")
+    (error,) = outcome
+    assert isinstance(error, UnusableImageError) and "not a regular file (a named pipe" in str(error)
+
+
+def _raised(fn, *args):
+    try:
+        return fn(*args)
+    except DatasetError as e:  # what the reader raised: the test looks at it
+        return e

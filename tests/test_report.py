@@ -66,6 +66,20 @@ def test_report_renders_in_headless_chromium(writable_run, artifacts_dir) -> Non
     assert all(r == url or r.startswith("data:") for r in requests), requests
 
 
+def test_explain_decodes_with_the_runs_own_pixel_limit(writable_run, tmp_path, capsys) -> None:
+    """explain decoded with the default limit whatever the run's max_pixels: an image predict answered could be
+    refused (and the other way round, here: a run limited to 1,000 pixels explained a 1,200-pixel image)."""
+    import numpy as np
+    from PIL import Image
+
+    config = writable_run / "config.yaml"
+    config.write_text(config.read_text().replace("max_pixels: 50000000", "max_pixels: 1000"))
+    image = tmp_path / "flower.jpg"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(image)
+    assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams")]) == 1
+    assert "40x30 = 1,200 pixels exceeds the limit of 1,000 pixels" in capsys.readouterr().err
+
+
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     import keras
     import numpy as np
@@ -210,6 +224,34 @@ def test_report_on_a_mistyped_path_makes_no_folder(tmp_path, capsys) -> None:
     typo = tmp_path / "runs" / "flowrs"
     assert main(["report", str(typo)]) != 0
     assert "Run directory not found" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_report_out_replaces_only_a_report(writable_run, tmp_path, capsys) -> None:
+    """--out was only checked to be writable: it wrote HTML over a user's file, the run's model.keras, a photo."""
+    from floranet.rundir import RunDir
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    data = Path(RunDir(writable_run).config().data_dir)
+    photo = next(data.rglob("*.jpg"))
+    before = {p: p.read_bytes() for p in (notes, writable_run / "model.keras", photo)}
+    for out, needle in (
+        (notes, "an existing file that is not a floranet report"),
+        (writable_run / "model.keras", "outside the run directory"),
+        (data / "report.html", "outside the data folder"),
+        (photo, "not an image's name"),
+    ):
+        assert main(["report", str(writable_run), "--out", str(out)]) != 0
+        assert needle in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before and not (data / "report.html").exists()
+    mine = tmp_path / "shared" / "flowers.html"
+    mine.parent.mkdir()
+    assert main(["report", str(writable_run), "--out", str(mine)]) == 0
+    assert main(["report", str(writable_run), "--out", str(mine)]) == 0  # its own report: replaced
+    assert main(["report", str(writable_run), "--out", str(writable_run / "report.html")]) == 0  # the default
+    (writable_run / "metrics.json").unlink()  # a raw KeyError before
+    assert main(["report", str(writable_run)]) != 0
+    assert "metrics.json is missing" in capsys.readouterr().err
 
 
 def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages(tmp_path) -> None:

@@ -214,6 +214,11 @@ class RunDir:
         """The run's resolved config (``overrides`` replace saved values, e.g. ``batch_size``)."""
         return resolve(file=self.path / self.CONFIG, **overrides)
 
+    def max_pixels(self) -> int:
+        """The largest image (width x height) this run decodes: its ``max_pixels`` setting (the default for a run
+        without ``config.yaml``), the same for predict, explain and the report's gallery."""
+        return self.config().max_pixels if self.exists(self.CONFIG) else TrainConfig.max_pixels
+
     def saved_settings(self) -> dict[str, Any]:
         """``config.yaml`` as saved, without resolving presets (for --resume comparisons)."""
         return load_file(self.path / self.CONFIG)

@@ -145,10 +145,7 @@ def add_report(sub: Subparsers) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from floranet.evaluation.report import build_report
     from floranet.rundir import RunDir
-    from floranet.utils.files import check_writable
 
-    if args.out:
-        check_writable(args.out)
     # Checked before the lock, which would make the folder of a mistyped path
     with RunDir.open(args.run_dir, needs=RunDir.FINISHED).lock():
         say(str(build_report(args.run_dir, out=args.out)))

@@ -117,7 +117,7 @@ def read_image_file(path: str | os.PathLike, *, name: str | None = None, max_pix
     shown = name if name is not None else os.fsdecode(path)
     limit = max_file_bytes(max_pixels)
     try:
-        return read_capped(path, limit)
+        return read_capped(path, limit, regular_only=True)
     except PermissionError:
         raise UnusableImageError(shown, "unreadable: permission denied", kind="unreadable") from None
     except FileNotFoundError:

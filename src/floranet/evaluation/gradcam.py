@@ -125,14 +125,16 @@ def explain_files(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
-    RunDir(out).check_outside(run.config().data_dir)  # an overlay there would become a training image
+    if run.exists(RunDir.CONFIG):  # an overlay in the data folder would become a training image
+        RunDir(out).check_outside(run.config().data_dir)
     targets = _targets(out, paths)
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
+    max_pixels = run.max_pixels()  # what predict decodes, explain decodes
     cam = GradCAM(model)
     written = []
     for p, target in zip(paths, targets, strict=True):
         try:
-            pixels = decode.decode_and_resize(str(p), size)
+            pixels = decode.decode_and_resize(str(p), size, max_pixels=max_pixels)
         except DatasetError as e:
             if on_error is None:
                 raise

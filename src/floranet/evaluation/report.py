@@ -15,16 +15,19 @@ from typing import Any
 import numpy as np
 
 from floranet.data import decode
-from floranet.errors import DatasetError
+from floranet.data.scan import IMAGE_EXTENSIONS
+from floranet.errors import ConfigError, DatasetError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import GradCAM
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.files import atomic_write_text
+from floranet.utils.files import atomic_write_text, check_writable
 from floranet.utils.system import environment
 from floranet.utils.text import utf8
+
+REPORT_MARK = b"<title>floranet report: "  # how a report.html floranet wrote (and may replace) starts
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
@@ -61,10 +64,11 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
         return None
     model = model or run.load_model()
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
+    max_pixels = run.max_pixels()
     imgs, titles, wanted = [], [], []
     for row in losses:
         try:
-            pixels = decode.decode_and_resize(str(Path(ev.data_dir) / row["path"]), size)
+            pixels = decode.decode_and_resize(str(Path(ev.data_dir) / row["path"]), size, max_pixels=max_pixels)
         except DatasetError:
             continue
         imgs.append(pixels)
@@ -94,7 +98,9 @@ def build_report(
         out: Another path for the HTML.
         model: The run's loaded model, to avoid loading it again (Grad-CAM of the top losses).
     """
-    run = RunDir.open(run_dir, needs=RunDir.FINISHED)
+    run = RunDir.open(run_dir, needs=(*RunDir.FINISHED, RunDir.METRICS))
+    if out is not None:
+        check_output(run, out)
     ev = evaluation or read_evaluation(run)
     if ev is None:
         ev = evaluate_run(run.path)
@@ -102,7 +108,7 @@ def build_report(
     metrics = run.metrics()
     gallery = top_losses_gallery(ev, run, model=model)
     parts = [
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>floranet report: "
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
         f"{html.escape(run.path.name)}</title><style>{CSS}</style></head><body>",
         f"<h1>floranet report</h1><p class=muted>{html.escape(str(run.path.resolve()))}</p>",
         _summary(metrics, ev),
@@ -120,6 +126,42 @@ def build_report(
     target = Path(out) if out else run / RunDir.REPORT
     atomic_write_text(target, utf8("\n".join(parts)))  # charset=utf-8: a folder's non-UTF-8 bytes as \xNN
     return target
+
+
+def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
+    """Checks that ``out`` may take a report: not in the run (its model and records) nor in its data folder,
+    not an image's name, and not an existing file other than a floranet report.
+
+    Raises:
+        ConfigError: One of those; nothing is written.
+        OutputError: It cannot be written.
+    """
+    target = Path(out)
+    shown = os.fspath(out)
+    if target.resolve() == (run / RunDir.REPORT).resolve():  # the default place, named
+        return target
+    if target.suffix.lower() in IMAGE_EXTENSIONS:
+        raise ConfigError(f"out must be an HTML file, not an image's name. Received: out={shown!r}")
+    inside = [("the run directory (its model and records)", run.path)]
+    if run.exists(RunDir.CONFIG):
+        inside.append(("the data folder", Path(run.config().data_dir)))
+    for what, folder in inside:
+        if target.resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(f"out must be outside {what}. Received: out={shown!r}")
+    if target.exists() and not _is_report(target):
+        raise ConfigError(
+            "out is an existing file that is not a floranet report; choose a new file, so nothing of yours is "
+            f"replaced. Received: out={shown!r}"
+        )
+    return check_writable(target)
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(REPORT_MARK) + 200).find(REPORT_MARK) >= 0
+    except OSError:
+        return False
 
 
 def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:

@@ -290,7 +290,7 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     """
     config = _inference_config(config, settings)
     run = RunDir.open(run_dir)
-    max_pixels = run.config().max_pixels if run.exists(RunDir.CONFIG) else DEFAULT_MAX_PIXELS
+    max_pixels = run.max_pixels()
     detector = UnknownDetector.load(run.path) if config.unknown else None
     ir, note = compiled_model(run, config.runtime, features=detector is not None and detector.needs_features)
     names, temperature = run.class_names(), run.temperature()

@@ -10,6 +10,7 @@ the path. Reads of user-supplied files are capped in size before a byte is read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -145,13 +146,26 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return final
 
 
-def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
+def _without_blocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def read_capped(path: str | os.PathLike[str], limit: int, *, regular_only: bool = False) -> bytes:
     """Reads a whole file, refusing (before reading) one larger than ``limit`` bytes.
 
+    Args:
+        path: The file.
+        limit: The most bytes read.
+        regular_only: Refuse a named pipe, device or socket (opened without blocking: a pipe with no writer
+            would wait forever). Off for settings files, which may come from a shell's ``<(...)``.
+
     Raises:
-        OSError: As ``open`` does; ``EFBIG`` (errno 27) for a file over the limit.
+        OSError: As ``open`` does; ``EFBIG`` (errno 27) for a file over the limit; ``EINVAL`` for what is not a
+            regular file when ``regular_only``.
     """
-    with open(path, "rb") as f:
+    with open(path, "rb", opener=_without_blocking if regular_only else None) as f:
+        if regular_only and not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a named pipe, device or socket)")
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise OSError(27, f"file too large: {size:,} bytes, over the limit of {limit:,}")
