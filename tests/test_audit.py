@@ -224,6 +224,19 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     assert "b/img_001.jpg,c" in (run / RunDir.RELABELED).read_text()
     assert any("exclude file" in n for n in result.notes)
     assert not run.exists(RunDir.AUDIT)  # audit: false
+    # --resume reads the split, not the lists: an edited (or deleted) exclude file neither fails it nor rewrites
+    # the run's record of what it left out
+    (run / RunDir.STATE).write_text((run / RunDir.STATE).read_text().replace('"complete": true', '"complete": false'))
+    (tmp_path / "exclude.txt").unlink()
+    said.clear()
+    train(cfg, resume=True, progress=False, say=said.append)
+    assert (run / RunDir.EXCLUDED).read_text() == "a/img_000.jpg\nnot/there.jpg\n"
+    assert any(m.startswith("Curation: as the run recorded it") for m in said)
+    # A new run in a folder whose earlier attempt failed (no state.json) keeps no stale record of a curation
+    (run / RunDir.STATE).unlink()
+    plain = config.resolve(data_dir=str(data), out=str(run.path), epochs=1, fine_tune_epochs=0, audit=False, **TINY)
+    train(plain, progress=False, say=lambda m: None)
+    assert not run.exists(RunDir.EXCLUDED) and not run.exists(RunDir.RELABELED)
 
 
 def test_audit_csv_round_trips_through_exclude(tmp_path: Path) -> None:

@@ -276,9 +276,19 @@ def test_a_run_without_validation_images_says_so(tmp_path, capsys) -> None:
     from imagesets import TINY_MODEL, make_image_folder
 
     data = make_image_folder(tmp_path / "data", classes=2, per_class=2)  # one image a class: all for training
-    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), batch_size=2, epochs=1, **TINY_MODEL)
+    cfg = config.resolve(
+        data_dir=str(data),
+        out=str(tmp_path / "run"),
+        batch_size=2,
+        epochs=4,
+        fine_tune_epochs=0,
+        early_stopping_patience=2,
+        **TINY_MODEL,
+    )
     messages: list[str] = []
     run = train(cfg, progress=False, say=messages.append).run_dir
+    # Early stopping has no loss to wait on: every epoch trains (it stopped after `patience` of them)
+    assert len((run / "history.csv").read_text().splitlines()) == 1 + 4
     compiled = json.loads((run / RunDir.COMPILED / RunDir.COMPILED_INFO).read_text())
     assert compiled["images"] == 4 and compiled["agrees"], compiled  # checked on training images instead
     assert any("agrees with model.keras on 4 images" in m for m in messages)

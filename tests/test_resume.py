@@ -181,3 +181,26 @@ def test_resuming_a_complete_multi_worker_run_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Nothing to resume: the multi-worker run .* is complete"):
         trainer._distributed_resume(chief, tmp_path, True, lambda _: None)
     assert trainer._distributed_resume(chief, tmp_path, False, lambda _: None) is False
+
+
+def test_a_finished_run_is_not_resumed_but_one_killed_after_training_is(data, tmp_path, monkeypatch) -> None:
+    """--resume on a finished run evaluated, fitted and audited it again and recorded the reload's near-zero time
+    as its training time; a run whose training completed but whose report was cut short needs that last part."""
+    import sys
+
+    train_module = sys.modules["floranet.workflows.train"]  # the package's `train` is the function
+    cfg = _settings(data, tmp_path / "run", epochs=1, fine_tune_epochs=1)
+    train(cfg, progress=False, say=lambda _: None)
+    metrics = (Path(cfg.out) / RunDir.METRICS).read_bytes()
+    with pytest.raises(ConfigError, match=r"Nothing to resume: the run in .* is finished"):
+        train(cfg, resume=True, progress=False, say=lambda _: None)
+    assert (Path(cfg.out) / RunDir.METRICS).read_bytes() == metrics
+    cut = _settings(data, tmp_path / "cut", epochs=1, fine_tune_epochs=1)
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "build_report", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            train(cut, progress=False, say=lambda _: None)
+    assert json.loads((Path(cut.out) / RunDir.STATE).read_text())["complete"]
+    train(cut, resume=True, progress=False, say=lambda _: None)
+    assert "training" in json.loads((Path(cut.out) / RunDir.METRICS).read_text())["timings_s"]
+    assert (Path(cut.out) / RunDir.REPORT).exists()

@@ -171,6 +171,10 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_
 
     with pytest.raises(ConfigError, match="already holds a run"):
         train(cfg, progress=False, say=lambda m: None)
+    with pytest.raises(ConfigError, match="Nothing to resume: the run in .* is finished"):
+        train(cfg, resume=True, progress=False, say=lambda m: None)
+    state = out / "state.json"  # as if killed after training, in its evaluation: resumable, with its settings
+    state.write_text(state.read_text().replace('"complete": true', '"complete": false'))
     changed = config.resolve(
         data_dir=str(images), out=str(out), preset="tutorial", epochs=1, **{**FAST, "batch_size": 4}
     )

@@ -107,7 +107,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             with atomic_path(self.run / st.best_weights, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
             st.best_val_loss, st.wait = float(val_loss or 0.0), 0
-        else:
+        elif val_loss is not None:  # no validation images: nothing to wait on, every epoch trains
             st.wait += 1
         row = {"stage": self.stage, "epoch": len(self.state.history) + 1, "stage_epoch": epoch + 1}
         row.update({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})

@@ -103,10 +103,12 @@ def prepare(
         notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
         say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
     usable = report.usable_files()
-    curate = curation.Curation.load(config.exclude, config.relabel).resolved([f.path for f in usable])
-    tf_decodable = {f.path: f.tf_decodable for f in usable}
     split_path = run / RunDir.SPLIT
     resumed = resume and split_path.exists()
+    # A resumed run keeps the split its curation made (and the run's record of it): the lists are not read again.
+    curate = curation.Curation.load(*((None, None) if resumed else (config.exclude, config.relabel)))
+    curate = curate.resolved([f.path for f in usable])
+    tf_decodable = {f.path: f.tf_decodable for f in usable}
     if resumed:
         split = split_lib.Split.from_csv(split_path)
     elif config.split_file:
@@ -123,22 +125,9 @@ def prepare(
     else:
         split.to_csv(split_path)
         run.write_class_names(split.class_names)
-    if curate:
-        found = {f.path for f in usable}
-        unmatched = curate.unmatched(sorted(found))
-        changes = [] if resume else curate.class_changes([str(f.label) for f in usable], [r.label for r in split.rows])
-        notes += unmatched + changes
-        run.write_text(RunDir.EXCLUDED, curate.excluded_text())
-        run.write_text(RunDir.RELABELED, curate.relabel_text())
-        gone = set(curate.exclude) & found
-        relabelled = sum(p in found and p not in gone for p in curate.relabel)  # an excluded file is not trained on
-        say(
-            f"Curation: {len(gone)} file(s) left out, {relabelled} relabelled (files untouched)"
-            + "".join(f"; {n}" for n in unmatched)
-            + "."
-        )
-        for note in changes:
-            say(f"Curation: {note}.")
+        notes += _record_curation(run, curate, usable, split, say)
+    if resumed and (config.exclude or config.relabel):
+        say(f"Curation: as the run recorded it ({RunDir.EXCLUDED}, {RunDir.RELABELED}); the lists are not read again.")
     prepared = Prepared(data_dir, split, tf_decodable, config, notes)
     _sample_grid(prepared, run)
     per_class = ", ".join(f"{k} {v['train'] + v['validation']}" for k, v in split.counts().items())
@@ -147,6 +136,36 @@ def prepare(
         f"train {len(split.train())}, validation {len(split.validation())}."
     )
     return prepared
+
+
+def _record_curation(
+    run: RunDir,
+    curate: curation.Curation,
+    usable: list[doctor.FileFinding],
+    split: split_lib.Split,
+    say: Callable[[str], None],
+) -> list[str]:
+    """Writes a new run's record of its curation (``excluded.txt``, ``relabel.csv``; none, and a failed earlier
+    attempt's removed, without one), says what it did, and returns its notes."""
+    for name in (RunDir.EXCLUDED, RunDir.RELABELED):
+        (run / name).unlink(missing_ok=True)
+    if not curate:
+        return []
+    found = {f.path for f in usable}
+    unmatched = curate.unmatched(sorted(found))
+    changes = curate.class_changes([str(f.label) for f in usable], [r.label for r in split.rows])
+    run.write_text(RunDir.EXCLUDED, curate.excluded_text())
+    run.write_text(RunDir.RELABELED, curate.relabel_text())
+    gone = set(curate.exclude) & found
+    relabelled = sum(p in found and p not in gone for p in curate.relabel)  # an excluded file is not trained on
+    say(
+        f"Curation: {len(gone)} file(s) left out, {relabelled} relabelled (files untouched)"
+        + "".join(f"; {n}" for n in unmatched)
+        + "."
+    )
+    for note in changes:
+        say(f"Curation: {note}.")
+    return unmatched + changes
 
 
 def _check_classes_kept(run: RunDir, split: split_lib.Split) -> None:

@@ -58,7 +58,26 @@ def train(
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
     RunDir(config.out).check_new_output()  # a file, or a folder of the user's: said before the lock answers
     with RunDir(config.out).lock():  # one writer per run directory
+        if resume:
+            _check_unfinished(RunDir(config.out))
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
+
+
+def _check_unfinished(run: RunDir) -> None:
+    """Refuses to resume a finished run: it would evaluate, fit the unknown answer and audit again, and record
+    the near-zero time of reloading its checkpoints as its training time. One whose training completed but whose
+    evaluation did not (killed in the report, say) is resumed: that part runs again.
+
+    Raises:
+        ConfigError: The run is finished.
+    """
+    state = run.read_json(RunDir.STATE) or {}
+    # metrics.json gets the whole command's timings ("training" among them) as the very last step.
+    if state.get("complete") and "training" in run.metrics().get("timings_s", {}):
+        raise ConfigError(
+            f"Nothing to resume: the run in {run.path} is finished. Evaluate it again with `floranet evaluate`, "
+            "write its report with `floranet report`, or start a new run with another --out. Received: resume=True"
+        )
 
 
 def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
