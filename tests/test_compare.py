@@ -55,6 +55,11 @@ def test_compare_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="train must hold"):
         CompareConfig(data_dir="d", backbones=("a",), train={"backbone": "x"})
     assert CompareConfig(data_dir="d", backbones=("a", "b"), weights={"a": "none"}).weights_of("a") is None
+    # Names as the registry reads them: RESNET20 is resnet20 (it trained twice, in two folders)
+    with pytest.raises(ConfigError, match="distinct names"):
+        CompareConfig(data_dir="d", backbones=("resnet20", " RESNET20"))
+    spelled = CompareConfig(data_dir="d", backbones=("ResNet20",), weights={"RESNET20": "none"})
+    assert spelled.backbones == ("ResNet20",) and spelled.weights_of("ResNet20") is None
     # Wrong types are named, not TypeErrors (a str was taken letter by letter).
     for kwargs, match in (
         ({"backbones": None}, "backbones must be a non-empty list.*Received: backbones=None"),
@@ -112,6 +117,10 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
 
     with pytest.raises(ConfigError, match="Unknown backbone.*resnet2O"):
         compare(cfg(tmp_path / "c", ("resnet20", "resnet2O")), say=lambda m: None)
+    assert not trained and not (tmp_path / "c").exists()
+    # Keras's Inception needs 75 px: a raw ValueError after the first backbone had trained
+    with pytest.raises(ConfigError, match=r"backbone 'keras:inception_v3' cannot take images of 32x32 px"):
+        compare(cfg(tmp_path / "c", ("resnet20", "keras:inception_v3")), say=lambda m: None)
     assert not trained and not (tmp_path / "c").exists()
     with pytest.raises(ConfigError, match="outside the data folder"):
         compare(cfg(data / "cmp"), say=lambda m: None)

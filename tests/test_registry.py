@@ -91,3 +91,14 @@ def test_a_backbone_is_named_as_spelled_and_finds_its_fine_tune_layer_however_sp
         ("resnet_50", "conv5_"),
     ):
         assert backbones.get(spelled).fine_tune_prefix == prefix, spelled
+
+
+@pytest.mark.parametrize("weights", [None, "imagenet"])
+def test_a_keras_model_too_small_for_the_image_size_is_a_config_error(weights) -> None:
+    """Keras's Inception needs 75 px: a raw ValueError (or a WeightsError blaming the weights) before."""
+    from floranet.errors import ConfigError
+    from floranet.models import backbones
+
+    with pytest.raises(ConfigError, match=r"backbone 'keras:inception_v3' cannot take images of 32x32 px"):
+        backbones.get("keras:inception_v3").build((32, 32, 3), weights)
+    backbones.check_input_size("resnet20", (32, 32))  # floranet's own: any size

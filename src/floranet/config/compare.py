@@ -36,13 +36,19 @@ class CompareConfig:
     def __post_init__(self) -> None:
         given = self.backbones
         listed = isinstance(given, list | tuple)  # a str would be taken letter by letter
-        names = tuple(given) if listed else ()
+        ok = listed and bool(given) and all(isinstance(n, str) and n.strip() for n in given)
+        names = tuple(given) if ok else ()
         object.__setattr__(self, "backbones", names)
-        ok = bool(names) and all(isinstance(n, str) and n.strip() for n in names) and len(set(names)) == len(names)
+        # Distinct as the registry reads them: RESNET20 is resnet20, and would train it twice
+        ok = ok and len({_canonical(n) for n in names}) == len(names)
         check(ok, "backbones must be a non-empty list of distinct names", "backbones", given)
         for name in ("weights", "train"):
             check(isinstance(getattr(self, name), Mapping), f"{name} must be a mapping", name, getattr(self, name))
-        check(set(self.weights) <= set(names), "weights may only name compared backbones", "weights", self.weights)
+        given_weights = self.weights
+        weights = {_canonical(k) if isinstance(k, str) else k: v for k, v in given_weights.items()}
+        object.__setattr__(self, "weights", weights)
+        known = {_canonical(n) for n in names}
+        check(set(weights) <= known, "weights may only name compared backbones", "weights", given_weights)
         check(isinstance(self.fine_tune, bool), "fine_tune must be True or False", "fine_tune", self.fine_tune)
         check(
             self.default_weights is None or isinstance(self.default_weights, str),
@@ -57,5 +63,10 @@ class CompareConfig:
         check_choice("precision", self.precision, PRECISIONS)
 
     def weights_of(self, backbone: str) -> str | None:
-        value = self.weights.get(backbone, self.default_weights)
+        value = self.weights.get(_canonical(backbone), self.default_weights)
         return None if value in (None, "none", "None", "") else value
+
+
+def _canonical(name: str) -> str:
+    """A backbone's name as the registry looks it up (models.backbones.get: stripped, lower case)."""
+    return name.strip().lower()

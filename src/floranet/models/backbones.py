@@ -105,7 +105,8 @@ def _keras_builder(name: str, fn: Callable[..., keras.Model]) -> Callable[..., k
             try:
                 return fn(include_top=False, pooling="avg", input_shape=input_shape, weights=weights)
             except Exception as e:  # Keras raises many types for download and file errors
-                if weights is None:
+                if weights is None or isinstance(e, ValueError) and _too_small(fn, input_shape):
+                    _refuse_size(name, input_shape, e)
                     raise
                 hint = (  # a download that failed; a file of the user's just does not fit
                     f" Without network access, download the file named above on a machine that has it and put "
@@ -117,6 +118,38 @@ def _keras_builder(name: str, fn: Callable[..., keras.Model]) -> Callable[..., k
                 raise WeightsError(f"Cannot load {weights!r} weights for backbone {name!r}: {e}.{hint}") from e
 
     return build
+
+
+def _too_small(fn: Callable[..., keras.Model], input_shape: tuple[int | None, int | None, int]) -> bool:
+    """Whether the model cannot be built at ``input_shape`` even without weights (then the size is at fault)."""
+    try:
+        fn(include_top=False, pooling="avg", input_shape=input_shape, weights=None)
+    except ValueError:
+        return True
+    return False
+
+
+def _refuse_size(name: str, input_shape: tuple[int | None, int | None, int], error: Exception) -> None:
+    """Turns Keras's refusal of an input size (Inception needs 75 px, Xception 71) into a ConfigError."""
+    if isinstance(error, ValueError):
+        raise ConfigError(
+            f"backbone {name!r} cannot take images of {input_shape[0]}x{input_shape[1]} px ({error}); choose a "
+            f"larger image_size or another backbone. Received: image_size={input_shape[:2]}"
+        ) from None
+
+
+def check_input_size(name: str, image_size: tuple[int, int]) -> None:
+    """Refuses an image size the backbone cannot take, by building it without weights (Keras's models only:
+    floranet's own take any size from the smallest allowed). ``compare`` asks before anything trains.
+
+    Raises:
+        ConfigError: The size is too small for it.
+    """
+    backbone = get(name)
+    if backbone.info.family in ("resnet", "mobilenet"):
+        return
+    backbone.build((*image_size, 3), None)
+    keras.backend.clear_session()
 
 
 @contextlib.contextmanager

@@ -219,7 +219,7 @@ def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path)
     overrides = dict(config.train)
     if not config.fine_tune:
         overrides["fine_tune_epochs"] = 0
-    return resolve(
+    settings = resolve(
         data_dir=config.data_dir,
         out=str(out / backbone),
         backbone=backbone,
@@ -227,6 +227,8 @@ def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path)
         split_file=str(split_file),
         **overrides,
     )
+    backbones.check_input_size(backbone, settings.image_size)  # Keras's Inception at 32 px: now, not after others
+    return settings
 
 
 def _one(
