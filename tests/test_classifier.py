@@ -128,3 +128,28 @@ def test_keras_application_backbone_loads_a_local_weights_file(tmp_path) -> None
     model = classifier.build_classifier("mobilenet_v2", 3, image_size=64, weights=str(path))
     for a, b in zip(classifier.backbone_of(model).get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backbone", ["convnext_tiny", "resnet20", "mobilenet_v2"])
+def test_gradcam_explains_the_feature_map_the_pooling_reads(backbone) -> None:
+    """ConvNeXt's last residual sum is an operation, not a layer: the last layer with a 4-D output was the residual
+    branch alone (activations ~1e-7), and its maps were uncorrelated with the stage's."""
+    from floranet.evaluation.gradcam import GradCAM, last_feature_map
+
+    model = classifier.build_classifier(backbone, 3, image_size=64, weights=None)
+    base = classifier.backbone_of(model)
+    pooling = next(layer for layer in base.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D))
+    name, tensor = last_feature_map(base)
+    assert tensor is pooling.input and name == f"{pooling.name} input"
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    cam = GradCAM(model)
+    conv = keras.ops.convert_to_numpy(cam._model(x, training=False)[0])
+    pixels = x
+    for layer in model.layers[1:]:  # the preprocessing before the backbone
+        if layer.name == classifier.BACKBONE_LAYER:
+            break
+        pixels = layer(pixels)
+    stage = keras.ops.convert_to_numpy(keras.Model(base.inputs, pooling.input)(pixels))
+    np.testing.assert_allclose(conv, stage, rtol=1e-5, atol=1e-5)
+    heat, probs = cam.heatmaps(x)
+    assert heat.shape == conv.shape[:3] and np.isfinite(heat).all() and probs.shape == (2, 3)

@@ -17,12 +17,16 @@ from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid, written_here
 
 
-def last_conv_layer(backbone: keras.Model) -> str:
-    """Name of the backbone's last layer with a spatial (4-D) output."""
+def last_feature_map(backbone: keras.Model) -> tuple[str, keras.KerasTensor]:
+    """(a name for it, the tensor): the backbone's last spatial (4-D) feature map, the one its global pooling
+    reads. Not simply the last layer with a 4-D output: ConvNeXt's last residual sum is ``x + branch``, an
+    operation rather than a layer, and that layer is the branch alone, nearly none of the signal."""
     for layer in reversed(backbone.layers):
-        shape = getattr(layer, "output", None)
-        if shape is not None and len(layer.output.shape) == 4:
-            return layer.name
+        if len(layer.output.shape) == 2 and len(getattr(layer.input, "shape", ())) == 4:  # the pooling
+            return f"{layer.name} input", layer.input
+    for layer in reversed(backbone.layers):
+        if len(layer.output.shape) == 4:
+            return layer.name, layer.output
     raise ModelError(f"backbone {backbone.name!r} has no 4-D feature map")
 
 
@@ -31,13 +35,13 @@ class GradCAM:
 
     Args:
         model: A classifier built by :func:`floranet.models.classifier.build_classifier`.
-        layer: Backbone layer to explain; its last convolutional stage by default.
+        layer: Backbone layer to explain; by default the feature map its global pooling reads (its last stage).
     """
 
     def __init__(self, model: keras.Model, layer: str | None = None) -> None:
         base = classifier.backbone_of(model)
-        self.layer = layer or last_conv_layer(base)
-        multi = keras.Model(base.inputs, [base.get_layer(self.layer).output, base.outputs[0]])
+        self.layer, feature_map = (layer, base.get_layer(layer).output) if layer else last_feature_map(base)
+        multi = keras.Model(base.inputs, [feature_map, base.outputs[0]])
         inputs = keras.Input(shape=model.inputs[0].shape[1:])
         x = inputs
         for layer_ in model.layers[1:]:
