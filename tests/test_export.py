@@ -156,6 +156,19 @@ def test_out_folder_reexport_and_no_check(run_copy: Path, tmp_path: Path, monkey
     assert export_run(run_copy, "keras", out=".", max_images=0).path == out
 
 
+def test_a_file_of_yours_inside_an_exports_folder_is_never_replaced(exported) -> None:
+    """Only the top level was compared: a note left inside saved_model's model/ was deleted by a re-export."""
+    r = exported("saved_model")
+    note = r.path / "model" / "deploy-notes.txt"
+    note.write_text("mine")
+    try:
+        with pytest.raises(ConfigError, match=r"things it does not write \(model/deploy-notes.txt\)"):
+            export_lib.export_run(r.path.parent.parent, "saved_model", max_images=0)
+        assert note.read_text() == "mine"
+    finally:
+        note.unlink()
+
+
 def test_an_export_that_disagrees_says_so_and_exits_1(run_copy: Path, tmp_path: Path, monkeypatch) -> None:
     """The agreement check computed numbers and passed whatever they were: 0% top-1 agreement exited 0."""
     from floranet.cli import main

@@ -9,7 +9,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +25,6 @@ from floranet.export.common import (
     EXPORTS_DIR,
     EXPORTS_FILE,
     FORMATS,
-    MARKER,
     QUANTIZE,
     README_FILE,
     SUPPORTED_QUANTIZE,
@@ -36,6 +34,7 @@ from floranet.export.common import (
     quiet,
     versions,
 )
+from floranet.export.folders import is_export_folder, place
 from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, check_images, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
@@ -179,42 +178,6 @@ def _record(run: Path, result: ExportResult) -> None:
 # --------------------------------------------------------------------------- main entry
 
 
-def _is_export_folder(folder: Path) -> bool:
-    readme = folder / README_FILE
-    try:
-        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(MARKER)
-    except OSError:
-        return False
-
-
-def _place(tmp: Path, final: Path) -> None:
-    """Renames the finished temp folder onto ``final``, replacing an older export only now.
-
-    Raises:
-        ConfigError: The older export's folder holds entries this export does not write (files of the user's,
-            which replacing the folder would delete); nothing is replaced.
-    """
-    if not final.exists():
-        os.replace(tmp, final)
-        return
-    ours = {p.name for p in tmp.iterdir()}
-    others = sorted(p.name for p in final.iterdir() if p.name not in ours)
-    if others:
-        raise ConfigError(
-            f"out holds an earlier export and things it does not write ({', '.join(others[:3])}"
-            f"{', ...' if len(others) > 3 else ''}); move them away, or choose another --out. Nothing was replaced. "
-            f"Received: out={str(final)!r}"
-        )
-    old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        os.replace(old, final)  # put the old export back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _model_size(folder: Path) -> int:
     """Bytes of the model file(s): everything but the top-level class_names.json and README.txt."""
     extras = {folder / RunDir.CLASS_NAMES, folder / README_FILE, *(folder / n for n in UNKNOWN_FILES)}
@@ -277,7 +240,7 @@ def _export(
     name = export_name(format, quantize)
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
-    if final.exists() and not (final.is_dir() and _is_export_folder(final)):
+    if final.exists() and not (final.is_dir() and is_export_folder(final)):
         raise ConfigError(
             f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"
         )
@@ -298,7 +261,7 @@ def _export(
         raise OutputError(final, e) from None
     try:
         result = _build(model, source, tmp, format, quantize, calib, pixels, say=say, progress=progress)
-        _place(tmp, final)
+        place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

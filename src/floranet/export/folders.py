@@ -1,0 +1,58 @@
+"""Export folders: recognising one floranet wrote, and putting a finished export in its place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from floranet.errors import ConfigError
+from floranet.export.common import MARKER, README_FILE
+from floranet.export.unknown import FILES as UNKNOWN_FILES
+
+
+def _entries(folder: Path) -> set[str]:
+    """Every file and folder under ``folder``, as relative POSIX paths (links not followed)."""
+    found: set[str] = set()
+    for top, dirs, files in os.walk(folder):
+        rel = Path(top).relative_to(folder)
+        found.update((rel / name).as_posix() for name in (*dirs, *files))
+    return found
+
+
+def is_export_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an export floranet wrote (its README.txt starts with the marker)."""
+    readme = folder / README_FILE
+    try:
+        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(MARKER)
+    except OSError:
+        return False
+
+
+def place(tmp: Path, final: Path) -> None:
+    """Renames the finished temp folder onto ``final``, replacing an older export only now.
+
+    Raises:
+        ConfigError: The older export's folder holds entries this export does not write (files of the user's,
+            which replacing the folder would delete); nothing is replaced.
+    """
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    ours = _entries(tmp) | set(UNKNOWN_FILES)  # an earlier export's ood.* when the run no longer has them
+    others = sorted(_entries(final) - ours)  # at any depth: a note inside saved_model/ was deleted with it
+    if others:
+        raise ConfigError(
+            f"out holds an earlier export and things it does not write ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}); move them away, or choose another --out. Nothing was replaced. "
+            f"Received: out={str(final)!r}"
+        )
+    old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        os.replace(old, final)  # put the old export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
