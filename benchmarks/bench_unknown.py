@@ -99,6 +99,7 @@ def _embeddings(run_dir: Path, model: Any, rows: list[Any], names: list[str], da
 def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str]) -> dict[str, Any]:
     from floranet.data.split import SplitRow
     from floranet.evaluation.ood import compare, head_weights
+    from floranet.inference import unknown as unknown_lib
     from floranet.rundir import RunDir
 
     known_classes = [c for c in classes if c != held]
@@ -134,7 +135,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     candidates[COMBINED_BEFORE] = combined_before(model, train_e, known_e, other_e, len(known_classes))
     candidates.update(literature_scores(head_weights(model), train_e.features, known_e.features, other_e.features))
     for name, (k, o) in candidates.items():
-        threshold = np.quantile(k, 0.95, method="higher")
+        threshold = unknown_lib.threshold_for(k, 0.95)  # the rule unknown.fit uses
         methods[name] = {
             "auroc": _auroc(k, o),
             "false_known_at_95": float(np.mean(o <= threshold)),
@@ -323,6 +324,7 @@ def _non_flower_methods(result: Any, classes: list[str], images: dict[str, str],
     scikit-learn's flower) against its known validation images."""
     from floranet.data.split import SplitRow
     from floranet.evaluation.ood import compare
+    from floranet.inference import unknown as unknown_lib
     from floranet.rundir import RunDir
 
     run = RunDir(result.run_dir)
@@ -340,7 +342,7 @@ def _non_flower_methods(result: Any, classes: list[str], images: dict[str, str],
     candidates[COMBINED_BEFORE] = combined_before(result.model, train_e, known_e, odd_e, len(classes))
     out = []
     for name, (k, o) in candidates.items():
-        threshold = np.quantile(k, 0.95, method="higher")
+        threshold = unknown_lib.threshold_for(k, 0.95)  # the rule unknown.fit uses
         out.append(
             {
                 "method": name,

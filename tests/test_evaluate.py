@@ -72,6 +72,22 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model() -> None:
     assert ev.ece(calibrated=True) < ev.ece()
 
 
+def test_temperature_is_found_past_twenty_and_ties_rank_as_predict_ranks_them() -> None:
+    """The search stopped at T = 20 (a tiny run's optimum was 33.6); top-2 accuracy broke ties the other way from
+    predict's top-k (scikit-learn ranks the higher index first)."""
+    from scipy.optimize import minimize_scalar
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 0.3, (300, 4))
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=row) for row in calibrated])  # drawn from them: right at T = 1
+    sharp = np.exp(40 * logits) / np.exp(40 * logits).sum(axis=1, keepdims=True)  # far too sure: best T far above 20
+    nll = lambda t: -np.mean(np.log(np.clip(apply_temperature(sharp, t)[np.arange(300), labels], 1e-12, 1)))  # noqa: E731
+    best = float(np.exp(minimize_scalar(lambda u: nll(np.exp(u)), bounds=(-7, 7), method="bounded").x))
+    assert best > 20 and fit_temperature(sharp, labels) == pytest.approx(best, rel=1e-3)
+    assert classification_metrics([1], np.array([[1.0, 0.0, 0.0]]), ["a", "b", "c"])["top_2_accuracy"] == 1.0
+
+
 def test_metrics_dict_has_every_view() -> None:
     labels, probs = fixed_predictions(40)
     m = Evaluation(NAMES, tuple(str(i) for i in range(40)), labels, probs).with_temperature().metrics()

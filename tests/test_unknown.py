@@ -99,7 +99,7 @@ def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="validation"):
         unknown_lib.fit("knn", np.ones((3, 2)), np.arange(3), np.zeros((0, 2)), np.zeros((0, 3)), num_classes=3)
     with pytest.raises(ModelError, match="head's weights"):
-        unknown_lib.fit("energy", np.ones((3, 2)), np.arange(3), np.ones((3, 2)), np.ones((3, 3)) / 3, num_classes=3)
+        unknown_lib.fit("energy", np.ones((3, 2)), np.arange(3), np.ones((5, 2)), np.ones((5, 3)) / 3, num_classes=3)
     with pytest.raises(ConfigError, match="unknown_keep"):
         config.resolve(data_dir="d", out="o", unknown_keep=1.5)
     with pytest.raises(ConfigError, match="unknown_method"):
@@ -107,6 +107,23 @@ def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown must be"):
         InferenceConfig(unknown="yes")  # type: ignore[arg-type]
     assert unknown_lib.UnknownDetector.load(tmp_path) is None  # a run from before: no answer, no error
+
+
+def test_the_threshold_keeps_the_share_asked_for_on_enough_images() -> None:
+    """numpy's "higher" quantile kept one image more: every one of 20 at keep 0.95, 39 of 40. With one validation
+    image combined's z-scoring divided by a zero spread (scores of +-3e4, a third of known images "unknown")."""
+    from floranet.errors import ModelError
+
+    rng = np.random.default_rng(0)
+    for n, kept in ((20, 19), (40, 38), (100, 95), (1000, 950)):
+        scores = rng.normal(size=n)
+        assert int(np.sum(scores <= unknown_lib.threshold_for(scores, 0.95))) == kept
+    probs = rng.dirichlet(np.ones(3), size=20)
+    detector = unknown_lib.fit("msp", None, np.arange(0), None, probs, num_classes=3)
+    assert detector.info["validation_kept"] == 0.95
+    few = unknown_lib.MIN_VALIDATION - 1
+    with pytest.raises(ModelError, match=f"this run has {few}, fewer than the {unknown_lib.MIN_VALIDATION} it needs"):
+        unknown_lib.fit("msp", None, np.arange(0), None, probs[:few], num_classes=3)
 
 
 def _odd_images(folder: Path) -> list[str]:

@@ -41,9 +41,9 @@ def classification_metrics(
     out["accuracy"] = float(skm.accuracy_score(y_true, y_pred))
     out["loss"] = float(skm.log_loss(y_true, clipped, labels=labels))
     k = min(top_k, n_classes)
-    # With k >= the number of classes every label is in the top k (and scikit-learn refuses 2-D binary scores).
-    top = 1.0 if k >= n_classes else skm.top_k_accuracy_score(y_true, probs, k=k, labels=labels)
-    out[f"top_{k}_accuracy"] = float(top)
+    # Ties ranked as predict's top-k ranks them (the lower class index first; scikit-learn's puts it last)
+    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    out[f"top_{k}_accuracy"] = float(np.mean(np.any(ranked == np.asarray(y_true)[:, None], axis=1)))
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     out["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}

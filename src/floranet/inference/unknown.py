@@ -17,10 +17,11 @@ statistics the score needs, plain arrays). Every score is "higher = less like th
 * ``class_mean``: cosine distance to the nearest class mean.
 * ``msp``: 1 - the largest temperature-calibrated probability (needs no features).
 
-The threshold is the ``keep`` quantile (default 0.95) of the scores of known validation images: about
-``keep`` of images like the training classes are answered normally, the rest and anything scoring higher
-are "unknown". benchmarks/bench_unknown.py compares the methods (and energy, which needs logits the saved
-model does not output) on flower_photos with each class held out in turn.
+The threshold is the ``keep`` quantile (default 0.95) of the scores of known validation images (the
+ceil(keep * n)-th smallest), chosen on at least :data:`MIN_VALIDATION` of them: about ``keep`` of images like the
+training classes are answered normally, the rest and anything scoring higher are "unknown".
+benchmarks/bench_unknown.py compares the methods (and energy, which needs logits the saved model does not output)
+on flower_photos with each class held out in turn.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from floranet.rundir import RunDir
 
 # k of the k-th nearest neighbour: 1 separated held-out flower classes best (benchmarks/bench_unknown.py).
 DEFAULT_K = 1
+# Fewer validation images give a threshold that means nothing (with one, combined's z-scoring divides by a zero
+# spread: scores of +-3e4 and a third of known images "unknown"); the answer is then not fitted, and said.
+MIN_VALIDATION = 5
 # Methods that read the head's weights (its penultimate activations or logits).
 HEAD_METHODS = frozenset({"combined", "knn_head", "energy"})
 # ``combined``'s parts, in the order of :func:`components` (statistics from before class_mean joined: the first 3).
@@ -179,6 +183,12 @@ def components(stats: dict[str, np.ndarray], z: np.ndarray, k: int) -> np.ndarra
     if "means" in stats:
         parts.append(_score_block("class_mean", stats, z, k))
     return np.stack(parts, axis=1)
+
+
+def threshold_for(scores: np.ndarray, keep: float) -> float:
+    """The score that keeps ``keep`` of ``scores`` at or below it: the ceil(keep * n)-th smallest (numpy's
+    ``inverted_cdf``; "higher" kept one image more, all of them below 21)."""
+    return float(np.quantile(np.asarray(scores, np.float64), keep, method="inverted_cdf"))
 
 
 def z_scoring(stats: dict[str, np.ndarray], val_features: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -325,11 +335,16 @@ def fit(
     """
     if not len(val_probs):
         raise ModelError("The unknown threshold is chosen on validation images, and this run has none.")
+    if len(val_probs) < MIN_VALIDATION:
+        raise ModelError(
+            f"The unknown threshold is chosen on validation images, and this run has {len(val_probs)}, fewer than "
+            f"the {MIN_VALIDATION} it needs."
+        )
     stats = fit_stats(method, train_features, train_labels, num_classes, head=head)
     if method == "combined":
         stats.update(z_scoring(stats, np.asarray(val_features, np.float32), k))
     val_scores = score(method, stats, val_features, val_probs, temperature=temperature, k=k)
-    threshold = float(np.quantile(val_scores, keep, method="higher"))
+    threshold = threshold_for(val_scores, keep)
     info = {
         "fitted_on": {"train_images": len(train_labels), "validation_images": len(val_probs)},
         "validation_kept": float(np.mean(val_scores <= threshold)),
