@@ -136,6 +136,14 @@ def test_audit_of_a_data_folder_end_to_end(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not empty and not a floranet run"):  # --out never writes over others'
         audit_fn(data, out=foreign, **TINY)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    # Another folder of the same name would share runs/audit-<name>: the earlier audit was silently replaced
+    twin = make_image_folder(tmp_path / "elsewhere" / "data", classes=2, per_class=6)
+    audit_csv = (out / RunDir.AUDIT_CSV).read_bytes()
+    with pytest.raises(ConfigError, match="out holds the audit of another data folder"):
+        audit_fn(twin, out=out, **TINY)
+    assert (out / RunDir.AUDIT_CSV).read_bytes() == audit_csv
+    with pytest.raises(ConfigError, match=r"is a run: its own settings and folder are used. Received: seed=3"):
+        audit_fn(out, seed=3)  # an audit folder is audited as a run: the setting was named as out=None
 
 
 def test_exclude_and_relabel_files(tmp_path: Path) -> None:
@@ -149,6 +157,14 @@ def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     )
     assert read_exclude(audit_csv) == ("a/1.jpg", "c/3.jpg")
     assert read_relabel(audit_csv) == {"a/1.jpg": "b"}
+    # Saved by a spreadsheet, every field quoted: the header was not recognised and nothing was left out
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('"file","kind","score"\r\n"a/1.jpg","label_issue","0.9"\r\n')
+    assert read_exclude(quoted) == ("a/1.jpg",)
+    # The run's own record reads back as it was, names with ' #' or a line break included
+    odd = ("a/x #y.jpg", "b/new\nline.jpg", "c/plain.jpg")
+    (tmp_path / "excluded.txt").write_text(Curation(odd, {}).excluded_text())
+    assert read_exclude(tmp_path / "excluded.txt") == odd
     relabel = tmp_path / "relabel.csv"
     relabel.write_text("path,new_label\na/1.jpg,b\n")
     assert read_relabel(relabel) == {"a/1.jpg": "b"}
@@ -220,7 +236,7 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     "spelling." in said and any("new class 'cc'" in n for n in result.notes)
     assert (data / "a" / "img_000.jpg").exists() and (data / "b" / "img_001.jpg").exists()
     assert run.config().exclude == str(tmp_path / "exclude.txt")
-    assert (run / RunDir.EXCLUDED).read_text() == "a/img_000.jpg\nnot/there.jpg\n"
+    assert (run / RunDir.EXCLUDED).read_text() == "file\na/img_000.jpg\nnot/there.jpg\n"
     assert "b/img_001.jpg,c" in (run / RunDir.RELABELED).read_text()
     assert any("exclude file" in n for n in result.notes)
     assert not run.exists(RunDir.AUDIT)  # audit: false
@@ -230,7 +246,7 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     (tmp_path / "exclude.txt").unlink()
     said.clear()
     train(cfg, resume=True, progress=False, say=said.append)
-    assert (run / RunDir.EXCLUDED).read_text() == "a/img_000.jpg\nnot/there.jpg\n"
+    assert (run / RunDir.EXCLUDED).read_text() == "file\na/img_000.jpg\nnot/there.jpg\n"
     assert any(m.startswith("Curation: as the run recorded it") for m in said)
     # A new run in a folder whose earlier attempt failed (no state.json) keeps no stale record of a curation
     (run / RunDir.STATE).unlink()
@@ -444,6 +460,7 @@ def test_odd_file_names_survive_the_split_curation_and_audit_json(tmp_path: Path
     data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
     shutil.copy(data / "class_0" / "img_000.jpg", data / odd)
     shutil.copy(data / "class_0" / "img_001.jpg", data / "class_0" / "c\nFORGED 0.999 d.jpg")
+    shutil.copy(data / "class_0" / "img_002.jpg", data / "class_0" / "e\u2028SPLIT 0.999 f.jpg")  # splitlines breaks
     make_image_folder(tmp_path / "more", classes=2, per_class=1, seed=5)  # a new photo under a name not UTF-8
     shutil.copy(tmp_path / "more" / "class_1" / "img_000.jpg", data / "class_1" / os.fsdecode(b"\xff\xfe.jpg"))
     out = tmp_path / "audit"
@@ -456,5 +473,5 @@ def test_odd_file_names_survive_the_split_curation_and_audit_json(tmp_path: Path
     from floranet.evaluation.audit_report import summary
 
     listed = summary(again.result, n=50)
-    assert "a\\b.jpg" in listed and "c\\x0aFORGED 0.999 d.jpg" in listed
-    assert not [line for line in listed.splitlines() if line.startswith("FORGED")]
+    assert "a\\b.jpg" in listed and "c\\x0aFORGED 0.999 d.jpg" in listed and "e\\u2028SPLIT" in listed
+    assert not [line for line in listed.splitlines() if line.startswith(("FORGED", "SPLIT"))]

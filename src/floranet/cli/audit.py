@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from floranet.cli.common import Subparsers, command, int_or_pair, say, say_lines
+from floranet.cli.common import Subparsers, command, int_or_pair, non_negative_int, say, say_lines
 from floranet.cli.training import TRAIN_KEYS
 from floranet.config import PRECISIONS, PRESETS, RUNTIMES
 
@@ -22,7 +22,7 @@ def add_audit(sub: Subparsers) -> None:
     p.add_argument("target", metavar="DATA_DIR|RUN_DIR")
     p.add_argument("--out", help="audit folder for a DATA_DIR (default: runs/audit-<data folder name>)")
     p.add_argument("--folds", type=int, default=5, help="k of the out-of-fold head training (default 5)")
-    p.add_argument("--top", type=int, default=10, help="files of each kind to print (default 10)")
+    p.add_argument("--top", type=non_negative_int, default=10, help="files of each kind to print (default 10)")
     g = p.add_argument_group("features and head for a DATA_DIR (as `floranet train`)")
     g.add_argument("--preset", choices=list(PRESETS), help="default: recommended")
     g.add_argument("--backbone")

@@ -58,6 +58,14 @@ def int_or_pair(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0. Received: {text}")
+    return value
+
+
 def add_runtime(p: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--precision`` of the commands that run a finished model."""
     p.add_argument(

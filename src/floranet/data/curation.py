@@ -83,8 +83,8 @@ def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
         ConfigError: The file cannot be read, or a path is absolute or leaves the data folder.
     """
     text = _read(path, "exclude")
-    first = text.splitlines()[0] if text.strip() else ""
-    if AUDIT_FILE_COLUMN in [c.strip() for c in first.split(",")]:
+    header = next(csv.reader(io.StringIO(text)), [])  # as CSV: a spreadsheet quotes every field ("file",...)
+    if AUDIT_FILE_COLUMN in [c.strip() for c in header]:
         reader = csv.DictReader(io.StringIO(text))
         paths = [(reader.line_num, r.get(AUDIT_FILE_COLUMN) or "") for r in reader]
     else:
@@ -221,8 +221,9 @@ class Curation:
         return notes
 
     def excluded_text(self) -> str:
-        """``excluded.txt``: one relative path a line."""
-        return "".join(f"{p}\n" for p in self.exclude)
+        """``excluded.txt``: a one-column CSV (``file``), which ``--exclude`` reads back as it was (a path a line
+        would lose names holding ' #' or a line break)."""
+        return csv_text([(AUDIT_FILE_COLUMN,), *((p,) for p in self.exclude)])
 
     def relabel_text(self) -> str:
         """``relabel.csv``: ``path,new_label`` rows with a header."""

@@ -13,8 +13,9 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-# C0 controls, DEL, C1 controls, and the bidi marks, embeddings, overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# C0 controls, DEL, C1 controls, the line and paragraph separators (str.splitlines breaks at them), and the bidi
+# marks, embeddings, overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -97,7 +97,11 @@ def audit(
         raise ConfigError(f"folds must be an int >= 2. Received: folds={folds!r}")
     if is_run_dir(target):
         if out is not None or settings:
-            raise ConfigError(f"{target} is a run: its own settings and folder are used. Received: out={out!r}")
+            given = {**({"out": out} if out is not None else {}), **settings}
+            raise ConfigError(
+                f"{target} is a run: its own settings and folder are used. Received: "
+                + ", ".join(f"{k}={v!r}" for k, v in given.items())
+            )
         run = RunDir(target)
     else:
         run = _audit_folder(target, out)
@@ -141,7 +145,25 @@ def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
             f"out holds a training run; a data folder's audit needs its own folder (`floranet audit {folder}` audits "
             f"that run in place). Received: out={str(folder)!r}"
         )
+    _check_same_data(run, data_dir)
     return run
+
+
+def _check_same_data(run: RunDir, data_dir: Path) -> None:
+    """Refuses to replace an earlier audit of another data folder (two folders of one name share the default
+    ``runs/audit-<name>``, and the later audit replaced the earlier one, hand-edited audit.csv and all).
+
+    Raises:
+        ConfigError: ``run`` holds the audit of another folder.
+    """
+    if not run.is_run():
+        return
+    earlier = run.saved_settings().get("data_dir")
+    if earlier is not None and Path(str(earlier)).resolve() != data_dir.resolve():
+        raise ConfigError(
+            f"out holds the audit of another data folder ({printable(str(earlier))!r}); give this one its own "
+            f"--out, or move that audit away. Received: out={str(run.path)!r}"
+        )
 
 
 def _data_folder(
