@@ -90,6 +90,22 @@ def test_near_duplicates_conflicts_and_leaks() -> None:
     assert len(conflict) == 1 and {conflict[0].file, conflict[0].other_file} == {p[0], p[n]}
 
 
+def test_byte_identical_copies_do_not_hide_other_near_duplicates() -> None:
+    """The whitening and the threshold were measured on every row: five copies of one file (the doctor allows
+    them within a class) skewed both, and a re-encoded copy of another image, found without them, was not."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 256)).astype(np.float32)
+    copy = x[[0]] + rng.normal(0, 0.8, (1, 256)).astype(np.float32)  # a re-encoded copy of image 0
+    features = np.concatenate([x, copy, np.repeat(x[[5]], 5, axis=0)])  # and five copies of image 5's file
+    groups = np.array([*range(41), *[5] * 5])
+    pairs, _ = similar_pairs(features, groups=groups)
+    found = {(i, j) for i, j, _ in pairs}
+    assert (0, 40) in found
+    copies = [5, *range(41, 46)]
+    assert {(i, j) for i in copies for j in copies if i < j} <= found  # the copies themselves, at similarity 1
+    assert (0, 40) not in {(i, j) for i, j, _ in similar_pairs(features)[0]}  # measured on every row: missed
+
+
 def test_outlier_far_from_every_class_is_flagged() -> None:
     x, y = _clusters(per_class=25)
     far = -_centres(x, y).sum(axis=0, keepdims=True)  # pointing away from every class

@@ -269,7 +269,7 @@ def run_audit(
         say(f"Audit: label issues not checked: {skipped}.")
         oof, quality = np.zeros((n, len(names)), np.float32), np.ones(n, np.float32)
     t = time.perf_counter()
-    pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity)
+    pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, _group_ids(data.sha256, n))
     findings += pair_findings(data, pairs, quality)
     timings["duplicates_s"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -24,21 +24,28 @@ _THRESHOLD_ROWS = 512  # rows of the similarity matrix sampled for its median an
 _BLOCK = 1024
 
 
-def whitened(features: np.ndarray) -> np.ndarray:
+def whitened(features: np.ndarray, fit_rows: np.ndarray | None = None) -> np.ndarray:
     """Features centred and whitened with their Ledoit-Wolf shrunk covariance, then L2-normalised.
 
     Cosine similarity there is a Mahalanobis-style similarity: directions in which every image of the set
     varies little (what all flower photos share) no longer make two distinct photos look alike. The shrinkage
     adapts to the set: small sets (fewer images than dimensions) stay close to plain centred cosine.
+
+    Args:
+        features: ``[n, d]`` embeddings.
+        fit_rows: The rows the mean and covariance are measured on (None: all), e.g. one per distinct file.
     """
     from sklearn.covariance import LedoitWolf
 
     x = np.asarray(features, np.float64)
-    x = x - x.mean(axis=0)
-    if len(x) < 3:
+    basis = x if fit_rows is None else x[fit_rows]
+    mean = basis.mean(axis=0)
+    x, basis = x - mean, basis - mean
+    if len(basis) < 3:
         return normalize(x)
     # store_precision=False: the inverse is never used, and computing it took 8 of 10 s for 2,048 features.
-    values, vectors = np.linalg.eigh(LedoitWolf(assume_centered=True, store_precision=False).fit(x).covariance_)
+    fitted = LedoitWolf(assume_centered=True, store_precision=False).fit(basis)
+    values, vectors = np.linalg.eigh(fitted.covariance_)
     keep = values > values.max() * 1e-9
     return normalize((x @ vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32))
 
@@ -59,15 +66,26 @@ def duplicate_threshold(z: np.ndarray, seed: int = 0) -> float:
     return DUPLICATE_SIMILARITY if mad == 0 else min(median + DUPLICATE_Z * mad, DUPLICATE_SIMILARITY)
 
 
-def similar_pairs(features: np.ndarray, threshold: float | None = None) -> tuple[list[tuple[int, int, float]], float]:
+def similar_pairs(
+    features: np.ndarray, threshold: float | None = None, groups: np.ndarray | None = None
+) -> tuple[list[tuple[int, int, float]], float]:
     """Pairs ``(i, j, similarity)`` with ``i < j`` at or above ``threshold`` (None: :func:`duplicate_threshold`
     of this set), most similar first, and the threshold used; the similarity is the cosine of :func:`whitened`
     features.
 
+    Args:
+        features: ``[n, d]`` embeddings.
+        threshold: The similarity that makes a pair; None: the set's own.
+        groups: An id per row, the same for byte-identical files: the whitening and the threshold are measured
+            on one row of each (five copies of one photo raised the threshold past a resized copy elsewhere);
+            the copies are still paired, at similarity 1.
+
     Blockwise (``1024 x n`` similarities at a time), so memory stays bounded; time is O(n^2 d).
     """
-    z = whitened(features)
-    threshold = duplicate_threshold(z) if threshold is None else threshold
+    distinct = None if groups is None else np.sort(np.unique(np.asarray(groups), return_index=True)[1])
+    z = whitened(features, distinct)
+    if threshold is None:
+        threshold = duplicate_threshold(z if distinct is None else z[distinct])
     pairs: list[tuple[int, int, float]] = []
     for s in range(0, len(z), _BLOCK):
         sims = z[s : s + _BLOCK] @ z.T
