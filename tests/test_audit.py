@@ -118,7 +118,7 @@ def test_outlier_far_from_every_class_is_flagged() -> None:
     assert len(outliers) <= 3
 
 
-def test_audit_of_a_data_folder_end_to_end(tmp_path: Path) -> None:
+def test_audit_of_a_data_folder_end_to_end(tmp_path: Path, monkeypatch) -> None:
     from floranet.cli import main
 
     data = make_image_folder(tmp_path / "data", classes=3, per_class=12, names=["a", "b", "c"])
@@ -153,11 +153,15 @@ def test_audit_of_a_data_folder_end_to_end(tmp_path: Path) -> None:
         audit_fn(data, out=foreign, **TINY)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     # Another folder of the same name would share runs/audit-<name>: the earlier audit was silently replaced
+    monkeypatch.chdir(tmp_path)
+    shared = audit_fn(data, **TINY).run.path
+    assert shared.resolve() == (tmp_path / "runs" / "audit-data").resolve()
     twin = make_image_folder(tmp_path / "elsewhere" / "data", classes=2, per_class=6)
-    audit_csv = (out / RunDir.AUDIT_CSV).read_bytes()
+    audit_csv = (shared / RunDir.AUDIT_CSV).read_bytes()
     with pytest.raises(ConfigError, match="out holds the audit of another data folder"):
-        audit_fn(twin, out=out, **TINY)
-    assert (out / RunDir.AUDIT_CSV).read_bytes() == audit_csv
+        audit_fn(twin, **TINY)
+    assert (shared / RunDir.AUDIT_CSV).read_bytes() == audit_csv
+    assert audit_fn(data, **TINY).run.path == shared  # the same folder's audit again: replaced, as before
     with pytest.raises(ConfigError, match=r"is a run: its own settings and folder are used. Received: seed=3"):
         audit_fn(out, seed=3)  # an audit folder is audited as a run: the setting was named as out=None
 

@@ -110,3 +110,22 @@ def test_hostile_class_names_cannot_inject_markup_or_terminal_codes(tmp_path: Pa
     body = re.sub(r"`[^`\n]*`", "", body)  # and code spans (_code: no backtick of a name can end one)
     assert "<img" not in body and "<b>" not in body and "<i>" not in body and "](javascript" not in body
     assert "# &lt;img src=x onerror=alert\\(4\\)&gt;" in body
+
+
+def test_card_says_how_many_epochs_ran_and_which_was_kept(writable_run: Path) -> None:
+    """The card gave the configured epochs: '10 epochs' for a stage early stopping ended after 6."""
+    from floranet.evaluation.modelcard import model_card
+
+    run = RunDir(writable_run)
+    config = run.config()
+    state = run.read_json(RunDir.STATE)
+    state["stages"]["stage1"].update(
+        epochs_done=config.epochs - 1, best_weights=f"checkpoints/stage1-best-epoch{config.epochs - 2:03d}.weights.h5"
+    )
+    run.write_json(RunDir.STATE, state)
+    card = model_card(run)
+    stage1 = next(line for line in card.splitlines() if line.startswith("| stage 1 (frozen backbone) |"))
+    expected = f"{config.epochs - 1} of {config.epochs} epochs (early stopping), epoch {config.epochs - 2} kept"
+    assert expected in stage1, stage1
+    stage2 = next(line for line in card.splitlines() if line.startswith("| stage 2 (fine-tuning) |"))
+    assert f"| {config.fine_tune_epochs} epochs, " in stage2, stage2

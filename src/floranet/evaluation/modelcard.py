@@ -87,6 +87,7 @@ class _Facts:
         self.counts = run.split(self.class_names).counts() if run.exists(RunDir.SPLIT) else {}
         self.audit = run.read_json(RunDir.AUDIT)
         self.ood = run.read_json(RunDir.OOD)
+        self.stages: dict[str, Any] = (run.read_json(RunDir.STATE) or {}).get("stages", {})
 
     @classmethod
     def read(cls, run: RunDir) -> _Facts:
@@ -236,8 +237,14 @@ def _recipe(f: _Facts) -> list[str]:
         ("preset", c.preset),
         ("backbone, weights", f"{_md(c.backbone)}, {_md(f.weights)}"),
         ("image size", f"{c.image_size[0]}x{c.image_size[1]}"),
-        ("stage 1 (frozen backbone)", f"{c.epochs} epochs, Adam {c.learning_rate:g}, batch {c.batch_size}"),
-        ("stage 2 (fine-tuning)", f"{c.fine_tune_epochs} epochs, Adam {c.fine_tune_learning_rate:g}, {c.schedule}"),
+        (
+            "stage 1 (frozen backbone)",
+            f"{_epochs(f, 'stage1', c.epochs)}, Adam {c.learning_rate:g}, batch {c.batch_size}",
+        ),
+        (
+            "stage 2 (fine-tuning)",
+            f"{_epochs(f, 'stage2', c.fine_tune_epochs)}, Adam {c.fine_tune_learning_rate:g}, {c.schedule}",
+        ),
         ("head", f"Dense({c.head_units}), dropout {c.dropout:g}, label smoothing {c.label_smoothing:g}"),
         ("augmentation", c.augment),
         ("early stopping patience", str(c.early_stopping_patience)),
@@ -245,6 +252,20 @@ def _recipe(f: _Facts) -> list[str]:
         ("training time", f"{timings['total']:.0f} s" if "total" in timings else "not recorded"),
     ]
     return ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "`config.yaml` has all."]
+
+
+def _epochs(f: _Facts, stage: str, planned: int) -> str:
+    """The epochs a stage trained, as ``state.json`` says: of those planned, and the one early stopping kept."""
+    st = f.stages.get(stage) or {}
+    done = st.get("epochs_done")
+    if not isinstance(done, int) or not planned:
+        return f"{planned} epochs"
+    text = f"{planned} epochs" if done == planned else f"{done} of {planned} epochs (early stopping)"
+    found = re.search(r"epoch(\d+)", str(st.get("best_weights") or ""))
+    patience = f.config is not None and f.config.early_stopping_patience > 0  # the best epoch is restored
+    if patience and found and int(found.group(1)) < done:
+        text += f", epoch {int(found.group(1))} kept"
+    return text
 
 
 def _results(f: _Facts) -> list[str]:

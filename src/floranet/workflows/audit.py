@@ -145,13 +145,14 @@ def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
             f"out holds a training run; a data folder's audit needs its own folder (`floranet audit {folder}` audits "
             f"that run in place). Received: out={str(folder)!r}"
         )
-    _check_same_data(run, data_dir)
+    if out is None:  # a folder named with --out is the user's choice; the default is shared by name
+        _check_same_data(run, data_dir)
     return run
 
 
 def _check_same_data(run: RunDir, data_dir: Path) -> None:
-    """Refuses to replace an earlier audit of another data folder (two folders of one name share the default
-    ``runs/audit-<name>``, and the later audit replaced the earlier one, hand-edited audit.csv and all).
+    """Refuses to replace, in the default folder, an earlier audit of another data folder (two folders of one name
+    share ``runs/audit-<name>``, and the later audit replaced the earlier one, hand-edited audit.csv and all).
 
     Raises:
         ConfigError: ``run`` holds the audit of another folder.
