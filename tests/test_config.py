@@ -46,6 +46,7 @@ def test_saved_yaml_round_trips(tmp_path) -> None:
         ({"seed": 2**32}, "Received: seed=4294967296"),
         ({"weights": 5}, "Received: weights=5"),
         ({"split_file": 7}, "Received: split_file=7"),
+        ({"head_units": 10**8}, "head_units must be at most 65,536. Received: head_units=100000000"),  # OOM before
     ],
 )
 def test_invalid_values_name_the_setting(flags, match) -> None:

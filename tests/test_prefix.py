@@ -141,6 +141,9 @@ def test_class_weights_reach_the_cached_stage(tmp_path, monkeypatch) -> None:
 def test_fine_tune_views_is_validated() -> None:
     with pytest.raises(Exception, match="fine_tune_views must be an int >= 0"):
         config.resolve(data_dir=".", out="x", fine_tune_views=-1)
+    with pytest.raises(Exception, match=r"augment='off' every view is the same image\). Received: fine_tune_views=3"):
+        config.resolve(data_dir=".", out="x", fine_tune_views=3, augment="off")  # it cached 3 identical copies
+    assert config.resolve(data_dir=".", out="x", fine_tune_views=3, augment="fine-tune").fine_tune_views == 3
     with pytest.raises(Exception, match="fine_tune_cache"):
         config.resolve(data_dir=".", out="x", fine_tune_cache="sometimes")
     assert config.resolve(data_dir=".", out="x", precision="int8").precision == "int8"  # training takes int8

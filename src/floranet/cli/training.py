@@ -111,7 +111,12 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument(
         "--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, at most 2)"
     )
-    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning rate over stage 2, and over stage 1 when it trains the whole model (--augment all); "
+        "stage 1 on cached features keeps a constant rate",
+    )
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument(

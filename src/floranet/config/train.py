@@ -39,6 +39,9 @@ from floranet.utils.files import atomic_write_text, read_capped
 PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
 
 
+MAX_HEAD_UNITS = 1 << 16  # 65,536: wider is a typo (100 million units ran out of memory mid-training)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run. Validated on creation."""
@@ -58,6 +61,8 @@ class TrainConfig:
     # views: augmented copies of the training set cached (0: one per epoch, at most stages.AUTO_VIEWS).
     fine_tune_cache: str = "auto"
     fine_tune_views: int = 0
+    # Stage 2's learning rate over its epochs, and stage 1's when stage 1 trains the whole model (augmenting);
+    # stage 1 on cached features keeps a constant rate (the tutorial's Adam 1e-3).
     schedule: str = "cosine"
     early_stopping_patience: int = 3
     val_split: float = 0.2
@@ -130,6 +135,12 @@ class TrainConfig:
         )
         check(is_int(self.seed) and 0 <= self.seed < 2**32, "seed must be an int in [0, 2**32)", "seed", self.seed)
         check_int_at_least(self, "head_units", 0)
+        check(
+            self.head_units <= MAX_HEAD_UNITS,
+            f"head_units must be at most {MAX_HEAD_UNITS:,}",
+            "head_units",
+            self.head_units,
+        )
         check_fraction(self, "dropout", low_open=False)
         check_fraction(self, "label_smoothing", low_open=False)
         check_int_at_least(self, "early_stopping_patience", 0, " (0: off)")
@@ -146,6 +157,13 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("distribute", self.distribute, DISTRIBUTE_CHOICES)
         check_choice("unknown_method", self.unknown_method, UNKNOWN_METHODS)
+        check(
+            not self.fine_tune_views or self.augment in ("fine-tune", "all"),
+            "fine_tune_views caches augmented views of the training set, which needs augment='fine-tune' or 'all' "
+            f"(with augment={self.augment!r} every view is the same image)",
+            "fine_tune_views",
+            self.fine_tune_views,
+        )
         for name in ("exclude", "relabel", "split_file"):
             value = getattr(self, name)
             check(value is None or (isinstance(value, str) and bool(value)), f"{name} must be a file path", name, value)
