@@ -523,6 +523,30 @@ def test_a_client_keeps_one_share_while_any_of_its_requests_is_open(tiny_run) ->
         assert _wait_for(lambda: state.clients == {} and state.inflight_bytes == 0)
 
 
+def test_a_refusal_mid_upload_reaches_clients_that_read_after_sending(tiny_run) -> None:
+    """A 413 or 503 sent before the whole body was read used to close the socket with the rest unread: the kernel
+    sent a reset, and http.client (requests, urllib) lost the answer (IncompleteRead or ConnectionResetError in
+    some of 20 tries here)."""
+    import contextlib
+    import http.client
+
+    app = serve.create_app(tiny_run, max_upload_bytes=64 * 1024)
+    body = bytes(32 << 20)  # 32 MiB declared: refused from its Content-Length while the client still sends
+    with serve.serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for attempt in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            # Refused while still sending (a broken pipe): the answer is there to read all the same
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.request("POST", "/predict", body=body, headers={"Content-Type": "image/jpeg"})
+            answer = conn.getresponse()
+            assert (attempt, answer.status) == (attempt, 413)
+            assert b"upload too large" in answer.read()
+            conn.close()
+        with httpx.Client(base_url=url, timeout=30) as c:  # and the server goes on
+            assert c.get("/health").status_code == 200
+
+
 def _lambda_run(tiny_run: Path, tmp_path: Path) -> Path:
     import keras
 
@@ -561,6 +585,8 @@ def test_settings_are_checked_and_non_loopback_hosts_are_flagged(tiny_run) -> No
 
 def test_a_lying_client_is_cut_off_while_counting(app) -> None:
     """Chunked upload with no Content-Length: the server stops reading after max_upload_bytes."""
+    from floranet.serving.guard import LINGER_BYTES
+
     limit_mib = 20
     with serve.serve_in_thread(app) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -580,17 +606,20 @@ def test_a_lying_client_is_cut_off_while_counting(app) -> None:
         )
         chunk = b"%x\r\n" % (1 << 20) + bytes(1 << 20) + b"\r\n"
         sent_mib = 0
+        # Past the limit the server answers 413 and closes lingering: it reads and drops what follows, up to
+        # LINGER_BYTES in its grace second, so the answer is not lost to a reset; then it cuts the client off.
+        cap = limit_mib + (LINGER_BYTES >> 20) + 64
         try:
-            while sent_mib < 3 * limit_mib:
+            while sent_mib < cap:
                 sock.sendall(chunk)
                 sent_mib += 1
         except OSError:
             pass  # the server closed the connection: we were cut off
         reader.join(10)
         sock.close()
-        assert sent_mib < 3 * limit_mib, "the server kept reading past the limit"
+        assert sent_mib < cap, "the server kept reading past the limit and its lingering budget"
         text = bytes(answer).decode("latin-1")
-        assert not text or text.startswith("HTTP/1.1 413"), text[:200]
+        assert text.startswith("HTTP/1.1 413"), text[:200]
         with httpx.Client(base_url=url, timeout=10) as c:
             assert c.get("/health").status_code == 200
         print(f"cut off after {sent_mib} MiB sent; answer: {text.splitlines()[:1]}")

@@ -34,6 +34,8 @@ logger = logging.getLogger("floranet.serve")
 # How long a connection must have been quiet (no request in progress) before it may be closed to make room
 # (at most half the header timeout).
 EVICT_GRACE_S = 1.0
+# The most bytes a lingering close reads and drops (for at most the grace above) before it closes all the same.
+LINGER_BYTES = 64 << 20
 
 _REFUSED_BODY = b'{"error": "server busy: this client\'s connections are all in use; retry shortly"}'
 _REFUSED = (
@@ -105,6 +107,44 @@ class ConnectionGuard:
         return False
 
 
+class _LingeringTransport:
+    """A connection's transport whose ``close()`` lingers while a request's body is still arriving (an answer
+    such as 413 or 503 sent before the whole upload was read): the write side is shut and what the client still
+    sends is read and dropped for the guard's grace, then the socket closes. Closed at once with unread data, the
+    kernel sends a reset, which Python's http.client (requests, urllib) reports instead of the answer. At most
+    :data:`LINGER_BYTES` are dropped: a client that keeps sending is cut off then."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport, self._protocol = transport, protocol
+        self._lingering = False
+        self.dropped = 0
+
+    def drop(self, data: bytes) -> None:
+        """Counts bytes read and dropped while lingering; closes past the budget."""
+        self.dropped += len(data)
+        if self._lingering and self.dropped > LINGER_BYTES:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport, protocol = self._transport, self._protocol
+        if self.is_closing():
+            return
+        cycle = protocol.cycle
+        if cycle is None or not cycle.more_body or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = protocol._refused = True  # what arrives from now on is dropped unread
+        transport.write_eof()
+        transport.resume_reading()
+        protocol.loop.call_later(protocol.guard.grace_s, transport.close)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol under a :class:`ConnectionGuard` (set by :func:`guarded_protocol`)."""
 
@@ -116,7 +156,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _quiet_since = 0.0  # when the connection last started waiting on its client
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._quiet_since = self.loop.time()
         self._client_key = self.client[0] if self.client else "?"
         self._admitted = self.guard.admit(self, self._client_key)
@@ -140,6 +180,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self._refused:
             super().data_received(data)
+        elif isinstance(self.transport, _LingeringTransport):
+            self.transport.drop(data)
 
     def on_response_complete(self) -> None:
         self._quiet_since = self.loop.time()
