@@ -342,6 +342,27 @@ def test_a_run_audits_from_any_folder_and_an_unreadable_data_folder_is_an_error(
     assert (writable_run / RunDir.AUDIT).read_bytes() == earlier
 
 
+def test_a_run_audited_later_sees_its_files_as_they_are_now(writable_run: Path, tmp_path: Path) -> None:
+    """The split's sha256 keyed the feature cache: a file changed since training had its new content cached and
+    audited under its old hash."""
+    import hashlib
+
+    from floranet.workflows.audit import audit as audit_fn
+
+    run = RunDir(writable_run)
+    data = tmp_path / "data"
+    shutil.copytree(run.config().data_dir, data)
+    config = (writable_run / RunDir.CONFIG).read_text()
+    (writable_run / RunDir.CONFIG).write_text(config.replace(run.config().data_dir, str(data)))
+    first, second = run.split().rows[:2]
+    (data / first.path).write_bytes((data / second.path).read_bytes())  # edited since training
+    said: list[str] = []
+    result = audit_fn(writable_run, say=said.append).result
+    now = hashlib.sha256((data / first.path).read_bytes()).hexdigest()
+    assert result.data.sha256[result.data.paths.index(first.path)] == now != first.sha256
+    assert "Audit: 1 file(s) changed since the run's split was written; audited as they are now." in said
+
+
 def test_train_cli_flags_reach_the_config() -> None:
     from floranet.cli import build_parser
     from floranet.cli.training import TRAIN_KEYS

@@ -14,6 +14,7 @@ and a finished run's ``report.html`` is rebuilt with its audit section. No image
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from floranet.evaluation.audit_report import write_audit
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training.embeddings import stage1_features
+from floranet.utils.download import file_digest
 from floranet.utils.text import printable
 
 Say = Callable[[str], None]
@@ -109,7 +111,7 @@ def audit(
         if is_run_dir(target):
             config = run.config()
             run.check_outside(config.data_dir)  # its audit's plots would become images of a class
-            data = _run_data(run, config, progress, say)
+            data = _run_data(run, config, progress, say, rehash=not held)  # train's split is fresh
         else:
             config, data = _data_folder(target, run, settings, progress, say)
         data_dir = Path(config.data_dir)
@@ -188,15 +190,35 @@ def _data_folder(
     return config, _audit_data(rows, prepared.split.class_names, feats)
 
 
-def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say) -> AuditData:
+def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say, *, rehash: bool) -> AuditData:
+    """A run's images as its split names them; with ``rehash``, each keyed by its content now (the feature cache
+    is keyed by sha256: a file changed since training kept its old key, and its new content took the old one's
+    place, so the audit spoke of an image the run never saw as if it had)."""
     names = run.class_names()
     split = run.split(names)
     rows = list(split.rows)
     root = Path(config.data_dir)
+    if rehash:
+        rows, changed = _current(rows, root)
+        if changed:
+            say(f"Audit: {changed} file(s) changed since the run's split was written; audited as they are now.")
     feats = stage1_features(
         run, config, [str(root / r.path) for r in rows], [r.sha256 for r in rows], progress=progress, say=say
     )
     return _audit_data(rows, tuple(names), feats)
+
+
+def _current(rows: list[Any], root: Path) -> tuple[list[Any], int]:
+    """``rows`` with the sha256 of each file as it is now (files gone are left out), and how many changed."""
+    current, changed = [], 0
+    for row in rows:
+        try:
+            sha = file_digest(root / row.path)
+        except OSError:  # gone or unreadable: left out, as the feature pass would
+            continue
+        changed += bool(row.sha256) and sha != row.sha256
+        current.append(dataclasses.replace(row, sha256=sha))
+    return current, changed
 
 
 def _audit_data(rows: list[Any], class_names: tuple[str, ...], feats: dict[str, np.ndarray]) -> AuditData:
