@@ -262,7 +262,8 @@ class RunDir:
             return keras.saving.load_model(self.model_file, safe_mode=safe_mode)
         except Exception as e:  # Keras raises ValueError for unsafe content, others for corrupt files
             hint = (
-                " It contains code (e.g. a Lambda layer); load it only if you trust it (--unsafe)."
+                " It contains code (e.g. a Lambda layer); load it only if you trust it: `floranet predict` and "
+                "`serve` take --unsafe (safe_mode=False in Python); the other commands never run a model's code."
                 if "safe_mode" in str(e) or "Lambda" in str(e)
                 else ""
             )
