@@ -77,7 +77,7 @@ def test_formats_modes_and_notes(corpus) -> None:
         "daisy/cmyk.jpg": ("JPEG", "CMYK", "CMYK converted to RGB"),
         "daisy/gray.jpg": ("JPEG", "L", "grayscale converted to RGB"),
         "roses/gray16.png": ("PNG", "I;16", "16-bit grayscale scaled to 8-bit RGB"),
-        "roses/rgb16.png": ("PNG", "RGB", "16-bit per channel reduced to 8-bit"),
+        "roses/rgb16.png": ("PNG", "RGB", "16-bit per channel reduced to 8-bit (the high byte)"),
         "roses/rgba.png": ("PNG", "RGBA", "transparency composited over white"),
         "roses/palette.png": ("PNG", "P", "transparency composited over white"),
         "roses/anim.gif": ("GIF", "P", "animated GIF: first frame used"),
@@ -267,3 +267,47 @@ def _raised(fn, *args):
         return fn(*args)
     except DatasetError as e:  # what the reader raised: the test looks at it
         return e
+
+
+def test_the_fast_path_guess_sends_xmp_rotated_and_damaged_pngs_to_pillow(tmp_path) -> None:
+    """The guess read an XMP orientation as none (a PNG predicted alone and in a batch got different pixels) and
+    sent a PNG whose header Pillow cannot read to TensorFlow, which took a bad ancillary CRC the doctor refuses."""
+    import struct
+    import zlib
+
+    from PIL import PngImagePlugin
+
+    from floranet.data import decode
+
+    xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    xmp += '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp)
+    rotated = tmp_path / "xmp.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(rotated, pnginfo=info)
+    assert Image.open(rotated).getexif().get(0x0112) == 6  # Pillow reads it, and rotates
+    body = raw_png(4, 4, 8, 2, b"".join(b"\0" + bytes(12) for _ in range(4)))
+    text = b"tEXt" + b"Comment\0hi"
+    damaged = body[:33] + struct.pack(">I", 10) + text + struct.pack(">I", zlib.crc32(text) ^ 1) + body[33:]
+    (tmp_path / "badcrc.png").write_bytes(damaged)
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(plain)
+    paths = decode.encode_paths([rotated, tmp_path / "badcrc.png", plain])
+    assert decode.resolve_flags(paths, None) == [False, False, True]
+
+
+def test_a_sixteen_bit_colour_pngs_transparent_colour_turns_white() -> None:
+    """Pillow keeps a 16-bit tRNS key at 16 bits while reading the pixels' high bytes: the colour never matched,
+    though the doctor's note said it was composited over white."""
+    import struct
+    import zlib
+
+    key = (10000, 20000, 30000)
+    pixel = b"".join(v.to_bytes(2, "big") for v in key)
+    other = b"".join(v.to_bytes(2, "big") for v in (60000, 60000, 60000))
+    rows = b"".join(b"\0" + pixel + other for _ in range(2))  # 2x2: the key colour, then another
+    data = raw_png(2, 2, 16, 2, rows)
+    trns = b"tRNS" + pixel
+    data = data[:33] + struct.pack(">I", 6) + trns + struct.pack(">I", zlib.crc32(trns)) + data[33:]
+    rgb = images.decode_image_bytes(data)
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[0, 1].tolist() == [60000 >> 8] * 3

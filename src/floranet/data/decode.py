@@ -49,6 +49,8 @@ def _guess_tf_decodable(path: bytes) -> bool:
         with Image.open(io.BytesIO(data), formats=allowed_formats()) as im:
             if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
                 return False
+            if b"tiff:Orientation" in data:  # an XMP orientation, which Pillow applies (before or after IDAT)
+                return False
             if im.format == "PNG":
                 # IHDR bit depth (Pillow reports 16-bit RGB as "RGB"); an eXIf chunk may rotate the image.
                 return data[24] == 8 and b"eXIf" not in data
@@ -56,7 +58,9 @@ def _guess_tf_decodable(path: bytes) -> bool:
     except Image.DecompressionBombError:  # a header declaring a huge image: Pillow's path names the limit
         return False
     except (OSError, ValueError, SyntaxError):  # what Pillow raises on a damaged or unknown header
-        return True  # unreadable header: let tf try, then Pillow, then skip/raise
+        # Pillow decides, and names the reason: TensorFlow decodes some of these (libpng only warns on a bad
+        # ancillary CRC), so a file the doctor and serve refuse was answered in a batch predict.
+        return False
 
 
 def pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
@@ -99,7 +103,8 @@ def decode_and_resize(
     Args:
         path: The image file.
         image_size: ``(height, width)``.
-        tf_decodable: As in :func:`floranet.data.pipeline.make_dataset`; None guesses.
+        tf_decodable: As in :func:`floranet.data.pipeline.make_dataset`; None or False: Pillow's path (the same
+            pixels as TensorFlow's for a file it can take).
         max_pixels: Larger images are unusable.
 
     Returns:

@@ -85,7 +85,7 @@ def describe(im: Image.Image, data: bytes, orientation: int, *, animated: bool) 
         notes.append("transparency composited over white")
     deep = _png_bit_depth(data) == 16 or (fmt == "TIFF" and 16 in _tiff_bits(im))
     if deep and mode == "RGB":
-        notes.append("16-bit per channel reduced to 8-bit")
+        notes.append("16-bit per channel reduced to 8-bit (the high byte)")
     if orientation in range(2, 9):
         notes.append(f"EXIF orientation {orientation} applied")
     if animated and fmt != "MPO":  # MPO's extra pictures are previews/depth maps, not frames
@@ -119,7 +119,8 @@ def _bmp_is_plain_24bit(data: bytes) -> bool:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB (alpha over white, 16-bit scaled, not clipped)."""
+    """Any Pillow mode to 8-bit RGB (alpha over white; 16-bit gray rounded from the full range, 16-bit colour its
+    high byte as Pillow reads it; never clipped)."""
     mode = im.mode
     if mode == "RGB" and "transparency" not in im.info:
         return im
@@ -140,6 +141,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
             if isinstance(clear, int):
                 gray[r : r + rows][part == clear] = 255  # over white, as every other transparent image
         return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
+    key = im.info.get("transparency")
+    if mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+        # A 16-bit PNG's tRNS colour, kept at 16 bits while Pillow keeps each channel's high byte: compare alike
+        im = im.copy()
+        im.info["transparency"] = tuple(int(v) >> 8 for v in key)
     if mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

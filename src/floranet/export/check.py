@@ -151,7 +151,8 @@ def readme(
         "Input / output contract (the same as model.keras):",
         f"  input  {exported.input_name!r}: float32 [N, {h}, {w}, 3], RGB, raw pixel values 0..255.",
         "         Preprocessing (scaling / mean subtraction) is inside the model: do not normalize.",
-        f"         Resize images to {h}x{w} with bilinear interpolation, no antialias, no crop (as in training).",
+        f"         Resize images to {h}x{w} with bilinear interpolation, half-pixel centres (align_corners=False), "
+        "no antialias, no crop (as in training: tf.image.resize's bilinear).",
         f"         Decode {DECODING}.",
         f"  output {exported.output_name!r}: float32 [N, {n}], class probabilities (softmax, rows sum to 1).",
         "         Column i is the class class_names.json[i]:",

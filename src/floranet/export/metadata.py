@@ -40,7 +40,8 @@ KEY = "floranet"  # the namespace (OpenVINO rt_info, Keras metadata.json, TFLite
 LABELS_FILE = "labels.txt"
 # How floranet turns a file into pixels (floranet.data.images): the same pixels give the same answer.
 DECODING = (
-    "as Pillow: EXIF orientation applied, transparency composited over white, 16-bit scaled to 8-bit, "
+    "as Pillow: EXIF orientation applied, transparency composited over white, 16-bit gray rounded to 8 bits "
+    "(v * 255 / 65535), 16-bit colour to its high byte, "
     "JPEG with Pillow's (libjpeg's accurate) IDCT, first frame of an animation"
 )
 # Every export's fixed input contract (preprocessing is inside the model).
@@ -50,7 +51,7 @@ CONTRACT = {
     "pixel_range": "0..255",
     "color_order": "RGB",
     "preprocessing": "inside the model: feed raw pixels, do not normalize",
-    "resize": "bilinear, no antialias, no crop, to image_size",
+    "resize": "bilinear with half-pixel centres (align_corners=False), no antialias, no crop, to image_size",
     "output": "float32 [N, len(class_names)] softmax probabilities, column i = class_names[i]",
     "decoding": DECODING,
 }
