@@ -190,6 +190,9 @@ def test_out_refuses_a_folder_that_is_not_an_export(run_copy: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="not a floranet export"):
         export_run(run_copy, "keras", out=tmp_path, max_images=0)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+    (tmp_path / "README.txt").write_bytes(b"\xff\xfe notes of mine")  # not UTF-8: a raw UnicodeDecodeError before
+    with pytest.raises(ConfigError, match="not a floranet export"):
+        export_run(run_copy, "keras", out=tmp_path, max_images=0)
 
 
 def test_out_inside_the_data_folder_or_under_a_file_and_an_unrecordable_run(

@@ -172,6 +172,7 @@ def _member(name: str, size: int = 1, kind: bytes = tarfile.REGTYPE, link: str =
     ("members", "why"),
     [
         ([_member("flower_photos/a.jpg"), _member("flower_photos/a.jpg")], "appears twice"),
+        ([_member("flower_photos/r/a.jpg"), _member("flower_photos/r/../r/a.jpg")], "appears twice"),
         (
             [_member("flower_photos/a"), _member("flower_photos/a/b.jpg")],
             "is under, or is, a name the archive also has",
@@ -180,7 +181,7 @@ def _member(name: str, size: int = 1, kind: bytes = tarfile.REGTYPE, link: str =
         ([_member("flower_photos/up", kind=tarfile.SYMTYPE, link="..")], "is a link"),
         ([_member("flower_photos/big.bin", size=4 * 40_000 + 1)], "more than the 160,000 bytes"),
     ],
-    ids=["duplicate", "file-and-folder", "link-to-the-archive", "link-up", "bomb"],
+    ids=["duplicate", "duplicate-through-dotdot", "file-and-folder", "link-to-the-archive", "link-up", "bomb"],
 )
 def test_archives_with_links_clashes_or_too_much_data_are_refused(tmp_path, monkeypatch, members, why) -> None:
     body = _tar_of(members)

@@ -321,7 +321,22 @@ def test_a_replaced_model_keras_is_never_paired_with_an_old_compiled_model(writa
     data = (writable_run / "model.keras").read_bytes()
     (writable_run / "model.keras").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other content
     assert compiled.usable(run) is None
-    assert predict.load(writable_run).compiled is None  # falls back to model.keras
+    fallback = predict.load(writable_run)
+    assert fallback.compiled is None  # falls back to model.keras, and says why (it said nothing)
+    assert "is not used: model.keras changed since it was made, so model.keras runs; `floranet export" in fallback.note
+    info_file = writable_run / "inference" / "compiled.json"
+    info_file.write_text(info_file.read_text().replace('"agrees": true', '"agrees": false'))
+    assert "is not used: it does not agree with model.keras (compiled.json)" in predict.load(writable_run).note
+
+
+def test_auto_runs_model_keras_on_a_gpu_even_with_a_compiled_model(tiny_run, monkeypatch) -> None:
+    """The README says auto picks TensorFlow on a GPU; the compiled OpenVINO model (CPU) was used all the same."""
+    from floranet.inference import runtime
+
+    monkeypatch.setattr(runtime, "gpu_available", lambda: True)
+    on_gpu = predict.load(tiny_run)
+    assert on_gpu.compiled is None and "a GPU is visible" in on_gpu.note
+    assert predict.load(tiny_run, runtime="openvino").compiled is not None
 
 
 def test_output_files_keep_their_layout_quote_formulas_and_carry_any_class_name(tmp_path, monkeypatch) -> None:

@@ -72,8 +72,8 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="auto",
-        help="inference runtime (auto: the run's compiled OpenVINO model, else OpenVINO on CPU for 256+ images "
-        "or a server, else TensorFlow)",
+        help="inference runtime (auto: TensorFlow on a GPU; else the run's compiled OpenVINO model, else OpenVINO "
+        "for 256+ images or a server, else TensorFlow)",
     )
     p.add_argument(
         "--precision",

@@ -13,7 +13,12 @@ def add_doctor(sub: Subparsers) -> None:
     p = command(sub, "doctor", run_doctor, help="check a folder-per-class image set")
     p.add_argument("data_dir")
     p.add_argument("--json", help="also write the full report as JSON")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"images of more pixels (width x height) are unusable (default {DEFAULT_MAX_PIXELS:,})",
+    )
     p.add_argument("--workers", type=int, help="decoding threads (default: up to 8)")
 
 

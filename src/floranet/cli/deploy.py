@@ -17,7 +17,12 @@ def add_export(sub: Subparsers) -> None:
         "--quantize", choices=QUANTIZE, help="tflite and openvino only; int8 calibrates on up to 200 training images"
     )
     p.add_argument("--out", help="export folder (default: RUN_DIR/exports/<format>[-<quantize>])")
-    p.add_argument("--max-images", type=int, default=200, help="validation images for the agreement check (0: skip it)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=200,
+        help="validation images for the agreement check (default 200; 0: skip it)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:

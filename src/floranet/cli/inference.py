@@ -58,7 +58,9 @@ def add_predict(sub: Subparsers) -> None:
     )
     p.add_argument("--output", help="write to this file instead of standard output")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--low-confidence", type=float, default=0.5, help="flag rows whose top probability is below")
+    p.add_argument(
+        "--low-confidence", type=float, default=0.5, help="flag rows whose top probability is below this (default 0.5)"
+    )
     p.add_argument("--calibrated", action="store_true", help="report temperature-scaled probabilities")
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     add_runtime(p)

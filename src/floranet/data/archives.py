@@ -11,6 +11,7 @@ filter (Python >= 3.11.4) extracts, refusing paths outside the folder and unsafe
 from __future__ import annotations
 
 import os
+import posixpath
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -56,7 +57,8 @@ def checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInf
         total += m.size
         if total > max_bytes:
             raise UnsafeMember(f"its files hold more than the {max_bytes:,} bytes this data set can take")
-        name = PurePosixPath(m.name.lstrip("/"))
+        # Normalised: set/a/../a/b.jpg is set/a/b.jpg, which would replace it (PurePosixPath keeps the '..')
+        name = PurePosixPath(posixpath.normpath(m.name.lstrip("/")))
         if name in names and not m.isdir():
             raise UnsafeMember(f"{m.name!r} appears twice")
         if any(parent in files for parent in name.parents) or (m.isdir() and name in files):

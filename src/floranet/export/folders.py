@@ -24,8 +24,12 @@ def _entries(folder: Path) -> set[str]:
 def is_export_folder(folder: Path) -> bool:
     """Whether ``folder`` holds an export floranet wrote (its README.txt starts with the marker)."""
     readme = folder / README_FILE
-    try:
-        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(MARKER)
+    marker = MARKER.encode()
+    if not readme.is_file():  # not a folder, nor a pipe that would block the read
+        return False
+    try:  # its first bytes only, as bytes: a README.txt of the user's may be large, or not UTF-8
+        with readme.open("rb") as f:
+            return f.read(len(marker)) == marker
     except OSError:
         return False
 

@@ -234,18 +234,35 @@ def usable(run: RunDir, *, features: bool = False) -> Path | None:
         run: The run.
         features: Only an IR that also outputs the pooled features (what the unknown score reads).
     """
+    xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
+    return xml if xml.exists() and not unusable_reason(run, features=features) else None
+
+
+def unusable_reason(run: RunDir, *, features: bool = False) -> str:
+    """Why the run's compiled model cannot serve, said to the user ("": it can, or the run has none).
+
+    Args:
+        run: The run.
+        features: Only an IR that also outputs the pooled features (what the unknown score reads).
+    """
     facts = info(run)
     xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
-    if not facts.get("agrees") or not xml.exists() or not optional.available("openvino"):
-        return None
+    if not facts and not xml.exists():
+        return ""  # none was made (a run from before, or OpenVINO was not installed when it trained)
+    if not optional.available("openvino"):
+        return "OpenVINO is not installed"
+    if not facts.get("agrees"):
+        return f"it does not agree with model.keras ({RunDir.COMPILED_INFO})"
+    if not xml.exists():
+        return f"{RunDir.COMPILED_XML} is missing"
     if features and "features" not in facts.get("outputs", {}):
-        return None
+        return "it was made before it output the features the unknown answer needs"
     try:
         stat = run.model_file.stat()
     except OSError:
-        return None
+        return "model.keras cannot be read"
     made_from = facts.get("model", {})
     same = stat.st_size == made_from.get("size") and (
         stat.st_mtime_ns == made_from.get("mtime_ns") or _file_digest(run.model_file) == made_from.get("sha256")
     )
-    return xml if same else None
+    return "" if same else "model.keras changed since it was made"

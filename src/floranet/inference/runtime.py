@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -59,12 +60,19 @@ def openvino_available() -> bool:
 
 
 def gpu_available() -> bool:
-    """Whether TensorFlow sees a GPU; answered without importing TensorFlow where it cannot (the CPU build)."""
+    """Whether TensorFlow sees a GPU; answered without importing TensorFlow where it cannot (the CPU build, or a
+    Linux machine with no NVIDIA, ROCm or WSL GPU device), so a predict on the compiled model stays fast."""
     if system.package_version("tensorflow-cpu") and not system.package_version("tensorflow"):
+        return False
+    if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _GPU_DEVICES):
         return False
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+# Device files a Linux GPU that TensorFlow can use leaves: NVIDIA's driver, ROCm's, WSL's.
+_GPU_DEVICES = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
 def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
