@@ -100,23 +100,7 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--epochs", type=int, help="stage 1 epochs (frozen backbone)")
     g.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top of the backbone unfrozen)")
-    g.add_argument("--learning-rate", type=float)
-    g.add_argument("--fine-tune-learning-rate", type=float)
-    g.add_argument(
-        "--fine-tune-cache",
-        choices=FINE_TUNE_CACHE,
-        help="auto: stage 2 trains the unfrozen top on cached outputs of the frozen layers where the cache "
-        "fits on disk; off: the whole model runs every epoch",
-    )
-    g.add_argument(
-        "--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, at most 2)"
-    )
-    g.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        help="learning rate over stage 2, and over stage 1 when it trains the whole model (--augment all); "
-        "stage 1 on cached features keeps a constant rate",
-    )
+    _add_fine_tuning(g)
     g.add_argument("--val-split", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument(
@@ -142,6 +126,27 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--max-pixels", type=int, help="larger images are left out (decompression-bomb guard)")
     g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
     _add_cluster_and_curation(p, g)
+
+
+def _add_fine_tuning(g: Any) -> None:
+    """``train``'s learning-rate and stage-2 flags (in the settings group ``g``)."""
+    g.add_argument("--learning-rate", type=float)
+    g.add_argument("--fine-tune-learning-rate", type=float)
+    g.add_argument(
+        "--fine-tune-cache",
+        choices=FINE_TUNE_CACHE,
+        help="auto: stage 2 trains the unfrozen top on cached outputs of the frozen layers where the cache "
+        "fits on disk; off: the whole model runs every epoch",
+    )
+    g.add_argument(
+        "--fine-tune-views", type=int, help="augmented views cached for stage 2 (0: one per epoch, at most 2)"
+    )
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="learning rate over stage 2, and over stage 1 when it trains the whole model (--augment all); "
+        "stage 1 on cached features keeps a constant rate",
+    )
 
 
 def _add_cluster_and_curation(p: argparse.ArgumentParser, g: Any) -> None:
