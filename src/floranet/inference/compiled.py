@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,11 +236,20 @@ def usable(run: RunDir, *, features: bool = False) -> Path | None:
         features: Only an IR that also outputs the pooled features (what the unknown score reads).
     """
     xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
-    return xml if xml.exists() and not unusable_reason(run, features=features) else None
+    return xml if xml.exists() and unusable(run, features=features) is None else None
 
 
-def unusable_reason(run: RunDir, *, features: bool = False) -> str:
-    """Why the run's compiled model cannot serve, said to the user ("": it can, or the run has none).
+@dataclass(frozen=True)
+class Unusable:
+    """Why the run's compiled model cannot serve, as said to the user, and whether ``floranet export RUN_DIR
+    --format openvino`` (which compiles the run's model again) mends it."""
+
+    why: str
+    recompile_mends: bool = False
+
+
+def unusable(run: RunDir, *, features: bool = False) -> Unusable | None:
+    """Why the run's compiled model cannot serve (None: it can, or the run has none).
 
     Args:
         run: The run.
@@ -248,21 +258,21 @@ def unusable_reason(run: RunDir, *, features: bool = False) -> str:
     facts = info(run)
     xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
     if not facts and not xml.exists():
-        return ""  # none was made (a run from before, or OpenVINO was not installed when it trained)
+        return None  # none was made (a run from before, or OpenVINO was not installed when it trained)
     if not optional.available("openvino"):
-        return "OpenVINO is not installed"
+        return Unusable("OpenVINO is not installed")
     if not facts.get("agrees"):
-        return f"it does not agree with model.keras ({RunDir.COMPILED_INFO})"
+        return Unusable(f"it does not agree with model.keras ({RunDir.COMPILED_INFO})")
     if not xml.exists():
-        return f"{RunDir.COMPILED_XML} is missing"
+        return Unusable(f"{RunDir.COMPILED_XML} is missing", recompile_mends=True)
     if features and "features" not in facts.get("outputs", {}):
-        return "it was made before it output the features the unknown answer needs"
+        return Unusable("it was made before it output the features the unknown answer needs", recompile_mends=True)
     try:
         stat = run.model_file.stat()
     except OSError:
-        return "model.keras cannot be read"
+        return Unusable("model.keras cannot be read")
     made_from = facts.get("model", {})
     same = stat.st_size == made_from.get("size") and (
         stat.st_mtime_ns == made_from.get("mtime_ns") or _file_digest(run.model_file) == made_from.get("sha256")
     )
-    return "" if same else "model.keras changed since it was made"
+    return None if same else Unusable("model.keras changed since it was made", recompile_mends=True)

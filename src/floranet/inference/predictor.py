@@ -353,16 +353,13 @@ def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[P
         return None, ""
     if runtime_name == "auto" and runtime.gpu_available():  # auto means TensorFlow on a GPU, as for any job
         return None, f"a GPU is visible: model.keras runs on it (--runtime openvino uses {RunDir.COMPILED}/)"
-    ir = compiled.usable(run, features=features)
-    why = "" if ir is not None else compiled.unusable_reason(run, features=features)
-    if not why:
-        return ir, ""
-    fix = {
-        "it was made before it output the features the unknown answer needs": "; `floranet export RUN_DIR --format "
-        "openvino` recompiles it (or use --unknown off)",
-        "model.keras changed since it was made": "; `floranet export RUN_DIR --format openvino` recompiles it",
-    }.get(why, "")
-    return None, f"the run's compiled model ({RunDir.COMPILED}/) is not used: {why}, so model.keras runs{fix}"
+    reason = compiled.unusable(run, features=features)
+    if reason is None:  # usable, or none was made
+        xml = run / RunDir.COMPILED / RunDir.COMPILED_XML
+        return (xml if xml.exists() else None), ""
+    fix = "; `floranet export RUN_DIR --format openvino` recompiles it" if reason.recompile_mends else ""
+    fix += " (or use --unknown off)" if fix and features and not compiled.unusable(run) else ""
+    return None, f"the run's compiled model ({RunDir.COMPILED}/) is not used: {reason.why}, so model.keras runs{fix}"
 
 
 def in_input_order(rows: list[Prediction], missing: list[Unmatched]) -> list[Prediction]:
