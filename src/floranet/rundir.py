@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +219,18 @@ class RunDir:
         """The largest image (width x height) this run decodes: its ``max_pixels`` setting (the default for a run
         without ``config.yaml``), the same for predict, explain and the report's gallery."""
         return self.config().max_pixels if self.exists(self.CONFIG) else TrainConfig.max_pixels
+
+    @staticmethod
+    def best_weights_name(stage: str, epoch: int) -> str:
+        """``checkpoints/<stage>-best-epoch<NNN>.weights.h5``: a stage's best weights, named by their (1-based) epoch
+        so a kill before ``state.json`` is saved leaves the recorded file as it was."""
+        return f"{RunDir.CHECKPOINTS}/{stage}-best-epoch{epoch:03d}.weights.h5"
+
+    @staticmethod
+    def best_epoch(name: str | None) -> int | None:
+        """The epoch a :meth:`best_weights_name` names (None: no such name)."""
+        found = re.fullmatch(rf"{RunDir.CHECKPOINTS}/.+-best-epoch(\d+)\.weights\.h5", name or "")
+        return int(found.group(1)) if found else None
 
     def saved_settings(self) -> dict[str, Any]:
         """``config.yaml`` as saved, without resolving presets (for --resume comparisons)."""

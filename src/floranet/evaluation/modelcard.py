@@ -261,10 +261,10 @@ def _epochs(f: _Facts, stage: str, planned: int) -> str:
     if not isinstance(done, int) or not planned:
         return f"{planned} epochs"
     text = f"{planned} epochs" if done == planned else f"{done} of {planned} epochs (early stopping)"
-    found = re.search(r"epoch(\d+)", str(st.get("best_weights") or ""))
+    best = RunDir.best_epoch(st.get("best_weights"))
     patience = f.config is not None and f.config.early_stopping_patience > 0  # the best epoch is restored
-    if patience and found and int(found.group(1)) < done:
-        text += f", epoch {int(found.group(1))} kept"
+    if patience and best is not None and best < done:
+        text += f", epoch {best} kept"
     return text
 
 

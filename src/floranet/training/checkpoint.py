@@ -103,7 +103,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         )
         if improved:
             # Named by its epoch: a kill before state.json is saved leaves the recorded best file as it was.
-            st.best_weights = f"{RunDir.CHECKPOINTS}/{self.stage}-best-epoch{epoch + 1:03d}.weights.h5"
+            st.best_weights = RunDir.best_weights_name(self.stage, epoch + 1)
             with atomic_path(self.run / st.best_weights, suffix=".weights.h5") as tmp:
                 self.target.save_weights(tmp)
             st.best_val_loss, st.wait = float(val_loss or 0.0), 0
