@@ -148,7 +148,7 @@ def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
     for what, folder in inside:
         if target.resolve().is_relative_to(folder.resolve()):
             raise ConfigError(f"out must be outside {what}. Received: out={shown!r}")
-    if target.exists() and not _is_report(target):
+    if target.exists() and not (target.is_file() and _is_report(target)):  # a pipe is never opened
         raise ConfigError(
             "out is an existing file that is not a floranet report; choose a new file, so nothing of yours is "
             f"replaced. Received: out={shown!r}"
