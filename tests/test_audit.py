@@ -152,6 +152,13 @@ def test_audit_of_a_data_folder_end_to_end(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="not empty and not a floranet run"):  # --out never writes over others'
         audit_fn(data, out=foreign, **TINY)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    # Weights that cannot be had are said before the earlier audit's settings and split are replaced
+    from floranet.errors import WeightsError
+
+    earlier = {name: (out / name).read_bytes() for name in (RunDir.CONFIG, RunDir.SPLIT)}
+    with pytest.raises(WeightsError, match="existing weights file"):
+        audit_fn(data, out=out, **{**TINY, "weights": str(tmp_path / "missing.h5")})
+    assert {name: (out / name).read_bytes() for name in earlier} == earlier
     # Another folder of the same name would share runs/audit-<name>: the earlier audit was silently replaced
     monkeypatch.chdir(tmp_path)
     shared = audit_fn(data, **TINY).run.path

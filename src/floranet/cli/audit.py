@@ -29,7 +29,9 @@ def add_audit(sub: Subparsers) -> None:
     g.add_argument("--weights", help="imagenet | none | PATH")
     g.add_argument("--image-size", type=int_or_pair)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--epochs", type=int, help="epochs of each out-of-fold head (at most 5 on sets of over 20 batches)")
+    g.add_argument(
+        "--epochs", type=int, help="epochs of each out-of-fold head (at least 5; 5 on sets of over 20 batches)"
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--val-split", type=float)
     g.add_argument("--runtime", choices=RUNTIMES)

@@ -38,12 +38,13 @@ from floranet.inference.unknown import normalize
 # Robust z-score (Iglewicz and Hoaglin's 3.5) above which an image's outlier score is flagged.
 OUTLIER_Z = 3.5
 DEFAULT_FOLDS = 5
-# Out-of-fold heads train on batches of at least 128 for at most 5 epochs: on flower_photos with 5% planted
-# noise that ranks the wrong labels as well as the run's 32 x 20 (fewer epochs memorise fewer wrong labels).
+# Out-of-fold heads train on batches of at least 128 for 5 epochs (smaller sets: at least 5): on flower_photos
+# with 5% planted noise that ranks the wrong labels as well as the run's 32 x 20 (fewer epochs memorise fewer
+# wrong labels).
 # 5 epochs instead of 10: the same top-N share (0.732 vs 0.729, five planted seeds) in 5.4 s instead of 9.1 s;
 # 3 epochs fell to 0.706. See benchmarks/bench_audit.py.
 OOF_MIN_BATCH = 128
-OOF_MAX_EPOCHS = 5
+OOF_EPOCHS = 5
 OOF_STEPS_PER_CALL = 16  # batches per call of the compiled step: 9.4 s instead of 12.4 s for flower_photos' 5 folds
 OUTLIER_NEIGHBOURS = 10
 KINDS = ("label_issue", "duplicate_conflict", "duplicate_leak", "duplicate", "outlier")
@@ -150,7 +151,7 @@ def out_of_fold_probabilities(
     """Each image's probabilities from a head trained k times without it (on cached features).
 
     The head is the run's (``head_units``, ``dropout``, ``learning_rate``, ``label_smoothing``), trained for
-    ``min(epochs, OOF_MAX_EPOCHS)`` epochs in batches of up to ``OOF_MIN_BATCH`` (:func:`oof_schedule`) on k - 1 folds
+    the epochs :func:`oof_schedule` gives, in batches of up to ``OOF_MIN_BATCH``, on k - 1 folds
     and asked about the last; folds are stratified by class and byte-identical files
     (same ``groups`` value) share a fold, so a copy never answers for itself.
     """
@@ -206,11 +207,13 @@ def oof_schedule(config: TrainConfig, images: int) -> tuple[int, int]:
     """(epochs, batch size) of the out-of-fold heads for ``images`` labelled images.
 
     Sets large enough for batches bigger than the run's (20 or more per epoch) use batches of up to
-    :data:`OOF_MIN_BATCH` for at most :data:`OOF_MAX_EPOCHS` epochs; small sets train as the run does.
+    :data:`OOF_MIN_BATCH` for :data:`OOF_EPOCHS` epochs; small sets train as the run does, for at least as many.
     """
     batch = max(config.batch_size, min(OOF_MIN_BATCH, images // 20))
-    epochs = max(1, config.epochs if batch == config.batch_size else min(config.epochs, OOF_MAX_EPOCHS))
-    return epochs, batch
+    epochs = config.epochs if batch == config.batch_size else min(config.epochs, OOF_EPOCHS)
+    # At least OOF_EPOCHS: a run of 1 or 2 epochs (compare, a quick train) left the heads undertrained, and a
+    # quarter of a 300-photo set came out "likely mislabelled" where 20 epochs found 26
+    return max(epochs, OOF_EPOCHS), batch
 
 
 def label_issues(labels: np.ndarray, out_of_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

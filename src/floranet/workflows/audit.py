@@ -27,6 +27,7 @@ from floranet.config import TrainConfig, resolve
 from floranet.errors import ConfigError, DatasetError
 from floranet.evaluation.audit import DEFAULT_FOLDS, AuditData, AuditResult, run_audit
 from floranet.evaluation.audit_report import write_audit
+from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training.embeddings import stage1_features
@@ -106,7 +107,7 @@ def audit(
             )
         run = RunDir(target)
     else:
-        run = _audit_folder(target, out)
+        run = _audit_folder(target, out, settings)
     with contextlib.nullcontext() if held else run.lock():  # one writer per folder, as train/evaluate/report
         if is_run_dir(target):
             config = run.config()
@@ -130,9 +131,10 @@ def audit(
     return AuditOutcome(run, result, data_dir)
 
 
-def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
+def _audit_folder(target: str | os.PathLike[str], out: Any, settings: dict[str, Any]) -> RunDir:
     """The audit folder of a data folder: outside it, and new, empty or an earlier audit (nothing else is
-    written over)."""
+    written over); the backbone's weights to be had (offline, said before an earlier audit's settings and split
+    are replaced, as ``train`` says it before reading any data)."""
     data_dir = Path(target)
     if not data_dir.is_dir():  # before anything is written for it
         raise DatasetError(
@@ -149,6 +151,8 @@ def _audit_folder(target: str | os.PathLike[str], out: Any) -> RunDir:
         )
     if out is None:  # a folder named with --out is the user's choice; the default is shared by name
         _check_same_data(run, data_dir)
+    config = resolve(**{**settings, "data_dir": str(data_dir), "out": str(folder)})  # bad settings: said now too
+    weights_lib.ensure_available(config.backbone, config.weights)
     return run
 
 
