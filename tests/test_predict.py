@@ -175,7 +175,7 @@ def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
     cases = _write_cases(tmp_path)
     out = tmp_path / "preds.json"
     assert main(["predict", str(tiny_run), str(tmp_path / "*.jpg"), "--format", "json", "--output", str(out)]) == 0
-    assert "3 predictions written" in capsys.readouterr().out
+    assert f"3 row(s) written to {out}: 3 predicted\n" in capsys.readouterr().out
     rows = json.loads(out.read_text())
     assert {Path(r["file"]).name for r in rows} == {"plain.jpg", "rotated.jpg", "cmyk.jpg"}
     for r in rows:

@@ -89,7 +89,7 @@ def test_cli_ray_engine_writes_parquet_like_local(
         main(["predict", str(tiny_run), *relative, "--engine", "ray", "--workers", "1", "--output", str(out_ray)]) == 0
     )
     assert main(["predict", str(tiny_run), *relative, "--output", str(out_local)]) == 0
-    assert "16 predictions written" in capsys.readouterr().out
+    assert "16 row(s) written to" in (said := capsys.readouterr().out) and "12 predicted, 4 with an error" in said
     got, want = pq.read_table(out_ray).to_pylist(), pq.read_table(out_local).to_pylist()
     assert list(got[0]) == [
         "file",

@@ -43,8 +43,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{files['missing']} validation file(s) of split.csv are gone and {files['changed']} changed since "
             f"training (sha256): evaluated on the other {files['evaluated']} of {files['recorded']}."
         )
-    name = RunDir.METRICS_EXTERNAL if external else RunDir.METRICS
-    say(f"Ran on {ev.extra['evaluated_on']}. Wrote {args.run_dir}/{name}, plots/ and {card.name} (model card)")
+    if external:
+        wrote = f"{RunDir.METRICS_EXTERNAL}, {RunDir.PREDICTIONS_EXTERNAL}, plots/*_external.png"
+    else:
+        wrote = f"{RunDir.METRICS}, {RunDir.PREDICTIONS}, {RunDir.CALIBRATION}, plots/"
+    say(f"Ran on {ev.extra['evaluated_on']}. Wrote {wrote} and {card.name} (model card) in {args.run_dir}.")
+    if not external:  # the page still shows training's evaluation until it is built again
+        say(f"{RunDir.REPORT} still shows training's evaluation: `floranet report {args.run_dir}` rebuilds it.")
     return 0
 
 
@@ -110,7 +115,11 @@ def run_predict(args: argparse.Namespace) -> int:
             )
     if args.output:
         formats.write_predictions(rows, args.format, args.output)
-        say(f"{len(rows)} predictions written to {args.output}")
+        failed = sum(1 for r in rows if r.error)
+        say(
+            f"{len(rows)} row(s) written to {args.output}: {len(rows) - failed} predicted"
+            + (f", {failed} with an error (see their error column)" if failed else "")
+        )
     else:
         sys.stdout.write(formats.format_predictions(rows, args.format or "table"))
     return 1 if rows and all(r.error for r in rows) else 0

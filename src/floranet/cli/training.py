@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from floranet.cli.common import Subparsers, command, int_or_pair, say
@@ -180,7 +181,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
-    result = train(cfg, resume=args.resume, mlflow=args.mlflow, say=say)
+    # Progress bars only on a terminal: redirected to a file they are escape codes and carriage returns
+    result = train(cfg, resume=args.resume, mlflow=args.mlflow, say=say, progress=sys.stderr.isatty())
     acc = result.metrics.get("accuracy")
     say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
     say(f"Run directory: {result.run_dir}")

@@ -128,7 +128,7 @@ class Predictor:
         if self.compiled is not None:
             precision, why = self.config.precision, ""
             if precision == "auto" and images is not None and images < runtime.AUTO_MIN_IMAGES:
-                precision, why = "fp32", f"fp32: {images} image(s), computed as exactly as model.keras"
+                precision, why = "fp32", f"fp32 for a job of {images} image(s), as exact as model.keras"
             base = runtime.choose("openvino", precision)
             choice = runtime.RuntimeChoice(
                 "openvino",

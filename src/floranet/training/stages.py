@@ -171,7 +171,8 @@ def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext
     choice = cache.choice
     ctx.say(
         f"Stage 1: backbone frozen and no augmentation, so its features are computed once "
-        f"(cache {cache.path.relative_to(run.path)}) and the head trains on them for {config.epochs} epochs."
+        f"(cache {cache.path.relative_to(run.path)}) and the head trains on them for "
+        f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}."
     )
     ctx.say(f"Feature extraction runs on {choice.runtime} in {choice.precision}: {choice.reason}.")
     rows = prepared.split.rows

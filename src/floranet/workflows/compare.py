@@ -80,7 +80,7 @@ class Comparison:
                 continue
             lines.append(
                 f"| {rank} | {e.backbone} | {e.weights} | {_num(e.accuracy, '.4f')} | {_num(e.ece, '.4f')} | "
-                f"{(e.size_bytes or 0) / 2**20:.1f} MB | {_num(e.train_s, '.0f')} s | "
+                f"{(e.size_bytes or 0) / 2**20:.1f} MiB | {_num(e.train_s, '.0f')} s | "
                 f"{_num(e.latency_ms_batch1, '.2f')} ms | {_num(e.latency_ms_batch32, '.1f')} ms |"
             )
         lines.append(f"\nLatency: median of warm calls on {self.runtime}, this machine.")
@@ -300,7 +300,7 @@ def page(result: Comparison) -> str:
             cells += [
                 f'<td><div class="bar" style="width:{width:.0f}%">{_num(e.accuracy, ".4f")}</div></td>',
                 _num(e.ece, ".4f"),
-                f"{(e.size_bytes or 0) / 2**20:.1f} MB",
+                f"{(e.size_bytes or 0) / 2**20:.1f} MiB",
                 f"{_num(e.train_s, '.0f')} s",
                 f"{_num(e.latency_ms_batch1, '.2f')} ms",
                 f"{_num(e.latency_ms_batch32, '.1f')} ms",
