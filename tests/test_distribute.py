@@ -177,3 +177,29 @@ def test_kill_a_worker_then_restart_resumes_from_the_backup(images, tmp_path) ->
     assert stage1 == list(range(1, 13))  # no epoch lost or repeated, and not restarted from 1
     assert json.loads((chief / "state.json").read_text())["complete"]
     assert keras.saving.load_model(chief / "model.keras").output_shape == (None, 3)
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "why"),
+    [
+        ("[]", "it needs a 'cluster' object"),
+        ('{"cluster": {"worker": "h:1,h:2"}, "task": {"type": "worker", "index": 0}}', "each job of 'cluster' must"),
+        ('{"cluster": {"worker": ["h:1", "h:2"]}}', r"its 'task' must name a job of its cluster \(worker\)"),
+        ('{"cluster": {"worker": ["h:1"]}, "task": {"type": "ps", "index": 0}}', "its 'task' must name a job"),
+        (
+            '{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 5}}',
+            r"its task 'index' must be an int in \[0, 1\)",
+        ),
+    ],
+    ids=["not-an-object", "hosts-as-a-string", "no-task", "unknown-job", "index-out-of-range"],
+)
+def test_a_badly_shaped_tf_config_is_named_not_a_traceback(monkeypatch, tf_config, why) -> None:
+    """Valid JSON of the wrong shape reached TensorFlow, which raised AttributeError, ValueError or TypeError."""
+    from floranet.errors import ConfigError
+    from floranet.training import distribute
+
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ConfigError, match=f"TF_CONFIG is not a cluster TensorFlow can join: {why}"):
+        distribute._tf_config()
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}')
+    assert distribute._tf_config()["task"]["index"] == 1

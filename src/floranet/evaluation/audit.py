@@ -222,8 +222,13 @@ def label_issues(labels: np.ndarray, out_of_fold: np.ndarray) -> tuple[np.ndarra
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(labels, out_of_fold, method="self_confidence")
-    flagged = find_label_issues(
-        labels, out_of_fold, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence"
+    flagged = find_label_issues(  # n_jobs=1: cleanlab's pool forks, and a fork of a process running TensorFlow's
+        # (or a multi-worker job's gRPC) threads can deadlock: a two-worker chief hung here for good
+        labels,
+        out_of_fold,
+        filter_by="prune_by_noise_rate",
+        return_indices_ranked_by="self_confidence",
+        n_jobs=1,
     )
     return np.asarray(flagged, np.int64), np.asarray(quality, np.float32)
 

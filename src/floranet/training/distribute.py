@@ -145,9 +145,33 @@ def _tf_config() -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        tf_config = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ConfigError(f"TF_CONFIG is not valid JSON: {e}. Received: TF_CONFIG={raw!r}") from None
+    _check_tf_config(tf_config, raw)
+    return dict(tf_config)
+
+
+def _check_tf_config(tf_config: Any, raw: str) -> None:
+    """Refuses a TF_CONFIG whose shape TensorFlow would reject with a traceback: an object with a ``cluster`` of
+    host lists (``worker``, and ``chief`` if any) and a ``task`` whose type is in it and index in range.
+
+    Raises:
+        ConfigError: Naming what is wrong.
+    """
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    why = ""
+    if not isinstance(cluster, dict) or not cluster:
+        why = "it needs a 'cluster' object of host lists"
+    elif not all(isinstance(v, list) and all(isinstance(h, str) for h in v) for v in cluster.values()):
+        why = "each job of 'cluster' must be a list of 'host:port' strings"
+    elif not isinstance(task, dict) or task.get("type") not in cluster:
+        why = f"its 'task' must name a job of its cluster ({', '.join(cluster)}) as 'type'"
+    elif not (isinstance(task.get("index"), int) and 0 <= task["index"] < len(cluster[task["type"]])):
+        why = f"its task 'index' must be an int in [0, {len(cluster[task['type']])})"
+    if why:
+        raise ConfigError(f"TF_CONFIG is not a cluster TensorFlow can join: {why}. Received: TF_CONFIG={raw!r}")
 
 
 def _cluster_size(tf_config: dict[str, Any]) -> int:
