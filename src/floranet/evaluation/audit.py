@@ -210,10 +210,9 @@ def oof_schedule(config: TrainConfig, images: int) -> tuple[int, int]:
     :data:`OOF_MIN_BATCH` for :data:`OOF_EPOCHS` epochs; small sets train as the run does, for at least as many.
     """
     batch = max(config.batch_size, min(OOF_MIN_BATCH, images // 20))
-    epochs = config.epochs if batch == config.batch_size else min(config.epochs, OOF_EPOCHS)
-    # At least OOF_EPOCHS: a run of 1 or 2 epochs (compare, a quick train) left the heads undertrained, and a
-    # quarter of a 300-photo set came out "likely mislabelled" where 20 epochs found 26
-    return max(epochs, OOF_EPOCHS), batch
+    # Small sets: the run's epochs, at least OOF_EPOCHS (a run of 1 or 2 epochs, as compare or a quick train,
+    # left the heads undertrained: a quarter of a 300-photo set came out "likely mislabelled" where 20 found 26)
+    return (max(config.epochs, OOF_EPOCHS) if batch == config.batch_size else OOF_EPOCHS), batch
 
 
 def label_issues(labels: np.ndarray, out_of_fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

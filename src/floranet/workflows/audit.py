@@ -105,21 +105,21 @@ def audit(
                 f"{target} is a run: its own settings and folder are used. Received: "
                 + ", ".join(f"{k}={v!r}" for k, v in given.items())
             )
-        run = RunDir(target)
+        run, fresh = RunDir(target), None
     else:
-        run = _audit_folder(target, out, settings)
+        run, fresh = _audit_folder(target, out, settings)
     with contextlib.nullcontext() if held else run.lock():  # one writer per folder, as train/evaluate/report
-        if is_run_dir(target):
+        if fresh is None:
             config = run.config()
             run.check_outside(config.data_dir)  # its audit's plots would become images of a class
             data = _run_data(run, config, progress, say, rehash=not held)  # train's split is fresh
         else:
-            config, data = _data_folder(target, run, settings, progress, say)
+            config, data = fresh, _data_folder(fresh, run, progress, say)
         data_dir = Path(config.data_dir)
         if not data.paths:  # nothing to audit: say so, and leave an earlier audit as it was
             raise DatasetError(
                 f"no image of the audit could be read under {printable(str(data_dir))!r} (the data folder "
-                f"{'the run was trained on, from its config.yaml' if is_run_dir(target) else 'given'}): is it there, "
+                f"{'the run was trained on, from its config.yaml' if fresh is None else 'given'}): is it there, "
                 "and readable?"
             )
         result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
@@ -131,10 +131,10 @@ def audit(
     return AuditOutcome(run, result, data_dir)
 
 
-def _audit_folder(target: str | os.PathLike[str], out: Any, settings: dict[str, Any]) -> RunDir:
-    """The audit folder of a data folder: outside it, and new, empty or an earlier audit (nothing else is
-    written over); the backbone's weights to be had (offline, said before an earlier audit's settings and split
-    are replaced, as ``train`` says it before reading any data)."""
+def _audit_folder(target: str | os.PathLike[str], out: Any, settings: dict[str, Any]) -> tuple[RunDir, TrainConfig]:
+    """The audit folder of a data folder (outside it, and new, empty or an earlier audit: nothing else is
+    written over) and the audit's settings, with the backbone's weights to be had (offline, said before an
+    earlier audit's settings and split are replaced, as ``train`` says it before reading any data)."""
     data_dir = Path(target)
     if not data_dir.is_dir():  # before anything is written for it
         raise DatasetError(
@@ -153,7 +153,7 @@ def _audit_folder(target: str | os.PathLike[str], out: Any, settings: dict[str, 
         _check_same_data(run, data_dir)
     config = resolve(**{**settings, "data_dir": str(data_dir), "out": str(folder)})  # bad settings: said now too
     weights_lib.ensure_available(config.backbone, config.weights)
-    return run
+    return run, config
 
 
 def _check_same_data(run: RunDir, data_dir: Path) -> None:
@@ -173,11 +173,8 @@ def _check_same_data(run: RunDir, data_dir: Path) -> None:
         )
 
 
-def _data_folder(
-    target: str | os.PathLike[str], run: RunDir, settings: dict[str, Any], progress: bool, say: Say
-) -> tuple[TrainConfig, AuditData]:
-    """A data folder's settings (saved as ``config.yaml``), split and features."""
-    config = resolve(**{**settings, "data_dir": str(target), "out": str(run.path)})
+def _data_folder(config: TrainConfig, run: RunDir, progress: bool, say: Say) -> AuditData:
+    """A data folder's split and features, its settings saved as ``config.yaml``."""
     run.write_config(config)
     # A fresh split each time: the one `floranet train` would make of these files with these settings.
     prepared = run_data.prepare(config, run, resume=False, progress=progress, say=say)
@@ -191,7 +188,7 @@ def _data_folder(
         progress=progress,
         say=say,
     )
-    return config, _audit_data(rows, prepared.split.class_names, feats)
+    return _audit_data(rows, prepared.split.class_names, feats)
 
 
 def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say, *, rehash: bool) -> AuditData:
