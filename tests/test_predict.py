@@ -14,10 +14,10 @@ from PIL import Image
 from corpus import raw_png
 from floranet import inference as predict
 from floranet.cli import main
+from floranet.data import inputs as input_lib
 from floranet.data.images import load_image
 from floranet.errors import ConfigError
 from floranet.inference import batch, formats
-from floranet.inference import inputs as input_lib
 
 
 def _write_cases(folder: Path) -> dict[str, Path]:

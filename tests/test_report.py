@@ -80,6 +80,28 @@ def test_explain_decodes_with_the_runs_own_pixel_limit(writable_run, tmp_path, c
     assert "40x30 = 1,200 pixels exceeds the limit of 1,000 pixels" in capsys.readouterr().err
 
 
+def test_explain_takes_folders_and_patterns_as_predict_does(tiny_run, tmp_path, capsys) -> None:
+    """explain opened each argument as an image file: a folder or a quoted pattern that predict takes was
+    "cannot decode". Now both are expanded as predict expands them, and an input naming no image is said."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "sub/b.png", "notes.txt"):
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(photos / name, format="PNG")
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(other / "c.jpg")
+    cams = tmp_path / "cams"
+    code = main(
+        ["explain", str(tiny_run), str(photos), str(other / "*.jpg"), str(tmp_path / "gone"), "--out", str(cams)]
+    )
+    assert code == 1  # the missing input
+    assert sorted(p.name for p in cams.iterdir()) == ["a.gradcam.png", "b.gradcam.png", "c.gradcam.png"]
+    assert f"{tmp_path / 'gone'}: no image" in capsys.readouterr().err
+
+
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     import keras
     import numpy as np

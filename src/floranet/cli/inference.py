@@ -128,7 +128,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def add_explain(sub: Subparsers) -> None:
     p = command(sub, "explain", run_explain, help="Grad-CAM overlays: where the model looked")
     p.add_argument("run_dir")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="images, folders or globs, as predict takes them")
     p.add_argument("--out", default=".", help="folder for <image>.gradcam.png files")
     p.add_argument("--class", dest="class_name", help="explain this class (default: the predicted one)")
 

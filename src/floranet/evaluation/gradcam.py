@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from floranet.data import decode
+from floranet.data.inputs import NO_IMAGE, expand_inputs
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
@@ -111,15 +112,15 @@ def explain_files(
 
     Args:
         run_dir: A finished run directory.
-        paths: Image files.
+        paths: Image files, folders (walked) and patterns, as predict takes them.
         out_dir: Where the PNGs go (created).
         class_name: Explain this class; the predicted class by default.
-        on_error: Called with an image that cannot be decoded and why, and the others are explained; None: the
-            first such image raises.
+        on_error: Called with an image that cannot be decoded (or an input that names no image) and why, and the
+            others are explained; None: the first such image raises.
 
     Raises:
         ConfigError: ``class_name`` is not one of the run's classes.
-        DatasetError: An image cannot be decoded.
+        DatasetError: An image cannot be decoded, or an input names no image.
     """
     run = RunDir.open(run_dir)
     model = run.load_model()
@@ -131,12 +132,18 @@ def explain_files(
         raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
     if run.exists(RunDir.CONFIG):  # an overlay in the data folder would become a training image
         RunDir(out).check_outside(run.config().data_dir)
-    targets = _targets(out, paths)
+    files, unmatched = expand_inputs(paths)
+    for miss in unmatched:  # before anything is drawn, as a missing file always was
+        error = DatasetError(f"{miss.input}: {NO_IMAGE}")
+        if on_error is None:
+            raise error
+        on_error(miss.input, error)
+    targets = _targets(out, files)
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     max_pixels = run.max_pixels()  # what predict decodes, explain decodes
     cam = GradCAM(model)
     written = []
-    for p, target in zip(paths, targets, strict=True):
+    for p, target in zip(files, targets, strict=True):
         try:
             pixels = decode.decode_and_resize(str(p), size, max_pixels=max_pixels)
         except DatasetError as e:

@@ -18,9 +18,9 @@ import numpy as np
 
 from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig, check_positive_int
 from floranet.data import decode
+from floranet.data.inputs import NO_IMAGE, Unmatched, expand_inputs
 from floranet.errors import ConfigError, ModelError
 from floranet.inference import batch, compiled, runtime
-from floranet.inference.inputs import NO_IMAGE, Unmatched, expand_inputs
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 
@@ -363,7 +363,7 @@ def compiled_model(run: RunDir, runtime_name: str, *, features: bool) -> tuple[P
 
 
 def in_input_order(rows: list[Prediction], missing: list[Unmatched]) -> list[Prediction]:
-    """``rows`` (one per file of :func:`floranet.inference.inputs.expand_inputs`, in its order) with an error row
+    """``rows`` (one per file of :func:`floranet.data.inputs.expand_inputs`, in its order) with an error row
     for each input that matched nothing, where that input stood."""
     out: list[Prediction] = []
     start = 0

@@ -22,9 +22,9 @@ from typing import Any
 
 from floranet import errors
 from floranet.config import ENGINES, InferenceConfig, check_choice
+from floranet.data.inputs import expand_inputs
 from floranet.errors import ConfigError
 from floranet.inference import predictor as predict
-from floranet.inference.inputs import expand_inputs
 from floranet.inference.predictor import Prediction
 from floranet.utils.optional import require
 
