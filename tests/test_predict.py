@@ -16,7 +16,7 @@ from floranet import inference as predict
 from floranet.cli import main
 from floranet.data import inputs as input_lib
 from floranet.data.images import load_image
-from floranet.errors import ConfigError
+from floranet.errors import ConfigError, OutputError
 from floranet.inference import batch, formats
 
 
@@ -236,6 +236,24 @@ def test_predict_output_replaces_only_its_own_predictions(tiny_run, writable_run
     (tmp_path / "other.csv").write_text("name,size\na,1\n")
     with pytest.raises(ConfigError, match="not a floranet predictions file"):
         formats.check_output(tmp_path / "other.csv", [image])
+
+
+def test_predict_output_never_replaces_a_named_pipe_or_a_dangling_link(tmp_path) -> None:
+    """Only a regular file was checked for being predictions: an --output that was a named pipe (or a link to
+    nothing) passed, and the atomic rename would have replaced it with a file."""
+    import os
+
+    image = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(image)
+    fifo, link = tmp_path / "p.csv", tmp_path / "q.csv"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "nowhere.csv")
+    for out in (fifo, link):
+        with pytest.raises(ConfigError, match="existing file that is not a floranet predictions file"):
+            formats.check_output(out, [image])
+    assert fifo.is_fifo() and link.is_symlink()
+    with pytest.raises(OutputError, match="directory"):  # a folder: said as such, as before
+        formats.check_output(tmp_path, [image])
 
 
 def test_predict_bytes_matches_file_prediction(tiny_run, tmp_path) -> None:

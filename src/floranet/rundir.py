@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from floranet.config import TrainConfig, load_file, resolve
 from floranet.errors import ConfigError, ModelError
 from floranet.utils import locks
-from floranet.utils.files import atomic_path, atomic_write_text, write_json
+from floranet.utils.files import atomic_path, atomic_write_text, file_digest, write_json
 
 if TYPE_CHECKING:
     import keras
@@ -284,11 +283,7 @@ class RunDir:
 
     def model_version(self) -> str:
         """``<first 12 hex digits of sha256(model.keras)>-<run folder name>``."""
-        digest = hashlib.sha256()
-        with open(self.model_file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return f"{digest.hexdigest()[:12]}-{self.path.resolve().name}"
+        return f"{file_digest(self.model_file)[:12]}-{self.path.resolve().name}"
 
     # -- writing (atomic) -----------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:

@@ -40,6 +40,7 @@ from floranet.data import archives
 from floranet.errors import ConfigError, DatasetError, OutputError
 from floranet.utils import download as download_lib
 from floranet.utils import locks
+from floranet.utils.files import file_digest
 
 log = logging.getLogger(__name__)
 MARKER = ".floranet-complete"
@@ -208,7 +209,7 @@ def _fetch_locked(
             f"The archive downloaded from {source} has {got} bytes, expected {spec.size} "
             f"(truncated or not the {name} archive); it was not kept. {hint}"
         )
-    digest = spec.sha256.lower() if spec.sha256 else download_lib.file_digest(archive, "sha256")
+    digest = spec.sha256.lower() if spec.sha256 else file_digest(archive)
     _extract(archive, spec, target, digest, source, hint)
     return target
 

@@ -27,7 +27,7 @@ from floranet.evaluation.calibration import expected_calibration_error, fit_temp
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
-from floranet.utils.download import file_digest
+from floranet.utils.files import file_digest
 from floranet.utils.text import csv_text
 
 VALIDATION = "validation split"

@@ -23,9 +23,9 @@ from floranet.evaluation.gradcam import GradCAM
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.files import atomic_write_text, check_writable
+from floranet.utils.files import atomic_write_text, check_replaceable
 from floranet.utils.system import environment
-from floranet.utils.text import utf8
+from floranet.utils.text import printable, utf8
 
 REPORT_MARK = b"<title>floranet report: "  # how a report.html floranet wrote (and may replace) starts
 
@@ -137,31 +137,21 @@ def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
         OutputError: It cannot be written.
     """
     target = Path(out)
-    shown = os.fspath(out)
     if target.resolve() == (run / RunDir.REPORT).resolve():  # the default place, named
         return target
     if target.suffix.lower() in IMAGE_EXTENSIONS:
-        raise ConfigError(f"out must be an HTML file, not an image's name. Received: out={shown!r}")
+        raise ConfigError(f"out must be an HTML file, not an image's name. Received: out={printable(os.fspath(out))!r}")
     inside = [("the run directory (its model and records)", run.path)]
     if run.exists(RunDir.CONFIG):
         inside.append(("the data folder", Path(run.config().data_dir)))
-    for what, folder in inside:
-        if target.resolve().is_relative_to(folder.resolve()):
-            raise ConfigError(f"out must be outside {what}. Received: out={shown!r}")
-    if target.exists() and not (target.is_file() and _is_report(target)):  # a pipe is never opened
-        raise ConfigError(
-            "out is an existing file that is not a floranet report; choose a new file, so nothing of yours is "
-            f"replaced. Received: out={shown!r}"
-        )
-    return check_writable(target)
-
-
-def _is_report(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(len(REPORT_MARK) + 200).find(REPORT_MARK) >= 0
-    except OSError:
-        return False
+    return check_replaceable(
+        target,
+        arg="out",
+        ours="a floranet report",
+        is_ours=lambda head: REPORT_MARK in head,
+        inside=inside,
+        head=len(REPORT_MARK) + 200,
+    )
 
 
 def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from floranet.errors import ConfigError
 from floranet.export.common import MARKER, README_FILE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
+from floranet.utils.files import file_head
 
 
 def _entries(folder: Path) -> set[str]:
@@ -23,15 +24,8 @@ def _entries(folder: Path) -> set[str]:
 
 def is_export_folder(folder: Path) -> bool:
     """Whether ``folder`` holds an export floranet wrote (its README.txt starts with the marker)."""
-    readme = folder / README_FILE
-    marker = MARKER.encode()
-    if not readme.is_file():  # not a folder, nor a pipe that would block the read
-        return False
-    try:  # its first bytes only, as bytes: a README.txt of the user's may be large, or not UTF-8
-        with readme.open("rb") as f:
-            return f.read(len(marker)) == marker
-    except OSError:
-        return False
+    marker = MARKER.encode()  # its first bytes only, as bytes: a README.txt of the user's may be large, or not UTF-8
+    return file_head(folder / README_FILE, len(marker)) == marker
 
 
 def place(tmp: Path, final: Path) -> None:

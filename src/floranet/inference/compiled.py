@@ -26,7 +26,6 @@ run again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -42,7 +41,7 @@ from floranet.errors import DatasetError, ModelError
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
-from floranet.utils.files import make_readable, write_json
+from floranet.utils.files import file_digest, make_readable, write_json
 from floranet.utils.system import package_version
 
 if TYPE_CHECKING:
@@ -58,14 +57,6 @@ MAX_SCORE_REL_DIFF = 1e-3
 # A conversion error is systematic (padding, preprocessing, a layer's semantics): a few images show it. 32, not
 # 64: TensorFlow's reference pass over them is most of the check's time (ResNet50 at 180 px: 27 images/s).
 CHECK_IMAGES = 32
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_pixels(files: list[Path], size: tuple[int, int]) -> np.ndarray:
@@ -143,7 +134,7 @@ def compile_run(
         record = {
             "format": "openvino-ir",
             "openvino": package_version("openvino"),
-            "model": {"sha256": _file_digest(run.model_file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+            "model": {"sha256": file_digest(run.model_file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "image_size": [int(d) for d in model.inputs[0].shape[1:3]],
             "outputs": outputs,
             **check,
@@ -273,6 +264,6 @@ def unusable(run: RunDir, *, features: bool = False) -> Unusable | None:
         return Unusable("model.keras cannot be read")
     made_from = facts.get("model", {})
     same = stat.st_size == made_from.get("size") and (
-        stat.st_mtime_ns == made_from.get("mtime_ns") or _file_digest(run.model_file) == made_from.get("sha256")
+        stat.st_mtime_ns == made_from.get("mtime_ns") or file_digest(run.model_file) == made_from.get("sha256")
     )
     return None if same else Unusable("model.keras changed since it was made", recompile_mends=True)

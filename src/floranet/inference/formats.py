@@ -15,7 +15,7 @@ from floranet.config import OUTPUT_FORMATS, check_choice
 from floranet.data.scan import IMAGE_EXTENSIONS
 from floranet.errors import ConfigError
 from floranet.inference.predictor import Prediction
-from floranet.utils.files import atomic_path, atomic_write_text, check_writable
+from floranet.utils.files import atomic_path, atomic_write_text, check_replaceable
 from floranet.utils.optional import require
 from floranet.utils.text import printable, utf8
 
@@ -149,29 +149,26 @@ def check_output(
             "output must be a new predictions file (.csv, .json, .parquet, or a table), not an image or one of the "
             f"inputs: writing it would replace a photo. Received: output={shown!r}"
         )
-    if run_dir is not None and final.resolve().is_relative_to(Path(run_dir).resolve()):
-        raise ConfigError(
-            f"output must be outside the run directory (its model and records). Received: output={shown!r}"
-        )
-    if final.is_file() and not _is_predictions(final):
-        raise ConfigError(
-            "output is an existing file that is not a floranet predictions file (CSV, JSON or Parquet written by "
-            f"predict); choose a new file, so nothing of yours is replaced. Received: output={shown!r}"
-        )
-    return check_writable(final)
+    inside = [] if run_dir is None else [("the run directory (its model and records)", Path(run_dir))]
+    return check_replaceable(
+        final,
+        arg="output",
+        ours="a floranet predictions file (CSV, JSON or Parquet written by predict)",
+        is_ours=lambda head: _is_predictions(final, head),
+        inside=inside,
+        head=64,
+    )
 
 
-def _is_predictions(path: Path) -> bool:
-    """Whether ``path`` holds predictions as :func:`write_predictions` writes them (CSV, JSON, Parquet, or a
-    table under its title line)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-        if head.startswith(b"PAR1"):
+def _is_predictions(path: Path, head: bytes) -> bool:
+    """Whether ``path``, whose first bytes are ``head``, holds predictions as :func:`write_predictions` writes
+    them (CSV, JSON, Parquet, or a table under its title line)."""
+    if head.startswith(b"PAR1"):
+        try:
             pq = require("pyarrow.parquet", "format='parquet'")
             return {"file", "unknown", "ood_score", "error"} <= set(pq.read_schema(path).names)
-    except Exception:  # noqa: BLE001 - unreadable, or not Parquet after all: not ours
-        return False
+        except Exception:  # noqa: BLE001 - unreadable, or not Parquet after all: not ours
+            return False
     text = head.decode("utf-8", "replace")
     # "file,low_confidence,": a CSV of failed rows only, as floranet wrote them before they had a class column.
     heads = ("file,class_1,", "file,low_confidence,", "[]", TABLE_TITLE)

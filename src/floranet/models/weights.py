@@ -10,7 +10,6 @@ and position), so they are loaded by Keras itself, by structure.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from floranet.errors import DownloadError, WeightsError
 from floranet.models import registry
 from floranet.utils.download import cache_dir, download
+from floranet.utils.files import file_digest
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 URL_ENV = "FLORANET_WEIGHTS_URL"  # mirror for air-gapped sites: a base URL holding the same file names
@@ -81,7 +81,7 @@ def bundled_file(arch: str) -> Path:
     path = PRETRAINED_DIR / info.bundled.file
     if not path.is_file():
         raise WeightsError(f"The bundled weights file {path} is missing from this installation; reinstall floranet.")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path)
     if digest != info.bundled.sha256:
         raise WeightsError(
             f"The bundled weights file {path} is damaged (sha256 {digest}, expected {info.bundled.sha256}); "

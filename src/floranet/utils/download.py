@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import http.client
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 from floranet.errors import ConfigError, DownloadError, OutputError
 from floranet.utils import locks
-from floranet.utils.files import current_umask
+from floranet.utils.files import current_umask, file_digest
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 10.0
@@ -32,15 +31,6 @@ DEFAULT_TIMEOUT = 10.0
 # never trips the per-read timeout.
 MIN_BYTES = 64 << 10
 RATE_WINDOW_S = 60.0
-
-
-def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
-    """Returns the hex digest of a file, read in chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _algorithm_for(file_hash: str) -> str:

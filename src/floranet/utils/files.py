@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from floranet.errors import OutputError
+from floranet.errors import ConfigError, OutputError
+from floranet.utils.text import printable
 
 _UMASK_LOCK = threading.Lock()
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (read in chunks: model files and archives may be large)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def current_umask() -> int:
@@ -144,6 +152,60 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     except OSError as e:
         raise OutputError(final, e) from None
     return final
+
+
+def check_replaceable(
+    path: str | os.PathLike[str],
+    *,
+    arg: str,
+    ours: str,
+    is_ours: Callable[[bytes], bool],
+    inside: Sequence[tuple[str, Path]] = (),
+    head: int = 256,
+) -> Path:
+    """Checks, before any work, that an output file may be written at ``path``: outside each folder of
+    ``inside``, and either new or a file floranet wrote (its first ``head`` bytes pass ``is_ours``); then that
+    it can be written (:func:`check_writable`).
+
+    Args:
+        path: The output file.
+        arg: The argument that named it, for the message.
+        ours: What floranet writes there, for the message (e.g. "a floranet report").
+        is_ours: Whether a file's first bytes are such a file.
+        inside: ``(what, folder)`` pairs the output must stay out of (e.g. the run directory).
+        head: How many bytes ``is_ours`` reads.
+
+    Raises:
+        ConfigError: It lies in one of ``inside``, or exists and is not ours (a named pipe or device included:
+            renaming a new file onto it would replace it); nothing is written.
+        OutputError: It cannot be written.
+    """
+    target = Path(path)
+    shown = printable(os.fspath(path))
+    for what, folder in inside:
+        if target.resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(f"{arg} must be outside {what}. Received: {arg}={shown!r}")
+    if (target.exists() or target.is_symlink()) and not target.is_dir():
+        first = file_head(target, head)
+        if first is None or not is_ours(first):
+            raise ConfigError(
+                f"{arg} is an existing file that is not {ours}; choose a new file, so nothing of yours is "
+                f"replaced. Received: {arg}={shown!r}"
+            )
+    return check_writable(target)
+
+
+def file_head(path: str | os.PathLike[str], size: int) -> bytes | None:
+    """The first ``size`` bytes of ``path`` when it is a regular file; None for anything else (missing, a folder,
+    a named pipe or device: opened without blocking, so a pipe with no writer is never waited on) or what cannot
+    be read. For "did floranet write this file?" checks, which read a marker, never a whole file of the user's."""
+    try:
+        with open(path, "rb", opener=_without_blocking) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read(size)
+    except OSError:
+        return None
 
 
 def _without_blocking(path: str, flags: int) -> int:

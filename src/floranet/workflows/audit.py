@@ -31,7 +31,7 @@ from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training.embeddings import stage1_features
-from floranet.utils.download import file_digest
+from floranet.utils.files import file_digest
 from floranet.utils.text import printable
 
 Say = Callable[[str], None]
