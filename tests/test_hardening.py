@@ -631,6 +631,17 @@ def test_run_server_off_loopback_needs_a_key() -> None:
     assert access_settings("127.0.0.1")["allowed_hosts"] == ("localhost", "127.0.0.1", "::1", "127.0.0.1")
 
 
+def test_allowed_hosts_with_a_port_are_refused_at_start() -> None:
+    """The Host header's port is dropped before the compare and an entry's was not: --allowed-hosts
+    example.com:8443 started, then answered every request 421."""
+    from floranet.config import ServeConfig
+
+    for bad in ("example.com:8443", "[::1]:8000", "10.0.0.2:80"):
+        with pytest.raises(ConfigError, match="without a port"):
+            ServeConfig(allowed_hosts=("localhost", bad))
+    assert ServeConfig(allowed_hosts=("::1", "[::1]", "example.com", "*")).allowed_hosts[:2] == ("::1", "[::1]")
+
+
 def test_an_api_key_is_printable_ascii() -> None:
     """A browser cannot send other characters in a header as the server's UTF-8 (the page could never log in)."""
     from floranet.config import ServeConfig

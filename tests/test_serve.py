@@ -573,6 +573,23 @@ def test_model_with_a_lambda_layer_is_refused_unless_unsafe(tiny_run, tmp_path) 
         assert r.json()["gradcam_png"] is None and "Grad-CAM" in r.json()["gradcam_error"]
 
 
+def test_a_failing_overlay_keeps_the_prediction(app, monkeypatch, caplog) -> None:
+    """Only ModelError was caught around Grad-CAM: any other failure in it made /predict a 500 and lost the
+    prediction. Now the answer stands with gradcam_error, and the details go to the server's log only."""
+    from floranet.serving.overlay import GradCamOverlay
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("details under /srv/secret")
+
+    monkeypatch.setattr(GradCamOverlay, "png", broken)
+    with TestClient(app, base_url=LOCAL) as c, caplog.at_level("ERROR", logger="floranet.serve"):
+        r = c.post("/predict?gradcam=1", content=_png())
+    assert r.status_code == 200, r.text
+    assert r.json()["top_k"] and r.json()["gradcam_png"] is None
+    assert r.json()["gradcam_error"] == "Grad-CAM failed (internal error: RuntimeError)"
+    assert "/srv/secret" in caplog.text and "/srv/secret" not in r.text
+
+
 def test_settings_are_checked_and_non_loopback_hosts_are_flagged(tiny_run) -> None:
     from floranet.errors import ConfigError
 

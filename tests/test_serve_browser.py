@@ -78,8 +78,47 @@ def test_page_with_an_api_key_from_its_link_or_typed_in(tiny_run, tmp_path) -> N
             fresh.goto(url + "/")
             fresh.set_input_files("#file", str(photo))
             sync_api.expect(fresh.locator("#key")).to_be_visible(timeout=30_000)
+            # A key that no header can carry (a curly quote pasted from a document): fetch threw before sending,
+            # the page said "could not be reached", and the box never came back, even after a reload.
+            fresh.fill("#key-input", "browser\u2019test-key-0123456789")
+            fresh.press("#key-input", "Enter")
+            sync_api.expect(fresh.locator("#error")).to_contain_text("printable ASCII", timeout=10_000)
+            assert fresh.locator("#key").is_visible()
             fresh.fill("#key-input", key)
             fresh.press("#key-input", "Enter")  # the box is a form: Enter uses the key
             fresh.wait_for_selector("#results li .cls", timeout=30_000)
+        finally:
+            browser.close()
+
+
+def test_page_greys_every_bar_of_an_unknown_answer_and_refuses_a_non_answer(tiny_run, tmp_path) -> None:
+    """The first bar kept its green on an unknown answer (a more specific CSS rule won), and a 200 that was not
+    JSON (a proxy's page) was shown as "the server could not be reached: answer.top_k is not iterable"."""
+    import json
+
+    photo = tmp_path / "rose.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    top = [{"class": c, "probability": p} for c, p in (("roses", 0.6), ("daisy", 0.3), ("tulips", 0.1))]
+    answer = {"file": "rose.jpg", "top_k": top, "unknown": True, "ood_score": 9.5, "low_confidence": False}
+    replies = [
+        {"status": 200, "content_type": "application/json", "body": json.dumps(answer)},
+        {"status": 200, "content_type": "text/html", "body": "<html>proxy login</html>"},
+    ]
+    with serve.serve_in_thread(serve.create_app(tiny_run)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.route("**/predict*", lambda route: route.fulfill(**replies.pop(0)))
+            page.goto(url + "/")
+            page.set_input_files("#file", str(photo))
+            sync_api.expect(page.locator("#warn")).to_contain_text("Unknown", timeout=15_000)
+            colours = page.locator("#results .fill").evaluate_all(
+                "els => els.map(e => getComputedStyle(e).backgroundColor)"
+            )
+            assert colours == ["rgb(176, 184, 179)"] * 3, colours
+            shutil.copy(photo, tmp_path / "rose2.jpg")  # another file: picking the same one again changes nothing
+            page.set_input_files("#file", str(tmp_path / "rose2.jpg"))
+            sync_api.expect(page.locator("#error")).to_have_text("HTTP 200: not an answer from floranet")
+            assert page.locator("#results li").count() == 0
         finally:
             browser.close()

@@ -144,6 +144,13 @@ class ServeConfig:
             "allowed_hosts",
             self.allowed_hosts,
         )
+        check(
+            not any(_has_port(h) for h in hosts),
+            "allowed_hosts must name hosts without a port (a Host header's port is not compared, so an entry with "
+            "one would refuse every request)",
+            "allowed_hosts",
+            self.allowed_hosts,
+        )
         object.__setattr__(self, "allowed_hosts", hosts)
         check(self.model_name is None or is_name(self.model_name), NAME_RULE, "model_name", self.model_name)
         proxies = tuple(self.trusted_proxies) if isinstance(self.trusted_proxies, (tuple, list)) else None
@@ -154,6 +161,12 @@ class ServeConfig:
             self.trusted_proxies,
         )
         object.__setattr__(self, "trusted_proxies", proxies)
+
+
+def _has_port(host: str) -> bool:
+    """Whether a host entry carries a port: ``name:8443`` or ``[::1]:8443`` (a bare IPv6 address has colons)."""
+    host = host.strip()
+    return "]:" in host if host.startswith("[") else host.count(":") == 1
 
 
 def _is_network(text: object) -> bool:

@@ -46,7 +46,7 @@ h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; t
 .track { height: 14px; background: #e7ece8; border-radius: 7px; overflow: hidden; margin-top: 4px; }
 .fill { height: 100%; background: var(--bar); border-radius: 7px; width: 0; transition: width .3s ease-out; }
 #results li:first-child .fill { background: var(--accent); }
-#results.unknown .fill { background: #b0b8b3; }
+#results.unknown .fill, #results.unknown li:first-child .fill { background: #b0b8b3; }
 #meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; }
 #warn { color: #8a5a00; font-size: 14px; }
 #key { grid-column: 1 / -1; background: #fff8e1; border-radius: 10px; padding: 12px 16px; }
@@ -73,14 +73,23 @@ SCRIPT = """
   let fromLink = null;
   if (linked) { try { fromLink = decodeURIComponent(linked[1]); } catch (e) { fromLink = linked[1]; } }
   if (fromLink) { sessionStorage.setItem("floranet-key", fromLink); history.replaceState(null, "", location.pathname); }
+  const stored = sessionStorage.getItem("floranet-key");
+  if (stored && !/^[\x21-\x7e]+$/.test(stored)) sessionStorage.removeItem("floranet-key");  // never sendable
   const keyBox = $("key"), keyInput = $("key-input");
   function authHeaders() {
     const key = sessionStorage.getItem("floranet-key");
     return key ? { "Authorization": "Bearer " + key } : {};
   }
+  // What the server accepts as a key; a header cannot carry other characters (fetch would throw before sending).
+  const keyShape = /^[\x21-\x7e]{16,}$/;
   keyBox.addEventListener("submit", (e) => {  // the button or Enter in the field
     e.preventDefault();
-    sessionStorage.setItem("floranet-key", keyInput.value.trim());
+    const key = keyInput.value.trim();
+    if (!keyShape.test(key)) {
+      showError("An API key is at least 16 printable ASCII characters without spaces; check what was pasted.");
+      return;
+    }
+    sessionStorage.setItem("floranet-key", key);
     keyBox.hidden = true;
     if (current) classify(current, camBox.checked);
   });
@@ -147,14 +156,15 @@ SCRIPT = """
       const response = await fetch("predict" + (withCam ? "?gradcam=1" : ""),
                                    { method: "POST", body: form, headers: authHeaders() });
       let answer;
-      try { answer = await response.json(); } catch (e) { answer = { error: "HTTP " + response.status }; }
+      try { answer = await response.json(); } catch (e) { answer = null; }
+      if (typeof answer !== "object" || answer === null) answer = {};  // not JSON, or JSON but not an object
       if (mine !== token) return;
       if (response.status === 401) keyBox.hidden = false;
-      if (!response.ok) {
+      if (!response.ok || !Array.isArray(answer.top_k)) {  // a proxy's page with 200 is no answer either
         results.textContent = "";
         meta.textContent = "";
         warn.textContent = "";
-        showError(answer.error || ("HTTP " + response.status));
+        showError(answer.error || ("HTTP " + response.status + (response.ok ? ": not an answer from floranet" : "")));
         return;
       }
       render(answer);
