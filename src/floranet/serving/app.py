@@ -263,7 +263,7 @@ async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, cla
         )
     except ModelError as e:
         return {"gradcam_png": None, "gradcam_error": str(e)}
-    except Exception as e:  # noqa: BLE001 - the overlay is extra: its failure must not lose the prediction
+    except Exception as e:  # the overlay is extra: its failure must not lose the prediction
         logger.exception("Grad-CAM failed")  # the details (paths, internals) go to the log, not to the client
         return {"gradcam_png": None, "gradcam_error": f"Grad-CAM failed (internal error: {type(e).__name__})"}
     return {"gradcam_png": png}
