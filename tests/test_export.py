@@ -169,6 +169,48 @@ def test_a_file_of_yours_inside_an_exports_folder_is_never_replaced(exported) ->
         note.unlink()
 
 
+def test_an_interrupt_between_the_two_renames_puts_the_old_export_back(tmp_path: Path, monkeypatch) -> None:
+    """Only an OSError restored the old export: a Ctrl-C between its two renames left no export folder, the old
+    one under a hidden name for good, and the new one deleted with the temp folder."""
+    from floranet.export import folders
+    from floranet.export.common import MARKER
+
+    final, tmp = tmp_path / "onnx", tmp_path / ".onnx.tmp-1"
+    for folder, text in ((final, "old"), (tmp, "new")):
+        folder.mkdir()
+        (folder / "README.txt").write_text(MARKER + text)
+    real, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new export onto the final name
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(folders.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        folders.place(tmp, final)
+    assert (final / "README.txt").read_text() == MARKER + "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.tmp-1", "onnx"]
+
+
+def test_a_sealed_folder_is_on_disk_before_it_is_renamed(tmp_path: Path, monkeypatch) -> None:
+    """Only README.txt was synced: after a power cut exports.json (synced) could vouch for an empty model file."""
+    from floranet.utils import files
+
+    folder = tmp_path / ".export.tmp"
+    (folder / "model" / "variables").mkdir(parents=True)
+    for name in ("model.onnx", "class_names.json", "model/variables/data"):
+        (folder / name).write_bytes(b"x")
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    files.seal_folder(folder)
+    everything = {str(p) for p in folder.rglob("*")} | {str(folder)}
+    assert set(synced) == everything
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~files.current_umask())
+
+
 def test_an_export_that_disagrees_says_so_and_exits_1(run_copy: Path, tmp_path: Path, monkeypatch) -> None:
     """The agreement check computed numbers and passed whatever they were: 0% top-1 agreement exited 0."""
     from floranet.cli import main
@@ -252,6 +294,19 @@ def test_class_names_with_line_breaks_and_line_based_label_files(run_copy: Path,
     for fmt in ("tflite", "saved_model"):  # a raw UnicodeEncodeError, or a failure after the conversion
         with pytest.raises(ConfigError, match=r"class name 'caf\\\\xe9' is not UTF-8 \(its folder's name bytes\)"):
             export_run(latin1, fmt, max_images=0)
+    # Formats without a labels file carry it as predict names it: strict UTF-8. The metadata held a lone surrogate
+    # (strict JSON readers refuse it), class_names.json the raw byte (not UTF-8), README.txt a split line.
+    names = ["caf\\xe9", "roses", "tulips"]
+    for fmt in ("keras", "onnx"):
+        if fmt == "onnx":
+            _skip_if_missing("onnx")
+        r = export_run(latin1, fmt, max_images=0)
+        meta, _ = export_lib.metadata.read_metadata(fmt, r.path)
+        assert list(meta.class_names) == names
+        assert json.loads((r.path / "class_names.json").read_bytes().decode("utf-8")) == names
+        assert "  0: caf\\xe9\n" in (r.path / "README.txt").read_text(encoding="utf-8")
+    lines = _renamed_classes(run_copy, tmp_path / "d", {"daisy": "two\nlines"})
+    assert "  0: two\\x0alines\n" in (export_run(lines, "keras", max_images=0).path / "README.txt").read_text()
 
 
 def test_a_check_with_no_image_to_check_stops_and_max_images_0_compiles_nothing(run_copy: Path, tmp_path: Path) -> None:
@@ -477,3 +532,12 @@ def test_a_damaged_unknown_answer_is_left_out_not_blocking(run_copy: Path, tmp_p
     readme = (result.path / "README.txt").read_text()
     assert "Unknown answer: none (the run's unknown answer cannot be read" in readme
     assert not (result.path / "ood.npz").exists()
+    # The run's own inference model gone too, or ood.json damaged: the export was complete (placed, recorded),
+    # then mending the run's inference model read the unknown answer again and the command failed (exit 2).
+    shutil.rmtree(damaged / "inference", ignore_errors=True)
+    again = export_run(damaged, "keras", out=tmp_path / "out2", max_images=2)
+    assert (again.path / "model.keras").exists()
+    (damaged / "ood.json").write_text('{"method": "combined", "thresh')
+    for fmt in ("keras", "onnx"):
+        assert (export_run(damaged, fmt, out=tmp_path / f"out-{fmt}", max_images=2).path / "README.txt").exists()
+    assert json.loads((damaged / "exports.json").read_text())

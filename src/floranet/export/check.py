@@ -15,6 +15,7 @@ from floranet.export.loaders import ExportedModel, traced
 from floranet.export.metadata import DECODING, HOWTO
 from floranet.export.rundata import ExportSource
 from floranet.rundir import RunDir
+from floranet.utils.text import printable
 
 
 def _batched(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
@@ -156,7 +157,7 @@ def readme(
         f"         Decode {DECODING}.",
         f"  output {exported.output_name!r}: float32 [N, {n}], class probabilities (softmax, rows sum to 1).",
         "         Column i is the class class_names.json[i]:",
-        *[f"           {i}: {name}" for i, name in enumerate(run.class_names)],
+        *[f"           {i}: {printable(name)}" for i, name in enumerate(run.class_names)],  # one line each
         "",
         "Usage (pixels: float32 numpy array [N, H, W, 3]):",
         *["  " + line for line in usage.splitlines()],

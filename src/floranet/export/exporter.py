@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from floranet.errors import ConfigError, DatasetError, ModelError, OutputError
+from floranet.errors import ConfigError, DatasetError, FloranetError, ModelError, OutputError
 from floranet.export import metadata
 from floranet.export.check import Check, agrees, check_export, readme, tolerance_text
 from floranet.export.common import (
@@ -43,7 +43,8 @@ from floranet.export.writers import WRITERS, check_line_names
 from floranet.inference import compiled
 from floranet.inference.unknown import UnknownDetector, needs_features
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_write_text, make_readable, write_json
+from floranet.utils.files import atomic_write_text, seal_folder, write_json
+from floranet.utils.text import utf8
 
 
 @dataclass(frozen=True)
@@ -268,9 +269,12 @@ def _export(
     result = dataclasses.replace(result, path=final)
     try:  # the export is complete: what follows only records it in the run, which may be read-only
         _record(source.path, result)
-        _compile_if_missing(source, model, pixels, say)
     except OutputError as e:
         log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
+    try:  # and mends the run's own inference model, which reads the unknown answer again: damage there is said
+        _compile_if_missing(source, model, pixels, say)
+    except FloranetError as e:
+        log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, e)
     return result
 
 
@@ -316,7 +320,8 @@ def _build(
             f"Exporting {source.run.model_file} as format={fmt!r}"
             f"{f', quantize={quantize!r}' if quantize else ''} failed: {type(e).__name__}: {e}"
         ) from e
-    shutil.copy2(source.run / RunDir.CLASS_NAMES, folder / RunDir.CLASS_NAMES)
+    # Strict UTF-8, as the metadata carries them (the run's own file keeps a folder name's raw bytes).
+    write_json(folder / RunDir.CLASS_NAMES, [utf8(n) for n in source.class_names])
     say(f"Writing labels, preprocessing and the unknown answer's summary into the {fmt} file and reading them back...")
     meta = metadata.embed_and_verify(fmt, folder, source)
     unknown_note = carry_unknown(source.run, folder, meta["unknown"])
@@ -332,7 +337,7 @@ def _build(
         folder / README_FILE,
         readme(source, fmt, quantize, exported, check, calibration, created, converter) + unknown_note,
     )
-    make_readable(folder)
+    seal_folder(folder)
     runtime = exported.runtime
     del exported  # release file handles before the folder is renamed
     return ExportResult(

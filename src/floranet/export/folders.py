@@ -10,7 +10,7 @@ from pathlib import Path
 from floranet.errors import ConfigError
 from floranet.export.common import MARKER, README_FILE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
-from floranet.utils.files import file_head
+from floranet.utils.files import file_head, fsync_dir
 
 
 def _entries(folder: Path) -> set[str]:
@@ -37,6 +37,7 @@ def place(tmp: Path, final: Path) -> None:
     """
     if not final.exists():
         os.replace(tmp, final)
+        fsync_dir(final.parent)
         return
     ours = _entries(tmp) | set(UNKNOWN_FILES)  # an earlier export's ood.* when the run no longer has them
     others = sorted(_entries(final) - ours)  # at any depth: a note inside saved_model/ was deleted with it
@@ -50,7 +51,8 @@ def place(tmp: Path, final: Path) -> None:
     os.replace(final, old)
     try:
         os.replace(tmp, final)
-    except OSError:
-        os.replace(old, final)  # put the old export back
+    except BaseException:  # an OSError, or Ctrl-C between the two renames: the old export goes back
+        os.replace(old, final)
         raise
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)

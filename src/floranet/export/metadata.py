@@ -35,6 +35,7 @@ from floranet.export.rundata import ExportSource
 from floranet.export.unknown import summary as unknown_summary
 from floranet.rundir import RunDir
 from floranet.utils.optional import available, require
+from floranet.utils.text import utf8
 
 KEY = "floranet"  # the namespace (OpenVINO rt_info, Keras metadata.json, TFLite metadata entry)
 LABELS_FILE = "labels.txt"
@@ -141,7 +142,8 @@ def for_source(source: ExportSource) -> ModelMetadata:
     if source.run.exists(RunDir.CONFIG):
         extra["backbone"] = source.run.config().backbone
     extra["unknown"] = json.dumps(unknown_summary(source.run))
-    return ModelMetadata.for_run(source.class_names, source.image_size, **extra)
+    # As predict names them: strict UTF-8 (a folder name's other bytes as \xNN), which every reader of JSON takes.
+    return ModelMetadata.for_run([utf8(n) for n in source.class_names], source.image_size, **extra)
 
 
 # --------------------------------------------------------------------------- writing

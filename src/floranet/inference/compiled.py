@@ -41,7 +41,7 @@ from floranet.errors import DatasetError, ModelError
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
-from floranet.utils.files import file_digest, make_readable, write_json
+from floranet.utils.files import file_digest, fsync_dir, seal_folder, write_json
 from floranet.utils.system import package_version
 
 if TYPE_CHECKING:
@@ -141,10 +141,11 @@ def compile_run(
             "agrees": _agrees(check),
         }
         write_json(tmp / RunDir.COMPILED_INFO, record)
-        make_readable(tmp)  # mkdtemp's 0700 would keep the folder from everyone else who may read the run
+        seal_folder(tmp)  # mkdtemp's 0700 would keep the folder from everyone else who may read the run
         if folder.exists():
             shutil.rmtree(folder)  # our own compiled model, replaced by the new one
         os.replace(tmp, folder)
+        fsync_dir(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record

@@ -55,23 +55,33 @@ def file_mode(final: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def make_readable(folder: Path) -> None:
-    """Gives a folder made by ``mkdtemp`` (0700, its files 0600 from ``mkstemp``) the permissions the umask gives,
-    before it is renamed into place."""
+def seal_folder(folder: Path) -> None:
+    """Readies a finished temp folder for the rename that puts it in place: the permissions the umask gives (from
+    ``mkdtemp``'s 0700 and ``mkstemp``'s 0600) and every file and folder in it flushed to disk, so that a record
+    written after the rename never names files a power cut could leave empty. The caller then renames it and
+    calls :func:`fsync_dir` on its parent."""
     mask = current_umask()
-    folder.chmod(0o777 & ~mask)
-    for p in folder.rglob("*"):
+    for p in sorted(folder.rglob("*"), reverse=True):  # files before the folders that hold them
+        if p.is_symlink():
+            continue
         p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+        _fsync_path(p)
+    folder.chmod(0o777 & ~mask)
+    _fsync_path(folder)
 
 
-def fsync_dir(folder: Path) -> None:
-    """Makes a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+def _fsync_path(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a file system that cannot sync a folder
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    _fsync_path(folder)
 
 
 @contextlib.contextmanager
