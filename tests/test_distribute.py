@@ -136,6 +136,9 @@ def test_two_workers_on_loopback_only_the_chief_writes(images, tmp_path) -> None
     logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("worker*.log"))
     assert codes == [0, 0], logs
     assert not other.exists() or not any(other.rglob("*")), "the non-chief wrote files"
+    # It named its removed temporary folder as the run directory.
+    (worker1,) = (p.read_text() for p in tmp_path.glob("worker1-*.log"))
+    assert "this worker's share; the chief writes the run directory" in worker1 and "Run directory:" not in worker1
     assert not (chief / "backup").exists()
     metrics = json.loads((chief / "metrics.json").read_text())
     assert metrics["distribute"]["workers"] == 2 and metrics["distribute"]["replicas"] == 2

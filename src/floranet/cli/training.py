@@ -183,6 +183,9 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
     # Progress bars only on a terminal: redirected to a file they are escape codes and carriage returns
     result = train(cfg, resume=args.resume, mlflow=args.mlflow, say=say, progress=sys.stderr.isatty())
+    if not result.chief:  # its temporary folder is gone: naming it would send the user to nothing
+        say(f"Done in {result.timings['total']:.0f} s: this worker's share; the chief writes the run directory.")
+        return 0
     acc = result.metrics.get("accuracy")
     say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
     say(f"Run directory: {result.run_dir}")

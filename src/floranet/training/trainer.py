@@ -59,6 +59,8 @@ class TrainResult:
         compiled: What ``inference/compiled.json`` records of the compiled inference model (None: OpenVINO
             is not installed).
         metrics: Filled in by :func:`floranet.workflows.train` once the evaluation is written.
+        chief: False on a multi-worker job's other workers: their ``run`` was a temporary folder, removed at the
+            end; the chief's is the run directory.
     """
 
     run: RunDir
@@ -72,6 +74,7 @@ class TrainResult:
     model: keras.Model | None = field(default=None, repr=False)
     compiled: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    chief: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -128,6 +131,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
     timings["stage2"] = time.perf_counter() - t
     result = TrainResult(run, list(names), timings, prepared.notes, data_dir=prepared.data_dir)
     if not dist.is_chief:  # the chief saves, evaluates and writes the run directory
+        result.chief = False
         dist.finish(out)
         timings["total"] = time.perf_counter() - t0
         return result
