@@ -194,6 +194,27 @@ def test_an_interrupt_between_the_two_renames_puts_the_old_export_back(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.tmp-1", "onnx"]
 
 
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next(run_copy: Path, tmp_path: Path) -> None:
+    """A killed export left its hidden .keras.tmp-* folder (a whole model) for good. The next export removes one
+    whose process is gone and that is an hour old; a running export's folder, or a recent one, stays."""
+    out = tmp_path / "keras"
+    dead = 2**22 + 12345  # above Linux's largest pid: no such process
+    names = {
+        "left": f".keras.tmp-{dead}-abc",
+        "recent": f".keras.tmp-{dead}-def",
+        "running": f".keras.tmp-{os.getpid()}-ghi",
+        "mine": ".keras.tmp-notes",
+    }
+    for key, name in names.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.keras").write_bytes(b"x" * 10)
+        if key != "recent":
+            os.utime(tmp_path / name, (1_000_000_000, 1_000_000_000))
+    export_run(run_copy, "keras", out=out, max_images=0)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["keras", names["recent"], names["running"], names["mine"]])
+
+
 def test_a_sealed_folder_is_on_disk_before_it_is_renamed(tmp_path: Path, monkeypatch) -> None:
     """Only README.txt was synced: after a power cut exports.json (synced) could vouch for an empty model file."""
     from floranet.utils import files

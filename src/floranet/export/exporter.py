@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +42,7 @@ from floranet.export.writers import WRITERS, check_line_names
 from floranet.inference import compiled
 from floranet.inference.unknown import UnknownDetector, needs_features
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_write_text, seal_folder, write_json
+from floranet.utils.files import atomic_write_text, seal_folder, temp_folder_beside, write_json
 from floranet.utils.text import utf8
 
 
@@ -256,8 +255,7 @@ def _export(
         say(f"Decoding up to {max_images} images of the run for the agreement check...")
         pixels = check_images(source, int(max_images))
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        tmp = temp_folder_beside(final)
     except OSError as e:  # a file in the way, a read-only run or disk
         raise OutputError(final, e) from None
     try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from floranet.errors import DatasetError, ModelError
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
-from floranet.utils.files import file_digest, fsync_dir, seal_folder, write_json
+from floranet.utils.files import file_digest, fsync_dir, seal_folder, temp_folder_beside, write_json
 from floranet.utils.system import package_version
 
 if TYPE_CHECKING:
@@ -109,8 +108,7 @@ def compile_run(
     both = classifier.probabilities_and_features(model) if split else model
     classes = int(model.outputs[0].shape[-1])
     folder = run / RunDir.COMPILED
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = temp_folder_beside(folder)
     try:
         appended = append_head(backbone, classifier.head_of(model)) if backbone is not None and split else None
         ov.save_model(appended or to_openvino(both), str(tmp / RunDir.COMPILED_XML), compress_to_fp16=False)

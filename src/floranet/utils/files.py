@@ -14,9 +14,12 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,42 @@ def seal_folder(folder: Path) -> None:
         _fsync_path(p)
     folder.chmod(0o777 & ~mask)
     _fsync_path(folder)
+
+
+# A temporary folder whose process is gone and that nobody touched for this long is a leftover (a killed export).
+STALE_AFTER_S = 3600.0
+
+
+def temp_folder_beside(final: Path) -> Path:
+    """A new private folder ``.<name>.tmp-<pid>-XXXX`` beside ``final``, to build what is then renamed onto it
+    (:func:`seal_folder`). Such folders that a killed process left beside ``final`` are removed first: the pid
+    in their name is not running here and they are untouched for :data:`STALE_AFTER_S` (a folder shared with
+    another machine, where that pid means nothing, keeps a running build's folder by its age).
+
+    Raises:
+        OSError: As ``mkdtemp`` does.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"\.{re.escape(final.name)}\.(tmp|old)-(\d+)-")
+    for p in final.parent.iterdir():
+        found = pattern.match(p.name)
+        if found is None or (found[1] == "old" and not final.exists()):  # an old folder may be all there is
+            continue
+        with contextlib.suppress(OSError):
+            stale = time.time() - p.lstat().st_mtime > STALE_AFTER_S
+            if stale and p.is_dir() and not p.is_symlink() and not _running(int(found[2])):
+                shutil.rmtree(p, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it does, another user's
+        return True
+    except (ProcessLookupError, OverflowError):  # gone, or no pid at all
+        return False
+    return True
 
 
 def _fsync_path(path: Path) -> None:
