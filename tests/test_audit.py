@@ -292,6 +292,43 @@ def test_audit_csv_round_trips_through_exclude(tmp_path: Path) -> None:
     assert set(read_exclude(path)) == {f.file for f in result.findings}
 
 
+def test_names_a_spreadsheet_would_run_are_quoted_and_read_back(tmp_path: Path) -> None:
+    """A class folder named '=HYPERLINK(...)' reached audit.csv (and excluded.txt, relabel.csv) as a formula a
+    spreadsheet runs; predictions CSVs already quoted such cells. Now every name cell is quoted, and --exclude and
+    --relabel read the quoted form (or the form a spreadsheet saves back, without the quote) as the file."""
+    x, y = _clusters(per_class=10)
+    y[0] = 1
+    data = _data(x, y)
+    hostile = ("=HYPERLINK(1)", "+c1", "@c2")
+    data = dataclasses.replace(
+        data,
+        paths=tuple(f"{hostile[int(c)]}/{p.split('/')[1]}" for p, c in zip(data.paths, y, strict=True)),
+        class_names=hostile,
+    )
+    result = run_audit(data, config.resolve(data_dir="d", out="o", **FAST), say=lambda m: None)
+    text = to_csv(result)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows and all(r["file"].startswith("'") for r in rows)
+    assert all(r["given_label"] in {f"'{h}" for h in hostile} for r in rows)
+    assert all(float(r["score"]) == float(r["score"]) for r in rows)  # numbers stay numbers, never quoted
+    path = tmp_path / "audit.csv"
+    path.write_text(text)
+    excluded = Curation(read_exclude(path)).resolved(data.paths).exclude
+    assert set(excluded) == {f.file for f in result.findings} and set(excluded) <= set(data.paths)
+    saved_back = tmp_path / "saved.csv"  # as a spreadsheet writes it: the quote is not part of the value
+    saved_back.write_text(text.replace(",'", ",").replace("\n'", "\n"))
+    assert set(Curation(read_exclude(saved_back)).resolved(data.paths).exclude) == set(excluded)
+    issues = [f for f in result.findings if f.kind == "label_issue"]
+    assert issues and set(read_relabel(path).values()) <= set(hostile)
+    recorded = Curation(tuple(excluded), {issues[0].file: "=new"})
+    assert recorded.excluded_text().splitlines()[1].startswith("'")
+    assert recorded.relabel_text().splitlines()[1].endswith(",'=new")
+    (tmp_path / "excluded.txt").write_text(recorded.excluded_text())
+    (tmp_path / "relabel.csv").write_text(recorded.relabel_text())
+    assert Curation(read_exclude(tmp_path / "excluded.txt")).resolved(data.paths).exclude == recorded.exclude
+    assert read_relabel(tmp_path / "relabel.csv") == {"'" + issues[0].file: "=new"}
+
+
 def test_train_audits_when_cheap_and_audit_run_dir_rebuilds_the_report(writable_run: Path, capsys) -> None:
     from floranet.cli import main
 

@@ -24,7 +24,7 @@ from pathlib import PurePosixPath
 from floranet.data.split import Split
 from floranet.errors import ConfigError
 from floranet.utils.files import read_capped
-from floranet.utils.text import csv_text
+from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
 AUDIT_FILE_COLUMN = "file"
 AUDIT_SUGGESTED_COLUMN = "suggested_label"
@@ -59,7 +59,7 @@ def _slashed(path: str) -> str:
 def _new_label(text: str, source: str | os.PathLike[str], line: int, row: list[str], column: str) -> str:
     """A relabel target (``column`` of ``row``): a name a class folder could have (not empty, no separators,
     printable, not . or ..)."""
-    label = text.strip()
+    label = unquote_formula(text.strip())  # as floranet's CSV files quote a name starting like a formula
     if not label:
         raise ConfigError(
             f"{source} line {line}: the {column} field is empty; fill in the label or delete the row. "
@@ -169,11 +169,15 @@ class Curation:
 
     def resolved(self, paths: Sequence[str]) -> Curation:
         """The entries matched to ``paths`` (the data folder's files): an entry names the file of its literal
-        name, else, written with backslashes (a list made on Windows), the file of its ``/`` form."""
+        name, else, written with backslashes (a list made on Windows), the file of its ``/`` form, else, with the
+        quote floranet's CSV files put before a name a spreadsheet would run as a formula, the file without it."""
         known = set(paths)
 
         def match(entry: str) -> str:
-            return entry if entry in known or _slashed(entry) not in known else _slashed(entry)
+            for form in (entry, _slashed(entry), unquote_formula(entry), _slashed(unquote_formula(entry))):
+                if form in known:
+                    return form
+            return entry
 
         return Curation(
             tuple(dict.fromkeys(match(p) for p in self.exclude)), {match(p): v for p, v in self.relabel.items()}
@@ -223,8 +227,9 @@ class Curation:
     def excluded_text(self) -> str:
         """``excluded.txt``: a one-column CSV (``file``), which ``--exclude`` reads back as it was (a path a line
         would lose names holding ' #' or a line break)."""
-        return csv_text([(AUDIT_FILE_COLUMN,), *((p,) for p in self.exclude)])
+        return csv_text([(AUDIT_FILE_COLUMN,), *((formula_safe(p),) for p in self.exclude)])
 
     def relabel_text(self) -> str:
         """``relabel.csv``: ``path,new_label`` rows with a header."""
-        return csv_text([("path", "new_label"), *sorted(self.relabel.items())])
+        rows = sorted(self.relabel.items())
+        return csv_text([("path", "new_label"), *((formula_safe(p), formula_safe(v)) for p, v in rows)])

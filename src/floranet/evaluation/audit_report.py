@@ -18,7 +18,7 @@ from floranet.errors import DatasetError
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.text import csv_text, map_strings, printable, utf8
+from floranet.utils.text import csv_text, formula_safe, map_strings, printable, utf8
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -33,8 +33,15 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+# Columns of names (the data's own, perhaps hostile): quoted for spreadsheets; --exclude/--relabel unquote them.
+_NAME_COLUMNS = frozenset({"file", "given_label", "suggested_label", "other_file"})
+
+
 def to_csv(result: AuditResult) -> str:
-    return csv_text([CSV_COLUMNS, *([f.to_dict()[c] for c in CSV_COLUMNS] for f in result.findings)])
+    def cell(column: str, value: Any) -> Any:
+        return formula_safe(value) if column in _NAME_COLUMNS and isinstance(value, str) else value
+
+    return csv_text([CSV_COLUMNS, *([cell(c, f.to_dict()[c]) for c in CSV_COLUMNS] for f in result.findings)])
 
 
 def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:

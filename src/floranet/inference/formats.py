@@ -17,7 +17,7 @@ from floranet.errors import ConfigError
 from floranet.inference.predictor import Prediction
 from floranet.utils.files import atomic_path, atomic_write_text, check_replaceable
 from floranet.utils.optional import require
-from floranet.utils.text import printable, utf8
+from floranet.utils.text import formula_safe, printable, utf8
 
 TEXT_FORMATS = tuple(f for f in OUTPUT_FORMATS if f != "parquet")
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
@@ -109,8 +109,7 @@ def _columns(rows: Sequence[Prediction]) -> int:
 def _csv_text(text: str) -> str:
     """A text cell: escaped as :func:`printable`, and a leading ``= + - @`` quoted (``'=x.jpg``), so a spreadsheet
     shows a file or class name instead of running it as a formula."""
-    shown = printable(text)
-    return "'" + shown if shown[:1] in ("=", "+", "-", "@") else shown
+    return formula_safe(printable(text))
 
 
 def _utf8_row(r: Prediction) -> dict[str, Any]:

@@ -50,6 +50,23 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(_escape, utf8(text))
 
 
+# What a spreadsheet takes as the start of a formula (OWASP, "CSV injection"): a cell of a file or class name
+# starting so gets a leading quote.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(text: str) -> str:
+    """A CSV cell of a name that a spreadsheet shows as text, never runs: one starting with ``= + - @`` (or a tab
+    or carriage return) gets a leading ``'``, which spreadsheets hide and do not save back.
+    :func:`unquote_formula` undoes it."""
+    return "'" + text if text[:1] in FORMULA_STARTS else text
+
+
+def unquote_formula(text: str) -> str:
+    """``text`` without the quote :func:`formula_safe` added (a ``'`` followed by a formula's first character)."""
+    return text[1:] if text[:1] == "'" and text[1:2] in FORMULA_STARTS else text
+
+
 def csv_text(rows: Iterable[Sequence[object]]) -> str:
     """CSV text, each row a line ending in ``\n``. A row with a carriage return in a field (a file may be named
     so) has every field quoted: with ``\n`` line ends the csv module quotes a ``\n`` by itself, not a ``\r``,
