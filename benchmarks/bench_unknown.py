@@ -133,7 +133,9 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
         model, train_e, known_e, other_e, num_classes=len(known_classes), temperature=run.temperature()
     )
     candidates[COMBINED_BEFORE] = combined_before(model, train_e, known_e, other_e, len(known_classes))
-    candidates.update(literature_scores(head_weights(model), train_e.features, known_e.features, other_e.features))
+    candidates.update(
+        literature_scores(head_weights(model), train_e.features, known_e.features, other_e.features, train_e.labels)
+    )
     for name, (k, o) in candidates.items():
         threshold = unknown_lib.threshold_for(k, 0.95)  # the rule unknown.fit uses
         methods[name] = {
@@ -166,7 +168,7 @@ def combined_before(model: Any, train: Any, known: Any, other: Any, num_classes:
 
 
 def literature_scores(
-    head: list[np.ndarray], train: np.ndarray, known: np.ndarray, other: np.ndarray
+    head: list[np.ndarray], train: np.ndarray, known: np.ndarray, other: np.ndarray, train_labels: np.ndarray
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """More published post-hoc scores on the same embeddings, for comparison only (floranet does not offer them):
     ``{name: (scores of known images, scores of other images)}``, higher = more unknown. All read the head
@@ -218,7 +220,32 @@ def literature_scores(
         }
 
     k, o = scores(known), scores(other)
-    return {name: (k[name], o[name]) for name in k}
+    out_scores = {name: (k[name], o[name]) for name in k}
+    out_scores["relative mahalanobis (Ren 2021)"] = relative_mahalanobis(train, train_labels, known, other)
+    return out_scores
+
+
+def relative_mahalanobis(
+    train: np.ndarray, labels: np.ndarray, known: np.ndarray, other: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ren et al. 2021 ("A simple fix to Mahalanobis distance for improving near-OOD detection") on the pooled
+    features: the smallest class Mahalanobis distance (one shared covariance) minus the distance under one
+    Gaussian of all training features, both Ledoit-Wolf shrunk (1,280 dimensions, ~2,000 images)."""
+    from sklearn.covariance import LedoitWolf
+
+    means = np.stack([train[labels == c].mean(0) for c in np.unique(labels)])
+    shared = LedoitWolf().fit(train - means[np.searchsorted(np.unique(labels), labels)]).precision_
+    background, centre = LedoitWolf().fit(train).precision_, train.mean(0)
+
+    def distance(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+        d = z - mean
+        return np.einsum("ij,jk,ik->i", d, precision, d)
+
+    def score(z: np.ndarray) -> np.ndarray:
+        per_class = np.stack([distance(z, m, shared) for m in means], 1)
+        return (per_class - distance(z, centre, background)[:, None]).min(1)
+
+    return score(known), score(other)
 
 
 def _auroc(known: np.ndarray, other: np.ndarray) -> float:
