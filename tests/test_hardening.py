@@ -661,3 +661,34 @@ def test_gradcam_keeps_only_a_shrunk_photo(hardened_app) -> None:
     photo, pixels, _ = _decode(big.getvalue(), "big.jpg", hardened_app.state.serve, True)
     assert photo is not None and max(photo.shape[:2]) <= 384 and pixels.shape == (32, 32, 3)
     assert _decode(big.getvalue(), "big.jpg", hardened_app.state.serve, False)[0] is None
+
+
+def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(tmp_path, monkeypatch, capsys) -> None:
+    """A tracking server that was down turned a finished `train --mlflow` into a traceback and exit 1, and no
+    command could log the run again (--resume: 'nothing to resume'; without it: 'already holds a run')."""
+    import types
+
+    from floranet.cli import main
+
+    calls: list[str] = []
+
+    def down(*args, **kwargs):
+        calls.append("set_experiment")
+        raise ConnectionError("Connection refused")
+
+    stub = types.ModuleType("mlflow")  # mlflow itself is an optional extra, not installed for the tests
+    stub.set_tracking_uri = lambda uri: calls.append(uri)
+    stub.set_experiment = down
+    monkeypatch.setitem(sys.modules, "mlflow", stub)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    run = tmp_path / "run"
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    code = main(["train", str(data), "--out", str(run), *tiny, "--fine-tune-epochs", "0", "--mlflow", "http://h:5000"])
+    out, err = capsys.readouterr()
+    assert code == 1 and f"Run directory: {run}" in out
+    assert "logging to MLflow failed (ConnectionError: Connection refused); the run is complete" in err
+    assert f"floranet track {run} --mlflow http://h:5000" in err
+    assert (run / "model.keras").exists() and json.loads((run / "metrics.json").read_text())["accuracy"] >= 0
+    assert main(["track", str(run), "--mlflow", "http://h:5000"]) == 1  # still down: said, not a traceback
+    assert "floranet track: logging to MLflow failed (ConnectionError" in capsys.readouterr().err
+    assert calls == ["http://h:5000", "set_experiment"] * 2

@@ -9,6 +9,7 @@ import pytest
 
 from floranet import inference as predict
 from floranet.cli import main
+from floranet.errors import ConfigError
 from floranet.inference import formats
 from floranet.inference import ray as predict_ray
 from imagesets import make_image_folder
@@ -130,4 +131,32 @@ def test_bad_engine_and_ray_flags_without_ray_are_clear_errors(
     # A bad option fails in the driver with floranet's message, before Ray starts.
     assert main(["predict", str(tiny_run), *inputs, "--engine", "ray", "--low-confidence", "2"]) == 2
     assert "low_confidence must be in [0, 1]. Received: low_confidence=2.0" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_an_address_nothing_answers_is_refused_at_once(tiny_run: Path, inputs: list[str]) -> None:
+    """Ray retried an unreachable cluster for minutes, printing its own warnings, before its error (a mistyped
+    --ray-address looked like a hang)."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=f"Cannot connect to a Ray cluster at {address}: nothing answers"):
+            predict_ray.predict_with_ray(tiny_run, inputs, address=address)
+        assert time.monotonic() - start < 30
+    assert not ray.is_initialized()
+
+
+def test_more_workers_than_this_machine_has_cores_are_refused(tiny_run: Path, inputs: list[str]) -> None:
+    """A local instance was started with workers x cpus_per_worker CPUs, more than the machine has: the actors
+    shared its cores, where the README promises they never oversubscribe them."""
+    import os
+
+    too_many = (os.cpu_count() or 1) + 1
+    with pytest.raises(ConfigError, match=f"needs {too_many} CPUs but the Ray cluster has {too_many - 1}"):
+        predict_ray.predict_with_ray(tiny_run, inputs, num_workers=too_many, batch_size=1)
     assert not ray.is_initialized()

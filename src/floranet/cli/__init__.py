@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ADDERS = (
     training.add_demo,
     training.add_train,
+    training.add_track,
     data.add_doctor,
     audit.add_audit,
     data.add_fetch,

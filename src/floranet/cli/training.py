@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from floranet.cli.common import Subparsers, command, int_or_pair, say
+from floranet.cli.common import Subparsers, command, int_or_pair, say, warn
 from floranet.config import (
     AUGMENT_CHOICES,
     CLASS_WEIGHTS,
@@ -189,4 +189,39 @@ def run_train(args: argparse.Namespace) -> int:
     acc = result.metrics.get("accuracy")
     say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
     say(f"Run directory: {result.run_dir}")
+    if result.tracking_error:  # the run is complete; only the logging is left to do
+        uri = f" {args.mlflow}" if args.mlflow else ""
+        warn(
+            f"floranet train: logging to MLflow failed ({result.tracking_error}); the run is complete. "
+            f"Log it when MLflow answers: floranet track {result.run_dir} --mlflow{uri}"
+        )
+        return 1
+    return 0
+
+
+def add_track(sub: Subparsers) -> None:
+    p = command(sub, "track", run_track, help="log a finished run to MLflow (as train --mlflow does)")
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default="",
+        metavar="URI",
+        help="tracking server or store (default: MLflow's own)",
+    )
+    p.add_argument("--experiment", default="floranet", help="MLflow experiment name (default floranet)")
+
+
+def run_track(args: argparse.Namespace) -> int:
+    from floranet.errors import FloranetError
+    from floranet.workflows.tracking import log_to_mlflow
+
+    try:
+        log_to_mlflow(args.run_dir, args.mlflow or None, experiment=args.experiment, say=say)
+    except FloranetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow's own errors, a server that does not answer: said, not a traceback
+        warn(f"floranet track: logging to MLflow failed ({type(e).__name__}: {e})")
+        return 1
     return 0

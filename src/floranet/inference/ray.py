@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
         "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}},
     }
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError) as e:  # no cluster there, or its auth token is not set up here
@@ -107,9 +109,30 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
                 f"~/.ray/auth_token? Received: address={address!r}"
             ) from e
         return
-    # "local" starts a fresh instance even if `ray start` runs on this machine.
-    cpus = max(os.cpu_count() or 1, (num_workers or 1) * cpus_per_worker)
+    # "local" starts a fresh instance even if `ray start` runs on this machine; with this machine's cores only, so
+    # more workers than fit are refused (below) rather than sharing cores.
+    cpus = os.cpu_count() or 1
     ray.init(address="local", num_cpus=cpus, object_store_memory=_OBJECT_STORE_BYTES, **quiet)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuses at once a ``host:port`` (or ``ray://host:port``) that nothing answers: Ray itself retries an
+    unreachable cluster for minutes, printing its own warnings, before failing.
+
+    Raises:
+        ConfigError: Nothing accepts a connection there within ``timeout`` seconds.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address in ("auto", "local") or not sep or not port.isdigit():
+        return  # Ray's own forms (and its own errors for the rest)
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, OverflowError) as e:
+        raise ConfigError(
+            f"Cannot connect to a Ray cluster at {address}: nothing answers there ({e}). Is `ray start --head` "
+            f"running on that machine, and is the port open? Received: address={address!r}"
+        ) from None
 
 
 def _run(
@@ -124,7 +147,8 @@ def _run(
     batch_size = config.batch_size
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     batches = math.ceil(len(files) / batch_size)
-    workers = num_workers or max(1, min(cluster_cpus // cpus_per_worker, batches))
+    # No more actors than batches: another would only load the model.
+    workers = min(num_workers or max(1, cluster_cpus // cpus_per_worker), batches)
     if workers * cpus_per_worker > cluster_cpus:  # Ray would wait forever for the missing actors
         raise ConfigError(
             f"workers × cpus_per_worker needs {workers * cpus_per_worker} CPUs but the Ray cluster "

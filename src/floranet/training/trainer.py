@@ -61,6 +61,7 @@ class TrainResult:
         metrics: Filled in by :func:`floranet.workflows.train` once the evaluation is written.
         chief: False on a multi-worker job's other workers: their ``run`` was a temporary folder, removed at the
             end; the chief's is the run directory.
+        tracking_error: Why logging the finished run to MLflow failed (None: it did not, or was not asked).
     """
 
     run: RunDir
@@ -75,6 +76,7 @@ class TrainResult:
     compiled: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     chief: bool = True
+    tracking_error: str | None = None
 
     @property
     def run_dir(self) -> Path:
