@@ -403,6 +403,9 @@ def test_missing_run(tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()  # no folder made for a lock
     with pytest.raises(ModelError, match="model.keras is missing"):
         export_run(tmp_path, "onnx")
+    (tmp_path / "model.onnx").write_bytes(b"x")  # an exported model given as a run: "not found" for a file there
+    with pytest.raises(ModelError, match="run_dir must be a run directory .made by floranet train., not a file"):
+        export_run(tmp_path / "model.onnx", "onnx")
 
 
 def test_export_is_refused_while_another_writer_holds_the_run(run_copy: Path, tmp_path: Path) -> None:

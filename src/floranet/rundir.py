@@ -115,7 +115,13 @@ class RunDir:
         """
         run = cls(path)
         if not run.path.is_dir():
-            raise ModelError(f"Run directory not found. Received: run_dir={str(path)!r}")
+            what = (
+                "run_dir must be a run directory (made by floranet train), not a file; an exported model is used "
+                "with its format's own runtime (see its README.txt)"
+                if run.path.exists()
+                else "Run directory not found"
+            )
+            raise ModelError(f"{what}. Received: run_dir={str(path)!r}")
         for name in needs:
             if not (run.path / name).exists():
                 raise ModelError(f"{run.path} is not a finished floranet run: {name} is missing.")
