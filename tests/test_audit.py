@@ -464,8 +464,7 @@ def test_label_issues_use_the_folds_the_data_allows_and_say_when_they_are_not_ch
     lonely = _data(np.r_[x, x[:1] + 9.0], np.r_[y, 2])  # a third class of one image
     small = _data(x[4:8], y[4:8])  # two images of each class
     for data, folds, skipped in (
-        (copies, None, "at least two distinct images of every class"),
-        (lonely, None, "at least two distinct images of every class"),
+        (copies, None, "at least two classes"),  # both classes are copies of one file: neither can be checked
         (small, 2, None),
     ):
         result = run_audit(data, cfg, say=lambda m: None)
@@ -476,6 +475,28 @@ def test_label_issues_use_the_folds_the_data_allows_and_say_when_they_are_not_ch
         else:
             assert skipped in result.facts["label_issues_skipped"] and written["label_quality"] is None
             assert result.of_kind("label_issue") == []
+
+
+def test_a_class_of_one_image_is_left_out_of_the_label_check_not_every_class(tmp_path: Path) -> None:
+    """One class of a single image turned the label check off for every class ("at least two distinct images of
+    every class"). Now that class alone is left out, said, and the others are checked: a flipped label is found."""
+    from floranet.evaluation.audit_report import audit_section, to_json
+
+    x, y = _clusters(per_class=10)
+    noisy = y.copy()
+    noisy[3] = 1  # a class-0 image filed under class 1
+    lonely = _data(np.r_[x, x[:1] + 9.0], np.r_[noisy, 3])  # a fourth class of one image
+    said: list[str] = []
+    result = run_audit(lonely, config.resolve(data_dir="d", out="o", **FAST), say=said.append)
+    assert result.facts["label_issues_skipped"] is None and result.facts["label_check_left_out"] == ["c3"]
+    assert any("'c3' left out of the label check" in m for m in said)
+    issues = result.of_kind("label_issue")
+    assert issues and issues[0].file == lonely.paths[3] and issues[0].suggested_label == "c0"
+    assert all(f.suggested_label != "c3" for f in issues)
+    written = to_json(result, tmp_path)
+    assert lonely.paths[-1] not in written["label_quality"] and len(written["label_quality"]) == len(y)
+    RunDir(tmp_path).write_json(RunDir.AUDIT, written)
+    assert "not checked in c3 (a class needs at least two distinct images)" in audit_section(RunDir(tmp_path))
 
 
 def test_near_duplicates_are_found_in_a_small_set_of_real_photos(tmp_path: Path) -> None:

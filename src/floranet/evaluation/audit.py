@@ -191,6 +191,15 @@ def _group_ids(groups: Sequence[str] | None, n: int) -> np.ndarray:
     return np.unique(np.asarray(groups if groups is not None else np.arange(n).astype(str)), return_inverse=True)[1]
 
 
+def checkable(labels: np.ndarray, group_ids: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Which images a label check can judge: (a mask of those whose class has at least two distinct files, the
+    classes left out). A class of one image (or of copies of one) cannot be cross-validated: no fold could learn
+    it. Left out, it no longer stops the check of every other class."""
+    present = np.unique(labels)
+    left_out = [int(c) for c in present if len(np.unique(group_ids[labels == c])) < 2]
+    return ~np.isin(labels, left_out), left_out
+
+
 def label_folds(labels: np.ndarray, group_ids: np.ndarray, folds: int) -> tuple[int, str]:
     """The k the out-of-fold heads can use (``folds`` at most, and no more than any class's distinct files: a
     fold must leave each class something to learn from), or 0 and why label issues cannot be checked."""
@@ -263,18 +272,30 @@ def run_audit(
         say("Audit: the backbone has random weights, so its embeddings say little: expect many false duplicates.")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    k, skipped = label_folds(data.labels, _group_ids(data.sha256, n), folds)
+    groups = _group_ids(data.sha256, n)
+    keep, left_out = checkable(data.labels, groups)
+    if left_out:
+        say(
+            f"Audit: {', '.join(repr(names[c]) for c in left_out)} left out of the label check: a class needs at "
+            "least two distinct images to be checked."
+        )
+    k, skipped = label_folds(data.labels[keep], groups[keep], folds)
     findings: list[Finding] = []
+    oof, quality = np.zeros((n, len(names)), np.float32), np.ones(n, np.float32)
     if not skipped:
-        oof = out_of_fold_probabilities(data.features, data.labels, len(names), config, folds=k, groups=data.sha256)
+        rows = np.flatnonzero(keep)
+        classes, local = np.unique(data.labels[rows], return_inverse=True)  # the checked classes, renumbered
+        sub = out_of_fold_probabilities(
+            data.features[rows], local, len(classes), config, folds=k, groups=[data.sha256[i] for i in rows]
+        )
+        oof[np.ix_(rows, classes)] = sub
         timings["out_of_fold_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        flagged, quality = label_issues(data.labels, oof)
-        findings += [_label_finding(data, i, oof, quality) for i in flagged]
+        flagged, quality[rows] = label_issues(local, sub)
+        findings += [_label_finding(data, int(rows[i]), oof, quality) for i in flagged]
         timings["cleanlab_s"] = time.perf_counter() - t
     else:
         say(f"Audit: label issues not checked: {skipped}.")
-        oof, quality = np.zeros((n, len(names)), np.float32), np.ones(n, np.float32)
     t = time.perf_counter()
     pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, _group_ids(data.sha256, n))
     findings += pair_findings(data, pairs, quality)
@@ -294,6 +315,7 @@ def run_audit(
         "classes": list(names),
         "folds": k or None,  # as used: the smallest class or the distinct files may allow fewer than asked
         "label_issues_skipped": skipped or None,
+        "label_check_left_out": [names[c] for c in left_out] or None,  # their images have no label quality
         "head": dict(
             zip(("epochs", "batch_size"), oof_schedule(config, n), strict=True),
             units=config.head_units,

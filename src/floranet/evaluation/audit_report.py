@@ -55,7 +55,11 @@ def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:
             "findings": [f.to_dict() for f in result.findings],
             "label_quality": None  # not checked: no quality to rank by
             if result.facts.get("label_issues_skipped")
-            else {p: round(float(q), 6) for p, q in zip(data.paths, result.label_quality, strict=True)},
+            else {
+                p: round(float(q), 6)
+                for p, q, c in zip(data.paths, result.label_quality, data.labels, strict=True)
+                if data.class_names[c] not in (result.facts.get("label_check_left_out") or ())
+            },
         },
         utf8,
     )
@@ -133,7 +137,13 @@ def audit_section(run: RunDir) -> str:
             f"<b>not checked</b>: {html.escape(str(audit['label_issues_skipped']))}. "
             if audit.get("label_issues_skipped")
             else "cleanlab confident learning on out-of-fold probabilities of the head "
-            f"({audit.get('folds')}-fold, on cached features). "
+            f"({audit.get('folds')}-fold, on cached features)"
+            + (
+                f"; not checked in {html.escape(', '.join(audit['label_check_left_out']))} (a class needs at least "
+                "two distinct images). "
+                if audit.get("label_check_left_out")
+                else ". "
+            )
         )
         + "Near-duplicates: cosine similarity of whitened embeddings "
         f">= {audit.get('duplicate_similarity')}"
