@@ -461,7 +461,6 @@ def test_label_issues_use_the_folds_the_data_allows_and_say_when_they_are_not_ch
     cfg = config.resolve(data_dir="d", out="o", **FAST)
     copies = _data(x, y)
     copies = dataclasses.replace(copies, sha256=tuple("a" * 64 if c == 0 else "b" * 64 for c in y))  # 2 files
-    lonely = _data(np.r_[x, x[:1] + 9.0], np.r_[y, 2])  # a third class of one image
     small = _data(x[4:8], y[4:8])  # two images of each class
     for data, folds, skipped in (
         (copies, None, "at least two classes"),  # both classes are copies of one file: neither can be checked
