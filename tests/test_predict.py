@@ -256,6 +256,19 @@ def test_predict_output_never_replaces_a_named_pipe_or_a_dangling_link(tmp_path)
         formats.check_output(tmp_path, [image])
 
 
+def test_calibrated_without_a_fitted_temperature_is_refused(writable_run, tmp_path, capsys) -> None:
+    """A run without calibration.json (no validation images; an export folder used as a run) answered
+    --calibrated with the raw probabilities, silently."""
+    image = tmp_path / "x.jpg"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["predict", str(writable_run), str(image), "--calibrated"]) == 0
+    capsys.readouterr()
+    (writable_run / "calibration.json").unlink()
+    assert main(["predict", str(writable_run), str(image), "--calibrated"]) == 2
+    assert "calibrated=True needs the temperature fitted on the run's validation images" in capsys.readouterr().err
+    assert main(["predict", str(writable_run), str(image)]) == 0
+
+
 def test_predict_bytes_matches_file_prediction(tiny_run, tmp_path) -> None:
     path = _write_cases(tmp_path)["rgba_png"]
     predictor = predict.load(tiny_run)

@@ -290,6 +290,12 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     """
     config = _inference_config(config, settings)
     run = RunDir.open(run_dir)
+    if config.calibrated and not run.exists(RunDir.CALIBRATION):  # else "calibrated" would be the raw numbers
+        raise ConfigError(
+            f"calibrated=True needs the temperature fitted on the run's validation images ({RunDir.CALIBRATION}), "
+            f"which {run.path} does not have (a run without validation images, or an export folder). "
+            "Received: calibrated=True"
+        )
     max_pixels = run.max_pixels()
     detector = UnknownDetector.load(run.path) if config.unknown else None
     ir, note = compiled_model(run, config.runtime, features=detector is not None and detector.needs_features)
