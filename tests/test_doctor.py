@@ -132,6 +132,9 @@ def test_workers_and_progress_do_not_change_the_result(corpus, capsys) -> None:
             doctor.diagnose(root, workers=bad)
     with pytest.raises(ConfigError, match=r"max_pixels must be a positive int\. Received: max_pixels=-3"):
         doctor.diagnose(root, max_pixels=-3)
+    # Checked once, before any file: a huge limit made every image "cannot be decoded (ConfigError ...)".
+    with pytest.raises(ConfigError, match=r"max_pixels must be below 2\*\*31\. Received: max_pixels=10000000000"):
+        doctor.diagnose(root, max_pixels=10**10)
 
 
 def test_json_report(corpus, tmp_path) -> None:

@@ -692,3 +692,24 @@ def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(
     assert main(["track", str(run), "--mlflow", "http://h:5000"]) == 1  # still down: said, not a traceback
     assert "floranet track: logging to MLflow failed (ConnectionError" in capsys.readouterr().err
     assert calls == ["http://h:5000", "set_experiment"] * 2
+
+
+def test_a_capped_read_sets_aside_what_the_file_holds_not_the_cap(tmp_path) -> None:
+    """read(limit + 1) reserved the whole cap for every file: 400 MB for a 1 KB photo at the default max_pixels
+    (per decoding thread), a MemoryError at a larger one and an OverflowError past the index size."""
+    import tracemalloc
+
+    from floranet.utils.files import read_capped
+
+    small = tmp_path / "small.jpg"
+    small.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        assert read_capped(small, 400 << 20) == b"x" * 1000
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+    assert read_capped(small, 10**20) == b"x" * 1000
+    with pytest.raises(OSError, match="file too large: 1,000 bytes, over the limit of 999"):
+        read_capped(small, 999)

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from floranet.config import DEFAULT_MAX_PIXELS
+from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats, images
 from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
 from floranet.errors import ConfigError, DatasetError
@@ -190,8 +190,7 @@ def diagnose(
         ConfigError: ``max_pixels`` or ``workers`` is not a positive int.
     """
     root = os.fsdecode(os.fspath(data_dir))
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ConfigError(f"max_pixels must be a positive int. Received: max_pixels={max_pixels!r}")
+    check_positive_int("max_pixels", max_pixels)  # as every decode checks it: once here, not once per file
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0:

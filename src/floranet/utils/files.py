@@ -257,6 +257,9 @@ def file_head(path: str | os.PathLike[str], size: int) -> bytes | None:
         return None
 
 
+_READ_CHUNK = 1 << 20
+
+
 def _without_blocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
@@ -280,7 +283,14 @@ def read_capped(path: str | os.PathLike[str], limit: int, *, regular_only: bool 
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise OSError(27, f"file too large: {size:,} bytes, over the limit of {limit:,}")
-        data = f.read(limit + 1)
-    if len(data) > limit:  # grew while reading, or a device that reports no size
+        # As much as the file holds: read(limit + 1) set aside the whole limit for every file (400 MB for a
+        # 1 KB photo at the default max_pixels, per decoding thread).
+        data = bytearray(f.read(size + 1))
+        while len(data) <= limit:  # it grew while reading, or a pipe or device that reports no size
+            chunk = f.read(min(_READ_CHUNK, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    if len(data) > limit:
         raise OSError(27, f"file too large: over the limit of {limit:,} bytes")
-    return data
+    return bytes(data)
