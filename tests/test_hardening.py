@@ -713,3 +713,20 @@ def test_a_capped_read_sets_aside_what_the_file_holds_not_the_cap(tmp_path) -> N
     assert read_capped(small, 10**20) == b"x" * 1000
     with pytest.raises(OSError, match="file too large: 1,000 bytes, over the limit of 999"):
         read_capped(small, 999)
+
+
+def test_a_bad_split_file_is_said_before_the_doctor_reads_every_image(tmp_path, monkeypatch, capsys) -> None:
+    """--split-file (and the curation lists) were read only after the doctor had decoded the whole data set."""
+    from floranet.cli import main
+    from floranet.training import data as training_data
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the doctor ran before the split file was read")
+
+    monkeypatch.setattr(training_data.doctor, "diagnose", no_scan)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3)
+    bad = tmp_path / "split.csv"
+    bad.write_text("path,label,split,sha256\n../../etc/passwd,a,train,\n")
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *tiny, "--split-file", str(bad)]) == 2
+    assert "line 2: path must be relative to the dataset folder" in capsys.readouterr().err

@@ -160,6 +160,24 @@ def test_bad_manifest_file_level_errors(tmp_path: Path) -> None:
     assert Split.from_csv(ok).validation() == [SplitRow("a.jpg", "a", "validation", "")]
 
 
+def test_a_device_as_split_file_is_refused_not_read_whole(tmp_path: Path) -> None:
+    """The size check read stat(), 0 for a device: /dev/zero was read until memory ran out."""
+    link = tmp_path / "zero.csv"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(DatasetError, match=r"zero.csv' not a split manifest: file too large"):
+        Split.from_csv(link)
+
+
+def test_names_that_start_like_a_formula_are_quoted_and_read_back(tmp_path: Path) -> None:
+    """split.csv wrote '=cls/0.jpg' and '=cls' as they are: a spreadsheet runs them (audit.csv quotes them)."""
+    split = make_split([("=cls/0.jpg", "=cls", ""), ("+b/1.jpg", "+b", ""), ("c/@2.jpg", "c", "")], val_split=0.5)
+    path = tmp_path / "split.csv"
+    split.to_csv(path)
+    lines = path.read_text().splitlines()[1:]
+    assert sorted(ln.split(",")[0] for ln in lines) == ["'+b/1.jpg", "'=cls/0.jpg", "c/@2.jpg"]
+    assert Split.from_csv(path) == split
+
+
 def test_check_split_against_current_files() -> None:
     class Finding:
         def __init__(self, path: str, label: str, sha256: str) -> None:

@@ -19,6 +19,8 @@ doctor decodes them with ``os.fsdecode``); they are written back with
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import math
 import os
 import re
@@ -30,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ConfigError, DatasetError
-from floranet.utils.files import atomic_write_text
-from floranet.utils.text import csv_text
+from floranet.utils.files import atomic_write_text, read_capped
+from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
 SPLIT_COLUMNS = ("path", "label", "split", "sha256")
 SPLITS = ("train", "validation")
@@ -119,7 +121,9 @@ class Split:
         Args:
             path: Destination CSV file. Parent folders are created.
         """
-        text = csv_text([SPLIT_COLUMNS, *((r.path, r.label, r.split, r.sha256) for r in self.rows)])
+        # A name that starts like a spreadsheet formula gets a leading quote (as every floranet CSV of names).
+        rows = ((formula_safe(r.path), formula_safe(r.label), r.split, r.sha256) for r in self.rows)
+        text = csv_text([SPLIT_COLUMNS, *rows])
         # surrogateescape (in atomic_write_text): non-UTF-8 file names round-trip byte for byte.
         atomic_write_text(path, text)
 
@@ -141,18 +145,14 @@ class Split:
                 missing, or a row is invalid (the message names file and line).
         """
         src = Path(path)
-        try:
-            size = src.stat().st_size
-            if size > MAX_MANIFEST_BYTES:
-                raise DatasetError(
-                    f"Split manifest {str(src)!r} is {size:,} bytes, over the limit of "
-                    f"{MAX_MANIFEST_BYTES:,}: not a split manifest."
-                )
-            # utf-8-sig: accept a BOM from spreadsheet exports.
-            with open(src, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-                rows = _read_rows(src, f, class_names)
+        try:  # capped: a device (/dev/zero) or a huge file is refused, never read whole
+            data = read_capped(src, MAX_MANIFEST_BYTES)
         except OSError as e:
-            raise DatasetError(f"Cannot read split manifest {str(src)!r}: {e.strerror or e}") from e
+            why = "not a split manifest" if e.errno == errno.EFBIG else "cannot be read"
+            raise DatasetError(f"Split manifest {str(src)!r} {why}: {e.strerror or e}") from e
+        try:  # utf-8-sig: accept a BOM from spreadsheet exports
+            text = data.decode("utf-8-sig", errors="surrogateescape")
+            rows = _read_rows(src, io.StringIO(text, newline=""), class_names)
         except csv.Error as e:
             raise DatasetError(f"Malformed CSV in split manifest {str(src)!r}: {e}") from e
         names = tuple(class_names) if class_names is not None else tuple(sorted({r.label for r in rows}))
@@ -182,7 +182,7 @@ def _read_rows(src: Path, f: Any, class_names: Sequence[str] | None) -> list[Spl
         values = [record.get(c) for c in SPLIT_COLUMNS]
         if any(v is None for v in values) or None in record:
             raise bad(f"expected {len(header)} fields")
-        p, raw_label, split, sha = (str(v) for v in values)
+        p, raw_label, split, sha = (unquote_formula(str(v)) for v in values)
         split, sha = split.strip(), sha.strip()
         # A class folder's name may start or end with a space (floranet writes labels as they are); spaces
         # around a label are dropped only where that names a class (a hand-written file).

@@ -93,6 +93,12 @@ def prepare(
 ) -> Prepared:
     """Runs the doctor, makes or reuses the split, writes the data files of the run directory."""
     data_dir = Path(config.data_dir)
+    split_path = run / RunDir.SPLIT
+    resumed = resume and split_path.exists()
+    # The lists and a given split are read first: a malformed one is said before the doctor reads every image.
+    # A resumed run keeps the split its curation made (and the run's record of it): the lists are not read again.
+    curate = curation.Curation.load(*((None, None) if resumed else (config.exclude, config.relabel)))
+    given = split_lib.Split.from_csv(config.split_file) if config.split_file and not resumed else None
     report = doctor.diagnose(data_dir, max_pixels=config.max_pixels, progress=progress)
     run.write_json(RunDir.DOCTOR, report.to_dict())
     if not report.usable:
@@ -103,16 +109,12 @@ def prepare(
         notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
         say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
     usable = report.usable_files()
-    split_path = run / RunDir.SPLIT
-    resumed = resume and split_path.exists()
-    # A resumed run keeps the split its curation made (and the run's record of it): the lists are not read again.
-    curate = curation.Curation.load(*((None, None) if resumed else (config.exclude, config.relabel)))
     curate = curate.resolved([f.path for f in usable])
     tf_decodable = {f.path: f.tf_decodable for f in usable}
     if resumed:
         split = split_lib.Split.from_csv(split_path)
-    elif config.split_file:
-        split = curate.apply_split(split_lib.Split.from_csv(config.split_file))
+    elif given is not None:
+        split = curate.apply_split(given)
         say(f"Using the split from {config.split_file}.")
     else:
         items = curate.apply_items([(f.path, str(f.label), f.sha256 or "") for f in usable])
