@@ -95,6 +95,20 @@ def test_a_trickling_server_stops_with_the_part_kept(tmp_path, monkeypatch) -> N
     assert time.monotonic() - start < 5 and (tmp_path / f"{ARCHIVE}.part").exists()
 
 
+def test_a_body_cut_short_without_a_length_keeps_the_part(tmp_path, monkeypatch) -> None:
+    """An HTTP/1.0 body with no Content-Length that ended early was called a checksum mismatch and the partial
+    file deleted, though the file's size is known; with a length it was kept and resumed."""
+
+    def cut(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + GOOD[:500])  # then the connection closes
+
+    with raw_server(cut) as url:
+        _use_spec(monkeypatch, url)
+        with pytest.raises(DownloadError, match=f"connection closed after 500 of {len(GOOD)} bytes .the partial"):
+            _fetch(tmp_path)
+    assert (tmp_path / f"{ARCHIVE}.part").stat().st_size == 500
+
+
 @pytest.mark.parametrize(
     "answer",
     [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", b"HTTP/1.1 200 " + b"x" * 70000],

@@ -221,9 +221,10 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, si
         with _open_part(part, offset) as f:
             _copy(response, f, offset, size, bar)
         bar.close()
-        if total is not None and part.stat().st_size < total:
+        expected = total if total is not None else size  # no Content-Length: the file's known size, if any
+        if expected is not None and part.stat().st_size < expected:  # cut off: not a checksum mismatch
             raise ConnectionError(
-                f"connection closed after {part.stat().st_size} of {total} bytes "
+                f"connection closed after {part.stat().st_size} of {expected} bytes "
                 "(the partial file is kept and resumed on the next try)"
             )
 
