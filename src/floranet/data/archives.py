@@ -10,13 +10,25 @@ filter (Python >= 3.11.4) extracts, refusing paths outside the folder and unsafe
 
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
+import io
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
 HAS_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python >= 3.11.4 / 3.12
 MAX_MEMBERS = 200_000  # flower_photos has 3,676
+# The largest single read tarfile may make of the decompressed stream: its blocks, and its copy buffer, are far
+# smaller; only a GNU long-name or pax header is read whole, and a 300 MiB one (in a 1.4 MB archive) held 2.5 GB.
+MAX_READ = 1 << 20
+NAME_MAX = 255  # bytes of one part of a path: longer ones fail on most file systems, blaming the cache folder
 
 
 class UnsafeMember(Exception):
@@ -26,6 +38,62 @@ class UnsafeMember(Exception):
 UNSAFE: tuple[type[Exception], ...] = (
     (UnsafeMember, tarfile.FilterError) if hasattr(tarfile, "FilterError") else (UnsafeMember,)
 )
+
+
+@contextlib.contextmanager
+def open_capped(archive: Path, max_bytes: int) -> Iterator[tarfile.TarFile]:
+    """``archive`` (tar, or tar compressed by gzip, bzip2 or xz) opened through :class:`CappedStream`: its
+    decompressed stream is never read past its members' budget (``max_bytes`` plus their headers) nor in one
+    read of more than :data:`MAX_READ` bytes.
+
+    Raises:
+        UnsafeMember: The stream passes either limit (raised while reading).
+        tarfile.TarError: Not a tar archive.
+    """
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(open(archive, "rb"))
+        magic = raw.read(6)
+        raw.seek(0)
+        stream: Any = raw  # the file, or its decompressing reader
+        if magic[:2] == b"\x1f\x8b":
+            stream = stack.enter_context(gzip.GzipFile(fileobj=raw))
+        elif magic[:3] == b"BZh":
+            stream = stack.enter_context(bz2.BZ2File(raw))
+        elif magic == b"\xfd7zXZ\x00":
+            stream = stack.enter_context(lzma.LZMAFile(raw))
+        budget = max_bytes + (MAX_MEMBERS + 16) * 3 * tarfile.BLOCKSIZE  # a header, padding and a name each
+        with tarfile.open(fileobj=CappedStream(stream, budget), mode="r:") as tar:
+            yield tar
+
+
+class CappedStream(io.RawIOBase):
+    """A decompressed archive read by tarfile, refused past ``limit`` bytes or in reads over :data:`MAX_READ`."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        super().__init__()
+        self._stream, self._limit = stream, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_READ:
+            raise UnsafeMember(f"a header or name of {size:,} bytes (more than {MAX_READ:,})")
+        if self._stream.tell() + size > self._limit:
+            raise UnsafeMember(f"its contents pass the {self._limit:,} bytes this data set can take")
+        try:
+            return self._stream.read(size)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # the decompressor's: bz2 raises OSError
+            raise tarfile.ReadError(f"corrupt compressed data ({type(e).__name__}: {e})") from e
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
 
 
 def safe_extractall(tar: tarfile.TarFile, dest: Path, *, max_bytes: int) -> None:
@@ -59,6 +127,8 @@ def checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInf
             raise UnsafeMember(f"its files hold more than the {max_bytes:,} bytes this data set can take")
         # Normalised: set/a/../a/b.jpg is set/a/b.jpg, which would replace it (PurePosixPath keeps the '..')
         name = PurePosixPath(posixpath.normpath(m.name.lstrip("/")))
+        if any(len(os.fsencode(part)) > NAME_MAX for part in name.parts):
+            raise UnsafeMember(f"{m.name[:80]!r}... has a name part longer than {NAME_MAX} bytes")
         if name in names and not m.isdir():
             raise UnsafeMember(f"{m.name!r} appears twice")
         if any(parent in files for parent in name.parents) or (m.isdir() and name in files):

@@ -299,8 +299,9 @@ def _extract_into(archive: Path, spec: DatasetSpec, target: Path, digest: str, s
     try:
         (tmp / _IN_PROGRESS).touch()
         try:
-            with tarfile.open(archive, "r:*") as tar:
-                archives.safe_extractall(tar, tmp, max_bytes=_extract_budget(spec))
+            budget = _extract_budget(spec)
+            with archives.open_capped(archive, budget) as tar:
+                archives.safe_extractall(tar, tmp, max_bytes=budget)
         except archives.UNSAFE as e:
             archive.unlink(missing_ok=True)
             raise DatasetError(
