@@ -135,7 +135,11 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
         compare(cfg(tmp_path / "afile"), say=lambda m: None)
     earlier = tmp_path / "earlier"
     (earlier / "resnet20").mkdir(parents=True)
-    (earlier / "resnet20" / RunDir.CONFIG).write_text(f"data_dir: {data}\nbackbone: resnet20\n")
+    # A run of other settings (as floranet writes its config: data_dir, out and preset resolved, then the rest).
+    (earlier / "resnet20" / RunDir.CONFIG).write_text(
+        f"data_dir: {data}\nout: {earlier / 'resnet20'}\npreset: recommended\nbackbone: resnet20\n"
+    )
+    (earlier / "resnet20" / RunDir.SPLIT).write_text("path,label,split,sha256\n")
     with pytest.raises(ConfigError, match="already holds a run of resnet20 with other settings"):
         compare(cfg(earlier), say=lambda m: None)
     assert not trained
@@ -163,3 +167,21 @@ def test_compare_cli_passes_a_zero_seed(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ZeroDivisionError):
         main(["compare", str(tmp_path), "--backbones", "resnet20", "--seed", "0", "--epochs", "1"])
     assert seen[0].train == {"seed": 0, "epochs": 1}
+
+
+def test_a_run_killed_after_training_is_resumed_not_reused(writable_run: Path) -> None:
+    """compare called a run finished once its state was complete and model.keras and metrics.json existed: true
+    already when it was killed in its report or audit, so that run never got its report, card or audit."""
+    from floranet.workflows.compare import _earlier_run
+
+    run = RunDir(writable_run)
+    settings = dataclasses.replace(run.config(), out=str(writable_run))  # the copy, not the run it was made from
+    assert run.is_finished() and _earlier_run("resnet20", settings) == "finished"
+    metrics = json.loads((writable_run / "metrics.json").read_text())
+    metrics["timings_s"] = {k: v for k, v in metrics["timings_s"].items() if k != "training"}  # as fit left them
+    (writable_run / "metrics.json").write_text(json.dumps(metrics))
+    assert not run.is_finished() and _earlier_run("resnet20", settings) == "incomplete"
+    (writable_run / "metrics.json").write_text("[]")  # damaged: not finished, and said by name where read
+    assert not run.is_finished()
+    with pytest.raises(Exception, match="metrics.json is damaged .not a JSON object"):
+        run.metrics()

@@ -177,3 +177,23 @@ def test_every_training_setting_has_a_flag_and_flags_win_over_the_file(tmp_path)
     cfg = config.resolve(file=args.config, data_dir="d", out="o", **{k: getattr(args, k) for k in TRAIN_KEYS})
     assert (cfg.audit, cfg.label_smoothing, cfg.max_pixels, cfg.early_stopping_patience) == (True, 0.05, 1000, 3)
     assert cfg.class_weights == "auto"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("epochs: " + "[" * 3000 + "]" * 3000, "nests its values too deeply"),
+        ("epochs: " + "9" * 5000, "holds a value floranet cannot read: Exceeds the limit"),
+        ("seed: 0x" + "f" * 5000, r"Received: seed=<an int of 20,000 bits>"),
+        ("[]", "must hold a mapping of settings. Received: list"),
+        ("0", "must hold a mapping of settings. Received: int"),
+    ],
+    ids=["deep", "long-int", "long-hex", "empty-list", "zero"],
+)
+def test_config_files_that_crashed_or_passed_as_empty_are_config_errors(tmp_path, text, needle) -> None:
+    """A 6 KB file of nested brackets was a RecursionError traceback, a 5,000-digit int a ValueError (even while
+    echoing it in the message), and a file holding only [] or 0 gave the defaults silently."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=needle):
+        config.resolve(file=path, data_dir="d", out="o")

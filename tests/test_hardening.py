@@ -730,3 +730,25 @@ def test_a_bad_split_file_is_said_before_the_doctor_reads_every_image(tmp_path, 
     tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
     assert main(["train", str(data), "--out", str(tmp_path / "run"), *tiny, "--split-file", str(bad)]) == 2
     assert "line 2: path must be relative to the dataset folder" in capsys.readouterr().err
+
+
+def test_a_project_folder_with_a_settings_file_is_not_taken_for_a_run(tmp_path, capsys) -> None:
+    """A config.yaml with data_dir was all it took to be 'a floranet run': `train --out myproj --config
+    myproj/config.yaml` replaced the user's hand-written config.yaml and their README.md with the model card."""
+    from floranet.cli import main
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3)
+    project = tmp_path / "myproj"
+    project.mkdir()
+    settings = f"# my settings\ndata_dir: {data}\nbackbone: resnet20\nweights: none\nimage_size: 32\nepochs: 1\n"
+    (project / "config.yaml").write_text(settings)
+    (project / "README.md").write_text("# My project notes\n")
+    before = {p.name: p.read_bytes() for p in project.iterdir()}
+    code = main(["train", str(data), "--out", str(project), "--config", str(project / "config.yaml")])
+    assert code == 2 and "not empty and not a floranet run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in project.iterdir()} == before
+    # A real run's folder is still one: the same command into it is told to --resume.
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--config", str(project / "config.yaml")]) == 0
+    assert main(["train", str(data), "--out", str(run), "--config", str(project / "config.yaml")]) == 2
+    assert "already holds a run. Use --resume" in capsys.readouterr().err

@@ -140,13 +140,15 @@ class RunDir:
         return (self.path / name).exists()
 
     def is_run(self) -> bool:
-        """Whether the folder holds a floranet run or audit (finished or not): its ``config.yaml`` is floranet's,
-        every key a training setting and ``data_dir`` among them. Another tool's ``config.yaml`` (or a damaged
-        one) does not make a folder a run, so nothing of the user's in it is taken over."""
-        if not (self.path / self.CONFIG).is_file():
+        """Whether the folder holds a floranet run or audit (finished or not): a ``config.yaml`` as floranet writes
+        it (every key a training setting, and the resolved ``data_dir``, ``out`` and ``preset`` among them) beside
+        what a run writes next (``doctor.json``, ``split.csv`` or ``state.json``). Another tool's ``config.yaml``,
+        a hand-written settings file kept in a project folder, or a damaged one does not make a folder a run, so
+        nothing of the user's in it is taken over (such a folder had its config.yaml and README.md replaced)."""
+        if not (self.path / self.CONFIG).is_file() or not any(self.exists(n) for n in _RUN_MARKS):
             return False
         try:
-            return "data_dir" in load_file(self.path / self.CONFIG)
+            return {"data_dir", "out", "preset"} <= load_file(self.path / self.CONFIG).keys()
         except ConfigError:
             return False
 
@@ -252,7 +254,27 @@ class RunDir:
         return float(calib["temperature"]) if calib else 1.0
 
     def metrics(self) -> dict[str, Any]:
-        return self.read_json(self.METRICS, {})
+        """``metrics.json`` ({} when absent).
+
+        Raises:
+            ModelError: It is damaged (not JSON, or not an object).
+        """
+        metrics = self.read_json(self.METRICS, {})
+        if not isinstance(metrics, dict):
+            raise ModelError(f"{self.path / self.METRICS} is damaged (not a JSON object); rerun `floranet evaluate`")
+        return metrics
+
+    def is_finished(self) -> bool:
+        """Whether the whole ``train`` command completed: training (``state.json``) and everything after it, as
+        ``metrics.json``'s command timings (``training`` among them) are written last. A run killed in its
+        report, audit or model card is not finished: ``--resume`` (or ``compare``) completes it."""
+        try:
+            state = self.read_json(self.STATE) or {}
+            timings = self.metrics().get("timings_s")
+        except ModelError:
+            return False
+        complete = isinstance(state, dict) and bool(state.get("complete"))
+        return complete and isinstance(timings, dict) and "training" in timings and self.exists(self.MODEL)
 
     def doctor(self) -> dict[str, Any]:
         return self.read_json(self.DOCTOR, {})
@@ -341,6 +363,10 @@ def _number(text: str | None) -> Any:
         except ValueError:
             pass
     return text
+
+
+# What a run or audit writes right after its config.yaml: with it, a folder is floranet's (see RunDir.is_run).
+_RUN_MARKS = (RunDir.DOCTOR, RunDir.SPLIT, RunDir.STATE)
 
 
 def _worker_backups(path: Path) -> bool:

@@ -87,7 +87,15 @@ _ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 3, 200, 200, 60
 
 def check(ok: bool, message: str, name: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{message}. Received: {name}={_ECHO.repr(value)}")
+        raise ConfigError(f"{message}. Received: {name}={_echo(value)}")
+
+
+def _echo(value: Any) -> str:
+    """``value`` as a message shows it: shortened, and an int too long to print (Python refuses over 4,300
+    digits, even in a repr) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        return f"<an int of {value.bit_length():,} bits>"
+    return _ECHO.repr(value)
 
 
 def parse_image_size(

@@ -260,13 +260,18 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads a YAML config file into a dict of known keys (dashes allowed; a key given twice is refused)."""
     p = Path(path)
     try:
-        raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+        raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        raw = {} if raw is None else raw  # an empty file; a falsy non-mapping ([], 0, false) is refused below
     except FileNotFoundError as e:
         raise ConfigError(f"Config file not found. Received: config={str(path)!r}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path} is not valid YAML: {_yaml_problem(e)}") from e
+    except RecursionError:  # 3,000 nested brackets in 6 KB: PyYAML's recursive composer
+        raise ConfigError(f"Config file {path} nests its values too deeply to be settings") from None
+    except ValueError as e:  # an int of over 4,300 digits: Python's own limit on converting it
+        raise ConfigError(f"Config file {path} holds a value floranet cannot read: {e}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"Config file {path} must hold a mapping of settings. Received: {type(raw).__name__}")
     out = {str(k).replace("-", "_"): v for k, v in raw.items()}

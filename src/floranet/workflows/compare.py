@@ -203,9 +203,7 @@ def _earlier_run(backbone: str, settings: TrainConfig) -> str:
             f"out already holds a run of {backbone} with other settings ({', '.join(changed)}); choose a new folder, "
             f"or move that run away to train it again. Received: out={str(run.path.parent)!r}"
         )
-    state = run.read_json(RunDir.STATE) or {}
-    done = state.get("complete") and run.exists(RunDir.MODEL) and run.exists(RunDir.METRICS)
-    return "finished" if done else "incomplete"
+    return "finished" if run.is_finished() else "incomplete"  # one killed in its report or audit is resumed
 
 
 def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path) -> TrainConfig:

@@ -71,9 +71,7 @@ def _check_unfinished(run: RunDir) -> None:
     Raises:
         ConfigError: The run is finished.
     """
-    state = run.read_json(RunDir.STATE) or {}
-    # metrics.json gets the whole command's timings ("training" among them) as the very last step.
-    if state.get("complete") and "training" in run.metrics().get("timings_s", {}):
+    if run.is_finished():
         raise ConfigError(
             f"Nothing to resume: the run in {run.path} is finished. Evaluate it again with `floranet evaluate`, "
             "write its report with `floranet report`, or start a new run with another --out. Received: resume=True"
