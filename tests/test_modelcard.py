@@ -129,3 +129,17 @@ def test_card_says_how_many_epochs_ran_and_which_was_kept(writable_run: Path) ->
     assert expected in stage1, stage1
     stage2 = next(line for line in card.splitlines() if line.startswith("| stage 2 (fine-tuning) |"))
     assert f"| {config.fine_tune_epochs} epochs, " in stage2, stage2
+
+
+def test_card_training_time_is_the_trainings_not_the_whole_command(writable_run: Path) -> None:
+    """The card read timings_s['total']: the training's time when train wrote it, the whole command's (evaluation,
+    audit, report) once the command had finished, so `floranet evaluate` changed the training time it showed."""
+    import json
+
+    metrics = json.loads((writable_run / "metrics.json").read_text())
+    metrics["timings_s"] = {"training": 12.0, "audit": 40.0, "total": 99.0}
+    (writable_run / "metrics.json").write_text(json.dumps(metrics))
+    assert "| training time | 12 s |" in write_model_card(writable_run).read_text(encoding="utf-8")
+    metrics["timings_s"] = {"total": 7.0}  # as metrics.json holds them while train is still running
+    (writable_run / "metrics.json").write_text(json.dumps(metrics))
+    assert "| training time | 7 s |" in write_model_card(writable_run).read_text(encoding="utf-8")

@@ -233,6 +233,9 @@ def _recipe(f: _Facts) -> list[str]:
     c = f.config
     precision = f.metrics.get("precision", {})
     timings = f.metrics.get("timings_s", {})
+    # Training alone: "training" once the command has finished ("total" is then the whole command, with its
+    # evaluation, audit and report); before that, "total" is the training's.
+    trained = timings.get("training", timings.get("total"))
     rows = [
         ("preset", c.preset),
         ("backbone, weights", f"{_md(c.backbone)}, {_md(f.weights)}"),
@@ -249,7 +252,7 @@ def _recipe(f: _Facts) -> list[str]:
         ("augmentation", c.augment),
         ("early stopping patience", str(c.early_stopping_patience)),
         ("precision", ", ".join(f"{k} {v}" for k, v in precision.items()) if precision else c.precision),
-        ("training time", f"{timings['total']:.0f} s" if "total" in timings else "not recorded"),
+        ("training time", f"{trained:.0f} s" if trained is not None else "not recorded"),
     ]
     return ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "`config.yaml` has all."]
 

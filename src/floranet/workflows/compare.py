@@ -258,7 +258,8 @@ def _one(
     entry.ece = metrics.get("calibration", {}).get("ece")
     entry.size_bytes = run.model_file.stat().st_size
     # As its metrics.json records it: the whole train command (of the last invocation, for a resumed run).
-    entry.train_s = round(float(metrics.get("timings_s", {}).get("total", 0.0)), 1)
+    timings = metrics.get("timings_s", {})  # training alone, not the audit and report after it
+    entry.train_s = round(float(timings.get("training", timings.get("total", 0.0))), 1)
     b1, b32, choice = latency(run.path, config.runtime, config.precision)
     entry.latency_ms_batch1, entry.latency_ms_batch32 = b1, b32
     return entry, choice
