@@ -225,6 +225,10 @@ def test_image_grid_of_no_images_writes_an_empty_picture(tmp_path) -> None:
         ("class_names.json", "{not json", "class_names.json is damaged"),
         ("class_names.json", '["class_0", "class_1", "other"]', "names ['class_0', 'class_1', 'other']"),
         ("predictions.csv", None, "predictions.csv is damaged"),
+        # A KeyError or AttributeError traceback before; a bad config.yaml was blamed on predictions.csv.
+        ("metrics.json", "{}", "metrics.json is damaged (no calibration figures)"),
+        ("metrics.json", "[]", "metrics.json is damaged (not a JSON object)"),
+        ("config.yaml", "bogus_key: 1\n", "Unknown settings in"),
     ],
 )
 def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage, needle) -> None:
@@ -233,10 +237,10 @@ def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage
     if damage is None:  # a predictions.csv cut off inside its last row
         text = target.read_text()
         damage = text[: text.rindex(",")]
-    target.write_text(damage)
+    target.write_text(damage if name != "config.yaml" else target.read_text() + damage)
     assert main(["report", str(writable_run)]) != 0
     err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err
+    assert needle in err and "Traceback" not in err and "predictions.csv is damaged" not in err.replace(needle, "")
     after_html = (writable_run / "report.html").read_bytes() if (writable_run / "report.html").exists() else None
     assert after_html == before_html
 

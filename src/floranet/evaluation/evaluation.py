@@ -224,12 +224,13 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
     metrics = run.metrics()
     extra = {"evaluated_on": metrics["evaluated_on"]} if "evaluated_on" in metrics else {}
     path = run / RunDir.PREDICTIONS
+    temperature, data_dir = run.temperature(), run.config().data_dir  # their own errors name their own files
     try:
         ev = Evaluation.from_csv(
             # As written: a quoted carriage return in a file name stays one, non-UTF-8 names round-trip.
             path.read_bytes().decode("utf-8", "surrogateescape"),
-            temperature=run.temperature(),
-            data_dir=run.config().data_dir,
+            temperature=temperature,
+            data_dir=data_dir,
             extra=extra,
         )
     except (ValueError, KeyError, IndexError, StopIteration, csv.Error) as e:

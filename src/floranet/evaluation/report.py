@@ -16,7 +16,7 @@ import numpy as np
 
 from floranet.data import decode
 from floranet.data.scan import IMAGE_EXTENSIONS
-from floranet.errors import ConfigError, DatasetError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import GradCAM
@@ -105,7 +105,7 @@ def build_report(
     if ev is None:
         ev = evaluate_run(run.path)
         write_evaluation(ev, run)
-    metrics = run.metrics()
+    metrics = _checked_metrics(run)
     gallery = top_losses_gallery(ev, run, model=model)
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
@@ -152,6 +152,24 @@ def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
         inside=inside,
         head=len(REPORT_MARK) + 200,
     )
+
+
+def _checked_metrics(run: RunDir) -> dict[str, Any]:
+    """``metrics.json`` with what the page shows (a hand-edited or cut file was a KeyError traceback).
+
+    Raises:
+        ModelError: It lacks the calibration figures or the per-class table.
+    """
+    metrics = run.metrics()
+    cal = metrics.get("calibration")
+    numbers = ("ece", "temperature", "ece_after_temperature")
+    if not (isinstance(cal, dict) and all(isinstance(cal.get(k), (int, float)) for k in numbers)):
+        missing = "calibration figures"
+    elif not isinstance(metrics.get("per_class"), dict):
+        missing = "per-class table"
+    else:
+        return metrics
+    raise ModelError(f"{run / RunDir.METRICS} is damaged (no {missing}); rerun `floranet evaluate {run.path}`")
 
 
 def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
