@@ -204,3 +204,28 @@ def test_a_finished_run_is_not_resumed_but_one_killed_after_training_is(data, tm
     train(cut, resume=True, progress=False, say=lambda _: None)
     assert "training" in json.loads((Path(cut.out) / RunDir.METRICS).read_text())["timings_s"]
     assert (Path(cut.out) / RunDir.REPORT).exists()
+
+
+def test_a_damaged_state_or_a_lost_checkpoint_is_named_not_a_traceback(data, tmp_path, monkeypatch) -> None:
+    """state.json was trusted as it stood: [] or a stage of the wrong shape was an AttributeError or TypeError
+    traceback, and a checkpoint that state.json names but that was deleted either crashed (FileNotFoundError) or,
+    for an unfinished stage, silently trained the remaining epochs from a fresh model."""
+    from floranet.errors import ModelError
+
+    cfg = _settings(data, tmp_path / "run", epochs=4, fine_tune_epochs=0)
+    run = _interrupted(monkeypatch, cfg, "stage1", 2)
+    good = (run / RunDir.STATE).read_text()
+    state = json.loads(good)
+    for damaged, needle in (
+        ("[]", "state.json is damaged"),
+        (json.dumps({**state, "stages": {"stage1": {**state["stages"]["stage1"], "bogus": 1}}}), "bogus"),
+        (json.dumps({**state, "stages": {"stage1": {**state["stages"]["stage1"], "epochs_done": "2"}}}), "ints"),
+        (json.dumps({**state, "complete": "yes"}), "complete must be true or false"),
+    ):
+        (run / RunDir.STATE).write_text(damaged)
+        with pytest.raises(ModelError, match=needle):
+            _resume(cfg)
+    (run / RunDir.STATE).write_text(good)
+    (run / state["stages"]["stage1"]["checkpoint"]).unlink()
+    with pytest.raises(ModelError, match=r"stage1-epoch002.keras is gone, and state.json names it for stage1"):
+        _resume(cfg)

@@ -16,6 +16,7 @@ from typing import Any
 
 import keras
 
+from floranet.errors import ModelError
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_path
 
@@ -53,14 +54,54 @@ class RunState:
 
     @classmethod
     def load(cls, run: RunDir) -> RunState:
+        """The run's ``state.json`` (a fresh state when absent), with every checkpoint it names on disk.
+
+        Raises:
+            ModelError: It is damaged or hand-edited out of shape, or names a checkpoint that is gone (resuming
+                from a fresh model would train the remaining epochs only, and say nothing).
+        """
         raw = run.read_json(RunDir.STATE)
         if raw is None:
             return cls()
-        return cls(
-            stages={k: StageState(**v) for k, v in raw.get("stages", {}).items()},
-            history=raw.get("history", []),
-            complete=raw.get("complete", False),
-        )
+        try:
+            state = cls(
+                stages={str(k): _stage(v) for k, v in dict(raw.get("stages", {})).items()},
+                history=[dict(row) for row in raw.get("history", [])],
+                complete=_boolean(raw.get("complete", False)),
+            )
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ModelError(
+                f"{run / RunDir.STATE} is damaged ({e}); the run cannot be resumed: start a new run with another --out"
+            ) from None
+        for name, st in state.stages.items():
+            for kept in (st.checkpoint, st.best_weights):
+                if kept and not (run / kept).is_file():
+                    raise ModelError(
+                        f"{run / kept} is gone, and {RunDir.STATE} names it for {name}: the run cannot be resumed "
+                        "from it (checkpoints/ may be deleted only once a run is finished); start a new run with "
+                        "another --out"
+                    )
+        return state
+
+
+def _stage(value: Any) -> StageState:
+    """A stage of ``state.json``, its fields of the types :class:`StageState` holds."""
+    st = StageState(**dict(value))
+    ints, optional_text = ("epochs_done", "wait"), ("checkpoint", "best_weights", "path", "features")
+    if not all(isinstance(getattr(st, f), int) and not isinstance(getattr(st, f), bool) for f in ints):
+        raise TypeError(f"epochs_done and wait must be ints, not {st.epochs_done!r} and {st.wait!r}")
+    if not all(getattr(st, f) is None or isinstance(getattr(st, f), str) for f in optional_text):
+        raise TypeError("checkpoint, best_weights, path and features must be text or null")
+    if st.best_val_loss is not None and not isinstance(st.best_val_loss, (int, float)):
+        raise TypeError(f"best_val_loss must be a number or null, not {st.best_val_loss!r}")
+    st.complete = _boolean(st.complete)
+    return st
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"complete must be true or false, not {value!r}")
+    return value
 
 
 def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:
