@@ -229,3 +229,22 @@ def test_a_damaged_state_or_a_lost_checkpoint_is_named_not_a_traceback(data, tmp
     (run / state["stages"]["stage1"]["checkpoint"]).unlink()
     with pytest.raises(ModelError, match=r"stage1-epoch002.keras is gone, and state.json names it for stage1"):
         _resume(cfg)
+
+
+def test_resume_with_other_settings_is_refused_before_any_weights_are_fetched(data, tmp_path, monkeypatch) -> None:
+    """`--resume` without the run's flags went for the default backbone's ImageNet weights first (a download, or
+    an offline error about them), and its refusal named the settings but not their values."""
+    import sys
+
+    train_module = sys.modules["floranet.workflows.train"]
+    cfg = _settings(data, tmp_path / "run", epochs=3, fine_tune_epochs=0)
+    _interrupted(monkeypatch, cfg, "stage1", 1)
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("weights were looked for before the settings were compared")
+
+    monkeypatch.setattr(train_module.weights_lib, "ensure_available", no_fetch)
+    plain = config.resolve(data_dir=str(data), out=cfg.out)  # the flags left out: resnet50, imagenet
+    with pytest.raises(ConfigError, match=r"backbone \(saved 'resnet20', given 'resnet50'\)") as e:
+        train(plain, resume=True, progress=False, say=lambda _: None)
+    assert f"--config {Path(cfg.out) / RunDir.CONFIG}" in str(e.value)

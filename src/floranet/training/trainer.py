@@ -281,13 +281,7 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
     if resume:
         if not run.exists(RunDir.CONFIG):
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
-        changed = settings_changed(run, config)
-        if changed:
-            raise ConfigError(
-                f"--resume needs the settings of the run in {run.path}; these differ: "
-                f"{', '.join(changed)}. Give the settings the run was started with (its {RunDir.CONFIG}), or "
-                "start a new run with another --out."
-            )
+        check_resume_settings(run, config)
         return RunState.load(run)
     if not run.exists(RunDir.STATE):
         run.check_new_output()
@@ -299,6 +293,24 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(config)
     return RunState()
+
+
+def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
+    """Refuses to resume with other settings than the run's, each named with its saved and given value.
+
+    Raises:
+        ConfigError: Some differ.
+    """
+    changed = settings_changed(run, config)
+    if changed:
+        saved, given = absolute_paths(run.saved_settings()), config.to_dict()
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        shown = [f"{k} (saved {saved.get(k, defaults.get(k))!r}, given {given.get(k)!r})" for k in changed]
+        raise ConfigError(
+            f"--resume needs the settings of the run in {run.path}; these differ: {'; '.join(shown)}. Give the "
+            f"settings the run was started with (its {RunDir.CONFIG}, e.g. --config {run / RunDir.CONFIG}), or "
+            "start a new run with another --out."
+        )
 
 
 def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:

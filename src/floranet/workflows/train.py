@@ -14,6 +14,7 @@ from floranet.inference import runtime
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
+from floranet.training.trainer import check_resume_settings
 from floranet.utils.optional import require
 from floranet.workflows.after_training import audit_and_unknown
 
@@ -52,6 +53,8 @@ def train(
         )
     if mlflow is not None:  # not after an hour of training
         require("mlflow", "--mlflow")
+    if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
+        check_resume_settings(RunDir(config.out), config)
     runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
     # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
     weights_lib.ensure_available(config.backbone, config.weights)
