@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -181,3 +183,33 @@ def test_validation_files_gone_or_changed_since_training_are_counted_not_scored(
     metrics = json.loads((writable_run / RunDir.METRICS).read_text())
     assert metrics["validation_files"] == {"recorded": recorded, "missing": 1, "changed": 1, "evaluated": recorded - 2}
     assert metrics["num_examples"] == recorded - 2
+
+
+def test_evaluate_data_leaves_out_the_images_the_run_trained_on(writable_run, tmp_path, capsys) -> None:
+    """evaluate --data on the very folder the run trained on published accuracy on its training images, without a
+    word. They are now left out (the same file as split.csv's training side), counted and said."""
+    import json
+    import shutil
+
+    from floranet.cli import main
+    from floranet.evaluation import evaluate_run
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    trained = Path(run.config().data_dir)
+    split = run.split()
+    mixed = tmp_path / "mixed"
+    shutil.copytree(trained, mixed)
+    ev = evaluate_run(writable_run, data_dir=mixed)
+    assert ev.extra["training_images_left_out"] == len(split.train())
+    assert sorted(ev.paths) == sorted(r.path for r in split.validation())
+    assert main(["evaluate", str(writable_run), "--data", str(mixed)]) == 0
+    assert f"{len(split.train())} image(s) of {mixed} are training images of the run" in capsys.readouterr().err
+    external = json.loads((writable_run / "metrics_external.json").read_text())
+    assert external["training_images_left_out"] == len(split.train())
+    only_training = tmp_path / "only"
+    for r in split.train():
+        (only_training / r.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(trained / r.path, only_training / r.path)
+    assert main(["evaluate", str(writable_run), "--data", str(only_training)]) == 2
+    assert "is one the run trained on" in capsys.readouterr().err

@@ -43,6 +43,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{files['missing']} validation file(s) of split.csv are gone and {files['changed']} changed since "
             f"training (sha256): evaluated on the other {files['evaluated']} of {files['recorded']}."
         )
+    if ev.extra.get("training_images_left_out"):
+        warn(
+            f"{ev.extra['training_images_left_out']} image(s) of {args.data} are training images of the run (the same "
+            "file as in split.csv): left out, so the figures above are on images the model has not seen."
+        )
     if external:
         wrote = f"{RunDir.METRICS_EXTERNAL}, {RunDir.PREDICTIONS_EXTERNAL}, plots/*_external.png"
     else:

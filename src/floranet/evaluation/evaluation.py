@@ -293,6 +293,16 @@ def evaluate_run(
         rows, facts["validation_files"] = _as_trained(root, run.split(names).validation())
     else:
         root, rows = Path(data_dir), _labelled_rows(Path(data_dir), names, predictor.max_pixels, progress)
+        # An image the model trained on (the same bytes) says nothing of how it does on new ones: left out, counted.
+        trained = {r.sha256 for r in run.split(names).train() if r.sha256}
+        unseen = [r for r in rows if r.sha256 not in trained]
+        facts["training_images_left_out"] = len(rows) - len(unseen)
+        if rows and not unseen:
+            raise DatasetError(
+                f"every image of {root} is one the run trained on (the same file as in {RunDir.SPLIT}'s training "
+                "side): nothing to evaluate that the model has not seen. Evaluate on other labelled images."
+            )
+        rows = unseen
     if not rows:
         where = f"{run.path / RunDir.SPLIT}: every image is on the training side" if data_dir is None else root
         raise DatasetError(f"no images to evaluate ({where}). Evaluate on other labelled images: --data OTHER")
