@@ -80,7 +80,9 @@ class CappedStream(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0 or size > MAX_READ:
+        if size is None or size < 0:  # tarfile asks for sizes; a read to the end would hold the whole stream
+            raise UnsafeMember("a read of the whole decompressed stream")
+        if size > MAX_READ:
             raise UnsafeMember(f"a header or name of {size:,} bytes (more than {MAX_READ:,})")
         if self._stream.tell() + size > self._limit:
             raise UnsafeMember(f"its contents pass the {self._limit:,} bytes this data set can take")

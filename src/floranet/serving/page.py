@@ -73,15 +73,15 @@ SCRIPT = """
   let fromLink = null;
   if (linked) { try { fromLink = decodeURIComponent(linked[1]); } catch (e) { fromLink = linked[1]; } }
   if (fromLink) { sessionStorage.setItem("floranet-key", fromLink); history.replaceState(null, "", location.pathname); }
+  // What the server accepts as a key; a header cannot carry other characters (fetch would throw before sending).
+  const keyShape = /^[\x21-\x7e]{16,}$/;
   const stored = sessionStorage.getItem("floranet-key");
-  if (stored && !/^[\x21-\x7e]+$/.test(stored)) sessionStorage.removeItem("floranet-key");  // never sendable
+  if (stored && !keyShape.test(stored)) sessionStorage.removeItem("floranet-key");  // never a key the server takes
   const keyBox = $("key"), keyInput = $("key-input");
   function authHeaders() {
     const key = sessionStorage.getItem("floranet-key");
     return key ? { "Authorization": "Bearer " + key } : {};
   }
-  // What the server accepts as a key; a header cannot carry other characters (fetch would throw before sending).
-  const keyShape = /^[\x21-\x7e]{16,}$/;
   keyBox.addEventListener("submit", (e) => {  // the button or Enter in the field
     e.preventDefault();
     const key = keyInput.value.trim();
