@@ -292,7 +292,11 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         )
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(config)
-    return RunState()
+    state = RunState()
+    # With config.yaml, what makes the folder a run (RunDir.is_run) from its first second: one killed during the
+    # data scan is a run that --resume continues, not "a folder of yours".
+    state.save(run)
+    return state
 
 
 def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
