@@ -164,12 +164,17 @@ class _LabelCheck:
 
 
 def _check_labels(
-    data: AuditData, config: TrainConfig, folds: int, timings: dict[str, float], say: Callable[[str], None]
+    data: AuditData,
+    config: TrainConfig,
+    folds: int,
+    groups: np.ndarray,
+    timings: dict[str, float],
+    say: Callable[[str], None],
 ) -> _LabelCheck:
-    """The label check of :func:`run_audit`, on the classes that can be cross-validated (see :func:`checkable`)."""
+    """The label check of :func:`run_audit`, on the classes that can be cross-validated (see :func:`checkable`);
+    ``groups``: :func:`group_ids` of the images."""
     n, names = len(data.paths), data.class_names
     t = time.perf_counter()
-    groups = group_ids(data.sha256, n)
     keep, left_out = checkable(data.labels, groups)
     if left_out:
         say(
@@ -209,12 +214,12 @@ def run_audit(
     if config.weights is None:
         say("Audit: the backbone has random weights, so its embeddings say little: expect many false duplicates.")
     timings: dict[str, float] = {}
-    labels = _check_labels(data, config, folds, timings, say)
+    groups = group_ids(data.sha256, n)  # byte-identical files share one: for the folds and the pairs alike
+    labels = _check_labels(data, config, folds, groups, timings, say)
     findings = list(labels.findings)
-    oof, quality, k, skipped, left_out = labels.oof, labels.quality, labels.folds, labels.skipped, labels.left_out
     t = time.perf_counter()
-    pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, group_ids(data.sha256, n))
-    findings += pair_findings(data, pairs, quality)
+    pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, groups)
+    findings += pair_findings(data, pairs, labels.quality)
     timings["duplicates_s"] = time.perf_counter() - t
     t = time.perf_counter()
     outliers = outlier_scores(data.features) if n > 2 else np.zeros(n, np.float32)
@@ -229,9 +234,9 @@ def run_audit(
     facts = {
         "images": n,
         "classes": list(names),
-        "folds": k or None,  # as used: the smallest class or the distinct files may allow fewer than asked
-        "label_issues_skipped": skipped or None,
-        "label_check_left_out": [names[c] for c in left_out] or None,  # their images have no label quality
+        "folds": labels.folds or None,  # as used: the smallest class or the distinct files may allow fewer
+        "label_issues_skipped": labels.skipped or None,
+        "label_check_left_out": [names[c] for c in labels.left_out] or None,  # their images have no label quality
         "head": dict(
             zip(("epochs", "batch_size"), oof_schedule(config, n), strict=True),
             units=config.head_units,
@@ -244,7 +249,7 @@ def run_audit(
         "similar_pairs": len(pairs),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
-    result = AuditResult(data, findings, oof, quality, outliers, facts)
+    result = AuditResult(data, findings, labels.oof, labels.quality, outliers, facts)
     result.facts["counts"] = result.counts()
     return result
 
