@@ -248,3 +248,16 @@ def test_resume_with_other_settings_is_refused_before_any_weights_are_fetched(da
     with pytest.raises(ConfigError, match=r"backbone \(saved 'resnet20', given 'resnet50'\)") as e:
         train(plain, resume=True, progress=False, say=lambda _: None)
     assert f"--config {Path(cfg.out) / RunDir.CONFIG}" in str(e.value)
+
+
+def test_a_kill_while_the_data_files_are_written_leaves_a_run_that_resumes(data, tmp_path, monkeypatch) -> None:
+    """split.csv was written before class_names.json: a kill between them left split.csv, which a resume takes for
+    "the data files are written", and every resume then failed with "class_names.json is missing" (seen in CI)."""
+    cfg = _settings(data, tmp_path / "run", epochs=1, fine_tune_epochs=0)
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "write_class_names", lambda self, names: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            train(cfg, progress=False, say=lambda _: None)
+    assert not (Path(cfg.out) / RunDir.CLASS_NAMES).exists()
+    assert _resume(cfg)["complete"]
+    assert (Path(cfg.out) / RunDir.CLASS_NAMES).exists() and (Path(cfg.out) / RunDir.SPLIT).exists()

@@ -125,9 +125,11 @@ def prepare(
     if resumed:  # the run's record stays as it was; files gone since are left out of what remains to train
         _check_classes_kept(run, split)
     else:
-        split.to_csv(split_path)
         run.write_class_names(split.class_names)
         notes += _record_curation(run, curate, usable, split, say)
+        # Last: a resume takes split.csv for "the data files are written" (a kill between it and class_names.json
+        # left a run whose resume failed for good: "class_names.json is missing").
+        split.to_csv(split_path)
     if resumed and (config.exclude or config.relabel):
         say(f"Curation: as the run recorded it ({RunDir.EXCLUDED}, {RunDir.RELABELED}); the lists are not read again.")
     prepared = Prepared(data_dir, split, tf_decodable, config, notes)
