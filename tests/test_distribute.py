@@ -206,3 +206,17 @@ def test_a_badly_shaped_tf_config_is_named_not_a_traceback(monkeypatch, tf_confi
         distribute._tf_config()
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}')
     assert distribute._tf_config()["task"]["index"] == 1
+
+
+def test_one_replica_is_announced_in_the_singular(tmp_path) -> None:
+    from floranet.config import TrainConfig
+    from floranet.training.distribute import Distribution
+    from floranet.training.trainer import _announce_distribution
+
+    lines: list[str] = []
+    config = TrainConfig(data_dir=tmp_path, out=tmp_path / "run")
+    _announce_distribution(Distribution(None, True, 1, "mirrored"), config, lines.append)
+    assert "1 replica on 1 worker(s)" in lines[0], lines
+    lines.clear()
+    _announce_distribution(Distribution(None, True, 2, "mirrored"), config, lines.append)
+    assert "2 replicas on 1 worker(s)" in lines[0], lines

@@ -266,7 +266,7 @@ def _announce_distribution(dist: distribute.Distribution, config: TrainConfig, s
         return config
     n = dist.num_replicas
     say(
-        f"Distributed training ({dist.kind}): {n} replicas on {dist.num_workers} worker(s), "
+        f"Distributed training ({dist.kind}): {n} replica{'s' if n != 1 else ''} on {dist.num_workers} worker(s), "
         f"{'chief' if dist.is_chief else f'worker {dist.task_index}'}; batch_size {config.batch_size} per replica "
         f"-> global batch {dist.global_batch(config.batch_size)}; learning rates scaled x{n} (linear scaling)."
     )
