@@ -221,6 +221,7 @@ def test_a_damaged_state_or_a_lost_checkpoint_is_named_not_a_traceback(data, tmp
         (json.dumps({**state, "stages": {"stage1": {**state["stages"]["stage1"], "bogus": 1}}}), "bogus"),
         (json.dumps({**state, "stages": {"stage1": {**state["stages"]["stage1"], "epochs_done": "2"}}}), "ints"),
         (json.dumps({**state, "complete": "yes"}), "complete must be true or false"),
+        (json.dumps({**state, "seconds": -1}), "seconds must be a number of seconds"),
     ):
         (run / RunDir.STATE).write_text(damaged)
         with pytest.raises(ModelError, match=needle):
@@ -261,3 +262,16 @@ def test_a_kill_while_the_data_files_are_written_leaves_a_run_that_resumes(data,
     assert not (Path(cfg.out) / RunDir.CLASS_NAMES).exists()
     assert _resume(cfg)["complete"]
     assert (Path(cfg.out) / RunDir.CLASS_NAMES).exists() and (Path(cfg.out) / RunDir.SPLIT).exists()
+
+
+def test_a_resumed_runs_training_time_counts_the_processes_before_it(data, tmp_path, monkeypatch) -> None:
+    """The model card and compare showed only the last process's training time for a resumed run."""
+    cfg = _settings(data, tmp_path / "run", epochs=3, fine_tune_epochs=0)
+    run = _interrupted(monkeypatch, cfg, "stage1", 2)
+    state = json.loads((run / RunDir.STATE).read_text())
+    assert state["seconds"] > 0  # the killed process's time up to its last epoch
+    (run / RunDir.STATE).write_text(json.dumps({**state, "seconds": 5000.0}))  # as if it had taken that long
+    _resume(cfg)
+    timings = json.loads((run / RunDir.METRICS).read_text())["timings_s"]
+    assert timings["earlier_processes"] == 5000.0
+    assert 5000.0 < timings["training"] < 5000.0 + timings["total"]

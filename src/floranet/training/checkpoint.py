@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,6 +39,14 @@ class RunState:
     stages: dict[str, StageState] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
+    # Training seconds of the processes before this one (up to each one's last save), so that a resumed run's
+    # training time counts them too; this process's time is added at each save.
+    earlier_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
+
+    def seconds(self) -> float:
+        """Training seconds of every process so far, this one included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def stage(self, name: str) -> StageState:
         return self.stages.setdefault(name, StageState())
@@ -49,6 +58,7 @@ class RunState:
                 "stages": {k: asdict(v) for k, v in self.stages.items()},
                 "history": self.history,
                 "complete": self.complete,
+                "seconds": round(self.seconds(), 2),
             },
         )
 
@@ -68,6 +78,7 @@ class RunState:
                 stages={str(k): _stage(v) for k, v in dict(raw.get("stages", {})).items()},
                 history=[dict(row) for row in raw.get("history", [])],
                 complete=_boolean(raw.get("complete", False)),
+                earlier_seconds=_seconds(raw.get("seconds", 0.0)),
             )
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelError(
@@ -96,6 +107,12 @@ def _stage(value: Any) -> StageState:
         raise TypeError(f"best_val_loss must be a number or null, not {st.best_val_loss!r}")
     st.complete = _boolean(st.complete)
     return st
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise TypeError(f"seconds must be a number of seconds, not {value!r}")
+    return float(value)
 
 
 def _boolean(value: Any) -> bool:

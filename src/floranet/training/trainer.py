@@ -170,6 +170,9 @@ def _finish(
         )
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
+    if ctx.state.earlier_seconds:  # a resumed run: its training time counts the processes before this one
+        timings["earlier_processes"] = ctx.state.earlier_seconds
+        timings["total"] += ctx.state.earlier_seconds
     result.facts = {
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "weights": config.weights or "none",
