@@ -275,3 +275,23 @@ def test_a_resumed_runs_training_time_counts_the_processes_before_it(data, tmp_p
     timings = json.loads((run / RunDir.METRICS).read_text())["timings_s"]
     assert timings["earlier_processes"] == 5000.0
     assert 5000.0 < timings["training"] < 5000.0 + timings["total"]
+
+
+def test_a_resumed_run_keeps_the_class_order_a_split_file_and_a_relabel_gave_it(tmp_path) -> None:
+    """A --split-file's relabelled new class comes last in the run's class order; a resume re-read split.csv with
+    its labels sorted, so every output meant another class (validation accuracy 100% → 0%)."""
+    from floranet.data.split import make_split
+    from floranet.training import data as run_data
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6, names=["kiwi", "mango"])
+    items = [(f"{c}/{p.name}", c, "") for c in ("kiwi", "mango") for p in sorted((data / c).iterdir())]
+    make_split(items, val_split=0.34, seed=0).to_csv(tmp_path / "given.csv")
+    kiwis = "".join(f"{path},apple\n" for path, label, _ in items if label == "kiwi")
+    (tmp_path / "relabel.csv").write_text("path,new_label\n" + kiwis)
+    lists = {"split_file": str(tmp_path / "given.csv"), "relabel": str(tmp_path / "relabel.csv")}
+    cfg = _settings(data, tmp_path / "run", **lists)
+    first = run_data.prepare(cfg, RunDir(cfg.out), resume=False, progress=False, say=lambda _: None)
+    assert list(first.split.class_names) == ["mango", "apple"]
+    again = run_data.prepare(cfg, RunDir(cfg.out), resume=True, progress=False, say=lambda _: None)
+    assert list(again.split.class_names) == ["mango", "apple"]
+    assert again.split.rows == first.split.rows

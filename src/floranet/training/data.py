@@ -111,8 +111,8 @@ def prepare(
     usable = report.usable_files()
     curate = curate.resolved([f.path for f in usable])
     tf_decodable = {f.path: f.tf_decodable for f in usable}
-    if resumed:
-        split = split_lib.Split.from_csv(split_path)
+    if resumed:  # in the order the weights were trained in (a --split-file's relabelled classes come last)
+        split = run.split(run.class_names() if run.exists(RunDir.CLASS_NAMES) else None)
     elif given is not None:
         split = curate.apply_split(given)
         say(f"Using the split from {config.split_file}.")
