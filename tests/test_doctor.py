@@ -142,9 +142,8 @@ def test_json_report(corpus, tmp_path) -> None:
     report = doctor.diagnose(root)
     out = tmp_path / "out" / "doctor.json"
     out.parent.mkdir()
-    out.write_text("old report")
     report.write_json(out)
-    report.write_json(out)  # replaces atomically, leaves no temp file behind
+    report.write_json(out)  # replaces the earlier report atomically, leaves no temp file behind
     assert os.listdir(out.parent) == ["doctor.json"]
     data = json.loads(out.read_text(encoding="utf-8"))
     assert set(data) == {"data_dir", "classes", "files", "duplicates", "summary", "usable", "reason"}
@@ -290,3 +289,23 @@ def test_find_leaks(corpus) -> None:
     assert doctor.find_leaks(report, {"daisy/dup_a.jpg": "train", "daisy/dup_b.jpg": "train"}) == []
     with pytest.raises(ConfigError, match=r"Received: split_of\['daisy/d0.jpg'\]='test'"):
         doctor.find_leaks(report, {"daisy/d0.jpg": "test"})
+
+
+def test_the_json_report_replaces_only_an_earlier_report_outside_the_data_folder(tmp_path, capsys) -> None:
+    """`floranet doctor DATA --json FILE` overwrote any file: a photo of the folder it checked, or a user's notes."""
+    from floranet.cli import main
+    from imagesets import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3)
+    photo = sorted((data / "class_0").iterdir())[0]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    kept = {photo: photo.read_bytes(), notes: notes.read_bytes()}
+    for target, needle in ((photo, "json must be outside the data folder"), (notes, "not a doctor report")):
+        assert main(["doctor", str(data), "--json", str(target)]) == 2
+        assert needle in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in kept} == kept
+    report = tmp_path / "doctor.json"
+    for _ in range(2):  # new, then an earlier report replaced
+        assert main(["doctor", str(data), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["usable"] is True

@@ -24,10 +24,9 @@ def add_doctor(sub: Subparsers) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from floranet.data import doctor
-    from floranet.utils.files import check_writable
 
     if args.json:  # before the (long) scan
-        check_writable(doctor.check_json_target(args.json))
+        doctor.check_json_target(args.json, args.data_dir)
     report = doctor.diagnose(
         args.data_dir, max_pixels=args.max_pixels, workers=args.workers, progress=sys.stderr.isatty()
     )

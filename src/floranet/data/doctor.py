@@ -17,13 +17,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats, images
 from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
 from floranet.errors import ConfigError, DatasetError
-from floranet.utils.files import write_json
+from floranet.utils.files import check_replaceable, write_json
 from floranet.utils.text import map_strings, printable
 
 __all__ = ["IMAGE_EXTENSIONS", "DoctorReport", "FileFinding", "diagnose", "find_leaks"]
@@ -106,9 +107,9 @@ class DoctorReport:
         """Writes :meth:`to_dict` as JSON, atomically.
 
         Raises:
-            ConfigError: The folder of ``path`` does not exist.
+            ConfigError: The folder of ``path`` does not exist, it lies in the data folder, or it is another file.
         """
-        write_json(check_json_target(path), self.to_dict())
+        write_json(check_json_target(path, self.data_dir), self.to_dict())
 
     def format_text(self, *, max_rows: int = 50) -> str:
         """A terminal report: bad files, then notes, then classes and summary."""
@@ -152,11 +153,14 @@ class DoctorReport:
         return "\n".join(lines)
 
 
-def check_json_target(path: str | os.PathLike[str]) -> str:
-    """The absolute path a doctor report may be written to (checked before the scan, and again when written).
+def check_json_target(path: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> str:
+    """The absolute path a doctor report of ``data_dir`` may be written to (checked before the scan, and again
+    when written): outside the data folder, and new or an earlier doctor report, so nothing of the user's is
+    replaced.
 
     Raises:
-        ConfigError: Its folder does not exist.
+        ConfigError: Its folder does not exist, it lies in the data folder, or it is another file.
+        OutputError: It cannot be written.
     """
     target = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(target)
@@ -164,6 +168,14 @@ def check_json_target(path: str | os.PathLike[str]) -> str:
         raise ConfigError(
             f"Cannot write the doctor report: folder {folder!r} does not exist. Received: path={os.fspath(path)!r}"
         )
+    check_replaceable(
+        target,
+        arg="json",
+        ours="a doctor report (floranet doctor --json)",
+        is_ours=lambda head: head.startswith(b'{\n  "data_dir": '),
+        inside=[("the data folder", Path(data_dir))],
+        head=16,
+    )
     return target
 
 
