@@ -1,4 +1,4 @@
-"""Screens of four further ideas for the unknown answer, on the pretrained backbone alone (no training run).
+"""Screens of five further ideas for the unknown answer, on the pretrained backbone alone (no training run).
 
 Each flower_photos class is held out in turn, as in bench_unknown.py; every score here is computed on one
 ImageNet MobileNetV2 pass (../shared's Keras-layout file *with* its 1000-class top, 225 px), so a screen
@@ -16,6 +16,10 @@ beats that row here.
   (max probability − entropy). Against the energy of one ordinary head, and each added to the kNN row.
 - **Placeholders** (PROSER-like, Zhou et al. 2021): a head with one extra output, trained on mixes of two known
   classes' features as that output and with it as every image's runner-up; alone and added to the kNN row.
+- **Supervised contrastive head** (SupCon, Khosla et al. 2020; kNN on it as Sun et al. 2022): the same
+  Dense(512) head trained with a supervised contrastive loss (128-d projection, temperature 0.1, 40 epochs,
+  dropout as the view noise) instead of cross-entropy; centred cosine 1-NN on its hidden layer, against
+  the same on the cross-entropy head's hidden layer.
 
 Split: per class, a seeded 20% of the known images is validation (the negatives), 10% of the rest is a
 calibration slice that sets the z-statistics of the two-part sums (so no evaluated image sets them), and the
@@ -208,6 +212,52 @@ def _placeholders(x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int) ->
     return z[:, n] - z[:, :n].max(1)
 
 
+def _supcon(x: np.ndarray, y: np.ndarray, seed: int, temperature: float = 0.1) -> Any:
+    """Dropout 0.3 → Dense(512, relu) (returned) → Dense(128) projection, trained with the supervised
+    contrastive loss: each image's positives are the batch's other images of its class, in two dropout views."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((x.shape[1],))
+    hidden = keras.layers.Dense(512, "relu")(keras.layers.Dropout(0.3)(inputs))
+    model = keras.Model(inputs, [hidden, keras.layers.Dense(128)(hidden)])
+    opt = keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step(xb: Any, yb: Any) -> None:
+        with tf.GradientTape() as tape:
+            z = tf.math.l2_normalize(tf.concat([model(xb, training=True)[1], model(xb, training=True)[1]], 0), 1)
+            yy = tf.concat([yb, yb], 0)
+            off_diagonal = 1.0 - tf.eye(tf.shape(z)[0])
+            sim = (z @ tf.transpose(z)) / temperature - 1e9 * (1.0 - off_diagonal)
+            positive = tf.cast(tf.equal(yy[:, None], yy[None, :]), tf.float32) * off_diagonal
+            log_p = sim - tf.reduce_logsumexp(sim, 1, keepdims=True)
+            loss = -tf.reduce_mean(tf.reduce_sum(positive * log_p, 1) / tf.reduce_sum(positive, 1))
+        opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables, strict=True))
+
+    for _ in range(40):
+        order = rng.permutation(len(y))
+        for s in range(0, len(y), 256):
+            b = order[s : s + 256]
+            step(x[b], y[b].astype(np.int32))
+    return keras.Model(inputs, hidden)
+
+
+def _hidden_knn(hidden: Any, ref: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Centred cosine 1-NN on a head's Dense(512) layer (``hidden`` maps features to it)."""
+    return _knn(hidden.predict(ref, verbose=0), hidden.predict(query, verbose=0))
+
+
+def _ce_hidden(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    """The cross-entropy head of ``_head`` cut at its Dense(512) layer."""
+    import keras
+
+    head = _head(x, y, int(y.max()) + 1, seed)
+    return keras.Model(head.inputs, head.layers[1].output)
+
+
 def _energy(x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int) -> np.ndarray:
     z = _head(x, y, int(y.max()) + 1, seed).predict(query, verbose=0)
     m = z.max(1)
@@ -239,6 +289,8 @@ def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray
         "energy (one head)": _energy(pooled[train], y, pooled[ask], seed),
         "eloc": _eloc(pooled[train], y, pooled[ask], seed),
         "placeholders": _placeholders(pooled[train], y, pooled[ask], seed),
+        "knn on cross-entropy head": _hidden_knn(_ce_hidden(pooled[train], y, seed), pooled[train], pooled[ask]),
+        "knn on supcon head": _hidden_knn(_supcon(pooled[train], y, seed), pooled[train], pooled[ask]),
     }
     z = {k: (v - v[:n_cal].mean()) / v[:n_cal].std() for k, v in scores.items()}
     scores["knn + energy"] = z["knn pooled (reference)"] + z["energy (one head)"]

@@ -366,14 +366,14 @@ def render() -> str:
         *_unknown_variants(),
         (
             "unknown_screens",
-            "Unknown answer: four further ideas screened on the pretrained backbone alone (no training run)",
+            "Unknown answer: five further ideas screened on the pretrained backbone alone (no training run)",
             lambda r: (
                 table(r["rows"], list(r["rows"][0]))
                 + f"\n\n{r['images']} images at {r['image_size']} px, split seed {r['seed']}; one backbone pass "
-                f"{r['embed_seconds']} s. The reference row is the pooled-feature kNN that the shipped score builds "
-                "on. bench_unknown scores its candidates on trained runs' embeddings (its kNN and energy rows "
-                "are higher there), so compare rows within this table, not across sections: an idea earns a "
-                "training run only by beating its reference here."
+                f"{r['embed_seconds']} s{r.get('timing_note', '')}. The reference row is the pooled-feature kNN "
+                "that the shipped score builds on. bench_unknown scores its candidates on trained runs' "
+                "embeddings (its kNN and energy rows are higher there), so compare rows within this table, not "
+                "across sections: an idea earns a training run only by beating its reference here."
             ),
         ),
         (
