@@ -178,6 +178,14 @@ def test_names_that_start_like_a_formula_are_quoted_and_read_back(tmp_path: Path
     assert Split.from_csv(path) == split
 
 
+@pytest.mark.parametrize("name", ["'=eq", "''+b", "'", "'plain", "=a", "''"])
+def test_every_name_reads_back_as_it_was_quotes_included(name: str) -> None:
+    """A class folder named "'=eq" was written as it was and read back as "=eq": training failed at its end."""
+    from floranet.utils.text import formula_safe, unquote_formula
+
+    assert unquote_formula(formula_safe(name)) == name
+
+
 def test_check_split_against_current_files() -> None:
     class Finding:
         def __init__(self, path: str, label: str, sha256: str) -> None:

@@ -57,14 +57,21 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 def formula_safe(text: str) -> str:
     """A CSV cell of a name that a spreadsheet shows as text, never runs: one starting with ``= + - @`` (or a tab
-    or carriage return) gets a leading ``'``, which spreadsheets hide and do not save back.
-    :func:`unquote_formula` undoes it."""
-    return "'" + text if text[:1] in FORMULA_STARTS else text
+    or carriage return) gets a leading ``'``, which spreadsheets hide and do not save back; so does one that
+    already starts with quotes before such a character (``'=a``), so that :func:`unquote_formula` gives every
+    name back as it was."""
+    return "'" + text if _formula_behind_quotes(text) else text
 
 
 def unquote_formula(text: str) -> str:
-    """``text`` without the quote :func:`formula_safe` added (a ``'`` followed by a formula's first character)."""
-    return text[1:] if text[:1] == "'" and text[1:2] in FORMULA_STARTS else text
+    """``text`` without the quote :func:`formula_safe` added (a ``'`` followed by a formula's first character,
+    possibly behind further quotes)."""
+    return text[1:] if text[:1] == "'" and _formula_behind_quotes(text) else text
+
+
+def _formula_behind_quotes(text: str) -> bool:
+    rest = text.lstrip("'")
+    return bool(rest) and rest[0] in FORMULA_STARTS
 
 
 def csv_text(rows: Iterable[Sequence[object]]) -> str:
