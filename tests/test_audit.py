@@ -189,9 +189,14 @@ def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     quoted.write_text('"file","kind","score"\r\n"a/1.jpg","label_issue","0.9"\r\n')
     assert read_exclude(quoted) == ("a/1.jpg",)
     # The run's own record reads back as it was, names with ' #' or a line break included
-    odd = ("a/x #y.jpg", "b/new\nline.jpg", "c/plain.jpg")
+    odd = ("a/x #y.jpg", "b/new\nline.jpg", "c/plain.jpg", " lead/0.jpg", "trail /1.jpg ")
     (tmp_path / "excluded.txt").write_text(Curation(odd, {}).excluded_text())
     assert read_exclude(tmp_path / "excluded.txt") == odd
+    (tmp_path / "relabel.csv").write_text(Curation((), {" lead/1.jpg": "b"}).relabel_text())
+    assert read_relabel(tmp_path / "relabel.csv") == {" lead/1.jpg": "b"}
+    # A hand-written CSV's stray spaces still name the file (tried when no file has the name as written)
+    assert Curation((" a/1.jpg",), {}).resolved(["a/1.jpg", " lead/0.jpg"]).exclude == ("a/1.jpg",)
+    assert Curation((" lead/0.jpg",), {}).resolved(["lead/0.jpg", " lead/0.jpg"]).exclude == (" lead/0.jpg",)
     relabel = tmp_path / "relabel.csv"
     relabel.write_text("path,new_label\na/1.jpg,b\n")
     assert read_relabel(relabel) == {"a/1.jpg": "b"}

@@ -41,15 +41,16 @@ def _read(path: str | os.PathLike[str], name: str) -> str:
 
 
 def _relative(text: str, source: str | os.PathLike[str], line: int, name: str) -> str:
-    """A relative path as written: a backslash stays (a name may hold one); it is read as a separator only when
-    no file has the literal name (:meth:`Curation.resolved`)."""
+    """A relative path as written, spaces around it included (a CSV field holds a name exactly; a file or folder
+    may begin or end with a space): :meth:`Curation.resolved` tries it without them when no file has it. A
+    backslash stays (a name may hold one); it is read as a separator only when no file has the literal name."""
     p = text.strip()
     slashed = PurePosixPath(_slashed(p))
     if not p or slashed.is_absolute() or ".." in slashed.parts:
         raise ConfigError(
             f"{source} line {line}: paths must be relative to the data folder. Received: {name} path={text!r}"
         )
-    return str(PurePosixPath(p))
+    return str(PurePosixPath(text))
 
 
 def _slashed(path: str) -> str:
@@ -89,7 +90,8 @@ def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
         paths = [(reader.line_num, r.get(AUDIT_FILE_COLUMN) or "") for r in reader]
     else:
         # A comment starts at a '#' that begins the line or follows a space: 'img#2.jpg' is a file name.
-        paths = [(i, _COMMENT.split(ln, maxsplit=1)[0]) for i, ln in enumerate(text.splitlines(), 1)]
+        # Spaces around a path are a hand-written list's layout, not the name's.
+        paths = [(i, _COMMENT.split(ln, maxsplit=1)[0].strip()) for i, ln in enumerate(text.splitlines(), 1)]
     return tuple(dict.fromkeys(_relative(p, path, i, "exclude") for i, p in paths if p.strip()))
 
 
@@ -170,13 +172,15 @@ class Curation:
     def resolved(self, paths: Sequence[str]) -> Curation:
         """The entries matched to ``paths`` (the data folder's files): an entry names the file of its literal
         name, else, written with backslashes (a list made on Windows), the file of its ``/`` form, else, with the
-        quote floranet's CSV files put before a name a spreadsheet would run as a formula, the file without it."""
+        quote floranet's CSV files put before a name a spreadsheet would run as a formula, the file without it;
+        each of these, failing that, without the spaces around it (a hand-written list's)."""
         known = set(paths)
 
         def match(entry: str) -> str:
-            for form in (entry, _slashed(entry), unquote_formula(entry), _slashed(unquote_formula(entry))):
-                if form in known:
-                    return form
+            for text in (entry, entry.strip()):
+                for form in (text, _slashed(text), unquote_formula(text), _slashed(unquote_formula(text))):
+                    if form in known:
+                        return form
             return entry
 
         return Curation(
