@@ -752,3 +752,39 @@ def test_a_project_folder_with_a_settings_file_is_not_taken_for_a_run(tmp_path, 
     assert main(["train", str(data), "--out", str(run), "--config", str(project / "config.yaml")]) == 0
     assert main(["train", str(data), "--out", str(run), "--config", str(project / "config.yaml")]) == 2
     assert "already holds a run. Use --resume" in capsys.readouterr().err
+
+
+def test_every_decode_of_a_run_keeps_its_max_pixels(tmp_path, monkeypatch) -> None:
+    """The sample grid, the audit's thumbnails and the compiled model's check images were decoded at the default
+    limit: a run trained with a larger --max-pixels got empty pictures and a compiled model checked on nothing."""
+    from types import SimpleNamespace
+
+    from floranet.data import decode
+    from floranet.data.split import SplitRow
+    from floranet.evaluation import audit_report
+    from floranet.inference import compiled
+    from floranet.rundir import RunDir
+    from floranet.training import data as run_data
+
+    photo = tmp_path / "a" / "0.jpg"
+    photo.parent.mkdir()
+    Image.new("RGB", (40, 30), "red").save(photo)  # 1,200 pixels
+    assert compiled.check_pixels([photo], (16, 16), max_pixels=1000).shape[0] == 0
+    assert compiled.check_pixels([photo], (16, 16), max_pixels=1200).shape == (1, 16, 16, 3)
+
+    limits: list[int] = []
+    real = decode.decode_and_resize
+    monkeypatch.setattr(
+        decode, "decode_and_resize", lambda p, s, *, max_pixels: limits.append(max_pixels) or real(p, s)
+    )
+    run = RunDir(tmp_path / "run")
+    row = SplitRow("a/0.jpg", "a", "train", "")
+    config = SimpleNamespace(seed=0, image_size=(16, 16), max_pixels=77_000_000)
+    prepared = SimpleNamespace(
+        split=SimpleNamespace(train=lambda: [row]), abs_path=lambda p: tmp_path / p, config=config
+    )
+    run_data._sample_grid(prepared, run)
+    finding = SimpleNamespace(file="a/0.jpg", kind="outlier", score=1.0, given_label="a", suggested_label="")
+    result = SimpleNamespace(of_kind=lambda *kinds: [finding])
+    audit_report._gallery(result, tmp_path, "outlier", 1, tmp_path / "g.png", 77_000_000)
+    assert limits == [77_000_000, 77_000_000]

@@ -65,12 +65,13 @@ def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:
     )
 
 
-def write_audit(run: RunDir, result: AuditResult, data_dir: Path) -> None:
-    """``audit.json``, ``audit.csv``, ``plots/audit_*.png`` and ``audit.html`` into ``run``."""
+def write_audit(run: RunDir, result: AuditResult, data_dir: Path, max_pixels: int) -> None:
+    """``audit.json``, ``audit.csv``, ``plots/audit_*.png`` and ``audit.html`` into ``run`` (thumbnails decoded
+    within the run's ``max_pixels``)."""
     run.write_json(RunDir.AUDIT, to_json(result, data_dir))
     run.write_text(RunDir.AUDIT_CSV, to_csv(result))
     for group, n in GALLERY.items():
-        _gallery(result, data_dir, group, n, run.plot(f"audit_{group}.png"))
+        _gallery(result, data_dir, group, n, run.plot(f"audit_{group}.png"), max_pixels)
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>floranet audit</title>"
         f"<style>{_CSS}</style></head><body><h1>floranet audit</h1>"
@@ -86,14 +87,14 @@ def _group(result: AuditResult, group: str) -> list[Any]:
     return result.of_kind(group)
 
 
-def _gallery(result: AuditResult, data_dir: Path, group: str, n: int, path: Path) -> None:
+def _gallery(result: AuditResult, data_dir: Path, group: str, n: int, path: Path, max_pixels: int) -> None:
     rows = _group(result, group)[:n]
     path.unlink(missing_ok=True)  # an older audit's picture must not outlive it
     images, titles = [], []
     for f in rows:
         files = [f.file, f.other_file] if group == "duplicate" else [f.file]
         try:
-            pixels = [decode.decode_and_resize(str(data_dir / p), THUMB) for p in files]
+            pixels = [decode.decode_and_resize(str(data_dir / p), THUMB, max_pixels=max_pixels) for p in files]
         except DatasetError:
             continue
         for p, px in zip(files, pixels, strict=True):

@@ -58,12 +58,13 @@ MAX_SCORE_REL_DIFF = 1e-3
 CHECK_IMAGES = 32
 
 
-def check_pixels(files: list[Path], size: tuple[int, int]) -> np.ndarray:
-    """The first :data:`CHECK_IMAGES` of ``files`` that decode, resized: what the agreement check runs on."""
+def check_pixels(files: list[Path], size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """The first :data:`CHECK_IMAGES` of ``files`` that decode (within the run's ``max_pixels``, as training
+    decoded them), resized: what the agreement check runs on."""
     pixels = []
     for path in files[:CHECK_IMAGES]:
         try:
-            pixels.append(load_resized(path, size))
+            pixels.append(load_resized(path, size, max_pixels=max_pixels))
         except DatasetError:
             continue
     return np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.float32)

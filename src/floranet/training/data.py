@@ -239,7 +239,8 @@ def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
     images, titles = [], []
     for r in picks:
         try:
-            images.append(decode.decode_and_resize(str(prepared.abs_path(r.path)), prepared.config.image_size))
+            path, size = str(prepared.abs_path(r.path)), prepared.config.image_size
+            images.append(decode.decode_and_resize(path, size, max_pixels=prepared.config.max_pixels))
             titles.append(r.label)
         except DatasetError:
             continue

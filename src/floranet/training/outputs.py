@@ -90,7 +90,8 @@ def compile_model_ir(
     is still that one)."""
     rows = prepared.split.validation() or prepared.split.train()
     files = [prepared.abs_path(row.path) for row in rows]
-    return compiled.compile_run(run, model, compiled.check_pixels(files, prepared.config.image_size), backbone=backbone)
+    pixels = compiled.check_pixels(files, prepared.config.image_size, prepared.config.max_pixels)
+    return compiled.compile_run(run, model, pixels, backbone=backbone)
 
 
 def validation_predictions(

@@ -123,7 +123,7 @@ def audit(
                 "and readable?"
             )
         result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
-        write_audit(run, result, data_dir)
+        write_audit(run, result, data_dir, config.max_pixels)
         if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
             from floranet.evaluation.report import build_report
 
