@@ -124,6 +124,7 @@ class DoctorReport:
             if len(problems) > max_rows:
                 lines.append(f"  ... and {len(problems) - max_rows} more (write the full list with --json FILE)")
             lines.append("")
+        lines += _worth_a_look([f for f in self.files if f.worth_a_look], max_rows)
         lines.append("Classes (usable images):")
         name_w = max([len(printable(c)) for c in self.classes] + [5])
         for c, n in self.classes.items():
@@ -151,6 +152,18 @@ class DoctorReport:
         )
         lines += ["", "Verdict: usable" if self.usable else f"Verdict: NOT usable: {printable(self.reason)}"]
         return "\n".join(lines)
+
+
+def _worth_a_look(files: list[FileFinding], max_rows: int) -> list[str]:
+    """The printout's lines on ignored entries that may have been meant as images (the rest are only counted)."""
+    if not files:
+        return []
+    width = min(48, max(len(printable(f.path)) for f in files[:max_rows]))
+    lines = [f"Ignored, perhaps meant as images ({len(files)}):"]
+    lines += [f"  {printable(f.path):<{width}}  {printable(f.reason)}" for f in files[:max_rows]]
+    if len(files) > max_rows:
+        lines.append(f"  ... and {len(files) - max_rows} more (write the full list with --json FILE)")
+    return [*lines, ""]
 
 
 def check_json_target(path: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> str:

@@ -38,6 +38,8 @@ class FileFinding:
         width: Upright width, for usable images.
         height: Upright height, for usable images.
         tf_decodable: TensorFlow decodes it to the same pixels (fast path).
+        worth_a_look: An ignored entry the user may have meant as an image (an image left beside the class
+            folders, an image under another extension, one that cannot be examined): the printout names it.
     """
 
     path: str
@@ -48,6 +50,7 @@ class FileFinding:
     width: int | None = None
     height: int | None = None
     tf_decodable: bool = False
+    worth_a_look: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,27 +93,29 @@ class Scan:
                     self.visited.add(key)
                     class_dirs.append((e, key))
             else:
-                self._ignore(e.name, "not inside a class folder")
+                # Only a regular file is opened to look: a named pipe or a device would block or never end.
+                looks = e.is_file() and (_is_image_name(e.name) or _sniffed(e.path) is not None)
+                self._ignore(e.name, "not inside a class folder", worth_a_look=looks)
         for e, key in sorted(class_dirs, key=lambda d: d[0].name):
             self.classes.append(e.name)
             self._walk(e.name, e.path, frozenset({root_key, key}))
 
-    def _ignore(self, path: str, reason: str) -> None:
-        self.findings.append(FileFinding(path, None, "ignored", reason))
+    def _ignore(self, path: str, reason: str, *, worth_a_look: bool = False) -> None:
+        self.findings.append(FileFinding(path, None, "ignored", reason, worth_a_look=worth_a_look))
 
     def _stat(self, path: str, e: os.DirEntry, label: str | None) -> os.stat_result | None:
         """``e``'s stat (symlinks followed), or None with the entry recorded as a finding."""
         try:
             return e.stat()
         except FileNotFoundError:
-            is_image = os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            is_image = _is_image_name(e.name)
             if label is not None and is_image:
                 self.findings.append(FileFinding(path, label, "bad", "broken symlink"))
             else:
-                self._ignore(path, "broken symlink")
+                self._ignore(path, "broken symlink", worth_a_look=is_image)
         except OSError as err:
-            looped = err.errno == errno.ELOOP
-            self._ignore(path, "symlink loop" if looped else f"cannot be examined: {_os_reason(err)}")
+            reason = "symlink loop" if err.errno == errno.ELOOP else f"cannot be examined: {_os_reason(err)}"
+            self._ignore(path, reason, worth_a_look=True)
         return None
 
     def _walk(self, label: str, top: str, ancestors: frozenset[tuple[int, int]]) -> None:
@@ -142,10 +147,11 @@ class Scan:
                         stack.append((e.path, path, anc | {key}))
                 elif not e.is_file():
                     self._ignore(path, "not a regular file")
-                elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                elif _is_image_name(e.name):
                     self.candidates.append(Candidate(path, e.path, label))
                 else:
-                    self._ignore(path, _non_image_reason(e.path, e.name))
+                    fmt = _sniffed(e.path)
+                    self._ignore(path, _non_image_reason(e.name, fmt), worth_a_look=fmt is not None)
 
 
 def _entries(folder: str) -> list[os.DirEntry]:
@@ -169,13 +175,21 @@ def _hidden_reason(entry: os.DirEntry) -> str:
     return f"{kind} folder (not scanned)" if is_dir else f"{kind} file"
 
 
-def _non_image_reason(path: str, name: str) -> str:
-    ext = os.path.splitext(name)[1] or "(none)"
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _sniffed(path: str) -> str | None:
+    """The image format a file's first bytes show (None: none, or unreadable)."""
     try:
         with open(path, "rb") as f:
-            fmt = formats.sniff_format(f.read(32))
+            return formats.sniff_format(f.read(32))
     except OSError:
-        fmt = None
+        return None
+
+
+def _non_image_reason(name: str, fmt: str | None) -> str:
+    ext = os.path.splitext(name)[1] or "(none)"
     if fmt is None:
         return f"not an image file extension ({ext})"
     return f"not an image file extension ({ext}), although the content looks like {fmt}: rename it to use it"
