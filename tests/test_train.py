@@ -90,6 +90,23 @@ def test_auto_precision_fine_tunes_in_mixed_bf16_on_a_bf16_cpu(images, tmp_path,
     assert runtime.training_precision("auto")[0] == "float32"
 
 
+def test_precision_bf16_trains_on_openvino(images, tmp_path) -> None:
+    """--precision bf16 builds a mixed-precision model, whose bf16 casts OpenVINO's converter could not read: stage
+    1's feature extraction (and the prefix it also writes) failed with a RuntimeError traceback on every CPU."""
+    pytest.importorskip("openvino")
+    cfg = config.resolve(
+        data_dir=str(images),
+        out=str(tmp_path / "run"),
+        epochs=1,
+        fine_tune_epochs=1,
+        **{**FAST, "runtime": "openvino", "precision": "bf16"},
+    )
+    run = train(cfg, progress=False, say=lambda _: None).run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["precision"] == {"features": "openvino-bf16", "fine_tune": "mixed_bfloat16"}
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def test_cached_feature_head_equals_full_model(images, tmp_path) -> None:
     cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), preset="tutorial", epochs=2, **FAST)
     run = train(cfg, progress=False, say=lambda m: None).run_dir

@@ -194,7 +194,7 @@ def compile_inference(
         calibration: Images (float32 ``[N, H, W, 3]``) that int8 quantization is calibrated on.
     """
     if choice.runtime == "openvino":
-        ov_model = to_openvino(model)
+        ov_model = to_openvino(float32_twin(model))
         if choice.precision == "int8":
             ov_model = quantize_int8(ov_model, calibration)
         return OpenVINOInference(ov_model, choice.precision, streaming=streaming, threads=threads)
@@ -207,6 +207,36 @@ def compile_inference(
         return np.asarray(keras.ops.cast(fn(tf.convert_to_tensor(x, tf.float32)), "float32"))
 
     return run
+
+
+def float32_twin(model: keras.Model) -> keras.Model:
+    """``model`` itself when every layer computes in float32, else a float32 copy with its weights: a
+    mixed-precision model (``--precision bf16`` builds one) carries bf16 casts that OpenVINO's converter cannot
+    read, and OpenVINO picks its own precision from the :class:`RuntimeChoice` anyway."""
+
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in _all_layers(model)):
+        return model
+    # Rebuilt from its config with every bf16 dtype float32: nested models' inputs too (a part cut from a mixed
+    # model takes bf16 inputs, which cloning layer by layer keeps).
+    twin = model.__class__.from_config(_as_float32(model.get_config()))
+    twin.set_weights(model.get_weights())  # a mixed model keeps float32 variables: the same list, in order
+    return twin
+
+
+def _as_float32(config: Any) -> Any:
+    if isinstance(config, dict):
+        return {k: _as_float32(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_as_float32(v) for v in config]
+    return "float32" if config in ("mixed_bfloat16", "bfloat16") else config
+
+
+def _all_layers(model: Any) -> Iterator[Any]:
+    """``model``'s layers, those of nested models included (a model built from a mixed one's layers is itself
+    float32: only its layers say how they compute)."""
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _all_layers(layer)
 
 
 def to_openvino(model: keras.Model) -> Any:
