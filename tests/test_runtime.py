@@ -36,6 +36,19 @@ def test_auto_choice_follows_the_machine(monkeypatch) -> None:
     assert runtime.choose("tensorflow", "fp32").key == "tensorflow-fp32"
 
 
+def test_bf16_asked_for_on_a_cpu_without_it_is_said_to_be_emulated(monkeypatch) -> None:
+    """--precision bf16 on an AVX2 CPU was accepted silently ("as requested"), though it is emulated there."""
+    monkeypatch.setattr(runtime, "gpu_available", lambda: False)
+    monkeypatch.setattr(runtime, "openvino_available", lambda: True)
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    for choice in (runtime.choose("openvino", "bf16"), runtime.choose_inference("auto", "bf16")):
+        assert choice.key == "openvino-bf16" and "no native bf16" in choice.reason and "emulated" in choice.reason
+    assert "emulated" in runtime.training_precision("bf16")[1]
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    assert "emulated" not in runtime.choose("openvino", "bf16").reason
+    assert runtime.training_precision("bf16") == ("mixed_bfloat16", "as requested")
+
+
 def test_invalid_choices() -> None:
     with pytest.raises(ConfigError, match="Received: runtime='onnx'"):
         runtime.choose("onnx")

@@ -132,7 +132,16 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
             )
     elif precision == "bf16" and runtime == "tensorflow":
         reasons.append("bf16 via Keras mixed_bfloat16")
+    if precision == "bf16" and not native_bf16() and (runtime == "openvino" or not gpu_available()):
+        reasons.append(NOT_NATIVE_BF16)
     return RuntimeChoice(runtime, precision, "; ".join(reasons) or "as requested")
+
+
+# Said wherever bf16 is asked for by name on a CPU that cannot compute it (auto never picks it there).
+NOT_NATIVE_BF16 = (
+    "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32 (OpenVINO may compute "
+    "fp32 instead), and --precision auto would pick fp32"
+)
 
 
 def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
@@ -145,7 +154,9 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
     """
     check_choice("precision", precision, PRECISIONS)
     if runtime == "auto" and precision == "bf16":  # whatever the number of images: only OpenVINO can
-        return replace(choose("openvino", "bf16"), reason="bf16 as requested: inference in bf16 runs on OpenVINO")
+        asked = choose("openvino", "bf16")
+        why = "bf16 as requested: inference in bf16 runs on OpenVINO"
+        return replace(asked, reason=why if asked.reason == "as requested" else f"{why}; {asked.reason}")
     choice = choose(runtime, precision, images=images)
     if choice.runtime == "tensorflow" and choice.precision == "bf16":
         raise ConfigError(
@@ -163,7 +174,8 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     """
     check_choice("precision", precision, TRAIN_PRECISIONS)
     if precision == "bf16":
-        return "mixed_bfloat16", "as requested"
+        emulated = not native_bf16() and not gpu_available()
+        return "mixed_bfloat16", f"as requested; {NOT_NATIVE_BF16}" if emulated else "as requested"
     if precision in ("fp32", "int8"):
         return "float32", "as requested" if precision == "fp32" else "int8 is for the frozen layers' inference"
     if gpu_available():
