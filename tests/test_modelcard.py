@@ -137,9 +137,15 @@ def test_card_training_time_is_the_trainings_not_the_whole_command(writable_run:
     import json
 
     metrics = json.loads((writable_run / "metrics.json").read_text())
+    assert metrics.pop("trained_on")["cores"]  # training records its machine; a run from before did not
     metrics["timings_s"] = {"training": 12.0, "audit": 40.0, "total": 99.0}
     (writable_run / "metrics.json").write_text(json.dumps(metrics))
     assert "| training time | 12 s |" in write_model_card(writable_run).read_text(encoding="utf-8")
     metrics["timings_s"] = {"total": 7.0}  # as metrics.json holds them while train is still running
     (writable_run / "metrics.json").write_text(json.dumps(metrics))
     assert "| training time | 7 s |" in write_model_card(writable_run).read_text(encoding="utf-8")
+    # A time holds for the CPU kind that took it: the card names it.
+    metrics["trained_on"] = {"cpu": "Imaginary CPU 9000", "cores": "2", "native bf16": "no"}
+    (writable_run / "metrics.json").write_text(json.dumps(metrics))
+    card = write_model_card(writable_run).read_text(encoding="utf-8")
+    assert "| training time | 7 s on Imaginary CPU 9000, 2 cores |" in card

@@ -46,6 +46,22 @@ def test_report_is_self_contained(writable_run) -> None:
     assert html.count("data:image/png;base64,") >= 5
 
 
+def test_the_reports_environment_is_the_machine_that_trained_the_run(writable_run) -> None:
+    """The Environment table showed the machine that ran `floranet report`, beside times measured on another."""
+    import json
+
+    metrics = json.loads((writable_run / "metrics.json").read_text())
+    metrics["trained_on"] = {**metrics["trained_on"], "cpu": "Imaginary CPU 9000"}
+    (writable_run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(writable_run)]) == 0
+    html = (writable_run / "report.html").read_text()
+    assert "Imaginary CPU 9000" in html and "the machine that trained the run" in html
+    del metrics["trained_on"]  # a run from before training recorded its machine
+    (writable_run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(writable_run)]) == 0
+    assert "this machine (the run did not record its own)" in (writable_run / "report.html").read_text()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when it can)")
 def test_report_renders_in_headless_chromium(writable_run, artifacts_dir) -> None:
     from playwright.sync_api import sync_playwright

@@ -32,7 +32,7 @@ from floranet.utils.text import csv_text
 
 VALIDATION = "validation split"
 # Facts of the training run kept in metrics.json when an evaluation is written again.
-TRAINING_FACTS = ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision")
+TRAINING_FACTS = ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision", "trained_on")
 
 
 @dataclass(frozen=True)

@@ -252,9 +252,19 @@ def _recipe(f: _Facts) -> list[str]:
         ("augmentation", c.augment),
         ("early stopping patience", str(c.early_stopping_patience)),
         ("precision", ", ".join(f"{k} {v}" for k, v in precision.items()) if precision else c.precision),
-        ("training time", f"{trained:.0f} s" if trained is not None else "not recorded"),
+        ("training time", _training_time(trained, f.metrics.get("trained_on"))),
     ]
     return ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "`config.yaml` has all."]
+
+
+def _training_time(seconds: Any, machine: Any) -> str:
+    """Seconds, on the machine that took them (a time holds for that CPU kind only)."""
+    if not isinstance(seconds, (int, float)):
+        return "not recorded"
+    if not isinstance(machine, dict):
+        return f"{seconds:.0f} s"
+    bf16 = ", native bf16" if str(machine.get("native bf16", "")).startswith("yes") else ""
+    return f"{seconds:.0f} s on {_md(str(machine.get('cpu', '?')))}, {_md(str(machine.get('cores', '?')))} cores{bf16}"
 
 
 def _epochs(f: _Facts, stage: str, planned: int) -> str:

@@ -252,6 +252,12 @@ def _calibration(run: RunDir, metrics: dict[str, Any]) -> str:
 
 
 def _environment(metrics: dict[str, Any]) -> str:
-    rows: list[list[Any]] = [[k, v] for k, v in environment().items()]
+    """The machine that trained the run (its timings are that machine's), or this one for a run that did not
+    record it."""
+    trained_on = metrics.get("trained_on")
+    recorded = isinstance(trained_on, dict)
+    machine = trained_on if isinstance(trained_on, dict) else environment()
+    rows: list[list[Any]] = [[k, v] for k, v in machine.items()]
     rows += [[f"time: {k}", f"{v} s"] for k, v in metrics.get("timings_s", {}).items()]
-    return "<h2>Environment</h2>" + _table(["", ""], rows)
+    caption = "the machine that trained the run" if recorded else "this machine (the run did not record its own)"
+    return f"<h2>Environment</h2><p>Of {caption}.</p>" + _table(["", ""], rows)

@@ -37,6 +37,7 @@ from floranet.training.stages import (
     prefix_cache_stage2,
     run_stage,
 )
+from floranet.utils import system
 
 Say = Callable[[str], None]
 
@@ -181,6 +182,7 @@ def _finish(
         "split": {"train": len(prepared.split.train()), "validation": len(prepared.split.validation())},
         "distribute": ctx.dist.describe(config.batch_size),
         "precision": precisions,
+        "trained_on": system.environment(),  # the report, built later or elsewhere, shows this machine's
     }
     ctx.state.complete = True
     ctx.state.save(run)

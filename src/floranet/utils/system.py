@@ -55,6 +55,7 @@ def environment() -> dict[str, str]:
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cores": str(os.cpu_count()),
+        "native bf16": "yes (AVX512_BF16/AMX)" if native_bf16() else "no",
     }
 
 
