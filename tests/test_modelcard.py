@@ -41,6 +41,18 @@ def test_train_writes_a_card_with_the_required_keys_and_results(tiny_run: Path) 
     assert "random weights" in text
 
 
+def test_the_cards_intended_use_says_what_an_unknown_photo_gets(writable_run: Path) -> None:
+    """With an unknown answer fitted, the card said "the model always answers one of its classes", and its
+    Limitations that such images are answered "unknown"."""
+    assert (writable_run / "ood.json").exists()
+    card = write_model_card(writable_run).read_text(encoding="utf-8")
+    use = card[card.index("## Intended use") : card.index("## How to use")]
+    assert 'answers "unknown" for images unlike every class' in use and "always answers one" not in use
+    (writable_run / "ood.json").unlink()
+    card = write_model_card(writable_run).read_text(encoding="utf-8")
+    assert "always answers one of its classes" in card[card.index("## Intended use") : card.index("## How to use")]
+
+
 def test_card_validates_with_huggingface_hub(tiny_run: Path) -> None:
     hub = pytest.importorskip("huggingface_hub")
     card = hub.ModelCard((tiny_run / "README.md").read_text(encoding="utf-8"))

@@ -43,6 +43,7 @@ def test_report_is_self_contained(writable_run) -> None:
     ):
         assert needle in html
     assert "http://" not in html and "https://" not in html and "<script" not in html
+    assert "random weights (<code>--weights none</code>)" in html  # asked for, not a missing download
     assert html.count("data:image/png;base64,") >= 5
 
 

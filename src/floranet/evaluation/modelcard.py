@@ -185,12 +185,21 @@ def _intro(f: _Facts) -> str:
 
 
 def _intended_use(f: _Facts) -> list[str]:
+    if f.ood is None:
+        unknown = (
+            "The model always answers one of its classes (softmax), so a photo of an unknown kind still gets a "
+            "confident-looking label; check `low_confidence` in floranet's answers"
+        )
+    else:
+        unknown = (
+            'floranet answers "unknown" for images unlike every class (`ood.json`, see Limitations; `--unknown off` '
+            "turns it off), but a photo "
+            "close to a class it was not trained on can still get a confident label"
+        )
     return [
         f"Sorting photos like those of `{_code(f.dataset)}` into its classes: {_names(f.class_names)}.",
         "",
-        "Out of scope: images of anything else. The model always answers one of its classes (softmax), so a "
-        "photo of an unknown kind still gets a confident-looking label; check `low_confidence` in floranet's "
-        "answers and keep a person in the loop where a wrong label matters.",
+        f"Out of scope: images of anything else. {unknown}; keep a person in the loop where a wrong label matters.",
     ]
 
 

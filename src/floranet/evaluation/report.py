@@ -187,7 +187,7 @@ def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
         + f"</div><p class=muted>On the {html.escape(ev.source)} only (never on training images).</p>"
     )
     if metrics.get("weights") == "none":
-        out += "<p class=bad>This model was trained from random weights (no ImageNet weights were available).</p>"
+        out += "<p class=bad>This model was trained from random weights (<code>--weights none</code>).</p>"
     return out
 
 
