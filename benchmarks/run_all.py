@@ -144,7 +144,9 @@ def _predict(r: dict) -> str:
 def _machine(m: dict) -> str:
     kind = "bf16 CPU (native AVX512_BF16/AMX)" if m.get("native_bf16") else "CPU without native bf16"
     if "native_bf16" not in m:
-        kind = "bf16 CPU" if "avx512_bf16" in m.get("cpu_flags", []) else "CPU without native bf16"
+        from floranet.utils.system import BF16_FLAGS
+
+        kind = "bf16 CPU" if BF16_FLAGS & set(m.get("cpu_flags", [])) else "CPU without native bf16"
     return (
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, flags {', '.join(m.get('cpu_flags', []))}: "
         f"**{kind}**; TensorFlow {m.get('tensorflow', '?')}"
