@@ -11,7 +11,8 @@ through ``floranet.load(run).predict_files`` (the predictor's own two-output cal
 ``ood.json``): AUROC of the score (held-out = positive) and the false-"known" rate at the run's threshold
 (chosen on validation to keep 95% of known images). The same images' cached embeddings then score every
 candidate (kNN at several k, Mahalanobis, class mean, max calibrated probability, energy, max logit, ``combined``
-without its class-mean part as it was before, and published post-hoc scores).
+without its class-mean part as it was before, published post-hoc scores, and kNN on a supervised contrastive
+head, bench_unknown_screens.py's best screen).
 
 A sixth run on all 5 classes answers non-flower photos that ship with installed packages (matplotlib's
 grace_hopper.jpg, public domain; scikit-learn's china.jpg, CC BY 2.0; with ``floranet[bench]``, 15 of
@@ -136,6 +137,7 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
     candidates.update(
         literature_scores(head_weights(model), train_e.features, known_e.features, other_e.features, train_e.labels)
     )
+    candidates.update(supcon_candidates(train_e, known_e, other_e, candidates["combined (k=1)"]))
     for name, (k, o) in candidates.items():
         threshold = unknown_lib.threshold_for(k, 0.95)  # the rule unknown.fit uses
         methods[name] = {
@@ -165,6 +167,28 @@ def combined_before(model: Any, train: Any, known: Any, other: Any, num_classes:
     stats.update(unknown_lib.z_scoring(stats, known.features, unknown_lib.DEFAULT_K))
     k, o = (unknown_lib.score("combined", stats, e.features, e.probs) for e in (known, other))
     return k, o
+
+
+SUPCON = "knn on a supcon head"
+
+
+def supcon_candidates(
+    train: Any, known: Any, other: Any, combined: tuple[np.ndarray, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The best screen of bench_unknown_screens.py on the run's own embeddings: centred cosine 1-NN on the hidden
+    layer of a supervised contrastive head trained on the training images' features; alone, and averaged with
+    ``combined`` (each z-scored on the known images, as training z-scores its parts). For comparison only."""
+    from bench_unknown_screens import centred_knn, supcon_head
+
+    hidden = supcon_head(train.features, np.asarray(train.labels), seed=0)
+    reference = hidden.predict(train.features, verbose=0)
+    pair = tuple(centred_knn(reference, hidden.predict(e.features, verbose=0)) for e in (known, other))
+
+    def z(scores: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        return [(a - scores[0].mean()) / scores[0].std() for a in scores]
+
+    (zc_known, zc_other), (zs_known, zs_other) = z(combined), z(pair)
+    return {SUPCON: (pair[0], pair[1]), f"combined + {SUPCON}": ((zc_known + zs_known) / 2, (zc_other + zs_other) / 2)}
 
 
 def literature_scores(
@@ -367,6 +391,7 @@ def _non_flower_methods(result: Any, classes: list[str], images: dict[str, str],
     odd_e = _embeddings(run.path, result.model, rows, classes, links)
     candidates = compare(result.model, train_e, known_e, odd_e, num_classes=len(classes), temperature=run.temperature())
     candidates[COMBINED_BEFORE] = combined_before(result.model, train_e, known_e, odd_e, len(classes))
+    candidates.update(supcon_candidates(train_e, known_e, odd_e, candidates["combined (k=1)"]))
     out = []
     for name, (k, o) in candidates.items():
         threshold = unknown_lib.threshold_for(k, 0.95)  # the rule unknown.fit uses

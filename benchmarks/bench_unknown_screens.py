@@ -101,7 +101,7 @@ def _centred(ref: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [(a - mu) / np.linalg.norm(a - mu, axis=1, keepdims=True) for a in (ref, *others)]
 
 
-def _knn(ref: np.ndarray, query: np.ndarray) -> np.ndarray:
+def centred_knn(ref: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Centred cosine distance to the nearest reference row."""
     r, q = _centred(ref, query)
     return 1.0 - (q @ r.T).max(1)
@@ -212,7 +212,7 @@ def _placeholders(x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int) ->
     return z[:, n] - z[:, :n].max(1)
 
 
-def _supcon(x: np.ndarray, y: np.ndarray, seed: int, temperature: float = 0.1) -> Any:
+def supcon_head(x: np.ndarray, y: np.ndarray, seed: int, temperature: float = 0.1) -> Any:
     """Dropout 0.3 → Dense(512, relu) (returned) → Dense(128) projection, trained with the supervised
     contrastive loss: each image's positives are the batch's other images of its class, in two dropout views."""
     import keras
@@ -247,7 +247,7 @@ def _supcon(x: np.ndarray, y: np.ndarray, seed: int, temperature: float = 0.1) -
 
 def _hidden_knn(hidden: Any, ref: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Centred cosine 1-NN on a head's Dense(512) layer (``hidden`` maps features to it)."""
-    return _knn(hidden.predict(ref, verbose=0), hidden.predict(query, verbose=0))
+    return centred_knn(hidden.predict(ref, verbose=0), hidden.predict(query, verbose=0))
 
 
 def _ce_hidden(x: np.ndarray, y: np.ndarray, seed: int) -> Any:
@@ -282,15 +282,15 @@ def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray
     pooled, logits = feats["pooled"], feats["logits"]
     y = np.searchsorted(np.unique(labels[train]), labels[train])
     scores = {
-        "knn pooled (reference)": _knn(pooled[train], pooled[ask]),
-        "knn imagenet logits": _knn(logits[train], logits[ask]),
+        "knn pooled (reference)": centred_knn(pooled[train], pooled[ask]),
+        "knn imagenet logits": centred_knn(logits[train], logits[ask]),
         "imagenet known mass": _known_mass(logits[train], logits[ask]),
         **{f"patch knn {k}": v for k, v in _patch_scores(feats["patches"][train], feats["patches"][ask], seed).items()},
         "energy (one head)": _energy(pooled[train], y, pooled[ask], seed),
         "eloc": _eloc(pooled[train], y, pooled[ask], seed),
         "placeholders": _placeholders(pooled[train], y, pooled[ask], seed),
         "knn on cross-entropy head": _hidden_knn(_ce_hidden(pooled[train], y, seed), pooled[train], pooled[ask]),
-        "knn on supcon head": _hidden_knn(_supcon(pooled[train], y, seed), pooled[train], pooled[ask]),
+        "knn on supcon head": _hidden_knn(supcon_head(pooled[train], y, seed), pooled[train], pooled[ask]),
     }
     z = {k: (v - v[:n_cal].mean()) / v[:n_cal].std() for k, v in scores.items()}
     scores["knn + energy"] = z["knn pooled (reference)"] + z["energy (one head)"]

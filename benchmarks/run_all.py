@@ -241,6 +241,7 @@ def _unknown(r: dict) -> str:
             if r.get("non_flowers_methods")
             else ""
         )
+        + (f"\n\n{r['note']}" if r.get("note") else "")
     )
 
 
