@@ -579,6 +579,55 @@ def test_a_request_http_cannot_parse_gets_a_json_400(hardened_app) -> None:
             assert json.loads(body)["error"].startswith("malformed HTTP request")
 
 
+def _one_answer(s: socket.socket) -> tuple[bytes, bytes]:
+    """Reads one HTTP answer (head and ``Content-Length`` body) from a raw connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))[15:])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head, body
+
+
+def test_headers_past_the_bound_get_a_json_431_and_the_connection_closes(hardened_app) -> None:
+    """httptools keeps a header that is still arriving in memory: one connection streamed a header for the whole
+    header timeout, and 32 of them held 1.1 GB and slowed everyone's /health."""
+    from floranet import serving
+
+    with serving.serve_in_thread(hardened_app) as url:
+        limit = hardened_app.state.guard.max_header_bytes
+        assert limit == 64 * 1024  # the default
+        with connect(url) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * limit)
+            head, body = _one_answer(s)
+            assert s.recv(4096) == b""  # closed after the answer
+        assert head.startswith(b"HTTP/1.1 431") and b"content-type: application/json" in head.lower(), head
+        assert "max_header_bytes=65536" in json.loads(body)["error"]
+
+
+def test_headers_under_the_bound_are_counted_per_request_and_bodies_not_at_all(hardened_app) -> None:
+    from floranet import serving
+
+    with serving.serve_in_thread(hardened_app) as url, connect(url) as s:
+        for close in ("", "Connection: close\r\n"):  # two 40 KiB headers on one connection: 80 KiB in all
+            s.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{close}X-Big: {'a' * 40_000}\r\n\r\n".encode())
+            head, body = _one_answer(s)
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["status"] == "ok", head
+    with serving.serve_in_thread(hardened_app) as url, connect(url) as s:
+        junk = b"x" * 200_000  # sent with its headers in one piece: the body is not a header's bytes
+        s.sendall(
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: image/jpeg\r\nContent-Length: {len(junk)}\r\n\r\n".encode()
+            + junk
+        )
+        head, _ = _one_answer(s)
+        assert head.startswith(b"HTTP/1.1 415"), head
+
+
 def test_postscript_upload_gets_415_without_tool_output(hardened_app) -> None:
     from fastapi.testclient import TestClient
 

@@ -37,7 +37,7 @@ from floranet.config.choices import (
 )
 from floranet.config.compare import CompareConfig
 from floranet.config.train import FIELDS, TrainConfig, load_file, resolve
-from floranet.config.use import InferenceConfig, ServeConfig
+from floranet.config.use import MAX_HEADER_BYTES, InferenceConfig, ServeConfig
 
 __all__ = [
     "AUGMENT_CHOICES",
@@ -50,6 +50,7 @@ __all__ = [
     "FIELDS",
     "LOOPBACK_HOSTS",
     "MAX_CONFIG_BYTES",
+    "MAX_HEADER_BYTES",
     "MIN_IMAGE_SIZE",
     "OUTPUT_FORMATS",
     "PRECISIONS",

@@ -17,6 +17,11 @@ from floranet.config.choices import (
     is_name,
 )
 
+# The most bytes of a request line and headers the server reads before answering 431 (nginx allows 32 KiB,
+# uvicorn's h11 parser 16 KiB): httptools keeps a header that is still arriving in memory, growing it by copies,
+# so without a bound one connection could stream one header for the whole header timeout.
+MAX_HEADER_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class InferenceConfig:
@@ -76,6 +81,7 @@ class ServeConfig:
         api_key: Clients must send it (``Authorization: Bearer KEY`` or ``X-API-Key``); None: open.
         allowed_hosts: Host names accepted in the ``Host`` header (``"*"``: any).
         header_timeout_s: Time a client has to send a request's headers.
+        max_header_bytes: Most bytes of a request's line and headers (more: 431 and the connection closes).
         max_connections_per_client: Open connections one client address may hold.
         max_connections: Open connections in all.
         model_name: The model's name in the Open Inference Protocol routes (``/v2/models/<name>``);
@@ -97,6 +103,7 @@ class ServeConfig:
     api_key: str | None = field(default=None, repr=False)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     header_timeout_s: float = 10.0
+    max_header_bytes: int = MAX_HEADER_BYTES
     max_connections_per_client: int = 32
     max_connections: int = 512
     model_name: str | None = None
@@ -109,6 +116,7 @@ class ServeConfig:
             "top_k",
             "max_pixels",
             "max_inflight_bytes",
+            "max_header_bytes",
             "max_connections_per_client",
             "max_connections",
         ):

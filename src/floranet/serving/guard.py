@@ -6,6 +6,8 @@ wait or get 503 for as long as they stay open. :func:`guarded_protocol` wraps uv
 
 * a request's headers must arrive within ``header_timeout_s`` (on every request of a keep-alive connection),
   else the connection is closed;
+* a request's line and headers may hold at most ``max_header_bytes``, else the answer is 431 and the
+  connection is closed (httptools would keep a header that is still arriving in memory, however long);
 * one client address holds at most ``per_client`` connections and the server at most ``total``; when a new
   connection would exceed a bound, the oldest *idle* connection (no request in progress: between requests or
   still sending headers, for at least ``grace_s``) of that client (or of any client, for the global
@@ -30,6 +32,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from floranet.config import MAX_HEADER_BYTES
+
 logger = logging.getLogger("floranet.serve")
 # How long a connection must have been quiet (no request in progress) before it may be closed to make room
 # (at most half the header timeout).
@@ -37,10 +41,18 @@ EVICT_GRACE_S = 1.0
 # The most bytes a lingering close reads and drops (for at most the grace above) before it closes all the same.
 LINGER_BYTES = 64 << 20
 
-_REFUSED_BODY = b'{"error": "server busy: this client\'s connections are all in use; retry shortly"}'
-_REFUSED = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-    b"Connection: close\r\nContent-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY
+
+def _answer(status: str, error: str, headers: str = "") -> bytes:
+    """A whole HTTP/1.1 answer with the app's JSON error body, closing the connection."""
+    body = json.dumps({"error": error}).encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}Connection: close\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+_REFUSED = _answer(
+    "503 Service Unavailable",
+    "server busy: this client's connections are all in use; retry shortly",
+    "Retry-After: 1\r\n",
 )
 
 
@@ -52,6 +64,7 @@ class ConnectionGuard:
     per_client: int = 32
     total: int = 512
     trusted_proxies: tuple[str, ...] = ()
+    max_header_bytes: int = MAX_HEADER_BYTES
     clients: dict[str, collections.OrderedDict[int, Any]] = field(default_factory=dict)
     count: int = 0
     closed_idle: int = 0
@@ -120,9 +133,9 @@ class _LingeringTransport:
         self.dropped = 0
 
     def drop(self, data: bytes) -> None:
-        """Counts bytes read and dropped while lingering; closes past the budget."""
+        """Counts bytes read and dropped after an early answer (lingering, 503 or 431); closes past the budget."""
         self.dropped += len(data)
-        if self._lingering and self.dropped > LINGER_BYTES:
+        if self.dropped > LINGER_BYTES:
             self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -154,6 +167,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _admitted = False
     _refused = False
     _quiet_since = 0.0  # when the connection last started waiting on its client
+    _head_open = False  # a request's line and headers are arriving
+    _head_bytes = 0  # bytes received since that request began
+    _at_message_start = True  # the next bytes received start a request
+    _count_chunk = False  # whether the chunk being parsed counts towards _head_bytes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
@@ -166,11 +183,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._arm_header_timer()
 
-    def _refuse(self, transport: asyncio.Transport) -> None:
-        """Answers 503 and closes gently: a close with the client's request still unread would send a reset,
-        which can reach the client before the answer does."""
+    def _refuse(self, transport: asyncio.Transport, answer: bytes = _REFUSED) -> None:
+        """Answers (503 by default) and closes gently: a close with the client's request still unread would
+        send a reset, which can reach the client before the answer does."""
         self._refused = True
-        transport.write(_REFUSED)
+        transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
             self.loop.call_later(self.guard.grace_s, transport.close)  # its request is read and dropped until then
@@ -178,10 +195,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
-        elif isinstance(self.transport, _LingeringTransport):
-            self.transport.drop(data)
+        if self._refused:
+            if isinstance(self.transport, _LingeringTransport):
+                self.transport.drop(data)
+            return
+        # A chunk counts when it starts a request or continues its headers; one that also holds the end of the
+        # previous request is left out (httptools says where a request begins, not at which byte), so a header
+        # is cut at most one read (256 KiB) past the bound.
+        self._count_chunk = self._head_open or self._at_message_start
+        super().data_received(data)
+        if self._head_open and self._count_chunk and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.guard.max_header_bytes:
+                self._refuse_headers()
+
+    def _refuse_headers(self) -> None:
+        """Answers 431 to a request whose line and headers passed the bound, and closes the connection."""
+        self._cancel_header_timer()
+        limit = self.guard.max_header_bytes
+        logger.warning("refused a request from %s: its headers passed %d bytes", self._client_key, limit)
+        if not self.idle():  # a pipelined request behind one being answered: an answer now would garble that one
+            self._refused = True
+            self.transport.close()
+            return
+        error = f"request headers too large: the request line and headers passed max_header_bytes={limit} bytes"
+        self._refuse(self.transport, _answer("431 Request Header Fields Too Large", error))
 
     def on_response_complete(self) -> None:
         self._quiet_since = self.loop.time()
@@ -204,12 +242,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_open, self._head_bytes, self._at_message_start = True, 0, False
         self._quiet_since = self.loop.time()
         self._arm_header_timer()  # the next request of a keep-alive connection gets its own deadline
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The next request starts after this one's last byte, inside the chunk being parsed or at the next one.
+        self._at_message_start, self._count_chunk = True, False
 
     def idle(self) -> bool:
         """No request in progress: still sending headers, or between requests."""

@@ -72,6 +72,7 @@ def _uvicorn_config(app: Any, **kwargs: Any) -> Any:
         settings.max_connections_per_client,
         settings.max_connections,
         trusted_proxies=settings.trusted_proxies,
+        max_header_bytes=settings.max_header_bytes,
     )
     app.state.guard = guard
     # limit_concurrency is off: it counts idle sockets; the guard bounds connections and the app bounds work.
