@@ -289,7 +289,7 @@ BAD = {
         "elements",
     ),
     "huge shape": (
-        {"inputs": [{"name": "pixels", "shape": [10**9, 32, 32, 3], "datatype": "UINT8", "data": [1]}]},
+        {"inputs": [{"name": "pixels", "shape": [1, 10**9, 32, 3], "datatype": "UINT8", "data": [1]}]},  # one image
         b"",
         "elements",
     ),
@@ -411,6 +411,28 @@ def test_unusable_images_and_limits_map_like_predict(server: str) -> None:
     assert gz.status_code == 415
     assert httpx.get(f"http://{server}/v2/models/{MODEL}/versions/nope").status_code == 404
     assert httpx.get(f"http://{server}/health").json()["status"] == "ok"  # the server goes on
+
+
+def test_more_images_than_a_share_are_refused_before_any_element_is_read(server: str) -> None:
+    """5 million empty BYTES elements were all read (seconds of a decode thread) before the 413: the declared
+    shape is checked first now, so elements that are not even well formed get the same 413, not a parse error."""
+    lying = {"name": "image", "shape": [5_000_000], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}
+    cases = [
+        ({"inputs": [lying]}, b"\xff" * 8),  # binary: each length says 4 GB
+        ({"inputs": [{"name": "image", "shape": [5], "datatype": "BYTES", "data": ["%%%"] * 5}]}, b""),  # not base64
+        ({"inputs": [{"name": "image", "shape": [1, 5], "datatype": "BYTES", "data": [["%%%"] * 5]}]}, b""),
+        ({"inputs": [{**lying, "name": "pixels", "shape": [5, 32, 32, 3], "datatype": "FP32"}]}, b"\0" * 8),
+    ]
+    for doc, binary in cases:
+        r = _post(server, doc, binary)
+        assert r.status_code == 413, r.text
+        assert r.json()["error"].endswith("images in one request; the limit is 4 (one client's share)"), r.text
+    head = json.dumps({"inputs": [lying]}).encode()
+    with pytest.raises(RequestError, match="^5,000,000 images in one request; the limit is 4 ") as e:
+        tensors.parse_request(head + b"\xff" * 8, str(len(head)), max_images=4)
+    assert e.value.status == 413
+    with pytest.raises(RequestError, match="BYTES elements cannot fit"):  # without the bound: read as before
+        tensors.parse_request(head + b"\xff" * 8, str(len(head)))
 
 
 def test_codec_round_trip_and_limits() -> None:

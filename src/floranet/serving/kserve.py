@@ -167,6 +167,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             body,
             request.headers.get("inference-header-content-length"),
             state.client_slots * h * w * 3 + 1024,  # + the JSON's own commas
+            state.client_slots,  # a declared shape of more images is refused before its elements are read
             too_slow=f"the request took longer than {settings.decode_timeout_s:g} s to parse; retry later, or send "
             "images as BYTES or pixels as binary data",
         )
@@ -222,7 +223,7 @@ def _count(state: ServeState, parsed: InferRequest) -> int:
     if n < 1:
         raise RequestError(400, f"input {tensor.name!r} holds no image (shape {list(tensor.shape)})")
     if n > state.client_slots:
-        raise RequestError(413, f"{n} images in one request; the limit is {state.client_slots} (one client's share)")
+        raise tensors.too_many_images(n, state.client_slots)
     return int(n)
 
 

@@ -40,6 +40,11 @@ def _bad(message: str) -> RequestError:
     return RequestError(400, message)
 
 
+def too_many_images(n: int, limit: int) -> RequestError:
+    """The 413 for a request of ``n`` images when one client may send ``limit``."""
+    return RequestError(413, f"{n:,} images in one request; the limit is {limit} (one client's share)")
+
+
 @dataclass(frozen=True)
 class InputTensor:
     """One input of a request: ``data`` is a numpy array (UINT8/FP32) or a list of bytes (BYTES), flat."""
@@ -86,7 +91,9 @@ class OutputTensor:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_request(body: bytes, header_length: str | None, max_values: int | None = None) -> InferRequest:
+def parse_request(
+    body: bytes, header_length: str | None, max_values: int | None = None, max_images: int | None = None
+) -> InferRequest:
     """Reads an inference request (JSON, or JSON followed by binary tensor data).
 
     Args:
@@ -94,9 +101,13 @@ def parse_request(body: bytes, header_length: str | None, max_values: int | None
         header_length: The ``Inference-Header-Content-Length`` header, if any.
         max_values: The most numbers a valid request's JSON can hold; JSON with more commas than that is
             refused before it is parsed (parsing holds the interpreter: ~1 s for 20 MB).
+        max_images: The most images one request may hold: an input whose shape declares more (its first
+            dimension; a BYTES input's element count) is refused before any of its elements is read (5 million
+            empty BYTES elements held a thread for seconds).
 
     Raises:
-        RequestError: 400 for anything malformed or inconsistent, 413 for JSON with too many values.
+        RequestError: 400 for anything malformed or inconsistent, 413 for JSON with too many values or an
+            input of more than ``max_images`` images.
     """
     json_length = _json_length(header_length, len(body))
     if max_values is not None and (commas := body.count(b",", 0, json_length)) > max_values:
@@ -119,7 +130,7 @@ def parse_request(body: bytes, header_length: str | None, max_values: int | None
     binary = memoryview(body)[json_length:]
     inputs, used = [], 0
     for raw in raw_inputs:
-        tensor, size = _input(raw, binary[used:], json_length)
+        tensor, size = _input(raw, binary[used:], json_length, max_images)
         inputs.append(tensor)
         used += size
     if used != len(binary):
@@ -180,8 +191,8 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _input(raw: Any, binary: memoryview, json_length: int) -> tuple[InputTensor, int]:
-    """One input tensor and the number of binary bytes it took."""
+def _input(raw: Any, binary: memoryview, json_length: int, max_images: int | None) -> tuple[InputTensor, int]:
+    """One input tensor and the number of binary bytes it took; refused unread past ``max_images``."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise _bad(f"each input must be an object with a 'name'. Received: {_short(raw)}")
     name = raw["name"][:64]
@@ -190,6 +201,9 @@ def _input(raw: Any, binary: memoryview, json_length: int) -> tuple[InputTensor,
         raise _bad(f"input {name!r}: datatype must be one of {', '.join(DATATYPES)}. Received: {_short(datatype)}")
     shape = _shape(raw.get("shape"), name)
     count = math.prod(shape)
+    images = count if datatype == "BYTES" else shape[0]  # a BYTES element is an image, whatever the shape
+    if max_images is not None and images > max_images:
+        raise too_many_images(images, max_images)
     params = _parameters(raw.get("parameters"), f"inputs[{name}].parameters")
     size = params.get("binary_data_size")
     if size is not None:
