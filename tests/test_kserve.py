@@ -456,9 +456,14 @@ def test_codec_round_trip_and_limits() -> None:
     head = json.dumps(req).encode()
     parsed = tensors.parse_request(head + struct.pack("<I", 3) + b"abc" + struct.pack("<I", 0), str(len(head)))
     assert parsed.inputs[0].data == [b"abc", b""]
-    for header in ("0", "-1", "abc", str(len(head) + 100)):
+    for header in ("0", "-1", "abc", str(len(head) + 100), "9" * 5000):
         with pytest.raises(RequestError, match="Inference-Header-Content-Length"):
             tensors.parse_request(head, header)
+    for header in ("1_0", " 2 ", "+2", "\u0662"):  # int() took these (as 10, 2, 2 and 2)
+        with pytest.raises(RequestError, match="Inference-Header-Content-Length must be ASCII digits"):
+            tensors.parse_request(b"{}" + b"x" * 10, header)
+    two = head + struct.pack("<I", 3) + b"abc" + struct.pack("<I", 0)
+    assert tensors.parse_request(two, "0" + str(len(head))).inputs[0].data == [b"abc", b""]  # leading zeros: fine
     nested = {"inputs": [{"name": "pixels", "shape": [1, 2], "datatype": "UINT8", "data": [[1, 2]]}]}
     assert tensors.parse_request(json.dumps(nested).encode(), None).inputs[0].data.tolist() == [1, 2]
     for data in ([[1], [2]], [1, 256], [1.5, 2], ["1", "2"], [None, 1]):

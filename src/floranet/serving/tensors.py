@@ -158,13 +158,13 @@ def _flag(params: dict[str, Any], key: str) -> bool:
 def _json_length(header: str | None, total: int) -> int:
     if header is None:
         return total
-    try:
-        length = int(header)
-    except ValueError:
-        raise _bad(f"Inference-Header-Content-Length must be an int. Received: {header[:40]!r}") from None
-    if not 0 < length <= total:
-        raise _bad(f"Inference-Header-Content-Length must be in [1, body size {total:,}]. Received: {length:,}")
-    return length
+    # ASCII digits only, as HTTP writes lengths: int() also takes "1_0", " 2 " and other scripts' digits.
+    if not (header.isascii() and header.isdigit()):
+        raise _bad(f"Inference-Header-Content-Length must be ASCII digits. Received: {header[:40]!r}")
+    digits = header.lstrip("0")
+    if not digits or len(digits) > len(str(total)) or int(digits) > total:  # no int() of thousands of digits
+        raise _bad(f"Inference-Header-Content-Length must be in [1, body size {total:,}]. Received: {header[:40]}")
+    return int(digits)
 
 
 def _short(value: Any) -> str:
