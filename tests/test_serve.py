@@ -140,6 +140,58 @@ def test_health_classes_and_page(client, tiny_run) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+def _css_rules(css: str) -> dict[str, dict[str, str]]:
+    """Selector -> declarations of a flat style sheet (an @media block's inner rule is read as its own)."""
+    import re
+
+    rules: dict[str, dict[str, str]] = {}
+    for selector, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+        pairs = (d.split(":", 1) for d in body.split(";") if ":" in d)
+        rules.setdefault(selector.strip(), {}).update({k.strip(): v.strip() for k, v in pairs})
+    return rules
+
+
+def _rgb(colour: str) -> tuple[float, ...]:
+    """``#rgb`` or ``#rrggbb`` as 0..1 channels."""
+    hex_ = colour.lstrip("#")
+    hex_ = "".join(c * 2 for c in hex_) if len(hex_) == 3 else hex_
+    return tuple(int(hex_[i : i + 2], 16) / 255 for i in (0, 2, 4))
+
+
+def _contrast(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """WCAG 2's contrast ratio of two sRGB colours."""
+
+    def luminance(rgb: tuple[float, ...]) -> float:
+        lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_the_pages_unknown_bars_and_header_text_have_wcag_contrast(client) -> None:
+    """Unknown bars (#b0b8b3) on their track were 1.70:1 (WCAG 1.4.11 asks 3:1 of graphics), and the header's
+    12 px model version, white at opacity .85 on the accent green, 4.21:1 (1.4.3 asks 4.5:1 of text)."""
+    import re
+
+    css = re.search(r"<style>(.*?)</style>", client.get("/").text, re.S).group(1)
+    rules = _css_rules(css)
+    colours = {k: v for k, v in rules[":root"].items() if k.startswith("--")}
+
+    def colour(value: str) -> tuple[float, ...]:
+        return _rgb(re.sub(r"var\((--[\w-]+)\)", lambda m: colours[m.group(1)], value))
+
+    track = colour(rules[".track"]["background"])
+    unknown = colour(rules["#results.unknown .fill, #results.unknown li:first-child .fill"]["background"])
+    assert _contrast(unknown, track) >= 3
+    small, header = rules["header small"], rules["header"]
+    alpha = float(small.get("opacity", "1"))
+    background = colour(header["background"])
+    text = tuple(alpha * t + (1 - alpha) * b for t, b in zip(colour(header["color"]), background, strict=True))
+    assert float(small["font-size"].removesuffix("px")) < 18.66  # small text: 4.5:1, not 3:1
+    assert _contrast(text, background) >= 4.5
+
+
 def test_predict_multipart_and_raw_equal_predict_bytes(client, predictor, tiny_run) -> None:
     name, rose = _rose()
     png = _png()

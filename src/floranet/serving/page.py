@@ -23,7 +23,7 @@ body { margin: 0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, 
        background: var(--bg); color: var(--fg); }
 header { padding: 14px 24px; background: var(--accent); color: #fff; display: flex; align-items: baseline; gap: 16px; }
 header h1 { margin: 0; font-size: 20px; }
-header small { opacity: .85; font-family: ui-monospace, monospace; font-size: 12px; }
+header small { font-family: ui-monospace, monospace; font-size: 12px; }
 main { max-width: 900px; margin: 24px auto; padding: 0 16px; display: grid; gap: 20px;
        grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); }
 @media (max-width: 700px) { main { grid-template-columns: 1fr; } }
@@ -46,7 +46,7 @@ h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; t
 .track { height: 14px; background: #e7ece8; border-radius: 7px; overflow: hidden; margin-top: 4px; }
 .fill { height: 100%; background: var(--bar); border-radius: 7px; width: 0; transition: width .3s ease-out; }
 #results li:first-child .fill { background: var(--accent); }
-#results.unknown .fill, #results.unknown li:first-child .fill { background: #b0b8b3; }
+#results.unknown .fill, #results.unknown li:first-child .fill { background: #737c77; }
 #meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; }
 #warn { color: #8a5a00; font-size: 14px; }
 #key { grid-column: 1 / -1; background: #fff8e1; border-radius: 10px; padding: 12px 16px; }
