@@ -122,3 +122,24 @@ def test_page_greys_every_bar_of_an_unknown_answer_and_refuses_a_non_answer(tiny
             assert page.locator("#results li").count() == 0
         finally:
             browser.close()
+
+
+def test_the_upload_control_is_a_named_button_that_the_keyboard_opens(tiny_run) -> None:
+    """The drop zone was a focusable label with no role: a screen reader announced no control at all."""
+    with serve.serve_in_thread(serve.create_app(tiny_run)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            # Intercepting file choosers from the start: expect_file_chooser turns it on late, racing the key.
+            page.on("filechooser", lambda chooser: None)
+            page.goto(url + "/")
+            assert '- button "Drop a photo here or click to choose one"' in page.locator("main").aria_snapshot()
+            control = page.get_by_role("button", name="Drop a photo here or click to choose one")
+            page.keyboard.press("Tab")  # the first stop on the page
+            sync_api.expect(control).to_be_focused()
+            for key in ("Enter", " "):
+                with page.expect_file_chooser(timeout=5_000) as chooser:
+                    page.keyboard.press(key)
+                assert not chooser.value.is_multiple()
+        finally:
+            browser.close()

@@ -8,7 +8,8 @@ Content-Security-Policy in :data:`HEADERS` enforces that in the browser: the
 inline script and style are allowed by their SHA-256 hashes, connections only
 to the page's own origin, images only from it or from ``blob:``/``data:``.
 Server-provided text (class names, file names, errors) is only ever set with
-``textContent``, never parsed as HTML.
+``textContent``, never parsed as HTML. The drop zone is a button to assistive technology (``role``), named by
+its visible text (what a speech user reads out), and Enter or Space opens the file chooser.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ PAGE = f"""<!doctype html>
 <body>
 <header><h1>floranet</h1><small id="version"></small></header>
 <main>
-  <label id="drop" tabindex="0">
+  <label id="drop" tabindex="0" role="button">
     <input id="file" type="file" accept="image/*">
     <strong>Drop a photo here</strong> or click to choose one
   </label>
