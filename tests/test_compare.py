@@ -185,3 +185,31 @@ def test_a_run_killed_after_training_is_resumed_not_reused(writable_run: Path) -
     assert not run.is_finished()
     with pytest.raises(Exception, match="metrics.json is damaged .not a JSON object"):
         run.metrics()
+
+
+def test_a_backbone_skipped_for_its_weights_leaves_no_run_behind(tmp_path: Path) -> None:
+    """resnet56 has no ImageNet weights: the WeightsError came at its build, after its run folder was made, and
+    the half-made run (config, split, ...) refused the retry with other weights ("other settings (weights)").
+    A weights file that does not fit fails at the build too: the folder this invocation made is removed."""
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    out = tmp_path / "c"
+    (tmp_path / "bad.h5").write_text("not weights")
+    cfg = CompareConfig(
+        data_dir=str(data),
+        backbones=("resnet56", "resnet20"),
+        out=str(out),
+        weights={"resnet20": str(tmp_path / "bad.h5")},
+        default_weights="imagenet",
+        train=SETTINGS,
+        runtime="tensorflow",
+        precision="fp32",
+    )
+    result = compare(cfg, say=lambda m: None)
+    assert [e.skipped is not None for e in result.entries] == [True, True]
+    assert "has no ImageNet weights" in (result.entries[0].skipped or "")
+    assert not (out / "resnet56").exists() and not (out / "resnet20").exists()
+    mine = out / "resnet32"  # a folder that was there before is not this invocation's to remove
+    mine.mkdir()
+    (mine / RunDir.LOCK).write_text("")
+    compare(dataclasses.replace(cfg, backbones=("resnet32",), weights={"resnet32": str(tmp_path / "bad.h5")}))
+    assert mine.is_dir()

@@ -76,6 +76,14 @@ def test_offline_fails_fast_with_instructions(kind: str, monkeypatch, keras_home
     assert str(keras_home / "models") in message and "--weights PATH" in message
 
 
+def test_a_backbone_without_imagenet_weights_is_refused_before_any_data() -> None:
+    """resnet56 has no ImageNet weights: ensure_available let it pass, and train made the run's folder (config,
+    split, ...) before the build refused it, leaving a run that blocked a retry with other weights."""
+    with pytest.raises(WeightsError, match="Backbone 'resnet56' has no ImageNet weights.*weights='imagenet'"):
+        weights.ensure_available("resnet56", "imagenet")
+    weights.ensure_available("resnet56", None)
+
+
 @pytest.mark.parametrize("damage", ["weight_names", "group", "dataset", "layer_names"])
 def test_a_damaged_legacy_file_is_named_not_a_key_error(damage: str, tmp_path) -> None:
     import h5py

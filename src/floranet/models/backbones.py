@@ -76,12 +76,20 @@ class Backbone:
         self, input_shape: tuple[int | None, int | None, int], weights: str | os.PathLike[str] | None = None
     ) -> keras.Model:
         """Builds the headless backbone with global average pooling."""
+        self.check_imagenet(weights)
+        return self.builder(input_shape=input_shape, weights=_weights_arg(weights))
+
+    def check_imagenet(self, weights: str | os.PathLike[str] | None) -> None:
+        """Refuses ``weights="imagenet"`` for a backbone that has none.
+
+        Raises:
+            WeightsError: It has no ImageNet weights.
+        """
         if weights == "imagenet" and not self.has_imagenet_weights:
             raise WeightsError(
                 f"Backbone {self.name!r} has no ImageNet weights. Use weights=None or "
                 f"weights=PATH. Received: weights='imagenet'"
             )
-        return self.builder(input_shape=input_shape, weights=_weights_arg(weights))
 
 
 def _weights_arg(weights: Any) -> str | None:

@@ -139,6 +139,7 @@ def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, t
     from floranet.models import backbones  # here: backbones builds with this module
 
     spec = backbones.get(backbone)  # an unknown name fails here too
+    spec.check_imagenet(weights)  # resnet56 has none: said before the run's folder is made, not at its build
     if spec.info.family == "keras":
         # Keras fetches (or finds in its cache) its own file when the model is built: build it once now, before
         # any data is read (offline: a WeightsError within its network timeout).

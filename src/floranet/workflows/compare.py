@@ -13,6 +13,7 @@ and written as ``OUT/comparison.json`` and a self-contained ``OUT/comparison.htm
 from __future__ import annotations
 
 import html
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -246,11 +247,14 @@ def _one(
     if earlier == "finished":
         say(f"Reusing the finished run of {backbone} in {run.path} (same settings).")
     else:
+        made_here = not run.path.exists()
         try:
             train(settings, resume=earlier == "incomplete", progress=progress, say=say)
         except WeightsError as e:
             entry.skipped = f"no weights: {e}".split(". ")[0]
             say(f"Skipping {backbone}: {e}")
+            if made_here:  # a half-made run (a weights file that does not fit) would block a retry with others
+                shutil.rmtree(run.path, ignore_errors=True)
             return entry, ""
     metrics = run.metrics()
     entry.run_dir = str(run.path)
