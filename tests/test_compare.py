@@ -48,7 +48,7 @@ def test_compare_trains_each_backbone_on_one_split_and_ranks_them(tmp_path: Path
 
 def test_compare_settings_are_checked() -> None:
     assert parse_weights(["a=x", "none"]) == ({"a": "x"}, "none")
-    with pytest.raises(ConfigError, match="backbones"):
+    with pytest.raises(ConfigError, match="distinct models; 'a' and 'a' are both"):
         CompareConfig(data_dir="d", backbones=("a", "a"))
     with pytest.raises(ConfigError, match="weights may only name"):
         CompareConfig(data_dir="d", backbones=("a",), weights={"b": None})
@@ -56,8 +56,14 @@ def test_compare_settings_are_checked() -> None:
         CompareConfig(data_dir="d", backbones=("a",), train={"backbone": "x"})
     assert CompareConfig(data_dir="d", backbones=("a", "b"), weights={"a": "none"}).weights_of("a") is None
     # Names as the registry reads them: RESNET20 is resnet20 (it trained twice, in two folders)
-    with pytest.raises(ConfigError, match="distinct names"):
+    with pytest.raises(ConfigError, match="distinct models; 'resnet20' and ' RESNET20' are both resnet20"):
         CompareConfig(data_dir="d", backbones=("resnet20", " RESNET20"))
+    # ... and efficientnetb0 is efficientnet_b0 (the registry strips underscores to find the Keras model)
+    for pair in (("efficientnet_b0", "efficientnetb0"), ("keras:efficientnet_b0", "EfficientNetB0")):
+        with pytest.raises(ConfigError, match=f"'{pair[0]}' and '{pair[1]}' are both keras.applications.effic"):
+            CompareConfig(data_dir="d", backbones=pair)
+    # floranet's resnet50 and MobileNetV2 are not Keras's
+    CompareConfig(data_dir="d", backbones=("resnet50", "keras:resnet50", "mobilenet_v2", "keras:mobilenet_v2"))
     spelled = CompareConfig(data_dir="d", backbones=("ResNet20",), weights={"RESNET20": "none"})
     assert spelled.backbones == ("ResNet20",) and spelled.weights_of("ResNet20") is None
     # Wrong types are named, not TypeErrors (a str was taken letter by letter).

@@ -230,8 +230,7 @@ def get(name: str) -> Backbone:
         return Backbone(info, _mobilenet_builder)
     keras_name = key.removeprefix("keras:")
     functions = _keras_functions()
-    fn = functions.get((info.keras_name or "").lower()) if info is not None else None
-    fn = fn or functions.get(keras_name.replace("_", ""))
+    fn = functions.get(registry.keras_key(key) or "")
     if fn is None:
         raise ConfigError(f"Unknown backbone. Valid names: {', '.join(names())}. Received: backbone={name!r}")
     if info is None or key.startswith("keras:"):

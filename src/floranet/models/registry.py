@@ -245,3 +245,23 @@ def resnet(name: str) -> BackboneInfo:
         valid = ", ".join(n for n, i in REGISTRY.items() if i.family == "resnet")
         raise ConfigError(f"Unknown ResNet architecture. Valid names: {valid}. Received: arch={name!r}")
     return info
+
+
+def keras_key(name: str) -> str | None:
+    """The ``keras.applications`` function a backbone name builds, lower case without underscores (the key
+    :func:`floranet.models.backbones.get` finds it by: ``efficientnetb0`` for efficientnet_b0, EfficientNetB0
+    and keras:efficientnet_b0), or None for floranet's own models (resnet50, mobilenet_v2). No Keras import."""
+    key = name.strip().lower()
+    info = lookup(key)
+    if info is not None and info.family != "keras":
+        return None
+    keras_name = info.keras_name if info is not None else None
+    return (keras_name or key.removeprefix("keras:")).lower().replace("_", "")
+
+
+def identity(name: str) -> str:
+    """Which model a backbone name builds, from the name alone: names of one identity train the same model
+    (``efficientnet_b0`` and ``efficientnetb0``: ``keras.applications.efficientnetb0``); floranet's resnet50 is
+    not ``keras:resnet50``."""
+    key = keras_key(name)
+    return name.strip().lower() if key is None else f"keras.applications.{key}"
