@@ -47,7 +47,20 @@ def test_compare_trains_each_backbone_on_one_split_and_ranks_them(tmp_path: Path
 
 
 def test_compare_settings_are_checked() -> None:
-    assert parse_weights(["a=x", "none"]) == ({"a": "x"}, "none")
+    assert parse_weights(["a=x", "none"], ("a",)) == ({"a": "x"}, "none")
+
+
+def test_compare_weights_paths_may_hold_equals_signs(tmp_path: Path, monkeypatch) -> None:
+    """`--weights resnet20=w=1/x.h5` and `--weights w=1/x.h5`: the text before the first '=' is a backbone's name
+    only where it names a compared backbone ('w=1/x.h5' was taken as weights for a backbone 'w')."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w=1").mkdir()
+    (tmp_path / "w=1" / "x.h5").write_text("")
+    names = ("resnet20", "ResNet32")
+    assert parse_weights(["resnet20=w=1/x.h5", "w=1/x.h5"], names) == ({"resnet20": "w=1/x.h5"}, "w=1/x.h5")
+    assert parse_weights(["RESNET32=none"], names) == ({"RESNET32": "none"}, "imagenet")
+    with pytest.raises(ConfigError, match=r"'resnt20' is not one of them.*Received: --weights='resnt20=none'"):
+        parse_weights(["resnt20=none"], names)
     with pytest.raises(ConfigError, match="distinct models; 'a' and 'a' are both"):
         CompareConfig(data_dir="d", backbones=("a", "a"))
     with pytest.raises(ConfigError, match="weights may only name"):

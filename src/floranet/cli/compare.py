@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Sequence
 
 from floranet.cli.common import Subparsers, add_runtime, command, int_or_pair
+from floranet.errors import ConfigError
 
 
 def add_compare(sub: Subparsers) -> None:
@@ -17,7 +20,8 @@ def add_compare(sub: Subparsers) -> None:
         action="append",
         default=[],
         metavar="[BACKBONE=]WEIGHTS",
-        help="imagenet | none | PATH, for one backbone (BACKBONE=...) or every other one; repeatable "
+        help="imagenet | none | PATH, for one backbone (BACKBONE=..., BACKBONE one of --backbones) or every other "
+        "one; repeatable "
         "(default: imagenet; a backbone whose weights cannot be had offline is skipped with the reason)",
     )
     p.add_argument("--fine-tune", action="store_true", help="include stage 2 (default: stage 1 on cached features)")
@@ -28,14 +32,30 @@ def add_compare(sub: Subparsers) -> None:
     add_runtime(p)
 
 
-def parse_weights(specs: list[str]) -> tuple[dict[str, str], str]:
-    """``["mobilenet_v2=PATH", "none"]`` → ({"mobilenet_v2": PATH}, "none")."""
+def parse_weights(specs: list[str], backbones: Sequence[str]) -> tuple[dict[str, str], str]:
+    """``["mobilenet_v2=PATH", "none"]`` → ({"mobilenet_v2": PATH}, "none").
+
+    A spec is one backbone's when the text before its first ``=`` names one of ``backbones`` (a path may hold
+    ``=`` too: ``resnet20=w=1/x.h5`` is resnet20's file ``w=1/x.h5``; ``w=1/x.h5`` is every other backbone's).
+
+    Raises:
+        ConfigError: A spec with ``=`` that names no compared backbone and is no existing file (a misspelt name).
+    """
+    from floranet.config.compare import backbone_key
+
+    compared = {backbone_key(b) for b in backbones}
     per: dict[str, str] = {}
     default = "imagenet"
     for spec in specs:
         name, sep, value = spec.partition("=")
-        if sep:
+        if sep and backbone_key(name) in compared:
             per[name.strip()] = value
+        elif sep and not os.path.exists(spec):
+            raise ConfigError(
+                f"--weights must be imagenet, none or a file for every backbone, or BACKBONE=WEIGHTS for one of "
+                f"--backbones ({', '.join(backbones)}); {name.strip()!r} is not one of them and {spec!r} is no "
+                f"existing file. Received: --weights={spec!r}"
+            )
         else:
             default = spec
     return per, default
@@ -45,12 +65,13 @@ def run_compare(args: argparse.Namespace) -> int:
     from floranet.config import CompareConfig
     from floranet.workflows.compare import compare
 
-    per, default = parse_weights(args.weights)
+    names = tuple(b.strip() for b in args.backbones.split(",") if b.strip())
+    per, default = parse_weights(args.weights, names)
     given = ("image_size", "epochs", "batch_size", "seed")
     train = {k: getattr(args, k) for k in given if getattr(args, k) is not None}  # --seed 0 is a seed
     config = CompareConfig(
         data_dir=args.data_dir,
-        backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()),
+        backbones=names,
         out=args.out,
         weights=per,
         default_weights=default,

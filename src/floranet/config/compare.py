@@ -45,9 +45,9 @@ class CompareConfig:
         for name in ("weights", "train"):
             check(isinstance(getattr(self, name), Mapping), f"{name} must be a mapping", name, getattr(self, name))
         given_weights = self.weights
-        weights = {_canonical(k) if isinstance(k, str) else k: v for k, v in given_weights.items()}
+        weights = {backbone_key(k) if isinstance(k, str) else k: v for k, v in given_weights.items()}
         object.__setattr__(self, "weights", weights)
-        known = {_canonical(n) for n in names}
+        known = {backbone_key(n) for n in names}
         check(set(weights) <= known, "weights may only name compared backbones", "weights", given_weights)
         check(isinstance(self.fine_tune, bool), "fine_tune must be True or False", "fine_tune", self.fine_tune)
         check(
@@ -63,7 +63,7 @@ class CompareConfig:
         check_choice("precision", self.precision, PRECISIONS)
 
     def weights_of(self, backbone: str) -> str | None:
-        value = self.weights.get(_canonical(backbone), self.default_weights)
+        value = self.weights.get(backbone_key(backbone), self.default_weights)
         return None if value in (None, "none", "None", "") else value
 
 
@@ -86,6 +86,6 @@ def _check_distinct(names: tuple[str, ...]) -> None:
         )
 
 
-def _canonical(name: str) -> str:
+def backbone_key(name: str) -> str:
     """A backbone's name as the registry looks it up (models.backbones.get: stripped, lower case)."""
     return name.strip().lower()
