@@ -232,3 +232,31 @@ def test_a_backbone_skipped_for_its_weights_leaves_no_run_behind(tmp_path: Path)
     (mine / RunDir.LOCK).write_text("")
     compare(dataclasses.replace(cfg, backbones=("resnet32",), weights={"resnet32": str(tmp_path / "bad.h5")}))
     assert mine.is_dir()
+
+
+def test_a_comparisons_split_is_not_reused_for_another_data_folder(tmp_path: Path, monkeypatch) -> None:
+    """compare data4 --out cmp (a comparison of data3) reused data3's split.csv: data4's runs trained on whatever
+    files of it data4 happened to have, and its other images were ignored without a word."""
+    from floranet.workflows import compare as compare_lib
+
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)  # the split is made, nothing trains
+    first = make_image_folder(tmp_path / "data3", classes=2, per_class=4)
+    other = make_image_folder(tmp_path / "data4", classes=2, per_class=4, seed=1)
+    out = tmp_path / "cmp"
+    cfg = CompareConfig(data_dir=str(first), backbones=("resnet20",), out=str(out), default_weights=None)
+    with pytest.raises(ZeroDivisionError):
+        compare(cfg, say=lambda m: None)
+    assert json.loads((out / "split.json").read_text()) == {"data_dir": str(first.resolve())}
+    split = (out / "split.csv").read_text()
+    with pytest.raises(ConfigError, match="holds a comparison of another data folder") as caught:
+        compare(dataclasses.replace(cfg, data_dir=str(other)), say=lambda m: None)
+    assert f"made from {first.resolve()}, not {other.resolve()}" in str(caught.value)
+    assert (out / "split.csv").read_text() == split
+    # A comparison made before the record was kept: its split is taken for this data folder, and that is said.
+    (out / "split.json").unlink()
+    said: list[str] = []
+    with pytest.raises(ZeroDivisionError):
+        compare(cfg, say=said.append)
+    assert any("has no record of the data folder" in m for m in said)
+    assert any("images added there since are not in it" in m for m in said)
+    assert json.loads((out / "split.json").read_text()) == {"data_dir": str(first.resolve())}

@@ -421,3 +421,42 @@ def test_every_file_of_a_run_has_the_permissions_the_umask_gives(tiny_run: Path)
         if not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) != (0o777 if p.is_dir() else 0o666) & ~mask
     ]
     assert (tiny_run / "inference").is_dir() and not wrong, wrong
+
+
+def test_a_reused_split_says_what_it_leaves_out_and_which_labels_it_changes(tmp_path) -> None:
+    """A split made elsewhere (--split-file, --resume, a comparison's) dropped the usable images it did not list
+    without a word (images added since, a whole new class), and used rows labelling a file otherwise than its
+    folder silently. Both are said now; a split made here, with --exclude and --relabel, says neither."""
+    import shutil
+
+    from floranet.rundir import RunDir
+    from floranet.training.data import prepare
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    (tmp_path / "exclude.txt").write_text("class_1/img_003.jpg\n")
+    (tmp_path / "relabel.csv").write_text("path,new_label\nclass_0/img_002.jpg,class_1\n")
+    curated = {"exclude": str(tmp_path / "exclude.txt"), "relabel": str(tmp_path / "relabel.csv")}
+
+    def notes(out: str, *, resume: bool = False, **settings: str) -> list[str]:
+        said: list[str] = []
+        cfg = config.resolve(data_dir=str(data), out=str(tmp_path / out), preset="tutorial", **settings, **FAST)
+        (tmp_path / out).mkdir(exist_ok=True)
+        prepare(cfg, RunDir(tmp_path / out), resume=resume, progress=False, say=said.append)
+        return [m for m in said if m.startswith("Split:")]
+
+    assert notes("made", **curated) == []
+    added = make_image_folder(tmp_path / "more", classes=3, per_class=2, seed=1, names=["a", "b", "new"])
+    shutil.move(added / "new", data / "new")
+    shutil.copy(added / "a" / "img_000.jpg", data / "class_0" / "added.jpg")
+    # The run's own record of its curation explains its excluded file and relabelled row.
+    assert notes("made", resume=True, **curated) == [
+        "Split: 3 usable images of the data folder are not in the split and were not used; 1 class(es) the split "
+        "does not have among them: new."
+    ]
+    given = notes("given", split_file=str(tmp_path / "made" / "split.csv"))
+    assert given == [
+        "Split: 4 usable images of the data folder are not in the split and were not used; 1 class(es) the split "
+        "does not have among them: new.",
+        "Split: 1 rows of the split label their file otherwise than its folder (or --relabel) does "
+        "(e.g. class_0/img_002.jpg as 'class_1'); the split's labels are used.",
+    ]

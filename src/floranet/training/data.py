@@ -96,8 +96,9 @@ def prepare(
     split_path = run / RunDir.SPLIT
     resumed = resume and split_path.exists()
     # The lists and a given split are read first: a malformed one is said before the doctor reads every image.
-    # A resumed run keeps the split its curation made (and the run's record of it): the lists are not read again.
-    curate = curation.Curation.load(*((None, None) if resumed else (config.exclude, config.relabel)))
+    # A resumed run keeps the split its curation made: the lists are not read again, the run's record of them is.
+    records = tuple(str(run / n) if run.exists(n) else None for n in (RunDir.EXCLUDED, RunDir.RELABELED))
+    curate = curation.Curation.load(*(records if resumed else (config.exclude, config.relabel)))
     given = split_lib.Split.from_csv(config.split_file) if config.split_file and not resumed else None
     report = doctor.diagnose(data_dir, max_pixels=config.max_pixels, progress=progress)
     run.write_json(RunDir.DOCTOR, report.to_dict())
@@ -121,6 +122,7 @@ def prepare(
         # Classes with no usable image cannot be learned: leave them out of the label set.
         names = sorted({label for _, label, _ in items})
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
+    _note_unlisted(split, usable, curate, notes, say)
     split = _checked_against(split, usable, data_dir, notes, say)
     if resumed:  # the run's record stays as it was; files gone since are left out of what remains to train
         _check_classes_kept(run, split)
@@ -186,6 +188,34 @@ def _check_classes_kept(run: RunDir, split: split_lib.Split) -> None:
             f"--resume: the run in {run.path} was trained on {len(trained)} classes, and {', '.join(map(repr, gone))} "
             "has no usable image in the data folder now; put its images back, or start a new run with another --out."
         )
+
+
+def _note_unlisted(
+    split: split_lib.Split,
+    usable: list[doctor.FileFinding],
+    curate: curation.Curation,
+    notes: list[str],
+    say: Callable[[str], None],
+) -> None:
+    """Says what a split made elsewhere (``--resume``, ``--split-file``, a comparison's) does with the data folder
+    as it is now: usable images it does not list are not trained on, and a row may label a file otherwise than its
+    folder (or the curation) does; its label is used. Neither is an error; a split made here has neither."""
+    listed = {r.path for r in split.rows}
+    left_out = set(curate.exclude)
+    unlisted = [f for f in usable if f.path not in listed and f.path not in left_out]
+    if unlisted:
+        new = sorted({curate.relabel.get(f.path, str(f.label)) for f in unlisted} - set(split.class_names))
+        among = f"; {len(new)} class(es) the split does not have among them: {', '.join(new)}" if new else ""
+        notes.append(f"{len(unlisted)} usable images of the data folder are not in the split and were not used{among}")
+        say(f"Split: {notes[-1]}.")
+    label_of = {f.path: curate.relabel.get(f.path, str(f.label)) for f in usable}
+    other = [r for r in split.rows if r.path in label_of and r.label != label_of[r.path]]
+    if other:
+        notes.append(
+            f"{len(other)} rows of the split label their file otherwise than its folder (or --relabel) does "
+            f"(e.g. {other[0].path} as {other[0].label!r}); the split's labels are used"
+        )
+        say(f"Split: {notes[-1]}.")
 
 
 def _checked_against(

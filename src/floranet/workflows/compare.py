@@ -1,6 +1,7 @@
 """``floranet compare``: which backbone for *this* data? Every backbone through the same recipe on one split.
 
-The doctor runs once and one split is made and saved (``OUT/split.csv``); each backbone is then trained as a
+The doctor runs once and one split is made and saved (``OUT/split.csv``, and in ``OUT/split.json`` the data
+folder it was made from: an ``OUT`` of another data folder is refused); each backbone is then trained as a
 normal run directory (``OUT/<backbone>/``, with ``split_file`` pointing at that split) with the same settings:
 the ``recommended`` preset's stage 1 on cached features by default, stage 2 as well with ``fine_tune``. Each
 finished run is measured the same way: validation accuracy and ECE (from its ``metrics.json``), the size of
@@ -35,6 +36,7 @@ from floranet.utils.files import atomic_write_text, write_json
 from floranet.workflows.train import train
 
 SPLIT = RunDir.SPLIT  # the shared split, in the comparison folder
+SPLIT_SOURCE = "split.json"  # which data folder the shared split was made from
 TABLE_JSON = "comparison.json"
 PAGE = "comparison.html"
 WARMUP = 3
@@ -142,8 +144,15 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
 def _shared_split(config: CompareConfig, out: Path, say: Callable[[str], None]) -> Path:
     """One split for every run, made once (or reused from an earlier comparison in ``out``)."""
     path = out / SPLIT
+    data_dir = str(Path(config.data_dir).resolve())
     if path.exists():
-        say(f"Using the comparison's split {path}.")
+        if not (out / SPLIT_SOURCE).exists():  # made before the record was kept: now it is
+            write_json(out / SPLIT_SOURCE, {"data_dir": data_dir})
+            say(f"{path} has no record of the data folder it was made from; taking it for {data_dir}.")
+        say(
+            f"Using the comparison's split {path}, made from {data_dir}: images added there since are not in it "
+            "(each run that trains says how many); a new --out splits the data folder as it is now."
+        )
         return path
     settings = resolve(data_dir=config.data_dir, **dict(config.train))
     report = doctor.diagnose(config.data_dir, max_pixels=settings.max_pixels)
@@ -152,6 +161,7 @@ def _shared_split(config: CompareConfig, out: Path, say: Callable[[str], None]) 
     items = [(f.path, str(f.label), f.sha256 or "") for f in report.usable_files()]
     names = sorted({label for _, label, _ in items})
     split = split_lib.make_split(items, val_split=settings.val_split, seed=settings.seed, class_names=names)
+    write_json(out / SPLIT_SOURCE, {"data_dir": data_dir})  # first: a split.csv always has its record
     split.to_csv(path)
     say(f"Split: {len(split.train())} training and {len(split.validation())} validation images -> {path}")
     return path
@@ -175,7 +185,7 @@ def _check_out(config: CompareConfig, out: Path) -> None:
         return
     if not out.is_dir():
         raise ConfigError(f"out must be a folder for the comparison; it is a file. Received: out={str(out)!r}")
-    ours = {SPLIT, TABLE_JSON, PAGE, RunDir.LOCK}
+    ours = {SPLIT, SPLIT_SOURCE, TABLE_JSON, PAGE, RunDir.LOCK}
 
     def started(p: Path) -> bool:  # a run folder of a backbone that was killed before its config.yaml
         return p.name in config.backbones and p.is_dir() and all(c.name == RunDir.LOCK for c in p.iterdir())
@@ -185,6 +195,34 @@ def _check_out(config: CompareConfig, out: Path) -> None:
         raise ConfigError(
             f"out is a folder that holds things a comparison did not write ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder. Received: out={str(out)!r}"
+        )
+    _check_split_source(config, out)
+
+
+def _check_split_source(config: CompareConfig, out: Path) -> None:
+    """Refuses an earlier comparison of another data folder: its split lists that folder's files, and this one's
+    would be trained on whatever of them it happens to have.
+
+    Raises:
+        ConfigError: The comparison's split was made from another data folder.
+    """
+    if not (out / SPLIT).exists():
+        return
+    record = RunDir(out).read_json(SPLIT_SOURCE)
+    if record is None:  # made before the record was kept: _shared_split writes it now
+        return
+    made_from = record.get("data_dir") if isinstance(record, dict) else None
+    if not isinstance(made_from, str):
+        raise ConfigError(
+            f"{out / SPLIT_SOURCE} is damaged (no data_dir: which data folder {SPLIT} was made from); choose a new "
+            f"--out. Received: out={str(out)!r}"
+        )
+    here = str(Path(config.data_dir).resolve())
+    if made_from != here:
+        raise ConfigError(
+            f"out holds a comparison of another data folder: its {SPLIT} was made from {made_from}, not {here}. "
+            f"Compare {made_from} there, or choose a new --out for {here}. "
+            f"Received: data_dir={config.data_dir!r}, out={str(out)!r}"
         )
 
 
