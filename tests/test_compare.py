@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,49 @@ def test_compare_library_call(tmp_path: Path) -> None:
     assert {e.backbone for e in again.ranked()} == {"resnet20", "resnet32"} and model.stat().st_mtime_ns == before
     assert any(m.startswith("Reusing the finished run of resnet20") for m in said)
     assert next(e for e in again.ranked() if e.backbone == "resnet20").accuracy == result.ranked()[0].accuracy
+    first = again.ranked()[0]
+    assert first.classes == ["class_0", "class_1", "class_2"] and first.val_images == result.ranked()[0].val_images
+    # The data folder loses a class: the finished runs are reused, a new one trains on what is left of the split,
+    # and is not ranked with them (resnet44 with 2 classes ranked above resnet20 with 3, without a word).
+    shutil.rmtree(data / "class_2")
+    said.clear()
+    third = compare(dataclasses.replace(cfg, backbones=("resnet20", "resnet32", "resnet44")), say=said.append)
+    ranked = third.ranked()
+    assert [e.backbone for e in ranked[2:]] == ["resnet44"] and [e.not_ranked for e in ranked[:2]] == [None, None]
+    why = ranked[2].not_ranked or ""
+    assert why.startswith("2 classes, not 3: without class_2; ") and why.endswith(
+        f" validation images, not {first.val_images}"
+    )
+    assert any(m.startswith("Not ranking resnet44: it was trained on other data than resnet20, resnet32") for m in said)
+    table = third.table()
+    assert "| not ranked | resnet44 |" in table and f"resnet44: {why}" in table
+    assert "Not ranked, trained on other data" in (tmp_path / "c" / "comparison.html").read_text()
+    saved = json.loads((tmp_path / "c" / "comparison.json").read_text())["ranking"]
+    assert saved[2]["not_ranked"] == why and saved[2]["classes"] == ["class_0", "class_1"]
+
+
+def test_compare_ranks_the_runs_most_of_them_share_the_data_of() -> None:
+    """The ranked runs are those of the class set and validation count most runs share; the first backbone's
+    among equals."""
+    from floranet.workflows.ranking import Comparison, Entry, mark_other_data
+
+    def entry(name: str, accuracy: float, classes: list[str], val: int) -> Entry:
+        return Entry(name, "none", accuracy=accuracy, ece=0.1, classes=classes, val_images=val)
+
+    abc = ["a", "b", "c"]
+    entries = [entry("r20", 0.5, abc, 6), entry("r32", 0.9, ["a", "b"], 4), entry("r44", 0.6, ["c", "b", "a"], 6)]
+    entries.append(Entry("r56", "imagenet", skipped="no weights"))
+    said = mark_other_data(entries)
+    assert [e.backbone for e in Comparison(entries, "tf", Path("o")).ranked()] == ["r44", "r20", "r32", "r56"]
+    assert said == [
+        "Not ranking r32: it was trained on other data than r20, r44 (2 classes, not 3: without c; 4 validation "
+        "images, not 6); the data folder changed between them, and a new --out compares every backbone on it as it "
+        "is now."
+    ]
+    tie = [entry("r20", 0.5, abc, 6), entry("r32", 0.9, ["a", "b", "d"], 6)]
+    assert mark_other_data(tie) and tie[1].not_ranked == "3 classes, not 3: without c, with d"
+    same = [entry("r20", 0.5, abc, 6), entry("r32", 0.9, abc, 6)]
+    assert mark_other_data(same) == [] and Comparison(same, "tf", Path("o")).other_data() == ""
 
 
 def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, monkeypatch) -> None:

@@ -7,19 +7,18 @@ the ``recommended`` preset's stage 1 on cached features by default, stage 2 as w
 finished run is measured the same way: validation accuracy and ECE (from its ``metrics.json``), the size of
 ``model.keras``, the training time, and batch-1 / batch-32 latency of the model on this machine, all on one
 runtime (:func:`floranet.inference.runtime.choose_inference`, as a server picks it unless told). A backbone
-whose weights cannot be had offline is skipped with the reason. The ranking (accuracy, then ECE) is printed,
-and written as ``OUT/comparison.json`` and a self-contained ``OUT/comparison.html``.
+whose weights cannot be had offline is skipped with the reason. The ranking (accuracy, then ECE; a run trained on
+other classes or validation images than most, one reused from before the data folder changed, is listed apart,
+not ranked: :func:`floranet.workflows.ranking.mark_other_data`) is printed, and written as
+``OUT/comparison.json`` and a self-contained ``OUT/comparison.html``.
 """
 
 from __future__ import annotations
 
-import html
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,7 +32,10 @@ from floranet.models import backbones
 from floranet.rundir import RunDir
 from floranet.training.trainer import settings_changed
 from floranet.utils.files import atomic_write_text, write_json
+from floranet.workflows.ranking import Comparison, Entry, mark_other_data, page
 from floranet.workflows.train import train
+
+__all__ = ["Comparison", "Entry", "compare", "latency", "page"]
 
 SPLIT = RunDir.SPLIT  # the shared split, in the comparison folder
 SPLIT_SOURCE = "split.json"  # which data folder the shared split was made from
@@ -41,64 +43,6 @@ TABLE_JSON = "comparison.json"
 PAGE = "comparison.html"
 WARMUP = 3
 BIG_BATCH = 32
-
-
-@dataclass
-class Entry:
-    """One backbone's result (``skipped`` holds the reason when it was not trained)."""
-
-    backbone: str
-    weights: str
-    run_dir: str | None = None
-    accuracy: float | None = None
-    ece: float | None = None
-    size_bytes: int | None = None
-    train_s: float | None = None
-    latency_ms_batch1: float | None = None
-    latency_ms_batch32: float | None = None
-    skipped: str | None = None
-
-
-@dataclass
-class Comparison:
-    """The ranked entries, the runtime every latency ran on, and the files written."""
-
-    entries: list[Entry]
-    runtime: str
-    out: Path
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def ranked(self) -> list[Entry]:
-        done = [e for e in self.entries if e.skipped is None]
-        done.sort(key=lambda e: (-(e.accuracy or 0.0), e.ece if e.ece is not None else 1.0))
-        return done + [e for e in self.entries if e.skipped is not None]
-
-    def table(self) -> str:
-        """The ranking as a Markdown table (what ``floranet compare`` prints)."""
-        head = "| rank | backbone | weights | accuracy | ECE | size | train time | batch 1 | batch 32 |"
-        lines = [head, "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
-        for rank, e in enumerate(self.ranked(), 1):
-            if e.skipped is not None:
-                lines.append(f"| - | {e.backbone} | {e.weights} | skipped: {e.skipped} | | | | | |")
-                continue
-            lines.append(
-                f"| {rank} | {e.backbone} | {e.weights} | {_num(e.accuracy, '.4f')} | {_num(e.ece, '.4f')} | "
-                f"{(e.size_bytes or 0) / 2**20:.1f} MiB | {_num(e.train_s, '.0f')} s | "
-                f"{_num(e.latency_ms_batch1, '.2f')} ms | {_num(e.latency_ms_batch32, '.1f')} ms |"
-            )
-        lines.append(f"\nLatency: median of warm calls on {self.runtime}, this machine.")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "settings": self.settings,
-            "ranking": [asdict(e) for e in self.ranked()],
-        }
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str], None] = print) -> Comparison:
@@ -134,6 +78,8 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
         entry, choice = _one(config, backbone, run_settings, earlier[backbone], progress=progress, say=say)
         entries.append(entry)
         runtime = runtime or choice
+    for note in mark_other_data(entries):
+        say(note)
     settings = {"data_dir": config.data_dir, "fine_tune": config.fine_tune, **dict(config.train)}
     result = Comparison(entries, runtime or "nothing (every backbone was skipped)", out, settings)
     write_json(out / TABLE_JSON, result.to_dict())
@@ -296,6 +242,8 @@ def _one(
             return entry, ""
     metrics = run.metrics()
     entry.run_dir = str(run.path)
+    # What it was trained and measured on: a run reused from before the data folder changed differs.
+    entry.classes, entry.val_images = run.class_names(), metrics.get("num_examples")
     entry.accuracy = metrics.get("accuracy")
     entry.ece = metrics.get("calibration", {}).get("ece")
     entry.size_bytes = run.model_file.stat().st_size
@@ -326,39 +274,3 @@ def latency(
             times.append((time.perf_counter() - started) * 1000)
         medians.append(round(float(np.median(times)), 3))
     return medians[0], medians[1], f"{choice.runtime} {choice.precision}"
-
-
-def page(result: Comparison) -> str:
-    """A self-contained HTML page of the ranking (no scripts, no external resources)."""
-    best = max((e.accuracy or 0.0 for e in result.entries if e.skipped is None), default=0.0) or 1.0
-    rows = []
-    for rank, e in enumerate(result.ranked(), 1):
-        cells = [str(rank) if e.skipped is None else "-", e.backbone, e.weights]
-        if e.skipped is not None:
-            cells.append(f'<td colspan="6">skipped: {html.escape(e.skipped)}</td>')
-        else:
-            width = 100 * (e.accuracy or 0.0) / best
-            cells += [
-                f'<td><div class="bar" style="width:{width:.0f}%">{_num(e.accuracy, ".4f")}</div></td>',
-                _num(e.ece, ".4f"),
-                f"{(e.size_bytes or 0) / 2**20:.1f} MiB",
-                f"{_num(e.train_s, '.0f')} s",
-                f"{_num(e.latency_ms_batch1, '.2f')} ms",
-                f"{_num(e.latency_ms_batch32, '.1f')} ms",
-            ]
-        rows.append("<tr>" + "".join(c if c.startswith("<td") else f"<td>{html.escape(c)}</td>" for c in cells))
-    settings = html.escape(", ".join(f"{k}={v}" for k, v in result.settings.items()))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>floranet compare</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
-td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}}
-td:nth-child(2),td:nth-child(3){{text-align:left}}
-.bar{{background:#8bc58b;white-space:nowrap}}</style></head><body>
-<h1>Backbones on {html.escape(str(result.settings.get("data_dir", "")))}</h1>
-<p>Ranked by validation accuracy (then ECE). Every run used the same split and recipe ({settings}).
-Latency: median of warm calls on {html.escape(result.runtime)}, on the machine that ran the comparison.</p>
-<table><tr><th>rank</th><th>backbone</th><th>weights</th><th>accuracy</th><th>ECE</th><th>model size</th>
-<th>training time</th><th>batch 1</th><th>batch 32</th></tr>
-{"".join(rows)}
-</table></body></html>
-"""
