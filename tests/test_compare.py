@@ -48,21 +48,10 @@ def test_compare_trains_each_backbone_on_one_split_and_ranks_them(tmp_path: Path
 
 
 def test_compare_settings_are_checked() -> None:
+    from floranet.workflows import compare as compare_lib
+
     assert parse_weights(["a=x", "none"], ("a",)) == ({"a": "x"}, "none")
-
-
-def test_compare_weights_paths_may_hold_equals_signs(tmp_path: Path, monkeypatch) -> None:
-    """`--weights resnet20=w=1/x.h5` and `--weights w=1/x.h5`: the text before the first '=' is a backbone's name
-    only where it names a compared backbone ('w=1/x.h5' was taken as weights for a backbone 'w')."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "w=1").mkdir()
-    (tmp_path / "w=1" / "x.h5").write_text("")
-    names = ("resnet20", "ResNet32")
-    assert parse_weights(["resnet20=w=1/x.h5", "w=1/x.h5"], names) == ({"resnet20": "w=1/x.h5"}, "w=1/x.h5")
-    assert parse_weights(["RESNET32=none"], names) == ({"RESNET32": "none"}, "imagenet")
-    with pytest.raises(ConfigError, match=r"'resnt20' is not one of them.*Received: --weights='resnt20=none'"):
-        parse_weights(["resnt20=none"], names)
-    with pytest.raises(ConfigError, match="distinct models; 'a' and 'a' are both"):
+    with pytest.raises(ConfigError, match="backbones"):
         CompareConfig(data_dir="d", backbones=("a", "a"))
     with pytest.raises(ConfigError, match="weights may only name"):
         CompareConfig(data_dir="d", backbones=("a",), weights={"b": None})
@@ -70,14 +59,15 @@ def test_compare_weights_paths_may_hold_equals_signs(tmp_path: Path, monkeypatch
         CompareConfig(data_dir="d", backbones=("a",), train={"backbone": "x"})
     assert CompareConfig(data_dir="d", backbones=("a", "b"), weights={"a": "none"}).weights_of("a") is None
     # Names as the registry reads them: RESNET20 is resnet20 (it trained twice, in two folders)
-    with pytest.raises(ConfigError, match="distinct models; 'resnet20' and ' RESNET20' are both resnet20"):
+    with pytest.raises(ConfigError, match="distinct names"):
         CompareConfig(data_dir="d", backbones=("resnet20", " RESNET20"))
-    # ... and efficientnetb0 is efficientnet_b0 (the registry strips underscores to find the Keras model)
+    # ... and compare refuses two names of one model before anything (efficientnetb0 is efficientnet_b0: the
+    # registry strips underscores to find the Keras model), naming both; "d" is not even looked at.
     for pair in (("efficientnet_b0", "efficientnetb0"), ("keras:efficientnet_b0", "EfficientNetB0")):
         with pytest.raises(ConfigError, match=f"'{pair[0]}' and '{pair[1]}' are both keras.applications.effic"):
-            CompareConfig(data_dir="d", backbones=pair)
+            compare(CompareConfig(data_dir="d", backbones=pair), say=lambda m: None)
     # floranet's resnet50 and MobileNetV2 are not Keras's
-    CompareConfig(data_dir="d", backbones=("resnet50", "keras:resnet50", "mobilenet_v2", "keras:mobilenet_v2"))
+    compare_lib._check_distinct(("resnet50", "keras:resnet50", "mobilenet_v2", "keras:mobilenet_v2"))
     spelled = CompareConfig(data_dir="d", backbones=("ResNet20",), weights={"RESNET20": "none"})
     assert spelled.backbones == ("ResNet20",) and spelled.weights_of("ResNet20") is None
     # Wrong types are named, not TypeErrors (a str was taken letter by letter).
@@ -91,6 +81,19 @@ def test_compare_weights_paths_may_hold_equals_signs(tmp_path: Path, monkeypatch
     ):
         with pytest.raises(ConfigError, match=match):
             CompareConfig(data_dir="d", **kwargs)
+
+
+def test_compare_weights_paths_may_hold_equals_signs(tmp_path: Path, monkeypatch) -> None:
+    """`--weights resnet20=w=1/x.h5` and `--weights w=1/x.h5`: the text before the first '=' is a backbone's name
+    only where it names a compared backbone ('w=1/x.h5' was taken as weights for a backbone 'w')."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w=1").mkdir()
+    (tmp_path / "w=1" / "x.h5").write_text("")
+    names = ("resnet20", "ResNet32")
+    assert parse_weights(["resnet20=w=1/x.h5", "w=1/x.h5"], names) == ({"resnet20": "w=1/x.h5"}, "w=1/x.h5")
+    assert parse_weights(["RESNET32=none"], names) == ({"RESNET32": "none"}, "imagenet")
+    with pytest.raises(ConfigError, match=r"'resnt20' is not one of them.*Received: --weights='resnt20=none'"):
+        parse_weights(["resnt20=none"], names)
 
 
 def test_compare_library_call(tmp_path: Path) -> None:

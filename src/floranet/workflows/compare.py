@@ -28,7 +28,7 @@ from floranet.data import split as split_lib
 from floranet.errors import ConfigError, DatasetError, OutputError, WeightsError
 from floranet.inference import load
 from floranet.inference.runtime import choose_inference
-from floranet.models import backbones
+from floranet.models import backbones, registry
 from floranet.rundir import RunDir
 from floranet.training.trainer import settings_changed
 from floranet.utils.files import atomic_write_text, write_json
@@ -62,6 +62,7 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
             is continued: its finished runs are reused, an incomplete one resumed).
     """
     out = Path(config.out)
+    _check_distinct(config.backbones)
     _check_out(config, out)
     choose_inference(config.runtime, config.precision)  # latency's runtime: said missing before anything trains
     # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
@@ -117,6 +118,24 @@ def _weights_label(weights: str | None) -> str:
     if weights is None:
         return "random (none)"
     return weights if weights == "imagenet" else f"file {Path(weights).name}"
+
+
+def _check_distinct(names: tuple[str, ...]) -> None:
+    """Refuses two names of one model (CompareConfig refuses two spellings of one name): efficientnetb0 is
+    efficientnet_b0, as the registry strips underscores to find a Keras model, and would train it twice.
+
+    Raises:
+        ConfigError: Two names of one model; both are named.
+    """
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        model = registry.identity(name)
+        first = seen.setdefault(model, i)
+        if first != i:
+            raise ConfigError(
+                f"backbones must name distinct models; {names[first]!r} and {name!r} are both {model}. "
+                f"Received: backbones={names!r}"
+            )
 
 
 def _check_out(config: CompareConfig, out: Path) -> None:
