@@ -18,6 +18,7 @@ from floranet.data.augment import Augment
 from floranet.errors import DatasetError
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
+from floranet.utils.text import printable
 
 log = logging.getLogger(__name__)
 # int8 quantization calibrates on this many training images (NNCF's default subset size).
@@ -213,7 +214,7 @@ def _note_unlisted(
     if other:
         notes.append(
             f"{len(other)} rows of the split label their file otherwise than its folder (or --relabel) does "
-            f"(e.g. {other[0].path} as {other[0].label!r}); the split's labels are used"
+            f"(e.g. {printable(other[0].path)} as {printable(other[0].label)!r}); the split's labels are used"
         )
         say(f"Split: {notes[-1]}.")
 
