@@ -109,6 +109,18 @@ def test_a_body_cut_short_without_a_length_keeps_the_part(tmp_path, monkeypatch)
     assert (tmp_path / f"{ARCHIVE}.part").stat().st_size == 500
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 5000], ids=["superscript-two", "5000-digits"])
+def test_a_content_length_that_is_no_plain_number_is_no_length(tmp_path, monkeypatch, length) -> None:
+    """str.isdigit() took "²" (and 5,000 digits) for a length, and int() then raised a ValueError traceback."""
+
+    def odd(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: " + length.encode("latin-1") + b"\r\n\r\n" + GOOD)
+
+    with raw_server(odd) as url:
+        _use_spec(monkeypatch, url)
+        assert _fetch(tmp_path).is_dir()  # the body is the archive: read to its end, checked by its sha256
+
+
 @pytest.mark.parametrize(
     "answer",
     [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 150 + b"\r\n", b"HTTP/1.1 200 " + b"x" * 70000],

@@ -214,7 +214,10 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, si
         if offset and status != 206:
             offset = 0  # server ignored the Range header: restart from scratch
         length = response.headers.get("Content-Length")
-        total = int(length) + offset if length and length.isdigit() else None
+        # ASCII digits only, and not thousands of them: str.isdigit() takes "²", and int() refuses it (and any
+        # number of over 4,300 digits) with a ValueError traceback.
+        plain = length is not None and length.isascii() and length.isdigit() and len(length) <= 20
+        total = int(length) + offset if plain and length else None
         if size is not None and total is not None and total > size:
             raise _Refused(f"the server announces {total:,} bytes, more than the file's {size:,}")
         bar = _progress_bar(total, offset, part.name, progress)
