@@ -37,6 +37,7 @@ def machine_info() -> dict[str, Any]:
     env = system.environment()
     return {
         "cpu": env["cpu"],
+        "cpu_model": env["cpu model"],
         "cores": os.cpu_count(),
         "cpu_flags": [f for f in wanted if f in system.cpu_flags()],
         "native_bf16": system.native_bf16(),

@@ -141,6 +141,11 @@ def _predict(r: dict) -> str:
     return text + (f"\n\n{r['note']}" if r.get("note") else "")
 
 
+def _model(m: dict) -> str:
+    """The CPU's family and model, where the result records them (from 2026-11-27 on)."""
+    return f" ({m['cpu_model']})" if m.get("cpu_model") and m["cpu_model"] != "?" else ""
+
+
 def _machine(m: dict) -> str:
     kind = "bf16 CPU (native AVX512_BF16/AMX)" if m.get("native_bf16") else "CPU without native bf16"
     if "native_bf16" not in m:
@@ -148,7 +153,8 @@ def _machine(m: dict) -> str:
 
         kind = "bf16 CPU" if BF16_FLAGS & set(m.get("cpu_flags", [])) else "CPU without native bf16"
     return (
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, flags {', '.join(m.get('cpu_flags', []))}: "
+        f"Machine: {m.get('cpu', '?')}{_model(m)}, {m.get('cores', '?')} cores, "
+        f"flags {', '.join(m.get('cpu_flags', []))}: "
         f"**{kind}**; TensorFlow {m.get('tensorflow', '?')}"
     )
 
@@ -291,6 +297,11 @@ def render() -> str:
         "each run (floranet vs baseline, bf16 or int8 vs fp32), never absolute seconds across machines.",
         "A bf16 CPU's speed-ups from bf16 are absent on AVX2; its fp32 rows are the closest guide to an",
         "AVX2 machine of similar clock and core count, and still only a guide.",
+        "",
+        'One name can cover several CPU generations: "AMD EPYC, 2 cores" ran these benchmarks on at least two',
+        "(bench_forward's fp32 matrix product peaked at 184 GFLOP/s on one and 474 on the other). Results",
+        "from 2026-11-27 on also record the CPU's family and model, shown beside its name; older ones do not,",
+        "so compare figures of two sections only as the ratios each measured within its own run.",
         "",
     ]
     sections = [

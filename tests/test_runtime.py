@@ -49,6 +49,18 @@ def test_bf16_asked_for_on_a_cpu_without_it_is_said_to_be_emulated(monkeypatch) 
     assert runtime.training_precision("bf16") == ("mixed_bfloat16", "as requested")
 
 
+def test_the_cpu_model_tells_apart_generations_of_one_name(monkeypatch) -> None:
+    """Benchmarks and runs recorded "AMD EPYC" for CPUs whose fp32 peak differed 2.6x."""
+    from floranet.utils import system
+
+    two = ["processor\t: 0", "cpu family\t: 26", "model\t\t: 2", "model name\t: AMD EPYC", ""]
+    monkeypatch.setattr(system, "_cpuinfo_lines", lambda: [*two, "processor\t: 1", "cpu family\t: 25", "model\t: 1"])
+    assert system.cpu_model_id() == "family 26, model 2"
+    assert system.environment()["cpu model"] == "family 26, model 2"
+    monkeypatch.setattr(system, "_cpuinfo_lines", lambda: ["Features\t: fp asimd", "CPU part\t: 0xd0c"])  # ARM
+    assert system.cpu_model_id() == "" and system.environment()["cpu model"] == "?"
+
+
 def test_invalid_choices() -> None:
     with pytest.raises(ConfigError, match="Received: runtime='onnx'"):
         runtime.choose("onnx")

@@ -28,6 +28,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_model_id() -> str:
+    """The CPU's family and model numbers (x86 Linux), which tell apart generations sold under one name
+    ("AMD EPYC" covers several); "" where /proc/cpuinfo does not say."""
+    fields = {}
+    for line in _cpuinfo_lines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("cpu family", "model") and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+        if not line.strip() and fields:  # the first processor's block only
+            break
+    return f"family {fields['cpu family']}, model {fields['model']}" if len(fields) == 2 else ""
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX)."""
     return bool(BF16_FLAGS & cpu_flags())
@@ -54,6 +67,7 @@ def environment() -> dict[str, str]:
         "numpy": package_version("numpy") or "?",
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "cpu model": cpu_model_id() or "?",
         "cores": str(os.cpu_count()),
         "native bf16": "yes (AVX512_BF16/AMX)" if native_bf16() else "no",
     }
