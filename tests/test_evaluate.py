@@ -90,6 +90,20 @@ def test_temperature_is_found_past_twenty_and_ties_rank_as_predict_ranks_them() 
     assert classification_metrics([1], np.array([[1.0, 0.0, 0.0]]), ["a", "b", "c"])["top_2_accuracy"] == 1.0
 
 
+def test_predictions_csv_quotes_names_a_spreadsheet_would_run_and_reads_them_back() -> None:
+    """predictions.csv wrote '=SUM(1+1)/img.jpg' and a class '=SUM(1+1)' as they were: every other floranet CSV
+    quotes them."""
+    names = ("=SUM(1+1)", "a,b", "-neg", "'=q")
+    ev = Evaluation(
+        names, ("=SUM(1+1)/0.jpg", "a,b/1.jpg", "-neg/2.jpg", "'=q/3.jpg"), np.arange(4), np.eye(4, dtype=np.float32)
+    )
+    text = ev.to_csv()
+    assert not any(line[:1] in "=+-@" for line in text.splitlines())
+    assert text.splitlines()[0] == "path,label,'=SUM(1+1),\"a,b\",'-neg,''=q"
+    back = Evaluation.from_csv(text)
+    assert back.class_names == names and back.paths == ev.paths and list(back.labels) == [0, 1, 2, 3]
+
+
 def test_metrics_dict_has_every_view() -> None:
     labels, probs = fixed_predictions(40)
     m = Evaluation(NAMES, tuple(str(i) for i in range(40)), labels, probs).with_temperature().metrics()

@@ -28,7 +28,7 @@ from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
 from floranet.utils.files import file_digest
-from floranet.utils.text import csv_text
+from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
 VALIDATION = "validation split"
 # Facts of the training run kept in metrics.json when an evaluation is written again.
@@ -146,9 +146,10 @@ class Evaluation:
 
     def to_csv(self) -> str:
         """``path,label,<probability of each class>`` per image: what :meth:`from_csv` reads back."""
-        header = ["path", "label", *self.class_names]
+        # Names as a spreadsheet shows them, never runs them (as every floranet CSV): from_csv reads them back.
+        header = ["path", "label", *map(formula_safe, self.class_names)]
         rows = (
-            [path, self.class_names[label], *(f"{p:.9g}" for p in row)]
+            [formula_safe(path), formula_safe(self.class_names[label]), *(f"{p:.9g}" for p in row)]
             for path, label, row in zip(self.paths, self.labels, self.probs, strict=True)
         )
         return csv_text([header, *rows])
@@ -158,12 +159,12 @@ class Evaluation:
         """An evaluation from :meth:`to_csv`'s text (``fields``: temperature, data_dir, source, extra)."""
         reader = csv.reader(io.StringIO(text))
         header = next(reader)
-        names = tuple(header[2:])
+        names = tuple(map(unquote_formula, header[2:]))
         rows = list(reader)
         index = {n: i for i, n in enumerate(names)}
-        labels = np.asarray([index[r[1]] for r in rows], dtype=np.int64)
+        labels = np.asarray([index[unquote_formula(r[1])] for r in rows], dtype=np.int64)
         probs = np.asarray([[float(v) for v in r[2:]] for r in rows], dtype=np.float32).reshape(len(rows), len(names))
-        return cls(names, tuple(r[0] for r in rows), labels, probs, **fields)
+        return cls(names, tuple(unquote_formula(r[0]) for r in rows), labels, probs, **fields)
 
 
 def write_evaluation(
