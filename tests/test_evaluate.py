@@ -227,3 +227,35 @@ def test_evaluate_data_leaves_out_the_images_the_run_trained_on(writable_run, tm
         shutil.copy(trained / r.path, only_training / r.path)
     assert main(["evaluate", str(writable_run), "--data", str(only_training)]) == 2
     assert "is one the run trained on" in capsys.readouterr().err
+
+
+def test_a_moved_data_folder_is_named_and_unreadable_files_are_counted(writable_run, tmp_path, capsys) -> None:
+    """With the data folder moved, evaluate blamed the split ("every image is on the training side"); with
+    --data, files it could not read were dropped from the figures without a word."""
+    import json
+    import shutil
+
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    config = (writable_run / RunDir.CONFIG).read_text()
+    data = Path(run.config().data_dir)
+    (writable_run / RunDir.CONFIG).write_text(config.replace(str(data), str(tmp_path / "moved_away")))
+    assert main(["evaluate", str(writable_run)]) == 2
+    recorded = len(run.split().validation())
+    assert f"none of the run's {recorded} validation images is in" in capsys.readouterr().err
+    (writable_run / RunDir.CONFIG).write_text(config)
+    other = tmp_path / "other"
+    for name in run.class_names()[:2]:
+        shutil.copytree(data / name, other / name)
+    (other / run.class_names()[0] / "notes.jpg").write_text("not an image")
+    (other / run.class_names()[1] / "empty.png").write_bytes(b"")
+    trained = {r.path for r in run.split().train()}
+    for name in run.class_names()[:2]:  # images the run has not seen, so that there is something to evaluate
+        for f in (other / name).iterdir():
+            if f"{name}/{f.name}" in trained:
+                f.write_bytes(f.read_bytes() + b"\0")
+    assert main(["evaluate", str(writable_run), "--data", str(other)]) == 0
+    assert "2 file(s) could not be read as images and are left out" in capsys.readouterr().err
+    assert json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["unreadable_left_out"] == 2

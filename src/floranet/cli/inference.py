@@ -48,6 +48,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{ev.extra['training_images_left_out']} image(s) of {args.data} are training images of the run (the same "
             "file as in split.csv): left out, so the figures above are on images the model has not seen."
         )
+    if ev.extra.get("unreadable_left_out"):
+        warn(
+            f"{ev.extra['unreadable_left_out']} file(s) could not be read as images and are left out of the figures "
+            f"above (`floranet doctor {args.data or ev.data_dir}` says which and why)."
+        )
     if external:
         wrote = f"{RunDir.METRICS_EXTERNAL}, {RunDir.PREDICTIONS_EXTERNAL}, plots/*_external.png"
     else:

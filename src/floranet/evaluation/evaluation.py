@@ -289,28 +289,12 @@ def evaluate_run(
     config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
     predictor = load(run.path, config)
     facts: dict[str, Any] = {}
-    if data_dir is None:
-        root = Path(run.config().data_dir)
-        rows, facts["validation_files"] = _as_trained(root, run.split(names).validation())
-    else:
-        root, rows = Path(data_dir), _labelled_rows(Path(data_dir), names, predictor.max_pixels, progress)
-        # An image the model trained on (the same bytes) says nothing of how it does on new ones: left out, counted.
-        trained = {r.sha256 for r in run.split(names).train() if r.sha256}
-        unseen = [r for r in rows if r.sha256 not in trained]
-        facts["training_images_left_out"] = len(rows) - len(unseen)
-        if rows and not unseen:
-            raise DatasetError(
-                f"every image of {root} is one the run trained on (the same file as in {RunDir.SPLIT}'s training "
-                "side): nothing to evaluate that the model has not seen. Evaluate on other labelled images."
-            )
-        rows = unseen
-    if not rows:
-        where = f"{run.path / RunDir.SPLIT}: every image is on the training side" if data_dir is None else root
-        raise DatasetError(f"no images to evaluate ({where}). Evaluate on other labelled images: --data OTHER")
+    root, rows = _rows_to_evaluate(run, names, data_dir, predictor.max_pixels, progress, facts)
     paths = [str(root / r.path) for r in rows]
     out = predictor.predict_files(paths)
     facts["evaluated_on"] = predictor.describe()
     kept = [i for i in range(len(rows)) if i not in out.errors]
+    facts["unreadable_left_out"] = facts.get("unreadable_left_out", 0) + len(out.errors)
     if not kept:
         first = next(iter(out.errors.values()), "")
         raise DatasetError(f"none of the {len(rows)} images to evaluate could be read under {root} (first: {first})")
@@ -328,7 +312,51 @@ def evaluate_run(
     return ev.with_temperature() if data_dir is None else ev
 
 
-def _labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool) -> list[SplitRow]:
+def _rows_to_evaluate(
+    run: RunDir,
+    names: list[str],
+    data_dir: str | os.PathLike[str] | None,
+    max_pixels: int,
+    progress: bool,
+    facts: dict[str, Any],
+) -> tuple[Path, list[SplitRow]]:
+    """The folder and the labelled images to evaluate on (their counts recorded in ``facts``): the run's
+    validation files as they were, or the images of ``data_dir`` that the run did not train on.
+
+    Raises:
+        DatasetError: None is left, with why.
+    """
+    if data_dir is None:
+        root = Path(run.config().data_dir)
+        rows, files = _as_trained(root, run.split(names).validation())
+        facts["validation_files"] = files
+        if not rows and files["recorded"]:
+            raise DatasetError(
+                f"none of the run's {files['recorded']} validation images is in {root} as it was at training "
+                f"({files['missing']} missing, {files['changed']} changed): was the data folder moved, renamed or "
+                "changed? Evaluate on other labelled images: --data OTHER"
+            )
+    else:
+        root = Path(data_dir)
+        rows, facts["unreadable_left_out"] = _labelled_rows(root, names, max_pixels, progress)
+        # An image the model trained on (the same bytes) says nothing of how it does on new ones: left out, counted.
+        trained = {r.sha256 for r in run.split(names).train() if r.sha256}
+        unseen = [r for r in rows if r.sha256 not in trained]
+        facts["training_images_left_out"] = len(rows) - len(unseen)
+        if rows and not unseen:
+            raise DatasetError(
+                f"every image of {root} is one the run trained on (the same file as in {RunDir.SPLIT}'s training "
+                "side): nothing to evaluate that the model has not seen. Evaluate on other labelled images."
+            )
+        rows = unseen
+    if not rows:
+        where = f"{run.path / RunDir.SPLIT}: every image is on the training side" if data_dir is None else root
+        raise DatasetError(f"no images to evaluate ({where}). Evaluate on other labelled images: --data OTHER")
+    return root, rows
+
+
+def _labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool) -> tuple[list[SplitRow], int]:
+    """Every usable image of ``root``'s class folders, and how many files the doctor found unusable."""
     report = doctor.diagnose(root, max_pixels=max_pixels, progress=progress)
     usable = report.usable_files()
     if not usable:
@@ -346,4 +374,4 @@ def _labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool
         rows=tuple(SplitRow(f.path, str(f.label), "validation", f.sha256 or "") for f in usable),
         class_names=tuple(names),
     )
-    return list(split.rows)
+    return list(split.rows), int(report.summary().get("num_bad", 0))
