@@ -74,6 +74,19 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model() -> None:
     assert ev.ece(calibrated=True) < ev.ece()
 
 
+def test_no_temperature_is_fitted_when_every_answer_is_right_or_every_one_wrong() -> None:
+    """All 6 validation answers right fitted T = 0.016, and the calibrated answers said 100% for any photo; all
+    wrong ran to the upper bound, 100."""
+    labels, probs = fixed_predictions(60, seed=3)
+    right = np.eye(len(NAMES), dtype=np.float32)[probs.argmax(1)] * 0.5 + probs * 0.5  # same argmax as probs
+    assert fit_temperature(right, right.argmax(1)) == 1.0
+    wrong = (right.argmax(1) + 1) % len(NAMES)
+    assert fit_temperature(right, wrong) == 1.0
+    mixed = right.argmax(1).copy()
+    mixed[:5] = wrong[:5]
+    assert fit_temperature(right, mixed) != 1.0  # with some wrong answers there is a temperature to find
+
+
 def test_temperature_is_found_past_twenty_and_ties_rank_as_predict_ranks_them() -> None:
     """The search stopped at T = 20 (a tiny run's optimum was 33.6); top-2 accuracy broke ties the other way from
     predict's top-k (scikit-learn ranks the higher index first)."""

@@ -12,9 +12,10 @@ LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation negative log-likelihood (Guo et al. 2017), within 0.01 to 100."""
+    """The temperature minimising validation negative log-likelihood (Guo et al. 2017), within 0.01 to 100; 1.0
+    where the images cannot tell it (:func:`temperature_fittable`)."""
     labels = np.asarray(labels, int)
-    if not len(labels):
+    if not temperature_fittable(probs, labels):
         return 1.0
 
     def nll(t: float) -> float:
@@ -24,6 +25,17 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     res = minimize_scalar(lambda u: nll(np.exp(u)), bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
     t = float(np.exp(res.x))
     return t if nll(t) <= nll(1.0) else 1.0
+
+
+def temperature_fittable(probs: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether the validation answers can tell a temperature: some right and some wrong. Where every answer is right
+    the likelihood only grows as the temperature falls (a run of 6 images fitted 0.016, and its calibrated answers
+    said 100% for any photo); where every one is wrong, it grows as the temperature rises."""
+    labels = np.asarray(labels, int)
+    if not len(labels):
+        return False
+    right = np.asarray(probs).argmax(axis=1) == labels
+    return bool(right.any() and not right.all())
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:

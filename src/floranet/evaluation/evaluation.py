@@ -23,7 +23,12 @@ from floranet.data import doctor
 from floranet.data.split import Split, SplitRow
 from floranet.errors import DatasetError, ModelError
 from floranet.evaluation import plots
-from floranet.evaluation.calibration import expected_calibration_error, fit_temperature, reliability
+from floranet.evaluation.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    reliability,
+    temperature_fittable,
+)
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
@@ -201,6 +206,8 @@ def write_evaluation(
             {
                 "temperature": ev.temperature,
                 "fitted_on": VALIDATION,
+                # every validation answer right (or every one wrong): no temperature to fit, 1.0 kept
+                "fitted": temperature_fittable(ev.probs, ev.labels),
                 "ece_before": metrics["calibration"]["ece"],
                 "ece_after": metrics["calibration"]["ece_after_temperature"],
             },

@@ -243,11 +243,15 @@ def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
 
 def _calibration(run: RunDir, metrics: dict[str, Any]) -> str:
     cal = metrics["calibration"]
-    return (
-        "<h3>Calibration</h3>"
-        f"<p>Expected calibration error {cal['ece']:.3f}; after temperature scaling "
-        f"(T = {cal['temperature']:.2f}, fitted on the validation split) {cal['ece_after_temperature']:.3f}.</p>"
-        + _img(run.plot("reliability.png"), "reliability diagram")
+    if run.read_json(RunDir.CALIBRATION, {}).get("fitted", True) is False:
+        scaling = "no temperature could be fitted: every validation answer is right, or every one wrong (T = 1)"
+    else:
+        scaling = (
+            f"after temperature scaling (T = {cal['temperature']:.2f}, fitted on the validation split) "
+            f"{cal['ece_after_temperature']:.3f}"
+        )
+    return f"<h3>Calibration</h3><p>Expected calibration error {cal['ece']:.3f}; {scaling}.</p>" + _img(
+        run.plot("reliability.png"), "reliability diagram"
     )
 
 
