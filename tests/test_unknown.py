@@ -223,3 +223,42 @@ def test_report_has_unknown_and_audit_sections(tiny_run: Path) -> None:
     assert "<h2>Unknown answer</h2>" in html and "<h2>Data audit</h2>" in html
     assert "least like the training classes" in html
     assert "the mean of z-scored knn_head, knn, energy, class_mean" in html
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
+        ({"threshold": "abc"}, "threshold must be a finite number"),
+        ({"threshold": None}, "threshold must be a finite number"),
+        ({"threshold": [1]}, "threshold must be a finite number"),
+        ({"keep": 1.5}, r"keep must be a number in \(0, 1\)"),
+        ({"k": 0}, "k must be an int >= 1"),
+        ({"k": "x"}, "k must be an int >= 1"),
+        ({"temperature": -1}, "temperature must be a number > 0"),
+        ("[1, 2]", "it must hold a JSON object"),
+    ],
+    ids=["nan", "text", "null", "list", "keep", "k-zero", "k-text", "temperature", "not-an-object"],
+)
+def test_a_damaged_ood_json_is_named_not_a_traceback_or_a_silent_off(writable_run: Path, edit, needle) -> None:
+    """A NaN threshold answered every image as known without a word; text, null or a list was a traceback; k 0
+    scored against the farthest neighbour."""
+    from floranet.errors import ModelError
+    from floranet.inference.unknown import UnknownDetector
+
+    meta = json.loads((writable_run / RunDir.OOD).read_text())
+    damaged = edit if isinstance(edit, str) else json.dumps({**meta, **edit})
+    (writable_run / RunDir.OOD).write_text(damaged)
+    with pytest.raises(ModelError, match=f"ood.json is damaged: {needle}"):
+        UnknownDetector.load(writable_run)
+
+
+def test_a_damaged_calibration_temperature_is_named(writable_run: Path) -> None:
+    """A hand-edited temperature of -1 flipped every answer's top class under --calibrated; text was a traceback."""
+    from floranet.errors import ModelError
+
+    calib = json.loads((writable_run / RunDir.CALIBRATION).read_text())
+    for bad in (-1, 0, "x", None):
+        (writable_run / RunDir.CALIBRATION).write_text(json.dumps({**calib, "temperature": bad}))
+        with pytest.raises(ModelError, match="calibration.json is damaged: temperature must be a number > 0"):
+            RunDir(writable_run).temperature()

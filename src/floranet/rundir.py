@@ -35,6 +35,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -251,7 +252,16 @@ class RunDir:
     def temperature(self) -> float:
         """The fitted temperature of ``calibration.json``; 1.0 when the run has none."""
         calib = self.read_json(self.CALIBRATION)
-        return float(calib["temperature"]) if calib else 1.0
+        if not calib:
+            return 1.0
+        t = calib.get("temperature") if isinstance(calib, dict) else None
+        # A hand-edited -1 flipped every answer's top class; text or NaN was a traceback or a misleading error.
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ModelError(
+                f"{self.path / self.CALIBRATION} is damaged: temperature must be a number > 0. "
+                f"Received: temperature={str(t)[:40]}"
+            )
+        return float(t)
 
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` ({} when absent).

@@ -26,9 +26,11 @@ on flower_photos with each class held out in turn.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -291,20 +293,38 @@ class UnknownDetector:
         meta = run.read_json(RunDir.OOD)
         if not meta:
             return None
+        where = run / RunDir.OOD
+        if not isinstance(meta, dict):
+            raise ModelError(f"{where} is damaged: it must hold a JSON object. Received: {str(meta)[:60]}")
         if meta.get("method") not in UNKNOWN_METHODS:
-            raise ModelError(f"{run / RunDir.OOD}: unknown method. Received: method={meta.get('method')!r}")
+            raise ModelError(f"{where}: unknown method. Received: method={meta.get('method')!r}")
         stats = run.read_npz(RunDir.OOD_STATS) if meta.get("statistics") else {}  # ModelError when damaged
         stats = {k: v.astype(np.float32) for k, v in stats.items()}  # once, not per call
         known = {"method", "threshold", "keep", "temperature", "k", "statistics", "rule", "parts"}
         return cls(
             meta["method"],
-            float(meta["threshold"]),
-            float(meta["keep"]),
+            _number(where, meta, "threshold", lambda v: True, "a finite number"),
+            _number(where, meta, "keep", lambda v: 0 < v < 1, "a number in (0, 1)"),
             stats,
-            float(meta.get("temperature", 1.0)),
-            int(meta.get("k", DEFAULT_K)),
+            _number(where, meta, "temperature", lambda v: v > 0, "a number > 0", default=1.0),
+            int(_number(where, meta, "k", lambda v: v >= 1 and v == int(v), "an int >= 1", default=DEFAULT_K)),
             {k: v for k, v in meta.items() if k not in known},
         )
+
+
+def _number(
+    where: Path, meta: dict[str, Any], key: str, ok: Callable[[float], bool], what: str, default: float | None = None
+) -> float:
+    """``meta[key]`` as a finite float that passes ``ok``: a hand-edited or damaged ``ood.json`` was a traceback,
+    or with a NaN threshold silently answered every image as known.
+
+    Raises:
+        ModelError: It is missing (without a default), not a number, not finite, or fails ``ok``.
+    """
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ModelError(f"{where} is damaged: {key} must be {what}. Received: {key}={str(value)[:40]}")
+    return float(value)
 
 
 def needs_features(folder: str | os.PathLike[str]) -> bool:
