@@ -585,3 +585,15 @@ def test_odd_file_names_survive_the_split_curation_and_audit_json(tmp_path: Path
     listed = summary(again.result, n=50)
     assert "a\\b.jpg" in listed and "c\\x0aFORGED 0.999 d.jpg" in listed and "e\\u2028SPLIT" in listed
     assert not [line for line in listed.splitlines() if line.startswith(("FORGED", "SPLIT"))]
+
+
+def test_two_audits_with_one_seed_and_random_weights_agree(tmp_path: Path) -> None:
+    """The backbone was built unseeded: with --weights none each audit of one folder had other features, another
+    cache key and other findings (and a run's incomplete cache was filled by a backbone unlike its model's)."""
+    from floranet.workflows.audit import audit as audit_fn
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
+    runs = [audit_fn(data, out=tmp_path / name, **TINY, **FAST, seed=42).run.path for name in ("a1", "a2")]
+    keys = [sorted(p.name for p in (run / "features").iterdir()) for run in runs]
+    assert keys[0] == keys[1]
+    assert (runs[0] / RunDir.AUDIT_CSV).read_text() == (runs[1] / RunDir.AUDIT_CSV).read_text()

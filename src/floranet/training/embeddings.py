@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from floranet.config import TrainConfig
@@ -77,6 +78,9 @@ def stage1_features(
         if all(h in known for h in hashes):
             say(f"Features: all {len(set(hashes))} images found in the cache {found.relative_to(run.path)}.")
             return {h: known[h] for h in hashes}
+    # Seeded as training seeds before it builds: a backbone without pretrained weights is then the same every
+    # time (unseeded, two audits of one folder had different features, cache keys and findings).
+    keras.utils.set_random_seed(config.seed)
     model = classifier.build_classifier(
         config.backbone, 2, image_size=config.image_size, weights=config.weights, head_units=0
     )
