@@ -307,7 +307,7 @@ def test_the_compiled_model_predicts_without_tensorflow(tiny_run, tmp_path) -> N
     # One output: the probabilities, then the pooled features the unknown score reads (checked too).
     assert info["outputs"]["probabilities"] == [0, 3] and info["outputs"]["features"][0] == 3
     assert info["features_max_rel_diff"] <= 1e-4 and info["ood_max_rel_diff"] <= 1e-3
-    # The answer agrees wherever the score is not within float rounding of the threshold (a validation score).
+    # The answer agrees wherever the score is not within float rounding of the threshold.
     assert info["ood_answer_agreement"] == 1.0 and isinstance(info["ood_near_threshold"], int)
     image = _write_cases(tmp_path)["jpeg"]
     code = (

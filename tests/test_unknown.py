@@ -92,6 +92,29 @@ def test_near_duplicate_distances_do_not_amplify_the_runtimes_last_digits() -> N
     assert np.max(np.abs(mean_near - mean_again)) < 1e-9
 
 
+def test_validation_images_with_no_spread_stay_known_on_a_runtime_that_rounds_differently() -> None:
+    """Validation images identical to training images (pixel-identical shots) score alike: the threshold was that
+    very score, and combined divided the constant parts by 1e-6, so the compiled model's rounding (within its
+    check's tolerance) answered known images "unknown"."""
+    rng = np.random.default_rng(0)
+    centres = (rng.normal(0, 6, size=(2, 16)) + 20).astype(np.float32)
+    x = np.repeat(centres, 12, axis=0)
+    y = np.repeat(np.arange(2), 12)
+    probs = np.full((len(x), 2), 0.5, np.float32)
+    head = [rng.normal(size=(16, 8)).astype(np.float32), np.zeros(8, np.float32)]
+    head += [rng.normal(size=(8, 2)).astype(np.float32), np.zeros(2, np.float32)]
+    det = unknown_lib.fit("combined", x, y, x, probs, num_classes=2, head=head)
+    scores = det.score(x, probs).astype(np.float64)
+    from floranet.inference import compiled
+
+    tolerance = compiled.MAX_SCORE_REL_DIFF * max(1.0, abs(det.threshold))  # the compiled model's check
+    assert np.all(scores + 0.99 * tolerance <= det.threshold)  # any score the compiled check lets through
+    for _ in range(5):  # another runtime's features, a tenth of the difference the compiled check allows
+        other = (x + 1e-5 * np.abs(x).max() * rng.normal(size=x.shape)).astype(np.float32)
+        moved = det.score(other, probs)
+        assert np.max(np.abs(moved - scores)) < tolerance and not np.any(moved > det.threshold)
+
+
 def test_no_validation_images_and_bad_settings(tmp_path: Path) -> None:
     from floranet import config
     from floranet.errors import ModelError

@@ -13,11 +13,11 @@ pooled backbone features ``[N, F]``, so one call also gives what the "unknown" s
 (:mod:`floranet.inference.unknown`) reads. ``compiled.json``'s ``outputs`` gives their columns when joined
 (``OpenVINOInference(joined=True)``); the check covers the features (relative to their largest value) and, when
 the run has an unknown answer, its score and answer. The answer is compared on the images whose score is farther
-from the threshold than the score tolerance: the threshold is a validation image's own score (the ``keep``
-quantile), so that image, and any other within float rounding of it, may land on either side
-(``ood_near_threshold`` counts them). An IR without ``outputs`` (made before) serves a run only when its unknown
-answer needs no features; a ``model.keras`` that is not a classifier built here (no ``head`` layer) gets an IR
-of its probabilities alone.
+from the threshold than the score tolerance: an image within float rounding of it may land on either side
+(``ood_near_threshold`` counts them; the threshold sits above the validation score it keeps by this tolerance, or
+by half the gap to the next, so the validation images it keeps stay known within it). An IR without ``outputs``
+(made before) serves a run only when its unknown answer needs no features; a ``model.keras`` that is not a
+classifier built here (no ``head`` layer) gets an IR of its probabilities alone.
 
 Both models' outputs on the check images are kept in ``inference/check.npz``: an unknown answer fitted after the
 IR was made (``train`` fits it on the evaluation's outputs) is checked on them by :func:`recheck`, with no model
@@ -37,7 +37,7 @@ import numpy as np
 
 from floranet.data.decode import load_resized
 from floranet.errors import DatasetError, ModelError
-from floranet.inference.unknown import UnknownDetector
+from floranet.inference.unknown import SCORE_REL_TOLERANCE, UnknownDetector
 from floranet.rundir import RunDir
 from floranet.utils import optional
 from floranet.utils.files import file_digest, fsync_dir, seal_folder, temp_folder_beside, write_json
@@ -52,7 +52,7 @@ MAX_ABS_DIFF = 1e-4  # fp32 IR vs TensorFlow fp32: float rounding only
 # Measured (tests' tiny run, ResNet-20 at 32 px, 6 images): features 2.3e-7, score 4.3e-4 (the combined score
 # divides by small spreads on tiny sets); float rounding only.
 MAX_FEATURES_REL_DIFF = 1e-4
-MAX_SCORE_REL_DIFF = 1e-3
+MAX_SCORE_REL_DIFF = SCORE_REL_TOLERANCE  # the unknown threshold sits this far above the score it keeps
 # A conversion error is systematic (padding, preprocessing, a layer's semantics): a few images show it. 32, not
 # 64: TensorFlow's reference pass over them is most of the check's time (ResNet50 at 180 px: 27 images/s).
 CHECK_IMAGES = 32

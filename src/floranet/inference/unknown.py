@@ -18,8 +18,9 @@ statistics the score needs, plain arrays). Every score is "higher = less like th
 * ``msp``: 1 - the largest temperature-calibrated probability (needs no features).
 
 The threshold is the ``keep`` quantile (default 0.95) of the scores of known validation images (the
-ceil(keep * n)-th smallest), chosen on at least :data:`MIN_VALIDATION` of them: about ``keep`` of images like the
-training classes are answered normally, the rest and anything scoring higher are "unknown".
+ceil(keep * n)-th smallest) raised above it and any score tied with it (:func:`lifted`), so they stay known on a
+runtime that rounds differently, chosen on at least :data:`MIN_VALIDATION` of them: about ``keep`` of images like
+the training classes are answered normally, the rest and anything scoring higher are "unknown".
 benchmarks/bench_unknown.py compares the methods (and energy, which needs logits the saved model does not output)
 on flower_photos with each class held out in turn.
 """
@@ -50,6 +51,16 @@ HEAD_METHODS = frozenset({"combined", "knn_head", "energy"})
 COMBINED_PARTS = ("knn_head", "knn", "energy", "class_mean")
 # Training images kept as kNN references at most (a seeded sample beyond): bounds ood.npz and predict time.
 MAX_REFERENCES = 20_000
+# How far two runtimes' scores of one image may differ, relative to max(1, |threshold|): the compiled model's
+# check (floranet.inference.compiled) allows no more. The threshold sits this far above the validation score it
+# keeps (see lifted), so a known image whose score ties it (all of them where the scores have no spread) stays
+# known on a runtime that rounds differently.
+SCORE_REL_TOLERANCE = 1e-3
+# Least deviation ``combined`` divides a part by: this share of the part's mean magnitude, and at least
+# _Z_STD_FLOOR (in the parts' units: cosine distances, logits). A part constant on the validation images (all of them
+# copies of training images) was divided by 1e-6, which made float rounding of 1e-7 a tenth of a score.
+_Z_STD_REL_FLOOR = 1e-3
+_Z_STD_FLOOR = 1e-4
 _BLOCK = 1024
 
 
@@ -193,11 +204,30 @@ def threshold_for(scores: np.ndarray, keep: float) -> float:
     return float(np.quantile(np.asarray(scores, np.float64), keep, method="inverted_cdf"))
 
 
+def score_tolerance(threshold: float) -> float:
+    """The largest difference of two runtimes' scores the compiled model's check allows near ``threshold``."""
+    return SCORE_REL_TOLERANCE * max(1.0, abs(float(threshold)))
+
+
+def lifted(threshold: float, scores: np.ndarray) -> float:
+    """``threshold`` (a validation score) raised by :func:`score_tolerance`, or by half the gap to the next higher
+    validation score where that is closer: the images it keeps, and every one tied with them (all of them where the
+    scores have no spread), stay known on a runtime whose scores differ within the compiled model's check, and no
+    validation image it left out is kept."""
+    above = np.asarray(scores, np.float64)
+    above = above[above > threshold]
+    gap = float(above.min() - threshold) / 2 if len(above) else np.inf
+    return float(threshold + min(score_tolerance(threshold), gap))
+
+
 def z_scoring(stats: dict[str, np.ndarray], val_features: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """``combined``'s ``z_mean`` and ``z_std``: each component's mean and deviation on the known validation images
-    (the deviation floored, so a part that is constant there cannot divide by zero)."""
+    (the deviation floored, :data:`_Z_STD_REL_FLOOR` of the part's magnitude and at least :data:`_Z_STD_FLOOR`, so
+    a part that is (nearly) constant there cannot blow float rounding up into the score)."""
     parts = components(stats, val_features, k)
-    return {"z_mean": parts.mean(axis=0), "z_std": np.maximum(parts.std(axis=0), 1e-6)}
+    mean = parts.mean(axis=0)
+    floor = np.maximum(_Z_STD_REL_FLOOR * np.abs(mean), _Z_STD_FLOOR)
+    return {"z_mean": mean, "z_std": np.maximum(parts.std(axis=0), floor)}
 
 
 def _knn_distance(x: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:
@@ -364,7 +394,7 @@ def fit(
     if method == "combined":
         stats.update(z_scoring(stats, np.asarray(val_features, np.float32), k))
     val_scores = score(method, stats, val_features, val_probs, temperature=temperature, k=k)
-    threshold = threshold_for(val_scores, keep)
+    threshold = lifted(threshold_for(val_scores, keep), val_scores)
     info = {
         "fitted_on": {"train_images": len(train_labels), "validation_images": len(val_probs)},
         "validation_kept": float(np.mean(val_scores <= threshold)),
