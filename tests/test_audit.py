@@ -19,6 +19,7 @@ from floranet.errors import ConfigError, DatasetError
 from floranet.evaluation.audit import AuditData, run_audit
 from floranet.evaluation.audit_report import to_csv
 from floranet.evaluation.duplicates import similar_pairs
+from floranet.evaluation.labels import group_ids
 from floranet.rundir import RunDir
 from imagesets import TINY_MODEL, make_image_folder
 
@@ -102,8 +103,39 @@ def test_byte_identical_copies_do_not_hide_other_near_duplicates() -> None:
     found = {(i, j) for i, j, _ in pairs}
     assert (0, 40) in found
     copies = [5, *range(41, 46)]
-    assert {(i, j) for i in copies for j in copies if i < j} <= found  # the copies themselves, at similarity 1
+    assert not {(i, j) for i in copies for j in copies if i < j} & found  # listed by pair_findings, once each
     assert (0, 40) not in {(i, j) for i, j, _ in similar_pairs(features)[0]}  # measured on every row: missed
+
+
+def test_a_group_of_byte_identical_files_is_one_row_per_copy_and_exclude_keeps_one() -> None:
+    """Every pair of copies was a row: 1,000 copies of one file made 500,000 rows (21.7 MB of audit.csv). Each
+    copy is now one row against the copy kept, and leaving out every row's file keeps exactly one."""
+    from floranet.evaluation.audit import pair_findings
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 64)).astype(np.float32)
+    near = x[[0]] + rng.normal(0, 0.3, (1, 64)).astype(np.float32)  # a re-encoded copy of image 0, not identical
+    features = np.concatenate([x, near, np.repeat(x[[0]], 40, axis=0)])  # and 40 byte-identical copies of it
+    n = len(features)
+    sha = [f"{i:064x}" for i in range(31)] + [f"{0:064x}"] * 40
+    data = AuditData(
+        tuple(f"c/{i:03d}.jpg" for i in range(n)),
+        np.zeros(n, np.int64),
+        ("train",) * n,
+        tuple(sha),
+        features,
+        ("c",),
+    )
+    pairs, _ = similar_pairs(features, groups=group_ids(sha, n))
+    quality = np.full(n, 0.5, np.float32)
+    quality[35] = 0.9  # the most trustworthy label of the group: the copy kept
+    rows = pair_findings(data, pairs, quality)
+    group = {data.paths[i] for i in (0, *range(31, n))}
+    copies = [r for r in rows if r.file in group and r.other_file in group]
+    assert len(copies) == 40 and {r.other_file for r in copies} == {"c/035.jpg"} and {r.score for r in copies} == {1.0}
+    assert len([r for r in rows if data.paths[30] in (r.file, r.other_file)]) == 41  # the near copy: every copy
+    left_out = {r.file for r in rows}
+    assert (group | {data.paths[30]}) - left_out == {"c/035.jpg"}
 
 
 def test_outlier_far_from_every_class_is_flagged() -> None:

@@ -7,7 +7,8 @@ per image), so an audit costs seconds once the features exist:
   learning (:mod:`floranet.evaluation.labels`); a class of fewer than two distinct images is left out of this
   check. Score in ``audit.csv``: 1 - label quality.
 * **Near-duplicates.** Cosine similarity of the whitened features, every pair above the set's own threshold
-  (:mod:`floranet.evaluation.duplicates`): resized, re-encoded and cropped copies; byte-identical files score 1.0.
+  (:mod:`floranet.evaluation.duplicates`): resized, re-encoded and cropped copies; byte-identical files score 1.0,
+  one row per copy against the copy of its group to keep (not one per pair of copies).
   A pair in two classes is a ``duplicate_conflict``; one on both sides of the train/validation split a
   ``duplicate_leak``; one in the same class and side a plain ``duplicate``.
 * **Outliers.** cleanlab's ``OutOfDistribution`` on the features: mean cosine distance to the k nearest
@@ -246,7 +247,8 @@ def run_audit(
         "duplicate_similarity": round(duplicate_similarity, 4),  # as used: this set's, unless one was given
         "duplicate_z": DUPLICATE_Z,
         "outlier_z": OUTLIER_Z,
-        "similar_pairs": len(pairs),
+        "similar_pairs": len(pairs),  # of distinct files; byte-identical copies are counted apart
+        "byte_identical_copies": int(n - len(np.unique(groups))),  # a row each, against the copy kept
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     result = AuditResult(data, findings, labels.oof, labels.quality, outliers, facts)
@@ -267,9 +269,24 @@ def _label_finding(data: AuditData, i: int, oof: np.ndarray, quality: np.ndarray
 
 
 def pair_findings(data: AuditData, pairs: Sequence[tuple[int, int, float]], quality: np.ndarray) -> list[Finding]:
-    """A row per near-duplicate pair; each row's ``file`` is the copy to leave out (:func:`_keep_order`)."""
+    """A row per near-duplicate pair, and per byte-identical copy (same sha256) against the one of its group to
+    keep, at similarity 1 (a row per pair of copies made 500,000 rows of 1,000 copies); each row's ``file`` is the
+    copy to leave out (:func:`_keep_order`).
+
+    Args:
+        data: The audited images.
+        pairs: ``(i, j, similarity)`` of :func:`floranet.evaluation.duplicates.similar_pairs`, byte-identical
+            files not paired with each other.
+        quality: Label quality per image (the more trustworthy label is kept).
+    """
     rank = _keep_order(data, quality)
-    return [_pair_finding(data, *((i, j) if rank[i] > rank[j] else (j, i)), sim) for i, j, sim in pairs]
+    groups = group_ids(data.sha256, len(data.paths))
+    keeper: dict[int, int] = {}  # group -> its member to keep: the first in the order
+    for i in np.argsort(rank, kind="stable"):
+        keeper.setdefault(int(groups[i]), int(i))
+    copies = [(keeper[int(groups[i])], i, 1.0) for i in range(len(groups)) if keeper[int(groups[i])] != i]
+    ordered = [*copies, *pairs]  # copies first: the most similar
+    return [_pair_finding(data, *((i, j) if rank[i] > rank[j] else (j, i)), sim) for i, j, sim in ordered]
 
 
 def _keep_order(data: AuditData, quality: np.ndarray) -> np.ndarray:

@@ -77,8 +77,9 @@ def similar_pairs(
         features: ``[n, d]`` embeddings.
         threshold: The similarity that makes a pair; None: the set's own.
         groups: An id per row, the same for byte-identical files: the whitening and the threshold are measured
-            on one row of each (five copies of one photo raised the threshold past a resized copy elsewhere);
-            the copies are still paired, at similarity 1.
+            on one row of each (five copies of one photo raised the threshold past a resized copy elsewhere),
+            and copies are not paired with each other (a group of n would give n(n-1)/2 pairs:
+            :func:`floranet.evaluation.audit.pair_findings` lists them, one row per copy).
 
     Blockwise (``1024 x n`` similarities at a time), so memory stays bounded; time is O(n^2 d).
     """
@@ -86,10 +87,11 @@ def similar_pairs(
     z = whitened(features, distinct)
     if threshold is None:
         threshold = duplicate_threshold(z if distinct is None else z[distinct])
+    ids = np.arange(len(z)) if groups is None else np.asarray(groups)
     pairs: list[tuple[int, int, float]] = []
     for s in range(0, len(z), _BLOCK):
         sims = z[s : s + _BLOCK] @ z.T
         rows, cols = np.nonzero(sims >= threshold)
-        keep = cols > rows + s
+        keep = (cols > rows + s) & (ids[rows + s] != ids[cols])
         pairs += [(int(r + s), int(c), float(sims[r, c])) for r, c in zip(rows[keep], cols[keep], strict=True)]
     return sorted(pairs, key=lambda p: (-p[2], p[0], p[1])), threshold
