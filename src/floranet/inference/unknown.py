@@ -345,12 +345,8 @@ class UnknownDetector:
 def _number(
     where: Path, meta: dict[str, Any], key: str, ok: Callable[[float], bool], what: str, default: float | None = None
 ) -> float:
-    """``meta[key]`` as a finite float that passes ``ok``: a hand-edited or damaged ``ood.json`` was a traceback,
-    or with a NaN threshold silently answered every image as known.
-
-    Raises:
-        ModelError: It is missing (without a default), not a number, not finite, or fails ``ok``.
-    """
+    """``meta[key]`` as a finite float that passes ``ok``, else a ModelError: a damaged ``ood.json`` was a
+    traceback, or (a NaN threshold) silently answered every image as known."""
     value = meta.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
         raise ModelError(f"{where} is damaged: {key} must be {what}. Received: {key}={str(value)[:40]}")
