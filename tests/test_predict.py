@@ -142,6 +142,18 @@ def test_folders_follow_symlinks_once_and_skip_fifos(tmp_path) -> None:
     assert input_lib.expand_inputs([""]) == ([], [input_lib.Unmatched(0, "")])  # not the working folder
 
 
+def test_folders_skip_the_system_entries_the_doctor_skips(tmp_path) -> None:
+    """predict walked a NAS's @eaDir thumbnails and macOS's __MACOSX copies that doctor, train and evaluate
+    ignore: each photo was predicted two or three times."""
+    top = tmp_path / "nas"
+    for name in ("daisy/img0.jpg", "daisy/@eaDir/img0.jpg/SYNOFILE_THUMB_M.jpg", "__MACOSX/daisy/img0.jpg"):
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(top / name)
+    for given in (top, top / "**" / "*.jpg"):
+        files, missing = input_lib.expand_inputs([given])
+        assert [p.relative_to(top).as_posix() for p in files] == ["daisy/img0.jpg"] and not missing, given
+
+
 def test_python_api_arguments_are_checked_by_name(tiny_run, tmp_path) -> None:
     """From Python: top_k=0 silently gave one class, 'x' a ValueError; a path given to predict_files was read
     letter by letter; a setting beside a config was ignored; calibrated='no' turned calibration on."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from floranet.data.doctor import IMAGE_EXTENSIONS
+from floranet.data.scan import IMAGE_EXTENSIONS, is_skipped_name
 
 # The error row of an input that names no image (see :func:`expand_inputs`).
 NO_IMAGE = "no image: no such file, or a folder or pattern with no images in it"
@@ -24,7 +24,8 @@ class Unmatched(NamedTuple):
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Unmatched]]:
-    """Files as given, folders walked (image extensions, hidden entries skipped), globs expanded.
+    """Files as given, folders walked (image extensions; hidden and system entries skipped, as the doctor skips
+    them), globs expanded.
 
     Returns:
         (files in a stable order, inputs that matched nothing: a missing path, an empty folder, a pattern
@@ -55,20 +56,22 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
 
 def _walk(root: Path) -> list[Path]:
     """Image files under ``root`` in name order: symlinked folders followed as the doctor follows them (each real
-    folder once, so a link loop ends), hidden entries skipped, and only regular files (a FIFO would block the
-    read forever)."""
+    folder once, so a link loop ends), hidden and system entries skipped as the doctor skips them (a NAS's
+    ``@eaDir`` thumbnails, macOS's ``__MACOSX`` copies), and only regular files (a FIFO would block the read
+    forever)."""
     out: list[Path] = []
     for dirpath, filenames in _folders(str(root)):
         out.extend(
             Path(dirpath) / f
             for f in filenames
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(dirpath) / f)
+            if not is_skipped_name(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(dirpath) / f)
         )
     return out
 
 
 def _folders(root: str) -> Iterator[tuple[str, list[str]]]:
-    """``(folder, its file names)`` under ``root`` in name order, each real folder once, hidden ones skipped."""
+    """``(folder, its file names)`` under ``root`` in name order, each real folder once, hidden and system ones
+    skipped."""
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -76,7 +79,7 @@ def _folders(root: str) -> Iterator[tuple[str, list[str]]]:
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not is_skipped_name(d))
         yield dirpath, sorted(filenames)
 
 

@@ -23,6 +23,12 @@ _SYSTEM_NAMES = frozenset(
 )
 
 
+def is_skipped_name(name: str) -> bool:
+    """Whether an entry of this name is hidden (a dot name) or one an operating system or NAS box adds: never
+    read as an image, by the doctor's scan nor by predict's walk of a folder."""
+    return name.startswith(".") or name.lower() in _SYSTEM_NAMES
+
+
 @dataclass(frozen=True)
 class FileFinding:
     """The verdict on one file (or skipped folder).
@@ -165,7 +171,7 @@ def _key(st: os.stat_result) -> tuple[int, int]:
 
 def _hidden_reason(entry: os.DirEntry) -> str:
     name = entry.name
-    if not name.startswith(".") and name.lower() not in _SYSTEM_NAMES:
+    if not is_skipped_name(name):
         return ""
     try:
         is_dir = entry.is_dir()
