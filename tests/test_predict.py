@@ -154,6 +154,25 @@ def test_folders_skip_the_system_entries_the_doctor_skips(tmp_path) -> None:
         assert [p.relative_to(top).as_posix() for p in files] == ["daisy/img0.jpg"] and not missing, given
 
 
+def test_a_pattern_that_matches_folders_walks_them(tmp_path) -> None:
+    """``predict run 'data/*'`` answered "no image" for a data folder of class folders: a pattern kept only the
+    files it matched. Its folders are walked now, as a folder argument is, each file once."""
+    data = tmp_path / "data"
+    for name in ("roses/r.jpg", "tulips/sub/t.png", "__MACOSX/roses/r.jpg", "top.jpg"):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(data / name)
+    (data / "notes.txt").write_text("not an image")
+    files, missing = input_lib.expand_inputs([str(data / "*")])
+    assert [p.relative_to(data).as_posix() for p in files] == ["roses/r.jpg", "top.jpg", "tulips/sub/t.png"]
+    assert not missing
+    files, _ = input_lib.expand_inputs([str(data / "**")])  # every folder matched: each file still once
+    assert sorted(p.relative_to(data).as_posix() for p in files) == ["roses/r.jpg", "top.jpg", "tulips/sub/t.png"]
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert input_lib.expand_inputs([str(tmp_path / "empty" / "*")]) == (
+        [], [input_lib.Unmatched(0, str(tmp_path / "empty" / "*"))]
+    )  # fmt: skip
+
+
 def test_python_api_arguments_are_checked_by_name(tiny_run, tmp_path) -> None:
     """From Python: top_k=0 silently gave one class, 'x' a ValueError; a path given to predict_files was read
     letter by letter; a setting beside a config was ignored; calibrated='no' turned calibration on."""

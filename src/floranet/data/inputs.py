@@ -25,7 +25,7 @@ class Unmatched(NamedTuple):
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Unmatched]]:
     """Files as given, folders walked (image extensions; hidden and system entries skipped, as the doctor skips
-    them), globs expanded.
+    them), globs expanded (a folder they match walked as a folder is).
 
     Returns:
         (files in a stable order, inputs that matched nothing: a missing path, an empty folder, a pattern
@@ -42,16 +42,33 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
         elif p.is_dir():
             found = _walk(p)  # an empty folder is as good as a typo: say so below
         elif glob.has_magic(str(item)):
-            matched = sorted(Path(m) for m in _glob(str(item)))
-            # Each file once: a link (alias -> .) names the same file under two paths.
-            real = {os.path.realpath(m): m for m in reversed(matched) if m.is_file() and _regular(m)}
-            found = sorted(m for m in real.values() if m.suffix.lower() in IMAGE_EXTENSIONS)
+            found = _matched(str(item))
         else:
             found = []
         if not found:
             missing.append(Unmatched(len(files), str(item)))
         files.extend(found)
     return files, missing
+
+
+def _matched(pattern: str) -> list[Path]:
+    """The images a pattern names, in its sorted order: the image files it matches, and those under the folders it
+    matches (walked as a folder argument is: ``'data/*'`` names the images of data's folders), each file once."""
+    found: list[Path] = []
+    walked: list[Path] = []
+    for m in sorted(Path(m) for m in _glob(pattern)):
+        if m.is_dir():
+            # A folder under one already walked (``**`` matches both) adds nothing but the time to walk it again.
+            if not is_skipped_name(m.name) and not any(m.is_relative_to(w) for w in walked):
+                walked.append(m)
+                found.extend(_walk(m))
+        elif m.suffix.lower() in IMAGE_EXTENSIONS and m.is_file() and _regular(m):
+            found.append(m)
+    # Each file once, under the first path that named it: a link (alias -> .) names one file under two paths.
+    real: dict[str, Path] = {}
+    for m in found:
+        real.setdefault(os.path.realpath(m), m)
+    return list(real.values())
 
 
 def _walk(root: Path) -> list[Path]:
