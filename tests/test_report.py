@@ -119,6 +119,49 @@ def test_explain_takes_folders_and_patterns_as_predict_does(tiny_run, tmp_path, 
     assert f"{tmp_path / 'gone'}: no image" in capsys.readouterr().err
 
 
+def test_explain_never_explains_its_own_overlays_nor_writes_into_the_run(tiny_run, tmp_path, capsys, caplog) -> None:
+    """With --out inside an input folder each rerun explained the overlays of the last one (x.gradcam.gradcam.png,
+    then x.gradcam.gradcam.gradcam.png); --out inside the run directory wrote overlays among its model and records
+    (predict --output and report --out refuse that)."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(photos / "x.png")
+    for _ in range(2):
+        assert main(["explain", str(tiny_run), str(photos), "--out", str(photos / "cams")]) == 0
+    assert sorted(p.relative_to(photos).as_posix() for p in photos.rglob("*.png")) == ["cams/x.gradcam.png", "x.png"]
+    assert "Left out 1 image(s) that floranet drew" in caplog.text
+    for inside in (tiny_run, tiny_run / "cams"):
+        assert main(["explain", str(tiny_run), str(photos / "x.png"), "--out", str(inside)]) == 2
+        assert "out must be outside the run directory" in capsys.readouterr().err
+    assert not list(tiny_run.rglob("*.gradcam.png"))
+
+
+def test_explain_says_which_overlay_is_which_image(tiny_run, tmp_path, capsys, monkeypatch) -> None:
+    """a/x.jpg and b/x.jpg gave x.gradcam.png and x.2.gradcam.png, and stdout listed only the overlays, each
+    captioned "x.jpg": nothing told which was which. Each line now pairs the image with its overlay, and the
+    caption shows the path as given."""
+    import numpy as np
+    from PIL import Image
+
+    from floranet.evaluation import gradcam
+
+    captions: list[str] = []
+    real_grid = gradcam.image_grid
+    monkeypatch.setattr(gradcam, "image_grid", lambda p, c, *a, **k: (captions.extend(c), real_grid(p, c, *a, **k)))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(tmp_path / folder / "x.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", str(tiny_run), "a/x.jpg", "b", "--out", "cams"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"a{os.sep}x.jpg -> cams{os.sep}x.gradcam.png", f"b{os.sep}x.jpg -> cams{os.sep}x.2.gradcam.png"
+    ]  # fmt: skip
+    assert [c.split("\n")[0] for c in captions] == [f"a{os.sep}x.jpg", f"b{os.sep}x.jpg"]
+
+
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     import keras
     import numpy as np

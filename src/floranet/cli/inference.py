@@ -139,7 +139,9 @@ def add_explain(sub: Subparsers) -> None:
     p = command(sub, "explain", run_explain, help="Grad-CAM overlays: where the model looked")
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", help="images, folders or globs, as predict takes them")
-    p.add_argument("--out", default=".", help="folder for <image>.gradcam.png files")
+    p.add_argument(
+        "--out", default=".", help="folder for <image>.gradcam.png files (not in the run directory or its data folder)"
+    )
     p.add_argument("--class", dest="class_name", help="explain this class (default: the predicted one)")
 
 
@@ -152,8 +154,11 @@ def run_explain(args: argparse.Namespace) -> int:
         failed.append(path)
         warn(f"floranet explain: {error}")
 
-    for path in explain_files(args.run_dir, args.paths, args.out, class_name=args.class_name, on_error=unreadable):
-        say(str(path))
+    # Image and overlay: a/x.jpg and b/x.jpg get x.gradcam.png and x.2.gradcam.png, which alone do not say which
+    for image, overlay in explain_files(
+        args.run_dir, args.paths, args.out, class_name=args.class_name, on_error=unreadable
+    ):
+        say(f"{image} -> {overlay}")
     return 1 if failed else 0
 
 

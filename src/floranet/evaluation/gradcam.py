@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,10 @@ from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid, written_here
+from floranet.utils.files import check_outside
+from floranet.utils.text import printable
+
+log = logging.getLogger(__name__)
 
 
 def last_feature_map(backbone: keras.Model) -> tuple[str, keras.KerasTensor]:
@@ -106,9 +111,13 @@ def explain_files(
     *,
     class_name: str | None = None,
     on_error: Callable[[str | os.PathLike[str], DatasetError], None] | None = None,
-) -> list[Path]:
+) -> list[tuple[Path, Path]]:
     """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``; ``<stem>.2.gradcam.png`` and on for
-    later images of the same name) and returns their paths.
+    later images of the same name), captioned with the image's path as given, and returns ``(image, overlay)``
+    pairs in the order of the images.
+
+    Images floranet drew (overlays of an earlier run in an input folder, a run's plots) are left out, and said:
+    explaining them again added ``x.gradcam.gradcam.png`` on every rerun.
 
     Args:
         run_dir: A finished run directory.
@@ -119,25 +128,17 @@ def explain_files(
             others are explained; None: the first such image raises.
 
     Raises:
-        ConfigError: ``class_name`` is not one of the run's classes.
+        ConfigError: ``class_name`` is not one of the run's classes, or ``out_dir`` is a file or lies in the run
+            directory or the data folder it was trained on.
         DatasetError: An image cannot be decoded, or an input names no image.
     """
     run = RunDir.open(run_dir)
+    out = _checked_out(run, out_dir)
     model = run.load_model()
     names = run.class_names()
     if class_name is not None and class_name not in names:
         raise ConfigError(f"class_name must be one of {', '.join(names)}. Received: class_name={class_name!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
-    if run.exists(RunDir.CONFIG):  # an overlay in the data folder would become a training image
-        RunDir(out).check_outside(run.config().data_dir)
-    files, unmatched = expand_inputs(paths)
-    for miss in unmatched:  # before anything is drawn, as a missing file always was
-        error = DatasetError(f"{miss.input}: {NO_IMAGE}")
-        if on_error is None:
-            raise error
-        on_error(miss.input, error)
+    files = _images(paths, on_error)
     targets = _targets(out, files)
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     max_pixels = run.max_pixels()  # what predict decodes, explain decodes
@@ -154,15 +155,49 @@ def explain_files(
         idx = None if class_name is None else names.index(class_name)
         heat, probs = cam.heatmaps(pixels[None], idx)
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
-        image_grid(
-            [pixels],
-            [f"{Path(p).name}: {shown} ({probs[0][names.index(shown)]:.0%})"],
-            target,
-            overlays=[heat[0]],
-            columns=1,
-        )
-        written.append(target)
+        # The path as given: two inputs of one name (a/x.jpg, b/x.jpg) are told apart on the picture too.
+        caption = f"{printable(os.fspath(p))}\n{shown} ({probs[0][names.index(shown)]:.0%})"
+        image_grid([pixels], [caption], target, overlays=[heat[0]], columns=1)
+        written.append((p, target))
     return written
+
+
+def _checked_out(run: RunDir, out_dir: str | os.PathLike[str]) -> Path:
+    """``out_dir``, checked before any model is loaded: a folder (or a new one) outside the run directory (its
+    model and records) and the data folder (an overlay there would become a training image).
+
+    Raises:
+        ConfigError: It is a file, or lies in one of those.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
+    inside = [("the run directory (its model and records)", run.path)]
+    if run.exists(RunDir.CONFIG):
+        inside.append(("the data folder the run was trained on", Path(run.config().data_dir)))
+    check_outside(out, arg="out", inside=inside)
+    return out
+
+
+def _images(
+    paths: Sequence[str | os.PathLike[str]], on_error: Callable[[str | os.PathLike[str], DatasetError], None] | None
+) -> list[Path]:
+    """The images ``paths`` name (:func:`expand_inputs`), less those floranet drew; an input that names no image
+    goes to ``on_error`` (raised without one) before anything is drawn, as a missing file always did."""
+    files, unmatched = expand_inputs(paths)
+    for miss in unmatched:
+        error = DatasetError(f"{miss.input}: {NO_IMAGE}")
+        if on_error is None:
+            raise error
+        on_error(miss.input, error)
+    drawn = {p for p in files if p.suffix.lower() == ".png" and written_here(p)}
+    if drawn:
+        log.warning(
+            "Left out %d image(s) that floranet drew (overlays or plots, e.g. %s): they are not photos to explain.",
+            len(drawn),
+            printable(os.fspath(min(drawn))),
+        )
+    return [p for p in files if p not in drawn]
 
 
 def _targets(out: Path, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:

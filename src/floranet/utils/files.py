@@ -231,9 +231,7 @@ def check_replaceable(
     """
     target = Path(path)
     shown = printable(os.fspath(path))
-    for what, folder in inside:
-        if target.resolve().is_relative_to(folder.resolve()):
-            raise ConfigError(f"{arg} must be outside {what}. Received: {arg}={shown!r}")
+    check_outside(target, arg=arg, inside=inside)
     if (target.exists() or target.is_symlink()) and not target.is_dir():
         first = file_head(target, head)
         if first is None or not is_ours(first):
@@ -242,6 +240,23 @@ def check_replaceable(
                 f"replaced. Received: {arg}={shown!r}"
             )
     return check_writable(target)
+
+
+def check_outside(path: str | os.PathLike[str], *, arg: str, inside: Sequence[tuple[str, Path]]) -> None:
+    """Checks that an output (file or folder) lies outside each folder of ``inside`` (links resolved).
+
+    Args:
+        path: The output.
+        arg: The argument that named it, for the message.
+        inside: ``(what, folder)`` pairs the output must stay out of (e.g. the run directory).
+
+    Raises:
+        ConfigError: It is one of those folders or lies in one.
+    """
+    target = Path(path).resolve()
+    for what, folder in inside:
+        if target.is_relative_to(folder.resolve()):
+            raise ConfigError(f"{arg} must be outside {what}. Received: {arg}={printable(os.fspath(path))!r}")
 
 
 def file_head(path: str | os.PathLike[str], size: int) -> bytes | None:
