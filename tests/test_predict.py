@@ -81,6 +81,27 @@ def test_bad_files_are_reported_in_their_row_and_never_stop_the_batch(tiny_run, 
     )
 
 
+def test_a_too_large_image_names_the_runs_config_yaml_as_where_its_limit_lives(tiny_run, tmp_path) -> None:
+    """predict told its user to "raise max_pixels", which predict has no flag for: the limit is the run's
+    max_pixels in config.yaml. Every path says so (a few files, a folder's pipeline, bytes); the decoder's own
+    hint, for training and the doctor that have --max-pixels, stays."""
+    from floranet.errors import DatasetError
+
+    hint = "; raise max_pixels in the run's config.yaml to accept it"
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(raw_png(100_000, 100_000, 8, 2, b"\0" * 64))
+    many = [bomb, *_write_cases(tmp_path).values()]  # more than batch.SMALL_JOB: the pipeline's path
+    for runtime in ("auto", "tensorflow"):
+        predictor = predict.load(tiny_run, runtime=runtime)
+        for files in ([bomb], many):
+            error = predictor.predict(files)[0].error or ""
+            assert "too large: 100000x100000" in error and error.endswith(hint), (runtime, len(files), error)
+    with pytest.raises(DatasetError, match="raise max_pixels in the run's config.yaml"):
+        predict.load(tiny_run).predict_bytes(bomb.read_bytes())
+    with pytest.raises(DatasetError, match="raise max_pixels to accept it"):
+        load_image(bomb)
+
+
 def test_rows_come_in_the_order_of_the_inputs_missing_ones_included(tiny_run, tmp_path) -> None:
     """An input that names no image gets its error row where it stood, not after every found image."""
     (tmp_path / "imgs").mkdir()

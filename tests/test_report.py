@@ -94,7 +94,10 @@ def test_explain_decodes_with_the_runs_own_pixel_limit(writable_run, tmp_path, c
     image = tmp_path / "flower.jpg"
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(image)
     assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams")]) == 1
-    assert "40x30 = 1,200 pixels exceeds the limit of 1,000 pixels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "40x30 = 1,200 pixels exceeds the limit of 1,000 pixels" in err
+    # explain has no --max-pixels: the hint names where the limit lives
+    assert err.rstrip().endswith("; raise max_pixels in the run's config.yaml to accept it"), err
 
 
 def test_explain_takes_folders_and_patterns_as_predict_does(tiny_run, tmp_path, capsys) -> None:

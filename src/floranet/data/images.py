@@ -72,6 +72,19 @@ class UnusableImageError(DatasetError):
         return f"{self.reason}; {self.hint}" if self.hint else self.reason
 
 
+# A too-large image's hint where the limit is a trained run's (predict, explain, evaluate): those commands have no
+# --max-pixels, they decode within the max_pixels the run's config.yaml holds.
+RUN_LIMIT_HINT = "raise max_pixels in the run's config.yaml to accept it"
+
+
+def with_run_limit(error: DatasetError) -> DatasetError:
+    """``error`` as a command that decodes within a run's limit says it: a too-large image's hint names the run's
+    ``config.yaml`` instead of a ``max_pixels`` argument the command does not have; any other error as it is."""
+    if not isinstance(error, UnusableImageError) or error.kind != "too_large":
+        return error
+    return UnusableImageError(error.name, error.reason, kind=error.kind, phrase=error.phrase, hint=RUN_LIMIT_HINT)
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What :func:`inspect_image` learned about a usable image.

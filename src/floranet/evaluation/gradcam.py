@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from floranet.data import decode
+from floranet.data.images import with_run_limit
 from floranet.data.inputs import NO_IMAGE, expand_inputs
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
@@ -148,9 +149,10 @@ def explain_files(
         try:
             pixels = decode.decode_and_resize(str(p), size, max_pixels=max_pixels)
         except DatasetError as e:
+            error = with_run_limit(e)  # explain has no --max-pixels: the hint names the run's config.yaml
             if on_error is None:
-                raise
-            on_error(p, e)  # the other images are explained still
+                raise error from None
+            on_error(p, error)  # the other images are explained still
             continue
         idx = None if class_name is None else names.index(class_name)
         heat, probs = cam.heatmaps(pixels[None], idx)

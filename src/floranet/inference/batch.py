@@ -95,6 +95,7 @@ def run_on_files(
     tf_decodable: Sequence[bool | None] | None = None,
     job_size: int | None = None,
     without_tensorflow: bool = False,
+    run_limit: bool = False,
 ) -> FileOutputs:
     """Runs ``fn`` (float32 ``[B, H, W, 3]`` RGB 0..255 → outputs) on every file, in order.
 
@@ -109,10 +110,12 @@ def run_on_files(
             whole job's size: the decode path is then chosen as for the whole job, so results are equal.
         without_tensorflow: Decode in a thread pool with Pillow and NumPy (the same pixels) instead of tf.data,
             so a model that needs no TensorFlow (the run's compiled IR) runs without importing it.
+        run_limit: ``max_pixels`` is a trained run's (predict): a too-large image's error names the run's
+            config.yaml (:func:`floranet.data.images.with_run_limit`), not an argument the caller has.
     """
     n = len(paths)
     if n and (job_size if job_size is not None else n) <= SMALL_JOB:
-        return _direct(fn, paths, image_size, max_pixels)
+        return _direct(fn, paths, image_size, max_pixels, run_limit)
     outputs: np.ndarray | None = None
     seen = np.zeros(n, bool)
     stream = (
@@ -127,7 +130,7 @@ def run_on_files(
             outputs = np.zeros((n, *out.shape[1:]), np.float32)
         outputs[positions] = out
         seen[positions] = True
-    errors = {int(i): _reason(paths[int(i)], max_pixels) for i in np.flatnonzero(~seen)}
+    errors = {int(i): _reason(paths[int(i)], max_pixels, run_limit) for i in np.flatnonzero(~seen)}
     return FileOutputs(outputs if outputs is not None else np.zeros((n, 0), np.float32), errors)
 
 
@@ -152,7 +155,7 @@ def _pillow_outputs(
 
 
 def _direct(
-    fn: ModelFn, paths: Sequence[str | os.PathLike[str]], image_size: tuple[int, int], max_pixels: int
+    fn: ModelFn, paths: Sequence[str | os.PathLike[str]], image_size: tuple[int, int], max_pixels: int, run_limit: bool
 ) -> FileOutputs:
     decoded: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
@@ -160,7 +163,7 @@ def _direct(
         try:
             decoded[i] = decode.decode_and_resize(path, image_size, max_pixels=max_pixels)
         except DatasetError as e:
-            errors[i] = str(e)
+            errors[i] = _said(e, run_limit)
     if not decoded:
         return FileOutputs(np.zeros((len(paths), 0), np.float32), errors)
     # One image per call, as the server and a single `predict` see it.
@@ -172,10 +175,14 @@ def _direct(
     return FileOutputs(outputs, errors)
 
 
-def _reason(path: str | os.PathLike[str], max_pixels: int) -> str:
+def _reason(path: str | os.PathLike[str], max_pixels: int, run_limit: bool) -> str:
     """Why a file the pipeline skipped cannot be used (decoded again, with Pillow, for its reason)."""
     try:
         images.load_image(path, max_pixels=max_pixels)
     except DatasetError as e:
-        return str(e)
+        return _said(e, run_limit)
     return f"Cannot decode image: {os.fsdecode(path)!r} could not be decoded"
+
+
+def _said(error: DatasetError, run_limit: bool) -> str:
+    return str(images.with_run_limit(error) if run_limit else error)

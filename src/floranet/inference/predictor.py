@@ -18,8 +18,9 @@ import numpy as np
 
 from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig, check_positive_int
 from floranet.data import decode
+from floranet.data.images import with_run_limit
 from floranet.data.inputs import NO_IMAGE, Unmatched, expand_inputs
-from floranet.errors import ConfigError, ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.inference import batch, compiled, runtime
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
@@ -210,6 +211,7 @@ class Predictor:
             batch_size=self.config.batch_size,
             max_pixels=self.max_pixels,
             job_size=job_size,
+            run_limit=True,
         )
 
     def predict(
@@ -253,7 +255,10 @@ class Predictor:
         _check_top_k(top_k)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ConfigError(f"data must be the encoded image's bytes. Received: data of type {type(data).__name__}")
-        _, pixels = decode.decode_bytes(bytes(data), self.image_size, name=name, max_pixels=self.max_pixels)
+        try:
+            _, pixels = decode.decode_bytes(bytes(data), self.image_size, name=name, max_pixels=self.max_pixels)
+        except DatasetError as e:  # the limit is the run's: the hint names its config.yaml
+            raise with_run_limit(e) from None
         if self.choice is None:
             self.select(1)
         return self.row(name, self.outputs(pixels[None])[0], top_k)
