@@ -129,7 +129,7 @@ def test_a_group_of_byte_identical_files_is_one_row_per_copy_and_exclude_keeps_o
     pairs, _ = similar_pairs(features, groups=group_ids(sha, n))
     quality = np.full(n, 0.5, np.float32)
     quality[35] = 0.9  # the most trustworthy label of the group: the copy kept
-    rows = pair_findings(data, pairs, quality)
+    rows = pair_findings(data, pairs, quality, group_ids(sha, n))
     group = {data.paths[i] for i in (0, *range(31, n))}
     copies = [r for r in rows if r.file in group and r.other_file in group]
     assert len(copies) == 40 and {r.other_file for r in copies} == {"c/035.jpg"} and {r.score for r in copies} == {1.0}
@@ -577,7 +577,7 @@ def test_exclude_of_the_audit_keeps_one_copy_of_every_group_of_near_duplicates()
     )
     quality = np.array([0.5, 0.9, 0.2, 0.95])
     pairs = [(0, 1, 0.9), (0, 2, 0.9), (1, 2, 0.9), (1, 3, 0.8), (2, 3, 0.8), (0, 3, 0.8)]
-    rows = {(f.file, f.other_file): f.kind for f in pair_findings(data, pairs, quality)}
+    rows = {(f.file, f.other_file): f.kind for f in pair_findings(data, pairs, quality, np.arange(4))}
     assert {f for f, _ in rows} == {"roses/b.jpg", "roses/c.jpg", "roses/d.jpg"}  # a, the keeper, is never left out
     assert rows[("roses/b.jpg", "daisy/a.jpg")] == "duplicate_conflict"
     assert rows[("roses/b.jpg", "roses/c.jpg")] == "duplicate_leak"  # the validation side

@@ -220,7 +220,7 @@ def run_audit(
     findings = list(labels.findings)
     t = time.perf_counter()
     pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, groups)
-    findings += pair_findings(data, pairs, labels.quality)
+    findings += pair_findings(data, pairs, labels.quality, groups)
     timings["duplicates_s"] = time.perf_counter() - t
     t = time.perf_counter()
     outliers = outlier_scores(data.features) if n > 2 else np.zeros(n, np.float32)
@@ -268,7 +268,9 @@ def _label_finding(data: AuditData, i: int, oof: np.ndarray, quality: np.ndarray
     )
 
 
-def pair_findings(data: AuditData, pairs: Sequence[tuple[int, int, float]], quality: np.ndarray) -> list[Finding]:
+def pair_findings(
+    data: AuditData, pairs: Sequence[tuple[int, int, float]], quality: np.ndarray, groups: np.ndarray
+) -> list[Finding]:
     """A row per near-duplicate pair, and per byte-identical copy (same sha256) against the one of its group to
     keep, at similarity 1 (a row per pair of copies made 500,000 rows of 1,000 copies); each row's ``file`` is the
     copy to leave out (:func:`_keep_order`).
@@ -278,9 +280,9 @@ def pair_findings(data: AuditData, pairs: Sequence[tuple[int, int, float]], qual
         pairs: ``(i, j, similarity)`` of :func:`floranet.evaluation.duplicates.similar_pairs`, byte-identical
             files not paired with each other.
         quality: Label quality per image (the more trustworthy label is kept).
+        groups: :func:`group_ids` of the images' sha256 (byte-identical files share one).
     """
     rank = _keep_order(data, quality)
-    groups = group_ids(data.sha256, len(data.paths))
     keeper: dict[int, int] = {}  # group -> its member to keep: the first in the order
     for i in np.argsort(rank, kind="stable"):
         keeper.setdefault(int(groups[i]), int(i))

@@ -193,8 +193,7 @@ def _intended_use(f: _Facts) -> list[str]:
     else:
         unknown = (
             'floranet answers "unknown" for images unlike every class (`ood.json`, see Limitations; `--unknown off` '
-            "turns it off), but a photo "
-            "close to a class it was not trained on can still get a confident label"
+            "turns it off), but a photo close to a class it was not trained on can still get a confident label"
         )
     return [
         f"Sorting photos like those of `{_code(f.dataset)}` into its classes: {_names(f.class_names)}.",

@@ -75,6 +75,13 @@ def gpu_available() -> bool:
 _GPU_DEVICES = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
+# Said wherever bf16 is asked for by name on a CPU that cannot compute it (auto never picks it there).
+NOT_NATIVE_BF16 = (
+    "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32 (OpenVINO may compute "
+    "fp32 instead), and --precision auto would pick fp32"
+)
+
+
 def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
     """Resolves ``auto`` values for this machine.
 
@@ -135,13 +142,6 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
     if precision == "bf16" and not native_bf16() and (runtime == "openvino" or not gpu_available()):
         reasons.append(NOT_NATIVE_BF16)
     return RuntimeChoice(runtime, precision, "; ".join(reasons) or "as requested")
-
-
-# Said wherever bf16 is asked for by name on a CPU that cannot compute it (auto never picks it there).
-NOT_NATIVE_BF16 = (
-    "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32 (OpenVINO may compute "
-    "fp32 instead), and --precision auto would pick fp32"
-)
 
 
 def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
@@ -225,7 +225,6 @@ def float32_twin(model: keras.Model) -> keras.Model:
     """``model`` itself when every layer computes in float32, else a float32 copy with its weights: a
     mixed-precision model (``--precision bf16`` builds one) carries bf16 casts that OpenVINO's converter cannot
     read, and OpenVINO picks its own precision from the :class:`RuntimeChoice` anyway."""
-
     if all(layer.dtype_policy.compute_dtype == "float32" for layer in _all_layers(model)):
         return model
     # Rebuilt from its config with every bf16 dtype float32: nested models' inputs too (a part cut from a mixed
