@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from floranet.config import TrainConfig, load_file, resolve
 from floranet.errors import ConfigError, ModelError
 from floranet.utils import locks
-from floranet.utils.files import atomic_path, atomic_write_text, file_digest, write_json
+from floranet.utils.files import atomic_path, atomic_write_text, check_outside, file_digest, write_json
 
 if TYPE_CHECKING:
     import keras
@@ -163,11 +163,8 @@ class RunDir:
         Raises:
             ConfigError: The folder is ``data_dir`` or inside it.
         """
-        if self.path.resolve().is_relative_to(Path(data_dir).resolve()):
-            raise ConfigError(
-                f"out must be outside the data folder {os.fspath(data_dir)!r} (a folder in it would be read as a "
-                f"class). Received: out={str(self.path)!r}"
-            )
+        where = f"the data folder {os.fspath(data_dir)!r} (a folder in it would be read as a class)"
+        check_outside(self.path, arg="out", inside=[(where, Path(data_dir))])
 
     def check_new_output(self) -> None:
         """Refuses to write a new run into a folder that already holds other things.
