@@ -35,7 +35,6 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import re
 import zipfile
@@ -43,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floranet.config import TrainConfig, load_file, resolve
+from floranet.config import TrainConfig, is_finite_number, load_file, resolve
 from floranet.errors import ConfigError, ModelError
 from floranet.utils import locks
 from floranet.utils.files import atomic_path, atomic_write_text, check_outside, file_digest, write_json
@@ -253,7 +252,7 @@ class RunDir:
             return 1.0
         t = calib.get("temperature") if isinstance(calib, dict) else None
         # A hand-edited -1 flipped every answer's top class; text or NaN was a traceback or a misleading error.
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        if not is_finite_number(t) or t <= 0:
             raise ModelError(
                 f"{self.path / self.CALIBRATION} is damaged: temperature must be a number > 0. "
                 f"Received: temperature={str(t)[:40]}"

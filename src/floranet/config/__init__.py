@@ -32,6 +32,7 @@ from floranet.config.choices import (
     UNKNOWN_SWITCH,
     check_choice,
     check_positive_int,
+    is_finite_number,
     is_int,
     parse_image_size,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "TrainConfig",
     "check_choice",
     "check_positive_int",
+    "is_finite_number",
     "is_int",
     "load_file",
     "parse_image_size",

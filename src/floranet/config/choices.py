@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 import reprlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from floranet.errors import ConfigError
 
@@ -78,6 +79,11 @@ def is_name(v: Any) -> bool:
 
 def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_finite_number(v: Any) -> TypeGuard[int | float]:
+    """An int or float (not a bool) that is neither NaN nor infinite: what a number read from JSON must be."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # A value echoed in a message is cut short: a config file can hold a structure far larger than itself.

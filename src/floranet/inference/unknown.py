@@ -27,7 +27,6 @@ on flower_photos with each class held out in turn.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from floranet.config import UNKNOWN_METHODS, check_choice
+from floranet.config import UNKNOWN_METHODS, check_choice, is_finite_number
 from floranet.errors import ModelError
 from floranet.rundir import RunDir
 
@@ -348,7 +347,7 @@ def _number(
     """``meta[key]`` as a finite float that passes ``ok``, else a ModelError: a damaged ``ood.json`` was a
     traceback, or (a NaN threshold) silently answered every image as known."""
     value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+    if not is_finite_number(value) or not ok(value):
         raise ModelError(f"{where} is damaged: {key} must be {what}. Received: {key}={str(value)[:40]}")
     return float(value)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 
+from floranet.config import is_finite_number
 from floranet.errors import ModelError
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_path
@@ -110,7 +111,7 @@ def _stage(value: Any) -> StageState:
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if not is_finite_number(value) or value < 0:
         raise TypeError(f"seconds must be a number of seconds, not {value!r}")
     return float(value)
 
