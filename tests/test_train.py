@@ -464,3 +464,22 @@ def test_a_reused_split_says_what_it_leaves_out_and_which_labels_it_changes(tmp_
         "Split: 1 rows of the split label their file otherwise than its folder (or --relabel) does "
         "(e.g. class_0/img_002.jpg as 'class_1'); the split's labels are used.",
     ]
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_a_fine_tuning_that_never_improves_leaves_stage_1s_model(images, tmp_path, cache) -> None:
+    # A learning rate far too high: every stage-2 epoch is worse than stage 1's model on validation loss. The run
+    # used to end with the least bad of them; stage 2's start now competes as its epoch 0 and is kept.
+    cfg = config.resolve(
+        data_dir=str(images), out=str(tmp_path / "run"), epochs=4, fine_tune_epochs=2, fine_tune_learning_rate=0.9,
+        early_stopping_patience=3, fine_tune_cache=cache, label_smoothing=0.0, **FAST,
+    )  # fmt: skip
+    run = train(cfg, progress=False, say=lambda m: None).run_dir
+    state = json.loads((run / "state.json").read_text())["stages"]
+    history = list(csv.DictReader((run / "history.csv").open()))
+    stage2_losses = [float(r["val_loss"]) for r in history if r["stage"] == "stage2"]
+    assert state["stage2"]["best_weights"] == "checkpoints/stage2-best-epoch000.weights.h5"
+    assert min(stage2_losses) > state["stage2"]["best_val_loss"] + 0.1, stage2_losses
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["loss"] == pytest.approx(state["stage2"]["best_val_loss"], rel=0.02, abs=1e-3)
+    assert "none better than its start, which is kept" in (run / "README.md").read_text()

@@ -284,7 +284,9 @@ def _epochs(f: _Facts, stage: str, planned: int) -> str:
     text = f"{planned} epochs" if done == planned else f"{done} of {planned} epochs (early stopping)"
     best = RunDir.best_epoch(st.get("best_weights"))
     patience = f.config is not None and f.config.early_stopping_patience > 0  # the best epoch is restored
-    if patience and best is not None and best < done:
+    if patience and best == 0:
+        text += ", none better than its start, which is kept"
+    elif patience and best is not None and best < done:
         text += f", epoch {best} kept"
     return text
 

@@ -3,7 +3,8 @@
 Stage 1 trains the head on the frozen backbone: on cached pooled features by default (the backbone
 runs once per image), or through the whole model when augmentation is on in every stage. Stage 2
 fine-tunes the top of the backbone. Every stage checkpoints each epoch, resumes from its last
-checkpoint, stops early on validation loss, and ends with its best epoch's weights.
+checkpoint, stops early on validation loss, and ends with its best epoch's weights; stage 2's start
+(what stage 1 left) competes as its epoch 0.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState
 from floranet.training.data import Prepared
 from floranet.training.losses import compile_model
 from floranet.training.views import ViewSequence
+from floranet.utils.files import atomic_path
 
 # Stage 2 on the prefix cache: one augmented view per epoch, up to this many (then they repeat). Two views
 # train as well as five (benchmarks/bench_time_to_accuracy.py) at 40% of the caching time.
@@ -67,6 +69,8 @@ class Stage:
         scheduled: Whether ``config.schedule`` applies (cosine decay or plateau); stage 1 on cached
             features trains at a constant rate.
         steps_per_execution: Batches per call of the compiled training step.
+        continues: The stage starts from a trained model (fine-tuning after stage 1): with early stopping, that
+            start competes for the best as epoch 0, so a stage that never improves on it leaves it as it was.
     """
 
     name: str
@@ -77,6 +81,7 @@ class Stage:
     steps_per_epoch: int
     scheduled: bool = True
     steps_per_execution: int = 1
+    continues: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ def run_stage(stage: Stage, ctx: StageContext) -> None:
     if dist.multi_worker or (st.epochs_done < stage.epochs and not _stopped(st, config)):
         train, validation, kwargs = stage.data()
         distribute.prebuild(dist, fit_model, train)
+        if stage.continues:
+            _score_start(fit_model, validation, st, ctx, stage.name)
         fit_model.fit(
             train,
             validation_data=validation,
@@ -133,6 +140,27 @@ def run_stage(stage: Stage, ctx: StageContext) -> None:
     ctx.state.save(ctx.run)
 
 
+def _score_start(model: keras.Model, validation: Any, st: StageState, ctx: StageContext, name: str) -> None:
+    """Records a continuing stage's starting weights as its best so far ("epoch 0", by its own validation loss).
+
+    Without it a fine-tuning whose every epoch is worse than what stage 1 left (a learning rate too high)
+    ended with the least bad of those epochs. Multi-worker jobs skip it: their workers save no best weights.
+    """
+    if not ctx.config.early_stopping_patience or validation is None or ctx.dist.multi_worker:
+        return
+    if st.epochs_done or st.best_val_loss is not None:  # resumed: scored before, or trained already
+        return
+    x, y = validation if isinstance(validation, tuple) else (validation, None)
+    loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    if not math.isfinite(loss):
+        return
+    st.best_weights = RunDir.best_weights_name(name, 0)
+    with atomic_path(ctx.run / st.best_weights, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    st.best_val_loss, st.wait = float(loss), 0
+    ctx.state.save(ctx.run)
+
+
 def full_model_stage(
     name: str,
     model: keras.Model,
@@ -142,8 +170,9 @@ def full_model_stage(
     epochs: int,
     learning_rate: float,
     augment: bool,
+    continues: bool = False,
 ) -> Stage:
-    """A stage that trains through the whole classifier on decoded images."""
+    """A stage that trains through the whole classifier on decoded images (see :class:`Stage` for ``continues``)."""
     batch = ctx.dist.global_batch(ctx.config.batch_size)  # batch_size x replicas, auto-sharded by DATA
 
     def data() -> StageData:
@@ -154,7 +183,7 @@ def full_model_stage(
         return train, validation, {"shuffle": False}
 
     steps = max(1, math.ceil(len(prepared.split.train()) / batch))
-    return Stage(name, model, epochs, learning_rate, data, steps)
+    return Stage(name, model, epochs, learning_rate, data, steps, continues=continues)
 
 
 def cached_head_stage1(model: keras.Model, prepared: Prepared, ctx: StageContext) -> FeatureCache | None:
@@ -303,7 +332,9 @@ def prefix_cache_stage2(source: keras.Model, model: keras.Model, prepared: Prepa
         return train, validation if len(val_labels) else None, {"class_weight": None}  # weights: in the batches
 
     steps = max(1, math.ceil(len(prepared.split.train()) / config.batch_size))
-    return Stage("stage2", trained.top, config.fine_tune_epochs, config.fine_tune_learning_rate, data, steps)
+    return Stage(
+        "stage2", trained.top, config.fine_tune_epochs, config.fine_tune_learning_rate, data, steps, continues=True
+    )
 
 
 def _prefix_refusal(

@@ -241,6 +241,7 @@ def _stage2(
         epochs=config.fine_tune_epochs,
         learning_rate=config.fine_tune_learning_rate,
         augment=config.augment != "off",
+        continues=True,
     )
     run_stage(stage, ctx)
     return model
