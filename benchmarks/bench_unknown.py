@@ -124,6 +124,9 @@ def held_out(data: Path, work: Path, cache: Path, held: str, classes: list[str])
         "known_images": len(known_s),
         "held_out_images": len(other_s),
     }
+    # Which epoch each stage kept (0: stage 2 never improved on what stage 1 left, which is kept).
+    stages = run.read_json(RunDir.STATE).get("stages", {})
+    row["kept_epochs"] = {k: RunDir.best_epoch(v.get("best_weights")) for k, v in stages.items()}
     # Every candidate on the same images' embeddings (cached when the final backbone is stage 1's).
     model = result.model
     train_e = _embeddings(run.path, model, split.train(), known_classes)
