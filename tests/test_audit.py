@@ -629,3 +629,35 @@ def test_two_audits_with_one_seed_and_random_weights_agree(tmp_path: Path) -> No
     keys = [sorted(p.name for p in (run / "features").iterdir()) for run in runs]
     assert keys[0] == keys[1]
     assert (runs[0] / RunDir.AUDIT_CSV).read_text() == (runs[1] / RunDir.AUDIT_CSV).read_text()
+
+
+@pytest.mark.parametrize(
+    ("copies", "exclude", "relabel", "expected"),
+    [
+        ("b", "", "", {}),  # a label conflict: every copy left out, as the doctor says
+        ("b", "b/copy.jpg\n", "", {"a/img_000.jpg": "a"}),  # one copy left out: the other one is fine
+        ("b", "", "b/copy.jpg,a\n", {"a/img_000.jpg": "a", "b/copy.jpg": "a"}),  # one label: both kept
+        ("bc", "", "c/copy.jpg,a\n", {}),  # a and b still disagree
+    ],
+)
+def test_exclude_or_relabel_settles_a_label_conflict(tmp_path: Path, copies, exclude, relabel, expected) -> None:
+    # Byte-identical copies in two classes were left out whatever the run's curation said: the --exclude or
+    # --relabel that the audit suggests for them could not bring either copy back.
+    from floranet.training.data import prepare
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6, names=["a", "b", "c"])
+    for other in copies:
+        shutil.copy(data / "a" / "img_000.jpg", data / other / "copy.jpg")
+    (tmp_path / "exclude.txt").write_text(exclude)
+    (tmp_path / "relabel.csv").write_text(relabel)
+    cfg = config.resolve(
+        data_dir=str(data), out=str(tmp_path / "run"), exclude=str(tmp_path / "exclude.txt") if exclude else None,
+        relabel=str(tmp_path / "relabel.csv") if relabel else None, **TINY,
+    )  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    rows = {r.path: r for r in prepare(cfg, run, resume=False, progress=False, say=lambda m: None).split.rows}
+    kept = {p: rows[p].label for p in ("a/img_000.jpg", "b/copy.jpg", "c/copy.jpg") if p in rows}
+    assert kept == expected
+    assert len({rows[p].split for p in kept}) <= 1  # copies stay on one side of the split
+    assert len(rows) == 18 - 1 + len(expected)  # every other image is used

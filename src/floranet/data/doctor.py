@@ -71,7 +71,7 @@ class DoctorReport:
             "imbalance_ratio": round(max(sizes) / min(sizes), 3) if sizes else None,
             "empty_classes": [c for c, n in self.classes.items() if n == 0],
             "duplicates_within_class": within,
-            "label_conflicts": sum(f.reason.startswith("label conflict") for f in self.files),
+            "label_conflicts": sum(f.conflict for f in self.files),
             "width": stats([f.width for f in usable if f.width is not None]),
             "height": stats([f.height for f in usable if f.height is not None]),
         }
@@ -336,6 +336,7 @@ def _mark_duplicates(files: list[FileFinding]) -> tuple[list[FileFinding], tuple
                     status="bad",
                     tf_decodable=False,
                     reason=f"label conflict: identical to {', '.join(others)}",
+                    conflict=True,
                 )
         else:
             for i in members[1:]:

@@ -46,6 +46,8 @@ class FileFinding:
         tf_decodable: TensorFlow decodes it to the same pixels (fast path).
         worth_a_look: An ignored entry the user may have meant as an image (an image left beside the class
             folders, an image under another extension, one that cannot be examined): the printout names it.
+        conflict: A valid image that is bad only for a byte-identical copy in another class (a label
+            conflict), which a run's ``--exclude`` or ``--relabel`` can settle.
     """
 
     path: str
@@ -57,6 +59,7 @@ class FileFinding:
     height: int | None = None
     tf_decodable: bool = False
     worth_a_look: bool = False
+    conflict: bool = False
 
 
 @dataclass(frozen=True)

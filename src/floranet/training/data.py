@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,14 @@ def prepare(
     if not report.usable:
         raise DatasetError(f"{data_dir}: {report.reason}")
     notes = []
-    summary = report.summary()
-    if summary.get("num_bad"):
-        notes.append(f"{summary['num_bad']} unusable files skipped (see doctor.json)")
-        say(f"Doctor: {summary['num_bad']} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
-    usable = report.usable_files()
+    usable, settled = report.usable_files(), _settled_conflicts(report.files, curate)
+    bad = report.summary()["num_bad"] - len(settled)
+    if bad:
+        notes.append(f"{bad} unusable files skipped (see doctor.json)")
+        say(f"Doctor: {bad} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
+    if settled:
+        usable = sorted([*usable, *settled], key=lambda f: f.path)
+        say(f"Curation: settles the label conflicts of {len(settled)} byte-identical file(s) (see doctor.json).")
     curate = curate.resolved([f.path for f in usable])
     tf_decodable = {f.path: f.tf_decodable for f in usable}
     if resumed:  # in the order the weights were trained in (a --split-file's relabelled classes come last)
@@ -173,6 +177,27 @@ def _record_curation(
     for note in changes:
         say(f"Curation: {note}.")
     return unmatched + changes
+
+
+def _settled_conflicts(files: Sequence[doctor.FileFinding], curate: curation.Curation) -> list[doctor.FileFinding]:
+    """The files of each label conflict (byte-identical copies in different classes, all bad to the doctor) that
+    the curation settles: once its exclusions and relabels leave the group's copies one label, they are usable
+    again (the excluded ones left out by the curation as any file; the rest kept on one side of the split)."""
+    groups: dict[str, list[doctor.FileFinding]] = defaultdict(list)
+    for f in files:
+        if f.conflict and f.sha256:
+            groups[f.sha256].append(f)
+    if not groups or not curate:
+        return []
+    resolved = curate.resolved([f.path for members in groups.values() for f in members])
+    gone = set(resolved.exclude)
+    settled = []
+    for members in groups.values():
+        kept = [f for f in members if f.path not in gone]
+        if kept and len({resolved.relabel.get(f.path, str(f.label)) for f in kept}) == 1:
+            reason = "label conflict settled by the run's --exclude/--relabel"
+            settled += [dataclasses.replace(f, status="note", reason=reason, conflict=False) for f in members]
+    return settled
 
 
 def _check_classes_kept(run: RunDir, split: split_lib.Split) -> None:
