@@ -18,7 +18,7 @@ import base64
 import hashlib
 
 STYLE = """
-:root { --accent: #2e7d32; --bar: #66bb6a; --bg: #f6f7f4; --fg: #1d2521; --muted: #5f6b64; }
+:root { --accent: #2e7d32; --bar: #3f9844; --bg: #f6f7f4; --fg: #1d2521; --muted: #5f6b64; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        background: var(--bg); color: var(--fg); }
