@@ -323,6 +323,9 @@ def _assert_manual_hint(msg: str, url: str, cache: Path) -> None:
         (["--url", "http://[::1"], "Received: url='http://\\[::1'"),
         (["--url", "http://127.0.0.1:9/x.tgz", "--timeout", "-1"], "timeout must be a positive number"),
         (["--url", "http://127.0.0.1:9/x.tgz", "--timeout", "nan"], "Received: timeout=nan"),
+        # socket.settimeout raised OverflowError (a traceback) past about 9.2e9 s.
+        (["--url", "http://127.0.0.1:9/x.tgz", "--timeout", "1e10"], r"at most 86400 \(a day\). Received: timeout=1"),
+        (["--url", "http://127.0.0.1:9/x.tgz", "--timeout", "1e308"], r"Received: timeout=1e\+308"),
     ],
 )
 def test_fetch_arguments_are_checked_not_tracebacks(tmp_path, capsys, args, match) -> None:
@@ -330,6 +333,15 @@ def test_fetch_arguments_are_checked_not_tracebacks(tmp_path, capsys, args, matc
 
     assert main(["fetch", "--cache-dir", str(tmp_path / "c"), *args]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_the_servers_timeouts_follow_the_same_rule() -> None:
+    from floranet.config import ServeConfig
+
+    for name in ("request_timeout_s", "decode_timeout_s", "header_timeout_s"):
+        with pytest.raises(ConfigError, match=f"{name} must be a positive number of seconds, at most 86400"):
+            ServeConfig(**{name: float("inf")})
+    assert ServeConfig(header_timeout_s=86400).header_timeout_s == 86400
 
 
 def test_fetch_into_a_cache_dir_that_is_a_file_names_it(tmp_path, capsys) -> None:

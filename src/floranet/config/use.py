@@ -16,6 +16,7 @@ from floranet.config.choices import (
     check_positive_int,
     is_name,
 )
+from floranet.utils.download import check_timeout
 
 # The most bytes of a request line and headers the server reads before answering 431 (nginx allows 32 KiB,
 # uvicorn's h11 parser 16 KiB): httptools keeps a header that is still arriving in memory, growing it by copies,
@@ -122,15 +123,11 @@ class ServeConfig:
         ):
             check_positive_int(name, getattr(self, name))
         check_fraction(self, "client_share", low_open=True, high_open=False)
-        for name in ("max_wait_ms", "request_timeout_s", "decode_timeout_s", "header_timeout_s"):
-            value = getattr(self, name)
-            positive = name != "max_wait_ms"
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and (value > 0 if positive else value >= 0)
-            )
-            check(ok, f"{name} must be a {'positive' if positive else 'non-negative'} number", name, value)
+        wait = self.max_wait_ms
+        ok = isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0
+        check(ok, "max_wait_ms must be a non-negative number", "max_wait_ms", wait)
+        for name in ("request_timeout_s", "decode_timeout_s", "header_timeout_s"):
+            check_timeout(name, getattr(self, name))
         check(
             self.api_key is None
             or (

@@ -31,6 +31,9 @@ DEFAULT_TIMEOUT = 10.0
 # never trips the per-read timeout.
 MIN_BYTES = 64 << 10
 RATE_WINDOW_S = 60.0
+# The longest timeout floranet takes, in seconds (a day): socket.settimeout refuses one past about 9.2e9 s with an
+# OverflowError, and none longer than this is ever meant. The one rule for every timeout (the server's too).
+MAX_TIMEOUT_S = 86_400
 
 
 def _algorithm_for(file_hash: str) -> str:
@@ -78,7 +81,8 @@ def download(
     Raises:
         DownloadError: The server is unreachable, the transfer failed, was too slow or too large, the checksum
             does not match, or ``dest`` exists and is not the expected file (it is left as it is).
-        ConfigError: ``url`` is not an ASCII http(s) or file URL, or ``timeout`` not a positive number.
+        ConfigError: ``url`` is not an ASCII http(s) or file URL, or ``timeout`` not a positive number of seconds
+            of at most :data:`MAX_TIMEOUT_S` (a day).
         OutputError: ``dest``'s folder cannot be made, or the file cannot be written (read-only, disk full).
     """
     _check_request(url, timeout)
@@ -165,7 +169,8 @@ def _redacted(url: str) -> str:
 
 def _check_request(url: str, timeout: float) -> None:
     """Refuses what urllib would fail on with a traceback: a URL that is not http(s) or file, or holds spaces,
-    control or non-ASCII characters; a timeout that is not a positive number of seconds.
+    control or non-ASCII characters; a timeout that is not a positive number of seconds, at most a day
+    (socket.settimeout raises OverflowError past about 9.2e9 s).
 
     Raises:
         ConfigError: One of those.
@@ -183,8 +188,21 @@ def _check_request(url: str, timeout: float) -> None:
             "url must be ASCII without spaces or control characters (percent-encode them, e.g. %20). "
             f"Received: url={_redacted(url)!r}"
         )
-    if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
-        raise ConfigError(f"timeout must be a positive number of seconds. Received: timeout={timeout!r}")
+    check_timeout("timeout", timeout)
+
+
+def check_timeout(name: str, value: Any) -> float:
+    """``value`` as seconds: a positive number of at most :data:`MAX_TIMEOUT_S` (not a bool, NaN or infinite).
+
+    Raises:
+        ConfigError: It is not.
+    """
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and 0 < value <= MAX_TIMEOUT_S):
+        raise ConfigError(
+            f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT_S} (a day). Received: {name}={value!r}"
+        )
+    return float(value)
 
 
 class _Refused(ValueError):
