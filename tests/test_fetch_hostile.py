@@ -20,7 +20,7 @@ import httpserver
 from floranet.data import archives, datasets
 from floranet.errors import ConfigError, DatasetError, DownloadError, OutputError
 from floranet.utils import download
-from test_datasets import ARCHIVE, GOOD, _assert_good, _fetch, _tgz, _use_spec, serve
+from test_datasets import ARCHIVE, GOOD, NAME, _assert_good, _fetch, _tgz, _use_spec, serve
 
 
 @contextmanager
@@ -177,6 +177,51 @@ def test_two_fetches_at_once_both_get_the_set(tmp_path, monkeypatch) -> None:
         for t in threads:
             t.join()
     assert results == [tmp_path / "flower_photos"] * 3
+    _assert_good(tmp_path / "flower_photos", tmp_path)
+
+
+def test_a_server_sending_its_headers_a_byte_at_a_time_is_cut_at_the_deadline(tmp_path, monkeypatch) -> None:
+    """Each byte restarted the per-read timeout and the speed check starts with the body: a server sending its
+    headers a byte every 2 s kept fetch and demo waiting for ever."""
+
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-A: ")
+        for _ in range(200):  # 10 s of headers, then the archive: it was downloaded after the wait
+            if stop.is_set():
+                return
+            conn.sendall(b"a")
+            time.sleep(0.05)
+        conn.sendall(b"\r\nContent-Length: %d\r\n\r\n" % len(GOOD) + GOOD)
+
+    with raw_server(drip) as url:
+        _use_spec(monkeypatch, url)
+        with pytest.raises(DownloadError, match=r"no complete response \(status line and headers\) within 0.9 s"):
+            datasets.fetch(NAME, cache_dir=tmp_path, progress=False, timeout=0.3)
+    assert not (tmp_path / ARCHIVE).exists() and not (tmp_path / f"{ARCHIVE}.part").exists()
+
+
+def test_a_fetch_waiting_for_another_says_so_once(tmp_path, monkeypatch) -> None:
+    """A second fetch of the same set waited on the first one's lock without a word."""
+    from floranet.utils import locks
+
+    monkeypatch.setattr(locks, "WAIT_NOTICE_S", 0.05)
+    lock = tmp_path / ".flower_photos.lock"
+    fd = locks.acquire(lock, what="a test holding the fetch")
+    said: list[str] = []
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        waiting = threading.Thread(target=lambda: _fetch(tmp_path, say=said.append))
+        waiting.start()
+        for _ in range(200):
+            if said:
+                break
+            time.sleep(0.05)
+        locks.release(lock, fd)
+        waiting.join()
+    assert said == [
+        f"Waiting for another floranet process (pid {os.getpid()}) to finish the fetch of testflowers "
+        f"into {tmp_path} (lock file {lock})."
+    ]
     _assert_good(tmp_path / "flower_photos", tmp_path)
 
 

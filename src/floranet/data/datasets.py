@@ -133,10 +133,11 @@ def fetch(
         url: Download from here instead (a mirror); the checksum still applies.
             Without it, ``$FLORANET_DATASETS_URL`` (a base URL the archive name is
             appended to) is used when set, else the official URL.
-        timeout: Seconds allowed to connect and for each read.
+        timeout: Seconds allowed to connect and for each read (the status line and headers: 3 times that).
         progress: Show a progress bar on stderr.
         say: Where a notice goes when a folder of the set's name, not made by floranet, is in the way
-            (default: a logged warning). floranet never deletes, moves or changes such a folder.
+            (default: a logged warning; floranet never deletes, moves or changes such a folder), or when this
+            fetch waits for another one of the same set into the same folder.
 
     Returns:
         The folder that holds one sub-folder per class, e.g.
@@ -160,7 +161,7 @@ def fetch(
     # One fetch of a set into a folder at a time: a second one waits, then finds the set (two at once appended
     # to one partial file, or failed to move their copies into the same place).
     lock = root / f".{spec.archive_root}.lock"
-    fd = locks.acquire(lock, what=f"the fetch of {name} into {root}", wait=True)
+    fd = locks.acquire(lock, what=f"the fetch of {name} into {root}", wait=True, say=say or log.warning)
     try:
         return _fetch_locked(spec, root, url, timeout, progress, say)
     finally:

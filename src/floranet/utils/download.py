@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import logging
 import math
 import os
 import stat
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from floranet.errors import ConfigError, DownloadError, OutputError
-from floranet.utils import locks
+from floranet.utils import locks, opener
 from floranet.utils.files import current_umask, file_digest
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 DEFAULT_TIMEOUT = 10.0
@@ -34,6 +37,9 @@ RATE_WINDOW_S = 60.0
 # The longest timeout floranet takes, in seconds (a day): socket.settimeout refuses one past about 9.2e9 s with an
 # OverflowError, and none longer than this is ever meant. The one rule for every timeout (the server's too).
 MAX_TIMEOUT_S = 86_400
+# The status line and headers must be complete within this many timeouts of the request (connecting included):
+# a server sending them a byte at a time never trips the per-read timeout, and the speed check starts with the body.
+HEAD_TIMEOUTS = 3
 
 
 def _algorithm_for(file_hash: str) -> str:
@@ -70,8 +76,9 @@ def download(
         file_hash: Expected md5 or sha256 hex digest; checked before the file is renamed into place.
         size: Expected bytes, when known: a server that announces or sends more is refused at once (a mirror
             or captive portal streaming without end would otherwise fill the disk before the checksum).
-        timeout: Seconds allowed for connecting and for each read; a transfer slower than
-            :data:`MIN_BYTES` in :data:`RATE_WINDOW_S` seconds stops too (the partial file is kept).
+        timeout: Seconds allowed for connecting and for each read; the status line and headers must be complete
+            within :data:`HEAD_TIMEOUTS` times that, and a transfer slower than :data:`MIN_BYTES` in
+            :data:`RATE_WINDOW_S` seconds stops too (the partial file is kept).
         progress: Show a progress bar on stderr.
         manual_hint: Appended to error messages, e.g. how to place the file by hand.
 
@@ -92,7 +99,7 @@ def download(
     except OSError as e:  # a file in the way, no permission
         raise OutputError(dest.parent, e) from None
     lock = dest.with_name(f".{dest.name}.lock")
-    fd = locks.acquire(lock, what=f"the download of {dest}", wait=True)
+    fd = locks.acquire(lock, what=f"the download of {dest}", wait=True, say=log.warning)
     try:
         return _download(url, dest, file_hash, size, timeout, progress, f" {manual_hint}" if manual_hint else "")
     finally:
@@ -209,25 +216,11 @@ class _Refused(ValueError):
     """The server sends what cannot be the file asked for (more bytes than it has)."""
 
 
-class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to http(s): urllib's own would follow one to ftp://, a server's way to have
-    floranet open a connection it never asked for (an FTP host inside the user's network)."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        scheme = urllib.parse.urlsplit(newurl).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise urllib.error.HTTPError(newurl, code, f"refused a redirect to {scheme or 'no'}:// URL", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
-
-
 def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, size: int | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "floranet"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-    with _OPENER.open(request, timeout=timeout) as response:
+    with opener.open_url(request, timeout=timeout, head_deadline=HEAD_TIMEOUTS * timeout) as response:
         status = getattr(response, "status", 200)
         if offset and status != 206:
             offset = 0  # server ignored the Range header: restart from scratch

@@ -12,19 +12,25 @@ import errno
 import fcntl
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from floranet.errors import OutputError, RunLockedError
 from floranet.utils.files import current_umask
 
+WAIT_NOTICE_S = 3.0  # a wait for another holder is said after this long (most waits are shorter)
 
-def acquire(path: Path, *, what: str, wait: bool = False) -> int:
+
+def acquire(path: Path, *, what: str, wait: bool = False, say: Callable[[str], None] | None = None) -> int:
     """Locks ``path`` (creating it and its folder) and writes this process's pid into it; returns the fd.
 
     Args:
         path: The lock file.
         what: What the lock guards, for the error message.
         wait: Wait for another holder to finish instead of refusing.
+        say: Told once, when a wait lasts :data:`WAIT_NOTICE_S` seconds, what it waits for (a silent wait looks
+            like a hang).
 
     Raises:
         RunLockedError: Another process holds the lock (and ``wait`` is False).
@@ -37,17 +43,37 @@ def acquire(path: Path, *, what: str, wait: bool = False) -> int:
     while True:
         fd = _open(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise RunLockedError(what, holder) from None
+            if not wait:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise RunLockedError(what, holder) from None
+            _wait_for(fd, path, what, say)
         if _same_file(fd, path):
             break
         os.close(fd)  # released and removed meanwhile: lock the new file instead
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _wait_for(fd: int, path: Path, what: str, say: Callable[[str], None] | None) -> None:
+    """Waits for the lock on ``fd``; after :data:`WAIT_NOTICE_S` seconds, says once who holds it."""
+
+    def notice() -> None:
+        holder = _read_pid(fd)
+        if say is not None:
+            pid = f" (pid {holder})" if holder is not None else ""
+            say(f"Waiting for another floranet process{pid} to finish {what} (lock file {path}).")
+
+    timer = threading.Timer(WAIT_NOTICE_S, notice)
+    timer.daemon = True
+    timer.start()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        timer.cancel()
 
 
 def _open(path: Path) -> int:
