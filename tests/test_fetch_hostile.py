@@ -225,6 +225,44 @@ def test_a_fetch_waiting_for_another_says_so_once(tmp_path, monkeypatch) -> None
     _assert_good(tmp_path / "flower_photos", tmp_path)
 
 
+def test_a_web_page_instead_of_the_archive_is_said_and_never_kept(tmp_path, monkeypatch) -> None:
+    """A captive portal's 52-byte page (200, text/html, no length) was kept as the .part, 'resumed' on the next
+    try, and blamed on a dropped connection."""
+    page = b"<html><body>Please log in to the Wi-Fi</body></html>"
+
+    def portal(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + page)
+
+    part = tmp_path / f"{ARCHIVE}.part"
+    with raw_server(portal) as url:
+        _use_spec(monkeypatch, url)
+        with pytest.raises(DownloadError, match=r"sent a web page \(text/html; charset=utf-8\) instead of the file"):
+            _fetch(tmp_path)
+        assert not part.exists()
+        part.write_bytes(GOOD[:500])  # an earlier try's partial file: kept as it was
+        with pytest.raises(DownloadError, match="a captive portal or a proxy that wants a login"):
+            _fetch(tmp_path)
+    assert part.read_bytes() == GOOD[:500]
+
+
+def test_a_resume_answered_from_another_offset_starts_over(tmp_path, monkeypatch) -> None:
+    """A 206 whose Content-Range starts at 0 (not where the .part ends) was appended to the .part."""
+    answers = [
+        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-%d/%d\r\n" % (len(GOOD) - 1, len(GOOD)),
+        b"HTTP/1.1 200 OK\r\n",
+    ]
+
+    def wrong_range(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(answers.pop(0) + b"Content-Length: %d\r\n\r\n" % len(GOOD) + GOOD)
+
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(GOOD[:500])
+    with raw_server(wrong_range) as url:
+        _use_spec(monkeypatch, url)
+        root = _fetch(tmp_path)
+    assert answers == []
+    _assert_good(root, tmp_path)
+
+
 def _tar_of(members: list[tarfile.TarInfo]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:

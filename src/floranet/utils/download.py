@@ -13,6 +13,7 @@ import http.client
 import logging
 import math
 import os
+import re
 import stat
 import tempfile
 import time
@@ -129,6 +130,9 @@ def _download(
                 part.unlink(missing_ok=True)
                 continue
             raise DownloadError(f"Could not download {shown} to {dest}: {e.reason}.{hint}") from e
+        except _WrongRange:  # its bytes are not the rest of the partial file: start over (without a Range)
+            part.unlink(missing_ok=True)
+            continue
         except _Refused as e:
             part.unlink(missing_ok=True)
             raise DownloadError(f"Refused the download of {shown} to {dest}: {e}; nothing was kept.{hint}") from e
@@ -216,12 +220,34 @@ class _Refused(ValueError):
     """The server sends what cannot be the file asked for (more bytes than it has)."""
 
 
+class _WebPage(OSError):
+    """The server answered with a web page, not the file; a failed transfer (a partial file is kept)."""
+
+
+class _WrongRange(Exception):
+    """A 206 answer whose Content-Range does not start where the partial file ends."""
+
+
+def _resumes_at(content_range: str | None, offset: int) -> bool:
+    """Whether a 206's ``Content-Range`` (``bytes START-END/TOTAL``) starts at ``offset``."""
+    found = re.fullmatch(r"\s*bytes\s+([0-9]{1,20})-[0-9]{1,20}/(?:[0-9]{1,20}|\*)\s*", content_range or "")
+    return found is not None and int(found.group(1)) == offset
+
+
 def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, size: int | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "floranet"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     with opener.open_url(request, timeout=timeout, head_deadline=HEAD_TIMEOUTS * timeout) as response:
         status = getattr(response, "status", 200)
+        if response.headers.get_content_type() == "text/html":  # before a byte of it becomes the partial file
+            raise _WebPage(
+                f"the server sent a web page ({response.headers.get('Content-Type')}) instead of the file: a captive "
+                "portal or a proxy that wants a login? Open the URL in a browser, then run again (nothing of the page "
+                "was kept)"
+            )
+        if offset and status == 206 and not _resumes_at(response.headers.get("Content-Range"), offset):
+            raise _WrongRange(response.headers.get("Content-Range"))
         if offset and status != 206:
             offset = 0  # server ignored the Range header: restart from scratch
         length = response.headers.get("Content-Length")
