@@ -369,6 +369,17 @@ def test_the_temporary_cache_is_private_to_its_user(tmp_path, monkeypatch) -> No
         download._private_temp_folder()
 
 
+def test_a_keras_home_is_made_where_it_is_set_or_named(tmp_path, monkeypatch) -> None:
+    """A KERAS_HOME whose parent did not exist was silently replaced by /tmp/.keras-<uid>."""
+    home = tmp_path / "new" / "deeper" / "keras"
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    assert download.cache_dir("datasets") == home / "datasets" and home.is_dir()
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "afile" / "keras"))
+    with pytest.raises(OutputError, match=f"Cannot write {tmp_path / 'afile' / 'keras'}: .*it is KERAS_HOME"):
+        download.cache_dir("datasets")
+
+
 def test_a_redirect_is_followed_to_http_only(tmp_path) -> None:
     """urllib follows a redirect to ftp:// by itself: a hostile server could send floranet to an inner host."""
     body = b"weights" * 100

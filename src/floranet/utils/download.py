@@ -321,10 +321,20 @@ def cache_dir(subdir: str) -> Path:
     """Keras's cache folder (``$KERAS_HOME`` or ``~/.keras``) joined with ``subdir``; on a home that cannot be
     written, a private folder of this user in the temporary folder.
 
+    ``$KERAS_HOME`` is a choice: it is made (its parents too) and used, never swapped for another folder.
+
     Raises:
-        OutputError: That private folder exists and is not this user's alone.
+        OutputError: ``$KERAS_HOME`` cannot be made, or the private folder exists and is not this user's alone.
     """
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    home = os.environ.get("KERAS_HOME")
+    if home:
+        try:
+            os.makedirs(home, exist_ok=True)
+        except OSError as e:  # a file in the way, no permission
+            why = f"{e.strerror or e}; it is KERAS_HOME: set it to a folder you can write, or unset it"
+            raise OutputError(home, OSError(e.errno, why)) from None
+        return Path(home) / subdir
+    base = os.path.join(os.path.expanduser("~"), ".keras")
     if not os.access(os.path.dirname(base) or ".", os.W_OK) and not os.path.isdir(base):
         base = _private_temp_folder()
     return Path(base) / subdir
