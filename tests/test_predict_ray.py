@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,34 @@ def test_an_address_nothing_answers_is_refused_at_once(tiny_run: Path, inputs: l
             predict_ray.predict_with_ray(tiny_run, inputs, address=address)
         assert time.monotonic() - start < 30
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("nohost", "address must be host:port"),
+        ("host:abc", "address must be host:port"),
+        ("127.0.0.2", "address must be host:port"),
+        ("127.0.0.1:99999", "address must be host:port"),
+        ("ray://127.0.0.2", "has no port: Ray would connect to port 443 .* e.g. ray://127.0.0.2:10001"),
+    ],
+)
+def test_an_address_of_no_form_ray_takes_is_named(address: str, why: str) -> None:
+    """Ray raised a ValueError traceback for these ('Invalid address format'), and took 33 s to fail on a ray://
+    address without a port (it connects to 443)."""
+    with pytest.raises(ConfigError, match=f"{why}.*Received: address='{re.escape(address)}'"):
+        predict_ray._check_reachable(address)
+
+
+def test_a_value_error_of_rays_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class _Ray:
+        @staticmethod
+        def init(**kwargs: object) -> None:
+            raise ValueError("Invalid address format: x")
+
+    monkeypatch.setattr(predict_ray, "_check_reachable", lambda address: None)
+    with pytest.raises(ConfigError, match="Cannot connect to a Ray cluster at x: Invalid address format: x"):
+        predict_ray._init_ray(_Ray, "x", None, 1)
 
 
 def test_more_workers_than_this_machine_has_cores_are_refused(tiny_run: Path, inputs: list[str]) -> None:

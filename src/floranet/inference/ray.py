@@ -30,6 +30,7 @@ from floranet.inference.predictor import Prediction
 from floranet.utils.optional import require
 
 _OBJECT_STORE_BYTES = 128 * 1024**2  # rows are paths and top-k results: a small object store is plenty
+RAY_CLIENT_PORT = 10001  # the port of Ray's client server (ray://host:port) unless `ray start` is told another
 
 
 def check_engine(engine: str, *, address: str | None = None, num_workers: int | None = None) -> None:
@@ -102,7 +103,8 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
         _check_reachable(address)
         try:
             ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError) as e:  # no cluster there, or its auth token is not set up here
+        # No cluster there, its auth token is not set up here, or (ValueError) an address Ray cannot use.
+        except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(
                 f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, "
                 "and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
@@ -117,21 +119,36 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Refuses at once a ``host:port`` (or ``ray://host:port``) that nothing answers: Ray itself retries an
-    unreachable cluster for minutes, printing its own warnings, before failing.
+    unreachable cluster for minutes, printing its own warnings, before failing; and an address of no form Ray
+    takes, where Ray raised a ValueError traceback.
 
     Raises:
-        ConfigError: Nothing accepts a connection there within ``timeout`` seconds.
+        ConfigError: ``address`` is not ``host:port``, ``ray://host:port``, ``auto`` or ``local``, or nothing
+            accepts a connection there within ``timeout`` seconds.
     """
-    target = address.removeprefix("ray://")
-    host, sep, port = target.rpartition(":")
-    if address in ("auto", "local") or not sep or not port.isdigit():
-        return  # Ray's own forms (and its own errors for the rest)
+    if address in ("auto", "local"):
+        return
+    scheme, sep, target = address.partition("://")
+    if sep and scheme != "ray":
+        return  # another of Ray's client protocols: its own checks
+    host, colon, port = (target if sep else address).rpartition(":")
+    if sep and not colon:  # Ray hands "host" to gRPC, which connects to port 443: never the client server
+        raise ConfigError(
+            f"address {address} has no port: Ray would connect to port 443 (gRPC's default), not to the cluster's "
+            f"client server; give its port, e.g. ray://{target}:{RAY_CLIENT_PORT} (the default of `ray start --head`). "
+            f"Received: address={address!r}"
+        )
+    if not (colon and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise ConfigError(
+            "address must be host:port (a `ray start --head` cluster, e.g. 10.0.0.5:6379), ray://host:port (its "
+            f"client server, port {RAY_CLIENT_PORT} by default), auto or local. Received: address={address!r}"
+        )
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
-    except (OSError, OverflowError) as e:
+    except OSError as e:
         raise ConfigError(
-            f"Cannot connect to a Ray cluster at {address}: nothing answers there ({e}). Is `ray start --head` "
-            f"running on that machine, and is the port open? Received: address={address!r}"
+            f"Cannot connect to a Ray cluster at {address}: nothing answers at port {port} there ({e}). Is `ray start "
+            f"--head` running on that machine, and is the port open? Received: address={address!r}"
         ) from None
 
 
