@@ -242,6 +242,30 @@ def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:
     assert "plain.jpg" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_file_of_failed_rows_has_the_columns_of_any_other(tiny_run, tmp_path, capsys, engine) -> None:
+    """The class columns followed the rows: failed rows only gave one class column where --top-k 2 gave two, so
+    pa.concat_tables refused the pair. Now min(--top-k, the run's 3 classes), whatever the rows hold."""
+    if engine == "ray":
+        pytest.importorskip("ray")  # no image to predict: Ray itself never starts
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    cases = _write_cases(tmp_path)
+    flags = ["--engine", engine, "--top-k"]
+    good, failed = tmp_path / "good.parquet", tmp_path / "failed.parquet"
+    if engine == "local":
+        assert main(["predict", str(tiny_run), str(cases["jpeg"]), *flags, "2", "--output", str(good)]) == 0
+    assert main(["predict", str(tiny_run), str(tmp_path / "gone.jpg"), *flags, "2", "--output", str(failed)]) == 1
+    if engine == "local":
+        assert pa.concat_tables([pq.read_table(good), pq.read_table(failed)]).num_rows == 2
+    assert "class_2" in pq.read_schema(failed).names and "class_3" not in pq.read_schema(failed).names
+    capsys.readouterr()
+    assert main(["predict", str(tiny_run), str(tmp_path / "gone.jpg"), *flags, "5", "--format", "csv"]) == 1
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("file,class_1,probability_1,class_2,probability_2,class_3,probability_3,low_conf")
+
+
 def test_predict_never_writes_over_a_photo_and_says_when_a_folder_is_empty(tiny_run, tmp_path, capsys) -> None:
     import os
 

@@ -90,6 +90,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from floranet.errors import ConfigError
     from floranet.inference import formats, load
     from floranet.inference import ray as ray_engine
+    from floranet.rundir import RunDir
 
     ray_engine.check_engine(args.engine, address=args.ray_address, num_workers=args.workers)
     if args.format == "parquet" and not args.output:
@@ -115,23 +116,26 @@ def run_predict(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             say=warn,
         )
+        classes = len(RunDir(args.run_dir).class_names())
     else:
         predictor = load(args.run_dir, settings)
         rows = predictor.predict(args.paths)
+        classes = len(predictor.class_names)
         if predictor.choice is not None:
             print(
                 f"Ran on {predictor.choice.runtime} {predictor.choice.precision}: {predictor.choice.reason}.",
                 file=sys.stderr,
             )
+    columns = formats.class_columns(settings.top_k, classes)  # one layout for every file of this run and --top-k
     if args.output:
-        formats.write_predictions(rows, args.format, args.output)
+        formats.write_predictions(rows, args.format, args.output, columns=columns)
         failed = sum(1 for r in rows if r.error)
         say(
             f"{len(rows)} row(s) written to {args.output}: {len(rows) - failed} predicted"
             + (f", {failed} with an error (see their error column)" if failed else "")
         )
     else:
-        sys.stdout.write(formats.format_predictions(rows, args.format or "table"))
+        sys.stdout.write(formats.format_predictions(rows, args.format or "table", columns=columns))
     return 1 if rows and all(r.error for r in rows) else 0
 
 

@@ -24,16 +24,21 @@ _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
 TABLE_TITLE = "# floranet predictions\n"
 
 
-def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
+def format_predictions(rows: Sequence[Prediction], fmt: str = "table", *, columns: int | None = None) -> str:
     """Renders rows as an aligned table, CSV or JSON.
 
     Table and CSV cells show file names, classes and errors through :func:`floranet.utils.text.printable`, so a
     hostile file name cannot forge lines or send escape sequences to a terminal (JSON escapes them itself).
+
+    Args:
+        rows: The predictions.
+        fmt: table, csv or json.
+        columns: Class columns of a CSV (see :func:`class_columns`); None: as many as the longest row has.
     """
     check_choice("format", fmt, TEXT_FORMATS)
     if fmt == "json":
         return json.dumps([_utf8_row(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
-    k = _columns(rows)
+    k = _columns(rows, columns)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -48,7 +53,7 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
             ]
         )
         for r in rows:
-            cells = [c for name, p in r.top_k for c in (_csv_text(name), f"{p:.6f}")]
+            cells = [c for name, p in r.top_k[:k] for c in (_csv_text(name), f"{p:.6f}")]
             cells += [""] * (2 * k - len(cells))
             score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
             writer.writerow(
@@ -75,35 +80,45 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_predictions(rows: Sequence[Prediction], fmt: str | None, output: str | os.PathLike[str]) -> None:
+def write_predictions(
+    rows: Sequence[Prediction], fmt: str | None, output: str | os.PathLike[str], *, columns: int | None = None
+) -> None:
     """Writes rows atomically as ``fmt`` (one of :data:`floranet.config.OUTPUT_FORMATS`; None: from the
-    suffix of ``output``, .csv, .json or .parquet, else table)."""
+    suffix of ``output``, .csv, .json or .parquet, else table), a CSV or Parquet file with ``columns`` class
+    columns (see :func:`class_columns`; None: as many as the longest row has)."""
     fmt = fmt or format_for(output)
     if fmt != "parquet":
         # A table file starts with a title line, the header that lets a rerun know it as predictions to replace.
-        atomic_write_text(output, (TABLE_TITLE if fmt == "table" else "") + format_predictions(rows, fmt))
+        text = format_predictions(rows, fmt, columns=columns)
+        atomic_write_text(output, (TABLE_TITLE if fmt == "table" else "") + text)
         return
     pa = require("pyarrow", "format='parquet'")
     pq = require("pyarrow.parquet", "format='parquet'")
-    k = _columns(rows)
-    columns: dict[str, Any] = {"file": pa.array([utf8(r.file) for r in rows], pa.string())}
+    k = _columns(rows, columns)
+    table: dict[str, Any] = {"file": pa.array([utf8(r.file) for r in rows], pa.string())}
     for i in range(k):
         names = [utf8(r.top_k[i][0]) if i < len(r.top_k) else None for r in rows]
-        columns[f"class_{i + 1}"] = pa.array(names, pa.string())
-        columns[f"probability_{i + 1}"] = pa.array(
+        table[f"class_{i + 1}"] = pa.array(names, pa.string())
+        table[f"probability_{i + 1}"] = pa.array(
             [r.top_k[i][1] if i < len(r.top_k) else None for r in rows], pa.float64()
         )
-    columns["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
-    columns["unknown"] = pa.array([r.unknown for r in rows], pa.bool_())
-    columns["ood_score"] = pa.array([r.ood_score for r in rows], pa.float64())
-    columns["error"] = pa.array([None if r.error is None else utf8(r.error) for r in rows], pa.string())
+    table["low_confidence"] = pa.array([r.low_confidence for r in rows], pa.bool_())
+    table["unknown"] = pa.array([r.unknown for r in rows], pa.bool_())
+    table["ood_score"] = pa.array([r.ood_score for r in rows], pa.float64())
+    table["error"] = pa.array([None if r.error is None else utf8(r.error) for r in rows], pa.string())
     with atomic_path(output) as tmp:
-        pq.write_table(pa.table(columns), tmp)
+        pq.write_table(pa.table(table), tmp)
 
 
-def _columns(rows: Sequence[Prediction]) -> int:
-    """How many class columns: at least one, so a file of failed rows has the layout (and the header) of any other."""
-    return max([len(r.top_k) for r in rows] + [1])
+def class_columns(top_k: int, classes: int) -> int:
+    """The class columns of a CSV or Parquet file of a run with ``classes`` classes at ``top_k``: the most a row can
+    hold, whatever the rows hold, so every file of that run and top-k has one layout (one of failed rows only too)."""
+    return max(1, min(top_k, classes))
+
+
+def _columns(rows: Sequence[Prediction], columns: int | None) -> int:
+    """``columns``, else as many as the longest row has: at least one, so a file of failed rows has a header."""
+    return max(1, columns) if columns is not None else max([len(r.top_k) for r in rows] + [1])
 
 
 def _csv_text(text: str) -> str:
