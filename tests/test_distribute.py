@@ -193,8 +193,12 @@ def test_kill_a_worker_then_restart_resumes_from_the_backup(images, tmp_path) ->
             '{"cluster": {"worker": ["h:1"]}, "task": {"type": "worker", "index": 5}}',
             r"its task 'index' must be an int in \[0, 1\)",
         ),
+        (
+            '{"cluster": {"worker": ["h:99999"]}, "task": {"type": "worker", "index": 0}}',
+            "its hosts .*'h:99999' has no port",
+        ),
     ],
-    ids=["not-an-object", "hosts-as-a-string", "no-task", "unknown-job", "index-out-of-range"],
+    ids=["not-an-object", "hosts-as-a-string", "no-task", "unknown-job", "index-out-of-range", "port"],
 )
 def test_a_badly_shaped_tf_config_is_named_not_a_traceback(monkeypatch, tf_config, why) -> None:
     """Valid JSON of the wrong shape reached TensorFlow, which raised AttributeError, ValueError or TypeError."""
@@ -206,6 +210,38 @@ def test_a_badly_shaped_tf_config_is_named_not_a_traceback(monkeypatch, tf_confi
         distribute._tf_config()
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["h:1", "h:2"]}, "task": {"type": "worker", "index": 1}}')
     assert distribute._tf_config()["task"]["index"] == 1
+
+
+@pytest.mark.parametrize(
+    ("workers", "why"),
+    [
+        ("127.0.0.1:99999,127.0.0.1:2", "'127.0.0.1:99999' has no port in"),  # a gRPC traceback
+        ("127.0.0.1:0,127.0.0.1:2", "'127.0.0.1:0' has no port in"),
+    ],
+)
+def test_workers_without_a_port_are_refused(tmp_path, workers, why) -> None:
+    from floranet.config import TrainConfig
+    from floranet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"workers must be .*host:port pairs.*{why}.*Received: workers="):
+        TrainConfig(data_dir=tmp_path, out=tmp_path / "r", distribute="multi-worker", workers=workers, worker_index=0)
+
+
+def test_a_port_in_use_is_named_not_a_grpc_traceback(images, tmp_path) -> None:
+    """TensorFlow raised UnknownError 'Could not start gRPC server' (a traceback) when this worker's port was taken,
+    as by an earlier worker still running. In a child process: a failed start leaves TensorFlow unusable there."""
+    other = _free_ports(1)[0]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        workers = f"127.0.0.1:{port},127.0.0.1:{other}"
+        cmd = [sys.executable, "-m", "floranet.cli", "train", str(images), "--out", str(tmp_path / "r"), *TINY]
+        cmd += ["--distribute", "multi-worker", "--workers", workers, "--worker-index", "0"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"This worker (worker 0) could not start its gRPC server on 127.0.0.1:{port}" in done.stderr
+    assert "stop it with kill -9" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_one_replica_is_announced_in_the_singular(tmp_path) -> None:

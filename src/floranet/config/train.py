@@ -35,6 +35,17 @@ from floranet.config.choices import (
 from floranet.errors import ConfigError
 from floranet.utils.files import atomic_write_text, read_capped
 
+
+def cluster_hosts_problem(hosts: list[str]) -> str:
+    """Why the ``host:port`` list of a multi-worker cluster cannot work ("" when it can): a port outside
+    [1, 65535] (TensorFlow's gRPC server then fails to start, with a traceback)."""
+    for host in hosts:
+        port = host.rpartition(":")[2]
+        if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+            return f"{host!r} has no port in [1, 65535]"
+    return ""
+
+
 # Settings that name files or folders of the user's (recorded absolute).
 PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
 
@@ -181,13 +192,15 @@ class TrainConfig:
         )
 
     def _check_cluster(self) -> None:
-        hosts = [h for h in self.workers.split(",") if h.strip()] if isinstance(self.workers, str) else None
+        hosts = [h.strip() for h in self.workers.split(",") if h.strip()] if isinstance(self.workers, str) else None
         check(
-            self.workers is None or bool(hosts and all(h.count(":") == 1 and h.split(":")[1].isdigit() for h in hosts)),
+            self.workers is None or bool(hosts and all(h.count(":") == 1 for h in hosts)),
             "workers must be 'host:port,host:port,...'",
             "workers",
             self.workers,
         )
+        why = cluster_hosts_problem(hosts or [])
+        check(not why, f"workers must be host:port pairs, ports in [1, 65535]: {why}", "workers", self.workers)
         check(
             self.worker_index is None
             or (is_int(self.worker_index) and hosts is not None and 0 <= self.worker_index < len(hosts)),

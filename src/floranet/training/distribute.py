@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from floranet.config import DISTRIBUTE_CHOICES, TrainConfig
+from floranet.config.train import cluster_hosts_problem
 from floranet.errors import ConfigError
 from floranet.rundir import RunDir
 from floranet.training.checkpoint import RunState
@@ -166,6 +167,8 @@ def _check_tf_config(tf_config: Any, raw: str) -> None:
         why = "it needs a 'cluster' object of host lists"
     elif not all(isinstance(v, list) and all(isinstance(h, str) for h in v) for v in cluster.values()):
         why = "each job of 'cluster' must be a list of 'host:port' strings"
+    elif problem := cluster_hosts_problem([h for hosts in cluster.values() for h in hosts]):
+        why = f"its hosts must be host:port pairs, ports in [1, 65535]: {problem}"
     elif not isinstance(task, dict) or task.get("type") not in cluster:
         why = f"its 'task' must name a job of its cluster ({', '.join(cluster)}) as 'type'"
     elif not (isinstance(task.get("index"), int) and 0 <= task["index"] < len(cluster[task["type"]])):
@@ -221,7 +224,10 @@ def setup(config: TrainConfig) -> Distribution:
             "distribute=multi-worker needs TF_CONFIG, or workers and worker_index "
             "(--workers host:port,host:port --worker-index N)."
         )
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.OpError as e:  # UnknownError "Could not start gRPC server": its port is taken
+        raise ConfigError(_no_server(config, tf_config, e)) from None
     _patch_keras_multi_worker_reduce()
     resolver = strategy.cluster_resolver
     task_type, task_id = resolver.task_type, resolver.task_id or 0
@@ -235,6 +241,23 @@ def setup(config: TrainConfig) -> Distribution:
         "multi-worker",
         num_workers=_cluster_size(tf_config),
         task_index=index,
+    )
+
+
+def _no_server(config: TrainConfig, tf_config: dict[str, Any], error: Any) -> str:
+    """What to do when this worker's gRPC server does not start."""
+    task = tf_config["task"]
+    address = tf_config["cluster"][task["type"]][task["index"]]
+    received = (
+        f"workers={config.workers!r}, worker_index={config.worker_index!r}"
+        if config.workers
+        else f"TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}"
+    )
+    return (
+        f"This worker ({task['type']} {task['index']}) could not start its gRPC server on {address}: "
+        f"{getattr(error, 'message', '') or type(error).__name__}. Is port {address.rpartition(':')[2]} in use on "
+        "this machine, perhaps by an earlier worker of this job still running? A worker waiting for its peers ignores "
+        f"Ctrl-C and kill: stop it with kill -9, then run again. Received: {received}"
     )
 
 
