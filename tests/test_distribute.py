@@ -194,11 +194,15 @@ def test_kill_a_worker_then_restart_resumes_from_the_backup(images, tmp_path) ->
             r"its task 'index' must be an int in \[0, 1\)",
         ),
         (
+            '{"cluster": {"chief": ["h:1"], "worker": ["h:1"]}, "task": {"type": "worker", "index": 0}}',
+            "its hosts must be distinct host:port pairs, ports in .1, 65535.: 'h:1' is named twice",
+        ),
+        (
             '{"cluster": {"worker": ["h:99999"]}, "task": {"type": "worker", "index": 0}}',
             "its hosts .*'h:99999' has no port",
         ),
     ],
-    ids=["not-an-object", "hosts-as-a-string", "no-task", "unknown-job", "index-out-of-range", "port"],
+    ids=["not-an-object", "hosts-as-a-string", "no-task", "unknown-job", "index-out-of-range", "twice", "port"],
 )
 def test_a_badly_shaped_tf_config_is_named_not_a_traceback(monkeypatch, tf_config, why) -> None:
     """Valid JSON of the wrong shape reached TensorFlow, which raised AttributeError, ValueError or TypeError."""
@@ -215,11 +219,12 @@ def test_a_badly_shaped_tf_config_is_named_not_a_traceback(monkeypatch, tf_confi
 @pytest.mark.parametrize(
     ("workers", "why"),
     [
+        ("127.0.0.1:1, 127.0.0.1:1", "'127.0.0.1:1' is named twice"),  # the job hung, ignoring SIGTERM
         ("127.0.0.1:99999,127.0.0.1:2", "'127.0.0.1:99999' has no port in"),  # a gRPC traceback
         ("127.0.0.1:0,127.0.0.1:2", "'127.0.0.1:0' has no port in"),
     ],
 )
-def test_workers_without_a_port_are_refused(tmp_path, workers, why) -> None:
+def test_workers_on_one_port_or_without_a_port_are_refused(tmp_path, workers, why) -> None:
     from floranet.config import TrainConfig
     from floranet.errors import ConfigError
 

@@ -38,11 +38,16 @@ from floranet.utils.files import atomic_write_text, read_capped
 
 def cluster_hosts_problem(hosts: list[str]) -> str:
     """Why the ``host:port`` list of a multi-worker cluster cannot work ("" when it can): a port outside
-    [1, 65535] (TensorFlow's gRPC server then fails to start, with a traceback)."""
+    [1, 65535] (TensorFlow's gRPC server then fails to start, with a traceback), or one ``host:port`` twice (two
+    workers on one port: the job hung, ignoring SIGTERM)."""
+    seen: set[str] = set()
     for host in hosts:
         port = host.rpartition(":")[2]
         if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
             return f"{host!r} has no port in [1, 65535]"
+        if host.strip().lower() in seen:
+            return f"{host!r} is named twice (each worker needs a host:port of its own)"
+        seen.add(host.strip().lower())
     return ""
 
 
@@ -200,7 +205,7 @@ class TrainConfig:
             self.workers,
         )
         why = cluster_hosts_problem(hosts or [])
-        check(not why, f"workers must be host:port pairs, ports in [1, 65535]: {why}", "workers", self.workers)
+        check(not why, f"workers must be distinct host:port pairs, ports in [1, 65535]: {why}", "workers", self.workers)
         check(
             self.worker_index is None
             or (is_int(self.worker_index) and hosts is not None and 0 <= self.worker_index < len(hosts)),

@@ -168,7 +168,7 @@ def _check_tf_config(tf_config: Any, raw: str) -> None:
     elif not all(isinstance(v, list) and all(isinstance(h, str) for h in v) for v in cluster.values()):
         why = "each job of 'cluster' must be a list of 'host:port' strings"
     elif problem := cluster_hosts_problem([h for hosts in cluster.values() for h in hosts]):
-        why = f"its hosts must be host:port pairs, ports in [1, 65535]: {problem}"
+        why = f"its hosts must be distinct host:port pairs, ports in [1, 65535]: {problem}"
     elif not isinstance(task, dict) or task.get("type") not in cluster:
         why = f"its 'task' must name a job of its cluster ({', '.join(cluster)}) as 'type'"
     elif not (isinstance(task.get("index"), int) and 0 <= task["index"] < len(cluster[task["type"]])):
