@@ -211,6 +211,38 @@ def test_existing_run_is_not_overwritten_and_resume_checks_settings(images, tmp_
     assert "data_dir" not in str(caught.value)
 
 
+def test_a_missing_data_folder_is_said_before_the_run_folder_is_made(tmp_path) -> None:
+    """It was found after the lock wrote config.yaml and state.json into --out: the retry was told the folder
+    'already holds a run. Use --resume'."""
+    from floranet.errors import DatasetError
+
+    out = tmp_path / "run"
+    for data, why in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "afile", "not a file")):
+        (tmp_path / "afile").write_text("x")
+        with pytest.raises(DatasetError, match=f"data_dir {why}|data_dir must be a folder of class sub-folders, {why}"):
+            train(config.resolve(data_dir=str(data), out=str(out), **FAST), progress=False, say=lambda m: None)
+    assert not out.exists()
+
+
+def test_the_demo_into_a_run_folder_says_to_choose_another(tiny_run: Path, tmp_path, monkeypatch) -> None:
+    """The demo passed on train's advice, 'Use --resume to continue it', an option the demo does not have."""
+    import shutil
+
+    from floranet.errors import ConfigError
+    from floranet.models import weights
+    from floranet.workflows.demo import run_demo
+    from httpserver import closed_port_url
+
+    monkeypatch.setenv(weights.URL_ENV, closed_port_url() + "/")  # offline: the bundled backbone
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in ("config.yaml", "state.json"):
+        shutil.copy(tiny_run / name, out / name)
+    with pytest.raises(ConfigError, match="already holds a run, and the demo always starts a new one: choose another"):
+        run_demo(data=str(tiny_run.parent / "data"), out=str(out), epochs=1, progress=False, say=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "state.json"]
+
+
 def test_a_split_file_without_hashes_gets_each_files_own(images, tmp_path) -> None:
     """The feature cache is keyed by sha256: a hand-written split with no (or stale) hashes must not make every
     image share one cached feature vector."""

@@ -192,6 +192,21 @@ def check_json_target(path: str | os.PathLike[str], data_dir: str | os.PathLike[
     return target
 
 
+def check_data_dir(data_dir: str | os.PathLike) -> None:
+    """Refuses a ``data_dir`` that does not exist or is a file (what train checks before it makes its run folder).
+
+    Raises:
+        DatasetError: Naming which.
+    """
+    root = os.fsdecode(os.fspath(data_dir))
+    if not os.path.exists(root):
+        raise DatasetError(f"data_dir does not exist. Received: data_dir={printable(root)!r}")
+    if not os.path.isdir(root):
+        raise DatasetError(
+            f"data_dir must be a folder of class sub-folders, not a file. Received: data_dir={printable(root)!r}"
+        )
+
+
 def diagnose(
     data_dir: str | os.PathLike,
     *,
@@ -220,13 +235,7 @@ def diagnose(
         workers = min(8, os.cpu_count() or 1)
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0:
         raise ConfigError(f"workers must be a positive int or None. Received: workers={workers!r}")
-    if not os.path.exists(root):
-        raise DatasetError(f"data_dir does not exist. Received: data_dir={printable(root)!r}")
-    if not os.path.isdir(root):
-        raise DatasetError(
-            f"data_dir must be a folder of class sub-folders, not a file. Received: data_dir={printable(root)!r}"
-        )
-
+    check_data_dir(root)
     formats.allowed_formats()  # a bad FLORANET_EXTRA_IMAGE_FORMATS is one error, not every file "bad"
     scan = Scan(root)
     checked = _check_all(scan.candidates, max_pixels, workers, progress)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from floranet import config as config_lib
 from floranet.data import datasets
-from floranet.errors import FloranetError
+from floranet.errors import ConfigError, FloranetError
 from floranet.inference import load
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
@@ -82,9 +82,17 @@ def run_demo(
 
     Returns:
         The run directory, the data used, the rose prediction, the accuracy and the total time.
+
+    Raises:
+        ConfigError: ``out`` already holds a run (the demo never continues one).
     """
     t0 = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    if RunDir(out_dir).exists(RunDir.STATE):  # train's advice, --resume, is no option of the demo's
+        raise ConfigError(
+            f"{out_dir} already holds a run, and the demo always starts a new one: choose another --out, or leave it "
+            f"out (runs/demo-<time>). Received: out={str(out_dir)!r}"
+        )
     say(BANNER)
     say("floranet demo: the Keras ResNet50 flower tutorial, step by step")
     say(BANNER)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 from floranet.config import TrainConfig
+from floranet.data import doctor
 from floranet.errors import ConfigError
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
@@ -45,6 +46,7 @@ def train(
     Raises:
         MissingDependencyError: ``mlflow`` is asked for and not installed (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
+        DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     if not config.data_dir:  # the dataclass default: training would read the current folder
@@ -56,8 +58,10 @@ def train(
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
         check_resume_settings(RunDir(config.out), config)
     runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
-    # Offline with download-only weights: fail in seconds, before the run's lock creates its folder.
+    # Offline with download-only weights, or no data folder: fail in seconds, before the run's lock creates its
+    # folder and config.yaml (a retry was then told the folder already holds a run).
     weights_lib.ensure_available(config.backbone, config.weights)
+    doctor.check_data_dir(config.data_dir)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
     RunDir(config.out).check_new_output()  # a file, or a folder of the user's: said before the lock answers
     with RunDir(config.out).lock():  # one writer per run directory
