@@ -295,3 +295,13 @@ def test_a_resumed_run_keeps_the_class_order_a_split_file_and_a_relabel_gave_it(
     again = run_data.prepare(cfg, RunDir(cfg.out), resume=True, progress=False, say=lambda _: None)
     assert list(again.split.class_names) == ["mango", "apple"]
     assert again.split.rows == first.split.rows
+
+
+def test_a_refused_resume_leaves_no_folder_behind(tmp_path) -> None:
+    # `train --resume --out runs/nope` on a folder that does not exist was refused, but the run's lock had made
+    # runs/nope (and runs/) on the way, and left them empty.
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "runs" / "nope"), epochs=1, **TINY_MODEL)
+    with pytest.raises(ConfigError, match="Nothing to resume"):
+        train(cfg, resume=True, progress=False, say=lambda m: None)
+    assert not (tmp_path / "runs").exists()

@@ -191,11 +191,17 @@ class RunDir:
             RunLockedError: Another process holds it (its pid is in the message and the error).
             OutputError: The folder cannot be created.
         """
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # folders the lock creates
         fd = locks.acquire(self.path / self.LOCK, what=f"the run directory {self.path}")
         try:
             yield self
         finally:
             locks.release(self.path / self.LOCK, fd)
+            for folder in made:  # those nothing was written to (a refused --resume) go again, deepest first
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: the run's
+                    break
 
     # -- reading --------------------------------------------------------------------------------------------------
     def read_json(self, name: str, default: Any = None) -> Any:
