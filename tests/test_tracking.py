@@ -1,21 +1,43 @@
-"""MLflow tracking (floranet[mlflow], not in the test extra: skipped without it): a finished run, logged."""
+"""MLflow tracking: a finished run, logged (with floranet[mlflow], not in the test extra: skipped without it), and
+what is refused before MLflow is asked (with a stand-in module)."""
 
 from __future__ import annotations
 
 import shutil
+import sys
+import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-mlflow = pytest.importorskip("mlflow")
+from floranet.errors import MissingDependencyError, ModelError
+from floranet.rundir import RunDir
+from floranet.workflows.tracking import log_to_mlflow
 
-from floranet.errors import MissingDependencyError  # noqa: E402
-from floranet.rundir import RunDir  # noqa: E402
-from floranet.workflows.tracking import log_to_mlflow  # noqa: E402
+
+def _stand_in(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> types.ModuleType:
+    """An ``mlflow`` module that records what it is asked (mlflow itself is not installed for the tests)."""
+
+    def record(name: str):
+        return lambda *args, **kwargs: calls.append(name)
+
+    @contextmanager
+    def start_run(**kwargs):
+        calls.append("start_run")
+        yield types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
+
+    stub = types.ModuleType("mlflow")
+    for name in ("set_tracking_uri", "set_experiment", "log_params", "log_metrics", "set_tags"):
+        setattr(stub, name, record(name))
+    stub.start_run = start_run
+    monkeypatch.setitem(sys.modules, "mlflow", stub)
+    return stub
 
 
 def test_run_is_logged_with_params_epochs_artefacts_and_model(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17 keeps file stores behind this switch
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features", "checkpoints"))
@@ -42,3 +64,15 @@ def test_without_mlflow_the_error_names_the_extra(tiny_run: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(MissingDependencyError, match=r"floranet\[mlflow\]"):
         log_to_mlflow(tiny_run, "file:///nowhere")
+
+
+def test_an_unfinished_run_is_refused(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run without metrics.json (killed before its evaluation) was logged as if complete."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features", "checkpoints"))
+    (run / RunDir.METRICS).unlink()
+    calls: list[str] = []
+    _stand_in(monkeypatch, calls)
+    with pytest.raises(ModelError, match=r"is not a finished run .* --resume`, then log it. Received: run_dir="):
+        log_to_mlflow(run, "http://127.0.0.1:1")
+    assert calls == []

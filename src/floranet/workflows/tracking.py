@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from floranet.errors import ModelError
 from floranet.rundir import RunDir
 from floranet.utils.optional import require
 
@@ -53,6 +54,11 @@ def log_to_mlflow(
     """
     mlflow = require("mlflow", "--mlflow")
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
+    if not run.is_finished():  # an interrupted run: model.keras is a checkpoint, its metrics are missing
+        raise ModelError(
+            f"{run.path} is not a finished run (its training or evaluation did not complete): finish it with "
+            f"`floranet train DATA_DIR --out {run.path} --resume`, then log it. Received: run_dir={str(run_dir)!r}"
+        )
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
