@@ -76,3 +76,18 @@ def test_an_unfinished_run_is_refused(tiny_run: Path, tmp_path: Path, monkeypatc
     with pytest.raises(ModelError, match=r"is not a finished run .* --resume`, then log it. Received: run_dir="):
         log_to_mlflow(run, "http://127.0.0.1:1")
     assert calls == []
+
+
+def test_a_damaged_run_is_refused_before_an_mlflow_run_starts(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """A config.yaml error found inside mlflow.start_run() left an empty FAILED MLflow run on every try."""
+    from floranet.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features", "checkpoints"))
+    config = run / RunDir.CONFIG
+    config.write_text(config.read_text().replace("epochs: 3\n", "epochs: -1\n"))
+    calls: list[str] = []
+    _stand_in(monkeypatch, calls)
+    with pytest.raises(ConfigError, match="Received: epochs=-1"):
+        log_to_mlflow(run, "http://127.0.0.1:1")
+    assert calls == []

@@ -59,23 +59,23 @@ def log_to_mlflow(
             f"{run.path} is not a finished run (its training or evaluation did not complete): finish it with "
             f"`floranet train DATA_DIR --out {run.path} --resume`, then log it. Received: run_dir={str(run_dir)!r}"
         )
+    # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
+    params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run.path.resolve().name) as active:
-        mlflow.log_params(_params(run))
+        mlflow.log_params(params)
         mlflow.set_tags({"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()})
-        for row in run.history():
-            step = int(row.get("epoch") or 0)
-            values = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS}
+        for step, values in history:
             mlflow.log_metrics(values, step=step)
-        mlflow.log_metrics(_final_metrics(run))
+        mlflow.log_metrics(final)
         for name in ARTIFACTS:
             if run.exists(name):
                 mlflow.log_artifact(str(run / name))
         if (run / RunDir.PLOTS).is_dir():
             mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
-        _log_model(mlflow, run)
+        _log_model(mlflow, model)
         run_id: str = active.info.run_id
     say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {mlflow.get_tracking_uri()}")
     return run_id
@@ -104,11 +104,19 @@ def _final_metrics(run: RunDir) -> dict[str, float]:
     return out
 
 
-def _log_model(mlflow: Any, run: RunDir) -> None:
+def _history(run: RunDir) -> list[tuple[int, dict[str, float]]]:
+    """Every epoch of ``history.csv`` as (step = the epoch, its metrics)."""
+    rows = []
+    for row in run.history():
+        values = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS}
+        rows.append((int(row.get("epoch") or 0), values))
+    return rows
+
+
+def _log_model(mlflow: Any, model: Any) -> None:
     """The model as an MLflow model (Keras flavor, raw RGB 0..255 in, probabilities out)."""
     import numpy as np
 
-    model = run.load_model()
     h, w = model.inputs[0].shape[1:3]
     example = np.zeros((1, int(h), int(w), 3), np.float32)
     signature = mlflow.models.infer_signature(example, model(example, training=False).numpy())
