@@ -157,7 +157,7 @@ def test_mlflow_is_checked_before_training(data, tmp_path, monkeypatch) -> None:
     def missing(name: str, what: str):
         raise MissingDependencyError(f"{what} needs {name}", package=name, extra="mlflow")
 
-    monkeypatch.setattr(importlib.import_module("floranet.workflows.train"), "require", missing)
+    monkeypatch.setattr(importlib.import_module("floranet.workflows.tracking"), "require", missing)
     with pytest.raises(MissingDependencyError):
         train(_settings(data, tmp_path / "run"), mlflow="", progress=False, say=lambda _: None)
     assert not (tmp_path / "run").exists()

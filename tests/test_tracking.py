@@ -91,3 +91,29 @@ def test_a_damaged_run_is_refused_before_an_mlflow_run_starts(tiny_run: Path, tm
     with pytest.raises(ConfigError, match="Received: epochs=-1"):
         log_to_mlflow(run, "http://127.0.0.1:1")
     assert calls == []
+
+
+def test_a_store_mlflow_skinny_cannot_use_is_refused_before_training(tiny_run, tmp_path, monkeypatch, capsys) -> None:
+    """A bare --mlflow without MLFLOW_TRACKING_URI logs to MLflow 3's default, sqlite:///mlflow.db, which
+    mlflow-skinny (what floranet[mlflow] installs) cannot open: train failed every time, after the whole training."""
+    from floranet.cli import main
+    from floranet.workflows import tracking
+    from imagesets import make_image_folder
+
+    calls: list[str] = []
+    stub = _stand_in(monkeypatch, calls)
+    stub.get_tracking_uri = lambda: f"sqlite:///{tmp_path}/mlflow.db"
+    refuse_files = types.SimpleNamespace(get=lambda: False)
+    stub.environment_variables = types.SimpleNamespace(MLFLOW_ALLOW_FILE_STORE=refuse_files)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "available", lambda module: module != "sqlalchemy", raising=False)  # skinny
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *tiny, "--mlflow"]) == 2
+    assert not (tmp_path / "run").exists()
+    err = capsys.readouterr().err
+    assert "without the full mlflow package" in err and "set MLFLOW_TRACKING_URI" in err
+    assert f"Received: mlflow='' (MLflow's default store, sqlite:///{tmp_path}/mlflow.db)" in err
+    assert main(["track", str(tiny_run), "--mlflow", "file:///tmp/mlruns"]) == 2
+    assert "unless MLFLOW_ALLOW_FILE_STORE=true" in capsys.readouterr().err
+    assert calls == []

@@ -90,7 +90,8 @@ def add_train(sub: Subparsers) -> None:
         const="",
         metavar="URI",
         help="also log the run to MLflow (params, per-epoch metrics, artefacts, the model); URI: tracking "
-        "server or store (default: MLflow's own); needs floranet[mlflow]",
+        "server or store (default: $MLFLOW_TRACKING_URI; MLflow's own default, sqlite:///mlflow.db, needs the full "
+        "mlflow package); needs floranet[mlflow]",
     )
     g = p.add_argument_group("training settings (override --config and the preset)")
     g.add_argument("--config", help="YAML file of settings")
@@ -208,7 +209,8 @@ def add_track(sub: Subparsers) -> None:
         const="",
         default="",
         metavar="URI",
-        help="tracking server or store (default: MLflow's own)",
+        help="tracking server or store (default: $MLFLOW_TRACKING_URI; MLflow's own default, sqlite:///mlflow.db, "
+        "needs the full mlflow package)",
     )
     p.add_argument("--experiment", default="floranet", help="MLflow experiment name (default floranet)")
 

@@ -12,12 +12,14 @@ It reads the files after training, so it never slows training down and works for
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from floranet.errors import ModelError
+from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
-from floranet.utils.optional import require
+from floranet.utils.download import _redacted
+from floranet.utils.optional import available, require
 
 ARTIFACTS = (
     RunDir.CONFIG,
@@ -30,6 +32,9 @@ ARTIFACTS = (
     RunDir.REPORT,
 )
 SCALARS = ("accuracy", "loss", "macro_f1", "top_2_accuracy", "num_examples")
+# Database stores need SQLAlchemy, which the full mlflow package brings and mlflow-skinny (floranet[mlflow]) does
+# not; MLflow 3's default store is one of them (sqlite:///mlflow.db in the current folder).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 def log_to_mlflow(
@@ -44,12 +49,14 @@ def log_to_mlflow(
     Args:
         run_dir: A finished floranet run.
         tracking_uri: Where to log (``file:///...``, ``http://host:5000``, ``sqlite:///mlflow.db``, ...);
-            None or "" uses MLflow's own default (``MLFLOW_TRACKING_URI``, else its local store).
+            None or "" uses ``MLFLOW_TRACKING_URI``, else MLflow's own default (a ``sqlite:///mlflow.db``
+            store in the current folder, which needs the full ``mlflow`` package).
         experiment: The MLflow experiment name.
         say: Where the one-line summary goes.
 
     Raises:
         MissingDependencyError: MLflow is not installed (``pip install 'floranet[mlflow]'``).
+        ConfigError: A store the installed MLflow cannot use (see :func:`check_tracking`).
         ModelError: Not a finished run.
     """
     mlflow = require("mlflow", "--mlflow")
@@ -59,6 +66,7 @@ def log_to_mlflow(
             f"{run.path} is not a finished run (its training or evaluation did not complete): finish it with "
             f"`floranet train DATA_DIR --out {run.path} --resume`, then log it. Received: run_dir={str(run_dir)!r}"
         )
+    target = check_tracking(tracking_uri)
     # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
     if tracking_uri:
@@ -77,8 +85,50 @@ def log_to_mlflow(
             mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
         _log_model(mlflow, model)
         run_id: str = active.info.run_id
-    say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {mlflow.get_tracking_uri()}")
+    say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {_redacted(target)}")
     return run_id
+
+
+def check_tracking(tracking_uri: str | None) -> str:
+    """Refuses, in a moment and before anything is trained or logged, a tracking store the installed MLflow cannot
+    use (logging to it failed only after the whole training).
+
+    Args:
+        tracking_uri: As for :func:`log_to_mlflow`.
+
+    Returns:
+        The tracking URI MLflow will log to.
+
+    Raises:
+        MissingDependencyError: MLflow is not installed.
+        ConfigError: A database store (MLflow's default among them) without SQLAlchemy (mlflow-skinny), or a file
+            store that MLflow keeps behind ``MLFLOW_ALLOW_FILE_STORE=true``.
+    """
+    mlflow = require("mlflow", "--mlflow")
+    target: str = tracking_uri or mlflow.get_tracking_uri()
+    if tracking_uri:
+        given = f"mlflow={_redacted(target)!r}"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        given = f"MLFLOW_TRACKING_URI={_redacted(target)!r}"
+    else:
+        given = f"mlflow={tracking_uri!r} (MLflow's default store, {_redacted(target)})"
+    try:
+        scheme = urllib.parse.urlsplit(target).scheme.split("+")[0].lower()  # postgresql+psycopg2://
+    except ValueError:
+        scheme = ""
+    if scheme in DATABASE_SCHEMES and not available("sqlalchemy"):
+        raise ConfigError(
+            "MLflow cannot log to a database store without the full mlflow package (floranet[mlflow] installs "
+            "mlflow-skinny): give a tracking server (--mlflow http://host:5000) or set MLFLOW_TRACKING_URI to "
+            f"one, or `pip install mlflow`. Received: {given}"
+        )
+    allow_files = getattr(getattr(mlflow, "environment_variables", None), "MLFLOW_ALLOW_FILE_STORE", None)
+    if scheme in ("", "file") and allow_files is not None and not allow_files.get():
+        raise ConfigError(
+            "MLflow refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true: set it, or give a tracking server "
+            f"(--mlflow http://host:5000). Received: {given}"
+        )
+    return target
 
 
 _NOT_METRICS = frozenset({"epoch", "stage_epoch", "stage"})

@@ -16,8 +16,8 @@ from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
 from floranet.training.trainer import check_resume_settings
-from floranet.utils.optional import require
 from floranet.workflows.after_training import audit_and_unknown
+from floranet.workflows.tracking import check_tracking
 
 
 def train(
@@ -41,10 +41,11 @@ def train(
         progress: Show progress bars.
         say: Where one-line status messages go.
         mlflow: Also log the finished run to MLflow (:func:`floranet.workflows.tracking.log_to_mlflow`) at
-            this tracking URI ("" for MLflow's default); None: no MLflow.
+            this tracking URI ("" for ``MLFLOW_TRACKING_URI`` or MLflow's default); None: no MLflow.
 
     Raises:
         MissingDependencyError: ``mlflow`` is asked for and not installed (before anything trains).
+        ConfigError: ``mlflow`` names a store the installed MLflow cannot use (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
@@ -54,7 +55,7 @@ def train(
             f"data_dir is required (a folder of class sub-folders). Received: data_dir={config.data_dir!r}"
         )
     if mlflow is not None:  # not after an hour of training
-        require("mlflow", "--mlflow")
+        check_tracking(mlflow)
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
         check_resume_settings(RunDir(config.out), config)
     runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
