@@ -25,6 +25,7 @@ from floranet.data import formats, images
 from floranet.errors import ConfigError, ModelError, OutputError, RunLockedError
 from floranet.rundir import RunDir
 from floranet.utils import files
+from httpserver import silent_server
 from imagesets import make_image_folder
 
 # --------------------------------------------------------------------------- 1. only allow-listed decoders
@@ -732,15 +733,16 @@ def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
     run = tmp_path / "run"
     tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
-    code = main(["train", str(data), "--out", str(run), *tiny, "--fine-tune-epochs", "0", "--mlflow", "http://h:5000"])
-    out, err = capsys.readouterr()
-    assert code == 1 and f"Run directory: {run}" in out
-    assert "logging to MLflow failed (ConnectionError: Connection refused); the run is complete" in err
-    assert f"floranet track {run} --mlflow http://h:5000" in err
-    assert (run / "model.keras").exists() and json.loads((run / "metrics.json").read_text())["accuracy"] >= 0
-    assert main(["track", str(run), "--mlflow", "http://h:5000"]) == 1  # still down: said, not a traceback
-    assert "floranet track: logging to MLflow failed (ConnectionError" in capsys.readouterr().err
-    assert calls == ["http://h:5000", "set_experiment"] * 2
+    with silent_server() as url:  # accepts connections (checked before training), then MLflow's requests fail
+        code = main(["train", str(data), "--out", str(run), *tiny, "--fine-tune-epochs", "0", "--mlflow", url])
+        out, err = capsys.readouterr()
+        assert code == 1 and f"Run directory: {run}" in out
+        assert "logging to MLflow failed (ConnectionError: Connection refused); the run is complete" in err
+        assert f"floranet track {run} --mlflow {url}" in err
+        assert (run / "model.keras").exists() and json.loads((run / "metrics.json").read_text())["accuracy"] >= 0
+        assert main(["track", str(run), "--mlflow", url]) == 1  # still down: said, not a traceback
+        assert "floranet track: logging to MLflow failed (ConnectionError" in capsys.readouterr().err
+    assert calls == [url, "set_experiment"] * 2
 
 
 def test_a_capped_read_sets_aside_what_the_file_holds_not_the_cap(tmp_path) -> None:

@@ -3,6 +3,7 @@ what is refused before MLflow is asked (with a stand-in module)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import types
@@ -117,3 +118,44 @@ def test_a_store_mlflow_skinny_cannot_use_is_refused_before_training(tiny_run, t
     assert main(["track", str(tiny_run), "--mlflow", "file:///tmp/mlruns"]) == 2
     assert "unless MLFLOW_ALLOW_FILE_STORE=true" in capsys.readouterr().err
     assert calls == []
+
+
+def test_a_server_that_does_not_answer_is_refused_at_once_and_retries_are_bounded(
+    tiny_run, tmp_path, monkeypatch, capsys
+) -> None:
+    """A tracking server that was down cost 253 s of MLflow's silent retries (after the whole training, for train)
+    before a message of several lines; nothing said where floranet was logging."""
+    from floranet.cli import main
+    from httpserver import closed_port_url, silent_server
+    from imagesets import make_image_folder
+
+    calls: list[str] = []
+    stub = _stand_in(monkeypatch, calls)
+    down = closed_port_url()
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *tiny, "--mlflow", down]) == 2
+    assert not (tmp_path / "run").exists()
+    assert (
+        f"The MLflow tracking server does not answer (Connection refused): start it, or give another tracking "
+        f"URI. Received: mlflow='{down}'" in capsys.readouterr().err
+    )
+    assert main(["track", str(tiny_run), "--mlflow", "http://:5000"]) == 2
+    assert "names its host" in capsys.readouterr().err and calls == []
+
+    def failing(name: str) -> None:  # as MLflow fails: a long message, after retries that MLflow reads from here
+        calls.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "unset"))
+        raise RuntimeError("API request failed\nTraceback-like detail\nmore")
+
+    stub.set_experiment = failing
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    with silent_server() as url:
+        assert main(["track", str(tiny_run), "--mlflow", url]) == 1
+        out, err = capsys.readouterr()
+        assert f"Logging {tiny_run} to MLflow at {url} (experiment 'floranet') ..." in out
+        assert err.strip() == "floranet track: logging to MLflow failed (RuntimeError: API request failed)"
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's own setting is kept
+        assert main(["track", str(tiny_run), "--mlflow", url]) == 1
+    assert calls == ["set_tracking_uri", "2", "set_tracking_uri", "5"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")

@@ -217,13 +217,13 @@ def add_track(sub: Subparsers) -> None:
 
 def run_track(args: argparse.Namespace) -> int:
     from floranet.errors import FloranetError
-    from floranet.workflows.tracking import log_to_mlflow
+    from floranet.workflows.tracking import failure, log_to_mlflow
 
     try:
         log_to_mlflow(args.run_dir, args.mlflow or None, experiment=args.experiment, say=say)
     except FloranetError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow's own errors, a server that does not answer: said, not a traceback
-        warn(f"floranet track: logging to MLflow failed ({type(e).__name__}: {e})")
+        warn(f"floranet track: logging to MLflow failed ({failure(e)})")
         return 1
     return 0

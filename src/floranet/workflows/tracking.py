@@ -11,9 +11,12 @@ It reads the files after training, so it never slows training down and works for
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import urllib.parse
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from floranet.errors import ConfigError, ModelError
@@ -35,6 +38,10 @@ SCALARS = ("accuracy", "loss", "macro_f1", "top_2_accuracy", "num_examples")
 # Database stores need SQLAlchemy, which the full mlflow package brings and mlflow-skinny (floranet[mlflow]) does
 # not; MLflow 3's default store is one of them (sqlite:///mlflow.db in the current folder).
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+CONNECT_TIMEOUT_S = 5.0
+# MLflow retries a failed request 7 times with exponential backoff: 4 minutes of silence for a server that went
+# down. Bounded while floranet logs, unless the user set them.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 def log_to_mlflow(
@@ -66,27 +73,36 @@ def log_to_mlflow(
             f"{run.path} is not a finished run (its training or evaluation did not complete): finish it with "
             f"`floranet train DATA_DIR --out {run.path} --resume`, then log it. Received: run_dir={str(run_dir)!r}"
         )
-    target = check_tracking(tracking_uri)
     # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run.path.resolve().name) as active:
-        mlflow.log_params(params)
-        mlflow.set_tags({"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()})
-        for step, values in history:
-            mlflow.log_metrics(values, step=step)
-        mlflow.log_metrics(final)
-        for name in ARTIFACTS:
-            if run.exists(name):
-                mlflow.log_artifact(str(run / name))
-        if (run / RunDir.PLOTS).is_dir():
-            mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
-        _log_model(mlflow, model)
-        run_id: str = active.info.run_id
+    target = check_tracking(tracking_uri)
+    say(f"Logging {run.path} to MLflow at {_redacted(target)} (experiment {experiment!r}) ...")
+    with _bounded_http_retries():
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=run.path.resolve().name) as active:
+            mlflow.log_params(params)
+            tags = {"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()}
+            mlflow.set_tags(tags)
+            for step, values in history:
+                mlflow.log_metrics(values, step=step)
+            mlflow.log_metrics(final)
+            for name in ARTIFACTS:
+                if run.exists(name):
+                    mlflow.log_artifact(str(run / name))
+            if (run / RunDir.PLOTS).is_dir():
+                mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
+            _log_model(mlflow, model)
+            run_id: str = active.info.run_id
     say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {_redacted(target)}")
     return run_id
+
+
+def failure(e: BaseException) -> str:
+    """An MLflow failure in one line: its type and the first line of its message (MLflow's run to many)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def check_tracking(tracking_uri: str | None) -> str:
@@ -102,7 +118,8 @@ def check_tracking(tracking_uri: str | None) -> str:
     Raises:
         MissingDependencyError: MLflow is not installed.
         ConfigError: A database store (MLflow's default among them) without SQLAlchemy (mlflow-skinny), or a file
-            store that MLflow keeps behind ``MLFLOW_ALLOW_FILE_STORE=true``.
+            store that MLflow keeps behind ``MLFLOW_ALLOW_FILE_STORE=true``, or a tracking server that does not
+            accept a connection within :data:`CONNECT_TIMEOUT_S` (MLflow itself retried for about 4 minutes).
     """
     mlflow = require("mlflow", "--mlflow")
     target: str = tracking_uri or mlflow.get_tracking_uri()
@@ -128,7 +145,48 @@ def check_tracking(tracking_uri: str | None) -> str:
             "MLflow refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true: set it, or give a tracking server "
             f"(--mlflow http://host:5000). Received: {given}"
         )
+    if scheme in ("http", "https"):
+        _check_reachable(target, given)
     return target
+
+
+def _check_reachable(target: str, given: str) -> None:
+    """A TCP connection to the tracking server (or to the proxy that reaches it) within :data:`CONNECT_TIMEOUT_S`.
+
+    Raises:
+        ConfigError: No host in the URI, or no connection.
+    """
+    parts = urllib.parse.urlsplit(target)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:  # a port that is not a number
+        host, port = None, 0
+    if not host:
+        raise ConfigError(f"An MLflow tracking server's URI names its host (http://host:5000). Received: {given}")
+    proxy = urllib.request.getproxies().get(parts.scheme.lower())
+    if proxy and not urllib.request.proxy_bypass(host):  # requests connects to the proxy, as MLflow's client does
+        with contextlib.suppress(ValueError):
+            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            host, port = via.hostname or host, via.port or (443 if via.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(
+            f"The MLflow tracking server does not answer ({e.strerror or str(e) or type(e).__name__}): start it, or "
+            f"give another tracking URI. Received: {given}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _bounded_http_retries() -> Iterator[None]:
+    """:data:`HTTP_LIMITS` for MLflow's requests while logging, where the user has not set them."""
+    added = {name: value for name, value in HTTP_LIMITS.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 _NOT_METRICS = frozenset({"epoch", "stage_epoch", "stage"})

@@ -136,9 +136,9 @@ def _train(
 def _track(result: TrainResult, uri: str, say: Callable[[str], None]) -> None:
     """Logs the finished run to MLflow; a failure there (a server down, a store refusing it) is kept in
     ``result.tracking_error`` rather than raised: the run is complete, and ``floranet track`` logs it later."""
-    from floranet.workflows.tracking import log_to_mlflow
+    from floranet.workflows.tracking import failure, log_to_mlflow
 
     try:
         log_to_mlflow(result.run.path, uri or None, say=say)
     except Exception as e:  # noqa: BLE001 - MLflow's own exceptions, connection errors, ...: the run stands
-        result.tracking_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        result.tracking_error = failure(e)
