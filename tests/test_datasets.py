@@ -335,15 +335,6 @@ def test_fetch_arguments_are_checked_not_tracebacks(tmp_path, capsys, args, matc
     assert re.search(match, capsys.readouterr().err)
 
 
-def test_the_servers_timeouts_follow_the_same_rule() -> None:
-    from floranet.config import ServeConfig
-
-    for name in ("request_timeout_s", "decode_timeout_s", "header_timeout_s"):
-        with pytest.raises(ConfigError, match=f"{name} must be a positive number of seconds, at most 86400"):
-            ServeConfig(**{name: float("inf")})
-    assert ServeConfig(header_timeout_s=86400).header_timeout_s == 86400
-
-
 def test_fetch_into_a_cache_dir_that_is_a_file_names_it(tmp_path, capsys) -> None:
     from floranet.cli import main
 

@@ -703,6 +703,26 @@ def test_an_api_key_is_printable_ascii() -> None:
         assert bad not in str(e.value)  # the key itself is never echoed
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "interval"),
+    [
+        ("max_wait_ms", float("inf"), r"\[0, 10,000\]"),
+        ("max_wait_ms", 1e9, r"\[0, 10,000\]"),
+        ("request_timeout_s", float("nan"), r"\(0, 3,600\]"),
+        ("decode_timeout_s", 1e6, r"\(0, 600\]"),
+        ("header_timeout_s", float("inf"), r"\(0, 600\]"),
+    ],
+)
+def test_endless_waits_of_the_server_are_refused(name, value, interval) -> None:
+    """serve --max-wait-ms inf (or 1e9) was accepted: every request then waited for a batch that never filled, and
+    so did shutdown; the timeouts had the same gap."""
+    from floranet.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=rf"{name} must be a number in {interval}. Received: {name}={value!r}"):
+        ServeConfig(**{name: value})
+    assert ServeConfig(max_wait_ms=10_000, request_timeout_s=3600, decode_timeout_s=0.5).max_wait_ms == 10_000
+
+
 def test_gradcam_keeps_only_a_shrunk_photo(hardened_app) -> None:
     from floranet.serving.state import decode_sync as _decode
 

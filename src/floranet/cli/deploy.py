@@ -47,7 +47,9 @@ def add_serve(sub: Subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     p.add_argument("--max-batch", type=int, default=32, help="most images per model call")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images (ms, at most 10000)"
+    )
     p.add_argument(
         "--max-pixels",
         type=int,

@@ -14,14 +14,17 @@ from floranet.config.choices import (
     check_choice,
     check_fraction,
     check_positive_int,
+    is_finite_number,
     is_name,
 )
-from floranet.utils.download import check_timeout
 
 # The most bytes of a request line and headers the server reads before answering 431 (nginx allows 32 KiB,
 # uvicorn's h11 parser 16 KiB): httptools keeps a header that is still arriving in memory, growing it by copies,
 # so without a bound one connection could stream one header for the whole header timeout.
 MAX_HEADER_BYTES = 64 * 1024
+# The server's waits and timeouts, at most: more is a typo (max_wait_ms=inf held every request, and shutdown, for
+# a batch that never filled).
+TIME_LIMITS = {"max_wait_ms": 10_000, "request_timeout_s": 3600, "decode_timeout_s": 600, "header_timeout_s": 600}
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class ServeConfig:
     Attributes:
         max_upload_bytes: Largest accepted request body.
         max_batch: Most images per model call.
-        max_wait_ms: How long the batcher waits after a first image for more.
+        max_wait_ms: How long the batcher waits after a first image for more (at most 10,000).
         top_k: Classes returned per image.
         request_timeout_s: Time allowed to receive a request body.
         max_pixels: Largest image decoded (width x height), checked from its header before decoding; well
@@ -123,11 +126,12 @@ class ServeConfig:
         ):
             check_positive_int(name, getattr(self, name))
         check_fraction(self, "client_share", low_open=True, high_open=False)
-        wait = self.max_wait_ms
-        ok = isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0
-        check(ok, "max_wait_ms must be a non-negative number", "max_wait_ms", wait)
-        for name in ("request_timeout_s", "decode_timeout_s", "header_timeout_s"):
-            check_timeout(name, getattr(self, name))
+        for name, highest in TIME_LIMITS.items():
+            value = getattr(self, name)
+            positive = name != "max_wait_ms"
+            ok = is_finite_number(value) and (value > 0 if positive else value >= 0) and value <= highest
+            interval = f"{'(' if positive else '['}0, {highest:,}]"
+            check(ok, f"{name} must be a number in {interval}", name, value)
         check(
             self.api_key is None
             or (
