@@ -181,3 +181,24 @@ def test_demo_offline_uses_the_sample_and_the_bundled_backbone_and_says_so(tmp_p
     assert "tutorial preset" in text and "then fine-tuning the last stage" in text  # asked for: 1 epoch
     saved = (result.run_dir / "config.yaml").read_text()
     assert "mobilenet_v2" in saved and "preset: tutorial" in saved and "fine_tune_epochs: 1" in saved
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [({"image_size": 0}, "Received: image_size=0"), ({"epochs": -1}, "Received: epochs=-1")],
+    ids=["size-0", "epochs-negative"],
+)
+def test_demo_flags_are_checked_before_the_data_and_weights_steps(tmp_path, monkeypatch, flags, match) -> None:
+    """Offline, --image-size 0 silently became 160; --epochs -1 was refused only after the data step and an attempt
+    to download ResNet50's weights."""
+    from floranet.errors import ConfigError
+    from floranet.workflows import demo
+
+    def reached(*args, **kwargs):
+        raise AssertionError("a download step ran before the flags were checked")
+
+    monkeypatch.setattr(demo.datasets, "fetch", reached)
+    monkeypatch.setattr(demo.weights_lib, "fetch_imagenet", reached)
+    with pytest.raises(ConfigError, match=match):
+        demo.run_demo(out=str(tmp_path / "demo"), progress=False, say=lambda m: None, **flags)
+    assert not (tmp_path / "demo").exists()

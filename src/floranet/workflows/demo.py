@@ -88,11 +88,7 @@ def run_demo(
     """
     t0 = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    if RunDir(out_dir).exists(RunDir.STATE):  # train's advice, --resume, is no option of the demo's
-        raise ConfigError(
-            f"{out_dir} already holds a run, and the demo always starts a new one: choose another --out, or leave it "
-            f"out (runs/demo-<time>). Received: out={str(out_dir)!r}"
-        )
+    _check_flags(out_dir, epochs, fine_tune_epochs, image_size)
     say(BANNER)
     say("floranet demo: the Keras ResNet50 flower tutorial, step by step")
     say(BANNER)
@@ -136,6 +132,24 @@ def run_demo(
     return DemoResult(result.run.path, data_dir, offline, weights, rose, top, acc, model.backbone, seconds)
 
 
+def _check_flags(out: Path, epochs: int | None, fine_tune_epochs: int | None, image_size: int | None) -> None:
+    """Refuses a bad flag before the data and weights steps (each may download for minutes) as training would:
+    with the recipe of either model.
+
+    Raises:
+        ConfigError: A flag out of range (``image_size=0``, ``epochs=-1``, ...), or ``out`` holds a run already.
+    """
+    if RunDir(out).exists(RunDir.STATE):  # train's advice, --resume, is no option of the demo's
+        raise ConfigError(
+            f"{out} already holds a run, and the demo always starts a new one: choose another --out, or leave it "
+            f"out (runs/demo-<time>). Received: out={str(out)!r}"
+        )
+    for preset in dict.fromkeys((DemoModel.preset, OFFLINE_PRESET)):
+        config_lib.resolve(
+            preset=preset, out=str(out), epochs=epochs, fine_tune_epochs=fine_tune_epochs, image_size=image_size
+        )
+
+
 def _model(image_size: int | None, say: Callable[[str], None]) -> DemoModel:
     """ResNet50 with ImageNet weights when they can be had, else MobileNetV2 with its bundled ones, said loudly."""
     try:
@@ -146,7 +160,7 @@ def _model(image_size: int | None, say: Callable[[str], None]) -> DemoModel:
     except FloranetError as e:
         problem = e
     weights_lib.bundled_file(OFFLINE_BACKBONE)  # verified now: a damaged installation is an error, not a fallback
-    size = image_size or OFFLINE_SIZE
+    size = OFFLINE_SIZE if image_size is None else image_size
     say(BANNER)
     say("WARNING: ImageNet weights for ResNet50 are not available (no network?):")
     say(f"  {problem}")
