@@ -45,6 +45,8 @@ def test_saved_yaml_round_trips(tmp_path) -> None:
         ({"seed": -1}, "Received: seed=-1"),
         ({"seed": 2**32}, "Received: seed=4294967296"),
         ({"weights": 5}, "Received: weights=5"),
+        ({"weights": ""}, "weights must be 'imagenet', 'none' or a weights file path. Received: weights=''"),
+        ({"file": ""}, "config must be a YAML file path. Received: config=''"),
         ({"split_file": 7}, "Received: split_file=7"),
         ({"head_units": 10**8}, "head_units must be at most 65,536. Received: head_units=100000000"),  # OOM before
     ],

@@ -110,7 +110,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._plain_values()
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        if self.weights in ("none", "None", ""):
+        if self.weights in ("none", "None"):
             object.__setattr__(self, "weights", None)
         self._check_training()
         self._check_choices()
@@ -184,7 +184,7 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or (isinstance(value, str) and bool(value)), f"{name} must be a file path", name, value)
         check(
-            self.weights is None or isinstance(self.weights, str),
+            self.weights is None or (isinstance(self.weights, str) and bool(self.weights.strip())),
             "weights must be 'imagenet', 'none' or a weights file path",
             "weights",
             self.weights,
@@ -334,7 +334,9 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     Raises:
         ConfigError: Unknown key or invalid value.
     """
-    from_file = load_file(file) if file else {}
+    if file is not None and not os.fspath(file).strip():  # `--config ''` was ignored without a word
+        raise ConfigError(f"config must be a YAML file path. Received: config={os.fspath(file)!r}")
+    from_file = load_file(file) if file is not None else {}
     given = {k: v for k, v in flags.items() if v is not None}
     unknown = sorted(set(given) - FIELDS)
     if unknown:
