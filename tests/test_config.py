@@ -199,3 +199,32 @@ def test_config_files_that_crashed_or_passed_as_empty_are_config_errors(tmp_path
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=needle):
         config.resolve(file=path, data_dir="d", out="o")
+
+
+def test_config_files_read_as_yaml_1_2(tmp_path) -> None:
+    """PyYAML's YAML 1.1 rules changed values: `augment: off` became False ("Received: augment=False"), `seed: 0123`
+    the octal 83 and `epochs: 1:30` the base-60 90."""
+    f = tmp_path / "c.yaml"
+    f.write_text("augment: off\nseed: 0123\nepochs: 0o7\nfine_tune_epochs: 0x2\naudit: FALSE\nlearning_rate: 1e-4\n")
+    cfg = config.resolve(file=f)
+    assert (cfg.augment, cfg.seed, cfg.epochs, cfg.fine_tune_epochs, cfg.audit) == ("off", 123, 7, 2, False)
+    assert cfg.learning_rate == 1e-4 and config.load_file(f)["seed"] == 123
+    for text, received in (("epochs: 1:30", "epochs='1:30'"), ("audit: yes", "audit='yes'"), ("seed: 1_0", "seed='1_0'")):
+        f.write_text(text + "\n")
+        with pytest.raises(ConfigError, match=f"Received: {received}"):
+            config.resolve(file=f)
+
+
+@pytest.mark.parametrize("text", ["1.0e5", "0o17", "1e5", "off", "yes", "0123", "1:30", "2024-01-01", "~", "1_000"])
+def test_a_saved_config_reads_back_the_same_under_yaml_1_1_and_1_2(tmp_path, text) -> None:
+    """A text that one rule reads as a number, bool, date or null is quoted in config.yaml: the run's own settings
+    (and --resume's comparison with them) come back as given, and other YAML tools read them the same."""
+    from floranet.rundir import RunDir
+    from floranet.training.trainer import settings_changed
+
+    cfg = config.resolve(out=text, data_dir=str(tmp_path / "d"), weights="none")
+    cfg.save(tmp_path / RunDir.CONFIG)
+    saved = config.load_file(tmp_path / RunDir.CONFIG)
+    assert saved["out"] == text and yaml.safe_load(cfg.to_yaml())["out"] == text
+    assert config.resolve(file=tmp_path / RunDir.CONFIG) == cfg
+    assert settings_changed(RunDir(tmp_path), cfg) == []

@@ -226,7 +226,7 @@ class TrainConfig:
         return d
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the config as YAML, atomically."""
@@ -265,6 +265,43 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Plain values resolve as in YAML 1.2's core schema, not PyYAML's YAML 1.1: there `augment: off` was False
+# ("Received: augment=False"), `seed: 0123` the octal 83 and `epochs: 1:30` the base-60 90. Bools are only
+# true/false, ints decimal (or 0o/0x), floats need a dot or an exponent (1e-4 too), and there are no dates.
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+_YAML12 = (
+    (_BOOL, r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    (_INT, r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        _FLOAT,
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+.0123456789",
+    ),
+)
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)  # 0123 is 123
+
+
+_UniqueKeyLoader.add_constructor(_INT, _yaml12_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """YAML's safe dumper, also quoting a text that YAML 1.2 would read as a number (``1.0e5``, ``0o17``): config.yaml
+    reads back the same under either rule."""
+
+
+for _tag, _rule, _first in _YAML12:
+    for _cls in (_UniqueKeyLoader, _Dumper):
+        _cls.add_implicit_resolver(_tag, re.compile(rf"^(?:{_rule})$"), list(_first))
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
     mark = getattr(e, "problem_mark", None)
@@ -299,8 +336,7 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {k: _yaml11_float(v) if k in FLOAT_FIELDS else v for k, v in out.items()}
 
 
-# YAML 1.1 (PyYAML) reads 1e-4 as a string: its floats need a dot (1.0e-4). A float setting written so is meant
-# as the number.
+# A float setting given as text ('1e-4', quoted; YAML 1.1 tools read it unquoted as text too) is meant as the number.
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 FLOAT_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type)}
 
