@@ -115,7 +115,7 @@ def test_a_float_in_exponent_form_is_a_number_in_a_config_file(tmp_path) -> None
     cfg = config.resolve(file=f)
     assert (cfg.learning_rate, cfg.fine_tune_learning_rate, cfg.label_smoothing) == (1e-4, 5e-6, 0.1)
     f.write_text("learning_rate: fast\n")  # still a string: named as before
-    with pytest.raises(ConfigError, match="Received: learning_rate='fast' .settings of the config file .*c.yaml"):
+    with pytest.raises(ConfigError, match="Received: learning_rate='fast' .in the config file .*c.yaml"):
         config.resolve(file=f)
 
 
@@ -209,7 +209,11 @@ def test_config_files_read_as_yaml_1_2(tmp_path) -> None:
     cfg = config.resolve(file=f)
     assert (cfg.augment, cfg.seed, cfg.epochs, cfg.fine_tune_epochs, cfg.audit) == ("off", 123, 7, 2, False)
     assert cfg.learning_rate == 1e-4 and config.load_file(f)["seed"] == 123
-    for text, received in (("epochs: 1:30", "epochs='1:30'"), ("audit: yes", "audit='yes'"), ("seed: 1_0", "seed='1_0'")):
+    for text, received in (
+        ("epochs: 1:30", "epochs='1:30'"),
+        ("audit: yes", "audit='yes'"),
+        ("seed: 1_0", "seed='1_0'"),
+    ):
         f.write_text(text + "\n")
         with pytest.raises(ConfigError, match=f"Received: {received}"):
             config.resolve(file=f)
@@ -228,3 +232,21 @@ def test_a_saved_config_reads_back_the_same_under_yaml_1_1_and_1_2(tmp_path, tex
     assert saved["out"] == text and yaml.safe_load(cfg.to_yaml())["out"] == text
     assert config.resolve(file=tmp_path / RunDir.CONFIG) == cfg
     assert settings_changed(RunDir(tmp_path), cfg) == []
+
+
+def test_a_bad_setting_of_a_runs_config_names_the_file_and_no_flags(tmp_path) -> None:
+    """A run's config.yaml with preset: fast was not attributed to the file; and predict, evaluate, report, export,
+    explain and audit, which read a run's config.yaml and have no such flags, were told of 'then the flags'."""
+    import re
+
+    from floranet.rundir import RunDir
+
+    f = tmp_path / RunDir.CONFIG
+    f.write_text("preset: fast\nepochs: 2\n")
+    with pytest.raises(ConfigError, match=rf"Received: preset='fast' \(in the config file {re.escape(str(f))}\)$"):
+        RunDir(tmp_path).config()
+    f.write_text("epochs: -1\n")
+    with pytest.raises(ConfigError, match=r"Received: epochs=-1 \(in the config file .*config.yaml\)$"):
+        RunDir(tmp_path).config()
+    with pytest.raises(ConfigError, match=r"Received: epochs=-1 \(settings of the config file .*, then the flags\)$"):
+        config.resolve(file=f, data_dir="d", out="o")

@@ -378,11 +378,13 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     if unknown:
         raise ConfigError(f"Unknown settings: {', '.join(unknown)}. Valid: {', '.join(sorted(FIELDS))}")
     preset = given.get("preset", from_file.get("preset", TrainConfig.preset))
-    check_choice("preset", preset, PRESETS)
-    values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
     try:
+        check_choice("preset", preset, PRESETS)
+        values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
         return TrainConfig(**absolute_paths(values))
     except ConfigError as e:
-        if file and any(k not in given for k in from_file):  # the value may be the file's: say which file
-            raise ConfigError(f"{e} (settings of the config file {file}, then the flags)") from None
+        if file is not None and any(k not in given for k in from_file):  # the value may be the file's: say which
+            # No flags: a run's config.yaml, read by predict, evaluate, report, export, explain, audit, ...
+            where = f"settings of the config file {file}, then the flags" if given else f"in the config file {file}"
+            raise ConfigError(f"{e} ({where})") from None
         raise
