@@ -293,6 +293,14 @@ def test_mirror_from_the_environment_and_url_argument(tmp_path, monkeypatch):
         assert len(srv.requests) == 2
 
 
+def test_an_unusable_mirror_variable_is_named(tmp_path, monkeypatch):
+    """An unusable FLORANET_DATASETS_URL was refused as 'url must be ...' naming the URL, not the variable."""
+    _use_spec(monkeypatch, "http://127.0.0.1:9/nowhere/" + ARCHIVE)
+    monkeypatch.setenv(datasets.MIRROR_ENV, "mirror.local/datasets")
+    with pytest.raises(ConfigError, match=r"Received: FLORANET_DATASETS_URL='mirror.local/datasets'$"):
+        _fetch(tmp_path)
+
+
 def test_default_cache_is_the_keras_datasets_folder(keras_home, monkeypatch):
     with serve(GOOD) as srv:
         _use_spec(monkeypatch, srv.url)

@@ -106,3 +106,15 @@ def test_a_damaged_legacy_file_is_named_not_a_key_error(damage: str, tmp_path) -
             del f.attrs["layer_names"]
     with pytest.raises(WeightsError, match=r"damaged\.h5 is not a usable Keras weights file"):
         weights.load_legacy_h5_by_name(model, path)
+
+
+def test_an_empty_weights_url_variable_is_unset_and_an_unusable_one_is_named(monkeypatch) -> None:
+    """FLORANET_WEIGHTS_URL= (empty) gave "url must be an http(s):// or file:// URL. Received:
+    url='/resnet50_..._notop.h5'", naming neither the variable nor what to do."""
+    from floranet.errors import ConfigError
+
+    monkeypatch.setenv(weights.URL_ENV, " ")
+    assert weights.official_file("resnet50", include_top=False)[1].startswith(weights.BASE_URL)
+    monkeypatch.setenv(weights.URL_ENV, "mirror.local/keras")
+    with pytest.raises(ConfigError, match=r"FLORANET_WEIGHTS_URL must be an http\(s\):// or file:// URL .*unset.*"):
+        weights.ensure_available("resnet50", "imagenet")

@@ -41,6 +41,7 @@ from floranet.errors import ConfigError, DatasetError, OutputError
 from floranet.utils import download as download_lib
 from floranet.utils import locks
 from floranet.utils.files import file_digest
+from floranet.utils.system import env_url
 
 log = logging.getLogger(__name__)
 MARKER = ".floranet-complete"
@@ -254,7 +255,7 @@ def _target(root: Path, spec: DatasetSpec) -> Path:
 
 
 def _mirror_url(spec: DatasetSpec) -> str | None:
-    base = os.environ.get(MIRROR_ENV, "").strip()
+    base = env_url(MIRROR_ENV)
     return f"{base.rstrip('/')}/{spec.archive_name}" if base else None
 
 

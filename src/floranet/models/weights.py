@@ -22,6 +22,7 @@ from floranet.errors import DownloadError, WeightsError
 from floranet.models import registry
 from floranet.utils.download import cache_dir, download
 from floranet.utils.files import file_digest
+from floranet.utils.system import env_url
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 URL_ENV = "FLORANET_WEIGHTS_URL"  # mirror for air-gapped sites: a base URL holding the same file names
@@ -48,7 +49,7 @@ def official_file(arch: str, *, include_top: bool) -> tuple[str, str, str]:
             f"weights=PATH with a converted weights file. Received: weights='imagenet'"
         )
     file_name, md5 = info.weights_file.file(include_top=include_top)
-    base = os.environ.get(URL_ENV, BASE_URL)
+    base = env_url(URL_ENV) or BASE_URL
     if not base.endswith("/"):
         base += "/"
     return file_name, base + file_name, md5
