@@ -112,7 +112,7 @@ def _download(
 ) -> Path:
     if verify(dest, file_hash):
         return dest
-    shown = _redacted(url)
+    shown = redacted(url)
     if dest.exists() or dest.is_symlink():  # floranet renames only verified files there: this is someone's
         raise DownloadError(
             f"{dest} exists but is not the expected file ({_describe(dest, file_hash)}; expected "
@@ -166,7 +166,7 @@ def _describe(path: Path, file_hash: str | None) -> str:
         return f"unreadable: {e.strerror or e}"
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """``url`` without a password (messages are printed and logged)."""
     try:
         parts = urllib.parse.urlsplit(url)
@@ -193,11 +193,11 @@ def _check_request(url: str, timeout: float) -> None:
     except ValueError:
         scheme = ""
     if scheme not in ("http", "https", "file"):
-        raise ConfigError(f"url must be an http(s):// or file:// URL. Received: url={_redacted(url)!r}")
+        raise ConfigError(f"url must be an http(s):// or file:// URL. Received: url={redacted(url)!r}")
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
         raise ConfigError(
             "url must be ASCII without spaces or control characters (percent-encode them, e.g. %20). "
-            f"Received: url={_redacted(url)!r}"
+            f"Received: url={redacted(url)!r}"
         )
     check_timeout("timeout", timeout)
 

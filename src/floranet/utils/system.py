@@ -93,11 +93,11 @@ def env_url(name: str) -> str | None:
     except ValueError:  # an unbalanced [ in the host
         scheme = ""
     if scheme not in ("http", "https", "file") or not value.isascii() or not value.isprintable() or " " in value:
-        from floranet.utils.download import _redacted  # no password in messages
+        from floranet.utils.download import redacted  # no password in messages
 
         raise ConfigError(
             f"{name} must be an http(s):// or file:// URL without spaces (or unset, for the default). "
-            f"Received: {name}={_redacted(value)!r}"
+            f"Received: {name}={redacted(value)!r}"
         )
     return value
 

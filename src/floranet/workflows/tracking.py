@@ -21,7 +21,7 @@ from typing import Any
 
 from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
-from floranet.utils.download import _redacted
+from floranet.utils.download import redacted
 from floranet.utils.optional import available, require
 
 ARTIFACTS = (
@@ -76,7 +76,7 @@ def log_to_mlflow(
     # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
     target = check_tracking(tracking_uri)
-    say(f"Logging {run.path} to MLflow at {_redacted(target)} (experiment {experiment!r}) ...")
+    say(f"Logging {run.path} to MLflow at {redacted(target)} (experiment {experiment!r}) ...")
     with _bounded_http_retries():
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
@@ -95,7 +95,7 @@ def log_to_mlflow(
                 mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
             _log_model(mlflow, model)
             run_id: str = active.info.run_id
-    say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {_redacted(target)}")
+    say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {redacted(target)}")
     return run_id
 
 
@@ -124,11 +124,11 @@ def check_tracking(tracking_uri: str | None) -> str:
     mlflow = require("mlflow", "--mlflow")
     target: str = tracking_uri or mlflow.get_tracking_uri()
     if tracking_uri:
-        given = f"mlflow={_redacted(target)!r}"
+        given = f"mlflow={redacted(target)!r}"
     elif os.environ.get("MLFLOW_TRACKING_URI"):
-        given = f"MLFLOW_TRACKING_URI={_redacted(target)!r}"
+        given = f"MLFLOW_TRACKING_URI={redacted(target)!r}"
     else:
-        given = f"mlflow={tracking_uri!r} (MLflow's default store, {_redacted(target)})"
+        given = f"mlflow={tracking_uri!r} (MLflow's default store, {redacted(target)})"
     try:
         scheme = urllib.parse.urlsplit(target).scheme.split("+")[0].lower()  # postgresql+psycopg2://
     except ValueError:
