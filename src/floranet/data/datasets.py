@@ -41,7 +41,6 @@ from floranet.errors import ConfigError, DatasetError, OutputError
 from floranet.utils import download as download_lib
 from floranet.utils import locks
 from floranet.utils.files import file_digest
-from floranet.utils.system import env_url
 
 log = logging.getLogger(__name__)
 MARKER = ".floranet-complete"
@@ -255,7 +254,7 @@ def _target(root: Path, spec: DatasetSpec) -> Path:
 
 
 def _mirror_url(spec: DatasetSpec) -> str | None:
-    base = env_url(MIRROR_ENV)
+    base = download_lib.env_url(MIRROR_ENV)
     return f"{base.rstrip('/')}/{spec.archive_name}" if base else None
 
 

@@ -20,9 +20,8 @@ import numpy as np
 
 from floranet.errors import DownloadError, WeightsError
 from floranet.models import registry
-from floranet.utils.download import cache_dir, download
+from floranet.utils.download import cache_dir, download, env_url
 from floranet.utils.files import file_digest
-from floranet.utils.system import env_url
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 URL_ENV = "FLORANET_WEIGHTS_URL"  # mirror for air-gapped sites: a base URL holding the same file names

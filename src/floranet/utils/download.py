@@ -36,7 +36,7 @@ DEFAULT_TIMEOUT = 10.0
 MIN_BYTES = 64 << 10
 RATE_WINDOW_S = 60.0
 # The longest timeout floranet takes, in seconds (a day): socket.settimeout refuses one past about 9.2e9 s with an
-# OverflowError, and none longer than this is ever meant. The one rule for every timeout (the server's too).
+# OverflowError, and none longer than this is ever meant (the server's own waits: config.use.TIME_LIMITS).
 MAX_TIMEOUT_S = 86_400
 # The status line and headers must be complete within this many timeouts of the request (connecting included):
 # a server sending them a byte at a time never trips the per-read timeout, and the speed check starts with the body.
@@ -179,13 +179,21 @@ def redacted(url: str) -> str:
 
 
 def _check_request(url: str, timeout: float) -> None:
-    """Refuses what urllib would fail on with a traceback: a URL that is not http(s) or file, or holds spaces,
-    control or non-ASCII characters; a timeout that is not a positive number of seconds, at most a day
-    (socket.settimeout raises OverflowError past about 9.2e9 s).
+    """Refuses what urllib would fail on with a traceback: a URL of :func:`url_problem`; a timeout that is not a
+    positive number of seconds, at most a day (socket.settimeout raises OverflowError past about 9.2e9 s).
 
     Raises:
         ConfigError: One of those.
     """
+    problem = url_problem(url)
+    if problem:
+        raise ConfigError(f"url {problem}. Received: url={redacted(url)!r}")
+    check_timeout("timeout", timeout)
+
+
+def url_problem(url: str) -> str:
+    """Why urllib cannot take ``url`` ("" when it can): not http(s) or file, or spaces, control or non-ASCII
+    characters in it."""
     try:
         parts = urllib.parse.urlsplit(url)
         _ = parts.port  # raises on a bad port or IPv6 host
@@ -193,13 +201,25 @@ def _check_request(url: str, timeout: float) -> None:
     except ValueError:
         scheme = ""
     if scheme not in ("http", "https", "file"):
-        raise ConfigError(f"url must be an http(s):// or file:// URL. Received: url={redacted(url)!r}")
+        return "must be an http(s):// or file:// URL"
     if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
-        raise ConfigError(
-            "url must be ASCII without spaces or control characters (percent-encode them, e.g. %20). "
-            f"Received: url={redacted(url)!r}"
-        )
-    check_timeout("timeout", timeout)
+        return "must be ASCII without spaces or control characters (percent-encode them, e.g. %20)"
+    return ""
+
+
+def env_url(name: str) -> str | None:
+    """The URL the environment variable ``name`` gives (a mirror's base URL), stripped; None when it is unset or
+    empty (``NAME=`` in a script or a CI file means "not set").
+
+    Raises:
+        ConfigError: The value has a :func:`url_problem`; the message names the variable (the download's own
+            error named only the URL made from it).
+    """
+    value = os.environ.get(name, "").strip()
+    problem = url_problem(value) if value else ""
+    if problem:
+        raise ConfigError(f"{name} {problem} (or unset, for the default). Received: {name}={redacted(value)!r}")
+    return value or None
 
 
 def check_timeout(name: str, value: Any) -> float:

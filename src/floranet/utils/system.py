@@ -1,16 +1,12 @@
-"""What machine this is: CPU flags (for the runtime and precision policies), package versions, and the URLs its
-environment variables give."""
+"""What machine this is: CPU flags (for the runtime and precision policies) and package versions."""
 
 from __future__ import annotations
 
 import functools
 import os
 import platform
-import urllib.parse
 from importlib import metadata
 from pathlib import Path
-
-from floranet.errors import ConfigError
 
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
@@ -75,31 +71,6 @@ def environment() -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "native bf16": "yes (AVX512_BF16/AMX)" if native_bf16() else "no",
     }
-
-
-def env_url(name: str) -> str | None:
-    """The URL the environment variable ``name`` gives (a mirror's base URL), stripped; None when it is unset or
-    empty (``NAME=`` in a script or a CI file means "not set").
-
-    Raises:
-        ConfigError: The value is not an ASCII http(s):// or file:// URL; the message names the variable (the
-            download's own error named only the URL made from it).
-    """
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        scheme = urllib.parse.urlsplit(value).scheme.lower()
-    except ValueError:  # an unbalanced [ in the host
-        scheme = ""
-    if scheme not in ("http", "https", "file") or not value.isascii() or not value.isprintable() or " " in value:
-        from floranet.utils.download import redacted  # no password in messages
-
-        raise ConfigError(
-            f"{name} must be an http(s):// or file:// URL without spaces (or unset, for the default). "
-            f"Received: {name}={redacted(value)!r}"
-        )
-    return value
 
 
 def _cpuinfo_lines() -> list[str]:
