@@ -388,3 +388,21 @@ def test_a_run_without_validation_images_says_so(tmp_path, capsys) -> None:
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err
     assert "no images to evaluate" in err and "every image is on the training side" in err and "--data OTHER" in err
+
+
+def test_the_pages_show_hostile_class_names_as_the_terminal_does(tmp_path) -> None:
+    """report.html and audit.html escaped names for HTML only: a bidi override in a class name reversed the rest
+    of each cell (30 times in one report), and a line break drew 'new\\nline' as two lines, like 'new line'."""
+    from floranet import config
+    from floranet.utils.text import printable
+    from floranet.workflows import train
+    from imagesets import TINY_MODEL, make_image_folder
+
+    names = ["rtl\u202eevil", "new\nline"]
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6, names=names)
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), batch_size=4, epochs=1, **TINY_MODEL)
+    run = train(cfg, progress=False, say=lambda m: None).run_dir
+    for page in ("report.html", "audit.html"):
+        text = (run / page).read_text(encoding="utf-8")
+        assert "\u202e" not in text and "new\nline" not in text, page
+        assert f"<td>{printable(names[0])}</td>" in text or f">{printable(names[0])}<" in text, page

@@ -18,7 +18,7 @@ from floranet.errors import DatasetError
 from floranet.evaluation.audit import CSV_COLUMNS, KINDS, AuditResult
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.text import csv_text, formula_safe, map_strings, printable, utf8
+from floranet.utils.text import csv_text, formula_safe, html_text, map_strings, printable, utf8
 
 GALLERY = {"label_issue": 20, "duplicate": 10, "outlier": 10}
 THUMB = (160, 160)
@@ -75,7 +75,7 @@ def write_audit(run: RunDir, result: AuditResult, data_dir: Path, max_pixels: in
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>floranet audit</title>"
         f"<style>{_CSS}</style></head><body><h1>floranet audit</h1>"
-        f"<p class=muted>{html.escape(str(data_dir.resolve()))}</p>{audit_section(run)}</body></html>"
+        f"<p class=muted>{html_text(data_dir.resolve())}</p>{audit_section(run)}</body></html>"
     )
     run.write_text(RunDir.AUDIT_HTML, page)
 
@@ -135,12 +135,12 @@ def audit_section(run: RunDir) -> str:
         " or a <code>path,new_label</code> file to <code>--relabel</code>; floranet never changes your files).</p>",
         "<p class=muted>Label issues: "
         + (
-            f"<b>not checked</b>: {html.escape(str(audit['label_issues_skipped']))}. "
+            f"<b>not checked</b>: {html_text(audit['label_issues_skipped'])}. "
             if audit.get("label_issues_skipped")
             else "cleanlab confident learning on out-of-fold probabilities of the head "
             f"({audit.get('folds')}-fold, on cached features)"
             + (
-                f"; not checked in {html.escape(', '.join(audit['label_check_left_out']))} (a class needs at least "
+                f"; not checked in {html_text(', '.join(audit['label_check_left_out']))} (a class needs at least "
                 "two distinct images). "
                 if audit.get("label_check_left_out")
                 else ". "
@@ -173,7 +173,7 @@ def _png(path: Path, alt: str) -> str:
 def _rows_table(rows: list[dict[str, Any]]) -> str:
     cols = ("file", "kind", "score", "given_label", "suggested_label", "other_file", "split")
     head = "".join(f"<th>{c}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

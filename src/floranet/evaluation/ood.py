@@ -181,18 +181,18 @@ def compare(
 
 def unknown_section(run: RunDir) -> str:
     """The report's "Unknown answer" section from ``ood.json`` ("" when the run has none)."""
-    import html
+    from floranet.utils.text import html_text
 
     meta = run.read_json(RunDir.OOD)
     if not meta:
         return ""
     fitted = meta.get("fitted_on", {})
     names = meta.get("parts")
-    parts = f", the mean of z-scored {html.escape(', '.join(map(str, names)))}" if isinstance(names, list) else ""
+    parts = f", the mean of z-scored {html_text(', '.join(map(str, names)))}" if isinstance(names, list) else ""
     return (
         "<h2>Unknown answer</h2>"
         f"<p><code>predict</code>, <code>serve</code> and the web page answer <b>unknown</b> when an image's "
-        f"out-of-distribution score is above {meta['threshold']:.4g}: method <code>{html.escape(meta['method'])}</code>"
+        f"out-of-distribution score is above {meta['threshold']:.4g}: method <code>{html_text(meta['method'])}</code>"
         f"{' (k = ' + str(meta.get('k')) + ')' if meta['method'] in KNN_METHODS else ''}"
         f"{parts}, statistics from "
         f"{fitted.get('train_images', '?')} training images, threshold chosen to keep {meta['keep']:.0%} of the "
@@ -204,13 +204,12 @@ def unknown_section(run: RunDir) -> str:
 
 
 def _most_unknown(rows: list[dict[str, object]]) -> str:
-    import html
+    from floranet.utils.text import html_text
 
     if not rows:
         return ""
     body = "".join(
-        f"<tr><td>{html.escape(str(r['file']))}</td><td>{r['ood_score']}</td><td>{'unknown' if r['unknown'] else ''}"
-        "</td></tr>"
+        f"<tr><td>{html_text(r['file'])}</td><td>{r['ood_score']}</td><td>{'unknown' if r['unknown'] else ''}</td></tr>"
         for r in rows
     )
     return (

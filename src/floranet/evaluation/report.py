@@ -25,7 +25,7 @@ from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
 from floranet.utils.files import atomic_write_text, check_replaceable
 from floranet.utils.system import environment
-from floranet.utils.text import printable, utf8
+from floranet.utils.text import html_text, printable, utf8
 
 REPORT_MARK = b"<title>floranet report: "  # how a report.html floranet wrote (and may replace) starts
 
@@ -48,8 +48,8 @@ def _img(path: Path | None, alt: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{html_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(_cell(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -109,8 +109,8 @@ def build_report(
     gallery = top_losses_gallery(ev, run, model=model)
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
-        f"{html.escape(run.path.name)}</title><style>{CSS}</style></head><body>",
-        f"<h1>floranet report</h1><p class=muted>{html.escape(str(run.path.resolve()))}</p>",
+        f"{html_text(run.path.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>floranet report</h1><p class=muted>{html_text(run.path.resolve())}</p>",
         _summary(metrics, ev),
         _dataset(run),
         _metrics_section(run, metrics),
@@ -184,7 +184,7 @@ def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
     out = (
         "<div>"
         + "".join(f"<span class=kpi><b>{html.escape(v)}</b>{html.escape(k)}</span>" for k, v in kpis)
-        + f"</div><p class=muted>On the {html.escape(ev.source)} only (never on training images).</p>"
+        + f"</div><p class=muted>On the {html_text(ev.source)} only (never on training images).</p>"
     )
     if metrics.get("weights") == "none":
         out += "<p class=bad>This model was trained from random weights (<code>--weights none</code>).</p>"

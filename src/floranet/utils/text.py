@@ -8,6 +8,7 @@ can neither forge lines nor move the cursor nor reorder what is shown.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +49,12 @@ def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
 def printable(text: str) -> str:
     """``text`` with undecodable bytes as ``\\xNN`` and control or bidi characters escaped."""
     return _UNSAFE.sub(_escape, utf8(text))
+
+
+def html_text(text: object) -> str:
+    """``text`` for an HTML page: :func:`printable` first (a name's line break, control or bidi character would
+    forge a line or reverse what follows, as in a terminal), then HTML-escaped."""
+    return html.escape(printable(str(text)))
 
 
 # What a spreadsheet takes as the start of a formula (OWASP, "CSV injection"): a cell of a file or class name
