@@ -565,3 +565,13 @@ def test_a_damaged_unknown_answer_is_left_out_not_blocking(run_copy: Path, tmp_p
     for fmt in ("keras", "onnx"):
         assert (export_run(damaged, fmt, out=tmp_path / f"out-{fmt}", max_images=2).path / "README.txt").exists()
     assert json.loads((damaged / "exports.json").read_text())
+
+
+def test_an_export_into_the_folder_of_another_replaces_its_record(run_copy: Path, tmp_path: Path) -> None:
+    """tflite, then tflite fp16 into the same --out: exports.json kept the fp32 entry, vouching for a model that
+    the fp16 one had replaced in that folder."""
+    out = tmp_path / "shared"
+    export_run(run_copy, "tflite", out=out, max_images=0)
+    export_run(run_copy, "tflite", quantize="fp16", out=out, max_images=0)
+    entries = json.loads((run_copy / "exports.json").read_text())
+    assert [k for k, v in entries.items() if v["path"] == str(out)] == ["tflite-fp16"]

@@ -171,6 +171,9 @@ def _record(run: Path, result: ExportResult) -> None:
             entry["path"] = str(result.path.resolve().relative_to(run.resolve()))
         except ValueError:
             entry["path"] = str(result.path.resolve())
+        # The folder now holds this export only: an entry of another name that named it (fp32, then fp16 into the
+        # same --out) would vouch for a model that is gone.
+        entries = {k: v for k, v in entries.items() if not (isinstance(v, dict) and v.get("path") == entry["path"])}
         entries[result.name] = entry
         write_json(target, entries)
 
