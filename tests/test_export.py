@@ -575,3 +575,16 @@ def test_an_export_into_the_folder_of_another_replaces_its_record(run_copy: Path
     export_run(run_copy, "tflite", quantize="fp16", out=out, max_images=0)
     entries = json.loads((run_copy / "exports.json").read_text())
     assert [k for k, v in entries.items() if v["path"] == str(out)] == ["tflite-fp16"]
+
+
+def test_a_cut_short_model_is_called_damaged_not_missing(run_copy: Path, tmp_path: Path, capsys) -> None:
+    """A model.keras cut short said 'File not found: filepath=...model.keras. ... zip file..' of a file that exists."""
+    from floranet.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    data = (run / "model.keras").read_bytes()
+    (run / "model.keras").write_bytes(data[: len(data) // 2])
+    assert main(["export", str(run), "--format", "keras", "--max-images", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "model.keras: the file is damaged (not a .keras zip archive" in err and "not found" not in err

@@ -310,6 +310,11 @@ class RunDir:
         """
         import keras
 
+        if self.model_file.is_file() and not zipfile.is_zipfile(self.model_file):  # Keras says "File not found"
+            raise ModelError(
+                f"Cannot load {self.model_file}: the file is damaged (not a .keras zip archive; cut short by a copy "
+                "or a full disk?). Copy it again, or train the run again."
+            )
         try:
             return keras.saving.load_model(self.model_file, safe_mode=safe_mode)
         except Exception as e:  # Keras raises ValueError for unsafe content, others for corrupt files
@@ -319,7 +324,7 @@ class RunDir:
                 if "safe_mode" in str(e) or "Lambda" in str(e)
                 else ""
             )
-            raise ModelError(f"Cannot load {self.model_file}: {e}.{hint}") from e
+            raise ModelError(f"Cannot load {self.model_file}: {str(e).rstrip('.')}.{hint}") from e
 
     def model_version(self) -> str:
         """``<first 12 hex digits of sha256(model.keras)>-<run folder name>``."""
