@@ -588,3 +588,16 @@ def test_a_cut_short_model_is_called_damaged_not_missing(run_copy: Path, tmp_pat
     assert main(["export", str(run), "--format", "keras", "--max-images", "0"]) != 0
     err = capsys.readouterr().err
     assert "model.keras: the file is damaged (not a .keras zip archive" in err and "not found" not in err
+
+
+def test_an_empty_folder_made_for_the_export_is_taken(run_copy: Path, tmp_path: Path) -> None:
+    """`mkdir deploy && floranet export RUN --out deploy` was refused: 'out exists and is not a floranet export
+    folder', though an empty folder holds nothing to lose."""
+    out = tmp_path / "deploy"
+    out.mkdir()
+    assert export_run(run_copy, "keras", out=out, max_images=0).path == out and (out / "model.keras").is_file()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty and is not a floranet export folder"):
+        export_run(run_copy, "keras", out=tmp_path / "mine", max_images=0)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"

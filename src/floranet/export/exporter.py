@@ -243,9 +243,11 @@ def _export(
     name = export_name(format, quantize)
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
-    if final.exists() and not (final.is_dir() and is_export_folder(final)):
+    # An earlier export is replaced, an empty folder (made for it) filled; anything else is the user's.
+    if final.exists() and not (final.is_dir() and (is_export_folder(final) or not any(final.iterdir()))):
         raise ConfigError(
-            f"out exists and is not a floranet export folder; refusing to replace it. Received: out={str(final)!r}"
+            f"out exists, is not empty and is not a floranet export folder; refusing to replace it. "
+            f"Received: out={str(final)!r}"
         )
     RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
     check_line_names(format, source.class_names)
