@@ -10,6 +10,9 @@ a message.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class FloranetError(Exception):
     """Base class of every error floranet raises for bad input or environment."""
@@ -60,6 +63,10 @@ class OutputError(FloranetError):
     def __init__(self, path: object, error: OSError) -> None:
         self.path = str(path)
         self.reason = error.strerror or str(error)
+        if error.errno in (errno.EEXIST, errno.ENOTDIR):  # "File exists" of a folder to make: say which file
+            blocker = next((p for p in (Path(self.path), *Path(self.path).parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                self.reason += f" ({blocker} is a file, not a folder)"
         super().__init__(f"Cannot write {self.path}: {self.reason}.")
 
 
