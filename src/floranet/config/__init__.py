@@ -34,6 +34,7 @@ from floranet.config.choices import (
     check_positive_int,
     is_finite_number,
     is_int,
+    is_port_text,
     parse_image_size,
 )
 from floranet.config.compare import CompareConfig
@@ -70,6 +71,7 @@ __all__ = [
     "check_positive_int",
     "is_finite_number",
     "is_int",
+    "is_port_text",
     "load_file",
     "parse_image_size",
     "resolve",

@@ -86,6 +86,11 @@ def is_finite_number(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def is_port_text(text: str) -> bool:
+    """Whether ``text`` (a ``host:port``'s port) is plain ASCII digits naming a TCP port in [1, 65535]."""
+    return text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535
+
+
 # A value echoed in a message is cut short: a config file can hold a structure far larger than itself.
 _ECHO = reprlib.Repr()
 _ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 3, 200, 200, 60

@@ -30,6 +30,7 @@ from floranet.config.choices import (
     check_int_at_least,
     check_positive_int,
     is_int,
+    is_port_text,
     parse_image_size,
 )
 from floranet.errors import ConfigError
@@ -43,7 +44,7 @@ def cluster_hosts_problem(hosts: list[str]) -> str:
     seen: set[str] = set()
     for host in hosts:
         port = host.rpartition(":")[2]
-        if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        if not is_port_text(port):
             return f"{host!r} has no port in [1, 65535]"
         if host.strip().lower() in seen:
             return f"{host!r} is named twice (each worker needs a host:port of its own)"

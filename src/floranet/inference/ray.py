@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from floranet import errors
-from floranet.config import ENGINES, InferenceConfig, check_choice
+from floranet.config import ENGINES, InferenceConfig, check_choice, is_port_text
 from floranet.data.inputs import expand_inputs
 from floranet.errors import ConfigError
 from floranet.inference import predictor as predict
@@ -138,7 +138,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             f"client server; give its port, e.g. ray://{target}:{RAY_CLIENT_PORT} (the default of `ray start --head`). "
             f"Received: address={address!r}"
         )
-    if not (colon and port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+    if not (colon and is_port_text(port)):
         raise ConfigError(
             "address must be host:port (a `ray start --head` cluster, e.g. 10.0.0.5:6379), ray://host:port (its "
             f"client server, port {RAY_CLIENT_PORT} by default), auto or local. Received: address={address!r}"
