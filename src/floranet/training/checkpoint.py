@@ -133,6 +133,15 @@ def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:
     run.write_text(RunDir.HISTORY, buf.getvalue())
 
 
+def record_best(run: RunDir, st: StageState, stage: str, epoch: int, target: keras.Model, val_loss: float) -> None:
+    """Saves ``target``'s weights as the stage's best so far, at ``epoch`` (1-based; 0: the stage's start)."""
+    # Named by its epoch: a kill before state.json is saved leaves the recorded best file as it was.
+    st.best_weights = RunDir.best_weights_name(stage, epoch)
+    with atomic_path(run / st.best_weights, suffix=".weights.h5") as tmp:
+        target.save_weights(tmp)
+    st.best_val_loss, st.wait = val_loss, 0
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """Checkpoints ``target`` after each epoch, tracks the best val_loss, stops early.
 
@@ -161,11 +170,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             and (st.best_val_loss is None or val_loss < st.best_val_loss)
         )
         if improved:
-            # Named by its epoch: a kill before state.json is saved leaves the recorded best file as it was.
-            st.best_weights = RunDir.best_weights_name(self.stage, epoch + 1)
-            with atomic_path(self.run / st.best_weights, suffix=".weights.h5") as tmp:
-                self.target.save_weights(tmp)
-            st.best_val_loss, st.wait = float(val_loss or 0.0), 0
+            record_best(self.run, st, self.stage, epoch + 1, self.target, float(val_loss or 0.0))
         elif val_loss is not None:  # no validation images: nothing to wait on, every epoch trains
             st.wait += 1
         row = {"stage": self.stage, "epoch": len(self.state.history) + 1, "stage_epoch": epoch + 1}

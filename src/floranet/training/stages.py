@@ -25,11 +25,10 @@ from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
 from floranet.training import distribute, prefix
 from floranet.training import features as feature_cache
-from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState
+from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState, record_best
 from floranet.training.data import Prepared
 from floranet.training.losses import compile_model
 from floranet.training.views import ViewSequence
-from floranet.utils.files import atomic_path
 
 # Stage 2 on the prefix cache: one augmented view per epoch, up to this many (then they repeat). Two views
 # train as well as five (benchmarks/bench_time_to_accuracy.py) at 40% of the caching time.
@@ -154,10 +153,7 @@ def _score_start(model: keras.Model, validation: Any, st: StageState, ctx: Stage
     loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     if not math.isfinite(loss):
         return
-    st.best_weights = RunDir.best_weights_name(name, 0)
-    with atomic_path(ctx.run / st.best_weights, suffix=".weights.h5") as tmp:
-        model.save_weights(tmp)
-    st.best_val_loss, st.wait = float(loss), 0
+    record_best(ctx.run, st, name, 0, model, float(loss))
     ctx.state.save(ctx.run)
 
 
