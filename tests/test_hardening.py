@@ -610,6 +610,20 @@ def test_headers_past_the_bound_get_a_json_431_and_the_connection_closes(hardene
         assert "max_header_bytes=65536" in json.loads(body)["error"]
 
 
+def test_complete_headers_past_the_bound_in_one_read_get_431(hardened_app) -> None:
+    """The read that ends the headers counts too: a 70 KB header sent whole was let through (only reads of
+    headers still arriving were counted)."""
+    from floranet import serving
+
+    with serving.serve_in_thread(hardened_app) as url:
+        for size, status in ((60_000, b"200"), (70_000, b"431")):
+            with connect(url) as s:
+                s.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * size}\r\n\r\n".encode())
+                head, body = _one_answer(s)
+            assert head.startswith(b"HTTP/1.1 " + status) and b"content-type: application/json" in head.lower(), head
+        assert "max_header_bytes=65536" in json.loads(body)["error"]
+
+
 def test_headers_under_the_bound_are_counted_per_request_and_bodies_not_at_all(hardened_app) -> None:
     from floranet import serving
 

@@ -201,7 +201,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         # A chunk counts when it starts a request or continues its headers; one that also holds the end of the
         # previous request is left out (httptools says where a request begins, not at which byte), so a header
-        # is cut at most one read (256 KiB) past the bound.
+        # still arriving is cut at most one read (256 KiB) past the bound; a complete one is measured exactly
+        # (on_headers_complete).
         self._count_chunk = self._head_open or self._at_message_start
         super().data_received(data)
         if self._head_open and self._count_chunk and not self.transport.is_closing():
@@ -241,6 +242,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_message_begin(self) -> None:
+        if self._refused:  # a request pipelined behind one refused in the same read: dropped with the connection
+            return
         super().on_message_begin()
         self._head_open, self._head_bytes, self._at_message_start = True, 0, False
         self._quiet_since = self.loop.time()
@@ -249,9 +252,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_open = False
         self._cancel_header_timer()
-        super().on_headers_complete()
+        # The read that ends the headers is not counted above (it may hold a body too): the parsed request line
+        # and headers are, so a complete head over the bound is refused as exactly as one still arriving.
+        head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if head > self.guard.max_header_bytes:
+            self._refuse_headers()  # uvicorn never starts the request; its body and what follows are dropped
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         # The next request starts after this one's last byte, inside the chunk being parsed or at the next one.
         self._at_message_start, self._count_chunk = True, False
