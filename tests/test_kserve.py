@@ -101,6 +101,25 @@ def test_liveness_readiness_and_metadata(client, tiny_run: Path) -> None:
         client.get_model_metadata("nope")
 
 
+def test_a_run_folder_with_url_characters_gives_a_name_and_version_clients_can_address(writable_run: Path) -> None:
+    """tritonclient quotes the model name in its URLs but not the version: a run in "my run #1" advertised the
+    version "<sha>-my run #1", which every versioned call refused (ValueError: invalid request URI)."""
+    from floranet import serving
+
+    folder = writable_run.rename(writable_run.parent / "my run #1")
+    app = serving.create_app(folder, runtime="tensorflow", precision="fp32")
+    with serving.serve_in_thread(app) as url:
+        c = httpclient.InferenceServerClient(url=url.removeprefix("http://").rstrip("/"))
+        try:
+            version = c.get_model_metadata("my_run__1")["versions"][0]
+            assert version == serving.model_version(folder) and version.endswith("-my_run__1")
+            assert c.is_model_ready("my_run__1", model_version=version)
+            answer = c.infer("my_run__1", [_bytes_input([JPEGS[0].read_bytes()])], model_version=version)
+            assert answer.as_numpy("probabilities").shape == (1, 3)
+        finally:
+            c.close()
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_on_jpeg_bytes_equals_post_predict(client, server: str, binary: bool) -> None:
     blobs = [p.read_bytes() for p in JPEGS]

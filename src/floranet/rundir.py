@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from floranet.config import TrainConfig, is_finite_number, load_file, resolve
+from floranet.config import TrainConfig, as_name, is_finite_number, load_file, resolve
 from floranet.errors import ConfigError, ModelError
 from floranet.utils import locks
 from floranet.utils.files import atomic_path, atomic_write_text, check_outside, file_digest, write_json
@@ -327,8 +327,9 @@ class RunDir:
             raise ModelError(f"Cannot load {self.model_file}: {str(e).rstrip('.')}.{hint}") from e
 
     def model_version(self) -> str:
-        """``<first 12 hex digits of sha256(model.keras)>-<run folder name>``."""
-        return f"{file_digest(self.model_file)[:12]}-{self.path.resolve().name}"
+        """``<first 12 hex digits of sha256(model.keras)>-<run folder name>``, the name made URL-safe
+        (:func:`~floranet.config.as_name`): KServe clients send the version in a URL path unquoted."""
+        return f"{file_digest(self.model_file)[:12]}-{as_name(self.path.resolve().name)}"
 
     # -- writing (atomic) -----------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:

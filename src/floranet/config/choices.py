@@ -77,6 +77,14 @@ def is_name(v: Any) -> bool:
     return isinstance(v, str) and bool(MODEL_NAME.fullmatch(v))
 
 
+def as_name(text: str) -> str:
+    """``text`` (a run folder's name) made a :data:`MODEL_NAME`: other characters become ``_``, a leading
+    ``_ . -`` is dropped, and at most 128 are kept; ``"model"`` where nothing is left. KServe clients put the
+    name and version in URL paths unquoted (tritonclient quotes the name only): ``my run #1`` → ``my_run__1``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip("_.-")[:128]
+    return name or "model"
+
+
 def is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 

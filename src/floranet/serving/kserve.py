@@ -47,12 +47,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from floranet.config import as_name
 from floranet.inference.predictor import NON_FINITE, top_k
 from floranet.serving import tensors
 from floranet.serving.state import ServeState, Ticket, admitted, all_or_none, decode_upload, in_decode_pool
 from floranet.serving.tensors import InferRequest, OutputTensor
 from floranet.serving.uploads import RequestError, read_body
-from floranet.utils.text import utf8
 
 router = APIRouter()
 IMAGE, PIXELS = "image", "pixels"
@@ -62,8 +62,9 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
 def model_name(state: ServeState) -> str:
-    """The name the protocol uses: ``--model-name``, else the run folder's name."""
-    return state.settings.model_name or utf8(state.predictor.run.path.resolve().name)
+    """The name the protocol uses: ``--model-name``, else the run folder's name made one (``my run #1`` →
+    ``my_run__1``: the rule ``--model-name`` follows, so that every client can put it in a URL)."""
+    return state.settings.model_name or as_name(state.predictor.run.path.resolve().name)
 
 
 def _state(request: Request, name: str | None = None, version: str | None = None) -> ServeState:
