@@ -143,3 +143,32 @@ def test_the_upload_control_is_a_named_button_that_the_keyboard_opens(tiny_run) 
                 assert not chooser.value.is_multiple()
         finally:
             browser.close()
+
+
+def test_long_class_and_file_names_wrap_inside_their_cards(writable_run, tmp_path) -> None:
+    """A name with no break opportunity (PlantVillage's Tomato___Tomato_Yellow_Leaf_Curl_Virus) pushed its
+    percentage off the card, and on a phone made the page scroll sideways (468 px wide at 390)."""
+    import json
+
+    names = ["daisy", "Tomato___Tomato_Yellow_Leaf_Curl_Virus" * 8, "tulips"]
+    (writable_run / "class_names.json").write_text(json.dumps(names))
+    photo = tmp_path / ("a_very_long_upload_name_" * 8 + ".jpg")
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    app = serve.create_app(writable_run, runtime="tensorflow", precision="fp32")
+    with serve.serve_in_thread(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            for width in (390, 1000):
+                page = browser.new_page(viewport={"width": width, "height": 800})
+                page.goto(url + "/")
+                page.set_input_files("#file", str(photo))
+                page.wait_for_selector("#results li .cls", timeout=30_000)
+                sync_api.expect(page.locator("#meta")).to_contain_text("ms", timeout=30_000)
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+                card = page.locator("#results").bounding_box()
+                for i in range(3):
+                    pct = page.locator("#results li .pct").nth(i).bounding_box()
+                    assert card and pct and pct["x"] + pct["width"] <= card["x"] + card["width"] + 0.5, (width, i)
+                page.close()
+        finally:
+            browser.close()

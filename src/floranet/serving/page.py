@@ -24,10 +24,10 @@ body { margin: 0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, 
        background: var(--bg); color: var(--fg); }
 header { padding: 14px 24px; background: var(--accent); color: #fff; display: flex; align-items: baseline; gap: 16px; }
 header h1 { margin: 0; font-size: 20px; }
-header small { font-family: ui-monospace, monospace; font-size: 12px; }
+header small { font-family: ui-monospace, monospace; font-size: 12px; min-width: 0; overflow-wrap: anywhere; }
 main { max-width: 900px; margin: 24px auto; padding: 0 16px; display: grid; gap: 20px;
        grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); }
-@media (max-width: 700px) { main { grid-template-columns: 1fr; } }
+@media (max-width: 700px) { main { grid-template-columns: minmax(0, 1fr); } }
 #drop { grid-column: 1 / -1; border: 2px dashed #9bb59d; border-radius: 12px; padding: 28px; text-align: center;
         background: #fff; cursor: pointer; transition: background .15s, border-color .15s; }
 #drop.over { background: #e8f5e9; border-color: var(--accent); }
@@ -43,12 +43,13 @@ h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; t
 #results { list-style: none; margin: 0; padding: 0; }
 #results li { margin: 0 0 12px; }
 .row { display: flex; justify-content: space-between; gap: 8px; font-weight: 600; }
-.row .pct { font-variant-numeric: tabular-nums; }
+.row .cls { min-width: 0; overflow-wrap: anywhere; }  /* a long name wraps; its percentage stays in the card */
+.row .pct { flex: none; font-variant-numeric: tabular-nums; }
 .track { height: 14px; background: #e7ece8; border-radius: 7px; overflow: hidden; margin-top: 4px; }
 .fill { height: 100%; background: var(--bar); border-radius: 7px; width: 0; transition: width .3s ease-out; }
 #results li:first-child .fill { background: var(--accent); }
 #results.unknown .fill, #results.unknown li:first-child .fill { background: #737c77; }
-#meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; }
+#meta { color: var(--muted); font-size: 13px; margin-top: 10px; min-height: 1.4em; overflow-wrap: anywhere; }
 #warn { color: #8a5a00; font-size: 14px; }
 #key { grid-column: 1 / -1; background: #fff8e1; border-radius: 10px; padding: 12px 16px; }
 #error { grid-column: 1 / -1; display: none; background: #fdecea; color: #8b1a10; border-radius: 10px;
