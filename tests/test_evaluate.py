@@ -87,6 +87,21 @@ def test_no_temperature_is_fitted_when_every_answer_is_right_or_every_one_wrong(
     assert fit_temperature(right, mixed) != 1.0  # with some wrong answers there is a temperature to find
 
 
+def test_a_flat_likelihood_keeps_temperature_one_not_fitted(tmp_path: Path) -> None:
+    """Every answer equally sure (uniform): no temperature changes the NLL, yet the optimiser's end point, 99.9995,
+    was kept (a tie with T = 1 counted as better) and calibration.json said it was fitted."""
+    import json
+
+    from floranet.evaluation import write_evaluation
+    from floranet.rundir import RunDir
+
+    flat, labels = np.full((6, 3), 1 / 3, np.float32), np.array([0, 0, 1, 1, 2, 2])
+    assert fit_temperature(flat, labels) == 1.0
+    ev = Evaluation(NAMES[:3], tuple(str(i) for i in range(6)), labels, flat).with_temperature()
+    write_evaluation(ev, RunDir(tmp_path), facts={})
+    assert json.loads((tmp_path / RunDir.CALIBRATION).read_text())["fitted"] is False
+
+
 def test_temperature_is_found_past_twenty_and_ties_rank_as_predict_ranks_them() -> None:
     """The search stopped at T = 20 (a tiny run's optimum was 33.6); top-2 accuracy broke ties the other way from
     predict's top-k (scikit-learn ranks the higher index first)."""

@@ -9,11 +9,20 @@ from floranet.inference.predictor import apply_temperature
 
 # The temperatures searched, on a log scale: 0.01 to 100 (a bound at 20 stopped short of a tiny run's 33.6).
 LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
+# The mean NLL a temperature must gain over T = 1 to be kept: on a flat likelihood (every answer as sure as the
+# others, e.g. all uniform) the optimiser's end point, 99.9995, tied with T = 1 and was recorded as fitted.
+MIN_NLL_GAIN = 1e-6
+# What the report and the model card say where calibration.json records no fitted temperature.
+NOT_FITTED = (
+    "no temperature could be fitted: every validation answer is right, or every one wrong, or none does better "
+    "than T = 1 (T = 1 is kept)"
+)
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising validation negative log-likelihood (Guo et al. 2017), within 0.01 to 100; 1.0
-    where the images cannot tell it (:func:`temperature_fittable`)."""
+    where the images cannot tell it (:func:`temperature_fittable`) or no temperature lowers the NLL by more than
+    :data:`MIN_NLL_GAIN`."""
     labels = np.asarray(labels, int)
     if not temperature_fittable(probs, labels):
         return 1.0
@@ -24,7 +33,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
     res = minimize_scalar(lambda u: nll(np.exp(u)), bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
     t = float(np.exp(res.x))
-    return t if nll(t) <= nll(1.0) else 1.0
+    return t if nll(t) < nll(1.0) - MIN_NLL_GAIN else 1.0
 
 
 def temperature_fittable(probs: np.ndarray, labels: np.ndarray) -> bool:

@@ -206,8 +206,9 @@ def write_evaluation(
             {
                 "temperature": ev.temperature,
                 "fitted_on": VALIDATION,
-                # every validation answer right (or every one wrong): no temperature to fit, 1.0 kept
-                "fitted": temperature_fittable(ev.probs, ev.labels),
+                # fit_temperature keeps 1.0 where none can be fitted: every validation answer right (or every one
+                # wrong), or no temperature better than 1 (a flat likelihood)
+                "fitted": temperature_fittable(ev.probs, ev.labels) and ev.temperature != 1.0,
                 "ece_before": metrics["calibration"]["ece"],
                 "ece_after": metrics["calibration"]["ece_after_temperature"],
             },

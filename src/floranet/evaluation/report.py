@@ -18,6 +18,7 @@ from floranet.data import decode
 from floranet.data.scan import IMAGE_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
+from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import GradCAM
 from floranet.evaluation.ood import unknown_section
@@ -244,7 +245,7 @@ def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
 def _calibration(run: RunDir, metrics: dict[str, Any]) -> str:
     cal = metrics["calibration"]
     if run.read_json(RunDir.CALIBRATION, {}).get("fitted", True) is False:
-        scaling = "no temperature could be fitted: every validation answer is right, or every one wrong (T = 1)"
+        scaling = NOT_FITTED
     else:
         scaling = (
             f"after temperature scaling (T = {cal['temperature']:.2f}, fitted on the validation split) "
