@@ -13,14 +13,11 @@ import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from floranet.config import InferenceConfig
-from floranet.data import doctor
-from floranet.data.split import Split, SplitRow
 from floranet.errors import DatasetError, ModelError
 from floranet.evaluation import plots
 from floranet.evaluation.calibration import (
@@ -29,10 +26,10 @@ from floranet.evaluation.calibration import (
     reliability,
     temperature_fittable,
 )
+from floranet.evaluation.heldout import rows_to_evaluate
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
-from floranet.utils.files import file_digest
 from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
 VALIDATION = "validation split"
@@ -253,22 +250,6 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
     return ev
 
 
-def _as_trained(root: Path, rows: list[SplitRow]) -> tuple[list[SplitRow], dict[str, int]]:
-    """The validation rows whose files are still there and unchanged (split.csv's sha256), and the counts of
-    those that are not: a file removed or replaced since training would be scored silently (a replaced one under
-    its old label)."""
-    kept, missing, changed = [], 0, 0
-    for r in rows:
-        path = root / r.path
-        if not path.is_file():
-            missing += 1
-        elif r.sha256 and file_digest(path) != r.sha256:
-            changed += 1
-        else:
-            kept.append(r)
-    return kept, {"recorded": len(rows), "missing": missing, "changed": changed, "evaluated": len(kept)}
-
-
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -297,7 +278,7 @@ def evaluate_run(
     config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
     predictor = load(run.path, config)
     facts: dict[str, Any] = {}
-    root, rows = _rows_to_evaluate(run, names, data_dir, predictor.max_pixels, progress, facts)
+    root, rows = rows_to_evaluate(run, names, data_dir, predictor.max_pixels, progress, facts)
     paths = [str(root / r.path) for r in rows]
     out = predictor.predict_files(paths)
     facts["evaluated_on"] = predictor.describe()
@@ -318,68 +299,3 @@ def evaluate_run(
         facts,
     )
     return ev.with_temperature() if data_dir is None else ev
-
-
-def _rows_to_evaluate(
-    run: RunDir,
-    names: list[str],
-    data_dir: str | os.PathLike[str] | None,
-    max_pixels: int,
-    progress: bool,
-    facts: dict[str, Any],
-) -> tuple[Path, list[SplitRow]]:
-    """The folder and the labelled images to evaluate on (their counts recorded in ``facts``): the run's
-    validation files as they were, or the images of ``data_dir`` that the run did not train on.
-
-    Raises:
-        DatasetError: None is left, with why.
-    """
-    if data_dir is None:
-        root = Path(run.config().data_dir)
-        rows, files = _as_trained(root, run.split(names).validation())
-        facts["validation_files"] = files
-        if not rows and files["recorded"]:
-            raise DatasetError(
-                f"none of the run's {files['recorded']} validation images is in {root} as it was at training "
-                f"({files['missing']} missing, {files['changed']} changed): was the data folder moved, renamed or "
-                "changed? Evaluate on other labelled images: --data OTHER"
-            )
-    else:
-        root = Path(data_dir)
-        rows, facts["unreadable_left_out"] = _labelled_rows(root, names, max_pixels, progress)
-        # An image the model trained on (the same bytes) says nothing of how it does on new ones: left out, counted.
-        trained = {r.sha256 for r in run.split(names).train() if r.sha256}
-        unseen = [r for r in rows if r.sha256 not in trained]
-        facts["training_images_left_out"] = len(rows) - len(unseen)
-        if rows and not unseen:
-            raise DatasetError(
-                f"every image of {root} is one the run trained on (the same file as in {RunDir.SPLIT}'s training "
-                "side): nothing to evaluate that the model has not seen. Evaluate on other labelled images."
-            )
-        rows = unseen
-    if not rows:
-        where = f"{run.path / RunDir.SPLIT}: every image is on the training side" if data_dir is None else root
-        raise DatasetError(f"no images to evaluate ({where}). Evaluate on other labelled images: --data OTHER")
-    return root, rows
-
-
-def _labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool) -> tuple[list[SplitRow], int]:
-    """Every usable image of ``root``'s class folders, and how many files the doctor found unusable."""
-    report = doctor.diagnose(root, max_pixels=max_pixels, progress=progress)
-    usable = report.usable_files()
-    if not usable:
-        bad = report.summary().get("num_bad", 0)
-        raise DatasetError(
-            f"data_dir has no usable images in class folders ({bad} unusable files; `floranet doctor` says which "
-            f"and why). Received: data_dir={str(root)!r}"
-        )
-    unknown = sorted({str(f.label) for f in usable} - set(names))
-    if unknown:
-        raise DatasetError(
-            f"{root} has classes the model was not trained on: {', '.join(unknown)}. Known: {', '.join(names)}"
-        )
-    split = Split(
-        rows=tuple(SplitRow(f.path, str(f.label), "validation", f.sha256 or "") for f in usable),
-        class_names=tuple(names),
-    )
-    return list(split.rows), int(report.summary().get("num_bad", 0))
