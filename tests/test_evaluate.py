@@ -287,3 +287,27 @@ def test_a_moved_data_folder_is_named_and_unreadable_files_are_counted(writable_
     assert main(["evaluate", str(writable_run), "--data", str(other)]) == 0
     assert "2 file(s) could not be read as images and are left out" in capsys.readouterr().err
     assert json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["unreadable_left_out"] == 2
+
+
+def test_evaluate_rewrites_the_files_it_writes_when_they_are_damaged(writable_run, capsys) -> None:
+    """A damaged metrics.json, calibration.json or metrics_external.json stopped `evaluate` (after predicting every
+    image) with "rerun the step that wrote it", though evaluate is that step: it now writes them anew; the old
+    metrics.json only costs the training facts it held, said; the others are not read."""
+    import json
+
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    data = run.config().data_dir
+    (writable_run / RunDir.METRICS).write_text("garbage")
+    (writable_run / RunDir.CALIBRATION).write_text(json.dumps({"temperature": -1}))
+    assert main(["evaluate", str(writable_run)]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.json could not be read (JSONDecodeError" in err and "without the training facts it held" in err
+    assert run.metrics()["source"] == "validation split" and run.temperature() > 0
+    assert main(["evaluate", str(writable_run)]) == 0 and "could not be read" not in capsys.readouterr().err
+    (writable_run / RunDir.METRICS_EXTERNAL).write_text("garbage")
+    assert main(["evaluate", str(writable_run), "--data", data]) == 0
+    assert "could not be read" not in capsys.readouterr().err
+    assert json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["num_examples"] > 0

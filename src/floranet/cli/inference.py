@@ -28,7 +28,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         ev = evaluate_run(
             args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
         )
-        m = write_evaluation(ev, run, external=external)
+        m = write_evaluation(ev, run, external=external, say=warn)
         card = write_model_card(run.path)
     say(
         f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -170,7 +171,12 @@ class Evaluation:
 
 
 def write_evaluation(
-    ev: Evaluation, run: RunDir, *, facts: Mapping[str, Any] | None = None, external: bool = False
+    ev: Evaluation,
+    run: RunDir,
+    *,
+    facts: Mapping[str, Any] | None = None,
+    external: bool = False,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Stores an evaluation in the run: metrics first, then calibration, predictions and plots.
 
@@ -178,9 +184,10 @@ def write_evaluation(
         ev: The evaluation.
         run: The run directory.
         facts: Training facts to record beside the metrics (timings, precision, ...); None keeps
-            those of the metrics file already there.
+            those of the ``metrics.json`` already there (an external evaluation has none to keep).
         external: An evaluation on another folder (``metrics_external.json``), which never replaces
             the run's own validation results or its calibration.
+        say: Where a warning goes (a previous ``metrics.json`` that cannot be read, whose facts are lost).
 
     Returns:
         The metrics as written.
@@ -189,8 +196,7 @@ def write_evaluation(
         (RunDir.METRICS_EXTERNAL, RunDir.PREDICTIONS_EXTERNAL) if external else (RunDir.METRICS, RunDir.PREDICTIONS)
     )
     if facts is None:
-        previous = run.read_json(metrics_name, {})
-        facts = {k: v for k, v in previous.items() if k in TRAINING_FACTS}
+        facts = {} if external else _previous_facts(run, say)
     if not len(ev.labels):  # no validation image (tiny classes): nothing to measure or draw
         metrics = {**facts, "num_examples": 0, **ev.extra}
         run.write_json(metrics_name, metrics)
@@ -221,6 +227,23 @@ def write_evaluation(
         calibrated=reliability(ev.calibrated_probs, ev.labels),
     )
     return metrics
+
+
+def _previous_facts(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
+    """The training facts of the ``metrics.json`` that is about to be replaced. One that cannot be read costs only
+    those facts (said): the evaluation writes the file anew, so its damage must not stop the one step that repairs
+    it (it did, after every image was predicted)."""
+    path = run / RunDir.METRICS
+    try:
+        # As RunDir.read_json reads it: file names that are not UTF-8 round-trip through surrogate escapes.
+        previous = json.loads(path.read_bytes().decode("utf-8", "surrogateescape")) if path.exists() else {}
+    except (OSError, ValueError) as e:  # JSONDecodeError, a damaged encoding, or no file to read
+        say(
+            f"{path} could not be read ({type(e).__name__}: {e}): it is written anew, without the training facts it "
+            f"held ({', '.join(TRAINING_FACTS)})."
+        )
+        return {}
+    return {k: v for k, v in previous.items() if k in TRAINING_FACTS}
 
 
 def read_evaluation(run: RunDir) -> Evaluation | None:
@@ -274,6 +297,9 @@ def evaluate_run(
     """
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     names = run.class_names()
+    # The validation split fits the temperature anew (calibration.json is rewritten, so a damaged one is repaired,
+    # not read); another folder is scored with the run's, read before any image is predicted.
+    temperature = 1.0 if data_dir is None else run.temperature()
     # Metrics need the probabilities only: the unknown answer stays off (predict and serve give it).
     config = InferenceConfig(runtime=runtime, precision=precision, batch_size=batch_size, unknown=False)
     predictor = load(run.path, config)
@@ -293,7 +319,7 @@ def evaluate_run(
         tuple(rows[i].path for i in kept),
         labels,
         out.outputs[kept].reshape(len(kept), len(names)),
-        run.temperature(),
+        temperature,
         str(root),
         VALIDATION if data_dir is None else f"folder {data_dir}",
         facts,

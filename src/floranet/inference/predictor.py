@@ -87,7 +87,7 @@ class Predictor:
         config: How to run it (runtime, precision, batch size, top-k, ...); ``auto`` runtimes are resolved
             per job (a handful of images stays on TensorFlow, a folder goes to OpenVINO), unless the run has
             a compiled model that agrees with ``model.keras``: then OpenVINO runs it, with no TensorFlow.
-        temperature: The run's fitted temperature (used when ``config.calibrated``).
+        temperature: The run's fitted temperature when ``config.calibrated`` (the only case it is used), else 1.0.
         max_pixels: Larger images are refused: the run's own limit.
         compiled: The run's compiled model (``inference/model.xml``), when it is used.
         choice: The runtime the last batch ran on.
@@ -304,7 +304,8 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     max_pixels = run.max_pixels()
     detector = UnknownDetector.load(run.path) if config.unknown else None
     ir, note = compiled_model(run, config.runtime, features=detector is not None and detector.needs_features)
-    names, temperature = run.class_names(), run.temperature()
+    # Read only where it is used: evaluate (uncalibrated) rewrites calibration.json, so a damaged one must not stop it.
+    names, temperature = run.class_names(), run.temperature() if config.calibrated else 1.0
     if ir is not None:  # TensorFlow is never imported on this path
         facts = compiled.info(run)
         h, w = facts["image_size"]
