@@ -311,3 +311,16 @@ def test_evaluate_rewrites_the_files_it_writes_when_they_are_damaged(writable_ru
     assert main(["evaluate", str(writable_run), "--data", data]) == 0
     assert "could not be read" not in capsys.readouterr().err
     assert json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["num_examples"] > 0
+
+
+def test_evaluate_rewrites_a_metrics_file_that_is_not_an_object(writable_run, capsys) -> None:
+    """metrics.json holding `[1,2]` was an AttributeError traceback ('list' object has no attribute 'items'):
+    it is treated as unreadable, as a file that is not JSON is."""
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    (writable_run / RunDir.METRICS).write_text("[1,2]")
+    assert main(["evaluate", str(writable_run)]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.json could not be read (not a JSON object but list)" in err and "Traceback" not in err
+    assert RunDir(writable_run).metrics()["source"] == "validation split"

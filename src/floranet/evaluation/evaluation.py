@@ -237,10 +237,13 @@ def _previous_facts(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
     try:
         # As RunDir.read_json reads it: file names that are not UTF-8 round-trip through surrogate escapes.
         previous = json.loads(path.read_bytes().decode("utf-8", "surrogateescape")) if path.exists() else {}
+        problem = "" if isinstance(previous, dict) else f"not a JSON object but {type(previous).__name__}"
     except (OSError, ValueError) as e:  # JSONDecodeError, a damaged encoding, or no file to read
+        problem = f"{type(e).__name__}: {e}"
+    if problem:  # a list (`[1, 2]`) was an AttributeError traceback
         say(
-            f"{path} could not be read ({type(e).__name__}: {e}): it is written anew, without the training facts it "
-            f"held ({', '.join(TRAINING_FACTS)})."
+            f"{path} could not be read ({problem}): it is written anew, without the training facts it held "
+            f"({', '.join(TRAINING_FACTS)})."
         )
         return {}
     return {k: v for k, v in previous.items() if k in TRAINING_FACTS}
