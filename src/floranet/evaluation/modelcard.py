@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from floranet.evaluation.card_facts import CardFacts
 from floranet.rundir import RunDir
 from floranet.utils.text import printable
 
@@ -46,7 +47,7 @@ def write_model_card(run_dir: str | os.PathLike[str], *, license: str = "other",
 
 def model_card(run: RunDir, *, license: str = "other", base_model: str | None = None) -> str:
     """The card's text (front matter and body)."""
-    facts = _Facts.read(run)
+    facts = CardFacts.read(run)
     front = yaml.safe_dump(front_matter(facts, license, base_model), sort_keys=False, allow_unicode=True)
     body = "\n".join(
         [
@@ -69,48 +70,7 @@ def model_card(run: RunDir, *, license: str = "other", base_model: str | None = 
     return f"---\n{front}---\n\n{body}"
 
 
-class _Facts:
-    """The run's files, read once."""
-
-    def __init__(self, run: RunDir) -> None:
-        from floranet import __version__
-
-        self.run = run
-        self.version = __version__
-        self.name = run.path.resolve().name
-        self.config = run.config() if run.exists(RunDir.CONFIG) else None
-        self.metrics: dict[str, Any] = run.metrics()
-        self.external: dict[str, Any] = run.read_json(RunDir.METRICS_EXTERNAL, {})
-        self.calibration: dict[str, Any] = run.read_json(RunDir.CALIBRATION, {})
-        self.doctor: dict[str, Any] = run.doctor()
-        self.class_names: list[str] = run.class_names() if run.exists(RunDir.CLASS_NAMES) else []
-        self.counts = run.split(self.class_names).counts() if run.exists(RunDir.SPLIT) else {}
-        self.audit = run.read_json(RunDir.AUDIT)
-        self.ood = run.read_json(RunDir.OOD)
-        self.stages: dict[str, Any] = (run.read_json(RunDir.STATE) or {}).get("stages", {})
-
-    @classmethod
-    def read(cls, run: RunDir) -> _Facts:
-        return cls(run)
-
-    @property
-    def dataset(self) -> str:
-        data_dir = self.config.data_dir if self.config else ""
-        return Path(data_dir).name or "unknown"
-
-    @property
-    def backbone(self) -> str:
-        return self.config.backbone if self.config else "unknown"
-
-    @property
-    def weights(self) -> str:
-        weights = self.config.weights if self.config else None
-        if weights is None:
-            return "none (random initialisation)"
-        return weights if weights == "imagenet" else f"file {Path(weights).name}"
-
-
-def front_matter(facts: _Facts, license: str = "other", base_model: str | None = None) -> dict[str, Any]:
+def front_matter(facts: CardFacts, license: str = "other", base_model: str | None = None) -> dict[str, Any]:
     """The YAML header: Hugging Face's model-card metadata, with ``model-index`` holding the results.
 
     ``base_model`` must be a Hub model id; floranet knows none that is byte-for-byte the backbone's
@@ -174,7 +134,7 @@ def _names(names: list[str]) -> str:
     return ", ".join(_md(n) for n in names)
 
 
-def _intro(f: _Facts) -> str:
+def _intro(f: CardFacts) -> str:
     h, w = f.config.image_size if f.config else ("?", "?")
     return (
         f"An image classifier for {len(f.class_names)} classes ({_names(f.class_names)}): a {f.backbone} "
@@ -184,7 +144,7 @@ def _intro(f: _Facts) -> str:
     )
 
 
-def _intended_use(f: _Facts) -> list[str]:
+def _intended_use(f: CardFacts) -> list[str]:
     if f.ood is None:
         unknown = (
             "The model always answers one of its classes (softmax), so a photo of an unknown kind still gets a "
@@ -202,7 +162,7 @@ def _intended_use(f: _Facts) -> list[str]:
     ]
 
 
-def _how_to_use(f: _Facts) -> list[str]:
+def _how_to_use(f: CardFacts) -> list[str]:
     return [
         "```python",
         "import floranet",
@@ -216,7 +176,7 @@ def _how_to_use(f: _Facts) -> list[str]:
     ]
 
 
-def _data(f: _Facts) -> list[str]:
+def _data(f: CardFacts) -> list[str]:
     lines = []
     summary = f.doctor.get("summary", {})
     if summary:
@@ -235,7 +195,7 @@ def _data(f: _Facts) -> list[str]:
     return lines or ["No `doctor.json` or `split.csv` in this run."]
 
 
-def _recipe(f: _Facts) -> list[str]:
+def _recipe(f: CardFacts) -> list[str]:
     if f.config is None:
         return ["No `config.yaml` in this run."]
     c = f.config
@@ -275,7 +235,7 @@ def _training_time(seconds: Any, machine: Any) -> str:
     return f"{seconds:.0f} s on {_md(str(machine.get('cpu', '?')))}, {_md(str(machine.get('cores', '?')))} cores{bf16}"
 
 
-def _epochs(f: _Facts, stage: str, planned: int) -> str:
+def _epochs(f: CardFacts, stage: str, planned: int) -> str:
     """The epochs a stage trained, as ``state.json`` says: of those planned, and the one early stopping kept."""
     st = f.stages.get(stage) or {}
     done = st.get("epochs_done")
@@ -291,7 +251,7 @@ def _epochs(f: _Facts, stage: str, planned: int) -> str:
     return text
 
 
-def _results(f: _Facts) -> list[str]:
+def _results(f: CardFacts) -> list[str]:
     m = f.metrics
     if "accuracy" not in m:
         return ["No validation results (no validation images)."]
@@ -321,7 +281,7 @@ def _results(f: _Facts) -> list[str]:
     return lines
 
 
-def _calibration(f: _Facts) -> list[str]:
+def _calibration(f: CardFacts) -> list[str]:
     cal = f.metrics.get("calibration", {})
     if not cal:
         return ["Not measured."]
@@ -332,7 +292,7 @@ def _calibration(f: _Facts) -> list[str]:
     ]
 
 
-def _limitations(f: _Facts) -> list[str]:
+def _limitations(f: CardFacts) -> list[str]:
     m = f.metrics
     out = []
     for name, r in m.get("per_class", {}).items():
