@@ -161,3 +161,23 @@ def test_card_training_time_is_the_trainings_not_the_whole_command(writable_run:
     (writable_run / "metrics.json").write_text(json.dumps(metrics))
     card = write_model_card(writable_run).read_text(encoding="utf-8")
     assert "| training time | 7 s on Imaginary CPU 9000, 2 cores |" in card
+
+
+def test_a_damaged_side_file_is_left_out_of_the_card_not_fatal(writable_run: Path, capsys) -> None:
+    """evaluate wrote its results, then failed (exit 2) on a damaged audit.json, ood.json or metrics_external.json
+    that the card reads, leaving README.md stale without a word that the evaluation was saved. The card now leaves
+    such a file's part out, with a line that names it, and the command warns with the file and the problem."""
+    (writable_run / RunDir.AUDIT).write_text("garbage")
+    (writable_run / RunDir.OOD).write_text("[1, 2]")
+    (writable_run / RunDir.METRICS_EXTERNAL).write_text("{cut")
+    (writable_run / "README.md").unlink()
+    assert main(["evaluate", str(writable_run)]) == 0
+    err = capsys.readouterr().err
+    assert f"Model card without audit.json: {writable_run / RunDir.AUDIT} is damaged (not valid JSON" in err
+    assert f"Model card without ood.json: {writable_run / RunDir.OOD} is damaged (not a JSON object)" in err
+    assert "Model card without metrics_external.json" in err and "Traceback" not in err
+    card = (writable_run / "README.md").read_text(encoding="utf-8")
+    assert "- *`audit.json` is left out of this card: it is damaged (not valid JSON).*" in card
+    assert "- *`ood.json` is left out of this card: it is damaged (not a JSON object).*" in card
+    assert "*`metrics_external.json` is left out of this card: it is damaged (not valid JSON).*" in card
+    assert f"On {RunDir(writable_run).metrics()['num_examples']} validation images" in card

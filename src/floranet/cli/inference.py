@@ -29,7 +29,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
         )
         m = write_evaluation(ev, run, external=external, say=warn)
-        card = write_model_card(run.path)
+        card = write_model_card(run.path, say=warn)
     say(
         f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
         f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "

@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from floranet.errors import ModelError
 from floranet.rundir import RunDir
 
 
 class CardFacts:
-    """The run's files, read once."""
+    """The run's files, read once.
+
+    ``metrics.json``, ``config.yaml``, ``class_names.json`` and ``split.csv`` are the card; a damaged one fails it.
+    The others are optional parts: one that cannot be read is left out, its reason in :attr:`unreadable`, so that
+    ``floranet evaluate``, which writes its results before the card, does not fail on a side file it did not write
+    (it exited 2 with the card stale and no word that the evaluation was saved).
+
+    Attributes:
+        unreadable: Optional file name -> (why, for the card; the full error, for a warning).
+    """
 
     def __init__(self, run: RunDir) -> None:
         from floranet import __version__
@@ -19,14 +29,35 @@ class CardFacts:
         self.name = run.path.resolve().name
         self.config = run.config() if run.exists(RunDir.CONFIG) else None
         self.metrics: dict[str, Any] = run.metrics()
-        self.external: dict[str, Any] = run.read_json(RunDir.METRICS_EXTERNAL, {})
-        self.calibration: dict[str, Any] = run.read_json(RunDir.CALIBRATION, {})
-        self.doctor: dict[str, Any] = run.doctor()
+        self.unreadable: dict[str, tuple[str, str]] = {}
+        self.external: dict[str, Any] = self._optional(RunDir.METRICS_EXTERNAL) or {}
+        self.calibration: dict[str, Any] = self._optional(RunDir.CALIBRATION) or {}
+        self.doctor: dict[str, Any] = self._optional(RunDir.DOCTOR) or {}
         self.class_names: list[str] = run.class_names() if run.exists(RunDir.CLASS_NAMES) else []
         self.counts = run.split(self.class_names).counts() if run.exists(RunDir.SPLIT) else {}
-        self.audit = run.read_json(RunDir.AUDIT)
-        self.ood = run.read_json(RunDir.OOD)
-        self.stages: dict[str, Any] = (run.read_json(RunDir.STATE) or {}).get("stages", {})
+        self.audit = self._optional(RunDir.AUDIT)
+        self.ood = self._optional(RunDir.OOD)
+        self.stages: dict[str, Any] = (self._optional(RunDir.STATE) or {}).get("stages", {})
+
+    def _optional(self, name: str) -> dict[str, Any] | None:
+        """An optional file as a JSON object; None when it is absent, or damaged (then noted in ``unreadable``)."""
+        try:
+            value = self.run.read_json(name)
+        except ModelError as e:  # names the file, the JSON error, and to rerun the step that wrote it
+            self.unreadable[name] = ("it is damaged (not valid JSON)", str(e))
+            return None
+        except OSError as e:  # e.g. a folder of that name
+            self.unreadable[name] = ("it cannot be read", f"{self.run / name} cannot be read ({e.strerror or e})")
+            return None
+        if value is not None and not isinstance(value, dict):
+            full = f"{self.run / name} is damaged (not a JSON object); rerun the step that wrote it"
+            self.unreadable[name] = ("it is damaged (not a JSON object)", full)
+            return None
+        return value
+
+    def left_out(self, *names: str) -> list[str]:
+        """One line of the card per file of ``names`` left out: which, and why."""
+        return [f"*`{n}` is left out of this card: {self.unreadable[n][0]}.*" for n in names if n in self.unreadable]
 
     @classmethod
     def read(cls, run: RunDir) -> CardFacts:

@@ -15,6 +15,7 @@ import html
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,13 @@ WEAK_RECALL = 0.8
 FEW_VALIDATION_IMAGES = 20
 
 
-def write_model_card(run_dir: str | os.PathLike[str], *, license: str = "other", base_model: str | None = None) -> Path:
+def write_model_card(
+    run_dir: str | os.PathLike[str],
+    *,
+    license: str = "other",
+    base_model: str | None = None,
+    say: Callable[[str], None] = print,
+) -> Path:
     """Writes (or refreshes) ``RUN_DIR/README.md`` from the run's files.
 
     Args:
@@ -37,17 +44,25 @@ def write_model_card(run_dir: str | os.PathLike[str], *, license: str = "other",
         license: The model's license id for the front matter; ``other`` (the default) until you set it,
             since it depends on your data and the backbone's weights.
         base_model: The Hugging Face Hub id of the pretrained backbone, when there is one.
+        say: Where a warning goes: an optional file (``audit.json``, ``ood.json``, ...) that cannot be read is
+            left out of the card, with a line there that says so.
 
     Returns:
         The card's path.
     """
     run = RunDir(run_dir)
-    return run.write_text(RunDir.MODEL_CARD, model_card(run, license=license, base_model=base_model))
+    facts = CardFacts.read(run)
+    for name, (_, error) in facts.unreadable.items():
+        say(f"Model card without {name}: {error}")
+    return run.write_text(RunDir.MODEL_CARD, _card(facts, license, base_model))
 
 
 def model_card(run: RunDir, *, license: str = "other", base_model: str | None = None) -> str:
     """The card's text (front matter and body)."""
-    facts = CardFacts.read(run)
+    return _card(CardFacts.read(run), license, base_model)
+
+
+def _card(facts: CardFacts, license: str, base_model: str | None) -> str:
     front = yaml.safe_dump(front_matter(facts, license, base_model), sort_keys=False, allow_unicode=True)
     body = "\n".join(
         [
@@ -192,6 +207,7 @@ def _data(f: CardFacts) -> list[str]:
         lines += [f"| {_md(name)} | {c['train']} | {c['validation']} |" for name, c in f.counts.items()]
         seed = f"seed {f.config.seed}, " if f.config else ""
         lines += ["", f"The split ({seed}`split.csv`) is stratified per class and keeps duplicate files together."]
+    lines += f.left_out(RunDir.DOCTOR)
     return lines or ["No `doctor.json` or `split.csv` in this run."]
 
 
@@ -222,7 +238,8 @@ def _recipe(f: CardFacts) -> list[str]:
         ("precision", ", ".join(f"{k} {v}" for k, v in precision.items()) if precision else c.precision),
         ("training time", _training_time(trained, f.metrics.get("trained_on"))),
     ]
-    return ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "`config.yaml` has all."]
+    table = ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+    return [*table, "", "`config.yaml` has all.", *f.left_out(RunDir.STATE)]
 
 
 def _training_time(seconds: Any, machine: Any) -> str:
@@ -278,17 +295,19 @@ def _results(f: CardFacts) -> list[str]:
             f"On {_md(str(ext.get('source', 'another folder')))}: accuracy {ext['accuracy']:.4f} "
             f"({ext['num_examples']} images, `metrics_external.json`).",
         ]
-    return lines
+    note = f.left_out(RunDir.METRICS_EXTERNAL)
+    return [*lines, "", *note] if note else lines
 
 
 def _calibration(f: CardFacts) -> list[str]:
     cal = f.metrics.get("calibration", {})
     if not cal:
-        return ["Not measured."]
+        return ["Not measured.", *f.left_out(RunDir.CALIBRATION)]
     return [
         f"Expected calibration error (15 bins) {cal['ece']:.4f}; after temperature scaling "
         f"(T = {cal['temperature']:.3f}, fitted on the validation split, `calibration.json`) "
         f"{cal['ece_after_temperature']:.4f}. `floranet predict --calibrated` uses the temperature.",
+        *f.left_out(RunDir.CALIBRATION),
     ]
 
 
@@ -310,6 +329,7 @@ def _limitations(f: CardFacts) -> list[str]:
     if f.config is not None and f.config.weights is None:
         out.append("- The backbone was trained from random weights, not pretrained ones.")
     out += _audit_lines(f.audit) + _ood_lines(f.ood)
+    out += [f"- {line}" for line in f.left_out(RunDir.AUDIT, RunDir.OOD)]
     evaluate = f"`floranet evaluate {_code(f.name)} --data OTHER`"
     out.append(
         f"- Validated on a split of the same folder: photos from elsewhere (other cameras, light, framing) may "

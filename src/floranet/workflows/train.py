@@ -123,7 +123,7 @@ def _train(
         plots.history_plot(history, run.plot("history.png"))
     if len(ev.labels):
         say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
-    say(f"Model card: {write_model_card(run.path)}")
+    say(f"Model card: {write_model_card(run.path, say=say)}")
     # Everything this command did (training, evaluation, unknown answer, audit, report), in metrics.json too.
     result.timings["total"] = time.perf_counter() - start
     result.metrics["timings_s"] = {k: round(v, 2) for k, v in result.timings.items()}
