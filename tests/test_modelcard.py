@@ -181,3 +181,23 @@ def test_a_damaged_side_file_is_left_out_of_the_card_not_fatal(writable_run: Pat
     assert "- *`ood.json` is left out of this card: it is damaged (not a JSON object).*" in card
     assert "*`metrics_external.json` is left out of this card: it is damaged (not valid JSON).*" in card
     assert f"On {RunDir(writable_run).metrics()['num_examples']} validation images" in card
+
+
+def test_card_says_when_no_temperature_was_fitted_as_the_report_does(writable_run: Path) -> None:
+    """With calibration.json's `"fitted": false` (every validation answer right, or one validation image) the card
+    said "after temperature scaling (T = 1.000, fitted on the validation split, ...)"; the report said no temperature
+    could be fitted. The card now reads `fitted` and says what the report says."""
+    import json
+
+    from floranet.evaluation.calibration import NOT_FITTED
+
+    run = RunDir(writable_run)
+    metrics = run.metrics()
+    metrics["calibration"]["temperature"] = 1.0
+    run.write_json(RunDir.METRICS, metrics)
+    calibration = json.loads((writable_run / RunDir.CALIBRATION).read_text())
+    run.write_json(RunDir.CALIBRATION, {**calibration, "temperature": 1.0, "fitted": False})
+    card = model_card(run)
+    assert f"; {NOT_FITTED} (`calibration.json`)." in card and "fitted on the validation split" not in card
+    run.write_json(RunDir.CALIBRATION, {**calibration, "fitted": True})
+    assert "fitted on the validation split" in model_card(run) and NOT_FITTED not in model_card(run)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.card_facts import CardFacts
 from floranet.rundir import RunDir
 from floranet.utils.text import printable
@@ -303,12 +304,15 @@ def _calibration(f: CardFacts) -> list[str]:
     cal = f.metrics.get("calibration", {})
     if not cal:
         return ["Not measured.", *f.left_out(RunDir.CALIBRATION)]
-    return [
-        f"Expected calibration error (15 bins) {cal['ece']:.4f}; after temperature scaling "
-        f"(T = {cal['temperature']:.3f}, fitted on the validation split, `calibration.json`) "
-        f"{cal['ece_after_temperature']:.4f}. `floranet predict --calibrated` uses the temperature.",
-        *f.left_out(RunDir.CALIBRATION),
-    ]
+    if f.calibration.get("fitted", True) is False:  # T = 1 kept: "fitted on the validation split" was untrue
+        scaling = f"{NOT_FITTED} (`calibration.json`)"
+    else:
+        scaling = (
+            f"after temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split, "
+            f"`calibration.json`) {cal['ece_after_temperature']:.4f}. `floranet predict --calibrated` uses the "
+            "temperature"
+        )
+    return [f"Expected calibration error (15 bins) {cal['ece']:.4f}; {scaling}.", *f.left_out(RunDir.CALIBRATION)]
 
 
 def _limitations(f: CardFacts) -> list[str]:
