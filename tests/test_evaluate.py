@@ -324,3 +324,24 @@ def test_evaluate_rewrites_a_metrics_file_that_is_not_an_object(writable_run, ca
     err = capsys.readouterr().err
     assert "metrics.json could not be read (not a JSON object but list)" in err and "Traceback" not in err
     assert RunDir(writable_run).metrics()["source"] == "validation split"
+
+
+def test_evaluate_data_records_the_folder_as_an_absolute_path(writable_run, tmp_path, monkeypatch, capsys) -> None:
+    """`evaluate RUN --data ext_sub` recorded "folder ext_sub", relative to the shell's folder then, in
+    metrics_external.json and the model card; it is now absolute, as config.yaml records its paths."""
+    import json
+    import shutil
+
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    trained = Path(run.config().data_dir)
+    for r in run.split().validation():  # images the run has not trained on
+        (tmp_path / "ext_sub" / r.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(trained / r.path, tmp_path / "ext_sub" / r.path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(writable_run), "--data", "ext_sub"]) == 0
+    source = json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["source"]
+    assert source == f"folder {tmp_path / 'ext_sub'}"
+    assert str(tmp_path / "ext_sub").replace("_", "\\_") in (writable_run / "README.md").read_text(encoding="utf-8")

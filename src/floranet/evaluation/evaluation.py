@@ -324,7 +324,8 @@ def evaluate_run(
         out.outputs[kept].reshape(len(kept), len(names)),
         temperature,
         str(root),
-        VALIDATION if data_dir is None else f"folder {data_dir}",
+        # absolute, as config.yaml records its paths: the card and metrics_external.json are read from anywhere
+        VALIDATION if data_dir is None else f"folder {os.path.abspath(data_dir)}",
         facts,
     )
     return ev.with_temperature() if data_dir is None else ev
