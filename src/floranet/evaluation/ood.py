@@ -21,6 +21,7 @@ import numpy as np
 
 from floranet.config import UNKNOWN_METHODS, TrainConfig
 from floranet.data.split import SplitRow
+from floranet.errors import ModelError
 from floranet.inference import batch, runtime
 from floranet.inference import unknown as unknown_lib
 from floranet.models import classifier
@@ -106,6 +107,8 @@ def fit_unknown(
     """
     names = run.class_names()
     split = run.split(names)
+    if validation is None and not split.validation():  # embed's np.stack said "need at least one array to stack"
+        raise ModelError(unknown_lib.NO_VALIDATION)
     train = train or embed(run, model, config, split.train(), names, say=say)
     val = validation or embed(run, model, config, split.validation(), names, say=say)
     detector = unknown_lib.fit(

@@ -44,6 +44,8 @@ DEFAULT_K = 1
 # Fewer validation images give a threshold that means nothing (with one, combined's z-scoring divides by a zero
 # spread: scores of +-3e4 and a third of known images "unknown"); the answer is then not fitted, and said.
 MIN_VALIDATION = 5
+# Why no answer is fitted on a run without validation images (its threshold is chosen on them).
+NO_VALIDATION = "The unknown threshold is chosen on validation images, and this run has none."
 # Methods that read the head's weights (its penultimate activations or logits).
 HEAD_METHODS = frozenset({"combined", "knn_head", "energy"})
 # ``combined``'s parts, in the order of :func:`components` (statistics from before class_mean joined: the first 3).
@@ -379,7 +381,7 @@ def fit(
         ModelError: No validation image to choose the threshold on.
     """
     if not len(val_probs):
-        raise ModelError("The unknown threshold is chosen on validation images, and this run has none.")
+        raise ModelError(NO_VALIDATION)
     if len(val_probs) < MIN_VALIDATION:
         raise ModelError(
             f"The unknown threshold is chosen on validation images, and this run has {len(val_probs)}, fewer than "
