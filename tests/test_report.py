@@ -288,6 +288,8 @@ def test_image_grid_of_no_images_writes_an_empty_picture(tmp_path) -> None:
         ("class_names.json", "{not json", "class_names.json is damaged"),
         ("class_names.json", '["class_0", "class_1", "other"]', "names ['class_0', 'class_1', 'other']"),
         ("predictions.csv", None, "predictions.csv is damaged"),
+        # "the model gave non-finite probabilities ... retrain it" blamed the model for the file's damage
+        ("predictions.csv", "nan", "predictions.csv is damaged (a probability is not a finite number)"),
         # A KeyError or AttributeError traceback before; a bad config.yaml was blamed on predictions.csv.
         ("metrics.json", "{}", "metrics.json is damaged (no calibration figures)"),
         ("metrics.json", "[]", "metrics.json is damaged (not a JSON object)"),
@@ -300,6 +302,9 @@ def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage
     if damage is None:  # a predictions.csv cut off inside its last row
         text = target.read_text()
         damage = text[: text.rindex(",")]
+    elif damage == "nan":  # its last probability
+        text = target.read_text().rstrip("\n")
+        damage = text[: text.rindex(",") + 1] + "nan\n"
     target.write_text(damage if name != "config.yaml" else target.read_text() + damage)
     assert main(["report", str(writable_run)]) != 0
     err = capsys.readouterr().err

@@ -267,6 +267,10 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
         )
     except (ValueError, KeyError, IndexError, StopIteration, csv.Error) as e:
         raise ModelError(f"{path} is damaged ({type(e).__name__}: {e}); rerun `floranet evaluate {run.path}`") from None
+    except ModelError:  # NaN or infinity in the file: evaluate refuses a model that gives one, so the file is damaged
+        raise ModelError(
+            f"{path} is damaged (a probability is not a finite number); rerun `floranet evaluate {run.path}`"
+        ) from None
     names = run.class_names()  # a damaged class_names.json is named here, not read past
     if list(ev.class_names) != names:
         raise ModelError(
