@@ -436,6 +436,48 @@ def test_a_replaced_model_keras_is_never_paired_with_an_old_compiled_model(writa
     assert "is not used: it does not agree with model.keras (compiled.json)" in predict.load(writable_run).note
 
 
+def test_a_damaged_compiled_model_falls_back_to_model_keras_and_says_which_file(writable_run, tmp_path) -> None:
+    """A truncated model.bin crashed predict with OpenVINO's traceback ("Incorrect weights in bin file!"), a junk
+    model.xml with "Unable to read the model", and a model.bin of the right size with other bytes silently
+    answered other classes: compiled.json checked model.keras only."""
+    from floranet.errors import ModelError
+    from floranet.inference import compiled, runtime
+    from floranet.rundir import RunDir
+
+    run, folder = RunDir(writable_run), writable_run / "inference"
+    image = _write_cases(tmp_path)["jpeg"]
+    exact = predict.load(writable_run, runtime="tensorflow").predict([image])[0].top_k
+    good = {name: (folder / name).read_bytes() for name in ("model.xml", "model.bin")}
+    info = json.loads((folder / "compiled.json").read_text())
+    assert info["files"]["model.bin"]["size"] == len(good["model.bin"])
+    quarter = len(good["model.bin"]) // 4
+    damages = {
+        "model.bin": [  # the same size, the middle half zeroed; then truncated (kept for from_ir below)
+            good["model.bin"][:quarter] + bytes(2 * quarter) + good["model.bin"][3 * quarter :],
+            good["model.bin"][:1000],
+        ],
+        "model.xml": [b"junk\n"],
+    }
+    for name, contents in damages.items():
+        for content in contents:
+            (folder / name).write_bytes(content)
+            assert compiled.usable(run) is None
+            fallback = predict.load(writable_run)
+            assert fallback.compiled is None and f"{folder / name} is damaged" in fallback.note
+            assert "recompiles it" in fallback.note
+            assert fallback.predict([image])[0].top_k == exact  # model.keras answers
+        if name == "model.bin":  # read anyway (what a compiled.json that matched would let through): named
+            with pytest.raises(ModelError, match=r"model\.xml .*Incorrect weights in bin file"):
+                runtime.OpenVINOInference.from_ir(folder / "model.xml", "fp32")
+        (folder / name).write_bytes(good[name])
+    assert compiled.usable(run) is not None
+    # A compiled.json from before it recorded the files: not trusted unchecked; model.keras answers.
+    del info["files"]
+    (folder / "compiled.json").write_text(json.dumps(info))
+    old = predict.load(writable_run)
+    assert old.compiled is None and "recorded its files' sha256" in old.note and "recompiles it" in old.note
+
+
 def test_auto_runs_model_keras_on_a_gpu_even_with_a_compiled_model(tiny_run, monkeypatch) -> None:
     """The README says auto picks TensorFlow on a GPU; the compiled OpenVINO model (CPU) was used all the same."""
     from floranet.inference import runtime

@@ -4,8 +4,9 @@
 ``train`` (and ``floranet export``) write ``RUN_DIR/inference/model.xml`` + ``model.bin`` and
 ``inference/compiled.json``: the agreement with ``model.keras`` on validation images (top-1 and the largest
 probability difference, with OpenVINO computing in fp32), and the size, time and sha256 of the ``model.keras``
-it was made from. :func:`usable` accepts it only when it agrees and ``model.keras`` is the one it was made from;
-anything else falls back to ``model.keras``.
+it was made from, and the size and sha256 of ``model.xml`` and ``model.bin``. :func:`usable` accepts it only when
+it agrees, ``model.keras`` is the one it was made from and its own files are as written (a damaged ``model.bin``
+of the right size is read by OpenVINO without a word); anything else falls back to ``model.keras``.
 
 The IR has two outputs (:func:`floranet.models.classifier.probabilities_and_features`): the probabilities
 ``[N, classes]`` first, as ``model.keras`` (so a floranet that reads only the first still works), then the
@@ -56,6 +57,7 @@ MAX_SCORE_REL_DIFF = SCORE_REL_TOLERANCE  # the unknown threshold sits this far 
 # A conversion error is systematic (padding, preprocessing, a layer's semantics): a few images show it. 32, not
 # 64: TensorFlow's reference pass over them is most of the check's time (ResNet50 at 180 px: 27 images/s).
 CHECK_IMAGES = 32
+IR_FILES = (RunDir.COMPILED_XML, "model.bin")  # what OpenVINO reads (the weights by model.xml's name)
 
 
 def check_pixels(files: list[Path], size: tuple[int, int], max_pixels: int) -> np.ndarray:
@@ -136,6 +138,7 @@ def compile_run(
             "model": {"sha256": file_digest(run.model_file), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
             "image_size": [int(d) for d in model.inputs[0].shape[1:3]],
             "outputs": outputs,
+            "files": _file_facts(tmp),
             **check,
             "agrees": _agrees(check),
         }
@@ -195,6 +198,33 @@ def _agreement(got: np.ndarray, want: np.ndarray, classes: int, detector: Unknow
         same = (mine > detector.threshold) == (theirs > detector.threshold)
         out["ood_answer_agreement"] = float(np.mean(same[decided])) if decided.any() else None
     return out
+
+
+def _file_facts(folder: Path) -> dict[str, dict[str, Any]]:
+    """The size and sha256 of the IR's files in ``folder``: what :func:`unusable` checks them against."""
+    return {name: {"size": (folder / name).stat().st_size, "sha256": file_digest(folder / name)} for name in IR_FILES}
+
+
+def _damaged_file(folder: Path, facts: dict[str, Any]) -> str | None:
+    """The first of the IR's files in ``folder`` that is missing or differs from what ``compiled.json`` recorded
+    (``facts["files"]``), with why; None: all as made. Every byte is hashed, not only the size and time
+    compared: OpenVINO reads a damaged ``model.bin`` of the right size without a word, and answers wrongly; and
+    the files are read next anyway."""
+    recorded = facts.get("files")
+    if not isinstance(recorded, dict):
+        # Made before compiled.json recorded them: unchecked, they may be damaged. model.keras answers instead,
+        # exactly (a slower start), until `floranet export` compiles it again.
+        return f"it was made before {RunDir.COMPILED_INFO} recorded its files' sha256"
+    for name in IR_FILES:
+        want = recorded.get(name)
+        if not isinstance(want, dict):
+            return f"{RunDir.COMPILED_INFO} records no size and sha256 of {name}"
+        try:
+            if (folder / name).stat().st_size != want.get("size") or file_digest(folder / name) != want.get("sha256"):
+                return f"{folder / name} is damaged (its size or sha256 is not what {RunDir.COMPILED_INFO} records)"
+        except OSError as e:
+            return f"{folder / name} cannot be read ({e.strerror or e})"
+    return None
 
 
 def _agrees(check: dict[str, Any]) -> bool:
@@ -266,4 +296,7 @@ def unusable(run: RunDir, *, features: bool = False) -> Unusable | None:
     same = stat.st_size == made_from.get("size") and (
         stat.st_mtime_ns == made_from.get("mtime_ns") or file_digest(run.model_file) == made_from.get("sha256")
     )
-    return None if same else Unusable("model.keras changed since it was made", recompile_mends=True)
+    if not same:
+        return Unusable("model.keras changed since it was made", recompile_mends=True)
+    damaged = _damaged_file(xml.parent, facts)
+    return None if damaged is None else Unusable(damaged, recompile_mends=True)

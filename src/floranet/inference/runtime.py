@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from floranet.config import PRECISIONS, RUNTIMES, TRAIN_PRECISIONS, check_choice
-from floranet.errors import ConfigError
+from floranet.errors import ConfigError, ModelError
 from floranet.utils import optional, system
 
 if TYPE_CHECKING:
@@ -345,9 +345,21 @@ class OpenVINOInference:
 
     @classmethod
     def from_ir(cls, path: str | os.PathLike[str], precision: str, **kwargs: Any) -> OpenVINOInference:
-        """An OpenVINO IR (``model.xml`` + ``.bin``) read from disk: no TensorFlow involved."""
+        """An OpenVINO IR (``model.xml`` + ``.bin``) read from disk: no TensorFlow involved.
+
+        Raises:
+            ModelError: OpenVINO cannot read or compile it (a damaged or truncated file), naming the file.
+        """
         ov = optional.require("openvino", "runtime='openvino'")
-        return cls(ov.Core().read_model(os.fspath(path)), precision, **kwargs)
+        try:
+            return cls(ov.Core().read_model(os.fspath(path)), precision, **kwargs)
+        except RuntimeError as e:  # OpenVINO raises RuntimeError for any file it cannot use
+            # Its message opens with C++ source locations; the last line says what is wrong.
+            why = next((line for line in reversed(str(e).splitlines()) if line.strip()), type(e).__name__)
+            raise ModelError(
+                f"Cannot read the OpenVINO model {os.fspath(path)} (+ its .bin): {why.strip()}. It is damaged or "
+                "was not written by this OpenVINO; compile it again (`floranet export RUN_DIR --format openvino`)."
+            ) from e
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = self._requests[0].infer({0: np.ascontiguousarray(x, dtype=np.float32)})
