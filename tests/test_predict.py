@@ -488,6 +488,29 @@ def test_auto_runs_model_keras_on_a_gpu_even_with_a_compiled_model(tiny_run, mon
     assert predict.load(tiny_run, runtime="openvino").compiled is not None
 
 
+def test_a_csv_reads_back_to_the_names_its_json_holds(tiny_run, tmp_path, capsys) -> None:
+    """CSV names went through printable: a file literally named new\\x0aline.jpg and one named new<LF>line.jpg
+    gave identical rows (the backslash itself was not escaped), so the CSV could not be read back to the JSON's."""
+    import csv
+
+    from floranet.utils.text import unquote_formula
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    jpeg = _write_cases(tmp_path)["jpeg"].read_bytes()
+    names = ["new\\x0aline.jpg", "new\nline.jpg", "tab\tx.jpg", "cr\rx.jpg", "esc\x1b[31m.jpg", '+1, "q".jpg']
+    for name in names:
+        (folder / name).write_bytes(jpeg)
+    for fmt in ("csv", "json"):
+        assert main(["predict", str(tiny_run), str(folder), "--output", str(tmp_path / f"p.{fmt}")]) == 0
+    capsys.readouterr()
+    want = [r["file"] for r in json.loads((tmp_path / "p.json").read_text())]
+    assert sorted(Path(f).name for f in want) == sorted(names)
+    with open(tmp_path / "p.csv", newline="", encoding="utf-8") as f:
+        got = [unquote_formula(row["file"]) for row in csv.DictReader(f)]
+    assert got == want
+
+
 def test_output_files_keep_their_layout_quote_formulas_and_carry_any_class_name(tmp_path, monkeypatch) -> None:
     import os
     import sys

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -17,7 +15,7 @@ from floranet.errors import ConfigError
 from floranet.inference.predictor import Prediction
 from floranet.utils.files import atomic_path, atomic_write_text, check_replaceable
 from floranet.utils.optional import require
-from floranet.utils.text import formula_safe, printable, utf8
+from floranet.utils.text import csv_text, formula_safe, printable, utf8
 
 TEXT_FORMATS = tuple(f for f in OUTPUT_FORMATS if f != "parquet")
 _SUFFIX_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json"}
@@ -27,8 +25,10 @@ TABLE_TITLE = "# floranet predictions\n"
 def format_predictions(rows: Sequence[Prediction], fmt: str = "table", *, columns: int | None = None) -> str:
     """Renders rows as an aligned table, CSV or JSON.
 
-    Table and CSV cells show file names, classes and errors through :func:`floranet.utils.text.printable`, so a
-    hostile file name cannot forge lines or send escape sequences to a terminal (JSON escapes them itself).
+    The table shows file names, classes and errors through :func:`floranet.utils.text.printable`, so a hostile
+    file name cannot forge lines or send escape sequences to a terminal. CSV and JSON hold them as they are, to be
+    read back (CSV quotes a name with a comma, quote or line break; a name that is not UTF-8 shows its odd bytes
+    as ``\\xNN`` in both).
 
     Args:
         rows: The predictions.
@@ -40,33 +40,15 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table", *, column
         return json.dumps([_utf8_row(r) for r in rows], indent=2, ensure_ascii=False) + "\n"
     k = _columns(rows, columns)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(
-            [
-                "file",
-                *[c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}")],
-                "low_confidence",
-                "unknown",
-                "ood_score",
-                "error",
-            ]
-        )
-        for r in rows:
-            cells = [c for name, p in r.top_k[:k] for c in (_csv_text(name), f"{p:.6f}")]
-            cells += [""] * (2 * k - len(cells))
-            score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
-            writer.writerow(
-                [
-                    _csv_text(r.file),
-                    *cells,
-                    str(r.low_confidence).lower(),
-                    str(r.unknown).lower(),
-                    score,
-                    _csv_text(r.error or ""),
-                ]
-            )
-        return buf.getvalue()
+        header = [
+            "file",
+            *[c for i in range(1, k + 1) for c in (f"class_{i}", f"probability_{i}")],
+            "low_confidence",
+            "unknown",
+            "ood_score",
+            "error",
+        ]
+        return csv_text([header, *(_csv_row(r, k) for r in rows)])
     lines = []
     width = max((len(printable(r.file)) for r in rows), default=4)
     for r in rows:
@@ -121,10 +103,20 @@ def _columns(rows: Sequence[Prediction], columns: int | None) -> int:
     return max(1, columns) if columns is not None else max([len(r.top_k) for r in rows] + [1])
 
 
+def _csv_row(r: Prediction, k: int) -> list[str]:
+    """A CSV row of ``k`` class columns."""
+    cells = [c for name, p in r.top_k[:k] for c in (_csv_text(name), f"{p:.6f}")]
+    cells += [""] * (2 * k - len(cells))
+    score = "" if r.ood_score is None else f"{r.ood_score:.6f}"
+    flags = [str(r.low_confidence).lower(), str(r.unknown).lower(), score]
+    return [_csv_text(r.file), *cells, *flags, _csv_text(r.error or "")]
+
+
 def _csv_text(text: str) -> str:
-    """A text cell: escaped as :func:`printable`, and a leading ``= + - @`` quoted (``'=x.jpg``), so a spreadsheet
-    shows a file or class name instead of running it as a formula."""
-    return formula_safe(printable(text))
+    """A text cell: the name as JSON holds it (:func:`floranet.utils.text.utf8`: a control character stays itself,
+    so the file reads back to the real name; escaping it as ``\\x0a`` without escaping ``\\`` made two names one
+    cell), with a leading ``= + - @`` quoted (``'=x.jpg``), so a spreadsheet shows it instead of running it."""
+    return formula_safe(utf8(text))
 
 
 def _utf8_row(r: Prediction) -> dict[str, Any]:
