@@ -307,3 +307,45 @@ def test_a_comparisons_split_is_not_reused_for_another_data_folder(tmp_path: Pat
     assert any("has no record of the data folder" in m for m in said)
     assert any("images added there since are not in it" in m for m in said)
     assert json.loads((out / "split.json").read_text()) == {"data_dir": str(first.resolve())}
+
+
+@pytest.mark.parametrize("given", ["relative", "absolute"])
+def test_a_comparison_moved_or_copied_elsewhere_is_continued(tmp_path: Path, monkeypatch, given: str) -> None:
+    """Its runs' config.yaml name the split where the comparison lay (split_file is absolute): a moved OUT was
+    refused, "out already holds a run of resnet20 with other settings (split_file)"."""
+    from floranet.workflows import compare as compare_lib
+
+    calls: list[tuple[str | None, bool]] = []
+
+    def started(settings, resume=False, **kwargs):  # a run killed in training: config.yaml and state.json
+        calls.append((settings.split_file, resume))
+        run = RunDir(settings.out)
+        if not resume:
+            run.path.mkdir(parents=True)
+            run.write_config(settings)
+            run.write_json(RunDir.STATE, {})
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(compare_lib, "train", started)
+    monkeypatch.chdir(tmp_path)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    first = "cmp" if given == "relative" else str(tmp_path / "cmp")  # config.yaml keeps out as given
+    cfg = CompareConfig(data_dir=str(data), backbones=("resnet20",), out=first, default_weights=None)
+    with pytest.raises(ZeroDivisionError):
+        compare(cfg, say=lambda m: None)
+    split = str(tmp_path / "cmp" / "split.csv")
+    assert calls == [(split, False)]
+    for where in ("moved", str(tmp_path / "copied")):
+        if where == "moved":
+            shutil.move(tmp_path / "cmp", tmp_path / where)
+        else:
+            shutil.copytree(tmp_path / "moved", where)
+        calls.clear()
+        with pytest.raises(ZeroDivisionError):  # resumed, no longer refused
+            compare(dataclasses.replace(cfg, out=where), say=lambda m: None)
+        assert calls == [(split, True)]  # as the run saved it
+    # A run trained on another split file is still a run of other settings.
+    config = tmp_path / "moved" / "resnet20" / "config.yaml"
+    config.write_text(config.read_text().replace(split, str(tmp_path / "split.csv")))
+    with pytest.raises(ConfigError, match=r"other settings \(split_file\)"):
+        compare(dataclasses.replace(cfg, out="moved"), say=lambda m: None)

@@ -15,6 +15,8 @@ not ranked: :func:`floranet.workflows.ranking.mark_other_data`) is printed, and 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -66,7 +68,7 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
     _check_out(config, out)
     choose_inference(config.runtime, config.precision)  # latency's runtime: said missing before anything trains
     # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
-    runs = [(b, _settings(config, b, out, out / SPLIT)) for b in config.backbones]
+    runs = [(b, _with_own_split(_settings(config, b, out, out / SPLIT))) for b in config.backbones]
     earlier = {b: _earlier_run(b, s) for b, s in runs}  # an interrupted comparison continues where it stopped
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +210,25 @@ def _earlier_run(backbone: str, settings: TrainConfig) -> str:
             f"or move that run away to train it again. Received: out={str(run.path.parent)!r}"
         )
     return "finished" if run.is_finished() else "incomplete"  # one killed in its report or audit is resumed
+
+
+def _with_own_split(settings: TrainConfig) -> TrainConfig:
+    """``settings`` with the ``split_file`` its earlier run in ``OUT/<backbone>`` saved, when that was its
+    comparison's own split where the comparison then lay: an OUT moved or copied since is the same comparison
+    (its runs' ``config.yaml`` name the old ``OUT/split.csv``; a resumed run reads its own ``split.csv``)."""
+    run = RunDir(settings.out)
+    if not run.is_run():
+        return settings
+    saved = run.saved_settings()
+    split, was = saved.get("split_file"), saved.get("out")
+    if not isinstance(split, str) or not isinstance(was, str) or Path(was).name != run.path.name:
+        return settings
+    # split_file was made absolute where it trained, out kept as given (perhaps relative to that folder).
+    made = Path(os.path.abspath(split)).parts
+    own = Path(os.path.normpath(Path(was).parent / SPLIT)).parts
+    if made == own or (not Path(was).is_absolute() and made[-len(own) :] == own):
+        return dataclasses.replace(settings, split_file=os.path.abspath(split))
+    return settings
 
 
 def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path) -> TrainConfig:
