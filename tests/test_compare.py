@@ -349,3 +349,34 @@ def test_a_comparison_moved_or_copied_elsewhere_is_continued(tmp_path: Path, mon
     config.write_text(config.read_text().replace(split, str(tmp_path / "split.csv")))
     with pytest.raises(ConfigError, match=r"other settings \(split_file\)"):
         compare(dataclasses.replace(cfg, out="moved"), say=lambda m: None)
+
+
+def test_a_damaged_run_in_out_is_named_not_taken_for_a_folder_of_yours(tmp_path: Path, monkeypatch) -> None:
+    """OUT/resnet20 with its config.yaml damaged or removed was "a folder that holds things a comparison did not
+    write (resnet20)": neither which file nor what to do was said."""
+    from floranet.workflows import compare as compare_lib
+
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    out = tmp_path / "cmp"
+    run = out / "resnet20"
+    run.mkdir(parents=True)
+    (run / RunDir.STATE).write_text("{}")
+    (run / RunDir.DOCTOR).write_text("{}")
+    cfg = CompareConfig(data_dir=str(data), backbones=("resnet20",), out=str(out), default_weights=None)
+    config = run / RunDir.CONFIG
+    for text, state in ((None, "missing"), ("{bad", "damaged"), ("epochs: 2\n", "damaged")):
+        if text is not None:
+            config.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            compare(cfg, say=lambda m: None)
+        said = str(caught.value)
+        assert said.startswith(f"{config} is {state}") and "Move that run away to train it again" in said
+    config.unlink()
+    with pytest.raises(ConfigError, match=f"{config} is missing"):  # a backbone of an earlier comparison
+        compare(dataclasses.replace(cfg, backbones=("resnet32",)), say=lambda m: None)
+    shutil.rmtree(run)
+    (out / "notes").mkdir()
+    (out / "notes" / RunDir.STATE).write_text("{}")  # a folder named for no backbone is still one of yours
+    with pytest.raises(ConfigError, match=r"holds things a comparison did not write \(notes\)"):
+        compare(cfg, say=lambda m: None)

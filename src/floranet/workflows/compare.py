@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from floranet.config import CompareConfig, InferenceConfig, TrainConfig, resolve
+from floranet.config import CompareConfig, InferenceConfig, TrainConfig, load_file, resolve
 from floranet.data import doctor
 from floranet.data import split as split_lib
 from floranet.errors import ConfigError, DatasetError, OutputError, WeightsError
@@ -158,12 +158,42 @@ def _check_out(config: CompareConfig, out: Path) -> None:
         return p.name in config.backbones and p.is_dir() and all(c.name == RunDir.LOCK for c in p.iterdir())
 
     others = sorted(p.name for p in out.iterdir() if p.name not in ours and not RunDir(p).is_run() and not started(p))
+    for name in others:
+        _check_damaged_run(out / name, config.backbones)
     if others:
         raise ConfigError(
             f"out is a folder that holds things a comparison did not write ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder. Received: out={str(out)!r}"
         )
     _check_split_source(config, out)
+
+
+def _check_damaged_run(folder: Path, backbones: tuple[str, ...]) -> None:
+    """Refuses a backbone's run folder (one of ``backbones``, or any the registry knows: an earlier comparison's)
+    whose ``config.yaml`` is missing or damaged, naming it: what a run writes is there, but not what makes it
+    one (it was called a folder of things a comparison did not write).
+
+    Raises:
+        ConfigError: ``folder`` is such a run.
+    """
+    backbone = folder.name in backbones or registry.lookup(folder.name) is not None
+    if not backbone or not folder.is_dir() or folder.is_symlink():
+        return
+    config = folder / RunDir.CONFIG
+    if config.exists():
+        try:
+            damaged = not {"data_dir", "out", "preset"} <= load_file(config).keys()
+        except ConfigError:
+            damaged = True
+        state = "damaged (not the settings a run saves)" if damaged else ""
+    else:
+        marks = (RunDir.DOCTOR, RunDir.SPLIT, RunDir.STATE, RunDir.MODEL, RunDir.CHECKPOINTS)
+        state = "missing" if any((folder / m).exists() for m in marks) else ""
+    if state:
+        raise ConfigError(
+            f"{config} is {state}: {folder} holds a run of {folder.name} that can be neither reused nor resumed. "
+            f"Move that run away to train it again, or choose a new --out. Received: out={str(folder.parent)!r}"
+        )
 
 
 def _check_split_source(config: CompareConfig, out: Path) -> None:
