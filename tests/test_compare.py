@@ -380,3 +380,28 @@ def test_a_damaged_run_in_out_is_named_not_taken_for_a_folder_of_yours(tmp_path:
     (out / "notes" / RunDir.STATE).write_text("{}")  # a folder named for no backbone is still one of yours
     with pytest.raises(ConfigError, match=r"holds things a comparison did not write \(notes\)"):
         compare(cfg, say=lambda m: None)
+
+
+def test_metrics_of_the_wrong_type_are_named_not_a_traceback(writable_run: Path) -> None:
+    """A reused run's metrics.json, valid JSON of other types: "calibration": null gave an AttributeError,
+    "accuracy": "0.9" a TypeError when ranked."""
+    from floranet.errors import ModelError
+    from floranet.workflows.compare import _one
+
+    run = RunDir(writable_run)
+    settings = dataclasses.replace(run.config(), out=str(writable_run))
+    cfg = CompareConfig(
+        data_dir=run.config().data_dir, backbones=("resnet20",), out=str(writable_run.parent), default_weights=None
+    )
+    good = json.loads((writable_run / "metrics.json").read_text())
+    for field, value in (("calibration", None), ("accuracy", "0.9"), ("num_examples", [6]), ("timings_s", 3)):
+        (writable_run / "metrics.json").write_text(json.dumps({**good, field: value}))
+        with pytest.raises(ModelError) as caught:
+            _one(cfg, "resnet20", settings, "finished", progress=False, say=lambda m: None)
+        said = str(caught.value)
+        assert said.startswith(f"{writable_run / 'metrics.json'} is damaged: {field} must be ")
+        assert said.endswith(f"Received: {field}={json.dumps(value)}")
+    bad_ece = {**good, "calibration": {**good["calibration"], "ece": "low"}}
+    (writable_run / "metrics.json").write_text(json.dumps(bad_ece))
+    with pytest.raises(ModelError, match=r"calibration\.ece must be a number.*Received: calibration\.ece=\"low\""):
+        _one(cfg, "resnet20", settings, "finished", progress=False, say=lambda m: None)

@@ -16,18 +16,20 @@ not ranked: :func:`floranet.workflows.ranking.mark_other_data`) is printed, and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
-from floranet.config import CompareConfig, InferenceConfig, TrainConfig, load_file, resolve
+from floranet.config import CompareConfig, InferenceConfig, TrainConfig, is_finite_number, load_file, resolve
 from floranet.data import doctor
 from floranet.data import split as split_lib
-from floranet.errors import ConfigError, DatasetError, OutputError, WeightsError
+from floranet.errors import ConfigError, DatasetError, ModelError, OutputError, WeightsError
 from floranet.inference import load
 from floranet.inference.runtime import choose_inference
 from floranet.models import backbones, registry
@@ -313,16 +315,43 @@ def _one(
     metrics = run.metrics()
     entry.run_dir = str(run.path)
     # What it was trained and measured on: a run reused from before the data folder changed differs.
-    entry.classes, entry.val_images = run.class_names(), metrics.get("num_examples")
-    entry.accuracy = metrics.get("accuracy")
-    entry.ece = metrics.get("calibration", {}).get("ece")
+    val_images = _metric(run, metrics, "num_examples")
+    entry.classes, entry.val_images = run.class_names(), None if val_images is None else int(val_images)
+    entry.accuracy = _metric(run, metrics, "accuracy")
+    entry.ece = _metric(run, metrics, "calibration", "ece")
     entry.size_bytes = run.model_file.stat().st_size
     # As its metrics.json records it: the whole train command (of the last invocation, for a resumed run).
-    timings = metrics.get("timings_s", {})  # training alone, not the audit and report after it
-    entry.train_s = round(float(timings.get("training", timings.get("total", 0.0))), 1)
+    timings = [_metric(run, metrics, "timings_s", k) for k in ("training", "total")]  # training alone, first
+    entry.train_s = round(next((t for t in timings if t is not None), 0.0), 1)
     b1, b32, choice = latency(run.path, config.runtime, config.precision)
     entry.latency_ms_batch1, entry.latency_ms_batch32 = b1, b32
     return entry, choice
+
+
+def _metric(run: RunDir, metrics: dict[str, Any], *keys: str) -> float | None:
+    """``metrics[keys[0]][keys[1]]...`` (``metrics.json``'s), a finite number; None when a key is absent (a run with
+    no validation image has no accuracy).
+
+    Raises:
+        ModelError: A value of another type (``"0.9"``, null), naming the file and the field.
+    """
+    value: Any = metrics
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict):
+            _damaged_metric(run, ".".join(keys[:i]), "an object", value)
+        if key not in value:
+            return None
+        value = value[key]
+    if not is_finite_number(value):
+        _damaged_metric(run, ".".join(keys), "a number", value)
+    return float(value)
+
+
+def _damaged_metric(run: RunDir, field: str, kind: str, value: Any) -> NoReturn:
+    raise ModelError(
+        f"{run / RunDir.METRICS} is damaged: {field} must be {kind}; move that run away to train it again. "
+        f"Received: {field}={json.dumps(value)[:40]}"
+    )
 
 
 def latency(
