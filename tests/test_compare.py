@@ -405,3 +405,31 @@ def test_metrics_of_the_wrong_type_are_named_not_a_traceback(writable_run: Path)
     (writable_run / "metrics.json").write_text(json.dumps(bad_ece))
     with pytest.raises(ModelError, match=r"calibration\.ece must be a number.*Received: calibration\.ece=\"low\""):
         _one(cfg, "resnet20", settings, "finished", progress=False, say=lambda m: None)
+
+
+def test_a_skipped_weights_file_keeps_its_row_and_its_whole_path(tmp_path: Path) -> None:
+    """A weights file w|x.h5 split its Markdown row into more cells than the header has, and the reason was cut at
+    its first ". ", inside a path holding one ("no weights: Cannot read weights file /tmp/a")."""
+    import re
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    weights = tmp_path / "a. b" / "w|x.h5"
+    weights.parent.mkdir()
+    weights.write_text("not weights")
+    cfg = CompareConfig(
+        data_dir=str(data),
+        backbones=("resnet20",),
+        out=str(tmp_path / "c"),
+        default_weights=str(weights),
+        train=SETTINGS,
+        runtime="tensorflow",
+        precision="fp32",
+    )
+    result = compare(cfg, say=lambda m: None)
+    skipped = result.entries[0].skipped or ""
+    assert skipped.startswith(f"no weights: Cannot read weights file {weights}: not an HDF5 file")
+    header, _, row = result.table().splitlines()[:3]
+    cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+    assert len(cells) == header.count("|") - 1 == 9
+    assert cells[2] == "file w\\|x.h5" and cells[3].startswith("skipped: no weights: Cannot read weights file /")
+    assert str(weights).replace("|", "\\|") in cells[3]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -307,7 +308,8 @@ def _one(
         try:
             train(settings, resume=earlier == "incomplete", progress=progress, say=say)
         except WeightsError as e:
-            entry.skipped = f"no weights: {e}".split(". ")[0]
+            # Its first sentence: not cut at a ". " inside the weights file's path the message echoes.
+            entry.skipped = _first_sentence(f"no weights: {e}", settings.weights, config.weights_of(backbone))
             say(f"Skipping {backbone}: {e}")
             if made_here:  # a half-made run (a weights file that does not fit) would block a retry with others
                 shutil.rmtree(run.path, ignore_errors=True)
@@ -326,6 +328,16 @@ def _one(
     b1, b32, choice = latency(run.path, config.runtime, config.precision)
     entry.latency_ms_batch1, entry.latency_ms_batch32 = b1, b32
     return entry, choice
+
+
+def _first_sentence(text: str, *values: str | None) -> str:
+    """``text`` up to its first ``". "``, not counting one inside an echoed ``values`` (a path may hold one)."""
+    inside: set[int] = set()
+    for value in {v for given in values if given for v in (given, str(Path(given)))}:
+        for found in re.finditer(re.escape(value), text):
+            inside.update(range(found.start(), found.end()))
+    end = next((m.start() for m in re.finditer(r"\. ", text) if m.start() not in inside), len(text))
+    return text[:end]
 
 
 def _metric(run: RunDir, metrics: dict[str, Any], *keys: str) -> float | None:

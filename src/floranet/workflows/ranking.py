@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from floranet.utils.text import printable
+
 
 @dataclass
 class Entry:
@@ -64,10 +66,12 @@ class Comparison:
         lines = [head, "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
         for rank, e in enumerate(self.ranked(), 1):
             if e.skipped is not None:
-                lines.append(f"| - | {e.backbone} | {e.weights} | skipped: {e.skipped} | | | | | |")
+                skipped = f"skipped: {_cell(e.skipped)}"
+                lines.append(f"| - | {_cell(e.backbone)} | {_cell(e.weights)} | {skipped} | | | | | |")
                 continue
             lines.append(
-                f"| {_rank(rank, e)} | {e.backbone} | {e.weights} | {_num(e.accuracy, '.4f')} | {_num(e.ece, '.4f')} | "
+                f"| {_rank(rank, e)} | {_cell(e.backbone)} | {_cell(e.weights)} | {_num(e.accuracy, '.4f')} | "
+                f"{_num(e.ece, '.4f')} | "
                 f"{(e.size_bytes or 0) / 2**20:.1f} MiB | {_num(e.train_s, '.0f')} s | "
                 f"{_num(e.latency_ms_batch1, '.2f')} ms | {_num(e.latency_ms_batch32, '.1f')} ms |"
             )
@@ -82,6 +86,12 @@ class Comparison:
             "settings": self.settings,
             "ranking": [asdict(e) for e in self.ranked()],
         }
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell of a name or reason: a ``|`` in it (a weights file ``w|x.h5``) escaped, so it ends no
+    cell, and control characters shown as ``\\xNN`` (the table is printed), so it breaks no row."""
+    return printable(text).replace("|", "\\|")
 
 
 def _num(value: float | None, spec: str) -> str:
