@@ -511,6 +511,27 @@ def test_a_csv_reads_back_to_the_names_its_json_holds(tiny_run, tmp_path, capsys
     assert got == want
 
 
+def test_csv_on_a_terminal_shows_a_names_escape_sequence_and_does_not_run_it(tiny_run, tmp_path, monkeypatch) -> None:
+    """CSV holds names as they are (to be read back), so `predict --format csv` on a terminal sent a file name's
+    ESC[31m to it; piped or redirected, the CSV is unchanged."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "esc\x1b[31m\u202e.jpg").write_bytes(_write_cases(tmp_path)["jpeg"].read_bytes())
+    for out, raw in ((Terminal(), False), (io.StringIO(), True)):
+        monkeypatch.setattr(sys, "stdout", out)
+        assert main(["predict", str(tiny_run), str(folder), "--format", "csv"]) == 0
+        text = out.getvalue()
+        assert ("\x1b" in text and "\u202e" in text) is raw, text
+        assert ("esc\\x1b[31m\\u202e.jpg" in text) is not raw, text
+
+
 def test_output_files_keep_their_layout_quote_formulas_and_carry_any_class_name(tmp_path, monkeypatch) -> None:
     import os
     import sys

@@ -135,7 +135,8 @@ def run_predict(args: argparse.Namespace) -> int:
             + (f", {failed} with an error (see their error column)" if failed else "")
         )
     else:
-        sys.stdout.write(formats.format_predictions(rows, args.format or "table", columns=columns))
+        text = formats.format_predictions(rows, args.format or "table", columns=columns)
+        sys.stdout.write(formats.terminal_text(text) if sys.stdout.isatty() else text)
     return 1 if rows and all(r.error for r in rows) else 0
 
 

@@ -62,6 +62,12 @@ def format_predictions(rows: Sequence[Prediction], fmt: str = "table", *, column
     return "\n".join(lines) + "\n"
 
 
+def terminal_text(text: str) -> str:
+    """CSV or JSON text for a terminal: each line through :func:`floranet.utils.text.printable`, so a file name's
+    escape sequence or bidi character, which CSV and JSON hold as they are, is shown, not run by the terminal."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def write_predictions(
     rows: Sequence[Prediction], fmt: str | None, output: str | os.PathLike[str], *, columns: int | None = None
 ) -> None:
