@@ -391,11 +391,22 @@ def test_a_run_without_validation_images_says_so(tmp_path, capsys) -> None:
     # one array to stack" instead of why
     none = "Unknown answer not fitted: The unknown threshold is chosen on validation images, and this run has none."
     assert none in messages, messages
+    # The report shows a validation evaluation: none is written, and training says so (it said nothing)
+    assert any(m.startswith("Report: none, as the split kept no validation image") for m in messages), messages
+    assert not (run / "report.html").exists()
     card = (run / "README.md").read_text()
     assert "Not validated: the split kept no image aside" in card and "Validated on a split" not in card
     assert main(["report", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "no images to evaluate" in err and "every image is on the training side" in err and "--data OTHER" in err
+    assert "no images to evaluate" in err and "every image is on the training side" in err
+    assert f"floranet evaluate {run} --data OTHER" in err  # report has no --data: the command that has
+    # The export's agreement check reads training images here, and says so (it said "4 validation images")
+    from floranet.export import export_run
+
+    exp = export_run(run, "keras", out=str(tmp_path / "exp"), progress=True)
+    assert exp.images_from == "training" and "on 4 training images" in exp.summary(), exp.summary()
+    assert "on 4 training images..." in capsys.readouterr().err
+    assert "on 4 training images" in (tmp_path / "exp" / "README.txt").read_text()
 
 
 def test_the_pages_show_hostile_class_names_as_the_terminal_does(tmp_path) -> None:

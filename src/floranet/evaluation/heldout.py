@@ -69,7 +69,10 @@ def rows_to_evaluate(
         rows = unseen
     if not rows:
         where = f"{run.path / RunDir.SPLIT}: every image is on the training side" if data_dir is None else root
-        raise DatasetError(f"no images to evaluate ({where}). Evaluate on other labelled images: --data OTHER")
+        raise DatasetError(
+            f"no images to evaluate ({where}). Evaluate on other labelled images: "
+            f"floranet evaluate {run.path} --data OTHER"
+        )
     return root, rows
 
 

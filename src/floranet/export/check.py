@@ -64,9 +64,10 @@ class Check:
     latency: float | None = None
     reference_latency: float | None = None
     num_images: int = 0
+    images_from: str = "validation"  # or "training", where the split kept no validation image
 
 
-def check_export(model: Any, exported: ExportedModel, pixels: np.ndarray) -> Check:
+def check_export(model: Any, exported: ExportedModel, pixels: np.ndarray, images_from: str = "validation") -> Check:
     import tensorflow as tf
 
     if not len(pixels):
@@ -86,6 +87,7 @@ def check_export(model: Any, exported: ExportedModel, pixels: np.ndarray) -> Che
         latency=round(_latency_ms(exported, pixels), 3),
         reference_latency=round(_latency_ms(reference, pixels), 3),
         num_images=len(pixels),
+        images_from=images_from,
     )
 
 
@@ -168,7 +170,7 @@ def readme(
     ]
     if check.agreement is not None:
         lines += [
-            f"Checked against model.keras on {check.num_images} validation images ({exported.runtime}):",
+            f"Checked against model.keras on {check.num_images} {check.images_from} images ({exported.runtime}):",
             f"  top-1 agreement {check.agreement:.4f}, max |dp| {check.max_abs_diff:.3g}, "
             f"latency batch 1 {check.latency:.2f} ms (model.keras {check.reference_latency:.2f} ms)",
             f"  {'agrees' if agrees(quantize, check.agreement, check.max_abs_diff) else 'DOES NOT AGREE'} "

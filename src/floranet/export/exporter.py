@@ -35,7 +35,7 @@ from floranet.export.common import (
 )
 from floranet.export.folders import is_export_folder, place
 from floranet.export.loaders import load_exported
-from floranet.export.rundata import ExportSource, calibration_images, check_images, open_run
+from floranet.export.rundata import ExportSource, calibration_images, check_images, check_subset, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
 from floranet.export.writers import WRITERS, check_line_names
@@ -61,7 +61,8 @@ class ExportResult:
         max_abs_diff: Largest absolute difference of any class probability.
         latency_ms_batch1: Median warm latency of one image through the export.
         reference_latency_ms_batch1: The same for ``model.keras`` (Keras, traced call).
-        num_images: Validation images checked (0 with ``max_images=0``).
+        num_images: Images checked (0 with ``max_images=0``).
+        images_from: Which: ``"validation"``, or ``"training"`` where the split kept no validation image.
         calibration_images: Training images used to calibrate int8 (else None).
         created: UTC time, ISO 8601.
         converter: How the file was written (Keras's own export path, or the fallback used).
@@ -85,6 +86,7 @@ class ExportResult:
     converter: str = ""
     runtime_versions: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None
+    images_from: str = "validation"
 
     @property
     def agrees(self) -> bool | None:
@@ -111,7 +113,7 @@ class ExportResult:
         else:
             verdict = "agrees" if self.agrees else "DOES NOT AGREE: check it before you use it"
             lines.append(
-                f"  Agreement with model.keras on {self.num_images} validation images: "
+                f"  Agreement with model.keras on {self.num_images} {self.images_from} images: "
                 f"top-1 {self.agreement:.1%}, max |Δp| {self.max_abs_diff:.2e}: {verdict} "
                 f"(needs {tolerance_text(self.quantize)})"
             )
@@ -331,9 +333,10 @@ def _build(
     exported = load_exported(folder)
     check = Check()
     if pixels is not None:
-        say(f"Checking {name} against {RunDir.MODEL} on {len(pixels)} validation images...")
+        subset = check_subset(source)
+        say(f"Checking {name} against {RunDir.MODEL} on {len(pixels)} {subset} images...")
         with quiet(progress):
-            check = check_export(model, exported, pixels)
+            check = check_export(model, exported, pixels, images_from=subset)
     created = datetime.now(UTC).isoformat(timespec="seconds")
     calibration = len(calib) if calib is not None else None
     atomic_write_text(
@@ -354,6 +357,7 @@ def _build(
         latency_ms_batch1=check.latency,
         reference_latency_ms_batch1=check.reference_latency,
         num_images=check.num_images,
+        images_from=check.images_from,
         calibration_images=calibration,
         created=created,
         converter=converter,

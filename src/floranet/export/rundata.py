@@ -89,6 +89,11 @@ def decode_rows(source: ExportSource, rows: Sequence[SplitRow]) -> np.ndarray:
     return out.outputs[out.ok].reshape(-1, *source.image_size, 3)
 
 
+def check_subset(source: ExportSource) -> str:
+    """Which images the agreement check reads: ``"validation"``, or ``"training"`` when the split kept none aside."""
+    return "validation" if source.rows("validation") else "training"
+
+
 def check_images(source: ExportSource, max_images: int) -> np.ndarray:
     """Up to ``max_images`` images for the agreement check: validation ones, or training ones when the split kept
     no validation image.
@@ -96,9 +101,8 @@ def check_images(source: ExportSource, max_images: int) -> np.ndarray:
     Raises:
         DatasetError: None of them could be decoded (the check was asked for: it is not skipped silently).
     """
-    rows = source.rows("validation")
-    subset = "validation" if rows else "training"
-    rows = rows or source.rows("train")
+    subset = check_subset(source)
+    rows = source.rows("validation" if subset == "validation" else "train")
     pixels = decode_rows(source, spread(rows, max_images))
     if not len(pixels):
         raise DatasetError(

@@ -123,6 +123,11 @@ def _train(
         plots.history_plot(history, run.plot("history.png"))
     if len(ev.labels):
         say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
+    else:  # the report shows a validation evaluation: said, not left out without a word
+        say(
+            "Report: none, as the split kept no validation image; score other images: "
+            f"floranet evaluate {run.path} --data OTHER"
+        )
     say(f"Model card: {write_model_card(run.path, say=say)}")
     # Everything this command did (training, evaluation, unknown answer, audit, report), in metrics.json too.
     result.timings["total"] = time.perf_counter() - start
