@@ -313,6 +313,25 @@ def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage
     assert after_html == before_html
 
 
+def test_report_says_when_the_wrong_images_cannot_be_read(writable_run, tmp_path, caplog) -> None:
+    """With the data folder moved, every top-loss image failed to decode and the page said "No misclassified
+    images." beside an accuracy of 33%. Now the page and the terminal say how many could not be read, and where."""
+    from floranet.evaluation.evaluation import read_evaluation
+
+    ev = read_evaluation(RunDir(writable_run))
+    assert ev is not None and (np.asarray(ev.predictions) != np.asarray(ev.labels)).any()
+    config = writable_run / "config.yaml"
+    moved = tmp_path / "moved"
+    config.write_text(
+        config.read_text().replace(f"data_dir: {RunDir(writable_run).config().data_dir}", f"data_dir: {moved}")
+    )
+    assert main(["report", str(writable_run)]) == 0
+    html = (writable_run / "report.html").read_text()
+    assert "No misclassified images" not in html
+    assert f"misclassified image(s), none readable under {moved} (moved?)" in html
+    assert f"could not be read under {moved} (moved?)" in caplog.text
+
+
 def test_report_on_a_mistyped_path_makes_no_folder(tmp_path, capsys) -> None:
     """The run lock used to be taken first, making the folders of a path that named no run."""
     typo = tmp_path / "runs" / "flowrs"

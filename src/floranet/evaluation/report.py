@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from floranet.utils.files import atomic_write_text, check_replaceable
 from floranet.utils.system import environment
 from floranet.utils.text import html_text, printable, utf8
 
+log = logging.getLogger(__name__)
 REPORT_MARK = b"<title>floranet report: "  # how a report.html floranet wrote (and may replace) starts
 
 CSS = """
@@ -58,11 +60,16 @@ def _cell(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = None) -> Path | None:
-    """Draws the most confidently wrong validation images with Grad-CAM overlays."""
+def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = None) -> tuple[Path | None, int]:
+    """Draws the most confidently wrong validation images with Grad-CAM overlays.
+
+    Returns:
+        (the picture, None when no image is wrong or none of them can be read; how many of the ``k`` wrong
+        images could not be read, e.g. from a data folder moved since training).
+    """
     losses = ev.top_losses(k)
     if not losses:
-        return None
+        return None, 0
     model = model or run.load_model()
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     max_pixels = run.max_pixels()
@@ -75,12 +82,33 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
         imgs.append(pixels)
         wanted.append(ev.class_names.index(row["predicted"]))
         titles.append(f"{row['path']}\ntrue {row['true']}, predicted {row['predicted']} ({row['probability']:.0%})")
+    unread = len(losses) - len(imgs)
+    if unread:  # a page saying "no misclassified images" of a run at 33% accuracy misled
+        log.warning(
+            "%d of the %d top-loss image(s) could not be read under %s (moved?): the report's gallery %s.",
+            unread,
+            len(losses),
+            printable(ev.data_dir),
+            "leaves them out" if imgs else "is empty",
+        )
     if not imgs:
-        return None
+        return None, unread
     heat, _ = GradCAM(model).heatmaps(np.stack(imgs), np.asarray(wanted))  # one gradient pass for the gallery
     path = run.plot("top_losses.png")
     image_grid(imgs, titles, path, overlays=list(heat))
-    return path
+    return path, unread
+
+
+def _gallery_html(gallery: Path | None, unread: int, ev: Evaluation) -> str:
+    """The top-losses picture, or why there is none (no error, or none of the wrong images readable)."""
+    if gallery is None and not unread:
+        return "<p>No misclassified images.</p>"
+    wrong = int(np.sum(np.asarray(ev.predictions) != np.asarray(ev.labels)))
+    where = f"under {html_text(ev.data_dir)} (moved?)"
+    if gallery is None:
+        return f"<p class=bad>{wrong} misclassified image(s), none readable {where}.</p>"
+    note = f"<p class=bad>{unread} of them could not be read {where}.</p>" if unread else ""
+    return note + _img(gallery, "top losses")
 
 
 def build_report(
@@ -107,7 +135,7 @@ def build_report(
         ev = evaluate_run(run.path)
         write_evaluation(ev, run)
     metrics = _checked_metrics(run)
-    gallery = top_losses_gallery(ev, run, model=model)
+    gallery, unread = top_losses_gallery(ev, run, model=model)
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
         f"{html_text(run.path.name)}</title><style>{CSS}</style></head><body>",
@@ -117,7 +145,7 @@ def build_report(
         _metrics_section(run, metrics),
         _calibration(run, metrics),
         "<h2>Top losses (most confidently wrong), with Grad-CAM</h2>",
-        _img(gallery, "top losses") if gallery else "<p>No misclassified images.</p>",
+        _gallery_html(gallery, unread, ev),
         unknown_section(run),
         audit_section(run),
         "<h2>Configuration</h2><pre>" + html.escape(run.config_text()) + "</pre>",
