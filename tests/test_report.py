@@ -165,6 +165,28 @@ def test_explain_says_which_overlay_is_which_image(tiny_run, tmp_path, capsys, m
     assert [c.split("\n")[0] for c in captions] == [f"a{os.sep}x.jpg", f"b{os.sep}x.jpg"]
 
 
+def test_explain_shortens_an_overlay_name_too_long_for_the_file_system(tiny_run, tmp_path, capsys) -> None:
+    """A legal 250-byte photo name made a 262-byte overlay name (its temp file 276): "File name too long", exit 2,
+    and the images after it were never explained. Now each overlay name, with its temp file, fits NAME_MAX bytes
+    (a readable start, "~" and a hash), multibyte names cut between characters, and every image is explained."""
+    from PIL import Image
+
+    names = ["a" * 246 + ".jpg", "a" * 245 + "b.jpg", "é" * 123 + ".jpg", "short.jpg"]  # 250 bytes each but the last
+    for folder in ("photos", "more"):
+        (tmp_path / folder).mkdir()
+    for name in names:
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(tmp_path / "photos" / name, format="JPEG")
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(tmp_path / "more" / names[0], format="JPEG")
+    cams = tmp_path / "cams"
+    assert main(["explain", str(tiny_run), str(tmp_path / "photos"), str(tmp_path / "more"), "--out", str(cams)]) == 0
+    written = sorted(os.listdir(os.fsencode(cams)))
+    assert len(written) == 5 and len(capsys.readouterr().out.splitlines()) == 5
+    assert all(len(n) + 14 <= 255 and n.endswith(b".gradcam.png") for n in written)  # 14: atomic_path's temp name
+    shown = [n.decode("utf-8") for n in written]  # strict: no character cut in half
+    assert "short.gradcam.png" in shown and sum(n.startswith("é" * 50) and "~" in n for n in shown) == 1
+    assert sum(n.startswith("a" * 200) and n.endswith(".2.gradcam.png") for n in shown) == 1
+
+
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     import keras
     import numpy as np

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from floranet.data import decode
+from floranet.data.archives import NAME_MAX
 from floranet.data.images import with_run_limit
 from floranet.data.inputs import NO_IMAGE, expand_inputs
 from floranet.errors import ConfigError, DatasetError, ModelError
@@ -22,6 +24,7 @@ from floranet.utils.files import check_outside
 from floranet.utils.text import printable
 
 log = logging.getLogger(__name__)
+TEMP_NAME_BYTES = 14  # what atomic_path's temp file adds to a name: "." + "." + 8 random characters + ".png"
 
 
 def last_feature_map(backbone: keras.Model) -> tuple[str, keras.KerasTensor]:
@@ -114,7 +117,8 @@ def explain_files(
     on_error: Callable[[str | os.PathLike[str], DatasetError], None] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``; ``<stem>.2.gradcam.png`` and on for
-    later images of the same name), captioned with the image's path as given, and returns ``(image, overlay)``
+    later images of the same name; a stem too long for the file system cut to its start, "~" and a short hash),
+    captioned with the image's path as given, and returns ``(image, overlay)``
     pairs in the order of the images.
 
     Images floranet drew (overlays of an earlier run in an input folder, a run's plots) are left out, and said:
@@ -203,8 +207,9 @@ def _images(
 
 
 def _targets(out: Path, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """``out/<stem>.gradcam.png`` per input (``<stem>.2.gradcam.png`` for a second input of one name), checked
-    before any is drawn: a file of that name that floranet did not write is never replaced.
+    """``out/<stem>.gradcam.png`` per input (``<stem>.2.gradcam.png`` for a second input of one name; a long stem
+    shortened by :func:`_overlay_name`), checked before any is drawn: a file of that name that floranet did not
+    write is never replaced.
 
     Raises:
         ConfigError: One of them exists and is not an overlay floranet wrote.
@@ -212,10 +217,10 @@ def _targets(out: Path, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     targets, used = [], set()
     for p in paths:
         stem, n = Path(p).stem, 1
-        name = f"{stem}.gradcam.png"
+        name = _overlay_name(stem, n)
         while name in used:  # two inputs of one name (a/x.jpg, b/x.jpg): both kept
             n += 1
-            name = f"{stem}.{n}.gradcam.png"
+            name = _overlay_name(stem, n)
         used.add(name)
         target = out / name
         if target.exists() and not written_here(target):
@@ -225,3 +230,19 @@ def _targets(out: Path, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             )
         targets.append(target)
     return targets
+
+
+def _overlay_name(stem: str, n: int) -> str:
+    """``<stem>.gradcam.png`` (``<stem>.<n>.gradcam.png`` from the second image of that stem on), the stem cut to
+    a readable start, "~" and 8 hex digits of the whole stem's hash (two long names that share a start stay
+    apart) where the name, or the temp file written before it, would pass NAME_MAX: a long but legal photo name
+    was "File name too long", and the batch stopped there."""
+    tail = (f".{n}" if n > 1 else "") + ".gradcam.png"
+    room = NAME_MAX - TEMP_NAME_BYTES - len(tail)
+    raw = os.fsencode(stem)  # bytes, not characters: "é" is two; a non-UTF-8 byte (surrogate-escaped) is one
+    if len(raw) <= room:
+        return stem + tail
+    keep = stem[: room - 9]
+    while len(os.fsencode(keep)) > room - 9:  # whole characters dropped: a UTF-8 sequence is never split
+        keep = keep[:-1]
+    return f"{keep}~{hashlib.sha256(raw).hexdigest()[:8]}{tail}"
