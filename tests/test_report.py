@@ -187,6 +187,33 @@ def test_explain_shortens_an_overlay_name_too_long_for_the_file_system(tiny_run,
     assert sum(n.startswith("a" * 200) and n.endswith(".2.gradcam.png") for n in shown) == 1
 
 
+def test_explain_draws_the_map_over_the_upright_photo_at_its_own_shape(tiny_run, tmp_path, monkeypatch) -> None:
+    """The heat map was drawn on the model's squashed 32x32 input: a 400x20 photo became a square of streaks, and
+    a large photo a 32-pixel thumbnail. Now it is drawn, as serve draws it, over the upright photo at its own aspect
+    ratio, the longer side scaled down to 384 px, or up to 192 for a tiny image."""
+    from PIL import Image
+
+    from floranet.evaluation import gradcam
+
+    shown: list[tuple[int, ...]] = []
+    real_grid = gradcam.image_grid
+    monkeypatch.setattr(
+        gradcam, "image_grid", lambda p, *a, **k: (shown.extend(x.shape for x in p), real_grid(p, *a, **k))
+    )
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((20, 400, 3), 90, np.uint8)).save(photos / "a_wide.png")
+    Image.fromarray(np.full((600, 900, 3), 90, np.uint8)).save(photos / "b_large.png")
+    Image.fromarray(np.full((8, 10, 3), 90, np.uint8)).save(photos / "c_tiny.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide and 20 tall, shown rotated: 20 wide and 40 tall
+    Image.fromarray(np.full((20, 40, 3), 90, np.uint8)).save(photos / "d_turned.jpg", exif=exif)
+    assert main(["explain", str(tiny_run), str(photos), "--out", str(tmp_path / "cams")]) == 0
+    assert shown == [(19, 384, 3), (256, 384, 3), (154, 192, 3), (192, 96, 3)]
+    with Image.open(tmp_path / "cams" / "a_wide.gradcam.png") as overlay:
+        assert overlay.width >= 384 and overlay.height < 100  # the photo's shape, not a square
+
+
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     import keras
     import numpy as np

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from floranet.data import decode
 from floranet.data.archives import NAME_MAX
-from floranet.data.images import with_run_limit
+from floranet.data.images import load_image, with_run_limit
 from floranet.data.inputs import NO_IMAGE, expand_inputs
+from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
@@ -24,6 +24,7 @@ from floranet.utils.files import check_outside
 from floranet.utils.text import printable
 
 log = logging.getLogger(__name__)
+SHOWN_SIDE = (192, 384)  # an overlay's longer side: a larger photo is scaled down to 384 px (as serve's), a tiny one up
 TEMP_NAME_BYTES = 14  # what atomic_path's temp file adds to a name: "." + "." + 8 random characters + ".png"
 
 
@@ -151,7 +152,7 @@ def explain_files(
     written = []
     for p, target in zip(files, targets, strict=True):
         try:
-            pixels = decode.decode_and_resize(str(p), size, max_pixels=max_pixels)
+            photo = load_image(p, max_pixels=max_pixels)  # upright (EXIF), at its own size: what the overlay shows
         except DatasetError as e:
             error = with_run_limit(e)  # explain has no --max-pixels: the hint names the run's config.yaml
             if on_error is None:
@@ -159,13 +160,27 @@ def explain_files(
             on_error(p, error)  # the other images are explained still
             continue
         idx = None if class_name is None else names.index(class_name)
-        heat, probs = cam.heatmaps(pixels[None], idx)
+        heat, probs = cam.heatmaps(bilinear(photo, size)[None], idx)  # the model's input, as predict resizes it
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
         # The path as given: two inputs of one name (a/x.jpg, b/x.jpg) are told apart on the picture too.
         caption = f"{printable(os.fspath(p))}\n{shown} ({probs[0][names.index(shown)]:.0%})"
-        image_grid([pixels], [caption], target, overlays=[heat[0]], columns=1)
+        image_grid([shown_photo(photo)], [caption], target, overlays=[heat[0]], columns=1, max_side=SHOWN_SIDE[1])
         written.append((p, target))
     return written
+
+
+def shown_photo(photo: np.ndarray) -> np.ndarray:
+    """``photo`` (upright uint8 RGB) at its own aspect ratio with its longer side scaled into :data:`SHOWN_SIDE`:
+    what an overlay is drawn on, as ``serve`` draws it (the model's square input squashed a 400x20 photo into a
+    square of streaks, and showed a large one at 32 px)."""
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    scale = min(max(max(h, w), SHOWN_SIDE[0]), SHOWN_SIDE[1]) / max(h, w)
+    if scale == 1:
+        return photo
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
 
 
 def _checked_out(run: RunDir, out_dir: str | os.PathLike[str]) -> Path:
