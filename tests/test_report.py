@@ -214,6 +214,45 @@ def test_explain_draws_the_map_over_the_upright_photo_at_its_own_shape(tiny_run,
         assert overlay.width >= 384 and overlay.height < 100  # the photo's shape, not a square
 
 
+def test_explain_says_when_a_map_carries_no_information(writable_run, tmp_path, caplog, monkeypatch) -> None:
+    """Two kinds of map were drawn without a word: a 1x1 feature map (many backbones at 32 px) gives one flat
+    colour, and a class with no positive evidence an all-zero map, drawn plain blue. Now both are said, the map's
+    size named, and a blank map's caption says so; the report's top-losses gallery captions a blank map too."""
+    from PIL import Image
+
+    from floranet.evaluation import gradcam, report
+    from floranet.models import classifier
+
+    captions: list[str] = []
+    for module in (gradcam, report):
+        real = module.image_grid
+        monkeypatch.setattr(
+            module, "image_grid", lambda p, c, *a, _r=real, **k: (captions.extend(c), _r(p, c, *a, **k))
+        )
+    image = tmp_path / "flower.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
+    run = RunDir(writable_run)
+    model = run.load_model()
+    last = classifier.head_of(model).layers[-1]
+    kernel, bias = last.get_weights()
+    kernel[:] = 0  # no feature raises any class: every map is all zero
+    last.set_weights([kernel, bias])
+    run.save_model(model)
+    assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams"), "--class", "roses"]) == 0
+    assert captions[-1].endswith("\nno positive evidence for roses")
+    assert "flower.jpg: no positive evidence for roses; its map is blank." in caplog.text
+    assert "is 1x1" not in caplog.text  # ResNet-20's map at 32 px is 8x8
+    assert main(["report", str(writable_run)]) == 0
+    assert any(
+        c.endswith("\nno positive evidence for " + c.split("predicted ")[1].split(" (")[0]) for c in captions[1:]
+    )
+    run.save_model(classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None))
+    caplog.clear()
+    assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams")]) == 0
+    assert "is 1x1 at this model's 32x32 input: every map is uniform" in caplog.text
+    assert "larger --image-size" in caplog.text
+
+
 def test_gradcam_for_any_image(tiny_run, tmp_path) -> None:
     import keras
     import numpy as np

@@ -25,6 +25,7 @@ from floranet.utils.text import printable
 
 log = logging.getLogger(__name__)
 SHOWN_SIDE = (192, 384)  # an overlay's longer side: a larger photo is scaled down to 384 px (as serve's), a tiny one up
+NO_EVIDENCE = "no positive evidence for"  # a map that is all zero: nothing in the image raised the class
 TEMP_NAME_BYTES = 14  # what atomic_path's temp file adds to a name: "." + "." + 8 random characters + ".png"
 
 
@@ -60,6 +61,7 @@ class GradCAM:
                 break
             x = layer_(x)
         conv, pooled = multi(x, training=False)
+        self.map_size = (int(conv.shape[1] or 0), int(conv.shape[2] or 0))  # a map's (height, width)
         self._model = keras.Model(inputs, [conv, *_scores(classifier.head_of(model), pooled)])
 
     def heatmaps(
@@ -149,6 +151,7 @@ def explain_files(
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     max_pixels = run.max_pixels()  # what predict decodes, explain decodes
     cam = GradCAM(model)
+    _warn_if_uniform(cam, size)
     written = []
     for p, target in zip(files, targets, strict=True):
         try:
@@ -164,9 +167,25 @@ def explain_files(
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
         # The path as given: two inputs of one name (a/x.jpg, b/x.jpg) are told apart on the picture too.
         caption = f"{printable(os.fspath(p))}\n{shown} ({probs[0][names.index(shown)]:.0%})"
+        if not heat[0].any():  # drawn plain blue, it looked like "nowhere" rather than "no evidence"
+            caption += f"\n{NO_EVIDENCE} {shown}"
+            log.warning("%s: %s %s; its map is blank.", printable(os.fspath(p)), NO_EVIDENCE, printable(shown))
         image_grid([shown_photo(photo)], [caption], target, overlays=[heat[0]], columns=1, max_side=SHOWN_SIDE[1])
         written.append((p, target))
     return written
+
+
+def _warn_if_uniform(cam: GradCAM, size: tuple[int, int]) -> None:
+    """Says, once, that every map will be one flat colour when the explained feature map is a single cell (many
+    backbones' at 32 px): drawn without a word, it looked like an answer."""
+    if cam.map_size == (1, 1):
+        log.warning(
+            "The feature map Grad-CAM explains (%s) is 1x1 at this model's %dx%d input: every map is uniform and "
+            "shows no place. Train with a larger --image-size (e.g. 224) for maps that do.",
+            cam.layer,
+            size[0],
+            size[1],
+        )
 
 
 def shown_photo(photo: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
-from floranet.evaluation.gradcam import GradCAM
+from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
@@ -94,6 +94,9 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
     if not imgs:
         return None, unread
     heat, _ = GradCAM(model).heatmaps(np.stack(imgs), np.asarray(wanted))  # one gradient pass for the gallery
+    for i, cam in enumerate(heat):
+        if not cam.any():  # a plain blue map is "no evidence", not "nowhere"
+            titles[i] += f"\n{NO_EVIDENCE} {ev.class_names[wanted[i]]}"
     path = run.plot("top_losses.png")
     image_grid(imgs, titles, path, overlays=list(heat))
     return path, unread
