@@ -455,6 +455,24 @@ def test_report_out_replaces_only_a_report(writable_run, tmp_path, capsys) -> No
     assert "metrics.json is missing" in capsys.readouterr().err
 
 
+def test_report_and_explain_never_write_into_another_run(writable_run, tiny_run, tmp_path, capsys) -> None:
+    """`report RUN --out OTHER_RUN/report.html` replaced the other run's page (only this run and its data folder
+    were kept out), and `explain --out OTHER_RUN/cams` wrote among its model and records. Both are refused now."""
+    from corpus import snapshot
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    before = snapshot(other)
+    for out in (other / "report.html", other / "plots" / "page.html"):
+        assert main(["report", str(writable_run), "--out", str(out)]) == 2
+        assert f"out must be outside another floranet run ({other}" in capsys.readouterr().err
+    image = next(Path(RunDir(other).config().data_dir).rglob("*.jpg"))
+    assert main(["explain", str(writable_run), str(image), "--out", str(other / "cams")]) == 2
+    assert f"out must be outside another floranet run ({other}" in capsys.readouterr().err
+    assert snapshot(other) == before and not (other / "cams").exists()
+    assert main(["report", str(writable_run), "--out", str(writable_run / "report.html")]) == 0  # its own default
+
+
 def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages(tmp_path) -> None:
     """report.html says charset=utf-8: a class folder's undecodable bytes are written as \\xNN, not raw."""
     from floranet import config

@@ -204,7 +204,7 @@ def shown_photo(photo: np.ndarray) -> np.ndarray:
 
 def _checked_out(run: RunDir, out_dir: str | os.PathLike[str]) -> Path:
     """``out_dir``, checked before any model is loaded: a folder (or a new one) outside the run directory (its
-    model and records) and the data folder (an overlay there would become a training image).
+    model and records), any other run's and the data folder (an overlay there would become a training image).
 
     Raises:
         ConfigError: It is a file, or lies in one of those.
@@ -212,11 +212,23 @@ def _checked_out(run: RunDir, out_dir: str | os.PathLike[str]) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out must be a folder for the overlays; it is a file. Received: out={str(out)!r}")
-    inside = [("the run directory (its model and records)", run.path)]
+    inside = [("the run directory (its model and records)", run.path), *runs_around(out)]
     if run.exists(RunDir.CONFIG):
         inside.append(("the data folder the run was trained on", Path(run.config().data_dir)))
     check_outside(out, arg="out", inside=inside)
     return out
+
+
+def runs_around(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """``(what, folder)`` for each floranet run or audit folder (:meth:`RunDir.is_run`) that ``path`` is or lies
+    in, for :func:`check_outside`: an output there wrote among another run's model and records (``report --out
+    OTHER_RUN/report.html`` replaced that run's page)."""
+    target = Path(path).resolve()
+    return [
+        (f"another floranet run ({printable(os.fspath(folder))}, its model and records)", folder)
+        for folder in (target, *target.parents)
+        if folder.is_dir() and RunDir(folder).is_run()
+    ]
 
 
 def _images(

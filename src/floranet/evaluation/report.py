@@ -21,7 +21,7 @@ from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
-from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM
+from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
@@ -161,8 +161,8 @@ def build_report(
 
 
 def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
-    """Checks that ``out`` may take a report: not in the run (its model and records) nor in its data folder,
-    not an image's name, and not an existing file other than a floranet report.
+    """Checks that ``out`` may take a report: not in the run (its model and records), another run, nor in its data
+    folder, not an image's name, and not an existing file other than a floranet report.
 
     Raises:
         ConfigError: One of those; nothing is written.
@@ -173,7 +173,7 @@ def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
         return target
     if target.suffix.lower() in IMAGE_EXTENSIONS:
         raise ConfigError(f"out must be an HTML file, not an image's name. Received: out={printable(os.fspath(out))!r}")
-    inside = [("the run directory (its model and records)", run.path)]
+    inside = [("the run directory (its model and records)", run.path), *runs_around(target)]  # another run's too
     if run.exists(RunDir.CONFIG):
         inside.append(("the data folder", Path(run.config().data_dir)))
     return check_replaceable(
