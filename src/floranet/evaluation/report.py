@@ -37,7 +37,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 padding:0 1rem}
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}td{overflow-wrap:anywhere}
 img{max-width:100%;border:1px solid #eee}.muted{color:#666}.bad{color:#b00}.kpi{display:inline-block;margin-right:2rem}
 .kpi b{font-size:1.6rem;display:block}pre{background:#f7f7f7;padding:.6rem;overflow:auto}
 """
