@@ -329,6 +329,19 @@ def test_plots_draw_any_class_name(tmp_path) -> None:
     assert (tmp_path / "cm.png").stat().st_size > 0
 
 
+def test_a_confusion_matrix_of_many_classes_stands_one_above_the_other(tmp_path) -> None:
+    """Side by side, 30 classes made a 3,442 x 1,678 px picture that a 1,100 px page showed at a third: numbers 3 px
+    tall. Past 12 classes the counts and the normalised matrix are stacked, each as wide as the page allows."""
+    from PIL import Image
+
+    from floranet.evaluation.plots import confusion_matrix_plot
+
+    for n, tall in ((5, False), (30, True)):
+        confusion_matrix_plot(np.eye(n, dtype=int) * 3, [f"class_{i}" for i in range(n)], tmp_path / f"{n}.png")
+        width, height = Image.open(tmp_path / f"{n}.png").size
+        assert (height > width) is tall, (n, width, height)
+
+
 def test_escape_sequences_in_file_names_never_reach_stdout(tmp_path, capsys) -> None:
     root = make_image_folder(tmp_path / "data", classes=2, per_class=3)
     evil = "\x1b[2J\x1b[31mroses\nOK  class_0:fine.jpg\u202e.jpg"

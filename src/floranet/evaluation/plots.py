@@ -15,6 +15,9 @@ from floranet.utils.text import printable
 MAX_FIGURE_INCHES = 20.0  # 2,000 px at 100 dpi
 MAX_ANNOTATED_CLASSES = 30
 MAX_LABELLED_CLASSES = 60
+# Past this many classes the two matrices stand one above the other: side by side, a page 1,100 px wide showed 30
+# classes' 3,442 px picture at a third of its size, its numbers 3 px tall.
+STACKED_CLASSES = 12
 
 
 def plain(text: str) -> str:
@@ -45,7 +48,7 @@ def history_plot(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]
 def confusion_matrix_plot(
     cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str], *, title: str = "Validation set"
 ) -> None:
-    """Counts and row-normalised matrices side by side."""
+    """Counts and row-normalised matrices, side by side, or one above the other past :data:`STACKED_CLASSES`."""
     cm = np.asarray(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True))
@@ -54,7 +57,10 @@ def confusion_matrix_plot(
     # Bounded size whatever the number of classes (500 classes once needed 23 GB); numbers in the cells and
     # class names on the axes only while they can be read.
     size = min(MAX_FIGURE_INCHES, max(4.0, 0.7 * n + 2))
-    fig, axes = new_figure(1, 2, size=(2 * size + 1, size))
+    stacked = n > STACKED_CLASSES
+    fig, axes = new_figure(
+        *((2, 1) if stacked else (1, 2)), size=(size, 2 * size + 1) if stacked else (2 * size + 1, size)
+    )
     for ax, matrix, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
         ax.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
         if n <= MAX_LABELLED_CLASSES:
