@@ -313,18 +313,18 @@ def test_the_json_report_replaces_only_an_earlier_report_outside_the_data_folder
 
 def test_the_printout_names_ignored_files_that_may_have_been_meant_as_images(tmp_path) -> None:
     """Only the JSON said which files were ignored, and why: an image beside the class folders, or a JPEG named
-    .jfif ("rename it to use it"), was a bare count in the printout."""
+    .img ("rename it to use it"), was a bare count in the printout."""
     from imagesets import make_image_folder
 
     root = make_image_folder(tmp_path / "data", classes=2, per_class=3)
     Image.new("RGB", (20, 20), "red").save(root / "stray.jpg")
-    Image.new("RGB", (20, 20), "red").save(root / "class_0" / "photo.jfif", "JPEG")
+    Image.new("RGB", (20, 20), "red").save(root / "class_0" / "photo.img", "JPEG")
     (root / "README.txt").write_text("about my photos")
     (root / "class_1" / "notes.txt").write_text("x")
     os.mkfifo(root / "pipe")  # never opened to look at (it would block)
     text = doctor.diagnose(root).format_text()
     section = text[text.index("Ignored, perhaps meant as images (2):") : text.index("Classes")]
     assert "stray.jpg" in section and "not inside a class folder" in section
-    assert "class_0/photo.jfif" in section and "rename it to use it" in section
+    assert "class_0/photo.img" in section and "rename it to use it" in section
     assert "README.txt" not in section and "notes.txt" not in section and "pipe" not in section
     assert "5 ignored" in text

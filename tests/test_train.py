@@ -515,3 +515,41 @@ def test_a_fine_tuning_that_never_improves_leaves_stage_1s_model(images, tmp_pat
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(state["stage2"]["best_val_loss"], rel=0.02, abs=1e-3)
     assert "none better than its start, which is kept" in (run / "README.md").read_text()
+
+
+def test_train_says_the_image_like_files_and_the_class_folders_it_leaves_out(tmp_path) -> None:
+    """train said only the doctor's bad files: a JPEG named .jfif (Chrome's and Windows's name) or .jpe was not an
+    image at all, an image beside the class folders was ignored, and class folders with no usable image vanished
+    from the model, all without a word. JPEG's names are images now (to train and to predict's folder walk), and
+    the rest is said, with a few names."""
+    import shutil
+
+    from floranet.data import inputs as input_lib
+    from floranet.rundir import RunDir
+    from floranet.training.data import prepare
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, names=["a", "b"])
+    for name in ("chrome_0.jfif", "x.jpe", "y.jif", "z.JFI"):
+        shutil.copy(data / "a" / "img_000.jpg", data / "a" / name)
+    for name in ("stray.jpg", "a/one.img", "b/two.bin", "b/three.raw"):
+        shutil.copy(data / "a" / "img_001.jpg", data / name)
+    (data / "c").mkdir()
+    (data / "c" / "cut.jpg").write_bytes((data / "a" / "img_002.jpg").read_bytes()[:200])
+    (data / "d").mkdir()
+    said: list[str] = []
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), preset="tutorial", **FAST)
+    (tmp_path / "run").mkdir()
+    prepared = prepare(cfg, RunDir(tmp_path / "run"), resume=False, progress=False, say=said.append)
+    doctor_json = tmp_path / "run" / "doctor.json"
+    assert said[:3] == [
+        f"Doctor: 1 unusable file(s) will be skipped; details in {doctor_json}.",
+        "Doctor: 4 file(s) ignored that look like images (a/one.img, b/three.raw, b/two.bin, ...): see "
+        f"{doctor_json}, or floranet doctor {data}.",
+        f"Doctor: Class folders c, d have no usable image: left out of the model (see {doctor_json}).",
+    ]
+    assert prepared.split.class_names == ("a", "b")
+    assert {"a/chrome_0.jfif", "a/x.jpe", "a/y.jif", "a/z.JFI"} <= {r.path for r in prepared.split.rows}
+    assert "Class folders c, d have no usable image: left out of the model" in prepared.notes
+    # predict's walk of a folder takes what a file argument takes.
+    walked, _ = input_lib.expand_inputs([data / "a"])
+    assert {p.name for p in walked} >= {"chrome_0.jfif", "x.jpe", "y.jif", "z.JFI"}

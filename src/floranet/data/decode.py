@@ -23,10 +23,11 @@ from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_
 from floranet.data.formats import allowed_formats
 from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image
 from floranet.data.resize import bilinear
+from floranet.data.scan import JPEG_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
-_TF_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_TF_EXTENSIONS = (*sorted(JPEG_EXTENSIONS), ".png")
 
 
 def check_image_size(image_size: Any) -> tuple[int, int]:
@@ -36,7 +37,7 @@ def check_image_size(image_size: Any) -> tuple[int, int]:
 def _guess_tf_decodable(path: bytes) -> bool:
     """Cheap per-file guess when the doctor's ``tf_decodable`` is unknown.
 
-    Extension first (.jpg/.jpeg/.png), then Pillow's lazy header read (no
+    Extension first (a JPEG's names, .png), then Pillow's lazy header read (no
     pixel decode) to route EXIF-rotated, CMYK, alpha, palette and 16-bit files
     to Pillow, which tf would silently decode differently, and JPEGs of too many
     scans to Pillow's path, which refuses them.

@@ -14,8 +14,12 @@ from floranet.data import formats
 from floranet.errors import DatasetError
 from floranet.utils.text import printable
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+# JPEG's names: .jfif (what Chrome and Windows save), .jpe, .jif and .jfi are ordinary JPEGs.
+JPEG_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".jfi"})
+# The one list of image file names: the doctor's scan (so train), predict's and explain's walk of a folder, and
+# what the decoders take for a JPEG or PNG all read it.
+IMAGE_EXTENSIONS: frozenset[str] = JPEG_EXTENSIONS | frozenset(
+    {".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 )
 # Folders and files that operating systems and NAS boxes add (Synology keeps resized copies in @eaDir).
 _SYSTEM_NAMES = frozenset(

@@ -106,12 +106,8 @@ def prepare(
     run.write_json(RunDir.DOCTOR, report.to_dict())
     if not report.usable:
         raise DatasetError(f"{data_dir}: {report.reason}")
-    notes = []
     usable, settled = report.usable_files(), _settled_conflicts(report.files, curate)
-    bad = report.summary()["num_bad"] - len(settled)
-    if bad:
-        notes.append(f"{bad} unusable files skipped (see doctor.json)")
-        say(f"Doctor: {bad} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
+    notes = _left_out_by_doctor(report, settled, run, say)
     if settled:
         usable = sorted([*usable, *settled], key=lambda f: f.path)
         say(f"Curation: settles the label conflicts of {len(settled)} byte-identical file(s) (see doctor.json).")
@@ -147,6 +143,39 @@ def prepare(
         f"train {len(split.train())}, validation {len(split.validation())}."
     )
     return prepared
+
+
+def _left_out_by_doctor(
+    report: doctor.DoctorReport, settled: list[doctor.FileFinding], run: RunDir, say: Callable[[str], None]
+) -> list[str]:
+    """Says what the doctor's verdicts leave out of the run, and returns its notes: unusable files, ignored files
+    that look like images (a JPEG under another extension, an image beside the class folders), and class folders
+    without a usable image, which get no output in the model (a label the user made, dropped without a word)."""
+    notes = []
+    bad = report.summary()["num_bad"] - len(settled)
+    if bad:
+        notes.append(f"{bad} unusable files skipped (see doctor.json)")
+        say(f"Doctor: {bad} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
+    looks = [f.path for f in report.files if f.worth_a_look]
+    if looks:
+        notes.append(f"{len(looks)} ignored files look like images ({_some(looks)}; see doctor.json)")
+        say(
+            f"Doctor: {len(looks)} file(s) ignored that look like images ({_some(looks)}): see "
+            f"{run / RunDir.DOCTOR}, or floranet doctor {printable(report.data_dir)}."
+        )
+    have = {f.label for f in [*report.usable_files(), *settled]}
+    empty = [c for c in report.classes if c not in have]
+    if empty:
+        folders = f"Class folder {_some(empty)} has" if len(empty) == 1 else f"Class folders {_some(empty)} have"
+        notes.append(f"{folders} no usable image: left out of the model")
+        say(f"Doctor: {notes[-1]} (see {run / RunDir.DOCTOR}).")
+    return notes
+
+
+def _some(names: list[str], n: int = 3) -> str:
+    """Up to ``n`` names, then ``...``: what a line of the run's printout shows of a longer list."""
+    shown = ", ".join(printable(name) for name in names[:n])
+    return shown + (", ..." if len(names) > n else "")
 
 
 def _record_curation(
