@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,21 @@ def test_macro_f1_averages_the_classes_the_images_or_answers_have() -> None:
     assert classification_metrics(labels, probs, NAMES)["macro_f1"] == pytest.approx(
         skm.f1_score(labels, pred, average="macro")
     )
+
+
+def test_a_class_with_no_image_has_its_figures_not_measured() -> None:
+    """A class with no validation image had precision, recall and F1 0 (scikit-learn's zero_division), which
+    reads as a class the model fails on: they are None (null) now, unless the class was answered, whose precision
+    and F1 of 0 are measured (every such answer was wrong) and counted by macro F1."""
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]])
+    m = classification_metrics(np.array([0, 0]), probs, NAMES[:3])
+    assert m["per_class"]["roses"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}  # answered once
+    assert m["per_class"][NAMES[2]] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert m["per_class"][NAMES[0]]["recall"] == 0.5 and m["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+    from floranet.evaluation.metrics import unmeasured_classes
+
+    assert unmeasured_classes(m) == ["roses", NAMES[2]]
+    assert json.loads(json.dumps(m))["per_class"][NAMES[2]]["f1"] is None
 
 
 def test_evaluating_a_folder_with_no_usable_image_says_so(tiny_run, tmp_path) -> None:

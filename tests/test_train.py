@@ -553,3 +553,29 @@ def test_train_says_the_image_like_files_and_the_class_folders_it_leaves_out(tmp
     # predict's walk of a folder takes what a file argument takes.
     walked, _ = input_lib.expand_inputs([data / "a"])
     assert {p.name for p in walked} >= {"chrome_0.jfif", "x.jpe", "y.jif", "z.JFI"}
+
+
+def test_classes_with_no_validation_image_are_said_and_shown_as_not_measured(tmp_path) -> None:
+    """Classes of 1 or 2 images get no validation image at val_split 0.2: train said nothing, and metrics.json,
+    report.html and the model card showed their precision, recall and F1 as 0.000 beside 'macro F1 1.000', which
+    read as classes the model fails on. Now train names them, the figures are null (n/a), and the card's
+    Limitations says they are not evaluated."""
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=10, names=["big", "one", "two"])
+    for name, keep in (("one", 1), ("two", 2)):
+        for p in sorted((data / name).iterdir())[keep:]:
+            p.unlink()
+    said: list[str] = []
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=0, **FAST)
+    run = train(cfg, progress=False, say=said.append).run_dir
+    line = "no validation image for: one, two (classes under 3 images at val_split 0.2): their figures are not measured"
+    assert f"Split: {line}." in said
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert line in metrics["notes"]
+    for name in ("one", "two"):
+        assert metrics["per_class"][name] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "<tr><td>one</td><td>n/a</td><td>n/a</td><td>n/a</td><td>0</td></tr>" in report
+    assert "no image of one, two" in report
+    card = (run / "README.md").read_text(encoding="utf-8")
+    assert "| one | n/a | n/a | n/a | 0 |" in card and "| two | n/a | n/a | n/a | 0 |" in card
+    assert "- Not evaluated: one, two: the validation split holds no image of them" in card

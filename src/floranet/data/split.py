@@ -225,7 +225,9 @@ def make_split(
 
     Each class gets ``round(n_c * val_split)`` validation images (capped at
     ``n_c - 1`` so every class keeps a training image; a class of one image
-    goes to train). Images with the same non-empty ``sha256`` form one unit
+    goes to train, and at 0.2 one of two images too: ``round(0.4)`` is 0;
+    train names such classes, whose figures are then not measured).
+    Images with the same non-empty ``sha256`` form one unit
     that lands entirely on one side, so exact duplicates never leak from train
     into validation; a class made of duplicate groups may then miss its target
     by the size of a group. Items are sorted by path before a seeded

@@ -16,7 +16,9 @@ def classification_metrics(
 
     ``macro_f1`` averages the classes that are in ``y_true`` or predicted: a class with neither (``evaluate
     --data`` on a folder of some of the run's classes) has no F1 to average, and counting it as 0 understated
-    a perfect score.
+    a perfect score. A class with no image (``support`` 0) has its figures ``None`` (null in JSON), not
+    measured: its recall always, its precision and F1 unless it was predicted (then 0: every answer was wrong).
+    Shown as 0, a class the split kept no validation image of read as one the model fails on.
 
     Args:
         y_true: Integer labels, shape (n,).
@@ -45,11 +47,12 @@ def classification_metrics(
     ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     out[f"top_{k}_accuracy"] = float(np.mean(np.any(ranked == np.asarray(y_true)[:, None], axis=1)))
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    answered = np.bincount(y_pred, minlength=n_classes) > 0
     out["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        name: _class_figures(float(p[i]), float(r[i]), float(f[i]), int(s[i]), answered=bool(answered[i]))
         for i, name in enumerate(class_names)
     }
-    present = (s > 0) | (np.bincount(y_pred, minlength=n_classes) > 0)
+    present = (s > 0) | answered
     out["macro_f1"] = float(np.mean(f[present]))
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
     out["confusion_matrix"] = cm.tolist()
@@ -58,3 +61,19 @@ def classification_metrics(
     out["confusion_matrix_normalized"] = np.nan_to_num(norm).round(4).tolist()
     out["class_names"] = list(class_names)
     return out
+
+
+def _class_figures(precision: float, recall: float, f1: float, support: int, *, answered: bool) -> dict[str, Any]:
+    """One class's row of ``per_class``: None for a figure with nothing to measure it on (scikit-learn's 0)."""
+    if support:
+        return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    wrong = 0.0 if answered else None  # predicted, never right: a measured 0, which macro_f1 counts
+    return {"precision": wrong, "recall": None, "f1": wrong, "support": support}
+
+
+def unmeasured_classes(metrics: dict[str, Any]) -> list[str]:
+    """The classes of a metrics dict's ``per_class`` with no image (support 0), whose figures are not measured."""
+    per_class = metrics.get("per_class")
+    if not isinstance(per_class, dict):
+        return []
+    return [name for name, r in per_class.items() if isinstance(r, dict) and r.get("support") == 0]

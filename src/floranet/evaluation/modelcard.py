@@ -23,6 +23,7 @@ import yaml
 
 from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.card_facts import CardFacts
+from floranet.evaluation.metrics import unmeasured_classes
 from floranet.rundir import RunDir
 from floranet.utils.text import printable
 
@@ -284,7 +285,10 @@ def _results(f: CardFacts) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in m.get("per_class", {}).items():
-        lines.append(f"| {_md(name)} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+        figures = " | ".join(_figure(r.get(k)) for k in ("precision", "recall", "f1"))
+        lines.append(f"| {_md(name)} | {figures} | {r['support']} |")
+    if unmeasured_classes(m):
+        lines += ["", "n/a: not measured, as the validation split holds no image of that class (see Limitations)."]
     confused = m.get("most_confused", [])[:3]
     if confused:
         pairs = "; ".join(f"{_md(c['true'])} taken for {_md(c['predicted'])} ({c['count']})" for c in confused)
@@ -298,6 +302,11 @@ def _results(f: CardFacts) -> list[str]:
         ]
     note = f.left_out(RunDir.METRICS_EXTERNAL)
     return [*lines, "", *note] if note else lines
+
+
+def _figure(value: Any) -> str:
+    """A per-class figure of ``metrics.json``: null (a class with no validation image) is not measured."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def _calibration(f: CardFacts) -> list[str]:
@@ -319,12 +328,21 @@ def _limitations(f: CardFacts) -> list[str]:
     m = f.metrics
     out = []
     for name, r in m.get("per_class", {}).items():
-        if r["support"] >= 1 and r["recall"] < WEAK_RECALL:
+        if r["support"] >= 1 and isinstance(r["recall"], (int, float)) and r["recall"] < WEAK_RECALL:
             out.append(
                 f"- `{_code(name)}` is recognised less reliably: recall {r['recall']:.2f} on {r['support']} images."
             )
+    missing = unmeasured_classes(m)
+    if missing:
+        out.append(
+            f"- Not evaluated: {_names(missing)}: the validation split holds no image of "
+            f"{'it' if len(missing) == 1 else 'them'}, so {'its' if len(missing) == 1 else 'their'} precision, "
+            "recall and F1 are not measured, and the accuracy says nothing of "
+            f"{'it' if len(missing) == 1 else 'them'}."
+        )
     validated = sum(c["validation"] for c in f.counts.values())
-    small = [n for n, c in f.counts.items() if c["validation"] < FEW_VALIDATION_IMAGES]
+    # A class with no validation image is not "rough": it is not measured at all (said above).
+    small = [n for n, c in f.counts.items() if 0 < c["validation"] < FEW_VALIDATION_IMAGES]
     if small and validated:
         out.append(
             f"- Few validation images for {_names(small)} (under {FEW_VALIDATION_IMAGES} each): their "

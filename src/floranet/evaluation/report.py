@@ -22,6 +22,7 @@ from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
+from floranet.evaluation.metrics import unmeasured_classes
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
@@ -58,6 +59,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _cell(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _measured(v: Any) -> Any:
+    """A per-class figure, or ``n/a`` for null (not measured)."""
+    return "n/a" if v is None else v
 
 
 def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = None) -> tuple[Path | None, int]:
@@ -249,13 +255,16 @@ def _dataset(run: RunDir) -> str:
 
 def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
     per_class = metrics.get("per_class", {})
-    parts = [
-        "<h2>Metrics</h2>",
-        _table(
-            ["class", "precision", "recall", "F1", "support"],
-            [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per_class.items()],
-        ),
+    # null: a class with no validation image, whose figures are not measured (0.000 read as "the model fails")
+    figures = [
+        [c, *(_measured(m[k]) for k in ("precision", "recall", "f1")), m["support"]] for c, m in per_class.items()
     ]
+    parts = ["<h2>Metrics</h2>", _table(["class", "precision", "recall", "F1", "support"], figures)]
+    missing = unmeasured_classes(metrics)
+    if missing:
+        parts.append(
+            f"<p>n/a: not measured, as the validation split holds no image of {html_text(', '.join(missing))}.</p>"
+        )
     topk = next((k for k in metrics if k.startswith("top_") and k.endswith("_accuracy")), None)
     if topk:
         parts.append(

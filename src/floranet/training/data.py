@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,7 @@ def prepare(
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
     _note_unlisted(split, usable, curate, notes, say)
     split = _checked_against(split, usable, data_dir, notes, say)
+    _note_unvalidated(split, None if config.split_file else config.val_split, notes, say)
     if resumed:  # the run's record stays as it was; files gone since are left out of what remains to train
         _check_classes_kept(run, split)
     else:
@@ -315,6 +317,35 @@ def _checked_against(
         notes.append(f"{len(gone)} class(es) of the split have no usable image and were left out: {', '.join(gone)}")
         say(f"Split: {notes[-1]}.")
     return split_lib.Split(rows=rows, class_names=tuple(c for c in split.class_names if c in labels))
+
+
+def _note_unvalidated(
+    split: split_lib.Split, val_split: float | None, notes: list[str], say: Callable[[str], None]
+) -> None:
+    """Says which classes the split kept no validation image of (a class of 1 or 2 images at 0.2: see
+    :func:`~floranet.data.split.make_split`): their precision, recall and F1 are not measured (null in
+    ``metrics.json``, n/a in the report and the card). A split with no validation image at all is said elsewhere.
+
+    Args:
+        split: The split the run trains on.
+        val_split: The fraction that made it, or None for a split made elsewhere (``--split-file``).
+        notes: The run's notes, appended to.
+        say: Where the line goes.
+    """
+    counts = split.counts()
+    missing = [c for c, n in counts.items() if not n["validation"]]
+    if not missing or len(missing) == len(counts):
+        return
+    why = ""
+    if val_split is not None:
+        # make_split's rule: round(n * val_split) validation images (half to even: 0.5 is 0), never a class's last.
+        least = max(2, math.floor(0.5 / val_split) + 1)
+        while round(least * val_split) < 1:
+            least += 1
+        if all(counts[c]["train"] < least for c in missing):
+            why = f" (classes under {least} images at val_split {val_split:g})"
+    notes.append(f"no validation image for: {_some(missing, 10)}{why}: their figures are not measured")
+    say(f"Split: {notes[-1]}.")
 
 
 def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
