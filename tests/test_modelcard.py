@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -201,3 +202,22 @@ def test_card_says_when_no_temperature_was_fitted_as_the_report_does(writable_ru
     assert f"; {NOT_FITTED} (`calibration.json`)." in card and "fitted on the validation split" not in card
     run.write_json(RunDir.CALIBRATION, {**calibration, "fitted": True})
     assert "fitted on the validation split" in model_card(run) and NOT_FITTED not in model_card(run)
+
+
+def test_card_recipe_lists_class_weights_when_set(writable_run: Path) -> None:
+    """--class-weights auto changes the model (a minority image's probability 0.041 without, 0.834 with), but the
+    card's training recipe did not list it."""
+    assert "| class weights" not in write_model_card(writable_run).read_text(encoding="utf-8")
+    cfg = yaml.safe_load((writable_run / "config.yaml").read_text())
+    (writable_run / "config.yaml").write_text(yaml.safe_dump({**cfg, "class_weights": "auto"}, sort_keys=False))
+    card = write_model_card(writable_run).read_text(encoding="utf-8")
+    from sklearn.utils.class_weight import compute_class_weight
+
+    split = RunDir(writable_run).split()
+    y = [split.label_index(r.label) for r in split.train()]
+    balanced = compute_class_weight("balanced", classes=np.arange(len(split.class_names)), y=y)  # what training uses
+    weights = ", ".join(f"{name} {w:.3g}" for name, w in zip(split.class_names, balanced, strict=True))
+    assert (
+        "| class weights (`--class-weights auto`) | balanced, n / (classes x the class's training images), from the "
+        f"training counts: {weights} |"
+    ) in card

@@ -78,3 +78,10 @@ class CardFacts:
         if weights is None:
             return "none (random initialisation)"
         return weights if weights == "imagenet" else f"file {Path(weights).name}"
+
+    @property
+    def class_weights(self) -> dict[str, float]:
+        """The balanced weights ``--class-weights auto`` trained with, from ``split.csv``'s training counts, as
+        training computes them (scikit-learn's ``n / (classes x the class's training images)``)."""
+        train = {name: c["train"] for name, c in self.counts.items() if c["train"]}
+        return {name: sum(train.values()) / (len(train) * n) for name, n in train.items()}

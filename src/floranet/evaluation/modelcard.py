@@ -240,8 +240,17 @@ def _recipe(f: CardFacts) -> list[str]:
         ("precision", ", ".join(f"{k} {v}" for k, v in precision.items()) if precision else c.precision),
         ("training time", _training_time(trained, f.metrics.get("trained_on"))),
     ]
+    if c.class_weights:  # it changes the model (a minority class's probabilities most): the recipe says so
+        rows.insert(-2, ("class weights (`--class-weights auto`)", _class_weights(f.class_weights)))
     table = ["| setting | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
     return [*table, "", "`config.yaml` has all.", *f.left_out(RunDir.STATE)]
+
+
+def _class_weights(weights: dict[str, float], shown: int = 8) -> str:
+    """``--class-weights auto``'s weights (:attr:`CardFacts.class_weights`), each class's when few."""
+    each = [f"{_md(n)} {w:.3g}" for n, w in weights.items()] if len(weights) <= shown else []
+    listed = ", ".join(each) or f"{min(weights.values(), default=1):.3g} to {max(weights.values(), default=1):.3g}"
+    return f"balanced, n / (classes x the class's training images), from the training counts: {listed}"
 
 
 def _training_time(seconds: Any, machine: Any) -> str:
