@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,30 @@ def test_a_bad_setting_of_a_runs_config_names_the_file_and_no_flags(tmp_path) ->
         RunDir(tmp_path).config()
     with pytest.raises(ConfigError, match=r"Received: epochs=-1 \(settings of the config file .*, then the flags\)$"):
         config.resolve(file=f, data_dir="d", out="o")
+
+
+def test_a_config_is_its_presets_recipe_and_records_what_it_changed(tmp_path) -> None:
+    """TrainConfig() was labelled recommended but trained 5 epochs without fine-tuning, dropout or label smoothing
+    (resolve()'s: 20, 2, 0.3, 0.1), and replace(preset=...) changed the label alone, which config.yaml and the
+    model card then recorded as the recipe."""
+    assert config.TrainConfig() == config.resolve()
+    assert config.TrainConfig(preset="tutorial", epochs=2) == config.resolve(preset="tutorial", epochs=2)
+    assert config.TrainConfig(preset="tutorial").early_stopping_patience == 0
+    assert all(preset.keys() == config.PRESETS["recommended"].keys() for preset in config.PRESETS.values())
+    assert config.resolve().preset_overrides() == {} and config.resolve().preset_text() == "recommended"
+    relabelled = dataclasses.replace(config.resolve(), preset="tutorial")
+    assert relabelled.epochs == 20 and relabelled.preset_overrides()["epochs"] == 20
+    relabelled.save(tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# preset tutorial, with settings of its own: epochs 20 (the preset's 5), ")
+    assert config.resolve(file=tmp_path / "config.yaml") == relabelled  # the values are the record
+
+
+def test_the_model_card_names_the_settings_a_run_gave_otherwise_than_its_preset(tmp_path) -> None:
+    from floranet.evaluation.card_facts import CardFacts
+    from floranet.evaluation.modelcard import _recipe
+    from floranet.rundir import RunDir
+
+    config.resolve(preset="tutorial", epochs=3, out=str(tmp_path)).save(tmp_path / RunDir.CONFIG)
+    row = next(line for line in _recipe(CardFacts(RunDir(tmp_path))) if line.startswith("| preset |"))
+    assert "tutorial, with settings of its own: epochs 3 \\(the preset's 5\\)" in row  # Markdown-escaped

@@ -11,6 +11,8 @@ from typing import Any, TypeGuard
 
 from floranet.errors import ConfigError
 
+# Each preset gives every setting in PRESET_FIELDS (TrainConfig takes its defaults of them from here): a preset's
+# name then says what all of them were before any override.
 PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's recipe, preprocessing done right: frozen ResNet50, its head,
     # Adam 1e-3, 5 epochs, 180 px, no fine-tuning, no augmentation.
@@ -20,9 +22,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 5,
         "fine_tune_epochs": 0,
         "learning_rate": 1e-3,
+        "fine_tune_learning_rate": 1e-5,
         "augment": "off",
         "dropout": 0.0,
         "head_units": 512,
+        "schedule": "cosine",
         "label_smoothing": 0.0,
         "early_stopping_patience": 0,
     },
@@ -32,6 +36,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # validation accuracy 94.8% instead of 94.2% over bench_unknown.py's five 4-class runs of flower_photos
     # (MobileNetV2, 225 px), for 118 s of training instead of 69 s (results/unknown_recommended*.json).
     "recommended": {
+        "backbone": "resnet50",
+        "image_size": (180, 180),
         "epochs": 20,
         "fine_tune_epochs": 2,
         "learning_rate": 1e-3,
@@ -41,8 +47,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "head_units": 512,
         "schedule": "cosine",
         "label_smoothing": 0.1,
+        "early_stopping_patience": 3,
     },
 }
+PRESET_FIELDS = tuple(PRESETS["recommended"])
 AUGMENT_CHOICES = ("off", "fine-tune", "all")
 CLASS_WEIGHTS = ("auto",)  # or None: every class weighs the same
 FINE_TUNE_CACHE = ("auto", "off")

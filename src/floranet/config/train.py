@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from floranet.config.choices import (
     DISTRIBUTE_CHOICES,
     FINE_TUNE_CACHE,
     MAX_CONFIG_BYTES,
+    PRESET_FIELDS,
     PRESETS,
     RUNTIMES,
     SCHEDULES,
@@ -33,6 +34,7 @@ from floranet.config.choices import (
     is_port_text,
     parse_image_size,
 )
+from floranet.config.yaml12 import Dumper, UniqueKeyLoader, yaml_problem
 from floranet.errors import ConfigError
 from floranet.utils.files import atomic_write_text, read_capped
 
@@ -59,38 +61,56 @@ PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
 MAX_HEAD_UNITS = 1 << 16  # 65,536: wider is a typo (100 million units ran out of memory mid-training)
 
 
+class _FromPreset:
+    def __repr__(self) -> str:
+        return "<the preset's>"
+
+
+# The default of each of PRESET_FIELDS: __post_init__ puts the preset's value there, so the one table (PRESETS)
+# holds these defaults, TrainConfig() is resolve()'s recommended recipe and TrainConfig(preset="tutorial") the
+# tutorial's (a field's default was only the label's before: TrainConfig() trained 5 epochs as "recommended").
+FROM_PRESET: Any = _FromPreset()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run. Validated on creation."""
+    """Everything that defines a training run. Validated on creation.
+
+    ``preset`` names the recipe the settings of :data:`PRESET_FIELDS` start from: each of them not given takes
+    the preset's value (``TrainConfig(preset="tutorial", epochs=2)`` is the tutorial's recipe with 2 epochs, as
+    :func:`resolve` makes it). One given is an override, which :meth:`preset_overrides` names, and config.yaml
+    and the model card with it. ``dataclasses.replace(config, preset=...)`` keeps every other value, so it
+    applies nothing: those that differ from the new preset become its overrides, and are recorded so.
+    """
 
     data_dir: str = ""
     out: str = "runs/latest"
     preset: str = "recommended"
-    backbone: str = "resnet50"
+    backbone: str = FROM_PRESET
     weights: str | None = "imagenet"
-    image_size: tuple[int, int] = (180, 180)
+    image_size: tuple[int, int] = FROM_PRESET
     batch_size: int = 32
-    epochs: int = 5
-    fine_tune_epochs: int = 0
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-5
+    epochs: int = FROM_PRESET
+    fine_tune_epochs: int = FROM_PRESET
+    learning_rate: float = FROM_PRESET
+    fine_tune_learning_rate: float = FROM_PRESET
     # Stage 2 on the cached outputs of the frozen layers (training/prefix.py): auto (where it fits) | off;
     # views: augmented copies of the training set cached (0: one per epoch, at most stages.AUTO_VIEWS).
     fine_tune_cache: str = "auto"
     fine_tune_views: int = 0
     # Stage 2's learning rate over its epochs, and stage 1's when stage 1 trains the whole model (augmenting);
     # stage 1 on cached features keeps a constant rate (the tutorial's Adam 1e-3).
-    schedule: str = "cosine"
-    early_stopping_patience: int = 3
+    schedule: str = FROM_PRESET
+    early_stopping_patience: int = FROM_PRESET
     val_split: float = 0.2
     seed: int = 123
     precision: str = "auto"
     runtime: str = "auto"
-    augment: str = "off"
+    augment: str = FROM_PRESET
     class_weights: str | None = None
-    head_units: int = 512
-    dropout: float = 0.0
-    label_smoothing: float = 0.0
+    head_units: int = FROM_PRESET
+    dropout: float = FROM_PRESET
+    label_smoothing: float = FROM_PRESET
     split_file: str | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Data-parallel training (floranet.training.distribute): none | auto | mirrored | multi-worker.
@@ -109,6 +129,10 @@ class TrainConfig:
     unknown_keep: float = 0.95
 
     def __post_init__(self) -> None:
+        check_choice("preset", self.preset, PRESETS)
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is FROM_PRESET:
+                object.__setattr__(self, name, value)
         self._plain_values()
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
         if self.weights in ("none", "None"):
@@ -166,7 +190,6 @@ class TrainConfig:
         check_fraction(self, "unknown_keep", low_open=True)
 
     def _check_choices(self) -> None:
-        check_choice("preset", self.preset, PRESETS)
         check_choice("precision", self.precision, TRAIN_PRECISIONS)
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("augment", self.augment, AUGMENT_CHOICES)
@@ -221,109 +244,57 @@ class TrainConfig:
             self.workers,
         )
 
+    def preset_overrides(self) -> dict[str, Any]:
+        """The settings of :data:`PRESET_FIELDS` whose values differ from the preset's, by name."""
+        base = PRESETS[self.preset]
+        return {k: getattr(self, k) for k in PRESET_FIELDS if _plain(getattr(self, k)) != _plain(base[k])}
+
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as plain YAML/JSON values (``image_size`` a list), in field order."""
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
         return d
 
+    def preset_text(self) -> str:
+        """The preset, then each of :meth:`preset_overrides` with the preset's value: what the recipe was."""
+        base = PRESETS[self.preset]
+        changed = [f"{k} {_plain(v)} (the preset's {_plain(base[k])})" for k, v in self.preset_overrides().items()]
+        return f"{self.preset}, with settings of its own: {', '.join(changed)}" if changed else self.preset
+
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False)
+        """The settings as YAML (what config.yaml holds); a comment first names the preset's overrides."""
+        comment = " ".join(self.preset_text().split())  # one line: no value's line break can end the comment
+        head = f"# preset {comment}\n" if self.preset_overrides() else ""
+        return head + yaml.dump(self.to_dict(), Dumper=Dumper, sort_keys=False)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the config as YAML, atomically."""
+        """Writes the config as YAML, atomically.
+
+        Args:
+            path: The file to write (replaced whole, never left half-written).
+        """
         atomic_write_text(path, self.to_yaml())
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently), a key
-    that is not a plain value, and aliases (``*name``: a few hundred bytes of them expand to gigabytes)."""
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted here", mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)  # "<<" merge keys, as the parent class reads them
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, Hashable):
-                raise yaml.constructor.ConstructorError(
-                    None, None, "a key must be a name, not a list or a mapping", key_node.start_mark
-                )
-            name = str(key).replace("-", "_") if isinstance(key, str) else key
-            line = key_node.start_mark.line + 1
-            if name in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is set twice (first on line {seen[name]})", key_node.start_mark
-                )
-            seen[name] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-# Plain values resolve as in YAML 1.2's core schema, not PyYAML's YAML 1.1: there `augment: off` was False
-# ("Received: augment=False"), `seed: 0123` the octal 83 and `epochs: 1:30` the base-60 90. Bools are only
-# true/false, ints decimal (or 0o/0x), floats need a dot or an exponent (1e-4 too), and there are no dates.
-_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
-_YAML12 = (
-    (_BOOL, r"true|True|TRUE|false|False|FALSE", "tTfF"),
-    (_INT, r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
-    (
-        _FLOAT,
-        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
-        "-+.0123456789",
-    ),
-)
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _INT, _FLOAT, "tag:yaml.org,2002:timestamp")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    text = str(loader.construct_scalar(node))
-    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)  # 0123 is 123
-
-
-_UniqueKeyLoader.add_constructor(_INT, _yaml12_int)
-
-
-class _Dumper(yaml.SafeDumper):
-    """YAML's safe dumper, also quoting a text that YAML 1.2 would read as a number (``1.0e5``, ``0o17``): config.yaml
-    reads back the same under either rule."""
-
-
-for _tag, _rule, _first in _YAML12:
-    for _cls in (_UniqueKeyLoader, _Dumper):
-        _cls.add_implicit_resolver(_tag, re.compile(rf"^(?:{_rule})$"), list(_first))
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None)
-    if mark is None or problem is None:
-        return " ".join(str(e).split())
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads a YAML config file into a dict of known keys (dashes allowed; a key given twice is refused)."""
     p = Path(path)
     try:
-        raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=UniqueKeyLoader)  # a SafeLoader
         raw = {} if raw is None else raw  # an empty file; a falsy non-mapping ([], 0, false) is refused below
     except FileNotFoundError as e:
         raise ConfigError(f"Config file not found. Received: config={str(path)!r}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path} is not valid YAML: {_yaml_problem(e)}") from e
+        raise ConfigError(f"Config file {path} is not valid YAML: {yaml_problem(e)}") from e
     except RecursionError:  # 3,000 nested brackets in 6 KB: PyYAML's recursive composer
         raise ConfigError(f"Config file {path} nests its values too deeply to be settings") from None
     except ValueError as e:  # an int of over 4,300 digits: Python's own limit on converting it
@@ -381,7 +352,7 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     preset = given.get("preset", from_file.get("preset", TrainConfig.preset))
     try:
         check_choice("preset", preset, PRESETS)
-        values: dict[str, Any] = {**PRESETS[preset], **from_file, **given, "preset": preset}
+        values: dict[str, Any] = {**from_file, **given, "preset": preset}  # TrainConfig applies the preset
         return TrainConfig(**absolute_paths(values))
     except ConfigError as e:
         if file is not None and any(k not in given for k in from_file):  # the value may be the file's: say which

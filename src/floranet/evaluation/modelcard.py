@@ -223,7 +223,7 @@ def _recipe(f: CardFacts) -> list[str]:
     # evaluation, audit and report); before that, "total" is the training's.
     trained = timings.get("training", timings.get("total"))
     rows = [
-        ("preset", c.preset),
+        ("preset", _md(c.preset_text())),
         ("backbone, weights", f"{_md(c.backbone)}, {_md(f.weights)}"),
         ("image size", f"{c.image_size[0]}x{c.image_size[1]}"),
         (

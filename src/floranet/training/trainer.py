@@ -314,7 +314,7 @@ def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
     changed = settings_changed(run, config)
     if changed:
         saved, given = absolute_paths(run.saved_settings()), config.to_dict()
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        defaults = TrainConfig().to_dict()
         shown = [f"{k} (saved {saved.get(k, defaults.get(k))!r}, given {given.get(k)!r})" for k in changed]
         raise ConfigError(
             f"--resume needs the settings of the run in {run.path}; these differ: {'; '.join(shown)}. Give the "
@@ -328,7 +328,7 @@ def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
     saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
     current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
     # A setting newer than the run's config.yaml compares as its default (what that run used).
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig().to_dict()  # the recommended preset's values (the default preset)
     return sorted(k for k, v in current.items() if _norm(saved.get(k, defaults.get(k))) != _norm(v))
 
 
