@@ -224,6 +224,22 @@ def test_a_missing_data_folder_is_said_before_the_run_folder_is_made(tmp_path) -
     assert not out.exists()
 
 
+def test_fit_refuses_an_empty_data_dir_before_writing_anything(tmp_path, monkeypatch) -> None:
+    """fit (training alone) took the dataclass default data_dir='' as the current folder, trained on it if it had
+    class folders, and otherwise left config.yaml, doctor.json and state.json in out: the retry with the right
+    data was refused with and without resume."""
+    from floranet.errors import ConfigError
+    from floranet.training import fit
+
+    make_image_folder(tmp_path / "here", classes=2, per_class=3, size=(32, 32))
+    monkeypatch.chdir(tmp_path / "here")  # class folders: fit trained on them
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match=r"data_dir is required .* Received: data_dir=''$"):
+            cfg = config.TrainConfig(out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=0, **FAST)
+            fit(cfg, resume=resume, progress=False, say=print)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_demo_into_a_run_folder_says_to_choose_another(tiny_run: Path, tmp_path, monkeypatch) -> None:
     """The demo passed on train's advice, 'Use --resume to continue it', an option the demo does not have."""
     import shutil

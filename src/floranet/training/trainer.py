@@ -98,6 +98,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
         ConfigError: Invalid settings, or a resume that does not match the run.
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
+    require_data_dir(config)  # before distribute.setup, the weights and the run folder
     out = Path(config.out)
     dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
     weights_lib.ensure_available(config.backbone, config.weights)  # offline: fail in seconds, before any data
@@ -141,6 +142,19 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
 
     _finish(result, model, prepared, ctx, precisions, cached, t0)
     return result
+
+
+def require_data_dir(config: TrainConfig) -> None:
+    """Refuses the dataclass default ``data_dir=""``: training would read the current folder (and a failure there
+    left a run folder that refused the retry with the right data).
+
+    Raises:
+        ConfigError: ``config.data_dir`` is empty.
+    """
+    if not config.data_dir:
+        raise ConfigError(
+            f"data_dir is required (a folder of class sub-folders). Received: data_dir={config.data_dir!r}"
+        )
 
 
 def _finish(

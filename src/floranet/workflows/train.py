@@ -15,7 +15,7 @@ from floranet.inference import runtime
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
-from floranet.training.trainer import check_resume_settings
+from floranet.training.trainer import check_resume_settings, require_data_dir
 from floranet.workflows.after_training import audit_and_unknown
 from floranet.workflows.tracking import check_tracking
 
@@ -50,10 +50,7 @@ def train(
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
-    if not config.data_dir:  # the dataclass default: training would read the current folder
-        raise ConfigError(
-            f"data_dir is required (a folder of class sub-folders). Received: data_dir={config.data_dir!r}"
-        )
+    require_data_dir(config)  # the dataclass default: training would read the current folder
     if mlflow is not None:  # not after an hour of training
         check_tracking(mlflow)
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
