@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,12 @@ def test_the_model_card_names_the_settings_a_run_gave_otherwise_than_its_preset(
     config.resolve(preset="tutorial", epochs=3, out=str(tmp_path)).save(tmp_path / RunDir.CONFIG)
     row = next(line for line in _recipe(CardFacts(RunDir(tmp_path))) if line.startswith("| preset |"))
     assert "tutorial, with settings of its own: epochs 3 \\(the preset's 5\\)" in row  # Markdown-escaped
+
+
+@pytest.mark.parametrize("file", [3, b"x.yaml", ["x.yaml"]])
+def test_a_config_file_that_is_no_path_is_refused_by_name(file) -> None:
+    """resolve(file=3) and resolve(file=b'x.yaml') were TypeErrors from os.fspath and pathlib."""
+    with pytest.raises(
+        ConfigError, match=rf"config must be a YAML file's path .*Received: config={re.escape(repr(file))}$"
+    ):
+        config.resolve(file=file)

@@ -240,6 +240,39 @@ def test_fit_refuses_an_empty_data_dir_before_writing_anything(tmp_path, monkeyp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda cfg: train({"data_dir": "x"}), r"config must be a TrainConfig \(floranet.config.resolve\(...\)\)\. "),
+        (lambda cfg: train("DATA_DIR"), r"Received: config='DATA_DIR'$"),
+        (lambda cfg: train(None), r"Received: config=None$"),
+        (lambda cfg: __import__("floranet.training").training.fit({}), r"Received: config=\{\}$"),
+        (lambda cfg: train(cfg, say=None), r"say must be a callable .* Received: say=None$"),
+        (lambda cfg: train(cfg, resume="no"), r"resume must be True or False\. Received: resume='no'$"),
+        (lambda cfg: __import__("floranet.training").training.fit(cfg, resume=1), r"Received: resume=1$"),
+        (lambda cfg: __import__("floranet.evaluation").evaluation.evaluate_run(None), r"Received: run_dir=None$"),
+    ],
+    ids=[
+        "train-dict",
+        "train-text",
+        "train-None",
+        "fit-dict",
+        "say-None",
+        "resume-text",
+        "resume-int",
+        "evaluate-None",
+    ],
+)
+def test_wrong_argument_types_are_refused_before_anything_is_written(call, match, images, tmp_path) -> None:
+    """They were AttributeErrors and TypeErrors (say=None after the run folder was made), and resume='no' resumed."""
+    from floranet.errors import ConfigError
+
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), **FAST)
+    with pytest.raises(ConfigError, match=match):
+        call(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_demo_into_a_run_folder_says_to_choose_another(tiny_run: Path, tmp_path, monkeypatch) -> None:
     """The demo passed on train's advice, 'Use --resume to continue it', an option the demo does not have."""
     import shutil

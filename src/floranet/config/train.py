@@ -336,12 +336,14 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
     """Builds a config: defaults < preset < file < flags (flags set to None are absent).
 
     Args:
-        file: Optional YAML config file.
+        file: Optional YAML config file (a path: text or ``os.PathLike``).
         **flags: Settings from the command line or Python; ``None`` means "not given".
 
     Raises:
         ConfigError: Unknown key or invalid value.
     """
+    if file is not None and not isinstance(os.fspath(file) if isinstance(file, os.PathLike) else file, str):
+        raise ConfigError(f"config must be a YAML file's path (text or os.PathLike). Received: config={file!r}")
     if file is not None and not os.fspath(file).strip():  # `--config ''` was ignored without a word
         raise ConfigError(f"config must be a YAML file path. Received: config={os.fspath(file)!r}")
     from_file = load_file(file) if file is not None else {}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from floranet.config import InferenceConfig
-from floranet.errors import DatasetError, ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation import plots
 from floranet.evaluation.calibration import (
     expected_calibration_error,
@@ -299,9 +299,13 @@ def evaluate_run(
         runtime, precision: Inference runtime, as in :func:`floranet.inference.runtime.choose`.
 
     Raises:
+        ConfigError: ``run_dir`` or ``data_dir`` is not a path.
         ModelError: ``run_dir`` is not a finished run.
         DatasetError: ``data_dir`` has classes the model does not know.
     """
+    for name, value in (("run_dir", run_dir), ("data_dir", data_dir)):  # None was a TypeError from deep inside
+        if not isinstance(value, str | os.PathLike) and (name == "run_dir" or value is not None):
+            raise ConfigError(f"{name} must be a folder's path (text or os.PathLike). Received: {name}={value!r}")
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     names = run.class_names()
     # The validation split fits the temperature anew (calibration.json is rewritten, so a damaged one is repaired,

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from floranet.config import TrainConfig
+from floranet.config.choices import check
 from floranet.config.train import absolute_paths
 from floranet.errors import ConfigError
 from floranet.inference import runtime
@@ -98,6 +99,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
         ConfigError: Invalid settings, or a resume that does not match the run.
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
+    check_arguments(config, resume, say)
     require_data_dir(config)  # before distribute.setup, the weights and the run folder
     out = Path(config.out)
     dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
@@ -142,6 +144,21 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
 
     _finish(result, model, prepared, ctx, precisions, cached, t0)
     return result
+
+
+def check_arguments(config: Any, resume: Any, say: Any) -> None:
+    """The types of :func:`fit`'s and :func:`floranet.workflows.train`'s arguments, checked before anything is
+    written (a dict or a folder's name as ``config`` was an AttributeError, ``say=None`` a TypeError after the run
+    folder was made, and ``resume="no"`` resumed).
+
+    Raises:
+        ConfigError: ``config`` is not a TrainConfig, ``resume`` not a bool or ``say`` not callable.
+    """
+    check(
+        isinstance(config, TrainConfig), "config must be a TrainConfig (floranet.config.resolve(...))", "config", config
+    )
+    check(isinstance(resume, bool), "resume must be True or False", "resume", resume)
+    check(callable(say), "say must be a callable taking one line of text (print, a logger's info)", "say", say)
 
 
 def require_data_dir(config: TrainConfig) -> None:
