@@ -159,3 +159,25 @@ def test_builder_arguments_are_named_not_keras_errors(kwargs: dict, match: str) 
 def test_numpy_class_counts_are_taken_as_image_sizes_are() -> None:
     model = resnet.build_resnet("resnet20", weights=None, classes=np.int64(5))
     assert model.output_shape == (None, 5)
+
+
+def test_each_builder_has_keras_applications_parameters_and_its_own_name() -> None:
+    """The builders were (*, weights, **kwargs): resnet20(False, weights=None) was a TypeError, help() showed
+    **kwargs, a misspelled keyword's TypeError named build_resnet, classifier_activation='sofmax' was Keras's
+    ValueError and input_shape=np.array([40, 48, 3]) was refused though a list was taken."""
+    import inspect
+
+    keras_order = list(inspect.signature(keras.applications.ResNet50).parameters)
+    for arch in ("resnet18", "resnet50", "resnet152v2", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"):
+        builder = getattr(resnet, arch)
+        assert list(inspect.signature(builder).parameters) == keras_order, arch
+        assert builder.__name__ == arch and f"ResNet-{arch[6:].replace('v2', 'V2')}" in builder.__doc__
+        assert "Args:" in builder.__doc__ and "classifier_activation" in builder.__doc__
+    assert inspect.signature(resnet.resnet50).parameters["weights"].default == "imagenet"
+    assert inspect.signature(resnet.resnet20).parameters["classes"].default == 10
+    model = resnet.resnet20(False, None, input_shape=np.array([40, 48, 3]), pooling="avg")
+    assert model.input_shape == (None, 40, 48, 3) and model.output_shape == (None, 64) and model.name == "resnet20"
+    with pytest.raises(TypeError, match=r"^resnet20\(\) got an unexpected keyword argument 'wieghts'"):
+        resnet.resnet20(wieghts=None)
+    with pytest.raises(ConfigError, match=r"Received: classifier_activation='sofmax'$"):
+        resnet.resnet20(weights=None, classifier_activation="sofmax")

@@ -18,10 +18,11 @@ official ImageNet weight files load into these models unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from floranet.config import MIN_IMAGE_SIZE, is_int, parse_image_size
@@ -246,6 +247,7 @@ def build_resnet(
         raise ConfigError(
             f"With weights='imagenet' and include_top=True, classes must be 1000. Received: classes={classes}"
         )
+    check_activation(classifier_activation)  # before the layers are built
     input_shape = check_input_shape(input_shape, (32, 32, 3) if cifar else (224, 224, 3), include_top)
 
     inputs = layers.Input(shape=input_shape, name="input_layer") if input_tensor is None else input_tensor
@@ -266,6 +268,7 @@ def finish_model(
     weights: str | None,
 ) -> keras.Model:
     """The keras.applications ending shared by floranet's backbones: top or pooling, the model, its weights."""
+    check_activation(classifier_activation)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
@@ -279,12 +282,29 @@ def finish_model(
     return model
 
 
+def check_activation(activation: Any) -> None:
+    """ConfigError unless ``activation`` is None, a Keras activation's name or a callable (a typo was Keras's
+    ValueError from deep inside the build)."""
+    try:
+        ok = activation is None or callable(activation) or (isinstance(activation, str) and bool(activation))
+        ok = ok and keras.activations.get(activation) is not None
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            "classifier_activation must be None, a Keras activation's name (softmax, sigmoid, ...) or a callable. "
+            f"Received: classifier_activation={activation!r}"
+        )
+
+
 def check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bool) -> tuple[Any, ...]:
     """``input_shape`` checked as keras.applications' builders take it (``default`` when None)."""
     if shape is None:
         return default
-    ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and is_int(shape[2]) and shape[2] == 3
-    sides = [d for d in shape[:2] if d is not None] if ok else []
+    # Any sequence, a NumPy array too (lists were taken, np.array([40, 48, 3]) refused); not text.
+    dims = tuple(shape) if isinstance(shape, Sequence | np.ndarray) and not isinstance(shape, str | bytes) else ()
+    ok = len(dims) == 3 and is_int(dims[2]) and dims[2] == 3
+    sides = [d for d in dims[:2] if d is not None] if ok else []
     ok = ok and (not include_top or len(sides) == 2)
     try:  # each side given is checked; None (any size) only without the top
         for side in sides if ok else []:
@@ -296,19 +316,68 @@ def check_input_shape(shape: Any, default: tuple[int, int, int], include_top: bo
             f"input_shape must be (height, width, 3) with sizes >= {MIN_IMAGE_SIZE} (None allowed only "
             f"without the top). Received: input_shape={shape!r}"
         )
-    return tuple(shape)
+    return tuple(None if d is None else int(d) for d in dims)  # Python ints, as Keras's Input shows them
+
+
+_BUILDER_DOC = """Builds {title}{what}, with keras.applications' arguments (as ``keras.applications.ResNet50``).
+
+    Args:
+        include_top: Add global average pooling and the ``predictions`` Dense layer.
+        weights: {source}``None`` (random init) or a weights file's path.
+        input_tensor: Optional Keras tensor to use as the image input.
+        input_shape: ``(h, w, 3)`` (any sequence of ints, a NumPy array too); {size} by default. Height and width
+            may be ``None`` when ``include_top`` is False.
+        pooling: ``None``, ``"avg"`` or ``"max"`` when ``include_top`` is False.
+        classes: Output classes with ``include_top``.
+        classifier_activation: Activation of the ``predictions`` layer (a Keras activation's name or a callable).
+        name: The model's name.
+
+    Returns:
+        A functional ``keras.Model``.
+
+    Raises:
+        ConfigError: An argument is invalid.
+        WeightsError: Weights cannot be obtained or do not fit.
+    """
 
 
 def _factory(arch: str) -> Callable[..., keras.Model]:
+    """``arch``'s builder: keras.applications' parameters in their order, its name in errors and ``help()``."""
+    info = registry.resnet(arch)
     # Architectures with official ImageNet files default to them, as keras.applications does.
-    default_weights = "imagenet" if registry.resnet(arch).has_imagenet_weights else None
+    default_weights = "imagenet" if info.has_imagenet_weights else None
+    cifar = str(info.block) == "cifar"
 
-    def build(*, weights: str | None = default_weights, **kwargs: Any) -> keras.Model:
-        return build_resnet(arch, weights=weights, **kwargs)
+    def build(
+        include_top: bool = True,
+        weights: str | None = default_weights,
+        input_tensor: Any = None,
+        input_shape: Any = None,
+        pooling: str | None = None,
+        classes: int = 10 if cifar else 1000,
+        classifier_activation: Any = "softmax",
+        name: str = arch,
+    ) -> keras.Model:
+        return build_resnet(
+            arch,
+            include_top=include_top,
+            weights=weights,
+            input_tensor=input_tensor,
+            input_shape=input_shape,
+            pooling=pooling,
+            classes=classes,
+            classifier_activation=classifier_activation,
+            name=name,
+        )
 
-    build.__name__ = arch
-    build.__qualname__ = arch
-    build.__doc__ = f"Builds {arch}; arguments as :func:`build_resnet`."
+    depth = int("".join(c for c in arch.removeprefix("resnet").removesuffix("v2") if c.isdigit()))
+    title = f"ResNet-{depth}{'V2' if arch.endswith('v2') else ''}"
+    what = " (CIFAR, He et al. 2015 section 4.2)" if cifar else f" ({depth} layers)"
+    source = '``"imagenet"`` (the official Keras file, downloaded and verified), ' if default_weights else ""
+    build.__name__ = build.__qualname__ = arch
+    build.__doc__ = _BUILDER_DOC.format(
+        title=title, what=what, source=source, size="(32, 32, 3)" if cifar else "(224, 224, 3)"
+    )
     return build
 
 
