@@ -288,3 +288,17 @@ def test_a_config_file_that_is_no_path_is_refused_by_name(file) -> None:
         ConfigError, match=rf"config must be a YAML file's path .*Received: config={re.escape(repr(file))}$"
     ):
         config.resolve(file=file)
+
+
+def test_dir_lists_the_lazy_names_and_the_public_functions_document_their_arguments() -> None:
+    """dir(floranet) left out the lazily loaded names (load, train, the submodules) and dir(floranet.models) its
+    submodules; TrainConfig.save, load_file, to_dict and to_yaml had no Args or Returns."""
+    import floranet
+    import floranet.models
+
+    assert {"load", "train", "config", "training", "workflows", "__version__"} <= set(dir(floranet))
+    assert set(floranet.__all__) <= set(dir(floranet)) and dir(floranet) == sorted(dir(floranet))
+    assert {"resnet", "registry", "classifier", "backbones", "mobilenet", "weights"} <= set(dir(floranet.models))
+    documented = (config.TrainConfig.save, config.load_file, config.train.absolute_paths, config.resolve)
+    assert all("Args:" in (f.__doc__ or "") for f in documented), [f.__name__ for f in documented]
+    assert all("Returns:" in (f.__doc__ or "") for f in (config.TrainConfig.to_dict, config.TrainConfig.to_yaml))

@@ -32,6 +32,11 @@ _SUBMODULES = {
 __all__ = ["__version__", "load", "train", *sorted(_SUBMODULES)]
 
 
+def __dir__() -> list[str]:
+    """The module's names with the lazily loaded ones (``train``, ``load``, the submodules) that ``dir`` missed."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"floranet.{name}")

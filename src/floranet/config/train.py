@@ -42,7 +42,11 @@ from floranet.utils.files import atomic_write_text, read_capped
 def cluster_hosts_problem(hosts: list[str]) -> str:
     """Why the ``host:port`` list of a multi-worker cluster cannot work ("" when it can): a port outside
     [1, 65535] (TensorFlow's gRPC server then fails to start, with a traceback), or one ``host:port`` twice (two
-    workers on one port: the job hung, ignoring SIGTERM)."""
+    workers on one port: the job hung, ignoring SIGTERM).
+
+    Args:
+        hosts: The workers' ``host:port`` texts, stripped.
+    """
     seen: set[str] = set()
     for host in hosts:
         port = host.rpartition(":")[2]
@@ -250,7 +254,11 @@ class TrainConfig:
         return {k: getattr(self, k) for k in PRESET_FIELDS if _plain(getattr(self, k)) != _plain(base[k])}
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting as plain YAML/JSON values (``image_size`` a list), in field order."""
+        """Every setting as plain YAML/JSON values, in field order.
+
+        Returns:
+            A new dict of setting name to value (``image_size`` a list, as YAML and JSON keep it).
+        """
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
         return d
@@ -262,7 +270,11 @@ class TrainConfig:
         return f"{self.preset}, with settings of its own: {', '.join(changed)}" if changed else self.preset
 
     def to_yaml(self) -> str:
-        """The settings as YAML (what config.yaml holds); a comment first names the preset's overrides."""
+        """The settings as YAML (what config.yaml holds); a comment first names the preset's overrides.
+
+        Returns:
+            YAML that :func:`load_file` and :func:`resolve` read back into the same config.
+        """
         comment = " ".join(self.preset_text().split())  # one line: no value's line break can end the comment
         head = f"# preset {comment}\n" if self.preset_overrides() else ""
         return head + yaml.dump(self.to_dict(), Dumper=Dumper, sort_keys=False)
@@ -284,7 +296,17 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a YAML config file into a dict of known keys (dashes allowed; a key given twice is refused)."""
+    """Reads a YAML config file into a dict of known keys (dashes allowed; a key given twice is refused).
+
+    Args:
+        path: The YAML file (at most :data:`MAX_CONFIG_BYTES`).
+
+    Returns:
+        Setting name (dashes as underscores) to value, as the file gives them (not validated: :func:`resolve`).
+
+    Raises:
+        ConfigError: The file is missing, unreadable, not YAML, not a mapping, or names an unknown setting.
+    """
     p = Path(path)
     try:
         raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=UniqueKeyLoader)  # a SafeLoader
@@ -320,7 +342,11 @@ def _yaml11_float(value: Any) -> Any:
 def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with its :data:`PATH_FIELDS` and a ``weights`` file absolute (relative to the current folder), as
     config.yaml records them: the run's evaluate, audit, export, report and --resume then find them from any
-    folder."""
+    folder.
+
+    Args:
+        values: Settings by name (a config file's, flags, ...); not changed.
+    """
     out = dict(values)
     for name in PATH_FIELDS:
         value = out.get(name)

@@ -9,6 +9,11 @@ _SUBMODULES = {"backbones", "classifier", "mobilenet", "registry", "resnet", "we
 __all__ = sorted(_SUBMODULES)
 
 
+def __dir__() -> list[str]:
+    """The module's names with the submodules, which load on first use (``dir`` missed them until then)."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"floranet.models.{name}")

@@ -99,8 +99,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
         ConfigError: Invalid settings, or a resume that does not match the run.
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
-    check_arguments(config, resume, say)
-    require_data_dir(config)  # before distribute.setup, the weights and the run folder
+    check_arguments(config, resume, say)  # before distribute.setup, the weights and the run folder
     out = Path(config.out)
     dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
     weights_lib.ensure_available(config.backbone, config.weights)  # offline: fail in seconds, before any data
@@ -147,31 +146,19 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
 
 
 def check_arguments(config: Any, resume: Any, say: Any) -> None:
-    """The types of :func:`fit`'s and :func:`floranet.workflows.train`'s arguments, checked before anything is
-    written (a dict or a folder's name as ``config`` was an AttributeError, ``say=None`` a TypeError after the run
-    folder was made, and ``resume="no"`` resumed).
+    """:func:`fit`'s and :func:`floranet.workflows.train`'s arguments, checked before anything is written: a dict
+    as ``config`` was an AttributeError, ``say=None`` a TypeError after the run folder was made, ``resume="no"``
+    resumed, and the default ``data_dir=""`` read the current folder (a failure left a run folder behind).
 
     Raises:
-        ConfigError: ``config`` is not a TrainConfig, ``resume`` not a bool or ``say`` not callable.
+        ConfigError: ``config`` is no TrainConfig or has no data_dir, ``resume`` no bool or ``say`` not callable.
     """
     check(
         isinstance(config, TrainConfig), "config must be a TrainConfig (floranet.config.resolve(...))", "config", config
     )
     check(isinstance(resume, bool), "resume must be True or False", "resume", resume)
     check(callable(say), "say must be a callable taking one line of text (print, a logger's info)", "say", say)
-
-
-def require_data_dir(config: TrainConfig) -> None:
-    """Refuses the dataclass default ``data_dir=""``: training would read the current folder (and a failure there
-    left a run folder that refused the retry with the right data).
-
-    Raises:
-        ConfigError: ``config.data_dir`` is empty.
-    """
-    if not config.data_dir:
-        raise ConfigError(
-            f"data_dir is required (a folder of class sub-folders). Received: data_dir={config.data_dir!r}"
-        )
+    check(bool(config.data_dir), "data_dir is required (a folder of class sub-folders)", "data_dir", config.data_dir)
 
 
 def _finish(
@@ -339,6 +326,10 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
 def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
     """Refuses to resume with other settings than the run's, each named with its saved and given value.
 
+    Args:
+        run: The run to resume.
+        config: The settings given for it.
+
     Raises:
         ConfigError: Some differ.
     """
@@ -355,7 +346,12 @@ def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
 
 
 def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
-    """The settings of ``config`` that differ from the run's ``config.yaml`` (what a resume must not change)."""
+    """The settings of ``config`` that differ from the run's ``config.yaml`` (what a resume must not change).
+
+    Args:
+        run: The run whose ``config.yaml`` is compared.
+        config: The settings given.
+    """
     saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
     current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
     # A setting newer than the run's config.yaml compares as its default (what that run used).

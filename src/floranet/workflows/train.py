@@ -15,7 +15,7 @@ from floranet.inference import runtime
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
-from floranet.training.trainer import check_arguments, check_resume_settings, require_data_dir
+from floranet.training.trainer import check_arguments, check_resume_settings
 from floranet.workflows.after_training import audit_and_unknown
 from floranet.workflows.tracking import check_tracking
 
@@ -44,15 +44,14 @@ def train(
             this tracking URI ("" for ``MLFLOW_TRACKING_URI`` or MLflow's default); None: no MLflow.
 
     Raises:
-        ConfigError: ``config`` is not a TrainConfig, ``resume`` not a bool or ``say`` not callable.
+        ConfigError: ``config`` is no TrainConfig or has no data_dir, ``resume`` no bool or ``say`` not callable.
         MissingDependencyError: ``mlflow`` is asked for and not installed (before anything trains).
         ConfigError: ``mlflow`` names a store the installed MLflow cannot use (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
-    check_arguments(config, resume, say)  # before anything is written
-    require_data_dir(config)  # the dataclass default: training would read the current folder
+    check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
     if mlflow is not None:  # not after an hour of training
         check_tracking(mlflow)
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
