@@ -478,6 +478,30 @@ def test_a_damaged_compiled_model_falls_back_to_model_keras_and_says_which_file(
     assert old.compiled is None and "recorded its files' sha256" in old.note and "recompiles it" in old.note
 
 
+def test_a_loaded_predictor_keeps_its_model_when_the_run_is_trained_again(writable_run, tmp_path, monkeypatch) -> None:
+    """A job needing another precision read inference/model.xml from disk again: the run trained again into the
+    folder answered with the new model under the old class names, or (another image size) OpenVINO's
+    ParameterMismatch."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from floranet.inference import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)  # a big job then compiles bf16: a second compile
+    monkeypatch.setattr(runtime, "AUTO_MIN_IMAGES", 3)
+    image = _write_cases(tmp_path)["jpeg"]
+    p = predict.load(writable_run)
+    first = p.predict([image])[0]
+    assert p.choice is not None and p.choice.key == "openvino-fp32"
+    pixels = ops.parameter([-1, 48, 48, 3], np.float32)  # another run's model, of 48 px
+    other = ov.Model([ops.softmax(ops.reduce_mean(pixels, [1, 2], False), -1)], [pixels])
+    ov.save_model(other, str(writable_run / "inference" / "model.xml"))
+    rows = p.predict([image] * 3)
+    assert p.choice.key == "openvino-bf16" and all(r.error is None for r in rows)
+    assert [c for c, _ in rows[0].top_k] == [c for c, _ in first.top_k]
+    np.testing.assert_allclose([q for _, q in rows[0].top_k], [q for _, q in first.top_k], atol=0.02)
+
+
 def test_auto_runs_model_keras_on_a_gpu_even_with_a_compiled_model(tiny_run, monkeypatch) -> None:
     """The README says auto picks TensorFlow on a GPU; the compiled OpenVINO model (CPU) was used all the same."""
     from floranet.inference import runtime

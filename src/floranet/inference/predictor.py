@@ -90,6 +90,8 @@ class Predictor:
         temperature: The run's fitted temperature when ``config.calibrated`` (the only case it is used), else 1.0.
         max_pixels: Larger images are refused: the run's own limit.
         compiled: The run's compiled model (``inference/model.xml``), when it is used.
+        ir: That model, read into memory once: compiled for each precision a job asks for, so the predictor
+            answers with the model it loaded even after the run is trained again into its folder.
         choice: The runtime the last batch ran on.
         keras_model: ``model.keras``, once loaded.
         detector: The run's "unknown" answer (``ood.json``), None when it has none or ``config.unknown`` is off.
@@ -107,10 +109,13 @@ class Predictor:
     keras_model: keras.Model | None = field(default=None, repr=False)
     detector: UnknownDetector | None = None
     note: str = ""
+    ir: Any = field(default=None, repr=False)
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         runtime.choose_inference(self.config.runtime, self.config.precision, images=1)  # bad settings fail now
+        if self.compiled is not None and self.ir is None:  # read now: the files may be replaced later
+            self.ir = runtime.read_ir(self.compiled)
 
     @property
     def run_dir(self) -> Path:
@@ -145,10 +150,10 @@ class Predictor:
             # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call. It also
             # returns the pooled features when the unknown score needs them (the compiled model's second output).
             self._calls[choice.key] = (
-                runtime.OpenVINOInference.from_ir(
-                    self.compiled, choice.precision, threads=self.config.threads, joined=self._needs_features
+                runtime.OpenVINOInference(
+                    self.ir, choice.precision, threads=self.config.threads, joined=self._needs_features
                 )
-                if self.compiled is not None
+                if self.ir is not None
                 else runtime.compile_inference(self._keras_for_inference(), choice, threads=self.config.threads)
             )
         self.choice = choice
