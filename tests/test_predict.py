@@ -502,6 +502,30 @@ def test_a_loaded_predictor_keeps_its_model_when_the_run_is_trained_again(writab
     np.testing.assert_allclose([q for _, q in rows[0].top_k], [q for _, q in first.top_k], atol=0.02)
 
 
+def test_one_predictor_serves_several_threads_at_once(tiny_run, tmp_path, monkeypatch) -> None:
+    """A shared Predictor (a web app's handlers) ran every call on the compiled model's one infer request: 4 threads
+    x 10 calls failed 30 times with "Infer Request is busy"; and one thread's job changed the runtime another's ran
+    on. Each thread's answers now equal those it gets alone."""
+    import concurrent.futures
+
+    from floranet.inference import runtime
+    from floranet.utils import system
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)  # jobs of 1 and of 3 images: fp32 and bf16
+    monkeypatch.setattr(runtime, "AUTO_MIN_IMAGES", 3)
+    image = _write_cases(tmp_path)["jpeg"]
+    p = predict.load(tiny_run)
+    jobs = ([image], [image] * 3)
+    alone = [p.predict(job) for job in jobs]
+    assert alone[0][0] != alone[1][0] or not system.native_bf16()  # the runtimes answer apart: a mix-up shows
+
+    def work(n: int) -> list[bool]:
+        return [p.predict(jobs[(n + i) % 2]) == alone[(n + i) % 2] for i in range(10)]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert all(all(same) for same in pool.map(work, range(4)))
+
+
 def test_auto_runs_model_keras_on_a_gpu_even_with_a_compiled_model(tiny_run, monkeypatch) -> None:
     """The README says auto picks TensorFlow on a GPU; the compiled OpenVINO model (CPU) was used all the same."""
     from floranet.inference import runtime

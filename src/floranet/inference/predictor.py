@@ -7,8 +7,9 @@ the batch goes on.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig, check_positive_int
+from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.images import with_run_limit
 from floranet.data.inputs import NO_IMAGE, Unmatched, expand_inputs
 from floranet.errors import ConfigError, DatasetError, ModelError
-from floranet.inference import batch, compiled, runtime
+from floranet.inference import arguments, batch, compiled, runtime
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 
@@ -80,6 +81,9 @@ def top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> tuple[tuple[
 class Predictor:
     """A loaded run: its model, class names and input size, and how to run it.
 
+    One Predictor may serve several threads at once (a web app's request handlers): each job runs on the runtime
+    it selected, and calls on one compiled model take turns.
+
     Attributes:
         run: The run directory.
         class_names: Label index → name.
@@ -111,6 +115,7 @@ class Predictor:
     note: str = ""
     ir: Any = field(default=None, repr=False)
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         runtime.choose_inference(self.config.runtime, self.config.precision, images=1)  # bad settings fail now
@@ -124,13 +129,14 @@ class Predictor:
     @property
     def model(self) -> keras.Model:
         """The Keras model (``model.keras``), loaded on first use (Grad-CAM, or a TensorFlow runtime)."""
-        if self.keras_model is None:
-            self.keras_model = self.run.load_model(safe_mode=self.config.safe_mode)
+        with self._lock:  # loaded once, whichever threads ask
+            if self.keras_model is None:
+                self.keras_model = self.run.load_model(safe_mode=self.config.safe_mode)
         return self.keras_model
 
     def select(self, images: int | None = None) -> runtime.RuntimeChoice:
         """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
-        compiles the model for it once; later :meth:`probabilities` calls use it."""
+        compiles the model for it once; later :meth:`probabilities` calls use it. Thread-safe."""
         if self.compiled is not None:
             precision, why = self.config.precision, ""
             if precision == "auto" and images is not None and images < runtime.AUTO_MIN_IMAGES:
@@ -146,6 +152,12 @@ class Predictor:
             choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
             if self.note:
                 choice = runtime.RuntimeChoice(choice.runtime, choice.precision, f"{choice.reason}; {self.note}")
+        with self._lock:  # one compile per runtime, however many threads ask at once
+            self._compile(choice)
+            self.choice = choice
+        return choice
+
+    def _compile(self, choice: runtime.RuntimeChoice) -> None:
         if choice.key not in self._calls:
             # Traced once (TensorFlow) or compiled (OpenVINO): the warm single-image path is one call. It also
             # returns the pooled features when the unknown score needs them (the compiled model's second output).
@@ -156,8 +168,6 @@ class Predictor:
                 if self.ir is not None
                 else runtime.compile_inference(self._keras_for_inference(), choice, threads=self.config.threads)
             )
-        self.choice = choice
-        return choice
 
     @property
     def _needs_features(self) -> bool:
@@ -170,10 +180,10 @@ class Predictor:
 
         return classifier.with_features(self.model)
 
-    def _raw(self, pixels: np.ndarray) -> np.ndarray:
+    def _raw(self, pixels: np.ndarray, choice: runtime.RuntimeChoice | None) -> np.ndarray:
         """The model call's output: ``[B, classes]`` probabilities, then the pooled features when the unknown score
         needs them."""
-        choice = self.choice or self.select(len(pixels))
+        choice = choice or self.choice or self.select(len(pixels))
         return np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
 
     def _calibrated(self, probs: np.ndarray) -> np.ndarray:
@@ -181,19 +191,21 @@ class Predictor:
             return apply_temperature(probs, self.temperature).astype(np.float32)
         return probs
 
-    def outputs(self, pixels: np.ndarray) -> np.ndarray:
+    def outputs(self, pixels: np.ndarray, *, choice: runtime.RuntimeChoice | None = None) -> np.ndarray:
         """``[B, classes + 1]`` for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``: the
-        probabilities (calibrated when asked), then the unknown score (NaN without a detector)."""
-        raw = self._raw(pixels)
+        probabilities (calibrated when asked), then the unknown score (NaN without a detector). ``choice``: the
+        runtime to run on (a job's, from :meth:`select`); None: the one last selected."""
+        raw = self._raw(pixels, choice)
         n = len(self.class_names)
         scores = np.full((len(raw), 1), np.nan, np.float32)
         if self.detector is not None:
             scores[:, 0] = self.detector.score(raw[:, n:] if self._needs_features else None, raw[:, :n])
         return np.concatenate([self._calibrated(raw[:, :n]), scores], axis=1)
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``."""
-        return self._calibrated(self._raw(pixels)[:, : len(self.class_names)])
+    def probabilities(self, pixels: np.ndarray, *, choice: runtime.RuntimeChoice | None = None) -> np.ndarray:
+        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size`` (``choice``: as
+        :meth:`outputs`)."""
+        return self._calibrated(self._raw(pixels, choice)[:, : len(self.class_names)])
 
     def predict_files(
         self, files: Sequence[str | os.PathLike[str]], *, job_size: int | None = None, with_unknown: bool = False
@@ -206,10 +218,10 @@ class Predictor:
         """
         if isinstance(files, str | bytes | os.PathLike):
             raise ConfigError(f"files must be a list of image files. Received: files={files!r}")
-        if files:
-            self.select(job_size if job_size is not None else len(files))
+        # The job's own runtime, passed along: another thread's job may select another meanwhile.
+        choice = self.select(job_size if job_size is not None else len(files)) if files else None
         return batch.run_on_files(
-            self.outputs if with_unknown else self.probabilities,
+            functools.partial(self.outputs if with_unknown else self.probabilities, choice=choice),
             files,
             without_tensorflow=self.compiled is not None,
             image_size=self.image_size,
@@ -235,7 +247,7 @@ class Predictor:
                 batch), its total image count: runtime and decode path are then chosen as for
                 the whole job, so every row equals the single-process result.
         """
-        _check_top_k(top_k)
+        arguments.check_top_k(top_k)
         files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
         return in_input_order(self.file_rows(files, top_k=top_k, job_size=job_size), missing)
 
@@ -243,7 +255,7 @@ class Predictor:
         self, files: Sequence[str | os.PathLike[str]], *, top_k: int | None = None, job_size: int | None = None
     ) -> list[Prediction]:
         """One row per file, in order (no folder or pattern expanded: a Ray worker's share of a job's files)."""
-        _check_top_k(top_k)
+        arguments.check_top_k(top_k)
         out = self.predict_files(files, job_size=job_size, with_unknown=True)
         k = top_k if top_k is not None else self.config.top_k
         return [
@@ -257,16 +269,15 @@ class Predictor:
         Raises:
             DatasetError: Not a usable image.
         """
-        _check_top_k(top_k)
+        arguments.check_top_k(top_k)
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ConfigError(f"data must be the encoded image's bytes. Received: data of type {type(data).__name__}")
         try:
             _, pixels = decode.decode_bytes(bytes(data), self.image_size, name=name, max_pixels=self.max_pixels)
         except DatasetError as e:  # the limit is the run's: the hint names its config.yaml
             raise with_run_limit(e) from None
-        if self.choice is None:
-            self.select(1)
-        return self.row(name, self.outputs(pixels[None])[0], top_k)
+        choice = self.choice or self.select(1)
+        return self.row(name, self.outputs(pixels[None], choice=choice)[0], top_k)
 
     def describe(self) -> str:
         """What the last batch ran on, e.g. ``"compiled model (openvino fp32)"`` or ``"model.keras (tensorflow
@@ -298,7 +309,7 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
             (for instance it contains arbitrary code and ``safe_mode`` is on).
         ConfigError: A bad setting.
     """
-    config = _inference_config(config, settings)
+    config = arguments.inference_config(config, settings)
     run = RunDir.open(run_dir)
     if config.calibrated and not run.exists(RunDir.CALIBRATION):  # else "calibrated" would be the raw numbers
         raise ConfigError(
@@ -324,27 +335,6 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     return Predictor(
         run, names, (int(h), int(w)), config, temperature, max_pixels, keras_model=model, detector=detector, note=note
     )
-
-
-def _check_top_k(top_k: Any) -> None:
-    if top_k is not None:
-        check_positive_int("top_k", top_k)
-
-
-def _inference_config(config: Any, settings: dict[str, Any]) -> InferenceConfig:
-    """``config``, or one made of ``settings`` (not both: a setting beside a config was ignored).
-
-    Raises:
-        ConfigError: Both given, a config of another type, or an unknown setting.
-    """
-    if config is not None and not isinstance(config, InferenceConfig):
-        raise ConfigError(f"config must be an InferenceConfig. Received: config={config!r}")
-    if config is not None and settings:
-        raise ConfigError(f"give config or settings, not both. Received: settings={sorted(settings)}")
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(InferenceConfig)})
-    if unknown:
-        raise ConfigError(f"Unknown settings: {', '.join(unknown)}. Received: {unknown}")
-    return config or InferenceConfig(**settings)
 
 
 def _check_classes(run: RunDir, names: list[str], outputs: int) -> None:
