@@ -354,6 +354,32 @@ def test_predict_bytes_matches_file_prediction(tiny_run, tmp_path) -> None:
     np.testing.assert_allclose([p for _, p in from_file.top_k], [p for _, p in from_bytes.top_k], atol=2e-5)
 
 
+def test_one_images_answer_does_not_depend_on_the_jobs_before_it(tiny_run, tmp_path, monkeypatch) -> None:
+    """predict_bytes and probabilities kept the runtime the previous job chose: one JPEG's probability was 0.833736
+    (fp32) before a 1000-file predict and 0.834199 (bf16) after it. Each call picks for its own size; a select
+    (a server's) still holds for them."""
+    from floranet.data import decode
+    from floranet.inference import runtime
+    from floranet.utils import system
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)  # a job of 3 images runs bf16, one image fp32
+    monkeypatch.setattr(runtime, "AUTO_MIN_IMAGES", 3)
+    path = _write_cases(tmp_path)["jpeg"]
+    p = predict.load(tiny_run)
+    _, pixels = decode.decode_bytes(path.read_bytes(), p.image_size, name="x", max_pixels=p.max_pixels)
+    before = p.predict_bytes(path.read_bytes()), p.probabilities(pixels[None])
+    assert p.choice is not None and p.choice.key == "openvino-fp32"
+    big = p.predict([path] * 3)
+    assert p.choice.key == "openvino-bf16"
+    if system.native_bf16():  # elsewhere OpenVINO may compute bf16 in fp32
+        assert big[0].top_k != before[0].top_k  # the runtimes answer apart
+    after = p.predict_bytes(path.read_bytes()), p.probabilities(pixels[None])
+    assert after[0] == before[0] and np.array_equal(after[1], before[1]) and p.choice.key == "openvino-fp32"
+    assert p.select(None).key == "openvino-bf16"  # a server's choice, kept for its calls
+    p.probabilities(pixels[None]), p.predict_bytes(path.read_bytes())
+    assert p.choice.key == "openvino-bf16"
+
+
 def test_python_api_floranet_load(tiny_run, tmp_path) -> None:
     import floranet
 

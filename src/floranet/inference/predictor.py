@@ -96,7 +96,7 @@ class Predictor:
         compiled: The run's compiled model (``inference/model.xml``), when it is used.
         ir: That model, read into memory once: compiled for each precision a job asks for, so the predictor
             answers with the model it loaded even after the run is trained again into its folder.
-        choice: The runtime the last batch ran on.
+        choice: The runtime the last job ran on.
         keras_model: ``model.keras``, once loaded.
         detector: The run's "unknown" answer (``ood.json``), None when it has none or ``config.unknown`` is off.
         note: Why the compiled model is not used although the run has one ("" otherwise).
@@ -115,6 +115,7 @@ class Predictor:
     note: str = ""
     ir: Any = field(default=None, repr=False)
     _calls: dict[str, Any] = field(default_factory=dict, repr=False)
+    _selected: runtime.RuntimeChoice | None = field(default=None, init=False, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,8 +136,22 @@ class Predictor:
         return self.keras_model
 
     def select(self, images: int | None = None) -> runtime.RuntimeChoice:
-        """Resolves the runtime for a job of ``images`` images (None: long-running, e.g. a server) and
-        compiles the model for it once; later :meth:`probabilities` calls use it. Thread-safe."""
+        """Resolves the runtime for ``images`` images (None: long-running, e.g. a server), compiles the model for it
+        once, and keeps it for later :meth:`probabilities`, :meth:`outputs` and :meth:`predict_bytes` calls; without
+        a select each picks for its own images, as each ``predict`` does for its job: never a job's before it.
+        Thread-safe."""
+        self._selected = self._job(images)
+        return self._selected
+
+    def _job(self, images: int | None) -> runtime.RuntimeChoice:
+        """The runtime for a job of ``images`` images, compiled; :attr:`choice` then names it."""
+        choice = self._resolve(images)
+        with self._lock:  # one compile per runtime, however many threads ask at once
+            self._compile(choice)
+            self.choice = choice
+        return choice
+
+    def _resolve(self, images: int | None) -> runtime.RuntimeChoice:
         if self.compiled is not None:
             precision, why = self.config.precision, ""
             if precision == "auto" and images is not None and images < runtime.AUTO_MIN_IMAGES:
@@ -152,9 +167,6 @@ class Predictor:
             choice = runtime.choose_inference(self.config.runtime, self.config.precision, images=images)
             if self.note:
                 choice = runtime.RuntimeChoice(choice.runtime, choice.precision, f"{choice.reason}; {self.note}")
-        with self._lock:  # one compile per runtime, however many threads ask at once
-            self._compile(choice)
-            self.choice = choice
         return choice
 
     def _compile(self, choice: runtime.RuntimeChoice) -> None:
@@ -183,7 +195,7 @@ class Predictor:
     def _raw(self, pixels: np.ndarray, choice: runtime.RuntimeChoice | None) -> np.ndarray:
         """The model call's output: ``[B, classes]`` probabilities, then the pooled features when the unknown score
         needs them."""
-        choice = choice or self.choice or self.select(len(pixels))
+        choice = choice or self._selected or self._job(len(pixels))
         return np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
 
     def _calibrated(self, probs: np.ndarray) -> np.ndarray:
@@ -194,7 +206,7 @@ class Predictor:
     def outputs(self, pixels: np.ndarray, *, choice: runtime.RuntimeChoice | None = None) -> np.ndarray:
         """``[B, classes + 1]`` for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``: the
         probabilities (calibrated when asked), then the unknown score (NaN without a detector). ``choice``: the
-        runtime to run on (a job's, from :meth:`select`); None: the one last selected."""
+        runtime to run on; None: the one :meth:`select` chose, else the one for ``len(pixels)`` images."""
         raw = self._raw(pixels, choice)
         n = len(self.class_names)
         scores = np.full((len(raw), 1), np.nan, np.float32)
@@ -219,7 +231,7 @@ class Predictor:
         if isinstance(files, str | bytes | os.PathLike):
             raise ConfigError(f"files must be a list of image files. Received: files={files!r}")
         # The job's own runtime, passed along: another thread's job may select another meanwhile.
-        choice = self.select(job_size if job_size is not None else len(files)) if files else None
+        choice = self._job(job_size if job_size is not None else len(files)) if files else None
         return batch.run_on_files(
             functools.partial(self.outputs if with_unknown else self.probabilities, choice=choice),
             files,
@@ -276,7 +288,7 @@ class Predictor:
             _, pixels = decode.decode_bytes(bytes(data), self.image_size, name=name, max_pixels=self.max_pixels)
         except DatasetError as e:  # the limit is the run's: the hint names its config.yaml
             raise with_run_limit(e) from None
-        choice = self.choice or self.select(1)
+        choice = self._selected or self._job(1)  # a server's select, else its own: never a job's before it
         return self.row(name, self.outputs(pixels[None], choice=choice)[0], top_k)
 
     def describe(self) -> str:
