@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -221,6 +222,48 @@ def test_python_api_arguments_are_checked_by_name(tiny_run, tmp_path) -> None:
     for name in ("calibrated", "safe_mode", "unknown"):
         with pytest.raises(ConfigError, match=f"{name} must be True or False. Received: {name}='no'"):
             InferenceConfig(**{name: "no"})
+
+
+def test_python_api_arguments_of_the_wrong_type_are_named(tiny_run, tmp_path) -> None:
+    """predict(os.fsencode(path)) iterated the bytes ("not int"); None, 3, [None], [b"..."], an array or a PIL image
+    gave pathlib's TypeError; load(None) / load(b"/run") too; probabilities() on pixels of another size OpenVINO's
+    multi-line RuntimeError. Each is a ConfigError naming the argument and echoing it."""
+    import os
+
+    image = _write_cases(tmp_path)["jpeg"]
+    p = predict.load(tiny_run)
+    path_type = r"inputs must be a path or a list of paths \(str or os.PathLike; decode a bytes path with os.fsdecode\)"
+    for bad, echo in [
+        (os.fsencode(image), "Received: inputs=b'"),
+        (None, "Received: inputs=None"),
+        (3, "Received: inputs=3"),
+        ([None], r"Received: inputs\[0\]=None"),
+        ([image, os.fsencode(image)], r"Received: inputs\[1\]=b'"),
+        ([Image.open(image)], r"Received: inputs\[0\]=<PIL"),
+        (
+            np.zeros((2, 32, 32, 3)),
+            r"; pixels go to Predictor.probabilities. Received: inputs=an array of shape \(2, 32",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=f"{path_type}(. )?{echo}"):
+            p.predict(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"files must be a list of paths .*Received: files\[0\]=None"):
+        p.predict_files([None])  # type: ignore[list-item]
+    assert p.predict((str(image), image))[1].error is None  # a tuple, str and PathLike: as before
+    for bad in (None, os.fsencode(tiny_run)):
+        with pytest.raises(ConfigError, match=f"run_dir must be a path to a run directory .*Received: run_dir={bad!r}"):
+            predict.load(bad)  # type: ignore[arg-type]
+    for pixels, shape in [
+        (np.zeros((1, 48, 48, 3), np.float32), "(1, 48, 48, 3) and dtype float32"),
+        (np.zeros((32, 32, 3), np.float32), "(32, 32, 3) and dtype float32"),
+        (np.zeros((0, 32, 32, 3), np.float32), "(0, 32, 32, 3) and dtype float32"),
+        (np.full((1, 32, 32, 3), "x"), "(1, 32, 32, 3) and dtype <U1"),
+    ]:
+        for call in (p.probabilities, p.outputs):
+            with pytest.raises(ConfigError, match=rf"pixels must be an array \[B, 32, 32, 3\] .*{re.escape(shape)}"):
+                call(pixels)
+    as_float = p.probabilities(np.full((1, 32, 32, 3), 100, np.float32))
+    np.testing.assert_array_equal(p.probabilities(np.full((1, 32, 32, 3), 100, np.uint8)), as_float)
 
 
 def test_cli_predict_json_csv_and_table(tiny_run, tmp_path, capsys) -> None:

@@ -195,6 +195,7 @@ class Predictor:
     def _raw(self, pixels: np.ndarray, choice: runtime.RuntimeChoice | None) -> np.ndarray:
         """The model call's output: ``[B, classes]`` probabilities, then the pooled features when the unknown score
         needs them."""
+        pixels = arguments.pixels(pixels, self.image_size)  # a wrong size failed inside OpenVINO
         choice = choice or self._selected or self._job(len(pixels))
         return np.asarray(self._calls[choice.key](pixels), dtype=np.float32)
 
@@ -206,7 +207,8 @@ class Predictor:
     def outputs(self, pixels: np.ndarray, *, choice: runtime.RuntimeChoice | None = None) -> np.ndarray:
         """``[B, classes + 1]`` for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size``: the
         probabilities (calibrated when asked), then the unknown score (NaN without a detector). ``choice``: the
-        runtime to run on; None: the one :meth:`select` chose, else the one for ``len(pixels)`` images."""
+        runtime to run on; None: the one :meth:`select` chose, else the one for ``len(pixels)`` images. Pixels of
+        another shape, or not numbers, are a ConfigError (before the model runs)."""
         raw = self._raw(pixels, choice)
         n = len(self.class_names)
         scores = np.full((len(raw), 1), np.nan, np.float32)
@@ -215,8 +217,8 @@ class Predictor:
         return np.concatenate([self._calibrated(raw[:, :n]), scores], axis=1)
 
     def probabilities(self, pixels: np.ndarray, *, choice: runtime.RuntimeChoice | None = None) -> np.ndarray:
-        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size`` (``choice``: as
-        :meth:`outputs`)."""
+        """Model probabilities for float32 ``[B, H, W, 3]`` RGB 0..255 already at ``image_size`` (``choice`` and a
+        wrong shape: as :meth:`outputs`)."""
         return self._calibrated(self._raw(pixels, choice)[:, : len(self.class_names)])
 
     def predict_files(
@@ -226,10 +228,12 @@ class Predictor:
         ``with_unknown`` one more column, the unknown score (:meth:`outputs`).
 
         Raises:
-            ConfigError: ``files`` is one path, not a list of them (it would be read letter by letter).
+            ConfigError: ``files`` is one path, not a list of them (it would be read letter by letter), or holds
+                something else than a path (``str`` or ``os.PathLike``: bytes paths are refused).
         """
         if isinstance(files, str | bytes | os.PathLike):
             raise ConfigError(f"files must be a list of image files. Received: files={files!r}")
+        files = arguments.paths("files", files, one=False)
         # The job's own runtime, passed along: another thread's job may select another meanwhile.
         choice = self._job(job_size if job_size is not None else len(files)) if files else None
         return batch.run_on_files(
@@ -258,9 +262,12 @@ class Predictor:
             job_size: When these inputs are one part of a larger job (a distributed worker's
                 batch), its total image count: runtime and decode path are then chosen as for
                 the whole job, so every row equals the single-process result.
+
+        Raises:
+            ConfigError: ``inputs`` is not a path or a list of paths (``str`` or ``os.PathLike``), or a bad ``top_k``.
         """
         arguments.check_top_k(top_k)
-        files, missing = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+        files, missing = expand_inputs(arguments.paths("inputs", inputs, one=True))
         return in_input_order(self.file_rows(files, top_k=top_k, job_size=job_size), missing)
 
     def file_rows(
@@ -319,10 +326,10 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     Raises:
         ModelError: Not a finished run, or the model file cannot be loaded
             (for instance it contains arbitrary code and ``safe_mode`` is on).
-        ConfigError: A bad setting.
+        ConfigError: A bad setting, or ``run_dir`` is not a path (``str`` or ``os.PathLike``).
     """
     config = arguments.inference_config(config, settings)
-    run = RunDir.open(run_dir)
+    run = RunDir.open(arguments.run_dir(run_dir))
     if config.calibrated and not run.exists(RunDir.CALIBRATION):  # else "calibrated" would be the raw numbers
         raise ConfigError(
             f"calibrated=True needs the temperature fitted on the run's validation images ({RunDir.CALIBRATION}), "
