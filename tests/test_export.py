@@ -238,7 +238,7 @@ def test_an_export_that_disagrees_says_so_and_exits_1(run_copy: Path, tmp_path: 
     from floranet.export import check, exporter
 
     bad = check.Check(agreement=0.5, max_abs_diff=0.6, latency=1.0, reference_latency=1.0, num_images=4)
-    monkeypatch.setattr(exporter, "check_export", lambda *a: bad)
+    monkeypatch.setattr(exporter, "check_export", lambda *a, **k: bad)
     out = tmp_path / "bad"
     assert main(["export", str(run_copy), "--format", "keras", "--out", str(out), "--max-images", "4"]) == 1
     assert "DOES NOT AGREE (needs top-1 >= 99% and max |Δp| <= 0.01)" in (out / "README.txt").read_text()
