@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -418,6 +419,24 @@ def test_report_says_when_the_wrong_images_cannot_be_read(writable_run, tmp_path
     assert "No misclassified images" not in html
     assert f"misclassified image(s), none readable under {moved} (moved?)" in html
     assert f"could not be read under {moved} (moved?)" in caplog.text
+
+
+def test_the_top_losses_gallery_shows_each_photo_upright_at_its_own_shape(writable_run, tmp_path, monkeypatch) -> None:
+    """The gallery drew each heat map on the model's squashed input (32x32 here), as explain once did."""
+    from PIL import Image
+
+    from floranet.evaluation import report
+    from floranet.evaluation.evaluation import Evaluation
+
+    data = tmp_path / "data"
+    (data / "daisy").mkdir(parents=True)
+    Image.new("RGB", (400, 20), (200, 40, 40)).save(data / "daisy" / "wide.jpg")
+    ev = Evaluation(("daisy", "roses", "tulips"), ("daisy/wide.jpg",), np.array([0]), np.array([[0.1, 0.8, 0.1]]))
+    ev = dataclasses.replace(ev, data_dir=str(data))
+    shown: list[tuple[int, ...]] = []
+    monkeypatch.setattr(report, "image_grid", lambda images, *a, **k: shown.extend(i.shape for i in images))
+    assert report.top_losses_gallery(ev, RunDir(writable_run))[1] == 0
+    assert shown == [(19, 384, 3)], shown  # 400x20 scaled to a 384 px long side, not 32x32
 
 
 def test_report_on_a_mistyped_path_makes_no_folder(tmp_path, capsys) -> None:

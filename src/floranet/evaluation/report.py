@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from floranet.data import decode
+from floranet.data.images import load_image
+from floranet.data.resize import bilinear
 from floranet.data.scan import IMAGE_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
-from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
+from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around, shown_photo
 from floranet.evaluation.metrics import unmeasured_classes
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
@@ -79,13 +80,14 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
     model = model or run.load_model()
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     max_pixels = run.max_pixels()
-    imgs, titles, wanted = [], [], []
+    imgs, photos, titles, wanted = [], [], [], []
     for row in losses:
-        try:
-            pixels = decode.decode_and_resize(str(Path(ev.data_dir) / row["path"]), size, max_pixels=max_pixels)
+        try:  # upright (EXIF) at its own size, resized for the model as predict does: the overlay shows the photo
+            photo = load_image(str(Path(ev.data_dir) / row["path"]), max_pixels=max_pixels)
         except DatasetError:
             continue
-        imgs.append(pixels)
+        imgs.append(bilinear(photo, size))
+        photos.append(shown_photo(photo))
         wanted.append(ev.class_names.index(row["predicted"]))
         titles.append(f"{row['path']}\ntrue {row['true']}, predicted {row['predicted']} ({row['probability']:.0%})")
     unread = len(losses) - len(imgs)
@@ -104,7 +106,7 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
         if not cam.any():  # a plain blue map is "no evidence", not "nowhere"
             titles[i] += f"\n{NO_EVIDENCE} {ev.class_names[wanted[i]]}"
     path = run.plot("top_losses.png")
-    image_grid(imgs, titles, path, overlays=list(heat))
+    image_grid(photos, titles, path, overlays=list(heat))
     return path, unread
 
 
