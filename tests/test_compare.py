@@ -166,6 +166,23 @@ def test_compare_ranks_the_runs_most_of_them_share_the_data_of() -> None:
     assert mark_other_data(same) == [] and Comparison(same, "tf", Path("o")).other_data() == ""
 
 
+def test_runs_of_the_same_accuracy_and_ece_share_their_rank() -> None:
+    """Exact ties were ranked 1 and 2 by the order of --backbones, with nothing to say they were tied."""
+    from floranet.workflows.ranking import Comparison, Entry, page
+
+    def entry(name: str, accuracy: float, ece: float) -> Entry:
+        return Entry(name, "none", accuracy=accuracy, ece=ece, classes=["a"], val_images=4)
+
+    entries = [entry("r20", 0.5, 0.1), entry("r32", 0.75, 0.2), entry("r44", 0.75, 0.2), entry("r56", 0.75, 0.1)]
+    entries.append(Entry("r110", "imagenet", skipped="no weights"))
+    result = Comparison(entries, "tf", Path("o"))
+    assert [e.backbone for e in result.ranked()] == ["r56", "r32", "r44", "r20", "r110"]
+    assert result.ranks() == ["1", "2=", "2=", "4", "-"]
+    assert [e["rank"] for e in result.to_dict()["ranking"]] == ["1", "2=", "2=", "4", "-"]
+    assert "| 2= | r32 |" in result.table() and "| 2= | r44 |" in result.table()
+    assert page(result).count("<td>2=</td>") == 2
+
+
 def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, monkeypatch) -> None:
     """A typo in the last backbone failed after training the first (and blocked the corrected rerun); --out inside
     the data folder got a split.csv first; a folder of the user's had its comparison.html replaced; a file as --out

@@ -43,10 +43,23 @@ class Comparison:
 
     def ranked(self) -> list[Entry]:
         """The ranked runs, best first, then those not ranked (other data), then the skipped backbones."""
-        done = [e for e in self.entries if e.skipped is None]
-        done.sort(key=lambda e: (-(e.accuracy or 0.0), e.ece if e.ece is not None else 1.0))
+        done = sorted((e for e in self.entries if e.skipped is None), key=_order)
         apart = [e for e in done if e.not_ranked is not None]
         return [e for e in done if e.not_ranked is None] + apart + [e for e in self.entries if e.skipped is not None]
+
+    def ranks(self) -> list[str]:
+        """Each of :meth:`ranked`'s rank as shown: ``2`` and ``2=`` for runs of the same accuracy and ECE (they were
+        ranked 2 and 3 by the order of --backbones), ``not ranked`` (other data), ``-`` (skipped)."""
+        ranked = self.ranked()
+        keys = [_order(e) for e in ranked if e.skipped is None and e.not_ranked is None]  # first, in order
+        out = []
+        for e in ranked:
+            if e.skipped is not None or e.not_ranked is not None:
+                out.append("-" if e.skipped is not None else "not ranked")
+            else:
+                key = _order(e)
+                out.append(f"{keys.index(key) + 1}{'=' if keys.count(key) > 1 else ''}")
+        return out
 
     def other_data(self) -> str:
         """What the table says of the runs it does not rank ("" when every trained run is ranked)."""
@@ -64,13 +77,13 @@ class Comparison:
         """The ranking as a Markdown table (what ``floranet compare`` prints)."""
         head = "| rank | backbone | weights | accuracy | ECE | size | train time | batch 1 | batch 32 |"
         lines = [head, "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
-        for rank, e in enumerate(self.ranked(), 1):
+        for rank, e in zip(self.ranks(), self.ranked(), strict=True):
             if e.skipped is not None:
                 skipped = f"skipped: {_cell(e.skipped)}"
                 lines.append(f"| - | {_cell(e.backbone)} | {_cell(e.weights)} | {skipped} | | | | | |")
                 continue
             lines.append(
-                f"| {_rank(rank, e)} | {_cell(e.backbone)} | {_cell(e.weights)} | {_num(e.accuracy, '.4f')} | "
+                f"| {rank} | {_cell(e.backbone)} | {_cell(e.weights)} | {_num(e.accuracy, '.4f')} | "
                 f"{_num(e.ece, '.4f')} | "
                 f"{(e.size_bytes or 0) / 2**20:.1f} MiB | {_num(e.train_s, '.0f')} s | "
                 f"{_num(e.latency_ms_batch1, '.2f')} ms | {_num(e.latency_ms_batch32, '.1f')} ms |"
@@ -84,7 +97,7 @@ class Comparison:
         return {
             "runtime": self.runtime,
             "settings": self.settings,
-            "ranking": [asdict(e) for e in self.ranked()],
+            "ranking": [{"rank": rank, **asdict(e)} for rank, e in zip(self.ranks(), self.ranked(), strict=True)],
         }
 
 
@@ -98,8 +111,9 @@ def _num(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _rank(rank: int, e: Entry) -> str:
-    return "not ranked" if e.not_ranked is not None else str(rank)
+def _order(e: Entry) -> tuple[float, float]:
+    """Best first: the higher validation accuracy, then the lower ECE."""
+    return (-(e.accuracy or 0.0), e.ece if e.ece is not None else 1.0)
 
 
 def mark_other_data(entries: list[Entry]) -> list[str]:
@@ -148,8 +162,8 @@ def page(result: Comparison) -> str:
     """A self-contained HTML page of the ranking (no scripts, no external resources)."""
     best = max((e.accuracy or 0.0 for e in result.entries if e.skipped is None), default=0.0) or 1.0
     rows = []
-    for rank, e in enumerate(result.ranked(), 1):
-        cells = [_rank(rank, e) if e.skipped is None else "-", e.backbone, e.weights]
+    for rank, e in zip(result.ranks(), result.ranked(), strict=True):
+        cells = [rank, e.backbone, e.weights]
         if e.skipped is not None:
             cells.append(f'<td colspan="6">skipped: {html.escape(e.skipped)}</td>')
         else:
