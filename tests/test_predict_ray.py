@@ -189,3 +189,21 @@ def test_more_workers_than_this_machine_has_cores_are_refused(tiny_run: Path, in
     with pytest.raises(ConfigError, match=f"needs {too_many} CPUs but the Ray cluster has {too_many - 1}"):
         predict_ray.predict_with_ray(tiny_run, inputs, num_workers=too_many, batch_size=1)
     assert not ray.is_initialized()
+
+
+def test_the_ray_instance_floranet_starts_reports_no_usage_stats(monkeypatch) -> None:
+    """ray.init of a new local instance enables Ray's usage reporting (to usage-stats.ray.io) by default; the
+    instance floranet starts for predict --engine ray has it off, unless the user turned it on."""
+    import os
+
+    seen: list[str | None] = []
+
+    class FakeRay:
+        def init(self, **kwargs) -> None:
+            seen.append(os.environ.get("RAY_USAGE_STATS_ENABLED"))
+
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    predict_ray._init_ray(FakeRay(), None, None, 1)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    predict_ray._init_ray(FakeRay(), None, None, 1)
+    assert seen == ["0", "1"]

@@ -208,3 +208,23 @@ def test_append_head_matches_the_keras_head() -> None:
     np.testing.assert_allclose(out[:, 4:], feats, atol=1e-5)
     odd = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="tanh")])
     assert runtime.append_head(runtime.to_openvino(extractor), odd) is None  # falls back to a full conversion
+
+
+def test_openvino_reports_nothing_to_google_analytics_from_floranet(tmp_path) -> None:
+    """OpenVINO's converter sent each import and conversion to Google Analytics (openvino_telemetry: consent
+    assumed when no opt-out file exists) and wrote a client id under ~/intel, from every floranet command that
+    loads it. floranet keeps it off: OpenVINO takes its no-op stub, and nothing is written in HOME."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import floranet, openvino\n"
+        "from openvino.tools import ovc\n"
+        "import openvino.tools.ovc.telemetry_utils as t\n"
+        "print(t.tm.__name__)\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "CI": ""}  # CI=true would turn it off by itself
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "openvino.tools.ovc.telemetry_stub"
+    assert not (tmp_path / "intel").exists()

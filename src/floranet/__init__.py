@@ -9,9 +9,16 @@ stays fast; ``floranet.train`` and ``floranet.load`` import Keras and TensorFlow
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenVINO's converter reports each import and conversion to Google Analytics (openvino_telemetry, on unless its own
+# opt_in_out tool was run) and keeps a client id under ~/intel: floranet keeps that off in its processes. OpenVINO
+# runs without the package (its telemetry stub), so importing it fails here, unless it was imported already.
+if "openvino_telemetry" not in sys.modules:
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
 
 _SUBMODULES = {
     "cli",

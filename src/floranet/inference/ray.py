@@ -114,6 +114,9 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
     # "local" starts a fresh instance even if `ray start` runs on this machine; with this machine's cores only, so
     # more workers than fit are refused (below) rather than sharing cores.
     cpus = os.cpu_count() or 1
+    # Ray reports a cluster's usage to usage-stats.ray.io unless told not to; this instance is floranet's own, and
+    # floranet sends nothing unasked (RAY_USAGE_STATS_ENABLED=1 set by the user still wins).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=cpus, object_store_memory=_OBJECT_STORE_BYTES, **quiet)
 
 
