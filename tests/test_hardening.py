@@ -306,6 +306,21 @@ def test_a_500_class_run_completes_with_bounded_plots(tmp_path) -> None:
 # --------------------------------------------------------------------------- 10. no terminal injection
 
 
+def test_output_that_is_not_utf8_shows_names_escaped_without_a_traceback(tmp_path) -> None:
+    """With stdout in cp1252 or ASCII (a Windows redirect, an ISO-8859 locale), a class named "café" or the demo's
+    "→" ended the command in a UnicodeEncodeError traceback, a half-written run behind it."""
+    import os
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=3, names=["caf\u00e9", "\u2192arrow"])
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "PYTHONUTF8": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "floranet.cli", "doctor", str(data)], capture_output=True, env=env, timeout=120
+    )
+    out, err = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "caf\\xe9" in out and "\\u2192arrow" in out, out
+
+
 def test_a_reader_that_leaves_the_pipe_gets_no_traceback() -> None:
     """`floranet backbones | head -0`: a BrokenPipeError traceback (twice: again when Python flushed at exit)."""
     proc = subprocess.Popen(

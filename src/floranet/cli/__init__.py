@@ -76,6 +76,9 @@ def console_main() -> None:
     are registered after this one and run first: logging, Ray, MLflow, ...), the process ends with the code.
     """
     atexit.register(_end_now)
+    for stream in (sys.stdout, sys.stderr):  # a terminal or file that is not UTF-8 (cp1252, latin-1): a class name's
+        if hasattr(stream, "reconfigure"):  # "é" or the demo's "→" is shown escaped, not a UnicodeEncodeError
+            stream.reconfigure(errors="backslashreplace")
     code = main()
     if "tensorflow" in sys.modules or "openvino" in sys.modules:
         _EXIT_CODE.append(code)
