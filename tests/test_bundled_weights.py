@@ -179,6 +179,9 @@ def test_demo_offline_uses_the_sample_and_the_bundled_backbone_and_says_so(tmp_p
     assert "FALLING BACK to the bundled sample" in text and "FALLING BACK to MobileNetV2" in text
     assert "total time" in text and (result.run_dir / "model.keras").is_file()
     assert "tutorial preset" in text and "then fine-tuning the last stage" in text  # asked for: 1 epoch
+    # It ends with what to do next, ready to paste (it ended with a list of files), the model card among them
+    assert f"floranet predict {result.run_dir} PHOTO.jpg" in text and f"floranet serve {result.run_dir}" in text
+    assert str(result.run_dir / "README.md") in text
     saved = (result.run_dir / "config.yaml").read_text()
     assert "mobilenet_v2" in saved and "preset: tutorial" in saved and "fine_tune_epochs: 1" in saved
 

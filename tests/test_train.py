@@ -273,6 +273,18 @@ def test_wrong_argument_types_are_refused_before_anything_is_written(call, match
     assert not (tmp_path / "run").exists()
 
 
+def test_the_demo_draws_no_progress_bars_into_a_log_or_a_pipe(monkeypatch) -> None:
+    """`make demo > log` held 80 escape codes and 17 carriage returns of Keras's bars; train already drew them only
+    on a terminal."""
+    from floranet.cli import main
+    from floranet.workflows import demo
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: seen.update(k))
+    assert main(["demo", "--epochs", "1"]) == 0  # under pytest, stderr is not a terminal
+    assert seen["progress"] is False
+
+
 def test_the_demo_into_a_run_folder_says_to_choose_another(tiny_run: Path, tmp_path, monkeypatch) -> None:
     """The demo passed on train's advice, 'Use --resume to continue it', an option the demo does not have."""
     import shutil

@@ -74,6 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         fine_tune_epochs=args.fine_tune_epochs,
         image_size=args.image_size,
+        progress=sys.stderr.isatty(),  # no progress bars or colour codes in a log or a pipe, as train
         say=say,
     )
     return 0

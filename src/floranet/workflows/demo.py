@@ -14,6 +14,7 @@ over seeded splits of the sample among those measured (README, "Weights without 
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -205,9 +206,15 @@ def _results(result: TrainResult, acc: float | None, weights: str | None, say: C
         f"{RunDir.PLOTS}/confusion_matrix.png",
         f"{RunDir.PLOTS}/reliability.png",
         RunDir.REPORT,
+        RunDir.MODEL_CARD,
         f"{RunDir.LOGS}/",
     ):
         say(f"  {result.run / name}")
+    run = shlex.quote(str(result.run.path))  # ready to paste, a folder with a space included
+    say("Next (the command is .venv/bin/floranet after `make demo`, or floranet in an activated venv):")
+    say(f"  floranet predict {run} PHOTO.jpg        # top classes, or 'unknown'")
+    say(f"  floranet serve {run}                    # web page and REST API on http://127.0.0.1:8000")
+    say(f"  floranet export {run} --format onnx     # or openvino, tflite, saved_model, keras")
 
 
 def _data(data: str | None, say: Callable[[str], None]) -> tuple[Path, bool]:
