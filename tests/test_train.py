@@ -437,6 +437,30 @@ def test_sigkill_then_resume_completes_the_run(point, images, tmp_path) -> None:
     assert model.output_shape == (None, 3)
 
 
+def test_a_start_killed_before_its_config_is_begun_again_and_config_follows_the_state(
+    images, tmp_path, monkeypatch
+) -> None:
+    """A kill between config.yaml and state.json (a CI run hit it) left a folder that neither train nor --resume
+    would take: 'not empty and not a floranet run'. state.json is now written first, so a folder with config.yaml
+    is a run; one holding only a fresh state.json and a temp file of config.yaml is begun again."""
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text(json.dumps({"stages": {}, "history": [], "complete": False, "seconds": 0.0}))
+    (run / ".config.yaml.x1y2.yaml").write_text("cut short")
+    states_first: list[bool] = []
+    write_config = RunDir.write_config
+    monkeypatch.setattr(
+        RunDir, "write_config", lambda r, c: states_first.append(r.exists(RunDir.STATE)) or write_config(r, c)
+    )
+    args = ["train", str(images), "--out", str(run), "--backbone", "resnet20", "--weights", "none", "--image-size"]
+    args += ["32", "--batch-size", "4", "--epochs", "1", "--fine-tune-epochs", "0", "--no-audit"]
+    assert main([*args, "--runtime", "tensorflow", "--precision", "fp32"]) == 0
+    assert states_first == [True] and json.loads((run / "state.json").read_text())["complete"]
+
+
 def test_training_on_the_every_case_corpus_uses_the_good_files_and_changes_nothing(tmp_path, monkeypatch) -> None:
     from corpus import deny_locked_reads, make_corpus, snapshot
 

@@ -175,7 +175,7 @@ class RunDir:
             return
         if not self.path.is_dir():
             raise ConfigError(f"out must be a folder for the run; it is a file. Received: out={str(self.path)!r}")
-        others = [p.name for p in self.path.iterdir() if p.name != self.LOCK and not _worker_backups(p)]
+        others = [p.name for p in self.path.iterdir() if p.name != self.LOCK and not _ours(p)]
         if others and not self.is_run():
             raise ConfigError(
                 f"out is a folder that is not empty and not a floranet run (it holds {', '.join(sorted(others)[:3])}"
@@ -387,7 +387,14 @@ def _number(text: str | None) -> Any:
 _RUN_MARKS = (RunDir.DOCTOR, RunDir.SPLIT, RunDir.STATE)
 
 
-def _worker_backups(path: Path) -> bool:
-    """Whether ``path`` is a non-chief worker's ``backup/`` (``backup/worker-<i>/...``): all a multi-worker job's
-    other workers write into their ``--out``, and a restarted job must find it there."""
-    return path.name == RunDir.BACKUP and path.is_dir() and all(p.name.startswith("worker-") for p in path.iterdir())
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is floranet's in a folder not yet a run: a non-chief worker's ``backup/worker-<i>/``, or what
+    a run killed in its first writes left (a fresh ``state.json``, written first, or a temp file of it or config)."""
+    if path.name == RunDir.BACKUP:
+        return path.is_dir() and all(p.name.startswith("worker-") for p in path.iterdir())
+    if path.name.startswith((f".{RunDir.STATE}.", f".{RunDir.CONFIG}.")):
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads(path.read_text()) if path.name == RunDir.STATE else None
+        return isinstance(state, dict) and not state.get("stages") and state.get("complete") is False
+    return False

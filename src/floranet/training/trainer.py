@@ -307,19 +307,18 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
         check_resume_settings(run, config)
         return RunState.load(run)
-    if not run.exists(RunDir.STATE):
-        run.check_new_output()
-    else:
+    if run.exists(RunDir.STATE) and run.exists(RunDir.CONFIG):
         raise ConfigError(
             f"{run.path} already holds a run. Use --resume to continue it, or choose another "
             f"--out. Received: out={str(run.path)!r}"
         )
+    run.check_new_output()  # a fresh state.json alone is a start killed before its config.yaml: begun again
     run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(config)
     state = RunState()
-    # With config.yaml, what makes the folder a run (RunDir.is_run) from its first second: one killed during the
-    # data scan is a run that --resume continues, not "a folder of yours".
+    # Before config.yaml: with it, what makes the folder a run (RunDir.is_run) from its first second, so one killed
+    # at any point after is a run that --resume continues, not "a folder of yours" (config.yaml first left a gap).
     state.save(run)
+    run.write_config(config)
     return state
 
 
