@@ -20,13 +20,12 @@ from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid, written_here
-from floranet.utils.files import check_outside
+from floranet.utils.files import TEMP_NAME_EXTRA, check_outside
 from floranet.utils.text import printable
 
 log = logging.getLogger(__name__)
 SHOWN_SIDE = (192, 384)  # an overlay's longer side: a larger photo is scaled down to 384 px (as serve's), a tiny one up
 NO_EVIDENCE = "no positive evidence for"  # a map that is all zero: nothing in the image raised the class
-TEMP_NAME_BYTES = 14  # what atomic_path's temp file adds to a name: "." + "." + 8 random characters + ".png"
 
 
 def last_feature_map(backbone: keras.Model) -> tuple[str, keras.KerasTensor]:
@@ -284,7 +283,7 @@ def _overlay_name(stem: str, n: int) -> str:
     apart) where the name, or the temp file written before it, would pass NAME_MAX: a long but legal photo name
     was "File name too long", and the batch stopped there."""
     tail = (f".{n}" if n > 1 else "") + ".gradcam.png"
-    room = NAME_MAX - TEMP_NAME_BYTES - len(tail)
+    room = NAME_MAX - TEMP_NAME_EXTRA - len(".png") - len(tail)  # the temp file written first: its name too
     raw = os.fsencode(stem)  # bytes, not characters: "é" is two; a non-UTF-8 byte (surrogate-escaped) is one
     if len(raw) <= room:
         return stem + tail

@@ -123,6 +123,11 @@ def fsync_dir(folder: Path) -> None:
     _fsync_path(folder)
 
 
+# What the temp file of atomic_path adds to a name, besides its suffix: "." before, "." and tempfile's 8 random
+# characters after (a name that fits NAME_MAX with no room for these fails as "File name too long").
+TEMP_NAME_EXTRA = 10
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
     """Yields a temp path beside ``path``; renames it onto ``path`` if the block succeeds.
