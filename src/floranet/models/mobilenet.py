@@ -17,7 +17,7 @@ import keras
 from keras import layers
 
 from floranet.errors import ConfigError
-from floranet.models.resnet import check_input_shape, finish_model
+from floranet.models.resnet import check_activation, check_input_shape, finish_model
 
 ARCH = "mobilenet_v2"
 BN_EPSILON = 1e-3  # keras.applications' value; the conversion folds torchvision's 1e-5 into the variances
@@ -106,6 +106,7 @@ def build_mobilenet_v2(
         raise ConfigError(f"pooling must be None, 'avg' or 'max'. Received: pooling={pooling!r}")
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ConfigError(f"classes must be a positive int. Received: classes={classes!r}")
+    check_activation(classifier_activation)  # before the layers are built
     shape = check_input_shape(input_shape, (224, 224, 3), include_top)
     inputs = layers.Input(shape=shape, name="input_layer") if input_tensor is None else input_tensor
     x = features(inputs)

@@ -267,8 +267,8 @@ def finish_model(
     name: str | None,
     weights: str | None,
 ) -> keras.Model:
-    """The keras.applications ending shared by floranet's backbones: top or pooling, the model, its weights."""
-    check_activation(classifier_activation)
+    """The keras.applications ending shared by floranet's backbones: top or pooling, the model, its weights (each
+    builder has checked ``classifier_activation`` before building its layers: :func:`check_activation`)."""
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
