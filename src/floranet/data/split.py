@@ -115,6 +115,13 @@ class Split:
             out[row.label][row.split] += 1
         return out
 
+    def balanced_weights(self) -> dict[str, float]:
+        """Each class's weight for ``class_weights: auto``, from its training images: scikit-learn's "balanced",
+        ``n / (classes x the class's training images)`` over the classes that have any (what training weighs the
+        loss with, and what the model card shows)."""
+        train = {name: c["train"] for name, c in self.counts().items() if c["train"]}
+        return {name: sum(train.values()) / (len(train) * n) for name, n in train.items()}
+
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """Writes the manifest atomically (temp file in the same folder, then rename).
 

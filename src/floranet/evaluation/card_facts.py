@@ -34,7 +34,8 @@ class CardFacts:
         self.calibration: dict[str, Any] = self._optional(RunDir.CALIBRATION) or {}
         self.doctor: dict[str, Any] = self._optional(RunDir.DOCTOR) or {}
         self.class_names: list[str] = run.class_names() if run.exists(RunDir.CLASS_NAMES) else []
-        self.counts = run.split(self.class_names).counts() if run.exists(RunDir.SPLIT) else {}
+        self.split = run.split(self.class_names) if run.exists(RunDir.SPLIT) else None
+        self.counts = self.split.counts() if self.split else {}
         self.audit = self._optional(RunDir.AUDIT)
         self.ood = self._optional(RunDir.OOD)
         self.stages: dict[str, Any] = (self._optional(RunDir.STATE) or {}).get("stages", {})
@@ -81,7 +82,6 @@ class CardFacts:
 
     @property
     def class_weights(self) -> dict[str, float]:
-        """The balanced weights ``--class-weights auto`` trained with, from ``split.csv``'s training counts, as
-        training computes them (scikit-learn's ``n / (classes x the class's training images)``)."""
-        train = {name: c["train"] for name, c in self.counts.items() if c["train"]}
-        return {name: sum(train.values()) / (len(train) * n) for name, n in train.items()}
+        """The balanced weights ``--class-weights auto`` trained with: ``split.csv``'s, as training computes them
+        (:meth:`~floranet.data.split.Split.balanced_weights`)."""
+        return self.split.balanced_weights() if self.split else {}

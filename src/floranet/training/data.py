@@ -364,12 +364,9 @@ def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
 
 
 def class_weights(prepared: Prepared, config: TrainConfig) -> dict[int, float] | None:
-    """Balanced class weights (scikit-learn) when ``class_weights: auto``."""
+    """Balanced class weights (:meth:`~floranet.data.split.Split.balanced_weights`, by label index) when
+    ``class_weights: auto``."""
     if config.class_weights != "auto":
         return None
-    from sklearn.utils.class_weight import compute_class_weight
-
-    y = np.asarray([prepared.split.label_index(r.label) for r in prepared.split.train()])
-    present = np.unique(y)
-    weights = compute_class_weight("balanced", classes=present, y=y)
-    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+    split = prepared.split
+    return {split.label_index(name): w for name, w in split.balanced_weights().items()}
