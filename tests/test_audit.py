@@ -541,7 +541,7 @@ def test_a_class_of_one_image_is_left_out_of_the_label_check_not_every_class(tmp
     written = to_json(result, tmp_path)
     assert lonely.paths[-1] not in written["label_quality"] and len(written["label_quality"]) == len(y)
     RunDir(tmp_path).write_json(RunDir.AUDIT, written)
-    assert "not checked in c3 (a class needs at least two distinct images)" in audit_section(RunDir(tmp_path))
+    assert "not checked in c3 (a class needs at least two distinct images)" in audit_section(RunDir(tmp_path), written)
 
 
 def test_near_duplicates_are_found_in_a_small_set_of_real_photos(tmp_path: Path) -> None:

@@ -184,6 +184,25 @@ def test_a_damaged_side_file_is_left_out_of_the_card_not_fatal(writable_run: Pat
     assert f"On {RunDir(writable_run).metrics()['num_examples']} validation images" in card
 
 
+@pytest.mark.parametrize(
+    ("name", "damage", "why"),
+    [
+        ("doctor.json", '{"summary": 5}', "summary is int, not an object"),
+        ("state.json", '{"stages": {"stage1": 3}}', "stages.stage1 is int, not an object"),
+    ],
+)
+def test_a_side_file_of_the_wrong_shape_is_left_out_of_the_card(writable_run: Path, name, damage, why) -> None:
+    """A doctor.json whose summary, or a state.json whose stage, was not an object (a hand edit) failed the card
+    with AttributeError: 'int' object has no attribute 'get'. Now it is left out by name, like an unparsable one."""
+    (writable_run / name).write_text(damage)
+    said: list[str] = []
+    card = write_model_card(writable_run, say=said.append).read_text(encoding="utf-8")
+    damaged = f"{writable_run / name} is damaged ({why}); rerun the step that wrote it"
+    assert said == [f"Model card without {name}: {damaged}"]
+    if name == "doctor.json":
+        assert f"*`{name}` is left out of this card: it is damaged ({why}).*" in card
+
+
 def test_card_says_when_no_temperature_was_fitted_as_the_report_does(writable_run: Path) -> None:
     """With calibration.json's `"fitted": false` (every validation answer right, or one validation image) the card
     said "after temperature scaling (T = 1.000, fitted on the validation split, ...)"; the report said no temperature

@@ -402,6 +402,46 @@ def test_report_refuses_a_damaged_run_by_name(writable_run, capsys, name, damage
     assert after_html == before_html
 
 
+@pytest.mark.parametrize(
+    ("name", "damage", "why"),
+    [
+        ("ood.json", '{"method": "combined", "threshold": "0.8", "keep": 0.95}', "threshold is str, not a number"),
+        ("ood.json", '{"method": "combined", "keep": 0.95}', "threshold is missing"),
+        ("ood.json", "[]", "not a JSON object"),
+        ("audit.json", '{"images": 3, "counts": [], "findings": []}', "counts is list, not an object"),
+        ("audit.json", '{"images": 3, "counts": {}, "findings": [{"kind": 3}]}', "findings[0].kind is int, not text"),
+        ("doctor.json", '{"classes": 3}', "classes is int, not an object"),
+        ("doctor.json", '{"files": [{"path": 1}]}', "files[0].path is int, not text"),
+        ("calibration.json", '{"temperature": 1.2, "fitted": "no"}', "fitted is str, not true or false"),
+        ("state.json", "{cut", "not valid JSON"),
+    ],
+)
+def test_a_damaged_side_file_is_left_out_of_the_report_by_name(writable_run, capsys, name, damage, why) -> None:
+    """A hand-edited ood.json, audit.json, doctor.json or calibration.json (a wrong type, a missing field, a list)
+    made `floranet report` end in a traceback (ValueError: Unknown format code 'g' for object of type 'str',
+    AttributeError: 'list' object has no attribute 'get') or refuse the whole page. Now that part is left out of the
+    page with a line naming the file and what is wrong, the command warns the same, and the rest is written."""
+    (writable_run / name).write_text(damage)
+    assert main(["report", str(writable_run)]) == 0
+    err = capsys.readouterr().err
+    assert f"Report without {name}: {writable_run / name} is damaged (" in err and why in err
+    assert "Traceback" not in err
+    html = (writable_run / "report.html").read_text()
+    if name != "state.json":  # read for the card's epochs; the page shows none of it
+        assert f"<code>{name}</code> is left out of this report: it is damaged (" in html
+    assert "<h2>Metrics</h2>" in html and "<h2>Configuration</h2>" in html
+
+
+def test_an_empty_calibration_file_is_named_not_taken_for_no_temperature(writable_run, capsys) -> None:
+    """calibration.json holding {} or [] was read as "no temperature" (1.0) by predict and the report, though
+    floranet never writes it so; now it is named as damaged, with the command that writes it again."""
+    (writable_run / "calibration.json").write_text("{}")
+    assert main(["report", str(writable_run)]) == 2
+    err = capsys.readouterr().err
+    assert "calibration.json is damaged: temperature must be a number > 0" in err
+    assert f"`floranet evaluate {writable_run}` writes it again" in err
+
+
 def test_report_says_when_the_wrong_images_cannot_be_read(writable_run, tmp_path, caplog) -> None:
     """With the data folder moved, every top-loss image failed to decode and the page said "No misclassified
     images." beside an accuracy of 33%. Now the page and the terminal say how many could not be read, and where."""

@@ -254,14 +254,14 @@ class RunDir:
     def temperature(self) -> float:
         """The fitted temperature of ``calibration.json``; 1.0 when the run has none."""
         calib = self.read_json(self.CALIBRATION)
-        if not calib:
+        if calib is None:
             return 1.0
         t = calib.get("temperature") if isinstance(calib, dict) else None
         # A hand-edited -1 flipped every answer's top class; text or NaN was a traceback or a misleading error.
         if not is_finite_number(t) or t <= 0:
             raise ModelError(
                 f"{self.path / self.CALIBRATION} is damaged: temperature must be a number > 0. "
-                f"Received: temperature={str(t)[:40]}"
+                f"Received: temperature={str(t)[:40]}; `floranet evaluate {self.path}` writes it again"
             )
         return float(t)
 

@@ -179,5 +179,5 @@ def run_report(args: argparse.Namespace) -> int:
 
     # Checked before the lock, which would make the folder of a mistyped path
     with RunDir.open(args.run_dir, needs=RunDir.FINISHED).lock():
-        say(str(build_report(args.run_dir, out=args.out)))
+        say(str(build_report(args.run_dir, out=args.out, say=warn)))
     return 0

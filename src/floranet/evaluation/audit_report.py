@@ -70,14 +70,15 @@ def to_json(result: AuditResult, data_dir: Path) -> dict[str, Any]:
 def write_audit(run: RunDir, result: AuditResult, data_dir: Path, max_pixels: int) -> None:
     """``audit.json``, ``audit.csv``, ``plots/audit_*.png`` and ``audit.html`` into ``run`` (thumbnails decoded
     within the run's ``max_pixels``)."""
-    run.write_json(RunDir.AUDIT, to_json(result, data_dir))
+    audit = to_json(result, data_dir)
+    run.write_json(RunDir.AUDIT, audit)
     run.write_text(RunDir.AUDIT_CSV, to_csv(result))
     for group, n in GALLERY.items():
         _gallery(result, data_dir, group, n, run.plot(f"audit_{group}.png"), max_pixels)
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>floranet audit</title>"
         f"<style>{_CSS}</style></head><body><h1>floranet audit</h1>"
-        f"<p class=muted>{html_text(data_dir.resolve())}</p>{audit_section(run)}</body></html>"
+        f"<p class=muted>{html_text(data_dir.resolve())}</p>{audit_section(run, audit)}</body></html>"
     )
     run.write_text(RunDir.AUDIT_HTML, page)
 
@@ -123,9 +124,9 @@ _CSS = (
 )
 
 
-def audit_section(run: RunDir) -> str:
-    """The report's "Data audit" section from ``audit.json`` and its pictures ("" when the run has none)."""
-    audit = run.read_json(RunDir.AUDIT)
+def audit_section(run: RunDir, audit: dict[str, Any] | None) -> str:
+    """The report's "Data audit" section from ``audit.json`` as read (``audit``) and the run's pictures ("" when the
+    run has none)."""
     if not audit:
         return ""
     counts = audit.get("counts", {})

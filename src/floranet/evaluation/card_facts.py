@@ -8,6 +8,76 @@ from typing import Any
 from floranet.errors import ModelError
 from floranet.rundir import RunDir
 
+_NUMBER = (int, float)
+_NONE = type(None)
+# What the card and the report read of each optional file, as floranet writes it: field -> type; ``{"*": T}`` an
+# object whose every value is a T; ``[T]`` a list of T. A file that differs (a hand edit) is left out by name, as an
+# unparsable one is, instead of a traceback from inside a page (report.html failed on an ood.json whose threshold
+# was text, the card on a doctor.json whose summary was a number).
+SHAPES: dict[str, dict[str, Any]] = {
+    RunDir.DOCTOR: {
+        "classes": {"*": int},
+        "summary": dict,
+        "files": [{"path": str, "status": str, "reason": str}],
+    },
+    RunDir.CALIBRATION: {"fitted": bool},
+    RunDir.STATE: {"stages": {"*": dict}},
+    RunDir.METRICS_EXTERNAL: {"accuracy": _NUMBER, "num_examples": int, "source": str},
+    RunDir.OOD: {
+        "method": str,
+        "threshold": _NUMBER,
+        "keep": _NUMBER,
+        "k": (int, _NONE),
+        "parts": [str],
+        "fitted_on": dict,
+        "validation_kept": _NUMBER,
+        "most_unknown_validation": [{"file": str, "ood_score": _NUMBER, "unknown": bool}],
+    },
+    RunDir.AUDIT: {
+        "images": int,
+        "folds": (int, _NONE),
+        "counts": {"*": int},
+        "duplicate_similarity": _NUMBER,
+        "duplicate_z": _NUMBER,
+        "outlier_z": _NUMBER,
+        "label_issues_skipped": (str, _NONE),
+        "label_check_left_out": ([str], _NONE),
+        "findings": [{"file": str, "kind": str, "score": _NUMBER, "given_label": str, "suggested_label": str}],
+    },
+}
+_WORDS: dict[Any, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "text",
+    int: "an integer",
+    bool: "true or false",
+    _NUMBER: "a number",
+    (int, _NONE): "an integer or null",
+    (str, _NONE): "text or null",
+}
+# Fields the views cannot do without.
+REQUIRED: dict[str, tuple[str, ...]] = {RunDir.OOD: ("method", "threshold", "keep")}
+
+
+def mismatch(value: Any, shape: Any, where: str = "") -> str | None:
+    """Where ``value`` differs from ``shape`` (see :data:`SHAPES`), as ``"findings[3].score is str"``; None if not."""
+    if isinstance(shape, tuple) and any(isinstance(s, (list, dict)) for s in shape):  # e.g. a list of str, or null
+        fits = [mismatch(value, s, where) for s in shape]
+        return None if None in fits else fits[0]
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where or 'it'} is {type(value).__name__}, not {_WORDS[list]}"
+        return next((m for i, v in enumerate(value) if (m := mismatch(v, shape[0], f"{where}[{i}]"))), None)
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'it'} is {type(value).__name__}, not {_WORDS[dict]}"
+        fields = [(k, value[k], s) for k, s in shape.items() if k in value]
+        fields += [(k, v, shape["*"]) for k, v in value.items()] if "*" in shape else []
+        return next((m for k, v, s in fields if (m := mismatch(v, s, f"{where}.{k}" if where else str(k)))), None)
+    if isinstance(value, shape):
+        return None
+    return f"{where} is {type(value).__name__}, not {_WORDS.get(shape, getattr(shape, '__name__', str(shape)))}"
+
 
 class CardFacts:
     """The run's files, read once.
@@ -50,9 +120,13 @@ class CardFacts:
         except OSError as e:  # e.g. a folder of that name
             self.unreadable[name] = ("it cannot be read", f"{self.run / name} cannot be read ({e.strerror or e})")
             return None
-        if value is not None and not isinstance(value, dict):
-            full = f"{self.run / name} is damaged (not a JSON object); rerun the step that wrote it"
-            self.unreadable[name] = ("it is damaged (not a JSON object)", full)
+        if value is None:
+            return None
+        missing = [k for k in REQUIRED.get(name, ()) if isinstance(value, dict) and k not in value]
+        wrong = mismatch(value, SHAPES.get(name, dict)) or (f"{missing[0]} is missing" if missing else None)
+        if wrong:
+            why = f"it is damaged ({wrong})" if isinstance(value, dict) else "it is damaged (not a JSON object)"
+            self.unreadable[name] = (why, f"{self.run / name} {why.removeprefix('it ')}; rerun the step that wrote it")
             return None
         return value
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -182,11 +183,10 @@ def compare(
     return out
 
 
-def unknown_section(run: RunDir) -> str:
-    """The report's "Unknown answer" section from ``ood.json`` ("" when the run has none)."""
+def unknown_section(meta: dict[str, Any] | None) -> str:
+    """The report's "Unknown answer" section from ``ood.json`` as read (``meta``; "" when the run has none)."""
     from floranet.utils.text import html_text
 
-    meta = run.read_json(RunDir.OOD)
     if not meta:
         return ""
     fitted = meta.get("fitted_on", {})

@@ -10,6 +10,7 @@ import base64
 import html
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from floranet.data.scan import IMAGE_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import NOT_FITTED
+from floranet.evaluation.card_facts import CardFacts
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around, shown_photo
 from floranet.evaluation.metrics import unmeasured_classes
@@ -128,6 +130,7 @@ def build_report(
     evaluation: Evaluation | None = None,
     out: str | os.PathLike[str] | None = None,
     model: Any = None,
+    say: Callable[[str], None] = log.warning,
 ) -> Path:
     """Writes ``RUN_DIR/report.html`` (or ``out``) from the run's stored evaluation and returns its path.
 
@@ -137,6 +140,8 @@ def build_report(
             (a run from before that file existed is evaluated once and the result stored).
         out: Another path for the HTML.
         model: The run's loaded model, to avoid loading it again (Grad-CAM of the top losses).
+        say: Where a warning goes: an optional file (``doctor.json``, ``ood.json``, ``audit.json``, ...) that
+            cannot be read is left out of the page, with a line there that says so.
     """
     run = RunDir.open(run_dir, needs=(*RunDir.FINISHED, RunDir.METRICS))
     if out is not None:
@@ -146,19 +151,23 @@ def build_report(
         ev = evaluate_run(run.path)
         write_evaluation(ev, run)
     metrics = _checked_metrics(run)
+    facts = CardFacts.read(run)  # the optional side files, as the model card reads them
+    for name, (_, error) in facts.unreadable.items():
+        say(f"Report without {name}: {error}")
     gallery, unread = top_losses_gallery(ev, run, model=model)
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
         f"{html_text(run.path.name)}</title><style>{CSS}</style></head><body>",
         f"<h1>floranet report</h1><p class=muted>{html_text(run.path.resolve())}</p>",
         _summary(metrics, ev),
-        _dataset(run),
+        _dataset(facts),
         _metrics_section(run, metrics),
-        _calibration(run, metrics),
+        _calibration(facts, metrics),
         "<h2>Top losses (most confidently wrong), with Grad-CAM</h2>",
         _gallery_html(gallery, unread, ev),
-        unknown_section(run),
-        audit_section(run),
+        unknown_section(facts.ood),
+        audit_section(run, facts.audit),
+        _left_out(facts, RunDir.OOD, RunDir.AUDIT),
         "<h2>Configuration</h2><pre>" + html.escape(run.config_text()) + "</pre>",
         _environment(metrics),
         "</body></html>",
@@ -231,9 +240,18 @@ def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
     return out
 
 
-def _dataset(run: RunDir) -> str:
-    doctor = run.doctor()
-    parts = ["<h2>Dataset</h2>"]
+def _left_out(facts: CardFacts, *names: str) -> str:
+    """A line per file of ``names`` that is left out of the page: which, and why."""
+    return "".join(
+        f"<p class=bad><code>{n}</code> is left out of this report: {html_text(facts.unreadable[n][0])}.</p>"
+        for n in names
+        if n in facts.unreadable
+    )
+
+
+def _dataset(facts: CardFacts) -> str:
+    run, doctor = facts.run, facts.doctor
+    parts = ["<h2>Dataset</h2>", _left_out(facts, RunDir.DOCTOR)]
     if doctor:
         summary = doctor.get("summary", {})
         parts.append(_table(["class", "usable images"], [[k, v] for k, v in doctor.get("classes", {}).items()]))
@@ -284,17 +302,19 @@ def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _calibration(run: RunDir, metrics: dict[str, Any]) -> str:
+def _calibration(facts: CardFacts, metrics: dict[str, Any]) -> str:
     cal = metrics["calibration"]
-    if run.read_json(RunDir.CALIBRATION, {}).get("fitted", True) is False:
+    if facts.calibration.get("fitted", True) is False:
         scaling = NOT_FITTED
     else:
         scaling = (
             f"after temperature scaling (T = {cal['temperature']:.2f}, fitted on the validation split) "
             f"{cal['ece_after_temperature']:.3f}"
         )
-    return f"<h3>Calibration</h3><p>Expected calibration error {cal['ece']:.3f}; {scaling}.</p>" + _img(
-        run.plot("reliability.png"), "reliability diagram"
+    return (
+        f"<h3>Calibration</h3><p>Expected calibration error {cal['ece']:.3f}; {scaling}.</p>"
+        + _left_out(facts, RunDir.CALIBRATION)
+        + _img(facts.run.plot("reliability.png"), "reliability diagram")
     )
 
 

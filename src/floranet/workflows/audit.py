@@ -127,7 +127,7 @@ def audit(
         if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
             from floranet.evaluation.report import build_report
 
-            build_report(run.path)
+            build_report(run.path, say=say)
     return AuditOutcome(run, result, data_dir)
 
 

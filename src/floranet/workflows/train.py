@@ -120,7 +120,7 @@ def _train(
     if history:
         plots.history_plot(history, run.plot("history.png"))
     if len(ev.labels):
-        say(f"Report: {build_report(run.path, evaluation=ev, model=result.model)}")
+        say(f"Report: {build_report(run.path, evaluation=ev, model=result.model, say=say)}")
     else:  # the report shows a validation evaluation: said, not left out without a word
         say(
             "Report: none, as the split kept no validation image; score other images: "
