@@ -224,6 +224,36 @@ def test_a_missing_data_folder_is_said_before_the_run_folder_is_made(tmp_path) -
     assert not out.exists()
 
 
+def test_a_refused_data_folder_leaves_no_run_to_block_the_retry(tmp_path) -> None:
+    """A data folder the doctor refuses (here class folders whose names look alike: NFC and NFD 'cafe' with an
+    accent) was found after config.yaml, state.json and doctor.json were written into --out: the retry on the
+    mended folder was told "already holds a run. Use --resume", and --resume that the settings differ. Now a
+    refused start removes what it wrote (and the folder it made), and what was in --out before stays."""
+    import unicodedata
+
+    from floranet.errors import DatasetError
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=(32, 32))
+    twin = data / unicodedata.normalize("NFD", "caf\u00e9")
+    (data / "class_0").rename(data / unicodedata.normalize("NFC", "caf\u00e9"))
+    twin.mkdir()
+    for f in (data / "class_1").iterdir():
+        (twin / f.name).write_bytes(f.read_bytes())
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=0, **FAST)
+    with pytest.raises(DatasetError):
+        train(cfg, progress=False, say=lambda m: None)
+    assert not (tmp_path / "run").exists()
+    kept = tmp_path / "kept"  # an empty folder given as --out stays, empty
+    kept.mkdir()
+    with pytest.raises(DatasetError):
+        train(config.resolve(data_dir=str(data), out=str(kept), **FAST), progress=False, say=lambda m: None)
+    assert list(kept.iterdir()) == []
+    for f in twin.iterdir():  # mended: the retry, without --resume, trains
+        f.unlink()
+    twin.rmdir()
+    assert train(cfg, progress=False, say=lambda m: None).run_dir == tmp_path / "run"
+
+
 def test_fit_refuses_an_empty_data_dir_before_writing_anything(tmp_path, monkeypatch) -> None:
     """fit (training alone) took the dataclass default data_dir='' as the current folder, trained on it if it had
     class folders, and otherwise left config.yaml, doctor.json and state.json in out: the retry with the right

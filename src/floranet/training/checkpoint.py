@@ -8,17 +8,21 @@ at any moment leaves ``state.json`` pointing at a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import keras
 
 from floranet.config import is_finite_number
-from floranet.errors import ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_path
 
@@ -186,3 +190,30 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 path.unlink(missing_ok=True)
         if self.patience and st.wait >= self.patience:
             self.model.stop_training = True
+
+
+@contextlib.contextmanager
+def withdrawn_if_refused(run: RunDir, *, fresh: bool) -> Iterator[None]:
+    """Removes what a new run wrote when its data or settings are refused before it trains.
+
+    A start refused for its data (an unusable folder, class names that look alike) or its settings (a bad
+    ``--exclude`` file) left ``config.yaml`` and ``state.json`` behind: the corrected command was then told the
+    folder "already holds a run", and ``--resume`` that its settings differ. Only entries this start created go
+    (a folder the lock created goes with the lock); a resumed run, and any other error or an interrupt, keep all.
+
+    Args:
+        run: The run directory being started.
+        fresh: A new run (not a resume).
+    """
+    before = set(os.listdir(run.path)) if run.path.is_dir() else set()
+    try:
+        yield
+    except (ConfigError, DatasetError):
+        if fresh and run.path.is_dir():
+            for name in sorted(set(os.listdir(run.path)) - before - {RunDir.LOCK}):
+                path = run.path / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise

@@ -28,7 +28,7 @@ from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training import distribute, outputs, prefix
-from floranet.training.checkpoint import RunState
+from floranet.training.checkpoint import RunState, withdrawn_if_refused
 from floranet.training.outputs import Predictions
 from floranet.training.stages import (
     FeatureCache,
@@ -107,14 +107,14 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     resume = _distributed_resume(dist, out, resume, say)
-    state = _open_run_dir(run, config, resume)
-    config = _announce_distribution(dist, config, say)
-    keras.utils.set_random_seed(config.seed)
-    # --precision bf16 trains every stage in mixed bf16; "auto" builds in fp32 and switches stage 2
-    # only (runtime.training_precision), so stage 1's features stay the extraction runtime's.
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bf16" else "float32")
-
-    prepared = run_data.prepare(config, run, resume=resume, progress=progress, say=say)
+    with withdrawn_if_refused(run, fresh=not resume):  # a refused start leaves no run to block its retry
+        state = _open_run_dir(run, config, resume)
+        config = _announce_distribution(dist, config, say)
+        keras.utils.set_random_seed(config.seed)
+        # --precision bf16 trains every stage in mixed bf16; "auto" builds in fp32 and switches stage 2
+        # only (runtime.training_precision), so stage 1's features stay the extraction runtime's.
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bf16" else "float32")
+        prepared = run_data.prepare(config, run, resume=resume, progress=progress, say=say)
     timings["data"] = time.perf_counter() - t0
     names = prepared.split.class_names
     with dist.scope():
