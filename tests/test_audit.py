@@ -280,6 +280,28 @@ def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     ]
 
 
+def test_a_bad_curation_list_is_refused_before_the_run_folder_is_made(tmp_path: Path) -> None:
+    from floranet.workflows import train
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    absolute = tmp_path / "absolute.txt"
+    absolute.write_text("/etc/passwd\n")
+    (tmp_path / "folder").mkdir()
+    out = tmp_path / "run"
+    # Read first by training, after the run folder held state.json and config.yaml: the corrected command was
+    # then told the folder already holds a run.
+    for kind, path, match in [
+        ("relabel", tmp_path / "nofile.csv", "Cannot read the relabel file"),
+        ("exclude", tmp_path / "folder", "Cannot read the exclude file"),
+        ("exclude", absolute, "relative to the data folder"),
+    ]:
+        cfg = config.resolve(data_dir=str(data), out=str(out), epochs=1, fine_tune_epochs=0, audit=False, **TINY)
+        cfg = dataclasses.replace(cfg, **{kind: str(path)})
+        with pytest.raises(ConfigError, match=match):
+            train(cfg, progress=False, say=lambda m: None)
+        assert not out.exists(), kind
+
+
 def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     from floranet.workflows import train
 

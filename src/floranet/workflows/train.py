@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from floranet.config import TrainConfig
-from floranet.data import doctor
+from floranet.data import curation, doctor
 from floranet.errors import ConfigError
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
@@ -49,6 +49,8 @@ def train(
         ConfigError: ``mlflow`` names a store the installed MLflow cannot use (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
+        ConfigError: The ``--exclude`` or ``--relabel`` list cannot be read or is malformed (before ``config.out``
+            is made).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
@@ -61,12 +63,27 @@ def train(
     # folder and config.yaml (a retry was then told the folder already holds a run).
     weights_lib.ensure_available(config.backbone, config.weights)
     doctor.check_data_dir(config.data_dir)
+    _check_lists(config, resume)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
     RunDir(config.out).check_new_output()  # a file, or a folder of the user's: said before the lock answers
     with RunDir(config.out).lock():  # one writer per run directory
         if resume:
             _check_unfinished(RunDir(config.out))
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
+
+
+def _check_lists(config: TrainConfig, resume: bool) -> None:
+    """Reads ``--exclude`` and ``--relabel`` before the run's lock makes its folder: a list that is missing, a
+    folder, too large or malformed was first read by training, after the run folder held its state.json and
+    config.yaml, and the corrected command was then told the folder already holds a run (and ``--resume``, that
+    the lists differ). A resume whose split is written reads the run's record of them, not the lists: not here.
+
+    Raises:
+        ConfigError: A list cannot be read or is malformed (naming the file, and the line where there is one).
+    """
+    if resume and (RunDir(config.out) / RunDir.SPLIT).exists():
+        return
+    curation.Curation.load(config.exclude, config.relabel)
 
 
 def _check_unfinished(run: RunDir) -> None:
