@@ -280,6 +280,25 @@ def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     ]
 
 
+def test_curation_lists_with_old_mac_line_ends_are_read_and_a_binary_one_is_named(tmp_path: Path) -> None:
+    # Saved by Excel on an old Mac, every line ended in a lone CR: a csv.Error traceback
+    listing, relabel = tmp_path / "list.txt", tmp_path / "relabel.csv"
+    listing.write_bytes(b"daisy/img0.jpg\rdaisy/img1.jpg\r")
+    assert read_exclude(listing) == ("daisy/img0.jpg", "daisy/img1.jpg")
+    relabel.write_bytes(b"daisy/img0.jpg,roses\rdaisy/img1.jpg,roses\r")
+    assert read_relabel(relabel) == {"daisy/img0.jpg": "roses", "daisy/img1.jpg": "roses"}
+    listing.write_bytes(b'"file","kind"\r"a/1.jpg","label_issue"\r')
+    assert read_exclude(listing) == ("a/1.jpg",)
+    # Not a CSV at all (a stray CR in a line that ends in LF): said with the file and the line, no traceback
+    binary = tmp_path / "bin.dat"
+    binary.write_bytes(b"a/1.jpg,b\nx\ry,z\n")
+    with pytest.raises(ConfigError, match=r"bin.dat line 2: cannot be read as CSV .* Received: relabel="):
+        read_relabel(binary)
+    binary.write_bytes(b"x\ry,file\nz\n")
+    with pytest.raises(ConfigError, match=r"bin.dat line 1: cannot be read as CSV .* Received: exclude="):
+        read_exclude(binary)
+
+
 def test_a_bad_curation_list_is_refused_before_the_run_folder_is_made(tmp_path: Path) -> None:
     from floranet.workflows import train
 

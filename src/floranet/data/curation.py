@@ -34,10 +34,33 @@ MAX_LIST_BYTES = 256 << 20  # an audit.csv of a million images is about 100 MB
 
 
 def _read(path: str | os.PathLike[str], name: str) -> str:
+    """The file's text; a file whose lines end in a lone CR (saved by Excel on an old Mac) as one ending in LF (the
+    csv module stopped at its first line: 'new-line character seen in unquoted field')."""
     try:
-        return read_capped(path, MAX_LIST_BYTES).decode("utf-8-sig", errors="surrogateescape")
+        text = read_capped(path, MAX_LIST_BYTES).decode("utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise ConfigError(f"Cannot read the {name} file: {e.strerror or e}. Received: {name}={str(path)!r}") from e
+    return text if "\n" in text else text.replace("\r", "\n")
+
+
+def _csv_rows(text: str, source: str | os.PathLike[str], name: str) -> list[tuple[int, list[str]]]:
+    """Each CSV row of ``text`` with the line it ends on.
+
+    Raises:
+        ConfigError: ``text`` is no CSV (a binary file, say), naming the file and the line (a csv.Error's
+            traceback, before).
+    """
+    reader = csv.reader(io.StringIO(text))
+    rows = []
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as e:  # its advice (open the file in universal-newline mode) is for the caller of csv
+        raise ConfigError(
+            f"{source} line {reader.line_num}: cannot be read as CSV ({str(e).split(' - ')[0]}); is it the list "
+            f"you meant? Received: {name}={str(source)!r}"
+        ) from None
+    return rows
 
 
 def _relative(text: str, source: str | os.PathLike[str], line: int, name: str) -> str:
@@ -84,10 +107,11 @@ def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
         ConfigError: The file cannot be read, or a path is absolute or leaves the data folder.
     """
     text = _read(path, "exclude")
-    header = next(csv.reader(io.StringIO(text)), [])  # as CSV: a spreadsheet quotes every field ("file",...)
-    if AUDIT_FILE_COLUMN in [c.strip() for c in header]:
-        reader = csv.DictReader(io.StringIO(text))
-        paths = [(reader.line_num, r.get(AUDIT_FILE_COLUMN) or "") for r in reader]
+    first = _csv_rows(text.split("\n", 1)[0], path, "exclude")  # as CSV: a spreadsheet quotes every field
+    header = [c.strip() for c in first[0][1]] if first else []
+    if AUDIT_FILE_COLUMN in header:
+        column = header.index(AUDIT_FILE_COLUMN)
+        paths = [(i, row[column] if len(row) > column else "") for i, row in _csv_rows(text, path, "exclude")[1:]]
     else:
         # A comment starts at a '#' that begins the line or follows a space: 'img#2.jpg' is a file name.
         # Spaces around a path are a hand-written list's layout, not the name's.
@@ -101,8 +125,8 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
     Raises:
         ConfigError: Unreadable, a row without two fields, an empty label, or a bad path.
     """
-    text = _read(path, "relabel")
-    rows = list(csv.reader(io.StringIO(text)))
+    numbered = _csv_rows(_read(path, "relabel"), path, "relabel")
+    lines, rows = [i for i, _ in numbered], [row for _, row in numbered]
     header = [c.strip() for c in rows[0]] if rows else []
     out = _Relabels(path)
     if AUDIT_FILE_COLUMN in header and AUDIT_SUGGESTED_COLUMN in header:  # an audit.csv: its label issues
@@ -110,7 +134,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
             header.index(c) if c in header else -1
             for c in (AUDIT_FILE_COLUMN, AUDIT_SUGGESTED_COLUMN, AUDIT_KIND_COLUMN)
         )
-        for i, row in enumerate(rows[1:], 2):
+        for i, row in zip(lines[1:], rows[1:], strict=True):
             if not "".join(row).strip():
                 continue  # a blank line, as editors leave at the end
             if len(row) <= max(f, s, k):
@@ -122,7 +146,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
                 out.put(_relative(row[f], path, i, "relabel"), label, i)
         return dict(out)
     start = 1 if header[:2] == ["path", "new_label"] else 0
-    for i, row in enumerate(rows[start:], start + 1):
+    for i, row in zip(lines[start:], rows[start:], strict=True):
         if not row or not "".join(row).strip():
             continue
         if len(row) != 2 or not row[1].strip():
