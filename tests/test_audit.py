@@ -321,6 +321,33 @@ def test_a_bad_curation_list_is_refused_before_the_run_folder_is_made(tmp_path: 
         assert not out.exists(), kind
 
 
+def test_a_semicolon_audit_csv_is_read_and_a_list_naming_no_file_is_refused(tmp_path: Path) -> None:
+    from floranet.workflows import train
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2, names=["a", "b"])
+    # An audit.csv re-saved by Excel in a ';' locale (or as tab-separated text) was read as one path a line
+    for sep in (";", "\t"):
+        saved = tmp_path / "saved.csv"
+        saved.write_text(sep.join(["file", "kind", "score", "given_label", "suggested_label"]) + "\n")
+        with saved.open("a") as f:
+            f.write(sep.join(["a/img_000.jpg", "label_issue", "0,9", "a", "b"]) + "\n")
+        assert read_exclude(saved) == ("a/img_000.jpg",)
+        assert read_relabel(saved) == {"a/img_000.jpg": "b"}
+    # A list none of whose paths is a file of the data folder was noted in one line and the run trained uncurated
+    other = tmp_path / "other.txt"
+    other.write_text("daisy/img0.jpg\ndaisy/img1.jpg\n")
+    with pytest.raises(ConfigError, match=r"None of the 2 path\(s\) of the exclude file .* 'daisy/img0.jpg'"):
+        Curation.load(str(other), None).check_found(data, str(other), None)
+    Curation(("daisy/img0.jpg", "a\\img_001.jpg"), {}).check_found(data, "x", None)  # one is enough
+    with pytest.raises(ConfigError, match=r"None of the 1 path\(s\) of the relabel file"):
+        Curation((), {"daisy/img0.jpg": "a"}).check_found(data, None, "r.csv")
+    out = tmp_path / "run"
+    cfg = config.resolve(data_dir=str(data), out=str(out), exclude=str(other), epochs=1, audit=False, **TINY)
+    with pytest.raises(ConfigError, match="None of the 2 path"):
+        train(cfg, progress=False, say=lambda m: None)
+    assert not out.exists()
+
+
 def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     from floranet.workflows import train
 

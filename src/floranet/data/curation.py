@@ -4,8 +4,9 @@ floranet never moves, edits or deletes a user's image. A :class:`Curation` is ap
 images before the split is made (or to a split read from ``--split-file``), and what was applied is
 recorded in the run directory (``excluded.txt``, ``relabel.csv``).
 
-* An exclude file is an ``audit.csv`` (its ``file`` column: edit it down to the rows you agree with) or a
-  plain list of paths relative to the data folder, one a line (``#`` starts a comment).
+* An exclude file is an ``audit.csv`` (its ``file`` column: edit it down to the rows you agree with; saved by a
+  spreadsheet with ``;`` or tabs between fields too) or a plain list of paths relative to the data folder, one a
+  line (``#`` starts a comment).
 * A relabel file is a CSV of ``path,new_label`` (a header row is optional), or an ``audit.csv``, whose
   label issues are relabelled to their ``suggested_label``.
 """
@@ -17,14 +18,14 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from floranet.data.split import Split
 from floranet.errors import ConfigError
 from floranet.utils.files import read_capped
-from floranet.utils.text import csv_text, formula_safe, unquote_formula
+from floranet.utils.text import csv_text, formula_safe, printable, unquote_formula
 
 AUDIT_FILE_COLUMN = "file"
 AUDIT_SUGGESTED_COLUMN = "suggested_label"
@@ -43,14 +44,31 @@ def _read(path: str | os.PathLike[str], name: str) -> str:
     return text if "\n" in text else text.replace("\r", "\n")
 
 
-def _csv_rows(text: str, source: str | os.PathLike[str], name: str) -> list[tuple[int, list[str]]]:
+def _delimiter(text: str, first_columns: tuple[str, ...]) -> str:
+    """The CSV delimiter of a list: ``;`` or a tab where its header, split at one, begins with one of
+    ``first_columns`` (an audit.csv re-saved by Excel in a locale whose list separator is ';', or as text), else
+    ``,`` (such a file was read as one path a line, naming no file, and the run trained uncurated)."""
+    first = text.split("\n", 1)[0]
+    for delimiter in (";", "\t"):
+        try:
+            header = next(csv.reader([first], delimiter=delimiter), [])
+        except csv.Error:  # no CSV at all: said by _csv_rows
+            return ","
+        if len(header) > 1 and header[0].strip() in first_columns:
+            return delimiter
+    return ","
+
+
+def _csv_rows(
+    text: str, source: str | os.PathLike[str], name: str, delimiter: str = ","
+) -> list[tuple[int, list[str]]]:
     """Each CSV row of ``text`` with the line it ends on.
 
     Raises:
         ConfigError: ``text`` is no CSV (a binary file, say), naming the file and the line (a csv.Error's
             traceback, before).
     """
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows = []
     try:
         for row in reader:
@@ -80,6 +98,19 @@ def _slashed(path: str) -> str:
     return path.replace("\\", "/")
 
 
+def _forms(entry: str) -> Iterator[str]:
+    """The names a list's entry may mean, in the order :meth:`Curation.resolved` tries them: as written, with ``/``
+    for backslashes, without the quote floranet's CSV files put before a formula; each then without the spaces
+    around it."""
+    for text in (entry, entry.strip()):
+        yield from (text, _slashed(text), unquote_formula(text), _slashed(unquote_formula(text)))
+
+
+def _is_file(root: str, form: str) -> bool:
+    relative = PurePosixPath(_slashed(form))
+    return not relative.is_absolute() and ".." not in relative.parts and os.path.isfile(os.path.join(root, form))
+
+
 def _new_label(text: str, source: str | os.PathLike[str], line: int, row: list[str], column: str) -> str:
     """A relabel target (``column`` of ``row``): a name a class folder could have (not empty, no separators,
     printable, not . or ..)."""
@@ -107,11 +138,13 @@ def read_exclude(path: str | os.PathLike[str]) -> tuple[str, ...]:
         ConfigError: The file cannot be read, or a path is absolute or leaves the data folder.
     """
     text = _read(path, "exclude")
-    first = _csv_rows(text.split("\n", 1)[0], path, "exclude")  # as CSV: a spreadsheet quotes every field
+    delimiter = _delimiter(text, (AUDIT_FILE_COLUMN,))
+    first = _csv_rows(text.split("\n", 1)[0], path, "exclude", delimiter)  # a spreadsheet quotes every field
     header = [c.strip() for c in first[0][1]] if first else []
     if AUDIT_FILE_COLUMN in header:
         column = header.index(AUDIT_FILE_COLUMN)
-        paths = [(i, row[column] if len(row) > column else "") for i, row in _csv_rows(text, path, "exclude")[1:]]
+        rows = _csv_rows(text, path, "exclude", delimiter)[1:]
+        paths = [(i, row[column] if len(row) > column else "") for i, row in rows]
     else:
         # A comment starts at a '#' that begins the line or follows a space: 'img#2.jpg' is a file name.
         # Spaces around a path are a hand-written list's layout, not the name's.
@@ -125,7 +158,8 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
     Raises:
         ConfigError: Unreadable, a row without two fields, an empty label, or a bad path.
     """
-    numbered = _csv_rows(_read(path, "relabel"), path, "relabel")
+    text = _read(path, "relabel")
+    numbered = _csv_rows(text, path, "relabel", _delimiter(text, (AUDIT_FILE_COLUMN, "path")))
     lines, rows = [i for i, _ in numbered], [row for _, row in numbered]
     header = [c.strip() for c in rows[0]] if rows else []
     out = _Relabels(path)
@@ -201,15 +235,28 @@ class Curation:
         known = set(paths)
 
         def match(entry: str) -> str:
-            for text in (entry, entry.strip()):
-                for form in (text, _slashed(text), unquote_formula(text), _slashed(unquote_formula(text))):
-                    if form in known:
-                        return form
-            return entry
+            return next((form for form in _forms(entry) if form in known), entry)
 
         return Curation(
             tuple(dict.fromkeys(match(p) for p in self.exclude)), {match(p): v for p, v in self.relabel.items()}
         )
+
+    def check_found(self, data_dir: str | os.PathLike[str], exclude: str | None, relabel: str | None) -> None:
+        """Refuses a list of which no path names a file of ``data_dir`` (as :meth:`resolved` matches them): an
+        audit.csv of another data set, or a spreadsheet's re-save floranet reads otherwise than meant, was noted in
+        one line and the run trained uncurated. ``exclude`` and ``relabel`` name the lists, for the message.
+
+        Raises:
+            ConfigError: Naming the list, how many paths it holds and one of them.
+        """
+        root = os.fsdecode(os.fspath(data_dir))
+        for name, source, paths in (("exclude", exclude, self.exclude), ("relabel", relabel, tuple(self.relabel))):
+            if paths and not any(_is_file(root, form) for p in paths for form in _forms(p)):
+                raise ConfigError(
+                    f"None of the {len(paths)} path(s) of the {name} file is a file of the data folder "
+                    f"{printable(root)!r} (one: {printable(paths[0])!r}); is it the list of another folder, or saved "
+                    f"otherwise than floranet writes it? Received: {name}={str(source)!r}"
+                )
 
     def apply_items(self, items: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
         """``(path, label, sha256)`` items without the excluded ones, relabelled."""

@@ -49,8 +49,8 @@ def train(
         ConfigError: ``mlflow`` names a store the installed MLflow cannot use (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
-        ConfigError: The ``--exclude`` or ``--relabel`` list cannot be read or is malformed (before ``config.out``
-            is made).
+        ConfigError: The ``--exclude`` or ``--relabel`` list cannot be read, is malformed or names no file of
+            the data folder (before ``config.out`` is made).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
@@ -79,11 +79,13 @@ def _check_lists(config: TrainConfig, resume: bool) -> None:
     the lists differ). A resume whose split is written reads the run's record of them, not the lists: not here.
 
     Raises:
-        ConfigError: A list cannot be read or is malformed (naming the file, and the line where there is one).
+        ConfigError: A list cannot be read or is malformed (naming the file, and the line where there is one), or
+            names no file of the data folder.
     """
     if resume and (RunDir(config.out) / RunDir.SPLIT).exists():
         return
-    curation.Curation.load(config.exclude, config.relabel)
+    curate = curation.Curation.load(config.exclude, config.relabel)
+    curate.check_found(config.data_dir, config.exclude, config.relabel)
 
 
 def _check_unfinished(run: RunDir) -> None:
