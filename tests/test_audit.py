@@ -348,6 +348,26 @@ def test_a_semicolon_audit_csv_is_read_and_a_list_naming_no_file_is_refused(tmp_
     assert not out.exists()
 
 
+def test_two_spellings_of_one_file_given_two_labels_are_refused(tmp_path: Path) -> None:
+    # 'daisy/img0.jpg' and 'daisy\\img0.jpg' (or a formula's quote and none) name one file: the last row won silently
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text("daisy/img0.jpg,roses\ndaisy\\img0.jpg,tulips\n")
+    curation = Curation.load(None, str(relabel))
+    two = r"lines 1 and 2 give 'daisy/img0.jpg' \(written 'daisy/img0.jpg' and 'daisy\\\\img0.jpg'\) two labels"
+    with pytest.raises(ConfigError, match=two):
+        curation.resolved(["daisy/img0.jpg", "daisy/img1.jpg"])
+    data = make_image_folder(tmp_path / "data", classes=1, per_class=1, names=["daisy"])
+    (data / "daisy" / "img_000.jpg").rename(data / "daisy" / "img0.jpg")
+    with pytest.raises(ConfigError, match=two):  # train's check before the run folder is made
+        curation.check_found(data, None, str(relabel))
+    with pytest.raises(ConfigError, match=r"two rows give '-x/a.jpg' \(written \"'-x/a.jpg\" and '-x/a.jpg'\)"):
+        Curation((), {"'-x/a.jpg": "a", "-x/a.jpg": "b"}).resolved(["-x/a.jpg"])
+    # One label, or two files: as before
+    assert Curation((), {"'-x/a.jpg": "a", "-x/a.jpg": "a"}).resolved(["-x/a.jpg"]).relabel == {"-x/a.jpg": "a"}
+    both = {"'-x/a.jpg": "a", "-x/a.jpg": "b"}
+    assert Curation((), both).resolved(["-x/a.jpg", "'-x/a.jpg"]).relabel == both
+
+
 def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     from floranet.workflows import train
 

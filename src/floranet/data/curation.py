@@ -18,7 +18,7 @@ import io
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
@@ -178,7 +178,7 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
             if k < 0 or row[k].strip() == LABEL_ISSUE:
                 label = _new_label(row[s], path, i, row, AUDIT_SUGGESTED_COLUMN)
                 out.put(_relative(row[f], path, i, "relabel"), label, i)
-        return dict(out)
+        return out
     start = 1 if header[:2] == ["path", "new_label"] else 0
     for i, row in zip(lines[start:], rows[start:], strict=True):
         if not row or not "".join(row).strip():
@@ -186,25 +186,55 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
         if len(row) != 2 or not row[1].strip():
             raise ConfigError(f"{path} line {i}: expected 'path,new_label'. Received: relabel row={row!r}")
         out.put(_relative(row[0], path, i, "relabel"), _new_label(row[1], path, i, row, "new_label"), i)
-    return dict(out)
+    return out
 
 
 class _Relabels(dict[str, str]):
-    """The relabel file's rows by path; a path given two different labels is refused with both lines (the
-    last one used to win silently)."""
+    """The relabel file's rows by path, with the file and the line of each; a path given two different labels is
+    refused with both lines (the last one used to win silently)."""
 
-    def __init__(self, source: str | os.PathLike[str]) -> None:
+    def __init__(self, source: str | os.PathLike[str] = "the relabel file") -> None:
         super().__init__()
         self.source = source
-        self.lines: dict[str, int] = {}
+        self.lines: dict[str, int | None] = {}
+        self.written: dict[str, str] = {}
 
-    def put(self, path: str, label: str, line: int) -> None:
+    def put(self, path: str, label: str, line: int | None, written: str | None = None) -> None:
+        """Sets ``path``'s new label, from ``line`` of the file, where it was spelled ``written`` (default: so)."""
+        written = path if written is None else written
         if path in self and self[path] != label:
+            first, spelled = self.lines[path], self.written[path]
+            lines = f" lines {first} and {line}" if first and line else ": two rows"
+            also = "" if spelled == written else f" (written {spelled!r} and {written!r})"
             raise ConfigError(
-                f"{self.source} lines {self.lines[path]} and {line} give {path!r} two labels, {self[path]!r} and "
-                f"{label!r}; keep one. Received: relabel path={path!r}"
+                f"{self.source}{lines} give {path!r}{also} two labels, {self[path]!r} and {label!r}; keep one. "
+                f"Received: relabel path={written!r}"
             )
-        self[path], self.lines[path] = label, line
+        self[path], self.lines[path], self.written[path] = label, line, written
+
+    def matched(self, match: Callable[[str], str]) -> _Relabels:
+        """The rows keyed by the file ``match`` finds for each: two spellings of one file (``a/1.jpg`` and
+        ``a\\1.jpg``, or with and without a formula's quote) with different labels are refused as above (the last
+        one read used to win silently)."""
+        out = _Relabels(self.source)
+        for path, label in self.items():
+            out.put(match(path), label, self.lines.get(path), self.written.get(path, path))
+        return out
+
+
+class _Files:
+    """The files under ``root`` as a container of relative paths, each looked for on disk once."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.seen: dict[str, bool] = {}
+
+    def __contains__(self, form: object) -> bool:
+        if not isinstance(form, str):
+            return False
+        if form not in self.seen:
+            self.seen[form] = _is_file(self.root, form)
+        return self.seen[form]
 
 
 @dataclass(frozen=True)
@@ -231,15 +261,22 @@ class Curation:
         """The entries matched to ``paths`` (the data folder's files): an entry names the file of its literal
         name, else, written with backslashes (a list made on Windows), the file of its ``/`` form, else, with the
         quote floranet's CSV files put before a name a spreadsheet would run as a formula, the file without it;
-        each of these, failing that, without the spaces around it (a hand-written list's)."""
-        known = set(paths)
+        each of these, failing that, without the spaces around it (a hand-written list's).
 
+        Raises:
+            ConfigError: Two entries of the relabel file name one file, with different labels.
+        """
+        return self._matched(set(paths))
+
+    def _matched(self, known: Container[str]) -> Curation:
         def match(entry: str) -> str:
             return next((form for form in _forms(entry) if form in known), entry)
 
-        return Curation(
-            tuple(dict.fromkeys(match(p) for p in self.exclude)), {match(p): v for p, v in self.relabel.items()}
-        )
+        relabels = self.relabel if isinstance(self.relabel, _Relabels) else _Relabels()
+        if relabels is not self.relabel:
+            for path, label in self.relabel.items():
+                relabels.put(path, label, None)
+        return Curation(tuple(dict.fromkeys(match(p) for p in self.exclude)), relabels.matched(match))
 
     def check_found(self, data_dir: str | os.PathLike[str], exclude: str | None, relabel: str | None) -> None:
         """Refuses a list of which no path names a file of ``data_dir`` (as :meth:`resolved` matches them): an
@@ -247,11 +284,18 @@ class Curation:
         one line and the run trained uncurated. ``exclude`` and ``relabel`` name the lists, for the message.
 
         Raises:
-            ConfigError: Naming the list, how many paths it holds and one of them.
+            ConfigError: Naming the list, how many paths it holds and one of them; or two entries of the relabel
+                file name one file of ``data_dir``, with different labels.
         """
         root = os.fsdecode(os.fspath(data_dir))
-        for name, source, paths in (("exclude", exclude, self.exclude), ("relabel", relabel, tuple(self.relabel))):
-            if paths and not any(_is_file(root, form) for p in paths for form in _forms(p)):
+        files = _Files(root)
+        found = self._matched(files)  # two spellings of one file given two labels: said before the run folder too
+        lists = (
+            ("exclude", exclude, self.exclude, found.exclude),
+            ("relabel", relabel, tuple(self.relabel), found.relabel),
+        )
+        for name, source, paths, matched in lists:
+            if paths and not any(p in files for p in matched):
                 raise ConfigError(
                     f"None of the {len(paths)} path(s) of the {name} file is a file of the data folder "
                     f"{printable(root)!r} (one: {printable(paths[0])!r}); is it the list of another folder, or saved "
