@@ -150,6 +150,17 @@ def test_outlier_far_from_every_class_is_flagged() -> None:
     assert len(outliers) <= 3
 
 
+def test_a_copy_in_a_class_left_out_of_the_label_check_is_the_one_left_out() -> None:
+    """An image of a class of one, left out of the label check, had label quality 1.0: its near-duplicate in a
+    class of 11 (quality below 1) was the copy audit.csv left out, and --exclude audit.csv dropped the checked one."""
+    x, y = _clusters(per_class=11, classes=2)
+    features, labels = np.concatenate([x, x[[0]]]), np.concatenate([y, [2]])  # a copy of image 0, alone in c2
+    result = run_audit(_data(features, labels), config.resolve(data_dir="d", out="o", **FAST), say=lambda m: None)
+    assert result.facts["label_check_left_out"] == ["c2"]
+    conflicts = [(f.file, f.other_file) for f in result.of_kind("duplicate_conflict")]
+    assert conflicts == [(result.data.paths[-1], result.data.paths[0])]
+
+
 def test_audit_of_a_data_folder_end_to_end(tmp_path: Path, monkeypatch) -> None:
     from floranet.cli import main
 

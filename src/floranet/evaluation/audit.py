@@ -162,6 +162,7 @@ class _LabelCheck:
     folds: int
     skipped: str
     left_out: list[int]
+    checked: np.ndarray  # which images the check judged: the others' quality of 1 is no verdict
 
 
 def _check_labels(
@@ -187,7 +188,7 @@ def _check_labels(
     oof, quality = np.zeros((n, len(names)), np.float32), np.ones(n, np.float32)
     if skipped:
         say(f"Audit: label issues not checked: {skipped}.")
-        return _LabelCheck(findings, oof, quality, k, skipped, left_out)
+        return _LabelCheck(findings, oof, quality, k, skipped, left_out, np.zeros(n, bool))
     rows = np.flatnonzero(keep)
     classes, local = np.unique(data.labels[rows], return_inverse=True)  # the checked classes, renumbered
     sub = out_of_fold_probabilities(
@@ -199,7 +200,7 @@ def _check_labels(
     flagged, quality[rows] = label_issues(local, sub)
     findings += [_label_finding(data, int(rows[i]), oof, quality) for i in flagged]
     timings["cleanlab_s"] = time.perf_counter() - t
-    return _LabelCheck(findings, oof, quality, k, skipped, left_out)
+    return _LabelCheck(findings, oof, quality, k, skipped, left_out, keep)
 
 
 def run_audit(
@@ -220,7 +221,7 @@ def run_audit(
     findings = list(labels.findings)
     t = time.perf_counter()
     pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, groups)
-    findings += pair_findings(data, pairs, labels.quality, groups)
+    findings += pair_findings(data, pairs, labels.quality, groups, labels.checked)
     timings["duplicates_s"] = time.perf_counter() - t
     t = time.perf_counter()
     outliers = outlier_scores(data.features) if n > 2 else np.zeros(n, np.float32)
@@ -269,7 +270,11 @@ def _label_finding(data: AuditData, i: int, oof: np.ndarray, quality: np.ndarray
 
 
 def pair_findings(
-    data: AuditData, pairs: Sequence[tuple[int, int, float]], quality: np.ndarray, groups: np.ndarray
+    data: AuditData,
+    pairs: Sequence[tuple[int, int, float]],
+    quality: np.ndarray,
+    groups: np.ndarray,
+    checked: np.ndarray | None = None,
 ) -> list[Finding]:
     """A row per near-duplicate pair, and per byte-identical copy (same sha256) against the one of its group to
     keep, at similarity 1 (a row per pair of copies made 500,000 rows of 1,000 copies); each row's ``file`` is the
@@ -281,8 +286,9 @@ def pair_findings(
             files not paired with each other.
         quality: Label quality per image (the more trustworthy label is kept).
         groups: :func:`group_ids` of the images' sha256 (byte-identical files share one).
+        checked: Which images the label check judged (default: all); the others' ``quality`` is no verdict.
     """
-    rank = _keep_order(data, quality)
+    rank = _keep_order(data, quality, np.ones(len(quality), bool) if checked is None else checked)
     keeper: dict[int, int] = {}  # group -> its member to keep: the first in the order
     for i in np.argsort(rank, kind="stable"):
         keeper.setdefault(int(groups[i]), int(i))
@@ -291,12 +297,17 @@ def pair_findings(
     return [_pair_finding(data, *((i, j) if rank[i] > rank[j] else (j, i)), sim) for i, j, sim in ordered]
 
 
-def _keep_order(data: AuditData, quality: np.ndarray) -> np.ndarray:
+def _keep_order(data: AuditData, quality: np.ndarray, checked: np.ndarray) -> np.ndarray:
     """Each image's place in one order of which copy to keep: the training side first, then the more
-    trustworthy label, then the path. Every pair's ``file`` (the copy to leave out) is its later member, so in a
-    group of copies linked pair by pair the first one is never left out: ``--exclude audit.csv`` keeps one copy
-    of each group (pair-by-pair rules could chain into a cycle and leave out all of them)."""
-    keys = sorted(range(len(data.paths)), key=lambda i: (data.splits[i] == "validation", -quality[i], data.paths[i]))
+    trustworthy label (an image the label check left out, its class of one image, after every checked one: its
+    quality of 1 is no verdict, and the copy in a checked class was left out for it), then the path. Every pair's
+    ``file`` (the copy to leave out) is its later member, so in a group of copies linked pair by pair the first
+    one is never left out: ``--exclude audit.csv`` keeps one copy of each group (pair-by-pair rules could chain
+    into a cycle and leave out all of them)."""
+    keys = sorted(
+        range(len(data.paths)),
+        key=lambda i: (data.splits[i] == "validation", not checked[i], -quality[i], data.paths[i]),
+    )
     rank = np.empty(len(keys), np.int64)
     rank[keys] = np.arange(len(keys))
     return rank
