@@ -543,13 +543,20 @@ def test_a_run_audited_later_sees_its_files_as_they_are_now(writable_run: Path, 
     shutil.copytree(run.config().data_dir, data)
     config = (writable_run / RunDir.CONFIG).read_text()
     (writable_run / RunDir.CONFIG).write_text(config.replace(run.config().data_dir, str(data)))
-    first, second = run.split().rows[:2]
+    rows = run.split().rows
+    first, second, third = rows[:3]
     (data / first.path).write_bytes((data / second.path).read_bytes())  # edited since training
+    (data / third.path).unlink()  # gone: the rest was audited without a word
     said: list[str] = []
     result = audit_fn(writable_run, say=said.append).result
     now = hashlib.sha256((data / first.path).read_bytes()).hexdigest()
     assert result.data.sha256[result.data.paths.index(first.path)] == now != first.sha256
     assert "Audit: 1 file(s) changed since the run's split was written; audited as they are now." in said
+    assert third.path not in result.data.paths
+    assert (
+        f"Audit: 1 of the split's {len(rows)} file(s) are gone from {data} (moved, deleted or unreadable: "
+        f"{third.path}); the {len(rows) - 1} left are audited." in said
+    )
 
 
 def test_train_cli_flags_reach_the_config() -> None:

@@ -200,26 +200,35 @@ def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say, *, reh
     rows = list(split.rows)
     root = Path(config.data_dir)
     if rehash:
-        rows, changed = _current(rows, root)
+        current, changed, gone = _current(rows, root)
         if changed:
             say(f"Audit: {changed} file(s) changed since the run's split was written; audited as they are now.")
+        if gone:  # the rest was audited without a word on what was missing
+            shown = ", ".join(printable(p) for p in gone[:3]) + (", ..." if len(gone) > 3 else "")
+            say(
+                f"Audit: {len(gone)} of the split's {len(rows)} file(s) are gone from {printable(str(root))} "
+                f"(moved, deleted or unreadable: {shown}); the {len(current)} left are audited."
+            )
+        rows = current
     feats = stage1_features(
         run, config, [str(root / r.path) for r in rows], [r.sha256 for r in rows], progress=progress, say=say
     )
     return _audit_data(rows, tuple(names), feats)
 
 
-def _current(rows: list[Any], root: Path) -> tuple[list[Any], int]:
-    """``rows`` with the sha256 of each file as it is now (files gone are left out), and how many changed."""
-    current, changed = [], 0
+def _current(rows: list[Any], root: Path) -> tuple[list[Any], int, list[str]]:
+    """``rows`` with the sha256 of each file as it is now, how many changed, and the paths of those gone (or
+    unreadable: left out)."""
+    current, changed, gone = [], 0, []
     for row in rows:
         try:
             sha = file_digest(root / row.path)
         except OSError:  # gone or unreadable: left out, as the feature pass would
+            gone.append(row.path)
             continue
         changed += bool(row.sha256) and sha != row.sha256
         current.append(dataclasses.replace(row, sha256=sha))
-    return current, changed
+    return current, changed, gone
 
 
 def _audit_data(rows: list[Any], class_names: tuple[str, ...], feats: dict[str, np.ndarray]) -> AuditData:
