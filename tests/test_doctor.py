@@ -328,3 +328,28 @@ def test_the_printout_names_ignored_files_that_may_have_been_meant_as_images(tmp
     assert "class_0/photo.img" in section and "rename it to use it" in section
     assert "README.txt" not in section and "notes.txt" not in section and "pipe" not in section
     assert "5 ignored" in text
+
+
+def test_a_jpeg_damaged_mid_file_is_bad(tmp_path) -> None:
+    """A JPEG cut in the middle but ending in an end-of-image marker, or with bytes changed mid-file, was usable:
+    Pillow (and TensorFlow) decode it without an error to pixels partly grey or garbage, and train trained on them."""
+    from imagesets import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=3, size=(128, 96))
+    cut, changed = root / "class_0" / "img_000.jpg", root / "class_0" / "img_001.jpg"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    data = bytearray(changed.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = b"\x5a" * 64
+    changed.write_bytes(bytes(data))
+    for path in (cut, changed):  # what the doctor used to see: nothing wrong
+        with Image.open(path) as im:
+            im.load()
+    report = doctor.diagnose(root)
+    files = {f.path: f for f in report.files}
+    assert files["class_0/img_000.jpg"].status == "bad"
+    assert files["class_0/img_000.jpg"].reason.startswith("corrupt JPEG data: premature end of data segment")
+    assert files["class_0/img_001.jpg"].status == "bad"
+    assert files["class_0/img_001.jpg"].reason.startswith("corrupt JPEG data: ")
+    assert [f.status for f in report.files].count("ok") == 4 and report.classes == {"class_0": 1, "class_1": 3}

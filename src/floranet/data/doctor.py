@@ -22,9 +22,11 @@ from typing import Any
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats, images
+from floranet.data.decode import jpeg_damage
 from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import check_replaceable, write_json
+from floranet.utils.optional import require
 from floranet.utils.text import map_strings, printable
 
 __all__ = ["IMAGE_EXTENSIONS", "DoctorReport", "FileFinding", "diagnose", "find_leaks"]
@@ -237,6 +239,7 @@ def diagnose(
         raise ConfigError(f"workers must be a positive int or None. Received: workers={workers!r}")
     check_data_dir(root)
     formats.allowed_formats()  # a bad FLORANET_EXTRA_IMAGE_FORMATS is one error, not every file "bad"
+    require("simplejpeg", "floranet doctor's check of JPEG data")  # so is a missing simplejpeg
     scan = Scan(root)
     checked = _check_all(scan.candidates, max_pixels, workers, progress)
     files, duplicates = _mark_duplicates(sorted(scan.findings + checked, key=lambda f: f.path))
@@ -313,6 +316,9 @@ def _check(c: Candidate, max_pixels: int) -> FileFinding:
         return FileFinding(c.path, c.label, "bad", e.detail, sha)
     except Exception as e:  # noqa: BLE001 - the doctor reports bad files, it never raises on one
         return FileFinding(c.path, c.label, "bad", f"cannot be decoded ({type(e).__name__}: {e})", sha)
+    damage = jpeg_damage(data) if info.format in ("JPEG", "MPO") else ""
+    if damage:  # Pillow decodes it, to pixels partly grey or garbage
+        return FileFinding(c.path, c.label, "bad", damage, sha)
     return FileFinding(
         c.path,
         c.label,
