@@ -146,7 +146,7 @@ def test_json_report(corpus, tmp_path) -> None:
     report.write_json(out)  # replaces the earlier report atomically, leaves no temp file behind
     assert os.listdir(out.parent) == ["doctor.json"]
     data = json.loads(out.read_text(encoding="utf-8"))
-    assert set(data) == {"data_dir", "classes", "files", "duplicates", "summary", "usable", "reason"}
+    assert set(data) == {"data_dir", "classes", "files", "duplicates", "summary", "usable", "reason", "warnings"}
     assert data["usable"] is True and data["classes"][EMPTY_CLASS] == 0
     assert all(set(f) == {"path", "label", "status", "reason", "sha256", "width", "height"} for f in data["files"])
     paths = {f["path"]: f for f in data["files"]}
@@ -262,6 +262,38 @@ def test_one_name_in_two_unicode_forms_is_refused(tmp_path) -> None:
     assert "'cafe\\u0301' and 'caf\\xe9' are one name written in two Unicode forms" in report.reason
     # Case alone is a real difference (handwriting sets have "A" and "a").
     assert doctor.diagnose(two_classes(tmp_path / "cased", ("A", "a"))).usable
+
+
+@pytest.mark.parametrize(
+    "twin", ["tulips ", " tulips", "tulips\u00a0", "tul\u200bips", "tu\ufefflips", "tulips\t", "\uff54ulips"]
+)
+def test_class_names_that_differ_only_by_invisible_characters_are_refused(tmp_path, twin) -> None:
+    """A trailing space, a no-break space, a zero-width space, a full-width letter: two classes that look the same
+    in every table and answer (class_names.json was ["tulips", "tulips "]); only NFC forms were compared."""
+    root = two_classes(tmp_path / "data", ("roses", "tulips", twin))
+    report = doctor.diagnose(root)
+    assert not report.usable
+    a, b = sorted(["tulips", twin])
+    assert (
+        f"class folders {ascii(a)} and {ascii(b)} differ only by white space, invisible characters or Unicode "
+        "compatibility forms: they look the same in every report and answer; rename one" in report.reason
+    )
+    # Spaces inside a name are seen: "red roses" and "redroses" are two classes.
+    assert doctor.diagnose(two_classes(tmp_path / "spaced", ("red roses", "redroses"))).usable
+
+
+def test_class_names_that_differ_only_by_case_are_usable_with_a_warning(tmp_path) -> None:
+    """Roses/ and roses/ are two classes here, but one folder on macOS and Windows: said, not refused."""
+    report = doctor.diagnose(two_classes(tmp_path / "data", ("Roses", "roses", "tulips")))
+    assert report.usable
+    warning = (
+        "class folders 'Roses' and 'roses' differ only by case: two classes here, but one folder on a "
+        "case-insensitive file system (macOS and Windows by default)"
+    )
+    assert len(report.warnings) == 1 and report.warnings[0].startswith(warning)
+    assert report.to_dict()["warnings"] == list(report.warnings)
+    assert f"Warning: {warning}" in report.format_text()
+    assert doctor.diagnose(two_classes(tmp_path / "plain", ("roses", "tulips"))).warnings == ()
 
 
 def test_a_bad_extra_formats_setting_is_one_error_not_every_file_bad(tmp_path, monkeypatch) -> None:

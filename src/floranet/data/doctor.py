@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from typing import Any
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats, images
 from floranet.data.decode import jpeg_damage
-from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan
+from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan, case_twins, same_looking
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import check_replaceable, write_json
 from floranet.utils.optional import require
@@ -44,6 +43,7 @@ class DoctorReport:
     duplicates: tuple[tuple[str, ...], ...]
     usable: bool
     reason: str
+    warnings: tuple[str, ...] = ()  # what may go wrong elsewhere (class names only a letter's case tells apart)
 
     def usable_files(self) -> list[FileFinding]:
         """The files to train on (status ok or note), in path order."""
@@ -101,6 +101,7 @@ class DoctorReport:
                 "summary": self.summary(),
                 "usable": self.usable,
                 "reason": self.reason,
+                "warnings": list(self.warnings),
             },
             printable,
         )
@@ -152,7 +153,8 @@ class DoctorReport:
             f"  duplicates          {s['duplicates_within_class']} within a class, "
             f"{s['label_conflicts']} files in label conflicts"
         )
-        lines += ["", "Verdict: usable" if self.usable else f"Verdict: NOT usable: {printable(self.reason)}"]
+        lines += ["", *(f"Warning: {printable(w)}" for w in self.warnings)]
+        lines += ["Verdict: usable" if self.usable else f"Verdict: NOT usable: {printable(self.reason)}"]
         return "\n".join(lines)
 
 
@@ -246,9 +248,13 @@ def diagnose(
     counts = Counter(f.label for f in files if f.status in _USABLE)
     classes = {c: counts.get(c, 0) for c in sorted(scan.classes)}
     reason = _unusable_reason(root, classes)
-    return DoctorReport(
-        data_dir=root, classes=classes, files=tuple(files), duplicates=duplicates, usable=not reason, reason=reason
+    filled = [c for c, n in classes.items() if n > 0]
+    warnings = tuple(
+        f"class folders {ascii(a)} and {ascii(b)} differ only by case: two classes here, but one folder on a "
+        "case-insensitive file system (macOS and Windows by default), where a copy of this set merges them"
+        for a, b in case_twins(filled)
     )
+    return DoctorReport(root, classes, tuple(files), duplicates, usable=not reason, reason=reason, warnings=warnings)
 
 
 def find_leaks(report: DoctorReport, split_of: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -362,11 +368,12 @@ def _mark_duplicates(files: list[FileFinding]) -> tuple[list[FileFinding], tuple
 
 def _unusable_reason(root: str, classes: dict[str, int]) -> str:
     filled = [c for c, n in classes.items() if n > 0]
-    twins = _same_looking(filled)
+    twins = same_looking(filled)
     if twins:
+        a, b, how = twins
         return (
-            f"class folders {ascii(twins[0])} and {ascii(twins[1])} are one name written in two Unicode forms: "
-            "they look the same in every report and answer; rename one (or merge them)"
+            f"class folders {ascii(a)} and {ascii(b)} {how}: they look the same in every report and answer; "
+            "rename one (or merge them)"
         )
     if len(filled) >= 2:
         return ""
@@ -384,13 +391,3 @@ def _unusable_reason(root: str, classes: dict[str, int]) -> str:
         f"no class has usable images ({len(classes)} class folder(s), 0 usable images): "
         "a dataset needs at least 2 class folders with images"
     )
-
-
-def _same_looking(names: list[str]) -> tuple[str, str] | None:
-    """Two names equal after Unicode normalisation (a folder copied from macOS keeps NFD, a typed one is NFC)."""
-    seen: dict[str, str] = {}
-    for name in names:
-        twin = seen.setdefault(unicodedata.normalize("NFC", name), name)
-        if twin != name:
-            return twin, name
-    return None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from floranet.data import formats
@@ -165,6 +167,43 @@ class Scan:
                 else:
                     fmt = _sniffed(e.path)
                     self._ignore(path, _non_image_reason(e.name, fmt), worth_a_look=fmt is not None)
+
+
+def look_key(name: str) -> str:
+    """How a name looks in a table: NFKC (a name copied from macOS keeps NFD; a no-break space or a full-width
+    letter becomes the plain one), without format characters (Unicode category Cf: zero-width spaces and joiners,
+    a byte-order mark), each run of white space one space, none at the ends."""
+    visible = "".join(c for c in unicodedata.normalize("NFKC", name) if unicodedata.category(c) != "Cf")
+    return " ".join(visible.split())
+
+
+def same_looking(names: Iterable[str]) -> tuple[str, str, str] | None:
+    """The first two names that look the same (equal :func:`look_key`), which every report and answer would show
+    as one, and how they differ (``"are one name written in two Unicode forms"``, ...); None when there are none."""
+    seen: dict[str, str] = {}
+    for name in names:
+        twin = seen.setdefault(look_key(name), name)
+        if twin != name:
+            if unicodedata.normalize("NFC", twin) == unicodedata.normalize("NFC", name):
+                return twin, name, "are one name written in two Unicode forms"
+            return twin, name, "differ only by white space, invisible characters or Unicode compatibility forms"
+    return None
+
+
+def case_twins(names: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of names that differ only by case (``Roses`` and ``roses``): two classes here, but one folder on a
+    case-insensitive file system (macOS and Windows by default)."""
+    seen: dict[str, str] = {}
+    looks: set[str] = set()
+    pairs = []
+    for name in names:
+        if look_key(name) in looks:  # a same-looking twin (:func:`same_looking`) of a name already seen
+            continue
+        looks.add(look_key(name))
+        twin = seen.setdefault(look_key(name).casefold(), name)
+        if twin != name:
+            pairs.append((twin, name))
+    return pairs
 
 
 def _entries(folder: str) -> list[os.DirEntry]:
