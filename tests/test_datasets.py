@@ -135,7 +135,7 @@ def _assert_good(root: Path, cache: Path) -> None:
     assert root == cache / "flower_photos"
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["daisy", "roses"]
     assert len(list((root / "daisy").glob("*.jpg"))) == 4
-    assert (root / MARKER).read_text().strip() == GOOD_SHA
+    assert (root / MARKER).read_text().splitlines()[0] == GOOD_SHA
     assert (cache / ARCHIVE).read_bytes() == GOOD  # kept, verified
     assert not list(cache.glob(".flower_photos.*")) and not (cache / f"{ARCHIVE}.part").exists()
 
@@ -170,7 +170,7 @@ def test_incomplete_folder_is_left_alone_and_the_set_extracted_beside_it_offline
         beside = _fetch(tmp_path, say=said.append)
         assert len(srv.requests) == 1  # extracted from the verified archive, no download
     assert snapshot(root) == before  # every byte, mode and mtime of the folder floranet did not finish
-    assert beside == tmp_path / "flower_photos-floranet" and (beside / MARKER).read_text().strip() == GOOD_SHA
+    assert beside == tmp_path / "flower_photos-floranet" and (beside / MARKER).read_text().splitlines()[0] == GOOD_SHA
     assert len(list((beside / "daisy").glob("*.jpg"))) == 4
     assert said and "left exactly as it is" in said[0] and str(beside) in said[0]
     assert _fetch(tmp_path) == beside  # and the complete copy is found again next time
@@ -187,7 +187,7 @@ def test_a_foreign_folder_of_that_name_keeps_every_byte(tmp_path, monkeypatch):
         _use_spec(monkeypatch, srv.url)
         got = _fetch(tmp_path)
     assert snapshot(mine) == before and got == tmp_path / "flower_photos-floranet"
-    assert (got / MARKER).read_text().strip() == GOOD_SHA
+    assert (got / MARKER).read_text().splitlines()[0] == GOOD_SHA
 
 
 def test_marker_of_another_archive_version_is_kept_and_a_fresh_copy_made_beside(tmp_path, monkeypatch):
@@ -198,7 +198,35 @@ def test_marker_of_another_archive_version_is_kept_and_a_fresh_copy_made_beside(
         fresh = _fetch(tmp_path)
     assert fresh == tmp_path / "flower_photos-floranet"
     assert (root / MARKER).read_text().strip() == "0" * 64  # the old copy is untouched
-    assert (fresh / MARKER).read_text().strip() == GOOD_SHA
+    assert (fresh / MARKER).read_text().splitlines()[0] == GOOD_SHA
+
+
+def test_a_damaged_copy_is_extracted_afresh_from_the_kept_archive_and_left_as_it_is(tmp_path, monkeypatch):
+    """The module said a damaged extracted folder is re-extracted from the kept archive, but only the marker was
+    looked at: with a class folder deleted and a photo truncated, fetch returned the damaged folder."""
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        root = _fetch(tmp_path)
+        assert (root / MARKER).read_text().splitlines()[1:] == ["files 9", f"bytes {_bytes(root)}"]
+        (root / ".DS_Store").write_bytes(b"Finder's")  # hidden and system files are not counted
+        assert _fetch(tmp_path) == root
+        (root / "daisy" / "00.jpg").write_bytes(b"cut")
+        before = snapshot(root)
+        said: list[str] = []
+        fresh = _fetch(tmp_path, say=said.append)
+        assert len(srv.requests) == 1  # from the archive kept beside it: no download
+    assert fresh == tmp_path / "flower_photos-floranet" and len(list((fresh / "daisy").glob("*.jpg"))) == 4
+    assert snapshot(root) == before  # the changed folder is the user's now: nothing in it is touched
+    assert said and "it changed since floranet extracted it: 9 files of " in said[0]
+    assert "left exactly as it is" in said[0]
+    assert _fetch(tmp_path) == fresh
+    # A marker written before the counts were kept (the digest alone) is trusted as it was.
+    (fresh / MARKER).write_text(GOOD_SHA + "\n")
+    assert _fetch(tmp_path) == fresh
+
+
+def _bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.name != MARKER)
 
 
 def test_interrupted_extraction_never_looks_complete(tmp_path, monkeypatch):

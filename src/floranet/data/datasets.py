@@ -7,12 +7,15 @@ is kept next to the folder (as Keras does), so a damaged folder is re-extracted
 without the network.
 
 Completeness: the extracted folder carries a marker file (:data:`MARKER`, which
-holds the archive's SHA-256) written only after a successful extraction. The
-archive is extracted into a hidden temporary sibling folder that is renamed into
-place at the end, so an interrupted run never leaves a folder that looks
-complete. A folder of the set's name that floranet did not make (no marker, or
-another archive's) is never deleted, moved or changed: the set is extracted beside
-it (``flower_photos-floranet``) and the caller is told.
+holds the archive's SHA-256, and how many files of how many bytes were extracted)
+written only after a successful extraction. The archive is extracted into a hidden
+temporary sibling folder that is renamed into place at the end, so an interrupted
+run never leaves a folder that looks complete. Each fetch counts the folder's files
+and bytes again (a walk, no reading): one that changed since (a file deleted,
+truncated or added) is not complete. A folder of the set's name that floranet did
+not make or that changed since (no marker, another archive's, other counts) is
+never deleted, moved or changed: the set is extracted beside it
+(``flower_photos-floranet``) and the caller is told.
 
 ``fetch("mini_flowers")`` returns the small sample bundled with the package
 (60 downsized photos per class, see its ``SOURCE.md``); no network needed.
@@ -27,6 +30,7 @@ import importlib.resources
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -37,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from floranet.data import archives
+from floranet.data.scan import is_skipped_name
 from floranet.errors import ConfigError, DatasetError, OutputError
 from floranet.utils import download as download_lib
 from floranet.utils import locks
@@ -155,9 +160,9 @@ def fetch(
     if spec is None:
         raise ConfigError(f"Unknown dataset: {name!r}. Valid names: {', '.join(names())}. Received: name={name!r}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else download_lib.cache_dir("datasets")
-    target = _target(root, spec)
-    if _is_complete(target, spec):
-        return target
+    found = _complete_copy(root, spec)
+    if found is not None:
+        return found
     # One fetch of a set into a folder at a time: a second one waits, then finds the set (two at once appended
     # to one partial file, or failed to move their copies into the same place).
     lock = root / f".{spec.archive_root}.lock"
@@ -177,13 +182,15 @@ def _fetch_locked(
     say: Callable[[str], None] | None,
 ) -> Path:
     name = spec.name
-    target = _target(root, spec)
-    if _is_complete(target, spec):
-        return target
+    found = _complete_copy(root, spec)
+    if found is not None:
+        return found
+    target = _new_target(root, spec)
     if target.name != spec.archive_root:
         (say or log.warning)(
-            f"{root / spec.archive_root} exists but is not a complete copy made by floranet (no {MARKER} with this "
-            f"archive's checksum); it is left exactly as it is, and {name} goes to {target} instead."
+            f"{root / spec.archive_root} exists but is not a complete copy made by floranet "
+            f"({_incomplete(root / spec.archive_root, spec)}); it is left exactly as it is, and {name} goes to "
+            f"{target} instead."
         )
 
     archive = root / spec.archive_name
@@ -232,18 +239,29 @@ def _check_space(root: Path, spec: DatasetSpec, archive: Path) -> None:
         )
 
 
-def _target(root: Path, spec: DatasetSpec) -> Path:
-    """Where the set lives: the first of ``<name>``, ``<name>-floranet``, ``<name>-floranet-2``, ... that is a
-    complete floranet copy, else the first that does not exist. A folder floranet did not make is never touched."""
+def _candidates(root: Path, spec: DatasetSpec) -> list[Path]:
+    """Where the set may live: ``<name>``, ``<name>-floranet``, ``<name>-floranet-2``, ... (a folder floranet did
+    not make, or that changed since, is never touched: the set goes to the next name)."""
     names = [
         spec.archive_root,
         f"{spec.archive_root}-floranet",
         *(f"{spec.archive_root}-floranet-{i}" for i in range(2, 100)),
     ]
-    candidates = [root / n for n in names]
-    for path in candidates:
-        if _is_complete(path, spec):
-            return path
+    return [root / n for n in names]
+
+
+def _complete_copy(root: Path, spec: DatasetSpec) -> Path | None:
+    """The first of :func:`_candidates` that is a complete floranet copy (:func:`_incomplete`), else None."""
+    return next((path for path in _candidates(root, spec) if not _incomplete(path, spec)), None)
+
+
+def _new_target(root: Path, spec: DatasetSpec) -> Path:
+    """The first of :func:`_candidates` that does not exist: where a fresh copy is extracted.
+
+    Raises:
+        DatasetError: All of them exist.
+    """
+    candidates = _candidates(root, spec)
     for path in candidates:
         if not path.exists() and not path.is_symlink():
             return path
@@ -258,17 +276,47 @@ def _mirror_url(spec: DatasetSpec) -> str | None:
     return f"{base.rstrip('/')}/{spec.archive_name}" if base else None
 
 
-def _is_complete(target: Path, spec: DatasetSpec) -> bool:
+def _incomplete(target: Path, spec: DatasetSpec) -> str:
+    """Why ``target`` is not a complete copy of the set ("" when it is): no :data:`MARKER`, another archive's, or
+    other files than were extracted (counted again: a walk, no file is read; a marker from before the counts were
+    kept is trusted as it was)."""
     marker = target / MARKER
-    if not marker.is_file():
-        return False
-    if spec.sha256 is None:
-        return True
     try:
-        recorded = marker.read_text(encoding="utf-8").strip().lower()
-    except OSError:
-        return False
-    return recorded == spec.sha256.lower()
+        lines = marker.read_text(encoding="utf-8").split("\n") if marker.is_file() else []
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    if not lines:
+        return f"no {MARKER}"
+    if spec.sha256 is not None and lines[0].strip().lower() != spec.sha256.lower():
+        return f"its {MARKER} is another archive's"
+    recorded = dict(line.split(None, 1) for line in lines[1:] if len(line.split()) == 2)
+    if not recorded:
+        return ""
+    files, size = _contents(target)
+    if recorded != {"files": str(files), "bytes": str(size)}:
+        was = [f"{int(v):,}" if v.isdigit() else v for v in (recorded.get("files", "?"), recorded.get("bytes", "?"))]
+        return (
+            f"it changed since floranet extracted it: {files:,} files of {size:,} bytes, "
+            f"{was[0]} files of {was[1]} bytes when extracted"
+        )
+    return ""
+
+
+def _contents(folder: Path) -> tuple[int, int]:
+    """How many regular files are under ``folder`` and their total size, as :data:`MARKER` records them.
+
+    Symbolic links are not followed; hidden and system entries (the marker, a .DS_Store that Finder adds, a NAS's
+    @eaDir), which the doctor does not read either, are not counted.
+    """
+    files = size = 0
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not is_skipped_name(d)]
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(top, name))
+                if stat.S_ISREG(info.st_mode) and not is_skipped_name(name):
+                    files, size = files + 1, size + info.st_size
+    return files, size
 
 
 def _extract_budget(spec: DatasetSpec) -> int:
@@ -322,7 +370,8 @@ def _extract_into(archive: Path, spec: DatasetSpec, target: Path, digest: str, s
                 f"The archive {archive} downloaded from {source} has no top-level folder "
                 f"{spec.archive_root!r}; it is not the {spec.name} archive and was not kept."
             )
-        (extracted / MARKER).write_text(digest + "\n", encoding="utf-8")
+        files, size = _contents(extracted)
+        (extracted / MARKER).write_text(f"{digest}\nfiles {files}\nbytes {size}\n", encoding="utf-8")
         if target.exists() or target.is_symlink():  # made meanwhile (the fetch lock keeps floranet out): not ours
             raise DatasetError(f"{target} appeared while {spec.name} was extracted; it was left untouched. Run again.")
         os.rename(extracted, target)
