@@ -250,18 +250,21 @@ def test_interrupted_extraction_never_looks_complete(tmp_path, monkeypatch):
 def test_truncated_archive_is_refused_and_not_kept(tmp_path, monkeypatch, known):
     with serve(GOOD[: len(GOOD) // 2]) as srv:
         _use_spec(monkeypatch, srv.url, sha256=None, size=len(GOOD) if known == "size" else None)
-        with pytest.raises(DatasetError) as err:
+        with pytest.raises(FloranetError) as err:
             _fetch(tmp_path)
     msg = str(err.value)
-    assert "not kept" in msg
-    assert ("corrupt or truncated" in msg) if known == "nothing" else (f"expected {len(GOOD)}" in msg)
+    if known == "nothing":
+        assert isinstance(err.value, DatasetError) and "corrupt or truncated" in msg and "not kept" in msg
+    else:  # refused as the server announced it, before a byte was written
+        assert isinstance(err.value, DownloadError)
+        assert f"announces {len(GOOD) // 2:,} bytes, fewer than the file's {len(GOOD):,}; nothing was kept" in msg
     assert not (tmp_path / ARCHIVE).exists()
     _assert_nothing_extracted(tmp_path)
 
 
 def test_truncated_archive_fails_the_checksum(tmp_path, monkeypatch):
-    with serve(GOOD[:-100]) as srv:
-        _use_spec(monkeypatch, srv.url)
+    with serve(GOOD[:-100]) as srv:  # size unknown: only the checksum tells (else refused as too few bytes)
+        _use_spec(monkeypatch, srv.url, size=None)
         with pytest.raises(DownloadError, match="Checksum mismatch"):
             _fetch(tmp_path)
     assert not (tmp_path / ARCHIVE).exists() and not (tmp_path / f"{ARCHIVE}.part").exists()

@@ -83,6 +83,42 @@ def test_a_server_announcing_more_than_the_file_is_refused_at_once(tmp_path, mon
             _fetch(tmp_path)
 
 
+def test_a_server_announcing_fewer_bytes_than_the_file_is_refused_as_clearly(tmp_path, monkeypatch) -> None:
+    """A Content-Length under the known size was taken: its bytes downloaded, then a bare 'Checksum mismatch'."""
+
+    def short(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n" + GOOD)
+
+    with raw_server(short) as url:
+        _use_spec(monkeypatch, url)
+        with pytest.raises(DownloadError, match=f"announces 100 bytes, fewer than the file's {len(GOOD):,}; nothing"):
+            _fetch(tmp_path)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_checksum_mismatch_shows_what_was_received_and_no_offline_hint(tmp_path, monkeypatch) -> None:
+    """The message gave no evidence (only the expected digest), and told an online user what to do offline."""
+    bad = bytearray(GOOD)
+    bad[-1] ^= 1
+    got = hashlib.sha256(bad).hexdigest()
+    with serve(bytes(bad)) as srv:
+        spec = _use_spec(monkeypatch, srv.url)
+        with pytest.raises(DownloadError) as err:
+            _fetch(tmp_path)
+    msg = str(err.value)
+    assert f"Checksum mismatch for {srv.url}: received {len(GOOD):,} bytes, sha256 {got}; " in msg
+    assert f"expected {len(GOOD):,} bytes, sha256 {spec.sha256}. The file was not kept" in msg
+    assert "offline" not in msg and "machine with internet" not in msg
+
+
+def test_a_file_url_that_fails_gets_no_offline_hint(tmp_path, monkeypatch) -> None:
+    """The hint "If this machine is offline, download ..." followed the failure of a file:// URL (no network)."""
+    _use_spec(monkeypatch, (tmp_path / "missing" / ARCHIVE).as_uri())
+    with pytest.raises(DownloadError, match="Could not download file://") as err:
+        _fetch(tmp_path / "cache")
+    assert "offline" not in str(err.value)
+
+
 def test_a_trickling_server_stops_with_the_part_kept(tmp_path, monkeypatch) -> None:
     """A byte every 50 ms never trips the per-read timeout: the transfer ran on for ever."""
     monkeypatch.setattr(download, "RATE_WINDOW_S", 0.5)

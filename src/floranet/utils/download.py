@@ -75,13 +75,15 @@ def download(
         url: http(s) or file URL.
         dest: Final path. Parent folders are created.
         file_hash: Expected md5 or sha256 hex digest; checked before the file is renamed into place.
-        size: Expected bytes, when known: a server that announces or sends more is refused at once (a mirror
-            or captive portal streaming without end would otherwise fill the disk before the checksum).
+        size: Expected bytes, when known: a server that announces another size, or sends more, is refused at once
+            (a mirror or captive portal streaming without end would otherwise fill the disk before the checksum).
         timeout: Seconds allowed for connecting and for each read; the status line and headers must be complete
             within :data:`HEAD_TIMEOUTS` times that, and a transfer slower than :data:`MIN_BYTES` in
             :data:`RATE_WINDOW_S` seconds stops too (the partial file is kept).
         progress: Show a progress bar on stderr.
-        manual_hint: Appended to error messages, e.g. how to place the file by hand.
+        manual_hint: Appended to the messages of the network's failures (unreachable, timed out, cut off, an
+            HTTP error, a web page instead of the file), e.g. how to place the file by hand; not to a checksum
+            mismatch, a refused answer or any failure of a file:// URL.
 
     Returns:
         The path of the verified file.
@@ -116,9 +118,12 @@ def _download(
     if dest.exists() or dest.is_symlink():  # floranet renames only verified files there: this is someone's
         raise DownloadError(
             f"{dest} exists but is not the expected file ({_describe(dest, file_hash)}; expected "
-            f"{_algorithm_for(file_hash or '')} {file_hash}); it is left as it is. Move it away and run again.{hint}"
+            f"{_algorithm_for(file_hash or '')} {file_hash}); it is left as it is. Move it away and run again."
         )
+    # How to do without the network, for the network's failures alone (a file:// URL has none).
+    hint = "" if urllib.parse.urlsplit(url).scheme.lower() == "file" else hint
     part = dest.with_name(dest.name + ".part")
+    received = "nothing"
     for attempt in range(2):
         offset = part.stat().st_size if part.exists() and not part.is_symlink() else 0
         try:
@@ -135,13 +140,14 @@ def _download(
             continue
         except _Refused as e:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"Refused the download of {shown} to {dest}: {e}; nothing was kept.{hint}") from e
+            raise DownloadError(f"Refused the download of {shown} to {dest}: {e}; nothing was kept.") from e
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", None) or str(e) or type(e).__name__
             raise DownloadError(f"Could not download {shown} to {dest}: {reason}.{hint}") from e
         except ValueError as e:  # a URL urllib cannot take apart ('http://[::1')
-            raise DownloadError(f"Could not download {shown} to {dest}: {e}.{hint}") from e
-        if verify(part, file_hash):
+            raise DownloadError(f"Could not download {shown} to {dest}: {e}.") from e
+        received = _mismatch(part, file_hash)
+        if not received:
             os.replace(part, dest)
             return dest
         # A resumed file that fails its checksum may have a stale prefix: start over once.
@@ -149,10 +155,20 @@ def _download(
         if attempt == 0 and offset > 0:
             continue
         break
+    expected = f"{size:,} bytes, " if size is not None else ""
     raise DownloadError(
-        f"Checksum mismatch for {shown}: expected {_algorithm_for(file_hash or '')} "
-        f"{file_hash}. The file was not kept; try again.{hint}"
+        f"Checksum mismatch for {shown}: received {received}; expected {expected}{_algorithm_for(file_hash or '')} "
+        f"{file_hash}. The file was not kept; try again."
     )
+
+
+def _mismatch(path: Path, file_hash: str | None) -> str:
+    """Empty when ``path`` has ``file_hash`` (or none is expected), else what it has: ``"N bytes, sha256 X"``."""
+    if file_hash is None:
+        return ""
+    algorithm = _algorithm_for(file_hash)
+    digest = file_digest(path, algorithm)
+    return "" if digest == file_hash.lower() else f"{path.stat().st_size:,} bytes, {algorithm} {digest}"
 
 
 def _describe(path: Path, file_hash: str | None) -> str:
@@ -237,7 +253,7 @@ def check_timeout(name: str, value: Any) -> float:
 
 
 class _Refused(ValueError):
-    """The server sends what cannot be the file asked for (more bytes than it has)."""
+    """The server sends what cannot be the file asked for (more bytes than it has, or announces another size)."""
 
 
 class _WebPage(OSError):
@@ -275,8 +291,10 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, si
         # number of over 4,300 digits) with a ValueError traceback.
         plain = length is not None and length.isascii() and length.isdigit() and len(length) <= 20
         total = int(length) + offset if plain and length else None
-        if size is not None and total is not None and total > size:
-            raise _Refused(f"the server announces {total:,} bytes, more than the file's {size:,}")
+        if size is not None and total is not None and total != size:  # fewer: a truncated copy, or not the file
+            raise _Refused(
+                f"the server announces {total:,} bytes, {'more' if total > size else 'fewer'} than the file's {size:,}"
+            )
         bar = _progress_bar(total, offset, part.name, progress)
         with _open_part(part, offset) as f:
             _copy(response, f, offset, size, bar)
