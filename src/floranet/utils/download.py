@@ -11,7 +11,6 @@ import contextlib
 import errno
 import http.client
 import logging
-import math
 import os
 import re
 import stat
@@ -26,6 +25,7 @@ from typing import Any
 from floranet.errors import ConfigError, DownloadError, OutputError
 from floranet.utils import locks, opener
 from floranet.utils.files import current_umask, file_digest
+from floranet.utils.opener import check_timeout, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,6 @@ DEFAULT_TIMEOUT = 10.0
 # never trips the per-read timeout.
 MIN_BYTES = 64 << 10
 RATE_WINDOW_S = 60.0
-# The longest timeout floranet takes, in seconds (a day): socket.settimeout refuses one past about 9.2e9 s with an
-# OverflowError, and none longer than this is ever meant (the server's own waits: config.use.TIME_LIMITS).
-MAX_TIMEOUT_S = 86_400
 # The status line and headers must be complete within this many timeouts of the request (connecting included):
 # a server sending them a byte at a time never trips the per-read timeout, and the speed check starts with the body.
 HEAD_TIMEOUTS = 3
@@ -92,7 +89,7 @@ def download(
         DownloadError: The server is unreachable, the transfer failed, was too slow or too large, the checksum
             does not match, or ``dest`` exists and is not the expected file (it is left as it is).
         ConfigError: ``url`` is not an ASCII http(s) or file URL, or ``timeout`` not a positive number of seconds
-            of at most :data:`MAX_TIMEOUT_S` (a day).
+            of at most :data:`~floranet.utils.opener.MAX_TIMEOUT_S` (a day).
         OutputError: ``dest``'s folder cannot be made, or the file cannot be written (read-only, disk full).
     """
     _check_request(url, timeout)
@@ -207,22 +204,6 @@ def _check_request(url: str, timeout: float) -> None:
     check_timeout("timeout", timeout)
 
 
-def url_problem(url: str) -> str:
-    """Why urllib cannot take ``url`` ("" when it can): not http(s) or file, or spaces, control or non-ASCII
-    characters in it."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        _ = parts.port  # raises on a bad port or IPv6 host
-        scheme = parts.scheme.lower()
-    except ValueError:
-        scheme = ""
-    if scheme not in ("http", "https", "file"):
-        return "must be an http(s):// or file:// URL"
-    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
-        return "must be ASCII without spaces or control characters (percent-encode them, e.g. %20)"
-    return ""
-
-
 def env_url(name: str) -> str | None:
     """The URL the environment variable ``name`` gives (a mirror's base URL), stripped; None when it is unset or
     empty (``NAME=`` in a script or a CI file means "not set").
@@ -236,20 +217,6 @@ def env_url(name: str) -> str | None:
     if problem:
         raise ConfigError(f"{name} {problem} (or unset, for the default). Received: {name}={redacted(value)!r}")
     return value or None
-
-
-def check_timeout(name: str, value: Any) -> float:
-    """``value`` as seconds: a positive number of at most :data:`MAX_TIMEOUT_S` (not a bool, NaN or infinite).
-
-    Raises:
-        ConfigError: It is not.
-    """
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not (ok and 0 < value <= MAX_TIMEOUT_S):
-        raise ConfigError(
-            f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT_S} (a day). Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 class _Refused(ValueError):

@@ -3,12 +3,15 @@
 A server that sends its status line and headers a byte at a time never trips the per-read timeout (each byte
 restarts it), and :mod:`floranet.utils.download`'s speed check only starts with the body: :func:`open_url` shuts
 the connection down when the head is not complete within its deadline, so opening a URL never hangs.
+:func:`url_problem` and :func:`check_timeout` refuse beforehand what urllib and sockets would fail on with a
+traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import math
 import socket
 import threading
 import urllib.error
@@ -16,6 +19,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+from floranet.errors import ConfigError
+
+# The longest timeout floranet takes, in seconds (a day): socket.settimeout refuses one past about 9.2e9 s with an
+# OverflowError, and none longer than this is ever meant (the server's own waits: config.use.TIME_LIMITS).
+MAX_TIMEOUT_S = 86_400
 
 
 class HeadTimeout(TimeoutError):
@@ -151,3 +160,33 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_factory(_WatchedHTTPS, self.deadline), req)
+
+
+def url_problem(url: str) -> str:
+    """Why urllib cannot take ``url`` ("" when it can): not http(s) or file, or spaces, control or non-ASCII
+    characters in it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # raises on a bad port or IPv6 host
+        scheme = parts.scheme.lower()
+    except ValueError:
+        scheme = ""
+    if scheme not in ("http", "https", "file"):
+        return "must be an http(s):// or file:// URL"
+    if not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        return "must be ASCII without spaces or control characters (percent-encode them, e.g. %20)"
+    return ""
+
+
+def check_timeout(name: str, value: Any) -> float:
+    """``value`` as seconds: a positive number of at most :data:`MAX_TIMEOUT_S` (not a bool, NaN or infinite).
+
+    Raises:
+        ConfigError: It is not.
+    """
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and 0 < value <= MAX_TIMEOUT_S):
+        raise ConfigError(
+            f"{name} must be a positive number of seconds, at most {MAX_TIMEOUT_S} (a day). Received: {name}={value!r}"
+        )
+    return float(value)
