@@ -119,6 +119,28 @@ def test_a_file_url_that_fails_gets_no_offline_hint(tmp_path, monkeypatch) -> No
     assert "offline" not in str(err.value)
 
 
+@pytest.mark.parametrize("size_known", [True, False])
+def test_a_complete_part_left_by_a_kill_before_the_rename_is_kept(tmp_path, monkeypatch, size_known) -> None:
+    """A .part as long as the file (a run killed just before its rename) was deleted and downloaded again when the
+    server answered its Range request with 416, as servers do past the end."""
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(GOOD)
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url, size=len(GOOD) if size_known else None)
+        root = _fetch(tmp_path)
+    # Size known: checked before any request. Unknown: checked when the server says the range is past the end.
+    assert srv.requests == ([] if size_known else [f"bytes={len(GOOD)}-"])
+    _assert_good(root, tmp_path)
+
+
+def test_a_part_of_the_files_size_but_other_bytes_is_downloaded_afresh(tmp_path, monkeypatch) -> None:
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(b"x" * len(GOOD))
+    with serve(GOOD) as srv:
+        _use_spec(monkeypatch, srv.url)
+        root = _fetch(tmp_path)
+    assert srv.requests == [f"bytes={len(GOOD)}-", None]  # 416, then from the start
+    _assert_good(root, tmp_path)
+
+
 def test_a_trickling_server_stops_with_the_part_kept(tmp_path, monkeypatch) -> None:
     """A byte every 50 ms never trips the per-read timeout: the transfer ran on for ever."""
     monkeypatch.setattr(download, "RATE_WINDOW_S", 0.5)

@@ -123,12 +123,17 @@ def _download(
     received = "nothing"
     for attempt in range(2):
         offset = part.stat().st_size if part.exists() and not part.is_symlink() else 0
+        if offset and offset == size and _adopt(part, dest, file_hash):  # complete: a run killed before its rename
+            return dest
         try:
             _fetch(url, part, offset, timeout, progress, size)
         except urllib.error.HTTPError as e:
             if e.code == 416 and offset > 0 and attempt == 0:
-                # The .part is already as long as the file (or longer, stale): the server
-                # refuses the Range. Start over instead of failing on every later try.
+                # The .part is already as long as the file (or longer, stale): the server refuses the Range. Kept
+                # if it is the file (checked above when the size is known), else started over instead of failing
+                # on every later try.
+                if size is None and file_hash is not None and _adopt(part, dest, file_hash):
+                    return dest
                 part.unlink(missing_ok=True)
                 continue
             raise DownloadError(f"Could not download {shown} to {dest}: {e.reason}.{hint}") from e
@@ -157,6 +162,14 @@ def _download(
         f"Checksum mismatch for {shown}: received {received}; expected {expected}{_algorithm_for(file_hash or '')} "
         f"{file_hash}. The file was not kept; try again."
     )
+
+
+def _adopt(part: Path, dest: Path, file_hash: str | None) -> bool:
+    """Renames ``part`` to ``dest`` when it has ``file_hash`` (any file, when none is expected); True when done."""
+    if _mismatch(part, file_hash):
+        return False
+    os.replace(part, dest)
+    return True
 
 
 def _mismatch(path: Path, file_hash: str | None) -> str:
