@@ -347,8 +347,22 @@ def _member(name: str, size: int = 1, kind: bytes = tarfile.REGTYPE, link: str =
         ([_member("flower_photos/roses/x.jpg", kind=tarfile.SYMTYPE, link="../../flower_photos.tgz")], "is a link"),
         ([_member("flower_photos/up", kind=tarfile.SYMTYPE, link="..")], "is a link"),
         ([_member("flower_photos/big.bin", size=4 * 40_000 + 1)], "more than the 160,000 bytes"),
+        # These failed at extraction as an OutputError on the cache folder, and the archive was kept.
+        ([_member("flower_photos/a.jpg"), _member("")], "'' is a file without a name"),
+        ([_member("flower_photos/a.jpg"), _member("flower_photos/..")], "'flower_photos/..' is a file without a name"),
+        ([_member("flower_photos/" + "/".join(["d" * 200] * 30) + "/x.jpg")], "at a path longer than 4,000 bytes"),
     ],
-    ids=["duplicate", "duplicate-through-dotdot", "file-and-folder", "link-to-the-archive", "link-up", "bomb"],
+    ids=[
+        "duplicate",
+        "duplicate-through-dotdot",
+        "file-and-folder",
+        "link-to-the-archive",
+        "link-up",
+        "bomb",
+        "no-name",
+        "dot-name",
+        "path-too-long",
+    ],
 )
 def test_archives_with_links_clashes_or_too_much_data_are_refused(tmp_path, monkeypatch, members, why) -> None:
     body = _tar_of(members)
@@ -358,6 +372,16 @@ def test_archives_with_links_clashes_or_too_much_data_are_refused(tmp_path, monk
         with pytest.raises(DatasetError, match=f"unsafe member.*{why}"):
             _fetch(tmp_path)
     assert not (tmp_path / "flower_photos").exists() and not (tmp_path / ARCHIVE).exists()
+
+
+def test_a_dot_folder_as_tar_c_dir_dot_writes_is_not_extracted_over_the_destination(tmp_path, monkeypatch) -> None:
+    dot = _member("./", kind=tarfile.DIRTYPE)
+    dot.mode = 0o000  # were it applied to the extraction folder, nothing more could be written there
+    body = _tar_of([dot, _member("./flower_photos/a/x.jpg"), _member("./flower_photos/b/y.jpg")])
+    with serve(body) as srv:
+        _use_spec(monkeypatch, srv.url, sha256=hashlib.sha256(body).hexdigest(), size=None)
+        root = _fetch(tmp_path)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["a", "b"]
 
 
 def test_an_archive_of_too_many_members_stops_at_the_bound(tmp_path, monkeypatch) -> None:

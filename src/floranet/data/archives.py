@@ -2,10 +2,10 @@
 
 Every header is read and checked before anything is written (:func:`checked_members`): the member count and
 the bytes the files declare stay within the caller's budget (a decompression bomb stops at the header that passes
-it, before its content is decompressed), no name appears twice or is a file and a folder at once, and there are no
-links or special files (the data sets floranet fetches hold plain files and folders). Then ``tarfile``'s ``data``
-filter (Python >= 3.11.4) extracts, refusing paths outside the folder and unsafe modes; on older Pythons
-:func:`_within` checks the paths itself.
+it, before its content is decompressed), no name appears twice or is a file and a folder at once, every file has a
+name of its own and a path a file system takes, and there are no links or special files (the data sets floranet
+fetches hold plain files and folders). Then ``tarfile``'s ``data`` filter (Python >= 3.11.4) extracts, refusing
+paths outside the folder and unsafe modes; on older Pythons :func:`_within` checks the paths itself.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ MAX_MEMBERS = 200_000  # flower_photos has 3,676
 # smaller; only a GNU long-name or pax header is read whole, and a 300 MiB one (in a 1.4 MB archive) held 2.5 GB.
 MAX_READ = 1 << 20
 NAME_MAX = 255  # bytes of one part of a path: longer ones fail on most file systems, blaming the cache folder
+PATH_MAX = 4000  # bytes of a whole path: Linux refuses 4,096 (its NUL included), blaming the cache folder too
 
 
 class UnsafeMember(Exception):
@@ -104,15 +105,18 @@ def safe_extractall(tar: tarfile.TarFile, dest: Path, *, max_bytes: int) -> None
     Raises:
         UnsafeMember: (or ``tarfile.FilterError``) A member or the archive's size is refused.
     """
-    members = checked_members(tar, max_bytes)
+    members = checked_members(tar, max_bytes, dest=dest)
     if HAS_DATA_FILTER:
         tar.extractall(dest, members=members, filter="data")
         return
     tar.extractall(dest, members=_within(members, dest))
 
 
-def checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:
-    """Every member, read header by header and refused at the first that breaks a rule (see the module)."""
+def checked_members(tar: tarfile.TarFile, max_bytes: int, *, dest: Path | None = None) -> list[tarfile.TarInfo]:
+    """Every member to extract (into ``dest``, when given, whose path the lengths count), read header by header
+    and refused at the first that breaks a rule (see the module). A folder named ``.`` (``tar -C dir .`` writes
+    ``./``) is ``dest`` itself: left out, not extracted over it."""
+    base = len(os.fsencode(os.path.abspath(dest))) + 1 if dest is not None else 0
     members: list[tarfile.TarInfo] = []
     names: set[PurePosixPath] = set()
     files: set[PurePosixPath] = set()
@@ -129,8 +133,14 @@ def checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInf
             raise UnsafeMember(f"its files hold more than the {max_bytes:,} bytes this data set can take")
         # Normalised: set/a/../a/b.jpg is set/a/b.jpg, which would replace it (PurePosixPath keeps the '..')
         name = PurePosixPath(posixpath.normpath(m.name.lstrip("/")))
+        if not name.parts:  # "", ".", "a/..": the destination folder itself
+            if m.isdir():
+                continue
+            raise UnsafeMember(f"{m.name!r} is a file without a name (its path is the destination folder's)")
         if any(len(os.fsencode(part)) > NAME_MAX for part in name.parts):
             raise UnsafeMember(f"{m.name[:80]!r}... has a name part longer than {NAME_MAX} bytes")
+        if base + len(os.fsencode(str(name))) > PATH_MAX:
+            raise UnsafeMember(f"{m.name[:80]!r}... would be written at a path longer than {PATH_MAX:,} bytes")
         if name in names and not m.isdir():
             raise UnsafeMember(f"{m.name!r} appears twice")
         if any(parent in files for parent in name.parents) or (m.isdir() and name in files):
