@@ -254,6 +254,21 @@ def test_a_refused_data_folder_leaves_no_run_to_block_the_retry(tmp_path) -> Non
     assert train(cfg, progress=False, say=lambda m: None).run_dir == tmp_path / "run"
 
 
+def test_a_refused_weights_file_leaves_no_run_to_block_the_retry(images, tmp_path) -> None:
+    """A --weights file is only a path until the model is built, after the data is prepared: one that is no HDF5
+    file was refused with config.yaml, state.json and split.csv left in --out, and the retry with other weights
+    was told the folder "already holds a run" (and --resume, that the weights differ)."""
+    from floranet.errors import WeightsError
+
+    bad = tmp_path / "w.h5"
+    bad.write_text("not weights")
+    fast = {**FAST, "weights": str(bad)}
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), epochs=1, fine_tune_epochs=0, **fast)
+    with pytest.raises(WeightsError, match="not an HDF5 file"):
+        train(cfg, progress=False, say=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_refuses_an_empty_data_dir_before_writing_anything(tmp_path, monkeypatch) -> None:
     """fit (training alone) took the dataclass default data_dir='' as the current folder, trained on it if it had
     class folders, and otherwise left config.yaml, doctor.json and state.json in out: the retry with the right

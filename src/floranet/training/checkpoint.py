@@ -22,7 +22,7 @@ from typing import Any
 import keras
 
 from floranet.config import is_finite_number
-from floranet.errors import ConfigError, DatasetError, ModelError
+from floranet.errors import ConfigError, DatasetError, ModelError, WeightsError
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_path
 
@@ -194,10 +194,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 @contextlib.contextmanager
 def withdrawn_if_refused(run: RunDir, *, fresh: bool) -> Iterator[None]:
-    """Removes what a new run wrote when its data or settings are refused before it trains.
+    """Removes what a new run wrote when its data, settings or weights file are refused before it trains.
 
-    A start refused for its data (an unusable folder, class names that look alike) or its settings (a bad
-    ``--exclude`` file) left ``config.yaml`` and ``state.json`` behind: the corrected command was then told the
+    A start refused for its data (an unusable folder, class names that look alike), its settings (a bad
+    ``--exclude`` file) or its ``--weights`` file (not HDF5, another architecture's) left ``config.yaml`` and
+    ``state.json`` behind: the corrected command was then told the
     folder "already holds a run", and ``--resume`` that its settings differ. Only entries this start created go
     (a folder the lock created goes with the lock); a resumed run, and any other error or an interrupt, keep all.
 
@@ -208,7 +209,7 @@ def withdrawn_if_refused(run: RunDir, *, fresh: bool) -> Iterator[None]:
     before = set(os.listdir(run.path)) if run.path.is_dir() else set()
     try:
         yield
-    except (ConfigError, DatasetError):
+    except (ConfigError, DatasetError, WeightsError):
         if fresh and run.path.is_dir():
             for name in sorted(set(os.listdir(run.path)) - before - {RunDir.LOCK}):
                 path = run.path / name

@@ -115,17 +115,17 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
         # only (runtime.training_precision), so stage 1's features stay the extraction runtime's.
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if config.precision == "bf16" else "float32")
         prepared = run_data.prepare(config, run, resume=resume, progress=progress, say=say)
-    timings["data"] = time.perf_counter() - t0
-    names = prepared.split.class_names
-    with dist.scope():
-        model = classifier.build_classifier(
-            config.backbone,
-            len(names),
-            image_size=config.image_size,
-            weights=config.weights,
-            head_units=config.head_units,
-            dropout=config.dropout,
-        )
+        timings["data"] = time.perf_counter() - t0
+        names = prepared.split.class_names
+        with dist.scope():  # reads a --weights file: one that does not fit is refused here
+            model = classifier.build_classifier(
+                config.backbone,
+                len(names),
+                image_size=config.image_size,
+                weights=config.weights,
+                head_units=config.head_units,
+                dropout=config.dropout,
+            )
     ctx = StageContext(run, config, state, dist, run_data.class_weights(prepared, config), progress, say)
     precisions: dict[str, str] = {}
     t = time.perf_counter()
