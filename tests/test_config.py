@@ -183,6 +183,19 @@ def test_every_training_setting_has_a_flag_and_flags_win_over_the_file(tmp_path)
     assert cfg.class_weights == "auto"
 
 
+def test_class_weights_none_flag_unsets_the_files_auto(tmp_path) -> None:
+    """`class_weights: auto` in a --config file could not be turned off by a flag (`--class-weights none`: invalid
+    choice), though flags win over the file; `--weights none` could."""
+    from floranet.cli import build_parser
+    from floranet.cli.training import TRAIN_KEYS
+
+    file = tmp_path / "c.yaml"
+    file.write_text("class_weights: auto\n")
+    args = build_parser().parse_args(["train", "d", "--out", "o", "--config", str(file), "--class-weights", "none"])
+    cfg = config.resolve(file=args.config, data_dir="d", out="o", **{k: getattr(args, k) for k in TRAIN_KEYS})
+    assert cfg.class_weights is None and config.resolve(file=file, data_dir="d", out="o").class_weights == "auto"
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

@@ -121,7 +121,7 @@ def add_train(sub: Subparsers) -> None:
         choices=AUGMENT_CHOICES,
         help="bare --augment: every stage (stage 1 then runs the full model)",
     )
-    g.add_argument("--class-weights", choices=CLASS_WEIGHTS)
+    g.add_argument("--class-weights", choices=(*CLASS_WEIGHTS, "none"), help="none: every class weighs the same")
     g.add_argument("--dropout", type=float)
     g.add_argument("--label-smoothing", type=float, help="of the head's targets, in [0, 1)")
     g.add_argument("--head-units", type=int)

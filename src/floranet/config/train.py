@@ -139,8 +139,9 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         self._plain_values()
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        if self.weights in ("none", "None"):
-            object.__setattr__(self, "weights", None)
+        for name in ("weights", "class_weights"):  # "none" (a flag's or YAML's word for it) unsets a file's value
+            if getattr(self, name) in ("none", "None"):
+                object.__setattr__(self, name, None)
         self._check_training()
         self._check_choices()
         self._check_cluster()
@@ -219,7 +220,7 @@ class TrainConfig:
         )
         check(
             self.class_weights is None or self.class_weights in CLASS_WEIGHTS,
-            "class_weights must be 'auto' or None",
+            "class_weights must be 'auto' or None ('none')",
             "class_weights",
             self.class_weights,
         )
