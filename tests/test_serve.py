@@ -645,6 +645,42 @@ def test_a_failing_overlay_keeps_the_prediction(app, monkeypatch, caplog) -> Non
     assert "/srv/secret" in caplog.text and "/srv/secret" not in r.text
 
 
+def test_one_clients_many_gradcams_do_not_hold_up_anothers_one(tiny_run, monkeypatch) -> None:
+    """Grad-CAM ran in a one-thread pool, first come first served: a client looping 32 threads on ?gradcam=1 made
+    another client's one overlay wait p50 1.7 s (93 ms idle). Now clients take turns at it: the other's overlay is
+    drawn right after the one in progress, before the busy client's queued ones."""
+    from floranet.serving.overlay import GradCamOverlay
+
+    app = serve.create_app(tiny_run, max_batch=8, max_wait_ms=0.0, trusted_proxies=("127.0.0.1",))
+    pool = app.state.serve.gradcam_pool
+    gate, drawn = threading.Event(), []
+
+    def slow_overlay(self, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> str:
+        drawn.append("b" if photo.shape[0] > photo.shape[1] else "a")  # b sends a tall photo, a wide ones
+        assert gate.wait(30)  # the first holds the thread until everyone's overlay is queued
+        return ""
+
+    monkeypatch.setattr(GradCamOverlay, "png", slow_overlay)
+    with serve.serve_in_thread(app) as url:
+
+        async def post(c: httpx.AsyncClient, client: str, size: tuple[int, int], seed: int) -> httpx.Response:
+            headers = {"X-Forwarded-For": client}  # as the trusted proxy says
+            return await c.post("/predict?gradcam=1", content=_png(seed, size), headers=headers)
+
+        async def go() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                many = [asyncio.ensure_future(post(c, "10.0.0.1", (45, 30), i)) for i in range(6)]
+                assert await asyncio.to_thread(_wait_for, lambda: drawn == ["a"] and pool.queued("10.0.0.1") == 5, 30)
+                one = asyncio.ensure_future(post(c, "10.0.0.2", (30, 45), 9))
+                assert await asyncio.to_thread(_wait_for, lambda: pool.queued("10.0.0.2") == 1, 30)
+                gate.set()
+                return list(await asyncio.gather(*many, one))
+
+        answers = asyncio.run(go())
+    assert [a.status_code for a in answers] == [200] * 7, [a.text for a in answers]
+    assert drawn == ["a", "b", "a", "a", "a", "a", "a"], drawn  # first come, first served drew b's last
+
+
 def test_settings_are_checked_and_non_loopback_hosts_are_flagged(tiny_run) -> None:
     from floranet.errors import ConfigError
 

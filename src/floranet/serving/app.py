@@ -45,9 +45,9 @@ Safety (every error answers JSON ``{"error": message}``):
   or this client already holds its share of either (``client_share``; bodies are
   counted as they arrive, so a slow client holds only what it has sent).
 
-Fairness: the decode threads take clients in turn (:class:`~floranet.serving.fair.FairPool`),
-so a client with many or huge images delays another client's image by at most one
-image's decode.
+Fairness: the decode threads and the Grad-CAM thread take clients in turn
+(:class:`~floranet.serving.fair.FairPool`), so a client with many or huge images delays another
+client's image by at most one image's decode, and its overlays another's by at most one overlay.
 
 No endpoint reads a path from the request; an uploaded file name is only
 echoed back as a label (its last path component). The model loads in Keras
@@ -57,8 +57,6 @@ safe mode: a model with code in it (a ``Lambda`` layer) is refused with
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -143,8 +141,9 @@ def create_app(
         utf8(predictor.run.model_version()),
         Batcher(predictor.outputs, max_batch=limits.max_batch, max_wait_s=limits.max_wait_ms / 1000),
         FairPool(workers, "floranet-decode"),
-        # Grad-CAM (a gradient pass, tens of ms) in its own thread: it never holds up decoding.
-        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floranet-gradcam"),
+        # Grad-CAM (a gradient pass, tens of ms) in its own thread, so it never holds up decoding, and clients
+        # take turns at it as at decoding: one client's many overlays never hold up another's one.
+        FairPool(1, "floranet-gradcam"),
         GradCamOverlay(lambda: predictor.model),  # Keras is loaded only when Grad-CAM is asked for
     )
 
@@ -245,7 +244,9 @@ async def predict(request: Request) -> JSONResponse:
         del payload["error"]
         if photo is not None:
             payload.update(
-                await _gradcam(state, photo, pixels, int(np.argmax(output[: len(state.predictor.class_names)])))
+                await _gradcam(
+                    state, ticket.client, photo, pixels, int(np.argmax(output[: len(state.predictor.class_names)]))
+                )
             )
     payload["timing_ms"] = {
         "decode": round(decode_ms, 3),
@@ -256,11 +257,12 @@ async def predict(request: Request) -> JSONResponse:
     return JSONResponse(map_strings(payload, utf8), headers={"X-Batch-Size": str(batch_size)})
 
 
-async def _gradcam(state: ServeState, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> dict[str, Any]:
+async def _gradcam(
+    state: ServeState, client: str, photo: np.ndarray, pixels: np.ndarray, class_index: int
+) -> dict[str, Any]:
+    """The overlay's fields of an answer, drawn in the Grad-CAM thread when it is ``client``'s turn."""
     try:
-        png = await asyncio.get_running_loop().run_in_executor(
-            state.gradcam_pool, state.overlay.png, photo, pixels, class_index
-        )
+        png = await state.gradcam_pool.run(client, state.overlay.png, photo, pixels, class_index, timeout_s=None)
     except ModelError as e:
         return {"gradcam_png": None, "gradcam_error": str(e)}
     except Exception as e:  # the overlay is extra: its failure must not lose the prediction

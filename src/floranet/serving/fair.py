@@ -62,11 +62,12 @@ class FairPool:
         return sum(len(q) for q in self._queues.values())
 
     async def run(
-        self, client: str, fn: Callable[..., T], *args: Any, timeout_s: float, wait_s: float | None = None
+        self, client: str, fn: Callable[..., T], *args: Any, timeout_s: float | None, wait_s: float | None = None
     ) -> T:
         """Runs ``fn(*args)`` in a thread once it is ``client``'s turn; waits at most ``timeout_s`` once it starts.
 
         Args:
+            timeout_s: Longest run once started (None: no bound).
             wait_s: Longest wait for a thread (None: no bound); past it the job is dropped before it starts.
 
         Raises:

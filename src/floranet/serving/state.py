@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -55,7 +54,7 @@ class ServeState:
     version: str
     batcher: Batcher
     decode_pool: FairPool
-    gradcam_pool: concurrent.futures.ThreadPoolExecutor
+    gradcam_pool: FairPool  # one thread, clients in turn
     overlay: GradCamOverlay
     pending: int = 0
     inflight_bytes: int = 0
