@@ -271,6 +271,40 @@ def test_batcher_groups_up_to_max_batch_and_keeps_order() -> None:
     assert sum(sizes) == 10 and max(sizes) == 4 and len(sizes) == 3
 
 
+def test_a_batch_takes_the_waiting_clients_in_turn() -> None:
+    """Batches were filled in arrival order: a client with a batch or two of images waiting made another's one
+    image wait for all of them (resnet50: p50 1,849 ms instead of 88 ms idle). Now each batch takes one image per
+    waiting client in turn, so the other's image rides in the next batch."""
+    entered, gate, batches = threading.Event(), threading.Event(), []
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        entered.set()
+        assert gate.wait(30)  # the first batch holds the model while the others queue up
+        batches.append([int(v) for v in x[:, 0, 0, 0]])
+        return x.reshape(len(x), -1)[:, :1] * np.ones((1, 3), np.float32)
+
+    def image(i: int) -> np.ndarray:
+        return np.full((2, 2, 3), i, np.float32)
+
+    async def go() -> list:
+        batcher = serve.Batcher(infer, max_batch=4, max_wait_s=0.0)
+        try:
+            first = asyncio.ensure_future(batcher.submit(image(0), "a"))
+            await asyncio.to_thread(entered.wait, 30)
+            many = [asyncio.ensure_future(batcher.submit(image(i), "a")) for i in range(1, 9)]  # two batches' worth
+            one = asyncio.ensure_future(batcher.submit(image(100), "b"))
+            await asyncio.sleep(0)  # all nine queued
+            assert (batcher.queued(), batcher.queued("a"), batcher.queued("b")) == (9, 8, 1)
+            gate.set()
+            return await asyncio.gather(first, *many, one)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(go())
+    assert [int(r[0][0]) for r in results] == [*range(9), 100]  # each request gets its own image's answer
+    assert batches == [[0], [1, 100, 2, 3], [4, 5, 6, 7], [8]], batches  # in arrival order 100 came last
+
+
 def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
     _, rose = _rose()
     text = b"this is a shopping list, not a photo\n" * 20

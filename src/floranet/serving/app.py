@@ -20,7 +20,7 @@ Endpoints:
 Batching: each request reads its body asynchronously, decodes and resizes the
 image in a thread pool (with :func:`floranet.data.decode.decode_bytes`, the decode path of
 every other command, so the probabilities are the same), then queues the pixels. One batcher task takes
-up to ``max_batch`` queued images, waiting at most ``max_wait_ms`` after the
+up to ``max_batch`` queued images (clients in turn, one image each), waiting at most ``max_wait_ms`` after the
 first for more, runs a single :meth:`Predictor.outputs` call (probabilities and unknown score) in a
 dedicated worker thread (the event loop stays free) and resolves each
 request's future. While a batch runs, new requests queue up, so under load
@@ -47,7 +47,9 @@ Safety (every error answers JSON ``{"error": message}``):
 
 Fairness: the decode threads and the Grad-CAM thread take clients in turn
 (:class:`~floranet.serving.fair.FairPool`), so a client with many or huge images delays another
-client's image by at most one image's decode, and its overlays another's by at most one overlay.
+client's image by at most one image's decode, and its overlays another's by at most one overlay;
+the batcher fills each batch with the waiting clients in turn, so another client's image rides in
+the next batch, not behind the busy client's whole backlog.
 
 No endpoint reads a path from the request; an uploaded file name is only
 echoed back as a label (its last path component). The model loads in Keras
@@ -236,7 +238,7 @@ async def predict(request: Request) -> JSONResponse:
         ticket.take_slots(1)
         photo, pixels, decode_ms = await decode_upload(state, ticket, data, name, keep_photo=want_cam)
         del data
-        output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels)  # probabilities + unknown score
+        output, queue_ms, infer_ms, batch_size = await state.batcher.submit(pixels, ticket.client)  # probs + unknown
         answer = state.predictor.row(name, output)
         if answer.error:  # non-finite probabilities: the model's fault, not the image's
             raise RequestError(500, f"cannot answer for {name!r}: {answer.error}")

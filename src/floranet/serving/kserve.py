@@ -175,7 +175,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         del body
         ticket.take_slots(_count(state, parsed))
         pixels = await _pixels(state, ticket, parsed)
-        results = await all_or_none(state.batcher.submit(p) for p in pixels)
+        results = await all_or_none(state.batcher.submit(p, ticket.client) for p in pixels)
     rows = np.stack([r[0] for r in results]).astype(np.float32)  # probabilities, then the unknown score
     if not np.isfinite(rows[:, : len(state.predictor.class_names)]).all():
         raise RequestError(500, f"cannot answer: {NON_FINITE}")
