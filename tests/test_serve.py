@@ -767,6 +767,44 @@ def test_a_lying_client_is_cut_off_while_counting(app) -> None:
         print(f"cut off after {sent_mib} MiB sent; answer: {text.splitlines()[:1]}")
 
 
+def test_refused_connections_whose_peer_is_gone_log_no_traceback_and_are_counted(tiny_run, caplog) -> None:
+    """A client past its connection bound that sends its request and closes at once (as fire-and-forget clients
+    do): shutting the write side of the refused socket raised ENOTCONN, the close after it was skipped, and asyncio
+    logged a traceback per connection (200 connections: 2,728 log lines), beside a warning line per refusal. Now
+    such a connection is closed quietly, and a client's refusals are one warning, then a count per interval."""
+    import re
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    def counted() -> int:  # the first refusal's line, then "refused N more connections ..."
+        return sum(int(re.findall(r"refused (\d+) more", m)[0]) if " more " in m else 1 for m in said())
+
+    app = serve.create_app(tiny_run, max_connections_per_client=2, runtime="tensorflow", precision="fp32")
+    request = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n" + bytes(100_000)
+    with serve.serve_in_thread(app) as url, caplog.at_level("INFO"):
+        guard = app.state.guard
+        guard.refusal_log_s = 0.5  # the count comes within the test (10 s by default)
+        port = int(url.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # the client's bound
+        try:
+            for s in held:
+                s.sendall(request[:100])  # a request in progress: never closed to make room
+            assert _wait_for(lambda: guard.count == 2)
+            for _ in range(30):
+                with socket.create_connection(("127.0.0.1", port)) as s:
+                    s.sendall(request)
+            assert _wait_for(lambda: guard.refused == 30)
+            assert _wait_for(lambda: counted() == 30), said()
+        finally:
+            for s in held:
+                s.close()
+    tracebacks = [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    assert not tracebacks, tracebacks[0].getMessage()
+    assert said()[0] == "refused a connection from 127.0.0.1: all its connections are busy", said()
+    assert len(said()) <= 5, said()  # one line, then a count per interval: not a line per refusal
+
+
 def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch, caplog) -> None:
     import uvicorn
 

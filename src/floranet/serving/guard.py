@@ -13,7 +13,9 @@ wait or get 503 for as long as they stay open. :func:`guarded_protocol` wraps uv
   still sending headers, for at least ``grace_s``) of that client (or of any client, for the global
   bound) is closed to make room, and the new one is refused with a 503 when none is;
 * the peers named in ``trusted_proxies`` (a reverse proxy that forwards every user's requests) have only the
-  global bound.
+  global bound;
+* a client's refused connections are logged as one warning, then as one count per :data:`REFUSAL_LOG_S` while
+  they go on, and a refused client that is already gone (ENOTCONN on shutting the write side) is closed quietly.
 
 Requests in progress are never cut by these rules; their bodies are bounded by the app's own read timeout.
 A connection accepted a moment ago counts as busy: its request may already wait, unread, in the socket, and
@@ -40,6 +42,10 @@ logger = logging.getLogger("floranet.serve")
 EVICT_GRACE_S = 1.0
 # The most bytes a lingering close reads and drops (for at most the grace above) before it closes all the same.
 LINGER_BYTES = 64 << 20
+# A client's refused connections are logged as one warning, then at most one count per this many seconds.
+REFUSAL_LOG_S = 10.0
+# The most client addresses whose refusals are counted apart; past it, the others are counted together.
+REFUSAL_LOG_CLIENTS = 256
 
 
 def _answer(status: str, error: str, headers: str = "") -> bytes:
@@ -69,6 +75,9 @@ class ConnectionGuard:
     count: int = 0
     closed_idle: int = 0
     refused: int = 0
+    refusal_log_s: float = REFUSAL_LOG_S
+    # Per client whose refusals are being counted: how many since its last warning.
+    _unlogged: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Parsed once (ServeConfig checked them), not on every accepted connection.
@@ -111,6 +120,30 @@ class ConnectionGuard:
             if not mine:
                 del self.clients[client]
 
+    def log_refusal(self, client: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Warns of a refused connection: a client's first at once, the ones after it as one count per
+        ``refusal_log_s`` (a flood of refused connections would otherwise write a line each)."""
+        if client not in self._unlogged and len(self._unlogged) >= REFUSAL_LOG_CLIENTS:
+            client = "other addresses"  # many addresses refused at once: counted together, the table stays small
+        if client in self._unlogged:
+            self._unlogged[client] += 1
+            return
+        self._unlogged[client] = 0
+        logger.warning("refused a connection from %s: all its connections are busy", client)
+        loop.call_later(self.refusal_log_s, self._log_refusal_count, client, loop)
+
+    def _log_refusal_count(self, client: str, loop: asyncio.AbstractEventLoop) -> None:
+        count = self._unlogged.pop(client, 0)
+        if count:  # still refusing: say how many, and keep counting for another interval
+            logger.warning(
+                "refused %d more connections from %s in the last %g s: all its connections are busy",
+                count,
+                client,
+                self.refusal_log_s,
+            )
+            self._unlogged[client] = 0
+            loop.call_later(self.refusal_log_s, self._log_refusal_count, client, loop)
+
     def _close_idle(self, candidates: Any) -> bool:
         for conn in list(candidates):
             if conn.evictable():
@@ -118,6 +151,17 @@ class ConnectionGuard:
                 self.closed_idle += 1
                 return True
         return False
+
+
+def _shut_write_side(transport: asyncio.Transport) -> bool:
+    """Sends EOF after what was written; False when the peer is gone already (the socket is no longer connected,
+    ENOTCONN), and then the transport is closed: there is nothing more to send it or to read from it."""
+    try:
+        transport.write_eof()
+    except OSError:
+        transport.close()
+        return False
+    return True
 
 
 class _LingeringTransport:
@@ -153,7 +197,8 @@ class _LingeringTransport:
             transport.close()
             return
         self._lingering = protocol._refused = True  # what arrives from now on is dropped unread
-        transport.write_eof()
+        if not _shut_write_side(transport):
+            return
         transport.resume_reading()
         protocol.loop.call_later(protocol.guard.grace_s, transport.close)
 
@@ -178,7 +223,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._client_key = self.client[0] if self.client else "?"
         self._admitted = self.guard.admit(self, self._client_key)
         if not self._admitted:
-            logger.warning("refused a connection from %s: all its connections are busy", self._client_key)
+            self.guard.log_refusal(self._client_key, self.loop)
             self._refuse(transport)
             return
         self._arm_header_timer()
@@ -188,11 +233,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         send a reset, which can reach the client before the answer does."""
         self._refused = True
         transport.write(answer)
-        if transport.can_write_eof():
-            transport.write_eof()
-            self.loop.call_later(self.guard.grace_s, transport.close)  # its request is read and dropped until then
-        else:
+        if not transport.can_write_eof():
             transport.close()
+        elif _shut_write_side(transport):
+            self.loop.call_later(self.guard.grace_s, transport.close)  # its request is read and dropped until then
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
