@@ -234,6 +234,21 @@ def test_gradcam_png_is_a_decodable_overlay(client) -> None:
     assert "gradcam_png" not in client.post("/predict", content=rose).json()
 
 
+def test_a_gradcam_value_that_is_neither_true_nor_false_is_refused_by_name(client) -> None:
+    """?gradcam=2 (or any value not true or false) was silently taken as no: the client asked for an overlay and got
+    none, without a word. Now it is a 400 naming the parameter, the accepted values and the value sent."""
+    _, rose = _rose()
+    for value in ("2", "maybe", "tru"):
+        r = client.post(f"/predict?gradcam={value}", content=rose)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == (
+            f"gradcam must be one of 1, true, yes, on, 0, false, no, off. Received: gradcam={value!r}"
+        )
+    for value, overlay in (("TRUE", True), ("on", True), ("0", False), ("off", False), ("", False)):
+        r = client.post(f"/predict?gradcam={value}", content=rose)
+        assert r.status_code == 200 and ("gradcam_png" in r.json()) == overlay, (value, r.text)
+
+
 def test_concurrent_requests_are_batched_and_answers_not_mixed_up(tiny_run, predictor) -> None:
     app = serve.create_app(tiny_run, max_batch=8, max_wait_ms=100.0, runtime="tensorflow", precision="fp32")
     images = [_png(seed) for seed in range(8)]

@@ -10,7 +10,8 @@ Endpoints:
   ``{"file", "top_k": [{"class", "probability"}], "low_confidence", "unknown",
   "ood_score", "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
   ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
-  Grad-CAM heat map over it). The ``X-Batch-Size`` response header says how
+  Grad-CAM heat map over it); ``1``/``true``/``yes``/``on`` ask for it, ``0``/``false``/``no``/``off``
+  or no value do not, and anything else is a 400. The ``X-Batch-Size`` response header says how
   many images shared the model call.
 * ``GET /health``: ``{"status": "ok", "model_version", "runtime", "unknown"}`` (the unknown method, or "off").
 * ``GET /classes``: the class names, in model order.
@@ -29,7 +30,7 @@ light.
 
 Safety (every error answers JSON ``{"error": message}``):
 
-* 400: empty body, malformed multipart, or no ``file`` field.
+* 400: empty body, malformed multipart, no ``file`` field, or a ``gradcam`` value that is neither yes nor no.
 * 408: the body did not arrive within ``request_timeout_s`` (slow or stalled
   client); the connection is closed.
 * 413: the body is larger than ``max_upload_bytes`` (refused from
@@ -88,7 +89,8 @@ from floranet.utils.text import map_strings, utf8
 
 logger = logging.getLogger("floranet.serve")
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 router = APIRouter()
 
 
@@ -227,7 +229,7 @@ async def index() -> HTMLResponse:
 async def predict(request: Request) -> JSONResponse:
     state = state_of(request)
     t0 = time.perf_counter()
-    want_cam = request.query_params.get("gradcam", "").strip().lower() in _TRUE
+    want_cam = _flag(request, "gradcam")  # a bad value is refused before the body is read
     async with admitted(state, request) as ticket:  # capacity is checked before a byte of the body is read
         settings = state.settings
         body = await read_body(request, settings.max_upload_bytes, settings.request_timeout_s, ticket.hold_bytes)
@@ -257,6 +259,20 @@ async def predict(request: Request) -> JSONResponse:
         "total": round((time.perf_counter() - t0) * 1000, 3),
     }
     return JSONResponse(map_strings(payload, utf8), headers={"X-Batch-Size": str(batch_size)})
+
+
+def _flag(request: Request, name: str) -> bool:
+    """The query parameter ``name`` as a yes/no (absent or empty: no).
+
+    Raises:
+        RequestError: 400 for a value that is neither, naming the parameter and the accepted values.
+    """
+    value = request.query_params.get(name, "")
+    said = value.strip().lower()
+    if said and said not in _TRUE + _FALSE:
+        accepted = ", ".join(_TRUE + _FALSE)
+        raise RequestError(400, f"{name} must be one of {accepted}. Received: {name}={value[:40]!r}", close=True)
+    return said in _TRUE
 
 
 async def _gradcam(
