@@ -602,3 +602,26 @@ def test_an_empty_folder_made_for_the_export_is_taken(run_copy: Path, tmp_path: 
     with pytest.raises(ConfigError, match="is not empty and is not a floranet export folder"):
         export_run(run_copy, "keras", out=tmp_path / "mine", max_images=0)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_out_inside_the_run_only_under_exports_and_the_compiled_model_never_replaces_yours(
+    run_copy: Path, tmp_path: Path
+) -> None:
+    """`export RUN --format onnx --out RUN/inference` on a run without a compiled model: the export was placed,
+    then compiling the run's model deleted that folder (model.onnx, README.txt, class_names.json) with exit 0 and
+    exports.json vouching for it."""
+    from floranet.inference import compiled
+    from floranet.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("exports", "exports.json", "inference"))
+    for out in (run / "inference", run, run / "exports", run / "plots" / "x"):
+        with pytest.raises(ConfigError, match=r"out must be outside the run directory .*under its exports/ folder"):
+            export_run(run, "keras", out=out, max_images=2)
+    assert not (run / "inference").exists() and not (run / "exports.json").exists()
+    mine = run / "inference"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ModelError, match=r"inference is not a compiled inference model floranet wrote"):
+        compiled.compile_run(RunDir(run), RunDir(run).load_model(), _pixels(2))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

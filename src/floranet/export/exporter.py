@@ -33,7 +33,7 @@ from floranet.export.common import (
     quiet,
     versions,
 )
-from floranet.export.folders import is_export_folder, place
+from floranet.export.folders import check_out, is_export_folder, place
 from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, check_images, check_subset, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
@@ -245,6 +245,7 @@ def _export(
     name = export_name(format, quantize)
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
+    check_out(final, source.path)
     # An earlier export is replaced, an empty folder (made for it) filled; anything else is the user's.
     if final.exists() and not (final.is_dir() and (is_export_folder(final) or not any(final.iterdir()))):
         raise ConfigError(

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from floranet.errors import ConfigError
-from floranet.export.common import MARKER, README_FILE
+from floranet.export.common import EXPORTS_DIR, MARKER, README_FILE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.utils.files import file_head, fsync_dir
 
@@ -26,6 +26,26 @@ def is_export_folder(folder: Path) -> bool:
     """Whether ``folder`` holds an export floranet wrote (its README.txt starts with the marker)."""
     marker = MARKER.encode()  # its first bytes only, as bytes: a README.txt of the user's may be large, or not UTF-8
     return file_head(folder / README_FILE, len(marker)) == marker
+
+
+def check_out(final: Path, run: Path) -> None:
+    """Refuses an export folder inside the run directory other than under its ``exports/`` folder: the run's own
+    files would be replaced (``--out RUN_DIR/inference``, the compiled model's folder, was deleted by the compiled
+    model written after the export).
+
+    Args:
+        final: The export folder.
+        run: The run directory.
+
+    Raises:
+        ConfigError: It is the run directory or lies in it, and not under its ``exports/`` folder.
+    """
+    target, home, exports = final.resolve(), run.resolve(), (run / EXPORTS_DIR).resolve()
+    if target.is_relative_to(home) and not (target.is_relative_to(exports) and target != exports):
+        raise ConfigError(
+            f"out must be outside the run directory (its model and records), or a folder under its {EXPORTS_DIR}/ "
+            f"folder. Received: out={str(final)!r}"
+        )
 
 
 def place(tmp: Path, final: Path) -> None:

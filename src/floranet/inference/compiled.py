@@ -93,10 +93,15 @@ def compile_run(
 
     Returns:
         What ``compiled.json`` records, or None when OpenVINO is not installed (nothing is written).
+
+    Raises:
+        ModelError: ``RUN_DIR/inference`` holds things of someone else's (no ``compiled.json``); nothing is written.
     """
     if not optional.available("openvino"):
         log.info("OpenVINO is not installed: no compiled inference model (predict loads model.keras)")
         return None
+    folder = run / RunDir.COMPILED
+    _check_ours(folder)
     from floranet.inference.runtime import (
         OpenVINOInference,
         RuntimeChoice,
@@ -110,7 +115,6 @@ def compile_run(
     split = any(layer.name == classifier.HEAD_LAYER for layer in model.layers)  # a classifier built here
     both = classifier.probabilities_and_features(model) if split else model
     classes = int(model.outputs[0].shape[-1])
-    folder = run / RunDir.COMPILED
     tmp = temp_folder_beside(folder)
     try:
         appended = append_head(backbone, classifier.head_of(model)) if backbone is not None and split else None
@@ -145,12 +149,35 @@ def compile_run(
         write_json(tmp / RunDir.COMPILED_INFO, record)
         seal_folder(tmp)  # mkdtemp's 0700 would keep the folder from everyone else who may read the run
         if folder.exists():
+            _check_ours(folder)  # again: something may have been put there while the model was converted
             shutil.rmtree(folder)  # our own compiled model, replaced by the new one
         os.replace(tmp, folder)
         fsync_dir(folder.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return record
+
+
+def _check_ours(folder: Path) -> None:
+    """Refuses to replace ``folder`` unless it is missing, empty or a compiled model (its ``compiled.json``):
+    ``floranet export RUN --out RUN/inference`` had its export deleted by the compiled model written next.
+
+    Raises:
+        ModelError: It holds things floranet did not write there.
+    """
+    if not (folder.exists() or folder.is_symlink()):
+        return
+    if (
+        folder.is_dir()
+        and not folder.is_symlink()
+        and ((folder / RunDir.COMPILED_INFO).is_file() or not any(folder.iterdir()))
+    ):
+        return
+    raise ModelError(
+        f"{folder} is not a compiled inference model floranet wrote (it has no {RunDir.COMPILED_INFO}); it is left "
+        "as it is and the run's compiled model was not made. Move it away, then run `floranet export` on the run "
+        "to make it."
+    )
 
 
 def recheck(run: RunDir, detector: UnknownDetector) -> dict[str, Any] | None:
