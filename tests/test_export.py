@@ -625,3 +625,14 @@ def test_out_inside_the_run_only_under_exports_and_the_compiled_model_never_repl
     with pytest.raises(ModelError, match=r"inference is not a compiled inference model floranet wrote"):
         compiled.compile_run(RunDir(run), RunDir(run).load_model(), _pixels(2))
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_model_whose_outputs_are_not_the_runs_classes_is_refused(run_copy: Path, tmp_path: Path) -> None:
+    """Only the input shape was checked: a 3-class model.keras in a 10-class run was exported with 10 names in its
+    metadata, and 'agreed'."""
+    run = tmp_path / "run"
+    shutil.copytree(run_copy, run, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    (run / "class_names.json").write_text(json.dumps(["daisy", "roses", "tulips", "irises"]))
+    with pytest.raises(ModelError, match="names 4 classes but the model outputs 3: the run's files do not belong"):
+        export_run(run, "keras", out=tmp_path / "k", max_images=0)
+    assert not (tmp_path / "k").exists() and not (run / "exports.json").exists()

@@ -15,6 +15,7 @@ from floranet.data.split import SplitRow
 from floranet.errors import DatasetError, ModelError
 from floranet.export.common import CALIBRATION_IMAGES, CHECK_BATCH, spread
 from floranet.inference import batch
+from floranet.inference.predictor import check_classes
 from floranet.rundir import RunDir
 
 
@@ -59,16 +60,23 @@ class ExportSource:
 
 
 def open_run(run_dir: str | os.PathLike[str]) -> tuple[ExportSource, Any]:
-    """The run and its model (called once, so every exporter accepts it)."""
+    """The run and its model (called once, so every exporter accepts it).
+
+    Raises:
+        ModelError: Not a finished run, a model that does not take ``[N, H, W, 3]`` images, or one whose outputs
+            are not the run's classes (the export's metadata would name the wrong ones).
+    """
     run = RunDir.open(run_dir)
     model = run.load_model()
     shape = model.inputs[0].shape
     if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 3:
         raise ModelError(f"Expected a model taking [N, H, W, 3] images. Received: input shape={tuple(shape)}")
+    names = run.class_names()
+    check_classes(run, names, int(model.outputs[0].shape[-1]))
     # Keras's ONNX export refuses a model that was never called ("The model provided
     # has never called"), which a freshly loaded one is: call it once.
     model(np.zeros((1, int(shape[1]), int(shape[2]), 3), np.float32), training=False)
-    return ExportSource(run, run.class_names(), (int(shape[1]), int(shape[2]))), model
+    return ExportSource(run, names, (int(shape[1]), int(shape[2]))), model
 
 
 def decode_rows(source: ExportSource, rows: Sequence[SplitRow]) -> np.ndarray:

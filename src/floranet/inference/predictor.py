@@ -344,19 +344,19 @@ def load(run_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
     if ir is not None:  # TensorFlow is never imported on this path
         facts = compiled.info(run)
         h, w = facts["image_size"]
-        _check_classes(run, names, int(facts.get("outputs", {}).get("probabilities", [0, len(names)])[1]))
+        check_classes(run, names, int(facts.get("outputs", {}).get("probabilities", [0, len(names)])[1]))
         return Predictor(
             run, names, (int(h), int(w)), config, temperature, max_pixels, ir, detector=detector, note=note
         )
     model = run.load_model(safe_mode=config.safe_mode)
     h, w = model.inputs[0].shape[1:3]
-    _check_classes(run, names, int(model.output_shape[-1]))
+    check_classes(run, names, int(model.output_shape[-1]))
     return Predictor(
         run, names, (int(h), int(w)), config, temperature, max_pixels, keras_model=model, detector=detector, note=note
     )
 
 
-def _check_classes(run: RunDir, names: list[str], outputs: int) -> None:
+def check_classes(run: RunDir, names: list[str], outputs: int) -> None:
     """Refuses a run whose class names do not match its model's outputs (a file replaced or edited by hand):
     every row would name the wrong classes, or the output would be cut in the wrong place."""
     if len(names) != outputs:
