@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -636,3 +637,45 @@ def test_a_model_whose_outputs_are_not_the_runs_classes_is_refused(run_copy: Pat
     with pytest.raises(ModelError, match="names 4 classes but the model outputs 3: the run's files do not belong"):
         export_run(run, "keras", out=tmp_path / "k", max_images=0)
     assert not (tmp_path / "k").exists() and not (run / "exports.json").exists()
+
+
+# The file each format's runtime reads first, cut short in the damage test.
+DAMAGED = {
+    "keras": "model.keras",
+    "saved_model": "model/saved_model.pb",
+    "onnx": "model.onnx",
+    "openvino": "model.bin",
+    "tflite": "model.tflite",
+}
+
+
+@pytest.mark.parametrize("name", FP32)
+def test_a_damaged_export_is_a_model_error_naming_its_file(exported, tmp_path: Path, name: str) -> None:
+    """read_metadata, whose docstring promises ModelError, let each runtime's own error through (BadZipFile,
+    IndexError, struct.error, RuntimeError); a cut model.keras loaded as 'File not found'; a cut model.tflite
+    killed Python (SIGSEGV): LiteRT said 'not a valid Flatbuffer buffer' and tf.lite's interpreter, tried next in
+    the same process, crashed. That one runs in a child process, so it cannot take pytest down with it."""
+    import subprocess
+
+    copy = tmp_path / name
+    shutil.copytree(exported(name).path, copy)
+    cut = copy / DAMAGED[name]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    shown = re.escape(str(copy / export_lib.MODEL_FILES[name]))
+    with pytest.raises(ModelError, match=f"Cannot read the metadata of {shown}: the file is damaged"):
+        export_lib.metadata.read_metadata(name, copy)
+    if name == "keras":
+        with pytest.raises(ModelError, match=r"model.keras: the file is damaged \(not a .keras zip archive"):
+            load_exported(copy)
+    if name == "tflite":
+        script = (
+            "import sys\nfrom floranet.errors import ModelError\nfrom floranet.export import load_exported\n"
+            "try:\n    load_exported(sys.argv[1])\nexcept ModelError as e:\n    print(e)\n"
+        )
+        src = os.path.dirname(os.path.dirname(floranet.__file__))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(copy)], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+        assert f"Cannot load {cut}: the file is damaged or not a TFLite model" in done.stdout

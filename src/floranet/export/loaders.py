@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ConfigError, FloranetError, ModelError
-from floranet.export.common import MODEL_FILES, log
+from floranet.export.common import DAMAGED_KERAS, MODEL_FILES, log
 from floranet.utils.optional import require
 from floranet.utils.system import package_version
 
@@ -90,7 +91,10 @@ def _load_keras(folder: Path) -> ExportedModel:
     import keras
     import tensorflow as tf
 
-    model = keras.saving.load_model(folder / MODEL_FILES["keras"])
+    path = folder / MODEL_FILES["keras"]
+    if path.is_file() and not zipfile.is_zipfile(path):  # Keras says "File not found" of it
+        raise ModelError(f"Cannot load {path}: {DAMAGED_KERAS}")
+    model = keras.saving.load_model(path)
     call = traced(model)
     return ExportedModel(
         lambda x: call(tf.constant(x)).numpy(),
@@ -141,17 +145,38 @@ def _load_openvino(folder: Path) -> ExportedModel:
     )
 
 
+# What LiteRT says of a model with ops only TensorFlow's interpreter runs (Flex / custom ops): the one case for
+# tf.lite.Interpreter. Anything else (a damaged file: "not a valid Flatbuffer buffer") is reported: tf.lite's
+# interpreter, loaded beside LiteRT's, crashed Python (SIGSEGV) on such a file.
+_TENSORFLOW_OPS_SIGNS = ("Flex", "custom op", "TensorFlow op")
+
+
 def _tflite_interpreter(path: Path) -> tuple[Any, str]:
+    """LiteRT's interpreter on ``path`` (TensorFlow's where LiteRT is not installed or lacks the model's ops).
+
+    Raises:
+        ModelError: LiteRT cannot read the file (damaged, or not a TFLite model).
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
-
+    except ImportError:
+        return _tf_lite_interpreter(path)
+    try:
         interpreter = Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
         return interpreter, f"ai_edge_litert {package_version('ai-edge-litert')}"
-    except ImportError:
-        pass
-    except Exception as e:  # noqa: BLE001 - e.g. Flex ops, which only TensorFlow's interpreter runs
+    except Exception as e:
+        if not any(sign in str(e) for sign in _TENSORFLOW_OPS_SIGNS):
+            raise ModelError(
+                f"Cannot load {path}: the file is damaged or not a TFLite model (cut short by a copy or a full "
+                f"disk?): {str(e).strip()}"
+            ) from e
         log.info("ai_edge_litert cannot run %s (%s); using tf.lite.Interpreter", path, e)
+    return _tf_lite_interpreter(path)
+
+
+def _tf_lite_interpreter(path: Path) -> tuple[Any, str]:
+    """TensorFlow's own TFLite interpreter on ``path`` (runs Flex ops; the only one without ai_edge_litert)."""
     import tensorflow as tf
 
     with warnings.catch_warnings():

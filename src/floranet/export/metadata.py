@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from floranet.errors import ModelError
-from floranet.export.common import MODEL_FILES
+from floranet.errors import FloranetError, ModelError
+from floranet.export.common import DAMAGED_KERAS, MODEL_FILES
 from floranet.export.rundata import ExportSource
 from floranet.export.unknown import summary as unknown_summary
 from floranet.rundir import RunDir
@@ -278,10 +278,23 @@ def read_metadata(fmt: str, folder: Path) -> tuple[ModelMetadata, str]:
         (the metadata, how it was read).
 
     Raises:
-        ModelError: The file has none, or some key is missing.
+        ModelError: The file is missing or damaged, has none, or some key is missing.
     """
-    values, how = _READ[fmt](folder)
-    return ModelMetadata.from_strings(values, f"{folder / MODEL_FILES[fmt]} ({how})"), how
+    path = folder / MODEL_FILES[fmt]
+    if not path.exists():
+        raise ModelError(f"Cannot read the metadata of {path}: it is missing.")
+    if fmt == "keras" and not zipfile.is_zipfile(path):
+        raise ModelError(f"Cannot read the metadata of {path}: {DAMAGED_KERAS}")
+    try:
+        values, how = _READ[fmt](folder)
+    except FloranetError:  # ours says what is wrong (e.g. the runtime is not installed)
+        raise
+    except Exception as e:  # each runtime's own error for a damaged file: BadZipFile, IndexError, struct.error, ...
+        raise ModelError(
+            f"Cannot read the metadata of {path}: the file is damaged (cut short by a copy or a full disk?), or is "
+            f"not in the {fmt} format: {type(e).__name__}: {str(e).strip()}"
+        ) from e
+    return ModelMetadata.from_strings(values, f"{path} ({how})"), how
 
 
 def _read_keras(folder: Path) -> tuple[dict[str, str], str]:
