@@ -679,3 +679,13 @@ def test_a_damaged_export_is_a_model_error_naming_its_file(exported, tmp_path: P
         )
         assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
         assert f"Cannot load {cut}: the file is damaged or not a TFLite model" in done.stdout
+
+
+def test_class_names_that_are_one_name_as_exported_are_refused(run_copy: Path, tmp_path: Path) -> None:
+    """A folder b'caf\\xe9' (not UTF-8) and one literally named 'caf\\xe9' were exported as the names
+    ["caf\\xe9", "caf\\xe9", "tulips"], and the export 'agreed'."""
+    names = {"daisy": os.fsdecode(b"caf\xe9"), "roses": "caf\\xe9"}
+    run = _renamed_classes(run_copy, tmp_path, names)
+    with pytest.raises(ModelError, match=r"class folders b'caf\\xe9' and b'caf\\\\xe9' are both named 'caf\\\\xe9'"):
+        export_run(run, "keras", out=tmp_path / "k", max_images=0)
+    assert not (tmp_path / "k").exists()

@@ -17,6 +17,7 @@ from floranet.export.common import CALIBRATION_IMAGES, CHECK_BATCH, spread
 from floranet.inference import batch
 from floranet.inference.predictor import check_classes
 from floranet.rundir import RunDir
+from floranet.utils.text import utf8
 
 
 @dataclass
@@ -63,8 +64,9 @@ def open_run(run_dir: str | os.PathLike[str]) -> tuple[ExportSource, Any]:
     """The run and its model (called once, so every exporter accepts it).
 
     Raises:
-        ModelError: Not a finished run, a model that does not take ``[N, H, W, 3]`` images, or one whose outputs
-            are not the run's classes (the export's metadata would name the wrong ones).
+        ModelError: Not a finished run, a model that does not take ``[N, H, W, 3]`` images, one whose outputs
+            are not the run's classes (the export's metadata would name the wrong ones), or class names that are
+            one name as exported (:func:`check_distinct`).
     """
     run = RunDir.open(run_dir)
     model = run.load_model()
@@ -73,10 +75,38 @@ def open_run(run_dir: str | os.PathLike[str]) -> tuple[ExportSource, Any]:
         raise ModelError(f"Expected a model taking [N, H, W, 3] images. Received: input shape={tuple(shape)}")
     names = run.class_names()
     check_classes(run, names, int(model.outputs[0].shape[-1]))
+    check_distinct(names)
     # Keras's ONNX export refuses a model that was never called ("The model provided
     # has never called"), which a freshly loaded one is: call it once.
     model(np.zeros((1, int(shape[1]), int(shape[2]), 3), np.float32), training=False)
     return ExportSource(run, names, (int(shape[1]), int(shape[2]))), model
+
+
+def check_distinct(names: Sequence[str]) -> None:
+    """Refuses class names that an export would write as one: it writes each as strict UTF-8 (:func:`utf8`: a
+    folder name's bytes that are not UTF-8 as ``\\xNN``), so a folder ``b'caf\\xe9'`` and one named ``caf\\xe9``
+    both became ``"caf\\xe9"``, and the export's two columns could not be told apart.
+
+    Raises:
+        ModelError: Two names are one as exported.
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(utf8(name), name)
+        if other != name:
+            raise ModelError(
+                f"The class folders {_raw(other)} and {_raw(name)} are both named {utf8(name)!r} "
+                "in an export (a folder name's bytes that are not UTF-8 are written as \\xNN): its columns could not "
+                "be told apart. Rename one of those class folders and train again."
+            )
+
+
+def _raw(name: str) -> str:
+    """A class folder's name as its bytes (``b'caf\\xe9'``), which tells apart what :func:`utf8` makes one."""
+    try:
+        return repr(os.fsencode(name))
+    except UnicodeError:  # a lone surrogate of class_names.json, not of a folder name
+        return ascii(name)
 
 
 def decode_rows(source: ExportSource, rows: Sequence[SplitRow]) -> np.ndarray:
