@@ -121,10 +121,10 @@ def test_exports_json_has_every_export(exported, run_copy: Path) -> None:
             continue
         names.append(name)
     entries = json.loads((run_copy / "exports.json").read_text())
-    assert set(names) <= set(entries)
+    assert {f"exports/{name}" for name in names} <= set(entries)  # one entry per folder
     for name in names:
-        e = entries[name]
-        assert e["format"] == name.split("-")[0] and e["path"] == f"exports/{name}"
+        e = entries[f"exports/{name}"]
+        assert e["name"] == name and e["format"] == name.split("-")[0] and e["path"] == f"exports/{name}"
         for key in (
             "quantize",
             "size_bytes",
@@ -151,7 +151,7 @@ def test_out_folder_reexport_and_no_check(run_copy: Path, tmp_path: Path, monkey
     (out / "app.py").unlink()
     r2 = export_run(run_copy, "keras", out=out, max_images=0)  # replaces the older export
     assert r2.path == out and (out / "model.keras").exists()
-    assert json.loads((run_copy / "exports.json").read_text())["keras"]["path"] == str(out)
+    assert json.loads((run_copy / "exports.json").read_text())[str(out)]["name"] == "keras"
     assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
     monkeypatch.chdir(out)  # "." as --out: its name was empty (a traceback after the conversion)
     assert export_run(run_copy, "keras", out=".", max_images=0).path == out
@@ -243,7 +243,7 @@ def test_an_export_that_disagrees_says_so_and_exits_1(run_copy: Path, tmp_path: 
     out = tmp_path / "bad"
     assert main(["export", str(run_copy), "--format", "keras", "--out", str(out), "--max-images", "4"]) == 1
     assert "DOES NOT AGREE (needs top-1 >= 99% and max |Δp| <= 0.01)" in (out / "README.txt").read_text()
-    assert json.loads((run_copy / "exports.json").read_text())["keras"]["agrees"] is False
+    assert json.loads((run_copy / "exports.json").read_text())[str(out)]["agrees"] is False
     assert (
         check.agrees("int8", 0.95, 0.3) and not check.agrees("fp16", 0.99, 0.2) and check.agrees(None, None, 0) is None
     )
@@ -534,7 +534,7 @@ def test_each_runtime_alone_reads_labels_and_input_size(exported, tmp_path: Path
     assert meta["pixel_range"] == "0..255" and meta["input_layout"] == "NHWC" and meta["color_order"] == "RGB"
     assert meta["floranet_version"] == floranet.__version__ and meta["backbone"] == "resnet20"
     # The agreement check read them back too, with the same runtime, and says so in exports.json.
-    entry = json.loads((r.path.parent.parent / "exports.json").read_text())[name]["metadata"]
+    entry = json.loads((r.path.parent.parent / "exports.json").read_text())[f"exports/{name}"]["metadata"]
     assert entry["class_names"] == ["daisy", "roses", "tulips"] and entry["image_size"] == [32, 32]
     assert "Metadata in the file" in r.summary()
 
@@ -576,7 +576,7 @@ def test_an_export_into_the_folder_of_another_replaces_its_record(run_copy: Path
     export_run(run_copy, "tflite", out=out, max_images=0)
     export_run(run_copy, "tflite", quantize="fp16", out=out, max_images=0)
     entries = json.loads((run_copy / "exports.json").read_text())
-    assert [k for k, v in entries.items() if v["path"] == str(out)] == ["tflite-fp16"]
+    assert [v["name"] for v in entries.values() if v["path"] == str(out)] == ["tflite-fp16"]
 
 
 def test_a_cut_short_model_is_called_damaged_not_missing(run_copy: Path, tmp_path: Path, capsys) -> None:
@@ -689,3 +689,27 @@ def test_class_names_that_are_one_name_as_exported_are_refused(run_copy: Path, t
     with pytest.raises(ModelError, match=r"class folders b'caf\\xe9' and b'caf\\\\xe9' are both named 'caf\\\\xe9'"):
         export_run(run, "keras", out=tmp_path / "k", max_images=0)
     assert not (tmp_path / "k").exists()
+
+
+def test_out_inside_another_run_is_refused_and_each_folder_keeps_its_record(run_copy: Path, tmp_path: Path) -> None:
+    """An export into OTHER_RUN/exports/keras replaced that run's export, its exports.json still vouching for the
+    old one; and exports.json was keyed by the export's name: keras to --out elsewhere dropped the record of
+    RUN/exports/keras, which was still there."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other):
+        shutil.copytree(run_copy, folder, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    theirs = export_run(other, "keras", max_images=0).path
+    before = (theirs / "README.txt").read_bytes()
+    for out in (theirs, other / "exports" / "new", other / "deploy"):
+        with pytest.raises(ConfigError, match=r"out must be outside another floranet run \(.*other"):
+            export_run(run, "keras", out=out, max_images=0)
+    assert (theirs / "README.txt").read_bytes() == before and not (run / "exports.json").exists()
+    # An exports.json of before (keyed by name) is read, and an export of the same name elsewhere kept beside it.
+    old = {"keras": {"format": "keras", "path": "exports/keras", "agrees": None}}
+    (run / "exports.json").write_text(json.dumps(old))
+    (run / "exports" / "keras").mkdir(parents=True)
+    export_run(run, "keras", out=tmp_path / "deploy", max_images=0)
+    entries = json.loads((run / "exports.json").read_text())
+    assert sorted(entries) == sorted(["exports/keras", str(tmp_path / "deploy")])
+    assert entries["exports/keras"] == {"name": "keras", **old["keras"]}
+    assert entries[str(tmp_path / "deploy")]["name"] == "keras"

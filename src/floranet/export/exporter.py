@@ -51,10 +51,10 @@ class ExportResult:
     """One export and its check against ``model.keras``.
 
     Attributes:
-        name: ``<format>[-<quantize>]``, its key in ``exports.json``.
+        name: ``<format>[-<quantize>]``.
         format: One of :data:`FORMATS`.
         quantize: ``None``, ``"fp16"`` or ``"int8"``.
-        path: The export folder.
+        path: The export folder (its key in ``exports.json``: relative to the run when inside it).
         size_bytes: Size of the model file(s) (without class_names.json and README.txt).
         agreement: Fraction of checked validation images whose top-1 class is
             the same for the export and ``model.keras`` (None: not checked).
@@ -157,27 +157,37 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def _record(run: Path, result: ExportResult) -> None:
-    """Read-merge-write of ``RUN_DIR/exports.json`` (atomic, under a lock)."""
+    """Read-merge-write of ``RUN_DIR/exports.json`` (atomic, under a lock): one entry per export folder."""
     target = run / EXPORTS_FILE
     with _locked(run):
         entries: dict[str, Any] = {}
         if target.exists():
             try:
-                loaded = json.loads(target.read_text(encoding="utf-8"))
-                entries = loaded if isinstance(loaded, dict) else {}
+                entries = _by_folder(json.loads(target.read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 log.warning("Replacing unreadable %s: %s", target, e)
         entry = result.to_dict()
-        entry.pop("name")
         try:
             entry["path"] = str(result.path.resolve().relative_to(run.resolve()))
         except ValueError:
             entry["path"] = str(result.path.resolve())
-        # The folder now holds this export only: an entry of another name that named it (fp32, then fp16 into the
-        # same --out) would vouch for a model that is gone.
-        entries = {k: v for k, v in entries.items() if not (isinstance(v, dict) and v.get("path") == entry["path"])}
-        entries[result.name] = entry
+        # The folder now holds this export only: its entry replaces the one of the export it replaced (fp32, then
+        # fp16 into the same --out), and an export of the same name in another folder keeps its own.
+        entries[entry["path"]] = entry
         write_json(target, entries)
+
+
+def _by_folder(loaded: Any) -> dict[str, Any]:
+    """``exports.json``'s entries keyed by their folder; an older file's (keyed by the export's name, which a second
+    folder of one name replaced) is read too."""
+    if not isinstance(loaded, dict):
+        return {}
+    entries: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if isinstance(value, dict) and "name" not in value and isinstance(value.get("path"), str):
+            key, value = value["path"], {"name": key, **value}
+        entries[str(key)] = value
+    return entries
 
 
 # --------------------------------------------------------------------------- main entry
@@ -213,10 +223,11 @@ def export_run(
         progress: Print steps and the converters' own output.
 
     Returns:
-        The :class:`ExportResult`, also stored under its name in ``RUN_DIR/exports.json``.
+        The :class:`ExportResult`, also stored in ``RUN_DIR/exports.json`` under its folder.
 
     Raises:
-        ConfigError: A bad format, quantize, combination, ``max_images`` or ``out``.
+        ConfigError: A bad format, quantize, combination, ``max_images`` or ``out`` (``out`` may lie in the run
+            only under its ``exports/``, and in no other run).
         ModelError: Not a finished run, or a needed package is not installed,
             or the conversion failed.
         DatasetError: The run's images are not available (agreement check, int8).

@@ -10,7 +10,7 @@ from pathlib import Path
 from floranet.errors import ConfigError
 from floranet.export.common import EXPORTS_DIR, MARKER, README_FILE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
-from floranet.utils.files import file_head, fsync_dir
+from floranet.utils.files import check_outside, file_head, fsync_dir
 
 
 def _entries(folder: Path) -> set[str]:
@@ -31,21 +31,26 @@ def is_export_folder(folder: Path) -> bool:
 def check_out(final: Path, run: Path) -> None:
     """Refuses an export folder inside the run directory other than under its ``exports/`` folder: the run's own
     files would be replaced (``--out RUN_DIR/inference``, the compiled model's folder, was deleted by the compiled
-    model written after the export).
+    model written after the export); and one inside another run.
 
     Args:
         final: The export folder.
         run: The run directory.
 
     Raises:
-        ConfigError: It is the run directory or lies in it, and not under its ``exports/`` folder.
+        ConfigError: It is the run directory or lies in it, and not under its ``exports/`` folder; or it is
+            another run's folder or lies in one.
     """
+    from floranet.evaluation.gradcam import runs_around  # here: that module imports TensorFlow
+
     target, home, exports = final.resolve(), run.resolve(), (run / EXPORTS_DIR).resolve()
     if target.is_relative_to(home) and not (target.is_relative_to(exports) and target != exports):
         raise ConfigError(
             f"out must be outside the run directory (its model and records), or a folder under its {EXPORTS_DIR}/ "
             f"folder. Received: out={str(final)!r}"
         )
+    # Another run's export folder is that run's: replacing it left its exports.json vouching for the old model.
+    check_outside(final, arg="out", inside=[(w, f) for w, f in runs_around(target) if f.resolve() != home])
 
 
 def place(tmp: Path, final: Path) -> None:
