@@ -713,3 +713,28 @@ def test_out_inside_another_run_is_refused_and_each_folder_keeps_its_record(run_
     assert sorted(entries) == sorted(["exports/keras", str(tmp_path / "deploy")])
     assert entries["exports/keras"] == {"name": "keras", **old["keras"]}
     assert entries[str(tmp_path / "deploy")]["name"] == "keras"
+
+
+def test_an_earlier_export_of_any_format_is_replaced_and_yours_refused_before_building(
+    run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keras into the folder of a saved_model export was refused, after the whole conversion and check, for the
+    earlier export's own files ('things it does not write (model, model/assets, ...)'), and a file of yours was
+    found only after the conversion too. The README.txt of an export now lists its files."""
+    out = tmp_path / "deploy"
+    export_run(run_copy, "saved_model", out=out, max_images=0)
+    readme = (out / "README.txt").read_text()
+    assert "\nFiles of this export" in readme and "\n  model/saved_model.pb\n" in readme
+    export_run(run_copy, "keras", out=out, max_images=0)
+    left = {p.name for p in out.iterdir()} - {"ood.json", "ood.npz"}
+    assert left == {"README.txt", "class_names.json", "model.keras"}
+    # An export from before README.txt listed its files: its format's model file is known as its own.
+    (out / "README.txt").write_text((out / "README.txt").read_text().split("\nFiles of this export")[0])
+    export_run(run_copy, "saved_model", out=out, max_images=0)
+    assert (out / "model" / "saved_model.pb").is_file() and not (out / "model.keras").exists()
+    (out / "model" / "notes.txt").write_text("mine")
+    built: list[str] = []
+    monkeypatch.setitem(export_lib.writers.WRITERS, "keras", lambda *args: built.append("keras") or "")
+    with pytest.raises(ConfigError, match=r"holds an earlier export and things it does not write \(model/notes.txt\)"):
+        export_run(run_copy, "keras", out=out, max_images=0)
+    assert not built and (out / "model" / "notes.txt").read_text() == "mine"

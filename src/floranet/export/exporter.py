@@ -33,7 +33,7 @@ from floranet.export.common import (
     quiet,
     versions,
 )
-from floranet.export.folders import check_out, is_export_folder, place
+from floranet.export.folders import check_out, check_replaceable, listing, place
 from floranet.export.loaders import load_exported
 from floranet.export.rundata import ExportSource, calibration_images, check_images, check_subset, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
@@ -257,12 +257,7 @@ def _export(
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
     check_out(final, source.path)
-    # An earlier export is replaced, an empty folder (made for it) filled; anything else is the user's.
-    if final.exists() and not (final.is_dir() and (is_export_folder(final) or not any(final.iterdir()))):
-        raise ConfigError(
-            f"out exists, is not empty and is not a floranet export folder; refusing to replace it. "
-            f"Received: out={str(final)!r}"
-        )
+    check_replaceable(final)  # an earlier export is replaced, an empty folder (made for it) filled; nothing else
     RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
     check_line_names(format, source.class_names)
     calib = None
@@ -353,7 +348,10 @@ def _build(
     calibration = len(calib) if calib is not None else None
     atomic_write_text(
         folder / README_FILE,
-        readme(source, fmt, quantize, exported, check, calibration, created, converter) + unknown_note,
+        readme(source, fmt, quantize, exported, check, calibration, created, converter)
+        + unknown_note
+        + "\n"
+        + listing(folder),
     )
     seal_folder(folder)
     runtime = exported.runtime

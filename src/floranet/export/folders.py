@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from floranet.errors import ConfigError
-from floranet.export.common import EXPORTS_DIR, MARKER, README_FILE
+from floranet.export.common import EXPORTS_DIR, MARKER, MODEL_FILES, README_FILE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
+from floranet.rundir import RunDir
 from floranet.utils.files import check_outside, file_head, fsync_dir
+
+# README.txt's last section: every file of the export, which a later export into its folder replaces.
+LISTING = "Files of this export"
+_README_LIMIT = 1 << 20  # bytes of a README.txt read for its list of files
 
 
 def _entries(folder: Path) -> set[str]:
@@ -53,25 +58,77 @@ def check_out(final: Path, run: Path) -> None:
     check_outside(final, arg="out", inside=[(w, f) for w, f in runs_around(target) if f.resolve() != home])
 
 
-def place(tmp: Path, final: Path) -> None:
-    """Renames the finished temp folder onto ``final``, replacing an older export only now.
+def listing(folder: Path) -> str:
+    """README.txt's last section: the files of the export in ``folder`` (README.txt included), one a line, which a
+    later export into the folder replaces, of whatever format."""
+    files = {name for name in _entries(folder) if not (folder / name).is_dir()} | {README_FILE}
+    head = f"{LISTING} (a later export into this folder replaces them; anything else in it stops that export):\n"
+    return head + "".join(f"  {name}\n" for name in sorted(files))
 
-    Raises:
-        ConfigError: The older export's folder holds entries this export does not write (files of the user's,
-            which replacing the folder would delete); nothing is replaced.
-    """
-    if not final.exists():
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        return
-    ours = _entries(tmp) | set(UNKNOWN_FILES)  # an earlier export's ood.* when the run no longer has them
-    others = sorted(_entries(final) - ours)  # at any depth: a note inside saved_model/ was deleted with it
+
+def _earlier(folder: Path) -> tuple[set[str], bool]:
+    """The files and folders the export in ``folder`` wrote, and whether that is all of them: the list its
+    README.txt ends with (:func:`listing`); for an export from before that list, its format's top-level files only
+    (False: what its ``model/`` folder holds is compared with the new export's once that is built)."""
+    lines = (file_head(folder / README_FILE, _README_LIMIT) or b"").decode("utf-8", "replace").split("\n")
+    start = next((i + 1 for i, line in enumerate(lines) if line.startswith(LISTING)), None)
+    if start is not None:
+        files: set[str] = set()
+        for line in lines[start:]:
+            if not line.startswith("  "):
+                break
+            files.add(line[2:])
+        return files | {p.as_posix() for f in files for p in PurePosixPath(f).parents if p.name}, True
+    fmt = lines[0].removeprefix(f"{MARKER}: ").split("-")[0]
+    model = {MODEL_FILES[fmt]} if fmt in MODEL_FILES else set(MODEL_FILES.values())
+    if fmt not in MODEL_FILES or fmt == "openvino":
+        model.add("model.bin")
+    return {README_FILE, RunDir.CLASS_NAMES, *model}, False
+
+
+def _refuse(final: Path, others: list[str]) -> None:
     if others:
         raise ConfigError(
             f"out holds an earlier export and things it does not write ({', '.join(others[:3])}"
             f"{', ...' if len(others) > 3 else ''}); move them away, or choose another --out. Nothing was replaced. "
             f"Received: out={str(final)!r}"
         )
+
+
+def check_replaceable(final: Path) -> None:
+    """Checks, before anything is built, that an export may be placed in ``final``: a new or empty folder, or one
+    holding an earlier floranet export (of any format) and nothing else, at any depth.
+
+    Raises:
+        ConfigError: It holds anything else (a file of the user's, which replacing the folder would delete).
+    """
+    if not (final.exists() or final.is_symlink()) or (final.is_dir() and not any(final.iterdir())):
+        return
+    if not (final.is_dir() and is_export_folder(final)):
+        raise ConfigError(
+            f"out exists, is not empty and is not a floranet export folder; refusing to replace it. "
+            f"Received: out={str(final)!r}"
+        )
+    earlier, complete = _earlier(final)
+    others = sorted(_entries(final) - earlier - set(UNKNOWN_FILES))
+    # An export from before its list of files: what its model/ holds is compared with the new export's (place).
+    _refuse(final, [o for o in others if complete or o.split("/")[0] not in earlier])
+
+
+def place(tmp: Path, final: Path) -> None:
+    """Renames the finished temp folder onto ``final``, replacing an older export only now.
+
+    Raises:
+        ConfigError: The older export's folder holds entries neither export writes (files of the user's, put
+            there while this one was built, which replacing the folder would delete); nothing is replaced.
+    """
+    if not final.exists():
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        return
+    # Its earlier export's files (of any format), and its ood.* when the run no longer has them.
+    ours = _entries(tmp) | set(UNKNOWN_FILES) | _earlier(final)[0]
+    _refuse(final, sorted(_entries(final) - ours))  # at any depth: a note inside saved_model/ was deleted with it
     old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
     os.replace(final, old)
     try:
