@@ -118,3 +118,46 @@ def test_an_empty_weights_url_variable_is_unset_and_an_unusable_one_is_named(mon
     monkeypatch.setenv(weights.URL_ENV, "mirror.local/keras")
     with pytest.raises(ConfigError, match=r"FLORANET_WEIGHTS_URL must be an http\(s\):// or file:// URL .*unset.*"):
         weights.ensure_available("resnet50", "imagenet")
+
+
+def point_outside(path, kind: str, other, secret) -> None:
+    """Replaces the first weight of ``path`` (legacy or .weights.h5) with a member whose data lies outside it."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        found: list[str] = []
+        f.visititems(lambda name, obj: None if found or not isinstance(obj, h5py.Dataset) else found.append(name))
+        name = found[0]  # a legacy file's first kernel, or a .weights.h5's first variable
+        shape, dtype = f[name].shape, f[name].dtype
+        del f[name]
+        if kind == "external_raw":
+            f.create_dataset(name, shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        elif kind == "external_link":
+            f[name] = h5py.ExternalLink(str(other), "/" + name)
+        elif kind == "soft_link":
+            f.create_dataset("elsewhere", shape=shape, dtype=dtype)  # in the file, but reached by no hard link
+            f[name] = h5py.SoftLink("/elsewhere")
+        else:
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[...] = h5py.VirtualSource(str(other), name, shape=shape)
+            f.create_virtual_dataset(name, layout)
+
+
+@pytest.mark.parametrize("kind", ["external_raw", "external_link", "soft_link", "virtual"])
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5"])
+def test_a_weights_file_that_refers_to_data_outside_itself_is_refused(kind: str, suffix: str, tmp_path) -> None:
+    """A legacy .h5 whose kernel kept its bytes in another file (external raw storage) loaded that file's bytes
+    as weights, and an external or soft link or a virtual dataset was followed as well; Keras 3.15 refuses all
+    of these in a .weights.h5 ("Not allowed: H5 file with external Dataset")."""
+    model = resnet.build_resnet("resnet20", weights=None, include_top=False, input_shape=(32, 32, 3))
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"SECRET-TOKEN" * 200)
+    other, path = tmp_path / f"other{suffix}", tmp_path / f"hostile{suffix}"
+    for target in (other, path):
+        write_legacy_h5(model, target) if suffix == ".h5" else model.save_weights(target)
+    point_outside(path, kind, other, secret)
+    before = [w.copy() for w in model.get_weights()]
+    refused = r"(?s)hostile(\.weights)?\.h5 (refers to data outside itself|.*Not allowed)"  # floranet's, or Keras's
+    with pytest.raises(WeightsError, match=refused):
+        weights.load_file(model, path)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))

@@ -161,11 +161,18 @@ def load_into(model: keras.Model, arch: str, weights: str | os.PathLike[str], *,
 
 
 def load_file(model: keras.Model, path: str | os.PathLike[str]) -> None:
-    """Loads a legacy HDF5 file by layer name, or a Keras 3 ``.weights.h5`` by structure."""
+    """Loads a legacy HDF5 file by layer name, or a Keras 3 ``.weights.h5`` by structure.
+
+    Raises:
+        WeightsError: Not an HDF5 file, a file that refers to data outside itself (an external or soft link,
+            external raw storage, a virtual dataset), or one that does not fit ``model``.
+    """
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            legacy = "layer_names" in f.attrs or "model_weights" in f
+            legacy = "layer_names" in f.attrs or f.get("model_weights", getlink=True) is not None
+            if not legacy:
+                refuse_outside_data(f, path)  # Keras 3.15 refuses them too; here whatever the version
     except OSError as e:
         raise WeightsError(f"Cannot read weights file {path}: not an HDF5 file ({e}).") from e
     if legacy:
@@ -175,6 +182,39 @@ def load_file(model: keras.Model, path: str | os.PathLike[str]) -> None:
         model.load_weights(path)
     except Exception as e:  # Keras raises ValueError/KeyError on any structural mismatch
         raise WeightsError(f"Weights file {path} does not fit model {model.name!r}: {e}") from e
+
+
+def refuse_outside_data(root: h5py.Group, path: Path) -> None:
+    """WeightsError when a member of ``root`` refers to data outside the file: an external or soft link, a dataset
+    with external raw storage, or a virtual dataset (h5py would read any file they name, as weights).
+
+    Only hard links are walked, each group once (hard links may make cycles).
+    """
+    seen: set[int] = set()
+    groups = [root]
+    while groups:
+        group = groups.pop()
+        for name in group:
+            member = f"{group.name.rstrip('/')}/{name}"
+            link = group.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise _outside(path, member, f"is a link ({type(link).__name__})")
+            obj = group[name]
+            if isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    raise _outside(path, member, f"keeps its data in {obj.external[0][0]!r}")
+                if obj.is_virtual:
+                    raise _outside(path, member, "is a virtual dataset")
+            elif isinstance(obj, h5py.Group) and hash(obj.id) not in seen:
+                seen.add(hash(obj.id))
+                groups.append(obj)
+
+
+def _outside(path: Path, member: str, what: str) -> WeightsError:
+    return WeightsError(
+        f"Weights file {path} refers to data outside itself ({member} {what}); floranet reads weights only "
+        "from within the file. Received: weights=" + repr(str(path))
+    )
 
 
 def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
@@ -201,6 +241,7 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
 def _matched_by_name(model: keras.Model, path: Path) -> tuple[list[str], list[str], list[tuple[Any, list[Any]]]]:
     """``(missing layer names, shape mismatches, (layer, arrays) to set)`` from a legacy HDF5 file."""
     with h5py.File(path, "r") as f:
+        refuse_outside_data(f, path)
         root = f.get("model_weights", f)
         stored = {_str(n): root[_str(n)] for n in root.attrs["layer_names"]}
         missing, mismatched, updates = [], [], []
