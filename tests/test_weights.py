@@ -161,3 +161,27 @@ def test_a_weights_file_that_refers_to_data_outside_itself_is_refused(kind: str,
     with pytest.raises(WeightsError, match=refused):
         weights.load_file(model, path)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("kind", ["bomb", "strings"])
+def test_a_legacy_weight_is_compared_before_it_is_read(kind: str, tmp_path) -> None:
+    """A 1 MB file declaring conv1_conv's kernel as a 1 TiB gzip-chunked dataset was read whole before shapes
+    were compared: "_ArrayMemoryError: Unable to allocate 1.00 TiB". Strings were read and failed to convert."""
+    import h5py
+
+    model = resnet.build_resnet("resnet20", weights=None, include_top=False, input_shape=(32, 32, 3))
+    path = tmp_path / f"{kind}.h5"
+    write_legacy_h5(model, path)
+    with h5py.File(path, "r+") as f:
+        name = "conv1_conv/conv1_conv/kernel:0"
+        shape = f[name].shape
+        del f[name]
+        if kind == "bomb":
+            f.create_dataset(name, shape=(1 << 38,), dtype="f4", chunks=(1 << 20,), compression="gzip")
+        else:
+            f.create_dataset(name, data=np.full(shape, "x", dtype=object), dtype=h5py.string_dtype())
+    assert path.stat().st_size < 2 << 20
+    bomb = r"conv1_conv: file \[\(274877906944,\)\] vs model \[\(3, 3, 3, 16\)\]"
+    expected = bomb if kind == "bomb" else "conv1_conv: file dtype object is not a number type"
+    with pytest.raises(WeightsError, match=rf"{kind}\.h5 does not fit model 'resnet20': .*{expected}"):
+        weights.load_file(model, path)

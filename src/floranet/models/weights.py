@@ -226,12 +226,13 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
     """
     try:
         missing, mismatched, updates = _matched_by_name(model, path)
-    except (KeyError, OSError, ValueError, TypeError) as e:  # h5py's words for a group or attribute not there
+    # h5py's words for a group or attribute not there; MemoryError: the weights of a model too big to hold
+    except (KeyError, OSError, ValueError, TypeError, MemoryError) as e:
         raise WeightsError(f"Weights file {path} is not a usable Keras weights file: {e}") from e
     if missing or mismatched:
         details = "; ".join(
             ([f"missing layers {missing[:5]}" + (" ..." if len(missing) > 5 else "")] if missing else [])
-            + ([f"shape mismatch {mismatched[:3]}"] if mismatched else [])
+            + ([f"weights that differ {mismatched[:3]}"] if mismatched else [])
         )
         raise WeightsError(f"Weights file {path} does not fit model {model.name!r}: {details}.")
     for layer, arrays in updates:
@@ -250,16 +251,28 @@ def _matched_by_name(model: keras.Model, path: Path) -> tuple[list[str], list[st
             if group is None:
                 missing.append(layer.name)
                 continue
-            arrays = [np.asarray(group[_str(n)]) for n in group.attrs["weight_names"]]
+            datasets = [group[_str(n)] for n in group.attrs["weight_names"]]
             current = layer.get_weights()
-            if [a.shape for a in arrays] != [c.shape for c in current]:
-                mismatched.append(
-                    f"{layer.name}: file {[a.shape for a in arrays]} vs model {[c.shape for c in current]}"
-                )
+            misfit = _misfit(datasets, current)
+            if misfit:
+                mismatched.append(f"{layer.name}: {misfit}")
                 continue
-            # A file may store a narrower dtype (the bundled one keeps float16): cast to the layer's own.
-            updates.append((layer, [a.astype(c.dtype, copy=False) for a, c in zip(arrays, current, strict=True)]))
+            # Read only now, each no bigger than the layer's own weight (a 1 MB file may declare 1 TiB). A file
+            # may store a narrower dtype (the bundled one keeps float16): cast to the layer's own.
+            arrays = [np.asarray(d[()]).astype(c.dtype, copy=False) for d, c in zip(datasets, current, strict=True)]
+            updates.append((layer, arrays))
     return missing, mismatched, updates
+
+
+def _misfit(datasets: list[Any], current: list[np.ndarray]) -> str | None:
+    """Why a layer's stored weights cannot be its ``current`` ones, from their shapes and dtypes (nothing read)."""
+    if not all(isinstance(d, h5py.Dataset) for d in datasets):
+        return "the file holds a group, not an array, for one of its weights"
+    stored, wanted = [d.shape for d in datasets], [c.shape for c in current]
+    if stored != wanted:
+        return f"file {stored} vs model {wanted}"
+    odd = [d.dtype for d in datasets if d.dtype.kind not in "fiu"]
+    return f"file dtype {odd[0]} is not a number type" if odd else None
 
 
 def _weighted_layers(model: keras.Model) -> list[keras.layers.Layer]:
