@@ -6,10 +6,11 @@ import h5py
 import keras
 
 
-def write_legacy_h5(model: keras.Model, path) -> None:
-    """Writes weights in the layout of Keras's official application files (by layer name)."""
+def write_legacy_h5(model: keras.Model, path, *, every_layer: bool = False) -> None:
+    """Writes weights in the layout of Keras's official application files (by layer name); ``every_layer``: as
+    those files do, layers without weights too (an empty ``weight_names``)."""
     with h5py.File(path, "w") as f:
-        named = [layer for layer in model.layers if layer.weights]
+        named = [layer for layer in model.layers if layer.weights or every_layer]
         f.attrs["layer_names"] = [layer.name.encode() for layer in named]
         for layer in named:
             g = f.create_group(layer.name)

@@ -185,3 +185,30 @@ def test_a_legacy_weight_is_compared_before_it_is_read(kind: str, tmp_path) -> N
     expected = bomb if kind == "bomb" else "conv1_conv: file dtype object is not a number type"
     with pytest.raises(WeightsError, match=rf"{kind}\.h5 does not fit model 'resnet20': .*{expected}"):
         weights.load_file(model, path)
+
+
+def test_a_legacy_file_of_a_deeper_network_is_refused_and_a_with_top_one_loads(tmp_path) -> None:
+    """Layers of the file that the model lacks were skipped: a resnet32 file loaded into resnet20 (and a
+    ResNet101 one into resnet50) silently, its deeper blocks dropped. A with-top file (predictions, every layer
+    listed as in Keras's own files) or one with a head of its own naming still loads into a headless model."""
+    shape = (32, 32, 3)
+    deeper = tmp_path / "r32.h5"
+    write_legacy_h5(resnet.resnet32(weights=None, include_top=False, input_shape=shape), deeper)
+    headless = resnet.resnet20(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    lacks = r"the file has 24 layers this model lacks \(is it another depth\?\): conv2_block4_1_conv, .* and 21 more\.$"
+    with pytest.raises(WeightsError, match=lacks):
+        weights.load_file(headless, deeper)
+    backbone = resnet.resnet20(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    with_head = keras.Model(backbone.input, keras.layers.Dense(5, name="head_dense")(backbone.output))
+    write_legacy_h5(with_head, tmp_path / "head.h5")
+    weights.load_file(headless, tmp_path / "head.h5")
+    x = np.random.default_rng(2).normal(size=(1, *shape)).astype("float32")
+    np.testing.assert_allclose(headless(x), backbone(x), atol=1e-5)
+
+    shape = (64, 64, 3)
+    official = keras.applications.ResNet50(weights=None, include_top=True, input_shape=shape)
+    write_legacy_h5(official, tmp_path / "resnet50_with_top.h5", every_layer=True)
+    ours = resnet.resnet50(weights=str(tmp_path / "resnet50_with_top.h5"), include_top=False, input_shape=shape)
+    x = np.random.default_rng(3).normal(size=(1, *shape)).astype("float32")
+    reference = keras.Model(official.input, official.get_layer("conv5_block3_out").output)
+    np.testing.assert_allclose(ours(x), reference(x), atol=1e-4)

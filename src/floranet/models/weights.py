@@ -11,6 +11,7 @@ and position), so they are loaded by Keras itself, by structure.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -221,26 +222,31 @@ def load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
     """Sets every weighted layer of ``model`` from the same-named group of a legacy HDF5 file.
 
     Layers in the file that the model lacks (e.g. ``predictions`` when loading
-    a with-top file into a headless model) are skipped; a model layer missing
-    from the file, or a shape mismatch, is an error.
+    a with-top file into a headless model) are skipped, unless named like the
+    model's own (a file of a deeper network); a model layer missing from the
+    file, or a shape or dtype mismatch, is an error.
     """
     try:
-        missing, mismatched, updates = _matched_by_name(model, path)
+        missing, mismatched, lacking, updates = _matched_by_name(model, path)
     # h5py's words for a group or attribute not there; MemoryError: the weights of a model too big to hold
     except (KeyError, OSError, ValueError, TypeError, MemoryError) as e:
         raise WeightsError(f"Weights file {path} is not a usable Keras weights file: {e}") from e
-    if missing or mismatched:
-        details = "; ".join(
-            ([f"missing layers {missing[:5]}" + (" ..." if len(missing) > 5 else "")] if missing else [])
-            + ([f"weights that differ {mismatched[:3]}"] if mismatched else [])
-        )
-        raise WeightsError(f"Weights file {path} does not fit model {model.name!r}: {details}.")
+    details = [f"missing layers {missing[:5]}" + (" ..." if len(missing) > 5 else "")] if missing else []
+    if mismatched:
+        details.append(f"weights that differ {mismatched[:3]}")
+    if lacking:
+        named = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+        details.append(f"the file has {len(lacking)} layers this model lacks (is it another depth?): {named}")
+    if details:
+        raise WeightsError(f"Weights file {path} does not fit model {model.name!r}: {'; '.join(details)}.")
     for layer, arrays in updates:
         layer.set_weights(arrays)
 
 
-def _matched_by_name(model: keras.Model, path: Path) -> tuple[list[str], list[str], list[tuple[Any, list[Any]]]]:
-    """``(missing layer names, shape mismatches, (layer, arrays) to set)`` from a legacy HDF5 file."""
+def _matched_by_name(
+    model: keras.Model, path: Path
+) -> tuple[list[str], list[str], list[str], list[tuple[Any, list[Any]]]]:
+    """``(missing layer names, misfits, layers the model lacks, (layer, arrays) to set)`` from a legacy HDF5 file."""
     with h5py.File(path, "r") as f:
         refuse_outside_data(f, path)
         root = f.get("model_weights", f)
@@ -261,7 +267,22 @@ def _matched_by_name(model: keras.Model, path: Path) -> tuple[list[str], list[st
             # may store a narrower dtype (the bundled one keeps float16): cast to the layer's own.
             arrays = [np.asarray(d[()]).astype(c.dtype, copy=False) for d, c in zip(datasets, current, strict=True)]
             updates.append((layer, arrays))
-    return missing, mismatched, updates
+        lacking = _lacking(model, stored)
+    return missing, mismatched, lacking, updates
+
+
+def _lacking(model: keras.Model, stored: dict[str, Any]) -> list[str]:
+    """The file's weighted layers that ``model`` lacks and that are named like its own, digits aside
+    (``conv4_block7_1_conv`` beside ``conv4_block6_1_conv``: a file of another depth). A classification top
+    (``predictions``) or a head of the file's own naming is not one: a with-top file loads into a headless model.
+    """
+    ours = {layer.name for layer in _weighted_layers(model)}
+    kinds = {re.sub(r"[0-9]+", "#", name) for name in ours}
+    return [
+        name
+        for name, group in stored.items()
+        if name not in ours and re.sub(r"[0-9]+", "#", name) in kinds and len(group.attrs.get("weight_names", []))
+    ]
 
 
 def _misfit(datasets: list[Any], current: list[np.ndarray]) -> str | None:
