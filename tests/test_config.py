@@ -249,6 +249,30 @@ def test_a_saved_config_reads_back_the_same_under_yaml_1_1_and_1_2(tmp_path, tex
     assert settings_changed(RunDir(tmp_path), cfg) == []
 
 
+def test_resume_compares_a_hand_edited_config_as_floranet_reads_it(tmp_path) -> None:
+    """--resume --config RUN/config.yaml was refused after an edit that TrainConfig accepts and normalises:
+    "these differ: image_size (saved 32, given [32, 32])", "weights (saved 'none', given None)"; and a key the
+    file lacked compared with the recommended preset's value, whatever preset the run had."""
+    from floranet.rundir import RunDir
+    from floranet.training.trainer import check_resume_settings, settings_changed
+
+    run = RunDir(tmp_path)
+    file = tmp_path / RunDir.CONFIG
+    cfg = config.resolve(data_dir=str(tmp_path / "d"), preset="tutorial", image_size=32, weights="none")
+    cfg.save(file)
+    saved = yaml.safe_load(file.read_text())
+    saved.update(image_size=32, weights="none")
+    del saved["epochs"], saved["fine_tune_epochs"]  # a run's config.yaml from before these were recorded
+    file.write_text(yaml.safe_dump(saved))
+    given = config.resolve(file=file)
+    assert given == cfg and settings_changed(run, given) == []
+    check_resume_settings(run, given)
+    with pytest.raises(
+        ConfigError, match=r"these differ: epochs \(saved 5, given 6\); image_size \(saved \[32, 32\], "
+    ):
+        check_resume_settings(run, dataclasses.replace(given, epochs=6, image_size=(48, 48)))
+
+
 def test_a_bad_setting_of_a_runs_config_names_the_file_and_no_flags(tmp_path) -> None:
     """A run's config.yaml with preset: fast was not attributed to the file; and predict, evaluate, report, export,
     explain and audit, which read a run's config.yaml and have no such flags, were told of 'then the flags'."""

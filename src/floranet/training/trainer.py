@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from floranet.config import TrainConfig
+from floranet.config import PRESETS, TrainConfig
 from floranet.config.choices import check
 from floranet.config.train import absolute_paths
 from floranet.errors import ConfigError
@@ -334,9 +334,8 @@ def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
     """
     changed = settings_changed(run, config)
     if changed:
-        saved, given = absolute_paths(run.saved_settings()), config.to_dict()
-        defaults = TrainConfig().to_dict()
-        shown = [f"{k} (saved {saved.get(k, defaults.get(k))!r}, given {given.get(k)!r})" for k in changed]
+        saved, given = _saved_settings(run), config.to_dict()
+        shown = [f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in changed]
         raise ConfigError(
             f"--resume needs the settings of the run in {run.path}; these differ: {'; '.join(shown)}. Give the "
             f"settings the run was started with (its {RunDir.CONFIG}, e.g. --config {run / RunDir.CONFIG}), or "
@@ -351,15 +350,23 @@ def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
         run: The run whose ``config.yaml`` is compared.
         config: The settings given.
     """
+    saved = _saved_settings(run)
+    return sorted(k for k, v in config.to_dict().items() if k not in _PLACE and saved.get(k) != v)
+
+
+_PLACE = ("out", "workers", "worker_index")  # where the run is and who trains it, not what it trains
+
+
+def _saved_settings(run: RunDir) -> dict[str, Any]:
+    """The run's ``config.yaml`` as :meth:`TrainConfig.to_dict` gives a config's (``image_size: 32`` as [32, 32],
+    ``weights: none`` as None); a setting it lacks (newer than the run) is its preset's value, what it used."""
     saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
-    current = {k: v for k, v in config.to_dict().items() if k not in ("out", "workers", "worker_index")}
-    # A setting newer than the run's config.yaml compares as its default (what that run used).
-    defaults = TrainConfig().to_dict()  # the recommended preset's values (the default preset)
-    return sorted(k for k, v in current.items() if _norm(saved.get(k, defaults.get(k))) != _norm(v))
-
-
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+    values = {k: v for k, v in saved.items() if k not in _PLACE}
+    try:
+        return TrainConfig(**values).to_dict()
+    except (ConfigError, TypeError, ValueError):  # a value this floranet refuses: compared as saved
+        preset = str(saved.get("preset"))
+        return {**TrainConfig(preset=preset if preset in PRESETS else TrainConfig.preset).to_dict(), **saved}
 
 
 def _with_policy(
