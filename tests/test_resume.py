@@ -305,3 +305,20 @@ def test_a_refused_resume_leaves_no_folder_behind(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Nothing to resume"):
         train(cfg, resume=True, progress=False, say=lambda m: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_checkpoint_is_named_not_a_traceback(data, tmp_path, monkeypatch) -> None:
+    """A checkpoint cut short (a copy, a full disk) ended --resume in Keras's "File not found: filepath=... Please
+    ensure the file is an accessible .keras zip file" for a file that exists, or h5py's "truncated file" OSError."""
+    from floranet.errors import ModelError
+
+    cfg = _settings(data, tmp_path / "run", epochs=3, fine_tune_epochs=2)
+    run = _interrupted(monkeypatch, cfg, "stage2", 1)
+    st = json.loads((run / RunDir.STATE).read_text())["stages"]
+    for name in (st["stage2"]["checkpoint"], st["stage1"]["best_weights"], st["stage2"]["best_weights"]):
+        good = (run / name).read_bytes()
+        (run / name).write_bytes(good[:100])
+        with pytest.raises(ModelError, match=rf"{name} is damaged .* cannot be resumed from it.* another --out"):
+            _resume(cfg)
+        (run / name).write_bytes(good)
+    assert _resume(cfg)["complete"]

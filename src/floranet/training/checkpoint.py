@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -124,6 +125,41 @@ def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"complete must be true or false, not {value!r}")
     return value
+
+
+def load_checkpoint(run: RunDir, name: str) -> keras.Model:
+    """The checkpointed model ``name`` (relative to the run), compiled, with its optimizer state.
+
+    Raises:
+        ModelError: The file is damaged (Keras said "File not found" for a file cut short).
+    """
+    path = run / name
+    if not zipfile.is_zipfile(path):
+        raise _damaged(path, "not a .keras zip archive")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # Keras raises ValueError, KeyError, OSError, ... for a corrupt file
+        raise _damaged(path, str(e).rstrip(".")) from e
+
+
+def load_weights(target: keras.Model, run: RunDir, name: str) -> None:
+    """Loads the saved weights ``name`` (relative to the run; a ``.weights.h5`` or ``.keras``) into ``target``.
+
+    Raises:
+        ModelError: The file is damaged (h5py's "truncated file", ...).
+    """
+    path = run / name
+    try:
+        target.load_weights(path)
+    except Exception as e:  # h5py's OSError, Keras's ValueError, ...
+        raise _damaged(path, str(e).rstrip(".")) from e
+
+
+def _damaged(path: Any, why: str) -> ModelError:
+    return ModelError(
+        f"{path} is damaged ({why}; cut short by a copy or a full disk?), and {RunDir.STATE} names it: the run "
+        "cannot be resumed from it. Put back an intact copy of the file, or start a new run with another --out"
+    )
 
 
 def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:

@@ -25,7 +25,14 @@ from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
 from floranet.training import distribute, prefix
 from floranet.training import features as feature_cache
-from floranet.training.checkpoint import EpochCheckpoint, RunState, StageState, record_best
+from floranet.training.checkpoint import (
+    EpochCheckpoint,
+    RunState,
+    StageState,
+    load_checkpoint,
+    load_weights,
+    record_best,
+)
 from floranet.training.data import Prepared
 from floranet.training.losses import compile_model
 from floranet.training.views import ViewSequence
@@ -134,7 +141,7 @@ def run_stage(stage: Stage, ctx: StageContext) -> None:
     if fit_model is not stage.target:  # a resumed checkpoint trained: bring the target up to date
         stage.target.set_weights(fit_model.get_weights())
     if config.early_stopping_patience and st.best_weights and (ctx.run / st.best_weights).exists():
-        stage.target.load_weights(ctx.run / st.best_weights)  # with early stopping the best epoch wins
+        load_weights(stage.target, ctx.run, st.best_weights)  # with early stopping the best epoch wins
     st.complete = True
     ctx.state.save(ctx.run)
 
@@ -360,7 +367,7 @@ def _restore_if_complete(target: keras.Model, st: StageState, ctx: StageContext)
         return False
     # As the stage ended: its best epoch with early stopping, else its last (as run_stage leaves it).
     best = ctx.config.early_stopping_patience and st.best_weights and (ctx.run / st.best_weights).exists()
-    target.load_weights(ctx.run / str(st.best_weights if best else st.checkpoint))
+    load_weights(target, ctx.run, str(st.best_weights if best else st.checkpoint))
     return True
 
 
@@ -383,5 +390,5 @@ def _stopped(st: StageState, config: TrainConfig) -> bool:
 def _resume_or(model: keras.Model, st: StageState, run: RunDir) -> keras.Model:
     """The checkpointed (compiled, with optimizer state) model when resuming, else ``model``."""
     if st.checkpoint and (run / st.checkpoint).exists():
-        return keras.saving.load_model(run / st.checkpoint)
+        return load_checkpoint(run, st.checkpoint)
     return model
