@@ -322,3 +322,30 @@ def test_a_damaged_checkpoint_is_named_not_a_traceback(data, tmp_path, monkeypat
             _resume(cfg)
         (run / name).write_bytes(good)
     assert _resume(cfg)["complete"]
+
+
+def test_impossible_values_in_state_json_are_refused_by_field(data, tmp_path, monkeypatch) -> None:
+    """state.json's values were taken as they came: more epochs done than the stage has ("finished" after 1 of 3
+    fine-tuning epochs, the card saying 3), "stages": [] as a fresh run, a checkpoint outside the run
+    (../../../etc/passwd) handed to Keras; a field of a newer floranet read as damage."""
+    from floranet.errors import ModelError
+
+    cfg = _settings(data, tmp_path / "run", epochs=3, fine_tune_epochs=0)
+    run = _interrupted(monkeypatch, cfg, "stage1", 1)
+    good = (run / RunDir.STATE).read_text()
+    state = json.loads(good)
+    stage1 = state["stages"]["stage1"]
+    for change, needle in (
+        ({"stages": []}, r"state.json is damaged \(stages must be an object"),
+        ({"stages": {"stage1": {**stage1, "epochs_done": 5}}}, r"stages.stage1.epochs_done is 5, over the 3 epochs"),
+        ({"stages": {"stage1": {**stage1, "epochs_done": -1}}}, r"stage1: epochs_done and wait must be 0 or more"),
+        ({"stages": {"stage1": {**stage1, "checkpoint": "../../../etc/passwd"}}}, r"checkpoint must name a file in"),
+        ({"stages": {"stage1": {**stage1, "best_weights": "/etc/passwd"}}}, r"best_weights must name a file in"),
+        ({"stages": {"stage1": {**stage1, "checkpoint": "checkpoints/../../x"}}}, r"checkpoint must name a file in"),
+        ({"format": 99, "stages": {"stage1": {**stage1, "new": 1}}}, r"written by another floranet version"),
+    ):
+        (run / RunDir.STATE).write_text(json.dumps({**state, **change}))
+        with pytest.raises(ModelError, match=needle):
+            _resume(cfg)
+    (run / RunDir.STATE).write_text(json.dumps({k: v for k, v in state.items() if k != "format"}))  # an older file
+    assert _resume(cfg)["complete"]

@@ -17,7 +17,8 @@ import shutil
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import PurePosixPath
 from typing import Any
 
 import keras
@@ -26,6 +27,9 @@ from floranet.config import is_finite_number
 from floranet.errors import ConfigError, DatasetError, ModelError, WeightsError
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_path
+
+# state.json's layout; a file without "format" is of this one (written before the key was).
+STATE_FORMAT = 1
 
 
 @dataclass
@@ -61,6 +65,7 @@ class RunState:
         run.write_json(
             RunDir.STATE,
             {
+                "format": STATE_FORMAT,
                 "stages": {k: asdict(v) for k, v in self.stages.items()},
                 "history": self.history,
                 "complete": self.complete,
@@ -73,15 +78,25 @@ class RunState:
         """The run's ``state.json`` (a fresh state when absent), with every checkpoint it names on disk.
 
         Raises:
-            ModelError: It is damaged or hand-edited out of shape, or names a checkpoint that is gone (resuming
-                from a fresh model would train the remaining epochs only, and say nothing).
+            ModelError: It is damaged or hand-edited out of shape, was written by another floranet version, or
+                names a checkpoint that is gone (resuming from a fresh model would train the remaining epochs only,
+                and say nothing) or lies outside ``checkpoints/``.
         """
         raw = run.read_json(RunDir.STATE)
         if raw is None:
             return cls()
+        fmt = raw.get("format", STATE_FORMAT) if isinstance(raw, dict) else STATE_FORMAT  # older files: none
+        if fmt != STATE_FORMAT:
+            raise ModelError(
+                f"{run / RunDir.STATE} was written by another floranet version (format {fmt!r}; this one reads "
+                f"{STATE_FORMAT}): resume the run with that version, or start a new run with another --out"
+            )
         try:
+            stages = raw.get("stages", {})
+            if not isinstance(stages, dict):
+                raise TypeError(f"stages must be an object of stage name -> stage, not {stages!r}")
             state = cls(
-                stages={str(k): _stage(v) for k, v in dict(raw.get("stages", {})).items()},
+                stages={str(k): _stage(v, f"stages.{k}") for k, v in stages.items()},
                 history=[dict(row) for row in raw.get("history", [])],
                 complete=_boolean(raw.get("complete", False)),
                 earlier_seconds=_seconds(raw.get("seconds", 0.0)),
@@ -100,15 +115,45 @@ class RunState:
                     )
         return state
 
+    def check_epochs(self, run: RunDir, epochs: dict[str, int]) -> None:
+        """Refuses a stage that has done more epochs than the run's settings give it.
 
-def _stage(value: Any) -> StageState:
-    """A stage of ``state.json``, its fields of the types :class:`StageState` holds."""
-    st = StageState(**dict(value))
+        Args:
+            run: The run (named in the message).
+            epochs: Stage name -> its epochs in the run's settings.
+
+        Raises:
+            ModelError: ``state.json`` says otherwise (a hand edit: the stage would count as finished early).
+        """
+        for name, st in self.stages.items():
+            if name in epochs and st.epochs_done > epochs[name]:
+                raise ModelError(
+                    f"{run / RunDir.STATE} is damaged (stages.{name}.epochs_done is {st.epochs_done}, over the "
+                    f"{epochs[name]} epochs of {name} in {RunDir.CONFIG}); the run cannot be resumed: start a new "
+                    "run with another --out"
+                )
+
+
+def _stage(value: Any, where: str) -> StageState:
+    """A stage of ``state.json`` (at ``where``), its fields of the types :class:`StageState` holds."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{where} must be an object, not {value!r}")
+    unknown = sorted(set(value) - {f.name for f in fields(StageState)})
+    if unknown:
+        raise TypeError(f"{where} has unknown fields: {', '.join(map(repr, unknown))}")
+    st = StageState(**value)
     ints, optional_text = ("epochs_done", "wait"), ("checkpoint", "best_weights", "path", "features")
     if not all(isinstance(getattr(st, f), int) and not isinstance(getattr(st, f), bool) for f in ints):
         raise TypeError(f"epochs_done and wait must be ints, not {st.epochs_done!r} and {st.wait!r}")
+    if st.epochs_done < 0 or st.wait < 0:
+        raise ValueError(f"{where}: epochs_done and wait must be 0 or more, not {st.epochs_done} and {st.wait}")
     if not all(getattr(st, f) is None or isinstance(getattr(st, f), str) for f in optional_text):
         raise TypeError("checkpoint, best_weights, path and features must be text or null")
+    for f in ("checkpoint", "best_weights"):
+        name = getattr(st, f)
+        parts = PurePosixPath(name).parts if name else ()
+        if name and (len(parts) < 2 or parts[0] != RunDir.CHECKPOINTS or ".." in parts or "\\" in name):
+            raise ValueError(f"{where}.{f} must name a file in the run's {RunDir.CHECKPOINTS}/, not {name!r}")
     if st.best_val_loss is not None and not isinstance(st.best_val_loss, (int, float)):
         raise TypeError(f"best_val_loss must be a number or null, not {st.best_val_loss!r}")
     st.complete = _boolean(st.complete)

@@ -306,7 +306,9 @@ def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         if not run.exists(RunDir.CONFIG):
             raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
         check_resume_settings(run, config)
-        return RunState.load(run)
+        state = RunState.load(run)
+        state.check_epochs(run, {"stage1": config.epochs, "stage2": config.fine_tune_epochs})
+        return state
     if run.exists(RunDir.STATE) and run.exists(RunDir.CONFIG):
         raise ConfigError(
             f"{run.path} already holds a run. Use --resume to continue it, or choose another "
