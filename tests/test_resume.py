@@ -349,3 +349,34 @@ def test_impossible_values_in_state_json_are_refused_by_field(data, tmp_path, mo
             _resume(cfg)
     (run / RunDir.STATE).write_text(json.dumps({k: v for k, v in state.items() if k != "format"}))  # an older file
     assert _resume(cfg)["complete"]
+
+
+def test_a_run_resumed_after_training_counts_its_evaluation_once(data, tmp_path, monkeypatch) -> None:
+    """state.json's seconds were saved after the final evaluation: a run killed in its report and resumed counted
+    the first evaluation in earlier_processes and its own again in training, and its total (this process alone,
+    5.93 s) was under its training (11.74 s)."""
+    import sys
+    import time
+
+    from floranet.training import outputs
+
+    train_module = sys.modules["floranet.workflows.train"]
+    cfg = _settings(data, tmp_path / "run", epochs=1, fine_tune_epochs=1)
+    compile_ir = outputs.compile_model_ir
+
+    def slow(*args, **kwargs):  # an evaluation of 2 s or more
+        time.sleep(2.0)
+        return compile_ir(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(outputs, "compile_model_ir", slow)
+        m.setattr(train_module, "build_report", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            train(cfg, progress=False, say=lambda _: None)
+    first = json.loads((Path(cfg.out) / RunDir.METRICS).read_text())["timings_s"]  # fit's, evaluation written
+    saved = json.loads((Path(cfg.out) / RunDir.STATE).read_text())["seconds"]
+    assert first["evaluate"] >= 2.0 and saved <= first["total"] - first["evaluate"] + 0.1
+    _resume(cfg)
+    timings = json.loads((Path(cfg.out) / RunDir.METRICS).read_text())["timings_s"]
+    assert timings["earlier_processes"] == saved
+    assert timings["earlier_processes"] < timings["training"] <= timings["total"]

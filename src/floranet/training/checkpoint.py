@@ -49,8 +49,9 @@ class RunState:
     stages: dict[str, StageState] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
-    # Training seconds of the processes before this one (up to each one's last save), so that a resumed run's
-    # training time counts them too; this process's time is added at each save.
+    # Training seconds of the processes before this one (up to each one's last checkpoint; the final evaluation
+    # left out, as a resume does it again), so that a resumed run's training time counts them too; this process's
+    # time is added at each save.
     earlier_seconds: float = 0.0
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
@@ -61,7 +62,8 @@ class RunState:
     def stage(self, name: str) -> StageState:
         return self.stages.setdefault(name, StageState())
 
-    def save(self, run: RunDir) -> None:
+    def save(self, run: RunDir, *, seconds: float | None = None) -> None:
+        """Writes ``state.json``; ``seconds``: the training seconds to record, if not :meth:`seconds` now."""
         run.write_json(
             RunDir.STATE,
             {
@@ -69,7 +71,7 @@ class RunState:
                 "stages": {k: asdict(v) for k, v in self.stages.items()},
                 "history": self.history,
                 "complete": self.complete,
-                "seconds": round(self.seconds(), 2),
+                "seconds": round(self.seconds() if seconds is None else seconds, 2),
             },
         )
 

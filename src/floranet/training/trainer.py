@@ -172,6 +172,7 @@ def _finish(
 ) -> None:
     """Saves the final model, predicts the validation split with it, and marks the run complete."""
     config, run, timings = ctx.config, ctx.run, result.timings
+    trained = ctx.state.seconds()  # what state.json keeps: a resume evaluates again, so this part is not counted
     t = time.perf_counter()
     result.model = _save_final_model(model, config, len(result.class_names), run)
     del model  # the training copy (and its optimizer state) is no longer needed
@@ -203,7 +204,7 @@ def _finish(
         "trained_on": system.environment(),  # the report, built later or elsewhere, shows this machine's
     }
     ctx.state.complete = True
-    ctx.state.save(run)
+    ctx.state.save(run, seconds=trained)
     if ctx.dist.multi_worker:
         ctx.dist.finish(Path(config.out))
 

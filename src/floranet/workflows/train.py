@@ -146,8 +146,9 @@ def _train(
             f"floranet evaluate {run.path} --data OTHER"
         )
     say(f"Model card: {write_model_card(run.path, say=say)}")
-    # Everything this command did (training, evaluation, unknown answer, audit, report), in metrics.json too.
-    result.timings["total"] = time.perf_counter() - start
+    # Everything this command did (training, evaluation, unknown answer, audit, report), in metrics.json too; with
+    # a resumed run's earlier processes, as "training" counts them (total was under training).
+    result.timings["total"] = time.perf_counter() - start + result.timings.get("earlier_processes", 0.0)
     result.metrics["timings_s"] = {k: round(v, 2) for k, v in result.timings.items()}
     run.write_json(RunDir.METRICS, result.metrics)
     if mlflow is not None:
