@@ -380,3 +380,21 @@ def test_a_run_resumed_after_training_counts_its_evaluation_once(data, tmp_path,
     timings = json.loads((Path(cfg.out) / RunDir.METRICS).read_text())["timings_s"]
     assert timings["earlier_processes"] == saved
     assert timings["earlier_processes"] < timings["training"] <= timings["total"]
+
+
+def test_the_card_counts_the_images_a_resumed_run_kept(data, tmp_path, monkeypatch) -> None:
+    """A resume leaves out files gone since, and keeps split.csv as it was: the card's Data table (and its "Few
+    validation images" line) still showed split.csv's counts (24/6 where metrics.json said 22/5)."""
+    cfg = _settings(data, tmp_path / "run", epochs=2, fine_tune_epochs=1)
+    run = _interrupted(monkeypatch, cfg, "stage1", 1)
+    rows = [r for r in run.split().rows if r.label == "class_0"]
+    written = {s: sum(r.split == s for r in rows) for s in ("train", "validation")}
+    gone = [r for r in rows if r.split == "train"][:2] + [r for r in rows if r.split == "validation"][:1]
+    for r in gone:
+        (data / r.path).unlink()
+    _resume(cfg)
+    metrics = json.loads((run / RunDir.METRICS).read_text())
+    assert metrics["split"]["classes"]["class_0"] == {"train": written["train"] - 2, "validation": 1}
+    card = (run / "README.md").read_text(encoding="utf-8")
+    assert f"| class\\_0 | {written['train'] - 2} | 1 |" in card  # _ escaped in Markdown
+    assert "3 files listed in `split.csv` were missing or unusable when the run was resumed" in card

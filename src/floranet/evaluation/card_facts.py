@@ -105,10 +105,37 @@ class CardFacts:
         self.doctor: dict[str, Any] = self._optional(RunDir.DOCTOR) or {}
         self.class_names: list[str] = run.class_names() if run.exists(RunDir.CLASS_NAMES) else []
         self.split = run.split(self.class_names) if run.exists(RunDir.SPLIT) else None
-        self.counts = self.split.counts() if self.split else {}
+        self.counts = self._used_counts()
         self.audit = self._optional(RunDir.AUDIT)
         self.ood = self._optional(RunDir.OOD)
         self.stages: dict[str, Any] = (self._optional(RunDir.STATE) or {}).get("stages", {})
+
+    def _used_counts(self) -> dict[str, dict[str, int]]:
+        """Per class, the training and validation images the run ended with: ``metrics.json``'s record, as a
+        resume leaves out files gone since and keeps ``split.csv`` as it was (else ``split.csv``'s counts)."""
+        written = self.split.counts() if self.split else {}
+        split = self.metrics.get("split")
+        used = split.get("classes") if isinstance(split, dict) else None
+        if (
+            not isinstance(used, dict)
+            or mismatch(used, {"*": {"train": int, "validation": int}})
+            or set(used) - set(written)
+        ):
+            return written
+        return {name: {s: int(used.get(name, {}).get(s, 0)) for s in ("train", "validation")} for name in written}
+
+    @property
+    def split_gap(self) -> list[str]:
+        """A line of the card when ``split.csv`` lists files the run left out at a resume (gone by then)."""
+        total = sum(n for c in (self.split.counts() if self.split else {}).values() for n in c.values())
+        gap = total - sum(n for c in self.counts.values() for n in c.values())
+        if gap <= 0:
+            return []
+        return [
+            f"{gap} file{'s' if gap != 1 else ''} listed in `split.csv` {'were' if gap != 1 else 'was'} missing or "
+            "unusable when the run was resumed, and left out from then on: the counts above are those of the "
+            "images it ended with."
+        ]
 
     def _optional(self, name: str) -> dict[str, Any] | None:
         """An optional file as a JSON object; None when it is absent, or damaged (then noted in ``unreadable``)."""

@@ -209,7 +209,7 @@ def _data(f: CardFacts) -> list[str]:
         lines += [f"| {_md(name)} | {c['train']} | {c['validation']} |" for name, c in f.counts.items()]
         seed = f"seed {f.config.seed}, " if f.config else ""
         lines += ["", f"The split ({seed}`split.csv`) is stratified per class and keeps duplicate files together."]
-    lines += f.left_out(RunDir.DOCTOR)
+    lines += f.split_gap + f.left_out(RunDir.DOCTOR)
     return lines or ["No `doctor.json` or `split.csv` in this run."]
 
 

@@ -171,7 +171,7 @@ def _finish(
     t0: float,
 ) -> None:
     """Saves the final model, predicts the validation split with it, and marks the run complete."""
-    config, run, timings = ctx.config, ctx.run, result.timings
+    config, run, timings, split = ctx.config, ctx.run, result.timings, prepared.split
     trained = ctx.state.seconds()  # what state.json keeps: a resume evaluates again, so this part is not counted
     t = time.perf_counter()
     result.model = _save_final_model(model, config, len(result.class_names), run)
@@ -198,7 +198,8 @@ def _finish(
         "weights": config.weights or "none",
         "backbone": config.backbone,
         "notes": prepared.notes,
-        "split": {"train": len(prepared.split.train()), "validation": len(prepared.split.validation())},
+        # Per class too: a resume leaves out files gone since and keeps split.csv as it was (the card reads these).
+        "split": {"train": len(split.train()), "validation": len(split.validation()), "classes": split.counts()},
         "distribute": ctx.dist.describe(config.batch_size),
         "precision": precisions,
         "trained_on": system.environment(),  # the report, built later or elsewhere, shows this machine's
