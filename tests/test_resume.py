@@ -398,3 +398,21 @@ def test_the_card_counts_the_images_a_resumed_run_kept(data, tmp_path, monkeypat
     card = (run / "README.md").read_text(encoding="utf-8")
     assert f"| class\\_0 | {written['train'] - 2} | 1 |" in card  # _ escaped in Markdown
     assert "3 files listed in `split.csv` were missing or unusable when the run was resumed" in card
+
+
+def test_the_readmes_resume_with_the_runs_config_works(data, tmp_path, monkeypatch) -> None:
+    """README showed `--resume` alone, which a run started with flags is refused ("these differ: epochs (saved 3,
+    given 5) ..."); it did not say to give the settings again. Its example, run as written, resumes such a run."""
+    import shlex
+
+    from floranet.cli import main
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in readme.splitlines() if "--config runs/flowers/config.yaml --resume" in x)
+    cfg = _settings(data, tmp_path / "run", epochs=2, fine_tune_epochs=1)
+    run = _interrupted(monkeypatch, cfg, "stage1", 1)
+    words = shlex.split(line.partition("#")[0])[1:]
+    argv = [w.replace("DATA_DIR", str(data)).replace("runs/flowers", str(run.path)) for w in words]
+    assert argv == ["train", str(data), "--out", str(run.path), "--config", str(run / RunDir.CONFIG), "--resume"]
+    assert main(argv) == 0
+    assert json.loads((run / RunDir.STATE).read_text())["complete"] and run.is_finished()
