@@ -416,3 +416,28 @@ def test_the_readmes_resume_with_the_runs_config_works(data, tmp_path, monkeypat
     assert argv == ["train", str(data), "--out", str(run.path), "--config", str(run / RunDir.CONFIG), "--resume"]
     assert main(argv) == 0
     assert json.loads((run / RunDir.STATE).read_text())["complete"] and run.is_finished()
+
+
+@pytest.mark.parametrize("fine_tune_cache", ["auto", "off"])
+def test_a_tiny_run_says_no_alarming_keras_warnings(data, tmp_path, monkeypatch, fine_tune_cache) -> None:
+    """Normal runs printed "Your input ran out of data; interrupting training" (stage 2's start scored, and each
+    stage's first epoch, on a tf.data stream of unknown length) and "Skipping variable loading for optimizer 'adam_1',
+    because it has 21 variables whereas the saved optimizer has 1" (stage 2's best was its start, saved before its
+    optimizer was built)."""
+    import warnings
+
+    original = checkpoint.EpochCheckpoint.on_epoch_end
+
+    def never_better(self, epoch, logs=None):  # stage 2 never improves on its start: that start is loaded at the end
+        original(self, epoch, {**(logs or {}), "val_loss": 1e9} if self.stage == "stage2" else logs)
+
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "on_epoch_end", never_better)
+    cfg = _settings(data, tmp_path / "run", epochs=1, fine_tune_epochs=2, fine_tune_cache=fine_tune_cache)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, progress=False, say=lambda _: None)
+    said = [str(w.message) for w in caught]
+    assert not [m for m in said if "ran out of data" in m or "Skipping variable loading" in m], said
+    stage2 = json.loads((Path(cfg.out) / RunDir.STATE).read_text())["stages"]["stage2"]
+    assert stage2["path"] == ("full" if fine_tune_cache == "off" else "prefix-cache")
+    assert stage2["best_weights"].endswith("stage2-best-epoch000.weights.h5")

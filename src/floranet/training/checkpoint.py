@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -197,7 +198,11 @@ def load_weights(target: keras.Model, run: RunDir, name: str) -> None:
     """
     path = run / name
     try:
-        target.load_weights(path)
+        # A stage's start (its "epoch 0" best) is saved before its optimizer is built: Keras then says it skips the
+        # optimizer's variables, and only the model's weights are wanted here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            target.load_weights(path)
     except Exception as e:  # h5py's OSError, Keras's ValueError, ...
         raise _damaged(path, str(e).rstrip(".")) from e
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,15 @@ class Prepared:
             max_pixels=self.config.max_pixels,
             on_error="skip",
         )
+
+
+@contextlib.contextmanager
+def unknown_length() -> Iterator[None]:
+    """Keras's "Your input ran out of data; interrupting training" left unsaid: :meth:`Prepared.dataset`'s streams
+    skip images that fail to decode, so their length is unknown, and a pass over one ends that way."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
 
 
 def prepare(

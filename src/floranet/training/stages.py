@@ -33,7 +33,7 @@ from floranet.training.checkpoint import (
     load_weights,
     record_best,
 )
-from floranet.training.data import Prepared
+from floranet.training.data import Prepared, unknown_length
 from floranet.training.losses import compile_model
 from floranet.training.views import ViewSequence
 
@@ -129,15 +129,16 @@ def run_stage(stage: Stage, ctx: StageContext) -> None:
         distribute.prebuild(dist, fit_model, train)
         if stage.continues:
             _score_start(fit_model, validation, st, ctx, stage.name)
-        fit_model.fit(
-            train,
-            validation_data=validation,
-            epochs=stage.epochs,
-            initial_epoch=0 if dist.multi_worker else st.epochs_done,
-            callbacks=callbacks,
-            verbose=1 if ctx.progress else 0,
-            **{"class_weight": ctx.class_weight, **kwargs},
-        )
+        with unknown_length():
+            fit_model.fit(
+                train,
+                validation_data=validation,
+                epochs=stage.epochs,
+                initial_epoch=0 if dist.multi_worker else st.epochs_done,
+                callbacks=callbacks,
+                verbose=1 if ctx.progress else 0,
+                **{"class_weight": ctx.class_weight, **kwargs},
+            )
     if fit_model is not stage.target:  # a resumed checkpoint trained: bring the target up to date
         stage.target.set_weights(fit_model.get_weights())
     if config.early_stopping_patience and st.best_weights and (ctx.run / st.best_weights).exists():
@@ -157,7 +158,8 @@ def _score_start(model: keras.Model, validation: Any, st: StageState, ctx: Stage
     if st.epochs_done or st.best_val_loss is not None:  # resumed: scored before, or trained already
         return
     x, y = validation if isinstance(validation, tuple) else (validation, None)
-    loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    with unknown_length():
+        loss = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
     if not math.isfinite(loss):
         return
     record_best(ctx.run, st, name, 0, model, float(loss))
