@@ -239,7 +239,7 @@ def test_a_saved_config_reads_back_the_same_under_yaml_1_1_and_1_2(tmp_path, tex
     """A text that one rule reads as a number, bool, date or null is quoted in config.yaml: the run's own settings
     (and --resume's comparison with them) come back as given, and other YAML tools read them the same."""
     from floranet.rundir import RunDir
-    from floranet.training.trainer import settings_changed
+    from floranet.training.opening import settings_changed
 
     cfg = config.resolve(out=text, data_dir=str(tmp_path / "d"), weights="none")
     cfg.save(tmp_path / RunDir.CONFIG)
@@ -254,7 +254,7 @@ def test_resume_compares_a_hand_edited_config_as_floranet_reads_it(tmp_path) -> 
     "these differ: image_size (saved 32, given [32, 32])", "weights (saved 'none', given None)"; and a key the
     file lacked compared with the recommended preset's value, whatever preset the run had."""
     from floranet.rundir import RunDir
-    from floranet.training.trainer import check_resume_settings, settings_changed
+    from floranet.training.opening import check_resume_settings, settings_changed
 
     run = RunDir(tmp_path)
     file = tmp_path / RunDir.CONFIG

@@ -18,9 +18,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from floranet.config import PRESETS, TrainConfig
+from floranet.config import TrainConfig
 from floranet.config.choices import check
-from floranet.config.train import absolute_paths
 from floranet.errors import ConfigError
 from floranet.inference import runtime
 from floranet.models import backbones, classifier
@@ -28,7 +27,8 @@ from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training import distribute, outputs, prefix
-from floranet.training.checkpoint import RunState, withdrawn_if_refused
+from floranet.training.checkpoint import withdrawn_if_refused
+from floranet.training.opening import open_run_dir
 from floranet.training.outputs import Predictions
 from floranet.training.stages import (
     FeatureCache,
@@ -108,7 +108,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
     t0 = time.perf_counter()
     resume = _distributed_resume(dist, out, resume, say)
     with withdrawn_if_refused(run, fresh=not resume):  # a refused start leaves no run to block its retry
-        state = _open_run_dir(run, config, resume)
+        state = open_run_dir(run, config, resume)
         config = _announce_distribution(dist, config, say)
         keras.utils.set_random_seed(config.seed)
         # --precision bf16 trains every stage in mixed bf16; "auto" builds in fp32 and switches stage 2
@@ -300,77 +300,6 @@ def _announce_distribution(dist: distribute.Distribution, config: TrainConfig, s
         say("Multi-worker: early stopping is off (every worker must run the same epochs after a restart).")
         config = dataclasses.replace(config, early_stopping_patience=0)
     return config
-
-
-def _open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
-    """A new run directory (config.yaml written), or the state of the run to resume."""
-    if resume:
-        if not run.exists(RunDir.CONFIG):
-            raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
-        check_resume_settings(run, config)
-        state = RunState.load(run)
-        state.check_epochs(run, {"stage1": config.epochs, "stage2": config.fine_tune_epochs})
-        return state
-    if run.exists(RunDir.STATE) and run.exists(RunDir.CONFIG):
-        raise ConfigError(
-            f"{run.path} already holds a run. Use --resume to continue it, or choose another "
-            f"--out. Received: out={str(run.path)!r}"
-        )
-    run.check_new_output()  # a fresh state.json alone is a start killed before its config.yaml: begun again
-    run.path.mkdir(parents=True, exist_ok=True)
-    state = RunState()
-    # Before config.yaml: with it, what makes the folder a run (RunDir.is_run) from its first second, so one killed
-    # at any point after is a run that --resume continues, not "a folder of yours" (config.yaml first left a gap).
-    state.save(run)
-    run.write_config(config)
-    return state
-
-
-def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
-    """Refuses to resume with other settings than the run's, each named with its saved and given value.
-
-    Args:
-        run: The run to resume.
-        config: The settings given for it.
-
-    Raises:
-        ConfigError: Some differ.
-    """
-    changed = settings_changed(run, config)
-    if changed:
-        saved, given = _saved_settings(run), config.to_dict()
-        shown = [f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in changed]
-        raise ConfigError(
-            f"--resume needs the settings of the run in {run.path}; these differ: {'; '.join(shown)}. Give the "
-            f"settings the run was started with (its {RunDir.CONFIG}, e.g. --config {run / RunDir.CONFIG}), or "
-            "start a new run with another --out."
-        )
-
-
-def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
-    """The settings of ``config`` that differ from the run's ``config.yaml`` (what a resume must not change).
-
-    Args:
-        run: The run whose ``config.yaml`` is compared.
-        config: The settings given.
-    """
-    saved = _saved_settings(run)
-    return sorted(k for k, v in config.to_dict().items() if k not in _PLACE and saved.get(k) != v)
-
-
-_PLACE = ("out", "workers", "worker_index")  # where the run is and who trains it, not what it trains
-
-
-def _saved_settings(run: RunDir) -> dict[str, Any]:
-    """The run's ``config.yaml`` as :meth:`TrainConfig.to_dict` gives a config's (``image_size: 32`` as [32, 32],
-    ``weights: none`` as None); a setting it lacks (newer than the run) is its preset's value, what it used."""
-    saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
-    values = {k: v for k, v in saved.items() if k not in _PLACE}
-    try:
-        return TrainConfig(**values).to_dict()
-    except (ConfigError, TypeError, ValueError):  # a value this floranet refuses: compared as saved
-        preset = str(saved.get("preset"))
-        return {**TrainConfig(preset=preset if preset in PRESETS else TrainConfig.preset).to_dict(), **saved}
 
 
 def _with_policy(

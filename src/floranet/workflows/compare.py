@@ -35,7 +35,7 @@ from floranet.inference import load
 from floranet.inference.runtime import choose_inference
 from floranet.models import backbones, registry
 from floranet.rundir import RunDir
-from floranet.training.trainer import settings_changed
+from floranet.training.opening import settings_changed
 from floranet.utils.files import atomic_write_text, write_json
 from floranet.workflows.ranking import Comparison, Entry, mark_other_data, page
 from floranet.workflows.train import train

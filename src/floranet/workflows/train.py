@@ -15,7 +15,8 @@ from floranet.inference import runtime
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult, fit
-from floranet.training.trainer import check_arguments, check_resume_settings
+from floranet.training.opening import check_resume_settings
+from floranet.training.trainer import check_arguments
 from floranet.workflows.after_training import audit_and_unknown
 from floranet.workflows.tracking import check_tracking
 

@@ -1,0 +1,88 @@
+"""Opening a run directory: a new run's first files, or the state of the run to resume, and the settings a resume
+must keep (:func:`settings_changed`, which ``floranet compare`` also reads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from floranet.config import PRESETS, TrainConfig
+from floranet.config.train import absolute_paths
+from floranet.errors import ConfigError
+from floranet.rundir import RunDir
+from floranet.training.checkpoint import RunState
+
+
+def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
+    """A new run directory (config.yaml written), or the state of the run to resume.
+
+    Raises:
+        ConfigError: Nothing to resume, a resume with other settings, or a new run into a folder holding one.
+        ModelError: The state of the run to resume is damaged.
+    """
+    if resume:
+        if not run.exists(RunDir.CONFIG):
+            raise ConfigError(f"Nothing to resume: {run.path} has no {RunDir.CONFIG}. Received: resume=True")
+        check_resume_settings(run, config)
+        state = RunState.load(run)
+        state.check_epochs(run, {"stage1": config.epochs, "stage2": config.fine_tune_epochs})
+        return state
+    if run.exists(RunDir.STATE) and run.exists(RunDir.CONFIG):
+        raise ConfigError(
+            f"{run.path} already holds a run. Use --resume to continue it, or choose another "
+            f"--out. Received: out={str(run.path)!r}"
+        )
+    run.check_new_output()  # a fresh state.json alone is a start killed before its config.yaml: begun again
+    run.path.mkdir(parents=True, exist_ok=True)
+    state = RunState()
+    # Before config.yaml: with it, what makes the folder a run (RunDir.is_run) from its first second, so one killed
+    # at any point after is a run that --resume continues, not "a folder of yours" (config.yaml first left a gap).
+    state.save(run)
+    run.write_config(config)
+    return state
+
+
+def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
+    """Refuses to resume with other settings than the run's, each named with its saved and given value.
+
+    Args:
+        run: The run to resume.
+        config: The settings given for it.
+
+    Raises:
+        ConfigError: Some differ.
+    """
+    changed = settings_changed(run, config)
+    if changed:
+        saved, given = _saved_settings(run), config.to_dict()
+        shown = [f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in changed]
+        raise ConfigError(
+            f"--resume needs the settings of the run in {run.path}; these differ: {'; '.join(shown)}. Give the "
+            f"settings the run was started with (its {RunDir.CONFIG}, e.g. --config {run / RunDir.CONFIG}), or "
+            "start a new run with another --out."
+        )
+
+
+def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
+    """The settings of ``config`` that differ from the run's ``config.yaml`` (what a resume must not change).
+
+    Args:
+        run: The run whose ``config.yaml`` is compared.
+        config: The settings given.
+    """
+    saved = _saved_settings(run)
+    return sorted(k for k, v in config.to_dict().items() if k not in _PLACE and saved.get(k) != v)
+
+
+_PLACE = ("out", "workers", "worker_index")  # where the run is and who trains it, not what it trains
+
+
+def _saved_settings(run: RunDir) -> dict[str, Any]:
+    """The run's ``config.yaml`` as :meth:`TrainConfig.to_dict` gives a config's (``image_size: 32`` as [32, 32],
+    ``weights: none`` as None); a setting it lacks (newer than the run) is its preset's value, what it used."""
+    saved = absolute_paths(run.saved_settings())  # a run from before they were recorded so: relative to here
+    values = {k: v for k, v in saved.items() if k not in _PLACE}
+    try:
+        return TrainConfig(**values).to_dict()
+    except (ConfigError, TypeError, ValueError):  # a value this floranet refuses: compared as saved
+        preset = str(saved.get("preset"))
+        return {**TrainConfig(preset=preset if preset in PRESETS else TrainConfig.preset).to_dict(), **saved}
