@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -29,13 +30,37 @@ BASELINE_REF = "c86ec50"
 CLI = "import sys; from floranet.cli import main; sys.exit(main())"  # `floranet ...` for any src/ on PYTHONPATH
 
 
+# What a suite run rewrites itself: changes there do not make the measured code "+dirty".
+_NOT_CODE = (":(exclude)benchmarks/results", ":(exclude)benchmarks/README.md")
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    """The checkout's short commit, with "+dirty" where tracked files outside benchmarks/results and
+    benchmarks/README.md differ from it (a suite run rewrites those itself); None outside a git checkout."""
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
 def machine_info() -> dict[str, Any]:
-    """The CPU, its flags that decide floranet's auto policies, and the versions that ran."""
+    """The CPU, its flags that decide floranet's auto policies, the versions that ran, and the code and UTC time
+    of the measurement (``git_commit``, ``date_utc``; results written before these fields existed lack them)."""
     from floranet.utils import system
 
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
     env = system.environment()
     return {
+        "git_commit": git_commit(),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu": env["cpu"],
         "cpu_model": env["cpu model"],
         "cores": os.cpu_count(),

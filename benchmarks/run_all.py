@@ -154,7 +154,7 @@ def _predict(r: dict) -> str:
 
 
 def _model(m: dict) -> str:
-    """The CPU's family and model, where the result records them (from 2026-11-27 on)."""
+    """The CPU's family and model, where the result records them (results written from df8d4e6 on)."""
     return f" ({m['cpu_model']})" if m.get("cpu_model") and m["cpu_model"] != "?" else ""
 
 
@@ -167,8 +167,15 @@ def _machine(m: dict) -> str:
     return (
         f"Machine: {m.get('cpu', '?')}{_model(m)}, {m.get('cores', '?')} cores, "
         f"flags {', '.join(m.get('cpu_flags', []))}: "
-        f"**{kind}**; TensorFlow {m.get('tensorflow', '?')}"
+        f"**{kind}**; TensorFlow {m.get('tensorflow', '?')}{_code(m)}"
     )
+
+
+def _code(m: dict) -> str:
+    """The commit measured and when, where the result records them (machine_info's git_commit, date_utc)."""
+    if "git_commit" not in m:
+        return ""
+    return f"; code {m['git_commit'] or 'not a git checkout'}, {m.get('date_utc', '?')}"
 
 
 def _serve(r: dict) -> str:
@@ -303,6 +310,15 @@ def _finetune_screen(r: dict) -> str:
     )
 
 
+def _older_than(field: str, consequence: str) -> str:
+    """The text ' (A and B are older: CONSEQUENCE)' naming the results whose machine lacks ``field`` ('' if none)."""
+    older = sorted(p.stem for p in RESULTS.glob("*.json") if field not in json.loads(p.read_text()).get("machine", {}))
+    if not older:
+        return ""
+    names = older[0] if len(older) == 1 else ", ".join(older[:-1]) + " and " + older[-1]
+    return f" ({names} {'is' if len(older) == 1 else 'are'} older: {consequence})"
+
+
 def render() -> str:
     out = [
         "# Benchmarks",
@@ -316,8 +332,10 @@ def render() -> str:
         "different CPUs. On a **bf16 CPU** (AVX512_BF16 or AMX) `--precision auto` extracts features and the",
         "stage-2 prefix in OpenVINO bf16 and fine-tunes in Keras mixed bf16; on a **CPU without native bf16**",
         "(AVX2 only, most cloud VMs and laptops) it does all of that in fp32, and int8 is opt-in",
-        "(`--precision int8`, see its section). Every result records the CPU flags and whether bf16 is native,",
-        "printed under each section. A figure holds for the CPU kind it names and no other: to compare kinds,",
+        "(`--precision int8`, see its section). Every result records the CPU flags, printed under each section;",
+        "results written from c4852e3 on also record whether bf16 is native"
+        + _older_than("native_bf16", "their kind is read from their flags")
+        + ". A figure holds for the CPU kind it names and no other: to compare kinds,",
         "run the suite on each (`make bench`), keep each `results/` folder, and compare the *ratios* within",
         "each run (floranet vs baseline, bf16 or int8 vs fp32), never absolute seconds across machines.",
         "A bf16 CPU's speed-ups from bf16 are absent on AVX2; its fp32 rows are the closest guide to an",
@@ -325,8 +343,13 @@ def render() -> str:
         "",
         'One name can cover several CPU generations: "AMD EPYC, 2 cores" ran these benchmarks on at least two',
         "(bench_forward's fp32 matrix product peaked at 184 GFLOP/s on one and 474 on the other). Results",
-        "from 2026-11-27 on also record the CPU's family and model, shown beside its name; older ones do not,",
-        "so compare figures of two sections only as the ratios each measured within its own run.",
+        "written from df8d4e6 on also record the CPU's family and model, shown beside its name; older ones do",
+        "not (their `machine.platform` names the kernel build only), so compare figures of two sections only as",
+        "the ratios each measured within its own run.",
+        "",
+        "Results that show `code COMMIT, DATE` after the machine record the commit they measured (`+dirty`: the",
+        "tracked files other than benchmarks' results differed from it) and the UTC time the result was written;",
+        "older results lack both, and `git log benchmarks/results/NAME.json` tells when each was committed.",
         "",
     ]
     sections = [

@@ -29,3 +29,49 @@ def test_the_before_audit_result_records_the_commit_that_reproduces_it() -> None
     recorded = json.loads((BENCH / "results" / "time_to_accuracy_before_audit.json").read_text())["command"]
     checkout = "git worktree add ../floranet-b4e48d7 b4e48d7 && cd ../floranet-b4e48d7 && PYTHONPATH=src "
     assert recorded.startswith(checkout)
+
+
+def test_machine_info_records_the_commit_and_utc_time_it_measured() -> None:
+    import datetime
+
+    import common
+
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    info = common.machine_info()
+    assert info["git_commit"] == common.git_commit()
+    when = datetime.datetime.strptime(info["date_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert before <= when <= datetime.datetime.now(datetime.UTC)
+
+
+def test_git_commit_is_dirty_only_for_changed_code(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    import common
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert common.git_commit(tmp_path) is None  # not a git checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "x.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("")
+    (tmp_path / "benchmarks" / "results" / "x.json").write_text('{"new": 1}')  # a suite run rewrites results
+    assert common.git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.git_commit(tmp_path) == head + "+dirty"
+
+
+def test_the_benchmarks_readme_claims_native_bf16_only_for_results_that_record_it() -> None:
+    text = run_all.render()
+    assert "Every result records the CPU flags and whether bf16 is native" not in text
+    assert "Results\nfrom 2026-11-27 on also record the CPU's family" not in text
+    older = [
+        p.stem for p in (BENCH / "results").glob("*.json") if "native_bf16" not in json.loads(p.read_text())["machine"]
+    ]
+    assert all(name in text.split("## ")[1] for name in older)
