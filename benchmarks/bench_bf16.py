@@ -230,7 +230,8 @@ def main() -> None:
         passed = worst < 0.5
         noise = control_noise(summary)
         print(
-            f"largest mean accuracy change from {low}: {worst:.2f} points (target < 0.5): "
+            f"largest accuracy change from {low} (seed means, the full classifier's one run, whole runs' mean): "
+            f"{worst:.2f} points (target < 0.5): "
             + ("PASS" if passed else "FAIL")
             + f"; the fp32 control moved it by up to {noise:.2f} points (|mean| + sd), "
             + ("so the bar is within this run's noise" if noise >= 0.5 else "below the bar")

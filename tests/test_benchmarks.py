@@ -75,3 +75,17 @@ def test_the_benchmarks_readme_claims_native_bf16_only_for_results_that_record_i
         p.stem for p in (BENCH / "results").glob("*.json") if "native_bf16" not in json.loads(p.read_text())["machine"]
     ]
     assert all(name in text.split("## ")[1] for name in older)
+
+
+def test_the_bf16_figures_say_which_change_is_a_seed_mean_and_which_one_run() -> None:
+    r = json.loads((BENCH / "results" / "bf16.json").read_text())
+    means = [abs(s["mean_points"]) for s in r["summary"] if s["change"].startswith("bf16")]
+    one_run = abs(r["full_model"]["delta_points"])
+    assert max(means) < one_run == r["max_mean_delta_points"]  # the headline figure is one run, not a mean
+    section = run_all._low_precision(r)
+    assert "Largest mean change" not in section
+    assert f"the 5-seed means (at most {max(means):.2f}" in section
+    assert f"one run (tutorial preset, seed 0: {one_run:.2f})" in section
+    readme = " ".join((BENCH.parent / "README.md").read_text().split())
+    assert f"by at most {max(means):.2f} points as a mean over 5 seeds" in readme
+    assert f"{one_run:.2f} points on average" not in readme
