@@ -672,8 +672,10 @@ def test_near_duplicates_are_found_in_a_small_set_of_real_photos(tmp_path: Path)
         planted.add(frozenset((f"{c}/{original.name}", f"{other}/{copy.name}")))
     mobilenet = {"backbone": "mobilenet_v2", "weights": "imagenet", "image_size": 97, "preset": "tutorial"}
     result = audit_fn(data, out=tmp_path / "audit", **mobilenet, runtime="tensorflow", precision="fp32").result
-    found = {frozenset((f.file, f.other_file)) for f in result.findings if f.kind.startswith("duplicate")}
-    assert found == planted and result.facts["duplicate_similarity"] < 0.42
+    pairs = [f for f in result.findings if f.kind.startswith("duplicate")]
+    assert {frozenset((f.file, f.other_file)) for f in pairs} == planted
+    # README's figures: the set's own threshold 0.06, and no planted copy reaching the fixed 0.42
+    assert round(result.facts["duplicate_similarity"], 2) == 0.06 and max(f.score for f in pairs) < 0.42
 
 
 def test_exclude_of_the_audit_keeps_one_copy_of_every_group_of_near_duplicates() -> None:
