@@ -124,13 +124,13 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
             runtime, why = "tensorflow", "no GPU and OpenVINO is not installed (pip install 'floranet[openvino]')"
         reasons.append(why)
     if precision == "auto":
-        # benchmarks/bench_bf16.py: bf16 features and predictions moved validation accuracy by no more than the
-        # fp32 control did (mean over seeds), at 1.7-2x the speed where the CPU computes bf16 natively.
+        # bench_bf16.py: bf16 moved validation accuracy by no more than the fp32 control did (mean over seeds);
+        # bench_forward.py: 1.7-2.1x the speed of fp32 on AVX512_BF16 CPUs (AMD EPYC; no AMX CPU was measured).
         if runtime == "openvino" and native_bf16():
             precision = "bf16"
             reasons.append(
-                "bf16: this CPU computes it natively (AVX512_BF16/AMX), about 2x fp32, with an accuracy "
-                "change within the noise of retraining (benchmarks/bench_bf16.py)"
+                "bf16: this CPU computes it natively; about 2x fp32 as measured on an AVX512_BF16 CPU (AMX not "
+                "measured), with an accuracy change within retraining's noise (benchmarks/bench_bf16.py)"
             )
         else:
             precision = "fp32"
@@ -170,8 +170,8 @@ def choose_inference(runtime: str = "auto", precision: str = "auto", *, images: 
 def training_precision(precision: str = "auto") -> tuple[str, str]:
     """The Keras policy for fine-tuning ("float32" or "mixed_bfloat16") and why.
 
-    ``auto`` picks mixed bf16 on CPUs with native bf16 (AVX512_BF16/AMX), where
-    benchmarks/bench_finetune.py measures it about 1.5x faster than fp32, and fp32 elsewhere.
+    ``auto`` picks mixed bf16 on CPUs with native bf16 (AVX512_BF16/AMX) and fp32 elsewhere: bench_finetune.py
+    measured training steps about 1.5x faster than fp32 on an AVX512_BF16 CPU (no AMX CPU was measured).
     """
     check_choice("precision", precision, TRAIN_PRECISIONS)
     if precision == "bf16":
@@ -182,7 +182,8 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     if gpu_available():
         return "float32", "on GPU fp32 unless --precision bf16 is given"
     if native_bf16():
-        return "mixed_bfloat16", "this CPU has native bf16, where mixed bf16 fine-tunes about 1.5x faster"
+        why = "this CPU has native bf16; mixed bf16 trained about 1.5x faster than fp32 as measured on an AVX512_BF16"
+        return "mixed_bfloat16", why + " CPU (AMX not measured; benchmarks/bench_finetune.py)"
     return "float32", "this CPU has no native bf16"
 
 
