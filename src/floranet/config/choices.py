@@ -34,7 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # validation loss, then fine-tuning the last stage at 1e-4 with a cosine schedule for 2 epochs on the frozen
     # layers' outputs that stage 1's pass already wrote (training/prefix.py). 4 augmented epochs instead: mean
     # validation accuracy 94.8% instead of 94.2% over bench_unknown.py's five 4-class runs of flower_photos
-    # (MobileNetV2, 225 px), for 118 s of training instead of 69 s (results/unknown_recommended*.json).
+    # (MobileNetV2, 225 px; per_class val_accuracy in results/unknown_recommended.json and
+    # unknown_recommended_fine_tune_epochs-4_augment-fine-tune.json). Their train_seconds come from separate
+    # runs on a shared machine (the 2-epoch file's note says its cores were busy), so they do not compare.
     "recommended": {
         "backbone": "resnet50",
         "image_size": (180, 180),
