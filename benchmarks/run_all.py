@@ -313,6 +313,21 @@ def _unknown_variants() -> list[tuple[str, str, Callable[[dict], str]]]:
     return out
 
 
+def _screen_vs_trained(r: dict) -> str:
+    """The screen's kNN and energy AUROCs beside bench_unknown's on each preset's trained runs (kNN at k=1)."""
+    screen = {row["method"]: row["mean_auroc"] for row in r["rows"]}
+    here = (screen.get("knn pooled (reference)"), screen.get("energy (one head)"))
+    parts = []
+    for name, preset in (("unknown_recommended", "recommended"), ("unknown", "tutorial")):
+        trained = _load(name)
+        rows = {m["method"]: m["mean_auroc"] for m in trained["methods"]} if trained else {}
+        if rows.get("knn (k=1)") is not None and rows.get("energy") is not None:
+            parts.append(f"{rows['knn (k=1)']} and {rows['energy']} with the {preset} preset")
+    if not parts or None in here:
+        return ""
+    return f" (its kNN (k=1) and energy AUROCs: {'; '.join(parts)}; here {here[0]} and {here[1]})"
+
+
 def _finetune_screen(r: dict) -> str:
     recipes = list(next(iter(r["per_class"].values()))["train_seconds"])
     seconds = {k: sum(c["train_seconds"][k] for c in r["per_class"].values()) / len(r["per_class"]) for k in recipes}
@@ -450,7 +465,7 @@ def render() -> str:
                 + f"\n\n{r['images']} images at {r['image_size']} px, split seed {r['seed']}; one backbone pass "
                 f"{r['embed_seconds']} s{r.get('timing_note', '')}. The reference row is the pooled-feature kNN "
                 "that the shipped score builds on. bench_unknown scores its candidates on trained runs' "
-                "embeddings (its kNN and energy rows are higher there), so compare rows within this table, not "
+                f"embeddings{_screen_vs_trained(r)}, so compare rows within this table, not "
                 "across sections: an idea earns a training run only by beating its reference here."
             ),
         ),
