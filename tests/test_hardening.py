@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import errno
 import io
 import json
 import os
@@ -188,6 +189,30 @@ def test_a_link_or_fifo_at_the_locks_place_is_never_written_through(tmp_path) ->
     os.mkfifo(run / RunDir.LOCK)
     with pytest.raises(OutputError, match="run.lock: it is not a plain file"):
         run.lock().__enter__()
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_is_refused_cleanly(tmp_path, monkeypatch, code) -> None:
+    """NFS without lockd (ENOLCK) or a FUSE mount (EOPNOTSUPP) was a raw OSError traceback that left the fd open
+    and an empty run.lock (and the folders made for it) behind."""
+    from floranet.utils import locks
+
+    def flock(fd: int, op: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(locks.fcntl, "flock", flock)
+    before = len(os.listdir("/proc/self/fd"))
+    run = RunDir(tmp_path / "a" / "run")
+    with pytest.raises(OutputError, match=r"run\.lock: its file system does not support file locks.*local disk"):
+        run.lock().__enter__()
+    assert not (tmp_path / "a").exists()  # neither the lock file nor the folders made for it stay
+    assert len(os.listdir("/proc/self/fd")) == before  # the fd is closed
+    existing = tmp_path / "theirs"
+    existing.mkdir()
+    (existing / RunDir.LOCK).write_text("")  # a lock file left by a killed holder is not ours to remove
+    with pytest.raises(OutputError, match="does not support file locks"):
+        RunDir(existing).lock().__enter__()
+    assert (existing / RunDir.LOCK).exists()
 
 
 def test_concurrent_train_into_one_folder_one_is_refused(tmp_path) -> None:

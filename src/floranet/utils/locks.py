@@ -34,13 +34,16 @@ def acquire(path: Path, *, what: str, wait: bool = False, say: Callable[[str], N
 
     Raises:
         RunLockedError: Another process holds the lock (and ``wait`` is False).
-        OutputError: The lock file cannot be created.
+        OutputError: The lock file cannot be created, or its file system does not lock files (NFS without its lock
+            daemon, some FUSE mounts): nothing would keep a second writer out, so nothing is written.
     """
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders made for the lock
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(path.parent, e) from None
     while True:
+        created = not os.path.lexists(path)
         fd = _open(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,12 +53,38 @@ def acquire(path: Path, *, what: str, wait: bool = False, say: Callable[[str], N
                 os.close(fd)
                 raise RunLockedError(what, holder) from None
             _wait_for(fd, path, what, say)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP, ...: was a raw traceback that left the fd and an empty file
+            _give_up(fd, path, created, made)
+            raise OutputError(path, _unsupported(e)) from None
         if _same_file(fd, path):
             break
         os.close(fd)  # released and removed meanwhile: lock the new file instead
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _unsupported(error: OSError) -> OSError:
+    """``error`` of a lock refused by the file system, with what it means and what to do."""
+    return OSError(
+        error.errno,
+        f"its file system does not support file locks ({error.strerror or error}), and floranet does not write "
+        "without one (a second writer could not be kept out); use a folder on a local disk, or an NFS mount "
+        "with locking (lockd)",
+    )
+
+
+def _give_up(fd: int, path: Path, created: bool, made: list[Path]) -> None:
+    """Closes ``fd``; removes the lock file when this call created it, then the folders made for it."""
+    if created and _same_file(fd, path):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    os.close(fd)
+    for folder in made:  # deepest first; one not empty is someone's
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _wait_for(fd: int, path: Path, what: str, say: Callable[[str], None] | None) -> None:
