@@ -103,6 +103,19 @@ def test_a_flat_likelihood_keeps_temperature_one_not_fitted(tmp_path: Path) -> N
     assert json.loads((tmp_path / RunDir.CALIBRATION).read_text())["fitted"] is False
 
 
+def test_an_evaluation_of_no_image_leaves_no_earlier_predictions_beside_it(tmp_path: Path) -> None:
+    """With no validation image, metrics.json said num_examples=0 beside an earlier evaluation's predictions.csv."""
+    from floranet.evaluation import write_evaluation
+    from floranet.rundir import RunDir
+
+    labels, probs = fixed_predictions(6)
+    write_evaluation(Evaluation(NAMES, tuple(map(str, range(6))), labels, probs), RunDir(tmp_path), facts={})
+    assert (tmp_path / RunDir.PREDICTIONS).exists()
+    write_evaluation(Evaluation(NAMES, (), labels[:0], probs[:0]), RunDir(tmp_path), facts={})
+    assert not (tmp_path / RunDir.PREDICTIONS).exists()
+    assert RunDir(tmp_path).metrics()["num_examples"] == 0
+
+
 def test_temperature_is_found_past_twenty_and_ties_rank_as_predict_ranks_them() -> None:
     """The search stopped at T = 20 (a tiny run's optimum was 33.6); top-2 accuracy broke ties the other way from
     predict's top-k (scikit-learn ranks the higher index first)."""
@@ -361,3 +374,44 @@ def test_evaluate_data_records_the_folder_as_an_absolute_path(writable_run, tmp_
     source = json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["source"]
     assert source == f"folder {tmp_path / 'ext_sub'}"
     assert str(tmp_path / "ext_sub").replace("_", "\\_") in (writable_run / "README.md").read_text(encoding="utf-8")
+
+
+def test_an_interrupted_evaluate_leaves_no_mismatch_that_the_report_would_show(writable_run, monkeypatch, capsys):
+    """evaluate wrote metrics.json first: a Ctrl-C before predictions.csv left the new metrics (5 images, 20%)
+    beside the old predictions and plots (6 images), and `report` showed both without a word. metrics.json is now
+    written last, records the sha256 of its predictions.csv, and a pair of different evaluations is refused."""
+    from floranet.cli import main
+    from floranet.errors import ModelError
+    from floranet.evaluation import read_evaluation
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    predictions, metrics = writable_run / RunDir.PREDICTIONS, writable_run / RunDir.METRICS
+    before = metrics.stat().st_ino
+    write_text = RunDir.write_text
+
+    def killed(self: RunDir, name: str, text: str) -> Path:
+        if name == RunDir.PREDICTIONS:
+            raise KeyboardInterrupt  # Ctrl-C, or a kill, between the files
+        return write_text(self, name, text)
+
+    with monkeypatch.context() as m:
+        m.setattr(RunDir, "write_text", killed)
+        assert main(["evaluate", str(writable_run)]) == 130
+    assert metrics.stat().st_ino == before  # not replaced: it is written last
+    good = predictions.read_bytes()
+    rows = good.decode().splitlines(keepends=True)
+    predictions.write_text("".join(rows[:-1]))  # another evaluation's predictions, of one image fewer
+    count = rf"it holds {len(rows) - 2} prediction\(s\), metrics.json counts num_examples={len(rows) - 1}"
+    with pytest.raises(ModelError, match=rf"predictions.csv and .*metrics.json are of different evaluations \({count}"):
+        read_evaluation(run)
+    assert main(["report", str(writable_run), "--out", str(writable_run.parent / "r.html")]) == 2
+    assert f"rerun `floranet evaluate {writable_run}`" in capsys.readouterr().err
+    header, first, *rest = good.decode().splitlines(keepends=True)
+    cells = first.rstrip("\r\n").split(",")
+    cells[-1] = f"{float(cells[-1]) * 0.5:.9g}"  # as many rows, other figures
+    predictions.write_text("".join([header, ",".join(cells) + "\r\n", *rest]))
+    with pytest.raises(ModelError, match="its sha256 is not the one metrics.json records"):
+        read_evaluation(run)
+    assert main(["evaluate", str(writable_run)]) == 0
+    assert read_evaluation(run) is not None

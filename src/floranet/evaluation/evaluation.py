@@ -8,6 +8,7 @@ run directory (``predictions.csv`` beside ``metrics.json``), so later views neve
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -31,10 +32,13 @@ from floranet.evaluation.heldout import rows_to_evaluate
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
+from floranet.utils.files import file_digest
 from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
 VALIDATION = "validation split"
 # Facts of the training run kept in metrics.json when an evaluation is written again.
+# metrics.json's record of the predictions.csv it describes (see write_evaluation).
+PREDICTIONS_DIGEST = "predictions_sha256"
 TRAINING_FACTS = ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision", "trained_on")
 
 
@@ -178,7 +182,11 @@ def write_evaluation(
     external: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Stores an evaluation in the run: metrics first, then calibration, predictions and plots.
+    """Stores an evaluation in the run: predictions, calibration and plots first, ``metrics.json`` last.
+
+    ``metrics.json`` marks a complete evaluation: it records the sha256 of the ``predictions.csv`` it describes, so
+    a process killed between the files leaves a pair that :func:`read_evaluation` tells apart (an interrupted
+    ``evaluate`` left the new metrics beside the old predictions and plots, and the report showed both).
 
     Args:
         ev: The evaluation.
@@ -198,11 +206,12 @@ def write_evaluation(
     if facts is None:
         facts = {} if external else _previous_facts(run, say)
     if not len(ev.labels):  # no validation image (tiny classes): nothing to measure or draw
+        with contextlib.suppress(FileNotFoundError):  # an earlier evaluation's rows would contradict the metrics
+            (run / predictions_name).unlink()
         metrics = {**facts, "num_examples": 0, **ev.extra}
         run.write_json(metrics_name, metrics)
         return metrics
     metrics = {**facts, **ev.metrics(), **ev.extra}
-    run.write_json(metrics_name, metrics)
     if not external:
         run.write_json(
             RunDir.CALIBRATION,
@@ -216,7 +225,7 @@ def write_evaluation(
                 "ece_after": metrics["calibration"]["ece_after_temperature"],
             },
         )
-    run.write_text(predictions_name, ev.to_csv())
+    metrics[PREDICTIONS_DIGEST] = file_digest(run.write_text(predictions_name, ev.to_csv()))
     suffix = "_external" if external else ""
     plots.confusion_matrix_plot(
         ev.confusion_matrix(), ev.class_names, run.plot(f"confusion_matrix{suffix}.png"), title=ev.source.capitalize()
@@ -226,6 +235,7 @@ def write_evaluation(
         run.plot(f"reliability{suffix}.png"),
         calibrated=reliability(ev.calibrated_probs, ev.labels),
     )
+    run.write_json(metrics_name, metrics)  # last: it marks the files above as one complete evaluation
     return metrics
 
 
@@ -277,7 +287,28 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
             f"{path} scores the classes {list(ev.class_names)}, but {run / RunDir.CLASS_NAMES} names {names}; "
             f"rerun `floranet evaluate {run.path}`"
         )
+    _check_same_evaluation(run, metrics, len(ev.labels))
     return ev
+
+
+def _check_same_evaluation(run: RunDir, metrics: dict[str, Any], rows: int) -> None:
+    """Refuses a ``predictions.csv`` that is not the one ``metrics.json`` describes: its row count differs from
+    ``num_examples``, or its sha256 from the one recorded (a run from before that record is checked by its count).
+
+    Raises:
+        ModelError: The two files are of different evaluations (an ``evaluate`` interrupted between them).
+    """
+    path, count, digest = run / RunDir.PREDICTIONS, metrics.get("num_examples"), metrics.get(PREDICTIONS_DIGEST)
+    if isinstance(count, int) and count != rows:
+        problem = f"it holds {rows} prediction(s), {RunDir.METRICS} counts num_examples={count}"
+    elif isinstance(digest, str) and digest != file_digest(path):
+        problem = f"its sha256 is not the one {RunDir.METRICS} records"
+    else:
+        return
+    raise ModelError(
+        f"{path} and {run / RunDir.METRICS} are of different evaluations ({problem}; an `evaluate` interrupted "
+        f"between them?): rerun `floranet evaluate {run.path}`"
+    )
 
 
 def evaluate_run(
