@@ -514,6 +514,40 @@ def test_report_out_replaces_only_a_report(writable_run, tmp_path, capsys) -> No
     assert "metrics.json is missing" in capsys.readouterr().err
 
 
+def test_report_out_writes_nothing_into_the_run_and_needs_no_lock(writable_run, tmp_path, monkeypatch, capsys):
+    """`report RUN --out FILE` took the run's lock and drew RUN/plots/top_losses.png anew: on a read-only run it
+    failed "Cannot write RUN/run.lock: Read-only file system", and while evaluate, export, audit or train held the
+    lock a copy of the page was refused. It now reads the run only (its gallery drawn in a temporary folder)."""
+    import errno
+
+    from corpus import snapshot
+    from floranet.errors import OutputError
+
+    copy = tmp_path / "copy.html"
+    with RunDir(writable_run).lock():  # another command is writing the run
+        before = snapshot(writable_run)
+        assert main(["report", str(writable_run), "--out", str(copy)]) == 0, capsys.readouterr().err
+        assert snapshot(writable_run) == before
+    page = copy.read_text()
+    assert 'alt="top losses"' in page and page.count("data:image/png;base64,") >= 5
+
+    def read_only(self: RunDir) -> None:
+        raise OutputError(self / RunDir.LOCK, OSError(errno.EROFS, "Read-only file system"))
+
+    monkeypatch.setattr(RunDir, "lock", read_only)  # a run on a read-only mount, or another user's
+    before = snapshot(writable_run)
+    copy.unlink()
+    assert main(["report", str(writable_run), "--out", str(copy)]) == 0, capsys.readouterr().err
+    assert snapshot(writable_run) == before and 'alt="top losses"' in copy.read_text()
+    monkeypatch.undo()
+    (writable_run / RunDir.PREDICTIONS).unlink()  # a run from before predictions.csv: evaluated and stored
+    with RunDir(writable_run).lock():
+        assert main(["report", str(writable_run), "--out", str(copy)]) == 2
+    assert "is in use by process" in capsys.readouterr().err
+    assert main(["report", str(writable_run)]) == 0
+    assert (writable_run / RunDir.PREDICTIONS).exists() and (writable_run / "plots" / "top_losses.png").exists()
+
+
 def test_report_and_explain_never_write_into_another_run(writable_run, tiny_run, tmp_path, capsys) -> None:
     """`report RUN --out OTHER_RUN/report.html` replaced the other run's page (only this run and its data folder
     were kept out), and `explain --out OTHER_RUN/cams` wrote among its model and records. Both are refused now."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say, warn
@@ -174,10 +175,15 @@ def add_report(sub: Subparsers) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from floranet.evaluation.report import build_report
+    from floranet.evaluation.report import build_report, writes_into_run
     from floranet.rundir import RunDir
 
     # Checked before the lock, which would make the folder of a mistyped path
-    with RunDir.open(args.run_dir, needs=RunDir.FINISHED).lock():
+    run = RunDir.open(args.run_dir, needs=RunDir.FINISHED)
+    with contextlib.ExitStack() as held:
+        # Only a report that writes into the run holds its lock: its own report.html, or the evaluation a run
+        # without predictions.csv stores. `--out` elsewhere reads the run, which may be read-only or busy.
+        if writes_into_run(run, args.out) or not run.exists(RunDir.PREDICTIONS):
+            held.enter_context(run.lock())
         say(str(build_report(args.run_dir, out=args.out, say=warn)))
     return 0

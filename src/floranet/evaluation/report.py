@@ -10,6 +10,7 @@ import base64
 import html
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,17 @@ def _measured(v: Any) -> Any:
     return "n/a" if v is None else v
 
 
-def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = None) -> tuple[Path | None, int]:
+def top_losses_gallery(
+    ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = None, path: Path | None = None
+) -> tuple[Path | None, int]:
     """Draws the most confidently wrong validation images with Grad-CAM overlays.
+
+    Args:
+        ev: The evaluation whose wrong answers are drawn.
+        run: Its run (model and pixel limit).
+        k: How many images at most.
+        model: The run's loaded model, if the caller holds it.
+        path: Where the picture goes; default the run's ``plots/top_losses.png``.
 
     Returns:
         (the picture, None when no image is wrong or none of them can be read; how many of the ``k`` wrong
@@ -107,7 +117,7 @@ def top_losses_gallery(ev: Evaluation, run: RunDir, k: int = 9, *, model: Any = 
     for i, cam in enumerate(heat):
         if not cam.any():  # a plain blue map is "no evidence", not "nowhere"
             titles[i] += f"\n{NO_EVIDENCE} {ev.class_names[wanted[i]]}"
-    path = run.plot("top_losses.png")
+    path = path or run.plot("top_losses.png")
     image_grid(photos, titles, path, overlays=list(heat))
     return path, unread
 
@@ -134,6 +144,10 @@ def build_report(
 ) -> Path:
     """Writes ``RUN_DIR/report.html`` (or ``out``) from the run's stored evaluation and returns its path.
 
+    With ``out`` elsewhere, nothing is written into the run (which may be read-only, or locked by another command):
+    the top-loss gallery is drawn in a temporary folder, not as its ``plots/top_losses.png``. A run without
+    ``predictions.csv`` (from before that file) is the exception: it is evaluated once and the result stored.
+
     Args:
         run_dir: A finished run.
         evaluation: The run's evaluation, when the caller holds it; else read from ``predictions.csv``
@@ -146,6 +160,7 @@ def build_report(
     run = RunDir.open(run_dir, needs=(*RunDir.FINISHED, RunDir.METRICS))
     if out is not None:
         check_output(run, out)
+    target = Path(out) if out else run / RunDir.REPORT
     ev = evaluation or read_evaluation(run)
     if ev is None:
         ev = evaluate_run(run.path)
@@ -154,7 +169,22 @@ def build_report(
     facts = CardFacts.read(run)  # the optional side files, as the model card reads them
     for name, (_, error) in facts.unreadable.items():
         say(f"Report without {name}: {error}")
-    gallery, unread = top_losses_gallery(ev, run, model=model)
+    with tempfile.TemporaryDirectory(prefix="floranet-report-") as tmp:  # the run's plots/ only for its own page
+        drawn = None if writes_into_run(run, target) else Path(tmp) / "top_losses.png"
+        page = _page(run, ev, metrics, facts, top_losses_gallery(ev, run, model=model, path=drawn))
+    atomic_write_text(target, page)
+    return target
+
+
+def writes_into_run(run: RunDir, out: str | os.PathLike[str] | None) -> bool:
+    """Whether a report to ``out`` writes into the run: its own ``report.html`` (and the gallery in its plots/)."""
+    return out is None or Path(out).resolve() == (run / RunDir.REPORT).resolve()
+
+
+def _page(
+    run: RunDir, ev: Evaluation, metrics: dict[str, Any], facts: CardFacts, gallery: tuple[Path | None, int]
+) -> str:
+    """The report's HTML (``charset=utf-8``: a folder's non-UTF-8 bytes as ``\\xNN``)."""
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
         f"{html_text(run.path.name)}</title><style>{CSS}</style></head><body>",
@@ -164,7 +194,7 @@ def build_report(
         _metrics_section(run, metrics),
         _calibration(facts, metrics),
         "<h2>Top losses (most confidently wrong), with Grad-CAM</h2>",
-        _gallery_html(gallery, unread, ev),
+        _gallery_html(*gallery, ev),
         unknown_section(facts.ood),
         audit_section(run, facts.audit),
         _left_out(facts, RunDir.OOD, RunDir.AUDIT),
@@ -172,9 +202,7 @@ def build_report(
         _environment(metrics),
         "</body></html>",
     ]
-    target = Path(out) if out else run / RunDir.REPORT
-    atomic_write_text(target, utf8("\n".join(parts)))  # charset=utf-8: a folder's non-UTF-8 bytes as \xNN
-    return target
+    return utf8("\n".join(parts))
 
 
 def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
