@@ -738,3 +738,21 @@ def test_an_earlier_export_of_any_format_is_replaced_and_yours_refused_before_bu
     with pytest.raises(ConfigError, match=r"holds an earlier export and things it does not write \(model/notes.txt\)"):
         export_run(run_copy, "keras", out=out, max_images=0)
     assert not built and (out / "model" / "notes.txt").read_text() == "mine"
+
+
+def test_recording_an_export_on_a_file_system_without_locks_is_an_output_error(tmp_path, monkeypatch) -> None:
+    """The run lock refuses a file system without flock (NFS without lockd) with an OutputError, which export
+    passes by for a read-only run; exports.json's own lock then raised the raw OSError (Errno 37) after a whole
+    export. Now it is an OutputError naming exports.json, which export turns into a warning."""
+    import errno
+    import fcntl
+
+    from floranet.errors import OutputError
+    from floranet.export import exporter
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OutputError, match=r"exports\.json: No locks available"), exporter._locked(tmp_path):
+        pass

@@ -150,6 +150,10 @@ def _locked(directory: Path) -> Iterator[None]:
     fd = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:  # a file system without locks (NFS without lockd): was a traceback after a whole export
+        os.close(fd)
+        raise OutputError(directory / EXPORTS_FILE, e) from None
+    try:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
