@@ -183,9 +183,9 @@ def test_a_value_error_of_rays_is_a_config_error(monkeypatch: pytest.MonkeyPatch
 def test_more_workers_than_this_machine_has_cores_are_refused(tiny_run: Path, inputs: list[str]) -> None:
     """A local instance was started with workers x cpus_per_worker CPUs, more than the machine has: the actors
     shared its cores, where the README promises they never oversubscribe them."""
-    import os
+    from floranet.utils.system import usable_cpus
 
-    too_many = (os.cpu_count() or 1) + 1
+    too_many = usable_cpus() + 1
     with pytest.raises(ConfigError, match=f"needs {too_many} CPUs but the Ray cluster has {too_many - 1}"):
         predict_ray.predict_with_ray(tiny_run, inputs, num_workers=too_many, batch_size=1)
     assert not ray.is_initialized()
@@ -207,3 +207,37 @@ def test_the_ray_instance_floranet_starts_reports_no_usage_stats(monkeypatch) ->
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
     predict_ray._init_ray(FakeRay(), None, None, 1)
     assert seen == ["0", "1"]
+
+
+def test_a_local_instance_gets_the_cpus_this_process_may_use(monkeypatch, tmp_path) -> None:
+    """A local instance took os.cpu_count(): under `taskset -c 0` on 2 cores it started 2 actors (each loading the
+    model, ~800 MB) on one core; a container's CPU quota was ignored too."""
+    import os
+
+    from floranet.utils import system
+
+    seen: list[object] = []
+
+    class FakeRay:
+        def init(self, **kwargs) -> None:
+            seen.append(kwargs["num_cpus"])
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: None)
+    predict_ray._init_ray(FakeRay(), None, None, 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(system, "cgroup_cpu_quota", lambda: 3)  # docker --cpus 3
+    predict_ray._init_ray(FakeRay(), None, None, 1)
+    assert seen == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "want"), [("max 100000\n", None), ("200000 100000\n", 2), ("150000 100000", 1), ("5000 100000", 1)]
+)
+def test_the_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max: str, want: int | None) -> None:
+    from floranet.utils import system
+
+    (tmp_path / "cpu.max").write_text(cpu_max)  # the root of the cgroup tree: above any cgroup of this process
+    assert system.cgroup_cpu_quota(tmp_path) == want
+    (tmp_path / "cpu.max").unlink()
+    assert system.cgroup_cpu_quota(tmp_path) is None  # no cgroup v2 here

@@ -28,6 +28,7 @@ from floranet.errors import ConfigError
 from floranet.inference import predictor as predict
 from floranet.inference.predictor import Prediction
 from floranet.utils.optional import require
+from floranet.utils.system import usable_cpus
 
 _OBJECT_STORE_BYTES = 128 * 1024**2  # rows are paths and top-k results: a small object store is plenty
 RAY_CLIENT_PORT = 10001  # the port of Ray's client server (ray://host:port) unless `ray start` is told another
@@ -111,9 +112,10 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
                 f"~/.ray/auth_token? Received: address={address!r}"
             ) from e
         return
-    # "local" starts a fresh instance even if `ray start` runs on this machine; with this machine's cores only, so
-    # more workers than fit are refused (below) rather than sharing cores.
-    cpus = os.cpu_count() or 1
+    # "local" starts a fresh instance even if `ray start` runs on this machine; with the cores this process may use
+    # only (os.cpu_count() counted every core of the machine under `taskset` or a container's CPU quota), so more
+    # workers than fit are refused (below) rather than sharing cores.
+    cpus = usable_cpus()
     # Ray reports a cluster's usage to usage-stats.ray.io unless told not to; this instance is floranet's own, and
     # floranet sends nothing unasked (RAY_USAGE_STATS_ENABLED=1 set by the user still wins).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -41,6 +41,39 @@ def cpu_model_id() -> str:
     return f"family {fields['cpu family']}, model {fields['model']}" if len(fields) == 2 else ""
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its CPU affinity (``taskset``, a container's cpuset) and the cgroup v2 CPU
+    quota (``docker --cpus``, a Kubernetes limit), the smaller; ``os.cpu_count()`` where neither is known.
+
+    A quota of 1.5 CPUs counts as 1: work sized by this count never asks for more than the process gets.
+    """
+    # No affinity call on macOS or Windows.
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(count, quota) if quota is not None else count)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole CPUs the cgroup v2 ``cpu.max`` of this process's cgroup, or of a cgroup above it, allows (the
+    smallest), at least 1; None where no quota is set or there is no cgroup v2 (cgroup v1, macOS)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        own = next((ln[3:] for ln in lines if ln.startswith("0::")), "/")
+    except OSError:
+        own = "/"
+    folder = root / own.strip().lstrip("/")
+    quotas: list[int] = []
+    for where in (folder, *folder.parents):
+        if where == root or root in where.parents:
+            try:
+                quota, period = (where / "cpu.max").read_text().split()[:2]
+                if quota != "max":
+                    quotas.append(max(1, int(quota) // int(period)))
+            except (OSError, ValueError, ZeroDivisionError):
+                pass
+    return min(quotas) if quotas else None
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX)."""
     return bool(BF16_FLAGS & cpu_flags())
