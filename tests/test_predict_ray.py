@@ -241,3 +241,67 @@ def test_the_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max: str, want: int | Non
     assert system.cgroup_cpu_quota(tmp_path) == want
     (tmp_path / "cpu.max").unlink()
     assert system.cgroup_cpu_quota(tmp_path) is None  # no cgroup v2 here
+
+
+def test_an_address_where_a_web_server_answers_is_refused_at_once(tiny_run: Path, inputs: list[str]) -> None:
+    """RAY_ADDRESS at a port that accepts connections but is not Ray's GCS (the dashboard's 8265, any web server):
+    ray.init retried for minutes, printing Ray's GCS warnings (killed at 329 s and 534 s)."""
+    import time
+
+    from httpserver import serve
+
+    with serve({}) as served:
+        port = served.url.rsplit(":", 1)[1].split("/")[0]
+        for address, hint in ((f"127.0.0.1:{port}", "GCS port"), (f"ray://127.0.0.1:{port}", "client server's port")):
+            start = time.monotonic()
+            why = f"but not as Ray does .*answered b'.*Is this the {hint} .*not the dashboard's"
+            with pytest.raises(ConfigError, match=why):
+                predict_ray.predict_with_ray(tiny_run, inputs, address=address)
+            assert time.monotonic() - start < 30
+    assert not ray.is_initialized()
+
+
+def test_an_address_where_nothing_speaks_grpc_is_refused_within_the_timeout() -> None:
+    import socket
+    import threading
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the backlog), never answers
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match="but not as Ray does .*said nothing in 0.5 s.*Is this the GCS port"):
+            predict_ray._check_reachable(f"127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        assert time.monotonic() - start < 5
+
+    def answer_as_grpc(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(100)
+            conn.sendall(b"\x00\x00\x18\x04\x00\x00\x00\x00\x00")  # the SETTINGS frame Ray's GCS answers with
+
+    with socket.create_server(("127.0.0.1", 0)) as grpc_like:
+        threading.Thread(target=answer_as_grpc, args=(grpc_like,), daemon=True).start()
+        predict_ray._check_reachable(f"127.0.0.1:{grpc_like.getsockname()[1]}", timeout=5)  # no error
+
+
+def test_ray_init_of_a_cluster_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray tried a cluster ID 20 times, ~40 s each, where something accepted connections but no GCS answered."""
+    import os
+
+    seen: list[str | None] = []
+    tries = "RAY_gcs_server_port_wait_time_s"
+
+    class _Ray:
+        @staticmethod
+        def init(**kwargs: object) -> None:
+            seen.append(os.environ.get(tries))
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:8265")
+
+    monkeypatch.setattr(predict_ray, "_check_reachable", lambda address: None)
+    monkeypatch.delenv(tries, raising=False)
+    with pytest.raises(ConfigError, match="running there, is this its GCS port .*dashboard's \\(8265\\)"):
+        predict_ray._init_ray(_Ray, "10.0.0.5:8265", None, 1)
+    assert tries not in os.environ  # put back as it was
+    monkeypatch.setenv(tries, "30")  # the user's own wins
+    with pytest.raises(ConfigError):
+        predict_ray._init_ray(_Ray, "10.0.0.5:8265", None, 1)
+    assert seen == ["1", "30"]

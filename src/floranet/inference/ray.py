@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,15 +103,7 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
     }
     if address:
         _check_reachable(address)
-        try:
-            ray.init(address=address, **quiet)
-        # No cluster there, its auth token is not set up here, or (ValueError) an address Ray cannot use.
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(
-                f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, "
-                "and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
-                f"~/.ray/auth_token? Received: address={address!r}"
-            ) from e
+        _connect(ray, address, quiet)
         return
     # "local" starts a fresh instance even if `ray start` runs on this machine; with the cores this process may use
     # only (os.cpu_count() counted every core of the machine under `taskset` or a container's CPU quota), so more
@@ -122,14 +115,46 @@ def _init_ray(ray: Any, address: str | None, num_workers: int | None, cpus_per_w
     ray.init(address="local", num_cpus=cpus, object_store_memory=_OBJECT_STORE_BYTES, **quiet)
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Refuses at once a ``host:port`` (or ``ray://host:port``) that nothing answers: Ray itself retries an
-    unreachable cluster for minutes, printing its own warnings, before failing; and an address of no form Ray
-    takes, where Ray raised a ValueError traceback.
+def _connect(ray: Any, address: str, quiet: dict[str, Any]) -> None:
+    """``ray.init(address=...)``, one try: Ray tries a cluster ID 20 times, ~40 s each (its 5 s connect, 5 s pubsub
+    and 30 s cluster-ID timeouts), where something accepts connections that never answers as Ray's GCS would; one
+    try still waits ~40 s for a GCS that is starting. ``RAY_gcs_server_port_wait_time_s`` set by the user wins.
 
     Raises:
-        ConfigError: ``address`` is not ``host:port``, ``ray://host:port``, ``auto`` or ``local``, or nothing
-            accepts a connection there within ``timeout`` seconds.
+        ConfigError: No cluster answered, its auth token is not set up here, or Ray cannot use the address.
+    """
+    tries = "RAY_gcs_server_port_wait_time_s"  # Ray reads it at each init (in Python): its number of tries
+    was = os.environ.get(tries)
+    os.environ.setdefault(tries, "1")
+    try:
+        ray.init(address=address, **quiet)
+    # No cluster there, its auth token is not set up here, or (ValueError) an address Ray cannot use.
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, is this its "
+            f"{_port_hint(address)}, and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
+            f"~/.ray/auth_token? Received: address={address!r}"
+        ) from e
+    finally:
+        if was is None:
+            os.environ.pop(tries, None)
+
+
+def _port_hint(address: str) -> str:
+    if address.startswith("ray://"):
+        return f"client server's port ({RAY_CLIENT_PORT} by default), not the dashboard's (8265)"
+    return "GCS port (6379 by default), not the dashboard's (8265)"
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuses at once a ``host:port`` (or ``ray://host:port``) that nothing answers, or where something that is not
+    Ray answers (the dashboard's port, a web server): Ray itself retries such an address for minutes, printing its
+    own warnings, before failing; and an address of no form Ray takes, where Ray raised a ValueError traceback.
+
+    Raises:
+        ConfigError: ``address`` is not ``host:port``, ``ray://host:port``, ``auto`` or ``local``, nothing
+            accepts a connection there within ``timeout`` seconds, or what does answers not as gRPC (Ray's GCS
+            and client server) does within ``timeout`` seconds.
     """
     if address in ("auto", "local"):
         return
@@ -149,12 +174,44 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
             f"client server, port {RAY_CLIENT_PORT} by default), auto or local. Received: address={address!r}"
         )
     try:
-        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout)
     except OSError as e:
         raise ConfigError(
             f"Cannot connect to a Ray cluster at {address}: nothing answers at port {port} there ({e}). Is `ray start "
             f"--head` running on that machine, and is the port open? Received: address={address!r}"
         ) from None
+    with conn:
+        answer = _http2_answer(conn, timeout)
+    if answer[3:4] != b"\x04" and os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+        said = f"answered {answer[:12]!r}" if answer else f"said nothing in {timeout:g} s"
+        raise ConfigError(
+            f"Cannot connect to a Ray cluster at {address}: something accepts connections at port {port} there, but "
+            f"not as Ray does (asked over gRPC, it {said}). Is this the {_port_hint(address)}? "
+            f"Received: address={address!r}"
+        )
+
+
+# HTTP/2's client preface and an empty SETTINGS frame: gRPC servers (Ray's GCS, its client server) answer with a
+# SETTINGS frame of their own (its 4th byte, the frame type, is 4); a web server answers "HTTP/1.1 400 ...".
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _http2_answer(conn: socket.socket, timeout: float) -> bytes:
+    """The first 9 bytes (a frame header) ``conn`` answers HTTP/2's hello with, fewer where it stops or
+    ``timeout`` seconds pass."""
+    answer = b""
+    end = time.monotonic() + timeout
+    try:
+        conn.sendall(_HTTP2_HELLO)
+        while len(answer) < 9 and (left := end - time.monotonic()) > 0:
+            conn.settimeout(left)
+            chunk = conn.recv(9 - len(answer))
+            if not chunk:
+                break
+            answer += chunk
+    except OSError:  # reset or timed out: what came so far
+        pass
+    return answer
 
 
 def _run(
