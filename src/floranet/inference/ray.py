@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,7 +79,7 @@ def predict_with_ray(
     for name, value in (("num_workers", num_workers), ("cpus_per_worker", cpus_per_worker)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be at least 1. Received: {name}={value!r}")
-    predict.load(run_dir, config)  # a bad run or option fails here, not in actors
+    driver = predict.load(run_dir, config)  # a bad run or option fails here, not in actors
     run = Path(run_dir).absolute()
     files, missing = expand_inputs(inputs)
     rows: list[Prediction] = []
@@ -87,7 +88,7 @@ def predict_with_ray(
         if started_here:
             _init_ray(ray, address or os.environ.get("RAY_ADDRESS"), num_workers, cpus_per_worker)
         try:
-            rows = _run(ray, run, files, config, num_workers, cpus_per_worker, say)
+            rows = _run(ray, run, files, config, num_workers, cpus_per_worker, say, driver.compiled is None)
         finally:
             if started_here:
                 ray.shutdown()  # stops a local instance; only disconnects from a cluster
@@ -222,6 +223,7 @@ def _run(
     num_workers: int | None,
     cpus_per_worker: int,
     say: Callable[[str], None] | None,
+    tensorflow: bool = True,
 ) -> list[Prediction]:
     batch_size = config.batch_size
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -254,6 +256,7 @@ def _run(
             "run_dir": str(run),
             "total": len(files),
             "config": dataclasses.replace(config, threads=cpus_per_worker),
+            "tensorflow": tensorflow,
         },
     )
     try:
@@ -285,17 +288,16 @@ def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
 class _Worker:
     """A Ray Data actor: loads the run once, then predicts ``{"start", "paths"}`` items, one row per path."""
 
-    def __init__(self, run_dir: str, total: int, config: InferenceConfig) -> None:
-        import tensorflow as tf
-
-        try:  # before TensorFlow runs anything; a reused worker process may have started it already
-            tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(config.threads)
-        except RuntimeError:
-            pass
+    def __init__(self, run_dir: str, total: int, config: InferenceConfig, tensorflow: bool = True) -> None:
+        # TensorFlow only where it runs (the driver's predictor had no compiled model to use): importing it only to
+        # set its threads cost every actor of an OpenVINO job ~550 MB and ~5 s.
+        if tensorflow or "tensorflow" in sys.modules:
+            _limit_tensorflow_threads(config.threads)  # before TensorFlow runs anything
         # The model loads once per actor; runtime "auto" and the decode path are chosen per call for the
         # whole job (job_size), as local prediction chooses them for all files, so every row is the same.
         self.predictor = predict.load(run_dir, config)
+        if self.predictor.compiled is None and not tensorflow:  # this machine chose model.keras (it has a GPU)
+            _limit_tensorflow_threads(config.threads)
         self.total = total
         self.ran_on = ""
         self.k = min(config.top_k, len(self.predictor.class_names))
@@ -318,3 +320,14 @@ class _Worker:
         out["error"] = [r.error or "" for r in rows]
         out["ran_on"] = [self.ran_on] * len(paths)
         return out
+
+
+def _limit_tensorflow_threads(threads: int | None) -> None:
+    """TensorFlow's intra- and inter-op thread pools of this process: ``threads`` threads each (None: its own)."""
+    import tensorflow as tf
+
+    try:  # a reused worker process may have started TensorFlow already
+        tf.config.threading.set_intra_op_parallelism_threads(threads or 0)
+        tf.config.threading.set_inter_op_parallelism_threads(threads or 0)
+    except RuntimeError:
+        pass
