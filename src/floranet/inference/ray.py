@@ -252,6 +252,10 @@ def _run(
         batch_format="numpy",
         num_cpus=cpus_per_worker,
         compute=ray.data.ActorPoolStrategy(size=workers),
+        # Not restarted: Ray Data's default (restarts without end) made Ray log, on every run, that the actors'
+        # constructor arguments live in the object store, where a restart may not find them; an actor that dies
+        # (out of memory, its machine lost) fails the job with Ray's error instead of retrying it forever.
+        max_restarts=0,
         fn_constructor_kwargs={
             "run_dir": str(run),
             "total": len(files),
