@@ -164,6 +164,24 @@ def test_folders_follow_symlinks_once_and_skip_fifos(tmp_path) -> None:
     assert input_lib.expand_inputs([""]) == ([], [input_lib.Unmatched(0, "")])  # not the working folder
 
 
+def test_a_folder_names_each_file_once_as_a_pattern_does(tmp_path) -> None:
+    """A link to an image of the same folder was a second row when the folder was given (``predict run in``: 7 rows)
+    but not when a pattern matched it (``'in/*'``: 6 rows), although a folder a pattern matches is walked as a
+    folder argument is. One input names each file once; a file given as two inputs keeps both rows."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    (folder / "link.jpg").symlink_to("a.jpg")
+    (folder / "zlink.jpg").symlink_to(folder / "b.jpg")
+    want = ["a.jpg", "b.jpg"]
+    for given in (folder, str(folder / "*"), str(folder / "*.jpg"), str(tmp_path / "*")):
+        files, missing = input_lib.expand_inputs([given])
+        assert [p.name for p in files] == want and not missing, given
+    files, _ = input_lib.expand_inputs([folder / "a.jpg", folder / "link.jpg", folder])
+    assert [p.name for p in files] == ["a.jpg", "link.jpg", *want]  # as given: every input its rows
+
+
 def test_folders_skip_the_system_entries_the_doctor_skips(tmp_path) -> None:
     """predict walked a NAS's @eaDir thumbnails and macOS's __MACOSX copies that doctor, train and evaluate
     ignore: each photo was predicted two or three times."""

@@ -25,7 +25,8 @@ class Unmatched(NamedTuple):
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Unmatched]]:
     """Files as given, folders walked (image extensions; hidden and system entries skipped, as the doctor skips
-    them), globs expanded (a folder they match walked as a folder is).
+    them), globs expanded (a folder they match walked as a folder is); a folder or pattern names each file once
+    (a link to an image it already names adds no row), while inputs are independent (a file given twice, two rows).
 
     Returns:
         (files in a stable order, inputs that matched nothing: a missing path, an empty folder, a pattern
@@ -40,7 +41,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
         elif p.is_file():
             found = [p]
         elif p.is_dir():
-            found = _walk(p)  # an empty folder is as good as a typo: say so below
+            found = _once(_walk(p))  # an empty folder is as good as a typo: say so below
         elif glob.has_magic(str(item)):
             found = _matched(str(item))
         else:
@@ -64,7 +65,13 @@ def _matched(pattern: str) -> list[Path]:
                 found.extend(_walk(m))
         elif m.suffix.lower() in IMAGE_EXTENSIONS and m.is_file() and _regular(m):
             found.append(m)
-    # Each file once, under the first path that named it: a link (alias -> .) names one file under two paths.
+    return _once(found)
+
+
+def _once(found: list[Path]) -> list[Path]:
+    """Each file once, under the first path that names it: a link to an image of the same folder (``latest.jpg ->
+    img_9.jpg``), or to a folder (``alias -> .``, which ``**`` matches), names one file under two paths. One input
+    names each file once, whether a folder or a pattern; a file given as two inputs keeps both rows."""
     real: dict[str, Path] = {}
     for m in found:
         real.setdefault(os.path.realpath(m), m)
