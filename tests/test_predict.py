@@ -349,6 +349,26 @@ def test_predict_never_writes_over_a_photo_and_says_when_a_folder_is_empty(tiny_
     assert rows[0]["file"].endswith("\\xff\\xfe.jpg") and rows[0]["error"] is None
 
 
+def test_an_error_names_a_file_that_is_not_utf8_with_its_bytes_as_in_the_file_column(tiny_run, tmp_path) -> None:
+    """The error column named weird/bad\\xfe.jpg as 'weird/bad\\udcfe.jpg' (the repr of its surrogate escape), where
+    the file column, the README and the table show the odd byte as \\xfe."""
+    import os
+
+    from floranet.utils.text import utf8
+
+    odd = tmp_path / "weird"
+    odd.mkdir()
+    for name in (b"bad\xfe.jpg", b"bad\xfe\\z.png", b"back\\udcfe.jpg"):  # the last: a real backslash, then text
+        (odd / os.fsdecode(name)).write_bytes(b"no")
+    rows = predict.load(tiny_run).predict([odd])
+    names = ("back\\udcfe.jpg", "bad\\xfe.jpg", "bad\\xfe\\z.png")
+    assert [utf8(r.file) for r in rows] == [str(odd / n) for n in names]
+    errors = [r.error or "" for r in rows]
+    assert "'" + str(odd / "back\\\\udcfe.jpg") + "'" in errors[0]  # repr doubles the backslash, as before
+    assert "'" + str(odd / "bad\\xfe.jpg") + "'" in errors[1] and "\\udc" not in errors[1]
+    assert "'" + str(odd / "bad\\xfe\\\\z.png") + "'" in errors[2]
+
+
 def test_predict_output_replaces_only_its_own_predictions(tiny_run, writable_run, tmp_path, capsys) -> None:
     """--output run/model.keras replaced the model with a table, and a user's notes.txt was replaced silently."""
     image = tmp_path / "x.jpg"

@@ -26,6 +26,7 @@ from floranet.data.resize import bilinear
 from floranet.data.scan import JPEG_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.optional import require
+from floranet.utils.text import quoted
 
 log = logging.getLogger(__name__)
 _TF_EXTENSIONS = (*sorted(JPEG_EXTENSIONS), ".png")
@@ -182,7 +183,7 @@ def _tf_decode_and_resize(path: str | os.PathLike[str], size: tuple[int, int], m
         image, ok = pillow(path_t)
     if not bool(ok):
         load_image(os.fsdecode(encoded[0]), max_pixels=max_px)  # raises DatasetError with the reason
-        raise DatasetError(f"Cannot decode image file {os.fsdecode(encoded[0])!r}")
+        raise DatasetError(f"Cannot decode image file {quoted(os.fsdecode(encoded[0]))}")
     result: np.ndarray = image.numpy()
     return result
 

@@ -31,6 +31,7 @@ from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats
 from floranet.errors import DatasetError
 from floranet.utils.files import read_capped
+from floranet.utils.text import quoted
 
 
 class UnusableImageError(DatasetError):
@@ -59,7 +60,7 @@ class UnusableImageError(DatasetError):
     def __init__(self, name: str, reason: str, *, kind: str, phrase: str | None = None, hint: str = "") -> None:
         # ``phrase`` lets the reason read naturally after "is" in the message; ``hint`` is what the local user
         # can do about it (a server's client cannot raise its limits: it answers without the hint).
-        super().__init__(f"Cannot decode image: {name!r} is {phrase or reason}" + (f"; {hint}" if hint else ""))
+        super().__init__(f"Cannot decode image: {quoted(name)} is {phrase or reason}" + (f"; {hint}" if hint else ""))
         self.name = name
         self.reason = reason
         self.kind = kind

@@ -31,6 +31,7 @@ from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data.augment import Augment
 from floranet.data.decode import check_image_size, encode_paths, pillow_decode, resolve_flags
 from floranet.errors import ConfigError, DatasetError
+from floranet.utils.text import quoted
 
 if TYPE_CHECKING:
     from floranet.data.split import Split
@@ -143,7 +144,7 @@ def _decoded(
 
 
 def _raise_bad(path: bytes) -> bool:
-    raise ValueError(f"DatasetError: Cannot decode image file {os.fsdecode(path)!r}")
+    raise ValueError(f"DatasetError: Cannot decode image file {quoted(os.fsdecode(path))}")
 
 
 def make_dataset(

@@ -18,6 +18,7 @@ import numpy as np
 from floranet.config import DEFAULT_MAX_PIXELS
 from floranet.data import decode, images
 from floranet.errors import DatasetError
+from floranet.utils.text import quoted
 
 # A job of at most this many files decodes each one directly: building a tf.data pipeline costs more.
 SMALL_JOB = 4
@@ -181,7 +182,7 @@ def _reason(path: str | os.PathLike[str], max_pixels: int, run_limit: bool) -> s
         images.load_image(path, max_pixels=max_pixels)
     except DatasetError as e:
         return _said(e, run_limit)
-    return f"Cannot decode image: {os.fsdecode(path)!r} could not be decoded"
+    return f"Cannot decode image: {quoted(os.fsdecode(path))} could not be decoded"
 
 
 def _said(error: DatasetError, run_limit: bool) -> str:

@@ -31,6 +31,7 @@ from floranet.inference import predictor as predict
 from floranet.inference.predictor import Prediction
 from floranet.utils.optional import require
 from floranet.utils.system import usable_cpus
+from floranet.utils.text import quoted
 
 _OBJECT_STORE_BYTES = 128 * 1024**2  # rows are paths and top-k results: a small object store is plenty
 RAY_CLIENT_PORT = 10001  # the port of Ray's client server (ray://host:port) unless `ray start` is told another
@@ -282,7 +283,8 @@ def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
     top = tuple((str(r[f"class_{i}"]), float(r[f"probability_{i}"])) for i in range(1, k + 1) if r[f"class_{i}"])
     # Name the file as the user did, as written plainly or quoted (a repr escapes a backslash or an odd byte).
     error = str(r["error"])
-    for there, here in ((str(file.absolute()), str(file)), (repr(str(file.absolute()))[1:-1], repr(str(file))[1:-1])):
+    absolute, given = str(file.absolute()), str(file)
+    for there, here in ((absolute, given), (quoted(absolute)[1:-1], quoted(given)[1:-1])):
         error = error.replace(there, here)
     score = float(r["ood_score"])
     ood = None if math.isnan(score) else score

@@ -34,6 +34,22 @@ def utf8(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def quoted(text: str) -> str:
+    """``repr(text)``, for a file name in a message, with the bytes of a name that are not UTF-8 as ``\\xNN``, as
+    :func:`utf8` shows them (``repr`` shows their surrogate escapes as ``\\udcNN``): ``'bad\\xfe.jpg'``. A real
+    backslash stays doubled."""
+    return _REPR_SURROGATE.sub(_byte_escape, repr(text))
+
+
+# In a repr, an odd run of backslashes before "udc80".."udcff": the last one starts a surrogate's escape (a
+# backslash of the text itself is doubled).
+_REPR_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def _byte_escape(match: re.Match[str]) -> str:
+    return f"{match.group(1)}\\x{match.group(2)}"
+
+
 def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
     """``obj`` (JSON-like: dicts, lists, strings, numbers) with every string, keys included, through ``fn`` (e.g.
     :func:`utf8` or :func:`printable`, for a JSON file that must be strict UTF-8)."""
