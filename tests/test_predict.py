@@ -182,6 +182,20 @@ def test_a_folder_names_each_file_once_as_a_pattern_does(tmp_path) -> None:
     assert [p.name for p in files] == ["a.jpg", "link.jpg", *want]  # as given: every input its rows
 
 
+def test_a_fifo_or_device_given_by_name_is_said_to_be_no_regular_file(tiny_run, tmp_path) -> None:
+    """An explicit FIFO, or a link to /dev/zero, named .jpg got "no image: no such file, or a folder or pattern with
+    no images in it", though it exists."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    given = [str(tmp_path / "fifo.jpg"), str(tmp_path / "zero.jpg"), str(tmp_path / "gone.jpg")]
+    rows = predict.load(tiny_run).predict(given)
+    assert [r.file for r in rows] == given
+    assert ["not a regular file" in (r.error or "") for r in rows] == [True, True, False]
+    assert rows[2].error == input_lib.NO_IMAGE
+
+
 def test_folders_skip_the_system_entries_the_doctor_skips(tmp_path) -> None:
     """predict walked a NAS's @eaDir thumbnails and macOS's __MACOSX copies that doctor, train and evaluate
     ignore: each photo was predicted two or three times."""

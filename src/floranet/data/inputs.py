@@ -14,13 +14,16 @@ from floranet.data.scan import IMAGE_EXTENSIONS, is_skipped_name
 
 # The error row of an input that names no image (see :func:`expand_inputs`).
 NO_IMAGE = "no image: no such file, or a folder or pattern with no images in it"
+# ... and of one that exists but is no file to read: reading a FIFO blocks until a writer comes, /dev/zero never ends.
+NOT_REGULAR = "no image: not a regular file (a named pipe, device or socket), which is not read"
 
 
 class Unmatched(NamedTuple):
-    """An input that named no image, and where its row goes: after the first ``position`` files."""
+    """An input that named no image, where its row goes (after the first ``position`` files), and why."""
 
     position: int
     input: str
+    reason: str = NO_IMAGE
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Unmatched]]:
@@ -36,18 +39,21 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
     missing: list[Unmatched] = []
     for item in inputs:
         p = Path(item)
+        reason = NO_IMAGE
         if not os.fspath(item):  # "" is Path("."): an unset variable would predict the whole working folder
             found = []
         elif p.is_file():
             found = [p]
         elif p.is_dir():
             found = _once(_walk(p))  # an empty folder is as good as a typo: say so below
+        elif _special(p):  # a FIFO, device or socket (or a link to one): it exists, but is never read
+            found, reason = [], NOT_REGULAR
         elif glob.has_magic(str(item)):
             found = _matched(str(item))
         else:
             found = []
         if not found:
-            missing.append(Unmatched(len(files), str(item)))
+            missing.append(Unmatched(len(files), str(item), reason))
         files.extend(found)
     return files, missing
 
@@ -123,6 +129,15 @@ def _glob(pattern: str) -> list[str]:
             here = folder if top else os.path.relpath(folder)  # "**/x.jpg" names "x.jpg", as glob does
             out += glob.glob(os.path.join(glob.escape(here), rest)) if here != os.curdir else glob.glob(rest)
     return out
+
+
+def _special(path: Path) -> bool:
+    """Whether ``path`` exists (through links) and is neither a regular file nor a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # missing, or a broken link
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _regular(path: Path) -> bool:

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from floranet.data.archives import NAME_MAX
 from floranet.data.images import load_image, with_run_limit
-from floranet.data.inputs import NO_IMAGE, expand_inputs
+from floranet.data.inputs import expand_inputs
 from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
@@ -237,7 +237,7 @@ def _images(
     goes to ``on_error`` (raised without one) before anything is drawn, as a missing file always did."""
     files, unmatched = expand_inputs(paths)
     for miss in unmatched:
-        error = DatasetError(f"{miss.input}: {NO_IMAGE}")
+        error = DatasetError(f"{miss.input}: {miss.reason}")
         if on_error is None:
             raise error
         on_error(miss.input, error)

@@ -20,7 +20,7 @@ import numpy as np
 from floranet.config import DEFAULT_MAX_PIXELS, InferenceConfig
 from floranet.data import decode
 from floranet.data.images import with_run_limit
-from floranet.data.inputs import NO_IMAGE, Unmatched, expand_inputs
+from floranet.data.inputs import Unmatched, expand_inputs
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.inference import arguments, batch, compiled, runtime
 from floranet.inference.unknown import UnknownDetector
@@ -395,6 +395,6 @@ def in_input_order(rows: list[Prediction], missing: list[Unmatched]) -> list[Pre
     start = 0
     for m in missing:
         out += rows[start : m.position]
-        out.append(Prediction(m.input, error=NO_IMAGE))
+        out.append(Prediction(m.input, error=m.reason))
         start = m.position
     return out + rows[start:]
