@@ -196,6 +196,34 @@ def test_a_fifo_or_device_given_by_name_is_said_to_be_no_regular_file(tiny_run, 
     assert rows[2].error == input_lib.NO_IMAGE
 
 
+def test_a_file_larger_than_any_image_of_max_pixels_is_refused_unread_on_every_runtime(tiny_run, tmp_path) -> None:
+    """With --runtime tensorflow and more than 4 files, a 1.3 KB JPEG padded (sparse) to 1.5 GB was read whole (the
+    tf_decodable guess, then tf.io.read_file): 2.2 GB of memory, and it was predicted, where Pillow's path refuses
+    a file larger than any image of max_pixels can be."""
+    import os
+    import tracemalloc
+
+    from floranet.data.images import max_file_bytes
+    from floranet.rundir import RunDir
+
+    for i in range(5):
+        Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(tmp_path / f"img_{i}.jpg")
+    huge = tmp_path / "huge.jpg"
+    Image.new("RGB", (16, 16)).save(huge)
+    os.truncate(huge, max_file_bytes(RunDir.open(tiny_run).max_pixels()) + 1)  # sparse: no disk used
+    for runtime in ("tensorflow", "openvino"):
+        predictor = predict.load(tiny_run, runtime=runtime)
+        tracemalloc.start()
+        try:
+            rows = predictor.predict([tmp_path])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert [r.file for r in rows][0] == str(huge) and all(r.error is None for r in rows[1:]), runtime
+        assert "is too large: file too large" in (rows[0].error or "") and "max_pixels" in (rows[0].error or "")
+        assert peak < 64 << 20, (runtime, peak)  # the file was never read into memory
+
+
 def test_folders_skip_the_system_entries_the_doctor_skips(tmp_path) -> None:
     """predict walked a NAS's @eaDir thumbnails and macOS's __MACOSX copies that doctor, train and evaluate
     ignore: each photo was predicted two or three times."""

@@ -21,10 +21,11 @@ from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
 from floranet.data.formats import allowed_formats
-from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image
+from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image, max_file_bytes
 from floranet.data.resize import bilinear
 from floranet.data.scan import JPEG_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError
+from floranet.utils.files import read_capped
 from floranet.utils.optional import require
 from floranet.utils.text import quoted
 
@@ -40,19 +41,20 @@ def check_image_size(image_size: Any) -> tuple[int, int]:
     return parse_image_size(image_size, minimum=1, allow_int=False)
 
 
-def _guess_tf_decodable(path: bytes) -> bool:
+def _guess_tf_decodable(path: bytes, max_pixels: int) -> bool:
     """Cheap per-file guess when the doctor's ``tf_decodable`` is unknown.
 
     Extension first (a JPEG's names, .png), then Pillow's lazy header read (no
     pixel decode) to route EXIF-rotated, CMYK, alpha, palette and 16-bit files
     to Pillow, which tf would silently decode differently, and JPEGs of too many
-    scans to Pillow's path, which refuses them.
+    scans to Pillow's path, which refuses them. A file larger than any image of
+    ``max_pixels`` can be is not read (a 1.3 KB JPEG padded to 1.5 GB was read
+    whole here, then by tf.io.read_file): Pillow's path refuses it, naming the limit.
     """
     if not path.lower().endswith(tuple(e.encode() for e in _TF_EXTENSIONS)):
         return False
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_capped(os.fsdecode(path), max_file_bytes(max_pixels), regular_only=True)
         with Image.open(io.BytesIO(data), formats=allowed_formats()) as im:
             if im.format not in ("JPEG", "PNG") or im.mode not in ("RGB", "L") or "transparency" in im.info:
                 return False
@@ -108,14 +110,20 @@ def pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.nd
         return np.zeros((1, 1, 3), np.uint8), False
 
 
-def resolve_flags(paths: list[bytes], tf_decodable: Sequence[bool | None] | None) -> list[bool]:
+def resolve_flags(
+    paths: list[bytes], tf_decodable: Sequence[bool | None] | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[bool]:
+    """Which of ``paths`` TensorFlow decodes: ``tf_decodable`` as given (the doctor's), else guessed per file."""
     if tf_decodable is None:
-        return [_guess_tf_decodable(p) for p in paths]
+        return [_guess_tf_decodable(p, max_pixels) for p in paths]
     if len(tf_decodable) != len(paths):
         raise ConfigError(
             f"tf_decodable must have one entry per path ({len(paths)}). Received: len(tf_decodable)={len(tf_decodable)}"
         )
-    return [_guess_tf_decodable(p) if flag is None else bool(flag) for p, flag in zip(paths, tf_decodable, strict=True)]
+    return [
+        _guess_tf_decodable(p, max_pixels) if flag is None else bool(flag)
+        for p, flag in zip(paths, tf_decodable, strict=True)
+    ]
 
 
 def encode_paths(paths: Sequence[str | bytes | os.PathLike[str]]) -> list[bytes]:

@@ -30,6 +30,7 @@ import tensorflow as tf
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data.augment import Augment
 from floranet.data.decode import check_image_size, encode_paths, pillow_decode, resolve_flags
+from floranet.data.images import max_file_bytes
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.text import quoted
 
@@ -132,6 +133,10 @@ def _decoded(
     seed: int = 0,
 ) -> tf.data.Dataset:
     """Dataset of ``(image, ok, path, *extra)`` per file, in order (or seeded shuffle)."""
+    # tf.io.read_file reads a file whole: one larger than any image of max_pixels can be (a 1.3 KB JPEG padded to
+    # 1.5 GB took 2.2 GB of memory) goes to Pillow's path, which refuses it before reading it, as it refuses it
+    # for any other runtime.
+    flags = [use_tf and not _over_file_limit(p, max_pixels) for p, use_tf in zip(paths, flags, strict=True)]
     ds = tf.data.Dataset.from_tensor_slices((paths, flags, *extra))
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
@@ -141,6 +146,15 @@ def _decoded(
         return stage(path, use_tf).map(lambda image, ok: (image, ok, path, *rest))
 
     return ds.interleave(one, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _over_file_limit(path: bytes, max_pixels: int) -> bool:
+    """Whether ``path`` is larger than :func:`floranet.data.images.max_file_bytes` allows (False where it cannot be
+    read: the decoders say why)."""
+    try:
+        return os.stat(path).st_size > max_file_bytes(max_pixels)
+    except OSError:
+        return False
 
 
 def _raise_bad(path: bytes) -> bool:
@@ -207,7 +221,7 @@ def make_dataset(
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in labels):
             raise ConfigError(f"labels must be non-negative ints. Received: labels={list(labels)[:_MAX_LISTED]}...")
         extra = (np.asarray(labels, dtype=np.int32),)
-    flags = resolve_flags(encoded, tf_decodable)
+    flags = resolve_flags(encoded, tf_decodable, max_px)
 
     if on_error == "raise":
         _verify_all(encoded, flags, size, max_px)
