@@ -12,7 +12,11 @@ slot, and the decode thread served images first come, first served). For each se
 * ``json flood``: 6 concurrent 20 MB JSON inference requests (``/v2``, 10 million numbers each) over and
   over; the victim asks ``/v2/health/ready`` every 0.1 s;
 * ``json within limits``: the same with valid requests, 32 images of 96x96x3 pixels as JSON numbers (1.8 MB,
-  the most one client may send this run): parsed, decoded and run.
+  the most one client may send this run): parsed, decoded and run;
+* ``gradcam flood``: 32 concurrent streams of a 640x480 JPEG to ``/predict?gradcam=1`` (each answer draws an
+  overlay on the one Grad-CAM thread); the victim asks for its own overlay every half second;
+* ``predict flood``: 32 concurrent streams of the same JPEG to ``/predict`` (the attacker's share of the batches);
+  the victim posts a small JPEG every half second.
 
 Reported per server and attack: the victim's answers (200 / all), and its p50 and max latency.
 
@@ -126,6 +130,15 @@ def big_png() -> bytes:
     return buf.getvalue()
 
 
+def noise_jpeg(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
 def summary(answers: list[tuple[int, float]]) -> dict[str, Any]:
     ms = np.array([t for _, t in answers])
     ok = sum(s == 200 for s, _ in answers)
@@ -156,7 +169,9 @@ async def attacks(url: str, seconds: float) -> dict[str, dict[str, Any]]:
         },
         separators=(",", ":"),
     ).encode()
+    photo = noise_jpeg(640, 480)
     post_small = lambda c: c.post("/predict", content=small)  # noqa: E731
+    overlay_small = lambda c: c.post("/predict?gradcam=1", content=small)  # noqa: E731
     ready = lambda c: c.get("/v2/health/ready")  # noqa: E731
     plans = {
         "slow bodies": (lambda stop: slow_bodies(url, stop), post_small, 1.0),
@@ -170,6 +185,16 @@ async def attacks(url: str, seconds: float) -> dict[str, dict[str, Any]]:
             lambda stop: flood(url, stop, 6, lambda c: c.post(f"/v2/models/{model}/infer", content=in_limit)),
             ready,
             0.1,
+        ),
+        "gradcam flood": (
+            lambda stop: flood(url, stop, 32, lambda c: c.post("/predict?gradcam=1", content=photo)),
+            overlay_small,
+            0.5,
+        ),
+        "predict flood": (
+            lambda stop: flood(url, stop, 32, lambda c: c.post("/predict", content=photo)),
+            post_small,
+            0.5,
         ),
     }
     out = {}
