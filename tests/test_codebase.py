@@ -112,6 +112,20 @@ def test_run_directory_file_names_live_in_rundir() -> None:
     assert where == {n: [Path("rundir.py")] for n in names}
 
 
+def test_work_is_sized_by_the_cpus_this_process_may_use() -> None:
+    """Thread and actor counts come from utils.system.usable_cpus (affinity, cgroup quota): os.cpu_count() counts
+    the machine's cores, so under `taskset` or a container's CPU limit the doctor, predict's decode threads and the
+    server's decode pool asked for cores the process does not get (Ray's local instance did too)."""
+    calls = [
+        f"{path.relative_to(SRC)}:{node.lineno}"
+        for path in _modules()
+        if path.name != "system.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "os.cpu_count"
+    ]
+    assert not calls, f"os.cpu_count() sizes work here; use floranet.utils.system.usable_cpus(): {calls}"
+
+
 def test_the_package_never_imports_torch() -> None:
     """torch is a dev-only dependency of scripts/convert_mobilenet_v2.py; the shipped weights need none of it."""
     found = []

@@ -18,6 +18,7 @@ import numpy as np
 from floranet.config import DEFAULT_MAX_PIXELS
 from floranet.data import decode, images
 from floranet.errors import DatasetError
+from floranet.utils.system import usable_cpus
 from floranet.utils.text import quoted
 
 # A job of at most this many files decodes each one directly: building a tf.data pipeline costs more.
@@ -146,7 +147,7 @@ def _pillow_outputs(
         except DatasetError:
             return None
 
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = max(1, min(4, usable_cpus()))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="floranet-decode") as pool:
         for start in range(0, len(paths), batch_size):
             chunk = list(pool.map(decoded, range(start, min(start + batch_size, len(paths)))))

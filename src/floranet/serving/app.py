@@ -85,6 +85,7 @@ from floranet.serving.fair import FairPool
 from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.state import ServeState, admitted, decode_upload, state_of
 from floranet.serving.uploads import RequestError, extract_upload, read_body
+from floranet.utils.system import usable_cpus
 from floranet.utils.text import map_strings, utf8
 
 logger = logging.getLogger("floranet.serve")
@@ -137,7 +138,7 @@ def create_app(
         raise ModelError(f"Cannot serve {run_dir}: on a blank image {NON_FINITE}")
     # Decoding a photo is ~1 ms; more threads than half the cores only take CPU from inference. Clients take
     # turns at them, so one client's many or huge images never hold up another's.
-    workers = max(1, min(4, (os.cpu_count() or 2) // 2))
+    workers = max(1, min(4, usable_cpus() // 2))
     state = ServeState(
         predictor,
         choice,
