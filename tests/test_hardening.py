@@ -681,6 +681,27 @@ def test_complete_headers_past_the_bound_in_one_read_get_431(hardened_app) -> No
         assert "max_header_bytes=65536" in json.loads(body)["error"]
 
 
+def test_a_flood_of_oversized_headers_is_logged_as_a_count_not_a_line_each(hardened_app, caplog) -> None:
+    """Each 431 wrote its own warning line, so a client sending oversized headers in a loop filled the server's log
+    as refused connections once did; it is now one line, then a count per interval, as for those."""
+    from floranet import serving
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "headers passed" in r.getMessage()]
+
+    with serving.serve_in_thread(hardened_app) as url, caplog.at_level("INFO"):
+        hardened_app.state.guard.refusal_log_s = 0.5  # the count comes within the test (10 s by default)
+        for _ in range(20):
+            with connect(url) as s:
+                s.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * 70_000}\r\n\r\n".encode())
+                assert _one_answer(s)[0].startswith(b"HTTP/1.1 431")
+        deadline = time.monotonic() + 5
+        while not any(" more " in m for m in said()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert said()[0] == "refused a request from 127.0.0.1: its headers passed 65536 bytes", said()
+    assert "refused 19 more requests from 127.0.0.1 in the last 0.5 s" in said()[1] and len(said()) == 2, said()
+
+
 def test_headers_under_the_bound_are_counted_per_request_and_bodies_not_at_all(hardened_app) -> None:
     from floranet import serving
 

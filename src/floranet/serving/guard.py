@@ -46,6 +46,7 @@ LINGER_BYTES = 64 << 20
 REFUSAL_LOG_S = 10.0
 # The most client addresses whose refusals are counted apart; past it, the others are counted together.
 REFUSAL_LOG_CLIENTS = 256
+_BUSY = "all its connections are busy"
 
 
 def _answer(status: str, error: str, headers: str = "") -> bytes:
@@ -77,7 +78,7 @@ class ConnectionGuard:
     refused: int = 0
     refusal_log_s: float = REFUSAL_LOG_S
     # Per client whose refusals are being counted: how many since its last warning.
-    _unlogged: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _unlogged: dict[tuple[str, str, str], int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Parsed once (ServeConfig checked them), not on every accepted connection.
@@ -120,29 +121,31 @@ class ConnectionGuard:
             if not mine:
                 del self.clients[client]
 
-    def log_refusal(self, client: str, loop: asyncio.AbstractEventLoop) -> None:
-        """Warns of a refused connection: a client's first at once, the ones after it as one count per
-        ``refusal_log_s`` (a flood of refused connections would otherwise write a line each)."""
-        if client not in self._unlogged and len(self._unlogged) >= REFUSAL_LOG_CLIENTS:
-            client = "other addresses"  # many addresses refused at once: counted together, the table stays small
-        if client in self._unlogged:
-            self._unlogged[client] += 1
+    def log_refusal(
+        self, client: str, loop: asyncio.AbstractEventLoop, thing: str = "connection", why: str = _BUSY
+    ) -> None:
+        """Warns of a refused ``thing`` and ``why``: a client's first at once, the ones after it as one count per
+        ``refusal_log_s`` (a flood of refused connections, or of oversized headers, would otherwise write a line
+        each)."""
+        key = (client, thing, why)
+        if key not in self._unlogged and len(self._unlogged) >= REFUSAL_LOG_CLIENTS:
+            key = ("other addresses", thing, why)  # many refused at once: counted together, the table stays small
+        if key in self._unlogged:
+            self._unlogged[key] += 1
             return
-        self._unlogged[client] = 0
-        logger.warning("refused a connection from %s: all its connections are busy", client)
-        loop.call_later(self.refusal_log_s, self._log_refusal_count, client, loop)
+        self._unlogged[key] = 0
+        logger.warning("refused a %s from %s: %s", thing, key[0], why)
+        loop.call_later(self.refusal_log_s, self._log_refusal_count, key, loop)
 
-    def _log_refusal_count(self, client: str, loop: asyncio.AbstractEventLoop) -> None:
-        count = self._unlogged.pop(client, 0)
+    def _log_refusal_count(self, key: tuple[str, str, str], loop: asyncio.AbstractEventLoop) -> None:
+        count = self._unlogged.pop(key, 0)
         if count:  # still refusing: say how many, and keep counting for another interval
+            client, thing, why = key
             logger.warning(
-                "refused %d more connections from %s in the last %g s: all its connections are busy",
-                count,
-                client,
-                self.refusal_log_s,
+                "refused %d more %ss from %s in the last %g s: %s", count, thing, client, self.refusal_log_s, why
             )
-            self._unlogged[client] = 0
-            loop.call_later(self.refusal_log_s, self._log_refusal_count, client, loop)
+            self._unlogged[key] = 0
+            loop.call_later(self.refusal_log_s, self._log_refusal_count, key, loop)
 
     def _close_idle(self, candidates: Any) -> bool:
         for conn in list(candidates):
@@ -258,7 +261,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Answers 431 to a request whose line and headers passed the bound, and closes the connection."""
         self._cancel_header_timer()
         limit = self.guard.max_header_bytes
-        logger.warning("refused a request from %s: its headers passed %d bytes", self._client_key, limit)
+        self.guard.log_refusal(self._client_key, self.loop, "request", f"its headers passed {limit} bytes")
         if not self.idle():  # a pipelined request behind one being answered: an answer now would garble that one
             self._refused = True
             self.transport.close()
