@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from floranet.data import formats
 from floranet.errors import DatasetError
-from floranet.utils.text import printable
+from floranet.utils.text import printable, same_under
 
 # JPEG's names: .jfif (what Chrome and Windows save), .jpe, .jif and .jfi are ordinary JPEGs.
 JPEG_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".jif", ".jfi"})
@@ -180,30 +180,22 @@ def look_key(name: str) -> str:
 def same_looking(names: Iterable[str]) -> tuple[str, str, str] | None:
     """The first two names that look the same (equal :func:`look_key`), which every report and answer would show
     as one, and how they differ (``"are one name written in two Unicode forms"``, ...); None when there are none."""
-    seen: dict[str, str] = {}
-    for name in names:
-        twin = seen.setdefault(look_key(name), name)
-        if twin != name:
-            if unicodedata.normalize("NFC", twin) == unicodedata.normalize("NFC", name):
-                return twin, name, "are one name written in two Unicode forms"
-            return twin, name, "differ only by white space, invisible characters or Unicode compatibility forms"
-    return None
+    twins = next(same_under(names, look_key), None)
+    if twins is None:
+        return None
+    twin, name = twins
+    if unicodedata.normalize("NFC", twin) == unicodedata.normalize("NFC", name):
+        return twin, name, "are one name written in two Unicode forms"
+    return twin, name, "differ only by white space, invisible characters or Unicode compatibility forms"
 
 
 def case_twins(names: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs of names that differ only by case (``Roses`` and ``roses``): two classes here, but one folder on a
     case-insensitive file system (macOS and Windows by default)."""
-    seen: dict[str, str] = {}
-    looks: set[str] = set()
-    pairs = []
-    for name in names:
-        if look_key(name) in looks:  # a same-looking twin (:func:`same_looking`) of a name already seen
-            continue
-        looks.add(look_key(name))
-        twin = seen.setdefault(look_key(name).casefold(), name)
-        if twin != name:
-            pairs.append((twin, name))
-    return pairs
+    firsts: dict[str, str] = {}
+    for name in names:  # the first of each same-looking set (:func:`same_looking`), in order
+        firsts.setdefault(look_key(name), name)
+    return list(same_under(firsts.values(), lambda name: look_key(name).casefold()))
 
 
 def _entries(folder: str) -> list[os.DirEntry]:

@@ -17,7 +17,7 @@ from floranet.export.common import CALIBRATION_IMAGES, CHECK_BATCH, spread
 from floranet.inference import batch
 from floranet.inference.predictor import check_classes
 from floranet.rundir import RunDir
-from floranet.utils.text import utf8
+from floranet.utils.text import same_under, utf8
 
 
 @dataclass
@@ -90,15 +90,14 @@ def check_distinct(names: Sequence[str]) -> None:
     Raises:
         ModelError: Two names are one as exported.
     """
-    seen: dict[str, str] = {}
-    for name in names:
-        other = seen.setdefault(utf8(name), name)
-        if other != name:
-            raise ModelError(
-                f"The class folders {_raw(other)} and {_raw(name)} are both named {utf8(name)!r} "
-                "in an export (a folder name's bytes that are not UTF-8 are written as \\xNN): its columns could not "
-                "be told apart. Rename one of those class folders and train again."
-            )
+    twins = next(same_under(names, utf8), None)
+    if twins:
+        other, name = twins
+        raise ModelError(
+            f"The class folders {_raw(other)} and {_raw(name)} are both named {utf8(name)!r} "
+            "in an export (a folder name's bytes that are not UTF-8 are written as \\xNN): its columns could not "
+            "be told apart. Rename one of those class folders and train again."
+        )
 
 
 def _raw(name: str) -> str:

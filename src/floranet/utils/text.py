@@ -11,7 +11,7 @@ import csv
 import html
 import io
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 # C0 controls, DEL, C1 controls, the line and paragraph separators (str.splitlines breaks at them), and the bidi
@@ -48,6 +48,16 @@ _REPR_SURROGATE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
 
 def _byte_escape(match: re.Match[str]) -> str:
     return f"{match.group(1)}\\x{match.group(2)}"
+
+
+def same_under(names: Iterable[str], key: Callable[[str], str]) -> Iterator[tuple[str, str]]:
+    """Each name whose ``key`` equals an earlier, different name's, as ``(that earlier name, it)``: names that a
+    view made with ``key`` (a table, an export's UTF-8) would show as one."""
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(key(name), name)
+        if first != name:
+            yield first, name
 
 
 def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
