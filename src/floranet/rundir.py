@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from floranet.config import TrainConfig, as_name, is_finite_number, load_file, resolve
 from floranet.errors import ConfigError, ModelError
-from floranet.utils import locks
+from floranet.utils import files, locks
 from floranet.utils.files import atomic_path, atomic_write_text, check_outside, file_digest, write_json
 
 if TYPE_CHECKING:
@@ -310,10 +310,9 @@ class RunDir:
         """
         import keras
 
-        if self.model_file.is_file() and not zipfile.is_zipfile(self.model_file):  # Keras says "File not found"
+        if files.is_cut_keras(self.model_file):
             raise ModelError(
-                f"Cannot load {self.model_file}: the file is damaged (not a .keras zip archive; cut short by a copy "
-                "or a full disk?). Copy it again, or train the run again."
+                f"Cannot load {self.model_file}: {files.DAMAGED_KERAS}. Copy it again, or train the run again."
             )
         try:
             return keras.saving.load_model(self.model_file, safe_mode=safe_mode)

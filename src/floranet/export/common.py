@@ -40,8 +40,6 @@ MODEL_FILES = {
     "openvino": "model.xml",
     "tflite": "model.tflite",
 }
-# What is said of a model.keras that is not a zip archive (Keras itself says "File not found" of it).
-DAMAGED_KERAS = "the file is damaged (not a .keras zip archive; cut short by a copy or a full disk?)"
 
 
 def human_size(n: int) -> str:

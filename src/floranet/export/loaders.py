@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ConfigError, FloranetError, ModelError
-from floranet.export.common import DAMAGED_KERAS, MODEL_FILES, log
+from floranet.export.common import MODEL_FILES, log
+from floranet.utils.files import DAMAGED_KERAS, is_cut_keras
 from floranet.utils.optional import require
 from floranet.utils.system import package_version
 
@@ -92,7 +92,7 @@ def _load_keras(folder: Path) -> ExportedModel:
     import tensorflow as tf
 
     path = folder / MODEL_FILES["keras"]
-    if path.is_file() and not zipfile.is_zipfile(path):  # Keras says "File not found" of it
+    if is_cut_keras(path):
         raise ModelError(f"Cannot load {path}: {DAMAGED_KERAS}")
     model = keras.saving.load_model(path)
     call = traced(model)

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from floranet.errors import FloranetError, ModelError
-from floranet.export.common import DAMAGED_KERAS, MODEL_FILES
+from floranet.export.common import MODEL_FILES
 from floranet.export.rundata import ExportSource
 from floranet.export.unknown import summary as unknown_summary
 from floranet.rundir import RunDir
+from floranet.utils.files import DAMAGED_KERAS, is_cut_keras
 from floranet.utils.optional import available, require
 from floranet.utils.text import utf8
 
@@ -283,7 +284,7 @@ def read_metadata(fmt: str, folder: Path) -> tuple[ModelMetadata, str]:
     path = folder / MODEL_FILES[fmt]
     if not path.exists():
         raise ModelError(f"Cannot read the metadata of {path}: it is missing.")
-    if fmt == "keras" and not zipfile.is_zipfile(path):
+    if fmt == "keras" and is_cut_keras(path):
         raise ModelError(f"Cannot read the metadata of {path}: {DAMAGED_KERAS}")
     try:
         values, how = _READ[fmt](folder)

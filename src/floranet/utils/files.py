@@ -20,6 +20,7 @@ import stat
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,15 @@ def _fsync_path(path: Path) -> None:
 def fsync_dir(folder: Path) -> None:
     """Makes a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
     _fsync_path(folder)
+
+
+# What is said of a .keras model file that is no zip archive (cut short): Keras itself says "File not found" of it.
+DAMAGED_KERAS = "the file is damaged (not a .keras zip archive; cut short by a copy or a full disk?)"
+
+
+def is_cut_keras(path: Path) -> bool:
+    """Whether ``path`` is a file that cannot be a ``.keras`` model: no zip archive (:data:`DAMAGED_KERAS`)."""
+    return path.is_file() and not zipfile.is_zipfile(path)
 
 
 # What the temp file of atomic_path adds to a name, besides its suffix: "." before, "." and tempfile's 8 random
