@@ -165,8 +165,8 @@ def build_report(
     if ev is None:
         ev = evaluate_run(run.path)
         write_evaluation(ev, run)
-    metrics = _checked_metrics(run)
-    facts = CardFacts.read(run)  # the optional side files, as the model card reads them
+    facts = CardFacts.read(run)  # metrics.json and the optional side files, as the model card reads them
+    metrics = _checked_metrics(run, facts.metrics)
     for name, (_, error) in facts.unreadable.items():
         say(f"Report without {name}: {error}")
     with tempfile.TemporaryDirectory(prefix="floranet-report-") as tmp:  # the run's plots/ only for its own page
@@ -231,13 +231,13 @@ def check_output(run: RunDir, out: str | os.PathLike[str]) -> Path:
     )
 
 
-def _checked_metrics(run: RunDir) -> dict[str, Any]:
-    """``metrics.json`` with what the page shows (a hand-edited or cut file was a KeyError traceback).
+def _checked_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` (``metrics``, as read) with what the page shows (a hand-edited or cut file was a KeyError
+    traceback).
 
     Raises:
         ModelError: It lacks the calibration figures or the per-class table.
     """
-    metrics = run.metrics()
     cal = metrics.get("calibration")
     numbers = ("ece", "temperature", "ece_after_temperature")
     if not (isinstance(cal, dict) and all(isinstance(cal.get(k), (int, float)) for k in numbers)):
