@@ -310,7 +310,7 @@ def test_curation_lists_with_old_mac_line_ends_are_read_and_a_binary_one_is_name
         read_exclude(binary)
 
 
-def test_a_bad_curation_list_is_refused_before_the_run_folder_is_made(tmp_path: Path) -> None:
+def test_a_bad_curation_list_is_refused_and_leaves_no_run_folder(tmp_path: Path) -> None:
     from floranet.workflows import train
 
     data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
@@ -369,7 +369,7 @@ def test_two_spellings_of_one_file_given_two_labels_are_refused(tmp_path: Path) 
         curation.resolved(["daisy/img0.jpg", "daisy/img1.jpg"])
     data = make_image_folder(tmp_path / "data", classes=1, per_class=1, names=["daisy"])
     (data / "daisy" / "img_000.jpg").rename(data / "daisy" / "img0.jpg")
-    with pytest.raises(ConfigError, match=two):  # train's check before the run folder is made
+    with pytest.raises(ConfigError, match=two):  # train's check of the lists
         curation.check_found(data, None, str(relabel))
     with pytest.raises(ConfigError, match=r"two rows give '-x/a.jpg' \(written \"'-x/a.jpg\" and '-x/a.jpg'\)"):
         Curation((), {"'-x/a.jpg": "a", "-x/a.jpg": "b"}).resolved(["-x/a.jpg"])

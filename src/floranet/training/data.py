@@ -113,6 +113,8 @@ def prepare(
     # A resumed run keeps the split its curation made: the lists are not read again, the run's record of them is.
     records = tuple(str(run / n) if run.exists(n) else None for n in (RunDir.EXCLUDED, RunDir.RELABELED))
     curate = curation.Curation.load(*(records if resumed else (config.exclude, config.relabel)))
+    if not resumed:  # a list of another folder's files (or read otherwise than meant) is refused, not trained past
+        curate.check_found(data_dir, config.exclude, config.relabel)
     given = split_lib.Split.from_csv(config.split_file) if config.split_file and not resumed else None
     report = doctor.diagnose(data_dir, max_pixels=config.max_pixels, progress=progress)
     run.write_json(RunDir.DOCTOR, report.to_dict())

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from floranet.config import TrainConfig
-from floranet.data import curation, doctor
+from floranet.data import doctor
 from floranet.errors import ConfigError
 from floranet.evaluation import Evaluation, plots, write_evaluation
 from floranet.evaluation.modelcard import write_model_card
@@ -51,7 +51,7 @@ def train(
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         ConfigError: The ``--exclude`` or ``--relabel`` list cannot be read, is malformed or names no file of
-            the data folder (before ``config.out`` is made).
+            the data folder (what the run folder held by then is removed again).
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
@@ -64,29 +64,12 @@ def train(
     # folder and config.yaml (a retry was then told the folder already holds a run).
     weights_lib.ensure_available(config.backbone, config.weights)
     doctor.check_data_dir(config.data_dir)
-    _check_lists(config, resume)
     RunDir(config.out).check_outside(config.data_dir)  # before the lock creates the folder
     RunDir(config.out).check_new_output()  # a file, or a folder of the user's: said before the lock answers
     with RunDir(config.out).lock():  # one writer per run directory
         if resume:
             _check_unfinished(RunDir(config.out))
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
-
-
-def _check_lists(config: TrainConfig, resume: bool) -> None:
-    """Reads ``--exclude`` and ``--relabel`` before the run's lock makes its folder: a list that is missing, a
-    folder, too large or malformed was first read by training, after the run folder held its state.json and
-    config.yaml, and the corrected command was then told the folder already holds a run (and ``--resume``, that
-    the lists differ). A resume whose split is written reads the run's record of them, not the lists: not here.
-
-    Raises:
-        ConfigError: A list cannot be read or is malformed (naming the file, and the line where there is one), or
-            names no file of the data folder.
-    """
-    if resume and (RunDir(config.out) / RunDir.SPLIT).exists():
-        return
-    curate = curation.Curation.load(config.exclude, config.relabel)
-    curate.check_found(config.data_dir, config.exclude, config.relabel)
 
 
 def _check_unfinished(run: RunDir) -> None:
