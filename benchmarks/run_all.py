@@ -41,6 +41,7 @@ SUITE = {  # name -> (script, needs ../shared)
     "unknown_recommended": ("bench_unknown.py", True),
     "unknown_screens": ("bench_unknown_screens.py", True),
     "unknown_finetune_screen": ("bench_unknown_finetune_screen.py", True),
+    "unknown_descriptors": ("bench_unknown_descriptors.py", True),
     "ood_precision": ("bench_ood_precision.py", False),
     "demo_recipe": ("bench_demo_recipe.py", False),
 }
@@ -473,6 +474,19 @@ def render() -> str:
             "unknown_finetune_screen",
             "Unknown answer: the backbone's last stage fine-tuned with a supervised contrastive loss (screen)",
             _finetune_screen,
+        ),
+        (
+            "unknown_descriptors",
+            "Unknown answer: other descriptors and density models on the pretrained backbone, and a supervised "
+            "upper bound (screen)",
+            lambda r: (
+                table(r["rows"], list(r["rows"][0]))
+                + f"\n\n{r['images']} images at {r['image_size']} px, split seed {r['seed']} (the split of the "
+                f"screen above); four backbone passes (one per rotation) {r['embed_seconds']} s"
+                f"{r.get('timing_note', '')}. The upper bound "
+                "is told which images are the held-out class (cross-validated), which no unknown score may be: "
+                "it says the held-out class is separable in these features, not that a score can find it."
+            ),
         ),
         (
             "ood_precision",

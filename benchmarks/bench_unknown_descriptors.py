@@ -1,0 +1,181 @@
+"""Screens of other descriptors and density models for the unknown answer, and a supervised upper bound.
+
+As in bench_unknown_screens.py: each flower_photos class is held out in turn; one ImageNet MobileNetV2 pass
+(../shared's Keras-layout file, 225 px) over every image, here at four rotations; the same seeded split
+(known validation images are the negatives, every held-out image a positive). The reference row is the
+centred cosine 1-NN on the average-pooled features, the part of bench_unknown's ``combined`` score that sees
+the backbone. A screen is worth a training run only where it clearly beats that row.
+
+- **Pooling**: GeM (p=3) and max pooling of the last feature map, and the square root of the average
+  (power normalisation), each with the same 1-NN.
+- **Rotations** (Hendrycks et al. 2019, Tack et al. 2020): the four rotated views' features side by side;
+  a head on (class, rotation) pairs, scored by the joint log-probability of the best class over the views,
+  by the class log-probability summed over views, and by the rotation's log-probability alone.
+- **Whitening**: 1-NN after PCA whitening (64 dimensions, variance floor 10% of the mean) and after a
+  Ledoit-Wolf whitening; one Ledoit-Wolf Gaussian's Mahalanobis distance.
+- **Density models** on PCA-128: local outlier factor (cosine, k=20), per-class 4-component diagonal Gaussian
+  mixtures (the nearest class's negative log-likelihood), a one-class SVM (RBF, nu=0.1).
+- **Supervised upper bound**: a logistic regression told which images are the held-out class (5-fold
+  cross-validated predictions over the same negatives and positives). No unknown score may use those labels;
+  the row says how separable the held-out class is in these features at all.
+
+    python benchmarks/bench_unknown_descriptors.py [--seed 0]
+
+Result: results/unknown_descriptors.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_unknown_screens import SHARED_MOBILENET_TOP, SIZE, _auroc, _head, _images, _softmax, _subsets, centred_knn
+from common import FLOWERS, table, write_result
+
+
+def _embed(files: list[Path]) -> dict[str, np.ndarray]:
+    """Per image: avg/GeM/max pooled last feature map upright, and the average pool of each rotation."""
+    import keras
+
+    from floranet.data.decode import decode_and_resize
+
+    net = keras.applications.MobileNetV2(
+        weights=str(SHARED_MOBILENET_TOP), include_top=True, input_shape=(SIZE, SIZE, 3), classifier_activation=None
+    )
+    model = keras.Model(net.input, net.get_layer("out_relu").output)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("gem", "max", "avg0", "avg1", "avg2", "avg3")}
+    for s in range(0, len(files), 64):
+        x = np.stack([decode_and_resize(f, (SIZE, SIZE)) for f in files[s : s + 64]])
+        x = keras.applications.mobilenet_v2.preprocess_input(x)
+        for r in range(4):
+            maps = model.predict(np.rot90(x, r, axes=(1, 2)), verbose=0).astype(np.float64)
+            out[f"avg{r}"].append(maps.mean((1, 2)))
+            if r == 0:
+                out["gem"].append((np.maximum(maps, 1e-6) ** 3).mean((1, 2)) ** (1 / 3))
+                out["max"].append(maps.max((1, 2)))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _rotation_scores(feats: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray, ask: np.ndarray) -> dict:
+    """A head on (class, rotation) pairs; three scores from its answers on the four rotated views."""
+    n = int(y.max()) + 1
+    x = np.concatenate([feats[f"avg{r}"][train] for r in range(4)]).astype(np.float32)
+    head = _head(x, np.concatenate([y * 4 + r for r in range(4)]), n * 4, seed=0)
+    # log p(class c, rotation r' | view r), as (view, image, class, rotation)
+    logp = np.stack(
+        [np.log(_softmax(head.predict(feats[f"avg{r}"][ask].astype(np.float32), verbose=0)) + 1e-12) for r in range(4)]
+    ).reshape(4, len(ask), n, 4)
+    views = np.arange(4)
+    joint = logp[views, :, :, views].sum(0)  # the right rotation in each view
+    return {
+        "rotations: joint, best class": -joint.max(1),
+        "rotations: class summed over views": -np.logaddexp.reduce(logp, axis=3).sum(0).max(1),
+        "rotations: rotation alone": -np.logaddexp.reduce(logp[views, :, :, views], axis=2).sum(0),
+    }
+
+
+def _whitened(x: np.ndarray, q: np.ndarray) -> dict[str, np.ndarray]:
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+
+    pca = PCA(64, random_state=0).fit(x)
+    scale = np.sqrt(pca.explained_variance_ + 0.1 * pca.explained_variance_.mean())
+    white: Callable[[np.ndarray], np.ndarray] = lambda a: pca.transform(a) / scale  # noqa: E731
+    lw = LedoitWolf().fit(x)
+    root = np.linalg.cholesky(np.linalg.inv(lw.covariance_))
+    return {
+        "knn, pca-64 whitened": centred_knn(white(x), white(q)),
+        "knn, ledoit-wolf whitened": centred_knn((x - lw.location_) @ root, (q - lw.location_) @ root),
+        "mahalanobis, one ledoit-wolf gaussian": lw.mahalanobis(q),
+    }
+
+
+def _densities(x: np.ndarray, y: np.ndarray, q: np.ndarray) -> dict[str, np.ndarray]:
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+    from sklearn.neighbors import LocalOutlierFactor
+    from sklearn.svm import OneClassSVM
+
+    pca = PCA(128, random_state=0).fit(x)
+    xp, qp = pca.transform(x), pca.transform(q)
+    lof = LocalOutlierFactor(n_neighbors=20, novelty=True, metric="cosine").fit(xp)
+    gmm = [GaussianMixture(4, covariance_type="diag", random_state=0).fit(xp[y == c]) for c in np.unique(y)]
+    unit: Callable[[np.ndarray], np.ndarray] = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    svm = OneClassSVM(gamma="scale", nu=0.1).fit(unit(xp))
+    return {
+        "local outlier factor (k=20)": -lof.score_samples(qp),
+        "per-class gaussian mixtures": np.min([-g.score_samples(qp) for g in gmm], 0),
+        "one-class svm": -svm.score_samples(unit(qp)),
+    }
+
+
+def _upper_bound(x: np.ndarray, is_held_out: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
+    return cross_val_predict(probe, x, is_held_out, cv=5, method="predict_proba")[:, 1]
+
+
+def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray, h: int) -> dict[str, float]:
+    train = (labels != h) & (role == 0)
+    negatives = np.flatnonzero((labels != h) & (role == 2))
+    ask = np.r_[negatives, np.flatnonzero(labels == h)]
+    y = np.searchsorted(np.unique(labels[train]), labels[train])
+    avg = feats["avg0"]
+    side_by_side: Callable[[np.ndarray], np.ndarray] = lambda idx: np.concatenate(  # noqa: E731
+        [feats[f"avg{r}"][idx] for r in range(4)], 1
+    )
+    scores = {
+        "knn, average pool (reference)": centred_knn(avg[train], avg[ask]),
+        "knn, square root of average pool": centred_knn(np.sqrt(avg[train]), np.sqrt(avg[ask])),
+        "knn, gem pool": centred_knn(feats["gem"][train], feats["gem"][ask]),
+        "knn, max pool": centred_knn(feats["max"][train], feats["max"][ask]),
+        "knn, four rotations side by side": centred_knn(side_by_side(train), side_by_side(ask)),
+        **_rotation_scores(feats, y, train, ask),
+        **_whitened(avg[train], avg[ask]),
+        **_densities(avg[train], y, avg[ask]),
+        "supervised upper bound (uses held-out labels)": _upper_bound(avg[ask], (labels[ask] == h).astype(int)),
+    }
+    n = len(negatives)
+    return {k: _auroc(v[:n], v[n:]) for k, v in scores.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not FLOWERS.is_dir() or not SHARED_MOBILENET_TOP.is_file():
+        sys.exit(f"needs {FLOWERS} and {SHARED_MOBILENET_TOP} (../shared)")
+    files, labels, classes = _images()
+    t = time.perf_counter()
+    feats = _embed(files)
+    embed_seconds = time.perf_counter() - t
+    role = _subsets(labels, args.seed)
+    per_class = {}
+    for h, name in enumerate(classes):
+        per_class[name] = _held_out(feats, labels, role, h)
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class[name].items()), flush=True)
+    rows = [
+        {"method": m, "mean_auroc": round(float(np.mean([per_class[c][m] for c in classes])), 4)}
+        | {c: round(per_class[c][m], 3) for c in classes}
+        for m in per_class[classes[0]]
+    ]
+    rows.sort(key=lambda r: -r["mean_auroc"])
+    print(table(rows, ["method", "mean_auroc", *classes]))
+    payload = {"rows": rows, "images": len(files), "image_size": SIZE, "seed": args.seed}
+    payload["embed_seconds"] = round(embed_seconds, 1)
+    cmd = f"python benchmarks/bench_unknown_descriptors.py --seed {args.seed}"
+    print(f"wrote {write_result('unknown_descriptors', payload, cmd)}")
+
+
+if __name__ == "__main__":
+    main()
