@@ -140,6 +140,38 @@ def test_health_classes_and_page(client, tiny_run) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+def test_the_page_escapes_what_the_cli_and_report_escape() -> None:
+    """The page set class and file names with textContent as they came: a class "abc\u202egpj.exe" showed as
+    "abcexe.jpg". Its escape now covers exactly the characters printable escapes, spelled as it spells them, and
+    the script it joined is still the one the Content-Security-Policy's hash allows."""
+    import base64
+    import hashlib
+    import json
+    import re
+    import subprocess
+
+    from floranet.serving import page
+    from floranet.utils.text import printable
+
+    found = re.search(r"const unsafe = /(\[[^\]]*\])/g;", page.SCRIPT)
+    assert found, "the page's escape is gone"
+    js_class = re.compile(found.group(1))  # \uNNNN escapes and ranges read the same in Python and JavaScript
+    for code in range(0x110000):
+        if not 0xD800 <= code <= 0xDFFF:  # surrogates: printable's bytes that are not UTF-8, never in a JSON answer
+            assert bool(js_class.fullmatch(chr(code))) == (printable(chr(code)) != chr(code)), hex(code)
+    script = re.search(r"<script>(.*)</script>", page.PAGE, re.S)
+    assert script and script.group(1) == page.SCRIPT
+    digest = base64.b64encode(hashlib.sha256(page.SCRIPT.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in page.HEADERS["Content-Security-Policy"]
+    node = shutil.which("node")
+    if node is None:
+        return
+    names = ["abc\u202egpj.exe", "a\nb\x1b[31m\x7f\x85\u061c\u200f\u2028\u2069.jpg", "caf\u00e9 \u2192 \U0001f33b"]
+    run = f"{page.SHOWN}\nprocess.stdout.write(JSON.stringify({json.dumps(names)}.map(shown)));"
+    out = subprocess.run([node, "-e", run], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert json.loads(out) == [printable(n) for n in names] == ["abc\\u202egpj.exe", *json.loads(out)[1:]]
+
+
 def _css_rules(css: str) -> dict[str, dict[str, str]]:
     """Selector -> declarations of a flat style sheet (an @media block's inner rule is read as its own)."""
     import re

@@ -172,3 +172,37 @@ def test_long_class_and_file_names_wrap_inside_their_cards(writable_run, tmp_pat
                 page.close()
         finally:
             browser.close()
+
+
+def test_page_spells_out_control_and_bidi_characters_of_server_text(tiny_run, tmp_path) -> None:
+    """A class named "abc\u202egpj.exe" showed as "abcexe.jpg" (the override reversed the rest): the page now
+    shows class names, the file name and errors as report.html does, the override spelled out."""
+    import json
+
+    photo = tmp_path / "rose.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    top = [{"class": "abc\u202egpj.exe", "probability": 0.9}, {"class": "tab\there", "probability": 0.1}]
+    answer = {"file": "x\u2066y.jpg", "top_k": top, "unknown": False, "low_confidence": False}
+    replies = [
+        {"status": 200, "content_type": "application/json", "body": json.dumps(answer)},
+        {"status": 422, "content_type": "application/json", "body": json.dumps({"error": "bad 'a\u202eb.jpg'"})},
+    ]
+    with serve.serve_in_thread(serve.create_app(tiny_run)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            console_errors: list[str] = []
+            page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+            page.route("**/predict*", lambda route: route.fulfill(**replies.pop(0)))
+            page.goto(url + "/")
+            page.set_input_files("#file", str(photo))
+            sync_api.expect(page.locator("#meta")).to_contain_text("ms", timeout=15_000)
+            names = page.locator("#results .cls").all_inner_texts()
+            assert names == ["abc\\u202egpj.exe", "tab\\x09here"], names
+            assert page.locator("#meta").inner_text().startswith("x\\u2066y.jpg \u00b7 ")
+            shutil.copy(photo, tmp_path / "rose2.jpg")
+            page.set_input_files("#file", str(tmp_path / "rose2.jpg"))
+            sync_api.expect(page.locator("#error")).to_have_text("bad 'a\\u202eb.jpg'", timeout=15_000)
+            assert not [e for e in console_errors if "422" not in e], console_errors  # no CSP violation
+        finally:
+            browser.close()

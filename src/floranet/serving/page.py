@@ -7,8 +7,10 @@ for the tab only (``sessionStorage``) and sends it as ``Authorization: Bearer``.
 Content-Security-Policy in :data:`HEADERS` enforces that in the browser: the
 inline script and style are allowed by their SHA-256 hashes, connections only
 to the page's own origin, images only from it or from ``blob:``/``data:``.
-Server-provided text (class names, file names, errors) is only ever set with
-``textContent``, never parsed as HTML. The drop zone is a button to assistive technology (``role``), named by
+Server-provided text (class names, file names, errors, the model version) is only ever set with
+``textContent``, never parsed as HTML, and shown through :data:`SHOWN`: control and bidi characters spelled out
+(``\\u202e``) as :func:`floranet.utils.text.printable` spells them in the CLI's output and ``report.html`` (the JSON
+keeps names as they are). The drop zone is a button to assistive technology (``role``), named by
 its visible text (what a speech user reads out), and Enter or Space opens the file chooser.
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+
+from floranet.utils.text import UNSAFE_CLASS
 
 STYLE = """
 :root { --accent: #2e7d32; --bar: #3f9844; --bg: #f6f7f4; --fg: #1d2521; --muted: #5f6b64; }
@@ -58,10 +62,29 @@ label.toggle { display: inline-flex; gap: 8px; align-items: center; margin-top: 
                user-select: none; }
 """
 
-SCRIPT = """
+# shown(text): text with the characters utils.text.printable escapes (UNSAFE_CLASS, the one list) escaped as it
+# escapes them, \\xNN below 0x100 and \\uNNNN above: "abc\\u202egpj.exe", not "abcexe.jpg" reversed by the browser.
+SHOWN = (
+    """
+  const unsafe = /"""
+    + UNSAFE_CLASS
+    + """/g;
+  function shown(text) {
+    return String(text).replace(unsafe, (c) => {
+      const code = c.charCodeAt(0);
+      return code < 0x100 ? "\\\\x" + code.toString(16).padStart(2, "0") : "\\\\u" + code.toString(16).padStart(4, "0");
+    });
+  }
+"""
+)
+
+SCRIPT = (
+    """
 (function () {
   "use strict";
-  const $ = (id) => document.getElementById(id);
+"""
+    + SHOWN
+    + """  const $ = (id) => document.getElementById(id);
   const drop = $("drop"), input = $("file"), photo = $("photo"), hint = $("hint"), results = $("results"),
         meta = $("meta"), errorBox = $("error"), camBox = $("gradcam"), warn = $("warn");
   let current = null;      // the File being shown
@@ -96,11 +119,11 @@ SCRIPT = """
     if (current) classify(current, camBox.checked);
   });
 
-  fetch("health").then((r) => r.json()).then((h) => { $("version").textContent = "model " + h.model_version; })
+  fetch("health").then((r) => r.json()).then((h) => { $("version").textContent = "model " + shown(h.model_version); })
     .catch(() => {});
 
   function showError(message) {
-    errorBox.textContent = message;
+    errorBox.textContent = shown(message);
     errorBox.style.display = message ? "block" : "none";
   }
 
@@ -118,7 +141,7 @@ SCRIPT = """
       row.className = "row";
       const name = document.createElement("span");
       name.className = "cls";
-      name.textContent = item["class"];
+      name.textContent = shown(item["class"]);
       const pct = document.createElement("span");
       pct.className = "pct";
       pct.textContent = (100 * item.probability).toFixed(1) + "%";
@@ -140,7 +163,7 @@ SCRIPT = """
     }
     results.classList.toggle("unknown", Boolean(answer.unknown));
     const t = answer.timing_ms || {};
-    meta.textContent = answer.file + " \\u00b7 " + Math.round(t.total || 0) + " ms (decode " +
+    meta.textContent = shown(answer.file) + " \\u00b7 " + Math.round(t.total || 0) + " ms (decode " +
       (t.decode || 0).toFixed(1) + ", queue " + (t.queue || 0).toFixed(1) + ", inference " +
       (t.inference || 0).toFixed(1) + ")";
     if (answer.gradcam_png) camUrl = "data:image/png;base64," + answer.gradcam_png;
@@ -204,6 +227,7 @@ SCRIPT = """
   });
 })();
 """
+)
 
 PAGE = f"""<!doctype html>
 <html lang="en">

@@ -15,8 +15,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 # C0 controls, DEL, C1 controls, the line and paragraph separators (str.splitlines breaks at them), and the bidi
-# marks, embeddings, overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# marks, embeddings, overrides and isolates: (first, last) code points. The one list: the serve page's script
+# escapes the same characters, from UNSAFE_CLASS.
+UNSAFE_RANGES = (
+    (0x00, 0x1F),
+    (0x7F, 0x9F),
+    (0x061C, 0x061C),
+    (0x200E, 0x200F),
+    (0x2028, 0x2029),
+    (0x202A, 0x202E),
+    (0x2066, 0x2069),
+)
+# A regular-expression character class of them spelled in \uNNNN escapes, which Python's re and JavaScript read alike.
+UNSAFE_CLASS = "[" + "".join(f"\\u{a:04x}" + (f"-\\u{b:04x}" if b > a else "") for a, b in UNSAFE_RANGES) + "]"
+_UNSAFE = re.compile(UNSAFE_CLASS)
 
 
 def _escape(match: re.Match[str]) -> str:
