@@ -884,6 +884,22 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
     assert "max_pixels=1000000000 is above the run's own limit" in caplog.text
 
 
+def test_run_server_logs_the_run_path_escaped(tiny_run, tmp_path, monkeypatch, caplog) -> None:
+    """The start-up lines logged the run's path raw: a run folder named with an escape sequence or a bidi override
+    sent it to the terminal."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: None)  # nothing is bound
+    run = tmp_path / "run\u202egpj\x1b[2J"
+    shutil.copytree(tiny_run, run)
+    with caplog.at_level("WARNING", logger="floranet.serve"):
+        serve.run_server(run, unsafe=True)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(str(tmp_path / "run\\u202egpj\\x1b[2J") + " (model " in line for line in said), said
+    assert any("loading " + str(tmp_path / "run\\u202egpj\\x1b[2J") in line for line in said), said
+    assert not any("\x1b" in line or "\u202e" in line for line in said), said
+
+
 def test_a_model_that_answers_nan_is_refused_or_answered_500_never_invalid_json(tiny_run, writable_run) -> None:
     """A run whose model answers NaN was served: /predict failed with a bare 500 (NaN is not JSON) and /v2
     answered 200 with ``NaN`` in its body, invalid JSON with meaningless labels."""

@@ -86,7 +86,7 @@ from floranet.serving.overlay import GradCamOverlay
 from floranet.serving.state import ServeState, admitted, decode_upload, state_of
 from floranet.serving.uploads import RequestError, extract_upload, read_body
 from floranet.utils.system import usable_cpus
-from floranet.utils.text import map_strings, utf8
+from floranet.utils.text import map_strings, printable, utf8
 
 logger = logging.getLogger("floranet.serve")
 
@@ -122,7 +122,7 @@ def create_app(
     limits = ServeConfig(**settings)
     allowed_formats()  # a bad FLORANET_EXTRA_IMAGE_FORMATS stops the start, not every upload
     if unsafe:
-        logger.warning("loading %s with safe mode OFF: code inside the model will run", run_dir)
+        logger.warning("loading %s with safe mode OFF: code inside the model will run", printable(os.fspath(run_dir)))
     predictor = load(
         run_dir,
         InferenceConfig(

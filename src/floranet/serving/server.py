@@ -22,6 +22,7 @@ from floranet.config import LOOPBACK_HOSTS
 from floranet.errors import ConfigError
 from floranet.serving.app import ServeState, create_app
 from floranet.serving.guard import ConnectionGuard, guarded_protocol
+from floranet.utils.text import printable
 
 logger = logging.getLogger("floranet.serve")
 API_KEY_ENV = "FLORANET_API_KEY"
@@ -124,7 +125,7 @@ def run_server(
         logger.warning(
             "floranet serve is binding to %s: the server is REACHABLE FROM THE NETWORK, %s, without TLS "
             "(put a TLS-terminating reverse proxy in front; see SECURITY.md).",
-            host,
+            printable(host),
             "with an API key" if access["api_key"] else "WITHOUT AUTHENTICATION",
         )
     app = create_app(run_dir, **access, **kw)
@@ -138,13 +139,13 @@ def run_server(
             state.predictor.max_pixels,
         )
     choice = app.state.predictor.choice
-    logger.warning(
+    logger.warning(  # the path as given, escaped as the CLI prints paths (the version's name is URL-safe already)
         "floranet serve: %s (model %s, %s %s) on http://%s:%d/",
-        run_dir,
+        printable(os.fspath(run_dir)),
         app.state.model_version,
         choice.runtime,
         choice.precision,
-        f"[{host}]" if ":" in host else host,
+        printable(f"[{host}]" if ":" in host else host),
         port,
     )
     uvicorn.Server(_uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
