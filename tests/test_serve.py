@@ -256,13 +256,18 @@ def test_upload_name_is_only_a_label(client) -> None:
     assert len(uploads._label("x" * 5000)) == 200
 
 
-def test_gradcam_png_is_a_decodable_overlay(client) -> None:
+def test_gradcam_png_is_a_decodable_overlay_sized_as_explain_sizes_it(client) -> None:
+    """serve shrank a large photo to 384 px but never enlarged a small one, while explain (whose README says it
+    draws "as serve draws it") scales a tiny photo up to 192 px: one sizing now, utils.figures.shown_photo."""
     name, rose = _rose()
     r = client.post("/predict?gradcam=1", files={"file": (name, rose, "image/jpeg")})
     assert r.status_code == 200, r.text
     overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["gradcam_png"])))
     assert overlay.format == "PNG" and overlay.mode == "RGB"
-    assert overlay.size == Image.open(io.BytesIO(rose)).size  # 160 px photos are not shrunk
+    assert Image.open(io.BytesIO(rose)).size == (160, 107) and overlay.size == (192, 128)  # a small photo: up
+    for sent, drawn in (((45, 30), (192, 128)), ((900, 600), (384, 256)), ((300, 200), (300, 200))):
+        r = client.post("/predict?gradcam=1", content=_png(size=sent))
+        assert Image.open(io.BytesIO(base64.b64decode(r.json()["gradcam_png"]))).size == drawn, sent
     assert "gradcam_png" not in client.post("/predict", content=rose).json()
 
 

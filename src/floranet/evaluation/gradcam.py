@@ -19,12 +19,11 @@ from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
 from floranet.rundir import RunDir
-from floranet.utils.figures import image_grid, written_here
+from floranet.utils.figures import SHOWN_SIDE, image_grid, shown_photo, written_here
 from floranet.utils.files import TEMP_NAME_EXTRA, check_outside
 from floranet.utils.text import printable
 
 log = logging.getLogger(__name__)
-SHOWN_SIDE = (192, 384)  # an overlay's longer side: a larger photo is scaled down to 384 px (as serve's), a tiny one up
 NO_EVIDENCE = "no positive evidence for"  # a map that is all zero: nothing in the image raised the class
 
 
@@ -185,20 +184,6 @@ def _warn_if_uniform(cam: GradCAM, size: tuple[int, int]) -> None:
             size[0],
             size[1],
         )
-
-
-def shown_photo(photo: np.ndarray) -> np.ndarray:
-    """``photo`` (upright uint8 RGB) at its own aspect ratio with its longer side scaled into :data:`SHOWN_SIDE`:
-    what an overlay is drawn on, as ``serve`` draws it (the model's square input squashed a 400x20 photo into a
-    square of streaks, and showed a large one at 32 px)."""
-    from PIL import Image
-
-    h, w = photo.shape[:2]
-    scale = min(max(max(h, w), SHOWN_SIDE[0]), SHOWN_SIDE[1]) / max(h, w)
-    if scale == 1:
-        return photo
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
 
 
 def _checked_out(run: RunDir, out_dir: str | os.PathLike[str]) -> Path:

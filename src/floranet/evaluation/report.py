@@ -25,11 +25,11 @@ from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import NOT_FITTED
 from floranet.evaluation.card_facts import CardFacts
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
-from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around, shown_photo
+from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
 from floranet.evaluation.metrics import unmeasured_classes
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
-from floranet.utils.figures import image_grid
+from floranet.utils.figures import image_grid, shown_photo
 from floranet.utils.files import atomic_write_text, check_replaceable
 from floranet.utils.system import environment
 from floranet.utils.text import html_text, printable, utf8

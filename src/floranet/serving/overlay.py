@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ModelError
-from floranet.utils.figures import heat_overlay
+from floranet.utils.figures import heat_overlay, shown_photo
 
 
 class GradCamOverlay:
@@ -20,12 +20,10 @@ class GradCamOverlay:
     Args:
         model: Gives the served Keras classifier (called on first use: a server running the compiled model
             loads Keras only when Grad-CAM is asked for).
-        max_side: Longest side of the returned PNG.
     """
 
-    def __init__(self, model: Callable[[], Any], *, max_side: int = 384) -> None:
+    def __init__(self, model: Callable[[], Any]) -> None:
         self._model = model
-        self.max_side = max_side
         self._cam: Any = None
         self._lock = threading.Lock()
 
@@ -42,16 +40,14 @@ class GradCamOverlay:
             raise self._cam
         return self._cam
 
-    def shrink(self, photo: np.ndarray) -> np.ndarray:
-        """``photo`` with its longer side at most ``max_side`` (what the overlay is drawn on)."""
-        from PIL import Image
-
-        image = Image.fromarray(photo)
-        image.thumbnail((self.max_side, self.max_side), Image.Resampling.BILINEAR)
-        return np.asarray(image)
+    @staticmethod
+    def shrink(photo: np.ndarray) -> np.ndarray:
+        """``photo`` sized as ``explain`` and the report size it (:func:`~floranet.utils.figures.shown_photo`: the
+        longer side scaled down to 384 px, a tiny photo's up to 192), what the overlay is drawn on."""
+        return shown_photo(photo)
 
     def png(self, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> str:
-        """Base64 PNG: ``photo`` (longer side at most ``max_side``) with the heat map of ``class_index``
+        """Base64 PNG: ``photo`` (as :meth:`shrink` sized it) with the heat map of ``class_index``
         (computed on ``pixels``, the model's input) blended over it.
 
         Raises:

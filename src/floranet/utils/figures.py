@@ -21,6 +21,9 @@ _PAD = 6  # pixels around each cell of an image grid
 _MIN_CELL_WIDTH = 220  # room for a file name and "true roses, predicted sunflowers (74%)" at 11 px
 # The PNG text chunk image_grid writes: an explain overlay of that name may be replaced, anything else is kept.
 SOFTWARE_KEY, SOFTWARE = "Software", "floranet"
+# A Grad-CAM overlay's longer side, in explain, the report and serve alike: a larger photo is scaled down to 384 px,
+# a tiny one up to 192.
+SHOWN_SIDE = (192, 384)
 
 
 def new_figure(
@@ -48,6 +51,20 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.
     scaled = Image.fromarray((np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
     colours = colormaps["jet"](np.asarray(scaled) / 255.0)[..., :3] * 255.0
     return np.clip(np.asarray(image, np.float32) * (1 - alpha) + colours * alpha, 0, 255).astype(np.uint8)
+
+
+def shown_photo(photo: np.ndarray) -> np.ndarray:
+    """``photo`` (upright uint8 RGB) at its own aspect ratio with its longer side scaled into :data:`SHOWN_SIDE`:
+    what a Grad-CAM overlay is drawn on, by ``explain``, the report and ``serve`` (the model's square input squashed
+    a 400x20 photo into a square of streaks, and showed a large one at 32 px)."""
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    scale = min(max(max(h, w), SHOWN_SIDE[0]), SHOWN_SIDE[1]) / max(h, w)
+    if scale == 1:
+        return photo
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR))
 
 
 def image_grid(
