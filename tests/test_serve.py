@@ -28,6 +28,7 @@ from floranet import inference as predict  # noqa: E402
 from floranet import serving as serve  # noqa: E402
 from floranet.data.datasets import mini_flowers_path  # noqa: E402
 from floranet.errors import ConfigError, ModelError  # noqa: E402
+from floranet.rundir import RunDir  # noqa: E402
 from floranet.serving import uploads  # noqa: E402
 
 ROSES = mini_flowers_path() / "roses"
@@ -265,10 +266,36 @@ def test_gradcam_png_is_a_decodable_overlay_sized_as_explain_sizes_it(client) ->
     overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["gradcam_png"])))
     assert overlay.format == "PNG" and overlay.mode == "RGB"
     assert Image.open(io.BytesIO(rose)).size == (160, 107) and overlay.size == (192, 128)  # a small photo: up
+    assert r.json()["gradcam_note"] is None  # ResNet-20's 8x8 map, with evidence: nothing to say
     for sent, drawn in (((45, 30), (192, 128)), ((900, 600), (384, 256)), ((300, 200), (300, 200))):
         r = client.post("/predict?gradcam=1", content=_png(size=sent))
         assert Image.open(io.BytesIO(base64.b64decode(r.json()["gradcam_png"]))).size == drawn, sent
     assert "gradcam_png" not in client.post("/predict", content=rose).json()
+
+
+def test_a_flat_gradcam_tint_comes_with_a_note_saying_why(writable_run) -> None:
+    """explain warns when every map is uniform (a 1x1 feature map) and captions a blank one (no positive evidence),
+    but /predict?gradcam=1 sent the flat tint without a word, as if it were an answer. gradcam_note says why."""
+    from floranet.models import classifier
+
+    run = RunDir(writable_run)
+    model = run.load_model()
+    last = classifier.head_of(model).layers[-1]
+    kernel, bias = last.get_weights()
+    kernel[:] = 0  # no feature raises any class: every map is all zero
+    last.set_weights([kernel, bias])
+    run.save_model(model)
+    name, rose = _rose()
+    with TestClient(serve.create_app(writable_run, runtime="tensorflow", precision="fp32"), base_url=LOCAL) as c:
+        answer = c.post("/predict?gradcam=1", content=rose).json()
+    top = answer["top_k"][0]["class"]
+    assert answer["gradcam_png"] and answer["gradcam_note"] == f"no positive evidence for {top}: the map is blank"
+    run.save_model(classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None))  # a 1x1 map
+    other = serve.create_app(writable_run, runtime="tensorflow", precision="fp32", unknown=False)  # other features
+    with TestClient(other, base_url=LOCAL) as c:
+        answer = c.post("/predict?gradcam=1", content=rose).json()
+    assert answer["gradcam_png"], answer
+    assert "is 1x1 at this model's 32x32 input: every map is uniform" in answer["gradcam_note"], answer
 
 
 def test_a_gradcam_value_that_is_neither_true_nor_false_is_refused_by_name(client) -> None:
@@ -741,10 +768,10 @@ def test_one_clients_many_gradcams_do_not_hold_up_anothers_one(tiny_run, monkeyp
     pool = app.state.serve.gradcam_pool
     gate, drawn = threading.Event(), []
 
-    def slow_overlay(self, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> str:
+    def slow_overlay(self, photo: np.ndarray, pixels: np.ndarray, class_index: int, name: str) -> tuple[str, None]:
         drawn.append("b" if photo.shape[0] > photo.shape[1] else "a")  # b sends a tall photo, a wide ones
         assert gate.wait(30)  # the first holds the thread until everyone's overlay is queued
-        return ""
+        return "", None
 
     monkeypatch.setattr(GradCamOverlay, "png", slow_overlay)
     with serve.serve_in_thread(app) as url:

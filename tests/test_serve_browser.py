@@ -206,3 +206,40 @@ def test_page_spells_out_control_and_bidi_characters_of_server_text(tiny_run, tm
             assert not [e for e in console_errors if "422" not in e], console_errors  # no CSP violation
         finally:
             browser.close()
+
+
+def test_page_shows_why_a_gradcam_overlay_is_one_flat_tint(tiny_run, tmp_path) -> None:
+    """A 1x1 feature map makes every overlay one flat tint; the page showed it without a word. It now shows the
+    answer's gradcam_note under the overlay, and only while the overlay is shown."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    photo = tmp_path / "rose.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(buf, "PNG")
+    note = "The feature map Grad-CAM explains (x) is 1x1 at this model's 32x32 input: every map is uniform"
+    answer = {
+        "file": "rose.jpg",
+        "top_k": [{"class": "roses", "probability": 1.0}],
+        "gradcam_png": base64.b64encode(buf.getvalue()).decode(),
+        "gradcam_note": note,
+    }
+    with serve.serve_in_thread(serve.create_app(tiny_run)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.route("**/predict*", lambda route: route.fulfill(json=answer))
+            page.goto(url + "/")
+            page.check("#gradcam")
+            page.set_input_files("#file", str(photo))
+            sync_api.expect(page.locator("#cam-note")).to_have_text(note, timeout=15_000)
+            assert page.locator("#cam-note").is_visible()
+            page.uncheck("#gradcam")  # the photo itself: nothing to explain
+            sync_api.expect(page.locator("#cam-note")).to_be_hidden()
+            page.check("#gradcam")
+            sync_api.expect(page.locator("#cam-note")).to_be_visible()
+        finally:
+            browser.close()

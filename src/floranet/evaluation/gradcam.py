@@ -60,6 +60,7 @@ class GradCAM:
             x = layer_(x)
         conv, pooled = multi(x, training=False)
         self.map_size = (int(conv.shape[1] or 0), int(conv.shape[2] or 0))  # a map's (height, width)
+        self.input_size = (int(model.inputs[0].shape[1] or 0), int(model.inputs[0].shape[2] or 0))
         self._model = keras.Model(inputs, [conv, *_scores(classifier.head_of(model), pooled)])
 
     def heatmaps(
@@ -149,7 +150,7 @@ def explain_files(
     size = (int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2]))
     max_pixels = run.max_pixels()  # what predict decodes, explain decodes
     cam = GradCAM(model)
-    _warn_if_uniform(cam, size)
+    _warn_if_uniform(cam)
     written = []
     for p, target in zip(files, targets, strict=True):
         try:
@@ -173,17 +174,23 @@ def explain_files(
     return written
 
 
-def _warn_if_uniform(cam: GradCAM, size: tuple[int, int]) -> None:
-    """Says, once, that every map will be one flat colour when the explained feature map is a single cell (many
-    backbones' at 32 px): drawn without a word, it looked like an answer."""
-    if cam.map_size == (1, 1):
-        log.warning(
-            "The feature map Grad-CAM explains (%s) is 1x1 at this model's %dx%d input: every map is uniform and "
-            "shows no place. Train with a larger --image-size (e.g. 224) for maps that do.",
-            cam.layer,
-            size[0],
-            size[1],
-        )
+def uniform_maps(cam: GradCAM) -> str | None:
+    """Why every map ``cam`` draws is one flat colour, or None: the explained feature map is a single cell (many
+    backbones' at 32 px), so no map can show a place. Said by ``explain`` and in ``serve``'s ``gradcam_note``."""
+    if cam.map_size != (1, 1):
+        return None
+    return (
+        f"The feature map Grad-CAM explains ({cam.layer}) is 1x1 at this model's {cam.input_size[0]}x"
+        f"{cam.input_size[1]} input: every map is uniform and shows no place"
+    )
+
+
+def _warn_if_uniform(cam: GradCAM) -> None:
+    """Says, once, that every map will be one flat colour (:func:`uniform_maps`): drawn without a word, it looked
+    like an answer."""
+    reason = uniform_maps(cam)
+    if reason:
+        log.warning("%s. Train with a larger --image-size (e.g. 224) for maps that do.", reason)
 
 
 def _checked_out(run: RunDir, out_dir: str | os.PathLike[str]) -> Path:

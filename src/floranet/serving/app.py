@@ -9,10 +9,11 @@ Endpoints:
   form or as the raw request body (any other content type). Answers
   ``{"file", "top_k": [{"class", "probability"}], "low_confidence", "unknown",
   "ood_score", "model_version", "timing_ms": {"decode", "queue", "inference", "total"}}``;
-  ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the
-  Grad-CAM heat map over it); ``1``/``true``/``yes``/``on`` ask for it, ``0``/``false``/``no``/``off``
-  or no value do not, and anything else is a 400. The ``X-Batch-Size`` response header says how
-  many images shared the model call.
+  ``?gradcam=1`` adds ``"gradcam_png"`` (base64 PNG of the photo with the Grad-CAM heat map over it; null, with
+  ``"gradcam_error"`` saying why, when it cannot be drawn) and ``"gradcam_note"`` (why the map is one flat tint
+  when it is: a 1x1 feature map, or no positive evidence for the class; else null); ``1``/``true``/``yes``/``on``
+  ask for it, ``0``/``false``/``no``/``off`` or no value do not, and anything else is a 400. The
+  ``X-Batch-Size`` response header says how many images shared the model call.
 * ``GET /health``: ``{"status": "ok", "model_version", "runtime", "unknown"}`` (the unknown method, or "off").
 * ``GET /classes``: the class names, in model order.
 * ``GET /``: a self-contained page (see :mod:`floranet.serving.page`).
@@ -279,15 +280,21 @@ def _flag(request: Request, name: str) -> bool:
 async def _gradcam(
     state: ServeState, client: str, photo: np.ndarray, pixels: np.ndarray, class_index: int
 ) -> dict[str, Any]:
-    """The overlay's fields of an answer, drawn in the Grad-CAM thread when it is ``client``'s turn."""
+    """The overlay's fields of an answer, drawn in the Grad-CAM thread when it is ``client``'s turn: the PNG, and
+    ``gradcam_note`` saying why its tint is flat when it is (sent without a word, a flat tint looked like an
+    answer), or ``gradcam_error``."""
+    name = state.predictor.class_names[class_index]
     try:
-        png = await state.gradcam_pool.run(client, state.overlay.png, photo, pixels, class_index, timeout_s=None)
+        png, note = await state.gradcam_pool.run(
+            client, state.overlay.png, photo, pixels, class_index, name, timeout_s=None
+        )
     except ModelError as e:
-        return {"gradcam_png": None, "gradcam_error": str(e)}
+        return {"gradcam_png": None, "gradcam_note": None, "gradcam_error": str(e)}
     except Exception as e:  # the overlay is extra: its failure must not lose the prediction
         logger.exception("Grad-CAM failed")  # the details (paths, internals) go to the log, not to the client
-        return {"gradcam_png": None, "gradcam_error": f"Grad-CAM failed (internal error: {type(e).__name__})"}
-    return {"gradcam_png": png}
+        error = f"Grad-CAM failed (internal error: {type(e).__name__})"
+        return {"gradcam_png": None, "gradcam_note": None, "gradcam_error": error}
+    return {"gradcam_png": png, "gradcam_note": note}
 
 
 def model_version(run_dir: str | os.PathLike[str]) -> str:

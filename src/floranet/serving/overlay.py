@@ -46,16 +46,22 @@ class GradCamOverlay:
         longer side scaled down to 384 px, a tiny photo's up to 192), what the overlay is drawn on."""
         return shown_photo(photo)
 
-    def png(self, photo: np.ndarray, pixels: np.ndarray, class_index: int) -> str:
-        """Base64 PNG: ``photo`` (as :meth:`shrink` sized it) with the heat map of ``class_index``
-        (computed on ``pixels``, the model's input) blended over it.
+    def png(self, photo: np.ndarray, pixels: np.ndarray, class_index: int, class_name: str) -> tuple[str, str | None]:
+        """(base64 PNG, note): ``photo`` (as :meth:`shrink` sized it) with the heat map of ``class_index``
+        (``class_name``; computed on ``pixels``, the model's input) blended over it, and why the map is one flat
+        tint when it is (a 1x1 feature map, or no positive evidence for the class), as ``explain`` says it; else
+        None.
 
         Raises:
             ModelError: The model is not a floranet classifier.
         """
         from PIL import Image
 
-        heat, _ = self._gradcam().heatmaps(pixels[None], class_index=class_index)
+        from floranet.evaluation.gradcam import NO_EVIDENCE, uniform_maps
+
+        cam = self._gradcam()
+        heat, _ = cam.heatmaps(pixels[None], class_index=class_index)
         buf = io.BytesIO()
         Image.fromarray(heat_overlay(self.shrink(photo), heat[0], alpha=0.45)).save(buf, "PNG")
-        return base64.b64encode(buf.getvalue()).decode("ascii")
+        note = uniform_maps(cam) or (None if heat[0].any() else f"{NO_EVIDENCE} {class_name}: the map is blank")
+        return base64.b64encode(buf.getvalue()).decode("ascii"), note

@@ -42,6 +42,7 @@ main { max-width: 900px; margin: 24px auto; padding: 0 16px; display: grid; gap:
 #preview { position: relative; text-align: center; }
 #preview img { width: min(100%, 360px); height: auto; max-height: 360px; object-fit: contain; border-radius: 8px; }
 #preview p { color: var(--muted); }
+#preview #cam-note { color: #8a5a00; font-size: 14px; overflow-wrap: anywhere; }
 h2 { font-size: 15px; margin: 0 0 12px; color: var(--muted); font-weight: 600; text-transform: uppercase;
      letter-spacing: .04em; }
 #results { list-style: none; margin: 0; padding: 0; }
@@ -86,10 +87,11 @@ SCRIPT = (
     + SHOWN
     + """  const $ = (id) => document.getElementById(id);
   const drop = $("drop"), input = $("file"), photo = $("photo"), hint = $("hint"), results = $("results"),
-        meta = $("meta"), errorBox = $("error"), camBox = $("gradcam"), warn = $("warn");
+        meta = $("meta"), errorBox = $("error"), camBox = $("gradcam"), warn = $("warn"), camNote = $("cam-note");
   let current = null;      // the File being shown
   let photoUrl = null;     // object URL of the photo
   let camUrl = null;       // data: URL of the Grad-CAM overlay for the current file
+  let camWhy = "";         // the server's gradcam_note: why that overlay is one flat tint
   let token = 0;           // ignores answers to superseded uploads
   // The API key, when the server needs one: from the link's fragment (#key=..., never sent to any server)
   // or typed in once; kept for this tab only.
@@ -131,6 +133,8 @@ SCRIPT = (
     const url = camBox.checked && camUrl ? camUrl : photoUrl;
     if (url) { photo.src = url; photo.hidden = false; hint.hidden = true; }
     photo.alt = camBox.checked && camUrl ? "photo with Grad-CAM heat map" : "uploaded photo";
+    camNote.textContent = shown(camWhy);
+    camNote.hidden = !(camBox.checked && camUrl && camWhy);
   }
 
   function render(answer) {
@@ -166,7 +170,10 @@ SCRIPT = (
     meta.textContent = shown(answer.file) + " \\u00b7 " + Math.round(t.total || 0) + " ms (decode " +
       (t.decode || 0).toFixed(1) + ", queue " + (t.queue || 0).toFixed(1) + ", inference " +
       (t.inference || 0).toFixed(1) + ")";
-    if (answer.gradcam_png) camUrl = "data:image/png;base64," + answer.gradcam_png;
+    if (answer.gradcam_png) {
+      camUrl = "data:image/png;base64," + answer.gradcam_png;
+      camWhy = answer.gradcam_note || "";
+    }
     else if (answer.gradcam_error) showError(answer.gradcam_error);
     showPhoto();
   }
@@ -202,6 +209,7 @@ SCRIPT = (
     if (!file) return;
     current = file;
     camUrl = null;
+    camWhy = "";
     if (photoUrl) URL.revokeObjectURL(photoUrl);
     photoUrl = URL.createObjectURL(file);
     showPhoto();
@@ -252,6 +260,7 @@ PAGE = f"""<!doctype html>
     <h2>Photo</h2>
     <p id="hint">No photo yet.</p>
     <img id="photo" hidden alt="">
+    <p id="cam-note" hidden></p>
     <div><label class="toggle"><input id="gradcam" type="checkbox"> Show Grad-CAM (where the model looked)</label></div>
   </section>
   <section class="card">
