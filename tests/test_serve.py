@@ -257,6 +257,29 @@ def test_upload_name_is_only_a_label(client) -> None:
     assert len(uploads._label("x" * 5000)) == 200
 
 
+def test_a_browsers_percent_encoded_quote_and_line_breaks_are_decoded_in_the_label(client) -> None:
+    """Browsers send a file name's ", CR and LF as %22, %0D and %0A (WHATWG), and the answer echoed
+    'say %22hi%22.jpg'. Those three are decoded, nothing else is (a "%" is sent as it is), and the line breaks are
+    then dropped as every unprintable character is."""
+    _, rose = _rose()
+    for sent, shown in (
+        ("say %22hi%22.jpg", 'say "hi".jpg'),
+        ("a%0D%0Ab.jpg", "ab.jpg"),
+        ("100%25 %2522 %20.jpg", "100%25 %2522 %20.jpg"),
+        ("dir%22/x%22.jpg", 'x".jpg'),
+    ):
+        body = (
+            b"--b\r\n"
+            + f'Content-Disposition: form-data; name="file"; filename="{sent}"\r\n'.encode()
+            + b"Content-Type: image/jpeg\r\n\r\n"
+            + rose
+            + b"\r\n--b--\r\n"
+        )
+        r = client.post("/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 200 and r.json()["file"] == shown, (sent, r.text)
+    assert uploads._label("%0a%22.jpg") == '%0a".jpg'  # upper-case hex only, as browsers send it
+
+
 def test_gradcam_png_is_a_decodable_overlay_sized_as_explain_sizes_it(client) -> None:
     """serve shrank a large photo to 384 px but never enlarged a small one, while explain (whose README says it
     draws "as serve draws it") scales a tiny photo up to 192 px: one sizing now, utils.figures.shown_photo."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 from fastapi import Request
 
 _MAX_LABEL = 200
+# What browsers percent-encode in a multipart file name (WHATWG's multipart/form-data encoding: only ", CR and LF;
+# a "%" is sent as it is), so those three alone are decoded: "say %22hi%22.jpg" is the file say "hi".jpg.
+_FORM_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+_FORM_ESCAPE = re.compile("|".join(_FORM_ESCAPES))
 
 
 class RequestError(Exception):
@@ -152,7 +157,9 @@ def _parse_multipart(boundary: bytes, body: bytes, max_parts: int = 16) -> list[
 
 
 def _label(filename: str) -> str:
-    """The last path component, printable, at most 200 characters (a label, never opened)."""
+    """The last path component, printable, at most 200 characters (a label, never opened), with a browser's
+    ``%22``, ``%0D`` and ``%0A`` decoded (the line breaks then dropped as every unprintable character is)."""
+    filename = _FORM_ESCAPE.sub(lambda m: _FORM_ESCAPES[m.group()], filename)
     name = PurePosixPath(filename.replace("\\", "/")).name
     name = "".join(ch for ch in name if ch.isprintable())
     return name[:_MAX_LABEL] or "upload"
