@@ -243,3 +243,34 @@ def test_page_shows_why_a_gradcam_overlay_is_one_flat_tint(tiny_run, tmp_path) -
             sync_api.expect(page.locator("#cam-note")).to_be_visible()
         finally:
             browser.close()
+
+
+def test_page_hides_the_preview_of_a_refused_upload(tiny_run, tmp_path) -> None:
+    """After a 415 the page kept the preview of the refused file: a broken-image icon named "uploaded photo". An
+    error answer now hides it (until a file gets an answer), and says there is no answer for it."""
+    photo = tmp_path / "rose.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    fake = tmp_path / "notes.jpg"
+    fake.write_bytes(b"not an image at all\n" * 20)
+    with serve.serve_in_thread(serve.create_app(tiny_run)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#file", str(fake))
+            sync_api.expect(page.locator("#error")).to_contain_text("Cannot decode image", timeout=15_000)
+            sync_api.expect(page.locator("#photo")).to_be_hidden()
+            assert page.locator("#photo").get_attribute("src") is None
+            sync_api.expect(page.locator("#hint")).to_have_text("No answer for this photo (see the message above).")
+            with page.expect_response(lambda r: "gradcam=1" in r.url, timeout=15_000) as asked:
+                page.check("#gradcam")  # asks again for the same file: refused again
+            assert asked.value.status == 415
+            page.uncheck("#gradcam")  # shows what there is to show: still nothing
+            sync_api.expect(page.locator("#error")).to_contain_text("Cannot decode image")
+            sync_api.expect(page.locator("#photo")).to_be_hidden()
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#results li .cls", timeout=30_000)
+            sync_api.expect(page.locator("#photo")).to_be_visible()
+            sync_api.expect(page.locator("#hint")).to_be_hidden()
+        finally:
+            browser.close()

@@ -92,6 +92,9 @@ SCRIPT = (
   let photoUrl = null;     // object URL of the photo
   let camUrl = null;       // data: URL of the Grad-CAM overlay for the current file
   let camWhy = "";         // the server's gradcam_note: why that overlay is one flat tint
+  // The last answer was an error: no photo is shown (a file the server refuses is often one the browser cannot
+  // draw either, and its preview was a broken-image icon).
+  let refused = false;
   let token = 0;           // ignores answers to superseded uploads
   // The API key, when the server needs one: from the link's fragment (#key=..., never sent to any server)
   // or typed in once; kept for this tab only.
@@ -131,10 +134,14 @@ SCRIPT = (
 
   function showPhoto() {
     const url = camBox.checked && camUrl ? camUrl : photoUrl;
-    if (url) { photo.src = url; photo.hidden = false; hint.hidden = true; }
+    const visible = Boolean(url) && !refused;
+    if (visible) photo.src = url; else photo.removeAttribute("src");
+    photo.hidden = !visible;
+    hint.hidden = visible;
+    hint.textContent = refused ? "No answer for this photo (see the message above)." : "No photo yet.";
     photo.alt = camBox.checked && camUrl ? "photo with Grad-CAM heat map" : "uploaded photo";
     camNote.textContent = shown(camWhy);
-    camNote.hidden = !(camBox.checked && camUrl && camWhy);
+    camNote.hidden = !(visible && camBox.checked && camUrl && camWhy);
   }
 
   function render(answer) {
@@ -197,8 +204,11 @@ SCRIPT = (
         meta.textContent = "";
         warn.textContent = "";
         showError(answer.error || ("HTTP " + response.status + (response.ok ? ": not an answer from floranet" : "")));
+        refused = true;
+        showPhoto();
         return;
       }
+      refused = false;
       render(answer);
     } catch (e) {
       if (mine === token) { meta.textContent = ""; showError("The server could not be reached: " + e.message); }
@@ -210,6 +220,7 @@ SCRIPT = (
     current = file;
     camUrl = null;
     camWhy = "";
+    refused = false;  // shown while it is classified
     if (photoUrl) URL.revokeObjectURL(photoUrl);
     photoUrl = URL.createObjectURL(file);
     showPhoto();
