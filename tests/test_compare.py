@@ -450,3 +450,32 @@ def test_a_skipped_weights_file_keeps_its_row_and_its_whole_path(tmp_path: Path)
     assert len(cells) == header.count("|") - 1 == 9
     assert cells[2] == "file w\\|x.h5" and cells[3].startswith("skipped: no weights: Cannot read weights file /")
     assert str(weights).replace("|", "\\|") in cells[3]
+
+
+def test_a_comparison_json_or_html_of_yours_in_out_is_refused_and_kept(tmp_path: Path, monkeypatch) -> None:
+    """`compare --out DIR` took DIR's comparison.html and comparison.json for its own by their names, and replaced
+    them when it ended: only files that start as floranet writes them are its own; any other is named and kept."""
+    from floranet.utils.files import atomic_write_text, write_json
+    from floranet.workflows import compare as compare_lib
+    from floranet.workflows.ranking import Comparison, page
+
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)  # past every check: training starts
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    cfg = CompareConfig(data_dir=str(data), backbones=("resnet20",), out="", default_weights=None, train=SETTINGS)
+    mine = {"comparison.html": "<html><title>my comparison</title>", "comparison.json": '{"runtime": "mine"}'}
+    for name, text in mine.items():
+        out = tmp_path / f"mine-{name}"
+        out.mkdir()
+        (out / name).write_text(text)
+        with pytest.raises(ConfigError, match=f"out holds a {name} that floranet compare did not write"):
+            compare(dataclasses.replace(cfg, out=str(out)), say=lambda m: None)
+        assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == text
+    (tmp_path / "dir" / "comparison.json").mkdir(parents=True)  # not a file it could replace either
+    with pytest.raises(ConfigError, match="out holds a comparison.json that floranet compare did not write"):
+        compare(dataclasses.replace(cfg, out=str(tmp_path / "dir")), say=lambda m: None)
+    ours = tmp_path / "ours"  # an earlier comparison's own table and page: taken for its own
+    earlier = Comparison([], "tensorflow fp32", ours, {"data_dir": str(data)})
+    write_json(ours / "comparison.json", earlier.to_dict())
+    atomic_write_text(ours / "comparison.html", page(earlier))
+    with pytest.raises(ZeroDivisionError):
+        compare(dataclasses.replace(cfg, out=str(ours)), say=lambda m: None)

@@ -36,8 +36,8 @@ from floranet.inference.runtime import choose_inference
 from floranet.models import backbones, registry
 from floranet.rundir import RunDir
 from floranet.training.opening import settings_changed
-from floranet.utils.files import atomic_write_text, write_json
-from floranet.workflows.ranking import Comparison, Entry, mark_other_data, page
+from floranet.utils.files import atomic_write_text, file_head, write_json
+from floranet.workflows.ranking import PAGE_MARK, TABLE_MARK, Comparison, Entry, mark_other_data, page
 from floranet.workflows.train import train
 
 __all__ = ["Comparison", "Entry", "compare", "latency", "page"]
@@ -145,7 +145,8 @@ def _check_distinct(names: tuple[str, ...]) -> None:
 
 def _check_out(config: CompareConfig, out: Path) -> None:
     """Refuses an ``out`` inside the data folder, a file, or a folder holding things a comparison did not write
-    (nothing of anyone's is written over).
+    (nothing of anyone's is written over): a ``comparison.json`` or ``comparison.html`` is taken for the comparison's
+    own only when it starts as floranet writes it (:data:`TABLE_MARK`, :data:`PAGE_MARK`).
 
     Raises:
         ConfigError: One of those.
@@ -155,6 +156,13 @@ def _check_out(config: CompareConfig, out: Path) -> None:
         return
     if not out.is_dir():
         raise ConfigError(f"out must be a folder for the comparison; it is a file. Received: out={str(out)!r}")
+    for name, mark in ((TABLE_JSON, TABLE_MARK), (PAGE, PAGE_MARK)):  # replaced at the end: only if floranet's
+        head = file_head(out / name, 256)  # None: not a regular file, or unreadable
+        if ((out / name).exists() or (out / name).is_symlink()) and (head is None or mark not in head):
+            raise ConfigError(
+                f"out holds a {name} that floranet compare did not write; choose a new or empty folder, so it is "
+                f"not replaced. Received: out={str(out)!r}"
+            )
     ours = {SPLIT, SPLIT_SOURCE, TABLE_JSON, PAGE, RunDir.LOCK}
 
     def started(p: Path) -> bool:  # a run folder of a backbone that was killed before its config.yaml

@@ -11,6 +11,11 @@ from typing import Any
 
 from floranet.utils.text import printable
 
+# How the files floranet compare writes start: only such a comparison.json / comparison.html is replaced by a later
+# comparison into the same folder (a file of the user's of that name is never written over).
+TABLE_MARK = b'{\n  "runtime": '  # to_dict's first key, as utils.files.write_json indents it
+PAGE_MARK = b"<title>floranet compare</title>"
+
 
 @dataclass
 class Entry:
@@ -179,7 +184,7 @@ def page(result: Comparison) -> str:
         rows.append("<tr>" + "".join(c if c.startswith("<td") else f"<td>{html.escape(c)}</td>" for c in cells))
     settings = html.escape(", ".join(f"{k}={v}" for k, v in result.settings.items()))
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>floranet compare</title>
+<html lang="en"><head><meta charset="utf-8">{PAGE_MARK.decode()}
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
 td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}}
 td:nth-child(2),td:nth-child(3){{text-align:left}}
