@@ -415,3 +415,19 @@ def test_an_interrupted_evaluate_leaves_no_mismatch_that_the_report_would_show(w
         read_evaluation(run)
     assert main(["evaluate", str(writable_run)]) == 0
     assert read_evaluation(run) is not None
+
+
+def test_evaluate_data_refuses_a_damaged_metrics_file_before_writing_anything(writable_run, tmp_path, capsys) -> None:
+    """`evaluate RUN --data DIR` with a damaged metrics.json wrote metrics_external.json and predictions_external.csv,
+    then exited 2 from the model card (which is written from metrics.json): it now refuses before predicting."""
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    (writable_run / RunDir.METRICS).write_text("{")  # cut short
+    assert main(["evaluate", str(writable_run), "--data", run.config().data_dir]) == 2
+    assert "metrics.json is damaged (not valid JSON" in capsys.readouterr().err
+    assert not run.exists(RunDir.METRICS_EXTERNAL) and not run.exists(RunDir.PREDICTIONS_EXTERNAL)
+    assert main(["evaluate", str(writable_run)]) == 0  # plain evaluate writes it again
+    assert main(["evaluate", str(writable_run), "--data", run.config().data_dir]) == 0
+    assert run.exists(RunDir.METRICS_EXTERNAL)

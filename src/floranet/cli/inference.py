@@ -26,6 +26,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     external = args.data is not None
     # Locked before computing: a run that another command is writing is refused at once, not after the work
     with RunDir.open(args.run_dir).lock() as run:
+        if external:  # not rewritten, but the model card refreshed after the results is: a damaged one fails now
+            run.metrics()
         ev = evaluate_run(
             args.run_dir, data_dir=args.data, batch_size=args.batch_size, runtime=args.runtime, precision=args.precision
         )
