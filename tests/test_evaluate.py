@@ -431,3 +431,38 @@ def test_evaluate_data_refuses_a_damaged_metrics_file_before_writing_anything(wr
     assert main(["evaluate", str(writable_run)]) == 0  # plain evaluate writes it again
     assert main(["evaluate", str(writable_run), "--data", run.config().data_dir]) == 0
     assert run.exists(RunDir.METRICS_EXTERNAL)
+
+
+def test_evaluate_data_says_why_each_image_is_left_out(writable_run, tmp_path, capsys) -> None:
+    """`evaluate --data` counted label conflicts (one file in two class folders) and images over the run's
+    max_pixels among the files that "could not be read as images": each reason is now counted and said as itself."""
+    import json
+    import re
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    trained, (first, second, _) = Path(run.config().data_dir), run.class_names()
+    other = tmp_path / "other"
+    for r in run.split().validation():  # images the run has not trained on
+        (other / r.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(trained / r.path, other / r.path)
+    one = next((other / first).iterdir())
+    shutil.copy(one, other / second / "copy.jpg")  # a label conflict: both copies are left out
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(other / first / "big.png")  # 3600 px, over 2000
+    (other / second / "notes.jpg").write_text("not an image")
+    config = (writable_run / RunDir.CONFIG).read_text()
+    (writable_run / RunDir.CONFIG).write_text(re.sub(r"(?m)^max_pixels: .*$", "max_pixels: 2000", config))
+    assert main(["evaluate", str(writable_run), "--data", str(other)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 image(s) are larger than the run decodes (its max_pixels) and are left out" in err
+    assert "2 image(s) are label conflicts (the same file in two class folders" in err
+    assert "1 file(s) could not be read as images" in err
+    external = json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())
+    counts = {k: external[k] for k in ("unreadable_left_out", "too_large_left_out", "label_conflicts_left_out")}
+    assert counts == {"unreadable_left_out": 1, "too_large_left_out": 1, "label_conflicts_left_out": 2}

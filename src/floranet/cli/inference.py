@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from typing import Any
 
 from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say, warn
 from floranet.config import ENGINES, OUTPUT_FORMATS
@@ -40,22 +41,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     for t, p_, c in ev.most_confused()[:5]:
         say(f"  {t} predicted as {p_}: {c}")
-    files = ev.extra.get("validation_files", {})
-    if files.get("missing") or files.get("changed"):
-        warn(
-            f"{files['missing']} validation file(s) of split.csv are gone and {files['changed']} changed since "
-            f"training (sha256): evaluated on the other {files['evaluated']} of {files['recorded']}."
-        )
-    if ev.extra.get("training_images_left_out"):
-        warn(
-            f"{ev.extra['training_images_left_out']} image(s) of {args.data} are training images of the run (the same "
-            "file as in split.csv): left out, so the figures above are on images the model has not seen."
-        )
-    if ev.extra.get("unreadable_left_out"):
-        warn(
-            f"{ev.extra['unreadable_left_out']} file(s) could not be read as images and are left out of the figures "
-            f"above (`floranet doctor {args.data or ev.data_dir}` says which and why)."
-        )
+    _left_out(ev.extra, args.data or ev.data_dir)
     if external:
         wrote = f"{RunDir.METRICS_EXTERNAL}, {RunDir.PREDICTIONS_EXTERNAL}, plots/*_external.png"
     else:
@@ -64,6 +50,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not external:  # the page still shows training's evaluation until it is built again
         say(f"{RunDir.REPORT} still shows training's evaluation: `floranet report {args.run_dir}` rebuilds it.")
     return 0
+
+
+def _left_out(extra: dict[str, Any], data: str) -> None:
+    """Warns of each kind of image an evaluation left out of its figures (``extra``: its facts), with why."""
+    files = extra.get("validation_files", {})
+    if files.get("missing") or files.get("changed"):
+        warn(
+            f"{files['missing']} validation file(s) of split.csv are gone and {files['changed']} changed since "
+            f"training (sha256): evaluated on the other {files['evaluated']} of {files['recorded']}."
+        )
+    if extra.get("training_images_left_out"):
+        warn(
+            f"{extra['training_images_left_out']} image(s) of {data} are training images of the run (the same "
+            "file as in split.csv): left out, so the figures above are on images the model has not seen."
+        )
+    doctor = f"`floranet doctor {data}` says which"
+    if extra.get("too_large_left_out"):
+        warn(
+            f"{extra['too_large_left_out']} image(s) are larger than the run decodes (its max_pixels) and are left "
+            f"out of the figures above ({doctor}); raise max_pixels in the run's config.yaml to evaluate them."
+        )
+    if extra.get("label_conflicts_left_out"):
+        warn(
+            f"{extra['label_conflicts_left_out']} image(s) are label conflicts (the same file in two class folders, "
+            f"so which label is right is unknown) and are left out of the figures above ({doctor})."
+        )
+    if extra.get("unreadable_left_out"):
+        warn(
+            f"{extra['unreadable_left_out']} file(s) could not be read as images and are left out of the figures "
+            f"above ({doctor} and why)."
+        )
 
 
 def add_predict(sub: Subparsers) -> None:

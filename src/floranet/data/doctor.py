@@ -315,12 +315,12 @@ def _check(c: Candidate, max_pixels: int) -> FileFinding:
     try:
         data = images.read_image_file(c.abs_path, name=c.path, max_pixels=max_pixels)
     except images.UnusableImageError as e:
-        return FileFinding(c.path, c.label, "bad", e.detail)
+        return FileFinding(c.path, c.label, "bad", e.detail, kind=e.kind)
     sha = hashlib.sha256(data).hexdigest()
     try:
         info = images.inspect_image_bytes(data, name=c.path, max_pixels=max_pixels)
     except images.UnusableImageError as e:
-        return FileFinding(c.path, c.label, "bad", e.detail, sha)
+        return FileFinding(c.path, c.label, "bad", e.detail, sha, kind=e.kind)
     except Exception as e:  # noqa: BLE001 - the doctor reports bad files, it never raises on one
         return FileFinding(c.path, c.label, "bad", f"cannot be decoded ({type(e).__name__}: {e})", sha)
     damage = jpeg_damage(data) if info.format in ("JPEG", "MPO") else ""

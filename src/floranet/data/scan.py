@@ -54,6 +54,8 @@ class FileFinding:
             folders, an image under another extension, one that cannot be examined): the printout names it.
         conflict: A valid image that is bad only for a byte-identical copy in another class (a label
             conflict), which a run's ``--exclude`` or ``--relabel`` can settle.
+        kind: What is wrong with a bad image, as :class:`~floranet.data.images.UnusableImageError` names it
+            (``"too_large"``, ``"corrupt"``, ...); ``""`` otherwise.
     """
 
     path: str
@@ -66,6 +68,7 @@ class FileFinding:
     tf_decodable: bool = False
     worth_a_look: bool = False
     conflict: bool = False
+    kind: str = ""
 
 
 @dataclass(frozen=True)

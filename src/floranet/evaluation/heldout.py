@@ -56,7 +56,8 @@ def rows_to_evaluate(
             )
     else:
         root = Path(data_dir)
-        rows, facts["unreadable_left_out"] = labelled_rows(root, names, max_pixels, progress)
+        rows, left_out = labelled_rows(root, names, max_pixels, progress)
+        facts.update(left_out)
         # An image the model trained on (the same bytes) says nothing of how it does on new ones: left out, counted.
         trained = {r.sha256 for r in run.split(names).train() if r.sha256}
         unseen = [r for r in rows if r.sha256 not in trained]
@@ -76,8 +77,12 @@ def rows_to_evaluate(
     return root, rows
 
 
-def labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool) -> tuple[list[SplitRow], int]:
-    """Every usable image of ``root``'s class folders, and how many files the doctor found unusable."""
+def labelled_rows(
+    root: Path, names: list[str], max_pixels: int, progress: bool
+) -> tuple[list[SplitRow], dict[str, int]]:
+    """Every usable image of ``root``'s class folders, and how many files the doctor found unusable, by why:
+    ``too_large_left_out`` (over ``max_pixels``), ``label_conflicts_left_out`` (the same bytes in two class
+    folders: which label is right is unknown) and ``unreadable_left_out`` (every other reason)."""
     report = doctor.diagnose(root, max_pixels=max_pixels, progress=progress)
     usable = report.usable_files()
     if not usable:
@@ -95,4 +100,7 @@ def labelled_rows(root: Path, names: list[str], max_pixels: int, progress: bool)
         rows=tuple(SplitRow(f.path, str(f.label), "validation", f.sha256 or "") for f in usable),
         class_names=tuple(names),
     )
-    return list(split.rows), int(report.summary().get("num_bad", 0))
+    bad = [f for f in report.files if f.status == "bad"]
+    too_large, conflicts = sum(f.kind == "too_large" for f in bad), sum(f.conflict for f in bad)
+    left_out = {"too_large_left_out": too_large, "label_conflicts_left_out": conflicts}
+    return list(split.rows), {"unreadable_left_out": len(bad) - too_large - conflicts, **left_out}
