@@ -143,6 +143,19 @@ def test_explain_never_explains_its_own_overlays_nor_writes_into_the_run(tiny_ru
     assert not list(tiny_run.rglob("*.gradcam.png"))
 
 
+def test_explain_leaves_out_the_runs_own_charts(tiny_run, tmp_path, caplog) -> None:
+    """`explain RUN RUN` explained the run's matplotlib charts (confusion matrix, history, reliability) as photos:
+    save_figure wrote no floranet mark, which the overlays and galleries that image_grid draws carry."""
+    from floranet.utils.figures import written_here
+
+    charts = sorted((tiny_run / RunDir.PLOTS).glob("*.png"))
+    assert {"confusion_matrix.png", "history.png", "reliability.png"} <= {p.name for p in charts}
+    assert [p.name for p in charts if not written_here(p)] == []
+    cams = tmp_path / "cams"
+    assert main(["explain", str(tiny_run), str(tiny_run / RunDir.PLOTS), "--out", str(cams)]) == 0
+    assert not cams.exists() and f"Left out {len(charts)} image(s) that floranet drew" in caplog.text
+
+
 def test_explain_says_which_overlay_is_which_image(tiny_run, tmp_path, capsys, monkeypatch) -> None:
     """a/x.jpg and b/x.jpg gave x.gradcam.png and x.2.gradcam.png, and stdout listed only the overlays, each
     captioned "x.jpg": nothing told which was which. Each line now pairs the image with its overlay, and the

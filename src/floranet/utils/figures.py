@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 _PAD = 6  # pixels around each cell of an image grid
 _MIN_CELL_WIDTH = 220  # room for a file name and "true roses, predicted sunflowers (74%)" at 11 px
-# The PNG text chunk image_grid writes: an explain overlay of that name may be replaced, anything else is kept.
+# The PNG text chunk every figure floranet saves carries (image_grid, save_figure): an explain overlay of that name
+# may be replaced, anything else is kept; and explain leaves such a PNG out of its inputs (a run's own plots).
 SOFTWARE_KEY, SOFTWARE = "Software", "floranet"
 # A Grad-CAM overlay's longer side, in explain, the report and serve alike: a larger photo is scaled down to 384 px,
 # a tiny one up to 192.
@@ -37,9 +38,9 @@ def new_figure(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Writes ``fig`` as a PNG, atomically."""
+    """Writes ``fig`` as a PNG, atomically, marked as floranet's (:func:`written_here`)."""
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png", metadata={SOFTWARE_KEY: SOFTWARE})
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -127,7 +128,8 @@ def image_grid(
 
 
 def written_here(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a PNG that :func:`image_grid` wrote (its text chunk says so; read from the header)."""
+    """Whether ``path`` is a PNG that :func:`image_grid` or :func:`save_figure` wrote (its text chunk says so; read
+    from the header)."""
     from PIL import Image
 
     try:
