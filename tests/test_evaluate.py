@@ -466,3 +466,29 @@ def test_evaluate_data_says_why_each_image_is_left_out(writable_run, tmp_path, c
     external = json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())
     counts = {k: external[k] for k in ("unreadable_left_out", "too_large_left_out", "label_conflicts_left_out")}
     assert counts == {"unreadable_left_out": 1, "too_large_left_out": 1, "label_conflicts_left_out": 2}
+
+
+def test_evaluate_data_shows_class_names_that_only_look_like_the_runs(writable_run, tmp_path) -> None:
+    """Class folders the run does not know were listed unquoted: "café" in NFD, "roses " and a Cyrillic "rоses"
+    read exactly as the known names. They are quoted, a name that is a known one in another Unicode form or white
+    space says so (it is not taken for it), and one that is not ASCII shows its escapes."""
+    import json
+
+    from floranet.errors import DatasetError
+    from floranet.evaluation import evaluate_run
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    photo = next(r for r in run.split().validation())
+    (writable_run / RunDir.CLASS_NAMES).write_text(json.dumps(["caf\u00e9", "roses", "tulips"]))
+    data = (Path(run.config().data_dir) / photo.path).read_bytes()
+    for i, name in enumerate(("cafe\u0301", "roses ", "r\u043eses", "tulips")):
+        (tmp_path / "other" / name).mkdir(parents=True)
+        (tmp_path / "other" / name / "x.jpg").write_bytes(data + b"\0" * i)  # not one file in two classes
+    with pytest.raises(DatasetError) as caught:
+        evaluate_run(writable_run, data_dir=tmp_path / "other")
+    message = str(caught.value)
+    assert "'cafe\u0301' (it and the known 'caf\u00e9' are one name written in two Unicode forms)" in message
+    assert "'roses ' (it and the known 'roses' differ only by white space" in message
+    assert "'r\u043eses' (written 'r\\u043eses')" in message
+    assert message.endswith("Known: 'caf\u00e9', 'roses', 'tulips'")

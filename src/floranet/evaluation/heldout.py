@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from floranet.data import doctor
+from floranet.data.scan import same_looking
 from floranet.data.split import Split, SplitRow
 from floranet.errors import DatasetError
 from floranet.rundir import RunDir
 from floranet.utils.files import file_digest
+from floranet.utils.text import quoted
 
 
 def as_trained(root: Path, rows: list[SplitRow]) -> tuple[list[SplitRow], dict[str, int]]:
@@ -94,7 +96,8 @@ def labelled_rows(
     unknown = sorted({str(f.label) for f in usable} - set(names))
     if unknown:
         raise DatasetError(
-            f"{root} has classes the model was not trained on: {', '.join(unknown)}. Known: {', '.join(names)}"
+            f"{root} has classes the model was not trained on: {', '.join(_unknown_name(n, names) for n in unknown)}. "
+            f"Known: {', '.join(map(quoted, names))}"
         )
     split = Split(
         rows=tuple(SplitRow(f.path, str(f.label), "validation", f.sha256 or "") for f in usable),
@@ -104,3 +107,14 @@ def labelled_rows(
     too_large, conflicts = sum(f.kind == "too_large" for f in bad), sum(f.conflict for f in bad)
     left_out = {"too_large_left_out": too_large, "label_conflicts_left_out": conflicts}
     return list(split.rows), {"unreadable_left_out": len(bad) - too_large - conflicts, **left_out}
+
+
+def _unknown_name(name: str, known: list[str]) -> str:
+    """A class folder's name the run does not know, quoted (a trailing space shows), with why it may look like a
+    known one: the same name in another Unicode form or white space (never taken for it), or its letters as
+    escapes where it is not ASCII (a Cyrillic "а" in "dаisy")."""
+    for twin in known:
+        alike = same_looking([twin, name])
+        if alike:
+            return f"{quoted(name)} (it and the known {quoted(twin)} {alike[2]})"
+    return quoted(name) if name.isascii() else f"{quoted(name)} (written {ascii(name)})"
