@@ -326,6 +326,27 @@ def test_a_comparisons_split_is_not_reused_for_another_data_folder(tmp_path: Pat
     assert json.loads((out / "split.json").read_text()) == {"data_dir": str(first.resolve())}
 
 
+def test_a_damaged_split_record_names_compare_as_its_writer(tmp_path: Path, monkeypatch) -> None:
+    """A split.json that is not JSON said "rerun the step that wrote it": that step is compare itself, which said
+    it again. The message names the command that writes the file (RunDir.WRITERS) and what to do."""
+    from floranet.workflows import compare as compare_lib
+
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    out = tmp_path / "cmp"
+    cfg = CompareConfig(data_dir=str(data), backbones=("resnet20",), out=str(out), default_weights=None)
+    with pytest.raises(ZeroDivisionError):
+        compare(cfg, say=lambda m: None)
+    (out / "split.json").write_text('{"data_dir": "cut')
+    with pytest.raises(ConfigError, match="split.json is damaged .not valid JSON") as caught:
+        compare(cfg, say=lambda m: None)
+    assert "it is written by `floranet compare`; choose a new --out" in str(caught.value)
+    assert "step that wrote it" not in str(caught.value)
+    (out / "split.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"split.json is damaged \(no data_dir.*\); choose a new --out"):
+        compare(cfg, say=lambda m: None)
+
+
 @pytest.mark.parametrize("given", ["relative", "absolute"])
 def test_a_comparison_moved_or_copied_elsewhere_is_continued(tmp_path: Path, monkeypatch, given: str) -> None:
     """Its runs' config.yaml name the split where the comparison lay (split_file is absolute): a moved OUT was

@@ -185,19 +185,25 @@ def test_a_damaged_side_file_is_left_out_of_the_card_not_fatal(writable_run: Pat
 
 
 @pytest.mark.parametrize(
-    ("name", "damage", "why"),
+    ("name", "damage", "why", "writer"),
     [
-        ("doctor.json", '{"summary": 5}', "summary is int, not an object"),
-        ("state.json", '{"stages": {"stage1": 3}}', "stages.stage1 is int, not an object"),
+        ("doctor.json", '{"summary": 5}', "summary is int, not an object", "rerun the step that wrote it"),
+        (
+            "state.json",
+            '{"stages": {"stage1": 3}}',
+            "stages.stage1 is int, not an object",
+            "it is written by `floranet train`",
+        ),
     ],
 )
-def test_a_side_file_of_the_wrong_shape_is_left_out_of_the_card(writable_run: Path, name, damage, why) -> None:
+def test_a_side_file_of_the_wrong_shape_is_left_out_of_the_card(writable_run: Path, name, damage, why, writer) -> None:
     """A doctor.json whose summary, or a state.json whose stage, was not an object (a hand edit) failed the card
-    with AttributeError: 'int' object has no attribute 'get'. Now it is left out by name, like an unparsable one."""
+    with AttributeError: 'int' object has no attribute 'get'. Now it is left out by name, like an unparsable one,
+    with the command that writes it where one command does (doctor.json has two: train and audit)."""
     (writable_run / name).write_text(damage)
     said: list[str] = []
     card = write_model_card(writable_run, say=said.append).read_text(encoding="utf-8")
-    damaged = f"{writable_run / name} is damaged ({why}); rerun the step that wrote it"
+    damaged = f"{writable_run / name} is damaged ({why}); {writer}"
     assert said == [f"Model card without {name}: {damaged}"]
     if name == "doctor.json":
         assert f"*`{name}` is left out of this card: it is damaged ({why}).*" in card

@@ -88,6 +88,7 @@ class RunDir:
     EXCLUDED = "excluded.txt"
     RELABELED = "relabel.csv"
     LOCK = "run.lock"  # present while a process writes the run; holds its pid
+    COMPARISON_SPLIT = "split.json"  # `compare --out OUT`: which data folder OUT/split.csv was made from
     BACKUP = "backup"  # multi-worker fault tolerance: backup/<stage>, backup/worker-<i>/<stage>
     COMPILED = "inference"  # the compiled inference model (OpenVINO IR) and its check
     COMPILED_XML = "model.xml"
@@ -95,6 +96,9 @@ class RunDir:
     COMPILED_CHECK = "check.npz"  # both models' outputs on the check images (what a later unknown answer is checked on)
     # What `evaluate`, `report` and `export` need besides the model.
     FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
+    # The command that writes each file: a damaged one's message names it (not "rerun the step that wrote it").
+    WRITERS = {"train": (CLASS_NAMES, STATE, OOD, OOD_STATS), "evaluate": (METRICS, CALIBRATION), "audit": (AUDIT,)}
+    WRITERS |= {"evaluate --data": (METRICS_EXTERNAL,), "export": (EXPORTS,), "compare": (COMPARISON_SPLIT,)}
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -213,7 +217,12 @@ class RunDir:
             # As written (utils.files): file names that are not UTF-8 round-trip through surrogate escapes.
             return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
         except ValueError as e:  # JSONDecodeError, or a damaged encoding
-            raise ModelError(f"{path} is damaged (not valid JSON: {e}); rerun the step that wrote it") from None
+            raise ModelError(f"{path} is damaged (not valid JSON: {e}); {self.written_by(name)}") from None
+
+    def written_by(self, name: str) -> str:
+        """The end of a damaged file's message: the command that writes ``name`` (:attr:`WRITERS`)."""
+        writer = next((w for w, names in self.WRITERS.items() if name in names), None)
+        return f"it is written by `floranet {writer}`" if writer else "rerun the step that wrote it"
 
     def class_names(self) -> list[str]:
         names = self.read_json(self.CLASS_NAMES)
@@ -273,7 +282,7 @@ class RunDir:
         """
         metrics = self.read_json(self.METRICS, {})
         if not isinstance(metrics, dict):
-            raise ModelError(f"{self.path / self.METRICS} is damaged (not a JSON object); rerun `floranet evaluate`")
+            raise ModelError(f"{self / self.METRICS} is damaged (not a JSON object); {self.written_by(self.METRICS)}")
         return metrics
 
     def is_finished(self) -> bool:
@@ -288,18 +297,13 @@ class RunDir:
         complete = isinstance(state, dict) and bool(state.get("complete"))
         return complete and isinstance(timings, dict) and "training" in timings and self.exists(self.MODEL)
 
-    def doctor(self) -> dict[str, Any]:
-        return self.read_json(self.DOCTOR, {})
-
     def config_text(self) -> str:
         path = self.path / self.CONFIG
         return path.read_text(encoding="utf-8") if path.exists() else ""
 
     def history(self) -> list[dict[str, Any]]:
         path = self.path / self.HISTORY
-        if not path.exists():
-            return []
-        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        rows = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))) if path.exists() else []
         return [{k: _number(v) for k, v in r.items()} for r in rows]
 
     def load_model(self, *, safe_mode: bool = True) -> keras.Model:
@@ -356,7 +360,7 @@ class RunDir:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun the step that wrote it") from None
+            raise ModelError(f"{path} cannot be read ({type(e).__name__}: {e}); {self.written_by(name)}") from None
 
     def write_config(self, config: TrainConfig) -> None:
         config.save(self.path / self.CONFIG)
@@ -372,14 +376,10 @@ class RunDir:
 
 
 def _number(text: str | None) -> Any:
-    if text is None or text == "":
-        return None
     for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+        with contextlib.suppress(ValueError):
+            return kind(text or "")  # "" is neither
+    return text or None  # an empty cell (or a missing one): no value
 
 
 # What a run or audit writes right after its config.yaml: with it, a folder is floranet's (see RunDir.is_run).

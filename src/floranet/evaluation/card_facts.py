@@ -141,7 +141,7 @@ class CardFacts:
         """An optional file as a JSON object; None when it is absent, or damaged (then noted in ``unreadable``)."""
         try:
             value = self.run.read_json(name)
-        except ModelError as e:  # names the file, the JSON error, and to rerun the step that wrote it
+        except ModelError as e:  # names the file, the JSON error, and the command that writes it
             self.unreadable[name] = ("it is damaged (not valid JSON)", str(e))
             return None
         except OSError as e:  # e.g. a folder of that name
@@ -153,7 +153,7 @@ class CardFacts:
         wrong = mismatch(value, SHAPES.get(name, dict)) or (f"{missing[0]} is missing" if missing else None)
         if wrong:
             why = f"it is damaged ({wrong})" if isinstance(value, dict) else "it is damaged (not a JSON object)"
-            self.unreadable[name] = (why, f"{self.run / name} {why.removeprefix('it ')}; rerun the step that wrote it")
+            self.unreadable[name] = (why, f"{self.run / name} {why.removeprefix('it ')}; {self.run.written_by(name)}")
             return None
         return value
 

@@ -43,7 +43,7 @@ from floranet.workflows.train import train
 __all__ = ["Comparison", "Entry", "compare", "latency", "page"]
 
 SPLIT = RunDir.SPLIT  # the shared split, in the comparison folder
-SPLIT_SOURCE = "split.json"  # which data folder the shared split was made from
+SPLIT_SOURCE = RunDir.COMPARISON_SPLIT  # which data folder the shared split was made from
 TABLE_JSON = "comparison.json"
 PAGE = "comparison.html"
 WARMUP = 3
@@ -216,15 +216,16 @@ def _check_split_source(config: CompareConfig, out: Path) -> None:
     """
     if not (out / SPLIT).exists():
         return
-    record = RunDir(out).read_json(SPLIT_SOURCE)
+    try:
+        record = RunDir(out).read_json(SPLIT_SOURCE)
+        damaged = f"{out / SPLIT_SOURCE} is damaged (no data_dir: which data folder {SPLIT} was made from)"
+    except ModelError as e:  # not JSON: named, as the command that writes it (this one) can only start anew
+        record, damaged = {}, str(e)
     if record is None:  # made before the record was kept: _shared_split writes it now
         return
     made_from = record.get("data_dir") if isinstance(record, dict) else None
     if not isinstance(made_from, str):
-        raise ConfigError(
-            f"{out / SPLIT_SOURCE} is damaged (no data_dir: which data folder {SPLIT} was made from); choose a new "
-            f"--out. Received: out={str(out)!r}"
-        )
+        raise ConfigError(f"{damaged}; choose a new --out. Received: out={str(out)!r}")
     here = str(Path(config.data_dir).resolve())
     if made_from != here:
         raise ConfigError(
