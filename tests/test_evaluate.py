@@ -492,3 +492,34 @@ def test_evaluate_data_shows_class_names_that_only_look_like_the_runs(writable_r
     assert "'roses ' (it and the known 'roses' differ only by white space" in message
     assert "'r\u043eses' (written 'r\\u043eses')" in message
     assert message.endswith("Known: 'caf\u00e9', 'roses', 'tulips'")
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["evaluate", "{run}", "--data", ""], "data"),
+        (["evaluate", ""], "run_dir"),
+        (["doctor", ""], "data_dir"),
+        (["report", "{run}", "--out", ""], "out"),
+        (["explain", "{run}", "{photo}", "--out", ""], "out"),
+        (["predict", "{run}", "{photo}", "--output", ""], "output"),
+        (["train", "{data}", "--out", ""], "out"),
+    ],
+)
+def test_an_empty_path_argument_is_refused(writable_run, tmp_path, monkeypatch, capsys, argv, name) -> None:
+    """`evaluate RUN --data ""` (an unset shell variable) evaluated the current folder, as Path("") is "."; every
+    command's file and folder arguments now refuse an empty path, before anything is read or written."""
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    data = RunDir(writable_run).config().data_dir
+    photo = str(Path(data) / RunDir(writable_run).split().validation()[0].path)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    args = [a.format(run=writable_run, photo=photo, data=data) for a in argv]
+    assert main(args) == 2
+    assert f"{name} must be a path, not empty (an empty path would be the current folder). Received: {name}=''" in (
+        capsys.readouterr().err
+    )
+    assert not list(here.iterdir())

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from floranet.cli import audit, compare, data, deploy, inference, training
-from floranet.cli.common import quiet_tensorflow_import, warn
+from floranet.cli.common import check_paths, quiet_tensorflow_import, warn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from floranet.errors import FloranetError
 
     try:
+        check_paths(args)
         if _needs_tensorflow(args):
             quiet_tensorflow_import()
         code: int = args.run(args)

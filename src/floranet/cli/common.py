@@ -9,10 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 from floranet.config import PRECISIONS, RUNTIMES, UNKNOWN_SWITCH
+from floranet.errors import ConfigError
 from floranet.utils.text import printable
 
 Runner = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+# Every command's arguments that name one file or folder (predict's and explain's inputs aside: one that names no
+# image is an error row of its own). An empty one, as an unset shell variable gives, is the current folder to
+# Path(""): `evaluate RUN --data ""` evaluated whatever folder the shell was in.
+PATH_ARGUMENTS: tuple[str, ...] = ("run_dir", "data_dir", "target", "data", "out", "output", "json", "config")
+PATH_ARGUMENTS += ("split_file", "exclude", "relabel", "cache_dir")
 
 
 def say(message: str) -> None:
@@ -44,6 +50,19 @@ def quiet_tensorflow_import() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuses an empty path among ``args`` (:data:`PATH_ARGUMENTS`), before anything is read or written.
+
+    Raises:
+        ConfigError: One is ``""``; it is named.
+    """
+    for name in PATH_ARGUMENTS:
+        if getattr(args, name, None) == "":
+            raise ConfigError(
+                f"{name} must be a path, not empty (an empty path would be the current folder). Received: {name}=''"
+            )
 
 
 def int_or_pair(text: str) -> int | tuple[int, int]:
