@@ -156,6 +156,24 @@ def test_explain_leaves_out_the_runs_own_charts(tiny_run, tmp_path, caplog) -> N
     assert not cams.exists() and f"Left out {len(charts)} image(s) that floranet drew" in caplog.text
 
 
+def test_explain_draws_each_file_once_however_many_inputs_name_it(tiny_run, tmp_path, monkeypatch, capsys) -> None:
+    """`explain RUN a.jpg a.jpg ./a.jpg photos` drew one photo again and again (a.gradcam.png, a.2.gradcam.png, ...):
+    each file is explained once, under the first path that names it, as one folder or pattern names it once."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(photos / name)
+    monkeypatch.chdir(tmp_path)
+    inputs = ["photos/a.jpg", "photos/a.jpg", "./photos/a.jpg", str(photos / "a.jpg"), "photos"]
+    assert main(["explain", str(tiny_run), *inputs, "--out", "cams"]) == 0
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["a.gradcam.png", "b.gradcam.png"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"photos/{name}.jpg -> {Path('cams', name + '.gradcam.png')}" for name in ("a", "b")
+    ]
+
+
 def test_explain_says_which_overlay_is_which_image(tiny_run, tmp_path, capsys, monkeypatch) -> None:
     """a/x.jpg and b/x.jpg gave x.gradcam.png and x.2.gradcam.png, and stdout listed only the overlays, each
     captioned "x.jpg": nothing told which was which. Each line now pairs the image with its overlay, and the

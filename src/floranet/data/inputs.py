@@ -45,7 +45,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path],
         elif p.is_file():
             found = [p]
         elif p.is_dir():
-            found = _once(_walk(p))  # an empty folder is as good as a typo: say so below
+            found = once(_walk(p))  # an empty folder is as good as a typo: say so below
         elif _special(p):  # a FIFO, device or socket (or a link to one): it exists, but is never read
             found, reason = [], NOT_REGULAR
         elif glob.has_magic(str(item)):
@@ -71,13 +71,14 @@ def _matched(pattern: str) -> list[Path]:
                 found.extend(_walk(m))
         elif m.suffix.lower() in IMAGE_EXTENSIONS and m.is_file() and _regular(m):
             found.append(m)
-    return _once(found)
+    return once(found)
 
 
-def _once(found: list[Path]) -> list[Path]:
+def once(found: list[Path]) -> list[Path]:
     """Each file once, under the first path that names it: a link to an image of the same folder (``latest.jpg ->
     img_9.jpg``), or to a folder (``alias -> .``, which ``**`` matches), names one file under two paths. One input
-    names each file once, whether a folder or a pattern; a file given as two inputs keeps both rows."""
+    names each file once, whether a folder or a pattern; a file given as two inputs keeps both of predict's rows,
+    while explain, which writes one overlay per file, passes all its inputs' files through this."""
     real: dict[str, Path] = {}
     for m in found:
         real.setdefault(os.path.realpath(m), m)

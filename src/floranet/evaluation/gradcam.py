@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from floranet.data.archives import NAME_MAX
 from floranet.data.images import load_image, with_run_limit
-from floranet.data.inputs import expand_inputs
+from floranet.data.inputs import expand_inputs, once
 from floranet.data.resize import bilinear
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.models import classifier
@@ -225,9 +225,11 @@ def runs_around(path: str | os.PathLike[str]) -> list[tuple[str, Path]]:
 def _images(
     paths: Sequence[str | os.PathLike[str]], on_error: Callable[[str | os.PathLike[str], DatasetError], None] | None
 ) -> list[Path]:
-    """The images ``paths`` name (:func:`expand_inputs`), less those floranet drew; an input that names no image
-    goes to ``on_error`` (raised without one) before anything is drawn, as a missing file always did."""
-    files, unmatched = expand_inputs(paths)
+    """The images ``paths`` name (:func:`expand_inputs`), each file once however many inputs name it (``a.jpg
+    ./a.jpg`` drew it twice, the second as ``a.2.gradcam.png``), less those floranet drew; an input that names no
+    image goes to ``on_error`` (raised without one) before anything is drawn, as a missing file always did."""
+    found, unmatched = expand_inputs(paths)
+    files = once(found)
     for miss in unmatched:
         error = DatasetError(f"{miss.input}: {miss.reason}")
         if on_error is None:
