@@ -84,3 +84,33 @@ def closed_port_url() -> str:
     port = sock.getsockname()[1]
     sock.close()
     return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def error_server(status: int = 500) -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """A loopback server that answers every request with ``status`` and a JSON error, as a failing MLflow tracking
+    server does; yields its URL and the (path, Authorization header) of each request it had."""
+    requests: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self) -> None:
+            requests.append((self.path, self.headers.get("Authorization")))
+            body = b'{"error_code": "INTERNAL_ERROR", "message": "boom"}'
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()

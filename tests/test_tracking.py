@@ -159,3 +159,68 @@ def test_a_server_that_does_not_answer_is_refused_at_once_and_retries_are_bounde
     assert calls == ["set_tracking_uri", "2", "set_tracking_uri", "5"]
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(tiny_run, monkeypatch, capsys) -> None:
+    """MLflow's error named the URL it requested, password and all, and floranet printed it, then repeated the URI
+    in its `floranet track RUN --mlflow URI` hint; MLflow also prints it in its "View run at" lines."""
+    from floranet.cli import main
+    from floranet.workflows import tracking
+    from httpserver import silent_server
+
+    seen: list[tuple[str, str | None]] = []
+    stub = _stand_in(monkeypatch, [])
+    stub.set_tracking_uri = lambda uri: seen.append((uri, os.environ.get("MLFLOW_TRACKING_PASSWORD")))
+
+    def failing(name: str) -> None:  # as MLflow's message names the URL
+        raise RuntimeError(f"API request to {seen[-1][0]}/api/2.0/mlflow/experiments/get-by-name failed")
+
+    stub.set_experiment = failing
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with silent_server() as url:
+        with_password = url.replace("http://", "http://alice:S3cret%40PW@")
+        assert main(["track", str(tiny_run), "--mlflow", with_password]) == 1
+        # MLflow gets the URI without them, and the credentials where it reads them (sent as Basic auth)
+        assert seen == [(url, "S3cret@PW")] and "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    out, err = capsys.readouterr()
+    assert "S3cret" not in out + err and "alice:***@127.0.0.1" in out
+    assert f"failed (RuntimeError: API request to {url}/api/2.0/mlflow/experiments/get-by-name failed)" in err
+    # whatever MLflow's message holds: any URL's password, the one given, decoded or not, or the environment's
+    message = RuntimeError("to http://bob:x@h:1/a, S3cret%40PW, S3cret@PW and t0ken (env: http://eve:pw2@h)")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://eve:pw2@h")
+    assert tracking.failure(message, with_password) == (
+        "RuntimeError: to http://bob:***@h:1/a, ***, *** and *** (env: http://eve:***@h)"
+    )
+
+
+def test_the_hint_after_a_failed_logging_hides_the_password(tmp_path, monkeypatch, capsys) -> None:
+    import types
+
+    import floranet.workflows
+    from floranet.cli import main
+
+    def trained(cfg, **kwargs):
+        return types.SimpleNamespace(
+            chief=True, metrics={}, timings={"total": 1.0}, run_dir=tmp_path / "run", tracking_error="Boom"
+        )
+
+    monkeypatch.setattr(floranet.workflows, "train", trained)
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--mlflow", "https://al:pw9@h:5"]) == 1
+    err = capsys.readouterr().err
+    assert "pw9" not in err
+    assert f"floranet track {tmp_path / 'run'} --mlflow https://al:***@h:5 (your password in place of ***)" in err
+
+
+def test_mlflow_sends_the_password_it_is_not_shown(tiny_run: Path, monkeypatch, capsys) -> None:
+    pytest.importorskip("mlflow")
+    from floranet.cli import main
+    from httpserver import error_server
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with error_server(500) as (url, requests):
+        assert main(["track", str(tiny_run), "--mlflow", url.replace("//", "//alice:S3cretPW@")]) == 1
+    out, err = capsys.readouterr()
+    assert "S3cretPW" not in out + err and "logging to MLflow failed (MlflowException: API request to" in err
+    assert requests and requests[-1][1] == "Basic YWxpY2U6UzNjcmV0UFc="  # alice:S3cretPW

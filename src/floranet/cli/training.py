@@ -192,10 +192,13 @@ def run_train(args: argparse.Namespace) -> int:
     say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
     say(f"Run directory: {result.run_dir}")
     if result.tracking_error:  # the run is complete; only the logging is left to do
-        uri = f" {args.mlflow}" if args.mlflow else ""
+        from floranet.utils.download import redacted
+
+        uri = f" {redacted(args.mlflow)}" if args.mlflow else ""
+        password = " (your password in place of ***)" if redacted(args.mlflow or "") != (args.mlflow or "") else ""
         warn(
             f"floranet train: logging to MLflow failed ({result.tracking_error}); the run is complete. "
-            f"Log it when MLflow answers: floranet track {result.run_dir} --mlflow{uri}"
+            f"Log it when MLflow answers: floranet track {result.run_dir} --mlflow{uri}{password}"
         )
         return 1
     return 0
@@ -225,6 +228,6 @@ def run_track(args: argparse.Namespace) -> int:
     except FloranetError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow's own errors, a server that does not answer: said, not a traceback
-        warn(f"floranet track: logging to MLflow failed ({failure(e)})")
+        warn(f"floranet track: logging to MLflow failed ({failure(e, args.mlflow or None)})")
         return 1
     return 0

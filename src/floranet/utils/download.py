@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +197,27 @@ def redacted(url: str) -> str:
     """``url`` without a password (messages are printed and logged)."""
     try:
         parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
+    except ValueError:  # http://user:pw@[::1 (no closing bracket): its password is still hidden
+        return redacted_text(url)
     if parts.password is None:
         return url
     host = parts.netloc.rsplit("@", 1)[1]  # as written: an IPv6 host keeps its brackets
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+# The ``user:password@`` of a URL anywhere in a text; the password runs to the last "@" before a "/" or a space,
+# as urllib.parse takes it.
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/]*@")
+
+
+def redacted_text(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """``text`` (another library's error message, say) with the password of every ``scheme://user:password@``
+    in it, and each of ``secrets`` as written or percent-decoded, replaced by ``***``."""
+    text = _USERINFO.sub(r"\g<head>:***@", text)
+    for secret in filter(None, secrets):
+        for form in sorted({secret, urllib.parse.unquote(secret)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+    return text
 
 
 def _check_request(url: str, timeout: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
-from floranet.utils.download import redacted
+from floranet.utils.download import redacted, redacted_text
 from floranet.utils.optional import available, require
 
 ARTIFACTS = (
@@ -77,9 +77,10 @@ def log_to_mlflow(
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
     target = check_tracking(tracking_uri)
     say(f"Logging {run.path} to MLflow at {redacted(target)} (experiment {experiment!r}) ...")
-    with _bounded_http_retries():
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
+    uri, credentials = _split_credentials(target)
+    with _environment(defaults=HTTP_LIMITS, overrides=credentials):
+        if tracking_uri or credentials:
+            mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name=run.path.resolve().name) as active:
             mlflow.log_params(params)
@@ -99,10 +100,46 @@ def log_to_mlflow(
     return run_id
 
 
-def failure(e: BaseException) -> str:
-    """An MLflow failure in one line: its type and the first line of its message (MLflow's run to many)."""
+def failure(e: BaseException, tracking_uri: str | None = None) -> str:
+    """An MLflow failure in one line: its type and the first line of its message (MLflow's run to many), with
+    passwords replaced by ``***`` (MLflow's messages name the URL they requested, credentials and all).
+
+    Args:
+        e: What MLflow raised.
+        tracking_uri: The URI logged to, as :func:`log_to_mlflow` took it (its password is hidden wherever it is).
+    """
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    secrets = [_password(tracking_uri or ""), _password(os.environ.get("MLFLOW_TRACKING_URI", ""))]
+    secrets += [os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")]
+    return redacted_text(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", secrets)
+
+
+def _password(uri: str) -> str | None:
+    with contextlib.suppress(ValueError):
+        return urllib.parse.urlsplit(uri).password
+    return None
+
+
+def _split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """An http(s) ``uri`` without its ``user:password@``, and MLflow's variables that carry them instead: MLflow
+    prints the tracking URI, password and all, in its errors and its "View run at" lines.
+
+    Returns:
+        The URI MLflow is given and the variables to set while it logs (none when ``uri`` has no password).
+    """
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri, {}
+    if password is None or parts.scheme.lower() not in ("http", "https"):  # a database URI needs its password
+        return uri, {}
+    host = parts.netloc.rsplit("@", 1)[1]
+    credentials = {
+        "MLFLOW_TRACKING_USERNAME": urllib.parse.unquote(parts.username or ""),
+        "MLFLOW_TRACKING_PASSWORD": urllib.parse.unquote(password),
+    }
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
 
 
 def check_tracking(tracking_uri: str | None) -> str:
@@ -178,15 +215,20 @@ def _check_reachable(target: str, given: str) -> None:
 
 
 @contextlib.contextmanager
-def _bounded_http_retries() -> Iterator[None]:
-    """:data:`HTTP_LIMITS` for MLflow's requests while logging, where the user has not set them."""
-    added = {name: value for name, value in HTTP_LIMITS.items() if name not in os.environ}
-    os.environ.update(added)
+def _environment(defaults: dict[str, str], overrides: dict[str, str]) -> Iterator[None]:
+    """``defaults`` (e.g. :data:`HTTP_LIMITS`) where the user has not set them, and ``overrides``, in the
+    environment MLflow reads while it logs; what was there before is put back."""
+    saved = {name: os.environ.get(name) for name in (*defaults, *overrides)}
+    os.environ.update({name: value for name, value in defaults.items() if name not in os.environ})
+    os.environ.update(overrides)
     try:
         yield
     finally:
-        for name in added:
-            os.environ.pop(name, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 _NOT_METRICS = frozenset({"epoch", "stage_epoch", "stage"})

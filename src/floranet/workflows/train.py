@@ -148,4 +148,4 @@ def _track(result: TrainResult, uri: str, say: Callable[[str], None]) -> None:
     try:
         log_to_mlflow(result.run.path, uri or None, say=say)
     except Exception as e:  # noqa: BLE001 - MLflow's own exceptions, connection errors, ...: the run stands
-        result.tracking_error = failure(e)
+        result.tracking_error = failure(e, uri or None)
