@@ -165,7 +165,7 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tiny_run, monkeypatch, 
     """MLflow's error named the URL it requested, password and all, and floranet printed it, then repeated the URI
     in its `floranet track RUN --mlflow URI` hint; MLflow also prints it in its "View run at" lines."""
     from floranet.cli import main
-    from floranet.workflows import tracking
+    from floranet.workflows import tracking_store
     from httpserver import silent_server
 
     seen: list[tuple[str, str | None]] = []
@@ -189,7 +189,7 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tiny_run, monkeypatch, 
     message = RuntimeError("to http://bob:x@h:1/a, S3cret%40PW, S3cret@PW and t0ken (env: http://eve:pw2@h)")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0ken")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://eve:pw2@h")
-    assert tracking.failure(message, with_password) == (
+    assert tracking_store.failure(message, with_password) == (
         "RuntimeError: to http://bob:***@h:1/a, ***, *** and *** (env: http://eve:***@h)"
     )
 

@@ -221,7 +221,8 @@ def add_track(sub: Subparsers) -> None:
 
 def run_track(args: argparse.Namespace) -> int:
     from floranet.errors import FloranetError
-    from floranet.workflows.tracking import failure, log_to_mlflow
+    from floranet.workflows.tracking import log_to_mlflow
+    from floranet.workflows.tracking_store import failure
 
     try:
         log_to_mlflow(args.run_dir, args.mlflow or None, experiment=args.experiment, say=say)

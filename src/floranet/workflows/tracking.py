@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,8 +20,9 @@ from typing import Any
 
 from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
-from floranet.utils.download import redacted, redacted_text
+from floranet.utils.download import redacted
 from floranet.utils.optional import available, require
+from floranet.workflows.tracking_store import DATABASE_SCHEMES, check_reachable, split_credentials
 
 ARTIFACTS = (
     RunDir.CONFIG,
@@ -35,10 +35,6 @@ ARTIFACTS = (
     RunDir.REPORT,
 )
 SCALARS = ("accuracy", "loss", "macro_f1", "top_2_accuracy", "num_examples")
-# Database stores need SQLAlchemy, which the full mlflow package brings and mlflow-skinny (floranet[mlflow]) does
-# not; MLflow 3's default store is one of them (sqlite:///mlflow.db in the current folder).
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-CONNECT_TIMEOUT_S = 5.0
 # MLflow retries a failed request 7 times with exponential backoff: 4 minutes of silence for a server that went
 # down. Bounded while floranet logs, unless the user set them.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
@@ -77,7 +73,7 @@ def log_to_mlflow(
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
     target = check_tracking(tracking_uri)
     say(f"Logging {run.path} to MLflow at {redacted(target)} (experiment {experiment!r}) ...")
-    uri, credentials = _split_credentials(target)
+    uri, credentials = split_credentials(target)
     with _environment(defaults=HTTP_LIMITS, overrides=credentials):
         if tracking_uri or credentials:
             mlflow.set_tracking_uri(uri)
@@ -100,48 +96,6 @@ def log_to_mlflow(
     return run_id
 
 
-def failure(e: BaseException, tracking_uri: str | None = None) -> str:
-    """An MLflow failure in one line: its type and the first line of its message (MLflow's run to many), with
-    passwords replaced by ``***`` (MLflow's messages name the URL they requested, credentials and all).
-
-    Args:
-        e: What MLflow raised.
-        tracking_uri: The URI logged to, as :func:`log_to_mlflow` took it (its password is hidden wherever it is).
-    """
-    text = str(e).strip()
-    secrets = [_password(tracking_uri or ""), _password(os.environ.get("MLFLOW_TRACKING_URI", ""))]
-    secrets += [os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")]
-    return redacted_text(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", secrets)
-
-
-def _password(uri: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        return urllib.parse.urlsplit(uri).password
-    return None
-
-
-def _split_credentials(uri: str) -> tuple[str, dict[str, str]]:
-    """An http(s) ``uri`` without its ``user:password@``, and MLflow's variables that carry them instead: MLflow
-    prints the tracking URI, password and all, in its errors and its "View run at" lines.
-
-    Returns:
-        The URI MLflow is given and the variables to set while it logs (none when ``uri`` has no password).
-    """
-    try:
-        parts = urllib.parse.urlsplit(uri)
-        password = parts.password
-    except ValueError:
-        return uri, {}
-    if password is None or parts.scheme.lower() not in ("http", "https"):  # a database URI needs its password
-        return uri, {}
-    host = parts.netloc.rsplit("@", 1)[1]
-    credentials = {
-        "MLFLOW_TRACKING_USERNAME": urllib.parse.unquote(parts.username or ""),
-        "MLFLOW_TRACKING_PASSWORD": urllib.parse.unquote(password),
-    }
-    return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
-
-
 def check_tracking(tracking_uri: str | None) -> str:
     """Refuses, in a moment and before anything is trained or logged, a tracking store the installed MLflow cannot
     use (logging to it failed only after the whole training).
@@ -156,7 +110,8 @@ def check_tracking(tracking_uri: str | None) -> str:
         MissingDependencyError: MLflow is not installed.
         ConfigError: A database store (MLflow's default among them) without SQLAlchemy (mlflow-skinny), or a file
             store that MLflow keeps behind ``MLFLOW_ALLOW_FILE_STORE=true``, or a tracking server that does not
-            accept a connection within :data:`CONNECT_TIMEOUT_S` (MLflow itself retried for about 4 minutes).
+            accept a connection within ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4
+            minutes).
     """
     mlflow = require("mlflow", "--mlflow")
     target: str = tracking_uri or mlflow.get_tracking_uri()
@@ -183,35 +138,8 @@ def check_tracking(tracking_uri: str | None) -> str:
             f"(--mlflow http://host:5000). Received: {given}"
         )
     if scheme in ("http", "https"):
-        _check_reachable(target, given)
+        check_reachable(target, given)
     return target
-
-
-def _check_reachable(target: str, given: str) -> None:
-    """A TCP connection to the tracking server (or to the proxy that reaches it) within :data:`CONNECT_TIMEOUT_S`.
-
-    Raises:
-        ConfigError: No host in the URI, or no connection.
-    """
-    parts = urllib.parse.urlsplit(target)
-    try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError:  # a port that is not a number
-        host, port = None, 0
-    if not host:
-        raise ConfigError(f"An MLflow tracking server's URI names its host (http://host:5000). Received: {given}")
-    proxy = urllib.request.getproxies().get(parts.scheme.lower())
-    if proxy and not urllib.request.proxy_bypass(host):  # requests connects to the proxy, as MLflow's client does
-        with contextlib.suppress(ValueError):
-            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            host, port = via.hostname or host, via.port or (443 if via.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        raise ConfigError(
-            f"The MLflow tracking server does not answer ({e.strerror or str(e) or type(e).__name__}): start it, or "
-            f"give another tracking URI. Received: {given}"
-        ) from None
 
 
 @contextlib.contextmanager

@@ -143,7 +143,8 @@ def _train(
 def _track(result: TrainResult, uri: str, say: Callable[[str], None]) -> None:
     """Logs the finished run to MLflow; a failure there (a server down, a store refusing it) is kept in
     ``result.tracking_error`` rather than raised: the run is complete, and ``floranet track`` logs it later."""
-    from floranet.workflows.tracking import failure, log_to_mlflow
+    from floranet.workflows.tracking import log_to_mlflow
+    from floranet.workflows.tracking_store import failure
 
     try:
         log_to_mlflow(result.run.path, uri or None, say=say)

@@ -1,0 +1,90 @@
+"""Where MLflow logs: what a tracking URI names and whether MLflow can log there, checked before anything is
+trained; its credentials kept out of every message.
+
+Pure functions of the URI (MLflow is not imported here): :mod:`floranet.workflows.tracking` asks them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import urllib.parse
+import urllib.request
+
+from floranet.errors import ConfigError
+from floranet.utils.download import redacted_text
+
+# Database stores need SQLAlchemy, which the full mlflow package brings and mlflow-skinny (floranet[mlflow]) does
+# not; MLflow 3's default store is one of them (sqlite:///mlflow.db in the current folder).
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+CONNECT_TIMEOUT_S = 5.0
+
+
+def failure(e: BaseException, tracking_uri: str | None = None) -> str:
+    """An MLflow failure in one line: its type and the first line of its message (MLflow's run to many), with
+    passwords replaced by ``***`` (MLflow's messages name the URL they requested, credentials and all).
+
+    Args:
+        e: What MLflow raised.
+        tracking_uri: The URI logged to, as ``log_to_mlflow`` took it (its password is hidden wherever it is).
+    """
+    text = str(e).strip()
+    secrets = [password(tracking_uri or ""), password(os.environ.get("MLFLOW_TRACKING_URI", ""))]
+    secrets += [os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")]
+    return redacted_text(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", secrets)
+
+
+def password(uri: str) -> str | None:
+    with contextlib.suppress(ValueError):
+        return urllib.parse.urlsplit(uri).password
+    return None
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """An http(s) ``uri`` without its ``user:password@``, and MLflow's variables that carry them instead: MLflow
+    prints the tracking URI, password and all, in its errors and its "View run at" lines.
+
+    Returns:
+        The URI MLflow is given and the variables to set while it logs (none when ``uri`` has no password).
+    """
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri, {}
+    if password is None or parts.scheme.lower() not in ("http", "https"):  # a database URI needs its password
+        return uri, {}
+    host = parts.netloc.rsplit("@", 1)[1]
+    credentials = {
+        "MLFLOW_TRACKING_USERNAME": urllib.parse.unquote(parts.username or ""),
+        "MLFLOW_TRACKING_PASSWORD": urllib.parse.unquote(password),
+    }
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
+
+
+def check_reachable(target: str, given: str) -> None:
+    """A TCP connection to the tracking server (or to the proxy that reaches it) within :data:`CONNECT_TIMEOUT_S`.
+
+    Raises:
+        ConfigError: No host in the URI, or no connection.
+    """
+    parts = urllib.parse.urlsplit(target)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:  # a port that is not a number
+        host, port = None, 0
+    if not host:
+        raise ConfigError(f"An MLflow tracking server's URI names its host (http://host:5000). Received: {given}")
+    proxy = urllib.request.getproxies().get(parts.scheme.lower())
+    if proxy and not urllib.request.proxy_bypass(host):  # requests connects to the proxy, as MLflow's client does
+        with contextlib.suppress(ValueError):
+            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            host, port = via.hostname or host, via.port or (443 if via.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(
+            f"The MLflow tracking server does not answer ({e.strerror or str(e) or type(e).__name__}): start it, or "
+            f"give another tracking URI. Received: {given}"
+        ) from None
