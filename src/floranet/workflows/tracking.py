@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +20,7 @@ from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
 from floranet.utils.download import redacted
 from floranet.utils.optional import available, require
-from floranet.workflows.tracking_store import DATABASE_SCHEMES, check_reachable, split_credentials
+from floranet.workflows.tracking_store import DATABASE_SCHEMES, check_reachable, split_credentials, store_scheme
 
 ARTIFACTS = (
     RunDir.CONFIG,
@@ -108,10 +106,10 @@ def check_tracking(tracking_uri: str | None) -> str:
 
     Raises:
         MissingDependencyError: MLflow is not installed.
-        ConfigError: A database store (MLflow's default among them) without SQLAlchemy (mlflow-skinny), or a file
-            store that MLflow keeps behind ``MLFLOW_ALLOW_FILE_STORE=true``, or a tracking server that does not
-            accept a connection within ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4
-            minutes).
+        ConfigError: A URI urllib cannot read (``http://[::1``), a database store (MLflow's default among them)
+            without SQLAlchemy (mlflow-skinny), or a file store that MLflow keeps behind
+            ``MLFLOW_ALLOW_FILE_STORE=true``, or a tracking server that does not accept a connection within
+            ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4 minutes).
     """
     mlflow = require("mlflow", "--mlflow")
     target: str = tracking_uri or mlflow.get_tracking_uri()
@@ -121,10 +119,7 @@ def check_tracking(tracking_uri: str | None) -> str:
         given = f"MLFLOW_TRACKING_URI={redacted(target)!r}"
     else:
         given = f"mlflow={tracking_uri!r} (MLflow's default store, {redacted(target)})"
-    try:
-        scheme = urllib.parse.urlsplit(target).scheme.split("+")[0].lower()  # postgresql+psycopg2://
-    except ValueError:
-        scheme = ""
+    scheme = store_scheme(target, given)
     if scheme in DATABASE_SCHEMES and not available("sqlalchemy"):
         raise ConfigError(
             "MLflow cannot log to a database store without the full mlflow package (floranet[mlflow] installs "

@@ -18,7 +18,32 @@ from floranet.utils.download import redacted_text
 # Database stores need SQLAlchemy, which the full mlflow package brings and mlflow-skinny (floranet[mlflow]) does
 # not; MLflow 3's default store is one of them (sqlite:///mlflow.db in the current folder).
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+# Store names MLflow takes whole, with no "://": Databricks (its default profile) and Unity Catalog's two.
+NAMED_STORES = ("databricks", "databricks-uc", "uc")
 CONNECT_TIMEOUT_S = 5.0
+
+
+def store_scheme(uri: str, given: str) -> str:
+    """The scheme MLflow picks ``uri``'s tracking store by, as it reads it: a bare :data:`NAMED_STORES` name
+    whole, "" for a path (a Windows drive letter too, ``C:\\mlruns``), a database URI's engine alone
+    (``postgresql+psycopg2://`` is postgresql).
+
+    Args:
+        uri: The tracking URI.
+        given: Where it came from, for the message (``mlflow='...'``, its password hidden).
+
+    Raises:
+        ConfigError: urllib cannot read ``uri`` (``http://[::1``): MLflow would fail on it after training.
+    """
+    if uri in NAMED_STORES:
+        return uri
+    try:
+        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+    except ValueError as e:
+        raise ConfigError(f"The MLflow tracking URI cannot be read ({e}). Received: {given}") from None
+    if len(scheme) == 1 and scheme.isalpha():  # a drive letter, as MLflow's get_uri_scheme takes it
+        return ""
+    return scheme.split("+")[0]
 
 
 def failure(e: BaseException, tracking_uri: str | None = None) -> str:

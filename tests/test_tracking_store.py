@@ -1,0 +1,41 @@
+"""Where MLflow logs: the tracking URI read as MLflow reads it and refused, before training, where MLflow would fail
+after it. MLflow is not installed for the tests: a stand-in module answers what floranet asks of it."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from floranet.errors import ConfigError
+from floranet.workflows import tracking_store
+from floranet.workflows.tracking import check_tracking
+
+
+@pytest.fixture
+def mlflow_stub(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """An ``mlflow`` that refuses file stores, as MLflow 3.17 does without MLFLOW_ALLOW_FILE_STORE=true."""
+    stub = types.ModuleType("mlflow")
+    stub.get_tracking_uri = lambda: "sqlite:///mlflow.db"
+    refuse_files = types.SimpleNamespace(get=lambda: False)
+    stub.environment_variables = types.SimpleNamespace(MLFLOW_ALLOW_FILE_STORE=refuse_files)
+    monkeypatch.setitem(sys.modules, "mlflow", stub)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return stub
+
+
+def test_named_stores_and_unreadable_uris_are_not_taken_for_file_stores(mlflow_stub) -> None:
+    """`databricks` and `databricks-uc` (no "://") were refused as file stores "unless MLFLOW_ALLOW_FILE_STORE", and
+    so was http://[::1 (urllib cannot read it) instead of being named for what it is."""
+    assert check_tracking("databricks") == "databricks"
+    read = tracking_store.store_scheme
+    assert [read(u, "") for u in ("databricks", "databricks-uc", "uc")] == ["databricks", "databricks-uc", "uc"]
+    assert read("databricks://work", "") == "databricks" and read("postgresql+psycopg2://h/db", "") == "postgresql"
+    assert read("C:\\mlruns", "") == "" == read("mlruns", "") and read("file:///tmp/m", "") == "file"
+    with pytest.raises(ConfigError, match=r"cannot be read \(Invalid IPv6 URL\). Received: mlflow='http://\[::1'"):
+        check_tracking("http://[::1")
+    with pytest.raises(ConfigError, match=r"cannot be read .*Received: mlflow='http://al:\*\*\*@\[::1'"):
+        check_tracking("http://al:pw@[::1")  # its password hidden all the same
+    with pytest.raises(ConfigError, match="unless MLFLOW_ALLOW_FILE_STORE=true"):  # what is a file store still is
+        check_tracking("mlruns")
