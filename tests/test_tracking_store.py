@@ -21,6 +21,7 @@ def mlflow_stub(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     refuse_files = types.SimpleNamespace(get=lambda: False)
     stub.environment_variables = types.SimpleNamespace(MLFLOW_ALLOW_FILE_STORE=refuse_files)
     monkeypatch.setitem(sys.modules, "mlflow", stub)
+    monkeypatch.setitem(sys.modules, "mlflow.tracking._tracking_service.utils", None)  # its registry, if imported
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return stub
 
@@ -39,3 +40,30 @@ def test_named_stores_and_unreadable_uris_are_not_taken_for_file_stores(mlflow_s
         check_tracking("http://al:pw@[::1")  # its password hidden all the same
     with pytest.raises(ConfigError, match="unless MLFLOW_ALLOW_FILE_STORE=true"):  # what is a file store still is
         check_tracking("mlruns")
+
+
+def test_a_scheme_mlflow_has_no_tracking_store_for_is_refused_with_the_ones_it_has(mlflow_stub) -> None:
+    """ftp://, s3:// and a typo such as htp:// passed the check and failed only when logging, after training."""
+    listed = "give a folder or one of databricks://, file://, http://, https://, mssql://, mysql://, postgresql://"
+    with pytest.raises(ConfigError, match=f"no tracking store for htp:// URIs: {listed}, sqlite://. Received: "):
+        check_tracking("htp://host:5000")
+    with pytest.raises(ConfigError, match=r"for s3:// URIs \(an artifact store: it keeps a tracking server's files"):
+        check_tracking("s3://bucket/mlruns")
+    with pytest.raises(ConfigError, match=r"ftp:// URIs \(an artifact store.*Received: mlflow='ftp://u:\*\*\*@h/x'"):
+        check_tracking("ftp://u:pw@h/x")
+    with pytest.raises(ConfigError, match="databricks-uc is Unity Catalog's model registry, not a tracking store"):
+        check_tracking("databricks-uc")
+
+
+def test_the_schemes_are_those_of_the_installed_mlflow(monkeypatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    assert {"", "file", "http", "https", "databricks"} <= set(tracking_store.supported_schemes())
+    assert not {"uc", "databricks-uc"} & set(tracking_store.supported_schemes())
+    monkeypatch.setitem(_tracking_store_registry._registry, "myplugin", lambda **kwargs: None)  # a plugin's store
+    assert check_tracking("myplugin://x") == "myplugin://x"
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    with pytest.raises(ConfigError, match=r"no tracking store for ftp:// URIs .* one of databricks://, file://"):
+        check_tracking("ftp://h/x")
+    assert mlflow.get_tracking_uri()  # the real MLflow answered, not a stand-in

@@ -20,7 +20,13 @@ from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
 from floranet.utils.download import redacted
 from floranet.utils.optional import available, require
-from floranet.workflows.tracking_store import DATABASE_SCHEMES, check_reachable, split_credentials, store_scheme
+from floranet.workflows.tracking_store import (
+    DATABASE_SCHEMES,
+    check_reachable,
+    check_scheme,
+    split_credentials,
+    store_scheme,
+)
 
 ARTIFACTS = (
     RunDir.CONFIG,
@@ -106,9 +112,10 @@ def check_tracking(tracking_uri: str | None) -> str:
 
     Raises:
         MissingDependencyError: MLflow is not installed.
-        ConfigError: A URI urllib cannot read (``http://[::1``), a database store (MLflow's default among them)
-            without SQLAlchemy (mlflow-skinny), or a file store that MLflow keeps behind
-            ``MLFLOW_ALLOW_FILE_STORE=true``, or a tracking server that does not accept a connection within
+        ConfigError: A URI urllib cannot read (``http://[::1``); a scheme MLflow has no tracking store for
+            (``ftp://``, ``s3://``, ``databricks-uc``; see ``tracking_store.check_scheme``); a database store
+            (MLflow's default among them) without SQLAlchemy (mlflow-skinny); a file store that MLflow keeps behind
+            ``MLFLOW_ALLOW_FILE_STORE=true``; a tracking server that does not accept a connection within
             ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4 minutes).
     """
     mlflow = require("mlflow", "--mlflow")
@@ -126,6 +133,7 @@ def check_tracking(tracking_uri: str | None) -> str:
             "mlflow-skinny): give a tracking server (--mlflow http://host:5000) or set MLFLOW_TRACKING_URI to "
             f"one, or `pip install mlflow`. Received: {given}"
         )
+    check_scheme(scheme, given)
     allow_files = getattr(getattr(mlflow, "environment_variables", None), "MLFLOW_ALLOW_FILE_STORE", None)
     if scheme in ("", "file") and allow_files is not None and not allow_files.get():
         raise ConfigError(

@@ -1,7 +1,8 @@
 """Where MLflow logs: what a tracking URI names and whether MLflow can log there, checked before anything is
 trained; its credentials kept out of every message.
 
-Pure functions of the URI (MLflow is not imported here): :mod:`floranet.workflows.tracking` asks them.
+Functions of the URI, which never require MLflow (they read its registry of stores where it is installed):
+:mod:`floranet.workflows.tracking` asks them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from floranet.utils.download import redacted_text
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 # Store names MLflow takes whole, with no "://": Databricks (its default profile) and Unity Catalog's two.
 NAMED_STORES = ("databricks", "databricks-uc", "uc")
+# MLflow 3.17's tracking stores (mlflow/tracking/_tracking_service/utils.py), for when its registry cannot be read:
+# a folder or file://, a tracking server, Databricks, and the database engines (those with SQLAlchemy only).
+KNOWN_SCHEMES = ("", "file", "http", "https", "databricks", *DATABASE_SCHEMES)
+# Registered as tracking stores, yet MLflow's builder for them refuses: Unity Catalog is a model registry.
+REGISTRY_ONLY = ("databricks-uc", "uc")
+# MLflow's artifact stores, often taken for tracking stores: they keep a tracking server's files, not its runs.
+ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "viewfs", "ftp", "sftp", "dbfs", "runs", "models")
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -44,6 +52,43 @@ def store_scheme(uri: str, given: str) -> str:
     if len(scheme) == 1 and scheme.isalpha():  # a drive letter, as MLflow's get_uri_scheme takes it
         return ""
     return scheme.split("+")[0]
+
+
+def supported_schemes() -> tuple[str, ...]:
+    """The schemes of the tracking stores the installed MLflow has, plugins included: read from its registry where
+    that can be imported, else :data:`KNOWN_SCHEMES`; never :data:`REGISTRY_ONLY`."""
+    try:  # a private name of MLflow's: it may move, and then MLflow 3.17's list stands in
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        schemes = tuple(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):
+        schemes = KNOWN_SCHEMES
+    return tuple(s for s in schemes if s not in REGISTRY_ONLY)
+
+
+def check_scheme(scheme: str, given: str) -> None:
+    """Refuses a scheme MLflow has no tracking store for (``ftp://``, ``s3://``, a typo such as ``htp://``), which
+    failed only when logging, after training.
+
+    Args:
+        scheme: As :func:`store_scheme` reads it.
+        given: Where the URI came from, for the message.
+
+    Raises:
+        ConfigError: Not one of :func:`supported_schemes`; the message lists them.
+    """
+    supported = supported_schemes()
+    if scheme in supported:
+        return
+    if scheme in REGISTRY_ONLY:
+        what = f"{scheme} is Unity Catalog's model registry, not a tracking store"
+    else:
+        what = f"MLflow has no tracking store for {scheme}:// URIs"
+        what += (
+            " (an artifact store: it keeps a tracking server's files, not runs)" if scheme in ARTIFACT_SCHEMES else ""
+        )
+    names = ", ".join(f"{s}://" for s in sorted(supported) if s)
+    raise ConfigError(f"{what}: give a folder or one of {names}. Received: {given}")
 
 
 def failure(e: BaseException, tracking_uri: str | None = None) -> str:
