@@ -3,8 +3,11 @@ after it. MLflow is not installed for the tests: a stand-in module answers what 
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +20,7 @@ from floranet.workflows.tracking import check_tracking
 def mlflow_stub(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """An ``mlflow`` that refuses file stores, as MLflow 3.17 does without MLFLOW_ALLOW_FILE_STORE=true."""
     stub = types.ModuleType("mlflow")
-    stub.get_tracking_uri = lambda: "sqlite:///mlflow.db"
+    stub.get_tracking_uri = lambda: os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     refuse_files = types.SimpleNamespace(get=lambda: False)
     stub.environment_variables = types.SimpleNamespace(MLFLOW_ALLOW_FILE_STORE=refuse_files)
     monkeypatch.setitem(sys.modules, "mlflow", stub)
@@ -67,3 +70,35 @@ def test_the_schemes_are_those_of_the_installed_mlflow(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"no tracking store for ftp:// URIs .* one of databricks://, file://"):
         check_tracking("ftp://h/x")
     assert mlflow.get_tracking_uri()  # the real MLflow answered, not a stand-in
+
+
+def test_a_file_store_inside_the_data_folder_is_refused(mlflow_stub, tiny_run, tmp_path, monkeypatch, capsys) -> None:
+    """--mlflow mlruns run from the data folder (or a file: URI, or MLFLOW_TRACKING_URI, naming a folder in it) wrote
+    MLflow's folders into the dataset: the next training found a new class, "mlruns"."""
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+    from floranet.workflows import tracking
+    from imagesets import make_image_folder
+
+    mlflow_stub.environment_variables.MLFLOW_ALLOW_FILE_STORE = types.SimpleNamespace(get=lambda: True)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=2)
+    monkeypatch.chdir(data)
+    inside = f"must be outside the data folder '{data}' (a folder in it would be read as a class). Received:"
+    for uri in ("mlruns", "file:mlruns", (data / "a" / "mlruns").as_uri(), "sqlite:///mlflow.db"):
+        monkeypatch.setattr(tracking, "available", lambda module: True)  # the full mlflow, for sqlite
+        with pytest.raises(ConfigError, match=re.escape(f"mlflow {inside}")):
+            check_tracking(uri, data_dir=data)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(data / "runs"))
+    with pytest.raises(ConfigError, match=re.escape(f"MLFLOW_TRACKING_URI {inside} MLFLOW_TRACKING_URI='{data}/runs'")):
+        check_tracking(None, data_dir=data)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert check_tracking("../mlruns", data_dir=data) == "../mlruns"  # beside it: taken
+    assert check_tracking("sqlite:////tmp/elsewhere.db", data_dir=data) and check_tracking("mlruns") == "mlruns"
+    # refused before training (no run folder made), and by track for the data folder the run was trained on
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    assert main(["train", str(data), "--out", str(tmp_path / "run"), *tiny, "--mlflow", "mlruns"]) == 2
+    assert f"mlflow {inside} mlflow='mlruns'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (data / "mlruns").exists()
+    store = Path(RunDir(tiny_run).config().data_dir) / "mlruns"
+    assert main(["track", str(tiny_run), "--mlflow", store.as_uri()]) == 2
+    assert f"mlflow must be outside the data folder '{store.parent}'" in capsys.readouterr().err

@@ -160,14 +160,15 @@ class RunDir:
         """Whether the folder holds a training run (finished, or one that can resume), not only an audit."""
         return any(self.exists(name) for name in (self.STATE, self.MODEL, self.CHECKPOINTS, self.HISTORY))
 
-    def check_outside(self, data_dir: str | os.PathLike[str]) -> None:
-        """Refuses a run (or audit) folder inside the data folder: its plots would become images of a class.
+    def check_outside(self, data_dir: str | os.PathLike[str], *, arg: str = "out") -> None:
+        """Refuses a run (or audit) folder inside the data folder: its plots would become images of a class. Also
+        for another folder floranet has written (an MLflow file store), named by ``arg`` in the message.
 
         Raises:
             ConfigError: The folder is ``data_dir`` or inside it.
         """
         where = f"the data folder {os.fspath(data_dir)!r} (a folder in it would be read as a class)"
-        check_outside(self.path, arg="out", inside=[(where, Path(data_dir))])
+        check_outside(self.path, arg=arg, inside=[(where, Path(data_dir))])
 
     def check_new_output(self) -> None:
         """Refuses to write a new run into a folder that already holds other things.

@@ -24,6 +24,7 @@ from floranet.workflows.tracking_store import (
     DATABASE_SCHEMES,
     check_reachable,
     check_scheme,
+    local_store_path,
     split_credentials,
     store_scheme,
 )
@@ -75,7 +76,7 @@ def log_to_mlflow(
         )
     # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
-    target = check_tracking(tracking_uri)
+    target = check_tracking(tracking_uri, data_dir=run.config().data_dir or None)
     say(f"Logging {run.path} to MLflow at {redacted(target)} (experiment {experiment!r}) ...")
     uri, credentials = split_credentials(target)
     with _environment(defaults=HTTP_LIMITS, overrides=credentials):
@@ -100,12 +101,14 @@ def log_to_mlflow(
     return run_id
 
 
-def check_tracking(tracking_uri: str | None) -> str:
+def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str] | None = None) -> str:
     """Refuses, in a moment and before anything is trained or logged, a tracking store the installed MLflow cannot
     use (logging to it failed only after the whole training).
 
     Args:
         tracking_uri: As for :func:`log_to_mlflow`.
+        data_dir: The run's data folder: a file store (or SQLite database) in it is refused, as ``--out`` is (its
+            folders would be read as a class).
 
     Returns:
         The tracking URI MLflow will log to.
@@ -115,15 +118,14 @@ def check_tracking(tracking_uri: str | None) -> str:
         ConfigError: A URI urllib cannot read (``http://[::1``); a scheme MLflow has no tracking store for
             (``ftp://``, ``s3://``, ``databricks-uc``; see ``tracking_store.check_scheme``); a database store
             (MLflow's default among them) without SQLAlchemy (mlflow-skinny); a file store that MLflow keeps behind
-            ``MLFLOW_ALLOW_FILE_STORE=true``; a tracking server that does not accept a connection within
-            ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4 minutes).
+            ``MLFLOW_ALLOW_FILE_STORE=true``, or one inside ``data_dir``; a tracking server that does not accept a
+            connection within ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4 minutes).
     """
     mlflow = require("mlflow", "--mlflow")
     target: str = tracking_uri or mlflow.get_tracking_uri()
-    if tracking_uri:
-        given = f"mlflow={redacted(target)!r}"
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        given = f"MLFLOW_TRACKING_URI={redacted(target)!r}"
+    arg = "mlflow" if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI") else "MLFLOW_TRACKING_URI"
+    if tracking_uri or arg != "mlflow":
+        given = f"{arg}={redacted(target)!r}"
     else:
         given = f"mlflow={tracking_uri!r} (MLflow's default store, {redacted(target)})"
     scheme = store_scheme(target, given)
@@ -134,15 +136,31 @@ def check_tracking(tracking_uri: str | None) -> str:
             f"one, or `pip install mlflow`. Received: {given}"
         )
     check_scheme(scheme, given)
+    _check_local_store(mlflow, target, scheme, (arg, given), data_dir)
+    if scheme in ("http", "https"):
+        check_reachable(target, given)
+    return target
+
+
+def _check_local_store(
+    mlflow: Any, target: str, scheme: str, named: tuple[str, str], data_dir: str | os.PathLike[str] | None
+) -> None:
+    """A file store where MLflow keeps them behind ``MLFLOW_ALLOW_FILE_STORE=true``; one, or a SQLite database,
+    inside ``data_dir`` (MLflow's folders would be read as a class by the next training, as ``--out``'s would).
+
+    Raises:
+        ConfigError: Either; ``named`` is the argument that gave ``target`` and how to show it.
+    """
+    arg, given = named
     allow_files = getattr(getattr(mlflow, "environment_variables", None), "MLFLOW_ALLOW_FILE_STORE", None)
     if scheme in ("", "file") and allow_files is not None and not allow_files.get():
         raise ConfigError(
             "MLflow refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true: set it, or give a tracking server "
             f"(--mlflow http://host:5000). Received: {given}"
         )
-    if scheme in ("http", "https"):
-        check_reachable(target, given)
-    return target
+    where = local_store_path(target, scheme)
+    if where is not None and data_dir is not None:
+        RunDir(where).check_outside(data_dir, arg=arg)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import os
 import socket
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from floranet.errors import ConfigError
 from floranet.utils.download import redacted_text
@@ -52,6 +53,24 @@ def store_scheme(uri: str, given: str) -> str:
     if len(scheme) == 1 and scheme.isalpha():  # a drive letter, as MLflow's get_uri_scheme takes it
         return ""
     return scheme.split("+")[0]
+
+
+def local_store_path(uri: str, scheme: str) -> Path | None:
+    """What a store on this machine writes, as MLflow resolves it (from the current folder when relative): a file
+    store's folder (a path, ``file:``), a SQLite database's file; None for the other stores.
+
+    Args:
+        uri: The tracking URI.
+        scheme: As :func:`store_scheme` reads it.
+    """
+    if scheme == "":
+        return Path(uri)
+    path = urllib.parse.urlsplit(uri).path
+    if scheme == "file":
+        return Path(urllib.request.url2pathname(path))
+    if scheme == "sqlite":  # sqlite:///mlflow.db is mlflow.db, sqlite:////abs/m.db is /abs/m.db
+        return Path(path[1:]) if path[1:] not in ("", ":memory:") else None
+    return None
 
 
 def supported_schemes() -> tuple[str, ...]:

@@ -47,7 +47,8 @@ def train(
     Raises:
         ConfigError: ``config`` is no TrainConfig or has no data_dir, ``resume`` no bool or ``say`` not callable.
         MissingDependencyError: ``mlflow`` is asked for and not installed (before anything trains).
-        ConfigError: ``mlflow`` names a store the installed MLflow cannot use (before anything trains).
+        ConfigError: ``mlflow`` names a store the installed MLflow cannot use, or a file store inside
+            ``config.data_dir`` (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         ConfigError: The ``--exclude`` or ``--relabel`` list cannot be read, is malformed or names no file of
@@ -56,7 +57,7 @@ def train(
     """
     check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
     if mlflow is not None:  # not after an hour of training
-        check_tracking(mlflow)
+        check_tracking(mlflow, data_dir=config.data_dir)
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
         check_resume_settings(RunDir(config.out), config)
     runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
