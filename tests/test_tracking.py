@@ -224,3 +224,39 @@ def test_mlflow_sends_the_password_it_is_not_shown(tiny_run: Path, monkeypatch, 
     out, err = capsys.readouterr()
     assert "S3cretPW" not in out + err and "logging to MLflow failed (MlflowException: API request to" in err
     assert requests and requests[-1][1] == "Basic YWxpY2U6UzNjcmV0UFc="  # alice:S3cretPW
+
+
+def test_the_experiment_is_the_flag_else_mlflow_experiment_name_else_floranet(tiny_run, tmp_path, monkeypatch, capsys):
+    """train had no --experiment, and MLFLOW_EXPERIMENT_NAME was ignored: every run went to "floranet"."""
+    from floranet.cli import main
+    from imagesets import make_image_folder
+
+    stub, names = _stand_in(monkeypatch, []), []
+
+    def stop(name: str) -> None:
+        names.append(name)
+        raise RuntimeError("stop here")
+
+    stub.set_experiment = stop
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    store = str(tmp_path / "mlruns")
+    assert main(["track", str(tiny_run), "--mlflow", store]) == 1
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    assert main(["track", str(tiny_run), "--mlflow", store]) == 1
+    assert "(experiment 'from-env') ..." in capsys.readouterr().out
+    assert main(["track", str(tiny_run), "--mlflow", store, "--experiment", "flag"]) == 1
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
+    train = ["train", str(data), "--out", str(tmp_path / "run"), *tiny, "--fine-tune-epochs", "0"]
+    assert main([*train, "--mlflow", store, "--experiment", "trained"]) == 1
+    assert names == ["floranet", "from-env", "flag", "trained"]
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "run")
+    # what MLflow would refuse after training, and an experiment logged nowhere: said before training
+    assert main([*train, "--mlflow", store, "--experiment", " "]) == 2
+    assert "experiment must be the name of an MLflow experiment. Received: experiment=' '" in capsys.readouterr().err
+    assert main([*train, "--experiment", "trained"]) == 2
+    assert "experiment names the MLflow experiment of mlflow (--mlflow [URI]), which is not given" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()

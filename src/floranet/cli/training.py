@@ -12,6 +12,7 @@ from floranet.config import (
     CLASS_WEIGHTS,
     DISTRIBUTE_CHOICES,
     FINE_TUNE_CACHE,
+    MLFLOW_EXPERIMENT,
     PRESETS,
     RUNTIMES,
     SCHEDULES,
@@ -94,6 +95,7 @@ def add_train(sub: Subparsers) -> None:
         "server or store (default: $MLFLOW_TRACKING_URI; MLflow's own default, sqlite:///mlflow.db, needs the full "
         "mlflow package); needs floranet[mlflow]",
     )
+    _add_experiment(p)
     g = p.add_argument_group("training settings (override --config and the preset)")
     g.add_argument("--config", help="YAML file of settings")
     g.add_argument("--preset", choices=list(PRESETS))
@@ -129,6 +131,15 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--max-pixels", type=int, help="larger images are left out (decompression-bomb guard)")
     g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
     _add_cluster_and_curation(p, g)
+
+
+def _add_experiment(p: argparse.ArgumentParser) -> None:
+    """``--experiment`` of ``train --mlflow`` and ``track``."""
+    p.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help=f"MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else {MLFLOW_EXPERIMENT})",
+    )
 
 
 def _add_fine_tuning(g: Any) -> None:
@@ -184,7 +195,8 @@ def run_train(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
     # Progress bars only on a terminal: redirected to a file they are escape codes and carriage returns
-    result = train(cfg, resume=args.resume, mlflow=args.mlflow, say=say, progress=sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    result = train(cfg, resume=args.resume, mlflow=args.mlflow, experiment=args.experiment, say=say, progress=progress)
     if not result.chief:  # its temporary folder is gone: naming it would send the user to nothing
         say(f"Done in {result.timings['total']:.0f} s: this worker's share; the chief writes the run directory.")
         return 0
@@ -216,7 +228,7 @@ def add_track(sub: Subparsers) -> None:
         help="tracking server or store (default: $MLFLOW_TRACKING_URI; MLflow's own default, sqlite:///mlflow.db, "
         "needs the full mlflow package)",
     )
-    p.add_argument("--experiment", default="floranet", help="MLflow experiment name (default floranet)")
+    _add_experiment(p)
 
 
 def run_track(args: argparse.Namespace) -> int:

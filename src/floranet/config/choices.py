@@ -67,6 +67,8 @@ ENGINES = ("local", "ray")
 EXPORT_FORMATS = ("keras", "saved_model", "onnx", "openvino", "tflite")
 QUANTIZE = ("fp16", "int8")
 DEFAULT_MAX_PIXELS = 50_000_000
+# The MLflow experiment of `train --mlflow` and `track` when neither --experiment nor MLFLOW_EXPERIMENT_NAME names one.
+MLFLOW_EXPERIMENT = "floranet"
 # Out-of-distribution scores a run can answer "unknown" with (floranet.inference.unknown); the default won the
 # leave-one-class-out comparison of benchmarks/bench_unknown.py.
 UNKNOWN_METHODS = ("combined", "knn_head", "knn", "energy", "mahalanobis", "class_mean", "msp")

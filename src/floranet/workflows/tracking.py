@@ -24,6 +24,7 @@ from floranet.workflows.tracking_store import (
     DATABASE_SCHEMES,
     check_reachable,
     check_scheme,
+    experiment_name,
     local_store_path,
     split_credentials,
     store_scheme,
@@ -49,7 +50,7 @@ def log_to_mlflow(
     run_dir: str | os.PathLike[str],
     tracking_uri: str | None = None,
     *,
-    experiment: str = "floranet",
+    experiment: str | None = None,
     say: Callable[[str], None] = print,
 ) -> str:
     """Logs a finished run to MLflow; returns the MLflow run id.
@@ -59,7 +60,8 @@ def log_to_mlflow(
         tracking_uri: Where to log (``file:///...``, ``http://host:5000``, ``sqlite:///mlflow.db``, ...);
             None or "" uses ``MLFLOW_TRACKING_URI``, else MLflow's own default (a ``sqlite:///mlflow.db``
             store in the current folder, which needs the full ``mlflow`` package).
-        experiment: The MLflow experiment name.
+        experiment: The MLflow experiment's name; None: ``MLFLOW_EXPERIMENT_NAME``, else "floranet"
+            (:func:`~floranet.workflows.tracking_store.experiment_name`).
         say: Where the one-line summary goes.
 
     Raises:
@@ -68,6 +70,7 @@ def log_to_mlflow(
         ModelError: Not a finished run.
     """
     mlflow = require("mlflow", "--mlflow")
+    experiment = experiment_name(experiment)
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     if not run.is_finished():  # an interrupted run: model.keras is a checkpoint, its metrics are missing
         raise ModelError(

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from floranet.config import MLFLOW_EXPERIMENT
 from floranet.errors import ConfigError
 from floranet.utils.download import redacted_text
 
@@ -53,6 +54,20 @@ def store_scheme(uri: str, given: str) -> str:
     if len(scheme) == 1 and scheme.isalpha():  # a drive letter, as MLflow's get_uri_scheme takes it
         return ""
     return scheme.split("+")[0]
+
+
+def experiment_name(experiment: str | None) -> str:
+    """The MLflow experiment to log to: ``experiment``, else ``MLFLOW_EXPERIMENT_NAME`` (which MLflow itself
+    reads), else :data:`floranet.config.MLFLOW_EXPERIMENT`.
+
+    Raises:
+        ConfigError: ``experiment`` is given but blank or not text (MLflow refused it only after training).
+    """
+    if experiment is None:
+        return os.environ.get("MLFLOW_EXPERIMENT_NAME") or MLFLOW_EXPERIMENT
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ConfigError(f"experiment must be the name of an MLflow experiment. Received: experiment={experiment!r}")
+    return experiment
 
 
 def local_store_path(uri: str, scheme: str) -> Path | None:

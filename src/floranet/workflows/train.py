@@ -19,6 +19,7 @@ from floranet.training.opening import check_resume_settings
 from floranet.training.trainer import check_arguments
 from floranet.workflows.after_training import audit_and_unknown
 from floranet.workflows.tracking import check_tracking
+from floranet.workflows.tracking_store import experiment_name
 
 
 def train(
@@ -28,6 +29,7 @@ def train(
     progress: bool = True,
     say: Callable[[str], None] = print,
     mlflow: str | None = None,
+    experiment: str | None = None,
 ) -> TrainResult:
     """Trains (:func:`floranet.training.fit`), then writes the run's evaluation, plots, ``report.html`` and
     model card (``README.md``).
@@ -43,12 +45,13 @@ def train(
         say: Where one-line status messages go.
         mlflow: Also log the finished run to MLflow (:func:`floranet.workflows.tracking.log_to_mlflow`) at
             this tracking URI ("" for ``MLFLOW_TRACKING_URI`` or MLflow's default); None: no MLflow.
+        experiment: The MLflow experiment's name; None: ``MLFLOW_EXPERIMENT_NAME``, else "floranet".
 
     Raises:
         ConfigError: ``config`` is no TrainConfig or has no data_dir, ``resume`` no bool or ``say`` not callable.
         MissingDependencyError: ``mlflow`` is asked for and not installed (before anything trains).
         ConfigError: ``mlflow`` names a store the installed MLflow cannot use, or a file store inside
-            ``config.data_dir`` (before anything trains).
+            ``config.data_dir``; ``experiment`` is blank, or given without ``mlflow`` (before anything trains).
         RunLockedError: Another process is writing ``config.out``.
         DatasetError: ``config.data_dir`` does not exist or is a file (before ``config.out`` is made).
         ConfigError: The ``--exclude`` or ``--relabel`` list cannot be read, is malformed or names no file of
@@ -56,8 +59,7 @@ def train(
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
-    if mlflow is not None:  # not after an hour of training
-        check_tracking(mlflow, data_dir=config.data_dir)
+    _check_tracking(config, mlflow, experiment)  # not after an hour of training
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
         check_resume_settings(RunDir(config.out), config)
     runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
@@ -70,7 +72,24 @@ def train(
     with RunDir(config.out).lock():  # one writer per run directory
         if resume:
             _check_unfinished(RunDir(config.out))
-        return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow)
+        return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow, experiment=experiment)
+
+
+def _check_tracking(config: TrainConfig, mlflow: str | None, experiment: str | None) -> None:
+    """:func:`~floranet.workflows.tracking.check_tracking` before training, and an experiment without MLflow.
+
+    Raises:
+        ConfigError: As those; ``experiment`` without ``mlflow``, which would not be logged anywhere.
+    """
+    if mlflow is None:
+        if experiment is not None:
+            raise ConfigError(
+                "experiment names the MLflow experiment of mlflow (--mlflow [URI]), which is not given. "
+                f"Received: experiment={experiment!r}, mlflow=None"
+            )
+        return
+    experiment_name(experiment)
+    check_tracking(mlflow, data_dir=config.data_dir)
 
 
 def _check_unfinished(run: RunDir) -> None:
@@ -99,7 +118,13 @@ def _say_compiled(result: TrainResult, say: Callable[[str], None]) -> None:
 
 
 def _train(
-    config: TrainConfig, *, resume: bool, progress: bool, say: Callable[[str], None], mlflow: str | None
+    config: TrainConfig,
+    *,
+    resume: bool,
+    progress: bool,
+    say: Callable[[str], None],
+    mlflow: str | None,
+    experiment: str | None,
 ) -> TrainResult:
     start = time.perf_counter()
     result = fit(config, resume=resume, progress=progress, say=say)
@@ -137,17 +162,17 @@ def _train(
     result.metrics["timings_s"] = {k: round(v, 2) for k, v in result.timings.items()}
     run.write_json(RunDir.METRICS, result.metrics)
     if mlflow is not None:
-        _track(result, mlflow, say)
+        _track(result, mlflow, experiment, say)
     return result
 
 
-def _track(result: TrainResult, uri: str, say: Callable[[str], None]) -> None:
+def _track(result: TrainResult, uri: str, experiment: str | None, say: Callable[[str], None]) -> None:
     """Logs the finished run to MLflow; a failure there (a server down, a store refusing it) is kept in
     ``result.tracking_error`` rather than raised: the run is complete, and ``floranet track`` logs it later."""
     from floranet.workflows.tracking import log_to_mlflow
     from floranet.workflows.tracking_store import failure
 
     try:
-        log_to_mlflow(result.run.path, uri or None, say=say)
+        log_to_mlflow(result.run.path, uri or None, experiment=experiment, say=say)
     except Exception as e:  # noqa: BLE001 - MLflow's own exceptions, connection errors, ...: the run stands
         result.tracking_error = failure(e, uri or None)
