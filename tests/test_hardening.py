@@ -841,6 +841,7 @@ def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(
     stub = types.ModuleType("mlflow")  # mlflow itself is an optional extra, not installed for the tests
     stub.set_tracking_uri = lambda uri: calls.append(uri)
     stub.set_experiment = down
+    stub.active_run = lambda: None
     monkeypatch.setitem(sys.modules, "mlflow", stub)
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
     run = tmp_path / "run"

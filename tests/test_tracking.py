@@ -33,6 +33,7 @@ def _stand_in(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> types.Module
     for name in ("set_tracking_uri", "set_experiment", "log_params", "log_metrics", "set_tags"):
         setattr(stub, name, record(name))
     stub.start_run = start_run
+    stub.active_run = lambda: None  # no caller's run: floranet's is a run of its own
     monkeypatch.setitem(sys.modules, "mlflow", stub)
     return stub
 
@@ -260,3 +261,38 @@ def test_the_experiment_is_the_flag_else_mlflow_experiment_name_else_floranet(ti
         capsys.readouterr().err
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_inside_an_mlflow_run_floranet_logs_a_child_run(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Inside an active MLflow run (library use), or with MLFLOW_RUN_ID set (as `mlflow run` sets it), logging failed
+    after training; MLFLOW_RUN_ID of a finished run was resumed, given floranet's params and flipped to FAILED."""
+    mlflow = pytest.importorskip("mlflow")
+    from floranet.workflows import tracking
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setattr(tracking, "_log_model", lambda mlflow, model: None)  # the model's logging is tested above
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    uri = (tmp_path / "mlruns").as_uri()
+    client = mlflow.tracking.MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    project = mlflow.set_experiment("project")
+    with mlflow.start_run() as finished:  # an `mlflow run` project's run, ended before floranet logs
+        mlflow.log_param("lr", 0.1)
+    monkeypatch.setenv("MLFLOW_RUN_ID", finished.info.run_id)
+    child = client.get_run(log_to_mlflow(tiny_run, uri, say=lambda m: None))
+    assert child.data.tags["mlflow.parentRunId"] == finished.info.run_id
+    assert child.info.experiment_id == project.experiment_id and child.data.params["backbone"] == "resnet20"
+    parent = client.get_run(finished.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params == {"lr": "0.1"}
+    assert os.environ["MLFLOW_RUN_ID"] == finished.info.run_id
+    named = client.get_run(log_to_mlflow(tiny_run, uri, experiment="mine", say=lambda m: None))
+    assert named.data.tags["mlflow.parentRunId"] == finished.info.run_id  # in the experiment it was told
+    assert client.get_experiment(named.info.experiment_id).name == "mine"
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    mlflow.set_experiment("project")
+    with mlflow.start_run() as outer:  # library use: floranet's run is a child of the caller's
+        child = client.get_run(log_to_mlflow(tiny_run, uri, say=lambda m: None))
+        assert mlflow.active_run().info.run_id == outer.info.run_id  # still the caller's, still running
+        assert client.get_run(outer.info.run_id).info.status == "RUNNING"
+    assert child.data.tags["mlflow.parentRunId"] == outer.info.run_id and child.info.status == "FINISHED"
+    assert client.get_run(outer.info.run_id).data.params == {} and child.info.experiment_id == project.experiment_id

@@ -138,7 +138,8 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--experiment",
         metavar="NAME",
-        help=f"MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else {MLFLOW_EXPERIMENT})",
+        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else the parent run's where there is one "
+        f"($MLFLOW_RUN_ID), else {MLFLOW_EXPERIMENT})",
     )
 
 

@@ -7,6 +7,10 @@ files as artifacts (metrics, calibration, history, split, model card, report, pl
 as an MLflow model (the Keras flavor: ``mlflow.keras.load_model(uri)`` or ``mlflow.pyfunc`` load it back; its
 URI is the run's tag ``floranet.model_uri``).
 It reads the files after training, so it never slows training down and works for any finished run.
+
+Inside an active MLflow run (floranet called from the user's code) or with ``MLFLOW_RUN_ID`` set (``mlflow run``
+sets it for a project's entry point), floranet's run is a child of that run (tag ``mlflow.parentRunId``), in its
+experiment unless one is named; the parent's status, params and metrics are left as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from floranet.config import MLFLOW_EXPERIMENT
 from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
 from floranet.utils.download import redacted
@@ -60,8 +65,8 @@ def log_to_mlflow(
         tracking_uri: Where to log (``file:///...``, ``http://host:5000``, ``sqlite:///mlflow.db``, ...);
             None or "" uses ``MLFLOW_TRACKING_URI``, else MLflow's own default (a ``sqlite:///mlflow.db``
             store in the current folder, which needs the full ``mlflow`` package).
-        experiment: The MLflow experiment's name; None: ``MLFLOW_EXPERIMENT_NAME``, else "floranet"
-            (:func:`~floranet.workflows.tracking_store.experiment_name`).
+        experiment: The MLflow experiment's name; None: ``MLFLOW_EXPERIMENT_NAME``, else the parent run's (see
+            the module's docstring), else "floranet" (:func:`~floranet.workflows.tracking_store.experiment_name`).
         say: Where the one-line summary goes.
 
     Raises:
@@ -70,7 +75,7 @@ def log_to_mlflow(
         ModelError: Not a finished run.
     """
     mlflow = require("mlflow", "--mlflow")
-    experiment = experiment_name(experiment)
+    named = experiment_name(experiment, fallback=None)
     run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     if not run.is_finished():  # an interrupted run: model.keras is a checkpoint, its metrics are missing
         raise ModelError(
@@ -80,28 +85,44 @@ def log_to_mlflow(
     # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
     target = check_tracking(tracking_uri, data_dir=run.config().data_dir or None)
-    say(f"Logging {run.path} to MLflow at {redacted(target)} (experiment {experiment!r}) ...")
+    active, parent_env = mlflow.active_run(), os.environ.get("MLFLOW_RUN_ID")
+    parent = active.info.run_id if active is not None else parent_env
+    into = f"experiment {named or MLFLOW_EXPERIMENT!r}" if named or not parent else "its parent's experiment"
+    into += f", a child of run {parent}" if parent else ""
+    say(f"Logging {run.path} to MLflow at {redacted(target)} ({into}) ...")
     uri, credentials = split_credentials(target)
-    with _environment(defaults=HTTP_LIMITS, overrides=credentials):
+    with _environment(defaults=HTTP_LIMITS, overrides=credentials, removed=("MLFLOW_RUN_ID",)):
         if tracking_uri or credentials:
             mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name=run.path.resolve().name) as active:
-            mlflow.log_params(params)
-            tags = {"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()}
-            mlflow.set_tags(tags)
-            for step, values in history:
-                mlflow.log_metrics(values, step=step)
-            mlflow.log_metrics(final)
-            for name in ARTIFACTS:
-                if run.exists(name):
-                    mlflow.log_artifact(str(run / name))
-            if (run / RunDir.PLOTS).is_dir():
-                mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
-            _log_model(mlflow, model)
-            run_id: str = active.info.run_id
+        experiment = _set_experiment(mlflow, named, active, parent_env)
+        child = {"nested": True} if active is not None else {"parent_run_id": parent_env} if parent_env else {}
+        with mlflow.start_run(run_name=run.path.resolve().name, **child) as logged:
+            _log(mlflow, run, params, history, final, model)
+            run_id: str = logged.info.run_id
     say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {redacted(target)}")
     return run_id
+
+
+def _log(
+    mlflow: Any,
+    run: RunDir,
+    params: dict[str, Any],
+    history: list[tuple[int, dict[str, float]]],
+    final: dict[str, float],
+    model: Any,
+) -> None:
+    """Everything of ``run`` into MLflow's active run: params, tags, metrics, artefacts and the model."""
+    mlflow.log_params(params)
+    mlflow.set_tags({"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()})
+    for step, values in history:
+        mlflow.log_metrics(values, step=step)
+    mlflow.log_metrics(final)
+    for name in ARTIFACTS:
+        if run.exists(name):
+            mlflow.log_artifact(str(run / name))
+    if (run / RunDir.PLOTS).is_dir():
+        mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
+    _log_model(mlflow, model)
 
 
 def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str] | None = None) -> str:
@@ -166,13 +187,28 @@ def _check_local_store(
         RunDir(where).check_outside(data_dir, arg=arg)
 
 
+def _set_experiment(mlflow: Any, named: str | None, active: Any, parent_env: str | None) -> str:
+    """Makes the experiment of floranet's run MLflow's active one and returns its name: ``named``, else the parent
+    run's (a child run is listed under its parent in its experiment), else :data:`~floranet.config.MLFLOW_EXPERIMENT`.
+    """
+    if named is None and (active is not None or parent_env):
+        parent = active if active is not None else mlflow.get_run(parent_env)
+        found: str = mlflow.set_experiment(experiment_id=parent.info.experiment_id).name
+        return found
+    mlflow.set_experiment(named or MLFLOW_EXPERIMENT)
+    return named or MLFLOW_EXPERIMENT
+
+
 @contextlib.contextmanager
-def _environment(defaults: dict[str, str], overrides: dict[str, str]) -> Iterator[None]:
-    """``defaults`` (e.g. :data:`HTTP_LIMITS`) where the user has not set them, and ``overrides``, in the
-    environment MLflow reads while it logs; what was there before is put back."""
-    saved = {name: os.environ.get(name) for name in (*defaults, *overrides)}
+def _environment(defaults: dict[str, str], overrides: dict[str, str], removed: tuple[str, ...] = ()) -> Iterator[None]:
+    """``defaults`` (e.g. :data:`HTTP_LIMITS`) where the user has not set them, ``overrides``, and none of
+    ``removed``, in the environment MLflow reads while it logs; what was there before is put back. (MLflow's
+    ``start_run`` resumes the run of ``MLFLOW_RUN_ID``, and ends it, instead of starting a child of it.)"""
+    saved = {name: os.environ.get(name) for name in (*defaults, *overrides, *removed)}
     os.environ.update({name: value for name, value in defaults.items() if name not in os.environ})
     os.environ.update(overrides)
+    for name in removed:
+        os.environ.pop(name, None)
     try:
         yield
     finally:

@@ -56,15 +56,15 @@ def store_scheme(uri: str, given: str) -> str:
     return scheme.split("+")[0]
 
 
-def experiment_name(experiment: str | None) -> str:
+def experiment_name(experiment: str | None, fallback: str | None = MLFLOW_EXPERIMENT) -> str | None:
     """The MLflow experiment to log to: ``experiment``, else ``MLFLOW_EXPERIMENT_NAME`` (which MLflow itself
-    reads), else :data:`floranet.config.MLFLOW_EXPERIMENT`.
+    reads), else ``fallback`` (:data:`floranet.config.MLFLOW_EXPERIMENT`; None: a child run's parent's).
 
     Raises:
         ConfigError: ``experiment`` is given but blank or not text (MLflow refused it only after training).
     """
     if experiment is None:
-        return os.environ.get("MLFLOW_EXPERIMENT_NAME") or MLFLOW_EXPERIMENT
+        return os.environ.get("MLFLOW_EXPERIMENT_NAME") or fallback
     if not isinstance(experiment, str) or not experiment.strip():
         raise ConfigError(f"experiment must be the name of an MLflow experiment. Received: experiment={experiment!r}")
     return experiment
