@@ -291,8 +291,49 @@ def test_inside_an_mlflow_run_floranet_logs_a_child_run(tiny_run: Path, tmp_path
     monkeypatch.delenv("MLFLOW_RUN_ID")
     mlflow.set_experiment("project")
     with mlflow.start_run() as outer:  # library use: floranet's run is a child of the caller's
-        child = client.get_run(log_to_mlflow(tiny_run, uri, say=lambda m: None))
+        child = client.get_run(log_to_mlflow(tiny_run, uri, again=True, say=lambda m: None))  # in "project" again
         assert mlflow.active_run().info.run_id == outer.info.run_id  # still the caller's, still running
         assert client.get_run(outer.info.run_id).info.status == "RUNNING"
     assert child.data.tags["mlflow.parentRunId"] == outer.info.run_id and child.info.status == "FINISHED"
     assert client.get_run(outer.info.run_id).data.params == {} and child.info.experiment_id == project.experiment_id
+
+
+def test_a_run_logged_already_is_refused_unless_again(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`floranet track RUN` of a run logged already made a second MLflow run of it, without a word."""
+    mlflow = pytest.importorskip("mlflow")
+    from floranet.cli import main
+    from floranet.workflows import tracking
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    uri = (tmp_path / "mlruns").as_uri()
+
+    def broken(mlflow, model) -> None:
+        raise RuntimeError("the server went away")
+
+    monkeypatch.setattr(tracking, "_log_model", broken)
+    assert main(["track", str(tiny_run), "--mlflow", uri]) == 1  # its MLflow run FAILED: it does not count
+    monkeypatch.setattr(tracking, "_log_model", lambda mlflow, model: None)  # the model's logging is tested above
+    assert main(["track", str(tiny_run), "--mlflow", uri]) == 0
+    capsys.readouterr()
+    assert main(["track", str(tiny_run), "--mlflow", uri]) == 2
+    client = mlflow.tracking.MlflowClient(uri)
+    (first,) = client.search_runs([client.get_experiment_by_name("floranet").experiment_id], "status = 'FINISHED'")
+    assert (
+        f"{tiny_run} is logged in MLflow already, with this model.keras: run {first.info.run_id} in experiment "
+        f"'floranet'. Log it once more with `floranet track {tiny_run} --again` (again=True)."
+    ) in capsys.readouterr().err
+    assert main(["track", str(tiny_run), "--mlflow", uri, "--again"]) == 0
+    assert main(["track", str(tiny_run), "--mlflow", uri, "--experiment", "other"]) == 0  # another experiment's
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+
+
+def test_the_filter_for_a_logged_run_quotes_what_it_can() -> None:
+    from floranet.workflows.tracking_store import logged_filter
+
+    assert logged_filter("/runs/it's", "abc-it_s") == (
+        """tags.`floranet.run_dir` = "/runs/it's" AND tags.`floranet.model_version` = 'abc-it_s' """
+        "AND attributes.status = 'FINISHED'"
+    )
+    assert logged_filter('/runs/it\'s "a"', "v") is None  # MLflow's filter cannot escape a quote

@@ -230,6 +230,11 @@ def add_track(sub: Subparsers) -> None:
         "needs the full mlflow package)",
     )
     _add_experiment(p)
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="log a run the experiment already holds (same run folder and model) once more; without it that is refused",
+    )
 
 
 def run_track(args: argparse.Namespace) -> int:
@@ -238,7 +243,7 @@ def run_track(args: argparse.Namespace) -> int:
     from floranet.workflows.tracking_store import failure
 
     try:
-        log_to_mlflow(args.run_dir, args.mlflow or None, experiment=args.experiment, say=say)
+        log_to_mlflow(args.run_dir, args.mlflow or None, experiment=args.experiment, again=args.again, say=say)
     except FloranetError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow's own errors, a server that does not answer: said, not a traceback

@@ -31,6 +31,7 @@ from floranet.workflows.tracking_store import (
     check_scheme,
     experiment_name,
     local_store_path,
+    logged_filter,
     split_credentials,
     store_scheme,
 )
@@ -56,6 +57,7 @@ def log_to_mlflow(
     tracking_uri: str | None = None,
     *,
     experiment: str | None = None,
+    again: bool = False,
     say: Callable[[str], None] = print,
 ) -> str:
     """Logs a finished run to MLflow; returns the MLflow run id.
@@ -67,11 +69,13 @@ def log_to_mlflow(
             store in the current folder, which needs the full ``mlflow`` package).
         experiment: The MLflow experiment's name; None: ``MLFLOW_EXPERIMENT_NAME``, else the parent run's (see
             the module's docstring), else "floranet" (:func:`~floranet.workflows.tracking_store.experiment_name`).
+        again: Log a run that the experiment already holds (same run folder, same ``model.keras``) once more.
         say: Where the one-line summary goes.
 
     Raises:
         MissingDependencyError: MLflow is not installed (``pip install 'floranet[mlflow]'``).
-        ConfigError: A store the installed MLflow cannot use (see :func:`check_tracking`).
+        ConfigError: A store the installed MLflow cannot use (see :func:`check_tracking`); the run is logged in
+            the experiment already, and ``again`` is False.
         ModelError: Not a finished run.
     """
     mlflow = require("mlflow", "--mlflow")
@@ -94,12 +98,14 @@ def log_to_mlflow(
     with _environment(defaults=HTTP_LIMITS, overrides=credentials, removed=("MLFLOW_RUN_ID",)):
         if tracking_uri or credentials:
             mlflow.set_tracking_uri(uri)
-        experiment = _set_experiment(mlflow, named, active, parent_env)
+        into_experiment = _set_experiment(mlflow, named, active, parent_env)
+        if not again:
+            _refuse_logged_twice(mlflow, run, into_experiment)
         child = {"nested": True} if active is not None else {"parent_run_id": parent_env} if parent_env else {}
         with mlflow.start_run(run_name=run.path.resolve().name, **child) as logged:
             _log(mlflow, run, params, history, final, model)
             run_id: str = logged.info.run_id
-    say(f"MLflow: logged {run.path} as run {run_id} in experiment {experiment!r} at {redacted(target)}")
+    say(f"MLflow: logged {run.path} as run {run_id} in experiment {into_experiment.name!r} at {redacted(target)}")
     return run_id
 
 
@@ -187,16 +193,33 @@ def _check_local_store(
         RunDir(where).check_outside(data_dir, arg=arg)
 
 
-def _set_experiment(mlflow: Any, named: str | None, active: Any, parent_env: str | None) -> str:
-    """Makes the experiment of floranet's run MLflow's active one and returns its name: ``named``, else the parent
-    run's (a child run is listed under its parent in its experiment), else :data:`~floranet.config.MLFLOW_EXPERIMENT`.
+def _set_experiment(mlflow: Any, named: str | None, active: Any, parent_env: str | None) -> Any:
+    """Makes the experiment of floranet's run MLflow's active one and returns it: ``named``, else the parent run's
+    (a child run is listed under its parent in its experiment), else :data:`~floranet.config.MLFLOW_EXPERIMENT`.
     """
     if named is None and (active is not None or parent_env):
         parent = active if active is not None else mlflow.get_run(parent_env)
-        found: str = mlflow.set_experiment(experiment_id=parent.info.experiment_id).name
-        return found
-    mlflow.set_experiment(named or MLFLOW_EXPERIMENT)
-    return named or MLFLOW_EXPERIMENT
+        return mlflow.set_experiment(experiment_id=parent.info.experiment_id)
+    return mlflow.set_experiment(named or MLFLOW_EXPERIMENT)
+
+
+def _refuse_logged_twice(mlflow: Any, run: RunDir, experiment: Any) -> None:
+    """Refuses a run the experiment holds already: `floranet track` again made a second MLflow run of it, beside
+    the first, without a word. A logging that failed (its MLflow run FAILED) or a deleted run does not count.
+
+    Raises:
+        ConfigError: A finished MLflow run of ``experiment`` has this run folder and ``model.keras``.
+    """
+    query = logged_filter(str(run.path.resolve()), run.model_version())
+    if query is None:
+        return
+    found = mlflow.search_runs([experiment.experiment_id], query, max_results=1, output_format="list")
+    if found:
+        raise ConfigError(
+            f"{run.path} is logged in MLflow already, with this model.keras: run {found[0].info.run_id} in experiment "
+            f"{experiment.name!r}. Log it once more with `floranet track {run.path} --again` (again=True). "
+            "Received: again=False"
+        )
 
 
 @contextlib.contextmanager

@@ -70,6 +70,23 @@ def experiment_name(experiment: str | None, fallback: str | None = MLFLOW_EXPERI
     return experiment
 
 
+def logged_filter(run_dir: str, model_version: str) -> str | None:
+    """MLflow's search filter for the finished runs that logged this run folder with this ``model.keras``
+    (floranet's tags ``floranet.run_dir`` and ``floranet.model_version``); None when no quote can hold the path
+    (it has both ' and ", which MLflow's filter cannot escape).
+    """
+    quoted = []
+    for value in (run_dir, model_version):
+        quote = next((q for q in ("'", '"') if q not in value), None)
+        if quote is None:
+            return None
+        quoted.append(f"{quote}{value}{quote}")
+    return (
+        f"tags.`floranet.run_dir` = {quoted[0]} AND tags.`floranet.model_version` = {quoted[1]} "
+        "AND attributes.status = 'FINISHED'"
+    )
+
+
 def local_store_path(uri: str, scheme: str) -> Path | None:
     """What a store on this machine writes, as MLflow resolves it (from the current folder when relative): a file
     store's folder (a path, ``file:``), a SQLite database's file; None for the other stores.
