@@ -52,6 +52,11 @@ def test_run_is_logged_with_params_epochs_artefacts_and_model(tiny_run: Path, tm
     assert logged.data.metrics["val_final_accuracy"] == pytest.approx(metrics["accuracy"])
     history = client.get_metric_history(run_id, "val_loss")
     assert [m.step for m in history] == [r["epoch"] for r in RunDir(run).history()]  # both stages, per epoch
+    # each once: MLflow 3's log_model logged the step-0 metrics (the final ones) a second time
+    final = client.get_metric_history(run_id, "val_final_accuracy")
+    model_metrics = client.get_logged_model(logged.outputs.model_outputs[0].model_id).metrics
+    assert len(final) == 1 and "val_final_accuracy" in {m.key for m in model_metrics}  # linked to the model
+    assert len(client.get_metric_history(run_id, "val_accuracy")) == len(RunDir(run).history())
     artefacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.json", "README.md", "config.yaml", "plots"} <= artefacts
     model = mlflow.keras.load_model(logged.data.tags["floranet.model_uri"])

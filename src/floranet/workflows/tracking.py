@@ -117,18 +117,23 @@ def _log(
     final: dict[str, float],
     model: Any,
 ) -> None:
-    """Everything of ``run`` into MLflow's active run: params, tags, metrics, artefacts and the model."""
+    """Everything of ``run`` into MLflow's active run: params, tags, the model, metrics and artefacts.
+
+    The model comes before the metrics: MLflow 3's ``log_model`` logs every step-0 metric the run has again (linked
+    to the model), and the final metrics, logged at step 0, appeared twice in their history. They are linked to the
+    model by its id instead.
+    """
     mlflow.log_params(params)
     mlflow.set_tags({"floranet.run_dir": str(run.path.resolve()), "floranet.model_version": run.model_version()})
+    model_id = _log_model(mlflow, model)
     for step, values in history:
         mlflow.log_metrics(values, step=step)
-    mlflow.log_metrics(final)
+    mlflow.log_metrics(final, model_id=model_id)
     for name in ARTIFACTS:
         if run.exists(name):
             mlflow.log_artifact(str(run / name))
     if (run / RunDir.PLOTS).is_dir():
         mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
-    _log_model(mlflow, model)
 
 
 def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str] | None = None) -> str:
@@ -274,8 +279,8 @@ def _history(run: RunDir) -> list[tuple[int, dict[str, float]]]:
     return rows
 
 
-def _log_model(mlflow: Any, model: Any) -> None:
-    """The model as an MLflow model (Keras flavor, raw RGB 0..255 in, probabilities out)."""
+def _log_model(mlflow: Any, model: Any) -> str | None:
+    """The model as an MLflow model (Keras flavor, raw RGB 0..255 in, probabilities out); returns its model id."""
     import numpy as np
 
     h, w = model.inputs[0].shape[1:3]
@@ -283,3 +288,5 @@ def _log_model(mlflow: Any, model: Any) -> None:
     signature = mlflow.models.infer_signature(example, model(example, training=False).numpy())
     info = mlflow.keras.log_model(model, name="model", signature=signature)
     mlflow.set_tag("floranet.model_uri", info.model_uri)  # MLflow 3 keeps models beside the run's artefacts
+    model_id: str | None = info.model_id
+    return model_id
