@@ -4,6 +4,7 @@ what is refused before MLflow is asked (with a stand-in module)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import types
@@ -342,3 +343,30 @@ def test_the_filter_for_a_logged_run_quotes_what_it_can() -> None:
         "AND attributes.status = 'FINISHED'"
     )
     assert logged_filter('/runs/it\'s "a"', "v") is None  # MLflow's filter cannot escape a quote
+
+
+def test_a_damaged_history_is_refused_naming_the_file_and_row(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """A history.csv with a damaged epoch failed with `ValueError: invalid literal for int()`, naming no file."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features", "checkpoints"))
+    history = run / RunDir.HISTORY
+    lines = history.read_text().splitlines()
+    calls: list[str] = []
+    _stand_in(monkeypatch, calls)
+    for row, problem in [
+        (lambda cells: ["stage1", "x2", *cells[2:]], "epoch='x2', not a whole number >= 0"),
+        (lambda cells: [*cells[:2], "1.5", *cells[3:]], None),  # stage_epoch: not logged, a number all the same
+        (lambda cells: [*cells[:3], "abc", *cells[4:]], f"{lines[0].split(',')[3]}='abc', not a number"),
+    ]:
+        history.write_text("\n".join([*lines[:2], ",".join(row(lines[2].split(","))), *lines[3:]]) + "\n")
+        if problem is None:
+            continue
+        with pytest.raises(ModelError, match=re.escape(f"{history} is damaged: row 3 has {problem}. Put it back")):
+            log_to_mlflow(run, "http://127.0.0.1:1")
+    history.write_text("\n".join([lines[0], lines[1] + ",9", *lines[2:]]) + "\n")
+    with pytest.raises(ModelError, match=f"{re.escape(str(history))} is damaged: a row has more cells than the header"):
+        log_to_mlflow(run, "http://127.0.0.1:1")
+    history.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ModelError, match=f"{re.escape(str(history))} is damaged and cannot be read"):
+        log_to_mlflow(run, "http://127.0.0.1:1")
+    assert calls == []  # refused before MLflow was asked anything
