@@ -26,7 +26,7 @@ from floranet.data import formats, images
 from floranet.errors import ConfigError, ModelError, OutputError, RunLockedError
 from floranet.rundir import RunDir
 from floranet.utils import files
-from httpserver import silent_server
+from httpserver import error_server
 from imagesets import make_image_folder
 
 # --------------------------------------------------------------------------- 1. only allow-listed decoders
@@ -846,7 +846,7 @@ def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
     run = tmp_path / "run"
     tiny = ["--backbone", "resnet20", "--weights", "none", "--image-size", "32", "--epochs", "1"]
-    with silent_server() as url:  # accepts connections (checked before training), then MLflow's requests fail
+    with error_server(500) as (url, _):  # answers (checked before training), then MLflow's requests fail
         code = main(["train", str(data), "--out", str(run), *tiny, "--fine-tune-epochs", "0", "--mlflow", url])
         out, err = capsys.readouterr()
         assert code == 1 and f"Run directory: {run}" in out

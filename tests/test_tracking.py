@@ -133,7 +133,7 @@ def test_a_server_that_does_not_answer_is_refused_at_once_and_retries_are_bounde
     """A tracking server that was down cost 253 s of MLflow's silent retries (after the whole training, for train)
     before a message of several lines; nothing said where floranet was logging."""
     from floranet.cli import main
-    from httpserver import closed_port_url, silent_server
+    from httpserver import closed_port_url, error_server
     from imagesets import make_image_folder
 
     calls: list[str] = []
@@ -156,7 +156,7 @@ def test_a_server_that_does_not_answer_is_refused_at_once_and_retries_are_bounde
 
     stub.set_experiment = failing
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    with silent_server() as url:
+    with error_server(500) as (url, _):
         assert main(["track", str(tiny_run), "--mlflow", url]) == 1
         out, err = capsys.readouterr()
         assert f"Logging {tiny_run} to MLflow at {url} (experiment 'floranet') ..." in out
@@ -173,7 +173,7 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tiny_run, monkeypatch, 
     in its `floranet track RUN --mlflow URI` hint; MLflow also prints it in its "View run at" lines."""
     from floranet.cli import main
     from floranet.workflows import tracking_store
-    from httpserver import silent_server
+    from httpserver import error_server
 
     seen: list[tuple[str, str | None]] = []
     stub = _stand_in(monkeypatch, [])
@@ -184,7 +184,7 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tiny_run, monkeypatch, 
 
     stub.set_experiment = failing
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    with silent_server() as url:
+    with error_server(500) as (url, _):
         with_password = url.replace("http://", "http://alice:S3cret%40PW@")
         assert main(["track", str(tiny_run), "--mlflow", with_password]) == 1
         # MLflow gets the URI without them, and the credentials where it reads them (sent as Basic auth)

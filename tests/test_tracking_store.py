@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -102,3 +103,21 @@ def test_a_file_store_inside_the_data_folder_is_refused(mlflow_stub, tiny_run, t
     store = Path(RunDir(tiny_run).config().data_dir) / "mlruns"
     assert main(["track", str(tiny_run), "--mlflow", store.as_uri()]) == 2
     assert f"mlflow must be outside the data folder '{store.parent}'" in capsys.readouterr().err
+
+
+def test_a_server_that_never_answers_is_refused_in_seconds(mlflow_stub, monkeypatch) -> None:
+    """A server that accepted connections and never answered passed the check (a TCP connection), then cost MLflow's
+    retries, 3 minutes of silence, after training."""
+    from httpserver import error_server, silent_server
+
+    monkeypatch.setattr(tracking_store, "ANSWER_TIMEOUT_S", 0.5, raising=False)
+    said: list[str] = []
+    with silent_server() as url:
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=r"answer \(it accepts connections but sends no answer within 0.5 s\)"):
+            check_tracking(url.replace("//", "//u:pw@"), say=said.append)
+        assert time.monotonic() - start < 5
+    assert said == [f"MLflow: asking the tracking server at {url.replace('//', '//u:***@')} (at most 0.5 s) ..."]
+    with error_server(500) as (url, requests):  # an error status is an answer
+        assert check_tracking(url.replace("//", "//u:pw@") + "/prefix/") == url.replace("//", "//u:pw@") + "/prefix/"
+    assert requests == [("/prefix/api/2.0/mlflow/experiments/get-by-name?experiment_name=_", None)]  # no password

@@ -89,7 +89,7 @@ def log_to_mlflow(
         )
     # Everything read first: a damaged file then leaves no empty FAILED MLflow run behind.
     params, history, final, model = _params(run), _history(run), _final_metrics(run), run.load_model()
-    target = check_tracking(tracking_uri, data_dir=run.config().data_dir or None)
+    target = check_tracking(tracking_uri, data_dir=run.config().data_dir or None, say=say)
     active, parent_env = mlflow.active_run(), os.environ.get("MLFLOW_RUN_ID")
     parent = active.info.run_id if active is not None else parent_env
     into = f"experiment {named or MLFLOW_EXPERIMENT!r}" if named or not parent else "its parent's experiment"
@@ -137,7 +137,12 @@ def _log(
         mlflow.log_artifacts(str(run / RunDir.PLOTS), artifact_path=RunDir.PLOTS)
 
 
-def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str] | None = None) -> str:
+def check_tracking(
+    tracking_uri: str | None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> str:
     """Refuses, in a moment and before anything is trained or logged, a tracking store the installed MLflow cannot
     use (logging to it failed only after the whole training).
 
@@ -145,6 +150,7 @@ def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str]
         tracking_uri: As for :func:`log_to_mlflow`.
         data_dir: The run's data folder: a file store (or SQLite database) in it is refused, as ``--out`` is (its
             folders would be read as a class).
+        say: Where the line saying that a tracking server is asked goes (None: nowhere).
 
     Returns:
         The tracking URI MLflow will log to.
@@ -155,7 +161,7 @@ def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str]
             (``ftp://``, ``s3://``, ``databricks-uc``; see ``tracking_store.check_scheme``); a database store
             (MLflow's default among them) without SQLAlchemy (mlflow-skinny); a file store that MLflow keeps behind
             ``MLFLOW_ALLOW_FILE_STORE=true``, or one inside ``data_dir``; a tracking server that does not accept a
-            connection within ``tracking_store.CONNECT_TIMEOUT_S`` (MLflow itself retried for about 4 minutes).
+            connection and answer within ``tracking_store.ANSWER_TIMEOUT_S`` (MLflow itself retried for minutes).
     """
     mlflow = require("mlflow", "--mlflow")
     target: str = tracking_uri or mlflow.get_tracking_uri()
@@ -174,7 +180,7 @@ def check_tracking(tracking_uri: str | None, *, data_dir: str | os.PathLike[str]
     check_scheme(scheme, given)
     _check_local_store(mlflow, target, scheme, (arg, given), data_dir)
     if scheme in ("http", "https"):
-        check_reachable(target, given)
+        check_reachable(target, given, say)
     return target
 
 

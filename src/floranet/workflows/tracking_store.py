@@ -8,15 +8,19 @@ Functions of the URI, which never require MLflow (they read its registry of stor
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
-import socket
+import ssl
+import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from floranet.config import MLFLOW_EXPERIMENT
 from floranet.errors import ConfigError
-from floranet.utils.download import redacted_text
+from floranet.utils.download import redacted, redacted_text
+from floranet.utils.opener import open_url
 
 # Database stores need SQLAlchemy, which the full mlflow package brings and mlflow-skinny (floranet[mlflow]) does
 # not; MLflow 3's default store is one of them (sqlite:///mlflow.db in the current folder).
@@ -30,7 +34,8 @@ KNOWN_SCHEMES = ("", "file", "http", "https", "databricks", *DATABASE_SCHEMES)
 REGISTRY_ONLY = ("databricks-uc", "uc")
 # MLflow's artifact stores, often taken for tracking stores: they keep a tracking server's files, not its runs.
 ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "viewfs", "ftp", "sftp", "dbfs", "runs", "models")
-CONNECT_TIMEOUT_S = 5.0
+# The pre-flight request's limit, in seconds, for connecting and for the answer (MLflow waits 60 s, twice).
+ANSWER_TIMEOUT_S = 10.0
 
 
 def store_scheme(uri: str, given: str) -> str:
@@ -184,28 +189,45 @@ def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
     return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
 
 
-def check_reachable(target: str, given: str) -> None:
-    """A TCP connection to the tracking server (or to the proxy that reaches it) within :data:`CONNECT_TIMEOUT_S`.
+def check_reachable(target: str, given: str, say: Callable[[str], None] | None = None) -> None:
+    """One HTTP request to the tracking server, through the proxy that reaches it as MLflow's client goes: any
+    answer, an error status included, will do. A server that accepted connections and never answered cost MLflow's
+    retries, 3 minutes of silence, after training; none now answers within :data:`ANSWER_TIMEOUT_S`.
+
+    Args:
+        target: The server's URI; its credentials are not sent (an answer is all this asks for).
+        given: Where the URI came from, for the message.
+        say: Where the line saying what is asked goes (None: nowhere).
 
     Raises:
-        ConfigError: No host in the URI, or no connection.
+        ConfigError: No host in the URI or a port that is no number; no connection, or no answer in time.
     """
-    parts = urllib.parse.urlsplit(target)
+    uri, _ = split_credentials(target)
+    parts = urllib.parse.urlsplit(uri)
     try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    except ValueError:  # a port that is not a number
-        host, port = None, 0
+        host, _port = parts.hostname, parts.port
+    except ValueError:
+        host = None
     if not host:
         raise ConfigError(f"An MLflow tracking server's URI names its host (http://host:5000). Received: {given}")
-    proxy = urllib.request.getproxies().get(parts.scheme.lower())
-    if proxy and not urllib.request.proxy_bypass(host):  # requests connects to the proxy, as MLflow's client does
-        with contextlib.suppress(ValueError):
-            via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-            host, port = via.hostname or host, via.port or (443 if via.scheme == "https" else 80)
+    if say is not None:
+        say(f"MLflow: asking the tracking server at {redacted(target)} (at most {ANSWER_TIMEOUT_S:g} s) ...")
+    probe = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=_")
     try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        raise ConfigError(
-            f"The MLflow tracking server does not answer ({e.strerror or str(e) or type(e).__name__}): start it, or "
-            f"give another tracking URI. Received: {given}"
-        ) from None
+        open_url(probe, timeout=ANSWER_TIMEOUT_S, head_deadline=ANSWER_TIMEOUT_S).close()
+        return
+    except urllib.error.HTTPError as e:  # an error status is an answer (404: no such experiment; 401: a login)
+        e.close()
+        return
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):  # TLS answered; MLflow's own certificate settings decide the rest
+            return
+        why = f"no connection within {ANSWER_TIMEOUT_S:g} s" if isinstance(e.reason, TimeoutError) else ""
+        why = why or getattr(e.reason, "strerror", None) or str(e.reason)
+    except TimeoutError:  # connected, and no answer (its head_deadline, or a read's timeout)
+        why = f"it accepts connections but sends no answer within {ANSWER_TIMEOUT_S:g} s"
+    except (OSError, http.client.HTTPException, ValueError) as e:  # closed without an answer, not HTTP, ...
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    raise ConfigError(
+        f"The MLflow tracking server does not answer ({why}): start it, or give another tracking URI. Received: {given}"
+    )

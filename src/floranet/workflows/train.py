@@ -59,7 +59,7 @@ def train(
         WeightsError: The backbone's weights cannot be had (offline: the message names the bundled ones).
     """
     check_arguments(config, resume, say)  # before anything is written (data_dir="" too: the current folder)
-    _check_tracking(config, mlflow, experiment)  # not after an hour of training
+    _check_tracking(config, mlflow, experiment, say)  # not after an hour of training
     if resume and (RunDir(config.out) / RunDir.CONFIG).is_file():  # before weights are looked for or downloaded
         check_resume_settings(RunDir(config.out), config)
     runtime.choose(config.runtime, config.precision)  # OpenVINO (and NNCF) said missing before the data scan
@@ -75,7 +75,9 @@ def train(
         return _train(config, resume=resume, progress=progress, say=say, mlflow=mlflow, experiment=experiment)
 
 
-def _check_tracking(config: TrainConfig, mlflow: str | None, experiment: str | None) -> None:
+def _check_tracking(
+    config: TrainConfig, mlflow: str | None, experiment: str | None, say: Callable[[str], None]
+) -> None:
     """:func:`~floranet.workflows.tracking.check_tracking` before training, and an experiment without MLflow.
 
     Raises:
@@ -89,7 +91,7 @@ def _check_tracking(config: TrainConfig, mlflow: str | None, experiment: str | N
             )
         return
     experiment_name(experiment)
-    check_tracking(mlflow, data_dir=config.data_dir)
+    check_tracking(mlflow, data_dir=config.data_dir, say=say)
 
 
 def _check_unfinished(run: RunDir) -> None:
