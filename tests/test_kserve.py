@@ -418,7 +418,10 @@ def test_unusable_images_and_limits_map_like_predict(server: str) -> None:
     numbers = {"inputs": [{"name": "pixels", "shape": [5000, 32, 32, 3], "datatype": "UINT8", "data": [0] * 20000}]}
     r = _post(server, numbers)  # more numbers than 4 images hold: refused before the JSON is parsed
     assert r.status_code == 413 and "values" in r.json()["error"], r.text
-    deep = httpx.post(f"http://{server}/v2/models/{MODEL}/infer", content=b"[" * 100_000, timeout=30)
+    nested = b'{"x":[' + b",".join([b"[" * 100 + b"]" * 100] * 60) + b"]}"  # 6,002 lists, 59 commas: refused unparsed
+    r = httpx.post(f"http://{server}/v2/models/{MODEL}/infer", content=nested, timeout=30)
+    assert r.status_code == 413 and "6,002 lists and objects; the limit is 5,252 " in r.json()["error"], r.text
+    deep = httpx.post(f"http://{server}/v2/models/{MODEL}/infer", content=b"[" * 5_000, timeout=30)
     assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
     host, port = server.split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:  # a declared 1 GB body: refused unread

@@ -160,7 +160,9 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         body = await read_body(request, settings.max_upload_bytes, settings.request_timeout_s, ticket.hold_bytes)
         h, w = state.predictor.image_size
         # Parsing is CPU work like decoding: it takes the client's turn in the same pool, and JSON with more
-        # numbers than a whole share of images could hold is refused before parsing (a 20 MB body parses ~1 s).
+        # numbers, lists or objects than a whole share of images could hold is refused before parsing: the
+        # slowest 20 MB body under both limits parses in <2 s, about as long as a valid share of nested pixels
+        # (1.3 s: 32 images of 224 x 224; without the lists' limit, 20 MB of empty lists took 4-6 s and 1-2 GB).
         parsed = await in_decode_pool(
             state,
             ticket,
@@ -169,6 +171,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             request.headers.get("inference-header-content-length"),
             state.client_slots * h * w * 3 + 1024,  # + the JSON's own commas
             state.client_slots,  # a declared shape of more images is refused before its elements are read
+            # Pixels [N, H, W, 3] nested by their shape hold 1 + N + N*H + N*H*W lists (the outer one, one per
+            # image, row and pixel): at most a third of their 3*N*H*W values, plus N*(1 + H) + 1. The 1024 cover
+            # the rest of the request (at most 8 inputs and 8 outputs, each with a shape and parameters).
+            state.client_slots * (1 + h + h * w) + 1024,
             too_slow=f"the request took longer than {settings.decode_timeout_s:g} s to parse; retry later, or send "
             "images as BYTES or pixels as binary data",
         )

@@ -2,9 +2,10 @@
 
 A request is a JSON object, optionally followed by binary tensor data (the *binary tensor data extension*:
 the ``Inference-Header-Content-Length`` header gives the JSON's length; each input with a
-``binary_data_size`` parameter takes that many bytes of what follows, in order). Everything is checked
-before anything is allocated: datatypes, shapes, element counts against the bytes that are really there,
-and the binary parts against the body's length. A ``BYTES`` element is a 4-byte little-endian length and
+``binary_data_size`` parameter takes that many bytes of what follows, in order). The JSON's values, lists
+and objects are counted before it is parsed (:mod:`~floranet.serving.jsonbody`), and every tensor is checked
+before it is allocated: datatypes, shapes, element counts against the bytes that are really there, and the
+binary parts against the body's length. A ``BYTES`` element is a 4-byte little-endian length and
 that many bytes in binary data, a base64 string in JSON (JSON strings cannot carry raw image bytes).
 
 Only the datatypes floranet takes are read: ``BYTES`` (encoded images), ``UINT8`` and ``FP32`` (decoded
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from floranet.serving import jsonbody
 from floranet.serving.uploads import RequestError
 
 # Datatype → little-endian numpy dtype of one element (BYTES has no fixed size).
@@ -92,36 +94,32 @@ class OutputTensor:
 
 
 def parse_request(
-    body: bytes, header_length: str | None, max_values: int | None = None, max_images: int | None = None
+    body: bytes,
+    header_length: str | None,
+    max_values: int | None = None,
+    max_images: int | None = None,
+    max_containers: int | None = None,
 ) -> InferRequest:
     """Reads an inference request (JSON, or JSON followed by binary tensor data).
 
     Args:
         body: The whole request body (already bounded by the server's upload limit).
         header_length: The ``Inference-Header-Content-Length`` header, if any.
-        max_values: The most numbers a valid request's JSON can hold; JSON with more commas than that is
-            refused before it is parsed (parsing holds the interpreter: ~1 s for 20 MB).
+        max_values: The most numbers a valid request's JSON can hold; JSON with more commas (outside strings)
+            is refused before it is parsed.
         max_images: The most images one request may hold: an input whose shape declares more (its first
             dimension; a BYTES input's element count) is refused before any of its elements is read (5 million
             empty BYTES elements held a thread for seconds).
+        max_containers: The most lists and objects a valid request's JSON can hold; JSON with more (outside
+            strings) is refused before it is parsed (10 million nested empty lists, 20 MB and no commas, held
+            the interpreter for seconds and kept 1-2 GB).
 
     Raises:
-        RequestError: 400 for anything malformed or inconsistent, 413 for JSON with too many values or an
-            input of more than ``max_images`` images.
+        RequestError: 400 for anything malformed or inconsistent, 413 for JSON with too many values, lists or
+            objects, or an input of more than ``max_images`` images.
     """
     json_length = _json_length(header_length, len(body))
-    if max_values is not None and (commas := body.count(b",", 0, json_length)) > max_values:
-        raise RequestError(
-            413,
-            f"the inference request's JSON holds {commas:,} or more values; the limit is {max_values:,} (send "
-            "images as BYTES, or pixels as binary data)",
-        )
-    try:
-        doc = json.loads(body[:json_length])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _bad(f"the inference request is not valid JSON: {e}") from None
-    except RecursionError:
-        raise _bad("the inference request's JSON is nested too deeply") from None
+    doc = jsonbody.load(body[:json_length], max_values, max_containers)
     if not isinstance(doc, dict):
         raise _bad(f"the inference request must be a JSON object. Received: {type(doc).__name__}")
     raw_inputs = doc.get("inputs")

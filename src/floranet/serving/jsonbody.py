@@ -1,0 +1,83 @@
+"""The JSON part of an inference request: its size in Python objects bounded before it is parsed.
+
+``json.loads`` holds the interpreter while it builds objects, and a thread cannot be stopped, so what a body
+may make it build is counted first: values (by their commas) and lists and objects (by their ``[`` and ``{``).
+A body's byte size does not bound them: 20 MB of nested empty lists are 10 million lists and no commas.
+Characters inside strings build nothing, so they do not count: a request id or a (refused) BYTES text string
+may hold any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from floranet.serving.uploads import RequestError
+
+_QUOTE, _OPEN_LIST, _OPEN_OBJECT, _COMMA = b'"[{,'
+_CHUNK = 1 << 20  # bytes scanned at once: bounds the scan's own memory
+
+
+def load(raw: bytes, max_values: int | None = None, max_containers: int | None = None) -> Any:
+    """``json.loads(raw)``, refused unparsed when it holds too much.
+
+    Args:
+        raw: The request's JSON (UTF-8, or the UTF-16/32 that ``json.loads`` also reads).
+        max_values: The most commas outside strings (None: no limit).
+        max_containers: The most lists and objects (None: no limit).
+
+    Raises:
+        RequestError: 413 past a limit (naming it), 400 when ``raw`` is not JSON.
+    """
+    # Every [ { , of the text is also such a byte of raw, whatever its encoding: counting bytes is exact or
+    # over, and cheap; only a body over a limit is counted exactly (outside strings) before being refused.
+    commas, containers = raw.count(b","), raw.count(b"[") + raw.count(b"{")
+    over = (max_values is not None and commas > max_values) or (
+        max_containers is not None and containers > max_containers
+    )
+    try:
+        encoding = json.detect_encoding(raw)
+        text = raw.decode(encoding, "surrogatepass")  # as json.loads decodes bytes
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"the inference request is not valid JSON: {e}") from None
+    if over:
+        utf8 = raw if encoding.startswith("utf-8") else text.encode("utf-8", "surrogatepass")
+        commas, containers = _count_outside_strings(utf8)
+    if max_values is not None and commas > max_values:
+        raise RequestError(
+            413,
+            f"the inference request's JSON holds {commas:,} or more values; the limit is {max_values:,} (send "
+            "images as BYTES, or pixels as binary data)",
+        )
+    if max_containers is not None and containers > max_containers:
+        raise RequestError(
+            413,
+            f"the inference request's JSON holds {containers:,} lists and objects; the limit is "
+            f"{max_containers:,} (send images as BYTES, or pixels as binary data)",
+        )
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise RequestError(400, f"the inference request is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(400, "the inference request's JSON is nested too deeply") from None
+
+
+def _count_outside_strings(utf8: bytes) -> tuple[int, int]:
+    """Commas and ``[``/``{`` of UTF-8 JSON that are outside strings (none of them is part of a multibyte
+    character). Linear, in numpy: ~0.15 s for 20 MB, without a Python object per string."""
+    # A string's escapes are pairs read from the left: dropping every \\ and then every \" leaves exactly the
+    # quotes that open or close strings. Past a backslash outside strings json.loads stops, so what follows it
+    # is never built, however it is counted.
+    plain = np.frombuffer(utf8.replace(b"\\\\", b"").replace(b'\\"', b""), np.uint8)
+    counts = np.zeros(256, np.int64)
+    inside = 0
+    for start in range(0, len(plain), _CHUNK):
+        part = plain[start : start + _CHUNK]
+        # 1 from an opening quote up to its closing one: the running parity of the quotes.
+        parity = np.bitwise_xor.accumulate((part == _QUOTE).view(np.uint8)) ^ inside
+        inside = int(parity[-1])
+        counts += np.bincount(part[parity == 0], minlength=256)
+    return int(counts[_COMMA]), int(counts[_OPEN_LIST] + counts[_OPEN_OBJECT])

@@ -1,0 +1,61 @@
+"""Reading a KServe v2 request's JSON and tensors without a server: limits and messages of `serving.tensors`."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from floranet.serving import tensors
+from floranet.serving.uploads import RequestError
+
+B64 = base64.b64encode(b"\xff\xd8 not really a jpeg").decode()
+
+
+def _image_request(**extra: object) -> dict:
+    return {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64]}], **extra}
+
+
+def test_nested_lists_are_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 MB of nested empty lists hold no commas: 10 million lists passed the values check and held the
+    interpreter for seconds. Lists and objects are counted too, and refused unparsed."""
+    body = b'{"x":[' + b",".join([b"[" * 50 + b"]" * 50] * 20) + b"]}"  # 1,002 containers, 19 commas
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(RequestError, match="holds 1,002 lists and objects; the limit is 1,000 ") as e:
+        tensors.parse_request(body, None, max_values=1_000, max_containers=1_000)
+    assert e.value.status == 413
+    objects = b'{"x":' * 600 + b"0" + b"}" * 600
+    with pytest.raises(RequestError, match="holds 600 lists and objects; the limit is 500 "):
+        tensors.parse_request(objects, None, max_containers=500)
+
+
+def test_brackets_and_commas_inside_strings_do_not_count() -> None:
+    """A request id, or a BYTES string (refused for not being base64), may hold any text: only what builds
+    objects counts, so neither gets the 413 of a request too big to parse."""
+    tricky = '[{,"\\\\' * 2_000 + '\\"[{,'  # escaped backslashes and quotes: still one string
+    parsed = tensors.parse_request(json.dumps(_image_request(id=tricky)).encode(), None, 100, 4, 100)
+    assert parsed.id == tricky and parsed.inputs[0].data == [base64.b64decode(B64)]
+    text = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["[{," * 5_000]}]}
+    with pytest.raises(RequestError, match="base64") as e:
+        tensors.parse_request(json.dumps(text).encode(), None, 100, 4, 100)
+    assert e.value.status == 400
+    # A string that ends in an escaped backslash ends there: the lists after it count.
+    body = b'{"id":"\\\\",' + b'"x":' + b"[" * 200 + b"]" * 200 + b"}"
+    with pytest.raises(RequestError, match="holds 201 lists and objects"):
+        tensors.parse_request(body, None, 100, 4, 100)
+    with pytest.raises(RequestError, match="holds 5,001 or more values; the limit is 100 "):
+        tensors.parse_request(json.dumps({"x": [0] * 5_001, "id": "," * 9_000}).encode(), None, 100, 4, 100)
+
+
+def test_other_encodings_json_reads_are_counted_the_same() -> None:
+    """json.loads also reads UTF-16 and UTF-32: their strings and lists are told apart as in UTF-8."""
+    fine = json.dumps(_image_request(id="[" * 3_000), ensure_ascii=False)
+    assert tensors.parse_request(fine.encode("utf-16"), None, 100, 4, 100).id == "[" * 3_000
+    nested = '{"x":' + "[" * 300 + "]" * 300 + ', "id": "\u00e9\\"["}'
+    for encoding in ("utf-16-le", "utf-32-be", "utf-8-sig"):
+        with pytest.raises(RequestError, match="holds 301 lists and objects"):
+            tensors.parse_request(nested.encode(encoding), None, 100, 4, 100)
+    with pytest.raises(RequestError, match="not valid JSON") as e:
+        tensors.parse_request(b'{"id": "\xff"}', None, 100, 4, 100)
+    assert e.value.status == 400
