@@ -59,3 +59,42 @@ def test_other_encodings_json_reads_are_counted_the_same() -> None:
     with pytest.raises(RequestError, match="not valid JSON") as e:
         tensors.parse_request(b'{"id": "\xff"}', None, 100, 4, 100)
     assert e.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "inp",
+    [
+        {"name": "pixels", "shape": [1, 10**4000, 10**4000, 3], "datatype": "FP32", "data": [0]},
+        {
+            "name": "pixels",
+            "shape": [1, 10**4000, 10**4000, 3],
+            "datatype": "FP32",
+            "parameters": {"binary_data_size": 4},
+        },
+        {"name": "image", "shape": [10**4000, 10**4000], "datatype": "BYTES", "data": ["AA=="]},
+        {"name": "pixels", "shape": [10**4000, 32, 32, 3], "datatype": "FP32", "data": [0]},
+        {"name": "pixels", "shape": [1, 2**31, 1, 3], "datatype": "UINT8", "data": [0]},
+    ],
+)
+def test_huge_dimensions_are_refused_by_name_with_their_numbers_capped(inp: dict) -> None:
+    """A product of more than 4,300 digits made the message's f"{n:,}" raise ValueError (a 500): dimensions
+    are bounded before they are multiplied, and the echo writes each number short."""
+    doc = json.dumps({"inputs": [inp]}).encode()
+    binary = b"\0" * 4 if "parameters" in inp else b""
+    with pytest.raises(
+        RequestError, match=r"shape must be a list of 1 to 8 ints in \[0, 2147483647\]\. Received: "
+    ) as e:
+        tensors.parse_request(doc + binary, str(len(doc)) if binary else None, 10**6, 4)
+    assert e.value.status == 400 and len(e.value.message) < 250
+    assert "~1e+4000" in e.value.message or "[1, 2147483648, 1, 3]" in e.value.message
+
+
+def test_counts_in_messages_are_written_short() -> None:
+    big = [2**31 - 1] * 8  # within every dimension's bound: 75 digits of elements
+    doc = {"inputs": [{"name": "image", "shape": big, "datatype": "BYTES", "data": []}]}
+    with pytest.raises(RequestError, match=r"^4\.52e\+74 images in one request; the limit is 4 "):
+        tensors.parse_request(json.dumps(doc).encode(), None, max_images=4)
+    doc = {"inputs": [{"name": "pixels", "shape": big, "datatype": "FP32", "data": []}]}
+    with pytest.raises(RequestError, match=r"has 4\.52e\+74 elements; the JSON is"):
+        tensors.parse_request(json.dumps(doc).encode(), None)
+    assert [tensors.number(n) for n in (0, 12_345, -(10**20), 10**400)] == ["0", "12,345", "-1.00e+20", "~1e+400"]

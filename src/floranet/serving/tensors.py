@@ -34,6 +34,7 @@ DATATYPES = ("BYTES", *FIXED)
 OUTPUT_FIXED: dict[str, np.dtype[Any]] = {**FIXED, "BOOL": np.dtype("?")}
 MAX_INPUTS = 8
 MAX_DIMS = 8
+MAX_DIM = 2**31 - 1  # no tensor floranet takes comes near; 8 such dims multiply to 75 digits at most
 _LENGTH = struct.Struct("<I")
 _END = object()
 
@@ -42,9 +43,17 @@ def _bad(message: str) -> RequestError:
     return RequestError(400, message)
 
 
+def number(n: int, grouping: bool = True) -> str:
+    """``n`` for a message: ``1,234`` (``1234`` without ``grouping``), past 15 digits ``1.23e+45`` (a product
+    of dimensions can have thousands of digits, and ``str`` refuses an int of more than 4,300)."""
+    if abs(n) < 10**15:
+        return f"{n:,}" if grouping else str(n)
+    return f"{n:.2e}" if abs(n) < 10**300 else f"{'-' * (n < 0)}~1e+{int(math.log10(abs(n)))}"
+
+
 def too_many_images(n: int, limit: int) -> RequestError:
     """The 413 for a request of ``n`` images when one client may send ``limit``."""
-    return RequestError(413, f"{n:,} images in one request; the limit is {limit} (one client's share)")
+    return RequestError(413, f"{number(n)} images in one request; the limit is {limit} (one client's share)")
 
 
 @dataclass(frozen=True)
@@ -179,13 +188,16 @@ def _parameters(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
-    ok = (
-        isinstance(raw, list)
-        and 1 <= len(raw) <= MAX_DIMS
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw)
-    )
-    if not ok:
-        raise _bad(f"input {name!r}: shape must be a list of 1 to {MAX_DIMS} ints >= 0. Received: {_short(raw)}")
+    """The shape, each dimension bounded before any product of them is taken (or written in a message)."""
+    ints = isinstance(raw, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in raw)
+    if not (ints and 1 <= len(raw) <= MAX_DIMS and all(0 <= d <= MAX_DIM for d in raw)):
+        echo = _short(raw)
+        if ints:  # each number capped: JSON allows ints of 4,300 digits
+            dims = [number(d, grouping=False) for d in raw[: MAX_DIMS + 1]]
+            echo = f"[{', '.join(dims)}{', ...' if len(raw) > MAX_DIMS + 1 else ''}]"
+        raise _bad(
+            f"input {name!r}: shape must be a list of 1 to {MAX_DIMS} ints in [0, {MAX_DIM}]. Received: {echo[:120]}"
+        )
     return tuple(raw)
 
 
@@ -222,12 +234,12 @@ def _from_binary(name: str, datatype: str, count: int, chunk: memoryview) -> Any
         dtype = FIXED[datatype]
         if count * dtype.itemsize != len(chunk):
             raise _bad(
-                f"input {name!r}: {count:,} {datatype} elements need {count * dtype.itemsize:,} bytes; "
+                f"input {name!r}: {number(count)} {datatype} elements need {number(count * dtype.itemsize)} bytes; "
                 f"binary_data_size is {len(chunk):,}"
             )
         return np.frombuffer(chunk, dtype=dtype, count=count)
     if count * _LENGTH.size > len(chunk):  # every element needs at least its 4-byte length
-        raise _bad(f"input {name!r}: {count:,} BYTES elements cannot fit in {len(chunk):,} bytes")
+        raise _bad(f"input {name!r}: {number(count)} BYTES elements cannot fit in {len(chunk):,} bytes")
     out, pos = [], 0
     for i in range(count):
         if pos + _LENGTH.size > len(chunk):
@@ -248,7 +260,9 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any, json
     if not isinstance(data, list):
         raise _bad(f"input {name!r}: 'data' must be a JSON array. Received: {_short(data)}")
     if count > json_length:  # every element takes at least one character of the JSON
-        raise _bad(f"input {name!r}: shape {list(shape)} has {count:,} elements; the JSON is {json_length:,} bytes")
+        raise _bad(
+            f"input {name!r}: shape {list(shape)} has {number(count)} elements; the JSON is {json_length:,} bytes"
+        )
     if datatype == "BYTES":
         flat = _flatten_strings(name, data, count)
         try:
