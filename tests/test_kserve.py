@@ -365,6 +365,11 @@ BAD = {
         b"",
         "'labels' has no classification",
     ),
+    "pixels as BYTES": (  # its 3,072 elements were counted as images first: a 413
+        {"inputs": [{"name": "pixels", "shape": [1, 32, 32, 3], "datatype": "BYTES", "data": ["AA=="] * 3072}]},
+        b"",
+        "input 'pixels' must be FP32 or UINT8. Received: BYTES",
+    ),
     "tiny image": (
         {"inputs": [{"name": "pixels", "shape": [1, 1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
         b"",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import pytest
 
@@ -98,3 +99,19 @@ def test_counts_in_messages_are_written_short() -> None:
     with pytest.raises(RequestError, match=r"has 4\.52e\+74 elements; the JSON is"):
         tensors.parse_request(json.dumps(doc).encode(), None)
     assert [tensors.number(n) for n in (0, 12_345, -(10**20), 10**400)] == ["0", "12,345", "-1.00e+20", "~1e+400"]
+
+
+def test_an_inputs_name_and_datatype_are_checked_before_its_images_are_counted() -> None:
+    """`pixels` sent as BYTES answered "3,072 images in one request" (413): a BYTES element counts as an image,
+    but these are not the model's images at all."""
+    takes = {"image": ("BYTES",), "pixels": ("FP32", "UINT8")}
+    cases = [
+        ("pixels", "BYTES", "input 'pixels' must be FP32 or UINT8. Received: BYTES"),
+        ("image", "UINT8", "input 'image' must be BYTES. Received: UINT8"),
+        ("x", "BYTES", "unknown input 'x'; this model takes 'image' or 'pixels'"),
+    ]
+    for name, datatype, message in cases:
+        inp = {"name": name, "shape": [1, 32, 32, 3], "datatype": datatype, "data": ["AA=="] * 3072}
+        with pytest.raises(RequestError, match=f"^{re.escape(message)}$") as e:
+            tensors.parse_request(json.dumps({"inputs": [inp]}).encode(), None, max_images=4, datatypes=takes)
+        assert e.value.status == 400

@@ -175,6 +175,7 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
             # image, row and pixel): at most a third of their 3*N*H*W values, plus N*(1 + H) + 1. The 1024 cover
             # the rest of the request (at most 8 inputs and 8 outputs, each with a shape and parameters).
             state.client_slots * (1 + h + h * w) + 1024,
+            {IMAGE: ("BYTES",), PIXELS: ("FP32", "UINT8")},  # checked before the images are counted
             too_slow=f"the request took longer than {settings.decode_timeout_s:g} s to parse; retry later, or send "
             "images as BYTES or pixels as binary data",
         )

@@ -19,6 +19,7 @@ import binascii
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,7 @@ def parse_request(
     max_values: int | None = None,
     max_images: int | None = None,
     max_containers: int | None = None,
+    datatypes: Mapping[str, tuple[str, ...]] | None = None,
 ) -> InferRequest:
     """Reads an inference request (JSON, or JSON followed by binary tensor data).
 
@@ -122,6 +124,9 @@ def parse_request(
         max_containers: The most lists and objects a valid request's JSON can hold; JSON with more (outside
             strings) is refused before it is parsed (10 million nested empty lists, 20 MB and no commas, held
             the interpreter for seconds and kept 1-2 GB).
+        datatypes: The inputs a model takes, by name, and the datatypes of each: another name or datatype is
+            refused before the input's images are counted (a ``pixels`` tensor sent as BYTES is a datatype
+            error, not 3,072 images).
 
     Raises:
         RequestError: 400 for anything malformed or inconsistent, 413 for JSON with too many values, lists or
@@ -137,7 +142,7 @@ def parse_request(
     binary = memoryview(body)[json_length:]
     inputs, used = [], 0
     for raw in raw_inputs:
-        tensor, size = _input(raw, binary[used:], json_length, max_images)
+        tensor, size = _input(raw, binary[used:], json_length, max_images, datatypes)
         inputs.append(tensor)
         used += size
     if used != len(binary):
@@ -201,14 +206,25 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _input(raw: Any, binary: memoryview, json_length: int, max_images: int | None) -> tuple[InputTensor, int]:
-    """One input tensor and the number of binary bytes it took; refused unread past ``max_images``."""
+def _input(
+    raw: Any,
+    binary: memoryview,
+    json_length: int,
+    max_images: int | None,
+    datatypes: Mapping[str, tuple[str, ...]] | None,
+) -> tuple[InputTensor, int]:
+    """One input tensor and the number of binary bytes it took; refused unread past ``max_images``, or when
+    ``datatypes`` does not have its name and datatype."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise _bad(f"each input must be an object with a 'name'. Received: {_short(raw)}")
     name = raw["name"][:64]
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
         raise _bad(f"input {name!r}: datatype must be one of {', '.join(DATATYPES)}. Received: {_short(datatype)}")
+    if datatypes is not None and name not in datatypes:
+        raise _bad(f"unknown input {name!r}; this model takes {' or '.join(repr(n) for n in datatypes)}")
+    if datatypes is not None and datatype not in datatypes[name]:
+        raise _bad(f"input {name!r} must be {' or '.join(datatypes[name])}. Received: {datatype}")
     shape = _shape(raw.get("shape"), name)
     count = math.prod(shape)
     images = count if datatype == "BYTES" else shape[0]  # a BYTES element is an image, whatever the shape
