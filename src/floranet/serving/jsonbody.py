@@ -1,4 +1,5 @@
-"""The JSON part of an inference request: its size in Python objects bounded before it is parsed.
+"""The JSON part of an inference request: its size in Python objects bounded before it is parsed, and its
+values written short in messages.
 
 ``json.loads`` holds the interpreter while it builds objects, and a thread cannot be stopped, so what a body
 may make it build is counted first: values (by their commas) and lists and objects (by their ``[`` and ``{``).
@@ -10,6 +11,7 @@ may hold any of them.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -81,3 +83,17 @@ def _count_outside_strings(utf8: bytes) -> tuple[int, int]:
         inside = int(parity[-1])
         counts += np.bincount(part[parity == 0], minlength=256)
     return int(counts[_COMMA]), int(counts[_OPEN_LIST] + counts[_OPEN_OBJECT])
+
+
+def number(n: int, grouping: bool = True) -> str:
+    """``n`` for a message: ``1,234`` (``1234`` without ``grouping``), past 15 digits ``1.23e+45`` (a product
+    of dimensions can have thousands of digits, and ``str`` refuses an int of more than 4,300)."""
+    if abs(n) < 10**15:
+        return f"{n:,}" if grouping else str(n)
+    return f"{n:.2e}" if abs(n) < 10**300 else f"{'-' * (n < 0)}~1e+{int(math.log10(abs(n)))}"
+
+
+def short(value: Any) -> str:
+    """``value`` as JSON for a message, cut at 80 characters."""
+    text = json.dumps(value) if not isinstance(value, (bytes, memoryview)) else "<bytes>"
+    return text if len(text) <= 80 else text[:77] + "..."

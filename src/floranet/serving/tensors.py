@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from floranet.serving import jsonbody
+from floranet.serving.jsonbody import number, short
 from floranet.serving.uploads import RequestError
 
 # Datatype → little-endian numpy dtype of one element (BYTES has no fixed size).
@@ -42,14 +43,6 @@ _END = object()
 
 def _bad(message: str) -> RequestError:
     return RequestError(400, message)
-
-
-def number(n: int, grouping: bool = True) -> str:
-    """``n`` for a message: ``1,234`` (``1234`` without ``grouping``), past 15 digits ``1.23e+45`` (a product
-    of dimensions can have thousands of digits, and ``str`` refuses an int of more than 4,300)."""
-    if abs(n) < 10**15:
-        return f"{n:,}" if grouping else str(n)
-    return f"{n:.2e}" if abs(n) < 10**300 else f"{'-' * (n < 0)}~1e+{int(math.log10(abs(n)))}"
 
 
 def too_many_images(n: int, limit: int) -> RequestError:
@@ -138,7 +131,7 @@ def parse_request(
         raise _bad(f"the inference request must be a JSON object. Received: {type(doc).__name__}")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not 1 <= len(raw_inputs) <= MAX_INPUTS:
-        raise _bad(f"'inputs' must be a list of 1 to {MAX_INPUTS} tensors. Received: inputs={_short(raw_inputs)}")
+        raise _bad(f"'inputs' must be a list of 1 to {MAX_INPUTS} tensors. Received: inputs={short(raw_inputs)}")
     binary = memoryview(body)[json_length:]
     inputs, used = [], 0
     for raw in raw_inputs:
@@ -163,7 +156,7 @@ def _flag(params: dict[str, Any], key: str) -> bool:
     """A boolean parameter: JSON true or false only (``bool("false")`` would be True)."""
     value = params.get(key, False)
     if not isinstance(value, bool):
-        raise _bad(f"{key} must be true or false. Received: {key}={_short(value)}")
+        raise _bad(f"{key} must be true or false. Received: {key}={short(value)}")
     return value
 
 
@@ -179,16 +172,11 @@ def _json_length(header: str | None, total: int) -> int:
     return int(digits)
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, (bytes, memoryview)) else "<bytes>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _parameters(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _bad(f"'{where}' must be a JSON object. Received: {_short(raw)}")
+        raise _bad(f"'{where}' must be a JSON object. Received: {short(raw)}")
     return raw
 
 
@@ -196,7 +184,7 @@ def _shape(raw: Any, name: str) -> tuple[int, ...]:
     """The shape, each dimension bounded before any product of them is taken (or written in a message)."""
     ints = isinstance(raw, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in raw)
     if not (ints and 1 <= len(raw) <= MAX_DIMS and all(0 <= d <= MAX_DIM for d in raw)):
-        echo = _short(raw)
+        echo = short(raw)
         if ints:  # each number capped: JSON allows ints of 4,300 digits
             dims = [number(d, grouping=False) for d in raw[: MAX_DIMS + 1]]
             echo = f"[{', '.join(dims)}{', ...' if len(raw) > MAX_DIMS + 1 else ''}]"
@@ -216,11 +204,11 @@ def _input(
     """One input tensor and the number of binary bytes it took; refused unread past ``max_images``, or when
     ``datatypes`` does not have its name and datatype."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise _bad(f"each input must be an object with a 'name'. Received: {_short(raw)}")
+        raise _bad(f"each input must be an object with a 'name'. Received: {short(raw)}")
     name = raw["name"][:64]
     datatype = raw.get("datatype")
     if datatype not in DATATYPES:
-        raise _bad(f"input {name!r}: datatype must be one of {', '.join(DATATYPES)}. Received: {_short(datatype)}")
+        raise _bad(f"input {name!r}: datatype must be one of {', '.join(DATATYPES)}. Received: {short(datatype)}")
     if datatypes is not None and name not in datatypes:
         raise _bad(f"unknown input {name!r}; this model takes {' or '.join(repr(n) for n in datatypes)}")
     if datatypes is not None and datatype not in datatypes[name]:
@@ -236,7 +224,7 @@ def _input(
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
             raise _bad(
                 f"input {name!r}: binary_data_size must be an int in [0, {len(binary):,}] (the binary data "
-                f"left). Received: {_short(size)}"
+                f"left). Received: {short(size)}"
             )
         data = _from_binary(name, datatype, count, binary[:size])
         return InputTensor(name, datatype, shape, data), size
@@ -274,7 +262,7 @@ def _from_binary(name: str, datatype: str, count: int, chunk: memoryview) -> Any
 def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any, json_length: int) -> Any:
     count = math.prod(shape)
     if not isinstance(data, list):
-        raise _bad(f"input {name!r}: 'data' must be a JSON array. Received: {_short(data)}")
+        raise _bad(f"input {name!r}: 'data' must be a JSON array. Received: {short(data)}")
     if count > json_length:  # every element takes at least one character of the JSON
         raise _bad(
             f"input {name!r}: shape {list(shape)} has {number(count)} elements; the JSON is {json_length:,} bytes"
@@ -313,7 +301,7 @@ def _flatten_strings(name: str, data: list[Any], count: int) -> list[str]:
         elif isinstance(item, str) and len(flat) < count:
             flat.append(item)
         else:
-            raise _bad(f"input {name!r}: BYTES data must be {count} base64 strings. Received: {_short(item)}")
+            raise _bad(f"input {name!r}: BYTES data must be {count} base64 strings. Received: {short(item)}")
     if len(flat) != count:
         raise _bad(f"input {name!r}: BYTES data has {len(flat)} elements; shape says {count}")
     return flat
@@ -323,15 +311,15 @@ def _outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
     if raw is None:
         return None
     if not isinstance(raw, list) or len(raw) > MAX_INPUTS:
-        raise _bad(f"'outputs' must be a list of at most {MAX_INPUTS} objects. Received: {_short(raw)}")
+        raise _bad(f"'outputs' must be a list of at most {MAX_INPUTS} objects. Received: {short(raw)}")
     out = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise _bad(f"each requested output must be an object with a 'name'. Received: {_short(item)}")
+            raise _bad(f"each requested output must be an object with a 'name'. Received: {short(item)}")
         params = _parameters(item.get("parameters"), f"outputs[{item['name'][:64]}].parameters")
         k = params.get("classification", 0)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise _bad(f"classification must be an int >= 0. Received: classification={_short(k)}")
+            raise _bad(f"classification must be an int >= 0. Received: classification={short(k)}")
         binary = _flag(params, "binary_data") if "binary_data" in params else None  # its own word wins
         out.append(RequestedOutput(item["name"][:64], binary, k))
     return tuple(out)
