@@ -370,6 +370,11 @@ BAD = {
         b"",
         "input 'pixels' must be FP32 or UINT8. Received: BYTES",
     ),
+    "an int past 64 bits": (  # a number, out of range: it was refused as "FP32 data must hold numbers"
+        {"inputs": [{"name": "pixels", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": [1] * 3071 + [10**20]}]},
+        b"",
+        "image 0 has values outside [0, 255]",
+    ),
     "tiny image": (
         {"inputs": [{"name": "pixels", "shape": [1, 1, 1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
         b"",

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 
+import numpy as np
 import pytest
 
 from floranet.serving import tensors
@@ -115,3 +116,42 @@ def test_an_inputs_name_and_datatype_are_checked_before_its_images_are_counted()
         with pytest.raises(RequestError, match=f"^{re.escape(message)}$") as e:
             tensors.parse_request(json.dumps({"inputs": [inp]}).encode(), None, max_images=4, datatypes=takes)
         assert e.value.status == 400
+
+
+def _pixels(datatype: str, data: list) -> bytes:
+    shape = [2, 2] if isinstance(data[0], list) else [1, 4]
+    return json.dumps({"inputs": [{"name": "pixels", "shape": shape, "datatype": datatype, "data": data}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP32", [0.5, 1, "x", 2], 'FP32 data must hold numbers. Received: "x" (element 2)'),
+        ("FP32", [[1, 2], [None, 3]], "FP32 data must hold numbers. Received: null (element 2)"),
+        ("UINT8", [1, 1, 1, "7"], 'UINT8 data must hold integers. Received: "7" (element 3)'),
+        ("UINT8", [1, 2.5, 3, 4], "UINT8 data must hold integers. Received: 2.5 (element 1)"),
+        ("UINT8", [1, 2, 3, 256], "UINT8 values must be in [0, 255]. Received: 256 (element 3)"),
+        ("UINT8", [[1, -1], [3, 4]], "UINT8 values must be in [0, 255]. Received: -1 (element 1)"),
+        ("UINT8", [1, 1, 1, 10**20], "UINT8 values must be in [0, 255]. Received: 1.00e+20 (element 3)"),
+        ("FP32", [1, 1, 1, 10**400], "FP32 value ~1e+400 (element 3) is out of range"),
+        ("FP32", [1, 1, 1, "x" * 500], f'FP32 data must hold numbers. Received: "{"x" * 76}... (element 3)'),
+    ],
+)
+def test_data_that_is_not_numbers_is_refused_echoing_the_first_bad_element(
+    datatype: str, data: list, message: str
+) -> None:
+    """The message said neither which element was not a number nor what it held (and said it of 10**20)."""
+    with pytest.raises(RequestError, match=f"^input 'pixels': {re.escape(message)}$") as e:
+        tensors.parse_request(_pixels(datatype, data), None)
+    assert e.value.status == 400
+
+
+def test_an_int_past_64_bits_is_a_number() -> None:
+    """numpy holds 10**20 as an object: it was refused as "not numbers". As FP32 it is the float 1e20 (which
+    the server then refuses as a pixel, outside [0, 255]), as UINT8 an int out of range (above)."""
+    assert tensors.parse_request(_pixels("FP32", [1, 2**63, -1, 10**20]), None).inputs[0].data.tolist() == [
+        1.0,
+        np.float32(2**63),
+        -1.0,
+        np.float32(1e20),
+    ]

@@ -1,5 +1,5 @@
-"""The JSON part of an inference request: its size in Python objects bounded before it is parsed, and its
-values written short in messages.
+"""The JSON part of an inference request: its size in Python objects bounded before it is parsed, the numbers
+of its tensors checked, and its values written short in messages.
 
 ``json.loads`` holds the interpreter while it builds objects, and a thread cannot be stopped, so what a body
 may make it build is counted first: values (by their commas) and lists and objects (by their ``[`` and ``{``).
@@ -10,8 +10,11 @@ may hold any of them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -97,3 +100,43 @@ def short(value: Any) -> str:
     """``value`` as JSON for a message, cut at 80 characters."""
     text = json.dumps(value) if not isinstance(value, (bytes, memoryview)) else "<bytes>"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def numbers(name: str, datatype: str, data: list[Any], array: np.ndarray) -> np.ndarray:
+    """``array`` (``np.asarray(data)``) as numbers of ``datatype``'s kind: ints for UINT8, ints and floats for
+    FP32 (one past 64 bits, which numpy keeps as an object, read as a float).
+
+    Raises:
+        RequestError: 400 naming the first element that is not such a number, or out of range.
+    """
+    integers = datatype == "UINT8"
+    if array.dtype.kind in ("iu" if integers else "iuf"):
+        return array
+    kinds = (int,) if integers else (int, float)
+    found = _first(data, array.ndim, lambda v: type(v) not in kinds)
+    if found is not None:
+        raise RequestError(
+            400,
+            f"input {name!r}: {datatype} data must hold {'integers' if integers else 'numbers'}. Received: "
+            f"{short(found[1])} (element {found[0]})",
+        )
+    # All numbers, which numpy held as objects: an int past 64 bits (or ints past int64 of both signs).
+    if integers:
+        i, v = _first(data, array.ndim, lambda v: not 0 <= v <= 255) or (0, 0)
+        raise RequestError(
+            400, f"input {name!r}: UINT8 values must be in [0, 255]. Received: {number(v)} (element {i})"
+        )
+    try:
+        return np.asarray(data, dtype=np.float64)
+    except OverflowError:  # an int past a float's range (10**309)
+        i, v = _first(data, array.ndim, lambda v: abs(v) > sys.float_info.max) or (0, 0)
+        raise RequestError(400, f"input {name!r}: {datatype} value {number(v)} (element {i}) is out of range") from None
+
+
+def _first(data: list[Any], ndim: int, bad: Callable[[Any], bool]) -> tuple[int, Any] | None:
+    """The first element of ``data``, a list nested ``ndim`` deep as numpy read it, that is ``bad``, and its
+    index in row-major order; None when none is."""
+    flat: Iterable[Any] = data
+    for _ in range(ndim - 1):
+        flat = itertools.chain.from_iterable(flat)
+    return next(((i, v) for i, v in enumerate(flat) if bad(v)), None)

@@ -277,14 +277,15 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any, json
         array = np.asarray(data)
     except ValueError:
         raise _bad(f"input {name!r}: 'data' is a ragged array; it must match shape {list(shape)}") from None
-    if array.dtype.kind not in ("iu" if datatype == "UINT8" else "iuf"):
-        raise _bad(f"input {name!r}: {datatype} data must hold {'integers' if datatype == 'UINT8' else 'numbers'}")
+    array = jsonbody.numbers(name, datatype, data, array)
     if array.size != count or (array.ndim > 1 and array.shape != shape):
         raise _bad(
             f"input {name!r}: 'data' has {array.size:,} elements in shape {list(array.shape)}; shape says {list(shape)}"
         )
     if datatype == "UINT8" and array.size and (array.min() < 0 or array.max() > 255):
-        raise _bad(f"input {name!r}: UINT8 values must be in [0, 255]")
+        i = int(np.flatnonzero((array < 0) | (array > 255))[0])
+        value = array.reshape(-1)[i]
+        raise _bad(f"input {name!r}: UINT8 values must be in [0, 255]. Received: {value} (element {i})")
     with np.errstate(over="ignore"):  # FP32 overflow becomes inf, which the caller refuses
         return array.reshape(-1).astype(FIXED[datatype])
 
