@@ -155,3 +155,18 @@ def test_an_int_past_64_bits_is_a_number() -> None:
         -1.0,
         np.float32(1e20),
     ]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP32", [0.5, 0.5, 0.5, True], "FP32 data must hold numbers. Received: true (element 3)"),
+        ("FP32", [True] * 4, "FP32 data must hold numbers. Received: true (element 0)"),
+        ("UINT8", [[7, 1], [False, 1]], "UINT8 data must hold integers. Received: false (element 2)"),
+        ("UINT8", [False] * 4, "UINT8 data must hold integers. Received: false (element 0)"),
+    ],
+)
+def test_true_and_false_are_not_numbers_even_among_numbers(datatype: str, data: list, message: str) -> None:
+    """All-bool data was refused, but numpy reads a true among numbers as 1: it was taken silently."""
+    with pytest.raises(RequestError, match=f"^input 'pixels': {re.escape(message)}$"):
+        tensors.parse_request(_pixels(datatype, data), None)
