@@ -170,3 +170,23 @@ def test_true_and_false_are_not_numbers_even_among_numbers(datatype: str, data: 
     """All-bool data was refused, but numpy reads a true among numbers as 1: it was taken silently."""
     with pytest.raises(RequestError, match=f"^input 'pixels': {re.escape(message)}$"):
         tensors.parse_request(_pixels(datatype, data), None)
+
+
+def test_binary_data_without_its_header_is_named_as_such() -> None:
+    """Without Inference-Header-Content-Length the whole body is JSON: binary data after it answered only
+    "not valid JSON: Extra data: line 1 column 121"."""
+    head = {"inputs": [{"name": "pixels", "shape": [1, 4], "datatype": "UINT8", "parameters": {"binary_data_size": 4}}]}
+    hint = "(binary tensor data after the JSON needs the Inference-Header-Content-Length header: the JSON's length"
+    for binary in (
+        b"\1\2\3\4",
+        b"\xff\xd8\xff\xe0",
+        b"\4\0\0\0\xff\xd8\xff\xe0",
+    ):  # text; not UTF-8; a BYTES length first
+        with pytest.raises(RequestError, match="^the inference request is not valid JSON: .*" + re.escape(hint)):
+            tensors.parse_request(json.dumps(head).encode() + binary, None)
+    with pytest.raises(RequestError, match=r"Extra data: line 1 column 4 \(char 3\)$"):  # text after the JSON
+        tensors.parse_request(b"{} trailing words", None)
+    with pytest.raises(RequestError, match=r"invalid start byte$"):  # not UTF-8 inside the JSON
+        tensors.parse_request(b'{"inputs": [{"name": "\xff"}]}', None)
+    body = json.dumps(head).encode()
+    assert tensors.parse_request(body + b"\1\2\3\4", str(len(body))).inputs[0].data.tolist() == [1, 2, 3, 4]

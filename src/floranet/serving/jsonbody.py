@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,15 +24,22 @@ from floranet.serving.uploads import RequestError
 
 _QUOTE, _OPEN_LIST, _OPEN_OBJECT, _COMMA = b'"[{,'
 _CHUNK = 1 << 20  # bytes scanned at once: bounds the scan's own memory
+# Never in JSON outside strings (nor raw inside them), common in binary data.
+_CONTROL, _CONTROL_BYTE = (
+    re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"),
+    re.compile(b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"),
+)
 
 
-def load(raw: bytes, max_values: int | None = None, max_containers: int | None = None) -> Any:
+def load(raw: bytes, max_values: int | None = None, max_containers: int | None = None, whole_body: bool = False) -> Any:
     """``json.loads(raw)``, refused unparsed when it holds too much.
 
     Args:
         raw: The request's JSON (UTF-8, or the UTF-16/32 that ``json.loads`` also reads).
         max_values: The most commas outside strings (None: no limit).
         max_containers: The most lists and objects (None: no limit).
+        whole_body: ``raw`` is the whole body (no Inference-Header-Content-Length said where the JSON ends):
+            when binary data seems to follow the JSON, the message says that the header is missing.
 
     Raises:
         RequestError: 413 past a limit (naming it), 400 when ``raw`` is not JSON.
@@ -46,7 +54,7 @@ def load(raw: bytes, max_values: int | None = None, max_containers: int | None =
         encoding = json.detect_encoding(raw)
         text = raw.decode(encoding, "surrogatepass")  # as json.loads decodes bytes
     except UnicodeDecodeError as e:
-        raise RequestError(400, f"the inference request is not valid JSON: {e}") from None
+        raise _not_json(e, raw, None, whole_body) from None
     if over:
         utf8 = raw if encoding.startswith("utf-8") else text.encode("utf-8", "surrogatepass")
         commas, containers = _count_outside_strings(utf8)
@@ -65,9 +73,30 @@ def load(raw: bytes, max_values: int | None = None, max_containers: int | None =
     try:
         return json.loads(text)
     except ValueError as e:
-        raise RequestError(400, f"the inference request is not valid JSON: {e}") from None
+        raise _not_json(e, raw, text, whole_body) from None
     except RecursionError:
         raise RequestError(400, "the inference request's JSON is nested too deeply") from None
+
+
+def _not_json(e: ValueError, raw: bytes, text: str | None, whole_body: bool) -> RequestError:
+    """The 400 for a body ``json.loads`` refused (``text``: None when ``raw`` is not even text). Without the
+    header, a JSON object followed by binary data is "Extra data" or not UTF-8 after the object's last ``}``: the
+    message then says what is missing."""
+    if isinstance(e, UnicodeDecodeError):
+        # Binary data: nothing, or bytes with control characters, between a } and the undecodable byte.
+        end = raw.rfind(b"}", 0, e.start) + 1
+        binary = end > 0 and (end == e.start or _CONTROL_BYTE.search(raw, end, min(e.start, end + 4096)) is not None)
+    elif isinstance(e, json.JSONDecodeError) and e.msg == "Extra data" and text is not None:
+        binary = _CONTROL.search(text, e.pos, e.pos + 4096) is not None
+    else:
+        binary = False
+    hint = (
+        " (binary tensor data after the JSON needs the Inference-Header-Content-Length header: the JSON's length "
+        "in bytes)"
+        if whole_body and binary
+        else ""
+    )
+    return RequestError(400, f"the inference request is not valid JSON: {e}{hint}")
 
 
 def _count_outside_strings(utf8: bytes) -> tuple[int, int]:

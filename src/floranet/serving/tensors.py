@@ -126,7 +126,7 @@ def parse_request(
             objects, or an input of more than ``max_images`` images.
     """
     json_length = _json_length(header_length, len(body))
-    doc = jsonbody.load(body[:json_length], max_values, max_containers)
+    doc = jsonbody.load(body[:json_length], max_values, max_containers, whole_body=header_length is None)
     if not isinstance(doc, dict):
         raise _bad(f"the inference request must be a JSON object. Received: {type(doc).__name__}")
     raw_inputs = doc.get("inputs")
