@@ -242,6 +242,34 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
     assert trained == ["resnet32"]
 
 
+def test_a_missing_weights_file_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--weights resnet32=missing.h5 wrote OUT/split.csv and trained resnet20, then skipped resnet32 ("weights must
+    be ... an existing weights file") and exited 0: a typo to fix, not weights that cannot be had offline."""
+    from floranet.models import weights as weights_lib
+    from floranet.workflows import compare as compare_lib
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    trained: list[str] = []
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: trained.append(settings.backbone) or 1 / 0)
+    out = tmp_path / "cmp"
+    argv = ["compare", str(data), "--backbones", "resnet20,resnet32", "--out", str(out), "--weights", "none"]
+    argv += ["--weights", f"resnet32={tmp_path / 'missing.h5'}", "--image-size", "32", "--epochs", "1"]
+    assert main(argv) == 2
+    said = capsys.readouterr().err
+    assert "an existing weights file" in said and f"weights={str(tmp_path / 'missing.h5')!r}" in said
+    assert not trained and not out.exists()
+    (tmp_path / "w.h5").write_text("unreadable")
+
+    def unreadable(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(weights_lib, "open", unreadable, raising=False)  # root may read any file
+    argv[argv.index(f"resnet32={tmp_path / 'missing.h5'}")] = f"resnet32={tmp_path / 'w.h5'}"
+    assert main(argv) == 2
+    assert f"Cannot read weights file {tmp_path / 'w.h5'}: Permission denied" in capsys.readouterr().err
+    assert not trained and not out.exists()
+
+
 def test_compare_cli_passes_a_zero_seed(tmp_path: Path, monkeypatch) -> None:
     from floranet.workflows import compare as compare_lib
 

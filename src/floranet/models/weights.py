@@ -132,6 +132,14 @@ def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, t
                 "weights must be 'imagenet', None or the path of an existing weights file. "
                 f"Received: weights={os.fspath(weights)!r}"
             )
+        try:  # one the user may not read fails now, not at the model's build after the data scan
+            with open(weights, "rb"):
+                pass
+        except OSError as e:
+            raise WeightsError(
+                f"Cannot read weights file {os.fspath(weights)}: {e.strerror or e}. "
+                f"Received: weights={os.fspath(weights)!r}"
+            ) from None
         return
     info = registry.lookup(backbone)
     if info is not None and info.imagenet in ("official", "bundled"):

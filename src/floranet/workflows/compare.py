@@ -34,6 +34,7 @@ from floranet.errors import ConfigError, DatasetError, ModelError, OutputError, 
 from floranet.inference import load
 from floranet.inference.runtime import choose_inference
 from floranet.models import backbones, registry
+from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training.opening import settings_changed
 from floranet.utils.files import atomic_write_text, file_head, write_json
@@ -63,8 +64,8 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
 
     Raises:
         DatasetError: The data cannot be trained on.
-        ConfigError: A bad setting, or an ``OUT/<backbone>`` run of other settings (an interrupted comparison
-            is continued: its finished runs are reused, an incomplete one resumed).
+        ConfigError: A bad setting, or an ``OUT/<backbone>`` run of other settings (not an interrupted one's).
+        WeightsError: A backbone's weights file is missing or cannot be read (before anything is written).
     """
     out = Path(config.out)
     _check_distinct(config.backbones)
@@ -278,6 +279,7 @@ def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path)
 
     Raises:
         ConfigError: An unknown backbone name, or a bad setting.
+        WeightsError: A weights file that is missing or cannot be read.
     """
     backbones.get(backbone)  # the registry's lookup: an unknown name fails here, before anything trains
     weights = config.weights_of(backbone)
@@ -293,6 +295,8 @@ def _settings(config: CompareConfig, backbone: str, out: Path, split_file: Path)
         **overrides,
     )
     backbones.check_input_size(backbone, settings.image_size)  # Keras's Inception at 32 px: now, not after others
+    if settings.weights != "imagenet":  # a missing file is a typo to fix, not weights to skip for (as train checks)
+        weights_lib.ensure_available(backbone, settings.weights)
     return settings
 
 
