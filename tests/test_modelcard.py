@@ -178,9 +178,11 @@ def test_a_damaged_side_file_is_left_out_of_the_card_not_fatal(writable_run: Pat
     assert f"Model card without ood.json: {writable_run / RunDir.OOD} is damaged (not a JSON object)" in err
     assert "Model card without metrics_external.json" in err and "Traceback" not in err
     card = (writable_run / "README.md").read_text(encoding="utf-8")
-    assert "- *`audit.json` is left out of this card: it is damaged (not valid JSON).*" in card
-    assert "- *`ood.json` is left out of this card: it is damaged (not a JSON object).*" in card
-    assert "*`metrics_external.json` is left out of this card: it is damaged (not valid JSON).*" in card
+    # The card's line names the command that writes the file, as the warning does.
+    said = "is left out of this card: it is damaged"
+    assert f"- *`audit.json` {said} (not valid JSON); it is written by `floranet audit`.*" in card
+    assert f"- *`ood.json` {said} (not a JSON object); it is written by `floranet train`.*" in card
+    assert f"*`metrics_external.json` {said} (not valid JSON); it is written by `floranet evaluate --data`.*" in card
     assert f"On {RunDir(writable_run).metrics()['num_examples']} validation images" in card
 
 
@@ -206,7 +208,7 @@ def test_a_side_file_of_the_wrong_shape_is_left_out_of_the_card(writable_run: Pa
     damaged = f"{writable_run / name} is damaged ({why}); {writer}"
     assert said == [f"Model card without {name}: {damaged}"]
     if name == "doctor.json":
-        assert f"*`{name}` is left out of this card: it is damaged ({why}).*" in card
+        assert f"*`{name}` is left out of this card: it is damaged ({why}); {writer}.*" in card
 
 
 def test_card_says_when_no_temperature_was_fitted_as_the_report_does(writable_run: Path) -> None:

@@ -460,6 +460,9 @@ def test_a_damaged_side_file_is_left_out_of_the_report_by_name(writable_run, cap
     html = (writable_run / "report.html").read_text()
     if name != "state.json":  # read for the card's epochs; the page shows none of it
         assert f"<code>{name}</code> is left out of this report: it is damaged (" in html
+        writer = {"ood.json": "train", "audit.json": "audit", "calibration.json": "evaluate"}.get(name)
+        said = f"it is written by <code>floranet {writer}</code>" if writer else "rerun the step that wrote it"
+        assert f"; {said}.</p>" in html  # the command that writes it, as the warning names it
     assert "<h2>Metrics</h2>" in html and "<h2>Configuration</h2>" in html
 
 

@@ -158,8 +158,13 @@ class CardFacts:
         return value
 
     def left_out(self, *names: str) -> list[str]:
-        """One line of the card per file of ``names`` left out: which, and why."""
-        return [f"*`{n}` is left out of this card: {self.unreadable[n][0]}.*" for n in names if n in self.unreadable]
+        """One line of the card per file of ``names`` left out: which, why, and the command that writes it (as the
+        warning says it: :meth:`RunDir.written_by`)."""
+        return [
+            f"*`{n}` is left out of this card: {self.unreadable[n][0]}; {self.run.written_by(n)}.*"
+            for n in names
+            if n in self.unreadable
+        ]
 
     @classmethod
     def read(cls, run: RunDir) -> CardFacts:

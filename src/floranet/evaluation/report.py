@@ -10,6 +10,7 @@ import base64
 import html
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -269,9 +270,11 @@ def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
 
 
 def _left_out(facts: CardFacts, *names: str) -> str:
-    """A line per file of ``names`` that is left out of the page: which, and why."""
+    """A line per file of ``names`` that is left out of the page: which, why, and the command that writes it."""
     return "".join(
-        f"<p class=bad><code>{n}</code> is left out of this report: {html_text(facts.unreadable[n][0])}.</p>"
+        f"<p class=bad><code>{n}</code> is left out of this report: {html_text(facts.unreadable[n][0])}; "
+        + re.sub(r"`([^`]+)`", r"<code>\1</code>", html_text(facts.run.written_by(n)))  # the card's `floranet x`
+        + ".</p>"
         for n in names
         if n in facts.unreadable
     )
