@@ -48,7 +48,7 @@ def test_saved_yaml_round_trips(tmp_path) -> None:
         ({"seed": 2**32}, "Received: seed=4294967296"),
         ({"weights": 5}, "Received: weights=5"),
         ({"weights": ""}, "weights must be 'imagenet', 'none' or a weights file path. Received: weights=''"),
-        ({"file": ""}, "config must be a YAML file path. Received: config=''"),
+        ({"file": ""}, "file must be a YAML file path. Received: file=''"),
         ({"split_file": 7}, "Received: split_file=7"),
         ({"head_units": 10**8}, "head_units must be at most 65,536. Received: head_units=100000000"),  # OOM before
     ],
@@ -66,8 +66,8 @@ def test_unknown_keys_and_bad_files(tmp_path) -> None:
     bad.write_text("[1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.resolve(file=bad)
-    with pytest.raises(ConfigError, match="not found"):
-        config.resolve(file=tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=f"^Config file {re.escape(str(tmp_path / 'missing.yaml'))} not found"):
+        config.resolve(file=tmp_path / "missing.yaml")  # the file, not an argument of another name (config=)
     bad.write_text("epochs: 3\nhead_units: 64\n")
     assert config.resolve(file=bad).epochs == 3
 
@@ -320,11 +320,22 @@ def test_the_model_card_names_the_settings_a_run_gave_otherwise_than_its_preset(
 
 @pytest.mark.parametrize("file", [3, b"x.yaml", ["x.yaml"]])
 def test_a_config_file_that_is_no_path_is_refused_by_name(file) -> None:
-    """resolve(file=3) and resolve(file=b'x.yaml') were TypeErrors from os.fspath and pathlib."""
+    """resolve(file=3) and resolve(file=b'x.yaml') were TypeErrors from os.fspath and pathlib; then the error named
+    `config`, the CLI's word, not the keyword the caller wrote."""
     with pytest.raises(
-        ConfigError, match=rf"config must be a YAML file's path .*Received: config={re.escape(repr(file))}$"
+        ConfigError, match=rf"^file must be a YAML file's path .*Received: file={re.escape(repr(file))}$"
     ):
         config.resolve(file=file)
+
+
+def test_a_blank_config_flag_is_named_as_the_cli_spells_it(capsys) -> None:
+    """The library names its keyword (file); `train --config ' '` names the CLI's (config), as its empty one does."""
+    from floranet.cli import main
+
+    assert main(["train", "d", "--out", "o", "--config", " "]) == 2
+    assert "config must be a YAML file path. Received: config=' '" in capsys.readouterr().err
+    assert main(["train", "d", "--out", "o", "--config", ""]) == 2
+    assert "Received: config=''" in capsys.readouterr().err
 
 
 def test_dir_lists_the_lazy_names_and_the_public_functions_document_their_arguments() -> None:

@@ -19,6 +19,7 @@ from floranet.config import (
     TRAIN_PRECISIONS,
     UNKNOWN_METHODS,
 )
+from floranet.errors import ConfigError
 
 # Settings of `train` that map one to one onto TrainConfig fields.
 TRAIN_KEYS = (
@@ -194,6 +195,8 @@ def run_train(args: argparse.Namespace) -> int:
     from floranet.workflows import train
 
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
+    if args.config is not None and not args.config.strip():  # resolve's own message names its keyword, file
+        raise ConfigError(f"config must be a YAML file path. Received: config={args.config!r}")
     cfg = config.resolve(file=args.config, data_dir=args.data_dir, out=args.out, **flags)
     # Progress bars only on a terminal: redirected to a file they are escape codes and carriage returns
     progress = sys.stderr.isatty()

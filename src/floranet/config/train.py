@@ -313,7 +313,8 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = yaml.load(read_capped(p, MAX_CONFIG_BYTES).decode("utf-8"), Loader=UniqueKeyLoader)  # a SafeLoader
         raw = {} if raw is None else raw  # an empty file; a falsy non-mapping ([], 0, false) is refused below
     except FileNotFoundError as e:
-        raise ConfigError(f"Config file not found. Received: config={str(path)!r}") from e
+        # The file, as below, not an argument: resolve's is `file`, the CLI's --config.
+        raise ConfigError(f"Config file {path} not found.") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"Config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from e
     except yaml.YAMLError as e:
@@ -370,9 +371,9 @@ def resolve(*, file: str | os.PathLike[str] | None = None, **flags: Any) -> Trai
         ConfigError: Unknown key or invalid value.
     """
     if file is not None and not isinstance(os.fspath(file) if isinstance(file, os.PathLike) else file, str):
-        raise ConfigError(f"config must be a YAML file's path (text or os.PathLike). Received: config={file!r}")
+        raise ConfigError(f"file must be a YAML file's path (text or os.PathLike). Received: file={file!r}")
     if file is not None and not os.fspath(file).strip():  # `--config ''` was ignored without a word
-        raise ConfigError(f"config must be a YAML file path. Received: config={os.fspath(file)!r}")
+        raise ConfigError(f"file must be a YAML file path. Received: file={os.fspath(file)!r}")
     from_file = load_file(file) if file is not None else {}
     given = {k: v for k, v in flags.items() if v is not None}
     unknown = sorted(set(given) - FIELDS)
