@@ -123,6 +123,24 @@ def test_explain_takes_folders_and_patterns_as_predict_does(tiny_run, tmp_path, 
     assert f"{tmp_path / 'gone'}: no image" in capsys.readouterr().err
 
 
+def test_explain_without_out_writes_into_the_current_folder_as_its_help_says(
+    tiny_run, tmp_path, monkeypatch, capsys
+) -> None:
+    """explain's --help named neither its default folder nor --class's metavar the README uses."""
+    from PIL import Image
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "(default: the current folder;" in helped and "--class CLASS " in helped
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["explain", str(tiny_run), str(tmp_path / "a.jpg")]) == 0
+    assert [p.name for p in here.iterdir()] == ["a.gradcam.png"]
+
+
 def test_explain_never_explains_its_own_overlays_nor_writes_into_the_run(tiny_run, tmp_path, capsys, caplog) -> None:
     """With --out inside an input folder each rerun explained the overlays of the last one (x.gradcam.gradcam.png,
     then x.gradcam.gradcam.gradcam.png); --out inside the run directory wrote overlays among its model and records

@@ -42,10 +42,10 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 def add_fetch(sub: Subparsers) -> None:
     p = command(sub, "fetch", run_fetch, help="download a dataset into the cache (mini_flowers is bundled)")
-    p.add_argument("name", nargs="?", default="flower_photos", help="flower_photos or mini_flowers")
+    p.add_argument("name", nargs="?", default="flower_photos", help="flower_photos (default) or mini_flowers")
     p.add_argument("--cache-dir", help="default: $KERAS_HOME/datasets or ~/.keras/datasets")
     p.add_argument("--url", help="mirror URL of the archive (or set FLORANET_DATASETS_URL to a base URL)")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to connect and for each read (default 10)")
 
 
 def run_fetch(args: argparse.Namespace) -> int:

@@ -165,9 +165,14 @@ def add_explain(sub: Subparsers) -> None:
     p.add_argument("run_dir")
     p.add_argument("paths", nargs="+", help="images, folders or globs, as predict takes them")
     p.add_argument(
-        "--out", default=".", help="folder for <image>.gradcam.png files (not in the run directory or its data folder)"
+        "--out",
+        default=".",
+        help="folder for <image>.gradcam.png files (default: the current folder; not in the run directory or its "
+        "data folder)",
     )
-    p.add_argument("--class", dest="class_name", help="explain this class (default: the predicted one)")
+    p.add_argument(
+        "--class", dest="class_name", metavar="CLASS", help="explain this class (default: the predicted one)"
+    )
 
 
 def run_explain(args: argparse.Namespace) -> int:
