@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
 
-from floranet.inference.predictor import apply_temperature
+from floranet.inference.temperature import log_probabilities
 
 # The temperatures searched, on a log scale: 0.01 to 100 (a bound at 20 stopped short of a tiny run's 33.6).
 LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
@@ -27,13 +30,27 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     if not temperature_fittable(probs, labels):
         return 1.0
 
-    def nll(t: float) -> float:
-        p = apply_temperature(probs, t)[np.arange(len(labels)), labels]
-        return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
-
+    nll = _nll(np.asarray(probs), labels)
     res = minimize_scalar(lambda u: nll(np.exp(u)), bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
     t = float(np.exp(res.x))
     return t if nll(t) < nll(1.0) - MIN_NLL_GAIN else 1.0
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> Callable[[float], float]:
+    """The mean negative log-likelihood of ``labels`` after temperature T, as a function of T, from the logs of the
+    probabilities (exact: no floor under small ones, see :func:`~floranet.inference.temperature.log_probabilities`).
+    """
+    logs, rows = log_probabilities(probs), np.arange(len(labels))
+    # An exact zero on the true class (a float32 softmax that underflowed) made the NLL infinite at every T: it is
+    # taken at the smallest positive number of its type, the most it can have been.
+    dtype = probs.dtype if np.issubdtype(probs.dtype, np.floating) else np.float64
+    logs[rows, labels] = np.maximum(logs[rows, labels], np.log(float(np.finfo(dtype).smallest_subnormal)))
+
+    def nll(t: float) -> float:
+        scaled = logs / t
+        return float(np.mean(logsumexp(scaled, axis=1) - scaled[rows, labels]))
+
+    return nll
 
 
 def temperature_fittable(probs: np.ndarray, labels: np.ndarray) -> bool:

@@ -23,6 +23,7 @@ from floranet.data.images import with_run_limit
 from floranet.data.inputs import Unmatched, expand_inputs
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.inference import arguments, batch, compiled, runtime
+from floranet.inference.temperature import apply_temperature
 from floranet.inference.unknown import UnknownDetector
 from floranet.rundir import RunDir
 
@@ -60,14 +61,6 @@ class Prediction:
             "ood_score": self.ood_score,
             "error": self.error,
         }
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax of ``log(probs) / T``: T > 1 softens overconfident probabilities."""
-    logits = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0)) / float(temperature)
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def top_k(probs: np.ndarray, class_names: Sequence[str], k: int) -> tuple[tuple[str, float], ...]:

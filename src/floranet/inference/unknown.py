@@ -37,6 +37,7 @@ import numpy as np
 
 from floranet.config import UNKNOWN_METHODS, check_choice, is_finite_number
 from floranet.errors import ModelError
+from floranet.inference.temperature import apply_temperature
 from floranet.rundir import RunDir
 
 # k of the k-th nearest neighbour: 1 separated held-out flower classes best (benchmarks/bench_unknown.py).
@@ -164,8 +165,6 @@ def score(
 ) -> np.ndarray:
     """The out-of-distribution score of each row (higher: less like the training classes)."""
     if method == "msp":
-        from floranet.inference.predictor import apply_temperature  # the predictor's own calibration
-
         return (1.0 - apply_temperature(probs, temperature).max(axis=1)).astype(np.float32)
     if features is None:
         raise ModelError(f"unknown_method={method!r} needs the backbone features of each image")
