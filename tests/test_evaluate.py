@@ -547,3 +547,26 @@ def test_temperature_scaling_is_exact_for_probabilities_far_below_1e_12() -> Non
     zeroed[0] = 0.0
     zeroed[0, (labels[0] + 1) % 10] = 1.0
     assert fit_temperature(zeroed, labels) == pytest.approx(fit_temperature(probs, labels), rel=0.2)
+
+
+def test_a_temperature_at_the_search_bound_is_recorded_so(tmp_path: Path) -> None:
+    """A model answering one class for every image ran to the upper bound (T = 99.9994, `"fitted": true`), an
+    underconfident one to the lower (0.01, its optimum 0.0056), and calibration.json said nothing of either."""
+    from floranet.cli.inference import _after_temperature
+    from floranet.evaluation import write_evaluation
+    from floranet.evaluation.calibration import TemperatureFit, search_temperature
+    from floranet.rundir import RunDir
+
+    one_class, labels = np.array([[0.2, 0.1, 0.7]] * 6, np.float32), np.array([0, 0, 1, 1, 2, 2])
+    assert search_temperature(one_class, labels) == TemperatureFit(1.0, False, "upper")
+    ev = Evaluation(NAMES[:3], tuple(map(str, range(6))), labels, one_class).with_temperature()
+    write_evaluation(ev, RunDir(tmp_path), facts={})
+    written = json.loads((tmp_path / RunDir.CALIBRATION).read_text())
+    assert (written["temperature"], written["fitted"], written["at_bound"]) == (1.0, False, "upper")
+    assert "upper bound" in _after_temperature(ev.fit, ev.temperature, 0.0)
+    unsure = np.array([[0.34, 0.33, 0.33]] * 99 + [[0.33, 0.34, 0.33]], np.float32)
+    fit = search_temperature(unsure, np.zeros(100, int))
+    assert fit.fitted and fit.at_bound == "lower" and fit.temperature == pytest.approx(0.01, rel=1e-3)
+    assert "lower bound" in _after_temperature(fit, fit.temperature, 0.0)
+    labels, probs = fixed_predictions(200, seed=1)
+    assert search_temperature(probs, labels).at_bound is None

@@ -231,6 +231,31 @@ def test_card_says_when_no_temperature_was_fitted_as_the_report_does(writable_ru
     assert "fitted on the validation split" in model_card(run) and NOT_FITTED not in model_card(run)
 
 
+def test_card_and_report_say_where_the_temperature_search_stopped_at_its_bound(writable_run: Path) -> None:
+    """A temperature the search left at its bound (100 for a model answering one class, 0.01 for an underconfident
+    one) was shown as fitted on the validation split; calibration.json's `at_bound` now says so, and a file from
+    before it (no `at_bound`) still reads as it did."""
+    import json
+
+    from floranet.evaluation.calibration import AT_LOWER_BOUND, AT_UPPER_BOUND, NOT_FITTED
+    from floranet.evaluation.card_facts import CardFacts
+    from floranet.evaluation.report import _calibration
+
+    run = RunDir(writable_run)
+    calibration = json.loads((writable_run / RunDir.CALIBRATION).read_text())
+    run.write_json(RunDir.CALIBRATION, {**calibration, "fitted": False, "at_bound": "upper"})
+    card = model_card(run)
+    assert AT_UPPER_BOUND in card and "fitted on the validation split" not in card
+    assert AT_UPPER_BOUND in _calibration(CardFacts.read(run), run.metrics())  # the report's section
+    run.write_json(RunDir.CALIBRATION, {**calibration, "fitted": True, "at_bound": "lower"})
+    assert AT_LOWER_BOUND in model_card(run) and "fitted on the validation split" in model_card(run)
+    old = {k: v for k, v in calibration.items() if k != "at_bound"}
+    run.write_json(RunDir.CALIBRATION, {**old, "fitted": False})
+    assert NOT_FITTED in model_card(run) and "left out of this card" not in model_card(run)
+    run.write_json(RunDir.CALIBRATION, {**calibration, "at_bound": 3})
+    assert "*`calibration.json` is left out of this card: it is damaged (at_bound is int" in model_card(run)
+
+
 def test_card_recipe_lists_class_weights_when_set(writable_run: Path) -> None:
     """--class-weights auto changes the model (a minority image's probability 0.041 without, 0.834 with), but the
     card's training recipe did not list it."""

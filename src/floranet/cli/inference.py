@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from floranet.cli.common import Subparsers, add_runtime, add_unknown, command, say, warn
 from floranet.config import ENGINES, OUTPUT_FORMATS
+
+if TYPE_CHECKING:
+    from floranet.evaluation.calibration import TemperatureFit
 
 
 def add_evaluate(sub: Subparsers) -> None:
@@ -37,7 +40,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     say(
         f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
         f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "
-        f"(after temperature {ev.temperature:.2f}: {m['calibration']['ece_after_temperature']:.3f})"
+        f"({_after_temperature(ev.fit, ev.temperature, m['calibration']['ece_after_temperature'])})"
     )
     for t, p_, c in ev.most_confused()[:5]:
         say(f"  {t} predicted as {p_}: {c}")
@@ -50,6 +53,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not external:  # the page still shows training's evaluation until it is built again
         say(f"{RunDir.REPORT} still shows training's evaluation: `floranet report {args.run_dir}` rebuilds it.")
     return 0
+
+
+def _after_temperature(fit: TemperatureFit | None, temperature: float, ece_after: float) -> str:
+    """The ECE after the temperature, or why none was fitted (``fit``: the evaluation's TemperatureFit, None for
+    another folder's, scored with the run's temperature)."""
+    if fit is not None and not fit.fitted:
+        bound = ": the NLL still falls at T = 100, the search's upper bound" if fit.at_bound == "upper" else ""
+        return f"no temperature fitted{bound}; T = 1 kept"
+    bound = ", the search's lower bound" if fit is not None and fit.at_bound == "lower" else ""
+    return f"after temperature {temperature:.2f}{bound}: {ece_after:.3f}"
 
 
 def _left_out(extra: dict[str, Any], data: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -15,25 +17,75 @@ LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
 # The mean NLL a temperature must gain over T = 1 to be kept: on a flat likelihood (every answer as sure as the
 # others, e.g. all uniform) the optimiser's end point, 99.9995, tied with T = 1 and was recorded as fitted.
 MIN_NLL_GAIN = 1e-6
+# How near a bound of LOG_T_BOUNDS (in log T) the search's end counts as stopped there: it ends within 1e-5 of it.
+BOUND_TOLERANCE = 1e-4
 # What the report and the model card say where calibration.json records no fitted temperature.
 NOT_FITTED = (
     "no temperature could be fitted: every validation answer is right, or every one wrong, or none does better "
     "than T = 1 (T = 1 is kept)"
 )
+# ... and where the search stopped at its upper bound (calibration.json's "at_bound": "upper"), e.g. a model that
+# answers one class for every image: the NLL falls all the way toward that of answering every class alike (T -> inf).
+AT_UPPER_BOUND = (
+    "no temperature was fitted: the search stopped at its upper bound, T = 100, the validation NLL still falling "
+    "toward that of answering every class alike, so no finite temperature fits (T = 1 is kept)"
+)
+# ... and beside a temperature fitted at the search's lower bound ("at_bound": "lower"), an underconfident model.
+AT_LOWER_BOUND = (
+    "The temperature is the search's lower bound, 0.01: a lower one would fit the validation answers better."
+)
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """What the temperature search found.
+
+    Attributes:
+        temperature: The temperature to use: 1.0 where none is fitted.
+        fitted: Whether ``temperature`` was fitted (False: T = 1 is kept).
+        at_bound: ``"lower"`` or ``"upper"`` where the search stopped at that bound of :data:`LOG_T_BOUNDS`, the NLL
+            still falling past it; None where it stopped inside them, or did not search. At the upper bound no
+            temperature is kept (``fitted`` False): the best is T -> inf, every answer alike, which helps no one.
+    """
+
+    temperature: float = 1.0
+    fitted: bool = False
+    at_bound: str | None = None
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation negative log-likelihood (Guo et al. 2017), within 0.01 to 100; 1.0
-    where the images cannot tell it (:func:`temperature_fittable`) or no temperature lowers the NLL by more than
-    :data:`MIN_NLL_GAIN`."""
+    """The temperature of :func:`search_temperature`: 1.0 where none is fitted."""
+    return search_temperature(probs, labels).temperature
+
+
+def search_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
+    """The temperature minimising validation negative log-likelihood (Guo et al. 2017), within 0.01 to 100.
+
+    None is fitted (T = 1 kept) where the images cannot tell it (:func:`temperature_fittable`), where no temperature
+    lowers the NLL by more than :data:`MIN_NLL_GAIN`, or where the search stops at its upper bound (the NLL still
+    falling at T = 100: see :class:`TemperatureFit`). One at the lower bound is kept, and said (``at_bound``).
+    """
     labels = np.asarray(labels, int)
     if not temperature_fittable(probs, labels):
-        return 1.0
-
+        return TemperatureFit()
     nll = _nll(np.asarray(probs), labels)
     res = minimize_scalar(lambda u: nll(np.exp(u)), bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5})
     t = float(np.exp(res.x))
-    return t if nll(t) < nll(1.0) - MIN_NLL_GAIN else 1.0
+    if not nll(t) < nll(1.0) - MIN_NLL_GAIN:
+        return TemperatureFit()
+    if res.x > LOG_T_BOUNDS[1] - BOUND_TOLERANCE:
+        return TemperatureFit(at_bound="upper")
+    return TemperatureFit(t, True, "lower" if res.x < LOG_T_BOUNDS[0] + BOUND_TOLERANCE else None)
+
+
+def not_fitted_words(calibration: Mapping[str, Any]) -> str:
+    """Why ``calibration.json`` (read as ``calibration``) records no fitted temperature, for the report and card."""
+    return AT_UPPER_BOUND if calibration.get("at_bound") == "upper" else NOT_FITTED
+
+
+def bound_words(calibration: Mapping[str, Any]) -> str:
+    """A sentence (with a leading space) for a fitted temperature at the search's lower bound; else ``""``."""
+    return f" {AT_LOWER_BOUND}" if calibration.get("at_bound") == "lower" else ""
 
 
 def _nll(probs: np.ndarray, labels: np.ndarray) -> Callable[[float], float]:

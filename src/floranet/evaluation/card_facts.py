@@ -20,7 +20,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "summary": dict,
         "files": [{"path": str, "status": str, "reason": str}],
     },
-    RunDir.CALIBRATION: {"fitted": bool},
+    RunDir.CALIBRATION: {"fitted": bool, "at_bound": (str, _NONE)},  # at_bound: absent before floranet wrote it
     RunDir.STATE: {"stages": {"*": dict}},
     RunDir.METRICS_EXTERNAL: {"accuracy": _NUMBER, "num_examples": int, "source": str},
     RunDir.OOD: {

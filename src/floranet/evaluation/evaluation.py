@@ -23,10 +23,10 @@ from floranet.config import InferenceConfig
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation import plots
 from floranet.evaluation.calibration import (
+    TemperatureFit,
     expected_calibration_error,
-    fit_temperature,
     reliability,
-    temperature_fittable,
+    search_temperature,
 )
 from floranet.evaluation.heldout import rows_to_evaluate
 from floranet.evaluation.metrics import classification_metrics
@@ -55,6 +55,7 @@ class Evaluation:
         data_dir: Folder the paths are relative to.
         source: What was evaluated, e.g. "validation split".
         extra: More fields for ``metrics.json`` (e.g. ``evaluated_on``: the runtime used).
+        fit: How :meth:`with_temperature` found ``temperature`` (None: it was given, not fitted here).
     """
 
     class_names: tuple[str, ...]
@@ -65,6 +66,7 @@ class Evaluation:
     data_dir: str = ""
     source: str = VALIDATION
     extra: dict[str, Any] = field(default_factory=dict)
+    fit: TemperatureFit | None = None
 
     def __post_init__(self) -> None:
         # NaN probabilities would be scored as class 0 and calibrated to NaN: a run that trained into NaN (or
@@ -149,7 +151,8 @@ class Evaluation:
 
     def with_temperature(self) -> Evaluation:
         """A copy with the temperature fitted on these predictions."""
-        return replace(self, temperature=fit_temperature(self.probs, self.labels))
+        fit = search_temperature(self.probs, self.labels)
+        return replace(self, temperature=fit.temperature, fit=fit)
 
     def to_csv(self) -> str:
         """``path,label,<probability of each class>`` per image: what :meth:`from_csv` reads back."""
@@ -213,14 +216,16 @@ def write_evaluation(
         return metrics
     metrics = {**facts, **ev.metrics(), **ev.extra}
     if not external:
+        # search_temperature keeps 1.0 where none can be fitted (see TemperatureFit); a temperature given, not
+        # fitted here, is recorded as fitted unless it is 1
+        fit = ev.fit if ev.fit is not None else TemperatureFit(ev.temperature, ev.temperature != 1.0)
         run.write_json(
             RunDir.CALIBRATION,
             {
                 "temperature": ev.temperature,
                 "fitted_on": VALIDATION,
-                # fit_temperature keeps 1.0 where none can be fitted: every validation answer right (or every one
-                # wrong), or no temperature better than 1 (a flat likelihood)
-                "fitted": temperature_fittable(ev.probs, ev.labels) and ev.temperature != 1.0,
+                "fitted": fit.fitted,
+                "at_bound": fit.at_bound,  # "lower" / "upper": the search stopped at that bound (None: inside)
                 "ece_before": metrics["calibration"]["ece"],
                 "ece_after": metrics["calibration"]["ece_after_temperature"],
             },

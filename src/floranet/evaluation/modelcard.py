@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from floranet.evaluation.calibration import NOT_FITTED
+from floranet.evaluation.calibration import bound_words, not_fitted_words
 from floranet.evaluation.card_facts import CardFacts
 from floranet.evaluation.metrics import unmeasured_classes
 from floranet.rundir import RunDir
@@ -323,14 +323,14 @@ def _calibration(f: CardFacts) -> list[str]:
     if not cal:
         return ["Not measured.", *f.left_out(RunDir.CALIBRATION)]
     if f.calibration.get("fitted", True) is False:  # T = 1 kept: "fitted on the validation split" was untrue
-        scaling = f"{NOT_FITTED} (`calibration.json`)"
-    else:
+        scaling = f"{not_fitted_words(f.calibration)} (`calibration.json`)."
+    else:  # with a sentence where the temperature is the search's lower bound
         scaling = (
             f"after temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation split, "
             f"`calibration.json`) {cal['ece_after_temperature']:.4f}. `floranet predict --calibrated` uses the "
-            "temperature"
+            f"temperature.{bound_words(f.calibration)}"
         )
-    return [f"Expected calibration error (15 bins) {cal['ece']:.4f}; {scaling}.", *f.left_out(RunDir.CALIBRATION)]
+    return [f"Expected calibration error (15 bins) {cal['ece']:.4f}; {scaling}", *f.left_out(RunDir.CALIBRATION)]
 
 
 def _limitations(f: CardFacts) -> list[str]:

@@ -23,7 +23,7 @@ from floranet.data.resize import bilinear
 from floranet.data.scan import IMAGE_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
-from floranet.evaluation.calibration import NOT_FITTED
+from floranet.evaluation.calibration import bound_words, not_fitted_words
 from floranet.evaluation.card_facts import CardFacts
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
@@ -336,14 +336,14 @@ def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
 def _calibration(facts: CardFacts, metrics: dict[str, Any]) -> str:
     cal = metrics["calibration"]
     if facts.calibration.get("fitted", True) is False:
-        scaling = NOT_FITTED
-    else:
+        scaling = f"{not_fitted_words(facts.calibration)}."
+    else:  # with a sentence where the temperature is the search's lower bound
         scaling = (
             f"after temperature scaling (T = {cal['temperature']:.2f}, fitted on the validation split) "
-            f"{cal['ece_after_temperature']:.3f}"
+            f"{cal['ece_after_temperature']:.3f}.{bound_words(facts.calibration)}"
         )
     return (
-        f"<h3>Calibration</h3><p>Expected calibration error {cal['ece']:.3f}; {scaling}.</p>"
+        f"<h3>Calibration</h3><p>Expected calibration error {cal['ece']:.3f}; {scaling}</p>"
         + _left_out(facts, RunDir.CALIBRATION)
         + _img(facts.run.plot("reliability.png"), "reliability diagram")
     )
