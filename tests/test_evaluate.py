@@ -75,14 +75,16 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model() -> None:
     assert ev.ece(calibrated=True) < ev.ece()
 
 
-def test_no_temperature_is_fitted_when_every_answer_is_right_or_every_one_wrong() -> None:
+def test_no_temperature_is_fitted_when_every_answer_is_right_or_the_search_runs_to_100() -> None:
     """All 6 validation answers right fitted T = 0.016, and the calibrated answers said 100% for any photo; all
-    wrong ran to the upper bound, 100."""
+    wrong (here, the true class never second) runs to the upper bound, 100, and fits none."""
+    from floranet.evaluation.calibration import TemperatureFit, search_temperature
+
     labels, probs = fixed_predictions(60, seed=3)
     right = np.eye(len(NAMES), dtype=np.float32)[probs.argmax(1)] * 0.5 + probs * 0.5  # same argmax as probs
     assert fit_temperature(right, right.argmax(1)) == 1.0
     wrong = (right.argmax(1) + 1) % len(NAMES)
-    assert fit_temperature(right, wrong) == 1.0
+    assert search_temperature(right, wrong) == TemperatureFit(1.0, False, "upper")
     mixed = right.argmax(1).copy()
     mixed[:5] = wrong[:5]
     assert fit_temperature(right, mixed) != 1.0  # with some wrong answers there is a temperature to find
@@ -570,3 +572,17 @@ def test_a_temperature_at_the_search_bound_is_recorded_so(tmp_path: Path) -> Non
     assert "lower bound" in _after_temperature(fit, fit.temperature, 0.0)
     labels, probs = fixed_predictions(200, seed=1)
     assert search_temperature(probs, labels).at_bound is None
+
+
+def test_every_answer_wrong_is_fitted_where_a_temperature_lowers_the_nll() -> None:
+    """Every answer wrong was never fitted ("the NLL grows with T"), though with the true class a close second a
+    temperature below 1 lowers it: 0.7985 at T = 1, 0.7904 at the optimum T = 0.758."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    probs = np.array([[0.5, 0.45, 0.05]] * 3 + [[0.05, 0.5, 0.45]] * 3, np.float32)
+    labels = np.array([1, 1, 1, 2, 2, 2])  # each the second answer
+    nll = lambda t: -np.mean(log_softmax(np.log(probs) / t, axis=1)[np.arange(6), labels])  # noqa: E731
+    best = float(np.exp(minimize_scalar(lambda u: nll(np.exp(u)), bounds=(-5, 5), method="bounded").x))
+    assert best == pytest.approx(0.758, abs=1e-3) and nll(best) < nll(1.0) - 0.005
+    assert fit_temperature(probs, labels) == pytest.approx(best, rel=1e-4)

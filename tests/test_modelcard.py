@@ -237,7 +237,7 @@ def test_card_and_report_say_where_the_temperature_search_stopped_at_its_bound(w
     before it (no `at_bound`) still reads as it did."""
     import json
 
-    from floranet.evaluation.calibration import AT_LOWER_BOUND, AT_UPPER_BOUND, NOT_FITTED
+    from floranet.evaluation.calibration import AT_LOWER_BOUND, AT_UPPER_BOUND, NOT_FITTED_BEFORE
     from floranet.evaluation.card_facts import CardFacts
     from floranet.evaluation.report import _calibration
 
@@ -251,7 +251,7 @@ def test_card_and_report_say_where_the_temperature_search_stopped_at_its_bound(w
     assert AT_LOWER_BOUND in model_card(run) and "fitted on the validation split" in model_card(run)
     old = {k: v for k, v in calibration.items() if k != "at_bound"}
     run.write_json(RunDir.CALIBRATION, {**old, "fitted": False})
-    assert NOT_FITTED in model_card(run) and "left out of this card" not in model_card(run)
+    assert NOT_FITTED_BEFORE in model_card(run) and "left out of this card" not in model_card(run)
     run.write_json(RunDir.CALIBRATION, {**calibration, "at_bound": 3})
     assert "*`calibration.json` is left out of this card: it is damaged (at_bound is int" in model_card(run)
 

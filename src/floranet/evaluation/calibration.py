@@ -21,8 +21,13 @@ MIN_NLL_GAIN = 1e-6
 BOUND_TOLERANCE = 1e-4
 # What the report and the model card say where calibration.json records no fitted temperature.
 NOT_FITTED = (
-    "no temperature could be fitted: every validation answer is right, or every one wrong, or none does better "
-    "than T = 1 (T = 1 is kept)"
+    "no temperature could be fitted: every validation answer is right (the NLL falls as T does, all the way to 0), "
+    "or none does better than T = 1 (T = 1 is kept)"
+)
+# ... for a calibration.json from before "at_bound", when every answer wrong was fitted none either.
+NOT_FITTED_BEFORE = (
+    "no temperature was fitted: every validation answer is right, or every one wrong (`floranet evaluate` now fits "
+    "one there too), or none does better than T = 1 (T = 1 is kept)"
 )
 # ... and where the search stopped at its upper bound (calibration.json's "at_bound": "upper"), e.g. a model that
 # answers one class for every image: the NLL falls all the way toward that of answering every class alike (T -> inf).
@@ -80,6 +85,8 @@ def search_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
 
 def not_fitted_words(calibration: Mapping[str, Any]) -> str:
     """Why ``calibration.json`` (read as ``calibration``) records no fitted temperature, for the report and card."""
+    if "at_bound" not in calibration:
+        return NOT_FITTED_BEFORE
     return AT_UPPER_BOUND if calibration.get("at_bound") == "upper" else NOT_FITTED
 
 
@@ -106,14 +113,13 @@ def _nll(probs: np.ndarray, labels: np.ndarray) -> Callable[[float], float]:
 
 
 def temperature_fittable(probs: np.ndarray, labels: np.ndarray) -> bool:
-    """Whether the validation answers can tell a temperature: some right and some wrong. Where every answer is right
-    the likelihood only grows as the temperature falls (a run of 6 images fitted 0.016, and its calibrated answers
-    said 100% for any photo); where every one is wrong, it grows as the temperature rises."""
+    """Whether the validation answers can tell a temperature: some are wrong. Where every answer is right the NLL
+    only falls as the temperature does (each right answer's probability grows as T falls), so the search would end
+    at its lower bound (a run of 6 images fitted 0.016, and its calibrated answers said 100% for any photo). Every
+    answer wrong is searched too: with the true class a close second, a temperature below 1 lowers the NLL (0.7985
+    to 0.7904 at T = 0.758); else the search ends at its upper bound, and none is fitted."""
     labels = np.asarray(labels, int)
-    if not len(labels):
-        return False
-    right = np.asarray(probs).argmax(axis=1) == labels
-    return bool(right.any() and not right.all())
+    return bool(len(labels)) and not bool((np.asarray(probs).argmax(axis=1) == labels).all())
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
