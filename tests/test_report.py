@@ -695,3 +695,30 @@ def test_the_pages_show_hostile_class_names_as_the_terminal_does(tmp_path) -> No
         text = (run / page).read_text(encoding="utf-8")
         assert "\u202e" not in text and "new\nline" not in text, page
         assert f"<td>{printable(names[0])}</td>" in text or f">{printable(names[0])}<" in text, page
+
+
+def test_a_score_just_below_one_never_shows_as_a_perfect_one(writable_run, monkeypatch, capsys) -> None:
+    """1999 right answers of 2000 showed as "100.0%" accuracy (the report, evaluate, train) and per-class figures of
+    0.9996 as "1.000": rounding to nearest showed an imperfect model as a perfect one."""
+    from types import SimpleNamespace
+
+    from floranet import evaluation
+    from floranet.evaluation.modelcard import _figure
+    from floranet.evaluation.report import _metrics_section, _summary
+    from floranet.utils.text import figure_text
+
+    assert figure_text(1999 / 2000, ".1%") == "99.9%" and figure_text(0.9996, ".3f") == "0.999"
+    assert figure_text(np.float32(0.99999), ".4f") == "0.9999" and figure_text(0.99949, ".3f") == "0.999"
+    assert (figure_text(1.0, ".1%"), figure_text(0.5, ".1%"), figure_text(1.5, ".3f")) == ("100.0%", "50.0%", "1.500")
+    near = {"accuracy": 1999 / 2000, "loss": 0.01, "calibration": {"ece": 0.001}, "num_examples": 2000}
+    near |= {"top_2_accuracy": 0.9996, "macro_f1": 0.9996}
+    near["per_class"] = {"a": {"precision": 0.9996, "recall": 0.9995, "f1": 0.99955, "support": 2000}}
+    summary = _summary(near, SimpleNamespace(temperature=1.0, source="validation split"))
+    section = _metrics_section(RunDir(writable_run), near)
+    assert "99.9%" in summary and "100.0%" not in summary
+    assert "top 2 accuracy: 99.9%; macro F1 0.999" in section and "1.000" not in section
+    assert _figure(0.9996) == "0.999"
+    real = evaluation.write_evaluation
+    monkeypatch.setattr(evaluation, "write_evaluation", lambda *a, **k: {**real(*a, **k), "accuracy": 1999 / 2000})
+    assert main(["evaluate", str(writable_run)]) == 0
+    assert "accuracy 99.9%," in capsys.readouterr().out

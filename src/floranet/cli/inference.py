@@ -26,6 +26,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluation import evaluate_run, write_evaluation
     from floranet.evaluation.modelcard import write_model_card
     from floranet.rundir import RunDir
+    from floranet.utils.text import figure_text
 
     external = args.data is not None
     # Locked before computing: a run that another command is writing is refused at once, not after the work
@@ -38,7 +39,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         m = write_evaluation(ev, run, external=external, say=warn)
         card = write_model_card(run.path, say=warn)
     say(
-        f"{ev.source}: {m['num_examples']} images, accuracy {m.get('accuracy', 0):.1%}, "
+        f"{ev.source}: {m['num_examples']} images, accuracy {figure_text(m.get('accuracy', 0), '.1%')}, "
         f"loss {m.get('loss', 0):.3f}, ECE {m['calibration']['ece']:.3f} "
         f"({_after_temperature(ev.fit, ev.temperature, m['calibration']['ece_after_temperature'])})"
     )

@@ -192,6 +192,7 @@ def _add_cluster_and_curation(p: argparse.ArgumentParser, g: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from floranet import config
+    from floranet.utils.text import figure_text
     from floranet.workflows import train
 
     flags = {k: getattr(args, k) for k in TRAIN_KEYS}
@@ -205,7 +206,10 @@ def run_train(args: argparse.Namespace) -> int:
         say(f"Done in {result.timings['total']:.0f} s: this worker's share; the chief writes the run directory.")
         return 0
     acc = result.metrics.get("accuracy")
-    say(f"Done in {result.timings['total']:.0f} s." + (f" Validation accuracy {acc:.1%}." if acc is not None else ""))
+    say(
+        f"Done in {result.timings['total']:.0f} s."
+        + (f" Validation accuracy {figure_text(acc, '.1%')}." if acc is not None else "")
+    )
     say(f"Run directory: {result.run_dir}")
     if result.tracking_error:  # the run is complete; only the logging is left to do
         from floranet.utils.download import redacted

@@ -25,7 +25,7 @@ from floranet.evaluation.calibration import bound_words, not_fitted_words
 from floranet.evaluation.card_facts import CardFacts
 from floranet.evaluation.metrics import unmeasured_classes
 from floranet.rundir import RunDir
-from floranet.utils.text import printable
+from floranet.utils.text import figure_text, printable
 
 # Recall below this, on a class with enough validation images, is called out as a limitation.
 WEAK_RECALL = 0.8
@@ -284,11 +284,11 @@ def _results(f: CardFacts) -> list[str]:
     if "accuracy" not in m:
         return ["No validation results (no validation images)."]
     k_key = next((k for k in m if k.startswith("top_") and k.endswith("_accuracy")), None)
+    top_k = f", {k_key.replace('_', '-', 1).replace('_', ' ')} {figure_text(m[k_key], '.4f')}" if k_key else ""
     lines = [
         f"On {m['num_examples']} validation images ({m.get('evaluated_on', 'model.keras')}): accuracy "
-        f"**{m['accuracy']:.4f}**, macro F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f}"
-        + (f", {k_key.replace('_', '-', 1).replace('_accuracy', ' accuracy')} {m[k_key]:.4f}" if k_key else "")
-        + ".",
+        f"**{figure_text(m['accuracy'], '.4f')}**, macro F1 {figure_text(m['macro_f1'], '.4f')}, "
+        f"loss {m['loss']:.4f}{top_k}.",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|",
@@ -306,7 +306,7 @@ def _results(f: CardFacts) -> list[str]:
     if "accuracy" in ext:
         lines += [
             "",
-            f"On {_md(str(ext.get('source', 'another folder')))}: accuracy {ext['accuracy']:.4f} "
+            f"On {_md(str(ext.get('source', 'another folder')))}: accuracy {figure_text(ext['accuracy'], '.4f')} "
             f"({ext['num_examples']} images, `metrics_external.json`).",
         ]
     note = f.left_out(RunDir.METRICS_EXTERNAL)
@@ -315,7 +315,7 @@ def _results(f: CardFacts) -> list[str]:
 
 def _figure(value: Any) -> str:
     """A per-class figure of ``metrics.json``: null (a class with no validation image) is not measured."""
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+    return figure_text(value, ".3f") if isinstance(value, (int, float)) else "n/a"
 
 
 def _calibration(f: CardFacts) -> list[str]:

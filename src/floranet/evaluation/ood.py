@@ -28,6 +28,7 @@ from floranet.inference import unknown as unknown_lib
 from floranet.models import classifier
 from floranet.rundir import RunDir
 from floranet.training.embeddings import stage1_features
+from floranet.utils.text import figure_text, html_text
 
 KNN_METHODS = ("knn", "knn_head", "combined")
 
@@ -132,7 +133,7 @@ def fit_unknown(
     detector.save(run.path)
     say(
         f"Unknown answer: {detector.method} score, threshold {detector.threshold:.4g} keeps "
-        f"{detector.info['validation_kept']:.1%} of known validation images ({RunDir.OOD})."
+        f"{figure_text(detector.info['validation_kept'], '.1%')} of known validation images ({RunDir.OOD})."
     )
     return detector
 
@@ -185,8 +186,6 @@ def compare(
 
 def unknown_section(meta: dict[str, Any] | None) -> str:
     """The report's "Unknown answer" section from ``ood.json`` as read (``meta``; "" when the run has none)."""
-    from floranet.utils.text import html_text
-
     if not meta:
         return ""
     fitted = meta.get("fitted_on", {})
@@ -200,15 +199,13 @@ def unknown_section(meta: dict[str, Any] | None) -> str:
         f"{parts}, statistics from "
         f"{fitted.get('train_images', '?')} training images, threshold chosen to keep {meta['keep']:.0%} of the "
         f"{fitted.get('validation_images', '?')} known validation images (kept: "
-        f"{meta.get('validation_kept', 0):.1%}). Every answer carries <code>unknown</code> and "
+        f"{figure_text(meta.get('validation_kept', 0), '.1%')}). Every answer carries <code>unknown</code> and "
         "<code>ood_score</code>; <code>--unknown off</code> turns it off.</p>"
         + _most_unknown(meta.get("most_unknown_validation", []))
     )
 
 
 def _most_unknown(rows: list[dict[str, object]]) -> str:
-    from floranet.utils.text import html_text
-
     if not rows:
         return ""
     body = "".join(

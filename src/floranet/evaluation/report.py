@@ -33,7 +33,7 @@ from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid, shown_photo
 from floranet.utils.files import atomic_write_text, check_replaceable
 from floranet.utils.system import environment
-from floranet.utils.text import html_text, printable, utf8
+from floranet.utils.text import figure_text, html_text, printable, utf8
 
 log = logging.getLogger(__name__)
 REPORT_MARK = b"<title>floranet report: "  # how a report.html floranet wrote (and may replace) starts
@@ -63,7 +63,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _cell(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return figure_text(v, ".3f") if isinstance(v, float) else str(v)
 
 
 def _measured(v: Any) -> Any:
@@ -253,8 +253,8 @@ def _checked_metrics(run: RunDir, metrics: dict[str, Any]) -> dict[str, Any]:
 def _summary(metrics: dict[str, Any], ev: Evaluation) -> str:
     acc, loss = metrics.get("accuracy"), metrics.get("loss")
     kpis = [
-        ("accuracy", f"{acc:.1%}" if acc is not None else "–"),
-        ("loss", f"{loss:.3f}" if loss is not None else "–"),
+        ("accuracy", figure_text(acc, ".1%") if acc is not None else "–"),
+        ("loss", figure_text(loss, ".3f") if loss is not None else "–"),
         ("ECE", f"{metrics['calibration']['ece']:.3f}"),
         ("temperature", f"{ev.temperature:.2f}"),
         ("images evaluated", str(metrics.get("num_examples", 0))),
@@ -319,8 +319,8 @@ def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
     topk = next((k for k in metrics if k.startswith("top_") and k.endswith("_accuracy")), None)
     if topk:
         parts.append(
-            f"<p>{html.escape(topk.replace('_', ' '))}: {metrics[topk]:.1%}; macro F1 "
-            f"{metrics.get('macro_f1', 0):.3f}</p>"
+            f"<p>{html.escape(topk.replace('_', ' '))}: {figure_text(metrics[topk], '.1%')}; macro F1 "
+            f"{figure_text(metrics.get('macro_f1', 0), '.3f')}</p>"
         )
     parts += ["<h3>Confusion matrix</h3>", _img(run.plot("confusion_matrix.png"), "confusion matrix")]
     if metrics.get("most_confused"):

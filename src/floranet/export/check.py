@@ -15,7 +15,7 @@ from floranet.export.loaders import ExportedModel, traced
 from floranet.export.metadata import DECODING, HOWTO
 from floranet.export.rundata import ExportSource
 from floranet.rundir import RunDir
-from floranet.utils.text import printable
+from floranet.utils.text import figure_text, printable
 
 
 def _batched(fn: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray) -> np.ndarray:
@@ -171,7 +171,7 @@ def readme(
     if check.agreement is not None:
         lines += [
             f"Checked against model.keras on {check.num_images} {check.images_from} images ({exported.runtime}):",
-            f"  top-1 agreement {check.agreement:.4f}, max |dp| {check.max_abs_diff:.3g}, "
+            f"  top-1 agreement {figure_text(check.agreement, '.4f')}, max |dp| {check.max_abs_diff:.3g}, "
             f"latency batch 1 {check.latency:.2f} ms (model.keras {check.reference_latency:.2f} ms)",
             f"  {'agrees' if agrees(quantize, check.agreement, check.max_abs_diff) else 'DOES NOT AGREE'} "
             f"(needs {tolerance_text(quantize)})",

@@ -43,7 +43,7 @@ from floranet.inference import compiled
 from floranet.inference.unknown import UnknownDetector, needs_features
 from floranet.rundir import RunDir
 from floranet.utils.files import atomic_write_text, seal_folder, temp_folder_beside, write_json
-from floranet.utils.text import utf8
+from floranet.utils.text import figure_text, utf8
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class ExportResult:
             verdict = "agrees" if self.agrees else "DOES NOT AGREE: check it before you use it"
             lines.append(
                 f"  Agreement with model.keras on {self.num_images} {self.images_from} images: "
-                f"top-1 {self.agreement:.1%}, max |Δp| {self.max_abs_diff:.2e}: {verdict} "
+                f"top-1 {figure_text(self.agreement, '.1%')}, max |Δp| {self.max_abs_diff:.2e}: {verdict} "
                 f"(needs {tolerance_text(self.quantize)})"
             )
             lines.append(

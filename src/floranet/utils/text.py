@@ -1,4 +1,5 @@
-"""Text that is safe to print: what a file name (or any untrusted string) shows on a terminal or in a table.
+"""Text that is safe to print: what a file name (or any untrusted string) shows on a terminal or in a table; and
+figures shown so that an imperfect score never reads as a perfect one (:func:`figure_text`).
 
 Bytes that are not UTF-8 (surrogate escapes) show as ``\\xNN``; control characters (C0, DEL, C1: newlines,
 tabs, escape sequences) and the invisible bidirectional overrides show as ``\\xNN`` / ``\\uNNNN``, so a file name
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -93,6 +95,23 @@ def html_text(text: object) -> str:
     """``text`` for an HTML page: :func:`printable` first (a name's line break, control or bidi character would
     forge a line or reverse what follows, as in a terminal), then HTML-escaped."""
     return html.escape(printable(str(text)))
+
+
+# The format specs figure_text rounds down near 1: a fixed number of decimals, or a percentage.
+_FIXED_SPEC = re.compile(r"\.(\d+)([f%])")
+
+
+def figure_text(value: float, spec: str) -> str:
+    """``format(value, spec)`` for a figure such as ``".1%"`` or ``".3f"``, except that a value below 1 never shows
+    as 1: it is rounded down at the shown precision where rounding to nearest would reach 1 (1999 right answers of
+    2000 showed "100.0%", a perfect score; now "99.9%"). Other specs and values are formatted as they are."""
+    match = _FIXED_SPEC.fullmatch(spec)
+    if match is None or not value < 1:
+        return format(value, spec)
+    digits = int(match[1]) + (2 if match[2] == "%" else 0)  # decimals of the value itself
+    if value < 1 - 0.5 * 10.0**-digits:  # rounds below 1 already
+        return format(value, spec)
+    return format(math.floor(value * 10**digits) / 10**digits, spec)
 
 
 # What a spreadsheet takes as the start of a formula (OWASP, "CSV injection"): a cell of a file or class name

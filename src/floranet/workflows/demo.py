@@ -30,6 +30,7 @@ from floranet.inference import load
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import TrainResult
+from floranet.utils.text import figure_text
 from floranet.workflows.train import train
 
 BANNER = "=" * 72
@@ -193,7 +194,7 @@ def _results(result: TrainResult, acc: float | None, weights: str | None, say: C
     say("[8/8] Results")
     if acc is not None:
         say(
-            f"  validation accuracy {acc:.1%} on {result.metrics['num_examples']} held-out images"
+            f"  validation accuracy {figure_text(acc, '.1%')} on {result.metrics['num_examples']} held-out images"
             + ("" if weights else " (random weights: expect chance level)")
         )
     for name in (
