@@ -586,3 +586,23 @@ def test_every_answer_wrong_is_fitted_where_a_temperature_lowers_the_nll() -> No
     best = float(np.exp(minimize_scalar(lambda u: nll(np.exp(u)), bounds=(-5, 5), method="bounded").x))
     assert best == pytest.approx(0.758, abs=1e-3) and nll(best) < nll(1.0) - 0.005
     assert fit_temperature(probs, labels) == pytest.approx(best, rel=1e-4)
+
+
+def test_the_reliability_diagram_draws_no_calibrated_series_without_a_fitted_temperature(tmp_path, monkeypatch) -> None:
+    """With every validation answer right (no temperature fitted, T = 1) the diagram still drew an "after
+    temperature scaling" series, exactly over the model's points."""
+    from floranet.evaluation import plots, write_evaluation
+    from floranet.rundir import RunDir
+
+    drawn: list[object] = []
+    real = plots.reliability_plot
+    monkeypatch.setattr(plots, "reliability_plot", lambda *a, **k: drawn.append(k["calibrated"]) or real(*a, **k))
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    right = np.full((6, 3), 0.15, np.float32)
+    right[np.arange(6), labels] = 0.7
+    ev = Evaluation(NAMES[:3], tuple(map(str, range(6))), labels, right).with_temperature()
+    write_evaluation(ev, RunDir(tmp_path), facts={})
+    assert drawn == [None] and json.loads((tmp_path / RunDir.CALIBRATION).read_text())["fitted"] is False
+    labels, probs = fixed_predictions(60)
+    write_evaluation(Evaluation(NAMES, tuple(map(str, range(60))), labels, probs).with_temperature(), RunDir(tmp_path))
+    assert drawn[1] is not None and (tmp_path / "plots" / "reliability.png").stat().st_size > 0

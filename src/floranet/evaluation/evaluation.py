@@ -215,10 +215,10 @@ def write_evaluation(
         run.write_json(metrics_name, metrics)
         return metrics
     metrics = {**facts, **ev.metrics(), **ev.extra}
+    # search_temperature keeps 1.0 where none can be fitted (see TemperatureFit); a temperature given, not fitted
+    # here (another folder's evaluation: the run's), counts as fitted unless it is 1
+    fit = ev.fit if ev.fit is not None else TemperatureFit(ev.temperature, ev.temperature != 1.0)
     if not external:
-        # search_temperature keeps 1.0 where none can be fitted (see TemperatureFit); a temperature given, not
-        # fitted here, is recorded as fitted unless it is 1
-        fit = ev.fit if ev.fit is not None else TemperatureFit(ev.temperature, ev.temperature != 1.0)
         run.write_json(
             RunDir.CALIBRATION,
             {
@@ -235,10 +235,10 @@ def write_evaluation(
     plots.confusion_matrix_plot(
         ev.confusion_matrix(), ev.class_names, run.plot(f"confusion_matrix{suffix}.png"), title=ev.source.capitalize()
     )
-    plots.reliability_plot(
+    plots.reliability_plot(  # no "after temperature scaling" series where none was fitted: it lay over the model's
         reliability(ev.probs, ev.labels),
         run.plot(f"reliability{suffix}.png"),
-        calibrated=reliability(ev.calibrated_probs, ev.labels),
+        calibrated=reliability(ev.calibrated_probs, ev.labels) if fit.fitted else None,
     )
     run.write_json(metrics_name, metrics)  # last: it marks the files above as one complete evaluation
     return metrics
