@@ -952,3 +952,34 @@ def test_every_decode_of_a_run_keeps_its_max_pixels(tmp_path, monkeypatch) -> No
     result = SimpleNamespace(of_kind=lambda *kinds: [finding])
     audit_report._gallery(result, tmp_path, "outlier", 1, tmp_path / "g.png", 77_000_000)
     assert limits == [77_000_000, 77_000_000]
+
+
+@pytest.mark.parametrize("n", [3, 12, 20])
+def test_a_confusion_matrix_s_long_class_names_never_cover_the_other_panel(tmp_path, monkeypatch, n) -> None:
+    """The figure was 2 * size + 1 inches wide whatever the names: with 17-20 character names the right panel's class
+    names covered the left panel's last column of counts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from floranet.evaluation import plots
+
+    figures = []
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or real(fig, path))
+    names = [f"{['Taraxacum', 'Helianthus', 'Tulipa'][i % 3]} annuus {i:02d}" for i in range(n)]  # 16-20 characters
+    plots.confusion_matrix_plot(np.eye(n, dtype=int) * 3 + 1, names, tmp_path / "cm.png")
+    canvas = FigureCanvasAgg(figures[0])
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = figures[0].axes[:2]
+
+    def texts(ax):  # everything an axes writes outside its matrix
+        return [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label, ax.title]
+
+    for a in axes:
+        for b in axes:
+            if a is b:
+                continue
+            others = [b.get_window_extent(renderer)] + [t.get_window_extent(renderer) for t in texts(b)]
+            for t in texts(a):
+                box = t.get_window_extent(renderer)
+                assert not any(box.overlaps(o) for o in others), (n, t.get_text())

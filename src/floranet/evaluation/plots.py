@@ -18,6 +18,9 @@ MAX_LABELLED_CLASSES = 60
 # Past this many classes the two matrices stand one above the other: side by side, a page 1,100 px wide showed 30
 # classes' 3,442 px picture at a third of its size, its numbers 3 px tall.
 STACKED_CLASSES = 12
+# Room for class names on a confusion matrix's axes, in inches per character of the longest (10 pt text), and at most.
+NAME_INCHES_PER_CHARACTER = 0.09
+MAX_NAME_INCHES = 6.0
 
 
 def plain(text: str) -> str:
@@ -57,9 +60,17 @@ def confusion_matrix_plot(
     # Bounded size whatever the number of classes (500 classes once needed 23 GB); numbers in the cells and
     # class names on the axes only while they can be read.
     size = min(MAX_FIGURE_INCHES, max(4.0, 0.7 * n + 2))
+    # Each panel widened by its longest class name (and heightened by the rotated ones below it): at a fixed
+    # 2 * size + 1 inches, 17-20 character names of the right panel covered the left one's last column of counts.
+    # The constrained layout keeps every panel's names clear of the other's, whatever their length.
+    longest = max((len(name) for name in labels), default=0) if n <= MAX_LABELLED_CLASSES else 0
+    names = min(MAX_NAME_INCHES, NAME_INCHES_PER_CHARACTER * longest)
+    width, height = size + names, size + 0.7 * names
     stacked = n > STACKED_CLASSES
     fig, axes = new_figure(
-        *((2, 1) if stacked else (1, 2)), size=(size, 2 * size + 1) if stacked else (2 * size + 1, size)
+        *((2, 1) if stacked else (1, 2)),
+        size=(width, 2 * height + 1) if stacked else (2 * width + 1, height),
+        layout="constrained",
     )
     for ax, matrix, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
         ax.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")

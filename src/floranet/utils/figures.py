@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -28,12 +28,18 @@ SHOWN_SIDE = (192, 384)
 
 
 def new_figure(
-    rows: int = 1, columns: int = 1, *, size: tuple[float, float], squeeze: bool = True
+    rows: int = 1,
+    columns: int = 1,
+    *,
+    size: tuple[float, float],
+    squeeze: bool = True,
+    layout: Literal["constrained", "compressed", "tight"] | None = None,
 ) -> tuple[Figure, Any]:
-    """A figure and its axes (as ``pyplot.subplots`` returns them)."""
+    """A figure and its axes (as ``pyplot.subplots`` returns them); ``layout``: matplotlib's layout engine (e.g.
+    ``"constrained"``, which keeps each axes' labels clear of the others), None for none."""
     from matplotlib.figure import Figure  # here: the server draws heat maps with this module, never charts
 
-    fig = Figure(figsize=size)
+    fig = Figure(figsize=size, layout=layout)
     return fig, fig.subplots(rows, columns, squeeze=squeeze)
 
 
