@@ -36,3 +36,18 @@ def poison_run(run) -> None:
     last.set_weights(weights)
     model.save(run / RunDir.MODEL)
     shutil.rmtree(run / "inference", ignore_errors=True)
+
+
+def blank_head(run) -> None:
+    """Zeroes the kernel of a run's last head layer: no feature raises any class, so every Grad-CAM map is all zero
+    (what explain captions and serve notes as "no positive evidence")."""
+    from floranet.models import classifier
+    from floranet.rundir import RunDir
+
+    rundir = RunDir(run)
+    model = rundir.load_model()
+    last = classifier.head_of(model).layers[-1]
+    kernel, bias = last.get_weights()
+    kernel[:] = 0
+    last.set_weights([kernel, bias])
+    rundir.save_model(model)

@@ -281,13 +281,9 @@ def test_explain_says_when_a_map_carries_no_information(writable_run, tmp_path, 
         )
     image = tmp_path / "flower.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
-    run = RunDir(writable_run)
-    model = run.load_model()
-    last = classifier.head_of(model).layers[-1]
-    kernel, bias = last.get_weights()
-    kernel[:] = 0  # no feature raises any class: every map is all zero
-    last.set_weights([kernel, bias])
-    run.save_model(model)
+    from modelfiles import blank_head
+
+    blank_head(writable_run)  # every map is all zero
     assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams"), "--class", "roses"]) == 0
     assert captions[-1].endswith("\nno positive evidence for roses")
     assert "flower.jpg: no positive evidence for roses; its map is blank." in caplog.text
@@ -296,7 +292,7 @@ def test_explain_says_when_a_map_carries_no_information(writable_run, tmp_path, 
     assert any(
         c.endswith("\nno positive evidence for " + c.split("predicted ")[1].split(" (")[0]) for c in captions[1:]
     )
-    run.save_model(classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None))
+    RunDir(writable_run).save_model(classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None))
     caplog.clear()
     assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams")]) == 0
     assert "is 1x1 at this model's 32x32 input: every map is uniform" in caplog.text

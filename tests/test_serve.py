@@ -300,20 +300,16 @@ def test_a_flat_gradcam_tint_comes_with_a_note_saying_why(writable_run) -> None:
     """explain warns when every map is uniform (a 1x1 feature map) and captions a blank one (no positive evidence),
     but /predict?gradcam=1 sent the flat tint without a word, as if it were an answer. gradcam_note says why."""
     from floranet.models import classifier
+    from modelfiles import blank_head
 
-    run = RunDir(writable_run)
-    model = run.load_model()
-    last = classifier.head_of(model).layers[-1]
-    kernel, bias = last.get_weights()
-    kernel[:] = 0  # no feature raises any class: every map is all zero
-    last.set_weights([kernel, bias])
-    run.save_model(model)
+    blank_head(writable_run)  # every map is all zero
     name, rose = _rose()
     with TestClient(serve.create_app(writable_run, runtime="tensorflow", precision="fp32"), base_url=LOCAL) as c:
         answer = c.post("/predict?gradcam=1", content=rose).json()
     top = answer["top_k"][0]["class"]
     assert answer["gradcam_png"] and answer["gradcam_note"] == f"no positive evidence for {top}: the map is blank"
-    run.save_model(classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None))  # a 1x1 map
+    one_cell = classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None)  # a 1x1 map
+    RunDir(writable_run).save_model(one_cell)
     other = serve.create_app(writable_run, runtime="tensorflow", precision="fp32", unknown=False)  # other features
     with TestClient(other, base_url=LOCAL) as c:
         answer = c.post("/predict?gradcam=1", content=rose).json()
