@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_unknown_screens import SHARED_MOBILENET_TOP, SIZE, _auroc, _head, _images, _softmax, _subsets, centred_knn
-from common import FLOWERS, table, write_result
+from bench_unknown_screens import SHARED_MOBILENET_TOP, SIZE, _auroc, _head, _softmax, centred_knn, run_screen
+from common import write_result
 
 
 def _embed(files: list[Path]) -> dict[str, np.ndarray]:
@@ -153,26 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not FLOWERS.is_dir() or not SHARED_MOBILENET_TOP.is_file():
-        sys.exit(f"needs {FLOWERS} and {SHARED_MOBILENET_TOP} (../shared)")
-    files, labels, classes = _images()
-    t = time.perf_counter()
-    feats = _embed(files)
-    embed_seconds = time.perf_counter() - t
-    role = _subsets(labels, args.seed)
-    per_class = {}
-    for h, name in enumerate(classes):
-        per_class[name] = _held_out(feats, labels, role, h)
-        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class[name].items()), flush=True)
-    rows = [
-        {"method": m, "mean_auroc": round(float(np.mean([per_class[c][m] for c in classes])), 4)}
-        | {c: round(per_class[c][m], 3) for c in classes}
-        for m in per_class[classes[0]]
-    ]
-    rows.sort(key=lambda r: -r["mean_auroc"])
-    print(table(rows, ["method", "mean_auroc", *classes]))
-    payload = {"rows": rows, "images": len(files), "image_size": SIZE, "seed": args.seed}
-    payload["embed_seconds"] = round(embed_seconds, 1)
+    payload = run_screen(_embed, _held_out, args.seed)
     cmd = f"python benchmarks/bench_unknown_descriptors.py --seed {args.seed}"
     print(f"wrote {write_result('unknown_descriptors', payload, cmd)}")
 

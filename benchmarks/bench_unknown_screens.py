@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,20 +300,22 @@ def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray
     return {k: _auroc(v[n_cal : n_cal + n_neg], v[n_cal + n_neg :]) for k, v in scores.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+HeldOut = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray, int], dict[str, float]]
+
+
+def run_screen(embed: Callable[[list[Path]], dict[str, np.ndarray]], held_out: HeldOut, seed: int) -> dict[str, Any]:
+    """One screen: ``embed`` every flower photo once, hold each class out in turn (``held_out(features, labels,
+    roles, class)`` gives each method's AUROC), print the table; the result's payload (rows best first)."""
     if not FLOWERS.is_dir() or not SHARED_MOBILENET_TOP.is_file():
         sys.exit(f"needs {FLOWERS} and {SHARED_MOBILENET_TOP} (../shared)")
     files, labels, classes = _images()
     t = time.perf_counter()
-    feats = _embed(files)
+    feats = embed(files)
     embed_seconds = time.perf_counter() - t
-    role = _subsets(labels, args.seed)
+    role = _subsets(labels, seed)
     per_class = {}
     for h, name in enumerate(classes):
-        per_class[name] = _held_out(feats, labels, role, h, args.seed)
+        per_class[name] = held_out(feats, labels, role, h)
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class[name].items()), flush=True)
     rows = [
         {"method": m, "mean_auroc": round(float(np.mean([per_class[c][m] for c in classes])), 4)}
@@ -321,8 +324,20 @@ def main() -> None:
     ]
     rows.sort(key=lambda r: -r["mean_auroc"])
     print(table(rows, ["method", "mean_auroc", *classes]))
-    payload = {"rows": rows, "images": len(files), "image_size": SIZE, "seed": args.seed}
-    payload["embed_seconds"] = round(embed_seconds, 1)
+    return {
+        "rows": rows,
+        "images": len(files),
+        "image_size": SIZE,
+        "seed": seed,
+        "embed_seconds": round(embed_seconds, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    payload = run_screen(_embed, lambda f, y, r, h: _held_out(f, y, r, h, args.seed), args.seed)
     path = write_result("unknown_screens", payload, f"python benchmarks/bench_unknown_screens.py --seed {args.seed}")
     print(f"wrote {path}")
 
