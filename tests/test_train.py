@@ -709,3 +709,53 @@ def test_classes_with_no_validation_image_are_said_and_shown_as_not_measured(tmp
     card = (run / "README.md").read_text(encoding="utf-8")
     assert "| one | n/a | n/a | n/a | 0 |" in card and "| two | n/a | n/a | n/a | 0 |" in card
     assert "- Not evaluated: one, two: the validation split holds no image of them" in card
+
+
+def _weights_file(path: Path, seed: int) -> Path:
+    """A resnet20 weights file at 32 px, its random init drawn with ``seed``."""
+    from floranet.models import backbones
+
+    keras.utils.set_random_seed(seed)
+    backbones.get("resnet20").build(input_shape=(32, 32, 3), weights=None).save_weights(path)
+    return path
+
+
+def test_a_feature_cache_of_other_weights_is_not_reused(images, tmp_path) -> None:
+    """The cache lookup compared the weights' path, not their content: an audit after the --weights file was
+    replaced at the same path (or with --weights none and another --seed) served the old weights' features."""
+    import dataclasses
+    import shutil
+
+    from floranet.rundir import RunDir
+    from floranet.training.embeddings import stage1_features
+
+    weights = tmp_path / "w.weights.h5"
+    shutil.copyfile(_weights_file(tmp_path / "a.weights.h5", 1), weights)
+    cfg = config.resolve(data_dir=str(images), out=str(tmp_path / "run"), **{**FAST, "weights": str(weights)})
+    paths, hashes = [str(p) for p in sorted(images.rglob("*.jpg"))[:4]], [f"k{i}" for i in range(4)]
+    said: list[str] = []
+
+    def features_of(c: config.TrainConfig, out: str = "run") -> dict[str, np.ndarray]:
+        return stage1_features(RunDir(tmp_path / out), c, paths, hashes, say=said.append)
+
+    old = features_of(cfg)
+    shutil.copyfile(_weights_file(tmp_path / "b.weights.h5", 2), weights)  # same path, other weights
+    new = features_of(cfg)
+    assert "(once)" in said[-1], said[-1]  # computed, not "found in the cache"
+    assert not np.allclose(old["k0"], new["k0"])
+    for h, v in features_of(cfg, "fresh").items():  # what a fresh folder gets
+        np.testing.assert_allclose(new[h], v, atol=1e-6)
+    features_of(cfg)
+    assert "found in the cache" in said[-1]  # the same file again: reused
+    # A random init: another seed is other weights.
+    first = features_of(dataclasses.replace(cfg, weights=None, seed=1))
+    second = features_of(dataclasses.replace(cfg, weights=None, seed=2))
+    assert "(once)" in said[-1] and not np.allclose(first["k0"], second["k0"])
+    # A key.json from before the weights' source was recorded matches nothing: computed again, no error.
+    key_files = list((tmp_path / "run" / "features").glob("*/key.json"))
+    for key in key_files:
+        key.write_text(json.dumps({k: v for k, v in json.loads(key.read_text()).items() if k != "weights_source"}))
+    features_of(cfg)
+    assert "(once)" in said[-1]
+    features_of(cfg)
+    assert "found in the cache" in said[-1]

@@ -2,9 +2,9 @@
 
 Training's stage 1 caches the frozen backbone's pooled features in ``RUN_DIR/features/<key>/`` (see
 :mod:`floranet.training.features`). The audit and the "unknown" answer read the same cache: an existing
-cache of the same backbone, weights, image size and runtime is used as it is (no backbone is even
-built when it covers every image); otherwise the backbone is built from the config and the missing
-images are computed into the cache under the key stage 1 would use.
+cache of the same backbone, weights (a file's content, not its path; a random init's seed), image size and
+runtime is used as it is (no backbone is even built when it covers every image); otherwise the backbone is built
+from the config and the missing images are computed into the cache under the key stage 1 would use.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ def _matching_caches(run: RunDir, config: TrainConfig, choice: runtime.RuntimeCh
     """Cache folders whose ``key.json`` says they hold this config's stage-1 features, fullest first (one whose
     ``key.json`` is damaged matches nothing: the backbone is built, and its cache folder keeps the chunks it can
     read and gets a new ``key.json``)."""
+    source = feature_cache.weights_source(config)  # the weights file hashed once, not once per cache
     found = [
         key_file.parent
         for key_file in sorted((run / RunDir.FEATURES).glob("*/key.json"))
-        if feature_cache.stage1_matches(_key(key_file), config, choice)
+        if feature_cache.stage1_matches(_key(key_file), config, choice, source)
     ]
     return sorted(found, key=lambda p: -len(list(p.glob("chunk-*.npz"))))
 

@@ -28,7 +28,7 @@ from floranet.config import TrainConfig
 from floranet.inference import batch, runtime
 from floranet.models import backbones, classifier
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_path, write_json
+from floranet.utils.files import atomic_path, file_digest, write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 256
@@ -159,14 +159,38 @@ def describe(cache: Path, info: dict[str, Any]) -> None:
     write_json(cache / "key.json", info)
 
 
+def weights_source(config: TrainConfig) -> str | None:
+    """What gives ``config``'s backbone its weights, known without building it (None: a file that cannot be read).
+
+    ``key.json``'s ``weights_sha256`` hashes the built backbone's weights, so comparing it needs the model built
+    (and its weights file loaded): the cost a found cache saves. This is what decides those weights instead: a
+    file's sha256 (not its path: a file replaced at one path is other weights), the seed of a random init, the
+    registry's file identity of ImageNet weights (Keras's own for a ``keras:`` model: its name).
+    """
+    if config.weights is None:
+        return f"random init, seed {config.seed}"
+    if config.weights == "imagenet":
+        info = backbones.get(config.backbone).info
+        if info.bundled is not None:
+            return f"imagenet bundled {info.bundled.file} sha256 {info.bundled.sha256}"
+        if info.weights_file is not None:
+            return "imagenet official {} md5 {}".format(*info.weights_file.file(include_top=False))
+        return f"imagenet keras {backbones.get(config.backbone).name}"
+    try:
+        return f"file sha256 {file_digest(config.weights)}"
+    except OSError:  # gone or unreadable: no cache can be said to hold its features (the build says why)
+        return None
+
+
 @dataclass(frozen=True)
 class Stage1Cache:
-    """Where stage 1 keeps a classifier's pooled features: the folder, the backbone's weights fingerprint and
-    the runtime that computes them."""
+    """Where stage 1 keeps a classifier's pooled features: the folder, the backbone's weights fingerprint, what
+    gave the backbone those weights (:func:`weights_source`, read when it was built) and the runtime."""
 
     path: Path
     fingerprint: str
     choice: runtime.RuntimeChoice
+    source: str | None = None
 
     def describe(self, config: TrainConfig) -> dict[str, Any]:
         """What ``key.json`` records (and :func:`stage1_matches` compares)."""
@@ -174,6 +198,7 @@ class Stage1Cache:
             "backbone": backbones.get(config.backbone).name,
             "weights": config.weights or "none",
             "weights_sha256": self.fingerprint,
+            "weights_source": self.source,
             "image_size": list(config.image_size),
             "runtime": self.choice.runtime,
             "precision": self.choice.precision,
@@ -185,14 +210,19 @@ def stage1_cache(run: RunDir, model: keras.Model, config: TrainConfig) -> Stage1
     choice = runtime.choose(config.runtime, config.precision)
     fingerprint = weights_fingerprint(classifier.backbone_of(model))
     key = cache_key(backbones.get(config.backbone).name, fingerprint, config.image_size, choice.key)
-    return Stage1Cache(run / RunDir.FEATURES / key, fingerprint, choice)
+    return Stage1Cache(run / RunDir.FEATURES / key, fingerprint, choice, weights_source(config))
 
 
-def stage1_matches(info: dict[str, Any], config: TrainConfig, choice: runtime.RuntimeChoice) -> bool:
-    """Whether a cache's ``key.json`` says it holds ``config``'s stage-1 features on ``choice`` (any weights
-    fingerprint: the pretrained weights ``config`` names)."""
+def stage1_matches(
+    info: dict[str, Any], config: TrainConfig, choice: runtime.RuntimeChoice, source: str | None
+) -> bool:
+    """Whether a cache's ``key.json`` says it holds ``config``'s stage-1 features on ``choice``, of the weights
+    ``source`` (:func:`weights_source` of ``config`` now: a ``key.json`` without one, from before it was recorded,
+    matches nothing, and its features are computed again, into the same folder when the weights are the same)."""
     return (
-        info.get("backbone") == backbones.get(config.backbone).name
+        source is not None
+        and info.get("weights_source") == source
+        and info.get("backbone") == backbones.get(config.backbone).name
         and info.get("weights") == (config.weights or "none")
         and list(info.get("image_size", [])) == list(config.image_size)
         and (info.get("runtime"), info.get("precision")) == (choice.runtime, choice.precision)
