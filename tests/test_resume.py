@@ -16,6 +16,7 @@ from floranet import config
 from floranet.errors import ConfigError, DatasetError, MissingDependencyError
 from floranet.rundir import RunDir
 from floranet.training import checkpoint, prefix, stages, trainer
+from floranet.utils.files import file_digest
 from floranet.workflows import train
 from imagesets import TINY_MODEL, make_image_folder
 
@@ -441,3 +442,26 @@ def test_a_tiny_run_says_no_alarming_keras_warnings(data, tmp_path, monkeypatch,
     stage2 = json.loads((Path(cfg.out) / RunDir.STATE).read_text())["stages"]["stage2"]
     assert stage2["path"] == ("full" if fine_tune_cache == "off" else "prefix-cache")
     assert stage2["best_weights"].endswith("stage2-best-epoch000.weights.h5")
+
+
+def test_a_resume_with_another_weights_file_at_the_same_path_is_refused(data, tmp_path, monkeypatch) -> None:
+    """--resume compared the --weights path only: with the file replaced, stage 1 used the new weights while the
+    unknown answer was fitted on the old cache's features, and the resumed head went on on other features."""
+    from floranet.models import backbones
+
+    def weights_file(seed: int) -> bytes:
+        keras.utils.set_random_seed(seed)
+        backbones.get("resnet20").build(input_shape=(32, 32, 3), weights=None).save_weights(tmp_path / "x.weights.h5")
+        return (tmp_path / "x.weights.h5").read_bytes()
+
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(weights_file(1))
+    cfg = _settings(data, tmp_path / "run", weights=str(weights), fine_tune_epochs=0)
+    run = _interrupted(monkeypatch, cfg, "stage1", 1)
+    state = json.loads((run / RunDir.STATE).read_text())
+    assert state["weights_sha256"] == file_digest(weights)
+    weights.write_bytes(weights_file(2))  # same path, other bytes
+    with pytest.raises(ConfigError, match=rf"these differ: the content of the weights file {weights} \(saved sha256"):
+        train(cfg, resume=True, progress=False, say=lambda _: None)
+    weights.write_bytes(weights_file(1))  # the file the run began with: resumed
+    assert _resume(cfg)["complete"] is True

@@ -27,7 +27,7 @@ import keras
 from floranet.config import is_finite_number
 from floranet.errors import ConfigError, DatasetError, ModelError, WeightsError
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_path
+from floranet.utils.files import atomic_path, file_digest
 
 # state.json's layout; a file without "format" is of this one (written before the key was).
 STATE_FORMAT = 1
@@ -54,6 +54,9 @@ class RunState:
     # left out, as a resume does it again), so that a resumed run's training time counts them too; this process's
     # time is added at each save.
     earlier_seconds: float = 0.0
+    # The sha256 of the --weights file the run began with (None: no file, or a run from before it was recorded):
+    # a resume with another file at the same path is refused (opening.check_resume_settings).
+    weights_sha256: str | None = None
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     def seconds(self) -> float:
@@ -73,6 +76,7 @@ class RunState:
                 "history": self.history,
                 "complete": self.complete,
                 "seconds": round(self.seconds() if seconds is None else seconds, 2),
+                "weights_sha256": self.weights_sha256,
             },
         )
 
@@ -103,6 +107,7 @@ class RunState:
                 history=[dict(row) for row in raw.get("history", [])],
                 complete=_boolean(raw.get("complete", False)),
                 earlier_seconds=_seconds(raw.get("seconds", 0.0)),
+                weights_sha256=recorded_weights(raw),
             )
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelError(
@@ -117,6 +122,19 @@ class RunState:
                         "another --out"
                     )
         return state
+
+    @staticmethod
+    def weights_digest(weights: str | os.PathLike[str] | None) -> str | None:
+        """The sha256 of a ``--weights`` file, to record (None for ``imagenet`` or ``none``, or one not readable).
+
+        Args:
+            weights: The run's ``weights`` setting.
+        """
+        if weights is None or weights == "imagenet":
+            return None
+        with contextlib.suppress(OSError):  # unreadable: said by the weights check that follows
+            return file_digest(weights)
+        return None
 
     def check_epochs(self, run: RunDir, epochs: dict[str, int]) -> None:
         """Refuses a stage that has done more epochs than the run's settings give it.
@@ -167,6 +185,12 @@ def _seconds(value: Any) -> float:
     if not is_finite_number(value) or value < 0:
         raise TypeError(f"seconds must be a number of seconds, not {value!r}")
     return float(value)
+
+
+def recorded_weights(raw: Any) -> str | None:
+    """The sha256 of the weights file a ``state.json``'s content records (None: none recorded)."""
+    value = raw.get("weights_sha256") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _boolean(value: Any) -> bool:

@@ -7,9 +7,9 @@ from typing import Any
 
 from floranet.config import PRESETS, TrainConfig
 from floranet.config.train import absolute_paths
-from floranet.errors import ConfigError
+from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
-from floranet.training.checkpoint import RunState
+from floranet.training.checkpoint import RunState, recorded_weights
 
 
 def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
@@ -33,7 +33,7 @@ def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         )
     run.check_new_output()  # a fresh state.json alone is a start killed before its config.yaml: begun again
     run.path.mkdir(parents=True, exist_ok=True)
-    state = RunState()
+    state = RunState(weights_sha256=RunState.weights_digest(config.weights))  # what a resume must find there
     # Before config.yaml: with it, what makes the folder a run (RunDir.is_run) from its first second, so one killed
     # at any point after is a run that --resume continues, not "a folder of yours" (config.yaml first left a gap).
     state.save(run)
@@ -52,14 +52,30 @@ def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
         ConfigError: Some differ.
     """
     changed = settings_changed(run, config)
-    if changed:
+    other_file = _weights_file_changed(run, config) if "weights" not in changed else None
+    if changed or other_file:
         saved, given = _saved_settings(run), config.to_dict()
         shown = [f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in changed]
+        shown += [other_file] if other_file else []
         raise ConfigError(
             f"--resume needs the settings of the run in {run.path}; these differ: {'; '.join(shown)}. Give the "
             f"settings the run was started with (its {RunDir.CONFIG}, e.g. --config {run / RunDir.CONFIG}), or "
             "start a new run with another --out."
         )
+
+
+def _weights_file_changed(run: RunDir, config: TrainConfig) -> str | None:
+    """How the ``--weights`` file differs from the one the run began with (same path, other content), or None
+    (the same, or not known: no file, a run from before its sha256 was recorded, a damaged ``state.json``, a file
+    not readable now, which the weights check says next)."""
+    try:
+        saved = recorded_weights(run.read_json(RunDir.STATE, {}))
+    except ModelError:  # said by RunState.load, the resume's next step
+        return None
+    given = RunState.weights_digest(config.weights)
+    if saved is None or given is None or saved == given:
+        return None
+    return f"the content of the weights file {config.weights} (saved sha256 {saved[:16]}..., given {given[:16]}...)"
 
 
 def settings_changed(run: RunDir, config: TrainConfig) -> list[str]:
