@@ -778,3 +778,32 @@ def test_exclude_or_relabel_settles_a_label_conflict(tmp_path: Path, copies, exc
     assert kept == expected
     assert len({rows[p].split for p in kept}) <= 1  # copies stay on one side of the split
     assert len(rows) == 18 - 1 + len(expected)  # every other image is used
+
+
+def test_an_audit_killed_in_its_data_scan_does_not_block_the_next(tmp_path: Path, monkeypatch) -> None:
+    """The audit wrote config.yaml before the scan wrote doctor.json: killed in the scan, its folder held config.yaml
+    alone, not a run, and every later audit into it was refused as 'not a floranet run'."""
+    from floranet.data import doctor
+    from floranet.workflows.audit import audit as audit_fn
+
+    class Killed(BaseException):
+        """Stands for a kill in the data scan."""
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=6)
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(doctor, "diagnose", killed)
+        with pytest.raises(Killed):
+            audit_fn(data, **TINY)
+    folder = tmp_path / "runs" / "audit-data"
+    assert RunDir(folder).is_run()
+    assert audit_fn(data, **TINY).run.path.resolve() == folder.resolve()
+    assert json.loads((folder / RunDir.DOCTOR).read_text())["files"]  # the scan's report over the mark
+    # Killed between the mark and config.yaml: the mark alone is floranet's, not a file of the user's.
+    shutil.rmtree(folder)
+    folder.mkdir()
+    RunDir(folder).write_json(RunDir.DOCTOR, {"complete": False})
+    assert audit_fn(data, **TINY).run.path.resolve() == folder.resolve()

@@ -389,12 +389,12 @@ _RUN_MARKS = (RunDir.DOCTOR, RunDir.SPLIT, RunDir.STATE)
 
 def _ours(path: Path) -> bool:
     """Whether ``path`` is floranet's in a folder not yet a run: a non-chief worker's ``backup/worker-<i>/``, or what
-    a run killed in its first writes left (a fresh ``state.json``, written first, or a temp file of it or config)."""
+    a run (audit) killed in its first writes left: a fresh state.json (doctor.json), written first, or a temp file."""
     if path.name == RunDir.BACKUP:
         return path.is_dir() and all(p.name.startswith("worker-") for p in path.iterdir())
-    if path.name.startswith((f".{RunDir.STATE}.", f".{RunDir.CONFIG}.")):
+    if path.name.startswith(tuple(f".{n}." for n in (RunDir.STATE, RunDir.CONFIG, RunDir.DOCTOR))):
         return True
     with contextlib.suppress(OSError, ValueError):
-        state = json.loads(path.read_text()) if path.name == RunDir.STATE else None
+        state = json.loads(path.read_text()) if path.name in (RunDir.STATE, RunDir.DOCTOR) else None
         return isinstance(state, dict) and not state.get("stages") and state.get("complete") is False
     return False

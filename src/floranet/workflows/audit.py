@@ -175,6 +175,10 @@ def _check_same_data(run: RunDir, data_dir: Path) -> None:
 
 def _data_folder(config: TrainConfig, run: RunDir, progress: bool, say: Say) -> AuditData:
     """A data folder's split and features, its settings saved as ``config.yaml``."""
+    # Before config.yaml, as training writes a fresh state.json first: a mark that makes the folder floranet's from
+    # its first second (RunDir.is_run; alone, rundir._ours), until the scan writes the doctor's report over it. An
+    # audit killed in its scan left config.yaml alone, and every later audit into the folder was refused.
+    run.write_json(RunDir.DOCTOR, {"complete": False})
     run.write_config(config)
     # A fresh split each time: the one `floranet train` would make of these files with these settings.
     prepared = run_data.prepare(config, run, resume=False, progress=progress, say=say)
