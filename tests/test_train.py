@@ -759,3 +759,32 @@ def test_a_feature_cache_of_other_weights_is_not_reused(images, tmp_path) -> Non
     assert "(once)" in said[-1]
     features_of(cfg)
     assert "found in the cache" in said[-1]
+
+
+def test_a_damaged_chunk_is_set_aside_once_its_images_are_computed_again(images, tmp_path, caplog) -> None:
+    """A damaged chunk was kept: every later pass warned that its images were computed again, though they were
+    in the new chunk by then and nothing was."""
+    model = classifier.build_classifier("resnet20", 3, image_size=32, weights=None)
+    extractor = classifier.feature_extractor(model)
+    paths = sorted(str(p) for p in images.rglob("*.jpg"))[:6]
+    hashes = [f"h{i}" for i in range(6)]
+    calls: list[int] = []
+    counting = lambda x: calls.append(len(x)) or np.asarray(extractor(x, training=False))  # noqa: E731
+    cache = tmp_path / "c"
+    kw = {"cache_dir": cache, "image_size": (32, 32), "batch_size": 4, "progress": False}
+    features.extract(counting, paths[:3], hashes[:3], **kw)
+    features.extract(counting, paths, hashes, **kw)
+    first = sorted(cache.glob("chunk-*.npz"))[0]
+    first.write_bytes(first.read_bytes()[:100])  # cut short
+    features.extract(counting, paths, hashes, **kw)
+    assert sum(calls) == 9 and "damaged feature cache chunk" in caplog.text  # computed again, said once
+    assert (cache / f"{first.name}.damaged").is_file()  # kept to look at, out of the cache's way
+    chunks = sorted(p.name for p in cache.glob("chunk-*.npz"))
+    assert chunks == ["chunk-00001.npz", "chunk-00002.npz"]  # the new chunk took no number in use
+    caplog.clear()
+    again = features.extract(counting, paths, hashes, **kw)
+    assert sum(calls) == 9 and sorted(again) == hashes and "damaged" not in caplog.text
+    more = sorted(str(p) for p in images.rglob("*.jpg"))[:7]  # one image more: a chunk after the highest number
+    assert sorted(features.extract(counting, more, [*hashes, "h6"], **kw)) == [*hashes, "h6"]
+    assert sum(calls) == 10 and (cache / "chunk-00003.npz").is_file()
+    assert sorted(features.load_cache(cache)) == [*hashes, "h6"]  # chunk-00002 kept, not written over

@@ -75,8 +75,9 @@ def stage1_features(
     """
     choice = runtime.choose(config.runtime, config.precision)
     for found in _matching_caches(run, config, choice):
-        known = feature_cache.load_cache(found)
+        known, damaged = feature_cache.read_cache(found)
         if all(h in known for h in hashes):
+            feature_cache.set_aside(damaged)  # what it held of these images is in other chunks
             say(f"Features: all {len(set(hashes))} images found in the cache {found.relative_to(run.path)}.")
             return {h: known[h] for h in hashes}
     # Seeded as training seeds before it builds: a backbone without pretrained weights is then the same every

@@ -87,7 +87,7 @@ def extract(
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    known = load_cache(cache)
+    known, damaged = read_cache(cache)
     todo = [i for i, h in enumerate(hashes) if h not in known]
     # One copy per distinct file: duplicates share their features.
     first: dict[str, int] = {}
@@ -98,7 +98,8 @@ def extract(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc="Computing backbone features (once)", unit="img", disable=not progress)
-        next_chunk = len(list(cache.glob("chunk-*.npz")))
+        # After the highest number: with a chunk set aside, their count would name one that exists.
+        next_chunk = 1 + max((int(p.stem[6:]) for p in cache.glob("chunk-*.npz") if p.stem[6:].isdigit()), default=-1)
         # One pipeline for the whole pass (decoding stays ahead of the model across chunk
         # boundaries); a chunk file is written every CHUNK images so a kill loses at most one.
         feats: list[np.ndarray] = []
@@ -138,21 +139,40 @@ def extract(
         for m in sorted(set(range(len(todo))) - seen_positions):
             log.warning("Skipped %s: it could not be decoded", paths[todo[m]])
         bar.close()
+    set_aside(damaged)  # every image asked for is computed now (or could not be decoded)
     return {h: known[h] for h in hashes if h in known}
 
 
 def load_cache(cache: Path) -> dict[str, np.ndarray]:
-    """``{sha256: features}`` of every chunk in ``cache``; a chunk that cannot be read (damaged on disk, or not
-    written by floranet) is skipped with a warning, so its images are computed again rather than the run failing
-    on a cache."""
+    """``{sha256: features}`` of every chunk in ``cache`` (see :func:`read_cache`)."""
+    return read_cache(cache)[0]
+
+
+def read_cache(cache: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
+    """``{sha256: features}`` of every chunk in ``cache``, and the chunks that cannot be read (damaged on disk, or
+    not written by floranet): skipped with a warning, so their images are computed again rather than the run
+    failing on a cache, and then set aside (:func:`set_aside`)."""
     known: dict[str, np.ndarray] = {}
+    damaged: list[Path] = []
     for chunk in sorted(cache.glob("chunk-*.npz")):
         try:
             with np.load(chunk) as data:
                 known.update(zip(data["sha256"].tolist(), data["features"], strict=True))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             log.warning("Skipped the damaged feature cache chunk %s (%s): its images are computed again", chunk, e)
-    return known
+            damaged.append(chunk)
+    return known, damaged
+
+
+def set_aside(damaged: Sequence[Path]) -> None:
+    """Renames damaged chunks to ``<name>.damaged`` in their cache folder (floranet's own files, kept to look at,
+    not deleted), once the images asked for are in other chunks: left as they were, every later run warned that
+    their images were computed again, though nothing was."""
+    for chunk in damaged:
+        try:
+            os.replace(chunk, chunk.with_name(f"{chunk.name}.damaged"))
+        except OSError as e:  # a read-only cache: the warning comes again, nothing worse
+            log.warning("Could not set the damaged feature cache chunk %s aside: %s", chunk, e)
 
 
 def describe(cache: Path, info: dict[str, Any]) -> None:
