@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -140,18 +141,22 @@ def test_features_are_computed_once_and_reused(images, tmp_path) -> None:
         np.testing.assert_array_equal(first[h], second[h])
 
 
+def _counting_extractor(images) -> tuple[Any, list[str], list[str], list[int]]:
+    """A random-init ResNet-20 feature extractor that records how many images each call gets, six of ``images``'
+    paths and stand-in hashes for them, and the list of call sizes."""
+    extractor = classifier.feature_extractor(classifier.build_classifier("resnet20", 3, image_size=32, weights=None))
+    calls: list[int] = []
+    counting = lambda x: calls.append(len(x)) or np.asarray(extractor(x, training=False))  # noqa: E731
+    return counting, sorted(str(p) for p in images.rglob("*.jpg"))[:6], [f"h{i}" for i in range(6)], calls
+
+
 def test_a_damaged_cache_is_computed_again_not_fatal(images, tmp_path, caplog) -> None:
     """The feature cache is floranet's own: a chunk or key.json damaged on disk costs a recomputation, with a
     warning naming it, never the run."""
     from floranet.rundir import RunDir
     from floranet.training.embeddings import stage1_features
 
-    model = classifier.build_classifier("resnet20", 3, image_size=32, weights=None)
-    extractor = classifier.feature_extractor(model)
-    paths = sorted(str(p) for p in images.rglob("*.jpg"))[:6]
-    hashes = [f"h{i}" for i in range(6)]
-    calls: list[int] = []
-    counting = lambda x: calls.append(len(x)) or np.asarray(extractor(x, training=False))  # noqa: E731
+    counting, paths, hashes, calls = _counting_extractor(images)
     kw = {"cache_dir": tmp_path / "c", "image_size": (32, 32), "batch_size": 4, "progress": False}
     first = features.extract(counting, paths[:3], hashes[:3], **kw)
     features.extract(counting, paths, hashes, **kw)  # a second chunk: h3..h5
@@ -764,12 +769,7 @@ def test_a_feature_cache_of_other_weights_is_not_reused(images, tmp_path) -> Non
 def test_a_damaged_chunk_is_set_aside_once_its_images_are_computed_again(images, tmp_path, caplog) -> None:
     """A damaged chunk was kept: every later pass warned that its images were computed again, though they were
     in the new chunk by then and nothing was."""
-    model = classifier.build_classifier("resnet20", 3, image_size=32, weights=None)
-    extractor = classifier.feature_extractor(model)
-    paths = sorted(str(p) for p in images.rglob("*.jpg"))[:6]
-    hashes = [f"h{i}" for i in range(6)]
-    calls: list[int] = []
-    counting = lambda x: calls.append(len(x)) or np.asarray(extractor(x, training=False))  # noqa: E731
+    counting, paths, hashes, calls = _counting_extractor(images)
     cache = tmp_path / "c"
     kw = {"cache_dir": cache, "image_size": (32, 32), "batch_size": 4, "progress": False}
     features.extract(counting, paths[:3], hashes[:3], **kw)
