@@ -155,6 +155,18 @@ def ensure_available(backbone: str, weights: str | os.PathLike[str] | None, *, t
         spec.builder(input_shape=(224, 224, 3), weights="imagenet")
 
 
+def file_sha256(weights: str | os.PathLike[str] | None) -> str | None:
+    """The sha256 of a ``--weights`` file: what decides its weights, where its path does not (a file replaced at
+    one path is other weights). None for ``imagenet`` or ``none``, or a file that cannot be read (the weights
+    check says why)."""
+    if weights is None or weights == "imagenet":
+        return None
+    try:
+        return file_digest(weights)
+    except OSError:
+        return None
+
+
 def load_into(model: keras.Model, arch: str, weights: str | os.PathLike[str], *, include_top: bool) -> None:
     """Loads ``weights`` ("imagenet" or a file path) into ``model`` built for ``arch``."""
     if weights == "imagenet":

@@ -27,7 +27,7 @@ import keras
 from floranet.config import is_finite_number
 from floranet.errors import ConfigError, DatasetError, ModelError, WeightsError
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_path, file_digest
+from floranet.utils.files import atomic_path
 
 # state.json's layout; a file without "format" is of this one (written before the key was).
 STATE_FORMAT = 1
@@ -122,19 +122,6 @@ class RunState:
                         "another --out"
                     )
         return state
-
-    @staticmethod
-    def weights_digest(weights: str | os.PathLike[str] | None) -> str | None:
-        """The sha256 of a ``--weights`` file, to record (None for ``imagenet`` or ``none``, or one not readable).
-
-        Args:
-            weights: The run's ``weights`` setting.
-        """
-        if weights is None or weights == "imagenet":
-            return None
-        with contextlib.suppress(OSError):  # unreadable: said by the weights check that follows
-            return file_digest(weights)
-        return None
 
     def check_epochs(self, run: RunDir, epochs: dict[str, int]) -> None:
         """Refuses a stage that has done more epochs than the run's settings give it.

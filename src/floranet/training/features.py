@@ -26,9 +26,9 @@ import numpy as np
 
 from floranet.config import TrainConfig
 from floranet.inference import batch, runtime
-from floranet.models import backbones, classifier
+from floranet.models import backbones, classifier, weights
 from floranet.rundir import RunDir
-from floranet.utils.files import atomic_path, file_digest, write_json
+from floranet.utils.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 CHUNK = 256
@@ -196,10 +196,8 @@ def weights_source(config: TrainConfig) -> str | None:
         if info.weights_file is not None:
             return "imagenet official {} md5 {}".format(*info.weights_file.file(include_top=False))
         return f"imagenet keras {backbones.get(config.backbone).name}"
-    try:
-        return f"file sha256 {file_digest(config.weights)}"
-    except OSError:  # gone or unreadable: no cache can be said to hold its features (the build says why)
-        return None
+    digest = weights.file_sha256(config.weights)  # None: gone or unreadable, no cache can hold its features
+    return None if digest is None else f"file sha256 {digest}"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 from floranet.config import PRESETS, TrainConfig
 from floranet.config.train import absolute_paths
 from floranet.errors import ConfigError, ModelError
+from floranet.models import weights
 from floranet.rundir import RunDir
 from floranet.training.checkpoint import RunState, recorded_weights
 
@@ -33,7 +34,7 @@ def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         )
     run.check_new_output()  # a fresh state.json alone is a start killed before its config.yaml: begun again
     run.path.mkdir(parents=True, exist_ok=True)
-    state = RunState(weights_sha256=RunState.weights_digest(config.weights))  # what a resume must find there
+    state = RunState(weights_sha256=weights.file_sha256(config.weights))  # what a resume must find there
     # Before config.yaml: with it, what makes the folder a run (RunDir.is_run) from its first second, so one killed
     # at any point after is a run that --resume continues, not "a folder of yours" (config.yaml first left a gap).
     state.save(run)
@@ -72,7 +73,7 @@ def _weights_file_changed(run: RunDir, config: TrainConfig) -> str | None:
         saved = recorded_weights(run.read_json(RunDir.STATE, {}))
     except ModelError:  # said by RunState.load, the resume's next step
         return None
-    given = RunState.weights_digest(config.weights)
+    given = weights.file_sha256(config.weights)
     if saved is None or given is None or saved == given:
         return None
     return f"the content of the weights file {config.weights} (saved sha256 {saved[:16]}..., given {given[:16]}...)"
