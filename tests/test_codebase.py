@@ -109,7 +109,7 @@ def test_run_directory_file_names_live_in_rundir() -> None:
         '"doctor.json"',
     ]
     where = {n: [p.relative_to(SRC) for p in _modules() if n in p.read_text(encoding="utf-8")] for n in names}
-    assert where == {n: [Path("rundir.py")] for n in names}
+    assert where == {n: [Path("rundir/__init__.py")] for n in names}
 
 
 def test_work_is_sized_by_the_cpus_this_process_may_use() -> None:

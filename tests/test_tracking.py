@@ -364,7 +364,7 @@ def test_a_damaged_history_is_refused_naming_the_file_and_row(tiny_run: Path, tm
         with pytest.raises(ModelError, match=re.escape(f"{history} is damaged: row 3 has {problem}. Put it back")):
             log_to_mlflow(run, "http://127.0.0.1:1")
     history.write_text("\n".join([lines[0], lines[1] + ",9", *lines[2:]]) + "\n")
-    with pytest.raises(ModelError, match=f"{re.escape(str(history))} is damaged: a row has more cells than the header"):
+    with pytest.raises(ModelError, match=f"{re.escape(str(history))} is damaged: row 2 has more cells than the header"):
         log_to_mlflow(run, "http://127.0.0.1:1")
     history.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ModelError, match=f"{re.escape(str(history))} is damaged and cannot be read"):

@@ -9,8 +9,6 @@ at any moment leaves ``state.json`` pointing at a complete checkpoint.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import shutil
@@ -27,6 +25,7 @@ import keras
 from floranet.config import is_finite_number
 from floranet.errors import ConfigError, DatasetError, ModelError, WeightsError
 from floranet.rundir import RunDir
+from floranet.rundir.history import history_text
 from floranet.utils.files import atomic_path
 
 # state.json's layout; a file without "format" is of this one (written before the key was).
@@ -226,14 +225,7 @@ def _damaged(path: Any, why: str) -> ModelError:
 
 
 def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys.extend(k for k in row if k not in keys)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    run.write_text(RunDir.HISTORY, buf.getvalue())
+    run.write_text(RunDir.HISTORY, history_text(history))
 
 
 def record_best(run: RunDir, st: StageState, stage: str, epoch: int, target: keras.Model, val_loss: float) -> None:

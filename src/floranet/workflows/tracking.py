@@ -16,7 +16,6 @@ experiment unless one is named; the parent's status, params and metrics are left
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -255,7 +254,6 @@ def _environment(defaults: dict[str, str], overrides: dict[str, str], removed: t
 
 
 _NOT_METRICS = frozenset({"epoch", "stage_epoch", "stage"})
-_PUT_BACK = "Put it back from a copy of the run, or correct it."
 
 
 def _params(run: RunDir) -> dict[str, Any]:
@@ -282,28 +280,12 @@ def _history(run: RunDir) -> list[tuple[int, dict[str, float]]]:
     """Every epoch of ``history.csv`` as (step = the epoch, its metrics); empty cells are left out.
 
     Raises:
-        ModelError: The file cannot be read, or has more cells in a row than in its header, or a row has an epoch
-            that is no whole number >= 0 or a cell that is no number; the message names the file, row and cell.
+        ModelError: The file is damaged (:meth:`RunDir.history` names the row and cell).
     """
-    path = run / RunDir.HISTORY
-    try:
-        history = run.history()
-    except (csv.Error, UnicodeDecodeError) as e:  # a NUL byte, a binary file
-        raise ModelError(f"{path} is damaged and cannot be read ({e}). Put it back from a copy of the run.") from None
-    except TypeError:  # the list of a row's cells past the header's, read as a number
-        raise ModelError(f"{path} is damaged: a row has more cells than the header. {_PUT_BACK}") from None
     rows = []
-    for number, row in enumerate(history, start=2):  # row 1 is the header
-        epoch = row.get("epoch") or 0  # an empty cell: 0, as before
-        if not (isinstance(epoch, int | float) and float(epoch).is_integer() and epoch >= 0):
-            problem = f"epoch={epoch!r}, not a whole number >= 0"
-        else:
-            texts = [(k, v) for k, v in row.items() if k != "stage" and isinstance(v, str)]  # stage: stage1, ...
-            problem = f"{texts[0][0]}={texts[0][1]!r}, not a number" if texts else ""
-        if problem:
-            raise ModelError(f"{path} is damaged: row {number} has {problem}. {_PUT_BACK}")
+    for row in run.history():
         values = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS}
-        rows.append((int(epoch), values))
+        rows.append((int(row.get("epoch") or 0), values))  # an empty epoch: 0, as before
     return rows
 
 

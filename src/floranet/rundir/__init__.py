@@ -32,8 +32,6 @@ Every other module names these files through :class:`RunDir`.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import re
@@ -44,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from floranet.config import TrainConfig, as_name, is_finite_number, load_file, resolve
 from floranet.errors import ConfigError, ModelError
+from floranet.rundir.history import parse_history
 from floranet.utils import files, locks
 from floranet.utils.files import atomic_path, atomic_write_text, check_outside, file_digest, write_json
 
@@ -97,8 +96,9 @@ class RunDir:
     # What `evaluate`, `report` and `export` need besides the model.
     FINISHED = (MODEL, CLASS_NAMES, CONFIG, SPLIT)
     # The command that writes each file: a damaged one's message names it (not "rerun the step that wrote it").
-    WRITERS = {"train": (CLASS_NAMES, STATE, OOD, OOD_STATS), "evaluate": (METRICS, CALIBRATION), "audit": (AUDIT,)}
-    WRITERS |= {"evaluate --data": (METRICS_EXTERNAL,), "export": (EXPORTS,), "compare": (COMPARISON_SPLIT,)}
+    WRITERS = {"train": (CLASS_NAMES, STATE, HISTORY, OOD, OOD_STATS), "evaluate": (METRICS, CALIBRATION)}
+    WRITERS |= {"audit": (AUDIT,), "evaluate --data": (METRICS_EXTERNAL,), "export": (EXPORTS,)}
+    WRITERS |= {"compare": (COMPARISON_SPLIT,)}
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -303,9 +303,13 @@ class RunDir:
         return path.read_text(encoding="utf-8") if path.exists() else ""
 
     def history(self) -> list[dict[str, Any]]:
+        """The rows of ``history.csv`` (:func:`~floranet.rundir.history.parse_history`); none when it is absent."""
         path = self.path / self.HISTORY
-        rows = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))) if path.exists() else []
-        return [{k: _number(v) for k, v in r.items()} for r in rows]
+        fix = f"Put it back from a copy of the run; {self.written_by(self.HISTORY)}."
+        try:
+            return parse_history(path.read_text(encoding="utf-8"), path, fix) if path.exists() else []
+        except UnicodeDecodeError as e:
+            raise ModelError(f"{path} is damaged and cannot be read ({e}). {fix}") from None
 
     def load_model(self, *, safe_mode: bool = True) -> keras.Model:
         """``model.keras`` in Keras safe mode (unless told otherwise).
@@ -374,13 +378,6 @@ class RunDir:
         with atomic_path(self.path / name, suffix=".keras") as tmp:
             model.save(tmp)
         return self.path / name
-
-
-def _number(text: str | None) -> Any:
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text or "")  # "" is neither
-    return text or None  # an empty cell (or a missing one): no value
 
 
 # What a run or audit writes right after its config.yaml: with it, a folder is floranet's (see RunDir.is_run).
