@@ -15,6 +15,13 @@ the backbone. A screen is worth a training run only where it clearly beats that 
   Ledoit-Wolf whitening; one Ledoit-Wolf Gaussian's Mahalanobis distance.
 - **Density models** on PCA-128: local outlier factor (cosine, k=20), per-class 4-component diagonal Gaussian
   mixtures (the nearest class's negative log-likelihood), a one-class SVM (RBF, nu=0.1).
+- **Which channels**: 1-NN on the square-rooted features with each channel weighted by the square root of its
+  Fisher ratio over the known classes (between-class over within-class variance), so that channels that tell
+  flowers apart count more than those that vary within a class; a channel-exceedance score (how far any
+  channel passes its 99th percentile over the known images, in standard deviations).
+- **A learned metric for new classes** (episodic, leave one class out): a linear map to 128 dimensions trained
+  on the known images only, each step holding one known class out of the reference and ranking its images
+  farther (soft nearest-neighbour distance) than held-aside images of the others; 1-NN in that space.
 - **Supervised upper bound**: a logistic regression told which images are the held-out class (5-fold
   cross-validated predictions over the same negatives and positives). No unknown score may use those labels;
   the row says how separable the held-out class is in these features at all.
@@ -30,6 +37,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +122,45 @@ def _densities(x: np.ndarray, y: np.ndarray, q: np.ndarray) -> dict[str, np.ndar
     }
 
 
+def _channel_scores(x: np.ndarray, y: np.ndarray, q: np.ndarray) -> dict[str, np.ndarray]:
+    rx, rq = np.sqrt(x), np.sqrt(q)
+    means = np.stack([rx[y == c].mean(0) for c in np.unique(y)])
+    within = np.stack([rx[y == c].var(0) for c in np.unique(y)]).mean(0) + 1e-6
+    w = (means.var(0) / within) ** 0.25
+    high, spread = np.percentile(x, 99, axis=0), x.std(0) + 1e-6
+    return {
+        "knn, fisher-weighted channels (square root)": centred_knn(rx * w, rq * w),
+        "channel exceedance over the 99th percentile": ((q - high) / spread).max(1),
+    }
+
+
+def _episodic_metric(x: np.ndarray, y: np.ndarray, q: np.ndarray, steps: int = 100, tau: float = 0.05) -> np.ndarray:
+    """1-NN distance after a linear map trained to push a held-out known class away from the other classes."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x, q = np.sqrt(x).astype(np.float32), np.sqrt(q).astype(np.float32)
+    mu = x.mean(0)
+    xc = x - mu
+    w = tf.Variable(tf.random.normal([x.shape[1], 128], stddev=x.shape[1] ** -0.5, seed=1))
+    opt = tf.keras.optimizers.Adam(1e-3)
+    embed: Callable[[Any], Any] = lambda a: tf.math.l2_normalize(tf.matmul(a, w), 1)  # noqa: E731
+    for _ in range(steps):
+        h = rng.choice(np.unique(y))
+        others = rng.permutation(np.flatnonzero(y != h))
+        held = rng.choice(np.flatnonzero(y == h), 64, replace=False)
+        with tf.GradientTape() as tape:
+            ref = embed(xc[others[64:]])
+            known, novel = (
+                -tau * tf.reduce_logsumexp(tf.matmul(embed(xc[i]), ref, transpose_b=True) / tau, 1)
+                for i in (others[:64], held)
+            )
+            loss = tf.reduce_mean(tf.nn.softplus(10.0 * (known[:, None] - novel[None, :])))
+        opt.apply_gradients([(tape.gradient(loss, w), w)])
+    ex, eq = embed(xc).numpy(), embed(q - mu).numpy()
+    return 1.0 - (eq @ ex.T).max(1)
+
+
 def _upper_bound(x: np.ndarray, is_held_out: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
@@ -142,6 +189,8 @@ def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray
         **_rotation_scores(feats, y, train, ask),
         **_whitened(avg[train], avg[ask]),
         **_densities(avg[train], y, avg[ask]),
+        **_channel_scores(avg[train], y, avg[ask]),
+        "knn, episodic leave-one-class-out metric": _episodic_metric(avg[train], y, avg[ask]),
         "supervised upper bound (uses held-out labels)": _upper_bound(avg[ask], (labels[ask] == h).astype(int)),
     }
     n = len(negatives)
