@@ -35,11 +35,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 
+# The suite in parallel processes, one per core up to 4, each test file in one process (its module fixtures are
+# built once): 1.7x faster on 2 cores. `make test PYTEST_JOBS=` runs it in this process alone.
+PYTEST_JOBS ?= -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP) browser lint
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_JOBS)
 
 test-all: $(STAMP) browser
-	$(VENV)/bin/python -m pytest -m ''
+	$(VENV)/bin/python -m pytest -m '' $(PYTEST_JOBS)
 
 # The benchmarks' extra (scikit-image's sample photos), installed once per change of pyproject.toml.
 $(BENCH_STAMP): $(STAMP) pyproject.toml
