@@ -11,7 +11,7 @@ import pytest
 
 from floranet.cli import main
 from floranet.cli.compare import parse_weights
-from floranet.config import CompareConfig
+from floranet.config import CompareConfig, TrainConfig
 from floranet.errors import ConfigError
 from floranet.rundir import RunDir
 from floranet.workflows.compare import compare
@@ -331,7 +331,13 @@ def test_a_comparisons_split_is_not_reused_for_another_data_folder(tmp_path: Pat
     files of it data4 happened to have, and its other images were ignored without a word."""
     from floranet.workflows import compare as compare_lib
 
-    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)  # the split is made, nothing trains
+    def killed(settings: TrainConfig, **kwargs: object) -> None:  # the split is made, a run begun, nothing trained
+        Path(settings.out).mkdir(exist_ok=True)
+        settings.save(Path(settings.out) / RunDir.CONFIG)
+        (Path(settings.out) / RunDir.DOCTOR).write_text("{}")
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(compare_lib, "train", killed)
     first = make_image_folder(tmp_path / "data3", classes=2, per_class=4)
     other = make_image_folder(tmp_path / "data4", classes=2, per_class=4, seed=1)
     out = tmp_path / "cmp"
@@ -352,6 +358,23 @@ def test_a_comparisons_split_is_not_reused_for_another_data_folder(tmp_path: Pat
     assert any("has no record of the data folder" in m for m in said)
     assert any("images added there since are not in it" in m for m in said)
     assert json.loads((out / "split.json").read_text()) == {"data_dir": str(first.resolve())}
+
+
+def test_a_split_csv_of_someone_elses_is_not_taken_for_the_comparisons(tmp_path: Path, monkeypatch) -> None:
+    """An OUT holding only a split.csv of the user's (no split.json, no run of a comparison) was taken for a
+    comparison made before split.json was kept: its rows became every backbone's split."""
+    from floranet.workflows import compare as compare_lib
+
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "split.csv").write_text("path,label,split\nelsewhere/a.jpg,0,train\n")
+    cfg = CompareConfig(data_dir=str(data), backbones=("resnet20",), out=str(out), default_weights=None)
+    with pytest.raises(ConfigError, match="holds a split.csv that floranet compare did not write"):
+        compare(cfg, say=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["split.csv"]
+    assert (out / "split.csv").read_text() == "path,label,split\nelsewhere/a.jpg,0,train\n"
 
 
 def test_a_damaged_split_record_names_compare_as_its_writer(tmp_path: Path, monkeypatch) -> None:

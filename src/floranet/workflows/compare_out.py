@@ -88,10 +88,11 @@ def _check_damaged_run(folder: Path, backbones: tuple[str, ...]) -> None:
 
 def _check_split_source(config: CompareConfig, out: Path) -> None:
     """Refuses an earlier comparison of another data folder: its split lists that folder's files, and this one's
-    would be trained on whatever of them it happens to have.
+    would be trained on whatever of them it happens to have; and a ``split.csv`` of someone else's.
 
     Raises:
-        ConfigError: The comparison's split was made from another data folder.
+        ConfigError: The comparison's split was made from another data folder, or ``split.csv`` has no record of
+            its data folder and no run of a comparison beside it.
     """
     if not (out / SPLIT).exists():
         return
@@ -100,7 +101,13 @@ def _check_split_source(config: CompareConfig, out: Path) -> None:
         damaged = f"{out / SPLIT_SOURCE} is damaged (no data_dir: which data folder {SPLIT} was made from)"
     except ModelError as e:  # not JSON: named, as the command that writes it (this one) can only start anew
         record, damaged = {}, str(e)
-    if record is None:  # made before the record was kept: _shared_split writes it now
+    if record is None:  # made before the record was kept (_shared_split writes it now), or not the comparison's
+        if not any(RunDir(p).is_run() for p in out.iterdir() if p.is_dir()):
+            raise ConfigError(
+                f"out holds a {SPLIT} that floranet compare did not write (no {SPLIT_SOURCE} beside it, and no run "
+                "of a comparison); choose a new or empty folder, so that it is not taken for the comparison's "
+                f"split. Received: out={str(out)!r}"
+            )
         return
     made_from = record.get("data_dir") if isinstance(record, dict) else None
     if not isinstance(made_from, str):
