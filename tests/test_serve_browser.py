@@ -274,3 +274,36 @@ def test_page_hides_the_preview_of_a_refused_upload(tiny_run, tmp_path) -> None:
             sync_api.expect(page.locator("#hint")).to_be_hidden()
         finally:
             browser.close()
+
+
+def test_page_says_when_the_browser_cannot_show_a_photo_the_server_read(tiny_run, tmp_path) -> None:
+    """A TIFF, which the server decodes and Chromium cannot draw, was answered beside a broken-image icon named
+    "uploaded photo". The page now says the browser cannot show the format; the Grad-CAM overlay (a PNG the server
+    drew) is shown all the same, and the next photo is drawn again."""
+    from PIL import Image
+
+    photo = sorted(ROSES.glob("*.jpg"))[0]
+    tiff = tmp_path / "rose.tif"
+    with Image.open(photo) as im:
+        im.convert("RGB").save(tiff, format="TIFF")
+    with serve.serve_in_thread(serve.create_app(tiny_run)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.set_input_files("#file", str(tiff))
+            page.wait_for_selector("#results li .cls", timeout=30_000)  # the server read it
+            sync_api.expect(page.locator("#hint")).to_have_text(
+                "This browser cannot show this file's format; the server read it (see the answer).", timeout=15_000
+            )
+            sync_api.expect(page.locator("#photo")).to_be_hidden()
+            page.check("#gradcam")
+            sync_api.expect(page.locator("#photo")).to_be_visible(timeout=30_000)
+            assert (page.locator("#photo").get_attribute("src") or "").startswith("data:image/png")
+            page.uncheck("#gradcam")
+            sync_api.expect(page.locator("#photo")).to_be_hidden()
+            page.set_input_files("#file", str(photo))
+            sync_api.expect(page.locator("#photo")).to_be_visible(timeout=30_000)
+            sync_api.expect(page.locator("#hint")).to_be_hidden()
+        finally:
+            browser.close()

@@ -95,6 +95,8 @@ SCRIPT = (
   // The last answer was an error: no photo is shown (a file the server refuses is often one the browser cannot
   // draw either, and its preview was a broken-image icon).
   let refused = false;
+  // The browser cannot draw the chosen file (TIFF in Chrome) though the server reads it: said, not a broken icon.
+  let undrawable = false;
   let token = 0;           // ignores answers to superseded uploads
   // The API key, when the server needs one: from the link's fragment (#key=..., never sent to any server)
   // or typed in once; kept for this tab only.
@@ -134,11 +136,14 @@ SCRIPT = (
 
   function showPhoto() {
     const url = camBox.checked && camUrl ? camUrl : photoUrl;
-    const visible = Boolean(url) && !refused;
+    const cannot = undrawable && url === photoUrl;
+    const visible = Boolean(url) && !refused && !cannot;
     if (visible) photo.src = url; else photo.removeAttribute("src");
     photo.hidden = !visible;
     hint.hidden = visible;
-    hint.textContent = refused ? "No answer for this photo (see the message above)." : "No photo yet.";
+    hint.textContent = refused ? "No answer for this photo (see the message above)."
+      : cannot ? "This browser cannot show this file's format; the server read it (see the answer)."
+      : "No photo yet.";
     photo.alt = camBox.checked && camUrl ? "photo with Grad-CAM heat map" : "uploaded photo";
     camNote.textContent = shown(camWhy);
     camNote.hidden = !(visible && camBox.checked && camUrl && camWhy);
@@ -221,12 +226,16 @@ SCRIPT = (
     camUrl = null;
     camWhy = "";
     refused = false;  // shown while it is classified
+    undrawable = false;
     if (photoUrl) URL.revokeObjectURL(photoUrl);
     photoUrl = URL.createObjectURL(file);
     showPhoto();
     classify(file, camBox.checked);
   }
 
+  photo.addEventListener("error", () => {
+    if (photoUrl && photo.getAttribute("src") === photoUrl) { undrawable = true; showPhoto(); }
+  });
   input.addEventListener("change", () => choose(input.files[0]));
   drop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
