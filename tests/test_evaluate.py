@@ -606,3 +606,17 @@ def test_the_reliability_diagram_draws_no_calibrated_series_without_a_fitted_tem
     labels, probs = fixed_predictions(60)
     write_evaluation(Evaluation(NAMES, tuple(map(str, range(60))), labels, probs).with_temperature(), RunDir(tmp_path))
     assert drawn[1] is not None and (tmp_path / "plots" / "reliability.png").stat().st_size > 0
+
+
+def test_evaluate_says_why_it_runs_as_it_does(writable_run, monkeypatch, capsys) -> None:
+    """evaluate printed only the runtime it ran on, so `--precision bf16` on a CPU without native bf16 was not said
+    to be emulated there (predict said so); the reason is kept in metrics.json too."""
+    from floranet.cli import main
+    from floranet.inference import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "gpu_available", lambda: False)
+    assert main(["evaluate", str(writable_run), "--runtime", "openvino", "--precision", "bf16"]) == 0
+    ran = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Ran on "))
+    assert ran.startswith("Ran on compiled model (openvino bf16): ") and "emulated" in ran, ran
+    assert "emulated" in json.loads((writable_run / "metrics.json").read_text())["evaluated_on_why"]

@@ -46,6 +46,7 @@ def test_bf16_asked_for_on_a_cpu_without_it_is_said_to_be_emulated(monkeypatch) 
     for choice in (runtime.choose("openvino", "bf16"), runtime.choose_inference("auto", "bf16")):
         assert choice.key == "openvino-bf16" and "no native bf16" in choice.reason and "emulated" in choice.reason
     assert "emulated" in runtime.training_precision("bf16")[1]
+    assert "OpenVINO" not in runtime.training_precision("bf16")[1]  # a Keras stage: OpenVINO plays no part
     monkeypatch.setattr(runtime, "native_bf16", lambda: True)
     assert "emulated" not in runtime.choose("openvino", "bf16").reason
     assert runtime.training_precision("bf16") == ("mixed_bfloat16", "as requested")

@@ -979,3 +979,19 @@ def test_a_model_that_answers_nan_is_refused_or_answered_500_never_invalid_json(
         }
         r = c.post("/v2/models/m/infer", json=doc)
         assert r.status_code == 500 and NON_FINITE in r.json()["error"], r.text
+
+
+def test_serve_says_why_it_runs_as_it_does(tiny_run, monkeypatch, caplog) -> None:
+    """The README says each inference command prints what it picked and why; serve printed only the runtime, so
+    `--precision bf16` on a CPU without native bf16 was not said to be emulated there (predict said so)."""
+    import uvicorn
+
+    from floranet.inference import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "gpu_available", lambda: False)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: None)  # nothing is bound
+    with caplog.at_level("WARNING", logger="floranet.serve"):
+        serve.run_server(tiny_run, runtime="openvino", precision="bf16")
+    said = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("floranet serve: inference on openvino bf16: ") and "emulated" in line for line in said)

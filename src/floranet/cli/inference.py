@@ -50,7 +50,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         wrote = f"{RunDir.METRICS_EXTERNAL}, {RunDir.PREDICTIONS_EXTERNAL}, plots/*_external.png"
     else:
         wrote = f"{RunDir.METRICS}, {RunDir.PREDICTIONS}, {RunDir.CALIBRATION}, plots/"
-    say(f"Ran on {ev.extra['evaluated_on']}. Wrote {wrote} and {card.name} (model card) in {args.run_dir}.")
+    why = f": {ev.extra['evaluated_on_why']}" if ev.extra.get("evaluated_on_why") else ""
+    say(f"Ran on {ev.extra['evaluated_on']}{why}. Wrote {wrote} and {card.name} (model card) in {args.run_dir}.")
     if not external:  # the page still shows training's evaluation until it is built again
         say(f"{RunDir.REPORT} still shows training's evaluation: `floranet report {args.run_dir}` rebuilds it.")
     return 0

@@ -355,6 +355,8 @@ def evaluate_run(
     paths = [str(root / r.path) for r in rows]
     out = predictor.predict_files(paths)
     facts["evaluated_on"] = predictor.describe()
+    if predictor.choice is not None:  # why that runtime and precision (e.g. bf16 emulated on this CPU)
+        facts["evaluated_on_why"] = predictor.choice.reason
     kept = [i for i in range(len(rows)) if i not in out.errors]
     facts["unreadable_left_out"] = facts.get("unreadable_left_out", 0) + len(out.errors)
     if not kept:

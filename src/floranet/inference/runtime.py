@@ -81,6 +81,11 @@ NOT_NATIVE_BF16 = (
     "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32 (OpenVINO may compute "
     "fp32 instead), and --precision auto would pick fp32"
 )
+# The same for a Keras training stage (no OpenVINO there).
+NOT_NATIVE_BF16_TRAINING = (
+    "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32, and --precision auto "
+    "would pick fp32"
+)
 
 
 def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
@@ -176,7 +181,7 @@ def training_precision(precision: str = "auto") -> tuple[str, str]:
     check_choice("precision", precision, TRAIN_PRECISIONS)
     if precision == "bf16":
         emulated = not native_bf16() and not gpu_available()
-        return "mixed_bfloat16", f"as requested; {NOT_NATIVE_BF16}" if emulated else "as requested"
+        return "mixed_bfloat16", f"as requested; {NOT_NATIVE_BF16_TRAINING}" if emulated else "as requested"
     if precision in ("fp32", "int8"):
         return "float32", "as requested" if precision == "fp32" else "int8 is for the frozen layers' inference"
     if gpu_available():

@@ -139,6 +139,7 @@ def run_server(
             state.predictor.max_pixels,
         )
     choice = app.state.predictor.choice
+    logger.warning("floranet serve: inference on %s %s: %s", choice.runtime, choice.precision, choice.reason)
     logger.warning(  # the path as given, escaped as the CLI prints paths (the version's name is URL-safe already)
         "floranet serve: %s (model %s, %s %s) on http://%s:%d/",
         printable(os.fspath(run_dir)),
