@@ -76,16 +76,11 @@ def gpu_available() -> bool:
 _GPU_DEVICES = ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
 
-# Said wherever bf16 is asked for by name on a CPU that cannot compute it (auto never picks it there).
-NOT_NATIVE_BF16 = (
-    "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32 (OpenVINO may compute "
-    "fp32 instead), and --precision auto would pick fp32"
-)
-# The same for a Keras training stage (no OpenVINO there).
-NOT_NATIVE_BF16_TRAINING = (
-    "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32, and --precision auto "
-    "would pick fp32"
-)
+# Said wherever bf16 is asked for by name on a CPU that cannot compute it (auto never picks it there); the
+# training one is for a Keras stage, where OpenVINO plays no part.
+_NO_BF16 = "this CPU has no native bf16 (AVX512_BF16/AMX): it is emulated here, slower than fp32"
+NOT_NATIVE_BF16 = f"{_NO_BF16} (OpenVINO may compute fp32 instead), and --precision auto would pick fp32"
+NOT_NATIVE_BF16_TRAINING = f"{_NO_BF16}, and --precision auto would pick fp32"
 
 
 def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None = None) -> RuntimeChoice:
