@@ -64,6 +64,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": env["cpu"],
         "cpu_model": env["cpu model"],
         "cores": os.cpu_count(),
+        "usable_cores": system.usable_cpus(),  # affinity and cgroup quota: what the measurement could use
         "cpu_flags": [f for f in wanted if f in system.cpu_flags()],
         "native_bf16": system.native_bf16(),
         "python": platform.python_version(),

@@ -175,6 +175,12 @@ def _model(m: dict) -> str:
     return f" ({m['cpu_model']})" if m.get("cpu_model") and m["cpu_model"] != "?" else ""
 
 
+def _cores(m: dict) -> str:
+    """The machine's cores, and the ones the measurement could use where they differ (recorded since 2026-11-28)."""
+    usable, total = m.get("usable_cores"), m.get("cores", "?")
+    return f"{usable} of {total}" if usable is not None and usable != total else str(total)
+
+
 def _machine(m: dict) -> str:
     kind = "bf16 CPU (native AVX512_BF16/AMX)" if m.get("native_bf16") else "CPU without native bf16"
     if "native_bf16" not in m:
@@ -182,7 +188,7 @@ def _machine(m: dict) -> str:
 
         kind = "bf16 CPU" if BF16_FLAGS & set(m.get("cpu_flags", [])) else "CPU without native bf16"
     return (
-        f"Machine: {m.get('cpu', '?')}{_model(m)}, {m.get('cores', '?')} cores, "
+        f"Machine: {m.get('cpu', '?')}{_model(m)}, {_cores(m)} cores, "
         f"flags {', '.join(m.get('cpu_flags', []))}: "
         f"**{kind}**; TensorFlow {m.get('tensorflow', '?')}{_code(m)}"
     )

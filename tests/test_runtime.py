@@ -68,6 +68,17 @@ def test_the_cpu_model_tells_apart_generations_of_one_name(monkeypatch) -> None:
     assert system.cpu_model_id() == "" and system.environment()["cpu model"] == "?"
 
 
+def test_the_recorded_cores_are_the_ones_the_process_may_use(monkeypatch) -> None:
+    """Runs and benchmarks recorded os.cpu_count(): `taskset -c 0 floranet train` was "7 s on AMD EPYC, 2 cores"."""
+    from floranet.utils import system
+
+    monkeypatch.setattr(system.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(system, "usable_cpus", lambda: 1)
+    assert system.environment()["cores"] == "1 of 2"
+    monkeypatch.setattr(system, "usable_cpus", lambda: 2)
+    assert system.environment()["cores"] == "2"
+
+
 def test_invalid_choices() -> None:
     with pytest.raises(ConfigError, match="Received: runtime='onnx'"):
         runtime.choose("onnx")

@@ -101,9 +101,15 @@ def environment() -> dict[str, str]:
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cpu model": cpu_model_id() or "?",
-        "cores": str(os.cpu_count()),
+        "cores": _cores(),
         "native bf16": "yes (AVX512_BF16/AMX)" if native_bf16() else "no",
     }
+
+
+def _cores() -> str:
+    """The cores this process may use, and the machine's where they differ: ``"2"``, ``"1 of 2"``."""
+    usable, total = usable_cpus(), os.cpu_count()
+    return str(usable) if usable == total else f"{usable} of {total}"
 
 
 def _cpuinfo_lines() -> list[str]:
