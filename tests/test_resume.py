@@ -465,3 +465,27 @@ def test_a_resume_with_another_weights_file_at_the_same_path_is_refused(data, tm
         train(cfg, resume=True, progress=False, say=lambda _: None)
     weights.write_bytes(weights_file(1))  # the file the run began with: resumed
     assert _resume(cfg)["complete"] is True
+
+
+def test_a_resume_on_a_cpu_of_another_kind_says_and_records_stage_2s_change_of_precision(
+    data, tmp_path, monkeypatch
+) -> None:
+    """Stage 2 begun in float32 on a CPU without native bf16 and resumed on one with it went on in mixed bf16
+    without a word, and metrics.json and the card said the whole stage had trained in mixed bf16."""
+    from floranet.inference import runtime
+
+    cfg = _settings(data, tmp_path / "run", epochs=1, fine_tune_epochs=3)
+    monkeypatch.setattr(runtime, "training_precision", lambda precision="auto": ("float32", "no native bf16"))
+    run = _interrupted(monkeypatch, cfg, "stage2", 1)
+    assert json.loads((run / RunDir.STATE).read_text())["stages"]["stage2"]["policy"] == "float32"
+    monkeypatch.setattr(runtime, "training_precision", lambda precision="auto": ("mixed_bfloat16", "native bf16"))
+    said: list[str] = []
+    train(cfg, resume=True, progress=False, say=said.append)
+    assert "Stage 2 trained 1 epoch(s) in float32 before this resume; this CPU continues it in mixed_bfloat16" in (
+        "\n".join(said)
+    )
+    state = json.loads((run / RunDir.STATE).read_text())
+    assert state["stages"]["stage2"]["policy"] == "float32, then mixed_bfloat16"
+    metrics = json.loads((run / RunDir.METRICS).read_text())
+    assert metrics["precision"]["fine_tune"] == "float32, then mixed_bfloat16"
+    assert "fine_tune float32, then mixed_bfloat16" in (run / RunDir.MODEL_CARD).read_text()

@@ -42,6 +42,9 @@ class StageState:
     complete: bool = False
     path: str | None = None  # how stage 2 trains: "prefix-cache" or "full" (kept so --resume takes the same)
     features: str | None = None  # stage 1's feature runtime and precision (metrics.json says it after a resume too)
+    # Stage 2's Keras policy in the epochs trained so far ("float32"; "float32, then mixed_bfloat16" when a resume on
+    # a CPU of another kind changed it): metrics.json and the card say what the model was trained in.
+    policy: str | None = None
 
 
 @dataclass
@@ -149,13 +152,13 @@ def _stage(value: Any, where: str) -> StageState:
     if unknown:
         raise TypeError(f"{where} has unknown fields: {', '.join(map(repr, unknown))}")
     st = StageState(**value)
-    ints, optional_text = ("epochs_done", "wait"), ("checkpoint", "best_weights", "path", "features")
+    ints, optional_text = ("epochs_done", "wait"), ("checkpoint", "best_weights", "path", "features", "policy")
     if not all(isinstance(getattr(st, f), int) and not isinstance(getattr(st, f), bool) for f in ints):
         raise TypeError(f"epochs_done and wait must be ints, not {st.epochs_done!r} and {st.wait!r}")
     if st.epochs_done < 0 or st.wait < 0:
         raise ValueError(f"{where}: epochs_done and wait must be 0 or more, not {st.epochs_done} and {st.wait}")
     if not all(getattr(st, f) is None or isinstance(getattr(st, f), str) for f in optional_text):
-        raise TypeError("checkpoint, best_weights, path and features must be text or null")
+        raise TypeError("checkpoint, best_weights, path, features and policy must be text or null")
     for f in ("checkpoint", "best_weights"):
         name = getattr(st, f)
         parts = PurePosixPath(name).parts if name else ()

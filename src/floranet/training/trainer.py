@@ -235,6 +235,22 @@ def _stage1(
     return cached
 
 
+def _stage2_policy(ctx: StageContext, policy: str) -> str:
+    """Records ``policy`` for stage 2's epochs from now on, and returns what its epochs were trained in: a resume
+    on a CPU of another kind changes the policy (auto picks bf16 only where it is native), which is said."""
+    st = ctx.state.stage("stage2")
+    before = st.policy.rsplit(", then ", 1)[-1] if st.policy and st.epochs_done else None
+    if before is not None and before != policy:
+        ctx.say(
+            f"Stage 2 trained {st.epochs_done} epoch(s) in {before} before this resume; this CPU continues it in "
+            f"{policy} (recorded as {st.policy}, then {policy})."
+        )
+        st.policy = f"{st.policy}, then {policy}"
+    elif before is None:
+        st.policy = policy
+    return st.policy or policy
+
+
 def _stage2(
     model: keras.Model, prepared: run_data.Prepared, ctx: StageContext, precisions: dict[str, str]
 ) -> keras.Model:
@@ -246,7 +262,7 @@ def _stage2(
     source = model  # float32 (unless --precision bf16): the frozen prefix is computed from it
     if policy != model.dtype_policy.name:  # auto on a bf16 CPU: a mixed copy for stage 2 only
         model = _with_policy(model, policy, config, len(prepared.split.class_names), ctx.dist)
-    precisions["fine_tune"] = policy
+    precisions["fine_tune"] = _stage2_policy(ctx, policy)
     n = classifier.unfreeze_top(model, spec)
     ctx.say(f"Stage 2 computes in {policy}: {why}.")
     ctx.say(
