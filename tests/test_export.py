@@ -756,3 +756,52 @@ def test_recording_an_export_on_a_file_system_without_locks_is_an_output_error(t
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with pytest.raises(OutputError, match=r"exports\.json: No locks available"), exporter._locked(tmp_path):
         pass
+
+
+def test_a_run_that_is_not_ours_to_write_is_exported_elsewhere_and_left_as_it_is(
+    writable_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only run without a usable inference model was exported, then export compiled that model into the
+    run and failed with a raw OSError traceback (exit 1, "does not agree") though the export was complete. A file
+    system that cannot lock files was passed by the same way, and the run then written without its lock."""
+    import errno
+
+    from floranet.errors import OutputError
+    from floranet.rundir import RunDir
+
+    shutil.rmtree(writable_run / RunDir.COMPILED)
+    before = sorted(p.relative_to(writable_run) for p in writable_run.rglob("*"))
+
+    def refused(code: int, why: str):
+        def lock(self: RunDir):
+            raise OutputError(self.path / RunDir.LOCK, OSError(code, why))
+
+        return lock
+
+    monkeypatch.setattr(RunDir, "lock", refused(errno.EROFS, "Read-only file system"))
+    r = export_run(writable_run, "keras", out=tmp_path / "ro", max_images=4)
+    assert (r.path / "model.keras").exists() and r.agrees
+    assert "the run is not writable here, so it was left as it was" in caplog.text
+    assert sorted(p.relative_to(writable_run) for p in writable_run.rglob("*")) == before  # no inference/, no record
+    monkeypatch.setattr(RunDir, "lock", refused(errno.ENOLCK, "No locks available"))
+    with pytest.raises(OutputError, match="No locks available"):
+        export_run(writable_run, "keras", out=tmp_path / "nolock", max_images=4)
+    assert not (tmp_path / "nolock").exists()
+
+
+def test_a_full_disk_while_the_export_is_written_is_an_output_error(
+    run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No space left while the labels were written into the model file was a raw OSError traceback (exit 1)."""
+    import errno
+
+    from floranet.errors import OutputError
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_lib.exporter.metadata, "embed_and_verify", full)
+    out = tmp_path / "full"
+    with pytest.raises(OutputError, match=f"Cannot write {re.escape(str(out))}: No space left on device"):
+        export_run(run_copy, "keras", out=out, max_images=0)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".full")]

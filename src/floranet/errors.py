@@ -58,11 +58,13 @@ class OutputError(FloranetError):
     Attributes:
         path: What could not be written.
         reason: The operating system's reason, e.g. ``"Read-only file system"``.
+        errno: Its error number (``errno.EROFS``, ...), or None.
     """
 
     def __init__(self, path: object, error: OSError) -> None:
         self.path = str(path)
         self.reason = error.strerror or str(error)
+        self.errno = error.errno
         if error.errno in (errno.EEXIST, errno.ENOTDIR):  # "File exists" of a folder to make: say which file
             blocker = next((p for p in (Path(self.path), *Path(self.path).parents) if p.exists()), None)
             if blocker is not None and not blocker.is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -124,6 +125,10 @@ class ExportResult:
         return "\n".join(lines)
 
 
+# A run this process may not write (its lock file cannot be made): exported elsewhere, left as it is.
+_NOT_OURS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _check_args(fmt: Any, quantize: Any, max_images: Any) -> None:
     if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}. Received: format={fmt!r}")
@@ -239,12 +244,17 @@ def export_run(
     _check_args(format, quantize, max_images)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else log.info
     with contextlib.ExitStack() as held:
-        # One writer per run: not while training or evaluate rewrites what is exported. A read-only run exported
-        # elsewhere cannot hold its lock; only its exports.json goes unwritten then (said below).
-        with contextlib.suppress(OutputError):
-            if Path(run_dir).is_dir():  # else open_run names what is missing, and no folder is made
+        # One writer per run. A run this process may not write is exported elsewhere and left as it is (said
+        # below); a file system that cannot lock is refused, as for every command that writes a run.
+        ours = True
+        if Path(run_dir).is_dir():  # else open_run names what is missing, and no folder is made
+            try:
                 held.enter_context(RunDir(run_dir).lock())
-        return _export(run_dir, format, quantize, out, max_images, say, progress)
+            except OutputError as e:
+                if e.errno not in _NOT_OURS:
+                    raise
+                ours = False
+        return _export(run_dir, format, quantize, out, max_images, say, progress, ours=ours)
 
 
 def _export(
@@ -255,8 +265,10 @@ def _export(
     max_images: int,
     say: Callable[[str], None],
     progress: bool,
+    *,
+    ours: bool,
 ) -> ExportResult:
-    """:func:`export_run` once its arguments are checked and the run is held."""
+    """:func:`export_run` once its arguments are checked and the run is held (``ours``; else it is not writable)."""
     name = export_name(format, quantize)
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
@@ -279,11 +291,16 @@ def _export(
     try:
         result = _build(model, source, tmp, format, quantize, calib, pixels, say=say, progress=progress)
         place(tmp, final)
+    except OSError as e:  # a full disk while the metadata, labels or README are written
+        raise OutputError(final, e) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     result = dataclasses.replace(result, path=final)
-    try:  # the export is complete: what follows only records it in the run, which may be read-only
+    if not ours:
+        log.warning("The export is complete in %s; the run is not writable here, so it was left as it was.", final)
+        return result
+    try:  # the export is complete: what follows only records it in the run
         _record(source.path, result)
     except OutputError as e:
         log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
@@ -291,6 +308,9 @@ def _export(
         _compile_if_missing(source, model, pixels, say)
     except FloranetError as e:
         log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, e)
+    except OSError as e:  # a full disk
+        why = OutputError(source.run / RunDir.COMPILED, e)
+        log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, why)
     return result
 
 
