@@ -66,7 +66,7 @@ HOWTO = {
     "onnx": 'onnxruntime.InferenceSession("model.onnx").get_modelmeta().custom_metadata_map',
     "openvino": 'openvino.Core().read_model("model.xml").get_rt_info(["floranet", "class_names"]).astype(str)',
     "tflite": "ai_edge_litert.tools.flatbuffer_utils.read_model('model.tflite').metadata (entry 'floranet'); "
-    "labels.txt: zipfile.ZipFile('model.tflite')",
+    "labels.txt: zipfile.ZipFile('model.tflite'), split at \"\\n\" only (not splitlines(): a name may hold U+2028)",
 }
 
 
