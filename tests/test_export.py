@@ -419,8 +419,9 @@ def test_export_is_refused_while_another_writer_holds_the_run(run_copy: Path, tm
     fd = locks.acquire(run_copy / RunDir.LOCK, what="a test holding the run")
     try:
         before = (run_copy / "exports.json").read_bytes() if (run_copy / "exports.json").exists() else None
-        with pytest.raises(RunLockedError):
+        with pytest.raises(RunLockedError, match="in use by process [0-9]+; wait for it to finish.$") as refused:
             export_run(run_copy, "keras", out=tmp_path / "k", max_images=0)
+        assert "elsewhere" not in str(refused.value)  # another --out would not help: the run exported is held
         after = (run_copy / "exports.json").read_bytes() if (run_copy / "exports.json").exists() else None
         assert before == after and not (tmp_path / "k").exists()
     finally:

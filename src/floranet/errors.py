@@ -79,7 +79,7 @@ class RunLockedError(FloranetError):
         pid: The holder's process id, or None.
     """
 
-    def __init__(self, what: str, pid: int | None) -> None:
+    def __init__(self, what: str, pid: int | None, *, hint: str = "wait for it to finish, or write elsewhere") -> None:
         self.pid = pid
         holder = f"process {pid}" if pid is not None else "another process"
-        super().__init__(f"{what} is in use by {holder}; wait for it to finish, or write elsewhere.")
+        super().__init__(f"{what} is in use by {holder}; {hint}.")

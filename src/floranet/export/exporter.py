@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from floranet.errors import ConfigError, DatasetError, FloranetError, ModelError, OutputError
+from floranet.errors import ConfigError, DatasetError, FloranetError, ModelError, OutputError, RunLockedError
 from floranet.export import metadata
 from floranet.export.check import Check, agrees, check_export, readme, tolerance_text
 from floranet.export.common import (
@@ -125,8 +125,7 @@ class ExportResult:
         return "\n".join(lines)
 
 
-# A run this process may not write (its lock file cannot be made): exported elsewhere, left as it is.
-_NOT_OURS = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_OURS = (errno.EROFS, errno.EACCES, errno.EPERM)  # a run this process may not write: exported, left as it is
 
 
 def _check_args(fmt: Any, quantize: Any, max_images: Any) -> None:
@@ -244,8 +243,7 @@ def export_run(
     _check_args(format, quantize, max_images)
     say: Callable[[str], None] = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else log.info
     with contextlib.ExitStack() as held:
-        # One writer per run. A run this process may not write is exported elsewhere and left as it is (said
-        # below); a file system that cannot lock is refused, as for every command that writes a run.
+        # One writer per run; a file system that cannot lock is refused, as for every command that writes a run.
         ours = True
         if Path(run_dir).is_dir():  # else open_run names what is missing, and no folder is made
             try:
@@ -254,6 +252,8 @@ def export_run(
                 if e.errno not in _NOT_OURS:
                     raise
                 ours = False
+            except RunLockedError as e:  # the run exported is the one held: another --out would not help
+                raise RunLockedError(f"The run directory {run_dir}", e.pid, hint="wait for it to finish") from None
         return _export(run_dir, format, quantize, out, max_images, say, progress, ours=ours)
 
 
