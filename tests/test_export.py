@@ -279,7 +279,7 @@ def test_out_inside_the_data_folder_or_under_a_file_and_an_unrecordable_run(
     def read_only(*args: object) -> None:
         raise OutputError(run_copy / "exports.json", OSError(30, "Read-only file system"))
 
-    monkeypatch.setattr(export_lib.exporter, "_record", read_only)
+    monkeypatch.setattr(export_lib.exporter, "record_export", read_only)
     r = export_run(run_copy, "keras", out=tmp_path / "done", max_images=0)
     assert (r.path / "model.keras").exists()
     assert "The export is complete in" in caplog.text and "Read-only file system" in caplog.text
@@ -548,8 +548,11 @@ def test_export_without_metadata_fails_the_check(run_copy: Path, tmp_path: Path,
     assert not (tmp_path / "onnx").exists()
 
 
-def test_a_damaged_unknown_answer_is_left_out_not_blocking(run_copy: Path, tmp_path: Path) -> None:
-    """A cut ood.npz failed every export ('cannot be read'), with no way past it."""
+def test_a_damaged_unknown_answer_is_left_out_not_blocking(
+    run_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cut ood.npz failed every export ('cannot be read'), with no way past it. With ood.json damaged, export
+    said the run's inference model "was not compiled", though it was there and needed no compiling."""
     if not (run_copy / "ood.npz").exists():
         pytest.skip("this run has no unknown statistics")
     damaged = tmp_path / "run"
@@ -564,10 +567,14 @@ def test_a_damaged_unknown_answer_is_left_out_not_blocking(run_copy: Path, tmp_p
     shutil.rmtree(damaged / "inference", ignore_errors=True)
     again = export_run(damaged, "keras", out=tmp_path / "out2", max_images=2)
     assert (again.path / "model.keras").exists()
+    if not (damaged / "inference").is_dir():  # the run's usable compiled model, which needs no compiling
+        shutil.copytree(run_copy / "inference", damaged / "inference")
     (damaged / "ood.json").write_text('{"method": "combined", "thresh')
+    caplog.clear()
     for fmt in ("keras", "onnx"):
         assert (export_run(damaged, fmt, out=tmp_path / f"out-{fmt}", max_images=2).path / "README.txt").exists()
     assert json.loads((damaged / "exports.json").read_text())
+    assert "was not compiled" not in caplog.text
 
 
 def test_an_export_into_the_folder_of_another_replaces_its_record(run_copy: Path, tmp_path: Path) -> None:
@@ -749,13 +756,13 @@ def test_recording_an_export_on_a_file_system_without_locks_is_an_output_error(t
     import fcntl
 
     from floranet.errors import OutputError
-    from floranet.export import exporter
+    from floranet.export import record
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with pytest.raises(OutputError, match=r"exports\.json: No locks available"), exporter._locked(tmp_path):
+    with pytest.raises(OutputError, match=r"exports\.json: No locks available"), record.locked(tmp_path):
         pass
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +22,6 @@ from floranet.export.check import Check, agrees, check_export, readme, tolerance
 from floranet.export.common import (
     CALIBRATION_IMAGES,
     EXPORTS_DIR,
-    EXPORTS_FILE,
     FORMATS,
     QUANTIZE,
     README_FILE,
@@ -36,6 +34,7 @@ from floranet.export.common import (
 )
 from floranet.export.folders import check_out, check_replaceable, listing, place
 from floranet.export.loaders import load_exported
+from floranet.export.record import record_export
 from floranet.export.rundata import ExportSource, calibration_images, check_images, check_subset, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
@@ -143,61 +142,6 @@ def _check_args(fmt: Any, quantize: Any, max_images: Any) -> None:
         raise ConfigError(f"max_images must be an int >= 0 (0 skips the check). Received: max_images={max_images!r}")
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive advisory lock on a folder (POSIX), for read-merge-write of exports.json."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the write itself stays atomic
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as e:  # a file system without locks (NFS without lockd): was a traceback after a whole export
-        os.close(fd)
-        raise OutputError(directory / EXPORTS_FILE, e) from None
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _record(run: Path, result: ExportResult) -> None:
-    """Read-merge-write of ``RUN_DIR/exports.json`` (atomic, under a lock): one entry per export folder."""
-    target = run / EXPORTS_FILE
-    with _locked(run):
-        entries: dict[str, Any] = {}
-        if target.exists():
-            try:
-                entries = _by_folder(json.loads(target.read_text(encoding="utf-8")))
-            except (OSError, ValueError) as e:
-                log.warning("Replacing unreadable %s: %s", target, e)
-        entry = result.to_dict()
-        try:
-            entry["path"] = str(result.path.resolve().relative_to(run.resolve()))
-        except ValueError:
-            entry["path"] = str(result.path.resolve())
-        # The folder now holds this export only: its entry replaces the one of the export it replaced (fp32, then
-        # fp16 into the same --out), and an export of the same name in another folder keeps its own.
-        entries[entry["path"]] = entry
-        write_json(target, entries)
-
-
-def _by_folder(loaded: Any) -> dict[str, Any]:
-    """``exports.json``'s entries keyed by their folder; an older file's (keyed by the export's name, which a second
-    folder of one name replaced) is read too."""
-    if not isinstance(loaded, dict):
-        return {}
-    entries: dict[str, Any] = {}
-    for key, value in loaded.items():
-        if isinstance(value, dict) and "name" not in value and isinstance(value.get("path"), str):
-            key, value = value["path"], {"name": key, **value}
-        entries[str(key)] = value
-    return entries
-
-
 # --------------------------------------------------------------------------- main entry
 
 
@@ -301,7 +245,7 @@ def _export(
         log.warning("The export is complete in %s; the run is not writable here, so it was left as it was.", final)
         return result
     try:  # the export is complete: what follows only records it in the run
-        _record(source.path, result)
+        record_export(source.path, result.path, result.to_dict())
     except OutputError as e:
         log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
     try:  # and mends the run's own inference model, which reads the unknown answer again: damage there is said
@@ -319,7 +263,11 @@ def _compile_if_missing(
 ) -> None:
     """Compiles the run's inference model when it has none usable: a run from before compiled models (or before
     their features output), or a replaced model.keras."""
-    if compiled.usable(source.run, features=needs_features(source.run.path)) is None:
+    try:
+        features = needs_features(source.run.path)
+    except ModelError:  # a damaged unknown answer (said already): a compiled model is then judged without it
+        features = False
+    if compiled.usable(source.run, features=features) is None:
         if pixels is None:  # with no image to check it against, it could never be used
             say(f"The run's inference model ({source.run / RunDir.COMPILED}) was not made: --max-images 0.")
             return
