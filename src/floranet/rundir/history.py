@@ -47,7 +47,7 @@ def parse_history(text: str, path: Path, fix: str) -> list[dict[str, Any]]:
     """
     try:
         rows = list(csv.DictReader(io.StringIO(text), restkey=_EXTRA))
-    except csv.Error as e:  # a NUL byte
+    except csv.Error as e:  # a cell past the csv module's field limit (Python 3.11 reads NUL bytes)
         raise ModelError(f"{path} is damaged and cannot be read ({e}). {fix}") from None
     out = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
@@ -55,7 +55,7 @@ def parse_history(text: str, path: Path, fix: str) -> list[dict[str, Any]]:
             raise ModelError(f"{path} is damaged: row {number} has more cells than the header. {fix}")
         values = {k: (v or None) if k in TEXT_COLUMNS else _number(v) for k, v in row.items()}
         epoch = values.get("epoch")
-        if epoch is not None and not (not isinstance(epoch, str) and float(epoch).is_integer() and epoch >= 0):
+        if epoch is not None and not _whole_number(epoch):
             problem = f"epoch={epoch!r}, not a whole number >= 0"
         else:
             problem = next((f"{k}={v!r}, not a number" for k, v in values.items() if _is_word(k, v)), "")
@@ -63,6 +63,10 @@ def parse_history(text: str, path: Path, fix: str) -> list[dict[str, Any]]:
             raise ModelError(f"{path} is damaged: row {number} has {problem}. {fix}")
         out.append(values)
     return out
+
+
+def _whole_number(value: Any) -> bool:
+    return isinstance(value, int | float) and float(value).is_integer() and value >= 0
 
 
 def _is_word(column: str, value: Any) -> bool:
