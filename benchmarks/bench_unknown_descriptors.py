@@ -22,6 +22,13 @@ the backbone. A screen is worth a training run only where it clearly beats that 
 - **A learned metric for new classes** (episodic, leave one class out): a linear map to 128 dimensions trained
   on the known images only, each step holding one known class out of the reference and ranking its images
   farther (soft nearest-neighbour distance) than held-aside images of the others; 1-NN in that space.
+- **Earlier depths and colour**: the average pool of ``block_6``/``block_10``/``block_13``/``block_16``'s
+  expanded maps (square-rooted), each with the same 1-NN, and the sum of all five depths' 1-NN distances,
+  each z-scored on the calibration images; a 12×4×4 HSV colour histogram (square-rooted) with the same 1-NN.
+  Later layers forget what telling four known classes apart does not need; these keep texture and colour.
+- **Sub-classes**: k-means splits each known class into 3 or 8 clusters; the cross-entropy head of
+  bench_unknown_screens.py is trained on the clusters instead of the classes (so that its hidden layer keeps
+  within-class structure that an unseen class may need), then 1-NN on its hidden layer.
 - **Supervised upper bound**: a logistic regression told which images are the held-out class (5-fold
   cross-validated predictions over the same negatives and positives). No unknown score may use those labels;
   the row says how separable the held-out class is in these features at all.
@@ -45,27 +52,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_unknown_screens import SHARED_MOBILENET_TOP, SIZE, _auroc, _head, _softmax, centred_knn, run_screen
 from common import write_result
 
+DEPTHS = ("block_6_expand_relu", "block_10_expand_relu", "block_13_expand_relu", "block_16_expand_relu")
+
 
 def _embed(files: list[Path]) -> dict[str, np.ndarray]:
-    """Per image: avg/GeM/max pooled last feature map upright, and the average pool of each rotation."""
+    """Per image: avg/GeM/max pooled last feature map upright, the average pool of each rotation, the average
+    pool of each earlier depth and an HSV colour histogram."""
     import keras
+    import tensorflow as tf
 
     from floranet.data.decode import decode_and_resize
 
     net = keras.applications.MobileNetV2(
         weights=str(SHARED_MOBILENET_TOP), include_top=True, input_shape=(SIZE, SIZE, 3), classifier_activation=None
     )
-    model = keras.Model(net.input, net.get_layer("out_relu").output)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("gem", "max", "avg0", "avg1", "avg2", "avg3")}
+    model = keras.Model(net.input, [net.get_layer(name).output for name in ("out_relu", *DEPTHS)])
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("gem", "max", "avg0", "avg1", "avg2", "avg3", "hsv", *DEPTHS)}
     for s in range(0, len(files), 64):
-        x = np.stack([decode_and_resize(f, (SIZE, SIZE)) for f in files[s : s + 64]])
-        x = keras.applications.mobilenet_v2.preprocess_input(x)
+        pixels = np.stack([decode_and_resize(f, (SIZE, SIZE)) for f in files[s : s + 64]])
+        x = keras.applications.mobilenet_v2.preprocess_input(pixels.copy())
         for r in range(4):
-            maps = model.predict(np.rot90(x, r, axes=(1, 2)), verbose=0).astype(np.float64)
+            maps, *earlier = model.predict(np.rot90(x, r, axes=(1, 2)), verbose=0)
+            maps = maps.astype(np.float64)
             out[f"avg{r}"].append(maps.mean((1, 2)))
             if r == 0:
                 out["gem"].append((np.maximum(maps, 1e-6) ** 3).mean((1, 2)) ** (1 / 3))
                 out["max"].append(maps.max((1, 2)))
+                for name, m in zip(DEPTHS, earlier, strict=True):
+                    out[name].append(m.astype(np.float64).mean((1, 2)))
+        hsv = tf.image.rgb_to_hsv(pixels / 255.0).numpy().reshape(len(pixels), -1, 3)
+        bins = [np.histogramdd(im, bins=(12, 4, 4), range=((0, 1),) * 3)[0].ravel() for im in hsv]
+        out["hsv"].append(np.sqrt(np.asarray(bins) / hsv.shape[1]))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -161,6 +178,33 @@ def _episodic_metric(x: np.ndarray, y: np.ndarray, q: np.ndarray, steps: int = 1
     return 1.0 - (eq @ ex.T).max(1)
 
 
+def _subclass_knn(x: np.ndarray, y: np.ndarray, q: np.ndarray, per_class: int) -> np.ndarray:
+    """1-NN on the hidden layer of a cross-entropy head trained on k-means clusters of each known class."""
+    import keras
+    from sklearn.cluster import KMeans
+
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sub = np.zeros(len(y), np.int64)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        sub[idx] = c * per_class + KMeans(per_class, n_init=4, random_state=0).fit_predict(unit[idx])
+    head = _head(x.astype(np.float32), sub, int(sub.max()) + 1, seed=0)
+    hidden = keras.Model(head.inputs, head.layers[1].output)
+    return centred_knn(hidden.predict(x.astype(np.float32), verbose=0), hidden.predict(q.astype(np.float32), verbose=0))
+
+
+def _depth_scores(feats: dict[str, np.ndarray], train: np.ndarray, ask: np.ndarray, n_cal: int) -> dict:
+    """1-NN per earlier depth and on colour; the z-scored sum over depths (z on the first ``n_cal`` rows)."""
+    roots = {name: np.sqrt(feats[name]) for name in (*DEPTHS, "avg0", "hsv")}
+    per_depth = {name: centred_knn(roots[name][train], roots[name][ask]) for name in (*DEPTHS, "avg0")}
+    z = [(v - v[:n_cal].mean()) / v[:n_cal].std() for v in per_depth.values()]
+    return {
+        **{f"knn, {name.removesuffix('_expand_relu')} average pool (square root)": per_depth[name] for name in DEPTHS},
+        "knn, five depths z-summed": np.sum(z, 0),
+        "knn, hsv colour histogram": centred_knn(roots["hsv"][train], roots["hsv"][ask]),
+    }
+
+
 def _upper_bound(x: np.ndarray, is_held_out: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
@@ -174,7 +218,9 @@ def _upper_bound(x: np.ndarray, is_held_out: np.ndarray) -> np.ndarray:
 def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray, h: int) -> dict[str, float]:
     train = (labels != h) & (role == 0)
     negatives = np.flatnonzero((labels != h) & (role == 2))
-    ask = np.r_[negatives, np.flatnonzero(labels == h)]
+    # Calibration rows first: they set the z-statistics of the sum over depths, then are dropped.
+    calib = np.flatnonzero((labels != h) & (role == 1))
+    ask = np.r_[calib, negatives, np.flatnonzero(labels == h)]
     y = np.searchsorted(np.unique(labels[train]), labels[train])
     avg = feats["avg0"]
     side_by_side: Callable[[np.ndarray], np.ndarray] = lambda idx: np.concatenate(  # noqa: E731
@@ -191,10 +237,15 @@ def _held_out(feats: dict[str, np.ndarray], labels: np.ndarray, role: np.ndarray
         **_densities(avg[train], y, avg[ask]),
         **_channel_scores(avg[train], y, avg[ask]),
         "knn, episodic leave-one-class-out metric": _episodic_metric(avg[train], y, avg[ask]),
-        "supervised upper bound (uses held-out labels)": _upper_bound(avg[ask], (labels[ask] == h).astype(int)),
+        **_depth_scores(feats, train, ask, len(calib)),
+        **{f"knn on a sub-class head ({k} per class)": _subclass_knn(avg[train], y, avg[ask], k) for k in (3, 8)},
+        # Over the same negatives and positives as before the calibration rows joined (they get a 0 and are dropped).
+        "supervised upper bound (uses held-out labels)": np.r_[
+            np.zeros(len(calib)), _upper_bound(avg[ask[len(calib) :]], (labels[ask[len(calib) :]] == h).astype(int))
+        ],
     }
-    n = len(negatives)
-    return {k: _auroc(v[:n], v[n:]) for k, v in scores.items()}
+    c, n = len(calib), len(calib) + len(negatives)
+    return {k: _auroc(v[c:n], v[n:]) for k, v in scores.items()}
 
 
 def main() -> None:
