@@ -587,6 +587,41 @@ def test_an_export_into_the_folder_of_another_replaces_its_record(run_copy: Path
     assert [v["name"] for v in entries.values() if v["path"] == str(out)] == ["tflite-fp16"]
 
 
+def test_an_export_of_another_run_replaced_in_a_folder_of_yours_leaves_that_runs_record(
+    run_copy: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B exported into deploy/, which held run A's export: A's exports.json still vouched for deploy/ (its
+    model, agreement and latency), which now held B's model."""
+    run_a, run_b, out = tmp_path / "a", tmp_path / "b", tmp_path / "deploy"
+    for folder in (run_a, run_b):
+        shutil.copytree(run_copy, folder, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    export_run(run_a, "keras", out=out, max_images=0)
+    export_run(run_a, "keras", out=tmp_path / "kept", max_images=0)
+    assert str(out) in json.loads((run_a / "exports.json").read_text())
+    export_run(run_b, "keras", out=out, max_images=0)
+    assert f"Source:    {run_b / 'model.keras'}" in (out / "README.txt").read_text()
+    assert sorted(json.loads((run_a / "exports.json").read_text())) == [str(tmp_path / "kept")]
+    assert sorted(json.loads((run_b / "exports.json").read_text())) == [str(out)]
+    assert f"held an export of another run, {run_a}, now replaced; its exports.json no longer lists it" in caplog.text
+    # A run whose exports.json cannot be written keeps its record, and the export says so.
+    real_write = export_lib.record.write_json
+
+    def refused(path: Path, obj: object) -> None:
+        if path.parent == run_b:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_write(path, obj)
+
+    monkeypatch.setattr(export_lib.record, "write_json", refused)
+    caplog.clear()
+    export_run(run_a, "keras", out=out, max_images=0)
+    assert f"held an export of the run {run_b}, whose exports.json still lists it" in caplog.text
+    assert "Permission denied" in caplog.text and str(out) in json.loads((run_a / "exports.json").read_text())
+    assert sorted(json.loads((run_b / "exports.json").read_text())) == [str(out)]
+    caplog.clear()
+    export_run(run_a, "keras", out=out, max_images=0)  # its own export: nothing to say
+    assert "held an export" not in caplog.text
+
+
 def test_a_cut_short_model_is_called_damaged_not_missing(run_copy: Path, tmp_path: Path, capsys) -> None:
     """A model.keras cut short said 'File not found: filepath=...model.keras. ... zip file..' of a file that exists."""
     from floranet.cli import main

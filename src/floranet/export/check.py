@@ -10,7 +10,16 @@ from typing import Any
 import numpy as np
 
 from floranet.errors import ModelError
-from floranet.export.common import CHECK_BATCH, LATENCY_IMAGES, MARKER, MODEL_FILES, WARMUP_CALLS, export_name, log
+from floranet.export.common import (
+    CHECK_BATCH,
+    LATENCY_IMAGES,
+    MARKER,
+    MODEL_FILES,
+    SOURCE,
+    WARMUP_CALLS,
+    export_name,
+    log,
+)
 from floranet.export.loaders import ExportedModel, traced
 from floranet.export.metadata import DECODING, HOWTO
 from floranet.export.rundata import ExportSource
@@ -147,7 +156,7 @@ def readme(
         f"Model:     {MODEL_FILES[fmt]}{'/ (SavedModel)' if fmt == 'saved_model' else ''}"
         f"{' + model.bin' if fmt == 'openvino' else ''}",
         f"Precision: {_QUANT_NOTE[quantize].format(n=calibration)}",
-        f"Source:    {run.run.model_file.resolve()}",
+        f"{SOURCE}    {run.run.model_file.resolve()}",
         f"Converter: {converter}",
         f"Created:   {created}",
         "",

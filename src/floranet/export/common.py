@@ -31,6 +31,7 @@ CHECK_BATCH = 32
 INSTALL_HINT = install_hint("onnxruntime")
 README_FILE = "README.txt"
 MARKER = "floranet export"
+SOURCE = "Source:"  # README.txt's line naming the run's model.keras the export was made from
 
 # The model file (or folder) of each format, inside an export folder.
 MODEL_FILES = {

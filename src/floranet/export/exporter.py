@@ -32,9 +32,9 @@ from floranet.export.common import (
     quiet,
     versions,
 )
-from floranet.export.folders import check_out, check_replaceable, listing, place
+from floranet.export.folders import check_out, check_replaceable, listing, place, source_run
 from floranet.export.loaders import load_exported
-from floranet.export.record import record_export
+from floranet.export.record import forget_export, record_export
 from floranet.export.rundata import ExportSource, calibration_images, check_images, check_subset, open_run
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.export.unknown import carry_unknown
@@ -218,6 +218,7 @@ def _export(
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
     check_out(final, source.path)
     check_replaceable(final)  # an earlier export is replaced, an empty folder (made for it) filled; nothing else
+    earlier = source_run(final)  # the run whose export that is: its exports.json stops listing the folder
     RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
     check_line_names(format, source.class_names)
     calib = None
@@ -241,6 +242,8 @@ def _export(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     result = dataclasses.replace(result, path=final)
+    if earlier is not None and earlier.resolve() != source.path.resolve():
+        _forget(earlier, final)
     if not ours:
         log.warning("The export is complete in %s; the run is not writable here, so it was left as it was.", final)
         return result
@@ -256,6 +259,18 @@ def _export(
         why = OutputError(source.run / RunDir.COMPILED, e)
         log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, why)
     return result
+
+
+def _forget(earlier: Path, final: Path) -> None:
+    """Says that ``final`` held another run's export, and drops it from that run's exports.json."""
+    try:
+        listed = forget_export(earlier, final)
+    except (OutputError, OSError) as e:
+        why = e if isinstance(e, OutputError) else OutputError(earlier / RunDir.EXPORTS, e)
+        log.warning("%s held an export of the run %s, whose exports.json still lists it: %s", final, earlier, why)
+        return
+    dropped = "; its exports.json no longer lists it" if listed else ""
+    log.warning("%s held an export of another run, %s, now replaced%s.", final, earlier, dropped)
 
 
 def _compile_if_missing(

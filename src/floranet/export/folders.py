@@ -8,7 +8,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from floranet.errors import ConfigError
-from floranet.export.common import EXPORTS_DIR, MARKER, MODEL_FILES, README_FILE
+from floranet.export.common import EXPORTS_DIR, MARKER, MODEL_FILES, README_FILE, SOURCE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.rundir import RunDir
 from floranet.utils.files import check_outside, file_head, fsync_dir
@@ -56,6 +56,16 @@ def check_out(final: Path, run: Path) -> None:
         )
     # Another run's export folder is that run's: replacing it left its exports.json vouching for the old model.
     check_outside(final, arg="out", inside=[(w, f) for w, f in runs_around(target) if f.resolve() != home])
+
+
+def source_run(folder: Path) -> Path | None:
+    """The run the export in ``folder`` was made from: its README.txt's ``Source:`` line names the run's model.keras
+    (None: no export there, or no such line)."""
+    if not is_export_folder(folder):
+        return None
+    text = (file_head(folder / README_FILE, _README_LIMIT) or b"").decode("utf-8", "surrogateescape")
+    model = next((line[len(SOURCE) :].lstrip(" ") for line in text.split("\n") if line.startswith(SOURCE)), "")
+    return Path(model).parent if Path(model).name == RunDir.MODEL else None
 
 
 def listing(folder: Path) -> str:

@@ -50,15 +50,41 @@ def record_export(run: Path, folder: Path, entry: dict[str, Any]) -> None:
                 entries = _by_folder(json.loads(target.read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 log.warning("Replacing unreadable %s: %s", target, e)
-        entry = dict(entry)
-        try:
-            entry["path"] = str(folder.resolve().relative_to(run.resolve()))
-        except ValueError:
-            entry["path"] = str(folder.resolve())
+        entry = {**entry, "path": _key(run, folder)}
         # The folder now holds this export only: its entry replaces the one of the export it replaced (fp32, then
         # fp16 into the same --out), and an export of the same name in another folder keeps its own.
         entries[entry["path"]] = entry
         write_json(target, entries)
+
+
+def forget_export(run: Path, folder: Path) -> bool:
+    """Drops ``folder``'s entry from ``RUN_DIR/exports.json`` (atomic, under a lock): an export of another run has
+    replaced it there. Returns whether the file listed it.
+
+    Raises:
+        OutputError: The run cannot be locked.
+        OSError: Its exports.json cannot be written.
+    """
+    target = run / EXPORTS_FILE
+    if not target.is_file():
+        return False
+    with locked(run):
+        try:
+            entries = _by_folder(json.loads(target.read_text(encoding="utf-8")))
+        except (OSError, ValueError):  # unreadable: the next export of that run replaces it, and says so
+            return False
+        if entries.pop(_key(run, folder), None) is None:
+            return False
+        write_json(target, entries)
+    return True
+
+
+def _key(run: Path, folder: Path) -> str:
+    """An export folder's key in exports.json: its path relative to the run inside it, else its absolute path."""
+    try:
+        return str(folder.resolve().relative_to(run.resolve()))
+    except ValueError:
+        return str(folder.resolve())
 
 
 def _by_folder(loaded: Any) -> dict[str, Any]:
