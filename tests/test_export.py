@@ -635,6 +635,21 @@ def test_a_cut_short_model_is_called_damaged_not_missing(run_copy: Path, tmp_pat
     assert "model.keras: the file is damaged (not a .keras zip archive" in err and "not found" not in err
 
 
+def test_a_command_given_an_export_folder_says_what_it_is(exported, capsys: pytest.CaptureFixture[str]) -> None:
+    """`floranet predict RUN/exports/onnx ...` said "... is not a finished floranet run: model.keras is missing", as
+    if a file had been lost from a run."""
+    from floranet.cli import main
+
+    folder = exported("saved_model").path
+    for argv in (["predict", str(folder), str(folder / "README.txt")], ["evaluate", str(folder)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} is a model exported by `floranet export` (saved_model), not a run directory" in err, err
+        assert "missing" not in err
+    with pytest.raises(ModelError, match=r"exported by `floranet export` \(saved_model\).*give the run it was"):
+        floranet.load(folder)
+
+
 def test_an_empty_folder_made_for_the_export_is_taken(run_copy: Path, tmp_path: Path) -> None:
     """`mkdir deploy && floranet export RUN --out deploy` was refused: 'out exists and is not a floranet export
     folder', though an empty folder holds nothing to lose."""

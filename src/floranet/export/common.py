@@ -13,6 +13,7 @@ import numpy as np
 
 from floranet.config import EXPORT_FORMATS, QUANTIZE
 from floranet.rundir import RunDir
+from floranet.rundir.foreign import EXPORT_MARKER, EXPORT_README
 from floranet.utils.optional import install_hint
 from floranet.utils.system import package_version
 
@@ -29,8 +30,8 @@ LATENCY_IMAGES = 50
 WARMUP_CALLS = 3
 CHECK_BATCH = 32
 INSTALL_HINT = install_hint("onnxruntime")
-README_FILE = "README.txt"
-MARKER = "floranet export"
+README_FILE = EXPORT_README
+MARKER = EXPORT_MARKER
 SOURCE = "Source:"  # README.txt's line naming the run's model.keras the export was made from
 
 # The model file (or folder) of each format, inside an export folder.

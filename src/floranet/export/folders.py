@@ -11,6 +11,7 @@ from floranet.errors import ConfigError
 from floranet.export.common import EXPORTS_DIR, MARKER, MODEL_FILES, README_FILE, SOURCE
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.rundir import RunDir
+from floranet.rundir.foreign import is_export_folder
 from floranet.utils.files import check_outside, file_head, fsync_dir
 
 # README.txt's last section: every file of the export, which a later export into its folder replaces.
@@ -25,12 +26,6 @@ def _entries(folder: Path) -> set[str]:
         rel = Path(top).relative_to(folder)
         found.update((rel / name).as_posix() for name in (*dirs, *files))
     return found
-
-
-def is_export_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds an export floranet wrote (its README.txt starts with the marker)."""
-    marker = MARKER.encode()  # its first bytes only, as bytes: a README.txt of the user's may be large, or not UTF-8
-    return file_head(folder / README_FILE, len(marker)) == marker
 
 
 def check_out(final: Path, run: Path) -> None:

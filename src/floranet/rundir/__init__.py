@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from floranet.config import TrainConfig, as_name, is_finite_number, load_file, resolve
 from floranet.errors import ConfigError, ModelError
+from floranet.rundir.foreign import export_note
 from floranet.rundir.history import parse_history
 from floranet.utils import files, locks
 from floranet.utils.files import atomic_path, atomic_write_text, check_outside, file_digest, write_json
@@ -126,9 +127,10 @@ class RunDir:
                 else "Run directory not found"
             )
             raise ModelError(f"{what}. Received: run_dir={str(path)!r}")
-        for name in needs:
-            if not (run.path / name).exists():
-                raise ModelError(f"{run.path} is not a finished floranet run: {name} is missing.")
+        missing = [name for name in needs if not (run.path / name).exists()]
+        if missing:
+            why = f"{run.path} is not a finished floranet run: {missing[0]} is missing."
+            raise ModelError(export_note(run.path) or why)
         return run
 
     # -- paths ----------------------------------------------------------------------------------------------------
