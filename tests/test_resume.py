@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from floranet import config
-from floranet.errors import ConfigError, DatasetError, MissingDependencyError
+from floranet.errors import ConfigError, DatasetError, MissingDependencyError, ModelError
 from floranet.rundir import RunDir
 from floranet.training import checkpoint, prefix, stages, trainer
 from floranet.utils.files import file_digest
@@ -276,6 +276,39 @@ def test_a_resumed_runs_training_time_counts_the_processes_before_it(data, tmp_p
     timings = json.loads((run / RunDir.METRICS).read_text())["timings_s"]
     assert timings["earlier_processes"] == 5000.0
     assert 5000.0 < timings["training"] < 5000.0 + timings["total"]
+
+
+def test_a_run_resumed_on_another_machine_says_each_ones_share_of_its_training_time(
+    data, tmp_path, monkeypatch
+) -> None:
+    """A resumed run's training time (all its processes) was labelled with the last machine only: "5003 s on
+    <this CPU>", 5000 s of which another CPU, maybe of the other kind, had taken."""
+    from floranet.evaluation.modelcard import write_model_card
+
+    cfg = _settings(data, tmp_path / "run", epochs=3, fine_tune_epochs=0)
+    run = _interrupted(monkeypatch, cfg, "stage1", 2)
+    state = json.loads((run / RunDir.STATE).read_text())
+    assert state["machines"] == [{**checkpoint.this_machine(), "seconds": state["seconds"]}]
+    other = {"cpu": "Imaginary CPU 9000", "cpu model": "family 1, model 2", "cores": "8", "native bf16": "no"}
+    (run / RunDir.STATE).write_text(json.dumps({**state, "seconds": 5000.0, "machines": [{**other, "seconds": 5000}]}))
+    _resume(cfg)
+    metrics = json.loads((run / RunDir.METRICS).read_text())
+    first, last = metrics["machines"]
+    assert first == {**other, "seconds": 5000} and last["cpu"] == checkpoint.this_machine()["cpu"]
+    assert 0 < last["seconds"] < metrics["timings_s"]["total"]
+    card = write_model_card(run.path).read_text(encoding="utf-8")
+    bf16 = ", native bf16" if last["native bf16"].startswith("yes") else ""
+    this = f"{last['cpu']} \\({last['cpu model']}\\), {last['cores']} cores{bf16}"
+    expected = "s in all, on 2 machines: 5000 s on Imaginary CPU 9000 \\(family 1, model 2\\), 8 cores; "
+    assert expected + f"{last['seconds']:.0f} s on {this}" in card, card
+    assert "<td>training time</td><td>" in (run / RunDir.REPORT).read_text(encoding="utf-8")
+    # A state.json from before machines were recorded: its seconds were taken on a machine not recorded.
+    done = {k: v for k, v in json.loads((run / RunDir.STATE).read_text()).items() if k != "machines"}
+    (run / RunDir.STATE).write_text(json.dumps({**done, "seconds": 4000.0}))
+    assert checkpoint.RunState.load(run).earlier_machines == [{"seconds": 4000.0}]
+    (run / RunDir.STATE).write_text(json.dumps({**done, "machines": [{"cpu": 3, "seconds": 1}]}))
+    with pytest.raises(ModelError, match=r"state.json is damaged \(each of machines must have seconds and text"):
+        checkpoint.RunState.load(run)
 
 
 def test_a_resumed_run_keeps_the_class_order_a_split_file_and_a_relabel_gave_it(tmp_path) -> None:

@@ -59,6 +59,32 @@ _WORDS: dict[Any, str] = {
 REQUIRED: dict[str, tuple[str, ...]] = {RunDir.OOD: ("method", "threshold", "keep")}
 
 
+def machine_text(machine: dict[str, Any], *, model: bool = False) -> str:
+    """A machine in a few words, "AMD EPYC, 2 cores, native bf16" (``model``: with its family and model numbers)."""
+    if "cpu" not in machine:
+        return "a machine not recorded"
+    cpu = str(machine["cpu"]) + (f" ({machine['cpu model']})" if model and machine.get("cpu model") else "")
+    bf16 = ", native bf16" if str(machine.get("native bf16", "")).startswith("yes") else ""
+    return f"{cpu}, {machine.get('cores', '?')} cores{bf16}"
+
+
+def training_time(seconds: Any, machine: Any, machines: Any = None) -> str:
+    """Training seconds on the machine that took them (a time holds for that CPU kind only); for a run resumed on
+    other machines (metrics.json's ``machines``, one per process), each one's share."""
+    if not isinstance(seconds, _NUMBER):
+        return "not recorded"
+    if not isinstance(machine, dict):
+        return f"{seconds:.0f} s"
+    shares: dict[str, float] = {}
+    for m in machines if isinstance(machines, list) else []:
+        if isinstance(m, dict) and isinstance(m.get("seconds"), _NUMBER):
+            shares[machine_text(m, model=True)] = shares.get(machine_text(m, model=True), 0.0) + m["seconds"]
+    if len(shares) < 2:
+        return f"{seconds:.0f} s on {machine_text(machine)}"
+    each = "; ".join(f"{share:.0f} s on {name}" for name, share in shares.items())
+    return f"{seconds:.0f} s in all, on {len(shares)} machines: {each}"
+
+
 def mismatch(value: Any, shape: Any, where: str = "") -> str | None:
     """Where ``value`` differs from ``shape`` (see :data:`SHAPES`), as ``"findings[3].score is str"``; None if not."""
     if isinstance(shape, tuple) and any(isinstance(s, (list, dict)) for s in shape):  # e.g. a list of str, or null

@@ -39,7 +39,8 @@ VALIDATION = "validation split"
 # Facts of the training run kept in metrics.json when an evaluation is written again.
 # metrics.json's record of the predictions.csv it describes (see write_evaluation).
 PREDICTIONS_DIGEST = "predictions_sha256"
-TRAINING_FACTS = ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision", "trained_on")
+TRAINING_FACTS: tuple[str, ...] = ("timings_s", "weights", "backbone", "notes", "split", "distribute", "precision")
+TRAINING_FACTS += ("trained_on", "machines")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from floranet.evaluation.calibration import bound_words, not_fitted_words
-from floranet.evaluation.card_facts import CardFacts
+from floranet.evaluation.card_facts import CardFacts, training_time
 from floranet.evaluation.metrics import unmeasured_classes
 from floranet.rundir import RunDir
 from floranet.utils.text import figure_text, printable
@@ -238,7 +238,7 @@ def _recipe(f: CardFacts) -> list[str]:
         ("augmentation", c.augment),
         ("early stopping patience", str(c.early_stopping_patience)),
         ("precision", ", ".join(f"{k} {v}" for k, v in precision.items()) if precision else c.precision),
-        ("training time", _training_time(trained, f.metrics.get("trained_on"))),
+        ("training time", _md(training_time(trained, f.metrics.get("trained_on"), f.metrics.get("machines")))),
     ]
     if c.class_weights:  # it changes the model (a minority class's probabilities most): the recipe says so
         rows.insert(-2, ("class weights (`--class-weights auto`)", _class_weights(f.class_weights)))
@@ -251,16 +251,6 @@ def _class_weights(weights: dict[str, float], shown: int = 8) -> str:
     each = [f"{_md(n)} {w:.3g}" for n, w in weights.items()] if len(weights) <= shown else []
     listed = ", ".join(each) or f"{min(weights.values(), default=1):.3g} to {max(weights.values(), default=1):.3g}"
     return f"balanced, n / (classes x the class's training images), from the training counts: {listed}"
-
-
-def _training_time(seconds: Any, machine: Any) -> str:
-    """Seconds, on the machine that took them (a time holds for that CPU kind only)."""
-    if not isinstance(seconds, (int, float)):
-        return "not recorded"
-    if not isinstance(machine, dict):
-        return f"{seconds:.0f} s"
-    bf16 = ", native bf16" if str(machine.get("native bf16", "")).startswith("yes") else ""
-    return f"{seconds:.0f} s on {_md(str(machine.get('cpu', '?')))}, {_md(str(machine.get('cores', '?')))} cores{bf16}"
 
 
 def _epochs(f: CardFacts, stage: str, planned: int) -> str:

@@ -26,10 +26,20 @@ from floranet.config import is_finite_number
 from floranet.errors import ConfigError, DatasetError, ModelError, WeightsError
 from floranet.rundir import RunDir
 from floranet.rundir.history import history_text
+from floranet.utils import system
 from floranet.utils.files import atomic_path
 
 # state.json's layout; a file without "format" is of this one (written before the key was).
 STATE_FORMAT = 1
+
+
+MACHINE_KEYS = ("cpu", "cpu model", "cores", "native bf16")
+
+
+def this_machine() -> dict[str, str]:
+    """What a training time depends on of this machine (:func:`floranet.utils.system.environment`)."""
+    env = system.environment()
+    return {k: env[k] for k in MACHINE_KEYS}
 
 
 @dataclass
@@ -56,14 +66,23 @@ class RunState:
     # left out, as a resume does it again), so that a resumed run's training time counts them too; this process's
     # time is added at each save.
     earlier_seconds: float = 0.0
+    # Each earlier process's machine and training seconds (a time holds for one CPU kind only): a run resumed on
+    # another machine says each one's share. A state.json from before it was recorded gives one unnamed machine.
+    earlier_machines: list[dict[str, Any]] = field(default_factory=list)
     # The sha256 of the --weights file the run began with (None: no file, or a run from before it was recorded):
     # a resume with another file at the same path is refused (opening.check_resume_settings).
     weights_sha256: str | None = None
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
+    machine: dict[str, str] = field(default_factory=this_machine, repr=False, compare=False)
 
     def seconds(self) -> float:
         """Training seconds of every process so far, this one included."""
         return self.earlier_seconds + time.perf_counter() - self.started
+
+    def machines(self, seconds: float | None = None) -> list[dict[str, Any]]:
+        """Each process's machine and training seconds, this one's last (``seconds``: the total, if not now)."""
+        total = self.seconds() if seconds is None else seconds
+        return [*self.earlier_machines, {**self.machine, "seconds": round(total - self.earlier_seconds, 2)}]
 
     def stage(self, name: str) -> StageState:
         return self.stages.setdefault(name, StageState())
@@ -78,6 +97,7 @@ class RunState:
                 "history": self.history,
                 "complete": self.complete,
                 "seconds": round(self.seconds() if seconds is None else seconds, 2),
+                "machines": self.machines(seconds),
                 "weights_sha256": self.weights_sha256,
             },
         )
@@ -109,6 +129,7 @@ class RunState:
                 history=[dict(row) for row in raw.get("history", [])],
                 complete=_boolean(raw.get("complete", False)),
                 earlier_seconds=_seconds(raw.get("seconds", 0.0)),
+                earlier_machines=_machines(raw.get("machines"), _seconds(raw.get("seconds", 0.0))),
                 weights_sha256=recorded_weights(raw),
             )
         except (AttributeError, TypeError, ValueError) as e:
@@ -168,6 +189,18 @@ def _stage(value: Any, where: str) -> StageState:
         raise TypeError(f"best_val_loss must be a number or null, not {st.best_val_loss!r}")
     st.complete = _boolean(st.complete)
     return st
+
+
+def _machines(raw: Any, seconds: float) -> list[dict[str, Any]]:
+    """state.json's ``machines``; for a file from before them, one unnamed machine with all its seconds."""
+    if raw is None:
+        return [{"seconds": seconds}] if seconds else []
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise TypeError(f"machines must be a list of objects, not {str(raw)[:60]}")
+    for m in raw:
+        if not is_finite_number(m.get("seconds")) or not all(isinstance(m.get(k, ""), str) for k in MACHINE_KEYS):
+            raise TypeError(f"each of machines must have seconds and text {', '.join(MACHINE_KEYS)}, not {m!r:.80}")
+    return [{k: m[k] for k in (*MACHINE_KEYS, "seconds") if k in m} for m in raw]
 
 
 def _seconds(value: Any) -> float:

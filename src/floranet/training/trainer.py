@@ -203,6 +203,7 @@ def _finish(
         "distribute": ctx.dist.describe(config.batch_size),
         "precision": precisions,
         "trained_on": system.environment(),  # the report, built later or elsewhere, shows this machine's
+        "machines": ctx.state.machines(trained),  # and, for a run resumed elsewhere, each machine's share
     }
     ctx.state.complete = True
     ctx.state.save(run, seconds=trained)
