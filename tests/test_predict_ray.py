@@ -247,6 +247,27 @@ def test_the_cgroup_v2_cpu_quota_is_read(tmp_path, cpu_max: str, want: int | Non
     assert system.cgroup_cpu_quota(tmp_path) is None  # no cgroup v2 here
 
 
+@pytest.mark.parametrize(("quota", "want"), [("-1\n", None), ("200000\n", 2), ("150000", 1), ("5000", 1)])
+@pytest.mark.parametrize("mount", ["cpu,cpuacct", "cpu"])
+def test_the_cgroup_v1_cpu_quota_is_read(tmp_path, monkeypatch, mount: str, quota: str, want: int | None) -> None:
+    """Docker on a cgroup v1 host (`--cpus 2`) writes cpu.cfs_quota_us, which was not read: the run said "2 cores"
+    of a 64-core host and sized its threads for 64."""
+    from floranet.utils import system
+
+    real_read = Path.read_text
+    own = "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n" if mount == "cpu,cpuacct" else "3:cpuacct,cpu:/x\n"
+    monkeypatch.setattr(Path, "read_text", lambda p, *a, **k: own if str(p) == "/proc/self/cgroup" else real_read(p))
+    folder = tmp_path / mount / ("docker/abc" if mount == "cpu,cpuacct" else "")
+    folder.mkdir(parents=True, exist_ok=True)
+    (tmp_path / mount / "cpu.cfs_quota_us").write_text("-1\n")  # the mount's root: the host's, no quota
+    (tmp_path / mount / "cpu.cfs_period_us").write_text("100000\n")
+    (folder / "cpu.cfs_quota_us").write_text(quota)
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    assert system.cgroup_cpu_quota(tmp_path) == want
+    (folder / "cpu.cfs_period_us").write_text("0")  # damaged: not a quota
+    assert system.cgroup_cpu_quota(tmp_path) is None
+
+
 def test_an_address_where_a_web_server_answers_is_refused_at_once(tiny_run: Path, inputs: list[str]) -> None:
     """RAY_ADDRESS at a port that accepts connections but is not Ray's GCS (the dashboard's 8265, any web server):
     ray.init retried for minutes, printing Ray's GCS warnings (killed at 329 s and 534 s)."""

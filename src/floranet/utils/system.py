@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -42,8 +44,8 @@ def cpu_model_id() -> str:
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may use: its CPU affinity (``taskset``, a container's cpuset) and the cgroup v2 CPU
-    quota (``docker --cpus``, a Kubernetes limit), the smaller; ``os.cpu_count()`` where neither is known.
+    """The CPUs this process may use: its CPU affinity (``taskset``, a container's cpuset) and the cgroup CPU quota
+    (``docker --cpus``, a Kubernetes limit), the smaller; ``os.cpu_count()`` where neither is known.
 
     A quota of 1.5 CPUs counts as 1: work sized by this count never asks for more than the process gets.
     """
@@ -54,24 +56,42 @@ def usable_cpus() -> int:
 
 
 def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Whole CPUs the cgroup v2 ``cpu.max`` of this process's cgroup, or of a cgroup above it, allows (the
-    smallest), at least 1; None where no quota is set or there is no cgroup v2 (cgroup v1, macOS)."""
+    """Whole CPUs the CPU quota of this process's cgroup, or of a cgroup above it, allows (the smallest), at least 1:
+    cgroup v2's ``cpu.max``, or cgroup v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (older hosts' Docker);
+    None where no quota is set or there is no cgroup (macOS)."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
-        own = next((ln[3:] for ln in lines if ln.startswith("0::")), "/")
     except OSError:
-        own = "/"
+        lines = []
+    # "0::/path" (v2); "4:cpu,cpuacct:/path" (v1, its controllers mounted at root/cpu,cpuacct or root/cpu).
+    own = next((ln[3:] for ln in lines if ln.startswith("0::")), "/")
+    v1 = next((ln.split(":", 2)[2] for ln in lines if "cpu" in (ln.split(":") + [""])[1].split(",")), "/")
+    quotas = _quotas(root, own, _cpu_max)
+    for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        quotas += _quotas(root / mount, v1, _cfs_quota)
+    return min(quotas) if quotas else None
+
+
+def _quotas(root: Path, own: str, read: Callable[[Path], int | None]) -> list[int]:
+    """The quotas ``read`` finds in the cgroup ``own`` under ``root`` and in each cgroup above it."""
     folder = root / own.strip().lstrip("/")
-    quotas: list[int] = []
+    found: list[int] = []
     for where in (folder, *folder.parents):
         if where == root or root in where.parents:
-            try:
-                quota, period = (where / "cpu.max").read_text().split()[:2]
-                if quota != "max":
-                    quotas.append(max(1, int(quota) // int(period)))
-            except (OSError, ValueError, ZeroDivisionError):
-                pass
-    return min(quotas) if quotas else None
+            with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+                quota = read(where)
+                found += [quota] if quota is not None else []
+    return found
+
+
+def _cpu_max(folder: Path) -> int | None:
+    quota, period = (folder / "cpu.max").read_text().split()[:2]
+    return None if quota == "max" else max(1, int(quota) // int(period))
+
+
+def _cfs_quota(folder: Path) -> int | None:
+    quota = int((folder / "cpu.cfs_quota_us").read_text())  # -1: no quota
+    return None if quota < 0 else max(1, quota // int((folder / "cpu.cfs_period_us").read_text()))
 
 
 def native_bf16() -> bool:
