@@ -68,17 +68,25 @@ def machine_text(machine: dict[str, Any], *, model: bool = False) -> str:
     return f"{cpu}, {machine.get('cores', '?')} cores{bf16}"
 
 
+def machine_shares(machines: Any) -> dict[str, float]:
+    """Training seconds per machine (:func:`machine_text` with its model numbers) of metrics.json's ``machines``
+    (one entry per process that trained the run); {} for a run from before they were recorded."""
+    shares: dict[str, float] = {}
+    for m in machines if isinstance(machines, list) else []:
+        if isinstance(m, dict) and isinstance(m.get("seconds"), _NUMBER):
+            name = machine_text(m, model=True)
+            shares[name] = shares.get(name, 0.0) + m["seconds"]
+    return shares
+
+
 def training_time(seconds: Any, machine: Any, machines: Any = None) -> str:
     """Training seconds on the machine that took them (a time holds for that CPU kind only); for a run resumed on
-    other machines (metrics.json's ``machines``, one per process), each one's share."""
+    other machines, each one's share (:func:`machine_shares`)."""
     if not isinstance(seconds, _NUMBER):
         return "not recorded"
     if not isinstance(machine, dict):
         return f"{seconds:.0f} s"
-    shares: dict[str, float] = {}
-    for m in machines if isinstance(machines, list) else []:
-        if isinstance(m, dict) and isinstance(m.get("seconds"), _NUMBER):
-            shares[machine_text(m, model=True)] = shares.get(machine_text(m, model=True), 0.0) + m["seconds"]
+    shares = machine_shares(machines)
     if len(shares) < 2:
         return f"{seconds:.0f} s on {machine_text(machine)}"
     each = "; ".join(f"{share:.0f} s on {name}" for name, share in shares.items())

@@ -24,7 +24,7 @@ from floranet.data.scan import IMAGE_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit_report import audit_section
 from floranet.evaluation.calibration import bound_words, not_fitted_words
-from floranet.evaluation.card_facts import CardFacts, training_time
+from floranet.evaluation.card_facts import CardFacts, machine_shares, training_time
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
 from floranet.evaluation.metrics import unmeasured_classes
@@ -358,8 +358,8 @@ def _environment(metrics: dict[str, Any]) -> str:
     rows: list[list[Any]] = [[k, v] for k, v in machine.items()]
     rows += [[f"time: {k}", f"{v} s"] for k, v in metrics.get("timings_s", {}).items()]
     timings, machines = metrics.get("timings_s", {}), metrics.get("machines")
+    several = len(machine_shares(machines)) > 1  # a run resumed on other machines: each one's share of its training
     trained = training_time(timings.get("training", timings.get("total")), trained_on, machines)
-    several = " in all, on " in trained  # a run resumed on other machines: each one's share of its training
     rows += [["training time", trained]] if several else []
     caption = "the machine that trained the run" if recorded else "this machine (the run did not record its own)"
     caption = "the machine that finished training the run" if several else caption
