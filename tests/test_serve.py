@@ -280,6 +280,31 @@ def test_a_browsers_percent_encoded_quote_and_line_breaks_are_decoded_in_the_lab
     assert uploads._label("%0a%22.jpg") == '%0a".jpg'  # upper-case hex only, as browsers send it
 
 
+def test_a_plain_filename_field_is_the_name_as_it_is(client) -> None:
+    """A photo named 100%22.jpg came back from the page as 100".jpg: in a file part's header a browser sends '"' as
+    %22 and a '%' as it is, so the two names arrive alike. The page also sends the name as a plain field."""
+    _, rose = _rose()
+
+    def post(*fields: tuple[str, str]) -> str:
+        plain = b"".join(
+            b"--b\r\n" + f'Content-Disposition: form-data; name="{k}"\r\n\r\n'.encode() + v.encode() + b"\r\n"
+            for k, v in fields
+        )
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="100%22.jpg"\r\n\r\n'
+        r = client.post(
+            "/predict",
+            content=head + rose + b"\r\n" + plain + b"--b--\r\n",
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["file"])
+
+    assert post(("filename", "100%22.jpg")) == "100%22.jpg"
+    assert post(("filename", 'say "hi"\r\n.jpg')) == 'say "hi".jpg'  # printable, as every label
+    assert post() == '100".jpg'  # a client that sends no field: the header's name, decoded as browsers encode it
+    assert post(("filename", "a.jpg"), ("filename", "b.jpg")) == '100".jpg'  # two: neither is the name
+
+
 def test_gradcam_png_is_a_decodable_overlay_sized_as_explain_sizes_it(client) -> None:
     """serve shrank a large photo to 384 px but never enlarged a small one, while explain (whose README says it
     draws "as serve draws it") scales a tiny photo up to 192 px: one sizing now, utils.figures.shown_photo."""

@@ -196,6 +196,19 @@ def test_page_spells_out_control_and_bidi_characters_of_server_text(tiny_run, tm
         assert not [e for e in console_errors if "422" not in e], console_errors  # no CSP violation
 
 
+def test_page_shows_a_file_name_with_a_percent_sign_as_it_is(tiny_run, tmp_path) -> None:
+    """A photo named 100%22.jpg was shown as 100".jpg: the browser sends a '"' in a file name as %22, and '%' as
+    it is. The page sends the name again as a plain field, which is sent as it is."""
+    photo = tmp_path / "100%22.jpg"
+    shutil.copy(sorted(ROSES.glob("*.jpg"))[0], photo)
+    with _browser(serve.create_app(tiny_run)) as (url, browser):
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.set_input_files("#file", str(photo))
+        sync_api.expect(page.locator("#meta")).to_contain_text("ms", timeout=15_000)
+        assert page.locator("#meta").inner_text().startswith("100%22.jpg \u00b7 ")
+
+
 def test_page_shows_why_a_gradcam_overlay_is_one_flat_tint(tiny_run, tmp_path) -> None:
     """A 1x1 feature map makes every overlay one flat tint; the page showed it without a word. It now shows the
     answer's gradcam_note under the overlay, and only while the overlay is shown."""

@@ -196,6 +196,7 @@ SCRIPT = (
     meta.textContent = "Classifying\\u2026";
     const form = new FormData();
     form.append("file", file, file.name || "upload");
+    form.append("filename", file.name || "upload");  // as it is: the header's "%22" may be a quote or itself
     try {
       const response = await fetch("predict" + (withCam ? "?gradcam=1" : ""),
                                    { method: "POST", body: form, headers: authHeaders() });

@@ -98,6 +98,11 @@ def extract_upload(content_type: str, body: bytes) -> tuple[str, bytes]:
         )
     if files:
         opts, data = files[0]
+        # floranet's page sends the name again as a plain field, whose value is sent as it is: in the file part's
+        # header "100%22.jpg" and '100".jpg' arrive alike.
+        typed = [v for o, v in fields if o.get(b"name") == b"filename" and b"filename" not in o and len(v) <= 4096]
+        if len(typed) == 1:
+            return _label(typed[0].decode("utf-8", "replace"), escaped=False), data
         return _label(opts.get(b"filename", b"upload").decode("utf-8", "replace")), data
     names = sorted({opts.get(b"name", b"?").decode("utf-8", "replace")[:40] for opts, _ in fields})
     raise RequestError(
@@ -156,10 +161,12 @@ def _parse_multipart(boundary: bytes, body: bytes, max_parts: int = 16) -> list[
     return parts
 
 
-def _label(filename: str) -> str:
+def _label(filename: str, *, escaped: bool = True) -> str:
     """The last path component, printable, at most 200 characters (a label, never opened), with a browser's
-    ``%22``, ``%0D`` and ``%0A`` decoded (the line breaks then dropped as every unprintable character is)."""
-    filename = _FORM_ESCAPE.sub(lambda m: _FORM_ESCAPES[m.group()], filename)
+    ``%22``, ``%0D`` and ``%0A`` decoded when ``escaped`` (a multipart header's file name; the line breaks are then
+    dropped as every unprintable character is)."""
+    if escaped:
+        filename = _FORM_ESCAPE.sub(lambda m: _FORM_ESCAPES[m.group()], filename)
     name = PurePosixPath(filename.replace("\\", "/")).name
     name = "".join(ch for ch in name if ch.isprintable())
     return name[:_MAX_LABEL] or "upload"
