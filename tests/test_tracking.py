@@ -19,6 +19,15 @@ from floranet.rundir import RunDir
 from floranet.workflows.tracking import log_to_mlflow
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's own set_experiment and set_tracking_uri write MLFLOW_EXPERIMENT_ID and MLFLOW_TRACKING_URI into the
+    environment, which floranet reads: each test starts without them and leaves none behind."""
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(name, "")  # recorded as unset, so that the teardown removes what MLflow writes
+        monkeypatch.delenv(name)
+
+
 def _stand_in(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> types.ModuleType:
     """An ``mlflow`` module that records what it is asked (mlflow itself is not installed for the tests)."""
 
@@ -35,6 +44,7 @@ def _stand_in(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> types.Module
         setattr(stub, name, record(name))
     stub.start_run = start_run
     stub.active_run = lambda: None  # no caller's run: floranet's is a run of its own
+    stub.is_tracking_uri_set = lambda: False  # the caller set none: floranet's is set for its logging only
     monkeypatch.setitem(sys.modules, "mlflow", stub)
     return stub
 
@@ -60,6 +70,9 @@ def test_run_is_logged_with_params_epochs_artefacts_and_model(tiny_run: Path, tm
     assert len(client.get_metric_history(run_id, "val_accuracy")) == len(RunDir(run).history())
     artefacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.json", "README.md", "config.yaml", "plots"} <= artefacts
+    # The caller's tracking URI (none here) is as it was: floranet set its store for its own logging only.
+    assert not mlflow.is_tracking_uri_set() and "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where the model's URI is looked up
     model = mlflow.keras.load_model(logged.data.tags["floranet.model_uri"])
     pixels = np.zeros((1, 32, 32, 3), np.float32)
     expected = RunDir(run).load_model()(pixels, training=False).numpy()
@@ -154,7 +167,7 @@ def test_a_server_that_does_not_answer_is_refused_at_once_and_retries_are_bounde
         calls.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "unset"))
         raise RuntimeError("API request failed\nTraceback-like detail\nmore")
 
-    stub.set_experiment = failing
+    stub.get_experiment_by_name = failing
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     with error_server(500) as (url, _):
         assert main(["track", str(tiny_run), "--mlflow", url]) == 1
@@ -163,7 +176,8 @@ def test_a_server_that_does_not_answer_is_refused_at_once_and_retries_are_bounde
         assert err.strip() == "floranet track: logging to MLflow failed (RuntimeError: API request failed)"
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")  # the user's own setting is kept
         assert main(["track", str(tiny_run), "--mlflow", url]) == 1
-    assert calls == ["set_tracking_uri", "2", "set_tracking_uri", "5"]
+    # the caller's (none) is put back after each
+    assert calls == ["set_tracking_uri", "2", "set_tracking_uri", "set_tracking_uri", "5", "set_tracking_uri"]
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
 
@@ -182,13 +196,13 @@ def test_a_password_in_the_tracking_uri_is_never_printed(tiny_run, monkeypatch, 
     def failing(name: str) -> None:  # as MLflow's message names the URL
         raise RuntimeError(f"API request to {seen[-1][0]}/api/2.0/mlflow/experiments/get-by-name failed")
 
-    stub.set_experiment = failing
+    stub.get_experiment_by_name = failing
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     with error_server(500) as (url, _):
         with_password = url.replace("http://", "http://alice:S3cret%40PW@")
         assert main(["track", str(tiny_run), "--mlflow", with_password]) == 1
         # MLflow gets the URI without them, and the credentials where it reads them (sent as Basic auth)
-        assert seen == [(url, "S3cret@PW")] and "MLFLOW_TRACKING_PASSWORD" not in os.environ
+        assert seen == [(url, "S3cret@PW"), (None, "S3cret@PW")] and "MLFLOW_TRACKING_PASSWORD" not in os.environ
     out, err = capsys.readouterr()
     assert "S3cret" not in out + err and "alice:***@127.0.0.1" in out
     assert f"failed (RuntimeError: API request to {url}/api/2.0/mlflow/experiments/get-by-name failed)" in err
@@ -244,7 +258,7 @@ def test_the_experiment_is_the_flag_else_mlflow_experiment_name_else_floranet(ti
         names.append(name)
         raise RuntimeError("stop here")
 
-    stub.set_experiment = stop
+    stub.get_experiment_by_name = stop
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     store = str(tmp_path / "mlruns")
     assert main(["track", str(tiny_run), "--mlflow", store]) == 1
@@ -295,7 +309,8 @@ def test_inside_an_mlflow_run_floranet_logs_a_child_run(tiny_run: Path, tmp_path
     assert named.data.tags["mlflow.parentRunId"] == finished.info.run_id  # in the experiment it was told
     assert client.get_experiment(named.info.experiment_id).name == "mine"
     monkeypatch.delenv("MLFLOW_RUN_ID")
-    mlflow.set_experiment("project")
+    # The caller's tracking URI and active experiment are theirs still ("mine" was made the active one).
+    assert mlflow.get_tracking_uri() == uri and os.environ["MLFLOW_EXPERIMENT_ID"] == project.experiment_id
     with mlflow.start_run() as outer:  # library use: floranet's run is a child of the caller's
         child = client.get_run(log_to_mlflow(tiny_run, uri, again=True, say=lambda m: None))  # in "project" again
         assert mlflow.active_run().info.run_id == outer.info.run_id  # still the caller's, still running

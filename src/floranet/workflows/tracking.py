@@ -91,22 +91,36 @@ def log_to_mlflow(
     target = check_tracking(tracking_uri, data_dir=run.config().data_dir or None, say=say)
     active, parent_env = mlflow.active_run(), os.environ.get("MLFLOW_RUN_ID")
     parent = active.info.run_id if active is not None else parent_env
-    into = f"experiment {named or MLFLOW_EXPERIMENT!r}" if named or not parent else "its parent's experiment"
-    into += f", a child of run {parent}" if parent else ""
-    say(f"Logging {run.path} to MLflow at {redacted(target)} ({into}) ...")
+    say(f"Logging {run.path} to MLflow at {redacted(target)} ({_where(named, parent)}) ...")
     uri, credentials = split_credentials(target)
-    with _environment(defaults=HTTP_LIMITS, overrides=credentials, removed=("MLFLOW_RUN_ID",)):
+    # The caller's tracking URI and active experiment are theirs: floranet's store is set for its logging only, and
+    # its experiment is given to start_run (MLflow's set_experiment made it the caller's active one).
+    restored = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+    with _environment(defaults=HTTP_LIMITS, overrides=credentials, removed=("MLFLOW_RUN_ID",), restored=restored):
+        callers = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
         if tracking_uri or credentials:
             mlflow.set_tracking_uri(uri)
-        into_experiment = _set_experiment(mlflow, named, active, parent_env)
-        if not again:
-            _refuse_logged_twice(mlflow, run, into_experiment)
-        child = {"nested": True} if active is not None else {"parent_run_id": parent_env} if parent_env else {}
-        with mlflow.start_run(run_name=run.path.resolve().name, **child) as logged:
-            _log(mlflow, run, params, history, final, model)
-            run_id: str = logged.info.run_id
-    say(f"MLflow: logged {run.path} as run {run_id} in experiment {into_experiment.name!r} at {redacted(target)}")
+        try:
+            into = _experiment(mlflow, named, active, parent_env)
+            if not again:
+                _refuse_logged_twice(mlflow, run, into)
+            child = {"nested": True} if active is not None else {"parent_run_id": parent_env} if parent_env else {}
+            with mlflow.start_run(run_name=run.path.resolve().name, experiment_id=into.experiment_id, **child) as got:
+                _log(mlflow, run, params, history, final, model)
+                run_id: str = got.info.run_id
+        finally:
+            if tracking_uri or credentials:
+                mlflow.set_tracking_uri(callers)
+    say(f"MLflow: logged {run.path} as run {run_id} in experiment {into.name!r} at {redacted(target)}")
     return run_id
+
+
+def _where(named: str | None, parent: str | None) -> str:
+    """Which experiment floranet's run goes to, in words (see :func:`_experiment`)."""
+    by_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    into = f"experiment {named or MLFLOW_EXPERIMENT!r}" if named or not parent else "its parent's experiment"
+    into = f"experiment id {by_id!r} (MLFLOW_EXPERIMENT_ID)" if by_id and not named and not parent else into
+    return into + (f", a child of run {parent}" if parent else "")
 
 
 def _log(
@@ -204,14 +218,29 @@ def _check_local_store(
         RunDir(where).check_outside(data_dir, arg=arg)
 
 
-def _set_experiment(mlflow: Any, named: str | None, active: Any, parent_env: str | None) -> Any:
-    """Makes the experiment of floranet's run MLflow's active one and returns it: ``named``, else the parent run's
-    (a child run is listed under its parent in its experiment), else :data:`~floranet.config.MLFLOW_EXPERIMENT`.
+def _experiment(mlflow: Any, named: str | None, active: Any, parent_env: str | None) -> Any:
+    """The experiment of floranet's run, made when new, never made MLflow's active one: ``named``, else the parent
+    run's (a child run is listed under its parent in its experiment), else ``MLFLOW_EXPERIMENT_ID``'s, else
+    :data:`~floranet.config.MLFLOW_EXPERIMENT`.
+
+    Raises:
+        ConfigError: The experiment named is deleted (MLflow keeps its name until it is purged).
     """
     if named is None and (active is not None or parent_env):
         parent = active if active is not None else mlflow.get_run(parent_env)
-        return mlflow.set_experiment(experiment_id=parent.info.experiment_id)
-    return mlflow.set_experiment(named or MLFLOW_EXPERIMENT)
+        return mlflow.get_experiment(parent.info.experiment_id)
+    if named is None and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return mlflow.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
+    name = named or MLFLOW_EXPERIMENT
+    found = mlflow.get_experiment_by_name(name)
+    if found is None:
+        return mlflow.get_experiment(mlflow.create_experiment(name))
+    if found.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"experiment {name!r} is deleted in MLflow (its name is kept until it is purged): restore it, or name "
+            f"another. Received: experiment={name!r}"
+        )
+    return found
 
 
 def _refuse_logged_twice(mlflow: Any, run: RunDir, experiment: Any) -> None:
@@ -234,11 +263,14 @@ def _refuse_logged_twice(mlflow: Any, run: RunDir, experiment: Any) -> None:
 
 
 @contextlib.contextmanager
-def _environment(defaults: dict[str, str], overrides: dict[str, str], removed: tuple[str, ...] = ()) -> Iterator[None]:
+def _environment(
+    defaults: dict[str, str], overrides: dict[str, str], removed: tuple[str, ...] = (), restored: tuple[str, ...] = ()
+) -> Iterator[None]:
     """``defaults`` (e.g. :data:`HTTP_LIMITS`) where the user has not set them, ``overrides``, and none of
-    ``removed``, in the environment MLflow reads while it logs; what was there before is put back. (MLflow's
-    ``start_run`` resumes the run of ``MLFLOW_RUN_ID``, and ends it, instead of starting a child of it.)"""
-    saved = {name: os.environ.get(name) for name in (*defaults, *overrides, *removed)}
+    ``removed``, in the environment MLflow reads while it logs; what was there before is put back, and so are the
+    ``restored`` variables that MLflow sets itself. (MLflow's ``start_run`` resumes the run of ``MLFLOW_RUN_ID``, and
+    ends it, instead of starting a child of it.)"""
+    saved = {name: os.environ.get(name) for name in (*defaults, *overrides, *removed, *restored)}
     os.environ.update({name: value for name, value in defaults.items() if name not in os.environ})
     os.environ.update(overrides)
     for name in removed:
