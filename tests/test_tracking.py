@@ -319,6 +319,30 @@ def test_inside_an_mlflow_run_floranet_logs_a_child_run(tiny_run: Path, tmp_path
     assert client.get_run(outer.info.run_id).data.params == {} and child.info.experiment_id == project.experiment_id
 
 
+def test_mlflow_experiment_id_is_read_and_a_deleted_experiment_refused(tiny_run: Path, tmp_path: Path, monkeypatch):
+    """MLFLOW_EXPERIMENT_ID (which MLflow itself reads) was ignored: the run went to "floranet"."""
+    mlflow = pytest.importorskip("mlflow")
+    from floranet.errors import ConfigError
+    from floranet.workflows import tracking
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setattr(tracking, "_log_model", lambda mlflow, model: None)
+    uri = (tmp_path / "mlruns").as_uri()
+    client = mlflow.tracking.MlflowClient(uri)
+    chosen = client.create_experiment("chosen")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", chosen)
+    said: list[str] = []
+    assert client.get_run(log_to_mlflow(tiny_run, uri, say=said.append)).info.experiment_id == chosen
+    assert f"(experiment id '{chosen}' (MLFLOW_EXPERIMENT_ID))" in said[0]
+    named = client.get_run(log_to_mlflow(tiny_run, uri, experiment="named", say=said.append))
+    assert client.get_experiment(named.info.experiment_id).name == "named"  # a name given wins
+    client.delete_experiment(named.info.experiment_id)
+    with pytest.raises(ConfigError, match=r"experiment 'named' is deleted in MLflow .* restore it, or name another"):
+        log_to_mlflow(tiny_run, uri, experiment="named", again=True, say=said.append)
+
+
 def test_a_run_logged_already_is_refused_unless_again(tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """`floranet track RUN` of a run logged already made a second MLflow run of it, without a word."""
     mlflow = pytest.importorskip("mlflow")
