@@ -252,6 +252,10 @@ def test_exclude_and_relabel_files(tmp_path: Path) -> None:
     relabel = tmp_path / "relabel.csv"
     relabel.write_text("path,new_label\na/1.jpg,b\n")
     assert read_relabel(relabel) == {"a/1.jpg": "b"}
+    # A header as a person writes it was read as a row: "file" relabelled "label", recorded in the run
+    for header in ("file,label", "Path,New_Label", "FILE,new label"):
+        relabel.write_text(f"{header}\na/1.jpg,b\n")
+        assert read_relabel(relabel) == {"a/1.jpg": "b"}, header
     for bad in ("/etc/passwd\n", "../x.jpg\n"):
         listing.write_text(bad)
         with pytest.raises(ConfigError, match="relative to the data folder"):
@@ -402,14 +406,18 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     split = {r.path: r.label for r in run.split().rows}
     # What was done, not how long the lists are (it said "2 file(s) left out" for one file and a typo).
     curated = next(m for m in said if m.startswith("Curation:"))
-    assert curated.startswith("Curation: 1 file(s) left out, 2 relabelled (files untouched); 1 path(s) of the exclude")
+    assert curated == (
+        "Curation: 1 file(s) left out, 2 relabelled (files untouched); 1 path(s) of the exclude file name no usable "
+        "image (not/there.jpg); 1 relabel(s) not applied, as the file is excluded too (a/img_000.jpg)."
+    )
     assert "a/img_000.jpg" not in split and split["b/img_001.jpg"] == "c" and split["c/img_002.jpg"] == "cc"
     assert "Curation: the relabel file makes a new class 'cc' (1 image(s)); if you meant an existing class, check its "
     "spelling." in said and any("new class 'cc'" in n for n in result.notes)
     assert (data / "a" / "img_000.jpg").exists() and (data / "b" / "img_001.jpg").exists()
     assert run.config().exclude == str(tmp_path / "exclude.txt")
-    assert (run / RunDir.EXCLUDED).read_text() == "file\na/img_000.jpg\nnot/there.jpg\n"
-    assert "b/img_001.jpg,c" in (run / RunDir.RELABELED).read_text()
+    # The record holds what was done: not the typo, nor the relabel of a file left out (it said so of both)
+    assert (run / RunDir.EXCLUDED).read_text() == "file\na/img_000.jpg\n"
+    assert (run / RunDir.RELABELED).read_text() == "path,new_label\nb/img_001.jpg,c\nc/img_002.jpg,cc\n"
     assert any("exclude file" in n for n in result.notes)
     assert not run.exists(RunDir.AUDIT)  # audit: false
     # --resume reads the split, not the lists: an edited (or deleted) exclude file neither fails it nor rewrites
@@ -418,7 +426,7 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     (tmp_path / "exclude.txt").unlink()
     said.clear()
     train(cfg, resume=True, progress=False, say=said.append)
-    assert (run / RunDir.EXCLUDED).read_text() == "file\na/img_000.jpg\nnot/there.jpg\n"
+    assert (run / RunDir.EXCLUDED).read_text() == "file\na/img_000.jpg\n"
     assert any(m.startswith("Curation: as the run recorded it") for m in said)
     # A new run in a folder whose earlier attempt failed (no state.json) keeps no stale record of a curation
     (run / RunDir.STATE).unlink()

@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from floranet.data.split import Split
 from floranet.errors import ConfigError
 from floranet.utils.files import read_capped
-from floranet.utils.text import csv_text, formula_safe, printable, unquote_formula
+from floranet.utils.text import csv_text, formula_safe, printable, some_names, unquote_formula
 
 AUDIT_FILE_COLUMN = "file"
 AUDIT_SUGGESTED_COLUMN = "suggested_label"
@@ -179,7 +179,9 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
                 label = _new_label(row[s], path, i, row, AUDIT_SUGGESTED_COLUMN)
                 out.put(_relative(row[f], path, i, "relabel"), label, i)
         return out
-    start = 1 if header[:2] == ["path", "new_label"] else 0
+    # A header as floranet writes it (path,new_label), or as a person would (file,label, any case).
+    named = len(header) >= 2 and header[0].lower() in ("path", "file") and header[1].lower() in _LABEL_HEADERS
+    start = 1 if named else 0
     for i, row in zip(lines[start:], rows[start:], strict=True):
         if not row or not "".join(row).strip():
             continue
@@ -187,6 +189,9 @@ def read_relabel(path: str | os.PathLike[str]) -> dict[str, str]:
             raise ConfigError(f"{path} line {i}: expected 'path,new_label'. Received: relabel row={row!r}")
         out.put(_relative(row[0], path, i, "relabel"), _new_label(row[1], path, i, row, "new_label"), i)
     return out
+
+
+_LABEL_HEADERS = ("new_label", "label", "new label", "suggested_label")
 
 
 class _Relabels(dict[str, str]):
@@ -316,17 +321,24 @@ class Curation:
         names = list(split.class_names) + sorted({r.label for r in rows} - set(split.class_names))
         return Split(rows=rows, class_names=tuple(names))
 
+    def applied(self, paths: Container[str]) -> Curation:
+        """The entries that change a split of ``paths``: exclusions of its files, relabels of those not excluded."""
+        gone = [p for p in self.exclude if p in paths]
+        return Curation(tuple(gone), {p: v for p, v in self.relabel.items() if p in paths and p not in set(gone)})
+
     def unmatched(self, paths: Sequence[str]) -> list[str]:
-        """Notes on entries that name no file of ``paths``."""
-        known = set(paths)
-        notes = []
+        """Notes naming the entries that change nothing: paths of no usable image of ``paths`` (a typo, a file gone
+        or unusable since the audit), and relabels of files that are excluded too."""
+        known, gone = set(paths), set(self.exclude)
         missing_ex = [p for p in self.exclude if p not in known]
         missing_re = [p for p in self.relabel if p not in known]
-        if missing_ex:
-            notes.append(f"{len(missing_ex)} path(s) of the exclude file are not usable images of the data folder")
-        if missing_re:
-            notes.append(f"{len(missing_re)} path(s) of the relabel file are not usable images of the data folder")
-        return notes
+        both = [p for p in self.relabel if p in known and p in gone]
+        kinds = (
+            (missing_ex, "path(s) of the exclude file name no usable image"),
+            (missing_re, "path(s) of the relabel file name no usable image"),
+            (both, "relabel(s) not applied, as the file is excluded too"),
+        )
+        return [f"{len(found)} {what} ({some_names(found)})" for found, what in kinds if found]
 
     def class_changes(self, before: Sequence[str], after: Sequence[str]) -> list[str]:
         """Notes on classes the curation made or emptied, from every image's label ``before`` and ``after`` it

@@ -22,7 +22,7 @@ from floranet.data.augment import Augment
 from floranet.errors import DatasetError
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
-from floranet.utils.text import printable
+from floranet.utils.text import printable, some_names
 
 log = logging.getLogger(__name__)
 # int8 quantization calibrates on this many training images (NNCF's default subset size).
@@ -173,24 +173,20 @@ def _left_out_by_doctor(
         say(f"Doctor: {bad} unusable file(s) will be skipped; details in {run / RunDir.DOCTOR}.")
     looks = [f.path for f in report.files if f.worth_a_look]
     if looks:
-        notes.append(f"{len(looks)} ignored files look like images ({_some(looks)}; see doctor.json)")
+        notes.append(f"{len(looks)} ignored files look like images ({some_names(looks)}; see doctor.json)")
         say(
-            f"Doctor: {len(looks)} file(s) ignored that look like images ({_some(looks)}): see "
+            f"Doctor: {len(looks)} file(s) ignored that look like images ({some_names(looks)}): see "
             f"{run / RunDir.DOCTOR}, or floranet doctor {printable(report.data_dir)}."
         )
     have = {f.label for f in [*report.usable_files(), *settled]}
     empty = [c for c in report.classes if c not in have]
     if empty:
-        folders = f"Class folder {_some(empty)} has" if len(empty) == 1 else f"Class folders {_some(empty)} have"
+        folders = (
+            f"Class folder {some_names(empty)} has" if len(empty) == 1 else f"Class folders {some_names(empty)} have"
+        )
         notes.append(f"{folders} no usable image: left out of the model")
         say(f"Doctor: {notes[-1]} (see {run / RunDir.DOCTOR}).")
     return notes
-
-
-def _some(names: list[str], n: int = 3) -> str:
-    """Up to ``n`` names, then ``...``: what a line of the run's printout shows of a longer list."""
-    shown = ", ".join(printable(name) for name in names[:n])
-    return shown + (", ..." if len(names) > n else "")
 
 
 def _record_curation(
@@ -209,12 +205,11 @@ def _record_curation(
     found = {f.path for f in usable}
     unmatched = curate.unmatched(sorted(found))
     changes = curate.class_changes([str(f.label) for f in usable], [r.label for r in split.rows])
-    run.write_text(RunDir.EXCLUDED, curate.excluded_text())
-    run.write_text(RunDir.RELABELED, curate.relabel_text())
-    gone = set(curate.exclude) & found
-    relabelled = sum(p in found and p not in gone for p in curate.relabel)  # an excluded file is not trained on
+    applied = curate.applied(found)  # the record holds what changed the split, the notes say what did not
+    run.write_text(RunDir.EXCLUDED, applied.excluded_text())
+    run.write_text(RunDir.RELABELED, applied.relabel_text())
     say(
-        f"Curation: {len(gone)} file(s) left out, {relabelled} relabelled (files untouched)"
+        f"Curation: {len(applied.exclude)} file(s) left out, {len(applied.relabel)} relabelled (files untouched)"
         + "".join(f"; {n}" for n in unmatched)
         + "."
     )
@@ -357,7 +352,7 @@ def _note_unvalidated(
             least += 1
         if all(counts[c]["train"] < least for c in missing):
             why = f" (classes under {least} images at val_split {val_split:g})"
-    notes.append(f"no validation image for: {_some(missing, 10)}{why}: their figures are not measured")
+    notes.append(f"no validation image for: {some_names(missing, 10)}{why}: their figures are not measured")
     say(f"Split: {notes[-1]}.")
 
 

@@ -91,6 +91,12 @@ def printable(text: str) -> str:
     return _UNSAFE.sub(_escape, utf8(text))
 
 
+def some_names(names: Sequence[str], n: int = 3) -> str:
+    """Up to ``n`` names (:func:`printable`), then ``...``: what one line of a message shows of a longer list."""
+    shown = ", ".join(printable(name) for name in names[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
 def html_text(text: object) -> str:
     """``text`` for an HTML page: :func:`printable` first (a name's line break, control or bidi character would
     forge a line or reverse what follows, as in a terminal), then HTML-escaped."""
