@@ -384,6 +384,7 @@ def test_two_spellings_of_one_file_given_two_labels_are_refused(tmp_path: Path) 
 
 
 def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
+    from floranet.evaluation.modelcard import write_model_card
     from floranet.workflows import train
 
     data = make_image_folder(tmp_path / "data", classes=3, per_class=8, names=["a", "b", "c"])
@@ -420,6 +421,18 @@ def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     assert (run / RunDir.RELABELED).read_text() == "path,new_label\nb/img_001.jpg,c\nc/img_002.jpg,cc\n"
     assert any("exclude file" in n for n in result.notes)
     assert not run.exists(RunDir.AUDIT)  # audit: false
+    # The card and the report said nothing of it, while their doctor's counts were of the folders as they are
+    card = (run / RunDir.MODEL_CARD).read_text(encoding="utf-8")
+    assert "Curated: 1 file(s) left out (`--exclude`, listed in `excluded.txt`) and 2 relabelled" in card
+    assert "which made the class(es) cc; the class counts above are after it" in card
+    report = (run / RunDir.REPORT).read_text(encoding="utf-8")
+    assert "<p>Curated: 1 file(s) left out (--exclude, listed in excluded.txt) and 2 relabelled" in report
+    assert "which made the class(es) &#x27;cc&#x27;; the doctor" in report
+    saved = (run / RunDir.RELABELED).read_text()
+    (run / RunDir.RELABELED).write_text("path,new_label\na/1.jpg,b,extra\n")  # a hand edit gone wrong
+    card = write_model_card(run.path).read_text(encoding="utf-8")
+    assert "*`relabel.csv` is left out of this card: it is damaged;" in card and "Curated: 1 file(s) left out" in card
+    (run / RunDir.RELABELED).write_text(saved)
     # --resume reads the split, not the lists: an edited (or deleted) exclude file neither fails it nor rewrites
     # the run's record of what it left out
     (run / RunDir.STATE).write_text((run / RunDir.STATE).read_text().replace('"complete": true', '"complete": false'))

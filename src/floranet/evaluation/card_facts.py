@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from floranet.errors import ModelError
+from floranet.errors import ConfigError, ModelError
 from floranet.rundir import RunDir
 
 _NUMBER = (int, float)
@@ -170,6 +170,25 @@ class CardFacts:
             "unusable when the run was resumed, and left out from then on: the counts above are those of the "
             "images it ended with."
         ]
+
+    @property
+    def curation(self) -> tuple[int, int, list[str]] | None:
+        """The run's ``--exclude`` / ``--relabel`` as its ``excluded.txt`` and ``relabel.csv`` record them: files
+        left out, files relabelled, and the classes the relabels made (None without either; a damaged one is noted
+        in ``unreadable``). The labels trained on then differ from the folders'."""
+        from floranet.data.curation import read_exclude, read_relabel
+
+        lists: list[Any] = []
+        for name, read in ((RunDir.EXCLUDED, read_exclude), (RunDir.RELABELED, read_relabel)):
+            try:
+                lists.append(read(self.run / name) if self.run.exists(name) else ())
+            except ConfigError as e:
+                self.unreadable[name] = ("it is damaged", str(e))
+                lists.append(())
+        gone, moved = lists
+        if not gone and not moved:
+            return None
+        return len(gone), len(moved), sorted(set(dict(moved).values()) - set(self.doctor.get("classes", {})))
 
     def _optional(self, name: str) -> dict[str, Any] | None:
         """An optional file as a JSON object; None when it is absent, or damaged (then noted in ``unreadable``)."""

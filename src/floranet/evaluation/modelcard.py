@@ -209,7 +209,16 @@ def _data(f: CardFacts) -> list[str]:
         lines += [f"| {_md(name)} | {c['train']} | {c['validation']} |" for name, c in f.counts.items()]
         seed = f"seed {f.config.seed}, " if f.config else ""
         lines += ["", f"The split ({seed}`split.csv`) is stratified per class and keeps duplicate files together."]
-    lines += f.split_gap + f.left_out(RunDir.DOCTOR)
+    if f.curation is not None:
+        gone, moved, made = f.curation
+        new = f", which made the class(es) {_names(made)}" if made else ""
+        lines += [
+            "",
+            f"Curated: {gone} file(s) left out (`--exclude`, listed in `{RunDir.EXCLUDED}`) and {moved} relabelled "
+            f"(`--relabel`, `{RunDir.RELABELED}`){new}; the class counts above are after it, the doctor's of the "
+            "folders as they are.",
+        ]
+    lines += f.split_gap + f.left_out(RunDir.DOCTOR, RunDir.EXCLUDED, RunDir.RELABELED)
     return lines or ["No `doctor.json` or `split.csv` in this run."]
 
 

@@ -282,7 +282,16 @@ def _left_out(facts: CardFacts, *names: str) -> str:
 
 def _dataset(facts: CardFacts) -> str:
     run, doctor = facts.run, facts.doctor
-    parts = ["<h2>Dataset</h2>", _left_out(facts, RunDir.DOCTOR)]
+    parts = ["<h2>Dataset</h2>"]
+    if facts.curation is not None:
+        gone, moved, made = facts.curation
+        new = f", which made the class(es) {', '.join(map(repr, made))}" if made else ""
+        parts.append(
+            f"<p>Curated: {gone} file(s) left out (--exclude, listed in {RunDir.EXCLUDED}) and {moved} relabelled "
+            f"(--relabel, {RunDir.RELABELED}){html_text(new)}; the doctor's counts below are of the folders as they "
+            "are, the model's classes and the split's counts after it.</p>"
+        )
+    parts.append(_left_out(facts, RunDir.DOCTOR, RunDir.EXCLUDED, RunDir.RELABELED))
     if doctor:
         summary = doctor.get("summary", {})
         parts.append(_table(["class", "usable images"], [[k, v] for k, v in doctor.get("classes", {}).items()]))
