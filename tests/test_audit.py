@@ -636,11 +636,14 @@ def test_label_issues_use_the_folds_the_data_allows_and_say_when_they_are_not_ch
     copies = dataclasses.replace(copies, sha256=tuple("a" * 64 if c == 0 else "b" * 64 for c in y))  # 2 files
     small = _data(x[4:8], y[4:8])  # two images of each class
     for data, folds, skipped in (
-        (copies, None, "at least two classes"),  # both classes are copies of one file: neither can be checked
+        (copies, None, "at least two classes with two distinct images"),  # both are copies of one file each
         (small, 2, None),
     ):
-        result = run_audit(data, cfg, say=lambda m: None)
+        said: list[str] = []
+        result = run_audit(data, cfg, say=said.append)
         assert result.facts["folds"] == folds
+        # The folds were cut to the smallest class's images without a word (each head learns from fewer)
+        assert ("Audit: 2 folds, not 5: class 'c0' has only 2 distinct images." in said) == (folds == 2), said
         written = to_json(result, tmp_path)
         if skipped is None:
             assert result.facts["label_issues_skipped"] is None and len(written["label_quality"]) == len(data.paths)

@@ -189,6 +189,9 @@ def _check_labels(
     if skipped:
         say(f"Audit: label issues not checked: {skipped}.")
         return _LabelCheck(findings, oof, quality, k, skipped, left_out, np.zeros(n, bool))
+    if k < folds:  # each head then learns from fewer images: said, not only recorded in audit.json
+        fewest = min(np.unique(data.labels[keep]), key=lambda c: len(np.unique(groups[keep][data.labels[keep] == c])))
+        say(f"Audit: {k} folds, not {folds}: class {names[fewest]!r} has only {k} distinct images.")
     rows = np.flatnonzero(keep)
     classes, local = np.unique(data.labels[rows], return_inverse=True)  # the checked classes, renumbered
     sub = out_of_fold_probabilities(

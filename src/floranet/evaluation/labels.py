@@ -91,8 +91,8 @@ def label_folds(labels: np.ndarray, ids: np.ndarray, folds: int) -> tuple[int, s
     """The k the out-of-fold heads can use (``folds`` at most, and no more than any class's distinct files: a
     fold must leave each class something to learn from), or 0 and why label issues cannot be checked."""
     present = np.unique(labels)
-    if len(present) < 2:
-        return 0, "they need at least two classes"
+    if len(present) < 2:  # of those that can be checked (a class of one image is left out first)
+        return 0, "they need at least two classes with two distinct images or more"
     fewest = min(len(np.unique(ids[labels == c])) for c in present)
     if fewest < 2:
         return 0, "they need at least two distinct images of every class (byte-identical copies count once)"
