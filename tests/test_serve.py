@@ -934,7 +934,14 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
     from floranet.errors import ConfigError
 
     calls = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **kw: calls.append(self.config))  # nothing is bound
+
+    def run(self, sockets=()) -> None:  # what it would serve on; the socket bound for it is closed again
+        calls.append(self.config)
+        assert [s.getsockname()[1] for s in sockets] == [self.config.port]
+        for s in sockets:
+            s.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     with pytest.raises(ConfigError, match="--api-key"):  # off loopback without a key: refused
         serve.run_server(tiny_run, host="0.0.0.0", port=8123, max_batch=4)
     assert not calls
@@ -944,9 +951,17 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
     ):
         caplog.clear()
         with caplog.at_level("WARNING", logger="floranet.serve"):
-            serve.run_server(tiny_run, host="0.0.0.0", port=8123, max_batch=4, **extra)
-        assert calls[-1].host == "0.0.0.0" and calls[-1].port == 8123
+            serve.run_server(tiny_run, host="0.0.0.0", port=0, max_batch=4, **extra)
+        # --port 0 was announced as "on http://0.0.0.0:0/": the port bound is said
+        assert calls[-1].host == "0.0.0.0" and calls[-1].port > 0
+        assert f"on http://0.0.0.0:{calls[-1].port}/" in caplog.text
         assert "REACHABLE FROM THE NETWORK" in caplog.text and said in caplog.text
+    with socket.socket() as taken:  # a port in use: said before the model loads, not uvicorn's exit after it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"Cannot listen on 127.0.0.1:{port} \(Address already in use\); "):
+            serve.run_server(tiny_run, port=port)
     caplog.clear()
     with caplog.at_level("WARNING", logger="floranet.serve"):
         serve.run_server(tiny_run)

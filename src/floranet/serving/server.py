@@ -9,6 +9,7 @@ loopback names on loopback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -121,6 +122,8 @@ def run_server(
     if not (isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535):  # before the model loads
         raise ConfigError(f"port must be an int in [0, 65535]. Received: port={port!r}")
     access = access_settings(host, api_key=api_key, insecure_no_auth=insecure_no_auth, allowed_hosts=allowed_hosts)
+    sock = _bind(host, port)  # before the model loads: a port in use is said at once; port 0 gets a free one
+    port = sock.getsockname()[1]  # the one bound: announced below (port 0 was announced as ":0")
     if not is_loopback(host):
         logger.warning(
             "floranet serve is binding to %s: the server is REACHABLE FROM THE NETWORK, %s, without TLS "
@@ -149,7 +152,28 @@ def run_server(
         printable(f"[{host}]" if ":" in host else host),
         port,
     )
-    uvicorn.Server(_uvicorn_config(app, host=host, port=port, log_level=log_level)).run()
+    uvicorn.Server(_uvicorn_config(app, host=host, port=port, log_level=log_level)).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0: a free port), for uvicorn to listen on.
+
+    Raises:
+        ConfigError: The address cannot be bound (in use, or not this machine's).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        hint = "choose another --port, or 0 for a free one" if e.errno == errno.EADDRINUSE else "check --host"
+        raise ConfigError(
+            f"Cannot listen on {printable(host)}:{port} ({e.strerror or e}); {hint}. "
+            f"Received: host={printable(host)!r}, port={port}"
+        ) from None
+    return sock
 
 
 @contextlib.contextmanager
@@ -162,10 +186,7 @@ def serve_in_thread(
     """
     import uvicorn
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = _bind(host, port)
     config = _uvicorn_config(app, log_level=log_level, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="floranet-uvicorn", daemon=True)
