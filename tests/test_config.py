@@ -196,6 +196,36 @@ def test_class_weights_none_flag_unsets_the_files_auto(tmp_path) -> None:
     assert cfg.class_weights is None and config.resolve(file=file, data_dir="d", out="o").class_weights == "auto"
 
 
+def test_none_flags_unset_a_config_files_split_lists_and_cluster(tmp_path, monkeypatch) -> None:
+    """A run's config.yaml reused for a new run carries its split_file, exclude, relabel and workers, and no flag
+    could unset them: `--split-file none` read the file ./none ("cannot be read"), and '' was refused as empty."""
+    from floranet.cli import build_parser
+    from floranet.cli.training import TRAIN_KEYS
+
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "c.yaml"
+    file.write_text("split_file: s.csv\nexclude: a.csv\nrelabel: r.csv\nworkers: h:1,h:2\n")
+    file.write_text(file.read_text() + "worker_index: 0\ndistribute: multi-worker\n")
+    saved = config.resolve(file=file, data_dir="d", out="o")
+    assert saved.split_file == str(tmp_path / "s.csv") and saved.workers == "h:1,h:2"
+    unset = [
+        "--split-file",
+        "none",
+        "--exclude",
+        "none",
+        "--relabel",
+        "None",
+        "--workers",
+        "none",
+        "--worker-index",
+        "none",
+    ]
+    args = build_parser().parse_args(["train", "d", "--out", "o", "--config", str(file), *unset])
+    cfg = config.resolve(file=args.config, data_dir="d", out="o", **{k: getattr(args, k) for k in TRAIN_KEYS})
+    assert (cfg.split_file, cfg.exclude, cfg.relabel, cfg.workers, cfg.worker_index) == (None,) * 5
+    assert config.resolve(data_dir="none", out="o").data_dir == str(tmp_path / "none")  # a folder of that name
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

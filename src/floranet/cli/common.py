@@ -77,6 +77,16 @@ def int_or_pair(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
+def int_or_none(text: str) -> int | str:
+    """An argparse type: a whole number, or ``none`` (kept as the word: it unsets a config file's value)."""
+    if text in ("none", "None"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or none, got {text!r}") from None
+
+
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number >= 0."""
     value = int(text)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from floranet.cli.common import Subparsers, command, int_or_pair, say, warn
+from floranet.cli.common import Subparsers, command, int_or_none, int_or_pair, say, warn
 from floranet.config import (
     AUGMENT_CHOICES,
     CLASS_WEIGHTS,
@@ -130,7 +130,9 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--head-units", type=int)
     g.add_argument("--early-stopping-patience", type=int, help="epochs without a better validation loss (0: off)")
     g.add_argument("--max-pixels", type=int, help="larger images are left out (decompression-bomb guard)")
-    g.add_argument("--split-file", help="reuse this split.csv instead of making a new split")
+    g.add_argument(
+        "--split-file", help="reuse this split.csv instead of making a new split (none: not the config file's)"
+    )
     _add_cluster_and_curation(p, g)
 
 
@@ -174,13 +176,25 @@ def _add_cluster_and_curation(p: argparse.ArgumentParser, g: Any) -> None:
         help="data-parallel training; --batch-size is then per replica and the learning rates "
         "are scaled by the number of replicas",
     )
-    g.add_argument("--workers", help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used)")
-    g.add_argument("--worker-index", type=int, help="this process's index in --workers (0 is the chief)")
+    g.add_argument(
+        "--workers",
+        help="multi-worker cluster as host:port,host:port (else TF_CONFIG is used; none: not the config file's)",
+    )
+    g.add_argument(
+        "--worker-index",
+        type=int_or_none,
+        help="this process's index in --workers (0 is the chief; none: not the config file's)",
+    )
     c = p.add_argument_group("data curation, audit and the unknown answer")
     c.add_argument(
-        "--exclude", help="leave these files out: an audit.csv (its file column) or one relative path a line"
+        "--exclude",
+        help="leave these files out: an audit.csv (its file column) or one relative path a line (none: not the "
+        "config file's)",
     )
-    c.add_argument("--relabel", help="CSV of path,new_label (or an audit.csv: its label issues' suggested labels)")
+    c.add_argument(
+        "--relabel",
+        help="CSV of path,new_label (or an audit.csv: its label issues' suggested labels; none: not the config file's)",
+    )
     c.add_argument(
         "--audit",
         action=argparse.BooleanOptionalAction,

@@ -60,6 +60,10 @@ def cluster_hosts_problem(hosts: list[str]) -> str:
 
 # Settings that name files or folders of the user's (recorded absolute).
 PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")
+# Settings a flag (or the file) sets back to None with "none": a config file's split, lists or cluster are then
+# not used (a run's config.yaml reused for a new run carries them). A file named "none" is given as ./none.
+NONE_WORDS = ("none", "None")
+UNSETTABLE = ("weights", "class_weights", "split_file", "exclude", "relabel", "workers", "worker_index")
 
 
 MAX_HEAD_UNITS = 1 << 16  # 65,536: wider is a typo (100 million units ran out of memory mid-training)
@@ -139,8 +143,8 @@ class TrainConfig:
                 object.__setattr__(self, name, value)
         self._plain_values()
         object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        for name in ("weights", "class_weights"):  # "none" (a flag's or YAML's word for it) unsets a file's value
-            if getattr(self, name) in ("none", "None"):
+        for name in UNSETTABLE:  # "none" (a flag's or YAML's word for it) unsets a config file's value
+            if getattr(self, name) in NONE_WORDS:
                 object.__setattr__(self, name, None)
         self._check_training()
         self._check_choices()
@@ -352,10 +356,14 @@ def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     for name in PATH_FIELDS:
         value = out.get(name)
-        if isinstance(value, str | os.PathLike) and os.fspath(value):
+        if (
+            isinstance(value, str | os.PathLike)
+            and os.fspath(value)
+            and not (name in UNSETTABLE and value in NONE_WORDS)
+        ):
             out[name] = os.path.abspath(value)
     weights = out.get("weights")  # a file's path, unless it names a source
-    if isinstance(weights, str | os.PathLike) and os.fspath(weights) not in ("", "imagenet", "none", "None"):
+    if isinstance(weights, str | os.PathLike) and os.fspath(weights) not in ("", "imagenet", *NONE_WORDS):
         out["weights"] = os.path.abspath(weights)
     return out
 
