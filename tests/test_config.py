@@ -196,6 +196,22 @@ def test_class_weights_none_flag_unsets_the_files_auto(tmp_path) -> None:
     assert cfg.class_weights is None and config.resolve(file=file, data_dir="d", out="o").class_weights == "auto"
 
 
+def test_an_unknown_option_is_said_by_its_commands_parser(capsys) -> None:
+    """`floranet report RUN --output x.html` printed the top-level usage and "floranet: error", unlike every other
+    argument error of a command; and the demo alone took no HxW image size."""
+    from floranet.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["report", "runs/x", "--output", "x.html"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "floranet report: error: unrecognized arguments: --output x.html" in err
+    assert err.startswith("usage: floranet report ")
+    assert build_parser().parse_args(["demo", "--image-size", "180x240"]).image_size == (180, 240)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "height x width" in " ".join(capsys.readouterr().out.split())
+
+
 def test_none_flags_unset_a_config_files_split_lists_and_cluster(tmp_path, monkeypatch) -> None:
     """A run's config.yaml reused for a new run carries its split_file, exclude, relabel and workers, and no flag
     could unset them: `--split-file none` read the file ./none ("cannot be read"), and '' was refused as empty."""

@@ -372,6 +372,7 @@ def test_fetch_arguments_are_checked_not_tracebacks(tmp_path, capsys, args, matc
 
     assert main(["fetch", "--cache-dir", str(tmp_path / "c"), *args]) == 2
     assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "c").exists()  # refused before the cache folder was made (its lock made it)
 
 
 def test_fetch_into_a_cache_dir_that_is_a_file_names_it(tmp_path, capsys) -> None:

@@ -101,7 +101,9 @@ def _end_now() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the command's own parser: the top one gave its usage and "floranet: error"
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     from floranet.errors import FloranetError
 
     try:

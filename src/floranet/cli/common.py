@@ -125,5 +125,5 @@ def add_unknown(p: argparse.ArgumentParser) -> None:
 def command(sub: Subparsers, name: str, run: Runner, **kwargs: Any) -> argparse.ArgumentParser:
     """Adds subcommand ``name`` whose arguments ``run`` receives."""
     p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, parser=p)  # parser: its own usage and name in an error (main)
     return p

@@ -64,7 +64,7 @@ def add_demo(sub: Subparsers) -> None:
     p.add_argument("--out", help="run directory (default: runs/demo-<time>)")
     p.add_argument("--epochs", type=int, help="stage-1 (head) epochs (default: the recipe's)")
     p.add_argument("--fine-tune-epochs", type=int, help="stage-2 epochs (default: the recipe's; offline: none)")
-    p.add_argument("--image-size", type=int, help="side in pixels (default: the recipe's; offline: 160)")
+    p.add_argument("--image-size", type=int_or_pair, help="pixels, N or HxW (default: the recipe's; offline: 160)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ def add_train(sub: Subparsers) -> None:
     g.add_argument("--preset", choices=list(PRESETS))
     g.add_argument("--backbone", help="resnet50 (default), resnet18, mobilenet_v2, ... (see `floranet backbones`)")
     g.add_argument("--weights", help="imagenet | none | PATH to a weights file")
-    g.add_argument("--image-size", type=int_or_pair, help="pixels, e.g. 180 or 180x240")
+    g.add_argument("--image-size", type=int_or_pair, help="pixels, N or HxW (height x width), e.g. 180 or 180x240")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--epochs", type=int, help="stage 1 epochs (frozen backbone)")
     g.add_argument("--fine-tune-epochs", type=int, help="stage 2 epochs (top of the backbone unfrozen)")

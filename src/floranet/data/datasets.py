@@ -159,6 +159,8 @@ def fetch(
     spec = DATASETS.get(name)
     if spec is None:
         raise ConfigError(f"Unknown dataset: {name!r}. Valid names: {', '.join(names())}. Received: name={name!r}")
+    # Before the cache folder is made (its lock makes it): a refused fetch leaves nothing behind.
+    download_lib.check_request(url if url is not None else spec.url, timeout)
     root = Path(cache_dir).expanduser() if cache_dir is not None else download_lib.cache_dir("datasets")
     found = _complete_copy(root, spec)
     if found is not None:

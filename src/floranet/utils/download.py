@@ -93,7 +93,7 @@ def download(
             of at most :data:`~floranet.utils.opener.MAX_TIMEOUT_S` (a day).
         OutputError: ``dest``'s folder cannot be made, or the file cannot be written (read-only, disk full).
     """
-    _check_request(url, timeout)
+    check_request(url, timeout)
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ def redacted_text(text: str, secrets: Iterable[str | None] = ()) -> str:
     return text
 
 
-def _check_request(url: str, timeout: float) -> None:
+def check_request(url: str, timeout: float) -> None:
     """Refuses what urllib would fail on with a traceback: a URL of :func:`url_problem`; a timeout that is not a
     positive number of seconds, at most a day (socket.settimeout raises OverflowError past about 9.2e9 s).
 

@@ -45,7 +45,7 @@ class DemoModel:
 
     backbone: str
     weights: str | None
-    image_size: int | None
+    image_size: int | tuple[int, int] | None
     title: str
     preset: str = "tutorial"
 
@@ -69,7 +69,7 @@ def run_demo(
     *,
     epochs: int | None = None,
     fine_tune_epochs: int | None = None,
-    image_size: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
@@ -80,7 +80,7 @@ def run_demo(
         out: Run directory; default ``runs/demo-<time>``.
         epochs: Head-training epochs; default the preset's.
         fine_tune_epochs: Fine-tuning epochs; default the preset's (offline: the tutorial preset's, none).
-        image_size: Side in pixels; default the preset's (online) or ``OFFLINE_SIZE`` (offline).
+        image_size: Pixels, a side or (height, width); default the preset's (online) or ``OFFLINE_SIZE`` (offline).
         progress: Show Keras's progress bars.
         say: Where the narration goes.
 
@@ -136,7 +136,9 @@ def run_demo(
     return DemoResult(result.run.path, data_dir, offline, weights, rose, top, acc, model.backbone, seconds)
 
 
-def _check_flags(out: Path, epochs: int | None, fine_tune_epochs: int | None, image_size: int | None) -> None:
+def _check_flags(
+    out: Path, epochs: int | None, fine_tune_epochs: int | None, image_size: int | tuple[int, int] | None
+) -> None:
     """Refuses a bad flag before the data and weights steps (each may download for minutes) as training would:
     with the recipe of either model.
 
@@ -154,7 +156,7 @@ def _check_flags(out: Path, epochs: int | None, fine_tune_epochs: int | None, im
         )
 
 
-def _model(image_size: int | None, say: Callable[[str], None]) -> DemoModel:
+def _model(image_size: int | tuple[int, int] | None, say: Callable[[str], None]) -> DemoModel:
     """ResNet50 with ImageNet weights when they can be had, else MobileNetV2 with its bundled ones, said loudly."""
     try:
         weights_lib.fetch_imagenet("resnet50", include_top=False, timeout=10.0)
@@ -169,7 +171,7 @@ def _model(image_size: int | None, say: Callable[[str], None]) -> DemoModel:
     say("WARNING: ImageNet weights for ResNet50 are not available (no network?):")
     say(f"  {problem}")
     say("  FALLING BACK to MobileNetV2 with the ImageNet weights bundled with floranet (torchvision's,")
-    say(f"  converted; no network needed) at {size} px, {OFFLINE_PRESET} preset: a real")
+    say(f"  converted; no network needed) at {_pixels(size)} px, {OFFLINE_PRESET} preset: a real")
     say("  pretrained classifier, not a random one.")
     say("  Online, the demo trains ResNet50 as the tutorial does. Recorded in the run's metrics.json.")
     say(BANNER)
@@ -182,12 +184,18 @@ def _say_recipe(model: DemoModel, cfg: config_lib.TrainConfig, say: Callable[[st
     hidden = f" → Dense({cfg.head_units}, relu)" if cfg.head_units else ""
     dropout = f" → Dropout({cfg.dropout:g})" if cfg.dropout else ""
     say(f"[3/8] Model: {model.title} + Flatten{hidden}{dropout} → Dense(n, softmax)")
-    size = cfg.image_size[0]
+    size = _pixels(cfg.image_size)
     say(f"[4/8] Training ({cfg.preset} preset): Adam {cfg.learning_rate:g}, {cfg.epochs} epochs at {size} px")
     if cfg.fine_tune_epochs:
         aug = "" if cfg.augment == "off" else " with augmentation"
         lr = cfg.fine_tune_learning_rate
         say(f"  then fine-tuning the last stage{aug}: Adam {lr:g}, {cfg.fine_tune_epochs} epochs")
+
+
+def _pixels(size: int | tuple[int, int]) -> str:
+    """``160``, or ``180x240`` (height x width) where the sides differ."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return str(h) if h == w else f"{h}x{w}"
 
 
 def _results(result: TrainResult, acc: float | None, weights: str | None, say: Callable[[str], None]) -> None:
