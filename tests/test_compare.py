@@ -58,6 +58,10 @@ def test_compare_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="train must hold"):
         CompareConfig(data_dir="d", backbones=("a",), train={"backbone": "x"})
     assert CompareConfig(data_dir="d", backbones=("a", "b"), weights={"a": "none"}).weights_of("a") is None
+    # compare has no --fine-tune-epochs: "epochs + fine_tune_epochs must be > 0" named a setting it cannot take
+    with pytest.raises(ConfigError, match=r"epochs must be >= 1 without fine_tune \(--fine-tune\).*Received: epochs=0"):
+        CompareConfig(data_dir="d", backbones=("a",), train={"epochs": 0})
+    assert CompareConfig(data_dir="d", backbones=("a",), train={"epochs": 0}, fine_tune=True).fine_tune
     # Names as the registry reads them: RESNET20 is resnet20 (it trained twice, in two folders)
     with pytest.raises(ConfigError, match="distinct names"):
         CompareConfig(data_dir="d", backbones=("resnet20", " RESNET20"))

@@ -62,6 +62,13 @@ class CompareConfig:
         check(not bad, "train must hold TrainConfig settings that compare does not set itself", "train", bad)
         check_choice("runtime", self.runtime, RUNTIMES)
         check_choice("precision", self.precision, PRECISIONS)
+        epochs = self.train.get("epochs")  # said in compare's words: it has no --fine-tune-epochs to add some
+        check(
+            self.fine_tune or epochs != 0,
+            "epochs must be >= 1 without fine_tune (--fine-tune): each run would train nothing",
+            "epochs",
+            epochs,
+        )
 
     def weights_of(self, backbone: str) -> str | None:
         value = self.weights.get(backbone_key(backbone), self.default_weights)
