@@ -207,6 +207,27 @@ def test_an_unknown_option_is_said_by_its_commands_parser(capsys) -> None:
     assert stopped.value.code == 2 and "floranet report: error: unrecognized arguments: --output x.html" in err
     assert err.startswith("usage: floranet report ")
     assert build_parser().parse_args(["demo", "--image-size", "180x240"]).image_size == (180, 240)
+    # audit DATA_DIR takes the head's and the decoder's settings as train does (its heads are train's)
+    flags = [
+        "--max-pixels",
+        "5",
+        "--head-units",
+        "16",
+        "--dropout",
+        "0.1",
+        "--label-smoothing",
+        "0",
+        "--learning-rate",
+        "1",
+    ]
+    args = build_parser().parse_args(["audit", "d", *flags])
+    assert (args.max_pixels, args.head_units, args.dropout, args.label_smoothing, args.learning_rate) == (
+        5,
+        16,
+        0.1,
+        0,
+        1,
+    )
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "height x width" in " ".join(capsys.readouterr().out.split())

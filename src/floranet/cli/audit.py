@@ -32,10 +32,15 @@ def add_audit(sub: Subparsers) -> None:
     g.add_argument(
         "--epochs", type=int, help="epochs of each out-of-fold head (at least 5; 5 on sets of over 20 batches)"
     )
+    g.add_argument("--learning-rate", type=float, help="of each out-of-fold head")
+    g.add_argument("--head-units", type=int)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--label-smoothing", type=float, help="of the heads' targets, in [0, 1)")
     g.add_argument("--seed", type=int)
     g.add_argument("--val-split", type=float)
+    g.add_argument("--max-pixels", type=int, help="larger images are left out (decompression-bomb guard)")
     g.add_argument("--runtime", choices=RUNTIMES)
-    g.add_argument("--precision", choices=PRECISIONS)
+    g.add_argument("--precision", choices=PRECISIONS, help="of the feature extraction")
 
 
 def run_audit(args: argparse.Namespace) -> int:
