@@ -831,3 +831,38 @@ def test_an_audit_killed_in_its_data_scan_does_not_block_the_next(tmp_path: Path
     folder.mkdir()
     RunDir(folder).write_json(RunDir.DOCTOR, {"complete": False})
     assert audit_fn(data, **TINY).run.path.resolve() == folder.resolve()
+
+
+def test_the_doctors_label_conflicts_are_rows_of_the_audit_and_its_exclude_settles_them(tmp_path: Path) -> None:
+    """Byte-identical copies in two classes appeared in no audit output (the doctor leaves them out of the split,
+    so the embeddings never saw them), though the README settles them with the audit's --exclude or --relabel."""
+    from floranet.data.curation import read_exclude, read_relabel
+    from floranet.training.data import prepare
+    from floranet.workflows.audit import audit as audit_fn
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6, names=["a", "b", "c"])
+    for other in "bc":
+        shutil.copy(data / "a" / "img_000.jpg", data / other / "copy.jpg")
+    outcome = audit_fn(data, out=tmp_path / "audit", **TINY, **FAST)
+    rows = [f for f in outcome.result.findings if f.other_file == "a/img_000.jpg" and f.score == 1.0]
+    assert [(f.file, f.kind, f.given_label, f.suggested_label, f.split) for f in rows] == [
+        ("b/copy.jpg", "duplicate_conflict", "b", "a", ""),
+        ("c/copy.jpg", "duplicate_conflict", "c", "a", ""),
+    ]
+    assert outcome.result.facts["left_out_conflict_copies"] == 2
+    csv_text = (outcome.run / RunDir.AUDIT_CSV).read_text()
+    assert "b/copy.jpg,duplicate_conflict,1.0,b,a,a/img_000.jpg,\n" in csv_text
+    # The audit cut down to those rows, as the README says to use it: each list settles the conflict
+    audit_csv = tmp_path / "conflicts.csv"
+    head, *lines = csv_text.splitlines()
+    audit_csv.write_text("\n".join([head, *[ln for ln in lines if ",duplicate_conflict," in ln]]) + "\n")
+    assert read_exclude(audit_csv) == ("b/copy.jpg", "c/copy.jpg")
+    assert read_relabel(audit_csv) == {}  # label issues only: a conflict's suggestion is the other copy's label
+    cfg = config.resolve(data_dir=str(data), out=str(tmp_path / "run"), exclude=str(audit_csv), **TINY)
+    (tmp_path / "run").mkdir()
+    split = prepare(cfg, RunDir(tmp_path / "run"), resume=False, progress=False, say=lambda m: None).split
+    kept = {r.path for r in split.rows}
+    assert "a/img_000.jpg" in kept and not kept & {"b/copy.jpg", "c/copy.jpg"}
+    # An audit of a folder without such copies has no such rows
+    clean = make_image_folder(tmp_path / "clean", classes=2, per_class=4)
+    assert audit_fn(clean, out=tmp_path / "audit2", **TINY, **FAST).result.facts["left_out_conflict_copies"] == 0

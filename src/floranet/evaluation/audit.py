@@ -212,9 +212,12 @@ def run_audit(
     *,
     folds: int = DEFAULT_FOLDS,
     duplicate_similarity: float | None = None,
+    left_out_copies: Sequence[Sequence[tuple[str, str]]] = (),
     say: Callable[[str], None] = print,
 ) -> AuditResult:
-    """Audits labelled images from their features (see the module docstring)."""
+    """Audits labelled images from their features (see the module docstring); ``left_out_copies``: the doctor's
+    groups of byte-identical files in different classes, as (path, label), which no split holds
+    (:func:`conflict_findings`)."""
     n, names = len(data.paths), data.class_names
     if config.weights is None:
         say("Audit: the backbone has random weights, so its embeddings say little: expect many false duplicates.")
@@ -224,6 +227,7 @@ def run_audit(
     findings = list(labels.findings)
     t = time.perf_counter()
     pairs, duplicate_similarity = similar_pairs(data.features, duplicate_similarity, groups)
+    findings += conflict_findings(left_out_copies)
     findings += pair_findings(data, pairs, labels.quality, groups, labels.checked)
     timings["duplicates_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -253,6 +257,7 @@ def run_audit(
         "outlier_z": OUTLIER_Z,
         "similar_pairs": len(pairs),  # of distinct files; byte-identical copies are counted apart
         "byte_identical_copies": int(n - len(np.unique(groups))),  # a row each, against the copy kept
+        "left_out_conflict_copies": sum(len(g) - 1 for g in left_out_copies),  # the doctor's, outside the split
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     result = AuditResult(data, findings, labels.oof, labels.quality, outliers, facts)
@@ -270,6 +275,21 @@ def _label_finding(data: AuditData, i: int, oof: np.ndarray, quality: np.ndarray
         names[int(np.argmax(oof[i]))],
         split=data.splits[i],
     )
+
+
+def conflict_findings(groups: Sequence[Sequence[tuple[str, str]]]) -> list[Finding]:
+    """A row per copy of each group of byte-identical files in different classes (``(path, label)`` each), against
+    the group's first path, at similarity 1. The doctor leaves every copy of such a group out of the split (which
+    label is right is unknown), so the audit's embeddings never see them: ``--exclude`` of these rows keeps the first
+    copy alone, which settles the conflict (as a ``path,new_label`` relabel of the copies does); ``split`` is empty."""
+    rows = []
+    for members in groups:
+        (kept, kept_label), *rest = sorted(members)
+        for path, label in rest:
+            other = label != kept_label
+            kind, suggested = ("duplicate_conflict", kept_label) if other else ("duplicate", "")
+            rows.append(Finding(path, kind, 1.0, label, suggested, other_file=kept))
+    return rows
 
 
 def pair_findings(

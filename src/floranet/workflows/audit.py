@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from floranet.config import TrainConfig, resolve
-from floranet.errors import ConfigError, DatasetError
+from floranet.errors import ConfigError, DatasetError, ModelError
 from floranet.evaluation.audit import DEFAULT_FOLDS, AuditData, AuditResult, run_audit
 from floranet.evaluation.audit_report import write_audit
+from floranet.evaluation.card_facts import SHAPES, mismatch
 from floranet.models import weights as weights_lib
 from floranet.rundir import RunDir
 from floranet.training import data as run_data
@@ -122,7 +123,10 @@ def audit(
                 f"{'the run was trained on, from its config.yaml' if fresh is None else 'given'}): is it there, "
                 "and readable?"
             )
-        result = run_audit(data, config, folds=folds, duplicate_similarity=duplicate_similarity, say=say)
+        copies = _left_out_conflicts(run, data)
+        result = run_audit(
+            data, config, folds=folds, duplicate_similarity=duplicate_similarity, left_out_copies=copies, say=say
+        )
         write_audit(run, result, data_dir, config.max_pixels)
         if rebuild_report and run.exists(RunDir.MODEL) and run.exists(RunDir.PREDICTIONS):
             from floranet.evaluation.report import build_report
@@ -218,6 +222,25 @@ def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say, *, reh
         run, config, [str(root / r.path) for r in rows], [r.sha256 for r in rows], progress=progress, say=say
     )
     return _audit_data(rows, tuple(names), feats)
+
+
+def _left_out_conflicts(run: RunDir, data: AuditData) -> list[list[tuple[str, str]]]:
+    """The doctor's groups of byte-identical files in different classes (``doctor.json``), as (path, label), that
+    the split left out (a group that ``--exclude`` or ``--relabel`` settled is in it, and audited there)."""
+    try:
+        doctor = run.read_json(RunDir.DOCTOR)
+    except ModelError:  # damaged: the audit goes on without its conflicts
+        return []
+    if not isinstance(doctor, dict) or mismatch(doctor, SHAPES[RunDir.DOCTOR]):
+        return []
+    labels = {f["path"]: f.get("label") for f in doctor["files"]}
+    audited = set(data.paths)
+    groups = []
+    for group in (g for g in doctor.get("duplicates", []) if isinstance(g, list)):
+        members = [(p, labels[p]) for p in group if isinstance(p, str) and isinstance(labels.get(p), str)]
+        if len({label for _, label in members}) > 1 and not audited & {p for p, _ in members}:
+            groups.append(members)
+    return groups
 
 
 def _current(rows: list[Any], root: Path) -> tuple[list[Any], int, list[str]]:
