@@ -835,12 +835,13 @@ def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(
     calls: list[str] = []
 
     def down(*args, **kwargs):
-        calls.append("set_experiment")
+        calls.append("get_experiment_by_name")
         raise ConnectionError("Connection refused")
 
     stub = types.ModuleType("mlflow")  # mlflow itself is an optional extra, not installed for the tests
     stub.set_tracking_uri = lambda uri: calls.append(uri)
-    stub.set_experiment = down
+    stub.is_tracking_uri_set = lambda: False
+    stub.get_experiment_by_name = down
     stub.active_run = lambda: None
     monkeypatch.setitem(sys.modules, "mlflow", stub)
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4)
@@ -855,7 +856,7 @@ def test_a_tracking_failure_after_training_keeps_the_run_and_says_how_to_log_it(
         assert (run / "model.keras").exists() and json.loads((run / "metrics.json").read_text())["accuracy"] >= 0
         assert main(["track", str(run), "--mlflow", url]) == 1  # still down: said, not a traceback
         assert "floranet track: logging to MLflow failed (ConnectionError" in capsys.readouterr().err
-    assert calls == [url, "set_experiment"] * 2
+    assert calls == [url, "get_experiment_by_name", None] * 2  # the caller's tracking URI (none) is put back
 
 
 def test_a_capped_read_sets_aside_what_the_file_holds_not_the_cap(tmp_path) -> None:
