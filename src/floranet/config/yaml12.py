@@ -30,9 +30,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             name = str(key).replace("-", "_") if isinstance(key, str) else key
             line = key_node.start_mark.line + 1
-            if name in seen:
+            if name in seen:  # both lines, in order: a "<<" merge key's values come first in node.value
+                first, second = sorted((seen[name], line))
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is set twice (first on line {seen[name]})", key_node.start_mark
+                    None, None, f"{key!r} is set twice (lines {first} and {second})", key_node.start_mark
                 )
             seen[name] = line
         return super().construct_mapping(node, deep=deep)
@@ -59,7 +60,12 @@ UniqueKeyLoader.yaml_implicit_resolvers = {
 
 def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     text = str(loader.construct_scalar(node))
-    return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)  # 0123 is 123
+    try:
+        return int(text, 0) if text[:2] in ("0o", "0x") else int(text, 10)  # 0123 is 123
+    except ValueError:  # over 4,300 digits: Python's own limit, said with where the value is
+        mark = node.start_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        raise ValueError(f"an integer of {len(text)} characters is too long to be a setting ({where})") from None
 
 
 UniqueKeyLoader.add_constructor(_INT, _yaml12_int)
