@@ -311,6 +311,24 @@ def test_a_run_resumed_on_another_machine_says_each_ones_share_of_its_training_t
         checkpoint.RunState.load(run)
 
 
+def test_a_resume_after_files_went_missing_keeps_the_class_weights_the_run_began_with(data, tmp_path, monkeypatch):
+    """`--class-weights auto` weighed the resumed epochs by the counts of the files left, not those the run began
+    with (and the model card shows, from split.csv): one run, two sets of weights."""
+    from floranet.training import data as run_data
+
+    seen: list[dict[int, float] | None] = []
+    real = run_data.class_weights
+    monkeypatch.setattr(run_data, "class_weights", lambda *a: seen.append(real(*a)) or seen[-1])
+    cfg = _settings(data, tmp_path / "run", epochs=3, fine_tune_epochs=0, class_weights="auto")
+    run = _interrupted(monkeypatch, cfg, "stage1", 1)
+    split = run.split()
+    gone = [r.path for r in split.rows if r.split == "train" and r.label == split.class_names[0]][:3]
+    for path in gone:  # a third of one class's training images, deleted between the two processes
+        (data / path).unlink()
+    _resume(cfg)
+    assert len(seen) == 2 and seen[0] == seen[1] and len(set(seen[0].values())) == 1  # balanced at the start
+
+
 def test_a_resumed_run_keeps_the_class_order_a_split_file_and_a_relabel_gave_it(tmp_path) -> None:
     """A --split-file's relabelled new class comes last in the run's class order; a resume re-read split.csv with
     its labels sorted, so every output meant another class (validation accuracy 100% → 0%)."""

@@ -371,10 +371,12 @@ def _sample_grid(prepared: Prepared, run: RunDir, n: int = 9) -> None:
     image_grid(images, titles, run.plot("samples.png"), columns=3, font_size=14)  # the tutorial's first figure
 
 
-def class_weights(prepared: Prepared, config: TrainConfig) -> dict[int, float] | None:
+def class_weights(prepared: Prepared, config: TrainConfig, run: RunDir) -> dict[int, float] | None:
     """Balanced class weights (:meth:`~floranet.data.split.Split.balanced_weights`, by label index) when
-    ``class_weights: auto``."""
+    ``class_weights: auto``, from ``split.csv`` as the run recorded it: a resume after files went missing trains on
+    with the weights the run began with, which the model card shows (they changed between its processes)."""
     if config.class_weights != "auto":
         return None
     split = prepared.split
-    return {split.label_index(name): w for name, w in split.balanced_weights().items()}
+    recorded = run.split(split.class_names) if run.exists(RunDir.SPLIT) else split
+    return {split.label_index(name): w for name, w in recorded.balanced_weights().items()}

@@ -126,7 +126,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
                 head_units=config.head_units,
                 dropout=config.dropout,
             )
-    ctx = StageContext(run, config, state, dist, run_data.class_weights(prepared, config), progress, say)
+    ctx = StageContext(run, config, state, dist, run_data.class_weights(prepared, config, run), progress, say)
     precisions: dict[str, str] = {}
     t = time.perf_counter()
     cached = _stage1(model, prepared, ctx, precisions)
