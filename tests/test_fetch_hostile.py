@@ -374,6 +374,23 @@ def test_archives_with_links_clashes_or_too_much_data_are_refused(tmp_path, monk
     assert not (tmp_path / "flower_photos").exists() and not (tmp_path / ARCHIVE).exists()
 
 
+def test_names_that_differ_only_in_case_are_refused_where_the_disk_folds_case(tmp_path, monkeypatch) -> None:
+    """roses/a.jpg and Roses/A.jpg are one file on macOS's and Windows' disks: the second replaced the first without
+    a word. Where the disk tells them apart (Linux), both are extracted."""
+    from floranet.data import archives
+
+    assert archives.folds_case(tmp_path) is False  # this machine's disk tells them apart
+    assert not list(tmp_path.iterdir())  # the probe is gone
+    members = [_member("flower_photos/roses/a.jpg"), _member("flower_photos/Roses/A.jpg")]
+    buf = io.BytesIO(_tar_of(members))
+    with tarfile.open(fileobj=buf) as tar:
+        assert len(archives.checked_members(tar, 100, dest=tmp_path)) == 2
+    monkeypatch.setattr(archives, "folds_case", lambda folder: True)  # as on such a disk
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar, pytest.raises(archives.UnsafeMember, match="differ only in case"):
+        archives.checked_members(tar, 100, dest=tmp_path)
+
+
 def test_a_dot_folder_as_tar_c_dir_dot_writes_is_not_extracted_over_the_destination(tmp_path, monkeypatch) -> None:
     dot = _member("./", kind=tarfile.DIRTYPE)
     dot.mode = 0o000  # were it applied to the extraction folder, nothing more could be written there

@@ -2,9 +2,10 @@
 
 Every header is read and checked before anything is written (:func:`checked_members`): the member count and
 the bytes the files declare stay within the caller's budget (a decompression bomb stops at the header that passes
-it, before its content is decompressed), no name appears twice or is a file and a folder at once, every file has a
-name of its own and a path a file system takes, and there are no links or special files (the data sets floranet
-fetches hold plain files and folders). Then ``tarfile``'s ``data`` filter (Python >= 3.11.4) extracts, refusing
+it, before its content is decompressed), no name appears twice (nor two names that differ only in case, on a disk
+that does not tell them apart) or is a file and a folder at once, every file has a name of its own and a path a
+file system takes, and there are no links or special files (the data sets floranet fetches hold plain files and
+folders). Then ``tarfile``'s ``data`` filter (Python >= 3.11.4) extracts, refusing
 paths outside the folder and unsafe modes; on older Pythons :func:`_within` checks the paths itself.
 """
 
@@ -117,6 +118,7 @@ def checked_members(tar: tarfile.TarFile, max_bytes: int, *, dest: Path | None =
     and refused at the first that breaks a rule (see the module). A folder named ``.`` (``tar -C dir .`` writes
     ``./``) is ``dest`` itself: left out, not extracted over it."""
     base = len(os.fsencode(os.path.abspath(dest))) + 1 if dest is not None else 0
+    folded: dict[str, str] | None = {} if dest is not None and folds_case(dest) else None
     members: list[tarfile.TarInfo] = []
     names: set[PurePosixPath] = set()
     files: set[PurePosixPath] = set()
@@ -143,6 +145,13 @@ def checked_members(tar: tarfile.TarFile, max_bytes: int, *, dest: Path | None =
             raise UnsafeMember(f"{m.name[:80]!r}... would be written at a path longer than {PATH_MAX:,} bytes")
         if name in names and not m.isdir():
             raise UnsafeMember(f"{m.name!r} appears twice")
+        if folded is not None and m.isfile():  # Roses/a.jpg and roses/A.jpg: one file on macOS's and Windows' disks
+            other = folded.setdefault(str(name).casefold(), m.name)
+            if other != m.name:
+                raise UnsafeMember(
+                    f"{m.name!r} and {other!r} differ only in case, which this file system does not tell apart: "
+                    "one would replace the other"
+                )
         if any(parent in files for parent in name.parents) or (m.isdir() and name in files):
             raise UnsafeMember(f"{m.name!r} is under, or is, a name the archive also has as a file")
         names.add(name)
@@ -150,6 +159,16 @@ def checked_members(tar: tarfile.TarFile, max_bytes: int, *, dest: Path | None =
             files.add(name)
         members.append(m)
     return members
+
+
+def folds_case(folder: Path) -> bool:
+    """Whether the file system of ``folder`` (which exists) takes names that differ only in case for one name: a
+    probe file is made and looked for under its upper-case name."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix=".case-probe-", dir=folder) as probe:
+        name = Path(probe.name)
+        return (name.parent / name.name.upper()).exists()
 
 
 def _within(members: list[tarfile.TarInfo], dest: Path) -> list[tarfile.TarInfo]:
