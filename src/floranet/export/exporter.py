@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from floranet.errors import ConfigError, DatasetError, FloranetError, ModelError, OutputError, RunLockedError
+from floranet.errors import ConfigError, DatasetError, FloranetError, ModelError, OutputError
 from floranet.export import metadata
 from floranet.export.check import Check, agrees, check_export, readme, tolerance_text
 from floranet.export.common import (
@@ -190,14 +190,12 @@ def export_run(
         # One writer per run; a file system that cannot lock is refused, as for every command that writes a run.
         ours = True
         if Path(run_dir).is_dir():  # else open_run names what is missing, and no folder is made
-            try:
-                held.enter_context(RunDir(run_dir).lock())
+            try:  # held by another process: the run exported is the one held, so another --out would not help
+                held.enter_context(RunDir(run_dir).lock(hint="wait for it to finish"))
             except OutputError as e:
                 if e.errno not in _NOT_OURS:
                     raise
                 ours = False
-            except RunLockedError as e:  # the run exported is the one held: another --out would not help
-                raise RunLockedError(f"The run directory {run_dir}", e.pid, hint="wait for it to finish") from None
         return _export(run_dir, format, quantize, out, max_images, say, progress, ours=ours)
 
 

@@ -191,15 +191,15 @@ class RunDir:
             )
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[RunDir]:
-        """Holds the run's lock while the block writes it; a second writer is refused.
+    def lock(self, *, hint: str | None = None) -> Iterator[RunDir]:
+        """Holds the run's lock while the block writes it; a second writer is refused (``hint``: what to do then).
 
         Raises:
             RunLockedError: Another process holds it (its pid is in the message and the error).
             OutputError: The folder cannot be created.
         """
         made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # folders the lock creates
-        fd = locks.acquire(self.path / self.LOCK, what=f"the run directory {self.path}")
+        fd = locks.acquire(self.path / self.LOCK, what=f"the run directory {self.path}", hint=hint)
         try:
             yield self
         finally:

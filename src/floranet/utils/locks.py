@@ -22,12 +22,15 @@ from floranet.utils.files import current_umask
 WAIT_NOTICE_S = 3.0  # a wait for another holder is said after this long (most waits are shorter)
 
 
-def acquire(path: Path, *, what: str, wait: bool = False, say: Callable[[str], None] | None = None) -> int:
+def acquire(
+    path: Path, *, what: str, wait: bool = False, say: Callable[[str], None] | None = None, hint: str | None = None
+) -> int:
     """Locks ``path`` (creating it and its folder) and writes this process's pid into it; returns the fd.
 
     Args:
         path: The lock file.
         what: What the lock guards, for the error message.
+        hint: What to do when another process holds it (default: :class:`RunLockedError`'s).
         wait: Wait for another holder to finish instead of refusing.
         say: Told once, when a wait lasts :data:`WAIT_NOTICE_S` seconds, what it waits for (a silent wait looks
             like a hang).
@@ -51,7 +54,7 @@ def acquire(path: Path, *, what: str, wait: bool = False, say: Callable[[str], N
             if not wait:
                 holder = _read_pid(fd)
                 os.close(fd)
-                raise RunLockedError(what, holder) from None
+                raise (RunLockedError(what, holder, hint=hint) if hint else RunLockedError(what, holder)) from None
             _wait_for(fd, path, what, say)
         except OSError as e:  # ENOLCK, EOPNOTSUPP, ...: was a raw traceback that left the fd and an empty file
             _give_up(fd, path, created, made)
