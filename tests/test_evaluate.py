@@ -258,6 +258,50 @@ def test_validation_files_gone_or_changed_since_training_are_counted_not_scored(
     assert metrics["num_examples"] == recorded - 2
 
 
+def test_a_class_whose_validation_files_are_gone_is_not_said_to_have_none(writable_run, tmp_path, capsys) -> None:
+    """With a class's validation files deleted since training, the card and report said "the validation split holds
+    no image of" it (its Data table lists them) and still called its figures "rough" from the split's counts; and
+    `evaluate --data` on a folder with an empty class folder gave one accuracy without a word of that class."""
+    import json
+    import shutil
+
+    from floranet.cli import main
+    from floranet.rundir import RunDir
+
+    run = RunDir(writable_run)
+    data = tmp_path / "data"
+    shutil.copytree(run.config().data_dir, data)
+    config = (writable_run / RunDir.CONFIG).read_text()
+    (writable_run / RunDir.CONFIG).write_text(config.replace(str(run.config().data_dir), str(data)))
+    val = run.split().validation()
+    lost = val[0].label
+    for row in val:
+        if row.label == lost:
+            (data / row.path).unlink()
+    assert main(["evaluate", str(writable_run)]) == 0 and main(["report", str(writable_run)]) == 0
+    n = sum(r.label == lost for r in val)
+    why = f"none of its validation images was there as at training ({n} of the split's {len(val)} validation files"
+    card = (writable_run / RunDir.MODEL_CARD).read_text(encoding="utf-8")
+    assert f"- Not evaluated: {lost}: {why} were gone or changed when evaluated)" in card
+    assert "holds no image" not in card and not any(
+        line.startswith("- Few validation images") and lost in line for line in card.splitlines()
+    )
+    page = (writable_run / RunDir.REPORT).read_text(encoding="utf-8")
+    assert f"n/a: not measured for {lost}, as {why}".replace("'", "&#x27;") in page
+    # Another folder with an empty class folder: its accuracy omits that class, which is said
+    other = tmp_path / "other"
+    for name in run.class_names():
+        (other / name).mkdir(parents=True)
+    for row in val:
+        if row.label != lost:
+            shutil.copy(data / row.path, other / row.path)
+    capsys.readouterr()
+    assert main(["evaluate", str(writable_run), "--data", str(other)]) == 0
+    assert f"Not measured (no image evaluated): {lost}." in capsys.readouterr().err
+    assert f"; not measured: {lost})." in (writable_run / RunDir.MODEL_CARD).read_text(encoding="utf-8")
+    assert json.loads((writable_run / RunDir.METRICS_EXTERNAL).read_text())["per_class"][lost]["support"] == 0
+
+
 def test_evaluate_data_leaves_out_the_images_the_run_trained_on(writable_run, tmp_path, capsys) -> None:
     """evaluate --data on the very folder the run trained on published accuracy on its training images, without a
     word. They are now left out (the same file as split.csv's training side), counted and said."""

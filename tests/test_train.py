@@ -710,7 +710,7 @@ def test_classes_with_no_validation_image_are_said_and_shown_as_not_measured(tmp
         assert metrics["per_class"][name] == {"precision": None, "recall": None, "f1": None, "support": 0}
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "<tr><td>one</td><td>n/a</td><td>n/a</td><td>n/a</td><td>0</td></tr>" in report
-    assert "no image of one, two" in report
+    assert "not measured for one, two, as the validation split holds no image of them" in report
     card = (run / "README.md").read_text(encoding="utf-8")
     assert "| one | n/a | n/a | n/a | 0 |" in card and "| two | n/a | n/a | n/a | 0 |" in card
     assert "- Not evaluated: one, two: the validation split holds no image of them" in card

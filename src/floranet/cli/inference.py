@@ -24,9 +24,10 @@ def add_evaluate(sub: Subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from floranet.evaluation import evaluate_run, write_evaluation
+    from floranet.evaluation.metrics import unmeasured_classes
     from floranet.evaluation.modelcard import write_model_card
     from floranet.rundir import RunDir
-    from floranet.utils.text import figure_text
+    from floranet.utils.text import figure_text, printable
 
     external = args.data is not None
     # Locked before computing: a run that another command is writing is refused at once, not after the work
@@ -45,6 +46,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     for t, p_, c in ev.most_confused()[:5]:
         say(f"  {t} predicted as {p_}: {c}")
+    unmeasured = unmeasured_classes(m)
+    if unmeasured:  # the accuracy says nothing of them (an empty class folder of --data was not said)
+        warn(f"Not measured (no image evaluated): {', '.join(printable(n) for n in unmeasured)}.")
     _left_out(ev.extra, args.data or ev.data_dir)
     if external:
         wrote = f"{RunDir.METRICS_EXTERNAL}, {RunDir.PREDICTIONS_EXTERNAL}, plots/*_external.png"

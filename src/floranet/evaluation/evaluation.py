@@ -234,7 +234,10 @@ def write_evaluation(
     metrics[PREDICTIONS_DIGEST] = file_digest(run.write_text(predictions_name, ev.to_csv()))
     suffix = "_external" if external else ""
     plots.confusion_matrix_plot(
-        ev.confusion_matrix(), ev.class_names, run.plot(f"confusion_matrix{suffix}.png"), title=ev.source.capitalize()
+        ev.confusion_matrix(),
+        ev.class_names,
+        run.plot(f"confusion_matrix{suffix}.png"),
+        title=ev.source[:1].upper() + ev.source[1:],  # str.capitalize() lowercased the folder's path
     )
     plots.reliability_plot(  # no "after temperature scaling" series where none was fitted: it lay over the model's
         reliability(ev.probs, ev.labels),

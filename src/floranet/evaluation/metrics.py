@@ -77,3 +77,28 @@ def unmeasured_classes(metrics: dict[str, Any]) -> list[str]:
     if not isinstance(per_class, dict):
         return []
     return [name for name, r in per_class.items() if isinstance(r, dict) and r.get("support") == 0]
+
+
+def unmeasured_why(metrics: dict[str, Any]) -> str:
+    """Why :func:`unmeasured_classes` have no figures, as the end of a sentence ("... not measured, as ..."): the
+    split holds no validation image of them, or some of its validation files were gone or changed when evaluated
+    (``validation_files``: a class's images may be among those)."""
+    one = len(unmeasured_classes(metrics)) == 1
+    files = metrics.get("validation_files")
+    files = files if isinstance(files, dict) else {}
+    lost = sum(n for n in (files.get("missing"), files.get("changed")) if isinstance(n, int))
+    if not lost:
+        return f"the validation split holds no image of {'it' if one else 'them'}"
+    return (
+        f"none of {'its' if one else 'their'} validation images was there as at training ({lost} of the split's "
+        f"{files.get('recorded', '?')} validation files were gone or changed when evaluated)"
+    )
+
+
+def support_counts(metrics: dict[str, Any]) -> dict[str, int]:
+    """Per class, the validation images its figures are on (``per_class`` support): what was evaluated, which
+    differs from the split's counts when files were gone or changed."""
+    per_class = metrics.get("per_class")
+    if not isinstance(per_class, dict):
+        return {}
+    return {n: r["support"] for n, r in per_class.items() if isinstance(r, dict) and isinstance(r.get("support"), int)}

@@ -23,7 +23,7 @@ import yaml
 
 from floranet.evaluation.calibration import bound_words, not_fitted_words
 from floranet.evaluation.card_facts import CardFacts, training_time
-from floranet.evaluation.metrics import unmeasured_classes
+from floranet.evaluation.metrics import support_counts, unmeasured_classes, unmeasured_why
 from floranet.rundir import RunDir
 from floranet.utils.text import figure_text, printable
 
@@ -296,18 +296,16 @@ def _results(f: CardFacts) -> list[str]:
         figures = " | ".join(_figure(r.get(k)) for k in ("precision", "recall", "f1"))
         lines.append(f"| {_md(name)} | {figures} | {r['support']} |")
     if unmeasured_classes(m):
-        lines += ["", "n/a: not measured, as the validation split holds no image of that class (see Limitations)."]
+        lines += ["", f"n/a: not measured, as {unmeasured_why(m)} (see Limitations)."]
     confused = m.get("most_confused", [])[:3]
     if confused:
         pairs = "; ".join(f"{_md(c['true'])} taken for {_md(c['predicted'])} ({c['count']})" for c in confused)
         lines += ["", f"Most confused: {pairs}."]
     ext = f.external
-    if "accuracy" in ext:
-        lines += [
-            "",
-            f"On {_md(str(ext.get('source', 'another folder')))}: accuracy {figure_text(ext['accuracy'], '.4f')} "
-            f"({ext['num_examples']} images, `metrics_external.json`).",
-        ]
+    if "accuracy" in ext:  # and the classes it has no figure for (an empty class folder), which its accuracy omits
+        gaps = f"; not measured: {_names(unmeasured_classes(ext))}" if unmeasured_classes(ext) else ""
+        on = f"On {_md(str(ext.get('source', 'another folder')))}: accuracy {figure_text(ext['accuracy'], '.4f')}"
+        lines += ["", f"{on} ({ext['num_examples']} images, `{RunDir.METRICS_EXTERNAL}`{gaps})."]
     note = f.left_out(RunDir.METRICS_EXTERNAL)
     return [*lines, "", *note] if note else lines
 
@@ -342,15 +340,16 @@ def _limitations(f: CardFacts) -> list[str]:
             )
     missing = unmeasured_classes(m)
     if missing:
+        its, it = ("its", "it") if len(missing) == 1 else ("their", "them")
         out.append(
-            f"- Not evaluated: {_names(missing)}: the validation split holds no image of "
-            f"{'it' if len(missing) == 1 else 'them'}, so {'its' if len(missing) == 1 else 'their'} precision, "
-            "recall and F1 are not measured, and the accuracy says nothing of "
-            f"{'it' if len(missing) == 1 else 'them'}."
+            f"- Not evaluated: {_names(missing)}: {unmeasured_why(m)}, so {its} precision, recall and F1 are not "
+            f"measured, and the accuracy says nothing of {it}."
         )
     validated = sum(c["validation"] for c in f.counts.values())
-    # A class with no validation image is not "rough": it is not measured at all (said above).
-    small = [n for n, c in f.counts.items() if 0 < c["validation"] < FEW_VALIDATION_IMAGES]
+    # A class with no validation image is not "rough": it is not measured at all (said above). The counts are those
+    # evaluated (a file gone since the split was made is not among them), else the split's.
+    evaluated = support_counts(m) or {n: c["validation"] for n, c in f.counts.items()}
+    small = [n for n, k in evaluated.items() if 0 < k < FEW_VALIDATION_IMAGES]
     if small and validated:
         out.append(
             f"- Few validation images for {_names(small)} (under {FEW_VALIDATION_IMAGES} each): their "

@@ -27,7 +27,7 @@ from floranet.evaluation.calibration import bound_words, not_fitted_words
 from floranet.evaluation.card_facts import CardFacts, machine_shares, training_time
 from floranet.evaluation.evaluation import Evaluation, evaluate_run, read_evaluation, write_evaluation
 from floranet.evaluation.gradcam import NO_EVIDENCE, GradCAM, runs_around
-from floranet.evaluation.metrics import unmeasured_classes
+from floranet.evaluation.metrics import unmeasured_classes, unmeasured_why
 from floranet.evaluation.ood import unknown_section
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid, shown_photo
@@ -323,7 +323,7 @@ def _metrics_section(run: RunDir, metrics: dict[str, Any]) -> str:
     missing = unmeasured_classes(metrics)
     if missing:
         parts.append(
-            f"<p>n/a: not measured, as the validation split holds no image of {html_text(', '.join(missing))}.</p>"
+            f"<p>n/a: not measured for {html_text(', '.join(missing))}, as {html_text(unmeasured_why(metrics))}.</p>"
         )
     topk = next((k for k in metrics if k.startswith("top_") and k.endswith("_accuracy")), None)
     if topk:
