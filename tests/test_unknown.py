@@ -223,7 +223,14 @@ def test_export_carries_the_statistics_and_says_what_it_cannot_do(writable_run: 
     result = export_run(writable_run, "keras", max_images=0)
     assert (result.path / RunDir.OOD).exists() and (result.path / RunDir.OOD_STATS).exists()
     readme = (result.path / "README.txt").read_text()
-    assert "NOT AVAILABLE FROM THIS EXPORT ALONE" in readme
+    # A keras export's folder is one floranet predict and serve read, unknown answer and all: its README.txt said
+    # the answer was not available from it, as it says of the other formats
+    assert "floranet predict/serve on this folder answer 'unknown'" in readme and "NOT AVAILABLE" not in readme
+    odd = _odd_images(writable_run.parent)
+    assert load(result.path, runtime="tensorflow", precision="fp32").predict(odd[:1])[0].unknown is True
+    tflite = export_run(writable_run, "tflite", max_images=0)
+    assert "NOT AVAILABLE FROM THIS EXPORT ALONE" in (tflite.path / "README.txt").read_text()
+    shutil.rmtree(tflite.path)
     # The model file's own metadata carries the summary (read back with the format's reader).
     from floranet.export.metadata import read_metadata
 

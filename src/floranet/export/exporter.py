@@ -321,7 +321,7 @@ def _build(
     write_json(folder / RunDir.CLASS_NAMES, [utf8(n) for n in source.class_names])
     say(f"Writing labels, preprocessing and the unknown answer's summary into the {fmt} file and reading them back...")
     meta = metadata.embed_and_verify(fmt, folder, source)
-    unknown_note = carry_unknown(source.run, folder, meta["unknown"])
+    unknown_note = carry_unknown(source.run, folder, meta["unknown"], fmt)
     exported = load_exported(folder)
     check = Check()
     if pixels is not None:

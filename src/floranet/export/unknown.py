@@ -55,13 +55,14 @@ def summary(run: RunDir) -> dict[str, Any]:
     }
 
 
-def carry_unknown(run: RunDir, folder: Path, facts: dict[str, Any]) -> str:
+def carry_unknown(run: RunDir, folder: Path, facts: dict[str, Any], fmt: str = "") -> str:
     """Copies ``ood.json`` / ``ood.npz`` into the export folder; returns the README's paragraph on them.
 
     Args:
         run: The run being exported.
         folder: The export folder.
         facts: :func:`summary` of the run.
+        fmt: The export's format (a keras export's folder is one floranet predict and serve read).
     """
     if not facts["available"]:
         return f"Unknown answer: none ({facts['reason']}); the export has none either.\n"
@@ -74,6 +75,12 @@ def carry_unknown(run: RunDir, folder: Path, facts: dict[str, Any]) -> str:
         + (f" and its statistics {RunDir.OOD_STATS}" if facts["statistics_file"] else "")
         + " are copied here; the model file's metadata holds the same summary (key 'unknown').\n"
     )
+    if not facts["from_this_export"] and fmt == "keras":  # floranet reads this folder as it reads the run
+        return head + (
+            f"  The {facts['method']} score needs the pooled backbone features, which this model's outputs do not\n"
+            "  include: floranet predict/serve on this folder answer 'unknown' (they read the model's layers and\n"
+            "  these files); Keras alone gives the probabilities without it.\n"
+        )
     if not facts["from_this_export"]:
         return head + (
             f"  NOT AVAILABLE FROM THIS EXPORT ALONE: the {facts['method']} score needs the pooled backbone features,\n"
