@@ -295,6 +295,12 @@ def test_explain_says_when_a_map_carries_no_information(writable_run, tmp_path, 
     RunDir(writable_run).save_model(classifier.build_classifier("mobilenet_v2", 3, image_size=32, weights=None))
     caplog.clear()
     assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams")]) == 0
+    # The run's unknown answer was fitted to another model's features: a numpy ValueError in predict; explain
+    # draws the map without it, and says why
+    assert "The captions leave out the unknown answer: The unknown answer's statistics (ood.npz) do not fit" in (
+        caplog.text
+    )
+    assert main(["predict", str(writable_run), str(image), "--runtime", "tensorflow"]) == 2  # was a traceback
     assert "is 1x1 at this model's 32x32 input: every map is uniform" in caplog.text
     assert "larger --image-size" in caplog.text
 
@@ -718,3 +724,25 @@ def test_a_score_just_below_one_never_shows_as_a_perfect_one(writable_run, monke
     monkeypatch.setattr(evaluation, "write_evaluation", lambda *a, **k: {**real(*a, **k), "accuracy": 1999 / 2000})
     assert main(["evaluate", str(writable_run)]) == 0
     assert "accuracy 99.9%," in capsys.readouterr().out
+
+
+def test_explain_captions_say_when_the_run_answers_unknown(tiny_run, tmp_path, monkeypatch) -> None:
+    """explain captioned a photo "daisy (87%)" where predict, serve and the page answer "unknown" for it: the
+    overlay read as a confident answer. The caption now says so, with the score predict gives."""
+    import numpy as np
+    from PIL import Image
+
+    from floranet.evaluation import gradcam
+    from floranet.inference import load
+
+    captions: list[str] = []
+    real_grid = gradcam.image_grid
+    monkeypatch.setattr(gradcam, "image_grid", lambda p, c, *a, **k: (captions.extend(c), real_grid(p, c, *a, **k)))
+    odd = tmp_path / "checker.png"
+    Image.fromarray((np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB").save(odd)
+    known = next((tiny_run.parent / "data" / "daisy").glob("*.jpg"))
+    rows = load(tiny_run, runtime="tensorflow", precision="fp32").predict([odd, known])
+    assert [r.unknown for r in rows] == [True, False]
+    assert main(["explain", str(tiny_run), str(odd), str(known), "--out", str(tmp_path / "cams")]) == 0
+    assert f"\nUNKNOWN: unlike every class (ood score {rows[0].ood_score:.3g})" in captions[0]
+    assert "UNKNOWN" not in captions[1]

@@ -195,7 +195,7 @@ def add_explain(sub: Subparsers) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from floranet.evaluation.gradcam import explain_files
+    from floranet.workflows.explain import explain
 
     failed: list[object] = []
 
@@ -204,9 +204,7 @@ def run_explain(args: argparse.Namespace) -> int:
         warn(f"floranet explain: {error}")
 
     # Image and overlay: a/x.jpg and b/x.jpg get x.gradcam.png and x.2.gradcam.png, which alone do not say which
-    for image, overlay in explain_files(
-        args.run_dir, args.paths, args.out, class_name=args.class_name, on_error=unreadable
-    ):
+    for image, overlay in explain(args.run_dir, args.paths, args.out, class_name=args.class_name, on_error=unreadable):
         say(f"{image} -> {overlay}")
     return 1 if failed else 0
 

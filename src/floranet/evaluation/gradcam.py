@@ -117,6 +117,7 @@ def explain_files(
     *,
     class_name: str | None = None,
     on_error: Callable[[str | os.PathLike[str], DatasetError], None] | None = None,
+    note: Callable[[str | os.PathLike[str]], str | None] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Writes one Grad-CAM overlay PNG per image (``<stem>.gradcam.png``; ``<stem>.2.gradcam.png`` and on for
     later images of the same name; a stem too long for the file system cut to its start, "~" and a short hash),
@@ -133,6 +134,8 @@ def explain_files(
         class_name: Explain this class; the predicted class by default.
         on_error: Called with an image that cannot be decoded (or an input that names no image) and why, and the
             others are explained; None: the first such image raises.
+        note: A line for an image's caption, or None (e.g. the run's "unknown" answer:
+            :func:`floranet.workflows.explain.explain`).
 
     Raises:
         ConfigError: ``class_name`` is not one of the run's classes, or ``out_dir`` is a file or lies in the run
@@ -166,6 +169,8 @@ def explain_files(
         shown = names[int(np.argmax(probs[0]))] if class_name is None else class_name
         # The path as given: two inputs of one name (a/x.jpg, b/x.jpg) are told apart on the picture too.
         caption = f"{printable(os.fspath(p))}\n{shown} ({probs[0][names.index(shown)]:.0%})"
+        extra = note(p) if note is not None else None
+        caption += f"\n{extra}" if extra else ""
         if not heat[0].any():  # drawn plain blue, it looked like "nowhere" rather than "no evidence"
             caption += f"\n{NO_EVIDENCE} {shown}"
             log.warning("%s: %s %s; its map is blank.", printable(os.fspath(p)), NO_EVIDENCE, printable(shown))

@@ -177,10 +177,18 @@ def score(
     with threadpool_limits(1, user_api="blas"):
         for s in range(0, len(z), _BLOCK):
             block = z[s : s + _BLOCK]
-            if method == "combined":  # the mean of the z-scored components (statistics from validation)
-                out[s : s + _BLOCK] = np.mean((components(stats, block, k) - stats["z_mean"]) / stats["z_std"], axis=1)
-            else:
-                out[s : s + _BLOCK] = _score_block(method, stats, block, k)
+            try:
+                if method == "combined":  # the mean of the z-scored components (statistics from validation)
+                    parts = (components(stats, block, k) - stats["z_mean"]) / stats["z_std"]
+                    out[s : s + _BLOCK] = np.mean(parts, axis=1)
+                else:
+                    out[s : s + _BLOCK] = _score_block(method, stats, block, k)
+            except ValueError as e:  # shapes that do not meet: another model's statistics (a numpy traceback)
+                raise ModelError(
+                    f"The unknown answer's statistics ({RunDir.OOD_STATS}) do not fit this model's "
+                    f"{z.shape[1]} features per image ({e}): was model.keras replaced after training? Answer "
+                    "without it (--unknown off), or train again."
+                ) from None
     return out
 
 
