@@ -13,6 +13,7 @@ from floranet.evaluation import Evaluation
 from floranet.evaluation.calibration import expected_calibration_error, fit_temperature
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import apply_temperature
+from floranet.rundir import RunDir
 
 NAMES = ("daisy", "roses", "tulips", "sunflowers")
 
@@ -227,6 +228,18 @@ def test_a_damaged_run_file_is_named_and_a_damaged_compiled_record_is_ignored(wr
     assert compiled.info(run) == {} and compiled.usable(run) is None  # a cache: model.keras answers
 
 
+def _own_data_folder(run_dir: Path, tmp_path: Path) -> tuple[RunDir, Path]:
+    """The run and a copy of its data folder, which its config.yaml now names: a test may delete files there."""
+    import shutil
+
+    run = RunDir(run_dir)
+    data = tmp_path / "data"
+    shutil.copytree(run.config().data_dir, data)
+    config = (run_dir / RunDir.CONFIG).read_text()
+    (run_dir / RunDir.CONFIG).write_text(config.replace(str(run.config().data_dir), str(data)))
+    return run, data
+
+
 def test_validation_files_gone_or_changed_since_training_are_counted_not_scored(writable_run, tmp_path, capsys) -> None:
     """A removed file was dropped silently and a replaced one scored under its old label (split.csv has its
     sha256): evaluate now leaves both out, says so, and records the counts in metrics.json."""
@@ -236,11 +249,7 @@ def test_validation_files_gone_or_changed_since_training_are_counted_not_scored(
     from floranet.cli import main
     from floranet.rundir import RunDir
 
-    run = RunDir(writable_run)
-    data = tmp_path / "data"
-    shutil.copytree(run.config().data_dir, data)
-    config = (writable_run / RunDir.CONFIG).read_text()
-    (writable_run / RunDir.CONFIG).write_text(config.replace(str(run.config().data_dir), str(data)))
+    run, data = _own_data_folder(writable_run, tmp_path)
     val = run.split().validation()
     assert len(val) >= 3
     (data / val[0].path).unlink()
@@ -268,11 +277,7 @@ def test_a_class_whose_validation_files_are_gone_is_not_said_to_have_none(writab
     from floranet.cli import main
     from floranet.rundir import RunDir
 
-    run = RunDir(writable_run)
-    data = tmp_path / "data"
-    shutil.copytree(run.config().data_dir, data)
-    config = (writable_run / RunDir.CONFIG).read_text()
-    (writable_run / RunDir.CONFIG).write_text(config.replace(str(run.config().data_dir), str(data)))
+    run, data = _own_data_folder(writable_run, tmp_path)
     val = run.split().validation()
     lost = val[0].label
     for row in val:

@@ -831,7 +831,7 @@ def test_a_run_that_is_not_ours_to_write_is_exported_elsewhere_and_left_as_it_is
     before = sorted(p.relative_to(writable_run) for p in writable_run.rglob("*"))
 
     def refused(code: int, why: str):
-        def lock(self: RunDir):
+        def lock(self: RunDir, **kwargs: object):
             raise OutputError(self.path / RunDir.LOCK, OSError(code, why))
 
         return lock

@@ -297,9 +297,7 @@ def test_explain_says_when_a_map_carries_no_information(writable_run, tmp_path, 
     assert main(["explain", str(writable_run), str(image), "--out", str(tmp_path / "cams")]) == 0
     # The run's unknown answer was fitted to another model's features: a numpy ValueError in predict; explain
     # draws the map without it, and says why
-    assert "The captions leave out the unknown answer: The unknown answer's statistics (ood.npz) do not fit" in (
-        caplog.text
-    )
+    assert "The captions leave out the unknown answer: ood.npz (the unknown answer) does not fit" in caplog.text
     assert main(["predict", str(writable_run), str(image), "--runtime", "tensorflow"]) == 2  # was a traceback
     assert "is 1x1 at this model's 32x32 input: every map is uniform" in caplog.text
     assert "larger --image-size" in caplog.text

@@ -69,8 +69,7 @@ _BLOCK = 1024
 def normalize(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
     x = np.asarray(x, dtype)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _cosine_distance(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -174,21 +173,17 @@ def score(
     out = np.empty(len(z), np.float32)
     # One BLAS thread: these products are small, and BLAS threads left spinning after them take the cores from
     # the model's next call (warm ResNet50 predict with the unknown answer: 49 ms with them, 29 ms without).
-    with threadpool_limits(1, user_api="blas"):
-        for s in range(0, len(z), _BLOCK):
-            block = z[s : s + _BLOCK]
-            try:
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            for s in range(0, len(z), _BLOCK):
+                block = z[s : s + _BLOCK]
                 if method == "combined":  # the mean of the z-scored components (statistics from validation)
-                    parts = (components(stats, block, k) - stats["z_mean"]) / stats["z_std"]
-                    out[s : s + _BLOCK] = np.mean(parts, axis=1)
+                    out[s : s + _BLOCK] = np.mean((components(stats, block, k) - stats["z_mean"]) / stats["z_std"], 1)
                 else:
                     out[s : s + _BLOCK] = _score_block(method, stats, block, k)
-            except ValueError as e:  # shapes that do not meet: another model's statistics (a numpy traceback)
-                raise ModelError(
-                    f"The unknown answer's statistics ({RunDir.OOD_STATS}) do not fit this model's "
-                    f"{z.shape[1]} features per image ({e}): was model.keras replaced after training? Answer "
-                    "without it (--unknown off), or train again."
-                ) from None
+    except ValueError as e:  # shapes that do not meet: another model's statistics (it was a numpy traceback)
+        why = f"{RunDir.OOD_STATS} (the unknown answer) does not fit this model's {z.shape[1]} features ({e})"
+        raise ModelError(f"{why}: was model.keras replaced after training? Use --unknown off, or train again") from None
     return out
 
 
@@ -362,8 +357,7 @@ def _number(
 
 
 def needs_features(folder: str | os.PathLike[str]) -> bool:
-    """Whether the unknown answer saved in ``folder`` reads the pooled features (from ``ood.json`` alone,
-    without loading the statistics); False when there is none."""
+    """Whether ``folder``'s unknown answer reads the pooled features (``ood.json`` alone; False: it has none)."""
     meta = RunDir(folder).read_json(RunDir.OOD)
     return isinstance(meta, dict) and meta.get("method") in UNKNOWN_METHODS and meta.get("method") != "msp"
 
