@@ -962,6 +962,13 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"Cannot listen on 127.0.0.1:{port} \(Address already in use\); "):
             serve.run_server(tiny_run, port=port)
+    from floranet.errors import ModelError
+
+    with pytest.raises(ModelError, match="not found") as refused:  # bound before the run is opened: let go
+        serve.run_server(tiny_run.parent / "no-such-run", port=port)
+    with socket.socket() as again:  # while the error (and its frames, the socket among them) is still held
+        again.bind(("127.0.0.1", port))
+    assert refused.value
     caplog.clear()
     with caplog.at_level("WARNING", logger="floranet.serve"):
         serve.run_server(tiny_run)

@@ -323,8 +323,9 @@ class Curation:
 
     def applied(self, paths: Container[str]) -> Curation:
         """The entries that change a split of ``paths``: exclusions of its files, relabels of those not excluded."""
-        gone = [p for p in self.exclude if p in paths]
-        return Curation(tuple(gone), {p: v for p, v in self.relabel.items() if p in paths and p not in set(gone)})
+        gone = tuple(p for p in self.exclude if p in paths)
+        left_out = set(gone)
+        return Curation(gone, {p: v for p, v in self.relabel.items() if p in paths and p not in left_out})
 
     def unmatched(self, paths: Sequence[str]) -> list[str]:
         """Notes naming the entries that change nothing: paths of no usable image of ``paths`` (a typo, a file gone

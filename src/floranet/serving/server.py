@@ -131,7 +131,11 @@ def run_server(
             printable(host),
             "with an API key" if access["api_key"] else "WITHOUT AUTHENTICATION",
         )
-    app = create_app(run_dir, **access, **kw)
+    try:
+        app = create_app(run_dir, **access, **kw)
+    except BaseException:  # a run that cannot be served: the port is let go (library use goes on after)
+        sock.close()
+        raise
     state: ServeState = app.state.serve
     if state.settings.max_pixels > state.predictor.max_pixels:
         logger.warning(
