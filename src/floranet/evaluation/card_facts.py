@@ -143,6 +143,7 @@ class CardFacts:
         self.audit = self._optional(RunDir.AUDIT)
         self.ood = self._optional(RunDir.OOD)
         self.stages: dict[str, Any] = (self._optional(RunDir.STATE) or {}).get("stages", {})
+        self.curation = self._curation()
 
     def _used_counts(self) -> dict[str, dict[str, int]]:
         """Per class, the training and validation images the run ended with: ``metrics.json``'s record, as a
@@ -171,8 +172,7 @@ class CardFacts:
             "images it ended with."
         ]
 
-    @property
-    def curation(self) -> tuple[int, int, list[str]] | None:
+    def _curation(self) -> tuple[int, int, list[str]] | None:
         """The run's ``--exclude`` / ``--relabel`` as its ``excluded.txt`` and ``relabel.csv`` record them: files
         left out, files relabelled, and the classes the relabels made (None without either; a damaged one is noted
         in ``unreadable``). The labels trained on then differ from the folders'."""

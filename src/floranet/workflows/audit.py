@@ -33,7 +33,7 @@ from floranet.rundir import RunDir
 from floranet.training import data as run_data
 from floranet.training.embeddings import stage1_features
 from floranet.utils.files import file_digest
-from floranet.utils.text import printable
+from floranet.utils.text import printable, some_names
 
 Say = Callable[[str], None]
 
@@ -212,7 +212,7 @@ def _run_data(run: RunDir, config: TrainConfig, progress: bool, say: Say, *, reh
         if changed:
             say(f"Audit: {changed} file(s) changed since the run's split was written; audited as they are now.")
         if gone:  # the rest was audited without a word on what was missing
-            shown = ", ".join(printable(p) for p in gone[:3]) + (", ..." if len(gone) > 3 else "")
+            shown = some_names(gone)
             say(
                 f"Audit: {len(gone)} of the split's {len(rows)} file(s) are gone from {printable(str(root))} "
                 f"(moved, deleted or unreadable: {shown}); the {len(current)} left are audited."
