@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,27 @@ from floranet.evaluation import evaluate_run
 from floranet.rundir import RunDir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _TitleParser(HTMLParser):
+    """The text of every <title> element, as a browser's parser sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "title":
+            self._inside = True
+            self.texts.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._inside = self._inside and tag != "title"
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.texts[-1] += data
 
 
 def test_evaluate_cli_writes_metrics_and_calibration(writable_run, capsys) -> None:
@@ -46,6 +68,10 @@ def test_report_is_self_contained(writable_run) -> None:
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "random weights (<code>--weights none</code>)" in html  # asked for, not a missing download
     assert html.count("data:image/png;base64,") >= 5
+    # One title, and its text is the run's name (a second <title> inside it showed as text in the browser's tab).
+    titles = _TitleParser()
+    titles.feed(html)
+    assert titles.texts == [f"floranet report: {writable_run.name}"]
 
 
 def test_the_reports_environment_is_the_machine_that_trained_the_run(writable_run) -> None:

@@ -187,7 +187,7 @@ def _page(
 ) -> str:
     """The report's HTML (``charset=utf-8``: a folder's non-UTF-8 bytes as ``\\xNN``)."""
     parts = [
-        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{REPORT_MARK.decode()}"
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>{REPORT_MARK.decode()}"
         f"{html_text(run.path.name)}</title><style>{CSS}</style></head><body>",
         f"<h1>floranet report</h1><p class=muted>{html_text(run.path.resolve())}</p>",
         _summary(metrics, ev),
