@@ -111,6 +111,27 @@ def is_port_text(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535
 
 
+def cluster_hosts_problem(hosts: list[str]) -> str:
+    """Why the ``host:port`` list of a multi-worker cluster cannot work ("" when it can): a port outside
+    [1, 65535] (TensorFlow's gRPC server then fails to start, with a traceback), or one ``host:port`` twice (two
+    workers on one port: the job hung, ignoring SIGTERM).
+
+    Args:
+        hosts: The workers' ``host:port`` texts, stripped.
+    """
+    seen: set[str] = set()
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        if not is_port_text(port):
+            return f"{host!r} has no port in [1, 65535]"
+        if not name.strip():
+            return f"{host!r} has no host before its port"
+        if host.strip().lower() in seen:
+            return f"{host!r} is named twice (each worker needs a host:port of its own)"
+        seen.add(host.strip().lower())
+    return ""
+
+
 # A value echoed in a message is cut short: a config file can hold a structure far larger than itself.
 _ECHO = reprlib.Repr()
 _ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 3, 200, 200, 60

@@ -30,33 +30,13 @@ from floranet.config.choices import (
     check_fraction,
     check_int_at_least,
     check_positive_int,
+    cluster_hosts_problem,
     is_int,
-    is_port_text,
     parse_image_size,
 )
 from floranet.config.yaml12 import Dumper, UniqueKeyLoader, yaml_problem
 from floranet.errors import ConfigError
 from floranet.utils.files import atomic_write_text, read_capped
-
-
-def cluster_hosts_problem(hosts: list[str]) -> str:
-    """Why the ``host:port`` list of a multi-worker cluster cannot work ("" when it can): a port outside
-    [1, 65535] (TensorFlow's gRPC server then fails to start, with a traceback), or one ``host:port`` twice (two
-    workers on one port: the job hung, ignoring SIGTERM).
-
-    Args:
-        hosts: The workers' ``host:port`` texts, stripped.
-    """
-    seen: set[str] = set()
-    for host in hosts:
-        port = host.rpartition(":")[2]
-        if not is_port_text(port):
-            return f"{host!r} has no port in [1, 65535]"
-        if host.strip().lower() in seen:
-            return f"{host!r} is named twice (each worker needs a host:port of its own)"
-        seen.add(host.strip().lower())
-    return ""
-
 
 # Settings that name files or folders of the user's (recorded absolute).
 PATH_FIELDS = ("data_dir", "split_file", "exclude", "relabel")

@@ -72,6 +72,10 @@ class RunState:
     # The sha256 of the --weights file the run began with (None: no file, or a run from before it was recorded):
     # a resume with another file at the same path is refused (opening.check_resume_settings).
     weights_sha256: str | None = None
+    # How the run trains across devices and machines (strategy, replicas, workers): the global batch and the
+    # learning rates depend on it, so a resume with another is refused (opening.check_same_distribution). None:
+    # a run from before it was recorded.
+    distribute: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
     machine: dict[str, str] = field(default_factory=this_machine, repr=False, compare=False)
 
@@ -99,6 +103,7 @@ class RunState:
                 "seconds": round(self.seconds() if seconds is None else seconds, 2),
                 "machines": self.machines(seconds),
                 "weights_sha256": self.weights_sha256,
+                "distribute": self.distribute,
             },
         )
 
@@ -131,6 +136,7 @@ class RunState:
                 earlier_seconds=_seconds(raw.get("seconds", 0.0)),
                 earlier_machines=_machines(raw.get("machines"), _seconds(raw.get("seconds", 0.0))),
                 weights_sha256=recorded_weights(raw),
+                distribute=_distribution(raw.get("distribute")),
             )
         except (AttributeError, TypeError, ValueError) as e:
             raise ModelError(
@@ -201,6 +207,21 @@ def _machines(raw: Any, seconds: float) -> list[dict[str, Any]]:
         if not is_finite_number(m.get("seconds")) or not all(isinstance(m.get(k, ""), str) for k in MACHINE_KEYS):
             raise TypeError(f"each of machines must have seconds and text {', '.join(MACHINE_KEYS)}, not {m!r:.80}")
     return [{k: m[k] for k in (*MACHINE_KEYS, "seconds") if k in m} for m in raw]
+
+
+def _distribution(raw: Any) -> dict[str, Any] | None:
+    """state.json's ``distribute``: null, or the strategy's name with its replica and worker counts."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, dict)
+        or set(raw) != {"strategy", "replicas", "workers"}
+        or not isinstance(raw["strategy"], str)
+    ):
+        raise TypeError(f"distribute must be null or an object of strategy, replicas and workers, not {raw!r}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in (raw["replicas"], raw["workers"])):
+        raise ValueError(f"distribute's replicas and workers must be ints of 1 or more, not {raw!r}")
+    return dict(raw)
 
 
 def _seconds(value: Any) -> float:

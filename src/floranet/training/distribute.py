@@ -12,11 +12,12 @@ Settings (``TrainConfig``):
 Data: every worker reads the same file list / feature arrays; ``tf.data`` auto-sharding with the ``DATA`` policy
 gives each worker its part of every global batch.
 
-Writes: only the chief (worker 0) writes the run directory. Other workers run in a temporary directory that is
-deleted at the end. For fault tolerance every worker keeps a ``keras.callbacks.BackupAndRestore`` backup of each
-stage: the chief in ``RUN_DIR/backup/<stage>``, worker *i* in ``OUT/backup/worker-<i>/<stage>`` (its own
-``--out``); they are removed when the run completes. If a worker dies, restart **all** workers with the same
-command: every worker restores its last backed-up epoch, and the chief continues its run directory.
+Writes: only the chief (worker 0) writes the run directory. Other workers run in a scratch run directory beside
+their backups (``OUT/backup/worker-<i>/run``), begun afresh by each start and removed at the end. For fault
+tolerance every worker keeps a ``keras.callbacks.BackupAndRestore`` backup of each stage: the chief in
+``RUN_DIR/backup/<stage>``, worker *i* in ``OUT/backup/worker-<i>/<stage>`` (its own ``--out``); they are removed
+when the run completes. If a worker dies, restart **all** workers with the same command: every worker restores its
+last backed-up epoch, and the chief continues its run directory.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from floranet.config import DISTRIBUTE_CHOICES, TrainConfig
-from floranet.config.train import cluster_hosts_problem
+from floranet.config.choices import cluster_hosts_problem
 from floranet.errors import ConfigError
 from floranet.rundir import RunDir
 from floranet.training.checkpoint import RunState
@@ -61,6 +63,10 @@ class Distribution:
         """The strategy's scope (nothing to enter without a strategy)."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def identity(self) -> dict[str, Any]:
+        """What a resume must train with again (recorded in ``state.json``)."""
+        return {"strategy": self.kind, "replicas": self.num_replicas, "workers": self.num_workers}
+
     def global_batch(self, batch_size: int) -> int:
         return batch_size * self.num_replicas
 
@@ -79,11 +85,14 @@ class Distribution:
 
     # -- where to write -----------------------------------------------------------------------------------------
     def work_dir(self, out: Path) -> Path:
-        """The run directory for the chief; a private temporary directory for other workers."""
+        """The run directory for the chief; for another worker a scratch run beside its backups, begun afresh by
+        each start (a temporary folder of each start outlived a worker stopped with kill -9, as the README says to,
+        holding its feature cache) and removed with them at the end."""
         if self.is_chief:
             return out
         if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"floranet-worker{self.task_index}-"))
+            self._tmp = out / RunDir.BACKUP / f"worker-{self.task_index}" / "run"
+            shutil.rmtree(self._tmp, ignore_errors=True)  # an earlier start's: its progress is in the backups
         return self._tmp
 
     def backup_dir(self, out: Path, stage: str) -> Path:
@@ -104,7 +113,10 @@ class Distribution:
             return 0
 
     def finish(self, out: Path, stages: tuple[str, ...] = ("stage1", "stage2")) -> None:
-        """Removes this worker's backups and temporary directory (the run completed)."""
+        """Removes this worker's backups and scratch run (the run completed)."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
         for stage in stages:
             shutil.rmtree(self.backup_dir(out, stage), ignore_errors=True)
         backups = out / RunDir.BACKUP
@@ -115,9 +127,6 @@ class Distribution:
         if not self.is_chief:
             with contextlib.suppress(OSError):
                 out.rmdir()  # a non-chief --out that only ever held our backups
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
 
     # -- data ---------------------------------------------------------------------------------------------------
     @staticmethod
@@ -169,12 +178,24 @@ def _check_tf_config(tf_config: Any, raw: str) -> None:
         why = "each job of 'cluster' must be a list of 'host:port' strings"
     elif problem := cluster_hosts_problem([h for hosts in cluster.values() for h in hosts]):
         why = f"its hosts must be distinct host:port pairs, ports in [1, 65535]: {problem}"
+    elif extra := sorted(set(cluster) - set(JOBS)):
+        why = (
+            "MultiWorkerMirroredStrategy trains with 'chief' and 'worker' jobs only, not "
+            f"{', '.join(map(repr, extra))} (with a 'ps' job the workers wait for ever; an 'evaluator' task trains "
+            "alone and writes nothing)"
+        )
+    elif len(cluster.get("chief", [])) > 1:
+        why = "it may have one 'chief' at most"
     elif not isinstance(task, dict) or task.get("type") not in cluster:
         why = f"its 'task' must name a job of its cluster ({', '.join(cluster)}) as 'type'"
     elif not (isinstance(task.get("index"), int) and 0 <= task["index"] < len(cluster[task["type"]])):
         why = f"its task 'index' must be an int in [0, {len(cluster[task['type']])})"
     if why:
         raise ConfigError(f"TF_CONFIG is not a cluster TensorFlow can join: {why}. Received: TF_CONFIG={raw!r}")
+
+
+JOBS = ("chief", "worker")  # the jobs of a MultiWorkerMirroredStrategy cluster
+RESOLVE_SECONDS = 10.0  # how long this worker's own host name may take to resolve
 
 
 def _cluster_size(tf_config: dict[str, Any]) -> int:
@@ -224,6 +245,7 @@ def setup(config: TrainConfig) -> Distribution:
             "distribute=multi-worker needs TF_CONFIG, or workers and worker_index "
             "(--workers host:port,host:port --worker-index N)."
         )
+    _check_own_host(config, tf_config)
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except tf.errors.OpError as e:  # UnknownError "Could not start gRPC server": its port is taken
@@ -244,15 +266,49 @@ def setup(config: TrainConfig) -> Distribution:
     )
 
 
+def _check_own_host(config: TrainConfig, tf_config: dict[str, Any]) -> None:
+    """Refuses a cluster whose entry for this worker does not resolve: TensorFlow waited for it for ever, ignoring
+    SIGTERM. Only this worker's own: a peer's name may resolve only once the peer is up (as in Kubernetes).
+
+    Raises:
+        ConfigError: Its host name does not resolve, or not within :data:`RESOLVE_SECONDS`.
+    """
+    task = tf_config["task"]
+    address = tf_config["cluster"][task["type"]][task["index"]]
+    answer: list[OSError | None] = []
+
+    def look_up() -> None:
+        try:
+            socket.getaddrinfo(address.rpartition(":")[0].strip("[]"), None)
+            answer.append(None)
+        except OSError as e:
+            answer.append(e)
+
+    looking = threading.Thread(target=look_up, daemon=True)  # getaddrinfo has no timeout of its own
+    looking.start()
+    looking.join(RESOLVE_SECONDS)
+    if answer and answer[0] is None:
+        return
+    why = f"does not resolve ({answer[0]})" if answer else f"did not resolve within {RESOLVE_SECONDS:g} s"
+    raise ConfigError(
+        f"This worker ({task['type']} {task['index']}) is {address} in its cluster, and that host name {why}: "
+        "TensorFlow would wait for it for ever. Give this machine's host name or address there. "
+        f"Received: {_received(config)}"
+    )
+
+
+def _received(config: TrainConfig) -> str:
+    """Where the cluster came from, as the user gave it."""
+    if config.workers:
+        return f"workers={config.workers!r}, worker_index={config.worker_index!r}"
+    return f"TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}"
+
+
 def _no_server(config: TrainConfig, tf_config: dict[str, Any], error: Any) -> str:
     """What to do when this worker's gRPC server does not start."""
     task = tf_config["task"]
     address = tf_config["cluster"][task["type"]][task["index"]]
-    received = (
-        f"workers={config.workers!r}, worker_index={config.worker_index!r}"
-        if config.workers
-        else f"TF_CONFIG={os.environ.get('TF_CONFIG', '')!r}"
-    )
+    received = _received(config)
     return (
         f"This worker ({task['type']} {task['index']}) could not start its gRPC server on {address}: "
         f"{getattr(error, 'message', '') or type(error).__name__}. Is port {address.rpartition(':')[2]} in use on "

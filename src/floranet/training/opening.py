@@ -13,11 +13,21 @@ from floranet.rundir import RunDir
 from floranet.training.checkpoint import RunState, recorded_weights
 
 
-def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
+def open_run_dir(
+    run: RunDir, config: TrainConfig, resume: bool, distribution: dict[str, Any] | None = None
+) -> RunState:
     """A new run directory (config.yaml written), or the state of the run to resume.
 
+    Args:
+        run: The run directory.
+        config: Its settings.
+        resume: Continue the run there.
+        distribution: How this process trains (``Distribution.identity()``), recorded for a new run and compared
+            with the recorded one on a resume.
+
     Raises:
-        ConfigError: Nothing to resume, a resume with other settings, or a new run into a folder holding one.
+        ConfigError: Nothing to resume, a resume with other settings or another distribution, or a new run into a
+            folder holding one.
         ModelError: The state of the run to resume is damaged.
     """
     if resume:
@@ -26,6 +36,8 @@ def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         check_resume_settings(run, config)
         state = RunState.load(run)
         state.check_epochs(run, {"stage1": config.epochs, "stage2": config.fine_tune_epochs})
+        check_same_distribution(run, state, distribution)
+        state.distribute = state.distribute or distribution  # a run from before it was recorded: from now on
         return state
     if run.exists(RunDir.STATE) and run.exists(RunDir.CONFIG):
         raise ConfigError(
@@ -34,7 +46,8 @@ def open_run_dir(run: RunDir, config: TrainConfig, resume: bool) -> RunState:
         )
     run.check_new_output()  # a fresh state.json alone is a start killed before its config.yaml: begun again
     run.path.mkdir(parents=True, exist_ok=True)
-    state = RunState(weights_sha256=weights.file_sha256(config.weights))  # what a resume must find there
+    # What a resume must find there: the same weights file, and the same distribution.
+    state = RunState(weights_sha256=weights.file_sha256(config.weights), distribute=distribution)
     # Before config.yaml: with it, what makes the folder a run (RunDir.is_run) from its first second, so one killed
     # at any point after is a run that --resume continues, not "a folder of yours" (config.yaml first left a gap).
     state.save(run)
@@ -63,6 +76,33 @@ def check_resume_settings(run: RunDir, config: TrainConfig) -> None:
             f"settings the run was started with (its {RunDir.CONFIG}, e.g. --config {run / RunDir.CONFIG}), or "
             "start a new run with another --out."
         )
+
+
+def check_same_distribution(run: RunDir, state: RunState, distribution: dict[str, Any] | None) -> None:
+    """Refuses to resume a run on another distribution than it trained with (``distribute: auto`` decides again in
+    each process: a multi-worker run resumed without its cluster went on alone, at the global batch of one replica
+    with the learning rates scaled for two, and recorded the second strategy only).
+
+    Raises:
+        ConfigError: Naming both.
+    """
+    saved = state.distribute
+    if saved is None or distribution is None or saved == distribution:
+        return
+    raise ConfigError(
+        f"--resume needs the run in {run.path} to train as it began: it trained with {_how(saved)}, and this "
+        f"process would train with {_how(distribution)}. The global batch and the learning rates depend on it: "
+        "resume it on the same cluster (every worker with the same --workers or TF_CONFIG) or devices, or start a new "
+        "run with another --out."
+    )
+
+
+def _how(distribution: dict[str, Any]) -> str:
+    replicas, workers = distribution["replicas"], distribution["workers"]
+    return (
+        f"{distribution['strategy']} ({replicas} replica{'s' if replicas != 1 else ''} on {workers} "
+        f"worker{'s' if workers != 1 else ''})"
+    )
 
 
 def _weights_file_changed(run: RunDir, config: TrainConfig) -> str | None:

@@ -61,8 +61,8 @@ class TrainResult:
         compiled: What ``inference/compiled.json`` records of the compiled inference model (None: OpenVINO
             is not installed).
         metrics: Filled in by :func:`floranet.workflows.train` once the evaluation is written.
-        chief: False on a multi-worker job's other workers: their ``run`` was a temporary folder, removed at the
-            end; the chief's is the run directory.
+        chief: False on a multi-worker job's other workers: their ``run`` was a scratch folder beside their
+            backups, removed at the end; the chief's is the run directory.
         tracking_error: Why logging the finished run to MLflow failed (None: it did not, or was not asked).
     """
 
@@ -103,13 +103,14 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
     out = Path(config.out)
     dist = distribute.setup(config)  # first: a multi-worker strategy must exist before other TensorFlow work
     weights_lib.ensure_available(config.backbone, config.weights)  # offline: fail in seconds, before any data
-    run = RunDir(dist.work_dir(out))  # non-chief workers write only into a temporary directory
+    run = RunDir(dist.work_dir(out))  # non-chief workers write only into a scratch run beside their backups
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     resume = _distributed_resume(dist, out, resume, say)
+    # Before config.yaml is written: what the run uses (multi-worker: no early stopping) is what it records.
+    config = _announce_distribution(dist, config, say)
     with withdrawn_if_refused(run, fresh=not resume):  # a refused start leaves no run to block its retry
-        state = open_run_dir(run, config, resume)
-        config = _announce_distribution(dist, config, say)
+        state = open_run_dir(run, config, resume, dist.identity())
         keras.utils.set_random_seed(config.seed)
         # --precision bf16 trains every stage in mixed bf16; "auto" builds in fp32 and switches stage 2
         # only (runtime.training_precision), so stage 1's features stay the extraction runtime's.
@@ -289,7 +290,7 @@ def _distributed_resume(dist: distribute.Distribution, out: Path, resume: bool, 
     if not dist.multi_worker:
         return resume
     if not dist.is_chief:
-        return False  # a fresh temporary directory; the progress is in this worker's backup
+        return False  # a fresh scratch run; the progress is in this worker's backup
     state = RunDir(out).read_json(RunDir.STATE)
     if state is None:
         return resume
