@@ -149,6 +149,18 @@ def test_atomic_writes_follow_the_umask_keep_a_replaced_files_mode_and_sync_the_
     assert synced == [tmp_path] * 3
 
 
+def test_json_files_are_utf8_with_a_names_odd_bytes_escaped(tmp_path) -> None:
+    """A name's byte that is not UTF-8 (a surrogate escape, in a key or a value) was written raw: not JSON."""
+    odd = os.fsdecode(b"caf\xe9")
+    doc = {odd: [odd, "caf\u00e9", 'a"\\b\n'], "path": Path(os.fsdecode(b"/runs/\xff")), "n": np.float32(0.5)}
+    files.write_json(tmp_path / "a.json", doc)
+    raw = (tmp_path / "a.json").read_bytes()
+    assert b'"caf\\udce9"' in raw and "caf\u00e9".encode() in raw  # other characters as they are
+    back = json.loads(raw.decode("utf-8"))  # strict
+    assert back == {odd: [odd, "caf\u00e9", 'a"\\b\n'], "path": os.fsdecode(b"/runs/\xff"), "n": 0.5}
+    assert os.fsencode(next(iter(back))) == b"caf\xe9"  # the same folder
+
+
 # --------------------------------------------------------------------------- 7. one writer per run directory
 
 

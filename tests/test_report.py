@@ -644,8 +644,10 @@ def test_report_and_explain_never_write_into_another_run(writable_run, tiny_run,
     assert main(["report", str(writable_run), "--out", str(writable_run / "report.html")]) == 0  # its own default
 
 
-def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages(tmp_path) -> None:
-    """report.html says charset=utf-8: a class folder's undecodable bytes are written as \\xNN, not raw."""
+def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages_and_json(tmp_path) -> None:
+    """report.html says charset=utf-8: a class folder's undecodable bytes are written as \\xNN, not raw. JSON must be
+    UTF-8 (RFC 8259): metrics.json and class_names.json held the raw byte, which json.load(open(...)) refused; the
+    byte is a \\udcXX escape now, read back as the same name, so the class still maps to its folder."""
     from floranet import config
     from floranet.workflows import train
     from imagesets import TINY_MODEL, make_image_folder
@@ -658,6 +660,19 @@ def test_a_run_on_a_folder_name_that_is_not_utf8_writes_utf8_pages(tmp_path) -> 
     assert "<td>caf\\xe9</td>" in report
     card = (run / "README.md").read_bytes().decode("utf-8")  # the model card
     assert "caf\\\\xe9" in card  # Markdown's escaped backslash: shown as caf\xe9
+    args = ["evaluate", str(run), "--data", str(data), "--runtime", "tensorflow", "--precision", "fp32"]
+    assert main(args) == 0  # reads metrics.json and class_names.json back; writes metrics_external.json
+    written = {p.relative_to(run).as_posix(): p.read_bytes() for p in run.rglob("*.json")}
+    assert {"class_names.json", "metrics.json", "metrics_external.json", "doctor.json", "state.json"} <= set(written)
+    docs = {name: json.loads(raw.decode("utf-8")) for name, raw in written.items()}  # strict UTF-8, valid JSON
+    assert b'"caf\\udce9"' in written["class_names.json"] and docs["class_names.json"] == names
+    assert (
+        docs["metrics_external.json"]["class_names"] == names and names[0] in docs["metrics_external.json"]["per_class"]
+    )
+    assert names[0] in docs["metrics.json"]["per_class"]
+    assert RunDir(run).class_names() == names
+    (run / "class_names.json").write_bytes(b'["caf\xe9", "roses"]')  # as an older floranet wrote it: still read
+    assert RunDir(run).class_names() == names
 
 
 def test_a_run_without_validation_images_says_so(tmp_path, capsys) -> None:

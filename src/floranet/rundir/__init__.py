@@ -217,7 +217,8 @@ class RunDir:
         if not path.exists():
             return default
         try:
-            # As written (utils.files): file names that are not UTF-8 round-trip through surrogate escapes.
+            # A name's byte that is not UTF-8 is a \udcXX escape (utils.files.json_text); surrogateescape reads
+            # the raw byte an older floranet wrote as the same str.
             return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
         except ValueError as e:  # JSONDecodeError, or a damaged encoding
             raise ModelError(f"{path} is damaged (not valid JSON: {e}); {self.written_by(name)}") from None

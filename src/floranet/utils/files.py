@@ -182,8 +182,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
+# A lone surrogate: a name's byte that is not UTF-8, as os.fsdecode keeps it (surrogate escape). UTF-8 has no form
+# for it, so JSON text spells it as a \uXXXX escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(obj: Any, *, indent: int | None = 2) -> str:
+    """``obj`` as JSON text that encodes as strict UTF-8 (RFC 8259), for every JSON file floranet writes.
+
+    Other characters are kept as they are (a class "café" reads as such); a lone surrogate, the byte of a file or
+    folder name that is not UTF-8, is written as a ``\\udcXX`` escape, which ``json.loads`` reads back as the same
+    ``str``, so a class name still maps to its folder's bytes (``os.fsencode``). Raw, it made files that strict
+    UTF-8 readers (``json.load(open(path))``) refuse.
+
+    Args:
+        obj: What to write: JSON types, numpy arrays and scalars (as lists and numbers), paths (as text).
+        indent: As ``json.dumps``'s.
+    """
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, default=_default)
+    # ensure_ascii=False escapes only quotes, backslashes and control characters, so a surrogate is always raw
+    # inside a string, where its escape means the same character.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_default) + "\n")
+    """Writes ``obj`` as :func:`json_text` (UTF-8), atomically."""
+    atomic_write_bytes(path, (json_text(obj) + "\n").encode("utf-8"))
 
 
 def _default(o: Any) -> Any:
