@@ -112,6 +112,21 @@ def test_int8_export_runs_and_reports(exported, run_copy: Path, name: str) -> No
     assert load_exported(r.path)(_pixels(2)).shape == (2, 3)
 
 
+def test_exports_json_keeps_an_export_folder_whose_name_is_not_utf8(tmp_path: Path) -> None:
+    """exports.json held such a folder's key as its raw byte: not UTF-8, so the next export dropped every entry."""
+    from floranet.export.record import forget_export, record_export
+
+    run = tmp_path / "run"
+    run.mkdir()
+    odd = os.fsdecode(b"exports/caf\xe9")
+    (run / "exports.json").write_bytes(b'{"exports/caf\xe9": {"name": "caf\xe9", "path": "exports/caf\xe9"}}')  # older
+    record_export(run, run / "exports" / "onnx", {"name": "onnx"})
+    raw = (run / "exports.json").read_bytes()
+    assert b"exports/caf\\udce9" in raw and set(json.loads(raw.decode("utf-8"))) == {odd, "exports/onnx"}
+    assert forget_export(run, Path(os.fsdecode(os.fsencode(run) + b"/exports/caf\xe9")))
+    assert set(json.loads((run / "exports.json").read_bytes().decode("utf-8"))) == {"exports/onnx"}
+
+
 def test_exports_json_has_every_export(exported, run_copy: Path) -> None:
     names = []
     for name in FP32 + ["tflite-fp16", "tflite-int8"]:

@@ -47,7 +47,7 @@ def record_export(run: Path, folder: Path, entry: dict[str, Any]) -> None:
         entries: dict[str, Any] = {}
         if target.exists():
             try:
-                entries = _by_folder(json.loads(target.read_text(encoding="utf-8")))
+                entries = _read(target)
             except (OSError, ValueError) as e:
                 log.warning("Replacing unreadable %s: %s", target, e)
         entry = {**entry, "path": _key(run, folder)}
@@ -70,7 +70,7 @@ def forget_export(run: Path, folder: Path) -> bool:
         return False
     with locked(run):
         try:
-            entries = _by_folder(json.loads(target.read_text(encoding="utf-8")))
+            entries = _read(target)
         except (OSError, ValueError):  # unreadable: the next export of that run replaces it, and says so
             return False
         if entries.pop(_key(run, folder), None) is None:
@@ -85,6 +85,13 @@ def _key(run: Path, folder: Path) -> str:
         return str(folder.resolve().relative_to(run.resolve()))
     except ValueError:
         return str(folder.resolve())
+
+
+def _read(target: Path) -> dict[str, Any]:
+    """``exports.json``'s entries. A folder name's byte that is not UTF-8 is a \\udcXX escape (utils.files.json_text);
+    an older floranet wrote it raw, which surrogateescape reads as the same key (strict UTF-8 refused the file, and
+    the next export dropped every entry with it)."""
+    return _by_folder(json.loads(target.read_bytes().decode("utf-8", "surrogateescape")))
 
 
 def _by_folder(loaded: Any) -> dict[str, Any]:
