@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from floranet.inference import ray as predict_ray
 from imagesets import make_image_folder
 
 ray = pytest.importorskip("ray")
+from ray.util.annotations import RayDeprecationWarning  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,14 @@ def test_ray_engine_gives_the_local_rows_and_csv(tiny_run: Path, inputs: list[st
     local = predict.load(tiny_run, batch_size=4).predict(inputs, top_k=2)
     # batch_size 4: four batches spread over two actors, each loading the model once.
     said: list[str] = []
-    rows = predict_ray.predict_with_ray(tiny_run, inputs, top_k=2, num_workers=2, batch_size=4, say=said.append)
+    with warnings.catch_warnings(record=True) as seen:  # pyproject's filterwarnings ignores DeprecationWarning
+        warnings.simplefilter("always", RayDeprecationWarning)
+        rows = predict_ray.predict_with_ray(tiny_run, inputs, top_k=2, num_workers=2, batch_size=4, say=said.append)
+    # Ray's deprecation warnings name the caller's line: map_batches(max_restarts=0) warned that ray_remote_args goes
+    # in Ray 2.64 (then every --engine ray job fails).
+    package = Path(predict_ray.__file__).parents[1]
+    ours = [w for w in seen if issubclass(w.category, RayDeprecationWarning) and package in Path(w.filename).parents]
+    assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]
     assert not ray.is_initialized()  # the instance it started is shut down
     assert "2 worker(s)" in said[0]
     assert len(rows) == 17 and sum(r.error is not None for r in rows) == 4
@@ -345,7 +354,7 @@ def test_an_actor_on_the_compiled_model_does_not_import_tensorflow(tiny_run: Pat
         "from floranet.inference import load\nfrom floranet.inference.ray import _Worker\n"
         f"driver = load({str(tiny_run)!r})\n"
         f"w = _Worker({str(tiny_run)!r}, 1, InferenceConfig(threads=1), tensorflow=driver.compiled is None)\n"
-        f"out = w({{'start': np.array([0]), 'paths': np.array([[{image!r}]], dtype=object)}})\n"
+        f"out = w.predict({{'start': 0, 'paths': [{image!r}]}})\n"
         "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'ran_on': w.ran_on, 'class': out['class_1'][0]}))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -119,7 +119,7 @@ def add_predict(sub: Subparsers) -> None:
     p.add_argument("--unsafe", action="store_true", help="allow loading a model that contains code")
     add_runtime(p)
     add_unknown(p)
-    p.add_argument("--engine", default="local", help=f"{' or '.join(ENGINES)} (Ray Data; floranet[ray])")
+    p.add_argument("--engine", default="local", help=f"{' or '.join(ENGINES)} (Ray actors; floranet[ray])")
     p.add_argument("--ray-address", help="Ray cluster host:port (default: RAY_ADDRESS, else a local Ray instance)")
     p.add_argument("--workers", type=int, help="Ray actors, each loading the model once (default: one per CPU)")
 

@@ -1,4 +1,4 @@
-"""Batch prediction over Ray Data: the same :class:`floranet.inference.Predictor`, on every core of a cluster.
+"""Batch prediction over Ray: the same :class:`floranet.inference.Predictor`, on every core of a cluster.
 
 The driver expands the inputs exactly as local prediction does and sends batches of paths to a pool of
 actors; each actor loads the run once and reads the files itself, through floranet's own decode path, so
@@ -75,7 +75,6 @@ def predict_with_ray(
         FloranetError: What :func:`floranet.inference.load` raises (here, or in an actor on another machine).
     """
     ray = require("ray", "engine='ray'")
-    require("ray.data", "engine='ray'")
     config = config or InferenceConfig(**settings)
     for name, value in (("num_workers", num_workers), ("cpus_per_worker", cpus_per_worker)):
         if value is not None and value < 1:
@@ -236,46 +235,40 @@ def _run(
             f"workers × cpus_per_worker needs {workers * cpus_per_worker} CPUs but the Ray cluster "
             f"has {cluster_cpus}. Received: workers={workers}, cpus_per_worker={cpus_per_worker}"
         )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     # One item per batch, cut as local prediction cuts its tf.data batches, so each image meets the model in
     # the same company: a batch of one image differs from a bigger batch in the last float digits.
     items = [
         {"start": s, "paths": [str(f.absolute()) for f in files[s : s + batch_size]]}
         for s in range(0, len(files), batch_size)
     ]
-    ds = ray.data.from_items(items, override_num_blocks=batches).map_batches(
-        _Worker,
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=cpus_per_worker,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        # Not restarted: Ray Data's default (restarts without end) made Ray log, on every run, that the actors'
-        # constructor arguments live in the object store, where a restart may not find them; an actor that dies
-        # (out of memory, its machine lost) fails the job with Ray's error instead of retrying it forever.
-        max_restarts=0,
-        fn_constructor_kwargs={
-            "run_dir": str(run),
-            "total": len(files),
-            "config": dataclasses.replace(config, threads=cpus_per_worker),
-            "tensorflow": tensorflow,
-        },
-    )
+    # Ray Core's own actors, not restarted: an actor that dies (out of memory, its machine lost) fails the job with
+    # Ray's error instead of being retried forever. Ray Data's map_batches takes max_restarts only through
+    # **ray_remote_args, deprecated since Ray 2.60 (gone in 2.64) with no named replacement, and its default
+    # (restarts without end) made Ray log, on every run, that a restart may not find the constructor arguments.
+    actor = ray.remote(num_cpus=cpus_per_worker, max_restarts=0)(_Worker)
+    settings = dataclasses.replace(config, threads=cpus_per_worker)
+    actors = [actor.remote(str(run), len(files), settings, tensorflow) for _ in range(workers)]
     try:
-        out = sorted(ds.take_all(), key=lambda r: int(r["index"]))
+        done = ray.util.ActorPool(actors).map_unordered(lambda a, item: a.predict.remote(item), items)
+        out = sorted((row for columns in done for row in _rows(columns)), key=lambda r: int(r["index"]))
     except Exception as e:  # an actor could not load the run: Ray keeps only the text of floranet's error
         line = next((ln for ln in reversed(str(e).splitlines()) if ln.startswith("floranet.errors.")), None)
         if line is None:
             raise
         name, _, message = line.partition(": ")
         raise getattr(errors, name.rsplit(".", 1)[1], errors.FloranetError)(f"In a Ray worker: {message}") from e
+    finally:
+        for a in actors:  # their CPUs go back now, also in a Ray session the caller keeps
+            ray.kill(a)
     if say:
         ran_on = ", ".join(sorted({str(r["ran_on"]) for r in out}))
         say(f"Ran on Ray: {workers} worker(s) × {cpus_per_worker} thread(s) of {cluster_cpus} CPUs; {ran_on}.")
     return [_prediction(files[int(r["index"])], r) for r in out]
+
+
+def _rows(columns: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """A :meth:`_Worker.predict` answer (a list per column) as one dict per row."""
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
@@ -292,7 +285,7 @@ def _prediction(file: Path, r: dict[str, Any]) -> Prediction:
 
 
 class _Worker:
-    """A Ray Data actor: loads the run once, then predicts ``{"start", "paths"}`` items, one row per path."""
+    """A Ray actor: loads the run once, then predicts ``{"start", "paths"}`` items, one row per path."""
 
     def __init__(self, run_dir: str, total: int, config: InferenceConfig, tensorflow: bool = True) -> None:
         # TensorFlow only where it runs (the driver's predictor had no compiled model to use): importing it only to
@@ -308,14 +301,15 @@ class _Worker:
         self.ran_on = ""
         self.k = min(config.top_k, len(self.predictor.class_names))
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        paths = [str(p) for p in batch["paths"][0]]
+    def predict(self, item: dict[str, Any]) -> dict[str, list[Any]]:
+        """The rows of ``item``'s paths, a list per column; ``index`` numbers them in the whole job."""
+        paths = [str(p) for p in item["paths"]]
         # The files as the driver expanded them, one row each in order (a path given twice keeps both rows, and a
         # broken link its decode error, as locally).
         rows = self.predictor.file_rows(paths, top_k=self.k, job_size=self.total)
         if self.predictor.choice is not None:
             self.ran_on = f"{self.predictor.choice.runtime} {self.predictor.choice.precision}"
-        start = int(batch["start"][0])
+        start = int(item["start"])
         out: dict[str, list[Any]] = {"index": list(range(start, start + len(paths)))}
         for i in range(1, self.k + 1):
             out[f"class_{i}"] = [r.top_k[i - 1][0] if len(r.top_k) >= i else "" for r in rows]
