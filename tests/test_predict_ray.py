@@ -173,6 +173,10 @@ def test_an_address_nothing_answers_is_refused_at_once(tiny_run: Path, inputs: l
         ("127.0.0.2", "address must be host:port"),
         ("127.0.0.1:99999", "address must be host:port"),
         ("ray://127.0.0.2", "has no port: Ray would connect to port 443 .* e.g. ray://127.0.0.2:10001"),
+        # The dashboard's URL: Ray raised its 3-line ValueError; other schemes, "Module: http does not exist".
+        ("http://127.0.0.1:8265", r"is a URL \(http://\).* e.g. 127.0.0.1:6379 .* e.g. ray://127.0.0.1:10001\. "),
+        ("https://head.example/", r"is a URL \(https://\).* e.g. head.example:6379 .* ray://head.example:10001"),
+        ("grpc://[::1]:6379", r"is a URL \(grpc://\).* e.g. \[::1\]:6379 .* ray://\[::1\]:10001"),
     ],
 )
 def test_an_address_of_no_form_ray_takes_is_named(address: str, why: str) -> None:
@@ -191,6 +195,37 @@ def test_a_value_error_of_rays_is_a_config_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(predict_ray, "_check_reachable", lambda address: None)
     with pytest.raises(ConfigError, match="Cannot connect to a Ray cluster at x: Invalid address format: x"):
         predict_ray._init_ray(_Ray, "x", None, 1)
+
+
+def test_a_multi_line_error_of_rays_reads_as_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's line breaks showed as literal \\x0a in the CLI's (printable) message, followed by a doubled full stop."""
+
+    class _Ray:
+        @staticmethod
+        def init(**kwargs: object) -> None:
+            raise ValueError(
+                "Invalid Ray address: 'x'. To fix this, either:\n  1. Unset RAY_ADDRESS, or\n  2. Set RAY_ADDRESS to "
+                "the GCS address instead (e.g. <head_node_ip>:6379).\nSee the docs\n"
+            )
+
+    monkeypatch.setattr(predict_ray, "_check_reachable", lambda address: None)
+    with pytest.raises(ConfigError) as caught:
+        predict_ray._init_ray(_Ray, "x", None, 1)
+    said = str(caught.value)
+    assert "\n" not in said
+    assert "either: 1. Unset RAY_ADDRESS, or 2. Set RAY_ADDRESS" in said
+    assert "(e.g. <head_node_ip>:6379). See the docs. Is `ray start` running there" in said
+
+
+def test_the_dashboards_url_is_refused_before_ray_starts(
+    tiny_run: Path, inputs: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert main(["predict", str(tiny_run), inputs[1], "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "is a URL (http://), not a Ray cluster's address: give its GCS address, e.g. 127.0.0.1:6379" in err
+    assert "\\x0a" not in err and "Invalid Ray address" not in err  # floranet's own check, not Ray's ValueError
+    assert not ray.is_initialized()
 
 
 def test_more_workers_than_this_machine_has_cores_are_refused(tiny_run: Path, inputs: list[str]) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -132,13 +133,26 @@ def _connect(ray: Any, address: str, quiet: dict[str, Any]) -> None:
     # No cluster there, its auth token is not set up here, or (ValueError) an address Ray cannot use.
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ConfigError(
-            f"Cannot connect to a Ray cluster at {address}: {e}. Is `ray start` running there, is this its "
+            f"Cannot connect to a Ray cluster at {address}: {_one_line(e)}. Is `ray start` running there, is this its "
             f"{_port_hint(address)}, and, if it uses token authentication, is RAY_AUTH_MODE=token set here with its "
             f"~/.ray/auth_token? Received: address={address!r}"
         ) from e
     finally:
         if was is None:
             os.environ.pop(tries, None)
+
+
+_LIST_ITEM = re.compile(r"(\d+[.)]|[-*]) ")
+
+
+def _one_line(error: BaseException) -> str:
+    """``error``'s text on one line, without its closing full stop: Ray's messages break into lines (its list of
+    fixes), which the CLI's printable() shows as a literal ``\\x0a``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+    text = lines[0]
+    for line in lines[1:]:  # "; " after an unpunctuated line, unless the next is an item of a list ("2. Set ...")
+        text += (" " if text[-1:] in ".:;," or _LIST_ITEM.match(line) else "; ") + line
+    return text.rstrip(".")
 
 
 def _port_hint(address: str) -> str:
@@ -160,8 +174,13 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if address in ("auto", "local"):
         return
     scheme, sep, target = address.partition("://")
-    if sep and scheme != "ray":
-        return  # another of Ray's client protocols: its own checks
+    if sep and scheme != "ray":  # http://: the dashboard's or an API server's; Ray raised a 3-line ValueError
+        host = target.split("/")[0].rpartition(":")[0] or target.split("/")[0] or "HOST"
+        raise ConfigError(
+            f"address {address} is a URL ({scheme}://), not a Ray cluster's address: give its GCS address, e.g. "
+            f"{host}:6379 (the --port of `ray start --head`), or its client server's, e.g. "
+            f"ray://{host}:{RAY_CLIENT_PORT}. Received: address={address!r}"
+        )
     host, colon, port = (target if sep else address).rpartition(":")
     if sep and not colon:  # Ray hands "host" to gRPC, which connects to port 443: never the client server
         raise ConfigError(
