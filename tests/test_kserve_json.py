@@ -190,3 +190,24 @@ def test_binary_data_without_its_header_is_named_as_such() -> None:
         tensors.parse_request(b'{"inputs": [{"name": "\xff"}]}', None)
     body = json.dumps(head).encode()
     assert tensors.parse_request(body + b"\1\2\3\4", str(len(body))).inputs[0].data.tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("request_id", "echo"), [(5, "5"), (["r1"], '["r1"]'), (True, "true"), ({"a": 1}, '{"a": 1}')])
+def test_an_id_that_is_not_a_string_is_refused(request_id: object, echo: str) -> None:
+    """The protocol's id is a string: 5 was dropped without a word, and the answer carried no id."""
+    with pytest.raises(RequestError, match=f"^'id' must be a string. Received: id={re.escape(echo)}$") as e:
+        tensors.parse_request(json.dumps(_image_request(id=request_id)).encode(), None)
+    assert e.value.status == 400
+    assert tensors.parse_request(json.dumps(_image_request(id=None)).encode(), None).id is None  # null: no id
+    assert tensors.parse_request(json.dumps(_image_request(id="5")).encode(), None).id == "5"
+
+
+def test_an_output_requested_twice_is_refused() -> None:
+    """[{"name": "probabilities"}, {"name": "probabilities"}] answered 200 with the same output twice."""
+    again = {"name": "probabilities", "parameters": {"binary_data": True}}  # other parameters: still the same output
+    twice = [{"name": "labels"}, {"name": "probabilities"}, again]
+    with pytest.raises(RequestError, match="^output 'probabilities' is requested twice; name each output once$") as e:
+        tensors.parse_request(json.dumps(_image_request(outputs=twice)).encode(), None)
+    assert e.value.status == 400
+    once = tensors.parse_request(json.dumps(_image_request(outputs=twice[:2])).encode(), None).outputs
+    assert [o.name for o in once or ()] == ["labels", "probabilities"]

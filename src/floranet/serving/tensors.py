@@ -144,12 +144,9 @@ def parse_request(
         )
     params = _parameters(doc.get("parameters"), "parameters")
     request_id = doc.get("id")
-    return InferRequest(
-        tuple(inputs),
-        _outputs(doc.get("outputs")),
-        request_id if isinstance(request_id, str) else None,
-        _flag(params, "binary_data_output"),
-    )
+    if request_id is not None and not isinstance(request_id, str):  # was dropped: the answer carried no id
+        raise _bad(f"'id' must be a string. Received: id={short(request_id)}")
+    return InferRequest(tuple(inputs), _outputs(doc.get("outputs")), request_id, _flag(params, "binary_data_output"))
 
 
 def _flag(params: dict[str, Any], key: str) -> bool:
@@ -313,10 +310,12 @@ def _outputs(raw: Any) -> tuple[RequestedOutput, ...] | None:
         return None
     if not isinstance(raw, list) or len(raw) > MAX_INPUTS:
         raise _bad(f"'outputs' must be a list of at most {MAX_INPUTS} objects. Received: {short(raw)}")
-    out = []
+    out: list[RequestedOutput] = []
     for item in raw:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _bad(f"each requested output must be an object with a 'name'. Received: {short(item)}")
+        if any(o.name == item["name"][:64] for o in out):  # was answered twice
+            raise _bad(f"output {item['name'][:64]!r} is requested twice; name each output once")
         params = _parameters(item.get("parameters"), f"outputs[{item['name'][:64]}].parameters")
         k = params.get("classification", 0)
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
