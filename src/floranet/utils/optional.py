@@ -17,7 +17,6 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "tf2onnx": ("tf2onnx", "export"),
     "ai_edge_litert": ("ai-edge-litert", "export"),
     "ray": ("ray", "ray"),
-    "ray.data": ("ray[data]", "ray"),
     "pyarrow": ("pyarrow", "parquet"),
     "pyarrow.parquet": ("pyarrow", "parquet"),
     "mlflow": ("mlflow-skinny", "mlflow"),
