@@ -383,6 +383,27 @@ def test_two_spellings_of_one_file_given_two_labels_are_refused(tmp_path: Path) 
     assert Curation((), both).resolved(["-x/a.jpg", "'-x/a.jpg"]).relabel == both
 
 
+@pytest.mark.parametrize("twin", ["\uff42\u00e9", "be\u0301"], ids=["full-width", "nfd"])
+def test_a_relabel_that_makes_a_twin_of_a_class_is_refused(tmp_path: Path, twin: str) -> None:
+    """The doctor refuses class folders that look the same; a relabel target made one with only a "new class" note,
+    and the model then had two classes every report and answer showed as one."""
+    from floranet.errors import ConfigError
+    from floranet.workflows import train
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, names=["a", "b\u00e9"])
+    (tmp_path / "relabel.csv").write_text(f"a/img_000.jpg,{twin}\n", encoding="utf-8")
+    cfg = config.resolve(
+        data_dir=str(data), out=str(tmp_path / "run"), relabel=str(tmp_path / "relabel.csv"), audit=False, **TINY
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"classes .* look the same in every report and answer; write each label "
+        r"one way. Received: relabel=",
+    ):
+        train(cfg, progress=False, say=lambda _: None)
+    assert not (tmp_path / "run").exists()  # a refused start leaves no run behind
+
+
 def test_train_applies_and_records_exclude_and_relabel(tmp_path: Path) -> None:
     from floranet.evaluation.modelcard import write_model_card
     from floranet.workflows import train

@@ -127,6 +127,18 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def test_a_path_as_find_writes_it_names_the_file(tmp_path: Path) -> None:
+    """``./a/1.jpg`` and ``a//1.jpg`` were kept as written, matched no file and were left out ("1 files of the split
+    are missing"), where an exclude or relabel list reads them as ``a/1.jpg``."""
+    body = "path,label,split,sha256\n./a/1.jpg,a,train,\na//2.jpg,a,validation,\nb/./3.jpg,b,train,\n"
+    split = Split.from_csv(_write(tmp_path / "split.csv", body))
+    assert [r.path for r in split.rows] == ["a/1.jpg", "a/2.jpg", "b/3.jpg"]
+    with pytest.raises(DatasetError, match="line 3: duplicate path 'a/1.jpg' .first on line 2."):
+        Split.from_csv(
+            _write(tmp_path / "twice.csv", "path,label,split,sha256\n./a/1.jpg,a,train,\na/1.jpg,a,train,\n")
+        )
+
+
 @pytest.mark.parametrize(
     ("body", "line", "match"),
     [

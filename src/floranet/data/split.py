@@ -197,6 +197,7 @@ def _read_rows(src: Path, f: Any, class_names: Sequence[str] | None) -> list[Spl
         # A backslash is a character of the name (split.csv is written from the folder's own names), not a separator.
         if not p or PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
             raise bad(f"path must be relative to the dataset folder, with '/' separators. Received: path={p!r}")
+        p = str(PurePosixPath(p))  # ./a/1.jpg and a//1.jpg (as find writes them) name a/1.jpg, as in a list
         if p in seen:
             raise bad(f"duplicate path {p!r} (first on line {seen[p]})")
         if not label.strip():
