@@ -17,6 +17,7 @@ class Served:
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
     url: str = ""
     redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302
+    authorizations: list[str | None] = field(default_factory=list)  # each request's Authorization header
 
 
 @contextmanager
@@ -33,6 +34,7 @@ def serve(
         def do_GET(self) -> None:
             rng = self.headers.get("Range")
             state.requests.append((self.path, rng))
+            state.authorizations.append(self.headers.get("Authorization"))
             if self.path in state.redirects:
                 self.send_response(302)
                 self.send_header("Location", state.redirects[self.path])

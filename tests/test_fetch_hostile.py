@@ -458,6 +458,27 @@ def test_urls_with_spaces_or_passwords_are_refused_or_hidden(tmp_path) -> None:
     assert "secret" not in str(e.value) and "user:***@127.0.0.1:1" in str(e.value)
 
 
+def test_a_mirror_with_a_password_is_asked_with_it_and_never_shows_it(tmp_path, monkeypatch) -> None:
+    """urllib took ``user:password@`` for part of the host name ("Name or service not known"), so such a mirror never
+    worked; and the offline hint after the redacted URL repeated it with its password."""
+    import base64
+
+    body = b"weights" * 100
+    with httpserver.serve({"/m/w.bin": body}, redirects={"/m/moved": "/m/w.bin"}) as srv:
+        url = srv.url.replace("http://", "http://alice:S3cret%40x@") + "/m/w.bin"
+        got = download.download(url, tmp_path / "w.bin", file_hash=hashlib.sha256(body).hexdigest(), timeout=5)
+        assert got.read_bytes() == body
+        assert srv.authorizations == ["Basic " + base64.b64encode(b"alice:S3cret@x").decode()]
+        # Not carried on by a redirect (its target may be another host).
+        download.download(url.replace("/w.bin", "/moved"), tmp_path / "v.bin", timeout=5)
+        assert srv.authorizations[1:] == ["Basic " + base64.b64encode(b"alice:S3cret@x").decode(), None]
+    monkeypatch.setenv("FLORANET_DATASETS_URL", "http://alice:S3cret@127.0.0.1:1/m")
+    monkeypatch.setattr(datasets, "_check_space", lambda *a: None)
+    with pytest.raises(DownloadError) as e:
+        datasets.fetch("flower_photos", cache_dir=tmp_path / "cache", timeout=2, progress=False)
+    assert "S3cret" not in str(e.value) and str(e.value).count("alice:***@127.0.0.1:1/m/") == 2, str(e.value)
+
+
 def test_the_temporary_cache_is_private_to_its_user(tmp_path, monkeypatch) -> None:
     """On a home that cannot be written, everyone shared /tmp/.keras: another user's planted link or data set."""
     monkeypatch.setattr(download.tempfile, "gettempdir", lambda: str(tmp_path))

@@ -198,7 +198,7 @@ def _fetch_locked(
     archive = root / spec.archive_name
     source = url or _mirror_url(spec) or spec.url
     by_hand = (
-        f"download {source} on a machine with internet and put it at {archive}, "
+        f"download {download_lib.redacted(source)} on a machine with internet and put it at {archive}, "
         "or train on a folder-per-class image set of your own (floranet train DIR)."
     )
     _check_space(root, spec, archive)

@@ -21,7 +21,7 @@ import numpy as np
 
 from floranet.errors import DownloadError, WeightsError
 from floranet.models import registry
-from floranet.utils.download import cache_dir, download, env_url
+from floranet.utils.download import cache_dir, download, env_url, redacted
 from floranet.utils.files import file_digest
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
@@ -60,7 +60,7 @@ def fetch_imagenet(arch: str, *, include_top: bool, timeout: float = 10.0) -> Pa
     file_name, url, md5 = official_file(arch, include_top=include_top)
     dest = cache_dir("models") / file_name
     hint = (
-        f"Without network access: download {url} on a machine that has it, put it at {dest} "
+        f"Without network access: download {redacted(url)} on a machine that has it, put it at {dest} "
         f"(where Keras caches weights), or pass weights=PATH (CLI: --weights PATH) with its path."
     )
     try:

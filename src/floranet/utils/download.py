@@ -102,7 +102,9 @@ def download(
     lock = dest.with_name(f".{dest.name}.lock")
     fd = locks.acquire(lock, what=f"the download of {dest}", wait=True, say=log.warning)
     try:
-        return _download(url, dest, file_hash, size, timeout, progress, f" {manual_hint}" if manual_hint else "")
+        # The hint may name the URL (where to download it by hand): never with its password.
+        hint = f" {redacted_text(manual_hint, [urllib.parse.urlsplit(url).password])}" if manual_hint else ""
+        return _download(url, dest, file_hash, size, timeout, progress, hint)
     finally:
         locks.release(lock, fd)
 
@@ -267,7 +269,7 @@ def _resumes_at(content_range: str | None, offset: int) -> bool:
 
 
 def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool, size: int | None) -> None:
-    request = urllib.request.Request(url, headers={"User-Agent": "floranet"})
+    request = opener.request_for(url, **{"User-Agent": "floranet"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     with opener.open_url(request, timeout=timeout, head_deadline=HEAD_TIMEOUTS * timeout) as response:

@@ -9,6 +9,7 @@ traceback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import math
@@ -57,6 +58,21 @@ def open_url(request: urllib.request.Request, *, timeout: float, head_deadline: 
         response.close()
         raise HeadTimeout(_late(head_deadline))
     return response
+
+
+def request_for(url: str, **headers: str) -> urllib.request.Request:
+    """A request for ``url`` with ``headers``; a ``user:password@`` in an http(s) URL (a private mirror's) becomes
+    a Basic ``Authorization`` header, sent to that URL only: urllib took the user info for part of the host name
+    ("Name or service not known"), and a redirect does not carry the header on (its target may be another host).
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None or parts.scheme.lower() not in ("http", "https"):
+        return urllib.request.Request(url, headers=headers)
+    host = parts.netloc.rsplit("@", 1)[1]
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)), headers=headers)
+    pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode("ascii"))
+    return request
 
 
 def _late(seconds: float) -> str:
