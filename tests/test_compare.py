@@ -82,6 +82,9 @@ def test_compare_settings_are_checked() -> None:
         ({"backbones": ("a",), "train": ["epochs"]}, "train must be a mapping"),
         ({"backbones": ("a",), "fine_tune": "yes"}, "fine_tune must be True or False"),
         ({"backbones": ("a",), "default_weights": 5}, "default_weights must be"),
+        # Empty (--weights "$W" or --weights a=$W with W unset): trained from random weights, where train refuses it
+        ({"backbones": ("a",), "default_weights": ""}, "default_weights must be.*Received: default_weights=''"),
+        ({"backbones": ("a",), "weights": {"a": " "}}, "weights must map each backbone to.*Received: weights="),
     ):
         with pytest.raises(ConfigError, match=match):
             CompareConfig(data_dir="d", **kwargs)
@@ -244,6 +247,30 @@ def test_compare_checks_names_and_out_before_training_anything(tmp_path: Path, m
     with pytest.raises(ZeroDivisionError):  # past every check: the first training starts
         compare(cfg(earlier, ("resnet32",)), say=lambda m: None)
     assert trained == ["resnet32"]
+
+
+def test_a_second_compare_into_one_out_is_refused_while_the_first_writes_it(tmp_path: Path, monkeypatch) -> None:
+    """Two compares into one OUT each decided which runs were new, then each failed on a run the other had begun
+    ("already holds a run", "Nothing to resume") and neither wrote its comparison."""
+    from floranet.errors import RunLockedError
+    from floranet.utils import locks
+    from floranet.workflows import compare as compare_lib
+
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=4)
+    monkeypatch.setattr(compare_lib, "train", lambda settings, **k: 1 / 0)
+    out = tmp_path / "cmp"
+    config = CompareConfig(
+        data_dir=str(data), backbones=("resnet20",), out=str(out), default_weights=None, train=SETTINGS
+    )
+    fd = locks.acquire(out / RunDir.LOCK, what="the first compare")
+    try:
+        with pytest.raises(RunLockedError, match="another floranet compare is writing it: wait for it to finish"):
+            compare(config, say=lambda m: None)
+        assert [p.name for p in out.iterdir()] == [RunDir.LOCK]  # it wrote nothing
+    finally:
+        locks.release(out / RunDir.LOCK, fd)
+    with pytest.raises(ZeroDivisionError):  # once it is let go, the next compare goes on to train
+        compare(config, say=lambda m: None)
 
 
 def test_a_missing_weights_file_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -85,6 +85,9 @@ def test_without_mlflow_the_error_names_the_extra(tiny_run: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(MissingDependencyError, match=r"floranet\[mlflow\]"):
         log_to_mlflow(tiny_run, "file:///nowhere")
+    # A run that is not there is said as such first (it was "install mlflow", and then "no such run").
+    with pytest.raises(ModelError, match="nowhere"):
+        log_to_mlflow(tiny_run.parent / "nowhere", "file:///nowhere")
 
 
 def test_an_unfinished_run_is_refused(tiny_run: Path, tmp_path: Path, monkeypatch) -> None:

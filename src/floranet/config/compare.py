@@ -51,11 +51,19 @@ class CompareConfig:
         known = {backbone_key(n) for n in names}
         check(set(weights) <= known, "weights may only name compared backbones", "weights", given_weights)
         check(isinstance(self.fine_tune, bool), "fine_tune must be True or False", "fine_tune", self.fine_tune)
+        default = self.default_weights
         check(
-            self.default_weights is None or isinstance(self.default_weights, str),
+            default is None or (isinstance(default, str) and bool(default.strip())),
             "default_weights must be 'imagenet', 'none', a weights file or None",
             "default_weights",
             self.default_weights,
+        )
+        # An empty one (--weights mobilenet_v2=$W, W unset) trained from random weights, where train refuses it.
+        check(
+            all(v is None or (isinstance(v, str) and v.strip()) for v in weights.values()),
+            "weights must map each backbone to 'imagenet', 'none', a weights file or None",
+            "weights",
+            given_weights,
         )
         own = {"data_dir", "out", "backbone", "weights", "split_file"}
         bad = sorted(set(self.train) - FIELDS | own & set(self.train))
@@ -72,7 +80,7 @@ class CompareConfig:
 
     def weights_of(self, backbone: str) -> str | None:
         value = self.weights.get(backbone_key(backbone), self.default_weights)
-        return None if value in (None, "none", "None", "") else value
+        return None if value in (None, "none", "None") else value
 
 
 def backbone_key(name: str) -> str:

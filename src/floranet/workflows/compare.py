@@ -68,6 +68,14 @@ def compare(config: CompareConfig, *, progress: bool = False, say: Callable[[str
     _check_distinct(config.backbones)
     check_out(config, out)
     choose_inference(config.runtime, config.precision)  # latency's runtime: said missing before anything trains
+    # Held while it decides which runs are new, unfinished or done, and writes them: two compares into one OUT
+    # decided at once, then each failed on a run the other had begun ("already holds a run", "Nothing to resume").
+    with RunDir(out).lock(hint="another floranet compare is writing it: wait for it to finish, or give another --out"):
+        return _compare_in(config, out, progress, say)
+
+
+def _compare_in(config: CompareConfig, out: Path, progress: bool, say: Callable[[str], None]) -> Comparison:
+    """:func:`compare`'s work, under ``OUT``'s lock."""
     # Every backbone's settings before anything is written or trained: a typo in the last name fails at once.
     runs = [(b, _with_own_split(_settings(config, b, out, out / SPLIT))) for b in config.backbones]
     earlier = {b: _earlier_run(b, s) for b, s in runs}  # an interrupted comparison continues where it stopped

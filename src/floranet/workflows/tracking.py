@@ -78,9 +78,9 @@ def log_to_mlflow(
             the experiment already, and ``again`` is False.
         ModelError: Not a finished run.
     """
+    run = RunDir.open(run_dir, needs=RunDir.FINISHED)  # first: a run that is not there is said as such
     mlflow = require("mlflow", "--mlflow")
     named = experiment_name(experiment, fallback=None)
-    run = RunDir.open(run_dir, needs=RunDir.FINISHED)
     if not run.is_finished():  # an interrupted run: model.keras is a checkpoint, its metrics are missing
         raise ModelError(
             f"{run.path} is not a finished run (its training or evaluation did not complete): finish it with "
