@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +152,51 @@ def test_the_guess_sends_rotated_pngs_and_scan_bombs_to_pillow(tmp_path: Path) -
     batch = list(make_dataset(paths, None, image_size=(W, H), batch_size=4))[0].numpy()  # the bomb is skipped
     assert len(batch) == 3
     np.testing.assert_array_equal(batch[0], upright)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def test_the_guess_finds_an_orientation_in_png_text_chunks_compressed_or_after_the_pixels(tmp_path: Path) -> None:
+    """Pillow rotates a PNG by the orientation of ImageMagick's "Raw profile type exif" text chunk (zTXt as it
+    writes it), a compressed XMP iTXt, or an "exif" text chunk, before or after IDAT; the guess byte-searched for
+    ``eXIf`` and ``tiff:Orientation`` only, so a predict of more than SMALL_JOB files gave tf's unrotated pixels."""
+    from floranet.data.decode import resolve_flags
+
+    upright = _noise(8, (H, W))  # 24 tall, 20 wide once upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = b"Exif\x00\x00" + exif.tobytes()
+    magick = f"\nexif\n{len(raw):8d}\n{raw.hex()}\n".encode()
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    chunks = {
+        "magick_ztxt": _png_chunk(b"zTXt", b"Raw profile type exif\0\0" + zlib.compress(magick)),
+        "magick_text": _png_chunk(b"tEXt", b"Raw profile type exif\0" + magick),
+        "magick_itxt": _png_chunk(b"iTXt", b"Raw profile type exif\0\1\0\0\0" + zlib.compress(magick)),
+        "xmp_itxt": _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(xmp)),
+        "xmp_ztxt": _png_chunk(b"zTXt", b"XML:com.adobe.xmp\0\0" + zlib.compress(xmp)),
+        "exif_text": _png_chunk(b"tEXt", b"exif\0" + raw),
+    }
+    buffer = io.BytesIO()
+    Image.fromarray(np.rot90(upright, k=1)).save(buffer, format="PNG")  # stored sideways
+    stored = buffer.getvalue()
+    paths = []
+    for name, chunk in chunks.items():  # after IHDR (33 bytes in), and before IEND (the last 12)
+        for where, data in (("head", stored[:33] + chunk + stored[33:]), ("tail", stored[:-12] + chunk + stored[-12:])):
+            paths.append(tmp_path / f"{name}_{where}.png")
+            paths[-1].write_bytes(data)
+    (tmp_path / "plain.png").write_bytes(stored)
+    batch = list(make_dataset(paths, None, image_size=(W, H), batch_size=len(paths)))[0].numpy()  # guessed flags
+    for path, image in zip(paths, batch, strict=True):
+        np.testing.assert_array_equal(image, upright, err_msg=path.name)
+        np.testing.assert_array_equal(decode_and_resize(path, (W, H)), image, err_msg=path.name)  # Pillow's path
+    assert resolve_flags([os.fsencode(p) for p in [*paths, tmp_path / "plain.png"]], None) == [False] * len(paths) + [
+        True
+    ]
 
 
 def test_pillow_path_handles_exif_rotation_alpha_and_matches_decode_and_resize(tmp_path: Path) -> None:

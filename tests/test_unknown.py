@@ -292,3 +292,31 @@ def test_a_damaged_calibration_temperature_is_named(writable_run: Path) -> None:
         (writable_run / RunDir.CALIBRATION).write_text(json.dumps({**calib, "temperature": bad}))
         with pytest.raises(ModelError, match="calibration.json is damaged: temperature must be a number > 0"):
             RunDir(writable_run).temperature()
+
+
+def test_the_unknown_answer_decodes_the_images_with_the_doctors_verdict(writable_run: Path, monkeypatch) -> None:
+    """The unknown answer's own pass over the images (when training hands over no embeddings of them) guessed each
+    file's decoder, where training takes the doctor's verdict: its threshold could be fitted on other pixels."""
+    from floranet.evaluation import ood
+    from floranet.training import TrainResult
+    from floranet.workflows.after_training import audit_and_unknown
+
+    run = RunDir(writable_run)
+    config = run.config(audit=False)
+    assert config.fine_tune_epochs  # the final model's pass, not stage 1's cached features
+    verdict = {r.path: i % 2 == 0 for i, r in enumerate(run.split().rows)}  # any verdict: the one given is used
+    passed: list[tuple[list[str], object]] = []
+    real = ood.batch.run_on_files
+
+    def recording(fn, paths, **kwargs):
+        passed.append(([Path(p).relative_to(config.data_dir).as_posix() for p in paths], kwargs.get("tf_decodable")))
+        return real(fn, paths, **kwargs)
+
+    monkeypatch.setattr(ood.batch, "run_on_files", recording)
+    said: list[str] = []
+    result = TrainResult(run, run.class_names(), model=run.load_model(), tf_decodable=verdict)
+    audit_and_unknown(result, config, say=said.append)
+    assert [s for s in said if s.startswith("Unknown answer: ") and "threshold" in s], said
+    assert len(passed) == 2  # the training images, then the validation images
+    for paths, flags in passed:
+        assert flags == [verdict[p] for p in paths]

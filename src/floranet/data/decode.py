@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
-from floranet.data.formats import allowed_formats
+from floranet.data.formats import allowed_formats, png_may_rotate
 from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image, max_file_bytes
 from floranet.data.resize import bilinear
 from floranet.data.scan import JPEG_EXTENSIONS
@@ -46,7 +46,8 @@ def _guess_tf_decodable(path: bytes, max_pixels: int) -> bool:
 
     Extension first (a JPEG's names, .png), then Pillow's lazy header read (no
     pixel decode) to route EXIF-rotated, CMYK, alpha, palette and 16-bit files
-    to Pillow, which tf would silently decode differently, and JPEGs of too many
+    to Pillow, which tf would silently decode differently (a PNG's orientation is looked for in every chunk
+    Pillow reads one from: :func:`floranet.data.formats.png_may_rotate`), and JPEGs of too many
     scans to Pillow's path, which refuses them. A file larger than any image of
     ``max_pixels`` can be is not read (a 1.3 KB JPEG padded to 1.5 GB was read
     whole here, then by tf.io.read_file): Pillow's path refuses it, naming the limit.
@@ -61,8 +62,9 @@ def _guess_tf_decodable(path: bytes, max_pixels: int) -> bool:
             if b"tiff:Orientation" in data:  # an XMP orientation, which Pillow applies (before or after IDAT)
                 return False
             if im.format == "PNG":
-                # IHDR bit depth (Pillow reports 16-bit RGB as "RGB"); an eXIf chunk may rotate the image.
-                return data[24] == 8 and b"eXIf" not in data
+                # IHDR bit depth (Pillow reports 16-bit RGB as "RGB"); an eXIf chunk, or a text chunk of EXIF or
+                # XMP (ImageMagick's zTXt "Raw profile type exif", a compressed iTXt XMP), may rotate the image.
+                return data[24] == 8 and not png_may_rotate(data)
             return im.getexif().get(0x0112, 1) == 1 and jpeg_scans(data) <= MAX_JPEG_SCANS
     except Image.DecompressionBombError:  # a header declaring a huge image: Pillow's path names the limit
         return False

@@ -102,6 +102,36 @@ def describe(im: Image.Image, data: bytes, orientation: int, *, animated: bool) 
     return notes, tf_ok
 
 
+# The text chunks of a PNG (plain, compressed, international) and the keywords Pillow's Image.getexif reads an
+# orientation from in any of them: EXIF ("exif", ImageMagick's hex "Raw profile type exif") and XMP's
+# tiff:Orientation ("XML:com.adobe.xmp", whose iTXt Pillow also files as "xmp"). A byte search misses them when
+# the chunk is compressed.
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_PNG_ORIENTATION_KEYWORDS = frozenset({b"exif", b"Raw profile type exif", b"XML:com.adobe.xmp", b"xmp"})
+
+
+def png_may_rotate(data: bytes) -> bool:
+    """Whether a PNG has a chunk Pillow may read an orientation from (``eXIf``, or a text chunk of one of
+    :data:`_PNG_ORIENTATION_KEYWORDS`), before or after its pixels; only chunk headers and keywords are read.
+
+    Returns:
+        True also where the chunks cannot be walked to ``IEND`` (cut or damaged): Pillow's path decides then.
+    """
+    pos = 8  # past the signature
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return True
+        if kind in _PNG_TEXT_CHUNKS:  # the keyword: 1 to 79 bytes, then a NUL
+            keyword = data[pos + 8 : pos + 8 + min(length, 80)].split(b"\0", 1)[0]
+            if keyword in _PNG_ORIENTATION_KEYWORDS:
+                return True
+        if kind == b"IEND":
+            return False
+        pos += 12 + length  # length, type, data, CRC
+    return True
+
+
 def _png_bit_depth(data: bytes) -> int | None:
     return data[24] if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 else None
 

@@ -12,7 +12,7 @@ benchmarks/bench_unknown.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,17 +50,21 @@ def embed(
     rows: list[SplitRow],
     class_names: tuple[str, ...] | list[str],
     *,
+    tf_decodable: Mapping[str, bool] | None = None,
     say: Callable[[str], None] = print,
 ) -> Embeddings:
     """Features and probabilities of ``rows`` from the final ``model`` (cached features when its backbone is
     stage 1's, else one pass of the model); ``class_names`` index the rows' labels (it may name classes the
-    model does not have, e.g. a held-out one)."""
+    model does not have, e.g. a held-out one); ``tf_decodable`` is the doctor's verdict per row path, as
+    training decodes them (a path it lacks: Pillow's path; None: guessed per file)."""
     index = {n: i for i, n in enumerate(class_names)}
     root = Path(config.data_dir)
     files = [str(root / r.path) for r in rows]
+    # As training passes them: the pixels the model was trained and evaluated on, not the guess's.
+    flags = [tf_decodable.get(r.path, False) for r in rows] if tf_decodable is not None else None
     head = classifier.head_of(model)
     if not config.fine_tune_epochs:  # the frozen backbone made stage 1's cache
-        feats = stage1_features(run, config, files, [r.sha256 for r in rows], say=say)
+        feats = stage1_features(run, config, files, [r.sha256 for r in rows], tf_decodable=flags, say=say)
         kept = [i for i, r in enumerate(rows) if r.sha256 in feats]
         x = np.stack([feats[rows[i].sha256] for i in kept]).astype(np.float32)
         probs = np.asarray(head.predict(x, batch_size=256, verbose=0), np.float32)
@@ -76,6 +80,7 @@ def embed(
             image_size=config.image_size,
             batch_size=config.batch_size,
             max_pixels=config.max_pixels,
+            tf_decodable=flags,
         )
         kept = [i for i in range(len(rows)) if i not in out.errors]
         n = int(model.output_shape[-1])  # the model's classes: ``class_names`` may name more (held-out ones)
@@ -91,6 +96,7 @@ def fit_unknown(
     *,
     train: Embeddings | None = None,
     validation: Embeddings | None = None,
+    tf_decodable: Mapping[str, bool] | None = None,
     say: Callable[[str], None] = print,
 ) -> unknown_lib.UnknownDetector:
     """Fits the run's "unknown" answer (``config.unknown_method``, keeping ``config.unknown_keep`` of known
@@ -102,6 +108,8 @@ def fit_unknown(
         config: Its settings.
         train: The final model's embeddings of the training images, when training has them; else computed.
         validation: The same of the validation images (the evaluation's pass); else computed.
+        tf_decodable: The doctor's verdict on TensorFlow's fast decoder per image (relative path), as training
+            decoded them; None: guessed per file.
         say: Where one-line status messages go.
 
     Raises:
@@ -111,8 +119,8 @@ def fit_unknown(
     split = run.split(names)
     if validation is None and not split.validation():  # embed's np.stack said "need at least one array to stack"
         raise ModelError(unknown_lib.NO_VALIDATION)
-    train = train or embed(run, model, config, split.train(), names, say=say)
-    val = validation or embed(run, model, config, split.validation(), names, say=say)
+    train = train or embed(run, model, config, split.train(), names, tf_decodable=tf_decodable, say=say)
+    val = validation or embed(run, model, config, split.validation(), names, tf_decodable=tf_decodable, say=say)
     detector = unknown_lib.fit(
         config.unknown_method,
         train.features,

@@ -64,6 +64,8 @@ class TrainResult:
         chief: False on a multi-worker job's other workers: their ``run`` was a scratch folder beside their
             backups, removed at the end; the chief's is the run directory.
         tracking_error: Why logging the finished run to MLflow failed (None: it did not, or was not asked).
+        tf_decodable: The doctor's verdict on TensorFlow's fast decoder per usable file (relative path), for what
+            decodes the images again after training (the unknown answer's embeddings): the same pixels.
     """
 
     run: RunDir
@@ -79,6 +81,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     chief: bool = True
     tracking_error: str | None = None
+    tf_decodable: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @property
     def run_dir(self) -> Path:
@@ -135,7 +138,9 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True, say
     t = time.perf_counter()
     model = _stage2(model, prepared, ctx, precisions)
     timings["stage2"] = time.perf_counter() - t
-    result = TrainResult(run, list(names), timings, prepared.notes, data_dir=prepared.data_dir)
+    result = TrainResult(
+        run, list(names), timings, prepared.notes, data_dir=prepared.data_dir, tf_decodable=prepared.tf_decodable
+    )
     if not dist.is_chief:  # the chief saves, evaluates and writes the run directory
         result.chief = False
         dist.finish(out)

@@ -47,6 +47,7 @@ def audit_and_unknown(result: TrainResult, config: TrainConfig, say: Callable[[s
             config,
             train=_embeddings(result.training),
             validation=_embeddings(result.validation),
+            tf_decodable=result.tf_decodable,
             say=say,
         )
         result.compiled = compiled.recheck(result.run, detector) or result.compiled
