@@ -400,6 +400,10 @@ def test_unusable_images_and_limits_map_like_predict(server: str) -> None:
     }
     r = _post(server, doc)
     assert r.status_code == 415 and "image 0" in r.json()["error"]
+    rose = sorted((mini_flowers_path() / "roses").glob("*.jpg"))[0].read_bytes()
+    cut = base64.b64encode(rose[: len(rose) // 2] + b"\xff\xd9").decode()  # decoded without a word by Pillow
+    r = _post(server, {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [cut]}]})
+    assert r.status_code == 422 and "corrupt JPEG data: premature end of data segment" in r.json()["error"], r.text
     pixels = np.full((1, 32, 32, 3), 300.0, np.float32)
     doc = {
         "inputs": [

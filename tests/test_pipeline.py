@@ -199,6 +199,28 @@ def test_the_guess_finds_an_orientation_in_png_text_chunks_compressed_or_after_t
     ]
 
 
+def test_the_guess_sends_a_damaged_jpeg_to_pillow_which_refuses_it_in_threads_too(tmp_path: Path) -> None:
+    """A JPEG cut mid-file but ended by an end-of-image marker: tf.io.decode_jpeg gives grey pixels without a word,
+    where the doctor calls it bad. The guess (in threads for many files, in order) sends it to Pillow's path."""
+    from floranet.data import decode
+
+    damaged, plain = tmp_path / "damaged.jpg", tmp_path / "plain.jpg"
+    Image.fromarray(_noise(9, (96, 64))).save(damaged)
+    Image.fromarray(_noise(10)).save(plain)
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    paths = [os.fsencode(p) for p in [damaged, plain] * 20]
+    assert decode.resolve_flags(paths[:2], None) == [False, True]
+    assert decode.resolve_flags(paths, None) == [False, True] * 20
+    assert decode.resolve_flags(paths, [None, False] * 20) == [False] * len(paths)
+    skipped: list[str] = []
+    batch = list(make_dataset([damaged, plain], None, image_size=(H, W), batch_size=2, skipped=skipped))[0]
+    assert len(batch) == 1 and skipped == [str(damaged)]
+    with pytest.raises(DatasetError, match="corrupt JPEG data: premature end of data segment"):
+        decode_and_resize(damaged, (H, W))
+    assert len(paths) >= decode._THREADED_GUESSES  # the threads' order was checked above
+
+
 def test_pillow_path_handles_exif_rotation_alpha_and_matches_decode_and_resize(tmp_path: Path) -> None:
     upright = _noise(3, (H, W))  # 24 tall, 20 wide once upright
     rotated = tmp_path / "rotated.jpg"

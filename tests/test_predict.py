@@ -196,6 +196,31 @@ def test_a_fifo_or_device_given_by_name_is_said_to_be_no_regular_file(tiny_run, 
     assert rows[2].error == input_lib.NO_IMAGE
 
 
+def test_a_jpeg_damaged_mid_file_is_an_error_row_on_every_path_as_the_doctor_says(tiny_run, tmp_path) -> None:
+    """A JPEG cut in the middle but ended by an end-of-image marker is bad for the doctor (train and evaluate leave
+    it out), but predict answered it from grey pixels: Pillow and tf decode it without a word. Every path now
+    refuses it with the doctor's reason: a few files (Pillow), many (tf.data's guessed routing, or Pillow's
+    threads for the compiled model), and bytes (serve)."""
+    from floranet.errors import DatasetError
+
+    damaged = tmp_path / "damaged.jpg"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(damaged)
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    with Image.open(damaged) as im:
+        im.load()  # what the decoders saw: nothing wrong
+    reason = "is corrupt JPEG data: premature end of data segment (its pixels past the damage are grey or garbage)"
+    many = [damaged, *_write_cases(tmp_path).values()]  # more than batch.SMALL_JOB: the pipeline's path
+    for runtime in ("auto", "tensorflow"):
+        predictor = predict.load(tiny_run, runtime=runtime)
+        for files in ([damaged], many):
+            rows = predictor.predict(files)
+            assert reason in (rows[0].error or ""), (runtime, len(files), rows[0])
+            assert all(r.error is None for r in rows[1:]), (runtime, rows)
+    with pytest.raises(DatasetError, match=re.escape(reason)):
+        predict.load(tiny_run).predict_bytes(damaged.read_bytes())
+
+
 def test_a_file_larger_than_any_image_of_max_pixels_is_refused_unread_on_every_runtime(tiny_run, tmp_path) -> None:
     """With --runtime tensorflow and more than 4 files, a 1.3 KB JPEG padded (sparse) to 1.5 GB was read whole (the
     tf_decodable guess, then tf.io.read_file): 2.2 GB of memory, and it was predicted, where Pillow's path refuses

@@ -451,6 +451,12 @@ def _hostile_cases() -> dict[str, tuple[dict, int, str]]:
             422,
             "truncated",
         ),
+        # Pillow decodes it without a word, to grey pixels; the doctor (and so training) leaves it out.
+        "jpeg cut mid-file, ended by an end-of-image marker": (
+            {"content": rose[: len(rose) // 2] + b"\xff\xd9"},
+            422,
+            "is corrupt JPEG data: premature end of data segment",
+        ),
         "heic": ({"content": heic}, 415, "HEIC"),
         "jpeg of 150 scans": (
             {"content": rose[:-2] + rose[rose.rindex(b"\xff\xda") : -2] * 150 + b"\xff\xd9"},

@@ -10,31 +10,30 @@ accurate IDCT, which matches Pillow bit for bit), for plain 8-bit RGB/gray files
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
-from floranet.data.formats import allowed_formats, png_may_rotate
+from floranet.data.formats import allowed_formats, jpeg_damage, png_may_rotate
 from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image, max_file_bytes
 from floranet.data.resize import bilinear
 from floranet.data.scan import JPEG_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import read_capped
-from floranet.utils.optional import require
+from floranet.utils.system import usable_cpus
 from floranet.utils.text import quoted
 
 log = logging.getLogger(__name__)
 _TF_EXTENSIONS = (*sorted(JPEG_EXTENSIONS), ".png")
-# The warnings by which libjpeg says a JPEG's coded data is damaged (jerror.h: JWRN_EXTRANEOUS_DATA, _HIT_MARKER,
-# _HUFF_BAD_CODE, _ARITH_BAD_CODE, _MUST_RESYNC, _JPEG_EOF). Its other warnings (an unknown JFIF revision, a bad
-# ICC marker, odd SOS parameters) leave the pixels as they were meant.
-_DAMAGE_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
+_THREADED_GUESSES = 32
 
 
 def check_image_size(image_size: Any) -> tuple[int, int]:
@@ -48,7 +47,7 @@ def _guess_tf_decodable(path: bytes, max_pixels: int) -> bool:
     pixel decode) to route EXIF-rotated, CMYK, alpha, palette and 16-bit files
     to Pillow, which tf would silently decode differently (a PNG's orientation is looked for in every chunk
     Pillow reads one from: :func:`floranet.data.formats.png_may_rotate`), and JPEGs of too many
-    scans to Pillow's path, which refuses them. A file larger than any image of
+    scans, or of damaged data, to Pillow's path, which refuses them. A file larger than any image of
     ``max_pixels`` can be is not read (a 1.3 KB JPEG padded to 1.5 GB was read
     whole here, then by tf.io.read_file): Pillow's path refuses it, naming the limit.
     """
@@ -65,40 +64,14 @@ def _guess_tf_decodable(path: bytes, max_pixels: int) -> bool:
                 # IHDR bit depth (Pillow reports 16-bit RGB as "RGB"); an eXIf chunk, or a text chunk of EXIF or
                 # XMP (ImageMagick's zTXt "Raw profile type exif", a compressed iTXt XMP), may rotate the image.
                 return data[24] == 8 and not png_may_rotate(data)
-            return im.getexif().get(0x0112, 1) == 1 and jpeg_scans(data) <= MAX_JPEG_SCANS
+            # A damaged JPEG: tf decodes it without a word; Pillow's path refuses it, naming the damage.
+            return im.getexif().get(0x0112, 1) == 1 and jpeg_scans(data) <= MAX_JPEG_SCANS and not jpeg_damage(data)
     except Image.DecompressionBombError:  # a header declaring a huge image: Pillow's path names the limit
         return False
     except (OSError, ValueError, SyntaxError):  # what Pillow raises on a damaged or unknown header
         # Pillow decides, and names the reason: TensorFlow decodes some of these (libpng only warns on a bad
         # ancillary CRC), so a file the doctor and serve refuse was answered in a batch predict.
         return False
-
-
-def jpeg_damage(data: bytes) -> str:
-    """Why a JPEG that Pillow decodes has damaged pixels ("" when libjpeg-turbo finds its coded data sound).
-
-    Pillow and TensorFlow keep libjpeg's warnings quiet: a JPEG cut in the middle but ending in an end-of-image
-    marker, or with bytes changed mid-file, decodes without an error to pixels that are partly grey or garbage.
-    A strict libjpeg-turbo decode (simplejpeg) raises on them instead. It decodes to grey at 1/8 scale, which
-    still reads every component's coded data in full (the warnings come from there) but skips most of the
-    pixel work: on flower_photos it adds about two thirds to the doctor's CPU time.
-
-    Args:
-        data: The bytes of a file Pillow read as a JPEG (or MPO: its first image is checked).
-
-    Returns:
-        ``"corrupt JPEG data: <libjpeg's warning>"``, or ``""``.
-    """
-    simplejpeg = require("simplejpeg", "the check of JPEG data")
-    try:
-        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
-    except ValueError as e:  # a warning, made an error by strict=True (or an error Pillow did not meet)
-        text = str(e)
-        if text.startswith(_DAMAGE_WARNINGS) and "ICC" not in text:
-            detail = text.removeprefix("Corrupt JPEG data: ")
-            detail = detail[:1].lower() + detail[1:]
-            return f"corrupt JPEG data: {detail} (its pixels past the damage are grey or garbage)"
-    return ""
 
 
 def pillow_decode(path: bytes | np.ndarray, max_pixels: np.int64) -> tuple[np.ndarray, bool]:
@@ -117,15 +90,23 @@ def resolve_flags(
 ) -> list[bool]:
     """Which of ``paths`` TensorFlow decodes: ``tf_decodable`` as given (the doctor's), else guessed per file."""
     if tf_decodable is None:
-        return [_guess_tf_decodable(p, max_pixels) for p in paths]
+        return _guesses(paths, max_pixels)
     if len(tf_decodable) != len(paths):
         raise ConfigError(
             f"tf_decodable must have one entry per path ({len(paths)}). Received: len(tf_decodable)={len(tf_decodable)}"
         )
-    return [
-        _guess_tf_decodable(p, max_pixels) if flag is None else bool(flag)
-        for p, flag in zip(paths, tf_decodable, strict=True)
-    ]
+    unknown = [i for i, flag in enumerate(tf_decodable) if flag is None]
+    guessed = dict(zip(unknown, _guesses([paths[i] for i in unknown], max_pixels), strict=True))
+    return [guessed[i] if flag is None else bool(flag) for i, flag in enumerate(tf_decodable)]
+
+
+def _guesses(paths: list[bytes], max_pixels: int) -> list[bool]:
+    # Each guess reads a file and checks a JPEG's coded data (~0.6 ms for a flower photo), both mostly without the
+    # GIL (simplejpeg releases it): in threads, as the doctor checks files, where there are enough to be worth it.
+    if len(paths) < _THREADED_GUESSES:
+        return [_guess_tf_decodable(p, max_pixels) for p in paths]
+    with ThreadPoolExecutor(min(8, usable_cpus()), thread_name_prefix="floranet-guess") as pool:
+        return list(pool.map(functools.partial(_guess_tf_decodable, max_pixels=max_pixels), paths))
 
 
 def encode_paths(paths: Sequence[str | bytes | os.PathLike[str]]) -> list[bytes]:

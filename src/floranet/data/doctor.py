@@ -21,7 +21,6 @@ from typing import Any
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats, images
-from floranet.data.decode import jpeg_damage
 from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan, case_twins, same_looking
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import check_replaceable, write_json
@@ -323,9 +322,6 @@ def _check(c: Candidate, max_pixels: int) -> FileFinding:
         return FileFinding(c.path, c.label, "bad", e.detail, sha, kind=e.kind)
     except Exception as e:  # noqa: BLE001 - the doctor reports bad files, it never raises on one
         return FileFinding(c.path, c.label, "bad", f"cannot be decoded ({type(e).__name__}: {e})", sha)
-    damage = jpeg_damage(data) if info.format in ("JPEG", "MPO") else ""
-    if damage:  # Pillow decodes it, to pixels partly grey or garbage
-        return FileFinding(c.path, c.label, "bad", damage, sha)
     return FileFinding(
         c.path,
         c.label,

@@ -102,6 +102,11 @@ def describe(im: Image.Image, data: bytes, orientation: int, *, animated: bool) 
     return notes, tf_ok
 
 
+# The warnings by which libjpeg says a JPEG's coded data is damaged (jerror.h: JWRN_EXTRANEOUS_DATA, _HIT_MARKER,
+# _HUFF_BAD_CODE, _ARITH_BAD_CODE, _MUST_RESYNC, _JPEG_EOF). Its other warnings (an unknown JFIF revision, a bad
+# ICC marker, odd SOS parameters) leave the pixels as they were meant.
+_DAMAGE_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file")
+
 # The text chunks of a PNG (plain, compressed, international) and the keywords Pillow's Image.getexif reads an
 # orientation from in any of them: EXIF ("exif", ImageMagick's hex "Raw profile type exif") and XMP's
 # tiff:Orientation ("XML:com.adobe.xmp", whose iTXt Pillow also files as "xmp"). A byte search misses them when
@@ -130,6 +135,33 @@ def png_may_rotate(data: bytes) -> bool:
             return False
         pos += 12 + length  # length, type, data, CRC
     return True
+
+
+def jpeg_damage(data: bytes) -> str:
+    """Why a JPEG that Pillow decodes has damaged pixels ("" when libjpeg-turbo finds its coded data sound).
+
+    Pillow and TensorFlow keep libjpeg's warnings quiet: a JPEG cut in the middle but ending in an end-of-image
+    marker, or with bytes changed mid-file, decodes without an error to pixels that are partly grey or garbage.
+    A strict libjpeg-turbo decode (simplejpeg) raises on them instead. It decodes to grey at 1/8 scale, which
+    still reads every component's coded data in full (the warnings come from there) but skips most of the
+    pixel work: about 0.7 ms for a 500x333 flower photo, a third of Pillow's decode of it.
+
+    Args:
+        data: The bytes of a file Pillow read as a JPEG (or MPO: its first image is checked).
+
+    Returns:
+        ``"corrupt JPEG data: <libjpeg's warning>"``, or ``""``.
+    """
+    simplejpeg = require("simplejpeg", "the check of JPEG data")
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as e:  # a warning, made an error by strict=True (or an error Pillow did not meet)
+        text = str(e)
+        if text.startswith(_DAMAGE_WARNINGS) and "ICC" not in text:
+            detail = text.removeprefix("Corrupt JPEG data: ")
+            detail = detail[:1].lower() + detail[1:]
+            return f"corrupt JPEG data: {detail} (its pixels past the damage are grey or garbage)"
+    return ""
 
 
 def _png_bit_depth(data: bytes) -> int | None:

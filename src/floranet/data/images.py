@@ -5,7 +5,9 @@ goes through this module, so a file is judged the same way everywhere:
 
 * the decompression-bomb check uses the header size only, before any pixel
   is decoded;
-* truncated files raise (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set);
+* truncated files raise (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set), and so does a JPEG whose coded
+  data is damaged (cut but ended by an end-of-image marker, bytes changed), which Pillow and TensorFlow decode
+  without a word to grey or garbage pixels (:func:`floranet.data.formats.jpeg_damage`);
 * CMYK, grayscale, 16-bit, palette and alpha images become RGB (alpha is
   composited over white), animations give their first frame, and the EXIF
   orientation is applied, so the pixels are what a person sees.
@@ -174,7 +176,7 @@ def inspect_image_bytes(data: bytes, *, name: str = "<bytes>", max_pixels: int =
     """Same as :func:`inspect_image` for bytes already read (the doctor hashes them too)."""
     _check_max_pixels(max_pixels)
     with _opened(data, name, max_pixels) as (im, animated):
-        orientation = _load_and_orientation(im, name)
+        orientation = _load_and_orientation(im, data, name)
         notes, tf_ok = formats.describe(im, data, orientation, animated=animated)
         w, h = im.size
         if orientation in (5, 6, 7, 8):  # these orientations swap width and height
@@ -220,7 +222,7 @@ def decode_image_bytes(data: bytes, *, name: str = "<bytes>", max_pixels: int = 
     """
     _check_max_pixels(max_pixels)
     with _opened(data, name, max_pixels) as (im, _):
-        orientation = _load_and_orientation(im, name)
+        orientation = _load_and_orientation(im, data, name)
         try:
             upright = ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
             pixels = np.array(formats.to_rgb(upright), dtype=np.uint8)
@@ -359,8 +361,8 @@ def _unidentified(data: bytes, name: str) -> UnusableImageError:
     )
 
 
-def _load_and_orientation(im: Image.Image, name: str) -> int:
-    """Decodes all pixels (so truncation raises) and returns the EXIF orientation."""
+def _load_and_orientation(im: Image.Image, data: bytes, name: str) -> int:
+    """Decodes all pixels (so truncation, and a JPEG's damaged data, raise) and returns the EXIF orientation."""
     try:
         im.load()
     except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib.error, ...
@@ -370,6 +372,9 @@ def _load_and_orientation(im: Image.Image, name: str) -> int:
             text = text.replace(" (", ", ").rstrip(")")
             raise UnusableImageError(name, f"truncated ({text})", kind="truncated") from None
         raise UnusableImageError(name, f"corrupt ({text})", kind="corrupt") from None
+    damage = formats.jpeg_damage(data) if im.format in ("JPEG", "MPO") else ""
+    if damage:  # Pillow decoded it, to pixels partly grey or garbage: refused as the doctor refuses it
+        raise UnusableImageError(name, damage, kind="corrupt")
     try:
         return int(im.getexif().get(formats.ORIENTATION_TAG, 1))
     except Exception:  # noqa: BLE001 - a damaged EXIF block: keep the pixels as stored
