@@ -207,6 +207,20 @@ def test_the_compiled_model_reuses_stage_1s_converted_backbone(tmp_path, monkeyp
     assert converted == ["features"]  # stage 1's extractor only; the head was appended to it
 
 
+def test_a_swish_backbone_converts_to_its_own_outputs_alone() -> None:
+    """OpenVINO's conversion of Keras's EfficientNet left a Result on every swish activation (52 outputs): the run's
+    compiled model joined 2-D and 4-D arrays, and every efficientnet_b0 run that fine-tuned died after training."""
+    pytest.importorskip("openvino")
+    model = classifier.probabilities_and_features(
+        classifier.build_classifier("efficientnet_b0", 2, image_size=32, weights=None)
+    )
+    converted = runtime.to_openvino(model)
+    assert [str(o.get_partial_shape()) for o in converted.outputs] == ["[?,2]", "[?,1280]"]
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    joined = runtime.OpenVINOInference(converted, "fp32", joined=True)(x)
+    np.testing.assert_allclose(joined, np.concatenate([np.asarray(t) for t in model(x)], -1), atol=1e-5)
+
+
 def test_append_head_matches_the_keras_head() -> None:
     import keras
 

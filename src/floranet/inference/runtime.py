@@ -114,10 +114,8 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
         if gpu_available():
             runtime, why = "tensorflow", "a GPU is visible to TensorFlow"
         elif openvino_available() and images is not None and images < AUTO_MIN_IMAGES:
-            runtime, why = (
-                "tensorflow",
-                (f"{images} image(s): converting the model to OpenVINO would take longer than it saves"),
-            )
+            why = f"{images} image(s): converting the model to OpenVINO would take longer than it saves"
+            runtime = "tensorflow"
         elif openvino_available():
             runtime, why = "openvino", "no GPU; OpenVINO is the fastest CPU runtime installed"
         else:
@@ -133,11 +131,8 @@ def choose(runtime: str = "auto", precision: str = "auto", *, images: int | None
                 "measured), with an accuracy change within retraining's noise (benchmarks/bench_bf16.py)"
             )
         else:
-            precision = "fp32"
-            reasons.append(
-                "fp32: "
-                + ("TensorFlow inference runs in fp32" if runtime == "tensorflow" else "this CPU has no native bf16")
-            )
+            precision, why = "fp32", "TensorFlow inference runs in fp32" if runtime == "tensorflow" else ""
+            reasons.append(f"fp32: {why or 'this CPU has no native bf16'}")
     elif precision == "bf16" and runtime == "tensorflow":
         reasons.append("bf16 via Keras mixed_bfloat16")
     if precision == "bf16" and not native_bf16() and (runtime == "openvino" or not gpu_available()):
@@ -260,7 +255,12 @@ def to_openvino(model: keras.Model) -> Any:
 
     spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
     concrete = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
-    return ov.convert_model(concrete.get_concrete_function())
+    traced = concrete.get_concrete_function()
+    converted, names = ov.convert_model(traced), [t.name for t in traced.outputs]
+    # Keras's swish (EfficientNet) left a Result on every activation: the model's own outputs alone, in order.
+    at = {n: r for r, o in zip(converted.get_results(), converted.outputs, strict=True) for n in o.get_names()}
+    own = [at[n] for n in names]
+    return converted if len(own) == len(converted.outputs) else ov.Model(own, converted.get_parameters(), "model")
 
 
 def append_head(backbone: Any, head: keras.Model) -> Any | None:
