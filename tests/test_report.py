@@ -437,6 +437,20 @@ def test_image_grid_keeps_the_end_of_a_long_caption(tmp_path) -> None:
     assert _fit("short", font, 220) == "short"
 
 
+def test_a_caption_keeps_the_start_of_its_verdict_on_a_narrow_photo() -> None:
+    """explain's "UNKNOWN: unlike every class (ood score S)" was cut from its start on an overlay under ~290 px:
+    "...N: unlike every class", the word carrying the verdict gone."""
+    from floranet.utils.figures import _MIN_CELL_WIDTH, _font, caption_lines
+
+    font = _font(11)
+    note = "UNKNOWN: unlike every class (ood score 4.53)"
+    lines = caption_lines(f"shapes/{'t' * 80}all.jpg\ndaisy (48%)\n{note}", font, _MIN_CELL_WIDTH)
+    assert lines[0].startswith("…") and lines[0].endswith("all.jpg") and lines[1] == "daisy (48%)"
+    assert lines[2].startswith("UNKNOWN:") and " ".join(lines[2:]) == note
+    assert all(font.getlength(line) <= _MIN_CELL_WIDTH for line in lines)
+    assert caption_lines("", font, 100) == [] and caption_lines("a\n", font, 100) == ["a", ""]
+
+
 def test_image_grid_of_no_images_writes_an_empty_picture(tmp_path) -> None:
     from PIL import Image
 
@@ -609,7 +623,7 @@ def test_report_out_writes_nothing_into_the_run_and_needs_no_lock(writable_run, 
     page = copy.read_text()
     assert 'alt="top losses"' in page and page.count("data:image/png;base64,") >= 5
 
-    def read_only(self: RunDir) -> None:
+    def read_only(self: RunDir, **_: object) -> None:
         raise OutputError(self / RunDir.LOCK, OSError(errno.EROFS, "Read-only file system"))
 
     monkeypatch.setattr(RunDir, "lock", read_only)  # a run on a read-only mount, or another user's
@@ -621,7 +635,10 @@ def test_report_out_writes_nothing_into_the_run_and_needs_no_lock(writable_run, 
     (writable_run / RunDir.PREDICTIONS).unlink()  # a run from before predictions.csv: evaluated and stored
     with RunDir(writable_run).lock():
         assert main(["report", str(writable_run), "--out", str(copy)]) == 2
-    assert "is in use by process" in capsys.readouterr().err
+        assert "is in use by process" in capsys.readouterr().err
+        # evaluate has no --out: "or write elsewhere" told its user to do what it cannot
+        assert main(["evaluate", str(writable_run)]) == 2
+        assert capsys.readouterr().err.rstrip().endswith("; wait for it to finish.")
     assert main(["report", str(writable_run)]) == 0
     assert (writable_run / RunDir.PREDICTIONS).exists() and (writable_run / "plots" / "top_losses.png").exists()
 

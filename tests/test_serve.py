@@ -945,6 +945,9 @@ def test_run_server_warns_when_reachable_from_the_network(tiny_run, monkeypatch,
         calls.append(self.config)
         assert [s.getsockname()[1] for s in sockets] == [self.config.port]
         for s in sockets:
+            # Listening already: a client that connected once the URL was printed, before uvicorn started, was
+            # refused; now it waits in the queue.
+            socket.create_connection(("127.0.0.1", s.getsockname()[1]), timeout=5).close()
             s.close()
 
     monkeypatch.setattr(uvicorn.Server, "run", run)

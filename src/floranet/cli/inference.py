@@ -31,7 +31,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     external = args.data is not None
     # Locked before computing: a run that another command is writing is refused at once, not after the work
-    with RunDir.open(args.run_dir).lock() as run:
+    with RunDir.open(args.run_dir).lock(hint="wait for it to finish") as run:  # evaluate has no --out
         if external:  # not rewritten, but the model card refreshed after the results is: a damaged one fails now
             run.metrics()
         ev = evaluate_run(
@@ -225,6 +225,6 @@ def run_report(args: argparse.Namespace) -> int:
         # Only a report that writes into the run holds its lock: its own report.html, or the evaluation a run
         # without predictions.csv stores. `--out` elsewhere reads the run, which may be read-only or busy.
         if writes_into_run(run, args.out) or not run.exists(RunDir.PREDICTIONS):
-            held.enter_context(run.lock())
+            held.enter_context(run.lock(hint="wait for it to finish, or give --out another file"))
         say(str(build_report(args.run_dir, out=args.out, say=warn)))
     return 0

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from floranet.data.scan import same_looking
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import atomic_write_text, read_capped
 from floranet.utils.text import csv_text, formula_safe, unquote_formula
@@ -340,4 +341,24 @@ def check_split_against(split: Split, report_files: Any) -> None:
         raise DatasetError(
             f"The split manifest no longer matches the dataset: {len(problems)} file(s) are not usable as recorded: "
             f"{', '.join(problems[:_MAX_LISTED])}{more}. Re-run the split or restore the files."
+        )
+
+
+def check_look_distinct(class_names: Sequence[str], given: dict[str, Any]) -> None:
+    """Refuses two classes that look the same, as the doctor refuses two such folders: a relabel target or a split
+    file's label made one (a full-width or NFD twin of a class) with only a note.
+
+    Args:
+        class_names: The classes to train.
+        given: Where their labels came from (setting -> value), echoed in the message.
+
+    Raises:
+        ConfigError: Naming both.
+    """
+    twins = same_looking(class_names)
+    if twins is not None:
+        received = ", ".join(f"{k}={str(v)!r}" for k, v in given.items() if v)
+        raise ConfigError(
+            f"classes {ascii(twins[0])} and {ascii(twins[1])} {twins[2]}: they look the same in every report and "
+            f"answer; write each label one way. Received: {received}"
         )

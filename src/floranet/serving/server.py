@@ -27,6 +27,7 @@ from floranet.utils.text import printable
 
 logger = logging.getLogger("floranet.serve")
 API_KEY_ENV = "FLORANET_API_KEY"
+SOCKET_BACKLOG = 2048  # uvicorn's default backlog, which it sets again when it starts
 
 
 def is_loopback(host: str) -> bool:
@@ -170,6 +171,9 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Listening from now: a client that connects once the URL is printed, before uvicorn takes the socket (or
+        # while the model loads), waits in the queue; it was refused.
+        sock.listen(SOCKET_BACKLOG)
     except OSError as e:
         sock.close()
         hint = "choose another --port, or 0 for a free one" if e.errno == errno.EADDRINUSE else "check --host"

@@ -19,8 +19,7 @@ from floranet.config import TrainConfig
 from floranet.data import curation, decode, doctor, pipeline
 from floranet.data import split as split_lib
 from floranet.data.augment import Augment
-from floranet.data.scan import same_looking
-from floranet.errors import ConfigError, DatasetError
+from floranet.errors import DatasetError
 from floranet.rundir import RunDir
 from floranet.utils.figures import image_grid
 from floranet.utils.text import printable, some_names
@@ -138,8 +137,9 @@ def prepare(
         # Classes with no usable image cannot be learned: leave them out of the label set.
         names = sorted({label for _, label, _ in items})
         split = split_lib.make_split(items, val_split=config.val_split, seed=config.seed, class_names=names)
-    if not resumed:
-        _check_look_distinct(split, config)
+    if not resumed:  # the doctor refuses such folders; a relabel target or a split file's label can make one
+        lists = {k: v for k, v in (("relabel", config.relabel), ("split_file", config.split_file)) if v}
+        split_lib.check_look_distinct(split.class_names, lists or {"data_dir": config.data_dir})
     _note_unlisted(split, usable, curate, notes, say)
     split = _checked_against(split, usable, data_dir, notes, say)
     _note_unvalidated(split, None if config.split_file else config.val_split, notes, say)
@@ -190,25 +190,6 @@ def _left_out_by_doctor(
         notes.append(f"{folders} no usable image: left out of the model")
         say(f"Doctor: {notes[-1]} (see {run / RunDir.DOCTOR}).")
     return notes
-
-
-def _check_look_distinct(split: split_lib.Split, config: TrainConfig) -> None:
-    """Refuses two classes that look the same: the doctor refuses such class folders, and a relabel target or a
-    split file's label made one (a full-width or NFD twin of a class) with only a note.
-
-    Raises:
-        ConfigError: Naming both and where the labels came from.
-    """
-    twins = same_looking(split.class_names)
-    if twins is None:
-        return
-    given = ", ".join(
-        f"{k}={str(v)!r}" for k, v in (("relabel", config.relabel), ("split_file", config.split_file)) if v
-    )
-    raise ConfigError(
-        f"classes {ascii(twins[0])} and {ascii(twins[1])} {twins[2]}: they look the same in every report and "
-        f"answer; write each label one way. Received: {given or f'data_dir={str(config.data_dir)!r}'}"
-    )
 
 
 def _record_curation(

@@ -109,9 +109,9 @@ def image_grid(
         picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         pictures.append(picture)
     font = _font(font_size)
-    lines = [[printable(line) for line in c.split("\n")] if c else [] for c in captions[: len(pictures)]]
     line_height = font_size + 3
     cell_w = max([p.width for p in pictures] + [_MIN_CELL_WIDTH])
+    lines = [caption_lines(c, font, cell_w) for c in captions[: len(pictures)]]
     text_h = line_height * max([len(x) for x in lines] + [0])
     cell_h = max([p.height for p in pictures] + [1]) + text_h
     rows = max(1, (len(pictures) + columns - 1) // columns)
@@ -121,8 +121,7 @@ def image_grid(
     for i, picture in enumerate(pictures):
         x = _PAD + (i % columns) * (cell_w + _PAD)
         y = _PAD + (i // columns) * (cell_h + _PAD)
-        for j, line in enumerate(lines[i]):
-            text = _fit(line, font, cell_w)
+        for j, text in enumerate(lines[i]):
             draw.text((x + (cell_w - font.getlength(text)) / 2, y + j * line_height), text, fill="black", font=font)
         sheet.paste(picture, (x + (cell_w - picture.width) // 2, y + text_h))
     from PIL.PngImagePlugin import PngInfo
@@ -156,6 +155,27 @@ def _font(size: int) -> Any:
         return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
     except OSError:
         return ImageFont.load_default(size)
+
+
+def caption_lines(caption: str, font: Any, width: int) -> list[str]:
+    """The lines a caption is drawn in, each fitting ``width`` pixels: its first line (a file's path) keeps its
+    end; the others are broken between words, so none loses its start ("UNKNOWN: ..." over a narrow photo lost
+    the word that carried the verdict)."""
+    if not caption:
+        return []
+    first, *rest = (printable(line) for line in caption.split("\n"))
+    return [_fit(first, font, width), *(part for line in rest for part in _wrap(line, font, width))]
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """``text`` in lines of whole words that fit ``width`` pixels; a word longer than a line keeps its end."""
+    out: list[str] = []
+    for word in text.split(" "):
+        if out and font.getlength(f"{out[-1]} {word}") <= width:
+            out[-1] += f" {word}"
+        else:
+            out.append(word)
+    return [_fit(line, font, width) for line in out]
 
 
 def _fit(text: str, font: Any, width: int) -> str:

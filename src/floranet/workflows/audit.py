@@ -109,7 +109,8 @@ def audit(
         run, fresh = RunDir(target), None
     else:
         run, fresh = _audit_folder(target, out, settings)
-    with contextlib.nullcontext() if held else run.lock():  # one writer per folder, as train/evaluate/report
+    # One writer per folder, as train/evaluate/report; a run's audit has no --out to write elsewhere.
+    with contextlib.nullcontext() if held else run.lock(hint="wait for it to finish" if fresh is None else None):
         if fresh is None:
             config = run.config()
             run.check_outside(config.data_dir)  # its audit's plots would become images of a class
