@@ -878,3 +878,51 @@ def test_a_full_disk_while_the_export_is_written_is_an_output_error(
     with pytest.raises(OutputError, match=f"Cannot write {re.escape(str(out))}: No space left on device"):
         export_run(run_copy, "keras", out=out, max_images=0)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".full")]
+
+
+def test_two_exports_of_two_runs_into_one_out_take_turns(
+    run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Run A and run B exported into one --out at once: each held only its own run, read the folder's owner before
+    building, and both exited 0 with A's exports.json listing the folder that held B's export (or the second rename
+    failed, ENOTEMPTY). The folder's lock (beside it) makes the second wait, then replace the first and say so."""
+    import threading
+
+    from floranet.utils import locks
+
+    run_a, run_b, out = tmp_path / "a", tmp_path / "b", tmp_path / "shared"
+    lock = tmp_path / ".shared.lock"  # beside the folder: inside, it would be taken for a file of the user's
+    for folder in (run_a, run_b):
+        shutil.copytree(run_copy, folder, ignore=shutil.ignore_patterns("exports", "exports.json"))
+    lock.write_text("999999\n")  # left by a killed export: taken over, then removed
+    building, go, waiting = threading.Event(), threading.Event(), threading.Event()
+    write_keras = export_lib.writers.WRITERS["keras"]
+
+    def slow(model: object, source: object, folder: Path, *args: object) -> str:
+        if source.path == run_a:  # type: ignore[attr-defined]
+            building.set()
+            go.wait(60)
+        return write_keras(model, source, folder, *args)
+
+    real_wait = locks._wait_for
+
+    def wait_for(*args: object) -> None:
+        waiting.set()
+        real_wait(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(export_lib.writers.WRITERS, "keras", slow)
+    monkeypatch.setattr(locks, "_wait_for", wait_for)
+    first = threading.Thread(target=export_run, args=(run_a, "keras"), kwargs={"out": out, "max_images": 0})
+    second = threading.Thread(target=export_run, args=(run_b, "keras"), kwargs={"out": out, "max_images": 0})
+    first.start()
+    assert building.wait(60)  # A builds, holding the folder
+    second.start()
+    while not waiting.is_set() and second.is_alive():  # B waits for it (without the lock: B built and placed)
+        second.join(0.05)
+    go.set()
+    first.join(60)
+    second.join(60)
+    listing = [r.name for r in (run_a, run_b) if str(out) in json.loads((r / "exports.json").read_text())]
+    assert listing == ["b"] and f"Source:    {run_b / 'model.keras'}" in (out / "README.txt").read_text()
+    assert f"held an export of another run, {run_a}, now replaced; its exports.json no longer lists it" in caplog.text
+    assert not lock.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "shared"]

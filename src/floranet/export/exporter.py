@@ -32,7 +32,7 @@ from floranet.export.common import (
     quiet,
     versions,
 )
-from floranet.export.folders import check_out, check_replaceable, listing, place, source_run
+from floranet.export.folders import check_out, check_replaceable, holding, listing, place, source_run
 from floranet.export.loaders import load_exported
 from floranet.export.record import forget_export, record_export
 from floranet.export.rundata import ExportSource, calibration_images, check_images, check_subset, open_run
@@ -215,6 +215,37 @@ def _export(
     source, model = open_run(run_dir)
     final = Path(out).resolve() if out is not None else source.path / EXPORTS_DIR / name  # "." has no name
     check_out(final, source.path)
+    # Held from the check of what the folder holds to the record of what replaced it: two exports of two runs into
+    # one --out each read the folder's owner before building, and the later left the earlier run listing it.
+    with holding(final):
+        result, pixels = _export_into(final, source, model, format, quantize, max_images, say, progress)
+        if ours:
+            _record(source, final, result)
+    if not ours:
+        log.warning("The export is complete in %s; the run is not writable here, so it was left as it was.", final)
+        return result
+    try:  # and mends the run's own inference model, which reads the unknown answer again: damage there is said
+        _compile_if_missing(source, model, pixels, say)
+    except FloranetError as e:
+        log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, e)
+    except OSError as e:  # a full disk
+        why = OutputError(source.run / RunDir.COMPILED, e)
+        log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, why)
+    return result
+
+
+def _export_into(
+    final: Path,
+    source: ExportSource,
+    model: Any,
+    format: str,
+    quantize: str | None,
+    max_images: int,
+    say: Callable[[str], None],
+    progress: bool,
+) -> tuple[ExportResult, np.ndarray | None]:
+    """Builds the export beside ``final`` and puts it there (under ``final``'s lock); returns it and the images
+    it was checked on."""
     check_replaceable(final)  # an earlier export is replaced, an empty folder (made for it) filled; nothing else
     earlier = source_run(final)  # the run whose export that is: its exports.json stops listing the folder
     RunDir(final).check_outside(source.run.config().data_dir)  # else the export's files join the training images
@@ -239,24 +270,17 @@ def _export(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    result = dataclasses.replace(result, path=final)
     if earlier is not None and earlier.resolve() != source.path.resolve():
         _forget(earlier, final)
-    if not ours:
-        log.warning("The export is complete in %s; the run is not writable here, so it was left as it was.", final)
-        return result
-    try:  # the export is complete: what follows only records it in the run
+    return dataclasses.replace(result, path=final), pixels
+
+
+def _record(source: ExportSource, final: Path, result: ExportResult) -> None:
+    """Lists the complete export in the run's exports.json (a failure is said, not raised)."""
+    try:
         record_export(source.path, result.path, result.to_dict())
     except OutputError as e:
         log.warning("The export is complete in %s, but the run could not record it: %s", final, e)
-    try:  # and mends the run's own inference model, which reads the unknown answer again: damage there is said
-        _compile_if_missing(source, model, pixels, say)
-    except FloranetError as e:
-        log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, e)
-    except OSError as e:  # a full disk
-        why = OutputError(source.run / RunDir.COMPILED, e)
-        log.warning("The export is complete in %s, but the run's inference model was not compiled: %s", final, why)
-    return result
 
 
 def _forget(earlier: Path, final: Path) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from floranet.errors import ConfigError
-from floranet.export.common import EXPORTS_DIR, MARKER, MODEL_FILES, README_FILE, SOURCE
+from floranet.errors import ConfigError, OutputError
+from floranet.export.common import EXPORTS_DIR, MARKER, MODEL_FILES, README_FILE, SOURCE, log
 from floranet.export.unknown import FILES as UNKNOWN_FILES
 from floranet.rundir import RunDir
 from floranet.rundir.foreign import is_export_folder
+from floranet.utils import locks
 from floranet.utils.files import check_outside, file_head, fsync_dir
 
 # README.txt's last section: every file of the export, which a later export into its folder replaces.
@@ -51,6 +54,42 @@ def check_out(final: Path, run: Path) -> None:
         )
     # Another run's export folder is that run's: replacing it left its exports.json vouching for the old model.
     check_outside(final, arg="out", inside=[(w, f) for w, f in runs_around(target) if f.resolve() != home])
+
+
+def lock_file(final: Path) -> Path:
+    """The lock of the export folder ``final``: ``.<name>.lock`` beside it (inside, it would be a file of the
+    export's; and it is there only while an export holds it)."""
+    return final.with_name(f".{final.name}.lock")
+
+
+@contextlib.contextmanager
+def holding(final: Path) -> Iterator[None]:
+    """Holds the export folder ``final``'s lock while the block checks, replaces and records it; another export into
+    it waits for that (saying so after a few seconds), then replaces this one's export and says so, as when the two
+    run one after the other.
+
+    Raises:
+        OutputError: The lock file cannot be created, or its file system does not lock files.
+    """
+    if not final.name:  # the root folder, which check_replaceable refuses (it is never empty)
+        yield
+        return
+    lock = lock_file(final)
+    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # folders the lock creates
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way: the export's folder is what cannot be written
+        raise OutputError(final, e) from None
+    fd = locks.acquire(lock, what=f"its export into {final}", wait=True, say=log.warning)
+    try:
+        yield
+    finally:
+        locks.release(lock, fd)
+        for folder in made:  # those nothing was written to (an export refused before building), deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the export's
+                break
 
 
 def source_run(folder: Path) -> Path | None:
