@@ -669,3 +669,61 @@ def test_evaluate_says_why_it_runs_as_it_does(writable_run, monkeypatch, capsys)
     ran = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Ran on "))
     assert ran.startswith("Ran on compiled model (openvino bf16): ") and "emulated" in ran, ran
     assert "emulated" in json.loads((writable_run / "metrics.json").read_text())["evaluated_on_why"]
+
+
+_HOLDER = """import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("held", flush=True)
+sys.stdin.readline()
+os.unlink(sys.argv[1])
+"""  # another process holding the run's lock as floranet.utils.locks does (an `evaluate` writing the run)
+
+
+def test_a_report_waits_for_an_evaluate_between_its_two_files_and_refuses_an_interrupted_one(
+    writable_run: Path, tmp_path: Path
+) -> None:
+    """`report --out` takes no lock: one that read predictions.csv after a running evaluate replaced it, before
+    that evaluate's metrics.json, failed with "of different evaluations (... an `evaluate` interrupted between
+    them?): rerun `floranet evaluate RUN`". While another process holds the run, it now reads again."""
+    import subprocess
+    import sys
+
+    from floranet.errors import ModelError
+    from floranet.evaluation.report import build_report
+    from floranet.rundir import RunDir
+
+    predictions = writable_run / RunDir.PREDICTIONS
+    good = predictions.read_bytes()
+    header, first, *rest = good.decode().splitlines(keepends=True)
+    cells = first.rstrip("\r\n").split(",")
+    cells[-1] = f"{float(cells[-1]) * 0.5:.9g}"  # the next evaluation's figures, its metrics.json not yet written
+    predictions.write_text("".join([header, ",".join(cells) + "\r\n", *rest]))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(writable_run / RunDir.LOCK)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+
+    def evaluate_finishes(message: str) -> None:  # told that it waits: the evaluate writes its files and ends
+        said.append(message)
+        predictions.write_bytes(good)
+        holder.communicate("\n", timeout=30)
+
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        build_report(writable_run, out=tmp_path / "r.html", say=evaluate_finishes)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert (tmp_path / "r.html").exists() and not (writable_run / RunDir.LOCK).exists()
+    assert len(said) == 1 and f"Waiting for another floranet process (pid {holder.pid}) to finish writing" in said[0]
+    # With no process writing the run, the pair is an interrupted evaluate's: refused at once, as before.
+    predictions.write_text("".join([header, ",".join(cells) + "\r\n", *rest]))
+    (writable_run / RunDir.LOCK).write_text(f"{holder.pid}\n")  # left by a killed one: its process is gone
+    with pytest.raises(ModelError, match=r"different evaluations \(its sha256 .*rerun `floranet evaluate"):
+        build_report(writable_run, out=tmp_path / "r2.html", say=said.append)
+    assert len(said) == 1

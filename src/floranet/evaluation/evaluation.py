@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -32,6 +33,7 @@ from floranet.evaluation.heldout import rows_to_evaluate
 from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
+from floranet.utils import locks
 from floranet.utils.files import file_digest
 from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
@@ -268,18 +270,37 @@ def _previous_facts(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
     return {k: v for k, v in previous.items() if k in TRAINING_FACTS}
 
 
-def read_evaluation(run: RunDir) -> Evaluation | None:
-    """The run's stored validation evaluation (``predictions.csv``), or None when it has none."""
+def read_evaluation(run: RunDir, *, say: Callable[[str], None] | None = None) -> Evaluation | None:
+    """The run's stored validation evaluation (``predictions.csv``), or None when it has none.
+
+    ``predictions.csv`` and ``metrics.json`` of different evaluations are read again while another process holds
+    the run's lock (an ``evaluate`` between its writes of the two: a report then failed, saying to rerun it), for
+    ten minutes at most; ``say`` is told once, after a few seconds, what it waits for.
+
+    Raises:
+        ModelError: A file is damaged, or the two are of different evaluations and no other process writes the run
+            (an ``evaluate`` interrupted between them).
+    """
+    what = f"writing {run.path} ({RunDir.PREDICTIONS} and {RunDir.METRICS} are of different evaluations till then)"
+    ev, problem = locks.read_while_held(run / RunDir.LOCK, lambda: _read_once(run), what=what, say=say)
+    if problem is not None:
+        raise ModelError(problem)
+    return ev
+
+
+def _read_once(run: RunDir) -> tuple[Evaluation | None, str | None]:
+    """The stored evaluation, and why its predictions.csv is not the one metrics.json describes (None: it is)."""
     if not run.exists(RunDir.PREDICTIONS):
-        return None
+        return None, None
     metrics = run.metrics()
     extra = {"evaluated_on": metrics["evaluated_on"]} if "evaluated_on" in metrics else {}
     path = run / RunDir.PREDICTIONS
     temperature, data_dir = run.temperature(), run.config().data_dir  # their own errors name their own files
+    data = path.read_bytes()  # parsed and digested as one read: an evaluate may replace the file between two
     try:
         ev = Evaluation.from_csv(
             # As written: a quoted carriage return in a file name stays one, non-UTF-8 names round-trip.
-            path.read_bytes().decode("utf-8", "surrogateescape"),
+            data.decode("utf-8", "surrogateescape"),
             temperature=temperature,
             data_dir=data_dir,
             extra=extra,
@@ -296,25 +317,20 @@ def read_evaluation(run: RunDir) -> Evaluation | None:
             f"{path} scores the classes {list(ev.class_names)}, but {run / RunDir.CLASS_NAMES} names {names}; "
             f"rerun `floranet evaluate {run.path}`"
         )
-    _check_same_evaluation(run, metrics, len(ev.labels))
-    return ev
+    return ev, _mismatch(run, metrics, len(ev.labels), hashlib.sha256(data).hexdigest())
 
 
-def _check_same_evaluation(run: RunDir, metrics: dict[str, Any], rows: int) -> None:
-    """Refuses a ``predictions.csv`` that is not the one ``metrics.json`` describes: its row count differs from
-    ``num_examples``, or its sha256 from the one recorded (a run from before that record is checked by its count).
-
-    Raises:
-        ModelError: The two files are of different evaluations (an ``evaluate`` interrupted between them).
-    """
+def _mismatch(run: RunDir, metrics: dict[str, Any], rows: int, sha256: str) -> str | None:
+    """Why ``predictions.csv`` is not the one ``metrics.json`` describes (None: it is): its row count differs from
+    ``num_examples``, or its sha256 from the one recorded (a run from before that record is checked by its count)."""
     path, count, digest = run / RunDir.PREDICTIONS, metrics.get("num_examples"), metrics.get(PREDICTIONS_DIGEST)
     if isinstance(count, int) and count != rows:
         problem = f"it holds {rows} prediction(s), {RunDir.METRICS} counts num_examples={count}"
-    elif isinstance(digest, str) and digest != file_digest(path):
+    elif isinstance(digest, str) and digest != sha256:
         problem = f"its sha256 is not the one {RunDir.METRICS} records"
     else:
-        return
-    raise ModelError(
+        return None
+    return (
         f"{path} and {run / RunDir.METRICS} are of different evaluations ({problem}; an `evaluate` interrupted "
         f"between them?): rerun `floranet evaluate {run.path}`"
     )

@@ -162,7 +162,7 @@ def build_report(
     if out is not None:
         check_output(run, out)
     target = Path(out) if out else run / RunDir.REPORT
-    ev = evaluation or read_evaluation(run)
+    ev = evaluation or read_evaluation(run, say=say)
     if ev is None:
         ev = evaluate_run(run.path)
         write_evaluation(ev, run)

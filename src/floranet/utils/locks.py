@@ -13,13 +13,17 @@ import fcntl
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from floranet.errors import OutputError, RunLockedError
 from floranet.utils.files import current_umask
 
 WAIT_NOTICE_S = 3.0  # a wait for another holder is said after this long (most waits are shorter)
+READ_WAIT_LIMIT_S = 600.0  # a reader waits this long at most for a writer to make its files match
+T = TypeVar("T")
 
 
 def acquire(
@@ -130,6 +134,60 @@ def release(path: Path, fd: int) -> None:
             path.unlink()
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+def read_while_held(
+    path: Path,
+    read: Callable[[], tuple[T, str | None]],
+    *,
+    what: str,
+    say: Callable[[str], None] | None = None,
+    limit_s: float = READ_WAIT_LIMIT_S,
+) -> tuple[T, str | None]:
+    """``read()``'s value and problem, read again while it has a problem and another live process holds the lock
+    ``path`` (a writer between two files that must match), without taking the lock; then once more (the writer may
+    have finished since the last read).
+
+    Args:
+        path: The lock file.
+        read: Reads the files: their value, and what is wrong with them (None: nothing).
+        what: What the holder does, for ``say``.
+        say: Told once, after :data:`WAIT_NOTICE_S` seconds, what the read waits for.
+        limit_s: The longest wait; then the problem stands.
+    """
+    start, told = time.monotonic(), False
+    value, problem = read()
+    while problem is not None:
+        pid, waited = holder(path), time.monotonic() - start
+        if pid is None or waited > limit_s:
+            return read()
+        if not told and waited >= WAIT_NOTICE_S and say is not None:
+            told = True
+            say(f"Waiting for another floranet process (pid {pid}) to finish {what} (lock file {path}).")
+        time.sleep(0.1)
+        value, problem = read()
+    return value, problem
+
+
+def holder(path: Path) -> int | None:
+    """The pid of another live process that holds the lock file ``path``, read without taking the lock (a reader
+    that took it, even for an instant, would refuse a writer starting then); None: no lock file, one that a killed
+    process left, or this process's own.
+    """
+    try:
+        with path.open("rb") as f:
+            pid = int(f.read(32).decode().strip())
+    except (OSError, ValueError):  # absent, or created but its pid not yet written
+        return None
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # it does, another user's
+        return pid
+    except (ProcessLookupError, OverflowError):  # gone: the file is a killed holder's
+        return None
+    return pid
 
 
 def _same_file(fd: int, path: Path) -> bool:
