@@ -51,16 +51,14 @@ class CompareConfig:
         known = {backbone_key(n) for n in names}
         check(set(weights) <= known, "weights may only name compared backbones", "weights", given_weights)
         check(isinstance(self.fine_tune, bool), "fine_tune must be True or False", "fine_tune", self.fine_tune)
-        default = self.default_weights
         check(
-            default is None or (isinstance(default, str) and bool(default.strip())),
+            _weights_value(self.default_weights),
             "default_weights must be 'imagenet', 'none', a weights file or None",
             "default_weights",
             self.default_weights,
         )
-        # An empty one (--weights mobilenet_v2=$W, W unset) trained from random weights, where train refuses it.
         check(
-            all(v is None or (isinstance(v, str) and v.strip()) for v in weights.values()),
+            all(_weights_value(v) for v in weights.values()),
             "weights must map each backbone to 'imagenet', 'none', a weights file or None",
             "weights",
             given_weights,
@@ -81,6 +79,12 @@ class CompareConfig:
     def weights_of(self, backbone: str) -> str | None:
         value = self.weights.get(backbone_key(backbone), self.default_weights)
         return None if value in (None, "none", "None") else value
+
+
+def _weights_value(value: Any) -> bool:
+    """Whether ``value`` can be a backbone's weights setting: None or a non-empty text (an empty one, as
+    ``--weights mobilenet_v2=$W`` with W unset gives, trained from random weights, where train refuses it)."""
+    return value is None or (isinstance(value, str) and bool(value.strip()))
 
 
 def backbone_key(name: str) -> str:

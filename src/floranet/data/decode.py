@@ -23,12 +23,18 @@ from PIL import Image
 
 from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int, parse_image_size
 from floranet.data.formats import allowed_formats, jpeg_damage, png_may_rotate
-from floranet.data.images import MAX_JPEG_SCANS, decode_image_bytes, jpeg_scans, load_image, max_file_bytes
+from floranet.data.images import (
+    MAX_JPEG_SCANS,
+    decode_image_bytes,
+    decode_threads,
+    jpeg_scans,
+    load_image,
+    max_file_bytes,
+)
 from floranet.data.resize import bilinear
 from floranet.data.scan import JPEG_EXTENSIONS
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import read_capped
-from floranet.utils.system import usable_cpus
 from floranet.utils.text import quoted
 
 log = logging.getLogger(__name__)
@@ -105,7 +111,7 @@ def _guesses(paths: list[bytes], max_pixels: int) -> list[bool]:
     # GIL (simplejpeg releases it): in threads, as the doctor checks files, where there are enough to be worth it.
     if len(paths) < _THREADED_GUESSES:
         return [_guess_tf_decodable(p, max_pixels) for p in paths]
-    with ThreadPoolExecutor(min(8, usable_cpus()), thread_name_prefix="floranet-guess") as pool:
+    with ThreadPoolExecutor(decode_threads(), thread_name_prefix="floranet-guess") as pool:
         return list(pool.map(functools.partial(_guess_tf_decodable, max_pixels=max_pixels), paths))
 
 

@@ -25,7 +25,6 @@ from floranet.data.scan import IMAGE_EXTENSIONS, Candidate, FileFinding, Scan, c
 from floranet.errors import ConfigError, DatasetError
 from floranet.utils.files import check_replaceable, write_json
 from floranet.utils.optional import require
-from floranet.utils.system import usable_cpus
 from floranet.utils.text import map_strings, printable
 
 __all__ = ["IMAGE_EXTENSIONS", "DoctorReport", "FileFinding", "diagnose", "find_leaks"]
@@ -223,7 +222,7 @@ def diagnose(
     Args:
         data_dir: A folder with one sub-folder of images per class.
         max_pixels: Larger images are bad (decompression-bomb guard).
-        workers: Decoding threads; default ``min(8, usable_cpus())`` (the CPUs this process may use).
+        workers: Decoding threads; default :func:`~floranet.data.images.decode_threads`.
         progress: Show a progress bar (tqdm) on stderr.
 
     Returns:
@@ -236,7 +235,7 @@ def diagnose(
     root = os.fsdecode(os.fspath(data_dir))
     check_positive_int("max_pixels", max_pixels)  # as every decode checks it: once here, not once per file
     if workers is None:
-        workers = min(8, usable_cpus())
+        workers = images.decode_threads()
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0:
         raise ConfigError(f"workers must be a positive int or None. Received: workers={workers!r}")
     check_data_dir(root)

@@ -33,6 +33,7 @@ from floranet.config import DEFAULT_MAX_PIXELS, check_positive_int
 from floranet.data import formats
 from floranet.errors import DatasetError
 from floranet.utils.files import read_capped
+from floranet.utils.system import usable_cpus
 from floranet.utils.text import quoted
 
 
@@ -233,6 +234,12 @@ def decode_image_bytes(data: bytes, *, name: str = "<bytes>", max_pixels: int = 
     if pixels.ndim != 3 or pixels.shape[2] != 3:  # defensive: _to_rgb always ends in RGB
         raise UnusableImageError(name, f"not convertible to RGB (got shape {pixels.shape})", kind="colour_mode")
     return pixels
+
+
+def decode_threads() -> int:
+    """Threads that read and check files at once by default (the doctor, the decoder guess): the CPUs this process
+    may use, at most 8."""
+    return min(8, usable_cpus())
 
 
 def _check_max_pixels(max_pixels: object) -> None:

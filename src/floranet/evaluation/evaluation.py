@@ -12,7 +12,6 @@ import contextlib
 import csv
 import hashlib
 import io
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,7 +33,7 @@ from floranet.evaluation.metrics import classification_metrics
 from floranet.inference.predictor import NON_FINITE, apply_temperature, load
 from floranet.rundir import RunDir
 from floranet.utils import locks
-from floranet.utils.files import file_digest
+from floranet.utils.files import file_digest, read_json
 from floranet.utils.text import csv_text, formula_safe, unquote_formula
 
 VALIDATION = "validation split"
@@ -256,8 +255,7 @@ def _previous_facts(run: RunDir, say: Callable[[str], None]) -> dict[str, Any]:
     it (it did, after every image was predicted)."""
     path = run / RunDir.METRICS
     try:
-        # As RunDir.read_json reads it: file names that are not UTF-8 round-trip through surrogate escapes.
-        previous = json.loads(path.read_bytes().decode("utf-8", "surrogateescape")) if path.exists() else {}
+        previous = read_json(path) if path.exists() else {}
         problem = "" if isinstance(previous, dict) else f"not a JSON object but {type(previous).__name__}"
     except (OSError, ValueError) as e:  # JSONDecodeError, a damaged encoding, or no file to read
         problem = f"{type(e).__name__}: {e}"

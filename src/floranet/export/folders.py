@@ -75,7 +75,7 @@ def holding(final: Path) -> Iterator[None]:
         yield
         return
     lock = lock_file(final)
-    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # folders the lock creates
+    made = locks.missing_folders(lock.parent)  # folders the lock creates
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way: the export's folder is what cannot be written
@@ -85,11 +85,7 @@ def holding(final: Path) -> Iterator[None]:
         yield
     finally:
         locks.release(lock, fd)
-        for folder in made:  # those nothing was written to (an export refused before building), deepest first
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: the export's
-                break
+        locks.remove_empty(made)  # those nothing was written to (an export refused before building)
 
 
 def source_run(folder: Path) -> Path | None:

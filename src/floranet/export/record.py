@@ -4,7 +4,6 @@ read, merged and written atomically under a lock on the run folder."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from floranet.errors import OutputError
 from floranet.export.common import EXPORTS_FILE, log
-from floranet.utils.files import write_json
+from floranet.utils.files import read_json, write_json
 
 
 @contextlib.contextmanager
@@ -91,7 +90,7 @@ def _read(target: Path) -> dict[str, Any]:
     """``exports.json``'s entries. A folder name's byte that is not UTF-8 is a \\udcXX escape (utils.files.json_text);
     an older floranet wrote it raw, which surrogateescape reads as the same key (strict UTF-8 refused the file, and
     the next export dropped every entry with it)."""
-    return _by_folder(json.loads(target.read_bytes().decode("utf-8", "surrogateescape")))
+    return _by_folder(read_json(target))
 
 
 def _by_folder(loaded: Any) -> dict[str, Any]:

@@ -198,17 +198,13 @@ class RunDir:
             RunLockedError: Another process holds it (its pid is in the message and the error).
             OutputError: The folder cannot be created.
         """
-        made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # folders the lock creates
+        made = locks.missing_folders(self.path)  # folders the lock creates
         fd = locks.acquire(self.path / self.LOCK, what=f"the run directory {self.path}", hint=hint)
         try:
             yield self
         finally:
             locks.release(self.path / self.LOCK, fd)
-            for folder in made:  # those nothing was written to (a refused --resume) go again, deepest first
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty: the run's
-                    break
+            locks.remove_empty(made)  # those nothing was written to (a refused --resume) go again
 
     # -- reading --------------------------------------------------------------------------------------------------
     def read_json(self, name: str, default: Any = None) -> Any:
@@ -217,9 +213,7 @@ class RunDir:
         if not path.exists():
             return default
         try:
-            # A name's byte that is not UTF-8 is a \udcXX escape (utils.files.json_text); surrogateescape reads
-            # the raw byte an older floranet wrote as the same str.
-            return json.loads(path.read_bytes().decode("utf-8", "surrogateescape"))
+            return files.read_json(path)
         except ValueError as e:  # JSONDecodeError, or a damaged encoding
             raise ModelError(f"{path} is damaged (not valid JSON: {e}); {self.written_by(name)}") from None
 

@@ -273,8 +273,7 @@ def _check_own_host(config: TrainConfig, tf_config: dict[str, Any]) -> None:
     Raises:
         ConfigError: Its host name does not resolve, or not within :data:`RESOLVE_SECONDS`.
     """
-    task = tf_config["task"]
-    address = tf_config["cluster"][task["type"]][task["index"]]
+    task, address = _this_worker(tf_config)
     answer: list[OSError | None] = []
 
     def look_up() -> None:
@@ -297,6 +296,12 @@ def _check_own_host(config: TrainConfig, tf_config: dict[str, Any]) -> None:
     )
 
 
+def _this_worker(tf_config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """This worker's task (type and index) and its ``host:port`` in the cluster."""
+    task = tf_config["task"]
+    return task, tf_config["cluster"][task["type"]][task["index"]]
+
+
 def _received(config: TrainConfig) -> str:
     """Where the cluster came from, as the user gave it."""
     if config.workers:
@@ -306,8 +311,7 @@ def _received(config: TrainConfig) -> str:
 
 def _no_server(config: TrainConfig, tf_config: dict[str, Any], error: Any) -> str:
     """What to do when this worker's gRPC server does not start."""
-    task = tf_config["task"]
-    address = tf_config["cluster"][task["type"]][task["index"]]
+    task, address = _this_worker(tf_config)
     received = _received(config)
     return (
         f"This worker ({task['type']} {task['index']}) could not start its gRPC server on {address}: "

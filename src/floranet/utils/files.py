@@ -210,6 +210,17 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, (json_text(obj) + "\n").encode("utf-8"))
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file as :func:`write_json` writes it: a name's byte that is not UTF-8, raw as an older floranet wrote
+    it, reads (surrogateescape) as the same str as its ``\\udcXX`` escape.
+
+    Raises:
+        OSError: It cannot be read.
+        ValueError: It is not JSON.
+    """
+    return json.loads(Path(path).read_bytes().decode("utf-8", "surrogateescape"))
+
+
 def _default(o: Any) -> Any:
     if hasattr(o, "tolist"):
         return o.tolist()

@@ -44,7 +44,7 @@ def acquire(
         OutputError: The lock file cannot be created, or its file system does not lock files (NFS without its lock
             daemon, some FUSE mounts): nothing would keep a second writer out, so nothing is written.
     """
-    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders made for the lock
+    made = missing_folders(path.parent)  # folders made for the lock
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -87,7 +87,18 @@ def _give_up(fd: int, path: Path, created: bool, made: list[Path]) -> None:
         with contextlib.suppress(OSError):
             path.unlink()
     os.close(fd)
-    for folder in made:  # deepest first; one not empty is someone's
+    remove_empty(made)
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first: those a lock in it would make."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Removes ``folders`` (:func:`missing_folders` made for a lock), deepest first, while nothing was written to
+    them; one not empty is someone's, and so are those above it."""
+    for folder in folders:
         try:
             folder.rmdir()
         except OSError:
